@@ -1,0 +1,66 @@
+"""Command line: ``napari-tubular <command> ...``.
+
+Each command lives in ``napari_tubular/_cli/<command>.py`` and exposes
+``add_parser(subparsers)`` (registers its arguments) and ``run(args) -> int``.
+Command modules are imported lazily so that ``--help`` and ``info`` stay fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# command name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("synth", "generate synthetic vessel volumes (image, label, centerline CSV)"),
+    "info": ("info", "print shape, spacing, origin, direction and intensity range of a volume"),
+    "segment": ("segment", "segment tubular structures with a DDT model (writes labels, probability, radius, skeleton, report)"),
+    "refine": ("refine", "re-run the geometry-aware refinement on saved probability + radius maps with new thresholds"),
+    "evaluate": ("evaluate", "compare predicted and reference masks: Dice, clDice, Betti errors, HD95, ASSD, error maps"),
+    "train": ("train", "train a DDT segmentation model on image/label folders or synthetic data"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-tubular",
+        description=(
+            "Segment, measure and review tubular structures (vessels, airways, ducts, neurons) "
+            "in 3-D medical volumes. Run 'napari-tubular COMMAND --help' for a command's options."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"napari-tubular {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"napari_tubular._cli.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"napari_tubular._cli.{module}":
+                raise
+            continue  # command not available in this build
+        mod.add_parser(sub, name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
+        # Core functions raise these with messages meant for the user; no traceback.
+        print(f"napari-tubular {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
