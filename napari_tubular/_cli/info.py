@@ -1,0 +1,110 @@
+"""``napari-tubular info FILE [FILE ...] [--json]``: geometry and intensity summary of volumes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Print path, format, shape (z, y, x), dtype, spacing, origin and direction (z, y, x "
+            "order, mm), physical size, intensity range, NaN count and, for integer volumes, the "
+            "number of distinct values. NaN voxels are counted, not filled."
+        ),
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FILE",
+        help="volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) or DICOM series folder",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+    return p
+
+
+def volume_info(path: str) -> dict:
+    """Summary of one volume as plain Python values (what ``info --json`` prints)."""
+    from ..io import _count_unique, read_volume, volume_format
+
+    vol = read_volume(path, nan_policy="keep")
+    data = vol.data
+    info: dict = {
+        "path": str(vol.path),
+        "format": volume_format(vol.path),
+        "shape_zyx": list(vol.shape),
+        "dtype": str(data.dtype),
+        "spacing_mm_zyx": list(vol.spacing),
+        "origin_mm_zyx": list(vol.origin),
+        "direction_zyx": vol.direction.tolist(),
+        "physical_size_mm_zyx": list(vol.physical_size_mm),
+        "voxels": int(data.size),
+    }
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        nan = int(np.count_nonzero(np.isnan(data)))
+        values = data[finite] if not finite.all() else data
+        info["nan_count"] = nan
+        info["inf_count"] = int(data.size - np.count_nonzero(finite) - nan)
+    else:
+        values = data
+        info["nan_count"] = 0
+    if values.size:
+        info["min"] = float(values.min())
+        info["max"] = float(values.max())
+        info["mean"] = float(values.mean(dtype=np.float64))
+    else:
+        info["min"] = info["max"] = info["mean"] = None
+    if data.dtype == bool or data.dtype.kind in "iu":
+        info["unique_values"] = _count_unique(data)
+    return info
+
+
+def _fmt(values, sep: str = ", ") -> str:
+    return sep.join(f"{float(v):g}" for v in values)
+
+
+def format_info(info: dict) -> str:
+    """Human-readable text for one :func:`volume_info` dict."""
+    d = np.asarray(info["direction_zyx"])
+    lines = [
+        f"path:                      {info['path']}",
+        f"format:                    {info['format']}",
+        f"shape (z, y, x):           {' x '.join(str(n) for n in info['shape_zyx'])}"
+        f"  ({info['voxels']} voxels)",
+        f"dtype:                     {info['dtype']}",
+        f"spacing (mm, z, y, x):     {_fmt(info['spacing_mm_zyx'])}",
+        f"origin (mm, z, y, x):      {_fmt(info['origin_mm_zyx'])}",
+        "direction (z, y, x):       " + _fmt(d[0], "  "),
+        "                           " + _fmt(d[1], "  "),
+        "                           " + _fmt(d[2], "  "),
+        f"physical size (mm, z,y,x): {_fmt(info['physical_size_mm_zyx'], ' x ')}",
+    ]
+    if info["min"] is None:
+        lines.append("intensity:                 no finite values")
+    else:
+        lines.append(
+            f"intensity:                 min {info['min']:g}, max {info['max']:g}, "
+            f"mean {info['mean']:g}"
+        )
+    lines.append(f"NaN voxels:                {info['nan_count']}")
+    if info.get("inf_count"):
+        lines.append(f"infinite voxels:           {info['inf_count']}")
+    if "unique_values" in info:
+        lines.append(f"unique values:             {info['unique_values']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    infos = [volume_info(p) for p in args.paths]
+    if args.json:
+        print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
+    else:
+        print("\n\n".join(format_info(i) for i in infos))
+    return 0

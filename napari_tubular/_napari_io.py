@@ -1,0 +1,227 @@
+"""napari reader and writer hooks (npe2 manifest: ``napari-tubular.get_reader``, ``write_labels``,
+``write_image``).
+
+Nothing here imports napari: the hooks take and return plain data (LayerData tuples and the
+layer-attribute dicts npe2 passes to writers), and all I/O is done by :mod:`napari_tubular.io`.
+
+The reader records the source geometry in ``metadata`` (``spacing``, ``origin``, ``direction``,
+``source_path``) so that the writers can save a layer (or a segmentation made from it) with the
+exact spacing, origin and direction of the file it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .io import (
+    READ_EXTENSIONS,
+    WRITE_EXTENSIONS,
+    Volume,
+    _count_unique,
+    _has_dicom,
+    _suffix,
+    read_volume,
+    volume_stem,
+    write_volume,
+)
+
+__all__ = ["guess_layer_type", "napari_get_reader", "read_layers", "write_image", "write_labels"]
+
+#: integer volumes with at most this many distinct values open as Labels
+MAX_LABEL_VALUES = 64
+_LABEL_NAME = re.compile(r"label|mask|seg", re.IGNORECASE)
+
+
+def _supported(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return _has_dicom(p)
+    return _suffix(p) in READ_EXTENSIONS
+
+
+def napari_get_reader(path: str | Sequence[str]) -> Callable | None:
+    """Return :func:`read_layers` when every path is a supported volume, else None.
+
+    Args:
+        path: a file or DICOM folder, or a list of them.
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths or not all(_supported(p) for p in paths):
+        return None
+    return read_layers
+
+
+def _few_unique(data: np.ndarray, limit: int) -> bool:
+    """True when ``data`` holds at most ``limit`` distinct values (cheap early exit)."""
+    if data.dtype == bool or data.size == 0:
+        return True
+    step = max(1, data.size // 100_000)
+    if np.unique(data.reshape(-1)[::step]).size > limit:
+        return False
+    return _count_unique(data, stop_above=limit) <= limit
+
+
+def guess_layer_type(data: np.ndarray, name: str = "") -> str:
+    """Return "labels" for integer volumes that look like segmentations, else "image".
+
+    A volume is a segmentation when its dtype is integer (or bool) and it holds at most
+    :data:`MAX_LABEL_VALUES` distinct values, or its name contains "label", "mask" or "seg" and
+    it has no negative values.
+    """
+    if data.dtype != bool and data.dtype.kind not in "iu":
+        return "image"
+    if _few_unique(data, MAX_LABEL_VALUES):
+        return "labels"
+    if _LABEL_NAME.search(name) and (data.dtype.kind != "i" or data.min() >= 0):
+        return "labels"
+    return "image"
+
+
+def _layer_tuple(vol: Volume) -> tuple:
+    if vol.path is None:
+        name = "volume"
+    elif vol.path.is_dir() or vol.path.suffix.lower() == ".dcm":
+        name = (vol.path if vol.path.is_dir() else vol.path.parent).name  # DICOM series
+    else:
+        name = volume_stem(vol.path)
+    data = vol.data
+    layer_type = guess_layer_type(data, name)
+    if layer_type == "labels" and data.dtype == bool:
+        data = data.astype(np.uint8)
+    kwargs = {"name": name, **vol.napari_kwargs(), "metadata": vol.metadata()}
+    return (data, kwargs, layer_type)
+
+
+def read_layers(path: str | Sequence[str]) -> list[tuple]:
+    """Read volumes as napari LayerData tuples ``(data, kwargs, "image" | "labels")``.
+
+    ``kwargs`` holds ``name`` (file stem), ``scale`` (spacing, mm), ``translate`` (origin, mm),
+    an ``affine`` when the direction is not the identity, and ``metadata`` with ``spacing``,
+    ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``.
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    layers = []
+    series_read: set[Path] = set()
+    for p in map(Path, paths):
+        if p.suffix.lower() == ".dcm":
+            # Selecting several files of one DICOM series opens the series once.
+            folder = p.parent.resolve()
+            if folder in series_read:
+                continue
+            series_read.add(folder)
+        layers.append(_layer_tuple(read_volume(p)))
+    return layers
+
+
+# ---------------------------------------------------------------------------------------------
+# writers
+# ---------------------------------------------------------------------------------------------
+def _direction_from_affine(meta: dict, origin: np.ndarray) -> np.ndarray:
+    """Direction encoded by :meth:`Volume.napari_kwargs` in a layer's ``affine`` (or identity)."""
+    aff = meta.get("affine")
+    if aff is None:
+        return np.eye(3)
+    aff = np.asarray(getattr(aff, "affine_matrix", aff), dtype=np.float64)
+    if aff.shape != (4, 4):
+        raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
+    d = aff[:3, :3]
+    if np.allclose(d, np.eye(3)) and np.allclose(aff[:3, 3], 0):
+        return np.eye(3)
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-5) or not np.allclose(
+        aff[:3, 3], origin - d @ origin, atol=1e-4
+    ):
+        raise ValueError(
+            "layer affine is not a pure rotation about the origin; its geometry cannot be "
+            "stored as spacing + origin + direction"
+        )
+    return d
+
+
+def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
+    """(spacing, origin, direction) from the reader's metadata, else from scale/translate."""
+    md = meta.get("metadata") or {}
+    if md.get("spacing") is not None:
+        spacing = tuple(md["spacing"])
+        origin = md.get("origin")
+        origin = (0.0, 0.0, 0.0) if origin is None else tuple(origin)
+        direction = np.asarray(md.get("direction", np.eye(3)), dtype=np.float64)
+        return spacing, origin, direction
+    scale, translate = meta.get("scale"), meta.get("translate")
+    spacing = (1.0, 1.0, 1.0) if scale is None else tuple(float(v) for v in scale)
+    origin = (0.0, 0.0, 0.0) if translate is None else tuple(float(v) for v in translate)
+    if len(spacing) != 3 or len(origin) != 3:
+        raise ValueError(f"layer is not 3-D (scale {spacing}, translate {origin})")
+    shear = meta.get("shear")
+    if shear is not None and np.any(np.abs(np.asarray(shear, dtype=float)) > 1e-9):
+        raise ValueError("layer has a shear transform; it cannot be stored in a volume file")
+    rotate = meta.get("rotate")
+    if rotate is not None and not np.allclose(np.asarray(rotate, dtype=float), np.eye(3)):
+        raise ValueError("layer has a rotate transform; save it from a layer read from a file")
+    return spacing, origin, _direction_from_affine(meta, np.asarray(origin, dtype=np.float64))
+
+
+def _output_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    name = p.name.lower()
+    if not any(name.endswith(ext) for ext in WRITE_EXTENSIONS):
+        p = p.with_name(p.name + ".nii.gz")
+    return p
+
+
+def _write(path: str, data, meta: dict, *, labels: bool) -> list[str]:
+    arr = np.asarray(data)
+    if arr.ndim != 3:
+        raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
+    spacing, origin, direction = _geometry(meta or {})
+    vol = Volume(data=arr, spacing=spacing, origin=origin, direction=direction)
+    if labels:
+        arr = _compact_labels(arr, path)
+        vol = vol.with_data(arr)
+    # The napari save dialog has already asked before replacing a file.
+    out = write_volume(_output_path(path), vol, overwrite=True)
+    return [str(out)]
+
+
+def _compact_labels(arr: np.ndarray, path: str) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{path}: labels must be integer, got dtype {arr.dtype}")
+    if arr.size == 0:
+        return arr.astype(np.uint8)
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo >= 0:
+        for dt in (np.uint8, np.uint16, np.uint32):
+            if hi <= np.iinfo(dt).max:
+                return arr.astype(dt, copy=False)
+    elif lo >= np.iinfo(np.int16).min and hi <= np.iinfo(np.int16).max:
+        return arr.astype(np.int16, copy=False)
+    return arr
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Labels: NIfTI (or the given extension) with source geometry.
+
+    Args:
+        path: output file; ``.nii.gz`` is appended when it has no supported extension.
+        data: integer array, shape (Z, Y, X); stored in the smallest fitting integer dtype.
+        meta: layer attributes; geometry from ``meta["metadata"]`` (recorded by the reader) or
+            else ``scale``/``translate`` (and an ``affine`` made by the reader).
+
+    Returns:
+        [path written].
+    """
+    return _write(path, data, meta, labels=True)
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """npe2 single-layer writer for Image layers (float64 is stored as float32).
+
+    Same arguments and geometry rules as :func:`write_labels`.
+    """
+    return _write(path, data, meta, labels=False)

@@ -1,0 +1,897 @@
+"""Reading and writing 3-D medical volumes with their physical geometry.
+
+Supported formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
+(``.mha``, ``.mhd``) and DICOM series (a folder, or one ``.dcm`` file of the series).
+SimpleITK does the reading and writing. NIfTI files are also streamed once through nibabel's
+header parser and zlib to catch what SimpleITK lets through silently: truncated ``.nii.gz`` files
+(SimpleITK zero-fills the missing part) and NaN voxels (SimpleITK's NIfTI reader returns 0).
+
+Conventions: arrays are ``(z, y, x)``; ``spacing = (sz, sy, sx)`` and ``origin = (z, y, x)`` in
+mm; ``direction`` is the 3x3 direction-cosine matrix in ``(z, y, x)`` order, so that the physical
+position of voxel index ``n = (k, j, i)`` is ``origin + direction @ (spacing * n)``. SimpleITK
+reports the same quantities in ``(x, y, z)`` order: spacing and origin are reversed and the
+direction matrix has both its rows and columns reversed (``D[::-1, ::-1]``).
+
+This module never imports napari or Qt.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import uuid
+import warnings
+import zlib
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "READ_EXTENSIONS",
+    "WRITE_EXTENSIONS",
+    "Volume",
+    "VolumeIOError",
+    "VolumeNaNWarning",
+    "list_volumes",
+    "read_volume",
+    "volume_format",
+    "volume_stem",
+    "write_volume",
+]
+
+# Longest suffixes first so that ".nii.gz" wins over ".gz".
+_FORMATS: dict[str, str] = {
+    ".nii.gz": "NIfTI",
+    ".nii": "NIfTI",
+    ".nrrd": "NRRD",
+    ".nhdr": "NRRD",
+    ".mha": "MetaImage",
+    ".mhd": "MetaImage",
+    ".dcm": "DICOM",
+}
+READ_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
+WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+
+_NAN_POLICIES = ("fill", "error", "keep")
+_CHUNK = 1 << 24  # bytes per read when streaming a file
+
+
+class VolumeIOError(ValueError):
+    """A volume file cannot be read or written (message names the file and the problem)."""
+
+
+class VolumeNaNWarning(UserWarning):
+    """NaN voxels were found in a volume and replaced."""
+
+
+def _as_triple(value, name: str, *, positive: bool = False) -> tuple[float, float, float]:
+    try:
+        arr = np.asarray(value, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be three numbers (z, y, x), got {value!r}") from exc
+    if arr.shape != (3,):
+        raise ValueError(f"{name} must be three numbers (z, y, x), got {value!r}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and np.any(arr <= 0):
+        raise ValueError(f"{name} must be > 0 in every axis, got {value!r}")
+    return (float(arr[0]), float(arr[1]), float(arr[2]))
+
+
+def _as_direction(value) -> np.ndarray:
+    if value is None:
+        return np.eye(3)
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"direction must be a 3x3 matrix, got {value!r}") from exc
+    if arr.size == 9:
+        arr = arr.reshape(3, 3)
+    if arr.shape != (3, 3) or not np.all(np.isfinite(arr)):
+        raise ValueError(f"direction must be a finite 3x3 matrix, got shape {arr.shape}")
+    if abs(np.linalg.det(arr)) < 1e-6:
+        raise ValueError("direction matrix is singular (its columns must be independent)")
+    return arr
+
+
+@dataclass(eq=False)
+class Volume:
+    """A 3-D image with its physical geometry.
+
+    Attributes:
+        data: array, shape (Z, Y, X), any numeric dtype.
+        spacing: voxel size in mm, (sz, sy, sx).
+        origin: physical position of voxel (0, 0, 0) in mm, (z, y, x).
+        direction: float64, shape (3, 3), direction cosines in (z, y, x) order: column ``c`` is
+            the physical direction of array axis ``c``.
+        path: file or folder the volume was read from (None when made in memory).
+    """
+
+    data: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.data = np.asarray(self.data)
+        if self.data.ndim != 3:
+            raise ValueError(f"Volume data must be 3-D (z, y, x), got shape {self.data.shape}")
+        self.spacing = _as_triple(self.spacing, "spacing", positive=True)
+        self.origin = _as_triple(self.origin, "origin")
+        self.direction = _as_direction(self.direction)
+        if self.path is not None:
+            self.path = Path(self.path)
+
+    # -- geometry helpers -------------------------------------------------------------------
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Array shape (Z, Y, X)."""
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def physical_size_mm(self) -> tuple[float, float, float]:
+        """Extent of the volume in mm along (z, y, x): shape * spacing."""
+        return tuple(float(f"{n * s:.12g}") for n, s in zip(self.shape, self.spacing))  # type: ignore[return-value]
+
+    @property
+    def is_oblique(self) -> bool:
+        """True when the direction matrix is not the identity (rotated or flipped axes)."""
+        return not np.allclose(self.direction, np.eye(3), atol=1e-6)
+
+    def affine(self) -> np.ndarray:
+        """4x4 index-to-physical matrix in (z, y, x) order (mm).
+
+        ``physical = A @ [k, j, i, 1]`` with ``A[:3, :3] = direction @ diag(spacing)`` and
+        ``A[:3, 3] = origin``.
+        """
+        a = np.eye(4)
+        a[:3, :3] = self.direction @ np.diag(self.spacing)
+        a[:3, 3] = self.origin
+        return a
+
+    def same_geometry(self, other: Volume, *, atol: float = 1e-5) -> bool:
+        """True when ``other`` has the same shape, spacing, origin and direction."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, rtol=1e-6, atol=atol)
+            and np.allclose(self.origin, other.origin, rtol=1e-6, atol=atol)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+    def with_data(self, arr) -> Volume:
+        """Return a new Volume holding ``arr`` with this volume's geometry.
+
+        Args:
+            arr: array, shape (Z, Y, X) equal to ``self.shape``.
+        """
+        arr = np.asarray(arr)
+        if arr.shape != self.data.shape:
+            raise ValueError(
+                f"with_data: array shape {arr.shape} differs from the volume shape "
+                f"{self.data.shape}; the geometry would not match"
+            )
+        return Volume(
+            data=arr,
+            spacing=self.spacing,
+            origin=self.origin,
+            direction=self.direction.copy(),
+            path=self.path,
+        )
+
+    def napari_kwargs(self) -> dict:
+        """Layer keyword arguments that place the volume at its physical position in napari.
+
+        ``scale`` is the spacing and ``translate`` the origin (both (z, y, x), mm). When the
+        direction is not the identity, an ``affine`` (4x4, applied by napari after scale and
+        translate) is added so that world = ``origin + direction @ (spacing * index)``; scale
+        and translate keep their meaning. Layers made from results on the same grid must use
+        the same keyword arguments to line up.
+        """
+        kwargs: dict = {"scale": self.spacing, "translate": self.origin}
+        if self.is_oblique:
+            d = self.direction
+            o = np.asarray(self.origin)
+            aff = np.eye(4)
+            aff[:3, :3] = d
+            aff[:3, 3] = o - d @ o
+            kwargs["affine"] = aff
+        return kwargs
+
+    def metadata(self) -> dict:
+        """Plain-Python geometry record (spacing, origin, direction, source_path)."""
+        return {
+            "spacing": tuple(self.spacing),
+            "origin": tuple(self.origin),
+            "direction": self.direction.tolist(),
+            "source_path": None if self.path is None else str(self.path),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# names and listing
+# ---------------------------------------------------------------------------------------------
+def _suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    for ext in _FORMATS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    return None
+
+
+def volume_format(path: str | os.PathLike) -> str | None:
+    """Format name ("NIfTI", "NRRD", "MetaImage", "DICOM") from a path, None if unsupported.
+
+    A folder counts as a DICOM series folder.
+    """
+    p = Path(path)
+    if p.is_dir():
+        return "DICOM"
+    ext = _suffix(p)
+    return None if ext is None else _FORMATS[ext]
+
+
+def volume_stem(path: str | os.PathLike) -> str:
+    """File name without the volume extension ("dir/case_000_image.nii.gz" -> "case_000_image")."""
+    p = Path(path)
+    ext = _suffix(p)
+    if ext is not None:
+        return p.name[: -len(ext)]
+    if p.name.lower().endswith(".gz"):
+        return Path(p.name[:-3]).stem
+    return p.stem if p.suffix else p.name
+
+
+def _is_dicom_file(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _dicom_series(folder: Path) -> list[tuple[str, list[str]]]:
+    """(series id, file names) for every DICOM series directly in ``folder``."""
+    import SimpleITK as sitk
+
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ()
+    out = []
+    for sid in ids:
+        files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)
+        if files:
+            out.append((sid, list(files)))
+    return out
+
+
+def _has_dicom(folder: Path) -> bool:
+    try:
+        entries = [e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")]
+    except OSError:
+        return False
+    return any(_is_dicom_file(e) for e in entries[:64])
+
+
+def list_volumes(folder: str | os.PathLike) -> list[Path]:
+    """Supported volumes in ``folder`` (not recursive), sorted by name.
+
+    Files with a supported extension (single ``.dcm`` files excepted) are listed, and so is each
+    sub-folder that holds DICOM files (one series folder = one volume).
+
+    Raises:
+        FileNotFoundError: ``folder`` does not exist.
+        NotADirectoryError: ``folder`` is a file.
+    """
+    p = Path(folder)
+    if not p.exists():
+        raise FileNotFoundError(f"folder not found: {p}")
+    if not p.is_dir():
+        raise NotADirectoryError(f"not a folder: {p}")
+    out: list[Path] = []
+    for entry in sorted(p.iterdir(), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if _has_dicom(entry):
+                out.append(entry)
+        elif entry.is_file():
+            ext = _suffix(entry)
+            if ext is not None and ext != ".dcm":
+                out.append(entry)
+    return out
+
+
+def _count_unique(data: np.ndarray, stop_above: int | None = None) -> int:
+    """Number of distinct values of an integer or bool array, in slabs (bounded memory).
+
+    With ``stop_above`` the count stops early and returns ``stop_above + 1`` once exceeded.
+    """
+    data = np.asarray(data)
+    if data.dtype == bool:
+        return int(np.unique(data).size)
+    if data.dtype.kind not in "iu":
+        raise ValueError(f"_count_unique needs an integer array, got {data.dtype}")
+    if data.size == 0:
+        return 0
+    flat = data.reshape(-1)
+    step = 1 << 22
+    if data.dtype.itemsize <= 2:
+        view = flat.view(np.uint8 if data.dtype.itemsize == 1 else np.uint16)
+        seen = np.zeros(1 << (8 * data.dtype.itemsize), bool)
+        for start in range(0, view.size, step):
+            seen[np.bincount(view[start : start + step], minlength=seen.size) > 0] = True
+            if stop_above is not None and np.count_nonzero(seen) > stop_above:
+                return stop_above + 1
+        return int(np.count_nonzero(seen))
+    lo, hi = int(data.min()), int(data.max())
+    if hi - lo < (1 << 24):
+        seen = np.zeros(hi - lo + 1, bool)
+        for start in range(0, flat.size, step):
+            chunk = flat[start : start + step].astype(np.int64) - lo
+            seen[np.bincount(chunk, minlength=seen.size) > 0] = True
+            if stop_above is not None and np.count_nonzero(seen) > stop_above:
+                return stop_above + 1
+        return int(np.count_nonzero(seen))
+    values: np.ndarray = np.empty(0, data.dtype)
+    for start in range(0, flat.size, step):
+        values = np.union1d(values, np.unique(flat[start : start + step]))
+        if stop_above is not None and values.size > stop_above:
+            return stop_above + 1
+    return int(values.size)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+def _clean(value: float, digits: int | None) -> float:
+    """Drop representation noise from a stored spacing or origin value.
+
+    NIfTI stores spacing and origin as float32 (``digits=None``): 0.7 comes back as
+    0.699999988..., and the shortest float32 repr ("0.7") is the same float32, so it is what the
+    writer meant. Other formats store decimal text or float64; ``digits`` significant digits
+    remove arithmetic noise such as 2.4999999999999996 (NRRD spacing recomputed from its
+    direction vectors) or 2.50000000000515 (DICOM slice spacing from slice positions).
+    """
+    if digits is None:
+        return float(str(np.float32(value)))
+    return float(f"{value:.{digits}g}")
+
+
+def _sitk_geometry(img, digits: int | None = 15) -> tuple[tuple, tuple, np.ndarray]:
+    spacing = tuple(_clean(v, digits) for v in reversed(img.GetSpacing()))
+    origin = tuple(_clean(v, digits) for v in reversed(img.GetOrigin()))
+    d = np.array(img.GetDirection(), dtype=np.float64).reshape(3, 3)[::-1, ::-1]
+    return spacing, origin, np.ascontiguousarray(d)
+
+
+def _check_file(path: Path) -> str:
+    """Validate that ``path`` is a non-empty file with a supported extension; return its ext."""
+    ext = _suffix(path)
+    if ext is None:
+        supported = ", ".join(READ_EXTENSIONS)
+        raise VolumeIOError(
+            f"{path}: unsupported file type {''.join(path.suffixes) or '(no extension)'!r}; "
+            f"supported: {supported}, or a DICOM series folder"
+        )
+    size = path.stat().st_size
+    if size == 0:
+        raise VolumeIOError(f"{path}: file is empty (0 bytes)")
+    return ext
+
+
+class _Truncated(Exception):
+    def __init__(self, got: int) -> None:
+        super().__init__(got)
+        self.got = got
+
+
+def _iter_bytes(path: Path, gz: bool):
+    """Yield the (decompressed) bytes of a file in chunks.
+
+    For gzip files every member is decompressed to its end marker, so a stream cut short
+    raises :class:`_Truncated` with the number of bytes decompressed so far (``gzip`` would
+    only raise a bare EOFError; SimpleITK does not notice at all).
+    """
+    with open(path, "rb") as fh:
+        if not gz:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+            return
+        dec = None  # decompressor of the member in progress
+        got = 0
+        while raw := fh.read(_CHUNK):
+            while raw:
+                if dec is None:
+                    if not raw.strip(b"\x00"):
+                        break  # zero padding after the last member
+                    dec = zlib.decompressobj(wbits=31)
+                out = dec.decompress(raw)
+                got += len(out)
+                if out:
+                    yield out
+                if dec.eof:
+                    raw = dec.unused_data
+                    dec = None
+                else:
+                    raw = b""
+        if dec is not None:
+            raise _Truncated(got)
+
+
+def _nifti_header(path: Path, gz: bool):
+    """Parse a NIfTI-1 header with nibabel from the open stream (any file-name case).
+
+    Returns:
+        (data offset in bytes, on-disk dtype, shape (x, y, z, ...)).
+    """
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+    from nibabel.spatialimages import HeaderDataError
+
+    try:
+        with (
+            open(path, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") if gz else nullcontext(raw) as fh,
+        ):
+            first = fh.read(4)
+            sizes = {int.from_bytes(first, "little"), int.from_bytes(first, "big")}
+            if 540 in sizes:
+                raise VolumeIOError(
+                    f"{path}: NIfTI-2 file; SimpleITK reads only NIfTI-1. Save it as NIfTI-1 "
+                    "(nibabel.Nifti1Image) or NRRD"
+                )
+            if len(first) < 4 or 348 not in sizes:
+                raise VolumeIOError(
+                    f"{path}: corrupt or unreadable NIfTI header (not a NIfTI-1 header: "
+                    f"first bytes {first!r})"
+                )
+            fh.seek(0)
+            holder = FileHolder(fileobj=fh)
+            img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
+            # The array proxy knows where the data really start (vox_offset 0, as SimpleITK
+            # writes it, means "right after the header and extensions").
+            offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
+            dtype = img.header.get_data_dtype()
+            shape = tuple(int(v) for v in img.header.get_data_shape())
+    except EOFError as exc:
+        raise VolumeIOError(f"{path}: file is truncated (it ends inside the NIfTI header)") from exc
+    except (HeaderDataError, OSError, ValueError, zlib.error) as exc:
+        if isinstance(exc, VolumeIOError):
+            raise
+        raise VolumeIOError(f"{path}: corrupt or unreadable NIfTI header ({exc})") from exc
+    return offset, dtype, shape
+
+
+def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
+    """Check a NIfTI file's header and data length and find NaN voxels without SimpleITK.
+
+    The whole (decompressed) stream is read: a gzip stream cut short or fewer data bytes than
+    the header announces is an error.
+
+    Returns:
+        bool mask of NaN voxels, shape (Z, Y, X) (SimpleITK's array order), or None when there
+        are none (or the data type cannot hold NaN).
+    """
+    offset, dtype, shape = _nifti_header(path, gz)
+    n_vox = int(np.prod(shape, dtype=np.int64))
+    n_bytes = n_vox * dtype.itemsize
+    need = offset + n_bytes
+    check_nan = dtype.kind == "f"
+    mask = None  # flat NaN mask, made at the first NaN
+    vox = 0  # voxels checked so far
+    pos = 0  # bytes of the (decompressed) file seen
+    carry = b""
+    try:
+        for chunk in _iter_bytes(path, gz):
+            start, pos = pos, pos + len(chunk)
+            if not check_nan or pos <= offset or start >= need:
+                continue
+            data = chunk[max(offset - start, 0) : len(chunk) - max(pos - need, 0)]
+            buf = carry + data if carry else data
+            usable = len(buf) - len(buf) % dtype.itemsize
+            nan = np.isnan(np.frombuffer(buf[:usable], dtype=dtype))
+            if nan.any():
+                if mask is None:
+                    mask = np.zeros(n_vox, bool)
+                mask[vox : vox + nan.size] = nan
+            vox += nan.size
+            carry = buf[usable:]
+    except _Truncated as exc:
+        raise VolumeIOError(
+            f"{path}: file is truncated: the gzip stream ends early, after "
+            f"{max(exc.got - offset, 0)} of {n_bytes} data bytes (header: shape {shape}, "
+            f"{dtype}); SimpleITK would silently fill the rest with zeros"
+        ) from exc
+    except zlib.error as exc:
+        raise VolumeIOError(f"{path}: corrupt gzip data ({exc})") from exc
+    if pos < need:
+        raise VolumeIOError(
+            f"{path}: file is truncated: {max(pos - offset, 0)} of {n_bytes} data bytes present "
+            f"(header: shape {shape}, {dtype})"
+        )
+    if mask is None or len(shape) < 3 or int(np.prod(shape[3:], dtype=np.int64)) != 1:
+        return None  # no NaN; or not one 3-D volume, which the reader refuses anyway
+    # NIfTI stores x fastest: the flat order is C order of the reversed shape, i.e. (z, y, x).
+    return mask.reshape(shape[:3][::-1])
+
+
+def _apply_nan_policy(
+    arr: np.ndarray, nan_mask: np.ndarray, path: Path, nan_policy: str, nan_fill
+) -> np.ndarray:
+    n_nan = int(np.count_nonzero(nan_mask))
+    if n_nan == 0:
+        return arr
+    total = int(arr.size)
+    if n_nan == total:
+        raise VolumeIOError(f"{path}: all {total} voxels are NaN; the volume holds no data")
+    if nan_policy == "keep":
+        if not np.isnan(arr[nan_mask]).all():  # NIfTI: SimpleITK gave 0 there
+            arr = np.array(arr, copy=True)
+            arr[nan_mask] = np.nan
+        return arr
+    if nan_policy == "error":
+        raise VolumeIOError(
+            f"{path}: {n_nan} of {total} voxels are NaN (nan_policy='error'); "
+            "use nan_policy='fill' to replace them"
+        )
+    if nan_fill is None:
+        finite = arr[~nan_mask & np.isfinite(arr)]
+        value = float(finite.min()) if finite.size else 0.0
+        how = "the minimum finite value"
+    else:
+        value = float(nan_fill)
+        how = "nan_fill"
+    arr = np.array(arr, copy=True)
+    arr[nan_mask] = value
+    warnings.warn(
+        f"{path}: {n_nan} of {total} voxels ({100.0 * n_nan / total:.2f}%) are NaN; "
+        f"filled with {value:g} ({how})",
+        VolumeNaNWarning,
+        stacklevel=3,
+    )
+    return arr
+
+
+def _to_3d(img, path: Path):
+    """Return a 3-D scalar SimpleITK image or raise a clear error."""
+    import SimpleITK as sitk
+
+    ncomp = img.GetNumberOfComponentsPerPixel()
+    if ncomp != 1:
+        raise VolumeIOError(
+            f"{path}: image has {ncomp} components per voxel (vector/RGB image, "
+            f"size {img.GetSize()}); a scalar 3-D volume is needed"
+        )
+    dim = img.GetDimension()
+    size = img.GetSize()
+    if dim == 3:
+        return img
+    if dim == 4:
+        if size[3] == 1:
+            return sitk.Extract(img, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
+        raise VolumeIOError(
+            f"{path}: image is 4-D with {size[3]} volumes (size x,y,z,t = {size}); "
+            "a single 3-D volume is needed (split the time series first)"
+        )
+    raise VolumeIOError(f"{path}: image is {dim}-D (size {size}); a 3-D volume is needed")
+
+
+_MET_SIZES = {
+    "MET_CHAR": 1,
+    "MET_UCHAR": 1,
+    "MET_SHORT": 2,
+    "MET_USHORT": 2,
+    "MET_INT": 4,
+    "MET_UINT": 4,
+    "MET_LONG_LONG": 8,
+    "MET_ULONG_LONG": 8,
+    "MET_FLOAT": 4,
+    "MET_DOUBLE": 8,
+}
+
+
+def _metaimage_check(path: Path) -> None:
+    """Check that a MetaImage's data are all there (SimpleITK's own error names no cause)."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    fields: dict[str, str] = {}
+    header_len = None
+    pos = 0
+    for line in head.splitlines(keepends=True):
+        pos += len(line)
+        key, sep, value = line.decode("latin-1").partition("=")
+        if not sep:
+            break
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() == "elementdatafile":
+            header_len = pos
+            break
+    if header_len is None or "dimsize" not in fields:
+        raise VolumeIOError(f"{path}: corrupt MetaImage header (no DimSize/ElementDataFile)")
+    try:
+        dims = [int(v) for v in fields["dimsize"].split()]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+    except ValueError as exc:
+        raise VolumeIOError(f"{path}: corrupt MetaImage header ({exc})") from exc
+    data_file = fields["elementdatafile"]
+    if data_file.upper() == "LOCAL":
+        available = path.stat().st_size - header_len
+        where = path
+    elif data_file.upper().startswith("LIST") or "%" in data_file:
+        return  # slice lists / file patterns: leave to SimpleITK
+    else:
+        where = path.parent / data_file
+        if not where.is_file():
+            raise VolumeIOError(f"{path}: its data file {where} is missing")
+        available = where.stat().st_size
+    if fields.get("compresseddata", "false").lower() == "true":
+        need = (
+            int(fields["compresseddatasize"])
+            if fields.get("compresseddatasize", "").isdigit()
+            else None
+        )
+    else:
+        size = _MET_SIZES.get(fields.get("elementtype", "").upper())
+        need = None if size is None else int(np.prod(dims, dtype=np.int64)) * size * channels
+    if need is not None and available < need:
+        raise VolumeIOError(
+            f"{path}: file is truncated: {available} of {need} data bytes present in {where.name}"
+        )
+
+
+def _read_sitk_file(path: Path):
+    import SimpleITK as sitk
+
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "expected" in ln and "bytes" in ln), None)
+        if detail is not None:
+            raise VolumeIOError(
+                f"{path}: file is truncated or its data are corrupt ({detail})"
+            ) from exc
+        detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+        raise VolumeIOError(
+            f"{path}: cannot read the file: corrupt or unreadable header or data ({detail})"
+        ) from exc
+
+
+def _read_dicom(path: Path, only_file: Path | None = None):
+    import SimpleITK as sitk
+
+    series = _dicom_series(path) if _has_dicom(path) else []
+    if only_file is not None:
+        series = [
+            (sid, files)
+            for sid, files in series
+            if any(Path(f).resolve() == only_file.resolve() for f in files)
+        ]
+    if not series and only_file is not None:
+        raise VolumeIOError(
+            f"{only_file}: not part of a readable DICOM series in {path} (the file may be "
+            "corrupt or not a DICOM image)"
+        )
+    if not series:
+        if not any(e for e in path.iterdir() if not e.name.startswith(".")):
+            raise VolumeIOError(f"{path}: folder is empty (expected a DICOM series)")
+        hint = ""
+        vols = list_volumes(path)
+        if vols:
+            names = ", ".join(v.name for v in vols[:5])
+            hint = f" (it holds {len(vols)} volume file(s): {names}; pass one of them)"
+        raise VolumeIOError(f"{path}: folder holds no DICOM series{hint}")
+    series.sort(key=lambda s: len(s[1]), reverse=True)
+    sid, files = series[0]
+    if len(series) > 1:
+        others = ", ".join(f"{s} ({len(f)} files)" for s, f in series[1:])
+        warnings.warn(
+            f"{path}: {len(series)} DICOM series found; reading the largest, {sid} "
+            f"({len(files)} files); also present: {others}",
+            UserWarning,
+            stacklevel=3,
+        )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeIOError(f"{path}: cannot read DICOM series {sid}: {exc}") from exc
+
+
+def read_volume(
+    path: str | os.PathLike, *, nan_policy: str = "fill", nan_fill: float | None = None
+) -> Volume:
+    """Read a 3-D volume with its spacing, origin and direction.
+
+    Args:
+        path: a ``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha`` or ``.mhd`` file, a folder
+            holding a DICOM series (the largest series is read, with a warning, when there are
+            several) or one ``.dcm`` file of a series.
+        nan_policy: "fill" replaces NaN voxels by ``nan_fill`` (default: the minimum finite
+            value) and warns (:class:`VolumeNaNWarning`) with the number of voxels; "error"
+            raises; "keep" returns them as NaN (also for NIfTI, where SimpleITK reads 0).
+            An all-NaN volume always raises.
+        nan_fill: value for NaN voxels under ``nan_policy="fill"``.
+
+    Returns:
+        Volume with ``data`` shape (Z, Y, X) in the file's dtype (a 4-D file with one volume is
+        squeezed to 3-D).
+
+    Raises:
+        FileNotFoundError: path does not exist.
+        VolumeIOError (a ValueError): unsupported extension, empty or truncated file, corrupt
+            header, not 3-D, vector image, NaN voxels under ``nan_policy="error"``, all NaN.
+    """
+    import SimpleITK as sitk
+
+    if nan_policy not in _NAN_POLICIES:
+        raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"volume not found: {p}")
+    nifti = False
+    nifti_nan_mask = None
+    dicom = p.is_dir()
+    if dicom:
+        img = _read_dicom(p)
+    else:
+        if not p.is_file():
+            raise VolumeIOError(f"{p}: not a regular file")
+        ext = _check_file(p)
+        if ext == ".dcm":
+            dicom = True
+            img = _read_dicom(p.parent, only_file=p)
+        else:
+            if ext in (".nii", ".nii.gz"):
+                nifti = True
+                nifti_nan_mask = _nifti_check(p, gz=ext == ".nii.gz")
+            elif ext in (".mha", ".mhd"):
+                _metaimage_check(p)
+            img = _read_sitk_file(p)
+    img = _to_3d(img, p)
+    # NIfTI: float32 fields; DICOM: decimal strings and spacing derived from slice positions.
+    digits = None if nifti else (9 if dicom else 15)
+    spacing, origin, direction = _sitk_geometry(img, digits)
+    arr = sitk.GetArrayFromImage(img)
+    if arr.dtype.kind == "f":
+        nan_mask = np.isnan(arr)
+        if nifti_nan_mask is not None:
+            if nifti_nan_mask.shape != arr.shape:
+                raise VolumeIOError(
+                    f"{p}: NaN mask shape {nifti_nan_mask.shape} does not match the image "
+                    f"shape {arr.shape}"
+                )
+            nan_mask |= nifti_nan_mask  # SimpleITK's NIfTI reader turned these into 0
+        arr = _apply_nan_policy(arr, nan_mask, p, nan_policy, nan_fill)
+    return Volume(data=arr, spacing=spacing, origin=origin, direction=direction, path=p)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+def _write_ext(path: Path) -> str:
+    name = path.name.lower()
+    for ext in WRITE_EXTENSIONS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return ext
+    raise VolumeIOError(
+        f"{path}: cannot write this file type; use one of {', '.join(WRITE_EXTENSIONS)}"
+    )
+
+
+def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
+    """Cast to what is written: ``dtype`` if given, else bool -> uint8, float64 -> float32."""
+    if dtype is not None:
+        arr = arr.astype(dtype, copy=False)
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize == 8:
+        arr = arr.astype(np.float32)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"cannot write an array of dtype {arr.dtype}; use a numeric dtype")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    elif arr.dtype.kind == "f" and arr.dtype.itemsize == 2:
+        arr = arr.astype(np.float32)  # no float16 in the file formats
+    if not arr.dtype.isnative:  # e.g. '>f4' from a big-endian file: SimpleITK wants native
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def write_volume(
+    path: str | os.PathLike,
+    data_or_volume,
+    *,
+    reference: Volume | None = None,
+    overwrite: bool = False,
+    dtype=None,
+) -> Path:
+    """Write a 3-D volume with its geometry.
+
+    Args:
+        path: output file ending in ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha`` or ``.mhd``.
+            Parent folders are created.
+        data_or_volume: a :class:`Volume` or an array, shape (Z, Y, X).
+        reference: geometry (spacing, origin, direction) for a plain array; the array must
+            have the reference's shape. Without it an array gets spacing 1 mm, origin 0 and
+            identity direction.
+        overwrite: replace an existing file (otherwise FileExistsError).
+        dtype: dtype written. Default: the data's dtype, except bool -> uint8 and
+            float64/float16 -> float32.
+
+    Returns:
+        The path written.
+    """
+    import SimpleITK as sitk
+
+    p = Path(path).expanduser()
+    ext = _write_ext(p)
+    if isinstance(data_or_volume, Volume):
+        vol = data_or_volume
+        if reference is not None and not reference.same_geometry(vol):
+            raise ValueError(
+                f"write_volume({p}): both a Volume and a reference with different geometry "
+                "were given; pass an array with reference=, or the Volume alone"
+            )
+    else:
+        arr = np.asarray(data_or_volume)
+        if arr.ndim != 3:
+            raise ValueError(
+                f"write_volume({p}): data must be 3-D (z, y, x), got shape {arr.shape}"
+            )
+        if reference is not None:
+            if arr.shape != reference.shape:
+                raise ValueError(
+                    f"write_volume({p}): data shape {arr.shape} differs from the reference "
+                    f"shape {reference.shape}"
+                )
+            vol = reference.with_data(arr)
+        else:
+            vol = Volume(data=arr)
+    if p.exists() and not overwrite:
+        raise FileExistsError(
+            f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
+        )
+    if p.exists() and p.is_dir():
+        raise VolumeIOError(f"{p}: is a folder, cannot write a volume file there")
+    d = vol.direction
+    if ext in (".nii", ".nii.gz") and not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        raise VolumeIOError(
+            f"{p}: NIfTI cannot store a non-orthogonal direction matrix (it would be silently "
+            "changed); write .nrrd or .mha instead"
+        )
+    arr = _prepare_dtype(np.ascontiguousarray(vol.data), dtype)
+    img = sitk.GetImageFromArray(arr, isVector=False)
+    img.SetSpacing([float(v) for v in reversed(vol.spacing)])
+    img.SetOrigin([float(v) for v in reversed(vol.origin)])
+    img.SetDirection([float(v) for v in vol.direction[::-1, ::-1].reshape(-1)])
+    p.parent.mkdir(parents=True, exist_ok=True)
+    compress = ext != ".nii"
+    if ext == ".mhd":
+        # Header + separate data file: written in place (the header names the data file).
+        _sitk_write(img, p, compress)
+        return p
+    # Single-file formats: write next to the target and rename, so a crash never leaves a
+    # half-written file under the final name.
+    tmp = p.parent / f".{p.name[: -len(ext)]}.{uuid.uuid4().hex[:8]}.tmp{ext}"
+    try:
+        _sitk_write(img, tmp, compress, shown=p)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return p
+
+
+def _sitk_write(img, path: Path, compress: bool, shown: Path | None = None) -> None:
+    import SimpleITK as sitk
+
+    try:
+        sitk.WriteImage(img, str(path), useCompression=compress)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "ERROR" in ln]
+        detail = lines[-1] if lines else str(exc).strip()
+        raise VolumeIOError(f"{shown or path}: cannot write the volume ({detail})") from exc

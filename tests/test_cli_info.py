@@ -1,0 +1,120 @@
+"""``napari-tubular info``: values checked against SimpleITK / numpy on the same file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_tubular.cli import main
+from napari_tubular.io import Volume, write_volume
+
+SPACING = (2.5, 0.7, 0.9)
+ORIGIN = (-10.0, 20.5, 3.25)
+FLIP = np.diag([1.0, -1.0, -1.0])  # what a RAS-stored NIfTI looks like in (z, y, x)
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    data = np.random.default_rng(3).normal(100, 50, size=(5, 6, 7)).astype(np.float32)
+    data[0, 0, :3] = np.nan
+    return write_volume(tmp_path / "ct.nii.gz", Volume(data, SPACING, ORIGIN, FLIP)), data
+
+
+@pytest.fixture
+def labels_file(tmp_path):
+    lab = np.zeros((5, 6, 7), np.uint8)
+    lab[1:3, 1:4, 2:6] = 1
+    lab[4, 5, 6] = 7
+    return write_volume(tmp_path / "lab.mha", Volume(lab, SPACING, ORIGIN)), lab
+
+
+def test_info_text(image_file, capsys):
+    path, data = image_file
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out
+    assert "NIfTI" in out
+    assert "5 x 6 x 7" in out
+    assert "float32" in out
+    assert "spacing (mm, z, y, x):     2.5, 0.7, 0.9" in out
+    assert "origin (mm, z, y, x):      -10, 20.5, 3.25" in out
+    assert "physical size (mm, z,y,x): 12.5 x 4.2 x 6.3" in out
+    assert "NaN voxels:                3" in out
+    assert f"min {np.nanmin(data):g}" in out
+    assert f"max {np.nanmax(data):g}" in out
+
+
+def test_info_json_matches_simpleitk(image_file, capsys):
+    path, data = image_file
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    img = sitk.ReadImage(str(path))
+    assert info["shape_zyx"] == list(reversed(img.GetSize()))
+    np.testing.assert_allclose(info["spacing_mm_zyx"], list(reversed(img.GetSpacing())), atol=1e-6)
+    np.testing.assert_allclose(info["origin_mm_zyx"], list(reversed(img.GetOrigin())), atol=1e-6)
+    d_xyz = np.array(img.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(info["direction_zyx"], d_xyz[::-1, ::-1], atol=1e-6)
+    np.testing.assert_allclose(info["direction_zyx"], FLIP, atol=1e-6)
+    # NaN is counted although SimpleITK's NIfTI reader turns it into 0
+    assert info["nan_count"] == 3 == int(np.isnan(data).sum())
+    assert info["min"] == pytest.approx(float(np.nanmin(data)))
+    assert info["max"] == pytest.approx(float(np.nanmax(data)))
+    assert info["mean"] == pytest.approx(float(np.nanmean(data.astype(np.float64))), rel=1e-6)
+    assert "unique_values" not in info
+
+
+def test_info_labels_unique_values(labels_file, capsys):
+    path, lab = labels_file
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["format"] == "MetaImage"
+    assert info["unique_values"] == 3 == np.unique(lab).size
+    assert info["dtype"] == "uint8"
+    assert (info["min"], info["max"]) == (0.0, 7.0)
+    np.testing.assert_array_equal(info["direction_zyx"], np.eye(3))
+
+
+def test_info_several_files_json(image_file, labels_file, capsys):
+    assert main(["info", str(image_file[0]), str(labels_file[0]), "--json"]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [Path(i["path"]).name for i in infos] == ["ct.nii.gz", "lab.mha"]
+
+
+def test_info_errors_without_traceback(tmp_path, capsys):
+    missing = tmp_path / "nothere.nii.gz"
+    assert main(["info", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert "nothere.nii.gz" in err
+    assert "not found" in err
+    assert "Traceback" not in err
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x00" * 10)
+    assert main(["info", str(bad)]) == 2
+    assert "bad.nii.gz" in capsys.readouterr().err
+
+
+def test_console_script(labels_file):
+    exe = shutil.which("napari-tubular", path=str(Path(sys.executable).parent))
+    if exe is None:
+        pytest.skip("napari-tubular console script not installed")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(
+        [exe, "info", str(labels_file[0]), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    info = json.loads(res.stdout)
+    assert info["shape_zyx"] == [5, 6, 7]
+    assert info["spacing_mm_zyx"] == list(SPACING)

@@ -1,0 +1,548 @@
+"""Round trips and error handling of napari_tubular.io (NIfTI, NRRD, MetaImage, DICOM)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from napari_tubular.io import (
+    Volume,
+    VolumeIOError,
+    VolumeNaNWarning,
+    list_volumes,
+    read_volume,
+    volume_format,
+    volume_stem,
+    write_volume,
+)
+
+SPACING = (2.5, 0.7, 0.9)  # z, y, x: all different so a swapped axis shows
+ORIGIN = (-10.0, 20.5, 3.25)
+EXTS = [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
+
+
+def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
+    """Proper rotation (det +1) from three angles in degrees."""
+    a, b, c = np.deg2rad([ax, ay, az])
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+OBLIQUE = _rotation(20.0, -35.0, 50.0)
+
+
+def _volume(dtype=np.float32, shape=(5, 6, 7), direction=OBLIQUE) -> Volume:
+    rng = np.random.default_rng(1)
+    if np.dtype(dtype).kind == "f":
+        data = rng.normal(40.0, 100.0, size=shape).astype(dtype)
+    else:
+        data = rng.integers(-1000, 2000, size=shape).astype(dtype)
+    return Volume(data=data, spacing=SPACING, origin=ORIGIN, direction=direction)
+
+
+def _assert_geometry(got: Volume, want: Volume, atol: float = 1e-6) -> None:
+    np.testing.assert_allclose(got.spacing, want.spacing, rtol=0, atol=atol)
+    np.testing.assert_allclose(got.origin, want.origin, rtol=0, atol=atol)
+    np.testing.assert_allclose(got.direction, want.direction, rtol=0, atol=atol)
+
+
+def _sitk_image(vol: Volume) -> sitk.Image:
+    img = sitk.GetImageFromArray(vol.data)
+    img.SetSpacing(vol.spacing[::-1])
+    img.SetOrigin(vol.origin[::-1])
+    img.SetDirection(vol.direction[::-1, ::-1].ravel().tolist())
+    return img
+
+
+# ---------------------------------------------------------------------------------------------
+# round trips
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_round_trip_oblique_anisotropic(tmp_path, ext, dtype):
+    vol = _volume(dtype)
+    p1 = write_volume(tmp_path / f"a{ext}", vol)
+    r1 = read_volume(p1)
+    assert r1.data.dtype == vol.data.dtype
+    np.testing.assert_array_equal(r1.data, vol.data)
+    # NIfTI keeps spacing/origin in float32 and the direction as a float32 quaternion.
+    _assert_geometry(r1, vol, atol=1e-6)
+    assert r1.path == p1
+    # read -> write -> read gives back the same volume again
+    p2 = write_volume(tmp_path / f"b{ext}", r1)
+    r2 = read_volume(p2)
+    np.testing.assert_array_equal(r2.data, r1.data)
+    _assert_geometry(r2, r1, atol=1e-7)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_clean_spacing_values(tmp_path, ext):
+    # 0.7 survives NIfTI's float32 fields and NRRD's direction vectors as the number written.
+    r = read_volume(write_volume(tmp_path / f"a{ext}", _volume()))
+    assert r.spacing == SPACING
+    assert r.origin == ORIGIN
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".nhdr", ".mha"])
+@pytest.mark.parametrize("flip", [False, True])
+def test_zyx_order_against_simpleitk(tmp_path, ext, flip):
+    direction = OBLIQUE @ np.diag([1.0, 1.0, -1.0]) if flip else OBLIQUE
+    vol = _volume(direction=direction)
+    path = tmp_path / f"ref{ext}"
+    sitk.WriteImage(_sitk_image(vol), str(path))
+    img = sitk.ReadImage(str(path))
+    got = read_volume(path)
+    assert got.shape == (5, 6, 7) == tuple(reversed(img.GetSize()))
+    np.testing.assert_allclose(got.spacing, tuple(reversed(img.GetSpacing())), atol=1e-6)
+    assert got.spacing[0] == pytest.approx(2.5, abs=1e-6)  # sz is the slice axis
+    assert got.spacing[2] == pytest.approx(0.9, abs=1e-6)
+    # Every voxel lands where SimpleITK puts it: physical (x,y,z) == reversed(affine @ kji).
+    aff = got.affine()
+    for k, j, i in [(0, 0, 0), (4, 0, 0), (0, 5, 0), (0, 0, 6), (4, 5, 6), (2, 3, 1)]:
+        phys_zyx = (aff @ np.array([k, j, i, 1.0]))[:3]
+        np.testing.assert_allclose(
+            phys_zyx[::-1], img.TransformIndexToPhysicalPoint((i, j, k)), atol=1e-5
+        )
+        assert got.data[k, j, i] == sitk.GetArrayViewFromImage(img)[k, j, i]
+    # and the file we write is what SimpleITK reads
+    out = write_volume(tmp_path / f"ours{'.nrrd' if ext == '.nhdr' else ext}", got)
+    img2 = sitk.ReadImage(str(out))
+    assert img2.GetSize() == (7, 6, 5)
+    np.testing.assert_allclose(img2.GetSpacing(), (0.9, 0.7, 2.5), atol=1e-6)
+    np.testing.assert_allclose(img2.GetOrigin(), ORIGIN[::-1], atol=1e-6)
+    np.testing.assert_allclose(img2.GetDirection(), img.GetDirection(), atol=1e-6)
+
+
+def test_zyx_order_against_nibabel(tmp_path):
+    """A file written by nibabel (array (x, y, z)) reads as (z, y, x) with NaN where it was."""
+    nib = pytest.importorskip("nibabel")
+    xyz = np.arange(3 * 4 * 5, dtype=np.float32).reshape(3, 4, 5)
+    xyz[2, 1, 4] = np.nan
+    affine = np.diag([0.9, 0.7, 2.5, 1.0])
+    affine[:3, 3] = (3.25, 20.5, -10.0)  # RAS (x, y, z)
+    path = tmp_path / "nib.nii.gz"
+    nib.save(nib.Nifti1Image(xyz, affine), str(path))
+    vol = read_volume(path, nan_policy="keep")
+    assert vol.shape == (5, 4, 3)
+    assert vol.spacing == (2.5, 0.7, 0.9)
+    np.testing.assert_array_equal(np.argwhere(np.isnan(vol.data)), [[4, 1, 2]])
+    np.testing.assert_array_equal(vol.data, xyz.transpose(2, 1, 0))
+    # SimpleITK (LPS) sees RAS x and y flipped: direction diag(1, -1, -1) in (z, y, x)
+    np.testing.assert_allclose(vol.direction, np.diag([1.0, -1.0, -1.0]), atol=1e-7)
+    assert vol.origin == (-10.0, -20.5, -3.25)
+
+
+def test_nifti_variants(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    vol = _volume()
+    p = write_volume(tmp_path / "lower.nii.gz", vol)
+    upper = tmp_path / "UPPER.NII.GZ"
+    upper.write_bytes(p.read_bytes())
+    np.testing.assert_array_equal(read_volume(upper).data, vol.data)
+    cut = tmp_path / "CUT.NII.GZ"
+    raw = p.read_bytes()
+    cut.write_bytes(raw[: len(raw) * 3 // 4])
+    with pytest.raises(VolumeIOError, match=r"CUT\.NII\.GZ: file is truncated"):
+        read_volume(cut)
+    n2 = tmp_path / "two.nii.gz"
+    nib.save(nib.Nifti2Image(np.zeros((3, 4, 5), np.float32), np.eye(4)), str(n2))
+    with pytest.raises(VolumeIOError, match=r"two\.nii\.gz: NIfTI-2 file"):
+        read_volume(n2)
+
+
+def test_write_dtypes(tmp_path):
+    mask = np.zeros((4, 5, 6), bool)
+    mask[1:3, 2:4, 1:5] = True
+    r = read_volume(write_volume(tmp_path / "m.nii.gz", mask))
+    assert r.data.dtype == np.uint8
+    np.testing.assert_array_equal(r.data, mask.astype(np.uint8))
+    x = np.linspace(0, 1, 120).reshape(4, 5, 6)
+    assert read_volume(write_volume(tmp_path / "f.nrrd", x)).data.dtype == np.float32
+    r64 = read_volume(write_volume(tmp_path / "d.mha", x, dtype=np.float64))
+    assert r64.data.dtype == np.float64
+    np.testing.assert_array_equal(r64.data, x)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">i2", "<u2"])
+def test_write_non_native_and_strided(tmp_path, dtype):
+    base = np.arange(4 * 5 * 6).reshape(6, 5, 4).transpose(2, 1, 0)  # not C-contiguous
+    arr = base.astype(dtype)
+    got = read_volume(write_volume(tmp_path / "x.nrrd", arr))
+    assert got.data.dtype.isnative
+    assert got.data.dtype.itemsize == min(np.dtype(dtype).itemsize, 4)
+    np.testing.assert_array_equal(got.data, base)
+
+
+def test_write_array_with_reference_and_defaults(tmp_path):
+    ref = _volume()
+    labels = (ref.data > 40).astype(np.uint8)
+    r = read_volume(write_volume(tmp_path / "sub" / "dir" / "lab.nii.gz", labels, reference=ref))
+    _assert_geometry(r, ref)
+    np.testing.assert_array_equal(r.data, labels)
+    plain = read_volume(write_volume(tmp_path / "plain.mha", labels))
+    assert plain.spacing == (1.0, 1.0, 1.0)
+    assert plain.origin == (0.0, 0.0, 0.0)
+    np.testing.assert_array_equal(plain.direction, np.eye(3))
+    with pytest.raises(ValueError, match="differs from the reference shape"):
+        write_volume(tmp_path / "bad.nii.gz", labels[:2], reference=ref)
+
+
+def test_overwrite_refused(tmp_path):
+    vol = _volume()
+    p = write_volume(tmp_path / "case.nii.gz", vol)
+    before = p.read_bytes()
+    with pytest.raises(FileExistsError, match=r"case\.nii\.gz.*already exists"):
+        write_volume(p, vol.with_data(vol.data * 2))
+    assert p.read_bytes() == before
+    write_volume(p, vol.with_data(vol.data * 2), overwrite=True)
+    np.testing.assert_array_equal(read_volume(p).data, vol.data * 2)
+    assert [f.name for f in tmp_path.iterdir()] == ["case.nii.gz"]  # no temporary left
+
+
+def test_write_errors(tmp_path):
+    vol = _volume()
+    with pytest.raises(VolumeIOError, match=r"out\.png.*use one of"):
+        write_volume(tmp_path / "out.png", vol)
+    with pytest.raises(ValueError, match="must be 3-D"):
+        write_volume(tmp_path / "two.nii.gz", np.zeros((4, 5)))
+    skew = Volume(np.zeros((3, 4, 5)), direction=[[1, 0.5, 0], [0, 1, 0], [0, 0, 1]])
+    with pytest.raises(VolumeIOError, match=r"skew\.nii\.gz.*non-orthogonal"):
+        write_volume(tmp_path / "skew.nii.gz", skew)
+    # MetaImage stores any direction matrix
+    r = read_volume(write_volume(tmp_path / "skew.mha", skew))
+    np.testing.assert_allclose(r.direction, skew.direction, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM
+# ---------------------------------------------------------------------------------------------
+def _write_dicom_series(folder: Path, vol: Volume, uid: str, prefix: str = "slice") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    img = _sitk_image(vol)
+    d = img.GetDirection()
+    iop = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(img.GetDepth()):
+        sl = img[:, :, k : k + 1]  # keep it 3-D so its origin and direction are right
+        ipp = "\\".join(f"{v:.10f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": uid + ".0",
+            "0020|000e": uid,
+            "0020|0037": iop,
+            "0020|0032": ipp,
+            "0020|0013": str(k + 1),
+            "0008|0018": f"{uid}.{k + 1}",
+        }
+        for tag, value in tags.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{prefix}_{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_dicom_series_round_trip(tmp_path):
+    vol = _volume(np.int16)
+    folder = tmp_path / "series"
+    _write_dicom_series(folder, vol, "1.2.826.0.1.3680043.9.7433.1.1")
+    got = read_volume(folder)
+    assert got.data.dtype == np.int16
+    np.testing.assert_array_equal(got.data, vol.data)
+    _assert_geometry(got, vol, atol=1e-6)
+    assert got.spacing == SPACING
+    assert volume_format(folder) == "DICOM"
+    # one file of the series reads the whole series
+    one = read_volume(folder / "slice_002.dcm")
+    np.testing.assert_array_equal(one.data, vol.data)
+    junk = folder / "junk.dcm"
+    junk.write_bytes(b"not dicom at all" * 20)
+    with pytest.raises(VolumeIOError, match=r"junk\.dcm: not part of a readable DICOM series"):
+        read_volume(junk)
+    junk.unlink()
+    # and it can be saved as NIfTI with the same geometry
+    back = read_volume(write_volume(tmp_path / "series.nii.gz", got))
+    np.testing.assert_array_equal(back.data, vol.data)
+    _assert_geometry(back, vol, atol=1e-6)
+
+
+def test_dicom_several_series_reads_largest(tmp_path):
+    vol = _volume(np.int16)
+    folder = tmp_path / "mixed"
+    _write_dicom_series(folder, vol, "1.2.826.0.1.3680043.9.7433.1.1", prefix="big")
+    small = Volume(vol.data[:3], SPACING, ORIGIN, OBLIQUE)
+    _write_dicom_series(folder, small, "1.2.826.0.1.3680043.9.7433.1.2", prefix="small")
+    with pytest.warns(UserWarning, match=r"2 DICOM series.*largest.*7433\.1\.1 \(5 files\)"):
+        got = read_volume(folder)
+    np.testing.assert_array_equal(got.data, vol.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# names and listing
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("path", "stem"),
+    [
+        ("dir/case_000_image.nii.gz", "case_000_image"),
+        ("case.v2.NII.GZ", "case.v2"),
+        ("a/b.nii", "b"),
+        ("x.nrrd", "x"),
+        ("x.nhdr", "x"),
+        ("x.mha", "x"),
+        ("x.mhd", "x"),
+        ("series_folder", "series_folder"),
+    ],
+)
+def test_volume_stem(path, stem):
+    assert volume_stem(path) == stem
+
+
+def test_list_volumes(tmp_path):
+    vol = _volume(np.int16)
+    for name in ["b.nrrd", "a.nii.gz", "c.mha"]:
+        write_volume(tmp_path / name, vol)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty_dir").mkdir()
+    _write_dicom_series(tmp_path / "d_series", vol, "1.2.826.0.1.3680043.9.7433.1.3")
+    got = list_volumes(tmp_path)
+    assert [p.name for p in got] == ["a.nii.gz", "b.nrrd", "c.mha", "d_series"]
+    assert all(read_volume(p).shape == (5, 6, 7) for p in got)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        list_volumes(tmp_path / "nope")
+    with pytest.raises(NotADirectoryError, match=r"a\.nii\.gz"):
+        list_volumes(tmp_path / "a.nii.gz")
+
+
+# ---------------------------------------------------------------------------------------------
+# errors a user can cause
+# ---------------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not found.*missing\.nii\.gz"):
+        read_volume(tmp_path / "missing.nii.gz")
+
+
+def test_folder_without_volumes(tmp_path):
+    with pytest.raises(VolumeIOError, match=r"folder is empty") as err:
+        read_volume(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    (tmp_path / "readme.txt").write_text("nothing here")
+    with pytest.raises(VolumeIOError, match=r"no DICOM series") as err:
+        read_volume(tmp_path)
+    assert str(tmp_path) in str(err.value)
+    write_volume(tmp_path / "vol.nii.gz", _volume())
+    with pytest.raises(VolumeIOError, match=r"no DICOM series.*vol\.nii\.gz; pass one of them"):
+        read_volume(tmp_path)
+
+
+def test_unsupported_extension(tmp_path):
+    p = tmp_path / "scan.png"
+    p.write_bytes(b"\x89PNG....")
+    with pytest.raises(VolumeIOError, match=r"scan\.png: unsupported file type '\.png'"):
+        read_volume(p)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd", ".mha"])
+def test_empty_file(tmp_path, ext):
+    p = tmp_path / f"empty{ext}"
+    p.touch()
+    with pytest.raises(VolumeIOError, match=rf"empty{ext.replace('.', '[.]')}: file is empty"):
+        read_volume(p)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_corrupt_header(tmp_path, ext):
+    p = tmp_path / f"junk{ext}"
+    p.write_bytes(np.random.default_rng(0).integers(0, 256, 600, dtype=np.uint8).tobytes())
+    with pytest.raises(VolumeIOError, match=r"junk.*corrupt") as err:
+        read_volume(p)
+    assert p.name in str(err.value)
+
+
+def test_2d_image(tmp_path):
+    p = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 7), np.float32)), str(p))
+    with pytest.raises(VolumeIOError, match=r"slice\.nii\.gz: image is 2-D.*3-D volume is needed"):
+        read_volume(p)
+
+
+def test_4d_image(tmp_path):
+    frame = sitk.GetImageFromArray(np.arange(126, dtype=np.float32).reshape(3, 6, 7))
+    p = tmp_path / "series4d.nii.gz"
+    sitk.WriteImage(sitk.JoinSeries([frame, frame]), str(p))
+    with pytest.raises(VolumeIOError, match=r"series4d\.nii\.gz: image is 4-D with 2 volumes"):
+        read_volume(p)
+    # a 4-D file holding a single volume is squeezed to 3-D
+    for ext in (".nii.gz", ".nrrd"):
+        one = tmp_path / f"single4d{ext}"
+        sitk.WriteImage(sitk.JoinSeries([frame]), str(one))
+        got = read_volume(one)
+        assert got.shape == (3, 6, 7)
+        np.testing.assert_array_equal(got.data, sitk.GetArrayFromImage(frame))
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".mha"])
+def test_vector_image(tmp_path, ext):
+    p = tmp_path / f"rgb{ext}"
+    rgb = np.zeros((3, 6, 7, 3), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(p))
+    with pytest.raises(VolumeIOError, match=r"rgb.*3 components per voxel"):
+        read_volume(p)
+
+
+def test_truncated_nii_gz(tmp_path):
+    vol = _volume(shape=(16, 16, 16))
+    p = write_volume(tmp_path / "full.nii.gz", vol)
+    cut = tmp_path / "cut.nii.gz"
+    raw = p.read_bytes()
+    cut.write_bytes(raw[: len(raw) * 2 // 3])
+    # The trap: SimpleITK reads it without complaint and zero-fills the missing part.
+    silent = sitk.GetArrayFromImage(sitk.ReadImage(str(cut)))
+    assert silent.shape == (16, 16, 16)
+    assert not np.array_equal(silent, vol.data)
+    with pytest.raises(VolumeIOError, match=r"cut\.nii\.gz: file is truncated.*gzip stream ends"):
+        read_volume(cut)
+
+
+def test_truncated_other_formats(tmp_path):
+    vol = _volume(shape=(16, 16, 16))
+    for ext in (".nii", ".mha", ".nrrd"):
+        raw = write_volume(tmp_path / f"full{ext}", vol).read_bytes()
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(raw[: len(raw) * 2 // 3])
+        with pytest.raises(VolumeIOError, match=r"cut\..*truncated"):
+            read_volume(cut)
+    # a .mhd whose data file is gone
+    write_volume(tmp_path / "hdr.mhd", vol)
+    for f in tmp_path.glob("hdr.*raw"):
+        f.unlink()
+    with pytest.raises(VolumeIOError, match=r"hdr\.mhd: its data file .* is missing"):
+        read_volume(tmp_path / "hdr.mhd")
+
+
+def test_multi_member_gzip_is_not_truncated(tmp_path):
+    vol = _volume()
+    raw = gzip.decompress(write_volume(tmp_path / "one.nii.gz", vol).read_bytes())
+    p = tmp_path / "two_members.nii.gz"
+    p.write_bytes(gzip.compress(raw[:500]) + gzip.compress(raw[500:]))
+    np.testing.assert_array_equal(read_volume(p).data, vol.data)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN
+# ---------------------------------------------------------------------------------------------
+def _nan_volume() -> tuple[Volume, np.ndarray]:
+    vol = _volume()
+    data = vol.data.copy()
+    nan = np.zeros(data.shape, bool)
+    nan[0, :3, :4] = True
+    nan[4, 5, 6] = True
+    data[nan] = np.nan
+    return vol.with_data(data), nan
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_partly_nan_is_filled_with_warning(tmp_path, ext):
+    vol, nan = _nan_volume()
+    p = write_volume(tmp_path / f"nan{ext}", vol)
+    if ext.startswith(".nii"):
+        # The trap: SimpleITK's NIfTI reader turns NaN into 0.
+        assert not np.isnan(sitk.GetArrayFromImage(sitk.ReadImage(str(p)))).any()
+    with pytest.warns(VolumeNaNWarning, match=r"nan.*: 13 of 210 voxels .* are NaN; filled"):
+        got = read_volume(p)
+    finite_min = np.nanmin(vol.data)
+    assert not np.isnan(got.data).any()
+    np.testing.assert_array_equal(got.data[nan], np.float32(finite_min))
+    np.testing.assert_array_equal(got.data[~nan], vol.data[~nan])
+    with pytest.warns(VolumeNaNWarning, match="filled with -2000"):
+        filled = read_volume(p, nan_fill=-2000)
+    np.testing.assert_array_equal(filled.data[nan], -2000)
+    with pytest.raises(VolumeIOError, match=r"nan.*13 of 210 voxels are NaN.*nan_policy='error'"):
+        read_volume(p, nan_policy="error")
+    kept = read_volume(p, nan_policy="keep")
+    np.testing.assert_array_equal(np.isnan(kept.data), nan)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".mha"])
+def test_all_nan_refused(tmp_path, ext):
+    p = write_volume(tmp_path / f"allnan{ext}", np.full((4, 5, 6), np.nan, np.float32))
+    with pytest.raises(VolumeIOError, match=r"allnan.*all 120 voxels are NaN"):
+        read_volume(p)
+
+
+def test_no_warning_without_nan(tmp_path):
+    p = write_volume(tmp_path / "clean.nii.gz", _volume())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_volume(p)
+
+
+def test_bad_nan_policy(tmp_path):
+    with pytest.raises(ValueError, match="nan_policy"):
+        read_volume(tmp_path / "x.nii.gz", nan_policy="ignore")
+
+
+# ---------------------------------------------------------------------------------------------
+# Volume
+# ---------------------------------------------------------------------------------------------
+def test_volume_validation_and_with_data():
+    vol = _volume()
+    other = vol.with_data(np.zeros(vol.shape, np.uint8))
+    assert other.same_geometry(vol)
+    assert other.data.dtype == np.uint8
+    with pytest.raises(ValueError, match=r"with_data: array shape \(2, 6, 7\)"):
+        vol.with_data(np.zeros((2, 6, 7)))
+    with pytest.raises(ValueError, match="must be 3-D"):
+        Volume(np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="spacing must be > 0"):
+        Volume(np.zeros((2, 2, 2)), spacing=(1, 0, 1))
+    with pytest.raises(ValueError, match="singular"):
+        Volume(np.zeros((2, 2, 2)), direction=np.zeros((3, 3)))
+    assert vol.physical_size_mm == (12.5, 4.2, 6.3)
+
+
+def test_napari_kwargs():
+    straight = _volume(direction=np.eye(3))
+    kw = straight.napari_kwargs()
+    assert kw == {"scale": SPACING, "translate": ORIGIN}
+    kw = _volume().napari_kwargs()
+    assert kw["scale"] == SPACING
+    assert kw["translate"] == ORIGIN
+    aff = kw["affine"]
+    # napari maps index -> affine @ (translate + scale * index): that must equal Volume.affine()
+    idx = np.array([4.0, 2.0, 5.0])
+    inner = np.asarray(ORIGIN) + np.asarray(SPACING) * idx
+    world = aff[:3, :3] @ inner + aff[:3, 3]
+    np.testing.assert_allclose(world, (_volume().affine() @ np.r_[idx, 1.0])[:3])
+
+
+def test_io_imports_no_gui():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, napari_tubular.io;"
+        "bad=[m for m in ('napari','qtpy','PyQt6','magicgui','torch') if m in sys.modules];"
+        "sys.exit(1 if bad else 0)"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.uint16, np.int32, np.uint64])
+def test_count_unique_matches_numpy(dtype):
+    from napari_tubular.io import _count_unique
+
+    rng = np.random.default_rng(5)
+    info = np.iinfo(dtype)
+    for lo, hi in [(0, 40), (max(info.min, -3), 20), (info.min, info.max)]:
+        a = rng.integers(lo, hi, size=(6, 7, 8), dtype=dtype, endpoint=True)
+        n = np.unique(a).size
+        assert _count_unique(a) == n
+        assert _count_unique(a, stop_above=5) == min(n, 6)

@@ -1,0 +1,260 @@
+"""napari reader/writer hooks: LayerData from files and files from layers, geometry kept."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_tubular._napari_io import (
+    guess_layer_type,
+    napari_get_reader,
+    write_image,
+    write_labels,
+)
+from napari_tubular.io import Volume, read_volume, write_volume
+
+SPACING = (2.5, 0.7, 0.9)
+ORIGIN = (-10.0, 20.5, 3.25)
+# a proper rotation, oblique to every axis (columns orthonormal, det +1)
+_Q, _ = np.linalg.qr(np.array([[0.9, -0.3, 0.2], [0.35, 0.8, -0.4], [0.1, 0.5, 0.85]]))
+OBLIQUE = _Q * np.sign(np.linalg.det(_Q))
+
+
+def _image(direction=OBLIQUE) -> Volume:
+    data = np.random.default_rng(2).normal(0, 300, size=(6, 7, 8)).astype(np.float32)
+    return Volume(data, SPACING, ORIGIN, direction)
+
+
+def _labels(ref: Volume) -> np.ndarray:
+    lab = np.zeros(ref.shape, np.uint8)
+    lab[1:4, 2:5, 3:7] = 1
+    lab[4:, :2, :2] = 2
+    return lab
+
+
+def _assert_same_geometry(a: Volume, b: Volume) -> None:
+    np.testing.assert_allclose(a.spacing, b.spacing, atol=1e-6)
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-6)
+    np.testing.assert_allclose(a.direction, b.direction, atol=1e-6)
+
+
+@pytest.fixture
+def files(tmp_path):
+    img = _image()
+    return {
+        "image": write_volume(tmp_path / "case_001_image.nii.gz", img),
+        "labels": write_volume(tmp_path / "case_001_vessels.nrrd", _labels(img), reference=img),
+        "volume": img,
+    }
+
+
+def test_get_reader_accepts_only_volumes(tmp_path, files):
+    assert callable(napari_get_reader(str(files["image"])))
+    assert callable(napari_get_reader([str(files["image"]), str(files["labels"])]))
+    assert napari_get_reader(str(tmp_path / "photo.png")) is None
+    assert napari_get_reader([str(files["image"]), str(tmp_path / "photo.png")]) is None
+    assert napari_get_reader(str(tmp_path)) is None  # folder without DICOM files
+    assert napari_get_reader([]) is None
+
+
+def test_reader_layer_data(files):
+    reader = napari_get_reader(str(files["image"]))
+    layers = reader(str(files["image"]))
+    assert len(layers) == 1
+    data, kwargs, layer_type = layers[0]
+    vol = files["volume"]
+    assert layer_type == "image"
+    assert kwargs["name"] == "case_001_image"
+    np.testing.assert_array_equal(data, vol.data)
+    assert kwargs["scale"] == SPACING  # scale is the spacing, z,y,x
+    assert kwargs["translate"] == ORIGIN
+    md = kwargs["metadata"]
+    assert md["spacing"] == SPACING
+    assert md["origin"] == ORIGIN
+    np.testing.assert_allclose(md["direction"], OBLIQUE, atol=1e-6)
+    assert md["source_path"] == str(files["image"])
+    assert kwargs["affine"].shape == (4, 4)
+
+
+def test_reader_list_and_labels_type(files):
+    reader = napari_get_reader([str(files["image"]), str(files["labels"])])
+    (img, _, t_img), (lab, kw_lab, t_lab) = reader([str(files["image"]), str(files["labels"])])
+    assert (t_img, t_lab) == ("image", "labels")
+    assert kw_lab["name"] == "case_001_vessels"
+    assert lab.dtype == np.uint8
+    np.testing.assert_array_equal(lab, _labels(files["volume"]))
+
+
+def test_guess_layer_type():
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1000, 3000, size=(8, 8, 8)).astype(np.int16)
+    assert guess_layer_type(ct, "ct") == "image"
+    assert guess_layer_type(ct, "ct_seg") == "image"  # negative values: not a label map
+    many = rng.integers(0, 500, size=(8, 8, 8)).astype(np.uint16)
+    assert guess_layer_type(many, "case_7") == "image"
+    assert guess_layer_type(many, "case_7_label") == "labels"
+    assert guess_layer_type(many, "instance_mask") == "labels"
+    assert guess_layer_type((many > 5), "x") == "labels"
+    few = (many % 64).astype(np.int32)
+    assert guess_layer_type(few, "x") == "labels"  # 64 distinct values
+    assert guess_layer_type(many.astype(np.float32), "vessel_seg_prob") == "image"
+
+
+def test_write_labels_keeps_source_geometry(tmp_path, files):
+    ((data, kwargs, _),) = napari_get_reader(str(files["image"]))(str(files["image"]))
+    seg = (data > 0).astype(np.int64)  # napari's default labels dtype can be int64
+    meta = {**kwargs, "name": "seg"}
+    out = write_labels(str(tmp_path / "out" / "seg.nii.gz"), seg, meta)
+    assert out == [str(tmp_path / "out" / "seg.nii.gz")]
+    got = read_volume(out[0])
+    assert got.data.dtype == np.uint8  # stored compactly
+    np.testing.assert_array_equal(got.data, seg)
+    _assert_same_geometry(got, files["volume"])
+
+
+@pytest.mark.parametrize("ext", ["", ".nii", ".nrrd", ".mha"])
+def test_write_image_extensions(tmp_path, files, ext):
+    ((data, kwargs, _),) = napari_get_reader(str(files["image"]))(str(files["image"]))
+    out = write_image(str(tmp_path / f"img{ext}"), data.astype(np.float64), kwargs)
+    expected = tmp_path / f"img{ext or '.nii.gz'}"
+    assert out == [str(expected)]
+    got = read_volume(expected)
+    assert got.data.dtype == np.float32
+    np.testing.assert_array_equal(got.data, data)
+    _assert_same_geometry(got, files["volume"])
+
+
+def test_writer_without_metadata_uses_scale_translate(tmp_path):
+    data = np.arange(6 * 7 * 8, dtype=np.uint16).reshape(6, 7, 8) % 5
+    meta = {"scale": list(SPACING), "translate": list(ORIGIN), "metadata": {}}
+    got = read_volume(write_labels(str(tmp_path / "lab.mha"), data, meta)[0])
+    assert got.spacing == SPACING
+    assert got.origin == ORIGIN
+    np.testing.assert_array_equal(got.direction, np.eye(3))
+    np.testing.assert_array_equal(got.data, data)
+
+
+def test_writer_rejects_what_it_cannot_store(tmp_path):
+    with pytest.raises(ValueError, match="only 3-D layers"):
+        write_image(str(tmp_path / "a.nii.gz"), np.zeros((4, 5)), {"scale": [1, 1]})
+    with pytest.raises(ValueError, match="labels must be integer"):
+        write_labels(str(tmp_path / "b.nii.gz"), np.zeros((2, 3, 4), np.float32), {})
+    shear = {"scale": [1, 1, 1], "translate": [0, 0, 0], "shear": [0.3, 0, 0]}
+    with pytest.raises(ValueError, match="shear"):
+        write_image(str(tmp_path / "c.nii.gz"), np.zeros((2, 3, 4)), shear)
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
+def test_round_trip_through_napari_layers(tmp_path, files):
+    """Reader kwargs build real napari layers at the right physical place; saving their state
+    writes the source geometry back (no viewer, no Qt)."""
+    layers_mod = pytest.importorskip("napari.layers")
+    vol = files["volume"]
+    for path, cls in [(files["image"], layers_mod.Image), (files["labels"], layers_mod.Labels)]:
+        ((data, kwargs, _),) = napari_get_reader(str(path))(str(path))
+        layer = cls(data, **kwargs)
+        np.testing.assert_allclose(layer.scale, SPACING)
+        for idx in [(0, 0, 0), (5, 6, 7), (2, 3, 1)]:
+            world = layer.data_to_world(np.asarray(idx, float))
+            np.testing.assert_allclose(world, (vol.affine() @ np.r_[idx, 1.0])[:3], atol=1e-5)
+        writer = write_labels if cls is layers_mod.Labels else write_image
+        state = layer._get_state()
+        for with_metadata in (True, False):
+            if not with_metadata:
+                state = {**state, "metadata": {}}  # geometry from scale/translate/affine only
+            out = writer(str(tmp_path / f"{cls.__name__}_{with_metadata}.nrrd"), layer.data, state)
+            got = read_volume(out[0])
+            _assert_same_geometry(got, vol)
+            np.testing.assert_array_equal(got.data, data)
+
+
+def test_manifest_io_commands_resolve():
+    import yaml
+
+    manifest = Path(importlib.import_module("napari_tubular").__file__).parent / "napari.yaml"
+    spec = yaml.safe_load(manifest.read_text())
+    commands = {c["id"]: c["python_name"] for c in spec["contributions"]["commands"]}
+    for cid in (
+        "napari-tubular.get_reader",
+        "napari-tubular.write_labels",
+        "napari-tubular.write_image",
+    ):
+        module, _, attr = commands[cid].partition(":")
+        assert callable(getattr(importlib.import_module(module), attr))
+    assert {".nii.gz", ".nii", ".nrrd", ".mha"} <= set(
+        spec["contributions"]["writers"][0]["filename_extensions"]
+    )
+
+
+def test_hooks_do_not_import_napari():
+    code = (
+        "import sys, napari_tubular._napari_io;"
+        "sys.exit(1 if any(m in sys.modules for m in ('napari', 'qtpy', 'PyQt6')) else 0)"
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+def test_dicom_files_open_as_one_layer(tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    ct = (np.arange(3 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(3, 5, 6)  # 90 values
+    vol = Volume(ct, SPACING, ORIGIN)
+    img = sitk.GetImageFromArray(vol.data)
+    img.SetSpacing(SPACING[::-1])
+    img.SetOrigin(ORIGIN[::-1])
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.9.7433.2.1"
+    folder = tmp_path / "ct_series"
+    folder.mkdir()
+    files = []
+    for k in range(3):
+        sl = img[:, :, k : k + 1]
+        pos = "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
+        for tag, value in {
+            "0020|000d": uid + ".0",
+            "0020|000e": uid,
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0020|0032": pos,
+            "0020|0013": str(k + 1),
+            "0008|0018": f"{uid}.{k + 1}",
+        }.items():
+            sl.SetMetaData(tag, value)
+        files.append(str(folder / f"im{k}.dcm"))
+        writer.SetFileName(files[-1])
+        writer.Execute(sl)
+    for arg in (files, str(folder)):
+        reader = napari_get_reader(arg)
+        assert callable(reader)
+        layers = reader(arg)
+        assert len(layers) == 1
+        data, kwargs, layer_type = layers[0]
+        assert layer_type == "image"
+        assert kwargs["name"] == "ct_series"
+        np.testing.assert_array_equal(data, vol.data)
+        np.testing.assert_allclose(kwargs["scale"], SPACING)
+
+
+def test_manifest_wiring_through_npe2(tmp_path, files):
+    """The manifest's reader/writer commands work through npe2 (what napari calls)."""
+    npe2 = pytest.importorskip("npe2")
+    npe2.PluginManager.instance().discover()
+    layer_data = npe2.read([str(files["image"])], stack=False, plugin_name="napari-tubular")
+    assert len(layer_data) == 1
+    data, kwargs, layer_type = layer_data[0]
+    assert layer_type == "image"
+    assert kwargs["scale"] == SPACING
+    seg = (data > 0).astype(np.uint8)
+    out = npe2.write(
+        str(tmp_path / "seg.nrrd"), [(seg, kwargs, "labels")], plugin_name="napari-tubular"
+    )
+    assert out == [str(tmp_path / "seg.nrrd")]
+    got = read_volume(out[0])
+    np.testing.assert_array_equal(got.data, seg)
+    _assert_same_geometry(got, files["volume"])
