@@ -1,0 +1,145 @@
+"""Interactive DDT refinement: cache the network outputs, redo only what a slider change needs.
+
+How wide is the refined mask? (measured, straight tubes of radius r = 2, 4, 6, 8 voxels in random
+directions, radius map = EDT + 0.2 voxel, probability 0.5 at the wall rising linearly to 0.99 on
+the axis; the number is the equivalent radius of ``Y_r > T_r`` over that of the true tube)
+
+==========================================  ===========================  =========================
+seeds                                       T_r = 0.25 (r = 2/4/6/8)      T_r = 0.5 (r = 2/4/6/8)
+==========================================  ===========================  =========================
+hard skeleton only (thin, 20-30 seeds/tube)  0.62 / 0.71 / 0.76 / 0.80    0.44 / 0.62 / 0.65 / 0.71
+``P > 0.9`` (core, EDT > 0.82 max)           0.77 / 0.84 / 0.93 / 0.95    0.65 / 0.73 / 0.87 / 0.90
+``P > 0.75`` (EDT > 0.51 max)                0.93 / 0.96 / 1.00 / 1.01    0.75 / 0.91 / 0.96 / 0.98
+==========================================  ===========================  =========================
+
+A single seed's kernel (sigma = r/3) crosses 0.5 at 0.39 r, so a thin skeleton under-reconstructs;
+the SUM over a dense pseudo-skeleton (METHODS.md formula, kept as the default) widens it, and the
+3-sigma truncation (support = the ball of radius r) caps it at the hard union of balls, so it never
+overshoots by more than the radius error. Defaults: ``T_p = 0.9``, ``T_r = 0.25``, truncate = 3.
+On a 256^3 synthetic tree with a dense pseudo-skeleton (45k seeds) the Dice with the true mask is
+0.985 at ``T_r = 0.25`` and 0.957 at ``T_r = 0.5``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import check_threshold
+from .spheres import (
+    DEFAULT_TP,
+    DEFAULT_TR,
+    DEFAULT_TRUNCATE,
+    RefineResult,
+    _check_refine_inputs,
+    _refine_from_seeds,
+    _resolve_device,
+    soft_reconstruction,
+    spheres_as_points,
+)
+
+
+class Refiner:
+    """Geometry-aware refinement driven by the viewer's ``T_p`` / ``T_r`` sliders.
+
+    Keeps the probability map ``P`` and the radius map (mm) in memory, plus the last refined map
+    ``Y_r``. :meth:`update` with a new ``tr`` only re-thresholds ``Y_r`` (a few ms at 256^3); a new
+    ``tp`` recomputes the pseudo-skeleton and the reconstruction (vectorised scatter, no network).
+
+    Args:
+        prob: float (Z, Y, X), foreground probability in [0, 1] (native grid).
+        radius_mm: float (Z, Y, X), sphere radius per voxel in mm (native grid, may be anisotropic).
+        spacing: voxel size in mm, (dz, dy, dx).
+        tp, tr: initial thresholds (used by the first :meth:`update` call when it passes None).
+        truncate: kernel support in sigmas (default 3, i.e. the ball of the seed's radius).
+        device: "auto" (CUDA when torch sees a GPU, else numpy), "cpu" or "cuda".
+    """
+
+    def __init__(self, prob, radius_mm, spacing, *, tp: float = DEFAULT_TP, tr: float = DEFAULT_TR,
+                 truncate: float = DEFAULT_TRUNCATE, device: str = "auto"):
+        p, r, sp = _check_refine_inputs(prob, radius_mm, spacing)
+        self.prob = np.ascontiguousarray(p, dtype=np.float32)
+        self.radius_mm = np.ascontiguousarray(r, dtype=np.float32)
+        self.spacing = sp
+        self.truncate = check_threshold(truncate, "truncate", low=0.5, high=10.0)
+        self.device = _resolve_device(device)
+        self._tp = check_threshold(tp, "tp")
+        self._tr = check_threshold(tr, "tr", high=1e6)
+        self._result: RefineResult | None = None
+        self._flat: np.ndarray | None = None
+        self._cand: np.ndarray | None = None
+        self._cand_negp: np.ndarray | None = None
+        self._cand_floor = 1.0
+        self.n_reconstructions = 0  # how many times the scatter ran (for tests / diagnostics)
+
+    def _seeds(self, tp: float):
+        """Seeds of ``P > tp`` from a cache of candidates sorted by probability (no volume scan)."""
+        if self._cand is None or tp < self._cand_floor:
+            floor = min(tp, 0.5)
+            p = self.prob.ravel()
+            cand = np.flatnonzero(p > floor)
+            order = np.argsort(-p[cand], kind="stable")
+            self._cand = cand[order]
+            self._cand_negp = -p[self._cand]
+            self._cand_floor = floor
+        count = int(np.searchsorted(self._cand_negp, -tp, side="left"))
+        flat = np.sort(self._cand[:count])
+        r = self.radius_mm.ravel()[flat]
+        r = np.maximum(r, np.float32(0.5 * min(self.spacing)))
+        w = self.prob.ravel()[flat]
+        return flat, r, w
+
+    @property
+    def tp(self) -> float:
+        return self._tp
+
+    @property
+    def tr(self) -> float:
+        return self._tr
+
+    @property
+    def result(self) -> RefineResult | None:
+        """The last result (None before the first :meth:`update`)."""
+        return self._result
+
+    def update(self, tp: float | None = None, tr: float | None = None) -> RefineResult:
+        """Apply new thresholds and return the refinement.
+
+        Args:
+            tp: new ``T_p`` in [0, 1], or None to keep the current one.
+            tr: new ``T_r`` >= 0, or None to keep the current one.
+
+        Returns:
+            :class:`RefineResult`. The arrays ``refined``, ``skeleton``, ``centers_mm`` and
+            ``radii_mm`` are shared with the cache: treat them as read-only.
+        """
+        new_tp = self._tp if tp is None else check_threshold(tp, "tp")
+        new_tr = self._tr if tr is None else check_threshold(tr, "tr", high=1e6)
+        if self._result is None or new_tp != self._tp:
+            flat, r, w = self._seeds(new_tp)
+            self._result = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
+                                              new_tr, self.truncate, self.device)
+            self._flat = flat
+            self.n_reconstructions += 1
+        elif new_tr != self._tr:
+            old = self._result
+            self._result = RefineResult(labels=(old.refined > new_tr).view(np.uint8),
+                                        skeleton=old.skeleton, refined=old.refined,
+                                        centers_mm=old.centers_mm, radii_mm=old.radii_mm,
+                                        tp=new_tp, tr=new_tr)
+        self._tp, self._tr = new_tp, new_tr
+        return self._result
+
+    def soft_shape(self) -> np.ndarray:
+        """The unweighted soft reconstruction ``Y_s`` (all seed weights 1) for the current ``T_p``."""
+        res = self._result if self._result is not None else self.update()
+        seeds = np.stack(np.unravel_index(self._flat, self.prob.shape), axis=1)
+        return soft_reconstruction(seeds, res.radii_mm / 3.0, None, self.prob.shape, self.spacing,
+                                   truncate=self.truncate,
+                                   device="cpu" if self.device == "numpy" else self.device)
+
+    def points(self, max_points: int | None = None):
+        """Seed spheres as ``(centers_mm (M, 3), radii_mm (M,))`` for a napari Points layer."""
+        res = self._result if self._result is not None else self.update()
+        centers_vox = res.centers_mm / np.asarray(self.spacing)[None, :]
+        return spheres_as_points(np.rint(centers_vox), res.radii_mm, self.spacing,
+                                 max_points=max_points)

@@ -1,0 +1,81 @@
+"""Refiner: caching (T_r only re-thresholds, T_p recomputes), equality with refine()."""
+
+import numpy as np
+import pytest
+
+from napari_tubular.geometry import EmptySkeletonWarning, Refiner, edt_mm, refine
+
+from ._shapes import small_tree
+
+SP = (2.0, 0.8, 0.8)
+
+
+@pytest.fixture(scope="module")
+def case():
+    mask, _ = small_tree(SP, shape=(32, 64, 64))
+    d = edt_mm(mask, SP)
+    prob = np.where(mask, 0.5 + 0.49 * d / d.max(), 0.01).astype(np.float32)
+    return mask, prob, (d + 0.16).astype(np.float32)
+
+
+def test_tr_change_only_rethresholds(case):
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    r1 = ref.update(tp=0.8, tr=0.5)
+    assert ref.n_reconstructions == 1
+    r2 = ref.update(tr=0.2)
+    assert ref.n_reconstructions == 1
+    assert r2.refined is r1.refined
+    np.testing.assert_array_equal(r2.labels, r1.refined > 0.2)
+    assert r2.labels.sum() > r1.labels.sum()
+    r3 = ref.update(tp=0.7)
+    assert ref.n_reconstructions == 2
+    assert r3.tr == 0.2
+    assert r3.n_seeds > r1.n_seeds
+    one_shot = refine(prob, radius, SP, tp=0.7, tr=0.2)
+    np.testing.assert_allclose(r3.refined, one_shot.refined, atol=1e-5)
+    np.testing.assert_array_equal(r3.skeleton, one_shot.skeleton)
+    ref.update(tp=0.7, tr=0.2)
+    assert ref.n_reconstructions == 2  # nothing changed
+
+
+def test_refiner_points_and_soft_shape(case):
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, tp=0.8, device="cpu")
+    res = ref.update()
+    pts, r = ref.points()
+    np.testing.assert_allclose(pts, res.centers_mm)
+    np.testing.assert_allclose(r, res.radii_mm)
+    ys = ref.soft_shape()
+    assert (ys >= res.refined - 1e-6).all()  # weights p_u <= 1
+
+
+def test_refiner_empty_then_recovers(case):
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    with pytest.warns(EmptySkeletonWarning):
+        res = ref.update(tp=1.0)
+    assert not res.labels.any()
+    assert ref.update(tp=0.8).labels.any()
+
+
+def test_refiner_errors(case):
+    _, prob, radius = case
+    with pytest.raises(ValueError, match="shape"):
+        Refiner(prob, radius[:-1], SP)
+    with pytest.raises(ValueError, match="3-D"):
+        Refiner(prob[0], radius[0], SP)
+    ref = Refiner(prob, radius, SP, device="cpu")
+    with pytest.raises(ValueError, match="tp"):
+        ref.update(tp=2.0)
+    with pytest.raises(ValueError, match="device"):
+        Refiner(prob, radius, SP, device="gpu0")
+
+
+def test_refiner_seed_cache_follows_any_tp(case):
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    for tp in (0.9, 0.3, 0.95, 0.0, 0.6):
+        res = ref.update(tp=tp)
+        np.testing.assert_array_equal(res.skeleton, prob > tp)
+        np.testing.assert_allclose(res.centers_mm, np.argwhere(prob > tp) * np.asarray(SP))

@@ -1,0 +1,108 @@
+"""Hard skeleton guard, pseudo-skeleton and centreline graph (lengths in mm, topology)."""
+
+import numpy as np
+import pytest
+from skimage.morphology import skeletonize
+
+from napari_tubular.geometry import centerline_graph, pseudo_skeleton, skeletonize_mask
+
+
+def test_guard_even_width_bar():
+    m = np.zeros((30, 12, 12), bool)
+    m[3:27, 4:8, 4:8] = True  # 4x4 bar centred between voxels
+    assert not skeletonize(m).any(), "precondition: scikit-image drops this skeleton"
+    sk = skeletonize_mask(m)
+    assert sk.dtype == np.uint8
+    assert sk.any()
+    assert not (sk.astype(bool) & ~m).any()
+
+
+def test_every_component_gets_a_skeleton(rng):
+    m = np.zeros((40, 40, 40), bool)
+    zz, yy, xx = np.indices(m.shape)
+    centres = [(10.5, 10.5, 10.5), (28.5, 28.5, 12.5), (12, 30, 30)]
+    for c in centres:
+        m |= (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 16
+    m[30:36, 5:7, 20:34] = True  # even-width bar
+    sk = skeletonize_mask(m).astype(bool)
+    import cc3d
+
+    lab, n = cc3d.connected_components(m, connectivity=26, return_N=True)
+    assert n == 4
+    assert set(np.unique(lab[sk])) == set(range(1, n + 1))
+    assert not (sk & ~m).any()
+    assert not skeletonize_mask(np.zeros((5, 5, 5))).any()
+
+
+def test_pseudo_skeleton(rng):
+    p = rng.random((8, 9, 10)).astype(np.float32)
+    s = pseudo_skeleton(p, 0.9)
+    assert s.dtype == np.uint8
+    np.testing.assert_array_equal(s, p > 0.9)
+    with pytest.raises(ValueError, match="tp"):
+        pseudo_skeleton(p, 1.5)
+    with pytest.raises(ValueError, match="3-D"):
+        pseudo_skeleton(p[0], 0.5)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.5, 0.7)])
+def test_graph_straight_and_diagonal_lines(spacing):
+    sk = np.zeros((20, 20, 20), bool)
+    sk[5, 5, 2:17] = True  # 15 voxels along x
+    rad = np.full(sk.shape, 1.5, np.float32)
+    g = centerline_graph(sk, rad, spacing)
+    assert g.n_branches == 1
+    assert g.branches["length_mm"][0] == pytest.approx(14 * spacing[2])
+    assert g.branches["mean_radius_mm"][0] == pytest.approx(1.5)
+    assert len(g.end_points_vox) == 2
+    assert len(g.branch_points_vox) == 0
+    assert {tuple(g.branches["start_voxel"][0]), tuple(g.branches["end_voxel"][0])} == {
+        (5, 5, 2), (5, 5, 16)}
+    np.testing.assert_allclose(g.branches["centroid_mm"][0], np.array([5, 5, 9]) * spacing)
+    # diagonal line: steps of sqrt(sz^2 + sy^2 + sx^2)
+    sk = np.zeros((20, 20, 20), bool)
+    i = np.arange(3, 15)
+    sk[i, i, i] = True
+    g = centerline_graph(sk, None, spacing)
+    assert g.n_branches == 1
+    assert g.branches["length_mm"][0] == pytest.approx(11 * np.sqrt(np.sum(np.square(spacing))))
+
+
+def test_graph_y_shape():
+    sp = (1.0, 1.0, 1.0)
+    sk = np.zeros((30, 30, 30), bool)
+    sk[2:15, 15, 15] = True  # trunk (13 voxels), junction at (14, 15, 15)
+    for k in range(1, 10):
+        sk[14 + k, 15 + k, 15] = True  # diagonal arm
+        sk[14 + k, 15 - k, 15] = True  # other arm
+    rad = np.zeros(sk.shape, np.float32)
+    rad[:15] = 3.0
+    rad[15:] = 1.0
+    g = centerline_graph(sk, rad, sp)
+    assert g.n_branches == 3
+    assert len(g.end_points_vox) == 3
+    assert (g.node_kind == "branch").sum() == 1
+    assert (g.node_kind == "end").sum() == 3
+    lengths = np.sort(g.branches["length_mm"])
+    np.testing.assert_allclose(lengths, np.sort([12.0, 9 * np.sqrt(2), 9 * np.sqrt(2)]))
+    assert g.total_length_mm == pytest.approx(12 + 18 * np.sqrt(2))
+    # every branch joins the junction node and one end node
+    junction = int(np.flatnonzero(g.node_kind == "branch")[0])
+    for row in g.table():
+        assert junction in (row["src_node"], row["dst_node"])
+        assert row["src_node"] != row["dst_node"]
+    trunk = int(np.argmax(g.branches["n_voxels"]))
+    assert g.branches["mean_radius_mm"][trunk] == pytest.approx(3.0)
+    lv = g.label_volume(sk.shape)
+    assert (lv > 0).sum() == sk.sum() - 1  # all voxels but the junction
+
+
+def test_graph_empty_and_errors():
+    g = centerline_graph(np.zeros((5, 5, 5), bool), np.zeros((5, 5, 5)), (1, 1, 1))
+    assert g.n_branches == 0
+    assert g.total_length_mm == 0
+    assert g.table() == []
+    with pytest.raises(ValueError, match="shape"):
+        centerline_graph(np.zeros((5, 5, 5), bool), np.zeros((5, 5, 6)), (1, 1, 1))
+    with pytest.raises(ValueError, match="3-D"):
+        centerline_graph(np.zeros((5, 5), bool), None, (1, 1, 1))

@@ -1,0 +1,183 @@
+"""Sphere reconstruction: brute-force equality, truncation, tree reconstruction, refinement."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_tubular.geometry import (
+    EmptySkeletonWarning,
+    edt_mm,
+    refine,
+    skeletonize_mask,
+    soft_reconstruction,
+    spheres_as_points,
+    union_of_balls,
+)
+
+from ._shapes import small_tree
+
+SP = (1.5, 0.8, 1.0)
+
+
+def _brute_sum(seeds, sigma, w, shape, sp, truncate=3.0):
+    g = np.stack(np.indices(shape), -1) * np.asarray(sp)
+    out = np.zeros(shape)
+    for s, sg, wi in zip(seeds, sigma, w):
+        d2 = ((g - np.asarray(s) * sp) ** 2).sum(-1)
+        out += np.where(d2 <= (truncate * sg) ** 2, wi * np.exp(-d2 / (2 * sg * sg)), 0)
+    return out
+
+
+def _seeds(rng, n, shape):
+    s = np.stack([rng.integers(0, k, n) for k in shape], 1)
+    s[0] = 0  # corner seed: clipped kernels
+    s[1] = np.array(shape) - 1
+    return s
+
+
+def test_soft_reconstruction_equals_brute_force(rng):
+    shape = (14, 20, 17)
+    seeds = _seeds(rng, 40, shape)
+    sigma = rng.uniform(0.3, 2.5, 40)
+    w = rng.uniform(0.2, 1.0, 40)
+    ours = soft_reconstruction(seeds, sigma, w, shape, SP)
+    assert ours.dtype == np.float32
+    assert ours.shape == shape
+    np.testing.assert_allclose(ours, _brute_sum(seeds, sigma, w, shape, SP), atol=2e-5)
+    ys = soft_reconstruction(seeds, sigma, None, shape, SP)
+    np.testing.assert_allclose(ys, _brute_sum(seeds, sigma, np.ones(40), shape, SP), atol=2e-5)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_threaded_scatter_equals_brute_force(rng, monkeypatch, threads):
+    from napari_tubular.geometry import spheres
+
+    monkeypatch.setattr(spheres, "_CHUNK_ENTRIES", 700)  # many chunks
+    monkeypatch.setattr(spheres, "_n_threads", lambda: threads)
+    shape = (15, 18, 16)
+    seeds = _seeds(rng, 120, shape)
+    sigma = rng.uniform(0.3, 2.0, 120)
+    w = rng.uniform(0.2, 1.0, 120)
+    ours = soft_reconstruction(seeds, sigma, w, shape, SP)
+    np.testing.assert_allclose(ours, _brute_sum(seeds, sigma, w, shape, SP), atol=2e-5)
+    balls = union_of_balls(seeds, 3 * sigma, shape, SP)
+    np.testing.assert_array_equal(balls, _brute_sum(seeds, sigma, w, shape, SP) > 0)
+
+
+def test_single_seed_peak_and_truncation():
+    shape = (21, 21, 21)
+    y = soft_reconstruction([[10, 10, 10]], [1.2], [0.7], shape, (1, 1, 1))
+    assert y[10, 10, 10] == pytest.approx(0.7)  # peak-normalised: peak = weight
+    d = np.sqrt(((np.stack(np.indices(shape), -1) - 10) ** 2).sum(-1))
+    assert y[d > 3 * 1.2 + 1e-6].max() == 0
+    assert y[d <= 3 * 1.2].min() > 0
+
+
+def test_union_of_balls_equals_brute_force(rng):
+    shape = (12, 15, 18)
+    c = _seeds(rng, 25, shape)
+    r = rng.uniform(0.5, 4.0, 25)
+    ours = union_of_balls(c, r, shape, SP)
+    g = np.stack(np.indices(shape), -1) * np.asarray(SP)
+    ref = np.zeros(shape, bool)
+    for ci, ri in zip(c, r):
+        ref |= ((g - ci * np.asarray(SP)) ** 2).sum(-1) < ri * ri
+    np.testing.assert_array_equal(ours, ref)
+    assert not union_of_balls(np.zeros((0, 3)), [], shape, SP).any()
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.8, 0.8)])
+def test_tree_from_exact_centerline(spacing):
+    mask, cl = small_tree(spacing)
+    centers = np.rint(cl[:, :3] / np.asarray(spacing)).astype(int)
+    recon = union_of_balls(centers, cl[:, 3], mask.shape, spacing)
+    dice = 2 * (recon & mask).sum() / (recon.sum() + mask.sum())
+    assert dice > 0.9
+    # the mask's own skeleton with its EDT radii (strict balls) reconstructs it too
+    sk = np.argwhere(skeletonize_mask(mask, spacing=spacing))
+    r_edt = edt_mm(mask, spacing)[tuple(sk.T)] * (1 - 1e-6)  # float32 EDT: no rounding ties
+    recon2 = union_of_balls(sk, r_edt, mask.shape, spacing)
+    assert 2 * (recon2 & mask).sum() / (recon2.sum() + mask.sum()) > 0.85
+    assert not (recon2 & ~mask).any()  # a ball of radius EDT(u) holds no background voxel
+
+
+def test_refine_properties():
+    mask, _ = small_tree(SP, shape=(40, 64, 64))
+    d = edt_mm(mask, SP)
+    prob = np.where(mask, 0.5 + 0.49 * d / d.max(), 0.02).astype(np.float32)
+    radius = d + 0.2 * min(SP)
+    res = refine(prob, radius, SP, tp=0.7, tr=0.25)
+    assert res.labels.dtype == np.uint8
+    assert res.skeleton.dtype == np.uint8
+    assert res.refined.dtype == np.float32
+    np.testing.assert_array_equal(res.skeleton, prob > 0.7)
+    np.testing.assert_array_equal(res.labels, res.refined > 0.25)
+    assert res.centers_mm.shape == (res.n_seeds, 3)
+    assert res.radii_mm.shape == (res.n_seeds,)
+    seeds = np.argwhere(prob > 0.7)
+    np.testing.assert_allclose(res.centers_mm, seeds * np.asarray(SP))
+    # with 3-sigma truncation the refined mask lies inside the hard union of balls
+    balls = union_of_balls(seeds, res.radii_mm * (1 + 1e-6), mask.shape, SP)
+    assert not (res.labels.astype(bool) & ~balls).any()
+    dice = 2 * (res.labels.astype(bool) & mask).sum() / (res.labels.sum() + mask.sum())
+    assert dice > 0.85
+
+
+def test_refine_empty_skeleton_warns():
+    prob = np.full((8, 8, 8), 0.5, np.float32)
+    with pytest.warns(EmptySkeletonWarning, match="T_p"):
+        res = refine(prob, np.ones_like(prob), (1, 1, 1), tp=0.99, tr=0.5)
+    assert not res.labels.any()
+    assert res.n_seeds == 0
+    assert res.centers_mm.shape == (0, 3)
+
+
+def test_spheres_as_points():
+    c = np.array([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    pts, r = spheres_as_points(c, [1.0, 2.0, 3.0], SP)
+    np.testing.assert_allclose(pts, c * np.asarray(SP))
+    assert r.dtype == np.float32
+    pts, r = spheres_as_points(c, 2.0, SP, max_points=2)
+    assert len(pts) == 2
+    assert (r == 2).all()
+
+
+def test_errors():
+    shape = (5, 5, 5)
+    with pytest.raises(ValueError, match=r"\(N, 3\)"):
+        union_of_balls(np.zeros((3, 2)), 1.0, shape, SP)
+    with pytest.raises(ValueError, match="outside"):
+        union_of_balls([[5, 0, 0]], 1.0, shape, SP)
+    with pytest.raises(ValueError, match="integer"):
+        soft_reconstruction([[0.5, 0, 0]], 1.0, None, shape, SP)
+    with pytest.raises(ValueError, match="sigma_mm"):
+        soft_reconstruction([[1, 1, 1]], [1.0, 2.0], None, shape, SP)
+    with pytest.raises(ValueError, match="shape"):
+        soft_reconstruction([[1, 1, 1]], 1.0, None, (5, 5), SP)
+    with pytest.raises(ValueError, match="device"):
+        soft_reconstruction([[1, 1, 1]], 1.0, None, shape, SP, device="tpu")
+    p = np.zeros(shape, np.float32)
+    with pytest.raises(ValueError, match="radius_mm has shape"):
+        refine(p, np.zeros((5, 5, 4)), SP, 0.9, 0.5)
+    with pytest.raises(ValueError, match="3-D"):
+        refine(p[0], p[0], SP, 0.9, 0.5)
+    with pytest.raises(ValueError, match="tr"):
+        refine(p, p, SP, 0.9, -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptySkeletonWarning)
+        with pytest.raises(ValueError, match="spacing"):
+            refine(p, p, (1, 1), 0.9, 0.5)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_numpy(rng):
+    shape = (30, 40, 50)
+    seeds = _seeds(rng, 500, shape)
+    sigma = rng.uniform(0.3, 2.5, 500)
+    w = rng.uniform(0.2, 1.0, 500)
+    a = soft_reconstruction(seeds, sigma, w, shape, SP, device="cpu")
+    b = soft_reconstruction(seeds, sigma, w, shape, SP, device="cuda")
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_array_equal(union_of_balls(seeds, 3 * sigma, shape, SP),
+                                  union_of_balls(seeds, 3 * sigma, shape, SP, device="cuda"))
