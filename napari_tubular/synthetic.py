@@ -1,0 +1,1354 @@
+"""Seeded synthetic vessel phantoms with known radii, centerlines and topology.
+
+Everything is generated in PHYSICAL space (mm) and then sampled at the voxel centres
+``index * spacing`` (origin 0 at voxel ``(0, 0, 0)``), so anisotropic spacing is exact: the same
+tree in mm can be rendered on any grid (see ``design_spacing`` in :func:`make_vessel_tree`).
+
+Label rule (the contract of :func:`render_capsules`):
+
+* a voxel is foreground if its centre lies inside a *capsule*: for a centerline segment
+  ``a -> b`` with radii ``ra -> rb``, the voxel centre ``v`` is projected on the segment
+  (``t`` clamped to ``[0, 1]``), and ``v`` is inside if ``|v - (a + t (b - a))| <= ra + t (rb - ra)``
+  (a linearly interpolated radius; segments are short, so this is the swept sphere to well under a
+  voxel);
+* plus every voxel whose centre is the NEAREST voxel centre of some centerline point (segments
+  sampled every half smallest spacing). This keeps sub-voxel vessels (radius down to ~0.4 voxel)
+  in the mask as a 26-connected line: the label is connected wherever the centerline is.
+* plus, in :func:`make_vessel_tree`, the nearest voxels of a few "web" segments joining the two
+  children of each fork close to the fork (label only, a few voxels per fork): two thin children
+  leaving at an angle otherwise touch, part and touch again on the grid, which can enclose a
+  spurious tunnel.
+
+Topology guarantees of :func:`make_vessel_tree` (tested for several seeds and spacings):
+vessels of different branches keep a clearance of more than one voxel diagonal plus their label
+radii, so each tree is exactly one 26-connected component; the only loops are the anastomoses
+(``loop_probability``), each accepted only if it adds exactly one loop (Betti-1 via the Euler
+number, on a crop of the design grid); no cavities. So ``b0 = n_trees``, ``b1 = n_loops`` =
+the cycle rank of the centerline graph, ``b2 = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "SyntheticCase",
+    "make_vessel_tree",
+    "make_tube",
+    "make_torus",
+    "render_capsules",
+    "save_case",
+    "case_paths",
+    "read_centerline_csv",
+]
+
+TISSUE_HU = 40.0
+
+
+@dataclass
+class SyntheticCase:
+    """A synthetic volume with its exact reference.
+
+    Attributes:
+        image: float32, shape (Z, Y, X), CT-like intensities (roughly HU).
+        mask: uint8 {0, 1}, shape (Z, Y, X), the vessel label.
+        centerline: float64, shape (N, 4): z, y, x in mm (physical, voxel (0,0,0) centre at 0)
+            and radius in mm.
+        edges: int64, shape (M, 2): pairs of indices into ``centerline``; each is one straight
+            segment of the centerline graph.
+        spacing: voxel size in mm, (sz, sy, sx).
+        tree_id: int64, shape (N,): which tree each centerline point belongs to (0-based).
+        branch_id: int64, shape (N,): which branch (polyline between nodes) each point belongs to.
+        params: the options and random draws that produced the case (contrast, noise, ...).
+    """
+
+    image: np.ndarray
+    mask: np.ndarray
+    centerline: np.ndarray
+    edges: np.ndarray
+    spacing: tuple[float, float, float]
+    tree_id: np.ndarray | None = None
+    branch_id: np.ndarray | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.mask.shape)
+
+    @property
+    def points_mm(self) -> np.ndarray:
+        """float64 (N, 3) centerline points, z, y, x in mm."""
+        return self.centerline[:, :3]
+
+    @property
+    def radii_mm(self) -> np.ndarray:
+        """float64 (N,) radius in mm at each centerline point."""
+        return self.centerline[:, 3]
+
+    @property
+    def points_vox(self) -> np.ndarray:
+        """float64 (N, 3) centerline points in (fractional) voxel indices."""
+        return self.centerline[:, :3] / np.asarray(self.spacing, dtype=np.float64)
+
+    @property
+    def n_trees(self) -> int:
+        if self.tree_id is None or len(self.tree_id) == 0:
+            return 0
+        return int(np.unique(self.tree_id).size)
+
+    @property
+    def degree(self) -> np.ndarray:
+        """int64 (N,) number of edges at each centerline point."""
+        return np.bincount(self.edges.ravel(), minlength=len(self.centerline)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _check_shape(shape, name: str = "shape", minimum: int = 4) -> tuple[int, int, int]:
+    try:
+        out = tuple(int(s) for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be three integers (Z, Y, X), got {shape!r}") from exc
+    if (
+        len(out) != 3
+        or any(s < minimum for s in out)
+        or any(float(a) != b for a, b in zip(shape, out))
+    ):
+        raise ValueError(f"{name} must be three integers >= {minimum} (Z, Y, X), got {shape!r}")
+    return out  # type: ignore[return-value]
+
+
+def _check_spacing(spacing) -> tuple[float, float, float]:
+    try:
+        out = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"spacing must be three positive numbers in mm, got {spacing!r}") from exc
+    if len(out) != 3 or not all(math.isfinite(s) and s > 0 for s in out):
+        raise ValueError(
+            f"spacing must be three positive numbers in mm (sz, sy, sx), got {spacing!r}"
+        )
+    return out  # type: ignore[return-value]
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
+# --------------------------------------------------------------------------------------------
+# rendering
+
+
+def _grid_axes(lo: np.ndarray, hi: np.ndarray, spacing: np.ndarray):
+    """Voxel-centre coordinates (mm) of the box [lo, hi) as broadcastable axes (K=1 leading)."""
+    z = (np.arange(lo[0], hi[0]) * spacing[0])[None, :, None, None]
+    y = (np.arange(lo[1], hi[1]) * spacing[1])[None, None, :, None]
+    x = (np.arange(lo[2], hi[2]) * spacing[2])[None, None, None, :]
+    return z, y, x
+
+
+def render_capsules(
+    points_mm: np.ndarray,
+    radii_mm: np.ndarray,
+    edges: np.ndarray,
+    shape: Sequence[int],
+    spacing: Sequence[float],
+    *,
+    occupancy: bool = True,
+    centerline_voxels: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Rasterise a union of capsules (segments with linearly interpolated radius).
+
+    Each segment is evaluated only inside its own bounding box (vectorised numpy over the box).
+
+    Args:
+        points_mm: float, shape (N, 3), z, y, x in mm.
+        radii_mm: float, shape (N,), radius in mm.
+        edges: int, shape (M, 2), segments as index pairs into ``points_mm``.
+        shape: output shape (Z, Y, X).
+        spacing: voxel size in mm, (sz, sy, sx).
+        occupancy: also return a soft partial-volume occupancy (for image synthesis).
+        centerline_voxels: add the voxels nearest to the centerline (the sub-voxel rule);
+            without it the mask is exactly the capsule union sampled at voxel centres.
+
+    Returns:
+        ``(mask, occ)``: mask bool (Z, Y, X), the capsule union at voxel centres plus the voxels
+        nearest to the centerline (so sub-voxel vessels stay a connected line); occ float32
+        (Z, Y, X) in [0, 1] (``None`` if ``occupancy`` is False): ``clip(0.5 + (r - d) / h, 0, 1)``
+        with ``h`` the geometric-mean voxel size, capped at ``min(1, pi r^2 / h^2)`` for vessels
+        thinner than a voxel (their partial volume).
+    """
+    shape = tuple(int(s) for s in shape)
+    sp = np.asarray(spacing, dtype=np.float64)
+    pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
+    rad = np.asarray(radii_mm, dtype=np.float64).reshape(-1)
+    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    mask = np.zeros(shape, dtype=bool)
+    occ = np.zeros(shape, dtype=np.float32) if occupancy else None
+    if len(edges) == 0:
+        return mask, occ
+    h = float(np.prod(sp) ** (1.0 / 3.0))
+    dims = np.asarray(shape)
+    a_all, b_all = pts[edges[:, 0]], pts[edges[:, 1]]
+    ra_all, rb_all = rad[edges[:, 0]], rad[edges[:, 1]]
+    reach = np.maximum(ra_all, rb_all)[:, None] + h
+    lo_all = np.clip(np.floor((np.minimum(a_all, b_all) - reach) / sp).astype(int), 0, dims)
+    hi_all = np.clip(np.ceil((np.maximum(a_all, b_all) + reach) / sp).astype(int) + 1, 0, dims)
+    axes = [np.arange(n) * s for n, s in zip(shape, sp)]
+    for a, b, ra, rb, lo, hi in zip(
+        a_all, b_all, ra_all.tolist(), rb_all.tolist(), lo_all.tolist(), hi_all.tolist()
+    ):
+        if hi[0] <= lo[0] or hi[1] <= lo[1] or hi[2] <= lo[2] or max(ra, rb) <= 0:
+            continue
+        z = (axes[0][lo[0] : hi[0]] - a[0])[:, None, None]
+        y = (axes[1][lo[1] : hi[1]] - a[1])[None, :, None]
+        x = (axes[2][lo[2] : hi[2]] - a[2])[None, None, :]
+        abz, aby, abx = (b - a).tolist()
+        inv = 1.0 / max(abz * abz + aby * aby + abx * abx, 1e-12)
+        t = (z * (abz * inv) + y * (aby * inv)) + x * (abx * inv)
+        np.clip(t, 0.0, 1.0, out=t)
+        d2 = (z - t * abz) ** 2
+        d2 += (y - t * aby) ** 2
+        d2 += (x - t * abx) ** 2
+        r = ra + t * (rb - ra) if rb != ra else ra
+        box = (slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+        mask[box] |= d2 <= r * r
+        if occ is not None:
+            rm = 0.5 * (ra + rb)
+            o = (r - np.sqrt(d2)) * (1.0 / h) + 0.5
+            np.clip(o, 0.0, min(1.0, np.pi * rm * rm / (h * h)), out=o)
+            np.maximum(occ[box], o, out=occ[box], casting="unsafe")
+    if not centerline_voxels:
+        return mask, occ
+    # nearest voxels of a dense sampling of every segment (step < half the smallest spacing)
+    lengths = np.linalg.norm(b_all - a_all, axis=1)
+    n = np.maximum(2, np.ceil(lengths / (0.5 * sp.min())).astype(int) + 1)
+    idx = np.repeat(np.arange(len(edges)), n)
+    t = np.concatenate([np.linspace(0.0, 1.0, m) for m in n]) if len(n) < 64 else _ramp(n)
+    samples = a_all[idx] + t[:, None] * (b_all - a_all)[idx]
+    vox = np.rint(samples / sp).astype(np.int64)
+    ok = np.all((vox >= 0) & (vox < dims), axis=1)
+    vox = vox[ok]
+    mask[vox[:, 0], vox[:, 1], vox[:, 2]] = True
+    return mask, occ
+
+
+def _ramp(n: np.ndarray) -> np.ndarray:
+    """Concatenation of ``linspace(0, 1, m)`` for every m in n, vectorised."""
+    total = int(n.sum())
+    starts = np.repeat(np.cumsum(n) - n, n)
+    pos = np.arange(total) - starts
+    return pos / np.repeat(n - 1, n)
+
+
+# --------------------------------------------------------------------------------------------
+# tree growth
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return v / n if n > 0 else v
+
+
+def _perp(d: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random unit vector perpendicular to the unit vector d."""
+    while True:
+        v = rng.standard_normal(3)
+        v -= v.dot(d) * d
+        n = np.linalg.norm(v)
+        if n > 1e-6:
+            return v / n
+
+
+class _Store:
+    """Committed centerline points (growable arrays) with a clearance query."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        cap = 1024
+        self.p = np.empty((cap, 3))
+        self.r = np.empty(cap)
+        self.branch = np.empty(cap, dtype=np.int64)
+        self.tree = np.empty(cap, dtype=np.int64)
+
+    def add(self, pts, rs, branch: int, tree: int) -> np.ndarray:
+        pts = np.asarray(pts, dtype=np.float64).reshape(-1, 3)
+        m = len(pts)
+        while self.n + m > len(self.r):
+            cap = 2 * len(self.r)
+            for name in ("p", "r", "branch", "tree"):
+                old = getattr(self, name)
+                new = np.empty((cap,) + old.shape[1:], dtype=old.dtype)
+                new[: self.n] = old[: self.n]
+                setattr(self, name, new)
+        sl = slice(self.n, self.n + m)
+        self.p[sl] = pts
+        self.r[sl] = rs
+        self.branch[sl] = branch
+        self.tree[sl] = tree
+        self.n += m
+        return np.arange(sl.start, sl.stop)
+
+
+class _TreeBuilder:
+    def __init__(self, extent, spacing, rng, *, min_r, max_r, tortuosity, branches_per_tree):
+        self.sp = np.asarray(spacing, dtype=np.float64)  # the design spacing
+        self.extent = np.asarray(extent, dtype=np.float64)
+        self.L = float(self.extent.min())
+        self.rng = rng
+        self.min_r = min_r
+        self.max_r = max_r
+        self.tortuosity = tortuosity
+        self.branches_per_tree = branches_per_tree
+        self.hmin = float(self.sp.min())
+        self.diag = float(np.linalg.norm(self.sp))
+        self.store = _Store()
+        self.edges: list[tuple[int, int]] = []
+        self.n_branches = 0
+        self.leaves: list[dict] = []  # free tips usable for anastomoses
+        self.n_loops = 0
+        self.forks: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, child1 idx, child2 idx)
+
+    # geometry -------------------------------------------------------------------------------
+    def step(self, r: float) -> float:
+        return float(np.clip(0.75 * r, 0.5 * self.hmin, 1.5 * self.hmin))
+
+    def gap(self, r: float) -> float:
+        # effective label radius is max(r, half a voxel diagonal); keep one diagonal between labels
+        return 1.25 * self.diag + 1.5 * self.hmin
+
+    def eff(self, r):
+        return np.maximum(r, 0.5 * self.diag)
+
+    def inside(self, q: np.ndarray) -> bool:
+        return bool(np.all(q >= 0) and np.all(q <= self.extent))
+
+    def clip_to_box(self, p: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Point where the segment p -> q (p inside) leaves the box."""
+        d = q - p
+        t = 1.0
+        for i in range(3):
+            if q[i] < 0 and d[i] != 0:
+                t = min(t, (0 - p[i]) / d[i])
+            elif q[i] > self.extent[i] and d[i] != 0:
+                t = min(t, (self.extent[i] - p[i]) / d[i])
+        return p + max(t, 0.0) * d
+
+    def conflicts(self, q, rq, ignore, extra=None) -> bool:
+        """True if q (radius rq) comes too close to a committed point not in ``ignore``."""
+        st = self.store
+        g = self.gap(rq)
+        rq_e = float(self.eff(rq))
+        if st.n:
+            P = st.p[: st.n]
+            d2 = ((P - q) ** 2).sum(1)
+            lim = self.eff(st.r[: st.n]) + rq_e + g
+            hits = np.flatnonzero(d2 < lim * lim)
+            if len(hits) and not np.all(ignore(hits)):
+                return True
+        if extra is not None and len(extra[0]):
+            P, R = extra
+            d2 = ((P - q) ** 2).sum(1)
+            lim = self.eff(R) + rq_e + g
+            if np.any(d2 < lim * lim):
+                return True
+        return False
+
+    # paths ----------------------------------------------------------------------------------
+    def grow_path(self, start, d0, r0, r1, length, near_branches, pending=None):
+        """Tortuous path from ``start`` (excluded) with radius r0 -> r1 over ``length`` mm.
+
+        Returns (points, radii, directions, status) with status in {"done", "hit", "exit"}.
+        """
+        rng = self.rng
+        st = self.store
+        r0, r1 = max(r0, self.min_r), max(r1, self.min_r)
+        r_node = r0
+        excl = 2.0 * (self.eff(r_node) + self.gap(r_node)) + 2 * self.step(r0)
+        near = np.asarray(sorted(near_branches), dtype=np.int64)
+
+        def ignore(idx):
+            out = np.zeros(len(idx), dtype=bool)
+            if len(near):
+                close = np.linalg.norm(st.p[idx] - start, axis=1) < excl
+                out |= np.isin(st.branch[idx], near) & close
+            return out
+
+        # curvature: Ornstein-Uhlenbeck angular velocity, correlation length ~ 0.15 L
+        corr = max(0.15 * self.L, 4 * self.hmin)
+        kappa = self.tortuosity * 1.0 / max(0.35 * self.L, 6 * self.hmin)
+        # mild calibre variation (up to +-8 %), zero at both ends so nodes keep Murray's law
+        amp = rng.uniform(0.0, 0.08)
+        freq = rng.uniform(1.0, 3.0)
+        phase = rng.uniform(0.0, 2 * math.pi)
+
+        calm = 2.0 * self.step(r0)  # no variation within two steps of either end
+
+        def radius(arc: float) -> float:
+            f = min(arc, length) / length
+            env = min(1.0, max(0.0, min(arc, length - arc) / calm - 1.0))
+            wobble = amp * env * math.sin(2 * math.pi * freq * f + phase)
+            return (r0 + (r1 - r0) * f) * (1.0 + wobble)
+
+        pts, rs, dirs, arcs = [], [], [], []
+        p = np.asarray(start, dtype=np.float64)
+        d = _unit(np.asarray(d0, dtype=np.float64))
+        omega = np.zeros(3)
+        s = 0.0
+        status = "done"
+        margin = 0.08 * self.L
+        while s < length - 1e-9:
+            r_here = radius(s)
+            h = self.step(r_here)
+            if length - s < 0.4 * h and pts:
+                break
+            h = min(h, length - s) if length - s >= 0.4 * h else h
+            rho = math.exp(-h / corr)
+            omega = rho * omega + kappa * math.sqrt(1 - rho * rho) * rng.standard_normal(3)
+            omega -= omega.dot(d) * d
+            kmax = 1.0 / (4.0 * max(r_here, self.hmin))  # radius of curvature >= 4 r
+            nrm = np.linalg.norm(omega)
+            if nrm > kmax:
+                omega *= kmax / nrm
+            dn = d + omega * h
+            # soft inward steering near the border
+            low = p < margin
+            high = p > self.extent - margin
+            if low.any() or high.any():
+                push = np.where(low, (margin - p) / margin, 0.0) - np.where(
+                    high, (p - (self.extent - margin)) / margin, 0.0
+                )
+                dn = dn + 0.15 * h / max(margin, 1e-6) * push * margin / max(self.L, 1e-6) * 4
+            d = _unit(dn)
+            q = p + h * d
+            r_q = max(radius(s + h), self.min_r)
+            if not self.inside(q):
+                q = self.clip_to_box(p, q)
+                if np.linalg.norm(q - p) < 0.25 * h:
+                    status = "exit"
+                    break
+                status = "exit"
+            own = None
+            if len(pts) > 2:
+                own_p = np.asarray(pts)
+                own_a = np.asarray(arcs)
+                keep = (s + h) - own_a > 3.0 * (self.eff(r_q) + self.gap(r_q)) + 2 * h
+                own = (own_p[keep], np.asarray(rs)[keep])
+            extra = own
+            if pending is not None and len(pending[0]):
+                pend_p, pend_r = pending
+                far = np.linalg.norm(pend_p - start, axis=1) >= excl
+                pe = (pend_p[far], pend_r[far])
+                extra = (
+                    pe
+                    if extra is None
+                    else (np.concatenate([extra[0], pe[0]]), np.concatenate([extra[1], pe[1]]))
+                )
+            if self.conflicts(q, r_q, ignore, extra):
+                status = "hit"
+                break
+            pts.append(q)
+            rs.append(r_q)
+            dirs.append(d)
+            s += float(np.linalg.norm(q - p))
+            arcs.append(s)
+            p = q
+            if status == "exit":
+                break
+        if status == "hit" and len(rs) >= 2:
+            # a branch stopped by a neighbour ends tapering (not as a blunt thick stump)
+            k0 = max(1, len(rs) // 2)
+            rs[k0:] = np.linspace(
+                rs[k0 - 1], max(self.min_r, min(rs[k0 - 1], r1) * 0.35), len(rs) - k0 + 1
+            )[1:].tolist()
+        return pts, rs, dirs, status
+
+    def commit(self, node: int | None, pts, rs, tree: int) -> tuple[int, np.ndarray]:
+        bid = self.n_branches
+        self.n_branches += 1
+        idx = self.store.add(pts, rs, bid, tree)
+        chain = ([node] if node is not None else []) + list(idx)
+        self.edges.extend(zip(chain[:-1], chain[1:]))
+        return bid, idx
+
+    # trees ----------------------------------------------------------------------------------
+    def random_root(self, tree: int):
+        rng = self.rng
+        E = self.extent
+        for _ in range(30):
+            inside = rng.random() >= 0.75
+            if not inside:  # enter from a face
+                ax = int(rng.integers(3))
+                side = int(rng.integers(2))
+                p = E * (0.2 + 0.6 * rng.random(3))
+                p[ax] = 0.0 if side == 0 else E[ax]
+                inward = np.zeros(3)
+                inward[ax] = 1.0 if side == 0 else -1.0
+                tilt = _perp(inward, rng) * math.tan(rng.uniform(0, math.radians(35)))
+                d = _unit(inward + tilt)
+            else:
+                p = E * (0.25 + 0.5 * rng.random(3))
+                d = _unit(rng.standard_normal(3))
+            r = self.max_r * (rng.uniform(0.8, 1.0) if tree == 0 else rng.uniform(0.45, 0.8))
+            if not self.conflicts(p, r, lambda i: np.zeros(len(i), dtype=bool)):
+                return p, d, max(r, self.min_r), inside
+        return None
+
+    def branch_length(self, r: float) -> float:
+        return r * self.rng.uniform(4.0, 9.0) + self.rng.uniform(0.04, 0.1) * self.L
+
+    def grow_tree(self, tree: int) -> bool:
+        rng = self.rng
+        root = self.random_root(tree)
+        if root is None:
+            return False
+        p0, d0, r0, inside = root
+        length = self.branch_length(r0) + 0.1 * self.L
+        pts, rs, dirs, status = self.grow_path(
+            p0, d0, r0, r0 * rng.uniform(0.9, 1.0), length, set()
+        )
+        if len(pts) < 2:
+            return False
+        bid, idx = self.commit(None, [p0, *pts], [r0, *rs], tree)
+        if inside:
+            # a root inside the volume is a vessel passing through: grow its upstream part
+            # backwards (to the border, or tapering where it meets another vessel)
+            up = self.grow_path(p0, -d0, r0, r0, 3.0 * self.L, {bid})
+            if len(up[0]):
+                self.commit(int(idx[0]), up[0], up[1], tree)
+        n_grown = 1
+        tips = []
+        if status == "done":
+            tips.append((int(idx[-1]), dirs[-1], rs[-1], bid))
+        else:
+            self._leaf(idx[-1], dirs[-1], rs[-1], status)
+        while tips:
+            k = int(rng.integers(len(tips)))
+            node, d, r, parent = tips.pop(k)
+            if n_grown >= self.branches_per_tree:
+                self._terminal(node, d, r, tree, parent)
+                continue
+            new = self._bifurcate(node, d, r, tree, parent)
+            if new is None:
+                self._terminal(node, d, r, tree, parent)
+                continue
+            n_grown += 2
+            tips.extend(new)
+        return True
+
+    def _leaf(self, idx, d, r, status):
+        if status != "exit":
+            self.leaves.append({"idx": int(idx), "dir": np.asarray(d), "r": float(r)})
+
+    def _terminal(self, node, d, r, tree, parent):
+        """A branch tapering from r to the minimum radius (ends every tree with thin vessels)."""
+        rng = self.rng
+        r_end = self.min_r
+        length = r * rng.uniform(5.0, 10.0) + rng.uniform(0.03, 0.08) * self.L
+        for attempt in range(3):
+            dd = d if attempt == 0 else _unit(d + 0.6 * _perp(d, rng))
+            pts, rs, dirs, status = self.grow_path(
+                self.store.p[node], dd, r, r_end, length, {parent}
+            )
+            if len(pts) >= 2:
+                bid, idx = self.commit(node, pts, rs, tree)
+                self._leaf(idx[-1], dirs[-1], rs[-1], status)
+                return
+        self.leaves.append({"idx": int(node), "dir": np.asarray(d), "r": float(r)})
+
+    def _bifurcate(self, node, d, r0, tree, parent):
+        rng = self.rng
+        start = self.store.p[node].copy()
+        for _ in range(4):
+            lam = rng.uniform(0.12, 0.5)
+            r1 = r0 * (1 - lam) ** (1 / 3)
+            r2 = r0 * lam ** (1 / 3)
+            if r2 < self.min_r:
+                return None
+            # Murray-optimal branching angles (+ jitter)
+            c1 = (r0**4 + r1**4 - r2**4) / (2 * r0**2 * r1**2)
+            c2 = (r0**4 + r2**4 - r1**4) / (2 * r0**2 * r2**2)
+            th1 = math.acos(float(np.clip(c1, -1, 1))) + rng.uniform(-0.15, 0.15)
+            th2 = math.acos(float(np.clip(c2, -1, 1))) + rng.uniform(-0.15, 0.15)
+            th1 = max(th1, math.radians(12))
+            th2 = max(th2, math.radians(30))
+            u = _perp(d, rng)
+            d1 = _unit(math.cos(th1) * d + math.sin(th1) * u)
+            d2 = _unit(math.cos(th2) * d - math.sin(th2) * u)
+            rs_end = rng.uniform(0.9, 1.0, size=2)
+            lmin = 3 * self.step(r0)
+            path1 = self.grow_path(start, d1, r1, r1 * rs_end[0], self.branch_length(r1), {parent})
+            if len(path1[0]) < 2 or (path1[3] == "hit" and len(path1[0]) * self.step(r1) < lmin):
+                continue
+            pend = (np.asarray(path1[0]), np.asarray(path1[1]))
+            path2 = self.grow_path(
+                start, d2, r2, r2 * rs_end[1], self.branch_length(r2), {parent}, pending=pend
+            )
+            if len(path2[0]) < 2 or (path2[3] == "hit" and len(path2[0]) * self.step(r2) < lmin):
+                continue
+            out = []
+            children = []
+            for pts, rs, dirs, status in (path1, path2):
+                bid, idx = self.commit(node, pts, rs, tree)
+                children.append(idx)
+                if status == "done":
+                    out.append((int(idx[-1]), dirs[-1], rs[-1], bid))
+                else:
+                    self._leaf(idx[-1], dirs[-1], rs[-1], status)
+            self.forks.append((int(node), children[0], children[1]))
+            return out
+        return None
+
+    def web_edges(self) -> np.ndarray:
+        """Label-only segments filling the crotch of each fork.
+
+        Two thin children leaving a node at an angle are 26-adjacent on the voxel grid for a
+        while; where their digital lines separate and touch again they can enclose a spurious
+        tunnel (a false Betti-1). Joining points of equal arc length on both children (while
+        they are closer than their label radii plus a voxel diagonal, plus a margin) makes the
+        crotch a solid web. Rendered with radius 0, i.e. only the voxels nearest to the web
+        segments are added to the label (a few voxels per fork), nothing to the image.
+        """
+        st = self.store
+        out = []
+        for _node, c1, c2 in self.forks:
+            p1, p2 = st.p[c1], st.p[c2]
+            a1 = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p1, axis=0), axis=1))])
+            a2 = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(p2, axis=0), axis=1))])
+            lim = self.eff(st.r[c1]).max() + self.eff(st.r[c2]).max() + 2.0 * self.diag
+            for src, dst, asrc, adst in ((c1, c2, a1, a2), (c2, c1, a2, a1)):
+                j = np.clip(np.searchsorted(adst, asrc), 0, len(dst) - 1)
+                sep = np.linalg.norm(st.p[src] - st.p[dst[j]], axis=1)
+                far = np.flatnonzero(sep > lim)
+                k = far[0] if len(far) else len(src)
+                out.extend(zip(src[:k], dst[j[:k]]))
+        return np.asarray(out, dtype=np.int64).reshape(-1, 2)
+
+    # loops ----------------------------------------------------------------------------------
+    def add_loops(self, probability: float) -> None:
+        if probability <= 0 or len(self.leaves) < 2:
+            return
+        rng = self.rng
+        st = self.store
+        leaves = self.leaves
+        P = np.asarray([st.p[lf["idx"]] for lf in leaves])
+        T = np.asarray([st.tree[lf["idx"]] for lf in leaves])
+        B = np.asarray([st.branch[lf["idx"]] for lf in leaves])
+        D = np.linalg.norm(P[:, None] - P[None], axis=2)
+        ok = (T[:, None] == T[None]) & (B[:, None] != B[None])
+        ok &= (D > 4 * self.hmin) & (D < 0.4 * self.L)
+        used: set[int] = set()
+        # each free tip, with the given probability, is joined to the nearest tip of its tree
+        # that accepts it (up to three tries)
+        for i in rng.permutation(len(leaves)).tolist():
+            if rng.random() >= probability or i in used:
+                continue
+            cand = [j for j in np.argsort(D[i]).tolist() if ok[i, j] and j not in used][:3]
+            for j in cand:
+                if self._connect(leaves[i], leaves[j]):
+                    used.update((i, j))
+                    self.n_loops += 1
+                    break
+
+    def _connect(self, la: dict, lb: dict) -> bool:
+        st = self.store
+        A, Bp = st.p[la["idx"]].copy(), st.p[lb["idx"]].copy()
+        ra, rb = la["r"], lb["r"]
+        dist = float(np.linalg.norm(Bp - A))
+        k = dist * 1.0
+        m0 = la["dir"] * k
+        m1 = -lb["dir"] * k
+        r_loop = max(ra, rb, self.min_r)
+        n = max(3, int(math.ceil(dist * 1.6 / self.step(r_loop))))
+        t = np.linspace(0.0, 1.0, n + 1)[1:-1, None]
+        h00, h10, h01, h11 = (
+            2 * t**3 - 3 * t**2 + 1,
+            t**3 - 2 * t**2 + t,
+            -2 * t**3 + 3 * t**2,
+            t**3 - t**2,
+        )
+        pts = h00 * A + h10 * m0 + h01 * Bp + h11 * m1
+        if not all(self.inside(q) for q in pts):
+            return False
+        rs = np.full(len(pts), r_loop)
+        excl = 2.0 * (self.eff(r_loop) + self.gap(r_loop)) + 2 * self.step(r_loop)
+        ends = np.stack([A, Bp])
+        tree = int(st.tree[la["idx"]])
+
+        def ignore_near_ends(idx):  # own tree's vessels where the loop joins them
+            near = np.min(np.linalg.norm(st.p[idx][:, None] - ends[None], axis=2), axis=1) < excl
+            return near & (st.tree[idx] == tree)
+
+        def ignore_own_tree(idx):
+            return st.tree[idx] == tree
+
+        for q in pts:
+            near_end = min(np.linalg.norm(q - A), np.linalg.norm(q - Bp)) < excl
+            if self.conflicts(q, r_loop, ignore_own_tree if near_end else ignore_near_ends):
+                return False
+        # the loop must not bend back on itself
+        seg = np.diff(np.vstack([A, pts, Bp]), axis=0)
+        if np.linalg.norm(seg, axis=1).sum() > 2.5 * dist:
+            return False
+        if not self._opens_tunnel(pts, rs, la["idx"], lb["idx"]):
+            return False
+        bid, idx = self.commit(la["idx"], pts, rs, int(st.tree[la["idx"]]))
+        self.edges.append((int(idx[-1]), int(lb["idx"])))
+        return True
+
+    def _tree_path(self, a: int, b: int) -> list[int]:
+        """Indices of a shortest (in edges) path a -> b in the centerline graph."""
+        adj: dict[int, list[int]] = {}
+        for u, v in self.edges:
+            adj.setdefault(u, []).append(v)
+            adj.setdefault(v, []).append(u)
+        prev = {a: a}
+        frontier = [a]
+        while frontier and b not in prev:
+            nxt = []
+            for u in frontier:
+                for v in adj.get(u, ()):
+                    if v not in prev:
+                        prev[v] = u
+                        nxt.append(v)
+            frontier = nxt
+        if b not in prev:
+            return [a, b]
+        path = [b]
+        while path[-1] != a:
+            path.append(prev[path[-1]])
+        return path[::-1]
+
+    def _opens_tunnel(self, pts, rs, a: int, b: int) -> bool:
+        """True if joining tips a and b with the path ``pts`` adds exactly one loop to the label.
+
+        A cycle that is too small for the (design) grid, or whose hole is filled by a fork's
+        web, would be a loop in the graph but not in the mask. Checked on a crop of the design
+        grid around the cycle: b1 (= b0 + b2 - Euler number) must grow by exactly one.
+        """
+        st = self.store
+        sp = self.sp
+        cyc = np.vstack([st.p[self._tree_path(a, b)], pts])
+        P, R = st.p[: st.n], st.r[: st.n]
+        margin = float(self.eff(R.max())) + 2 * self.diag
+        lo = np.maximum(np.floor((cyc.min(0) - margin) / sp), 0).astype(int)
+        hi = np.minimum(np.ceil((cyc.max(0) + margin) / sp) + 1, np.floor(self.extent / sp) + 1)
+        hi = hi.astype(int)
+        shape = tuple(int(v) for v in hi - lo)
+        off = lo * sp
+        edges = np.asarray(self.edges, dtype=np.int64).reshape(-1, 2)
+        web = self.web_edges()
+        rad0 = np.zeros_like(R)
+        before = render_capsules(P - off, R, edges, shape, sp, occupancy=False)[0]
+        if len(web):
+            before |= render_capsules(P - off, rad0, web, shape, sp, occupancy=False)[0]
+        n = len(P)
+        P2 = np.vstack([P, pts]) - off
+        R2 = np.concatenate([R, rs])
+        chain = [a, *range(n, n + len(pts)), b]
+        new = np.column_stack([chain[:-1], chain[1:]])
+        after = before | render_capsules(P2, R2, new, shape, sp, occupancy=False)[0]
+        return _betti1(after) == _betti1(before) + 1
+
+
+def _betti1(mask: np.ndarray) -> int:
+    """First Betti number of a binary mask (26-connected foreground, 6-connected background)."""
+    import cc3d
+    from skimage.measure import euler_number
+
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    b0 = cc3d.connected_components(m, connectivity=26, return_N=True)[1]
+    b2 = cc3d.connected_components(~m, connectivity=6, return_N=True)[1] - 1
+    return int(b0 + b2 - euler_number(m, connectivity=3))
+
+
+# --------------------------------------------------------------------------------------------
+# image synthesis
+
+
+def _smooth_noise(rng, shape, spacing, corr_mm: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth random field with correlation length ``corr_mm`` (float32)."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    mats = []
+    for n, s in zip(shape, sp):
+        ext = (n - 1) * s
+        c = int(math.ceil(ext / corr_mm)) + 3
+        nodes = (np.arange(c) - 1.0) * corr_mm
+        x = np.arange(n) * s
+        w = np.exp(-0.5 * ((x[:, None] - nodes[None]) / (0.8 * corr_mm)) ** 2)
+        w[w < 1e-6] = 0.0  # truncate: float32 denormals make the products 100x slower
+        mats.append((w / w.sum(1, keepdims=True)).astype(np.float32))
+    g = rng.standard_normal(tuple(m.shape[1] for m in mats)).astype(np.float32)
+    # plain C loops (einsum without BLAS): BLAS threads thrash on a busy machine
+    out = np.einsum("zi,ijk->zjk", mats[0], g, optimize=False)
+    out = np.einsum("yj,zjk->zyk", mats[1], out, optimize=False)
+    out = np.einsum("zyk,xk->zyx", out, mats[2], optimize=False)
+    sub = out[::2, ::2, ::2]  # a smooth field: its moments from every 8th voxel suffice
+    mean, std = float(sub.mean()), float(sub.std())
+    out -= np.float32(mean)
+    if std > 0:
+        out *= np.float32(1.0 / std)
+    return out
+
+
+def _gaussian_gain(sigma: float, truncate: float = 4.0) -> float:
+    """Standard deviation of white unit noise after scipy's 1-D Gaussian filter of ``sigma``."""
+    if sigma <= 0:
+        return 1.0
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1)
+    w = np.exp(-0.5 * (x / sigma) ** 2)
+    w /= w.sum()
+    return float(np.sqrt((w * w).sum()))
+
+
+def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
+    """Bright blobs, plate-like bones and air pockets that do not touch the vessel mask."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    shape = np.asarray(img.shape)
+    extent = (shape - 1) * sp
+    grown = ndimage.binary_dilation(mask, iterations=2) if mask.any() else mask
+    placed = 0
+    for kind, count in (("blob", n_blobs), ("plate", n_plates), ("air", n_air)):
+        for _ in range(count):
+            for _attempt in range(8):
+                c = extent * rng.uniform(0.1, 0.9, 3)
+                R = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+                if kind in ("blob", "air"):
+                    semi = L * rng.uniform(0.03, 0.09, 3)
+                    hu = (
+                        rng.uniform(120.0, 320.0) if kind == "blob" else rng.uniform(-950.0, -700.0)
+                    )
+                    reach = semi.max()
+                else:
+                    semi = np.array([rng.uniform(1.0, 3.0), *(L * rng.uniform(0.12, 0.3, 2))])
+                    hu = rng.uniform(650.0, 1000.0)
+                    bend = rng.uniform(-1.0, 1.0) / L
+                    reach = np.linalg.norm(semi[1:]) + semi[0]
+                lo = np.clip(np.floor((c - reach - 2) / sp).astype(int), 0, shape)
+                hi = np.clip(np.ceil((c + reach + 2) / sp).astype(int) + 1, 0, shape)
+                if np.any(hi - lo < 2):
+                    continue
+                z, y, x = (a[0] for a in _grid_axes(lo, hi, sp))
+                v = [z - c[0], y - c[1], x - c[2]]
+                u = [R[0, i] * v[0] + R[1, i] * v[1] + R[2, i] * v[2] for i in range(3)]
+                if kind in ("blob", "air"):
+                    q = sum((u[i] / semi[i]) ** 2 for i in range(3))
+                    occ = np.clip((1.0 - np.sqrt(q)) * semi.min() / sp.min() + 0.5, 0, 1)
+                else:
+                    thick = np.abs(u[0] + bend * (u[1] ** 2 + u[2] ** 2)) / semi[0]
+                    inplane = (u[1] / semi[1]) ** 2 + (u[2] / semi[2]) ** 2
+                    occ = np.clip((1.0 - thick) * semi[0] / sp.min() + 0.5, 0, 1) * np.clip(
+                        (1.0 - np.sqrt(inplane)) * semi[1:].min() / sp.min() + 0.5, 0, 1
+                    )
+                box = tuple(slice(a, b) for a, b in zip(lo, hi))
+                if not np.any(occ > 0.05):
+                    continue
+                if np.any((occ > 0.01) & grown[box]):
+                    continue
+                if kind == "plate":  # cortical shell brighter than marrow
+                    hu_map = hu * (0.55 + 0.45 * np.clip(thick, 0, 1) ** 2)
+                    img[box] = img[box] * (1 - occ) + (hu_map * occ).astype(np.float32)
+                else:
+                    img[box] = img[box] * (1 - occ) + np.float32(hu) * occ
+                placed += 1
+                break
+    return placed
+
+
+# --------------------------------------------------------------------------------------------
+# public generators
+
+
+def make_vessel_tree(
+    shape: Sequence[int] = (96, 96, 96),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    seed: int = 0,
+    *,
+    max_radius_mm: float | None = None,
+    min_radius_mm: float | None = None,
+    n_trees: int | None = None,
+    branches_per_tree: int | None = None,
+    loop_probability: float = 0.15,
+    tortuosity: float = 1.0,
+    noise: float | None = None,
+    contrast: float | None = None,
+    distractors: bool = True,
+    bias: bool = True,
+    blur: bool = True,
+    design_spacing: Sequence[float] | None = None,
+) -> SyntheticCase:
+    """Random 3-D vessel trees with a CT-like image and an exact reference.
+
+    Roots enter from a face of the volume (or start inside), grow tortuous centerlines (an
+    Ornstein-Uhlenbeck turning rate), bifurcate with Murray's law (``r0^3 = r1^3 + r2^3``, random
+    split, Murray-optimal angles) and end in branches that taper to ``min_radius_mm``. With
+    probability ``loop_probability`` a free tip is joined to a nearby tip of the same tree by a
+    short vessel (anastomosis; each adds exactly one loop, checked on the design grid). The label follows the rule in the module
+    docstring; the image is tissue with smooth texture, partial-volume vessels, optional bright
+    blobs and plate-like bones, a multiplicative bias field, a Gaussian PSF and noise.
+
+    Args:
+        shape: (Z, Y, X) voxels, each >= 8.
+        spacing: voxel size in mm, (sz, sy, sx).
+        seed: non-negative integer; the same seed gives identical arrays.
+        max_radius_mm: root radius; default ``0.045 * min physical extent`` (>= 2 * min radius).
+        min_radius_mm: thinnest vessel; default ``0.4 * min(spacing)`` (sub-voxel).
+        n_trees: number of trees (default random 1..3). Trees never touch each other.
+        branches_per_tree: growth budget (default scales with the volume size).
+        loop_probability: probability, per free tip, of joining it to a nearby tip of the same
+            tree (an anastomosis), in [0, 1]; 0 gives trees without loops.
+        tortuosity: curvature scale (0 = straight branches).
+        noise: Gaussian noise standard deviation in HU (default random 8..30).
+        contrast: vessel minus tissue intensity in HU (default random 160..360).
+        distractors: add bright blobs and plate-like bones that do not touch the vessels.
+        bias: apply a smooth multiplicative bias field (up to +-12 %).
+        blur: apply a Gaussian point-spread function (sigma 0.4..0.7 voxel per axis).
+        design_spacing: the voxel size the tree is designed for (centerline step, clearance
+            between vessels, default minimum radius); default ``spacing``. The tree depends on
+            the seed, the options, the physical extent ``(shape - 1) * spacing`` and this value
+            only, so e.g. ``shape=(63, 64, 64), spacing=(1, 1, 1)`` and ``shape=(32, 64, 64),
+            spacing=(2, 1, 1)`` with the same ``design_spacing`` give the same tree in mm,
+            rendered on two grids. Use the coarsest grid you render at: the clearance that
+            keeps distinct vessels apart is only guaranteed for grids at least that fine.
+
+    Returns:
+        SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
+        edges int64 (M, 2), spacing, tree_id, branch_id, params.
+    """
+    shape = _check_shape(shape, minimum=8)
+    sp = _check_spacing(spacing)
+    seed = _check_seed(seed)
+    if not 0.0 <= float(loop_probability) <= 1.0:
+        raise ValueError(f"loop_probability must be in [0, 1], got {loop_probability!r}")
+    if tortuosity < 0:
+        raise ValueError(f"tortuosity must be >= 0, got {tortuosity!r}")
+    if noise is not None and not noise >= 0:
+        raise ValueError(f"noise must be >= 0 (HU), got {noise!r}")
+    if n_trees is not None and (int(n_trees) != n_trees or n_trees < 1):
+        raise ValueError(f"n_trees must be a positive integer, got {n_trees!r}")
+    rng = np.random.default_rng(seed)
+    design = sp if design_spacing is None else _check_spacing(design_spacing)
+    extent = (np.asarray(shape) - 1) * np.asarray(sp)
+    L = float(extent.min())
+    min_r = 0.4 * min(design) if min_radius_mm is None else float(min_radius_mm)
+    if not min_r > 0:
+        raise ValueError(f"min_radius_mm must be > 0, got {min_radius_mm!r}")
+    max_r = max(0.045 * L, 2.0 * min_r) if max_radius_mm is None else float(max_radius_mm)
+    if not max_r >= min_r:
+        raise ValueError(f"max_radius_mm ({max_r}) must be >= min_radius_mm ({min_r})")
+    if n_trees is None:
+        n_trees = int(rng.integers(1, 4))
+    if branches_per_tree is None:
+        size = (float(np.prod(extent)) ** (1 / 3)) / 96.0
+        branches_per_tree = max(6, int(round(rng.uniform(18, 34) * size)))
+    builder = _TreeBuilder(
+        extent,
+        design,
+        rng,
+        min_r=min_r,
+        max_r=max_r,
+        tortuosity=float(tortuosity),
+        branches_per_tree=int(branches_per_tree),
+    )
+    grown = 0
+    for _ in range(int(n_trees)):
+        for _attempt in range(3):
+            if builder.grow_tree(grown):
+                grown += 1
+                break
+    builder.add_loops(float(loop_probability))
+    st = builder.store
+    pts = st.p[: st.n].copy()
+    rad = st.r[: st.n].copy()
+    edges = np.asarray(builder.edges, dtype=np.int64).reshape(-1, 2)
+    mask, occ = render_capsules(pts, rad, edges, shape, sp)
+    web = builder.web_edges()
+    if len(web):
+        mask |= render_capsules(pts, np.zeros_like(rad), web, shape, sp, occupancy=False)[0]
+
+    # ---- image
+    contrast_hu = float(rng.uniform(160.0, 360.0)) if contrast is None else float(contrast)
+    noise_hu = float(rng.uniform(8.0, 30.0)) if noise is None else float(noise)
+    f32 = np.float32
+    img = _smooth_noise(rng, shape, sp, max(0.12 * L, 4 * min(sp)))
+    img *= f32(rng.uniform(6.0, 15.0))  # low-frequency tissue texture
+    fine = _smooth_noise(rng, shape, sp, max(0.03 * L, 2 * min(sp)))
+    fine *= f32(rng.uniform(2.0, 6.0))
+    img += fine
+    tissue = TISSUE_HU + rng.uniform(-10, 10)
+    img += f32(tissue)
+    # an enhancing organ (parenchyma a little brighter than the rest); reuses ``fine``'s memory
+    organ = _smooth_noise(rng, shape, sp, max(0.25 * L, 6 * min(sp)))
+    organ_hu = float(rng.uniform(10.0, 35.0))
+    organ -= f32(rng.uniform(-0.3, 0.8))
+    np.clip(organ * f32(2.0 * organ_hu), 0.0, organ_hu, out=fine)
+    img += fine
+    del organ
+    # fat lobules: smooth regions at about -90 HU
+    fat = _smooth_noise(rng, shape, sp, max(0.1 * L, 4 * min(sp)))
+    thr = rng.uniform(1.0, 1.8)
+    np.clip((fat - f32(thr)) * f32(3.0), 0.0, 1.0, out=fine)  # fat weight
+    fat *= f32(5.0)
+    fat -= f32(90.0)
+    img -= fine * (img - fat)  # img * (1 - w) + fat * w
+    del fat, fine
+    n_blobs = n_plates = n_air = 0
+    if distractors:
+        n_blobs = int(rng.integers(2, 6))
+        n_plates = int(rng.integers(1, 4))
+        n_air = int(rng.integers(0, 3))
+        _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air)
+    # vessels (partial volume): img * (1 - occ) + vessel_hu * occ, vessel_hu varying by +-8 %
+    vessel_hu = _smooth_noise(rng, shape, sp, max(0.2 * L, 4 * min(sp)))
+    vessel_hu *= f32(0.08 * (tissue + contrast_hu))
+    vessel_hu += f32(tissue + contrast_hu)
+    vessel_hu -= img
+    vessel_hu *= occ
+    img += vessel_hu
+    del vessel_hu
+    bias_amp = float(rng.uniform(0.0, 0.12)) if bias else 0.0
+    if bias:
+        field_ = _smooth_noise(rng, shape, sp, max(0.5 * L, 8 * min(sp)))
+        np.clip(field_ * f32(bias_amp / 2.0), -bias_amp, bias_amp, out=field_)
+        field_ += f32(1.0)
+        img *= field_
+        del field_
+    psf = rng.uniform(0.4, 0.7, 3) if blur else np.zeros(3)
+    if noise_hu > 0:
+        # white noise before the PSF blur (one filter for both): CT-like correlated noise,
+        # scaled so that its standard deviation after the blur is ``noise_hu``
+        gain = math.prod(_gaussian_gain(s) for s in psf) if blur else 1.0
+        nz = rng.standard_normal(shape, dtype=np.float32)
+        nz *= f32(noise_hu / gain)
+        img += nz
+        del nz
+    if blur:
+        img = ndimage.gaussian_filter(img, sigma=tuple(psf), mode="nearest")
+    img = img.astype(np.float32, copy=False)
+
+    tree_id = st.tree[: st.n].copy()
+    branch_id = st.branch[: st.n].copy()
+    params = {
+        "seed": seed,
+        "shape": shape,
+        "spacing": sp,
+        "n_trees": int(np.unique(tree_id).size) if len(tree_id) else 0,
+        "n_loops": builder.n_loops,
+        "branches_per_tree": int(branches_per_tree),
+        "design_spacing": tuple(float(v) for v in design),
+        "min_radius_mm": min_r,
+        "max_radius_mm": max_r,
+        "loop_probability": float(loop_probability),
+        "tortuosity": float(tortuosity),
+        "contrast_hu": contrast_hu,
+        "noise_hu": noise_hu,
+        "tissue_hu": float(tissue),
+        "bias_amplitude": bias_amp,
+        "psf_sigma_vox": tuple(float(s) for s in psf),
+        "n_blobs": n_blobs,
+        "n_plates": n_plates,
+        "n_air": n_air,
+        "organ_hu": organ_hu,
+    }
+    return SyntheticCase(
+        image=img,
+        mask=mask.astype(np.uint8),
+        centerline=np.column_stack([pts, rad]),
+        edges=edges,
+        spacing=sp,
+        tree_id=tree_id,
+        branch_id=branch_id,
+        params=params,
+    )
+
+
+def _simple_image(occ: np.ndarray, contrast: float, noise: float, seed: int) -> np.ndarray:
+    img = TISSUE_HU + contrast * occ
+    if noise > 0:
+        img = img + noise * np.random.default_rng(seed).standard_normal(occ.shape)
+    return img.astype(np.float32)
+
+
+def _default_center(shape, sp) -> np.ndarray:
+    return (np.asarray(shape) - 1) * np.asarray(sp) / 2.0
+
+
+def make_tube(
+    shape: Sequence[int] = (32, 32, 32),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    radius_mm: float = 4.0,
+    axis: int = 0,
+    center_mm: Sequence[float] | None = None,
+    length: float | None = None,
+    *,
+    contrast: float = 300.0,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> SyntheticCase:
+    """A straight cylinder along ``axis`` with an exact centerline (for tests).
+
+    Args:
+        shape: (Z, Y, X).
+        spacing: voxel size in mm, (sz, sy, sx).
+        radius_mm: tube radius in mm (> 0).
+        axis: 0, 1 or 2 (z, y or x).
+        center_mm: a point (z, y, x, mm) on the axis, also the middle of the tube; default the
+            volume centre.
+        length: tube length in mm (flat ends); default through the whole volume.
+        contrast: vessel minus tissue (HU) of the noise-free image.
+        noise: Gaussian noise std (HU) of the image.
+        seed: noise seed.
+
+    Returns:
+        SyntheticCase: mask = voxel centres within ``radius_mm`` of the axis segment (perpendicular
+        distance, flat caps) plus the voxels nearest to the centerline; centerline sampled at every
+        voxel plane along ``axis`` (and at both ends), edges a chain.
+    """
+    shape = _check_shape(shape, minimum=1)
+    sp = np.asarray(_check_spacing(spacing))
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    if not radius_mm > 0:
+        raise ValueError(f"radius_mm must be > 0, got {radius_mm!r}")
+    c = _default_center(shape, sp) if center_mm is None else np.asarray(center_mm, dtype=np.float64)
+    if c.shape != (3,):
+        raise ValueError(f"center_mm must be (z, y, x) in mm, got {center_mm!r}")
+    ext = (shape[axis] - 1) * sp[axis]
+    if length is None:
+        a0, a1 = 0.0, ext
+    else:
+        if not length > 0:
+            raise ValueError(f"length must be > 0 mm, got {length!r}")
+        a0, a1 = max(0.0, c[axis] - length / 2), min(ext, c[axis] + length / 2)
+    grids = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, sp)), indexing="ij", sparse=True)
+    others = [i for i in range(3) if i != axis]
+    d = np.sqrt(sum((grids[i] - c[i]) ** 2 for i in others))
+    along = grids[axis]
+    inside_len = (along >= a0 - 1e-9) & (along <= a1 + 1e-9)
+    h = float(np.prod(sp) ** (1 / 3))
+    mask = (d <= radius_mm) & inside_len
+    occ = (
+        np.clip(0.5 + (radius_mm - d) / h, 0, 1)
+        * min(1.0, np.pi * radius_mm**2 / h**2)
+        * inside_len
+    )
+    ts = np.unique(np.concatenate([[a0, a1], np.arange(shape[axis]) * sp[axis]]))
+    ts = ts[(ts >= a0) & (ts <= a1)]
+    pts = np.tile(c, (len(ts), 1))
+    pts[:, axis] = ts
+    edges = np.column_stack([np.arange(len(ts) - 1), np.arange(1, len(ts))])
+    line, _ = render_capsules(pts, np.zeros(len(pts)), edges, shape, sp, occupancy=False)
+    mask |= line
+    cl = np.column_stack([pts, np.full(len(pts), float(radius_mm))])
+    return SyntheticCase(
+        image=_simple_image(np.broadcast_to(occ, shape), contrast, noise, seed),
+        mask=np.broadcast_to(mask, shape).astype(np.uint8),
+        centerline=cl,
+        edges=edges.astype(np.int64),
+        spacing=tuple(float(s) for s in sp),
+        tree_id=np.zeros(len(pts), dtype=np.int64),
+        branch_id=np.zeros(len(pts), dtype=np.int64),
+        params={"kind": "tube", "radius_mm": float(radius_mm), "axis": axis},
+    )
+
+
+def make_torus(
+    shape: Sequence[int] = (32, 64, 64),
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    major_radius_mm: float = 18.0,
+    minor_radius_mm: float = 4.0,
+    axis: int = 0,
+    center_mm: Sequence[float] | None = None,
+    *,
+    n_points: int | None = None,
+    contrast: float = 300.0,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> SyntheticCase:
+    """A solid torus (Betti numbers (1, 1, 0)) with an exact circular centerline.
+
+    Args:
+        shape: (Z, Y, X).
+        spacing: voxel size in mm, (sz, sy, sx).
+        major_radius_mm: radius of the centre circle (mm).
+        minor_radius_mm: tube radius (mm), smaller than ``major_radius_mm``.
+        axis: the torus' symmetry axis (0, 1 or 2); the circle lies in the other two.
+        center_mm: centre (z, y, x, mm); default the volume centre.
+        n_points: centerline samples (default: about one per half the smallest spacing).
+        contrast, noise, seed: as in :func:`make_tube`.
+
+    Returns:
+        SyntheticCase: mask = voxel centres with ``sqrt((rho - R)^2 + h^2) <= r``; centerline a
+        closed polygon on the circle (radius column = minor radius), edges a cycle.
+    """
+    shape = _check_shape(shape, minimum=1)
+    sp = np.asarray(_check_spacing(spacing))
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2, got {axis!r}")
+    if not 0 < minor_radius_mm < major_radius_mm:
+        raise ValueError(
+            "need 0 < minor_radius_mm < major_radius_mm, got "
+            f"{minor_radius_mm!r} and {major_radius_mm!r}"
+        )
+    c = _default_center(shape, sp) if center_mm is None else np.asarray(center_mm, dtype=np.float64)
+    if c.shape != (3,):
+        raise ValueError(f"center_mm must be (z, y, x) in mm, got {center_mm!r}")
+    grids = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, sp)), indexing="ij", sparse=True)
+    u, v = [i for i in range(3) if i != axis]
+    rho = np.sqrt((grids[u] - c[u]) ** 2 + (grids[v] - c[v]) ** 2)
+    hgt = grids[axis] - c[axis]
+    d = np.sqrt((rho - major_radius_mm) ** 2 + hgt**2)
+    h = float(np.prod(sp) ** (1 / 3))
+    mask = d <= minor_radius_mm
+    occ = np.clip(0.5 + (minor_radius_mm - d) / h, 0, 1) * min(
+        1.0, np.pi * minor_radius_mm**2 / h**2
+    )
+    if n_points is None:
+        n_points = max(16, int(math.ceil(2 * math.pi * major_radius_mm / (0.5 * sp.min()))))
+    phi = np.linspace(0, 2 * math.pi, int(n_points), endpoint=False)
+    pts = np.tile(c, (len(phi), 1))
+    pts[:, u] += major_radius_mm * np.cos(phi)
+    pts[:, v] += major_radius_mm * np.sin(phi)
+    edges = np.column_stack([np.arange(len(phi)), (np.arange(len(phi)) + 1) % len(phi)])
+    line, _ = render_capsules(pts, np.zeros(len(pts)), edges, shape, sp, occupancy=False)
+    mask = mask | line
+    return SyntheticCase(
+        image=_simple_image(occ, contrast, noise, seed),
+        mask=mask.astype(np.uint8),
+        centerline=np.column_stack([pts, np.full(len(pts), float(minor_radius_mm))]),
+        edges=edges.astype(np.int64),
+        spacing=tuple(float(s) for s in sp),
+        tree_id=np.zeros(len(pts), dtype=np.int64),
+        branch_id=np.zeros(len(pts), dtype=np.int64),
+        params={
+            "kind": "torus",
+            "major_radius_mm": float(major_radius_mm),
+            "minor_radius_mm": float(minor_radius_mm),
+            "axis": axis,
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+def case_paths(folder, stem: str) -> dict:
+    """Files of one case: ``{stem}_image.nii.gz``, ``_label.nii.gz``, ``_centerline.csv``,
+    ``_edges.csv`` in ``folder`` (keys image, label, centerline, edges)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    return {
+        "image": folder / f"{stem}_image.nii.gz",
+        "label": folder / f"{stem}_label.nii.gz",
+        "centerline": folder / f"{stem}_centerline.csv",
+        "edges": folder / f"{stem}_edges.csv",
+    }
+
+
+def save_case(
+    case: SyntheticCase,
+    folder,
+    stem: str,
+    *,
+    overwrite: bool = False,
+    image_dtype=None,
+) -> dict:
+    """Write a case as NIfTI volumes (with its spacing) and CSV files.
+
+    Files (see :func:`case_paths`): the image (float32, or ``image_dtype``, e.g. ``np.int16``:
+    rounded and clipped), the label (uint8), the centerline ``z,y,x,radius,tree,branch``
+    (mm; one row per centerline point) and the edges ``a,b`` (row indices of the centerline
+    file joined by a segment).
+
+    Raises:
+        FileExistsError: one of the files exists and ``overwrite`` is False (nothing written).
+    """
+    from .io import Volume, write_volume
+
+    paths = case_paths(folder, stem)
+    if not overwrite:
+        for p in paths.values():
+            if p.exists():
+                raise FileExistsError(
+                    f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
+                )
+    image = case.image
+    if image_dtype is not None and np.issubdtype(np.dtype(image_dtype), np.integer):
+        info = np.iinfo(image_dtype)
+        image = np.clip(np.rint(image), info.min, info.max).astype(image_dtype)
+    geom = Volume(data=case.mask, spacing=case.spacing)
+    write_volume(paths["image"], geom.with_data(image), overwrite=overwrite)
+    write_volume(paths["label"], geom.with_data(case.mask.astype(np.uint8)), overwrite=overwrite)
+    n = len(case.centerline)
+    tree = case.tree_id if case.tree_id is not None else np.zeros(n, dtype=np.int64)
+    branch = case.branch_id if case.branch_id is not None else np.zeros(n, dtype=np.int64)
+    rows = ["z,y,x,radius,tree,branch"]
+    rows += [
+        f"{z:.6f},{y:.6f},{x:.6f},{r:.6f},{t},{b}"
+        for (z, y, x, r), t, b in zip(case.centerline.tolist(), tree.tolist(), branch.tolist())
+    ]
+    paths["centerline"].write_text("\n".join(rows) + "\n", encoding="utf-8")
+    paths["edges"].write_text(
+        "\n".join(["a,b"] + [f"{a},{b}" for a, b in case.edges.tolist()]) + "\n", encoding="utf-8"
+    )
+    return paths
+
+
+def read_centerline_csv(path, edges_path=None) -> dict:
+    """Read a centerline CSV written by :func:`save_case` (or ``napari-tubular synth``).
+
+    Args:
+        path: ``*_centerline.csv`` with header ``z,y,x,radius[,tree,branch]`` (mm).
+        edges_path: the ``*_edges.csv``; default: the file next to ``path`` if it exists.
+
+    Returns:
+        dict with ``centerline`` float64 (N, 4), ``tree_id``/``branch_id`` int64 (N,) (zeros if
+        absent) and ``edges`` int64 (M, 2) (empty if no edges file).
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"centerline file {path} does not exist")
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().strip().split(",")
+    if header[:4] != ["z", "y", "x", "radius"]:
+        raise ValueError(
+            f"{path}: expected a header starting with z,y,x,radius, got {','.join(header)}"
+        )
+    data = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    n = len(data)
+    out = {
+        "centerline": data[:, :4].astype(np.float64) if n else np.zeros((0, 4)),
+        "tree_id": data[:, header.index("tree")].astype(np.int64)
+        if "tree" in header and n
+        else np.zeros(n, np.int64),
+        "branch_id": data[:, header.index("branch")].astype(np.int64)
+        if "branch" in header and n
+        else np.zeros(n, np.int64),
+    }
+    if edges_path is None:
+        name = path.name
+        cand = (
+            path.with_name(name[: -len("centerline.csv")] + "edges.csv")
+            if name.endswith("centerline.csv")
+            else None
+        )
+        edges_path = cand if cand is not None and cand.is_file() else None
+    if edges_path is not None:
+        e = np.loadtxt(edges_path, delimiter=",", skiprows=1, ndmin=2, dtype=np.int64)
+        out["edges"] = e.reshape(-1, 2)
+    else:
+        out["edges"] = np.zeros((0, 2), dtype=np.int64)
+    return out

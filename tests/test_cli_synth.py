@@ -1,0 +1,129 @@
+"""``napari-tubular synth``: files, spacing, determinism, refusal to overwrite."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_tubular.cli import main
+from napari_tubular.io import read_volume
+from napari_tubular.synthetic import make_vessel_tree, read_centerline_csv
+
+ARGS = ["--n", "2", "--seed", "5", "--shape", "24", "32", "40", "--spacing", "2", "0.75", "0.5"]
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth") / "cases"
+    assert main(["synth", str(out), *ARGS]) == 0
+    return out
+
+
+def test_writes_named_files(outdir):
+    names = sorted(p.name for p in outdir.iterdir())
+    expected = sorted(
+        f"case_{i:03d}_{kind}"
+        for i in range(2)
+        for kind in ("image.nii.gz", "label.nii.gz", "centerline.csv", "edges.csv")
+    )
+    assert names == expected
+
+
+def test_volumes_have_spacing_and_match_generator(outdir):
+    for i in range(2):
+        img = read_volume(outdir / f"case_{i:03d}_image.nii.gz")
+        lab = read_volume(outdir / f"case_{i:03d}_label.nii.gz")
+        for v in (img, lab):
+            assert v.shape == (24, 32, 40)
+            np.testing.assert_allclose(v.spacing, (2.0, 0.75, 0.5))
+            np.testing.assert_allclose(v.origin, (0, 0, 0), atol=1e-6)
+        assert img.data.dtype == np.float32
+        assert lab.data.dtype == np.uint8
+        # case i uses seed S + i
+        ref = make_vessel_tree((24, 32, 40), (2.0, 0.75, 0.5), seed=5 + i)
+        np.testing.assert_array_equal(lab.data, ref.mask)
+        np.testing.assert_allclose(img.data, ref.image, atol=1e-3)
+
+
+def test_centerline_csv(outdir):
+    path = outdir / "case_001_centerline.csv"
+    assert path.read_text().splitlines()[0].startswith("z,y,x,radius")
+    d = read_centerline_csv(path)
+    ref = make_vessel_tree((24, 32, 40), (2.0, 0.75, 0.5), seed=6)
+    np.testing.assert_allclose(d["centerline"], ref.centerline, atol=1e-5)
+    np.testing.assert_array_equal(d["edges"], ref.edges)
+    np.testing.assert_array_equal(d["tree_id"], ref.tree_id)
+    # coordinates are physical (mm): every point maps into the label through the spacing
+    lab = read_volume(outdir / "case_001_label.nii.gz").data
+    vox = np.rint(d["centerline"][:, :3] / np.array([2.0, 0.75, 0.5])).astype(int)
+    assert np.all(lab[tuple(vox.T)] == 1)
+
+
+def test_refuses_to_overwrite(outdir, capsys):
+    target = outdir / "case_000_image.nii.gz"
+    before = target.read_bytes()
+    assert main(["synth", str(outdir), *ARGS]) == 2
+    err = capsys.readouterr().err
+    assert "case_000_image.nii.gz" in err
+    assert "--overwrite" in err
+    assert target.read_bytes() == before
+
+
+def test_overwrite_and_progress(tmp_path, capsys):
+    out = tmp_path / "o"
+    small = ["--n", "2", "--shape", "16", "16", "16", "--seed", "1"]
+    assert main(["synth", str(out), *small]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2  # one progress line per case
+    assert "[1/2]" in err
+    assert "[2/2]" in err
+    (out / "case_001_label.nii.gz").write_bytes(b"junk")
+    assert main(["synth", str(out), *small, "--overwrite"]) == 0
+    assert read_volume(out / "case_001_label.nii.gz").shape == (16, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--shape", "4", "16", "16"],
+        ["--spacing", "1", "0", "1"],
+        ["--n", "0"],
+        ["--loops", "2"],
+    ],
+)
+def test_bad_arguments(tmp_path, bad, capsys):
+    try:
+        code = main(["synth", str(tmp_path / "x"), *bad])
+    except SystemExit as exc:  # argparse rejects the value
+        code = exc.code
+    assert code == 2
+    assert capsys.readouterr().err.strip()
+    assert not (tmp_path / "x" / "case_000_image.nii.gz").exists()
+
+
+def test_outdir_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert main(["synth", str(f), "--shape", "16", "16", "16"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_help_subprocess():
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_tubular.cli", "synth", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0
+    for word in (
+        "OUTDIR",
+        "--n",
+        "--seed",
+        "--shape",
+        "--spacing",
+        "--overwrite",
+        "case_XXX_label.nii.gz",
+    ):
+        assert word in proc.stdout

@@ -1,0 +1,335 @@
+"""Synthetic vessel phantoms: exact geometry, topology and determinism."""
+
+import cc3d
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.measure import euler_number
+
+from napari_tubular.synthetic import (
+    SyntheticCase,
+    make_torus,
+    make_tube,
+    make_vessel_tree,
+    render_capsules,
+)
+
+ANISO = (1.5, 0.8, 0.8)
+
+
+def betti(mask):
+    """(b0, b1, b2) of a binary mask: 26-connected foreground, 6-connected background."""
+    m = np.pad(np.asarray(mask, dtype=bool), 1)
+    b0 = cc3d.connected_components(m, connectivity=26, return_N=True)[1]
+    b2 = cc3d.connected_components(~m, connectivity=6, return_N=True)[1] - 1
+    chi = euler_number(m, connectivity=3)
+    return int(b0), int(b0 + b2 - chi), int(b2)
+
+
+def graph_cycle_rank(case):
+    """Independent cycles of the centerline graph: M - N + components."""
+    n = len(case.centerline)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in case.edges.tolist():
+        parent[find(a)] = find(b)
+    comps = len({find(i) for i in range(n)})
+    return len(case.edges) - n + comps
+
+
+@pytest.fixture(scope="module")
+def iso_cases():
+    return [make_vessel_tree((64, 64, 64), (1.0, 1.0, 1.0), seed=s) for s in range(4)]
+
+
+@pytest.fixture(scope="module")
+def aniso_cases():
+    return [make_vessel_tree((48, 80, 80), ANISO, seed=s) for s in range(4)]
+
+
+def test_types_and_shapes(iso_cases):
+    for c in iso_cases:
+        assert isinstance(c, SyntheticCase)
+        assert c.image.dtype == np.float32
+        assert c.image.shape == (64, 64, 64)
+        assert c.mask.dtype == np.uint8
+        assert set(np.unique(c.mask)) == {0, 1}
+        assert c.centerline.dtype == np.float64
+        assert c.centerline.shape[1] == 4
+        assert c.edges.ndim == 2
+        assert c.edges.shape[1] == 2
+        assert c.edges.min() >= 0
+        assert c.edges.max() < len(c.centerline)
+        assert np.all(c.edges[:, 0] != c.edges[:, 1])
+        assert c.spacing == (1.0, 1.0, 1.0)
+        ext = (np.array(c.shape) - 1) * np.array(c.spacing)
+        assert np.all(c.points_mm >= -1e-9)
+        assert np.all(c.points_mm <= ext + 1e-9)
+        assert np.all(c.radii_mm > 0)
+        assert len(c.tree_id) == len(c.branch_id) == len(c.centerline)
+
+
+def test_deterministic_by_seed():
+    a = make_vessel_tree((40, 48, 48), ANISO, seed=7)
+    b = make_vessel_tree((40, 48, 48), ANISO, seed=7)
+    c = make_vessel_tree((40, 48, 48), ANISO, seed=8)
+    for name in ("image", "mask", "centerline", "edges"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    assert not np.array_equal(a.mask, c.mask)
+    assert not np.array_equal(a.image, c.image)
+
+
+@pytest.mark.parametrize("fixture", ["iso_cases", "aniso_cases"])
+def test_components_equal_trees_and_loops_match_graph(fixture, request):
+    for c in request.getfixturevalue(fixture):
+        b0, b1, b2 = betti(c.mask)
+        assert b0 == c.n_trees == c.params["n_trees"] >= 1
+        # the label's loops are exactly the centerline graph's cycles (the anastomoses)
+        assert b1 == graph_cycle_rank(c) == c.params["n_loops"]
+        assert b2 == 0
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0), ANISO])
+def test_loop_probability_controls_loops(spacing):
+    with_loops = []
+    for seed in range(4):
+        none = make_vessel_tree((40, 56, 56), spacing, seed=seed, loop_probability=0.0)
+        assert none.params["n_loops"] == 0
+        assert betti(none.mask)[1] == 0
+        assert betti(none.mask)[0] == none.n_trees
+        many = make_vessel_tree((40, 56, 56), spacing, seed=seed, loop_probability=1.0)
+        b1 = betti(many.mask)[1]
+        assert b1 == many.params["n_loops"] == graph_cycle_rank(many)
+        with_loops.append(b1)
+    assert sum(with_loops) > 0
+    assert sum(b > 0 for b in with_loops) >= 2
+
+
+def test_centerline_inside_mask(aniso_cases, iso_cases):
+    for c in aniso_cases + iso_cases:
+        sp = np.array(c.spacing)
+        vox = np.rint(c.points_vox).astype(int)
+        assert np.all(c.mask[tuple(vox.T)] == 1)  # every centerline point's voxel (any radius)
+        # for vessels at least a voxel thick, the whole ball of radius r - (half a voxel) is in
+        thick = np.flatnonzero(c.radii_mm >= sp.max())
+        offs = np.stack(np.meshgrid(*[np.arange(-4, 5)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        for i in thick[:: max(1, len(thick) // 40)]:
+            p, r = c.points_mm[i], c.radii_mm[i]
+            cand = np.rint(p / sp).astype(int) + offs
+            d = np.linalg.norm(cand * sp - p, axis=1)
+            ok = (d <= r - 1e-6) & np.all((cand >= 0) & (cand < c.shape), axis=1)
+            assert np.all(c.mask[tuple(cand[ok].T)] == 1)
+
+
+def test_edt_at_centerline_matches_radius():
+    """For thick vessels, away from forks, ends and borders, EDT(centre) = r within a voxel."""
+    checked = 0
+    for spacing in [(1.0, 1.0, 1.0), (1.2, 0.6, 0.6)]:
+        for seed in range(3):
+            c = make_vessel_tree(
+                (56, 72, 72), spacing, seed=seed, max_radius_mm=5.0, distractors=False
+            )
+            sp = np.array(spacing)
+            edt = ndimage.distance_transform_edt(c.mask, sampling=spacing)
+            P, R = c.points_mm, c.radii_mm
+            special = P[c.degree != 2]
+            d_node = np.min(np.linalg.norm(P[:, None] - special[None], axis=2), axis=1)
+            ext = (np.array(c.shape) - 1) * sp
+            d_border = np.min(np.minimum(P, ext - P), axis=1)
+            sel = (R >= 2 * sp.max()) & (d_node > 2.5 * R) & (d_border > R + sp.max())
+            vox = np.rint(P[sel] / sp).astype(int)
+            diff = edt[tuple(vox.T)] - R[sel]
+            assert np.all(np.abs(diff) <= sp.max()), diff
+            checked += int(sel.sum())
+    assert checked > 20
+
+
+def test_murray_law_at_forks(iso_cases, aniso_cases):
+    n_forks = 0
+    for c in iso_cases + aniso_cases:
+        deg = c.degree
+        assert np.all(deg <= 3)
+        for node in np.flatnonzero(deg == 3):
+            nb = np.concatenate(
+                [c.edges[c.edges[:, 0] == node, 1], c.edges[c.edges[:, 1] == node, 0]]
+            )
+            # the node ends its parent branch; the two children start new branches
+            children = nb[c.branch_id[nb] != c.branch_id[node]]
+            assert len(children) == 2
+            r0 = c.radii_mm[node]
+            r1, r2 = c.radii_mm[children]
+            assert r1**3 + r2**3 == pytest.approx(r0**3, rel=0.05)
+            assert max(r1, r2) < r0
+            n_forks += 1
+    assert n_forks >= 10
+
+
+def test_radii_range_and_defaults():
+    c = make_vessel_tree((64, 64, 64), (1.0, 1.0, 1.0), seed=2)
+    assert c.radii_mm.min() < 0.5  # sub-voxel vessels
+    assert c.radii_mm.max() > 2.0  # several voxels
+    assert c.radii_mm.min() >= c.params["min_radius_mm"] - 1e-9
+    assert c.radii_mm.max() <= c.params["max_radius_mm"] + 1e-9
+    big = make_vessel_tree((64, 64, 64), (2.0, 2.0, 2.0), seed=2)  # 2x the physical size
+    assert big.params["max_radius_mm"] == pytest.approx(2 * c.params["max_radius_mm"])
+
+
+def test_subvoxel_tree_is_connected_line():
+    c = make_vessel_tree(
+        (40, 64, 64),
+        ANISO,
+        seed=3,
+        n_trees=1,
+        max_radius_mm=0.5,
+        min_radius_mm=0.3,
+        loop_probability=0,
+    )
+    assert c.radii_mm.max() < min(ANISO)
+    assert betti(c.mask) == (1, 0, 0)
+    # a thin line: few voxels per mm of centerline
+    length = np.linalg.norm(np.diff(c.points_mm[c.edges], axis=1)[:, 0], axis=1).sum()
+    assert c.mask.sum() < 3 * length / min(ANISO)
+
+
+def test_anisotropic_spacing_is_exact():
+    """Same tree (in mm) on a fine and a 2x coarser z grid: identical at common voxel centres."""
+    design = (2.0, 1.0, 1.0)
+    fine = make_vessel_tree((63, 64, 64), (1.0, 1.0, 1.0), seed=5, design_spacing=design)
+    coarse = make_vessel_tree((32, 64, 64), (2.0, 1.0, 1.0), seed=5, design_spacing=design)
+    np.testing.assert_allclose(fine.centerline, coarse.centerline)
+    # capsule union at voxel centres: exactly equal on the shared grid points (z = 0, 2, 4 ...)
+    args = (fine.points_mm, fine.radii_mm, fine.edges)
+    m_fine = render_capsules(
+        *args, fine.shape, fine.spacing, occupancy=False, centerline_voxels=False
+    )[0]
+    m_coarse = render_capsules(
+        *args, coarse.shape, coarse.spacing, occupancy=False, centerline_voxels=False
+    )[0]
+    assert m_coarse.sum() > 200
+    np.testing.assert_array_equal(m_fine[::2], m_coarse)
+    # full labels (with the sub-voxel rule on each grid) still agree closely
+    a, b = fine.mask[::2].astype(bool), coarse.mask.astype(bool)
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9
+
+
+def test_image_vessels_brighter_than_tissue(aniso_cases):
+    for c in aniso_cases:
+        core = ndimage.binary_erosion(c.mask, iterations=1)
+        if core.sum() < 20:
+            continue
+        tissue = np.median(c.image[c.mask == 0])
+        assert 0 < tissue < 80
+        assert np.median(c.image[core]) > tissue + 100
+        assert np.median(c.image[core]) > np.percentile(c.image[c.mask == 0], 90)
+
+
+def test_image_params_are_used():
+    quiet = make_vessel_tree(
+        (32, 40, 40), seed=1, noise=0.0, contrast=300.0, distractors=False, bias=False, blur=False
+    )
+    assert quiet.params["noise_hu"] == 0.0
+    assert quiet.params["contrast_hu"] == 300.0
+    core = ndimage.binary_erosion(quiet.mask, iterations=1)
+    if core.any():
+        assert np.median(quiet.image[core]) == pytest.approx(
+            quiet.params["tissue_hu"] + 300, rel=0.15
+        )
+    noisy = make_vessel_tree(
+        (32, 40, 40), seed=1, noise=40.0, distractors=False, bias=False, blur=False
+    )
+    diff = (
+        noisy.image
+        - make_vessel_tree(
+            (32, 40, 40), seed=1, noise=0.0, distractors=False, bias=False, blur=False
+        ).image
+    )
+    assert np.std(diff) == pytest.approx(40.0, rel=0.1)
+
+
+def test_distractors_do_not_touch_vessels():
+    c = make_vessel_tree((48, 64, 64), seed=4, distractors=True)
+    bright = c.image > c.params["tissue_hu"] + 0.5 * c.params["contrast_hu"]
+    labels = cc3d.connected_components(bright & (c.mask == 0), connectivity=6)
+    assert c.params["n_blobs"] + c.params["n_plates"] >= 1
+    assert labels.max() >= 1  # bright non-vessel structures exist
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [
+        ({"spacing": (1.0, 0.0, 1.0)}, "spacing"),
+        ({"spacing": (1.0, 1.0)}, "spacing"),
+        ({"shape": (4, 64, 64)}, "shape"),
+        ({"loop_probability": 1.5}, "loop_probability"),
+        ({"seed": -1}, "seed"),
+        ({"n_trees": 0}, "n_trees"),
+        ({"min_radius_mm": 3.0, "max_radius_mm": 1.0}, "max_radius_mm"),
+        ({"noise": -2.0}, "noise"),
+    ],
+)
+def test_invalid_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        make_vessel_tree(**kwargs)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_make_tube(axis):
+    sp = (2.0, 0.7, 0.7)
+    c = make_tube((24, 40, 40), sp, radius_mm=5.0, axis=axis)
+    assert betti(c.mask) == (1, 0, 0)
+    others = [i for i in range(3) if i != axis]
+    # cross-section area ~ pi r^2 in every plane across the axis
+    sections = c.mask.sum(axis=tuple(others))
+    area = sections * sp[others[0]] * sp[others[1]]
+    assert np.all(np.abs(area - np.pi * 5.0**2) < 0.1 * np.pi * 5.0**2)
+    assert c.centerline[:, 3].tolist() == [5.0] * len(c.centerline)
+    assert np.allclose(
+        np.delete(c.points_mm, axis, axis=1), np.delete(c.points_mm[:1], axis, axis=1)
+    )
+    assert len(c.edges) == len(c.centerline) - 1
+
+
+def test_make_tube_length_and_center():
+    c = make_tube(
+        (40, 32, 32), (1.0, 1.0, 1.0), radius_mm=3.0, axis=0, center_mm=(20, 15, 16), length=10
+    )
+    zs = np.flatnonzero(c.mask.any(axis=(1, 2)))
+    assert zs.min() == 15
+    assert zs.max() == 25
+    assert c.points_mm[:, 0].min() == 15
+    assert c.points_mm[:, 0].max() == 25
+
+
+def test_make_torus_topology_and_centerline():
+    c = make_torus((32, 64, 64), (1.0, 0.8, 0.8), major_radius_mm=16.0, minor_radius_mm=3.0, axis=0)
+    assert betti(c.mask) == (1, 1, 0)
+    assert graph_cycle_rank(c) == 1
+    centre = (np.array(c.shape) - 1) * np.array(c.spacing) / 2
+    rho = np.linalg.norm(c.points_mm[:, 1:] - centre[1:], axis=1)
+    np.testing.assert_allclose(rho, 16.0)
+    edt = ndimage.distance_transform_edt(c.mask, sampling=c.spacing)
+    vox = np.rint(c.points_vox).astype(int)
+    assert np.all(np.abs(edt[tuple(vox.T)] - 3.0) <= 1.0)
+
+
+def test_thin_torus_keeps_its_loop():
+    c = make_torus((24, 48, 48), (1.0, 1.0, 1.0), major_radius_mm=15.0, minor_radius_mm=0.3)
+    assert betti(c.mask) == (1, 1, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("shape", "spacing"), [((56, 56, 56), (1.0, 1.0, 1.0)), ((40, 72, 72), ANISO)]
+)
+def test_topology_guarantee_many_seeds(shape, spacing):
+    """b0 = trees, b1 = accepted anastomoses = graph cycles, b2 = 0, over many seeds."""
+    for seed in range(10):
+        c = make_vessel_tree(shape, spacing, seed=100 + seed, loop_probability=1.0)
+        assert betti(c.mask) == (c.n_trees, c.params["n_loops"], 0), seed
+        assert graph_cycle_rank(c) == c.params["n_loops"]
