@@ -1,0 +1,354 @@
+"""``napari-tubular evaluate PRED REF``: metrics and error maps between predicted and reference masks.
+
+Single pair: ``evaluate pred.nii.gz ref.nii.gz [--json OUT] [--csv OUT] [--errors OUT.nii.gz]
+[--sites OUT.csv]``. Batch: ``evaluate PRED_DIR REF_DIR [--json OUT] [--csv OUT] [--errors
+OUT_DIR]``: volumes are matched by file name (exactly, else after dropping suffixes such as
+``_labels``, ``_label``, ``_pred``, ``_seg``, ``_gt``, ``_image``), unmatched files are listed,
+and the summary (mean, sample std over the cases where a value is defined) is printed and
+written to the JSON. Nothing is overwritten without ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# scalar metrics summarised over a batch, and their table headers
+_SCALARS = (
+    "dice", "cldice", "tprec", "tsens", "b0_error", "b1_error", "b2_error", "hd95_mm", "assd_mm",
+    "volume_pred_ml", "volume_ref_ml", "length_pred_mm", "length_ref_mm",
+)  # fmt: skip
+_CSV_FIELDS = (
+    "case", "pred", "ref", "dice", "cldice", "tprec", "tsens",
+    "b0_pred", "b1_pred", "b2_pred", "b0_ref", "b1_ref", "b2_ref",
+    "b0_error", "b1_error", "b2_error", "hd95_mm", "assd_mm",
+    "volume_pred_ml", "volume_ref_ml", "length_pred_mm", "length_ref_mm",
+)  # fmt: skip
+_NAME_SUFFIXES = (
+    "_labels", "_label", "_prediction", "_pred", "_segmentation", "_seg", "_mask", "_gt",
+    "_image", "_img", "_0000",
+)  # fmt: skip
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Compare predicted and reference masks: Dice, clDice (Tprec/Tsens), Betti numbers and "
+            "their errors, HD95 and ASSD in mm, volumes (mL), centerline lengths (mm). PRED and "
+            "REF are two volumes, or two folders matched by file name (batch mode)."
+        ),
+    )
+    p.add_argument("pred", type=Path, help="predicted mask/labels volume, or a folder of them")
+    p.add_argument("ref", type=Path, help="reference mask/labels volume, or a folder of them")
+    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
+    p.add_argument(
+        "--errors",
+        type=Path,
+        metavar="OUT",
+        help="write the error-class label volume (e.g. errors.nii.gz; a folder in batch mode, "
+        "one NAME_errors.nii.gz per case)",
+    )
+    p.add_argument(
+        "--sites",
+        type=Path,
+        metavar="OUT.csv",
+        help="(single pair) write the error sites, sorted by severity, as CSV",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        metavar="T",
+        help="binarise the prediction as pred > T (for probability maps); the reference must be binary or labels",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.set_defaults(func=run)
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _case_key(stem: str) -> str:
+    key = stem.lower()
+    changed = True
+    while changed:
+        changed = False
+        for suffix in _NAME_SUFFIXES:
+            if key.endswith(suffix) and len(key) > len(suffix):
+                key = key[: -len(suffix)]
+                changed = True
+    return key
+
+
+def match_cases(pred_paths, ref_paths):
+    """Pair volumes by name: identical stems first, then stems without the usual suffixes.
+
+    Returns:
+        (pairs [(case name, pred path, ref path)], unmatched pred paths, unmatched ref paths).
+
+    Raises:
+        ValueError: two files of one folder reduce to the same case name.
+    """
+    from ..io import volume_stem
+
+    preds = {volume_stem(p): p for p in pred_paths}
+    refs = {volume_stem(r): r for r in ref_paths}
+    pairs = [(s, preds.pop(s), refs.pop(s)) for s in sorted(set(preds) & set(refs))]
+
+    def by_key(d, side):
+        out: dict[str, tuple[str, Path]] = {}
+        for stem, path in d.items():
+            k = _case_key(stem)
+            if k in out:
+                raise ValueError(
+                    f"{side} files {out[k][1].name} and {path.name} both match case '{k}'; "
+                    "rename one so that each case has one file"
+                )
+            out[k] = (stem, path)
+        return out
+
+    kp, kr = by_key(preds, "prediction"), by_key(refs, "reference")
+    for k in sorted(set(kp) & set(kr)):
+        pairs.append((k, kp[k][1], kr[k][1]))
+        del preds[kp[k][0]], refs[kr[k][0]]
+    pairs.sort(key=lambda t: t[0])
+    return pairs, sorted(preds.values()), sorted(refs.values())
+
+
+def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None):
+    from ..io import read_volume
+    from ..topology import binarize
+
+    pv, rv = read_volume(pred_path), read_volume(ref_path)
+    if pv.shape != rv.shape:
+        raise ValueError(
+            f"{pred_path.name} has shape {pv.shape} but {ref_path.name} has shape {rv.shape}; they must match"
+        )
+    if not np.allclose(pv.spacing, rv.spacing, rtol=1e-4, atol=1e-5):
+        raise ValueError(
+            f"{pred_path.name} has spacing {tuple(pv.spacing)} mm but {ref_path.name} has "
+            f"{tuple(rv.spacing)} mm; resample the prediction to the reference grid first"
+        )
+    if not np.allclose(pv.origin, rv.origin, atol=1e-3) or not np.allclose(
+        pv.direction, rv.direction, atol=1e-4
+    ):
+        print(
+            f"warning: {pred_path.name} and {ref_path.name} differ in origin or direction; "
+            "comparing them voxel by voxel anyway",
+            file=sys.stderr,
+        )
+    pred = pv.data
+    if threshold is not None:
+        pred = pred > threshold
+    return (
+        binarize(pred, f"prediction {pred_path.name}"),
+        binarize(rv.data, f"reference {ref_path.name}"),
+        rv,
+    )
+
+
+def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
+    """Metrics (and the error map written to ``errors_path``) of one pair."""
+    from ..io import write_volume
+    from ..topology import compute_metrics, error_map, hard_skeleton
+
+    pred, ref, rv = _load_pair(pred_path, ref_path, args.threshold)
+    sk_p, sk_r = hard_skeleton(pred, rv.spacing), hard_skeleton(ref, rv.spacing)
+    metrics = compute_metrics(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
+    report = None
+    if errors_path is not None or getattr(args, "sites", None) is not None:
+        report = error_map(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
+        if errors_path is not None:
+            write_volume(errors_path, report.labels, reference=rv, overwrite=args.overwrite)
+    return metrics, report, rv
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, list):
+        return "(" + ", ".join(str(x) for x in v) + ")"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _csv_row(case: str, pred: Path, ref: Path, m: dict) -> dict:
+    row = {"case": case, "pred": str(pred), "ref": str(ref)}
+    for k in _CSV_FIELDS[3:]:
+        if k[:2] in ("b0", "b1", "b2") and k.endswith(("_pred", "_ref")):
+            row[k] = m["betti_" + k.split("_")[1]][int(k[1])]
+        else:
+            row[k] = "" if m[k] is None else m[k]
+    return row
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def summarize(cases: list[dict]) -> dict:
+    """Mean, sample std (ddof=1; 0 for one case) and count of each scalar metric over cases.
+
+    Values that are None (e.g. HD95 with an empty mask) are left out of that metric's count.
+    """
+    out = {}
+    for k in _SCALARS:
+        vals = np.array([c[k] for c in cases if c.get(k) is not None], dtype=np.float64)
+        out[k] = {
+            "mean": float(vals.mean()) if vals.size else None,
+            "std": float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else None),
+            "n": int(vals.size),
+        }
+    return out
+
+
+def _check_outputs(args, *, batch: bool) -> None:
+    for opt in ("json", "csv", "sites"):
+        path = getattr(args, opt)
+        if path is not None and path.exists() and not args.overwrite:
+            raise FileExistsError(f"--{opt} {path} already exists; pass --overwrite to replace it")
+    if batch and args.sites is not None:
+        raise ValueError("--sites is for one pair; in batch mode use --errors OUT_DIR")
+    if args.errors is not None:
+        if batch and args.errors.exists() and not args.errors.is_dir():
+            raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
+        if not batch and args.errors.exists() and not args.overwrite:
+            raise FileExistsError(
+                f"--errors {args.errors} already exists; pass --overwrite to replace it"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------------------------
+def _run_single(args) -> int:
+    _check_outputs(args, batch=False)
+    metrics, report, rv = _evaluate(args.pred, args.ref, args, args.errors)
+    print(f"prediction: {args.pred}\nreference:  {args.ref}\nspacing:    {tuple(rv.spacing)} mm")
+    width = max(len(k) for k in metrics)
+    for k, v in metrics.items():
+        print(f"  {k:<{width}}  {_fmt(v)}")
+    if report is not None:
+        counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
+        print(f"error sites: {counts}")
+        for s in report.sites[:10]:
+            z, y, x = s.centroid_mm
+            print(
+                f"  #{s.id:<3} {s.cls_name:<19} {s.detail:<20} length {s.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) mm"
+            )
+        if len(report.sites) > 10:
+            print(f"  ... {len(report.sites) - 10} more")
+    if args.errors is not None:
+        print(f"wrote {args.errors}")
+    if args.sites is not None:
+        report.to_csv(args.sites, overwrite=args.overwrite)
+        print(f"wrote {args.sites}")
+    if args.json is not None:
+        out = dict(metrics)
+        out.update(pred=str(args.pred), ref=str(args.ref), spacing_mm=list(rv.spacing))
+        if report is not None:
+            out["error_counts"] = report.summary["counts"]
+        _write_json(args.json, out)
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        from ..io import volume_stem
+
+        _write_csv(args.csv, [_csv_row(volume_stem(args.pred), args.pred, args.ref, metrics)])
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def _run_batch(args) -> int:
+    from ..io import list_volumes
+
+    _check_outputs(args, batch=True)
+    pairs, un_p, un_r = match_cases(list_volumes(args.pred), list_volumes(args.ref))
+    for p in un_p:
+        print(f"unmatched prediction: {p.name}", file=sys.stderr)
+    for r in un_r:
+        print(f"unmatched reference: {r.name}", file=sys.stderr)
+    if not pairs:
+        raise ValueError(f"no volumes of {args.pred} match a volume of {args.ref} by file name")
+    errors_dir = args.errors
+    if errors_dir is not None:
+        for name, _, _ in pairs:
+            out = errors_dir / f"{name}_errors.nii.gz"
+            if out.exists() and not args.overwrite:
+                raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+    cases, rows, failed = [], [], []
+    header = f"{'case':<24} {'dice':>7} {'cldice':>7} {'b0 err':>6} {'b1 err':>6} {'b2 err':>6} {'hd95 mm':>8} {'assd mm':>8}"
+    print(header)
+    for name, pp, rp in pairs:
+        try:
+            errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
+            m, _, _ = _evaluate(pp, rp, args, errors_path)
+        except (ValueError, FileNotFoundError, RuntimeError) as exc:
+            print(f"{name}: error: {exc}", file=sys.stderr)
+            failed.append({"case": name, "pred": str(pp), "ref": str(rp), "error": str(exc)})
+            continue
+        cases.append({"case": name, "pred": str(pp), "ref": str(rp), **m})
+        rows.append(_csv_row(name, pp, rp, m))
+        print(
+            f"{name[:24]:<24} {m['dice']:7.4f} {m['cldice']:7.4f} {m['b0_error']:6d} {m['b1_error']:6d} "
+            f"{m['b2_error']:6d} {_fmt(m['hd95_mm']):>8} {_fmt(m['assd_mm']):>8}"
+        )
+    summary = summarize(cases)
+    print(f"summary over {len(cases)} case(s) (mean +- sample std):")
+    for k, s in summary.items():
+        if s["n"]:
+            print(f"  {k:<15} {s['mean']:10.4f} +- {s['std']:.4f}  (n={s['n']})")
+    if args.json is not None:
+        _write_json(
+            args.json,
+            {
+                "cases": cases,
+                "summary": summary,
+                "unmatched_pred": [str(p) for p in un_p],
+                "unmatched_ref": [str(r) for r in un_r],
+                "failed": failed,
+            },
+        )
+        print(f"wrote {args.json}")
+    if args.csv is not None:
+        _write_csv(args.csv, rows)
+        print(f"wrote {args.csv}")
+    return 1 if failed else 0
+
+
+def run(args) -> int:
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
+    for path, what in ((args.pred, "prediction"), (args.ref, "reference")):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} not found: {path}")
+    from ..io import list_volumes
+
+    # a folder of volumes means batch mode (a DICOM series folder lists no volumes: one volume)
+    folders = [p.is_dir() and bool(list_volumes(p)) for p in (args.pred, args.ref)]
+    if all(folders):
+        return _run_batch(args)
+    if any(folders):
+        raise ValueError(
+            f"give two volumes or two folders of volumes (batch mode), not one of each: "
+            f"{args.pred}, {args.ref}"
+        )
+    return _run_single(args)

@@ -1,0 +1,616 @@
+"""Error maps a clinician can review: label volumes with named classes and a ranked list of sites.
+
+With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
+
+1. ``missed centerline``: reference skeleton voxels outside the prediction, grouped into
+   26-connected pieces; a piece between two covered parts of the reference skeleton is a
+   ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``).
+2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks).
+3. ``spurious component``: a predicted 26-component that touches no reference voxel.
+4. ``missed component``: a reference 26-component that no predicted voxel touches.
+
+Voxels of classes 1/2 that lie in a class-4/3 component belong to the component site only, so
+the classes never overlap.
+
+Without a reference (:func:`self_check`), what a clinician checks on a segmentation:
+
+5. ``small component``: a component (not the largest) below ``small_fraction`` of the largest.
+6. ``loop``: a cycle of the skeleton around a tunnel (vessel trees have none: a loop usually
+   means two vessels merged). The number of loop sites per component is its exact ``b1``
+   (Euler recipe); their places are a best effort: the longest non-trivial fundamental cycles
+   of the skeleton graph, skipping one that shares more than half its voxels with a cycle
+   already taken (sheet-like skeleton parts around cavities give many short trivial cycles,
+   hence longest first). Loops left without a cycle are counted in
+   ``summary["loops_unlocated"]``.
+7. ``possible break``: a skeleton end point within ``break_gap_mm`` of another component (the
+   site's voxels are the straight segment bridging the gap).
+
+Severity (sites are sorted by it, largest first): ``weight(class) * max(length_mm,
+equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (1/3)``, so that
+short but bulky errors are not ranked as nothing; weights: break, missed component and
+possible break 2, loop 1.5, others 1. For a possible break ``length_mm`` is the gap and the
+ranking uses the centerline length of the smaller of the two components it would join.
+Coordinates: ``centroid_vox`` (z, y, x) in voxels; ``centroid_mm = centroid_vox * spacing``
+(physical, relative to voxel 0; add the volume origin for world coordinates).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cc3d
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import breadth_first_order, connected_components
+from scipy.spatial import cKDTree
+
+from ..geometry._validate import check_same_shape, check_spacing
+from ._sparse import neighbour_pairs, step_lengths_mm
+from .betti import betti_numbers, bounding_box
+from .metrics import binarize, skeleton_crop, surface_voxels
+
+__all__ = [
+    "ERROR_CLASSES",
+    "ComponentInfo",
+    "ErrorReport",
+    "ErrorSite",
+    "error_map",
+    "self_check",
+]
+
+#: class id -> (name, RGBA colour with components in [0, 1]); 0 is background (transparent).
+ERROR_CLASSES: dict[int, tuple[str, tuple[float, float, float, float]]] = {
+    1: ("missed centerline", (0.90, 0.10, 0.10, 1.0)),  # red
+    2: ("false centerline", (1.00, 0.20, 1.00, 1.0)),  # magenta
+    3: ("spurious component", (1.00, 0.60, 0.00, 1.0)),  # orange
+    4: ("missed component", (0.10, 0.45, 1.00, 1.0)),  # blue
+    5: ("small component", (1.00, 1.00, 0.20, 1.0)),  # yellow
+    6: ("loop", (0.10, 0.90, 0.60, 1.0)),  # green
+    7: ("possible break", (0.00, 0.95, 1.00, 1.0)),  # cyan
+}
+MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT = 1, 2, 3, 4
+SMALL_COMPONENT, LOOP, POSSIBLE_BREAK = 5, 6, 7
+
+_WEIGHT = {MISSED_COMPONENT: 2.0, POSSIBLE_BREAK: 2.0, LOOP: 1.5}  # others 1
+_BREAK_WEIGHT = 2.0  # a missed-centerline piece that is a break
+_COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT)
+_SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK)
+
+
+@dataclass
+class ErrorSite:
+    """One place to review.
+
+    Attributes:
+        id: 1-based rank after sorting by severity.
+        cls: class id (key of ``ERROR_CLASSES``); cls_name its name.
+        centroid_mm: (z, y, x) mm, physical relative to voxel 0 (``centroid_vox * spacing``).
+        centroid_vox: (z, y, x) voxel coordinates (float).
+        size_vox: voxels of the site (component voxels, or skeleton / gap-line voxels).
+        length_mm: centerline length of the site (gap length for a possible break).
+        severity: ranking score (see module docstring); larger = review first.
+        detail: short human-readable note ("break", "missed branch", "gap 2.1 mm to ...").
+        anchor_vox: a voxel of the site nearest its centroid (int (z, y, x)), where a viewer
+            can jump to see the error even when the centroid lies in a hole.
+    """
+
+    id: int
+    cls: int
+    cls_name: str
+    centroid_mm: tuple[float, float, float]
+    centroid_vox: tuple[float, float, float]
+    size_vox: int
+    length_mm: float
+    severity: float
+    detail: str = ""
+    anchor_vox: tuple[int, int, int] = (0, 0, 0)
+
+
+@dataclass
+class ComponentInfo:
+    """A 26-connected component of a mask (``self_check``), id 1 = largest."""
+
+    id: int
+    size_vox: int
+    volume_ml: float
+    length_mm: float
+    centroid_mm: tuple[float, float, float]
+    centroid_vox: tuple[float, float, float]
+
+
+ROW_FIELDS: tuple[str, ...] = (
+    "id", "cls", "cls_name", "detail", "severity", "size_vox", "length_mm",
+    "centroid_z_mm", "centroid_y_mm", "centroid_x_mm",
+    "centroid_z_vox", "centroid_y_vox", "centroid_x_vox",
+    "anchor_z", "anchor_y", "anchor_x",
+)  # fmt: skip
+
+
+@dataclass
+class ErrorReport:
+    """Result of :func:`error_map` / :func:`self_check`.
+
+    Attributes:
+        labels: uint8, shape (Z, Y, X), class id per voxel (0 = no error), for a napari Labels
+            layer coloured with ``ERROR_CLASSES``.
+        sites: ErrorSite list sorted by decreasing severity.
+        spacing: voxel size in mm, (dz, dy, dx).
+        components: (``self_check`` only) components sorted by decreasing size.
+        summary: counts per class name, and for ``self_check`` the Betti numbers.
+    """
+
+    labels: np.ndarray
+    sites: list[ErrorSite]
+    spacing: tuple[float, float, float]
+    components: list[ComponentInfo] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)
+
+    def to_rows(self) -> list[dict]:
+        """One flat dict per site (keys ``ROW_FIELDS``), in severity order."""
+        rows = []
+        for s in self.sites:
+            rows.append(
+                {
+                    "id": s.id,
+                    "cls": s.cls,
+                    "cls_name": s.cls_name,
+                    "detail": s.detail,
+                    "severity": s.severity,
+                    "size_vox": s.size_vox,
+                    "length_mm": s.length_mm,
+                    "centroid_z_mm": s.centroid_mm[0],
+                    "centroid_y_mm": s.centroid_mm[1],
+                    "centroid_x_mm": s.centroid_mm[2],
+                    "centroid_z_vox": s.centroid_vox[0],
+                    "centroid_y_vox": s.centroid_vox[1],
+                    "centroid_x_vox": s.centroid_vox[2],
+                    "anchor_z": s.anchor_vox[0],
+                    "anchor_y": s.anchor_vox[1],
+                    "anchor_x": s.anchor_vox[2],
+                }  # fmt: skip
+            )
+        return rows
+
+    def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write :meth:`to_rows` as CSV (FileExistsError unless ``overwrite``)."""
+        p = Path(path)
+        if p.exists() and not overwrite:
+            raise FileExistsError(
+                f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
+            )
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.to_rows())
+        return p
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict: sites, components and summary (not the label volume)."""
+        return {
+            "sites": [asdict(s) for s in self.sites],
+            "components": [asdict(c) for c in self.components],
+            "summary": dict(self.summary),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+class _Skel:
+    """Skeleton voxels of a crop as a sparse 26-neighbour graph."""
+
+    def __init__(self, skeleton: np.ndarray, spacing):
+        self.coords = np.argwhere(skeleton)
+        self.i, self.j, k = neighbour_pairs(self.coords, skeleton.shape)
+        self.w = step_lengths_mm(spacing)[k]
+        self.n = len(self.coords)
+
+    def degree(self) -> np.ndarray:
+        return np.bincount(np.concatenate([self.i, self.j]), minlength=self.n)
+
+    def pieces(self, member: np.ndarray) -> tuple[np.ndarray, int]:
+        """Label (0 = not member, 1..n) the connected pieces of a subset of skeleton voxels."""
+        keep = member[self.i] & member[self.j]
+        g = coo_matrix((np.ones(keep.sum()), (self.i[keep], self.j[keep])), shape=(self.n, self.n))
+        _, lab = connected_components(g, directed=False)
+        out = np.zeros(self.n, dtype=np.int64)
+        if member.any():
+            _, inv = np.unique(lab[member], return_inverse=True)
+            out[member] = inv + 1
+        return out, int(out.max())
+
+    def piece_lengths(self, piece: np.ndarray, n: int) -> np.ndarray:
+        """Length (mm) per piece: internal steps, plus half of each step leaving the piece."""
+        pi, pj = piece[self.i], piece[self.j]
+        length = np.zeros(n + 1)
+        same = (pi == pj) & (pi > 0)
+        np.add.at(length, pi[same], self.w[same])
+        for a, b in ((pi, pj), (pj, pi)):
+            out = (a > 0) & (a != b)
+            np.add.at(length, a[out], 0.5 * self.w[out])
+        return length
+
+
+def _site(
+    cls, coords, offset, spacing, voxel_mm3, length_mm, detail="", *, weight=None, rank_length=None
+):
+    """ErrorSite of the voxels ``coords`` (crop coordinates; ``offset`` = crop origin)."""
+    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 3)
+    c_vox = coords.mean(axis=0)
+    anchor = coords[np.argmin(((coords - c_vox) ** 2).sum(axis=1))]
+    c_vox = c_vox + offset
+    size = len(coords)
+    eq = (size * voxel_mm3) ** (1.0 / 3.0)
+    weight = _WEIGHT.get(cls, 1.0) if weight is None else weight
+    base = length_mm if rank_length is None else rank_length
+    return ErrorSite(
+        id=0,
+        cls=cls,
+        cls_name=ERROR_CLASSES[cls][0],
+        centroid_mm=tuple(float(v) for v in c_vox * np.asarray(spacing)),
+        centroid_vox=tuple(float(v) for v in c_vox),
+        size_vox=int(size),
+        length_mm=float(length_mm),
+        severity=float(weight * max(base, eq)),
+        detail=detail,
+        anchor_vox=tuple(int(v) for v in anchor + offset),
+    )
+
+
+def _finish(labels, sites, spacing, classes, components=(), summary=None) -> ErrorReport:
+    """Sort the sites by severity, number them, and count them per class of ``classes``."""
+    sites.sort(key=lambda s: (-s.severity, -s.size_vox, s.centroid_vox))
+    for rank, s in enumerate(sites, start=1):
+        s.id = rank
+    summary = dict(summary or {})
+    summary["counts"] = {ERROR_CLASSES[c][0]: sum(s.cls == c for s in sites) for c in classes}
+    return ErrorReport(
+        labels=labels, sites=sites, spacing=spacing, components=list(components), summary=summary
+    )
+
+
+def _groups(coords: np.ndarray, keys: np.ndarray, n: int) -> list[np.ndarray]:
+    """``[coords[keys == k] for k in 1..n]`` in one sort (keys are ints, 0 = none)."""
+    order = np.argsort(keys, kind="stable")
+    bounds = np.searchsorted(keys[order], np.arange(1, n + 2))
+    return [coords[order[bounds[k] : bounds[k + 1]]] for k in range(n)]
+
+
+def _components_voxels(labels: np.ndarray, ids: np.ndarray):
+    """(component id, voxel coords) for each id, via one pass over the label volume."""
+    if len(ids) == 0:
+        return []
+    index = np.zeros(int(labels.max()) + 1, dtype=np.int64)  # component id -> 1..len(ids)
+    index[ids] = np.arange(1, len(ids) + 1)
+    coords = np.argwhere(index[labels] > 0)
+    groups = _groups(coords, index[labels[tuple(coords.T)]], len(ids))
+    return [(int(c), g) for c, g in zip(ids, groups)]
+
+
+def _prepare(mask_args, spacing):
+    spacing = check_spacing(spacing)
+    masks = [binarize(a, n) for a, n in mask_args]
+    for m, (_, n) in zip(masks[1:], mask_args[1:]):
+        check_same_shape(masks[0], m, mask_args[0][1], n)
+    union = masks[0] if len(masks) == 1 else masks[0] | masks[1]
+    bbox = bounding_box(union, margin=1)
+    return spacing, masks, bbox
+
+
+# ---------------------------------------------------------------------------------------------
+# with a reference
+# ---------------------------------------------------------------------------------------------
+def error_map(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing,
+    *,
+    skeleton_pred: np.ndarray | None = None,
+    skeleton_ref: np.ndarray | None = None,
+) -> ErrorReport:
+    """Spatial errors of a prediction against a reference (classes 1 to 4).
+
+    Args:
+        pred: binary mask or labels (non-zero = foreground), shape (Z, Y, X).
+        ref: same, same shape.
+        spacing: voxel size in mm, (dz, dy, dx).
+        skeleton_pred, skeleton_ref: optional precomputed hard skeletons (bool, same shape).
+
+    Returns:
+        ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4}.
+
+    Raises:
+        ValueError: shapes differ, bad spacing, non-binary input.
+    """
+    spacing, (p, r), bbox = _prepare([(pred, "pred"), (ref, "ref")], spacing)
+    labels = np.zeros(p.shape, dtype=np.uint8)
+    if bbox is None:
+        return _finish(labels, [], spacing, _COMPARE_CLASSES)
+    offset = np.array([s.start for s in bbox], dtype=np.float64)
+    voxel_mm3 = float(np.prod(spacing))
+    pc, rc = p[bbox], r[bbox]
+    sp_c = skeleton_crop(skeleton_pred, p, bbox, "skeleton_pred", spacing)
+    sr_c = skeleton_crop(skeleton_ref, r, bbox, "skeleton_ref", spacing)
+    lab_p, n_p = cc3d.connected_components(pc, connectivity=26, return_N=True)
+    lab_r, n_r = cc3d.connected_components(rc, connectivity=26, return_N=True)
+    spurious = np.flatnonzero(np.bincount(lab_p[rc], minlength=n_p + 1)[1:] == 0) + 1
+    missed = np.flatnonzero(np.bincount(lab_r[pc], minlength=n_r + 1)[1:] == 0) + 1
+    is_spurious = np.zeros(n_p + 1, dtype=bool)
+    is_spurious[spurious] = True
+    is_missed = np.zeros(n_r + 1, dtype=bool)
+    is_missed[missed] = True
+    labels_c = labels[bbox]
+    sites: list[ErrorSite] = []
+
+    for cls, lab, ids, skel in (
+        (SPURIOUS_COMPONENT, lab_p, spurious, sp_c),
+        (MISSED_COMPONENT, lab_r, missed, sr_c),
+    ):
+        if len(ids) == 0:
+            continue
+        g = _Skel(skel & np.isin(lab, ids), spacing)
+        comp_of = lab[tuple(g.coords.T)]
+        comp_len = (
+            np.bincount(comp_of[g.i], weights=g.w, minlength=lab.max() + 1)
+            if g.n
+            else np.zeros(lab.max() + 1)
+        )
+        for cid, vox in _components_voxels(lab, ids):
+            labels_c[tuple(vox.T)] = cls
+            sites.append(_site(cls, vox, offset, spacing, voxel_mm3, comp_len[cid]))
+
+    # reference centerline not covered by the prediction
+    g = _Skel(sr_c, spacing)
+    if g.n:
+        in_pred = pc[tuple(g.coords.T)]
+        own_missed = is_missed[lab_r[tuple(g.coords.T)]]
+        miss = ~in_pred & ~own_missed
+        piece, n_pieces = g.pieces(miss)
+        if n_pieces:
+            covered, _ = g.pieces(in_pred)
+            lengths = g.piece_lengths(piece, n_pieces)
+            # distinct covered pieces adjacent to each missed piece: 2+ = a break
+            a = np.concatenate([piece[g.i], piece[g.j]])
+            b = np.concatenate([covered[g.j], covered[g.i]])
+            sel = (a > 0) & (b > 0)
+            pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+            n_adj = np.bincount(pairs[:, 0], minlength=n_pieces + 1)
+            labels_c[tuple(g.coords[piece > 0].T)] = MISSED_CENTERLINE
+            for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
+                is_break = n_adj[k] >= 2
+                sites.append(
+                    _site(
+                        MISSED_CENTERLINE,
+                        vox,
+                        offset,
+                        spacing,
+                        voxel_mm3,
+                        lengths[k],
+                        "break" if is_break else "missed branch",
+                        weight=_BREAK_WEIGHT if is_break else 1.0,
+                    )  # fmt: skip
+                )
+
+    # predicted centerline outside the reference
+    g = _Skel(sp_c, spacing)
+    if g.n:
+        out = ~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
+        piece, n_pieces = g.pieces(out)
+        if n_pieces:
+            lengths = g.piece_lengths(piece, n_pieces)
+            labels_c[tuple(g.coords[piece > 0].T)] = FALSE_CENTERLINE
+            for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
+                sites.append(
+                    _site(
+                        FALSE_CENTERLINE,
+                        vox,
+                        offset,
+                        spacing,
+                        voxel_mm3,
+                        lengths[k],
+                        "false branch / leak",
+                    )
+                )
+    return _finish(labels, sites, spacing, _COMPARE_CLASSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# without a reference
+# ---------------------------------------------------------------------------------------------
+def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
+    """Non-trivial fundamental cycles (index arrays into g.coords) of one graph component.
+
+    BFS tree from the first node; each non-tree edge closes one cycle (the two tree paths to
+    their lowest common ancestor). Cycles whose voxels fit in a 2x2x2 block are contractible
+    (their cubes share a lattice point) and are dropped: they come from 26-adjacency cliques.
+    """
+    n = g.n
+    graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(n, n)).tocsr()
+    order, pred = breadth_first_order(
+        graph, int(nodes[0]), directed=False, return_predecessors=True
+    )
+    depth = np.zeros(n, dtype=np.int64)
+    for v in order[1:]:
+        depth[v] = depth[pred[v]] + 1
+    in_comp = np.zeros(n, dtype=bool)
+    in_comp[order] = True
+    sel = in_comp[g.i]
+    ei, ej = g.i[sel], g.j[sel]
+    tree = (pred[ei] == ej) | (pred[ej] == ei)
+    cycles = []
+    for u, v in zip(ei[~tree], ej[~tree]):
+        pu, pv = [int(u)], [int(v)]
+        a, b = int(u), int(v)
+        while a != b:
+            if depth[a] >= depth[b]:
+                a = int(pred[a])
+                pu.append(a)
+            else:
+                b = int(pred[b])
+                pv.append(b)
+        cyc = np.array(pu + pv[-2::-1], dtype=np.int64)
+        c = g.coords[cyc]
+        if np.all(c.max(axis=0) - c.min(axis=0) <= 1):
+            continue
+        cycles.append(cyc)
+    return cycles
+
+
+def self_check(
+    mask: np.ndarray,
+    spacing,
+    *,
+    skeleton: np.ndarray | None = None,
+    small_fraction: float = 0.05,
+    break_gap_mm: float = 5.0,
+) -> ErrorReport:
+    """Review a segmentation without a reference (classes 5 to 7, plus the component list).
+
+    Args:
+        mask: binary mask or labels (non-zero = foreground), shape (Z, Y, X).
+        spacing: voxel size in mm, (dz, dy, dx).
+        skeleton: optional precomputed hard skeleton (bool, same shape).
+        small_fraction: a component other than the largest whose voxel count is below this
+            fraction of the largest one is a ``small component`` site.
+        break_gap_mm: a skeleton end point closer than this (mm, to the nearest surface voxel)
+            to another component is a ``possible break``.
+
+    Returns:
+        ErrorReport with ``components`` (sorted by size; id 1 = largest) and ``summary``
+        holding ``betti`` ([b0, b1, b2]), ``loops_unlocated`` (loops whose cycle was not found
+        in the skeleton) and counts per class.
+    """
+    if not (0.0 <= float(small_fraction) <= 1.0):
+        raise ValueError(f"small_fraction must be in [0, 1], got {small_fraction!r}")
+    if not (float(break_gap_mm) >= 0.0):
+        raise ValueError(f"break_gap_mm must be >= 0 mm, got {break_gap_mm!r}")
+    spacing, (m,), bbox = _prepare([(mask, "mask")], spacing)
+    labels = np.zeros(m.shape, dtype=np.uint8)
+    if bbox is None:
+        summary = {"betti": [0, 0, 0], "loops_unlocated": 0}
+        return _finish(labels, [], spacing, _SELF_CLASSES, summary=summary)
+    offset = np.array([s.start for s in bbox], dtype=np.float64)
+    sp = np.asarray(spacing)
+    voxel_mm3 = float(np.prod(spacing))
+    mc = m[bbox]
+    labels_c = labels[bbox]
+    sk = skeleton_crop(skeleton, m, bbox, "skeleton", spacing)
+    lab, n = cc3d.connected_components(mc, connectivity=26, return_N=True)
+    stats = cc3d.statistics(lab)
+    sizes = np.asarray(stats["voxel_counts"])[: n + 1].copy()
+    sizes[0] = 0
+    centroids = np.asarray(stats["centroids"], dtype=np.float64)[: n + 1]
+    g = _Skel(sk, spacing)
+    node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
+    comp_len = np.bincount(node_comp[g.i], weights=g.w, minlength=n + 1) if g.n else np.zeros(n + 1)
+
+    order = np.argsort(-sizes[1:], kind="stable") + 1
+    rank = np.zeros(n + 1, dtype=np.int64)
+    rank[order] = np.arange(1, n + 1)
+    components = [
+        ComponentInfo(
+            id=int(rank[c]),
+            size_vox=int(sizes[c]),
+            volume_ml=float(sizes[c] * voxel_mm3 / 1000.0),
+            length_mm=float(comp_len[c]),
+            centroid_mm=tuple(float(v) for v in (centroids[c] + offset) * sp),
+            centroid_vox=tuple(float(v) for v in centroids[c] + offset),
+        )
+        for c in order
+    ]
+    sites: list[ErrorSite] = []
+
+    # small isolated components
+    small = [c for c in order[1:] if sizes[c] < small_fraction * sizes[order[0]]]
+    for cid, vox in _components_voxels(lab, np.array(small, dtype=np.int64)):
+        labels_c[tuple(vox.T)] = SMALL_COMPONENT
+        sites.append(
+            _site(
+                SMALL_COMPONENT,
+                vox,
+                offset,
+                spacing,
+                voxel_mm3,
+                comp_len[cid],
+                f"component {rank[cid]}",
+            )
+        )
+
+    # loops: exact b1 per component, located on fundamental cycles of the skeleton graph
+    unlocated = 0
+    if g.n:
+        graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n))
+        n_gc, gcomp = connected_components(graph, directed=False)
+        n_nodes = np.bincount(gcomp, minlength=n_gc)
+        n_edges = np.bincount(gcomp[g.i], minlength=n_gc)
+        bboxes = stats["bounding_boxes"]
+        for gc in np.flatnonzero(n_edges - n_nodes + 1 > 0):
+            nodes = np.flatnonzero(gcomp == gc)
+            cycles = _fundamental_cycles(g, nodes)
+            if not cycles:
+                continue
+            cid = int(node_comp[nodes[0]])
+            b1 = betti_numbers(lab[bboxes[cid]] == cid)[1]
+            picked: list[set] = []
+            for cyc in sorted(cycles, key=len, reverse=True):
+                if len(picked) == b1:
+                    break
+                s = set(cyc.tolist())
+                if any(len(s & q) > 0.5 * min(len(s), len(q)) for q in picked):
+                    continue
+                picked.append(s)
+                vox = g.coords[cyc]
+                steps = np.sqrt((((vox - np.roll(vox, -1, axis=0)) * sp) ** 2).sum(axis=1)).sum()
+                labels_c[tuple(vox.T)] = LOOP
+                sites.append(
+                    _site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}")
+                )
+            unlocated += b1 - len(picked)
+
+    # possible breaks: end points near another component
+    if g.n and n > 1 and break_gap_mm > 0:
+        deg = g.degree()
+        ends = np.flatnonzero(deg <= 1)
+        surf = np.argwhere(surface_voxels(mc))
+        surf_comp = lab[tuple(surf.T)]
+        tree = cKDTree(surf * sp)
+        best: dict[tuple[int, int], tuple[float, int, int]] = {}
+        for e, near in zip(ends, tree.query_ball_point(g.coords[ends] * sp, r=break_gap_mm)):
+            near = np.asarray(near, dtype=np.int64)
+            ce = int(node_comp[e])
+            near = near[surf_comp[near] != ce]
+            if near.size == 0:
+                continue
+            d = np.sqrt((((surf[near] - g.coords[e]) * sp) ** 2).sum(axis=1))
+            k = int(np.argmin(d))
+            other = int(surf_comp[near[k]])
+            key = (min(ce, other), max(ce, other))
+            if key not in best or d[k] < best[key][0]:
+                best[key] = (float(d[k]), int(e), int(near[k]))
+        for (ca, cb), (dist, e, s_idx) in best.items():
+            a, b = g.coords[e], surf[s_idx]
+            steps = int(np.abs(b - a).max()) + 1
+            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
+            labels_c[tuple(line.T)] = POSSIBLE_BREAK
+            sites.append(
+                _site(
+                    POSSIBLE_BREAK,
+                    line,
+                    offset,
+                    spacing,
+                    voxel_mm3,
+                    dist,
+                    f"gap {dist:.1f} mm between components {min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
+                    rank_length=min(comp_len[ca], comp_len[cb]),
+                )  # fmt: skip
+            )
+
+    summary = {
+        "betti": list(betti_numbers(mc)),
+        "loops_unlocated": int(unlocated),
+    }
+    return _finish(labels, sites, spacing, _SELF_CLASSES, components, summary)

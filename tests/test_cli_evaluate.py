@@ -1,0 +1,175 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_tubular.cli import main
+from napari_tubular.io import read_volume, write_volume
+from napari_tubular.topology import METRIC_KEYS, compute_metrics, error_map
+
+from .topology.shapes import ball, segment
+
+SPACING = (1.5, 0.8, 0.8)
+SHAPE = (16, 24, 40)
+
+
+def case(seed):
+    rng = np.random.default_rng(seed)
+    ref = segment(SHAPE, (8, 12, 4), (8, 12, 35), 2.5)
+    pred = ref.copy()
+    pred[:, :, 15 + seed : 17 + seed] = False  # a break
+    pred |= ball(SHAPE, (8, 3, rng.integers(5, 30)), 2.0)  # a spurious blob
+    return pred.astype(np.uint8), ref.astype(np.uint8)
+
+
+def write(path, arr, spacing=SPACING):
+    from napari_tubular.io import Volume
+
+    return write_volume(path, Volume(data=arr, spacing=spacing))
+
+
+@pytest.fixture
+def pair(tmp_path):
+    pred, ref = case(0)
+    return write(tmp_path / "p.nii.gz", pred), write(tmp_path / "r.nii.gz", ref), pred, ref
+
+
+def test_single_pair_json_errors_sites(pair, tmp_path, capsys):
+    p, r, pred, ref = pair
+    out_json, out_err, out_sites = tmp_path / "m.json", tmp_path / "e.nii.gz", tmp_path / "s.csv"
+    rc = main(
+        [
+            "evaluate",
+            str(p),
+            str(r),
+            "--json",
+            str(out_json),
+            "--errors",
+            str(out_err),
+            "--sites",
+            str(out_sites),
+        ]
+    )
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "dice" in text
+    assert "hd95_mm" in text
+    assert "spurious component" in text
+    data = json.loads(out_json.read_text())
+    expected = compute_metrics(pred, ref, SPACING)
+    for k in METRIC_KEYS:
+        assert data[k] == pytest.approx(expected[k])
+    errors = read_volume(out_err)
+    np.testing.assert_array_equal(errors.data, error_map(pred, ref, SPACING).labels)
+    np.testing.assert_allclose(errors.spacing, SPACING)
+    assert out_sites.read_text().startswith("id,cls,cls_name")
+    # nothing is overwritten without --overwrite
+    assert main(["evaluate", str(p), str(r), "--json", str(out_json)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", str(p), str(r), "--json", str(out_json), "--overwrite"]) == 0
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, capsys):
+    pred, ref = case(0)
+    r = write(tmp_path / "r.nii.gz", ref)
+    small = write(tmp_path / "small.nii.gz", pred[:, :, :-2])
+    assert main(["evaluate", str(small), str(r)]) == 2
+    assert "shape" in capsys.readouterr().err
+    other = write(tmp_path / "other.nii.gz", pred, spacing=(1.0, 0.8, 0.8))
+    assert main(["evaluate", str(other), str(r)]) == 2
+    assert "spacing" in capsys.readouterr().err
+    prob = write(tmp_path / "prob.nii.gz", pred.astype(np.float32) * 0.9)
+    assert main(["evaluate", str(prob), str(r)]) == 2
+    assert "--threshold" in capsys.readouterr().err
+    assert main(["evaluate", str(prob), str(r), "--threshold", "0.5"]) == 0
+    assert main(["evaluate", str(tmp_path / "missing.nii.gz"), str(r)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_empty_prediction_json_has_nulls(tmp_path):
+    _, ref = case(0)
+    r = write(tmp_path / "r.nii.gz", ref)
+    p = write(tmp_path / "p.nii.gz", np.zeros_like(ref))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(p), str(r), "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["dice"] == 0.0
+    assert data["hd95_mm"] is None
+    assert data["assd_mm"] is None
+
+
+def test_batch_matches_names_and_summarises(tmp_path, capsys):
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    cases = {k: case(k) for k in range(3)}
+    write(pdir / "case_000_labels.nii.gz", cases[0][0])
+    write(pdir / "case_001_image_labels.nii.gz", cases[1][0])
+    write(pdir / "case_002.nii.gz", cases[2][0])
+    write(pdir / "extra_labels.nii.gz", cases[0][0])
+    write(rdir / "case_000.nii.gz", cases[0][1])
+    write(rdir / "case_001_label.nii.gz", cases[1][1])
+    write(rdir / "case_002.nii.gz", cases[2][1])
+    write(rdir / "lonely.nii.gz", cases[2][1])
+    out_json, out_csv, err_dir = tmp_path / "b.json", tmp_path / "b.csv", tmp_path / "errs"
+    rc = main(
+        [
+            "evaluate",
+            str(pdir),
+            str(rdir),
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+            "--errors",
+            str(err_dir),
+        ]
+    )
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert "unmatched prediction: extra_labels.nii.gz" in captured.err
+    assert "unmatched reference: lonely.nii.gz" in captured.err
+    assert "summary over 3 case(s)" in captured.out
+    data = json.loads(out_json.read_text())
+    assert [c["case"] for c in data["cases"]] == ["case_000", "case_001", "case_002"]
+    dice = [compute_metrics(*cases[k], SPACING)["dice"] for k in range(3)]
+    assert [c["dice"] for c in data["cases"]] == pytest.approx(dice)
+    assert data["summary"]["dice"]["mean"] == pytest.approx(np.mean(dice))
+    assert data["summary"]["dice"]["std"] == pytest.approx(np.std(dice, ddof=1))
+    assert data["summary"]["dice"]["n"] == 3
+    lines = out_csv.read_text().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("case,pred,ref,dice")
+    assert sorted(p.name for p in err_dir.iterdir()) == [
+        f"case_00{k}_errors.nii.gz" for k in range(3)
+    ]
+    # the second run refuses to overwrite the error maps
+    assert main(["evaluate", str(pdir), str(rdir), "--errors", str(err_dir)]) == 2
+
+
+def test_batch_ambiguous_names(tmp_path, capsys):
+    from napari_tubular._cli.evaluate import match_cases
+
+    pairs, up, ur = match_cases(
+        [tmp_path / "a_labels.nii.gz", tmp_path / "b_pred.nii.gz"],
+        [tmp_path / "a.nii.gz", tmp_path / "c.nii.gz"],
+    )
+    assert [(n, p.name, r.name) for n, p, r in pairs] == [("a", "a_labels.nii.gz", "a.nii.gz")]
+    assert [p.name for p in up] == ["b_pred.nii.gz"]
+    assert [r.name for r in ur] == ["c.nii.gz"]
+    with pytest.raises(ValueError, match="both match case 'a'"):
+        match_cases(
+            [tmp_path / "a_labels.nii.gz", tmp_path / "a_pred.nii.gz"], [tmp_path / "a.nii.gz"]
+        )
+
+
+def test_subprocess_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0
+    assert "--threshold" in res.stdout
+    assert "--errors" in res.stdout

@@ -1,0 +1,160 @@
+import numpy as np
+import pytest
+
+from napari_tubular.topology import ERROR_CLASSES, error_map, self_check
+
+from .shapes import ball, ring_chain, segment, torus
+
+SHAPE = (24, 40, 80)
+SPACING = (1.5, 0.8, 0.8)
+
+
+def scene():
+    """Reference and prediction with one error of each class at a known place."""
+    ref = segment(SHAPE, (12, 12, 5), (12, 12, 74), 2.5)  # long vessel
+    ref |= segment(SHAPE, (12, 12, 40), (12, 34, 40), 2.0)  # side branch
+    missed_tube = segment(SHAPE, (4, 34, 70), (4, 34, 76), 1.5)  # separate reference piece
+    ref |= missed_tube
+    pred = ref & ~missed_tube
+    pred[:, :, 20:23] = False  # break at x = 20..22
+    pred[:, 20:, 38:43] = False  # missed end of the side branch (y >= 20)
+    blob = ball(SHAPE, (12, 32, 12), 3.0)  # spurious component
+    pred |= blob
+    leak = segment(SHAPE, (12, 12, 60), (12, 2, 60), 1.5) & ~ref  # false branch at x = 60
+    pred |= leak
+    return pred, ref, missed_tube, blob, leak
+
+
+def test_error_map_finds_each_error_where_it_is():
+    pred, ref, missed_tube, blob, leak = scene()
+    rep = error_map(pred, ref, SPACING)
+    assert rep.labels.dtype == np.uint8
+    assert rep.labels.shape == SHAPE
+    assert set(np.unique(rep.labels)) <= {0, 1, 2, 3, 4}
+    by_cls = {}
+    for s in rep.sites:
+        by_cls.setdefault(s.cls, []).append(s)
+        assert s.cls_name == ERROR_CLASSES[s.cls][0]
+        np.testing.assert_allclose(s.centroid_mm, np.array(s.centroid_vox) * SPACING)
+        assert rep.labels[s.anchor_vox] == s.cls
+    # spurious component = exactly the blob; missed component = exactly the separate tube
+    np.testing.assert_array_equal(rep.labels == 3, blob)
+    np.testing.assert_array_equal(rep.labels == 4, missed_tube)
+    assert len(by_cls[3]) == 1
+    assert len(by_cls[4]) == 1
+    np.testing.assert_allclose(by_cls[3][0].centroid_vox, (12, 32, 12), atol=0.01)
+    assert by_cls[3][0].size_vox == blob.sum()
+    # the break: a missed-centerline piece between x = 20 and 22 on the main vessel, flagged
+    breaks = [s for s in by_cls[1] if s.detail == "break"]
+    assert len(breaks) == 1
+    z, y, x = breaks[0].centroid_vox
+    assert 19.5 <= x <= 22.5
+    assert abs(y - 12) <= 1
+    assert abs(z - 12) <= 1
+    # the missed end of the side branch, not a break
+    branch = [s for s in by_cls[1] if s.detail == "missed branch"]
+    assert any(s.centroid_vox[1] > 20 and abs(s.centroid_vox[2] - 40) <= 1.5 for s in branch)
+    # false centerline inside the leak (x = 60, y < 12)
+    assert by_cls[2]
+    assert all(leak[s.anchor_vox] for s in by_cls[2])
+    # centerline classes sit on the skeletons, outside the other mask
+    assert not ((rep.labels == 1) & pred).any()
+    assert not ((rep.labels == 2) & ref).any()
+    # sorted by severity, ids are ranks
+    sev = [s.severity for s in rep.sites]
+    assert sev == sorted(sev, reverse=True)
+    assert [s.id for s in rep.sites] == list(range(1, len(rep.sites) + 1))
+    assert rep.summary["counts"]["spurious component"] == 1
+
+
+def test_perfect_prediction_has_no_errors():
+    _, ref, *_ = scene()
+    rep = error_map(ref, ref, SPACING)
+    assert rep.sites == []
+    assert not rep.labels.any()
+    empty = error_map(np.zeros(SHAPE, bool), np.zeros(SHAPE, bool), SPACING)
+    assert empty.sites == []
+    assert empty.labels.shape == SHAPE
+
+
+def test_empty_prediction_misses_everything():
+    _, ref, *_ = scene()
+    rep = error_map(np.zeros(SHAPE, bool), ref, SPACING)
+    assert {s.cls for s in rep.sites} == {4}
+    np.testing.assert_array_equal(rep.labels == 4, ref)
+
+
+def test_error_map_bad_input():
+    pred, ref, *_ = scene()
+    with pytest.raises(ValueError, match="shape"):
+        error_map(pred[:-1], ref, SPACING)
+    with pytest.raises(ValueError, match="threshold"):
+        error_map(pred * 0.7, ref, SPACING)
+
+
+def test_rows_and_csv(tmp_path):
+    pred, ref, *_ = scene()
+    rep = error_map(pred, ref, SPACING)
+    rows = rep.to_rows()
+    assert len(rows) == len(rep.sites)
+    assert rows[0]["id"] == 1
+    assert rows[0]["centroid_x_mm"] == pytest.approx(rep.sites[0].centroid_mm[2])
+    out = rep.to_csv(tmp_path / "sites.csv")
+    lines = out.read_text().splitlines()
+    assert len(lines) == len(rows) + 1
+    assert lines[0].startswith("id,cls,cls_name")
+    with pytest.raises(FileExistsError):
+        rep.to_csv(out)
+    rep.to_csv(out, overwrite=True)
+
+
+def test_self_check_torus_loop_location():
+    t = torus()
+    rep = self_check(t, (1.0, 1.0, 1.0))
+    assert rep.summary["betti"] == [1, 1, 0]
+    loops = [s for s in rep.sites if s.cls == 6]
+    assert len(loops) == 1
+    assert rep.summary["loops_unlocated"] == 0
+    center = np.array(t.shape) / 2 - 0.5
+    np.testing.assert_allclose(loops[0].centroid_vox, center, atol=1.0)  # the hole's centre
+    assert loops[0].length_mm == pytest.approx(2 * np.pi * 9.0, rel=0.2)
+
+
+def test_self_check_chain_of_rings():
+    rep = self_check(ring_chain(3), (1.0, 1.0, 1.0))
+    loops = sorted((s for s in rep.sites if s.cls == 6), key=lambda s: s.centroid_vox[2])
+    assert len(loops) == 3
+    for k, s in enumerate(loops):
+        assert s.centroid_vox[2] == pytest.approx(8 + 4 + 10 * k, abs=1.0)
+    assert [c.id for c in rep.components] == [1, 2, 3]
+
+
+def test_self_check_breaks_and_small_components():
+    shape = (20, 20, 60)
+    a = segment(shape, (10, 10, 3), (10, 10, 28), 2.0)
+    b = segment(shape, (10, 10, 36), (10, 10, 56), 2.0)  # 3 empty voxels (x = 31..33) between
+    speck = ball(shape, (2, 18, 45), 1.0)  # > 8 mm from both pieces
+    rep = self_check(a | b | speck, (1.0, 1.0, 1.0), break_gap_mm=8.0)
+    assert [c.size_vox for c in rep.components] == sorted(
+        [a.sum(), b.sum(), speck.sum()], reverse=True
+    )
+    breaks = [s for s in rep.sites if s.cls == 7]
+    assert len(breaks) == 1
+    assert 28 <= breaks[0].centroid_vox[2] <= 34
+    assert 4.0 <= breaks[0].length_mm <= 8.0  # from a skeleton end point to the other surface
+    small = [s for s in rep.sites if s.cls == 5]
+    assert len(small) == 1
+    assert small[0].size_vox == speck.sum()
+    np.testing.assert_array_equal(rep.labels == 5, speck)
+    # a gap larger than break_gap_mm is not reported
+    rep2 = self_check(a | b, (1.0, 1.0, 1.0), break_gap_mm=0.5)
+    assert not [s for s in rep2.sites if s.cls == 7]
+
+
+def test_self_check_empty_and_bad_args():
+    rep = self_check(np.zeros((5, 5, 5), bool), (1, 1, 1))
+    assert rep.sites == []
+    assert rep.components == []
+    assert rep.summary["betti"] == [0, 0, 0]
+    with pytest.raises(ValueError, match="small_fraction"):
+        self_check(torus(), (1, 1, 1), small_fraction=2)

@@ -1,0 +1,187 @@
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from scipy.spatial.distance import cdist
+
+from napari_tubular.topology import (
+    METRIC_KEYS,
+    binarize,
+    centerline_length_mm,
+    compute_metrics,
+    hard_skeleton,
+    surface_distances,
+)
+
+from .shapes import ball, segment, torus, tree
+
+
+def brute_surface_distances(a, b, spacing):
+    """All-pairs distances between surface voxels (surface = mask minus 6-cross erosion)."""
+    sa = np.argwhere(a & ~ndi.binary_erosion(a)) * spacing
+    sb = np.argwhere(b & ~ndi.binary_erosion(b)) * spacing
+    d = cdist(sa, sb)
+    return d.min(axis=1), d.min(axis=0)
+
+
+def blobs(rng, shape=(18, 20, 16)):
+    m = ndi.gaussian_filter(rng.random(shape), 1.5)
+    return m > np.quantile(m, 0.7)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.6)])
+def test_surface_distances_match_brute_force(spacing, rng):
+    for _ in range(3):
+        a, b = blobs(rng), blobs(rng)
+        d_ab, d_ba = surface_distances(a, b, spacing)
+        e_ab, e_ba = brute_surface_distances(a, b, np.array(spacing))
+        np.testing.assert_allclose(np.sort(d_ab), np.sort(e_ab), rtol=1e-12)
+        np.testing.assert_allclose(np.sort(d_ba), np.sort(e_ba), rtol=1e-12)
+        m = compute_metrics(a, b, spacing)
+        hd95 = max(np.percentile(e_ab, 95), np.percentile(e_ba, 95))
+        assd = np.concatenate([e_ab, e_ba]).mean()
+        assert m["hd95_mm"] == pytest.approx(hd95, rel=1e-9)
+        assert m["assd_mm"] == pytest.approx(assd, rel=1e-9)
+
+
+@pytest.mark.slow  # imports torch
+def test_hd95_assd_match_monai(rng):
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    spacing = (2.5, 0.7, 0.6)
+    for _ in range(3):
+        a, b = blobs(rng), blobs(rng)
+        m = compute_metrics(a, b, spacing)
+        # MONAI (distance-transform based), input (B, C, Z, Y, X)
+        t = lambda x: x[None, None].astype(np.float32)  # noqa: E731
+        mh = compute_hausdorff_distance(t(a), t(b), percentile=95, spacing=list(spacing))
+        ma = compute_average_surface_distance(t(a), t(b), symmetric=True, spacing=list(spacing))
+        assert m["hd95_mm"] == pytest.approx(float(mh), rel=1e-4)
+        assert m["assd_mm"] == pytest.approx(float(ma), rel=1e-4)
+
+
+def test_shifted_ball_distances_and_spacing_scaling():
+    shape = (30, 30, 30)
+    a = ball(shape, (15, 15, 15), 8)
+    b = ball(shape, (15, 15, 18), 8)  # shifted by 3 voxels along x
+    m1 = compute_metrics(a, b, (1.0, 1.0, 1.0))
+    m2 = compute_metrics(a, b, (2.0, 2.0, 2.0))
+    assert 0 < m1["hd95_mm"] <= 3.0 + 1e-9
+    for k in ("hd95_mm", "assd_mm", "length_pred_mm", "length_ref_mm"):
+        assert m2[k] == pytest.approx(2 * m1[k])
+    assert m2["volume_pred_ml"] == pytest.approx(8 * m1["volume_pred_ml"])
+    assert m1["volume_pred_ml"] == pytest.approx(a.sum() / 1000.0)
+    for k in ("dice", "cldice", "betti_pred", "b1_error"):
+        assert m2[k] == m1[k]
+
+
+def test_identical_masks():
+    m = tree()
+    out = compute_metrics(m, m, (0.8, 0.5, 0.5))
+    assert set(out) == set(METRIC_KEYS)
+    assert out["dice"] == out["cldice"] == out["tprec"] == out["tsens"] == 1.0
+    assert out["hd95_mm"] == out["assd_mm"] == 0.0
+    assert out["betti_pred"] == out["betti_ref"] == [1, 0, 0]
+    assert out["b0_error"] == out["b1_error"] == out["b2_error"] == 0
+    assert out["length_pred_mm"] == out["length_ref_mm"] > 0
+
+
+def test_cldice_known_by_construction():
+    shape = (20, 20, 60)
+    bar = segment(shape, (6, 6, 5), (6, 6, 25), 2.0)
+    twin = np.roll(bar, 30, axis=2)  # the same bar translated: the same skeleton size
+    ref = bar | twin
+    out = compute_metrics(bar, ref, (1.0, 1.0, 1.0))
+    assert out["tprec"] == 1.0  # every predicted skeleton voxel is in the reference
+    assert out["tsens"] == pytest.approx(0.5)  # half of the reference skeleton is covered
+    assert out["cldice"] == pytest.approx(2 * 0.5 / 1.5)
+    assert out["dice"] == pytest.approx(2 / 3)
+    assert out["betti_pred"] == [1, 0, 0]
+    assert out["betti_ref"] == [2, 0, 0]
+    assert out["b0_error"] == 1
+
+
+def test_thick_vs_thin_tube_is_topologically_perfect():
+    shape = (24, 24, 40)
+    thin = segment(shape, (12, 12, 5), (12, 12, 34), 2.0)
+    thick = segment(shape, (12, 12, 5), (12, 12, 34), 5.0)
+    out = compute_metrics(thick, thin, (1.0, 1.0, 1.0))
+    assert out["dice"] < 0.5
+    assert out["tprec"] == out["tsens"] == out["cldice"] == 1.0
+
+
+def test_broken_torus_b1_error():
+    t = torus()
+    cut = t.copy()
+    cut[:, :, 14:18] = False  # cuts the ring in two places: two arcs
+    out = compute_metrics(cut, t, (1.0, 1.0, 1.0))
+    assert out["betti_pred"] == [2, 0, 0]
+    assert out["betti_ref"] == [1, 1, 0]
+    assert (out["b0_error"], out["b1_error"], out["b2_error"]) == (1, 1, 0)
+    assert out["tprec"] == 1.0
+    assert out["tsens"] < 1.0
+
+
+def test_centerline_length():
+    sk = np.zeros((5, 5, 30), bool)
+    sk[2, 2, 3:23] = True  # 20 voxels in a line: 19 steps
+    assert centerline_length_mm(sk, (1.0, 1.0, 0.5)) == pytest.approx(19 * 0.5)
+    diag = np.zeros((12, 12, 12), bool)
+    idx = np.arange(10)
+    diag[idx, idx, 0] = True  # z-y diagonal
+    assert centerline_length_mm(diag, (2.0, 1.0, 1.0)) == pytest.approx(9 * math.sqrt(5.0))
+    assert centerline_length_mm(np.zeros((3, 3, 3), bool), (1, 1, 1)) == 0.0
+
+
+def test_guarded_skeleton_on_even_width_bar():
+    bar = np.zeros((12, 12, 30), bool)
+    bar[4:8, 4:8, 3:27] = True  # even width: scikit-image alone returns an empty skeleton here
+    sk = hard_skeleton(bar)
+    assert sk.any()
+    assert not (sk & ~bar).any()
+    out = compute_metrics(bar, bar, (1.0, 1.0, 1.0))
+    assert out["cldice"] == 1.0
+    assert out["length_ref_mm"] > 0
+
+
+@pytest.mark.parametrize(("pred_empty", "ref_empty"), [(True, False), (False, True), (True, True)])
+def test_empty_masks_are_defined(pred_empty, ref_empty):
+    m = tree()
+    empty = np.zeros_like(m)
+    out = compute_metrics(empty if pred_empty else m, empty if ref_empty else m, (1.0, 1.0, 1.0))
+    json.dumps(out, allow_nan=False)  # no NaN / inf
+    if pred_empty and ref_empty:
+        assert out["dice"] == out["cldice"] == out["tprec"] == out["tsens"] == 1.0
+        assert out["hd95_mm"] == out["assd_mm"] == 0.0
+    else:
+        assert out["dice"] == out["cldice"] == out["tprec"] == out["tsens"] == 0.0
+        assert out["hd95_mm"] is None
+        assert out["assd_mm"] is None
+        assert out["b0_error"] == 1
+    assert out["volume_pred_ml"] == (0.0 if pred_empty else m.sum() / 1000.0)
+
+
+def test_bad_input():
+    m = tree()
+    with pytest.raises(ValueError, match="shape"):
+        compute_metrics(m, m[:, :, :-1], (1, 1, 1))
+    prob = m * 0.8 + 0.1
+    with pytest.raises(ValueError, match="threshold"):
+        compute_metrics(prob, m, (1, 1, 1))
+    with pytest.raises(ValueError, match="negative"):
+        compute_metrics(m.astype(np.int8) - 1, m, (1, 1, 1))
+    with pytest.raises(ValueError, match="NaN"):
+        compute_metrics(np.where(m, np.nan, 0.0), m, (1, 1, 1))
+    with pytest.raises(ValueError, match="spacing"):
+        compute_metrics(m, m, (1, 0, 1))
+    with pytest.raises(ValueError, match="3-D"):
+        compute_metrics(m[0], m[0], (1, 1, 1))
+
+
+def test_binarize_accepts_labels():
+    lab = np.zeros((4, 4, 4), np.float32)
+    lab[1, 1, 1], lab[2, 2, 2] = 1.0, 2.0  # a label volume stored as float
+    np.testing.assert_array_equal(binarize(lab), lab > 0)
+    assert binarize(lab.astype(np.uint8)).dtype == bool
