@@ -44,7 +44,6 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
         uint8, shape (Z, Y, X), 1 on skeleton voxels.
     """
     import cc3d
-    from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
 
     from .distance import edt_mm
@@ -62,11 +61,17 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     missing = ~has
     missing[0] = False
     if missing.any():
-        d = edt_mm(mb, sp)
+        # Only the components without a skeleton, on their own bounding box: a per-label
+        # maximum by np.maximum.at avoids ndimage.maximum's sort of the whole box.
+        sel = missing[labels]
+        sub = _bbox(sel)
+        d = edt_mm(mb[sub], sp)
+        lab = labels[sub]
+        s = sel[sub]
         mx = np.zeros(n + 1, dtype=np.float32)
-        mx[1:] = ndi.maximum(d, labels, index=np.arange(1, n + 1))
-        ridge = missing[labels] & (d >= mx[labels] - 1e-4 * max(sp)) & mb
-        sk |= ridge
+        np.maximum.at(mx, lab[s], d[s])
+        ridge = s & (d >= mx[lab] - 1e-4 * max(sp))
+        sk[sub] |= ridge
     out[box] = sk
     return out
 
