@@ -1,0 +1,108 @@
+"""Shared helpers of the loss modules: input checks, float32 upcast, activations, reductions.
+
+Every loss in :mod:`napari_tubular.losses` follows the same conventions:
+
+* tensors are ``(B, C, Z, Y, X)``;
+* predictions are **logits** by default (``activation="sigmoid"`` or ``"softmax"``);
+  ``activation=None`` means the caller already passes probabilities in [0, 1];
+* half-precision inputs (float16 / bfloat16, e.g. produced under ``torch.autocast``) are upcast
+  to float32 and the loss is computed with autocast disabled, so that sigmoid / log-sigmoid,
+  sums over a whole patch and ratios never run in 16-bit; float64 inputs stay float64
+  (``torch.autograd.gradcheck``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("sigmoid", "softmax", None)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_activation(activation: str | None) -> str | None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def check_reduction(reduction: str) -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_5d(x: torch.Tensor, name: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 5:
+        raise ValueError(f"{name} must have shape (B, C, Z, Y, X), got shape {tuple(x.shape)}")
+
+
+def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16/bfloat16/int/bool -> float32; float32/float64 unchanged."""
+    if x.dtype in (torch.float32, torch.float64):
+        return x
+    return x.float()
+
+
+def no_autocast(x: torch.Tensor):
+    """Context manager that disables autocast on the device type of ``x``."""
+    device_type = x.device.type
+    if device_type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def to_probabilities(x: torch.Tensor, activation: str | None) -> torch.Tensor:
+    """Logits or probabilities ``(B, C, ...)`` -> probabilities (float32 or float64)."""
+    x = upcast(x)
+    if activation == "sigmoid":
+        return torch.sigmoid(x)
+    if activation == "softmax":
+        if x.shape[1] < 2:
+            raise ValueError(
+                f"activation='softmax' needs at least 2 channels, got input of shape {tuple(x.shape)}"
+            )
+        return torch.softmax(x, dim=1)
+    return x
+
+
+def log_probabilities(x: torch.Tensor, activation: str | None, eps: float = 1e-7):
+    """Return ``(log p, log(1 - p))`` of the foreground, stable for logits.
+
+    ``x``: ``(B, 1, ...)`` logits (sigmoid), ``(B, 2, ...)`` logits (softmax, channel 1 is the
+    foreground) or ``(B, 1, ...)`` probabilities (``activation=None``, clamped to [eps, 1-eps]).
+    """
+    x = upcast(x)
+    if activation == "sigmoid":
+        if x.shape[1] != 1:
+            raise ValueError(f"sigmoid segmentation logits must have 1 channel, got {tuple(x.shape)}")
+        return F.logsigmoid(x), F.logsigmoid(-x)
+    if activation == "softmax":
+        if x.shape[1] != 2:
+            raise ValueError(f"softmax segmentation logits must have 2 channels, got {tuple(x.shape)}")
+        logp = torch.log_softmax(x, dim=1)
+        return logp[:, 1:2], logp[:, 0:1]
+    if x.shape[1] != 1:
+        raise ValueError(f"segmentation probabilities must have 1 channel, got {tuple(x.shape)}")
+    p = x.clamp(eps, 1.0 - eps)
+    return torch.log(p), torch.log1p(-p)
+
+
+def reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss

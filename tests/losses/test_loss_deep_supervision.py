@@ -1,0 +1,119 @@
+"""Multi-label deep supervision targets and loss, mean teacher."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_tubular.losses import DeepSupervisionLoss, MeanTeacher, multilabel_pyramid_targets
+
+
+def _label(seed=0, shape=(1, 8, 8, 8), ncls=4):
+    g = torch.Generator().manual_seed(seed)
+    lab = torch.zeros(shape, dtype=torch.long)
+    lab[torch.rand(shape, generator=g) > 0.9] = 1
+    lab[torch.rand(shape, generator=g) > 0.97] = 3
+    lab[0, 1, 2, 3] = 2  # one voxel of class 2
+    return lab
+
+
+def _brute(lab, ncls, f):
+    """Reference: is class c present in the f x f x f block (numpy loops)."""
+    a = lab.numpy()
+    b, z, y, x = a.shape
+    out = np.zeros((b, ncls - 1, z // f, y // f, x // f), np.float32)
+    for i in range(z // f):
+        for j in range(y // f):
+            for k in range(x // f):
+                cell = a[:, i * f:(i + 1) * f, j * f:(j + 1) * f, k * f:(k + 1) * f]
+                for c in range(1, ncls):
+                    out[:, c - 1, i, j, k] = (cell == c).reshape(b, -1).any(1)
+    return out
+
+
+def test_targets_are_per_class_presence():
+    lab = _label()
+    levels = multilabel_pyramid_targets(lab, [(8, 8, 8), (4, 4, 4), (2, 2, 2), (1, 1, 1)], num_classes=4)
+    assert [tuple(t.shape) for t in levels] == [(1, 3, 8, 8, 8), (1, 3, 4, 4, 4), (1, 3, 2, 2, 2), (1, 3, 1, 1, 1)]
+    for t, f in zip(levels[1:3], (2, 4)):
+        assert np.array_equal(t.numpy(), _brute(lab, 4, f))
+    # the single class-2 voxel makes exactly one coarse cell positive for class 2 (multi-label)
+    assert levels[1][0, 1].sum() == 1
+    assert levels[1][0, 1, 0, 1, 1] == 1
+    assert levels[1][0, :, 0, 1, 1].sum() >= 1
+    # image level: presence of each class anywhere
+    assert levels[3].flatten().tolist() == [1.0, 1.0, 1.0]
+    # multi-hot input gives the same targets; background kept on request
+    onehot = F.one_hot(lab, 4).permute(0, 4, 1, 2, 3)[:, 1:].float()
+    assert torch.equal(multilabel_pyramid_targets(onehot, [(4, 4, 4)])[0], levels[1])
+    assert multilabel_pyramid_targets(lab, [(4, 4, 4)], 4, include_background=True)[0].shape[1] == 4
+
+
+def test_bounding_box_masks_and_uneven_sizes():
+    box = torch.zeros(1, 1, 9, 9, 9)
+    box[..., 2:5, 3:7, 1:4] = 1
+    t = multilabel_pyramid_targets(box, [(3, 3, 3), (4, 5, 4)])
+    # z 2:5 touches cells 0, 1; y 3:7 cells 1, 2; x 1:4 cells 0, 1 (cells of 3 voxels)
+    expected = sorted([z, y, x] for z in (0, 1) for y in (1, 2) for x in (0, 1))
+    assert sorted(t[0][0, 0].nonzero().tolist()) == expected
+    assert t[1].shape == (1, 1, 4, 5, 4)
+    assert t[1].sum() > 0
+    with pytest.raises(ValueError, match="level size"):
+        multilabel_pyramid_targets(box, [(10, 9, 9)])
+    with pytest.raises(ValueError, match="num_classes"):
+        multilabel_pyramid_targets(box[:, 0].long(), [(3, 3, 3)])
+
+
+def test_loss_is_mean_of_level_bces_and_monotone():
+    lab = _label(1)
+    sizes = [(8, 8, 8), (4, 4, 4), (2, 2, 2)]
+    targets = multilabel_pyramid_targets(lab, sizes, num_classes=4)
+    loss = DeepSupervisionLoss(num_classes=4)
+    g = torch.Generator().manual_seed(0)
+    heads = [torch.randn(t.shape, generator=g) for t in targets]
+    ref = torch.stack([F.binary_cross_entropy_with_logits(h, t) for h, t in zip(heads, targets)]).mean()
+    assert float(loss(heads, lab)) == pytest.approx(float(ref), rel=1e-6)
+    assert float(loss(heads, targets)) == pytest.approx(float(ref), rel=1e-6)
+    assert loss.last_parts["levels"].shape == (3,)
+    vals = [float(loss([m * (2 * t - 1) for t in targets], lab)) for m in (20.0, 4.0, 1.0, 0.0, -2.0)]
+    assert vals[0] < 1e-6
+    assert all(b > a for a, b in zip(vals, vals[1:]))
+    w = DeepSupervisionLoss(level_weights=[2, 1, 1], num_classes=4)(heads, lab)
+    loss(heads, lab)
+    parts = loss.last_parts["levels"]
+    assert float(w) == pytest.approx(float(0.5 * parts[0] + 0.25 * parts[1] + 0.25 * parts[2]), rel=1e-6)
+
+
+def test_gradcheck():
+    lab = _label(2, shape=(1, 4, 4, 4))
+    targets = multilabel_pyramid_targets(lab, [(4, 4, 4), (2, 2, 2)], num_classes=4)
+    h = [torch.randn(t.shape, dtype=torch.float64, requires_grad=True) for t in targets]
+    loss = DeepSupervisionLoss()
+    assert torch.autograd.gradcheck(lambda a, b: loss([a, b], targets), tuple(h))
+
+
+def test_mean_teacher():
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    mt = MeanTeacher(student, alpha=0.9)
+    t0 = [p.clone() for p in mt.teacher.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student.train()(torch.randn(2, 1, 3, 3, 3))  # changes BatchNorm running stats
+    mt.update(student)
+    for a, s, t in zip(t0, student.parameters(), mt.teacher.parameters()):
+        assert torch.allclose(t, 0.9 * a + 0.1 * s)
+    assert int(mt.teacher[1].num_batches_tracked) == int(student[1].num_batches_tracked)
+    assert not any(p.requires_grad for p in mt.teacher.parameters())
+    out = mt(torch.randn(1, 1, 3, 3, 3))
+    assert not out.requires_grad
+    copy = MeanTeacher(student, alpha=0.0)
+    copy.update(student)
+    assert all(torch.equal(a, b) for a, b in zip(copy.teacher.parameters(), student.parameters()))
+    warm = MeanTeacher(student, alpha=0.999, warmup=True)
+    assert warm.current_alpha() == 0.0
+    warm.update(student)
+    assert warm.current_alpha() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="alpha"):
+        MeanTeacher(student, alpha=1.5)
