@@ -1,0 +1,311 @@
+"""Layer helpers for the widgets: pick layers, read geometry, add-or-replace result layers.
+
+Geometry convention (tested in ``tests/_widgets/test_layers.py``): a result computed on an image
+layer's voxel grid is added with that layer's ``scale`` and ``translate`` (its last three axes),
+so it overlays the image voxel for voxel. Physical point sets from the core (``centers_mm``:
+``index * spacing``, origin 0) are added as Points with ``scale = (1, 1, 1)`` and the image's
+``translate``, so that their ``size`` is a diameter in mm and a centre lands on its voxel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import QComboBox
+
+if TYPE_CHECKING:
+    import napari
+
+OWNER_KEY = "napari_tubular_owner"
+ROLE_KEY = "napari_tubular_role"
+SOURCE_KEY = "napari_tubular_source"
+
+
+def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``(scale, translate)`` of the last three axes of a 3-D layer.
+
+    Raises:
+        ValueError: if the layer is not 3-D (the widgets need a volume).
+    """
+    if layer is None:
+        raise ValueError("no layer selected: choose a 3-D image or labels layer")
+    if layer.ndim != 3:
+        raise ValueError(
+            f"layer {layer.name!r} has {layer.ndim} dimensions; the widgets need a 3-D (z, y, x) volume"
+        )
+    scale = tuple(float(s) for s in layer.scale[-3:])
+    translate = tuple(float(t) for t in layer.translate[-3:])
+    if any(s <= 0 for s in scale):
+        raise ValueError(f"layer {layer.name!r} has a non-positive scale {scale}")
+    return scale, translate
+
+
+def spacing_of(layer: Any) -> tuple[float, float, float]:
+    """Voxel spacing (z, y, x) in mm of a 3-D layer (its scale)."""
+    return layer_geometry(layer)[0]  # type: ignore[return-value]
+
+
+def volume_from_layer(layer: Any):
+    """A core ``io.Volume`` with the layer's data and geometry (axis-aligned).
+
+    Raises:
+        ValueError: for a layer that is not 3-D or is RGB.
+    """
+    from napari_tubular.io import Volume
+
+    scale, translate = layer_geometry(layer)
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is RGB; choose a greyscale volume")
+    data = np.asarray(layer.data)
+    path = (getattr(layer, "source", None) and layer.source.path) or None
+    from pathlib import Path
+
+    return Volume(
+        data=data,
+        spacing=scale,
+        origin=translate,
+        direction=np.asarray(layer.metadata.get("direction", np.eye(3)), dtype=float),
+        path=Path(path) if path else None,
+    )
+
+
+GEOMETRY_KEYS = ("spacing", "origin", "direction", "source_path")
+
+
+def find_owned_layer(viewer: napari.Viewer, owner: str, role: str, source: str | None):
+    """The layer this widget added for ``role`` on ``source`` before, or None."""
+    for layer in viewer.layers:
+        md = layer.metadata
+        if md.get(OWNER_KEY) == owner and md.get(ROLE_KEY) == role and md.get(SOURCE_KEY) == source:
+            return layer
+    return None
+
+
+def upsert_layer(
+    viewer: napari.Viewer,
+    layer_type: str,
+    data: Any,
+    *,
+    owner: str,
+    role: str,
+    source: str | None,
+    name: str,
+    **kwargs: Any,
+):
+    """Add a layer, or replace the data/properties of the one this widget added before.
+
+    Args:
+        viewer: the napari viewer.
+        layer_type: ``"image"``, ``"labels"``, ``"points"``, ``"shapes"`` or ``"surface"``.
+        data: the layer data.
+        owner: the widget's id (a string; one per widget class).
+        role: what the layer is (``"probability"``, ``"labels"``, ...).
+        source: name of the input layer (re-running on another input adds new layers).
+        name: display name for a new layer (an existing layer keeps its, possibly renamed, name).
+        **kwargs: layer properties (``scale``, ``translate``, ``colormap``, ``size``...).
+
+    Returns:
+        The layer.
+    """
+    layer = find_owned_layer(viewer, owner, role, source)
+    metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source}
+    src = viewer.layers[source] if source is not None and source in viewer.layers else None
+    if src is not None:
+        # Result layers live on the source's grid: keep its oblique/flipped direction (the
+        # reader's affine) and its geometry record, so that writers save the source geometry.
+        metadata.update({k: src.metadata[k] for k in GEOMETRY_KEYS if k in src.metadata})
+        if "affine" not in kwargs and not np.allclose(src.affine.affine_matrix, np.eye(4)):
+            kwargs["affine"] = np.asarray(src.affine.affine_matrix)
+    if layer is not None and layer._type_string == layer_type:
+        _update_layer(layer, layer_type, data, kwargs)
+        return layer
+    if layer is not None:
+        viewer.layers.remove(layer)
+    add = getattr(viewer, f"add_{layer_type}")
+    return add(data, name=name, metadata=metadata, **kwargs)
+
+
+_DEFERRED = ("size", "face_color", "border_color", "features", "edge_width")
+
+
+def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]) -> None:
+    geometry = {k: kwargs[k] for k in ("scale", "translate", "affine") if k in kwargs}
+    for key, value in geometry.items():
+        setattr(layer, key, value)
+    if layer_type == "points":
+        # setting data first resets per-point sizes and colours; set them afterwards
+        layer.data = data
+        for key in _DEFERRED:
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+        skip = set(_DEFERRED) | set(geometry)
+    else:
+        layer.data = data
+        skip = set(geometry)
+    for key, value in kwargs.items():
+        if key in skip or key in ("blending", "rendering", "out_of_slice_display", "shading"):
+            continue
+        if key == "colormap" and layer_type == "labels":
+            layer.colormap = value
+            continue
+        if hasattr(layer, key):
+            setattr(layer, key, value)
+    layer.refresh()
+
+
+def binary_label_colormap(rgba=(0.15, 0.75, 1.0, 1.0)):
+    """A napari label colormap drawing label 1 in one fixed colour (0 transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: rgba})
+
+
+def radius_colors(
+    radii_mm: np.ndarray, colormap: str = "turbo", limits: tuple[float, float] | None = None
+) -> np.ndarray:
+    """RGBA colours (N, 4) for radii, mapped linearly over ``limits`` (default: min..max)."""
+    from napari.utils.colormaps import ensure_colormap
+
+    radii = np.asarray(radii_mm, dtype=float).reshape(-1)
+    if radii.size == 0:
+        return np.zeros((0, 4), dtype=np.float32)
+    lo, hi = limits if limits is not None else (float(radii.min()), float(radii.max()))
+    norm = np.zeros_like(radii) if hi <= lo else np.clip((radii - lo) / (hi - lo), 0.0, 1.0)
+    return np.asarray(ensure_colormap(colormap).map(norm), dtype=np.float32)
+
+
+def spheres_points_kwargs(
+    centers_mm: np.ndarray,
+    radii_mm: np.ndarray,
+    translate: Sequence[float],
+    limits: tuple[float, float] | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Points data and kwargs for spheres: physical centres, size = diameter (mm), turbo colours.
+
+    Args:
+        centers_mm: float (N, 3), z, y, x in mm from the first voxel's centre (``index*spacing``).
+        radii_mm: float (N,), sphere radii in mm.
+        translate: the image layer's translate (mm) so the spheres overlay it.
+        limits: colour range of the radii (mm); min..max if None.
+
+    Returns:
+        ``(data (N, 3) float, kwargs)`` for ``viewer.add_points``.
+    """
+    centers = np.asarray(centers_mm, dtype=float).reshape(-1, 3)
+    radii = np.asarray(radii_mm, dtype=float).reshape(-1)
+    if len(centers) != len(radii):
+        raise ValueError(f"{len(centers)} sphere centres but {len(radii)} radii")
+    import pandas as pd
+
+    kwargs = {
+        "scale": (1.0, 1.0, 1.0),
+        "translate": tuple(float(t) for t in translate),
+        "size": 2.0 * radii if len(radii) else 1.0,
+        "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
+        "border_width": 0.0,
+        "features": pd.DataFrame({"radius_mm": radii}),
+        "out_of_slice_display": True,
+        "shading": "spherical",
+        "opacity": 0.7,
+    }
+    return centers, kwargs
+
+
+def world_of_voxel(
+    index_zyx: Sequence[float], scale: Sequence[float], translate: Sequence[float]
+) -> np.ndarray:
+    """World (z, y, x) of a voxel index on a layer with ``scale`` and ``translate``."""
+    return np.asarray(index_zyx, float) * np.asarray(scale, float) + np.asarray(translate, float)
+
+
+def focus_on(viewer: napari.Viewer, world_zyx: Sequence[float], zoom: float | None = None) -> None:
+    """Centre the 3-D camera and move the 2-D slice to a world point (z, y, x)."""
+    world = np.asarray(world_zyx, dtype=float)
+    ndim = viewer.dims.ndim
+    point = list(viewer.dims.point)
+    point[ndim - 3 :] = world.tolist()
+    viewer.dims.point = point
+    camera = viewer.scene.camera
+    if viewer.dims.ndisplay == 3:
+        camera.center = tuple(world.tolist())
+    else:
+        displayed = viewer.dims.displayed
+        camera.center = tuple(world[[d - (ndim - 3) for d in displayed]].tolist())
+    if zoom is not None:
+        camera.zoom = zoom
+
+
+class LayerPicker(QComboBox):
+    """A combo box listing the viewer's layers of the given types, kept up to date.
+
+    Args:
+        viewer: the napari viewer.
+        layer_types: layer type strings (``"image"``, ``"labels"``).
+        allow_none: add a first entry ``none_text`` meaning "no layer".
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        layer_types: Sequence[str],
+        allow_none: bool = False,
+        none_text: str = "(none)",
+        parent=None,
+    ):
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = tuple(layer_types)
+        self._allow_none = allow_none
+        self._none_text = none_text
+        events = viewer.layers.events
+        events.inserted.connect(self._on_inserted)
+        events.removed.connect(self.refresh)
+        events.reordered.connect(self.refresh)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _on_inserted(self, event=None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.refresh)
+        self.refresh()
+
+    def candidates(self) -> list:
+        return [layer for layer in self._viewer.layers if layer._type_string in self._types]
+
+    def refresh(self, event=None) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self._allow_none:
+            self.addItem(self._none_text)
+        names = [layer.name for layer in self.candidates()]
+        self.addItems(names)
+        if current and self.findText(current) >= 0:
+            self.setCurrentIndex(self.findText(current))
+        self.blockSignals(False)
+        if self.currentText() != current:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        """The chosen layer, or None."""
+        name = self.currentText()
+        if not name or (self._allow_none and self.currentIndex() == 0):
+            return None
+        for layer in self.candidates():
+            if layer.name == name:
+                return layer
+        return None
+
+    def set_layer(self, layer) -> None:
+        """Select ``layer`` (or the none entry for None)."""
+        if layer is None:
+            if self._allow_none:
+                self.setCurrentIndex(0)
+            return
+        index = self.findText(layer.name)
+        if index < 0:
+            raise ValueError(f"layer {layer.name!r} is not a {'/'.join(self._types)} layer")
+        self.setCurrentIndex(index)

@@ -1,0 +1,113 @@
+"""Widget settings persisted between sessions in a small JSON file.
+
+The file is ``<user config dir>/napari-tubular/settings.json`` (``platformdirs``, a napari
+dependency) or the path in the environment variable ``NAPARI_TUBULAR_CONFIG``. Unknown keys are
+ignored and out-of-range values fall back to the defaults, so an old or hand-edited file never
+stops a widget from opening.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+CONFIG_ENV = "NAPARI_TUBULAR_CONFIG"
+DEVICES = ("auto", "cpu", "cuda")
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass
+class WidgetSettings:
+    """Persisted widget defaults.
+
+    Attributes:
+        model: ``"default"`` (bundled weights) or a path to a ``.pt`` file.
+        device: one of ``"auto"``, ``"cpu"``, ``"cuda"``.
+        tp: pseudo-skeleton threshold ``T_p`` on the probability, in (0, 1).
+        tr: threshold ``T_r`` on the refined map, in (0, 1).
+        soft_iters: soft-skeleton iterations shown in the distance widget.
+        scale_classes: ``K`` for the DDT scale classes in the distance widget.
+    """
+
+    model: str = "default"
+    device: str = "auto"
+    tp: float = 0.9
+    tr: float = 0.5
+    soft_iters: int = 10
+    scale_classes: int = 5
+
+    def validated(self) -> WidgetSettings:
+        """A copy with every invalid field replaced by its default."""
+        default = WidgetSettings()
+        out = WidgetSettings(**asdict(self))
+        if not isinstance(out.model, str) or not out.model:
+            out.model = default.model
+        if out.device not in DEVICES:
+            out.device = default.device
+        for name in ("tp", "tr"):
+            value = getattr(out, name)
+            if not isinstance(value, int | float) or not 0.0 < float(value) < 1.0:
+                setattr(out, name, getattr(default, name))
+            else:
+                setattr(out, name, float(value))
+        for name, low, high in (("soft_iters", 1, 100), ("scale_classes", 1, 64)):
+            value = getattr(out, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                setattr(out, name, getattr(default, name))
+        return out
+
+
+def settings_path() -> Path:
+    """Where the settings live (``NAPARI_TUBULAR_CONFIG`` overrides the user config dir)."""
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    from platformdirs import user_config_dir
+
+    return Path(user_config_dir("napari-tubular")) / "settings.json"
+
+
+def load_settings(path: Path | None = None) -> WidgetSettings:
+    """Read the settings; defaults when the file is missing or unreadable."""
+    path = Path(path) if path is not None else settings_path()
+    if not path.is_file():
+        return WidgetSettings()
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _log.warning("ignoring unreadable settings file %s: %s", path, exc)
+        return WidgetSettings()
+    if not isinstance(raw, dict):
+        return WidgetSettings()
+    known = {f.name for f in fields(WidgetSettings)}
+    return WidgetSettings(**{k: v for k, v in raw.items() if k in known}).validated()
+
+
+def save_settings(settings: WidgetSettings, path: Path | None = None) -> Path:
+    """Write the settings as JSON (creating the folder) and return the path."""
+    path = Path(path) if path is not None else settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(settings.validated()), indent=2), encoding="utf-8")
+    return path
+
+
+def update_settings(path: Path | None = None, **changes) -> WidgetSettings:
+    """Load, change the given fields, save; returns the saved settings.
+
+    Raises:
+        ValueError: for a field name that is not a setting.
+    """
+    current = load_settings(path)
+    known = {f.name for f in fields(WidgetSettings)}
+    unknown = set(changes) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+    for name, value in changes.items():
+        setattr(current, name, value)
+    current = current.validated()
+    save_settings(current, path)
+    return current

@@ -1,0 +1,186 @@
+"""Worker plumbing shared by the widgets: threads, progress, cancel, debounce.
+
+Every long computation in a widget runs through :func:`start_job`, which wraps
+``napari.qt.threading.create_worker``. With ``sync=True`` (or the environment variable
+``NAPARI_TUBULAR_SYNC=1``) the same worker object runs in the calling thread, so tests see
+exactly the signal sequence of a threaded run (``returned`` or ``errored``, then ``finished``)
+without waiting on a thread pool.
+
+Core functions take ``progress(done, total, message)`` and ``cancel() -> bool`` callbacks; a
+:class:`ProgressRelay` forwards the first to the GUI thread through a queued Qt signal and a
+:class:`CancelToken` answers the second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, QTimer, Signal
+
+SYNC_ENV = "NAPARI_TUBULAR_SYNC"
+
+_log = logging.getLogger(__name__)
+
+# Errors a user can cause (bad file, bad parameters, unsupported layer): shown without a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, OSError, MemoryError)
+
+
+def sync_default() -> bool:
+    """True when ``NAPARI_TUBULAR_SYNC`` asks every widget to run its jobs synchronously."""
+    return os.environ.get(SYNC_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_cancelled_error(exc: BaseException) -> bool:
+    """True for the core's ``Cancelled`` exception (looked up by name to avoid importing torch)."""
+    return type(exc).__name__ == "Cancelled"
+
+
+def report_error(what: str, exc: BaseException) -> str:
+    """Show ``exc`` as a napari error notification (no traceback dialog) and return the message.
+
+    Args:
+        what: what was being done, e.g. ``"Segmentation"``.
+        exc: the exception raised by the core.
+    """
+    if isinstance(exc, USER_ERRORS):
+        message = f"{what} failed: {exc}"
+    else:  # a bug: keep the traceback in the log, show a short message
+        _log.error("%s failed", what, exc_info=exc)
+        message = f"{what} failed ({type(exc).__name__}): {exc}"
+    show_error(message)
+    return message
+
+
+class CancelToken:
+    """Callable ``cancel()`` for the core: returns True once :meth:`set` was called."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __call__(self) -> bool:
+        return self._event.is_set()
+
+
+class ProgressRelay(QObject):
+    """Callable ``progress(done, total, message)`` that re-emits on the GUI thread."""
+
+    progressed = Signal(int, int, str)
+
+    def __call__(self, done: float, total: float, message: str = "") -> None:
+        self.progressed.emit(int(done), int(max(total, 1)), str(message))
+
+
+class Job:
+    """A running (or finished) worker with its cancel token."""
+
+    def __init__(self, worker: Any, token: CancelToken) -> None:
+        self.worker = worker
+        self.token = token
+        self.done = False
+
+    def cancel(self) -> None:
+        """Ask the core to stop at its next ``cancel()`` check.
+
+        The worker is not aborted (``worker.quit()`` would drop its ``returned`` signal): a job
+        that finishes after the request is reported as cancelled and its result discarded.
+        """
+        self.token.set()
+
+    @property
+    def running(self) -> bool:
+        return not self.done
+
+
+def start_job(
+    func: Callable[..., Any],
+    *,
+    sync: bool,
+    what: str,
+    on_returned: Callable[[Any], None] | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_cancelled: Callable[[], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    token: CancelToken | None = None,
+) -> Job:
+    """Run ``func()`` in a napari worker thread (or synchronously) and route its outcome.
+
+    Args:
+        func: zero-argument callable doing the work (it may call core functions only).
+        sync: run in the calling thread (tests, scripts).
+        what: human-readable name of the job, used in error notifications.
+        on_returned: called with the result on the GUI thread.
+        on_error: called after the error notification for a failure that is not a cancel.
+        on_cancelled: called when the core raised ``Cancelled`` (or the job was cancelled).
+        on_finished: called last in every case.
+        token: the cancel token ``func`` passes to the core; a new one if None.
+
+    Returns:
+        The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
+    """
+    token = token or CancelToken()
+    worker = create_worker(func, _start_thread=False, _ignore_errors=True)
+    job = Job(worker, token)
+
+    def _returned(result: Any) -> None:
+        if token():
+            if on_cancelled is not None:
+                on_cancelled()
+            return
+        if on_returned is not None:
+            on_returned(result)
+
+    def _errored(exc: BaseException) -> None:
+        if is_cancelled_error(exc) or token():
+            show_info(f"{what} cancelled.")
+            if on_cancelled is not None:
+                on_cancelled()
+            return
+        report_error(what, exc)
+        if on_error is not None:
+            on_error(exc)
+
+    def _finished() -> None:
+        job.done = True
+        if on_finished is not None:
+            on_finished()
+
+    worker.returned.connect(_returned)
+    worker.errored.connect(_errored)
+    worker.finished.connect(_finished)
+    if sync:
+        worker.run()
+    else:
+        worker.start()
+    return job
+
+
+class Debouncer(QObject):
+    """Call ``callback`` once, ``delay_ms`` after the last :meth:`trigger` (immediately if sync)."""
+
+    def __init__(self, callback: Callable[[], None], delay_ms: int = 150, sync: bool = False):
+        super().__init__()
+        self._callback = callback
+        self.sync = sync
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(delay_ms)
+        self._timer.timeout.connect(callback)
+
+    def trigger(self) -> None:
+        if self.sync:
+            self._callback()
+        else:
+            self._timer.start()
+
+    @property
+    def pending(self) -> bool:
+        return self._timer.isActive()

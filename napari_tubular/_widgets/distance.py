@@ -1,0 +1,295 @@
+"""Distance-map widget: EDT, DDT scale classes, signed distance, NI-DM family, skeletons and the
+centerline graph of a labels layer, with a branch table that moves the camera to a branch.
+
+Calls ``geometry.edt_mm``, ``scale_classes``, ``signed_distance``, ``distance_maps``,
+``skeletonize_mask``, ``soft_skeleton_volume``, ``local_radius_mm`` and ``centerline_graph``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_tubular._widgets._layers import (
+    LayerPicker,
+    focus_on,
+    layer_geometry,
+    upsert_layer,
+)
+from napari_tubular._widgets._settings import load_settings, update_settings
+from napari_tubular._widgets._workers import report_error, start_job, sync_default
+
+if TYPE_CHECKING:
+    import napari
+
+OWNER = "distance"
+
+# key -> (checkbox text, layer type, layer kwargs)
+MAPS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "edt": ("EDT (mm)", "image", {"colormap": "inferno"}),
+    "scale": ("DDT scale classes", "labels", {}),
+    "signed": ("signed distance (mm)", "image", {"colormap": "PiYG"}),
+    "odm": ("O-DM (mm)", "image", {"colormap": "inferno"}),
+    "idm": ("I-DM (mm)", "image", {"colormap": "inferno"}),
+    "nidm": ("NI-DM", "image", {"colormap": "inferno", "contrast_limits": (0.0, 1.0)}),
+    "snidm": ("SNI-DM", "image", {"colormap": "PiYG", "contrast_limits": (-1.0, 1.0)}),
+    "skeleton": ("hard skeleton", "labels", {}),
+    "soft_skeleton": (
+        "soft skeleton",
+        "image",
+        {"colormap": "magma", "contrast_limits": (0.0, 1.0)},
+    ),
+    "graph": ("centerline graph (branches)", "labels", {}),
+}
+DEFAULT_ON = ("edt", "scale", "skeleton", "graph")
+
+
+class DistanceMapWidget(QWidget):
+    """Compute and show distance maps, skeletons and the centerline graph of a labels layer.
+
+    Args:
+        napari_viewer: the viewer.
+        sync: run jobs in the GUI thread (tests); default from ``NAPARI_TUBULAR_SYNC``.
+
+    Attributes:
+        maps: the last computed arrays by key (see :data:`MAPS`).
+        branches: rows of the branch table: dicts with ``id``, ``length_mm``,
+            ``mean_radius_mm``, ``n_voxels``, ``centroid_mm`` (z, y, x from voxel 0).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, sync: bool | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.sync = sync_default() if sync is None else sync
+        self.maps: dict[str, np.ndarray] = {}
+        self.branches: list[dict] = []
+        self._geometry = None
+        self._source = None
+        self._shape = None
+        self._job = None
+        self._build_ui()
+
+    def _build_ui(self) -> None:
+        settings = load_settings()
+        layout = QVBoxLayout(self)
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.labels_picker = LayerPicker(self.viewer, ["labels"])
+        form.addRow("labels", self.labels_picker)
+        self.k_spin = QSpinBox()
+        self.k_spin.setRange(1, 64)
+        self.k_spin.setValue(settings.scale_classes)
+        self.k_spin.setToolTip("K: largest DDT scale class (radius in voxels)")
+        form.addRow("K (scale classes)", self.k_spin)
+        self.iters_spin = QSpinBox()
+        self.iters_spin.setRange(1, 100)
+        self.iters_spin.setValue(settings.soft_iters)
+        self.iters_spin.setToolTip("soft-skeleton iterations (>= largest radius in voxels)")
+        form.addRow("soft-skeleton iterations", self.iters_spin)
+        layout.addWidget(box)
+
+        maps_box = QGroupBox("Maps")
+        grid = QGridLayout(maps_box)
+        self.checks: dict[str, QCheckBox] = {}
+        for i, (key, (text, _t, _kw)) in enumerate(MAPS.items()):
+            check = QCheckBox(text)
+            check.setChecked(key in DEFAULT_ON)
+            self.checks[key] = check
+            grid.addWidget(check, i // 2, i % 2)
+        layout.addWidget(maps_box)
+
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(self.run)
+        layout.addWidget(self.run_button)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(
+            ["branch", "length (mm)", "mean radius (mm)", "voxels"]
+        )
+        self.table.verticalHeader().setVisible(False)
+        self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
+        self.table.cellClicked.connect(lambda row, _col: self.go_to_branch(row))
+        layout.addWidget(QLabel("Branches (click a row to go there)"))
+        layout.addWidget(self.table)
+
+    def selected(self) -> list[str]:
+        return [k for k, c in self.checks.items() if c.isChecked()]
+
+    def set_selected(self, keys) -> None:
+        unknown = set(keys) - set(MAPS)
+        if unknown:
+            raise ValueError(f"unknown map(s) {sorted(unknown)}; choose from {list(MAPS)}")
+        for key, check in self.checks.items():
+            check.setChecked(key in keys)
+
+    # ------------------------------------------------------------------ compute
+    def run(self) -> None:
+        """Compute the checked maps of the chosen labels layer (in a worker)."""
+        if self._job is not None and self._job.running:
+            return
+        layer = self.labels_picker.layer()
+        try:
+            if layer is None:
+                raise ValueError("labels: add or choose a 3-D labels layer")
+            geometry = layer_geometry(layer)
+            keys = self.selected()
+            if not keys:
+                raise ValueError("maps: check at least one map to compute")
+        except ValueError as exc:
+            self.status.setText(report_error("Distance maps", exc))
+            return
+        mask = np.asarray(layer.data) > 0
+        spacing = geometry[0]
+        k = self.k_spin.value()
+        iters = self.iters_spin.value()
+        update_settings(scale_classes=k, soft_iters=iters)
+
+        def compute():
+            from napari_tubular.geometry import distance as gd
+            from napari_tubular.geometry import skeleton as gs
+
+            out: dict[str, Any] = {}
+            if "edt" in keys:
+                out["edt"] = gd.edt_mm(mask, spacing)
+            if "scale" in keys:
+                out["scale"] = gd.scale_classes(mask, k, spacing)
+            if "signed" in keys:
+                out["signed"] = gd.signed_distance(mask, spacing)
+            if {"odm", "idm", "nidm", "snidm"} & set(keys):
+                family = gd.distance_maps(mask, spacing)
+                out.update(
+                    {name: family[name] for name in ("odm", "idm", "nidm", "snidm") if name in keys}
+                )
+            skeleton = None
+            if "skeleton" in keys or "graph" in keys:
+                skeleton = gs.skeletonize_mask(mask, spacing=spacing)
+                if "skeleton" in keys:
+                    out["skeleton"] = skeleton.astype(np.uint8)
+            if "soft_skeleton" in keys:
+                from napari_tubular.geometry.soft_skeleton import soft_skeleton_volume
+
+                out["soft_skeleton"] = soft_skeleton_volume(mask, iters)
+            if "graph" in keys:
+                radius = gd.local_radius_mm(mask, spacing)
+                out["graph"] = gs.centerline_graph(skeleton, radius, spacing)
+            return out
+
+        def returned(out):
+            self._geometry = geometry
+            self._shape = mask.shape
+            self._source = layer.name
+            self._show(out)
+
+        self.status.setText("computing...")
+        self.run_button.setEnabled(False)
+        self._job = start_job(
+            compute,
+            sync=self.sync,
+            what="Distance maps",
+            on_returned=returned,
+            on_finished=lambda: self.run_button.setEnabled(True),
+            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+        )
+
+    # ------------------------------------------------------------------ display
+    def _show(self, out: dict[str, Any]) -> None:
+        scale, translate = self._geometry
+        graph = out.pop("graph", None)
+        self.maps = dict(out)
+        for key, data in out.items():
+            text, layer_type, kwargs = MAPS[key]
+            kwargs = dict(kwargs)
+            if layer_type == "image" and "contrast_limits" not in kwargs:
+                lo, hi = float(np.min(data)), float(np.max(data))
+                kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+            layer = upsert_layer(
+                self.viewer,
+                layer_type,
+                data,
+                owner=OWNER,
+                role=key,
+                source=self._source,
+                name=f"{self._source} {text}",
+                scale=scale,
+                translate=translate,
+                visible=False,
+                **kwargs,
+            )
+            if key in ("edt", "odm", "idm", "signed"):
+                layer.metadata["units"] = "mm"
+        if graph is not None:
+            labels = graph.label_volume(self._shape)
+            self.maps["graph"] = labels
+            upsert_layer(
+                self.viewer,
+                "labels",
+                labels,
+                owner=OWNER,
+                role="graph",
+                source=self._source,
+                name=f"{self._source} branches",
+                scale=scale,
+                translate=translate,
+            )
+            self.branches = self._graph_rows(graph)
+            self._fill_table()
+        # show the most recently computed layer on top of the input
+        self.status.setText(
+            f"{self._source}: {', '.join(MAPS[k][0] for k in out)}"
+            + (f"; {len(self.branches)} branches" if graph is not None else "")
+        )
+
+    @staticmethod
+    def _graph_rows(graph) -> list[dict]:
+        return [
+            {
+                "id": row["id"],
+                "length_mm": row["length_mm"],
+                "mean_radius_mm": row["mean_radius_mm"],
+                "n_voxels": row["n_voxels"],
+                "centroid_mm": row["centroid_mm"],
+            }
+            for row in graph.table()
+        ]
+
+    def _fill_table(self) -> None:
+        self.table.setRowCount(len(self.branches))
+        for i, b in enumerate(self.branches):
+            values = (
+                str(b["id"]),
+                f"{b['length_mm']:.2f}",
+                f"{b['mean_radius_mm']:.2f}",
+                str(b["n_voxels"]),
+            )
+            for j, value in enumerate(values):
+                self.table.setItem(i, j, QTableWidgetItem(value))
+        self.table.resizeColumnsToContents()
+
+    def go_to_branch(self, row: int) -> None:
+        """Centre the camera (3-D) and the slice (2-D) on branch ``row`` of the table."""
+        if not 0 <= row < len(self.branches):
+            return
+        scale, translate = self._geometry
+        # centroid_mm is relative to voxel (0, 0, 0): add the layer's translate
+        world = np.asarray(self.branches[row]["centroid_mm"]) + np.asarray(translate)
+        focus_on(self.viewer, world)
+        if self.table.currentRow() != row:
+            self.table.selectRow(row)

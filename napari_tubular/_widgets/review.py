@@ -1,0 +1,377 @@
+"""Topology review widget: metrics table, error-map layer, error-site navigation, export.
+
+Calls ``topology.compute_metrics`` and ``topology.error_map`` (prediction vs reference) or
+``topology.self_check`` (no reference). Navigation centres the 3-D camera and moves the 2-D
+slice to each error site; ``Shift-N`` / ``Shift-B`` (bound on the viewer while the widget
+lives; not used by napari) step to the next / previous site.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_tubular._widgets._layers import (
+    LayerPicker,
+    focus_on,
+    layer_geometry,
+    upsert_layer,
+    world_of_voxel,
+)
+from napari_tubular._widgets._workers import report_error, start_job, sync_default
+
+if TYPE_CHECKING:
+    import napari
+
+OWNER = "review"
+NEXT_KEY = "Shift-N"
+PREVIOUS_KEY = "Shift-B"
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float | np.floating):
+        return f"{float(value):.4g}"
+    if isinstance(value, tuple | list | np.ndarray):
+        return str(tuple(int(v) if float(v).is_integer() else float(v) for v in value))
+    return str(value)
+
+
+class TopologyReviewWidget(QWidget):
+    """Review topology errors of a prediction against a reference (or self-check it).
+
+    Args:
+        napari_viewer: the viewer.
+        sync: run jobs in the GUI thread (tests); default from ``NAPARI_TUBULAR_SYNC``.
+
+    Attributes:
+        metrics: dict from ``compute_metrics`` (empty for a self-check).
+        report: the ``ErrorReport`` (``labels``, ``sites``).
+        current: index of the site shown, or -1.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, sync: bool | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.sync = sync_default() if sync is None else sync
+        self.metrics: dict = {}
+        self.report = None
+        self.current = -1
+        self._geometry = None
+        self._source = None
+        self._job = None
+        self._build_ui()
+        self._bound_keys: list[str] = []
+        self._bind_keys()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        box = QGroupBox("Inputs")
+        form = QFormLayout(box)
+        self.pred_picker = LayerPicker(self.viewer, ["labels"])
+        self.ref_picker = LayerPicker(
+            self.viewer, ["labels"], allow_none=True, none_text="(none: self-check)"
+        )
+        form.addRow("prediction", self.pred_picker)
+        form.addRow("reference", self.ref_picker)
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(self.run)
+        form.addRow(self.run_button)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        form.addRow(self.status)
+        layout.addWidget(box)
+
+        self.table = QTableWidget(0, 2)
+        self.table.setHorizontalHeaderLabels(["metric", "value"])
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.verticalHeader().setVisible(False)
+        layout.addWidget(self.table)
+
+        self.legend = QGridLayout()
+        legend_box = QGroupBox("Error classes")
+        legend_box.setLayout(self.legend)
+        layout.addWidget(legend_box)
+
+        self.sites_list = QListWidget()
+        self.sites_list.currentRowChanged.connect(self._on_row)
+        layout.addWidget(QLabel("Error sites (most severe first)"))
+        layout.addWidget(self.sites_list)
+
+        nav = QHBoxLayout()
+        self.prev_button = QPushButton(f"Previous ({PREVIOUS_KEY})")
+        self.next_button = QPushButton(f"Next ({NEXT_KEY})")
+        self.prev_button.clicked.connect(self.previous_site)
+        self.next_button.clicked.connect(self.next_site)
+        nav.addWidget(self.prev_button)
+        nav.addWidget(self.next_button)
+        layout.addLayout(nav)
+
+        export = QHBoxLayout()
+        self.csv_button = QPushButton("Export CSV...")
+        self.csv_button.clicked.connect(self._export_csv_dialog)
+        self.shot_button = QPushButton("Screenshot...")
+        self.shot_button.clicked.connect(self._screenshot_dialog)
+        export.addWidget(self.csv_button)
+        export.addWidget(self.shot_button)
+        layout.addLayout(export)
+
+    def _bind_keys(self) -> None:
+        for key, action in ((NEXT_KEY, self.next_site), (PREVIOUS_KEY, self.previous_site)):
+            try:
+                self.viewer.bind_key(key, lambda _viewer, act=action: act())
+            except ValueError:  # already bound (another review widget or plugin): leave it
+                continue
+            self._bound_keys.append(key)
+        self.destroyed.connect(self._unbind_keys)
+
+    def _unbind_keys(self, *_: Any) -> None:
+        from napari.utils.key_bindings import coerce_keybinding
+
+        for key in self._bound_keys:
+            self.viewer.keymap.pop(coerce_keybinding(key), None)
+        self._bound_keys = []
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self._unbind_keys()
+        super().closeEvent(event)
+
+    # ------------------------------------------------------------------ compute
+    def run(self) -> None:
+        """Compute metrics and the error map (in a worker)."""
+        if self._job is not None and self._job.running:
+            return
+        pred_layer = self.pred_picker.layer()
+        ref_layer = self.ref_picker.layer()
+        try:
+            if pred_layer is None:
+                raise ValueError("prediction: add or choose a 3-D labels layer")
+            geometry = layer_geometry(pred_layer)
+            pred = np.asarray(pred_layer.data) > 0
+            ref = None
+            if ref_layer is not None:
+                layer_geometry(ref_layer)
+                ref = np.asarray(ref_layer.data) > 0
+                if ref.shape != pred.shape:
+                    raise ValueError(
+                        f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "
+                        f"{pred_layer.name!r} has {pred.shape}; they must share one grid"
+                    )
+        except ValueError as exc:
+            self.status.setText(report_error("Topology review", exc))
+            return
+        spacing = geometry[0]
+
+        def compute():
+            from napari_tubular import topology
+
+            if ref is None:
+                return {}, topology.self_check(pred, spacing)
+            return topology.compute_metrics(pred, ref, spacing), topology.error_map(
+                pred, ref, spacing
+            )
+
+        def returned(out):
+            self.metrics, self.report = out
+            self._geometry = geometry
+            self._source = pred_layer.name
+            self._show()
+
+        self.status.setText("computing...")
+        self.run_button.setEnabled(False)
+        self._job = start_job(
+            compute,
+            sync=self.sync,
+            what="Topology review",
+            on_returned=returned,
+            on_finished=lambda: self.run_button.setEnabled(True),
+            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+        )
+
+    # ------------------------------------------------------------------ display
+    def _show(self) -> None:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        from napari_tubular.topology import ERROR_CLASSES
+
+        scale, translate = self._geometry
+        colors: dict[int | None, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        for cid, (_name, rgba) in ERROR_CLASSES.items():
+            colors[int(cid)] = tuple(float(c) for c in rgba)
+        upsert_layer(
+            self.viewer,
+            "labels",
+            np.asarray(self.report.labels),
+            owner=OWNER,
+            role="errors",
+            source=self._source,
+            name=f"{self._source} topology errors",
+            colormap=DirectLabelColormap(color_dict=colors),
+            scale=scale,
+            translate=translate,
+            opacity=0.9,
+        )
+        self._fill_table()
+        self._fill_legend(ERROR_CLASSES)
+        self._fill_sites(ERROR_CLASSES)
+        n = len(self.report.sites)
+        mode = "self-check" if not self.metrics else "vs reference"
+        self.status.setText(f"{mode}: {n} error site{'s' if n != 1 else ''}")
+        self.current = -1
+        if n:
+            self.go_to(0)
+
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(name, value) rows of the metrics table: metrics, then the report summary."""
+        rows = [(k, _format(v)) for k, v in self.metrics.items()]
+        if self.report is not None:
+            from napari_tubular.topology import ERROR_CLASSES
+
+            counts: dict[str, int] = {name: 0 for name, _rgba in ERROR_CLASSES.values()}
+            for site in self.report.sites:
+                counts[site.cls_name] = counts.get(site.cls_name, 0) + 1
+            classes = {site.cls for site in self.report.sites}
+            for key, value in self.report.summary.items():
+                if key not in counts and not isinstance(value, dict):  # counts come below
+                    rows.append((key, _format(value)))
+            for cid, (name, _rgba) in ERROR_CLASSES.items():
+                if counts.get(name) or cid in classes or self._class_applies(cid):
+                    rows.append((f"sites: {name}", str(counts.get(name, 0))))
+        return rows
+
+    def _class_applies(self, cid: int) -> bool:
+        # error_map reports classes 1-4, self_check 5-7
+        return (cid <= 4) == bool(self.metrics)
+
+    def _fill_table(self) -> None:
+        rows = self.table_rows()
+        self.table.setRowCount(len(rows))
+        for i, (name, value) in enumerate(rows):
+            self.table.setItem(i, 0, QTableWidgetItem(name))
+            self.table.setItem(i, 1, QTableWidgetItem(value))
+        self.table.resizeColumnsToContents()
+
+    def _fill_legend(self, classes: dict) -> None:
+        while self.legend.count():
+            item = self.legend.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        for row, (cid, (name, rgba)) in enumerate(classes.items()):
+            swatch = QLabel()
+            swatch.setFixedSize(16, 16)
+            color = QColor.fromRgbF(*[float(c) for c in rgba])
+            swatch.setStyleSheet(f"background-color: {color.name()}; border: 1px solid grey;")
+            self.legend.addWidget(swatch, row, 0)
+            self.legend.addWidget(QLabel(f"{cid}: {name}"), row, 1)
+
+    def _fill_sites(self, classes: dict) -> None:
+        self.sites_list.blockSignals(True)
+        self.sites_list.clear()
+        for site in self.report.sites:
+            _name, rgba = classes[int(site.cls)]
+            z, y, x = (int(v) for v in site.anchor_vox)
+            detail = f" ({site.detail})" if site.detail else ""
+            item = QListWidgetItem(
+                f"{site.id}. {site.cls_name}{detail} at z={z} y={y} x={x}, "
+                f"{site.size_vox} vox, {site.length_mm:.1f} mm"
+            )
+            item.setForeground(QColor.fromRgbF(*[float(c) for c in rgba]))
+            self.sites_list.addItem(item)
+        self.sites_list.blockSignals(False)
+
+    # ------------------------------------------------------------------ navigation
+    def site_world(self, index: int) -> np.ndarray:
+        """World (z, y, x) of site ``index`` (its anchor voxel, which lies on the error)."""
+        scale, translate = self._geometry
+        return world_of_voxel(self.report.sites[index].anchor_vox, scale, translate)
+
+    def go_to(self, index: int) -> None:
+        """Show site ``index``: centre the 3-D camera and the 2-D slice on it."""
+        if self.report is None or not self.report.sites:
+            return
+        index = int(index) % len(self.report.sites)
+        self.current = index
+        focus_on(self.viewer, self.site_world(index))
+        if self.sites_list.currentRow() != index:
+            self.sites_list.blockSignals(True)
+            self.sites_list.setCurrentRow(index)
+            self.sites_list.blockSignals(False)
+
+    def _on_row(self, row: int) -> None:
+        if row >= 0:
+            self.go_to(row)
+
+    def next_site(self) -> None:
+        self.go_to(self.current + 1)
+
+    def previous_site(self) -> None:
+        self.go_to(self.current - 1 if self.current > 0 else -1)
+
+    # ------------------------------------------------------------------ export
+    def export_csv(self, path: str | Path) -> Path:
+        """Write the metrics table and then one row per error site as CSV.
+
+        The file has two blocks separated by an empty line: ``metric,value`` rows, then the
+        sites with the columns of ``topology.errors.ROW_FIELDS``.
+
+        Raises:
+            ValueError: nothing computed yet.
+        """
+        if self.report is None:
+            raise ValueError("nothing to export: run Compute first")
+        path = Path(path)
+        rows = self.report.to_rows()
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["metric", "value"])
+            writer.writerows(self.table_rows())
+            writer.writerow([])
+            if rows:
+                fields = list(rows[0])
+                writer.writerow(fields)
+                writer.writerows([[row[k] for k in fields] for row in rows])
+        return path
+
+    def screenshot(self, path: str | Path) -> Path:
+        """Save a screenshot of the canvas."""
+        path = Path(path)
+        self.viewer.screenshot(str(path), canvas_only=True)
+        return path
+
+    def _export_csv_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export metrics", "topology.csv", "CSV (*.csv)")
+        if path:
+            try:
+                self.export_csv(path)
+            except (ValueError, OSError) as exc:
+                report_error("CSV export", exc)
+
+    def _screenshot_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "review.png", "PNG (*.png)")
+        if path:
+            try:
+                self.screenshot(path)
+            except (ValueError, OSError) as exc:
+                report_error("Screenshot", exc)
+
+
+__all__ = ["TopologyReviewWidget", "NEXT_KEY", "PREVIOUS_KEY"]

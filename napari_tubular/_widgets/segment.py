@@ -1,0 +1,540 @@
+"""Segment widget: run the network in a worker, then refine live with the T_p / T_r sliders.
+
+The widget only calls the core: ``models.load_model``, ``inference.predict``,
+``geometry.Refiner`` and ``topology.compute_metrics``. The network outputs (probability and
+radius map) are cached, so moving a slider only re-runs ``Refiner.update`` (debounced, in a
+worker, one at a time; a change made while a refinement runs is applied right after it).
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider
+
+from napari_tubular._widgets._layers import (
+    LayerPicker,
+    binary_label_colormap,
+    layer_geometry,
+    spheres_points_kwargs,
+    upsert_layer,
+    volume_from_layer,
+)
+from napari_tubular._widgets._settings import DEVICES, load_settings, update_settings
+from napari_tubular._widgets._workers import (
+    CancelToken,
+    Debouncer,
+    ProgressRelay,
+    report_error,
+    start_job,
+    sync_default,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+OWNER = "segment"
+MODEL_FILE_TEXT = "file..."
+MAX_SPHERES = 20000  # Points shown at most (evenly strided); the labels use every seed
+
+
+def device_summary() -> str:
+    """One line naming the detected GPU and its free memory, or saying there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA GPU detected: auto = cpu"
+    index = torch.cuda.current_device()
+    name = torch.cuda.get_device_name(index)
+    free, total = torch.cuda.mem_get_info(index)
+    return f"GPU: {name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+
+
+def release_gpu_memory() -> None:
+    """Return cached CUDA blocks to the driver (no-op without CUDA or torch loaded)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    gc.collect()
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer with a DDT model and refine the result live.
+
+    Args:
+        napari_viewer: the viewer (napari passes it).
+        sync: run jobs in the GUI thread (tests); default from ``NAPARI_TUBULAR_SYNC``.
+
+    Attributes:
+        prediction: the last ``inference.Prediction`` (cached network outputs).
+        refiner: the ``geometry.Refiner`` built on it.
+        result: the last ``RefineResult``.
+        metrics: the last ``topology.compute_metrics`` dict against the reference, or None.
+        refine_count: refinements applied since the last network run (for tests and the status).
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, sync: bool | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.sync = sync_default() if sync is None else sync
+        self.settings = load_settings()
+        self._models: dict[tuple[str, str], Any] = {}
+        self.prediction = None
+        self.refiner = None
+        self.result = None
+        self.metrics: dict | None = None
+        self.refine_count = 0
+        self._source: str | None = None
+        self._geometry: tuple | None = None
+        self._job = None
+        self._refine_job = None
+        self._refine_pending = False
+
+        self._build_ui()
+        self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
+        self.refresh_device_info()
+
+    # ------------------------------------------------------------------ UI
+    def _build_ui(self) -> None:
+        s = self.settings
+        layout = QVBoxLayout(self)
+
+        run_box = QGroupBox("Network")
+        form = QFormLayout(run_box)
+        self.image_picker = LayerPicker(self.viewer, ["image"])
+        form.addRow("image", self.image_picker)
+
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(["default", MODEL_FILE_TEXT])
+        self.model_path = QLineEdit()
+        self.model_path.setPlaceholderText("path to a .pt model")
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_model)
+        if s.model != "default":
+            self.model_combo.setCurrentText(MODEL_FILE_TEXT)
+            self.model_path.setText(s.model)
+        self.model_combo.currentTextChanged.connect(self._on_model_kind)
+        row = QHBoxLayout()
+        row.addWidget(self.model_combo)
+        row.addWidget(self.model_path)
+        row.addWidget(browse)
+        form.addRow("model", row)
+        self._on_model_kind(self.model_combo.currentText())
+
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(s.device)
+        self.device_label = QLabel("")
+        self.device_label.setWordWrap(True)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.device_label)
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.9)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(0.25)
+        self.overlap_spin.setToolTip("sliding-window overlap fraction")
+        form.addRow("window overlap", self.overlap_spin)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.free_button = QPushButton("Free GPU memory")
+        self.free_button.setToolTip("Forget the cached models and empty the CUDA cache")
+        self.free_button.clicked.connect(self.free_memory)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        buttons.addWidget(self.free_button)
+        form.addRow(buttons)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        form.addRow(self.progress_bar)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        form.addRow(self.status)
+        layout.addWidget(run_box)
+
+        refine_box = QGroupBox("Live refinement (no network re-run)")
+        rform = QFormLayout(refine_box)
+        self.tp_slider = self._slider(0.05, 0.99, s.tp)
+        self.tr_slider = self._slider(0.05, 0.95, s.tr)
+        self.tp_slider.setToolTip("T_p: pseudo-skeleton threshold on the probability")
+        self.tr_slider.setToolTip("T_r: threshold on the refined (sphere) map")
+        rform.addRow("T_p", self.tp_slider)
+        rform.addRow("T_r", self.tr_slider)
+        self.reference_picker = LayerPicker(
+            self.viewer, ["labels"], allow_none=True, none_text="(no reference)"
+        )
+        self.reference_picker.currentIndexChanged.connect(self._on_thresholds)
+        rform.addRow("reference", self.reference_picker)
+        self.metrics_label = QLabel("")
+        self.metrics_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        rform.addRow(self.metrics_label)
+        self.legend_label = QLabel("")
+        self.legend_label.setWordWrap(True)
+        rform.addRow(self.legend_label)
+        layout.addWidget(refine_box)
+        layout.addStretch(1)
+
+        self.relay = ProgressRelay()
+        self.relay.progressed.connect(self._on_progress)
+        self.tp_slider.valueChanged.connect(self._on_thresholds)
+        self.tr_slider.valueChanged.connect(self._on_thresholds)
+
+    @staticmethod
+    def _slider(low: float, high: float, value: float) -> QLabeledDoubleSlider:
+        slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        slider.setRange(low, high)
+        slider.setSingleStep(0.01)
+        slider.setDecimals(2)
+        slider.setValue(min(max(value, low), high))
+        return slider
+
+    def _on_model_kind(self, text: str) -> None:
+        self.model_path.setEnabled(text == MODEL_FILE_TEXT)
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model", "", "Models (*.pt)")
+        if path:
+            self.model_combo.setCurrentText(MODEL_FILE_TEXT)
+            self.model_path.setText(path)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def tp(self) -> float:
+        return float(self.tp_slider.value())
+
+    @property
+    def tr(self) -> float:
+        return float(self.tr_slider.value())
+
+    def model_spec(self) -> str:
+        """``"default"`` or the model file path.
+
+        Raises:
+            ValueError: when "file..." is chosen but no path is given.
+        """
+        if self.model_combo.currentText() != MODEL_FILE_TEXT:
+            return "default"
+        text = self.model_path.text().strip()
+        if not text:
+            raise ValueError("model: choose a .pt file or select 'default'")
+        return text
+
+    @property
+    def busy(self) -> bool:
+        return self._job is not None and self._job.running
+
+    def refresh_device_info(self) -> None:
+        """Show the detected GPU (name, free memory); computed in a worker (imports torch)."""
+        self.device_label.setText("detecting devices...")
+        start_job(
+            device_summary,
+            sync=self.sync,
+            what="Device detection",
+            on_returned=self.device_label.setText,
+        )
+
+    # ------------------------------------------------------------------ network run
+    def _load_model(self, spec: str, device: str):
+        """``(net, meta)`` for (model file, device), loaded once and cached in this widget."""
+        from napari_tubular.models import load_model, resolve_device, resolve_model_path
+
+        key = (str(resolve_model_path(spec)), resolve_device(device))
+        if key not in self._models:
+            self._models[key] = load_model(key[0], device=key[1])
+        return self._models[key]
+
+    def run(self) -> None:
+        """Start the network on the chosen image layer (in a worker)."""
+        if self.busy:
+            return
+        try:
+            layer = self.image_picker.layer()
+            if layer is None:
+                raise ValueError("image: add or choose a 3-D image layer first")
+            volume = volume_from_layer(layer)
+            spec = self.model_spec()
+        except ValueError as exc:
+            self.status.setText(report_error("Segmentation", exc))
+            return
+        device = self.device_combo.currentText()
+        tp, tr = self.tp, self.tr
+        self.settings = update_settings(model=spec, device=device, tp=tp, tr=tr)
+        source = layer.name
+        geometry = layer_geometry(layer)
+        token = CancelToken()
+        relay = self.relay
+
+        overlap = self.overlap_spin.value()
+
+        def compute():
+            from napari_tubular import inference
+            from napari_tubular.geometry.refiner import Refiner
+
+            model = self._load_model(spec, device)
+            if token():
+                raise _cancelled()
+            prediction = inference.predict(
+                volume, model=model, device=device, overlap=overlap, progress=relay, cancel=token
+            )
+            refiner = Refiner(
+                prediction.probability,
+                prediction.radius_mm,
+                volume.spacing,
+                tp=tp,
+                tr=tr,
+                device=device,
+            )
+            result = refiner.update(tp=tp, tr=tr)
+            spheres = refiner.points(max_points=MAX_SPHERES)
+            release_gpu_memory()
+            return prediction, refiner, result, spheres, (tp, tr)
+
+        def returned(out):
+            prediction, refiner, result, spheres, thresholds = out
+            self.prediction, self.refiner = prediction, refiner
+            self._source, self._geometry = source, geometry
+            self.refine_count = 0
+            self._show_network_outputs()
+            self._apply_refinement(result, spheres, thresholds)
+            seconds = prediction.timings.get("total")
+            self.status.setText(
+                f"done: {source}, shape {tuple(prediction.probability.shape)}, "
+                f"device {prediction.device_used}"
+                + (f", {seconds:.1f} s" if seconds is not None else "")
+            )
+            # sliders moved during the run, or metrics wanted against a reference
+            if (self.tp, self.tr) != thresholds or self.reference_picker.layer() is not None:
+                self._on_thresholds()
+
+        def finished():
+            self.run_button.setEnabled(True)
+            self.cancel_button.setEnabled(False)
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(1 if self.prediction is not None else 0)
+            release_gpu_memory()
+
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)
+        self.status.setText(f"running on {source}...")
+        self._job = start_job(
+            compute,
+            sync=self.sync,
+            what="Segmentation",
+            token=token,
+            on_returned=returned,
+            on_finished=finished,
+            on_cancelled=lambda: self.status.setText("cancelled"),
+            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+        )
+
+    def cancel(self) -> None:
+        """Ask the running network job to stop."""
+        if self._job is not None and self._job.running:
+            self._job.cancel()
+            self.status.setText("cancelling...")
+
+    def free_memory(self) -> None:
+        """Drop the cached models and empty the CUDA cache."""
+        self._models.clear()
+        release_gpu_memory()
+        self.refresh_device_info()
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(done)
+        if message:
+            self.status.setText(message)
+
+    # ------------------------------------------------------------------ layers
+    def _kwargs(self) -> dict:
+        scale, translate = self._geometry
+        return {"scale": scale, "translate": translate}
+
+    def _name(self, what: str) -> str:
+        return f"{self._source} {what}"
+
+    def _show_network_outputs(self) -> None:
+        p = self.prediction
+        upsert_layer(
+            self.viewer,
+            "image",
+            p.probability,
+            owner=OWNER,
+            role="probability",
+            source=self._source,
+            name=self._name("probability"),
+            colormap="magma",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            visible=False,
+            **self._kwargs(),
+        )
+        radius = np.asarray(p.radius_mm, dtype=np.float32)
+        rmax = float(radius.max()) if radius.size and radius.max() > 0 else 1.0
+        layer = upsert_layer(
+            self.viewer,
+            "image",
+            radius,
+            owner=OWNER,
+            role="radius",
+            source=self._source,
+            name=self._name("radius (mm)"),
+            colormap="turbo",
+            contrast_limits=(0.0, rmax),
+            blending="additive",
+            visible=False,
+            **self._kwargs(),
+        )
+        layer.metadata["units"] = "mm"
+        layer.colorbar.visible = True
+        self.legend_label.setText(
+            f"radius map (mm): 0 - {rmax:.2f} (colour bar on the canvas); "
+            f"spheres coloured by radius, size = diameter"
+        )
+
+    def _apply_refinement(self, result, spheres, thresholds, metrics=None) -> None:
+        self.result = result
+        self.metrics = metrics
+        kw = self._kwargs()
+        upsert_layer(
+            self.viewer,
+            "labels",
+            np.asarray(result.labels),
+            owner=OWNER,
+            role="labels",
+            source=self._source,
+            name=self._name("labels"),
+            opacity=0.5,
+            colormap=binary_label_colormap(),
+            **kw,
+        )
+        upsert_layer(
+            self.viewer,
+            "labels",
+            np.asarray(result.skeleton),
+            owner=OWNER,
+            role="skeleton",
+            source=self._source,
+            name=self._name("pseudo-skeleton"),
+            colormap=binary_label_colormap((1.0, 0.9, 0.1, 1.0)),
+            **kw,
+        )
+        radius = np.asarray(self.prediction.radius_mm)
+        limits = (0.0, float(radius.max()) if radius.size and radius.max() > 0 else 1.0)
+        centers_mm, radii_mm = spheres
+        data, pkw = spheres_points_kwargs(centers_mm, radii_mm, kw["translate"], limits=limits)
+        upsert_layer(
+            self.viewer,
+            "points",
+            data,
+            owner=OWNER,
+            role="spheres",
+            source=self._source,
+            name=self._name("spheres"),
+            **pkw,
+        )
+        tp, tr = thresholds
+        text = (
+            f"T_p={tp:.2f} T_r={tr:.2f}: {int(np.count_nonzero(result.labels))} voxels, "
+            f"{result.n_seeds} spheres"
+        )
+        if metrics is not None:
+            text += (
+                f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
+                f"Betti pred {tuple(metrics['betti_pred'])} ref {tuple(metrics['betti_ref'])}"
+            )
+        self.metrics_label.setText(text)
+
+    # ------------------------------------------------------------------ live refinement
+    def _on_thresholds(self, *_: Any) -> None:
+        if self.refiner is None:
+            return
+        self._debouncer.trigger()
+
+    def _start_refine(self) -> None:
+        if self.refiner is None:
+            return
+        if self._refine_job is not None and self._refine_job.running:
+            self._refine_pending = True
+            return
+        self._refine_pending = False
+        tp, tr = self.tp, self.tr
+        refiner = self.refiner
+        spacing = self._geometry[0]
+        ref_layer = self.reference_picker.layer()
+        reference = None
+        if ref_layer is not None:
+            if tuple(ref_layer.data.shape[-3:]) != tuple(self.prediction.probability.shape):
+                report_error(
+                    "Metrics",
+                    ValueError(
+                        f"reference {ref_layer.name!r} has shape {ref_layer.data.shape}, the "
+                        f"prediction {self.prediction.probability.shape}"
+                    ),
+                )
+            else:
+                reference = np.asarray(ref_layer.data) > 0
+
+        def compute():
+            result = refiner.update(tp=tp, tr=tr)
+            spheres = refiner.points(max_points=MAX_SPHERES)
+            metrics = None
+            if reference is not None:
+                from napari_tubular.topology import compute_metrics
+
+                metrics = compute_metrics(result.labels > 0, reference, spacing)
+            return result, spheres, metrics
+
+        def returned(out):
+            result, spheres, metrics = out
+            if refiner is not self.refiner:  # a new network run replaced it meanwhile
+                return
+            self.refine_count += 1
+            self._apply_refinement(result, spheres, (tp, tr), metrics)
+
+        def finished():
+            if self._refine_pending:
+                self._start_refine()
+
+        self._refine_job = start_job(
+            compute, sync=self.sync, what="Refinement", on_returned=returned, on_finished=finished
+        )
+
+    def save_thresholds(self) -> None:
+        """Persist the current T_p / T_r as defaults."""
+        self.settings = update_settings(tp=self.tp, tr=self.tr)
+
+
+def _cancelled():
+    from napari_tubular.inference import Cancelled
+
+    return Cancelled("segmentation cancelled before the network ran")
+
+
+__all__ = ["SegmentWidget", "device_summary", "release_gpu_memory"]

@@ -1,0 +1,392 @@
+"""Training widget: a short training run on layer pairs, folders or synthetic cases.
+
+Layer pairs are written (with their geometry, via ``io.write_volume``) as
+``<name>_image.nii.gz`` / ``<name>_label.nii.gz`` into ``<run folder>/data`` so that
+``training.train`` reads them like any folder of pairs. The run goes in a worker with a live
+loss plot (from the core's ``progress`` messages) and can be stopped; ``Save model...`` copies
+the trained model file.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_tubular._widgets._layers import LayerPicker, layer_geometry, volume_from_layer
+from napari_tubular._widgets._settings import DEVICES, load_settings
+from napari_tubular._widgets._workers import (
+    CancelToken,
+    ProgressRelay,
+    report_error,
+    start_job,
+    sync_default,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+SOURCES = ("layer pairs", "folders", "synthetic")
+_LOSS_RE = re.compile(r"\bloss ([0-9.eE+-]+)")
+
+
+def parse_loss(message: str) -> float | None:
+    """The training loss in a core progress message (``"step 3/10 loss 0.41 | ..."``), or None."""
+    match = _LOSS_RE.search(message or "")
+    if match is None:
+        return None
+    try:
+        return float(match.group(1))
+    except ValueError:
+        return None
+
+
+class LossPlot(QWidget):
+    """A small matplotlib plot of the training loss against the step."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3, 2), tight_layout=True)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.axes = self.figure.add_subplot(111)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self._redraw()
+
+    def clear(self) -> None:
+        self.steps, self.losses = [], []
+        self._redraw()
+
+    def add(self, step: int, loss: float) -> None:
+        if self.steps and step <= self.steps[-1]:
+            return
+        self.steps.append(int(step))
+        self.losses.append(float(loss))
+        self._redraw()
+
+    def _redraw(self) -> None:
+        ax = self.axes
+        ax.clear()
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        if self.steps:
+            ax.plot(self.steps, self.losses, "o-", markersize=3)
+        self.canvas.draw_idle()
+
+
+class TrainingWidget(QWidget):
+    """Start / stop a short training run and save the model.
+
+    Args:
+        napari_viewer: the viewer.
+        sync: run jobs in the GUI thread (tests); default from ``NAPARI_TUBULAR_SYNC``.
+
+    Attributes:
+        pairs: (image layer name, labels layer name) pairs for the "layer pairs" source.
+        model_path: the trained model file of the last finished run, or None.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, sync: bool | None = None, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.sync = sync_default() if sync is None else sync
+        self.pairs: list[tuple[str, str]] = []
+        self.model_path: Path | None = None
+        self._job = None
+        self._build_ui()
+
+    def _build_ui(self) -> None:
+        settings = load_settings()
+        layout = QVBoxLayout(self)
+        data_box = QGroupBox("Data")
+        form = QFormLayout(data_box)
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(list(SOURCES))
+        form.addRow("source", self.source_combo)
+        self.image_picker = LayerPicker(self.viewer, ["image"])
+        self.label_picker = LayerPicker(self.viewer, ["labels"])
+        add = QPushButton("Add pair")
+        add.clicked.connect(self.add_pair)
+        remove = QPushButton("Remove")
+        remove.clicked.connect(self._remove_pair)
+        form.addRow("image", self.image_picker)
+        form.addRow("labels", self.label_picker)
+        row = QHBoxLayout()
+        row.addWidget(add)
+        row.addWidget(remove)
+        form.addRow(row)
+        self.pairs_list = QListWidget()
+        self.pairs_list.setMaximumHeight(80)
+        form.addRow(self.pairs_list)
+        self.folders_edit = QLineEdit()
+        self.folders_edit.setPlaceholderText(
+            "folders with <name>_image / <name>_label, ';'-separated"
+        )
+        browse = QPushButton("...")
+        browse.setMaximumWidth(30)
+        browse.clicked.connect(self._browse_folder)
+        frow = QHBoxLayout()
+        frow.addWidget(self.folders_edit)
+        frow.addWidget(browse)
+        form.addRow("folders", frow)
+        layout.addWidget(data_box)
+
+        opt_box = QGroupBox("Run")
+        opt = QFormLayout(opt_box)
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100000)
+        self.steps_spin.setValue(200)
+        self.patch_spin = QSpinBox()
+        self.patch_spin.setRange(8, 256)
+        self.patch_spin.setSingleStep(8)
+        self.patch_spin.setValue(48)
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 64)
+        self.batch_spin.setValue(2)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(2e-3)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.setCurrentText(settings.device)
+        self.out_edit = QLineEdit(str(Path.home() / "napari-tubular-runs" / "finetune"))
+        opt.addRow("steps", self.steps_spin)
+        opt.addRow("patch size (vox)", self.patch_spin)
+        opt.addRow("batch size", self.batch_spin)
+        opt.addRow("learning rate", self.lr_spin)
+        opt.addRow("device", self.device_combo)
+        opt.addRow("run folder", self.out_edit)
+        self.overwrite_check = QCheckBox("replace an existing run folder")
+        opt.addRow(self.overwrite_check)
+        buttons = QHBoxLayout()
+        self.start_button = QPushButton("Start")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button = QPushButton("Save model...")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(self._save_dialog)
+        for b in (self.start_button, self.stop_button, self.save_button):
+            buttons.addWidget(b)
+        opt.addRow(buttons)
+        self.progress_bar = QProgressBar()
+        opt.addRow(self.progress_bar)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        opt.addRow(self.status)
+        layout.addWidget(opt_box)
+        self.plot = LossPlot()
+        self.plot.setMinimumHeight(160)
+        layout.addWidget(self.plot)
+
+        self.relay = ProgressRelay()
+        self.relay.progressed.connect(self._on_progress)
+
+    # ------------------------------------------------------------------ data
+    def add_pair(self) -> None:
+        """Add the chosen (image, labels) layers as a training pair."""
+        image, labels = self.image_picker.layer(), self.label_picker.layer()
+        try:
+            if image is None or labels is None:
+                raise ValueError("choose an image layer and a labels layer")
+            layer_geometry(image)
+            layer_geometry(labels)
+            if tuple(image.data.shape) != tuple(labels.data.shape):
+                raise ValueError(
+                    f"image {image.name!r} {image.data.shape} and labels "
+                    f"{labels.name!r} {labels.data.shape} differ in shape"
+                )
+        except ValueError as exc:
+            self.status.setText(report_error("Add pair", exc))
+            return
+        pair = (image.name, labels.name)
+        if pair not in self.pairs:
+            self.pairs.append(pair)
+            self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
+        self.source_combo.setCurrentText("layer pairs")
+
+    def _remove_pair(self) -> None:
+        row = self.pairs_list.currentRow()
+        if row >= 0:
+            self.pairs.pop(row)
+            self.pairs_list.takeItem(row)
+
+    def _browse_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder of image/label pairs")
+        if folder:
+            text = self.folders_edit.text().strip()
+            self.folders_edit.setText(f"{text};{folder}" if text else folder)
+            self.source_combo.setCurrentText("folders")
+
+    def _write_pairs(self, folder: Path) -> list[str]:
+        from napari_tubular.io import write_volume
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, (image_name, label_name) in enumerate(self.pairs):
+            if image_name not in self.viewer.layers or label_name not in self.viewer.layers:
+                raise ValueError(
+                    f"layer pair ({image_name!r}, {label_name!r}) is no longer in the viewer"
+                )
+            image = volume_from_layer(self.viewer.layers[image_name])
+            labels = self.viewer.layers[label_name]
+            stem = f"pair{i:02d}"
+            write_volume(folder / f"{stem}_image.nii.gz", image, overwrite=True)
+            write_volume(
+                folder / f"{stem}_label.nii.gz",
+                image.with_data((labels.data > 0).astype("uint8")),
+                overwrite=True,
+            )
+        return [str(folder)]
+
+    def config(self):
+        """The ``TrainConfig`` for the current settings (writes layer pairs to disk).
+
+        Raises:
+            ValueError: no data chosen, or invalid options.
+        """
+        from napari_tubular.training import TrainConfig
+
+        out = Path(self.out_edit.text().strip() or ".").expanduser()
+        source = self.source_combo.currentText()
+        if source == "layer pairs":
+            if not self.pairs:
+                raise ValueError("layer pairs: add at least one (image, labels) pair")
+            data = self._write_pairs(out.parent / f"{out.name}_data")
+            val: list[str] = []
+        elif source == "folders":
+            data = [f.strip() for f in self.folders_edit.text().split(";") if f.strip()]
+            if not data:
+                raise ValueError("folders: give at least one folder of image/label pairs")
+            val = []
+        else:
+            data, val = ["synthetic"], ["synthetic"]
+        p = self.patch_spin.value()
+        return TrainConfig(
+            data=data,
+            val_data=val,
+            out=str(out),
+            steps=self.steps_spin.value(),
+            patch_size=(p, p, p),
+            batch_size=self.batch_spin.value(),
+            lr=self.lr_spin.value(),
+            device=self.device_combo.currentText(),
+            overwrite=self.overwrite_check.isChecked(),
+            val_every=0,
+            val_cases=1,
+            checkpoint_every=max(10, self.steps_spin.value()),
+            log_every=1,
+            description="fine-tuned in the napari-tubular widget",
+        )
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self._job is not None and self._job.running
+
+    def start(self, config=None) -> None:
+        """Start training (``config`` overrides the widget's settings, for scripts/tests)."""
+        if self.running:
+            return
+        try:
+            config = config if config is not None else self.config()
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            self.status.setText(report_error("Training", exc))
+            return
+        token = CancelToken()
+        relay = self.relay
+
+        def compute():
+            from napari_tubular.training import train
+
+            return train(config, progress=relay, cancel=token)
+
+        def returned(path):
+            self.model_path = Path(path)
+            self.save_button.setEnabled(True)
+            self.status.setText(f"done: {self.model_path}")
+
+        def finished():
+            self.start_button.setEnabled(True)
+            self.stop_button.setEnabled(False)
+
+        self.plot.clear()
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("starting...")
+        self._job = start_job(
+            compute,
+            sync=self.sync,
+            what="Training",
+            token=token,
+            on_returned=returned,
+            on_finished=finished,
+            on_cancelled=lambda: self.status.setText("stopped"),
+            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+        )
+
+    def stop(self) -> None:
+        """Ask the training loop to stop (it saves ``last.pt`` first)."""
+        if self.running:
+            self._job.cancel()
+            self.status.setText("stopping...")
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(done)
+        self.status.setText(message)
+        loss = parse_loss(message)
+        if loss is not None:
+            self.plot.add(done, loss)
+
+    def save_model(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Copy the trained model file to ``path``.
+
+        Raises:
+            ValueError: no finished run yet.
+            FileExistsError: ``path`` exists and ``overwrite`` is False.
+        """
+        if self.model_path is None or not self.model_path.is_file():
+            raise ValueError("no trained model yet: start a run and let it finish")
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; choose another name")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.model_path, path)
+        return path
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save model", "finetuned.pt", "Models (*.pt)")
+        if path:
+            try:
+                self.save_model(path, overwrite=True)
+                self.status.setText(f"saved {path}")
+            except (ValueError, OSError) as exc:
+                report_error("Save model", exc)

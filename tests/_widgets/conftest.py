@@ -1,0 +1,103 @@
+"""Fixtures for the napari widget tests (run under xvfb: see docs / NAPARI_TESTING.md)."""
+
+import numpy as np
+import pytest
+
+SPACING = (1.5, 1.0, 0.8)
+TRANSLATE = (10.0, -5.0, 2.5)
+
+
+@pytest.fixture(autouse=True)
+def _widget_env(monkeypatch, tmp_path):
+    """Synchronous jobs and a private settings file for every widget test."""
+    monkeypatch.setenv("NAPARI_TUBULAR_SYNC", "1")
+    monkeypatch.setenv("NAPARI_TUBULAR_CONFIG", str(tmp_path / "settings.json"))
+
+
+@pytest.fixture(scope="session")
+def vessel_case():
+    """A small anisotropic synthetic vessel tree (image, mask, centerline, spacing)."""
+    from napari_tubular.synthetic import make_vessel_tree
+
+    return make_vessel_tree((32, 40, 40), spacing=SPACING, seed=3, distractors=False)
+
+
+@pytest.fixture
+def fake_prediction(vessel_case):
+    """A ``Prediction``-like object built from the reference mask (no network)."""
+    from scipy import ndimage as ndi
+
+    from napari_tubular.geometry.distance import local_radius_mm
+    from napari_tubular.inference import Prediction
+
+    mask = vessel_case.mask.astype(bool)
+    prob = ndi.gaussian_filter(mask.astype(np.float32), 0.7)
+    prob = np.clip(prob / max(float(prob.max()), 1e-6), 0, 1).astype(np.float32)
+    radius = ndi.grey_dilation(local_radius_mm(mask, SPACING), size=3).astype(np.float32)
+    return Prediction(
+        probability=prob,
+        radius_mm=radius,
+        spacing=SPACING,
+        model_spacing=SPACING,
+        device_used="cpu",
+        batch_size=1,
+        timings={},
+        meta={},
+    )
+
+
+class PredictCounter:
+    """Stand-in for ``inference.predict``: counts calls, returns a fixed prediction."""
+
+    def __init__(self, prediction, cancel_after=None):
+        self.prediction = prediction
+        self.calls = 0
+        self.cancel_after = cancel_after
+
+    def __call__(
+        self, volume, model="default", device="auto", *, progress=None, cancel=None, **kwargs
+    ):
+        self.calls += 1
+        for i in range(3):
+            if cancel is not None and cancel():
+                from napari_tubular.inference import Cancelled
+
+                raise Cancelled("inference cancelled")
+            if progress is not None:
+                progress(i + 1, 3, f"window {i + 1}/3")
+        assert volume.data.shape == self.prediction.probability.shape
+        return self.prediction
+
+
+@pytest.fixture
+def predict_counter(monkeypatch, fake_prediction):
+    """Replace ``inference.predict`` and the model loading by a counting stand-in."""
+    from napari_tubular import inference
+    from napari_tubular._widgets.segment import SegmentWidget
+
+    counter = PredictCounter(fake_prediction)
+    monkeypatch.setattr(inference, "predict", counter)
+    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+    return counter
+
+
+@pytest.fixture
+def tiny_model_path(tmp_path_factory):
+    """A random-weight TubularUNet saved as a model file (for a real end-to-end run)."""
+    import torch
+
+    from napari_tubular.models import TubularUNet, save_model
+
+    torch.manual_seed(0)
+    net = TubularUNet(in_channels=1, base_channels=4, depth=2, num_scales=4)
+    # trained spacing = the test volume's spacing and one window per 24^3 volume: a fast run
+    meta = {
+        "arch": dict(net.config),
+        "K": 3,
+        "spacing": list(SPACING),
+        "normalization": {"kind": "zscore"},
+        "patch_size": [24, 24, 24],
+    }
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(path, net, meta)
+    return path

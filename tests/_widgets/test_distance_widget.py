@@ -1,0 +1,109 @@
+"""DistanceMapWidget: maps with the layer geometry, branch table on a known tube, navigation."""
+
+import numpy as np
+import pytest
+
+from napari_tubular._widgets import _workers
+from napari_tubular._widgets.distance import MAPS, DistanceMapWidget
+
+from .conftest import TRANSLATE
+
+pytestmark = pytest.mark.gui
+
+TUBE_SPACING = (1.0, 0.5, 0.5)
+
+
+@pytest.fixture
+def tube_viewer(make_napari_viewer):
+    from napari_tubular.synthetic import make_tube
+
+    # a straight tube of radius 3 mm along z, 24 mm long, centred on voxels, anisotropic grid
+    case = make_tube(
+        (32, 32, 32),
+        spacing=TUBE_SPACING,
+        radius_mm=3.0,
+        axis=0,
+        length=24.0,
+        center_mm=(15.0, 7.5, 7.5),
+    )
+    viewer = make_napari_viewer()
+    viewer.add_labels(
+        case.mask.astype(np.uint8), name="tube", scale=TUBE_SPACING, translate=TRANSLATE
+    )
+    return viewer, case
+
+
+@pytest.mark.slow
+def test_all_maps_have_the_layer_geometry(tube_viewer):
+    viewer, case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(list(MAPS))
+    widget.k_spin.setValue(4)
+    widget.iters_spin.setValue(8)
+    widget.run()
+    mask = case.mask.astype(bool)
+    assert set(widget.maps) == set(MAPS)
+    for key in MAPS:
+        layer = next(ly for ly in viewer.layers if ly.metadata.get("napari_tubular_role") == key)
+        np.testing.assert_allclose(layer.scale, TUBE_SPACING)
+        np.testing.assert_allclose(layer.translate, TRANSLATE)
+        assert layer.data.shape == mask.shape
+    edt = widget.maps["edt"]
+    assert np.all(edt[~mask] == 0)
+    assert np.all(edt[mask] > 0)
+    assert edt.max() == pytest.approx(3.0, abs=0.6)  # mm, not voxels (6 voxels in y/x)
+    assert widget.maps["scale"].max() == 4
+    assert set(np.unique(widget.maps["scale"])) <= set(range(5))
+    assert np.all(widget.maps["signed"][mask] <= 0)
+    assert np.all(widget.maps["signed"][~mask] > 0)
+    assert widget.maps["skeleton"][~mask].sum() == 0
+    assert widget.maps["skeleton"].sum() > 0
+    soft = widget.maps["soft_skeleton"]
+    assert 0 <= soft.min()
+    assert soft.max() <= 1
+    assert soft[~mask].max() == 0
+    nidm = widget.maps["nidm"]
+    assert nidm[mask].max() == pytest.approx(1.0)
+    assert nidm[~mask].max() == 0
+
+
+def test_branch_table_on_a_known_tube(tube_viewer):
+    viewer, case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["graph"])
+    widget.run()
+    assert widget.table.rowCount() == len(widget.branches) >= 1
+    longest = max(widget.branches, key=lambda b: b["length_mm"])
+    # the medial axis stops one radius short of each flat end: 24 - 2 * 3 mm
+    assert longest["length_mm"] == pytest.approx(18.0, abs=2.0)
+    assert longest["mean_radius_mm"] == pytest.approx(3.0, abs=0.75)
+    labels = viewer.layers["tube branches"].data
+    assert set(np.unique(labels)) - {0} == {b["id"] + 1 for b in widget.branches}
+    # clicking a row centres the camera on the branch (world = centroid_mm + translate)
+    viewer.dims.ndisplay = 3
+    row = widget.branches.index(longest)
+    widget.table.cellClicked.emit(row, 0)
+    expected = np.asarray(longest["centroid_mm"]) + np.asarray(TRANSLATE)
+    np.testing.assert_allclose(viewer.scene.camera.center, expected, atol=1e-6)
+    np.testing.assert_allclose(viewer.dims.point[-3:], expected, atol=1e-6)
+    centre_vox = np.rint(viewer.layers["tube"].world_to_data(expected)).astype(int)
+    assert case.mask[tuple(centre_vox)]  # the branch centre is inside the tube
+    # re-running replaces the layers
+    n = len(viewer.layers)
+    widget.run()
+    assert len(viewer.layers) == n
+
+
+def test_errors_are_notifications(make_napari_viewer, monkeypatch):
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = DistanceMapWidget(viewer)
+    widget.run()
+    assert shown
+    assert "labels" in shown[-1]
+    viewer.add_labels(np.ones((4, 4), np.uint8), name="flat")
+    widget.run()
+    assert "3-D" in shown[-1]
+    with pytest.raises(ValueError, match="unknown map"):
+        widget.set_selected(["nope"])

@@ -1,0 +1,152 @@
+"""Layer helpers: geometry, add-or-replace, sphere points on voxels, live layer pickers."""
+
+import numpy as np
+import pytest
+
+from napari_tubular._widgets._layers import (
+    LayerPicker,
+    layer_geometry,
+    radius_colors,
+    spheres_points_kwargs,
+    upsert_layer,
+    volume_from_layer,
+)
+
+from .conftest import SPACING, TRANSLATE
+
+pytestmark = pytest.mark.gui
+
+
+def test_geometry_and_volume(make_napari_viewer):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=SPACING, translate=TRANSLATE)
+    assert layer_geometry(layer) == (SPACING, TRANSLATE)
+    volume = volume_from_layer(layer)
+    assert volume.spacing == SPACING
+    assert volume.origin == TRANSLATE
+    assert volume.shape == (4, 5, 6)
+    flat = viewer.add_image(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="3-D"):
+        layer_geometry(flat)
+    with pytest.raises(ValueError, match="no layer"):
+        layer_geometry(None)
+
+
+def test_upsert_replaces_own_layer_only(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((3, 3, 3), np.uint8), name="user labels")
+    a = upsert_layer(
+        viewer,
+        "labels",
+        np.ones((3, 3, 3), np.uint8),
+        owner="w",
+        role="labels",
+        source="img",
+        name="img labels",
+        scale=SPACING,
+    )
+    b = upsert_layer(
+        viewer,
+        "labels",
+        np.zeros((3, 3, 3), np.uint8),
+        owner="w",
+        role="labels",
+        source="img",
+        name="img labels",
+        scale=(2, 2, 2),
+    )
+    assert a is b
+    assert len(viewer.layers) == 2
+    np.testing.assert_allclose(b.scale, (2, 2, 2))
+    assert b.data.sum() == 0
+    # another source adds a layer; a type change replaces the layer
+    upsert_layer(
+        viewer,
+        "labels",
+        np.ones((3, 3, 3), np.uint8),
+        owner="w",
+        role="labels",
+        source="other",
+        name="other labels",
+    )
+    assert len(viewer.layers) == 3
+    c = upsert_layer(
+        viewer,
+        "image",
+        np.ones((3, 3, 3)),
+        owner="w",
+        role="labels",
+        source="img",
+        name="img labels",
+    )
+    assert c._type_string == "image"
+    assert len(viewer.layers) == 3
+
+
+def test_sphere_points_overlay_their_voxels(make_napari_viewer):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((10, 12, 14)), scale=SPACING, translate=TRANSLATE)
+    voxels = np.array([[0, 0, 0], [3, 7, 11], [9, 11, 13]])
+    radii = np.array([0.5, 1.0, 2.0])
+    data, kwargs = spheres_points_kwargs(voxels * np.asarray(SPACING), radii, TRANSLATE)
+    points = viewer.add_points(data, **kwargs)
+    world = np.array([points.data_to_world(p) for p in points.data])
+    back = np.array([image.world_to_data(w) for w in world])
+    np.testing.assert_allclose(back, voxels, atol=1e-9)
+    np.testing.assert_allclose(points.size, 2 * radii)  # diameters in mm (layer scale 1)
+    np.testing.assert_allclose(points.face_color[0], radius_colors(radii)[0], atol=1e-6)
+    # updating in place keeps per-point sizes right when the count changes
+    data2, kwargs2 = spheres_points_kwargs(data[:2], radii[:2], TRANSLATE)
+    upsert_layer(viewer, "points", data2, owner="w", role="s", source=None, name="s", **kwargs2)
+    layer = upsert_layer(
+        viewer, "points", data, owner="w", role="s", source=None, name="s", **kwargs
+    )
+    np.testing.assert_allclose(layer.size, 2 * radii)
+    with pytest.raises(ValueError, match="radii"):
+        spheres_points_kwargs(data, radii[:2], TRANSLATE)
+
+
+def test_radius_colors_span_the_colormap():
+    colors = radius_colors(np.array([1.0, 2.0, 3.0]), limits=(1.0, 3.0))
+    assert colors.shape == (3, 4)
+    assert not np.allclose(colors[0], colors[-1])
+    np.testing.assert_allclose(radius_colors(np.array([5.0]), limits=(1.0, 3.0)), colors[-1:])
+
+
+def test_layer_picker_follows_the_layer_list(make_napari_viewer):
+    viewer = make_napari_viewer()
+    picker = LayerPicker(viewer, ["labels"], allow_none=True)
+    assert picker.layer() is None
+    layer = viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="a")
+    viewer.add_image(np.zeros((2, 2, 2)), name="img")
+    assert [picker.itemText(i) for i in range(picker.count())] == ["(none)", "a"]
+    picker.set_layer(layer)
+    assert picker.layer() is layer
+    layer.name = "renamed"
+    assert picker.findText("renamed") >= 0
+    viewer.layers.remove(layer)
+    assert picker.count() == 1
+    assert picker.layer() is None
+
+
+def test_results_on_an_oblique_volume_keep_its_direction(make_napari_viewer, tmp_path):
+    """A RAS-stored / oblique file opens with an affine; result layers must line up with it and
+    carry its geometry record, so that saving them writes the source geometry."""
+    from napari_tubular._napari_io import napari_get_reader
+    from napari_tubular.io import Volume, write_volume
+
+    direction = np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])
+    vol = Volume(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6), (2.0, 0.7, 0.9),
+                 (3.0, -4.0, 5.0), direction)
+    path = write_volume(tmp_path / "ras.nii.gz", vol)
+    data, kwargs, kind = napari_get_reader(str(path))(str(path))[0]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, **kwargs)
+    labels = upsert_layer(viewer, "labels", np.ones((4, 5, 6), np.uint8), owner="w",
+                          role="labels", source=image.name, name="res",
+                          scale=image.scale, translate=image.translate)
+    np.testing.assert_allclose(labels.affine.affine_matrix, image.affine.affine_matrix)
+    corner = (3, 4, 5)
+    np.testing.assert_allclose(labels.data_to_world(corner), image.data_to_world(corner))
+    np.testing.assert_allclose(labels.metadata["direction"], direction)
+    np.testing.assert_allclose(volume_from_layer(image).direction, direction)

@@ -1,0 +1,251 @@
+"""SegmentWidget: network run, layers and geometry, live refinement, cancel, errors, settings."""
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_tubular._widgets import _workers
+from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
+from napari_tubular._widgets._settings import load_settings
+from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
+
+from .conftest import SPACING, TRANSLATE
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    return shown
+
+
+def _owned(viewer, role):
+    found = [
+        ly
+        for ly in viewer.layers
+        if ly.metadata.get(OWNER_KEY) == "segment" and ly.metadata.get(ROLE_KEY) == role
+    ]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+@pytest.fixture
+def seg(make_napari_viewer, vessel_case, predict_counter):
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.tp_slider.setValue(0.6)
+    widget.tr_slider.setValue(0.5)
+    widget.run()
+    return viewer, widget, predict_counter
+
+
+def test_run_adds_layers_with_image_geometry(seg):
+    viewer, widget, counter = seg
+    assert counter.calls == 1
+    for role, kind in [
+        ("probability", "image"),
+        ("radius", "image"),
+        ("labels", "labels"),
+        ("skeleton", "labels"),
+        ("spheres", "points"),
+    ]:
+        layer = _owned(viewer, role)
+        assert layer is not None, role
+        assert layer._type_string == kind
+        if kind != "points":
+            np.testing.assert_allclose(layer.scale, SPACING)
+        np.testing.assert_allclose(layer.translate, TRANSLATE)
+    assert _owned(viewer, "radius").colorbar.visible
+    assert np.count_nonzero(_owned(viewer, "labels").data) > 0
+    # re-running replaces the widget's layers instead of adding duplicates
+    n_layers = len(viewer.layers)
+    widget.run()
+    assert counter.calls == 2
+    assert len(viewer.layers) == n_layers
+
+
+def test_spheres_sit_on_their_voxels(seg):
+    viewer, widget, _ = seg
+    image, points = viewer.layers["ct"], _owned(viewer, "spheres")
+    skeleton = _owned(viewer, "skeleton").data
+    assert len(points.data) == int(skeleton.sum()) > 0
+    world = points.data * np.asarray(points.scale) + np.asarray(points.translate)
+    vox = np.rint(np.array([image.world_to_data(w) for w in world])).astype(int)
+    np.testing.assert_allclose([image.world_to_data(w) for w in world], vox, atol=1e-6)
+    assert skeleton[tuple(vox.T)].all()
+    # size is the diameter in mm of the radius predicted at that voxel
+    radius = widget.prediction.radius_mm[tuple(vox.T)]
+    expected = 2 * np.maximum(radius, 0.5 * min(SPACING))
+    np.testing.assert_allclose(points.size, expected, rtol=1e-5)
+
+
+def test_sliders_refine_without_calling_the_network(seg):
+    viewer, widget, counter = seg
+    labels = _owned(viewer, "labels")
+    before = labels.data.copy()
+    n_recon = widget.refiner.n_reconstructions
+    widget.tr_slider.setValue(0.9)  # re-threshold only
+    after_tr = labels.data.copy()
+    assert after_tr.sum() < before.sum()
+    assert widget.refiner.n_reconstructions == n_recon
+    widget.tp_slider.setValue(0.95)  # new pseudo-skeleton
+    assert widget.refiner.n_reconstructions == n_recon + 1
+    assert not np.array_equal(labels.data, after_tr)
+    assert _owned(viewer, "skeleton").data.sum() < int((widget.prediction.probability > 0.6).sum())
+    assert counter.calls == 1
+    assert widget.refine_count == 2
+    assert labels is _owned(viewer, "labels")  # same layer, new data
+
+
+def test_metrics_against_reference_follow_the_sliders(seg, vessel_case):
+    viewer, widget, counter = seg
+    viewer.add_labels(
+        vessel_case.mask.astype(np.uint8), name="reference", scale=SPACING, translate=TRANSLATE
+    )
+    widget.reference_picker.set_layer(viewer.layers["reference"])
+    assert widget.metrics is not None
+    dice_low = widget.metrics["dice"]
+    assert 0.5 < dice_low <= 1.0
+    assert "clDice" in widget.metrics_label.text()
+    assert "Betti" in widget.metrics_label.text()
+    widget.tr_slider.setValue(0.95)
+    assert widget.metrics["dice"] != dice_low
+    assert counter.calls == 1
+
+
+@pytest.mark.slow
+def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_path):
+    viewer = make_napari_viewer()
+    image = vessel_case.image[:24, :24, :24]
+    viewer.add_image(image, name="ct", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tiny_model_path))
+    widget.tp_slider.setValue(0.5)
+    widget.run()
+    prob = _owned(viewer, "probability")
+    assert prob is not None
+    assert prob.data.shape == image.shape
+    assert 0.0 <= prob.data.min()
+    assert prob.data.max() <= 1.0
+    np.testing.assert_allclose(_owned(viewer, "labels").scale, SPACING)
+    assert len(widget._models) == 1  # cached by (path, device)
+    widget.run()
+    assert len(widget._models) == 1
+    settings = load_settings()
+    assert settings.model == str(tiny_model_path)
+    assert settings.device == "cpu"
+    assert settings.tp == pytest.approx(0.5)
+    # a new widget starts from the saved settings
+    again = SegmentWidget(viewer)
+    assert again.model_spec() == str(tiny_model_path)
+    assert again.tp == pytest.approx(0.5)
+
+
+def test_cancel_stops_the_worker(
+    make_napari_viewer, vessel_case, monkeypatch, qtbot, fake_prediction
+):
+    import threading
+
+    from napari_tubular import inference
+
+    started = threading.Event()
+
+    def slow_predict(volume, model=None, device=None, *, progress=None, cancel=None, **kw):
+        started.set()
+        for _ in range(500):
+            if cancel():
+                raise inference.Cancelled("inference cancelled")
+            threading.Event().wait(0.01)
+        return fake_prediction
+
+    monkeypatch.setattr(inference, "predict", slow_predict)
+    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
+    widget = SegmentWidget(viewer, sync=False)
+    widget.run()
+    assert widget.busy
+    assert widget.cancel_button.isEnabled()
+    assert started.wait(5)
+    # the GUI event loop keeps running while the network job works
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(1))
+    timer.start(10)
+    qtbot.waitUntil(lambda: len(ticks) >= 5, timeout=3000)
+    timer.stop()
+    assert widget.busy
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert widget.prediction is None
+    assert _owned(viewer, "labels") is None
+    assert widget.status.text() == "cancelled"
+    assert widget.run_button.isEnabled()
+    assert not widget.cancel_button.isEnabled()
+
+
+def test_threaded_slider_drag_is_debounced(make_napari_viewer, vessel_case, predict_counter, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
+    widget = SegmentWidget(viewer, sync=False)
+    widget.tp_slider.setValue(0.6)
+    widget.run()
+    qtbot.waitUntil(lambda: widget.result is not None and not widget.busy, timeout=10000)
+    for value in (0.62, 0.65, 0.7, 0.75, 0.8):  # a drag: only the last value is refined
+        widget.tp_slider.setValue(value)
+    assert widget._debouncer.pending
+    qtbot.waitUntil(lambda: widget.result.tp == pytest.approx(0.8), timeout=10000)
+    assert widget.refine_count == 1
+    assert predict_counter.calls == 1
+
+
+def test_errors_are_notifications(make_napari_viewer, vessel_case, errors):
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    widget.run()  # no image layer
+    assert errors
+    assert "image" in errors[-1]
+    viewer.add_image(vessel_case.image, name="ct")
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText("/nonexistent/model.pt")
+    widget.run()  # FileNotFoundError in the worker
+    assert "does not exist" in errors[-1]
+    assert widget.status.text().startswith("error")
+    assert widget.run_button.isEnabled()
+    viewer.add_image(np.zeros((8, 8)), name="flat")
+    widget.image_picker.set_layer(viewer.layers["flat"])
+    widget.run()
+    assert "3-D" in errors[-1]
+
+
+@pytest.mark.gpu
+def test_gpu_memory_is_released_after_a_run(make_napari_viewer, vessel_case, tiny_model_path):
+    import torch
+
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image[:24, :24, :24], name="ct", scale=SPACING)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cuda")
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tiny_model_path))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    widget.run()
+    assert widget.prediction is not None
+    assert "GPU:" in widget.device_label.text()
+    net, _meta = next(iter(widget._models.values()))
+    weights = sum(p.numel() * p.element_size() for p in net.parameters())
+    # only the cached weights stay allocated (activations and caches are freed)
+    assert torch.cuda.memory_allocated() - before <= weights + 2**20
+    widget.free_memory()
+    del net
+    import gc
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_allocated() <= before + 2**20

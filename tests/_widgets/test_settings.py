@@ -1,0 +1,42 @@
+"""Widget settings file: round trip, defaults for bad files, validation."""
+
+import json
+
+import pytest
+
+from napari_tubular._widgets._settings import (
+    WidgetSettings,
+    load_settings,
+    save_settings,
+    settings_path,
+    update_settings,
+)
+
+
+def test_round_trip_and_env_path(tmp_path):
+    path = settings_path()
+    assert path == tmp_path / "settings.json"  # NAPARI_TUBULAR_CONFIG from conftest
+    assert load_settings() == WidgetSettings()  # no file yet: defaults
+    saved = update_settings(model="/models/a.pt", device="cpu", tp=0.8, tr=0.3)
+    assert json.loads(path.read_text())["model"] == "/models/a.pt"
+    assert load_settings() == saved == WidgetSettings("/models/a.pt", "cpu", 0.8, 0.3)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"tp": 7, "device": "tpu"}', ""])
+def test_bad_files_fall_back_to_defaults(tmp_path, text):
+    path = tmp_path / "s.json"
+    path.write_text(text)
+    settings = load_settings(path)
+    assert settings.tp == WidgetSettings().tp
+    assert settings.device == "auto"
+
+
+def test_invalid_values_are_replaced_and_unknown_keys_rejected(tmp_path):
+    path = save_settings(
+        WidgetSettings(tp=1.5, tr=-1, soft_iters=0, device="gpu"), tmp_path / "x.json"
+    )
+    assert load_settings(path) == WidgetSettings()
+    path.write_text(json.dumps({"tr": 0.25, "future_option": 1}))
+    assert load_settings(path).tr == 0.25
+    with pytest.raises(ValueError, match="unknown setting"):
+        update_settings(path, colour="red")

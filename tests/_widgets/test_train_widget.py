@@ -1,0 +1,121 @@
+"""TrainingWidget: layer pairs to training data, a short run with a live loss plot, stop, save."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+
+from napari_tubular._widgets import _workers
+from napari_tubular._widgets.train import TrainingWidget, parse_loss
+
+from .conftest import SPACING, TRANSLATE
+
+pytestmark = pytest.mark.gui
+
+TINY = {"base_channels": 4, "depth": 2}
+
+
+@pytest.fixture
+def train_widget(make_napari_viewer, vessel_case, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    viewer.add_labels(
+        vessel_case.mask.astype(np.uint8), name="ref", scale=SPACING, translate=TRANSLATE
+    )
+    widget = TrainingWidget(viewer)
+    widget.out_edit.setText(str(tmp_path / "run"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.add_pair()
+    return widget
+
+
+def _tiny(config, **changes):
+    return dataclasses.replace(
+        config,
+        model=dict(TINY),
+        patch_size=(16, 16, 16),
+        batch_size=1,
+        K=3,
+        augment=False,
+        **changes,
+    )
+
+
+def test_layer_pairs_become_training_data(train_widget):
+    from napari_tubular.io import read_volume
+    from napari_tubular.training import find_pairs
+
+    assert train_widget.pairs == [("ct", "ref")]
+    config = train_widget.config()
+    pairs = find_pairs(config.data)
+    assert len(pairs) == 1
+    image = read_volume(pairs[0][0])
+    np.testing.assert_allclose(image.spacing, SPACING)
+    np.testing.assert_allclose(image.origin, TRANSLATE)
+    label = read_volume(pairs[0][1])
+    assert set(np.unique(label.data)) == {0, 1}
+
+
+def test_parse_loss():
+    assert parse_loss("step 2/3 loss 1.7697 | 1.34 it/s") == pytest.approx(1.7697)
+    assert parse_loss("loading training volumes") is None
+
+
+@pytest.mark.slow
+def test_short_run_plots_loss_and_saves(train_widget, tmp_path, monkeypatch):
+    from napari_tubular.models import load_model
+
+    train_widget.start(_tiny(train_widget.config(), steps=3, log_every=1))
+    assert train_widget.model_path is not None
+    assert train_widget.model_path.is_file()
+    assert train_widget.plot.steps == [1, 2, 3]
+    assert all(np.isfinite(train_widget.plot.losses))
+    assert train_widget.save_button.isEnabled()
+    # a second run into the same folder needs the overwrite box
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    train_widget.start(_tiny(train_widget.config(), steps=1))
+    assert shown
+    assert "resume" in shown[-1] or "exists" in shown[-1] or "not empty" in shown[-1]
+    saved = train_widget.save_model(tmp_path / "mine.pt")
+    net, meta = load_model(saved, device="cpu")
+    assert meta["K"] == 3
+    with pytest.raises(FileExistsError):
+        train_widget.save_model(saved)
+
+
+@pytest.mark.slow
+def test_stop_ends_the_run(train_widget, qtbot, tmp_path):
+    train_widget.sync = False
+    train_widget.overwrite_check.setChecked(True)
+    started = threading.Event()
+    train_widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
+    train_widget.start(_tiny(train_widget.config(), steps=5000, log_every=1))
+    assert train_widget.running
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    train_widget.stop()
+    qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
+    assert train_widget.status.text() == "stopped"
+    assert train_widget.model_path is None
+    assert (tmp_path / "run" / "last.pt").is_file()  # the core saves before stopping
+    assert train_widget.start_button.isEnabled()
+
+
+def test_errors_are_notifications(make_napari_viewer, monkeypatch, tmp_path):
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    widget = TrainingWidget(viewer)
+    widget.out_edit.setText(str(tmp_path / "run"))
+    widget.start()  # no pairs
+    assert shown
+    assert "pair" in shown[-1]
+    widget.source_combo.setCurrentText("folders")
+    widget.folders_edit.setText(str(tmp_path / "missing"))
+    widget.device_combo.setCurrentText("cpu")
+    widget.start()  # the core raises FileNotFoundError in the worker
+    assert "not found" in shown[-1]
+    assert widget.start_button.isEnabled()
+    with pytest.raises(ValueError, match="no trained model"):
+        widget.save_model(tmp_path / "x.pt")

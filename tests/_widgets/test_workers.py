@@ -1,0 +1,101 @@
+"""Worker plumbing: outcomes routed to the right callbacks, errors as notifications, debounce."""
+
+import threading
+
+import pytest
+
+from napari_tubular._widgets import _workers
+from napari_tubular._widgets._workers import CancelToken, Debouncer, ProgressRelay, start_job
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def shown(monkeypatch):
+    messages = []
+    monkeypatch.setattr(_workers, "show_error", messages.append)
+    monkeypatch.setattr(_workers, "show_info", messages.append)
+    return messages
+
+
+def _calls():
+    log = []
+    return log, {
+        "on_returned": lambda r: log.append(("returned", r)),
+        "on_error": lambda e: log.append(("error", type(e).__name__)),
+        "on_cancelled": lambda: log.append(("cancelled",)),
+        "on_finished": lambda: log.append(("finished",)),
+    }
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (ValueError("spacing: bad"), "Job failed: spacing: bad"),
+        (FileNotFoundError("x.pt missing"), "Job failed: x.pt missing"),
+        (ZeroDivisionError("oops"), "Job failed (ZeroDivisionError): oops"),
+    ],
+)
+def test_errors_become_notifications(qapp, shown, exc, text):
+    def boom():
+        raise exc
+
+    log, callbacks = _calls()
+    job = start_job(boom, sync=True, what="Job", **callbacks)
+    assert shown == [text]
+    assert log == [("error", type(exc).__name__), ("finished",)]
+    assert not job.running
+
+
+def test_core_cancelled_is_not_an_error(qapp, shown):
+    class Cancelled(RuntimeError):
+        pass
+
+    def stopped():
+        raise Cancelled("inference cancelled")
+
+    log, callbacks = _calls()
+    start_job(stopped, sync=True, what="Job", **callbacks)
+    assert log == [("cancelled",), ("finished",)]
+    assert shown == ["Job cancelled."]
+
+
+def test_cancel_discards_a_result_that_arrives_late(qtbot, shown):
+    release = threading.Event()
+    token = CancelToken()
+
+    def work():
+        release.wait(5)  # ignores the token, like a core step that cannot be interrupted
+        return 42
+
+    log, callbacks = _calls()
+    job = start_job(work, sync=False, what="Job", token=token, **callbacks)
+    job.cancel()
+    assert token()
+    release.set()
+    qtbot.waitUntil(lambda: not job.running, timeout=5000)
+    assert log == [("cancelled",), ("finished",)]
+
+
+def test_progress_relay_reaches_the_gui_thread(qtbot):
+    relay = ProgressRelay()
+    seen = []
+    relay.progressed.connect(lambda d, t, m: seen.append((d, t, m, threading.get_ident())))
+    job = start_job(lambda: [relay(i, 3, f"step {i}") for i in range(1, 4)], sync=False, what="Job")
+    qtbot.waitUntil(lambda: not job.running and len(seen) == 3, timeout=5000)
+    assert [s[:3] for s in seen] == [(1, 3, "step 1"), (2, 3, "step 2"), (3, 3, "step 3")]
+    assert {s[3] for s in seen} == {threading.get_ident()}
+
+
+def test_debouncer_coalesces_triggers(qtbot):
+    calls = []
+    debouncer = Debouncer(lambda: calls.append(1), delay_ms=50)
+    for _ in range(5):
+        debouncer.trigger()
+    assert calls == []
+    qtbot.waitUntil(lambda: calls == [1], timeout=2000)
+    qtbot.wait(120)
+    assert calls == [1]
+    sync = Debouncer(lambda: calls.append(2), sync=True)
+    sync.trigger()
+    assert calls == [1, 2]
