@@ -1,0 +1,222 @@
+"""``napari-tubular segment INPUT... -o OUTDIR``: DDT segmentation of volumes.
+
+For each input ``NAME.<ext>`` (NIfTI, NRRD, MHA/MHD or a DICOM series folder) it writes, with the
+input's geometry::
+
+    OUTDIR/NAME_labels.nii.gz       uint8, refined labels (or probability > 0.5 with --no-refine)
+    OUTDIR/NAME_probability.nii.gz  float32 in [0, 1], unrefined network probability
+    OUTDIR/NAME_radius.nii.gz       float32 mm, predicted radius on the foreground, 0 elsewhere
+    OUTDIR/NAME_skeleton.nii.gz     uint8, pseudo-skeleton probability > tp
+    OUTDIR/NAME_report.json         model, device, time, parameters, volume, length, Betti numbers
+
+Existing outputs are never replaced without ``--overwrite``; the check runs for every input
+before anything is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+OUTPUT_SUFFIXES = {
+    "labels": "_labels.nii.gz",
+    "probability": "_probability.nii.gz",
+    "radius": "_radius.nii.gz",
+    "skeleton": "_skeleton.nii.gz",
+    "report": "_report.json",
+}
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name,
+        help=help_text,
+        description=(
+            "Segment tubular structures with a Deep Distance Transform model. For each input "
+            "NAME.ext writes OUTDIR/NAME_labels.nii.gz (uint8, refined), NAME_probability.nii.gz "
+            "(float32 0..1, unrefined), NAME_radius.nii.gz (float32 mm on the foreground), "
+            "NAME_skeleton.nii.gz (uint8 pseudo-skeleton) and NAME_report.json, all with the "
+            "input's geometry. With --no-refine the labels are probability > 0.5."
+        ),
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="volume file(s) (.nii.gz, .nii, .nrrd, .mha, .mhd), DICOM series folder(s), "
+        "or folder(s) whose volumes are all segmented",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)"
+    )
+    p.add_argument(
+        "--model",
+        default="default",
+        metavar="default|PATH",
+        help="model file (default: the installed default model)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the network runs (auto: CUDA if available)",
+    )
+    p.add_argument(
+        "--tp", type=float, default=0.9, help="pseudo-skeleton threshold T_p (default 0.9)"
+    )
+    p.add_argument("--tr", type=float, default=0.5, help="refined-map threshold T_r (default 0.5)")
+    p.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="skip the geometry-aware refinement: labels = probability > 0.5",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="windows per forward pass (default 1 on CPU, 4 on CUDA; halved on OOM)",
+    )
+    p.add_argument(
+        "--overlap", type=float, default=0.25, help="sliding-window overlap (default 0.25)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=run)
+    return p
+
+
+def expand_inputs(inputs) -> list[Path]:
+    """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
+    holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one)."""
+    from ..io import list_volumes
+
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"input not found: {p}")
+        vols = list_volumes(p) if p.is_dir() else []
+        if vols:
+            out.extend(vols)
+        else:
+            out.append(p)
+    return out
+
+
+def output_paths(outdir: Path, name: str) -> dict[str, Path]:
+    return {k: outdir / f"{name}{suffix}" for k, suffix in OUTPUT_SUFFIXES.items()}
+
+
+def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool) -> list[tuple[Path, dict]]:
+    """(input, output paths) per input; raises before any work on name clashes or existing files."""
+    from ..io import volume_stem
+
+    plan = []
+    seen: dict[str, Path] = {}
+    for path in inputs:
+        name = volume_stem(path)
+        if name in seen:
+            raise ValueError(
+                f"inputs {seen[name]} and {path} both give the output name {name!r}; "
+                "segment them into different output folders"
+            )
+        seen[name] = path
+        plan.append((path, output_paths(outdir, name)))
+    if not overwrite:
+        existing = [str(p) for _, outs in plan for p in outs.values() if p.exists()]
+        if existing:
+            shown = ", ".join(existing[:6]) + (
+                f" and {len(existing) - 6} more" if len(existing) > 6 else ""
+            )
+            raise FileExistsError(
+                f"output file(s) exist: {shown}; pass --overwrite to replace them"
+            )
+    return plan
+
+
+class StderrProgress:
+    """``progress(done, total, message)`` printing at most every 10 % / message change."""
+
+    def __init__(self, prefix: str, quiet: bool = False):
+        self.prefix = prefix
+        self.quiet = quiet
+        self._last = (None, -1)
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        if self.quiet:
+            return
+        pct = int(100 * done / total) if total else 0
+        step = pct // 10
+        if (message, step) == self._last:
+            return
+        self._last = (message, step)
+        text = f"{self.prefix} {message}"
+        if total > 1:
+            text += f" {done}/{total}"
+        print(text, file=sys.stderr, flush=True)
+
+
+def write_json(path: Path, data: dict, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output file exists: {path}; pass --overwrite to replace it")
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def run(args) -> int:
+    from ..inference import check_thresholds, segment
+    from ..io import read_volume, write_volume
+    from ..models import load_model, resolve_device
+
+    check_thresholds(args.tp, args.tr)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.overlap < 1:
+        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    outdir = Path(args.output).expanduser()
+    if outdir.exists() and not outdir.is_dir():
+        raise NotADirectoryError(f"output {outdir} exists and is not a folder")
+    inputs = expand_inputs(args.inputs)
+    plan = plan_outputs(inputs, outdir, args.overwrite)
+    device = resolve_device(args.device)
+    net, meta = load_model(args.model, device=device)
+    outdir.mkdir(parents=True, exist_ok=True)
+    n = len(plan)
+    for i, (path, outs) in enumerate(plan, 1):
+        t0 = time.perf_counter()
+        prefix = f"[{i}/{n}] {path.name}:"
+        progress = StderrProgress(prefix, args.quiet)
+        progress(0, 1, "reading")
+        vol = read_volume(path)
+        res = segment(
+            vol,
+            (net, meta),
+            device,
+            tp=args.tp,
+            tr=args.tr,
+            refine=not args.no_refine,
+            progress=progress,
+            batch_size=args.batch_size,
+            overlap=args.overlap,
+        )
+        progress(0, 1, "writing")
+        write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
+        write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)
+        write_volume(outs["radius"], res.radius_mm, reference=vol, overwrite=args.overwrite)
+        write_volume(outs["skeleton"], res.skeleton, reference=vol, overwrite=args.overwrite)
+        report = dict(res.report)
+        report["input"] = dict(report["input"], path=str(path))
+        report["outputs"] = {k: str(v) for k, v in outs.items()}
+        write_json(outs["report"], report, args.overwrite)
+        if not args.quiet:
+            betti = report.get("betti_numbers")
+            print(
+                f"{prefix} done in {time.perf_counter() - t0:.1f} s on {res.report['device']}: "
+                f"volume {report['volume_ml']:.2f} ml, Betti {betti}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return 0

@@ -1,0 +1,820 @@
+"""Inference with a DDT model: probability + radius maps, then geometry-aware refinement.
+
+Pipeline of :func:`predict` (all steps keep memory bounded by a few volume-sized buffers):
+
+1. intensities normalised with the model's ``normalization`` (the function training uses);
+2. resampled (trilinear, ``align_corners=False``, same field of view) to the model spacing,
+   skipped when the spacings already agree within 0.1 %;
+3. sliding window (window = the model's ``patch_size``, ``overlap`` 0.25 by default, Gaussian
+   blending with ``sigma = 0.125 * window``, the scheme of MONAI's ``sliding_window_inference``).
+   Our own tiled loop streams every batch of windows straight into two float32 buffers of the
+   model-grid size, one for the probability and one for the scale, and divides by the blending
+   weight at the end. The weight is not stored: the windows form a full grid, so the summed
+   Gaussian weight is the product of three 1-D sums. ``benchmarks/bench_inference.py`` measures
+   it against MONAI with the same network, windows and output;
+4. scale: each window's scale logits become the *expected scale class given foreground*,
+   ``E[k | k > 0] = sum_k k softmax(logits[1:])_k`` (one channel, a float in [1, K]), blended
+   like the probability. This avoids a (K+1)-channel buffer (K+1 times the volume in memory)
+   and gives sub-voxel radii (METHODS.md: keep float radii). ``scale_mode="argmax"`` keeps the
+   full blended softmax and takes the argmax over 1..K instead (DDT paper; K+1 buffers; for
+   comparison on small volumes);
+5. probability resampled back trilinearly, expected scale trilinearly, then converted to mm
+   with :func:`napari_tubular.geometry.distance.radius_from_scale` (isotropic model spacing;
+   ``min(spacing)`` of an anisotropic one).
+
+float16 autocast is used on CUDA (``amp=True``), accumulators stay float32. On CUDA out-of-memory
+the batch is halved, and at batch 1 the run moves to the CPU with a warning. ``progress(done,
+total, message)`` is called after every batch; ``cancel()`` returning True raises
+:class:`Cancelled` at the next batch.
+
+torch is imported inside functions only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Cancelled",
+    "Prediction",
+    "SegmentationResult",
+    "predict",
+    "segment",
+    "sliding_window_predict",
+    "monai_sliding_window_predict",
+    "gaussian_importance_1d",
+    "window_starts",
+    "NO_REFINE_THRESHOLD",
+    "check_thresholds",
+    "mask_radius",
+    "refine_maps",
+    "shape_report",
+]
+
+#: With ``refine=False`` the labels are ``probability > NO_REFINE_THRESHOLD``.
+NO_REFINE_THRESHOLD = 0.5
+_SPACING_RTOL = 1e-3
+_SIGMA_SCALE = 0.125
+
+
+class Cancelled(RuntimeError):
+    """Raised by :func:`predict` / :func:`segment` when ``cancel()`` returned True."""
+
+
+@dataclass
+class Prediction:
+    """Network output on the native grid of the input.
+
+    Attributes:
+        probability: float32 (Z, Y, X), foreground probability in [0, 1] (unrefined).
+        radius_mm: float32 (Z, Y, X), predicted tube radius in mm (from the expected scale class
+            given foreground; defined everywhere, meaningful where ``probability`` is high).
+        spacing: input spacing (sz, sy, sx) mm.
+        model_spacing: spacing the network ran at (after resampling; may differ from the model's
+            training spacing by the rounding of the grid size).
+        device_used: "cpu", "cuda", or e.g. "cpu (fallback from cuda: out of memory)".
+        batch_size: windows per batch at the end of the run (after any halving).
+        timings: seconds per stage (``load``, ``normalize``, ``resample``, ``network``,
+            ``resample_back``, ``total``).
+        meta: the model meta (with ``path``).
+        messages: warnings raised during the run (out-of-memory fallbacks).
+    """
+
+    probability: np.ndarray
+    radius_mm: np.ndarray
+    spacing: tuple
+    model_spacing: tuple
+    device_used: str
+    batch_size: int
+    timings: dict
+    meta: dict
+    messages: list = field(default_factory=list)
+
+
+@dataclass
+class SegmentationResult:
+    """Output of :func:`segment` on the native grid.
+
+    Attributes:
+        labels: uint8 (Z, Y, X), 1 = tubular structure (refined unless ``refine=False``).
+        probability: float32 (Z, Y, X), unrefined probability.
+        radius_mm: float32 (Z, Y, X), predicted radius in mm on the foreground
+            (``probability >= min(0.5, tp)``), 0 elsewhere.
+        skeleton: uint8 (Z, Y, X), pseudo-skeleton ``probability > tp``.
+        report: JSON-ready dict (model, device, timings, parameters, volume, length, Betti).
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    radius_mm: np.ndarray
+    skeleton: np.ndarray
+    report: dict
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------------------------
+def _notify(progress, done, total, message) -> None:
+    if progress is not None:
+        progress(int(done), int(total), str(message))
+
+
+def _check_cancel(cancel) -> None:
+    if cancel is not None and cancel():
+        raise Cancelled("inference cancelled")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _as_image(volume, spacing):
+    """Return (array (Z,Y,X), spacing) from a Volume-like object or an array + spacing."""
+    if hasattr(volume, "data") and hasattr(volume, "spacing"):
+        data, sp = volume.data, volume.spacing if spacing is None else spacing
+    else:
+        data, sp = volume, (1.0, 1.0, 1.0) if spacing is None else spacing
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(
+            f"expected a 3-D volume (z, y, x), got a {data.ndim}-D array of shape {data.shape}"
+        )
+    if min(data.shape) < 1:
+        raise ValueError(f"the volume is empty (shape {data.shape})")
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
+    try:
+        sp = tuple(float(s) for s in sp)
+    except TypeError as exc:
+        raise ValueError(f"spacing must be 3 numbers (z, y, x) in mm, got {sp!r}") from exc
+    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
+        raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {sp!r}")
+    return data, sp
+
+
+def _load(model, device: str):
+    """``model`` is "default", a path, or a ``(net, meta)`` pair already loaded."""
+    from .models import load_model
+
+    if isinstance(model, tuple) and len(model) == 2:
+        net, meta = model
+        net.eval()
+        net.to(device)
+        return net, dict(meta)
+    if isinstance(model, (str, Path)):
+        return load_model(model, device=device)
+    raise ValueError(
+        f"model must be 'default', a model file path or a (model, meta) pair, got {type(model).__name__}"
+    )
+
+
+def gaussian_importance_1d(size: int, sigma_scale: float = _SIGMA_SCALE) -> np.ndarray:
+    """1-D Gaussian blending weights for a window of ``size`` voxels, peak 1 at the centre.
+
+    The 3-D weight is the outer product of the three 1-D weights (MONAI's ``gaussian`` mode,
+    ``sigma = sigma_scale * size``; MONAI also clamps the 3-D product to >= its minimum or 1e-3,
+    which only matters where several windows overlap at their corners).
+    """
+    x = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
+    sigma = sigma_scale * size
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    return np.maximum(g, 1e-6).astype(np.float32)
+
+
+def window_starts(size: int, window: int, overlap: float) -> list[int]:
+    """Window start indices along one axis (same placement as MONAI's ``dense_patch_slices``).
+
+    Args:
+        size: axis length (>= window).
+        window: window length.
+        overlap: fraction of the window shared by neighbours, in [0, 1).
+    """
+    if size <= window:
+        return [0]
+    step = max(1, int(window * (1 - overlap)))
+    n = 1
+    while (n - 1) * step + window < size:
+        n += 1
+    return [min(i * step, size - window) for i in range(n)]
+
+
+def _pad_amounts(shape, window):
+    """Symmetric padding (before, after) per axis so every axis is >= window (as MONAI)."""
+    out = []
+    for s, w in zip(shape, window):
+        d = max(w - s, 0)
+        out.append((d // 2, d - d // 2))
+    return out
+
+
+def _window_outputs(net, batch, scale_mode: str, amp_dtype):
+    """Run the net on a batch; return (prob (B,1,...), scale (B,C,...)) float32."""
+    import torch
+
+    if amp_dtype is not None:
+        with torch.autocast(device_type="cuda", dtype=amp_dtype):
+            out = net(batch)
+    else:
+        out = net(batch)
+    prob = torch.sigmoid(out["seg"].float())
+    logits = out["scale"].float()
+    if scale_mode == "expected":
+        k = logits.shape[1] - 1
+        w = torch.softmax(logits[:, 1:], dim=1)
+        classes = torch.arange(1, k + 1, device=w.device, dtype=w.dtype).view(1, k, 1, 1, 1)
+        scale = (w * classes).sum(dim=1, keepdim=True)
+    else:  # "softmax": full distribution, for the argmax mode
+        scale = torch.softmax(logits, dim=1)
+    return prob, scale
+
+
+# ---------------------------------------------------------------------------------------------
+# sliding window
+# ---------------------------------------------------------------------------------------------
+def sliding_window_predict(
+    image,
+    net,
+    window,
+    *,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    device: str = "cpu",
+    amp: bool = True,
+    scale_mode: str = "expected",
+    progress=None,
+    cancel=None,
+    messages: list | None = None,
+):
+    """Our tiled loop: stream blended outputs into volume-sized float32 buffers.
+
+    Args:
+        image: float32 numpy array or tensor, shape (Z, Y, X), normalised, on the model grid.
+        net: network returning ``dict(seg, scale)``.
+        window: window size (wz, wy, wx) voxels.
+        overlap: fraction of a window shared with its neighbour, [0, 1).
+        batch_size: windows per forward pass (halved on CUDA out-of-memory).
+        device: device of ``net``; on CUDA out-of-memory at batch 1 the run moves to the CPU.
+        amp: float16 autocast on CUDA.
+        scale_mode: "expected" (one channel: E[k | k>0]) or "softmax" (K+1 channels).
+        progress, cancel: callbacks, see the module docstring.
+        messages: list that receives fallback warnings.
+
+    Returns:
+        ``(probability, scale, info)``: float32 tensors on the CPU, shapes (Z, Y, X) and
+        (Z, Y, X) ("expected") or (K+1, Z, Y, X) ("softmax"); ``info`` dict with the final
+        ``device`` and ``batch_size``.
+    """
+    import torch
+
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if scale_mode not in ("expected", "softmax"):
+        raise ValueError(f"scale_mode must be 'expected' or 'softmax', got {scale_mode!r}")
+    batch_size = int(batch_size)
+    window = tuple(int(w) for w in window)
+    img = torch.as_tensor(image, dtype=torch.float32)
+    if img.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {tuple(img.shape)}")
+    shape = tuple(img.shape)
+    pads = _pad_amounts(shape, window)
+    if any(a or b for a, b in pads):
+        flat = [v for a, b in reversed(pads) for v in (a, b)]
+        img = torch.nn.functional.pad(img[None, None], flat)[0, 0]
+    full = tuple(img.shape)
+    starts = [window_starts(s, w, overlap) for s, w in zip(full, window)]
+    positions = [(a, b, c) for a in starts[0] for b in starts[1] for c in starts[2]]
+    g = [torch.from_numpy(gaussian_importance_1d(w)) for w in window]
+
+    dev = torch.device(device)
+    acc_p = acc_s = None
+    imp = None
+
+    def _alloc(dev_, n_ch):
+        p = torch.zeros(full, dtype=torch.float32, device=dev_)
+        s = torch.zeros(
+            ((n_ch,) if scale_mode == "softmax" else ()) + full, dtype=torch.float32, device=dev_
+        )
+        return p, s
+
+    def _accumulator_device(dev_, n_ch):
+        if dev_.type != "cuda":
+            return dev_
+        need = (1 + n_ch) * 4 * math.prod(full) + 4 * math.prod(full)
+        free, _ = torch.cuda.mem_get_info(dev_)
+        return dev_ if need < 0.6 * free else torch.device("cpu")
+
+    acc_dev = None
+    img_dev = img if dev.type == "cpu" else None
+    done = 0
+    total = len(positions)
+    _notify(progress, 0, total, "sliding window")
+    i = 0
+    while i < total:
+        _check_cancel(cancel)
+        chunk = positions[i : i + batch_size]
+        try:
+            if img_dev is None:
+                img_dev = img.to(dev)
+            batch = torch.stack(
+                [
+                    img_dev[z : z + window[0], y : y + window[1], x : x + window[2]]
+                    for z, y, x in chunk
+                ]
+            )[:, None]
+            amp_dtype = torch.float16 if (amp and dev.type == "cuda") else None
+            with torch.no_grad():
+                prob, scale = _window_outputs(net, batch, scale_mode, amp_dtype)
+            del batch
+        except (RuntimeError, MemoryError) as exc:
+            if not _is_oom(exc) or (batch_size == 1 and dev.type != "cuda"):
+                raise
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch_size > 1:
+                batch_size = max(1, batch_size // 2)
+                msg = f"out of memory on {dev.type}: batch size reduced to {batch_size}"
+            else:
+                msg = "CUDA out of memory at batch size 1: continuing on the CPU (slower)"
+                dev = torch.device("cpu")
+                net.to(dev)
+                img_dev = img
+                if acc_p is not None:
+                    acc_p, acc_s, imp = acc_p.cpu(), acc_s.cpu(), imp.cpu()
+                    acc_dev = dev
+                torch.cuda.empty_cache()
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            if messages is not None:
+                messages.append(msg)
+            _notify(progress, done, total, msg)
+            continue
+        with torch.no_grad():
+            if acc_p is None:
+                acc_dev = _accumulator_device(dev, scale.shape[1])
+                acc_p, acc_s = _alloc(acc_dev, scale.shape[1])
+                imp = (g[0].view(-1, 1, 1) * g[1].view(1, -1, 1) * g[2].view(1, 1, -1)).to(acc_dev)
+            prob = prob.to(acc_dev)
+            scale = scale.to(acc_dev)
+            for j, (z, y, x) in enumerate(chunk):
+                sl = (slice(z, z + window[0]), slice(y, y + window[1]), slice(x, x + window[2]))
+                acc_p[sl].addcmul_(prob[j, 0], imp)
+                if scale_mode == "expected":
+                    acc_s[sl].addcmul_(scale[j, 0], imp)
+                else:
+                    acc_s[(slice(None),) + sl].addcmul_(scale[j], imp)
+            del prob, scale
+        i += len(chunk)
+        done = i
+        _notify(progress, done, total, "sliding window")
+
+    # divide by the summed weight, separable: W(z,y,x) = Wz(z) Wy(y) Wx(x)
+    with torch.no_grad():
+        wsum = []
+        for axis in range(3):
+            w = torch.zeros(full[axis], dtype=torch.float32)
+            for s in starts[axis]:
+                w[s : s + window[axis]] += g[axis]
+            wsum.append(w.to(acc_dev))
+        for buf in (acc_p, acc_s):
+            buf.div_(wsum[0].view(-1, 1, 1)).div_(wsum[1].view(1, -1, 1)).div_(
+                wsum[2].view(1, 1, -1)
+            )
+        crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, shape))
+        acc_p = acc_p[crop]
+        acc_s = acc_s[crop] if scale_mode == "expected" else acc_s[(slice(None),) + crop]
+        acc_p.clamp_(0.0, 1.0)
+    return (
+        acc_p,
+        acc_s,
+        {"device": dev.type if dev.index is None else str(dev), "batch_size": batch_size},
+    )
+
+
+def monai_sliding_window_predict(
+    image,
+    net,
+    window,
+    *,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    device: str = "cpu",
+    amp: bool = True,
+    same_weights: bool = True,
+):
+    """The same computation through ``monai.inferers.sliding_window_inference`` (baseline).
+
+    The predictor returns the same two channels as our loop (probability and E[k | k>0]), so
+    MONAI blends exactly what we blend; used by the benchmarks and tests.
+
+    Args:
+        same_weights: pass our (unclamped) Gaussian as ``roi_weight_map`` so that the output is
+            the same as :func:`sliding_window_predict` up to rounding; False uses MONAI's own
+            ``mode="gaussian"`` map, which clamps the 3-D weight to >= 1e-3 (window corners).
+
+    Returns:
+        ``(probability, scale)`` float32 CPU tensors, shape (Z, Y, X).
+    """
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    dev = torch.device(device)
+    amp_dtype = torch.float16 if (amp and dev.type == "cuda") else None
+
+    def predictor(x):
+        prob, scale = _window_outputs(net, x, "expected", amp_dtype)
+        return torch.cat([prob, scale], dim=1)
+
+    window = tuple(int(w) for w in window)
+    weight_map = None
+    if same_weights:
+        g = [torch.from_numpy(gaussian_importance_1d(w)) for w in window]
+        weight_map = (g[0].view(-1, 1, 1) * g[1].view(1, -1, 1) * g[2].view(1, 1, -1)).to(dev)
+    img = torch.as_tensor(image, dtype=torch.float32)[None, None].to(dev)
+    with torch.no_grad():
+        out = sliding_window_inference(
+            img,
+            window,
+            int(batch_size),
+            predictor,
+            overlap=overlap,
+            mode="gaussian",
+            sigma_scale=_SIGMA_SCALE,
+            device=dev,
+            roi_weight_map=weight_map,
+        )
+    out = out[0].float().cpu()
+    return out[0].clamp_(0.0, 1.0), out[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# resampling
+# ---------------------------------------------------------------------------------------------
+def _resize(t, size, mode: str):
+    """Resize a (Z, Y, X) or (C, Z, Y, X) tensor (``align_corners=False``: same field of view)."""
+    import torch.nn.functional as F
+
+    x = t[None] if t.ndim == 4 else t[None, None]
+    if mode == "trilinear":
+        y = F.interpolate(x, size=tuple(size), mode="trilinear", align_corners=False)
+    else:
+        y = F.interpolate(x, size=tuple(size), mode="nearest-exact")
+    return y[0] if t.ndim == 4 else y[0, 0]
+
+
+def _model_grid(shape, spacing, model_spacing):
+    if all(abs(s - m) <= _SPACING_RTOL * m for s, m in zip(spacing, model_spacing)):
+        return tuple(shape), tuple(spacing), False
+    size = tuple(max(1, int(round(n * s / m))) for n, s, m in zip(shape, spacing, model_spacing))
+    eff = tuple(n * s / k for n, s, k in zip(shape, spacing, size))
+    return size, eff, True
+
+
+def _radius_from_scale(scale, model_spacing):
+    """Radius in mm of an expected/argmax scale class (geometry engineer's conversion)."""
+    from .geometry.distance import radius_from_scale
+
+    return radius_from_scale(scale, float(min(model_spacing)))
+
+
+# ---------------------------------------------------------------------------------------------
+# public API
+# ---------------------------------------------------------------------------------------------
+def predict(
+    volume,
+    model="default",
+    device: str = "auto",
+    *,
+    spacing=None,
+    batch_size: int | None = None,
+    overlap: float = 0.25,
+    progress=None,
+    cancel=None,
+    amp: bool = True,
+    scale_mode: str = "expected",
+) -> Prediction:
+    """Run the DDT network over a whole volume.
+
+    Args:
+        volume: :class:`napari_tubular.io.Volume` (or anything with ``data`` and ``spacing``), or
+            a 3-D array (then pass ``spacing``; default 1 mm).
+        model: "default", a model file path, or a ``(net, meta)`` pair from
+            :func:`napari_tubular.models.load_model`.
+        device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
+        spacing: (sz, sy, sx) mm, overrides the volume's spacing.
+        batch_size: windows per forward pass (default 1 on CPU, 4 on CUDA).
+        overlap: window overlap fraction in [0, 1).
+        progress: ``progress(done, total, message)``.
+        cancel: ``cancel() -> bool``; True raises :class:`Cancelled`.
+        amp: float16 autocast on CUDA.
+        scale_mode: "expected" (default, E[k | k>0], one buffer) or "argmax" (argmax over
+            1..K of the blended softmax; K+1 buffers).
+
+    Returns:
+        :class:`Prediction` on the native grid.
+
+    Raises:
+        ValueError: not a 3-D volume, bad spacing/parameters, unknown device.
+        FileNotFoundError, ModelFormatError: model file problems.
+        Cancelled: ``cancel()`` returned True.
+    """
+    import torch
+
+    from .models import normalize_intensity, resolve_device
+
+    t0 = time.perf_counter()
+    data, sp = _as_image(volume, spacing)
+    if scale_mode not in ("expected", "argmax"):
+        raise ValueError(f"scale_mode must be 'expected' or 'argmax', got {scale_mode!r}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    dev = resolve_device(device)
+    if batch_size is None:
+        batch_size = 4 if dev.startswith("cuda") else 1
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    timings = {}
+    _check_cancel(cancel)
+    _notify(progress, 0, 1, "loading model")
+    net, meta = _load(model, dev)
+    timings["load"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    _check_cancel(cancel)
+    _notify(progress, 0, 1, "normalising intensities")
+    norm = normalize_intensity(data, meta["normalization"])
+    timings["normalize"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    mspacing = tuple(float(s) for s in meta["spacing"])
+    grid, eff_spacing, resample = _model_grid(data.shape, sp, mspacing)
+    img = torch.from_numpy(norm)
+    if resample:
+        _notify(progress, 0, 1, f"resampling {data.shape} -> {grid} (model spacing {mspacing} mm)")
+        with torch.no_grad():
+            img = _resize(img, grid, "trilinear")
+        del norm
+    timings["resample"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    messages: list = []
+    prob, scale, info = sliding_window_predict(
+        img,
+        net,
+        meta["patch_size"],
+        overlap=overlap,
+        batch_size=int(batch_size),
+        device=dev,
+        amp=amp,
+        scale_mode="expected" if scale_mode == "expected" else "softmax",
+        progress=progress,
+        cancel=cancel,
+        messages=messages,
+    )
+    del img
+    if scale_mode == "argmax":
+        with torch.no_grad():
+            scale = (scale[1:].argmax(dim=0) + 1).float()
+    timings["network"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _check_cancel(cancel)
+    with torch.no_grad():
+        if resample:
+            _notify(progress, 0, 1, "resampling back to the input grid")
+            prob = _resize(prob, data.shape, "trilinear").clamp_(0.0, 1.0)
+            scale = _resize(
+                scale, data.shape, "trilinear" if scale_mode == "expected" else "nearest"
+            )
+        probability = prob.cpu().numpy().astype(np.float32, copy=False)
+        scale_np = scale.cpu().numpy()
+    del prob, scale
+    radius = _radius_from_scale(scale_np, mspacing)
+    del scale_np
+    timings["resample_back"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+
+    device_used = info["device"]
+    if dev.startswith("cuda") and not device_used.startswith("cuda"):
+        device_used = f"cpu (fallback from {dev}: out of memory)"
+    return Prediction(
+        probability=probability,
+        radius_mm=radius,
+        spacing=sp,
+        model_spacing=tuple(float(s) for s in eff_spacing),
+        device_used=device_used,
+        batch_size=info["batch_size"],
+        timings=timings,
+        meta=meta,
+        messages=messages,
+    )
+
+
+def _meta_summary(meta: dict) -> dict:
+    keys = (
+        "path",
+        "format_version",
+        "package_version",
+        "K",
+        "spacing",
+        "normalization",
+        "patch_size",
+        "arch",
+        "training",
+        "metrics",
+    )
+    return {k: meta.get(k) for k in keys if k in meta}
+
+
+def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
+    """DDT geometry-aware refinement through the geometry core's :class:`Refiner`.
+
+    Args:
+        prob: float32 (Z, Y, X) probability; radius_mm: float32 (Z, Y, X) mm; spacing: mm.
+        tp, tr: thresholds; device: "cuda..." runs the scatter on CUDA, anything else numpy.
+
+    Returns:
+        ``(labels, skeleton)``, uint8 (Z, Y, X) each.
+    """
+    from .geometry.refiner import Refiner
+
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    res = Refiner(prob, radius_mm, spacing, device=dev).update(tp=tp, tr=tr)
+    return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
+
+
+def _pseudo_skeleton(prob, tp):
+    try:
+        from .geometry.skeleton import pseudo_skeleton
+    except ImportError:
+        return (prob > tp).astype(np.uint8)
+    return np.asarray(pseudo_skeleton(prob, tp), dtype=np.uint8)
+
+
+def check_thresholds(tp, tr) -> tuple[float, float]:
+    """Validate ``tp`` in (0, 1) and ``tr`` > 0 (ValueError naming the bad one)."""
+    try:
+        tp_f, tr_f = float(tp), float(tr)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"tp and tr must be numbers, got tp={tp!r}, tr={tr!r}") from exc
+    if not 0.0 < tp_f < 1.0:
+        raise ValueError(f"tp (pseudo-skeleton threshold) must be in (0, 1), got {tp}")
+    if not (math.isfinite(tr_f) and tr_f > 0.0):
+        raise ValueError(f"tr (refined-map threshold) must be > 0, got {tr}")
+    return tp_f, tr_f
+
+
+def mask_radius(radius_mm: np.ndarray, probability: np.ndarray, tp: float) -> np.ndarray:
+    """Radius restricted to the foreground, ``probability >= min(0.5, tp)``, 0 elsewhere."""
+    thr = min(NO_REFINE_THRESHOLD, float(tp))
+    return np.where(probability >= thr, radius_mm, np.float32(0)).astype(np.float32)
+
+
+def shape_report(labels: np.ndarray, skeleton: np.ndarray, spacing) -> dict:
+    """Volume (ml), centreline length (mm) and Betti numbers of a result.
+
+    Values that need a module not available in this build are None, with the reason in
+    ``"missing"``.
+    """
+    out: dict = {"volume_ml": float(labels.astype(bool).sum() * float(np.prod(spacing)) / 1000.0)}
+    missing = []
+    try:
+        from .topology import betti_numbers
+    except ImportError as exc:
+        out["betti_numbers"] = None
+        missing.append(f"betti_numbers: {exc}")
+    else:
+        out["betti_numbers"] = [int(b) for b in betti_numbers(labels.astype(bool))]
+    length_fn = _length_function()
+    if length_fn is None:
+        out["centerline_length_mm"] = None
+        missing.append("centerline length: no length function in napari_tubular.topology")
+    else:
+        out["centerline_length_mm"] = float(length_fn(skeleton.astype(bool), spacing))
+    if missing:
+        out["missing"] = missing
+    return out
+
+
+def _length_function():
+    try:
+        from . import topology
+    except ImportError:
+        return None
+    for name in (
+        "centerline_length_mm",
+        "skeleton_length_mm",
+        "centerline_length",
+        "skeleton_length",
+    ):
+        fn = getattr(topology, name, None)
+        if callable(fn):
+            return fn
+    return None
+
+
+def segment(
+    volume,
+    model="default",
+    device: str = "auto",
+    tp: float = 0.9,
+    tr: float = 0.5,
+    refine: bool = True,
+    progress=None,
+    cancel=None,
+    *,
+    spacing=None,
+    batch_size: int | None = None,
+    overlap: float = 0.25,
+    amp: bool = True,
+) -> SegmentationResult:
+    """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
+
+    Args:
+        volume, model, device, spacing, batch_size, overlap, amp, progress, cancel: see
+            :func:`predict`.
+        tp: pseudo-skeleton threshold on the probability, in (0, 1).
+        tr: threshold on the refined map ``Y_r`` (> 0; ``Y_r`` can exceed 1 where seeds
+            overlap).
+        refine: False skips the refinement: ``labels = probability > 0.5``
+            (:data:`NO_REFINE_THRESHOLD`), skeleton = ``probability > tp``.
+
+    Returns:
+        :class:`SegmentationResult`.
+    """
+    check_thresholds(tp, tr)
+    t0 = time.perf_counter()
+    pred = predict(
+        volume,
+        model,
+        device,
+        spacing=spacing,
+        batch_size=batch_size,
+        overlap=overlap,
+        progress=progress,
+        cancel=cancel,
+        amp=amp,
+    )
+    _check_cancel(cancel)
+    t = time.perf_counter()
+    if refine:
+        _notify(progress, 0, 1, "refining (geometry-aware refinement)")
+        labels, skeleton = refine_maps(
+            pred.probability, pred.radius_mm, pred.spacing, tp, tr, pred.device_used
+        )
+    else:
+        labels = (pred.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
+        skeleton = _pseudo_skeleton(pred.probability, tp)
+    timings = dict(pred.timings)
+    timings["refine"] = time.perf_counter() - t
+    _check_cancel(cancel)
+    t = time.perf_counter()
+    _notify(progress, 0, 1, "measuring")
+    shape_stats = shape_report(labels, skeleton, pred.spacing)
+    timings["report"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    from . import __version__
+
+    report = {
+        "package_version": __version__,
+        "input": {
+            "path": str(getattr(volume, "path", None)) if getattr(volume, "path", None) else None,
+            "shape": list(pred.probability.shape),
+            "spacing": list(pred.spacing),
+        },
+        "model": _meta_summary(pred.meta),
+        "device": pred.device_used,
+        "parameters": {
+            "tp": float(tp),
+            "tr": float(tr),
+            "refine": bool(refine),
+            "overlap": float(overlap),
+            "batch_size": pred.batch_size,
+            "amp": bool(amp),
+            "no_refine_threshold": NO_REFINE_THRESHOLD if not refine else None,
+        },
+        "model_grid_spacing": list(pred.model_spacing),
+        "time_s": {k: round(v, 4) for k, v in timings.items()},
+        "messages": list(pred.messages),
+        **shape_stats,
+    }
+    return SegmentationResult(
+        labels=labels,
+        probability=pred.probability,
+        radius_mm=mask_radius(pred.radius_mm, pred.probability, tp),
+        skeleton=skeleton,
+        report=report,
+    )

@@ -1,0 +1,347 @@
+"""Model files: weights plus everything needed to use them.
+
+A model file is a ``torch.save`` dict::
+
+    {"format": "napari-tubular-model", "format_version": 1,
+     "meta": {...}, "state_dict": {name: tensor}, "checksum": sha256 of the weights}
+
+It is read with ``torch.load(weights_only=True)`` (no pickled code is ever executed). ``meta``
+holds only JSON types and always has these keys (``save_model`` fills the first four):
+
+* ``format``, ``format_version``, ``package_version``: checked on load;
+* ``arch``: the :class:`~napari_tubular.models.unet.TubularUNet` config (``build_model`` input);
+* ``K``: largest scale class (``arch["num_scales"] == K + 1``);
+* ``spacing``: ``[sz, sy, sx]`` mm the model was trained at;
+* ``normalization``: dict for :func:`~napari_tubular.models.normalization.normalize_intensity`;
+* ``patch_size``: ``[pz, py, px]`` training patch (also the inference window);
+* ``training``: free description of the training data and run (dict);
+* ``metrics``: validation metrics (dict).
+
+The default model is ``napari_tubular/weights/default.pt`` (optional ``default.json`` beside it
+holds the same meta for people to read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .normalization import validate_normalization
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFormatError",
+    "DEFAULT_MODEL_PATH",
+    "save_model",
+    "load_model",
+    "read_model_meta",
+    "resolve_device",
+    "resolve_model_path",
+]
+
+FORMAT = "napari-tubular-model"
+FORMAT_VERSION = 1
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "weights" / "default.pt"
+REQUIRED_META = ("arch", "K", "spacing", "normalization", "patch_size")
+
+
+class ModelFormatError(ValueError):
+    """A model file is not a napari-tubular model, is corrupted, or comes from an incompatible
+    version; or the meta given to :func:`save_model` is invalid."""
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _jsonable(obj, where: str = "meta"):
+    """Convert numpy scalars/arrays and tuples to JSON types; raise on anything else."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist(), where)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ModelFormatError(f"{where}: keys must be strings, got {k!r}")
+            out[k] = _jsonable(v, f"{where}[{k!r}]")
+        return out
+    raise ModelFormatError(
+        f"{where}: cannot store a {type(obj).__name__} in a model file (JSON types only)"
+    )
+
+
+def _triple(value, name: str, positive_int: bool = False) -> list:
+    try:
+        vals = [float(v) for v in value]
+    except TypeError as exc:
+        raise ModelFormatError(
+            f"meta[{name!r}] must be 3 numbers (z, y, x), got {value!r}"
+        ) from exc
+    if len(vals) != 3 or not all(math.isfinite(v) and v > 0 for v in vals):
+        raise ModelFormatError(
+            f"meta[{name!r}] must be 3 positive numbers (z, y, x), got {value!r}"
+        )
+    if positive_int:
+        if not all(v == int(v) for v in vals):
+            raise ModelFormatError(f"meta[{name!r}] must be 3 positive integers, got {value!r}")
+        return [int(v) for v in vals]
+    return vals
+
+
+def _check_meta(meta: dict) -> dict:
+    """Validate the user-level keys of a meta dict; return a normalised JSON copy."""
+    if not isinstance(meta, dict):
+        raise ModelFormatError(f"meta must be a dict, got {type(meta).__name__}")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ModelFormatError(f"model meta is missing required key(s) {missing}")
+    m = _jsonable(meta)
+    if not isinstance(m["arch"], dict):
+        raise ModelFormatError(f"meta['arch'] must be a dict, got {m['arch']!r}")
+    k = m["K"]
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ModelFormatError(f"meta['K'] must be a positive integer, got {k!r}")
+    if m["arch"].get("num_scales", k + 1) != k + 1:
+        raise ModelFormatError(
+            f"meta['K'] = {k} needs arch['num_scales'] = {k + 1}, got {m['arch'].get('num_scales')}"
+        )
+    m["spacing"] = _triple(m["spacing"], "spacing")
+    m["patch_size"] = _triple(m["patch_size"], "patch_size", positive_int=True)
+    try:
+        m["normalization"] = validate_normalization(m["normalization"])
+    except ValueError as exc:
+        raise ModelFormatError(f"meta['normalization']: {exc}") from exc
+    m.setdefault("training", {})
+    m.setdefault("metrics", {})
+    return m
+
+
+def _checksum(state_dict: dict) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        if t.numel():
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_model(
+    path, model, meta: dict, *, json_sidecar: bool = False, overwrite: bool = True
+) -> Path:
+    """Write a model file (atomically: a crash never leaves a half-written file at ``path``).
+
+    Args:
+        path: destination, usually ``*.pt``.
+        model: a :class:`TubularUNet` (anything with ``config`` and ``state_dict()``).
+        meta: dict with at least ``K``, ``spacing``, ``normalization``, ``patch_size``;
+            ``arch`` defaults to ``model.config``; ``training``/``metrics`` default to ``{}``.
+        json_sidecar: also write ``path`` with suffix ``.json`` holding the meta (readable copy).
+        overwrite: if False, refuse to replace an existing file.
+
+    Returns:
+        the path written.
+
+    Raises:
+        ModelFormatError: invalid meta (missing keys, non-JSON values, K/arch mismatch).
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    import torch
+
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"model file {path} exists; pass overwrite=True to replace it")
+    meta = dict(meta)
+    config = getattr(model, "config", None)
+    if "arch" not in meta:
+        if config is None:
+            raise ModelFormatError("meta has no 'arch' and the model has no 'config' attribute")
+        meta["arch"] = dict(config)
+    elif config is not None and _jsonable(meta["arch"]) != _jsonable(config):
+        raise ModelFormatError(
+            f"meta['arch'] {meta['arch']} differs from the model's config {config}"
+        )
+    meta["format"] = FORMAT
+    meta["format_version"] = FORMAT_VERSION
+    meta["package_version"] = _package_version()
+    m = _check_meta(meta)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta": m,
+        "state_dict": state,
+        "checksum": _checksum(state),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if json_sidecar:
+        path.with_suffix(".json").write_text(json.dumps(m, indent=2) + "\n")
+    return path
+
+
+def resolve_model_path(model="default") -> Path:
+    """``"default"`` -> the installed default model; anything else -> that path (must exist)."""
+    if isinstance(model, str) and model == "default":
+        if not DEFAULT_MODEL_PATH.is_file():
+            raise FileNotFoundError(
+                f"no default model is installed (expected {DEFAULT_MODEL_PATH}); train one with "
+                "'napari-tubular train' or pass a model file (--model PATH)"
+            )
+        return DEFAULT_MODEL_PATH
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if not path.is_file():
+        raise ModelFormatError(f"model path {path} is not a file")
+    return path
+
+
+def _read_payload(path: Path) -> dict:
+    import torch
+
+    if path.stat().st_size == 0:
+        raise ModelFormatError(f"model file {path} is empty")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError:
+        raise
+    except (
+        OSError,
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        UnicodeDecodeError,
+    ) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelFormatError(
+            f"{path} is not a readable napari-tubular model file (corrupted, truncated or another "
+            f"format): {first}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFormatError(
+            f"{path} is not a napari-tubular model file (no '{FORMAT}' format tag; a plain "
+            "state_dict or another tool's checkpoint?)"
+        )
+    version = payload.get("format_version")
+    meta = payload.get("meta") if isinstance(payload.get("meta"), dict) else {}
+    if version != FORMAT_VERSION:
+        raise ModelFormatError(
+            f"{path} has model format version {version!r} (written by napari-tubular "
+            f"{meta.get('package_version', '?')}); this napari-tubular {_package_version()} reads "
+            f"format version {FORMAT_VERSION} only: use the matching napari-tubular version or "
+            "re-export the model"
+        )
+    if "state_dict" not in payload or not isinstance(payload.get("meta"), dict):
+        raise ModelFormatError(f"{path} is incomplete: missing 'state_dict' or 'meta'")
+    return payload
+
+
+def read_model_meta(model="default") -> dict:
+    """Return the meta of a model file without building the network."""
+    path = resolve_model_path(model)
+    payload = _read_payload(path)
+    meta = dict(payload["meta"])
+    meta["path"] = str(path)
+    return meta
+
+
+def resolve_device(device="auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when available, else ``"cpu"``; validates explicit names."""
+    import torch
+
+    dev = str(device)
+    if dev == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {dev!r} requested but CUDA is not available (use 'cpu' or 'auto')"
+            )
+        return dev
+    if dev == "cpu":
+        return dev
+    if dev == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' requested but it is not available (use 'cpu' or 'auto')")
+        return dev
+    raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def load_model(model="default", device="cpu"):
+    """Load a model file.
+
+    Args:
+        model: ``"default"`` or a path to a ``.pt`` model file.
+        device: "cpu", "cuda", "cuda:N" or "auto".
+
+    Returns:
+        ``(model, meta)``: the network in eval mode on ``device`` and its meta dict (plus
+        ``"path"``, the file it came from).
+
+    Raises:
+        FileNotFoundError: the file (or the default model) does not exist.
+        ModelFormatError: not a model file, corrupted (checksum), or another format version.
+    """
+    from .unet import build_model
+
+    path = resolve_model_path(model)
+    payload = _read_payload(path)
+    try:
+        meta = _check_meta(payload["meta"])
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{path}: invalid meta: {exc}") from exc
+    state = payload["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelFormatError(f"{path}: 'state_dict' is not a dict")
+    if payload.get("checksum") != _checksum(state):
+        raise ModelFormatError(f"{path} is corrupted: the weights do not match their checksum")
+    try:
+        net = build_model(meta["arch"])
+    except ValueError as exc:
+        raise ModelFormatError(f"{path}: cannot build its architecture: {exc}") from exc
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFormatError(f"{path}: weights do not fit the architecture: {exc}") from exc
+    net.eval()
+    net.to(resolve_device(device))
+    meta["path"] = str(path)
+    return net, meta

@@ -1,0 +1,173 @@
+"""Model files: round trip, meta validation, and clear errors for wrong/corrupted/old files."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.models import (  # noqa: E402
+    FORMAT_VERSION,
+    ModelFormatError,
+    TubularUNet,
+    load_model,
+    read_model_meta,
+    save_model,
+    serialization,  # noqa: E402
+)
+
+NORM = {"kind": "window", "low": -100, "high": 600}
+
+
+def _meta(**kw):
+    meta = {
+        "K": 3,
+        "spacing": (0.8, 0.8, 0.8),
+        "normalization": NORM,
+        "patch_size": (16, 16, 16),
+        "training": {"data": "synthetic vessel trees", "cases": 12, "epochs": np.int64(3)},
+        "metrics": {"dice": np.float32(0.5), "cldice": 0.75},
+    }
+    meta.update(kw)
+    return meta
+
+
+@pytest.fixture
+def net():
+    torch.manual_seed(0)
+    return TubularUNet(base_channels=2, depth=2, num_scales=4, residual=True, deep_supervision=True)
+
+
+def test_round_trip_same_outputs_and_meta(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta(), json_sidecar=True)
+    net2, meta = load_model(path, device="cpu")
+    x = torch.randn(1, 1, 8, 8, 8)
+    net.eval()
+    with torch.no_grad():
+        a, b = net(x), net2(x)
+    for key in ("seg", "scale"):
+        assert torch.equal(a[key], b[key])
+    assert all(torch.equal(s, t) for s, t in zip(a["ds"], b["ds"]))
+    assert not net2.training
+    assert meta["K"] == 3
+    assert meta["spacing"] == [0.8, 0.8, 0.8]
+    assert meta["patch_size"] == [16, 16, 16]
+    assert meta["normalization"] == {"kind": "window", "low": -100.0, "high": 600.0}
+    assert meta["training"]["epochs"] == 3
+    assert isinstance(meta["training"]["epochs"], int)
+    assert meta["metrics"]["dice"] == pytest.approx(0.5)
+    assert meta["arch"] == net.config
+    assert meta["format_version"] == FORMAT_VERSION
+    from napari_tubular import __version__
+
+    assert meta["package_version"] == __version__
+    assert meta["path"] == str(path)
+    # the file needs no pickled code: plain weights_only load works
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == "napari-tubular-model"
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sidecar["K"] == 3
+    assert sidecar["arch"] == net.config
+    assert read_model_meta(path)["metrics"] == meta["metrics"]
+
+
+def test_save_refuses_overwrite_when_asked(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta())
+    with pytest.raises(FileExistsError, match="m.pt"):
+        save_model(path, net, _meta(), overwrite=False)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"K": 5}, "num_scales"),
+        ({"spacing": (1, 1)}, "spacing"),
+        ({"patch_size": (16, 16.5, 16)}, "patch_size"),
+        ({"normalization": {"kind": "magic"}}, "normalization"),
+        ({"training": {"fn": print}}, "cannot store"),
+    ],
+)
+def test_save_rejects_invalid_meta(tmp_path, net, change, match):
+    with pytest.raises(ModelFormatError, match=match):
+        save_model(tmp_path / "m.pt", net, _meta(**change))
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_save_rejects_missing_keys(tmp_path, net):
+    meta = _meta()
+    del meta["spacing"]
+    with pytest.raises(ModelFormatError, match="spacing"):
+        save_model(tmp_path / "m.pt", net, meta)
+
+
+def test_missing_files_and_default(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+    monkeypatch.setattr(serialization, "DEFAULT_MODEL_PATH", tmp_path / "weights" / "default.pt")
+    with pytest.raises(FileNotFoundError, match="no default model"):
+        load_model("default")
+
+
+def _corrupt(path, payload_change):
+    payload = torch.load(path, weights_only=True)
+    payload_change(payload)
+    torch.save(payload, path)
+
+
+def test_wrong_and_corrupted_files(tmp_path, net):
+    good = save_model(tmp_path / "m.pt", net, _meta())
+    raw = good.read_bytes()
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.pt"
+    text.write_text("hello, not a model\n")
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    plain = tmp_path / "plain.pt"
+    torch.save(net.state_dict(), plain)
+    for path, match in [
+        (empty, "empty"),
+        (text, "not a readable"),
+        (truncated, "not a readable"),
+        (plain, "not a napari-tubular model file"),
+        (tmp_path, "not a file"),
+    ]:
+        with pytest.raises(ModelFormatError, match=match):
+            load_model(path)
+
+
+def test_other_format_version(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta())
+
+    def bump(p):
+        p["format_version"] = FORMAT_VERSION + 1
+        p["meta"]["package_version"] = "9.9.9"
+
+    _corrupt(path, bump)
+    with pytest.raises(ModelFormatError, match=r"format version 2.*9\.9\.9"):
+        load_model(path)
+
+
+def test_changed_weights_fail_the_checksum(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta())
+
+    def flip(p):
+        name = sorted(p["state_dict"])[0]
+        p["state_dict"][name].view(-1)[0] += 1.0
+
+    _corrupt(path, flip)
+    with pytest.raises(ModelFormatError, match="checksum"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_architecture(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta())
+
+    def change_arch(p):
+        p["meta"]["arch"]["base_channels"] = 3
+
+    _corrupt(path, change_arch)
+    with pytest.raises(ModelFormatError, match="do not fit"):
+        load_model(path)

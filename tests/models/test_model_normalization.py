@@ -1,0 +1,56 @@
+"""normalize_intensity: known values per kind, validation."""
+
+import numpy as np
+import pytest
+
+from napari_tubular.models.normalization import normalize_intensity, validate_normalization
+
+
+def test_window_maps_linearly_and_clips():
+    img = np.array([-1000, -100, 250, 600, 3000], dtype=np.int16)
+    out = normalize_intensity(img, {"kind": "window", "low": -100, "high": 600})
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1], atol=1e-7)
+    assert img[0] == -1000  # input untouched
+
+
+def test_percentile_maps_percentiles_to_0_and_1(rng):
+    img = rng.normal(50, 10, size=(20, 20, 20)).astype(np.float32)
+    out = normalize_intensity(img, {"kind": "percentile", "lower": 1, "upper": 99})
+    lo, hi = np.percentile(img, [1, 99])
+    assert out.min() == 0
+    assert out.max() == 1
+    mid = (img > lo) & (img < hi)
+    np.testing.assert_allclose(out[mid], (img[mid] - lo) / (hi - lo), atol=1e-5)
+    # constant volume: no division by zero
+    assert np.all(normalize_intensity(np.ones((3, 3, 3)), {"kind": "percentile"}) == 0)
+
+
+def test_zscore(rng):
+    img = rng.normal(5, 3, size=(10, 10, 10))
+    out = normalize_intensity(img, {"kind": "zscore"})
+    assert abs(out.mean()) < 1e-5
+    assert abs(out.std() - 1) < 1e-4
+    fixed = normalize_intensity(np.array([7.0]), {"kind": "zscore", "mean": 5, "std": 2})
+    np.testing.assert_allclose(fixed, [1.0])
+
+
+@pytest.mark.parametrize(
+    ("norm", "match"),
+    [
+        ({"kind": "window", "low": 5, "high": 5}, "high > low"),
+        ({"kind": "window", "low": 0}, "low"),
+        ({"kind": "percentile", "lower": 60, "upper": 40}, "lower < upper"),
+        ({"kind": "zscore", "mean": 1}, "both"),
+        ({"kind": "softmax"}, "unknown normalization kind"),
+        ({"low": 0}, "kind"),
+    ],
+)
+def test_invalid(norm, match):
+    with pytest.raises(ValueError, match=match):
+        validate_normalization(norm)
+
+
+def test_rejects_non_numeric():
+    with pytest.raises(ValueError, match="dtype"):
+        normalize_intensity(np.array(["a"]), {"kind": "none"})

@@ -1,0 +1,240 @@
+"""CLI ``segment`` / ``refine``: outputs and geometry, no silent overwrite, clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from napari_tubular.cli import main  # noqa: E402
+from napari_tubular.io import Volume, read_volume, write_volume  # noqa: E402
+
+K = 3
+OUTPUTS = ("labels", "probability", "radius", "skeleton")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    import torch
+
+    from napari_tubular.models import TubularUNet, save_model
+
+    torch.manual_seed(0)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(
+        path,
+        net,
+        {
+            "K": K,
+            "spacing": (1.0, 1.0, 1.0),
+            "patch_size": (16, 16, 16),
+            "normalization": {"kind": "window", "low": -100, "high": 600},
+        },
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def volume_file(tmp_path_factory):
+    from napari_tubular.synthetic import make_vessel_tree
+
+    case = make_vessel_tree((18, 22, 20), (1.3, 0.8, 0.9), seed=2)
+    direction = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # oblique (axes swapped)
+    vol = Volume(case.image, spacing=case.spacing, origin=(10.0, -5.0, 3.5), direction=direction)
+    folder = tmp_path_factory.mktemp("in")
+    return write_volume(folder / "case_07.nii.gz", vol)
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def test_segment_writes_all_outputs_with_input_geometry(tmp_path, model_file, volume_file, capsys):
+    out = tmp_path / "out"
+    assert (
+        _run(
+            "segment",
+            volume_file,
+            "-o",
+            out,
+            "--model",
+            model_file,
+            "--device",
+            "cpu",
+            "--tp",
+            "0.6",
+        )
+        == 0
+    )
+    ref = read_volume(volume_file)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"case_07_{k}.nii.gz" for k in OUTPUTS] + ["case_07_report.json"])
+    dtypes = {
+        "labels": np.uint8,
+        "probability": np.float32,
+        "radius": np.float32,
+        "skeleton": np.uint8,
+    }
+    vols = {}
+    for key in OUTPUTS:
+        v = read_volume(out / f"case_07_{key}.nii.gz")
+        assert v.same_geometry(ref), key
+        assert v.data.dtype == dtypes[key], key
+        vols[key] = v.data
+    assert 0 <= vols["probability"].min()
+    assert vols["probability"].max() <= 1
+    np.testing.assert_array_equal(vols["skeleton"], (vols["probability"] > 0.6).astype(np.uint8))
+    assert np.all(vols["radius"][vols["probability"] < 0.5] == 0)
+    report = json.loads((out / "case_07_report.json").read_text())
+    assert report["parameters"]["tp"] == 0.6
+    assert report["device"] == "cpu"
+    assert report["model"]["path"] == str(model_file)
+    assert report["volume_ml"] == pytest.approx(
+        vols["labels"].sum() * np.prod(ref.spacing) / 1000, rel=1e-6
+    )
+    assert {"betti_numbers", "centerline_length_mm", "time_s"} <= set(report)
+    assert "sliding window" in capsys.readouterr().err  # progress goes to stderr
+
+    # refine from the saved maps with the same thresholds reproduces the labels
+    labels2 = tmp_path / "again_labels.nii.gz"
+    assert (
+        _run(
+            "refine",
+            out / "case_07_probability.nii.gz",
+            out / "case_07_radius.nii.gz",
+            "-o",
+            labels2,
+            "--tp",
+            "0.6",
+            "--tr",
+            "0.5",
+        )
+        == 0
+    )
+    again = read_volume(labels2)
+    assert again.same_geometry(ref)
+    np.testing.assert_array_equal(again.data, vols["labels"])
+    np.testing.assert_array_equal(
+        read_volume(tmp_path / "again_skeleton.nii.gz").data, vols["skeleton"]
+    )
+    # refine refuses to overwrite
+    assert (
+        _run(
+            "refine",
+            out / "case_07_probability.nii.gz",
+            out / "case_07_radius.nii.gz",
+            "-o",
+            labels2,
+        )
+        == 2
+    )
+    assert "again_labels.nii.gz" in capsys.readouterr().err
+
+
+def test_segment_never_overwrites_without_flag(tmp_path, model_file, volume_file, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "case_07_radius.nii.gz"
+    existing.write_bytes(b"keep me")
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "case_07_radius.nii.gz" in err
+    assert "--overwrite" in err
+    assert existing.read_bytes() == b"keep me"
+    assert sorted(p.name for p in out.iterdir()) == ["case_07_radius.nii.gz"]  # nothing computed
+    assert (
+        _run(
+            "segment",
+            volume_file,
+            "-o",
+            out,
+            "--model",
+            model_file,
+            "--device",
+            "cpu",
+            "--no-refine",
+            "--overwrite",
+            "--quiet",
+        )
+        == 0
+    )
+    labels = read_volume(out / "case_07_labels.nii.gz").data
+    prob = read_volume(out / "case_07_probability.nii.gz").data
+    np.testing.assert_array_equal(labels, (prob > 0.5).astype(np.uint8))
+    assert existing.read_bytes() != b"keep me"
+
+
+def test_folder_input_and_name_clash(tmp_path, model_file, volume_file):
+    ref = read_volume(volume_file)
+    folder = tmp_path / "in"
+    write_volume(folder / "a.nii.gz", ref.data[:16], reference=None)
+    write_volume(folder / "b.mha", ref.data[:, :16])
+    (folder / "notes.txt").write_text("ignored")
+    out = tmp_path / "out"
+    assert (
+        _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu", "--quiet") == 0
+    )
+    assert {p.name for p in out.glob("*_report.json")} == {"a_report.json", "b_report.json"}
+    assert read_volume(out / "b_labels.nii.gz").shape == ref.data[:, :16].shape
+    write_volume(tmp_path / "a.nrrd", ref.data[:16])
+    from napari_tubular._cli.segment import expand_inputs, plan_outputs
+
+    inputs = expand_inputs([folder, tmp_path / "a.nrrd"])
+    with pytest.raises(ValueError, match="output name 'a'"):
+        plan_outputs(inputs, tmp_path / "o2", False)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path, model_file, volume_file, capsys, monkeypatch):
+    flat = tmp_path / "flat.nii.gz"
+    import SimpleITK as sitk
+
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((12, 14), np.float32)), str(flat))
+    cases = [
+        ([flat, "--model", model_file], "3-D"),
+        ([tmp_path / "missing.nii.gz", "--model", model_file], "not found"),
+        ([volume_file, "--model", tmp_path / "nope.pt"], "nope.pt"),
+        ([volume_file, "--model", volume_file], "not a readable napari-tubular model"),
+        ([volume_file, "--model", model_file, "--tp", "1.2"], "tp"),
+    ]
+    for args, match in cases:
+        assert _run("segment", *args, "-o", tmp_path / "o", "--device", "cpu") == 2, args
+        err = capsys.readouterr().err
+        assert match in err, (args, err)
+        assert "Traceback" not in err, (args, err)
+    from napari_tubular.models import serialization
+
+    monkeypatch.setattr(serialization, "DEFAULT_MODEL_PATH", tmp_path / "weights" / "default.pt")
+    assert _run("segment", volume_file, "-o", tmp_path / "o", "--device", "cpu") == 2
+    assert "no default model" in capsys.readouterr().err
+
+
+def test_refine_checks_its_inputs(tmp_path, capsys):
+    a = write_volume(tmp_path / "p.nii.gz", np.full((8, 8, 8), 0.5, np.float32))
+    b = write_volume(tmp_path / "r.nii.gz", np.ones((8, 8, 9), np.float32))
+    c = write_volume(tmp_path / "hu.nii.gz", np.full((8, 8, 8), 300.0, np.float32))
+    assert _run("refine", a, b, "-o", tmp_path / "x_labels.nii.gz") == 2
+    assert "same grid" in capsys.readouterr().err
+    assert _run("refine", c, a, "-o", tmp_path / "x_labels.nii.gz") == 2
+    assert "not a probability map" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_subprocess_refusal_exit_code(tmp_path, volume_file):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "case_07_report.json").write_text("{}")
+    proc = subprocess.run(
+        [sys.executable, "-m", "napari_tubular.cli", "segment", str(volume_file), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "case_07_report.json" in proc.stderr
+    assert "Traceback" not in proc.stderr

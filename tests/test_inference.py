@@ -1,0 +1,289 @@
+"""Inference: blending exactness, MONAI equivalence, resampling geometry, radius conversion,
+progress/cancel, out-of-memory batch halving, segment() outputs, bad inputs."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.geometry.distance import radius_from_scale  # noqa: E402
+from napari_tubular.inference import (  # noqa: E402
+    NO_REFINE_THRESHOLD,
+    Cancelled,
+    monai_sliding_window_predict,
+    predict,
+    segment,
+    sliding_window_predict,
+    window_starts,
+)
+from napari_tubular.models import ModelFormatError, TubularUNet, save_model  # noqa: E402
+
+K = 4
+NORM_NONE = {"kind": "none"}
+
+
+class EchoNet(torch.nn.Module):
+    """seg probability = the input itself; scale logits put all mass on class ``k``.
+
+    Any correct blending of identical overlapping predictions returns the input exactly.
+    """
+
+    def __init__(self, k=3, num_scales=K + 1, oom_above=None):
+        super().__init__()
+        self.k = k
+        self.num_scales = num_scales
+        self.oom_above = oom_above
+        self.batches = []
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        self.batches.append(x.shape[0])
+        if self.oom_above is not None and x.shape[0] > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        p = x.clamp(1e-6, 1 - 1e-6)
+        seg = torch.log(p) - torch.log1p(-p)
+        scale = torch.full((x.shape[0], self.num_scales) + tuple(x.shape[2:]), -30.0)
+        scale[:, self.k] = 30.0
+        return {"seg": seg, "scale": scale}
+
+
+def _meta(patch=(16, 16, 16), spacing=(1.0, 1.0, 1.0), norm=NORM_NONE):
+    return {
+        "K": K,
+        "spacing": list(spacing),
+        "normalization": norm,
+        "patch_size": list(patch),
+        "arch": {},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_model(
+        path,
+        net,
+        {
+            "K": K,
+            "spacing": (1.0, 1.0, 1.0),
+            "patch_size": (16, 16, 16),
+            "normalization": {"kind": "window", "low": -100, "high": 600},
+        },
+    )
+    return path
+
+
+@pytest.mark.parametrize("size", [16, 17, 40, 41, 64, 100])
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5])
+def test_window_starts_match_monai(size, overlap):
+    from monai.data.utils import dense_patch_slices
+
+    from napari_tubular.inference import _pad_amounts
+
+    window = 16
+    monai_starts = sorted(
+        {
+            s[0].start
+            for s in dense_patch_slices(
+                (size,),
+                (window,),
+                (max(1, int(window * (1 - overlap))) if size > window else window,),
+            )
+        }
+    )
+    assert window_starts(size, window, overlap) == monai_starts
+    starts = window_starts(size, window, overlap)
+    assert starts[0] == 0
+    assert starts[-1] + window == size
+    assert _pad_amounts((10,), (16,)) == [(3, 3)]
+
+
+@pytest.mark.parametrize(("shape", "batch"), [((40, 33, 20), 1), ((16, 50, 17), 3)])
+def test_blending_of_identical_predictions_is_exact(rng, shape, batch):
+    img = rng.random(shape, dtype=np.float32) * 0.98 + 0.01
+    prob, scale, info = sliding_window_predict(
+        img, EchoNet(k=3), (16, 16, 16), overlap=0.25, batch_size=batch
+    )
+    np.testing.assert_allclose(prob.numpy(), img, atol=2e-5)
+    np.testing.assert_allclose(scale.numpy(), 3.0, atol=1e-4)
+    assert info == {"device": "cpu", "batch_size": batch}
+
+
+def test_same_output_as_monai(rng):
+    torch.manual_seed(0)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1).eval()
+    img = rng.random((30, 20, 12), dtype=np.float32)  # x smaller than the window: padded
+    ours_p, ours_s, _ = sliding_window_predict(img, net, (16, 16, 16), overlap=0.25, batch_size=2)
+    mon_p, mon_s = monai_sliding_window_predict(img, net, (16, 16, 16), overlap=0.25, batch_size=2)
+    assert float((ours_p - mon_p).abs().max()) < 1e-5
+    assert float((ours_s - mon_s).abs().max()) < 1e-4
+    assert 1.0 <= float(ours_s.min())
+    assert float(ours_s.max()) <= K
+
+
+def test_softmax_mode_sums_to_one(rng):
+    torch.manual_seed(1)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1).eval()
+    img = rng.random((20, 18, 16), dtype=np.float32)
+    p1, s1, _ = sliding_window_predict(img, net, (16, 16, 16), scale_mode="softmax")
+    p2, _, _ = sliding_window_predict(img, net, (16, 16, 16))
+    assert s1.shape == (K + 1, 20, 18, 16)
+    assert torch.allclose(s1.sum(0), torch.ones(()), atol=1e-5)
+    assert torch.equal(p1, p2)
+
+
+def test_predict_resamples_to_model_spacing_and_back(rng):
+    """A smooth ramp survives the trip native -> model grid -> native; the radius is the class."""
+    z, y, x = np.meshgrid(
+        np.linspace(0.1, 0.9, 30),
+        np.linspace(0.2, 0.8, 26),
+        np.linspace(0.3, 0.7, 22),
+        indexing="ij",
+    )
+    img = ((z + y + x) / 3).astype(np.float32)
+    net = EchoNet(k=2)
+    seen = []
+    pred = predict(
+        img,
+        (net, _meta(spacing=(1.0, 1.0, 1.0))),
+        "cpu",
+        spacing=(1.5, 0.7, 0.9),
+        progress=lambda d, t, m: seen.append((d, t, m)),
+    )
+    assert pred.probability.shape == img.shape
+    assert pred.probability.dtype == np.float32
+    assert pred.radius_mm.dtype == np.float32
+    # interior (away from the clamped border) is reproduced closely by linear interpolation
+    inner = (slice(2, -2),) * 3
+    assert np.abs(pred.probability[inner] - img[inner]).max() < 0.01
+    np.testing.assert_allclose(pred.radius_mm, radius_from_scale(2, 1.0), atol=1e-4)
+    assert pred.model_spacing == pytest.approx((1.0, 1.0, 1.0), abs=0.05)
+    assert pred.device_used == "cpu"
+    windows = [(d, t) for d, t, m in seen if m == "sliding window"]
+    assert windows[-1][0] == windows[-1][1] > 1
+    assert [d for d, _ in windows] == sorted(d for d, _ in windows)
+    assert set(pred.timings) >= {
+        "load",
+        "normalize",
+        "resample",
+        "network",
+        "resample_back",
+        "total",
+    }
+
+
+def test_argmax_mode_equals_expected_for_a_confident_scale_head(rng):
+    img = rng.random((20, 20, 20), dtype=np.float32)
+    a = predict(img, (EchoNet(k=4), _meta()), "cpu", scale_mode="argmax")
+    b = predict(img, (EchoNet(k=4), _meta()), "cpu")
+    np.testing.assert_allclose(a.radius_mm, b.radius_mm, atol=1e-4)
+    np.testing.assert_allclose(a.radius_mm, radius_from_scale(4, 1.0), atol=1e-4)
+
+
+def test_cancel_raises(rng):
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled):
+        predict(
+            rng.random((40, 40, 40), dtype=np.float32), (EchoNet(), _meta()), "cpu", cancel=cancel
+        )
+
+
+def test_out_of_memory_halves_the_batch(rng):
+    img = rng.random((40, 40, 40), dtype=np.float32)
+    net = EchoNet(k=1, oom_above=2)
+    with pytest.warns(RuntimeWarning, match="batch size reduced to"):
+        pred = predict(img, (net, _meta()), "cpu", batch_size=8)
+    assert pred.batch_size == 2
+    assert any("reduced" in m for m in pred.messages)
+    ref = predict(img, (EchoNet(k=1), _meta()), "cpu", batch_size=1)
+    np.testing.assert_allclose(pred.probability, ref.probability, atol=1e-6)
+    assert net.batches[:3] == [8, 4, 2]
+
+
+@pytest.mark.slow
+def test_segment_outputs(tiny_model_file):
+    from napari_tubular.synthetic import make_vessel_tree
+
+    case = make_vessel_tree((24, 28, 26), (1.2, 0.9, 0.9), seed=3)
+    res = segment(case.image, str(tiny_model_file), "cpu", tp=0.55, tr=0.5, spacing=case.spacing)
+    for arr, dtype in [
+        (res.labels, np.uint8),
+        (res.probability, np.float32),
+        (res.radius_mm, np.float32),
+        (res.skeleton, np.uint8),
+    ]:
+        assert arr.shape == case.image.shape
+        assert arr.dtype == dtype
+    assert set(np.unique(res.labels)) <= {0, 1}
+    assert 0 <= res.probability.min()
+    assert res.probability.max() <= 1
+    assert np.all(res.radius_mm[res.probability < 0.5] == 0)
+    np.testing.assert_array_equal(res.skeleton, (res.probability > 0.55).astype(np.uint8))
+    r = res.report
+    assert r["parameters"]["tp"] == 0.55
+    assert r["parameters"]["refine"] is True
+    assert r["model"]["K"] == K
+    assert r["device"] == "cpu"
+    assert r["volume_ml"] == pytest.approx(res.labels.sum() * 1.2 * 0.9 * 0.9 / 1000)
+    assert len(r["betti_numbers"]) == 3
+    assert r["centerline_length_mm"] >= 0
+
+    plain = segment(case.image, str(tiny_model_file), "cpu", refine=False, spacing=case.spacing)
+    np.testing.assert_array_equal(
+        plain.labels, (plain.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
+    )
+    np.testing.assert_array_equal(plain.probability, res.probability)
+
+
+def test_segment_uses_the_geometry_refinement_on_the_predicted_maps():
+    """With a perfect 'network' (probability = soft tube profile, scale = class 3) the labels are
+    exactly the geometry core's refinement of the predicted maps, inside the tube."""
+    from scipy import ndimage
+
+    from napari_tubular.geometry.spheres import refine
+    from napari_tubular.synthetic import make_tube
+
+    case = make_tube(shape=(20, 24, 24), spacing=(1.0, 1.0, 1.0), radius_mm=3.0)
+    soft = ndimage.gaussian_filter(case.mask.astype(np.float32), 1.0)
+    res = segment(soft, (EchoNet(k=3), _meta()), "cpu", tp=0.9, tr=0.5)
+    np.testing.assert_allclose(
+        res.radius_mm[res.probability > 0.5], radius_from_scale(3, 1.0), atol=1e-4
+    )
+    expected = refine(res.probability, res.radius_mm, (1.0, 1.0, 1.0), 0.9, 0.5).labels
+    np.testing.assert_array_equal(res.labels, expected)
+    assert res.labels.sum() > 0
+    assert not np.any(res.labels & ~ndimage.binary_dilation(case.mask.astype(bool)))
+
+
+@pytest.mark.parametrize(
+    ("volume", "kwargs", "exc", "match"),
+    [
+        (np.zeros((8, 8)), {}, ValueError, "3-D"),
+        (np.zeros((2, 8, 8, 8)), {}, ValueError, "3-D"),
+        (np.zeros((8, 8, 8)), {"spacing": (1, 0, 1)}, ValueError, "spacing"),
+        (np.zeros((8, 8, 8)), {"overlap": 1.0}, ValueError, "overlap"),
+        (np.zeros((8, 8, 8)), {"device": "tpu"}, ValueError, "device"),
+    ],
+)
+def test_bad_inputs(volume, kwargs, exc, match):
+    kw = {"device": "cpu", **kwargs}
+    with pytest.raises(exc, match=match):
+        predict(volume, (EchoNet(), _meta()), **kw)
+
+
+def test_bad_model_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        predict(np.zeros((8, 8, 8)), tmp_path / "missing.pt", "cpu")
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a model")
+    with pytest.raises(ModelFormatError, match="not a readable"):
+        predict(np.zeros((8, 8, 8)), bad, "cpu")
+    with pytest.raises(ValueError, match="tp"):
+        segment(np.zeros((8, 8, 8)), (EchoNet(), _meta()), "cpu", tp=1.5)
