@@ -1,0 +1,129 @@
+"""``napari-tubular train [CONFIG] [--data DIR ... | --synthetic] --out RUN_DIR ...``.
+
+Options given on the command line override the values of the config file (JSON or YAML, keys
+as in :class:`napari_tubular.training.TrainConfig`). Under ``torchrun`` every process runs this
+command (``torchrun --nproc_per_node 2 -m napari_tubular.training ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        name, help=help_text, description=help_text + ". " + __doc__.splitlines()[2].strip()
+        + " " + " ".join(s.strip() for s in __doc__.splitlines()[3:5]),
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="JSON or YAML file with training options")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--data", nargs="+", metavar="DIR",
+                     help="folder(s) of <name>_image / <name>_label volume pairs")
+    src.add_argument("--synthetic", action="store_true",
+                     help="train on synthetic vessel trees generated on the fly")
+    p.add_argument("--val-data", nargs="+", metavar="DIR",
+                   help="validation folder(s), 'synthetic' (default) or 'none'")
+    p.add_argument("--out", help="run folder (logs, checkpoints, model files)")
+    p.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
+    p.add_argument("--minutes", type=float, dest="max_minutes",
+                   help="wall-clock budget in minutes (stops and saves when spent)")
+    p.add_argument("--batch-size", type=int, help="patches per step (per process)")
+    p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), dest="patch_size",
+                   help="patch size in voxels (default 64 64 64)")
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM", dest="target_spacing",
+                   help="target spacing in mm (1 or 3 values, z y x; default 1.0)")
+    p.add_argument("--lr", type=float, help="learning rate (default 2e-3)")
+    p.add_argument("--loss", help="ddt+cldice (default), ddt, dice+ce, dice+cldice, boundary")
+    p.add_argument("--cldice-weight", type=float, help="final weight of the clDice term")
+    p.add_argument("--cldice-warmup", type=int, dest="cldice_warmup_steps",
+                   help="steps before the clDice term starts (default: 35%% of training)")
+    p.add_argument("-K", type=int, dest="K", help="largest scale class (voxels, default 5)")
+    p.add_argument("--base-channels", type=int, help="channels of the first U-Net level")
+    p.add_argument("--depth", type=int, help="U-Net resolution levels")
+    p.add_argument("--val-every", type=int, help="validate every N steps")
+    p.add_argument("--val-cases", type=int, help="generated validation cases (synthetic)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
+    p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
+    p.add_argument("--workers", type=int, help="background processes generating synthetic cases")
+    p.add_argument("--threads", type=int, dest="num_threads", help="torch CPU threads")
+    p.add_argument("--ddp", action="store_true",
+                   help="distributed data parallel (start with torchrun; implied under torchrun)")
+    ex = p.add_mutually_exclusive_group()
+    ex.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    ex.add_argument("--overwrite", action="store_true", help="replace the files of a non-empty RUN_DIR")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+_SIMPLE = ("steps", "max_minutes", "batch_size", "patch_size", "target_spacing", "lr", "loss",
+           "cldice_weight", "cldice_warmup_steps", "K", "val_every", "val_cases", "seed",
+           "device", "workers", "num_threads")
+
+
+def config_from_args(args: argparse.Namespace):
+    """Build a :class:`TrainConfig` from the config file (if any) and the flags."""
+    from napari_tubular.training import TrainConfig
+
+    values: dict = {k: getattr(args, k) for k in _SIMPLE if getattr(args, k, None) is not None}
+    if args.data:
+        values["data"] = list(args.data)
+    if args.synthetic:
+        values["data"] = ["synthetic"]
+    if args.val_data:
+        vd = list(args.val_data)
+        values["val_data"] = [] if [v.lower() for v in vd] == ["none"] else vd
+    if args.out:
+        values["out"] = args.out
+    for flag, key, val in (("no_amp", "amp", False), ("no_augment", "augment", False),
+                           ("ddp", "ddp", True), ("resume", "resume", True),
+                           ("overwrite", "overwrite", True)):
+        if getattr(args, flag, False):
+            values[key] = val
+    model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")
+                  if getattr(args, k, None) is not None}
+    if args.config:
+        cfg = TrainConfig.from_file(args.config, **values)
+        if model_opts:
+            cfg.model = {**cfg.model, **model_opts}
+    else:
+        if not args.out:
+            raise ValueError("--out: give the run folder (or a config file with 'out')")
+        cfg = TrainConfig.from_dict(values)
+        if model_opts:
+            cfg.model = {**cfg.model, **model_opts}
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_tubular.training import train
+    from napari_tubular.training.ddp import under_torchrun
+
+    cfg = config_from_args(args)
+    rank = 0
+    if under_torchrun():
+        import os
+
+        rank = int(os.environ.get("RANK", "0"))
+    last = [0.0]
+
+    def progress(done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if args.quiet or rank != 0 or (now - last[0] < 1.0 and done < total):
+            return
+        last[0] = now
+        print(f"[train] {message}", file=sys.stderr, flush=True)
+
+    path = train(cfg, progress=progress)
+    if rank == 0:
+        print(path)
+    return 0

@@ -1,0 +1,34 @@
+"""Training of DDT segmentation models (torch): :class:`TrainConfig`, :func:`train`.
+
+``python -m napari_tubular.training ...`` takes the arguments of ``napari-tubular train`` (for
+``torchrun --nproc_per_node N -m napari_tubular.training ...``).
+"""
+
+from .config import LOSSES, TrainConfig
+from .data import (
+    PreparedCase,
+    SyntheticPool,
+    find_pairs,
+    make_synthetic_case,
+    pregenerate_synthetic,
+    prepare_case,
+    resample,
+)
+from .loop import DEFAULT_NORMALIZATION, Cancelled, plot_curves, train, validate
+
+__all__ = [
+    "DEFAULT_NORMALIZATION",
+    "LOSSES",
+    "Cancelled",
+    "PreparedCase",
+    "SyntheticPool",
+    "TrainConfig",
+    "find_pairs",
+    "make_synthetic_case",
+    "plot_curves",
+    "prepare_case",
+    "pregenerate_synthetic",
+    "resample",
+    "train",
+    "validate",
+]

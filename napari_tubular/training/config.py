@@ -1,0 +1,223 @@
+"""Training configuration: :class:`TrainConfig`, loadable from JSON/YAML files and CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+LOSSES = ("ddt+cldice", "ddt", "dice+ce", "dice+cldice", "boundary")
+"""Loss names accepted by :class:`TrainConfig`.
+
+- ``"ddt+cldice"`` (default): DDT (class-balanced CE + distance-class loss, both heads), plus a
+  soft-clDice term on the segmentation head brought in after a warm-up (METHODS.md section 2).
+- ``"ddt"``: DDT alone.
+- ``"dice+ce"``: the plain segmentation baseline: soft Dice + BCE on the segmentation head only
+  (the scale head is not trained).
+- ``"dice+cldice"``: soft Dice + BCE, with the clDice term after warm-up (segmentation head only).
+- ``"boundary"``: generalised Dice + boundary loss with a decreasing alpha (segmentation head only).
+"""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes:
+        data: folders of image/label pairs (``*_image.<ext>`` + ``*_label.<ext>``), or
+            ``["synthetic"]`` for cases generated on the fly by ``make_vessel_tree``.
+        val_data: folders of held-out pairs, ``["synthetic"]`` for generated cases with seeds
+            disjoint from training, or ``[]`` for no validation.
+        out: run folder (log.csv, log.json, curves.png, last.pt, best.pt, model.pt).
+        target_spacing: (sz, sy, sx) mm; every volume is resampled to it (stored in the model).
+        patch_size: (Z, Y, X) voxels of a training patch (at the target spacing).
+        batch_size: patches per step (per process with DDP).
+        steps: number of optimiser steps (upper bound if ``max_minutes`` is set).
+        max_minutes: wall-clock budget; training stops (and saves) when it is spent.
+        lr, weight_decay: AdamW; the learning rate decays polynomially (power 0.9) with the
+            training progress ``max(step / steps, elapsed / max_minutes)``.
+        loss: one of :data:`LOSSES`.
+        cldice_weight: final clDice weight ``a`` in ``(1 - a) softDice + a softclDice`` (the
+            Dice-clDice loss of the clDice paper, on the segmentation head), in [0, 1].
+        cldice_warmup_steps: steps without clDice; ``None`` means ``cldice_warmup_fraction`` of
+            the training progress. The weight then ramps linearly over ``cldice_ramp_fraction``.
+        cldice_iters: soft-skeleton iterations (at least the largest radius in voxels).
+        K: largest scale class (radius in voxels at the target spacing).
+        model: keyword arguments of the model (``base_channels``, ``depth``, ...).
+        normalization: intensity normalisation (passed to ``normalize_intensity``; stored in
+            the model meta so that inference does the same).
+        fg_fraction: fraction of patches centred on a foreground voxel.
+        augment: random flips, intensity scale/shift/gamma/noise, rotations and scaling.
+        rotate_deg, scale_range: augmentation ranges.
+        val_every: validate (and save best.pt) every N steps; 0 = only at the end.
+        val_cases: number of generated validation cases when ``val_data == ["synthetic"]``.
+        checkpoint_every: write last.pt every N steps (and at the end / on cancel).
+        log_every: log the training loss every N steps.
+        seed: base seed (synthetic training seeds are ``seed * 1_000_003 + i``; validation
+            seeds are disjoint: they start at ``10**8 + seed * 1000``).
+        device: "auto", "cpu", "cuda", "cuda:1", ...
+        amp: mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
+        num_threads: torch threads on CPU (0 = leave torch's default).
+        synthetic: options of the synthetic training pool (see :class:`SyntheticOptions`).
+        workers: background processes that generate synthetic cases (0 = in the main process).
+        resume: continue from ``out/last.pt``.
+        overwrite: allow a non-empty ``out`` that is not resumed (its files are replaced).
+        ddp: use torch.distributed (set automatically under ``torchrun``).
+        description: free text stored in the model meta.
+    """
+
+    data: list[str] = field(default_factory=lambda: ["synthetic"])
+    val_data: list[str] = field(default_factory=lambda: ["synthetic"])
+    out: str = "runs/train"
+    target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    batch_size: int = 2
+    steps: int = 2000
+    max_minutes: float | None = None
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    loss: str = "ddt+cldice"
+    cldice_weight: float = 0.2
+    cldice_warmup_steps: int | None = None
+    cldice_warmup_fraction: float = 0.35
+    cldice_ramp_fraction: float = 0.15
+    cldice_iters: int = 5
+    K: int = 5
+    model: dict[str, Any] = field(default_factory=lambda: {"base_channels": 16, "depth": 4})
+    normalization: Any = None
+    fg_fraction: float = 0.6
+    augment: bool = True
+    rotate_deg: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.15)
+    val_every: int = 200
+    val_cases: int = 4
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    workers: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    ddp: bool = False
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.val_data, str):
+            self.val_data = [self.val_data]
+        self.data = [str(d) for d in self.data]
+        self.val_data = [str(d) for d in self.val_data]
+        self.out = str(self.out)
+        self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
+        self.patch_size = _triple(self.patch_size, "patch_size", int)
+        self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first invalid field."""
+        if not self.data:
+            raise ValueError("data: give at least one folder of image/label pairs or 'synthetic'")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        if min(self.target_spacing) <= 0:
+            raise ValueError(f"target_spacing: must be positive mm, got {self.target_spacing}")
+        if min(self.patch_size) < 8:
+            raise ValueError(f"patch_size: each side must be >= 8 voxels, got {self.patch_size}")
+        for name in ("batch_size", "steps", "K", "cldice_iters"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("val_every", "checkpoint_every", "log_every", "workers", "num_threads",
+                     "val_cases"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes: must be positive, got {self.max_minutes}")
+        if self.lr <= 0:
+            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0.0 <= self.fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction: must be in [0, 1], got {self.fg_fraction}")
+        if not 0.0 <= self.cldice_weight <= 1.0:
+            raise ValueError(f"cldice_weight: must be in [0, 1], got {self.cldice_weight}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range: need 0 < low <= high, got {self.scale_range}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model: must be a dict of model options, got {type(self.model)}")
+
+    # ------------------------------------------------------------------ I/O
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict of all fields."""
+        out = dataclasses.asdict(self)
+        out["target_spacing"] = list(self.target_spacing)
+        out["patch_size"] = list(self.patch_size)
+        out["scale_range"] = list(self.scale_range)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build a config from a dict; unknown keys raise ValueError naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+        return cls(**values)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a JSON or YAML config file; ``overrides`` (not None) replace its values."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text()
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            try:
+                values = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+        else:
+            try:
+                values = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of option names to values")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(values)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as JSON."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @property
+    def is_synthetic(self) -> bool:
+        return [d.lower() for d in self.data] == ["synthetic"]
+
+    @property
+    def val_is_synthetic(self) -> bool:
+        return [d.lower() for d in self.val_data] == ["synthetic"]
+
+
+def _triple(value: Any, name: str, kind: type) -> tuple:
+    if isinstance(value, (int, float)):
+        value = (value,) * 3
+    try:
+        vals = tuple(kind(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: expected 1 or 3 numbers, got {value!r}") from exc
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise ValueError(f"{name}: expected 1 or 3 numbers (z, y, x), got {value!r}")
+    return vals

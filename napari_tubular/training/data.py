@@ -1,0 +1,668 @@
+"""Training data: volumes resampled to the model spacing, patch sampling, augmentation.
+
+A *prepared case* holds a volume on the target grid (normalised intensity, binary label, DDT
+scale classes computed on the whole resampled volume) plus the flat indices of its foreground
+voxels for foreground oversampling. Patches are cropped from prepared cases; augmentation runs on
+the batch as torch tensors (on the training device).
+
+Sources:
+- folders of image/label pairs (``case_000_image.nii.gz`` + ``case_000_label.nii.gz``, as
+  ``napari-tubular synth`` writes them), read with :func:`napari_tubular.io.read_volume`;
+- the synthetic generator, on the fly: a pool of prepared cases refreshed by background
+  processes (:class:`SyntheticPool`), optionally seeded from a cache written by
+  :func:`pregenerate_synthetic`.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Spacing = tuple[float, float, float]
+
+# Default randomisation of synthetic training cases (see ``synthetic_case_params``).
+SYNTHETIC_DEFAULTS: dict[str, Any] = {
+    "extent_mm": (72.0, 104.0),  # physical field of view per axis (mm), uniform
+    "inplane_spacing": (0.6, 1.2),  # mm, uniform (same for y and x)
+    "z_spacing": (0.6, 2.5),  # mm, uniform (drawn when the case is anisotropic)
+    "anisotropic_fraction": 0.5,  # fraction of cases with an independent z spacing
+    "max_voxels": 140**3,  # cap on the native grid size (generation time)
+    "min_radius_vox": (0.35, 0.6),  # thinnest vessel, in finest native voxels, uniform
+    "thin_fraction": 0.25,  # fraction of trees made of thin vessels only
+    "thin_max_radius_mm": (1.2, 2.0),  # root radius of those trees, uniform
+    "pool_size": 32,  # prepared cases kept in memory
+    "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
+    "generator": {},  # extra keyword arguments of make_vessel_tree
+    "cache_dir": None,  # folder of pre-generated prepared cases (.npz)
+}
+
+
+# --------------------------------------------------------------------------- prepared cases
+@dataclass
+class PreparedCase:
+    """One volume on the training grid.
+
+    Attributes:
+        image: float32 (Z, Y, X), normalised intensity.
+        label: uint8 (Z, Y, X), 0/1.
+        scale: uint8 (Z, Y, X), DDT scale class in {0..K} (0 = background).
+        fg_index: int64 (N,), flat indices of foreground voxels (subsampled to at most 200k).
+        spacing: (sz, sy, sx) mm of the grid (the target spacing).
+        name: case identifier.
+        native_spacing: spacing of the source volume.
+        pad_value: intensity used to pad patches that reach outside the volume.
+        phi: optional float32 (Z, Y, X) signed distance in mm (negative inside), for the
+            boundary loss; computed on the whole resampled volume.
+    """
+
+    image: np.ndarray
+    label: np.ndarray
+    scale: np.ndarray
+    fg_index: np.ndarray
+    spacing: Spacing
+    name: str = ""
+    native_spacing: Spacing = (1.0, 1.0, 1.0)
+    pad_value: float = 0.0
+    phi: np.ndarray | None = None
+
+    def to_npz(self, path: str | Path) -> Path:
+        path = Path(path)
+        np.savez(
+            path,
+            image=self.image,
+            label=self.label,
+            scale=self.scale,
+            fg_index=self.fg_index,
+            spacing=np.asarray(self.spacing),
+            native_spacing=np.asarray(self.native_spacing),
+            pad_value=np.float32(self.pad_value),
+            name=np.asarray(self.name),
+            **({"phi": self.phi} if self.phi is not None else {}),
+        )
+        return path
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> PreparedCase:
+        with np.load(path) as z:
+            return cls(
+                image=z["image"],
+                label=z["label"],
+                scale=z["scale"],
+                fg_index=z["fg_index"],
+                spacing=tuple(float(v) for v in z["spacing"]),
+                native_spacing=tuple(float(v) for v in z["native_spacing"]),
+                pad_value=float(z["pad_value"]),
+                name=str(z["name"]),
+                phi=z["phi"] if "phi" in z.files else None,
+            )
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> tuple:
+    """Grid size covering the same extent at the target spacing (at least 1 voxel per axis)."""
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def resample(
+    array: np.ndarray, spacing: Sequence[float], target: Sequence[float], *, kind: str = "image"
+) -> np.ndarray:
+    """Resample a volume to the target spacing (extents aligned, trilinear).
+
+    Args:
+        array: (Z, Y, X) image (any real dtype) or binary label.
+        spacing: (sz, sy, sx) mm of ``array``.
+        target: (sz, sy, sx) mm of the result.
+        kind: ``"image"`` (trilinear, float32 result) or ``"label"`` (trilinear interpolation of
+            the 0/1 mask thresholded at 0.5, uint8 result: smoother than nearest neighbour for
+            thick slices, and a 1-voxel vessel keeps its centre voxels).
+
+    Returns:
+        (Z', Y', X') array with ``Z' = round(Z * sz / tz)`` etc.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if kind not in ("image", "label"):
+        raise ValueError(f"kind: expected 'image' or 'label', got {kind!r}")
+    shape = resampled_shape(array.shape, spacing, target)
+    if tuple(shape) == tuple(array.shape):
+        return array.astype(np.float32 if kind == "image" else np.uint8, copy=False)
+    t = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    with torch.no_grad():
+        r = F.interpolate(t, size=shape, mode="trilinear", align_corners=False)[0, 0].numpy()
+    if kind == "label":
+        return (r >= 0.5).astype(np.uint8)
+    return r.astype(np.float32, copy=False)
+
+
+def prepare_case(
+    image: np.ndarray,
+    label: np.ndarray,
+    spacing: Sequence[float],
+    target_spacing: Sequence[float],
+    K: int,
+    normalization: Any,
+    *,
+    name: str = "",
+    min_shape: Sequence[int] | None = None,
+    with_phi: bool = False,
+    target_label: np.ndarray | None = None,
+) -> PreparedCase:
+    """Normalise, resample to the target spacing, compute scale classes, index the foreground.
+
+    Args:
+        image: (Z, Y, X) raw intensities (e.g. HU).
+        label: (Z, Y, X) mask (non-zero = vessel).
+        spacing: (sz, sy, sx) mm of the inputs.
+        target_spacing: (sz, sy, sx) mm of the training grid.
+        K: largest scale class.
+        normalization: passed to ``napari_tubular.models.normalize_intensity``.
+        name: case identifier.
+        min_shape: pad (image with its minimum, labels with 0) to at least this size.
+        with_phi: also compute the signed distance map (boundary loss).
+        target_label: the label already on the target grid (synthetic cases rasterise their
+            exact geometry there); otherwise ``label`` is resampled (:func:`resample`).
+    """
+    from napari_tubular.geometry.distance import scale_classes, signed_distance
+    from napari_tubular.models import normalize_intensity
+
+    image = np.asarray(image)
+    label = np.asarray(label)
+    if image.shape != label.shape:
+        raise ValueError(f"{name}: image shape {image.shape} != label shape {label.shape}")
+    if image.ndim != 3:
+        raise ValueError(f"{name}: expected a 3-D volume, got shape {image.shape}")
+    spacing = tuple(float(s) for s in spacing)
+    target = tuple(float(s) for s in target_spacing)
+    norm = np.asarray(normalize_intensity(image.astype(np.float32, copy=False), normalization),
+                      dtype=np.float32)
+    img = resample(norm, spacing, target, kind="image")
+    if target_label is not None:
+        if target_label.shape != img.shape:
+            raise ValueError(f"{name}: target_label shape {target_label.shape} != {img.shape}")
+        lab = (np.asarray(target_label) > 0).astype(np.uint8)
+    else:
+        lab = resample((label > 0).astype(np.uint8), spacing, target, kind="label")
+    pad_value = float(img.min()) if img.size else 0.0
+    if min_shape is not None:
+        pads = [(0, max(0, int(m) - n)) for m, n in zip(min_shape, img.shape)]
+        if any(p[1] for p in pads):
+            pads = [(p // 2, p - p // 2) for _, p in pads]
+            img = np.pad(img, pads, mode="constant", constant_values=pad_value)
+            lab = np.pad(lab, pads, mode="constant")
+    scale = np.asarray(scale_classes(lab, K, target), dtype=np.uint8)
+    phi = np.asarray(signed_distance(lab, target), dtype=np.float32) if with_phi else None
+    fg = np.flatnonzero(lab.ravel()).astype(np.int64)
+    if fg.size > 200_000:
+        fg = np.random.default_rng(0).choice(fg, 200_000, replace=False)
+    return PreparedCase(
+        image=np.ascontiguousarray(img, dtype=np.float32),
+        label=np.ascontiguousarray(lab, dtype=np.uint8),
+        scale=np.ascontiguousarray(scale, dtype=np.uint8),
+        fg_index=fg,
+        spacing=target,
+        name=name,
+        native_spacing=spacing,
+        pad_value=pad_value,
+        phi=phi,
+    )
+
+
+# --------------------------------------------------------------------------- folders of pairs
+_PAIR_RE = re.compile(r"^(?P<stem>.+)_(?P<kind>image|label)$")
+
+
+def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """Image/label pairs in folders: ``<stem>_image.<ext>`` with ``<stem>_label.<ext>``.
+
+    Raises:
+        FileNotFoundError: a folder does not exist or holds no pair.
+        ValueError: an image has no label (or the reverse).
+    """
+    from napari_tubular.io import list_volumes, volume_stem
+
+    pairs: list[tuple[Path, Path]] = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"data folder not found: {folder}")
+        images: dict[str, Path] = {}
+        labels: dict[str, Path] = {}
+        for path in list_volumes(folder):
+            m = _PAIR_RE.match(volume_stem(path))
+            if m is None:
+                continue
+            (images if m["kind"] == "image" else labels)[m["stem"]] = Path(path)
+        missing = sorted(set(images) ^ set(labels))
+        if missing:
+            raise ValueError(
+                f"{folder}: unpaired volume(s) {', '.join(missing[:5])}: every "
+                "<name>_image file needs a <name>_label file and vice versa"
+            )
+        if not images:
+            raise FileNotFoundError(
+                f"{folder}: no <name>_image / <name>_label volume pairs found "
+                "(as written by 'napari-tubular synth')"
+            )
+        pairs += [(images[s], labels[s]) for s in sorted(images)]
+    return pairs
+
+
+def load_pair(
+    image_path: Path, label_path: Path, target_spacing: Sequence[float], K: int,
+    normalization: Any, min_shape: Sequence[int] | None = None, with_phi: bool = False,
+) -> PreparedCase:
+    """Read an image/label pair and prepare it (see :func:`prepare_case`)."""
+    from napari_tubular.io import read_volume
+
+    img = read_volume(image_path)
+    lab = read_volume(label_path)
+    if img.data.shape != lab.data.shape:
+        raise ValueError(
+            f"{label_path}: shape {lab.data.shape} does not match image {image_path} "
+            f"{img.data.shape}"
+        )
+    if not np.allclose(img.spacing, lab.spacing, rtol=1e-3):
+        raise ValueError(
+            f"{label_path}: spacing {lab.spacing} does not match image {image_path} {img.spacing}"
+        )
+    return prepare_case(
+        img.data, lab.data, img.spacing, target_spacing, K, normalization,
+        name=Path(image_path).name, min_shape=min_shape, with_phi=with_phi,
+    )
+
+
+# --------------------------------------------------------------------------- synthetic cases
+def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Random native grid (shape, spacing) of synthetic case ``seed``.
+
+    A fraction ``anisotropic_fraction`` of the cases gets an independent z spacing drawn from
+    ``z_spacing`` (thick or thin slices); the others are isotropic with the in-plane spacing.
+    The thinnest vessel is ``min_radius_vox`` (0.35 to 0.6) of the finest native voxel, i.e.
+    sub-voxel to one-voxel diameter; a fraction ``thin_fraction`` of the cases are trees of thin
+    vessels only (root radius ``thin_max_radius_mm``). Other generator options (tortuosity,
+    loops, noise, contrast, distractors) keep the generator's own random draws.
+    """
+    opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
+    rng = np.random.default_rng([int(seed), 7919])
+    sxy = float(rng.uniform(*opts["inplane_spacing"]))
+    aniso = rng.random() < opts["anisotropic_fraction"]
+    sz = float(rng.uniform(*opts["z_spacing"])) if aniso else sxy
+    spacing = (round(sz, 3), round(sxy, 3), round(sxy, 3))
+    extent = rng.uniform(*opts["extent_mm"], size=3)
+    shape = [max(16, int(round(e / s))) for e, s in zip(extent, spacing)]
+    n = math.prod(shape)
+    if n > opts["max_voxels"]:
+        f = (opts["max_voxels"] / n) ** (1 / 3)
+        shape = [max(16, int(n_ * f)) for n_ in shape]
+    gen = dict(opts["generator"])
+    min_r = float(rng.uniform(*opts["min_radius_vox"])) * min(spacing)
+    thin = rng.random() < opts["thin_fraction"]
+    gen.setdefault("min_radius_mm", round(min_r, 4))
+    if thin:
+        max_r = max(float(rng.uniform(*opts["thin_max_radius_mm"])), 2.2 * gen["min_radius_mm"])
+        gen.setdefault("max_radius_mm", round(max_r, 4))
+    return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
+            "thin": bool(thin)}
+
+
+def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
+    """Rasterise a synthetic case's exact geometry on the grid :func:`resample` produces.
+
+    The target grid covers the same field of view as the native one (``align_corners=False``):
+    its voxel ``i`` is centred at ``(i + 0.5) * t' - s / 2`` mm in the native frame, with
+    ``t' = n * s / m`` the effective spacing of ``m`` target voxels. The label rule is the
+    generator's (capsules plus the voxels nearest to the centreline), so vessels thinner than a
+    target voxel stay connected one-voxel lines instead of vanishing in the resampling.
+
+    Returns:
+        (uint8 mask on the target grid, effective spacing t').
+    """
+    from napari_tubular.synthetic import render_capsules
+
+    shape = np.asarray(case.mask.shape)
+    sp = np.asarray(case.spacing, dtype=float)
+    m = np.asarray(resampled_shape(shape, sp, target_spacing))
+    eff = shape * sp / m
+    offset = eff / 2 - sp / 2
+    mask, _ = render_capsules(case.centerline[:, :3] - offset, case.centerline[:, 3], case.edges,
+                              tuple(int(v) for v in m), tuple(eff), occupancy=False)
+    return mask.astype(np.uint8), tuple(float(v) for v in eff)
+
+
+def make_synthetic_case(
+    seed: int, target_spacing: Sequence[float], K: int, normalization: Any,
+    options: dict[str, Any] | None = None, min_shape: Sequence[int] | None = None,
+    with_phi: bool = False,
+) -> PreparedCase:
+    """Generate synthetic case ``seed`` at a random native grid and prepare it.
+
+    The image is generated at the native grid and resampled; the label is rasterised directly
+    on the target grid from the exact centreline geometry (:func:`render_on_grid`).
+    """
+    from napari_tubular.synthetic import make_vessel_tree
+
+    p = synthetic_case_params(seed, options)
+    case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
+                            **p["generator"])
+    target_label, _ = render_on_grid(case, target_spacing)
+    return prepare_case(case.image, case.mask, case.spacing, target_spacing, K, normalization,
+                        name=f"synthetic_{seed}", min_shape=min_shape, with_phi=with_phi,
+                        target_label=target_label)
+
+
+def _worker_init() -> None:  # pragma: no cover - runs in child processes
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _make_synthetic_job(args: tuple) -> PreparedCase:  # pragma: no cover - child processes
+    return make_synthetic_case(*args)
+
+
+def _pregen_job(args: tuple) -> str:  # pragma: no cover - child processes
+    out, job = args
+    case = make_synthetic_case(*job)
+    return str(case.to_npz(out))
+
+
+def pregenerate_synthetic(
+    out_dir: str | Path, seeds: Sequence[int], target_spacing: Sequence[float], K: int,
+    normalization: Any, options: dict[str, Any] | None = None,
+    min_shape: Sequence[int] | None = None, processes: int | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[Path]:
+    """Generate and prepare synthetic cases in parallel, one ``.npz`` each, in ``out_dir``.
+
+    The folder can then seed a :class:`SyntheticPool` (``synthetic={"cache_dir": out_dir}``).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [
+        (out_dir / f"synthetic_{s}.npz",
+         (int(s), tuple(target_spacing), K, normalization, options, min_shape))
+        for s in seeds
+    ]
+    processes = processes or max(1, (os.cpu_count() or 2) - 1)
+    paths: list[Path] = []
+    if processes <= 1:
+        for i, (out, job) in enumerate(jobs):
+            paths.append(make_synthetic_case(*job).to_npz(out))
+            if progress:
+                progress(i + 1, len(jobs), "generating synthetic cases")
+        return paths
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(processes, initializer=_worker_init) as pool:
+        for i, p in enumerate(pool.imap_unordered(_pregen_job, jobs)):
+            paths.append(Path(p))
+            if progress:
+                progress(i + 1, len(jobs), "generating synthetic cases")
+    return sorted(paths)
+
+
+class SyntheticPool:
+    """A pool of prepared synthetic cases, refreshed while training runs.
+
+    With ``workers > 0``, background processes (spawned, one torch thread each) generate new
+    cases; :meth:`refresh` swaps finished ones into the pool without waiting. With
+    ``workers == 0`` one case is generated in the main process every ``refresh_every`` steps.
+
+    Args:
+        seeds: an iterator of seeds for new cases (never repeats).
+        target_spacing, K, normalization, options, min_shape: see :func:`make_synthetic_case`.
+        workers: background processes.
+        rng: random generator for picking cases.
+    """
+
+    def __init__(
+        self, seeds: Iterable[int], target_spacing: Sequence[float], K: int, normalization: Any,
+        options: dict[str, Any] | None = None, min_shape: Sequence[int] | None = None,
+        workers: int = 0, rng: np.random.Generator | None = None,
+        progress: Callable[[int, int, str], None] | None = None, with_phi: bool = False,
+    ) -> None:
+        self.opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
+        self._seeds = iter(seeds)
+        self._args = (tuple(target_spacing), K, normalization, options, min_shape, with_phi)
+        self.rng = rng or np.random.default_rng(0)
+        self.workers = int(workers)
+        self.size = int(self.opts["pool_size"])
+        self.cases: list[PreparedCase] = []
+        self.generated = 0
+        self._steps = 0
+        cache = self.opts.get("cache_dir")
+        if cache:
+            files = sorted(Path(cache).glob("*.npz"))
+            if not files:
+                raise FileNotFoundError(f"synthetic cache_dir holds no .npz cases: {cache}")
+            self.rng.shuffle(files)
+            self.cases = [PreparedCase.from_npz(f) for f in files[: max(self.size, 1)]]
+            self.size = max(self.size, len(self.cases))
+        self._pool = None
+        self._pending: list = []
+        if self.workers > 0:
+            ctx = mp.get_context("spawn")
+            self._pool = ctx.Pool(self.workers, initializer=_worker_init)
+            for _ in range(2 * self.workers):
+                self._submit()
+        n0 = len(self.cases)
+        while len(self.cases) < min(self.size, n0 + max(1, self.size if not self.workers else 2)):
+            # fill in the main process (or wait for the workers' first cases)
+            if self._pool is not None and self._pending:
+                self._pending[0].wait()
+                self.refresh()
+            else:
+                self.cases.append(make_synthetic_case(next(self._seeds), *self._args))
+                self.generated += 1
+            if progress:
+                progress(len(self.cases), self.size, "generating synthetic cases")
+
+    def _submit(self) -> None:
+        assert self._pool is not None
+        job = (next(self._seeds), *self._args)
+        self._pending.append(self._pool.apply_async(_make_synthetic_job, (job,)))
+
+    def _add(self, case: PreparedCase) -> None:
+        self.generated += 1
+        if len(self.cases) < self.size:
+            self.cases.append(case)
+        else:
+            self.cases[int(self.rng.integers(len(self.cases)))] = case
+
+    def refresh(self) -> int:
+        """Swap in new cases (non-blocking with workers). Returns how many were added."""
+        added = 0
+        if self._pool is not None:
+            still = []
+            for res in self._pending:
+                if res.ready():
+                    self._add(res.get())
+                    added += 1
+                else:
+                    still.append(res)
+            self._pending = still
+            while len(self._pending) < 2 * self.workers:
+                self._submit()
+        else:
+            self._steps += 1
+            every = int(self.opts["refresh_every"])
+            if every > 0 and self._steps % every == 0:
+                self._add(make_synthetic_case(next(self._seeds), *self._args))
+                added = 1
+        return added
+
+    def sample(self) -> PreparedCase:
+        return self.cases[int(self.rng.integers(len(self.cases)))]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+            self._pending = []
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.terminate()
+
+
+class FixedPool:
+    """Prepared cases loaded once (folders of pairs); same interface as :class:`SyntheticPool`."""
+
+    def __init__(self, cases: list[PreparedCase], rng: np.random.Generator | None = None):
+        if not cases:
+            raise ValueError("no training cases")
+        self.cases = cases
+        self.rng = rng or np.random.default_rng(0)
+        self.generated = 0
+
+    def refresh(self) -> int:
+        return 0
+
+    def sample(self) -> PreparedCase:
+        return self.cases[int(self.rng.integers(len(self.cases)))]
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- patches
+def crop_patch(
+    case: PreparedCase, patch_size: Sequence[int], rng: np.random.Generator, fg_fraction: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """Crop one (image, label, scale, phi or None) patch; foreground-centred with probability ``fg_fraction``.
+
+    A foreground-centred patch puts a random vessel voxel at a random position in the central
+    half of the patch. Volumes smaller than the patch are padded (image with ``pad_value``).
+    """
+    shape = case.image.shape
+    ps = [int(p) for p in patch_size]
+    if case.fg_index.size and rng.random() < fg_fraction:
+        c = np.unravel_index(int(case.fg_index[rng.integers(case.fg_index.size)]), shape)
+        start = [int(ci) - p // 2 + int(rng.integers(-(p // 4), p // 4 + 1)) for ci, p in zip(c, ps)]
+    else:
+        start = [int(rng.integers(0, max(1, n - p + 1))) for n, p in zip(shape, ps)]
+    start = [min(max(s, 0), max(0, n - p)) for s, n, p in zip(start, shape, ps)]
+    sl = tuple(slice(s, s + p) for s, p in zip(start, ps))
+    img, lab, sc = case.image[sl], case.label[sl], case.scale[sl]
+    phi = case.phi[sl] if case.phi is not None else None
+    if img.shape != tuple(ps):
+        pads = [(0, p - n) for p, n in zip(ps, img.shape)]
+        img = np.pad(img, pads, mode="constant", constant_values=case.pad_value)
+        lab = np.pad(lab, pads, mode="constant")
+        sc = np.pad(sc, pads, mode="constant")
+        if phi is not None:
+            phi = np.pad(phi, pads, mode="edge")
+    return img, lab, sc, phi
+
+
+def sample_batch(pool, batch_size: int, patch_size: Sequence[int], rng: np.random.Generator,
+                 fg_fraction: float):
+    """(B, 1, Z, Y, X) float32 image, uint8 label, uint8 scale, float32 phi (or None) patches."""
+    crops = [crop_patch(pool.sample(), patch_size, rng, fg_fraction) for _ in range(batch_size)]
+    img, lab, sc = (np.stack([c[j] for c in crops])[:, None] for j in range(3))
+    phi = None
+    if all(c[3] is not None for c in crops):
+        phi = np.stack([c[3] for c in crops])[:, None]
+    return img, lab, sc, phi
+
+
+# --------------------------------------------------------------------------- augmentation
+def augment_batch(image, label, scale, generator, *, K: int, phi=None, rotate_deg: float = 15.0,
+                  scale_range: Sequence[float] = (0.85, 1.15), p_spatial: float = 0.4,
+                  p_flip: float = 0.5, p_intensity: float = 0.8, p_noise: float = 0.3):
+    """Random augmentation of a batch, on the batch's device.
+
+    Args:
+        image: float32 tensor (B, 1, Z, Y, X), normalised intensity.
+        label: float32 tensor (B, 1, Z, Y, X), 0/1.
+        scale: float32 tensor (B, 1, Z, Y, X), scale classes {0..K}.
+        generator: ``torch.Generator`` on the CPU (reproducible draws).
+        K: largest scale class.
+        phi: optional float32 tensor (B, 1, Z, Y, X), signed distance in mm (follows the
+            geometry: trilinear, multiplied by the zoom).
+        rotate_deg: maximal rotation about each axis (degrees).
+        scale_range: zoom factors (>1 enlarges structures); scale classes follow the zoom.
+
+    Returns:
+        The augmented ``(image, label, scale, phi)`` (same shapes and dtypes; phi may be None).
+
+    Rotations/zooms resample with one affine grid per sample (trilinear for the image, nearest
+    for the targets, border padding for both so that they stay consistent). Flips are along
+    each axis independently (the data is on an isotropic-ish target grid). Intensity: random
+    contrast/brightness, gamma-like monotone warp, and Gaussian noise.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    B = image.shape[0]
+    dev = image.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator).to(dev)
+
+    # spatial: rotation + zoom
+    do_sp = rand(B) < p_spatial
+    if bool(do_sp.any()):
+        ang = (rand(B, 3) * 2 - 1) * math.radians(rotate_deg)
+        lo, hi = float(scale_range[0]), float(scale_range[1])
+        zoom = torch.exp(math.log(lo) + rand(B) * (math.log(hi) - math.log(lo)))
+        ang = ang * do_sp[:, None]
+        zoom = torch.where(do_sp, zoom, torch.ones_like(zoom))
+        theta = torch.zeros(B, 3, 4, device=dev)
+        for b in range(B):
+            theta[b, :, :3] = _rotation_matrix(ang[b]) / zoom[b]
+        grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+        image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
+                              align_corners=False)
+        tgt = torch.cat([label, scale], 1)
+        tgt = F.grid_sample(tgt, grid, mode="nearest", padding_mode="border", align_corners=False)
+        label = tgt[:, :1]
+        sc = torch.round(tgt[:, 1:] * zoom.view(B, 1, 1, 1, 1)).clamp(0, K)
+        scale = torch.where(label > 0, sc.clamp(min=1), torch.zeros_like(sc))
+        if phi is not None:
+            phi = F.grid_sample(phi, grid, mode="bilinear", padding_mode="border",
+                                align_corners=False) * zoom.view(B, 1, 1, 1, 1)
+    # flips
+    flips = rand(B, 3) < p_flip
+    if bool(flips.any()):
+        image, label, scale = image.clone(), label.clone(), scale.clone()
+        phi = phi.clone() if phi is not None else None
+        for b in range(B):
+            dims = [d + 1 for d in range(3) if bool(flips[b, d])]
+            if dims:
+                image[b] = torch.flip(image[b], dims)
+                label[b] = torch.flip(label[b], dims)
+                scale[b] = torch.flip(scale[b], dims)
+                if phi is not None:
+                    phi[b] = torch.flip(phi[b], dims)
+    # intensity
+    do_int = (rand(B) < p_intensity).float().view(B, 1, 1, 1, 1)
+    contrast = 1 + (rand(B) * 0.4 - 0.2).view(B, 1, 1, 1, 1) * do_int
+    shift = (rand(B) * 0.4 - 0.2).view(B, 1, 1, 1, 1) * do_int
+    mean = image.mean(dim=(2, 3, 4), keepdim=True)
+    image = (image - mean) * contrast + mean + shift
+    do_noise = (rand(B) < p_noise).float().view(B, 1, 1, 1, 1)
+    sigma = rand(B).view(B, 1, 1, 1, 1) * 0.1 * do_noise
+    noise = torch.randn(image.shape, generator=generator).to(dev)
+    image = image + sigma * noise
+    return image, label, scale, phi
+
+
+def _rotation_matrix(angles):
+    """3x3 rotation (z, y, x angles in radians) as a torch tensor."""
+    import torch
+
+    a, b, c = (float(v) for v in angles)
+    rz = torch.tensor([[1, 0, 0], [0, math.cos(a), -math.sin(a)], [0, math.sin(a), math.cos(a)]])
+    ry = torch.tensor([[math.cos(b), 0, math.sin(b)], [0, 1, 0], [-math.sin(b), 0, math.cos(b)]])
+    rx = torch.tensor([[math.cos(c), -math.sin(c), 0], [math.sin(c), math.cos(c), 0], [0, 0, 1]])
+    return (rz @ ry @ rx).to(angles.device)

@@ -1,0 +1,60 @@
+"""The shipped default model: a readable model file whose weights really segment vessels.
+
+Threshold of the sample test: Dice >= 0.85 (and clDice >= 0.80) of ``probability > 0.5`` against
+the bundled sample's exact label. 0.85 is the issue's held-out target; the sample is a synthetic
+volume of the training family that the model never saw (anisotropic 1.5 x 0.8 x 0.8 mm, so the
+resampling to the model grid and back is exercised too). The shipped model measured Dice 0.91,
+clDice 0.86 there on CPU (docs/training.md), so the margin absorbs CPU/GPU and thread-count
+differences, while a broken file, wrong normalisation or a skipped resampling falls far below it
+(an untrained network scores about 0.01).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.models import DEFAULT_MODEL_PATH, load_model, read_model_meta  # noqa: E402
+
+DICE_MIN = 0.85
+CLDICE_MIN = 0.80
+
+
+def test_default_model_file_and_meta():
+    assert DEFAULT_MODEL_PATH.is_file()
+    assert DEFAULT_MODEL_PATH.stat().st_size < 10 * 2**20  # "a few MB"
+    model, meta = load_model("default", device="cpu")
+    assert meta["training"]["loss"] == "ddt+cldice"
+    assert meta["arch"]["num_scales"] == meta["K"] + 1
+    assert meta["normalization"]["kind"] == "window"
+    # the readable sidecar describes the same weights
+    sidecar = json.loads(DEFAULT_MODEL_PATH.with_suffix(".json").read_text())
+    assert sidecar["arch"] == read_model_meta("default")["arch"]
+    assert sidecar["spacing"] == meta["spacing"]
+    out = model(torch.zeros(1, 1, 16, 16, 16))
+    assert out["scale"].shape[1] == meta["K"] + 1
+
+
+@pytest.mark.slow
+def test_default_model_segments_bundled_sample():
+    from napari_tubular.inference import refine_maps, segment
+    from napari_tubular.io import read_volume
+    from napari_tubular.sample_data import sample_path
+    from napari_tubular.topology.metrics import compute_metrics
+
+    image = read_volume(sample_path("image"))
+    label = read_volume(sample_path("label")).data > 0
+    # no window overlap: one network pass over the volume (CPU time), no refinement here
+    res = segment(image, model="default", device="cpu", refine=False, overlap=0.0)
+    m = compute_metrics(res.labels > 0, label, image.spacing)
+    assert m["dice"] >= DICE_MIN, m
+    assert m["cldice"] >= CLDICE_MIN, m
+    # the geometry-aware refinement from the same maps stays a good segmentation
+    refined, _ = refine_maps(res.probability, res.radius_mm, image.spacing, tp=0.7, tr=0.5)
+    mr = compute_metrics(refined > 0, label, image.spacing)
+    assert mr["dice"] >= DICE_MIN, mr
+    assert np.isfinite(res.radius_mm).all()
