@@ -40,6 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .geometry.components import remove_small_components
+from .geometry.skeleton import pseudo_skeleton
+
 __all__ = [
     "Cancelled",
     "Prediction",
@@ -59,6 +62,11 @@ __all__ = [
 
 #: With ``refine=False`` the labels are ``probability > NO_REFINE_THRESHOLD``.
 NO_REFINE_THRESHOLD = 0.5
+#: Thresholds used when neither the caller nor the model file gives any.
+FALLBACK_TP, FALLBACK_TR = 0.9, 0.5
+#: Components smaller than this (mm^3) are removed from the labels (0 disables): the specks
+#: that make most Betti-0 errors (docs/training.md has the measured effect).
+DEFAULT_MIN_SIZE_MM3 = 20.0
 _SPACING_RTOL = 1e-3
 _SIGMA_SCALE = 0.125
 
@@ -656,12 +664,12 @@ def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
-def _pseudo_skeleton(prob, tp):
-    try:
-        from .geometry.skeleton import pseudo_skeleton
-    except ImportError:
-        return (prob > tp).astype(np.uint8)
-    return np.asarray(pseudo_skeleton(prob, tp), dtype=np.uint8)
+def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
+    """``(T_p, T_r)`` tuned for a model on validation volumes (its meta ``metrics.refine``),
+    else :data:`FALLBACK_TP`, :data:`FALLBACK_TR`."""
+    tuned = ((meta or {}).get("metrics") or {}).get("refine") or {}
+    tp, tr = tuned.get("tp", FALLBACK_TP), tuned.get("tr", FALLBACK_TR)
+    return check_thresholds(tp, tr)
 
 
 def check_thresholds(tp, tr) -> tuple[float, float]:
@@ -689,53 +697,27 @@ def shape_report(labels: np.ndarray, skeleton: np.ndarray, spacing) -> dict:
     Values that need a module not available in this build are None, with the reason in
     ``"missing"``.
     """
-    out: dict = {"volume_ml": float(labels.astype(bool).sum() * float(np.prod(spacing)) / 1000.0)}
-    missing = []
-    try:
-        from .topology import betti_numbers
-    except ImportError as exc:
-        out["betti_numbers"] = None
-        missing.append(f"betti_numbers: {exc}")
-    else:
-        out["betti_numbers"] = [int(b) for b in betti_numbers(labels.astype(bool))]
-    length_fn = _length_function()
-    if length_fn is None:
-        out["centerline_length_mm"] = None
-        missing.append("centerline length: no length function in napari_tubular.topology")
-    else:
-        out["centerline_length_mm"] = float(length_fn(skeleton.astype(bool), spacing))
-    if missing:
-        out["missing"] = missing
-    return out
+    from .topology import betti_numbers, centerline_length_mm
 
-
-def _length_function():
-    try:
-        from . import topology
-    except ImportError:
-        return None
-    for name in (
-        "centerline_length_mm",
-        "skeleton_length_mm",
-        "centerline_length",
-        "skeleton_length",
-    ):
-        fn = getattr(topology, name, None)
-        if callable(fn):
-            return fn
-    return None
+    mask = labels.astype(bool)
+    return {
+        "volume_ml": float(mask.sum() * float(np.prod(spacing)) / 1000.0),
+        "betti_numbers": [int(b) for b in betti_numbers(mask)],
+        "centerline_length_mm": float(centerline_length_mm(skeleton.astype(bool), spacing)),
+    }
 
 
 def segment(
     volume,
     model="default",
     device: str = "auto",
-    tp: float = 0.9,
-    tr: float = 0.5,
+    tp: float | None = None,
+    tr: float | None = None,
     refine: bool = True,
     progress=None,
     cancel=None,
     *,
+    min_size_mm3: float = DEFAULT_MIN_SIZE_MM3,
     spacing=None,
     batch_size: int | None = None,
     overlap: float = 0.25,
@@ -746,16 +728,22 @@ def segment(
     Args:
         volume, model, device, spacing, batch_size, overlap, amp, progress, cancel: see
             :func:`predict`.
-        tp: pseudo-skeleton threshold on the probability, in (0, 1).
+        tp: pseudo-skeleton threshold on the probability, in (0, 1). None: the value tuned
+            for the model (:func:`recommended_thresholds`).
         tr: threshold on the refined map ``Y_r`` (> 0; ``Y_r`` can exceed 1 where seeds
-            overlap).
+            overlap). None: the value tuned for the model.
         refine: False skips the refinement: ``labels = probability > 0.5``
             (:data:`NO_REFINE_THRESHOLD`), skeleton = ``probability > tp``.
+        min_size_mm3: 26-connected components of the labels smaller than this are removed
+            (and the skeleton is kept inside the labels); 0 keeps everything.
 
     Returns:
         :class:`SegmentationResult`.
     """
-    check_thresholds(tp, tr)
+    if tp is not None or tr is not None:
+        check_thresholds(FALLBACK_TP if tp is None else tp, FALLBACK_TR if tr is None else tr)
+    if not (math.isfinite(min_size_mm3) and min_size_mm3 >= 0):
+        raise ValueError(f"min_size_mm3 must be >= 0 mm^3, got {min_size_mm3}")
     t0 = time.perf_counter()
     pred = predict(
         volume,
@@ -770,6 +758,9 @@ def segment(
     )
     _check_cancel(cancel)
     t = time.perf_counter()
+    tuned_tp, tuned_tr = recommended_thresholds(pred.meta)
+    tp = tuned_tp if tp is None else float(tp)
+    tr = tuned_tr if tr is None else float(tr)
     if refine:
         _notify(progress, 0, 1, "refining (geometry-aware refinement)")
         labels, skeleton = refine_maps(
@@ -777,7 +768,9 @@ def segment(
         )
     else:
         labels = (pred.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
-        skeleton = _pseudo_skeleton(pred.probability, tp)
+        skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
+    labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
+    skeleton &= labels
     timings = dict(pred.timings)
     timings["refine"] = time.perf_counter() - t
     _check_cancel(cancel)
@@ -805,6 +798,8 @@ def segment(
             "batch_size": pred.batch_size,
             "amp": bool(amp),
             "no_refine_threshold": NO_REFINE_THRESHOLD if not refine else None,
+            "min_size_mm3": float(min_size_mm3),
+            "components_removed": n_removed,
         },
         "model_grid_spacing": list(pred.model_spacing),
         "time_s": {k: round(v, 4) for k, v in timings.items()},

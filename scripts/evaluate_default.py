@@ -56,7 +56,8 @@ HELD_OUT = [
 ]
 TARGETS = {"dice": 0.85, "cldice": 0.90, "b0_error": 2.0}
 METRICS = ("dice", "cldice", "b0_error", "b1_error", "hd95_mm")
-MIN_COMPONENT_MM3 = 20.0
+from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3 as MIN_COMPONENT_MM3  # noqa: E402
+
 TP_GRID = (0.5, 0.7, 0.85, 0.95)
 TR_GRID = (0.3, 0.5, 0.7)
 
@@ -120,16 +121,10 @@ def predictions(model, images, specs, device: str):
 
 
 def drop_small_components(mask: np.ndarray, spacing, min_mm3: float = MIN_COMPONENT_MM3):
-    """Remove 26-connected components smaller than ``min_mm3`` (analysis variant)."""
-    import cc3d
+    """Remove 26-connected components smaller than ``min_mm3`` (as ``segment`` does)."""
+    from napari_tubular.geometry import remove_small_components
 
-    lab, n = cc3d.connected_components(mask.astype(np.uint8), connectivity=26, return_N=True)
-    if n == 0:
-        return mask.astype(np.uint8)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1) * float(np.prod(spacing))
-    keep = sizes >= min_mm3
-    keep[0] = False
-    return keep[lab].astype(np.uint8)
+    return remove_small_components(mask, spacing, min_mm3)[0]
 
 
 def refine_labels(prob, radius, spacing, tp, tr, device, edt_radius: bool):
@@ -207,6 +202,8 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
                                 kind == "baseline")
             jobs.append((lab, ref, sp))
             tags.append(f"{name} + GAR" + (" (EDT radii)" if kind == "baseline" else ""))
+            jobs.append((drop_small_components(lab, sp), ref, sp))
+            tags.append(f"{name} + GAR + CC filter" + (" (EDT radii)" if kind == "baseline" else ""))
         res = metrics_many(jobs, processes)
         for tag, m in zip(tags, res):
             results["variants"].setdefault(tag, []).append(m)

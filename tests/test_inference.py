@@ -212,7 +212,8 @@ def test_segment_outputs(tiny_model_file):
     from napari_tubular.synthetic import make_vessel_tree
 
     case = make_vessel_tree((24, 28, 26), (1.2, 0.9, 0.9), seed=3)
-    res = segment(case.image, str(tiny_model_file), "cpu", tp=0.55, tr=0.5, spacing=case.spacing)
+    res = segment(case.image, str(tiny_model_file), "cpu", tp=0.55, tr=0.5, spacing=case.spacing,
+                  min_size_mm3=0)
     for arr, dtype in [
         (res.labels, np.uint8),
         (res.probability, np.float32),
@@ -235,7 +236,8 @@ def test_segment_outputs(tiny_model_file):
     assert len(r["betti_numbers"]) == 3
     assert r["centerline_length_mm"] >= 0
 
-    plain = segment(case.image, str(tiny_model_file), "cpu", refine=False, spacing=case.spacing)
+    plain = segment(case.image, str(tiny_model_file), "cpu", refine=False, spacing=case.spacing,
+                    min_size_mm3=0)
     np.testing.assert_array_equal(
         plain.labels, (plain.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
     )
@@ -260,6 +262,34 @@ def test_segment_uses_the_geometry_refinement_on_the_predicted_maps():
     np.testing.assert_array_equal(res.labels, expected)
     assert res.labels.sum() > 0
     assert not np.any(res.labels & ~ndimage.binary_dilation(case.mask.astype(bool)))
+
+
+def test_segment_removes_specks_and_uses_the_models_tuned_thresholds():
+    from scipy import ndimage
+
+    from napari_tubular.synthetic import make_tube
+
+    case = make_tube(shape=(24, 24, 24), spacing=(1.0, 1.0, 1.0), radius_mm=3.0)
+    soft = ndimage.gaussian_filter(case.mask.astype(np.float32), 0.7)
+    soft[2:4, 2:4, 2:4] = 0.99  # an 8 mm^3 speck far from the tube
+    meta = _meta()
+    meta["metrics"] = {"refine": {"tp": 0.8, "tr": 0.3}}
+    kept = segment(soft, (EchoNet(k=3), meta), "cpu", refine=False, min_size_mm3=0)
+    cleaned = segment(soft, (EchoNet(k=3), meta), "cpu", refine=False, min_size_mm3=20)
+    assert kept.report["betti_numbers"][0] == 2
+    assert cleaned.report["betti_numbers"][0] == 1
+    assert cleaned.report["parameters"]["components_removed"] == 1
+    assert not cleaned.labels[2:4, 2:4, 2:4].any()
+    assert not cleaned.skeleton[2:4, 2:4, 2:4].any()
+    np.testing.assert_array_equal(cleaned.labels[:, 8:, 8:], kept.labels[:, 8:, 8:])
+    # thresholds: the model's tuned values unless given
+    assert (cleaned.report["parameters"]["tp"], cleaned.report["parameters"]["tr"]) == (0.8, 0.3)
+    res = segment(soft, (EchoNet(k=3), meta), "cpu", tp=0.95)
+    assert (res.report["parameters"]["tp"], res.report["parameters"]["tr"]) == (0.95, 0.3)
+    res = segment(soft, (EchoNet(k=3), _meta()), "cpu")
+    assert (res.report["parameters"]["tp"], res.report["parameters"]["tr"]) == (0.9, 0.5)
+    with pytest.raises(ValueError, match="min_size_mm3"):
+        segment(soft, (EchoNet(k=3), meta), "cpu", min_size_mm3=-1)
 
 
 @pytest.mark.parametrize(

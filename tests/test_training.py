@@ -220,6 +220,21 @@ def test_validation_best_model_and_resume(tmp_path):
         train(tiny_config(out, steps=6, K=4, resume=True))
 
 
+def test_fine_tune_starts_from_the_given_model(tmp_path):
+    from napari_tubular.models import load_model
+
+    first = train(tiny_config(tmp_path / "a", steps=2, model={"base_channels": 6, "depth": 2}))
+    net0, _ = load_model(first, "cpu")
+    # zero steps of training would be a no-op; one step at lr ~0 keeps the weights
+    tuned = train(tiny_config(tmp_path / "b", steps=1, lr=1e-12, init_model=str(first)))
+    net1, meta1 = load_model(tuned, "cpu")
+    assert meta1["arch"]["base_channels"] == 6  # the init model's architecture, not the config's
+    for (k, a), b in zip(net0.state_dict().items(), net1.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+    with pytest.raises(ValueError, match="-K 3"):
+        train(tiny_config(tmp_path / "c", steps=1, K=4, init_model=str(first)))
+
+
 def test_cancel_saves_checkpoint(tmp_path):
     calls = {"n": 0}
 

@@ -31,6 +31,8 @@ OUTPUT_SUFFIXES = {
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from ..inference import DEFAULT_MIN_SIZE_MM3
+
     p = subparsers.add_parser(
         name,
         help=help_text,
@@ -65,9 +67,27 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="where the network runs (auto: CUDA if available)",
     )
     p.add_argument(
-        "--tp", type=float, default=0.9, help="pseudo-skeleton threshold T_p (default 0.9)"
+        "--tp",
+        type=float,
+        default=None,
+        help="pseudo-skeleton threshold T_p in (0, 1) (default: the value tuned for the model on "
+        "validation volumes, stored in the model file; 0.9 if it has none)",
     )
-    p.add_argument("--tr", type=float, default=0.5, help="refined-map threshold T_r (default 0.5)")
+    p.add_argument(
+        "--tr",
+        type=float,
+        default=None,
+        help="refined-map threshold T_r > 0 (default: the model's tuned value; 0.5 if none)",
+    )
+    p.add_argument(
+        "--min-size",
+        type=float,
+        default=DEFAULT_MIN_SIZE_MM3,
+        metavar="MM3",
+        dest="min_size_mm3",
+        help=f"remove label components smaller than MM3 cubic mm (default {DEFAULT_MIN_SIZE_MM3:g}; "
+        "0 keeps everything)",
+    )
     p.add_argument(
         "--no-refine",
         action="store_true",
@@ -171,7 +191,10 @@ def run(args) -> int:
     from ..io import read_volume, write_volume
     from ..models import load_model, resolve_device
 
-    check_thresholds(args.tp, args.tr)
+    if args.tp is not None or args.tr is not None:
+        check_thresholds(0.9 if args.tp is None else args.tp, 0.5 if args.tr is None else args.tr)
+    if args.min_size_mm3 < 0:
+        raise ValueError(f"--min-size must be >= 0 mm^3, got {args.min_size_mm3}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.overlap < 1:
@@ -198,6 +221,7 @@ def run(args) -> int:
             tp=args.tp,
             tr=args.tr,
             refine=not args.no_refine,
+            min_size_mm3=args.min_size_mm3,
             progress=progress,
             batch_size=args.batch_size,
             overlap=args.overlap,

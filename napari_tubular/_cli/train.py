@@ -50,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, help="U-Net resolution levels")
     p.add_argument("--val-every", type=int, help="validate every N steps")
     p.add_argument("--val-cases", type=int, help="generated validation cases (synthetic)")
+    p.add_argument("--init-model", dest="init_model", metavar="MODEL",
+                   help="fine-tune: start from this model file ('default' or a path)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
@@ -66,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 _SIMPLE = ("steps", "max_minutes", "batch_size", "patch_size", "target_spacing", "lr", "loss",
            "cldice_weight", "cldice_warmup_steps", "K", "val_every", "val_cases", "seed",
-           "device", "workers", "num_threads")
+           "device", "workers", "num_threads", "init_model")
 
 
 def config_from_args(args: argparse.Namespace):

@@ -5,6 +5,7 @@ numpy/scipy only at import time; the torch soft skeleton (``soft_skeleton``, ``s
 not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 """
 
+from .components import remove_small_components
 from .distance import (
     SKELETON_RADIUS_OFFSET_VOX,
     distance_maps,
@@ -43,6 +44,7 @@ __all__ = [
     "centerline_graph",
     "distance_maps",
     "edt_mm",
+    "remove_small_components",
     "local_radius_mm",
     "pseudo_skeleton",
     "radius_from_scale",

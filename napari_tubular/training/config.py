@@ -66,6 +66,9 @@ class TrainConfig:
         overwrite: allow a non-empty ``out`` that is not resumed (its files are replaced).
         ddp: use torch.distributed (set automatically under ``torchrun``).
         description: free text stored in the model meta.
+        init_model: fine-tune: start from this model file ("default" or a path) instead of
+            random weights. Its architecture and normalisation are used; ``K`` and
+            ``target_spacing`` must match the model's (ValueError otherwise).
     """
 
     data: list[str] = field(default_factory=lambda: ["synthetic"])
@@ -105,6 +108,7 @@ class TrainConfig:
     overwrite: bool = False
     ddp: bool = False
     description: str = ""
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str):

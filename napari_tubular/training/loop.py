@@ -355,7 +355,12 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     normalization = resolve_normalization(config)
     arch = model_arch(config)
     torch.manual_seed(config.seed)
+    init_state = None
+    if config.init_model and not config.resume:
+        arch, normalization, init_state = _init_from_model(config)
     model = build_model(arch).to(device)
+    if init_state is not None:
+        model.load_state_dict(init_state)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, rows, best, elapsed0, seeds_drawn = 0, [], -math.inf, 0.0, 0
     rng = np.random.default_rng([config.seed, dist.rank])
@@ -540,6 +545,21 @@ def _fmt_time(seconds: float) -> str:
 
 
 _RESUME_FIXED = ("loss", "K", "model", "target_spacing", "patch_size", "normalization", "data")
+
+
+def _init_from_model(config: TrainConfig):
+    """Architecture, normalisation and weights of ``config.init_model`` (fine-tuning)."""
+    from napari_tubular.models import load_model
+
+    net, meta = load_model(config.init_model, "cpu")
+    if int(meta["K"]) != int(config.K):
+        raise ValueError(f"init_model: the model has K={meta['K']}, the run K={config.K}; "
+                         f"pass -K {meta['K']}")
+    if not np.allclose(meta["spacing"], config.target_spacing, rtol=1e-4):
+        raise ValueError(f"init_model: the model was trained at spacing {meta['spacing']} mm, "
+                         f"the run uses {list(config.target_spacing)}; pass --spacing "
+                         + " ".join(str(v) for v in meta["spacing"]))
+    return dict(meta["arch"]), dict(meta["normalization"]), net.state_dict()
 
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:

@@ -183,3 +183,26 @@ def test_errors(fn):
         fn(np.ones((4, 4, 4), bool), (1, 1))
     with pytest.raises(ValueError, match="spacing"):
         fn(np.ones((4, 4, 4), bool), (1, 0, 1))
+
+
+def test_remove_small_components_by_physical_size():
+    from napari_tubular.geometry import remove_small_components
+
+    m = np.zeros((10, 10, 10), bool)
+    m[1:3, 1:3, 1:3] = True  # 8 voxels
+    m[5:9, 5:9, 5:9] = True  # 64 voxels
+    m[0, 9, 9] = True  # 1 voxel, touches nothing
+    out, n = remove_small_components(m, (2.0, 1.0, 1.0), 16.0)  # 8 vox = 16 mm^3 is kept
+    assert n == 1
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out.astype(bool), m & ~(np.arange(10)[:, None, None] == 0))
+    out, n = remove_small_components(m, (1.0, 1.0, 1.0), 16.0)
+    assert n == 2
+    assert out.sum() == 64
+    out, n = remove_small_components(m, (1.0, 1.0, 1.0), 0)
+    assert n == 0
+    assert out.sum() == m.sum()
+    with pytest.raises(ValueError, match="min_size_mm3"):
+        remove_small_components(m, (1.0, 1.0, 1.0), -1)
+    with pytest.raises(ValueError):
+        remove_small_components(m[0], (1.0, 1.0, 1.0), 5)
