@@ -8,6 +8,7 @@ worker, one at a time; a change made while a refinement runs is applied right af
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +47,7 @@ from napari_tubular._widgets._workers import (
     start_job,
     sync_default,
 )
+from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3
 
 if TYPE_CHECKING:
     import napari
@@ -53,6 +55,16 @@ if TYPE_CHECKING:
 OWNER = "segment"
 MODEL_FILE_TEXT = "file..."
 MAX_SPHERES = 20000  # Points shown at most (evenly strided); the labels use every seed
+
+
+def _without_specks(result, spacing, min_size_mm3: float):
+    """The refinement with label components under ``min_size_mm3`` removed (as ``segment``)."""
+    from napari_tubular.geometry import remove_small_components
+
+    if min_size_mm3 <= 0:
+        return result
+    labels, _ = remove_small_components(result.labels, spacing, min_size_mm3)
+    return dataclasses.replace(result, labels=labels)
 
 
 def device_summary() -> str:
@@ -154,6 +166,14 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setValue(0.25)
         self.overlap_spin.setToolTip("sliding-window overlap fraction")
         form.addRow("window overlap", self.overlap_spin)
+        self.min_size_spin = QDoubleSpinBox()
+        self.min_size_spin.setRange(0.0, 1e6)
+        self.min_size_spin.setDecimals(1)
+        self.min_size_spin.setValue(DEFAULT_MIN_SIZE_MM3)
+        self.min_size_spin.setSuffix(" mm³")
+        self.min_size_spin.setToolTip("remove label components smaller than this (0 keeps all)")
+        self.min_size_spin.valueChanged.connect(self._on_thresholds)
+        form.addRow("min component", self.min_size_spin)
 
         buttons = QHBoxLayout()
         self.run_button = QPushButton("Run")
@@ -290,6 +310,7 @@ class SegmentWidget(QWidget):
         relay = self.relay
 
         overlap = self.overlap_spin.value()
+        min_size = self.min_size_spin.value()
 
         def compute():
             from napari_tubular import inference
@@ -309,7 +330,7 @@ class SegmentWidget(QWidget):
                 tr=tr,
                 device=device,
             )
-            result = refiner.update(tp=tp, tr=tr)
+            result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size)
             spheres = refiner.points(max_points=MAX_SPHERES)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr)
@@ -501,8 +522,10 @@ class SegmentWidget(QWidget):
             else:
                 reference = np.asarray(ref_layer.data) > 0
 
+        min_size = self.min_size_spin.value()
+
         def compute():
-            result = refiner.update(tp=tp, tr=tr)
+            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size)
             spheres = refiner.points(max_points=MAX_SPHERES)
             metrics = None
             if reference is not None:
