@@ -11,10 +11,10 @@ def _bash_blocks(text: str) -> list[str]:
 
 
 def test_ci_runs_the_readme_test_command():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = _bash_blocks(readme)
     test_cmd = next(b for b in blocks if "pytest" in b and "\n" not in b)
-    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    ci = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()]
     assert test_cmd in ci
     assert "torch==2.13.0" in test_cmd.split("pip install -e")[0]  # torch before the package
 
@@ -22,7 +22,7 @@ def test_ci_runs_the_readme_test_command():
 def test_readme_quick_start_uses_the_packaged_sample():
     import napari_tubular
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     main_cmd = next(b for b in _bash_blocks(readme) if "napari-tubular segment" in b)
     sample = re.search(r"segment (\S+)", main_cmd).group(1)
     assert (ROOT / sample).is_file()
