@@ -182,7 +182,7 @@ class ErrorReport:
                 f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
             )
         p.parent.mkdir(parents=True, exist_ok=True)
-        with open(p, "w", newline="") as fh:
+        with open(p, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
             writer.writeheader()
             writer.writerows(self.to_rows())

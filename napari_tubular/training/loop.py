@@ -245,7 +245,7 @@ def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, see
 
 
 def _write_log(out: Path, rows: list[dict], config: TrainConfig, extra: dict) -> None:
-    with open(out / "log.csv", "w", newline="") as f:
+    with open(out / "log.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
