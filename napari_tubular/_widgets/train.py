@@ -49,6 +49,10 @@ SOURCES = ("layer pairs", "folders", "synthetic")
 _LOSS_RE = re.compile(r"\bloss ([0-9.eE+-]+)")
 
 
+#: what a run starts from: the shipped model, a model file, or random weights
+INIT_CHOICES = ("default model", "model file", "random weights")
+
+
 def parse_loss(message: str) -> float | None:
     """The training loss in a core progress message (``"step 3/10 loss 0.41 | ..."``), or None."""
     match = _LOSS_RE.search(message or "")
@@ -172,11 +176,21 @@ class TrainingWidget(QWidget):
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1.0)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(2e-3)
+        self.lr_spin.setValue(5e-4)
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setCurrentText(settings.device)
         self.out_edit = QLineEdit(str(Path.home() / "napari-tubular-runs" / "finetune"))
+        self.init_combo = QComboBox()
+        self.init_combo.addItems(list(INIT_CHOICES))
+        self.init_combo.setToolTip(
+            "fine-tune the default model or a model file (its architecture, K and spacing are "
+            "used), or train a new network from random weights"
+        )
+        self.init_path = QLineEdit()
+        self.init_path.setPlaceholderText("model file for 'model file'")
+        opt.addRow("start from", self.init_combo)
+        opt.addRow("", self.init_path)
         opt.addRow("steps", self.steps_spin)
         opt.addRow("patch size (vox)", self.patch_spin)
         opt.addRow("batch size", self.batch_spin)
@@ -289,6 +303,19 @@ class TrainingWidget(QWidget):
         else:
             data, val = ["synthetic"], ["synthetic"]
         p = self.patch_spin.value()
+        init = self.init_combo.currentText()
+        init_model = {"default model": "default", "model file": self.init_path.text().strip()}.get(
+            init
+        )
+        extra = {}
+        if init_model is not None:
+            if not init_model:
+                raise ValueError("start from: give the model file to fine-tune")
+            from napari_tubular.models import read_model_meta
+
+            meta = read_model_meta(init_model)
+            extra = {"init_model": init_model, "K": int(meta["K"]),
+                     "target_spacing": tuple(meta["spacing"])}
         return TrainConfig(
             data=data,
             val_data=val,
@@ -304,6 +331,7 @@ class TrainingWidget(QWidget):
             checkpoint_every=max(10, self.steps_spin.value()),
             log_every=1,
             description="fine-tuned in the napari-tubular widget",
+            **extra,
         )
 
     # ------------------------------------------------------------------ run

@@ -26,6 +26,7 @@ def train_widget(make_napari_viewer, vessel_case, tmp_path):
     widget = TrainingWidget(viewer)
     widget.out_edit.setText(str(tmp_path / "run"))
     widget.device_combo.setCurrentText("cpu")
+    widget.init_combo.setCurrentText("random weights")
     widget.add_pair()
     return widget
 
@@ -119,3 +120,22 @@ def test_errors_are_notifications(make_napari_viewer, monkeypatch, tmp_path):
     assert widget.start_button.isEnabled()
     with pytest.raises(ValueError, match="no trained model"):
         widget.save_model(tmp_path / "x.pt")
+
+
+@pytest.mark.slow
+def test_fine_tunes_the_default_model(train_widget):
+    from napari_tubular.models import load_model, read_model_meta
+
+    shipped = read_model_meta("default")
+    train_widget.init_combo.setCurrentText("default model")
+    config = train_widget.config()
+    assert config.init_model == "default"
+    assert config.K == shipped["K"]
+    np.testing.assert_allclose(config.target_spacing, shipped["spacing"])
+    train_widget.start(dataclasses.replace(config, steps=1, patch_size=(16, 16, 16),
+                                           batch_size=1, augment=False))
+    net, meta = load_model(train_widget.model_path, device="cpu")
+    assert meta["arch"] == shipped["arch"]
+    train_widget.init_combo.setCurrentText("model file")
+    with pytest.raises(ValueError, match="model file"):
+        train_widget.config()
