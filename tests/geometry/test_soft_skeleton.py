@@ -1,4 +1,4 @@
-"""Soft skeleton: equality with the max_pool3d formulation, gradients, tubes."""
+"""Soft skeleton: equality with the max_pool3d formulation (values and gradients), gradcheck, tubes."""
 
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from napari_tubular.geometry.soft_skeleton import (
     soft_dilate,
     soft_erode,
+    soft_open,
     soft_skeleton,
     soft_skeleton_volume,
 )
@@ -24,6 +25,23 @@ def _ref_erode(x):
 
 def _ref_dilate(x):
     return F.max_pool3d(x, 3, 1, 1)
+
+
+def _ref_skeleton(x, iters):
+    ref = torch.relu(x - _ref_dilate(_ref_erode(x)))
+    for _ in range(iters):
+        x = _ref_erode(x)
+        delta = torch.relu(x - _ref_dilate(_ref_erode(x)))
+        ref = ref + torch.relu(delta - ref * delta)
+    return ref
+
+
+def _unique_values(shape, seed, dtype=torch.float32, low=0.0, high=1.0):
+    """Random values, all distinct (a permutation of a grid): no ties between different voxels."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(np.prod(shape))
+    v = (torch.randperm(n, generator=g).to(torch.float64) + 0.5) / n
+    return (low + (high - low) * v).to(dtype).reshape(shape)
 
 
 def test_matches_max_pool_formulation():
@@ -50,6 +68,77 @@ def test_gradient_flows():
     assert x.grad.abs().sum() > 0
     xs = torch.rand(1, 1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: soft_skeleton(t, 2), (xs,), eps=1e-7, atol=1e-5)
+
+
+@pytest.mark.parametrize("fn", [soft_erode, soft_dilate, soft_open, lambda t: soft_skeleton(t, 3)])
+def test_gradcheck_float64_signed(fn):
+    # custom autograd Functions: finite differences agree on inputs without ties (and with
+    # negative values; the morphology is defined for any real numbers)
+    x = _unique_values((1, 2, 4, 5, 6), 3, torch.float64, -1.0, 1.0).requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (x,), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("low", [0.0, -1.0])
+@pytest.mark.parametrize(
+    ("ours", "ref"),
+    [
+        (soft_erode, _ref_erode),
+        (soft_dilate, _ref_dilate),
+        (soft_open, lambda t: _ref_dilate(_ref_erode(t))),
+        (lambda t: soft_skeleton(t, 4), lambda t: _ref_skeleton(t, 4)),
+    ],
+)
+@pytest.mark.parametrize("kind", ["distinct", "binary", "quantised"])
+def test_gradient_matches_max_pool_autograd(ours, ref, low, kind):
+    # the custom backward passes give the max_pool3d / torch.min autograd gradients (MONAI's),
+    # also where values tie (binary masks, 9-level values): first extreme voxel of each pool
+    # window in scan order, halves for torch.min ties; values exact
+    x = _unique_values((2, 1, 11, 12, 13), 5, torch.float32, low, 1.0)
+    if kind == "binary":
+        x = (x > 0.5 * (low + 1.0)).float()
+    elif kind == "quantised":
+        x = torch.round(x * 8) / 8
+    w = torch.rand(x.shape, generator=torch.Generator().manual_seed(6))
+    a = x.clone().requires_grad_(True)
+    b = x.clone().requires_grad_(True)
+    ya, yb = ours(a), ref(b)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    (ya * w).sum().backward()
+    (yb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-5)
+    assert b.grad.abs().max() > 0.5  # the gradients are not trivially zero
+
+
+def test_grad_and_no_grad_paths_agree_and_backward_twice():
+    torch.manual_seed(2)
+    x = torch.rand(1, 1, 10, 9, 8)
+    x[0, 0, 3, 3, 3] = -0.0  # -0.0 and 0.0 are the same value for the ordering
+    x[0, 0, 3, 3, 4] = 0.0
+    with torch.no_grad():
+        plain = soft_skeleton(x, 3)
+    xg = x.clone().requires_grad_(True)
+    s = soft_skeleton(xg, 3)
+    torch.testing.assert_close(s.detach(), plain, rtol=0, atol=0)
+    torch.testing.assert_close(plain, _ref_skeleton(x, 3), rtol=0, atol=0)
+    s.sum().backward(retain_graph=True)
+    g1 = xg.grad.clone()
+    s.sum().backward()
+    torch.testing.assert_close(xg.grad, 2 * g1)
+
+
+def test_skeleton_gradient_float32_vs_float64():
+    x64 = _unique_values((1, 1, 9, 9, 9), 7, torch.float64).requires_grad_(True)
+    x32 = x64.detach().float().requires_grad_(True)
+    soft_skeleton(x64, 3).sum().backward()
+    soft_skeleton(x32, 3).sum().backward()
+    torch.testing.assert_close(x32.grad.double(), x64.grad, rtol=0, atol=1e-5)
+
+
+def test_thin_and_empty_shapes():
+    x = torch.rand(1, 1, 1, 1, 5, requires_grad=True)
+    torch.testing.assert_close(soft_skeleton(x, 2), _ref_skeleton(x, 2), rtol=0, atol=0)
+    e = torch.zeros(1, 1, 0, 4, 4, requires_grad=True)
+    assert soft_skeleton(e, 2).shape == e.shape
 
 
 @pytest.mark.parametrize("radius", [2, 4, pytest.param(6, marks=pytest.mark.slow)])
