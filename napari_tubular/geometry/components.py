@@ -7,6 +7,29 @@ import numpy as np
 from ._validate import check_mask, check_spacing
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """Slices of the smallest box holding every non-zero voxel, grown by ``margin`` (clipped).
+
+    Args:
+        mask: array, shape (Z, Y, X).
+        margin: voxels added on each side (clipped to the array).
+
+    Returns:
+        A tuple of 3 slices, or None when the mask is empty.
+    """
+    mask = np.asarray(mask)
+    slices = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        nz = np.flatnonzero(np.any(mask, axis=other))
+        if nz.size == 0:
+            return None
+        slices.append(
+            slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + 1 + margin, mask.shape[axis]))
+        )
+    return tuple(slices)
+
+
 def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndarray, int]:
     """Drop 26-connected foreground components smaller than ``min_size_mm3``.
 

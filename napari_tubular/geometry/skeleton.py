@@ -12,18 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import check_mask, check_same_shape, check_spacing, check_threshold, check_volume
-
-
-def _bbox(mask: np.ndarray):
-    """Slices of the bounding box of ``mask`` padded by one voxel (None if empty)."""
-    sl = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        nz = np.flatnonzero(mask.any(axis=other))
-        if nz.size == 0:
-            return None
-        sl.append(slice(max(int(nz[0]) - 1, 0), min(int(nz[-1]) + 2, mask.shape[ax])))
-    return tuple(sl)
+from .components import bounding_box
 
 
 def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
@@ -51,7 +40,7 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     m = check_mask(mask)
     sp = (1.0, 1.0, 1.0) if spacing is None else check_spacing(spacing)
     out = np.zeros(m.shape, dtype=np.uint8)
-    box = _bbox(m)
+    box = bounding_box(m, margin=1)
     if box is None:
         return out
     mb = m[box]
@@ -64,7 +53,7 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
         # Only the components without a skeleton, on their own bounding box: a per-label
         # maximum by np.maximum.at avoids ndimage.maximum's sort of the whole box.
         sel = missing[labels]
-        sub = _bbox(sel)
+        sub = bounding_box(sel, margin=1)
         d = edt_mm(mb[sub], sp)
         lab = labels[sub]
         s = sel[sub]

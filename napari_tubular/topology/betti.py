@@ -20,6 +20,8 @@ import itertools
 import cc3d
 import numpy as np
 
+from ..geometry.components import bounding_box
+
 __all__ = ["betti_numbers", "euler_number", "bounding_box"]
 
 
@@ -62,29 +64,6 @@ def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (z, y, x) array, got shape {mask.shape}")
     return mask if mask.dtype == bool else mask != 0
-
-
-def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
-    """Slices of the smallest box holding every non-zero voxel, grown by ``margin`` (clipped).
-
-    Args:
-        mask: array, shape (Z, Y, X).
-        margin: voxels added on each side (clipped to the array).
-
-    Returns:
-        A tuple of 3 slices, or None when the mask is empty.
-    """
-    mask = np.asarray(mask)
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        nz = np.flatnonzero(np.any(mask, axis=other))
-        if nz.size == 0:
-            return None
-        slices.append(
-            slice(max(int(nz[0]) - margin, 0), min(int(nz[-1]) + 1 + margin, mask.shape[axis]))
-        )
-    return tuple(slices)
 
 
 def _padded_crop(mask: np.ndarray) -> np.ndarray | None:
