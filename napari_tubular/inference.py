@@ -564,6 +564,11 @@ def predict(
     _check_cancel(cancel)
     _notify(progress, 0, 1, "normalising intensities")
     norm = normalize_intensity(data, meta["normalization"])
+    messages: list = []
+    low_contrast = intensity_warning(norm, meta["normalization"])
+    if low_contrast:
+        warnings.warn(low_contrast, stacklevel=2)
+        messages.append(low_contrast)
     timings["normalize"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -578,7 +583,6 @@ def predict(
     timings["resample"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    messages: list = []
     prob, scale, info = sliding_window_predict(
         img,
         net,
@@ -628,6 +632,21 @@ def predict(
         timings=timings,
         meta=meta,
         messages=messages,
+    )
+
+
+def intensity_warning(normalized: np.ndarray, normalization: dict) -> str | None:
+    """A message when the model's normalisation leaves the image almost flat (e.g. a volume in
+    arbitrary units given to a model that expects CT in HU), else None."""
+    flat = normalized.ravel()
+    sample = flat[:: max(1, flat.size // 1_000_000)]
+    lo, hi = np.percentile(sample, [0.5, 99.9])
+    if hi - lo >= 0.05:
+        return None
+    return (
+        f"the image has almost no contrast after the model's intensity normalisation "
+        f"{normalization} (normalised 0.5-99.9th percentiles {lo:.3f}..{hi:.3f}): is it in the "
+        "units the model was trained on (CT: Hounsfield units)? The result is unreliable."
     )
 
 

@@ -1,6 +1,8 @@
 """Inference: blending exactness, MONAI equivalence, resampling geometry, radius conversion,
 progress/cancel, out-of-memory batch halving, segment() outputs, bad inputs."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -317,3 +319,16 @@ def test_bad_model_files(tmp_path):
         predict(np.zeros((8, 8, 8)), bad, "cpu")
     with pytest.raises(ValueError, match="tp"):
         segment(np.zeros((8, 8, 8)), (EchoNet(), _meta()), "cpu", tp=1.5)
+
+
+def test_uncalibrated_intensities_give_a_warning():
+    """A window-normalised model fed a 0..1 volume sees a flat image: say so."""
+    meta = _meta(norm={"kind": "window", "low": -200.0, "high": 600.0})
+    image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)  # 0..1, not HU
+    with pytest.warns(UserWarning, match="almost no contrast"):
+        pred = predict(image, (EchoNet(), meta), "cpu")
+    assert any("Hounsfield" in m for m in pred.messages)
+    hu = image * 800 - 200
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not predict(hu, (EchoNet(), meta), "cpu").messages
