@@ -71,18 +71,34 @@ def settings_path() -> Path:
     return Path(user_config_dir("napari-tubular")) / "settings.json"
 
 
+def first_run_settings() -> WidgetSettings:
+    """Defaults before anything is saved: T_p / T_r are the thresholds tuned for the shipped
+    model on validation volumes (read from its JSON sidecar, without loading torch)."""
+    from napari_tubular import __file__ as package_init
+    from napari_tubular.inference import recommended_thresholds
+
+    sidecar = Path(package_init).parent / "weights" / "default.json"
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        tp, tr = recommended_thresholds(meta if isinstance(meta, dict) else None)
+    except (OSError, ValueError) as exc:
+        _log.info("no tuned thresholds for the default model (%s): using 0.9 / 0.5", exc)
+        return WidgetSettings()
+    return WidgetSettings(tp=tp, tr=tr).validated()
+
+
 def load_settings(path: Path | None = None) -> WidgetSettings:
-    """Read the settings; defaults when the file is missing or unreadable."""
+    """Read the settings; first-run defaults when the file is missing or unreadable."""
     path = Path(path) if path is not None else settings_path()
     if not path.is_file():
-        return WidgetSettings()
+        return first_run_settings()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         _log.warning("ignoring unreadable settings file %s: %s", path, exc)
-        return WidgetSettings()
+        return first_run_settings()
     if not isinstance(raw, dict):
-        return WidgetSettings()
+        return first_run_settings()
     known = {f.name for f in fields(WidgetSettings)}
     return WidgetSettings(**{k: v for k, v in raw.items() if k in known}).validated()
 

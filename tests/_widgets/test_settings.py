@@ -6,6 +6,7 @@ import pytest
 
 from napari_tubular._widgets._settings import (
     WidgetSettings,
+    first_run_settings,
     load_settings,
     save_settings,
     settings_path,
@@ -16,19 +17,34 @@ from napari_tubular._widgets._settings import (
 def test_round_trip_and_env_path(tmp_path):
     path = settings_path()
     assert path == tmp_path / "settings.json"  # NAPARI_TUBULAR_CONFIG from conftest
-    assert load_settings() == WidgetSettings()  # no file yet: defaults
+    assert load_settings() == first_run_settings()  # no file yet: defaults
     saved = update_settings(model="/models/a.pt", device="cpu", tp=0.8, tr=0.3)
     assert json.loads(path.read_text())["model"] == "/models/a.pt"
     assert load_settings() == saved == WidgetSettings("/models/a.pt", "cpu", 0.8, 0.3)
 
 
-@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"tp": 7, "device": "tpu"}', ""])
-def test_bad_files_fall_back_to_defaults(tmp_path, text):
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_unreadable_files_fall_back_to_first_run_defaults(tmp_path, text):
     path = tmp_path / "s.json"
     path.write_text(text)
+    assert load_settings(path) == first_run_settings()
+
+
+def test_bad_values_fall_back_to_defaults(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"tp": 7, "device": "tpu"}')
     settings = load_settings(path)
     assert settings.tp == WidgetSettings().tp
     assert settings.device == "auto"
+
+
+def test_first_run_thresholds_are_the_shipped_models_tuned_ones():
+    from napari_tubular.inference import recommended_thresholds
+    from napari_tubular.models import read_model_meta
+
+    tp, tr = recommended_thresholds(read_model_meta("default"))
+    first = first_run_settings()
+    assert (first.tp, first.tr) == pytest.approx((tp, tr))
 
 
 def test_invalid_values_are_replaced_and_unknown_keys_rejected(tmp_path):
