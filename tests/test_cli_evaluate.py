@@ -173,3 +173,20 @@ def test_subprocess_help():
     assert res.returncode == 0
     assert "--threshold" in res.stdout
     assert "--errors" in res.stdout
+
+
+def test_batch_on_a_segment_output_folder_uses_the_labels(tmp_path, capsys):
+    """`evaluate OUT/ REFS/` on what `segment` wrote: NAME_labels is the prediction, the
+    probability / radius / skeleton maps beside it are not reported as unmatched."""
+    pred, ref = case(1)
+    write(tmp_path / "refs" / "ct_a_label.nii.gz", ref)
+    write(tmp_path / "out" / "ct_a_image_labels.nii.gz", pred)
+    for extra in ("probability", "radius", "skeleton"):
+        write(tmp_path / "out" / f"ct_a_image_{extra}.nii.gz", pred.astype(np.float32) * 0.7)
+    write(tmp_path / "out" / "other_labels.nii.gz", pred)  # no reference: reported
+    assert main(["evaluate", str(tmp_path / "out"), str(tmp_path / "refs")]) == 0
+    err = capsys.readouterr().err
+    assert "unmatched prediction: other_labels.nii.gz" in err
+    assert "probability" not in err
+    assert "radius" not in err
+    assert "skeleton" not in err

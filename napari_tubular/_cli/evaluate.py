@@ -124,6 +124,24 @@ def match_cases(pred_paths, ref_paths):
     return pairs, sorted(preds.values()), sorted(refs.values())
 
 
+#: the non-label outputs `napari-tubular segment` writes next to NAME_labels
+_SEGMENT_EXTRAS = ("_probability", "_radius", "_skeleton")
+
+
+def segment_labels_only(pred_paths: list[Path]) -> list[Path]:
+    """In a folder written by ``segment``, keep NAME_labels and drop its other maps."""
+    from ..io import volume_stem
+
+    stems = {volume_stem(p) for p in pred_paths}
+
+    def is_extra(p: Path) -> bool:
+        stem = volume_stem(p)
+        return any(stem.endswith(x) and stem[: -len(x)] + "_labels" in stems
+                   for x in _SEGMENT_EXTRAS)
+
+    return [p for p in pred_paths if not is_extra(p)]
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None):
     from ..io import read_volume
     from ..topology import binarize
@@ -281,7 +299,8 @@ def _run_batch(args) -> int:
     from ..io import list_volumes
 
     _check_outputs(args, batch=True)
-    pairs, un_p, un_r = match_cases(list_volumes(args.pred), list_volumes(args.ref))
+    preds = segment_labels_only(list_volumes(args.pred))
+    pairs, un_p, un_r = match_cases(preds, list_volumes(args.ref))
     for p in un_p:
         print(f"unmatched prediction: {p.name}", file=sys.stderr)
     for r in un_r:
