@@ -19,10 +19,12 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     """Hard 3-D skeleton (scikit-image) with the empty-skeleton guard of METHODS.md section 2.
 
     scikit-image returns an empty skeleton for many straight shapes centred between voxels (even
-    width bars and tubes, balls centred on a half voxel). Guard: every 26-connected component of
-    ``mask`` that gets no skeleton voxel contributes instead its voxels of maximal distance to the
-    background (its medial ridge: a line or small blob, up to 2 voxels thick). So every non-empty
-    component has a non-empty skeleton, always inside the mask.
+    width bars and tubes, balls centred on a half voxel). Guard, for every 26-connected component
+    of ``mask`` that gets no skeleton voxel: (1) skeletonize the component with its last layer
+    on the + side of each axis removed (odd widths, centred on voxels: a thin line half a voxel
+    off the true axis); (2) if that is empty too, its voxels of maximal distance to the
+    background (the medial ridge, up to 2 voxels thick). So every non-empty component has a
+    non-empty skeleton, always inside the mask.
 
     Args:
         mask: bool, shape (Z, Y, X).
@@ -54,13 +56,22 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
         # maximum by np.maximum.at avoids ndimage.maximum's sort of the whole box.
         sel = missing[labels]
         sub = bounding_box(sel, margin=1)
-        d = edt_mm(mb[sub], sp)
         lab = labels[sub]
         s = sel[sub]
-        mx = np.zeros(n + 1, dtype=np.float32)
-        np.maximum.at(mx, lab[s], d[s])
-        ridge = s & (d >= mx[lab] - 1e-4 * max(sp))
-        sk[sub] |= ridge
+        trimmed = s.copy()
+        trimmed[:-1] &= s[1:]
+        trimmed[:, :-1] &= s[:, 1:]
+        trimmed[:, :, :-1] &= s[:, :, 1:]
+        thin = skeletonize(trimmed).astype(bool)
+        sk[sub] |= thin
+        missing[np.unique(lab[thin])] = False
+        s &= missing[lab]
+        if s.any():
+            d = edt_mm(mb[sub], sp)
+            mx = np.zeros(n + 1, dtype=np.float32)
+            np.maximum.at(mx, lab[s], d[s])
+            ridge = s & (d >= mx[lab] - 1e-4 * max(sp))
+            sk[sub] |= ridge
     out[box] = sk
     return out
 

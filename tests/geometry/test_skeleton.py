@@ -15,6 +15,20 @@ def test_guard_even_width_bar():
     assert sk.dtype == np.uint8
     assert sk.any()
     assert not (sk.astype(bool) & ~m).any()
+    # the guard's skeleton is a thin line: one branch of the bar's length in the graph
+    graph = centerline_graph(sk, None, (1.0, 1.0, 1.0))
+    assert graph.n_branches == 1
+    assert 15 <= graph.total_length_mm <= 24
+    assert np.ptp(np.argwhere(sk)[:, 1:], axis=0).max() <= 1  # within one voxel of the axis
+
+
+def test_guard_ball_centred_between_voxels_is_a_point_or_tiny_blob():
+    zz, yy, xx = np.indices((16, 16, 16))
+    m = (zz - 7.5) ** 2 + (yy - 7.5) ** 2 + (xx - 7.5) ** 2 <= 16
+    sk = skeletonize_mask(m).astype(bool)
+    assert 1 <= sk.sum() <= 8
+    assert not (sk & ~m).any()
+    assert np.abs(np.argwhere(sk) - 7.5).max() <= 1.5
 
 
 def test_every_component_gets_a_skeleton(rng):
