@@ -35,6 +35,7 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
         uint8, shape (Z, Y, X), 1 on skeleton voxels.
     """
     import cc3d
+    from scipy.ndimage import find_objects
     from skimage.morphology import skeletonize
 
     from .distance import edt_mm
@@ -52,21 +53,26 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     missing = ~has
     missing[0] = False
     if missing.any():
-        # Only the components without a skeleton, on their own bounding box: a per-label
-        # maximum by np.maximum.at avoids ndimage.maximum's sort of the whole box.
+        # Only the components without a skeleton, each on its own bounding box (cheap however
+        # spread out they are); the ridge fallback takes a per-label maximum by np.maximum.at
+        # (ndimage.maximum would sort the whole box).
+        for k, box_k in enumerate(find_objects(labels), start=1):
+            if not missing[k]:
+                continue
+            comp = np.pad(labels[box_k] == k, 1)
+            trimmed = comp.copy()
+            trimmed[:-1] &= comp[1:]
+            trimmed[:, :-1] &= comp[:, 1:]
+            trimmed[:, :, :-1] &= comp[:, :, 1:]
+            thin = skeletonize(trimmed).astype(bool)[1:-1, 1:-1, 1:-1]
+            if thin.any():
+                sk[box_k] |= thin
+                missing[k] = False
         sel = missing[labels]
-        sub = bounding_box(sel, margin=1)
-        lab = labels[sub]
-        s = sel[sub]
-        trimmed = s.copy()
-        trimmed[:-1] &= s[1:]
-        trimmed[:, :-1] &= s[:, 1:]
-        trimmed[:, :, :-1] &= s[:, :, 1:]
-        thin = skeletonize(trimmed).astype(bool)
-        sk[sub] |= thin
-        missing[np.unique(lab[thin])] = False
-        s &= missing[lab]
-        if s.any():
+        if sel.any():
+            sub = bounding_box(sel, margin=1)
+            lab = labels[sub]
+            s = sel[sub]
             d = edt_mm(mb[sub], sp)
             mx = np.zeros(n + 1, dtype=np.float32)
             np.maximum.at(mx, lab[s], d[s])
