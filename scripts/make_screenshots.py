@@ -79,8 +79,10 @@ def main(argv=None) -> int:
         help="no network: build the outputs from the reference (demo files)",
     )
     parser.add_argument("--seed", type=int, default=4)
-    parser.add_argument("--tp", type=float, default=0.7, help="T_p (the default model's best)")
-    parser.add_argument("--tr", type=float, default=0.5, help="T_r")
+    parser.add_argument("--tp", type=float, default=None,
+                        help="T_p (default: the model's tuned value)")
+    parser.add_argument("--tr", type=float, default=None,
+                        help="T_r (default: the model's tuned value)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
 
@@ -135,6 +137,13 @@ def main(argv=None) -> int:
         seg.model_combo.setCurrentText(MODEL_FILE_TEXT)
         seg.model_path.setText(args.model)
     seg.device_combo.setCurrentText(args.device)
+    if args.tp is None or args.tr is None:
+        from napari_tubular.inference import recommended_thresholds
+        from napari_tubular.models import read_model_meta
+
+        tuned = recommended_thresholds(read_model_meta(args.model))
+        args.tp = tuned[0] if args.tp is None else args.tp
+        args.tr = tuned[1] if args.tr is None else args.tr
     seg.tp_slider.setValue(args.tp)
     seg.tr_slider.setValue(args.tr)
     seg.run()
