@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", default="1", help="comma-separated thread counts; 0: all CPUs available")
+    ap.add_argument("--threads", default="2", help="comma-separated thread counts; 0: all CPUs available")
     ap.add_argument("--K", type=int, default=6, help="DDT scale classes")
     a = ap.parse_args(argv)
     if a.quick:
