@@ -683,6 +683,14 @@ def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
+def check_segment_options(tp, tr, min_size_mm3) -> None:
+    """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
+    if tp is not None or tr is not None:
+        check_thresholds(FALLBACK_TP if tp is None else tp, FALLBACK_TR if tr is None else tr)
+    if not (math.isfinite(min_size_mm3) and min_size_mm3 >= 0):
+        raise ValueError(f"min_size_mm3 (--min-size) must be >= 0 mm^3, got {min_size_mm3}")
+
+
 def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
     """``(T_p, T_r)`` tuned for a model on validation volumes (its meta ``metrics.refine``),
     else :data:`FALLBACK_TP`, :data:`FALLBACK_TR`."""
@@ -759,10 +767,7 @@ def segment(
     Returns:
         :class:`SegmentationResult`.
     """
-    if tp is not None or tr is not None:
-        check_thresholds(FALLBACK_TP if tp is None else tp, FALLBACK_TR if tr is None else tr)
-    if not (math.isfinite(min_size_mm3) and min_size_mm3 >= 0):
-        raise ValueError(f"min_size_mm3 must be >= 0 mm^3, got {min_size_mm3}")
+    check_segment_options(tp, tr, min_size_mm3)
     t0 = time.perf_counter()
     pred = predict(
         volume,

@@ -187,14 +187,11 @@ def write_json(path: Path, data: dict, overwrite: bool) -> None:
 
 
 def run(args) -> int:
-    from ..inference import check_thresholds, segment
+    from ..inference import check_segment_options, segment
     from ..io import read_volume, write_volume
     from ..models import load_model, resolve_device
 
-    if args.tp is not None or args.tr is not None:
-        check_thresholds(0.9 if args.tp is None else args.tp, 0.5 if args.tr is None else args.tr)
-    if args.min_size_mm3 < 0:
-        raise ValueError(f"--min-size must be >= 0 mm^3, got {args.min_size_mm3}")
+    check_segment_options(args.tp, args.tr, args.min_size_mm3)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if not 0 <= args.overlap < 1:
