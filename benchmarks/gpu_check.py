@@ -227,8 +227,11 @@ def check_sliding(img, net, meta, dev):
         if str(dev).startswith("cuda"):
             out[f"cuda_peak_mb_{name}"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     out["monai_over_ours_time"] = round(out["time_s_monai"] / out["time_s_ours"], 2)
-    out["max_abs_diff_probability"] = float((res["ours"][0] - res["monai"][0]).abs().max())
-    out["max_abs_diff_scale"] = float((res["ours"][1] - res["monai"][1]).abs().max())
+    # ours may leave its outputs on the GPU, MONAI's wrapper returns them on the CPU
+    ours = [torch.as_tensor(t).float().cpu() for t in res["ours"][:2]]
+    theirs = [torch.as_tensor(t).float().cpu() for t in res["monai"][:2]]
+    out["max_abs_diff_probability"] = float((ours[0] - theirs[0]).abs().max())
+    out["max_abs_diff_scale"] = float((ours[1] - theirs[1]).abs().max())
     return out
 
 

@@ -91,7 +91,9 @@ class Prediction:
         timings: seconds per stage (``load``, ``normalize``, ``resample``, ``network``,
             ``resample_back``, ``total``).
         meta: the model meta (with ``path``).
-        messages: warnings raised during the run (out-of-memory fallbacks).
+        messages: warnings raised during the run (out-of-memory fallbacks, intensity rescale).
+        intensity: ``{"mode": ..., "rescale": None or the linear map applied}`` (see
+            ``predict(intensity=...)``).
     """
 
     probability: np.ndarray
@@ -103,6 +105,7 @@ class Prediction:
     timings: dict
     meta: dict
     messages: list = field(default_factory=list)
+    intensity: dict = field(default_factory=lambda: {"mode": "model", "rescale": None})
 
 
 @dataclass
@@ -513,6 +516,7 @@ def predict(
     cancel=None,
     amp: bool = True,
     scale_mode: str = "expected",
+    intensity: str = "auto",
 ) -> Prediction:
     """Run the DDT network over a whole volume.
 
@@ -530,6 +534,10 @@ def predict(
         amp: float16 autocast on CUDA.
         scale_mode: "expected" (default, E[k | k>0], one buffer) or "argmax" (argmax over
             1..K of the blended softmax; K+1 buffers).
+        intensity: units of the image for a model with a CT window: "model" (as trained, e.g.
+            Hounsfield units), "rescale" (map the image's robust range linearly into the
+            window, for volumes in other units), "auto" (default: rescale only when the image
+            cannot be in the model's units, e.g. scaled to [0, 1]; a message says so).
 
     Returns:
         :class:`Prediction` on the native grid.
@@ -547,6 +555,7 @@ def predict(
     data, sp = _as_image(volume, spacing)
     if scale_mode not in ("expected", "argmax"):
         raise ValueError(f"scale_mode must be 'expected' or 'argmax', got {scale_mode!r}")
+    check_intensity_mode(intensity)
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     dev = resolve_device(device)
@@ -563,8 +572,9 @@ def predict(
     t = time.perf_counter()
     _check_cancel(cancel)
     _notify(progress, 0, 1, "normalising intensities")
-    norm = normalize_intensity(data, meta["normalization"])
     messages: list = []
+    data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages)
+    norm = normalize_intensity(data, meta["normalization"])
     low_contrast = intensity_warning(norm, meta["normalization"])
     if low_contrast:
         warnings.warn(low_contrast, stacklevel=2)
@@ -632,7 +642,44 @@ def predict(
         timings=timings,
         meta=meta,
         messages=messages,
+        intensity={"mode": intensity, "rescale": rescale_info},
     )
+
+
+def check_intensity_mode(intensity) -> str:
+    """Validate an ``intensity`` mode (ValueError listing the choices)."""
+    from .models.normalization import INTENSITY_MODES
+
+    if intensity not in INTENSITY_MODES:
+        raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
+    return intensity
+
+
+def _apply_intensity_mode(data, normalization, intensity, messages):
+    """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
+    asks for it ("rescale", or "auto" on an image that cannot be in the model's units)."""
+    from .models.normalization import intensity_rescale_needed, rescale_to_window
+
+    kind = (normalization or {}).get("kind")
+    if intensity == "model":
+        return data, None
+    if kind != "window":
+        if intensity == "rescale":
+            messages.append(f"intensity rescale skipped: the model normalises each volume itself "
+                            f"({kind!r})")
+        return data, None
+    if intensity == "auto" and not intensity_rescale_needed(data, normalization):
+        return data, None
+    out, info = rescale_to_window(data, normalization)
+    why = ("asked for" if intensity == "rescale" else
+           "the image's intensity range is far narrower than the model's window, so it is not "
+           "in the model's units (e.g. scaled to [0, 1])")
+    messages.append(
+        f"intensities rescaled ({why}): robust range {info['from'][0]:.4g}..{info['from'][1]:.4g} "
+        f"mapped linearly to {info['to'][0]:g}..{info['to'][1]:g} of the model's window "
+        f"{normalization['low']:g}..{normalization['high']:g}; use intensity 'model' to keep "
+        "the raw values")
+    return out, info
 
 
 def intensity_warning(normalized: np.ndarray, normalization: dict) -> str | None:
@@ -749,12 +796,13 @@ def segment(
     batch_size: int | None = None,
     overlap: float = 0.25,
     amp: bool = True,
+    intensity: str = "auto",
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
     Args:
-        volume, model, device, spacing, batch_size, overlap, amp, progress, cancel: see
-            :func:`predict`.
+        volume, model, device, spacing, batch_size, overlap, amp, progress, cancel, intensity:
+            see :func:`predict`.
         tp: pseudo-skeleton threshold on the probability, in (0, 1). None: the value tuned
             for the model (:func:`recommended_thresholds`).
         tr: threshold on the refined map ``Y_r`` (> 0; ``Y_r`` can exceed 1 where seeds
@@ -779,6 +827,7 @@ def segment(
         progress=progress,
         cancel=cancel,
         amp=amp,
+        intensity=intensity,
     )
     _check_cancel(cancel)
     t = time.perf_counter()
@@ -824,6 +873,8 @@ def segment(
             "no_refine_threshold": NO_REFINE_THRESHOLD if not refine else None,
             "min_size_mm3": float(min_size_mm3),
             "components_removed": n_removed,
+            "intensity": pred.intensity["mode"],
+            "intensity_rescale": pred.intensity["rescale"],
         },
         "model_grid_spacing": list(pred.model_spacing),
         "time_s": {k: round(v, 4) for k, v in timings.items()},

@@ -78,7 +78,36 @@ def make_case(spec: dict):
 
     c = make_vessel_tree(shape=spec["shape"], spacing=spec["spacing"], seed=spec["seed"],
                          **spec["options"])
-    return c.image, c.mask
+    return c.image, c.mask, c.centerline
+
+
+# true vessel radius in voxels (radius / finest spacing) for the sensitivity-by-radius table
+RADIUS_BINS_VOX = (0.0, 0.45, 0.6, 0.8, 1.1, 1.6, float("inf"))
+
+
+def radius_sensitivity(pred: np.ndarray, ref: np.ndarray, centerline: np.ndarray,
+                       spacing) -> dict[str, list[int]]:
+    """Per bin of TRUE radius (voxels): [label voxels found by ``pred``, label voxels].
+
+    Each label voxel takes the radius of its nearest centerline point (the generator's exact
+    geometry), in units of the finest voxel size, binned by :data:`RADIUS_BINS_VOX`.
+    """
+    from scipy.spatial import cKDTree
+
+    ref = ref > 0
+    pts = np.argwhere(ref) * np.asarray(spacing, dtype=float)
+    _, j = cKDTree(centerline[:, :3]).query(pts)
+    r_vox = centerline[j, 3] / float(min(spacing))
+    hit = np.asarray(pred, dtype=bool)[ref]
+    out = {}
+    for lo, hi in zip(RADIUS_BINS_VOX[:-1], RADIUS_BINS_VOX[1:]):
+        sel = (r_vox >= lo) & (r_vox < hi)
+        out[_bin_name(lo, hi)] = [int(hit[sel].sum()), int(sel.sum())]
+    return out
+
+
+def _bin_name(lo: float, hi: float) -> str:
+    return f">= {lo:g}" if hi == float("inf") else f"{lo:g}-{hi:g}"
 
 
 def generate(specs: list[dict], processes: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -149,7 +178,7 @@ def tune_refinement(model, kind: str, device: str, quick: bool, n_val: int, proc
     preds = predictions(model, [d[0] for d in data], specs, device)
     grid = [(tp, tr) for tp in TP_GRID for tr in TR_GRID]
     jobs, keys = [], []
-    for (prob, rad, _), (_, ref), spec in zip(preds, data, specs):
+    for (prob, rad, _), (_, ref, _), spec in zip(preds, data, specs):
         for tp, tr in grid:
             lab = refine_labels(prob, rad, spec["spacing"], tp, tr, device, kind == "baseline")
             jobs.append((lab, ref, spec["spacing"]))
@@ -192,8 +221,13 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
         log(f"[eval] {name}: refinement T_p={params['tp']} T_r={params['tr']}")
         preds = predictions((net, meta), [d[0] for d in data], specs, device)
         jobs, tags = [], []
-        for (prob, rad, _), (_, ref), spec in zip(preds, data, specs):
+        by_radius: dict[str, list[int]] = {}
+        for (prob, rad, _), (_, ref, cl), spec in zip(preds, data, specs):
             sp = spec["spacing"]
+            for k, (found, total) in radius_sensitivity(prob > 0.5, ref, cl, sp).items():
+                acc = by_radius.setdefault(k, [0, 0])
+                acc[0] += found
+                acc[1] += total
             jobs.append(((prob > 0.5).astype(np.uint8), ref, sp))
             tags.append(name)
             jobs.append((drop_small_components(prob > 0.5, sp), ref, sp))
@@ -208,6 +242,9 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
         for tag, m in zip(tags, res):
             results["variants"].setdefault(tag, []).append(m)
         results["models"][name]["predict_s"] = [round(p[2], 2) for p in preds]
+        results["models"][name]["sensitivity_by_radius_vox"] = {
+            k: {"found": f, "voxels": n, "sensitivity": (f / n if n else None)}
+            for k, (f, n) in by_radius.items()}
         log(f"[eval] {name}: done ({time.perf_counter() - t0:.1f} s)")
     results["summary"] = {tag: summarize(rows) for tag, rows in results["variants"].items()}
     results["groups"] = {
@@ -269,6 +306,19 @@ def markdown(results: dict) -> str:
                  f"{_fmt(rows[i]['b0_error'], 0)}" for rows in results["variants"].values()]
         sp = "x".join(f"{s:g}" for s in spec["spacing"])
         lines.append(f"| {spec['name']} | {sp} | " + " | ".join(cells) + " |")
+    lines += ["", "## Sensitivity by true vessel radius (probability > 0.5, all volumes)", "",
+              "Label voxels found, binned by the radius of the nearest true centerline point in "
+              "voxels (radius / finest spacing).", "",
+              "| model | " + " | ".join(f"r {_bin_name(lo, hi)} vox" for lo, hi in
+                                     zip(RADIUS_BINS_VOX[:-1], RADIUS_BINS_VOX[1:])) + " |",
+              "| --- | " + " | ".join("---" for _ in RADIUS_BINS_VOX[1:]) + " |"]
+    for name, m in results["models"].items():
+        cells = []
+        for lo, hi in zip(RADIUS_BINS_VOX[:-1], RADIUS_BINS_VOX[1:]):
+            e = m.get("sensitivity_by_radius_vox", {}).get(_bin_name(lo, hi))
+            cells.append("n/a" if not e or not e["voxels"] else
+                         f"{e['sensitivity']:.2f} ({e['voxels']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## Models", ""]
     for name, m in results["models"].items():
         lines.append(f"- {name}: `{m['path']}`, loss {m['loss']}, {m['steps']} steps, spacing "

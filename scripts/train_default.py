@@ -83,9 +83,11 @@ class Log:
 
 
 def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, device: str,
-               seed: int) -> dict:
+               seed: int, init: str | None = None, recipe: dict | None = None) -> dict:
     syn = {"pool_size": s["pool_size"], "cache_dir": str(cache), **s.get("synthetic", {})}
-    return {
+    recipe = dict(recipe or {})
+    start = f"fine-tuned from {Path(init).name}, " if init else ""
+    cfg = {
         "data": ["synthetic"], "val_data": ["synthetic"], "out": str(work / name),
         "target_spacing": s["target_spacing"], "patch_size": s["patch_size"],
         "batch_size": s["batch_size"], "steps": 1_000_000, "max_minutes": minutes,
@@ -97,9 +99,14 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
         "description": (
             f"napari-tubular default ({RUNS[name]}): synthetic vessel trees generated on the fly "
             "(in-plane 0.6-1.2 mm, half the volumes with z 0.6-2.5 mm, sub-voxel thinnest "
-            f"vessels), resampled to {s['target_spacing'][0]} mm; scripts/train_default.py, "
+            f"vessels, thin-only trees {100 * s.get('synthetic', {}).get('thin_fraction', 0.25):.0f} %), "
+            f"resampled to {s['target_spacing'][0]} mm; {start}scripts/train_default.py, "
             f"{minutes:.1f} min on {device}"),
     }
+    if init:
+        cfg["init_model"] = str(init)
+    cfg.update(recipe)
+    return cfg
 
 
 def export_checkpoint(run: Path, dest: Path) -> Path:
@@ -169,6 +176,15 @@ def main(argv=None) -> int:
                    help="size preset (default: full on CUDA, cpu on CPU, quick with --quick)")
     p.add_argument("--only", choices=sorted(RUNS), default=None, help="train one model only")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", action="append", default=[], metavar="NAME=PATH",
+                   help="start run NAME (ddt, baseline) from this model file (fine-tuning)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (preset's default)")
+    p.add_argument("--cldice-weight", type=float, default=None,
+                   help="clDice weight of the ddt run (default 0.2)")
+    p.add_argument("--cldice-warmup", type=float, default=None,
+                   help="fraction of the run before clDice ramps in (default 0.35)")
+    p.add_argument("--thin-fraction", type=float, default=None,
+                   help="fraction of synthetic trees made of thin vessels only (default 0.25)")
     p.add_argument("--processes", type=int, default=None, help="generation/metric processes")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--install", action="store_true",
@@ -182,7 +198,24 @@ def main(argv=None) -> int:
     if device == "auto":
         device = "cpu"
     preset = a.settings or ("quick" if a.quick else "full" if device.startswith("cuda") else "cpu")
-    s = SETTINGS[preset]
+    s = json.loads(json.dumps(SETTINGS[preset]))
+    if a.thin_fraction is not None:
+        s.setdefault("synthetic", {})["thin_fraction"] = a.thin_fraction
+    inits = {}
+    for item in a.init:
+        name, sep, path = item.partition("=")
+        if not sep or name not in RUNS:
+            p.error(f"--init expects NAME=PATH with NAME in {sorted(RUNS)}, got {item!r}")
+        if path != "default" and not Path(path).is_file():
+            p.error(f"--init {name}: no such model file {path!r}")
+        inits[name] = path
+    recipe = {}
+    if a.lr is not None:
+        recipe["lr"] = a.lr
+    if a.cldice_weight is not None:
+        recipe["cldice_weight"] = a.cldice_weight
+    if a.cldice_warmup is not None:
+        recipe["cldice_warmup_fraction"] = a.cldice_warmup
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="napari_tubular_default_"))
@@ -190,6 +223,7 @@ def main(argv=None) -> int:
     log = Log(out / "train_default.log")
     procs = a.processes or max(1, (os.cpu_count() or 2) - 1)
     log(f"preset {preset}, device {device}, budget {a.minutes} min, out {out}, work {work}, "
+        f"init {inits or 'none'}, recipe {recipe or 'preset'}, synthetic {s.get('synthetic', {})}, "
         f"{procs} processes, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""))
 
@@ -215,8 +249,8 @@ def main(argv=None) -> int:
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for name in names:
         cfg_path = work / f"{name}.json"
-        cfg_path.write_text(json.dumps(run_config(name, s, work, cache, minutes, device, a.seed),
-                                       indent=1))
+        cfg_path.write_text(json.dumps(run_config(name, s, work, cache, minutes, device, a.seed,
+                                                  inits.get(name), recipe), indent=1))
         logf = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed below
         children[name] = (subprocess.Popen(
             [sys.executable, "-m", "napari_tubular.training", str(cfg_path)],

@@ -238,3 +238,26 @@ def test_subprocess_refusal_exit_code(tmp_path, volume_file):
     assert proc.returncode == 2
     assert "case_07_report.json" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_intensity_option_reaches_the_report(tmp_path, model_file, volume_file, capsys):
+    import json
+
+    vol = read_volume(volume_file)
+    unit_file = write_volume(
+        tmp_path / "unit.nii.gz",
+        Volume((vol.data - vol.data.min()) / np.ptp(vol.data), spacing=vol.spacing,
+               origin=vol.origin, direction=vol.direction),
+    )
+    assert _run("segment", unit_file, "-o", tmp_path / "a", "--model", model_file,
+                "--device", "cpu") == 0
+    report = json.loads((tmp_path / "a" / "unit_report.json").read_text())
+    assert report["parameters"]["intensity"] == "auto"
+    assert report["parameters"]["intensity_rescale"]["to"] == [-12.5, 556.25]  # window -100..600: 1/8 and 15/16
+    assert "intensities rescaled" in capsys.readouterr().err
+    assert _run("segment", unit_file, "-o", tmp_path / "b", "--model", model_file,
+                "--device", "cpu", "--intensity", "model") == 0
+    report = json.loads((tmp_path / "b" / "unit_report.json").read_text())
+    assert report["parameters"]["intensity_rescale"] is None
+    with pytest.raises(SystemExit):
+        _run("segment", unit_file, "-o", tmp_path / "c", "--intensity", "hounsfield")

@@ -322,13 +322,52 @@ def test_bad_model_files(tmp_path):
 
 
 def test_uncalibrated_intensities_give_a_warning():
-    """A window-normalised model fed a 0..1 volume sees a flat image: say so."""
+    """A window-normalised model fed a 0..1 volume as it is sees a flat image: say so."""
     meta = _meta(norm={"kind": "window", "low": -200.0, "high": 600.0})
     image = np.random.default_rng(0).random((16, 16, 16)).astype(np.float32)  # 0..1, not HU
     with pytest.warns(UserWarning, match="almost no contrast"):
-        pred = predict(image, (EchoNet(), meta), "cpu")
+        pred = predict(image, (EchoNet(), meta), "cpu", intensity="model")
     assert any("Hounsfield" in m for m in pred.messages)
+    assert pred.intensity == {"mode": "model", "rescale": None}
     hu = image * 800 - 200
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not predict(hu, (EchoNet(), meta), "cpu").messages
+
+
+def test_auto_intensity_rescales_unitless_volumes_only():
+    """``intensity="auto"`` maps a [0, 1] volume into the window (no flat-image warning) and
+    leaves a volume in Hounsfield units untouched; the map is recorded."""
+    meta = _meta(norm={"kind": "window", "low": -200.0, "high": 600.0})
+    rng = np.random.default_rng(1)
+    unit = rng.random((16, 16, 16)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pred = predict(unit, (EchoNet(), meta), "cpu")  # auto is the default
+    assert any(m.startswith("intensities rescaled") for m in pred.messages)
+    info = pred.intensity["rescale"]
+    assert info["to"] == [-100.0, 550.0]
+    lo, hi = np.percentile(unit, [0.5, 99.9])
+    assert info["from"] == pytest.approx([lo, hi], rel=1e-6)
+    # EchoNet returns its normalised input as the probability: the rescaled image spans the
+    # window's 1/8..15/16 instead of a 0.00125-wide sliver
+    p_lo, p_hi = np.percentile(pred.probability, [0.5, 99.9])
+    assert p_lo == pytest.approx(0.125, abs=0.01)
+    assert p_hi == pytest.approx(0.9375, abs=0.01)
+    hu = unit * 800 - 200
+    pred_hu = predict(hu, (EchoNet(), meta), "cpu")
+    assert pred_hu.intensity == {"mode": "auto", "rescale": None}
+    assert not pred_hu.messages
+    forced = predict(hu, (EchoNet(), meta), "cpu", intensity="rescale")
+    assert forced.intensity["rescale"] is not None
+    with pytest.raises(ValueError, match="intensity must be one of"):
+        predict(hu, (EchoNet(), meta), "cpu", intensity="hu")
+
+
+def test_rescale_is_skipped_for_self_normalising_models():
+    meta = _meta(norm={"kind": "percentile", "lower": 1.0, "upper": 99.0})
+    unit = np.random.default_rng(2).random((16, 16, 16)).astype(np.float32)
+    assert predict(unit, (EchoNet(), meta), "cpu").intensity["rescale"] is None
+    forced = predict(unit, (EchoNet(), meta), "cpu", intensity="rescale")
+    assert forced.intensity["rescale"] is None
+    assert any("rescale skipped" in m for m in forced.messages)

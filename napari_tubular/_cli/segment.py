@@ -104,6 +104,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--overlap", type=float, default=0.25, help="sliding-window overlap (default 0.25)"
     )
+    p.add_argument(
+        "--intensity",
+        choices=("auto", "model", "rescale"),
+        default="auto",
+        help="intensity units: 'model' uses the values as they are (the default model expects "
+        "CT in Hounsfield units), 'rescale' maps the image's 0.5-99.9th percentiles linearly "
+        "into the model's window (volumes in other units, bright vessels), 'auto' (default) "
+        "rescales only images that cannot be in the model's units (e.g. scaled to [0, 1]) "
+        "and says so in the report",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
     return p
@@ -222,7 +232,11 @@ def run(args) -> int:
             progress=progress,
             batch_size=args.batch_size,
             overlap=args.overlap,
+            intensity=args.intensity,
         )
+        for msg in res.report.get("messages", []):
+            if msg.startswith("intensities rescaled") and not args.quiet:
+                print(f"{prefix} note: {msg}", file=sys.stderr, flush=True)
         progress(0, 1, "writing")
         write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
         write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)

@@ -12,16 +12,91 @@ Kinds:
   regular subsample of about 4M voxels (deterministic).
 * ``{"kind": "zscore"}`` (per-volume mean/std) or ``{"kind": "zscore", "mean": m, "std": s}``.
 * ``{"kind": "none"}``: cast to float32 only.
+
+Images in other units (a volume scaled to ``[0, 1]``, z-scored, MR-like counts) given to a
+``window`` model: :func:`intensity_rescale_needed` detects a robust intensity range far smaller
+than the window (the network would see a flat image) and :func:`rescale_to_window` maps the
+image linearly so that its 0.5th / 99.9th percentiles land at 1/8 and 15/16 of the window
+(-100 / 550 HU for the default -200..600 window). The network starts with convolution +
+instance normalisation, so it is invariant to a linear intensity change of its input except
+where the window clips: the rescale gives the same segmentation as the original HU image
+(tested on held-out synthetic volumes: identical Dice), instead of an empty one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["normalize_intensity", "validate_normalization", "NORMALIZATION_KINDS"]
+__all__ = [
+    "normalize_intensity",
+    "validate_normalization",
+    "NORMALIZATION_KINDS",
+    "INTENSITY_MODES",
+    "robust_range",
+    "intensity_rescale_needed",
+    "rescale_to_window",
+]
 
 NORMALIZATION_KINDS = ("window", "percentile", "zscore", "none")
+# how inference treats the input's intensity units (see predict(intensity=...))
+INTENSITY_MODES = ("auto", "model", "rescale")
 _SAMPLE = 4_000_000
+# robust range used to recognise and rescale images that are not in the window's units
+_RANGE_PERCENTILES = (0.5, 99.9)
+# an image whose robust range is below this fraction of the window is "not in these units"
+_FLAT_FRACTION = 0.05
+# where the robust range lands inside the window after rescaling (fractions of the window)
+_RESCALE_TARGET = (0.125, 0.9375)
+
+
+def _sample(x: np.ndarray) -> np.ndarray:
+    flat = np.asarray(x).ravel()
+    return flat[:: max(1, flat.size // _SAMPLE)]
+
+
+def robust_range(image: np.ndarray) -> tuple[float, float]:
+    """``(p0.5, p99.9)`` of the image's intensities (on a regular subsample of big volumes)."""
+    x = _sample(image)
+    if x.size == 0:
+        raise ValueError("robust_range of an empty image")
+    lo, hi = np.percentile(x.astype(np.float64), _RANGE_PERCENTILES)
+    return float(lo), float(hi)
+
+
+def intensity_rescale_needed(image: np.ndarray, normalization: dict) -> bool:
+    """True when ``image`` cannot be in the units of a ``window`` model: its robust range spans
+    less than 5 % of the window (e.g. an image scaled to [0, 1] for a -200..600 HU window),
+    so the window would leave the network a flat image. Always False for other kinds."""
+    n = validate_normalization(normalization)
+    if n["kind"] != "window":
+        return False
+    lo, hi = robust_range(image)
+    return (hi - lo) < _FLAT_FRACTION * (n["high"] - n["low"])
+
+
+def rescale_to_window(image: np.ndarray, normalization: dict) -> tuple[np.ndarray, dict]:
+    """Map ``image`` linearly so that its robust range sits inside a ``window`` model's window.
+
+    Returns:
+        ``(float32 array, info)`` with ``info = {"from": [p0.5, p99.9], "to": [a, b],
+        "scale": s, "offset": o}`` (``out = image * s + o``). A constant image maps to the
+        window's lower target.
+
+    Raises:
+        ValueError: the model's normalisation is not a window.
+    """
+    n = validate_normalization(normalization)
+    if n["kind"] != "window":
+        raise ValueError(f"rescale_to_window needs a window normalization, got {n['kind']!r}")
+    width = n["high"] - n["low"]
+    a = n["low"] + _RESCALE_TARGET[0] * width
+    b = n["low"] + _RESCALE_TARGET[1] * width
+    lo, hi = robust_range(image)
+    scale = (b - a) / (hi - lo) if hi > lo else 0.0
+    offset = a - lo * scale
+    out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(offset)
+    info = {"from": [lo, hi], "to": [a, b], "scale": scale, "offset": offset}
+    return out.astype(np.float32, copy=False), info
 
 
 def validate_normalization(normalization: dict) -> dict:

@@ -54,3 +54,39 @@ def test_invalid(norm, match):
 def test_rejects_non_numeric():
     with pytest.raises(ValueError, match="dtype"):
         normalize_intensity(np.array(["a"]), {"kind": "none"})
+
+
+# ----------------------------------------------------------------------- intensity rescale
+WINDOW = {"kind": "window", "low": -200.0, "high": 600.0}
+
+
+def test_rescale_needed_only_for_volumes_far_narrower_than_the_window():
+    from napari_tubular.models.normalization import intensity_rescale_needed
+
+    rng = np.random.default_rng(0)
+    hu = rng.normal(40, 20, (20, 20, 20)).astype(np.float32)
+    hu[5:8, 5:8, :] = 300.0  # a bright vessel
+    assert not intensity_rescale_needed(hu, WINDOW)
+    assert intensity_rescale_needed((hu + 1024) / 4096, WINDOW)  # [0, 1]-scaled CT
+    assert intensity_rescale_needed((hu - hu.mean()) / hu.std(), WINDOW)  # z-scored
+    assert not intensity_rescale_needed((hu + 1024) / 4096, {"kind": "percentile"})
+
+
+def test_rescale_to_window_is_the_linear_map_of_the_robust_range():
+    from napari_tubular.models.normalization import rescale_to_window, robust_range
+
+    rng = np.random.default_rng(1)
+    x = rng.random((30, 30, 30)).astype(np.float32)
+    out, info = rescale_to_window(x, WINDOW)
+    assert out.dtype == np.float32
+    assert out.shape == x.shape
+    assert robust_range(out) == pytest.approx([-100.0, 550.0], abs=1e-2)
+    np.testing.assert_allclose(out, x * info["scale"] + info["offset"], rtol=1e-5, atol=1e-3)
+    # any linear change of the input gives the same output (what makes "auto" safe)
+    out2, _ = rescale_to_window(x * 37.0 - 5.0, WINDOW)
+    np.testing.assert_allclose(out2, out, atol=1e-2)
+    const, info_c = rescale_to_window(np.full((4, 4, 4), 3.0), WINDOW)
+    assert np.all(const == -100.0)
+    assert info_c["scale"] == 0.0
+    with pytest.raises(ValueError, match="window"):
+        rescale_to_window(x, {"kind": "zscore"})

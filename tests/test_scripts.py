@@ -1,0 +1,110 @@
+"""The model-building scripts: held-out evaluation tables and the training script's options."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def ev():
+    return _load("evaluate_default")
+
+
+@pytest.fixture(scope="module")
+def tree():
+    from napari_tubular.synthetic import make_vessel_tree
+
+    return make_vessel_tree((40, 48, 44), (1.2, 0.8, 0.8), seed=5, min_radius_mm=0.3)
+
+
+def test_radius_sensitivity_counts_every_label_voxel_once(ev, tree):
+    ref = tree.mask > 0
+    res = ev.radius_sensitivity(ref, ref, tree.centerline, tree.spacing)
+    assert sum(n for _, n in res.values()) == int(ref.sum())
+    for found, total in res.values():
+        assert found == total  # a perfect prediction finds everything in every bin
+    empty = ev.radius_sensitivity(np.zeros_like(ref), ref, tree.centerline, tree.spacing)
+    assert all(found == 0 for found, _ in empty.values())
+    # the thinnest bin is populated: sub-voxel vessels (0.3 mm at 0.8 mm voxels) are in the label
+    assert res["0-0.45"][1] > 0
+
+
+def test_radius_sensitivity_bins_by_true_radius(ev):
+    from napari_tubular.synthetic import make_tube
+
+    # a straight tube of radius 2.5 voxels: every label voxel belongs to the ">= 1.6" bin,
+    # and a prediction that keeps only one half of the tube finds about half of it
+    case = make_tube((24, 24, 40), (1.0, 1.0, 1.0), radius_mm=2.5)
+    ref = case.mask > 0
+    cl = case.centerline
+    res = ev.radius_sensitivity(ref, ref, cl, case.spacing)
+    assert res[">= 1.6"][1] == int(ref.sum())
+    half = ref.copy()
+    half[:, :, 20:] = False
+    found, total = ev.radius_sensitivity(half, ref, cl, case.spacing)[">= 1.6"]
+    assert 0.4 < found / total < 0.6
+
+
+def test_evaluate_writes_tables_with_radius_breakdown(ev, tmp_path):
+    import torch
+
+    from napari_tubular.models import TubularUNet, save_model
+
+    torch.manual_seed(0)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=4)
+    model = save_model(tmp_path / "tiny.pt", net, {
+        "K": 3, "spacing": (1.0, 1.0, 1.0), "patch_size": (16, 16, 16),
+        "normalization": {"kind": "window", "low": -200, "high": 600}})
+    res = ev.evaluate({"ddt": str(model)}, tmp_path / "out", device="cpu", quick=True,
+                      n_cases=2, n_val=1, processes=1, tune=False, log=lambda *_: None)
+    md = (tmp_path / "out" / "eval.md").read_text()
+    assert "Sensitivity by true vessel radius" in md
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    sens = saved["models"]["ddt"]["sensitivity_by_radius_vox"]
+    total = sum(e["voxels"] for e in sens.values())
+    specs = ev.case_specs(2, True)
+    assert total == sum(int(ev.make_case(s)[1].sum()) for s in specs)
+    assert set(res["summary"]) == {"ddt", "ddt + CC filter", "ddt + GAR", "ddt + GAR + CC filter"}
+
+
+def test_train_default_rejects_bad_init(tmp_path, capsys):
+    td = _load("train_default")
+    with pytest.raises(SystemExit) as e:
+        td.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--init", "nope=x.pt"])
+    assert e.value.code == 2
+    assert "--init expects NAME=PATH" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        td.main(["--device", "cpu", "--quick", "--out", str(tmp_path),
+                 "--init", f"ddt={tmp_path / 'missing.pt'}"])
+    assert "no such model file" in capsys.readouterr().err
+
+
+def test_train_default_run_config_carries_init_and_recipe(tmp_path):
+    td = _load("train_default")
+    s = dict(td.SETTINGS["quick"], synthetic={"thin_fraction": 0.5})
+    cfg = td.run_config("ddt", s, tmp_path, tmp_path / "cache", 1.0, "cpu", 0,
+                        init="runs/x.pt", recipe={"lr": 1e-4, "cldice_weight": 0.3})
+    assert cfg["init_model"] == "runs/x.pt"
+    assert cfg["lr"] == 1e-4
+    assert cfg["cldice_weight"] == 0.3
+    assert "thin-only trees 50 %" in cfg["description"]
+    assert cfg["synthetic"]["thin_fraction"] == 0.5
+    from napari_tubular.training import TrainConfig
+
+    TrainConfig.from_dict(cfg)  # a valid training config
