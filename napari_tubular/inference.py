@@ -152,6 +152,10 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+# fewer voxels than this along an axis of the model grid: warn (little context for the network)
+MIN_CONTEXT_VOXELS = 12
+
+
 def _as_image(volume, spacing):
     """Return (array (Z,Y,X), spacing) from a Volume-like object or an array + spacing."""
     if hasattr(volume, "data") and hasattr(volume, "spacing"):
@@ -165,6 +169,12 @@ def _as_image(volume, spacing):
         )
     if min(data.shape) < 1:
         raise ValueError(f"the volume is empty (shape {data.shape})")
+    if min(data.shape) < 2:
+        axis = "zyx"[int(np.argmin(data.shape))]
+        raise ValueError(
+            f"the volume has a single voxel along {axis} (shape {data.shape}): that is a 2-D "
+            "image; napari-tubular segments 3-D volumes"
+        )
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
     try:
@@ -584,6 +594,15 @@ def predict(
     t = time.perf_counter()
     mspacing = tuple(float(s) for s in meta["spacing"])
     grid, eff_spacing, resample = _model_grid(data.shape, sp, mspacing)
+    thin_axes = [f"{'zyx'[i]} ({n} voxels)" for i, n in enumerate(grid) if n < MIN_CONTEXT_VOXELS]
+    if thin_axes:
+        note = (
+            f"the volume is very thin at the model's spacing {mspacing} mm along "
+            f"{', '.join(thin_axes)}: the network sees little context there and may miss "
+            "vessels"
+        )
+        warnings.warn(note, stacklevel=2)
+        messages.append(note)
     img = torch.from_numpy(norm)
     if resample:
         _notify(progress, 0, 1, f"resampling {data.shape} -> {grid} (model spacing {mspacing} mm)")
@@ -834,7 +853,19 @@ def segment(
     tuned_tp, tuned_tr = recommended_thresholds(pred.meta)
     tp = tuned_tp if tp is None else float(tp)
     tr = tuned_tr if tr is None else float(tr)
-    if refine:
+    p_max = float(pred.probability.max())
+    if p_max <= min(tp, NO_REFINE_THRESHOLD):
+        note = (
+            f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
+            "the labels are empty; check the intensity units (intensity='rescale') and the "
+            "field of view"
+        )
+        warnings.warn(note, stacklevel=2)
+        pred.messages.append(note)
+    if refine and p_max <= tp:
+        labels = np.zeros(pred.probability.shape, np.uint8)
+        skeleton = np.zeros(pred.probability.shape, np.uint8)
+    elif refine:
         _notify(progress, 0, 1, "refining (geometry-aware refinement)")
         labels, skeleton = refine_maps(
             pred.probability, pred.radius_mm, pred.spacing, tp, tr, pred.device_used

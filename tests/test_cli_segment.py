@@ -261,3 +261,21 @@ def test_intensity_option_reaches_the_report(tmp_path, model_file, volume_file, 
     assert report["parameters"]["intensity_rescale"] is None
     with pytest.raises(SystemExit):
         _run("segment", unit_file, "-o", tmp_path / "c", "--intensity", "hounsfield")
+
+
+def test_warnings_reach_stderr_and_the_report(tmp_path, model_file, capsys):
+    import json
+
+    thin = write_volume(tmp_path / "slab.nii.gz",
+                        Volume(np.random.default_rng(0).normal(40, 10, (5, 24, 24)),
+                               spacing=(1.0, 1.0, 1.0)))
+    assert _run("segment", thin, "-o", tmp_path / "o", "--model", model_file, "--device", "cpu",
+                "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "[1/1] slab.nii.gz: warning: the volume is very thin" in err
+    assert "Warning:" not in err and "warnings.warn" not in err  # no raw Python warning text
+    report = json.loads((tmp_path / "o" / "slab_report.json").read_text())
+    assert any("very thin" in m for m in report["messages"])
+    one = write_volume(tmp_path / "one.nii.gz", Volume(np.zeros((1, 24, 24)), spacing=(1, 1, 1)))
+    assert _run("segment", one, "-o", tmp_path / "p", "--model", model_file) == 2
+    assert "2-D image" in capsys.readouterr().err

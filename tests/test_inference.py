@@ -371,3 +371,34 @@ def test_rescale_is_skipped_for_self_normalising_models():
     forced = predict(unit, (EchoNet(), meta), "cpu", intensity="rescale")
     assert forced.intensity["rescale"] is None
     assert any("rescale skipped" in m for m in forced.messages)
+
+
+def test_single_slice_is_refused_as_2d():
+    with pytest.raises(ValueError, match="single voxel along z"):
+        predict(np.zeros((1, 32, 32), np.float32), (EchoNet(), _meta()), "cpu")
+    with pytest.raises(ValueError, match="single voxel along x"):
+        segment(np.zeros((16, 16, 1), np.float32), (EchoNet(), _meta()), "cpu")
+
+
+def test_thin_volume_and_empty_result_are_reported():
+    """Few voxels along an axis: a warning; a network that finds nothing: a clear message (not
+    the refinement's 'lower T_p' advice) and empty outputs."""
+    image = np.zeros((6, 32, 32), np.float32)  # EchoNet: probability = image = 0 everywhere
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment(image, (EchoNet(), _meta()), "cpu", tp=0.7, tr=0.5)
+    texts = [str(w.message) for w in caught]
+    assert any("very thin" in t and "z (6 voxels)" in t for t in texts)
+    assert any("found no vessel" in t for t in texts)
+    assert not any("lower T_p" in t for t in texts)
+    assert res.labels.sum() == 0 and res.skeleton.sum() == 0
+    assert any("found no vessel" in m for m in res.report["messages"])
+    # an ordinary volume with a vessel gets neither message
+    image = np.zeros((16, 32, 32), np.float32)
+    image[:, 14:18, 14:18] = 0.95
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment(image, (EchoNet(), _meta()), "cpu", tp=0.7, tr=0.5)
+    assert not [str(w.message) for w in caught if "no vessel" in str(w.message)
+                or "very thin" in str(w.message)]
+    assert res.labels.sum() > 0

@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 
 OUTPUT_SUFFIXES = {
@@ -221,22 +222,30 @@ def run(args) -> int:
         progress = StderrProgress(prefix, args.quiet)
         progress(0, 1, "reading")
         vol = read_volume(path)
-        res = segment(
-            vol,
-            (net, meta),
-            device,
-            tp=args.tp,
-            tr=args.tr,
-            refine=not args.no_refine,
-            min_size_mm3=args.min_size_mm3,
-            progress=progress,
-            batch_size=args.batch_size,
-            overlap=args.overlap,
-            intensity=args.intensity,
-        )
-        for msg in res.report.get("messages", []):
-            if msg.startswith("intensities rescaled") and not args.quiet:
-                print(f"{prefix} note: {msg}", file=sys.stderr, flush=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = segment(
+                vol,
+                (net, meta),
+                device,
+                tp=args.tp,
+                tr=args.tr,
+                refine=not args.no_refine,
+                min_size_mm3=args.min_size_mm3,
+                progress=progress,
+                batch_size=args.batch_size,
+                overlap=args.overlap,
+                intensity=args.intensity,
+            )
+        messages = res.report.setdefault("messages", [])
+        for w in caught:  # warnings go to the report and, tidily, to stderr
+            if str(w.message) not in messages:
+                messages.append(str(w.message))
+        for msg in messages:
+            note = msg.startswith("intensities rescaled")
+            if not (note and args.quiet):
+                print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
+                      flush=True)
         progress(0, 1, "writing")
         write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
         write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)
