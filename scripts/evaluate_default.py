@@ -58,8 +58,8 @@ TARGETS = {"dice": 0.85, "cldice": 0.90, "b0_error": 2.0}
 METRICS = ("dice", "cldice", "b0_error", "b1_error", "hd95_mm")
 from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3 as MIN_COMPONENT_MM3  # noqa: E402
 
-TP_GRID = (0.5, 0.7, 0.85, 0.95)
-TR_GRID = (0.3, 0.5, 0.7)
+TP_GRID = (0.5, 0.6, 0.7, 0.85, 0.95)
+TR_GRID = (0.3, 0.5, 0.6, 0.7, 0.85)
 
 
 def case_specs(n: int, quick: bool, seed_base: int = HELD_OUT_SEED) -> list[dict]:

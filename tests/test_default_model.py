@@ -81,3 +81,25 @@ def test_default_model_segments_a_unitless_copy_of_the_sample_the_same():
     assert agreement >= 0.97, agreement
     dice = 2 * (b & label).sum() / (b.sum() + label.sum())
     assert dice >= DICE_MIN
+
+
+@pytest.mark.slow
+def test_default_model_on_a_volume_smaller_than_its_window():
+    """A 60^3 volume (48 mm) with one straight tube of known radius: the sliding window pads it
+    to the model's 64^3 window. Zero padding made the model label a whole face of the volume
+    (Dice 0.38); mirrored padding gives the tube back, and the calibrated radius at its axis is
+    within 15 % of the truth (uncalibrated scale head: 2.46 mm for 2.5 mm here, 10-20 % short on
+    held-out trees)."""
+    from napari_tubular.inference import predict
+    from napari_tubular.io import Volume
+    from napari_tubular.synthetic import make_tube
+
+    sp = (0.8, 0.8, 0.8)
+    case = make_tube((60, 60, 60), sp, radius_mm=2.5, axis=2, contrast=250.0, noise=15.0, seed=1)
+    pred = predict(Volume(case.image, sp), "default", "cpu")
+    p, m = pred.probability > 0.5, case.mask > 0
+    assert 2 * (p & m).sum() / (p.sum() + m.sum()) >= 0.9
+    assert p[:, :, 0].sum() < 0.1 * p[:, :, 0].size  # no face labelled as vessel
+    idx = np.round(case.centerline[:, :3] / np.asarray(sp)).astype(int)[5:-5]
+    r_axis = float(np.median(pred.radius_mm[idx[:, 0], idx[:, 1], idx[:, 2]]))
+    assert abs(r_axis - 2.5) <= 0.15 * 2.5, r_axis

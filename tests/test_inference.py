@@ -391,7 +391,8 @@ def test_thin_volume_and_empty_result_are_reported():
     assert any("very thin" in t and "z (6 voxels)" in t for t in texts)
     assert any("found no vessel" in t for t in texts)
     assert not any("lower T_p" in t for t in texts)
-    assert res.labels.sum() == 0 and res.skeleton.sum() == 0
+    assert res.labels.sum() == 0
+    assert res.skeleton.sum() == 0
     assert any("found no vessel" in m for m in res.report["messages"])
     # an ordinary volume with a vessel gets neither message
     image = np.zeros((16, 32, 32), np.float32)
@@ -402,3 +403,29 @@ def test_thin_volume_and_empty_result_are_reported():
     assert not [str(w.message) for w in caught if "no vessel" in str(w.message)
                 or "very thin" in str(w.message)]
     assert res.labels.sum() > 0
+
+
+def test_radius_calibration_maps_through_knots():
+    from napari_tubular.inference import apply_radius_calibration
+
+    cal = {"pred_mm": [1.0, 2.0, 4.0], "true_mm": [0.5, 2.5, 4.4]}
+    r = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 8.0], np.float32)
+    out = apply_radius_calibration(r, cal)
+    np.testing.assert_allclose(out, [0.0, 0.25, 0.5, 1.5, 2.5, 3.45, 4.4, 8.8], rtol=1e-6)
+    assert apply_radius_calibration(r, None) is r
+    for bad in ({"pred_mm": [2.0, 1.0], "true_mm": [1.0, 2.0]},
+                {"pred_mm": [1.0, 2.0], "true_mm": [2.0, 1.0]},
+                {"pred_mm": [1.0], "true_mm": [1.0]}):
+        with pytest.raises(ValueError, match="invalid radius calibration"):
+            apply_radius_calibration(r, bad)
+
+
+def test_predict_applies_the_models_radius_calibration():
+    meta = _meta()
+    image = np.full((16, 16, 16), 0.9, np.float32)
+    raw = predict(image, (EchoNet(k=3), meta), "cpu").radius_mm
+    meta_cal = dict(meta, radius_calibration={"pred_mm": [0.5, 10.0], "true_mm": [1.0, 20.0]})
+    cal = predict(image, (EchoNet(k=3), meta_cal), "cpu").radius_mm
+    np.testing.assert_allclose(cal, 2 * raw, rtol=1e-5)
+    off = predict(image, (EchoNet(k=3), meta_cal), "cpu", calibrate_radius=False).radius_mm
+    np.testing.assert_allclose(off, raw)
