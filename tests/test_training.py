@@ -303,3 +303,41 @@ def test_ddp_two_processes_gloo(tmp_path):
     meta = read_model_meta(out / "model.pt")
     assert meta["training"]["world_size"] == 2
     assert meta["training"]["steps"] == 3
+
+
+def test_synthetic_family_options_sharp_and_large():
+    """The default distribution is unchanged by the new options; the options do what they say."""
+    from napari_tubular.training.data import synthetic_case_params
+
+    for seed in range(12):
+        base = synthetic_case_params(seed)
+        assert not base["sharp"]
+        assert not base["large"]
+        wide = synthetic_case_params(seed, {"sharp_fraction": 1.0, "large_fraction": 1.0})
+        # the new draws come last: grid, thinnest vessel and thin/ordinary choice are unchanged
+        for key in ("shape", "spacing", "thin"):
+            assert wide[key] == base[key]
+        assert wide["generator"]["min_radius_mm"] == base["generator"]["min_radius_mm"]
+    cases = [synthetic_case_params(s, {"sharp_fraction": 1.0, "large_fraction": 1.0,
+                                       "thin_fraction": 0.0}) for s in range(8)]
+    assert all(c["sharp"] and c["generator"]["blur"] is False for c in cases)
+    assert all(5.0 <= c["generator"]["max_radius_mm"] <= 12.0 for c in cases)
+    thin = [synthetic_case_params(s, {"large_fraction": 1.0, "thin_fraction": 1.0})
+            for s in range(8)]
+    assert all(not c["large"] and c["generator"]["max_radius_mm"] <= 2.0 for c in thin)
+
+
+def test_prepared_case_padding_is_mirrored():
+    from napari_tubular.training.data import prepare_case
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(40, 10, (10, 20, 20)).astype(np.float32)
+    label = np.zeros(image.shape, np.uint8)
+    label[:, 8:12, 8:12] = 1  # a tube along z, cut by the small field of view
+    case = prepare_case(image, label, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0), 3,
+                        {"kind": "none"}, min_shape=(16, 20, 20))
+    assert case.image.shape == (16, 20, 20)
+    # the tube continues through the padded slices (mirror), the image keeps its texture
+    assert (case.label[:, 8:12, 8:12] == 1).all()
+    np.testing.assert_array_equal(case.image[3:13], image)
+    np.testing.assert_array_equal(case.image[2], image[1])

@@ -38,6 +38,9 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "min_radius_vox": (0.35, 0.6),  # thinnest vessel, in finest native voxels, uniform
     "thin_fraction": 0.25,  # fraction of trees made of thin vessels only
     "thin_max_radius_mm": (1.2, 2.0),  # root radius of those trees, uniform
+    "sharp_fraction": 0.0,  # fraction of cases rendered without the point-spread blur
+    "large_fraction": 0.0,  # fraction of (non-thin) cases with a large root radius
+    "large_max_radius_mm": (5.0, 12.0),  # root radius of those trees, uniform
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -165,7 +168,7 @@ def prepare_case(
         K: largest scale class.
         normalization: passed to ``napari_tubular.models.normalize_intensity``.
         name: case identifier.
-        min_shape: pad (image with its minimum, labels with 0) to at least this size.
+        min_shape: pad (image and labels mirrored, as inference pads) to at least this size.
         with_phi: also compute the signed distance map (boundary loss).
         target_label: the label already on the target grid (synthetic cases rasterise their
             exact geometry there); otherwise ``label`` is resampled (:func:`resample`).
@@ -195,8 +198,9 @@ def prepare_case(
         pads = [(0, max(0, int(m) - n)) for m, n in zip(min_shape, img.shape)]
         if any(p[1] for p in pads):
             pads = [(p // 2, p - p // 2) for _, p in pads]
-            img = np.pad(img, pads, mode="constant", constant_values=pad_value)
-            lab = np.pad(lab, pads, mode="constant")
+            # mirrored, as inference pads volumes smaller than its window
+            img = np.pad(img, pads, mode="reflect")
+            lab = np.pad(lab, pads, mode="reflect")
     scale = np.asarray(scale_classes(lab, K, target), dtype=np.uint8)
     phi = np.asarray(signed_distance(lab, target), dtype=np.float32) if with_phi else None
     fg = np.flatnonzero(lab.ravel()).astype(np.int64)
@@ -287,8 +291,10 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     ``z_spacing`` (thick or thin slices); the others are isotropic with the in-plane spacing.
     The thinnest vessel is ``min_radius_vox`` (0.35 to 0.6) of the finest native voxel, i.e.
     sub-voxel to one-voxel diameter; a fraction ``thin_fraction`` of the cases are trees of thin
-    vessels only (root radius ``thin_max_radius_mm``). Other generator options (tortuosity,
-    loops, noise, contrast, distractors) keep the generator's own random draws.
+    vessels only (root radius ``thin_max_radius_mm``); ``sharp_fraction`` of the cases are
+    rendered without the point-spread blur and ``large_fraction`` of the others get a root of
+    ``large_max_radius_mm`` (both 0 by default). Other generator options (tortuosity, loops,
+    noise, contrast, distractors) keep the generator's own random draws.
     """
     opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
     rng = np.random.default_rng([int(seed), 7919])
@@ -309,8 +315,15 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     if thin:
         max_r = max(float(rng.uniform(*opts["thin_max_radius_mm"])), 2.2 * gen["min_radius_mm"])
         gen.setdefault("max_radius_mm", round(max_r, 4))
+    # drawn last, so that cases of the default distribution (fractions 0) are unchanged
+    sharp = rng.random() < opts["sharp_fraction"]
+    large = (not thin) and rng.random() < opts["large_fraction"]
+    if sharp:
+        gen.setdefault("blur", False)
+    if large:
+        gen.setdefault("max_radius_mm", round(float(rng.uniform(*opts["large_max_radius_mm"])), 3))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
-            "thin": bool(thin)}
+            "thin": bool(thin), "sharp": bool(sharp), "large": bool(large)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
