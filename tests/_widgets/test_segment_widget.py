@@ -268,3 +268,34 @@ def test_min_component_size_removes_specks_live(seg):
     assert cc3d.connected_components(cleaned, connectivity=26).max() == 1
     assert cleaned.sum() == sizes.max() <= raw.sum()
     assert counter.calls == 1
+
+
+def test_prediction_messages_become_notifications(make_napari_viewer, vessel_case, tmp_path,
+                                                  monkeypatch):
+    """A [0, 1]-scaled image given to a CT-window model is rescaled, and the user is told."""
+    import napari.utils.notifications as notifications
+    import torch
+
+    from napari_tubular.models import TubularUNet, save_model
+
+    from .conftest import SPACING as SP
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    torch.manual_seed(0)
+    net = TubularUNet(in_channels=1, base_channels=4, depth=2, num_scales=4)
+    path = save_model(tmp_path / "ct_window.pt", net, {
+        "arch": dict(net.config), "K": 3, "spacing": list(SP), "patch_size": [24, 24, 24],
+        "normalization": {"kind": "window", "low": -200.0, "high": 600.0}})
+    viewer = make_napari_viewer()
+    image = vessel_case.image[:24, :24, :24]
+    unit = (image - image.min()) / (image.max() - image.min())
+    viewer.add_image(unit, name="unit", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(path))
+    widget.run()
+    assert widget.prediction is not None
+    assert widget.prediction.intensity["rescale"] is not None
+    assert any("intensities rescaled" in str(m) for m in shown)
