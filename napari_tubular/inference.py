@@ -894,7 +894,8 @@ def segment(
     tp = tuned_tp if tp is None else float(tp)
     tr = tuned_tr if tr is None else float(tr)
     p_max = float(pred.probability.max())
-    if p_max <= min(tp, NO_REFINE_THRESHOLD):
+    no_vessel = p_max <= min(tp, NO_REFINE_THRESHOLD)
+    if no_vessel:
         note = (
             f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
             "the labels are empty; check the intensity units (intensity='rescale') and the "
@@ -902,7 +903,9 @@ def segment(
         )
         warnings.warn(note, stacklevel=2)
         pred.messages.append(note)
-    if refine and p_max <= tp:
+    if refine and no_vessel:
+        # nothing to refine; the refinement's "lower T_p" advice would mislead here (it still
+        # speaks when the network found vessels whose probability stays below T_p)
         labels = np.zeros(pred.probability.shape, np.uint8)
         skeleton = np.zeros(pred.probability.shape, np.uint8)
     elif refine:

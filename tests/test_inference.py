@@ -429,3 +429,16 @@ def test_predict_applies_the_models_radius_calibration():
     np.testing.assert_allclose(cal, 2 * raw, rtol=1e-5)
     off = predict(image, (EchoNet(k=3), meta_cal), "cpu", calibrate_radius=False).radius_mm
     np.testing.assert_allclose(off, raw)
+
+
+def test_probability_below_tp_but_above_half_keeps_the_lower_tp_advice():
+    """Vessels found (P > 0.5) but none above T_p: the refinement's own warning still speaks,
+    and the 'no vessel' message does not."""
+    image = np.zeros((16, 32, 32), np.float32)
+    image[:, 14:18, 14:18] = 0.6  # EchoNet: probability 0.6 on the tube
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment(image, (EchoNet(), _meta()), "cpu", tp=0.8, tr=0.5)
+    texts = [str(w.message) for w in caught]
+    assert any("lower T_p" in t for t in texts)
+    assert not any("found no vessel" in t for t in texts)
