@@ -152,6 +152,13 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+def _warn(msg: str, messages: list | None, category=UserWarning) -> None:
+    """Warn (pointing at the caller's caller) and keep the text in ``messages`` for reports."""
+    warnings.warn(msg, category, stacklevel=3)
+    if messages is not None:
+        messages.append(msg)
+
+
 # fewer voxels than this along an axis of the model grid: warn (little context for the network)
 MIN_CONTEXT_VOXELS = 12
 
@@ -323,7 +330,6 @@ def sliding_window_predict(
     shape = tuple(img.shape)
     pads = _pad_amounts(shape, window)
     if any(a or b for a, b in pads):
-        [v for a, b in reversed(pads) for v in (a, b)]
         img = torch.from_numpy(np.pad(img.numpy(), pads, mode=_PAD_MODE))
     full = tuple(img.shape)
     starts = [window_starts(s, w, overlap) for s, w in zip(full, window)]
@@ -387,9 +393,7 @@ def sliding_window_predict(
                     acc_p, acc_s, imp = acc_p.cpu(), acc_s.cpu(), imp.cpu()
                     acc_dev = dev
                 torch.cuda.empty_cache()
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            if messages is not None:
-                messages.append(msg)
+            _warn(msg, messages, RuntimeWarning)
             _notify(progress, done, total, msg)
             continue
         with torch.no_grad():
@@ -625,8 +629,7 @@ def predict(
     norm = normalize_intensity(data, meta["normalization"])
     low_contrast = intensity_warning(norm, meta["normalization"])
     if low_contrast:
-        warnings.warn(low_contrast, stacklevel=2)
-        messages.append(low_contrast)
+        _warn(low_contrast, messages)
     timings["normalize"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -639,8 +642,7 @@ def predict(
             f"{', '.join(thin_axes)}: the network sees little context there and may miss "
             "vessels"
         )
-        warnings.warn(note, stacklevel=2)
-        messages.append(note)
+        _warn(note, messages)
     img = torch.from_numpy(norm)
     if resample:
         _notify(progress, 0, 1, f"resampling {data.shape} -> {grid} (model spacing {mspacing} mm)")
@@ -717,7 +719,7 @@ def check_intensity_mode(intensity) -> str:
 def _apply_intensity_mode(data, normalization, intensity, messages):
     """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
     asks for it ("rescale", or "auto" on an image that cannot be in the model's units)."""
-    from .models.normalization import intensity_rescale_needed, rescale_to_window
+    from .models.normalization import intensity_rescale_needed, rescale_to_window, robust_range
 
     kind = (normalization or {}).get("kind")
     if intensity == "model":
@@ -727,9 +729,10 @@ def _apply_intensity_mode(data, normalization, intensity, messages):
             messages.append(f"intensity rescale skipped: the model normalises each volume itself "
                             f"({kind!r})")
         return data, None
-    if intensity == "auto" and not intensity_rescale_needed(data, normalization):
+    value_range = robust_range(data)
+    if intensity == "auto" and not intensity_rescale_needed(data, normalization, value_range):
         return data, None
-    out, info = rescale_to_window(data, normalization)
+    out, info = rescale_to_window(data, normalization, value_range)
     why = ("asked for" if intensity == "rescale" else
            "the image's intensity range is far narrower than the model's window, so it is not "
            "in the model's units (e.g. scaled to [0, 1])")
@@ -901,8 +904,7 @@ def segment(
             "the labels are empty; check the intensity units (intensity='rescale') and the "
             "field of view"
         )
-        warnings.warn(note, stacklevel=2)
-        pred.messages.append(note)
+        _warn(note, pred.messages)
     if refine and no_vessel:
         # nothing to refine; the refinement's "lower T_p" advice would mislead here (it still
         # speaks when the network found vessels whose probability stays below T_p)

@@ -28,6 +28,7 @@ Stages, all inside ``--minutes`` (the whole script's budget):
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import shutil
@@ -85,8 +86,10 @@ class Log:
 def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, device: str,
                seed: int, init: str | None = None, recipe: dict | None = None) -> dict:
     syn = {"pool_size": s["pool_size"], "cache_dir": str(cache), **s.get("synthetic", {})}
-    recipe = dict(recipe or {})
+    from napari_tubular.training.data import SYNTHETIC_DEFAULTS
+
     start = f"fine-tuned from {Path(init).name}, " if init else ""
+    thin = s.get("synthetic", {}).get("thin_fraction", SYNTHETIC_DEFAULTS["thin_fraction"])
     cfg = {
         "data": ["synthetic"], "val_data": ["synthetic"], "out": str(work / name),
         "target_spacing": s["target_spacing"], "patch_size": s["patch_size"],
@@ -99,13 +102,13 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
         "description": (
             f"napari-tubular default ({RUNS[name]}): synthetic vessel trees generated on the fly "
             "(in-plane 0.6-1.2 mm, half the volumes with z 0.6-2.5 mm, sub-voxel thinnest "
-            f"vessels, thin-only trees {100 * s.get('synthetic', {}).get('thin_fraction', 0.25):.0f} %), "
+            f"vessels, thin-only trees {100 * thin:.0f} %), "
             f"resampled to {s['target_spacing'][0]} mm; {start}scripts/train_default.py, "
             f"{minutes:.1f} min on {device}"),
     }
     if init:
         cfg["init_model"] = str(init)
-    cfg.update(recipe)
+    cfg.update(recipe or {})
     return cfg
 
 
@@ -198,7 +201,7 @@ def main(argv=None) -> int:
     if device == "auto":
         device = "cpu"
     preset = a.settings or ("quick" if a.quick else "full" if device.startswith("cuda") else "cpu")
-    s = json.loads(json.dumps(SETTINGS[preset]))
+    s = copy.deepcopy(SETTINGS[preset])
     if a.thin_fraction is not None:
         s.setdefault("synthetic", {})["thin_fraction"] = a.thin_fraction
     inits = {}

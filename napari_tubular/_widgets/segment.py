@@ -349,9 +349,9 @@ class SegmentWidget(QWidget):
                 + (f", {seconds:.1f} s" if seconds is not None else "")
             )
             # intensity rescale, out-of-memory fallback, low contrast: tell the user
-            for msg in prediction.messages:
-                from napari.utils.notifications import show_info
+            from napari.utils.notifications import show_info
 
+            for msg in prediction.messages:
                 show_info(f"Segmentation: {msg}")
             # sliders moved during the run, or metrics wanted against a reference
             if (self.tp, self.tr) != thresholds or self.reference_picker.layer() is not None:

@@ -63,19 +63,24 @@ def robust_range(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def intensity_rescale_needed(image: np.ndarray, normalization: dict) -> bool:
+def intensity_rescale_needed(image: np.ndarray, normalization: dict,
+                             value_range: tuple[float, float] | None = None) -> bool:
     """True when ``image`` cannot be in the units of a ``window`` model: its robust range spans
     less than 5 % of the window (e.g. an image scaled to [0, 1] for a -200..600 HU window),
-    so the window would leave the network a flat image. Always False for other kinds."""
+    so the window would leave the network a flat image. Always False for other kinds.
+    ``value_range``: the image's :func:`robust_range` when the caller has it already."""
     n = validate_normalization(normalization)
     if n["kind"] != "window":
         return False
-    lo, hi = robust_range(image)
+    lo, hi = robust_range(image) if value_range is None else value_range
     return (hi - lo) < _FLAT_FRACTION * (n["high"] - n["low"])
 
 
-def rescale_to_window(image: np.ndarray, normalization: dict) -> tuple[np.ndarray, dict]:
+def rescale_to_window(image: np.ndarray, normalization: dict,
+                      value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """Map ``image`` linearly so that its robust range sits inside a ``window`` model's window.
+
+    ``value_range``: the image's :func:`robust_range` when the caller has it already.
 
     Returns:
         ``(float32 array, info)`` with ``info = {"from": [p0.5, p99.9], "to": [a, b],
@@ -91,7 +96,7 @@ def rescale_to_window(image: np.ndarray, normalization: dict) -> tuple[np.ndarra
     width = n["high"] - n["low"]
     a = n["low"] + _RESCALE_TARGET[0] * width
     b = n["low"] + _RESCALE_TARGET[1] * width
-    lo, hi = robust_range(image)
+    lo, hi = robust_range(image) if value_range is None else value_range
     scale = (b - a) / (hi - lo) if hi > lo else 0.0
     offset = a - lo * scale
     out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(offset)
@@ -165,9 +170,7 @@ def normalize_intensity(image: np.ndarray, normalization: dict) -> np.ndarray:
     elif kind == "percentile":
         if out.size == 0:
             return out
-        flat = out.ravel()
-        sample = flat[:: max(1, flat.size // _SAMPLE)]
-        low, high = np.percentile(sample, [n["lower"], n["upper"]])
+        low, high = np.percentile(_sample(out), [n["lower"], n["upper"]])
         if high <= low:
             out[...] = 0.0
             return out
