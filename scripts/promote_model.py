@@ -34,8 +34,11 @@ def main(argv=None) -> int:
     net, meta = load_model(a.model, device="cpu")
     meta.pop("path", None)
     summary = results["summary"]
+    validation = meta.get("metrics") or {}
+    while "held_out" in validation:  # a model promoted before: keep its training validation only
+        validation = validation.get("validation") or {}
     meta["metrics"] = {
-        "validation": meta.get("metrics", {}),
+        "validation": validation,
         "held_out": {k: v for k, v in summary.items() if k.startswith(a.name)},
         "held_out_groups": {k: v for k, v in results["groups"].items() if k.startswith(a.name)},
         "refine": results["refinement"][a.name],

@@ -108,3 +108,27 @@ def test_train_default_run_config_carries_init_and_recipe(tmp_path):
     from napari_tubular.training import TrainConfig
 
     TrainConfig.from_dict(cfg)  # a valid training config
+
+
+def test_promote_twice_keeps_the_training_validation_flat(tmp_path):
+    import torch
+
+    from napari_tubular.models import TubularUNet, read_model_meta, save_model
+
+    promote = _load("promote_model")
+    torch.manual_seed(0)
+    net = TubularUNet(base_channels=2, depth=2, num_scales=4)
+    val = {"dice": 0.7, "cldice": 0.8}
+    model = save_model(tmp_path / "m.pt", net, {
+        "K": 3, "spacing": (1.0, 1.0, 1.0), "patch_size": (16, 16, 16),
+        "normalization": {"kind": "none"}, "metrics": val, "training": {}})
+    row = {"dice": 0.9, "cldice": 0.9}
+    ev_json = tmp_path / "eval.json"
+    ev_json.write_text(json.dumps({"summary": {"m": row}, "groups": {"m": {}},
+                                   "refinement": {"m": {"tp": 0.5, "tr": 0.5}}}))
+    dest = tmp_path / "promoted.pt"
+    for src in (model, dest):  # promote, then promote the promoted file again
+        assert promote.main([str(src), str(ev_json), "--name", "m", "--dest", str(dest)]) == 0
+    metrics = read_model_meta(dest)["metrics"]
+    assert metrics["validation"] == val
+    assert metrics["held_out"] == {"m": row}
