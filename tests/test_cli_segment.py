@@ -13,30 +13,15 @@ pytest.importorskip("torch")
 from napari_tubular.cli import main  # noqa: E402
 from napari_tubular.io import Volume, read_volume, write_volume  # noqa: E402
 
+from ._tiny_model import save_tiny_model
+
 K = 3
 OUTPUTS = ("labels", "probability", "radius", "skeleton")
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    import torch
-
-    from napari_tubular.models import TubularUNet, save_model
-
-    torch.manual_seed(0)
-    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(
-        path,
-        net,
-        {
-            "K": K,
-            "spacing": (1.0, 1.0, 1.0),
-            "patch_size": (16, 16, 16),
-            "normalization": {"kind": "window", "low": -100, "high": 600},
-        },
-    )
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", K=K)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ from napari_tubular.inference import (  # noqa: E402
     sliding_window_predict,
     window_starts,
 )
-from napari_tubular.models import ModelFormatError, TubularUNet, save_model  # noqa: E402
+from napari_tubular.models import ModelFormatError, TubularUNet  # noqa: E402
+
+from ._tiny_model import save_tiny_model  # noqa: E402
 
 K = 4
 NORM_NONE = {"kind": "none"}
@@ -61,20 +63,7 @@ def _meta(patch=(16, 16, 16), spacing=(1.0, 1.0, 1.0), norm=NORM_NONE):
 
 @pytest.fixture(scope="module")
 def tiny_model_file(tmp_path_factory):
-    torch.manual_seed(0)
-    net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(
-        path,
-        net,
-        {
-            "K": K,
-            "spacing": (1.0, 1.0, 1.0),
-            "patch_size": (16, 16, 16),
-            "normalization": {"kind": "window", "low": -100, "high": 600},
-        },
-    )
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", K=K)
 
 
 @pytest.mark.parametrize("size", [16, 17, 40, 41, 64, 100])

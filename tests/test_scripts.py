@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ._tiny_model import save_tiny_model
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -62,15 +64,8 @@ def test_radius_sensitivity_bins_by_true_radius(ev):
 
 
 def test_evaluate_writes_tables_with_radius_breakdown(ev, tmp_path):
-    import torch
-
-    from napari_tubular.models import TubularUNet, save_model
-
-    torch.manual_seed(0)
-    net = TubularUNet(base_channels=2, depth=2, num_scales=4)
-    model = save_model(tmp_path / "tiny.pt", net, {
-        "K": 3, "spacing": (1.0, 1.0, 1.0), "patch_size": (16, 16, 16),
-        "normalization": {"kind": "window", "low": -200, "high": 600}})
+    model = save_tiny_model(tmp_path / "tiny.pt",
+                            normalization={"kind": "window", "low": -200, "high": 600})
     res = ev.evaluate({"ddt": str(model)}, tmp_path / "out", device="cpu", quick=True,
                       n_cases=2, n_val=1, processes=1, tune=False, log=lambda *_: None)
     md = (tmp_path / "out" / "eval.md").read_text()
@@ -111,17 +106,12 @@ def test_train_default_run_config_carries_init_and_recipe(tmp_path):
 
 
 def test_promote_twice_keeps_the_training_validation_flat(tmp_path):
-    import torch
-
-    from napari_tubular.models import TubularUNet, read_model_meta, save_model
+    from napari_tubular.models import read_model_meta
 
     promote = _load("promote_model")
-    torch.manual_seed(0)
-    net = TubularUNet(base_channels=2, depth=2, num_scales=4)
     val = {"dice": 0.7, "cldice": 0.8}
-    model = save_model(tmp_path / "m.pt", net, {
-        "K": 3, "spacing": (1.0, 1.0, 1.0), "patch_size": (16, 16, 16),
-        "normalization": {"kind": "none"}, "metrics": val, "training": {}})
+    model = save_tiny_model(tmp_path / "m.pt", normalization={"kind": "none"}, metrics=val,
+                            training={})
     row = {"dice": 0.9, "cldice": 0.9}
     ev_json = tmp_path / "eval.json"
     ev_json.write_text(json.dumps({"summary": {"m": row}, "groups": {"m": {}},

@@ -83,21 +83,11 @@ def predict_counter(monkeypatch, fake_prediction):
 
 @pytest.fixture
 def tiny_model_path(tmp_path_factory):
-    """A random-weight TubularUNet saved as a model file (for a real end-to-end run)."""
-    import torch
+    """A random-weight TubularUNet saved as a model file (for a real end-to-end run).
 
-    from napari_tubular.models import TubularUNet, save_model
+    Trained spacing = the test volume's spacing and one window per 24^3 volume: a fast run."""
+    from .._tiny_model import save_tiny_model
 
-    torch.manual_seed(0)
-    net = TubularUNet(in_channels=1, base_channels=4, depth=2, num_scales=4)
-    # trained spacing = the test volume's spacing and one window per 24^3 volume: a fast run
-    meta = {
-        "arch": dict(net.config),
-        "K": 3,
-        "spacing": list(SPACING),
-        "normalization": {"kind": "zscore"},
-        "patch_size": [24, 24, 24],
-    }
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_model(path, net, meta)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", spacing=SPACING,
+                           patch=(24, 24, 24), base_channels=4,
+                           normalization={"kind": "zscore"})

@@ -274,19 +274,14 @@ def test_prediction_messages_become_notifications(make_napari_viewer, vessel_cas
                                                   monkeypatch):
     """A [0, 1]-scaled image given to a CT-window model is rescaled, and the user is told."""
     import napari.utils.notifications as notifications
-    import torch
 
-    from napari_tubular.models import TubularUNet, save_model
-
-    from .conftest import SPACING as SP
+    from .._tiny_model import save_tiny_model
 
     shown = []
     monkeypatch.setattr(notifications, "show_info", shown.append)
-    torch.manual_seed(0)
-    net = TubularUNet(in_channels=1, base_channels=4, depth=2, num_scales=4)
-    path = save_model(tmp_path / "ct_window.pt", net, {
-        "arch": dict(net.config), "K": 3, "spacing": list(SP), "patch_size": [24, 24, 24],
-        "normalization": {"kind": "window", "low": -200.0, "high": 600.0}})
+    path = save_tiny_model(tmp_path / "ct_window.pt", spacing=SPACING, patch=(24, 24, 24),
+                           base_channels=4,
+                           normalization={"kind": "window", "low": -200.0, "high": 600.0})
     viewer = make_napari_viewer()
     image = vessel_case.image[:24, :24, :24]
     unit = (image - image.min()) / (image.max() - image.min())
