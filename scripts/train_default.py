@@ -84,17 +84,28 @@ class Log:
 
 
 def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, device: str,
-               seed: int, init: str | None = None, recipe: dict | None = None) -> dict:
+               seed: int, init: str | None = None, recipe: dict | None = None,
+               K: int | None = None) -> dict:
     syn = {"pool_size": s["pool_size"], "cache_dir": str(cache), **s.get("synthetic", {})}
     from napari_tubular.training.data import SYNTHETIC_DEFAULTS
 
     start = f"fine-tuned from {Path(init).name}, " if init else ""
-    thin = s.get("synthetic", {}).get("thin_fraction", SYNTHETIC_DEFAULTS["thin_fraction"])
+    opts = {**SYNTHETIC_DEFAULTS, **s.get("synthetic", {})}
+    thin = opts["thin_fraction"]
+    wide = ""
+    if opts["sharp_fraction"]:
+        wide += f", {100 * opts['sharp_fraction']:.0f} % unblurred renderings"
+    if opts["large_fraction"]:
+        lo, hi = opts["large_max_radius_mm"]
+        wide += f", {100 * opts['large_fraction']:.0f} % of other trees with roots of {lo:g}-{hi:g} mm"
+    if tuple(opts["extent_mm"]) != tuple(SYNTHETIC_DEFAULTS["extent_mm"]):
+        lo, hi = opts["extent_mm"]
+        wide += f", fields of view {lo:g}-{hi:g} mm"
     cfg = {
         "data": ["synthetic"], "val_data": ["synthetic"], "out": str(work / name),
         "target_spacing": s["target_spacing"], "patch_size": s["patch_size"],
         "batch_size": s["batch_size"], "steps": 1_000_000, "max_minutes": minutes,
-        "lr": s["lr"], "loss": RUNS[name], "cldice_weight": 0.2, "K": s["K"],
+        "lr": s["lr"], "loss": RUNS[name], "cldice_weight": 0.2, "K": K or s["K"],
         "model": s["model"], "val_every": s["val_every"], "val_cases": s["val_cases"],
         "checkpoint_every": s["checkpoint_every"], "log_every": s["log_every"], "seed": seed,
         "device": device, "amp": True, "num_threads": s["num_threads"], "synthetic": syn,
@@ -102,7 +113,7 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
         "description": (
             f"napari-tubular default ({RUNS[name]}): synthetic vessel trees generated on the fly "
             "(in-plane 0.6-1.2 mm, half the volumes with z 0.6-2.5 mm, sub-voxel thinnest "
-            f"vessels, thin-only trees {100 * thin:.0f} %), "
+            f"vessels, thin-only trees {100 * thin:.0f} %{wide}), "
             f"resampled to {s['target_spacing'][0]} mm; {start}scripts/train_default.py, "
             f"{minutes:.1f} min on {device}"),
     }
@@ -188,6 +199,16 @@ def main(argv=None) -> int:
                    help="fraction of the run before clDice ramps in (default 0.35)")
     p.add_argument("--thin-fraction", type=float, default=None,
                    help="fraction of synthetic trees made of thin vessels only (default 0.25)")
+    p.add_argument("--K", type=int, default=None,
+                   help="scale classes of the ddt run (default: the preset's); a different K "
+                        "than its --init model re-initialises the scale head")
+    p.add_argument("--synthetic", default=None, metavar="JSON",
+                   help='synthetic-data options merged into the preset, e.g. '
+                        '\'{"sharp_fraction": 0.2, "large_fraction": 0.25}\'')
+    p.add_argument("--val-cases", type=int, default=None,
+                   help="validation volumes of each run (preset's default)")
+    p.add_argument("--val-every", type=int, default=None,
+                   help="steps between validations (preset's default)")
     p.add_argument("--processes", type=int, default=None, help="generation/metric processes")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--install", action="store_true",
@@ -204,6 +225,23 @@ def main(argv=None) -> int:
     s = copy.deepcopy(SETTINGS[preset])
     if a.thin_fraction is not None:
         s.setdefault("synthetic", {})["thin_fraction"] = a.thin_fraction
+    if a.synthetic:
+        try:
+            extra = json.loads(a.synthetic)
+        except json.JSONDecodeError as exc:
+            p.error(f"--synthetic is not valid JSON: {exc}")
+        from napari_tubular.training.data import SYNTHETIC_DEFAULTS
+
+        unknown = sorted(set(extra) - set(SYNTHETIC_DEFAULTS)) if isinstance(extra, dict) else []
+        if not isinstance(extra, dict) or unknown:
+            p.error(f"--synthetic expects an object of {sorted(SYNTHETIC_DEFAULTS)}; "
+                    f"unknown: {unknown or extra!r}")
+        s.setdefault("synthetic", {}).update(extra)
+    ks = {name: s["K"] for name in RUNS}
+    if a.K is not None:
+        if a.K < 1:
+            p.error(f"--K must be >= 1, got {a.K}")
+        ks["ddt"] = a.K
     inits = {}
     for item in a.init:
         name, sep, path = item.partition("=")
@@ -212,6 +250,11 @@ def main(argv=None) -> int:
         if path != "default" and not Path(path).is_file():
             p.error(f"--init {name}: no such model file {path!r}")
         inits[name] = path
+    for name, path in inits.items():
+        if name != "ddt" or a.K is None:  # the baseline (and ddt without --K) keeps its model's K
+            from napari_tubular.models import load_model
+
+            ks[name] = int(load_model(path, device="cpu")[1]["K"])
     recipe = {}
     if a.lr is not None:
         recipe["lr"] = a.lr
@@ -219,6 +262,10 @@ def main(argv=None) -> int:
         recipe["cldice_weight"] = a.cldice_weight
     if a.cldice_warmup is not None:
         recipe["cldice_warmup_fraction"] = a.cldice_warmup
+    if a.val_cases is not None:
+        recipe["val_cases"] = a.val_cases
+    if a.val_every is not None:
+        recipe["val_every"] = a.val_every
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="napari_tubular_default_"))
@@ -226,7 +273,7 @@ def main(argv=None) -> int:
     log = Log(out / "train_default.log")
     procs = a.processes or max(1, (os.cpu_count() or 2) - 1)
     log(f"preset {preset}, device {device}, budget {a.minutes} min, out {out}, work {work}, "
-        f"init {inits or 'none'}, recipe {recipe or 'preset'}, synthetic {s.get('synthetic', {})}, "
+        f"init {inits or 'none'}, K {ks}, recipe {recipe or 'preset'}, synthetic {s.get('synthetic', {})}, "
         f"{procs} processes, torch {torch.__version__}"
         + (f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""))
 
@@ -236,7 +283,8 @@ def main(argv=None) -> int:
 
     cache = work / "cache"
     seeds = [TRAIN_SEED_BASE * (a.seed + 1) + 50_000 + i for i in range(s["pregen"])]
-    pregenerate_synthetic(cache, seeds, s["target_spacing"], s["K"], DEFAULT_NORMALIZATION,
+    # one cache for both runs, with the larger K (the loss clips the classes at each run's K)
+    pregenerate_synthetic(cache, seeds, s["target_spacing"], max(ks.values()), DEFAULT_NORMALIZATION,
                           options=s.get("synthetic"), min_shape=s["patch_size"], processes=procs)
     log(f"generated {len(seeds)} training cases in {time.perf_counter() - t0:.1f} s")
 
@@ -253,7 +301,7 @@ def main(argv=None) -> int:
     for name in names:
         cfg_path = work / f"{name}.json"
         cfg_path.write_text(json.dumps(run_config(name, s, work, cache, minutes, device, a.seed,
-                                                  inits.get(name), recipe), indent=1))
+                                                  inits.get(name), recipe, ks[name]), indent=1))
         logf = open(work / f"{name}.log", "w")  # noqa: SIM115 - closed below
         children[name] = (subprocess.Popen(
             [sys.executable, "-m", "napari_tubular.training", str(cfg_path)],

@@ -19,6 +19,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,7 @@ DEFAULT_NORMALIZATION = {"kind": "window", "low": -200.0, "high": 600.0}
 
 TRAIN_SEED_BASE = 1_000_000
 VAL_SEED_BASE = 100_000_000
+SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initialised when K changes)
 """Synthetic seeds: training ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i`` (below 1e8 for
 seed < 99); validation ``VAL_SEED_BASE + 1000 * seed + i``. ``scripts/evaluate_default.py`` uses
 seeds from 2e8 on, disjoint from both."""
@@ -161,7 +163,10 @@ class LossFn:
         seg = out["seg"].float()
         parts: dict[str, float] = {}
         if self.kind in ("ddt+cldice", "ddt"):
-            main = self.ddt(seg, out["scale"].float(), label, scale.long()[:, 0])
+            # a cache prepared with a larger K holds classes up to that K: round(D) clipped at
+            # K is the same as clipping those classes at K
+            main = self.ddt(seg, out["scale"].float(), label,
+                            scale.long()[:, 0].clamp(max=self.ddt.K))
             parts.update({f"loss_{k}": float(v) for k, v in self.ddt.last_parts.items()
                           if k != "total"})
             if self.kind == "ddt+cldice":
@@ -360,7 +365,10 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         arch, normalization, init_state = _init_from_model(config)
     model = build_model(arch).to(device)
     if init_state is not None:
-        model.load_state_dict(init_state)
+        missing, unexpected = model.load_state_dict(init_state, strict=False)
+        if unexpected or any(not k.startswith(SCALE_HEAD_PREFIX) for k in missing):
+            raise ValueError(f"init_model: weights do not fit the architecture (missing "
+                             f"{missing}, unexpected {unexpected})")
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, rows, best, elapsed0, seeds_drawn = 0, [], -math.inf, 0.0, 0
     rng = np.random.default_rng([config.seed, dist.rank])
@@ -552,14 +560,27 @@ def _init_from_model(config: TrainConfig):
     from napari_tubular.models import load_model
 
     net, meta = load_model(config.init_model, "cpu")
+    state = net.state_dict()
+    arch = dict(meta["arch"])
     if int(meta["K"]) != int(config.K):
-        raise ValueError(f"init_model: the model has K={meta['K']}, the run K={config.K}; "
-                         f"pass -K {meta['K']}")
+        # a new number of scale classes: everything but the scale head's last layer is reused,
+        # the head starts afresh (build_model's initialisation) with K + 1 outputs
+        arch["num_scales"] = int(config.K) + 1
+        dropped = [k for k in state if k.startswith(SCALE_HEAD_PREFIX)]
+        if not dropped:
+            raise ValueError(f"init_model: the model has K={meta['K']}, the run K={config.K}, "
+                             f"and no '{SCALE_HEAD_PREFIX}' layer to re-initialise; "
+                             f"pass -K {meta['K']}")
+        for k in dropped:
+            del state[k]
+        warnings.warn(f"init_model has K={meta['K']}, the run K={config.K}: the scale head "
+                      f"({', '.join(dropped)}) is re-initialised, the rest of the network "
+                      "starts from the model's weights", stacklevel=2)
     if not np.allclose(meta["spacing"], config.target_spacing, rtol=1e-4):
         raise ValueError(f"init_model: the model was trained at spacing {meta['spacing']} mm, "
                          f"the run uses {list(config.target_spacing)}; pass --spacing "
                          + " ".join(str(v) for v in meta["spacing"]))
-    return dict(meta["arch"]), dict(meta["normalization"]), net.state_dict()
+    return arch, dict(meta["normalization"]), state
 
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:
