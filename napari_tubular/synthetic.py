@@ -885,6 +885,8 @@ def make_vessel_tree(
     bias: bool = True,
     blur: bool = True,
     design_spacing: Sequence[float] | None = None,
+    hard_edges: bool = False,
+    distractor_scale: float = 1.0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -919,6 +921,11 @@ def make_vessel_tree(
             spacing=(2, 1, 1)`` with the same ``design_spacing`` give the same tree in mm,
             rendered on two grids. Use the coarsest grid you render at: the clearance that
             keeps distinct vessels apart is only guaranteed for grids at least that fine.
+        hard_edges: render the vessels as the binary label (no partial volume), as a simple
+            phantom ``mask * contrast + noise`` would be; combine with ``blur=False`` for
+            staircase edges.
+        distractor_scale: multiplies the numbers of blobs, plates and air pockets (the random
+            draws stay the same, so 1.0 gives the default volume).
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -929,6 +936,8 @@ def make_vessel_tree(
     seed = _check_seed(seed)
     if not 0.0 <= float(loop_probability) <= 1.0:
         raise ValueError(f"loop_probability must be in [0, 1], got {loop_probability!r}")
+    if not (np.isfinite(distractor_scale) and distractor_scale >= 0):
+        raise ValueError(f"distractor_scale must be >= 0, got {distractor_scale!r}")
     if tortuosity < 0:
         raise ValueError(f"tortuosity must be >= 0, got {tortuosity!r}")
     if noise is not None and not noise >= 0:
@@ -974,6 +983,8 @@ def make_vessel_tree(
     web = builder.web_edges()
     if len(web):
         mask |= render_capsules(pts, np.zeros_like(rad), web, shape, sp, occupancy=False)[0]
+    if hard_edges:
+        occ = mask.astype(np.float32)
 
     # ---- image
     contrast_hu = float(rng.uniform(160.0, 360.0)) if contrast is None else float(contrast)
@@ -1006,6 +1017,9 @@ def make_vessel_tree(
         n_blobs = int(rng.integers(2, 6))
         n_plates = int(rng.integers(1, 4))
         n_air = int(rng.integers(0, 3))
+        if distractor_scale != 1.0:
+            n_blobs, n_plates, n_air = (int(round(n * distractor_scale))
+                                        for n in (n_blobs, n_plates, n_air))
         _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air)
     # vessels (partial volume): img * (1 - occ) + vessel_hu * occ, vessel_hu varying by +-8 %
     vessel_hu = _smooth_noise(rng, shape, sp, max(0.2 * L, 4 * min(sp)))
@@ -1058,6 +1072,7 @@ def make_vessel_tree(
         "n_plates": n_plates,
         "n_air": n_air,
         "organ_hu": organ_hu,
+        "hard_edges": bool(hard_edges),
     }
     return SyntheticCase(
         image=img,

@@ -260,6 +260,35 @@ def test_distractors_do_not_touch_vessels():
     assert labels.max() >= 1  # bright non-vessel structures exist
 
 
+def test_hard_edges_render_the_label_without_partial_volume():
+    kw = {"shape": (40, 48, 48), "seed": 5, "distractors": False, "bias": False, "blur": False,
+          "noise": 0.0}
+    hard = make_vessel_tree(hard_edges=True, **kw)
+    soft = make_vessel_tree(**kw)
+    np.testing.assert_array_equal(hard.mask, soft.mask)  # same tree, same label
+    inside, outside = hard.image[hard.mask > 0], hard.image[hard.mask == 0]
+    # every label voxel at the full vessel intensity, every other voxel plain tissue
+    assert inside.min() > outside.max()
+    assert inside.min() > hard.params["tissue_hu"] + 0.5 * hard.params["contrast_hu"]
+    # partial volume: the soft rendering has label voxels darker than some non-label voxels
+    s_in, s_out = soft.image[soft.mask > 0], soft.image[soft.mask == 0]
+    assert s_in.min() < s_out.max()
+
+
+def test_distractor_scale_multiplies_the_counts():
+    base = make_vessel_tree((40, 48, 48), seed=3)
+    same = make_vessel_tree((40, 48, 48), seed=3, distractor_scale=1.0)
+    np.testing.assert_array_equal(base.image, same.image)
+    more = make_vessel_tree((40, 48, 48), seed=3, distractor_scale=2.0)
+    for k in ("n_blobs", "n_plates", "n_air"):
+        assert more.params[k] == 2 * base.params[k]
+    np.testing.assert_array_equal(more.mask, base.mask)
+    none = make_vessel_tree((40, 48, 48), seed=3, distractor_scale=0.0)
+    assert none.params["n_plates"] == 0
+    with pytest.raises(ValueError, match="distractor_scale"):
+        make_vessel_tree((40, 48, 48), seed=3, distractor_scale=-1.0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

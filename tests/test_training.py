@@ -344,6 +344,13 @@ def test_synthetic_family_options_sharp_and_large():
     thin = [synthetic_case_params(s, {"large_fraction": 1.0, "thin_fraction": 1.0})
             for s in range(8)]
     assert all(not c["large"] and c["generator"]["max_radius_mm"] <= 2.0 for c in thin)
+    hard = [synthetic_case_params(s, {"hard_fraction": 1.0}) for s in range(4)]
+    assert all(c["hard"] and c["generator"]["hard_edges"] and c["generator"]["blur"] is False
+               for c in hard)
+    for seed in range(4):
+        assert synthetic_case_params(seed, {"hard_fraction": 1.0})["spacing"] == \
+            synthetic_case_params(seed)["spacing"]
+        assert not synthetic_case_params(seed)["hard"]
 
 
 def test_prepared_case_padding_is_mirrored():

@@ -41,6 +41,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "sharp_fraction": 0.0,  # fraction of cases rendered without the point-spread blur
     "large_fraction": 0.0,  # fraction of (non-thin) cases with a large root radius
     "large_max_radius_mm": (5.0, 12.0),  # root radius of those trees, uniform
+    "hard_fraction": 0.0,  # fraction of cases rendered as binary phantoms (no partial volume, no blur)
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -292,8 +293,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     The thinnest vessel is ``min_radius_vox`` (0.35 to 0.6) of the finest native voxel, i.e.
     sub-voxel to one-voxel diameter; a fraction ``thin_fraction`` of the cases are trees of thin
     vessels only (root radius ``thin_max_radius_mm``); ``sharp_fraction`` of the cases are
-    rendered without the point-spread blur and ``large_fraction`` of the others get a root of
-    ``large_max_radius_mm`` (both 0 by default). Other generator options (tortuosity, loops,
+    rendered without the point-spread blur, ``large_fraction`` of the others get a root of
+    ``large_max_radius_mm`` and ``hard_fraction`` are binary phantoms (vessels rendered as their
+    label, no partial volume, no blur); all 0 by default. Other generator options (tortuosity, loops,
     noise, contrast, distractors) keep the generator's own random draws.
     """
     opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
@@ -318,12 +320,15 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     # drawn last, so that cases of the default distribution (fractions 0) are unchanged
     sharp = rng.random() < opts["sharp_fraction"]
     large = (not thin) and rng.random() < opts["large_fraction"]
-    if sharp:
+    hard = rng.random() < opts["hard_fraction"]
+    if sharp or hard:
         gen.setdefault("blur", False)
+    if hard:
+        gen.setdefault("hard_edges", True)
     if large:
         gen.setdefault("max_radius_mm", round(float(rng.uniform(*opts["large_max_radius_mm"])), 3))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
-            "thin": bool(thin), "sharp": bool(sharp), "large": bool(large)}
+            "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
