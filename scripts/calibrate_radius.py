@@ -8,7 +8,10 @@ biased: about 10-20 % short for vessels over 1 mm (the expected class regresses 
 classes and resampling the map back to the native grid lowers its ridge), and never below one
 class (0.96 mm at 0.8 mm) for sub-voxel vessels. The calibration is a monotone map from that
 value to the true radius: synthetic validation volumes (seeds ``VAL_SEED_BASE + 700 + i``, the
-10 designs of the held-out set, disjoint from training and from the held-out seeds) give pairs
+10 designs of the held-out set, disjoint from training and from the held-out seeds; plus
+``--large-cases`` volumes of the ordinary designs with roots of 5 to 12 mm, seeds
+``VAL_SEED_BASE + 800 + i``, so that a model with enough scale classes is calibrated for large
+vessels too) give pairs
 (predicted radius at the voxel nearest each true centreline point where ``P > 0.5``, true
 radius); the knots are the medians of both per bin of the predicted radius, made
 non-decreasing. ``predict`` applies it (``meta["radius_calibration"]``).
@@ -47,6 +50,19 @@ def centreline_pairs(model, specs, data, calibrated: bool):
         preds.append(pr.radius_mm[idx[:, 0], idx[:, 1], idx[:, 2]][found])
         trues.append(r[found])
     return np.concatenate(preds), np.concatenate(trues)
+
+
+def large_specs(n: int, seed_base: int) -> list[dict]:
+    """``n`` (<= 8) volumes of the ordinary held-out designs with root radii 5 to 12 mm."""
+    from evaluate_default import case_specs
+
+    if not 0 <= n <= 8:
+        raise ValueError(f"--large-cases must be in 0..8, got {n}")
+    specs = case_specs(n, False, seed_base=seed_base)
+    for i, spec in enumerate(specs):
+        spec["options"] = {"max_radius_mm": round(5.0 + 7.0 * i / max(1, n - 1), 2)}
+        spec["name"] += "_large"
+    return specs
 
 
 def fit_knots(pred: np.ndarray, true: np.ndarray, n_bins: int = 14, min_count: int = 40):
@@ -92,6 +108,8 @@ def main(argv=None) -> int:
     g.add_argument("--out", help="write the calibrated model here")
     g.add_argument("--in-place", action="store_true", help="rewrite MODEL (and its .json)")
     p.add_argument("--cases", type=int, default=20, help="validation volumes (default 20)")
+    p.add_argument("--large-cases", type=int, default=0,
+                   help="extra validation volumes with roots of 5-12 mm (max 8; default 0)")
     p.add_argument("--processes", type=int, default=2)
     a = p.parse_args(argv)
 
@@ -99,7 +117,8 @@ def main(argv=None) -> int:
     meta.pop("path", None)
     meta.pop("radius_calibration", None)
     model = (net, meta)
-    val_specs = case_specs(a.cases, False, seed_base=VAL_SEED_BASE + 700)
+    val_specs = case_specs(a.cases, False, seed_base=VAL_SEED_BASE + 700) + large_specs(
+        a.large_cases, VAL_SEED_BASE + 800)
     val = generate(val_specs, a.processes)
     pred, true = centreline_pairs(model, val_specs, val, calibrated=False)
     xs, ys = fit_knots(pred, true)

@@ -140,3 +140,15 @@ def test_promote_twice_keeps_the_training_validation_flat(tmp_path):
     metrics = read_model_meta(dest)["metrics"]
     assert metrics["validation"] == val
     assert metrics["held_out"] == {"m": row}
+
+
+def test_calibration_large_cases_have_large_roots(ev):
+    cal = _load("calibrate_radius")
+    specs = cal.large_specs(3, 123)
+    assert [s["seed"] for s in specs] == [123, 124, 125]
+    assert [s["options"]["max_radius_mm"] for s in specs] == [5.0, 8.5, 12.0]
+    assert all(not s["name"].startswith("thin") for s in specs)
+    _, _, centerline = ev.make_case(specs[0])
+    assert 0.8 * 5.0 <= centerline[:, 3].max() <= 5.0  # the first root: 0.8-1 x max_radius_mm
+    with pytest.raises(ValueError, match="large-cases"):
+        cal.large_specs(9, 0)
