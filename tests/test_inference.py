@@ -226,6 +226,7 @@ def test_segment_outputs(tiny_model_file):
     assert r["volume_ml"] == pytest.approx(res.labels.sum() * 1.2 * 0.9 * 0.9 / 1000)
     assert len(r["betti_numbers"]) == 3
     assert r["centerline_length_mm"] >= 0
+    assert r["pseudo_skeleton_voxels"] == int(res.skeleton.sum())
 
     plain = segment(case.image, str(tiny_model_file), "cpu", refine=False, spacing=case.spacing,
                     min_size_mm3=0)
@@ -431,3 +432,21 @@ def test_probability_below_tp_but_above_half_keeps_the_lower_tp_advice():
     texts = [str(w.message) for w in caught]
     assert any("lower T_p" in t for t in texts)
     assert not any("found no vessel" in t for t in texts)
+
+
+def test_report_centerline_length_is_the_tube_length_not_the_pseudo_skeleton_size():
+    """A straight tube of radius 2 mm along x, 40 mm long (anisotropic grid): the reported
+    centreline length is the length of its thin skeleton (~40 mm), even when the pseudo-skeleton
+    (``P > T_p`` with a low T_p) is the whole tube (the old report summed its voxel steps: metres)."""
+    from napari_tubular.inference import shape_report
+    from napari_tubular.synthetic import make_tube
+
+    sp = (1.5, 0.8, 0.8)
+    case = make_tube((24, 40, 60), sp, radius_mm=2.0, axis=2, length=40.0)
+    mask = case.mask > 0
+    rep = shape_report(mask, mask, sp)
+    assert rep["centerline_length_mm"] == pytest.approx(40.0, rel=0.15)
+    assert rep["pseudo_skeleton_voxels"] == int(mask.sum())
+    assert rep["betti_numbers"] == [1, 0, 0]
+    empty = shape_report(np.zeros_like(mask), np.zeros_like(mask), sp)
+    assert empty["centerline_length_mm"] == 0.0
