@@ -98,6 +98,10 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
     if opts["large_fraction"]:
         lo, hi = opts["large_max_radius_mm"]
         wide += f", {100 * opts['large_fraction']:.0f} % of other trees with roots of {lo:g}-{hi:g} mm"
+    if opts["hard_fraction"]:
+        wide += f", {100 * opts['hard_fraction']:.0f} % binary phantoms"
+    if opts["generator"].get("distractor_scale", 1.0) != 1.0:
+        wide += f", {opts['generator']['distractor_scale']:g}x the distractors"
     if tuple(opts["extent_mm"]) != tuple(SYNTHETIC_DEFAULTS["extent_mm"]):
         lo, hi = opts["extent_mm"]
         wide += f", fields of view {lo:g}-{hi:g} mm"

@@ -242,12 +242,14 @@ def test_fine_tune_with_another_K_reinitialises_only_the_scale_head(tmp_path):
     with pytest.warns(UserWarning, match="scale head .* re-initialised"):
         tuned = train(tiny_config(tmp_path / "c", steps=1, K=6, lr=1e-12, init_model=str(first)))
     net1, meta1 = load_model(tuned, "cpu")
-    assert meta1["K"] == 6 and meta1["arch"]["num_scales"] == 7
+    assert meta1["K"] == 6
+    assert meta1["arch"]["num_scales"] == 7
     s0, s1 = net0.state_dict(), net1.state_dict()
     assert set(s0) == set(s1)
     for k in s0:
         if k.startswith("scale_head."):
-            assert s1[k].shape[0] == 7 and s0[k].shape[0] == 4
+            assert s1[k].shape[0] == 7
+            assert s0[k].shape[0] == 4
         else:
             torch.testing.assert_close(s0[k], s1[k], atol=1e-6, rtol=0, msg=k)
     out = net1(torch.zeros(1, 1, 16, 16, 16))

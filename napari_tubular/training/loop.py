@@ -19,8 +19,8 @@ import itertools
 import json
 import math
 import os
-import warnings
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,10 +46,10 @@ DEFAULT_NORMALIZATION = {"kind": "window", "low": -200.0, "high": 600.0}
 
 TRAIN_SEED_BASE = 1_000_000
 VAL_SEED_BASE = 100_000_000
-SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initialised when K changes)
 """Synthetic seeds: training ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i`` (below 1e8 for
 seed < 99); validation ``VAL_SEED_BASE + 1000 * seed + i``. ``scripts/evaluate_default.py`` uses
 seeds from 2e8 on, disjoint from both."""
+SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initialised when K changes)
 
 LOG_COLUMNS = [
     "step", "time_s", "lr", "loss", "loss_main", "loss_cls", "loss_dis", "loss_cldice",
