@@ -838,11 +838,10 @@ def shape_report(labels: np.ndarray, skeleton: np.ndarray, spacing) -> dict:
     from .topology.metrics import hard_skeleton
 
     mask = labels.astype(bool)
-    centerline = hard_skeleton(mask, spacing) if mask.any() else mask
     return {
         "volume_ml": float(mask.sum() * float(np.prod(spacing)) / 1000.0),
         "betti_numbers": [int(b) for b in betti_numbers(mask)],
-        "centerline_length_mm": float(centerline_length_mm(centerline, spacing)),
+        "centerline_length_mm": float(centerline_length_mm(hard_skeleton(mask, spacing), spacing)),
         "pseudo_skeleton_voxels": int(np.count_nonzero(skeleton)),
     }
 

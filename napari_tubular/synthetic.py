@@ -979,7 +979,8 @@ def make_vessel_tree(
     pts = st.p[: st.n].copy()
     rad = st.r[: st.n].copy()
     edges = np.asarray(builder.edges, dtype=np.int64).reshape(-1, 2)
-    mask, occ = render_capsules(pts, rad, edges, shape, sp)
+    # hard edges: the image follows the final label below, no partial-volume occupancy needed
+    mask, occ = render_capsules(pts, rad, edges, shape, sp, occupancy=not hard_edges)
     web = builder.web_edges()
     if len(web):
         mask |= render_capsules(pts, np.zeros_like(rad), web, shape, sp, occupancy=False)[0]

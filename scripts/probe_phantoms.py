@@ -71,8 +71,7 @@ def probe(model, log=print) -> list[dict]:
         rows.append(row)
         log(f"r {r:>4} mm, {'x'.join(f'{s:g}' for s in sp):>11} mm, FOV {fov:>3} mm, "
             f"{'blurred' if blurred else 'sharp  '}: Dice {dice:.3f} (segment {dice_seg:.3f}), "
-            f"radius at axis "
-            f"{r_axis:.2f} mm")
+            f"radius at axis {r_axis:.2f} mm")
     return rows
 
 

@@ -254,11 +254,11 @@ def main(argv=None) -> int:
         if path != "default" and not Path(path).is_file():
             p.error(f"--init {name}: no such model file {path!r}")
         inits[name] = path
+    from napari_tubular.models import read_model_meta
+
     for name, path in inits.items():
         if name != "ddt" or a.K is None:  # the baseline (and ddt without --K) keeps its model's K
-            from napari_tubular.models import load_model
-
-            ks[name] = int(load_model(path, device="cpu")[1]["K"])
+            ks[name] = int(read_model_meta(path)["K"])
     recipe = {}
     if a.lr is not None:
         recipe["lr"] = a.lr
