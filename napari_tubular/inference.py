@@ -257,10 +257,29 @@ def _pad_amounts(shape, window):
     return out
 
 
-def _window_outputs(net, batch, scale_mode: str, amp_dtype):
-    """Run the net on a batch; return (prob (B,1,...), scale (B,C,...)) float32."""
+MIRROR_AXES = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
+"""Flips of a (B, C, Z, Y, X) batch used by mirroring test-time augmentation (all 8)."""
+
+
+def _window_outputs(net, batch, scale_mode: str, amp_dtype, tta: bool = False):
+    """Run the net on a batch; return (prob (B,1,...), scale (B,C,...)) float32.
+
+    ``tta``: average the outputs over the 8 mirrorings of the window (each flipped back), as
+    nnU-Net's mirroring test-time augmentation; 8 forward passes.
+    """
     import torch
 
+    if tta:
+        acc_p = acc_s = None
+        for axes in MIRROR_AXES:
+            x = torch.flip(batch, axes) if axes else batch
+            p, s = _window_outputs(net, x, scale_mode, amp_dtype)
+            if axes:
+                p, s = torch.flip(p, axes), torch.flip(s, axes)
+            acc_p = p if acc_p is None else acc_p.add_(p)
+            acc_s = s if acc_s is None else acc_s.add_(s)
+        n = float(len(MIRROR_AXES))
+        return acc_p.div_(n), acc_s.div_(n)
     if amp_dtype is not None:
         with torch.autocast(device_type="cuda", dtype=amp_dtype):
             out = net(batch)
@@ -294,6 +313,7 @@ def sliding_window_predict(
     progress=None,
     cancel=None,
     messages: list | None = None,
+    tta: bool = False,
 ):
     """Our tiled loop: stream blended outputs into volume-sized float32 buffers.
 
@@ -308,6 +328,8 @@ def sliding_window_predict(
         scale_mode: "expected" (one channel: E[k | k>0]) or "softmax" (K+1 channels).
         progress, cancel: callbacks, see the module docstring.
         messages: list that receives fallback warnings.
+        tta: mirroring test-time augmentation: each window's outputs are the mean over its 8
+            mirrorings (8 forward passes per window).
 
     Returns:
         ``(probability, scale, info)``: float32 tensors on the CPU, shapes (Z, Y, X) and
@@ -374,7 +396,7 @@ def sliding_window_predict(
             )[:, None]
             amp_dtype = torch.float16 if (amp and dev.type == "cuda") else None
             with torch.no_grad():
-                prob, scale = _window_outputs(net, batch, scale_mode, amp_dtype)
+                prob, scale = _window_outputs(net, batch, scale_mode, amp_dtype, tta)
             del batch
         except (RuntimeError, MemoryError) as exc:
             if not _is_oom(exc) or (batch_size == 1 and dev.type != "cuda"):
@@ -567,6 +589,7 @@ def predict(
     scale_mode: str = "expected",
     intensity: str = "auto",
     calibrate_radius: bool = True,
+    tta: bool = False,
 ) -> Prediction:
     """Run the DDT network over a whole volume.
 
@@ -590,6 +613,9 @@ def predict(
             cannot be in the model's units, e.g. scaled to [0, 1]; a message says so).
         calibrate_radius: apply the model's radius calibration (``radius_calibration`` in its
             meta, see :func:`apply_radius_calibration`) when it has one.
+        tta: mirroring test-time augmentation (mean over the 8 flips of every window): about
+            8 times the network time; on the held-out set +0.005 Dice, +0.006 clDice and half
+            the Betti-0 errors of ``P > 0.5`` (README).
 
     Returns:
         :class:`Prediction` on the native grid.
@@ -664,6 +690,7 @@ def predict(
         progress=progress,
         cancel=cancel,
         messages=messages,
+        tta=bool(tta),
     )
     del img
     if scale_mode == "argmax":
@@ -862,12 +889,13 @@ def segment(
     overlap: float = 0.25,
     amp: bool = True,
     intensity: str = "auto",
+    tta: bool = False,
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
     Args:
-        volume, model, device, spacing, batch_size, overlap, amp, progress, cancel, intensity:
-            see :func:`predict`.
+        volume, model, device, spacing, batch_size, overlap, amp, progress, cancel, intensity,
+            tta: see :func:`predict`.
         tp: pseudo-skeleton threshold on the probability, in (0, 1). None: the value tuned
             for the model (:func:`recommended_thresholds`).
         tr: threshold on the refined map ``Y_r`` (> 0; ``Y_r`` can exceed 1 where seeds
@@ -893,6 +921,7 @@ def segment(
         cancel=cancel,
         amp=amp,
         intensity=intensity,
+        tta=tta,
     )
     _check_cancel(cancel)
     t = time.perf_counter()
@@ -949,6 +978,7 @@ def segment(
             "overlap": float(overlap),
             "batch_size": pred.batch_size,
             "amp": bool(amp),
+            "tta": bool(tta),
             "no_refine_threshold": NO_REFINE_THRESHOLD if not refine else None,
             "min_size_mm3": float(min_size_mm3),
             "components_removed": n_removed,

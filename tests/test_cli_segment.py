@@ -244,6 +244,10 @@ def test_intensity_option_reaches_the_report(tmp_path, model_file, volume_file, 
                 "--device", "cpu", "--intensity", "model") == 0
     report = json.loads((tmp_path / "b" / "unit_report.json").read_text())
     assert report["parameters"]["intensity_rescale"] is None
+    assert report["parameters"]["tta"] is False
+    assert _run("segment", unit_file, "-o", tmp_path / "t", "--model", model_file,
+                "--device", "cpu", "--tta") == 0
+    assert json.loads((tmp_path / "t" / "unit_report.json").read_text())["parameters"]["tta"]
     with pytest.raises(SystemExit):
         _run("segment", unit_file, "-o", tmp_path / "c", "--intensity", "hounsfield")
 

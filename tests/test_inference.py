@@ -102,6 +102,60 @@ def test_blending_of_identical_predictions_is_exact(rng, shape, batch):
     assert info == {"device": "cpu", "batch_size": batch}
 
 
+class RampNet(torch.nn.Module):
+    """Ignores its input: seg logit = a ramp along ``axis`` of the window (not flip-equivariant)."""
+
+    def __init__(self, axis):
+        super().__init__()
+        self.axis = axis
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        n = x.shape[2 + self.axis]
+        shape = [1, 1, 1, 1, 1]
+        shape[2 + self.axis] = n
+        ramp = torch.linspace(-3.0, 3.0, n).view(shape).expand(x.shape).clone()
+        scale = torch.zeros((x.shape[0], K + 1) + tuple(x.shape[2:]))
+        scale[:, 1] = ramp[:, 0]  # class 1 more likely at the low end of the ramp
+        return {"seg": ramp, "scale": scale}
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_mirroring_tta_flips_back_and_averages(rng, batch):
+    """TTA output = mean over the 8 mirrorings, each flipped back: an equivariant net is
+    unchanged (a flip not undone would move values), and a ramp along any axis averages with its
+    mirror image to sigmoid(r)/2 + sigmoid(-r)/2 = 0.5."""
+    img = rng.random((20, 18, 17), dtype=np.float32) * 0.98 + 0.01
+    prob, scale, _ = sliding_window_predict(img, EchoNet(k=2), (16, 16, 16), batch_size=batch,
+                                            tta=True)
+    np.testing.assert_allclose(prob.numpy(), img, atol=2e-5)
+    np.testing.assert_allclose(scale.numpy(), 2.0, atol=1e-4)
+    img16 = rng.random((16, 16, 16), dtype=np.float32)
+    for axis in range(3):
+        plain, _, _ = sliding_window_predict(img16, RampNet(axis), (16, 16, 16))
+        assert float(plain.max() - plain.min()) > 0.9
+        averaged, s_avg, _ = sliding_window_predict(img16, RampNet(axis), (16, 16, 16), tta=True)
+        np.testing.assert_allclose(averaged.numpy(), 0.5, atol=1e-6)
+        # expected class: the mean of E[k](r) and E[k](-r), symmetric along the ramp's axis
+        _, s_plain, _ = sliding_window_predict(img16, RampNet(axis), (16, 16, 16))
+        assert float((s_plain - torch.flip(s_plain, (axis,))).abs().max()) > 0.1
+        np.testing.assert_allclose(s_avg.numpy(), torch.flip(s_avg, (axis,)).numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            s_avg.numpy(), ((s_plain + torch.flip(s_plain, (axis,))) / 2).numpy(), atol=1e-5
+        )
+
+
+def test_predict_and_segment_pass_tta(tiny_model_file, rng):
+    img = rng.normal(0, 1, (20, 20, 20)).astype(np.float32)
+    plain = predict(img, model=tiny_model_file, device="cpu")
+    tta = predict(img, model=tiny_model_file, device="cpu", tta=True)
+    assert tta.probability.shape == plain.probability.shape
+    assert not np.allclose(tta.probability, plain.probability)  # a random net is not symmetric
+    res = segment(img, model=tiny_model_file, device="cpu", tta=True)
+    assert res.report["parameters"]["tta"] is True
+    assert segment(img, model=tiny_model_file, device="cpu").report["parameters"]["tta"] is False
+
+
 def test_same_output_as_monai(rng):
     torch.manual_seed(0)
     net = TubularUNet(base_channels=2, depth=2, num_scales=K + 1).eval()

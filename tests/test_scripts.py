@@ -76,6 +76,36 @@ def test_evaluate_writes_tables_with_radius_breakdown(ev, tmp_path):
     specs = ev.case_specs(2, True)
     assert total == sum(int(ev.make_case(s)[1].sum()) for s in specs)
     assert set(res["summary"]) == {"ddt", "ddt + CC filter", "ddt + GAR", "ddt + GAR + CC filter"}
+    assert "What can be seen" in md
+    vis = saved["visibility"]
+    assert len(vis["oracle"]) == 2
+    assert all(0.0 <= m["dice"] <= 1.0 for m in vis["oracle"])
+
+
+def test_contrast_to_noise_of_a_known_tube(ev):
+    """A thin tube (radius 1 voxel: the 7^3 median is background) of contrast 120 over noise of
+    SD 20 reads CNR ~6 on its label."""
+    from napari_tubular.synthetic import make_tube
+
+    case = make_tube((40, 40, 40), (1.0, 1.0, 1.0), radius_mm=1.0, contrast=120.0, noise=0.0)
+    img = 40.0 + 120.0 * (case.mask > 0)
+    img = img + np.random.default_rng(0).normal(0, 20, img.shape)
+    cnr = ev.contrast_to_noise(img, case.mask)
+    assert cnr.shape == (int((case.mask > 0).sum()),)
+    assert 4.5 < float(np.median(cnr)) < 7.0
+
+
+def test_visible_vessel_oracle_keeps_vessels_from_the_cut(ev):
+    from napari_tubular.synthetic import make_tube
+
+    case = make_tube((24, 24, 40), (1.0, 1.0, 1.0), radius_mm=2.5)
+    img = case.image
+    ev_thick = ev.visibility(img, case.mask, case.centerline, case.spacing)
+    assert np.array_equal(ev_thick["oracle"], case.mask > 0)  # 2.5 mm >= the 0.4 mm cut
+    assert ev_thick["bins"][">= 1.2"]["voxels"] == int((case.mask > 0).sum())
+    thin = case.centerline.copy()
+    thin[:, 3] = 0.3  # the same voxels called 0.3 mm thick: all below the cut
+    assert not ev.visibility(img, case.mask, thin, case.spacing)["oracle"].any()
 
 
 def test_train_default_rejects_bad_init(tmp_path, capsys):

@@ -115,6 +115,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "rescales only images that cannot be in the model's units (e.g. scaled to [0, 1]) "
         "and says so in the report",
     )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="mirroring test-time augmentation: average the network over the 8 flips of each "
+        "window (about 8x the network time; slightly better Dice/clDice, fewer specks)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
     return p
@@ -236,6 +242,7 @@ def run(args) -> int:
                 batch_size=args.batch_size,
                 overlap=args.overlap,
                 intensity=args.intensity,
+                tta=args.tta,
             )
         messages = res.report.setdefault("messages", [])
         for w in caught:  # warnings go to the report and, tidily, to stderr

@@ -58,6 +58,7 @@ class PredictCounter:
         self, volume, model="default", device="auto", *, progress=None, cancel=None, **kwargs
     ):
         self.calls += 1
+        self.kwargs = kwargs
         for i in range(3):
             if cancel is not None and cancel():
                 from napari_tubular.inference import Cancelled

@@ -67,6 +67,15 @@ def test_run_adds_layers_with_image_geometry(seg):
     assert len(viewer.layers) == n_layers
 
 
+def test_tta_checkbox_reaches_predict(seg):
+    viewer, widget, counter = seg
+    assert counter.kwargs["tta"] is False
+    widget.tta_check.setChecked(True)
+    widget.run()
+    assert counter.calls == 2
+    assert counter.kwargs["tta"] is True
+
+
 def test_spheres_sit_on_their_voxels(seg):
     viewer, widget, _ = seg
     image, points = viewer.layers["ct"], _owned(viewer, "spheres")
