@@ -610,7 +610,9 @@ def predict(
         intensity: units of the image for a model with a CT window: "model" (as trained, e.g.
             Hounsfield units), "rescale" (map the image's robust range linearly into the
             window, for volumes in other units), "auto" (default: rescale only when the image
-            cannot be in the model's units, e.g. scaled to [0, 1]; a message says so).
+            cannot be in the model's units: scaled to [0, 1], 8-bit, raw CT stored as HU + 1024,
+            MR-like counts; a message says so, see
+            :func:`napari_tubular.models.normalization.intensity_rescale_reason`).
         calibrate_radius: apply the model's radius calibration (``radius_calibration`` in its
             meta, see :func:`apply_radius_calibration`) when it has one.
         tta: mirroring test-time augmentation (mean over the 8 flips of every window): about
@@ -746,7 +748,7 @@ def check_intensity_mode(intensity) -> str:
 def _apply_intensity_mode(data, normalization, intensity, messages):
     """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
     asks for it ("rescale", or "auto" on an image that cannot be in the model's units)."""
-    from .models.normalization import intensity_rescale_needed, rescale_to_window, robust_range
+    from .models.normalization import intensity_rescale_reason, rescale_to_window, robust_range
 
     kind = (normalization or {}).get("kind")
     if intensity == "model":
@@ -757,12 +759,11 @@ def _apply_intensity_mode(data, normalization, intensity, messages):
                             f"({kind!r})")
         return data, None
     value_range = robust_range(data)
-    if intensity == "auto" and not intensity_rescale_needed(data, normalization, value_range):
+    reason = intensity_rescale_reason(data, normalization, value_range)
+    if intensity == "auto" and reason is None:
         return data, None
     out, info = rescale_to_window(data, normalization, value_range)
-    why = ("asked for" if intensity == "rescale" else
-           "the image's intensity range is far narrower than the model's window, so it is not "
-           "in the model's units (e.g. scaled to [0, 1])")
+    why = "asked for" if intensity == "rescale" else reason
     messages.append(
         f"intensities rescaled ({why}): robust range {info['from'][0]:.4g}..{info['from'][1]:.4g} "
         f"mapped linearly to {info['to'][0]:g}..{info['to'][1]:g} of the model's window "

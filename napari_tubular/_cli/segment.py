@@ -112,8 +112,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="intensity units: 'model' uses the values as they are (the default model expects "
         "CT in Hounsfield units), 'rescale' maps the image's 0.5-99.9th percentiles linearly "
         "into the model's window (volumes in other units, bright vessels), 'auto' (default) "
-        "rescales only images that cannot be in the model's units (e.g. scaled to [0, 1]) "
-        "and says so in the report",
+        "rescales only images that cannot be in the model's units (scaled to [0, 1], 8-bit, "
+        "raw CT stored as HU + 1024, MR-like counts) and says so in the report",
     )
     p.add_argument(
         "--tta",

@@ -13,9 +13,11 @@ Kinds:
 * ``{"kind": "zscore"}`` (per-volume mean/std) or ``{"kind": "zscore", "mean": m, "std": s}``.
 * ``{"kind": "none"}``: cast to float32 only.
 
-Images in other units (a volume scaled to ``[0, 1]``, z-scored, MR-like counts) given to a
-``window`` model: :func:`intensity_rescale_needed` detects a robust intensity range far smaller
-than the window (the network would see a flat image) and :func:`rescale_to_window` maps the
+Images in other units (a volume scaled to ``[0, 1]``, z-scored, MR-like counts, raw CT stored
+as HU + 1024, 8-bit exports) given to a ``window`` model: :func:`intensity_rescale_reason`
+detects a robust intensity range far smaller than the window (the network would see a flat
+image), an 8-bit image, or a bulk (tissue) intensity outside the window's lower part (the window
+would clip tissue and vessels alike), and :func:`rescale_to_window` maps the
 image linearly so that its 0.5th / 99.9th percentiles land at 1/8 and 15/16 of the window
 (-100 / 550 HU for the default -200..600 window). The network starts with convolution +
 instance normalisation, so it is invariant to a linear intensity change of its input except
@@ -34,6 +36,7 @@ __all__ = [
     "INTENSITY_MODES",
     "robust_range",
     "intensity_rescale_needed",
+    "intensity_rescale_reason",
     "rescale_to_window",
 ]
 
@@ -45,6 +48,10 @@ _SAMPLE = 4_000_000
 _RANGE_PERCENTILES = (0.5, 99.9)
 # an image whose robust range is below this fraction of the window is "not in these units"
 _FLAT_FRACTION = 0.05
+# the image's bulk (median of the voxels above low - _BULK_FLOOR * width) must lie in
+# [low, low + _BULK_BAND * width] to be taken as in the window's units (-200..240 HU by default)
+_BULK_FLOOR = 0.375
+_BULK_BAND = 0.55
 # where the robust range lands inside the window after rescaling (fractions of the window)
 _RESCALE_TARGET = (0.125, 0.9375)
 
@@ -63,17 +70,48 @@ def robust_range(image: np.ndarray) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def intensity_rescale_needed(image: np.ndarray, normalization: dict,
-                             value_range: tuple[float, float] | None = None) -> bool:
-    """True when ``image`` cannot be in the units of a ``window`` model: its robust range spans
-    less than 5 % of the window (e.g. an image scaled to [0, 1] for a -200..600 HU window),
-    so the window would leave the network a flat image. Always False for other kinds.
-    ``value_range``: the image's :func:`robust_range` when the caller has it already."""
+def intensity_rescale_reason(image: np.ndarray, normalization: dict,
+                             value_range: tuple[float, float] | None = None) -> str | None:
+    """Why ``image`` cannot be in the units of a ``window`` model (bright vessels on darker
+    tissue, e.g. CT in HU), or None when it can. Always None for other kinds. The reasons:
+
+    * its robust range spans less than 5 % of the window (e.g. an image scaled to [0, 1] for a
+      -200..600 HU window): the window would leave the network a flat image;
+    * it is stored as 8-bit unsigned integers (0..255 cannot hold Hounsfield units: no air,
+      no bone);
+    * its bulk (the median of the voxels above ``low - 3/8 width``, i.e. without air and lung
+      for a CT window: the soft tissue) lies outside the window's lower half
+      ``[low, low + 0.55 width]`` (-200..240 HU for the default window), as for raw CT stored
+      as HU + 1024, MR-like counts or other offsets: the window would clip the tissue and the
+      vessels to one value. Chest CT (air, lung) and fat keep their HU.
+
+    ``value_range``: the image's :func:`robust_range` when the caller has it already.
+    """
     n = validate_normalization(normalization)
     if n["kind"] != "window":
-        return False
+        return None
+    low, width = n["low"], n["high"] - n["low"]
     lo, hi = robust_range(image) if value_range is None else value_range
-    return (hi - lo) < _FLAT_FRACTION * (n["high"] - n["low"])
+    if (hi - lo) < _FLAT_FRACTION * width:
+        return ("the image's intensity range is far narrower than the model's window, so it is "
+                "not in the model's units (e.g. scaled to [0, 1])")
+    if np.asarray(image).dtype == np.uint8:
+        return "the image is stored as 8-bit unsigned integers, which cannot hold the model's units"
+    x = _sample(image).astype(np.float64)
+    bulk = x[x > low - _BULK_FLOOR * width]
+    med = float(np.median(bulk)) if bulk.size else float(np.median(x))
+    if not low <= med <= low + _BULK_BAND * width:
+        return (f"the bulk of the image (median {med:.4g}, air excluded) lies outside the lower "
+                f"part {low:g}..{low + _BULK_BAND * width:g} of the model's window, where tissue "
+                "is in the model's units (e.g. raw CT stored as HU + 1024, or MR)")
+    return None
+
+
+def intensity_rescale_needed(image: np.ndarray, normalization: dict,
+                             value_range: tuple[float, float] | None = None) -> bool:
+    """True when ``image`` cannot be in the units of a ``window`` model
+    (:func:`intensity_rescale_reason` gives the reason). Always False for other kinds."""
+    return intensity_rescale_reason(image, normalization, value_range) is not None
 
 
 def rescale_to_window(image: np.ndarray, normalization: dict,

@@ -72,6 +72,28 @@ def test_rescale_needed_only_for_volumes_far_narrower_than_the_window():
     assert not intensity_rescale_needed((hu + 1024) / 4096, {"kind": "percentile"})
 
 
+def test_rescale_reasons_offsets_counts_and_8bit():
+    """Raw CT stored as HU + 1024, MR-like counts and 8-bit exports are not in HU; CT in HU with
+    air, lung or fat is."""
+    from napari_tubular.models.normalization import intensity_rescale_reason
+
+    rng = np.random.default_rng(2)
+    hu = rng.normal(40, 20, (24, 24, 24)).astype(np.float32)
+    hu[5:8, 5:8, :] = 300.0
+    chest = hu.copy()
+    chest[:, :, :8] = -1000.0 + rng.normal(0, 20, (24, 24, 8))  # air outside the body
+    chest[:, 10:20, 10:] = -850.0  # lung: most of the non-air image, below the floor
+    fat = hu - 150.0  # fatty tissue around -110 HU
+    for ok in (hu, chest, fat, chest - 2000.0 * (chest < -990)):  # + padding at -3000
+        assert intensity_rescale_reason(ok, WINDOW) is None
+    assert "HU + 1024" in intensity_rescale_reason((hu + 1024).astype(np.int16), WINDOW)
+    assert "bulk" in intensity_rescale_reason(hu * 4 + 500, WINDOW)  # MR-like counts
+    u8 = np.clip(hu, 0, 255).astype(np.uint8)
+    assert "8-bit" in intensity_rescale_reason(u8, WINDOW)
+    assert "narrower" in intensity_rescale_reason((hu + 1024) / 4096, WINDOW)
+    assert intensity_rescale_reason(hu * 4 + 500, {"kind": "percentile"}) is None
+
+
 def test_rescale_to_window_is_the_linear_map_of_the_robust_range():
     from napari_tubular.models.normalization import rescale_to_window, robust_range
 
