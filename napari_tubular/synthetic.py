@@ -887,6 +887,7 @@ def make_vessel_tree(
     design_spacing: Sequence[float] | None = None,
     hard_edges: bool = False,
     distractor_scale: float = 1.0,
+    psf_sigma_vox: Sequence[float] = (0.4, 0.7),
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -926,6 +927,9 @@ def make_vessel_tree(
             staircase edges.
         distractor_scale: multiplies the numbers of blobs, plates and air pockets (the random
             draws stay the same, so 1.0 gives the default volume).
+        psf_sigma_vox: ``(low, high)``: the point-spread function's standard deviation per axis
+            is drawn uniformly from this range, in voxels (with ``blur``); a wider PSF stands for
+            thick slices or smooth reconstruction kernels. The default gives the default volume.
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -938,6 +942,12 @@ def make_vessel_tree(
         raise ValueError(f"loop_probability must be in [0, 1], got {loop_probability!r}")
     if not (np.isfinite(distractor_scale) and distractor_scale >= 0):
         raise ValueError(f"distractor_scale must be >= 0, got {distractor_scale!r}")
+    try:
+        psf_lo, psf_hi = (float(v) for v in psf_sigma_vox)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"psf_sigma_vox must be (low, high), got {psf_sigma_vox!r}") from exc
+    if not (0 <= psf_lo <= psf_hi and math.isfinite(psf_hi)):
+        raise ValueError(f"psf_sigma_vox must satisfy 0 <= low <= high, got {psf_sigma_vox!r}")
     if tortuosity < 0:
         raise ValueError(f"tortuosity must be >= 0, got {tortuosity!r}")
     if noise is not None and not noise >= 0:
@@ -1037,7 +1047,7 @@ def make_vessel_tree(
         field_ += f32(1.0)
         img *= field_
         del field_
-    psf = rng.uniform(0.4, 0.7, 3) if blur else np.zeros(3)
+    psf = rng.uniform(psf_lo, psf_hi, 3) if blur else np.zeros(3)
     if noise_hu > 0:
         # white noise before the PSF blur (one filter for both): CT-like correlated noise,
         # scaled so that its standard deviation after the blur is ``noise_hu``

@@ -100,6 +100,10 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
         wide += f", {100 * opts['large_fraction']:.0f} % of other trees with roots of {lo:g}-{hi:g} mm"
     if opts["hard_fraction"]:
         wide += f", {100 * opts['hard_fraction']:.0f} % binary phantoms"
+    if opts["wide_psf_fraction"]:
+        lo, hi = opts["wide_psf_sigma_vox"]
+        wide += (f", {100 * opts['wide_psf_fraction']:.0f} % blurred by a wide PSF "
+                 f"({lo:g}-{hi:g} voxel)")
     if opts["generator"].get("distractor_scale", 1.0) != 1.0:
         wide += f", {opts['generator']['distractor_scale']:g}x the distractors"
     if tuple(opts["extent_mm"]) != tuple(SYNTHETIC_DEFAULTS["extent_mm"]):

@@ -289,6 +289,25 @@ def test_distractor_scale_multiplies_the_counts():
         make_vessel_tree((40, 48, 48), seed=3, distractor_scale=-1.0)
 
 
+def test_psf_sigma_range_sets_the_blur():
+    """The default range gives the default volume; a wide PSF blurs more (lower gradient energy
+    at the same label) and its sigmas are drawn from the range."""
+    kw = {"shape": (40, 48, 48), "seed": 6, "distractors": False, "bias": False}
+    base = make_vessel_tree(**kw)
+    np.testing.assert_array_equal(base.image, make_vessel_tree(psf_sigma_vox=(0.4, 0.7), **kw).image)
+    wide = make_vessel_tree(psf_sigma_vox=(1.2, 1.4), noise=0.0, **kw)
+    sharp = make_vessel_tree(psf_sigma_vox=(0.4, 0.4), noise=0.0, **kw)
+    assert all(1.2 <= s <= 1.4 for s in wide.params["psf_sigma_vox"])
+    np.testing.assert_array_equal(wide.mask, sharp.mask)
+
+    def grad_energy(img):
+        return float(sum((np.diff(img, axis=a) ** 2).sum() for a in range(3)))
+
+    assert grad_energy(wide.image) < 0.7 * grad_energy(sharp.image)
+    with pytest.raises(ValueError, match="psf_sigma_vox"):
+        make_vessel_tree((40, 48, 48), seed=3, psf_sigma_vox=(0.8, 0.4))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

@@ -354,6 +354,18 @@ def test_synthetic_family_options_sharp_and_large():
             synthetic_case_params(seed)["spacing"]
         assert not synthetic_case_params(seed)["hard"]
 
+    # wide PSF: drawn after everything else, blurs every kind of case (binary phantoms too)
+    for seed in range(6):
+        base = synthetic_case_params(seed, {"hard_fraction": 0.5})
+        wide = synthetic_case_params(seed, {"hard_fraction": 0.5, "wide_psf_fraction": 1.0})
+        assert not base["wide_psf"]
+        assert wide["wide_psf"]
+        for key in ("shape", "spacing", "thin", "sharp", "hard", "large"):
+            assert wide[key] == base[key]
+        assert wide["generator"]["blur"] is True
+        assert wide["generator"]["psf_sigma_vox"] == (0.7, 1.4)
+        assert wide["generator"].get("hard_edges") == base["generator"].get("hard_edges")
+
 
 def test_prepared_case_padding_is_mirrored():
     from napari_tubular.training.data import prepare_case

@@ -42,6 +42,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "large_fraction": 0.0,  # fraction of (non-thin) cases with a large root radius
     "large_max_radius_mm": (5.0, 12.0),  # root radius of those trees, uniform
     "hard_fraction": 0.0,  # fraction of cases rendered as binary phantoms (no partial volume, no blur)
+    "wide_psf_fraction": 0.0,  # fraction of cases blurred by a wide point-spread function
+    "wide_psf_sigma_vox": (0.7, 1.4),  # its standard deviation per axis (voxels), uniform
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -295,7 +297,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     vessels only (root radius ``thin_max_radius_mm``); ``sharp_fraction`` of the cases are
     rendered without the point-spread blur, ``large_fraction`` of the others get a root of
     ``large_max_radius_mm`` and ``hard_fraction`` are binary phantoms (vessels rendered as their
-    label, no partial volume, no blur); all 0 by default. Other generator options (tortuosity, loops,
+    label, no partial volume, no blur); ``wide_psf_fraction`` of all cases (binary phantoms
+    and unblurred ones included) are blurred with a PSF of ``wide_psf_sigma_vox`` (thick slices,
+    smooth kernels); all 0 by default. Other generator options (tortuosity, loops,
     noise, contrast, distractors) keep the generator's own random draws.
     """
     opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
@@ -327,8 +331,13 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
         gen.setdefault("hard_edges", True)
     if large:
         gen.setdefault("max_radius_mm", round(float(rng.uniform(*opts["large_max_radius_mm"])), 3))
+    wide = rng.random() < opts["wide_psf_fraction"]  # drawn after the others: defaults unchanged
+    if wide:
+        gen["blur"] = True
+        gen.setdefault("psf_sigma_vox", tuple(float(v) for v in opts["wide_psf_sigma_vox"]))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
-            "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard)}
+            "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
+            "wide_psf": bool(wide)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
