@@ -184,3 +184,19 @@ def test_calibration_large_cases_have_large_roots(ev):
     assert 0.8 * 5.0 <= centerline[:, 3].max() <= 5.0  # the first root: 0.8-1 x max_radius_mm
     with pytest.raises(ValueError, match="large-cases"):
         cal.large_specs(9, 0)
+
+
+def test_probe_perturbations_are_the_named_changes():
+    pp = _load("probe_phantoms")
+    rng = np.random.default_rng(0)
+    img = (40.0 + rng.normal(0, 10, (20, 20, 20))).astype(np.float32)
+    img[8:12, 8:12, :] = 300.0
+    out = pp.perturbations(img)
+    assert len(out) == 8
+    assert all(v.shape == img.shape for v in out.values())
+    assert out["as is"] is img
+    assert out["raw CT (HU + 1024, uint16)"].dtype == np.uint16
+    assert out["8-bit"].dtype == np.uint8
+    # half the contrast: the vessel sits half as far above the 40 HU tissue
+    np.testing.assert_allclose(out["contrast x0.5"][10, 10, 10], 170.0)
+    assert out["extra blur 1 voxel"][10, 10, 10] < 300.0
