@@ -65,11 +65,20 @@ def large_specs(n: int, seed_base: int) -> list[dict]:
     return specs
 
 
-def fit_knots(pred: np.ndarray, true: np.ndarray, n_bins: int = 14, min_count: int = 40):
-    """Monotone knots: medians of (pred, true) per quantile bin of ``pred``."""
+# extra bin edges (mm of predicted radius) for the rare large vessels: quantile bins alone put
+# every radius above ~4.5 mm in one bin, and the 12 mm probe read 9.2 mm
+TAIL_EDGES_MM = (5.0, 6.5, 8.0, 10.0, 13.0)
+
+
+def fit_knots(pred: np.ndarray, true: np.ndarray, n_bins: int = 14, min_count: int = 40,
+              tail_edges=TAIL_EDGES_MM):
+    """Monotone knots: medians of (pred, true) per bin of ``pred``: quantile bins, split further
+    at ``tail_edges`` (bins with fewer than ``min_count`` points are skipped)."""
     order = np.argsort(pred, kind="stable")
     pred, true = pred[order], true[order]
-    edges = np.unique(np.quantile(pred, np.linspace(0, 1, n_bins + 1)))
+    edges = np.quantile(pred, np.linspace(0, 1, n_bins + 1))
+    tail = [e for e in tail_edges if edges[0] < e < edges[-1]]
+    edges = np.unique(np.concatenate([edges, tail]))
     xs, ys = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (pred >= lo) & ((pred < hi) | (hi == edges[-1]))

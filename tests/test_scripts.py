@@ -200,3 +200,24 @@ def test_probe_perturbations_are_the_named_changes():
     # half the contrast: the vessel sits half as far above the 40 HU tissue
     np.testing.assert_allclose(out["contrast x0.5"][10, 10, 10], 170.0)
     assert out["extra blur 1 voxel"][10, 10, 10] < 300.0
+
+
+def test_calibration_knots_reach_the_rare_large_radii():
+    """95 % of the points are small vessels; the 5 % of large ones (predicted 20 % short) still get
+    knots of their own, so a 12 mm vessel is not mapped with the small vessels' ratio."""
+    cal = _load("calibrate_radius")
+    rng = np.random.default_rng(0)
+    true = np.concatenate([rng.uniform(0.5, 3.0, 9500), rng.uniform(5.0, 12.0, 500)])
+    pred = np.where(true > 4.0, 0.8 * true, true + 0.3) * rng.uniform(0.97, 1.03, true.size)
+    xs, ys = cal.fit_knots(pred, true)
+    assert np.all(np.diff(xs) > 0)
+    assert np.all(np.diff(ys) >= 0)
+    assert max(xs) > 7.0  # knots in the tail
+    from napari_tubular.inference import apply_radius_calibration
+
+    out = apply_radius_calibration(np.array([8.0, 2.0], np.float32),
+                                   {"pred_mm": xs, "true_mm": ys})
+    assert abs(out[0] - 10.0) < 0.6  # 0.8 x 10 mm read back as 10 mm
+    assert abs(out[1] - 1.7) < 0.2
+    xq, _ = cal.fit_knots(pred, true, tail_edges=())
+    assert max(xq) < max(xs)
