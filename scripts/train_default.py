@@ -217,6 +217,9 @@ def main(argv=None) -> int:
                    help="validation volumes of each run (preset's default)")
     p.add_argument("--val-every", type=int, default=None,
                    help="steps between validations (preset's default)")
+    p.add_argument("--val-tubes", action="store_true",
+                   help="validate on straight-tube phantoms too; their Dice enters the score "
+                        "that picks best.pt (TrainConfig.val_tubes)")
     p.add_argument("--processes", type=int, default=None, help="generation/metric processes")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--install", action="store_true",
@@ -274,6 +277,8 @@ def main(argv=None) -> int:
         recipe["val_cases"] = a.val_cases
     if a.val_every is not None:
         recipe["val_every"] = a.val_every
+    if a.val_tubes:
+        recipe["val_tubes"] = True
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="napari_tubular_default_"))

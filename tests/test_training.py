@@ -220,6 +220,61 @@ def test_validation_best_model_and_resume(tmp_path):
         train(tiny_config(out, steps=6, K=4, resume=True))
 
 
+def test_tube_validation_cases_are_the_named_tubes():
+    cases = tdata.make_tube_val_cases((1.0, 1.0, 1.0), 3, NORM)
+    assert len(cases) == len(tdata.VAL_TUBES)
+    for case, (r, _, fov, _) in zip(cases, tdata.VAL_TUBES):
+        assert case.spacing == pytest.approx((1.0, 1.0, 1.0), rel=0.03)
+        # a straight tube along x across the volume: label volume ~ pi r^2 x length
+        length = case.label.shape[2] * case.spacing[2]
+        vol = float(case.label.sum()) * float(np.prod(case.spacing))
+        assert vol == pytest.approx(np.pi * r * r * length, rel=0.35)
+        assert abs(case.label.shape[2] * case.spacing[2] - fov) < 2.0
+
+
+class _ThresholdNet(torch.nn.Module):
+    """seg logit = steep step at a normalised intensity (a near-perfect tube detector), or
+    everything background."""
+
+    def __init__(self, level):
+        super().__init__()
+        self.level = level
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        seg = (x - self.level) * 200.0 if self.level is not None else torch.full_like(x, -20.0)
+        scale = torch.zeros((x.shape[0], 4) + tuple(x.shape[2:]))
+        return {"seg": seg, "scale": scale}
+
+
+def test_validate_with_tubes_scores_them():
+    from napari_tubular.training.loop import validate
+
+    cfg = tiny_config("unused", patch_size=(32, 32, 32))
+    tubes = tdata.make_tube_val_cases((1.0, 1.0, 1.0), 3, NORM, tubes=tdata.VAL_TUBES[1:3])
+    # tissue 40 HU -> 0.30, tube 290 HU -> 0.61 after the -200..600 window: threshold at 0.45
+    good = validate(_ThresholdNet(0.45), tubes[:1], cfg, "cpu", tubes)
+    blind = validate(_ThresholdNet(None), tubes[:1], cfg, "cpu", tubes)
+    assert good["tube_dice"] > 0.8
+    assert blind["tube_dice"] == 0.0
+    for m in (good, blind):
+        assert m["score"] == pytest.approx((m["dice"] + m["cldice"] + m["tube_dice"]) / 3)
+    plain = validate(_ThresholdNet(0.45), tubes[:1], cfg, "cpu")
+    assert "tube_dice" not in plain
+    assert plain["score"] == pytest.approx((plain["dice"] + plain["cldice"]) / 2)
+
+
+def test_training_run_logs_tube_dice(tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=2,
+                      val_tubes=True))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    val = [r for r in rows if r.get("val_dice") is not None]
+    assert val
+    assert 0.0 <= val[-1]["val_tube_dice"] <= 1.0
+    assert "val_tube_dice" in (out / "log.csv").read_text().splitlines()[0]
+
+
 def test_fine_tune_starts_from_the_given_model(tmp_path):
     from napari_tubular.models import load_model
 
@@ -381,3 +436,15 @@ def test_prepared_case_padding_is_mirrored():
     assert (case.label[:, 8:12, 8:12] == 1).all()
     np.testing.assert_array_equal(case.image[3:13], image)
     np.testing.assert_array_equal(case.image[2], image[1])
+
+
+def test_cli_val_tubes_flag_sets_the_config(tmp_path):
+    import argparse
+
+    from napari_tubular._cli.train import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    base = ["--synthetic", "--out", str(tmp_path / "r")]
+    assert config_from_args(p.parse_args(base + ["--val-tubes"])).val_tubes is True
+    assert config_from_args(p.parse_args(base)).val_tubes is False

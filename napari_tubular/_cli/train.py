@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--depth", type=int, help="U-Net resolution levels")
     p.add_argument("--val-every", type=int, help="validate every N steps")
     p.add_argument("--val-cases", type=int, help="generated validation cases (synthetic)")
+    p.add_argument("--val-tubes", action="store_true",
+                   help="also validate on straight-tube phantoms (radius 1-8 mm, sharp and "
+                   "blurred); their Dice enters the score that picks best.pt")
     p.add_argument("--init-model", dest="init_model", metavar="MODEL",
                    help="fine-tune: start from this model file ('default' or a path)")
     p.add_argument("--seed", type=int)
@@ -87,7 +90,7 @@ def config_from_args(args: argparse.Namespace):
         values["out"] = args.out
     for flag, key, val in (("no_amp", "amp", False), ("no_augment", "augment", False),
                            ("ddp", "ddp", True), ("resume", "resume", True),
-                           ("overwrite", "overwrite", True)):
+                           ("overwrite", "overwrite", True), ("val_tubes", "val_tubes", True)):
         if getattr(args, flag, False):
             values[key] = val
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")

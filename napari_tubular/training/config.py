@@ -53,6 +53,11 @@ class TrainConfig:
         rotate_deg, scale_range: augmentation ranges.
         val_every: validate (and save best.pt) every N steps; 0 = only at the end.
         val_cases: number of generated validation cases when ``val_data == ["synthetic"]``.
+        val_tubes: also validate on straight-tube phantoms outside the synthetic tree family
+            (:func:`napari_tubular.training.data.make_tube_val_cases`: radius 1 to 8 mm, sharp
+            and blurred, isotropic and anisotropic); their mean Dice is logged as
+            ``val_tube_dice`` and the score that picks ``best.pt`` becomes
+            ``(Dice + clDice + tube Dice) / 3`` instead of ``(Dice + clDice) / 2``.
         checkpoint_every: write last.pt every N steps (and at the end / on cancel).
         log_every: log the training loss every N steps.
         seed: base seed (synthetic training seeds are ``seed * 1_000_003 + i``; validation
@@ -96,6 +101,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.85, 1.15)
     val_every: int = 200
     val_cases: int = 4
+    val_tubes: bool = False
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0

@@ -385,6 +385,40 @@ def make_synthetic_case(
                         target_label=target_label)
 
 
+# straight-tube validation phantoms: radius mm, native spacing, field of view mm, blurred
+VAL_TUBES = (
+    (1.0, (0.8, 0.8, 0.8), 64, True),
+    (2.5, (0.8, 0.8, 0.8), 48, False),
+    (3.5, (2.0, 0.7, 0.7), 48, False),
+    (3.5, (2.0, 0.7, 0.7), 64, True),
+    (5.0, (1.0, 1.0, 1.0), 64, False),
+    (8.0, (1.0, 1.0, 1.0), 72, True),
+)
+
+
+def make_tube_val_cases(target_spacing: Sequence[float], K: int, normalization: Any,
+                        tubes=VAL_TUBES, seed: int = 0) -> list[PreparedCase]:
+    """Straight tubes along x (contrast 250 HU over 40 HU tissue, 15 HU noise), rendered sharp
+    (the binary tube) or blurred (0.6-voxel Gaussian PSF first), as ``scripts/probe_phantoms.py``
+    does: shapes the tree family lacks (straight, untextured, large, sharp-edged, small fields of
+    view), where checkpoints of one run differ most. Prepared like validation volumes."""
+    from scipy import ndimage
+
+    from napari_tubular.synthetic import make_tube
+
+    cases = []
+    for i, (r, sp, fov, blurred) in enumerate(tubes):
+        shape = tuple(int(round(fov / s)) for s in sp)
+        c = make_tube(shape, sp, radius_mm=r, axis=2, contrast=250.0, noise=0.0, seed=seed + i)
+        img = c.image.astype(np.float64)
+        if blurred:
+            img = 40.0 + ndimage.gaussian_filter(img - 40.0, 0.6)
+        img = img + np.random.default_rng(seed + i).normal(0, 15, img.shape)
+        cases.append(prepare_case(img.astype(np.float32), c.mask, sp, target_spacing, K,
+                                  normalization, name=f"tube_r{r:g}_{i}"))
+    return cases
+
+
 def _worker_init() -> None:  # pragma: no cover - runs in child processes
     import torch
 

@@ -36,6 +36,7 @@ from .data import (
     find_pairs,
     load_pair,
     make_synthetic_case,
+    make_tube_val_cases,
     sample_batch,
 )
 
@@ -54,7 +55,8 @@ SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initial
 LOG_COLUMNS = [
     "step", "time_s", "lr", "loss", "loss_main", "loss_cls", "loss_dis", "loss_cldice",
     "cldice_weight", "cases_seen",
-    "val_dice", "val_cldice", "val_b0_error", "val_b1_error", "val_hd95_mm", "val_score",
+    "val_dice", "val_cldice", "val_b0_error", "val_b1_error", "val_hd95_mm", "val_tube_dice",
+    "val_score",
 ]
 
 
@@ -185,23 +187,33 @@ class LossFn:
         return total, parts
 
 
-def validate(model, cases: list[PreparedCase], config: TrainConfig, device) -> dict[str, float]:
-    """Mean Dice, clDice, Betti errors and HD95 of the thresholded (0.5) predictions."""
+def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
+             tubes: list[PreparedCase] | None = None) -> dict[str, float]:
+    """Mean Dice, clDice, Betti errors and HD95 of the thresholded (0.5) predictions.
+
+    ``tubes`` (``config.val_tubes``): straight-tube phantoms; their mean Dice is ``tube_dice``
+    and enters the score: ``(dice + cldice + tube_dice) / 3`` (else ``(dice + cldice) / 2``).
+    """
     from napari_tubular.inference import sliding_window_predict
     from napari_tubular.topology.metrics import compute_metrics
 
     cuda = str(device).startswith("cuda")
     was_training = model.training
     model.eval()
-    rows = []
+
+    def _prob(case):
+        prob, _, _ = sliding_window_predict(
+            case.image, model, tuple(config.patch_size), overlap=0.25,
+            batch_size=4 if cuda else 1, device=str(device), amp=bool(config.amp) and cuda)
+        return prob.cpu().numpy() if hasattr(prob, "cpu") else np.asarray(prob)
+
+    rows, tube_dice = [], []
     try:
         for case in cases:
-            prob, _, _ = sliding_window_predict(
-                case.image, model, tuple(config.patch_size), overlap=0.25,
-                batch_size=4 if cuda else 1, device=str(device), amp=bool(config.amp) and cuda)
-            prob = prob.cpu().numpy() if hasattr(prob, "cpu") else np.asarray(prob)
-            m = compute_metrics(prob > 0.5, case.label > 0, case.spacing)
-            rows.append(m)
+            rows.append(compute_metrics(_prob(case) > 0.5, case.label > 0, case.spacing))
+        for case in tubes or []:
+            pred, ref = _prob(case) > 0.5, case.label > 0
+            tube_dice.append(2.0 * float((pred & ref).sum()) / max(1, int(pred.sum() + ref.sum())))
     finally:
         model.train(was_training)
     out = {}
@@ -210,7 +222,11 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device) -> d
                         dtype=float)
         finite = vals[np.isfinite(vals)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
-    out["score"] = (out["dice"] + out["cldice"]) / 2
+    if tube_dice:
+        out["tube_dice"] = float(np.mean(tube_dice))
+        out["score"] = (out["dice"] + out["cldice"] + out["tube_dice"]) / 3
+    else:
+        out["score"] = (out["dice"] + out["cldice"]) / 2
     return out
 
 
@@ -391,6 +407,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
     val_cases = _load_val_cases(config, normalization, report) if is_main else []
+    val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
+                 if is_main and config.val_tubes else [])
     has_val = bool(config.val_data) and (config.val_cases > 0 or not config.val_is_synthetic)
     pool = _make_pool(config, normalization, dist, seeds_drawn, rng, report)
     description = config.description or (
@@ -480,7 +498,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop, lr, acc, pool)
                 acc = {}
                 if do_val:
-                    last_val_metrics = validate(_unwrap(net), val_cases, config, device)
+                    last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                     row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                     if last_val_metrics["score"] > best:
                         best = last_val_metrics["score"]
@@ -499,7 +517,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                               or rows[-1]["step"] != step):
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop,
                            lr_at(config, 1.0, step), acc, pool)
-                last_val_metrics = validate(_unwrap(net), val_cases, config, device)
+                last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                 row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                 if last_val_metrics["score"] > best:
                     best = last_val_metrics["score"]
