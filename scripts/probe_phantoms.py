@@ -43,17 +43,11 @@ PHANTOMS = [
 
 
 def phantom(r, sp, fov, blurred, seed=0):
-    from scipy import ndimage
+    """The probe: :func:`napari_tubular.training.data.tube_phantom` (also used by training's
+    tube validation)."""
+    from napari_tubular.training.data import tube_phantom
 
-    from napari_tubular.synthetic import make_tube
-
-    shape = tuple(int(round(fov / s)) for s in sp)
-    c = make_tube(shape, sp, radius_mm=r, axis=2, contrast=250.0, noise=0.0, seed=seed)
-    img = c.image.astype(np.float64)
-    if blurred:
-        img = 40.0 + ndimage.gaussian_filter(img - 40.0, 0.6)
-    img = img + np.random.default_rng(seed).normal(0, 15, img.shape)
-    return img.astype(np.float32), c
+    return tube_phantom(r, sp, fov, blurred, seed=seed)
 
 
 def probe(model, log=print) -> list[dict]:

@@ -396,26 +396,38 @@ VAL_TUBES = (
 )
 
 
-def make_tube_val_cases(target_spacing: Sequence[float], K: int, normalization: Any,
-                        tubes=VAL_TUBES, seed: int = 0) -> list[PreparedCase]:
-    """Straight tubes along x (contrast 250 HU over 40 HU tissue, 15 HU noise), rendered sharp
-    (the binary tube) or blurred (0.6-voxel Gaussian PSF first), as ``scripts/probe_phantoms.py``
-    does: shapes the tree family lacks (straight, untextured, large, sharp-edged, small fields of
-    view), where checkpoints of one run differ most. Prepared like validation volumes."""
+def tube_phantom(radius_mm: float, spacing: Sequence[float], fov_mm: float, blurred: bool,
+                 seed: int = 0):
+    """A straight tube along x (contrast 250 HU over 40 HU tissue, 15 HU noise) in a cube of
+    ``fov_mm``, sharp (the binary tube) or blurred (0.6-voxel Gaussian PSF before the noise).
+
+    Returns:
+        ``(float32 image, SyntheticCase)`` (the case holds the exact mask and centerline).
+    """
     from scipy import ndimage
 
     from napari_tubular.synthetic import make_tube
 
+    shape = tuple(int(round(fov_mm / s)) for s in spacing)
+    c = make_tube(shape, spacing, radius_mm=radius_mm, axis=2, contrast=250.0, noise=0.0,
+                  seed=seed)
+    img = c.image.astype(np.float64)
+    if blurred:
+        img = 40.0 + ndimage.gaussian_filter(img - 40.0, 0.6)
+    img = img + np.random.default_rng(seed).normal(0, 15, img.shape)
+    return img.astype(np.float32), c
+
+
+def make_tube_val_cases(target_spacing: Sequence[float], K: int, normalization: Any,
+                        tubes=VAL_TUBES, seed: int = 0) -> list[PreparedCase]:
+    """:func:`tube_phantom` cases (as ``scripts/probe_phantoms.py`` probes with): shapes the tree
+    family lacks (straight, untextured, large, sharp-edged, small fields of view), where
+    checkpoints of one run differ most. Prepared like validation volumes."""
     cases = []
     for i, (r, sp, fov, blurred) in enumerate(tubes):
-        shape = tuple(int(round(fov / s)) for s in sp)
-        c = make_tube(shape, sp, radius_mm=r, axis=2, contrast=250.0, noise=0.0, seed=seed + i)
-        img = c.image.astype(np.float64)
-        if blurred:
-            img = 40.0 + ndimage.gaussian_filter(img - 40.0, 0.6)
-        img = img + np.random.default_rng(seed + i).normal(0, 15, img.shape)
-        cases.append(prepare_case(img.astype(np.float32), c.mask, sp, target_spacing, K,
-                                  normalization, name=f"tube_r{r:g}_{i}"))
+        img, c = tube_phantom(r, sp, fov, blurred, seed=seed + i)
+        cases.append(prepare_case(img, c.mask, sp, target_spacing, K, normalization,
+                                  name=f"tube_r{r:g}_{i}"))
     return cases
 
 
