@@ -85,6 +85,16 @@ def make_case(spec: dict):
 RADIUS_BINS_VOX = (0.0, 0.45, 0.6, 0.8, 1.1, 1.6, float("inf"))
 
 
+def label_radius_mm(ref: np.ndarray, centerline: np.ndarray, spacing) -> np.ndarray:
+    """True radius (mm) of each label voxel (``ref`` order of ``np.argwhere``): the radius of
+    its nearest centerline point."""
+    from scipy.spatial import cKDTree
+
+    pts = np.argwhere(ref > 0) * np.asarray(spacing, dtype=float)
+    _, j = cKDTree(centerline[:, :3]).query(pts)
+    return centerline[j, 3]
+
+
 def radius_sensitivity(pred: np.ndarray, ref: np.ndarray, centerline: np.ndarray,
                        spacing) -> dict[str, list[int]]:
     """Per bin of TRUE radius (voxels): [label voxels found by ``pred``, label voxels].
@@ -92,12 +102,8 @@ def radius_sensitivity(pred: np.ndarray, ref: np.ndarray, centerline: np.ndarray
     Each label voxel takes the radius of its nearest centerline point (the generator's exact
     geometry), in units of the finest voxel size, binned by :data:`RADIUS_BINS_VOX`.
     """
-    from scipy.spatial import cKDTree
-
     ref = ref > 0
-    pts = np.argwhere(ref) * np.asarray(spacing, dtype=float)
-    _, j = cKDTree(centerline[:, :3]).query(pts)
-    r_vox = centerline[j, 3] / float(min(spacing))
+    r_vox = label_radius_mm(ref, centerline, spacing) / float(min(spacing))
     hit = np.asarray(pred, dtype=bool)[ref]
     out = {}
     for lo, hi in zip(RADIUS_BINS_VOX[:-1], RADIUS_BINS_VOX[1:]):
@@ -110,16 +116,6 @@ def radius_sensitivity(pred: np.ndarray, ref: np.ndarray, centerline: np.ndarray
 # "oracle" that finds exactly the label voxels of vessels at least VISIBLE_RADIUS_MM thick
 CNR_BINS_MM = (0.0, 0.4, 0.55, 0.7, 0.9, 1.2, float("inf"))
 VISIBLE_RADIUS_MM = 0.4
-
-
-def label_radius_mm(ref: np.ndarray, centerline: np.ndarray, spacing) -> np.ndarray:
-    """True radius (mm) of each label voxel (``ref`` order of ``np.argwhere``): the radius of
-    its nearest centerline point."""
-    from scipy.spatial import cKDTree
-
-    pts = np.argwhere(ref > 0) * np.asarray(spacing, dtype=float)
-    _, j = cKDTree(centerline[:, :3]).query(pts)
-    return centerline[j, 3]
 
 
 def contrast_to_noise(image: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -145,8 +141,7 @@ def visibility(image, ref, centerline, spacing) -> dict:
         bins[_bin_name(lo, hi)] = {"voxels": int(sel.sum()),
                                    "cnr": [float(v) for v in cnr[sel]]}
     oracle = np.zeros(ref.shape, np.uint8)
-    idx = np.argwhere(ref > 0)[r >= VISIBLE_RADIUS_MM]
-    oracle[tuple(idx.T)] = 1
+    oracle[ref > 0] = r >= VISIBLE_RADIUS_MM  # boolean indexing visits voxels in argwhere order
     return {"bins": bins, "oracle": oracle}
 
 
