@@ -42,28 +42,19 @@ PHANTOMS = [
 ]
 
 
-def phantom(r, sp, fov, blurred, seed=0):
-    """The probe: :func:`napari_tubular.training.data.tube_phantom` (also used by training's
-    tube validation)."""
-    from napari_tubular.training.data import tube_phantom
-
-    return tube_phantom(r, sp, fov, blurred, seed=seed)
-
-
 def probe(model, log=print) -> list[dict]:
     from napari_tubular.inference import segment
     from napari_tubular.io import Volume
-
-    def _dice(p, m):
-        return float(2 * (p & m).sum() / max(1, p.sum() + m.sum()))
+    from napari_tubular.topology import dice_score
+    from napari_tubular.training.data import tube_phantom
 
     rows = []
     for r, sp, fov, blurred in PHANTOMS:
-        img, c = phantom(r, sp, fov, blurred)
+        img, c = tube_phantom(r, sp, fov, blurred)
         pr = segment(Volume(img, sp), model=model, device="cpu")
         m = c.mask > 0
-        dice = _dice(pr.probability > 0.5, m)
-        dice_seg = _dice(pr.labels > 0, m)
+        dice = dice_score(pr.probability > 0.5, m)
+        dice_seg = dice_score(pr.labels > 0, m)
         idx = np.round(c.centerline[:, :3] / np.asarray(sp)).astype(int)
         idx = idx[len(idx) // 8: -len(idx) // 8]
         r_axis = float(np.median(pr.radius_mm[idx[:, 0], idx[:, 1], idx[:, 2]]))

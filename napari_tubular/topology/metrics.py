@@ -48,6 +48,7 @@ __all__ = [
     "centerline_length_mm",
     "cldice_scores",
     "compute_metrics",
+    "dice_score",
     "hard_skeleton",
     "surface_distances",
     "surface_voxels",
@@ -197,6 +198,14 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
     d_pr, _ = cKDTree(pts_r).query(pts_p)
     d_rp, _ = cKDTree(pts_p).query(pts_r)
     return d_pr, d_rp
+
+
+def dice_score(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two masks of the same shape (non-zero = foreground); both empty gives 1.0, as in
+    :func:`compute_metrics`, which also computes it (on its crops, with the other metrics)."""
+    p, r = np.asarray(pred) != 0, np.asarray(ref) != 0
+    total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(p & r)) / total
 
 
 def cldice_scores(

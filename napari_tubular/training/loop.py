@@ -195,7 +195,7 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
     and enters the score: ``(dice + cldice + tube_dice) / 3`` (else ``(dice + cldice) / 2``).
     """
     from napari_tubular.inference import sliding_window_predict
-    from napari_tubular.topology.metrics import compute_metrics
+    from napari_tubular.topology.metrics import compute_metrics, dice_score
 
     cuda = str(device).startswith("cuda")
     was_training = model.training
@@ -212,8 +212,7 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
         for case in cases:
             rows.append(compute_metrics(_prob(case) > 0.5, case.label > 0, case.spacing))
         for case in tubes or []:
-            pred, ref = _prob(case) > 0.5, case.label > 0
-            tube_dice.append(2.0 * float((pred & ref).sum()) / max(1, int(pred.sum() + ref.sum())))
+            tube_dice.append(dice_score(_prob(case) > 0.5, case.label > 0))
     finally:
         model.train(was_training)
     out = {}

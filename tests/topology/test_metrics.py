@@ -185,3 +185,17 @@ def test_binarize_accepts_labels():
     lab[1, 1, 1], lab[2, 2, 2] = 1.0, 2.0  # a label volume stored as float
     np.testing.assert_array_equal(binarize(lab), lab > 0)
     assert binarize(lab.astype(np.uint8)).dtype == bool
+
+
+def test_dice_score_counts_and_agrees_with_compute_metrics(rng):
+    from napari_tubular.topology import dice_score
+
+    a = np.zeros((10, 10, 10), bool)
+    b = np.zeros_like(a)
+    a[2:6, 2:6, 2:6] = True  # 64 voxels
+    b[4:8, 2:6, 2:6] = True  # 64 voxels, 32 shared
+    assert dice_score(a, b) == pytest.approx(2 * 32 / 128)
+    assert dice_score(a, np.zeros_like(a)) == 0.0
+    assert dice_score(np.zeros_like(a), np.zeros_like(a)) == 1.0
+    p, r = rng.random((20, 20, 20)) > 0.6, rng.random((20, 20, 20)) > 0.5
+    assert dice_score(p, r) == pytest.approx(compute_metrics(p, r, (1.0, 1.0, 1.0))["dice"])
