@@ -759,11 +759,13 @@ def _apply_intensity_mode(data, normalization, intensity, messages):
                             f"({kind!r})")
         return data, None
     value_range = robust_range(data)
-    reason = intensity_rescale_reason(data, normalization, value_range)
-    if intensity == "auto" and reason is None:
-        return data, None
+    if intensity == "rescale":
+        why = "asked for"
+    else:  # "auto": rescale only an image that cannot be in the model's units
+        why = intensity_rescale_reason(data, normalization, value_range)
+        if why is None:
+            return data, None
     out, info = rescale_to_window(data, normalization, value_range)
-    why = "asked for" if intensity == "rescale" else reason
     messages.append(
         f"intensities rescaled ({why}): robust range {info['from'][0]:.4g}..{info['from'][1]:.4g} "
         f"mapped linearly to {info['to'][0]:g}..{info['to'][1]:g} of the model's window "
