@@ -888,6 +888,7 @@ def make_vessel_tree(
     hard_edges: bool = False,
     distractor_scale: float = 1.0,
     psf_sigma_vox: Sequence[float] = (0.4, 0.7),
+    free_segments: int = 0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -930,6 +931,12 @@ def make_vessel_tree(
         psf_sigma_vox: ``(low, high)``: the point-spread function's standard deviation per axis
             is drawn uniformly from this range, in voxels (with ``blur``); a wider PSF stands for
             thick slices or smooth reconstruction kernels. The default gives the default volume.
+        free_segments: number of free tube segments added after the trees (default 0: the
+            default volume): curved pieces of vessel, 0.7 mm up to ``max(max_radius_mm, 3)`` mm
+            thick, slightly tapering, that start and end anywhere, with blunt (hemispherical)
+            ends, as a vessel cut out of a larger field of view or a simple tube phantom looks.
+            They may cross the trees and each other, so the topology guarantees below hold only
+            without them; each gets a ``tree_id`` of its own.
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -954,6 +961,8 @@ def make_vessel_tree(
         raise ValueError(f"noise must be >= 0 (HU), got {noise!r}")
     if n_trees is not None and (int(n_trees) != n_trees or n_trees < 1):
         raise ValueError(f"n_trees must be a positive integer, got {n_trees!r}")
+    if int(free_segments) != free_segments or free_segments < 0:
+        raise ValueError(f"free_segments must be a non-negative integer, got {free_segments!r}")
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)
     extent = (np.asarray(shape) - 1) * np.asarray(sp)
@@ -989,6 +998,12 @@ def make_vessel_tree(
     pts = st.p[: st.n].copy()
     rad = st.r[: st.n].copy()
     edges = np.asarray(builder.edges, dtype=np.int64).reshape(-1, 2)
+    tree_id = st.tree[: st.n].copy()
+    branch_id = st.branch[: st.n].copy()
+    if free_segments:
+        pts, rad, edges, tree_id, branch_id = _add_free_segments(
+            rng, extent, design, pts, rad, edges, tree_id, branch_id, int(free_segments),
+            r_max=max(max_r, 3.0), tortuosity=float(tortuosity))
     # hard edges: the image follows the final label below, no partial-volume occupancy needed
     mask, occ = render_capsules(pts, rad, edges, shape, sp, occupancy=not hard_edges)
     web = builder.web_edges()
@@ -1060,8 +1075,6 @@ def make_vessel_tree(
         img = ndimage.gaussian_filter(img, sigma=tuple(psf), mode="nearest")
     img = img.astype(np.float32, copy=False)
 
-    tree_id = st.tree[: st.n].copy()
-    branch_id = st.branch[: st.n].copy()
     params = {
         "seed": seed,
         "shape": shape,
@@ -1084,6 +1097,7 @@ def make_vessel_tree(
         "n_air": n_air,
         "organ_hu": organ_hu,
         "hard_edges": bool(hard_edges),
+        "free_segments": int(free_segments),
     }
     return SyntheticCase(
         image=img,
@@ -1095,6 +1109,46 @@ def make_vessel_tree(
         branch_id=branch_id,
         params=params,
     )
+
+
+def _add_free_segments(rng, extent, design, pts, rad, edges, tree_id, branch_id, n: int, *,
+                       r_max: float, tortuosity: float):
+    """Append ``n`` free tube segments (see ``make_vessel_tree(free_segments=...)``)."""
+    step = 0.5 * float(min(design))
+    extent = np.asarray(extent, dtype=np.float64)
+    new_p, new_r, new_e, new_t, new_b = [pts], [rad], [edges], [tree_id], [branch_id]
+    base = len(pts)
+    t0 = int(tree_id.max()) + 1 if len(tree_id) else 0
+    b0 = int(branch_id.max()) + 1 if len(branch_id) else 0
+    for k in range(n):
+        r0 = math.exp(rng.uniform(math.log(0.7), math.log(r_max)))
+        r1 = r0 * rng.uniform(0.6, 1.0)
+        length = min(rng.uniform(4.0, 14.0) * r0 + rng.uniform(5.0, 20.0), 0.9 * extent.max())
+        p = extent * rng.uniform(0.1, 0.9, 3)
+        d = _unit(rng.standard_normal(3))
+        m = max(2, int(length / step))
+        turn = 0.15 * tortuosity * step / max(r0, 1.0)
+        seg = [p.copy()]
+        for _ in range(m - 1):
+            d = _unit(d + rng.normal(scale=turn, size=3))
+            p = p + step * d
+            if np.any(p < 0) or np.any(p > extent):
+                break
+            seg.append(p.copy())
+        if len(seg) < 2:
+            continue
+        seg = np.asarray(seg)
+        rs = np.linspace(r0, r1, len(seg))
+        idx = np.arange(len(seg)) + base
+        new_p.append(seg)
+        new_r.append(rs)
+        new_e.append(np.column_stack([idx[:-1], idx[1:]]))
+        new_t.append(np.full(len(seg), t0 + k, dtype=np.int64))
+        new_b.append(np.full(len(seg), b0 + k, dtype=np.int64))
+        base += len(seg)
+    return (np.concatenate(new_p), np.concatenate(new_r),
+            np.concatenate(new_e).astype(np.int64).reshape(-1, 2), np.concatenate(new_t),
+            np.concatenate(new_b))
 
 
 def _simple_image(occ: np.ndarray, contrast: float, noise: float, seed: int) -> np.ndarray:

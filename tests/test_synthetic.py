@@ -308,6 +308,49 @@ def test_psf_sigma_range_sets_the_blur():
         make_vessel_tree((40, 48, 48), seed=3, psf_sigma_vox=(0.8, 0.4))
 
 
+def test_free_segments_add_blunt_tube_pieces():
+    """0 segments gives the default volume; each segment is a labelled, bright, blunt-ended
+    tube of its own tree id, at least 0.42 mm thick, inside the field of view."""
+    kw = {"shape": (48, 56, 56), "spacing": (1.0, 0.9, 0.9), "seed": 8}
+    base = make_vessel_tree(**kw)
+    zero = make_vessel_tree(free_segments=0, **kw)
+    np.testing.assert_array_equal(base.image, zero.image)
+    np.testing.assert_array_equal(base.mask, zero.mask)
+    case = make_vessel_tree(free_segments=3, **kw)
+    assert case.params["free_segments"] == 3
+    n_base = len(base.centerline)
+    # the trees are unchanged (same draws before the segments), the segments come after them
+    np.testing.assert_array_equal(case.centerline[:n_base], base.centerline)
+    seg = case.centerline[n_base:]
+    seg_tree = case.tree_id[n_base:]
+    assert len(seg) > 0
+    assert set(np.unique(seg_tree)) <= {base.tree_id.max() + k for k in (1, 2, 3)}
+    assert np.all(seg[:, 3] >= 0.42 - 1e-9)
+    assert np.all(seg[:, 3] <= max(base.params["max_radius_mm"], 3.0))
+    extent = (np.asarray(kw["shape"]) - 1) * np.asarray(kw["spacing"])
+    assert np.all(seg[:, :3] >= 0)
+    assert np.all(seg[:, :3] <= extent)
+    # every segment point's nearest voxel is labelled, and is brighter than the tissue
+    vox = np.rint(seg[:, :3] / np.asarray(kw["spacing"])).astype(int)
+    assert case.mask[tuple(vox.T)].all()
+    assert np.median(case.image[tuple(vox.T)]) > np.median(case.image[case.mask == 0]) + 80
+    # a segment's ends are blunt: its label reaches about a radius beyond the last point
+    for t in np.unique(seg_tree):
+        pts = seg[seg_tree == t]
+        end, before = pts[-1], pts[-2]
+        r_end = end[3]
+        if r_end < 1.5:
+            continue
+        d = (end[:3] - before[:3]) / np.linalg.norm(end[:3] - before[:3])
+        beyond = end[:3] + 0.6 * r_end * d
+        if np.all(beyond >= 0) and np.all(beyond <= extent):
+            assert case.mask[tuple(np.rint(beyond / np.asarray(kw["spacing"])).astype(int))]
+    with pytest.raises(ValueError, match="free_segments"):
+        make_vessel_tree((40, 48, 48), seed=3, free_segments=-1)
+    with pytest.raises(ValueError, match="free_segments"):
+        make_vessel_tree((40, 48, 48), seed=3, free_segments=1.5)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

@@ -421,6 +421,22 @@ def test_synthetic_family_options_sharp_and_large():
         assert wide["generator"]["psf_sigma_vox"] == (0.7, 1.4)
         assert wide["generator"].get("hard_edges") == base["generator"].get("hard_edges")
 
+    # free tube segments: drawn last, every other choice unchanged, 1-4 per case by default
+    counts = set()
+    for seed in range(12):
+        base = synthetic_case_params(seed, {"wide_psf_fraction": 0.5})
+        seg = synthetic_case_params(seed, {"wide_psf_fraction": 0.5, "segment_fraction": 1.0})
+        assert not base["segments"]
+        assert seg["segments"]
+        assert "free_segments" not in base["generator"]
+        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf"):
+            assert seg[key] == base[key]
+        counts.add(seg["generator"]["free_segments"])
+    assert counts <= {1, 2, 3, 4}
+    assert len(counts) > 1
+    two = synthetic_case_params(0, {"segment_fraction": 1.0, "segments_per_case": (2, 2)})
+    assert two["generator"]["free_segments"] == 2
+
 
 def test_prepared_case_padding_is_mirrored():
     from napari_tubular.training.data import prepare_case

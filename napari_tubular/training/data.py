@@ -44,6 +44,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "hard_fraction": 0.0,  # fraction of cases rendered as binary phantoms (no partial volume, no blur)
     "wide_psf_fraction": 0.0,  # fraction of cases blurred by a wide point-spread function
     "wide_psf_sigma_vox": (0.7, 1.4),  # its standard deviation per axis (voxels), uniform
+    "segment_fraction": 0.0,  # fraction of cases with free tube segments (blunt-ended pieces)
+    "segments_per_case": (1, 4),  # how many, uniform integers (inclusive)
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -299,7 +301,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     ``large_max_radius_mm`` and ``hard_fraction`` are binary phantoms (vessels rendered as their
     label, no partial volume, no blur); ``wide_psf_fraction`` of all cases (binary phantoms
     and unblurred ones included) are blurred with a PSF of ``wide_psf_sigma_vox`` (thick slices,
-    smooth kernels); all 0 by default. Other generator options (tortuosity, loops,
+    smooth kernels); ``segment_fraction`` of all cases get ``segments_per_case`` free tube
+    segments (``make_vessel_tree(free_segments=...)``: blunt-ended pieces of vessel up to the
+    root radius thick, so that a short thick tube is not taken for a blob); all 0 by default. Other generator options (tortuosity, loops,
     noise, contrast, distractors) keep the generator's own random draws.
     """
     opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
@@ -335,9 +339,13 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     if wide:
         gen["blur"] = True
         gen.setdefault("psf_sigma_vox", tuple(float(v) for v in opts["wide_psf_sigma_vox"]))
+    segments = rng.random() < opts["segment_fraction"]  # drawn last: defaults unchanged
+    if segments:
+        lo, hi = (int(v) for v in opts["segments_per_case"])
+        gen.setdefault("free_segments", int(rng.integers(lo, hi + 1)))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
-            "wide_psf": bool(wide)}
+            "wide_psf": bool(wide), "segments": bool(segments)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
