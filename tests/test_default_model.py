@@ -151,3 +151,26 @@ def test_default_model_finds_a_large_vessel():
     idx = np.round(case.centerline[:, :3] / np.asarray(sp)).astype(int)[8:-8]
     r_axis = float(np.median(pred.radius_mm[idx[:, 0], idx[:, 1], idx[:, 2]]))
     assert abs(r_axis - 7.0) <= 0.2 * 7.0, r_axis
+
+
+@pytest.mark.parametrize(("shape", "radius"), [((64, 64, 64), 2.0), ((56, 56, 56), 4.0)])
+def test_default_model_segments_a_unit_intensity_tube(shape, radius):
+    """A slightly oblique tube in [0, 1] units (background 0.2, tube 0.8, 0.7-voxel blur, noise
+    0.06), not the generator's CT-like rendering: `intensity='auto'` rescales it and the second
+    pass, with the intensities fitted to the vessels the first pass found, segments it (measured:
+    Dice 0.94 / 0.98; the first pass alone 0.41 / 0.10)."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import segment
+    from napari_tubular.topology import dice_score
+
+    rng = np.random.default_rng(0)
+    z, y, x = np.meshgrid(*[np.arange(s, dtype=float) for s in shape], indexing="ij")
+    c = (np.array(shape[:2]) - 1) / 2
+    d = np.hypot(z - c[0] - 0.15 * (x - shape[2] / 2), y - c[1])
+    label = d <= radius
+    img = ndimage.gaussian_filter(0.2 + 0.6 * np.clip(0.5 + radius - d, 0, 1), 0.7)
+    img = (img + rng.normal(0, 0.06, shape)).astype(np.float32)
+    res = segment(img, "default", "cpu", spacing=(1.0, 1.0, 1.0))
+    assert res.report["parameters"]["intensity_refit"]["scale"] > 0
+    assert dice_score(res.labels > 0, label) >= 0.9

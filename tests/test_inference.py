@@ -372,7 +372,7 @@ def test_uncalibrated_intensities_give_a_warning():
     with pytest.warns(UserWarning, match="almost no contrast"):
         pred = predict(image, (EchoNet(), meta), "cpu", intensity="model")
     assert any("Hounsfield" in m for m in pred.messages)
-    assert pred.intensity == {"mode": "model", "rescale": None}
+    assert pred.intensity == {"mode": "model", "rescale": None, "refit": None}
     hu = image * 800 - 200
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -387,8 +387,10 @@ def test_auto_intensity_rescales_unitless_volumes_only():
     unit = rng.random((16, 16, 16)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        pred = predict(unit, (EchoNet(), meta), "cpu")  # auto is the default
+        # auto is the default; the vessel-fitted second pass has a test of its own
+        pred = predict(unit, (EchoNet(), meta), "cpu", refit_intensity=False)
     assert any(m.startswith("intensities rescaled") for m in pred.messages)
+    assert pred.intensity["refit"] is None
     info = pred.intensity["rescale"]
     assert info["to"] == [-100.0, 550.0]
     lo, hi = np.percentile(unit, [0.5, 99.9])
@@ -400,12 +402,85 @@ def test_auto_intensity_rescales_unitless_volumes_only():
     assert p_hi == pytest.approx(0.9375, abs=0.01)
     hu = unit * 800 - 200
     pred_hu = predict(hu, (EchoNet(), meta), "cpu")
-    assert pred_hu.intensity == {"mode": "auto", "rescale": None}
+    assert pred_hu.intensity == {"mode": "auto", "rescale": None, "refit": None}
     assert not pred_hu.messages
     forced = predict(hu, (EchoNet(), meta), "cpu", intensity="rescale")
     assert forced.intensity["rescale"] is not None
     with pytest.raises(ValueError, match="intensity must be one of"):
         predict(hu, (EchoNet(), meta), "cpu", intensity="hu")
+
+
+def _bright_tube_unit_image(seed=3, shape=(24, 24, 24)):
+    """[0, 1]-unit image: background 0.2, a bright 0.8 square tube along x, small noise."""
+    rng = np.random.default_rng(seed)
+    img = np.full(shape, 0.2, np.float32)
+    tube = np.zeros(shape, bool)
+    tube[9:15, 9:15, :] = True
+    img[tube] = 0.8
+    img += rng.normal(0, 0.01, shape).astype(np.float32)
+    return img, tube
+
+
+def test_refit_to_vessels_maps_background_and_vessels_to_the_training_levels():
+    from napari_tubular.models.normalization import REFIT_DEFAULTS, refit_to_vessels
+
+    img, tube = _bright_tube_unit_image()
+    out, info = refit_to_vessels(img, tube)
+    tissue, contrast = REFIT_DEFAULTS["tissue"], REFIT_DEFAULTS["contrast"]
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(tube, iterations=3) & ~ndimage.binary_dilation(tube)
+    assert np.median(out[shell]) == pytest.approx(tissue, abs=1.0)
+    assert np.percentile(out[tube], 75) == pytest.approx(tissue + contrast, abs=1.0)
+    np.testing.assert_allclose(out, img * info["scale"] + info["offset"], rtol=1e-5, atol=1e-3)
+    assert info["background"] == pytest.approx(0.2, abs=0.01)
+    # options override the defaults
+    out2, _ = refit_to_vessels(img, tube, {"tissue": 0.0, "contrast": 100.0})
+    assert np.percentile(out2[tube], 75) == pytest.approx(100.0, abs=1.0)
+    # nothing to fit: too few vessel voxels, or "vessels" darker than their background
+    few = np.zeros_like(tube)
+    few[12, 12, :3] = True
+    assert refit_to_vessels(img, few)[0] is None
+    assert "vessel voxels" in refit_to_vessels(img, few)[1]["skipped"]
+    dark, info = refit_to_vessels(1.0 - img, tube)
+    assert dark is None
+    assert "not brighter" in info["skipped"]
+    with pytest.raises(ValueError, match="shape"):
+        refit_to_vessels(img, tube[:-1])
+
+
+def test_rescaled_images_get_a_second_pass_fitted_to_the_vessels():
+    """EchoNet echoes its normalised input: the first pass (robust-range rescale) puts the tube
+    near the top of the window; the second pass sees the tube's background at the training
+    tissue level and the tube at tissue + contrast (normalised by the -200..600 window)."""
+    from napari_tubular.models.normalization import REFIT_DEFAULTS
+
+    meta = _meta(norm={"kind": "window", "low": -200.0, "high": 600.0})
+    img, tube = _bright_tube_unit_image()
+    first = predict(img, (EchoNet(), meta), "cpu", refit_intensity=False)
+    assert first.intensity["refit"] is None
+    assert np.median(first.probability[tube]) > 0.85  # ~550 HU after the robust-range map
+    pred = predict(img, (EchoNet(), meta), "cpu")
+    assert any("fitted to the vessels" in m for m in pred.messages)
+    info = pred.intensity["refit"]
+    assert info["scale"] > 0
+    assert "image" not in info
+    tissue, contrast = REFIT_DEFAULTS["tissue"], REFIT_DEFAULTS["contrast"]
+    assert np.percentile(pred.probability[tube], 75) == pytest.approx(
+        (tissue + contrast + 200) / 800, abs=0.01)
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(tube, iterations=3) & ~ndimage.binary_dilation(tube)
+    assert np.median(pred.probability[shell]) == pytest.approx((tissue + 200) / 800, abs=0.01)
+    # an image in the model's units gets no second pass
+    hu = predict(img * 800 - 200, (EchoNet(), meta), "cpu")
+    assert hu.intensity["refit"] is None
+    # a first pass that finds (almost) nothing: no second pass, and the report says why
+    specks = np.full((24, 24, 24), 0.2, np.float32)  # flat but for 4 bright voxels
+    specks[12, 12, 10:14] = 0.8
+    few = predict(specks, (EchoNet(), meta), "cpu")
+    assert "vessel voxels" in few.intensity["refit"]["skipped"]
+    assert any("fit to the vessels skipped" in m for m in few.messages)
 
 
 def test_rescale_is_skipped_for_self_normalising_models():

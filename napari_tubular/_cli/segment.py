@@ -113,7 +113,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "CT in Hounsfield units), 'rescale' maps the image's 0.5-99.9th percentiles linearly "
         "into the model's window (volumes in other units, bright vessels), 'auto' (default) "
         "rescales only images that cannot be in the model's units (scaled to [0, 1], 8-bit, "
-        "raw CT stored as HU + 1024, MR-like counts) and says so in the report",
+        "raw CT stored as HU + 1024, MR-like counts) and says so in the report; a rescaled "
+        "image is then segmented a second time with its intensities fitted to the vessels the "
+        "first pass found (see --no-intensity-refit)",
+    )
+    p.add_argument(
+        "--no-intensity-refit",
+        action="store_true",
+        help="after a rescale, keep the first pass: skip the second pass whose intensities are "
+        "fitted to the vessels found (training contrast over their local background)",
     )
     p.add_argument(
         "--tta",
@@ -243,6 +251,7 @@ def run(args) -> int:
                 overlap=args.overlap,
                 intensity=args.intensity,
                 tta=args.tta,
+                refit_intensity=not args.no_intensity_refit,
             )
         messages = res.report.setdefault("messages", [])
         for w in caught:  # warnings go to the report and, tidily, to stderr
