@@ -735,7 +735,7 @@ def predict(
     probability, scale_np, info = network_pass(data, "", True)
     refit_info = None
     if rescale_info is not None and refit_intensity:
-        refit_info = _refit_pass(data, probability, meta, messages)
+        refit_info = _refit_pass(data, probability, sp, meta, messages)
         refitted = refit_info.pop("image")
         if refitted is not None:
             probability, scale_np, info = network_pass(
@@ -767,12 +767,17 @@ def predict(
     )
 
 
-def _refit_pass(data, probability, meta, messages) -> dict:
-    """The vessel-fitted intensity map for a second pass (``info["image"]``, None if skipped)."""
+def _refit_pass(data, probability, spacing, meta, messages) -> dict:
+    """The vessel-fitted intensity map for a second pass (``info["image"]``, None if skipped).
+
+    The vessels are ``P > 0.5`` without its components under :data:`DEFAULT_MIN_SIZE_MM3`
+    (the specks a first pass in the wrong contrast finds in the noise)."""
     from .models.normalization import REFIT_DEFAULTS, refit_to_vessels
 
     options = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
-    image, info = refit_to_vessels(data, probability > NO_REFINE_THRESHOLD, options)
+    vessels = remove_small_components(probability > NO_REFINE_THRESHOLD, spacing,
+                                      DEFAULT_MIN_SIZE_MM3)[0] > 0
+    image, info = refit_to_vessels(data, vessels, options)
     if image is None:
         messages.append(f"intensity fit to the vessels skipped: {info['skipped']}")
         return {**info, "image": None}

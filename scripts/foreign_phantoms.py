@@ -22,6 +22,9 @@ only to report). Per model and case: Dice / clDice / Betti-0 error of the labels
 ``napari-tubular segment`` writes (refinement with the model's tuned T_p/T_r, speck filter)
 and of ``segment --no-refine`` (``P > 0.5`` + speck filter), from the same network output.
 ``--save DIR`` writes the cases as NIfTI (``DIR/images``, ``DIR/labels``) for the CLI.
+``--no-intensity-refit`` segments without the vessel-fitted second pass (the first pass alone:
+the robust-range rescale); ``--units hu`` gives the images in the default model's units
+(``x 400 - 40``: background 40 HU, tubes 280 HU), where no rescale happens.
 """
 
 from __future__ import annotations
@@ -107,7 +110,8 @@ def make_set(set_name: str, n: int) -> list[dict]:
     return cases
 
 
-def evaluate_model(model, cases, log=print) -> list[dict]:
+def evaluate_model(model, cases, log=print, refit_intensity: bool = True,
+                   units: str = "unit") -> list[dict]:
     from napari_tubular.geometry import remove_small_components
     from napari_tubular.inference import (
         DEFAULT_MIN_SIZE_MM3,
@@ -120,9 +124,11 @@ def evaluate_model(model, cases, log=print) -> list[dict]:
     rows = []
     for c in cases:
         sp = c["options"]["spacing"]
+        image = c["image"] if units == "unit" else c["image"] * 400.0 - 40.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = segment(Volume(c["image"], sp), model=model, device="cpu")
+            res = segment(Volume(image, sp), model=model, device="cpu",
+                          refit_intensity=refit_intensity)
             no_refine = remove_small_components(res.probability > NO_REFINE_THRESHOLD, sp,
                                                 DEFAULT_MIN_SIZE_MM3)[0]
             row = {"case": c["name"], "options": c["options"]}
@@ -149,6 +155,11 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--out", default=None, help="folder for foreign.json / foreign.md")
     ap.add_argument("--save", default=None, help="also write the cases as NIfTI here")
+    ap.add_argument("--no-intensity-refit", action="store_true",
+                    help="segment without the second, vessel-fitted intensity pass")
+    ap.add_argument("--units", choices=("unit", "hu"), default="unit",
+                    help="'hu': give the images as HU (x 400 - 40: background 40, tubes 280), "
+                         "the default model's own units, instead of [0, 1]")
     args = ap.parse_args(argv)
     models = args.model or ["default"]
     t = time.perf_counter()
@@ -166,7 +177,8 @@ def main(argv=None) -> int:
     results = {}
     for name in models:
         print(name)
-        rows = evaluate_model(name, cases)
+        rows = evaluate_model(name, cases, refit_intensity=not args.no_intensity_refit,
+                              units=args.units)
         results[name] = {"cases": rows, "mean": summary(rows)}
     lines = ["| model | `segment` Dice / clDice / b0 | `--no-refine` Dice / clDice / b0 |",
              "| --- | --- | --- |"]
