@@ -173,6 +173,14 @@ class SegmentWidget(QWidget):
             "clDice, fewer specks"
         )
         form.addRow("", self.tta_check)
+        self.refit_check = QCheckBox("fit intensities to the vessels (rescaled images)")
+        self.refit_check.setChecked(True)
+        self.refit_check.setToolTip(
+            "images not in the model's units are rescaled; then run the network a second time "
+            "with the vessels found set to the training contrast over their background "
+            "(twice the network time, only for rescaled images)"
+        )
+        form.addRow("", self.refit_check)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -318,6 +326,7 @@ class SegmentWidget(QWidget):
 
         overlap = self.overlap_spin.value()
         tta = self.tta_check.isChecked()
+        refit = self.refit_check.isChecked()
         min_size = self.min_size_spin.value()
 
         def compute():
@@ -335,6 +344,7 @@ class SegmentWidget(QWidget):
                 progress=relay,
                 cancel=token,
                 tta=tta,
+                refit_intensity=refit,
             )
             refiner = Refiner(
                 prediction.probability,

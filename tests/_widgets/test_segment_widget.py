@@ -76,6 +76,14 @@ def test_tta_checkbox_reaches_predict(seg):
     assert counter.kwargs["tta"] is True
 
 
+def test_intensity_refit_checkbox_reaches_predict(seg):
+    viewer, widget, counter = seg
+    assert counter.kwargs["refit_intensity"] is True
+    widget.refit_check.setChecked(False)
+    widget.run()
+    assert counter.kwargs["refit_intensity"] is False
+
+
 def test_spheres_sit_on_their_voxels(seg):
     viewer, widget, _ = seg
     image, points = viewer.layers["ct"], _owned(viewer, "spheres")
