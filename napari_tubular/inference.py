@@ -621,11 +621,14 @@ def predict(
             the Betti-0 errors of ``P > 0.5`` (README).
         refit_intensity: when the intensities were rescaled (``intensity`` "rescale", or
             "auto" on an image in other units), run the network a second time on the image
-            mapped so that the vessels the first pass found (``P > 0.5``) have the contrast of
-            the training data over their local background
+            mapped so that the vessels the first pass found (``P > 0.5``, specks removed) have
+            the contrast of the training data over their local background
             (:func:`napari_tubular.models.normalization.refit_to_vessels`); twice the network
             time, only for such images. Skipped (with a message) when the first pass found
-            fewer than 50 vessel voxels, and when the map is already within 10 % of that.
+            fewer than 50 vessel voxels, and when the map is already within 10 % of that. With
+            "auto" on an image in the model's units (CT in HU), the second pass runs only when
+            the vessels measure more than 400 over their background (brighter than any training
+            vessel, e.g. CT angiography; a message says so).
 
     Returns:
         :class:`Prediction` on the native grid.
@@ -734,9 +737,14 @@ def predict(
 
     probability, scale_np, info = network_pass(data, "", True)
     refit_info = None
-    if rescale_info is not None and refit_intensity:
-        refit_info = _refit_pass(data, probability, sp, meta, messages)
+    in_model_units = rescale_info is None and intensity == "auto" \
+        and (meta["normalization"] or {}).get("kind") == "window"
+    if refit_intensity and (rescale_info is not None or in_model_units):
+        refit_info = _refit_pass(data, probability, sp, meta, messages,
+                                 only_above_training=in_model_units)
         refitted = refit_info.pop("image")
+        if refitted is None and in_model_units:
+            refit_info = None  # the usual case for CT in HU: nothing to report
         if refitted is not None:
             probability, scale_np, info = network_pass(
                 refitted, " (second pass, intensities fitted to the vessels)", False)
@@ -767,17 +775,30 @@ def predict(
     )
 
 
-def _refit_pass(data, probability, spacing, meta, messages) -> dict:
+def _refit_pass(data, probability, spacing, meta, messages,
+                only_above_training: bool = False) -> dict:
     """The vessel-fitted intensity map for a second pass (``info["image"]``, None if skipped).
 
     The vessels are ``P > 0.5`` without its components under :data:`DEFAULT_MIN_SIZE_MM3`
-    (the specks a first pass in the wrong contrast finds in the noise)."""
+    (the specks a first pass in the wrong contrast finds in the noise). ``only_above_training``
+    (an image taken as in the model's units): refit only when the vessels' contrast over their
+    background exceeds ``max_contrast`` (brighter than any training vessel, e.g. CT angiography);
+    a quiet no-op otherwise."""
     from .models.normalization import REFIT_DEFAULTS, refit_to_vessels
 
     options = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
     vessels = remove_small_components(probability > NO_REFINE_THRESHOLD, spacing,
                                       DEFAULT_MIN_SIZE_MM3)[0] > 0
     image, info = refit_to_vessels(data, vessels, options)
+    if only_above_training:
+        if image is None or info["vessel"] - info["background"] <= options["max_contrast"]:
+            return {"image": None}
+        messages.append(
+            f"the vessels' contrast over their background ({info['vessel'] - info['background']:.0f}"
+            f") is above the training range (<= {options['max_contrast']:g}): second pass with "
+            "the intensities fitted to the vessels (intensity 'model' keeps the first pass)"
+        )
+        return {**info, "image": image}
     if image is None:
         messages.append(f"intensity fit to the vessels skipped: {info['skipped']}")
         return {**info, "image": None}

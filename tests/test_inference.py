@@ -376,7 +376,8 @@ def test_uncalibrated_intensities_give_a_warning():
     hu = image * 800 - 200
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert not predict(hu, (EchoNet(), meta), "cpu").messages
+        # (uniform noise: its "vessels" would measure 490 HU over their background)
+        assert not predict(hu, (EchoNet(), meta), "cpu", refit_intensity=False).messages
 
 
 def test_auto_intensity_rescales_unitless_volumes_only():
@@ -401,7 +402,7 @@ def test_auto_intensity_rescales_unitless_volumes_only():
     assert p_lo == pytest.approx(0.125, abs=0.01)
     assert p_hi == pytest.approx(0.9375, abs=0.01)
     hu = unit * 800 - 200
-    pred_hu = predict(hu, (EchoNet(), meta), "cpu")
+    pred_hu = predict(hu, (EchoNet(), meta), "cpu", refit_intensity=False)
     assert pred_hu.intensity == {"mode": "auto", "rescale": None, "refit": None}
     assert not pred_hu.messages
     forced = predict(hu, (EchoNet(), meta), "cpu", intensity="rescale")
@@ -472,8 +473,8 @@ def test_rescaled_images_get_a_second_pass_fitted_to_the_vessels():
 
     shell = ndimage.binary_dilation(tube, iterations=3) & ~ndimage.binary_dilation(tube)
     assert np.median(pred.probability[shell]) == pytest.approx((tissue + 200) / 800, abs=0.01)
-    # an image in the model's units gets no second pass
-    hu = predict(img * 800 - 200, (EchoNet(), meta), "cpu")
+    # an image in the model's units (tube 240 HU over the tissue) gets no second pass
+    hu = predict(img * 400 - 40, (EchoNet(), meta), "cpu")
     assert hu.intensity["refit"] is None
     # a first pass that finds (almost) nothing: no second pass, and the report says why
     specks = np.full((24, 24, 24), 0.2, np.float32)  # flat but for 4 bright voxels
@@ -481,6 +482,30 @@ def test_rescaled_images_get_a_second_pass_fitted_to_the_vessels():
     few = predict(specks, (EchoNet(), meta), "cpu")
     assert "vessel voxels" in few.intensity["refit"]["skipped"]
     assert any("fit to the vessels skipped" in m for m in few.messages)
+
+
+def test_ct_brighter_than_the_training_vessels_gets_the_second_pass():
+    """In HU ('auto', no rescale): a tube 600 HU over 40 HU tissue (above the training range)
+    is refitted to tissue + contrast; one 250 HU over it is left alone, quietly."""
+    from napari_tubular.models.normalization import REFIT_DEFAULTS
+
+    meta = _meta(norm={"kind": "window", "low": -200.0, "high": 600.0})
+    img, tube = _bright_tube_unit_image()
+    bright = 40.0 + (img - 0.2) * (600.0 / 0.6)
+    pred = predict(bright, (EchoNet(), meta), "cpu")
+    assert pred.intensity["rescale"] is None
+    assert pred.intensity["refit"]["scale"] == pytest.approx(180.0 / 600.0, rel=0.05)
+    assert any("above the training range" in m for m in pred.messages)
+    tissue, contrast = REFIT_DEFAULTS["tissue"], REFIT_DEFAULTS["contrast"]
+    assert np.percentile(pred.probability[tube], 75) == pytest.approx(
+        (tissue + contrast + 200) / 800, abs=0.01)
+    usual = predict(40.0 + (img - 0.2) * (250.0 / 0.6), (EchoNet(), meta), "cpu")
+    assert usual.intensity == {"mode": "auto", "rescale": None, "refit": None}
+    assert not usual.messages
+    # 'model' means: as they are
+    kept = predict(bright, (EchoNet(), meta), "cpu", intensity="model")
+    assert kept.intensity["refit"] is None
+    assert np.median(kept.probability[tube]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_rescale_is_skipped_for_self_normalising_models():

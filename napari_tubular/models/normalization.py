@@ -147,9 +147,12 @@ def rescale_to_window(image: np.ndarray, normalization: dict,
 # the vessel-fitted rescale (:func:`refit_to_vessels`): the local background of the vessels a
 # first pass found goes to ``tissue``, their ``percentile``-th intensity ``contrast`` above it
 # (the default model's training data: tissue 40 HU, vessels 160-360 HU above; 180 was chosen on
-# the "dev" set of scripts/foreign_phantoms.py, reported on its "test" set)
+# the "dev" set of scripts/foreign_phantoms.py, reported on its "test" set). An image already in
+# the model's units is refitted only when its vessels measure more than ``max_contrast`` over
+# their background (training volumes measure 100-290 this way: partial volume lowers the
+# 75th percentile below the plateau)
 REFIT_DEFAULTS = {"tissue": 40.0, "contrast": 180.0, "percentile": 75.0, "min_voxels": 50,
-                  "shell_voxels": (1, 3)}
+                  "shell_voxels": (1, 3), "max_contrast": 400.0}
 
 
 def refit_to_vessels(image: np.ndarray, vessels: np.ndarray,
