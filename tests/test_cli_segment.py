@@ -239,7 +239,18 @@ def test_intensity_option_reaches_the_report(tmp_path, model_file, volume_file, 
     report = json.loads((tmp_path / "a" / "unit_report.json").read_text())
     assert report["parameters"]["intensity"] == "auto"
     assert report["parameters"]["intensity_rescale"]["to"] == [-12.5, 556.25]  # window -100..600: 1/8 and 15/16
-    assert "intensities rescaled" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "note: intensities rescaled" in err
+    # the vessel-fitted second pass ran or said why not; either way a note, in the report too
+    assert "warning: intensit" not in err
+    refit = report["parameters"]["intensity_refit"]
+    assert refit is not None
+    assert ("scale" in refit) != ("skipped" in refit)
+    assert _run("segment", unit_file, "-o", tmp_path / "q", "--model", model_file,
+                "--device", "cpu", "--quiet", "--no-intensity-refit") == 0
+    assert "intensit" not in capsys.readouterr().err  # notes are left out by --quiet
+    report = json.loads((tmp_path / "q" / "unit_report.json").read_text())
+    assert report["parameters"]["intensity_refit"] is None
     assert _run("segment", unit_file, "-o", tmp_path / "b", "--model", model_file,
                 "--device", "cpu", "--intensity", "model") == 0
     report = json.loads((tmp_path / "b" / "unit_report.json").read_text())

@@ -134,6 +134,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     return p
 
 
+# informational messages (printed as "note", left out by --quiet); the rest are warnings
+NOTES = ("intensities rescaled", "intensities fitted to the vessels",
+         "the vessels' contrast over their background", "intensity fit to the vessels skipped")
+
+
 def expand_inputs(inputs) -> list[Path]:
     """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
     holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one)."""
@@ -258,7 +263,7 @@ def run(args) -> int:
             if str(w.message) not in messages:
                 messages.append(str(w.message))
         for msg in messages:
-            note = msg.startswith("intensities rescaled")
+            note = msg.startswith(NOTES)
             if not (note and args.quiet):
                 print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
                       flush=True)
