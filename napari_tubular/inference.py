@@ -784,15 +784,19 @@ def _refit_pass(data, probability, spacing, meta, messages,
     (an image taken as in the model's units): refit only when the vessels' contrast over their
     background exceeds ``max_contrast`` (brighter than any training vessel, e.g. CT angiography);
     a quiet no-op otherwise."""
-    from .models.normalization import REFIT_DEFAULTS, refit_to_vessels
+    from .models.normalization import REFIT_DEFAULTS, refit_to_vessels, vessel_levels
 
     options = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
     vessels = remove_small_components(probability > NO_REFINE_THRESHOLD, spacing,
                                       DEFAULT_MIN_SIZE_MM3)[0] > 0
-    image, info = refit_to_vessels(data, vessels, options)
+    levels = vessel_levels(data, vessels, options)
+    del vessels
+    if only_above_training and ("skipped" in levels
+                                or levels["vessel"] - levels["background"]
+                                <= options["max_contrast"]):
+        return {"image": None}  # the usual case: no mapped copy of the image is made
+    image, info = refit_to_vessels(data, None, options, levels=levels)
     if only_above_training:
-        if image is None or info["vessel"] - info["background"] <= options["max_contrast"]:
-            return {"image": None}
         messages.append(
             f"the vessels' contrast over their background ({info['vessel'] - info['background']:.0f}"
             f") is above the training range (<= {options['max_contrast']:g}): second pass with "

@@ -39,6 +39,7 @@ __all__ = [
     "intensity_rescale_reason",
     "rescale_to_window",
     "refit_to_vessels",
+    "vessel_levels",
     "REFIT_DEFAULTS",
 ]
 
@@ -155,8 +156,34 @@ REFIT_DEFAULTS = {"tissue": 40.0, "contrast": 180.0, "percentile": 75.0, "min_vo
                   "shell_voxels": (1, 3), "max_contrast": 400.0}
 
 
-def refit_to_vessels(image: np.ndarray, vessels: np.ndarray,
-                     options: dict | None = None) -> tuple[np.ndarray | None, dict]:
+def vessel_levels(image: np.ndarray, vessels: np.ndarray, options: dict | None = None) -> dict:
+    """The levels :func:`refit_to_vessels` maps: ``{"background": b, "vessel": v}`` (median of a
+    shell around ``vessels``, their ``percentile``-th intensity), or ``{"skipped": reason}``."""
+    from scipy import ndimage
+
+    opts = {**REFIT_DEFAULTS, **(options or {})}
+    vessels = np.asarray(vessels, dtype=bool)
+    if vessels.shape != np.shape(image):
+        raise ValueError(f"vessel mask shape {vessels.shape} != image shape {np.shape(image)}")
+    n = int(vessels.sum())
+    if n < int(opts["min_voxels"]):
+        return {"skipped": f"only {n} vessel voxels (fewer than {opts['min_voxels']})"}
+    inner, outer = (int(v) for v in opts["shell_voxels"])
+    shell = ndimage.binary_dilation(vessels, iterations=outer)
+    shell &= ~ndimage.binary_dilation(vessels, iterations=inner)
+    if not shell.any():
+        return {"skipped": "no background around the vessels"}
+    img = np.asarray(image)
+    b = float(np.median(img[shell]))
+    v = float(np.percentile(img[vessels], float(opts["percentile"])))
+    if not v > b:
+        return {"skipped": f"the vessels ({v:.4g}) are not brighter than their background "
+                           f"({b:.4g})"}
+    return {"background": b, "vessel": v}
+
+
+def refit_to_vessels(image: np.ndarray, vessels: np.ndarray, options: dict | None = None,
+                     levels: dict | None = None) -> tuple[np.ndarray | None, dict]:
     """Map ``image`` linearly so that the vessels in ``vessels`` have the contrast a window
     model was trained on.
 
@@ -166,8 +193,9 @@ def refit_to_vessels(image: np.ndarray, vessels: np.ndarray,
     brighter than any training vessel, and the network, with zero padding at its window borders,
     is not invariant to that). Given a mask of the vessels a first pass found: ``b`` = median
     intensity of a shell 1-3 voxels around them (their local background), ``v`` = the
-    ``percentile``-th intensity inside them; the map sends ``b`` to ``tissue`` and ``v`` to
-    ``tissue + contrast`` (:data:`REFIT_DEFAULTS`).
+    ``percentile``-th intensity inside them (:func:`vessel_levels`, or ``levels`` when the caller
+    has them); the map sends ``b`` to ``tissue`` and ``v`` to ``tissue + contrast``
+    (:data:`REFIT_DEFAULTS`).
 
     Returns:
         ``(image or None, info)``: None with ``info["skipped"]`` (the reason) when there are
@@ -175,29 +203,14 @@ def refit_to_vessels(image: np.ndarray, vessels: np.ndarray,
         background; else the float32 image and ``info = {"background": b, "vessel": v,
         "scale": s, "offset": o}`` (``out = image * s + o``).
     """
-    from scipy import ndimage
-
     opts = {**REFIT_DEFAULTS, **(options or {})}
-    vessels = np.asarray(vessels, dtype=bool)
-    if vessels.shape != np.shape(image):
-        raise ValueError(f"vessel mask shape {vessels.shape} != image shape {np.shape(image)}")
-    n = int(vessels.sum())
-    if n < int(opts["min_voxels"]):
-        return None, {"skipped": f"only {n} vessel voxels (fewer than {opts['min_voxels']})"}
-    inner, outer = (int(v) for v in opts["shell_voxels"])
-    shell = ndimage.binary_dilation(vessels, iterations=outer)
-    shell &= ~ndimage.binary_dilation(vessels, iterations=inner)
-    if not shell.any():
-        return None, {"skipped": "no background around the vessels"}
-    img = np.asarray(image)
-    b = float(np.median(img[shell]))
-    v = float(np.percentile(img[vessels], float(opts["percentile"])))
-    if not v > b:
-        return None, {"skipped": f"the vessels ({v:.4g}) are not brighter than their "
-                                 f"background ({b:.4g})"}
+    info = dict(levels) if levels is not None else vessel_levels(image, vessels, opts)
+    if "skipped" in info:
+        return None, info
+    b, v = info["background"], info["vessel"]
     scale = float(opts["contrast"]) / (v - b)
     offset = float(opts["tissue"]) - b * scale
-    out = img.astype(np.float32) * np.float32(scale) + np.float32(offset)
+    out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(offset)
     return out.astype(np.float32, copy=False), {"background": b, "vessel": v, "scale": scale,
                                                 "offset": offset}
 
