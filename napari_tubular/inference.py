@@ -742,13 +742,23 @@ def predict(
     if refit_intensity and (rescale_info is not None or in_model_units):
         refit_info = _refit_pass(data, probability, sp, meta, messages,
                                  only_above_training=in_model_units)
-        refitted = refit_info.pop("image")
-        if refitted is None and in_model_units:
+        go = refit_info.pop("go")
+        if not go and in_model_units:
             refit_info = None  # the usual case for CT in HU: nothing to report
-        if refitted is not None:
+        if go:
+            # free the first pass before mapping the image, and the input before the second
+            # pass (peak memory on big volumes)
+            probability = scale_np = None
+            from .models.normalization import refit_to_vessels
+
+            refitted, _ = refit_to_vessels(data, None, refit_info["options"],
+                                           levels=refit_info)
+            data = None
             probability, scale_np, info = network_pass(
                 refitted, " (second pass, intensities fitted to the vessels)", False)
             del refitted
+        if refit_info is not None:
+            refit_info.pop("options", None)
     del data
     t = time.perf_counter()
     radius = _radius_from_scale(scale_np, mspacing)
@@ -777,45 +787,50 @@ def predict(
 
 def _refit_pass(data, probability, spacing, meta, messages,
                 only_above_training: bool = False) -> dict:
-    """The vessel-fitted intensity map for a second pass (``info["image"]``, None if skipped).
+    """Whether to run the vessel-fitted second pass (``info["go"]``) and its map (the levels,
+    ``scale``, ``offset`` and ``options`` for :func:`refit_to_vessels`); the image itself is
+    mapped by the caller, after freeing the first pass.
 
     The vessels are ``P > 0.5`` without its components under :data:`DEFAULT_MIN_SIZE_MM3`
-    (the specks a first pass in the wrong contrast finds in the noise). ``only_above_training``
+    (the specks a first pass in the wrong contrast finds in the noise; not removed for
+    ``only_above_training``, where they can only lower the measured contrast, to save the
+    memory of a component labelling on big CT volumes). ``only_above_training``
     (an image taken as in the model's units): refit only when the vessels' contrast over their
     background exceeds ``max_contrast`` (brighter than any training vessel, e.g. CT angiography);
     a quiet no-op otherwise."""
-    from .models.normalization import REFIT_DEFAULTS, refit_to_vessels, vessel_levels
+    from .models.normalization import REFIT_DEFAULTS, vessel_levels
 
     options = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
-    vessels = remove_small_components(probability > NO_REFINE_THRESHOLD, spacing,
-                                      DEFAULT_MIN_SIZE_MM3)[0] > 0
-    levels = vessel_levels(data, vessels, options)
+    vessels = probability > NO_REFINE_THRESHOLD
+    if not only_above_training:
+        vessels = remove_small_components(vessels, spacing, DEFAULT_MIN_SIZE_MM3)[0] > 0
+    info = vessel_levels(data, vessels, options)
     del vessels
-    if only_above_training and ("skipped" in levels
-                                or levels["vessel"] - levels["background"]
-                                <= options["max_contrast"]):
-        return {"image": None}  # the usual case: no mapped copy of the image is made
-    image, info = refit_to_vessels(data, None, options, levels=levels)
+    if "skipped" in info:
+        if not only_above_training:
+            messages.append(f"intensity fit to the vessels skipped: {info['skipped']}")
+        return {**info, "go": False}
+    b, v = info["background"], info["vessel"]
+    info["scale"] = float(options["contrast"]) / (v - b)
+    info["offset"] = float(options["tissue"]) - b * info["scale"]
     if only_above_training:
+        if v - b <= options["max_contrast"]:
+            return {**info, "go": False}
         messages.append(
-            f"the vessels' contrast over their background ({info['vessel'] - info['background']:.0f}"
-            f") is above the training range (<= {options['max_contrast']:g}): second pass with "
-            "the intensities fitted to the vessels (intensity 'model' keeps the first pass)"
+            f"the vessels' contrast over their background ({v - b:.0f}) is above the training "
+            f"range (<= {options['max_contrast']:g}): second pass with the intensities fitted "
+            "to the vessels (intensity 'model' keeps the first pass)"
         )
-        return {**info, "image": image}
-    if image is None:
-        messages.append(f"intensity fit to the vessels skipped: {info['skipped']}")
-        return {**info, "image": None}
-    if abs(info["scale"] - 1.0) < 0.1 and abs(info["background"] - options["tissue"]) < 0.1 * \
-            options["contrast"]:
+        return {**info, "go": True, "options": options}
+    if abs(info["scale"] - 1.0) < 0.1 and abs(b - options["tissue"]) < 0.1 * options["contrast"]:
         info["skipped"] = "the rescaled image already has the training contrast"
-        return {**info, "image": None}
+        return {**info, "go": False}
     messages.append(
-        f"intensities fitted to the vessels (second pass): their background "
-        f"{info['background']:.4g} -> {options['tissue']:g}, vessels {info['vessel']:.4g} -> "
+        f"intensities fitted to the vessels (second pass): their background {b:.4g} -> "
+        f"{options['tissue']:g}, vessels {v:.4g} -> "
         f"{options['tissue'] + options['contrast']:g} in the model's units"
     )
-    return {**info, "image": image}
+    return {**info, "go": True, "options": options}
 
 
 def check_intensity_mode(intensity) -> str:
