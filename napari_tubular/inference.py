@@ -751,14 +751,11 @@ def predict(
             probability = scale_np = None
             from .models.normalization import refit_to_vessels
 
-            refitted, _ = refit_to_vessels(data, None, refit_info["options"],
-                                           levels=refit_info)
+            refitted, _ = refit_to_vessels(data, None, levels=refit_info)
             data = None
             probability, scale_np, info = network_pass(
                 refitted, " (second pass, intensities fitted to the vessels)", False)
             del refitted
-        if refit_info is not None:
-            refit_info.pop("options", None)
     del data
     t = time.perf_counter()
     radius = _radius_from_scale(scale_np, mspacing)
@@ -788,8 +785,8 @@ def predict(
 def _refit_pass(data, probability, spacing, meta, messages,
                 only_above_training: bool = False) -> dict:
     """Whether to run the vessel-fitted second pass (``info["go"]``) and its map (the levels,
-    ``scale``, ``offset`` and ``options`` for :func:`refit_to_vessels`); the image itself is
-    mapped by the caller, after freeing the first pass.
+    ``scale`` and ``offset`` of :func:`vessel_levels`, for :func:`refit_to_vessels`); the image
+    itself is mapped by the caller, after freeing the first pass.
 
     The vessels are ``P > 0.5`` without its components under :data:`DEFAULT_MIN_SIZE_MM3`
     (the specks a first pass in the wrong contrast finds in the noise; not removed for
@@ -811,8 +808,6 @@ def _refit_pass(data, probability, spacing, meta, messages,
             messages.append(f"intensity fit to the vessels skipped: {info['skipped']}")
         return {**info, "go": False}
     b, v = info["background"], info["vessel"]
-    info["scale"] = float(options["contrast"]) / (v - b)
-    info["offset"] = float(options["tissue"]) - b * info["scale"]
     if only_above_training:
         if v - b <= options["max_contrast"]:
             return {**info, "go": False}
@@ -821,7 +816,7 @@ def _refit_pass(data, probability, spacing, meta, messages,
             f"range (<= {options['max_contrast']:g}): second pass with the intensities fitted "
             "to the vessels (intensity 'model' keeps the first pass)"
         )
-        return {**info, "go": True, "options": options}
+        return {**info, "go": True}
     if abs(info["scale"] - 1.0) < 0.1 and abs(b - options["tissue"]) < 0.1 * options["contrast"]:
         info["skipped"] = "the rescaled image already has the training contrast"
         return {**info, "go": False}
@@ -830,7 +825,7 @@ def _refit_pass(data, probability, spacing, meta, messages,
         f"{options['tissue']:g}, vessels {v:.4g} -> "
         f"{options['tissue'] + options['contrast']:g} in the model's units"
     )
-    return {**info, "go": True, "options": options}
+    return {**info, "go": True}
 
 
 def check_intensity_mode(intensity) -> str:

@@ -157,8 +157,10 @@ REFIT_DEFAULTS = {"tissue": 40.0, "contrast": 180.0, "percentile": 75.0, "min_vo
 
 
 def vessel_levels(image: np.ndarray, vessels: np.ndarray, options: dict | None = None) -> dict:
-    """The levels :func:`refit_to_vessels` maps: ``{"background": b, "vessel": v}`` (median of a
-    shell around ``vessels``, their ``percentile``-th intensity), or ``{"skipped": reason}``."""
+    """The levels :func:`refit_to_vessels` maps and its map: ``{"background": b, "vessel": v,
+    "scale": s, "offset": o}`` (``b``: median of a shell around ``vessels``, ``v``: their
+    ``percentile``-th intensity; ``image * s + o`` sends ``b`` to ``tissue`` and ``v`` to
+    ``tissue + contrast``), or ``{"skipped": reason}``."""
     from scipy import ndimage
 
     opts = {**REFIT_DEFAULTS, **(options or {})}
@@ -179,7 +181,9 @@ def vessel_levels(image: np.ndarray, vessels: np.ndarray, options: dict | None =
     if not v > b:
         return {"skipped": f"the vessels ({v:.4g}) are not brighter than their background "
                            f"({b:.4g})"}
-    return {"background": b, "vessel": v}
+    scale = float(opts["contrast"]) / (v - b)
+    return {"background": b, "vessel": v, "scale": scale,
+            "offset": float(opts["tissue"]) - b * scale}
 
 
 def refit_to_vessels(image: np.ndarray, vessels: np.ndarray, options: dict | None = None,
@@ -193,9 +197,9 @@ def refit_to_vessels(image: np.ndarray, vessels: np.ndarray, options: dict | Non
     brighter than any training vessel, and the network, with zero padding at its window borders,
     is not invariant to that). Given a mask of the vessels a first pass found: ``b`` = median
     intensity of a shell 1-3 voxels around them (their local background), ``v`` = the
-    ``percentile``-th intensity inside them (:func:`vessel_levels`, or ``levels`` when the caller
-    has them); the map sends ``b`` to ``tissue`` and ``v`` to ``tissue + contrast``
-    (:data:`REFIT_DEFAULTS`).
+    ``percentile``-th intensity inside them; the map sends ``b`` to ``tissue`` and ``v`` to
+    ``tissue + contrast`` (:data:`REFIT_DEFAULTS`). ``levels``: the result of
+    :func:`vessel_levels` when the caller has it (``vessels`` and ``options`` are then unused).
 
     Returns:
         ``(image or None, info)``: None with ``info["skipped"]`` (the reason) when there are
@@ -203,16 +207,12 @@ def refit_to_vessels(image: np.ndarray, vessels: np.ndarray, options: dict | Non
         background; else the float32 image and ``info = {"background": b, "vessel": v,
         "scale": s, "offset": o}`` (``out = image * s + o``).
     """
-    opts = {**REFIT_DEFAULTS, **(options or {})}
-    info = dict(levels) if levels is not None else vessel_levels(image, vessels, opts)
+    info = dict(levels) if levels is not None else vessel_levels(image, vessels, options)
     if "skipped" in info:
         return None, info
-    b, v = info["background"], info["vessel"]
-    scale = float(opts["contrast"]) / (v - b)
-    offset = float(opts["tissue"]) - b * scale
-    out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(offset)
-    return out.astype(np.float32, copy=False), {"background": b, "vessel": v, "scale": scale,
-                                                "offset": offset}
+    out = np.asarray(image, dtype=np.float32) * np.float32(info["scale"])
+    out += np.float32(info["offset"])
+    return out, {k: info[k] for k in ("background", "vessel", "scale", "offset")}
 
 
 def validate_normalization(normalization: dict) -> dict:

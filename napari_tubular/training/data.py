@@ -303,8 +303,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     and unblurred ones included) are blurred with a PSF of ``wide_psf_sigma_vox`` (thick slices,
     smooth kernels); ``segment_fraction`` of all cases get ``segments_per_case`` free tube
     segments (``make_vessel_tree(free_segments=...)``: blunt-ended pieces of vessel up to the
-    root radius thick, so that a short thick tube is not taken for a blob); all 0 by default. Other generator options (tortuosity, loops,
-    noise, contrast, distractors) keep the generator's own random draws.
+    root radius thick, so that a short thick tube is not taken for a blob); all 0 by default.
+    Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
+    generator's own random draws.
     """
     opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
     rng = np.random.default_rng([int(seed), 7919])
