@@ -4,9 +4,11 @@
 Nothing here imports napari: the hooks take and return plain data (LayerData tuples and the
 layer-attribute dicts npe2 passes to writers), and all I/O is done by :mod:`napari_tubular.io`.
 
-The reader records the source geometry in ``metadata`` (``spacing``, ``origin``, ``direction``,
-``source_path``) so that the writers can save a layer (or a segmentation made from it) with the
-exact spacing, origin and direction of the file it came from.
+The reader places a layer at its physical position (``scale`` = spacing, ``translate`` = origin,
+an ``affine`` for an oblique direction) and records the file's geometry in ``metadata``
+(``spacing``, ``origin``, ``direction``, ``source_path``). The writers save the geometry the
+layer shows (:func:`geometry_from_layer`): the file's own for a layer as read, or a segmentation
+made on its grid, and the new one after a user changed the layer's scale or translate.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ from .io import (
     write_volume,
 )
 
-__all__ = ["guess_layer_type", "napari_get_reader", "read_layers", "write_image", "write_labels"]
+__all__ = [
+    "geometry_from_layer",
+    "guess_layer_type",
+    "napari_get_reader",
+    "read_layers",
+    "write_image",
+    "write_labels",
+]
 
 #: integer volumes with at most this many distinct values open as Labels
 MAX_LABEL_VALUES = 64
@@ -121,48 +130,58 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
 # ---------------------------------------------------------------------------------------------
 # writers
 # ---------------------------------------------------------------------------------------------
-def _direction_from_affine(meta: dict, origin: np.ndarray) -> np.ndarray:
-    """Direction encoded by :meth:`Volume.napari_kwargs` in a layer's ``affine`` (or identity)."""
-    aff = meta.get("affine")
-    if aff is None:
-        return np.eye(3)
-    aff = np.asarray(getattr(aff, "affine_matrix", aff), dtype=np.float64)
+def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=None):
+    """(spacing, origin, direction) of a 3-D layer placed by ``scale``, ``translate``, ``affine``.
+
+    napari maps a voxel index ``i`` to ``world = A (scale * i + translate) + c`` (``A``, ``c``:
+    the 3x3 part and the translation of the 4x4 ``affine``). For an orthonormal ``A`` that is a
+    volume with spacing ``scale``, origin ``A translate + c`` and direction ``A``: the geometry
+    the layer shows, whatever the file it came from said (a user may have changed ``scale`` or
+    ``translate`` since). The reader's layers (:meth:`Volume.napari_kwargs`) give back the file's
+    geometry exactly.
+
+    Raises:
+        ValueError: not 3-D, a shear, a rotate, or an affine that is not a rotation (+ translation).
+    """
+    spacing = (1.0, 1.0, 1.0) if scale is None else tuple(float(v) for v in scale)
+    t = (0.0, 0.0, 0.0) if translate is None else tuple(float(v) for v in translate)
+    if len(spacing) != 3 or len(t) != 3:
+        raise ValueError(f"layer is not 3-D (scale {spacing}, translate {t})")
+    if shear is not None and np.any(np.abs(np.asarray(shear, dtype=float)) > 1e-9):
+        raise ValueError("layer has a shear transform; it cannot be stored in a volume file")
+    if rotate is not None and not np.allclose(np.asarray(rotate, dtype=float), np.eye(3)):
+        raise ValueError("layer has a rotate transform; save it from a layer read from a file")
+    if affine is None:
+        return spacing, t, np.eye(3)
+    aff = np.asarray(getattr(affine, "affine_matrix", affine), dtype=np.float64)
     if aff.shape != (4, 4):
         raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
     d = aff[:3, :3]
     if np.allclose(d, np.eye(3)) and np.allclose(aff[:3, 3], 0):
-        return np.eye(3)
-    if not np.allclose(d.T @ d, np.eye(3), atol=1e-5) or not np.allclose(
-        aff[:3, 3], origin - d @ origin, atol=1e-4
-    ):
+        return spacing, t, np.eye(3)
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
         raise ValueError(
-            "layer affine is not a pure rotation about the origin; its geometry cannot be "
-            "stored as spacing + origin + direction"
+            "layer affine is not a rotation; its geometry cannot be stored as spacing + origin + "
+            "direction"
         )
-    return d
+    origin = d @ np.asarray(t) + aff[:3, 3]
+    return spacing, tuple(float(v) for v in origin), d
 
 
 def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
-    """(spacing, origin, direction) from the reader's metadata, else from scale/translate."""
+    """(spacing, origin, direction) of a layer: what it shows (``scale``, ``translate``,
+    ``affine``); the reader's ``metadata`` record only for attribute dicts without a scale."""
     md = meta.get("metadata") or {}
-    if md.get("spacing") is not None:
+    if meta.get("scale") is None and md.get("spacing") is not None:
         spacing = tuple(md["spacing"])
         origin = md.get("origin")
         origin = (0.0, 0.0, 0.0) if origin is None else tuple(origin)
         direction = np.asarray(md.get("direction", np.eye(3)), dtype=np.float64)
         return spacing, origin, direction
-    scale, translate = meta.get("scale"), meta.get("translate")
-    spacing = (1.0, 1.0, 1.0) if scale is None else tuple(float(v) for v in scale)
-    origin = (0.0, 0.0, 0.0) if translate is None else tuple(float(v) for v in translate)
-    if len(spacing) != 3 or len(origin) != 3:
-        raise ValueError(f"layer is not 3-D (scale {spacing}, translate {origin})")
-    shear = meta.get("shear")
-    if shear is not None and np.any(np.abs(np.asarray(shear, dtype=float)) > 1e-9):
-        raise ValueError("layer has a shear transform; it cannot be stored in a volume file")
-    rotate = meta.get("rotate")
-    if rotate is not None and not np.allclose(np.asarray(rotate, dtype=float), np.eye(3)):
-        raise ValueError("layer has a rotate transform; save it from a layer read from a file")
-    return spacing, origin, _direction_from_affine(meta, np.asarray(origin, dtype=np.float64))
+    return geometry_from_layer(
+        meta.get("scale"), meta.get("translate"), meta.get("affine"),
+        rotate=meta.get("rotate"), shear=meta.get("shear"),
+    )
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -210,8 +229,9 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     Args:
         path: output file; ``.nii.gz`` is appended when it has no supported extension.
         data: integer array, shape (Z, Y, X); stored in the smallest fitting integer dtype.
-        meta: layer attributes; geometry from ``meta["metadata"]`` (recorded by the reader) or
-            else ``scale``/``translate`` (and an ``affine`` made by the reader).
+        meta: layer attributes; the geometry is the one the layer shows (``scale``,
+            ``translate``, ``affine``: :func:`geometry_from_layer`), or the reader's
+            ``meta["metadata"]`` record for an attribute dict without ``scale``.
 
     Returns:
         [path written].

@@ -258,3 +258,26 @@ def test_manifest_wiring_through_npe2(tmp_path, files):
     got = read_volume(out[0])
     np.testing.assert_array_equal(got.data, seg)
     _assert_same_geometry(got, files["volume"])
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
+def test_writer_saves_the_geometry_the_layer_shows(tmp_path, files):
+    """A user who changes a layer's scale or translate after opening it saves what the viewer
+    shows: the written file maps every voxel to the layer's world position (not the stale
+    geometry the reader recorded in ``metadata``)."""
+    layers_mod = pytest.importorskip("napari.layers")
+    ((data, kwargs, _),) = napari_get_reader(str(files["image"]))(str(files["image"]))
+    layer = layers_mod.Image(data, **kwargs)
+    assert not np.allclose(layer.affine.affine_matrix, np.eye(4))  # an oblique file
+    layer.scale = (1.0, 0.5, 0.25)
+    layer.translate = (7.0, -3.0, 11.0)
+    out = write_image(str(tmp_path / "moved.nii.gz"), layer.data, layer._get_state())
+    got = read_volume(out[0])
+    np.testing.assert_allclose(got.spacing, (1.0, 0.5, 0.25))
+    for idx in [(0, 0, 0), (5, 6, 7), (2, 3, 1)]:
+        np.testing.assert_allclose((got.affine() @ np.r_[idx, 1.0])[:3],
+                                   layer.data_to_world(np.asarray(idx, float)), atol=1e-4)
+    # an attribute dict with no scale still falls back to the reader's record
+    only_md = {"metadata": kwargs["metadata"]}
+    got = read_volume(write_image(str(tmp_path / "md.nii.gz"), data, only_md)[0])
+    _assert_same_geometry(got, files["volume"])

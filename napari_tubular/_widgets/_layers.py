@@ -47,38 +47,65 @@ def spacing_of(layer: Any) -> tuple[float, float, float]:
     return layer_geometry(layer)[0]  # type: ignore[return-value]
 
 
+def layer_affine(layer: Any) -> np.ndarray:
+    """The 4x4 ``affine`` of a 3-D layer (identity when napari has none for it)."""
+    aff = getattr(getattr(layer, "affine", None), "affine_matrix", None)
+    aff = np.eye(4) if aff is None else np.asarray(aff, dtype=float)
+    return aff[-4:, -4:] if aff.shape[0] >= 4 else np.eye(4)
+
+
+def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
+    """(spacing, origin, direction) the layer shows (``scale``, ``translate``, ``affine``).
+
+    Raises:
+        ValueError: not 3-D, or placed by a transform a volume file cannot store.
+    """
+    from napari_tubular._napari_io import geometry_from_layer
+
+    scale, translate = layer_geometry(layer)
+    return geometry_from_layer(scale, translate, layer_affine(layer))
+
+
 def volume_from_layer(layer: Any):
-    """A core ``io.Volume`` with the layer's data and geometry (axis-aligned).
+    """A core ``io.Volume`` with the layer's data and the geometry it shows.
 
     Raises:
         ValueError: for a layer that is not 3-D or is RGB.
     """
-    from napari_tubular.io import Volume
-
-    scale, translate = layer_geometry(layer)
-    if getattr(layer, "rgb", False):
-        raise ValueError(f"layer {layer.name!r} is RGB; choose a greyscale volume")
-    data = np.asarray(layer.data)
-    path = (getattr(layer, "source", None) and layer.source.path) or None
     from pathlib import Path
 
+    from napari_tubular.io import Volume
+
+    if getattr(layer, "rgb", False):
+        raise ValueError(f"layer {layer.name!r} is RGB; choose a greyscale volume")
+    spacing, origin, direction = layer_volume_geometry(layer)
+    data = np.asarray(layer.data)
+    path = (getattr(layer, "source", None) and layer.source.path) or None
     return Volume(
         data=data,
-        spacing=scale,
-        origin=translate,
-        direction=np.asarray(layer.metadata.get("direction", np.eye(3)), dtype=float),
+        spacing=spacing,
+        origin=origin,
+        direction=np.asarray(direction, dtype=float),
         path=Path(path) if path else None,
     )
 
 
-GEOMETRY_KEYS = ("spacing", "origin", "direction", "source_path")
 
 
-def find_owned_layer(viewer: napari.Viewer, owner: str, role: str, source: str | None):
-    """The layer this widget added for ``role`` on ``source`` before, or None."""
+def source_key(source: Any) -> str | None:
+    """What result layers record as their source: the id of a source layer (it survives a
+    rename), or a name (a string) as given."""
+    if source is None or isinstance(source, str):
+        return source
+    return str(source.unique_id)
+
+
+def find_owned_layer(viewer: napari.Viewer, owner: str, role: str, source: Any):
+    """The layer this widget added for ``role`` on ``source`` (a layer or a name) before, or None."""
+    key = source_key(source)
     for layer in viewer.layers:
         md = layer.metadata
-        if md.get(OWNER_KEY) == owner and md.get(ROLE_KEY) == role and md.get(SOURCE_KEY) == source:
+        if md.get(OWNER_KEY) == owner and md.get(ROLE_KEY) == role and md.get(SOURCE_KEY) == key:
             return layer
     return None
 
@@ -90,7 +117,7 @@ def upsert_layer(
     *,
     owner: str,
     role: str,
-    source: str | None,
+    source: Any,
     name: str,
     **kwargs: Any,
 ):
@@ -102,7 +129,8 @@ def upsert_layer(
         data: the layer data.
         owner: the widget's id (a string; one per widget class).
         role: what the layer is (``"probability"``, ``"labels"``, ...).
-        source: name of the input layer (re-running on another input adds new layers).
+        source: the input layer (or its name): re-running on another input adds new layers,
+            re-running on the same one (even renamed) replaces them.
         name: display name for a new layer (an existing layer keeps its, possibly renamed, name).
         **kwargs: layer properties (``scale``, ``translate``, ``colormap``, ``size``...).
 
@@ -110,12 +138,22 @@ def upsert_layer(
         The layer.
     """
     layer = find_owned_layer(viewer, owner, role, source)
-    metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source}
-    src = viewer.layers[source] if source is not None and source in viewer.layers else None
+    metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source_key(source)}
+    if isinstance(source, str):
+        src = viewer.layers[source] if source in viewer.layers else None
+    else:
+        src = source if source is not None and source in viewer.layers else None
     if src is not None:
         # Result layers live on the source's grid: keep its oblique/flipped direction (the
-        # reader's affine) and its geometry record, so that writers save the source geometry.
-        metadata.update({k: src.metadata[k] for k in GEOMETRY_KEYS if k in src.metadata})
+        # reader's affine) and record the geometry it shows now (writers save that geometry).
+        try:
+            spacing, origin, direction = layer_volume_geometry(src)
+            metadata.update(spacing=tuple(spacing), origin=tuple(origin),
+                            direction=np.asarray(direction).tolist())
+        except ValueError:
+            pass
+        if "source_path" in src.metadata:
+            metadata["source_path"] = src.metadata["source_path"]
         if "affine" not in kwargs and not np.allclose(src.affine.affine_matrix, np.eye(4)):
             kwargs["affine"] = np.asarray(src.affine.affine_matrix)
     if layer is not None and layer._type_string == layer_type:
@@ -128,6 +166,8 @@ def upsert_layer(
 
 
 _DEFERRED = ("size", "face_color", "border_color", "features", "edge_width")
+#: set when a layer is added, then the user's (visibility, opacity, look) are kept on updates
+_CREATION_ONLY = ("blending", "rendering", "out_of_slice_display", "shading", "visible", "opacity")
 
 
 def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]) -> None:
@@ -145,7 +185,7 @@ def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]
         layer.data = data
         skip = set(geometry)
     for key, value in kwargs.items():
-        if key in skip or key in ("blending", "rendering", "out_of_slice_display", "shading"):
+        if key in skip or key in _CREATION_ONLY:
             continue
         if key == "colormap" and layer_type == "labels":
             layer.colormap = value
@@ -214,10 +254,27 @@ def spheres_points_kwargs(
 
 
 def world_of_voxel(
-    index_zyx: Sequence[float], scale: Sequence[float], translate: Sequence[float]
+    index_zyx: Sequence[float],
+    scale: Sequence[float],
+    translate: Sequence[float],
+    affine: np.ndarray | None = None,
 ) -> np.ndarray:
-    """World (z, y, x) of a voxel index on a layer with ``scale`` and ``translate``."""
-    return np.asarray(index_zyx, float) * np.asarray(scale, float) + np.asarray(translate, float)
+    """World (z, y, x) of a voxel index on a layer with ``scale``, ``translate`` and a 4x4
+    ``affine`` (applied after them, as napari does: an oblique or flipped file's direction)."""
+    return world_of_physical(np.asarray(index_zyx, float) * np.asarray(scale, float), translate,
+                             affine)
+
+
+def world_of_physical(
+    offset_mm: Sequence[float], translate: Sequence[float], affine: np.ndarray | None = None
+) -> np.ndarray:
+    """World (z, y, x) of a point ``offset_mm`` from a layer's first voxel centre (the core's
+    ``index * spacing``), on a layer with ``translate`` and a 4x4 ``affine``."""
+    p = np.asarray(offset_mm, float) + np.asarray(translate, float)
+    if affine is not None:
+        a = np.asarray(affine, float)
+        p = a[:3, :3] @ p + a[:3, 3]
+    return p
 
 
 def focus_on(viewer: napari.Viewer, world_zyx: Sequence[float], zoom: float | None = None) -> None:

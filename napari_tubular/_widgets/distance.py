@@ -27,8 +27,10 @@ from qtpy.QtWidgets import (
 from napari_tubular._widgets._layers import (
     LayerPicker,
     focus_on,
+    layer_affine,
     layer_geometry,
     upsert_layer,
+    world_of_physical,
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
 from napari_tubular._widgets._workers import report_error, start_job, sync_default
@@ -79,6 +81,8 @@ class DistanceMapWidget(QWidget):
         self.branches: list[dict] = []
         self._geometry = None
         self._source = None
+        self._source_layer = None
+        self._affine = None
         self._shape = None
         self._job = None
         self._build_ui()
@@ -196,6 +200,8 @@ class DistanceMapWidget(QWidget):
             self._geometry = geometry
             self._shape = mask.shape
             self._source = layer.name
+            self._source_layer = layer
+            self._affine = layer_affine(layer)
             self._show(out)
 
         self.status.setText("computing...")
@@ -226,7 +232,7 @@ class DistanceMapWidget(QWidget):
                 data,
                 owner=OWNER,
                 role=key,
-                source=self._source,
+                source=self._source_layer,
                 name=f"{self._source} {text}",
                 scale=scale,
                 translate=translate,
@@ -244,7 +250,7 @@ class DistanceMapWidget(QWidget):
                 labels,
                 owner=OWNER,
                 role="graph",
-                source=self._source,
+                source=self._source_layer,
                 name=f"{self._source} branches",
                 scale=scale,
                 translate=translate,
@@ -274,7 +280,7 @@ class DistanceMapWidget(QWidget):
         self.table.setRowCount(len(self.branches))
         for i, b in enumerate(self.branches):
             values = (
-                str(b["id"]),
+                str(b["id"] + 1),  # the value on the branches labels layer
                 f"{b['length_mm']:.2f}",
                 f"{b['mean_radius_mm']:.2f}",
                 str(b["n_voxels"]),
@@ -288,8 +294,8 @@ class DistanceMapWidget(QWidget):
         if not 0 <= row < len(self.branches):
             return
         scale, translate = self._geometry
-        # centroid_mm is relative to voxel (0, 0, 0): add the layer's translate
-        world = np.asarray(self.branches[row]["centroid_mm"]) + np.asarray(translate)
+        # centroid_mm is relative to voxel (0, 0, 0): add the layer's translate (and affine)
+        world = world_of_physical(self.branches[row]["centroid_mm"], translate, self._affine)
         focus_on(self.viewer, world)
         if self.table.currentRow() != row:
             self.table.selectRow(row)

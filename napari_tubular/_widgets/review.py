@@ -9,10 +9,12 @@ lives; not used by napari) step to the next / previous site.
 from __future__ import annotations
 
 import csv
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QEvent
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QFileDialog,
@@ -33,6 +35,7 @@ from qtpy.QtWidgets import (
 from napari_tubular._widgets._layers import (
     LayerPicker,
     focus_on,
+    layer_affine,
     layer_geometry,
     upsert_layer,
     world_of_voxel,
@@ -77,9 +80,12 @@ class TopologyReviewWidget(QWidget):
         self.current = -1
         self._geometry = None
         self._source = None
+        self._source_layer = None
+        self._affine = None
         self._job = None
         self._build_ui()
         self._bound_keys: list[str] = []
+        self._closed = False
         self._bind_keys()
 
     # ------------------------------------------------------------------ UI
@@ -136,24 +142,65 @@ class TopologyReviewWidget(QWidget):
         layout.addLayout(export)
 
     def _bind_keys(self) -> None:
-        for key, action in ((NEXT_KEY, self.next_site), (PREVIOUS_KEY, self.previous_site)):
-            try:
-                self.viewer.bind_key(key, lambda _viewer, act=action: act())
-            except ValueError:  # already bound (another review widget or plugin): leave it
-                continue
-            self._bound_keys.append(key)
-        self.destroyed.connect(self._unbind_keys)
+        """Bind Next/Previous on the viewer to the open review widget.
 
-    def _unbind_keys(self, *_: Any) -> None:
+        The keys drive the newest review widget of this viewer that is not closed (a dock
+        widget closed by the user is only hidden and reparented, never destroyed; a new one
+        takes the keys over). A key another plugin bound is left alone.
+        """
         from napari.utils.key_bindings import coerce_keybinding
 
-        for key in self._bound_keys:
-            self.viewer.keymap.pop(coerce_keybinding(key), None)
+        _LIVE[:] = [ref for ref in _LIVE if ref() is not None and ref() is not self]
+        _LIVE.append(weakref.ref(self))
+        for key, step in ((NEXT_KEY, 1), (PREVIOUS_KEY, -1)):
+            existing = self.viewer.keymap.get(coerce_keybinding(key))
+            if existing is not None and not getattr(existing, "_napari_tubular_review", False):
+                continue  # another plugin's binding
+
+            def handler(viewer, step=step):
+                widget = _open_widget(viewer)
+                if widget is not None:
+                    widget.step_site(step)
+
+            handler._napari_tubular_review = True
+            self.viewer.bind_key(key, handler, overwrite=True)
+            self._bound_keys.append(key)
+
+    def _unbind_keys(self, *_: Any) -> None:
+        """Closed: unbind the keys when no other review widget of this viewer is open."""
+        from napari.utils.key_bindings import coerce_keybinding
+
+        self._closed = True
+        if _open_widget(self.viewer) is not None:
+            return
+        for key in (NEXT_KEY, PREVIOUS_KEY):
+            combo = coerce_keybinding(key)
+            if getattr(self.viewer.keymap.get(combo), "_napari_tubular_review", False):
+                self.viewer.keymap.pop(combo, None)
         self._bound_keys = []
+
+    def event(self, event) -> bool:  # noqa: D102 (Qt override)
+        # napari's remove_dock_widget (the dock's close button) takes the widget out of its
+        # dock with setParent(None): it is closed for the user; docking it again reopens it
+        if event.type() == QEvent.Type.ParentChange:
+            if self.parent() is None:
+                self._unbind_keys()
+            else:
+                self._closed = False
+                if not self._bound_keys:
+                    self._bind_keys()
+        return super().event(event)
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
         self._unbind_keys()
         super().closeEvent(event)
+
+    def step_site(self, step: int) -> None:
+        """Go to the next (``step`` 1) or previous (-1) error site."""
+        if step >= 0:
+            self.next_site()
+        else:
+            self.previous_site()
 
     # ------------------------------------------------------------------ compute
     def run(self) -> None:
@@ -194,6 +241,8 @@ class TopologyReviewWidget(QWidget):
             self.metrics, self.report = out
             self._geometry = geometry
             self._source = pred_layer.name
+            self._source_layer = pred_layer
+            self._affine = layer_affine(pred_layer)
             self._show()
 
         self.status.setText("computing...")
@@ -223,7 +272,7 @@ class TopologyReviewWidget(QWidget):
             np.asarray(self.report.labels),
             owner=OWNER,
             role="errors",
-            source=self._source,
+            source=self._source_layer,
             name=f"{self._source} topology errors",
             colormap=DirectLabelColormap(color_dict=colors),
             scale=scale,
@@ -302,7 +351,7 @@ class TopologyReviewWidget(QWidget):
     def site_world(self, index: int) -> np.ndarray:
         """World (z, y, x) of site ``index`` (its anchor voxel, which lies on the error)."""
         scale, translate = self._geometry
-        return world_of_voxel(self.report.sites[index].anchor_vox, scale, translate)
+        return world_of_voxel(self.report.sites[index].anchor_vox, scale, translate, self._affine)
 
     def go_to(self, index: int) -> None:
         """Show site ``index``: centre the 3-D camera and the 2-D slice on it."""
@@ -372,6 +421,19 @@ class TopologyReviewWidget(QWidget):
                 self.screenshot(path)
             except (ValueError, OSError) as exc:
                 report_error("Screenshot", exc)
+
+
+#: review widgets created, newest last (weak: closed widgets go away with their dock)
+_LIVE: list[weakref.ReferenceType] = []
+
+
+def _open_widget(viewer):
+    """The newest review widget of ``viewer`` that is not closed, or None."""
+    for ref in reversed(_LIVE):
+        widget = ref()
+        if widget is not None and widget.viewer is viewer and not widget._closed:
+            return widget
+    return None
 
 
 __all__ = ["TopologyReviewWidget", "NEXT_KEY", "PREVIOUS_KEY"]

@@ -59,13 +59,32 @@ MAX_SPHERES = 20000  # Points shown at most (evenly strided); the labels use eve
 
 
 def _without_specks(result, spacing, min_size_mm3: float):
-    """The refinement with label components under ``min_size_mm3`` removed (as ``segment``)."""
+    """The refinement as ``segment`` writes it: label components under ``min_size_mm3``
+    removed, and the pseudo-skeleton and the spheres kept where the labels are."""
     from napari_tubular.geometry import remove_small_components
 
-    if min_size_mm3 <= 0:
-        return result
-    labels, _ = remove_small_components(result.labels, spacing, min_size_mm3)
-    return dataclasses.replace(result, labels=labels)
+    labels = np.asarray(result.labels)
+    if min_size_mm3 > 0:
+        labels, _ = remove_small_components(labels, spacing, min_size_mm3)
+    keep = labels > 0
+    skeleton = np.asarray(result.skeleton, dtype=np.uint8) & keep
+    centers_mm = np.asarray(result.centers_mm, dtype=float).reshape(-1, 3)
+    radii_mm = np.asarray(result.radii_mm).reshape(-1)
+    if len(centers_mm):
+        vox = np.rint(centers_mm / np.asarray(spacing, float)).astype(np.intp)
+        vox = np.clip(vox, 0, np.asarray(labels.shape) - 1)
+        inside = keep[vox[:, 0], vox[:, 1], vox[:, 2]]
+        centers_mm, radii_mm = centers_mm[inside], radii_mm[inside]
+    return dataclasses.replace(result, labels=labels, skeleton=skeleton.astype(np.uint8),
+                               centers_mm=centers_mm, radii_mm=radii_mm)
+
+
+def _spheres(result, spacing):
+    """Sphere points ``(centers_mm, radii_mm)`` of a (speck-filtered) refinement."""
+    from napari_tubular.geometry import spheres_as_points
+
+    centers_vox = np.rint(np.asarray(result.centers_mm) / np.asarray(spacing, float)[None, :])
+    return spheres_as_points(centers_vox, result.radii_mm, spacing, max_points=MAX_SPHERES)
 
 
 def device_summary() -> str:
@@ -117,6 +136,8 @@ class SegmentWidget(QWidget):
         self.metrics: dict | None = None
         self.refine_count = 0
         self._source: str | None = None
+        self._source_layer = None
+        self._radius_limits = (0.0, 1.0)
         self._geometry: tuple | None = None
         self._job = None
         self._refine_job = None
@@ -318,7 +339,8 @@ class SegmentWidget(QWidget):
             return
         device = self.device_combo.currentText()
         tp, tr = self.tp, self.tr
-        self.settings = update_settings(model=spec, device=device, tp=tp, tr=tr)
+        # the model becomes the default once it has loaded (a bad path must not stick)
+        self.settings = update_settings(device=device, tp=tp, tr=tr)
         source = layer.name
         geometry = layer_geometry(layer)
         token = CancelToken()
@@ -355,16 +377,18 @@ class SegmentWidget(QWidget):
                 device=device,
             )
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size)
-            spheres = refiner.points(max_points=MAX_SPHERES)
+            spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr)
 
         def returned(out):
             prediction, refiner, result, spheres, thresholds = out
+            self.settings = update_settings(model=spec)
             self.prediction, self.refiner = prediction, refiner
             self._source, self._geometry = source, geometry
+            self._source_layer = layer
             self.refine_count = 0
-            self._show_network_outputs()
+            self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds)
             seconds = prediction.timings.get("total")
             self.status.setText(
@@ -429,7 +453,7 @@ class SegmentWidget(QWidget):
     def _name(self, what: str) -> str:
         return f"{self._source} {what}"
 
-    def _show_network_outputs(self) -> None:
+    def _show_network_outputs(self, tp: float) -> None:
         p = self.prediction
         upsert_layer(
             self.viewer,
@@ -437,7 +461,7 @@ class SegmentWidget(QWidget):
             p.probability,
             owner=OWNER,
             role="probability",
-            source=self._source,
+            source=self._source_layer,
             name=self._name("probability"),
             colormap="magma",
             contrast_limits=(0.0, 1.0),
@@ -445,15 +469,20 @@ class SegmentWidget(QWidget):
             visible=False,
             **self._kwargs(),
         )
-        radius = np.asarray(p.radius_mm, dtype=np.float32)
+        from napari_tubular.inference import mask_radius
+
+        # as the CLI writes it: the radius on the foreground (P >= min(0.5, T_p)), 0 elsewhere;
+        # the network's scale head says nothing meaningful on the background
+        radius = mask_radius(np.asarray(p.radius_mm, dtype=np.float32), p.probability, tp)
         rmax = float(radius.max()) if radius.size and radius.max() > 0 else 1.0
+        self._radius_limits = (0.0, rmax)
         layer = upsert_layer(
             self.viewer,
             "image",
             radius,
             owner=OWNER,
             role="radius",
-            source=self._source,
+            source=self._source_layer,
             name=self._name("radius (mm)"),
             colormap="turbo",
             contrast_limits=(0.0, rmax),
@@ -475,37 +504,38 @@ class SegmentWidget(QWidget):
         upsert_layer(
             self.viewer,
             "labels",
-            np.asarray(result.labels),
+            np.asarray(result.skeleton),
             owner=OWNER,
-            role="labels",
-            source=self._source,
-            name=self._name("labels"),
-            opacity=0.5,
-            colormap=binary_label_colormap(),
+            role="skeleton",
+            source=self._source_layer,
+            name=self._name("pseudo-skeleton"),
+            colormap=binary_label_colormap((1.0, 0.9, 0.1, 1.0)),
+            visible=False,  # for a low T_p nearly as wide as the labels: shown on demand
             **kw,
         )
         upsert_layer(
             self.viewer,
             "labels",
-            np.asarray(result.skeleton),
+            np.asarray(result.labels),
             owner=OWNER,
-            role="skeleton",
-            source=self._source,
-            name=self._name("pseudo-skeleton"),
-            colormap=binary_label_colormap((1.0, 0.9, 0.1, 1.0)),
+            role="labels",
+            source=self._source_layer,
+            name=self._name("labels"),
+            opacity=0.5,
+            colormap=binary_label_colormap(),
             **kw,
         )
-        radius = np.asarray(self.prediction.radius_mm)
-        limits = (0.0, float(radius.max()) if radius.size and radius.max() > 0 else 1.0)
         centers_mm, radii_mm = spheres
-        data, pkw = spheres_points_kwargs(centers_mm, radii_mm, kw["translate"], limits=limits)
+        data, pkw = spheres_points_kwargs(
+            centers_mm, radii_mm, kw["translate"], limits=self._radius_limits
+        )
         upsert_layer(
             self.viewer,
             "points",
             data,
             owner=OWNER,
             role="spheres",
-            source=self._source,
+            source=self._source_layer,
             name=self._name("spheres"),
             **pkw,
         )
@@ -555,7 +585,7 @@ class SegmentWidget(QWidget):
 
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size)
-            spheres = refiner.points(max_points=MAX_SPHERES)
+            spheres = _spheres(result, spacing)
             metrics = None
             if reference is not None:
                 from napari_tubular.topology import compute_metrics

@@ -201,7 +201,8 @@ class TrainingWidget(QWidget):
         opt.addRow(self.overwrite_check)
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
-        self.start_button.clicked.connect(self.start)
+        # clicked(bool) would pass ``checked`` as the config
+        self.start_button.clicked.connect(lambda _checked=False: self.start())
         self.stop_button = QPushButton("Stop")
         self.stop_button.setEnabled(False)
         self.stop_button.clicked.connect(self.stop)
@@ -376,12 +377,21 @@ class TrainingWidget(QWidget):
             token=token,
             on_returned=returned,
             on_finished=finished,
-            on_cancelled=lambda: self.status.setText("stopped"),
+            on_cancelled=lambda: self._stopped(Path(config.out) / "model.pt"),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
 
+    def _stopped(self, model_file: Path) -> None:
+        """A stopped run saved its weights so far as a model file: offer to save it."""
+        if model_file.is_file():
+            self.model_path = model_file
+            self.save_button.setEnabled(True)
+            self.status.setText(f"stopped: the model so far is {model_file} (Save model...)")
+        else:
+            self.status.setText("stopped before the first step: no model")
+
     def stop(self) -> None:
-        """Ask the training loop to stop (it saves ``last.pt`` first)."""
+        """Ask the training loop to stop (it saves ``last.pt`` and ``model.pt`` first)."""
         if self.running:
             self._job.cancel()
             self.status.setText("stopping...")

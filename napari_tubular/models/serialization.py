@@ -251,10 +251,18 @@ def _read_payload(path: Path) -> dict:
         UnicodeDecodeError,
     ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in first.lower() or "weights_only" in first:
+            # torch's long advice on unpickling untrusted files: say what it means here
+            first = "it holds Python objects that a model file does not contain"
         raise ModelFormatError(
             f"{path} is not a readable napari-tubular model file (corrupted, truncated or another "
             f"format): {first}"
         ) from exc
+    if isinstance(payload, dict) and {"model_state", "optimizer", "step"} <= set(payload):
+        raise ModelFormatError(
+            f"{path} is a napari-tubular training checkpoint (for 'train --resume'), not a model "
+            f"file: use model.pt or best.pt from the same run folder"
+        )
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFormatError(
             f"{path} is not a napari-tubular model file (no '{FORMAT}' format tag; a plain "

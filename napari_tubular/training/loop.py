@@ -332,7 +332,8 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
         config: the run's :class:`TrainConfig`.
         progress: ``progress(done, total, message)``, called with the step count (message holds
             loss, speed and ETA) and during data preparation.
-        cancel: returns True to stop; ``last.pt`` is saved first, then :class:`Cancelled` raised.
+        cancel: returns True to stop; ``last.pt`` and ``model.pt`` (the weights so far) are
+            saved first, then :class:`Cancelled` raised.
 
     Returns:
         ``out/best.pt`` (best validation score) if validation ran, else ``out/model.pt``.
@@ -457,7 +458,10 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             stop, cancelled = ddp.any_flag(stop, dist, device), ddp.any_flag(cancelled, dist, device)
             if cancelled:
                 save_checkpoint()
-                raise Cancelled(f"training cancelled at step {step}; resume with --resume")
+                if is_main:  # the weights so far, usable as a model (segment --model)
+                    save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
+                raise Cancelled(f"training cancelled at step {step}: the weights so far are in "
+                                f"{out / 'model.pt'}; resume with --resume")
             if stop:
                 break
             lr = lr_at(config, frac, step)

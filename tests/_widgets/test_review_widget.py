@@ -140,5 +140,79 @@ def test_shape_mismatch_is_a_notification(make_napari_viewer, monkeypatch):
     assert shown
     assert "shape" in shown[-1]
     assert widget.report is None
-    widget2 = TopologyReviewWidget(viewer)  # keys are owned by the first widget: no clash
-    assert widget2._bound_keys == []
+
+
+
+def test_shortcuts_follow_the_open_widget(review):
+    """A closed review dock is hidden, not destroyed: the keys must drive the open widget."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer, first = review
+    nxt = coerce_keybinding(NEXT_KEY)
+    second = TopologyReviewWidget(viewer)
+    second.pred_picker.set_layer(first.pred_picker.layer())
+    second.ref_picker.set_layer(first.ref_picker.layer())
+    second.run()
+    n = len(second.report.sites)
+    assert n > 1
+    before = first.current, second.current
+    viewer.keymap[nxt](viewer)  # the newest widget has the keys
+    assert (first.current, second.current) == (before[0], (before[1] + 1) % n)
+    dock = viewer.window.add_dock_widget(second, name="review 2")
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    assert second._closed
+    viewer.keymap[nxt](viewer)  # now the first (still open) widget steps
+    assert first.current == (before[0] + 1) % len(first.report.sites)
+    first.close()
+    assert nxt not in viewer.keymap  # no open review widget left
+
+
+def test_other_plugins_key_binding_is_left_alone(make_napari_viewer):
+    from napari.utils.key_bindings import coerce_keybinding
+
+    viewer = make_napari_viewer()
+
+    def theirs(_viewer):
+        return None
+
+    viewer.bind_key(NEXT_KEY, theirs)
+    widget = TopologyReviewWidget(viewer)
+    assert viewer.keymap[coerce_keybinding(NEXT_KEY)] is theirs
+    assert NEXT_KEY not in widget._bound_keys
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
+def test_sites_and_branches_on_an_oblique_volume(make_napari_viewer, broken):
+    """Next/site clicks and branch clicks go to the voxel on a layer with a direction (affine)."""
+    from napari_tubular._widgets.distance import DistanceMapWidget as DistanceWidget
+    from napari_tubular.io import Volume
+
+    pred, ref = broken
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    direction = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])  # 30 degrees
+    kwargs = Volume(ref, SPACING, TRANSLATE, direction).napari_kwargs()
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", **kwargs)
+    pred_layer = viewer.add_labels(pred, name="prediction", **kwargs)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(pred_layer)
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    site = widget.report.sites[0]
+    widget.go_to(0)
+    want = pred_layer.data_to_world(np.asarray(site.anchor_vox, float))
+    np.testing.assert_allclose(viewer.dims.point[-3:], want, atol=1e-6)
+
+    dist = DistanceWidget(viewer)
+    dist.labels_picker.set_layer(pred_layer)
+    for key, box in dist.checks.items():
+        box.setChecked(key == "graph")
+    dist.run()
+    assert dist.branches
+    dist.go_to_branch(0)
+    centroid_vox = np.asarray(dist.branches[0]["centroid_mm"]) / np.asarray(SPACING)
+    want = pred_layer.data_to_world(centroid_vox)
+    # the camera centre is exact; the slice position snaps to the dims step
+    np.testing.assert_allclose(viewer.camera.center[-2:], want[-2:], atol=1e-6)
+    steps = np.asarray([r.step for r in viewer.dims.range])[-3:]
+    assert np.all(np.abs(np.asarray(viewer.dims.point[-3:]) - want) <= steps / 2 + 1e-6)

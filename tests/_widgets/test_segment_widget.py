@@ -232,6 +232,7 @@ def test_errors_are_notifications(make_napari_viewer, vessel_case, errors):
     widget.model_path.setText("/nonexistent/model.pt")
     widget.run()  # FileNotFoundError in the worker
     assert "does not exist" in errors[-1]
+    assert load_settings().model != "/nonexistent/model.pt"  # a bad model is not remembered
     assert widget.status.text().startswith("error")
     assert widget.run_button.isEnabled()
     viewer.add_image(np.zeros((8, 8)), name="flat")
@@ -311,3 +312,46 @@ def test_prediction_messages_become_notifications(make_napari_viewer, vessel_cas
     assert widget.prediction is not None
     assert widget.prediction.intensity["rescale"] is not None
     assert any("intensities rescaled" in str(m) for m in shown)
+
+
+def test_rerun_after_renaming_the_image_replaces_its_layers(seg):
+    viewer, widget, counter = seg
+    n_layers = len(viewer.layers)
+    viewer.layers["ct"].name = "patient 1"
+    widget.run()
+    assert counter.calls == 2
+    assert len(viewer.layers) == n_layers
+
+
+def test_overlays_show_what_segment_writes(seg):
+    """Radius on the foreground only, its colour range from the vessels; the pseudo-skeleton
+    and the spheres where the (speck-filtered) labels are; the labels drawn above the skeleton."""
+    viewer, widget, counter = seg
+    prob = widget.prediction.probability
+    radius = _owned(viewer, "radius")
+    assert np.all(radius.data[prob < 0.5] == 0)
+    fg = prob >= 0.5
+    np.testing.assert_allclose(radius.data[fg], widget.prediction.radius_mm[fg])
+    assert radius.contrast_limits[1] == pytest.approx(float(radius.data.max()))
+    widget.min_size_spin.setValue(0.0)
+    labels, skeleton = _owned(viewer, "labels"), _owned(viewer, "skeleton")
+    raw_skeleton = int(np.count_nonzero(skeleton.data))
+    # keep the largest component only: the specks' skeleton and spheres must go too
+    import cc3d
+
+    cc = cc3d.connected_components(labels.data, connectivity=26)
+    sizes = np.bincount(cc.ravel())[1:]
+    assert len(sizes) >= 2
+    widget.min_size_spin.setValue(float(sizes.max()) * float(np.prod(SPACING)))
+    assert np.all(labels.data[skeleton.data > 0] > 0)
+    assert np.count_nonzero(skeleton.data) < raw_skeleton
+    spheres = _owned(viewer, "spheres")
+    vox = np.rint(np.asarray(spheres.data) / np.asarray(SPACING)).astype(int)
+    assert len(vox) > 0
+    assert np.all(labels.data[tuple(vox.T)] > 0)
+    order = [ly.metadata.get(ROLE_KEY) for ly in viewer.layers]
+    assert order.index("labels") > order.index("skeleton")
+    assert not skeleton.visible
+    skeleton.visible = True  # the user's choice survives a slider move
+    widget.tr_slider.setValue(0.55)
+    assert skeleton.visible

@@ -97,10 +97,29 @@ def test_stop_ends_the_run(train_widget, qtbot, tmp_path):
     qtbot.waitUntil(started.is_set, timeout=30000)
     train_widget.stop()
     qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
-    assert train_widget.status.text() == "stopped"
-    assert train_widget.model_path is None
+    assert train_widget.status.text().startswith("stopped")
     assert (tmp_path / "run" / "last.pt").is_file()  # the core saves before stopping
     assert train_widget.start_button.isEnabled()
+    # the weights so far are a model file the user can save and use
+    assert train_widget.model_path == tmp_path / "run" / "model.pt"
+    assert train_widget.save_button.isEnabled()
+    from napari_tubular.models import load_model
+
+    _net, meta = load_model(train_widget.save_model(tmp_path / "stopped.pt"), device="cpu")
+    assert meta["K"] == 3
+
+
+@pytest.mark.slow
+def test_start_button_starts_a_run(train_widget, monkeypatch):
+    """The button, not only ``start()``: Qt's clicked(bool) must not reach ``start(config)``."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    ui_config = train_widget.config
+    monkeypatch.setattr(train_widget, "config", lambda: _tiny(ui_config(), steps=1))
+    train_widget.start_button.click()
+    assert not shown, shown
+    assert train_widget.model_path is not None
+    assert train_widget.model_path.is_file()
 
 
 def test_errors_are_notifications(make_napari_viewer, monkeypatch, tmp_path):
