@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -64,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # "napari-tubular info x | head": the reader left, not an error
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)
+        except OSError:
+            pass
+        return 0
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
         # Core functions raise these with messages meant for the user; no traceback.
         print(f"napari-tubular {args.command}: error: {exc}", file=sys.stderr)

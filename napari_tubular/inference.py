@@ -193,6 +193,24 @@ def _as_image(volume, spacing):
     return data, sp
 
 
+def _fill_non_finite(data: np.ndarray, messages: list | None) -> np.ndarray:
+    """NaN / infinite voxels (an array given directly, e.g. a napari layer) set to the minimum
+    finite value, with a warning; the file reader does the same for files."""
+    if data.dtype.kind != "f":
+        return data
+    bad = ~np.isfinite(data)
+    n_bad = int(np.count_nonzero(bad))
+    if n_bad == 0:
+        return data
+    if n_bad == data.size:
+        raise ValueError(f"all {data.size} voxels are NaN or infinite: the volume holds no data")
+    value = float(np.min(data[~bad]))
+    data = np.where(bad, np.asarray(value, dtype=data.dtype), data)
+    _warn(f"{n_bad} of {data.size} voxels are NaN or infinite; filled with {value:g} (the "
+          "minimum finite value)", messages)
+    return data
+
+
 def _load(model, device: str):
     """``model`` is "default", a path, or a ``(net, meta)`` pair already loaded."""
     from .models import load_model
@@ -664,6 +682,7 @@ def predict(
     _check_cancel(cancel)
     _notify(progress, 0, 1, "normalising intensities")
     messages: list = []
+    data = _fill_non_finite(data, messages)
     data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages)
     timings["normalize"] = time.perf_counter() - t
 
@@ -1049,6 +1068,13 @@ def segment(
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
     skeleton &= labels
+    if not no_vessel and not labels.any():
+        _warn(
+            "the labels are empty although the network found vessels (highest probability "
+            f"{p_max:.2f}): the thresholds (tp={tp:g}, tr={tr:g}, min component "
+            f"{min_size_mm3:g} mm^3) removed everything; lower them or use --no-refine",
+            pred.messages,
+        )
     timings = dict(pred.timings)
     timings["refine"] = time.perf_counter() - t
     _check_cancel(cancel)

@@ -154,12 +154,21 @@ class Volume:
 
     def same_geometry(self, other: Volume, *, atol: float = 1e-5) -> bool:
         """True when ``other`` has the same shape, spacing, origin and direction."""
-        return (
-            self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, rtol=1e-6, atol=atol)
-            and np.allclose(self.origin, other.origin, rtol=1e-6, atol=atol)
-            and np.allclose(self.direction, other.direction, atol=atol)
-        )
+        return not self.geometry_differences(other, atol=atol)
+
+    def geometry_differences(self, other: Volume, *, atol: float = 1e-5) -> list[str]:
+        """What differs between the two grids, one phrase each (empty when they match)."""
+        out = []
+        if self.shape != other.shape:
+            out.append(f"shape {self.shape} vs {other.shape}")
+        if not np.allclose(self.spacing, other.spacing, rtol=1e-6, atol=atol):
+            out.append(f"spacing {tuple(self.spacing)} vs {tuple(other.spacing)} mm")
+        if not np.allclose(self.origin, other.origin, rtol=1e-6, atol=atol):
+            out.append(f"origin {tuple(self.origin)} vs {tuple(other.origin)} mm")
+        if not np.allclose(self.direction, other.direction, atol=atol):
+            out.append(f"direction {np.round(self.direction, 4).tolist()} vs "
+                       f"{np.round(other.direction, 4).tolist()}")
+        return out
 
     def with_data(self, arr) -> Volume:
         """Return a new Volume holding ``arr`` with this volume's geometry.
@@ -467,14 +476,15 @@ def _nifti_header(path: Path, gz: bool):
 
 
 def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
-    """Check a NIfTI file's header and data length and find NaN voxels without SimpleITK.
+    """Check a NIfTI file's header and data length and find NaN / infinite voxels without
+    SimpleITK (whose NIfTI reader turns both into 0).
 
     The whole (decompressed) stream is read: a gzip stream cut short or fewer data bytes than
     the header announces is an error.
 
     Returns:
-        bool mask of NaN voxels, shape (Z, Y, X) (SimpleITK's array order), or None when there
-        are none (or the data type cannot hold NaN).
+        bool mask of NaN or infinite voxels, shape (Z, Y, X) (SimpleITK's array order), or None
+        when there are none (or the data type cannot hold them).
     """
     offset, dtype, shape = _nifti_header(path, gz)
     n_vox = int(np.prod(shape, dtype=np.int64))
@@ -493,7 +503,7 @@ def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
             data = chunk[max(offset - start, 0) : len(chunk) - max(pos - need, 0)]
             buf = carry + data if carry else data
             usable = len(buf) - len(buf) % dtype.itemsize
-            nan = np.isnan(np.frombuffer(buf[:usable], dtype=dtype))
+            nan = ~np.isfinite(np.frombuffer(buf[:usable], dtype=dtype))
             if nan.any():
                 if mask is None:
                     mask = np.zeros(n_vox, bool)
@@ -527,15 +537,19 @@ def _apply_nan_policy(
         return arr
     total = int(arr.size)
     if n_nan == total:
-        raise VolumeIOError(f"{path}: all {total} voxels are NaN; the volume holds no data")
+        raise VolumeIOError(
+            f"{path}: all {total} voxels are NaN or infinite; the volume holds no data"
+        )
     if nan_policy == "keep":
-        if not np.isnan(arr[nan_mask]).all():  # NIfTI: SimpleITK gave 0 there
+        zeroed = nan_mask & np.isfinite(arr)  # NIfTI: SimpleITK gave 0 there
+        if zeroed.any():
             arr = np.array(arr, copy=True)
-            arr[nan_mask] = np.nan
+            arr[zeroed] = np.nan
         return arr
     if nan_policy == "error":
         raise VolumeIOError(
-            f"{path}: {n_nan} of {total} voxels are NaN (nan_policy='error'); "
+            f"{path}: {n_nan} of {total} voxels are NaN or infinite "
+            "(nan_policy='error'); "
             "use nan_policy='fill' to replace them"
         )
     if nan_fill is None:
@@ -548,7 +562,8 @@ def _apply_nan_policy(
     arr = np.array(arr, copy=True)
     arr[nan_mask] = value
     warnings.warn(
-        f"{path}: {n_nan} of {total} voxels ({100.0 * n_nan / total:.2f}%) are NaN; "
+        f"{path}: {n_nan} of {total} voxels ({100.0 * n_nan / total:.2f}%) are "
+        f"NaN or infinite; "
         f"filled with {value:g} ({how})",
         VolumeNaNWarning,
         stacklevel=3,
@@ -759,7 +774,7 @@ def read_volume(
     spacing, origin, direction = _sitk_geometry(img, digits)
     arr = sitk.GetArrayFromImage(img)
     if arr.dtype.kind == "f":
-        nan_mask = np.isnan(arr)
+        nan_mask = ~np.isfinite(arr)
         if nifti_nan_mask is not None:
             if nifti_nan_mask.shape != arr.shape:
                 raise VolumeIOError(

@@ -280,3 +280,92 @@ def test_warnings_reach_stderr_and_the_report(tmp_path, model_file, capsys):
     one = write_volume(tmp_path / "one.nii.gz", Volume(np.zeros((1, 24, 24)), spacing=(1, 1, 1)))
     assert _run("segment", one, "-o", tmp_path / "p", "--model", model_file) == 2
     assert "2-D image" in capsys.readouterr().err
+
+
+def test_folder_batch_skips_masks_and_outputs_and_survives_a_bad_file(tmp_path, model_file,
+                                                                       volume_file, capsys):
+    """A folder holding an image, its reference mask, a truncated file and (second run) the
+    outputs of the first run: masks/outputs are left out, the bad file is reported and the
+    others are still segmented (exit status 1)."""
+    ref = read_volume(volume_file)
+    folder = tmp_path / "in"
+    write_volume(folder / "a.nii.gz", ref)
+    write_volume(folder / "a_label.nii.gz", (ref.data > 100).astype(np.uint8), reference=ref)
+    data = write_volume(folder / "b.nii.gz", ref).read_bytes()
+    (folder / "b.nii.gz").write_bytes(data[: len(data) // 2])  # truncated
+    write_volume(folder / "c.mha", ref)
+    out = tmp_path / "out"
+    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "left out" in err
+    assert "a_label.nii.gz" in err
+    assert "b.nii.gz" in err
+    assert "truncated" in err
+    assert "1 of 3 inputs failed" in err
+    assert {p.name for p in out.glob("*_report.json")} == {"a_report.json", "c_report.json"}
+    # outputs written into the input folder are not segmented again
+    same = tmp_path / "same"
+    write_volume(same / "x.nii.gz", ref)
+    for _ in range(2):
+        assert _run("segment", same, "-o", same, "--model", model_file, "--device", "cpu",
+                    "--overwrite", "--quiet") == 0
+    assert not list(same.glob("x_labels_*"))
+    assert {p.name for p in same.glob("*_report.json")} == {"x_report.json"}
+
+
+def test_segment_dot_names_outputs_after_the_folder(tmp_path, model_file, volume_file,
+                                                    monkeypatch):
+    from napari_tubular._cli.segment import expand_inputs
+
+    series = tmp_path / "series"
+    series.mkdir()
+    monkeypatch.chdir(series)
+    assert expand_inputs(["."]) == [series.resolve()]
+
+
+def test_infinite_voxels_are_filled_and_reported(tmp_path, model_file, volume_file, capsys):
+    ref = read_volume(volume_file)
+    data = ref.data.astype(np.float32).copy()
+    data[:4] = np.inf  # a slab of +inf must not become "vessel"
+    path = write_volume(tmp_path / "inf.mha", ref.with_data(data))
+    assert _run("segment", path, "-o", tmp_path / "o", "--model", model_file, "--device", "cpu",
+                "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err
+    assert "NaN or infinite" in err
+    assert "Warning:" not in err  # no raw warnings.warn formatting
+    report = json.loads((tmp_path / "o" / "inf_report.json").read_text())
+    assert any("NaN or infinite" in m for m in report["messages"])
+    assert np.isfinite(read_volume(tmp_path / "o" / "inf_probability.nii.gz").data).all()
+
+
+def test_empty_labels_from_thresholds_are_a_warning(tmp_path, model_file, volume_file, capsys,
+                                                    monkeypatch):
+    from napari_tubular import inference
+
+    real = inference.predict
+
+    def confident(*args, **kwargs):  # a network that found vessels
+        pred = real(*args, **kwargs)
+        pred.probability[:] = 0.0
+        pred.probability[5:9, 5:9, 5:9] = 0.95
+        return pred
+
+    monkeypatch.setattr(inference, "predict", confident)
+    assert _run("segment", volume_file, "-o", tmp_path / "o", "--model", model_file, "--device",
+                "cpu", "--tr", "100", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "labels are empty although the network found vessels" in err
+    assert not read_volume(tmp_path / "o" / "case_07_labels.nii.gz").data.any()
+
+
+def test_refine_names_what_differs(tmp_path, capsys):
+    grid = Volume(np.full((8, 8, 8), 0.5, np.float32), spacing=(1.0, 1.0, 1.0))
+    flipped = Volume(np.ones((8, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0),
+                     direction=np.diag([1.0, -1.0, 1.0]))
+    a = write_volume(tmp_path / "p.nii.gz", grid)
+    b = write_volume(tmp_path / "r.nii.gz", flipped)
+    assert _run("refine", a, b, "-o", tmp_path / "x_labels.nii.gz") == 2
+    err = capsys.readouterr().err
+    assert "direction" in err
+    assert "shape" not in err

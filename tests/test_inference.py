@@ -604,3 +604,22 @@ def test_report_centerline_length_is_the_tube_length_not_the_pseudo_skeleton_siz
     assert rep["betti_numbers"] == [1, 0, 0]
     empty = shape_report(np.zeros_like(mask), np.zeros_like(mask), sp)
     assert empty["centerline_length_mm"] == 0.0
+
+
+def test_non_finite_voxels_of_an_array_are_filled_with_a_message():
+    """An array given directly (a napari layer) with NaN/inf: filled with the minimum finite
+    value and said; all non-finite is refused."""
+    from napari_tubular.inference import _fill_non_finite
+
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4) + 5
+    data[0, 0, 0], data[1, 2, 3] = np.nan, np.inf
+    messages = []
+    out = _fill_non_finite(data, messages)
+    assert np.isfinite(out).all()
+    assert out[0, 0, 0] == out[1, 2, 3] == 6.0
+    assert messages
+    assert "2 of 24 voxels are NaN or infinite" in messages[0]
+    clean = np.ones((2, 2, 2), np.int16)
+    assert _fill_non_finite(clean, []) is clean
+    with pytest.raises(ValueError, match="all 8 voxels"):
+        _fill_non_finite(np.full((2, 2, 2), np.nan, np.float32), [])

@@ -53,10 +53,19 @@ def test_config_file_json_yaml_and_overrides(tmp_path):
     ({"loss": "focal"}, "loss"), ({"patch_size": (4, 64, 64)}, "patch_size"),
     ({"target_spacing": (1, 0, 1)}, "target_spacing"), ({"steps": 0}, "steps"),
     ({"bogus": 1}, "bogus"), ({"resume": True, "overwrite": True}, "resume"),
+    ({"steps": "many"}, "steps: expected a whole number"), ({"lr": [1]}, "lr: expected a number"),
+    ({"batch_size": 2.5}, "batch_size"),
 ])
 def test_config_rejects_invalid(values, word):
     with pytest.raises(ValueError, match=word):
         TrainConfig.from_dict(values)
+
+
+def test_config_numbers_from_strings():
+    config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
+    assert config.steps == 40
+    assert isinstance(config.steps, int)
+    assert config.lr == pytest.approx(0.01)
 
 
 def test_config_file_errors(tmp_path):

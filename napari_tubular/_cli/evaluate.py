@@ -258,6 +258,12 @@ def _check_outputs(args, *, batch: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
+def _is_dicom_folder(path) -> bool:
+    from ..io import _has_dicom
+
+    return _has_dicom(path)
+
+
 def _run_single(args) -> int:
     _check_outputs(args, batch=False)
     metrics, report, rv = _evaluate(args.pred, args.ref, args, args.errors)
@@ -268,17 +274,22 @@ def _run_single(args) -> int:
     if report is not None:
         counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
         print(f"error sites: {counts}")
-        for s in report.sites[:10]:
-            z, y, x = s.centroid_mm
+        rows = report.to_rows(rv.affine())
+        if rows:
+            print("  (at: physical scanner coordinates z, y, x in mm; voxel index in brackets)")
+        for site, row in zip(report.sites[:10], rows[:10]):
+            z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
+            k, j, i = site.anchor_vox
             print(
-                f"  #{s.id:<3} {s.cls_name:<19} {s.detail:<20} length {s.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) mm"
+                f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} length "
+                f"{site.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
             )
         if len(report.sites) > 10:
             print(f"  ... {len(report.sites) - 10} more")
     if args.errors is not None:
         print(f"wrote {args.errors}")
     if args.sites is not None:
-        report.to_csv(args.sites, overwrite=args.overwrite)
+        report.to_csv(args.sites, overwrite=args.overwrite, affine=rv.affine())
         print(f"wrote {args.sites}")
     if args.json is not None:
         out = dict(metrics)
@@ -366,6 +377,10 @@ def run(args) -> int:
     if all(folders):
         return _run_batch(args)
     if any(folders):
+        empty = [str(p) for p, f in zip((args.pred, args.ref), folders)
+                 if p.is_dir() and not f and not _is_dicom_folder(p)]
+        if empty:
+            raise ValueError(f"folder {empty[0]} holds no volume to compare")
         raise ValueError(
             f"give two volumes or two folders of volumes (batch mode), not one of each: "
             f"{args.pred}, {args.ref}"

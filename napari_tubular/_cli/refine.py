@@ -71,10 +71,11 @@ def run(args) -> int:
             )
     prob = read_volume(args.probability)
     radius = read_volume(args.radius)
-    if not prob.same_geometry(radius):
+    differences = prob.geometry_differences(radius)
+    if differences:
         raise ValueError(
-            f"{args.probability} and {args.radius} are not on the same grid (shape/spacing/origin/"
-            f"direction: {prob.shape}, {prob.spacing} vs {radius.shape}, {radius.spacing})"
+            f"{args.probability} and {args.radius} are not on the same grid: "
+            + "; ".join(differences)
         )
     p = prob.data.astype(np.float32, copy=False)
     if p.size and (float(p.min()) < 0.0 or float(p.max()) > 1.0):

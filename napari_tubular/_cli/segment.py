@@ -10,7 +10,10 @@ input's geometry::
     OUTDIR/NAME_report.json         model, device, time, parameters, volume, length, Betti numbers
 
 Existing outputs are never replaced without ``--overwrite``; the check runs for every input
-before anything is computed.
+before anything is computed. A folder input segments the volumes in it, leaving out reference
+masks and earlier outputs (names ending in ``_label(s)``, ``_mask``, ``_probability``,
+``_radius``, ``_skeleton``, ``_errors``). In a batch, an input that cannot be read or segmented is
+reported and the others are still done (exit status 1).
 """
 
 from __future__ import annotations
@@ -139,20 +142,36 @@ NOTES = ("intensities rescaled", "intensities fitted to the vessels",
          "the vessels' contrast over their background", "intensity fit to the vessels skipped")
 
 
-def expand_inputs(inputs) -> list[Path]:
+#: stems of files a folder input skips: this command's outputs and reference masks
+SKIPPED_STEMS = ("_label", "_labels", "_mask", "_probability", "_radius", "_skeleton", "_errors")
+
+
+def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
     """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
-    holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one)."""
-    from ..io import list_volumes
+    holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one).
+
+    In a folder, files whose name ends in ``_label``, ``_labels``, ``_mask`` or one of this
+    command's output names (``_probability``, ``_radius``, ``_skeleton``, ``_errors``) are
+    not images: they are left out (and appended to ``skipped``). Files named one by one are
+    always segmented.
+    """
+    from ..io import list_volumes, volume_stem
 
     out: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
             raise FileNotFoundError(f"input not found: {p}")
+        if p.is_dir() and p.name in ("", ".", ".."):
+            p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
-        if vols:
-            out.extend(vols)
-        else:
+        for v in vols:
+            if volume_stem(v).lower().endswith(SKIPPED_STEMS):
+                if skipped is not None:
+                    skipped.append(v)
+            else:
+                out.append(v)
+        if not vols:
             out.append(p)
     return out
 
@@ -217,8 +236,8 @@ def write_json(path: Path, data: dict, overwrite: bool) -> None:
 
 
 def run(args) -> int:
-    from ..inference import check_segment_options, segment
-    from ..io import read_volume, write_volume
+    from ..inference import check_segment_options
+    from ..io import VolumeIOError
     from ..models import load_model, resolve_device
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
@@ -229,23 +248,53 @@ def run(args) -> int:
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
-    inputs = expand_inputs(args.inputs)
+    skipped: list[Path] = []
+    inputs = expand_inputs(args.inputs, skipped)
+    if skipped and not args.quiet:
+        names = ", ".join(p.name for p in skipped[:4]) + (
+            f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
+        print(f"note: {len(skipped)} file(s) left out as masks or earlier outputs, not images: "
+              f"{names} (name a file to segment it anyway)", file=sys.stderr, flush=True)
+    if not inputs:
+        raise ValueError("no image to segment: the folder(s) hold only masks or earlier outputs")
     plan = plan_outputs(inputs, outdir, args.overwrite)
     device = resolve_device(args.device)
     net, meta = load_model(args.model, device=device)
     outdir.mkdir(parents=True, exist_ok=True)
     n = len(plan)
+    failed: list[tuple[Path, str]] = []
     for i, (path, outs) in enumerate(plan, 1):
-        t0 = time.perf_counter()
         prefix = f"[{i}/{n}] {path.name}:"
-        progress = StderrProgress(prefix, args.quiet)
-        progress(0, 1, "reading")
+        try:
+            _segment_one(args, path, outs, prefix, (net, meta), device)
+        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+            if n == 1:
+                raise
+            text = str(exc) if str(path) in str(exc) or path.name in str(exc) else f"{path}: {exc}"
+            failed.append((path, text))
+            print(f"{prefix} error: {text}", file=sys.stderr, flush=True)
+    if failed:
+        print(f"error: {len(failed)} of {n} inputs failed (the others were written): "
+              + ", ".join(str(p) for p, _ in failed), file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
+    """Read, segment and write one input (its warnings go to the report and to stderr)."""
+    from ..inference import segment
+    from ..io import read_volume, write_volume
+
+    t0 = time.perf_counter()
+    progress = StderrProgress(prefix, args.quiet)
+    progress(0, 1, "reading")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         vol = read_volume(path)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        try:
             res = segment(
                 vol,
-                (net, meta),
+                model,
                 device,
                 tp=args.tp,
                 tr=args.tr,
@@ -258,30 +307,31 @@ def run(args) -> int:
                 tta=args.tta,
                 refit_intensity=not args.no_intensity_refit,
             )
-        messages = res.report.setdefault("messages", [])
-        for w in caught:  # warnings go to the report and, tidily, to stderr
-            if str(w.message) not in messages:
-                messages.append(str(w.message))
-        for msg in messages:
-            note = msg.startswith(NOTES)
-            if not (note and args.quiet):
-                print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
-                      flush=True)
-        progress(0, 1, "writing")
-        write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
-        write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)
-        write_volume(outs["radius"], res.radius_mm, reference=vol, overwrite=args.overwrite)
-        write_volume(outs["skeleton"], res.skeleton, reference=vol, overwrite=args.overwrite)
-        report = dict(res.report)
-        report["input"] = dict(report["input"], path=str(path))
-        report["outputs"] = {k: str(v) for k, v in outs.items()}
-        write_json(outs["report"], report, args.overwrite)
-        if not args.quiet:
-            betti = report.get("betti_numbers")
-            print(
-                f"{prefix} done in {time.perf_counter() - t0:.1f} s on {res.report['device']}: "
-                f"volume {report['volume_ml']:.2f} ml, Betti {betti}",
-                file=sys.stderr,
-                flush=True,
-            )
-    return 0
+        except ValueError as exc:  # name the file (the core speaks of "the volume")
+            raise ValueError(f"{path}: {exc}") from exc
+    messages = res.report.setdefault("messages", [])
+    for w in caught:  # warnings (the reader's too) go to the report and, tidily, to stderr
+        if str(w.message) not in messages:
+            messages.append(str(w.message))
+    for msg in messages:
+        note = msg.startswith(NOTES)
+        if not (note and args.quiet):
+            print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
+                  flush=True)
+    progress(0, 1, "writing")
+    write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
+    write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)
+    write_volume(outs["radius"], res.radius_mm, reference=vol, overwrite=args.overwrite)
+    write_volume(outs["skeleton"], res.skeleton, reference=vol, overwrite=args.overwrite)
+    report = dict(res.report)
+    report["input"] = dict(report["input"], path=str(path))
+    report["outputs"] = {k: str(v) for k, v in outs.items()}
+    write_json(outs["report"], report, args.overwrite)
+    if not args.quiet:
+        betti = report.get("betti_numbers")
+        print(
+            f"{prefix} done in {time.perf_counter() - t0:.1f} s on {res.report['device']}: "
+            f"volume {report['volume_ml']:.2f} ml, Betti {betti}",
+            file=sys.stderr,
+            flush=True,
+        )

@@ -37,6 +37,7 @@ from napari_tubular._widgets._layers import (
     focus_on,
     layer_affine,
     layer_geometry,
+    layer_volume_geometry,
     upsert_layer,
     world_of_voxel,
 )
@@ -388,7 +389,16 @@ class TopologyReviewWidget(QWidget):
         if self.report is None:
             raise ValueError("nothing to export: run Compute first")
         path = Path(path)
-        rows = self.report.to_rows()
+        affine = None
+        if self._source_layer is not None:
+            from napari_tubular.io import Volume
+
+            try:
+                spacing, origin, direction = layer_volume_geometry(self._source_layer)
+                affine = Volume(np.zeros((1, 1, 1)), spacing, origin, direction).affine()
+            except ValueError:
+                affine = None
+        rows = self.report.to_rows(affine)
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["metric", "value"])

@@ -126,6 +126,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "centroid_z_mm", "centroid_y_mm", "centroid_x_mm",
     "centroid_z_vox", "centroid_y_vox", "centroid_x_vox",
     "anchor_z", "anchor_y", "anchor_x",
+    "physical_z_mm", "physical_y_mm", "physical_x_mm",
 )  # fmt: skip
 
 
@@ -148,10 +149,21 @@ class ErrorReport:
     components: list[ComponentInfo] = field(default_factory=list)
     summary: dict = field(default_factory=dict)
 
-    def to_rows(self) -> list[dict]:
-        """One flat dict per site (keys ``ROW_FIELDS``), in severity order."""
+    def to_rows(self, affine=None) -> list[dict]:
+        """One flat dict per site (keys ``ROW_FIELDS``), in severity order.
+
+        ``centroid_*_mm`` are measured from the first voxel's centre along the array axes;
+        ``physical_*_mm`` are the scanner (ITK) coordinates of the centroid, ``affine @ (z, y, x,
+        1)`` with the volume's 4x4 index-to-physical ``affine`` (:meth:`io.Volume.affine`:
+        origin, direction and spacing), listed z, y, x; without ``affine``, origin 0 and identity
+        direction.
+        """
+        if affine is None:
+            affine = np.diag([*self.spacing, 1.0])
+        affine = np.asarray(affine, dtype=float)
         rows = []
         for s in self.sites:
+            phys = affine @ np.r_[np.asarray(s.centroid_vox, float), 1.0]
             rows.append(
                 {
                     "id": s.id,
@@ -170,11 +182,14 @@ class ErrorReport:
                     "anchor_z": s.anchor_vox[0],
                     "anchor_y": s.anchor_vox[1],
                     "anchor_x": s.anchor_vox[2],
+                    "physical_z_mm": float(phys[0]),
+                    "physical_y_mm": float(phys[1]),
+                    "physical_x_mm": float(phys[2]),
                 }  # fmt: skip
             )
         return rows
 
-    def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False, affine=None) -> Path:
         """Write :meth:`to_rows` as CSV (FileExistsError unless ``overwrite``)."""
         p = Path(path)
         if p.exists() and not overwrite:
@@ -185,7 +200,7 @@ class ErrorReport:
         with open(p, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=ROW_FIELDS)
             writer.writeheader()
-            writer.writerows(self.to_rows())
+            writer.writerows(self.to_rows(affine))
         return p
 
     def to_dict(self) -> dict:

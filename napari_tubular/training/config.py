@@ -117,6 +117,7 @@ class TrainConfig:
     init_model: str | None = None
 
     def __post_init__(self) -> None:
+        self._coerce_numbers()
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.val_data, str):
@@ -128,6 +129,26 @@ class TrainConfig:
         self.patch_size = _triple(self.patch_size, "patch_size", int)
         self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
         self.validate()
+
+    def _coerce_numbers(self) -> None:
+        """Numeric options as numbers (a config file may hold "5"); a ValueError names the
+        option whose value is not a number."""
+        kinds = {"int": int, "int | None": int, "float": float, "float | None": float}
+        for f in dataclasses.fields(self):
+            kind = kinds.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None or value is None:
+                continue
+            try:
+                if isinstance(value, bool) or isinstance(value, (list, dict, tuple)):
+                    raise TypeError
+                number = float(value)
+                if kind is int and not number.is_integer():
+                    raise ValueError
+                setattr(self, f.name, kind(number))
+            except (TypeError, ValueError, OverflowError):
+                what = "a whole number" if kind is int else "a number"
+                raise ValueError(f"{f.name}: expected {what}, got {value!r}") from None
 
     def validate(self) -> None:
         """Raise ValueError naming the first invalid field."""

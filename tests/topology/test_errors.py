@@ -108,6 +108,24 @@ def test_rows_and_csv(tmp_path):
     rep.to_csv(out, overwrite=True)
 
 
+def test_rows_carry_physical_coordinates():
+    """With the volume's index-to-physical affine (origin, a flip, spacing) the physical columns
+    are the scanner coordinates of the centroid; without, the centroid from voxel 0."""
+    from napari_tubular.io import Volume
+
+    pred, ref, *_ = scene()
+    rep = error_map(pred, ref, SPACING)
+    plain = rep.to_rows()
+    np.testing.assert_allclose(
+        [plain[0][f"physical_{a}_mm"] for a in "zyx"], rep.sites[0].centroid_mm, atol=1e-9)
+    direction = np.diag([1.0, -1.0, -1.0])
+    vol = Volume(ref, SPACING, (-12.5, 30.25, 100.0), direction)
+    rows = rep.to_rows(vol.affine())
+    for row, site in zip(rows, rep.sites):
+        want = np.asarray([-12.5, 30.25, 100.0]) + direction @ np.asarray(site.centroid_mm)
+        np.testing.assert_allclose([row[f"physical_{a}_mm"] for a in "zyx"], want, atol=1e-9)
+
+
 def test_self_check_torus_loop_location():
     t = torus()
     rep = self_check(t, (1.0, 1.0, 1.0))
