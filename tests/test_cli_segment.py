@@ -369,3 +369,45 @@ def test_refine_names_what_differs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "direction" in err
     assert "shape" not in err
+
+
+def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_file, capsys,
+                                                  monkeypatch):
+    """refine's defaults are what segment used (its report): same labels and skeleton; new
+    thresholds change them."""
+    from scipy import ndimage
+
+    from napari_tubular import inference
+
+    real = inference.predict
+
+    def tube_network(*args, **kwargs):  # a network output with a tube and a speck
+        pred = real(*args, **kwargs)
+        m = np.zeros(pred.probability.shape, bool)
+        m[:, 9:13, 8:12] = True
+        m[2:4, 2:4, 2:4] = True
+        pred.probability[:] = np.clip(ndimage.gaussian_filter(m.astype(np.float32), 1.0) * 1.6,
+                                      0, 1)
+        pred.radius_mm[:] = np.where(pred.probability > 0.3, 1.6, 0).astype(np.float32)
+        return pred
+
+    monkeypatch.setattr(inference, "predict", tube_network)
+    out = tmp_path / "o"
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
+                "--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--quiet") == 0
+    prob, radius = out / "case_07_probability.nii.gz", out / "case_07_radius.nii.gz"
+    again = tmp_path / "again_labels.nii.gz"
+    assert _run("refine", prob, radius, "-o", again) == 0
+    err = capsys.readouterr().err
+    assert "tp=0.5 tr=0.3 min size 5" in err
+    assert "case_07_report.json" in err
+    want = read_volume(out / "case_07_labels.nii.gz")
+    got = read_volume(again)
+    assert 0 < want.data.sum() < want.data.size // 4
+    np.testing.assert_array_equal(got.data, want.data)
+    assert got.same_geometry(want)
+    np.testing.assert_array_equal(read_volume(tmp_path / "again_skeleton.nii.gz").data,
+                                  read_volume(out / "case_07_skeleton.nii.gz").data)
+    thin = tmp_path / "thin_labels.nii.gz"
+    assert _run("refine", prob, radius, "-o", thin, "--tr", "0.9") == 0
+    assert read_volume(thin).data.sum() < want.data.sum()

@@ -6,6 +6,12 @@ and the pseudo-skeleton next to it: ``X_labels.nii.gz`` -> ``X_skeleton.nii.gz``
 name ``Y.ext`` -> ``Y_skeleton.ext``. Note: ``segment`` stores radii only where
 ``probability >= min(0.5, tp)``, so a ``--tp`` below the one used there finds seeds without a
 radius (they are skipped by the refinement).
+
+Defaults: the ``T_p``, ``T_r`` and minimum component size that ``segment`` used, read from the
+``NAME_report.json`` beside ``NAME_probability.nii.gz`` (so ``refine`` without options
+reproduces ``segment``'s labels); without a report, the default model's tuned thresholds and a
+20 mm^3 minimum component size. Like ``segment``, components smaller than the minimum size are
+removed and the pseudo-skeleton is kept inside the labels.
 """
 
 from __future__ import annotations
@@ -36,9 +42,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="labels file to write (.nii.gz, .nii, .nrrd, .mha)",
     )
     p.add_argument(
-        "--tp", type=float, default=0.9, help="pseudo-skeleton threshold T_p (default 0.9)"
+        "--tp", type=float, default=None,
+        help="pseudo-skeleton threshold T_p (default: the one segment used, from NAME_report.json "
+        "beside the probability map; else the default model's tuned value)",
     )
-    p.add_argument("--tr", type=float, default=0.5, help="refined-map threshold T_r (default 0.5)")
+    p.add_argument(
+        "--tr", type=float, default=None,
+        help="refined-map threshold T_r (default: as for --tp)",
+    )
+    p.add_argument(
+        "--min-size", type=float, default=None, metavar="MM3", dest="min_size_mm3",
+        help="remove label components smaller than MM3 cubic mm (default: as for --tp, else 20; "
+        "0 keeps everything)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
@@ -54,13 +70,57 @@ def skeleton_path(labels_path: Path) -> Path:
     return labels_path.with_name(f"{base}_skeleton{ext}")
 
 
+def report_path(probability_path: Path) -> Path:
+    """``X_probability.nii.gz`` -> ``X_report.json`` (what ``segment`` wrote beside it)."""
+    from ..io import volume_stem
+
+    stem = volume_stem(probability_path)
+    base = stem[: -len("_probability")] if stem.endswith("_probability") else stem
+    return probability_path.with_name(f"{base}_report.json")
+
+
+def default_parameters(probability_path: Path) -> tuple[dict, str]:
+    """``({tp, tr, min_size_mm3}, where from)``: segment's report beside the map, else the
+    default model's tuned thresholds and the default minimum component size."""
+    import json
+
+    from ..inference import DEFAULT_MIN_SIZE_MM3, recommended_thresholds
+
+    rp = report_path(probability_path)
+    if rp.is_file():
+        try:
+            params = json.loads(rp.read_text(encoding="utf-8"))["parameters"]
+            return {"tp": float(params["tp"]), "tr": float(params["tr"]),
+                    "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3))}, str(rp)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    try:
+        from ..models import read_model_meta
+
+        tp, tr = recommended_thresholds(read_model_meta("default"))
+        where = "the default model's tuned thresholds"
+    except (OSError, ValueError):
+        tp, tr = recommended_thresholds(None)
+        where = "the fallback thresholds"
+    return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3}, where
+
+
 def run(args) -> int:
     import numpy as np
 
-    from ..inference import check_thresholds, refine_maps, shape_report
+    from ..geometry import remove_small_components
+    from ..inference import check_segment_options, check_thresholds, refine_maps, shape_report
     from ..io import read_volume, write_volume
 
-    tp, tr = check_thresholds(args.tp, args.tr)
+    defaults, where = default_parameters(Path(args.probability).expanduser())
+    chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
+              for k in ("tp", "tr", "min_size_mm3")}
+    tp, tr = check_thresholds(chosen["tp"], chosen["tr"])
+    min_size = chosen["min_size_mm3"]
+    check_segment_options(tp, tr, min_size)
+    if any(getattr(args, k) is None for k in chosen):
+        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 (defaults from {where})",
+              file=sys.stderr)
     out = Path(args.output).expanduser()
     skel_out = skeleton_path(out)
     if not args.overwrite:
@@ -87,6 +147,8 @@ def run(args) -> int:
     if r.size and float(r.min()) < 0.0:
         raise ValueError(f"{args.radius} holds negative radii; expected a radius map in mm")
     labels, skeleton = refine_maps(p, r, prob.spacing, tp, tr)
+    labels, _ = remove_small_components(labels, prob.spacing, min_size)
+    skeleton &= labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
     stats = shape_report(labels, skeleton, prob.spacing)

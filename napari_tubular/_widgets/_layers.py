@@ -42,6 +42,24 @@ def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return scale, translate
 
 
+def grid_mismatch(a: Any, b: Any) -> str | None:
+    """A phrase saying how two same-shape layers sit on different grids (scale, translate,
+    affine), or None when they overlay voxel for voxel."""
+    sa, ta = layer_geometry(a)
+    sb, tb = layer_geometry(b)
+    parts = []
+    if not np.allclose(sa, sb, rtol=1e-5, atol=1e-6):
+        parts.append(f"scale {sa} vs {sb}")
+    if not np.allclose(ta, tb, rtol=1e-5, atol=1e-4):
+        parts.append(f"translate {ta} vs {tb}")
+    if not np.allclose(layer_affine(a), layer_affine(b), atol=1e-6):
+        parts.append("different affine (direction)")
+    if not parts:
+        return None
+    return (f"{a.name!r} and {b.name!r} have the same shape but sit on different grids "
+            f"({'; '.join(parts)}): compared voxel by voxel on the grid of {a.name!r}")
+
+
 def spacing_of(layer: Any) -> tuple[float, float, float]:
     """Voxel spacing (z, y, x) in mm of a 3-D layer (its scale)."""
     return layer_geometry(layer)[0]  # type: ignore[return-value]
@@ -323,6 +341,10 @@ class LayerPicker(QComboBox):
         for layer in viewer.layers:
             layer.events.name.connect(self.refresh)
         self.refresh()
+        # opened on a chosen layer (e.g. from the Layers menu): start on it
+        active = getattr(getattr(viewer.layers, "selection", None), "active", None)
+        if not allow_none and active is not None and active in self.candidates():
+            self.set_layer(active)
 
     def _on_inserted(self, event=None) -> None:
         if event is not None and getattr(event, "value", None) is not None:

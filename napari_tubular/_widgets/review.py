@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from napari_tubular._widgets._layers import (
     LayerPicker,
     focus_on,
+    grid_mismatch,
     layer_affine,
     layer_geometry,
     layer_volume_geometry,
@@ -227,6 +228,12 @@ class TopologyReviewWidget(QWidget):
         except ValueError as exc:
             self.status.setText(report_error("Topology review", exc))
             return
+        if ref_layer is not None:
+            mismatch = grid_mismatch(pred_layer, ref_layer)
+            if mismatch:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"Topology review: {mismatch}")
         spacing = geometry[0]
 
         def compute():

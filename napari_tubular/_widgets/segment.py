@@ -34,6 +34,7 @@ from superqt import QLabeledDoubleSlider
 from napari_tubular._widgets._layers import (
     LayerPicker,
     binary_label_colormap,
+    grid_mismatch,
     layer_geometry,
     spheres_points_kwargs,
     upsert_layer,
@@ -138,6 +139,7 @@ class SegmentWidget(QWidget):
         self._source: str | None = None
         self._source_layer = None
         self._radius_limits = (0.0, 1.0)
+        self._warned_mismatch: str | None = None
         self._geometry: tuple | None = None
         self._job = None
         self._refine_job = None
@@ -423,7 +425,10 @@ class SegmentWidget(QWidget):
             token=token,
             on_returned=returned,
             on_finished=finished,
-            on_cancelled=lambda: self.status.setText("cancelled"),
+            on_cancelled=lambda: self.status.setText(
+                "cancelled" + (f"; the sliders refine the previous run on {self._source}"
+                               if self.prediction is not None else "")
+            ),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
 
@@ -580,6 +585,14 @@ class SegmentWidget(QWidget):
                 )
             else:
                 reference = np.asarray(ref_layer.data) > 0
+                source = self._source_layer
+                mismatch = (grid_mismatch(source, ref_layer)
+                            if source is not None and source in self.viewer.layers else None)
+                if mismatch and mismatch != self._warned_mismatch:
+                    from napari.utils.notifications import show_warning
+
+                    show_warning(f"Metrics: {mismatch}")
+                self._warned_mismatch = mismatch
 
         min_size = self.min_size_spin.value()
 

@@ -150,3 +150,27 @@ def test_results_on_an_oblique_volume_keep_its_direction(make_napari_viewer, tmp
     np.testing.assert_allclose(labels.data_to_world(corner), image.data_to_world(corner))
     np.testing.assert_allclose(labels.metadata["direction"], direction)
     np.testing.assert_allclose(volume_from_layer(image).direction, direction)
+
+
+def test_picker_starts_on_the_selected_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 2, 2)), name="first")
+    second = viewer.add_image(np.zeros((2, 2, 2)), name="second")
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="lab")
+    viewer.layers.selection.active = second
+    assert LayerPicker(viewer, ["image"]).layer() is second
+    viewer.layers.selection.active = viewer.layers["lab"]
+    assert LayerPicker(viewer, ["image"]).layer().name == "first"  # not an image: the first
+
+
+def test_grid_mismatch_names_the_difference(make_napari_viewer):
+    from napari_tubular._widgets._layers import grid_mismatch
+
+    viewer = make_napari_viewer()
+    a = viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="a", scale=(2, 1, 1))
+    b = viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="b", scale=(2, 1, 1))
+    assert grid_mismatch(a, b) is None
+    b.translate = (0, 5, 0)
+    assert "translate" in grid_mismatch(a, b)
+    b.scale = (1, 1, 1)
+    assert "scale" in grid_mismatch(a, b)
