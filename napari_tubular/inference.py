@@ -1100,7 +1100,7 @@ def segment(
             "refine": bool(refine),
             "overlap": float(overlap),
             "batch_size": pred.batch_size,
-            "amp": bool(amp),
+            "amp": bool(amp) and str(pred.device_used).startswith("cuda"),  # CUDA only
             "tta": bool(tta),
             "no_refine_threshold": NO_REFINE_THRESHOLD if not refine else None,
             "min_size_mm3": float(min_size_mm3),

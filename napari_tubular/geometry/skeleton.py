@@ -22,7 +22,7 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     width bars and tubes, balls centred on a half voxel). Guard, for every 26-connected component
     of ``mask`` that gets no skeleton voxel: (1) skeletonize the component with its last layer
     on the + side of each axis removed (odd widths, centred on voxels: a thin line half a voxel
-    off the true axis); (2) if that is empty too, its voxels of maximal distance to the
+    off the true axis; an axis along which the component is one voxel thick is kept); (2) if that is empty too, its voxels of maximal distance to the
     background (the medial ridge, up to 2 voxels thick). So every non-empty component has a
     non-empty skeleton, always inside the mask.
 
@@ -61,9 +61,15 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
                 continue
             comp = np.pad(labels[box_k] == k, 1)
             trimmed = comp.copy()
-            trimmed[:-1] &= comp[1:]
-            trimmed[:, :-1] &= comp[:, 1:]
-            trimmed[:, :, :-1] &= comp[:, :, 1:]
+            extent = [sl.stop - sl.start for sl in box_k]
+            # an axis one voxel thick (a plate, a flat line) is not trimmed: that would delete
+            # the whole component and leave the fallback nothing but the full plate
+            if extent[0] > 1:
+                trimmed[:-1] &= comp[1:]
+            if extent[1] > 1:
+                trimmed[:, :-1] &= comp[:, 1:]
+            if extent[2] > 1:
+                trimmed[:, :, :-1] &= comp[:, :, 1:]
             thin = skeletonize(trimmed).astype(bool)[1:-1, 1:-1, 1:-1]
             if thin.any():
                 sk[box_k] |= thin

@@ -31,6 +31,18 @@ def test_guard_ball_centred_between_voxels_is_a_point_or_tiny_blob():
     assert np.abs(np.argwhere(sk) - 7.5).max() <= 1.5
 
 
+@pytest.mark.parametrize("shape", [(1, 6, 6), (1, 10, 10), (6, 1, 8)])
+def test_guard_one_voxel_thick_plate_is_not_kept_whole(shape):
+    """A plate one voxel thick gets a few skeleton voxels, like a slightly smaller plate does:
+    trimming its thin axis would delete it and leave the fallback the whole plate (a false
+    positive plate would then cost clDice as much as a false vessel)."""
+    m = np.zeros((14, 14, 14), bool)
+    m[2 : 2 + shape[0], 3 : 3 + shape[1], 2 : 2 + shape[2]] = True
+    sk = skeletonize_mask(m).astype(bool)
+    assert 1 <= sk.sum() <= 0.15 * m.sum()
+    assert not (sk & ~m).any()
+
+
 def test_every_component_gets_a_skeleton(rng):
     m = np.zeros((40, 40, 40), bool)
     zz, yy, xx = np.indices(m.shape)
