@@ -36,6 +36,7 @@ __all__ = [
     "VolumeNaNWarning",
     "list_volumes",
     "read_volume",
+    "resample_like",
     "volume_format",
     "volume_stem",
     "write_volume",
@@ -899,6 +900,58 @@ def write_volume(
         if tmp.exists():
             tmp.unlink()
     return p
+
+
+def _sitk_image(vol: Volume):
+    """A SimpleITK image with the volume's data and geometry."""
+    import SimpleITK as sitk
+
+    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.data), isVector=False)
+    img.SetSpacing([float(v) for v in reversed(vol.spacing)])
+    img.SetOrigin([float(v) for v in reversed(vol.origin)])
+    img.SetDirection([float(v) for v in vol.direction[::-1, ::-1].reshape(-1)])
+    return img
+
+
+def resample_like(vol: Volume, reference: Volume, *, interpolation: str = "nearest",
+                  default: float = 0.0) -> tuple[Volume, str]:
+    """``vol`` on ``reference``'s grid (shape, spacing, origin, direction).
+
+    When the two grids hold the same voxel centres (the same physical grid stored with axes
+    flipped or permuted, or shifted by whole voxels) the voxels are re-indexed exactly, no
+    interpolation; otherwise SimpleITK resamples (``"nearest"`` for masks and labels,
+    ``"linear"`` for intensities and probabilities), ``default`` outside ``vol``.
+
+    Returns:
+        ``(volume on the reference grid, how)``: how is ``"same grid"``, ``"re-indexed"`` or
+        ``"resampled (<interpolation>)"``.
+    """
+    if vol.same_geometry(reference):
+        return vol, "same grid"
+    # index_ref -> index_vol: M = A_vol^-1 A_ref; exact when M is a signed permutation with an
+    # integer offset and every reference voxel falls inside vol
+    m = np.linalg.solve(vol.affine(), reference.affine())
+    rot, off = m[:3, :3], m[:3, 3]
+    perm = np.rint(rot)
+    if (np.allclose(rot, perm, atol=1e-4) and np.allclose(off, np.rint(off), atol=1e-3)
+            and np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)):
+        idx = np.indices(reference.shape).reshape(3, -1).astype(np.int64)
+        src = (perm.astype(np.int64) @ idx) + np.rint(off).astype(np.int64)[:, None]
+        inside = np.all((src >= 0) & (src < np.asarray(vol.shape)[:, None]), axis=0)
+        if inside.all():
+            data = vol.data[tuple(src)].reshape(reference.shape)
+            return reference.with_data(data), "re-indexed"
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
+    import SimpleITK as sitk
+
+    kind = sitk.sitkNearestNeighbor if interpolation == "nearest" else sitk.sitkLinear
+    src_img = _sitk_image(vol if interpolation == "nearest" or vol.data.dtype.kind == "f"
+                          else vol.with_data(vol.data.astype(np.float32)))
+    out = sitk.Resample(src_img, _sitk_image(reference.with_data(
+        np.zeros(reference.shape, np.uint8))), sitk.Transform(), kind, float(default),
+        src_img.GetPixelID())
+    return reference.with_data(sitk.GetArrayFromImage(out)), f"resampled ({interpolation})"
 
 
 def _sitk_write(img, path: Path, compress: bool, shown: Path | None = None) -> None:

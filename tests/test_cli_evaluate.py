@@ -76,7 +76,9 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     r = write(tmp_path / "r.nii.gz", ref)
     small = write(tmp_path / "small.nii.gz", pred[:, :, :-2])
     assert main(["evaluate", str(small), str(r)]) == 2
-    assert "shape" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "shape" in err
+    assert "--resample" in err
     other = write(tmp_path / "other.nii.gz", pred, spacing=(1.0, 0.8, 0.8))
     assert main(["evaluate", str(other), str(r)]) == 2
     assert "spacing" in capsys.readouterr().err
@@ -190,3 +192,34 @@ def test_batch_on_a_segment_output_folder_uses_the_labels(tmp_path, capsys):
     assert "probability" not in err
     assert "radius" not in err
     assert "skeleton" not in err
+
+
+def test_other_orientation_is_reindexed_and_other_grids_resampled(tmp_path, capsys):
+    """A prediction stored with x flipped and its origin moved (another tool's convention for
+    the same voxels) scores like the original; --resample compares a finer grid in mm."""
+    from napari_tubular.io import Volume, write_volume
+
+    pred, ref = case(0)
+    r = write(tmp_path / "r.nii.gz", ref)
+    rv = read_volume(r)
+    want = compute_metrics(pred, ref, SPACING)
+    nx = pred.shape[2]
+    flipped = Volume(pred[:, :, ::-1].copy(), rv.spacing,
+                     (rv.origin[0], rv.origin[1], rv.origin[2] + (nx - 1) * rv.spacing[2]),
+                     np.diag([1.0, 1.0, -1.0]))
+    f = write_volume(tmp_path / "flipped.nrrd", flipped)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(f), str(r), "--json", str(out)]) == 0
+    assert "re-indexed" in capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert got["dice"] == pytest.approx(want["dice"])
+    assert got["cldice"] == pytest.approx(want["cldice"])
+    # twice as many slices along z, same field of view: resampled (nearest) back to the grid
+    fine = Volume(np.repeat(pred, 2, axis=0), (rv.spacing[0] / 2, *rv.spacing[1:]),
+                  (rv.origin[0] - rv.spacing[0] / 4, *rv.origin[1:]), rv.direction)
+    g = write_volume(tmp_path / "fine.nii.gz", fine)
+    assert main(["evaluate", str(g), str(r)]) == 2
+    assert main(["evaluate", str(g), str(r), "--resample", "--json", str(out),
+                 "--overwrite"]) == 0
+    assert "resampled (nearest)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["dice"] == pytest.approx(want["dice"])

@@ -549,3 +549,30 @@ def test_count_unique_matches_numpy(dtype):
         n = np.unique(a).size
         assert _count_unique(a) == n
         assert _count_unique(a, stop_above=5) == min(n, 6)
+
+
+def test_resample_like_reindexes_the_same_grid_exactly():
+    """Axes permuted and flipped (the same voxel centres): exact re-indexing; another grid:
+    SimpleITK resampling; ``how`` says which."""
+    from napari_tubular.io import resample_like
+
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 5, (6, 7, 8)).astype(np.uint8)
+    ref = Volume(a, (2.0, 0.7, 0.9), (10.0, -5.0, 3.0), np.eye(3))
+    perm = np.array([[1.0, 0, 0], [0, 0, -1.0], [0, 1.0, 0]])  # axes swapped, one flipped
+    # voxel (k, j, i) of ref sits at origin + (2k, 0.7j, 0.9i); store it as (k, i, 6 - j)
+    data = np.transpose(a, (0, 2, 1))[:, :, ::-1].copy()
+    other = Volume(data, (2.0, 0.9, 0.7), (10.0, -5.0 + 6 * 0.7, 3.0), perm)
+    assert not other.same_geometry(ref)
+    np.testing.assert_allclose(other.affine() @ np.r_[2, 3, 6 - 4, 1.0],
+                               ref.affine() @ np.r_[2, 4, 3, 1.0])
+    out, how = resample_like(other, ref)
+    assert how == "re-indexed"
+    np.testing.assert_array_equal(out.data, a)
+    assert out.same_geometry(ref)
+    same, how = resample_like(ref, ref)
+    assert how == "same grid"
+    half = Volume(np.repeat(a, 2, axis=0), (1.0, 0.7, 0.9), (9.5, -5.0, 3.0), np.eye(3))
+    out, how = resample_like(half, ref)
+    assert how == "resampled (nearest)"
+    np.testing.assert_array_equal(out.data, a)

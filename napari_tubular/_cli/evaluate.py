@@ -69,6 +69,13 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="T",
         help="binarise the prediction as pred > T (for probability maps); the reference must be binary or labels",
     )
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="a prediction on another grid (size, spacing, origin, direction) is resampled onto "
+        "the reference grid (nearest neighbour; linear before --threshold) instead of refused; "
+        "the same grid stored in another orientation is always re-indexed exactly",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
@@ -142,28 +149,48 @@ def segment_labels_only(pred_paths: list[Path]) -> list[Path]:
     return [p for p in pred_paths if not is_extra(p)]
 
 
-def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None):
-    from ..io import read_volume
+def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
+    """Prediction and reference as masks on the reference's grid.
+
+    The same physical grid stored differently (axes flipped or permuted, origin moved by whole
+    voxels: another tool's orientation convention) is re-indexed exactly, with a note. Other
+    grids are an error unless ``resample`` (nearest neighbour; linear for a probability map
+    thresholded with ``threshold``).
+    """
+    from ..io import read_volume, resample_like
     from ..topology import binarize
 
     pv, rv = read_volume(pred_path), read_volume(ref_path)
-    if pv.shape != rv.shape:
-        raise ValueError(
-            f"{pred_path.name} has shape {pv.shape} but {ref_path.name} has shape {rv.shape}; they must match"
-        )
-    if not np.allclose(pv.spacing, rv.spacing, rtol=1e-4, atol=1e-5):
-        raise ValueError(
-            f"{pred_path.name} has spacing {tuple(pv.spacing)} mm but {ref_path.name} has "
-            f"{tuple(rv.spacing)} mm; resample the prediction to the reference grid first"
-        )
-    if not np.allclose(pv.origin, rv.origin, atol=1e-3) or not np.allclose(
-        pv.direction, rv.direction, atol=1e-4
-    ):
-        print(
-            f"warning: {pred_path.name} and {ref_path.name} differ in origin or direction; "
-            "comparing them voxel by voxel anyway",
-            file=sys.stderr,
-        )
+    differences = pv.geometry_differences(rv)
+    if differences:
+        moved, how = resample_like(pv, rv, interpolation="linear"
+                                   if threshold is not None and resample else "nearest")
+        if how == "re-indexed":
+            print(f"note: {pred_path.name} is stored on the same voxel grid as {ref_path.name} "
+                  f"in another orientation ({'; '.join(differences)}): re-indexed onto the "
+                  "reference grid, no interpolation", file=sys.stderr)
+            pv = moved
+        elif resample:
+            print(f"note: {pred_path.name} {how} onto the grid of {ref_path.name} "
+                  f"({'; '.join(differences)})", file=sys.stderr)
+            if np.any(pv.data) and not np.any(moved.data):
+                print(f"warning: {pred_path.name} does not overlap the field of view of "
+                      f"{ref_path.name}", file=sys.stderr)
+            pv = moved
+        elif pv.shape != rv.shape or not np.allclose(pv.spacing, rv.spacing, rtol=1e-4,
+                                                      atol=1e-5):
+            raise ValueError(
+                f"{pred_path.name} and {ref_path.name} are on different grids "
+                f"({'; '.join(differences)}); pass --resample to resample the prediction onto "
+                "the reference grid"
+            )
+        else:
+            print(
+                f"warning: {pred_path.name} and {ref_path.name} differ in origin or direction "
+                f"({'; '.join(differences)}); comparing them voxel by voxel anyway (--resample "
+                "compares them in physical space)",
+                file=sys.stderr,
+            )
     pred = pv.data
     if threshold is not None:
         pred = pred > threshold
@@ -179,7 +206,8 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
     from ..io import write_volume
     from ..topology import compute_metrics, error_map, hard_skeleton
 
-    pred, ref, rv = _load_pair(pred_path, ref_path, args.threshold)
+    pred, ref, rv = _load_pair(pred_path, ref_path, args.threshold,
+                               getattr(args, "resample", False))
     sk_p, sk_r = hard_skeleton(pred, rv.spacing), hard_skeleton(ref, rv.spacing)
     metrics = compute_metrics(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
     report = None
