@@ -128,7 +128,32 @@ def run(args: argparse.Namespace) -> int:
         last[0] = now
         print(f"[train] {message}", file=sys.stderr, flush=True)
 
-    path = train(cfg, progress=progress)
+    from napari_tubular.training import Cancelled
+
+    interrupts = [0]
+
+    def on_sigint(signum, frame):  # first Ctrl-C: stop after this step, saving; second: quit
+        interrupts[0] += 1
+        if interrupts[0] > 1:
+            raise KeyboardInterrupt
+        if rank == 0:
+            print("[train] stopping after this step: saving last.pt and model.pt (Ctrl-C again "
+                  "to quit at once)", file=sys.stderr, flush=True)
+
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_sigint) if main_thread else None
+    try:
+        path = train(cfg, progress=progress, cancel=lambda: interrupts[0] > 0)
+    except Cancelled as exc:
+        if rank == 0:
+            print(f"[train] {exc}", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     if rank == 0:
         print(path)
     return 0

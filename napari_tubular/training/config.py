@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,8 +136,11 @@ class TrainConfig:
         option whose value is not a number."""
         kinds = {"int": int, "int | None": int, "float": float, "float | None": float}
         for f in dataclasses.fields(self):
-            kind = kinds.get(str(f.type))
             value = getattr(self, f.name)
+            if str(f.type) == "bool":
+                setattr(self, f.name, _as_bool(value, f.name))
+                continue
+            kind = kinds.get(str(f.type))
             if kind is None or value is None:
                 continue
             try:
@@ -182,6 +186,14 @@ class TrainConfig:
             raise ValueError("resume and overwrite exclude each other")
         if not isinstance(self.model, dict):
             raise ValueError(f"model: must be a dict of model options, got {type(self.model)}")
+        if not isinstance(self.synthetic, dict):
+            raise ValueError(f"synthetic: must be a dict of options, got {type(self.synthetic)}")
+        from .data import SYNTHETIC_DEFAULTS
+
+        unknown = sorted(set(self.synthetic) - set(SYNTHETIC_DEFAULTS))
+        if unknown:
+            raise ValueError(f"synthetic: unknown option(s) {', '.join(unknown)} (known: "
+                             f"{', '.join(sorted(SYNTHETIC_DEFAULTS))})")
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:
@@ -240,13 +252,34 @@ class TrainConfig:
         return [d.lower() for d in self.val_data] == ["synthetic"]
 
 
+def _as_bool(value: Any, name: str) -> bool:
+    """A yes/no option: a bool, 0/1, or a word (true/false, yes/no, on/off); else ValueError."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        word = value.strip().lower()
+        if word in ("true", "yes", "on", "1"):
+            return True
+        if word in ("false", "no", "off", "0"):
+            return False
+    raise ValueError(f"{name}: expected true or false, got {value!r}")
+
+
 def _triple(value: Any, name: str, kind: type) -> tuple:
     if isinstance(value, (int, float)):
         value = (value,) * 3
     try:
-        vals = tuple(kind(v) for v in value)
+        floats = tuple(float(v) for v in value)
+        if not all(math.isfinite(v) for v in floats):
+            raise ValueError
+        if kind is int and not all(v.is_integer() for v in floats):
+            raise ValueError
+        vals = tuple(kind(v) for v in floats)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name}: expected 1 or 3 numbers, got {value!r}") from exc
+        what = "whole numbers" if kind is int else "finite numbers"
+        raise ValueError(f"{name}: expected 1 or 3 {what}, got {value!r}") from exc
     if len(vals) == 1:
         vals = vals * 3
     if len(vals) != 3:

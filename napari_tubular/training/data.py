@@ -19,6 +19,7 @@ import math
 import multiprocessing as mp
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -282,6 +283,18 @@ def load_pair(
         raise ValueError(
             f"{label_path}: spacing {lab.spacing} does not match image {image_path} {img.spacing}"
         )
+    if not np.allclose(img.origin, lab.origin, atol=1e-3 * max(img.spacing)) or not np.allclose(
+        img.direction, lab.direction, atol=1e-4
+    ):
+        raise ValueError(
+            f"{label_path} and image {image_path} are on different grids ("
+            + "; ".join(d for d in img.geometry_differences(lab, atol=1e-3)
+                        if not d.startswith(("shape", "spacing")))
+            + "): the label would not lie on its vessels"
+        )
+    if not np.any(lab.data):
+        warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
+                      "teaches background", UserWarning, stacklevel=2)
     return prepare_case(
         img.data, lab.data, img.spacing, target_spacing, K, normalization,
         name=Path(image_path).name, min_shape=min_shape, with_phi=with_phi,

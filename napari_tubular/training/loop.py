@@ -261,6 +261,11 @@ def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, see
                                min_shape=config.patch_size, with_phi=config.loss == "boundary"))
         if progress:
             progress(i + 1, len(pairs), "loading training volumes")
+    if cases and not any(np.any(c.label) for c in cases):
+        raise ValueError(
+            f"every training label is empty ({len(cases)} pair(s) in {', '.join(config.data)}): "
+            "there is no vessel to learn"
+        )
     return FixedPool(cases, rng=rng)
 
 
