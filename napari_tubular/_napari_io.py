@@ -138,7 +138,8 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
     volume with spacing ``scale``, origin ``A translate + c`` and direction ``A``: the geometry
     the layer shows, whatever the file it came from said (a user may have changed ``scale`` or
     ``translate`` since). The reader's layers (:meth:`Volume.napari_kwargs`) give back the file's
-    geometry exactly.
+    geometry exactly. A negative scale is a flip: stored as a positive spacing and a flipped
+    direction.
 
     Raises:
         ValueError: not 3-D, a shear, a rotate, or an affine that is not a rotation (+ translation).
@@ -151,21 +152,28 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
         raise ValueError("layer has a shear transform; it cannot be stored in a volume file")
     if rotate is not None and not np.allclose(np.asarray(rotate, dtype=float), np.eye(3)):
         raise ValueError("layer has a rotate transform; save it from a layer read from a file")
+    if any(s == 0 or not np.isfinite(s) for s in spacing):
+        raise ValueError(f"layer scale {spacing} has a zero or non-finite value")
+    # a negative scale is a flip: positive spacing, the flip in the direction
+    flips = np.diag(np.sign(spacing))
+    spacing = tuple(abs(s) for s in spacing)
     if affine is None:
-        return spacing, t, np.eye(3)
-    aff = np.asarray(getattr(affine, "affine_matrix", affine), dtype=np.float64)
-    if aff.shape != (4, 4):
-        raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
+        aff = np.eye(4)
+    else:
+        aff = np.asarray(getattr(affine, "affine_matrix", affine), dtype=np.float64)
+        if aff.shape != (4, 4):
+            raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
     d = aff[:3, :3]
-    if np.allclose(d, np.eye(3)) and np.allclose(aff[:3, 3], 0):
-        return spacing, t, np.eye(3)
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
         raise ValueError(
             "layer affine is not a rotation; its geometry cannot be stored as spacing + origin + "
             "direction"
         )
     origin = d @ np.asarray(t) + aff[:3, 3]
-    return spacing, tuple(float(v) for v in origin), d
+    direction = d @ flips
+    if np.allclose(direction, np.eye(3)):
+        direction = np.eye(3)
+    return spacing, tuple(float(v) for v in origin), direction
 
 
 def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:

@@ -281,3 +281,16 @@ def test_writer_saves_the_geometry_the_layer_shows(tmp_path, files):
     only_md = {"metadata": kwargs["metadata"]}
     got = read_volume(write_image(str(tmp_path / "md.nii.gz"), data, only_md)[0])
     _assert_same_geometry(got, files["volume"])
+
+
+def test_writer_stores_a_negative_scale_as_a_flip(tmp_path):
+    """A layer flipped with a negative scale is saved where it is shown: positive spacing, the
+    flip in the direction."""
+    layers_mod = pytest.importorskip("napari.layers")
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    layer = layers_mod.Image(data, scale=(2.0, -0.5, 0.7), translate=(1.0, 2.0, 3.0))
+    got = read_volume(write_image(str(tmp_path / "flip.nii.gz"), data, layer._get_state())[0])
+    np.testing.assert_allclose(got.spacing, (2.0, 0.5, 0.7))
+    for idx in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
+        np.testing.assert_allclose((got.affine() @ np.r_[idx, 1.0])[:3],
+                                   layer.data_to_world(np.asarray(idx, float)), atol=1e-5)

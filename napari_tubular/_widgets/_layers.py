@@ -110,6 +110,13 @@ def volume_from_layer(layer: Any):
 
 
 
+def same_layer(a: Any, b: Any) -> bool:
+    """The same layer, also through napari's public-only proxies (a new wrapper per access)."""
+    if a is None or b is None:
+        return a is b
+    return a is b or a.unique_id == b.unique_id
+
+
 def source_key(source: Any) -> str | None:
     """What result layers record as their source: the id of a source layer (it survives a
     rename), or a name (a string) as given."""
@@ -160,7 +167,8 @@ def upsert_layer(
     if isinstance(source, str):
         src = viewer.layers[source] if source in viewer.layers else None
     else:
-        src = source if source is not None and source in viewer.layers else None
+        src = (next((ly for ly in viewer.layers if same_layer(ly, source)), None)
+               if source is not None else None)
     if src is not None:
         # Result layers live on the source's grid: keep its oblique/flipped direction (the
         # reader's affine) and record the geometry it shows now (writers save that geometry).
@@ -211,6 +219,53 @@ def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]
         if hasattr(layer, key):
             setattr(layer, key, value)
     layer.refresh()
+
+
+def radius_colormap():
+    """turbo with 0 transparent: a radius map (0 off the vessels) that does not tint the image."""
+    from napari.utils.colormaps import Colormap, ensure_colormap
+
+    turbo = ensure_colormap("turbo")
+    colors = np.asarray(turbo.colors, dtype=np.float32).copy()
+    controls = np.asarray(turbo.controls, dtype=np.float32)
+    colors[0] = (0.0, 0.0, 0.0, 0.0)
+    # transparent at 0, turbo from the first step (1/255 of the range) on: a vessel's radius
+    # (>= 0.3 mm, a few % of the range) is drawn opaque
+    return Colormap(colors=colors, controls=controls, name="turbo (0 transparent)")
+
+
+def scrollable_layout(widget: Any):
+    """A vertical layout inside a scroll area filling ``widget``: a docked widget taller than
+    the window scrolls (vertically only) instead of forcing the window taller than the screen;
+    its width stays what its content needs."""
+    from qtpy.QtCore import QSize, Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea, QStyle, QVBoxLayout, QWidget
+
+    class _VerticalScroll(QScrollArea):
+        def _width(self) -> int:
+            inner = self.widget()
+            bar = self.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+            return (inner.minimumSizeHint().width() if inner is not None else 0) + bar + 2
+
+        def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+            return QSize(self._width(), 120)
+
+        def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
+            inner = self.widget()
+            height = inner.sizeHint().height() if inner is not None else 120
+            return QSize(self._width(), height)
+
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = _VerticalScroll(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    inner = QWidget()
+    scroll.setWidget(inner)
+    outer.addWidget(scroll)
+    widget._scroll_area = scroll
+    return QVBoxLayout(inner)
 
 
 def binary_label_colormap(rgba=(0.15, 0.75, 1.0, 1.0)):
@@ -319,6 +374,8 @@ class LayerPicker(QComboBox):
         viewer: the napari viewer.
         layer_types: layer type strings (``"image"``, ``"labels"``).
         allow_none: add a first entry ``none_text`` meaning "no layer".
+        exclude_owner: leave out the result layers of this widget kind (a segment widget's
+            image picker does not offer its own probability / radius maps).
     """
 
     def __init__(
@@ -327,6 +384,7 @@ class LayerPicker(QComboBox):
         layer_types: Sequence[str],
         allow_none: bool = False,
         none_text: str = "(none)",
+        exclude_owner: str | None = None,
         parent=None,
     ):
         super().__init__(parent)
@@ -334,6 +392,9 @@ class LayerPicker(QComboBox):
         self._types = tuple(layer_types)
         self._allow_none = allow_none
         self._none_text = none_text
+        self._chosen = None
+        self._exclude_owner = exclude_owner
+        self.currentIndexChanged.connect(self._remember)
         events = viewer.layers.events
         events.inserted.connect(self._on_inserted)
         events.removed.connect(self.refresh)
@@ -343,7 +404,9 @@ class LayerPicker(QComboBox):
         self.refresh()
         # opened on a chosen layer (e.g. from the Layers menu): start on it
         active = getattr(getattr(viewer.layers, "selection", None), "active", None)
-        if not allow_none and active is not None and active in self.candidates():
+        if not allow_none and active is not None and any(
+            same_layer(active, ly) for ly in self.candidates()
+        ):
             self.set_layer(active)
 
     def _on_inserted(self, event=None) -> None:
@@ -352,31 +415,47 @@ class LayerPicker(QComboBox):
         self.refresh()
 
     def candidates(self) -> list:
-        return [layer for layer in self._viewer.layers if layer._type_string in self._types]
+        return [
+            layer
+            for layer in self._viewer.layers
+            if layer._type_string in self._types
+            and (self._exclude_owner is None
+                 or layer.metadata.get(OWNER_KEY) != self._exclude_owner)
+        ]
 
     def refresh(self, event=None) -> None:
+        """Rebuild the list; the chosen layer stays chosen (by identity: also when renamed)."""
+        chosen = self._chosen
         current = self.currentText()
         self.blockSignals(True)
         self.clear()
         if self._allow_none:
             self.addItem(self._none_text)
-        names = [layer.name for layer in self.candidates()]
-        self.addItems(names)
-        if current and self.findText(current) >= 0:
+        layers = self.candidates()
+        self.addItems([layer.name for layer in layers])
+        offset = 1 if self._allow_none else 0
+        index = next((i for i, ly in enumerate(layers) if same_layer(ly, chosen)), None)
+        if index is not None:
+            self.setCurrentIndex(index + offset)
+        elif chosen is None and self._allow_none:
+            self.setCurrentIndex(0)
+        elif current and self.findText(current) >= 0:
             self.setCurrentIndex(self.findText(current))
         self.blockSignals(False)
-        if self.currentText() != current:
+        self._remember()
+        if not same_layer(self._chosen, chosen):
             self.currentIndexChanged.emit(self.currentIndex())
+
+    def _remember(self, *_: Any) -> None:
+        index = self.currentIndex() - (1 if self._allow_none else 0)
+        layers = self.candidates()
+        self._chosen = layers[index] if 0 <= index < len(layers) else None
 
     def layer(self):
         """The chosen layer, or None."""
-        name = self.currentText()
-        if not name or (self._allow_none and self.currentIndex() == 0):
+        if self._chosen is None:
             return None
-        for layer in self.candidates():
-            if layer.name == name:
-                return layer
-        return None
+        return next((ly for ly in self.candidates() if same_layer(ly, self._chosen)), None)
 
     def set_layer(self, layer) -> None:
         """Select ``layer`` (or the none entry for None)."""
@@ -384,7 +463,9 @@ class LayerPicker(QComboBox):
             if self._allow_none:
                 self.setCurrentIndex(0)
             return
-        index = self.findText(layer.name)
-        if index < 0:
+        layers = self.candidates()
+        index = next((i for i, ly in enumerate(layers) if same_layer(ly, layer)), None)
+        if index is None:
             raise ValueError(f"layer {layer.name!r} is not a {'/'.join(self._types)} layer")
-        self.setCurrentIndex(index)
+        self.setCurrentIndex(index + (1 if self._allow_none else 0))
+        self._remember()

@@ -110,6 +110,7 @@ def start_job(
     on_cancelled: Callable[[], None] | None = None,
     on_finished: Callable[[], None] | None = None,
     token: CancelToken | None = None,
+    owner: Any = None,
 ) -> Job:
     """Run ``func()`` in a napari worker thread (or synchronously) and route its outcome.
 
@@ -122,6 +123,8 @@ def start_job(
         on_cancelled: called when the core raised ``Cancelled`` (or the job was cancelled).
         on_finished: called last in every case.
         token: the cancel token ``func`` passes to the core; a new one if None.
+        owner: the widget the job works for: when it is destroyed (the viewer closed) the job
+            is cancelled. Callbacks that find their widgets deleted are dropped in any case.
 
     Returns:
         The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
@@ -130,28 +133,44 @@ def start_job(
     worker = create_worker(func, _start_thread=False, _ignore_errors=True)
     job = Job(worker, token)
 
+    gone = [False]  # the owner widget was destroyed
+
+    def _call(callback, *args) -> None:
+        if callback is None or gone[0]:
+            return
+        try:
+            callback(*args)
+        except RuntimeError as exc:  # the viewer closed under a running job
+            if "has been deleted" not in str(exc):
+                raise
+            gone[0] = True
+            token.set()
+
     def _returned(result: Any) -> None:
         if token():
-            if on_cancelled is not None:
-                on_cancelled()
+            _call(on_cancelled)
             return
-        if on_returned is not None:
-            on_returned(result)
+        _call(on_returned, result)
 
     def _errored(exc: BaseException) -> None:
         if is_cancelled_error(exc) or token():
-            show_info(f"{what} cancelled.")
-            if on_cancelled is not None:
-                on_cancelled()
+            if not gone[0]:
+                show_info(f"{what} cancelled.")
+            _call(on_cancelled)
             return
         report_error(what, exc)
-        if on_error is not None:
-            on_error(exc)
+        _call(on_error, exc)
 
     def _finished() -> None:
         job.done = True
-        if on_finished is not None:
-            on_finished()
+        _call(on_finished)
+
+    if owner is not None and hasattr(owner, "destroyed"):
+        def _owner_gone(*_: Any) -> None:
+            gone[0] = True
+            token.set()
+
+        owner.destroyed.connect(_owner_gone)
 
     worker.returned.connect(_returned)
     worker.errored.connect(_errored)

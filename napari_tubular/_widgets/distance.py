@@ -20,7 +20,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -29,6 +28,7 @@ from napari_tubular._widgets._layers import (
     focus_on,
     layer_affine,
     layer_geometry,
+    scrollable_layout,
     upsert_layer,
     world_of_physical,
 )
@@ -89,7 +89,7 @@ class DistanceMapWidget(QWidget):
 
     def _build_ui(self) -> None:
         settings = load_settings()
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
         box = QGroupBox("Input")
         form = QFormLayout(box)
         self.labels_picker = LayerPicker(self.viewer, ["labels"])
@@ -210,6 +210,7 @@ class DistanceMapWidget(QWidget):
             compute,
             sync=self.sync,
             what="Distance maps",
+            owner=self,
             on_returned=returned,
             on_finished=lambda: self.run_button.setEnabled(True),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
@@ -236,6 +237,7 @@ class DistanceMapWidget(QWidget):
                 name=f"{self._source} {text}",
                 scale=scale,
                 translate=translate,
+                affine=self._affine,
                 visible=False,
                 **kwargs,
             )
@@ -254,6 +256,7 @@ class DistanceMapWidget(QWidget):
                 name=f"{self._source} branches",
                 scale=scale,
                 translate=translate,
+                affine=self._affine,
             )
             self.branches = self._graph_rows(graph)
             self._fill_table()

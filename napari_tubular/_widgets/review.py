@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -39,6 +38,7 @@ from napari_tubular._widgets._layers import (
     layer_affine,
     layer_geometry,
     layer_volume_geometry,
+    scrollable_layout,
     upsert_layer,
     world_of_voxel,
 )
@@ -92,7 +92,7 @@ class TopologyReviewWidget(QWidget):
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
         box = QGroupBox("Inputs")
         form = QFormLayout(box)
         self.pred_picker = LayerPicker(self.viewer, ["labels"])
@@ -259,6 +259,7 @@ class TopologyReviewWidget(QWidget):
             compute,
             sync=self.sync,
             what="Topology review",
+            owner=self,
             on_returned=returned,
             on_finished=lambda: self.run_button.setEnabled(True),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
@@ -285,6 +286,7 @@ class TopologyReviewWidget(QWidget):
             colormap=DirectLabelColormap(color_dict=colors),
             scale=scale,
             translate=translate,
+            affine=self._affine,
             opacity=0.9,
         )
         self._fill_table()
@@ -444,11 +446,22 @@ class TopologyReviewWidget(QWidget):
 _LIVE: list[weakref.ReferenceType] = []
 
 
+def _same_viewer(a, b) -> bool:
+    """napari hands plugin widgets a public-only proxy of the viewer, but key bindings receive
+    the viewer itself: compare through the proxy."""
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 (a proxy refusing the comparison: not the same)
+        return False
+
+
 def _open_widget(viewer):
     """The newest review widget of ``viewer`` that is not closed, or None."""
     for ref in reversed(_LIVE):
         widget = ref()
-        if widget is not None and widget.viewer is viewer and not widget._closed:
+        if widget is not None and _same_viewer(widget.viewer, viewer) and not widget._closed:
             return widget
     return None
 

@@ -26,7 +26,6 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QProgressBar,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QLabeledDoubleSlider
@@ -35,7 +34,10 @@ from napari_tubular._widgets._layers import (
     LayerPicker,
     binary_label_colormap,
     grid_mismatch,
+    layer_affine,
     layer_geometry,
+    radius_colormap,
+    scrollable_layout,
     spheres_points_kwargs,
     upsert_layer,
     volume_from_layer,
@@ -139,6 +141,7 @@ class SegmentWidget(QWidget):
         self._source: str | None = None
         self._source_layer = None
         self._radius_limits = (0.0, 1.0)
+        self._affine = np.eye(4)
         self._warned_mismatch: str | None = None
         self._geometry: tuple | None = None
         self._job = None
@@ -152,11 +155,11 @@ class SegmentWidget(QWidget):
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
         s = self.settings
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
 
         run_box = QGroupBox("Network")
         form = QFormLayout(run_box)
-        self.image_picker = LayerPicker(self.viewer, ["image"])
+        self.image_picker = LayerPicker(self.viewer, ["image"], exclude_owner=OWNER)
         form.addRow("image", self.image_picker)
 
         self.model_combo = QComboBox()
@@ -313,6 +316,7 @@ class SegmentWidget(QWidget):
             device_summary,
             sync=self.sync,
             what="Device detection",
+            owner=self,
             on_returned=self.device_label.setText,
         )
 
@@ -389,6 +393,7 @@ class SegmentWidget(QWidget):
             self.prediction, self.refiner = prediction, refiner
             self._source, self._geometry = source, geometry
             self._source_layer = layer
+            self._affine = layer_affine(layer)
             self.refine_count = 0
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds)
@@ -422,6 +427,7 @@ class SegmentWidget(QWidget):
             compute,
             sync=self.sync,
             what="Segmentation",
+            owner=self,
             token=token,
             on_returned=returned,
             on_finished=finished,
@@ -452,8 +458,10 @@ class SegmentWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
     def _kwargs(self) -> dict:
+        # the source's affine as it was at the run: results keep their place (and a saved
+        # result its geometry) even when the source layer is gone
         scale, translate = self._geometry
-        return {"scale": scale, "translate": translate}
+        return {"scale": scale, "translate": translate, "affine": self._affine}
 
     def _name(self, what: str) -> str:
         return f"{self._source} {what}"
@@ -489,9 +497,9 @@ class SegmentWidget(QWidget):
             role="radius",
             source=self._source_layer,
             name=self._name("radius (mm)"),
-            colormap="turbo",
+            colormap=radius_colormap(),
             contrast_limits=(0.0, rmax),
-            blending="additive",
+            blending="translucent",
             visible=False,
             **self._kwargs(),
         )
@@ -534,6 +542,7 @@ class SegmentWidget(QWidget):
         data, pkw = spheres_points_kwargs(
             centers_mm, radii_mm, kw["translate"], limits=self._radius_limits
         )
+        pkw["affine"] = kw["affine"]
         upsert_layer(
             self.viewer,
             "points",
@@ -586,8 +595,7 @@ class SegmentWidget(QWidget):
             else:
                 reference = np.asarray(ref_layer.data) > 0
                 source = self._source_layer
-                mismatch = (grid_mismatch(source, ref_layer)
-                            if source is not None and source in self.viewer.layers else None)
+                mismatch = (grid_mismatch(source, ref_layer) if source is not None else None)
                 if mismatch and mismatch != self._warned_mismatch:
                     from napari.utils.notifications import show_warning
 
@@ -618,7 +626,8 @@ class SegmentWidget(QWidget):
                 self._start_refine()
 
         self._refine_job = start_job(
-            compute, sync=self.sync, what="Refinement", on_returned=returned, on_finished=finished
+            compute, sync=self.sync, what="Refinement", owner=self, on_returned=returned,
+            on_finished=finished,
         )
 
     def save_thresholds(self) -> None:

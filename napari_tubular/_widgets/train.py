@@ -32,7 +32,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_tubular._widgets._layers import LayerPicker, layer_geometry, volume_from_layer
+from napari_tubular._widgets._layers import (
+    LayerPicker,
+    layer_geometry,
+    scrollable_layout,
+    volume_from_layer,
+)
 from napari_tubular._widgets._settings import DEVICES, load_settings
 from napari_tubular._widgets._workers import (
     CancelToken,
@@ -126,7 +131,7 @@ class TrainingWidget(QWidget):
 
     def _build_ui(self) -> None:
         settings = load_settings()
-        layout = QVBoxLayout(self)
+        layout = scrollable_layout(self)
         data_box = QGroupBox("Data")
         form = QFormLayout(data_box)
         self.source_combo = QComboBox()
@@ -374,6 +379,7 @@ class TrainingWidget(QWidget):
             compute,
             sync=self.sync,
             what="Training",
+            owner=self,
             token=token,
             on_returned=returned,
             on_finished=finished,

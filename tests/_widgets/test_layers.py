@@ -174,3 +174,29 @@ def test_grid_mismatch_names_the_difference(make_napari_viewer):
     assert "translate" in grid_mismatch(a, b)
     b.scale = (1, 1, 1)
     assert "scale" in grid_mismatch(a, b)
+
+
+def test_picker_keeps_a_renamed_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 2, 2)), name="first")
+    second = viewer.add_image(np.zeros((2, 2, 2)), name="second")
+    picker = LayerPicker(viewer, ["image"])
+    picker.set_layer(second)
+    second.name = "patient 1"
+    assert picker.layer() is second
+    assert picker.currentText() == "patient 1"
+    viewer.add_image(np.zeros((2, 2, 2)), name="third")
+    assert picker.layer() is second
+    viewer.layers.remove(second)
+    assert picker.layer() is not second
+
+
+def test_segment_picker_leaves_out_its_own_results(make_napari_viewer):
+    from napari_tubular._widgets._layers import OWNER_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 2, 2)), name="ct")
+    viewer.add_image(np.zeros((2, 2, 2)), name="ct probability",
+                     metadata={OWNER_KEY: "segment"})
+    picker = LayerPicker(viewer, ["image"], exclude_owner="segment")
+    assert [picker.itemText(i) for i in range(picker.count())] == ["ct"]

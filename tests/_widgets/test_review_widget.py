@@ -216,3 +216,25 @@ def test_sites_and_branches_on_an_oblique_volume(make_napari_viewer, broken):
     np.testing.assert_allclose(viewer.camera.center[-2:], want[-2:], atol=1e-6)
     steps = np.asarray([r.step for r in viewer.dims.range])[-3:]
     assert np.all(np.abs(np.asarray(viewer.dims.point[-3:]) - want) <= steps / 2 + 1e-6)
+
+
+def test_shortcuts_work_on_a_widget_napari_docked(make_napari_viewer, broken):
+    """napari gives plugin widgets a public-only proxy of the viewer; the key binding gets the
+    viewer itself: the keys must still reach the widget."""
+    from napari.utils.key_bindings import coerce_keybinding
+
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING, translate=TRANSLATE)
+    pred_layer = viewer.add_labels(pred, name="prediction", scale=SPACING, translate=TRANSLATE)
+    _dock, widget = viewer.window.add_plugin_dock_widget("napari-tubular", "Topology review")
+    assert widget.viewer is not viewer  # the proxy
+    widget.sync = True
+    widget.pred_picker.set_layer(pred_layer)
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    n = len(widget.report.sites)
+    assert n > 1
+    start = widget.current
+    viewer.keymap[coerce_keybinding(NEXT_KEY)](viewer)
+    assert widget.current == (start + 1) % n
