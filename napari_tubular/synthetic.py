@@ -966,6 +966,13 @@ def make_vessel_tree(
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)
     extent = (np.asarray(shape) - 1) * np.asarray(sp)
+    # vessels are sampled every half smallest voxel over the largest extent: a spacing far
+    # below the others would ask for billions of centreline points (and crash on memory)
+    if float(extent.max()) / min(min(sp), min(design)) > 20_000:
+        raise ValueError(
+            f"spacing {tuple(sp)} mm is too fine for a {float(extent.max()):g} mm field of view "
+            "(more than 20000 smallest voxels across): check the units (mm) or the shape"
+        )
     L = float(extent.min())
     min_r = 0.4 * min(design) if min_radius_mm is None else float(min_radius_mm)
     if not min_r > 0:

@@ -473,3 +473,113 @@ def test_cli_val_tubes_flag_sets_the_config(tmp_path):
     base = ["--synthetic", "--out", str(tmp_path / "r")]
     assert config_from_args(p.parse_args(base + ["--val-tubes"])).val_tubes is True
     assert config_from_args(p.parse_args(base)).val_tubes is False
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_run(tmp_path):
+    """SIGINT (Ctrl-C) stops after the step and saves last.pt and model.pt (a usable model),
+    exit status 130; the run can be resumed."""
+    import signal
+    import time
+
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1}))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "napari_tubular.cli", "train", str(cfg_file), "--synthetic",
+           "--out", str(out), "--steps", "5000", "--patch", "16", "16", "16", "--base-channels",
+           "4", "--depth", "2", "-K", "3", "--val-data", "none", "--device", "cpu",
+           "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:  # wait for the first training step
+            if "step" in line and "loss" in line:
+                break
+            assert time.monotonic() < deadline, "no training step within 120 s"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "cancelled" in err
+    assert (out / "last.pt").is_file()
+    from napari_tubular.models import load_model
+
+    _net, meta = load_model(out / "model.pt", device="cpu")
+    assert meta["K"] == 3
+
+
+def test_training_pairs_on_other_grids_or_empty(tmp_path):
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.training.data import load_pair
+
+    img = np.random.default_rng(0).normal(40, 10, (12, 14, 16)).astype(np.float32)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[4:8, 5:9, :] = 1
+    i = write_volume(tmp_path / "a_image.nii.gz", Volume(img, (1.0, 1.0, 1.0)))
+    moved = write_volume(tmp_path / "a_label.nii.gz",
+                         Volume(lab, (1.0, 1.0, 1.0), origin=(0.0, 5.0, 0.0)))
+    with pytest.raises(ValueError, match="different grids.*origin"):
+        load_pair(i, moved, (1.0, 1.0, 1.0), 3, NORM)
+    empty = write_volume(tmp_path / "b_label.nii.gz", Volume(np.zeros_like(lab), (1.0, 1.0, 1.0)))
+    with pytest.warns(UserWarning, match="label is empty"):
+        load_pair(i, empty, (1.0, 1.0, 1.0), 3, NORM)
+    folder = tmp_path / "only_empty"
+    write_volume(folder / "c_image.nii.gz", Volume(img, (1.0, 1.0, 1.0)))
+    write_volume(folder / "c_label.nii.gz", Volume(np.zeros_like(lab), (1.0, 1.0, 1.0)))
+    from napari_tubular.training import train
+
+    with (pytest.warns(UserWarning, match="label is empty"),
+          pytest.raises(ValueError, match="every training label is empty")):
+        train(tiny_config(tmp_path / "run", data=[str(folder)]))
+
+
+@pytest.mark.parametrize(("values", "match"), [
+    ({"augment": "maybe"}, "augment: expected true or false"),
+    ({"synthetic": {"pool_sise": 2}}, "synthetic: unknown option.*pool_sise"),
+    ({"target_spacing": [1, "inf", 1]}, "target_spacing"),
+    ({"patch_size": [16, 16.5, 16]}, "patch_size"),
+])
+def test_config_rejects_bad_values_by_name(values, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig.from_dict(values)
+
+
+def test_config_yes_no_words():
+    assert TrainConfig.from_dict({"augment": "no", "amp": "false"}).augment is False
+    assert TrainConfig.from_dict({"augment": "yes"}).augment is True
+
+
+@pytest.mark.slow
+def test_fine_tuning_takes_k_spacing_and_tuning_from_the_model(tmp_path):
+    """--init-model with no -K / --spacing trains on the model's; the new model keeps the
+    initial model's tuned thresholds and radius calibration (K unchanged)."""
+    from napari_tubular.cli import main
+    from napari_tubular.models import read_model_meta
+
+    from ._tiny_model import save_tiny_model
+
+    init = save_tiny_model(tmp_path / "init.pt", K=3, spacing=(1.0, 1.0, 1.0),
+                           patch=(16, 16, 16), base_channels=4)
+    from napari_tubular.models import load_model, save_model
+
+    net, meta = load_model(init, device="cpu")
+    meta = {**meta, "metrics": {"refine": {"tp": 0.55, "tr": 0.45}},
+            "radius_calibration": {"pred_mm": [0.5, 3.0], "true_mm": [0.6, 3.1]}}
+    for key in ("path",):
+        meta.pop(key, None)
+    save_model(init, net, meta)
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1}))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg_file), "--synthetic", "--out", str(out), "--steps", "1",
+                 "--patch", "16", "16", "16", "--init-model", str(init), "--val-data", "none",
+                 "--device", "cpu", "--quiet"]) == 0
+    new = read_model_meta(out / "model.pt")
+    assert new["K"] == 3
+    assert new["spacing"] == [1.0, 1.0, 1.0]
+    assert new["metrics"]["refine"]["tp"] == pytest.approx(0.55)
+    assert new["radius_calibration"]["true_mm"] == [0.6, 3.1]

@@ -54,7 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also validate on straight-tube phantoms (radius 1-8 mm, sharp and "
                    "blurred); their Dice enters the score that picks best.pt")
     p.add_argument("--init-model", dest="init_model", metavar="MODEL",
-                   help="fine-tune: start from this model file ('default' or a path)")
+                   help="fine-tune: start from this model file ('default' or a path); K and "
+                   "the spacing default to the model's, and so do its tuned T_p/T_r and radius "
+                   "calibration (when K is kept)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
@@ -72,6 +74,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _SIMPLE = ("steps", "max_minutes", "batch_size", "patch_size", "target_spacing", "lr", "loss",
            "cldice_weight", "cldice_warmup_steps", "K", "val_every", "val_cases", "seed",
            "device", "workers", "num_threads", "init_model")
+
+
+def _file_values(path) -> dict:
+    """The options a config file sets (JSON or YAML), without validating them."""
+    import json
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        if p.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            return dict(yaml.safe_load(text) or {})
+        return dict(json.loads(text))
+    except (OSError, ValueError, TypeError):
+        return {}  # TrainConfig.from_file reports the problem
+
+
+def _defaults_from_init_model(values: dict, config_path) -> None:
+    """Fine-tuning: K and the training spacing default to the initial model's (a run that
+    names them itself keeps its choice)."""
+    given = {**(_file_values(config_path) if config_path else {}), **values}
+    init = given.get("init_model")
+    if not init:
+        return
+    missing = [k for k in ("K", "target_spacing") if given.get(k) is None]
+    if not missing:
+        return
+    from napari_tubular.models import read_model_meta
+
+    meta = read_model_meta(init)
+    if "K" in missing:
+        values["K"] = int(meta["K"])
+    if "target_spacing" in missing:
+        values["target_spacing"] = tuple(float(v) for v in meta["spacing"])
 
 
 def config_from_args(args: argparse.Namespace):
@@ -95,6 +133,7 @@ def config_from_args(args: argparse.Namespace):
             values[key] = val
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")
                   if getattr(args, k, None) is not None}
+    _defaults_from_init_model(values, args.config)
     if args.config:
         cfg = TrainConfig.from_file(args.config, **values)
         if model_opts:

@@ -203,6 +203,10 @@ def save_model(
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        # mkstemp makes the file private (0600); a model is shared like any output file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

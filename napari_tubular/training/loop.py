@@ -381,9 +381,9 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     normalization = resolve_normalization(config)
     arch = model_arch(config)
     torch.manual_seed(config.seed)
-    init_state = None
+    init_state, inherited = None, {}
     if config.init_model and not config.resume:
-        arch, normalization, init_state = _init_from_model(config)
+        arch, normalization, init_state, inherited = _init_from_model(config)
     model = build_model(arch).to(device)
     if init_state is not None:
         missing, unexpected = model.load_state_dict(init_state, strict=False)
@@ -423,11 +423,18 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         "normalization": normalization, "patch_size": list(config.patch_size),
     }
 
+    if inherited.get("radius_calibration"):
+        meta_base["radius_calibration"] = inherited["radius_calibration"]
+
     def meta(metrics: dict) -> dict:
+        if inherited.get("refine") and "refine" not in metrics:
+            # the initial model's tuned T_p / T_r, until the new weights are tuned themselves
+            metrics = {**metrics, "refine": inherited["refine"]}
         return {**meta_base, "arch": _unwrap(net).config, "metrics": metrics, "training": {
             "description": description, "loss": config.loss, "steps": step,
             "time_s": round(elapsed0 + time.perf_counter() - t_loop, 1),
-            "cases_seen": int(pool.generated + len(getattr(pool, "cases", []))),
+            "cases_seen": int(max(getattr(pool, "generated", 0),
+                                  len(getattr(pool, "cases", [])))),
             "data": list(config.data), "batch_size": config.batch_size,
             "world_size": dist.world, "device": device, "amp": use_amp,
             "config": config.to_dict(),
@@ -582,7 +589,8 @@ _RESUME_FIXED = ("loss", "K", "model", "target_spacing", "patch_size", "normaliz
 
 
 def _init_from_model(config: TrainConfig):
-    """Architecture, normalisation and weights of ``config.init_model`` (fine-tuning)."""
+    """Architecture, normalisation, weights of ``config.init_model`` (fine-tuning), and what the
+    new model inherits from it (tuned T_p / T_r, radius calibration) when K is unchanged."""
     from napari_tubular.models import load_model
 
     net, meta = load_model(config.init_model, "cpu")
@@ -606,7 +614,15 @@ def _init_from_model(config: TrainConfig):
         raise ValueError(f"init_model: the model was trained at spacing {meta['spacing']} mm, "
                          f"the run uses {list(config.target_spacing)}; pass --spacing "
                          + " ".join(str(v) for v in meta["spacing"]))
-    return arch, dict(meta["normalization"]), state
+    inherited = {}
+    if int(meta["K"]) == int(config.K):  # same scale head: its calibration and thresholds hold
+        refine = (meta.get("metrics") or {}).get("refine")
+        if refine:
+            inherited["refine"] = {**refine, "inherited_from": str(config.init_model)}
+        if meta.get("radius_calibration"):
+            inherited["radius_calibration"] = {**meta["radius_calibration"],
+                                               "inherited_from": str(config.init_model)}
+    return arch, dict(meta["normalization"]), state, inherited
 
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:

@@ -72,6 +72,19 @@ def test_round_trip_same_outputs_and_meta(tmp_path, net):
     assert read_model_meta(path)["metrics"] == meta["metrics"]
 
 
+def test_saved_model_is_readable_like_other_outputs(tmp_path, net):
+    """Written through a private temporary file, the model ends with the usual permissions."""
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "shared.pt", net, _meta())
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
 def test_save_refuses_overwrite_when_asked(tmp_path, net):
     path = save_model(tmp_path / "m.pt", net, _meta())
     with pytest.raises(FileExistsError, match="m.pt"):
