@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from napari_tubular._widgets._layers import (
     LayerPicker,
     layer_geometry,
+    same_layer,
     scrollable_layout,
     volume_from_layer,
 )
@@ -125,6 +126,7 @@ class TrainingWidget(QWidget):
         self.viewer = napari_viewer
         self.sync = sync_default() if sync is None else sync
         self.pairs: list[tuple[str, str]] = []
+        self._pair_layers: list[tuple] = []
         self.model_path: Path | None = None
         self._job = None
         self._build_ui()
@@ -250,6 +252,7 @@ class TrainingWidget(QWidget):
         pair = (image.name, labels.name)
         if pair not in self.pairs:
             self.pairs.append(pair)
+            self._pair_layers.append((image, labels))  # found again by identity (renames)
             self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
         self.source_combo.setCurrentText("layer pairs")
 
@@ -257,6 +260,7 @@ class TrainingWidget(QWidget):
         row = self.pairs_list.currentRow()
         if row >= 0:
             self.pairs.pop(row)
+            self._pair_layers.pop(row)
             self.pairs_list.takeItem(row)
 
     def _browse_folder(self) -> None:
@@ -270,13 +274,17 @@ class TrainingWidget(QWidget):
         from napari_tubular.io import write_volume
 
         folder.mkdir(parents=True, exist_ok=True)
-        for i, (image_name, label_name) in enumerate(self.pairs):
-            if image_name not in self.viewer.layers or label_name not in self.viewer.layers:
+        for i, ((image_name, label_name), chosen) in enumerate(
+            zip(self.pairs, self._pair_layers)
+        ):
+            found = [next((ly for ly in self.viewer.layers if same_layer(ly, c)), None)
+                     for c in chosen]
+            if None in found:
                 raise ValueError(
                     f"layer pair ({image_name!r}, {label_name!r}) is no longer in the viewer"
                 )
-            image = volume_from_layer(self.viewer.layers[image_name])
-            labels = self.viewer.layers[label_name]
+            image = volume_from_layer(found[0])
+            labels = found[1]
             stem = f"pair{i:02d}"
             write_volume(folder / f"{stem}_image.nii.gz", image, overwrite=True)
             write_volume(

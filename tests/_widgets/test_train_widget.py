@@ -158,3 +158,12 @@ def test_fine_tunes_the_default_model(train_widget):
     train_widget.init_combo.setCurrentText("model file")
     with pytest.raises(ValueError, match="model file"):
         train_widget.config()
+
+
+def test_layer_pairs_survive_a_rename(train_widget):
+    viewer = train_widget.viewer
+    viewer.layers["ct"].name = "patient 1"
+    config = train_widget.config()  # writes the pair: found by identity, not by name
+    from napari_tubular.training import find_pairs
+
+    assert len(find_pairs(config.data)) == 1
