@@ -1,7 +1,7 @@
 """Command line: ``napari-tubular <command> ...``.
 
 Each command lives in ``napari_tubular/_cli/<command>.py`` and exposes
-``add_parser(subparsers)`` (registers its arguments) and ``run(args) -> int``.
+``add_parser(subparsers, name, help_text)`` (registers its arguments) and ``run(args) -> int``.
 Command modules are imported lazily so that ``--help`` and ``info`` stay fast.
 """
 

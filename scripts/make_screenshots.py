@@ -66,7 +66,8 @@ def _shot(viewer, path: Path, canvas_only: bool = True) -> None:
     for _ in range(5):
         QApplication.processEvents()
     viewer.screenshot(str(path), canvas_only=canvas_only, flash=False)
-    print(f"wrote {path.relative_to(ROOT)}")
+    shown = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+    print(f"wrote {shown}")
 
 
 def main(argv=None) -> int:

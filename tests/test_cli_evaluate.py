@@ -223,3 +223,18 @@ def test_other_orientation_is_reindexed_and_other_grids_resampled(tmp_path, caps
                  "--overwrite"]) == 0
     assert "resampled (nearest)" in capsys.readouterr().err
     assert json.loads(out.read_text())["dice"] == pytest.approx(want["dice"])
+
+
+def test_batch_against_a_synth_folder_uses_its_labels(tmp_path, capsys):
+    """refs = the folder `synth` wrote (images beside labels): the labels are the references."""
+    pred, ref = case(0)
+    refs, preds = tmp_path / "refs", tmp_path / "preds"
+    write(refs / "case_000_image.nii.gz", (ref * 200).astype(np.float32))
+    write(refs / "case_000_label.nii.gz", ref)
+    write(preds / "case_000_labels.nii.gz", pred)
+    out = tmp_path / "all.csv"
+    assert main(["evaluate", str(preds), str(refs), "--csv", str(out)]) == 0
+    rows = out.read_text().splitlines()
+    assert len(rows) == 2
+    assert "case_000_label.nii.gz" in rows[1]
+    assert float(rows[1].split(",")[3]) == pytest.approx(compute_metrics(pred, ref, SPACING)["dice"])

@@ -149,6 +149,24 @@ def segment_labels_only(pred_paths: list[Path]) -> list[Path]:
     return [p for p in pred_paths if not is_extra(p)]
 
 
+_IMAGE_SUFFIXES = ("_image", "_img", "_0000")
+_LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+
+
+def reference_labels_only(ref_paths: list[Path]) -> list[Path]:
+    """In a reference folder holding images beside their labels (as ``synth`` writes it:
+    ``case_000_image`` + ``case_000_label``), keep the labels: an image is dropped when a label
+    of the same case is there."""
+    from ..io import volume_stem
+
+    def base(stem: str, suffixes) -> str | None:
+        low = stem.lower()
+        return next((low[: -len(x)] for x in suffixes if low.endswith(x)), None)
+
+    labelled = {b for b in (base(volume_stem(p), _LABEL_SUFFIXES) for p in ref_paths) if b}
+    return [p for p in ref_paths if base(volume_stem(p), _IMAGE_SUFFIXES) not in labelled]
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -339,7 +357,7 @@ def _run_batch(args) -> int:
 
     _check_outputs(args, batch=True)
     preds = segment_labels_only(list_volumes(args.pred))
-    pairs, un_p, un_r = match_cases(preds, list_volumes(args.ref))
+    pairs, un_p, un_r = match_cases(preds, reference_labels_only(list_volumes(args.ref)))
     for p in un_p:
         print(f"unmatched prediction: {p.name}", file=sys.stderr)
     for r in un_r:

@@ -123,6 +123,8 @@ class TrainConfig:
             self.data = [self.data]
         if isinstance(self.val_data, str):
             self.val_data = [self.val_data]
+        if self.val_data is None or [str(v).lower() for v in self.val_data] == ["none"]:
+            self.val_data = []  # "none", as on the command line: no validation
         self.data = [str(d) for d in self.data]
         self.val_data = [str(d) for d in self.val_data]
         self.out = str(self.out)

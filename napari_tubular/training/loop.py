@@ -403,8 +403,6 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         elapsed0, seeds_drawn = float(ck["elapsed_s"]), int(ck.get("seeds_drawn", 0))
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
-    if is_main:
-        config.save(out / "config.json")
     net = model
     if dist.enabled:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -416,6 +414,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                  if is_main and config.val_tubes else [])
     has_val = bool(config.val_data) and (config.val_cases > 0 or not config.val_is_synthetic)
     pool = _make_pool(config, normalization, dist, seeds_drawn, rng, report)
+    if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
+        config.save(out / "config.json")
     description = config.description or (
         f"napari-tubular train, loss {config.loss}, data {', '.join(config.data)}")
     meta_base = {
