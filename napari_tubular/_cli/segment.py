@@ -243,8 +243,10 @@ def run(args) -> int:
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0 <= args.overlap < 1:
-        raise ValueError(f"--overlap must be in [0, 1), got {args.overlap}")
+    from ..inference import MAX_OVERLAP
+
+    if not 0 <= args.overlap <= MAX_OVERLAP:
+        raise ValueError(f"--overlap must be in [0, {MAX_OVERLAP}], got {args.overlap}")
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")

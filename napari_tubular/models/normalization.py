@@ -78,8 +78,10 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
     """Why ``image`` cannot be in the units of a ``window`` model (bright vessels on darker
     tissue, e.g. CT in HU), or None when it can. Always None for other kinds. The reasons:
 
-    * its robust range spans less than 5 % of the window (e.g. an image scaled to [0, 1] for a
-      -200..600 HU window): the window would leave the network a flat image;
+    * its robust range spans less than 5 % of the window and its whole range less than 10 %
+      (e.g. an image scaled to [0, 1] for a -200..600 HU window): the window would leave the
+      network a flat image (a low-noise CT in HU, tissue within a few HU, keeps its units: its
+      vessels lie far above the tissue);
     * it is stored as 8-bit unsigned integers (0..255 cannot hold Hounsfield units: no air,
       no bone);
     * its bulk (the median of the voxels above ``low - 3/8 width``, i.e. without air and lung
@@ -95,7 +97,11 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
         return None
     low, width = n["low"], n["high"] - n["low"]
     lo, hi = robust_range(image) if value_range is None else value_range
-    if (hi - lo) < _FLAT_FRACTION * width:
+    arr = np.asarray(image)
+    full = float(np.max(arr)) - float(np.min(arr)) if arr.size else 0.0
+    # narrow: the robust range AND the whole range (a low-noise CT in HU has a narrow robust
+    # range of tissue, but its few vessel voxels lie hundreds of HU above it)
+    if (hi - lo) < _FLAT_FRACTION * width and full < 2 * _FLAT_FRACTION * width:
         return ("the image's intensity range is far narrower than the model's window, so it is "
                 "not in the model's units (e.g. scaled to [0, 1])")
     if np.asarray(image).dtype == np.uint8:

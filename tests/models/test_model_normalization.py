@@ -112,3 +112,20 @@ def test_rescale_to_window_is_the_linear_map_of_the_robust_range():
     assert info_c["scale"] == 0.0
     with pytest.raises(ValueError, match="window"):
         rescale_to_window(x, {"kind": "zscore"})
+
+
+def test_low_noise_ct_keeps_its_units():
+    """Tissue 40 +- 5 HU with a thin 300 HU vessel (0.05 % of the voxels): the robust range is
+    narrow, but the image is CT in HU and must not be rescaled; the same image scaled to [0, 1]
+    must be."""
+    import numpy as np
+
+    from napari_tubular.models.normalization import intensity_rescale_reason
+
+    rng = np.random.default_rng(0)
+    img = rng.normal(40, 5, (40, 60, 60)).astype(np.float32)
+    img[20, 30, 10:50] = 300.0
+    window = {"kind": "window", "low": -200.0, "high": 600.0}
+    assert intensity_rescale_reason(img, window) is None
+    unit = (img - img.min()) / (img.max() - img.min())
+    assert "narrower" in intensity_rescale_reason(unit, window)
