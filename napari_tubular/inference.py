@@ -267,9 +267,11 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
 _PAD_MODE = "reflect"
 
 
-#: a volume face whose outer slab varies less than this (normalised units; 0.02 = 16 HU for
-#: the default -200..600 window) counts as uniform and gets a mirrored margin
-FLAT_FACE_STD = 0.02
+#: a volume face whose outer slab varies less than this (normalised units; 0.008 = 6.4 HU for
+#: the default -200..600 window) counts as uniform and gets a mirrored margin. Without it, a
+#: 40 HU volume with 2 HU noise had 1,317 vessel voxels at its faces, with 5 and 10 HU noise
+#: 37 and 33 (specks the speck filter removes); 15 HU noise probes are left as they were.
+FLAT_FACE_STD = 0.008
 FACE_SLAB = 4
 
 
