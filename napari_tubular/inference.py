@@ -900,6 +900,12 @@ def _refit_pass(data, probability, spacing, meta, messages,
     return {**info, "go": True}
 
 
+def _found_mm3(pred: Prediction) -> float:
+    """Volume (mm^3) of the network's ``P > 0.5``."""
+    voxels = np.count_nonzero(pred.probability > NO_REFINE_THRESHOLD)
+    return float(voxels) * float(np.prod(pred.spacing))
+
+
 def check_intensity_mode(intensity) -> str:
     """Validate an ``intensity`` mode (ValueError listing the choices)."""
     from .models.normalization import INTENSITY_MODES
@@ -1121,9 +1127,7 @@ def segment(
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
     skeleton &= labels
-    voxel_mm3 = float(np.prod(pred.spacing))
-    found_mm3 = float(np.count_nonzero(pred.probability > NO_REFINE_THRESHOLD)) * voxel_mm3
-    if not no_vessel and not labels.any() and found_mm3 >= max(float(min_size_mm3), 1.0) * 2:
+    if not no_vessel and not labels.any() and _found_mm3(pred) >= max(float(min_size_mm3), 1.0) * 2:
         # the network found more than specks, and the thresholds removed all of it
         _warn(
             "the labels are empty although the network found vessels (highest probability "

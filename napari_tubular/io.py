@@ -841,7 +841,6 @@ def write_volume(
     Returns:
         The path written.
     """
-    import SimpleITK as sitk
 
     p = Path(path).expanduser()
     ext = _write_ext(p)
@@ -879,11 +878,7 @@ def write_volume(
             f"{p}: NIfTI cannot store a non-orthogonal direction matrix (it would be silently "
             "changed); write .nrrd or .mha instead"
         )
-    arr = _prepare_dtype(np.ascontiguousarray(vol.data), dtype)
-    img = sitk.GetImageFromArray(arr, isVector=False)
-    img.SetSpacing([float(v) for v in reversed(vol.spacing)])
-    img.SetOrigin([float(v) for v in reversed(vol.origin)])
-    img.SetDirection([float(v) for v in vol.direction[::-1, ::-1].reshape(-1)])
+    img = _sitk_image(vol, _prepare_dtype(np.ascontiguousarray(vol.data), dtype))
     p.parent.mkdir(parents=True, exist_ok=True)
     compress = ext != ".nii"
     if ext == ".mhd":
@@ -902,11 +897,12 @@ def write_volume(
     return p
 
 
-def _sitk_image(vol: Volume):
-    """A SimpleITK image with the volume's data and geometry."""
+def _sitk_image(vol: Volume, data: np.ndarray | None = None):
+    """A SimpleITK image with the volume's geometry and its data (or ``data``, same shape)."""
     import SimpleITK as sitk
 
-    img = sitk.GetImageFromArray(np.ascontiguousarray(vol.data), isVector=False)
+    arr = vol.data if data is None else data
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr), isVector=False)
     img.SetSpacing([float(v) for v in reversed(vol.spacing)])
     img.SetOrigin([float(v) for v in reversed(vol.origin)])
     img.SetDirection([float(v) for v in vol.direction[::-1, ::-1].reshape(-1)])

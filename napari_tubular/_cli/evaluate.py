@@ -304,12 +304,6 @@ def _check_outputs(args, *, batch: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
-def _is_dicom_folder(path) -> bool:
-    from ..io import _has_dicom
-
-    return _has_dicom(path)
-
-
 def _run_single(args) -> int:
     _check_outputs(args, batch=False)
     metrics, report, rv = _evaluate(args.pred, args.ref, args, args.errors)
@@ -423,8 +417,10 @@ def run(args) -> int:
     if all(folders):
         return _run_batch(args)
     if any(folders):
+        from ..io import _has_dicom
+
         empty = [str(p) for p, f in zip((args.pred, args.ref), folders)
-                 if p.is_dir() and not f and not _is_dicom_folder(p)]
+                 if p.is_dir() and not f and not _has_dicom(p)]
         if empty:
             raise ValueError(f"folder {empty[0]} holds no volume to compare")
         raise ValueError(

@@ -236,15 +236,13 @@ def write_json(path: Path, data: dict, overwrite: bool) -> None:
 
 
 def run(args) -> int:
-    from ..inference import check_segment_options
+    from ..inference import MAX_OVERLAP, check_segment_options
     from ..io import VolumeIOError
     from ..models import load_model, resolve_device
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from ..inference import MAX_OVERLAP
-
     if not 0 <= args.overlap <= MAX_OVERLAP:
         raise ValueError(f"--overlap must be in [0, {MAX_OVERLAP}], got {args.overlap}")
     outdir = Path(args.output).expanduser()

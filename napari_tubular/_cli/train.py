@@ -76,27 +76,10 @@ _SIMPLE = ("steps", "max_minutes", "batch_size", "patch_size", "target_spacing",
            "device", "workers", "num_threads", "init_model")
 
 
-def _file_values(path) -> dict:
-    """The options a config file sets (JSON or YAML), without validating them."""
-    import json
-    from pathlib import Path
-
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-        if p.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
-            return dict(yaml.safe_load(text) or {})
-        return dict(json.loads(text))
-    except (OSError, ValueError, TypeError):
-        return {}  # TrainConfig.from_file reports the problem
-
-
-def _defaults_from_init_model(values: dict, config_path) -> None:
+def _defaults_from_init_model(values: dict, file_values: dict) -> None:
     """Fine-tuning: K and the training spacing default to the initial model's (a run that
-    names them itself keeps its choice)."""
-    given = {**(_file_values(config_path) if config_path else {}), **values}
+    names them itself, on the command line or in its config file, keeps its choice)."""
+    given = {**file_values, **values}
     init = given.get("init_model")
     if not init:
         return
@@ -115,6 +98,7 @@ def _defaults_from_init_model(values: dict, config_path) -> None:
 def config_from_args(args: argparse.Namespace):
     """Build a :class:`TrainConfig` from the config file (if any) and the flags."""
     from napari_tubular.training import TrainConfig
+    from napari_tubular.training.config import config_file_values
 
     values: dict = {k: getattr(args, k) for k in _SIMPLE if getattr(args, k, None) is not None}
     if args.data:
@@ -122,8 +106,7 @@ def config_from_args(args: argparse.Namespace):
     if args.synthetic:
         values["data"] = ["synthetic"]
     if args.val_data:
-        vd = list(args.val_data)
-        values["val_data"] = [] if [v.lower() for v in vd] == ["none"] else vd
+        values["val_data"] = list(args.val_data)  # "none": TrainConfig reads it as []
     if args.out:
         values["out"] = args.out
     for flag, key, val in (("no_amp", "amp", False), ("no_augment", "augment", False),
@@ -133,9 +116,10 @@ def config_from_args(args: argparse.Namespace):
             values[key] = val
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")
                   if getattr(args, k, None) is not None}
-    _defaults_from_init_model(values, args.config)
+    file_values = config_file_values(args.config) if args.config else {}  # read once
+    _defaults_from_init_model(values, file_values)
     if args.config:
-        cfg = TrainConfig.from_file(args.config, **values)
+        cfg = TrainConfig.from_values(file_values, **values)
         if model_opts:
             cfg.model = {**cfg.model, **model_opts}
     else:

@@ -108,8 +108,6 @@ def volume_from_layer(layer: Any):
     )
 
 
-
-
 def same_layer(a: Any, b: Any) -> bool:
     """The same layer, also through napari's public-only proxies (a new wrapper per access)."""
     if a is None or b is None:
@@ -334,8 +332,19 @@ def world_of_voxel(
 ) -> np.ndarray:
     """World (z, y, x) of a voxel index on a layer with ``scale``, ``translate`` and a 4x4
     ``affine`` (applied after them, as napari does: an oblique or flipped file's direction)."""
-    return world_of_physical(np.asarray(index_zyx, float) * np.asarray(scale, float), translate,
-                             affine)
+    return (index_to_world(scale, translate, affine) @ np.r_[np.asarray(index_zyx, float), 1.0])[:3]
+
+
+def index_to_world(
+    scale: Sequence[float], translate: Sequence[float], affine: np.ndarray | None = None
+) -> np.ndarray:
+    """4x4 matrix from a voxel index (z, y, x, 1) to world coordinates on a layer with
+    ``scale``, ``translate`` and ``affine``: for a layer read from a file, the file's
+    index-to-physical matrix (:meth:`napari_tubular.io.Volume.affine`)."""
+    m = np.eye(4)
+    m[:3, :3] = np.diag(np.asarray(scale, float))
+    m[:3, 3] = np.asarray(translate, float)
+    return m if affine is None else np.asarray(affine, float) @ m
 
 
 def world_of_physical(

@@ -35,9 +35,9 @@ from napari_tubular._widgets._layers import (
     LayerPicker,
     focus_on,
     grid_mismatch,
+    index_to_world,
     layer_affine,
     layer_geometry,
-    layer_volume_geometry,
     scrollable_layout,
     upsert_layer,
     world_of_voxel,
@@ -398,16 +398,8 @@ class TopologyReviewWidget(QWidget):
         if self.report is None:
             raise ValueError("nothing to export: run Compute first")
         path = Path(path)
-        affine = None
-        if self._source_layer is not None:
-            from napari_tubular.io import Volume
-
-            try:
-                spacing, origin, direction = layer_volume_geometry(self._source_layer)
-                affine = Volume(np.zeros((1, 1, 1)), spacing, origin, direction).affine()
-            except ValueError:
-                affine = None
-        rows = self.report.to_rows(affine)
+        # physical coordinates: the sites' grid as placed at the run (as Next/Previous use it)
+        rows = self.report.to_rows(index_to_world(*self._geometry, self._affine))
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["metric", "value"])

@@ -78,7 +78,7 @@ def _without_specks(result, spacing, min_size_mm3: float):
         vox = np.clip(vox, 0, np.asarray(labels.shape) - 1)
         inside = keep[vox[:, 0], vox[:, 1], vox[:, 2]]
         centers_mm, radii_mm = centers_mm[inside], radii_mm[inside]
-    return dataclasses.replace(result, labels=labels, skeleton=skeleton.astype(np.uint8),
+    return dataclasses.replace(result, labels=labels, skeleton=skeleton,
                                centers_mm=centers_mm, radii_mm=radii_mm)
 
 

@@ -104,7 +104,7 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
     if (hi - lo) < _FLAT_FRACTION * width and full < 2 * _FLAT_FRACTION * width:
         return ("the image's intensity range is far narrower than the model's window, so it is "
                 "not in the model's units (e.g. scaled to [0, 1])")
-    if np.asarray(image).dtype == np.uint8:
+    if arr.dtype == np.uint8:
         return "the image is stored as 8-bit unsigned integers, which cannot hold the model's units"
     x = _sample(image).astype(np.float64)
     bulk = x[x > low - _BULK_FLOOR * width]

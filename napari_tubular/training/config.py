@@ -218,24 +218,13 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
         """Read a JSON or YAML config file; ``overrides`` (not None) replace its values."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
+        return cls.from_values(config_file_values(path), **overrides)
 
-            try:
-                values = yaml.safe_load(text) or {}
-            except yaml.YAMLError as exc:
-                raise ValueError(f"{path}: not valid YAML: {exc}") from exc
-        else:
-            try:
-                values = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}: not valid JSON: {exc}") from exc
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of option names to values")
+    @classmethod
+    def from_values(cls, values: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """A config from a config file's ``values`` (:func:`config_file_values`) and
+        ``overrides`` (not None) replacing them."""
+        values = dict(values)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(values)
 
@@ -252,6 +241,34 @@ class TrainConfig:
     @property
     def val_is_synthetic(self) -> bool:
         return [d.lower() for d in self.val_data] == ["synthetic"]
+
+
+def config_file_values(path: str | Path) -> dict[str, Any]:
+    """The options a JSON or YAML config file sets (not yet validated).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON / YAML, or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {exc}") from exc
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    return values
 
 
 def _as_bool(value: Any, name: str) -> bool:
