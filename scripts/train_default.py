@@ -220,6 +220,12 @@ def main(argv=None) -> int:
     p.add_argument("--val-tubes", action="store_true",
                    help="validate on straight-tube phantoms too; their Dice enters the score "
                         "that picks best.pt (TrainConfig.val_tubes)")
+    p.add_argument("--batch-size", type=int, default=None, help="patches per step (preset's)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="background generation processes of each run (preset's)")
+    p.add_argument("--snapshot-every", type=int, default=None,
+                   help="keep the weights of every N-th step as step_N.pt in the run folder "
+                        "(TrainConfig.snapshot_every)")
     p.add_argument("--processes", type=int, default=None, help="generation/metric processes")
     p.add_argument("--no-eval", action="store_true")
     p.add_argument("--install", action="store_true",
@@ -279,6 +285,12 @@ def main(argv=None) -> int:
         recipe["val_every"] = a.val_every
     if a.val_tubes:
         recipe["val_tubes"] = True
+    if a.batch_size is not None:
+        recipe["batch_size"] = a.batch_size
+    if a.workers is not None:
+        recipe["workers"] = a.workers
+    if a.snapshot_every is not None:
+        recipe["snapshot_every"] = a.snapshot_every
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="napari_tubular_default_"))

@@ -229,6 +229,24 @@ def test_validation_best_model_and_resume(tmp_path):
         train(tiny_config(out, steps=6, K=4, resume=True))
 
 
+def test_snapshots_keep_the_weights_of_every_nth_step(tmp_path):
+    from napari_tubular.models import load_model
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=5, snapshot_every=2))
+    snaps = sorted(p.name for p in out.glob("step_*.pt"))
+    assert snaps == ["step_000002.pt", "step_000004.pt"]
+    w2 = load_model(out / "step_000002.pt", device="cpu")[0].state_dict()
+    w4 = load_model(out / "step_000004.pt", device="cpu")[0].state_dict()
+    final = load_model(out / "model.pt", device="cpu")[0].state_dict()
+    moved = [k for k in w2 if w2[k].is_floating_point() and not torch.equal(w2[k], w4[k])]
+    assert moved  # snapshots are of different steps, not copies of one state
+    assert any(not torch.equal(w4[k], final[k]) for k in moved)
+    # --overwrite clears old snapshots with the other run files
+    train(tiny_config(out, steps=1, overwrite=True))
+    assert not list(out.glob("step_*.pt"))
+
+
 def test_tube_validation_cases_are_the_named_tubes():
     cases = tdata.make_tube_val_cases((1.0, 1.0, 1.0), 3, NORM)
     assert len(cases) == len(tdata.VAL_TUBES)

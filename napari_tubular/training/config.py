@@ -60,6 +60,9 @@ class TrainConfig:
             ``val_tube_dice`` and the score that picks ``best.pt`` becomes
             ``(Dice + clDice + tube Dice) / 3`` instead of ``(Dice + clDice) / 2``.
         checkpoint_every: write last.pt every N steps (and at the end / on cancel).
+        snapshot_every: also keep the weights of every N-th step as a model file
+            ``step_000N.pt`` (0 = none): checkpoints to compare afterwards on other data than
+            the validation volumes, which are too few to pick among them reliably.
         log_every: log the training loss every N steps.
         seed: base seed (synthetic training seeds are ``seed * 1_000_003 + i``; validation
             seeds are disjoint: they start at ``10**8 + seed * 1000``).
@@ -104,6 +107,7 @@ class TrainConfig:
     val_cases: int = 4
     val_tubes: bool = False
     checkpoint_every: int = 100
+    snapshot_every: int = 0
     log_every: int = 10
     seed: int = 0
     device: str = "auto"
@@ -169,8 +173,8 @@ class TrainConfig:
         for name in ("batch_size", "steps", "K", "cldice_iters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "checkpoint_every", "log_every", "workers", "num_threads",
-                     "val_cases"):
+        for name in ("val_every", "checkpoint_every", "snapshot_every", "log_every", "workers",
+                     "num_threads", "val_cases"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.max_minutes is not None and self.max_minutes <= 0:

@@ -98,6 +98,8 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
         for name in ("log.csv", "log.json", "curves.png", "last.pt", "best.pt", "model.pt"):
             if (out / name).exists():
                 (out / name).unlink()
+        for snap in out.glob("step_*.pt"):
+            snap.unlink()
     return out
 
 
@@ -521,6 +523,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                 rows.append(row)
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save_checkpoint()
+            if is_main and config.snapshot_every and step % config.snapshot_every == 0:
+                save_model(out / f"step_{step:06d}.pt", _unwrap(net), meta(last_val_metrics))
             if do_val:
                 ddp.barrier(dist)
             if report and (step == 1 or step % max(1, config.log_every) == 0):
