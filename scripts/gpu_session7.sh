@@ -2,7 +2,10 @@
 # Session 7's one device call: the CUDA-marked tests, then two fine-tuning recipes from the shipped
 # weights trained side by side on the one GPU (they differ in the share of thin-only trees and in
 # seed). Model files and logs land in $OUT (at most 8 files). Variables for a CPU smoke test:
-#   MIN=1.5 DEVICE=cpu EXTRA="--settings quick" OUT=/tmp/o bash scripts/gpu_session7.sh
+#   MIN=3 DEVICE=cpu EXTRA="--settings cpu --batch-size 1" OUT=/tmp/o bash scripts/gpu_session7.sh
+# PHASE=C (second call, A_final.pt from the first one in .s7/): run C continues A at lr 2e-4.
+# The default model (stage 9) is the weight average of A, B and C's final weights
+# (scripts/average_models.py), radius-calibrated (scripts/calibrate_radius.py --large-cases 6).
 set -u
 export PYTHONUNBUFFERED=1
 OUT=${OUT:?set OUT}
@@ -19,11 +22,23 @@ if [ -d .whl_gpu ] && [ "$DEVICE" = cuda ]; then
     echo "gpu tests: rc $?"; tail -3 "$OUT/pytest_gpu.log"
 fi
 PY=${PY:-python3}
+PHASE=${PHASE:-AB}
 SYN='{"sharp_fraction": 0.2, "large_fraction": 0.25, "large_max_radius_mm": [5.0, 12.0], "extent_mm": [40.0, 104.0], "hard_fraction": 0.15, "wide_psf_fraction": 0.1, "segment_fraction": 0.25, "generator": {"distractor_scale": 2.0}}'
 COMMON=(--device "$DEVICE" --minutes "$MIN" --no-eval --only ddt
         --init ddt=napari_tubular/weights/default.pt --lr 5e-4 --cldice-weight 0.3
         --cldice-warmup 0 --val-tubes --val-cases 4 --val-every 1000 --snapshot-every 1000
         --workers 4 --processes 7 --synthetic "$SYN" $EXTRA)
+if [ "$PHASE" = C ]; then
+    C=(--device "$DEVICE" --minutes "${MIN_C:-4.3}" --no-eval --only ddt --init ddt=.s7/A_final.pt
+       --lr 2e-4 --cldice-weight 0.3 --cldice-warmup 0 --val-tubes --val-cases 4 --val-every 1000
+       --snapshot-every 1000 --workers 6 --processes 14 --synthetic "$SYN" --thin-fraction 0.4
+       --seed 7 $EXTRA)
+    $PY scripts/train_default.py "${C[@]}" --out /tmp/C --work /tmp/wC >/tmp/C.log 2>&1
+    tail -3 /tmp/C.log
+    cp /tmp/wC/ddt/model.pt "$OUT/C_final.pt"; cp /tmp/wC/ddt/best.pt "$OUT/C_best.pt"
+    cp /tmp/wC/ddt/log.json "$OUT/C_log.json"
+    exit 0
+fi
 $PY scripts/train_default.py "${COMMON[@]}" --thin-fraction 0.4 --seed 5 \
     --out /tmp/s7A --work /tmp/s7wA >/tmp/s7A.log 2>&1 &
 $PY scripts/train_default.py "${COMMON[@]}" --thin-fraction 0.55 --seed 6 \

@@ -191,7 +191,8 @@ def upsert_layer(
 
 _DEFERRED = ("size", "face_color", "border_color", "features", "edge_width")
 #: set when a layer is added, then the user's (visibility, opacity, look) are kept on updates
-_CREATION_ONLY = ("blending", "rendering", "out_of_slice_display", "shading", "visible", "opacity")
+_CREATION_ONLY = ("blending", "rendering", "out_of_slice_display", "projection_mode", "shading",
+                  "visible", "opacity")
 
 
 def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]) -> None:
@@ -317,11 +318,24 @@ def spheres_points_kwargs(
         "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
         "border_width": 0.0,
         "features": pd.DataFrame({"radius_mm": radii}),
-        "out_of_slice_display": True,
+        **_sphere_projection(),
         "shading": "spherical",
         "opacity": 0.7,
     }
     return centers, kwargs
+
+
+def _sphere_projection() -> dict[str, Any]:
+    """Spheres drawn as discs of their cross-section on the slices they cross. napari >= 0.9
+    names this ``projection_mode="rescale_spherical"`` (``out_of_slice_display`` is deprecated
+    there, with a FutureWarning); older napari only has ``out_of_slice_display``."""
+    try:
+        from napari.layers.points._points_constants import PointsProjectionMode
+    except ImportError:
+        return {"out_of_slice_display": True}
+    if "RESCALE_SPHERICAL" in PointsProjectionMode.__members__:
+        return {"projection_mode": "rescale_spherical"}
+    return {"out_of_slice_display": True}
 
 
 def world_of_voxel(

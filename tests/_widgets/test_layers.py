@@ -1,5 +1,7 @@
 """Layer helpers: geometry, add-or-replace, sphere points on voxels, live layer pickers."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -89,7 +91,12 @@ def test_sphere_points_overlay_their_voxels(make_napari_viewer):
     voxels = np.array([[0, 0, 0], [3, 7, 11], [9, 11, 13]])
     radii = np.array([0.5, 1.0, 2.0])
     data, kwargs = spheres_points_kwargs(voxels * np.asarray(SPACING), radii, TRANSLATE)
-    points = viewer.add_points(data, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated option (napari 0.9)
+        points = viewer.add_points(data, **kwargs)
+    # drawn as the disc where the sphere cuts the slice, where napari can do so
+    assert str(points.projection_mode) in ("rescale_spherical", "rescale_linear") or getattr(
+        points, "out_of_slice_display", False)
     world = np.array([points.data_to_world(p) for p in points.data])
     back = np.array([image.world_to_data(w) for w in world])
     np.testing.assert_allclose(back, voxels, atol=1e-9)
