@@ -259,3 +259,28 @@ def test_foreign_phantoms_evaluate_reports_both_pipelines(tmp_path):
     for key in ("segment", "no_refine"):
         assert 0.0 <= s[key]["dice"] <= 1.0
         assert s[key]["b0_error"] >= 0
+
+
+def test_average_models_is_the_mean_of_the_weights(tmp_path):
+    import torch
+
+    from napari_tubular.models import load_model, read_model_meta, save_model
+
+    avg = _load("average_models")
+    a = save_tiny_model(tmp_path / "a.pt", training={"loss": "ddt"})
+    net, meta = load_model(a, device="cpu")
+    meta.pop("path", None)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    b = save_model(tmp_path / "b.pt", net, meta)
+    assert avg.main([str(tmp_path / "ab.pt"), str(a), str(b)]) == 0
+    wa = load_model(a, device="cpu")[0].state_dict()
+    wab = load_model(tmp_path / "ab.pt", device="cpu")[0].state_dict()
+    for k, v in wa.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(wab[k], v + 0.5)
+    assert read_model_meta(tmp_path / "ab.pt")["training"]["averaged"] == [str(a), str(b)]
+    other_k = save_tiny_model(tmp_path / "k4.pt", K=4)
+    with pytest.raises(ValueError, match="K"):
+        avg.average([str(a), str(other_k)], str(tmp_path / "bad.pt"))
