@@ -736,6 +736,18 @@ def predict(
               f"{TRAINED_SLICE_MM} mm): vessels thinner than about two voxels are missed and "
               "noise can be labelled; check the result", messages)
     data = _fill_non_finite(data, messages)
+    if data.size and float(data.min()) == float(data.max()):
+        # no structure at all: the network would only answer its own window edges (up to
+        # P 0.5 at the faces), and a rescale would divide by a zero range
+        _warn(f"the image is constant (every voxel is {float(data.flat[0]):g}): there is nothing "
+              "to segment; the probability is 0 everywhere", messages)
+        zeros = np.zeros(data.shape, np.float32)
+        timings["total"] = time.perf_counter() - t0
+        return Prediction(
+            probability=zeros, radius_mm=zeros.copy(), spacing=sp,
+            model_spacing=tuple(float(s) for s in meta["spacing"]), device_used=dev,
+            batch_size=int(batch_size), timings=timings, meta=meta, messages=messages,
+            intensity={"mode": intensity, "rescale": None, "refit": None})
     data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages)
     timings["normalize"] = time.perf_counter() - t
 
@@ -900,10 +912,13 @@ def _refit_pass(data, probability, spacing, meta, messages,
     return {**info, "go": True}
 
 
-def _found_mm3(pred: Prediction) -> float:
-    """Volume (mm^3) of the network's ``P > 0.5``."""
-    voxels = np.count_nonzero(pred.probability > NO_REFINE_THRESHOLD)
-    return float(voxels) * float(np.prod(pred.spacing))
+def _found_mm3(pred: Prediction, min_size_mm3: float = 0.0) -> float:
+    """Volume (mm^3) of the network's ``P > 0.5``, counting only its components of at least
+    ``min_size_mm3`` (those the speck filter keeps)."""
+    found = pred.probability > NO_REFINE_THRESHOLD
+    if min_size_mm3 > 0:
+        found, _ = remove_small_components(found, pred.spacing, min_size_mm3)
+    return float(np.count_nonzero(found)) * float(np.prod(pred.spacing))
 
 
 def check_intensity_mode(intensity) -> str:
@@ -1127,8 +1142,9 @@ def segment(
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
     skeleton &= labels
-    if not no_vessel and not labels.any() and _found_mm3(pred) >= max(float(min_size_mm3), 1.0) * 2:
-        # the network found more than specks, and the thresholds removed all of it
+    if not no_vessel and not labels.any() and _found_mm3(pred, min_size_mm3) > 0:
+        # the network found more than specks, and the thresholds removed all of it (specks
+        # alone, e.g. in pure noise, are what the speck filter is for: no advice then)
         _warn(
             "the labels are empty although the network found vessels (highest probability "
             f"{p_max:.2f}): the thresholds (tp={tp:g}, tr={tr:g}, min component "

@@ -358,6 +358,19 @@ def test_empty_labels_from_thresholds_are_a_warning(tmp_path, model_file, volume
     assert "labels are empty although the network found vessels" in err
     assert not read_volume(tmp_path / "o" / "case_07_labels.nii.gz").data.any()
 
+    def specks(*args, **kwargs):  # pure noise: many isolated confident voxels, no vessel
+        pred = real(*args, **kwargs)
+        pred.probability[:] = 0.0
+        pred.probability[::3, ::3, ::3] = 0.95
+        return pred
+
+    monkeypatch.setattr(inference, "predict", specks)
+    assert _run("segment", volume_file, "-o", tmp_path / "o2", "--model", model_file,
+                "--device", "cpu", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert not read_volume(tmp_path / "o2" / "case_07_labels.nii.gz").data.any()
+    assert "lower them" not in err  # the speck filter did its job: no advice to lower thresholds
+
 
 def test_refine_names_what_differs(tmp_path, capsys):
     grid = Volume(np.full((8, 8, 8), 0.5, np.float32), spacing=(1.0, 1.0, 1.0))
