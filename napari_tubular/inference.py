@@ -747,7 +747,7 @@ def predict(
             probability=zeros, radius_mm=zeros.copy(), spacing=sp,
             model_spacing=tuple(float(s) for s in meta["spacing"]), device_used=dev,
             batch_size=int(batch_size), timings=timings, meta=meta, messages=messages,
-            intensity={"mode": intensity, "rescale": None, "refit": None})
+            intensity={"mode": intensity, "rescale": None, "refit": None, "constant": True})
     data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages)
     timings["normalize"] = time.perf_counter() - t
 
@@ -1120,7 +1120,7 @@ def segment(
     tr = tuned_tr if tr is None else float(tr)
     p_max = float(pred.probability.max())
     no_vessel = p_max <= min(tp, NO_REFINE_THRESHOLD)
-    if no_vessel:
+    if no_vessel and not pred.intensity.get("constant"):  # a constant image was said so
         note = (
             f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
             "the labels are empty; check the intensity units (intensity='rescale') and the "

@@ -665,5 +665,6 @@ def test_constant_volume_is_not_segmented():
     assert float(res.probability.max()) == 0.0
     msgs = " ".join(map(str, res.report.get("messages", [])))
     assert "constant" in msgs
+    assert "intensity units" not in msgs  # one message, not "check the units" on top
     assert "rescaled" not in msgs
     assert "lower" not in msgs
