@@ -272,25 +272,15 @@ def main(argv=None) -> int:
     for name, path in inits.items():
         if name != "ddt" or a.K is None:  # the baseline (and ddt without --K) keeps its model's K
             ks[name] = int(read_model_meta(path)["K"])
-    recipe = {}
-    if a.lr is not None:
-        recipe["lr"] = a.lr
-    if a.cldice_weight is not None:
-        recipe["cldice_weight"] = a.cldice_weight
-    if a.cldice_warmup is not None:
-        recipe["cldice_warmup_fraction"] = a.cldice_warmup
-    if a.val_cases is not None:
-        recipe["val_cases"] = a.val_cases
-    if a.val_every is not None:
-        recipe["val_every"] = a.val_every
+    # command-line option -> TrainConfig key (given options override the preset)
+    recipe_keys = {"lr": "lr", "cldice_weight": "cldice_weight",
+                   "cldice_warmup": "cldice_warmup_fraction", "val_cases": "val_cases",
+                   "val_every": "val_every", "batch_size": "batch_size", "workers": "workers",
+                   "snapshot_every": "snapshot_every"}
+    recipe = {key: getattr(a, opt) for opt, key in recipe_keys.items()
+              if getattr(a, opt) is not None}
     if a.val_tubes:
         recipe["val_tubes"] = True
-    if a.batch_size is not None:
-        recipe["batch_size"] = a.batch_size
-    if a.workers is not None:
-        recipe["workers"] = a.workers
-    if a.snapshot_every is not None:
-        recipe["snapshot_every"] = a.snapshot_every
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(a.work or tempfile.mkdtemp(prefix="napari_tubular_default_"))
