@@ -912,13 +912,11 @@ def _refit_pass(data, probability, spacing, meta, messages,
     return {**info, "go": True}
 
 
-def _found_mm3(pred: Prediction, min_size_mm3: float = 0.0) -> float:
-    """Volume (mm^3) of the network's ``P > 0.5``, counting only its components of at least
-    ``min_size_mm3`` (those the speck filter keeps)."""
+def _found_beyond_specks(pred: Prediction, min_size_mm3: float) -> bool:
+    """Whether the network's ``P > 0.5`` has a component the speck filter keeps (at least
+    ``min_size_mm3``; any component when it is 0)."""
     found = pred.probability > NO_REFINE_THRESHOLD
-    if min_size_mm3 > 0:
-        found, _ = remove_small_components(found, pred.spacing, min_size_mm3)
-    return float(np.count_nonzero(found)) * float(np.prod(pred.spacing))
+    return bool(remove_small_components(found, pred.spacing, min_size_mm3)[0].any())
 
 
 def check_intensity_mode(intensity) -> str:
@@ -1142,7 +1140,7 @@ def segment(
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
     skeleton &= labels
-    if not no_vessel and not labels.any() and _found_mm3(pred, min_size_mm3) > 0:
+    if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks
         # alone, e.g. in pure noise, are what the speck filter is for: no advice then)
         _warn(
