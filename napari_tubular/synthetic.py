@@ -864,6 +864,88 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
     return placed
 
 
+def _body_outline(rng, shape, spacing) -> dict:
+    """A body cross-section outline: depth below the skin in mm per voxel (negative outside).
+
+    An ellipse in the (Y, X) plane, off centre (often cut by the field of view), its semi-axes
+    changing linearly along Z (up to +-15 % over the volume) and modulated by a smooth field
+    (+-6 %, an irregular outline). The depth is the ellipse's normalised radius distance
+    ``(1 - rho) * min(semi-axes)``, exact on the axes and within the modulation elsewhere.
+    """
+    sp = np.asarray(spacing, dtype=np.float64)
+    ext = (np.asarray(shape) - 1) * sp
+    centre = ext[1:] * (0.5 + rng.uniform(-0.25, 0.25, 2))
+    semi = ext[1:] * rng.uniform(0.45, 0.9, 2)
+    taper = float(rng.uniform(-0.15, 0.15))
+    wobble = float(rng.uniform(0.0, 0.06))
+    z, y, x = (np.arange(n, dtype=np.float32) * np.float32(s) for n, s in zip(shape, sp))
+    zf = (1.0 + taper * (z / max(ext[0], 1e-6) - 0.5)).astype(np.float32)[:, None, None]
+    rho = np.sqrt(((y - np.float32(centre[0])) / np.float32(semi[0]))[None, :, None] ** 2
+                  + ((x - np.float32(centre[1])) / np.float32(semi[1]))[None, None, :] ** 2)
+    rho = rho / zf
+    field_ = _smooth_noise(rng, tuple(shape), sp, max(0.3 * float(ext.min()), 8.0))
+    rho *= np.float32(1.0) + np.float32(wobble) * np.clip(field_, -2.0, 2.0)
+    depth = (np.float32(1.0) - rho) * np.float32(semi.min())
+    return {
+        "depth_mm": depth.astype(np.float32, copy=False),
+        "params": {"centre_yx_mm": tuple(float(v) for v in centre),
+                   "semi_axes_mm": tuple(float(v) for v in semi), "taper": taper,
+                   "wobble": wobble},
+    }
+
+
+def _depth_at(depth: np.ndarray, pts: np.ndarray, spacing) -> np.ndarray:
+    """Depth below the body outline at points (mm, z y x), from the nearest voxel."""
+    if len(pts) == 0:
+        return np.zeros(0)
+    idx = np.rint(np.asarray(pts) / np.asarray(spacing)).astype(np.int64)
+    idx = np.clip(idx, 0, np.asarray(depth.shape) - 1)
+    return depth[idx[:, 0], idx[:, 1], idx[:, 2]].astype(np.float64)
+
+
+def _keep_points(keep, pts, rad, edges, tree_id, branch_id, web):
+    """The centerline graph restricted to the points ``keep``: segments (and web segments)
+    with both ends kept, indices renumbered; points left without a segment are dropped."""
+    keep = np.asarray(keep, dtype=bool).copy()
+    e_ok = keep[edges[:, 0]] & keep[edges[:, 1]] if len(edges) else np.zeros(0, bool)
+    edges = edges[e_ok]
+    used = np.zeros(len(pts), dtype=bool)
+    used[edges.ravel()] = True
+    keep &= used
+    new = np.cumsum(keep) - 1
+    w_ok = keep[web[:, 0]] & keep[web[:, 1]] if len(web) else np.zeros(0, bool)
+    return (pts[keep], rad[keep], new[edges].reshape(-1, 2).astype(np.int64), tree_id[keep],
+            branch_id[keep], new[web[w_ok]].reshape(-1, 2).astype(np.int64))
+
+
+def _composite_body(img, outline, rng, spacing, L) -> dict:
+    """Air outside the body outline, a subcutaneous fat shell and a thin skin, in place."""
+    f32 = np.float32
+    sp = np.asarray(spacing, dtype=np.float64)
+    h = float(sp.min())
+    depth = outline["depth_mm"]
+    fat_mm = float(rng.uniform(2.0, 18.0))
+    skin_mm = float(rng.uniform(1.0, 2.5)) if rng.random() < 0.7 else 0.0
+    fat_hu = float(rng.uniform(-120.0, -80.0))
+    air_hu = float(rng.uniform(-1010.0, -980.0))
+    # partial-volume weights of "inside the body" and "inside the fat shell's inner surface"
+    w_body = np.clip(depth * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+    w_in = np.clip((depth - f32(fat_mm)) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+    fat = _smooth_noise(rng, img.shape, sp, max(0.05 * L, 3 * h))
+    fat *= f32(rng.uniform(3.0, 8.0))
+    fat += f32(fat_hu)
+    if skin_mm > 0:  # skin: soft tissue in the outer skin_mm of the fat shell
+        w_skin = np.clip((f32(skin_mm) - depth) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+        fat += w_skin * (f32(TISSUE_HU) - fat)
+    img *= w_in
+    img += (f32(1.0) - w_in) * fat
+    img *= w_body
+    img += (f32(1.0) - w_body) * f32(air_hu)
+    outline["params"].update({"fat_mm": fat_mm, "skin_mm": skin_mm, "fat_hu": fat_hu,
+                              "air_hu": air_hu})
+    return outline["params"]
+
+
 # --------------------------------------------------------------------------------------------
 # public generators
 
@@ -889,6 +971,7 @@ def make_vessel_tree(
     distractor_scale: float = 1.0,
     psf_sigma_vox: Sequence[float] = (0.4, 0.7),
     free_segments: int = 0,
+    body: bool = False,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -937,6 +1020,16 @@ def make_vessel_tree(
             ends, as a vessel cut out of a larger field of view or a simple tube phantom looks.
             They may cross the trees and each other, so the topology guarantees below hold only
             without them; each gets a ``tree_id`` of its own.
+        body: place the tissue inside a body outline seen in cross-section, as a CT of a torso
+            or a limb is (default False: the default volume): an irregular ellipse in the
+            (Y, X) plane, slowly changing along Z, off centre and often cut by the field of
+            view, with air (-1000 HU) outside, a subcutaneous fat shell (-120..-80 HU, 2-18 mm)
+            and often a thin skin of soft tissue at its surface. Vessels are kept inside the
+            body: the centerline points closer to the outline than their radius plus 1 mm are
+            removed with their segments (a vessel leaving the body ends there), so the label,
+            the centerline and the topology stay consistent (``b0`` can grow: a cut tree is
+            several components). Drawn from a random stream of its own, so the trees and
+            the rest of the image are those of the same seed without ``body``.
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -1011,9 +1104,15 @@ def make_vessel_tree(
         pts, rad, edges, tree_id, branch_id = _add_free_segments(
             rng, extent, design, pts, rad, edges, tree_id, branch_id, int(free_segments),
             r_max=max(max_r, 3.0), tortuosity=float(tortuosity))
+    web = builder.web_edges()
+    outline = None
+    if body:
+        outline = _body_outline(np.random.default_rng([seed, 4243]), shape, sp)
+        keep = _depth_at(outline["depth_mm"], pts, sp) > rad + 1.0
+        pts, rad, edges, tree_id, branch_id, web = _keep_points(
+            keep, pts, rad, edges, tree_id, branch_id, web)
     # hard edges: the image follows the final label below, no partial-volume occupancy needed
     mask, occ = render_capsules(pts, rad, edges, shape, sp, occupancy=not hard_edges)
-    web = builder.web_edges()
     if len(web):
         mask |= render_capsules(pts, np.zeros_like(rad), web, shape, sp, occupancy=False)[0]
     if hard_edges:
@@ -1054,6 +1153,8 @@ def make_vessel_tree(
             n_blobs, n_plates, n_air = (int(round(n * distractor_scale))
                                         for n in (n_blobs, n_plates, n_air))
         _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air)
+    if outline is not None:
+        _composite_body(img, outline, np.random.default_rng([seed, 4244]), sp, L)
     # vessels (partial volume): img * (1 - occ) + vessel_hu * occ, vessel_hu varying by +-8 %
     vessel_hu = _smooth_noise(rng, shape, sp, max(0.2 * L, 4 * min(sp)))
     vessel_hu *= f32(0.08 * (tissue + contrast_hu))
@@ -1105,6 +1206,7 @@ def make_vessel_tree(
         "organ_hu": organ_hu,
         "hard_edges": bool(hard_edges),
         "free_segments": int(free_segments),
+        "body": None if outline is None else outline["params"],
     }
     return SyntheticCase(
         image=img,

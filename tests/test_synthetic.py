@@ -351,6 +351,40 @@ def test_free_segments_add_blunt_tube_pieces():
         make_vessel_tree((40, 48, 48), seed=3, free_segments=1.5)
 
 
+def test_body_outline_air_fat_and_vessels_inside():
+    """``body=True``: air outside an outline, a fat shell under it, the same tissue and the same
+    trees (cut at the outline) inside; label, centerline and image stay consistent."""
+    kw = {"shape": (48, 72, 72), "spacing": (1.2, 0.9, 0.9), "seed": 7}
+    base = make_vessel_tree(**kw)
+    case = make_vessel_tree(body=True, **kw)
+    assert base.params["body"] is None
+    b = case.params["body"]
+    assert b["semi_axes_mm"]
+    assert 2.0 <= b["fat_mm"] <= 18.0
+    img = case.image
+    # air outside, fat in the shell (both present in this field of view), tissue inside
+    assert (img < -900).mean() > 0.02
+    shell = (img > -160) & (img < -40)
+    assert shell.mean() > 0.02
+    # the trees are cut, never moved: every kept point is a point of the same seed's trees,
+    # at least its radius + 1 mm inside the outline (nearest-voxel depth)
+    assert 0 < len(case.centerline) < len(base.centerline)
+    kept = {tuple(p) for p in np.round(base.centerline, 9)}
+    assert all(tuple(p) in kept for p in np.round(case.centerline, 9))
+    sp = np.asarray(kw["spacing"])
+    vox = np.rint(case.centerline[:, :3] / sp).astype(int)
+    assert case.mask[tuple(vox.T)].all()
+    # vessel label never in the air: the air side of the outline is far below tissue
+    assert img[case.mask > 0].min() > -300
+    assert np.median(img[case.mask > 0]) > np.median(img[(case.mask == 0) & (img > -300)]) + 80
+    # label = the rendered capsules of the cut graph (no orphan voxels from removed segments)
+    assert case.edges.max() < len(case.centerline)
+    assert np.all(np.isin(np.arange(len(case.centerline)), case.edges.ravel()))
+    assert 0.3 * base.mask.sum() < case.mask.sum() < base.mask.sum()
+    # same draws without the body: everything up to the outline is the default volume
+    np.testing.assert_array_equal(base.image, make_vessel_tree(body=False, **kw).image)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

@@ -463,6 +463,17 @@ def test_synthetic_family_options_sharp_and_large():
     assert len(counts) > 1
     two = synthetic_case_params(0, {"segment_fraction": 1.0, "segments_per_case": (2, 2)})
     assert two["generator"]["free_segments"] == 2
+    # body outline: drawn last, every other choice unchanged
+    for seed in range(6):
+        opts = {"wide_psf_fraction": 0.5, "segment_fraction": 0.5}
+        base = synthetic_case_params(seed, opts)
+        body = synthetic_case_params(seed, {**opts, "body_fraction": 1.0})
+        assert not base["body"]
+        assert "body" not in base["generator"]
+        assert body["body"]
+        assert body["generator"]["body"] is True
+        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf", "segments"):
+            assert body[key] == base[key]
 
 
 def test_prepared_case_padding_is_mirrored():

@@ -47,6 +47,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "wide_psf_sigma_vox": (0.7, 1.4),  # its standard deviation per axis (voxels), uniform
     "segment_fraction": 0.0,  # fraction of cases with free tube segments (blunt-ended pieces)
     "segments_per_case": (1, 4),  # how many, uniform integers (inclusive)
+    "body_fraction": 0.0,  # fraction of cases inside a body outline (air, fat shell, skin)
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -316,7 +317,10 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     and unblurred ones included) are blurred with a PSF of ``wide_psf_sigma_vox`` (thick slices,
     smooth kernels); ``segment_fraction`` of all cases get ``segments_per_case`` free tube
     segments (``make_vessel_tree(free_segments=...)``: blunt-ended pieces of vessel up to the
-    root radius thick, so that a short thick tube is not taken for a blob); all 0 by default.
+    root radius thick, so that a short thick tube is not taken for a blob); ``body_fraction``
+    of all cases put the tissue inside a body outline with air outside, a subcutaneous fat
+    shell and skin (``make_vessel_tree(body=True)``: a large soft-tissue region bordered by fat
+    is not a vessel); all 0 by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -357,9 +361,12 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     if segments:
         lo, hi = (int(v) for v in opts["segments_per_case"])
         gen.setdefault("free_segments", int(rng.integers(lo, hi + 1)))
+    body = rng.random() < opts["body_fraction"]  # drawn last: defaults unchanged
+    if body:
+        gen.setdefault("body", True)
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
-            "wide_psf": bool(wide), "segments": bool(segments)}
+            "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
