@@ -347,6 +347,40 @@ def test_two_images_keep_their_own_results(make_napari_viewer, vessel_case, pred
     np.testing.assert_allclose(viewer.layers["b labels"].translate, (0, 0, 0))
 
 
+def test_layers_menu_on_another_image_uses_it(make_napari_viewer, vessel_case, predict_counter,
+                                             qtbot):
+    """napari reuses a docked widget: its Layers-menu entry hides it and shows it again. Shown
+    again after another image was selected, the widget works on that image; a choice made in
+    its combo box stays while the selection does not change."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer(show=True)  # a hidden window shows no dock widget
+    a = viewer.add_image(vessel_case.image, name="a")
+    b = viewer.add_image(vessel_case.image, name="b")
+    menu = get_app_model().commands
+
+    def menu_entry():
+        menu.execute_command("napari-tubular.segment_widget").result()
+
+    viewer.layers.selection.active = a
+    menu_entry()
+    dock = viewer.window._wrapped_dock_widgets["Segment (DDT) (napari-tubular)"]
+    qtbot.waitUntil(dock.isVisible)  # the window shows a new dock widget on its next events
+    widget = dock.inner_widget()
+    assert widget.image_picker.layer() is a
+    viewer.layers.selection.active = b
+    menu_entry()  # hides the widget
+    assert not dock.isVisible()
+    menu_entry()  # shows the same widget again
+    assert dock.isVisible()
+    assert dock.inner_widget() is widget
+    assert widget.image_picker.layer() is b
+    widget.image_picker.set_layer(a)
+    dock.hide()
+    dock.show()
+    assert widget.image_picker.layer() is a
+
+
 def test_overlays_show_what_segment_writes(seg):
     """Radius on the foreground only, its colour range from the vessels; the pseudo-skeleton
     and the spheres where the (speck-filtered) labels are; the labels drawn above the skeleton."""
