@@ -67,7 +67,21 @@ def test_refuses_to_overwrite(outdir, capsys):
     err = capsys.readouterr().err
     assert "case_000_image.nii.gz" in err
     assert "--overwrite" in err
+    assert "--start" in err
     assert target.read_bytes() == before
+
+
+def test_start_adds_a_second_set_to_the_folder(tmp_path):
+    out = tmp_path / "o"
+    small = ["--shape", "16", "16", "16", "--no-distractors"]
+    assert main(["synth", str(out), "--n", "2", "--seed", "5", *small]) == 0
+    first = (out / "case_001_label.nii.gz").read_bytes()
+    assert main(["synth", str(out), "--n", "2", "--seed", "9", "--start", "2", *small]) == 0
+    stems = sorted({p.name.split("_")[1] for p in out.iterdir()})
+    assert stems == ["000", "001", "002", "003"]
+    assert (out / "case_001_label.nii.gz").read_bytes() == first
+    case = make_vessel_tree((16, 16, 16), seed=10, distractors=False)  # case_003: seed 9 + 1
+    np.testing.assert_array_equal(read_volume(out / "case_003_label.nii.gz").data, case.mask)
 
 
 def test_overwrite_and_progress(tmp_path, capsys):
@@ -121,6 +135,7 @@ def test_help_subprocess():
         "OUTDIR",
         "--n",
         "--seed",
+        "--start",
         "--shape",
         "--spacing",
         "--overwrite",

@@ -17,14 +17,16 @@ napari_tubular.synthetic.make_vessel_tree). For case i (i = 0 .. N-1, seed S+i) 
                                      then tree,branch (ids); one row per centerline point
   OUTDIR/case_XXX_edges.csv          a,b: row indices of the centerline CSV joined by a segment
 
-with XXX = 000, 001, ... The volumes carry the spacing (origin 0, identity direction). The same
-seed, shape and spacing always give the same files.
+with XXX = K+i in three digits: 000, 001, ... (K = --start, default 0; another set goes into the
+same folder with --start after its existing cases). The volumes carry the spacing (origin 0,
+identity direction). The same seed, shape and spacing always give the same files.
 """
 
 EPILOG = """\
 examples:
   napari-tubular synth data/synth --n 20 --seed 0 --shape 96 96 96
   napari-tubular synth data/aniso --n 4 --shape 64 128 128 --spacing 2.5 0.7 0.7 --loops 0.5
+  napari-tubular synth data/synth --n 10 --seed 100 --start 20   # adds case_020 .. case_029
 """
 
 
@@ -85,7 +87,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=_seed,
         default=0,
         metavar="S",
-        help="seed of case 000; case i uses S+i (default 0)",
+        help="seed of the first case; case i uses S+i (default 0)",
+    )
+    p.add_argument(
+        "--start",
+        type=_seed,
+        default=0,
+        metavar="K",
+        help="number of the first case: writes case_K .. case_K+N-1 (default 0)",
     )
     p.add_argument(
         "--shape",
@@ -160,12 +169,15 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.noise is not None and args.noise < 0:
         raise ValueError(f"--noise must be >= 0 HU, got {args.noise}")
-    stems = [f"case_{i:03d}" for i in range(args.n)]
+    stems = [f"case_{args.start + i:03d}" for i in range(args.n)]
     if not args.overwrite:  # refuse before generating anything
         for stem in stems:
             for p in case_paths(outdir, stem).values():
                 if p.exists():
-                    raise FileExistsError(f"{p} already exists; pass --overwrite to replace it")
+                    raise FileExistsError(
+                        f"{p} already exists; pass --overwrite to replace it, or --start to "
+                        f"number the new cases after the existing ones"
+                    )
     options = {
         "n_trees": args.trees,
         "max_radius_mm": args.max_radius,

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 OWNER_KEY = "napari_tubular_owner"
 ROLE_KEY = "napari_tubular_role"
 SOURCE_KEY = "napari_tubular_source"
+#: the source's geometry record that ``upsert_layer`` writes into a result layer's metadata
+_RECORD_KEYS = ("spacing", "origin", "direction", "source_path")
 
 
 def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -181,6 +183,11 @@ def upsert_layer(
         if "affine" not in kwargs and not np.allclose(src.affine.affine_matrix, np.eye(4)):
             kwargs["affine"] = np.asarray(src.affine.affine_matrix)
     if layer is not None and layer._type_string == layer_type:
+        if src is not None:
+            # the record follows the source's grid now (another spacing, origin or file than
+            # at the last run); keys the widgets added (``units``) stay
+            kept = {k: v for k, v in layer.metadata.items() if k not in _RECORD_KEYS}
+            layer.metadata = {**kept, **metadata}
         _update_layer(layer, layer_type, data, kwargs)
         return layer
     if layer is not None:
@@ -426,11 +433,31 @@ class LayerPicker(QComboBox):
             layer.events.name.connect(self.refresh)
         self.refresh()
         # opened on a chosen layer (e.g. from the Layers menu): start on it
-        active = getattr(getattr(viewer.layers, "selection", None), "active", None)
-        if not allow_none and active is not None and any(
+        self._active_seen = None
+        self._follow_active()
+
+    def _active(self):
+        return getattr(getattr(self._viewer.layers, "selection", None), "active", None)
+
+    def _follow_active(self) -> None:
+        """Choose the viewer's selected layer if it is a candidate and another layer was
+        selected since the last look (a widget shown again from the Layers menu on another
+        layer works on that layer; a choice made in the combo box stays otherwise)."""
+        active = self._active()
+        seen = None if active is None else active.unique_id  # an id: keeps no removed layer
+        if seen == self._active_seen:
+            return
+        self._active_seen = seen
+        if not self._allow_none and active is not None and any(
             same_layer(active, ly) for ly in self.candidates()
         ):
             self.set_layer(active)
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        # napari reuses a docked widget: its Layers-menu entry hides and shows it again
+        super().showEvent(event)
+        if not event.spontaneous():  # not a window restored by the window system
+            self._follow_active()
 
     def _on_inserted(self, event=None) -> None:
         if event is not None and getattr(event, "value", None) is not None:

@@ -85,6 +85,38 @@ def test_upsert_replaces_own_layer_only(make_napari_viewer):
     assert len(viewer.layers) == 3
 
 
+def test_upsert_follows_a_changed_source(make_napari_viewer):
+    """Re-run after the source changed shape, spacing, origin and file: the updated layer has
+    the new data, scale, translate, contrast limits and geometry record (not the old ones)."""
+    viewer = make_napari_viewer()
+    src = viewer.add_image(np.zeros((3, 3, 3), np.float32), name="img",
+                           metadata={"source_path": "/old.nii.gz"})
+
+    def run(data):
+        scale, translate = layer_geometry(src)
+        return upsert_layer(viewer, "image", data, owner="w", role="p", source=src, name="p",
+                            contrast_limits=(0.0, float(data.max())), scale=scale,
+                            translate=translate)
+
+    first = run(np.ones((3, 3, 3), np.float32))
+    first.metadata["units"] = "mm"
+    src.data = np.zeros((4, 5, 6), np.float32)
+    src.scale, src.translate = SPACING, TRANSLATE
+    src.metadata = {"source_path": "/new.nii.gz"}
+    layer = run(np.full((4, 5, 6), 5.0, np.float32))
+    assert layer is first
+    assert layer.data.shape == (4, 5, 6)
+    np.testing.assert_allclose(layer.scale, SPACING)
+    np.testing.assert_allclose(layer.translate, TRANSLATE)
+    np.testing.assert_allclose(layer.contrast_limits, (0.0, 5.0))
+    np.testing.assert_allclose(layer.metadata["spacing"], SPACING)
+    np.testing.assert_allclose(layer.metadata["origin"], TRANSLATE)
+    assert layer.metadata["source_path"] == "/new.nii.gz"
+    assert layer.metadata["units"] == "mm"
+    src.metadata = {}  # a source without a file: no stale file name either
+    assert "source_path" not in run(np.ones((4, 5, 6), np.float32)).metadata
+
+
 def test_sphere_points_overlay_their_voxels(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((10, 12, 14)), scale=SPACING, translate=TRANSLATE)

@@ -323,6 +323,64 @@ def test_rerun_after_renaming_the_image_replaces_its_layers(seg):
     assert len(viewer.layers) == n_layers
 
 
+def test_two_images_keep_their_own_results(make_napari_viewer, vessel_case, predict_counter):
+    """Two segment widgets on two images: results named after each image, neither replaces the
+    other's; re-running either updates its own layers in place."""
+    viewer = make_napari_viewer()
+    a = viewer.add_image(vessel_case.image, name="a", scale=SPACING, translate=TRANSLATE)
+    b = viewer.add_image(vessel_case.image, name="b", scale=SPACING)
+    first, second = SegmentWidget(viewer), SegmentWidget(viewer)
+    first.image_picker.set_layer(a)
+    second.image_picker.set_layer(b)
+    first.run()
+    second.run()
+    names = [ly.name for ly in viewer.layers]
+    for image in ("a", "b"):
+        for what in ("probability", "radius (mm)", "pseudo-skeleton", "labels", "spheres"):
+            assert f"{image} {what}" in names
+    layers = list(viewer.layers)
+    first.run()
+    second.run()
+    first.tp_slider.setValue(0.7)
+    assert list(viewer.layers) == layers
+    np.testing.assert_allclose(viewer.layers["a labels"].translate, TRANSLATE)
+    np.testing.assert_allclose(viewer.layers["b labels"].translate, (0, 0, 0))
+
+
+def test_layers_menu_on_another_image_uses_it(make_napari_viewer, vessel_case, predict_counter,
+                                             qtbot):
+    """napari reuses a docked widget: its Layers-menu entry hides it and shows it again. Shown
+    again after another image was selected, the widget works on that image; a choice made in
+    its combo box stays while the selection does not change."""
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer(show=True)  # a hidden window shows no dock widget
+    a = viewer.add_image(vessel_case.image, name="a")
+    b = viewer.add_image(vessel_case.image, name="b")
+    menu = get_app_model().commands
+
+    def menu_entry():
+        menu.execute_command("napari-tubular.segment_widget").result()
+
+    viewer.layers.selection.active = a
+    menu_entry()
+    dock = viewer.window._wrapped_dock_widgets["Segment (DDT) (napari-tubular)"]
+    qtbot.waitUntil(dock.isVisible)  # the window shows a new dock widget on its next events
+    widget = dock.inner_widget()
+    assert widget.image_picker.layer() is a
+    viewer.layers.selection.active = b
+    menu_entry()  # hides the widget
+    assert not dock.isVisible()
+    menu_entry()  # shows the same widget again
+    assert dock.isVisible()
+    assert dock.inner_widget() is widget
+    assert widget.image_picker.layer() is b
+    widget.image_picker.set_layer(a)
+    dock.hide()
+    dock.show()
+    assert widget.image_picker.layer() is a
+
+
 def test_overlays_show_what_segment_writes(seg):
     """Radius on the foreground only, its colour range from the vessels; the pseudo-skeleton
     and the spheres where the (speck-filtered) labels are; the labels drawn above the skeleton."""
