@@ -84,6 +84,16 @@ def test_start_adds_a_second_set_to_the_folder(tmp_path):
     np.testing.assert_array_equal(read_volume(out / "case_003_label.nii.gz").data, case.mask)
 
 
+def test_body_option(tmp_path):
+    out = tmp_path / "b"
+    args = ["--n", "1", "--seed", "7", "--shape", "32", "48", "48", "--spacing", "1.2", "0.9", "0.9"]
+    assert main(["synth", str(out), *args, "--body"]) == 0
+    img = read_volume(out / "case_000_image.nii.gz").data
+    ref = make_vessel_tree((32, 48, 48), (1.2, 0.9, 0.9), seed=7, body=True)
+    np.testing.assert_allclose(img, ref.image, atol=1e-3)
+    assert (img < -900).any()  # air outside the body
+
+
 def test_overwrite_and_progress(tmp_path, capsys):
     out = tmp_path / "o"
     small = ["--n", "2", "--shape", "16", "16", "16", "--seed", "1"]

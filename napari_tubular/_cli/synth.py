@@ -152,6 +152,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         action="store_true",
         help="leave out the bright blobs and plate-like bones",
     )
+    p.add_argument(
+        "--body",
+        action="store_true",
+        help="put the tissue inside a body outline (air outside, a subcutaneous fat shell, "
+        "skin), as in a CT of a torso or a limb; vessels end at the outline",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
@@ -184,6 +190,7 @@ def run(args: argparse.Namespace) -> int:
         "min_radius_mm": args.min_radius,
         "noise": args.noise,
         "distractors": not args.no_distractors,
+        "body": args.body,
     }
     if args.loops is not None:
         options["loop_probability"] = args.loops
