@@ -284,3 +284,37 @@ def test_average_models_is_the_mean_of_the_weights(tmp_path):
     other_k = save_tiny_model(tmp_path / "k4.pt", K=4)
     with pytest.raises(ValueError, match="K"):
         avg.average([str(a), str(other_k)], str(tmp_path / "bad.pt"))
+
+
+def test_body_phantom_layers_and_vessels():
+    """The independent body phantom: air outside, a fat shell, vessels inside the soft tissue
+    and brighter than it, deterministic sets with disjoint dev / test seeds, the vessel-free
+    kind has an empty label."""
+    bp = _load("body_phantoms")
+    o = {**bp.case_options(2, "dev"), "shape": (40, 72, 72), "spacing": (1.0, 1.0, 1.0)}
+    o["units"] = "hu"
+    img, lab, tissue = bp.body_case(o)
+    assert lab.any()
+    assert (tissue == bp.AIR).any() or (tissue == bp.FAT).any()
+    assert np.median(img[tissue == bp.FAT]) < -60
+    if (tissue == bp.AIR).any():
+        assert np.median(img[tissue == bp.AIR]) < -900
+    # vessels never in air or fat: label voxels are in the body's interior classes
+    assert not np.isin(tissue[lab > 0], (bp.AIR, bp.FAT)).any()
+    assert np.median(img[lab > 0]) > np.median(img[(lab == 0) & (tissue == bp.SOFT)]) + 80
+    assert bp.case_options(0, "dev")["seed"] != bp.case_options(0, "test")["seed"]
+    assert bp.case_options(1, "dev")["n_vessels"] == 0  # i % 4 == 1: vessel-free
+
+
+def test_body_phantom_false_positive_volume():
+    bp = _load("body_phantoms")
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[10, 10, 2:18] = 1
+    tissue = np.full(label.shape, bp.SOFT, np.uint8)
+    pred = label.copy()
+    pred[2:4, 2:4, 2:4] = 1  # 8 voxels far from the vessel
+    pred[10, 11, 5] = 1  # 1 mm from the vessel: not a false positive
+    out = bp.fp_analysis(pred, label, tissue, (1.0, 1.0, 1.0))
+    assert out["fp_ml"] == pytest.approx(8 / 1000.0)
+    assert out["where"]["soft"] == pytest.approx(1.0)
+    assert out["where"]["air"] == 0.0
