@@ -57,6 +57,20 @@ _BULK_FLOOR = 0.375
 _BULK_BAND = 0.55
 # where the robust range lands inside the window after rescaling (fractions of the window)
 _RESCALE_TARGET = (0.125, 0.9375)
+# air below a body (see _air_and_tissue): the dark voxels lie in the bottom _AIR_SPLIT of the
+# robust range and are at least _AIR_MIN_FRACTION of the image; the others (the body) are at
+# least _AIR_BODY_FRACTION of it and their median (the soft tissue) lies at least
+# _AIR_TISSUE_GAP of the range above the bottom. Air and tissue then go to these fractions of
+# the window (-1000 and 40 HU for -200..600)
+_AIR_SPLIT = 0.25
+_AIR_MIN_FRACTION = 0.005
+_AIR_BODY_FRACTION = 0.3
+_AIR_TISSUE_GAP = 0.45
+# ... and the band just above the dark cluster (up to _AIR_BAND of the range) holds at most
+# _AIR_VALLEY times as many voxels as the cluster: two modes with a valley between them
+_AIR_BAND = 0.4
+_AIR_VALLEY = 0.3
+_AIR_TARGET = (-1.0, 0.3)
 
 
 def _sample(x: np.ndarray) -> np.ndarray:
@@ -129,10 +143,15 @@ def rescale_to_window(image: np.ndarray, normalization: dict,
 
     ``value_range``: the image's :func:`robust_range` when the caller has it already.
 
+    An image that shows a body surrounded by air (:func:`_air_and_tissue`) is mapped by its
+    air and soft-tissue levels instead (to -1000 and 40 HU for the default window), so that
+    the tissue is not put where vessels are.
+
     Returns:
         ``(float32 array, info)`` with ``info = {"from": [p0.5, p99.9], "to": [a, b],
-        "scale": s, "offset": o}`` (``out = image * s + o``). A constant image maps to the
-        window's lower target.
+        "scale": s, "offset": o, "levels": "robust range"}`` (``out = image * s + o``), or
+        with ``"from": [air, tissue]`` and ``"levels": "air, tissue"``. A constant image maps to
+        the window's lower target.
 
     Raises:
         ValueError: the model's normalisation is not a window.
@@ -144,11 +163,46 @@ def rescale_to_window(image: np.ndarray, normalization: dict,
     a = n["low"] + _RESCALE_TARGET[0] * width
     b = n["low"] + _RESCALE_TARGET[1] * width
     lo, hi = robust_range(image) if value_range is None else value_range
+    levels = _air_and_tissue(image, lo, hi)
+    if levels is not None:  # air around a body: air and soft tissue go where they belong
+        a, b = (n["low"] + f * width for f in _AIR_TARGET)
+        lo, hi = levels
     scale = (b - a) / (hi - lo) if hi > lo else 0.0
     offset = a - lo * scale
     out = np.asarray(image, dtype=np.float32) * np.float32(scale) + np.float32(offset)
-    info = {"from": [lo, hi], "to": [a, b], "scale": scale, "offset": offset}
+    info = {"from": [lo, hi], "to": [a, b], "scale": scale, "offset": offset,
+            "levels": "air, tissue" if levels is not None else "robust range"}
     return out.astype(np.float32, copy=False), info
+
+
+def _air_and_tissue(image: np.ndarray, lo: float, hi: float) -> tuple[float, float] | None:
+    """``(air, tissue)`` levels of an image that shows a body surrounded by air (a CT or an MR
+    exported to other units), or None.
+
+    The robust range of such an image runs from the air to the brightest structures (bone,
+    contrast), so mapping it onto the window (:func:`rescale_to_window`'s default) would put
+    the soft tissue far above its place, as bright as a vessel. Recognised by a dark cluster in
+    the bottom quarter of the range holding at least 0.5 % of the voxels, a valley above it
+    (the band up to 40 % of the range holds at most 0.3 times as many voxels), while the rest
+    (at least 30 % of the voxels: a body, not a few bright tubes on a dark background) has its
+    median at least 45 % of the range above the bottom. The levels are the medians of the two
+    parts.
+    """
+    if not hi > lo:
+        return None
+    x = _sample(image).astype(np.float64)
+    split = lo + _AIR_SPLIT * (hi - lo)
+    dark = x < split
+    n_dark = int(np.count_nonzero(dark))
+    if n_dark < _AIR_MIN_FRACTION * x.size or x.size - n_dark < _AIR_BODY_FRACTION * x.size:
+        return None
+    band = int(np.count_nonzero((x >= split) & (x < lo + _AIR_BAND * (hi - lo))))
+    if band > _AIR_VALLEY * n_dark:
+        return None
+    tissue = float(np.median(x[~dark]))
+    if tissue < lo + _AIR_TISSUE_GAP * (hi - lo):
+        return None
+    return float(np.median(x[dark])), tissue
 
 
 # the vessel-fitted rescale (:func:`refit_to_vessels`): the local background of the vessels a

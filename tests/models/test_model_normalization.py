@@ -129,3 +129,41 @@ def test_low_noise_ct_keeps_its_units():
     assert intensity_rescale_reason(img, window) is None
     unit = (img - img.min()) / (img.max() - img.min())
     assert "narrower" in intensity_rescale_reason(unit, window)
+
+
+def _body_in_air(rng, shape=(40, 96, 96)):
+    """CT-like section in HU: air around an elliptical body (fat shell, 40 HU tissue), a bone
+    plate at 900 HU and two 300 HU tubes."""
+    z, y, x = np.indices(shape)
+    rho = np.hypot((y - 48) / 40.0, (x - 48) / 34.0)
+    img = np.full(shape, -1000.0)
+    img[rho < 1.0] = -100.0
+    img[rho < 0.85] = 40.0
+    img[:, 40:44, 30:60] = 900.0
+    img[np.hypot(y - 60, x - 40) < 3] = 300.0
+    img[np.hypot(y - 30, x - 55) < 2] = 300.0
+    return (img + rng.normal(0, 10, shape)).astype(np.float32)
+
+
+def test_rescale_of_a_body_in_air_puts_air_and_tissue_in_place(rng):
+    """A body surrounded by air exported to [0, 1]: mapping its robust range (air .. bone)
+    onto the window would put the soft tissue about 200 HU up, as bright as a vessel; the
+    air-and-tissue levels bring the tissue back to 40 HU and the air to -1000."""
+    from napari_tubular.models.normalization import intensity_rescale_reason, rescale_to_window
+
+    hu = _body_in_air(rng)
+    unit = (hu - hu.min()) / (hu.max() - hu.min())
+    assert intensity_rescale_reason(unit, WINDOW) is not None
+    out, info = rescale_to_window(unit, WINDOW)
+    assert info["levels"] == "air, tissue"
+    tissue = (hu > 0) & (hu < 90)
+    air = hu < -900
+    assert abs(np.median(out[tissue]) - 40.0) < 8.0
+    assert abs(np.median(out[air]) + 1000.0) < 25.0
+    np.testing.assert_allclose(out, hu, atol=40.0)  # the HU image back, up to the noise
+    # bright tubes on a flat background (a phantom in [0, 1]) and uniform noise keep the
+    # robust-range map: no dark mode with a valley under a body
+    flat = rng.normal(0.2, 0.05, (40, 64, 64)).astype(np.float32)
+    flat[:, 30:34, 30:34] = 0.8
+    for img in (flat, rng.random((30, 30, 30)).astype(np.float32)):
+        assert rescale_to_window(img, WINDOW)[1]["levels"] == "robust range"
