@@ -104,6 +104,10 @@ def run_config(name: str, s: dict, work: Path, cache: Path, minutes: float, devi
         lo, hi = opts["wide_psf_sigma_vox"]
         wide += (f", {100 * opts['wide_psf_fraction']:.0f} % blurred by a wide PSF "
                  f"({lo:g}-{hi:g} voxel)")
+    if opts["segment_fraction"]:
+        wide += f", {100 * opts['segment_fraction']:.0f} % with free tube segments"
+    if opts["body_fraction"]:
+        wide += f", {100 * opts['body_fraction']:.0f} % inside a body outline (air, fat, skin)"
     if opts["generator"].get("distractor_scale", 1.0) != 1.0:
         wide += f", {opts['generator']['distractor_scale']:g}x the distractors"
     if tuple(opts["extent_mm"]) != tuple(SYNTHETIC_DEFAULTS["extent_mm"]):

@@ -176,3 +176,39 @@ def test_default_model_segments_a_unit_intensity_tube(shape, radius):
     res = segment(img, "default", "cpu", spacing=(1.0, 1.0, 1.0))
     assert res.report["parameters"]["intensity_refit"]["scale"] > 0
     assert dice_score(res.labels > 0, label) >= 0.9
+
+
+@pytest.mark.parametrize("units", ["hu", "unit"])
+def test_default_model_on_a_body_in_air(units):
+    """A CT-like section of a body (air around it, a 6 mm fat shell, 40 HU soft tissue) with two
+    300 HU tubes, in HU and exported to [0, 1]. The stage-9 model labelled 120-180 mL of the soft
+    tissue under the fat as vessel on such phantoms (here: Dice 0.05, 66 mL beyond 2 mm of the
+    tubes; the training data had no body
+    outline); the stage-10 model was trained with body outlines, and the [0, 1] copy is mapped
+    by its air and tissue levels (measured: Dice 0.89 / 0.88, no false positive beyond 2 mm)."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import segment
+    from napari_tubular.topology import dice_score
+
+    rng = np.random.default_rng(3)
+    shape, sp = (48, 88, 88), (1.0, 1.0, 1.0)
+    z, y, x = np.indices(shape).astype(float)
+    rho = np.hypot((y - 44) / 46.0, (x - 50) / 38.0)  # the outline leaves the field of view
+    img = np.full(shape, -1000.0)
+    img[rho < 1.0] = -100.0
+    img[rho < 1.0 - 6.0 / 38.0] = 40.0
+    d1 = np.hypot(y - 40, x - 45 - 0.1 * z)
+    d2 = np.hypot(z - 24, y - 55 - 0.05 * x)
+    label = (d1 <= 3.0) | ((d2 <= 2.0) & (x > 20) & (x < 70))
+    occ = np.maximum(np.clip(0.5 + 3.0 - d1, 0, 1),
+                     np.clip(0.5 + 2.0 - d2, 0, 1) * ((x > 20) & (x < 70)))
+    img = img * (1 - occ) + 300.0 * occ
+    img = ndimage.gaussian_filter(img, 0.7) + rng.normal(0, 12, shape)
+    if units == "unit":
+        img = (img - img.min()) / (img.max() - img.min())
+    res = segment(img.astype(np.float32), "default", "cpu", spacing=sp)
+    pred = res.labels > 0
+    far = ndimage.distance_transform_edt(~label) > 2.0
+    assert (pred & far).sum() * 1e-3 < 0.5  # mL beyond 2 mm of the tubes (soft tissue, skin)
+    assert dice_score(pred, label) >= 0.8

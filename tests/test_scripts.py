@@ -139,13 +139,16 @@ def test_train_default_widened_family_and_K(tmp_path, capsys):
     td = _load("train_default")
     s = dict(td.SETTINGS["quick"], synthetic={"sharp_fraction": 0.2, "large_fraction": 0.3,
                                               "extent_mm": [40.0, 104.0], "hard_fraction": 0.15,
+                                              "segment_fraction": 0.25, "body_fraction": 0.5,
                                               "generator": {"distractor_scale": 2.0}})
     cfg = td.run_config("ddt", s, tmp_path, tmp_path / "cache", 1.0, "cpu", 0, K=12)
     assert cfg["K"] == 12
     assert "20 % unblurred" in cfg["description"]
     assert "30 % of other trees with roots of 5-12 mm" in cfg["description"]
     assert "fields of view 40-104 mm" in cfg["description"]
-    assert "15 % binary phantoms, 2x the distractors" in cfg["description"]
+    assert "15 % binary phantoms" in cfg["description"]
+    assert "25 % with free tube segments, 50 % inside a body outline" in cfg["description"]
+    assert "2x the distractors" in cfg["description"]
     with pytest.raises(SystemExit):
         td.main(["--device", "cpu", "--quick", "--out", str(tmp_path), "--synthetic",
                  '{"sharp_fractoin": 0.2}'])
