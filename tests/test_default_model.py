@@ -183,9 +183,8 @@ def test_default_model_on_a_body_in_air(units):
     """A CT-like section of a body (air around it, a 6 mm fat shell, 40 HU soft tissue) with two
     300 HU tubes, in HU and exported to [0, 1]. The stage-9 model labelled 120-180 mL of the soft
     tissue under the fat as vessel on such phantoms (here: Dice 0.05, 66 mL beyond 2 mm of the
-    tubes; the training data had no body
-    outline); the stage-10 model was trained with body outlines, and the [0, 1] copy is mapped
-    by its air and tissue levels (measured: Dice 0.89 / 0.88, no false positive beyond 2 mm)."""
+    tubes; the training data had no body outline); the stage-10 model was trained with body
+    outlines, and the [0, 1] copy is mapped by its air and tissue levels (measured: Dice 0.89 / 0.88, no false positive beyond 2 mm)."""
     from scipy import ndimage
 
     from napari_tubular.inference import segment
