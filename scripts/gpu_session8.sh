@@ -4,6 +4,9 @@
 # subcutaneous fat shell, skin: `body_fraction`, new this session) against the measured failure
 # of labelling a soft-tissue body inside fat/air as vessel. Run A puts 30 % of the cases in a
 # body, run B 50 % (other seeds). Model files and logs land in $OUT (at most 8 files).
+# The default model (stage 10) is run B's final weights, radius-calibrated
+# (scripts/calibrate_radius.py --large-cases 6), T_p/T_r tuned by
+# scripts/evaluate_default.py --val-cases 10 (docs/training.md, session 8).
 # CPU smoke test:  MIN=2 DEVICE=cpu EXTRA="--settings cpu --batch-size 1" OUT=/tmp/o bash $0
 set -u
 export PYTHONUNBUFFERED=1
