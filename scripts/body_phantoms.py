@@ -59,7 +59,6 @@ false positives from fat or air.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -580,28 +579,18 @@ def where_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", action="append", default=None,
-                    help="default or a model file (repeatable)")
-    ap.add_argument("--set", choices=sorted(SEEDS), default="test")
-    ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--out", default=None, help="folder for body.json / body.md")
-    ap.add_argument("--save", default=None, help="also write the cases as NIfTI here")
-    args = ap.parse_args(argv)
+    # the command line and the NIfTI writer are foreign_phantoms.py's; the generators stay apart
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from foreign_phantoms import phantom_parser, save_cases
+
+    args = phantom_parser(__doc__, SEEDS, 8, "body.json / body.md").parse_args(argv)
     models = args.model or ["default"]
     t = time.perf_counter()
     cases = make_set(args.set, args.n)
     print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
     if args.save:
-        from napari_tubular.io import Volume, write_volume
-
-        for c in cases:
-            sp = c["options"]["spacing"]
-            for sub, arr in (("images", c["image"]), ("labels", c["label"]),
-                             ("tissues", c["tissue"])):
-                Path(args.save, sub).mkdir(parents=True, exist_ok=True)
-                write_volume(Path(args.save, sub, f"{c['name']}.nii.gz"), Volume(arr, sp),
-                             overwrite=True)
+        save_cases(cases, args.save, (("images", "image"), ("labels", "label"),
+                                      ("tissues", "tissue")))
     results, sections = {}, []
     for name in models:
         print(name)

@@ -147,14 +147,33 @@ def summary(rows) -> dict:
             for k in ("segment", "no_refine")}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def save_cases(cases, folder, parts=(("images", "image"), ("labels", "label"))) -> None:
+    """Write each case's arrays as NIfTI: ``folder/<sub>/<name>.nii.gz`` for every
+    ``(sub, key)`` of ``parts``, with the case's spacing (also used by body_phantoms.py)."""
+    from napari_tubular.io import Volume, write_volume
+
+    for c in cases:
+        sp = c["options"]["spacing"]
+        for sub, key in parts:
+            Path(folder, sub).mkdir(parents=True, exist_ok=True)
+            write_volume(Path(folder, sub, f"{c['name']}.nii.gz"), Volume(c[key], sp),
+                         overwrite=True)
+
+
+def phantom_parser(doc: str, sets, n: int, out_files: str) -> argparse.ArgumentParser:
+    """The options every phantom-set script shares (also used by body_phantoms.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--model", action="append", default=None,
                     help="default or a model file (repeatable)")
-    ap.add_argument("--set", choices=sorted(SEEDS), default="test")
-    ap.add_argument("--n", type=int, default=10)
-    ap.add_argument("--out", default=None, help="folder for foreign.json / foreign.md")
+    ap.add_argument("--set", choices=sorted(sets), default="test")
+    ap.add_argument("--n", type=int, default=n)
+    ap.add_argument("--out", default=None, help=f"folder for {out_files}")
     ap.add_argument("--save", default=None, help="also write the cases as NIfTI here")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = phantom_parser(__doc__, SEEDS, 10, "foreign.json / foreign.md")
     ap.add_argument("--no-intensity-refit", action="store_true",
                     help="segment without the second, vessel-fitted intensity pass")
     ap.add_argument("--units", choices=("unit", "hu"), default="unit",
@@ -166,14 +185,7 @@ def main(argv=None) -> int:
     cases = make_set(args.set, args.n)
     print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
     if args.save:
-        from napari_tubular.io import Volume, write_volume
-
-        for c in cases:
-            sp = c["options"]["spacing"]
-            for sub, arr in (("images", c["image"]), ("labels", c["label"])):
-                Path(args.save, sub).mkdir(parents=True, exist_ok=True)
-                write_volume(Path(args.save, sub, f"{c['name']}.nii.gz"), Volume(arr, sp),
-                             overwrite=True)
+        save_cases(cases, args.save)
     results = {}
     for name in models:
         print(name)

@@ -7,22 +7,13 @@
 # The default model (stage 9) is run A's final weights, radius-calibrated
 # (scripts/calibrate_radius.py --large-cases 6); the average of A, B and C
 # (scripts/average_models.py) was compared and not shipped (docs/training.md, session 7).
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT}
 MIN=${MIN:-7.3}
-DEVICE=${DEVICE:-cuda}
-EXTRA=${EXTRA:-}
+. "$(dirname "$0")/device_env.sh"
 if [ -d .whl_gpu ] && [ "$DEVICE" = cuda ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl_gpu/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider \
         tests/losses/test_loss_autocast.py tests/geometry/test_spheres.py >"$OUT/pytest_gpu.log" 2>&1
     echo "gpu tests: rc $?"; tail -3 "$OUT/pytest_gpu.log"
 fi
-PY=${PY:-python3}
 PHASE=${PHASE:-AB}
 SYN='{"sharp_fraction": 0.2, "large_fraction": 0.25, "large_max_radius_mm": [5.0, 12.0], "extent_mm": [40.0, 104.0], "hard_fraction": 0.15, "wide_psf_fraction": 0.1, "segment_fraction": 0.25, "generator": {"distractor_scale": 2.0}}'
 # options every run of the session shares

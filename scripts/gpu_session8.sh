@@ -8,19 +8,8 @@
 # (scripts/calibrate_radius.py --large-cases 6), T_p/T_r tuned by
 # scripts/evaluate_default.py --val-cases 10 (docs/training.md, session 8).
 # CPU smoke test:  MIN=2 DEVICE=cpu EXTRA="--settings cpu --batch-size 1" OUT=/tmp/o bash $0
-set -u
-export PYTHONUNBUFFERED=1
-OUT=${OUT:?set OUT}
 MIN=${MIN:-8.4}
-DEVICE=${DEVICE:-cuda}
-EXTRA=${EXTRA:-}
-if [ -d .whl_gpu ] && [ "$DEVICE" = cuda ]; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl_gpu/*.whl || exit 1
-    export PYTHONPATH=/tmp/site:$PWD
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-PY=${PY:-python3}
+. "$(dirname "$0")/device_env.sh"
 FAMILY='"sharp_fraction": 0.2, "large_fraction": 0.25, "large_max_radius_mm": [5.0, 12.0], "extent_mm": [40.0, 104.0], "hard_fraction": 0.15, "wide_psf_fraction": 0.1, "segment_fraction": 0.25, "generator": {"distractor_scale": 2.0}'
 COMMON=(--device "$DEVICE" --no-eval --only ddt --cldice-weight 0.3 --cldice-warmup 0
         --val-tubes --val-cases 4 --val-every 1000 --minutes "$MIN"
