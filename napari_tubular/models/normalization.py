@@ -71,6 +71,9 @@ _AIR_TISSUE_GAP = 0.45
 _AIR_BAND = 0.4
 _AIR_VALLEY = 0.3
 _AIR_TARGET = (-1.0, 0.3)
+# the tissue level: this percentile of the body's voxels (not the median: fat can be half of a
+# body, and its median then lies in the fat)
+_AIR_TISSUE_PERCENTILE = 75.0
 
 
 def _sample(x: np.ndarray) -> np.ndarray:
@@ -185,8 +188,9 @@ def _air_and_tissue(image: np.ndarray, lo: float, hi: float) -> tuple[float, flo
     the bottom quarter of the range holding at least 0.5 % of the voxels, a valley above it
     (the band up to 40 % of the range holds at most 0.3 times as many voxels), while the rest
     (at least 30 % of the voxels: a body, not a few bright tubes on a dark background) has its
-    median at least 45 % of the range above the bottom. The levels are the medians of the two
-    parts.
+    median at least 45 % of the range above the bottom. The levels: the median of the dark part
+    and the 75th percentile of the rest (in a fat-rich body the median of the body is fat, and
+    mapping fat to 40 HU put the tissue at 160-190 HU: Dice 0.54 instead of 0.87 on one phantom).
     """
     if not hi > lo:
         return None
@@ -199,10 +203,11 @@ def _air_and_tissue(image: np.ndarray, lo: float, hi: float) -> tuple[float, flo
     band = int(np.count_nonzero((x >= split) & (x < lo + _AIR_BAND * (hi - lo))))
     if band > _AIR_VALLEY * n_dark:
         return None
-    tissue = float(np.median(x[~dark]))
-    if tissue < lo + _AIR_TISSUE_GAP * (hi - lo):
+    body = x[~dark]
+    if float(np.median(body)) < lo + _AIR_TISSUE_GAP * (hi - lo):
         return None
-    return float(np.median(x[dark])), tissue
+    # the soft tissue: the upper part of the body's values (in a fat-rich body the median is fat)
+    return float(np.median(x[dark])), float(np.percentile(body, _AIR_TISSUE_PERCENTILE))
 
 
 # the vessel-fitted rescale (:func:`refit_to_vessels`): the local background of the vessels a

@@ -161,6 +161,15 @@ def test_rescale_of_a_body_in_air_puts_air_and_tissue_in_place(rng):
     assert abs(np.median(out[tissue]) - 40.0) < 8.0
     assert abs(np.median(out[air]) + 1000.0) < 25.0
     np.testing.assert_allclose(out, hu, atol=40.0)  # the HU image back, up to the noise
+    # a fat-rich body (fat half of it): the median of the body is fat, yet the tissue stays at
+    # its place (mapped by the body's median it went to about 170 HU)
+    fatty = hu.copy()
+    z, y, x = np.indices(hu.shape)
+    fatty[(np.hypot((y - 48) / 40.0, (x - 48) / 34.0) < 0.85) & (x < 48) & (hu < 100)] = -100.0
+    unit = (fatty - fatty.min()) / (fatty.max() - fatty.min())
+    out, info = rescale_to_window(unit, WINDOW)
+    assert info["levels"] == "air, tissue"
+    assert abs(np.median(out[(fatty > 0) & (fatty < 90)]) - 40.0) < 25.0
     # bright tubes on a flat background (a phantom in [0, 1]) and uniform noise keep the
     # robust-range map: no dark mode with a valley under a body
     flat = rng.normal(0.2, 0.05, (40, 64, 64)).astype(np.float32)
