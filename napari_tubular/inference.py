@@ -949,10 +949,10 @@ def _apply_intensity_mode(data, normalization, intensity, messages):
         if why is None:
             return data, None
     out, info = rescale_to_window(data, normalization, value_range)
+    levels = "robust range" if info["levels"] == "robust range" else "air and soft tissue levels"
     messages.append(
-        f"intensities rescaled ({why}): "
-        + ("robust range" if info["levels"] == "robust range" else "air and soft tissue levels")
-        + f" {info['from'][0]:.4g}..{info['from'][1]:.4g} mapped linearly to {info['to'][0]:g}..{info['to'][1]:g} of the model's window "
+        f"intensities rescaled ({why}): {levels} {info['from'][0]:.4g}..{info['from'][1]:.4g} "
+        f"mapped linearly to {info['to'][0]:g}..{info['to'][1]:g} of the model's window "
         f"{normalization['low']:g}..{normalization['high']:g}; use intensity 'model' to keep "
         "the raw values")
     return out, info

@@ -918,8 +918,9 @@ def _keep_points(keep, pts, rad, edges, tree_id, branch_id, web):
             branch_id[keep], new[web[w_ok]].reshape(-1, 2).astype(np.int64))
 
 
-def _composite_body(img, outline, rng, spacing, L) -> dict:
-    """Air outside the body outline, a subcutaneous fat shell and a thin skin, in place."""
+def _composite_body(img, outline, rng, spacing, L) -> None:
+    """Air outside the body outline, a subcutaneous fat shell and a thin skin, in place (their
+    draws go into ``outline["params"]``)."""
     f32 = np.float32
     sp = np.asarray(spacing, dtype=np.float64)
     h = float(sp.min())
@@ -943,7 +944,6 @@ def _composite_body(img, outline, rng, spacing, L) -> dict:
     img += (f32(1.0) - w_body) * f32(air_hu)
     outline["params"].update({"fat_mm": fat_mm, "skin_mm": skin_mm, "fat_hu": fat_hu,
                               "air_hu": air_hu})
-    return outline["params"]
 
 
 # --------------------------------------------------------------------------------------------

@@ -67,6 +67,11 @@ from pathlib import Path
 
 import numpy as np
 
+# the command line, the NIfTI writer and the model run are foreign_phantoms.py's; the
+# generators stay apart
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foreign_phantoms import phantom_parser, save_cases, segment_both  # noqa: E402
+
 SEEDS = {"dev": 7000, "test": 9000}
 SPACINGS = [(0.8, 0.8, 0.8), (1.0, 1.0, 1.0), (1.5, 0.8, 0.8), (2.5, 0.7, 0.7), (0.6, 0.6, 0.6)]
 FOV_RANGE_MM = (70.0, 110.0)
@@ -471,28 +476,19 @@ def fp_analysis(pred, label, tissue, spacing) -> dict:
 
 
 def evaluate_model(model, cases, log=print) -> list[dict]:
-    from napari_tubular.geometry import remove_small_components
-    from napari_tubular.inference import (
-        DEFAULT_MIN_SIZE_MM3,
-        NO_REFINE_THRESHOLD,
-        segment,
-    )
-    from napari_tubular.io import Volume
     from napari_tubular.topology.metrics import compute_metrics
 
     rows = []
     for c in cases:
         t = time.perf_counter()
         sp = c["options"]["spacing"]
+        res, no_refine = segment_both(c["image"], sp, model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = segment(Volume(c["image"], sp), model=model, device="cpu")
-            no_refine = remove_small_components(res.probability > NO_REFINE_THRESHOLD, sp,
-                                                DEFAULT_MIN_SIZE_MM3)[0]
             row = {"case": c["name"], "options": c["options"],
                    "true_ml": int(c["label"].sum()) * float(np.prod(sp)) / 1000.0,
                    "messages": [str(m) for m in res.report.get("messages", [])]}
-            for key, mask in (("segment", res.labels > 0), ("no_refine", no_refine > 0)):
+            for key, mask in (("segment", res.labels > 0), ("no_refine", no_refine)):
                 m = compute_metrics(mask, c["label"] > 0, sp)
                 vals = {k: float(m[k]) for k in ("dice", "cldice", "b0_error")}
                 if not c["label"].any():  # vessel-free: only the false positives count
@@ -579,10 +575,6 @@ def where_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    # the command line and the NIfTI writer are foreign_phantoms.py's; the generators stay apart
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from foreign_phantoms import phantom_parser, save_cases
-
     args = phantom_parser(__doc__, SEEDS, 8, "body.json / body.md").parse_args(argv)
     models = args.model or ["default"]
     t = time.perf_counter()

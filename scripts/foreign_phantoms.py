@@ -110,27 +110,33 @@ def make_set(set_name: str, n: int) -> list[dict]:
     return cases
 
 
+def segment_both(image, spacing, model, **kwargs):
+    """``(result, no_refine mask)``: ``napari-tubular segment``'s result and the labels of
+    ``segment --no-refine`` (``P > 0.5`` + speck filter) from the same network output, warnings
+    silenced (also used by body_phantoms.py)."""
+    from napari_tubular.geometry import remove_small_components
+    from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3, NO_REFINE_THRESHOLD, segment
+    from napari_tubular.io import Volume
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = segment(Volume(image, spacing), model=model, device="cpu", **kwargs)
+        no_refine = remove_small_components(res.probability > NO_REFINE_THRESHOLD, spacing,
+                                            DEFAULT_MIN_SIZE_MM3)[0] > 0
+    return res, no_refine
+
+
 def evaluate_model(model, cases, log=print, refit_intensity: bool = True,
                    units: str = "unit") -> list[dict]:
-    from napari_tubular.geometry import remove_small_components
-    from napari_tubular.inference import (
-        DEFAULT_MIN_SIZE_MM3,
-        NO_REFINE_THRESHOLD,
-        segment,
-    )
-    from napari_tubular.io import Volume
     from napari_tubular.topology.metrics import compute_metrics
 
     rows = []
     for c in cases:
         sp = c["options"]["spacing"]
         image = c["image"] if units == "unit" else c["image"] * 400.0 - 40.0
+        res, no_refine = segment_both(image, sp, model, refit_intensity=refit_intensity)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = segment(Volume(image, sp), model=model, device="cpu",
-                          refit_intensity=refit_intensity)
-            no_refine = remove_small_components(res.probability > NO_REFINE_THRESHOLD, sp,
-                                                DEFAULT_MIN_SIZE_MM3)[0]
             row = {"case": c["name"], "options": c["options"]}
             for key, mask in (("segment", res.labels > 0), ("no_refine", no_refine)):
                 m = compute_metrics(mask, c["label"] > 0, sp)

@@ -9,7 +9,7 @@
 # (scripts/average_models.py) was compared and not shipped (docs/training.md, session 7).
 MIN=${MIN:-7.3}
 . "$(dirname "$0")/device_env.sh"
-if [ -d .whl_gpu ] && [ "$DEVICE" = cuda ]; then
+if [ "$ON_GPU" = 1 ]; then
     timeout 120 python3 -m pytest -q -m gpu -p no:cacheprovider \
         tests/losses/test_loss_autocast.py tests/geometry/test_spheres.py >"$OUT/pytest_gpu.log" 2>&1
     echo "gpu tests: rc $?"; tail -3 "$OUT/pytest_gpu.log"
