@@ -313,6 +313,23 @@ def test_folder_batch_skips_masks_and_outputs_and_survives_a_bad_file(tmp_path, 
     assert {p.name for p in same.glob("*_report.json")} == {"x_report.json"}
 
 
+def test_folder_input_leaves_out_references_named_gt_seg_ref(tmp_path, volume_file):
+    """Reference masks are commonly named ``_gt``, ``_seg``, ``_ref`` ...: a folder input leaves
+    them out (an outside audit found ``X_ref`` and ``X_truerad``-style files segmented as
+    images); names that merely contain such a word are still images."""
+    from napari_tubular._cli.segment import expand_inputs
+
+    ref = read_volume(volume_file)
+    names = ["case1", "case1_gt", "case1_seg", "case1_ref", "case1_segmentation", "case1_truth",
+             "case1_pred", "case2_Reference", "gt_case3", "case_segment", "preface"]
+    for n in names:
+        write_volume(tmp_path / f"{n}.nii.gz", ref)
+    skipped: list = []
+    kept = {p.name for p in expand_inputs([tmp_path], skipped)}
+    assert kept == {"case1.nii.gz", "gt_case3.nii.gz", "case_segment.nii.gz", "preface.nii.gz"}
+    assert len(skipped) == len(names) - len(kept)
+
+
 def test_segment_dot_names_outputs_after_the_folder(tmp_path, model_file, volume_file,
                                                     monkeypatch):
     from napari_tubular._cli.segment import expand_inputs
@@ -424,3 +441,33 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     thin = tmp_path / "thin_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", thin, "--tr", "0.9") == 0
     assert read_volume(thin).data.sum() < want.data.sum()
+
+
+def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_file,
+                                                                volume_file, capsys):
+    """A volume whose spacing is micrometres stored as mm shrank to 1 x 1 x 1 voxels on the
+    model's grid and came out empty with exit status 0 (an outside audit); it is refused with
+    advice, and ``--spacing`` segments it at the given spacing: the outputs keep the file's
+    geometry, the report records the spacing used, and ``refine`` uses it too."""
+    ref = read_volume(volume_file)
+    micro = write_volume(tmp_path / "micro.nii.gz",
+                         Volume(ref.data, spacing=(0.001, 0.0003, 0.0003)))
+    out = tmp_path / "out"
+    assert _run("segment", micro, "-o", out, "--model", model_file, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "millimetres" in err
+    assert "--spacing" in err
+    assert not out.exists() or not list(out.glob("*_labels*"))
+    assert _run("segment", micro, "-o", out, "--model", model_file, "--device", "cpu",
+                "--spacing", *ref.spacing, "--quiet") == 0
+    report = json.loads((out / "micro_report.json").read_text())
+    assert report["parameters"]["spacing_override"] == pytest.approx(list(ref.spacing))
+    assert report["input"]["spacing"] == pytest.approx(list(ref.spacing))
+    labels = read_volume(out / "micro_labels.nii.gz")
+    assert labels.spacing == pytest.approx((0.001, 0.0003, 0.0003))
+    capsys.readouterr()
+    assert _run("refine", out / "micro_probability.nii.gz", out / "micro_radius.nii.gz",
+                "-o", tmp_path / "r_labels.nii.gz") == 0
+    assert "as segment --spacing used" in capsys.readouterr().err
+    assert np.array_equal(read_volume(tmp_path / "r_labels.nii.gz").data, labels.data)
+    assert _run("segment", micro, "-o", out, "--spacing", "1", "0", "1") == 2

@@ -80,8 +80,9 @@ def report_path(probability_path: Path) -> Path:
 
 
 def default_parameters(probability_path: Path) -> tuple[dict, str]:
-    """``({tp, tr, min_size_mm3}, where from)``: segment's report beside the map, else the
-    default model's tuned thresholds and the default minimum component size."""
+    """``({tp, tr, min_size_mm3, spacing}, where from)``: segment's report beside the map
+    (``spacing``: the one ``segment --spacing`` used instead of the file's, else None), else
+    the default model's tuned thresholds and the default minimum component size."""
     import json
 
     from ..inference import DEFAULT_MIN_SIZE_MM3, recommended_thresholds
@@ -90,8 +91,11 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
     if rp.is_file():
         try:
             params = json.loads(rp.read_text(encoding="utf-8"))["parameters"]
+            override = params.get("spacing_override")
             return {"tp": float(params["tp"]), "tr": float(params["tr"]),
-                    "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3))}, str(rp)
+                    "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3)),
+                    "spacing": None if override is None else tuple(float(v) for v in override),
+                    }, str(rp)
         except (OSError, ValueError, KeyError, TypeError):
             pass
     try:
@@ -102,7 +106,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
     except (OSError, ValueError):
         tp, tr = recommended_thresholds(None)
         where = "the fallback thresholds"
-    return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3}, where
+    return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None}, where
 
 
 def run(args) -> int:
@@ -146,12 +150,17 @@ def run(args) -> int:
     r = radius.data.astype(np.float32, copy=False)
     if r.size and float(r.min()) < 0.0:
         raise ValueError(f"{args.radius} holds negative radii; expected a radius map in mm")
-    labels, skeleton = refine_maps(p, r, prob.spacing, tp, tr)
-    labels, _ = remove_small_components(labels, prob.spacing, min_size)
+    spacing = prob.spacing
+    if defaults["spacing"] is not None:
+        spacing = defaults["spacing"]
+        print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
+              file=sys.stderr)
+    labels, skeleton = refine_maps(p, r, spacing, tp, tr)
+    labels, _ = remove_small_components(labels, spacing, min_size)
     skeleton &= labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
-    stats = shape_report(labels, skeleton, prob.spacing)
+    stats = shape_report(labels, skeleton, spacing)
     print(
         f"wrote {out} and {skel_out}: volume {stats['volume_ml']:.3f} ml, "
         f"Betti {stats.get('betti_numbers')}",
