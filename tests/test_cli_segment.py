@@ -471,3 +471,14 @@ def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_
     assert "as segment --spacing used" in capsys.readouterr().err
     assert np.array_equal(read_volume(tmp_path / "r_labels.nii.gz").data, labels.data)
     assert _run("segment", micro, "-o", out, "--spacing", "1", "0", "1") == 2
+
+
+def test_bone_level_option_parses_numbers_and_off(capsys):
+    from napari_tubular._cli.segment import _bone_level_arg
+
+    assert _bone_level_arg("off") is None
+    assert _bone_level_arg("auto") == "auto"
+    assert _bone_level_arg("900") == 900.0
+    with pytest.raises(SystemExit):
+        main(["segment", "x.nii.gz", "-o", "out", "--bone-level", "bright"])
+    assert "expected a number of HU or 'off'" in capsys.readouterr().err

@@ -36,6 +36,20 @@ OUTPUT_SUFFIXES = {
 }
 
 
+def _bone_level_arg(text: str):
+    if text.lower() in ("off", "none"):
+        return None
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of HU or 'off', got {text!r}") from exc
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number of HU, got {text!r}")
+    return value
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     from ..inference import DEFAULT_MIN_SIZE_MM3
 
@@ -143,6 +157,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="voxel spacing in mm (z, y, x) to use instead of the file's, for files whose header "
         "has none or a wrong one (e.g. a microscopy stack in micrometres); the outputs keep the "
         "input's geometry, the report records the spacing used",
+    )
+    p.add_argument(
+        "--bone-level",
+        type=_bone_level_arg,
+        default="auto",
+        metavar="HU|off",
+        help="for CT in HU: where what the network found is mostly brighter than this "
+        "(a fifth of the found voxels around it), it is taken as bone, not vessel (default: "
+        "the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
+        "some CT angiography)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
@@ -326,6 +350,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
                 tta=args.tta,
                 refit_intensity=not args.no_intensity_refit,
                 spacing=args.spacing,
+                bone_level=args.bone_level,
             )
         except ValueError as exc:  # name the file (the core speaks of "the volume")
             raise ValueError(f"{path}: {exc}") from exc
