@@ -309,7 +309,8 @@ def _suppress_bone(probability, image, level: float, spacing, messages) -> float
     probability[bone] = 0.0
     _warn(f"{ml:.2g} mL of what the network found is bone ({BONE_SHARE:.0%} or more of the "
           f"found voxels around it above {level:g}): not taken as vessel (probability set to 0; "
-          "for vessels brighter than that, e.g. CT angiography, use --bone-level off)", messages)
+          "for vessels brighter than that, e.g. CT angiography: --bone-level off, or untick "
+          "'bright bone is not vessel' in the viewer)", messages)
     return ml
 
 

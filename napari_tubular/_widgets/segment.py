@@ -207,6 +207,14 @@ class SegmentWidget(QWidget):
             "(twice the network time, only for rescaled images)"
         )
         form.addRow("", self.refit_check)
+        self.bone_check = QCheckBox("bright bone is not vessel (CT in HU)")
+        self.bone_check.setChecked(True)
+        self.bone_check.setToolTip(
+            "where what the network found is mostly brighter than the model's bone level "
+            "(700 HU), take it as bone: ribs and cortex are not labelled. Untick for CT "
+            "angiography whose vessels are brighter than that"
+        )
+        form.addRow("", self.bone_check)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -355,6 +363,7 @@ class SegmentWidget(QWidget):
         overlap = self.overlap_spin.value()
         tta = self.tta_check.isChecked()
         refit = self.refit_check.isChecked()
+        bone_level = "auto" if self.bone_check.isChecked() else None
         min_size = self.min_size_spin.value()
 
         def compute():
@@ -373,6 +382,7 @@ class SegmentWidget(QWidget):
                 cancel=token,
                 tta=tta,
                 refit_intensity=refit,
+                bone_level=bone_level,
             )
             refiner = Refiner(
                 prediction.probability,

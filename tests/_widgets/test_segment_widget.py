@@ -84,6 +84,14 @@ def test_intensity_refit_checkbox_reaches_predict(seg):
     assert counter.kwargs["refit_intensity"] is False
 
 
+def test_bone_checkbox_reaches_predict(seg):
+    viewer, widget, counter = seg
+    assert counter.kwargs["bone_level"] == "auto"
+    widget.bone_check.setChecked(False)
+    widget.run()
+    assert counter.kwargs["bone_level"] is None
+
+
 def test_spheres_sit_on_their_voxels(seg):
     viewer, widget, _ = seg
     image, points = viewer.layers["ct"], _owned(viewer, "spheres")
