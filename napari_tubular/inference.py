@@ -67,6 +67,8 @@ FALLBACK_TP, FALLBACK_TR = 0.9, 0.5
 #: Components smaller than this (mm^3) are removed from the labels (0 disables): the specks
 #: that make most Betti-0 errors (docs/training.md has the measured effect).
 DEFAULT_MIN_SIZE_MM3 = 20.0
+#: :func:`segment`'s partial-volume boundary trim (``napari_tubular.geometry.partial_volume``)
+DEFAULT_PARTIAL_VOLUME = 0.4
 _SPACING_RTOL = 1e-3
 _SIGMA_SCALE = 0.125
 
@@ -1127,8 +1129,11 @@ def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
-def check_segment_options(tp, tr, min_size_mm3) -> None:
+def check_segment_options(tp, tr, min_size_mm3, partial_volume=None) -> None:
     """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
+    if partial_volume is not None and not 0.0 <= float(partial_volume) < 1.0:
+        raise ValueError(f"partial_volume (--partial-volume) must be in [0, 1) or off, got "
+                         f"{partial_volume}")
     if tp is not None or tr is not None:
         check_thresholds(FALLBACK_TP if tp is None else tp, FALLBACK_TR if tr is None else tr)
     if not (math.isfinite(min_size_mm3) and min_size_mm3 >= 0):
@@ -1200,6 +1205,7 @@ def segment(
     tta: bool = False,
     refit_intensity: bool = True,
     bone_level: float | None | str = "auto",
+    partial_volume: float | None = DEFAULT_PARTIAL_VOLUME,
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
@@ -1214,11 +1220,15 @@ def segment(
             (:data:`NO_REFINE_THRESHOLD`), skeleton = ``probability > tp``.
         min_size_mm3: 26-connected components of the labels smaller than this are removed
             (and the skeleton is kept inside the labels); 0 keeps everything.
+        partial_volume: boundary voxels of thick vessel parts holding less than this fraction
+            of the local vessel contrast in the image are removed from the labels
+            (:mod:`napari_tubular.geometry.partial_volume`; measured: held-out Dice +0.008,
+            independent trees +0.034, clDice unchanged); None keeps the labels as refined.
 
     Returns:
         :class:`SegmentationResult`.
     """
-    check_segment_options(tp, tr, min_size_mm3)
+    check_segment_options(tp, tr, min_size_mm3, partial_volume)
     t0 = time.perf_counter()
     pred = predict(
         volume,
@@ -1262,6 +1272,14 @@ def segment(
     else:
         labels = (pred.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
+    if partial_volume is not None and labels.any():
+        from .geometry.partial_volume import partial_volume_fraction, trim_partial_volume
+
+        image, _ = _as_image(volume, spacing)
+        fraction = partial_volume_fraction(image, pred.probability > NO_REFINE_THRESHOLD)
+        del image
+        labels = trim_partial_volume(labels, fraction, partial_volume)
+        del fraction
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
     skeleton &= labels
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
@@ -1307,6 +1325,7 @@ def segment(
             "intensity": pred.intensity["mode"],
             "intensity_rescale": pred.intensity["rescale"],
             "intensity_refit": pred.intensity.get("refit"),
+            "partial_volume_trim": None if partial_volume is None else float(partial_volume),
             "bone_level": None if pred.intensity["rescale"] is not None
             else _bone_level(bone_level, pred.meta),
         },

@@ -18,7 +18,9 @@ thresholded mask (``local_radius_mm``), so "baseline + GAR" shows what the refin
 
 A third variant per model, "+ CC filter", removes predicted 26-connected components smaller than
 20 mm^3 from ``prob > 0.5`` (an analysis of where the Betti-0 errors come from: specks, or
-breaks).
+breaks). "+ PV trim + CC filter" and "+ GAR + PV trim + CC filter" add the partial-volume
+boundary trim (``napari_tubular.geometry.partial_volume``) before the speck filter: what
+``segment --no-refine`` and ``segment`` write (session 9).
 
 Writes OUT/eval.json (per case, per variant) and OUT/eval.md (tables); prints the main table.
 """
@@ -236,6 +238,10 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
              n_cases: int = 10, n_val: int = 3, processes: int | None = None,
              tune: bool = True, log=print, tta: bool = False) -> dict:
     """Evaluate models (name -> model file; a name starting with 'baseline' gets EDT radii)."""
+    from napari_tubular.geometry.partial_volume import (
+        partial_volume_fraction,
+        trim_partial_volume,
+    )
     from napari_tubular.models import load_model, resolve_device
 
     device = resolve_device(device)
@@ -256,14 +262,17 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
                                    "spacing": meta["spacing"], "arch": meta["arch"]}
         if tune:
             params = tune_refinement((net, meta), kind, device, quick, n_val, processes, tta)
-        else:
-            params = {"tp": 0.9, "tr": 0.5}
+        else:  # the thresholds tuned for the model and stored in its file
+            from napari_tubular.inference import recommended_thresholds
+
+            tp, tr = recommended_thresholds(meta)
+            params = {"tp": tp, "tr": tr}
         results["refinement"][name] = params
         log(f"[eval] {name}: refinement T_p={params['tp']} T_r={params['tr']}")
         preds = predictions((net, meta), [d[0] for d in data], specs, device, tta)
         jobs, tags = [], []
         by_radius: dict[str, list[int]] = {}
-        for (prob, rad, _), (_, ref, cl), spec in zip(preds, data, specs):
+        for (prob, rad, _), (img, ref, cl), spec in zip(preds, data, specs):
             sp = spec["spacing"]
             for k, (found, total) in radius_sensitivity(prob > 0.5, ref, cl, sp).items():
                 acc = by_radius.setdefault(k, [0, 0])
@@ -279,6 +288,14 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
             tags.append(f"{name} + GAR" + (" (EDT radii)" if kind == "baseline" else ""))
             jobs.append((drop_small_components(lab, sp), ref, sp))
             tags.append(f"{name} + GAR + CC filter" + (" (EDT radii)" if kind == "baseline" else ""))
+            # what `segment` writes (and `--no-refine`): the partial-volume boundary trim, then
+            # the speck filter
+            frac = partial_volume_fraction(img, prob > 0.5)
+            jobs.append((drop_small_components(trim_partial_volume(prob > 0.5, frac), sp), ref, sp))
+            tags.append(f"{name} + PV trim + CC filter")
+            jobs.append((drop_small_components(trim_partial_volume(lab, frac), sp), ref, sp))
+            tags.append(f"{name} + GAR + PV trim + CC filter"
+                        + (" (EDT radii)" if kind == "baseline" else ""))
         res = metrics_many(jobs, processes)
         for tag, m in zip(tags, res):
             results["variants"].setdefault(tag, []).append(m)
@@ -419,7 +436,8 @@ def main(argv=None) -> int:
     p.add_argument("--cases", type=int, default=10, help="held-out volumes (default 10)")
     p.add_argument("--val-cases", type=int, default=3, help="validation volumes for T_p/T_r")
     p.add_argument("--quick", action="store_true", help=f"{QUICK_EXTENT_MM:g} mm volumes")
-    p.add_argument("--no-tune", action="store_true", help="T_p=0.9, T_r=0.5 (inference defaults)")
+    p.add_argument("--no-tune", action="store_true",
+                   help="use the T_p/T_r stored in the model file instead of tuning them")
     p.add_argument("--processes", type=int, default=None, help="worker processes")
     p.add_argument("--tta", action="store_true",
                    help="mirroring test-time augmentation for every model (8x network time)")

@@ -258,7 +258,7 @@ def test_segment_outputs(tiny_model_file):
 
     case = make_vessel_tree((24, 28, 26), (1.2, 0.9, 0.9), seed=3)
     res = segment(case.image, str(tiny_model_file), "cpu", tp=0.55, tr=0.5, spacing=case.spacing,
-                  min_size_mm3=0)
+                  min_size_mm3=0, partial_volume=None)
     for arr, dtype in [
         (res.labels, np.uint8),
         (res.probability, np.float32),
@@ -283,7 +283,7 @@ def test_segment_outputs(tiny_model_file):
     assert r["pseudo_skeleton_voxels"] == int(res.skeleton.sum())
 
     plain = segment(case.image, str(tiny_model_file), "cpu", refine=False, spacing=case.spacing,
-                    min_size_mm3=0)
+                    min_size_mm3=0, partial_volume=None)
     np.testing.assert_array_equal(
         plain.labels, (plain.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
     )
@@ -300,7 +300,7 @@ def test_segment_uses_the_geometry_refinement_on_the_predicted_maps():
 
     case = make_tube(shape=(20, 24, 24), spacing=(1.0, 1.0, 1.0), radius_mm=3.0)
     soft = ndimage.gaussian_filter(case.mask.astype(np.float32), 1.0)
-    res = segment(soft, (EchoNet(k=3), _meta()), "cpu", tp=0.9, tr=0.5)
+    res = segment(soft, (EchoNet(k=3), _meta()), "cpu", tp=0.9, tr=0.5, partial_volume=None)
     np.testing.assert_allclose(
         res.radius_mm[res.probability > 0.5], radius_from_scale(3, 1.0), atol=1e-4
     )

@@ -75,7 +75,8 @@ def test_evaluate_writes_tables_with_radius_breakdown(ev, tmp_path):
     total = sum(e["voxels"] for e in sens.values())
     specs = ev.case_specs(2, True)
     assert total == sum(int(ev.make_case(s)[1].sum()) for s in specs)
-    assert set(res["summary"]) == {"ddt", "ddt + CC filter", "ddt + GAR", "ddt + GAR + CC filter"}
+    assert set(res["summary"]) == {"ddt", "ddt + CC filter", "ddt + GAR", "ddt + GAR + CC filter",
+                                   "ddt + PV trim + CC filter", "ddt + GAR + PV trim + CC filter"}
     assert "What can be seen" in md
     vis = saved["visibility"]
     assert len(vis["oracle"]) == 2

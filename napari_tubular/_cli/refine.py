@@ -55,9 +55,26 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="remove label components smaller than MM3 cubic mm (default: as for --tp, else 20; "
         "0 keeps everything)",
     )
+    p.add_argument(
+        "--partial-volume", type=_partial_volume_arg, default="report", metavar="F|off",
+        help="partial-volume boundary trim as in segment (default: what segment used, from "
+        "NAME_report.json, else off); needs the image (--image, or the input named in the "
+        "report)",
+    )
+    p.add_argument(
+        "--image", default=None, metavar="IMAGE",
+        help="the segmented image, for the partial-volume trim (default: the input named in "
+        "NAME_report.json, if it is still there)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
+
+
+def _partial_volume_arg(text: str):
+    from .segment import partial_volume_arg
+
+    return "report" if text == "report" else partial_volume_arg(text)
 
 
 def skeleton_path(labels_path: Path) -> Path:
@@ -92,9 +109,12 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         try:
             params = json.loads(rp.read_text(encoding="utf-8"))["parameters"]
             override = params.get("spacing_override")
+            pv = params.get("partial_volume_trim")
+            image = (json.loads(rp.read_text(encoding="utf-8")).get("input") or {}).get("path")
             return {"tp": float(params["tp"]), "tr": float(params["tr"]),
                     "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3)),
                     "spacing": None if override is None else tuple(float(v) for v in override),
+                    "partial_volume": None if pv is None else float(pv), "image": image,
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -106,7 +126,28 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
     except (OSError, ValueError):
         tp, tr = recommended_thresholds(None)
         where = "the fallback thresholds"
-    return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None}, where
+    return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
+            "partial_volume": None, "image": None}, where
+
+
+def _trim(labels, p, prob, pv: float, image_path):
+    """The partial-volume boundary trim ``segment`` applies, with the image read from
+    ``image_path`` (a note on stderr, and no trim, when there is none)."""
+    from ..geometry.partial_volume import partial_volume_fraction, trim_partial_volume
+    from ..inference import NO_REFINE_THRESHOLD
+    from ..io import read_volume
+
+    if not image_path or not Path(image_path).exists():
+        print("refine: note: the partial-volume trim needs the segmented image (--image); "
+              f"{'not found: ' + str(image_path) if image_path else 'none given'}, labels not "
+              "trimmed", file=sys.stderr)
+        return labels
+    image = read_volume(image_path)
+    if tuple(image.data.shape) != tuple(p.shape):
+        raise ValueError(f"--image {image_path} has shape {image.data.shape}, the probability "
+                         f"map {p.shape}")
+    fraction = partial_volume_fraction(image.data, p > NO_REFINE_THRESHOLD)
+    return trim_partial_volume(labels, fraction, pv)
 
 
 def run(args) -> int:
@@ -156,6 +197,9 @@ def run(args) -> int:
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
     labels, skeleton = refine_maps(p, r, spacing, tp, tr)
+    pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
+    if pv is not None and labels.any():
+        labels = _trim(labels, p, prob, pv, args.image or defaults["image"])
     labels, _ = remove_small_components(labels, spacing, min_size)
     skeleton &= labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)

@@ -36,6 +36,20 @@ OUTPUT_SUFFIXES = {
 }
 
 
+def partial_volume_arg(text: str):
+    """``--partial-volume``: a fraction in [0, 1), or 'off' (None)."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or 'off', got {text!r}"
+                                         ) from exc
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or 'off', got {text!r}")
+    return value
+
+
 def _bone_level_arg(text: str):
     if text.lower() in ("off", "none"):
         return None
@@ -51,7 +65,7 @@ def _bone_level_arg(text: str):
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from ..inference import DEFAULT_MIN_SIZE_MM3
+    from ..inference import DEFAULT_MIN_SIZE_MM3, DEFAULT_PARTIAL_VOLUME
 
     p = subparsers.add_parser(
         name,
@@ -167,6 +181,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "(a fifth of the found voxels around it), it is taken as bone, not vessel (default: "
         "the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
         "some CT angiography)",
+    )
+    p.add_argument(
+        "--partial-volume",
+        type=partial_volume_arg,
+        default=DEFAULT_PARTIAL_VOLUME,
+        metavar="F|off",
+        help="drop boundary voxels of thick vessel parts whose intensity holds less than this "
+        f"fraction of the local vessel contrast (default {DEFAULT_PARTIAL_VOLUME}; the network's "
+        "mask lies a fraction of a voxel outside the wall); 'off' keeps the labels as refined",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
@@ -351,6 +374,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
                 refit_intensity=not args.no_intensity_refit,
                 spacing=args.spacing,
                 bone_level=args.bone_level,
+                partial_volume=args.partial_volume,
             )
         except ValueError as exc:  # name the file (the core speaks of "the volume")
             raise ValueError(f"{path}: {exc}") from exc

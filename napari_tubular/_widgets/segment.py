@@ -61,12 +61,19 @@ MODEL_FILE_TEXT = "file..."
 MAX_SPHERES = 20000  # Points shown at most (evenly strided); the labels use every seed
 
 
-def _without_specks(result, spacing, min_size_mm3: float):
-    """The refinement as ``segment`` writes it: label components under ``min_size_mm3``
-    removed, and the pseudo-skeleton and the spheres kept where the labels are."""
+def _without_specks(result, spacing, min_size_mm3: float, fraction=None):
+    """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
+    from :func:`napari_tubular.geometry.partial_volume.partial_volume_fraction`; None skips
+    it), label components under ``min_size_mm3`` removed, and the pseudo-skeleton and the
+    spheres kept where the labels are."""
     from napari_tubular.geometry import remove_small_components
 
     labels = np.asarray(result.labels)
+    if fraction is not None:
+        from napari_tubular.geometry.partial_volume import trim_partial_volume
+        from napari_tubular.inference import DEFAULT_PARTIAL_VOLUME
+
+        labels = trim_partial_volume(labels, fraction, DEFAULT_PARTIAL_VOLUME)
     if min_size_mm3 > 0:
         labels, _ = remove_small_components(labels, spacing, min_size_mm3)
     keep = labels > 0
@@ -135,6 +142,7 @@ class SegmentWidget(QWidget):
         self._models: dict[tuple[str, str], Any] = {}
         self.prediction = None
         self.refiner = None
+        self._pv_fraction = None  # partial-volume fraction map of the last run (or None)
         self.result = None
         self.metrics: dict | None = None
         self.refine_count = 0
@@ -215,6 +223,14 @@ class SegmentWidget(QWidget):
             "angiography whose vessels are brighter than that"
         )
         form.addRow("", self.bone_check)
+        self.pv_check = QCheckBox("trim partial-volume boundary voxels")
+        self.pv_check.setChecked(True)
+        self.pv_check.setToolTip(
+            "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
+            "local vessel contrast (the network's mask lies a fraction of a voxel outside the "
+            "wall); thin vessels are kept"
+        )
+        form.addRow("", self.pv_check)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -364,6 +380,7 @@ class SegmentWidget(QWidget):
         tta = self.tta_check.isChecked()
         refit = self.refit_check.isChecked()
         bone_level = "auto" if self.bone_check.isChecked() else None
+        trim_pv = self.pv_check.isChecked()
         min_size = self.min_size_spin.value()
 
         def compute():
@@ -392,15 +409,23 @@ class SegmentWidget(QWidget):
                 tr=tr,
                 device=device,
             )
-            result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size)
+            fraction = None
+            if trim_pv:
+                from napari_tubular.geometry.partial_volume import partial_volume_fraction
+
+                fraction = partial_volume_fraction(
+                    volume.data, prediction.probability > inference.NO_REFINE_THRESHOLD)
+            result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
+                                     fraction)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
-            return prediction, refiner, result, spheres, (tp, tr)
+            return prediction, refiner, result, spheres, (tp, tr), fraction
 
         def returned(out):
-            prediction, refiner, result, spheres, thresholds = out
+            prediction, refiner, result, spheres, thresholds, fraction = out
             self.settings = update_settings(model=spec)
             self.prediction, self.refiner = prediction, refiner
+            self._pv_fraction = fraction
             self._source, self._geometry = source, geometry
             self._source_layer = layer
             self._affine = layer_affine(layer)
@@ -613,9 +638,10 @@ class SegmentWidget(QWidget):
                 self._warned_mismatch = mismatch
 
         min_size = self.min_size_spin.value()
+        fraction = self._pv_fraction
 
         def compute():
-            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size)
+            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction)
             spheres = _spheres(result, spacing)
             metrics = None
             if reference is not None:

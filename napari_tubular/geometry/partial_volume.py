@@ -1,0 +1,91 @@
+"""Partial-volume boundary trim: drop boundary voxels that hold too little of a vessel.
+
+The network's ``P > 0.5`` (and the refinement built on it) lies a fraction of a voxel outside
+the true wall: on the held-out synthetic set the labels are 3-17 % larger than the reference in
+volume, on an outside audit's independent trees 14-27 %. The image itself says how much of a
+boundary voxel is vessel: its intensity between the local background and the vessel's core.
+:func:`partial_volume_fraction` measures that fraction for every voxel; :func:`trim_partial_volume`
+removes the boundary voxels of thick parts (next to an interior voxel) whose fraction is below a
+threshold. One-voxel-thin vessels are left alone (all of their voxels are boundary; trimming them
+broke them and cost clDice).
+
+Measured with ``min_fraction`` 0.4 on the `segment` labels (thresholds tuned before): validation
+volumes Dice 0.868 -> 0.881 (clDice 0.888 -> 0.885), held-out 0.833 -> 0.841 (0.822 -> 0.820),
+the audit's 7 independent trees 0.902 -> 0.936 (clDice 0.933 -> 0.931).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._validate import check_mask
+
+__all__ = ["partial_volume_fraction", "trim_partial_volume", "DEFAULT_MIN_FRACTION"]
+
+#: boundary voxels holding less than this fraction of the local vessel contrast are trimmed
+DEFAULT_MIN_FRACTION = 0.4
+#: local background: normalised Gaussian average (sigma in voxels) of the voxels off the vessels
+BACKGROUND_SIGMA_VOX = 3.0
+#: the vessel's core level: the brightest vessel voxel in a box this many voxels across
+CORE_SIZE_VOX = 5
+_MARGIN = 12
+
+
+def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarray:
+    """Per voxel ``(I - background) / (core - background)``, float32, shape of ``image``.
+
+    ``vessels``: the network's vessel mask (``P > 0.5``), which defines what is background
+    (everything else, averaged with a Gaussian of :data:`BACKGROUND_SIGMA_VOX` voxels) and the
+    core level (the brightest vessel voxel within :data:`CORE_SIZE_VOX` voxels). Computed in the
+    vessels' bounding box (plus a margin); 1 elsewhere (nothing to trim there). Linear in the
+    intensity units, so HU, [0, 1] or counts give the same map.
+    """
+    from scipy import ndimage
+
+    from .components import bounding_box
+
+    m = check_mask(vessels)
+    img = np.asarray(image)
+    if img.shape != m.shape:
+        raise ValueError(f"image shape {img.shape} != vessel mask shape {m.shape}")
+    out = np.ones(m.shape, np.float32)
+    box = bounding_box(m, margin=_MARGIN)
+    if box is None:
+        return out
+    sub = np.asarray(img[box], dtype=np.float32)
+    finite = np.isfinite(sub)
+    if not finite.all():  # NaN / inf voxels: the lowest finite value (as the reader fills them)
+        sub = np.where(finite, sub, sub[finite].min() if finite.any() else 0).astype(np.float32)
+    vm = m[box]
+    off = (~vm).astype(np.float32)
+    background = ndimage.gaussian_filter(sub * off, BACKGROUND_SIGMA_VOX)
+    background /= np.maximum(ndimage.gaussian_filter(off, BACKGROUND_SIGMA_VOX), 1e-3)
+    core = ndimage.maximum_filter(np.where(vm, sub, -np.inf).astype(np.float32), CORE_SIZE_VOX)
+    contrast = core - background
+    frac = np.ones(sub.shape, np.float32)
+    ok = np.isfinite(contrast) & (contrast > 0)
+    frac[ok] = (sub[ok] - background[ok]) / contrast[ok]
+    out[box] = frac
+    return out
+
+
+def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
+                        min_fraction: float = DEFAULT_MIN_FRACTION) -> np.ndarray:
+    """``labels`` (uint8) without the boundary voxels of thick parts whose ``fraction``
+    (:func:`partial_volume_fraction`) is below ``min_fraction``.
+
+    A boundary voxel is a label voxel with a 6-neighbour outside the labels; it is in a thick
+    part when it touches (6-neighbourhood) an interior voxel. Thin (one-voxel) vessels and the
+    interior are never removed, so no component is deleted or cut through."""
+    from scipy import ndimage
+
+    lab = check_mask(labels)
+    if fraction.shape != lab.shape:
+        raise ValueError(f"fraction shape {fraction.shape} != labels shape {lab.shape}")
+    if not 0.0 <= float(min_fraction) < 1.0:
+        raise ValueError(f"min_fraction must be in [0, 1), got {min_fraction}")
+    if not lab.any() or min_fraction == 0:
+        return lab.astype(np.uint8)
+    interior = ndimage.binary_erosion(lab)
+    boundary = lab & ~interior & ndimage.binary_dilation(interior)
+    return (lab & ~(boundary & (fraction < float(min_fraction)))).astype(np.uint8)

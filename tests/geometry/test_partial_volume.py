@@ -1,0 +1,65 @@
+"""Partial-volume boundary trim (napari_tubular.geometry.partial_volume)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_tubular.geometry.partial_volume import partial_volume_fraction, trim_partial_volume
+
+
+def _tube_scene(seed=0):
+    """A straight tube along x: a 2 x 2-voxel core at 300 over 40, a ring of voxels holding
+    20 % of the contrast around it (partial volume), noise 5. The 'network mask' is the core
+    plus the ring (one voxel too thick all around, as the default model's was on such a
+    tube); a one-voxel line at half contrast elsewhere."""
+    rng = np.random.default_rng(seed)
+    img = np.full((20, 20, 30), 40.0) + rng.normal(0, 5, (20, 20, 30))
+    core = np.zeros(img.shape, bool)
+    core[8:10, 8:10, 3:27] = True
+    ring = np.zeros(img.shape, bool)
+    ring[7:11, 7:11, 3:27] = True
+    ring &= ~core
+    img[core] += 260.0
+    img[ring] += 0.2 * 260.0
+    line = np.zeros(img.shape, bool)
+    line[15, 3, 3:27] = True
+    img[line] += 0.3 * 260.0
+    return img, core, ring, line
+
+
+def test_fraction_reads_the_share_of_contrast_and_ignores_units():
+    img, core, ring, line = _tube_scene()
+    mask = core | ring | line
+    frac = partial_volume_fraction(img, mask)
+    assert frac.dtype == np.float32
+    assert np.median(frac[core]) == pytest.approx(1.0, abs=0.1)
+    assert np.median(frac[ring]) == pytest.approx(0.2, abs=0.1)
+    # a linear change of units (HU -> [0, 1], counts) gives the same map
+    np.testing.assert_allclose(partial_volume_fraction(img * 0.01 + 3.0, mask), frac, atol=1e-4)
+
+
+def test_trim_removes_the_partial_volume_ring_but_not_thin_vessels_or_the_core():
+    img, core, ring, line = _tube_scene()
+    mask = core | ring | line
+    frac = partial_volume_fraction(img, mask)
+    out = trim_partial_volume(mask, frac, 0.4).astype(bool)
+    assert out.dtype == bool
+    assert out[core].all()  # the vessel itself stays
+    assert out[line].all()  # a one-voxel vessel has no interior: never trimmed
+    # the ring's side voxels (next to the core's 6-neighbours) go; its corners touch no interior
+    # voxel and stay (only boundary voxels next to the interior are trimmed)
+    assert out[ring].mean() < 0.4
+    dice_before = 2 * (mask & core).sum() / (mask.sum() + core.sum())
+    dice_after = 2 * (out & core).sum() / (out.sum() + core.sum())
+    assert dice_after > dice_before + 0.2
+    # nothing is trimmed at a fraction of 0, and bad fractions are refused
+    assert np.array_equal(trim_partial_volume(mask, frac, 0.0).astype(bool), mask)
+    with pytest.raises(ValueError, match="min_fraction"):
+        trim_partial_volume(mask, frac, 1.0)
+
+
+def test_empty_mask_and_outside_the_vessels_box():
+    img, core, ring, _ = _tube_scene()
+    assert np.all(partial_volume_fraction(img, np.zeros(img.shape, bool)) == 1.0)
+    assert not trim_partial_volume(np.zeros(img.shape, bool), np.ones(img.shape, np.float32)).any()
