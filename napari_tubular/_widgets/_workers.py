@@ -141,10 +141,23 @@ def start_job(
         try:
             callback(*args)
         except RuntimeError as exc:  # the viewer closed under a running job
-            if "has been deleted" not in str(exc):
-                raise
-            gone[0] = True
-            token.set()
+            if "has been deleted" in str(exc):
+                gone[0] = True
+                token.set()
+                return
+            _callback_failed(callback, exc)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, not only on the console
+            _callback_failed(callback, exc)
+
+    def _callback_failed(callback, exc: BaseException) -> None:
+        """A failure while showing a result: said to the user like a failure of the job
+        (an audit: it only reached the console and left the widget half-updated)."""
+        report_error(what, exc)
+        if callback is not on_error and on_error is not None:
+            try:
+                on_error(exc)
+            except Exception:  # noqa: BLE001 - already reported once
+                pass
 
     def _returned(result: Any) -> None:
         if token():

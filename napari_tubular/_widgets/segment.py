@@ -33,6 +33,7 @@ from superqt import QLabeledDoubleSlider
 from napari_tubular._widgets._layers import (
     LayerPicker,
     binary_label_colormap,
+    find_owned_layer,
     grid_mismatch,
     layer_affine,
     layer_geometry,
@@ -143,6 +144,7 @@ class SegmentWidget(QWidget):
         self.prediction = None
         self.refiner = None
         self._pv_fraction = None  # partial-volume fraction map of the last run (or None)
+        self._watched: set[int] = set()  # labels layers whose paint events are watched
         self.result = None
         self.metrics: dict | None = None
         self.refine_count = 0
@@ -215,6 +217,14 @@ class SegmentWidget(QWidget):
             "(twice the network time, only for rescaled images)"
         )
         form.addRow("", self.refit_check)
+        self.intensity_combo = QComboBox()
+        self.intensity_combo.addItems(["auto", "model", "rescale"])
+        self.intensity_combo.setToolTip(
+            "auto: rescale only images that cannot be in the model's units (CT in HU); model: "
+            "use the values as they are; rescale: map the image's 0.5-99.9th percentiles into "
+            "the model's window"
+        )
+        form.addRow("intensity units", self.intensity_combo)
         self.bone_check = QCheckBox("bright bone is not vessel (CT in HU)")
         self.bone_check.setChecked(True)
         self.bone_check.setToolTip(
@@ -270,8 +280,20 @@ class SegmentWidget(QWidget):
         self.tr_slider.setToolTip("T_r: threshold on the refined (sphere) map")
         rform.addRow("T_p", self.tp_slider)
         rform.addRow("T_r", self.tr_slider)
+        buttons = QHBoxLayout()
+        self.save_thresholds_button = QPushButton("Save as default")
+        self.save_thresholds_button.setToolTip("start later sessions from these T_p / T_r")
+        self.save_thresholds_button.clicked.connect(self.save_thresholds)
+        self.reset_thresholds_button = QPushButton("Reset to tuned")
+        self.reset_thresholds_button.setToolTip(
+            "the T_p / T_r tuned for the model on validation volumes (stored in its file)")
+        self.reset_thresholds_button.clicked.connect(self.reset_thresholds)
+        buttons.addWidget(self.save_thresholds_button)
+        buttons.addWidget(self.reset_thresholds_button)
+        rform.addRow(buttons)
         self.reference_picker = LayerPicker(
-            self.viewer, ["labels"], allow_none=True, none_text="(no reference)"
+            self.viewer, ["labels"], allow_none=True, none_text="(no reference)",
+            exclude_owner=OWNER,  # its own labels are no reference (Dice 1.000 against itself)
         )
         self.reference_picker.currentIndexChanged.connect(self._on_thresholds)
         rform.addRow("reference", self.reference_picker)
@@ -370,7 +392,9 @@ class SegmentWidget(QWidget):
         device = self.device_combo.currentText()
         tp, tr = self.tp, self.tr
         # the model becomes the default once it has loaded (a bad path must not stick)
-        self.settings = update_settings(device=device, tp=tp, tr=tr)
+        # the device is remembered; T_p / T_r only with "save as default" (a slider left at an
+        # extreme value must not become every later session's default silently)
+        self.settings = update_settings(device=device)
         source = layer.name
         geometry = layer_geometry(layer)
         token = CancelToken()
@@ -380,6 +404,7 @@ class SegmentWidget(QWidget):
         tta = self.tta_check.isChecked()
         refit = self.refit_check.isChecked()
         bone_level = "auto" if self.bone_check.isChecked() else None
+        intensity = self.intensity_combo.currentText()
         trim_pv = self.pv_check.isChecked()
         min_size = self.min_size_spin.value()
 
@@ -400,6 +425,7 @@ class SegmentWidget(QWidget):
                 tta=tta,
                 refit_intensity=refit,
                 bone_level=bone_level,
+                intensity=intensity,
             )
             refiner = Refiner(
                 prediction.probability,
@@ -432,6 +458,11 @@ class SegmentWidget(QWidget):
             self.refine_count = 0
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds)
+            # the new labels become the selected layer: the review and distance widgets (which
+            # follow the selection) then start on the segmentation, not on a reference
+            labels_layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
+            if labels_layer is not None:
+                self.viewer.layers.selection.active = labels_layer
             seconds = prediction.timings.get("total")
             self.status.setText(
                 f"done: {source}, shape {tuple(prediction.probability.shape)}, "
@@ -545,9 +576,38 @@ class SegmentWidget(QWidget):
             f"spheres coloured by radius, size = diameter"
         )
 
+    def _keep_edited_labels(self) -> None:
+        """A labels layer the user painted on is kept: detached from this widget (renamed
+        "... (edited)") before the refinement writes a new one, with a message."""
+        layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
+        if layer is None or not layer.metadata.get(EDITED_KEY):
+            return
+        from napari.utils.notifications import show_info
+
+        from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
+
+        layer.metadata = {k: v for k, v in layer.metadata.items()
+                          if k not in (OWNER_KEY, ROLE_KEY, EDITED_KEY)}
+        layer.name = f"{layer.name} (edited)"
+        show_info(f"Segment: your edits are kept in {layer.name!r}; the new thresholds go to a "
+                  "new labels layer")
+
+    def _watch_edits(self) -> None:
+        """Mark the labels layer as edited when the user paints, fills or erases on it."""
+        layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
+        if layer is None or id(layer) in self._watched or not hasattr(layer.events, "paint"):
+            return
+        self._watched.add(id(layer))
+
+        def edited(_event=None, layer=layer):
+            layer.metadata[EDITED_KEY] = True
+
+        layer.events.paint.connect(edited)
+
     def _apply_refinement(self, result, spheres, thresholds, metrics=None) -> None:
         self.result = result
         self.metrics = metrics
+        self._keep_edited_labels()
         kw = self._kwargs()
         upsert_layer(
             self.viewer,
@@ -573,11 +633,14 @@ class SegmentWidget(QWidget):
             colormap=binary_label_colormap(),
             **kw,
         )
+        self._watch_edits()
         centers_mm, radii_mm = spheres
         data, pkw = spheres_points_kwargs(
             centers_mm, radii_mm, kw["translate"], limits=self._radius_limits
         )
         pkw["affine"] = kw["affine"]
+        # in a 2-D view the shaded spheres cover the labels: shown on demand there
+        pkw["visible"] = self.viewer.dims.ndisplay == 3
         upsert_layer(
             self.viewer,
             "points",
@@ -669,6 +732,27 @@ class SegmentWidget(QWidget):
     def save_thresholds(self) -> None:
         """Persist the current T_p / T_r as defaults."""
         self.settings = update_settings(tp=self.tp, tr=self.tr)
+        self.status.setText(f"T_p={self.tp:.2f} T_r={self.tr:.2f} saved as defaults")
+
+    def reset_thresholds(self) -> None:
+        """Set the sliders to the thresholds tuned for the model (the last run's model, else the
+        shipped default's), and forget saved ones."""
+        from napari_tubular._widgets._settings import first_run_settings
+        from napari_tubular.inference import recommended_thresholds
+
+        if self.prediction is not None:
+            tp, tr = recommended_thresholds(self.prediction.meta)
+        else:
+            tuned = first_run_settings()
+            tp, tr = tuned.tp, tuned.tr
+        self.settings = update_settings(tp=tp, tr=tr)
+        self.tp_slider.setValue(tp)
+        self.tr_slider.setValue(tr)
+        self.status.setText(f"T_p={tp:.2f} T_r={tr:.2f}: the model's tuned thresholds")
+
+
+#: metadata key set on a result labels layer the user painted on
+EDITED_KEY = "napari_tubular_edited"
 
 
 def _cancelled():

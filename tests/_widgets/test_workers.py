@@ -47,6 +47,21 @@ def test_errors_become_notifications(qapp, shown, exc, text):
     assert not job.running
 
 
+def test_a_failure_while_showing_the_result_is_reported(qapp, shown):
+    """An audit: an exception in the result callback (e.g. a NameError while adding layers)
+    reached only the console and left the widget half-updated; it is now shown like a failed
+    job and the error callback runs."""
+    log, callbacks = _calls()
+
+    def show(_result):
+        raise NameError("name 'find_owned_layer' is not defined")
+
+    callbacks["on_returned"] = show
+    start_job(lambda: 1, sync=True, what="Segmentation", **callbacks)
+    assert shown == ["Segmentation failed (NameError): name 'find_owned_layer' is not defined"]
+    assert log == [("error", "NameError"), ("finished",)]
+
+
 def test_core_cancelled_is_not_an_error(qapp, shown):
     class Cancelled(RuntimeError):
         pass
