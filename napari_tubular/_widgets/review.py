@@ -85,6 +85,8 @@ class TopologyReviewWidget(QWidget):
         self._source_layer = None
         self._affine = None
         self._job = None
+        self._watched: list = []  # (layer, callback) of the reviewed layers' data events
+        self.stale = False  # the reviewed layers changed since the last Compute
         self._build_ui()
         self._bound_keys: list[str] = []
         self._closed = False
@@ -252,6 +254,7 @@ class TopologyReviewWidget(QWidget):
             self._source_layer = pred_layer
             self._affine = layer_affine(pred_layer)
             self._show()
+            self._watch_inputs([pred_layer] + ([ref_layer] if ref_layer is not None else []))
 
         self.status.setText("computing...")
         self.run_button.setEnabled(False)
@@ -264,6 +267,26 @@ class TopologyReviewWidget(QWidget):
             on_finished=lambda: self.run_button.setEnabled(True),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
+
+    def _watch_inputs(self, layers) -> None:
+        """Say when the reviewed layers change (a slider of the segment widget, painting): the
+        error layer and the table then describe the old data (an audit: they stayed as they
+        were, without a word)."""
+        for layer, callback in self._watched:
+            try:
+                layer.events.data.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._watched = []
+        self.stale = False
+        for layer in layers:
+            def changed(_event=None, name=layer.name):
+                if not self.stale:
+                    self.stale = True
+                    self.status.setText(f"out of date: {name!r} changed since this review; "
+                                        "press Compute again")
+            layer.events.data.connect(changed)
+            self._watched.append((layer, changed))
 
     # ------------------------------------------------------------------ display
     def _show(self) -> None:

@@ -58,6 +58,22 @@ def test_error_map_layer_and_metrics(review):
     assert widget.legend.count() == 2 * len(ERROR_CLASSES)
 
 
+def test_a_changed_prediction_marks_the_review_out_of_date(review):
+    """An audit: after a slider of the segment widget changed the labels, the error layer and
+    the table still described the old ones, without a word."""
+    viewer, widget = review
+    assert not widget.stale
+    layer = viewer.layers["prediction"]
+    edited = layer.data.copy()
+    edited[0, 0, 0] = 1
+    layer.data = edited
+    assert widget.stale
+    assert "out of date" in widget.status.text()
+    widget.run()
+    assert not widget.stale
+    assert "out of date" not in widget.status.text()
+
+
 def test_next_previous_centre_camera_and_slice(review):
     viewer, widget = review
     n = len(widget.report.sites)
