@@ -368,15 +368,21 @@ class TopologyReviewWidget(QWidget):
     def _fill_sites(self, classes: dict) -> None:
         self.sites_list.blockSignals(True)
         self.sites_list.clear()
-        for site in self.report.sites:
+        for index, site in enumerate(self.report.sites):
             _name, rgba = classes[int(site.cls)]
             z, y, x = (int(v) for v in site.anchor_vox)
+            wz, wy, wx = (float(v) for v in self.site_world(index))
             detail = f" ({site.detail})" if site.detail else ""
+            # world mm first (what napari's sliders and cursor show), the voxel after it
             item = QListWidgetItem(
-                f"{site.id}. {site.cls_name}{detail} at z={z} y={y} x={x}, "
-                f"{site.size_vox} vox, {site.length_mm:.1f} mm"
+                f"{site.id}. {site.cls_name}{detail}, {site.length_mm:.1f} mm, "
+                f"{site.size_vox} vox at ({wz:.1f}, {wy:.1f}, {wx:.1f}) mm "
+                f"[voxel {z}, {y}, {x}]"
             )
-            item.setForeground(QColor.fromRgbF(*[float(c) for c in rgba]))
+            item.setToolTip(item.text())
+            # the class colour lightened: dark red on napari's dark grey was hard to read
+            light = [0.5 + 0.5 * float(c) for c in rgba[:3]]
+            item.setForeground(QColor.fromRgbF(*light, 1.0))
             self.sites_list.addItem(item)
         self.sites_list.blockSignals(False)
 

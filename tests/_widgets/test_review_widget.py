@@ -58,6 +58,15 @@ def test_error_map_layer_and_metrics(review):
     assert widget.legend.count() == 2 * len(ERROR_CLASSES)
 
 
+def test_sites_list_world_millimetres(review):
+    """An audit: sites were listed in voxel indices while napari shows world mm."""
+    viewer, widget = review
+    text = widget.sites_list.item(0).text()
+    world = widget.site_world(0)
+    assert f"({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm" in text
+    assert "[voxel " in text
+
+
 def test_a_changed_prediction_marks_the_review_out_of_date(review):
     """An audit: after a slider of the segment widget changed the labels, the error layer and
     the table still described the old ones, without a word."""
