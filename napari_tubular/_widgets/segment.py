@@ -62,6 +62,15 @@ MODEL_FILE_TEXT = "file..."
 MAX_SPHERES = 20000  # Points shown at most (evenly strided); the labels use every seed
 
 
+def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
+    """A checkbox row of the run options."""
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    box.setToolTip(tip)
+    form.addRow("", box)
+    return box
+
+
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
     from :func:`napari_tubular.geometry.partial_volume.partial_volume_fraction`; None skips
@@ -203,20 +212,15 @@ class SegmentWidget(QWidget):
         self.overlap_spin.setValue(0.25)
         self.overlap_spin.setToolTip("sliding-window overlap fraction")
         form.addRow("window overlap", self.overlap_spin)
-        self.tta_check = QCheckBox("mirroring TTA (8x slower)")
-        self.tta_check.setToolTip(
+        self.tta_check = _option(
+            form, "mirroring TTA (8x slower)", False,
             "average the network over the 8 flips of each window: slightly better Dice and "
-            "clDice, fewer specks"
-        )
-        form.addRow("", self.tta_check)
-        self.refit_check = QCheckBox("fit intensities to the vessels (rescaled images)")
-        self.refit_check.setChecked(True)
-        self.refit_check.setToolTip(
+            "clDice, fewer specks")
+        self.refit_check = _option(
+            form, "fit intensities to the vessels (rescaled images)", True,
             "images not in the model's units are rescaled; then run the network a second time "
             "with the vessels found set to the training contrast over their background "
-            "(twice the network time, only for rescaled images)"
-        )
-        form.addRow("", self.refit_check)
+            "(twice the network time, only for rescaled images)")
         self.intensity_combo = QComboBox()
         self.intensity_combo.addItems(["auto", "model", "rescale"])
         self.intensity_combo.setToolTip(
@@ -225,22 +229,16 @@ class SegmentWidget(QWidget):
             "the model's window"
         )
         form.addRow("intensity units", self.intensity_combo)
-        self.bone_check = QCheckBox("bright bone is not vessel (CT in HU)")
-        self.bone_check.setChecked(True)
-        self.bone_check.setToolTip(
+        self.bone_check = _option(
+            form, "bright bone is not vessel (CT in HU)", True,
             "where what the network found is mostly brighter than the model's bone level "
             "(700 HU), take it as bone: ribs and cortex are not labelled. Untick for CT "
-            "angiography whose vessels are brighter than that"
-        )
-        form.addRow("", self.bone_check)
-        self.pv_check = QCheckBox("trim partial-volume boundary voxels")
-        self.pv_check.setChecked(True)
-        self.pv_check.setToolTip(
+            "angiography whose vessels are brighter than that")
+        self.pv_check = _option(
+            form, "trim partial-volume boundary voxels", True,
             "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
             "local vessel contrast (the network's mask lies a fraction of a voxel outside the "
-            "wall); thin vessels are kept"
-        )
-        form.addRow("", self.pv_check)
+            "wall); thin vessels are kept")
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
