@@ -68,16 +68,26 @@ def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarra
         sub = np.where(finite, sub, sub[finite].min() if finite.any() else 0).astype(np.float32)
     sub = ndimage.gaussian_filter(sub, IMAGE_SIGMA_VOX)
     vm = m[box]
+    # (in place where it can: a 512^3 volume holds 512 MB per float32 copy)
     off = (~vm).astype(np.float32)
     background = ndimage.gaussian_filter(sub * off, BACKGROUND_SIGMA_VOX)
-    background /= np.maximum(ndimage.gaussian_filter(off, BACKGROUND_SIGMA_VOX), 1e-3)
-    core = ndimage.maximum_filter(np.where(vm, sub, -np.inf).astype(np.float32), CORE_SIZE_VOX)
-    contrast = core - background
-    resid = (sub - background)[~ndimage.binary_dilation(vm, iterations=2)]
+    norm = ndimage.gaussian_filter(off, BACKGROUND_SIGMA_VOX)
+    del off
+    np.maximum(norm, np.float32(1e-3), out=norm)
+    background /= norm
+    del norm
+    contrast = ndimage.maximum_filter(np.where(vm, sub, np.float32(-np.inf)).astype(np.float32),
+                                      CORE_SIZE_VOX)
+    contrast -= background  # core - background
+    frac = sub - background
+    del sub, background
+    resid = frac[~ndimage.binary_dilation(vm, iterations=2)]
     noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
-    frac = np.ones(sub.shape, np.float32)
+    del resid
+    frac += np.float32(NOISE_MARGIN * noise)
     ok = np.isfinite(contrast) & (contrast > 0)
-    frac[ok] = (sub[ok] - background[ok] + NOISE_MARGIN * noise) / contrast[ok]
+    frac[ok] /= contrast[ok]
+    frac[~ok] = 1.0
     out[box] = frac
     return out
 
