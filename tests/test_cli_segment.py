@@ -446,6 +446,16 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     thin = tmp_path / "thin_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", thin, "--tr", "0.9") == 0
     assert read_volume(thin).data.sum() < want.data.sum()
+    # the partial-volume trim (read from the image named in the report) only removes voxels
+    untrimmed = tmp_path / "untrimmed_labels.nii.gz"
+    assert _run("refine", prob, radius, "-o", untrimmed, "--partial-volume", "off") == 0
+    assert np.all(read_volume(untrimmed).data >= want.data)
+    capsys.readouterr()
+    assert _run("refine", prob, radius, "-o", tmp_path / "noimage_labels.nii.gz",
+                "--image", tmp_path / "missing.nii.gz") == 0
+    assert "needs the segmented image" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_volume(tmp_path / "noimage_labels.nii.gz").data,
+                                  read_volume(untrimmed).data)
 
 
 def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_file,
