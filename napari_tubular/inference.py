@@ -931,12 +931,13 @@ def predict(
 
     probability, scale_np, info = network_pass(data, "", True)
     # an image in the model's (window) units: its bone-bright structures are told apart below
-    bone_source = data if rescale_info is None and (
-        meta["normalization"] or {}).get("kind") == "window" else None
-    level = _bone_level(bone_level, meta)
+    window_units = rescale_info is None and (meta["normalization"] or {}).get("kind") == "window"
+    bone_source = data if window_units else None
+    level = _bone_level(bone_level, meta)  # validated either way; used in window units only
+    if not window_units:
+        level = None
     refit_info = None
-    in_model_units = rescale_info is None and intensity == "auto" \
-        and (meta["normalization"] or {}).get("kind") == "window"
+    in_model_units = window_units and intensity == "auto"
     if refit_intensity and (rescale_info is not None or in_model_units):
         refit_info = _refit_pass(data, probability, sp, meta, messages,
                                  only_above_training=in_model_units, bone_level=level)
@@ -963,7 +964,7 @@ def predict(
     if padding is not None:  # nothing was measured there
         probability[padding] = 0.0
         radius[padding] = 0.0
-    if bone_source is not None and level is not None:
+    if level is not None:
         _suppress_bone(probability, bone_source, level, sp, messages)
     del bone_source
     timings["resample_back"] += time.perf_counter() - t

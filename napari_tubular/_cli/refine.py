@@ -107,10 +107,11 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
     rp = report_path(probability_path)
     if rp.is_file():
         try:
-            params = json.loads(rp.read_text(encoding="utf-8"))["parameters"]
+            report = json.loads(rp.read_text(encoding="utf-8"))
+            params = report["parameters"]
             override = params.get("spacing_override")
             pv = params.get("partial_volume_trim")
-            image = (json.loads(rp.read_text(encoding="utf-8")).get("input") or {}).get("path")
+            image = (report.get("input") or {}).get("path")
             return {"tp": float(params["tp"]), "tr": float(params["tr"]),
                     "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3)),
                     "spacing": None if override is None else tuple(float(v) for v in override),
@@ -130,7 +131,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
             "partial_volume": None, "image": None}, where
 
 
-def _trim(labels, p, prob, pv: float, image_path):
+def _trim(labels, p, pv: float, image_path):
     """The partial-volume boundary trim ``segment`` applies, with the image read from
     ``image_path`` (a note on stderr, and no trim, when there is none)."""
     from ..geometry.partial_volume import partial_volume_fraction, trim_partial_volume
@@ -199,7 +200,7 @@ def run(args) -> int:
     labels, skeleton = refine_maps(p, r, spacing, tp, tr)
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     if pv is not None and labels.any():
-        labels = _trim(labels, p, prob, pv, args.image or defaults["image"])
+        labels = _trim(labels, p, pv, args.image or defaults["image"])
     labels, _ = remove_small_components(labels, spacing, min_size)
     skeleton &= labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)

@@ -156,8 +156,8 @@ def start_job(
         if callback is not on_error and on_error is not None:
             try:
                 on_error(exc)
-            except Exception:  # noqa: BLE001 - already reported once
-                pass
+            except Exception:  # noqa: BLE001 - the user was told above; keep the trace
+                _log.exception("%s: the error callback failed too", what)
 
     def _returned(result: Any) -> None:
         if token():
