@@ -864,6 +864,48 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
     return placed
 
 
+def _add_organs(img, rng, spacing, L, n: int, vessel_hu: float, tissue_hu: float) -> list:
+    """Enhancing organs, in place: large textured ellipsoids (kidney-, spleen-, liver-like)
+    brighter than the tissue but darker than the vessels, which may run through them (the
+    vessels are composited afterwards). Returns each organ's parameters."""
+    f32 = np.float32
+    sp = np.asarray(spacing, dtype=np.float64)
+    shape = np.asarray(img.shape)
+    extent = (shape - 1) * sp
+    h = float(sp.min())
+    out = []
+    for _ in range(int(n)):
+        semi = np.minimum(rng.uniform(8.0, 28.0, 3), np.maximum(0.4 * extent, 3 * h))
+        c = extent * rng.uniform(0.15, 0.85, 3)
+        R = np.linalg.qr(rng.standard_normal((3, 3)))[0]
+        level = float(tissue_hu + (vessel_hu - tissue_hu) * rng.uniform(0.25, 0.7))
+        medulla = float(rng.uniform(0.0, 0.35)) * (level - tissue_hu)
+        core = float(rng.uniform(0.45, 0.75))
+        wobble = float(rng.uniform(0.0, 0.1))
+        reach = semi.max() * (1.0 + wobble * 2.0) + 2 * h
+        lo = np.clip(np.floor((c - reach) / sp).astype(int), 0, shape)
+        hi = np.clip(np.ceil((c + reach) / sp).astype(int) + 1, 0, shape)
+        if np.any(hi - lo < 2):
+            continue
+        z, y, x = (a[0] for a in _grid_axes(lo, hi, sp))
+        v = [z - c[0], y - c[1], x - c[2]]
+        u = [R[0, i] * v[0] + R[1, i] * v[1] + R[2, i] * v[2] for i in range(3)]
+        rho = np.sqrt(sum((u[i] / semi[i]) ** 2 for i in range(3))).astype(np.float32)
+        box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+        field_ = _smooth_noise(rng, box_shape, sp, max(0.5 * float(semi.min()), 3 * h))
+        rho *= f32(1.0) + f32(wobble) * np.clip(field_, -2.0, 2.0)
+        occ = np.clip((f32(1.0) - rho) * f32(semi.min() / h) + f32(0.5), 0.0, 1.0)
+        inner = np.clip((f32(core) - rho) * f32(semi.min() / h) + f32(0.5), 0.0, 1.0)
+        texture = _smooth_noise(rng, box_shape, sp, max(2.0, 2 * h))
+        hu = f32(level) - f32(medulla) * inner + f32(rng.uniform(4.0, 12.0)) * texture
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        img[box] += occ * (hu - img[box])
+        out.append({"centre_mm": tuple(float(v) for v in c),
+                    "semi_axes_mm": tuple(float(v) for v in semi), "hu": level,
+                    "medulla_drop_hu": medulla})
+    return out
+
+
 def _body_outline(rng, shape, spacing) -> dict:
     """A body cross-section outline: depth below the skin in mm per voxel (negative outside).
 
@@ -972,6 +1014,7 @@ def make_vessel_tree(
     psf_sigma_vox: Sequence[float] = (0.4, 0.7),
     free_segments: int = 0,
     body: bool = False,
+    organs: int = 0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -1030,6 +1073,11 @@ def make_vessel_tree(
             the centerline and the topology stay consistent (``b0`` can grow: a cut tree is
             several components). Drawn from a random stream of its own, so the trees and
             the rest of the image are those of the same seed without ``body``.
+        organs: number of enhancing organs (default 0: the default volume): large textured
+            ellipsoids, 8-28 mm semi-axes with an irregular surface, 25-70 % of the way from
+            the tissue to the vessel intensity, with a darker core (cortex and medulla) as
+            kidneys, spleen or liver look in contrast-enhanced CT. Vessels may run through
+            them; they are not labelled. Drawn from a random stream of their own.
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -1056,6 +1104,8 @@ def make_vessel_tree(
         raise ValueError(f"n_trees must be a positive integer, got {n_trees!r}")
     if int(free_segments) != free_segments or free_segments < 0:
         raise ValueError(f"free_segments must be a non-negative integer, got {free_segments!r}")
+    if int(organs) != organs or organs < 0:
+        raise ValueError(f"organs must be a non-negative integer, got {organs!r}")
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)
     extent = (np.asarray(shape) - 1) * np.asarray(sp)
@@ -1153,6 +1203,10 @@ def make_vessel_tree(
             n_blobs, n_plates, n_air = (int(round(n * distractor_scale))
                                         for n in (n_blobs, n_plates, n_air))
         _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air)
+    organ_params = []
+    if organs:
+        organ_params = _add_organs(img, np.random.default_rng([seed, 4245]), sp, L, int(organs),
+                                   float(tissue + contrast_hu), float(tissue))
     if outline is not None:
         _composite_body(img, outline, np.random.default_rng([seed, 4244]), sp, L)
     # vessels (partial volume): img * (1 - occ) + vessel_hu * occ, vessel_hu varying by +-8 %
@@ -1207,6 +1261,7 @@ def make_vessel_tree(
         "hard_edges": bool(hard_edges),
         "free_segments": int(free_segments),
         "body": None if outline is None else outline["params"],
+        "organs": organ_params,
     }
     return SyntheticCase(
         image=img,

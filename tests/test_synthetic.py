@@ -385,6 +385,32 @@ def test_body_outline_air_fat_and_vessels_inside():
     np.testing.assert_array_equal(base.image, make_vessel_tree(body=False, **kw).image)
 
 
+
+def test_enhancing_organs_are_bright_unlabelled_and_leave_the_rest():
+    """``organs=N``: large ellipsoids between tissue and vessel intensity; the label, the
+    centerline and the image away from the organs are those of the same seed without them."""
+    kw = {"shape": (56, 64, 64), "spacing": (1.0, 1.0, 1.0), "seed": 5}
+    base = make_vessel_tree(**kw)
+    case = make_vessel_tree(organs=2, **kw)
+    assert base.params["organs"] == []
+    organs = case.params["organs"]
+    assert 1 <= len(organs) <= 2
+    np.testing.assert_array_equal(case.mask, base.mask)
+    np.testing.assert_array_equal(case.centerline, base.centerline)
+    changed = np.abs(case.image - base.image) > 1e-3
+    # each organ is a large region (> 1 mL here) of unlabelled voxels, mostly
+    assert changed.sum() > 1000 * len(organs)
+    assert (case.mask[changed] > 0).mean() < 0.1
+    tissue = case.params["tissue_hu"]
+    vessel = tissue + case.params["contrast_hu"]
+    for o in organs:
+        assert tissue < o["hu"] < vessel
+        centre = tuple(int(round(c)) for c in o["centre_mm"])  # 1 mm voxels
+        core = case.image[tuple(slice(max(c - 1, 0), c + 2) for c in centre)]
+        assert tissue + 0.1 * (o["hu"] - tissue) - 60 < np.median(core) < vessel
+    with pytest.raises(ValueError, match="organs"):
+        make_vessel_tree(organs=-1, **kw)
+
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [

@@ -474,6 +474,20 @@ def test_synthetic_family_options_sharp_and_large():
         assert body["generator"]["body"] is True
         for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf", "segments"):
             assert body[key] == base[key]
+    # enhancing organs: drawn after the body, every other choice unchanged, 1-2 per case
+    counts = set()
+    for seed in range(12):
+        opts = {"segment_fraction": 0.5, "body_fraction": 0.5}
+        base = synthetic_case_params(seed, opts)
+        org = synthetic_case_params(seed, {**opts, "organ_fraction": 1.0})
+        assert not base["organs"]
+        assert "organs" not in base["generator"]
+        assert org["organs"]
+        counts.add(org["generator"]["organs"])
+        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf", "segments",
+                    "body"):
+            assert org[key] == base[key]
+    assert counts == {1, 2}
 
 
 def test_prepared_case_padding_is_mirrored():

@@ -158,6 +158,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="put the tissue inside a body outline (air outside, a subcutaneous fat shell, "
         "skin), as in a CT of a torso or a limb; vessels end at the outline",
     )
+    p.add_argument(
+        "--organs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="add N enhancing organs (large textured ellipsoids brighter than tissue, darker "
+        "than the vessels, not labelled), as kidneys or spleen in contrast CT (default 0)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
     return p
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"--shape must be >= 8 in every axis, got {' '.join(map(str, args.shape))}"
         )
+    if args.organs < 0:
+        raise ValueError(f"--organs must be >= 0, got {args.organs}")
     if args.noise is not None and args.noise < 0:
         raise ValueError(f"--noise must be >= 0 HU, got {args.noise}")
     stems = [f"case_{args.start + i:03d}" for i in range(args.n)]
@@ -191,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "noise": args.noise,
         "distractors": not args.no_distractors,
         "body": args.body,
+        "organs": args.organs,
     }
     if args.loops is not None:
         options["loop_probability"] = args.loops

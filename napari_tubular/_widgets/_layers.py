@@ -380,8 +380,17 @@ def world_of_physical(
     return p
 
 
-def focus_on(viewer: napari.Viewer, world_zyx: Sequence[float], zoom: float | None = None) -> None:
-    """Centre the 3-D camera and move the 2-D slice to a world point (z, y, x)."""
+def focus_on(
+    viewer: napari.Viewer,
+    world_zyx: Sequence[float],
+    zoom: float | None = None,
+    field_mm: float | None = None,
+) -> None:
+    """Centre the 3-D camera and move the 2-D slice to a world point (z, y, x).
+
+    ``zoom`` sets the camera zoom; ``field_mm`` instead zooms a 2-D view so that about this
+    many world units (mm) fill the canvas's shorter side (a 3-D view keeps its zoom).
+    """
     world = np.asarray(world_zyx, dtype=float)
     ndim = viewer.dims.ndim
     point = list(viewer.dims.point)
@@ -393,6 +402,10 @@ def focus_on(viewer: napari.Viewer, world_zyx: Sequence[float], zoom: float | No
     else:
         displayed = viewer.dims.displayed
         camera.center = tuple(world[[d - (ndim - 3) for d in displayed]].tolist())
+    if zoom is None and field_mm is not None and viewer.dims.ndisplay == 2 and field_mm > 0:
+        size = float(np.min(viewer.canvas.size))
+        if size > 1:
+            zoom = size / float(field_mm)
     if zoom is not None:
         camera.zoom = zoom
 

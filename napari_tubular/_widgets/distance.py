@@ -299,6 +299,7 @@ class DistanceMapWidget(QWidget):
         scale, translate = self._geometry
         # centroid_mm is relative to voxel (0, 0, 0): add the layer's translate (and affine)
         world = world_of_physical(self.branches[row]["centroid_mm"], translate, self._affine)
-        focus_on(self.viewer, world)
+        # a 2-D view zooms to the branch (its length, at least 30 mm across)
+        focus_on(self.viewer, world, field_mm=max(30.0, 1.2 * self.branches[row]["length_mm"]))
         if self.table.currentRow() != row:
             self.table.selectRow(row)

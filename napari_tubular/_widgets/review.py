@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 OWNER = "review"
 NEXT_KEY = "Shift-N"
 PREVIOUS_KEY = "Shift-B"
+#: the smallest field of view (mm, the canvas's shorter side) a 2-D view zooms to at a site
+FOCUS_FIELD_MM = 30.0
 
 
 def _format(value: Any) -> str:
@@ -398,7 +400,13 @@ class TopologyReviewWidget(QWidget):
             return
         index = int(index) % len(self.report.sites)
         self.current = index
-        focus_on(self.viewer, self.site_world(index))
+        site = self.report.sites[index]
+        # a 2-D view zooms to the site: a field three times its length (or bulk), at least
+        # FOCUS_FIELD_MM (an audit: the camera stayed at the whole volume, a one-voxel site
+        # was a dot)
+        bulk = (site.size_vox * float(np.prod(self.report.spacing))) ** (1.0 / 3.0)
+        focus_on(self.viewer, self.site_world(index),
+                 field_mm=max(FOCUS_FIELD_MM, 3.0 * max(site.length_mm, bulk)))
         if self.sites_list.currentRow() != index:
             self.sites_list.blockSignals(True)
             self.sites_list.setCurrentRow(index)

@@ -13,7 +13,7 @@ import gc
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -166,6 +166,10 @@ class SegmentWidget(QWidget):
         self._job = None
         self._refine_job = None
         self._refine_pending = False
+        # result roles the user deleted since the last network run: the sliders do not bring
+        # them back (an audit: a deleted spheres layer returned at every slider move)
+        self._dismissed: set[str] = set()
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
 
         self._build_ui()
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
@@ -454,6 +458,7 @@ class SegmentWidget(QWidget):
             self._source_layer = layer
             self._affine = layer_affine(layer)
             self.refine_count = 0
+            self._dismissed = set()  # a new run shows every result again
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds)
             # the new labels become the selected layer: the review and distance widgets (which
@@ -501,6 +506,29 @@ class SegmentWidget(QWidget):
             ),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
+
+    def _on_layer_removed(self, event) -> None:
+        from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY, SOURCE_KEY, source_key
+
+        md = getattr(event.value, "metadata", {}) or {}
+        if (md.get(OWNER_KEY) == OWNER and self._source_layer is not None
+                and md.get(SOURCE_KEY) == source_key(self._source_layer)):
+            self._dismissed.add(md.get(ROLE_KEY))
+
+    def event(self, event) -> bool:  # noqa: D102 (Qt override)
+        # napari's remove_dock_widget (the dock's close button) takes the widget out of its
+        # dock with setParent(None): a running job is cancelled then (an audit: it ran on, and
+        # its layers appeared after the panel was gone)
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            running = self.busy
+            self.cancel()
+            if self._refine_job is not None and self._refine_job.running:
+                self._refine_job.cancel()
+            if running:
+                from napari.utils.notifications import show_info
+
+                show_info("Segmentation cancelled: the Segment panel was closed.")
+        return super().event(event)
 
     def cancel(self) -> None:
         """Ask the running network job to stop."""
@@ -602,30 +630,32 @@ class SegmentWidget(QWidget):
 
         layer.events.paint.connect(edited)
 
+    def _shown(self, layer_type: str, data, *, role: str, **kwargs):
+        """``upsert_layer`` for a result role, unless the user deleted that layer since the
+        last network run (then None)."""
+        if role in self._dismissed:
+            return None
+        return upsert_layer(self.viewer, layer_type, data, owner=OWNER, role=role,
+                            source=self._source_layer, **kwargs)
+
     def _apply_refinement(self, result, spheres, thresholds, metrics=None) -> None:
         self.result = result
         self.metrics = metrics
         self._keep_edited_labels()
         kw = self._kwargs()
-        upsert_layer(
-            self.viewer,
+        self._shown(
             "labels",
             np.asarray(result.skeleton),
-            owner=OWNER,
             role="skeleton",
-            source=self._source_layer,
             name=self._name("pseudo-skeleton"),
             colormap=binary_label_colormap((1.0, 0.9, 0.1, 1.0)),
             visible=False,  # for a low T_p nearly as wide as the labels: shown on demand
             **kw,
         )
-        upsert_layer(
-            self.viewer,
+        self._shown(
             "labels",
             np.asarray(result.labels),
-            owner=OWNER,
             role="labels",
-            source=self._source_layer,
             name=self._name("labels"),
             opacity=0.5,
             colormap=binary_label_colormap(),
@@ -639,13 +669,10 @@ class SegmentWidget(QWidget):
         pkw["affine"] = kw["affine"]
         # in a 2-D view the shaded spheres cover the labels: shown on demand there
         pkw["visible"] = self.viewer.dims.ndisplay == 3
-        upsert_layer(
-            self.viewer,
+        self._shown(
             "points",
             data,
-            owner=OWNER,
             role="spheres",
-            source=self._source_layer,
             name=self._name("spheres"),
             **pkw,
         )

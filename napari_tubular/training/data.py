@@ -48,6 +48,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "segment_fraction": 0.0,  # fraction of cases with free tube segments (blunt-ended pieces)
     "segments_per_case": (1, 4),  # how many, uniform integers (inclusive)
     "body_fraction": 0.0,  # fraction of cases inside a body outline (air, fat shell, skin)
+    "organ_fraction": 0.0,  # fraction of cases with enhancing organs
+    "organs_per_case": (1, 2),  # how many, uniform integers (inclusive)
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -320,7 +322,8 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     root radius thick, so that a short thick tube is not taken for a blob); ``body_fraction``
     of all cases put the tissue inside a body outline with air outside, a subcutaneous fat
     shell and skin (``make_vessel_tree(body=True)``: a large soft-tissue region bordered by fat
-    is not a vessel); all 0 by default.
+    is not a vessel); ``organ_fraction`` of all cases get ``organs_per_case`` enhancing organs
+    (``make_vessel_tree(organs=...)``: a large bright blob is not a vessel); all 0 by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -364,9 +367,14 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     body = rng.random() < opts["body_fraction"]  # drawn last: defaults unchanged
     if body:
         gen.setdefault("body", True)
+    organ = rng.random() < opts["organ_fraction"]  # drawn last: defaults unchanged
+    if organ:
+        lo, hi = (int(v) for v in opts["organs_per_case"])
+        gen.setdefault("organs", int(rng.integers(lo, hi + 1)))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
-            "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body)}
+            "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
+            "organs": bool(organ)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:

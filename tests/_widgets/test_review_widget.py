@@ -96,6 +96,17 @@ def test_next_previous_centre_camera_and_slice(review):
         assert viewer.layers["prediction topology errors"].data[tuple(site.anchor_vox)] == site.cls
     widget.previous_site()
     assert widget.current == 1 % n
+    # a 2-D view zooms to the site (an audit: it stayed at the whole volume): the canvas's
+    # shorter side shows the field go_to chose, and the site lies inside the visible part
+    from napari_tubular._widgets.review import FOCUS_FIELD_MM
+
+    viewer.camera.zoom = 0.01
+    widget.go_to(0)
+    size = float(min(viewer.canvas.size))
+    field = size / viewer.camera.zoom
+    assert FOCUS_FIELD_MM - 1e-6 <= field <= 3 * max(s.length_mm for s in widget.report.sites) + 60
+    centre = np.asarray(viewer.camera.center)[-2:]
+    assert np.all(np.abs(centre - widget.site_world(0)[-2:]) < field / 2)
     viewer.dims.ndisplay = 3
     widget.go_to(0)
     np.testing.assert_allclose(viewer.scene.camera.center, widget.site_world(0), atol=1e-6)

@@ -162,6 +162,61 @@ def test_sliders_refine_without_calling_the_network(seg):
     assert labels is _owned(viewer, "labels")  # same layer, new data
 
 
+def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
+    """An audit: a result layer the user deleted came back at the next slider move."""
+    viewer, widget, counter = seg
+    viewer.layers.remove(_owned(viewer, "spheres"))
+    viewer.layers.remove(_owned(viewer, "skeleton"))
+    labels = _owned(viewer, "labels")
+    before = labels.data.copy()
+    widget.tr_slider.setValue(0.9)
+    assert widget.refine_count == 1
+    assert _owned(viewer, "spheres") is None
+    assert _owned(viewer, "skeleton") is None
+    assert not np.array_equal(labels.data, before)  # the kept layer follows the sliders
+    # a deleted image of another widget or input does not count
+    viewer.add_image(np.zeros((4, 4, 4)), name="other")
+    viewer.layers.remove("other")
+    widget.run()
+    assert counter.calls == 2
+    assert _owned(viewer, "spheres") is not None
+    assert _owned(viewer, "skeleton") is not None
+
+
+def test_closing_the_dock_cancels_a_running_job(
+    make_napari_viewer, vessel_case, monkeypatch, qtbot, fake_prediction
+):
+    """An audit: closing the Segment panel left the network running, and its layers appeared
+    after the panel was gone."""
+    import threading
+
+    from napari_tubular import inference
+
+    started = threading.Event()
+
+    def slow_predict(volume, model=None, device=None, *, progress=None, cancel=None, **kw):
+        started.set()
+        for _ in range(500):
+            if cancel():
+                raise inference.Cancelled("inference cancelled")
+            threading.Event().wait(0.01)
+        return fake_prediction
+
+    monkeypatch.setattr(inference, "predict", slow_predict)
+    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
+    widget = SegmentWidget(viewer, sync=False)
+    dock = viewer.window.add_dock_widget(widget, name="Segment")
+    widget.run()
+    assert started.wait(5)
+    assert widget.busy
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert widget.prediction is None
+    assert _owned(viewer, "labels") is None
+    assert _owned(viewer, "probability") is None
+
 def test_metrics_against_reference_follow_the_sliders(seg, vessel_case):
     viewer, widget, counter = seg
     viewer.add_labels(

@@ -176,3 +176,32 @@ def test_self_check_empty_and_bad_args():
     assert rep.summary["betti"] == [0, 0, 0]
     with pytest.raises(ValueError, match="small_fraction"):
         self_check(torus(), (1, 1, 1), small_fraction=2)
+
+
+def test_boundary_deviations_within_tolerance_are_not_sites():
+    """A prediction one voxel thinner on one side (so the reference skeleton runs just outside
+    it here and there) and one voxel longer at a tip is no topology error; a one-voxel cut
+    through the vessel stays a break, and ``tolerance_vox=0`` reports every piece."""
+    ref = segment(SHAPE, (12, 12, 5), (12, 12, 60), 1.2)
+    pred = ref.copy()
+    pred[:, 12:, :] = False  # half the tube gone: the reference skeleton lies on its wall
+    pred |= segment(SHAPE, (12, 11, 60), (12, 11, 62), 1.2)  # a tip one voxel longer
+    strict = error_map(pred, ref, SPACING, tolerance_vox=0)
+    assert strict.sites  # the skeleton pieces one voxel off are there without tolerance
+    tolerant = error_map(pred, ref, SPACING)
+    assert tolerant.sites == []
+    assert not tolerant.labels.any()
+    assert tolerant.summary["within_tolerance"] == len(strict.sites)
+    # a real one-voxel gap: two predicted components on either side of the missed piece
+    cut = ref.copy()
+    cut[:, :, 30] = False
+    rep = error_map(cut, ref, SPACING)
+    assert [s.detail for s in rep.sites] == ["break"]
+    assert abs(rep.sites[0].centroid_vox[2] - 30) <= 0.5
+    # a false branch that leaves the reference is still reported
+    leak = segment(SHAPE, (12, 12, 40), (12, 2, 40), 1.0)
+    rep = error_map(ref | leak, ref, SPACING)
+    assert [s.cls_name for s in rep.sites] == ["false centerline"]
+    assert rep.sites[0].length_mm > 3.0
+    with pytest.raises(ValueError, match="tolerance_vox"):
+        error_map(pred, ref, SPACING, tolerance_vox=-1)
