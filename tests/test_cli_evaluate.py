@@ -69,6 +69,13 @@ def test_single_pair_json_errors_sites(pair, tmp_path, capsys):
     assert main(["evaluate", str(p), str(r), "--json", str(out_json)]) == 2
     assert "--overwrite" in capsys.readouterr().err
     assert main(["evaluate", str(p), str(r), "--json", str(out_json), "--overwrite"]) == 0
+    # --tolerance reaches the error map (0: every centerline piece), a negative one is refused
+    strict = tmp_path / "strict.nii.gz"
+    assert main(["evaluate", str(p), str(r), "--errors", str(strict), "--tolerance", "0"]) == 0
+    np.testing.assert_array_equal(read_volume(strict).data,
+                                  error_map(pred, ref, SPACING, tolerance_vox=0).labels)
+    assert main(["evaluate", str(p), str(r), "--tolerance", "-1"]) == 2
+    assert "--tolerance" in capsys.readouterr().err
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):

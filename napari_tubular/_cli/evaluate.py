@@ -65,6 +65,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="(single pair) write the error sites, sorted by severity, as CSV",
     )
     p.add_argument(
+        "--tolerance",
+        type=int,
+        default=1,
+        metavar="VOXELS",
+        help="--errors/--sites: centerline pieces within this many voxels of the other mask are "
+        "boundary deviations, not error sites (default 1; 0 reports every piece, as clDice "
+        "counts them; a piece that separates two predicted components is always a break)",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         metavar="T",
@@ -231,7 +240,8 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
     metrics = compute_metrics(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
     report = None
     if errors_path is not None or getattr(args, "sites", None) is not None:
-        report = error_map(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
+        report = error_map(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r,
+                           tolerance_vox=getattr(args, "tolerance", 1))
         if errors_path is not None:
             write_volume(errors_path, report.labels, reference=rv, overwrite=args.overwrite)
     return metrics, report, rv
@@ -287,6 +297,8 @@ def summarize(cases: list[dict]) -> dict:
 
 
 def _check_outputs(args, *, batch: bool) -> None:
+    if getattr(args, "tolerance", 1) < 0:
+        raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
         if path is not None and path.exists() and not args.overwrite:

@@ -18,6 +18,7 @@ from qtpy.QtCore import QEvent
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QFileDialog,
+    QDoubleSpinBox,
     QFormLayout,
     QGridLayout,
     QGroupBox,
@@ -26,6 +27,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSpinBox,
     QTableWidget,
     QTableWidgetItem,
     QWidget,
@@ -105,6 +107,23 @@ class TopologyReviewWidget(QWidget):
         )
         form.addRow("prediction", self.pred_picker)
         form.addRow("reference", self.ref_picker)
+        self.gap_spin = QDoubleSpinBox()
+        self.gap_spin.setRange(0.5, 50.0)
+        self.gap_spin.setSingleStep(0.5)
+        self.gap_spin.setDecimals(1)
+        self.gap_spin.setSuffix(" mm")
+        self.gap_spin.setValue(5.0)
+        self.gap_spin.setToolTip(
+            "self-check: a skeleton end this close to another component is a possible break")
+        form.addRow("break gap", self.gap_spin)
+        self.tolerance_spin = QSpinBox()
+        self.tolerance_spin.setRange(0, 3)
+        self.tolerance_spin.setValue(1)
+        self.tolerance_spin.setSuffix(" voxel")
+        self.tolerance_spin.setToolTip(
+            "vs reference: centerline pieces within this many voxels of the other mask are "
+            "boundary deviations, not error sites (0: every piece, as clDice counts them)")
+        form.addRow("tolerance", self.tolerance_spin)
         self.run_button = QPushButton("Compute")
         self.run_button.clicked.connect(self.run)
         form.addRow(self.run_button)
@@ -239,14 +258,16 @@ class TopologyReviewWidget(QWidget):
 
                 show_warning(f"Topology review: {mismatch}")
         spacing = geometry[0]
+        gap_mm = self.gap_spin.value()
+        tolerance = self.tolerance_spin.value()
 
         def compute():
             from napari_tubular import topology
 
             if ref is None:
-                return {}, topology.self_check(pred, spacing)
+                return {}, topology.self_check(pred, spacing, break_gap_mm=gap_mm)
             return topology.compute_metrics(pred, ref, spacing), topology.error_map(
-                pred, ref, spacing
+                pred, ref, spacing, tolerance_vox=tolerance
             )
 
         def returned(out):

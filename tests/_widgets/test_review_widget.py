@@ -163,6 +163,30 @@ def test_self_check_without_reference(make_napari_viewer, broken):
     assert widget.status.text().startswith("self-check")
 
 
+def test_break_gap_and_tolerance_reach_the_core(make_napari_viewer, broken):
+    """The self-check's break gap and the comparison's tolerance are the user's (the gap was
+    fixed at 5 mm): the 4.5 mm cut is a possible break at 6 mm and not at 1 mm."""
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred, name="prediction", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.gap_spin.setValue(6.0)
+    widget.run()
+    assert any(s.cls == 7 for s in widget.report.sites)
+    widget.gap_spin.setValue(1.0)
+    widget.run()
+    assert not any(s.cls == 7 for s in widget.report.sites)
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    tolerant = len(widget.report.sites)
+    widget.tolerance_spin.setValue(0)
+    widget.run()
+    strict = widget.report
+    assert len(strict.sites) >= tolerant
+    assert strict.summary["within_tolerance"] == 0
+
 def test_shape_mismatch_is_a_notification(make_napari_viewer, monkeypatch):
     shown = []
     monkeypatch.setattr(_workers, "show_error", shown.append)
