@@ -488,6 +488,30 @@ def test_synthetic_family_options_sharp_and_large():
                     "body"):
             assert org[key] == base[key]
     assert counts == {1, 2}
+    # coarse in-plane grid: drawn last, the same field of view, isotropic cases stay isotropic,
+    # the thinnest vessel keeps its size in voxels
+    for seed in range(12):
+        opts = {"body_fraction": 0.5, "organ_fraction": 0.5}
+        base = synthetic_case_params(seed, opts)
+        coarse = synthetic_case_params(seed, {**opts, "coarse_fraction": 1.0})
+        assert not base["coarse"]
+        assert coarse["coarse"]
+        for key in ("thin", "sharp", "hard", "large", "wide_psf", "segments", "body", "organs"):
+            assert coarse[key] == base[key]
+        sz, sy, sx = coarse["spacing"]
+        assert sy == sx
+        assert 1.2 <= sx <= 2.2
+        assert sz >= min(sx, base["spacing"][0])
+        if base["spacing"][0] == base["spacing"][1]:
+            assert sz == sx
+        fov = np.multiply(base["shape"], base["spacing"])
+        np.testing.assert_allclose(np.multiply(coarse["shape"], coarse["spacing"]), fov,
+                                   rtol=0.08)
+        ratio = coarse["generator"]["min_radius_mm"] / base["generator"]["min_radius_mm"]
+        assert ratio == pytest.approx(sx / min(base["spacing"]), rel=0.01)
+        if coarse["thin"]:
+            gen = coarse["generator"]
+            assert gen["max_radius_mm"] >= 2.2 * gen["min_radius_mm"] - 1e-3
 
 
 def test_prepared_case_padding_is_mirrored():

@@ -17,8 +17,8 @@ import numpy as np
 from qtpy.QtCore import QEvent
 from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
-    QFileDialog,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QGridLayout,
     QGroupBox,

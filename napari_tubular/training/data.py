@@ -50,6 +50,8 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "body_fraction": 0.0,  # fraction of cases inside a body outline (air, fat shell, skin)
     "organ_fraction": 0.0,  # fraction of cases with enhancing organs
     "organs_per_case": (1, 2),  # how many, uniform integers (inclusive)
+    "coarse_fraction": 0.0,  # fraction of cases on a coarse in-plane grid
+    "coarse_inplane_spacing": (1.2, 2.2),  # its in-plane spacing (mm), uniform
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -323,7 +325,10 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     of all cases put the tissue inside a body outline with air outside, a subcutaneous fat
     shell and skin (``make_vessel_tree(body=True)``: a large soft-tissue region bordered by fat
     is not a vessel); ``organ_fraction`` of all cases get ``organs_per_case`` enhancing organs
-    (``make_vessel_tree(organs=...)``: a large bright blob is not a vessel); all 0 by default.
+    (``make_vessel_tree(organs=...)``: a large bright blob is not a vessel); ``coarse_fraction``
+    of all cases are rendered on a coarse in-plane grid (``coarse_inplane_spacing``, the same
+    field of view; isotropic cases stay isotropic, thick slices stay at least as thick); all 0
+    by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -340,11 +345,13 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
         f = (opts["max_voxels"] / n) ** (1 / 3)
         shape = [max(16, int(n_ * f)) for n_ in shape]
     gen = dict(opts["generator"])
-    min_r = float(rng.uniform(*opts["min_radius_vox"])) * min(spacing)
+    min_r_vox = float(rng.uniform(*opts["min_radius_vox"]))
+    min_r = min_r_vox * min(spacing)
     thin = rng.random() < opts["thin_fraction"]
     gen.setdefault("min_radius_mm", round(min_r, 4))
     if thin:
-        max_r = max(float(rng.uniform(*opts["thin_max_radius_mm"])), 2.2 * gen["min_radius_mm"])
+        thin_max = float(rng.uniform(*opts["thin_max_radius_mm"]))
+        max_r = max(thin_max, 2.2 * gen["min_radius_mm"])
         gen.setdefault("max_radius_mm", round(max_r, 4))
     # drawn last, so that cases of the default distribution (fractions 0) are unchanged
     sharp = rng.random() < opts["sharp_fraction"]
@@ -371,10 +378,22 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     if organ:
         lo, hi = (int(v) for v in opts["organs_per_case"])
         gen.setdefault("organs", int(rng.integers(lo, hi + 1)))
+    coarse = rng.random() < opts["coarse_fraction"]  # drawn last: defaults unchanged
+    if coarse:  # the in-plane grid (and an isotropic case's z) coarser, same field of view
+        c_xy = float(rng.uniform(*opts["coarse_inplane_spacing"]))
+        c_z = max(spacing[0], c_xy) if aniso else c_xy
+        new_spacing = (round(c_z, 3), round(c_xy, 3), round(c_xy, 3))
+        shape = [max(16, int(round(n_ * s / t))) for n_, s, t in zip(shape, spacing, new_spacing)]
+        spacing = new_spacing
+        user = opts["generator"]
+        if "min_radius_mm" not in user:  # the thinnest vessel keeps its size in voxels
+            gen["min_radius_mm"] = round(min_r_vox * min(spacing), 4)
+        if thin and "max_radius_mm" not in user:
+            gen["max_radius_mm"] = round(max(thin_max, 2.2 * gen["min_radius_mm"]), 4)
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
-            "organs": bool(organ)}
+            "organs": bool(organ), "coarse": bool(coarse)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
