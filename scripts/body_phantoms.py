@@ -59,7 +59,6 @@ false positives from fat or air.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -70,7 +69,12 @@ import numpy as np
 # the command line, the NIfTI writer and the model run are foreign_phantoms.py's; the
 # generators stay apart
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_phantoms import phantom_parser, save_cases, segment_both  # noqa: E402
+from foreign_phantoms import (  # noqa: E402
+    phantom_parser,
+    prepare_cases,
+    segment_both,
+    write_results,
+)
 
 SEEDS = {"dev": 7000, "test": 9000}
 SPACINGS = [(0.8, 0.8, 0.8), (1.0, 1.0, 1.0), (1.5, 0.8, 0.8), (2.5, 0.7, 0.7), (0.6, 0.6, 0.6)]
@@ -577,12 +581,8 @@ def where_table(rows) -> str:
 def main(argv=None) -> int:
     args = phantom_parser(__doc__, SEEDS, 8, "body.json / body.md").parse_args(argv)
     models = args.model or ["default"]
-    t = time.perf_counter()
-    cases = make_set(args.set, args.n)
-    print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
-    if args.save:
-        save_cases(cases, args.save, (("images", "image"), ("labels", "label"),
-                                      ("tissues", "tissue")))
+    cases = prepare_cases(args, make_set, (("images", "image"), ("labels", "label"),
+                                           ("tissues", "tissue")))
     results, sections = {}, []
     for name in models:
         print(name)
@@ -608,12 +608,8 @@ def main(argv=None) -> int:
     text = "\n\n".join(sections)
     print(f"\n{text}\n\n'{args.set}' set, {len(cases)} volumes (means: Dice / clDice / b0 and "
           f"FP over the cases with vessels; 'no vessels' over the vessel-free ones):\n{table}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "body.json").write_text(json.dumps(results, indent=1))
-        (out / "body.md").write_text(f"# Body phantoms ('{args.set}' set)\n\n{text}\n\n"
-                                     f"## Means\n\n{table}\n")
+    write_results(args.out, "body", results, f"# Body phantoms ('{args.set}' set)\n\n{text}\n\n"
+                                              f"## Means\n\n{table}\n")
     return 0
 
 

@@ -171,6 +171,43 @@ def save_cases(cases, folder, parts=(("images", "image"), ("labels", "label"))) 
                          overwrite=True)
 
 
+def prepare_cases(args, make_set, parts=(("images", "image"), ("labels", "label"))) -> list:
+    """The cases of ``args.set`` (timed, said), saved as NIfTI with ``--save`` (also used by
+    body_phantoms.py and organ_phantoms.py)."""
+    t = time.perf_counter()
+    cases = make_set(args.set, args.n)
+    print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
+    if args.save:
+        save_cases(cases, args.save, parts)
+    return cases
+
+
+def write_results(out, stem: str, results: dict, markdown: str) -> None:
+    """``out/stem.json`` (the results) and ``out/stem.md`` (``markdown``), if ``out``."""
+    if out:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+        (out / f"{stem}.md").write_text(markdown)
+
+
+def finish(args, n_cases: int, results: dict, stem: str, title: str, extra=()) -> None:
+    """Print the table of means (Dice / clDice / b0, then the ``extra`` keys, of ``segment``
+    and ``--no-refine`` per model) and write ``--out``'s files (also used by organ_phantoms.py)."""
+    head = " / ".join(["Dice", "clDice", "b0", *extra])
+    lines = [f"| model | `segment` {head} | `--no-refine` |", "| --- | --- | --- |"]
+    for name, r in results.items():
+        cells = []
+        for key in ("segment", "no_refine"):
+            m = r["mean"][key]
+            values = [f"{m['dice']:.3f}", f"{m['cldice']:.3f}", f"{m['b0_error']:.1f}"]
+            cells.append(" / ".join(values + [f"{m[k]:.1f}" for k in extra]))
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    table = "\n".join(lines)
+    print(f"\n'{args.set}' set, {n_cases} volumes (mean):\n{table}")
+    write_results(args.out, stem, results, f"# {title} ('{args.set}' set)\n\n{table}\n")
+
+
 def phantom_parser(doc: str, sets, n: int, out_files: str) -> argparse.ArgumentParser:
     """The options every phantom-set script shares (also used by body_phantoms.py)."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
@@ -192,30 +229,14 @@ def main(argv=None) -> int:
                          "the default model's own units, instead of [0, 1]")
     args = ap.parse_args(argv)
     models = args.model or ["default"]
-    t = time.perf_counter()
-    cases = make_set(args.set, args.n)
-    print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
-    if args.save:
-        save_cases(cases, args.save)
+    cases = prepare_cases(args, make_set)
     results = {}
     for name in models:
         print(name)
         rows = evaluate_model(name, cases, refit_intensity=not args.no_intensity_refit,
                               units=args.units)
         results[name] = {"cases": rows, "mean": summary(rows)}
-    lines = ["| model | `segment` Dice / clDice / b0 | `--no-refine` Dice / clDice / b0 |",
-             "| --- | --- | --- |"]
-    for name, r in results.items():
-        s, n = r["mean"]["segment"], r["mean"]["no_refine"]
-        lines.append(f"| {name} | {s['dice']:.3f} / {s['cldice']:.3f} / {s['b0_error']:.1f} | "
-                     f"{n['dice']:.3f} / {n['cldice']:.3f} / {n['b0_error']:.1f} |")
-    table = "\n".join(lines)
-    print(f"\n'{args.set}' set, {len(cases)} volumes (mean):\n{table}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "foreign.json").write_text(json.dumps(results, indent=1))
-        (out / "foreign.md").write_text(f"# Foreign phantoms ('{args.set}' set)\n\n{table}\n")
+    finish(args, len(cases), results, "foreign", "Foreign phantoms")
     return 0
 
 

@@ -18,9 +18,7 @@ Seeds: ``dev`` 12000 + i, ``test`` 13000 + i.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -30,9 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from foreign_phantoms import (  # noqa: E402
     case_options,
+    finish,
     foreign_case,
     phantom_parser,
-    save_cases,
+    prepare_cases,
     segment_both,
 )
 
@@ -133,31 +132,14 @@ def main(argv=None) -> int:
     ap = phantom_parser(__doc__, SEEDS, 8, "organs.json / organs.md")
     args = ap.parse_args(argv)
     models = args.model or ["default"]
-    t = time.perf_counter()
-    cases = make_set(args.set, args.n)
-    print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
-    if args.save:
-        save_cases(cases, args.save, (("images", "image"), ("labels", "label"),
-                                      ("organs", "organs")))
+    cases = prepare_cases(args, make_set, (("images", "image"), ("labels", "label"),
+                                           ("organs", "organs")))
     results = {}
     for name in models:
         print(name)
         rows = evaluate_model(name, cases)
         results[name] = {"cases": rows, "mean": summary(rows)}
-    lines = ["| model | `segment` Dice / clDice / b0 / organ FP mL | `--no-refine` |",
-             "| --- | --- | --- |"]
-    for name, r in results.items():
-        s, n = r["mean"]["segment"], r["mean"]["no_refine"]
-        lines.append(f"| {name} | {s['dice']:.3f} / {s['cldice']:.3f} / {s['b0_error']:.1f} / "
-                     f"{s['organ_fp_ml']:.1f} | {n['dice']:.3f} / {n['cldice']:.3f} / "
-                     f"{n['b0_error']:.1f} / {n['organ_fp_ml']:.1f} |")
-    table = "\n".join(lines)
-    print(f"\n'{args.set}' set, {len(cases)} volumes (mean):\n{table}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "organs.json").write_text(json.dumps(results, indent=1))
-        (out / "organs.md").write_text(f"# Organ phantoms ('{args.set}' set)\n\n{table}\n")
+    finish(args, len(cases), results, "organs", "Organ phantoms", extra=("organ_fp_ml",))
     return 0
 
 

@@ -408,6 +408,23 @@ def test_ddp_two_processes_gloo(tmp_path):
     assert meta["training"]["steps"] == 3
 
 
+def _drawn_last(opts, fraction, flag, generator_key, unchanged, seeds=range(12)) -> set:
+    """Cases with ``fraction`` 1 against 0 (other options ``opts``): the flag is set, the
+    choices ``unchanged`` are the same (the new draw comes last); returns the generator values."""
+    from napari_tubular.training.data import synthetic_case_params
+
+    values = set()
+    for seed in seeds:
+        base = synthetic_case_params(seed, opts)
+        case = synthetic_case_params(seed, {**opts, fraction: 1.0})
+        assert not base[flag]
+        assert generator_key not in base["generator"]
+        assert case[flag]
+        for key in unchanged:
+            assert case[key] == base[key]
+        values.add(case["generator"][generator_key])
+    return values
+
 def test_synthetic_family_options_sharp_and_large():
     """The default distribution is unchanged by the new options; the options do what they say."""
     from napari_tubular.training.data import synthetic_case_params
@@ -449,45 +466,21 @@ def test_synthetic_family_options_sharp_and_large():
         assert wide["generator"].get("hard_edges") == base["generator"].get("hard_edges")
 
     # free tube segments: drawn last, every other choice unchanged, 1-4 per case by default
-    counts = set()
-    for seed in range(12):
-        base = synthetic_case_params(seed, {"wide_psf_fraction": 0.5})
-        seg = synthetic_case_params(seed, {"wide_psf_fraction": 0.5, "segment_fraction": 1.0})
-        assert not base["segments"]
-        assert seg["segments"]
-        assert "free_segments" not in base["generator"]
-        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf"):
-            assert seg[key] == base[key]
-        counts.add(seg["generator"]["free_segments"])
+    before = ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf")
+    counts = _drawn_last({"wide_psf_fraction": 0.5}, "segment_fraction", "segments",
+                         "free_segments", before)
     assert counts <= {1, 2, 3, 4}
     assert len(counts) > 1
     two = synthetic_case_params(0, {"segment_fraction": 1.0, "segments_per_case": (2, 2)})
     assert two["generator"]["free_segments"] == 2
     # body outline: drawn last, every other choice unchanged
-    for seed in range(6):
-        opts = {"wide_psf_fraction": 0.5, "segment_fraction": 0.5}
-        base = synthetic_case_params(seed, opts)
-        body = synthetic_case_params(seed, {**opts, "body_fraction": 1.0})
-        assert not base["body"]
-        assert "body" not in base["generator"]
-        assert body["body"]
-        assert body["generator"]["body"] is True
-        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf", "segments"):
-            assert body[key] == base[key]
+    before += ("segments",)
+    assert _drawn_last({"wide_psf_fraction": 0.5, "segment_fraction": 0.5}, "body_fraction",
+                       "body", "body", before) == {True}
     # enhancing organs: drawn after the body, every other choice unchanged, 1-2 per case
-    counts = set()
-    for seed in range(12):
-        opts = {"segment_fraction": 0.5, "body_fraction": 0.5}
-        base = synthetic_case_params(seed, opts)
-        org = synthetic_case_params(seed, {**opts, "organ_fraction": 1.0})
-        assert not base["organs"]
-        assert "organs" not in base["generator"]
-        assert org["organs"]
-        counts.add(org["generator"]["organs"])
-        for key in ("shape", "spacing", "thin", "sharp", "hard", "large", "wide_psf", "segments",
-                    "body"):
-            assert org[key] == base[key]
-    assert counts == {1, 2}
+    before += ("body",)
+    assert _drawn_last({"segment_fraction": 0.5, "body_fraction": 0.5}, "organ_fraction",
+                       "organs", "organs", before) == {1, 2}
     # coarse in-plane grid: drawn last, the same field of view, isotropic cases stay isotropic,
     # the thinnest vessel keeps its size in voxels
     for seed in range(12):

@@ -21,6 +21,27 @@ def errors(monkeypatch):
     return shown
 
 
+@pytest.fixture
+def slow_network(monkeypatch, fake_prediction):
+    """A network that takes 5 s unless cancelled; returns the event set when it starts."""
+    import threading
+
+    from napari_tubular import inference
+
+    started = threading.Event()
+
+    def slow_predict(volume, model=None, device=None, *, progress=None, cancel=None, **kw):
+        started.set()
+        for _ in range(500):
+            if cancel():
+                raise inference.Cancelled("inference cancelled")
+            threading.Event().wait(0.01)
+        return fake_prediction
+
+    monkeypatch.setattr(inference, "predict", slow_predict)
+    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+    return started
+
 def _owned(viewer, role):
     found = [
         ly
@@ -183,27 +204,11 @@ def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
     assert _owned(viewer, "skeleton") is not None
 
 
-def test_closing_the_dock_cancels_a_running_job(
-    make_napari_viewer, vessel_case, monkeypatch, qtbot, fake_prediction
-):
+def test_closing_the_dock_cancels_a_running_job(make_napari_viewer, vessel_case, qtbot,
+                                                 slow_network):
     """An audit: closing the Segment panel left the network running, and its layers appeared
     after the panel was gone."""
-    import threading
-
-    from napari_tubular import inference
-
-    started = threading.Event()
-
-    def slow_predict(volume, model=None, device=None, *, progress=None, cancel=None, **kw):
-        started.set()
-        for _ in range(500):
-            if cancel():
-                raise inference.Cancelled("inference cancelled")
-            threading.Event().wait(0.01)
-        return fake_prediction
-
-    monkeypatch.setattr(inference, "predict", slow_predict)
-    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+    started = slow_network
     viewer = make_napari_viewer()
     viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
     widget = SegmentWidget(viewer, sync=False)
@@ -274,25 +279,8 @@ def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_pat
     assert load_settings().tp == pytest.approx(widget.tp)
 
 
-def test_cancel_stops_the_worker(
-    make_napari_viewer, vessel_case, monkeypatch, qtbot, fake_prediction
-):
-    import threading
-
-    from napari_tubular import inference
-
-    started = threading.Event()
-
-    def slow_predict(volume, model=None, device=None, *, progress=None, cancel=None, **kw):
-        started.set()
-        for _ in range(500):
-            if cancel():
-                raise inference.Cancelled("inference cancelled")
-            threading.Event().wait(0.01)
-        return fake_prediction
-
-    monkeypatch.setattr(inference, "predict", slow_predict)
-    monkeypatch.setattr(SegmentWidget, "_load_model", lambda self, spec, device: ("net", {}))
+def test_cancel_stops_the_worker(make_napari_viewer, vessel_case, qtbot, slow_network):
+    started = slow_network
     viewer = make_napari_viewer()
     viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
     widget = SegmentWidget(viewer, sync=False)
