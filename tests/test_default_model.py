@@ -22,6 +22,7 @@ from napari_tubular.models import DEFAULT_MODEL_PATH, load_model, read_model_met
 
 DICE_MIN = 0.85
 CLDICE_MIN = 0.80
+ORGAN_FP_MAX_ML = 1.0  # enhancing organ labelled as vessel (session 10: xfail)
 
 
 def test_default_model_file_and_meta():
@@ -263,3 +264,39 @@ def test_default_model_does_not_take_solid_bone_for_vessels():
     # switched off (CT angiography brighter than bone): the rings are labelled again
     off = segment(img.astype(np.float32), "default", "cpu", spacing=sp, bone_level=None)
     assert dice_score(off.labels > 0, d <= 2.0) < 0.5
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation of the shipped (stage-10) model: "
+                   "an enhancing organ is labelled as vessel (README, Limitations)")
+@pytest.mark.parametrize("organ_hu", [120.0, 170.0])
+def test_default_model_does_not_label_an_enhancing_organ(organ_hu):
+    """A kidney-like organ (an ellipsoid of 24 x 14 x 12 mm semi-axes, about 17 mL, a bright
+    cortex over a darker medulla) beside a 2.5 mm, 300 HU tube in 40 HU tissue, as a contrast
+    CT shows kidneys and spleen. An outside audit found such an organ labelled whole; the
+    shipped model still does (measured: 7.5 and 16.8 of 16.8 mL labelled at 120 and 170 HU).
+    Strict xfail: a model that fixes it makes this test fail, so that the mark is removed.
+    A CPU fine-tuning with enhancing organs in the training data (session 10, not shipped:
+    it lost a 12 mm tube) took the organ phantoms' false positives from 22.7 to 1.9 mL."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import segment
+    from napari_tubular.topology import dice_score
+
+    rng = np.random.default_rng(int(organ_hu))
+    shape, sp = (56, 80, 80), (1.0, 0.8, 0.8)
+    zz, yy, xx = (np.indices(shape).astype(float) * np.asarray(sp)[:, None, None, None])
+    d = np.hypot(zz - 20, yy - 12 - 0.1 * xx)
+    tube = d <= 2.5
+    rho = np.sqrt(((zz - 30) / 12.0) ** 2 + ((yy - 38) / 14.0) ** 2 + ((xx - 36) / 24.0) ** 2)
+    organ = rho <= 1.0
+    depth = ndimage.distance_transform_edt(organ, sampling=sp)
+    level = np.where(depth > 4.0, organ_hu - 50.0, organ_hu)
+    img = np.where(organ, level, 40.0)
+    occ = np.clip(0.5 + (2.5 - d) / 0.8, 0, 1)
+    img = img * (1 - occ) + 300.0 * occ
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, 15, shape)
+    res = segment(img.astype(np.float32), "default", "cpu", spacing=sp)
+    pred = res.labels > 0
+    organ_fp_ml = (pred & organ & ~tube).sum() * np.prod(sp) * 1e-3
+    assert organ_fp_ml < ORGAN_FP_MAX_ML
+    assert dice_score(pred, tube) >= 0.8
