@@ -94,6 +94,19 @@ def test_body_option(tmp_path):
     assert (img < -900).any()  # air outside the body
 
 
+def test_organs_option(tmp_path):
+    out = tmp_path / "g"
+    args = ["--n", "1", "--seed", "7", "--shape", "32", "48", "48", "--spacing", "1.2", "0.9", "0.9"]
+    assert main(["synth", str(out), *args, "--organs", "2"]) == 0
+    img = read_volume(out / "case_000_image.nii.gz").data
+    label = read_volume(out / "case_000_label.nii.gz").data
+    ref = make_vessel_tree((32, 48, 48), (1.2, 0.9, 0.9), seed=7, organs=2)
+    plain = make_vessel_tree((32, 48, 48), (1.2, 0.9, 0.9), seed=7)
+    np.testing.assert_allclose(img, ref.image, atol=1e-3)
+    np.testing.assert_array_equal(label, plain.mask)  # organs are not labelled
+    assert np.abs(img - plain.image).max() > 30.0  # but they are in the image
+
+
 def test_overwrite_and_progress(tmp_path, capsys):
     out = tmp_path / "o"
     small = ["--n", "2", "--shape", "16", "16", "16", "--seed", "1"]
@@ -114,6 +127,7 @@ def test_overwrite_and_progress(tmp_path, capsys):
         ["--spacing", "1", "0", "1"],
         ["--n", "0"],
         ["--loops", "2"],
+        ["--organs", "-1"],
     ],
 )
 def test_bad_arguments(tmp_path, bad, capsys):
