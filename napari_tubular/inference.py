@@ -842,10 +842,11 @@ def predict(
               f"{TRAINED_SLICE_MM} mm): vessels thinner than about two voxels are missed and "
               "noise can be labelled; check the result", messages)
     data = _fill_non_finite(data, messages)
-    padding = _hide_padding(data, messages)
-    if padding is not None:
-        data = padding[1]
-        padding = padding[0]
+    padding = None  # the padding mask, if any (the network sees it filled)
+    hidden = _hide_padding(data, messages)
+    if hidden is not None:
+        padding, data = hidden
+    del hidden
     if data.size and float(data.min()) == float(data.max()):
         # no structure at all: the network would only answer its own window edges (up to
         # P 0.5 at the faces), and a rescale would divide by a zero range
@@ -1130,6 +1131,15 @@ def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
+def partial_volume_map(image, probability) -> np.ndarray:
+    """The partial-volume fraction of every voxel (:func:`napari_tubular.geometry.partial_volume.
+    partial_volume_fraction`) with the network's vessels ``probability > NO_REFINE_THRESHOLD``:
+    what :func:`segment`, ``refine`` and the viewer trim the labels with."""
+    from .geometry.partial_volume import partial_volume_fraction
+
+    return partial_volume_fraction(image, np.asarray(probability) > NO_REFINE_THRESHOLD)
+
+
 def check_segment_options(tp, tr, min_size_mm3, partial_volume=None) -> None:
     """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
     if partial_volume is not None and not 0.0 <= float(partial_volume) < 1.0:
@@ -1274,10 +1284,10 @@ def segment(
         labels = (pred.probability > NO_REFINE_THRESHOLD).astype(np.uint8)
         skeleton = np.asarray(pseudo_skeleton(pred.probability, tp), dtype=np.uint8)
     if partial_volume is not None and labels.any():
-        from .geometry.partial_volume import partial_volume_fraction, trim_partial_volume
+        from .geometry.partial_volume import trim_partial_volume
 
         image, _ = _as_image(volume, spacing)
-        fraction = partial_volume_fraction(image, pred.probability > NO_REFINE_THRESHOLD)
+        fraction = partial_volume_map(image, pred.probability)
         del image
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction

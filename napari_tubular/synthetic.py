@@ -810,6 +810,20 @@ def _gaussian_gain(sigma: float, truncate: float = 4.0) -> float:
     return float(np.sqrt((w * w).sum()))
 
 
+def _rotated_box(c, R, reach, pad, sp, shape):
+    """``(box, u)``: the voxel box around ``c`` (mm) reaching ``reach + pad`` mm, clipped to the
+    volume, and the voxel centres' coordinates in the rotated frame ``R`` (three arrays that
+    broadcast over the box); None when the box is under 2 voxels along an axis."""
+    lo = np.clip(np.floor((c - reach - pad) / sp).astype(int), 0, shape)
+    hi = np.clip(np.ceil((c + reach + pad) / sp).astype(int) + 1, 0, shape)
+    if np.any(hi - lo < 2):
+        return None
+    z, y, x = (a[0] for a in _grid_axes(lo, hi, sp))
+    v = [z - c[0], y - c[1], x - c[2]]
+    u = [R[0, i] * v[0] + R[1, i] * v[1] + R[2, i] * v[2] for i in range(3)]
+    return tuple(slice(a, b) for a, b in zip(lo, hi)), u
+
+
 def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
     """Bright blobs, plate-like bones and air pockets that do not touch the vessel mask."""
     sp = np.asarray(spacing, dtype=np.float64)
@@ -833,13 +847,10 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
                     hu = rng.uniform(650.0, 1000.0)
                     bend = rng.uniform(-1.0, 1.0) / L
                     reach = np.linalg.norm(semi[1:]) + semi[0]
-                lo = np.clip(np.floor((c - reach - 2) / sp).astype(int), 0, shape)
-                hi = np.clip(np.ceil((c + reach + 2) / sp).astype(int) + 1, 0, shape)
-                if np.any(hi - lo < 2):
+                frame = _rotated_box(c, R, reach, 2, sp, shape)
+                if frame is None:
                     continue
-                z, y, x = (a[0] for a in _grid_axes(lo, hi, sp))
-                v = [z - c[0], y - c[1], x - c[2]]
-                u = [R[0, i] * v[0] + R[1, i] * v[1] + R[2, i] * v[2] for i in range(3)]
+                box, u = frame
                 if kind in ("blob", "air"):
                     q = sum((u[i] / semi[i]) ** 2 for i in range(3))
                     occ = np.clip((1.0 - np.sqrt(q)) * semi.min() / sp.min() + 0.5, 0, 1)
@@ -849,7 +860,6 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
                     occ = np.clip((1.0 - thick) * semi[0] / sp.min() + 0.5, 0, 1) * np.clip(
                         (1.0 - np.sqrt(inplane)) * semi[1:].min() / sp.min() + 0.5, 0, 1
                     )
-                box = tuple(slice(a, b) for a, b in zip(lo, hi))
                 if not np.any(occ > 0.05):
                     continue
                 if np.any((occ > 0.01) & grown[box]):
@@ -883,22 +893,18 @@ def _add_organs(img, rng, spacing, L, n: int, vessel_hu: float, tissue_hu: float
         core = float(rng.uniform(0.45, 0.75))
         wobble = float(rng.uniform(0.0, 0.1))
         reach = semi.max() * (1.0 + wobble * 2.0) + 2 * h
-        lo = np.clip(np.floor((c - reach) / sp).astype(int), 0, shape)
-        hi = np.clip(np.ceil((c + reach) / sp).astype(int) + 1, 0, shape)
-        if np.any(hi - lo < 2):
+        frame = _rotated_box(c, R, reach, 0, sp, shape)
+        if frame is None:
             continue
-        z, y, x = (a[0] for a in _grid_axes(lo, hi, sp))
-        v = [z - c[0], y - c[1], x - c[2]]
-        u = [R[0, i] * v[0] + R[1, i] * v[1] + R[2, i] * v[2] for i in range(3)]
+        box, u = frame
         rho = np.sqrt(sum((u[i] / semi[i]) ** 2 for i in range(3))).astype(np.float32)
-        box_shape = tuple(int(b - a) for a, b in zip(lo, hi))
+        box_shape = tuple(sl.stop - sl.start for sl in box)
         field_ = _smooth_noise(rng, box_shape, sp, max(0.5 * float(semi.min()), 3 * h))
         rho *= f32(1.0) + f32(wobble) * np.clip(field_, -2.0, 2.0)
         occ = np.clip((f32(1.0) - rho) * f32(semi.min() / h) + f32(0.5), 0.0, 1.0)
         inner = np.clip((f32(core) - rho) * f32(semi.min() / h) + f32(0.5), 0.0, 1.0)
         texture = _smooth_noise(rng, box_shape, sp, max(2.0, 2 * h))
         hu = f32(level) - f32(medulla) * inner + f32(rng.uniform(4.0, 12.0)) * texture
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
         img[box] += occ * (hu - img[box])
         out.append({"centre_mm": tuple(float(v) for v in c),
                     "semi_axes_mm": tuple(float(v) for v in semi), "hu": level,

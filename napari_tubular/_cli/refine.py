@@ -134,8 +134,8 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
 def _trim(labels, p, pv: float, image_path):
     """The partial-volume boundary trim ``segment`` applies, with the image read from
     ``image_path`` (a note on stderr, and no trim, when there is none)."""
-    from ..geometry.partial_volume import partial_volume_fraction, trim_partial_volume
-    from ..inference import NO_REFINE_THRESHOLD
+    from ..geometry.partial_volume import trim_partial_volume
+    from ..inference import partial_volume_map
     from ..io import read_volume
 
     if not image_path or not Path(image_path).exists():
@@ -147,7 +147,7 @@ def _trim(labels, p, pv: float, image_path):
     if tuple(image.data.shape) != tuple(p.shape):
         raise ValueError(f"--image {image_path} has shape {image.data.shape}, the probability "
                          f"map {p.shape}")
-    fraction = partial_volume_fraction(image.data, p > NO_REFINE_THRESHOLD)
+    fraction = partial_volume_map(image.data, p)
     return trim_partial_volume(labels, fraction, pv)
 
 

@@ -201,7 +201,6 @@ NOTES = ("intensities rescaled", "intensities fitted to the vessels",
          "the vessels' contrast over their background", "intensity fit to the vessels skipped")
 
 
-#: stems of files a folder input skips: this command's outputs and reference masks
 #: names (before the extension) of files in an input folder that are not images: reference
 #: masks and segmentations as they are commonly named, and this command's own outputs
 SKIPPED_STEMS = (

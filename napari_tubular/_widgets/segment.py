@@ -31,6 +31,9 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from napari_tubular._widgets._layers import (
+    OWNER_KEY,
+    ROLE_KEY,
+    SOURCE_KEY,
     LayerPicker,
     binary_label_colormap,
     find_owned_layer,
@@ -39,6 +42,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     radius_colormap,
     scrollable_layout,
+    source_key,
     spheres_points_kwargs,
     upsert_layer,
     volume_from_layer,
@@ -73,7 +77,7 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
-    from :func:`napari_tubular.geometry.partial_volume.partial_volume_fraction`; None skips
+    from :func:`napari_tubular.inference.partial_volume_map`; None skips
     it), label components under ``min_size_mm3`` removed, and the pseudo-skeleton and the
     spheres kept where the labels are."""
     from napari_tubular.geometry import remove_small_components
@@ -439,10 +443,7 @@ class SegmentWidget(QWidget):
             )
             fraction = None
             if trim_pv:
-                from napari_tubular.geometry.partial_volume import partial_volume_fraction
-
-                fraction = partial_volume_fraction(
-                    volume.data, prediction.probability > inference.NO_REFINE_THRESHOLD)
+                fraction = inference.partial_volume_map(volume.data, prediction.probability)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
                                      fraction)
             spheres = _spheres(result, volume.spacing)
@@ -508,8 +509,6 @@ class SegmentWidget(QWidget):
         )
 
     def _on_layer_removed(self, event) -> None:
-        from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY, SOURCE_KEY, source_key
-
         md = getattr(event.value, "metadata", {}) or {}
         if (md.get(OWNER_KEY) == OWNER and self._source_layer is not None
                 and md.get(SOURCE_KEY) == source_key(self._source_layer)):
@@ -609,8 +608,6 @@ class SegmentWidget(QWidget):
         if layer is None or not layer.metadata.get(EDITED_KEY):
             return
         from napari.utils.notifications import show_info
-
-        from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
 
         layer.metadata = {k: v for k, v in layer.metadata.items()
                           if k not in (OWNER_KEY, ROLE_KEY, EDITED_KEY)}
