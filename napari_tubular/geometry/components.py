@@ -53,7 +53,13 @@ def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndar
     if min_size_mm3 == 0 or not m.any():
         return m.astype(np.uint8), 0
     labels, n = cc3d.connected_components(m.view(np.uint8), connectivity=26, return_N=True)
-    volume_mm3 = np.bincount(labels.ravel(), minlength=n + 1) * float(np.prod(sp))
+    # count and index the foreground voxels only (a few % of the volume): a whole-volume
+    # bincount and lookup took 5x the labelling on 256^3, in every slider move of the viewer
+    fg = np.flatnonzero(m)
+    fg_labels = labels.ravel()[fg]
+    volume_mm3 = np.bincount(fg_labels, minlength=n + 1) * float(np.prod(sp))
     keep = volume_mm3 >= float(min_size_mm3)
     keep[0] = False
-    return keep[labels].astype(np.uint8), int(n - keep[1:].sum())
+    out = m.astype(np.uint8)
+    out.ravel()[fg[~keep[fg_labels]]] = 0
+    return out, int(n - keep[1:].sum())

@@ -90,3 +90,27 @@ def test_trim_tightens_an_oversized_mask_and_noise_does_not_eat_the_vessel(noise
         assert dice(out) > dice(mask) + 0.05
     else:
         assert dice(out) >= dice(mask) - 0.005
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 18])
+def test_trim_equals_its_morphological_definition(monkeypatch, chunk):
+    """The trim tests only the candidate voxels (for the sliders' latency); it must remove
+    exactly ``labels & boundary & (fraction < min)`` with the boundary from a whole-volume
+    6-connected erosion and dilation (faces count as outside), also when the candidates are
+    processed in several chunks and the labels touch the volume's faces."""
+    from scipy import ndimage
+
+    from napari_tubular.geometry import partial_volume
+
+    monkeypatch.setattr(partial_volume, "_CHUNK", chunk)
+    rng = np.random.default_rng(3)
+    lab = ndimage.binary_dilation(rng.random((20, 23, 17)) < 0.08, iterations=1)
+    lab[:, :3, :] = True  # a slab on a face: no interior at the face itself
+    frac = rng.random(lab.shape).astype(np.float32)
+    interior = ndimage.binary_erosion(lab)
+    boundary = lab & ~interior & ndimage.binary_dilation(interior)
+    expected = lab & ~(boundary & (frac < 0.4))
+    out = trim_partial_volume(lab, frac, 0.4)
+    assert out.dtype == np.uint8
+    assert (expected != lab).sum() > 50  # the scene trims something
+    assert np.array_equal(out.astype(bool), expected)
