@@ -754,6 +754,7 @@ def predict(
     tta: bool = False,
     refit_intensity: bool = True,
     bone_level: float | None | str = "auto",
+    polarity: str = "bright",
 ) -> Prediction:
     """Run the DDT network over a whole volume.
 
@@ -798,6 +799,10 @@ def predict(
             voxels above it also do not count as vessel when the CT-angiography second pass is
             decided. "auto": the model's value (700 HU for the default model); None: off
             (vessels brighter than that, e.g. some CT angiography).
+        polarity: "bright" (default: tubes brighter than their surroundings, contrast-filled
+            vessels) or "dark" (tubes darker than their surroundings: airways in a lung, black-
+            blood MR, negated images): the image is mirrored about its median
+            (:func:`oriented_image`) before everything else, so that the tubes are bright.
 
     Returns:
         :class:`Prediction` on the native grid.
@@ -816,6 +821,7 @@ def predict(
     if scale_mode not in ("expected", "argmax"):
         raise ValueError(f"scale_mode must be 'expected' or 'argmax', got {scale_mode!r}")
     check_intensity_mode(intensity)
+    check_polarity(polarity)
     if not 0 <= overlap <= MAX_OVERLAP:
         raise ValueError(f"overlap must be in [0, {MAX_OVERLAP}], got {overlap} (the number of "
                          "windows grows as 1 / (1 - overlap)^3: 0.99 would mean a million-fold)")
@@ -847,6 +853,19 @@ def predict(
     if hidden is not None:
         padding, data = hidden
     del hidden
+    if polarity == "dark":
+        # a CT-window model: the surroundings go to the training data's tissue level, so that
+        # HU contrasts stay HU contrasts (a lung at -850 HU would otherwise be rescaled)
+        from .models.normalization import REFIT_DEFAULTS
+
+        window = (meta["normalization"] or {}).get("kind") == "window"
+        levels = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
+        level = float(levels["tissue"]) if window else None
+        data = oriented_image(data, polarity, level)
+        _warn("dark tubes: the image was mirrored about its median so that tubes darker than "
+              "their surroundings are bright for the network (polarity 'dark'"
+              + (f"; the median placed at {level:g}, the training tissue level)" if window
+                 else ")"), messages)
     if data.size and float(data.min()) == float(data.max()):
         # no structure at all: the network would only answer its own window edges (up to
         # P 0.5 at the faces), and a rescale would divide by a zero range
@@ -984,7 +1003,8 @@ def predict(
         timings=timings,
         meta=meta,
         messages=messages,
-        intensity={"mode": intensity, "rescale": rescale_info, "refit": refit_info},
+        intensity={"mode": intensity, "rescale": rescale_info, "refit": refit_info,
+                   "polarity": polarity},
     )
 
 
@@ -1131,13 +1151,42 @@ def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
-def partial_volume_map(image, probability) -> np.ndarray:
+POLARITIES = ("bright", "dark")
+
+
+def check_polarity(polarity) -> str:
+    """``polarity`` if it is one of :data:`POLARITIES`, else a ValueError."""
+    if polarity not in POLARITIES:
+        raise ValueError(f"polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    return polarity
+
+
+def oriented_image(image, polarity: str = "bright", level: float | None = None) -> np.ndarray:
+    """The image with its tubes bright: as it is for "bright"; for "dark", mirrored about its
+    median and placed with the median at ``level`` (``level + median - image``, float32; None:
+    at the median itself), so that the bulk of the volume (the tubes' surroundings) sits at
+    ``level`` and tubes darker than it become tubes as much brighter. The network, the bone
+    test and the partial-volume trim all see this image (the trim does not depend on
+    ``level``)."""
+    check_polarity(polarity)
+    if polarity == "bright":
+        return image
+    data = np.asarray(image, dtype=np.float32)
+    finite = data[np.isfinite(data)] if not np.isfinite(data).all() else data
+    median = float(np.median(finite)) if finite.size else 0.0
+    shift = np.float32(median + (median if level is None else float(level)))
+    return (shift - data).astype(np.float32, copy=False)
+
+
+def partial_volume_map(image, probability, polarity: str = "bright") -> np.ndarray:
     """The partial-volume fraction of every voxel (:func:`napari_tubular.geometry.partial_volume.
     partial_volume_fraction`) with the network's vessels ``probability > NO_REFINE_THRESHOLD``:
-    what :func:`segment`, ``refine`` and the viewer trim the labels with."""
+    what :func:`segment`, ``refine`` and the viewer trim the labels with (on the image as the
+    network saw it: :func:`oriented_image`)."""
     from .geometry.partial_volume import partial_volume_fraction
 
-    return partial_volume_fraction(image, np.asarray(probability) > NO_REFINE_THRESHOLD)
+    return partial_volume_fraction(oriented_image(image, polarity),
+                                   np.asarray(probability) > NO_REFINE_THRESHOLD)
 
 
 def check_segment_options(tp, tr, min_size_mm3, partial_volume=None) -> None:
@@ -1217,12 +1266,13 @@ def segment(
     refit_intensity: bool = True,
     bone_level: float | None | str = "auto",
     partial_volume: float | None = DEFAULT_PARTIAL_VOLUME,
+    polarity: str = "bright",
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
     Args:
         volume, model, device, spacing, batch_size, overlap, amp, progress, cancel, intensity,
-            tta, refit_intensity, bone_level: see :func:`predict`.
+            tta, refit_intensity, bone_level, polarity: see :func:`predict`.
         tp: pseudo-skeleton threshold on the probability, in (0, 1). None: the value tuned
             for the model (:func:`recommended_thresholds`).
         tr: threshold on the refined map ``Y_r`` (> 0; ``Y_r`` can exceed 1 where seeds
@@ -1255,6 +1305,7 @@ def segment(
         tta=tta,
         refit_intensity=refit_intensity,
         bone_level=bone_level,
+        polarity=polarity,
     )
     _check_cancel(cancel)
     t = time.perf_counter()
@@ -1268,6 +1319,8 @@ def segment(
             f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
             "the labels are empty; check the intensity units (intensity='rescale') and the "
             "field of view"
+            + ("" if polarity == "dark" else
+               ", and for tubes darker than their surroundings (airways) use polarity 'dark'")
         )
         _warn(note, pred.messages)
     if refine and no_vessel:
@@ -1287,7 +1340,7 @@ def segment(
         from .geometry.partial_volume import trim_partial_volume
 
         image, _ = _as_image(volume, spacing)
-        fraction = partial_volume_map(image, pred.probability)
+        fraction = partial_volume_map(image, pred.probability, polarity)
         del image
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
@@ -1337,6 +1390,7 @@ def segment(
             "intensity_rescale": pred.intensity["rescale"],
             "intensity_refit": pred.intensity.get("refit"),
             "partial_volume_trim": None if partial_volume is None else float(partial_volume),
+            "polarity": polarity,
             "bone_level": None if pred.intensity["rescale"] is not None
             else _bone_level(bone_level, pred.meta),
         },

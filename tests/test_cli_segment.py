@@ -406,10 +406,12 @@ def test_refine_names_what_differs(tmp_path, capsys):
     assert "shape" not in err
 
 
+@pytest.mark.parametrize("polarity", ["bright", "dark"])
 def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_file, capsys,
-                                                  monkeypatch):
-    """refine's defaults are what segment used (its report): same labels and skeleton; new
-    thresholds change them."""
+                                                  monkeypatch, polarity):
+    """refine's defaults are what segment used (its report): same labels and skeleton (the
+    partial-volume trim on the image as segment oriented it: ``--polarity``); new thresholds
+    change them."""
     from scipy import ndimage
 
     from napari_tubular import inference
@@ -429,7 +431,10 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     monkeypatch.setattr(inference, "predict", tube_network)
     out = tmp_path / "o"
     assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
-                "--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--quiet") == 0
+                "--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--quiet",
+                "--polarity", polarity) == 0
+    report = json.loads((out / "case_07_report.json").read_text())
+    assert report["parameters"]["polarity"] == polarity
     prob, radius = out / "case_07_probability.nii.gz", out / "case_07_radius.nii.gz"
     again = tmp_path / "again_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", again) == 0

@@ -539,6 +539,12 @@ def test_thin_volume_and_empty_result_are_reported():
     assert res.labels.sum() == 0
     assert res.skeleton.sum() == 0
     assert any("found no vessel" in m for m in res.report["messages"])
+    # the message points to the dark polarity, unless it was the one used
+    assert any("found no vessel" in m and "polarity 'dark'" in m for m in texts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        segment(image, (EchoNet(), _meta()), "cpu", tp=0.7, tr=0.5, polarity="dark")
+    assert not any("use polarity 'dark'" in str(w.message) for w in caught)
     # an ordinary volume with a vessel gets neither message
     image = np.zeros((16, 32, 32), np.float32)
     image[:, 14:18, 14:18] = 0.95
@@ -668,3 +674,25 @@ def test_constant_volume_is_not_segmented():
     assert "intensity units" not in msgs  # one message, not "check the units" on top
     assert "rescaled" not in msgs
     assert "lower" not in msgs
+
+
+def test_oriented_image_mirrors_dark_tubes_about_the_median():
+    """Polarity 'dark': ``2 * median - image`` (float32), the median kept, a dark tube made as
+    much brighter; 'bright' is the image itself; NaNs do not move the median; bad names refused
+    by predict and segment."""
+    from napari_tubular.inference import oriented_image, segment
+
+    img = np.full((10, 12, 14), 40.0, np.float32)
+    img[4:6, 5:7, :] = -200.0  # a dark tube, 240 below the surroundings
+    assert oriented_image(img, "bright") is img
+    out = oriented_image(img, "dark")
+    assert out.dtype == np.float32
+    assert np.median(out) == 40.0
+    assert np.all(out[4:6, 5:7, :] == 280.0)
+    with_nan = img.copy()
+    with_nan[0, 0, :3] = np.nan
+    assert np.median(oriented_image(with_nan, "dark")[1:]) == 40.0
+    assert oriented_image(np.arange(5, dtype=np.uint8).reshape(1, 1, 5), "dark").min() == 0.0
+    for fn in (predict, segment):
+        with pytest.raises(ValueError, match="polarity must be one of bright, dark"):
+            fn(img, model="default", device="cpu", spacing=(1, 1, 1), polarity="negative")

@@ -116,6 +116,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "min_size_mm3": float(params.get("min_size_mm3", DEFAULT_MIN_SIZE_MM3)),
                     "spacing": None if override is None else tuple(float(v) for v in override),
                     "partial_volume": None if pv is None else float(pv), "image": image,
+                    "polarity": params.get("polarity", "bright"),
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -128,10 +129,10 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         tp, tr = recommended_thresholds(None)
         where = "the fallback thresholds"
     return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
-            "partial_volume": None, "image": None}, where
+            "partial_volume": None, "image": None, "polarity": "bright"}, where
 
 
-def _trim(labels, p, pv: float, image_path):
+def _trim(labels, p, pv: float, image_path, polarity: str = "bright"):
     """The partial-volume boundary trim ``segment`` applies, with the image read from
     ``image_path`` (a note on stderr, and no trim, when there is none)."""
     from ..geometry.partial_volume import trim_partial_volume
@@ -147,7 +148,7 @@ def _trim(labels, p, pv: float, image_path):
     if tuple(image.data.shape) != tuple(p.shape):
         raise ValueError(f"--image {image_path} has shape {image.data.shape}, the probability "
                          f"map {p.shape}")
-    fraction = partial_volume_map(image.data, p)
+    fraction = partial_volume_map(image.data, p, polarity)
     return trim_partial_volume(labels, fraction, pv)
 
 
@@ -200,7 +201,7 @@ def run(args) -> int:
     labels, skeleton = refine_maps(p, r, spacing, tp, tr)
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     if pv is not None and labels.any():
-        labels = _trim(labels, p, pv, args.image or defaults["image"])
+        labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"])
     labels, _ = remove_small_components(labels, spacing, min_size)
     skeleton &= labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)

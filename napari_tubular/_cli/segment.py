@@ -191,13 +191,21 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         f"fraction of the local vessel contrast (default {DEFAULT_PARTIAL_VOLUME}; the network's "
         "mask lies a fraction of a voxel outside the wall); 'off' keeps the labels as refined",
     )
+    p.add_argument(
+        "--polarity",
+        choices=("bright", "dark"),
+        default="bright",
+        help="'bright' (default): tubes brighter than their surroundings (contrast-filled "
+        "vessels); 'dark': tubes darker than their surroundings (airways in a lung, black-blood "
+        "MR, negated images): the image is mirrored about its median before segmenting",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)
     return p
 
 
 # informational messages (printed as "note", left out by --quiet); the rest are warnings
-NOTES = ("intensities rescaled", "intensities fitted to the vessels",
+NOTES = ("intensities rescaled", "intensities fitted to the vessels", "dark tubes:",
          "the vessels' contrast over their background", "intensity fit to the vessels skipped")
 
 
@@ -374,6 +382,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
                 spacing=args.spacing,
                 bone_level=args.bone_level,
                 partial_volume=args.partial_volume,
+                polarity=args.polarity,
             )
         except ValueError as exc:  # name the file (the core speaks of "the volume")
             raise ValueError(f"{path}: {exc}") from exc

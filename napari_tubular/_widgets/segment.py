@@ -242,6 +242,10 @@ class SegmentWidget(QWidget):
             "where what the network found is mostly brighter than the model's bone level "
             "(700 HU), take it as bone: ribs and cortex are not labelled. Untick for CT "
             "angiography whose vessels are brighter than that")
+        self.dark_check = _option(
+            form, "dark tubes (airways)", False,
+            "the tubes are darker than their surroundings (airways in a lung, black-blood MR, "
+            "a negated image): the image is mirrored about its median before segmenting")
         self.pv_check = _option(
             form, "trim partial-volume boundary voxels", True,
             "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
@@ -412,6 +416,7 @@ class SegmentWidget(QWidget):
         bone_level = "auto" if self.bone_check.isChecked() else None
         intensity = self.intensity_combo.currentText()
         trim_pv = self.pv_check.isChecked()
+        polarity = "dark" if self.dark_check.isChecked() else "bright"
         min_size = self.min_size_spin.value()
 
         def compute():
@@ -432,6 +437,7 @@ class SegmentWidget(QWidget):
                 refit_intensity=refit,
                 bone_level=bone_level,
                 intensity=intensity,
+                polarity=polarity,
             )
             refiner = Refiner(
                 prediction.probability,
@@ -443,7 +449,8 @@ class SegmentWidget(QWidget):
             )
             fraction = None
             if trim_pv:
-                fraction = inference.partial_volume_map(volume.data, prediction.probability)
+                fraction = inference.partial_volume_map(volume.data, prediction.probability,
+                                                        polarity)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
                                      fraction)
             spheres = _spheres(result, volume.spacing)

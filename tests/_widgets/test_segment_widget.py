@@ -123,6 +123,23 @@ def test_bone_checkbox_reaches_predict(seg):
     assert counter.kwargs["bone_level"] is None
 
 
+def test_dark_tubes_checkbox_reaches_predict_and_the_trim(seg, monkeypatch):
+    """Dark tubes: the network and the partial-volume trim both see the mirrored image."""
+    from napari_tubular import inference
+
+    viewer, widget, counter = seg
+    assert counter.kwargs["polarity"] == "bright"
+    seen = []
+    real = inference.partial_volume_map
+    monkeypatch.setattr(inference, "partial_volume_map",
+                        lambda image, prob, polarity="bright": seen.append(polarity)
+                        or real(image, prob, polarity))
+    widget.dark_check.setChecked(True)
+    widget.run()
+    assert counter.kwargs["polarity"] == "dark"
+    assert seen == ["dark"]
+
+
 def test_after_a_run_the_labels_are_selected_and_spheres_hidden_in_2d(seg):
     """An audit: the spheres layer (added last) was the selected one, so the review and
     distance widgets started on the reference; in 2-D the shaded spheres hid the labels."""
