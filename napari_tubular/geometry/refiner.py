@@ -18,6 +18,14 @@ the SUM over a dense pseudo-skeleton (METHODS.md formula, kept as the default) w
 overshoots by more than the radius error. Defaults: ``T_p = 0.9``, ``T_r = 0.25``, truncate = 3.
 On a 256^3 synthetic tree with a dense pseudo-skeleton (45k seeds) the Dice with the true mask is
 0.985 at ``T_r = 0.25`` and 0.957 at ``T_r = 0.5``.
+
+Radius bound (session 11): a seed's radius is capped at :data:`DEFAULT_RADIUS_BOUND` times the
+distance (mm, plus half a voxel) from the seed to the edge of the network's own mask
+``P > 0.5``. The scale head can answer a ridge of a few voxels on a tube's axis with a radius
+far above the truth (a fine-tuned model: 7 mm on a 2.5 mm tube, whose refined labels then grew
+to 3.8 times the tube; the shipped one 4.4 mm): the sum of those balls is a balloon that the
+probability map does not support. Seeds of ordinary vessels predict about the distance to the
+mask's edge (the DDT target) and are not touched.
 """
 
 from __future__ import annotations
@@ -37,6 +45,9 @@ from .spheres import (
     spheres_as_points,
 )
 
+#: seed radii are capped at this multiple of (distance to the edge of ``P > 0.5`` + half a voxel)
+DEFAULT_RADIUS_BOUND = 1.5
+
 
 class Refiner:
     """Geometry-aware refinement driven by the viewer's ``T_p`` / ``T_r`` sliders.
@@ -52,10 +63,13 @@ class Refiner:
         tp, tr: initial thresholds (used by the first :meth:`update` call when it passes None).
         truncate: kernel support in sigmas (default 3, i.e. the ball of the seed's radius).
         device: "auto" (CUDA when torch sees a GPU, else numpy), "cpu" or "cuda".
+        radius_bound: cap each seed's radius at this multiple of its distance (mm, plus half
+            the finest voxel) to the edge of ``P > 0.5`` (module docstring); None: no cap.
     """
 
     def __init__(self, prob, radius_mm, spacing, *, tp: float = DEFAULT_TP, tr: float = DEFAULT_TR,
-                 truncate: float = DEFAULT_TRUNCATE, device: str = "auto"):
+                 truncate: float = DEFAULT_TRUNCATE, device: str = "auto",
+                 radius_bound: float | None = DEFAULT_RADIUS_BOUND):
         p, r, sp = _check_refine_inputs(prob, radius_mm, spacing)
         self.prob = np.ascontiguousarray(p, dtype=np.float32)
         self.radius_mm = np.ascontiguousarray(r, dtype=np.float32)
@@ -70,6 +84,9 @@ class Refiner:
         self._cand_negp: np.ndarray | None = None
         self._cand_floor = 1.0
         self.n_reconstructions = 0  # how many times the scatter ran (for tests / diagnostics)
+        self.radius_bound = (None if radius_bound is None
+                             else check_threshold(radius_bound, "radius_bound", low=0.5, high=1e3))
+        self._edge_mm: np.ndarray | None = None  # distance to the edge of P > 0.5 (lazy)
 
     def _seeds(self, tp: float):
         """Seeds of ``P > tp`` from a cache of candidates sorted by probability (no volume scan)."""
@@ -84,7 +101,15 @@ class Refiner:
         count = int(np.searchsorted(self._cand_negp, -tp, side="left"))
         flat = np.sort(self._cand[:count])
         r = self.radius_mm.ravel()[flat]
-        r = np.maximum(r, np.float32(0.5 * min(self.spacing)))
+        half = np.float32(0.5 * min(self.spacing))
+        if self.radius_bound is not None and flat.size:
+            if self._edge_mm is None:
+                from .distance import edt_mm
+
+                self._edge_mm = edt_mm(self.prob > 0.5, self.spacing).astype(np.float32)
+            cap = np.float32(self.radius_bound) * (self._edge_mm.ravel()[flat] + half)
+            r = np.minimum(r, cap)
+        r = np.maximum(r, half)
         w = self.prob.ravel()[flat]
         return flat, r, w
 
