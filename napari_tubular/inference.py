@@ -257,6 +257,14 @@ def _hide_padding(data: np.ndarray, messages: list | None):
     return mask, fill_padding(data, mask)
 
 
+def _refit_options(meta) -> dict:
+    """The intensity-refit levels of ``meta`` (tissue, contrast, bone level, ...) over the
+    package defaults (:data:`napari_tubular.models.normalization.REFIT_DEFAULTS`)."""
+    from .models.normalization import REFIT_DEFAULTS
+
+    return {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
+
+
 def _bone_level(bone_level, meta) -> float | None:
     """``predict(bone_level=...)`` resolved: "auto" -> the model's value, None -> None."""
     if bone_level is None:
@@ -264,9 +272,7 @@ def _bone_level(bone_level, meta) -> float | None:
     if isinstance(bone_level, str):
         if bone_level != "auto":
             raise ValueError(f"bone_level must be a number, 'auto' or None, got {bone_level!r}")
-        from .models.normalization import REFIT_DEFAULTS
-
-        return float({**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}["bone_level"])
+        return float(_refit_options(meta)["bone_level"])
     level = float(bone_level)
     if not math.isfinite(level):
         raise ValueError(f"bone_level must be finite, got {bone_level!r}")
@@ -856,11 +862,8 @@ def predict(
     if polarity == "dark":
         # a CT-window model: the surroundings go to the training data's tissue level, so that
         # HU contrasts stay HU contrasts (a lung at -850 HU would otherwise be rescaled)
-        from .models.normalization import REFIT_DEFAULTS
-
         window = (meta["normalization"] or {}).get("kind") == "window"
-        levels = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
-        level = float(levels["tissue"]) if window else None
+        level = float(_refit_options(meta)["tissue"]) if window else None
         data = oriented_image(data, polarity, level)
         _warn("dark tubes: the image was mirrored about its median so that tubes darker than "
               "their surroundings are bright for the network (polarity 'dark'"
@@ -1022,9 +1025,9 @@ def _refit_pass(data, probability, spacing, meta, messages,
     background exceeds ``max_contrast`` (brighter than any training vessel, e.g. CT angiography);
     a quiet no-op otherwise. There, found voxels brighter than ``bone_level`` (cortical bone;
     None: no such limit) are not counted as vessel."""
-    from .models.normalization import REFIT_DEFAULTS, vessel_levels
+    from .models.normalization import vessel_levels
 
-    options = {**REFIT_DEFAULTS, **(meta.get("intensity_refit") or {})}
+    options = _refit_options(meta)
     vessels = probability > NO_REFINE_THRESHOLD
     if not only_above_training:
         vessels = remove_small_components(vessels, spacing, DEFAULT_MIN_SIZE_MM3)[0] > 0
@@ -1165,14 +1168,15 @@ def oriented_image(image, polarity: str = "bright", level: float | None = None) 
     """The image with its tubes bright: as it is for "bright"; for "dark", mirrored about its
     median and placed with the median at ``level`` (``level + median - image``, float32; None:
     at the median itself), so that the bulk of the volume (the tubes' surroundings) sits at
-    ``level`` and tubes darker than it become tubes as much brighter. The network, the bone
-    test and the partial-volume trim all see this image (the trim does not depend on
-    ``level``)."""
+    ``level`` and tubes darker than it become tubes as much brighter. The network and the bone
+    test see this image (the partial-volume trim only needs its sign:
+    :func:`partial_volume_map`)."""
     check_polarity(polarity)
     if polarity == "bright":
         return image
     data = np.asarray(image, dtype=np.float32)
-    finite = data[np.isfinite(data)] if not np.isfinite(data).all() else data
+    ok = np.isfinite(data)
+    finite = data if ok.all() else data[ok]
     median = float(np.median(finite)) if finite.size else 0.0
     shift = np.float32(median + (median if level is None else float(level)))
     return (shift - data).astype(np.float32, copy=False)
@@ -1181,12 +1185,16 @@ def oriented_image(image, polarity: str = "bright", level: float | None = None) 
 def partial_volume_map(image, probability, polarity: str = "bright") -> np.ndarray:
     """The partial-volume fraction of every voxel (:func:`napari_tubular.geometry.partial_volume.
     partial_volume_fraction`) with the network's vessels ``probability > NO_REFINE_THRESHOLD``:
-    what :func:`segment`, ``refine`` and the viewer trim the labels with (on the image as the
-    network saw it: :func:`oriented_image`)."""
+    what :func:`segment`, ``refine`` and the viewer trim the labels with. For dark tubes the
+    image is negated: the fraction compares intensity differences (to the local background and
+    the vessel core), so the offset :func:`oriented_image` adds does not matter, and the trim
+    does not compute the volume's median again."""
     from .geometry.partial_volume import partial_volume_fraction
 
-    return partial_volume_fraction(oriented_image(image, polarity),
-                                   np.asarray(probability) > NO_REFINE_THRESHOLD)
+    check_polarity(polarity)
+    if polarity == "dark":
+        image = np.negative(np.asarray(image, dtype=np.float32))
+    return partial_volume_fraction(image, np.asarray(probability) > NO_REFINE_THRESHOLD)
 
 
 def check_segment_options(tp, tr, min_size_mm3, partial_volume=None) -> None:

@@ -126,9 +126,10 @@ def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
     for start in range(0, candidates.size, _CHUNK):
         idx = coords[start:start + _CHUNK] @ strides
         neighbours = idx[:, None] + offsets[None, :]  # (n, 6)
-        on_boundary = ~flat_padded[neighbours].all(axis=1)
+        labelled = flat_padded[neighbours]
+        on_boundary = ~labelled.all(axis=1)
         # a neighbour is interior when it and its six neighbours are labels
-        interior = flat_padded[neighbours] & flat_padded[
+        interior = labelled & flat_padded[
             neighbours[:, :, None] + offsets[None, None, :]].all(axis=2)
         remove[start:start + _CHUNK] = on_boundary & interior.any(axis=1)
     out.ravel()[candidates[remove]] = 0

@@ -106,7 +106,7 @@ class Refiner:
             if self._edge_mm is None:
                 from .distance import edt_mm
 
-                self._edge_mm = edt_mm(self.prob > 0.5, self.spacing).astype(np.float32)
+                self._edge_mm = edt_mm(self.prob > 0.5, self.spacing)  # float32
             cap = np.float32(self.radius_bound) * (self._edge_mm.ravel()[flat] + half)
             r = np.minimum(r, cap)
         r = np.maximum(r, half)
