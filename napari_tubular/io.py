@@ -22,6 +22,7 @@ import os
 import uuid
 import warnings
 import zlib
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -542,10 +543,11 @@ def _apply_nan_policy(
             f"{path}: all {total} voxels are NaN or infinite; the volume holds no data"
         )
     if nan_policy == "keep":
-        zeroed = nan_mask & np.isfinite(arr)  # NIfTI: SimpleITK gave 0 there
-        if zeroed.any():
+        # NIfTI: SimpleITK gave 0 there; inf becomes NaN too, the same in every format
+        not_nan = nan_mask & ~np.isnan(arr)
+        if not_nan.any():
             arr = np.array(arr, copy=True)
-            arr[zeroed] = np.nan
+            arr[not_nan] = np.nan
         return arr
     if nan_policy == "error":
         raise VolumeIOError(
@@ -659,6 +661,24 @@ def _metaimage_check(path: Path) -> None:
         )
 
 
+def _nhdr_check(path: Path) -> None:
+    """A detached NRRD header (``.nhdr``) whose data file is missing: name it."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    for line in head.decode("latin-1").splitlines():
+        if not line.strip():
+            break  # the end of the header
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("data file", "datafile"):
+            name = value.strip()
+            if name.upper().startswith("LIST") or "%" in name or " " in name:
+                return  # file lists / patterns: leave to SimpleITK
+            where = Path(name) if Path(name).is_absolute() else path.parent / name
+            if not where.is_file():
+                raise VolumeIOError(f"{path}: its data file {where} is missing")
+            return
+
+
 def _read_sitk_file(path: Path):
     import SimpleITK as sitk
 
@@ -714,9 +734,54 @@ def _read_dicom(path: Path, only_file: Path | None = None):
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        return reader.Execute()
+        img = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(f"{path}: cannot read DICOM series {sid}: {exc}") from exc
+    _check_slice_positions(path, files, img)
+    return img
+
+
+#: relative deviation of a slice step from the median step that counts as a gap or an overlap
+SLICE_STEP_TOLERANCE = 0.1
+
+
+def _check_slice_positions(path: Path, files: Sequence[str], img) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
+
+    SimpleITK reads such a series with one averaged z spacing (and only prints "Non uniform
+    sampling" on stderr), so every slice after a missing one would sit at the wrong position.
+    The positions come from each file's Image Position (Patient) tag (0020|0032).
+    """
+    import SimpleITK as sitk
+
+    if len(files) < 3:
+        return
+    normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    pos = []
+    r = sitk.ImageFileReader()
+    for f in files:
+        r.SetFileName(str(f))
+        try:
+            r.ReadImageInformation()
+            vals = [float(v) for v in r.GetMetaData("0020|0032").replace(",", "\\").split("\\")]
+        except (RuntimeError, ValueError):
+            return  # no usable positions: nothing to check against
+        if len(vals) != 3:
+            return
+        pos.append(float(np.dot(vals, normal)))
+    steps = np.diff(np.sort(np.asarray(pos)))
+    median = float(np.median(steps))
+    if median <= 0:
+        raise VolumeIOError(f"{path}: DICOM slices share one position; not a 3-D series")
+    bad = np.flatnonzero(np.abs(steps - median) > SLICE_STEP_TOLERANCE * median)
+    if bad.size:
+        i = int(bad[0])
+        raise VolumeIOError(
+            f"{path}: DICOM slice positions are not evenly spaced: the step between sorted "
+            f"slices {i} and {i + 1} is {steps[i]:.4g} mm against {median:.4g} mm elsewhere "
+            f"({bad.size} uneven step(s)); slices are missing or duplicated, and reading it as "
+            "one volume would misplace them"
+        )
 
 
 def read_volume(
@@ -768,6 +833,8 @@ def read_volume(
                 nifti_nan_mask = _nifti_check(p, gz=ext == ".nii.gz")
             elif ext in (".mha", ".mhd"):
                 _metaimage_check(p)
+            elif ext == ".nhdr":
+                _nhdr_check(p)
             img = _read_sitk_file(p)
     img = _to_3d(img, p)
     # NIfTI: float32 fields; DICOM: decimal strings and spacing derived from slice positions.

@@ -95,6 +95,14 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert main(["evaluate", str(prob), str(r), "--threshold", "0.5"]) == 0
     assert main(["evaluate", str(tmp_path / "missing.nii.gz"), str(r)]) == 2
     assert "not found" in capsys.readouterr().err
+    # a 0..255 probability map saved as uint8 is counted whole (nonzero = foreground), with a hint
+    rng = np.random.default_rng(1)
+    ramp = (pred * rng.integers(1, 256, size=pred.shape)).astype(np.uint8)
+    u8 = write(tmp_path / "u8.nii.gz", ramp)
+    assert main(["evaluate", str(u8), str(r)]) == 0
+    assert "more than 16 distinct values" in capsys.readouterr().err
+    assert main(["evaluate", str(write(tmp_path / "lab.nii.gz", pred * 3)), str(r)]) == 0
+    assert "distinct values" not in capsys.readouterr().err  # a label map: no warning
 
 
 def test_empty_prediction_json_has_nulls(tmp_path):

@@ -177,6 +177,10 @@ def reference_labels_only(ref_paths: list[Path]) -> list[Path]:
     return [p for p in ref_paths if base(volume_stem(p), _IMAGE_SUFFIXES) not in labelled]
 
 
+#: a prediction with more distinct integer values than this is probably not a label map
+MANY_LABELS = 16
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -185,7 +189,7 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     grids are an error unless ``resample`` (nearest neighbour; linear for a probability map
     thresholded with ``threshold``).
     """
-    from ..io import read_volume, resample_like
+    from ..io import _count_unique, read_volume, resample_like
     from ..topology import binarize
 
     pv, rv = read_volume(pred_path), read_volume(ref_path)
@@ -222,6 +226,10 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     pred = pv.data
     if threshold is not None:
         pred = pred > threshold
+    elif pred.dtype.kind in "iu" and _count_unique(pred, stop_above=MANY_LABELS) > MANY_LABELS:
+        print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
+              "probability or intensity map saved as integers?): every nonzero voxel counts as "
+              "foreground; pass --threshold T to binarise it", file=sys.stderr)
     return (
         binarize(pred, f"prediction {pred_path.name}"),
         binarize(rv.data, f"reference {ref_path.name}"),

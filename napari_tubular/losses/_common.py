@@ -49,6 +49,22 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
         )
 
 
+def check_unit_range(x: torch.Tensor, name: str) -> None:
+    """Refuse targets outside [0, 1] (a 0/255 mask or class indices would give a wrong loss).
+
+    One reduction and one host sync per call; integer and bool targets are checked too.
+    """
+    if x.numel() == 0 or x.dtype == torch.bool:
+        return
+    lo, hi = torch.aminmax(x.detach())
+    lo, hi = float(lo), float(hi)
+    if not (lo >= 0.0 and hi <= 1.0):
+        raise ValueError(
+            f"{name} must hold values in [0, 1] (a binary mask or soft labels), got values "
+            f"from {lo:g} to {hi:g}"
+        )
+
+
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16/int/bool -> float32; float32/float64 unchanged."""
     if x.dtype in (torch.float32, torch.float64):

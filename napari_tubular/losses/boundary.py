@@ -22,6 +22,7 @@ from ._common import (
     check_activation,
     check_reduction,
     check_same_shape,
+    check_unit_range,
     no_autocast,
     reduce,
     to_probabilities,
@@ -107,6 +108,7 @@ class GeneralizedDiceLoss(nn.Module):
         check_5d(input, "input")
         check_5d(target, "target")
         check_same_shape(input, target, "input", "target")
+        check_unit_range(target, "target")
         with no_autocast(input):
             p = to_probabilities(input, self.activation)
             t = upcast(target).to(p.dtype)

@@ -25,6 +25,7 @@ from ._common import (
     check_activation,
     check_reduction,
     check_same_shape,
+    check_unit_range,
     no_autocast,
     reduce,
     to_probabilities,
@@ -68,6 +69,7 @@ def _prepare(input, target, activation, include_background):
     check_5d(input, "input")
     check_5d(target, "target")
     check_same_shape(input, target, "input", "target")
+    check_unit_range(target, "target")
     p = to_probabilities(input, activation)
     t = upcast(target).to(p.dtype)
     if not include_background:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_reduction, no_autocast, reduce, upcast
+from ._common import check_reduction, check_unit_range, no_autocast, reduce, upcast
 
 __all__ = ["DistributionBalancedLoss"]
 
@@ -109,6 +109,7 @@ class DistributionBalancedLoss(nn.Module):
             )
         if logits.shape[1] != self.nu.numel():
             raise ValueError(f"logits have {logits.shape[1]} classes, class_counts {self.nu.numel()}")
+        check_unit_range(targets, "targets")
         with no_autocast(logits):
             z = upcast(logits)
             y = upcast(targets).to(z.dtype)

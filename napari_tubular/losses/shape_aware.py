@@ -201,14 +201,16 @@ class MapDiceLoss(nn.Module):
 
     Args:
         activation: ``"sigmoid"`` (logits, default), ``"softmax"`` or ``None`` (probabilities).
-        eps: smoothing.
+        eps: smoothing; 1 (as the soft Dice's ``smooth``) keeps a correct prediction of an
+            empty patch near 0 (with 1e-6 the sigmoid's tails summed over the background made it
+            about 0.9) and is negligible against the sums of a patch with foreground.
         include_background: if False drop channel 0 (softmax outputs).
         reduction: over the batch: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``).
 
     Forward: ``input`` and ``phi`` (NI-DM per class, in [0, 1]) of shape ``(B, C, Z, Y, X)``.
     """
 
-    def __init__(self, activation: str | None = "sigmoid", eps: float = 1e-6,
+    def __init__(self, activation: str | None = "sigmoid", eps: float = 1.0,
                  include_background: bool = True, reduction: str = "mean") -> None:
         super().__init__()
         self.activation = check_activation(activation)

@@ -154,3 +154,19 @@ def test_errors():
         DiceclDiceLoss(iters=1, alpha=1.5)
     with pytest.raises(ValueError, match="softmax"):
         SoftDiceLoss(activation="softmax")(x, x)
+
+
+@pytest.mark.parametrize("scale", [255.0, -1.0])
+def test_targets_outside_unit_range_are_refused(scale):
+    """A 0/255 mask gave SoftDice -0.99 silently; each loss taking a mask now says so."""
+    from napari_tubular.losses import DistributionBalancedLoss, GeneralizedDiceLoss
+
+    logits = torch.zeros(1, 1, 6, 6, 6)
+    target = torch.zeros(1, 1, 6, 6, 6)
+    target[0, 0, 2:4, 2:4, 2:4] = scale
+    losses = [SoftDiceLoss(), SoftclDiceLoss(2), DiceclDiceLoss(2), GeneralizedDiceLoss(),
+              DistributionBalancedLoss([10], num_samples=20)]
+    for loss in losses:
+        with pytest.raises(ValueError, match=r"target.* must hold values in \[0, 1\]"):
+            loss(logits, target)
+        assert torch.isfinite(loss(logits, target.clamp(0, 1)))  # the same mask, in range

@@ -46,6 +46,17 @@ def test_mapdice_penalises_false_positives_and_lost_boundary():
     assert base < lost[0] < lost[1] < lost[2]
 
 
+def test_mapdice_of_a_correct_empty_prediction_is_near_zero():
+    """An empty patch predicted empty (logits -20) is right; an eps of 1e-6 gave about 0.93
+    there, since the sigmoid's tails summed over the patch outweigh it."""
+    empty = torch.zeros(1, 1, 16, 20, 20, dtype=torch.float64)
+    right = MapDiceLoss()(torch.full_like(empty, -20.0), empty)
+    wrong = MapDiceLoss()(torch.full_like(empty, 5.0), empty)
+    assert float(right) < 0.01
+    assert float(wrong) > 0.99
+    assert float(MapDiceLoss(eps=1e-6)(torch.full_like(empty, -20.0), empty)) > 0.5
+
+
 def test_lrnet_shapes_and_relu():
     net = LRNet(base_channels=4)
     y = net(torch.randn(2, 2, 9, 10, 11))
