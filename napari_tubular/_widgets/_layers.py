@@ -300,6 +300,7 @@ def spheres_points_kwargs(
     radii_mm: np.ndarray,
     translate: Sequence[float],
     limits: tuple[float, float] | None = None,
+    scale: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Points data and kwargs for spheres: physical centres, size = diameter (mm), turbo colours.
 
@@ -308,6 +309,10 @@ def spheres_points_kwargs(
         radii_mm: float (N,), sphere radii in mm.
         translate: the image layer's translate (mm) so the spheres overlay it.
         limits: colour range of the radii (mm); min..max if None.
+        scale: the image layer's scale (mm per voxel). The points then live on the image's
+            grid (a layer of scale 1 would make napari's slider step 1 mm along z, so that an
+            image of 1.5 mm slices repeats every other slice); napari scales point sizes by the
+            last axis' scale, so the diameters stay in mm. None: scale 1, data in mm.
 
     Returns:
         ``(data (N, 3) float, kwargs)`` for ``viewer.add_points``.
@@ -318,10 +323,11 @@ def spheres_points_kwargs(
         raise ValueError(f"{len(centers)} sphere centres but {len(radii)} radii")
     import pandas as pd
 
+    sc = np.ones(3) if scale is None else np.asarray(scale, dtype=float).reshape(3)
     kwargs = {
-        "scale": (1.0, 1.0, 1.0),
+        "scale": tuple(float(v) for v in sc),
         "translate": tuple(float(t) for t in translate),
-        "size": 2.0 * radii if len(radii) else 1.0,
+        "size": 2.0 * radii / abs(sc[-1]) if len(radii) else 1.0,
         "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
         "border_width": 0.0,
         "features": pd.DataFrame({"radius_mm": radii}),
@@ -329,7 +335,7 @@ def spheres_points_kwargs(
         "shading": "spherical",
         "opacity": 0.7,
     }
-    return centers, kwargs
+    return centers / sc, kwargs
 
 
 def _sphere_projection() -> dict[str, Any]:

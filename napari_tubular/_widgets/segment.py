@@ -174,6 +174,7 @@ class SegmentWidget(QWidget):
         # them back (an audit: a deleted spheres layer returned at every slider move)
         self._dismissed: set[str] = set()
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
         self._build_ui()
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
@@ -515,6 +516,15 @@ class SegmentWidget(QWidget):
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
 
+    def _on_ndisplay(self, *_: Any) -> None:
+        # the spheres are shown in 3-D and hidden in 2-D (where they cover the labels), also
+        # after the view is switched (an audit: they stayed hidden after switching to 3-D)
+        if self._source_layer is None:
+            return
+        layer = find_owned_layer(self.viewer, OWNER, "spheres", self._source_layer)
+        if layer is not None:
+            layer.visible = self.viewer.dims.ndisplay == 3
+
     def _on_layer_removed(self, event) -> None:
         md = getattr(event.value, "metadata", {}) or {}
         if (md.get(OWNER_KEY) == OWNER and self._source_layer is not None
@@ -668,7 +678,7 @@ class SegmentWidget(QWidget):
         self._watch_edits()
         centers_mm, radii_mm = spheres
         data, pkw = spheres_points_kwargs(
-            centers_mm, radii_mm, kw["translate"], limits=self._radius_limits
+            centers_mm, radii_mm, kw["translate"], limits=self._radius_limits, scale=kw["scale"]
         )
         pkw["affine"] = kw["affine"]
         # in a 2-D view the shaded spheres cover the labels: shown on demand there
@@ -685,6 +695,9 @@ class SegmentWidget(QWidget):
             f"T_p={tp:.2f} T_r={tr:.2f}: {int(np.count_nonzero(result.labels))} voxels, "
             f"{result.n_seeds} spheres"
         )
+        gone = [r for r in ("labels", "spheres", "skeleton") if r in self._dismissed]
+        if gone:
+            text += f"\n({', '.join(gone)} layer deleted: Run again to show it)"
         if metrics is not None:
             text += (
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"

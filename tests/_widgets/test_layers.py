@@ -145,6 +145,29 @@ def test_sphere_points_overlay_their_voxels(make_napari_viewer):
         spheres_points_kwargs(data, radii[:2], TRANSLATE)
 
 
+def test_sphere_points_on_the_image_grid_keep_the_slider_step(make_napari_viewer):
+    """With scale 1 the spheres made napari's z step 1 mm over an image of 1.5 mm slices (71
+    slider positions for 48 slices, every other slice shown twice); on the image's scale the
+    step stays one slice, the centres land on their voxels and the diameters stay in mm."""
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((10, 12, 14)), scale=SPACING, translate=TRANSLATE)
+    step = np.asarray(viewer.dims.range)[:, 2].copy()
+    nsteps = tuple(viewer.dims.nsteps)
+    voxels = np.array([[0, 0, 0], [3, 7, 11], [9, 11, 13]])
+    radii = np.array([0.5, 1.0, 2.0])
+    data, kwargs = spheres_points_kwargs(voxels * np.asarray(SPACING), radii, TRANSLATE,
+                                         scale=SPACING)
+    points = viewer.add_points(data, **kwargs)
+    np.testing.assert_allclose(np.asarray(viewer.dims.range)[:, 2], step)
+    assert tuple(viewer.dims.nsteps) == nsteps
+    world = np.array([points.data_to_world(p) for p in points.data])
+    np.testing.assert_allclose(np.array([image.world_to_data(w) for w in world]), voxels,
+                               atol=1e-9)
+    # napari draws a point's size times the last axis' scale: 2 r in mm
+    np.testing.assert_allclose(points.size * abs(points.scale[-1]), 2 * radii)
+    np.testing.assert_allclose(points.features["radius_mm"], radii)
+
+
 def test_radius_colors_span_the_colormap():
     colors = radius_colors(np.array([1.0, 2.0, 3.0]), limits=(1.0, 3.0))
     assert colors.shape == (3, 4)

@@ -148,6 +148,12 @@ def test_after_a_run_the_labels_are_selected_and_spheres_hidden_in_2d(seg):
     assert viewer.dims.ndisplay == 2
     assert not _owned(viewer, "spheres").visible
     assert _owned(viewer, "labels").visible
+    # switching the view shows them in 3-D and hides them again in 2-D (an audit: they stayed
+    # hidden after switching to 3-D)
+    viewer.dims.ndisplay = 3
+    assert _owned(viewer, "spheres").visible
+    viewer.dims.ndisplay = 2
+    assert not _owned(viewer, "spheres").visible
 
 
 def test_painted_labels_are_kept_when_the_thresholds_change(seg):
@@ -176,10 +182,13 @@ def test_spheres_sit_on_their_voxels(seg):
     vox = np.rint(np.array([image.world_to_data(w) for w in world])).astype(int)
     np.testing.assert_allclose([image.world_to_data(w) for w in world], vox, atol=1e-6)
     assert skeleton[tuple(vox.T)].all()
-    # size is the diameter in mm of the radius predicted at that voxel
+    # size is the diameter in mm of the radius predicted at that voxel (napari draws a point's
+    # size times the last axis' scale)
     radius = widget.prediction.radius_mm[tuple(vox.T)]
     expected = 2 * np.maximum(radius, 0.5 * min(SPACING))
-    np.testing.assert_allclose(points.size, expected, rtol=1e-5)
+    np.testing.assert_allclose(points.size * abs(points.scale[-1]), expected, rtol=1e-5)
+    # on the image's grid: the points do not change the slider's step
+    np.testing.assert_allclose(points.scale, image.scale)
 
 
 def test_sliders_refine_without_calling_the_network(seg):
@@ -212,6 +221,7 @@ def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
     assert _owned(viewer, "spheres") is None
     assert _owned(viewer, "skeleton") is None
     assert not np.array_equal(labels.data, before)  # the kept layer follows the sliders
+    assert "spheres, skeleton layer deleted: Run again" in widget.metrics_label.text()
     # a deleted image of another widget or input does not count
     viewer.add_image(np.zeros((4, 4, 4)), name="other")
     viewer.layers.remove("other")
@@ -520,7 +530,7 @@ def test_overlays_show_what_segment_writes(seg):
     assert np.all(labels.data[skeleton.data > 0] > 0)
     assert np.count_nonzero(skeleton.data) < raw_skeleton
     spheres = _owned(viewer, "spheres")
-    vox = np.rint(np.asarray(spheres.data) / np.asarray(SPACING)).astype(int)
+    vox = np.rint(np.asarray(spheres.data)).astype(int)  # on the image grid (voxel indices)
     assert len(vox) > 0
     assert np.all(labels.data[tuple(vox.T)] > 0)
     order = [ly.metadata.get(ROLE_KEY) for ly in viewer.layers]
