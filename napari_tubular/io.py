@@ -720,6 +720,14 @@ def _read_dicom(path: Path, only_file: Path | None = None):
         if vols:
             names = ", ".join(v.name for v in vols[:5])
             hint = f" (it holds {len(vols)} volume file(s): {names}; pass one of them)"
+        else:  # volumes one level down: name the sub-folders (folders are not searched deeper)
+            subs = [e for e in sorted(path.iterdir()) if e.is_dir() and not e.name.startswith(".")]
+            nested = [(sub, list_volumes(sub)) for sub in subs[:64]]
+            nested = [(sub, v) for sub, v in nested if v]
+            if nested:
+                names = ", ".join(f"{sub.name}/ ({len(v)})" for sub, v in nested[:5])
+                hint = (f" and no volume files; its sub-folders hold volumes: {names}; pass the "
+                        "sub-folder(s) (folders are not searched recursively)")
         raise VolumeIOError(f"{path}: folder holds no DICOM series{hint}")
     series.sort(key=lambda s: len(s[1]), reverse=True)
     sid, files = series[0]

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -430,17 +431,26 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
 
     monkeypatch.setattr(inference, "predict", tube_network)
     out = tmp_path / "o"
-    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
-                "--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--quiet",
+    # the image named relative to the working directory, and refine run from another one (an
+    # audit: the report kept the relative path, and refine skipped the trim elsewhere)
+    monkeypatch.chdir(Path(volume_file).parent)
+    assert _run("segment", Path(volume_file).name, "-o", out, "--model", model_file, "--device",
+                "cpu", "--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--quiet",
                 "--polarity", polarity) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     report = json.loads((out / "case_07_report.json").read_text())
     assert report["parameters"]["polarity"] == polarity
+    assert Path(report["input"]["path"]).is_absolute()
     prob, radius = out / "case_07_probability.nii.gz", out / "case_07_radius.nii.gz"
     again = tmp_path / "again_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", again) == 0
     err = capsys.readouterr().err
     assert "tp=0.5 tr=0.3 min size 5" in err
+    assert "tp, tr, min size from" in err
     assert "case_07_report.json" in err
+    assert "needs the segmented image" not in err
     want = read_volume(out / "case_07_labels.nii.gz")
     got = read_volume(again)
     assert 0 < want.data.sum() < want.data.size // 4
@@ -451,6 +461,7 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     thin = tmp_path / "thin_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", thin, "--tr", "0.9") == 0
     assert read_volume(thin).data.sum() < want.data.sum()
+    assert "(tp, min size from" in capsys.readouterr().err  # only what was not given
     # the partial-volume trim (read from the image named in the report) only removes voxels
     untrimmed = tmp_path / "untrimmed_labels.nii.gz"
     assert _run("refine", prob, radius, "-o", untrimmed, "--partial-volume", "off") == 0

@@ -348,6 +348,11 @@ def test_folder_without_volumes(tmp_path):
     with pytest.raises(VolumeIOError, match=r"no DICOM series") as err:
         read_volume(tmp_path)
     assert str(tmp_path) in str(err.value)
+    nested = tmp_path / "nested"
+    write_volume(nested / "sub" / "a.nii.gz", _volume())
+    with pytest.raises(VolumeIOError, match=r"no DICOM series and no volume files; its "
+                       r"sub-folders hold volumes: sub/ \(1\); pass the sub-folder"):
+        read_volume(nested)
     write_volume(tmp_path / "vol.nii.gz", _volume())
     with pytest.raises(VolumeIOError, match=r"no DICOM series.*vol\.nii\.gz; pass one of them"):
         read_volume(tmp_path)

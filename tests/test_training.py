@@ -643,3 +643,17 @@ def test_fine_tuning_takes_k_spacing_and_tuning_from_the_model(tmp_path):
     assert new["spacing"] == [1.0, 1.0, 1.0]
     assert new["metrics"]["refine"]["tp"] == pytest.approx(0.55)
     assert new["radius_calibration"]["true_mm"] == [0.6, 3.1]
+
+
+def test_progress_line_says_when_the_validation_was_measured():
+    """An audit: the line repeated the last validation Dice at later steps as if new."""
+    from napari_tubular.training.loop import _progress_message
+
+    config = TrainConfig(steps=10)
+    rows = [{"step": 2, "loss": 0.5, "val_dice": 0.25, "val_cldice": 0.3},
+            {"step": 3, "loss": 0.4}]
+    later = _progress_message(3, config, 3.0, rows)
+    assert "loss 0.4000 val Dice 0.250 clDice 0.300 (at step 2)" in later
+    now = _progress_message(2, config, 2.0, rows[:1])
+    assert "val Dice 0.250" in now
+    assert "(at step" not in now

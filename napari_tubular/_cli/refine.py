@@ -165,9 +165,11 @@ def run(args) -> int:
     tp, tr = check_thresholds(chosen["tp"], chosen["tr"])
     min_size = chosen["min_size_mm3"]
     check_segment_options(tp, tr, min_size)
-    if any(getattr(args, k) is None for k in chosen):
-        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 (defaults from {where})",
-              file=sys.stderr)
+    from_defaults = [name for k, name in (("tp", "tp"), ("tr", "tr"), ("min_size_mm3", "min size"))
+                     if getattr(args, k) is None]
+    if from_defaults:
+        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 "
+              f"({', '.join(from_defaults)} from {where})", file=sys.stderr)
     out = Path(args.output).expanduser()
     skel_out = skeleton_path(out)
     if not args.overwrite:

@@ -401,7 +401,9 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     write_volume(outs["radius"], res.radius_mm, reference=vol, overwrite=args.overwrite)
     write_volume(outs["skeleton"], res.skeleton, reference=vol, overwrite=args.overwrite)
     report = dict(res.report)
-    report["input"] = dict(report["input"], path=str(path))
+    # absolute: refine reads the image back from any working directory (an audit: a relative
+    # path skipped the partial-volume trim when refine ran elsewhere)
+    report["input"] = dict(report["input"], path=str(Path(path).resolve()))
     report["outputs"] = {k: str(v) for k, v in outs.items()}
     write_json(outs["report"], report, args.overwrite)
     if not args.quiet:

@@ -8,6 +8,7 @@ not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 from .components import remove_small_components
 from .distance import (
     SKELETON_RADIUS_OFFSET_VOX,
+    clip_radius_spikes,
     distance_maps,
     edt_mm,
     local_radius_mm,
@@ -42,6 +43,7 @@ __all__ = [
     "RefineResult",
     "Refiner",
     "centerline_graph",
+    "clip_radius_spikes",
     "distance_maps",
     "edt_mm",
     "remove_small_components",

@@ -114,6 +114,63 @@ def radius_from_scale(scale, model_spacing, *, offset_vox: float = SKELETON_RADI
     return r.astype(np.float32)
 
 
+#: voxels per chunk in :func:`clip_radius_spikes` (26 float32 neighbours each: about 100 MB)
+_SPIKE_CHUNK = 1 << 20
+
+
+def clip_radius_spikes(radius_mm, mask, spacing, *, chunk: int = _SPIKE_CHUNK) -> np.ndarray:
+    """Clip one-voxel spikes of a radius map to what most of their neighbours allow.
+
+    A distance map changes by at most the distance between two voxels (it is 1-Lipschitz), so a
+    neighbour ``u`` of voxel ``v`` bounds ``r(v) <= r(u) + |u - v|`` (mm). Each voxel of ``mask``
+    is clipped to the median of these 26 bounds: a radius map that keeps the property (as the
+    distance map of a tube does) is unchanged, while a one-voxel ridge such as the scale head's
+    answer on the axis of a grid-aligned tube (2.1 x its radius in an audit, its neighbours
+    right) comes down to its neighbours' level plus a step. Voxels outside ``mask`` are read but
+    not changed; the volume's faces count as their own neighbours.
+
+    Args:
+        radius_mm: float, shape (Z, Y, X), radius in mm.
+        mask: bool, shape (Z, Y, X), the voxels to check (e.g. ``probability >= 0.5``).
+        spacing: voxel size in mm, (dz, dy, dx).
+        chunk: voxels processed at a time (bounded memory).
+
+    Returns:
+        float32 (Z, Y, X): the clipped map (a copy).
+    """
+    r = np.asarray(radius_mm, dtype=np.float32)
+    m = check_mask(mask, "mask")
+    if r.shape != m.shape:
+        raise ValueError(f"radius_mm shape {r.shape} != mask shape {m.shape}")
+    sp = np.asarray(check_spacing(spacing), dtype=np.float64)
+    out = np.array(r, dtype=np.float32, copy=True)
+    idx = np.flatnonzero(m)
+    if idx.size == 0:
+        return out
+    pad = np.pad(r, 1, mode="edge")
+    strides = np.array([pad.shape[1] * pad.shape[2], pad.shape[2], 1], dtype=np.int64)
+    offsets, steps = [], []
+    for dz in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dz or dy or dx:
+                    d = np.array([dz, dy, dx])
+                    offsets.append(int(d @ strides))
+                    steps.append(float(np.sqrt(np.sum((d * sp) ** 2))))
+    offsets_a = np.asarray(offsets, dtype=np.int64)
+    steps_a = np.asarray(steps, dtype=np.float32)
+    flat = pad.ravel()
+    for start in range(0, idx.size, int(chunk)):
+        part = idx[start : start + int(chunk)]
+        zyx = np.unravel_index(part, r.shape)
+        centre = (zyx[0] + 1) * strides[0] + (zyx[1] + 1) * strides[1] + zyx[2] + 1
+        bounds = flat[centre[:, None] + offsets_a[None, :]] + steps_a[None, :]
+        cap = np.median(bounds, axis=1)
+        vals = out.ravel()[part]
+        out.ravel()[part] = np.minimum(vals, cap)
+    return out
+
+
 def local_radius_mm(mask, spacing, *, offset_vox: float = SKELETON_RADIUS_OFFSET_VOX) -> np.ndarray:
     """Local tube radius in mm: ``EDT + offset_vox * min(spacing)`` inside the mask, 0 outside.
 

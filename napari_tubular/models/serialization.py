@@ -8,7 +8,8 @@ A model file is a ``torch.save`` dict::
 It is read with ``torch.load(weights_only=True)`` (no pickled code is ever executed). ``meta``
 holds only JSON types and always has these keys (``save_model`` fills the first four):
 
-* ``format``, ``format_version``, ``package_version``: checked on load;
+* ``format``, ``format_version``, ``package_version``: checked on load (another format version,
+  or a file written by a newer major/minor package version, is refused; older ones load);
 * ``arch``: the :class:`~napari_tubular.models.unet.TubularUNet` config (``build_model`` input);
 * ``K``: largest scale class (``arch["num_scales"] == K + 1``);
 * ``spacing``: ``[sz, sy, sx]`` mm the model was trained at;
@@ -283,7 +284,26 @@ def _read_payload(path: Path) -> dict:
         )
     if "state_dict" not in payload or not isinstance(payload.get("meta"), dict):
         raise ModelFormatError(f"{path} is incomplete: missing 'state_dict' or 'meta'")
+    written = _major_minor(meta.get("package_version"))
+    ours = _major_minor(_package_version())
+    if written is not None and ours is not None and written > ours:
+        raise ModelFormatError(
+            f"{path} was written by napari-tubular {meta.get('package_version')}, newer than this "
+            f"napari-tubular {_package_version()}: it may use options this version does not "
+            "know; upgrade napari-tubular to use it"
+        )
     return payload
+
+
+def _major_minor(version) -> tuple[int, int] | None:
+    """``(major, minor)`` of a version string such as "0.1.0" or "1.2.dev3"; None if unreadable."""
+    if not isinstance(version, str):
+        return None
+    parts = version.split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return None
 
 
 def read_model_meta(model="default") -> dict:

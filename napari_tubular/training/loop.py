@@ -579,6 +579,8 @@ def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list
         msg += f" loss {loss:.4f}"
     if val is not None:
         msg += f" val Dice {val['val_dice']:.3f} clDice {val['val_cldice']:.3f}"
+        if val.get("step") is not None and val["step"] != step:  # not measured at this step
+            msg += f" (at step {val['step']})"
     return msg + f" | {rate:.2f} it/s, ETA {_fmt_time(remaining)}"
 
 

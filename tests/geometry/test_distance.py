@@ -206,3 +206,39 @@ def test_remove_small_components_by_physical_size():
         remove_small_components(m, (1.0, 1.0, 1.0), -1)
     with pytest.raises(ValueError):
         remove_small_components(m[0], (1.0, 1.0, 1.0), 5)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.7, 0.7)])
+def test_clip_radius_spikes_keeps_a_distance_map_and_clips_a_ridge(spacing):
+    """A tube's distance map (1-Lipschitz) comes through unchanged; a one-voxel ridge on its axis
+    at twice the radius (the scale head on a grid-aligned tube, an audit) comes down to its
+    neighbours' bound; voxels outside the mask are never touched."""
+    from napari_tubular.geometry import clip_radius_spikes
+
+    radius = 2.5
+    shape = (12, int(2 * radius / spacing[1]) + 9, int(2 * radius / spacing[2]) + 9)
+    m = cylinder(shape, spacing, radius)
+    d = edt_mm(m, spacing)
+    np.testing.assert_array_equal(clip_radius_spikes(d, m, spacing), d)
+    cz, cy, cx = (s // 2 for s in shape)
+    axis = np.argmax(d[cz])
+    ay, ax = np.unravel_index(axis, d[cz].shape)
+    spiked = d.copy()
+    spiked[:, ay, ax] = 2.0 * d[:, ay, ax]  # a ridge along the whole axis
+    got = clip_radius_spikes(spiked, m, spacing)
+    # the median bound: neighbours about one step (an oblique one on a thick-slice grid) further
+    step = np.hypot(spacing[0], spacing[1])
+    assert np.all(got[2:-2, ay, ax] <= d[2:-2, ay, ax] + step + 1e-6)
+    assert np.all(got[2:-2, ay, ax] < 0.8 * spiked[2:-2, ay, ax])
+    assert np.all(got[2:-2, ay, ax] >= d[2:-2, ay, ax] - 1e-6)  # never below the right value
+    off_axis = np.ones(shape, bool)
+    off_axis[:, ay, ax] = False
+    np.testing.assert_array_equal(got[off_axis], spiked[off_axis])
+    # outside the mask: left alone (a spike there stays); chunking changes nothing
+    outside = spiked.copy()
+    outside[0, 0, 0] = 50.0
+    got2 = clip_radius_spikes(outside, m, spacing, chunk=7)
+    assert got2[0, 0, 0] == 50.0
+    np.testing.assert_array_equal(got2[m], got[m])
+    with pytest.raises(ValueError, match="shape"):
+        clip_radius_spikes(d[:-1], m, spacing)

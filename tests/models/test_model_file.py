@@ -163,6 +163,25 @@ def test_other_format_version(tmp_path, net):
         load_model(path)
 
 
+@pytest.mark.parametrize(("version", "loads"), [("9.9.9", False), ("0.99.0", False),
+                                               ("0.0.1", True), ("0.1.7", True), ("dev", True)])
+def test_package_version_newer_than_ours_is_refused(tmp_path, net, version, loads):
+    """Same format, written by a newer napari-tubular (major.minor): refused, naming both
+    versions; an older one (or an unreadable version string) loads."""
+    path = save_model(tmp_path / "m.pt", net, _meta())
+
+    def stamp(p):
+        p["meta"]["package_version"] = version
+
+    _corrupt(path, stamp)
+    if loads:
+        load_model(path)
+    else:
+        with pytest.raises(ModelFormatError, match=rf"written by napari-tubular {version}, "
+                           r"newer than this napari-tubular .*upgrade"):
+            load_model(path)
+
+
 def test_changed_weights_fail_the_checksum(tmp_path, net):
     path = save_model(tmp_path / "m.pt", net, _meta())
 
