@@ -705,3 +705,18 @@ def test_oriented_image_mirrors_dark_tubes_about_the_median():
     for fn in (predict, segment):
         with pytest.raises(ValueError, match="polarity must be one of bright, dark"):
             fn(img, model="default", device="cpu", spacing=(1, 1, 1), polarity="negative")
+
+
+def test_a_model_with_a_small_window_says_segmenting_is_slow(tiny_model_file):
+    """The window is the model's training patch (16³ here): a volume that needs more than 64 of
+    them gets a message naming the count; a volume of a few windows does not."""
+    from napari_tubular.inference import predict
+
+    big = np.random.default_rng(0).normal(40, 10, (64, 64, 64)).astype(np.float32)
+    with pytest.warns(UserWarning, match=r"window \(its training patch, 16x16x16 voxels\) is "
+                      r"small: 125 windows"):
+        pred = predict(big, model=tiny_model_file, device="cpu")
+    assert any("125 windows" in m for m in pred.messages)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict(big[:20, :20, :20], model=tiny_model_file, device="cpu")

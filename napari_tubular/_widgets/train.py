@@ -359,7 +359,15 @@ class TrainingWidget(QWidget):
             return
         try:
             config = config if config is not None else self.config()
-        except (ValueError, FileNotFoundError, OSError) as exc:
+            out = Path(config.out)
+            if (not config.overwrite and not config.resume and out.is_dir()
+                    and any(out.iterdir())):
+                # the core's message names the command line's options (an audit)
+                raise FileExistsError(
+                    f"run folder {out} is not empty: tick \"replace an existing run folder\" "
+                    "or choose another folder"
+                )
+        except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))
             return
         token = CancelToken()

@@ -78,7 +78,9 @@ def test_short_run_plots_loss_and_saves(train_widget, tmp_path, monkeypatch):
     monkeypatch.setattr(_workers, "show_error", shown.append)
     train_widget.start(_tiny(train_widget.config(), steps=1))
     assert shown
-    assert "resume" in shown[-1] or "exists" in shown[-1] or "not empty" in shown[-1]
+    # in the widget's words (an audit: it named the command line's --overwrite / --resume)
+    assert 'not empty: tick "replace an existing run folder"' in shown[-1]
+    assert "--" not in shown[-1]
     saved = train_widget.save_model(tmp_path / "mine.pt")
     net, meta = load_model(saved, device="cpu")
     assert meta["K"] == 3
