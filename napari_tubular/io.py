@@ -1,8 +1,8 @@
 """Reading and writing 3-D medical volumes with their physical geometry.
 
 Supported formats: NIfTI (``.nii``, ``.nii.gz``), NRRD (``.nrrd``, ``.nhdr``), MetaImage
-(``.mha``, ``.mhd``) and DICOM series (a folder, or one ``.dcm`` file of the series).
-SimpleITK does the reading and writing. NIfTI files are also streamed once through nibabel's
+(``.mha``, ``.mhd``) and DICOM series (a folder, or one ``.dcm`` file of the series; written
+by :func:`write_dicom_series`). SimpleITK does the reading and writing. NIfTI files are also streamed once through nibabel's
 header parser and zlib to catch what SimpleITK lets through silently: truncated ``.nii.gz`` files
 (SimpleITK zero-fills the missing part) and NaN voxels (SimpleITK's NIfTI reader returns 0).
 
@@ -40,6 +40,7 @@ __all__ = [
     "resample_like",
     "volume_format",
     "volume_stem",
+    "write_dicom_series",
     "write_volume",
 ]
 
@@ -871,8 +872,158 @@ def _write_ext(path: Path) -> str:
         if name.endswith(ext) and len(name) > len(ext):
             return ext
     raise VolumeIOError(
-        f"{path}: cannot write this file type; use one of {', '.join(WRITE_EXTENSIONS)}"
+        f"{path}: cannot write this file type; use one of {', '.join(WRITE_EXTENSIONS)}, or "
+        "write_dicom_series(folder, ...) for a DICOM series"
     )
+
+
+def _as_volume(p: Path, data_or_volume, reference: Volume | None) -> Volume:
+    """The :class:`Volume` to write: a Volume as it is, or an array with ``reference``'s
+    geometry (or the default geometry)."""
+    if isinstance(data_or_volume, Volume):
+        if reference is not None and not reference.same_geometry(data_or_volume):
+            raise ValueError(
+                f"write_volume({p}): both a Volume and a reference with different geometry "
+                "were given; pass an array with reference=, or the Volume alone"
+            )
+        return data_or_volume
+    arr = np.asarray(data_or_volume)
+    if arr.ndim != 3:
+        raise ValueError(f"write_volume({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
+    if reference is None:
+        return Volume(data=arr)
+    if arr.shape != reference.shape:
+        raise ValueError(
+            f"write_volume({p}): data shape {arr.shape} differs from the reference "
+            f"shape {reference.shape}"
+        )
+    return reference.with_data(arr)
+
+
+#: DICOM files this writer names (``IM_00001.dcm`` ...); ``overwrite`` replaces only these
+_DICOM_NAME = "IM_{:05d}.dcm"
+_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+_SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def _new_uid() -> str:
+    """A DICOM UID from a random UUID (the standard's 2.25 root, PS3.5 B.2)."""
+    return f"2.25.{uuid.uuid4().int}"
+
+
+def write_dicom_series(
+    folder: str | os.PathLike,
+    data_or_volume,
+    *,
+    reference: Volume | None = None,
+    overwrite: bool = False,
+    modality: str = "CT",
+    description: str = "napari-tubular",
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+) -> Path:
+    """Write a 3-D volume as a DICOM series folder (one file per slice), keeping its geometry.
+
+    Each slice carries Image Position (Patient) and Image Orientation (Patient) from the volume's
+    origin and direction, Pixel Spacing and the slice spacing, so that :func:`read_volume` (or
+    any DICOM reader) puts every voxel where it was. Integer data whose values fit 16 bits are
+    stored exactly; float data (and wider integer ranges) as 16-bit integers with a Rescale
+    Slope / Intercept that spans their range (DICOM images hold integers: the values come back
+    within half a step of about ``(max - min) / 64000``).
+
+    Args:
+        folder: the series folder (created; it must not hold other files).
+        data_or_volume, reference: as :func:`write_volume`.
+        overwrite: replace a series this function wrote there before (otherwise
+            FileExistsError); a folder holding other files is refused either way.
+        modality: DICOM modality (0008,0060), e.g. "CT", "MR", "SEG"-like masks as "OT".
+        description: Series Description (0008,103E).
+        series_uid, study_uid: Series / Study Instance UIDs (new random UIDs by default).
+
+    Returns:
+        The folder written.
+    """
+    import shutil
+
+    import SimpleITK as sitk
+
+    p = Path(folder).expanduser()
+    vol = _as_volume(p, data_or_volume, reference)
+    if p.exists() and not p.is_dir():
+        raise VolumeIOError(f"{p}: exists and is not a folder; a DICOM series is a folder")
+    if p.is_dir() and any(p.iterdir()):
+        ours = [e for e in p.iterdir() if e.is_file() and e.name.startswith("IM_")
+                and e.suffix == ".dcm"]
+        if len(ours) != len(list(p.iterdir())):
+            raise VolumeIOError(f"{p}: the folder holds other files; write the series to a new "
+                                "or empty folder")
+        if not overwrite:
+            raise FileExistsError(
+                f"{p} already holds a DICOM series; pass overwrite=True (--overwrite) to replace it"
+            )
+    d = vol.direction
+    if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        raise VolumeIOError(f"{p}: DICOM cannot store a non-orthogonal direction matrix")
+    arr = np.ascontiguousarray(vol.data)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.dtype.kind in "iu" and arr.dtype.itemsize > 2 and arr.size:
+        lo_i, hi_i = int(arr.min()), int(arr.max())
+        if -32768 <= lo_i and hi_i <= 32767:
+            arr = arr.astype(np.int16)
+        elif 0 <= lo_i and hi_i <= 65535:
+            arr = arr.astype(np.uint16)
+    rescale = arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2
+    if rescale:  # GDCM quantises float data to the 16-bit integers these tags describe
+        arr = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
+        if not np.all(np.isfinite(arr)):
+            raise VolumeIOError(f"{p}: the volume holds NaN or infinite values; DICOM cannot")
+        lo, hi = float(arr.min()), float(arr.max())
+        intercept = (lo + hi) / 2
+        slope = (hi - lo) / 64000.0 if hi > lo else 1.0
+    img = _sitk_image(vol, arr)
+    dx = img.GetDirection()
+    iop = "\\".join(f"{v:.10g}" for v in (dx[0], dx[3], dx[6], dx[1], dx[4], dx[7]))
+    study, series = study_uid or _new_uid(), series_uid or _new_uid()
+    sop_class = _CT_IMAGE_STORAGE if modality.upper() == "CT" else _SECONDARY_CAPTURE
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    try:
+        for k in range(img.GetDepth()):
+            sl = img[:, :, k : k + 1]  # 3-D, so that its origin is this slice's position
+            ipp = "\\".join(f"{v:.10g}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
+            tags = {
+                "0008|0016": sop_class,
+                "0008|0018": _new_uid(),
+                "0008|0060": modality,
+                "0008|103e": description,
+                "0020|000d": study,
+                "0020|000e": series,
+                "0020|0011": "1",
+                "0020|0013": str(k + 1),
+                "0020|0032": ipp,
+                "0020|0037": iop,
+                "0018|0050": f"{vol.spacing[0]:.10g}",
+                "0018|0088": f"{vol.spacing[0]:.10g}",
+            }
+            if rescale:
+                tags.update({"0028|1052": f"{intercept!r}", "0028|1053": f"{slope!r}",
+                             "0028|0100": "16", "0028|0101": "16", "0028|0102": "15",
+                             "0028|0103": "1"})
+            for tag, value in tags.items():
+                sl.SetMetaData(tag, value)
+            writer.SetFileName(str(tmp / _DICOM_NAME.format(k + 1)))
+            writer.Execute(sl)
+        if p.exists():
+            shutil.rmtree(p)  # only our IM_*.dcm files (checked above)
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return p
 
 
 def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
@@ -919,28 +1070,7 @@ def write_volume(
 
     p = Path(path).expanduser()
     ext = _write_ext(p)
-    if isinstance(data_or_volume, Volume):
-        vol = data_or_volume
-        if reference is not None and not reference.same_geometry(vol):
-            raise ValueError(
-                f"write_volume({p}): both a Volume and a reference with different geometry "
-                "were given; pass an array with reference=, or the Volume alone"
-            )
-    else:
-        arr = np.asarray(data_or_volume)
-        if arr.ndim != 3:
-            raise ValueError(
-                f"write_volume({p}): data must be 3-D (z, y, x), got shape {arr.shape}"
-            )
-        if reference is not None:
-            if arr.shape != reference.shape:
-                raise ValueError(
-                    f"write_volume({p}): data shape {arr.shape} differs from the reference "
-                    f"shape {reference.shape}"
-                )
-            vol = reference.with_data(arr)
-        else:
-            vol = Volume(data=arr)
+    vol = _as_volume(p, data_or_volume, reference)
     if p.exists() and not overwrite:
         raise FileExistsError(
             f"{p} already exists; pass overwrite=True (--overwrite) to replace it"

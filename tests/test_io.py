@@ -19,6 +19,7 @@ from napari_tubular.io import (
     read_volume,
     volume_format,
     volume_stem,
+    write_dicom_series,
     write_volume,
 )
 
@@ -225,28 +226,49 @@ def test_write_errors(tmp_path):
 # DICOM
 # ---------------------------------------------------------------------------------------------
 def _write_dicom_series(folder: Path, vol: Volume, uid: str, prefix: str = "slice") -> None:
+    """The series written by write_dicom_series, its files renamed ``prefix_NNN.dcm`` into
+    ``folder`` (two series can share a folder)."""
+    tmp = folder.parent / f".{folder.name}_{prefix}"
+    write_dicom_series(tmp, vol, series_uid=uid, study_uid=uid + ".0")
     folder.mkdir(parents=True, exist_ok=True)
-    img = _sitk_image(vol)
-    d = img.GetDirection()
-    iop = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(img.GetDepth()):
-        sl = img[:, :, k : k + 1]  # keep it 3-D so its origin and direction are right
-        ipp = "\\".join(f"{v:.10f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": uid + ".0",
-            "0020|000e": uid,
-            "0020|0037": iop,
-            "0020|0032": ipp,
-            "0020|0013": str(k + 1),
-            "0008|0018": f"{uid}.{k + 1}",
-        }
-        for tag, value in tags.items():
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{prefix}_{k:03d}.dcm"))
-        writer.Execute(sl)
+    for k, f in enumerate(sorted(tmp.iterdir())):
+        f.rename(folder / f"{prefix}_{k:03d}.dcm")
+    tmp.rmdir()
+
+
+def test_dicom_writer_puts_every_slice_where_the_geometry_says(tmp_path):
+    """Checked file by file with SimpleITK's own reader (not read_volume): each slice's
+    position is the volume's affine at its index, its orientation the direction's columns;
+    ints are stored exactly, floats within half a rescale step; no silent overwrite."""
+    vol = _volume(np.int16)
+    folder = write_dicom_series(tmp_path / "out", vol, modality="MR", description="test")
+    files = sorted(folder.iterdir())
+    assert [f.name for f in files] == [f"IM_{k:05d}.dcm" for k in range(1, vol.shape[0] + 1)]
+    aff = vol.affine()
+    for k, f in enumerate(files):
+        sl = sitk.ReadImage(str(f))
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sl)[0], vol.data[k])
+        ipp = [float(v) for v in sl.GetMetaData("0020|0032").split("\\")]
+        np.testing.assert_allclose(ipp[::-1], (aff @ [k, 0, 0, 1.0])[:3], atol=1e-6)
+        assert sl.GetMetaData("0008|0060").strip() == "MR"
+    got = read_volume(folder)
+    np.testing.assert_array_equal(got.data, vol.data)
+    _assert_geometry(got, vol, atol=1e-6)
+    floats = vol.with_data(vol.data.astype(np.float32) / 7.0 - 3.0)
+    back = read_volume(write_dicom_series(tmp_path / "f", floats))
+    step = float(np.ptp(floats.data)) / 64000
+    np.testing.assert_allclose(back.data, floats.data, atol=0.51 * step)
+    with pytest.raises(FileExistsError, match="already holds a DICOM series"):
+        write_dicom_series(folder, vol)
+    write_dicom_series(folder, vol.with_data(vol.data[:, :, ::-1].copy()), overwrite=True)
+    assert len(list(folder.iterdir())) == len(files)
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(VolumeIOError, match="holds other files"):
+        write_dicom_series(folder, vol, overwrite=True)
+    nan = floats.with_data(np.where(floats.data > 0, np.nan, floats.data).astype(np.float32))
+    with pytest.raises(VolumeIOError, match="NaN"):
+        write_dicom_series(tmp_path / "nan", nan)
+    assert not (tmp_path / "nan").exists()
 
 
 def test_dicom_series_round_trip(tmp_path):
