@@ -253,3 +253,35 @@ def test_batch_against_a_synth_folder_uses_its_labels(tmp_path, capsys):
     assert len(rows) == 2
     assert "case_000_label.nii.gz" in rows[1]
     assert float(rows[1].split(",")[3]) == pytest.approx(compute_metrics(pred, ref, SPACING)["dice"])
+
+
+def test_without_reference_the_self_check_reports_loops_and_small_components(tmp_path, capsys):
+    """``evaluate PRED`` alone: a torus (b1 = 1, one loop site) beside a small ball (a small
+    component) in a 48-mm field; JSON, error volume and sites written with the file's grid."""
+    from .topology.shapes import torus
+
+    shape = (16, 40, 40)
+    m = torus(shape, center=(8, 18, 18), major=9.0, minor=3.0)
+    m |= ball(shape, (8, 36, 36), 1.6)
+    pred = write(tmp_path / "p.nii.gz", m.astype(np.uint8))
+    out = tmp_path / "sc.json"
+    assert main(["evaluate", str(pred), "--json", str(out), "--errors",
+                 str(tmp_path / "e.nii.gz"), "--sites", str(tmp_path / "s.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "self-check" in text
+    assert "betti (b0,b1,b2) (2, 1, 0)" in text
+    got = json.loads(out.read_text())
+    assert got["betti"] == [2, 1, 0]
+    assert got["site_counts"]["loop"] == 1
+    assert got["site_counts"]["small component"] == 1
+    assert got["components"][0]["size_vox"] > got["components"][1]["size_vox"]
+    assert got["volume_ml"] == pytest.approx(m.sum() * np.prod(SPACING) / 1000)
+    errors = read_volume(tmp_path / "e.nii.gz")
+    assert errors.spacing == SPACING
+    assert errors.data.any()
+    assert (tmp_path / "s.csv").read_text().count("\n") == 1 + len(got["sites"])
+    # the outputs are not replaced without --overwrite; --csv needs a reference
+    assert main(["evaluate", str(pred), "--json", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["evaluate", str(pred), "--csv", str(tmp_path / "c.csv")]) == 2
+    assert "--csv is for comparisons" in capsys.readouterr().err

@@ -48,7 +48,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         ),
     )
     p.add_argument("pred", type=Path, help="predicted mask/labels volume, or a folder of them")
-    p.add_argument("ref", type=Path, help="reference mask/labels volume, or a folder of them")
+    p.add_argument("ref", type=Path, nargs="?",
+                   help="reference mask/labels volume, or a folder of them; without it, the "
+                   "reference-free self-check of PRED: components by size, small isolated "
+                   "components, loops (b1) and possible breaks, with --json/--errors/--sites")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
     p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
     p.add_argument(
@@ -425,9 +428,67 @@ def _run_batch(args) -> int:
     return 1 if failed else 0
 
 
+def _run_self_check(args) -> int:
+    """``evaluate PRED`` with no reference: the review a clinician does without one."""
+    from ..io import list_volumes, read_volume, write_volume
+    from ..topology import binarize, hard_skeleton, self_check
+
+    if args.pred.is_dir() and list_volumes(args.pred):
+        raise ValueError(f"{args.pred} is a folder of volumes: the self-check (no REF) takes "
+                         "one volume; give a reference folder for batch mode")
+    if args.csv is not None:
+        raise ValueError("--csv is for comparisons with a reference; use --json or --sites")
+    _check_outputs(args, batch=False)
+    pv = read_volume(args.pred)
+    data = pv.data > args.threshold if args.threshold is not None else pv.data
+    mask = binarize(data, f"prediction {args.pred.name}")
+    skeleton = hard_skeleton(mask, pv.spacing)
+    report = self_check(mask, pv.spacing, skeleton=skeleton)
+    betti = report.summary["betti"]
+    voxel_ml = float(np.prod(pv.spacing)) / 1000.0
+    print(f"prediction: {args.pred} (no reference: self-check)\nspacing:    {tuple(pv.spacing)} mm")
+    print(f"  volume           {np.count_nonzero(mask) * voxel_ml:.4f} mL")
+    print(f"  betti (b0,b1,b2) ({betti[0]}, {betti[1]}, {betti[2]})")
+    print(f"  components       {len(report.components)} (largest first):")
+    for c in report.components[:10]:
+        print(f"    #{c.id:<3} {c.volume_ml:9.4f} mL  centerline {c.length_mm:7.1f} mm")
+    if len(report.components) > 10:
+        print(f"    ... {len(report.components) - 10} more")
+    counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
+    print(f"review sites: {counts}")
+    rows = report.to_rows(pv.affine())
+    for site, row in zip(report.sites[:10], rows[:10]):
+        z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
+        k, j, i = site.anchor_vox
+        print(f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<28} at ({z:.1f}, {y:.1f}, "
+              f"{x:.1f}) [{k}, {j}, {i}]")
+    if len(report.sites) > 10:
+        print(f"  ... {len(report.sites) - 10} more")
+    if args.errors is not None:
+        write_volume(args.errors, report.labels, reference=pv, overwrite=args.overwrite)
+        print(f"wrote {args.errors}")
+    if args.sites is not None:
+        report.to_csv(args.sites, overwrite=args.overwrite, affine=pv.affine())
+        print(f"wrote {args.sites}")
+    if args.json is not None:
+        _write_json(args.json, {
+            "pred": str(args.pred), "spacing_mm": list(pv.spacing),
+            "volume_ml": float(np.count_nonzero(mask) * voxel_ml), "betti": list(betti),
+            "components": [{"id": c.id, "size_vox": c.size_vox, "volume_ml": c.volume_ml,
+                            "length_mm": c.length_mm} for c in report.components],
+            "site_counts": report.summary["counts"], "sites": rows,
+        })
+        print(f"wrote {args.json}")
+    return 0
+
+
 def run(args) -> int:
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
+    if args.ref is None:
+        if not args.pred.exists():
+            raise FileNotFoundError(f"prediction not found: {args.pred}")
+        return _run_self_check(args)
     for path, what in ((args.pred, "prediction"), (args.ref, "reference")):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")
