@@ -478,6 +478,39 @@ def _nifti_header(path: Path, gz: bool):
     return offset, dtype, shape
 
 
+def _nifti_sform_geometry(path: Path, spacing, origin, direction, digits):
+    """The geometry of a NIfTI file whose sform (and no qform) disagrees with its pixdim.
+
+    The NIfTI standard maps voxels to the world through the sform alone when only it is set
+    (method 3), but ITK takes the spacing from pixdim (it prints "unexpected scales in sform"):
+    a file whose pixdim was not updated read at the wrong spacing, every voxel misplaced, in an
+    outside audit. Returns ``(spacing, origin, direction)`` in (z, y, x) from the sform, or None
+    when ITK's reading agrees with it (or there is no such sform, or it is sheared).
+    """
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(path)).header
+        if int(hdr["sform_code"]) <= 0 or int(hdr["qform_code"]) > 0:
+            return None
+        a = np.asarray(hdr.get_sform(), dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):  # the reader proper reports bad headers
+        return None
+    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
+    m, t = lps @ a[:3, :3], lps @ a[:3, 3]
+    sp_xyz = np.linalg.norm(m, axis=0)
+    if not np.all(sp_xyz > 0):
+        return None
+    d_xyz = m / sp_xyz
+    if not np.allclose(d_xyz.T @ d_xyz, np.eye(3), atol=1e-4):
+        return None  # sheared: left to ITK (which warns)
+    new_spacing = tuple(_clean(v, digits) for v in sp_xyz[::-1])
+    if np.allclose(new_spacing, spacing, rtol=1e-4, atol=1e-6):
+        return None
+    new_origin = tuple(_clean(v, digits) for v in t[::-1])
+    return new_spacing, new_origin, d_xyz[::-1, ::-1].copy()
+
+
 def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
     """Check a NIfTI file's header and data length and find NaN / infinite voxels without
     SimpleITK (whose NIfTI reader turns both into 0).
@@ -849,6 +882,17 @@ def read_volume(
     # NIfTI: float32 fields; DICOM: decimal strings and spacing derived from slice positions.
     digits = None if nifti else (9 if dicom else 15)
     spacing, origin, direction = _sitk_geometry(img, digits)
+    if nifti:
+        sform = _nifti_sform_geometry(p, spacing, origin, direction, digits)
+        if sform is not None:
+            warnings.warn(
+                f"{p}: the NIfTI header's pixdim (spacing {spacing}) disagrees with its sform "
+                f"(spacing {sform[0]}), and there is no qform: the geometry is taken from the "
+                "sform, as the NIfTI standard says",
+                UserWarning,
+                stacklevel=2,
+            )
+            spacing, origin, direction = sform
     arr = sitk.GetArrayFromImage(img)
     if arr.dtype.kind == "f":
         nan_mask = ~np.isfinite(arr)

@@ -122,6 +122,39 @@ def test_zyx_order_against_simpleitk(tmp_path, ext, flip):
     np.testing.assert_allclose(img2.GetDirection(), img.GetDirection(), atol=1e-6)
 
 
+@pytest.mark.parametrize("rotate", [False, True])
+def test_sform_only_nifti_with_stale_pixdim_follows_the_sform(tmp_path, rotate):
+    """A NIfTI with an sform (and no qform) whose pixdim was never updated: ITK read spacing 1
+    from pixdim (an outside audit: voxels 4.5 mm off); every voxel now lands where nibabel's
+    affine puts it (RAS -> LPS), with a warning. A consistent file gives no warning."""
+    nib = pytest.importorskip("nibabel")
+    xyz = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    a = np.diag([3.0, 2.0, 1.0, 1.0])
+    a[:3, 3] = (10.0, -5.0, 7.0)
+    if rotate:
+        c, s_ = np.cos(0.4), np.sin(0.4)
+        a[:3, :3] = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]]) @ a[:3, :3]
+    img = nib.Nifti1Image(xyz, None)
+    img.set_sform(a, code=1)
+    img.set_qform(None, code=0)
+    assert np.allclose(img.header["pixdim"][1:4], 1.0)  # stale
+    path = tmp_path / "sform.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(UserWarning, match="pixdim .* disagrees with its sform"):
+        vol = read_volume(path)
+    np.testing.assert_allclose(vol.spacing, (1.0, 2.0, 3.0), atol=1e-5)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    aff = vol.affine()
+    for i, j, k in [(0, 0, 0), (3, 0, 0), (0, 4, 0), (0, 0, 5), (2, 3, 4)]:
+        ras = a @ [i, j, k, 1.0]
+        np.testing.assert_allclose((aff @ [k, j, i, 1.0])[:3], (lps @ ras[:3])[::-1], atol=1e-4)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(xyz, a), str(good))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_allclose(read_volume(good).affine(), aff, atol=1e-4)
+
+
 def test_zyx_order_against_nibabel(tmp_path):
     """A file written by nibabel (array (x, y, z)) reads as (z, y, x) with NaN where it was."""
     nib = pytest.importorskip("nibabel")
