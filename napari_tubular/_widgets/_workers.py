@@ -191,8 +191,47 @@ def start_job(
     if sync:
         worker.run()
     else:
+        _watch_at_exit(job)
         worker.start()
     return job
+
+
+# jobs started in threads, for the wait at interpreter exit
+_THREADED_JOBS: list[Job] = []
+_EXIT_HOOK = [False]
+#: how long the interpreter waits at exit for jobs still running (ms)
+EXIT_WAIT_MS = 120_000
+
+
+def _watch_at_exit(job: Job) -> None:
+    """Keep ``job`` for :func:`_wait_for_jobs` (registered with ``atexit`` once)."""
+    _THREADED_JOBS[:] = [j for j in _THREADED_JOBS if not j.done]
+    _THREADED_JOBS.append(job)
+    if not _EXIT_HOOK[0]:
+        import atexit
+
+        atexit.register(_wait_for_jobs)
+        _EXIT_HOOK[0] = True
+
+
+def _wait_for_jobs() -> None:
+    """At interpreter exit: cancel the jobs still running and wait for their threads.
+
+    A script (or test) that closed the viewer while a job ran (the device detection started by
+    the Segment panel imports torch for seconds) ended with Qt aborting the process (exit 134):
+    the worker emitted its ``finished`` signal into objects that the interpreter's teardown had
+    deleted (an outside audit).
+    """
+    if not any(not j.done for j in _THREADED_JOBS):
+        return
+    for job in _THREADED_JOBS:
+        job.token.set()
+    try:
+        from qtpy.QtCore import QThreadPool
+
+        QThreadPool.globalInstance().waitForDone(EXIT_WAIT_MS)
+    except RuntimeError:  # the pool is gone already: nothing left to wait for
+        pass
 
 
 class Debouncer(QObject):

@@ -369,7 +369,7 @@ class SegmentWidget(QWidget):
     def refresh_device_info(self) -> None:
         """Show the detected GPU (name, free memory); computed in a worker (imports torch)."""
         self.device_label.setText("detecting devices...")
-        start_job(
+        self._device_job = start_job(
             device_summary,
             sync=self.sync,
             what="Device detection",

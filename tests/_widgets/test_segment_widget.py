@@ -539,3 +539,29 @@ def test_overlays_show_what_segment_writes(seg):
     skeleton.visible = True  # the user's choice survives a slider move
     widget.tr_slider.setValue(0.55)
     assert skeleton.visible
+
+
+def test_closing_the_viewer_while_a_job_runs_does_not_abort_the_process(tmp_path):
+    """An audit: a script that opened the Segment panel and closed the viewer at once (its
+    device detection still importing torch in a thread) ended in a Qt abort, exit 134, when the
+    worker signalled into objects the interpreter's teardown had deleted. Jobs still running at
+    exit are now cancelled and waited for."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "close_at_once.py"
+    script.write_text(
+        "import napari\n"
+        "from napari_tubular._widgets.segment import SegmentWidget\n"
+        "v = napari.Viewer(show=False)\n"
+        "w = SegmentWidget(v)\n"
+        "assert not w._device_job.done\n"  # the detection is still running when the viewer closes
+        "v.close()\n"
+        "print('closed')\n"
+    )
+    env = {**os.environ, "NAPARI_TUBULAR_SYNC": "0"}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, env=env, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "closed" in res.stdout
