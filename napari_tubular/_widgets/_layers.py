@@ -68,10 +68,37 @@ def spacing_of(layer: Any) -> tuple[float, float, float]:
 
 
 def layer_affine(layer: Any) -> np.ndarray:
-    """The 4x4 ``affine`` of a 3-D layer (identity when napari has none for it)."""
+    """The 4x4 affine that, after the layer's ``scale`` and ``translate``, places it in the world.
+
+    napari places a voxel ``x`` at ``affine @ (translate + rotate @ shear @ (scale * x))``. The
+    widgets give their result layers the source's ``scale``, ``translate`` and this matrix, so a
+    ``rotate`` or ``shear`` of the source is folded into it (an audit: results of a rotated
+    layer came out unrotated, beside their source): ``affine @ M`` with ``M`` the rotation and
+    shear about ``translate``. Identity when the layer has none of them.
+    """
     aff = getattr(getattr(layer, "affine", None), "affine_matrix", None)
     aff = np.eye(4) if aff is None else np.asarray(aff, dtype=float)
-    return aff[-4:, -4:] if aff.shape[0] >= 4 else np.eye(4)
+    aff = aff[-4:, -4:] if aff.shape[0] >= 4 else np.eye(4)
+    rs = _rotate_shear(layer)
+    if rs is None:
+        return aff
+    t = np.asarray(layer.translate, dtype=float)[-3:]
+    m = np.eye(4)
+    m[:3, :3] = rs
+    m[:3, 3] = t - rs @ t
+    return aff @ m
+
+
+def _rotate_shear(layer: Any) -> np.ndarray | None:
+    """The 3x3 ``rotate @ shear`` of a 3-D layer, or None when it is the identity."""
+    rotate, shear = getattr(layer, "rotate", None), getattr(layer, "shear", None)
+    if rotate is None or getattr(layer, "ndim", 3) != 3:
+        return None
+    from napari.utils.transforms import CompositeAffine
+
+    rs = np.asarray(CompositeAffine(rotate=np.asarray(rotate), shear=np.asarray(shear),
+                                    ndim=3).linear_matrix, dtype=float)
+    return None if np.allclose(rs, np.eye(3), atol=1e-12) else rs
 
 
 def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
@@ -180,8 +207,10 @@ def upsert_layer(
             pass
         if "source_path" in src.metadata:
             metadata["source_path"] = src.metadata["source_path"]
-        if "affine" not in kwargs and not np.allclose(src.affine.affine_matrix, np.eye(4)):
-            kwargs["affine"] = np.asarray(src.affine.affine_matrix)
+        if "affine" not in kwargs:
+            src_affine = layer_affine(src)  # with the source's rotate / shear folded in
+            if not np.allclose(src_affine, np.eye(4)):
+                kwargs["affine"] = src_affine
     if layer is not None and layer._type_string == layer_type:
         if src is not None:
             # the record follows the source's grid now (another spacing, origin or file than

@@ -130,12 +130,25 @@ def start_job(
         The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
     """
     token = token or CancelToken()
-    worker = create_worker(func, _start_thread=False, _ignore_errors=True)
+    # the worker keeps its function (a closure over the widget) after it has run: it calls it
+    # through ``held``, emptied when the job has finished (see ``callbacks`` below)
+    held = [func]
+
+    def _run() -> Any:
+        return held[0]()
+
+    worker = create_worker(_run, _start_thread=False, _ignore_errors=True)
     job = Job(worker, token)
 
     gone = [False]  # the owner widget was destroyed
+    # the callbacks (bound methods of the widget), dropped when the job has finished: Qt keeps
+    # the worker's signal connections, and through them these closures, so a widget whose job
+    # had run was never freed after its panel closed (an audit: its prediction and model stayed)
+    callbacks = {"returned": on_returned, "error": on_error, "cancelled": on_cancelled,
+                 "finished": on_finished}
 
-    def _call(callback, *args) -> None:
+    def _call(name: str, *args) -> None:
+        callback = callbacks.get(name)
         if callback is None or gone[0]:
             return
         try:
@@ -145,38 +158,45 @@ def start_job(
                 gone[0] = True
                 token.set()
                 return
-            _callback_failed(callback, exc)
+            _callback_failed(name, exc)
         except Exception as exc:  # noqa: BLE001 - shown to the user, not only on the console
-            _callback_failed(callback, exc)
+            _callback_failed(name, exc)
 
-    def _callback_failed(callback, exc: BaseException) -> None:
+    def _callback_failed(name: str, exc: BaseException) -> None:
         """A failure while showing a result: said to the user like a failure of the job
         (an audit: it only reached the console and left the widget half-updated)."""
         report_error(what, exc)
-        if callback is not on_error and on_error is not None:
+        on_err = callbacks.get("error")
+        if name != "error" and on_err is not None:
             try:
-                on_error(exc)
+                on_err(exc)
             except Exception:  # noqa: BLE001 - the user was told above; keep the trace
                 _log.exception("%s: the error callback failed too", what)
 
     def _returned(result: Any) -> None:
         if token():
-            _call(on_cancelled)
+            _call("cancelled")
             return
-        _call(on_returned, result)
+        _call("returned", result)
 
     def _errored(exc: BaseException) -> None:
         if is_cancelled_error(exc) or token():
             if not gone[0]:
                 show_info(f"{what} cancelled.")
-            _call(on_cancelled)
+            _call("cancelled")
             return
         report_error(what, exc)
-        _call(on_error, exc)
+        _call("error", exc)
 
     def _finished() -> None:
         job.done = True
-        _call(on_finished)
+        try:
+            _call("finished")
+        finally:
+            callbacks.clear()
+            held.clear()
+            if job in _THREADED_JOBS:
+                _THREADED_JOBS.remove(job)
 
     if owner is not None and hasattr(owner, "destroyed"):
         def _owner_gone(*_: Any) -> None:
@@ -234,21 +254,38 @@ def _wait_for_jobs() -> None:
         pass
 
 
+def _weak_callable(callback: Callable[[], None]) -> Callable[[], Callable[[], None] | None]:
+    """A function returning ``callback``, holding a bound method only weakly."""
+    import weakref
+
+    if getattr(callback, "__self__", None) is not None:
+        return weakref.WeakMethod(callback)  # type: ignore[arg-type]
+    return lambda: callback
+
+
 class Debouncer(QObject):
     """Call ``callback`` once, ``delay_ms`` after the last :meth:`trigger` (immediately if sync)."""
 
     def __init__(self, callback: Callable[[], None], delay_ms: int = 150, sync: bool = False):
         super().__init__()
-        self._callback = callback
+        # a bound method is held weakly: the widget owns its debouncer, and a strong reference
+        # back (through Qt's timer connection, which the garbage collector cannot see) kept every
+        # closed panel alive (an audit)
+        self._callback = _weak_callable(callback)
         self.sync = sync
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(delay_ms)
-        self._timer.timeout.connect(callback)
+        self._timer.timeout.connect(self._fire)
+
+    def _fire(self) -> None:
+        callback = self._callback()
+        if callback is not None:
+            callback()
 
     def trigger(self) -> None:
         if self.sync:
-            self._callback()
+            self._fire()
         else:
             self._timer.start()
 

@@ -302,12 +302,18 @@ class TopologyReviewWidget(QWidget):
                 pass
         self._watched = []
         self.stale = False
+        import weakref
+
+        # the layer's event holds this function: a weak reference to the panel, so that a closed
+        # panel is freed (an audit: the closure kept every reviewed panel alive)
+        me = weakref.ref(self)
         for layer in layers:
             def changed(_event=None, name=layer.name):
-                if not self.stale:
-                    self.stale = True
-                    self.status.setText(f"out of date: {name!r} changed since this review; "
-                                        "press Compute again")
+                panel = me()
+                if panel is not None and not panel.stale:
+                    panel.stale = True
+                    panel.status.setText(f"out of date: {name!r} changed since this review; "
+                                         "press Compute again")
             layer.events.data.connect(changed)
             self._watched.append((layer, changed))
 

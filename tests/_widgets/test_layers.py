@@ -214,6 +214,39 @@ def test_results_on_an_oblique_volume_keep_its_direction(make_napari_viewer, tmp
     np.testing.assert_allclose(volume_from_layer(image).direction, direction)
 
 
+@pytest.mark.parametrize("placement", [{"rotate": 30}, {"rotate": (10, 20, 30)},
+                                       {"shear": (0.1, 0.2, 0.3), "rotate": 15}])
+def test_results_of_a_rotated_or_sheared_layer_overlay_it(make_napari_viewer, placement):
+    """An audit: results took the source's scale, translate and affine but not its rotate, so
+    they sat beside a rotated source. Every voxel of a result now lands where the source's
+    does, and a rotated layer's volume has the rotated direction."""
+    from napari_tubular._widgets._layers import layer_affine
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=SPACING,
+                             translate=TRANSLATE, **placement)
+    labels = upsert_layer(viewer, "labels", np.ones((4, 5, 6), np.uint8), owner="w",
+                          role="labels", source=image.name, name="res", scale=image.scale,
+                          translate=image.translate)
+    for voxel in [(0, 0, 0), (3, 4, 5), (1, 2, 3), (3, 0, 5)]:
+        np.testing.assert_allclose(labels.data_to_world(voxel), image.data_to_world(voxel),
+                                   atol=1e-9)
+    # explicit kwargs (the widgets' way) give the same placement
+    again = viewer.add_labels(np.ones((4, 5, 6), np.uint8), scale=image.scale,
+                              translate=image.translate, affine=layer_affine(image))
+    np.testing.assert_allclose(again.data_to_world((3, 4, 5)), image.data_to_world((3, 4, 5)),
+                               atol=1e-9)
+    if "shear" not in placement:
+        vol = volume_from_layer(image)
+        aff = vol.affine()
+        for voxel in [(0, 0, 0), (3, 4, 5)]:
+            np.testing.assert_allclose((aff @ [*voxel, 1.0])[:3], image.data_to_world(voxel),
+                                       atol=1e-9)
+    else:
+        with pytest.raises(ValueError, match="not a rotation"):
+            volume_from_layer(image)
+
+
 def test_picker_starts_on_the_selected_layer(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2, 2, 2)), name="first")
