@@ -184,6 +184,8 @@ def _as_image(volume, spacing):
             f"the volume has a single voxel along {axis} (shape {data.shape}): that is a 2-D "
             "image; napari-tubular segments 3-D volumes"
         )
+    if data.dtype == bool:  # a binary image (a napari layer can hold one): 0 / 1
+        data = data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
     try:

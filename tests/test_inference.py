@@ -720,3 +720,14 @@ def test_a_model_with_a_small_window_says_segmenting_is_slow(tiny_model_file):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         predict(big[:20, :20, :20], model=tiny_model_file, device="cpu")
+
+
+def test_a_binary_image_is_segmented_as_0_and_1(tiny_model_file):
+    """A napari layer can hold a bool image; it was refused ("must hold real numbers")."""
+    from napari_tubular.inference import predict
+
+    mask = np.zeros((20, 20, 20), bool)
+    mask[:, 8:12, 8:12] = True
+    a = predict(mask, model=tiny_model_file, device="cpu")
+    b = predict(mask.astype(np.uint8), model=tiny_model_file, device="cpu")
+    np.testing.assert_array_equal(a.probability, b.probability)

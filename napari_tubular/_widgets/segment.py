@@ -692,7 +692,8 @@ class SegmentWidget(QWidget):
         )
         tp, tr = thresholds
         text = (
-            f"T_p={tp:.2f} T_r={tr:.2f}: {int(np.count_nonzero(result.labels))} voxels, "
+            f"{self._source}: T_p={tp:.2f} T_r={tr:.2f}: "
+            f"{int(np.count_nonzero(result.labels))} voxels, "
             f"{result.n_seeds} spheres"
         )
         gone = [r for r in ("labels", "spheres", "skeleton") if r in self._dismissed]

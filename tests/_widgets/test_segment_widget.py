@@ -222,6 +222,7 @@ def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
     assert _owned(viewer, "skeleton") is None
     assert not np.array_equal(labels.data, before)  # the kept layer follows the sliders
     assert "spheres, skeleton layer deleted: Run again" in widget.metrics_label.text()
+    assert widget.metrics_label.text().startswith("ct: T_p=")  # names the image it refines
     # a deleted image of another widget or input does not count
     viewer.add_image(np.zeros((4, 4, 4)), name="other")
     viewer.layers.remove("other")
