@@ -650,9 +650,9 @@ def test_uniform_volume_faces_are_not_vessels():
     phantom background) must not come out as vessel (without the margin a 64^3 40 HU volume had
     7,302 voxels with probability > 0.5 within 2 voxels of its faces). Here the faces are flat
     and the inside has 0.5 HU of noise (so the image is not constant): without the margin 854
-    face voxels came out above 0.5 (stage 10), with it none (highest 0.20); the shipped stage 13
-    has 6 (highest 0.57; a session-10 candidate that was not shipped had 1,611), which the
-    speck filter removes: ``segment`` labels nothing."""
+    face voxels came out above 0.5 (stage 10), with it none (highest 0.20); stage 13 had 6
+    (highest 0.57; a session-10 candidate that was not shipped had 1,611), the shipped stage 14
+    none (highest 0.14); the speck filter removes a few: ``segment`` labels nothing."""
     from napari_tubular.inference import segment
 
     vol = np.full((64, 64, 64), 40.0, np.float32)
