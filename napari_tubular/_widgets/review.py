@@ -101,9 +101,12 @@ class TopologyReviewWidget(QWidget):
         layout = scrollable_layout(self)
         box = QGroupBox("Inputs")
         form = QFormLayout(box)
-        self.pred_picker = LayerPicker(self.viewer, ["labels"])
+        # its own error layer is never an input (it was chosen as the prediction after a run,
+        # where a second Compute would have reviewed the error map)
+        self.pred_picker = LayerPicker(self.viewer, ["labels"], exclude_owner=OWNER)
         self.ref_picker = LayerPicker(
-            self.viewer, ["labels"], allow_none=True, none_text="(none: self-check)"
+            self.viewer, ["labels"], allow_none=True, none_text="(none: self-check)",
+            exclude_owner=OWNER,
         )
         form.addRow("prediction", self.pred_picker)
         form.addRow("reference", self.ref_picker)

@@ -58,6 +58,9 @@ def test_all_maps_have_the_layer_geometry(tube_viewer):
     assert np.all(widget.maps["signed"][~mask] > 0)
     assert widget.maps["skeleton"][~mask].sum() == 0
     assert widget.maps["skeleton"].sum() > 0
+    skeleton_layer = next(ly for ly in viewer.layers
+                          if ly.metadata.get("napari_tubular_role") == "skeleton")
+    assert skeleton_layer not in widget.labels_picker.candidates()  # its own output: no input
     soft = widget.maps["soft_skeleton"]
     assert 0 <= soft.min()
     assert soft.max() <= 1

@@ -56,6 +56,15 @@ def test_error_map_layer_and_metrics(review):
     assert widget.table.rowCount() == len(widget.table_rows())
     assert widget.sites_list.count() == len(widget.report.sites) > 0
     assert widget.legend.count() == 2 * len(ERROR_CLASSES)
+    # its own error layer is no input: not offered, and the inputs stay as chosen, also when
+    # the panel is shown again with the error layer selected (the screenshots showed the
+    # error layer as the prediction after a run)
+    assert layer not in widget.pred_picker.candidates()
+    assert layer not in widget.ref_picker.candidates()
+    viewer.layers.selection.active = layer
+    widget.hide()
+    widget.show()
+    assert widget.pred_picker.layer() is viewer.layers["prediction"]
 
 
 def test_sites_list_world_millimetres(review):
