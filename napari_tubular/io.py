@@ -22,7 +22,6 @@ import os
 import uuid
 import warnings
 import zlib
-from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,7 +437,7 @@ def _nifti_header(path: Path, gz: bool):
     """Parse a NIfTI-1 header with nibabel from the open stream (any file-name case).
 
     Returns:
-        (data offset in bytes, on-disk dtype, shape (x, y, z, ...)).
+        (data offset in bytes, on-disk dtype, shape (x, y, z, ...), the nibabel header).
     """
     import nibabel as nib
     from nibabel.fileholders import FileHolder
@@ -475,27 +474,22 @@ def _nifti_header(path: Path, gz: bool):
         if isinstance(exc, VolumeIOError):
             raise
         raise VolumeIOError(f"{path}: corrupt or unreadable NIfTI header ({exc})") from exc
-    return offset, dtype, shape
+    return offset, dtype, shape, img.header
 
 
-def _nifti_sform_geometry(path: Path, spacing, origin, direction, digits):
+def _nifti_sform_geometry(header, spacing, digits):
     """The geometry of a NIfTI file whose sform (and no qform) disagrees with its pixdim.
 
     The NIfTI standard maps voxels to the world through the sform alone when only it is set
     (method 3), but ITK takes the spacing from pixdim (it prints "unexpected scales in sform"):
     a file whose pixdim was not updated read at the wrong spacing, every voxel misplaced, in an
-    outside audit. Returns ``(spacing, origin, direction)`` in (z, y, x) from the sform, or None
-    when ITK's reading agrees with it (or there is no such sform, or it is sheared).
+    outside audit. ``header``: the nibabel header :func:`_nifti_check` parsed; ``spacing``: ITK's
+    reading. Returns ``(spacing, origin, direction)`` in (z, y, x) from the sform, or None when
+    ITK's reading agrees with it (or there is no such sform, or it is sheared).
     """
-    import nibabel as nib
-
-    try:
-        hdr = nib.load(str(path)).header
-        if int(hdr["sform_code"]) <= 0 or int(hdr["qform_code"]) > 0:
-            return None
-        a = np.asarray(hdr.get_sform(), dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError):  # the reader proper reports bad headers
+    if int(header["sform_code"]) <= 0 or int(header["qform_code"]) > 0:
         return None
+    a = np.asarray(header.get_sform(), dtype=np.float64)
     lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
     m, t = lps @ a[:3, :3], lps @ a[:3, 3]
     sp_xyz = np.linalg.norm(m, axis=0)
@@ -511,7 +505,7 @@ def _nifti_sform_geometry(path: Path, spacing, origin, direction, digits):
     return new_spacing, new_origin, d_xyz[::-1, ::-1].copy()
 
 
-def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
+def _nifti_check(path: Path, gz: bool):
     """Check a NIfTI file's header and data length and find NaN / infinite voxels without
     SimpleITK (whose NIfTI reader turns both into 0).
 
@@ -519,10 +513,11 @@ def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
     the header announces is an error.
 
     Returns:
-        bool mask of NaN or infinite voxels, shape (Z, Y, X) (SimpleITK's array order), or None
-        when there are none (or the data type cannot hold them).
+        ``(mask, header)``: bool mask of NaN or infinite voxels, shape (Z, Y, X) (SimpleITK's
+        array order), or None when there are none (or the data type cannot hold them); the
+        nibabel header.
     """
-    offset, dtype, shape = _nifti_header(path, gz)
+    offset, dtype, shape, header = _nifti_header(path, gz)
     n_vox = int(np.prod(shape, dtype=np.int64))
     n_bytes = n_vox * dtype.itemsize
     need = offset + n_bytes
@@ -560,9 +555,9 @@ def _nifti_check(path: Path, gz: bool) -> np.ndarray | None:
             f"(header: shape {shape}, {dtype})"
         )
     if mask is None or len(shape) < 3 or int(np.prod(shape[3:], dtype=np.int64)) != 1:
-        return None  # no NaN; or not one 3-D volume, which the reader refuses anyway
+        return None, header  # no NaN; or not one 3-D volume, which the reader refuses anyway
     # NIfTI stores x fastest: the flat order is C order of the reversed shape, i.e. (z, y, x).
-    return mask.reshape(shape[:3][::-1])
+    return mask.reshape(shape[:3][::-1]), header
 
 
 def _apply_nan_policy(
@@ -775,11 +770,12 @@ def _read_dicom(path: Path, only_file: Path | None = None):
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the position check
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         raise VolumeIOError(f"{path}: cannot read DICOM series {sid}: {exc}") from exc
-    _check_slice_positions(path, files, img)
+    _check_slice_positions(path, reader, len(files), img)
     return img
 
 
@@ -787,26 +783,23 @@ def _read_dicom(path: Path, only_file: Path | None = None):
 SLICE_STEP_TOLERANCE = 0.1
 
 
-def _check_slice_positions(path: Path, files: Sequence[str], img) -> None:
+def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
     """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
 
     SimpleITK reads such a series with one averaged z spacing (and only prints "Non uniform
     sampling" on stderr), so every slice after a missing one would sit at the wrong position.
-    The positions come from each file's Image Position (Patient) tag (0020|0032).
+    The positions come from each slice's Image Position (Patient) tag (0020|0032), as the
+    series ``reader`` (with its metadata dictionary array on) read them.
     """
-    import SimpleITK as sitk
-
-    if len(files) < 3:
+    if n_slices < 3:
         return
     normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     pos = []
-    r = sitk.ImageFileReader()
-    for f in files:
-        r.SetFileName(str(f))
+    for k in range(n_slices):
         try:
-            r.ReadImageInformation()
-            vals = [float(v) for v in r.GetMetaData("0020|0032").replace(",", "\\").split("\\")]
-        except (RuntimeError, ValueError):
+            ipp = reader.GetMetaData(k, "0020|0032")
+            vals = [float(v) for v in ipp.replace(",", "\\").split("\\")]
+        except (RuntimeError, ValueError, IndexError):
             return  # no usable positions: nothing to check against
         if len(vals) != 3:
             return
@@ -858,7 +851,7 @@ def read_volume(
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
     nifti = False
-    nifti_nan_mask = None
+    nifti_nan_mask = nifti_header = None
     dicom = p.is_dir()
     if dicom:
         img = _read_dicom(p)
@@ -872,7 +865,7 @@ def read_volume(
         else:
             if ext in (".nii", ".nii.gz"):
                 nifti = True
-                nifti_nan_mask = _nifti_check(p, gz=ext == ".nii.gz")
+                nifti_nan_mask, nifti_header = _nifti_check(p, gz=ext == ".nii.gz")
             elif ext in (".mha", ".mhd"):
                 _metaimage_check(p)
             elif ext == ".nhdr":
@@ -883,7 +876,7 @@ def read_volume(
     digits = None if nifti else (9 if dicom else 15)
     spacing, origin, direction = _sitk_geometry(img, digits)
     if nifti:
-        sform = _nifti_sform_geometry(p, spacing, origin, direction, digits)
+        sform = _nifti_sform_geometry(nifti_header, spacing, digits)
         if sform is not None:
             warnings.warn(
                 f"{p}: the NIfTI header's pixdim (spacing {spacing}) disagrees with its sform "
@@ -995,10 +988,10 @@ def write_dicom_series(
     vol = _as_volume(p, data_or_volume, reference)
     if p.exists() and not p.is_dir():
         raise VolumeIOError(f"{p}: exists and is not a folder; a DICOM series is a folder")
-    if p.is_dir() and any(p.iterdir()):
-        ours = [e for e in p.iterdir() if e.is_file() and e.name.startswith("IM_")
-                and e.suffix == ".dcm"]
-        if len(ours) != len(list(p.iterdir())):
+    entries = list(p.iterdir()) if p.is_dir() else []
+    if entries:
+        if not all(e.is_file() and e.name.startswith("IM_") and e.suffix == ".dcm"
+                   for e in entries):
             raise VolumeIOError(f"{p}: the folder holds other files; write the series to a new "
                                 "or empty folder")
         if not overwrite:

@@ -258,6 +258,24 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
     return metrics, report, rv
 
 
+def _print_sites(report, affine, most: int = 10) -> list[dict]:
+    """Print the ``most`` most severe sites of an error report (scanner coordinates) and
+    return all its rows (:meth:`ErrorReport.to_rows`)."""
+    rows = report.to_rows(affine)
+    if rows:
+        print("  (at: physical scanner coordinates z, y, x in mm; voxel index in brackets)")
+    for site, row in zip(report.sites[:most], rows[:most]):
+        z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
+        k, j, i = site.anchor_vox
+        print(
+            f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} length "
+            f"{site.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
+        )
+    if len(report.sites) > most:
+        print(f"  ... {len(report.sites) - most} more")
+    return rows
+
+
 def _fmt(v) -> str:
     if v is None:
         return "n/a"
@@ -338,18 +356,7 @@ def _run_single(args) -> int:
     if report is not None:
         counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
         print(f"error sites: {counts}")
-        rows = report.to_rows(rv.affine())
-        if rows:
-            print("  (at: physical scanner coordinates z, y, x in mm; voxel index in brackets)")
-        for site, row in zip(report.sites[:10], rows[:10]):
-            z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
-            k, j, i = site.anchor_vox
-            print(
-                f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} length "
-                f"{site.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
-            )
-        if len(report.sites) > 10:
-            print(f"  ... {len(report.sites) - 10} more")
+        _print_sites(report, rv.affine())
     if args.errors is not None:
         print(f"wrote {args.errors}")
     if args.sites is not None:
@@ -456,14 +463,7 @@ def _run_self_check(args) -> int:
         print(f"    ... {len(report.components) - 10} more")
     counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
     print(f"review sites: {counts}")
-    rows = report.to_rows(pv.affine())
-    for site, row in zip(report.sites[:10], rows[:10]):
-        z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
-        k, j, i = site.anchor_vox
-        print(f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<28} at ({z:.1f}, {y:.1f}, "
-              f"{x:.1f}) [{k}, {j}, {i}]")
-    if len(report.sites) > 10:
-        print(f"  ... {len(report.sites) - 10} more")
+    rows = _print_sites(report, pv.affine())
     if args.errors is not None:
         write_volume(args.errors, report.labels, reference=pv, overwrite=args.overwrite)
         print(f"wrote {args.errors}")

@@ -195,7 +195,7 @@ def start_job(
         finally:
             callbacks.clear()
             held.clear()
-            if job in _THREADED_JOBS:
+            if job in _THREADED_JOBS:  # a threaded job (a sync one was never listed)
                 _THREADED_JOBS.remove(job)
 
     if owner is not None and hasattr(owner, "destroyed"):
@@ -224,8 +224,8 @@ EXIT_WAIT_MS = 120_000
 
 
 def _watch_at_exit(job: Job) -> None:
-    """Keep ``job`` for :func:`_wait_for_jobs` (registered with ``atexit`` once)."""
-    _THREADED_JOBS[:] = [j for j in _THREADED_JOBS if not j.done]
+    """Keep ``job`` for :func:`_wait_for_jobs` (registered with ``atexit`` at the first job,
+    after the viewer's own exit handlers); its ``finished`` handler removes it."""
     _THREADED_JOBS.append(job)
     if not _EXIT_HOOK[0]:
         import atexit
@@ -242,7 +242,7 @@ def _wait_for_jobs() -> None:
     the worker emitted its ``finished`` signal into objects that the interpreter's teardown had
     deleted (an outside audit).
     """
-    if not any(not j.done for j in _THREADED_JOBS):
+    if not _THREADED_JOBS:  # every job has finished (each removes itself)
         return
     for job in _THREADED_JOBS:
         job.token.set()

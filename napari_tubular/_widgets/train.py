@@ -359,13 +359,13 @@ class TrainingWidget(QWidget):
             return
         try:
             config = config if config is not None else self.config()
-            out = Path(config.out)
-            if (not config.overwrite and not config.resume and out.is_dir()
-                    and any(out.iterdir())):
+            from napari_tubular.training import run_folder_in_use
+
+            if run_folder_in_use(config):
                 # the core's message names the command line's options (an audit)
                 raise FileExistsError(
-                    f"run folder {out} is not empty: tick \"replace an existing run folder\" "
-                    "or choose another folder"
+                    f"run folder {config.out} is not empty: tick \"replace an existing run "
+                    "folder\" or choose another folder"
                 )
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))

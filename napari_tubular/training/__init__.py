@@ -14,7 +14,14 @@ from .data import (
     prepare_case,
     resample,
 )
-from .loop import DEFAULT_NORMALIZATION, Cancelled, plot_curves, train, validate
+from .loop import (
+    DEFAULT_NORMALIZATION,
+    Cancelled,
+    plot_curves,
+    run_folder_in_use,
+    train,
+    validate,
+)
 
 __all__ = [
     "DEFAULT_NORMALIZATION",
@@ -29,6 +36,7 @@ __all__ = [
     "prepare_case",
     "pregenerate_synthetic",
     "resample",
+    "run_folder_in_use",
     "train",
     "validate",
 ]

@@ -80,6 +80,15 @@ def model_arch(config: TrainConfig) -> dict:
     return arch
 
 
+def run_folder_in_use(config: TrainConfig) -> bool:
+    """True when ``config.out`` holds files that a new run (no ``overwrite``, no ``resume``)
+    must not replace: :func:`train` refuses it (the viewer's Fine-tune panel says so in its
+    own words)."""
+    out = Path(config.out)
+    return (not config.resume and not config.overwrite and out.is_dir()
+            and any(out.iterdir()))
+
+
 def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
     out = Path(config.out)
     if out.exists() and not out.is_dir():
@@ -88,7 +97,7 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(f"resume: no checkpoint {out / 'last.pt'} to resume from")
         return out
-    if out.is_dir() and any(out.iterdir()) and not config.overwrite:
+    if run_folder_in_use(config):
         raise FileExistsError(
             f"out: run folder {out} is not empty; pass --overwrite to replace its files or "
             "--resume to continue its training"
