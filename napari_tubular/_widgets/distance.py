@@ -213,8 +213,15 @@ class DistanceMapWidget(QWidget):
             owner=self,
             on_returned=returned,
             on_finished=lambda: self.run_button.setEnabled(True),
-            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+            on_error=self._failed,
         )
+
+    def _failed(self, exc: BaseException) -> None:
+        """A failed Compute clears the branch table: it described the previous run's layer, and
+        its rows would move the camera on that run's grid (an audit: it stayed, under an error)."""
+        self.branches = []
+        self._fill_table()
+        self.status.setText(f"error: {exc} (branch table cleared; earlier map layers are kept)")
 
     # ------------------------------------------------------------------ display
     def _show(self, out: dict[str, Any]) -> None:
@@ -259,7 +266,11 @@ class DistanceMapWidget(QWidget):
                 affine=self._affine,
             )
             self.branches = self._graph_rows(graph)
-            self._fill_table()
+        else:
+            # the table belongs to the graph of an earlier run (maybe of another layer, on
+            # another grid): it must not stay beside this run's maps
+            self.branches = []
+        self._fill_table()
         # show the most recently computed layer on top of the input
         self.status.setText(
             f"{self._source}: {', '.join(MAPS[k][0] for k in out)}"

@@ -291,8 +291,20 @@ class TopologyReviewWidget(QWidget):
             owner=self,
             on_returned=returned,
             on_finished=lambda: self.run_button.setEnabled(True),
-            on_error=lambda exc: self.status.setText(f"error: {exc}"),
+            on_error=self._failed,
         )
+
+    def _failed(self, exc: BaseException) -> None:
+        """A failed Compute clears the table and the sites: they described the previous review
+        (an audit: they stayed under the error, read as this run's numbers)."""
+        self.metrics, self.report = {}, None
+        self.current = -1
+        self._fill_table()
+        self.sites_list.clear()
+        kept = ""
+        if self._source is not None:
+            kept = f"; the layer '{self._source} topology errors' is the previous review's"
+        self.status.setText(f"error: {exc} (table cleared{kept})")
 
     def _watch_inputs(self, layers) -> None:
         """Say when the reviewed layers change (a slider of the segment widget, painting): the

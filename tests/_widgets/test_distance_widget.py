@@ -110,3 +110,35 @@ def test_errors_are_notifications(make_napari_viewer, monkeypatch):
     assert "3-D" in shown[-1]
     with pytest.raises(ValueError, match="unknown map"):
         widget.set_selected(["nope"])
+
+
+def test_branch_table_is_only_ever_the_last_runs(make_napari_viewer, monkeypatch):
+    """The branch table never outlives its run: a later run without the graph, or a failed
+    one, clears it (its rows moved the camera with the earlier layer's centroids)."""
+    from napari_tubular.geometry import distance as gd
+
+    viewer = make_napari_viewer()
+    mask = np.zeros((12, 12, 12), np.uint8)
+    mask[2:10, 5:7, 5:7] = 1
+    viewer.add_labels(mask, name="rod")
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["graph"])
+    widget.run()
+    assert widget.table.rowCount() == len(widget.branches) >= 1
+    widget.set_selected(["edt"])
+    widget.run()
+    assert widget.branches == []
+    assert widget.table.rowCount() == 0
+    widget.set_selected(["graph"])
+    widget.run()
+    assert widget.table.rowCount() >= 1
+
+    def boom(*_args, **_kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(gd, "local_radius_mm", boom)
+    monkeypatch.setattr(_workers, "show_error", lambda _msg: None)
+    widget.run()
+    assert widget.branches == []
+    assert widget.table.rowCount() == 0
+    assert "boom" in widget.status.text()

@@ -307,3 +307,29 @@ def test_shortcuts_work_on_a_widget_napari_docked(make_napari_viewer, broken):
     start = widget.current
     viewer.keymap[coerce_keybinding(NEXT_KEY)](viewer)
     assert widget.current == (start + 1) % n
+
+
+def test_a_failed_compute_clears_the_previous_numbers(review, monkeypatch):
+    """A Compute that fails leaves no table or sites of the previous review under the error
+    (they were read as the new run's numbers)."""
+    from napari_tubular import topology
+
+    viewer, widget = review
+    assert widget.table.rowCount() > 0
+    assert widget.sites_list.count() > 0
+
+    def boom(*_args, **_kwargs):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(topology, "error_map", boom)
+    monkeypatch.setattr(_workers, "show_error", lambda _msg: None)
+    widget.run()
+    assert widget.report is None
+    assert widget.metrics == {}
+    assert widget.table.rowCount() == 0
+    assert widget.sites_list.count() == 0
+    assert "boom" in widget.status.text()
+    assert "prediction topology errors" in widget.status.text()
+    widget.next_site()  # nothing to go to: no error
+    with pytest.raises(ValueError, match="nothing to export"):
+        widget.export_csv("unused.csv")
