@@ -28,8 +28,13 @@ _RECORD_KEYS = ("spacing", "origin", "direction", "source_path")
 def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(scale, translate)`` of the last three axes of a 3-D layer.
 
+    A negative scale (a flipped axis: how some readers show a file's direction) is kept: the
+    results get the same scale and overlay the layer; the computations take the voxel size
+    from :func:`abs_spacing`.
+
     Raises:
-        ValueError: if the layer is not 3-D (the widgets need a volume).
+        ValueError: if the layer is not 3-D (the widgets need a volume) or a scale is zero or
+            not finite.
     """
     if layer is None:
         raise ValueError("no layer selected: choose a 3-D image or labels layer")
@@ -39,9 +44,14 @@ def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
         )
     scale = tuple(float(s) for s in layer.scale[-3:])
     translate = tuple(float(t) for t in layer.translate[-3:])
-    if any(s <= 0 for s in scale):
-        raise ValueError(f"layer {layer.name!r} has a non-positive scale {scale}")
+    if any(s == 0 or not np.isfinite(s) for s in scale):
+        raise ValueError(f"layer {layer.name!r} has a zero or non-finite scale {scale}")
     return scale, translate
+
+
+def abs_spacing(scale: Sequence[float]) -> tuple[float, float, float]:
+    """Voxel size (z, y, x) in mm of a layer ``scale`` (a negative scale is a flip)."""
+    return tuple(abs(float(s)) for s in scale)  # type: ignore[return-value]
 
 
 def grid_mismatch(a: Any, b: Any) -> str | None:
@@ -63,8 +73,8 @@ def grid_mismatch(a: Any, b: Any) -> str | None:
 
 
 def spacing_of(layer: Any) -> tuple[float, float, float]:
-    """Voxel spacing (z, y, x) in mm of a 3-D layer (its scale)."""
-    return layer_geometry(layer)[0]  # type: ignore[return-value]
+    """Voxel spacing (z, y, x) in mm of a 3-D layer (its scale, a flip's sign dropped)."""
+    return abs_spacing(layer_geometry(layer)[0])
 
 
 def layer_affine(layer: Any) -> np.ndarray:
@@ -364,7 +374,8 @@ def spheres_points_kwargs(
         "shading": "spherical",
         "opacity": 0.7,
     }
-    return centers / sc, kwargs
+    # the centres are index * spacing (positive): a flipped axis' sign is the layer's scale
+    return centers / np.abs(sc), kwargs
 
 
 def _sphere_projection() -> dict[str, Any]:

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from napari_tubular._widgets._layers import (
     LayerPicker,
+    abs_spacing,
     focus_on,
     layer_affine,
     layer_geometry,
@@ -161,7 +162,7 @@ class DistanceMapWidget(QWidget):
             self.status.setText(report_error("Distance maps", exc))
             return
         mask = np.asarray(layer.data) > 0
-        spacing = geometry[0]
+        spacing = abs_spacing(geometry[0])
         k = self.k_spin.value()
         iters = self.iters_spin.value()
         update_settings(scale_classes=k, soft_iters=iters)

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from napari_tubular._widgets._layers import (
     LayerPicker,
+    abs_spacing,
     focus_on,
     grid_mismatch,
     index_to_world,
@@ -260,7 +261,7 @@ class TopologyReviewWidget(QWidget):
                 from napari.utils.notifications import show_warning
 
                 show_warning(f"Topology review: {mismatch}")
-        spacing = geometry[0]
+        spacing = abs_spacing(geometry[0])
         gap_mm = self.gap_spin.value()
         tolerance = self.tolerance_spin.value()
 

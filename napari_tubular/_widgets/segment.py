@@ -35,6 +35,7 @@ from napari_tubular._widgets._layers import (
     ROLE_KEY,
     SOURCE_KEY,
     LayerPicker,
+    abs_spacing,
     binary_label_colormap,
     find_owned_layer,
     grid_mismatch,
@@ -721,7 +722,7 @@ class SegmentWidget(QWidget):
         self._refine_pending = False
         tp, tr = self.tp, self.tr
         refiner = self.refiner
-        spacing = self._geometry[0]
+        spacing = abs_spacing(self._geometry[0])
         ref_layer = self.reference_picker.layer()
         reference = None
         if ref_layer is not None:

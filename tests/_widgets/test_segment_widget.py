@@ -566,3 +566,43 @@ def test_closing_the_viewer_while_a_job_runs_does_not_abort_the_process(tmp_path
                          timeout=300, env=env, check=False)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "closed" in res.stdout
+
+
+def test_a_flipped_axis_negative_scale_is_segmented_and_reviewed(make_napari_viewer, vessel_case,
+                                                                  predict_counter):
+    """A layer with a negative scale (a flipped axis, as some readers show a file's direction)
+    was refused by every panel ("non-positive scale"): it is segmented with the positive voxel
+    size, and every result overlays it (same scale), the spheres on their skeleton voxels."""
+    from napari_tubular._widgets.distance import DistanceMapWidget
+    from napari_tubular._widgets.review import TopologyReviewWidget
+    from napari_tubular.geometry.distance import edt_mm
+
+    flipped = (-SPACING[0], SPACING[1], SPACING[2])
+    viewer = make_napari_viewer()
+    image = viewer.add_image(vessel_case.image, name="ct", scale=flipped, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.run()
+    assert predict_counter.calls == 1
+    labels = _owned(viewer, "labels")
+    for role in ("probability", "radius", "labels", "skeleton", "spheres"):
+        np.testing.assert_allclose(_owned(viewer, role).scale, flipped)
+        np.testing.assert_allclose(_owned(viewer, role).translate, TRANSLATE)
+    points, skeleton = _owned(viewer, "spheres"), _owned(viewer, "skeleton").data
+    world = points.data * np.asarray(points.scale) + np.asarray(points.translate)
+    vox = np.rint(np.array([image.world_to_data(w) for w in world])).astype(int)
+    assert len(vox) > 0
+    assert skeleton[tuple(vox.T)].all()
+
+    distance = DistanceMapWidget(viewer)
+    distance.labels_picker.set_layer(labels)
+    distance.set_selected(["edt"])
+    distance.run()
+    edt_layer = next(ly for ly in viewer.layers if ly.metadata.get(ROLE_KEY) == "edt")
+    np.testing.assert_allclose(edt_layer.scale, flipped)
+    np.testing.assert_allclose(edt_layer.data, edt_mm(labels.data > 0, SPACING), rtol=1e-6)
+
+    review = TopologyReviewWidget(viewer)
+    review.pred_picker.set_layer(labels)
+    review.run()
+    assert review.report is not None
+    assert review.report.spacing == pytest.approx(SPACING)
