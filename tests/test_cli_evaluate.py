@@ -285,3 +285,25 @@ def test_without_reference_the_self_check_reports_loops_and_small_components(tmp
     assert "already exists" in capsys.readouterr().err
     assert main(["evaluate", str(pred), "--csv", str(tmp_path / "c.csv")]) == 2
     assert "--csv is for comparisons" in capsys.readouterr().err
+
+
+def test_self_check_break_gap_is_the_empty_space_between_the_pieces(tmp_path, capsys):
+    """A 2.6 mm vessel cut by 2.4 mm of empty space (3 voxels of 0.8 mm) is a possible break at
+    the default 5 mm: the gap was measured from the skeleton's end point, a radius back from
+    the cut (0.8 mm read 4.0 mm; 2.4 mm and more were missed). ``--break-gap`` sets the limit."""
+    sp = (1.5, 0.6, 0.8)
+    zz, yy, xx = np.indices((24, 40, 56))
+    vessel = ((zz - 12) * sp[0]) ** 2 + ((yy - 20) * sp[1]) ** 2 <= 2.6**2
+    vessel &= (xx >= 4) & (xx <= 51)
+    vessel[:, :, 14:17] = False  # x = 14, 15, 16: 2.4 mm of empty space
+    path = write(tmp_path / "cut.nii.gz", vessel.astype(np.uint8), spacing=sp)
+    out = tmp_path / "sc.json"
+    assert main(["evaluate", str(path), "--json", str(out)]) == 0
+    sites = [s for s in json.loads(out.read_text())["sites"] if s["cls_name"] == "possible break"]
+    assert len(sites) == 1
+    assert sites[0]["length_mm"] == pytest.approx(2.4, abs=1e-6)
+    assert 13 <= sites[0]["centroid_x_vox"] <= 17
+    assert main(["evaluate", str(path), "--json", str(out), "--overwrite", "--break-gap", "2"]) == 0
+    assert json.loads(out.read_text())["site_counts"]["possible break"] == 0
+    assert main(["evaluate", str(path), "--break-gap", "-1"]) == 2
+    assert "--break-gap" in capsys.readouterr().err

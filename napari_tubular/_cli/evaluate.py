@@ -77,6 +77,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "counts them; a piece that separates two predicted components is always a break)",
     )
     p.add_argument(
+        "--break-gap",
+        type=float,
+        default=5.0,
+        metavar="MM",
+        help="self-check (no REF): a piece whose end comes within this many mm (empty space "
+        "between the surfaces) of another piece is a possible break (default 5)",
+    )
+    p.add_argument(
         "--threshold",
         type=float,
         metavar="T",
@@ -445,12 +453,14 @@ def _run_self_check(args) -> int:
                          "one volume; give a reference folder for batch mode")
     if args.csv is not None:
         raise ValueError("--csv is for comparisons with a reference; use --json or --sites")
+    if not (math.isfinite(args.break_gap) and args.break_gap >= 0):
+        raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred)
     data = pv.data > args.threshold if args.threshold is not None else pv.data
     mask = binarize(data, f"prediction {args.pred.name}")
     skeleton = hard_skeleton(mask, pv.spacing)
-    report = self_check(mask, pv.spacing, skeleton=skeleton)
+    report = self_check(mask, pv.spacing, skeleton=skeleton, break_gap_mm=args.break_gap)
     betti = report.summary["betti"]
     voxel_ml = float(np.prod(pv.spacing)) / 1000.0
     print(f"prediction: {args.pred} (no reference: self-check)\nspacing:    {tuple(pv.spacing)} mm")

@@ -12,8 +12,10 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -57,6 +59,18 @@ _LOSS_RE = re.compile(r"\bloss ([0-9.eE+-]+)")
 
 #: what a run starts from: the shipped model, a model file, or random weights
 INIT_CHOICES = ("default model", "model file", "random weights")
+
+
+def _refuse_used_folder(config) -> None:
+    """FileExistsError when a new run would replace files in ``config.out`` (the core's test;
+    its message names the command line's options, this one the panel's checkbox)."""
+    from napari_tubular.training import run_folder_in_use
+
+    if run_folder_in_use(config):
+        raise FileExistsError(
+            f"run folder {config.out} is not empty: tick \"replace an existing run folder\" "
+            "or choose another folder"
+        )
 
 
 def parse_loss(message: str) -> float | None:
@@ -303,6 +317,10 @@ class TrainingWidget(QWidget):
         from napari_tubular.training import TrainConfig
 
         out = Path(self.out_edit.text().strip() or ".").expanduser()
+        # before the layer pairs are written beside it (an audit: they were written, then the
+        # run was refused)
+        _refuse_used_folder(SimpleNamespace(out=str(out), resume=False,
+                                            overwrite=self.overwrite_check.isChecked()))
         source = self.source_combo.currentText()
         if source == "layer pairs":
             if not self.pairs:
@@ -359,14 +377,7 @@ class TrainingWidget(QWidget):
             return
         try:
             config = config if config is not None else self.config()
-            from napari_tubular.training import run_folder_in_use
-
-            if run_folder_in_use(config):
-                # the core's message names the command line's options (an audit)
-                raise FileExistsError(
-                    f"run folder {config.out} is not empty: tick \"replace an existing run "
-                    "folder\" or choose another folder"
-                )
+            _refuse_used_folder(config)
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))
             return
@@ -402,6 +413,18 @@ class TrainingWidget(QWidget):
             on_cancelled=lambda: self._stopped(Path(config.out) / "model.pt"),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
         )
+
+    def event(self, event) -> bool:  # noqa: D102 (Qt override)
+        # napari's remove_dock_widget (the dock's close button) takes the widget out of its
+        # dock with setParent(None): the panel is gone, so its training run stops (an audit: it
+        # ran on for minutes with nothing left to stop it); the weights so far are saved
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None and self.running:
+            self.stop()
+            from napari.utils.notifications import show_info
+
+            show_info("Training stopped: the Fine-tune panel was closed (the model so far is "
+                      "saved as model.pt in the run folder).")
+        return super().event(event)
 
     def _stopped(self, model_file: Path) -> None:
         """A stopped run saved its weights so far as a model file: offer to save it."""

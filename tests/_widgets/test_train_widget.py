@@ -76,7 +76,9 @@ def test_short_run_plots_loss_and_saves(train_widget, tmp_path, monkeypatch):
     # a second run into the same folder needs the overwrite box
     shown = []
     monkeypatch.setattr(_workers, "show_error", shown.append)
-    train_widget.start(_tiny(train_widget.config(), steps=1))
+    with pytest.raises(FileExistsError, match="not empty"):
+        train_widget.config()
+    train_widget.start()
     assert shown
     # in the widget's words (an audit: it named the command line's --overwrite / --resume)
     assert 'not empty: tick "replace an existing run folder"' in shown[-1]
@@ -158,6 +160,7 @@ def test_fine_tunes_the_default_model(train_widget):
     net, meta = load_model(train_widget.model_path, device="cpu")
     assert meta["arch"] == shipped["arch"]
     train_widget.init_combo.setCurrentText("model file")
+    train_widget.overwrite_check.setChecked(True)
     with pytest.raises(ValueError, match="model file"):
         train_widget.config()
 
@@ -169,3 +172,34 @@ def test_layer_pairs_survive_a_rename(train_widget):
     from napari_tubular.training import find_pairs
 
     assert len(find_pairs(config.data)) == 1
+
+
+def test_closing_the_dock_stops_the_run(train_widget, qtbot, tmp_path, monkeypatch):
+    """An audit: a run kept training for minutes after its panel was closed (the dock is only
+    reparented): closing it stops the run, which saves its weights so far."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    train_widget.sync = False
+    train_widget.overwrite_check.setChecked(True)
+    started = threading.Event()
+    train_widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
+    dock = train_widget.viewer.window.add_dock_widget(train_widget, name="Fine-tune")
+    train_widget.start(_tiny(train_widget.config(), steps=5000, log_every=1))
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    train_widget.viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert any("Fine-tune panel was closed" in m for m in shown)
+
+
+def test_a_used_run_folder_is_refused_before_the_pairs_are_written(train_widget, tmp_path,
+                                                                   monkeypatch):
+    monkeypatch.setattr(_workers, "show_error", lambda _m: None)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("mine")
+    train_widget.start()
+    assert "not empty" in train_widget.status.text()
+    assert not (tmp_path / "run_data").exists()
+    assert (tmp_path / "run" / "keep.txt").read_text() == "mine"

@@ -43,6 +43,66 @@ def test_guard_one_voxel_thick_plate_is_not_kept_whole(shape):
     assert not (sk & ~m).any()
 
 
+def _tube(shape, spacing, radius_mm, axis, centre_mm, half_length_mm):
+    """A straight tube (bool) along ``axis`` with the given physical centre."""
+    grid = np.indices(shape).astype(float) * np.asarray(spacing, float).reshape(3, 1, 1, 1)
+    across = [a for a in range(3) if a != axis]
+    r2 = sum((grid[a] - centre_mm[a]) ** 2 for a in across)
+    return (r2 <= radius_mm**2) & (np.abs(grid[axis] - centre_mm[axis]) <= half_length_mm)
+
+
+@pytest.mark.parametrize(
+    ("axis", "centre"), [(2, (21.765, 14.332, 15.105)), (1, (21.158, 14.779, 14.709))]
+)
+def test_guard_flat_tube_on_an_anisotropic_grid(axis, centre):
+    """A 3 mm tube lying in-plane on a 2 x 0.5 x 0.5 mm grid is three slices thick: scikit-image
+    left it no skeleton (then a 2-voxel ribbon measured 108 mm for a 24 mm tube) or two voxels
+    at one end (clDice of half the tube 0, a 2-voxel break unseen). The guard thins it on a
+    near-isotropic grid: one line about the tube's length less its radii."""
+    from napari_tubular.topology import centerline_length_mm, compute_metrics, error_map
+
+    sp = (2.0, 0.5, 0.5)
+    m = _tube((24, 60, 60), sp, 3.0, axis, centre, 12.0)
+    plain = skeletonize(m).astype(bool)
+    assert plain.sum() <= 2, "precondition: scikit-image's skeleton is empty or collapsed"
+    sk = skeletonize_mask(m, spacing=sp).astype(bool)
+    assert not (sk & ~m).any()
+    length = centerline_length_mm(sk, sp)
+    assert 15.0 <= length <= 24.0
+    graph = centerline_graph(sk, None, sp)
+    assert graph.n_branches == 1
+    extent = np.ptp(np.argwhere(m), axis=0)
+    half = m.copy()
+    cut = np.argwhere(m)[:, axis].min() + extent[axis] // 2
+    index = [slice(None)] * 3
+    index[axis] = slice(cut, None)
+    half[tuple(index)] = False
+    assert compute_metrics(half, m, sp)["tsens"] == pytest.approx(0.5, abs=0.1)
+    if axis == 1:
+        gap = m.copy()
+        start = np.argwhere(m)[:, axis].min() + 8
+        gap[:, start : start + 2] = False
+        assert compute_metrics(gap, m, sp)["cldice"] < 1.0
+        assert len(error_map(gap, m, sp).sites) >= 1
+
+
+def test_ridge_fallback_is_a_line_not_a_ribbon():
+    """When even the trimmed tube has no skeleton the medial ridge is used: two voxels wide
+    for an even-width tube, and every neighbour pair of it was counted as length (x3-4). It is
+    trimmed to a line."""
+    from napari_tubular.geometry.skeleton import _trimmed
+    from napari_tubular.topology import centerline_length_mm
+
+    sp = (0.7, 0.7, 0.7)
+    m = _tube((32, 48, 32), sp, 1.5, 1, (11.021, 17.135, 10.451), 12.0)
+    assert not skeletonize(m).any(), "precondition"
+    assert not skeletonize(_trimmed(np.pad(m, 1))).any(), "precondition: the ridge is used"
+    sk = skeletonize_mask(m, spacing=sp).astype(bool)
+    assert not (sk & ~m).any()
+    assert 20.0 <= centerline_length_mm(sk, sp) <= 26.0
+    assert centerline_graph(sk, None, sp).n_branches == 1
+
+
 def test_every_component_gets_a_skeleton(rng):
     m = np.zeros((40, 40, 40), bool)
     zz, yy, xx = np.indices(m.shape)

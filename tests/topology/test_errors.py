@@ -151,15 +151,20 @@ def test_self_check_breaks_and_small_components():
     shape = (20, 20, 60)
     a = segment(shape, (10, 10, 3), (10, 10, 28), 2.0)
     b = segment(shape, (10, 10, 36), (10, 10, 56), 2.0)  # 3 empty voxels (x = 31..33) between
-    speck = ball(shape, (2, 18, 45), 1.0)  # > 8 mm from both pieces
-    rep = self_check(a | b | speck, (1.0, 1.0, 1.0), break_gap_mm=8.0)
+    speck = ball(shape, (2, 18, 45), 1.0)  # 7.8 mm of empty space from b, more from a
+    rep = self_check(a | b | speck, (1.0, 1.0, 1.0), break_gap_mm=6.0)
     assert [c.size_vox for c in rep.components] == sorted(
         [a.sum(), b.sum(), speck.sum()], reverse=True
     )
     breaks = [s for s in rep.sites if s.cls == 7]
     assert len(breaks) == 1
     assert 28 <= breaks[0].centroid_vox[2] <= 34
-    assert 4.0 <= breaks[0].length_mm <= 8.0  # from a skeleton end point to the other surface
+    # the empty space between the two pieces (it was measured from a skeleton end point, a
+    # radius back from the cut: 4-8 mm)
+    assert breaks[0].length_mm == pytest.approx(3.0, abs=1e-6)
+    assert self_check(a | b | speck, (1.0, 1.0, 1.0), break_gap_mm=8.0).summary["counts"][
+        "possible break"
+    ] == 2  # the speck is 7.8 mm from b
     small = [s for s in rep.sites if s.cls == 5]
     assert len(small) == 1
     assert small[0].size_vox == speck.sum()
