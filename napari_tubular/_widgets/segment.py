@@ -167,6 +167,7 @@ class SegmentWidget(QWidget):
         self._radius_limits = (0.0, 1.0)
         self._affine = np.eye(4)
         self._warned_mismatch: str | None = None
+        self._reference_problem: str | None = None  # why the chosen reference gives no metrics
         self._geometry: tuple | None = None
         self._job = None
         self._refine_job = None
@@ -705,6 +706,8 @@ class SegmentWidget(QWidget):
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
                 f"Betti pred {tuple(metrics['betti_pred'])} ref {tuple(metrics['betti_ref'])}"
             )
+        elif self._reference_problem is not None:
+            text += f"\nno metrics: {self._reference_problem}"
         self.metrics_label.setText(text)
 
     # ------------------------------------------------------------------ live refinement
@@ -725,24 +728,33 @@ class SegmentWidget(QWidget):
         spacing = abs_spacing(self._geometry[0])
         ref_layer = self.reference_picker.layer()
         reference = None
+        problem = None
         if ref_layer is not None:
-            if tuple(ref_layer.data.shape[-3:]) != tuple(self.prediction.probability.shape):
-                report_error(
-                    "Metrics",
-                    ValueError(
+            source = self._source_layer
+            try:
+                if ref_layer.ndim != 3:
+                    raise ValueError(f"reference {ref_layer.name!r} has {ref_layer.ndim} "
+                                     "dimensions; choose a 3-D labels layer")
+                if tuple(ref_layer.data.shape) != tuple(self.prediction.probability.shape):
+                    raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref_layer.data.shape}, the "
                         f"prediction {self.prediction.probability.shape}"
-                    ),
-                )
+                    )
+                mismatch = grid_mismatch(source, ref_layer) if source is not None else None
+            except ValueError as exc:  # raised in a timer it escaped as a traceback (an audit)
+                problem = str(exc)
             else:
                 reference = np.asarray(ref_layer.data) > 0
-                source = self._source_layer
-                mismatch = (grid_mismatch(source, ref_layer) if source is not None else None)
                 if mismatch and mismatch != self._warned_mismatch:
                     from napari.utils.notifications import show_warning
 
                     show_warning(f"Metrics: {mismatch}")
                 self._warned_mismatch = mismatch
+        # said once per reference and problem, not at every slider step (an audit: 4 identical
+        # notifications for one choice and three moves); the metrics line keeps saying it
+        if problem is not None and problem != self._reference_problem:
+            report_error("Metrics", ValueError(problem))
+        self._reference_problem = problem
 
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction

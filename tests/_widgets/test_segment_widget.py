@@ -266,6 +266,28 @@ def test_metrics_against_reference_follow_the_sliders(seg, vessel_case):
     assert counter.calls == 1
 
 
+@pytest.mark.parametrize("shape", ["4d", "other"])
+def test_an_unfit_reference_is_said_once_and_the_sliders_keep_refining(seg, vessel_case,
+                                                                       errors, shape):
+    """A 4-D reference raised from the slider timer at every step (a traceback, no refinement),
+    one of another shape was reported again at every step: both are said once, the sliders
+    keep refining, and the metrics line says why there are none."""
+    viewer, widget, _ = seg
+    mask = vessel_case.mask.astype(np.uint8)
+    data = mask[None] if shape == "4d" else mask[:, :-1]
+    viewer.add_labels(data, name="bad reference")
+    before = widget.refine_count
+    widget.reference_picker.set_layer(viewer.layers["bad reference"])
+    for tr in (0.55, 0.6, 0.65):
+        widget.tr_slider.setValue(tr)
+    assert widget.refine_count == before + 4
+    assert len(errors) == 1
+    assert "bad reference" in errors[0]
+    assert "no metrics" in widget.metrics_label.text()
+    widget.reference_picker.set_layer(None)
+    assert "no metrics" not in widget.metrics_label.text()
+
+
 @pytest.mark.slow
 def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_path):
     viewer = make_napari_viewer()
