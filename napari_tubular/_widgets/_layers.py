@@ -9,6 +9,7 @@ so it overlays the image voxel for voxel. Physical point sets from the core (``c
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -454,6 +455,42 @@ def focus_on(
             zoom = size / float(field_mm)
     if zoom is not None:
         camera.zoom = zoom
+
+
+class InputWatcher:
+    """Says in a panel's status when the layers its results were computed from change (a
+    segment slider, painting): the results then describe the old data (an audit: the review's
+    table and the distance panel's branches stayed as they were, without a word).
+
+    ``stale`` is True from the first change until the next :meth:`watch`. The layers' events
+    hold only a weak reference to the panel, so that a closed panel is freed.
+    """
+
+    def __init__(self, panel: Any, what: str):
+        self._panel = weakref.ref(panel)
+        self._what = what
+        self._watched: list = []  # (layer, callback)
+        self.stale = False
+
+    def watch(self, layers) -> None:
+        """Forget the previous layers; watch these (the inputs of the run just shown)."""
+        for layer, callback in self._watched:
+            try:
+                layer.events.data.disconnect(callback)
+            except (TypeError, ValueError, RuntimeError):
+                pass
+        self._watched = []
+        self.stale = False
+        me, panel_ref = weakref.ref(self), self._panel
+        for layer in layers:
+            def changed(_event=None, name=layer.name):
+                watcher, panel = me(), panel_ref()
+                if watcher is not None and panel is not None and not watcher.stale:
+                    watcher.stale = True
+                    panel.status.setText(f"out of date: {name!r} changed since {watcher._what}; "
+                                         "press Compute again")
+            layer.events.data.connect(changed)
+            self._watched.append((layer, changed))
 
 
 class LayerPicker(QComboBox):

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_tubular._widgets._layers import (
+    InputWatcher,
     LayerPicker,
     abs_spacing,
     focus_on,
@@ -86,6 +87,7 @@ class DistanceMapWidget(QWidget):
         self._affine = None
         self._shape = None
         self._job = None
+        self.inputs = InputWatcher(self, "these maps were computed")
         self._build_ui()
 
     def _build_ui(self) -> None:
@@ -158,10 +160,21 @@ class DistanceMapWidget(QWidget):
             keys = self.selected()
             if not keys:
                 raise ValueError("maps: check at least one map to compute")
+            data = np.asarray(layer.data)
+            mask = data > 0
+            if mask.all():
+                # every distance to the background is infinite (an audit: a cryptic error
+                # from the contrast limits)
+                raise ValueError(f"labels {layer.name!r} have no background voxel: distances "
+                                 "to the background are undefined; crop a region with "
+                                 "background around the structure")
         except ValueError as exc:
             self.status.setText(report_error("Distance maps", exc))
             return
-        mask = np.asarray(layer.data) > 0
+        values = np.unique(data[mask]) if mask.any() else np.zeros(0)
+        merged = (f" (labels {', '.join(str(v) for v in values[:6])}"
+                  f"{', ...' if len(values) > 6 else ''} taken as one mask)"
+                  if len(values) > 1 else "")
         spacing = abs_spacing(geometry[0])
         k = self.k_spin.value()
         iters = self.iters_spin.value()
@@ -204,6 +217,8 @@ class DistanceMapWidget(QWidget):
             self._source_layer = layer
             self._affine = layer_affine(layer)
             self._show(out)
+            self.status.setText(self.status.text() + merged)
+            self.inputs.watch([layer])
 
         self.status.setText("computing...")
         self.run_button.setEnabled(False)

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_tubular._widgets._layers import (
+    InputWatcher,
     LayerPicker,
     abs_spacing,
     focus_on,
@@ -90,8 +91,7 @@ class TopologyReviewWidget(QWidget):
         self._source_layer = None
         self._affine = None
         self._job = None
-        self._watched: list = []  # (layer, callback) of the reviewed layers' data events
-        self.stale = False  # the reviewed layers changed since the last Compute
+        self.inputs = InputWatcher(self, "this review")  # stale: an input changed since
         self._build_ui()
         self._bound_keys: list[str] = []
         self._closed = False
@@ -281,7 +281,7 @@ class TopologyReviewWidget(QWidget):
             self._source_layer = pred_layer
             self._affine = layer_affine(pred_layer)
             self._show()
-            self._watch_inputs([pred_layer] + ([ref_layer] if ref_layer is not None else []))
+            self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
 
         self.status.setText("computing...")
         self.run_button.setEnabled(False)
@@ -306,32 +306,6 @@ class TopologyReviewWidget(QWidget):
         if self._source is not None:
             kept = f"; the layer '{self._source} topology errors' is the previous review's"
         self.status.setText(f"error: {exc} (table cleared{kept})")
-
-    def _watch_inputs(self, layers) -> None:
-        """Say when the reviewed layers change (a slider of the segment widget, painting): the
-        error layer and the table then describe the old data (an audit: they stayed as they
-        were, without a word)."""
-        for layer, callback in self._watched:
-            try:
-                layer.events.data.disconnect(callback)
-            except (TypeError, ValueError, RuntimeError):
-                pass
-        self._watched = []
-        self.stale = False
-        import weakref
-
-        # the layer's event holds this function: a weak reference to the panel, so that a closed
-        # panel is freed (an audit: the closure kept every reviewed panel alive)
-        me = weakref.ref(self)
-        for layer in layers:
-            def changed(_event=None, name=layer.name):
-                panel = me()
-                if panel is not None and not panel.stale:
-                    panel.stale = True
-                    panel.status.setText(f"out of date: {name!r} changed since this review; "
-                                         "press Compute again")
-            layer.events.data.connect(changed)
-            self._watched.append((layer, changed))
 
     # ------------------------------------------------------------------ display
     def _show(self) -> None:

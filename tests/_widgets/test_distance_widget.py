@@ -142,3 +142,31 @@ def test_branch_table_is_only_ever_the_last_runs(make_napari_viewer, monkeypatch
     assert widget.branches == []
     assert widget.table.rowCount() == 0
     assert "boom" in widget.status.text()
+
+
+def test_full_mask_stale_maps_and_merged_labels(make_napari_viewer, monkeypatch):
+    """Labels with no background voxel get a clear message (a cryptic contrast-limit error
+    before); the maps are marked out of date when their labels change; several label values
+    are said to be taken as one mask."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.ones((6, 6, 6), np.uint8), name="full")
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["edt"])
+    widget.run()
+    assert "no background voxel" in shown[-1]
+    rods = np.zeros((12, 12, 12), np.uint8)
+    rods[2:10, 2:4, 2:4] = 1
+    rods[2:10, 7:9, 7:9] = 3
+    layer = viewer.add_labels(rods, name="rods")
+    widget.labels_picker.set_layer(layer)
+    widget.run()
+    assert "labels 1, 3 taken as one mask" in widget.status.text()
+    assert not widget.inputs.stale
+    layer.data = np.where(rods > 0, 0, rods)
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    assert "'rods'" in widget.status.text()
+    widget.run()
+    assert not widget.inputs.stale

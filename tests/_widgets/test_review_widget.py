@@ -80,15 +80,15 @@ def test_a_changed_prediction_marks_the_review_out_of_date(review):
     """An audit: after a slider of the segment widget changed the labels, the error layer and
     the table still described the old ones, without a word."""
     viewer, widget = review
-    assert not widget.stale
+    assert not widget.inputs.stale
     layer = viewer.layers["prediction"]
     edited = layer.data.copy()
     edited[0, 0, 0] = 1
     layer.data = edited
-    assert widget.stale
+    assert widget.inputs.stale
     assert "out of date" in widget.status.text()
     widget.run()
-    assert not widget.stale
+    assert not widget.inputs.stale
     assert "out of date" not in widget.status.text()
 
 
