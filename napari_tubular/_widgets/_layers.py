@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 OWNER_KEY = "napari_tubular_owner"
 ROLE_KEY = "napari_tubular_role"
 SOURCE_KEY = "napari_tubular_source"
+#: the name a result layer was given (a user who renames it keeps it: see ``upsert_layer``)
+NAME_KEY = "napari_tubular_name"
 #: the source's geometry record that ``upsert_layer`` writes into a result layer's metadata
 _RECORD_KEYS = ("spacing", "origin", "direction", "source_path")
 
@@ -194,13 +196,24 @@ def upsert_layer(
         role: what the layer is (``"probability"``, ``"labels"``, ...).
         source: the input layer (or its name): re-running on another input adds new layers,
             re-running on the same one (even renamed) replaces them.
-        name: display name for a new layer (an existing layer keeps its, possibly renamed, name).
+        name: display name for a new layer. A result layer the user renamed is detached (its
+            owner keys dropped, left as it is, a notice shown) and a new layer gets the result.
         **kwargs: layer properties (``scale``, ``translate``, ``colormap``, ``size``...).
 
     Returns:
         The layer.
     """
     layer = find_owned_layer(viewer, owner, role, source)
+    if layer is not None and layer.metadata.get(NAME_KEY, layer.name) != layer.name:
+        # renamed by the user (to keep a version, say): detached and left as it is, the
+        # result goes to a new layer (an audit: a renamed layer was overwritten in silence)
+        from napari.utils.notifications import show_info
+
+        layer.metadata = {k: v for k, v in layer.metadata.items()
+                          if k not in (OWNER_KEY, ROLE_KEY, SOURCE_KEY, NAME_KEY)}
+        show_info(f"{layer.name!r} was renamed: it is kept as it is; the new result goes to a "
+                  f"new layer {name!r}")
+        layer = None
     metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source_key(source)}
     if isinstance(source, str):
         src = viewer.layers[source] if source in viewer.layers else None
@@ -233,7 +246,9 @@ def upsert_layer(
     if layer is not None:
         viewer.layers.remove(layer)
     add = getattr(viewer, f"add_{layer_type}")
-    return add(data, name=name, metadata=metadata, **kwargs)
+    new = add(data, name=name, metadata=metadata, **kwargs)
+    new.metadata[NAME_KEY] = new.name  # as napari named it (it may add " [1]")
+    return new
 
 
 _DEFERRED = ("size", "face_color", "border_color", "features", "edge_width")

@@ -472,6 +472,31 @@ def test_rerun_after_renaming_the_image_replaces_its_layers(seg):
     assert len(viewer.layers) == n_layers
 
 
+def test_a_renamed_result_layer_is_kept(seg, monkeypatch):
+    """A result layer the user renamed (to keep a version) was overwritten by the next slider
+    step and the next run: it is detached and left as it was; the result goes to a new layer."""
+    import napari.utils.notifications as notifications
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    viewer, widget, _ = seg
+    labels = _owned(viewer, "labels")
+    labels.name = "ct labels (keep)"
+    kept = labels.data.copy()
+    widget.tp_slider.setValue(0.9)
+    assert labels in viewer.layers
+    np.testing.assert_array_equal(labels.data, kept)
+    assert OWNER_KEY not in labels.metadata
+    new = _owned(viewer, "labels")
+    assert new is not None
+    assert new is not labels
+    assert not np.array_equal(new.data, kept)
+    assert any("ct labels (keep)" in str(m) for m in shown)
+    # the new layer is updated in place by the next steps
+    widget.tp_slider.setValue(0.8)
+    assert _owned(viewer, "labels") is new
+
+
 def test_two_images_keep_their_own_results(make_napari_viewer, vessel_case, predict_counter):
     """Two segment widgets on two images: results named after each image, neither replaces the
     other's; re-running either updates its own layers in place."""
