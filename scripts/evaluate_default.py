@@ -38,7 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
-HELD_OUT_SEED = 200_000_000
+from napari_tubular.training.config import HELD_OUT_SEED_BASE as HELD_OUT_SEED
+
 EXTENT_MM = 88.0
 QUICK_EXTENT_MM = 36.0
 THIN = {"min_radius_mm": 0.3, "max_radius_mm": 1.5}

@@ -55,6 +55,8 @@ def test_config_file_json_yaml_and_overrides(tmp_path):
     ({"bogus": 1}, "bogus"), ({"resume": True, "overwrite": True}, "resume"),
     ({"steps": "many"}, "steps: expected a whole number"), ({"lr": [1]}, "lr: expected a number"),
     ({"batch_size": 2.5}, "batch_size"),
+    ({"seed": -2}, "seed: must be >= 0"), ({"seed": 99}, "validation and tuning"),
+    ({"seed": 199}, "held-out evaluation"),
 ])
 def test_config_rejects_invalid(values, word):
     with pytest.raises(ValueError, match=word):
@@ -313,6 +315,64 @@ def test_fine_tune_starts_from_the_given_model(tmp_path):
     assert meta1["arch"]["base_channels"] == 6  # the init model's architecture, not the config's
     for (k, a), b in zip(net0.state_dict().items(), net1.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=k)
+
+
+def test_a_resumed_fine_tuning_run_keeps_the_initial_models_network(tmp_path):
+    """Resuming a run with ``init_model`` rebuilt the config's default network (a model of
+    another width could not be resumed), trained on with the default window and dropped the
+    inherited T_p / T_r and radius calibration (an audit)."""
+    from napari_tubular.models import load_model, read_model_meta, save_model
+
+    window = {"kind": "window", "low": -100.0, "high": 300.0}
+    first = train(tiny_config(tmp_path / "a", steps=1, model={"base_channels": 6, "depth": 2},
+                              normalization=window))
+    net0, meta0 = load_model(first, "cpu")
+    meta0["metrics"] = {**meta0.get("metrics", {}), "refine": {"tp": 0.7, "tr": 0.4}}
+    meta0["radius_calibration"] = {"knots": [0.0, 10.0], "ratios": [1.0, 1.0]}
+    init = save_model(tmp_path / "init.pt", net0, meta0)
+
+    def cfg(**kw):
+        return tiny_config(tmp_path / "b", init_model=str(init), checkpoint_every=1, **kw)
+
+    calls = {"n": 0}
+
+    def cancel():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    with pytest.raises(Cancelled):
+        train(cfg(steps=4), cancel=cancel)
+    resumed = train(cfg(steps=3, resume=True))
+    meta = read_model_meta(resumed)
+    assert meta["training"]["steps"] == 3
+    assert meta["arch"]["base_channels"] == 6
+    assert meta["normalization"] == window
+    assert meta["metrics"]["refine"]["tp"] == 0.7
+    assert meta["radius_calibration"]["knots"] == [0.0, 10.0]
+
+
+def test_resume_keeps_a_better_best_model_than_its_checkpoint_knew(tmp_path, monkeypatch):
+    """best.pt is written at each validation, last.pt at checkpoints: after a kill between
+    them, the resumed run replaced the better best.pt with a worse one (an audit)."""
+    from napari_tubular.models import read_model_meta
+    from napari_tubular.training import loop
+
+    scores = iter([0.9, 0.5, 0.4, 0.3, 0.2])
+    real = loop.validate
+
+    def fake(*args, **kwargs):
+        return {**real(*args, **kwargs), "score": next(scores)}
+
+    monkeypatch.setattr(loop, "validate", fake)
+    out = tmp_path / "run"
+    kw = dict(val_data=["synthetic"], val_cases=1, val_every=1)
+    train(tiny_config(out, steps=2, **kw))
+    assert read_model_meta(out / "best.pt")["metrics"]["score"] == 0.9
+    ck = torch.load(out / "last.pt", weights_only=False)
+    ck["best_score"] = -float("inf")  # as if killed before the checkpoint that knew 0.9
+    torch.save(ck, out / "last.pt")
+    train(tiny_config(out, steps=4, resume=True, **kw))
+    assert read_model_meta(out / "best.pt")["metrics"]["score"] == 0.9
 
 
 def test_fine_tune_with_another_K_reinitialises_only_the_scale_head(tmp_path):

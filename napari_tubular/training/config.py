@@ -9,6 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+TRAIN_SEED_BASE = 1_000_000
+VAL_SEED_BASE = 100_000_000
+HELD_OUT_SEED_BASE = 200_000_000
+"""Synthetic seeds: training ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i`` (below 1e8 for
+seed < 99); validation ``VAL_SEED_BASE + 1000 * seed + i`` (and the tuning / calibration
+volumes of the scripts, ``VAL_SEED_BASE + 500...``); the held-out evaluation
+(``scripts/evaluate_default.py``) ``HELD_OUT_SEED_BASE + i``. :meth:`TrainConfig.validate`
+refuses a seed whose training seeds would reach either."""
+
 LOSSES = ("ddt+cldice", "ddt", "dice+ce", "dice+cldice", "boundary")
 """Loss names accepted by :class:`TrainConfig`.
 
@@ -64,8 +73,11 @@ class TrainConfig:
             ``step_000N.pt`` (0 = none): checkpoints to compare afterwards on other data than
             the validation volumes, which are too few to pick among them reliably.
         log_every: log the training loss every N steps.
-        seed: base seed (synthetic training seeds are ``seed * 1_000_003 + i``; validation
-            seeds are disjoint: they start at ``10**8 + seed * 1000``).
+        seed: base seed, >= 0: synthetic training cases get the seeds
+            ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i``, validation cases
+            ``VAL_SEED_BASE + 1000 * seed + i``, the held-out evaluation uses
+            ``HELD_OUT_SEED_BASE + i``. Seeds 99 and 199, whose training seeds would be the
+            validation / tuning or the held-out cases, are refused.
         device: "auto", "cpu", "cuda", "cuda:1", ...
         amp: mixed precision (bfloat16 autocast) on CUDA; ignored on CPU.
         num_threads: torch threads on CPU (0 = leave torch's default).
@@ -170,6 +182,15 @@ class TrainConfig:
             raise ValueError(f"target_spacing: must be positive mm, got {self.target_spacing}")
         if min(self.patch_size) < 8:
             raise ValueError(f"patch_size: each side must be >= 8 voxels, got {self.patch_size}")
+        if int(self.seed) < 0:
+            raise ValueError(f"seed: must be >= 0, got {self.seed}")
+        for start, what in ((VAL_SEED_BASE, "validation and tuning"),
+                            (HELD_OUT_SEED_BASE, "held-out evaluation")):
+            if TRAIN_SEED_BASE * (int(self.seed) + 1) <= start < TRAIN_SEED_BASE * (
+                    int(self.seed) + 2):
+                # an audit: seed 99 trained on the validation cases, 199 on the held-out set
+                raise ValueError(f"seed: the training cases of seed {self.seed} would be the "
+                                 f"{what} cases (seeds from {start}); choose another seed")
         for name in ("batch_size", "steps", "K", "cldice_iters"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ddp
-from .config import TrainConfig
+from .config import TRAIN_SEED_BASE, VAL_SEED_BASE, TrainConfig  # noqa: F401 (re-exported)
 from .data import (
     FixedPool,
     PreparedCase,
@@ -45,11 +45,6 @@ ProgressFn = Callable[[int, int, str], None]
 DEFAULT_NORMALIZATION = {"kind": "window", "low": -200.0, "high": 600.0}
 """Normalisation used when the config gives none (CT-like data, as the synthetic generator's)."""
 
-TRAIN_SEED_BASE = 1_000_000
-VAL_SEED_BASE = 100_000_000
-"""Synthetic seeds: training ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i`` (below 1e8 for
-seed < 99); validation ``VAL_SEED_BASE + 1000 * seed + i``. ``scripts/evaluate_default.py`` uses
-seeds from 2e8 on, disjoint from both."""
 SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initialised when K changes)
 
 LOG_COLUMNS = [
@@ -392,8 +387,19 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     normalization = resolve_normalization(config)
     arch = model_arch(config)
     torch.manual_seed(config.seed)
-    init_state, inherited = None, {}
-    if config.init_model and not config.resume:
+    init_state, inherited, ck = None, {}, None
+    if config.resume:
+        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        _check_resume(ck["config"], config)
+        # a fine-tuning run's network, normalisation and inherited T_p / T_r and calibration
+        # are its initial model's, not the config's defaults (an audit: a resumed run rebuilt
+        # the default network, or trained on and saved the default window)
+        arch = dict(ck.get("arch") or arch)
+        normalization = dict(ck.get("normalization") or normalization)
+        inherited = dict(ck.get("inherited") or {})
+        if config.init_model and "arch" not in ck:  # a checkpoint of an older version
+            arch, normalization, _state, inherited = _init_from_model(config)
+    elif config.init_model:
         arch, normalization, init_state, inherited = _init_from_model(config)
     model = build_model(arch).to(device)
     if init_state is not None:
@@ -405,12 +411,14 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     step, rows, best, elapsed0, seeds_drawn = 0, [], -math.inf, 0.0, 0
     rng = np.random.default_rng([config.seed, dist.rank])
     gen = torch.Generator().manual_seed(config.seed * 1000 + dist.rank)
-    if config.resume:
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        _check_resume(ck["config"], config)
+    if ck is not None:
         model.load_state_dict(ck["model_state"])
         opt.load_state_dict(ck["optimizer"])
         step, rows, best = int(ck["step"]), list(ck["rows"]), float(ck["best_score"])
+        # best.pt is written at each validation, last.pt only at checkpoints: after a kill
+        # between them best.pt holds a better score than last.pt knew (an audit: the resumed
+        # run replaced it with a worse one)
+        best = max(best, _saved_best_score(out / "best.pt"))
         elapsed0, seeds_drawn = float(ck["elapsed_s"]), int(ck.get("seeds_drawn", 0))
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
@@ -457,6 +465,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         state = {
             "config": config.to_dict(), "model_state": _unwrap(net).state_dict(),
             "optimizer": opt.state_dict(), "step": step, "rows": rows, "best_score": best,
+            "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
         }
@@ -601,6 +610,19 @@ def _fmt_time(seconds: float) -> str:
 
 
 _RESUME_FIXED = ("loss", "K", "model", "target_spacing", "patch_size", "normalization", "data")
+
+
+def _saved_best_score(path: Path) -> float:
+    """The validation score stored in a run's ``best.pt`` (-inf when there is none)."""
+    if not path.is_file():
+        return -math.inf
+    from napari_tubular.models import read_model_meta
+
+    try:
+        score = (read_model_meta(path).get("metrics") or {}).get("score")
+    except (ValueError, OSError):
+        return -math.inf
+    return float(score) if score is not None else -math.inf
 
 
 def _init_from_model(config: TrainConfig):
