@@ -285,6 +285,9 @@ def _bone_level(bone_level, meta) -> float | None:
 #: least this share above the bone level are taken as bone
 BONE_SHARE = 0.2
 BONE_WINDOW_MM = 5.0
+#: in an image without negative values (not CT), when more than this share of all found voxels
+#: is above the bone level, they are the vessels (see _suppress_bone)
+BONE_MAJORITY = 0.25
 
 
 def _suppress_bone(probability, image, level: float, spacing, messages) -> float:
@@ -304,6 +307,17 @@ def _suppress_bone(probability, image, level: float, spacing, messages) -> float
     found = probability > NO_REFINE_THRESHOLD
     bright = found & (image > level)
     if not bright.any():
+        return 0.0
+    n_found, n_bright = int(np.count_nonzero(found)), int(np.count_nonzero(bright))
+    if n_bright > BONE_MAJORITY * n_found and float(np.min(image)) >= 0.0:
+        # no voxel below 0 (no air, no fat, no noise around water: not CT) and most of what
+        # was found brighter than bone: those are the vessels of an image in other units, e.g.
+        # an MR angiogram whose background lies in the soft-tissue range (an outside audit got
+        # empty labels); in CT, bone found beside vessels is the minority of the found voxels
+        _warn(f"{n_bright / n_found:.0%} of what the network found is brighter than {level:g} "
+              "in an image without a value below 0 (not CT in HU: e.g. MR angiography): taken "
+              "as vessels, bright bone is not removed (--bone-level N sets a level by hand)",
+              messages)
         return 0.0
     size = [max(3, 2 * int(round(BONE_WINDOW_MM / s / 2)) + 1) for s in spacing]
     share = ndimage.uniform_filter(bright.astype(np.float32), size)

@@ -488,9 +488,15 @@ def make_tube_val_cases(target_spacing: Sequence[float], K: int, normalization: 
 
 
 def _worker_init() -> None:  # pragma: no cover - runs in child processes
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # a terminal's Ctrl-C reaches the whole process group: the main process stops the run
+    # (saving first) and closes the pool; a worker printing its own KeyboardInterrupt
+    # traceback only hid that (an audit)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _make_synthetic_job(args: tuple) -> PreparedCase:  # pragma: no cover - child processes
