@@ -171,6 +171,9 @@ def run(args) -> int:
         print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 "
               f"({', '.join(from_defaults)} from {where})", file=sys.stderr)
     out = Path(args.output).expanduser()
+    if out.is_dir():  # --overwrite would not help: it names a file (an audit)
+        raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
+                         f"{out / 'NAME_labels.nii.gz'}")
     skel_out = skeleton_path(out)
     if not args.overwrite:
         existing = [str(p) for p in (out, skel_out) if p.exists()]

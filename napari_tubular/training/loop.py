@@ -563,7 +563,9 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
             save_checkpoint()
             if report:
-                report(step, step, f"done: {step} steps, best validation score {best:.4f}")
+                report(step, step, f"done: {step} steps, " + (
+                    f"best validation score {best:.4f}" if math.isfinite(best)
+                    else "no validation (model.pt holds the final weights)"))
         ddp.barrier(dist)
     finally:
         pool.close()
