@@ -56,7 +56,8 @@ def test_config_file_json_yaml_and_overrides(tmp_path):
     ({"steps": "many"}, "steps: expected a whole number"), ({"lr": [1]}, "lr: expected a number"),
     ({"batch_size": 2.5}, "batch_size"),
     ({"seed": -2}, "seed: must be >= 0"), ({"seed": 99}, "validation and tuning"),
-    ({"seed": 199}, "held-out evaluation"),
+    ({"seed": 199}, "held-out evaluation"), ({"scale_range": "x"}, "scale_range: expected"),
+    ({"scale_range": [0.9]}, "scale_range: expected"),
 ])
 def test_config_rejects_invalid(values, word):
     with pytest.raises(ValueError, match=word):

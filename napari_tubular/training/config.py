@@ -146,7 +146,15 @@ class TrainConfig:
         self.out = str(self.out)
         self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
         self.patch_size = _triple(self.patch_size, "patch_size", int)
-        self.scale_range = tuple(float(v) for v in self.scale_range)  # type: ignore[assignment]
+        try:
+            values = [self.scale_range] if isinstance(self.scale_range, str) else self.scale_range
+            self.scale_range = tuple(float(v) for v in values)  # type: ignore[assignment]
+        except (TypeError, ValueError):
+            raise ValueError(f"scale_range: expected two numbers (low, high), got "
+                             f"{self.scale_range!r}") from None
+        if len(self.scale_range) != 2:
+            raise ValueError(f"scale_range: expected two numbers (low, high), got "
+                             f"{list(self.scale_range)}")
         self.validate()
 
     def _coerce_numbers(self) -> None:
