@@ -517,3 +517,31 @@ def test_bone_level_option_parses_numbers_and_off(capsys):
     with pytest.raises(SystemExit):
         main(["segment", "x.nii.gz", "-o", "out", "--bone-level", "bright"])
     assert "expected a number of HU or 'off'" in capsys.readouterr().err
+
+
+def test_skip_existing_adds_new_cases_to_a_segmented_folder(tmp_path, model_file, volume_file,
+                                                           capsys):
+    """A folder segmented before and one new case: --skip-existing segments only the new one
+    (without it the whole batch was refused, and --overwrite would redo every case)."""
+    import shutil
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(volume_file, inputs / "a.nii.gz")
+    out = tmp_path / "out"
+    common = ("-o", out, "--model", model_file, "--device", "cpu", "--quiet")
+    assert _run("segment", inputs, *common) == 0
+    first = (out / "a_labels.nii.gz").stat().st_mtime_ns
+    shutil.copy(volume_file, inputs / "b.nii.gz")
+    assert _run("segment", inputs, *common) == 2  # refused: a's outputs exist
+    assert "--overwrite" in capsys.readouterr().err
+    assert _run("segment", inputs, *common, "--skip-existing") == 0
+    assert (out / "b_report.json").is_file()
+    assert (out / "a_labels.nii.gz").stat().st_mtime_ns == first  # not redone
+    assert _run("segment", inputs, *common, "--skip-existing") == 0  # nothing left to do
+    assert "nothing to segment" in capsys.readouterr().err
+    # an input with only some of its outputs is still refused
+    (out / "b_radius.nii.gz").unlink()
+    assert _run("segment", inputs, *common, "--skip-existing") == 2
+    assert _run("segment", inputs, *common, "--skip-existing", "--overwrite") == 2
+    assert "exclude each other" in capsys.readouterr().err

@@ -129,6 +129,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="leave out inputs whose five outputs all exist already (adding cases to a folder "
+        "segmented before); an input with only some of them is still refused",
+    )
+    p.add_argument(
         "--batch-size",
         type=int,
         default=None,
@@ -251,8 +257,12 @@ def output_paths(outdir: Path, name: str) -> dict[str, Path]:
     return {k: outdir / f"{name}{suffix}" for k, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool) -> list[tuple[Path, dict]]:
-    """(input, output paths) per input; raises before any work on name clashes or existing files."""
+def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
+                 skip_existing: bool = False, done: list[Path] | None = None,
+                 ) -> list[tuple[Path, dict]]:
+    """(input, output paths) per input; raises before any work on name clashes or existing files.
+
+    ``skip_existing``: inputs whose outputs all exist are left out (appended to ``done``)."""
     from ..io import volume_stem
 
     plan = []
@@ -266,6 +276,11 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool) -> list[tupl
             )
         seen[name] = path
         plan.append((path, output_paths(outdir, name)))
+    if skip_existing and not overwrite:
+        complete = [all(p.exists() for p in outs.values()) for _, outs in plan]
+        if done is not None:
+            done.extend(path for (path, _), c in zip(plan, complete) if c)
+        plan = [item for item, c in zip(plan, complete) if not c]
     if not overwrite:
         existing = [str(p) for _, outs in plan for p in outs.values() if p.exists()]
         if existing:
@@ -330,7 +345,18 @@ def run(args) -> int:
               f"{names} (name a file to segment it anyway)", file=sys.stderr, flush=True)
     if not inputs:
         raise ValueError("no image to segment: the folder(s) hold only masks or earlier outputs")
-    plan = plan_outputs(inputs, outdir, args.overwrite)
+    if args.overwrite and args.skip_existing:
+        raise ValueError("--overwrite and --skip-existing exclude each other")
+    done: list[Path] = []
+    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done)
+    if done and not args.quiet:
+        print(f"note: {len(done)} input(s) left out, their outputs exist (--skip-existing): "
+              + ", ".join(p.name for p in done[:4]) + (" ..." if len(done) > 4 else ""),
+              file=sys.stderr, flush=True)
+    if not plan:
+        print("nothing to segment: every input's outputs exist (--skip-existing)",
+              file=sys.stderr, flush=True)
+        return 0
     device = resolve_device(args.device)
     net, meta = load_model(args.model, device=device)
     outdir.mkdir(parents=True, exist_ok=True)
