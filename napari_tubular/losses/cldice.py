@@ -153,6 +153,12 @@ class SoftclDiceLoss(nn.Module):
     the soft skeleton with ``iters`` iterations. With ``smooth=1, eps=1e-4`` and one channel this
     is exactly MONAI's ``SoftclDiceLoss`` (``benchmarks/bench_losses.py`` checks it).
 
+    A blind spot of the recipe (an audit, kept as the paper defines it): the soft skeleton of a
+    patch that is foreground everywhere is empty (the erosions reach the padding), so an
+    all-foreground prediction against an empty target scores Tprec = Tsens = 1 and loss 0 with
+    no gradient. Use it with a region term, as :class:`DiceclDiceLoss` does (that pair scores
+    the same case 0.69).
+
     Args:
         iters: soft-skeleton iterations; at least the largest tube radius in voxels (see
             :func:`skeleton_iterations`).
