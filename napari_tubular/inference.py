@@ -33,6 +33,7 @@ torch is imported inside functions only.
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -171,6 +172,11 @@ def _as_image(volume, spacing):
         data, sp = volume.data, volume.spacing if spacing is None else spacing
     else:
         data, sp = volume, (1.0, 1.0, 1.0) if spacing is None else spacing
+    if isinstance(data, str | os.PathLike):  # an audit: "a 0-D array of shape ()"
+        raise ValueError(f"expected an image array or a Volume, got the path {str(data)!r}: "
+                         "read it first with napari_tubular.io.read_volume (geometry included)")
+    if hasattr(data, "detach") and hasattr(data, "cpu"):  # a torch tensor, maybe with grad
+        data = data.detach().cpu().numpy()
     data = np.asarray(data)
     if data.ndim != 3:
         raise ValueError(
@@ -806,7 +812,7 @@ def predict(
         device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N".
         spacing: (sz, sy, sx) mm, overrides the volume's spacing.
         batch_size: windows per forward pass (default 1 on CPU, 4 on CUDA).
-        overlap: window overlap fraction in [0, 1).
+        overlap: window overlap fraction in [0, 0.9] (MAX_OVERLAP).
         progress: ``progress(done, total, message)``.
         cancel: ``cancel() -> bool``; True raises :class:`Cancelled`.
         amp: float16 autocast on CUDA.
@@ -1395,7 +1401,7 @@ def segment(
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
-    skeleton &= labels
+    skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks
         # alone, e.g. in pure noise, are what the speck filter is for: no advice then)

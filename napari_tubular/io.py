@@ -1066,7 +1066,16 @@ def write_dicom_series(
 def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
     """Cast to what is written: ``dtype`` if given, else bool -> uint8, float64 -> float32."""
     if dtype is not None:
-        arr = arr.astype(dtype, copy=False)
+        target = np.dtype(dtype)
+        if target.kind in "iu" and arr.size and arr.dtype.kind in "iuf":
+            # an audit: -1000 written as uint8 came back as 24, 70000 as int16 as 4464
+            info = np.iinfo(target)
+            lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+            if lo < info.min or hi > info.max or (arr.dtype.kind == "f" and not (
+                    np.isfinite(lo) and np.isfinite(hi))):
+                raise ValueError(f"cannot write values {lo:g}..{hi:g} as {target}: it holds "
+                                 f"{info.min}..{info.max}; choose a wider dtype")
+        arr = arr.astype(target, copy=False)
     elif arr.dtype.kind == "f" and arr.dtype.itemsize == 8:
         arr = arr.astype(np.float32)
     if arr.dtype.kind not in "biuf":

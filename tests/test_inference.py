@@ -346,12 +346,21 @@ def test_segment_removes_specks_and_uses_the_models_tuned_thresholds():
         (np.zeros((8, 8, 8)), {"spacing": (1, 0, 1)}, ValueError, "spacing"),
         (np.zeros((8, 8, 8)), {"overlap": 1.0}, ValueError, "overlap"),
         (np.zeros((8, 8, 8)), {"device": "tpu"}, ValueError, "device"),
+        ("scan.nii.gz", {}, ValueError, "read_volume"),
     ],
 )
 def test_bad_inputs(volume, kwargs, exc, match):
     kw = {"device": "cpu", **kwargs}
     with pytest.raises(exc, match=match):
         predict(volume, (EchoNet(), _meta()), **kw)
+
+
+def test_a_tensor_with_grad_is_taken_as_data():
+    """A torch tensor that requires grad failed with torch's "Can't call numpy()" (an audit)."""
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(8, 8, 8, requires_grad=True)
+    pred = predict(x, (EchoNet(), _meta()), device="cpu")
+    assert pred.probability.shape == (8, 8, 8)
 
 
 def test_bad_model_files(tmp_path):

@@ -203,6 +203,15 @@ def test_write_dtypes(tmp_path):
     r64 = read_volume(write_volume(tmp_path / "d.mha", x, dtype=np.float64))
     assert r64.data.dtype == np.float64
     np.testing.assert_array_equal(r64.data, x)
+    # a dtype that cannot hold the values is refused (it wrapped: -1000 as uint8 read 24)
+    hu = np.full((4, 5, 6), -1000, np.int16)
+    with pytest.raises(ValueError, match="cannot write values -1000"):
+        write_volume(tmp_path / "u.nii.gz", hu, dtype=np.uint8)
+    with pytest.raises(ValueError, match="int16"):
+        write_volume(tmp_path / "w.nii.gz", np.full((2, 2, 2), 70000.0), dtype=np.int16)
+    assert not (tmp_path / "u.nii.gz").exists()
+    np.testing.assert_array_equal(
+        read_volume(write_volume(tmp_path / "ok.nii.gz", hu + 1000, dtype=np.uint8)).data, 0)
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f8", ">i2", "<u2"])

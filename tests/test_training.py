@@ -718,3 +718,13 @@ def test_progress_line_says_when_the_validation_was_measured():
     now = _progress_message(2, config, 2.0, rows[:1])
     assert "val Dice 0.250" in now
     assert "(at step" not in now
+
+
+@pytest.mark.parametrize("spacing", [(0, 0.8, 0.8), (-1.5, 0.8, 0.8), float("nan")])
+def test_prepare_case_refuses_a_bad_spacing(spacing):
+    """A zero or negative spacing made a one-slice training case in silence (an audit)."""
+    with pytest.raises(ValueError, match="spacing must be three positive"):
+        tdata.prepare_case(np.zeros((8, 8, 8)), np.zeros((8, 8, 8)), spacing, (0.8,) * 3, 3,
+                           NORM)
+    with pytest.raises(ValueError, match="target spacing"):
+        tdata.resample(np.zeros((8, 8, 8)), (1, 1, 1), (0, 1, 1))

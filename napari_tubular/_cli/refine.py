@@ -208,7 +208,7 @@ def run(args) -> int:
     if pv is not None and labels.any():
         labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"])
     labels, _ = remove_small_components(labels, spacing, min_size)
-    skeleton &= labels
+    skeleton = skeleton & labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
     stats = shape_report(labels, skeleton, spacing)

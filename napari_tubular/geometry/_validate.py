@@ -26,6 +26,9 @@ def check_mask(mask, name: str = "mask") -> np.ndarray:
     if a.dtype != bool:
         if not (np.issubdtype(a.dtype, np.number)):
             raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")
+        if a.dtype.kind in "fc" and np.isnan(a).any():
+            # NaN != 0 would make it foreground (an audit: one NaN voxel gave b0 = 2)
+            raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
         a = a != 0
     return np.ascontiguousarray(a)
 

@@ -39,7 +39,8 @@ def edt_mm(mask, spacing) -> np.ndarray:
     Returns:
         float32, shape (Z, Y, X): distance in mm, 0 on background; the boundary layer holds the
         spacing along the direction of its nearest background voxel. The volume border is *not*
-        treated as background (a mask touching the border keeps growing distances there).
+        treated as background (a mask touching the border keeps growing distances there), so a
+        mask without a single background voxel is ``inf`` everywhere.
     """
     import edt
 

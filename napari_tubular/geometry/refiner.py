@@ -135,7 +135,8 @@ class Refiner:
 
         Returns:
             :class:`RefineResult`. The arrays ``refined``, ``skeleton``, ``centers_mm`` and
-            ``radii_mm`` are shared with the cache: treat them as read-only.
+            ``radii_mm`` are shared with the cache and read-only (an audit: editing a returned
+            ``refined`` in place changed every later ``T_r`` step); ``labels`` is the caller's.
         """
         new_tp = self._tp if tp is None else check_threshold(tp, "tp")
         new_tr = self._tr if tr is None else check_threshold(tr, "tr", high=1e6)
@@ -143,6 +144,10 @@ class Refiner:
             flat, r, w = self._seeds(new_tp)
             self._result = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
                                               new_tr, self.truncate, self.device)
+            for shared in (self._result.refined, self._result.skeleton,
+                           self._result.centers_mm, self._result.radii_mm):
+                if isinstance(shared, np.ndarray):
+                    shared.flags.writeable = False
             self._flat = flat
             self.n_reconstructions += 1
         elif new_tr != self._tr:

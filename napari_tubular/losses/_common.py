@@ -50,7 +50,8 @@ def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str)
 
 
 def check_unit_range(x: torch.Tensor, name: str) -> None:
-    """Refuse targets outside [0, 1] (a 0/255 mask or class indices would give a wrong loss).
+    """Refuse values outside [0, 1]: targets (a 0/255 mask or class indices would give a wrong
+    loss) and inputs declared as probabilities (``activation=None``).
 
     One reduction and one host sync per call; integer and bool targets are checked too.
     """
@@ -91,6 +92,10 @@ def to_probabilities(x: torch.Tensor, activation: str | None) -> torch.Tensor:
                 f"activation='softmax' needs at least 2 channels, got input of shape {tuple(x.shape)}"
             )
         return torch.softmax(x, dim=1)
+    # activation=None: probabilities; logits passed by mistake gave a soft Dice above 1 (an
+    # audit)
+    check_unit_range(x, "input (activation=None: probabilities; pass activation='sigmoid' "
+                        "for logits)")
     return x
 
 
@@ -112,6 +117,8 @@ def log_probabilities(x: torch.Tensor, activation: str | None, eps: float = 1e-7
         return logp[:, 1:2], logp[:, 0:1]
     if x.shape[1] != 1:
         raise ValueError(f"segmentation probabilities must have 1 channel, got {tuple(x.shape)}")
+    check_unit_range(x, "input (activation=None: probabilities; pass activation='sigmoid' "
+                        "for logits)")
     p = x.clamp(eps, 1.0 - eps)
     return torch.log(p), torch.log1p(-p)
 

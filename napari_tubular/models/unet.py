@@ -36,7 +36,9 @@ def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm3d(channels)
     if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+        # up to 8 groups, a divisor of the channels (12 channels: 6 groups; 8 failed in torch)
+        groups = max(g for g in range(1, min(8, channels) + 1) if channels % g == 0)
+        return nn.GroupNorm(groups, channels)
     return nn.Identity()
 
 

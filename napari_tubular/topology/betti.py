@@ -63,6 +63,8 @@ def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (z, y, x) array, got shape {mask.shape}")
+    if mask.dtype.kind in "fc" and np.isnan(mask).any():
+        raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
     return mask if mask.dtype == bool else mask != 0
 
 

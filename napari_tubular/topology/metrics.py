@@ -148,6 +148,8 @@ def centerline_length_mm(skeleton: np.ndarray, spacing) -> float:
         spacing: voxel size in mm, (dz, dy, dx).
     """
     spacing = check_spacing(spacing)
+    # a 3-D mask (an audit: a tensor, a (1, Z, Y, X) array or a 2-D slice gave wrong lengths)
+    skeleton = binarize(skeleton, "skeleton")
     coords = np.argwhere(skeleton)
     if len(coords) < 2:
         return 0.0
@@ -201,9 +203,12 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
 
 
 def dice_score(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice of two masks of the same shape (non-zero = foreground); both empty gives 1.0, as in
+    """Dice of two 3-D masks of the same shape (binary masks or labels, non-zero = foreground,
+    as :func:`binarize` takes them: probabilities are refused); both empty gives 1.0, as in
     :func:`compute_metrics`, which also computes it (on its crops, with the other metrics)."""
-    p, r = np.asarray(pred) != 0, np.asarray(ref) != 0
+    # an audit: arrays of other shapes were broadcast (Dice 1.67), probabilities counted whole
+    p, r = binarize(pred, "pred"), binarize(ref, "ref")
+    check_same_shape(p, r, "pred", "ref")
     total = int(np.count_nonzero(p)) + int(np.count_nonzero(r))
     return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(p & r)) / total
 

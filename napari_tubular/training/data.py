@@ -143,8 +143,15 @@ def resample(
     import torch
     import torch.nn.functional as F
 
+    from napari_tubular.geometry._validate import check_spacing
+
     if kind not in ("image", "label"):
         raise ValueError(f"kind: expected 'image' or 'label', got {kind!r}")
+    if np.ndim(array) != 3:
+        raise ValueError(f"expected a 3-D (z, y, x) array, got shape {np.shape(array)}")
+    # an audit: a zero target divided by zero, a negative one gave a one-slice array
+    spacing = check_spacing(spacing, "spacing")
+    target = check_spacing(target, "target spacing")
     shape = resampled_shape(array.shape, spacing, target)
     if tuple(shape) == tuple(array.shape):
         return array.astype(np.float32 if kind == "image" else np.uint8, copy=False)
@@ -184,23 +191,26 @@ def prepare_case(
         target_label: the label already on the target grid (synthetic cases rasterise their
             exact geometry there); otherwise ``label`` is resampled (:func:`resample`).
     """
+    from napari_tubular.geometry._validate import check_spacing
     from napari_tubular.geometry.distance import scale_classes, signed_distance
     from napari_tubular.models import normalize_intensity
 
+    what = f"{name}: " if name else ""
     image = np.asarray(image)
     label = np.asarray(label)
     if image.shape != label.shape:
-        raise ValueError(f"{name}: image shape {image.shape} != label shape {label.shape}")
+        raise ValueError(f"{what}image shape {image.shape} != label shape {label.shape}")
     if image.ndim != 3:
-        raise ValueError(f"{name}: expected a 3-D volume, got shape {image.shape}")
-    spacing = tuple(float(s) for s in spacing)
-    target = tuple(float(s) for s in target_spacing)
+        raise ValueError(f"{what}expected a 3-D volume, got shape {image.shape}")
+    # an audit: a zero or negative spacing gave a one-slice training case in silence
+    spacing = check_spacing(spacing, f"{what}spacing")
+    target = check_spacing(target_spacing, f"{what}target spacing")
     norm = np.asarray(normalize_intensity(image.astype(np.float32, copy=False), normalization),
                       dtype=np.float32)
     img = resample(norm, spacing, target, kind="image")
     if target_label is not None:
         if target_label.shape != img.shape:
-            raise ValueError(f"{name}: target_label shape {target_label.shape} != {img.shape}")
+            raise ValueError(f"{what}target_label shape {target_label.shape} != {img.shape}")
         lab = (np.asarray(target_label) > 0).astype(np.uint8)
     else:
         lab = resample((label > 0).astype(np.uint8), spacing, target, kind="label")

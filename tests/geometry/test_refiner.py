@@ -113,3 +113,30 @@ def test_radius_bound_stops_an_axis_ridge_from_ballooning():
     np.testing.assert_array_equal(clean.labels, clean_unbounded.labels)
     with pytest.raises(ValueError, match="radius_bound"):
         Refiner(prob, radius, sp, radius_bound=0.1)
+    # the one-shot function is the Refiner, cap included (an audit: it had no cap and gave
+    # the unbounded balloon)
+    one_shot = refine(prob, ridge, sp, tp=0.6, tr=0.6)
+    np.testing.assert_array_equal(one_shot.labels, bounded.labels)
+    np.testing.assert_array_equal(refine(prob, ridge, sp, tp=0.6, tr=0.6,
+                                         radius_bound=None).labels, unbounded.labels)
+
+
+def test_refiner_results_cannot_corrupt_its_cache(case):
+    """The cached arrays a result shares are read-only (an audit: editing ``refined`` in place
+    changed every later T_r step); bad maps are refused with a message."""
+    _mask, prob, radius = case
+    sp = SP
+    refiner = Refiner(prob, radius, sp, device="cpu")
+    first = refiner.update(tp=0.6, tr=0.5)
+    with pytest.raises(ValueError, match="read-only"):
+        first.refined[...] = 0
+    first.labels[...] = 0  # the caller's own array
+    assert refiner.update(tr=0.4).labels.sum() > 0
+    bad = radius.copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        Refiner(prob, bad, sp)
+    with pytest.raises(ValueError, match="negative"):
+        refine(prob, -radius, sp)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        refine(prob * 3, radius, sp)

@@ -170,3 +170,17 @@ def test_targets_outside_unit_range_are_refused(scale):
         with pytest.raises(ValueError, match=r"target.* must hold values in \[0, 1\]"):
             loss(logits, target)
         assert torch.isfinite(loss(logits, target.clamp(0, 1)))  # the same mask, in range
+
+
+def test_probability_inputs_outside_unit_range_are_refused():
+    """activation=None declares probabilities: logits passed by mistake gave a soft Dice above 1
+    in silence (an audit)."""
+    from napari_tubular.losses import GeneralizedDiceLoss
+
+    logits = torch.linspace(-4, 4, 216).reshape(1, 1, 6, 6, 6)
+    target = (logits > 0).float()
+    for loss in (SoftDiceLoss(activation=None), SoftclDiceLoss(2, activation=None),
+                 GeneralizedDiceLoss(activation=None)):
+        with pytest.raises(ValueError, match=r"activation=None: probabilities"):
+            loss(logits, target)
+        assert torch.isfinite(loss(torch.sigmoid(logits), target))

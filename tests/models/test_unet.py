@@ -122,3 +122,18 @@ def test_ill_input_shape():
         net(torch.zeros(1, 8, 8, 8))
     with pytest.raises(ValueError, match="input channel"):
         net(torch.zeros(1, 2, 8, 8, 8))
+
+
+@pytest.mark.parametrize("base", [6, 12, 20])
+def test_group_norm_takes_widths_not_divisible_by_8(base):
+    """norm='group' failed inside torch for 6, 12 or 20 channels (8 groups): the groups are the
+    largest divisor of the channels up to 8."""
+    import torch
+
+    net = TubularUNet(base_channels=base, depth=2, norm="group", num_scales=3)
+    out = net(torch.zeros(1, 1, 16, 16, 16))
+    assert out["seg"].shape == (1, 1, 16, 16, 16)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms
+    for m in norms:  # the largest divisor of the channels up to 8
+        assert m.num_groups == max(g for g in range(1, 9) if m.num_channels % g == 0)

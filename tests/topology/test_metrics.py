@@ -199,3 +199,29 @@ def test_dice_score_counts_and_agrees_with_compute_metrics(rng):
     assert dice_score(np.zeros_like(a), np.zeros_like(a)) == 1.0
     p, r = rng.random((20, 20, 20)) > 0.6, rng.random((20, 20, 20)) > 0.5
     assert dice_score(p, r) == pytest.approx(compute_metrics(p, r, (1.0, 1.0, 1.0))["dice"])
+
+
+def test_dice_and_length_refuse_what_they_cannot_measure():
+    """An audit: arrays of other shapes were broadcast (Dice 1.67), probabilities counted as
+    masks, a (1, Z, Y, X) skeleton measured 12.8 mm for 16 mm, NaN voxels made components."""
+    from napari_tubular.topology import betti_numbers, centerline_length_mm, dice_score
+
+    a = np.zeros((8, 8, 20), bool)
+    a[4, 4, 2:18] = True
+    with pytest.raises(ValueError, match="shape"):
+        dice_score(a[:1], a)
+    with pytest.raises(ValueError):
+        dice_score(a * 0.4, a)
+    with pytest.raises(ValueError, match="3-D"):
+        dice_score(a[None], a[None])
+    assert centerline_length_mm(a, (1, 1, 1)) == pytest.approx(15.0)
+    with pytest.raises(ValueError, match="3-D"):
+        centerline_length_mm(a[None], (1, 1, 1))
+    nan = a.astype(float)
+    nan[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        betti_numbers(nan)
+    from napari_tubular.geometry import edt_mm
+
+    with pytest.raises(ValueError, match="NaN"):
+        edt_mm(nan, (1, 1, 1))
