@@ -477,19 +477,26 @@ def _nifti_header(path: Path, gz: bool):
     return offset, dtype, shape, img.header
 
 
-def _nifti_sform_geometry(header, spacing, digits):
-    """The geometry of a NIfTI file whose sform (and no qform) disagrees with its pixdim.
+_NIFTI_UNITS_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3, "unknown": 1.0}
 
-    The NIfTI standard maps voxels to the world through the sform alone when only it is set
-    (method 3), but ITK takes the spacing from pixdim (it prints "unexpected scales in sform"):
-    a file whose pixdim was not updated read at the wrong spacing, every voxel misplaced, in an
-    outside audit. ``header``: the nibabel header :func:`_nifti_check` parsed; ``spacing``: ITK's
-    reading. Returns ``(spacing, origin, direction)`` in (z, y, x) from the sform, or None when
-    ITK's reading agrees with it (or there is no such sform, or it is sheared).
+
+def _nifti_sform_geometry(header, geometry, digits):
+    """The sform's geometry where ITK read another one; None where they agree.
+
+    Two cases, both measured in audits: (1) an sform and no qform, with a stale pixdim: the
+    NIfTI standard maps voxels through the sform alone (method 3), ITK takes the spacing from
+    pixdim (every voxel misplaced); (2) an sform and a qform that disagree (a registered image:
+    qform code 1, sform code 2-4): ITK took the qform, nibabel, FSL and FreeSurfer the sform,
+    so outputs sat up to 26 mm from their input in those tools. The sform is followed in both.
+    Its numbers are in the header's spatial units (micron, metre: scaled to mm, as ITK scales
+    pixdim). ``header``: the nibabel header :func:`_nifti_check` parsed; ``geometry``: ITK's
+    ``(spacing, origin, direction)``. Returns ``(spacing, origin, direction, reason)`` in
+    (z, y, x), or None (no sform, a sheared one, or agreement).
     """
-    if int(header["sform_code"]) <= 0 or int(header["qform_code"]) > 0:
+    if int(header["sform_code"]) <= 0:
         return None
-    a = np.asarray(header.get_sform(), dtype=np.float64)
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"
+    a = np.asarray(header.get_sform(), dtype=np.float64) * _NIFTI_UNITS_MM.get(unit, 1.0)
     lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
     m, t = lps @ a[:3, :3], lps @ a[:3, 3]
     sp_xyz = np.linalg.norm(m, axis=0)
@@ -499,10 +506,22 @@ def _nifti_sform_geometry(header, spacing, digits):
     if not np.allclose(d_xyz.T @ d_xyz, np.eye(3), atol=1e-4):
         return None  # sheared: left to ITK (which warns)
     new_spacing = tuple(_clean(v, digits) for v in sp_xyz[::-1])
-    if np.allclose(new_spacing, spacing, rtol=1e-4, atol=1e-6):
-        return None
     new_origin = tuple(_clean(v, digits) for v in t[::-1])
-    return new_spacing, new_origin, d_xyz[::-1, ::-1].copy()
+    new_direction = d_xyz[::-1, ::-1].copy()
+    spacing, origin, direction = geometry
+    if (np.allclose(new_spacing, spacing, rtol=1e-4, atol=1e-6)
+            and np.allclose(new_origin, origin, rtol=1e-5, atol=1e-3)
+            and np.allclose(new_direction, np.asarray(direction), atol=1e-4)):
+        return None
+    if int(header["qform_code"]) > 0:
+        reason = (f"its qform and sform disagree (qform: spacing {tuple(spacing)}, origin "
+                  f"{tuple(origin)}; sform: spacing {new_spacing}, origin {new_origin}): the "
+                  "sform is used, as nibabel, FSL and FreeSurfer do")
+    else:
+        reason = (f"the NIfTI header's pixdim (spacing {tuple(spacing)}) disagrees with its sform "
+                  f"(spacing {new_spacing}), and there is no qform: the geometry is taken from "
+                  "the sform, as the NIfTI standard says")
+    return new_spacing, new_origin, new_direction, reason
 
 
 def _nifti_check(path: Path, gz: bool):
@@ -876,16 +895,10 @@ def read_volume(
     digits = None if nifti else (9 if dicom else 15)
     spacing, origin, direction = _sitk_geometry(img, digits)
     if nifti:
-        sform = _nifti_sform_geometry(nifti_header, spacing, digits)
+        sform = _nifti_sform_geometry(nifti_header, (spacing, origin, direction), digits)
         if sform is not None:
-            warnings.warn(
-                f"{p}: the NIfTI header's pixdim (spacing {spacing}) disagrees with its sform "
-                f"(spacing {sform[0]}), and there is no qform: the geometry is taken from the "
-                "sform, as the NIfTI standard says",
-                UserWarning,
-                stacklevel=2,
-            )
-            spacing, origin, direction = sform
+            warnings.warn(f"{p}: {sform[3]}", UserWarning, stacklevel=2)
+            spacing, origin, direction = sform[:3]
     arr = sitk.GetArrayFromImage(img)
     if arr.dtype.kind == "f":
         nan_mask = ~np.isfinite(arr)

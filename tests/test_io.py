@@ -155,6 +155,60 @@ def test_sform_only_nifti_with_stale_pixdim_follows_the_sform(tmp_path, rotate):
         np.testing.assert_allclose(read_volume(good).affine(), aff, atol=1e-4)
 
 
+@pytest.mark.parametrize("sform_code", [2, 4])
+def test_nifti_qform_and_sform_disagreeing_follow_the_sform(tmp_path, sform_code):
+    """A registered image (qform code 1, sform code 2 or 4, different matrices): ITK took the
+    qform, nibabel / FSL / FreeSurfer the sform, so outputs sat up to 26 mm from their input in
+    those tools (an audit). The sform is followed, with a warning; the file written back holds
+    it in both fields."""
+    nib = pytest.importorskip("nibabel")
+    xyz = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    q = np.diag([1.0, 1.0, 2.0, 1.0])
+    s_ = np.diag([1.0, 1.0, 2.0, 1.0])
+    c, sn = np.cos(0.3), np.sin(0.3)
+    s_[:3, :3] = np.array([[c, -sn, 0], [sn, c, 0], [0, 0, 1]]) @ s_[:3, :3]
+    s_[:3, 3] = (5.0, 6.0, 7.0)
+    img = nib.Nifti1Image(xyz, None)
+    img.set_qform(q, code=1)
+    img.set_sform(s_, code=sform_code)
+    path = tmp_path / "reg.nii.gz"
+    nib.save(img, str(path))
+    with pytest.warns(UserWarning, match="qform and sform disagree"):
+        vol = read_volume(path)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    aff = vol.affine()
+    for i, j, k in [(0, 0, 0), (3, 0, 0), (0, 4, 0), (0, 0, 5), (2, 3, 4)]:
+        ras = s_ @ [i, j, k, 1.0]
+        np.testing.assert_allclose((aff @ [k, j, i, 1.0])[:3], (lps @ ras[:3])[::-1], atol=1e-4)
+    out = write_volume(tmp_path / "out.nii.gz", vol)
+    back = nib.load(str(out))
+    np.testing.assert_allclose(back.get_sform(), s_, atol=1e-4)
+    np.testing.assert_allclose(back.get_qform(), s_, atol=1e-4)
+
+
+@pytest.mark.parametrize(("unit", "factor"), [("micron", 1e-3), ("meter", 1e3)])
+def test_nifti_spatial_units_apply_to_the_sform_too(tmp_path, unit, factor):
+    """Micron / metre units scaled a qform's spacing to mm but not an sform's (1000x apart,
+    with a false pixdim warning): both are in mm now."""
+    nib = pytest.importorskip("nibabel")
+    a = np.diag([0.7, 0.8, 2.5, 1.0])
+    a[:3, 3] = (5.0, 6.0, 7.0)
+    spacings = []
+    for form in ("qform", "sform"):
+        img = nib.Nifti1Image(np.zeros((4, 5, 6), np.float32), None)
+        getattr(img, f"set_{form}")(a, code=1)
+        getattr(img, f"set_{'s' if form == 'qform' else 'q'}form")(None, code=0)
+        img.header.set_xyzt_units(unit, "sec")
+        img.header.set_zooms((0.7, 0.8, 2.5))  # pixdim agrees with the matrices
+        path = tmp_path / f"{form}.nii.gz"
+        nib.save(img, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            spacings.append(read_volume(path).spacing)
+    np.testing.assert_allclose(spacings[0], np.array([2.5, 0.8, 0.7]) * factor, rtol=1e-5)
+    np.testing.assert_allclose(spacings[1], spacings[0], rtol=1e-5)
+
+
 def test_zyx_order_against_nibabel(tmp_path):
     """A file written by nibabel (array (x, y, z)) reads as (z, y, x) with NaN where it was."""
     nib = pytest.importorskip("nibabel")
