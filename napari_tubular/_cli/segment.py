@@ -294,25 +294,50 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
 
 
 class StderrProgress:
-    """``progress(done, total, message)`` printing at most every 10 % / message change."""
+    """``progress(done, total, message)`` printing at each 10 % step or message change, and
+    at least every :attr:`EVERY_S` seconds of a long step (an audit: a 512^3 volume printed
+    one line every 6 minutes); counted steps show the time spent and an ETA."""
 
-    def __init__(self, prefix: str, quiet: bool = False):
+    EVERY_S = 30.0
+
+    def __init__(self, prefix: str, quiet: bool = False, clock=time.perf_counter):
         self.prefix = prefix
         self.quiet = quiet
+        self._clock = clock
         self._last = (None, -1)
+        self._printed_at = 0.0
+        self._phase: tuple[str, float, int] | None = None  # message, start time, start count
 
     def __call__(self, done: int, total: int, message: str) -> None:
         if self.quiet:
             return
+        now = self._clock()
+        if self._phase is None or self._phase[0] != message:
+            self._phase = (message, now, done)
         pct = int(100 * done / total) if total else 0
         step = pct // 10
-        if (message, step) == self._last:
+        if (message, step) == self._last and now - self._printed_at < self.EVERY_S:
             return
         self._last = (message, step)
+        self._printed_at = now
         text = f"{self.prefix} {message}"
         if total > 1:
             text += f" {done}/{total}"
+            _, t0, d0 = self._phase
+            spent, moved = now - t0, done - d0
+            if spent >= 1.0 and moved > 0 and done < total:
+                eta = spent / moved * (total - done)
+                text += f" ({_duration(spent)} so far, about {_duration(eta)} left)"
         print(text, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def write_json(path: Path, data: dict, overwrite: bool) -> None:
@@ -366,6 +391,14 @@ def run(args) -> int:
         prefix = f"[{i}/{n}] {path.name}:"
         try:
             _segment_one(args, path, outs, prefix, (net, meta), device)
+        except KeyboardInterrupt:
+            if n > 1:  # say what is done (an audit: only "interrupted")
+                done = i - 1 - len(failed)
+                print(f"{prefix} interrupted: {done} of {n} inputs were written before it, "
+                      f"{path.name} and the {n - i} after it were not (their outputs do not "
+                      "exist: --skip-existing segments only those)", file=sys.stderr,
+                      flush=True)
+            raise
         except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
             if n == 1:
                 raise
@@ -381,6 +414,8 @@ def run(args) -> int:
 
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
+    import numpy as np
+
     from ..inference import segment
     from ..io import read_volume, write_volume
 
@@ -390,6 +425,13 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vol = read_volume(path)
+        d = np.asarray(vol.direction, dtype=float)
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            # refused before the network (an audit: segmented in full, then the NIfTI writer
+            # refused the geometry, and nothing was written)
+            raise ValueError(f"{path}: its direction matrix is not orthogonal (a sheared grid, "
+                             "e.g. a gantry tilt): the NIfTI outputs cannot store it; resample "
+                             "it to an orthogonal grid first")
         try:
             res = segment(
                 vol,
