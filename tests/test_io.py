@@ -729,9 +729,9 @@ def test_compressed_metaimage_without_its_compressed_size(tmp_path):
 
     arr = np.random.default_rng(2).integers(0, 1000, (5, 6, 7)).astype(np.int16)
     stream = zlib.compress(arr.tobytes())
-    head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
-            "CompressedData = True\nElementSpacing = 0.7 0.8 2.5\nDimSize = 7 6 5\n"
-            "ElementType = MET_SHORT\nElementDataFile = LOCAL\n").encode()
+    head = (b"ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            b"CompressedData = True\nElementSpacing = 0.7 0.8 2.5\nDimSize = 7 6 5\n"
+            b"ElementType = MET_SHORT\nElementDataFile = LOCAL\n")
     (tmp_path / "full.mha").write_bytes(head + stream)
     (tmp_path / "cut.mha").write_bytes(head + stream[: len(stream) // 2])
     vol = read_volume(tmp_path / "full.mha")
