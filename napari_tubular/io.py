@@ -882,6 +882,7 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
         return
     normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
     pos = []
+    orientations = set()
     for k in range(n_slices):
         try:
             ipp = reader.GetMetaData(k, "0020|0032")
@@ -891,6 +892,17 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
         if len(vals) != 3:
             return
         pos.append(float(np.dot(vals, normal)))
+        try:
+            iop = reader.GetMetaData(k, "0020|0037")
+            orientations.add(tuple(round(float(v), 3)
+                                   for v in iop.replace(",", "\\").split("\\")))
+        except (RuntimeError, ValueError, IndexError):
+            pass
+    if len(orientations) > 1:
+        # e.g. a localizer in the series (an audit: "slices share one position")
+        raise VolumeIOError(f"{path}: the DICOM series mixes {len(orientations)} slice "
+                            "orientations (a localizer or another plane among its slices); keep "
+                            "the slices of one orientation in the folder")
     steps = np.diff(np.sort(np.asarray(pos)))
     median = float(np.median(steps))
     if median <= 0:
@@ -1044,6 +1056,7 @@ def write_dicom_series(
     description: str = "napari-tubular",
     series_uid: str | None = None,
     study_uid: str | None = None,
+    frame_of_reference_uid: str | None = None,
 ) -> Path:
     """Write a 3-D volume as a DICOM series folder (one file per slice), keeping its geometry.
 
@@ -1062,6 +1075,9 @@ def write_dicom_series(
         modality: DICOM modality (0008,0060), e.g. "CT", "MR", "SEG"-like masks as "OT".
         description: Series Description (0008,103E).
         series_uid, study_uid: Series / Study Instance UIDs (new random UIDs by default).
+        frame_of_reference_uid: Frame of Reference UID (0020,0052), which tells viewers which
+            series share one patient coordinate system: give the image series' own to overlay
+            labels on it (a new UID by default; an audit: the tag was missing).
 
     Returns:
         The folder written.
@@ -1108,8 +1124,9 @@ def write_dicom_series(
     dx = img.GetDirection()
     iop = "\\".join(f"{v:.10g}" for v in (dx[0], dx[3], dx[6], dx[1], dx[4], dx[7]))
     study, series = study_uid or _new_uid(), series_uid or _new_uid()
+    frame = frame_of_reference_uid or _new_uid()
     sop_class = _CT_IMAGE_STORAGE if modality.upper() == "CT" else _SECONDARY_CAPTURE
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(p)
     tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.mkdir()
     writer = sitk.ImageFileWriter()
@@ -1125,6 +1142,7 @@ def write_dicom_series(
                 "0008|103e": description,
                 "0020|000d": study,
                 "0020|000e": series,
+                "0020|0052": frame,
                 "0020|0011": "1",
                 "0020|0013": str(k + 1),
                 "0020|0032": ipp,
@@ -1147,6 +1165,16 @@ def write_dicom_series(
         if tmp.exists():
             shutil.rmtree(tmp)
     return p
+
+
+def _make_parent(p: Path) -> None:
+    """Create the folder of an output file, naming the output when that fails (an audit: a
+    parent that is a file gave a bare "[Errno 17] File exists: 'afile'")."""
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VolumeIOError(f"{p}: cannot create its folder {p.parent} "
+                            f"({exc.strerror or exc})") from exc
 
 
 def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
@@ -1216,7 +1244,7 @@ def write_volume(
             "changed); write .nrrd or .mha instead"
         )
     img = _sitk_image(vol, _prepare_dtype(np.ascontiguousarray(vol.data), dtype))
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(p)
     compress = ext != ".nii"
     if ext == ".mhd" and not p.name.endswith(ext):
         # ITK writes "OUT.mhd" for "OUT.MHD" (an audit: the returned path did not exist)

@@ -313,6 +313,10 @@ def test_write_errors(tmp_path):
     skew = Volume(np.zeros((3, 4, 5)), direction=[[1, 0.5, 0], [0, 1, 0], [0, 0, 1]])
     with pytest.raises(VolumeIOError, match=r"skew\.nii\.gz.*non-orthogonal"):
         write_volume(tmp_path / "skew.nii.gz", skew)
+    # a parent that is a file: the output is named (it was a bare "[Errno 17] File exists")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(VolumeIOError, match=r"out\.nii\.gz: cannot create its folder"):
+        write_volume(tmp_path / "afile" / "out.nii.gz", vol)
     # MetaImage stores any direction matrix
     r = read_volume(write_volume(tmp_path / "skew.mha", skew))
     np.testing.assert_allclose(r.direction, skew.direction, atol=1e-12)
@@ -337,7 +341,9 @@ def test_dicom_writer_puts_every_slice_where_the_geometry_says(tmp_path):
     position is the volume's affine at its index, its orientation the direction's columns;
     ints are stored exactly, floats within half a rescale step; no silent overwrite."""
     vol = _volume(np.int16)
-    folder = write_dicom_series(tmp_path / "out", vol, modality="MR", description="test")
+    frame = "1.2.826.0.1.3680043.9.7433.2.1"
+    folder = write_dicom_series(tmp_path / "out", vol, modality="MR", description="test",
+                                frame_of_reference_uid=frame)
     files = sorted(folder.iterdir())
     assert [f.name for f in files] == [f"IM_{k:05d}.dcm" for k in range(1, vol.shape[0] + 1)]
     aff = vol.affine()
@@ -347,6 +353,7 @@ def test_dicom_writer_puts_every_slice_where_the_geometry_says(tmp_path):
         ipp = [float(v) for v in sl.GetMetaData("0020|0032").split("\\")]
         np.testing.assert_allclose(ipp[::-1], (aff @ [k, 0, 0, 1.0])[:3], atol=1e-6)
         assert sl.GetMetaData("0008|0060").strip() == "MR"
+        assert sl.GetMetaData("0020|0052").strip("\x00 ") == frame  # the frame of reference
     got = read_volume(folder)
     np.testing.assert_array_equal(got.data, vol.data)
     _assert_geometry(got, vol, atol=1e-6)
@@ -400,6 +407,19 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
     (folder / "slice_002.dcm").unlink()
     with pytest.raises(VolumeIOError, match=r"gap: DICOM slice positions are not evenly spaced"
                        r".*slices 1 and 2.*slices are missing"):
+        read_volume(folder)
+
+
+def test_dicom_series_with_a_localizer_names_the_mixed_orientations(tmp_path):
+    """A localizer (another plane) in the series, same series UID: refused as "slices share
+    one position" before; the message now says what is wrong."""
+    vol = _volume(np.int16)
+    folder = tmp_path / "loc"
+    uid = "1.2.826.0.1.3680043.9.7433.1.5"
+    _write_dicom_series(folder, vol, uid)
+    turned = Volume(vol.data[:1], SPACING, ORIGIN, np.eye(3)[[1, 0, 2]] * [1, 1, -1])
+    _write_dicom_series(folder, turned, uid, prefix="localizer")
+    with pytest.raises(VolumeIOError, match="mixes 2 slice orientations"):
         read_volume(folder)
 
 
