@@ -264,6 +264,11 @@ def _update_layer(layer: Any, layer_type: str, data: Any, kwargs: dict[str, Any]
     if layer_type == "points":
         # setting data first resets per-point sizes and colours; set them afterwards
         layer.data = data
+        if not layer.visible:
+            # napari does not re-slice a hidden layer, and setting per-point colours then reads
+            # the old slice's indices (an audit: "IndexError: index N is out of bounds" at
+            # slider moves that made fewer spheres after the spheres had been shown and hidden)
+            layer.set_view_slice()
         for key in _DEFERRED:
             if key in kwargs:
                 setattr(layer, key, kwargs[key])

@@ -780,9 +780,13 @@ class SegmentWidget(QWidget):
             if self._refine_pending:
                 self._start_refine()
 
+        def failed(exc):
+            # the line under the sliders must not keep describing an earlier step (an audit)
+            self.metrics_label.setText(f"refinement at T_p={tp:.2f} T_r={tr:.2f} failed: {exc}")
+
         self._refine_job = start_job(
             compute, sync=self.sync, what="Refinement", owner=self, on_returned=returned,
-            on_finished=finished,
+            on_finished=finished, on_error=failed,
         )
 
     def save_thresholds(self) -> None:

@@ -295,3 +295,33 @@ def test_segment_picker_leaves_out_its_own_results(make_napari_viewer):
                      metadata={OWNER_KEY: "segment"})
     picker = LayerPicker(viewer, ["image"], exclude_owner="segment")
     assert [picker.itemText(i) for i in range(picker.count())] == ["ct"]
+
+
+def test_updating_a_hidden_points_layer_with_fewer_points(make_napari_viewer):
+    """Spheres shown in 3-D, hidden in 2-D, then a slider step with fewer spheres: napari kept
+    the hidden layer's old slice and per-point colours raised IndexError (an audit: most slider
+    moves failed, the status kept the old numbers)."""
+    from napari_tubular._widgets._layers import spheres_points_kwargs, upsert_layer
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((10, 20, 20)), name="img")
+    rng = np.random.default_rng(0)
+
+    def spheres(n):
+        data, kw = spheres_points_kwargs(rng.random((n, 3)) * [10, 20, 20], rng.random(n) + 0.5,
+                                         (0.0, 0.0, 0.0))
+        return data, kw
+
+    data, kw = spheres(50)
+    layer = upsert_layer(viewer, "points", data, owner="t", role="spheres", source="img",
+                         name="spheres", **kw)
+    viewer.dims.ndisplay = 3
+    layer.visible = False
+    viewer.dims.ndisplay = 2
+    data, kw = spheres(10)
+    again = upsert_layer(viewer, "points", data, owner="t", role="spheres", source="img",
+                         name="spheres", **kw)
+    assert again is layer
+    assert len(layer.data) == 10
+    layer.visible = True  # and it draws
+    assert len(layer.face_color) == 10

@@ -653,3 +653,17 @@ def test_a_flipped_axis_negative_scale_is_segmented_and_reviewed(make_napari_vie
     review.run()
     assert review.report is not None
     assert review.report.spacing == pytest.approx(SPACING)
+
+
+def test_a_failed_refinement_is_said_under_the_sliders(seg, errors, monkeypatch):
+    """The line under the sliders kept the previous step's numbers when a refinement failed
+    (an audit: it read T_r 0.60 and its Dice while the slider said 0.80)."""
+    viewer, widget, _ = seg
+
+    def boom(**_kw):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(widget.refiner, "update", boom)
+    widget.tr_slider.setValue(0.8)
+    assert errors
+    assert "T_r=0.80 failed: boom" in widget.metrics_label.text()
