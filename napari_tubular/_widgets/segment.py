@@ -175,6 +175,12 @@ class SegmentWidget(QWidget):
         # result roles the user deleted since the last network run: the sliders do not bring
         # them back (an audit: a deleted spheres layer returned at every slider move)
         self._dismissed: set[str] = set()
+        # whether the spheres are shown in a 2-D / 3-D view: shown in 3-D and hidden in 2-D
+        # (where they cover the labels) until the user shows or hides them in that view (an
+        # audit: every switch overrode the user's choice)
+        self.spheres_shown = {2: False, 3: True}
+        self._spheres_watched: set[int] = set()
+        self._setting_spheres = False
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
@@ -525,7 +531,30 @@ class SegmentWidget(QWidget):
             return
         layer = find_owned_layer(self.viewer, OWNER, "spheres", self._source_layer)
         if layer is not None:
-            layer.visible = self.viewer.dims.ndisplay == 3
+            self._setting_spheres = True
+            try:
+                layer.visible = self.spheres_shown[self._display()]
+            finally:
+                self._setting_spheres = False
+
+    def _display(self) -> int:
+        return 3 if self.viewer.dims.ndisplay == 3 else 2
+
+    def _watch_spheres(self, layer) -> None:
+        """Remember the user's show / hide of the spheres layer for the current view."""
+        if layer is None or id(layer) in self._spheres_watched:
+            return
+        self._spheres_watched.add(id(layer))
+        import weakref
+
+        me = weakref.ref(self)  # the layer's event must not keep a closed panel alive
+
+        def changed(event=None, layer=layer):
+            panel = me()
+            if panel is not None and not panel._setting_spheres:
+                panel.spheres_shown[panel._display()] = bool(layer.visible)
+
+        layer.events.visible.connect(changed)
 
     def _on_layer_removed(self, event) -> None:
         md = getattr(event.value, "metadata", {}) or {}
@@ -684,14 +713,14 @@ class SegmentWidget(QWidget):
         )
         pkw["affine"] = kw["affine"]
         # in a 2-D view the shaded spheres cover the labels: shown on demand there
-        pkw["visible"] = self.viewer.dims.ndisplay == 3
-        self._shown(
+        pkw["visible"] = self.spheres_shown[self._display()]
+        self._watch_spheres(self._shown(
             "points",
             data,
             role="spheres",
             name=self._name("spheres"),
             **pkw,
-        )
+        ))
         tp, tr = thresholds
         text = (
             f"{self._source}: T_p={tp:.2f} T_r={tr:.2f}: "

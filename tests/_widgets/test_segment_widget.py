@@ -154,6 +154,18 @@ def test_after_a_run_the_labels_are_selected_and_spheres_hidden_in_2d(seg):
     assert _owned(viewer, "spheres").visible
     viewer.dims.ndisplay = 2
     assert not _owned(viewer, "spheres").visible
+    # ... until the user chooses in a view: hidden in 3-D stays hidden there, shown in 2-D
+    # stays shown there, across switches and slider steps (an audit: every switch overrode it)
+    viewer.dims.ndisplay = 3
+    _owned(viewer, "spheres").visible = False
+    viewer.dims.ndisplay = 2
+    _owned(viewer, "spheres").visible = True
+    widget.tr_slider.setValue(0.55)
+    assert _owned(viewer, "spheres").visible
+    viewer.dims.ndisplay = 3
+    assert not _owned(viewer, "spheres").visible
+    viewer.dims.ndisplay = 2
+    assert _owned(viewer, "spheres").visible
 
 
 def test_painted_labels_are_kept_when_the_thresholds_change(seg):
