@@ -44,18 +44,23 @@ OWNER = "distance"
 
 # key -> (checkbox text, layer type, layer kwargs)
 MAPS: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "edt": ("EDT (mm)", "image", {"colormap": "inferno"}),
+    # maps that are 0 away from the structure are added to the image below them (black adds
+    # nothing), the diverging ones laid over it half transparent, centred on the wall (an
+    # audit: opaque maps blacked out the CT; the signed map's white centre sat at 4 %)
+    "edt": ("EDT (mm)", "image", {"colormap": "inferno", "blending": "additive"}),
     "scale": ("DDT scale classes", "labels", {}),
-    "signed": ("signed distance (mm)", "image", {"colormap": "PiYG"}),
-    "odm": ("O-DM (mm)", "image", {"colormap": "inferno"}),
-    "idm": ("I-DM (mm)", "image", {"colormap": "inferno"}),
-    "nidm": ("NI-DM", "image", {"colormap": "inferno", "contrast_limits": (0.0, 1.0)}),
-    "snidm": ("SNI-DM", "image", {"colormap": "PiYG", "contrast_limits": (-1.0, 1.0)}),
+    "signed": ("signed distance (mm)", "image", {"colormap": "PiYG", "opacity": 0.6}),
+    "odm": ("O-DM (mm)", "image", {"colormap": "inferno", "blending": "additive"}),
+    "idm": ("I-DM (mm)", "image", {"colormap": "inferno", "blending": "additive"}),
+    "nidm": ("NI-DM", "image", {"colormap": "inferno", "contrast_limits": (0.0, 1.0),
+                                 "blending": "additive"}),
+    "snidm": ("SNI-DM", "image", {"colormap": "PiYG", "contrast_limits": (-1.0, 1.0),
+                                   "opacity": 0.6}),
     "skeleton": ("hard skeleton", "labels", {}),
     "soft_skeleton": (
         "soft skeleton",
         "image",
-        {"colormap": "magma", "contrast_limits": (0.0, 1.0)},
+        {"colormap": "magma", "contrast_limits": (0.0, 1.0), "blending": "additive"},
     ),
     "graph": ("centerline graph (branches)", "labels", {}),
 }
@@ -249,7 +254,13 @@ class DistanceMapWidget(QWidget):
             kwargs = dict(kwargs)
             if layer_type == "image" and "contrast_limits" not in kwargs:
                 lo, hi = float(np.min(data)), float(np.max(data))
-                kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
+                if key == "signed":
+                    # centred on the wall (0 = the diverging map's white), outside shown up to
+                    # twice the deepest inside distance
+                    k = max(-lo, 1e-3)
+                    kwargs["contrast_limits"] = (-2.0 * k, 2.0 * k)
+                else:
+                    kwargs["contrast_limits"] = (lo, hi if hi > lo else lo + 1.0)
             layer = upsert_layer(
                 self.viewer,
                 layer_type,

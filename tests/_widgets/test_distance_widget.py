@@ -69,6 +69,17 @@ def test_all_maps_have_the_layer_geometry(tube_viewer):
     assert nidm[mask].max() == pytest.approx(1.0)
     assert nidm[~mask].max() == 0
 
+    # readable over the image (an audit): maps that are 0 away from the structure are added
+    # to it, the signed map is centred on the wall
+    def layer_of(key):
+        return next(ly for ly in viewer.layers if ly.metadata.get("napari_tubular_role") == key)
+
+    for key in ("edt", "odm", "idm", "nidm", "soft_skeleton"):
+        assert layer_of(key).blending == "additive"
+    lo, hi = layer_of("signed").contrast_limits
+    assert lo == pytest.approx(-hi)
+    assert -lo >= -widget.maps["signed"].min()
+
 
 def test_branch_table_on_a_known_tube(tube_viewer):
     viewer, case = tube_viewer
