@@ -88,6 +88,7 @@ class TopologyReviewWidget(QWidget):
         self.current = -1
         self._geometry = None
         self._source = None
+        self._context: list[tuple[str, str]] = []  # layers and settings of the last run
         self._source_layer = None
         self._affine = None
         self._job = None
@@ -274,8 +275,15 @@ class TopologyReviewWidget(QWidget):
                 pred, ref, spacing, tolerance_vox=tolerance
             )
 
+        context = [("prediction", pred_layer.name),
+                   ("reference", ref_layer.name if ref_layer is not None
+                    else "(none: self-check)")]
+        context += ([("tolerance_vox", str(tolerance))] if ref_layer is not None
+                    else [("break_gap_mm", f"{gap_mm:g}")])
+
         def returned(out):
             self.metrics, self.report = out
+            self._context = context
             self._geometry = geometry
             self._source = pred_layer.name
             self._source_layer = pred_layer
@@ -457,6 +465,8 @@ class TopologyReviewWidget(QWidget):
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["metric", "value"])
+            # what was compared, with which settings (an audit: the file did not say)
+            writer.writerows(self._context)
             writer.writerows(self.table_rows())
             writer.writerow([])
             if rows:

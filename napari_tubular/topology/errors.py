@@ -75,7 +75,8 @@ ERROR_CLASSES: dict[int, tuple[str, tuple[float, float, float, float]]] = {
     4: ("missed component", (0.10, 0.45, 1.00, 1.0)),  # blue
     5: ("small component", (1.00, 1.00, 0.20, 1.0)),  # yellow
     6: ("loop", (0.10, 0.90, 0.60, 1.0)),  # green
-    7: ("possible break", (0.00, 0.95, 1.00, 1.0)),  # cyan
+    # white: the Segment panel's labels are cyan, and an audit read a cyan gap as labels
+    7: ("possible break", (1.00, 1.00, 1.00, 1.0)),  # white
 }
 MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT = 1, 2, 3, 4
 SMALL_COMPONENT, LOOP, POSSIBLE_BREAK = 5, 6, 7

@@ -151,6 +151,10 @@ def test_csv_export_round_trip(review, tmp_path):
     blank = rows.index([])
     metrics = dict(rows[1:blank])
     assert metrics["dice"] == dict(widget.table_rows())["dice"]
+    # what was compared and how (an audit: the file did not say)
+    assert metrics["prediction"] == "prediction"
+    assert metrics["reference"] == "reference"
+    assert metrics["tolerance_vox"] == str(widget.tolerance_spin.value())
     header, sites = rows[blank + 1], rows[blank + 2 :]
     assert "cls_name" in header
     assert len(sites) == len(widget.report.sites)
