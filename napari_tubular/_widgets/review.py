@@ -344,7 +344,20 @@ class TopologyReviewWidget(QWidget):
         self._fill_sites(ERROR_CLASSES)
         n = len(self.report.sites)
         mode = "self-check" if not self.metrics else "vs reference"
-        self.status.setText(f"{mode}: {n} error site{'s' if n != 1 else ''}")
+        text = f"{mode}: {n} error site{'s' if n != 1 else ''}"
+        components = getattr(self.report, "components", None) or []
+        if not self.metrics:
+            # every extra component is worth a look without a reference (an audit: Betti-0 3
+            # and one site; a large separate piece is no "small component")
+            listed = {s.detail for s in self.report.sites if s.cls == 5}
+            unlisted = [c for c in components[1:] if f"component {c.id}" not in listed]
+            if not components:
+                text += " (the prediction is empty)"
+            elif unlisted:
+                text += (f"; {len(components)} components, {len(unlisted)} of them not a site "
+                         f"(5 % of the largest or more): " + ", ".join(
+                             f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4]))
+        self.status.setText(text)
         self.current = -1
         if n:
             self.go_to(0)

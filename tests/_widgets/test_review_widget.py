@@ -174,6 +174,18 @@ def test_self_check_without_reference(make_napari_viewer, broken):
     rows = dict(widget.table_rows())
     assert "betti" in rows
     assert widget.status.text().startswith("self-check")
+    # a large separate piece is not a "small component" site: the status names it (an audit:
+    # Betti-0 3 and one site)
+    both = pred.copy()
+    both[:, :, -16:] = 0
+    both[2:14, 2:14, -12:-2] = 1  # a block as large as a vessel piece, apart from the rest
+    viewer.add_labels(both, name="with a block", scale=SPACING)
+    widget.pred_picker.set_layer(viewer.layers["with a block"])
+    widget.run()
+    n = len(widget.report.components)
+    assert n >= 2
+    assert f"{n} components" in widget.status.text()
+    assert "not a site" in widget.status.text()
 
 
 def test_break_gap_and_tolerance_reach_the_core(make_napari_viewer, broken):
