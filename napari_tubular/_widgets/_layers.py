@@ -390,7 +390,11 @@ def spheres_points_kwargs(
         "size": 2.0 * radii / abs(sc[-1]) if len(radii) else 1.0,
         "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
         "border_width": 0.0,
-        "features": pd.DataFrame({"radius_mm": radii}),
+        # the physical values beside napari's grid units: diameter and centre in mm (the
+        # centre as world z, y, x without the translate: index * spacing)
+        "features": pd.DataFrame({"radius_mm": radii, "diameter_mm": 2.0 * radii,
+                                  "z_mm": centers[:, 0], "y_mm": centers[:, 1],
+                                  "x_mm": centers[:, 2]}),
         **_sphere_projection(),
         "shading": "spherical",
         "opacity": 0.7,

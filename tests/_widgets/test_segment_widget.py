@@ -201,6 +201,10 @@ def test_spheres_sit_on_their_voxels(seg):
     np.testing.assert_allclose(points.size * abs(points.scale[-1]), expected, rtol=1e-5)
     # on the image's grid: the points do not change the slider's step
     np.testing.assert_allclose(points.scale, image.scale)
+    # the physical values are features: diameter and centre in mm
+    np.testing.assert_allclose(points.features["diameter_mm"], expected, rtol=1e-5)
+    centre_mm = points.features[["z_mm", "y_mm", "x_mm"]].to_numpy()
+    np.testing.assert_allclose(centre_mm + np.asarray(points.translate), world, atol=1e-6)
 
 
 def test_sliders_refine_without_calling_the_network(seg):
