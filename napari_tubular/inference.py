@@ -284,6 +284,10 @@ def _bone_level(bone_level, meta) -> float | None:
     level = float(bone_level)
     if not math.isfinite(level):
         raise ValueError(f"bone_level must be finite, got {bone_level!r}")
+    if level < 0:
+        # an audit: -2000 was taken and removed every result
+        raise ValueError(f"bone_level must be >= 0 HU (bone is several hundred HU; a level "
+                         f"below the vessels' removes them all), got {bone_level!r}")
     return level
 
 
@@ -1012,7 +1016,10 @@ def predict(
     window_units = rescale_info is None and (meta["normalization"] or {}).get("kind") == "window"
     bone_source = data if window_units else None
     level = _bone_level(bone_level, meta)  # validated either way; used in window units only
-    if not window_units:
+    if not window_units or polarity == "dark":
+        # mirrored for dark tubes, air at -900 HU in tissue lands near +900: "bone" (an audit:
+        # airways in soft tissue all removed, Dice 0 -> 0.97 without the step); bone, bright in
+        # the original, is dark in the mirrored image and not found
         level = None
     refit_info = None
     in_model_units = window_units and intensity == "auto"
@@ -1422,6 +1429,17 @@ def segment(
             f"{min_size_mm3:g} mm^3) removed everything; lower them or use --no-refine",
             pred.messages,
         )
+    elif not no_vessel and not labels.any():
+        # only specks, all under the minimum size: an empty result is still said (an audit:
+        # dark tubes gave empty labels and no word at all)
+        _warn(
+            f"the labels are empty: the network found only specks smaller than "
+            f"{min_size_mm3:g} mm^3 (highest probability {p_max:.2f}), no vessel"
+            + ("" if polarity == "dark" else
+               "; for tubes darker than their surroundings (airways, black-blood MR) use "
+               "polarity 'dark'"),
+            pred.messages,
+        )
     timings = dict(pred.timings)
     timings["refine"] = time.perf_counter() - t
     _check_cancel(cancel)
@@ -1458,7 +1476,7 @@ def segment(
             "intensity_refit": pred.intensity.get("refit"),
             "partial_volume_trim": None if partial_volume is None else float(partial_volume),
             "polarity": polarity,
-            "bone_level": None if pred.intensity["rescale"] is not None
+            "bone_level": None if pred.intensity["rescale"] is not None or polarity == "dark"
             else _bone_level(bone_level, pred.meta),
         },
         "model_grid_spacing": list(pred.model_spacing),

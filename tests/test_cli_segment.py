@@ -397,6 +397,9 @@ def test_empty_labels_from_thresholds_are_a_warning(tmp_path, model_file, volume
     err = capsys.readouterr().err
     assert not read_volume(tmp_path / "o2" / "case_07_labels.nii.gz").data.any()
     assert "lower them" not in err  # the speck filter did its job: no advice to lower thresholds
+    # ... but an empty result is said, with the dark-tube hint (an audit: no word at all)
+    assert "labels are empty: the network found only specks" in err
+    assert "polarity 'dark'" in err
 
 
 def test_refine_names_what_differs(tmp_path, capsys):
@@ -509,11 +512,15 @@ def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_
 
 
 def test_bone_level_option_parses_numbers_and_off(capsys):
+    import argparse
+
     from napari_tubular._cli.segment import _bone_level_arg
 
     assert _bone_level_arg("off") is None
     assert _bone_level_arg("auto") == "auto"
     assert _bone_level_arg("900") == 900.0
+    with pytest.raises(argparse.ArgumentTypeError, match=">= 0"):
+        _bone_level_arg("-2000")
     with pytest.raises(SystemExit):
         main(["segment", "x.nii.gz", "-o", "out", "--bone-level", "bright"])
     assert "expected a number of HU or 'off'" in capsys.readouterr().err

@@ -345,6 +345,31 @@ def test_default_model_segments_an_mr_angiogram_whose_background_looks_like_hu()
     assert any("not CT in HU" in m for m in res.report["messages"])
 
 
+def test_default_model_finds_airways_in_soft_tissue_with_dark_polarity():
+    """Air (-900 HU) tubes in soft tissue (-40 HU): mirrored for polarity 'dark' they land
+    near +900 HU, and the bone step removed them all (an audit: Dice 0, the advice pointed to
+    --bone-level). The bone step is for bright tubes; measured here: Dice 0.99 (0.0 before)."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import segment
+    from napari_tubular.topology import dice_score
+
+    rng = np.random.default_rng(1)
+    shape, sp = (48, 64, 64), (0.7, 0.7, 0.7)
+    zz, yy, xx = (np.indices(shape).astype(float) * np.asarray(sp)[:, None, None, None])
+    lumen = np.hypot(yy - 22, xx - 20 - 0.2 * zz) <= 2.5
+    lumen |= np.hypot(zz - 16, yy - 14 - 0.3 * xx) <= 1.8
+    wall = ndimage.binary_dilation(lumen, iterations=1) & ~lumen
+    img = np.full(shape, -40.0)
+    img[wall] = 60.0
+    img[lumen] = -900.0
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, 15, shape)
+    res = segment(img.astype(np.int16), "default", "cpu", spacing=sp, polarity="dark")
+    assert dice_score(res.labels > 0, lumen) >= 0.8
+    assert not any("is bone" in m for m in res.report["messages"])
+    assert res.report["parameters"]["bone_level"] is None
+
+
 @pytest.mark.parametrize("organ_hu", [
     120.0,
     pytest.param(170.0, marks=pytest.mark.xfail(

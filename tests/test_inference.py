@@ -744,3 +744,24 @@ def test_a_binary_image_is_segmented_as_0_and_1(tiny_model_file):
     a = predict(mask, model=tiny_model_file, device="cpu")
     b = predict(mask.astype(np.uint8), model=tiny_model_file, device="cpu")
     np.testing.assert_array_equal(a.probability, b.probability)
+
+
+def test_unsigned_counts_that_fit_8_bits_are_not_hounsfield_units():
+    """Low-count microscopy stored as uint16 (0..60) was read in HU with the bone level on (an
+    audit: Dice 0.24, 0.68 rescaled); such an image is rescaled like uint8."""
+    from napari_tubular.models.normalization import intensity_rescale_reason
+
+    window = {"kind": "window", "low": -200.0, "high": 600.0}
+    counts = np.random.default_rng(0).poisson(5, (16, 16, 16)).astype(np.uint16)
+    counts[4:8, 4:8, :] = 60
+    assert "unsigned integers no larger than 255" in intensity_rescale_reason(counts, window)
+    ct = (np.random.default_rng(0).normal(40, 10, (16, 16, 16)) + 1024).astype(np.uint16)
+    assert intensity_rescale_reason(ct, window) is not None  # HU + 1024: rescaled as before
+    hu = np.random.default_rng(0).normal(40, 10, (16, 16, 16)).astype(np.int16)
+    assert intensity_rescale_reason(hu, window) is None
+
+
+def test_a_negative_bone_level_is_refused():
+    with pytest.raises(ValueError, match="bone_level must be >= 0"):
+        predict(np.arange(512.0).reshape(8, 8, 8), (EchoNet(), _meta()), device="cpu",
+                bone_level=-2000)

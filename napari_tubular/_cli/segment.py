@@ -59,8 +59,9 @@ def _bone_level_arg(text: str):
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number of HU or 'off', got {text!r}") from exc
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number of HU, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number of HU >= 0 (bone is several "
+                                         f"hundred HU) or 'off', got {text!r}")
     return value
 
 

@@ -99,8 +99,8 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
       (e.g. an image scaled to [0, 1] for a -200..600 HU window): the window would leave the
       network a flat image (a low-noise CT in HU, tissue within a few HU, keeps its units: its
       vessels lie far above the tissue);
-    * it is stored as 8-bit unsigned integers (0..255 cannot hold Hounsfield units: no air,
-      no bone);
+    * it is stored as 8-bit unsigned integers, or as wider unsigned integers whose values all
+      fit 8 bits (0..255 cannot hold Hounsfield units: no air, no bone);
     * its bulk (the median of the voxels above ``low - 3/8 width``, i.e. without air and lung
       for a CT window: the soft tissue) lies outside the window's lower half
       ``[low, low + 0.55 width]`` (-200..240 HU for the default window), as for raw CT stored
@@ -123,6 +123,11 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
                 "not in the model's units (e.g. scaled to [0, 1])")
     if arr.dtype == np.uint8:
         return "the image is stored as 8-bit unsigned integers, which cannot hold the model's units"
+    if arr.dtype.kind == "u" and arr.size and int(arr.max()) <= 255:
+        # unsigned counts that fit 8 bits (low-count microscopy: an audit read 0..60 as HU,
+        # bone level on, Dice 0.24 instead of 0.68): no air, no bone, not CT
+        return ("the image holds unsigned integers no larger than 255, which cannot be the "
+                "model's units (e.g. microscopy counts)")
     x = _sample(image).astype(np.float64)
     bulk = x[x > low - _BULK_FLOOR * width]
     med = float(np.median(bulk)) if bulk.size else float(np.median(x))
