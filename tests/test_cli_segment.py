@@ -412,6 +412,12 @@ def test_refine_names_what_differs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "direction" in err
     assert "shape" not in err
+    # maps of two cases (by segment's names) on one grid: refined, with a warning
+    prob = write_volume(tmp_path / "a_probability.nii.gz", grid)
+    radius = write_volume(tmp_path / "b_radius.nii.gz", grid.with_data(np.ones((8, 8, 8),
+                                                                               np.float32)))
+    assert _run("refine", prob, radius, "-o", tmp_path / "y_labels.nii.gz") == 0
+    assert "probability is case 'a' and the radius case 'b'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("polarity", ["bright", "dark"])

@@ -152,6 +152,14 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright"):
     return trim_partial_volume(labels, fraction, pv)
 
 
+def _case_of(path: Path, suffix: str) -> str | None:
+    """The case name of a ``NAME<suffix>.<ext>`` file segment wrote, or None."""
+    from ..io import volume_stem
+
+    stem = volume_stem(path)
+    return stem[: -len(suffix)] if stem.endswith(suffix) else None
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -181,6 +189,13 @@ def run(args) -> int:
             raise FileExistsError(
                 f"output file(s) exist: {', '.join(existing)}; pass --overwrite to replace them"
             )
+    cases = [_case_of(Path(args.probability), "_probability"), _case_of(Path(args.radius),
+                                                                        "_radius")]
+    if None not in cases and cases[0] != cases[1]:
+        # an audit: maps of two cases on one grid were refined together in silence
+        print(f"refine: warning: the probability is case {cases[0]!r} and the radius case "
+              f"{cases[1]!r} (by their names); both should come from one segment run",
+              file=sys.stderr)
     prob = read_volume(args.probability)
     radius = read_volume(args.radius)
     differences = prob.geometry_differences(radius)
