@@ -446,6 +446,13 @@ def test_cli_train_and_errors(tmp_path, capsys):
     assert main([*args[:1], str(cfg_file), *args[1:]]) == 2  # non-empty out
     assert "not empty" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--out", str(tmp_path / "x"), "--loss", "nope"]) == 2
+    # data preparation lines name their count (an audit: "loading training volumes" twice)
+    assert main([*args[:1], str(cfg_file), *[a for a in args[1:] if a != "--quiet"],
+                 "--out", str(tmp_path / "loud")]) == 0
+    err = capsys.readouterr().err
+    assert "[train] generating synthetic cases 2/2" in err
+    assert "done: 2 steps" in err
+    assert "steps 2/2" not in err
 
 
 @pytest.mark.slow

@@ -149,7 +149,11 @@ def run(args: argparse.Namespace) -> int:
         if args.quiet or rank != 0 or (now - last[0] < 1.0 and done < total):
             return
         last[0] = now
-        print(f"[train] {message}", file=sys.stderr, flush=True)
+        # data preparation names its count (an audit: "loading training volumes" twice);
+        # step lines carry their own "step N/M"
+        count = (f" {done}/{total}" if total > 1 and not message.startswith(("step", "done"))
+                 else "")
+        print(f"[train] {message}{count}", file=sys.stderr, flush=True)
 
     from napari_tubular.training import Cancelled
 
