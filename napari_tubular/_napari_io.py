@@ -27,6 +27,7 @@ from .io import (
     _count_unique,
     _has_dicom,
     _suffix,
+    is_orthonormal,
     read_volume,
     volume_stem,
     write_volume,
@@ -164,7 +165,7 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
         if aff.shape != (4, 4):
             raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
     d = aff[:3, :3]
-    if not np.allclose(d.T @ d, np.eye(3), atol=1e-5):
+    if not is_orthonormal(d, atol=1e-5):
         raise ValueError(
             "layer affine is not a rotation; its geometry cannot be stored as spacing + origin + "
             "direction"

@@ -34,6 +34,7 @@ __all__ = [
     "Volume",
     "VolumeIOError",
     "VolumeNaNWarning",
+    "is_orthonormal",
     "list_volumes",
     "read_volume",
     "resample_like",
@@ -57,6 +58,13 @@ READ_EXTENSIONS: tuple[str, ...] = tuple(_FORMATS)
 WRITE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 _NAN_POLICIES = ("fill", "error", "keep")
+
+
+def is_orthonormal(direction, atol: float = 1e-4) -> bool:
+    """True when a 3x3 direction matrix is a rotation or reflection (orthonormal columns):
+    what NIfTI and DICOM can store; a sheared grid (a gantry tilt) is not."""
+    d = np.asarray(direction, dtype=np.float64)
+    return bool(np.allclose(d.T @ d, np.eye(3), atol=atol))
 _CHUNK = 1 << 24  # bytes per read when streaming a file
 
 
@@ -503,7 +511,7 @@ def _nifti_sform_geometry(header, geometry, digits):
     if not np.all(sp_xyz > 0):
         return None
     d_xyz = m / sp_xyz
-    if not np.allclose(d_xyz.T @ d_xyz, np.eye(3), atol=1e-4):
+    if not is_orthonormal(d_xyz):
         return None  # sheared: left to ITK (which warns)
     new_spacing = tuple(_clean(v, digits) for v in sp_xyz[::-1])
     new_origin = tuple(_clean(v, digits) for v in t[::-1])
@@ -646,18 +654,6 @@ def _to_3d(img, path: Path):
     raise VolumeIOError(f"{path}: image is {dim}-D (size {size}); a 3-D volume is needed")
 
 
-_MET_SIZES = {
-    "MET_CHAR": 1,
-    "MET_UCHAR": 1,
-    "MET_SHORT": 2,
-    "MET_USHORT": 2,
-    "MET_INT": 4,
-    "MET_UINT": 4,
-    "MET_LONG_LONG": 8,
-    "MET_ULONG_LONG": 8,
-    "MET_FLOAT": 4,
-    "MET_DOUBLE": 8,
-}
 
 
 def _header_text(raw: bytes) -> str:
@@ -674,6 +670,7 @@ _MET_DTYPES = {
     "MET_INT": "i4", "MET_UINT": "u4", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8",
     "MET_FLOAT": "f4", "MET_DOUBLE": "f8",
 }
+_MET_SIZES = {name: np.dtype(code).itemsize for name, code in _MET_DTYPES.items()}
 
 
 def _metaimage_check(path: Path) -> np.ndarray | None:
@@ -1100,8 +1097,7 @@ def write_dicom_series(
             raise FileExistsError(
                 f"{p} already holds a DICOM series; pass overwrite=True (--overwrite) to replace it"
             )
-    d = vol.direction
-    if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+    if not is_orthonormal(vol.direction):
         raise VolumeIOError(f"{p}: DICOM cannot store a non-orthogonal direction matrix")
     arr = np.ascontiguousarray(vol.data)
     if arr.dtype == bool:
@@ -1237,8 +1233,7 @@ def write_volume(
         )
     if p.exists() and p.is_dir():
         raise VolumeIOError(f"{p}: is a folder, cannot write a volume file there")
-    d = vol.direction
-    if ext in (".nii", ".nii.gz") and not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+    if ext in (".nii", ".nii.gz") and not is_orthonormal(vol.direction):
         raise VolumeIOError(
             f"{p}: NIfTI cannot store a non-orthogonal direction matrix (it would be silently "
             "changed); write .nrrd or .mha instead"

@@ -415,10 +415,8 @@ def run(args) -> int:
 
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
-    import numpy as np
-
     from ..inference import segment
-    from ..io import read_volume, write_volume
+    from ..io import is_orthonormal, read_volume, write_volume
 
     t0 = time.perf_counter()
     progress = StderrProgress(prefix, args.quiet)
@@ -426,8 +424,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vol = read_volume(path)
-        d = np.asarray(vol.direction, dtype=float)
-        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+        if not is_orthonormal(vol.direction):
             # refused before the network (an audit: segmented in full, then the NIfTI writer
             # refused the geometry, and nothing was written)
             raise ValueError(f"{path}: its direction matrix is not orthogonal (a sheared grid, "

@@ -176,7 +176,10 @@ class DistanceMapWidget(QWidget):
         except ValueError as exc:
             self.status.setText(report_error("Distance maps", exc))
             return
-        values = np.unique(data[mask]) if mask.any() else np.zeros(0)
+        # the label values, sorted only when there are several (a full-volume sort on the
+        # UI thread for the common single-label layer otherwise)
+        fg = data[mask]
+        values = np.unique(fg) if fg.size and fg.min() != fg.max() else fg[:1]
         merged = (f" (labels {', '.join(str(v) for v in values[:6])}"
                   f"{', ...' if len(values) > 6 else ''} taken as one mask)"
                   if len(values) > 1 else "")

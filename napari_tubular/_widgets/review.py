@@ -345,12 +345,13 @@ class TopologyReviewWidget(QWidget):
         n = len(self.report.sites)
         mode = "self-check" if not self.metrics else "vs reference"
         text = f"{mode}: {n} error site{'s' if n != 1 else ''}"
-        components = getattr(self.report, "components", None) or []
+        components = self.report.components
         if not self.metrics:
             # every extra component is worth a look without a reference (an audit: Betti-0 3
             # and one site; a large separate piece is no "small component")
-            listed = {s.detail for s in self.report.sites if s.cls == 5}
-            unlisted = [c for c in components[1:] if f"component {c.id}" not in listed]
+            # the small ones (sites of class 5) are the tail of the list, sorted by size
+            n_small = sum(1 for s in self.report.sites if s.cls == 5)
+            unlisted = components[1:len(components) - n_small]
             if not components:
                 text += " (the prediction is empty)"
             elif unlisted:

@@ -376,8 +376,10 @@ class TrainingWidget(QWidget):
         if self.running:
             return
         try:
-            config = config if config is not None else self.config()
-            _refuse_used_folder(config)
+            if config is None:
+                config = self.config()  # refuses a used run folder itself, before writing
+            else:
+                _refuse_used_folder(config)
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))
             return

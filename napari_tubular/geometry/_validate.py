@@ -20,15 +20,20 @@ def check_volume(arr, name: str) -> np.ndarray:
     return a
 
 
+def refuse_nan_mask(a: np.ndarray, name: str) -> None:
+    """ValueError for a float mask holding NaN: ``NaN != 0`` would make it foreground (an
+    audit: one NaN voxel gave b0 = 2)."""
+    if a.dtype.kind in "fc" and np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
+
+
 def check_mask(mask, name: str = "mask") -> np.ndarray:
     """Return a C-contiguous bool (z, y, x) view/copy of ``mask``."""
     a = check_volume(mask, name)
     if a.dtype != bool:
         if not (np.issubdtype(a.dtype, np.number)):
             raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")
-        if a.dtype.kind in "fc" and np.isnan(a).any():
-            # NaN != 0 would make it foreground (an audit: one NaN voxel gave b0 = 2)
-            raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
+        refuse_nan_mask(a, name)
         a = a != 0
     return np.ascontiguousarray(a)
 

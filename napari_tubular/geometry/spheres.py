@@ -421,9 +421,9 @@ def _check_refine_inputs(prob, radius_mm, spacing):
         raise ValueError("radius_mm holds NaN or inf; expected radii in mm (0 on background)")
     if float(r.min()) < 0:
         raise ValueError(f"radius_mm holds negative radii (min {float(r.min()):g} mm)")
-    if float(np.nanmin(p)) < 0 or float(np.nanmax(p)) > 1:
-        raise ValueError(f"prob must be a probability map in [0, 1], got "
-                         f"{float(np.nanmin(p)):g}..{float(np.nanmax(p)):g}")
+    lo, hi = float(np.nanmin(p)), float(np.nanmax(p))
+    if lo < 0 or hi > 1:
+        raise ValueError(f"prob must be a probability map in [0, 1], got {lo:g}..{hi:g}")
     return p, r, sp
 
 

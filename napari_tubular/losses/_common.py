@@ -22,6 +22,11 @@ ACTIVATIONS = ("sigmoid", "softmax", None)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+#: how ``check_unit_range`` names an input declared as probabilities (``activation=None``):
+#: logits passed by mistake gave a soft Dice above 1 (an audit)
+_PROBABILITY_INPUT = "input (activation=None: probabilities; pass activation='sigmoid' for logits)"
+
+
 def check_activation(activation: str | None) -> str | None:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
@@ -92,10 +97,7 @@ def to_probabilities(x: torch.Tensor, activation: str | None) -> torch.Tensor:
                 f"activation='softmax' needs at least 2 channels, got input of shape {tuple(x.shape)}"
             )
         return torch.softmax(x, dim=1)
-    # activation=None: probabilities; logits passed by mistake gave a soft Dice above 1 (an
-    # audit)
-    check_unit_range(x, "input (activation=None: probabilities; pass activation='sigmoid' "
-                        "for logits)")
+    check_unit_range(x, _PROBABILITY_INPUT)
     return x
 
 
@@ -117,8 +119,7 @@ def log_probabilities(x: torch.Tensor, activation: str | None, eps: float = 1e-7
         return logp[:, 1:2], logp[:, 0:1]
     if x.shape[1] != 1:
         raise ValueError(f"segmentation probabilities must have 1 channel, got {tuple(x.shape)}")
-    check_unit_range(x, "input (activation=None: probabilities; pass activation='sigmoid' "
-                        "for logits)")
+    check_unit_range(x, _PROBABILITY_INPUT)
     p = x.clamp(eps, 1.0 - eps)
     return torch.log(p), torch.log1p(-p)
 

@@ -20,6 +20,7 @@ import itertools
 import cc3d
 import numpy as np
 
+from ..geometry._validate import refuse_nan_mask
 from ..geometry.components import bounding_box
 
 __all__ = ["betti_numbers", "euler_number", "bounding_box"]
@@ -63,8 +64,7 @@ def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (z, y, x) array, got shape {mask.shape}")
-    if mask.dtype.kind in "fc" and np.isnan(mask).any():
-        raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
+    refuse_nan_mask(mask, name)
     return mask if mask.dtype == bool else mask != 0
 
 
