@@ -39,7 +39,7 @@ from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
 from ..geometry.skeleton import skeletonize_mask
-from ._sparse import neighbour_pairs, step_lengths_mm
+from ._sparse import smoothed_path
 from .betti import betti_numbers, bounding_box
 
 __all__ = [
@@ -138,10 +138,13 @@ def skeleton_crop(skeleton, mask: np.ndarray, bbox, name: str, spacing) -> np.nd
 
 
 def centerline_length_mm(skeleton: np.ndarray, spacing) -> float:
-    """Length of a skeleton in mm: sum of the physical lengths of its 26-neighbour steps.
+    """Length of a skeleton in mm, measured along its smoothed voxel path.
 
-    Every pair of 26-adjacent skeleton voxels counts once (``sum over voxels of the distances to
-    their skeleton neighbours / 2``). A straight line of N voxels has length ``(N-1) * step``.
+    The skeleton's 26-neighbour steps (one per voxel pair of its minimum spanning forest) are
+    summed between voxel positions smoothed along the path (:func:`_sparse.smoothed_path`):
+    the raw staircase of steps reads 9-23 % long on oblique and curved vessels, more on
+    anisotropic grids, and the smoothed path within a few per cent. A straight line of N voxels,
+    axial or diagonal, has length ``(N-1) * step``.
 
     Args:
         skeleton: bool, shape (Z, Y, X).
@@ -153,8 +156,8 @@ def centerline_length_mm(skeleton: np.ndarray, spacing) -> float:
     coords = np.argwhere(skeleton)
     if len(coords) < 2:
         return 0.0
-    _, _, k = neighbour_pairs(coords, skeleton.shape)
-    return float(step_lengths_mm(spacing)[k].sum())
+    a, b, xyz = smoothed_path(coords, skeleton.shape, spacing)
+    return float(np.linalg.norm(xyz[a] - xyz[b], axis=1).sum())
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
