@@ -499,10 +499,11 @@ class InputWatcher:
     def watch(self, layers) -> None:
         """Forget the previous layers; watch these (the inputs of the run just shown)."""
         for layer, callback in self._watched:
-            try:
-                layer.events.data.disconnect(callback)
-            except (TypeError, ValueError, RuntimeError):
-                pass
+            for emitter in _change_events(layer):
+                try:
+                    emitter.disconnect(callback)
+                except (TypeError, ValueError, RuntimeError):
+                    pass
         self._watched = []
         self.stale = False
         me, panel_ref = weakref.ref(self), self._panel
@@ -513,8 +514,20 @@ class InputWatcher:
                     watcher.stale = True
                     panel.status.setText(f"out of date: {name!r} changed since {watcher._what}; "
                                          "press Compute again")
-            layer.events.data.connect(changed)
+            for emitter in _change_events(layer):
+                emitter.connect(changed)
             self._watched.append((layer, changed))
+
+
+def _change_events(layer) -> list:
+    """The events a layer emits when its voxels change: ``data`` (a new array) and, for labels,
+    ``paint`` (painting, erasing and fill change the array in place and emit only this: an
+    audit painted and erased with the review and the distance results left "current"). napari's
+    undo emits no event (0.9): an undone stroke is not seen."""
+    events = [layer.events.data]
+    if hasattr(layer.events, "paint"):
+        events.append(layer.events.paint)
+    return events
 
 
 class LayerPicker(QComboBox):
@@ -543,7 +556,12 @@ class LayerPicker(QComboBox):
         self._allow_none = allow_none
         self._none_text = none_text
         self._chosen = None
+        # the chosen layer was deleted: no choice until the user makes one (an audit: the picker
+        # fell back to the first candidate and Run / Compute worked on a layer nobody chose)
+        self._lost = False
         self._exclude_owner = exclude_owner
+        if not allow_none:
+            self.setPlaceholderText("(choose a layer)")  # shown while nothing is chosen
         self.currentIndexChanged.connect(self._remember)
         events = viewer.layers.events
         events.inserted.connect(self._on_inserted)
@@ -607,10 +625,18 @@ class LayerPicker(QComboBox):
         index = next((i for i, ly in enumerate(layers) if same_layer(ly, chosen)), None)
         if index is not None:
             self.setCurrentIndex(index + offset)
+        elif chosen is not None and not self._allow_none and not any(
+                same_layer(ly, chosen) for ly in self._viewer.layers):
+            self._lost = True  # deleted (a renamed layer is found above by identity)
+            self.setCurrentIndex(-1)
+        elif self._lost and not self._allow_none:
+            self.setCurrentIndex(-1)
         elif chosen is None and self._allow_none:
             self.setCurrentIndex(0)
         elif current and self.findText(current) >= 0:
             self.setCurrentIndex(self.findText(current))
+        elif layers and not self._allow_none:
+            self.setCurrentIndex(0)  # nothing chosen yet: the first (a placeholder keeps -1)
         self.blockSignals(False)
         self._remember()
         if not same_layer(self._chosen, chosen):
@@ -620,6 +646,8 @@ class LayerPicker(QComboBox):
         index = self.currentIndex() - (1 if self._allow_none else 0)
         layers = self.candidates()
         self._chosen = layers[index] if 0 <= index < len(layers) else None
+        if self._chosen is not None:
+            self._lost = False
 
     def layer(self):
         """The chosen layer, or None."""

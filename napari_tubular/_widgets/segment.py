@@ -42,6 +42,7 @@ from napari_tubular._widgets._layers import (
     layer_affine,
     layer_geometry,
     radius_colormap,
+    same_layer,
     scrollable_layout,
     source_key,
     spheres_points_kwargs,
@@ -196,6 +197,7 @@ class SegmentWidget(QWidget):
         run_box = QGroupBox("Network")
         form = QFormLayout(run_box)
         self.image_picker = LayerPicker(self.viewer, ["image"], exclude_owner=OWNER)
+        self.image_picker.currentIndexChanged.connect(self._on_image_choice)
         form.addRow("image", self.image_picker)
 
         self.model_combo = QComboBox()
@@ -466,8 +468,11 @@ class SegmentWidget(QWidget):
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
 
+        prediction_shown = [object()]  # this run's prediction once shown
+
         def returned(out):
             prediction, refiner, result, spheres, thresholds, fraction = out
+            prediction_shown[0] = prediction
             self.settings = update_settings(model=spec)
             self.prediction, self.refiner = prediction, refiner
             self._pv_fraction = fraction
@@ -502,7 +507,8 @@ class SegmentWidget(QWidget):
             self.run_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
             self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(1 if self.prediction is not None else 0)
+            # full only for a run that finished (an audit: 100 % after a cancel)
+            self.progress_bar.setValue(1 if self.prediction is prediction_shown[0] else 0)
             release_gpu_memory()
 
         self.run_button.setEnabled(False)
@@ -735,9 +741,27 @@ class SegmentWidget(QWidget):
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
                 f"Betti pred {tuple(metrics['betti_pred'])} ref {tuple(metrics['betti_ref'])}"
             )
+            if self._warned_mismatch:
+                text += f"\n(voxel by voxel although {self._warned_mismatch})"
         elif self._reference_problem is not None:
             text += f"\nno metrics: {self._reference_problem}"
+        chosen = self.image_picker.layer()
+        if chosen is not None and self._source_layer is not None and not same_layer(
+                chosen, self._source_layer):
+            text += (f"\nthe sliders refine {self._source} (the last run); Run segments "
+                     f"{chosen.name}")
         self.metrics_label.setText(text)
+
+    def _on_image_choice(self, *_: Any) -> None:
+        """Another image chosen while a run's outputs are cached: the sliders still refine that
+        run (an audit: with two cases open the sliders refined the last-run case while the picker
+        showed the other, and only a name prefix under them said so)."""
+        chosen = self.image_picker.layer()
+        if self.prediction is None or self.busy or chosen is None:
+            return
+        if self._source_layer is not None and not same_layer(chosen, self._source_layer):
+            self.status.setText(f"the sliders refine {self._source} (the last run); press Run "
+                                f"to segment {chosen.name}")
 
     # ------------------------------------------------------------------ live refinement
     def _on_thresholds(self, *_: Any) -> None:

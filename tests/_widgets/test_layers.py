@@ -286,6 +286,25 @@ def test_picker_keeps_a_renamed_layer(make_napari_viewer):
     assert picker.layer() is not second
 
 
+def test_picker_chooses_nothing_when_its_layer_is_deleted(make_napari_viewer):
+    """An audit: deleting the chosen image moved the picker to another layer, and Run then
+    segmented a layer nobody chose."""
+    viewer = make_napari_viewer()
+    other = viewer.add_image(np.zeros((2, 2, 2)), name="other")
+    chosen = viewer.add_image(np.zeros((2, 2, 2)), name="chosen")
+    picker = LayerPicker(viewer, ["image"])
+    picker.set_layer(chosen)
+    viewer.layers.remove(chosen)
+    assert picker.layer() is None
+    assert picker.currentIndex() == -1
+    viewer.add_image(np.zeros((2, 2, 2)), name="third")  # a new layer is no choice either
+    assert picker.layer() is None
+    picker.set_layer(other)
+    assert picker.layer() is other
+    viewer.add_image(np.zeros((2, 2, 2)), name="fourth")
+    assert picker.layer() is other
+
+
 def test_segment_picker_leaves_out_its_own_results(make_napari_viewer):
     from napari_tubular._widgets._layers import OWNER_KEY
 

@@ -92,6 +92,38 @@ def test_a_changed_prediction_marks_the_review_out_of_date(review):
     assert "out of date" not in widget.status.text()
 
 
+def test_painting_marks_the_review_out_of_date(review):
+    """An audit: painting, erasing and fill change a labels layer in place and emit only its
+    ``paint`` event; the review stayed "current" after them. (napari's undo emits no event at
+    all: not detected.)"""
+    viewer, widget = review
+    layer = viewer.layers["prediction"]
+    layer.selected_label = 1
+    layer.paint((4, 4, 4), 1, refresh=True)
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    widget.run()
+    assert not widget.inputs.stale
+    layer.fill((4, 4, 4), 0)
+    assert widget.inputs.stale
+
+
+def test_a_reference_on_another_grid_is_said_in_the_status_and_csv(review, tmp_path,
+                                                                   monkeypatch):
+    """An audit: a reference 10 mm off was compared voxel by voxel with only a passing
+    notification; the status and the exported CSV now carry it."""
+    monkeypatch.setattr(
+        "napari.utils.notifications.show_warning", lambda *a, **k: None, raising=False)
+    viewer, widget = review
+    assert "although" not in widget.status.text()
+    viewer.layers["reference"].translate = np.asarray(TRANSLATE) + (0.0, 10.0, 0.0)
+    widget.run()
+    assert "although" in widget.status.text()
+    assert "translate" in widget.status.text()
+    path = widget.export_csv(tmp_path / "review.csv")
+    assert "grid_warning" in path.read_text()
+
+
 def test_next_previous_centre_camera_and_slice(review):
     viewer, widget = review
     n = len(widget.report.sites)

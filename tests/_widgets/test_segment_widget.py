@@ -513,6 +513,34 @@ def test_a_renamed_result_layer_is_kept(seg, monkeypatch):
     assert _owned(viewer, "labels") is new
 
 
+def test_a_cancelled_rerun_leaves_the_progress_bar_empty(seg, qtbot, slow_network):
+    """An audit: after Cancel the bar showed 100 % whenever an earlier run existed."""
+    viewer, widget, _ = seg
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() == 1
+    widget.sync = False
+    widget.run()
+    assert slow_network.wait(5)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=5000)
+    assert widget.prediction is not None  # the previous run's outputs stay for the sliders
+    assert widget.progress_bar.value() == 0
+
+
+def test_choosing_another_image_says_which_case_the_sliders_refine(seg, vessel_case):
+    """An audit: with two cases open, the sliders refined the last-run case while the picker
+    showed the other, and only a name prefix under them said so."""
+    viewer, widget, _ = seg
+    other = viewer.add_image(vessel_case.image, name="other case", scale=SPACING)
+    widget.image_picker.set_layer(other)
+    assert "the sliders refine ct" in widget.status.text()
+    assert "other case" in widget.status.text()
+    widget.tp_slider.setValue(0.7)
+    assert "Run segments other case" in widget.metrics_label.text()
+    widget.image_picker.set_layer(viewer.layers["ct"])
+    widget.tp_slider.setValue(0.65)
+    assert "Run segments" not in widget.metrics_label.text()
+
+
 def test_two_images_keep_their_own_results(make_napari_viewer, vessel_case, predict_counter):
     """Two segment widgets on two images: results named after each image, neither replaces the
     other's; re-running either updates its own layers in place."""
