@@ -838,7 +838,10 @@ def predict(
             window, for volumes in other units), "auto" (default: rescale only when the image
             cannot be in the model's units: scaled to [0, 1], 8-bit, raw CT stored as HU + 1024,
             MR-like counts; a message says so, see
-            :func:`napari_tubular.models.normalization.intensity_rescale_reason`).
+            :func:`napari_tubular.models.normalization.intensity_rescale_reason`). Raw CT
+            stored as HU + 1024 (unsigned 0..4095 whose bulk minus 1024 is soft tissue,
+            :func:`napari_tubular.models.normalization.is_raw_ct`) is brought back to HU by
+            subtracting 1024 and then treated as HU (bone step, CTA refit).
         calibrate_radius: apply the model's radius calibration (``radius_calibration`` in its
             meta, see :func:`apply_radius_calibration`) when it has one. Either way the radius
             map's one-voxel spikes where ``P >= 0.5`` are then clipped to the median of the
@@ -881,6 +884,7 @@ def predict(
 
     t0 = time.perf_counter()
     data, sp = _as_image(volume, spacing)
+    stored_dtype = np.asarray(data).dtype  # before the padding fill makes a float32 copy
     if scale_mode not in ("expected", "argmax"):
         raise ValueError(f"scale_mode must be 'expected' or 'argmax', got {scale_mode!r}")
     check_intensity_mode(intensity)
@@ -938,7 +942,8 @@ def predict(
             model_spacing=tuple(float(s) for s in meta["spacing"]), device_used=dev,
             batch_size=int(batch_size), timings=timings, meta=meta, messages=messages,
             intensity={"mode": intensity, "rescale": None, "refit": None, "constant": True})
-    data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages)
+    data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages,
+                                               stored_dtype=stored_dtype)
     timings["normalize"] = time.perf_counter() - t
 
     mspacing = tuple(float(s) for s in meta["spacing"])
@@ -1013,19 +1018,25 @@ def predict(
 
     probability, scale_np, info = network_pass(data, "", True)
     # an image in the model's (window) units: its bone-bright structures are told apart below
-    window_units = rescale_info is None and (meta["normalization"] or {}).get("kind") == "window"
+    # (raw CT stored as HU + 1024 is in them once 1024 is subtracted)
+    window_units = (_in_model_units(rescale_info)
+                    and (meta["normalization"] or {}).get("kind") == "window")
     bone_source = data if window_units else None
     level = _bone_level(bone_level, meta)  # validated either way; used in window units only
+    # the refit's vessel level leaves cortical bone out even when the bone step is off (an
+    # audit: with --bone-level off the fit took a vertebra for the vessels, 737 HU, and the
+    # second pass dimmed the real 350 HU arteries: Dice 0.58 -> 0.35)
+    fit_level = level if level is not None else float(_refit_options(meta)["bone_level"])
     if not window_units or polarity == "dark":
         # mirrored for dark tubes, air at -900 HU in tissue lands near +900: "bone" (an audit:
         # airways in soft tissue all removed, Dice 0 -> 0.97 without the step); bone, bright in
         # the original, is dark in the mirrored image and not found
-        level = None
+        level = fit_level = None
     refit_info = None
-    in_model_units = window_units and intensity == "auto"
+    in_model_units = window_units and intensity in ("auto", "rescale")
     if refit_intensity and (rescale_info is not None or in_model_units):
         refit_info = _refit_pass(data, probability, sp, meta, messages,
-                                 only_above_training=in_model_units, bone_level=level)
+                                 only_above_training=in_model_units, bone_level=fit_level)
         go = refit_info.pop("go")
         if not go and in_model_units:
             refit_info = None  # the usual case for CT in HU: nothing to report
@@ -1142,9 +1153,16 @@ def check_intensity_mode(intensity) -> str:
     return intensity
 
 
-def _apply_intensity_mode(data, normalization, intensity, messages):
+def _in_model_units(rescale_info) -> bool:
+    """Whether an image after :func:`_apply_intensity_mode` is in the model's own units: not
+    rescaled, or raw CT brought back to HU by subtracting 1024."""
+    return rescale_info is None or rescale_info.get("levels") == "HU + 1024"
+
+
+def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype=None):
     """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
-    asks for it ("rescale", or "auto" on an image that cannot be in the model's units)."""
+    asks for it ("rescale", or "auto" on an image that cannot be in the model's units).
+    ``stored_dtype``: the input's dtype before any float copy (8-bit and raw-CT tests)."""
     from .models.normalization import intensity_rescale_reason, rescale_to_window, robust_range
 
     kind = (normalization or {}).get("kind")
@@ -1159,10 +1177,16 @@ def _apply_intensity_mode(data, normalization, intensity, messages):
     if intensity == "rescale":
         why = "asked for"
     else:  # "auto": rescale only an image that cannot be in the model's units
-        why = intensity_rescale_reason(data, normalization, value_range)
+        why = intensity_rescale_reason(data, normalization, value_range, stored_dtype)
         if why is None:
             return data, None
-    out, info = rescale_to_window(data, normalization, value_range)
+    out, info = rescale_to_window(data, normalization, value_range, stored_dtype)
+    if info["levels"] == "HU + 1024":
+        messages.append(
+            f"intensities rescaled ({why}): raw CT stored as HU + 1024 (unsigned, 0..4095), 1024 "
+            "subtracted and the image taken as Hounsfield units; use intensity 'model' to keep "
+            "the raw values")
+        return out, info
     levels = "robust range" if info["levels"] == "robust range" else "air and soft tissue levels"
     messages.append(
         f"intensities rescaled ({why}): {levels} {info['from'][0]:.4g}..{info['from'][1]:.4g} "
@@ -1476,8 +1500,8 @@ def segment(
             "intensity_refit": pred.intensity.get("refit"),
             "partial_volume_trim": None if partial_volume is None else float(partial_volume),
             "polarity": polarity,
-            "bone_level": None if pred.intensity["rescale"] is not None or polarity == "dark"
-            else _bone_level(bone_level, pred.meta),
+            "bone_level": None if not _in_model_units(pred.intensity["rescale"])
+            or polarity == "dark" else _bone_level(bone_level, pred.meta),
         },
         "model_grid_spacing": list(pred.model_spacing),
         "time_s": {k: round(v, 4) for k, v in timings.items()},

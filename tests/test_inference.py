@@ -765,3 +765,70 @@ def test_a_negative_bone_level_is_refused():
     with pytest.raises(ValueError, match="bone_level must be >= 0"):
         predict(np.arange(512.0).reshape(8, 8, 8), (EchoNet(), _meta()), device="cpu",
                 bone_level=-2000)
+
+
+WINDOW = {"kind": "window", "low": -200.0, "high": 600.0}
+
+
+def _neck(rng, air: bool = False):
+    """Tissue at 40 HU with one 350 HU artery along z and a 1000 HU bone block beside it (no
+    air unless asked): an audit's carotid next to a vertebra, in HU."""
+    hu = rng.normal(40.0, 10.0, (24, 32, 32))
+    zz, yy, xx = np.mgrid[:24, :32, :32]
+    artery = (yy - 10) ** 2 + (xx - 10) ** 2 <= 9
+    hu[artery] = rng.normal(350.0, 10.0, int(artery.sum()))
+    hu[4:20, 14:30, 14:30] = rng.normal(1000.0, 10.0, (16, 16, 16))
+    if air:
+        hu[:, :, :3] = -1000.0 + rng.normal(0.0, 5.0, (24, 32, 3))
+    return hu, artery
+
+
+def test_raw_ct_without_air_is_read_as_hounsfield_units(rng):
+    """An audit: raw CT stored as HU + 1024 in a field of view without air was mapped by its
+    robust range (tissue 200 HU too high, bone step off): Dice 0.58 -> 0.36 against the same
+    data in HU. Unsigned 0..4095 whose bulk minus 1024 is soft tissue is HU + 1024."""
+    from napari_tubular.models.normalization import is_raw_ct, rescale_to_window
+
+    hu, _ = _neck(rng)
+    hu = hu.round()
+    raw = np.clip(hu + 1024, 0, None).astype(np.uint16)
+    assert is_raw_ct(raw, WINDOW)
+    out, info = rescale_to_window(raw, WINDOW)
+    assert info["levels"] == "HU + 1024"
+    np.testing.assert_array_equal(out, raw.astype(np.float32) - 1024)
+    a = predict(hu.astype(np.int16), (EchoNet(), _meta(norm=WINDOW)), device="cpu")
+    b = predict(raw, (EchoNet(), _meta(norm=WINDOW)), device="cpu")
+    assert b.intensity["rescale"]["levels"] == "HU + 1024"
+    assert any("1024 subtracted" in m for m in b.messages)
+    np.testing.assert_allclose(b.probability, a.probability, atol=1e-6)  # bone step included
+    # not raw CT: MR-like counts (bulk 120), 16-bit values above 4095, floats, HU itself
+    mr = (rng.normal(120.0, 10.0, (16, 16, 16)).clip(0) + 0).astype(np.uint16)
+    mr[4:8, 4:8] = 1500
+    assert not is_raw_ct(mr, WINDOW)
+    assert not is_raw_ct(raw.astype(np.float32), WINDOW)
+    assert not is_raw_ct(raw * 16, WINDOW)
+    assert not is_raw_ct(hu.astype(np.int16), WINDOW)
+
+
+def test_bone_level_off_keeps_bone_out_of_the_intensity_fit(rng):
+    """An audit: with the bone step off, the CTA refit took the vertebra (737 HU) for the
+    vessels and the second pass dimmed the real 350 HU artery (recall 0.99 -> 0.50)."""
+    hu, artery = _neck(rng)
+    pred = predict(hu, (EchoNet(), _meta(norm=WINDOW)), device="cpu", bone_level=None)
+    assert pred.intensity["refit"] is None  # 350 HU over 40: within the training contrast
+    assert (pred.probability[artery] > 0.5).mean() > 0.95
+    assert (pred.probability[6:18, 16:28, 16:28] > 0.5).all()  # 'off' keeps the bone
+
+
+def test_8_bit_exports_with_a_black_border_are_rescaled(rng):
+    """An audit: an 8-bit windowed export whose clipped air touches the border was taken for
+    padding, filled in a float32 copy, and then never seen as 8-bit (read as HU, bone level
+    on)."""
+    img = rng.normal(90.0, 5.0, (24, 32, 32))
+    img[:, 12:16, 12:16] = 200.0
+    img[:, :, :6] = 0.0  # clipped air at the edge: "padding"
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    pred = predict(img, (EchoNet(), _meta(norm=WINDOW)), device="cpu")
+    assert any("padding" in m for m in pred.messages)
+    assert pred.intensity["rescale"] is not None
+    assert any("8-bit" in m for m in pred.messages)

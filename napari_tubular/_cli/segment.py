@@ -187,7 +187,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="for CT in HU: where what the network found is mostly brighter than this "
         "(a fifth of the found voxels around it), it is taken as bone, not vessel (default: "
         "the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
-        "some CT angiography)",
+        "some CT angiography; the intensity fit for very bright vessels still leaves voxels "
+        "above 700 HU out of its vessel level)",
     )
     p.add_argument(
         "--partial-volume",
