@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 
 from . import __version__
 
@@ -60,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 1
+    # warnings the commands do not collect themselves (a reader's "2 DICOM series", refine's
+    # NaN notice) are printed like the commands' own lines, without Python's source line (an
+    # audit: "/.../info.py:36: UserWarning: ..." from 'info' on a DICOM folder)
+    def tidy(message, category, filename, lineno, file=None, line=None):
+        print(f"napari-tubular {args.command}: warning: {message}", file=sys.stderr, flush=True)
+
+    warnings.showwarning = tidy
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

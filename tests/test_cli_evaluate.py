@@ -307,3 +307,14 @@ def test_self_check_break_gap_is_the_empty_space_between_the_pieces(tmp_path, ca
     assert json.loads(out.read_text())["site_counts"]["possible break"] == 0
     assert main(["evaluate", str(path), "--break-gap", "-1"]) == 2
     assert "--break-gap" in capsys.readouterr().err
+
+
+def test_batch_case_names_keep_their_spelling(tmp_path):
+    """An audit: CT_labels.nii.gz was listed as case 'ct' in the table and the CSV."""
+    from napari_tubular._cli.evaluate import match_cases
+
+    pairs, _, _ = match_cases([tmp_path / "CT_Patient7_labels.nii.gz"],
+                              [tmp_path / "CT_Patient7_label.nii.gz"])
+    assert [name for name, _, _ in pairs] == ["CT_Patient7"]
+    pairs, _, _ = match_cases([tmp_path / "Liver.nii.gz"], [tmp_path / "Liver.nii.gz"])
+    assert [name for name, _, _ in pairs] == ["Liver"]

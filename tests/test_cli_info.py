@@ -118,3 +118,29 @@ def test_console_script(labels_file):
     info = json.loads(res.stdout)
     assert info["shape_zyx"] == [5, 6, 7]
     assert info["spacing_mm_zyx"] == list(SPACING)
+
+
+def test_warnings_are_printed_without_python_source_lines(image_file, monkeypatch, capsys):
+    """An audit: 'info' on a DICOM folder with two series printed a raw Python warning with the
+    source path and line; every command now prints warnings like its own lines."""
+    import warnings
+
+    from napari_tubular import io
+
+    real = io.read_volume
+
+    def reader(*args, **kwargs):
+        warnings.warn("2 DICOM series in the folder; reading the largest", UserWarning,
+                      stacklevel=2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(io, "read_volume", reader)
+    shown = warnings.showwarning
+    try:
+        assert main(["info", str(image_file[0])]) == 0
+    finally:
+        warnings.showwarning = shown
+    err = capsys.readouterr().err
+    assert "napari-tubular info: warning: 2 DICOM series in the folder" in err
+    assert "UserWarning" not in err
+    assert ".py:" not in err

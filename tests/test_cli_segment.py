@@ -189,7 +189,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, model_file, volume_file, capsys,
         ([flat, "--model", model_file], "3-D"),
         ([tmp_path / "missing.nii.gz", "--model", model_file], "not found"),
         ([volume_file, "--model", tmp_path / "nope.pt"], "nope.pt"),
-        ([volume_file, "--model", volume_file], "not a readable napari-tubular model"),
+        ([volume_file, "--model", volume_file], "is not a napari-tubular model file"),
         ([volume_file, "--model", model_file, "--tp", "1.2"], "tp"),
     ]
     for args, match in cases:
@@ -290,6 +290,32 @@ def test_warnings_reach_stderr_and_the_report(tmp_path, model_file, capsys):
     one = write_volume(tmp_path / "one.nii.gz", Volume(np.zeros((1, 24, 24)), spacing=(1, 1, 1)))
     assert _run("segment", one, "-o", tmp_path / "p", "--model", model_file) == 2
     assert "2-D image" in capsys.readouterr().err
+
+
+def test_reader_warnings_are_said_before_the_run(tmp_path, model_file, volume_file, capsys,
+                                                 monkeypatch):
+    """An audit: "2 DICOM series, reading the largest" was printed after the run, so the user
+    learnt which series was segmented at the end; it is said once, before the network."""
+    import json
+    import warnings
+
+    from napari_tubular import io
+
+    real = io.read_volume
+
+    def reader(*args, **kwargs):
+        warnings.warn("2 DICOM series in the folder; reading the largest", stacklevel=2)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(io, "read_volume", reader)
+    assert _run("segment", volume_file, "-o", tmp_path / "o", "--model", model_file,
+                "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    said = err.index("warning: 2 DICOM series")
+    assert said < err.index("refining") < err.index("writing")
+    assert err.count("2 DICOM series") == 1
+    report = json.loads(next((tmp_path / "o").glob("*_report.json")).read_text())
+    assert any("2 DICOM series" in m for m in report["messages"])
 
 
 def test_folder_batch_skips_masks_and_outputs_and_survives_a_bad_file(tmp_path, model_file,

@@ -94,6 +94,19 @@ def test_body_option(tmp_path):
     assert (img < -900).any()  # air outside the body
 
 
+def test_betti_note_names_the_cause():
+    """An audit: with --body the note blamed "vessels closer than a voxel" for more pieces than
+    trees (touching vessels give fewer pieces, not more)."""
+    from napari_tubular._cli.synth import betti_note
+
+    assert betti_note((3, 1, 0), 3, 1, body=True) is None
+    cut = betti_note((5, 0, 0), 3, 0, body=True)
+    assert "cut where they leave the body outline" in cut
+    assert "closer than a voxel" not in cut
+    assert "closer than a voxel" in betti_note((2, 1, 0), 3, 0, body=False)
+    assert "a face of the volume" in betti_note((4, 0, 0), 3, 0, body=False)
+
+
 def test_organs_option(tmp_path):
     out = tmp_path / "g"
     args = ["--n", "1", "--seed", "7", "--shape", "32", "48", "48", "--spacing", "1.2", "0.9", "0.9"]

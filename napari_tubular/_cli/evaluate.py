@@ -146,7 +146,9 @@ def match_cases(pred_paths, ref_paths):
 
     kp, kr = by_key(preds, "prediction"), by_key(refs, "reference")
     for k in sorted(set(kp) & set(kr)):
-        pairs.append((k, kp[k][1], kr[k][1]))
+        # the case named as the files spell it (an audit: CT_labels was listed as "ct"); the
+        # key is the lower-cased stem less its suffixes, so it is a prefix of the stem
+        pairs.append((kr[k][0][: len(k)], kp[k][1], kr[k][1]))
         del preds[kp[k][0]], refs[kr[k][0]]
     pairs.sort(key=lambda t: t[0])
     return pairs, sorted(preds.values()), sorted(refs.values())

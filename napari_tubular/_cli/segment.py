@@ -425,6 +425,11 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         vol = read_volume(path)
+        # the reader's warnings now, not after the network (an audit: "2 DICOM series, reading
+        # the largest" came minutes after the run started)
+        for w in caught:
+            print(f"{prefix} warning: {w.message}", file=sys.stderr, flush=True)
+        read_warnings = {str(w.message) for w in caught}
         if not is_orthonormal(vol.direction):
             # refused before the network (an audit: segmented in full, then the NIfTI writer
             # refused the geometry, and nothing was written)
@@ -459,6 +464,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             messages.append(str(w.message))
     for msg in messages:
         note = msg.startswith(NOTES)
+        if msg in read_warnings:
+            continue  # said before the run
         if not (note and args.quiet):
             print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
                   flush=True)

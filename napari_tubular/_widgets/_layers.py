@@ -537,8 +537,9 @@ class LayerPicker(QComboBox):
         viewer: the napari viewer.
         layer_types: layer type strings (``"image"``, ``"labels"``).
         allow_none: add a first entry ``none_text`` meaning "no layer".
-        exclude_owner: leave out the result layers of this widget kind (a segment widget's
-            image picker does not offer its own probability / radius maps).
+        exclude_owner: leave out the result layers of this widget kind, or of these kinds (a
+            segment widget's image picker does not offer its own probability / radius maps;
+            the review does not offer the distance panel's branch maps).
     """
 
     def __init__(
@@ -547,7 +548,7 @@ class LayerPicker(QComboBox):
         layer_types: Sequence[str],
         allow_none: bool = False,
         none_text: str = "(none)",
-        exclude_owner: str | None = None,
+        exclude_owner: str | Sequence[str] | None = None,
         parent=None,
     ):
         super().__init__(parent)
@@ -559,7 +560,8 @@ class LayerPicker(QComboBox):
         # the chosen layer was deleted: no choice until the user makes one (an audit: the picker
         # fell back to the first candidate and Run / Compute worked on a layer nobody chose)
         self._lost = False
-        self._exclude_owner = exclude_owner
+        self._exclude_owner = ((exclude_owner,) if isinstance(exclude_owner, str)
+                               else tuple(exclude_owner or ()))
         if not allow_none:
             self.setPlaceholderText("(choose a layer)")  # shown while nothing is chosen
         self.currentIndexChanged.connect(self._remember)
@@ -607,8 +609,7 @@ class LayerPicker(QComboBox):
             layer
             for layer in self._viewer.layers
             if layer._type_string in self._types
-            and (self._exclude_owner is None
-                 or layer.metadata.get(OWNER_KEY) != self._exclude_owner)
+            and layer.metadata.get(OWNER_KEY) not in self._exclude_owner
         ]
 
     def refresh(self, event=None) -> None:

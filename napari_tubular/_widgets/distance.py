@@ -100,7 +100,7 @@ class DistanceMapWidget(QWidget):
         layout = scrollable_layout(self)
         box = QGroupBox("Input")
         form = QFormLayout(box)
-        self.labels_picker = LayerPicker(self.viewer, ["labels"], exclude_owner=OWNER)
+        self.labels_picker = LayerPicker(self.viewer, ["labels"], exclude_owner=(OWNER, "review"))
         form.addRow("labels", self.labels_picker)
         self.k_spin = QSpinBox()
         self.k_spin.setRange(1, 64)

@@ -106,10 +106,12 @@ class TopologyReviewWidget(QWidget):
         form = QFormLayout(box)
         # its own error layer is never an input (it was chosen as the prediction after a run,
         # where a second Compute would have reviewed the error map)
-        self.pred_picker = LayerPicker(self.viewer, ["labels"], exclude_owner=OWNER)
+        # the distance panel's branch maps are no segmentation (an audit: after Distance the
+        # prediction picker started on "... labels branches")
+        self.pred_picker = LayerPicker(self.viewer, ["labels"], exclude_owner=(OWNER, "distance"))
         self.ref_picker = LayerPicker(
             self.viewer, ["labels"], allow_none=True, none_text="(none: self-check)",
-            exclude_owner=OWNER,
+            exclude_owner=(OWNER, "distance"),
         )
         form.addRow("prediction", self.pred_picker)
         form.addRow("reference", self.ref_picker)

@@ -239,6 +239,15 @@ def _read_payload(path: Path) -> dict:
 
     if path.stat().st_size == 0:
         raise ModelFormatError(f"model file {path} is empty")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch writes a zip archive (new format) or a pickle (protocol 2+: first byte 0x80); an
+    # audit's text file was said to hold "Python objects that a model file does not contain"
+    if head[:2] != b"PK" and head[:1] != b"\x80":
+        raise ModelFormatError(
+            f"{path} is not a napari-tubular model file: it is not a PyTorch file at all (a "
+            "model file is a zip archive written by torch.save; this starts with "
+            f"{head!r})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError:

@@ -305,6 +305,20 @@ def test_picker_chooses_nothing_when_its_layer_is_deleted(make_napari_viewer):
     assert picker.layer() is other
 
 
+def test_review_pickers_leave_out_the_distance_branch_maps(make_napari_viewer):
+    """An audit: after Distance, the review's prediction picker started on the branch map."""
+    from napari_tubular._widgets._layers import OWNER_KEY
+    from napari_tubular._widgets.review import TopologyReviewWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="ct labels")
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="ct labels branches",
+                      metadata={OWNER_KEY: "distance"})
+    widget = TopologyReviewWidget(viewer)
+    assert widget.pred_picker.layer().name == "ct labels"
+    assert widget.ref_picker.findText("ct labels branches") < 0
+
+
 def test_segment_picker_leaves_out_its_own_results(make_napari_viewer):
     from napari_tubular._widgets._layers import OWNER_KEY
 

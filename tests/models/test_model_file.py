@@ -142,7 +142,7 @@ def test_wrong_and_corrupted_files(tmp_path, net):
     torch.save(net.state_dict(), plain)
     for path, match in [
         (empty, "empty"),
-        (text, "not a readable"),
+        (text, "not a PyTorch file at all"),
         (truncated, "not a readable"),
         (plain, "not a napari-tubular model file"),
         (tmp_path, "not a file"),
