@@ -45,7 +45,8 @@ class TrainConfig:
         patch_size: (Z, Y, X) voxels of a training patch (at the target spacing).
         batch_size: patches per step (per process with DDP).
         steps: number of optimiser steps (upper bound if ``max_minutes`` is set).
-        max_minutes: wall-clock budget; training stops (and saves) when it is spent.
+        max_minutes: wall-clock budget of the training steps; training stops (and saves) when it
+            is spent (the data preparation before the first step is not counted).
         lr, weight_decay: AdamW; the learning rate decays polynomially (power 0.9) with the
             training progress ``max(step / steps, elapsed / max_minutes)``.
         loss: one of :data:`LOSSES`.
