@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="run folder (logs, checkpoints, model files)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
     p.add_argument("--minutes", type=float, dest="max_minutes",
-                   help="wall-clock budget of the training steps in minutes (stops and saves when spent; 
-                        "preparing the data before the first step is not counted)")
+                   help="wall-clock budget of the training steps in minutes (stops and saves "
+                   "when spent; preparing the data before the first step is not counted)")
     p.add_argument("--batch-size", type=int, help="patches per step (per process)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), dest="patch_size",
                    help="patch size in voxels (default 64 64 64)")
