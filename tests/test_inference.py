@@ -368,7 +368,7 @@ def test_bad_model_files(tmp_path):
         predict(np.zeros((8, 8, 8)), tmp_path / "missing.pt", "cpu")
     bad = tmp_path / "bad.pt"
     bad.write_text("not a model")
-    with pytest.raises(ModelFormatError, match="not a readable"):
+    with pytest.raises(ModelFormatError, match="not a PyTorch file at all"):
         predict(np.zeros((8, 8, 8)), bad, "cpu")
     with pytest.raises(ValueError, match="tp"):
         segment(np.zeros((8, 8, 8)), (EchoNet(), _meta()), "cpu", tp=1.5)
