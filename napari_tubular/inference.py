@@ -1328,18 +1328,20 @@ def mask_radius(radius_mm: np.ndarray, probability: np.ndarray, tp: float) -> np
 def shape_report(labels: np.ndarray, skeleton: np.ndarray, spacing) -> dict:
     """Volume (ml), centreline length (mm) and Betti numbers of a result.
 
-    The centreline length is measured on the thin (hard) skeleton of ``labels``: the DDT
-    pseudo-skeleton ``P > T_p`` is a region, not a line, as thick as the vessels for a low
-    ``T_p`` (its voxel count is reported as ``pseudo_skeleton_voxels``).
+    The centreline length is measured on the thin skeleton of ``labels``
+    (:func:`napari_tubular.topology.metrics.mask_centerline_length_mm`: thinned on a
+    near-isotropic grid, faces extended, along the smoothed path): the DDT pseudo-skeleton
+    ``P > T_p`` is a region, not a line, as thick as the vessels for a low ``T_p`` (its voxel
+    count is reported as ``pseudo_skeleton_voxels``).
     """
-    from .topology import betti_numbers, centerline_length_mm
-    from .topology.metrics import hard_skeleton
+    from .topology import betti_numbers
+    from .topology.metrics import mask_centerline_length_mm
 
     mask = labels.astype(bool)
     return {
         "volume_ml": float(mask.sum() * float(np.prod(spacing)) / 1000.0),
         "betti_numbers": [int(b) for b in betti_numbers(mask)],
-        "centerline_length_mm": float(centerline_length_mm(hard_skeleton(mask, spacing), spacing)),
+        "centerline_length_mm": float(mask_centerline_length_mm(mask, spacing)),
         "pseudo_skeleton_voxels": int(np.count_nonzero(skeleton)),
     }
 

@@ -819,7 +819,8 @@ class SegmentWidget(QWidget):
             if reference is not None:
                 from napari_tubular.topology import compute_metrics
 
-                metrics = compute_metrics(result.labels > 0, reference, spacing)
+                metrics = compute_metrics(result.labels > 0, reference, spacing,
+                                          measured_lengths=False)  # not shown: kept live
             return result, spheres, metrics
 
         def returned(out):

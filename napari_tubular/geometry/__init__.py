@@ -18,7 +18,13 @@ from .distance import (
     voxel_unit_mm,
 )
 from .refiner import Refiner
-from .skeleton import CenterlineGraph, centerline_graph, pseudo_skeleton, skeletonize_mask
+from .skeleton import (
+    CenterlineGraph,
+    centerline_graph,
+    measuring_skeleton,
+    pseudo_skeleton,
+    skeletonize_mask,
+)
 from .spheres import (
     DEFAULT_TP,
     DEFAULT_TR,
@@ -54,6 +60,7 @@ __all__ = [
     "scale_classes",
     "signed_distance",
     "skeletonize_mask",
+    "measuring_skeleton",
     "soft_reconstruction",
     "spheres_as_points",
     "union_of_balls",

@@ -80,6 +80,85 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     return out
 
 
+def measuring_skeleton(mask, spacing) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A mask's skeleton for measuring its centerline length, and the grid it lies on.
+
+    :func:`skeletonize_mask` thins on the voxel grid, one layer per step along every axis, so a
+    vessel's skeleton ends about its radius *in voxels* before each free end and before each
+    face of the volume it crosses. Along the 3 mm axis of a thick-slice grid that is three times
+    the radius in mm (an audit: a 4 mm vessel crossing 63 mm of 3 mm slices read 30 mm, an 8 mm
+    one 15 mm; -11 % on isotropic grids). Here the mask is (1) extended beyond each face it
+    touches by repeating that face's slice a little more than its largest radius (a vessel cut
+    by the field of view runs on to the face), (2) repeated along its coarse axes onto a
+    near-isotropic grid (each axis ``round(spacing / min(spacing))`` times, at most 4) and
+    thinned there with :func:`skeletonize_mask`'s guards; the extensions are cut off again.
+
+    Args:
+        mask: bool, shape (Z, Y, X).
+        spacing: voxel size (dz, dy, dx) in mm.
+
+    Returns:
+        ``(skeleton, fine_spacing)``: uint8 skeleton on the fine grid of the mask's bounding box
+        (its own shape), and that grid's spacing. Measure it with
+        :func:`napari_tubular.topology.centerline_length_mm`.
+    """
+    from .distance import edt_mm
+
+    m = check_mask(mask)
+    sp = check_spacing(spacing)
+    box = bounding_box(m)
+    if box is None:
+        return np.zeros((1, 1, 1), np.uint8), sp
+    sub = m[box]
+    r_max = float(edt_mm(np.pad(sub, 1), sp).max())
+    ext = []
+    for axis, sl in enumerate(box):
+        reach = int(min(64, np.ceil(r_max / sp[axis]) + 2))
+        ext.append((reach if sl.start == 0 else 0, reach if sl.stop == m.shape[axis] else 0))
+    grown = np.pad(sub, ext, mode="edge")
+    # one background voxel on the other sides: the box is tight, and a distance transform
+    # takes a mask at the array's edge for one that goes on
+    zero = [(int(lo == 0), int(hi == 0)) for lo, hi in ext]
+    grown = np.pad(grown, zero)
+    ext = [(lo + zlo, hi + zhi) for (lo, hi), (zlo, zhi) in zip(ext, zero)]
+    factors = _isotropic_factors(sp) or (1, 1, 1)
+    if factors != (1, 1, 1):
+        # the signed distance interpolated linearly between slices: a slab repeated k times has
+        # flat, square ends whose corners the thinning follows (an 8 mm tube on 2.5 mm slices
+        # read 50 mm for 36); thresholding an interpolated mask gives the same slab
+        signed = edt_mm(grown, sp) - edt_mm(~grown, sp)
+        grown = _upsampled_positive(signed, factors)
+        del signed
+    fine = tuple(s / k for s, k in zip(sp, factors))
+    sk = skeletonize_mask(grown, spacing=fine)
+    inside = tuple(slice(lo * k, lo * k + n * k) for (lo, _), k, n in zip(ext, factors, sub.shape))
+    return sk[inside], fine
+
+
+def _upsampled_positive(values: np.ndarray, factors, chunk_voxels: int = 16_000_000) -> np.ndarray:
+    """``values > 0`` on a grid ``factors`` times finer (trilinear, voxel centres of the fine
+    grid at ``(j + 0.5) / k - 0.5`` coarse voxels, edges clamped: ``scipy.ndimage.zoom`` with
+    ``order=1, grid_mode=True, mode="nearest"``), built in slabs so that no float copy of the
+    fine grid is held (a 512 x 512 x 800 fine grid would take 840 MB)."""
+    maps = []
+    for n, k in zip(values.shape, factors):
+        t = np.clip((np.arange(n * k) + 0.5) / k - 0.5, 0.0, n - 1.0)
+        i0 = np.floor(t).astype(np.int64)
+        i1 = np.minimum(i0 + 1, n - 1)
+        maps.append((i0, i1, (t - i0).astype(np.float32)))
+    fine = tuple(n * k for n, k in zip(values.shape, factors))
+    out = np.empty(fine, dtype=bool)
+    step = max(1, chunk_voxels // max(1, fine[1] * fine[2]))
+    (y0, y1, wy), (x0, x1, wx) = maps[1], maps[2]
+    for start in range(0, fine[0], step):
+        z0, z1, wz = (m[start:start + step] for m in maps[0])
+        a = values[z0] * (1 - wz)[:, None, None] + values[z1] * wz[:, None, None]
+        a = a[:, y0] * (1 - wy)[None, :, None] + a[:, y1] * wy[None, :, None]
+        a = a[:, :, x0] * (1 - wx)[None, None, :] + a[:, :, x1] * wx[None, None, :]
+        out[start:start + step] = a > 0
+    return out
+
+
 def _diagonal_mm(box, spacing) -> float:
     """Length in mm of the diagonal through the centres of a box's corner voxels."""
     ext = [(sl.stop - sl.start - 1) * s for sl, s in zip(box, spacing)]

@@ -16,6 +16,7 @@ from .metrics import (
     compute_metrics,
     dice_score,
     hard_skeleton,
+    mask_centerline_length_mm,
     surface_distances,
     surface_voxels,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "error_map",
     "euler_number",
     "hard_skeleton",
+    "mask_centerline_length_mm",
     "self_check",
     "surface_distances",
     "surface_voxels",

@@ -216,7 +216,8 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
     rows, tube_dice = [], []
     try:
         for case in cases:
-            rows.append(compute_metrics(_prob(case) > 0.5, case.label > 0, case.spacing))
+            rows.append(compute_metrics(_prob(case) > 0.5, case.label > 0, case.spacing,
+                                        measured_lengths=False))
         for case in tubes or []:
             tube_dice.append(dice_score(_prob(case) > 0.5, case.label > 0))
     finally:
