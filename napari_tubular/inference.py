@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry.components import remove_small_components
+from .geometry.components import BLOB_RATIO, remove_blob_components, remove_small_components
 from .geometry.skeleton import pseudo_skeleton
 
 __all__ = [
@@ -1367,6 +1367,7 @@ def segment(
     bone_level: float | None | str = "auto",
     partial_volume: float | None = DEFAULT_PARTIAL_VOLUME,
     polarity: str = "bright",
+    blob_ratio: float | None = BLOB_RATIO,
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
@@ -1385,6 +1386,10 @@ def segment(
             of the local vessel contrast in the image are removed from the labels
             (:mod:`napari_tubular.geometry.partial_volume`; measured: held-out Dice +0.008,
             independent trees +0.034, clDice unchanged); None keeps the labels as refined.
+        blob_ratio: components other than the largest whose centerline is shorter than this
+            times the cube root of their volume are dropped as blobs (enhancing organs, bright
+            distractors: :func:`napari_tubular.geometry.remove_blob_components`); None or 0
+            keeps them.
 
     Returns:
         :class:`SegmentationResult`.
@@ -1445,6 +1450,15 @@ def segment(
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
     labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
+    blobs = []
+    if blob_ratio:
+        labels, blobs = remove_blob_components(labels, pred.spacing, blob_ratio)
+        if blobs:
+            ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
+            _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
+                  f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
+                  "their volume (a ball or a thick plate, e.g. an enhancing organ, not a tube); "
+                  "blob ratio 'off' keeps them", pred.messages)
     skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks
@@ -1497,6 +1511,8 @@ def segment(
             "min_size_mm3": float(min_size_mm3),
             "spacing_override": None if spacing is None else [float(v) for v in spacing],
             "components_removed": n_removed,
+            "blob_ratio": float(blob_ratio) if blob_ratio else None,
+            "blobs_removed": blobs,
             "intensity": pred.intensity["mode"],
             "intensity_rescale": pred.intensity["rescale"],
             "intensity_refit": pred.intensity.get("refit"),

@@ -648,3 +648,45 @@ def test_ctrl_c_in_a_batch_says_what_was_written(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "1 of 3 inputs were written" in err
     assert "--skip-existing" in err
+
+
+def test_blob_ratio_option_and_refine_follow_the_report(tmp_path, model_file, capsys,
+                                                        monkeypatch):
+    """segment drops a ball beside the tube by default (--blob-ratio off keeps it); refine
+    without options does what segment did, and --blob-ratio off there keeps it too."""
+    from napari_tubular import inference
+
+    shape, sp = (40, 40, 40), (1.0, 1.0, 1.0)
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    ball = (zz - 20) ** 2 + (yy - 28) ** 2 + (xx - 28) ** 2 <= 30
+    tube = np.zeros(shape, bool)
+    tube[1:39, 4:12, 4:12] = True
+    real = inference.predict
+
+    def network(*args, **kwargs):
+        pred = real(*args, **kwargs)
+        pred.probability[:] = np.where(tube | ball, 0.95, 0.0).astype(np.float32)
+        pred.radius_mm[:] = np.where(tube | ball, 3.0, 0.0).astype(np.float32)
+        return pred
+
+    monkeypatch.setattr(inference, "predict", network)
+    image = write_volume(tmp_path / "ct.nii.gz", Volume(np.zeros(shape, np.float32), sp))
+    common = ("--model", model_file, "--device", "cpu", "--quiet", "--partial-volume", "off")
+    assert _run("segment", image, "-o", tmp_path / "a", "--no-refine", *common) == 0
+    assert "blob-like component" in capsys.readouterr().err
+    dropped = read_volume(tmp_path / "a" / "ct_labels.nii.gz").data > 0
+    assert not dropped[ball].any()
+    assert dropped[5:35, 6:10, 6:10].all()
+    assert _run("segment", image, "-o", tmp_path / "b", "--no-refine", "--blob-ratio", "off",
+                *common) == 0
+    assert (read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0)[ball].all()
+    a = tmp_path / "a"
+    assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
+                tmp_path / "r1_labels.nii.gz") == 0
+    assert not (read_volume(tmp_path / "r1_labels.nii.gz").data > 0)[ball].any()
+    assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
+                tmp_path / "r2_labels.nii.gz", "--blob-ratio", "off") == 0
+    assert (read_volume(tmp_path / "r2_labels.nii.gz").data > 0)[ball].any()
+    with pytest.raises(SystemExit):
+        _run("segment", image, "-o", tmp_path / "c", "--blob-ratio=-1", *common)
+    assert "expected a number >= 0 or 'off'" in capsys.readouterr().err

@@ -832,3 +832,23 @@ def test_8_bit_exports_with_a_black_border_are_rescaled(rng):
     assert any("padding" in m for m in pred.messages)
     assert pred.intensity["rescale"] is not None
     assert any("8-bit" in m for m in pred.messages)
+
+
+def test_segment_drops_blob_like_components(rng):
+    """A ball beside a tube (a bright distractor, an enhancing organ) is not a tube: dropped
+    with a message and recorded in the report; blob_ratio None keeps it."""
+    img = rng.normal(40.0, 5.0, (48, 48, 48))
+    img[2:46, 4:12, 4:12] = 400.0
+    zz, yy, xx = np.mgrid[:48, :48, :48]
+    ball = (zz - 24) ** 2 + (yy - 34) ** 2 + (xx - 34) ** 2 <= 36
+    img[ball] = 400.0
+    model = (EchoNet(), _meta(norm=WINDOW))
+    res = segment(img, model, "cpu", refine=False, partial_volume=None)
+    assert not res.labels[ball].any()
+    assert res.labels[10:40, 6:10, 6:10].all()
+    assert res.report["parameters"]["blob_ratio"] == 0.5
+    assert len(res.report["parameters"]["blobs_removed"]) == 1
+    assert any("blob-like" in m for m in res.report["messages"])
+    kept = segment(img, model, "cpu", refine=False, partial_volume=None, blob_ratio=None)
+    assert kept.labels[ball].all()
+    assert kept.report["parameters"]["blob_ratio"] is None

@@ -62,6 +62,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "report)",
     )
     p.add_argument(
+        "--blob-ratio", type=_blob_ratio_arg, default="report", metavar="R|off",
+        help="drop blob-like components as in segment (default: what segment used, from "
+        "NAME_report.json, else off)",
+    )
+    p.add_argument(
         "--image", default=None, metavar="IMAGE",
         help="the segmented image, for the partial-volume trim (default: the input named in "
         "NAME_report.json, if it is still there)",
@@ -75,6 +80,12 @@ def _partial_volume_arg(text: str):
     from .segment import partial_volume_arg
 
     return "report" if text == "report" else partial_volume_arg(text)
+
+
+def _blob_ratio_arg(text: str):
+    from .segment import blob_ratio_arg
+
+    return "report" if text == "report" else blob_ratio_arg(text)
 
 
 def skeleton_path(labels_path: Path) -> Path:
@@ -117,6 +128,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "spacing": None if override is None else tuple(float(v) for v in override),
                     "partial_volume": None if pv is None else float(pv), "image": image,
                     "polarity": params.get("polarity", "bright"),
+                    "blob_ratio": params.get("blob_ratio"),
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError):
             pass
@@ -129,7 +141,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         tp, tr = recommended_thresholds(None)
         where = "the fallback thresholds"
     return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
-            "partial_volume": None, "image": None, "polarity": "bright"}, where
+            "partial_volume": None, "image": None, "polarity": "bright", "blob_ratio": None}, where
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright"):
@@ -163,7 +175,7 @@ def _case_of(path: Path, suffix: str) -> str | None:
 def run(args) -> int:
     import numpy as np
 
-    from ..geometry import remove_small_components
+    from ..geometry import remove_blob_components, remove_small_components
     from ..inference import check_segment_options, check_thresholds, refine_maps, shape_report
     from ..io import read_volume, write_volume
 
@@ -223,6 +235,9 @@ def run(args) -> int:
     if pv is not None and labels.any():
         labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"])
     labels, _ = remove_small_components(labels, spacing, min_size)
+    blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
+    if blob:
+        labels, _ = remove_blob_components(labels, spacing, float(blob))
     skeleton = skeleton & labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)

@@ -50,6 +50,20 @@ def partial_volume_arg(text: str):
     return value
 
 
+def blob_ratio_arg(text: str):
+    """``--blob-ratio``: a number >= 0, or 'off' (None)."""
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}"
+                                         ) from exc
+    if not (math.isfinite(value) and value >= 0.0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}")
+    return value or None
+
+
 def _bone_level_arg(text: str):
     if text.lower() in ("off", "none"):
         return None
@@ -66,7 +80,7 @@ def _bone_level_arg(text: str):
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from ..inference import DEFAULT_MIN_SIZE_MM3, DEFAULT_PARTIAL_VOLUME
+    from ..inference import BLOB_RATIO, DEFAULT_MIN_SIZE_MM3, DEFAULT_PARTIAL_VOLUME
 
     p = subparsers.add_parser(
         name,
@@ -189,6 +203,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
         "some CT angiography; the intensity fit for very bright vessels still leaves voxels "
         "above 700 HU out of its vessel level)",
+    )
+    p.add_argument(
+        "--blob-ratio",
+        type=blob_ratio_arg,
+        default=BLOB_RATIO,
+        metavar="R|off",
+        help="drop label components other than the largest whose centerline is shorter than R "
+        "times the cube root of their volume and that are at least 3 voxels thick: balls and "
+        f"thick plates, not tubes (default {BLOB_RATIO}); 'off' keeps them",
     )
     p.add_argument(
         "--partial-volume",
@@ -454,6 +477,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
                 spacing=args.spacing,
                 bone_level=args.bone_level,
                 partial_volume=args.partial_volume,
+                blob_ratio=args.blob_ratio,
                 polarity=args.polarity,
             )
         except ValueError as exc:  # name the file (the core speaks of "the volume")

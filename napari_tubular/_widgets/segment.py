@@ -77,12 +77,13 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
     return box
 
 
-def _without_specks(result, spacing, min_size_mm3: float, fraction=None):
+def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
     from :func:`napari_tubular.inference.partial_volume_map`; None skips
-    it), label components under ``min_size_mm3`` removed, and the pseudo-skeleton and the
-    spheres kept where the labels are."""
-    from napari_tubular.geometry import remove_small_components
+    it), label components under ``min_size_mm3`` removed, blob-like components removed
+    (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default ratio),
+    and the pseudo-skeleton and the spheres kept where the labels are."""
+    from napari_tubular.geometry import BLOB_RATIO, remove_blob_components, remove_small_components
 
     labels = np.asarray(result.labels)
     if fraction is not None:
@@ -92,6 +93,8 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None):
         labels = trim_partial_volume(labels, fraction, DEFAULT_PARTIAL_VOLUME)
     if min_size_mm3 > 0:
         labels, _ = remove_small_components(labels, spacing, min_size_mm3)
+    if blobs:
+        labels, _ = remove_blob_components(labels, spacing, BLOB_RATIO)
     keep = labels > 0
     skeleton = np.asarray(result.skeleton, dtype=np.uint8) & keep
     centers_mm = np.asarray(result.centers_mm, dtype=float).reshape(-1, 3)
@@ -262,6 +265,13 @@ class SegmentWidget(QWidget):
             "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
             "local vessel contrast (the network's mask lies a fraction of a voxel outside the "
             "wall); thin vessels are kept")
+        self.blob_check = _option(
+            form, "drop blob-like components", True,
+            "drop label components other than the largest whose centerline is shorter than "
+            "half the cube root of their volume and that are at least 3 voxels thick: balls and "
+            "thick plates (an enhancing organ, a bright distractor), not tubes "
+            "(segment --blob-ratio)")
+        self.blob_check.toggled.connect(self._on_thresholds)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -429,6 +439,7 @@ class SegmentWidget(QWidget):
         trim_pv = self.pv_check.isChecked()
         polarity = "dark" if self.dark_check.isChecked() else "bright"
         min_size = self.min_size_spin.value()
+        blobs = self.blob_check.isChecked()
 
         def compute():
             from napari_tubular import inference
@@ -463,7 +474,7 @@ class SegmentWidget(QWidget):
                 fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                         polarity)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
-                                     fraction)
+                                     fraction, blobs)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
@@ -811,9 +822,11 @@ class SegmentWidget(QWidget):
 
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction
+        blobs = self.blob_check.isChecked()
 
         def compute():
-            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction)
+            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
+                                     blobs)
             spheres = _spheres(result, spacing)
             metrics = None
             if reference is not None:

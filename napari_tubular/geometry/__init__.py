@@ -5,7 +5,7 @@ numpy/scipy only at import time; the torch soft skeleton (``soft_skeleton``, ``s
 not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 """
 
-from .components import remove_small_components
+from .components import BLOB_RATIO, remove_blob_components, remove_small_components
 from .distance import (
     SKELETON_RADIUS_OFFSET_VOX,
     clip_radius_spikes,
@@ -53,6 +53,8 @@ __all__ = [
     "distance_maps",
     "edt_mm",
     "remove_small_components",
+    "remove_blob_components",
+    "BLOB_RATIO",
     "local_radius_mm",
     "pseudo_skeleton",
     "radius_from_scale",

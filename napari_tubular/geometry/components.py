@@ -63,3 +63,77 @@ def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndar
     out = m.astype(np.uint8)
     out.ravel()[fg[~keep[fg_labels]]] = 0
     return out, int(n - keep[1:].sum())
+
+
+#: components whose centerline is shorter than this times the cube root of their volume are
+#: blobs, not tubes (a ball's centerline is a point: ratio 0; a cylinder as long as its diameter
+#: about 0.7 before thinning shortens it; the validation volumes' vessel pieces 1.15 and more,
+#: their false blobs and plates 0-0.28, one plate 2.2)
+BLOB_RATIO = 0.5
+#: ... and whose largest inscribed ball has at least this radius in voxels (of the finest
+#: spacing): thinner pieces are too coarse to tell a ball from a short tube (the coarse-grid
+#: phantoms' short vessel pieces, 2.0-2.2 voxels, read 0.42-0.43 and were lost: Dice -0.009)
+BLOB_MIN_RADIUS_VOX = 3.0
+
+
+def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np.ndarray, list]:
+    """Drop 26-connected components that are blobs, not tubes: centerline length (mm, by
+    :func:`napari_tubular.topology.mask_centerline_length_mm`: faces extended, so a vessel cut
+    by the field of view keeps its length) under ``ratio`` times the cube root of the
+    component's volume (mm^3) and at least :data:`BLOB_MIN_RADIUS_VOX` voxels thick (radius of
+    its largest inscribed ball). The largest component is always kept.
+
+    A tubular structure segmentation should hold tubes; a separate ball or thick plate is an
+    enhancing organ, a bright distractor or a lesion (on the project's validation volumes the
+    network labelled such blobs in 2 of 10: Dice 0.840 -> 0.861 without them).
+
+    Args:
+        mask: bool-like, shape (Z, Y, X).
+        spacing: voxel size (dz, dy, dx) in mm.
+        ratio: the threshold (0 keeps everything).
+
+    Returns:
+        ``(cleaned, removed)``: uint8 mask and one dict per removed component
+        (``volume_mm3``, ``centerline_mm``, ``centroid_vox``).
+    """
+    import cc3d
+    from scipy.ndimage import find_objects
+
+    from ..topology.metrics import mask_centerline_length_mm
+    from .distance import edt_mm
+
+    m = check_mask(mask)
+    sp = check_spacing(spacing)
+    if not np.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"blob ratio must be a finite number >= 0, got {ratio}")
+    out = m.astype(np.uint8)
+    if ratio == 0 or not m.any():
+        return out, []
+    labels, n = cc3d.connected_components(m.view(np.uint8), connectivity=26, return_N=True)
+    if n < 2:
+        return out, []
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    largest = int(np.argmax(sizes))
+    voxel_mm3 = float(np.prod(sp))
+    removed = []
+    for k, box in enumerate(find_objects(labels), start=1):
+        if box is None or k == largest:
+            continue
+        # the component in its box grown by a voxel except at the volume's faces: it touches
+        # the crop's edge exactly where it touches a face of the volume (extended there)
+        grown = tuple(slice(max(sl.start - 1, 0), min(sl.stop + 1, n_ax))
+                      for sl, n_ax in zip(box, m.shape))
+        comp = labels[grown] == k
+        volume = float(sizes[k]) * voxel_mm3
+        radius = float(edt_mm(np.pad(comp, 1), sp).max())
+        if radius < BLOB_MIN_RADIUS_VOX * min(sp):
+            continue
+        length = mask_centerline_length_mm(comp, sp)
+        if length < ratio * volume ** (1.0 / 3.0):
+            out[box][labels[box] == k] = 0
+            centre = [float((sl.start + sl.stop - 1) / 2) for sl in box]
+            removed.append({"volume_mm3": volume, "centerline_mm": length,
+                            "centroid_vox": centre})
+    return out, removed
+

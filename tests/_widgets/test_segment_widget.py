@@ -711,3 +711,29 @@ def test_a_failed_refinement_is_said_under_the_sliders(seg, errors, monkeypatch)
     widget.tr_slider.setValue(0.8)
     assert errors
     assert "T_r=0.80 failed: boom" in widget.metrics_label.text()
+
+
+def test_blob_checkbox_drops_balls_like_segment(seg):
+    """The panel's "drop blob-like components" does what segment's --blob-ratio does, live."""
+    from napari_tubular._widgets.segment import _without_specks
+    from napari_tubular.geometry.refiner import Refiner
+
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    ball = (zz - 20) ** 2 + (yy - 28) ** 2 + (xx - 28) ** 2 <= 30
+    tube = np.zeros((40, 40, 40), bool)
+    tube[1:39, 4:12, 4:12] = True
+    prob = np.where(tube | ball, 0.95, 0.0).astype(np.float32)
+    refiner = Refiner(prob, np.where(prob > 0, 3.0, 0.0).astype(np.float32), (1.0, 1.0, 1.0))
+    result = refiner.update(tp=0.6, tr=0.6)
+    assert result.labels[ball].any()
+    dropped = _without_specks(result, (1.0, 1.0, 1.0), 20.0, None, blobs=True)
+    kept = _without_specks(result, (1.0, 1.0, 1.0), 20.0, None, blobs=False)
+    assert not np.asarray(dropped.labels)[ball].any()
+    assert np.asarray(kept.labels)[ball].any()
+    # the checkbox re-runs the refinement on the cached outputs, not the network
+    viewer, widget, counter = seg
+    assert widget.blob_check.isChecked()
+    before = widget.refine_count
+    widget.blob_check.setChecked(False)
+    assert widget.refine_count == before + 1
+    assert counter.calls == 1

@@ -1,0 +1,58 @@
+"""Blob-like components (balls, thick plates) are dropped; tubes, pieces at a face and the
+largest component are kept."""
+
+import numpy as np
+import pytest
+
+from napari_tubular.geometry import BLOB_RATIO, remove_blob_components
+
+
+def _scene():
+    m = np.zeros((48, 48, 48), bool)
+    m[2:46, 4:12, 4:12] = True  # a thick tube, the largest component
+    zz, yy, xx = np.mgrid[:48, :48, :48]
+    ball = (zz - 24) ** 2 + (yy - 34) ** 2 + (xx - 34) ** 2 <= 25  # radius 5 voxels
+    plate = np.zeros_like(m)
+    plate[36:43, 18:28, 2:12] = True  # 7 x 10 x 10 voxels: thick enough to judge
+    face = np.zeros_like(m)
+    face[0:9, 36:44, 2:10] = True  # a thick tube piece cut by the z = 0 face
+    small = (zz - 10) ** 2 + (yy - 30) ** 2 + (xx - 20) ** 2 <= 4  # radius 2: too coarse
+    thin = np.zeros_like(m)
+    thin[24, 18:24, 20] = True  # a short thin tube piece
+    return m | ball | plate | face | small | thin, ball, plate, face, small, thin
+
+
+def test_balls_and_plates_go_tubes_stay():
+    m, ball, plate, face, small, thin = _scene()
+    out, removed = remove_blob_components(m, (1.0, 1.0, 1.0))
+    out = out.astype(bool)
+    assert not (out & ball).any()
+    assert not (out & plate).any()
+    assert (out & face).sum() == face.sum()  # its length runs on to the face
+    assert (out & small).sum() == small.sum()  # 2 voxels thick: not judged
+    assert (out & thin).sum() == thin.sum()
+    assert out[2:46, 4:12, 4:12].all()
+    assert sorted(round(r["volume_mm3"]) for r in removed) == sorted([ball.sum(), plate.sum()])
+
+
+def test_the_largest_component_and_ratio_zero_are_kept():
+    zz, yy, xx = np.mgrid[:30, :30, :30]
+    ball = (zz - 15) ** 2 + (yy - 15) ** 2 + (xx - 15) ** 2 <= 49
+    out, removed = remove_blob_components(ball, (1.0, 1.0, 1.0))
+    assert out.sum() == ball.sum()
+    assert removed == []
+    m, *_ = _scene()
+    out, removed = remove_blob_components(m, (1.0, 1.0, 1.0), ratio=0)
+    assert out.sum() == m.sum()
+    with pytest.raises(ValueError, match="blob ratio"):
+        remove_blob_components(m, (1.0, 1.0, 1.0), ratio=-1)
+
+
+def test_sizes_are_physical():
+    # the scene on a 0.5 mm grid: the same voxels, half the size in mm; same verdicts
+    m, ball, plate, *_ = _scene()
+    out, removed = remove_blob_components(m, (0.5, 0.5, 0.5))
+    assert not (out.astype(bool) & (ball | plate)).any()
+    assert sorted(r["volume_mm3"] for r in removed) == pytest.approx(
+        sorted([ball.sum() / 8, plate.sum() / 8]))
+    assert BLOB_RATIO == 0.5
