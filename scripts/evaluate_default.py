@@ -192,10 +192,11 @@ def predictions(model, images, specs, device: str, tta: bool = False):
 
 
 def drop_small_components(mask: np.ndarray, spacing, min_mm3: float = MIN_COMPONENT_MM3):
-    """Remove 26-connected components smaller than ``min_mm3`` (as ``segment`` does)."""
-    from napari_tubular.geometry import remove_small_components
+    """Remove 26-connected components smaller than ``min_mm3`` and blob-like components (as
+    ``segment`` does, session 14)."""
+    from napari_tubular.geometry import remove_blob_components, remove_small_components
 
-    return remove_small_components(mask, spacing, min_mm3)[0]
+    return remove_blob_components(remove_small_components(mask, spacing, min_mm3)[0], spacing)[0]
 
 
 def refine_labels(prob, radius, spacing, tp, tr, device, edt_radius: bool):

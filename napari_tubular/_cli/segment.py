@@ -36,32 +36,27 @@ OUTPUT_SUFFIXES = {
 }
 
 
-def partial_volume_arg(text: str):
-    """``--partial-volume``: a fraction in [0, 1), or 'off' (None)."""
+def _number_or_off(text: str, ok, expected: str):
+    """A number accepted by ``ok``, or None for 'off' / 'none' (argparse type helper)."""
     if text.lower() in ("off", "none"):
         return None
     try:
         value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or 'off', got {text!r}"
-                                         ) from exc
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1) or 'off', got {text!r}")
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"expected {expected} or 'off', got {text!r}")
     return value
 
 
+def partial_volume_arg(text: str):
+    """``--partial-volume``: a fraction in [0, 1), or 'off' (None)."""
+    return _number_or_off(text, lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+
+
 def blob_ratio_arg(text: str):
-    """``--blob-ratio``: a number >= 0, or 'off' (None)."""
-    if text.lower() in ("off", "none"):
-        return None
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}"
-                                         ) from exc
-    if not (math.isfinite(value) and value >= 0.0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 or 'off', got {text!r}")
-    return value or None
+    """``--blob-ratio``: a number >= 0 (0 is 'off'), or 'off' (None)."""
+    return _number_or_off(text, lambda v: v >= 0.0, "a number >= 0") or None
 
 
 def _bone_level_arg(text: str):
