@@ -838,10 +838,7 @@ def predict(
             window, for volumes in other units), "auto" (default: rescale only when the image
             cannot be in the model's units: scaled to [0, 1], 8-bit, raw CT stored as HU + 1024,
             MR-like counts; a message says so, see
-            :func:`napari_tubular.models.normalization.intensity_rescale_reason`). Raw CT
-            stored as HU + 1024 (unsigned 0..4095 whose bulk minus 1024 is soft tissue,
-            :func:`napari_tubular.models.normalization.is_raw_ct`) is brought back to HU by
-            subtracting 1024 and then treated as HU (bone step, CTA refit).
+            :func:`napari_tubular.models.normalization.intensity_rescale_reason`).
         calibrate_radius: apply the model's radius calibration (``radius_calibration`` in its
             meta, see :func:`apply_radius_calibration`) when it has one. Either way the radius
             map's one-voxel spikes where ``P >= 0.5`` are then clipped to the median of the
@@ -1018,7 +1015,6 @@ def predict(
 
     probability, scale_np, info = network_pass(data, "", True)
     # an image in the model's (window) units: its bone-bright structures are told apart below
-    # (raw CT stored as HU + 1024 is in them once 1024 is subtracted)
     window_units = (_in_model_units(rescale_info)
                     and (meta["normalization"] or {}).get("kind") == "window")
     bone_source = data if window_units else None
@@ -1154,15 +1150,18 @@ def check_intensity_mode(intensity) -> str:
 
 
 def _in_model_units(rescale_info) -> bool:
-    """Whether an image after :func:`_apply_intensity_mode` is in the model's own units: not
-    rescaled, or raw CT brought back to HU by subtracting 1024."""
-    return rescale_info is None or rescale_info.get("levels") == "HU + 1024"
+    """Whether an image after :func:`_apply_intensity_mode` is in the model's own units (not
+    rescaled). Raw CT stored as HU + 1024 is not told apart from MR-like counts here (a first
+    version read unsigned 0..4095 whose bulk minus 1024 is tissue as HU; a review's uint16 MR
+    angiogram with tissue at 1000 counts then lost its vessels to the bone step: Dice 0.84 ->
+    0.01): it is rescaled like them, by its air and tissue levels where it shows air."""
+    return rescale_info is None
 
 
 def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype=None):
     """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
     asks for it ("rescale", or "auto" on an image that cannot be in the model's units).
-    ``stored_dtype``: the input's dtype before any float copy (8-bit and raw-CT tests)."""
+    ``stored_dtype``: the input's dtype before any float copy (the 8-bit test)."""
     from .models.normalization import intensity_rescale_reason, rescale_to_window, robust_range
 
     kind = (normalization or {}).get("kind")
@@ -1180,13 +1179,7 @@ def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype
         why = intensity_rescale_reason(data, normalization, value_range, stored_dtype)
         if why is None:
             return data, None
-    out, info = rescale_to_window(data, normalization, value_range, stored_dtype)
-    if info["levels"] == "HU + 1024":
-        messages.append(
-            f"intensities rescaled ({why}): raw CT stored as HU + 1024 (unsigned, 0..4095), 1024 "
-            "subtracted and the image taken as Hounsfield units; use intensity 'model' to keep "
-            "the raw values")
-        return out, info
+    out, info = rescale_to_window(data, normalization, value_range)
     levels = "robust range" if info["levels"] == "robust range" else "air and soft tissue levels"
     messages.append(
         f"intensities rescaled ({why}): {levels} {info['from'][0]:.4g}..{info['from'][1]:.4g} "

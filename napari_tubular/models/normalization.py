@@ -38,8 +38,6 @@ __all__ = [
     "intensity_rescale_needed",
     "intensity_rescale_reason",
     "rescale_to_window",
-    "is_raw_ct",
-    "RAW_CT_OFFSET",
     "refit_to_vessels",
     "vessel_levels",
     "REFIT_DEFAULTS",
@@ -156,37 +154,11 @@ def _bulk_median(x: np.ndarray, low: float, width: float) -> float:
     return float(np.median(bulk)) if bulk.size else float(np.median(x))
 
 
-def is_raw_ct(image: np.ndarray, normalization: dict, stored_dtype=None) -> bool:
-    """Whether ``image`` looks like CT stored as HU + 1024 without its rescale intercept (the
-    DICOM habit of unsigned 12-bit pixel data): integers (as stored), none below 0, none above
-    4095, and with 1024 subtracted its bulk lies where a window model's soft tissue does
-    (:func:`intensity_rescale_reason`'s test). Such an image is mapped by subtracting 1024, not
-    by its range: a field of view without air (an audit's neck with a vertebra) was mapped by
-    its robust range, the tissue put 200 HU too high and Dice fell from 0.58 to 0.36."""
-    n = validate_normalization(normalization)
-    arr = np.asarray(image)
-    dtype = np.dtype(stored_dtype) if stored_dtype is not None else arr.dtype
-    if n["kind"] != "window" or dtype.kind not in "ui" or arr.size == 0:
-        return False
-    if float(arr.min()) < 0 or float(arr.max()) > 4095:
-        return False
-    low, width = n["low"], n["high"] - n["low"]
-    med = _bulk_median(_sample(image).astype(np.float64) - RAW_CT_OFFSET, low, width)
-    return low <= med <= low + _BULK_BAND * width
-
-
-#: what raw CT adds to Hounsfield units when stored without its rescale intercept
-RAW_CT_OFFSET = 1024.0
-
-
 def rescale_to_window(image: np.ndarray, normalization: dict,
-                      value_range: tuple[float, float] | None = None,
-                      stored_dtype=None) -> tuple[np.ndarray, dict]:
+                      value_range: tuple[float, float] | None = None) -> tuple[np.ndarray, dict]:
     """Map ``image`` linearly so that its robust range sits inside a ``window`` model's window.
 
     ``value_range``: the image's :func:`robust_range` when the caller has it already.
-    ``stored_dtype``: see :func:`is_raw_ct`. Raw CT stored as HU + 1024 (:func:`is_raw_ct`) is
-    mapped back to HU (``"levels": "HU + 1024"``, scale 1, offset -1024).
 
     An image that shows a body surrounded by air (:func:`_air_and_tissue`) is mapped by its
     air and soft-tissue levels instead (to -1000 and 40 HU for the default window), so that
@@ -205,10 +177,6 @@ def rescale_to_window(image: np.ndarray, normalization: dict,
     if n["kind"] != "window":
         raise ValueError(f"rescale_to_window needs a window normalization, got {n['kind']!r}")
     width = n["high"] - n["low"]
-    if is_raw_ct(image, n, stored_dtype):
-        out = np.asarray(image, dtype=np.float32) - np.float32(RAW_CT_OFFSET)
-        return out, {"from": [RAW_CT_OFFSET - 1000.0, RAW_CT_OFFSET + 40.0], "to": [-1000.0, 40.0],
-                     "scale": 1.0, "offset": -RAW_CT_OFFSET, "levels": "HU + 1024"}
     a = n["low"] + _RESCALE_TARGET[0] * width
     b = n["low"] + _RESCALE_TARGET[1] * width
     lo, hi = robust_range(image) if value_range is None else value_range
