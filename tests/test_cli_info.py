@@ -144,3 +144,12 @@ def test_warnings_are_printed_without_python_source_lines(image_file, monkeypatc
     assert "napari-tubular info: warning: 2 DICOM series in the folder" in err
     assert "UserWarning" not in err
     assert ".py:" not in err
+
+
+def test_main_leaves_python_warnings_as_they_were(image_file):
+    """A review: main() replaced warnings.showwarning for the whole process."""
+    import warnings
+
+    before = warnings.showwarning
+    assert main(["info", str(image_file[0])]) == 0
+    assert warnings.showwarning is before

@@ -56,3 +56,35 @@ def test_sizes_are_physical():
     assert sorted(r["volume_mm3"] for r in removed) == pytest.approx(
         sorted([ball.sum() / 8, plate.sum() / 8]))
     assert BLOB_RATIO == 0.5
+
+
+@pytest.mark.parametrize(("spacing", "radius", "depth"), [((2.5, 0.7, 0.7), 4.0, 2.8),
+                                                          ((1.0, 1.0, 1.0), 8.0, 7.7)])
+def test_a_vessel_lying_along_a_face_is_no_blob(spacing, radius, depth):
+    """A review: a vessel whose wall touched a face while running along it was extended into a
+    wall by the face extension, read 0-9 mm long and was removed as a 'blob' (70 mm here)."""
+    from napari_tubular.topology import mask_centerline_length_mm
+
+    shape = tuple(int(round(e / s)) for e, s in zip((100.0, 84.0, 112.0), spacing))
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing))
+    z, y, x = np.meshgrid(z, y, x, indexing="ij")
+    big = (z - 60.0) ** 2 + (y - 14.0) ** 2 <= 25.0  # the largest component, along x
+    vessel = ((z - depth) ** 2 + (y - 56.0) ** 2 <= radius ** 2) & (x >= 14.0) & (x < 84.0)
+    assert vessel[0].any()  # its wall is on the face
+    assert mask_centerline_length_mm(vessel, spacing) > 70.0 - 2 * radius - 1.0  # flat ends
+    out, removed = remove_blob_components(big | vessel, spacing)
+    assert removed == []
+    assert out.astype(bool)[vessel].all()
+
+
+def test_a_mask_without_background_is_measured():
+    """A review: a mask filling its volume had no background, an infinite distance and NaN."""
+    import warnings
+
+    from napari_tubular.topology import mask_centerline_length_mm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        length = mask_centerline_length_mm(np.ones((12, 20, 20), bool), (2.5, 1.0, 1.0))
+    assert np.isfinite(length)
+    assert length > 0
