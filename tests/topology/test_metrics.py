@@ -215,6 +215,28 @@ def test_measured_length_of_a_free_oblique_tube_and_a_ring():
     assert mask_centerline_length_mm(np.zeros((4, 4, 4), bool), sp) == 0.0
 
 
+def test_measured_length_where_one_grid_collapses():
+    """A review: a 30 mm capsule along z on a 0.5 mm grid (r 5 mm, even width) thinned to a
+    stub (0.5 mm); a 2 mm tube leaving through an edge of the volume read 0 mm on the fine grid
+    (29-40 mm on the voxel grid). The guarded skeleton retries a stub trimmed by one layer, and
+    the measured length is the longer of the two grids'."""
+    from napari_tubular.synthetic import render_capsules
+    from napari_tubular.topology import mask_centerline_length_mm
+
+    sp = (0.5, 0.5, 0.5)
+    c = np.array([34.85, 34.75, 34.75])
+    tube, _ = render_capsules(np.array([c - [15, 0, 0], c + [15, 0, 0]]), np.full(2, 5.0),
+                              np.array([[0, 1]]), (140, 140, 140), sp, occupancy=False)
+    assert mask_centerline_length_mm(tube, sp) == pytest.approx(30.0, rel=0.1)
+    assert centerline_length_mm(hard_skeleton(tube, sp), sp) == pytest.approx(30.0, rel=0.1)
+    sp = (1.0, 1.0, 1.0)
+    c = np.full(3, 29.5)
+    d = np.array([np.sin(np.pi / 4), 0.0, -np.cos(np.pi / 4)])
+    edge, _ = render_capsules(np.array([c, c + 200 * d]), np.full(2, 2.0), np.array([[0, 1]]),
+                              (60, 60, 60), sp, occupancy=False)
+    assert mask_centerline_length_mm(edge, sp) == pytest.approx(29.5 * np.sqrt(2), rel=0.1)
+
+
 def test_guarded_skeleton_on_even_width_bar():
     bar = np.zeros((12, 12, 30), bool)
     bar[4:8, 4:8, 3:27] = True  # even width: scikit-image alone returns an empty skeleton here
