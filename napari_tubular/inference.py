@@ -1015,8 +1015,9 @@ def predict(
 
     probability, scale_np, info = network_pass(data, "", True)
     # an image in the model's (window) units: its bone-bright structures are told apart below
-    window_units = (_in_model_units(rescale_info)
-                    and (meta["normalization"] or {}).get("kind") == "window")
+    # (raw CT stored as HU + 1024 is rescaled like MR counts, not read as HU: a review's uint16
+    # MR angiogram with tissue at 1000 counts, read as HU, lost its vessels to the bone step)
+    window_units = rescale_info is None and (meta["normalization"] or {}).get("kind") == "window"
     bone_source = data if window_units else None
     level = _bone_level(bone_level, meta)  # validated either way; used in window units only
     # the refit's vessel level leaves cortical bone out even when the bone step is off (an
@@ -1029,7 +1030,7 @@ def predict(
         # the original, is dark in the mirrored image and not found
         level = fit_level = None
     refit_info = None
-    in_model_units = window_units and intensity in ("auto", "rescale")
+    in_model_units = window_units and intensity == "auto"
     if refit_intensity and (rescale_info is not None or in_model_units):
         refit_info = _refit_pass(data, probability, sp, meta, messages,
                                  only_above_training=in_model_units, bone_level=fit_level)
@@ -1147,15 +1148,6 @@ def check_intensity_mode(intensity) -> str:
     if intensity not in INTENSITY_MODES:
         raise ValueError(f"intensity must be one of {INTENSITY_MODES}, got {intensity!r}")
     return intensity
-
-
-def _in_model_units(rescale_info) -> bool:
-    """Whether an image after :func:`_apply_intensity_mode` is in the model's own units (not
-    rescaled). Raw CT stored as HU + 1024 is not told apart from MR-like counts here (a first
-    version read unsigned 0..4095 whose bulk minus 1024 is tissue as HU; a review's uint16 MR
-    angiogram with tissue at 1000 counts then lost its vessels to the bone step: Dice 0.84 ->
-    0.01): it is rescaled like them, by its air and tissue levels where it shows air."""
-    return rescale_info is None
 
 
 def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype=None):
@@ -1511,8 +1503,8 @@ def segment(
             "intensity_refit": pred.intensity.get("refit"),
             "partial_volume_trim": None if partial_volume is None else float(partial_volume),
             "polarity": polarity,
-            "bone_level": None if not _in_model_units(pred.intensity["rescale"])
-            or polarity == "dark" else _bone_level(bone_level, pred.meta),
+            "bone_level": None if pred.intensity["rescale"] is not None or polarity == "dark"
+            else _bone_level(bone_level, pred.meta),
         },
         "model_grid_spacing": list(pred.model_spacing),
         "time_s": {k: round(v, 4) for k, v in timings.items()},
