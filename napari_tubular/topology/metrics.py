@@ -161,7 +161,7 @@ def centerline_length_mm(skeleton: np.ndarray, spacing) -> float:
     return float(np.linalg.norm(xyz[a] - xyz[b], axis=1).sum())
 
 
-def mask_centerline_length_mm(mask: np.ndarray, spacing) -> float:
+def mask_centerline_length_mm(mask: np.ndarray, spacing, voxel_skeleton=None) -> float:
     """Centerline length of a mask in mm, along the smoothed path (:func:`centerline_length_mm`)
     of two skeletons, the longer: the hard skeleton on the voxel grid (clDice's), which ends a
     radius *in voxels* before each free end and face (three radii in mm on 3 mm slices: a vessel
@@ -171,13 +171,16 @@ def mask_centerline_length_mm(mask: np.ndarray, spacing) -> float:
     can collapse a shape the other measures (a review: straight tubes centred between fine-grid
     voxels, and a tube leaving through an edge of the volume, read 0-1 mm on the fine grid and
     29-40 mm on the voxel grid), so the longer one is kept. What ``segment``'s report and
-    :func:`compute_metrics` give."""
+    :func:`compute_metrics` give. ``voxel_skeleton``: the mask's hard skeleton when the caller
+    has it already (any crop that holds all of it: only its length is used)."""
     from ..geometry.skeleton import measuring_skeleton
 
     m = binarize(mask, "mask")
     sp = check_spacing(spacing)
     skeleton, fine = measuring_skeleton(m, sp)
-    return max(centerline_length_mm(skeleton, fine), centerline_length_mm(hard_skeleton(m, sp), sp))
+    if voxel_skeleton is None:
+        voxel_skeleton = hard_skeleton(m, sp)
+    return max(centerline_length_mm(skeleton, fine), centerline_length_mm(voxel_skeleton, sp))
 
 
 def surface_voxels(mask: np.ndarray) -> np.ndarray:
@@ -331,8 +334,8 @@ def compute_metrics(
         "assd_mm": _finite_or_none(assd),
         "volume_pred_ml": float(n_p * voxel_ml),
         "volume_ref_ml": float(n_r * voxel_ml),
-        "length_pred_mm": mask_centerline_length_mm(p, spacing) if measured_lengths
+        "length_pred_mm": mask_centerline_length_mm(p, spacing, sp_c) if measured_lengths
         else centerline_length_mm(sp_c, spacing),
-        "length_ref_mm": mask_centerline_length_mm(r, spacing) if measured_lengths
+        "length_ref_mm": mask_centerline_length_mm(r, spacing, sr_c) if measured_lengths
         else centerline_length_mm(sr_c, spacing),
     }
