@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry.components import BLOB_RATIO, remove_blob_components, remove_small_components
+from .geometry.components import BLOB_RATIO, remove_small_components, remove_specks_and_blobs
 from .geometry.skeleton import pseudo_skeleton
 
 __all__ = [
@@ -1434,16 +1434,14 @@ def segment(
         del image
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
-    labels, n_removed = remove_small_components(labels, pred.spacing, min_size_mm3)
-    blobs = []
-    if blob_ratio:
-        labels, blobs = remove_blob_components(labels, pred.spacing, blob_ratio)
-        if blobs:
-            ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
-            _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
-                  f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
-                  "their volume (a ball or a thick plate, e.g. an enhancing organ, not a tube); "
-                  "blob ratio 'off' keeps them", pred.messages)
+    labels, n_removed, blobs = remove_specks_and_blobs(labels, pred.spacing, min_size_mm3,
+                                                       blob_ratio)
+    if blobs:
+        ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
+        _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
+              f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
+              "their volume (a ball or a thick plate, e.g. an enhancing organ, not a tube); "
+              "blob ratio 'off' keeps them", pred.messages)
     skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks

@@ -175,7 +175,7 @@ def _case_of(path: Path, suffix: str) -> str | None:
 def run(args) -> int:
     import numpy as np
 
-    from ..geometry import remove_blob_components, remove_small_components
+    from ..geometry import remove_specks_and_blobs
     from ..inference import check_segment_options, check_thresholds, refine_maps, shape_report
     from ..io import read_volume, write_volume
 
@@ -234,10 +234,8 @@ def run(args) -> int:
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     if pv is not None and labels.any():
         labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"])
-    labels, _ = remove_small_components(labels, spacing, min_size)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
-    if blob:
-        labels, _ = remove_blob_components(labels, spacing, float(blob))
+    labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob)
     skeleton = skeleton & labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)

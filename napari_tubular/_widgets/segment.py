@@ -83,7 +83,7 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
     it), label components under ``min_size_mm3`` removed, blob-like components removed
     (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default ratio),
     and the pseudo-skeleton and the spheres kept where the labels are."""
-    from napari_tubular.geometry import BLOB_RATIO, remove_blob_components, remove_small_components
+    from napari_tubular.geometry import BLOB_RATIO, remove_specks_and_blobs
 
     labels = np.asarray(result.labels)
     if fraction is not None:
@@ -91,10 +91,8 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
         from napari_tubular.inference import DEFAULT_PARTIAL_VOLUME
 
         labels = trim_partial_volume(labels, fraction, DEFAULT_PARTIAL_VOLUME)
-    if min_size_mm3 > 0:
-        labels, _ = remove_small_components(labels, spacing, min_size_mm3)
-    if blobs:
-        labels, _ = remove_blob_components(labels, spacing, BLOB_RATIO)
+    labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size_mm3,
+                                           BLOB_RATIO if blobs else None)
     keep = labels > 0
     skeleton = np.asarray(result.skeleton, dtype=np.uint8) & keep
     centers_mm = np.asarray(result.centers_mm, dtype=float).reshape(-1, 3)

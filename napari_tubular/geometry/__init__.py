@@ -5,7 +5,12 @@ numpy/scipy only at import time; the torch soft skeleton (``soft_skeleton``, ``s
 not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 """
 
-from .components import BLOB_RATIO, remove_blob_components, remove_small_components
+from .components import (
+    BLOB_RATIO,
+    remove_blob_components,
+    remove_small_components,
+    remove_specks_and_blobs,
+)
 from .distance import (
     SKELETON_RADIUS_OFFSET_VOX,
     clip_radius_spikes,
@@ -54,6 +59,7 @@ __all__ = [
     "edt_mm",
     "remove_small_components",
     "remove_blob_components",
+    "remove_specks_and_blobs",
     "BLOB_RATIO",
     "local_radius_mm",
     "pseudo_skeleton",

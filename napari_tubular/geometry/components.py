@@ -166,3 +166,18 @@ def _has_neighbour(labels: np.ndarray, k: int, box, spacing) -> bool:
         return False
     return bool((edt_mm(crop != k, spacing)[others] <= BLOB_NEIGHBOUR_MM).any())
 
+
+def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None):
+    """The labels' component clean-up, as ``segment``, ``refine`` and the viewer apply it:
+    :func:`remove_small_components`, then :func:`remove_blob_components` (``blob_ratio`` None or
+    0: no blob test).
+
+    Returns:
+        ``(cleaned uint8 mask, number of specks removed, removed blobs)``.
+    """
+    labels, n_specks = remove_small_components(mask, spacing, min_size_mm3)
+    blobs: list = []
+    if blob_ratio:
+        labels, blobs = remove_blob_components(labels, spacing, blob_ratio)
+    return labels, n_specks, blobs
+
