@@ -142,8 +142,10 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
         radius = float(edt_mm(np.pad(comp, 1), sp).max())
         if radius < BLOB_MIN_RADIUS_VOX * min(sp):
             continue
+        if _has_neighbour(labels, k, box, sp):  # cheaper than the length: asked first
+            continue
         length = mask_centerline_length_mm(comp, sp)
-        if length < ratio * volume ** (1.0 / 3.0) and not _has_neighbour(labels, k, box, sp):
+        if length < ratio * volume ** (1.0 / 3.0):
             out[box][labels[box] == k] = 0
             offset = np.array([sl.start for sl in grown], dtype=float)
             centre = (np.argwhere(comp).mean(axis=0) + offset).tolist()
