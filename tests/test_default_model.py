@@ -25,6 +25,16 @@ CLDICE_MIN = 0.80
 ORGAN_FP_MAX_ML = 1.0  # enhancing organ labelled as vessel (170 HU: xfail)
 
 
+@pytest.fixture(scope="module")
+def sample_prediction():
+    """``probability > 0.5`` of the stored sample (one network pass, shared by several tests)."""
+    from napari_tubular.inference import predict
+    from napari_tubular.io import read_volume
+    from napari_tubular.sample_data import sample_path
+
+    return predict(read_volume(sample_path("image")), "default", "cpu", overlap=0.0).probability > 0.5
+
+
 def test_default_model_file_and_meta():
     assert DEFAULT_MODEL_PATH.is_file()
     assert DEFAULT_MODEL_PATH.stat().st_size < 10 * 2**20  # "a few MB"
@@ -86,7 +96,7 @@ def test_default_model_segments_a_unitless_copy_of_the_sample_the_same():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("units", ["raw CT (HU + 1024, uint16)", "MR-like counts", "8-bit"])
-def test_default_model_segments_sample_in_other_units(units):
+def test_default_model_segments_sample_in_other_units(units, sample_prediction):
     """Other units of the same image: raw CT stored without its -1024 intercept, MR-like counts
     (x4 + 500) and an 8-bit export; 'auto' rescales each and the labels match the HU run (taken
     as they are, the first two gave Dice 0.00 and 0.02 on a held-out volume, the 8-bit 0.84)."""
@@ -103,13 +113,48 @@ def test_default_model_segments_sample_in_other_units(units):
         "MR-like counts": hu * 4 + 500,
         "8-bit": (np.clip((hu - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8),
     }[units]
-    ref = predict(image, "default", "cpu", overlap=0.0).probability > 0.5
+    ref = sample_prediction
     other = predict(Volume(data, image.spacing), "default", "cpu", overlap=0.0)
     assert other.intensity["rescale"] is not None
     assert any("intensities rescaled" in m for m in other.messages)
     b = other.probability > 0.5
     assert 2 * (ref & b).sum() / (ref.sum() + b.sum()) >= 0.95
     assert 2 * (b & label).sum() / (b.sum() + label.sum()) >= DICE_MIN
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("orientation", ["y and x flipped", "z last"])
+def test_default_model_segments_the_sample_stored_in_another_axis_order(orientation,
+                                                                       sample_prediction):
+    """The same volume stored in another axis order (mirrored, or with the slice axis last and
+    the spacing permuted with it) is segmented as well as the stored one. Measured: sample Dice
+    0.904 stored, 0.906 / 0.903 in these orders; the 10 held-out volumes in five orders 0.837 to
+    0.843 (docs/measurements.md, "Axis order")."""
+    from napari_tubular.inference import predict
+    from napari_tubular.io import Volume, read_volume
+    from napari_tubular.sample_data import sample_path
+
+    image = read_volume(sample_path("image"))
+    label = read_volume(sample_path("label")).data > 0
+    sp = tuple(image.spacing)
+    if orientation == "y and x flipped":
+        def f(a):
+            return np.ascontiguousarray(a[:, ::-1, ::-1])
+        spacing = sp
+    else:
+        def f(a):
+            return np.ascontiguousarray(a.transpose(1, 2, 0))
+        spacing = (sp[1], sp[2], sp[0])
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    stored = sample_prediction
+    other = predict(Volume(f(image.data), spacing), "default", "cpu", overlap=0.0)
+    assert other.probability.shape == f(label).shape
+    d_other, d_stored = dice(other.probability > 0.5, f(label)), dice(stored, label)
+    assert d_other >= DICE_MIN
+    assert abs(d_other - d_stored) <= 0.02, (d_other, d_stored)
 
 
 @pytest.mark.slow
