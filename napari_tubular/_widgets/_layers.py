@@ -495,6 +495,7 @@ class InputWatcher:
         self._what = what
         self._watched: list = []  # (layer, callback)
         self.stale = False
+        self.reason = ""  # what changed, while stale
 
     def watch(self, layers) -> None:
         """Forget the previous layers; watch these (the inputs of the run just shown)."""
@@ -506,14 +507,18 @@ class InputWatcher:
                     pass
         self._watched = []
         self.stale = False
+        self.reason = ""
         me, panel_ref = weakref.ref(self), self._panel
         for layer in layers:
-            def changed(_event=None, name=layer.name):
-                watcher, panel = me(), panel_ref()
+            def changed(_event=None, layer_ref=weakref.ref(layer)):  # noqa: B008 (bound per layer)
+                watcher, panel, changed_layer = me(), panel_ref(), layer_ref()
                 if watcher is not None and panel is not None and not watcher.stale:
                     watcher.stale = True
-                    panel.status.setText(f"out of date: {name!r} changed since {watcher._what}; "
-                                         "press Compute again")
+                    # the layer's name now (an audit: a segment slider renames a painted
+                    # labels layer "... (edited)" and the message named the new layer)
+                    name = changed_layer.name if changed_layer is not None else "an input"
+                    watcher.reason = f"{name!r} changed since {watcher._what}"
+                    panel.status.setText(f"out of date: {watcher.reason}; press Compute again")
             for emitter in _change_events(layer):
                 emitter.connect(changed)
             self._watched.append((layer, changed))
@@ -522,12 +527,62 @@ class InputWatcher:
 def _change_events(layer) -> list:
     """The events a layer emits when its voxels change: ``data`` (a new array) and, for labels,
     ``paint`` (painting, erasing and fill change the array in place and emit only this: an
-    audit painted and erased with the review and the distance results left "current"). napari's
-    undo emits no event (0.9): an undone stroke is not seen."""
+    audit painted and erased with the review and the distance results left "current"), and
+    the layer's undo / redo (:class:`_HistorySignal`: napari 0.9 emits no event for them)."""
     events = [layer.events.data]
     if hasattr(layer.events, "paint"):
         events.append(layer.events.paint)
+    history = _HistorySignal.of(layer)
+    if history is not None:
+        events.append(history)
     return events
+
+
+class _HistorySignal:
+    """Called after a labels layer's ``undo`` / ``redo``. napari 0.9 replays its history into
+    the array and refreshes the layer without an event (an audit: an undone stroke left the
+    review "current"); its key bindings call ``layer.undo()``, so the layer's own ``undo`` and
+    ``redo`` are wrapped, once per layer, to call the connected callbacks afterwards. The same
+    ``connect`` / ``disconnect`` as an event emitter."""
+
+    _signals: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self):
+        self._callbacks: list = []
+
+    @classmethod
+    def of(cls, layer) -> _HistorySignal | None:
+        if not (callable(getattr(layer, "undo", None)) and callable(getattr(layer, "redo", None))):
+            return None
+        try:
+            signal = cls._signals.get(layer)
+        except TypeError:  # not weakly referenceable
+            return None
+        if signal is None:
+            signal = cls._signals[layer] = cls()
+            for name in ("undo", "redo"):
+                setattr(layer, name, signal._wrapped(getattr(layer, name)))
+        return signal
+
+    def _wrapped(self, method):
+        signal = weakref.ref(self)
+
+        def replay(*args, **kwargs):
+            result = method(*args, **kwargs)
+            me = signal()
+            if me is not None:
+                for callback in list(me._callbacks):
+                    callback()
+            return result
+
+        return replay
+
+    def connect(self, callback) -> None:
+        if callback not in self._callbacks:
+            self._callbacks.append(callback)
+
+    def disconnect(self, callback) -> None:
+        self._callbacks.remove(callback)
 
 
 class LayerPicker(QComboBox):

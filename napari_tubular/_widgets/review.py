@@ -490,6 +490,10 @@ class TopologyReviewWidget(QWidget):
             writer.writerow(["metric", "value"])
             # what was compared, with which settings (an audit: the file did not say)
             writer.writerows(self._context)
+            if self.inputs.stale:
+                # an audit: painting after Compute, then Export, wrote the old results unmarked
+                writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
+                                                "of the last Compute"])
             writer.writerows(self.table_rows())
             writer.writerow([])
             if rows:
@@ -511,6 +515,12 @@ class TopologyReviewWidget(QWidget):
                 self.export_csv(path)
             except (ValueError, OSError) as exc:
                 report_error("CSV export", exc)
+                return
+            if self.inputs.stale:
+                from napari.utils.notifications import show_warning
+
+                show_warning(f"Topology review: exported the last Compute's results, but "
+                             f"{self.inputs.reason} (marked in the file)")
 
     def _screenshot_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "review.png", "PNG (*.png)")

@@ -94,8 +94,7 @@ def test_a_changed_prediction_marks_the_review_out_of_date(review):
 
 def test_painting_marks_the_review_out_of_date(review):
     """An audit: painting, erasing and fill change a labels layer in place and emit only its
-    ``paint`` event; the review stayed "current" after them. (napari's undo emits no event at
-    all: not detected.)"""
+    ``paint`` event; the review stayed "current" after them."""
     viewer, widget = review
     layer = viewer.layers["prediction"]
     layer.selected_label = 1
@@ -106,6 +105,53 @@ def test_painting_marks_the_review_out_of_date(review):
     assert not widget.inputs.stale
     layer.fill((4, 4, 4), 0)
     assert widget.inputs.stale
+
+
+def test_undo_and_redo_mark_the_review_out_of_date(review):
+    """An audit: napari's undo replays the history without an event, and the review of the
+    painted labels stayed "current" after the stroke was undone."""
+    viewer, widget = review
+    layer = viewer.layers["prediction"]
+    before = layer.data.copy()
+    layer.selected_label = 1
+    layer.paint((4, 4, 4), 1, refresh=True)
+    widget.run()
+    assert not widget.inputs.stale
+    layer.undo()
+    assert np.array_equal(layer.data, before)  # the stroke is gone
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    widget.run()
+    layer.redo()
+    assert widget.inputs.stale
+    # wrapped once per layer: running again does not stack wrappers or callbacks
+    widget.run()
+    widget.run()
+    calls = []
+    widget.inputs._panel().status.setText = lambda text: calls.append(text)
+    layer.undo()
+    assert len(calls) == 1
+
+
+def test_out_of_date_names_the_layer_as_it_is_called_now(review):
+    """An audit: the segment panel renames a painted labels layer "... (edited)"; the message
+    still named the layer by its old name (which a new layer then had)."""
+    viewer, widget = review
+    layer = viewer.layers["prediction"]
+    layer.name = "prediction (edited)"
+    layer.paint((4, 4, 4), 1, refresh=True)
+    assert "'prediction (edited)' changed" in widget.status.text()
+
+
+def test_csv_exported_after_an_edit_says_it_is_out_of_date(review, tmp_path):
+    """An audit: Export CSV after painting wrote the last Compute's numbers unmarked."""
+    viewer, widget = review
+    path = widget.export_csv(tmp_path / "current.csv")
+    assert "out_of_date" not in path.read_text()
+    viewer.layers["prediction"].paint((4, 4, 4), 1, refresh=True)
+    text = widget.export_csv(tmp_path / "stale.csv").read_text()
+    assert "out_of_date" in text
+    assert "'prediction' changed" in text
 
 
 def test_a_reference_on_another_grid_is_said_in_the_status_and_csv(review, tmp_path,
