@@ -345,6 +345,9 @@ class TopologyReviewWidget(QWidget):
             translate=translate,
             affine=self._affine,
             opacity=0.9,
+            # drawn over the other layers in 3-D: a missed-centerline marker lies inside the
+            # reference vessel, which hid it (an audit: no marker at a break, even centred on it)
+            blending="translucent_no_depth",
         )
         self._fill_table()
         self._fill_legend(ERROR_CLASSES)

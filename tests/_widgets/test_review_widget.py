@@ -67,6 +67,17 @@ def test_error_map_layer_and_metrics(review):
     assert widget.pred_picker.layer() is viewer.layers["prediction"]
 
 
+def test_error_markers_are_drawn_over_the_reference_in_3d(review):
+    """An audit: in 3-D a missed-centerline marker lies inside the reference vessel, which hid
+    it (no red at the break even with the camera centred on it). The error layer is drawn
+    without the depth test, so the marker shows through."""
+    viewer, widget = review
+    layer = next(lay for lay in viewer.layers if lay.name.endswith("topology errors"))
+    assert layer.blending == "translucent_no_depth"
+    widget.run()  # a re-run replaces the data and keeps it
+    assert layer.blending == "translucent_no_depth"
+
+
 def test_sites_list_world_millimetres(review):
     """An audit: sites were listed in voxel indices while napari shows world mm."""
     viewer, widget = review
