@@ -361,6 +361,7 @@ def spheres_points_kwargs(
     translate: Sequence[float],
     limits: tuple[float, float] | None = None,
     scale: Sequence[float] | None = None,
+    affine: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Points data and kwargs for spheres: physical centres, size = diameter (mm), turbo colours.
 
@@ -373,6 +374,11 @@ def spheres_points_kwargs(
             grid (a layer of scale 1 would make napari's slider step 1 mm along z, so that an
             image of 1.5 mm slices repeats every other slice); napari scales point sizes by the
             last axis' scale, so the diameters stay in mm. None: scale 1, data in mm.
+        affine: the image layer's 4x4 affine (an oblique or flipped file's direction), or None.
+
+    The features hold ``radius_mm``, ``diameter_mm`` and the centre's world ``z_mm``,
+    ``y_mm``, ``x_mm``: the coordinates napari's cursor shows there (an audit: the centre
+    without the translate read (28, 25.6, 0) for a point napari showed at (-12, 50.6, -60)).
 
     Returns:
         ``(data (N, 3) float, kwargs)`` for ``viewer.add_points``.
@@ -384,23 +390,24 @@ def spheres_points_kwargs(
     import pandas as pd
 
     sc = np.ones(3) if scale is None else np.asarray(scale, dtype=float).reshape(3)
+    # the centres are index * spacing (positive): a flipped axis' sign is the layer's scale
+    data = centers / np.abs(sc)
+    world = (index_to_world(sc, translate, affine) @ np.c_[data, np.ones(len(data))].T).T[:, :3]
     kwargs = {
         "scale": tuple(float(v) for v in sc),
         "translate": tuple(float(t) for t in translate),
         "size": 2.0 * radii / abs(sc[-1]) if len(radii) else 1.0,
         "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
         "border_width": 0.0,
-        # the physical values beside napari's grid units: diameter and centre in mm (the
-        # centre as world z, y, x without the translate: index * spacing)
+        # the physical values beside napari's grid units: diameter and world centre in mm
         "features": pd.DataFrame({"radius_mm": radii, "diameter_mm": 2.0 * radii,
-                                  "z_mm": centers[:, 0], "y_mm": centers[:, 1],
-                                  "x_mm": centers[:, 2]}),
+                                  "z_mm": world[:, 0], "y_mm": world[:, 1],
+                                  "x_mm": world[:, 2]}),
         **_sphere_projection(),
         "shading": "spherical",
         "opacity": 0.7,
     }
-    # the centres are index * spacing (positive): a flipped axis' sign is the layer's scale
-    return centers / np.abs(sc), kwargs
+    return data, kwargs
 
 
 def _sphere_projection() -> dict[str, Any]:

@@ -724,7 +724,8 @@ class SegmentWidget(QWidget):
         self._watch_edits()
         centers_mm, radii_mm = spheres
         data, pkw = spheres_points_kwargs(
-            centers_mm, radii_mm, kw["translate"], limits=self._radius_limits, scale=kw["scale"]
+            centers_mm, radii_mm, kw["translate"], limits=self._radius_limits, scale=kw["scale"],
+            affine=kw["affine"],
         )
         pkw["affine"] = kw["affine"]
         # in a 2-D view the shaded spheres cover the labels: shown on demand there

@@ -168,6 +168,30 @@ def test_sphere_points_on_the_image_grid_keep_the_slider_step(make_napari_viewer
     np.testing.assert_allclose(points.features["radius_mm"], radii)
 
 
+def test_sphere_features_are_the_world_coordinates_napari_shows():
+    """An audit: the centre features were index * spacing, without the translate (and the
+    direction), so they disagreed with the cursor. Flipped and oblique grids included."""
+    from napari.layers import Points
+
+    c, s_ = np.cos(0.5), np.sin(0.5)
+    rotation = np.eye(4)
+    rotation[1:3, 1:3] = [[c, -s_], [s_, c]]
+    rotation[:3, 3] = (5.0, -2.0, 7.0)
+    voxels = np.array([[0, 0, 0], [3, 7, 11], [9, 11, 13]])
+    radii = np.array([0.5, 1.0, 2.0])
+    for scale, affine in (((1.5, 0.8, 0.8), None), ((1.5, -0.8, 0.8), None),
+                          ((1.5, 0.8, 0.8), rotation)):
+        centers = voxels * np.abs(scale)
+        data, kwargs = spheres_points_kwargs(centers, radii, TRANSLATE, scale=scale,
+                                             affine=affine)
+        if affine is not None:
+            kwargs["affine"] = affine
+        points = Points(data, **kwargs)
+        shown = np.array([points.data_to_world(p) for p in points.data])
+        np.testing.assert_allclose(points.features[["z_mm", "y_mm", "x_mm"]].to_numpy(), shown,
+                                   atol=1e-9)
+
+
 def test_radius_colors_span_the_colormap():
     colors = radius_colors(np.array([1.0, 2.0, 3.0]), limits=(1.0, 3.0))
     assert colors.shape == (3, 4)
