@@ -394,8 +394,10 @@ class TopologyReviewWidget(QWidget):
         return rows
 
     def _class_applies(self, cid: int) -> bool:
-        # error_map reports classes 1-4, self_check 5-7
-        return (cid <= 4) == bool(self.metrics)
+        # error_map reports classes 1-4 and loops (6), self_check 5-7
+        from napari_tubular.topology.errors import LOOP
+
+        return cid == LOOP or (cid <= 4) == bool(self.metrics)
 
     def _fill_table(self) -> None:
         rows = self.table_rows()

@@ -8,9 +8,13 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks).
 3. ``spurious component``: a predicted 26-component that touches no reference voxel.
 4. ``missed component``: a reference 26-component that no predicted voxel touches.
+6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
+   vessels merged, a bridge), or a reference loop the prediction lacks (its tunnel filled);
+   loops located as in the self-check below, matched between the masks by nearness.
 
 Voxels of classes 1/2 that lie in a class-4/3 component belong to the component site only, so
-the classes never overlap.
+the classes never overlap (a loop through a missed or false centerline piece is that piece's
+site only).
 
 Without a reference (:func:`self_check`), what a clinician checks on a segmentation:
 
@@ -83,7 +87,8 @@ SMALL_COMPONENT, LOOP, POSSIBLE_BREAK = 5, 6, 7
 
 _WEIGHT = {MISSED_COMPONENT: 2.0, POSSIBLE_BREAK: 2.0, LOOP: 1.5}  # others 1
 _BREAK_WEIGHT = 2.0  # a missed-centerline piece that is a break
-_COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT)
+_COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT,
+                    LOOP)
 _SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK)
 
 
@@ -335,7 +340,7 @@ def error_map(
     skeleton_ref: np.ndarray | None = None,
     tolerance_vox: int = 1,
 ) -> ErrorReport:
-    """Spatial errors of a prediction against a reference (classes 1 to 4).
+    """Spatial errors of a prediction against a reference (classes 1 to 4, and 6).
 
     Args:
         pred: binary mask or labels (non-zero = foreground), shape (Z, Y, X).
@@ -350,7 +355,7 @@ def error_map(
             every piece (the strict coverage clDice uses).
 
     Returns:
-        ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4}.
+        ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4, 6}.
 
     Raises:
         ValueError: shapes differ, bad spacing, non-binary input.
@@ -463,8 +468,76 @@ def error_map(
                         "false branch / leak",
                     )
                 )
+    # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
+    # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
+    # reference), or a reference loop filled in
+    sites += _loop_errors(labels_c, (sp_c, lab_p, is_spurious), (sr_c, lab_r, is_missed),
+                          offset, spacing, tolerance_vox)
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated})
+
+
+def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int) -> list[ErrorSite]:
+    """LOOP sites for the loops of one mask that the other lacks.
+
+    ``pred`` and ``ref`` are ``(skeleton, component labels, component is a site)`` of the
+    crop. Each mask's loops are located as in :func:`self_check`; a loop of one mask *has a
+    counterpart* near it when the other mask's loops pass within ``tolerance_vox + 2`` voxels of
+    at least half of its voxels. Per component, the loops beyond the number of the other mask's
+    loops inside it (within the same distance) are sites, those with the fewest voxels near the
+    other mask's loops first; a component that is already a site (spurious / missed) is left
+    out, and so is a loop through voxels that are a site already (a break of a reference loop,
+    a false branch closing one): each Betti-1 error is one site.
+    """
+    voxel_mm3 = float(np.prod(spacing))
+    reach = np.ones((3, 3, 3), dtype=bool)
+    sides = []
+    for skel, lab, is_site in (pred, ref):
+        g = _Skel(skel, spacing)
+        node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
+        found, _ = _loops(g, lab, node_comp, spacing)
+        sides.append([(cid, vox, steps) for cid, vox, steps in found if not is_site[cid]])
+    if not sides[0] and not sides[1]:
+        return []
+    near = []
+    for found in sides:
+        m = np.zeros(labels_c.shape, dtype=bool)
+        for _cid, vox, _steps in found:
+            m[tuple(vox.T)] = True
+        near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
+    sites = []
+    for k, (_skel, lab, _is_site) in enumerate((pred, ref)):
+        mine, others, near_other = sides[k], sides[1 - k], near[1 - k]
+        if not mine:
+            continue
+        detail = "loop the reference does not have" if k == 0 else \
+            "reference loop missing from the prediction"
+        boxes = ndimage.find_objects(lab)
+        pad = tolerance_vox + 2
+        for cid in sorted({c for c, _v, _s in mine}):
+            loops = [(vox, steps) for c, vox, steps in mine if c == cid]
+            box = tuple(slice(max(b.start - pad, 0), b.stop + pad) for b in boxes[cid - 1])
+            lo = np.array([b.start for b in box])
+            hi = np.array([b.stop for b in box])
+            comp_grown = ndimage.binary_dilation(lab[box] == cid, reach, iterations=pad)
+            counterparts = 0
+            for _c, vox, _s in others:
+                inside = np.all((vox >= lo) & (vox < hi), axis=1)
+                hits = np.zeros(len(vox), dtype=bool)
+                hits[inside] = comp_grown[tuple((vox[inside] - lo).T)]
+                counterparts += int(hits.mean() >= 0.5)
+            excess = len(loops) - counterparts
+            if excess <= 0:
+                continue
+            loops.sort(key=lambda item: near_other[tuple(item[0].T)].mean())
+            for vox, steps in loops[:excess]:
+                if labels_c[tuple(vox.T)].any():
+                    # through a missed or false centerline piece: a break of a reference loop,
+                    # or a loop closed by a false branch, is that piece's site already
+                    continue
+                labels_c[tuple(vox.T)] = LOOP
+                sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
+    return sites
 
 
 def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
@@ -513,6 +586,46 @@ def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
             continue
         cycles.append(cyc)
     return cycles
+
+
+def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing):
+    """The loops of a mask: exact ``b1`` per 26-component (Euler recipe), located on the
+    longest fundamental cycles of its skeleton graph (``g``), skipping a cycle that shares more
+    than half its voxels with one already taken. Returns ``([(component id, cycle voxels
+    (K, 3), cycle length mm)], loops left without a cycle)``."""
+    out: list = []
+    unlocated = 0
+    if not g.n:
+        return out, unlocated
+    sp = np.asarray(spacing, dtype=np.float64)
+    graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n))
+    n_gc, gcomp = connected_components(graph, directed=False)
+    n_nodes = np.bincount(gcomp, minlength=n_gc)
+    n_edges = np.bincount(gcomp[g.i], minlength=n_gc)
+    cyclic = np.flatnonzero(n_edges - n_nodes + 1 > 0)
+    if not cyclic.size:
+        return out, unlocated
+    boxes = ndimage.find_objects(lab)
+    for gc in cyclic:
+        nodes = np.flatnonzero(gcomp == gc)
+        cycles = _fundamental_cycles(g, nodes)
+        if not cycles:
+            continue
+        cid = int(node_comp[nodes[0]])
+        b1 = betti_numbers(lab[boxes[cid - 1]] == cid)[1]
+        picked: list[set] = []
+        for cyc in sorted(cycles, key=len, reverse=True):
+            if len(picked) == b1:
+                break
+            members = set(cyc.tolist())
+            if any(len(members & q) > 0.5 * min(len(members), len(q)) for q in picked):
+                continue
+            picked.append(members)
+            vox = g.coords[cyc]
+            steps = float(np.sqrt((((vox - np.roll(vox, -1, axis=0)) * sp) ** 2).sum(axis=1)).sum())
+            out.append((cid, vox, steps))
+        unlocated += b1 - len(picked)
+    return out, unlocated
 
 
 def self_check(
@@ -596,35 +709,10 @@ def self_check(
         )
 
     # loops: exact b1 per component, located on fundamental cycles of the skeleton graph
-    unlocated = 0
-    if g.n:
-        graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n))
-        n_gc, gcomp = connected_components(graph, directed=False)
-        n_nodes = np.bincount(gcomp, minlength=n_gc)
-        n_edges = np.bincount(gcomp[g.i], minlength=n_gc)
-        bboxes = stats["bounding_boxes"]
-        for gc in np.flatnonzero(n_edges - n_nodes + 1 > 0):
-            nodes = np.flatnonzero(gcomp == gc)
-            cycles = _fundamental_cycles(g, nodes)
-            if not cycles:
-                continue
-            cid = int(node_comp[nodes[0]])
-            b1 = betti_numbers(lab[bboxes[cid]] == cid)[1]
-            picked: list[set] = []
-            for cyc in sorted(cycles, key=len, reverse=True):
-                if len(picked) == b1:
-                    break
-                s = set(cyc.tolist())
-                if any(len(s & q) > 0.5 * min(len(s), len(q)) for q in picked):
-                    continue
-                picked.append(s)
-                vox = g.coords[cyc]
-                steps = np.sqrt((((vox - np.roll(vox, -1, axis=0)) * sp) ** 2).sum(axis=1)).sum()
-                labels_c[tuple(vox.T)] = LOOP
-                sites.append(
-                    _site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}")
-                )
-            unlocated += b1 - len(picked)
+    loops, unlocated = _loops(g, lab, node_comp, spacing)
+    for cid, vox, steps in loops:
+        labels_c[tuple(vox.T)] = LOOP
+        sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}"))
 
     # possible breaks: end points whose surface comes near another component
     if g.n and n > 1 and break_gap_mm > 0:

@@ -210,3 +210,61 @@ def test_boundary_deviations_within_tolerance_are_not_sites():
     assert rep.sites[0].length_mm > 3.0
     with pytest.raises(ValueError, match="tolerance_vox"):
         error_map(pred, ref, SPACING, tolerance_vox=-1)
+
+
+def _loops(rep):
+    return [s for s in rep.sites if s.cls == 6]
+
+
+def test_error_map_locates_a_loop_the_reference_does_not_have():
+    """An audit: two parallel vessels bridged in the prediction gave Betti-1 error 1 and no site
+    (the bridge lies within the one-voxel tolerance of the reference, so no false centerline):
+    the loop is a site, on the loop."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (16, 32, 60)
+    ref = segment(shape, (8, 12, 5), (8, 12, 54), 2.5) | segment(shape, (8, 19, 5), (8, 19, 54), 2.5)
+    ref |= segment(shape, (8, 12, 5), (8, 19, 5), 2.5)  # joined at one end: a tree (b1 = 0)
+    assert betti_numbers(ref)[1] == 0
+    pred = ref.copy()
+    pred[6:11, 14:18, 39:42] = True  # a bridge across the 2-voxel gap: one loop
+    assert betti_numbers(pred)[1] == 1
+    rep = error_map(pred, ref, (1.0, 1.0, 1.0))
+    assert not [s for s in rep.sites if s.cls == 2]  # the bridge is within the tolerance
+    loops = _loops(rep)
+    assert len(loops) == 1
+    assert loops[0].detail == "loop the reference does not have"
+    z, y, x = loops[0].centroid_vox
+    assert 5 <= x <= 41  # between the joined end and the bridge
+    assert 12 <= y <= 19
+    assert rep.labels[loops[0].anchor_vox] == 6
+    assert rep.summary["counts"]["loop"] == 1
+    # a loop closed by an arc well outside the reference: that false centerline is the site
+    arc = ref | segment(shape, (8, 19, 30), (8, 30, 37), 1.5) | \
+        segment(shape, (8, 30, 37), (8, 19, 44), 1.5)
+    assert betti_numbers(arc)[1] == 1
+    rep = error_map(arc, ref, (1.0, 1.0, 1.0))
+    assert [(s.cls, s.detail) for s in rep.sites] == [(2, "false branch / leak")]
+
+
+def test_error_map_loops_present_in_both_are_no_sites():
+    """A reference with two loops (two rings) predicted a voxel off: no loop site; with one
+    ring's hole filled in the prediction: one site, on that ring."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (16, 24, 48)
+    centres = [(7.5, 11.5, 11.5), (7.5, 11.5, 35.5)]
+    ref = torus(shape, centres[0], 8.0, 2.0) | torus(shape, centres[1], 8.0, 2.0)
+    assert betti_numbers(ref)[1] == 2
+    rep = error_map(np.roll(ref, 1, axis=1), ref, (1.0, 1.0, 1.0))
+    assert _loops(rep) == []
+    z, y, x = np.indices(shape)
+    disc = (np.abs(z - centres[1][0]) <= 1) & \
+        ((y - centres[1][1]) ** 2 + (x - centres[1][2]) ** 2 <= 8.0 ** 2)
+    filled = ref | disc
+    assert betti_numbers(filled)[1] == 1
+    rep = error_map(filled, ref, (1.0, 1.0, 1.0))
+    loops = _loops(rep)
+    assert len(loops) == 1
+    assert loops[0].detail == "reference loop missing from the prediction"
+    np.testing.assert_allclose(loops[0].centroid_vox, centres[1], atol=1.5)
