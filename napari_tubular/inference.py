@@ -230,6 +230,9 @@ def _fill_non_finite(data: np.ndarray, messages: list | None) -> np.ndarray:
 
 #: fewer voxels than this along an axis of the model grid: refused (see _check_model_grid)
 MIN_GRID_VOXELS = 3
+#: voxels on the model's grid above which a volume is refused before anything is allocated
+#: (1.5e9: 6 GB per float32 map; a 512^3 CT at 0.6 mm is 0.2e9)
+MAX_GRID_VOXELS = 1.5e9
 
 
 def _check_model_grid(shape, spacing, model_spacing) -> None:
@@ -237,15 +240,35 @@ def _check_model_grid(shape, spacing, model_spacing) -> None:
     almost certainly not in millimetres (a microscopy stack in micrometres stored as mm went to
     1 x 1 x 1 voxels and came out empty, with exit status 0)."""
     grid, _, _ = _model_grid(tuple(shape), tuple(spacing), tuple(float(s) for s in model_spacing))
+    extent = tuple(round(n * s, 4) for n, s in zip(shape, spacing))
+    shown = tuple(float(f'{s:.4g}') for s in spacing)
+    model = tuple(float(s) for s in model_spacing)
+    fix = ("Give the right one: --spacing Z Y X on the command line, spacing=(z, y, x) in "
+           "Python (vessels are measured in mm)")
+    n_model = float(np.prod([float(g) for g in grid]))
+    if n_model > MAX_GRID_VOXELS:
+        # an audit: spacing (800, 800, 1000) (micrometres stored as mm) asked the allocator
+        # for 983 TB and said only that
+        raise ValueError(
+            f"the voxel spacing {shown} mm (z, y, x) makes this {tuple(shape)} volume {extent} "
+            f"mm across: {grid} voxels on the model's {model} mm grid ({n_model:.3g} voxels, "
+            f"more than the {MAX_GRID_VOXELS:.0e} this runs on). Is the spacing in millimetres "
+            f"(micrometres stored as mm?)? {fix}"
+        )
     if min(grid) >= MIN_GRID_VOXELS:
         return
-    extent = tuple(round(n * s, 4) for n, s in zip(shape, spacing))
+    if min(shape) < MIN_GRID_VOXELS:
+        # a thin slab, not wrong units (an audit: 2 slices at 1 mm were asked about units)
+        raise ValueError(
+            f"the volume {tuple(shape)} has only {min(shape)} voxel(s) along one axis ({extent} "
+            f"mm across, {grid} voxels on the model's {model} mm grid): too thin to segment in "
+            "3-D; give a volume at least a few millimetres thick"
+        )
     raise ValueError(
-        f"the voxel spacing {tuple(float(f'{s:.4g}') for s in spacing)} mm (z, y, x) makes this "
+        f"the voxel spacing {shown} mm (z, y, x) makes this "
         f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
-        f"{tuple(float(s) for s in model_spacing)} mm grid: nothing to segment. Is the spacing "
-        "in millimetres (micrometres stored as mm?)? Give the right one: --spacing Z Y X on the "
-        "command line, spacing=(z, y, x) in Python (vessels are measured in mm)"
+        f"{model} mm grid: nothing to segment. Is the spacing "
+        f"in millimetres (micrometres stored as mm?)? {fix}"
     )
 
 

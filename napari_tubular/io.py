@@ -1227,6 +1227,7 @@ def write_volume(
     p = Path(path).expanduser()
     ext = _write_ext(p)
     vol = _as_volume(p, data_or_volume, reference)
+    check_name_length(p)
     if p.exists() and not overwrite:
         raise FileExistsError(
             f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
@@ -1250,14 +1251,36 @@ def write_volume(
         return p
     # Single-file formats: write next to the target and rename, so a crash never leaves a
     # half-written file under the final name.
-    tmp = p.parent / f".{p.name[: -len(ext)]}.{uuid.uuid4().hex[:8]}.tmp{ext}"
+    # The temporary name does not repeat the file's (an audit: a 225-character name fitted,
+    # its temporary name did not, and the error named the temporary file).
+    tmp = p.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp{ext}"
     try:
         _sitk_write(img, tmp, compress, shown=p)
         os.replace(tmp, p)
+    except OSError as exc:
+        raise VolumeIOError(f"{p}: cannot write the volume ({exc.strerror or exc})") from exc
     finally:
-        if tmp.exists():
+        try:
             tmp.unlink()
+        except OSError:
+            pass
     return p
+
+
+def check_name_length(path) -> None:
+    """Raise VolumeIOError when a file name is longer than its folder's file system allows
+    (an audit: a 244-character output name crashed with a traceback, and a batch left one
+    output of a case written when the next name did not fit)."""
+    p = Path(path)
+    folder = next((d for d in [p.parent, *p.parent.parents] if d.is_dir()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    size = len(os.fsencode(p.name))
+    if size > limit:
+        raise VolumeIOError(f"{p}: the file name is {size} bytes long, the file system allows "
+                            f"{limit}; choose a shorter name")
 
 
 def _sitk_image(vol: Volume, data: np.ndarray | None = None):

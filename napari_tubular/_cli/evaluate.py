@@ -338,8 +338,16 @@ def summarize(cases: list[dict]) -> dict:
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
+    from ._paths import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites", "errors")),
+                             (args.pred, getattr(args, "ref", None)))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
+        if path is not None and path.is_dir():
+            # an audit: "already exists; pass --overwrite", and --overwrite then crashed
+            raise ValueError(f"--{opt} {path} is a folder; give the file to write, e.g. "
+                             f"{path / ('evaluate.' + ('csv' if opt != 'json' else 'json'))}")
         if path is not None and path.exists() and not args.overwrite:
             raise FileExistsError(f"--{opt} {path} already exists; pass --overwrite to replace it")
     if batch and args.sites is not None:
@@ -347,6 +355,9 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
+        if not batch and args.errors.is_dir():
+            raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
+                             f"{args.errors / 'errors.nii.gz'}")
         if not batch and args.errors.exists() and not args.overwrite:
             raise FileExistsError(
                 f"--errors {args.errors} already exists; pass --overwrite to replace it"

@@ -130,8 +130,12 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "polarity": params.get("polarity", "bright"),
                     "blob_ratio": params.get("blob_ratio"),
                     }, str(rp)
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # said (an audit: a damaged report was passed over in silence, and with it the
+            # partial-volume trim and the blob filter segment had applied)
+            print(f"refine: warning: {rp} could not be read as segment's report "
+                  f"({type(exc).__name__}: {exc}); using the defaults below, without the "
+                  "partial-volume trim", file=sys.stderr)
     try:
         from ..models import read_model_meta
 
@@ -144,12 +148,15 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
             "partial_volume": None, "image": None, "polarity": "bright", "blob_ratio": None}, where
 
 
-def _trim(labels, p, pv: float, image_path, polarity: str = "bright"):
+def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
     """The partial-volume boundary trim ``segment`` applies, with the image read from
-    ``image_path`` (a note on stderr, and no trim, when there is none)."""
+    ``image_path`` (a note on stderr, and no trim, when there is none). ``grid``: the
+    probability map's volume; an image stored in another orientation of the same grid is
+    re-indexed onto it, one on another grid refused (an audit: an image stored with x
+    flipped was used voxel by voxel because only the shape was compared)."""
     from ..geometry.partial_volume import trim_partial_volume
     from ..inference import partial_volume_map
-    from ..io import read_volume
+    from ..io import read_volume, resample_like
 
     if not image_path or not Path(image_path).exists():
         print("refine: note: the partial-volume trim needs the segmented image (--image); "
@@ -157,7 +164,16 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright"):
               "trimmed", file=sys.stderr)
         return labels
     image = read_volume(image_path)
-    if tuple(image.data.shape) != tuple(p.shape):
+    if grid is not None and not image.same_geometry(grid):
+        differences = grid.geometry_differences(image)
+        moved, how = resample_like(image, grid)
+        if how != "re-indexed":
+            raise ValueError(f"--image {image_path} is not on the probability map's grid ("
+                             + "; ".join(differences) + "): give the image that was segmented")
+        print(f"refine: note: the image {image_path} is stored in another orientation of the "
+              "probability map's grid; re-indexed onto it", file=sys.stderr)
+        image = moved
+    elif tuple(image.data.shape) != tuple(p.shape):
         raise ValueError(f"--image {image_path} has shape {image.data.shape}, the probability "
                          f"map {p.shape}")
     fraction = partial_volume_map(image.data, p, polarity)
@@ -195,6 +211,9 @@ def run(args) -> int:
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
     skel_out = skeleton_path(out)
+    from ._paths import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs((out, skel_out), (args.probability, args.radius, args.image))
     if not args.overwrite:
         existing = [str(p) for p in (out, skel_out) if p.exists()]
         if existing:
@@ -233,7 +252,8 @@ def run(args) -> int:
     labels, skeleton = refine_maps(p, r, spacing, tp, tr)
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     if pv is not None and labels.any():
-        labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"])
+        labels = _trim(labels, p, pv, args.image or defaults["image"], defaults["polarity"],
+                       grid=prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob)
     skeleton = skeleton & labels
@@ -245,4 +265,51 @@ def run(args) -> int:
         f"Betti {stats.get('betti_numbers')}",
         file=sys.stderr,
     )
+    updated = _update_report(Path(args.probability).expanduser(), out, stats, {
+        "tp": tp, "tr": tr, "min_size_mm3": min_size, "partial_volume_trim": pv,
+        "blob_ratio": blob})
+    if updated is not None:
+        print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
+
+
+def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) -> Path | None:
+    """When ``out`` is the labels file of the segment run whose report lies beside the
+    probability map, bring that report up to date (parameters, volume, Betti numbers,
+    centerline length) and note the refinement; returns its path, else None. An audit: after
+    ``refine ... -o <segment's labels> --tp 0.8 --overwrite`` the report still gave tp 0.6 and
+    the old volume, and a later plain ``refine`` trusted it."""
+    import datetime
+    import json
+    import os
+
+    from ..io import volume_stem
+    from ._paths import _same
+
+    rp = report_path(probability)
+    if not rp.is_file():
+        return None
+    try:
+        report = json.loads(rp.read_text(encoding="utf-8"))
+        case = rp.name[: -len("_report.json")]
+        written = report.get("outputs", {}).get("labels")
+        own = (out.parent.resolve() == rp.parent.resolve()
+               and volume_stem(out) == f"{case}_labels")
+        if not (own or (written and _same(Path(written), out))):
+            return None
+        report["parameters"].update(parameters)
+        report.update({k: stats[k] for k in ("volume_ml", "betti_numbers",
+                                             "centerline_length_mm", "pseudo_skeleton_voxels")})
+        report["refined"] = {
+            "by": "napari-tubular refine",
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "labels": str(out.resolve()),
+        }
+        tmp = rp.with_name(f".{rp.name}.tmp")
+        tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
+        os.replace(tmp, rp)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        print(f"refine: warning: {rp} describes the labels segment wrote and could not be "
+              f"updated ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+    return rp

@@ -296,6 +296,13 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
             )
         seen[name] = path
         plan.append((path, output_paths(outdir, name)))
+    from ..io import check_name_length
+    from ._paths import refuse_inputs_as_outputs
+
+    refuse_inputs_as_outputs((p for _, outs in plan for p in outs.values()), inputs)
+    for _, outs in plan:  # before any work: a batch never stops half-way through a case
+        for p in outs.values():
+            check_name_length(p)
     if skip_existing and not overwrite:
         complete = [all(p.exists() for p in outs.values()) for _, outs in plan]
         if done is not None:

@@ -1,0 +1,33 @@
+"""Output-path guards shared by the commands."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
+
+
+def refuse_inputs_as_outputs(outputs: Iterable, inputs: Iterable) -> None:
+    """Raise ValueError when an output path names one of the inputs (the same file, through a
+    link or another spelling too). An audit: ``refine ... -o <the probability map>
+    --overwrite`` replaced the map by labels, ``evaluate --json <the reference>`` the reference
+    by JSON text, and ``segment a.nii.gz a_labels.nii.gz -o .`` wrote a's labels over the second
+    input before reading it; ``--overwrite`` is for earlier outputs, never for inputs."""
+    ins = [Path(p) for p in inputs if p is not None]
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        for inp in ins:
+            if _same(out, inp):
+                raise ValueError(f"output {out} is also an input ({inp}); choose another output "
+                                 "name or folder (--overwrite never replaces an input)")

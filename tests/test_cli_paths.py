@@ -1,0 +1,185 @@
+"""CLI output paths and odd inputs (a session-15 audit): outputs that name an input, folders
+and over-long names as outputs, absurd spacings, damaged or stale reports of ``refine``."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from napari_tubular.cli import main  # noqa: E402
+from napari_tubular.io import Volume, VolumeIOError, read_volume, write_volume  # noqa: E402
+
+from ._tiny_model import save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", K=3)
+
+
+def _volume(seed=2, shape=(18, 22, 20)):
+    from napari_tubular.synthetic import make_vessel_tree
+
+    case = make_vessel_tree(shape, (1.3, 0.8, 0.9), seed=seed)
+    return Volume(case.image, spacing=case.spacing, origin=(10.0, -5.0, 3.5)), case.mask
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def _digest(path):
+    return Path(path).read_bytes()
+
+
+def test_an_output_that_is_an_input_is_refused_even_with_overwrite(tmp_path, model_file, capsys):
+    """An audit: ``segment a a_labels -o .`` wrote a's labels over the second input before
+    reading it; ``refine -o <probability>`` and ``evaluate --json <reference>`` replaced their
+    inputs, all with ``--overwrite`` and exit status 0."""
+    vol, mask = _volume()
+    a = write_volume(tmp_path / "a.nii.gz", vol)
+    second = write_volume(tmp_path / "a_labels.nii.gz", vol)
+    before = _digest(second)
+    assert _run("segment", a, second, "-o", tmp_path, "--model", model_file, "--device", "cpu",
+                "--overwrite") == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert _digest(second) == before
+    assert not (tmp_path / "a_probability.nii.gz").exists()  # refused before any work
+    # refine and evaluate
+    prob = write_volume(tmp_path / "c_probability.nii.gz", Volume(np.full(vol.shape, 0.2,
+                                                                          np.float32)))
+    rad = write_volume(tmp_path / "c_radius.nii.gz", Volume(np.zeros(vol.shape, np.float32)))
+    before = _digest(prob)
+    assert _run("refine", prob, rad, "-o", prob, "--overwrite") == 2
+    assert "is also an input" in capsys.readouterr().err
+    assert _digest(prob) == before
+    ref = write_volume(tmp_path / "ref.nii.gz", Volume(mask.astype(np.uint8), vol.spacing))
+    pred = write_volume(tmp_path / "pred.nii.gz", Volume(mask.astype(np.uint8), vol.spacing))
+    before = _digest(ref)
+    for opt in ("--json", "--errors", "--sites"):
+        assert _run("evaluate", pred, ref, opt, ref, "--overwrite") == 2
+        assert "is also an input" in capsys.readouterr().err
+    # through a link too
+    link = tmp_path / "link.nii.gz"
+    os.symlink(pred, link)
+    assert _run("evaluate", pred, ref, "--errors", link, "--overwrite") == 2
+    assert _digest(ref) == before
+
+
+def test_evaluate_outputs_named_by_a_folder_give_an_error_not_a_traceback(tmp_path, capsys):
+    """An audit: ``--json DIR --overwrite`` raised IsADirectoryError with a traceback."""
+    _vol, mask = _volume()
+    ref = write_volume(tmp_path / "ref.nii.gz", Volume(mask.astype(np.uint8)))
+    folder = tmp_path / "evo"
+    folder.mkdir()
+    for opt in ("--json", "--csv", "--sites", "--errors"):
+        assert _run("evaluate", ref, ref, opt, folder, "--overwrite") == 2
+        assert "is a folder" in capsys.readouterr().err
+
+
+def test_over_long_names_are_refused_before_anything_is_written(tmp_path, model_file, capsys):
+    """An audit: a 240-character input name crashed with a traceback; a 225-character one
+    was refused for its temporary file's name after one output had been written."""
+    vol, _ = _volume()
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    with pytest.raises(VolumeIOError, match="file name is"):
+        write_volume(tmp_path / ("x" * (limit - 3) + ".nii.gz"), vol)
+    # the longest name that fits is written (its temporary name is short)
+    fits = "y" * (limit - len(".nii.gz"))
+    assert write_volume(tmp_path / f"{fits}.nii.gz", vol).exists()
+    stem = "v" * (limit - len("_probability.nii.gz") + 2)  # the input fits, an output not
+    src = write_volume(tmp_path / f"{stem}.nii.gz", vol)
+    out = tmp_path / "out"
+    assert _run("segment", src, "-o", out, "--model", model_file, "--device", "cpu") == 2
+    assert "file name is" in capsys.readouterr().err
+    assert not out.exists() or not list(out.iterdir())
+
+
+def test_absurd_spacing_and_thin_volumes_have_their_own_messages():
+    """An audit: spacing (800, 800, 1000) (micrometres as mm) ended in the allocator's
+    'tried to allocate 983040000000000 bytes'; two 1 mm slices were asked about units."""
+    from napari_tubular.inference import _check_model_grid
+
+    with pytest.raises(ValueError, match="micrometres"):
+        _check_model_grid((64, 64, 64), (800.0, 800.0, 1000.0), (0.8, 0.8, 0.8))
+    with pytest.raises(ValueError, match="too thin") as info:
+        _check_model_grid((2, 64, 64), (1.0, 0.8, 0.8), (0.8, 0.8, 0.8))
+    assert "micrometres" not in str(info.value)
+    _check_model_grid((96, 128, 128), (1.5, 0.8, 0.8), (0.8, 0.8, 0.8))  # an ordinary CT
+
+
+@pytest.fixture
+def segmented(tmp_path, model_file):
+    vol, _ = _volume()
+    src = write_volume(tmp_path / "case.nii.gz", vol)
+    out = tmp_path / "o"
+    assert _run("segment", src, "-o", out, "--model", model_file, "--device", "cpu", "--tp",
+                "0.5", "--tr", "0.3", "--min-size", "0", "--quiet") == 0
+    return src, out
+
+
+def test_refine_says_when_the_report_cannot_be_read(segmented, tmp_path, capsys):
+    _src, out = segmented
+    (out / "case_report.json").write_text("[]")
+    capsys.readouterr()
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                tmp_path / "r_labels.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert "could not be read as segment's report" in err
+
+
+def test_refine_over_segments_labels_updates_its_report(segmented, tmp_path, capsys):
+    """An audit: after ``refine -o <segment's labels> --tp 0.8 --overwrite`` the report still
+    said tp 0.6 and the old volume, and a later plain ``refine`` followed it."""
+    _src, out = segmented
+    labels = out / "case_labels.nii.gz"
+    old = json.loads((out / "case_report.json").read_text())
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                labels, "--tr", "0.95", "--overwrite") == 0
+    assert "updated" in capsys.readouterr().err
+    new = json.loads((out / "case_report.json").read_text())
+    assert new["parameters"]["tr"] == pytest.approx(0.95)
+    assert new["parameters"]["tp"] == old["parameters"]["tp"]
+    written = read_volume(labels).data > 0
+    assert new["volume_ml"] == pytest.approx(written.sum() * np.prod(read_volume(labels).spacing)
+                                             / 1000)
+    assert new["refined"]["by"] == "napari-tubular refine"
+    # a plain refine now reproduces these labels
+    again = tmp_path / "again_labels.nii.gz"
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                again) == 0
+    np.testing.assert_array_equal(read_volume(again).data, read_volume(labels).data)
+    # refining to another file leaves the report alone
+    before = (out / "case_report.json").read_text()
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                tmp_path / "other_labels.nii.gz", "--tr", "0.5") == 0
+    assert (out / "case_report.json").read_text() == before
+
+
+def test_refine_image_in_another_orientation_is_reindexed(segmented, tmp_path, capsys):
+    """An audit: ``--image`` compared only shapes, so the same image stored with x flipped was
+    used voxel by voxel (311 label voxels differed)."""
+    src, out = segmented
+    vol = read_volume(src)
+    flip = np.diag([1.0, 1.0, -1.0])  # x reversed, the same physical grid
+    origin = np.asarray(vol.origin) + vol.direction @ (np.array([0, 0, vol.shape[2] - 1])
+                                                       * np.asarray(vol.spacing))
+    flipped = write_volume(tmp_path / "flipped.nii.gz",
+                           Volume(np.ascontiguousarray(vol.data[:, :, ::-1]), vol.spacing,
+                                  origin=tuple(origin), direction=vol.direction @ flip))
+    prob, rad = out / "case_probability.nii.gz", out / "case_radius.nii.gz"
+    a, b = tmp_path / "a_labels.nii.gz", tmp_path / "b_labels.nii.gz"
+    assert _run("refine", prob, rad, "-o", a, "--image", src) == 0
+    capsys.readouterr()
+    assert _run("refine", prob, rad, "-o", b, "--image", flipped) == 0
+    assert "re-indexed" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_volume(a).data, read_volume(b).data)
+    moved = write_volume(tmp_path / "moved.nii.gz",
+                         Volume(vol.data, vol.spacing, origin=(0.3, 0.0, 0.0),
+                                direction=vol.direction))
+    assert _run("refine", prob, rad, "-o", tmp_path / "c_labels.nii.gz", "--image", moved) == 2
+    assert "not on the probability map's grid" in capsys.readouterr().err
