@@ -183,3 +183,31 @@ def test_refine_image_in_another_orientation_is_reindexed(segmented, tmp_path, c
                                 direction=vol.direction))
     assert _run("refine", prob, rad, "-o", tmp_path / "c_labels.nii.gz", "--image", moved) == 2
     assert "not on the probability map's grid" in capsys.readouterr().err
+
+
+def test_evaluate_warns_when_the_threshold_leaves_nothing(tmp_path, capsys):
+    """An audit: ``--threshold 1.5`` on a probability map gave Dice 0 without a word."""
+    _vol, mask = _volume()
+    ref = write_volume(tmp_path / "ref.nii.gz", Volume(mask.astype(np.uint8)))
+    prob = write_volume(tmp_path / "p.nii.gz", Volume(mask.astype(np.float32) * 0.9))
+    assert _run("evaluate", prob, ref, "--threshold", "1.5") == 0
+    assert "no voxel of p.nii.gz is above --threshold 1.5" in capsys.readouterr().err
+    assert _run("evaluate", prob, ref, "--threshold", "0.5") == 0
+    assert "no voxel" not in capsys.readouterr().err
+
+
+def test_folder_input_says_what_it_passes_over(tmp_path, model_file, capsys):
+    """An audit: an Analyze pair and a sub-folder of volumes were skipped without a note."""
+    vol, _ = _volume()
+    folder = tmp_path / "in"
+    write_volume(folder / "a.nii.gz", vol)
+    write_volume(folder / "sub" / "b.nii.gz", vol)
+    (folder / "old.hdr").write_bytes(b"x")
+    (folder / "old.img").write_bytes(b"x")
+    assert _run("segment", folder, "-o", tmp_path / "o", "--model", model_file, "--device",
+                "cpu", "--quiet") == 0
+    err = capsys.readouterr().err
+    assert "3 entries not segmented" in err
+    assert "sub/" in err
+    assert "old.hdr" in err
+    assert (tmp_path / "o" / "a_labels.nii.gz").exists()

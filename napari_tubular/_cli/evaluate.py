@@ -194,6 +194,19 @@ def reference_labels_only(ref_paths: list[Path]) -> list[Path]:
 MANY_LABELS = 16
 
 
+def _thresholded(data, threshold: float, path: Path):
+    """``data > threshold``, with a warning when that leaves nothing of a map that holds
+    something (an audit: ``--threshold 1.5`` on a probability map, or 1 on a 0/1 mask, gave
+    an empty prediction and Dice 0 without a word)."""
+    out = data > threshold
+    if not out.any() and np.any(data):
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        top = float(finite.max()) if finite.size else float("nan")
+        print(f"warning: no voxel of {Path(path).name} is above --threshold {threshold:g} (its "
+              f"largest value is {top:g}): the prediction is empty", file=sys.stderr)
+    return out
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -238,7 +251,7 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
             )
     pred = pv.data
     if threshold is not None:
-        pred = pred > threshold
+        pred = _thresholded(pred, threshold, pred_path)
     elif pred.dtype.kind in "iu" and _count_unique(pred, stop_above=MANY_LABELS) > MANY_LABELS:
         print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
               "probability or intensity map saved as integers?): every nonzero voxel counts as "
@@ -437,7 +450,8 @@ def _run_batch(args) -> int:
     print(f"summary over {len(cases)} case(s) (mean +- sample std):")
     for k, s in summary.items():
         if s["n"]:
-            print(f"  {k:<15} {s['mean']:10.4f} +- {s['std']:.4f}  (n={s['n']})")
+            spread = f" +- {s['std']:.4f}" if s["n"] > 1 else " " * 9  # no std of one case
+            print(f"  {k:<15} {s['mean']:10.4f}{spread}  (n={s['n']})")
     if args.json is not None:
         _write_json(
             args.json,
@@ -470,7 +484,8 @@ def _run_self_check(args) -> int:
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred)
-    data = pv.data > args.threshold if args.threshold is not None else pv.data
+    data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
+            else pv.data)
     mask = binarize(data, f"prediction {args.pred.name}")
     skeleton = hard_skeleton(mask, pv.spacing)
     report = self_check(mask, pv.spacing, skeleton=skeleton, break_gap_mm=args.break_gap)

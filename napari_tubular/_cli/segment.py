@@ -262,6 +262,8 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
         if p.is_dir() and p.name in ("", ".", ".."):
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
+        if vols:
+            _note_passed_over(p, vols)
         for v in vols:
             if volume_stem(v).lower().endswith(SKIPPED_STEMS):
                 if skipped is not None:
@@ -271,6 +273,23 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
         if not vols:
             out.append(p)
     return out
+
+
+def _note_passed_over(folder: Path, listed: list[Path]) -> None:
+    """Say which entries of an input folder are not segmented: sub-folders that are not a DICOM
+    series (the folder is not searched recursively) and files of a type that is not read (an
+    audit: an Analyze ``.hdr``/``.img`` pair and a sub-folder of volumes were passed over
+    without a word)."""
+    shown = set(listed)
+    other = [e for e in sorted(folder.iterdir(), key=lambda e: e.name)
+             if not e.name.startswith(".") and e not in shown
+             and not e.name.lower().endswith((".json", ".csv", ".txt", ".md", ".raw", ".dcm"))]
+    if other:
+        names = ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:4]) + (
+            f" and {len(other) - 4} more" if len(other) > 4 else "")
+        print(f"note: {folder}: {len(other)} entr{'y' if len(other) == 1 else 'ies'} not "
+              f"segmented (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
+              f"are read): {names}", file=sys.stderr, flush=True)
 
 
 def output_paths(outdir: Path, name: str) -> dict[str, Path]:
