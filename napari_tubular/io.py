@@ -441,6 +441,11 @@ def _iter_bytes(path: Path, gz: bool):
             raise _Truncated(got)
 
 
+def _starts_with_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _nifti_header(path: Path, gz: bool):
     """Parse a NIfTI-1 header with nibabel from the open stream (any file-name case).
 
@@ -961,7 +966,14 @@ def read_volume(
         else:
             if ext in (".nii", ".nii.gz"):
                 nifti = True
-                nifti_nan_mask, nifti_header = _nifti_check(p, gz=ext == ".nii.gz")
+                gz = ext == ".nii.gz"
+                if gz and not _starts_with_gzip(p):
+                    # an audit: an uncompressed NIfTI named .nii.gz was refused as "corrupt"
+                    # (SimpleITK reads it by its content)
+                    warnings.warn(f"{p}: named .nii.gz but not compressed; read as .nii",
+                                  stacklevel=2)
+                    gz = False
+                nifti_nan_mask, nifti_header = _nifti_check(p, gz=gz)
             elif ext in (".mha", ".mhd"):
                 met_voxels = _metaimage_check(p)
             elif ext == ".nhdr":

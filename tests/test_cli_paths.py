@@ -211,3 +211,18 @@ def test_folder_input_says_what_it_passes_over(tmp_path, model_file, capsys):
     assert "sub/" in err
     assert "old.hdr" in err
     assert (tmp_path / "o" / "a_labels.nii.gz").exists()
+
+
+def test_an_uncompressed_nifti_named_nii_gz_is_read_with_a_warning(tmp_path):
+    """An audit: it was refused as a corrupt header ("Not a gzipped file"), though SimpleITK
+    reads it by its content."""
+    import shutil
+
+    vol, _ = _volume()
+    plain = write_volume(tmp_path / "plain.nii", vol)
+    misnamed = tmp_path / "plain_as.nii.gz"
+    shutil.copy(plain, misnamed)
+    with pytest.warns(UserWarning, match="not compressed"):
+        got = read_volume(misnamed)
+    np.testing.assert_array_equal(got.data, read_volume(plain).data)
+    assert got.same_geometry(read_volume(plain))
