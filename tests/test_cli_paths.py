@@ -226,3 +226,24 @@ def test_an_uncompressed_nifti_named_nii_gz_is_read_with_a_warning(tmp_path):
         got = read_volume(misnamed)
     np.testing.assert_array_equal(got.data, read_volume(plain).data)
     assert got.same_geometry(read_volume(plain))
+
+
+def test_refine_to_another_format_beside_the_report_leaves_it_alone(segmented, capsys):
+    """A review: labels written as .nrrd beside a report of .nii.gz labels rewrote the report,
+    which then described a file that had not changed."""
+    _src, out = segmented
+    before = (out / "case_report.json").read_text()
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                out / "case_labels.nrrd", "--tr", "0.9") == 0
+    assert (out / "case_report.json").read_text() == before
+
+
+def test_batch_errors_may_go_to_the_predictions_folder(tmp_path, capsys):
+    """A review: batch ``evaluate --errors <the predictions folder>`` was refused as 'an
+    input', though it only adds NAME_errors files there."""
+    _vol, mask = _volume()
+    preds, refs = tmp_path / "p", tmp_path / "r"
+    write_volume(preds / "c1_labels.nii.gz", Volume(mask.astype(np.uint8)))
+    write_volume(refs / "c1_label.nii.gz", Volume(mask.astype(np.uint8)))
+    assert _run("evaluate", preds, refs, "--errors", preds) == 0
+    assert (preds / "c1_errors.nii.gz").exists()

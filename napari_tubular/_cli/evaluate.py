@@ -353,7 +353,10 @@ def _check_outputs(args, *, batch: bool) -> None:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     from ._paths import refuse_inputs_as_outputs
 
-    refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites", "errors")),
+    # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
+    # a fine place for them (a review)
+    refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
+                              + (() if batch else ("errors",))),
                              (args.pred, getattr(args, "ref", None)))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)

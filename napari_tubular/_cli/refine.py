@@ -293,9 +293,10 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) 
         report = json.loads(rp.read_text(encoding="utf-8"))
         case = rp.name[: -len("_report.json")]
         written = report.get("outputs", {}).get("labels")
-        own = (out.parent.resolve() == rp.parent.resolve()
-               and volume_stem(out) == f"{case}_labels")
-        if not (own or (written and _same(Path(written), out))):
+        # the file segment wrote: beside the report, under the name the report gives (a
+        # review: labels written as .nrrd beside a report of .nii.gz labels rewrote it)
+        name = Path(written).name if written else f"{case}_labels.nii.gz"
+        if volume_stem(Path(name)) != f"{case}_labels" or not _same(rp.parent / name, out):
             return None
         report["parameters"].update(parameters)
         report.update({k: stats[k] for k in ("volume_ml", "betti_numbers",

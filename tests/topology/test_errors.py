@@ -268,3 +268,31 @@ def test_error_map_loops_present_in_both_are_no_sites():
     assert len(loops) == 1
     assert loops[0].detail == "reference loop missing from the prediction"
     np.testing.assert_allclose(loops[0].centroid_vox, centres[1], atol=1.5)
+
+
+def test_loop_sites_of_a_lattice_are_counted_not_located():
+    """A review: a lattice of thousands of loops made error_map take minutes; beyond
+    MAX_LOOPS_LOCATED loops a component's Betti-1 errors are counted, not located."""
+    from napari_tubular.topology.errors import MAX_LOOPS_LOCATED
+
+    z, y, x = np.ogrid[:12, :96, :96]
+    ref = np.zeros((12, 96, 96), bool)
+    ref |= ((z - 5) ** 2 + (y % 6 - 3) ** 2 <= 1) | ((z - 5) ** 2 + (x % 6 - 3) ** 2 <= 1)
+    from napari_tubular.topology import betti_numbers
+
+    b1 = betti_numbers(ref)[1]
+    assert b1 > MAX_LOOPS_LOCATED
+    pred = ref.copy()
+    pred[4:7, 3:22, 3:22] = True  # fills nine of its holes
+    rep = error_map(pred, ref, (1.0, 1.0, 1.0))
+    assert _loops(rep) == []
+    assert rep.summary["loops_unlocated"] == b1 - betti_numbers(pred)[1]
+
+
+def test_a_skeleton_outside_its_mask_does_not_crash():
+    """A review: a given skeleton with voxels outside its mask raised IndexError."""
+    from napari_tubular.topology import hard_skeleton
+
+    t = torus()
+    rep = error_map(np.zeros_like(t), t, (1.0, 1.0, 1.0), skeleton_pred=hard_skeleton(t))
+    assert [s.cls for s in rep.sites] == [4]
