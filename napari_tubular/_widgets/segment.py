@@ -400,8 +400,15 @@ class SegmentWidget(QWidget):
         """``(net, meta)`` for (model file, device), loaded once and cached in this widget."""
         from napari_tubular.models import load_model, resolve_device, resolve_model_path
 
-        key = (str(resolve_model_path(spec)), resolve_device(device))
+        path = resolve_model_path(spec)
+        stat = path.stat()
+        # the file's size and time are part of the key: a Fine-tune run that replaces the file
+        # is loaded again (an audit: the cached K=16 weights kept segmenting after the file
+        # became a K=5 model); the older entry of the same file is dropped
+        key = (str(path), resolve_device(device), stat.st_size, stat.st_mtime_ns)
         if key not in self._models:
+            for old in [k for k in self._models if k[:2] == key[:2]]:
+                del self._models[old]
             self._models[key] = load_model(key[0], device=key[1])
         return self._models[key]
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -260,9 +261,22 @@ class TrainingWidget(QWidget):
                     f"image {image.name!r} {image.data.shape} and labels "
                     f"{labels.name!r} {labels.data.shape} differ in shape"
                 )
+            # the grids, as the command line checks them (an audit: labels placed 30 mm away
+            # at another scale were accepted and written on the image's grid)
+            differences = volume_from_layer(image).geometry_differences(
+                volume_from_layer(labels), atol=1e-3)
+            if differences:
+                raise ValueError(f"image {image.name!r} and labels {labels.name!r} are on "
+                                 f"different grids ({'; '.join(differences)}): the labels would "
+                                 "not lie on their vessels")
         except ValueError as exc:
             self.status.setText(report_error("Add pair", exc))
             return
+        from napari_tubular.training.data import label_values_note
+
+        note = label_values_note(np.asarray(labels.data))
+        self.status.setText(f"pair added; {note}" if note else
+                            f"pair added: {image.name} + {labels.name}")
         pair = (image.name, labels.name)
         if pair not in self.pairs:
             self.pairs.append(pair)
@@ -288,6 +302,10 @@ class TrainingWidget(QWidget):
         from napari_tubular.io import write_volume
 
         folder.mkdir(parents=True, exist_ok=True)
+        # the pairs of an earlier run, removed from the list since, are not trained on again
+        # (an audit: the folder kept them and the new run read them)
+        for old in folder.glob("pair[0-9][0-9]_*.nii.gz"):
+            old.unlink()
         for i, ((image_name, label_name), chosen) in enumerate(
             zip(self.pairs, self._pair_layers)
         ):

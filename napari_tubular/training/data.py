@@ -280,6 +280,22 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def label_values_note(label: np.ndarray) -> str | None:
+    """A warning for a label that is not 0/1: every non-zero voxel is trained as vessel (an
+    audit: labels 1 and 2, 255, or 0.4 trained silently; multi-class labels of artery, vein
+    and organ would all become vessel; negative values are not vessel). None for a 0/1
+    label."""
+    if label.dtype == bool:
+        return None
+    nonzero = label[label != 0]
+    if nonzero.size == 0 or (nonzero.min() == 1 and nonzero.max() == 1):
+        return None
+    values = np.unique(nonzero)  # the vessel voxels only: a few per cent of a volume
+    shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")
+    return (f"label values other than 0 and 1 ({shown}): every voxel above 0 is trained as "
+            "vessel; give a 0/1 mask (one class) if that is not what you mean")
+
+
 def load_pair(
     image_path: Path, label_path: Path, target_spacing: Sequence[float], K: int,
     normalization: Any, min_shape: Sequence[int] | None = None, with_phi: bool = False,
@@ -310,6 +326,10 @@ def load_pair(
     if not np.any(lab.data):
         warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
                       "teaches background", UserWarning, stacklevel=2)
+    else:
+        note = label_values_note(lab.data)
+        if note:
+            warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=2)
     return prepare_case(
         img.data, lab.data, img.spacing, target_spacing, K, normalization,
         name=Path(image_path).name, min_shape=min_shape, with_phi=with_phi,

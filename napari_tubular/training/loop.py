@@ -15,6 +15,7 @@ files with their meta (normalisation, spacing, K, patch size, training descripti
 from __future__ import annotations
 
 import csv
+import fnmatch
 import itertools
 import json
 import math
@@ -75,6 +76,10 @@ def model_arch(config: TrainConfig) -> dict:
     return arch
 
 
+#: the files a run writes (and ``overwrite`` deletes first), besides its ``step_*.pt`` snapshots
+_RUN_FILES = ("log.csv", "log.json", "curves.png", "last.pt", "best.pt", "model.pt")
+
+
 def run_folder_in_use(config: TrainConfig) -> bool:
     """True when ``config.out`` holds files that a new run (no ``overwrite``, no ``resume``)
     must not replace: :func:`train` refuses it (the viewer's Fine-tune panel says so in its
@@ -97,9 +102,16 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
             f"out: run folder {out} is not empty; pass --overwrite to replace its files or "
             "--resume to continue its training"
         )
+    init = config.init_model
+    if (config.overwrite and init and init != "default" and out.is_dir()
+            and Path(init).expanduser().resolve().parent == out.resolve()
+            and (Path(init).name in _RUN_FILES or fnmatch.fnmatch(Path(init).name, "step_*.pt"))):
+        # an audit: --overwrite emptied the folder, then the model to start from was gone
+        raise ValueError(f"init_model {init} is one of the files --overwrite would delete in "
+                         f"{out}; copy it elsewhere first, or choose another --out")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        for name in ("log.csv", "log.json", "curves.png", "last.pt", "best.pt", "model.pt"):
+        for name in _RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
         for snap in out.glob("step_*.pt"):
@@ -540,6 +552,10 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                         best = last_val_metrics["score"]
                         save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
                 rows.append(row)
+                # the logs at every logged step, not only at checkpoints (an audit: a run
+                # watched through log.csv showed nothing before step 100, and one killed
+                # between checkpoints left no log at all)
+                _write_log(out, rows, config, {"best_score": best, "step": step})
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save_checkpoint()
             if is_main and config.snapshot_every and step % config.snapshot_every == 0:

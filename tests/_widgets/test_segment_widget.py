@@ -740,3 +740,22 @@ def test_blob_checkbox_drops_balls_like_segment(seg):
     widget.blob_check.setChecked(False)
     assert widget.refine_count == before + 1
     assert counter.calls == 1
+
+
+def test_a_replaced_model_file_is_loaded_again(make_napari_viewer, tmp_path):
+    """An audit: the panel cached models by path, so after a Fine-tune run replaced the file
+    (K 16 -> 5) the old weights kept segmenting until 'Free memory'."""
+    import os
+
+    from tests._tiny_model import save_tiny_model
+
+    widget = SegmentWidget(make_napari_viewer())
+    path = save_tiny_model(tmp_path / "m.pt", K=3)
+    first = widget._load_model(str(path), "cpu")
+    assert widget._load_model(str(path), "cpu") is first  # cached
+    save_tiny_model(path, K=5)
+    os.utime(path, ns=(os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns + 10**9))
+    second = widget._load_model(str(path), "cpu")
+    assert second is not first
+    assert second[1]["K"] == 5
+    assert len(widget._models) == 1  # the stale entry is gone

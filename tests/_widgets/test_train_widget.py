@@ -203,3 +203,36 @@ def test_a_used_run_folder_is_refused_before_the_pairs_are_written(train_widget,
     assert "not empty" in train_widget.status.text()
     assert not (tmp_path / "run_data").exists()
     assert (tmp_path / "run" / "keep.txt").read_text() == "mine"
+
+
+def test_a_labels_layer_on_another_grid_is_refused(train_widget, monkeypatch):
+    """An audit: labels at scale 2 and 30 mm away were accepted and written on the image's
+    grid, so the mask no longer lay on its vessels (the command line refuses that)."""
+    monkeypatch.setattr(_workers, "show_error", lambda *a, **k: None)
+    viewer = train_widget.viewer
+    moved = viewer.add_labels(viewer.layers["ref"].data.copy(), name="moved",
+                              scale=tuple(2 * s for s in SPACING), translate=TRANSLATE)
+    train_widget.label_picker.set_layer(moved)
+    train_widget.add_pair()
+    assert "different grids" in train_widget.status.text()
+    assert train_widget.pairs == [("ct", "ref")]
+
+
+def test_labels_with_several_values_are_named_and_removed_pairs_are_not_trained(
+        train_widget, tmp_path):
+    """An audit: a labels layer with values {0, 1, 2, 7} became a vessel mask without a word,
+    and a pair removed from the list was still in the data folder of the next run."""
+    from napari_tubular.training import find_pairs
+
+    viewer = train_widget.viewer
+    many = viewer.layers["ref"].data.copy()
+    many[many > 0] = 2
+    multi = viewer.add_labels(many, name="multi", scale=SPACING, translate=TRANSLATE)
+    train_widget.label_picker.set_layer(multi)
+    train_widget.add_pair()
+    assert "values other than 0 and 1 (2)" in train_widget.status.text()
+    assert len(find_pairs(train_widget.config().data)) == 2
+    train_widget.overwrite_check.setChecked(True)
+    train_widget.pairs_list.setCurrentRow(1)
+    train_widget._remove_pair()
+    assert len(find_pairs(train_widget.config().data)) == 1
