@@ -810,3 +810,31 @@ def test_labels_that_are_not_0_1_are_named(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_pair(img, ok, (1.0, 1.0, 1.0), 3, NORM)
+
+
+def test_cli_resume_reads_the_runs_own_config(tmp_path, capsys):
+    """An audit: --resume asked for every original option again ("model, patch_size, data
+    differ") although RUN/config.json holds them."""
+    from napari_tubular.cli import main
+
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1, "log_every": 1}))
+    out = tmp_path / "run"
+    assert main(["train", str(cfg_file), "--synthetic", "--out", str(out), "--steps", "2",
+                 "--patch", "16", "16", "16", "--base-channels", "4", "--depth", "2", "-K",
+                 "3", "--val-data", "none", "--device", "cpu", "--quiet"]) == 0
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+
+
+def test_cli_warns_when_validation_data_is_training_data(tmp_path, capsys):
+    import argparse
+
+    from napari_tubular._cli.train import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    (tmp_path / "d").mkdir()
+    config_from_args(p.parse_args(["--data", str(tmp_path / "d"), "--val-data",
+                                   str(tmp_path / "d") + "/", "--out", str(tmp_path / "r")]))
+    assert "validation data is training data" in capsys.readouterr().err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
@@ -128,9 +129,14 @@ def config_from_args(args: argparse.Namespace):
             values[key] = val
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")
                   if getattr(args, k, None) is not None}
-    file_values = config_file_values(args.config) if args.config else {}  # read once
+    config_path = args.config
+    if not config_path and args.resume and args.out and (Path(args.out) / "config.json").is_file():
+        # the run's own settings: an audit had to repeat every option (model, patch size,
+        # data) on the command line to resume
+        config_path = Path(args.out) / "config.json"
+    file_values = config_file_values(config_path) if config_path else {}  # read once
     _defaults_from_init_model(values, file_values)
-    if args.config:
+    if config_path:
         cfg = TrainConfig.from_values(file_values, **values)
         if model_opts:
             cfg.model = {**cfg.model, **model_opts}
@@ -141,7 +147,20 @@ def config_from_args(args: argparse.Namespace):
         if model_opts:
             cfg.model = {**cfg.model, **model_opts}
     cfg.validate()
+    shared = _same_folders(cfg.data, cfg.val_data)
+    if shared:
+        print(f"[train] warning: validation data is training data ({', '.join(shared)}): the "
+              "validation scores and best.pt do not measure generalisation", file=sys.stderr)
     return cfg
+
+
+def _same_folders(data, val_data) -> list[str]:
+    """Folders named both as training and as validation data."""
+    def resolved(items):
+        return {str(Path(d).expanduser().resolve()): d for d in items or [] if d != "synthetic"}
+
+    train_dirs, val_dirs = resolved(data), resolved(val_data)
+    return [train_dirs[k] for k in train_dirs if k in val_dirs]
 
 
 def run(args: argparse.Namespace) -> int:
