@@ -95,6 +95,11 @@ def _run(args) -> int:
         # Core functions raise these with messages meant for the user; no traceback.
         print(f"napari-tubular {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:
+        # numpy's "Unable to allocate 116. GiB for an array ..." (an audit: a traceback)
+        print(f"napari-tubular {args.command}: error: not enough memory ({exc}); use a smaller "
+              "volume (or, for segment, --batch-size 1)", file=sys.stderr)
+        return 2
     except OSError as exc:  # a file system's refusal (a name too long, a full disk, rights)
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
         print(f"napari-tubular {args.command}: error: {exc.strerror or exc}{where}",

@@ -24,7 +24,12 @@ vessels of different branches keep a clearance of more than one voxel diagonal p
 radii, so each tree is exactly one 26-connected component; the only loops are the anastomoses
 (``loop_probability``), each accepted only if it adds exactly one loop (Betti-1 via the Euler
 number, on a crop of the design grid); no cavities. So ``b0 = n_trees``, ``b1 = n_loops`` =
-the cycle rank of the centerline graph, ``b2 = 0``.
+the cycle rank of the centerline graph, ``b2 = 0`` on the grids the tree is designed for. On
+very anisotropic grids (an audit: 5 x 0.5 x 0.5 mm, 2 of 8 seeds) two close vessels can touch
+and add a tunnel, and ``body=True`` cuts vessels that leave the body into more pieces: the
+label is the reference, so measure its Betti numbers (``topology.betti_numbers``) rather than
+trusting ``n_trees`` / ``n_loops`` (``napari-tubular synth`` prints both, with a note when
+they differ).
 """
 
 from __future__ import annotations

@@ -179,3 +179,19 @@ def test_help_subprocess():
         "case_XXX_label.nii.gz",
     ):
         assert word in proc.stdout
+
+
+def test_synth_names_what_it_could_not_do(tmp_path, capsys):
+    """An audit: --trees 50 in 32^3 made 46 without a word, --max-radius 100 filled the volume
+    without one, and a 5000^3 shape ended in numpy's allocation traceback."""
+    from napari_tubular.cli import main
+
+    assert main(["synth", str(tmp_path / "a"), "--shape", "32", "32", "32", "--trees", "50"]) == 0
+    err = capsys.readouterr().err
+    assert "of the 50 trees asked for fitted" in err
+    assert main(["synth", str(tmp_path / "b"), "--shape", "16", "16", "16", "--max-radius",
+                 "100"]) == 0
+    assert "more than a quarter" in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "c"), "--shape", "5000", "5000", "5000"]) == 2
+    assert "voxels; synth makes volumes of up to" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
