@@ -247,3 +247,18 @@ def test_batch_errors_may_go_to_the_predictions_folder(tmp_path, capsys):
     write_volume(refs / "c1_label.nii.gz", Volume(mask.astype(np.uint8)))
     assert _run("evaluate", preds, refs, "--errors", preds) == 0
     assert (preds / "c1_errors.nii.gz").exists()
+
+
+def test_refine_refuses_an_image_of_another_size_on_the_same_spacing(segmented, tmp_path,
+                                                                     capsys):
+    """An audit: a larger image with the same spacing and origin was taken as 're-indexed'
+    (a crop) and the trim used the wrong voxels."""
+    src, out = segmented
+    vol = read_volume(src)
+    bigger = np.zeros(tuple(n + 4 for n in vol.shape), np.float32)
+    bigger[:vol.shape[0], :vol.shape[1], :vol.shape[2]] = vol.data
+    big = write_volume(tmp_path / "big.nii.gz", Volume(bigger, vol.spacing, origin=vol.origin,
+                                                       direction=vol.direction))
+    assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
+                tmp_path / "x_labels.nii.gz", "--image", big) == 2
+    assert "not on the probability map's grid" in capsys.readouterr().err

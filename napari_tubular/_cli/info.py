@@ -15,7 +15,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         description=(
             "Print path, format, shape (z, y, x), dtype, spacing, origin and direction (z, y, x "
             "order, mm), physical size, intensity range, NaN count and, for integer volumes, the "
-            "number of distinct values. NaN voxels are counted, not filled."
+            "number of distinct values. NaN and infinite voxels are counted, not filled."
         ),
     )
     p.add_argument(
@@ -93,7 +93,8 @@ def format_info(info: dict) -> str:
             f"intensity:                 min {info['min']:g}, max {info['max']:g}, "
             f"mean {info['mean']:g}"
         )
-    lines.append(f"NaN voxels:                {info['nan_count']}")
+    # the NIfTI reader marks infinite voxels NaN too (SimpleITK reads both as 0)
+    lines.append(f"NaN/infinite voxels:       {info['nan_count'] + info.get('inf_count', 0)}")
     if info.get("inf_count"):
         lines.append(f"infinite voxels:           {info['inf_count']}")
     if "unique_values" in info:
