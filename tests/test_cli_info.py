@@ -47,7 +47,7 @@ def test_info_text(image_file, capsys):
     assert "spacing (mm, z, y, x):     2.5, 0.7, 0.9" in out
     assert "origin (mm, z, y, x):      -10, 20.5, 3.25" in out
     assert "physical size (mm, z,y,x): 12.5 x 4.2 x 6.3" in out
-    assert "NaN voxels:                3" in out
+    assert "NaN/infinite voxels:       3" in out
     assert f"min {np.nanmin(data):g}" in out
     assert f"max {np.nanmax(data):g}" in out
 
