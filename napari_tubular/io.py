@@ -1289,7 +1289,9 @@ def check_name_length(path) -> None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):
         limit = 255
-    size = len(os.fsencode(p.name))
+    # a MetaImage header's data file is named after it (.raw / .zraw: longer by one)
+    name = p.name[: -len(".mhd")] + ".zraw" if p.name.lower().endswith(".mhd") else p.name
+    size = len(os.fsencode(name))
     if size > limit:
         raise VolumeIOError(f"{p}: the file name is {size} bytes long, the file system allows "
                             f"{limit}; choose a shorter name")

@@ -820,9 +820,11 @@ def test_cli_resume_reads_the_runs_own_config(tmp_path, capsys):
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1, "log_every": 1}))
     out = tmp_path / "run"
+    (out).mkdir()
+    (out / "old.txt").write_text("a file of the user's")  # --overwrite is needed to start
     assert main(["train", str(cfg_file), "--synthetic", "--out", str(out), "--steps", "2",
                  "--patch", "16", "16", "16", "--base-channels", "4", "--depth", "2", "-K",
-                 "3", "--val-data", "none", "--device", "cpu", "--quiet"]) == 0
+                 "3", "--val-data", "none", "--device", "cpu", "--quiet", "--overwrite"]) == 0
     assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
 

@@ -135,6 +135,11 @@ def config_from_args(args: argparse.Namespace):
         # data) on the command line to resume
         config_path = Path(args.out) / "config.json"
     file_values = config_file_values(config_path) if config_path else {}  # read once
+    if config_path and not args.config:
+        # how that run was started is not how this one is (a review: a run started with
+        # --overwrite could not be resumed, "resume and overwrite exclude each other")
+        for key in ("overwrite", "resume", "out"):
+            file_values.pop(key, None)
     _defaults_from_init_model(values, file_values)
     if config_path:
         cfg = TrainConfig.from_values(file_values, **values)

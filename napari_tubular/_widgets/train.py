@@ -272,17 +272,19 @@ class TrainingWidget(QWidget):
         except ValueError as exc:
             self.status.setText(report_error("Add pair", exc))
             return
+        pair = (image.name, labels.name)
+        self.source_combo.setCurrentText("layer pairs")
+        if pair in self.pairs:
+            self.status.setText(f"this pair is in the list already: {pair[0]} + {pair[1]}")
+            return
+        self.pairs.append(pair)
+        self._pair_layers.append((image, labels))  # found again by identity (renames)
+        self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
         from napari_tubular.training.data import label_values_note
 
         note = label_values_note(np.asarray(labels.data))
         self.status.setText(f"pair added; {note}" if note else
                             f"pair added: {image.name} + {labels.name}")
-        pair = (image.name, labels.name)
-        if pair not in self.pairs:
-            self.pairs.append(pair)
-            self._pair_layers.append((image, labels))  # found again by identity (renames)
-            self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
-        self.source_combo.setCurrentText("layer pairs")
 
     def _remove_pair(self) -> None:
         row = self.pairs_list.currentRow()
@@ -304,8 +306,9 @@ class TrainingWidget(QWidget):
         folder.mkdir(parents=True, exist_ok=True)
         # the pairs of an earlier run, removed from the list since, are not trained on again
         # (an audit: the folder kept them and the new run read them)
-        for old in folder.glob("pair[0-9][0-9]_*.nii.gz"):
-            old.unlink()
+        for old in folder.glob("pair*_*.nii.gz"):
+            if re.fullmatch(r"pair\d+_(image|label)\.nii\.gz", old.name):  # ours only (a review)
+                old.unlink()
         for i, ((image_name, label_name), chosen) in enumerate(
             zip(self.pairs, self._pair_layers)
         ):

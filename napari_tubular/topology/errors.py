@@ -521,10 +521,15 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
         other_lab, near_other = (pred, ref)[1 - k][1], near[1 - k]
         detail = "loop the reference does not have" if k == 0 else \
             "reference loop missing from the prediction"
+        boxes = ndimage.find_objects(lab)
+        by_component: dict[int, list] = {}
+        for i, (c, vox, steps) in enumerate(found):
+            by_component.setdefault(c, []).append((i, vox, steps))
         for cid, b1_here in sorted(b1.items()):
             if is_site[cid]:
                 continue
-            overlapping = np.unique(other_lab[lab == cid])
+            box = boxes[cid - 1]  # per component, in its box (a review: whole-crop scans)
+            overlapping = np.unique(other_lab[box][lab[box] == cid])
             excess = b1_here - sum(b1_other.get(int(o), 0) for o in overlapping if o > 0)
             if excess <= 0:
                 continue
@@ -532,7 +537,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
             # loop, a loop closed by a false branch: that piece's site already), then those
             # farthest from the other mask's loops
             loops = [(bool(labels_c[tuple(vox.T)].any()), near_other[tuple(vox.T)].mean(), i,
-                      vox, steps) for i, (c, vox, steps) in enumerate(found) if c == cid]
+                      vox, steps) for i, vox, steps in by_component.get(cid, [])]
             loops.sort(key=lambda item: (not item[0], item[1], item[2]))
             for explained, _near, _i, vox, steps in loops[:excess]:
                 if not explained:

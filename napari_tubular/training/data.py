@@ -529,6 +529,30 @@ def _worker_init() -> None:  # pragma: no cover - runs in child processes
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _close_pool(pool, timeout_s: float = 5.0) -> None:
+    """Terminate a worker pool, without hanging: a worker killed while it waited for a task
+    (SIGTERM sent to the whole process group, as batch schedulers do) dies holding the task
+    queue's lock, and ``Pool.terminate`` then waits for that lock forever (a review). After
+    ``timeout_s`` the workers are killed and the pool left to the interpreter."""
+    import threading
+
+    done = threading.Event()
+
+    def stop() -> None:
+        pool.terminate()
+        pool.join()
+        done.set()
+
+    threading.Thread(target=stop, daemon=True, name="close-pool").start()
+    if done.wait(timeout_s):
+        return
+    for proc in list(getattr(pool, "_pool", []) or []):
+        try:
+            proc.kill()
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
 def _make_synthetic_job(args: tuple) -> PreparedCase:  # pragma: no cover - child processes
     return make_synthetic_case(*args)
 
@@ -668,10 +692,8 @@ class SyntheticPool:
 
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-            self._pending = []
+            pool, self._pool, self._pending = self._pool, None, []
+            _close_pool(pool)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
         pool = getattr(self, "_pool", None)

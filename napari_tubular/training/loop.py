@@ -76,6 +76,10 @@ def model_arch(config: TrainConfig) -> dict:
     return arch
 
 
+#: between checkpoints the logs are rewritten at most this often (seconds), after the first
+#: 20 logged steps
+LOG_WRITE_S = 15.0
+
 #: the files a run writes (and ``overwrite`` deletes first), besides its ``step_*.pt`` snapshots
 _RUN_FILES = ("log.csv", "log.json", "curves.png", "last.pt", "best.pt", "model.pt")
 
@@ -489,6 +493,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         plot_curves(rows, out / "curves.png", title=f"{config.loss} ({out.name})")
 
     t_loop = time.perf_counter()
+    last_log_write = [-math.inf]
     acc: dict[str, list] = {}
     last_val_metrics: dict = {}
     model.train()
@@ -552,10 +557,14 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                         best = last_val_metrics["score"]
                         save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
                 rows.append(row)
-                # the logs at every logged step, not only at checkpoints (an audit: a run
-                # watched through log.csv showed nothing before step 100, and one killed
-                # between checkpoints left no log at all)
-                _write_log(out, rows, config, {"best_score": best, "step": step})
+                # the logs between checkpoints too (an audit: a run watched through log.csv
+                # showed nothing before step 100, and one killed between checkpoints left no
+                # log at all): every logged step at first, then at most every LOG_WRITE_S
+                # seconds (a review: rewriting them at every step of a long run costs hours)
+                now = time.perf_counter()
+                if len(rows) <= 20 or now - last_log_write[0] >= LOG_WRITE_S:
+                    _write_log(out, rows, config, {"best_score": best, "step": step})
+                    last_log_write[0] = now
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save_checkpoint()
             if is_main and config.snapshot_every and step % config.snapshot_every == 0:

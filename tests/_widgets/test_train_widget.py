@@ -236,3 +236,20 @@ def test_labels_with_several_values_are_named_and_removed_pairs_are_not_trained(
     train_widget.pairs_list.setCurrentRow(1)
     train_widget._remove_pair()
     assert len(find_pairs(train_widget.config().data)) == 1
+
+
+def test_only_the_panels_own_pair_files_are_cleared(train_widget, tmp_path):
+    """A review: the clean-up glob deleted a user's pair01_ct_patient7.nii.gz and missed the
+    panel's own pair100_image.nii.gz."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name in ("pair01_ct_patient7.nii.gz", "pair100_image.nii.gz", "pair07_label.nii.gz",
+                 "mine.nii.gz"):
+        (folder / name).write_bytes(b"x")
+    train_widget._write_pairs(folder)
+    left = sorted(p.name for p in folder.iterdir())
+    assert "pair01_ct_patient7.nii.gz" in left
+    assert "mine.nii.gz" in left
+    assert "pair100_image.nii.gz" not in left
+    assert "pair07_label.nii.gz" not in left
+    assert "pair00_image.nii.gz" in left  # the current pair
