@@ -32,7 +32,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     scrollable_layout,
     upsert_layer,
-    world_of_physical,
+    world_of_voxel,
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
 from napari_tubular._widgets._workers import report_error, start_job, sync_default
@@ -316,6 +316,7 @@ class DistanceMapWidget(QWidget):
                 "mean_radius_mm": row["mean_radius_mm"],
                 "n_voxels": row["n_voxels"],
                 "centroid_mm": row["centroid_mm"],
+                "anchor_voxel": row["anchor_voxel"],
             }
             for row in graph.table()
         ]
@@ -338,8 +339,10 @@ class DistanceMapWidget(QWidget):
         if not 0 <= row < len(self.branches):
             return
         scale, translate = self._geometry
-        # centroid_mm is relative to voxel (0, 0, 0): add the layer's translate (and affine)
-        world = world_of_physical(self.branches[row]["centroid_mm"], translate, self._affine)
+        # the branch voxel nearest its centroid (an audit: the centroid of a curved branch lay
+        # 4 mm off it, on background), placed as the layers are (scale, translate, affine)
+        world = world_of_voxel(self.branches[row]["anchor_voxel"], scale, translate,
+                               self._affine)
         # a 2-D view zooms to the branch (its length, at least 30 mm across)
         focus_on(self.viewer, world, field_mm=max(30.0, 1.2 * self.branches[row]["length_mm"]))
         if self.table.currentRow() != row:

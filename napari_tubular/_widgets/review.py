@@ -365,9 +365,14 @@ class TopologyReviewWidget(QWidget):
             if not components:
                 text += " (the prediction is empty)"
             elif unlisted:
-                text += (f"; {len(components)} components, {len(unlisted)} of them not a site "
-                         f"(5 % of the largest or more): " + ", ".join(
-                             f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4]))
+                # an audit: "not a site" read as a contradiction when a possible-break site
+                # named those components; and four were shown of six without a word
+                more = len(unlisted) - 4
+                text += (f"; {len(components)} components: besides the largest, "
+                         f"{len(unlisted)} large ones (5 % of it or more, so not 'small "
+                         "component' sites): " + ", ".join(
+                             f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4])
+                         + (f" and {more} more" if more > 0 else ""))
         if self.metrics and self._mismatch:
             text += f"\nvoxel by voxel although {self._mismatch}"
         self.status.setText(text)

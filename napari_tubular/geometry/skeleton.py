@@ -335,6 +335,7 @@ class CenterlineGraph:
         node_kind: str (n_nodes,), "branch" or "end".
         branches: dict of per-branch arrays: ``id`` (B,), ``length_mm`` (B,), ``mean_radius_mm``
             (B,), ``n_voxels`` (B,), ``start_voxel`` (B, 3), ``end_voxel`` (B, 3),
+            ``anchor_voxel`` (B, 3: the branch voxel nearest its centroid),
             ``centroid_mm`` (B, 3), ``src_node`` / ``dst_node`` (B,) (-1: none, e.g. a closed loop
             or an isolated voxel).
     """
@@ -368,6 +369,7 @@ class CenterlineGraph:
                 "start_voxel": tuple(int(v) for v in b["start_voxel"][i]),
                 "end_voxel": tuple(int(v) for v in b["end_voxel"][i]),
                 "centroid_mm": tuple(float(v) for v in b["centroid_mm"][i]),
+                "anchor_voxel": tuple(int(v) for v in b["anchor_voxel"][i]),
                 "src_node": int(b["src_node"][i]),
                 "dst_node": int(b["dst_node"][i]),
             }
@@ -542,8 +544,17 @@ def centerline_graph(skeleton, radius_mm, spacing) -> CenterlineGraph:
         second = rank == 1
         dst_node[nb_s[second]] = nid_s[second]
     # a single isolated voxel (degree 0) is both ends: src = dst = -1, length 0
+    # the branch voxel nearest its centroid: a point on the branch to go to (an audit: the
+    # centroid of a curved branch lay 4 mm off it, on background)
+    anchor = np.zeros((n_br, 3), np.int64)
+    if n_br:
+        d2 = (((vox[bidx] * spa) - centroid[bl]) ** 2).sum(axis=1)
+        order = np.lexsort((d2, bl))
+        first = np.r_[True, bl[order][1:] != bl[order][:-1]]
+        anchor[bl[order][first]] = vox[bidx[order[first]]]
     branches = {
         "id": np.arange(n_br, dtype=np.int64),
+        "anchor_voxel": anchor,
         "length_mm": length.astype(np.float64),
         "mean_radius_mm": mean_r.astype(np.float64),
         "n_voxels": nvox.astype(np.int64),

@@ -407,6 +407,8 @@ def error_map(
             labels_c[tuple(vox.T)] = cls
             sites.append(_site(cls, vox, offset, spacing, voxel_mm3, comp_len[cid]))
 
+    # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
+    site_of = np.full(labels_c.shape, -1, dtype=np.int32)
     # reference centerline not covered by the prediction
     g = _Skel(sr_c, spacing)
     if g.n:
@@ -432,6 +434,7 @@ def error_map(
                     tolerated += 1
                     continue
                 labels_c[tuple(vox.T)] = MISSED_CENTERLINE
+                site_of[tuple(vox.T)] = len(sites)  # the index of the site appended below
                 is_break = n_adj[k] >= 2
                 sites.append(
                     _site(
@@ -458,6 +461,7 @@ def error_map(
                     tolerated += 1
                     continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
+                site_of[tuple(vox.T)] = len(sites)
                 sites.append(
                     _site(
                         FALSE_CENTERLINE,
@@ -473,7 +477,8 @@ def error_map(
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
     loop_sites, unlocated = _loop_errors(labels_c, (sp_c, lab_p, is_spurious),
-                                         (sr_c, lab_r, is_missed), offset, spacing, tolerance_vox)
+                                         (sr_c, lab_r, is_missed), offset, spacing, tolerance_vox,
+                                         sites=sites, site_of=site_of)
     sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
@@ -483,7 +488,8 @@ def error_map(
 MAX_LOOPS_LOCATED = 200
 
 
-def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
+def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, *, sites=None,
+                 site_of=None):
     """LOOP sites for the Betti-1 errors: loops of one mask that the other lacks.
 
     ``pred`` and ``ref`` are ``(skeleton, component labels, component is a site)`` of the
@@ -495,7 +501,10 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
     already (a break of a reference loop, a false branch closing one) is that site's: each
     Betti-1 error is one site at most. Placement is a best effort (the located loops are a
     choice among cycles); a component of more than :data:`MAX_LOOPS_LOCATED` loops is not
-    located. Returns ``(sites, Betti-1 errors without a located loop)``.
+    located. ``sites`` and ``site_of`` (the index in ``sites`` of each centerline-error voxel,
+    -1 elsewhere): a centerline site that explains a Betti-1 error says so in its ``detail``
+    (an audit: "b1 error 1" beside "loop sites 0" and a false branch that did not say it closes
+    a loop). Returns ``(sites, Betti-1 errors without a located loop)``.
     """
     masks = [lab > 0 for _s, lab, _i in (pred, ref)]
     if all(betti_numbers(m)[1] == 0 for m in masks):
@@ -515,7 +524,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
         for _cid, vox, _steps in found:
             m[tuple(vox.T)] = True
         near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
-    sites = []
+    out = []
     for k, (_skel, lab, is_site) in enumerate((pred, ref)):
         (found, b1), (_other_found, b1_other) = sides[k], sides[1 - k]
         other_lab, near_other = (pred, ref)[1 - k][1], near[1 - k]
@@ -540,11 +549,25 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int):
                       vox, steps) for i, vox, steps in by_component.get(cid, [])]
             loops.sort(key=lambda item: (not item[0], item[1], item[2]))
             for explained, _near, _i, vox, steps in loops[:excess]:
-                if not explained:
-                    labels_c[tuple(vox.T)] = LOOP
-                    sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
+                if explained:
+                    _note_loop(sites, site_of, vox, k)
+                    continue
+                labels_c[tuple(vox.T)] = LOOP
+                out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
             unlocated[0] += max(0, excess - len(loops))
-    return sites, unlocated[0]
+    return out, unlocated[0]
+
+
+def _note_loop(sites, site_of, vox, side: int) -> None:
+    """Add to the detail of the centerline sites on a loop's voxels that they explain a Betti-1
+    error: a false branch that closes a loop, a missed piece that opens a reference loop."""
+    if sites is None or site_of is None:
+        return
+    note = "closes a loop" if side == 0 else "opens a reference loop"
+    for index in np.unique(site_of[tuple(vox.T)]):
+        if index >= 0 and note not in sites[index].detail:
+            site = sites[index]
+            site.detail = f"{site.detail}; {note}" if site.detail else note
 
 
 def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:

@@ -192,3 +192,21 @@ def test_graph_empty_and_errors():
         centerline_graph(np.zeros((5, 5, 5), bool), np.zeros((5, 5, 6)), (1, 1, 1))
     with pytest.raises(ValueError, match="3-D"):
         centerline_graph(np.zeros((5, 5), bool), None, (1, 1, 1))
+
+
+def test_branch_anchor_lies_on_a_curved_branch():
+    """An audit: 'go to branch' used the centroid, which for a curved branch (a half ring)
+    lies off it, on background; the anchor is the branch voxel nearest the centroid."""
+    from napari_tubular.geometry import centerline_graph
+
+    z, y, x = np.indices((9, 40, 40))
+    r = np.hypot(y - 19.5, x - 19.5)
+    half_ring = (np.abs(r - 14) < 1.5) & (np.abs(z - 4) < 1.5) & (x > 19.5)
+    sk = skeletonize_mask(half_ring)
+    g = centerline_graph(sk, None, (1.0, 1.0, 1.0))
+    assert g.n_branches == 1
+    anchor = g.branches["anchor_voxel"][0]
+    centroid_vox = np.asarray(g.branches["centroid_mm"][0])
+    assert not half_ring[tuple(np.rint(centroid_vox).astype(int))]  # off the branch
+    assert sk[tuple(anchor)]
+    assert g.table()[0]["anchor_voxel"] == tuple(int(v) for v in anchor)

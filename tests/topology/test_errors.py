@@ -244,7 +244,7 @@ def test_error_map_locates_a_loop_the_reference_does_not_have():
         segment(shape, (8, 30, 37), (8, 19, 44), 1.5)
     assert betti_numbers(arc)[1] == 1
     rep = error_map(arc, ref, (1.0, 1.0, 1.0))
-    assert [(s.cls, s.detail) for s in rep.sites] == [(2, "false branch / leak")]
+    assert [(s.cls, s.detail) for s in rep.sites] == [(2, "false branch / leak; closes a loop")]
 
 
 def test_error_map_loops_present_in_both_are_no_sites():
@@ -296,3 +296,20 @@ def test_a_skeleton_outside_its_mask_does_not_crash():
     t = torus()
     rep = error_map(np.zeros_like(t), t, (1.0, 1.0, 1.0), skeleton_pred=hard_skeleton(t))
     assert [s.cls for s in rep.sites] == [4]
+
+
+def test_a_false_branch_that_closes_a_loop_says_so():
+    """An audit: two reference tubes bridged at both ends gave b1 error 1, 'loop sites 0' and
+    false-centerline sites that did not say they close a loop."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (16, 40, 60)
+    ref = segment(shape, (8, 10, 5), (8, 10, 54), 2.0) | segment(shape, (8, 28, 5), (8, 28, 54), 2.0)
+    pred = ref | segment(shape, (8, 10, 10), (8, 28, 10), 2.0) | \
+        segment(shape, (8, 10, 48), (8, 28, 48), 2.0)
+    assert betti_numbers(pred)[1] == 1
+    rep = error_map(pred, ref, (1.0, 1.0, 1.0))
+    false = [s for s in rep.sites if s.cls == 2]
+    assert false
+    assert any("closes a loop" in s.detail for s in false)
+    assert _loops(rep) == []
