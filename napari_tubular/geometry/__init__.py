@@ -12,6 +12,7 @@ from .components import (
     remove_specks_and_blobs,
 )
 from .distance import (
+    LOCAL_RADIUS_OFFSET_VOX,
     SKELETON_RADIUS_OFFSET_VOX,
     clip_radius_spikes,
     distance_maps,
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_TP",
     "DEFAULT_TR",
     "DEFAULT_TRUNCATE",
+    "LOCAL_RADIUS_OFFSET_VOX",
     "SKELETON_RADIUS_OFFSET_VOX",
     "CenterlineGraph",
     "EmptySkeletonWarning",

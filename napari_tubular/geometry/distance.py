@@ -172,15 +172,30 @@ def clip_radius_spikes(radius_mm, mask, spacing, *, chunk: int = _SPIKE_CHUNK) -
     return out
 
 
-def local_radius_mm(mask, spacing, *, offset_vox: float = SKELETON_RADIUS_OFFSET_VOX) -> np.ndarray:
-    """Local tube radius in mm: ``EDT + offset_vox * min(spacing)`` inside the mask, 0 outside.
+#: Offset (voxels) of :func:`local_radius_mm`: added to the largest EDT in each voxel's 3 x 3 x 3
+#: neighbourhood. Measured at skeleton voxels of voxelised straight tubes of radius 1..8 voxels
+#: with random sub-voxel offsets (session 15; /tmp-only script): median absolute error per radius
+#: <= 0.17 voxel in random directions (EDT + 0.2 at the voxel itself: <= 0.20), <= 0.28 along a
+#: grid axis (0.52), 0.10 on a 1.6 x 0.8 x 0.8 mm grid (0.20). The skeleton lies up to half a
+#: voxel off the axis, where the EDT is lower: the neighbourhood's maximum is nearer the axis's.
+LOCAL_RADIUS_OFFSET_VOX = 0.1
+
+
+def local_radius_mm(mask, spacing, *, offset_vox: float = LOCAL_RADIUS_OFFSET_VOX) -> np.ndarray:
+    """Local tube radius in mm: the largest EDT in the voxel's 3 x 3 x 3 neighbourhood plus
+    ``offset_vox * min(spacing)`` inside the mask, 0 outside.
 
     Meant to be read at centreline (skeleton) voxels, where it estimates the radius of the tube
-    (see :data:`SKELETON_RADIUS_OFFSET_VOX`). Returns float32 (Z, Y, X).
+    (see :data:`LOCAL_RADIUS_OFFSET_VOX`; an audit found the EDT at the voxel itself 0.33 voxel
+    low on axis-aligned tubes of radius 5). Returns float32 (Z, Y, X).
     """
+    from scipy import ndimage
+
     sp = check_spacing(spacing)
     d = edt_mm(mask, sp)
     fg = d > 0
+    d = ndimage.maximum_filter(d, size=3)
+    d[~fg] = 0.0
     d[fg] += np.float32(offset_vox * min(sp))
     return d
 

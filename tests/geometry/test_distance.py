@@ -63,7 +63,8 @@ def test_cylinder_edt_max_is_radius(spacing, radius_mm):
 
 
 def test_radius_at_skeleton_median_error_below_quarter_voxel():
-    """The reported radius (EDT + 0.2 voxel) at skeleton voxels has median error < 0.25 voxel.
+    """The reported radius (the neighbourhood's largest EDT + 0.1 voxel) at skeleton voxels has
+    median error < 0.2 voxel on tubes in random directions.
 
     The raw EDT underestimates thick tubes (the skeleton sits ~0.45 voxel off the axis): checked
     too, so the correction stays justified.
@@ -79,7 +80,7 @@ def test_radius_at_skeleton_median_error_below_quarter_voxel():
             errs.append(local_radius_mm(m, (1, 1, 1))[sk] - r)
             raw.append(edt_mm(m, (1, 1, 1))[sk] - r)
         e = np.concatenate(errs)
-        assert np.median(np.abs(e)) < 0.25, (r, np.median(np.abs(e)))
+        assert np.median(np.abs(e)) < 0.2, (r, np.median(np.abs(e)))
         raw_bias[r] = float(np.median(np.concatenate(raw)))
     assert np.mean([raw_bias[r] for r in (6, 7, 8)]) < -0.15  # raw EDT is biased low
 
@@ -92,8 +93,8 @@ def test_radius_at_skeleton_anisotropic():
         m, interior = oblique_tube(48, r_vox, rng, spacing=sp)
         sk = skeletonize_mask(m, spacing=sp).astype(bool) & interior
         errs.append(np.abs(local_radius_mm(m, sp)[sk] - r_vox * 0.8))
-    # error in units of the in-plane voxel (0.8 mm); coarse z steps make it a little worse
-    assert np.median(np.concatenate(errs)) / 0.8 < 0.5
+    # error in units of the in-plane voxel (0.8 mm): 0.10 measured (the EDT at the voxel: 0.20)
+    assert np.median(np.concatenate(errs)) / 0.8 < 0.2
 
 
 def test_scale_classes():
@@ -242,3 +243,22 @@ def test_clip_radius_spikes_keeps_a_distance_map_and_clips_a_ridge(spacing):
     np.testing.assert_array_equal(got2[m], got[m])
     with pytest.raises(ValueError, match="shape"):
         clip_radius_spikes(d[:-1], m, spacing)
+
+
+def test_radius_of_axis_aligned_tubes_with_sub_voxel_centres():
+    """An audit: tubes along a grid axis with random sub-voxel centres read 0.33 voxel low at
+    radius 5 (EDT + 0.2 at the skeleton voxel); the neighbourhood's largest EDT + 0.1 stays
+    within 0.3 voxel (median absolute error per radius; digitisation alone leaves about 0.25)."""
+    rng = np.random.default_rng(7)
+    for r in range(1, 9):
+        errs = []
+        for _ in range(8):
+            n = 2 * r + 9
+            z, y = np.mgrid[:n, :n]
+            c = (n - 1) / 2
+            oz, oy = rng.uniform(-0.5, 0.5, 2)
+            m = np.repeat(((z - c - oz) ** 2 + (y - c - oy) ** 2 <= r * r)[:, :, None], 20, axis=2)
+            sk = skeletonize_mask(m).astype(bool)
+            sk[:, :, :5] = sk[:, :, 15:] = False
+            errs.append(local_radius_mm(m, (1, 1, 1))[sk] - r)
+        assert np.median(np.abs(np.concatenate(errs))) < 0.3, r
