@@ -2,7 +2,8 @@
 
 Compares, in one run, our vectorised scatter with (a) a per-seed Python loop that adds a local
 kernel patch and (b) one whole-volume ``scipy.ndimage.gaussian_filter`` per radius class, on a
-synthetic vessel tree, for a thin skeleton (~1k seeds) and a dense pseudo-skeleton (40k+ seeds).
+synthetic vessel tree, for about 1k seeds (every k-th voxel of the hard skeleton), the whole thin
+skeleton (a few thousand seeds) and a dense pseudo-skeleton (40k+ seeds).
 
     python benchmarks/bench_refinement.py [--quick] [--size 256] [--device cpu|cuda|auto]
 """
@@ -249,6 +250,11 @@ def main(argv=None):
     prob_thin = prob.copy()
     prob_thin[skel] = 0.995  # the thin case: T_p = 0.99 selects exactly the hard skeleton
     thin_seeds = np.argwhere(prob_thin > 0.99)
+    # the issue's "about 1k seeds": every k-th voxel of the hard skeleton (a sparse centerline)
+    step = max(1, int(round(len(thin_seeds) / 1000)))
+    prob_1k = prob.copy()
+    prob_1k[tuple(thin_seeds[::step].T)] = 0.995
+    seeds_1k = np.argwhere(prob_1k > 0.99)
     target = 45000 if size >= 256 else int(45000 * (size / 256) ** 3)
     tp_dense = float(np.quantile(prob[mask], 1 - min(1.0, target / mask.sum())))
     dense_seeds = np.argwhere(prob > tp_dense)
@@ -256,7 +262,8 @@ def main(argv=None):
     print(f"\n== soft reconstruction + refinement Y_r, {size}^3, spacing {spacing}, "
           f"device {args.device}")
     ratios = {}
-    for name, seeds, p in (("thin", thin_seeds, prob_thin), ("dense", dense_seeds, prob)):
+    for name, seeds, p in (("~1k", seeds_1k, prob_1k), ("thin", thin_seeds, prob_thin),
+                           ("dense", dense_seeds, prob)):
         sig = radius[tuple(seeds.T)] / 3.0
         w = p[tuple(seeds.T)]
         t_ours, y_ours = timeit(lambda s=seeds, g=sig, w=w: soft_reconstruction(
@@ -273,7 +280,8 @@ def main(argv=None):
               f"({t_filt / t_ours:.1f}x); vs the faster baseline {best / t_ours:.1f}x; "
               f"max |ours - loop| = {err:.1e}")
     print(f"targets: dense >= 5x ({'ok' if ratios['dense'] >= 5 else 'MISSED'}), "
-          f"thin >= 1x ({'ok' if ratios['thin'] >= 1 else 'MISSED'})")
+          f"thin >= 1x ({'ok' if ratios['thin'] >= 1 else 'MISSED'}), "
+          f"~1k seeds >= 1x ({'ok' if ratios['~1k'] >= 1 else 'MISSED'})")
 
     print(f"\n== Refiner slider latency, {size}^3")
     ref = Refiner(prob, radius, spacing, device=args.device)
