@@ -410,7 +410,7 @@ def error_map(
     # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
     site_of = np.full(labels_c.shape, -1, dtype=np.int32)
     # reference centerline not covered by the prediction
-    g = _Skel(sr_c, spacing)
+    g = g_ref = _Skel(sr_c, spacing)
     if g.n:
         in_pred = pc[tuple(g.coords.T)]
         own_missed = is_missed[lab_r[tuple(g.coords.T)]]
@@ -450,7 +450,7 @@ def error_map(
                 )
 
     # predicted centerline outside the reference
-    g = _Skel(sp_c, spacing)
+    g = g_pred = _Skel(sp_c, spacing)
     if g.n:
         out = ~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
         piece, n_pieces = g.pieces(out)
@@ -476,9 +476,9 @@ def error_map(
     # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
-    loop_sites, unlocated = _loop_errors(labels_c, (sp_c, lab_p, is_spurious),
-                                         (sr_c, lab_r, is_missed), offset, spacing, tolerance_vox,
-                                         sites=sites, site_of=site_of)
+    loop_sites, unlocated = _loop_errors(labels_c, (g_pred, pc, lab_p, is_spurious),
+                                         (g_ref, rc, lab_r, is_missed), offset, spacing,
+                                         tolerance_vox, sites, site_of)
     sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
@@ -488,12 +488,11 @@ def error_map(
 MAX_LOOPS_LOCATED = 200
 
 
-def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, *, sites=None,
-                 site_of=None):
+def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of):
     """LOOP sites for the Betti-1 errors: loops of one mask that the other lacks.
 
-    ``pred`` and ``ref`` are ``(skeleton, component labels, component is a site)`` of the
-    crop. Per component of one mask, the number of sites is its exact ``b1`` less the ``b1`` of
+    ``pred`` and ``ref`` are ``(skeleton graph, mask, component labels, component is a site)``
+    of the crop. Per component of one mask, the number of sites is its exact ``b1`` less the ``b1`` of
     the other mask's components it overlaps (a reference loop filled in, two vessels bridged);
     they are placed on its located loops (as in :func:`self_check`) with the fewest voxels near
     the other mask's loops (within ``tolerance_vox + 2`` voxels) first. A component that is a
@@ -506,31 +505,29 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, *, si
     (an audit: "b1 error 1" beside "loop sites 0" and a false branch that did not say it closes
     a loop). Returns ``(sites, Betti-1 errors without a located loop)``.
     """
-    masks = [lab > 0 for _s, lab, _i in (pred, ref)]
-    if all(betti_numbers(m)[1] == 0 for m in masks):
+    if all(betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
         return [], 0  # trees: nothing to locate (the common case, and the cheap one)
-    unlocated = [0]
+    unlocated = 0
     voxel_mm3 = float(np.prod(spacing))
     reach = np.ones((3, 3, 3), dtype=bool)
     sides = []
-    for skel, lab, _is_site in (pred, ref):
-        g = _Skel(skel, spacing)
+    for g, _mask, lab, _is_site in (pred, ref):
+        boxes = ndimage.find_objects(lab)
         node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
-        found, _, b1 = _loops(g, lab, node_comp, spacing, max_b1=MAX_LOOPS_LOCATED)
-        sides.append((found, b1))
+        found, _, b1 = _loops(g, lab, node_comp, spacing, boxes, max_b1=MAX_LOOPS_LOCATED)
+        sides.append((found, b1, boxes))
     near = []
-    for found, _b1 in sides:
+    for found, _b1, _boxes in sides:
         m = np.zeros(labels_c.shape, dtype=bool)
         for _cid, vox, _steps in found:
             m[tuple(vox.T)] = True
         near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
     out = []
-    for k, (_skel, lab, is_site) in enumerate((pred, ref)):
-        (found, b1), (_other_found, b1_other) = sides[k], sides[1 - k]
-        other_lab, near_other = (pred, ref)[1 - k][1], near[1 - k]
+    for k, (_g, _mask, lab, is_site) in enumerate((pred, ref)):
+        (found, b1, boxes), b1_other = sides[k], sides[1 - k][1]
+        other_lab, near_other = (pred, ref)[1 - k][2], near[1 - k]
         detail = "loop the reference does not have" if k == 0 else \
             "reference loop missing from the prediction"
-        boxes = ndimage.find_objects(lab)
         by_component: dict[int, list] = {}
         for i, (c, vox, steps) in enumerate(found):
             by_component.setdefault(c, []).append((i, vox, steps))
@@ -554,15 +551,13 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, *, si
                     continue
                 labels_c[tuple(vox.T)] = LOOP
                 out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
-            unlocated[0] += max(0, excess - len(loops))
-    return out, unlocated[0]
+            unlocated += max(0, excess - len(loops))
+    return out, unlocated
 
 
 def _note_loop(sites, site_of, vox, side: int) -> None:
     """Add to the detail of the centerline sites on a loop's voxels that they explain a Betti-1
     error: a false branch that closes a loop, a missed piece that opens a reference loop."""
-    if sites is None or site_of is None:
-        return
     note = "closes a loop" if side == 0 else "opens a reference loop"
     for index in np.unique(site_of[tuple(vox.T)]):
         if index >= 0 and note not in sites[index].detail:
@@ -618,14 +613,16 @@ def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
     return cycles
 
 
-def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, max_b1: int | None = None):
+def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
+           max_b1: int | None = None):
     """The loops of a mask: exact ``b1`` per 26-component (Euler recipe), located on the
     longest fundamental cycles of its skeleton graph (``g``), skipping a cycle that shares more
     than half its voxels with one already taken. Returns ``([(component id, cycle voxels
     (K, 3), cycle length mm)], loops left without a cycle, {component id: b1})`` (components
-    whose skeleton has a cycle; skeleton voxels outside the mask are passed over). A component
-    whose ``b1`` exceeds ``max_b1`` is counted, not located (a lattice of thousands of loops
-    took minutes, a review)."""
+    whose skeleton has a cycle; skeleton voxels outside the mask are passed over). ``boxes``:
+    the bounding box of component ``c`` at index ``c - 1`` (``scipy.ndimage.find_objects``). A
+    component whose ``b1`` exceeds ``max_b1`` is counted, not located (a lattice of thousands
+    of loops took minutes, a review)."""
     out: list = []
     unlocated = 0
     b1_of: dict[int, int] = {}
@@ -639,7 +636,6 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, max_b1: in
     cyclic = np.flatnonzero(n_edges - n_nodes + 1 > 0)
     if not cyclic.size:
         return out, unlocated, b1_of
-    boxes = ndimage.find_objects(lab)
     for gc in cyclic:
         nodes = np.flatnonzero(gcomp == gc)
         cid = int(node_comp[nodes[0]])
@@ -760,7 +756,8 @@ def self_check(
         )
 
     # loops: exact b1 per component, located on fundamental cycles of the skeleton graph
-    loops, unlocated, _ = _loops(g, lab, node_comp, spacing)
+    # cc3d's boxes, indexed by component id (0: the background)
+    loops, unlocated, _ = _loops(g, lab, node_comp, spacing, stats["bounding_boxes"][1:])
     for cid, vox, steps in loops:
         labels_c[tuple(vox.T)] = LOOP
         sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}"))
