@@ -165,13 +165,13 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
         return labels
     image = read_volume(image_path)
     if grid is not None and not image.same_geometry(grid):
-        differences = grid.geometry_differences(image)
         moved, how = resample_like(image, grid)
         if how != "re-indexed" or image.data.size != p.size:
             # the same voxels in another order only (an audit: a larger image on the same
             # spacing and origin was "re-indexed" as a crop and trimmed the wrong voxels)
             raise ValueError(f"--image {image_path} is not on the probability map's grid ("
-                             + "; ".join(differences) + "): give the image that was segmented")
+                             + "; ".join(grid.geometry_differences(image))
+                             + "): give the image that was segmented")
         print(f"refine: note: the image {image_path} is stored in another orientation of the "
               "probability map's grid; re-indexed onto it", file=sys.stderr)
         image = moved

@@ -80,8 +80,9 @@ def model_arch(config: TrainConfig) -> dict:
 #: 20 logged steps
 LOG_WRITE_S = 15.0
 
-#: the files a run writes (and ``overwrite`` deletes first), besides its ``step_*.pt`` snapshots
+#: the files a run writes (and ``overwrite`` deletes first), besides its snapshots
 _RUN_FILES = ("log.csv", "log.json", "curves.png", "last.pt", "best.pt", "model.pt")
+_SNAPSHOTS = "step_*.pt"
 
 
 def run_folder_in_use(config: TrainConfig) -> bool:
@@ -109,7 +110,7 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
     init = config.init_model
     if (config.overwrite and init and init != "default" and out.is_dir()
             and Path(init).expanduser().resolve().parent == out.resolve()
-            and (Path(init).name in _RUN_FILES or fnmatch.fnmatch(Path(init).name, "step_*.pt"))):
+            and (Path(init).name in _RUN_FILES or fnmatch.fnmatch(Path(init).name, _SNAPSHOTS))):
         # an audit: --overwrite emptied the folder, then the model to start from was gone
         raise ValueError(f"init_model {init} is one of the files --overwrite would delete in "
                          f"{out}; copy it elsewhere first, or choose another --out")
@@ -118,7 +119,7 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
         for name in _RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
-        for snap in out.glob("step_*.pt"):
+        for snap in out.glob(_SNAPSHOTS):
             snap.unlink()
     return out
 
