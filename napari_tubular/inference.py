@@ -321,6 +321,9 @@ BONE_WINDOW_MM = 5.0
 #: in an image without negative values (not CT), when more than this share of all found voxels
 #: is above the bone level, they are the vessels (see _suppress_bone)
 BONE_MAJORITY = 0.25
+#: in an image without negative values, the bone level is at least this many times the median
+#: of the found voxels (see _suppress_bone)
+BONE_OVER_VESSELS = 2.0
 
 
 def _suppress_bone(probability, image, level: float, spacing, messages) -> float:
@@ -334,15 +337,34 @@ def _suppress_bone(probability, image, level: float, spacing, messages) -> float
     :data:`BONE_WINDOW_MM` across around it, at least :data:`BONE_SHARE` are above ``level``:
     a local decision, so a vessel that touches a rib loses only the part next to it (a whole
     component decision dropped a vessel tree merged with ribs), and calcified plaques (0-1 % of
-    a vessel's voxels above 700 HU in the audit) leave it alone."""
+    a vessel's voxels above 700 HU in the audit) leave it alone. In an image without a value
+    below 0 the level is at least :data:`BONE_OVER_VESSELS` times the median of the found
+    voxels (MR angiograms taken in HU)."""
     from scipy import ndimage
 
     found = probability > NO_REFINE_THRESHOLD
+    if not found.any():
+        return 0.0
+    not_ct = float(np.min(image)) >= 0.0
+    if not_ct:
+        # no voxel below 0: perhaps not CT. MR angiograms whose bulk lies in the soft-tissue
+        # range are taken in HU, and where a bias field lifts their vessels (median 570,
+        # a twentieth above 700) the bone step removed pieces of them (an outside audit: Dice
+        # 0.97 -> 0.88); bone is several times brighter than contrast-filled vessels
+        typical = float(np.median(image[found]))
+        if BONE_OVER_VESSELS * typical > level:
+            raised = BONE_OVER_VESSELS * typical
+            if bool(np.any(image[found] > level)):
+                _warn(f"bone level raised from {level:g} to {raised:.0f} ({BONE_OVER_VESSELS:g} "
+                      f"times the median of what the network found, {typical:.0f}) in an image "
+                      "without a value below 0 (perhaps not CT in HU; --bone-level off keeps "
+                      "everything)", messages)
+            level = raised
     bright = found & (image > level)
     if not bright.any():
         return 0.0
     n_found, n_bright = int(np.count_nonzero(found)), int(np.count_nonzero(bright))
-    if n_bright > BONE_MAJORITY * n_found and float(np.min(image)) >= 0.0:
+    if n_bright > BONE_MAJORITY * n_found and not_ct:
         # no voxel below 0 (no air, no fat, no noise around water: not CT) and most of what
         # was found brighter than bone: those are the vessels of an image in other units, e.g.
         # an MR angiogram whose background lies in the soft-tissue range (an outside audit got
