@@ -318,3 +318,18 @@ def test_batch_case_names_keep_their_spelling(tmp_path):
     assert [name for name, _, _ in pairs] == ["CT_Patient7"]
     pairs, _, _ = match_cases([tmp_path / "Liver.nii.gz"], [tmp_path / "Liver.nii.gz"])
     assert [name for name, _, _ in pairs] == ["Liver"]
+
+
+def test_batch_summary_leaves_missing_values_out():
+    """HD95 of a case with an empty mask is None: left out of the mean and the count, not
+    counted as 0 mm (a perfect score)."""
+    from napari_tubular._cli.evaluate import summarize
+
+    cases = [{"dice": 0.8, "hd95_mm": 3.0}, {"dice": 0.6, "hd95_mm": 5.0},
+             {"dice": 0.0, "hd95_mm": None}]
+    out = summarize(cases)
+    assert out["hd95_mm"] == {"mean": 4.0, "std": pytest.approx(np.sqrt(2.0)), "n": 2}
+    assert out["dice"]["n"] == 3
+    assert out["dice"]["mean"] == pytest.approx(1.4 / 3)
+    assert out["assd_mm"] == {"mean": None, "std": None, "n": 0}
+    assert summarize(cases[:1])["dice"] == {"mean": 0.8, "std": 0.0, "n": 1}

@@ -558,6 +558,25 @@ def test_bone_level_option_parses_numbers_and_off(capsys):
     assert "expected a number of HU or 'off'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    ((), {"overlap": 0.25, "bone_level": 700.0}),
+    (("--overlap", "0.5", "--batch-size", "3", "--bone-level", "off"),
+     {"overlap": 0.5, "batch_size": 3, "bone_level": None}),
+    (("--bone-level", "900"), {"bone_level": 900.0}),
+])
+def test_window_and_bone_options_reach_the_segmentation(tmp_path, model_file, volume_file,
+                                                        flags, expected):
+    """A review: dropping --overlap, --batch-size or --bone-level on their way from the command
+    line to ``segment()`` went unnoticed (only the parser was tested); the report records what
+    was used."""
+    out = tmp_path / "out"
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
+                "--quiet", *flags) == 0
+    params = json.loads((out / "case_07_report.json").read_text())["parameters"]
+    for key, value in expected.items():
+        assert params[key] == value, key
+
+
 def test_skip_existing_adds_new_cases_to_a_segmented_folder(tmp_path, model_file, volume_file,
                                                            capsys):
     """A folder segmented before and one new case: --skip-existing segments only the new one

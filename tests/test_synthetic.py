@@ -446,6 +446,30 @@ def test_make_tube(axis):
     assert len(c.edges) == len(c.centerline) - 1
 
 
+def test_make_tube_image_has_the_contrast_and_noise_asked_for():
+    """The image, not only the mask: tissue at TISSUE_HU, the axis ``contrast`` above it, the
+    noise std ``noise``; a tube thinner than a voxel gets its contrast diluted by its area."""
+    from napari_tubular.synthetic import TISSUE_HU
+
+    sp = (1.0, 0.5, 0.5)
+    c = make_tube((24, 48, 48), sp, radius_mm=4.0, axis=0, contrast=250.0, noise=12.0, seed=3)
+    zz, yy, xx = np.indices(c.image.shape)
+    d = np.hypot((yy - 23.5) * 0.5, (xx - 23.5) * 0.5)
+    assert c.image[d < 2.0].mean() == pytest.approx(TISSUE_HU + 250.0, abs=3.0)
+    far = d > 8.0
+    assert c.image[far].mean() == pytest.approx(TISSUE_HU, abs=1.5)
+    assert c.image[far].std() == pytest.approx(12.0, rel=0.05)
+    clean = make_tube((24, 48, 48), sp, radius_mm=4.0, contrast=250.0, noise=0.0)
+    assert clean.image[far].std() == 0.0
+    h = float(np.prod(sp) ** (1 / 3))
+    # axis through a voxel centre: that voxel's occupancy 0.5 + r / h, times the area ratio
+    thin = make_tube((24, 48, 48), sp, radius_mm=0.2, center_mm=(11.5, 12.0, 12.0),
+                     contrast=250.0)
+    peak = 250.0 * (0.5 + 0.2 / h) * np.pi * 0.2**2 / h**2
+    assert thin.image.max() - TISSUE_HU == pytest.approx(peak, rel=0.01)
+    assert peak < 0.3 * 250.0
+
+
 def test_make_tube_length_and_center():
     c = make_tube(
         (40, 32, 32), (1.0, 1.0, 1.0), radius_mm=3.0, axis=0, center_mm=(20, 15, 16), length=10
