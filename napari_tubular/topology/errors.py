@@ -3,9 +3,11 @@
 With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 
 1. ``missed centerline``: reference skeleton voxels outside the prediction, grouped into
-   26-connected pieces; a piece between two covered parts of the reference skeleton is a
-   ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``).
-2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks).
+   26-connected pieces; a piece between two covered parts of the reference skeleton (next to
+   two of them, or without an end of the skeleton: both sides one covered piece joined around
+   a loop) is a ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``).
+2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks;
+   "joins two reference components" when it merges two of them).
 3. ``spurious component``: a predicted 26-component that touches no reference voxel.
 4. ``missed component``: a reference 26-component that no predicted voxel touches.
 6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
@@ -350,8 +352,9 @@ def error_map(
         tolerance_vox: a missed (false) centerline piece whose every voxel lies within this
             many voxels (26-neighbour steps) of the prediction (reference) is a boundary
             deviation, not a site: a skeleton running one voxel outside the other mask's wall
-            or a tip one voxel longer; a missed piece that separates two predicted components
-            stays a break at any length. Counted in ``summary["within_tolerance"]``; 0 reports
+            or a tip one voxel longer; a missed piece that separates two predicted components,
+            a false piece that joins two reference components and a piece a Betti-1 error
+            runs through stay sites at any length. Counted in ``summary["within_tolerance"]``; 0 reports
             every piece (the strict coverage clDice uses).
 
     Returns:
@@ -383,7 +386,6 @@ def error_map(
     is_missed[missed] = True
     labels_c = labels[bbox]
     sites: list[ErrorSite] = []
-    tolerated = 0
     near_p = near_r = None
     if tolerance_vox:
         cube = np.ones((3, 3, 3), dtype=bool)
@@ -409,6 +411,11 @@ def error_map(
 
     # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
     site_of = np.full(labels_c.shape, -1, dtype=np.int32)
+    # centerline pieces within the tolerance: not sites, unless a Betti-1 error runs through
+    # one (the loop sites below promote it: an audit's 4 mm cut of a vessel on a reference
+    # loop, and a 2 mm gap bridged, were painted as whole 80-100 mm cycles 10-18 mm away)
+    held: list[tuple] = []  # (class, voxels, length mm, detail, weight)
+    held_of = np.full(labels_c.shape, -1, dtype=np.int32)
     # reference centerline not covered by the prediction
     g = g_ref = _Skel(sr_c, spacing)
     if g.n:
@@ -429,13 +436,28 @@ def error_map(
             comp = lab_p[tuple(g.coords[_first_of(covered, pairs[:, 1])].T)]
             comp_pairs = np.unique(np.stack([pairs[:, 0], comp], axis=1), axis=0)
             n_comp = np.bincount(comp_pairs[:, 0], minlength=n_pieces + 1)
+            # pieces with an end of the reference skeleton (a node of degree <= 1): a missed
+            # branch; a piece without one runs between covered parts everywhere it ends, also
+            # when both sides are one covered piece joined around a loop (an audit: a 4 mm cut
+            # of a vessel on a reference loop was a "missed branch")
+            has_tip = np.zeros(n_pieces + 1, dtype=bool)
+            has_tip[piece[g.degree() <= 1]] = True
+            contacts = _contacts(g, piece, in_pred) if near_p is not None else None
             for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
-                if near_p is not None and n_comp[k] <= 1 and near_p[tuple(vox.T)].all():
-                    tolerated += 1
+                is_break = n_adj[k] >= 2 or not has_tip[k]
+                # a break whose two sides the prediction joins only far away (around a loop,
+                # through a bridge) is a cut across the vessel, not a skeleton beside a
+                # narrow wall (an audit: a 4 mm cut with a bridge elsewhere had no site)
+                if (near_p is not None and n_comp[k] <= 1 and near_p[tuple(vox.T)].all()
+                        and not (is_break and _separated(pc, vox, contacts.get(k),
+                                                         tolerance_vox))):
+                    held_of[tuple(vox.T)] = len(held)
+                    held.append((MISSED_CENTERLINE, vox, lengths[k],
+                                 "break" if is_break else "missed branch",
+                                 _BREAK_WEIGHT if is_break else 1.0))
                     continue
                 labels_c[tuple(vox.T)] = MISSED_CENTERLINE
                 site_of[tuple(vox.T)] = len(sites)  # the index of the site appended below
-                is_break = n_adj[k] >= 2
                 sites.append(
                     _site(
                         MISSED_CENTERLINE,
@@ -456,29 +478,38 @@ def error_map(
         piece, n_pieces = g.pieces(out)
         if n_pieces:
             lengths = g.piece_lengths(piece, n_pieces)
+            # distinct reference components next to each false piece: 2+ = it joins them (two
+            # vessels merged: a Betti-0 error at any length; an audit's 2 mm gap bridged by
+            # the prediction had b0 error 1 and no site)
+            ref_comp = lab_r[tuple(g.coords.T)]
+            a = np.concatenate([piece[g.i], piece[g.j]])
+            b = np.concatenate([ref_comp[g.j], ref_comp[g.i]])
+            sel = (a > 0) & (b > 0)
+            pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+            n_joined = np.bincount(pairs[:, 0], minlength=n_pieces + 1)
+            in_ref = rc[tuple(g.coords.T)]
+            contacts = _contacts(g, piece, in_ref)
             for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
-                if near_r is not None and near_r[tuple(vox.T)].all():
-                    tolerated += 1
+                detail = "false branch / leak"
+                if n_joined[k] >= 2:
+                    detail += "; joins two reference components"
+                elif _separated(rc, vox, contacts.get(k), tolerance_vox):
+                    detail += "; bridges a gap of the reference"
+                elif near_r is not None and near_r[tuple(vox.T)].all():
+                    held_of[tuple(vox.T)] = len(held)
+                    held.append((FALSE_CENTERLINE, vox, lengths[k], detail, 1.0))
                     continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
                 site_of[tuple(vox.T)] = len(sites)
-                sites.append(
-                    _site(
-                        FALSE_CENTERLINE,
-                        vox,
-                        offset,
-                        spacing,
-                        voxel_mm3,
-                        lengths[k],
-                        "false branch / leak",
-                    )
-                )
+                sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3,
+                                   lengths[k], detail))
     # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
     loop_sites, unlocated = _loop_errors(labels_c, (g_pred, pc, lab_p, is_spurious),
                                          (g_ref, rc, lab_r, is_missed), offset, spacing,
-                                         tolerance_vox, sites, site_of)
+                                         tolerance_vox, sites, site_of, (held, held_of))
+    tolerated = sum(h is not None for h in held)  # those promoted are None
     sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
@@ -488,7 +519,8 @@ def error_map(
 MAX_LOOPS_LOCATED = 200
 
 
-def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of):
+def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of,
+                 held=None):
     """LOOP sites for the Betti-1 errors: loops of one mask that the other lacks.
 
     ``pred`` and ``ref`` are ``(skeleton graph, mask, component labels, component is a site)``
@@ -503,8 +535,14 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     located. ``sites`` and ``site_of`` (the index in ``sites`` of each centerline-error voxel,
     -1 elsewhere): a centerline site that explains a Betti-1 error says so in its ``detail``
     (an audit: "b1 error 1" beside "loop sites 0" and a false branch that did not say it closes
-    a loop). Returns ``(sites, Betti-1 errors without a located loop)``.
+    a loop). ``held``: ``(pieces, piece_of)``, the centerline pieces left out as within the
+    tolerance (``(class, voxels, length, detail, weight)``) and the index of the piece of each
+    of their voxels (-1 elsewhere): a loop to be placed that runs through one makes that piece
+    the site (the exact place: a short cut of a vessel on a reference loop, a narrow gap
+    bridged), and its entry becomes None. Returns ``(sites, Betti-1 errors without a located
+    loop)``.
     """
+    pieces, held_of = held if held is not None else ([], None)
     if all(betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
         return [], 0  # trees: nothing to locate (the common case, and the cheap one)
     unlocated = 0
@@ -542,17 +580,74 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
             # loops through a missed or false centerline piece first (a break of a reference
             # loop, a loop closed by a false branch: that piece's site already), then those
             # farthest from the other mask's loops
-            loops = [(bool(labels_c[tuple(vox.T)].any()), near_other[tuple(vox.T)].mean(), i,
-                      vox, steps) for i, vox, steps in by_component.get(cid, [])]
-            loops.sort(key=lambda item: (not item[0], item[1], item[2]))
-            for explained, _near, _i, vox, steps in loops[:excess]:
-                if explained:
+            # then those through a piece held as within the tolerance (promoted below)
+            loops = [(bool(labels_c[tuple(vox.T)].any()),
+                      held_of is not None and bool((held_of[tuple(vox.T)] >= 0).any()),
+                      near_other[tuple(vox.T)].mean(), i, vox, steps)
+                     for i, vox, steps in by_component.get(cid, [])]
+            loops.sort(key=lambda item: (not item[0], not item[1], item[2], item[3]))
+            for explained, _held, _near, _i, vox, steps in loops[:excess]:
+                if explained or (site_of[tuple(vox.T)] >= 0).any():
                     _note_loop(sites, site_of, vox, k)
+                    continue
+                piece = _held_piece(pieces, held_of, vox) if held_of is not None else None
+                if piece is not None:
+                    cls, pvox, length, pdetail, weight = pieces[piece]
+                    pieces[piece] = None
+                    note = "closes a loop" if k == 0 else "opens a reference loop"
+                    labels_c[tuple(pvox.T)] = cls
+                    site_of[tuple(pvox.T)] = len(sites) + len(out)
+                    out.append(_site(cls, pvox, offset, spacing, voxel_mm3, length,
+                                     f"{pdetail}; {note}", weight=weight))
                     continue
                 labels_c[tuple(vox.T)] = LOOP
                 out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
             unlocated += max(0, excess - len(loops))
     return out, unlocated
+
+
+def _contacts(g: _Skel, piece: np.ndarray, covered: np.ndarray) -> dict[int, np.ndarray]:
+    """For each piece id, the voxels (K, 3) of the covered skeleton nodes next to it."""
+    a = np.concatenate([piece[g.i], piece[g.j]])
+    b = np.concatenate([g.j, g.i])
+    sel = (a > 0) & covered[b]
+    if not sel.any():
+        return {}
+    pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+    cut = np.flatnonzero(np.diff(pairs[:, 0])) + 1
+    return {int(grp[0, 0]): g.coords[grp[:, 1]] for grp in np.split(pairs, cut)}
+
+
+def _separated(mask: np.ndarray, vox: np.ndarray, contacts, tolerance_vox: int) -> bool:
+    """Whether a centerline piece's covered neighbours (``contacts``) lie in two or more
+    26-components of ``mask`` within a box around the piece (``tolerance_vox + 2`` voxels
+    beyond it): the mask is cut across there, whatever joins it farther away. A skeleton
+    running beside a narrow wall keeps its contacts in one local component."""
+    if contacts is None or len(contacts) < 2:
+        return False
+    pts = np.concatenate([vox, contacts])
+    margin = tolerance_vox + 2
+    lo = np.maximum(pts.min(axis=0) - margin, 0)
+    hi = np.minimum(pts.max(axis=0) + margin + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    local = cc3d.connected_components(np.ascontiguousarray(mask[box]), connectivity=26)
+    found = local[tuple((contacts - lo).T)]
+    return np.unique(found[found > 0]).size >= 2
+
+
+def _held_piece(pieces, held_of, vox) -> int | None:
+    """The held piece (not yet promoted) with the most voxels on a loop's voxels, or None."""
+    idx = held_of[tuple(vox.T)]
+    idx = idx[idx >= 0]
+    if not idx.size:
+        return None
+    counts = np.bincount(idx)
+    for piece in np.argsort(-counts, kind="stable"):
+        if counts[piece] == 0:
+            break
+        if pieces[piece] is not None:
+            return int(piece)
+    return None
 
 
 def _note_loop(sites, site_of, vox, side: int) -> None:

@@ -218,8 +218,10 @@ def _loops(rep):
 
 def test_error_map_locates_a_loop_the_reference_does_not_have():
     """An audit: two parallel vessels bridged in the prediction gave Betti-1 error 1 and no site
-    (the bridge lies within the one-voxel tolerance of the reference, so no false centerline):
-    the loop is a site, on the loop."""
+    (the bridge lies within the one-voxel tolerance of the reference, so no false centerline).
+    Then the loop was the site, the whole 70 mm cycle (another audit: its centroid 14-18 mm
+    from the bridge); now the bridge's false centerline, held as within the tolerance, is the
+    site, where it is."""
     from napari_tubular.topology import betti_numbers
 
     shape = (16, 32, 60)
@@ -230,21 +232,92 @@ def test_error_map_locates_a_loop_the_reference_does_not_have():
     pred[6:11, 14:18, 39:42] = True  # a bridge across the 2-voxel gap: one loop
     assert betti_numbers(pred)[1] == 1
     rep = error_map(pred, ref, (1.0, 1.0, 1.0))
-    assert not [s for s in rep.sites if s.cls == 2]  # the bridge is within the tolerance
-    loops = _loops(rep)
-    assert len(loops) == 1
-    assert loops[0].detail == "loop the reference does not have"
-    z, y, x = loops[0].centroid_vox
-    assert 5 <= x <= 41  # between the joined end and the bridge
-    assert 12 <= y <= 19
-    assert rep.labels[loops[0].anchor_vox] == 6
-    assert rep.summary["counts"]["loop"] == 1
+    assert not _loops(rep)
+    bridge = "false branch / leak; bridges a gap of the reference; closes a loop"
+    assert [(s.cls, s.detail) for s in rep.sites] == [(2, bridge)]
+    z, y, x = rep.sites[0].centroid_vox
+    assert 39 <= x <= 41  # at the bridge
+    assert 13 <= y <= 18
+    assert rep.labels[rep.sites[0].anchor_vox] == 2
+    assert rep.summary["within_tolerance"] == 0
+    # strict (tolerance 0): the same site
+    strict = error_map(pred, ref, (1.0, 1.0, 1.0), tolerance_vox=0)
+    assert [(s.cls, s.detail) for s in strict.sites] == [(2, bridge)]
     # a loop closed by an arc well outside the reference: that false centerline is the site
     arc = ref | segment(shape, (8, 19, 30), (8, 30, 37), 1.5) | \
         segment(shape, (8, 30, 37), (8, 19, 44), 1.5)
     assert betti_numbers(arc)[1] == 1
     rep = error_map(arc, ref, (1.0, 1.0, 1.0))
     assert [(s.cls, s.detail) for s in rep.sites] == [(2, "false branch / leak; closes a loop")]
+
+
+def test_error_map_a_narrow_gap_bridged_is_a_merge_site():
+    """An outside audit: the prediction joins two reference vessels across a 2-voxel gap, a
+    Betti-0 error, and the joining piece was dropped as within the tolerance: no site at all.
+    A false piece between two reference components is a site at any length."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (16, 24, 60)
+    ref = segment(shape, (8, 12, 5), (8, 12, 25), 2.5) | segment(shape, (8, 12, 32), (8, 12, 54), 2.5)
+    pred = segment(shape, (8, 12, 5), (8, 12, 54), 2.5)
+    assert betti_numbers(ref)[0] == 2
+    assert betti_numbers(pred)[0] == 1
+    for tol in (0, 1, 2):
+        rep = error_map(pred, ref, (1.0, 1.0, 1.0), tolerance_vox=tol)
+        assert [(s.cls, s.detail) for s in rep.sites] == \
+            [(2, "false branch / leak; joins two reference components")], tol
+        assert 28 <= rep.sites[0].centroid_vox[2] <= 31
+    # swapped: the reference's missed piece separates two predicted components (as before)
+    rep = error_map(ref, pred, (1.0, 1.0, 1.0))
+    assert [(s.cls, s.detail) for s in rep.sites] == [(1, "break")]
+
+
+def test_error_map_a_short_cut_of_a_reference_loop_is_a_break_where_it_is():
+    """An outside audit: a cut of a vessel that lies on a reference loop, short enough for the
+    tolerance, left the two sides connected around the loop; the site was the whole cycle, its
+    centroid 10-17 mm from the cut (and a longer cut was a "missed branch"). The cut is the
+    site, a break that opens the reference loop."""
+    shape = (16, 32, 32)
+    ref = torus(shape, (7.5, 15.5, 15.5), 9.0, 2.5)
+    pred = ref.copy()
+    pred[:, 17:, 15:17] = False  # a 2-voxel cut of one side of the ring
+    for tol in (0, 1):
+        rep = error_map(pred, ref, (1.0, 1.0, 1.0), tolerance_vox=tol)
+        assert [(s.cls, s.detail) for s in rep.sites] == [(1, "break; opens a reference loop")]
+        z, y, x = rep.sites[0].centroid_vox
+        assert 14.5 <= x <= 16.5
+        assert y > 20
+        assert rep.summary["within_tolerance"] == 0
+    wide = ref.copy()
+    wide[:, 17:, 13:19] = False  # 6 voxels: beyond the tolerance, the same site
+    rep = error_map(wide, ref, (1.0, 1.0, 1.0))
+    assert [(s.cls, s.detail) for s in rep.sites] == [(1, "break; opens a reference loop")]
+
+
+def test_error_map_a_short_cut_joined_elsewhere_by_a_bridge_is_a_break():
+    """An outside audit's combined case: a short cut of one vessel (within the tolerance) whose
+    two sides a false bridge joins farther on; the Betti numbers cancel (trees both), and the
+    cut had no site. The prediction is cut across there: a break; the bridge is a site too."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (16, 32, 60)
+    ref = segment(shape, (8, 12, 5), (8, 12, 54), 2.5) | segment(shape, (8, 19, 5), (8, 19, 54), 2.5)
+    ref |= segment(shape, (8, 12, 5), (8, 19, 5), 2.5)
+    pred = ref.copy()
+    pred[:, :16, 29:31] = False  # a 2-voxel cut of the y = 12 vessel
+    pred[6:11, 14:18, 44:47] = True  # a bridge across the 2-voxel gap between the vessels
+    assert betti_numbers(pred)[:2] == betti_numbers(ref)[:2] == (1, 0)
+    rep = error_map(pred, ref, (1.0, 1.0, 1.0))
+    found = sorted((s.cls, s.detail, round(s.centroid_vox[2])) for s in rep.sites)
+    assert [f[:2] for f in found] == [(1, "break"),
+                                      (2, "false branch / leak; bridges a gap of the reference")]
+    assert 28 <= found[0][2] <= 31
+    assert 44 <= found[1][2] <= 47
+    # a skeleton beside a narrowed wall (one side of the vessel shaved) stays within tolerance
+    shaved = ref.copy()
+    shaved[:, :13, 25:35] = False  # the skeleton row y = 12 too
+    assert [s.cls for s in error_map(shaved, ref, (1.0, 1.0, 1.0), tolerance_vox=0).sites] == [1]
+    assert error_map(shaved, ref, (1.0, 1.0, 1.0)).sites == []
 
 
 def test_error_map_loops_present_in_both_are_no_sites():
