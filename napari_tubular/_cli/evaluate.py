@@ -51,7 +51,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("ref", type=Path, nargs="?",
                    help="reference mask/labels volume, or a folder of them; without it, the "
                    "reference-free self-check of PRED: components by size, small isolated "
-                   "components, loops (b1) and possible breaks, with --json/--errors/--sites")
+                   "components, loops (b1), cavities (b2) and possible breaks, with "
+                   "--json/--errors/--sites")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
     p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
     p.add_argument(
@@ -74,7 +75,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="VOXELS",
         help="--errors/--sites: centerline pieces within this many voxels of the other mask are "
         "boundary deviations, not error sites (default 1; 0 reports every piece, as clDice "
-        "counts them; a piece that separates two predicted components is always a break)",
+        "counts them; a piece that separates two predicted components or joins two "
+        "reference components, or that a loop error runs through, is always a site)",
     )
     p.add_argument(
         "--break-gap",

@@ -13,6 +13,9 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
    vessels merged, a bridge), or a reference loop the prediction lacks (its tunnel filled);
    loops located as in the self-check below, matched between the masks by nearness.
+8. ``cavity`` (Betti-2 errors): background enclosed by one mask (6-connected, not reaching the
+   volume's faces) where the other mask has no cavity; its voxels are the site. Centerline
+   voxels inside such a cavity belong to it (a hole in a vessel is not a break).
 
 Voxels of classes 1/2 that lie in a class-4/3 component belong to the component site only, so
 the classes never overlap (a loop through a missed or false centerline piece is that piece's
@@ -28,6 +31,7 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    already taken (sheet-like skeleton parts around cavities give many short trivial cycles,
    hence longest first). Loops left without a cycle are counted in
    ``summary["loops_unlocated"]``.
+8. ``cavity``: background enclosed by the mask (Betti-2; vessels have none).
 7. ``possible break``: a skeleton end point whose component's surface near it (within the
    local radius plus ``break_gap_mm``) comes within ``break_gap_mm`` of another component:
    the gap is the empty space between the two surfaces (the distance between the nearest two
@@ -83,15 +87,16 @@ ERROR_CLASSES: dict[int, tuple[str, tuple[float, float, float, float]]] = {
     6: ("loop", (0.10, 0.90, 0.60, 1.0)),  # green
     # white: the Segment panel's labels are cyan, and an audit read a cyan gap as labels
     7: ("possible break", (1.00, 1.00, 1.00, 1.0)),  # white
+    8: ("cavity", (0.60, 0.35, 0.10, 1.0)),  # brown
 }
 MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT = 1, 2, 3, 4
-SMALL_COMPONENT, LOOP, POSSIBLE_BREAK = 5, 6, 7
+SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY = 5, 6, 7, 8
 
 _WEIGHT = {MISSED_COMPONENT: 2.0, POSSIBLE_BREAK: 2.0, LOOP: 1.5}  # others 1
 _BREAK_WEIGHT = 2.0  # a missed-centerline piece that is a break
 _COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT,
-                    LOOP)
-_SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK)
+                    LOOP, CAVITY)
+_SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY)
 
 
 @dataclass
@@ -342,7 +347,7 @@ def error_map(
     skeleton_ref: np.ndarray | None = None,
     tolerance_vox: int = 1,
 ) -> ErrorReport:
-    """Spatial errors of a prediction against a reference (classes 1 to 4, and 6).
+    """Spatial errors of a prediction against a reference (classes 1 to 4, 6 and 8).
 
     Args:
         pred: binary mask or labels (non-zero = foreground), shape (Z, Y, X).
@@ -358,7 +363,7 @@ def error_map(
             every piece (the strict coverage clDice uses).
 
     Returns:
-        ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4, 6}.
+        ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4, 6, 8}.
 
     Raises:
         ValueError: shapes differ, bad spacing, non-binary input.
@@ -409,6 +414,18 @@ def error_map(
             labels_c[tuple(vox.T)] = cls
             sites.append(_site(cls, vox, offset, spacing, voxel_mm3, comp_len[cid]))
 
+    # cavities (Betti-2 errors) one mask has where the other has none (an audit: a cavity in
+    # a vessel had no site, or was a "break" of the reference centerline through it)
+    cav_p, cav_r = _cavities(pc), _cavities(rc)
+    hole_p = _unmatched_cavities(cav_p, cav_r)
+    hole_r = _unmatched_cavities(cav_r, cav_p)
+    for hole, note in ((hole_p, "cavity the reference does not have"),
+                       (hole_r, "reference cavity filled in the prediction")):
+        for _cid, vox in _components_voxels(hole, np.arange(1, int(hole.max()) + 1)):
+            labels_c[tuple(vox.T)] = CAVITY
+            sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0, note))
+    del cav_p, cav_r
+
     # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
     site_of = np.full(labels_c.shape, -1, dtype=np.int32)
     # centerline pieces within the tolerance: not sites, unless a Betti-1 error runs through
@@ -421,7 +438,7 @@ def error_map(
     if g.n:
         in_pred = pc[tuple(g.coords.T)]
         own_missed = is_missed[lab_r[tuple(g.coords.T)]]
-        miss = ~in_pred & ~own_missed
+        miss = ~in_pred & ~own_missed & (hole_p[tuple(g.coords.T)] == 0)
         piece, n_pieces = g.pieces(miss)
         if n_pieces:
             covered, _ = g.pieces(in_pred)
@@ -474,7 +491,8 @@ def error_map(
     # predicted centerline outside the reference
     g = g_pred = _Skel(sp_c, spacing)
     if g.n:
-        out = ~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
+        out = (~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
+               & (hole_r[tuple(g.coords.T)] == 0))
         piece, n_pieces = g.pieces(out)
         if n_pieces:
             lengths = g.piece_lengths(piece, n_pieces)
@@ -604,6 +622,30 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
             unlocated += max(0, excess - len(loops))
     return out, unlocated
+
+
+def _cavities(mask: np.ndarray) -> np.ndarray:
+    """Labels (int32, 0 elsewhere) of the background components a mask (a crop) encloses:
+    6-connected, not reaching the crop's faces (the crop is the masks' bounding box, so what
+    reaches its faces is open to the outside or to the volume's faces, as Betti-2 counts)."""
+    bg = np.pad(~mask, 1, constant_values=True)
+    lab = cc3d.connected_components(bg, connectivity=6)
+    outside = lab[0, 0, 0]
+    lab[lab == outside] = 0
+    lab[lab > outside] -= 1  # ids 1..n again
+    return np.ascontiguousarray(lab[1:-1, 1:-1, 1:-1]).astype(np.int32)
+
+
+def _unmatched_cavities(cav: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``cav`` relabelled 1..n with only its cavities that meet no cavity of ``other``."""
+    n = int(cav.max())
+    if n == 0:
+        return cav
+    matched = np.bincount(cav[(cav > 0) & (other > 0)], minlength=n + 1) > 0
+    keep = np.zeros(n + 1, dtype=np.int32)
+    ids = np.flatnonzero(~matched[1:]) + 1
+    keep[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return keep[cav]
 
 
 def _contacts(g: _Skel, piece: np.ndarray, covered: np.ndarray) -> dict[int, np.ndarray]:
@@ -778,7 +820,7 @@ def self_check(
     small_fraction: float = 0.05,
     break_gap_mm: float = 5.0,
 ) -> ErrorReport:
-    """Review a segmentation without a reference (classes 5 to 7, plus the component list).
+    """Review a segmentation without a reference (classes 5 to 8, plus the component list).
 
     Args:
         mask: binary mask or labels (non-zero = foreground), shape (Z, Y, X).
@@ -856,6 +898,14 @@ def self_check(
     for cid, vox, steps in loops:
         labels_c[tuple(vox.T)] = LOOP
         sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}"))
+
+    # cavities (Betti-2): vessels enclose no background
+    cav = _cavities(mc)
+    for _cid, vox in _components_voxels(cav, np.arange(1, int(cav.max()) + 1)):
+        labels_c[tuple(vox.T)] = CAVITY
+        sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0,
+                           "background enclosed by the mask"))
+    del cav
 
     # possible breaks: end points whose surface comes near another component
     if g.n and n > 1 and break_gap_mm > 0:

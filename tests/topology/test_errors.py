@@ -320,6 +320,34 @@ def test_error_map_a_short_cut_joined_elsewhere_by_a_bridge_is_a_break():
     assert error_map(shaved, ref, (1.0, 1.0, 1.0)).sites == []
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 0.6, 0.6)])
+def test_error_map_and_self_check_locate_cavities(spacing):
+    """An outside audit: a cavity inside a thick vessel (a Betti-2 error) had no site on one
+    grid and was a missed-centerline "break" (swapped: a "false branch") on another, although
+    the vessel is intact. It is a cavity site, its voxels the cavity."""
+    from napari_tubular.topology import betti_numbers
+
+    shape = (20, 24, 48)
+    ref = segment(shape, (10, 12, 4), (10, 12, 44), 4.5)
+    hole = ball(shape, (10, 12, 24), 2.0)
+    pred = ref & ~hole
+    assert betti_numbers(pred) == (1, 0, 1)
+    rep = error_map(pred, ref, spacing, tolerance_vox=0)
+    assert [(s.cls, s.detail) for s in rep.sites] == [(8, "cavity the reference does not have")]
+    assert rep.sites[0].size_vox == int(hole.sum())
+    assert set(np.unique(rep.labels[hole])) == {8}
+    assert rep.summary["counts"]["cavity"] == 1
+    swapped = error_map(ref, pred, spacing)
+    assert [(s.cls, s.detail) for s in swapped.sites] == \
+        [(8, "reference cavity filled in the prediction")]
+    # both have it (a voxel apart): no site
+    assert error_map(np.roll(pred, 1, axis=2), pred, spacing).sites == []
+    check = self_check(pred, spacing)
+    assert [(s.cls, s.size_vox) for s in check.sites] == [(8, int(hole.sum()))]
+    assert check.summary["betti"] == [1, 0, 1]
+    assert self_check(ref, spacing).sites == []
+
+
 def test_error_map_loops_present_in_both_are_no_sites():
     """A reference with two loops (two rings) predicted a voxel off: no loop site; with one
     ring's hole filled in the prediction: one site, on that ring."""
