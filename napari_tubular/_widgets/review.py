@@ -399,10 +399,10 @@ class TopologyReviewWidget(QWidget):
         return rows
 
     def _class_applies(self, cid: int) -> bool:
-        # error_map reports classes 1-4 and loops (6), self_check 5-7
-        from napari_tubular.topology.errors import LOOP
+        # error_map reports classes 1-4, loops (6) and cavities (8), self_check 5-8
+        from napari_tubular.topology.errors import CAVITY, LOOP
 
-        return cid == LOOP or (cid <= 4) == bool(self.metrics)
+        return cid in (LOOP, CAVITY) or (cid <= 4) == bool(self.metrics)
 
     def _fill_table(self) -> None:
         rows = self.table_rows()

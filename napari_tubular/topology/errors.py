@@ -318,7 +318,9 @@ def _components_voxels(labels: np.ndarray, ids: np.ndarray):
     """(component id, voxel coords) for each id, via one pass over the label volume."""
     if len(ids) == 0:
         return []
-    index = np.zeros(int(labels.max()) + 1, dtype=np.int64)  # component id -> 1..len(ids)
+    # component id -> 1..len(ids), in the smallest type: ``index[labels]`` is a full-volume
+    # temporary (int64: 1.3 GB for a 600 x 512 x 512 crop, an audit)
+    index = np.zeros(int(labels.max()) + 1, dtype=np.min_scalar_type(len(ids)))
     index[ids] = np.arange(1, len(ids) + 1)
     coords = np.argwhere(index[labels] > 0)
     groups = _groups(coords, index[labels[tuple(coords.T)]], len(ids))
@@ -417,14 +419,24 @@ def error_map(
     # cavities (Betti-2 errors) one mask has where the other has none (an audit: a cavity in
     # a vessel had no site, or was a "break" of the reference centerline through it)
     cav_p, cav_r = _cavities(pc), _cavities(rc)
-    hole_p = _unmatched_cavities(cav_p, cav_r)
-    hole_r = _unmatched_cavities(cav_r, cav_p)
-    for hole, note in ((hole_p, "cavity the reference does not have"),
-                       (hole_r, "reference cavity filled in the prediction")):
-        for _cid, vox in _components_voxels(hole, np.arange(1, int(hole.max()) + 1)):
-            labels_c[tuple(vox.T)] = CAVITY
+    in_hole = []
+    for cav, other, lab, is_site, note in (
+            (cav_p, cav_r, lab_p, is_spurious, "cavity the reference does not have"),
+            (cav_r, cav_p, lab_r, is_missed, "reference cavity filled in the prediction")):
+        keep = _unmatched_cavities(cav, other)
+        for cid, vox in _components_voxels(cav, np.flatnonzero(keep)):
+            # the component around it: the voxel before its first one along x is that
+            # component's (two background components are never 6-neighbours); a spurious /
+            # missed component is a site already, hollow or not (a review)
+            first = vox[np.argmin(vox[:, 2])]
+            if is_site[lab[first[0], first[1], first[2] - 1]]:
+                keep[cid] = False
+                continue
+            free = labels_c[tuple(vox.T)] == 0
+            labels_c[tuple(vox[free].T)] = CAVITY
             sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0, note))
-    del cav_p, cav_r
+        in_hole.append(keep)  # by cavity id: the centerline in it is the cavity's
+    (hole_p, hole_r), (cav_ids_p, cav_ids_r) = in_hole, (cav_p, cav_r)
 
     # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
     site_of = np.full(labels_c.shape, -1, dtype=np.int32)
@@ -432,13 +444,12 @@ def error_map(
     # one (the loop sites below promote it: an audit's 4 mm cut of a vessel on a reference
     # loop, and a 2 mm gap bridged, were painted as whole 80-100 mm cycles 10-18 mm away)
     held: list[tuple] = []  # (class, voxels, length mm, detail, weight)
-    held_of = np.full(labels_c.shape, -1, dtype=np.int32)
     # reference centerline not covered by the prediction
     g = g_ref = _Skel(sr_c, spacing)
     if g.n:
         in_pred = pc[tuple(g.coords.T)]
         own_missed = is_missed[lab_r[tuple(g.coords.T)]]
-        miss = ~in_pred & ~own_missed & (hole_p[tuple(g.coords.T)] == 0)
+        miss = ~in_pred & ~own_missed & ~hole_p[cav_ids_p[tuple(g.coords.T)]]
         piece, n_pieces = g.pieces(miss)
         if n_pieces:
             covered, _ = g.pieces(in_pred)
@@ -468,7 +479,6 @@ def error_map(
                 if (near_p is not None and n_comp[k] <= 1 and near_p[tuple(vox.T)].all()
                         and not (is_break and _separated(pc, vox, contacts.get(k),
                                                          tolerance_vox))):
-                    held_of[tuple(vox.T)] = len(held)
                     held.append((MISSED_CENTERLINE, vox, lengths[k],
                                  "break" if is_break else "missed branch",
                                  _BREAK_WEIGHT if is_break else 1.0))
@@ -492,7 +502,7 @@ def error_map(
     g = g_pred = _Skel(sp_c, spacing)
     if g.n:
         out = (~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
-               & (hole_r[tuple(g.coords.T)] == 0))
+               & ~hole_r[cav_ids_r[tuple(g.coords.T)]])
         piece, n_pieces = g.pieces(out)
         if n_pieces:
             lengths = g.piece_lengths(piece, n_pieces)
@@ -514,7 +524,6 @@ def error_map(
                 elif _separated(rc, vox, contacts.get(k), tolerance_vox):
                     detail += "; bridges a gap of the reference"
                 elif near_r is not None and near_r[tuple(vox.T)].all():
-                    held_of[tuple(vox.T)] = len(held)
                     held.append((FALSE_CENTERLINE, vox, lengths[k], detail, 1.0))
                     continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
@@ -526,7 +535,8 @@ def error_map(
     # reference), or a reference loop filled in
     loop_sites, unlocated = _loop_errors(labels_c, (g_pred, pc, lab_p, is_spurious),
                                          (g_ref, rc, lab_r, is_missed), offset, spacing,
-                                         tolerance_vox, sites, site_of, (held, held_of))
+                                         tolerance_vox, sites, site_of, held)
+    del cav_p, cav_r
     tolerated = sum(h is not None for h in held)  # those promoted are None
     sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
@@ -553,24 +563,29 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     located. ``sites`` and ``site_of`` (the index in ``sites`` of each centerline-error voxel,
     -1 elsewhere): a centerline site that explains a Betti-1 error says so in its ``detail``
     (an audit: "b1 error 1" beside "loop sites 0" and a false branch that did not say it closes
-    a loop). ``held``: ``(pieces, piece_of)``, the centerline pieces left out as within the
-    tolerance (``(class, voxels, length, detail, weight)``) and the index of the piece of each
-    of their voxels (-1 elsewhere): a loop to be placed that runs through one makes that piece
+    a loop). ``held``: the centerline pieces left out as within the tolerance (``(class,
+    voxels, length, detail, weight)``): a loop to be placed that runs through one makes that piece
     the site (the exact place: a short cut of a vessel on a reference loop, a narrow gap
     bridged), and its entry becomes None. Returns ``(sites, Betti-1 errors without a located
     loop)``.
     """
-    pieces, held_of = held if held is not None else ([], None)
+    pieces = held if held is not None else []
     if all(betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
         return [], 0  # trees: nothing to locate (the common case, and the cheap one)
+    held_of = None
+    if pieces:
+        held_of = np.full(labels_c.shape, -1, dtype=np.int32)
+        for index, (_cls, vox, _length, _detail, _weight) in enumerate(pieces):
+            held_of[tuple(vox.T)] = index
     unlocated = 0
     voxel_mm3 = float(np.prod(spacing))
     reach = np.ones((3, 3, 3), dtype=bool)
     sides = []
-    for g, _mask, lab, _is_site in (pred, ref):
+    for g, _mask, lab, is_site in (pred, ref):
         boxes = ndimage.find_objects(lab)
         node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
-        found, _, b1 = _loops(g, lab, node_comp, spacing, boxes, max_b1=MAX_LOOPS_LOCATED)
+        found, _, b1 = _loops(g, lab, node_comp, spacing, boxes, max_b1=MAX_LOOPS_LOCATED,
+                              skip=is_site)
         sides.append((found, b1, boxes))
     near = []
     for found, _b1, _boxes in sides:
@@ -606,7 +621,9 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
             loops.sort(key=lambda item: (not item[0], not item[1], item[2], item[3]))
             for explained, _held, _near, _i, vox, steps in loops[:excess]:
                 if explained or (site_of[tuple(vox.T)] >= 0).any():
-                    _note_loop(sites, site_of, vox, k)
+                    # (site_of may point at a piece promoted here, in ``out``: a review's
+                    # IndexError when a second loop ran through it)
+                    _note_loop(sites + out, site_of, vox, k)
                     continue
                 piece = _held_piece(pieces, held_of, vox) if held_of is not None else None
                 if piece is not None:
@@ -625,27 +642,29 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
 
 
 def _cavities(mask: np.ndarray) -> np.ndarray:
-    """Labels (int32, 0 elsewhere) of the background components a mask (a crop) encloses:
-    6-connected, not reaching the crop's faces (the crop is the masks' bounding box, so what
-    reaches its faces is open to the outside or to the volume's faces, as Betti-2 counts)."""
+    """Labels (the smallest unsigned type, 0 elsewhere) of the background components a mask (a crop)
+    encloses: 6-connected, not reaching the crop's faces (the crop is the masks' bounding box,
+    so what reaches its faces is open to the outside or to the volume's faces, as Betti-2
+    counts)."""
     bg = np.pad(~mask, 1, constant_values=True)
     lab = cc3d.connected_components(bg, connectivity=6)
+    del bg
     outside = lab[0, 0, 0]
     lab[lab == outside] = 0
     lab[lab > outside] -= 1  # ids 1..n again
-    return np.ascontiguousarray(lab[1:-1, 1:-1, 1:-1]).astype(np.int32)
+    # the smallest type (most masks have no cavity): a 300 x 512 x 512 crop held two uint32
+    # label volumes, 0.6 GB more at the peak of an audit's evaluate
+    return np.ascontiguousarray(lab[1:-1, 1:-1, 1:-1], dtype=np.min_scalar_type(int(lab.max())))
 
 
 def _unmatched_cavities(cav: np.ndarray, other: np.ndarray) -> np.ndarray:
-    """``cav`` relabelled 1..n with only its cavities that meet no cavity of ``other``."""
+    """Bool per cavity id of ``cav`` (index 0: False): the cavities that meet no cavity of
+    ``other``."""
     n = int(cav.max())
-    if n == 0:
-        return cav
-    matched = np.bincount(cav[(cav > 0) & (other > 0)], minlength=n + 1) > 0
-    keep = np.zeros(n + 1, dtype=np.int32)
-    ids = np.flatnonzero(~matched[1:]) + 1
-    keep[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
-    return keep[cav]
+    keep = np.zeros(n + 1, dtype=bool)
+    if n:
+        keep[1:] = np.bincount(cav[(cav > 0) & (other > 0)], minlength=n + 1)[1:] == 0
+    return keep
 
 
 def _contacts(g: _Skel, piece: np.ndarray, covered: np.ndarray) -> dict[int, np.ndarray]:
@@ -711,25 +730,24 @@ def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # without a reference
 # ---------------------------------------------------------------------------------------------
-def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
+def _fundamental_cycles(g: _Skel, nodes: np.ndarray, graph=None) -> list[np.ndarray]:
     """Non-trivial fundamental cycles (index arrays into g.coords) of one graph component.
 
     BFS tree from the first node; each non-tree edge closes one cycle (the two tree paths to
     their lowest common ancestor). Cycles whose voxels fit in a 2x2x2 block are contractible
     (their cubes share a lattice point) and are dropped: they come from 26-adjacency cliques.
+    ``graph``: the skeleton's CSR adjacency (``g.i -> g.j``) when the caller has it; the work
+    is on the component's own subgraph, so a call costs its size, not the skeleton's (one call
+    per component over the whole graph was quadratic: 16,000 rings took 24 s, an audit).
     """
-    n = g.n
-    graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(n, n)).tocsr()
-    order, pred = breadth_first_order(
-        graph, int(nodes[0]), directed=False, return_predecessors=True
-    )
-    depth = np.zeros(n, dtype=np.int64)
+    if graph is None:
+        graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
+    sub = graph[nodes][:, nodes].tocoo()  # local indices 0..len(nodes) - 1
+    ei, ej = sub.row, sub.col
+    order, pred = breadth_first_order(sub.tocsr(), 0, directed=False, return_predecessors=True)
+    depth = np.zeros(len(nodes), dtype=np.int64)
     for v in order[1:]:
         depth[v] = depth[pred[v]] + 1
-    in_comp = np.zeros(n, dtype=bool)
-    in_comp[order] = True
-    sel = in_comp[g.i]
-    ei, ej = g.i[sel], g.j[sel]
     tree = (pred[ei] == ej) | (pred[ej] == ei)
     cycles = []
     for u, v in zip(ei[~tree], ej[~tree]):
@@ -742,7 +760,7 @@ def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
             else:
                 b = int(pred[b])
                 pv.append(b)
-        cyc = np.array(pu + pv[-2::-1], dtype=np.int64)
+        cyc = nodes[np.array(pu + pv[-2::-1], dtype=np.int64)]
         c = g.coords[cyc]
         if np.all(c.max(axis=0) - c.min(axis=0) <= 1):
             continue
@@ -751,7 +769,7 @@ def _fundamental_cycles(g: _Skel, nodes: np.ndarray) -> list[np.ndarray]:
 
 
 def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
-           max_b1: int | None = None):
+           max_b1: int | None = None, skip: np.ndarray | None = None):
     """The loops of a mask: exact ``b1`` per 26-component (Euler recipe), located on the
     longest fundamental cycles of its skeleton graph (``g``), skipping a cycle that shares more
     than half its voxels with one already taken. Returns ``([(component id, cycle voxels
@@ -759,24 +777,30 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
     whose skeleton has a cycle; skeleton voxels outside the mask are passed over). ``boxes``:
     the bounding box of component ``c`` at index ``c - 1`` (``scipy.ndimage.find_objects``). A
     component whose ``b1`` exceeds ``max_b1`` is counted, not located (a lattice of thousands
-    of loops took minutes, a review)."""
+    of loops took minutes, a review). ``skip``: bool per component id, components left out
+    (neither counted nor located: a comparison's spurious / missed components)."""
     out: list = []
     unlocated = 0
     b1_of: dict[int, int] = {}
     if not g.n:
         return out, unlocated, b1_of
     sp = np.asarray(spacing, dtype=np.float64)
-    graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n))
+    graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
     n_gc, gcomp = connected_components(graph, directed=False)
     n_nodes = np.bincount(gcomp, minlength=n_gc)
     n_edges = np.bincount(gcomp[g.i], minlength=n_gc)
     cyclic = np.flatnonzero(n_edges - n_nodes + 1 > 0)
     if not cyclic.size:
         return out, unlocated, b1_of
+    # the nodes of each graph component, grouped once (a scan per component was quadratic)
+    by_gc = np.argsort(gcomp, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(n_nodes)])
     for gc in cyclic:
-        nodes = np.flatnonzero(gcomp == gc)
+        nodes = by_gc[starts[gc]:starts[gc + 1]]
         cid = int(node_comp[nodes[0]])
         if cid <= 0:  # a skeleton given with voxels outside its mask (a review: IndexError)
+            continue
+        if skip is not None and skip[cid]:
             continue
         if cid not in b1_of:
             b1_of[cid] = int(betti_numbers(lab[boxes[cid - 1]] == cid)[1])
@@ -784,7 +808,7 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         if max_b1 is not None and b1 > max_b1:
             unlocated += b1
             continue
-        cycles = _fundamental_cycles(g, nodes)
+        cycles = _fundamental_cycles(g, nodes, graph)
         if not cycles:
             continue
         # which picked cycles each voxel is on: the overlap of a candidate with every picked
@@ -894,7 +918,8 @@ def self_check(
 
     # loops: exact b1 per component, located on fundamental cycles of the skeleton graph
     # cc3d's boxes, indexed by component id (0: the background)
-    loops, unlocated, _ = _loops(g, lab, node_comp, spacing, stats["bounding_boxes"][1:])
+    loops, unlocated, _ = _loops(g, lab, node_comp, spacing, stats["bounding_boxes"][1:],
+                                 max_b1=MAX_LOOPS_LOCATED)
     for cid, vox, steps in loops:
         labels_c[tuple(vox.T)] = LOOP
         sites.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, f"component {rank[cid]}"))

@@ -348,6 +348,56 @@ def test_error_map_and_self_check_locate_cavities(spacing):
     assert self_check(ref, spacing).sites == []
 
 
+def test_error_map_one_held_piece_closing_two_loops():
+    """A review: a false piece within the tolerance that closes two loops (a bar across the tips
+    of an "E") raised IndexError (the second loop's note looked for the promoted site in the
+    list it had not joined yet). One site, that closes a loop, at every tolerance."""
+    ref = np.zeros((11, 12, 12), bool)
+    ref[5, 2, 2:7] = True
+    for x in (2, 4, 6):
+        ref[5, 2:5, x] = True
+    pred = ref.copy()
+    pred[5, 5, 2:7] = True
+    for tol in (0, 1, 2):
+        rep = error_map(pred, ref, (1.0, 1.0, 1.0), skeleton_pred=pred, skeleton_ref=ref,
+                        tolerance_vox=tol)
+        assert [(s.cls, s.detail) for s in rep.sites] == \
+            [(2, "false branch / leak; closes a loop")], tol
+
+
+def test_cavities_of_spurious_or_missed_components_are_theirs():
+    """A review: a hollow spurious component was a spurious site and a cavity site, and a
+    reference blob inside a predicted shell lost its class-4 voxels to the cavity's paint."""
+    shape = (24, 24, 48)
+    ref = segment(shape, (12, 12, 4), (12, 12, 20), 3.0)
+    shell = ball(shape, (12, 12, 36), 6.0) & ~ball(shape, (12, 12, 36), 3.5)
+    rep = error_map(ref | shell, ref, (1.0, 1.0, 1.0))
+    assert [s.cls for s in rep.sites] == [3]
+    swapped = error_map(ref, ref | shell, (1.0, 1.0, 1.0))
+    assert [s.cls for s in swapped.sites] == [4]
+    blob = ball(shape, (12, 12, 36), 2.0)
+    both = error_map(ref | shell, ref | blob, (1.0, 1.0, 1.0))
+    assert sorted(s.cls for s in both.sites) == [3, 4]
+    assert (both.labels[blob] == 4).all()
+
+
+def test_self_check_counts_the_loops_of_a_lattice_instead_of_locating_them():
+    """An audit: a lattice of tens of thousands of loops took 75 s in the self-check, which had
+    no cap (the comparison's is MAX_LOOPS_LOCATED): loops over the cap are counted as
+    unlocated, none is a site."""
+    from napari_tubular.topology.errors import MAX_LOOPS_LOCATED
+
+    m = np.zeros((15, 15, 15), bool)
+    m[::2, ::2, :] = True
+    m[::2, :, ::2] = True
+    m[:, ::2, ::2] = True
+    rep = self_check(m, (1.0, 1.0, 1.0))
+    b1 = rep.summary["betti"][1]
+    assert b1 > MAX_LOOPS_LOCATED
+    assert rep.summary["loops_unlocated"] == b1
+    assert rep.summary["counts"]["loop"] == 0
+
+
 def test_error_map_loops_present_in_both_are_no_sites():
     """A reference with two loops (two rings) predicted a voxel off: no loop site; with one
     ring's hole filled in the prediction: one site, on that ring."""
