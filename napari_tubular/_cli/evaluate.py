@@ -385,6 +385,15 @@ def _check_outputs(args, *, batch: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # commands
 # ---------------------------------------------------------------------------------------------
+def _site_counts(report) -> str:
+    """Sites per class, and the loops counted but not located (a lattice of thousands)."""
+    counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
+    unlocated = int(report.summary.get("loops_unlocated") or 0)
+    if unlocated:
+        counts += f" (and {unlocated} loop(s) counted, not located)"
+    return counts
+
+
 def _run_single(args) -> int:
     _check_outputs(args, batch=False)
     metrics, report, rv = _evaluate(args.pred, args.ref, args, args.errors)
@@ -393,8 +402,7 @@ def _run_single(args) -> int:
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {_fmt(v)}")
     if report is not None:
-        counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
-        print(f"error sites: {counts}")
+        print(f"error sites: {_site_counts(report)}")
         _print_sites(report, rv.affine())
     if args.errors is not None:
         print(f"wrote {args.errors}")
@@ -504,8 +512,7 @@ def _run_self_check(args) -> int:
         print(f"    #{c.id:<3} {c.volume_ml:9.4f} mL  centerline {c.length_mm:7.1f} mm")
     if len(report.components) > 10:
         print(f"    ... {len(report.components) - 10} more")
-    counts = ", ".join(f"{n} {k}" for k, n in report.summary["counts"].items())
-    print(f"review sites: {counts}")
+    print(f"review sites: {_site_counts(report)}")
     rows = _print_sites(report, pv.affine())
     if args.errors is not None:
         write_volume(args.errors, report.labels, reference=pv, overwrite=args.overwrite)
