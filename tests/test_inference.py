@@ -907,6 +907,41 @@ def test_bone_step_spares_bias_lifted_vessels_of_an_image_without_negative_value
     assert (prob3 == (vessel | block)).all()
 
 
+def test_air_edge_step_removes_tissue_beside_air_and_keeps_vessels(rng):
+    """What the network found along a body's edge against air (tissue at the tissue level) is
+    removed with the low-contrast region it belongs to; a contrast-filled vessel touching the
+    edge and a 40 HU vessel in air-dark lung parenchyma (no tissue around it to compare with)
+    are kept."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import _suppress_air_edges
+
+    zz, yy, xx = np.mgrid[:24, :96, :96].astype(float)
+    r = np.hypot(yy - 48, xx - 48)
+    body = r <= 30
+    lung = np.hypot(yy - 48, xx - 40) <= 12  # a lung inside the body
+    img = np.where(body, 40.0, -1000.0)
+    img[lung] = -850.0
+    rim = body & (r > 26) & (xx < 48)  # half the outline, 4 voxels deep
+    vessel = np.hypot(yy - 48, xx - 75.0) <= 2.0  # a voxel of tissue from the air
+    lung_vessel = np.hypot(yy - 48, xx - 40) <= 2.0
+    img[vessel] = 340.0
+    img[lung_vessel] = 40.0
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, 10, img.shape)
+    prob = (rim | vessel | lung_vessel).astype(np.float32)
+    messages: list = []
+    with pytest.warns(UserWarning, match="body's edge"):
+        ml = _suppress_air_edges(prob, img, (1.0, 1.0, 1.0), messages)
+    assert ml == pytest.approx(rim.sum() / 1000.0, rel=0.05)
+    assert (prob[rim] == 0).mean() > 0.95
+    assert (prob[vessel] == 1).all()
+    assert (prob[lung_vessel] == 1).all()
+    # no air: nothing to do
+    prob2 = rim.astype(np.float32)
+    assert _suppress_air_edges(prob2, np.where(body, 40.0, -100.0), (1.0, 1.0, 1.0), []) == 0.0
+    assert (prob2 == rim).all()
+
+
 def test_8_bit_exports_with_a_black_border_are_rescaled(rng):
     """An audit: an 8-bit windowed export whose clipped air touches the border was taken for
     padding, filled in a float32 copy, and then never seen as 8-bit (read as HU, bone level
