@@ -6,7 +6,7 @@ skull-stripped MR). The network has never seen such a cliff next to soft tissue,
 a band 0-15 mm inside the rim as vessel (an outside audit: 21.9 mL of "vessels" in a
 vessel-free volume cut by a circular field of view; a 6,686-voxel false tube along the rim of a
 300 x 400 x 400 CT). :func:`padding_mask` finds the padding, :func:`fill_padding` replaces it
-with intensities drawn from the band just inside it (the network sees tissue continuing
+with the image just inside it continued outwards (the network sees tissue, or air, continuing
 there), and inference sets the probability to 0 on it.
 
 What counts as padding: one exact value held by a solid region that touches the volume's
@@ -32,8 +32,10 @@ MIN_SOLID = 0.8
 DARK_PERCENTILE = 2.0
 #: candidate values: the minimum and the most frequent value of a subsample of this size
 _SAMPLE = 2_000_000
-#: the band just inside the padding whose intensities fill it (voxels)
+#: the band just inside the padding whose intensities bound the fill (voxels)
 BAND_VOXELS = 3
+#: the fill continues the local mean of the image at this scale (voxels)
+FILL_SIGMA_VOXELS = 2.0
 
 
 def _candidates(image: np.ndarray) -> list[float]:
@@ -90,19 +92,48 @@ def padding_mask(image: np.ndarray) -> tuple[np.ndarray, float] | None:
 
 
 def fill_padding(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarray:
-    """A float32 copy of ``image`` with the ``mask`` voxels drawn (uniformly, independently)
-    from the intensities of the band of :data:`BAND_VOXELS` voxels just inside the padding,
-    clipped to that band's 5th-95th percentiles (a bright vessel cut by the rim does not spread
-    into the fill)."""
+    """A float32 copy of ``image`` whose ``mask`` voxels continue the image just inside the
+    padding: per slice along the first axis, each padded voxel takes the local mean (Gaussian,
+    sigma :data:`FILL_SIGMA_VOXELS`, over non-padded voxels) at the nearest non-padded voxel,
+    clipped to the 5th-95th percentiles of the band of :data:`BAND_VOXELS` voxels inside the
+    padding (a bright vessel cut by the rim does not spread), plus noise drawn from that band's
+    residuals. (Values drawn from the whole band at random, as before, mixed air and tissue
+    where the field of view cuts the body: salt-and-pepper noise of 1000 HU, which the network
+    took for vessels deep in the tissue, 3.5-17.5 mL and Dice 0.97 -> 0.48, an outside audit.)
+    Slices that are all padding take values drawn from the band."""
     from scipy import ndimage
 
     out = np.array(image, dtype=np.float32, copy=True)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return out
     band = ndimage.binary_dilation(mask, iterations=BAND_VOXELS) & ~mask
     values = out[band]
     if values.size == 0:
         values = out[~mask]
-    lo, hi = np.percentile(values, [5.0, 95.0])
-    values = np.clip(values, lo, hi)
+    lo, hi = (float(v) for v in np.percentile(values, [5.0, 95.0]))
     rng = np.random.default_rng(seed)
-    out[mask] = rng.choice(values, size=int(np.count_nonzero(mask)))
+    full = np.all(mask.reshape(mask.shape[0], -1), axis=1)  # slices that are all padding
+    residuals = []
+    for z in range(out.shape[0]):
+        m = mask[z]
+        if full[z] or not m.any():
+            continue
+        valid = (~m).astype(np.float32)
+        local = ndimage.gaussian_filter(out[z] * valid, FILL_SIGMA_VOXELS)
+        local /= np.maximum(ndimage.gaussian_filter(valid, FILL_SIGMA_VOXELS), np.float32(1e-6))
+        np.clip(local, lo, hi, out=local)
+        b = band[z]
+        if b.any():
+            residuals.append((out[z] - local)[b])
+        nearest = ndimage.distance_transform_edt(m, return_distances=False, return_indices=True)
+        out[z][m] = local[nearest[0][m], nearest[1][m]]
+    if residuals:
+        res = np.concatenate(residuals)
+        res = np.clip(res, *np.percentile(res, [5.0, 95.0]))
+        partial = mask & ~full[:, None, None]
+        out[partial] += rng.choice(res, size=int(np.count_nonzero(partial))).astype(np.float32)
+    if full.any():
+        sel = mask & full[:, None, None]
+        out[sel] = rng.choice(np.clip(values, lo, hi), size=int(np.count_nonzero(sel)))
     return out
