@@ -942,6 +942,29 @@ def test_air_edge_step_removes_tissue_beside_air_and_keeps_vessels(rng):
     assert (prob2 == rim).all()
 
 
+def test_air_edge_step_leaves_a_low_contrast_vessel_that_passes_gas(rng):
+    """A review: a vessel 50 HU above its tissue (non-contrast, or early portal phase) with one
+    end beside bowel gas lost its whole length (the low-contrast region connected to the seed
+    went); now only what lies within AIR_EDGE_REACH_MM of the air may go."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import AIR_EDGE_REACH_MM, _suppress_air_edges
+
+    zz, yy, xx = np.mgrid[:16, :48, :96].astype(float)
+    img = np.zeros(zz.shape)
+    vessel = np.hypot(zz - 8, yy - 24) <= 2.5
+    img[vessel] = 55.0
+    gas = np.hypot(np.hypot(zz - 8, yy - 24), xx - 6) <= 4.0  # a gas pocket at the x = 0 end
+    img[gas] = -1000.0
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, 8, img.shape)
+    prob = (vessel & ~gas).astype(np.float32)
+    with pytest.warns(UserWarning, match="body's edge"):
+        _suppress_air_edges(prob, img, (1.0, 1.0, 1.0), [])
+    far = vessel & (xx > 10 + AIR_EDGE_REACH_MM + 1)
+    assert (prob[far] == 1).all()
+    assert (prob[vessel & ~gas] == 1).mean() > 0.75
+
+
 def test_8_bit_exports_with_a_black_border_are_rescaled(rng):
     """An audit: an 8-bit windowed export whose clipped air touches the border was taken for
     padding, filled in a float32 copy, and then never seen as 8-bit (read as HU, bone level
