@@ -65,6 +65,14 @@ def test_single_pair_json_errors_sites(pair, tmp_path, capsys):
     np.testing.assert_array_equal(errors.data, error_map(pred, ref, SPACING).labels)
     np.testing.assert_allclose(errors.spacing, SPACING)
     assert out_sites.read_text().startswith("id,cls,cls_name")
+    # the JSON holds the same sites as the CSV (an audit: only the self-check's JSON had them)
+    import csv
+
+    rows = list(csv.DictReader(out_sites.open()))
+    assert len(data["sites"]) == len(rows) == sum(data["error_counts"].values()) > 0
+    for site, row in zip(data["sites"], rows):
+        assert site["cls_name"] == row["cls_name"]
+        assert site["physical_x_mm"] == pytest.approx(float(row["physical_x_mm"]))
     # nothing is overwritten without --overwrite
     assert main(["evaluate", str(p), str(r), "--json", str(out_json)]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -438,6 +438,11 @@ def _run_single(args) -> int:
         out.update(pred=str(args.pred), ref=str(args.ref), spacing_mm=list(rv.spacing))
         if report is not None:
             out["error_counts"] = report.summary["counts"]
+            out["within_tolerance"] = report.summary.get("within_tolerance", 0)
+            out["loops_unlocated"] = report.summary.get("loops_unlocated", 0)
+            # the sites with their coordinates, as --sites writes them (an audit: only the
+            # self-check's JSON had them)
+            out["sites"] = report.to_rows(rv.affine())
         _write_json(args.json, out)
         print(f"wrote {args.json}")
     if args.csv is not None:
