@@ -153,3 +153,22 @@ def test_main_leaves_python_warnings_as_they_were(image_file):
     before = warnings.showwarning
     assert main(["info", str(image_file[0])]) == 0
     assert warnings.showwarning is before
+
+
+def test_info_text_prints_the_direction_rows_and_counts_infinite_voxels(tmp_path, capsys):
+    """A review: printing a column of the direction matrix instead of a row, or leaving the
+    infinite voxels out of the NaN/infinite count, went unnoticed (identity / NaN-only files)."""
+    direction = np.array([[0.0, 1.0, 0.0], [0.6, 0.0, 0.8], [0.8, 0.0, -0.6]])  # oblique
+    data = np.zeros((4, 5, 6), np.float32)
+    data[0, 0, 0] = np.inf
+    data[1, 1, 1] = -np.inf
+    data[2, 2, 2] = np.nan
+    path = write_volume(tmp_path / "oblique.nii.gz", Volume(data, (1.0, 1.0, 1.0), (0, 0, 0),
+                                                            direction))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(out) if line.startswith("direction"))
+    rows = [[float(v) for v in line.split(":")[-1].split()] for line in out[at:at + 3]]
+    np.testing.assert_allclose(rows, direction, atol=1e-6)
+    assert any(line.startswith("NaN/infinite voxels:") and line.split()[-1] == "3"
+               for line in out)

@@ -212,6 +212,10 @@ def test_refine_checks_its_inputs(tmp_path, capsys):
     assert "same grid" in capsys.readouterr().err
     assert _run("refine", c, a, "-o", tmp_path / "x_labels.nii.gz") == 2
     assert "not a probability map" in capsys.readouterr().err
+    # a signed map (not radii in mm) as the radius map: refused
+    d = write_volume(tmp_path / "signed.nii.gz", np.full((8, 8, 8), -1.0, np.float32))
+    assert _run("refine", a, d, "-o", tmp_path / "x_labels.nii.gz") == 2
+    assert "negative radii" in capsys.readouterr().err
     # a folder as -o: said so (it read "output file(s) exist ... pass --overwrite", which then
     # refused the folder anyway)
     assert _run("refine", a, a, "-o", tmp_path, "--overwrite") == 2

@@ -167,6 +167,40 @@ def test_augmentation_keeps_targets_consistent():
     assert torch.allclose(xf, torch.flip(x, (2, 3, 4)))
 
 
+def test_zoom_scales_the_scale_classes_and_flips_move_phi():
+    """A review: scale classes that do not follow the zoom, and a signed distance (the boundary
+    loss's phi) that is not flipped with the image, both passed the augmentation test."""
+    y = torch.zeros(1, 1, 16, 16, 16)
+    y[0, 0, 4:12, 4:12, 4:12] = 1.0
+    s = y * 3.0
+    g = torch.Generator().manual_seed(0)
+    _, ya, sa, _ = tdata.augment_batch(y.clone(), y, s, g, K=8, p_spatial=1.0, rotate_deg=0.0,
+                                       scale_range=(1.25, 1.25), p_flip=0.0, p_intensity=0.0,
+                                       p_noise=0.0)
+    assert torch.equal(torch.unique(sa[ya > 0]), torch.tensor([4.0]))  # round(3 x 1.25)
+    phi = torch.arange(16.0).view(1, 1, 16, 1, 1).expand(1, 1, 16, 16, 16).contiguous()
+    _, yf, _, pf = tdata.augment_batch(y.clone(), y, s, g, K=8, phi=phi, p_spatial=0.0,
+                                       p_flip=1.0, p_intensity=0.0, p_noise=0.0)
+    assert torch.equal(pf, torch.flip(phi, (2, 3, 4)))
+    # zoomed, phi is scaled with the geometry
+    _, _, _, pz = tdata.augment_batch(y.clone(), y, s, g, K=8, phi=phi, p_spatial=1.0,
+                                      rotate_deg=0.0, scale_range=(1.25, 1.25), p_flip=0.0,
+                                      p_intensity=0.0, p_noise=0.0)
+    assert float(pz.max()) > 15.5  # 13.5 sampled x 1.25 (13.5 without the factor)
+
+
+def test_learning_rate_warms_up_then_decays():
+    """A review: a schedule without the warm-up passed every test."""
+    from napari_tubular.training.loop import lr_at
+
+    cfg = tiny_config(Path("unused"), steps=1000, lr=1e-3)
+    warm = min(100, int(0.03 * 1000))
+    assert lr_at(cfg, 0.0, 0) == pytest.approx(1e-3 / warm, rel=0.01)
+    assert lr_at(cfg, 0.0, warm - 1) == pytest.approx(1e-3, rel=0.01)
+    assert lr_at(cfg, 0.5, 500) == pytest.approx(1e-3 * 0.5 ** 0.9, rel=0.01)
+    assert lr_at(cfg, 1.0, 1000) < 1e-6
+
+
 def test_find_pairs(tmp_path):
     from napari_tubular.io import write_volume
 
@@ -215,9 +249,10 @@ def test_validation_best_model_and_resume(tmp_path):
     from napari_tubular.models import read_model_meta
 
     meta = read_model_meta(best)
-    assert {"dice", "cldice", "b0_error", "b1_error"} <= set(meta["metrics"])
+    assert {"dice", "cldice", "b0_error", "b1_error", "hd95_mm"} <= set(meta["metrics"])
     rows = json.loads((out / "log.json").read_text())["rows"]
     assert [r["step"] for r in rows if r.get("val_dice") is not None] == [2, 3]
+    assert all("val_hd95_mm" in r for r in rows if r.get("val_dice") is not None)
     # a non-empty run folder is never overwritten silently
     with pytest.raises(FileExistsError, match="--overwrite"):
         train(tiny_config(out, steps=3))
@@ -226,9 +261,13 @@ def test_validation_best_model_and_resume(tmp_path):
                       loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 5
+    # the optimizer's state went on from the checkpoint (a review: dropping it on resume, which
+    # restarts AdamW's moments, passed): its step count is the run's, not the 2 resumed steps
+    assert {float(v["step"]) for v in ck["optimizer"]["state"].values()} == {5.0}
     rows = json.loads((out / "log.json").read_text())["rows"]
     assert [r["step"] for r in rows if r.get("loss") is not None] == [1, 2, 3, 4, 5]
-    with pytest.raises(ValueError, match="K"):
+    # the guard itself (a review: a later error that also names K passed for it)
+    with pytest.raises(ValueError, match="K differ from the checkpoint"):
         train(tiny_config(out, steps=6, K=4, resume=True))
 
 

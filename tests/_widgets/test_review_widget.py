@@ -194,6 +194,13 @@ def test_next_previous_centre_camera_and_slice(review):
         assert viewer.layers["prediction topology errors"].data[tuple(site.anchor_vox)] == site.cls
     widget.previous_site()
     assert widget.current == 1 % n
+    # Previous on the first site wraps to the last, as Next wraps from the last to the first
+    widget.go_to(0)
+    widget.previous_site()
+    assert widget.current == n - 1
+    widget.next_site()
+    assert widget.current == 0
+    widget.go_to(1 % n)
     # a 2-D view zooms to the site (an audit: it stayed at the whole volume): the canvas's
     # shorter side shows the field go_to chose, and the site lies inside the visible part
     from napari_tubular._widgets.review import FOCUS_FIELD_MM
