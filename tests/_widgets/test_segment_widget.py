@@ -228,6 +228,45 @@ def test_sliders_refine_without_calling_the_network(seg):
     assert labels is _owned(viewer, "labels")  # same layer, new data
 
 
+def test_a_slider_move_during_a_running_refinement_is_applied_after_it(seg, monkeypatch):
+    """A review: with the refinement running in a worker thread (not in the tests' sync mode)
+    a slider move is held as pending and must start a new refinement when the running one
+    finishes; dropping that restart (the labels staying at the old thresholds) passed. Jobs
+    are held here and completed by hand, as a worker thread would."""
+    import napari_tubular._widgets.segment as seg_mod
+
+    viewer, widget, _counter = seg
+    held = []
+
+    class HeldJob:
+        running = True
+
+    def deferred(func, *, on_returned=None, on_finished=None, **kw):
+        job = HeldJob()
+        held.append((job, func, on_returned, on_finished))
+        return job
+
+    monkeypatch.setattr(seg_mod, "start_job", deferred)
+    widget.tr_slider.setValue(0.9)  # starts a refinement (held: still running)
+    assert len(held) == 1
+    widget.tr_slider.setValue(0.3)  # while it runs: pending, no second job yet
+    assert len(held) == 1
+    job, func, returned, finished = held[0]
+    returned(func())
+    at_09 = int(_owned(viewer, "labels").data.sum())
+    assert "T_r=0.90" in widget.metrics_label.text()
+    job.running = False
+    finished()  # the first one ends: the pending move starts a refinement at T_r 0.3
+    assert len(held) == 2
+    job, func, returned, finished = held[1]
+    returned(func())
+    job.running = False
+    finished()
+    assert len(held) == 2  # nothing pending any more
+    assert "T_r=0.30" in widget.metrics_label.text()
+    assert int(_owned(viewer, "labels").data.sum()) > at_09
+
+
 def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
     """An audit: a result layer the user deleted came back at the next slider move."""
     viewer, widget, counter = seg
