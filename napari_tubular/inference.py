@@ -423,8 +423,9 @@ def _suppress_air_edges(probability, image, spacing, messages) -> float:
     up to 4.3 mL). A found voxel within :data:`AIR_EDGE_MM` of air whose intensity is less than
     :data:`AIR_EDGE_CONTRAST` above the non-air tissue around it (contrast-filled vessels are
     150-400 HU above it) seeds the removal, which takes the found voxels of low contrast
-    connected to it within :data:`AIR_EDGE_REACH_MM` of air. Lung vessels (surrounded by parenchyma, air here) have no tissue around
-    them to compare with and are left alone, as are contrast-filled vessels under the skin."""
+    connected to it within :data:`AIR_EDGE_REACH_MM` of air. Lung vessels (surrounded by
+    parenchyma, air here) have no tissue around them to compare with and are left alone, as
+    are contrast-filled vessels under the skin."""
     from scipy import ndimage
 
     from .geometry.components import bounding_box

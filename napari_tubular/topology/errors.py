@@ -246,6 +246,15 @@ class _Skel:
     def degree(self) -> np.ndarray:
         return np.bincount(np.concatenate([self.i, self.j]), minlength=self.n)
 
+    def piece_neighbours(self, piece: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """The distinct ``(piece id, value)`` pairs, shape (P, 2), over the edges from a node of
+        a piece (``piece`` > 0) to a node whose ``values`` entry is > 0 (a covered piece, a
+        component, a node number + 1), sorted by piece id."""
+        a = np.concatenate([piece[self.i], piece[self.j]])
+        b = np.concatenate([values[self.j], values[self.i]])
+        sel = (a > 0) & (b > 0)
+        return np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+
     def pieces(self, member: np.ndarray) -> tuple[np.ndarray, int]:
         """Label (0 = not member, 1..n) the connected pieces of a subset of skeleton voxels."""
         keep = member[self.i] & member[self.j]
@@ -361,8 +370,8 @@ def error_map(
             deviation, not a site: a skeleton running one voxel outside the other mask's wall
             or a tip one voxel longer; a missed piece that separates two predicted components,
             a false piece that joins two reference components and a piece a Betti-1 error
-            runs through stay sites at any length. Counted in ``summary["within_tolerance"]``; 0 reports
-            every piece (the strict coverage clDice uses).
+            runs through stay sites at any length. Counted in ``summary["within_tolerance"]``;
+            0 reports every piece (the strict coverage clDice uses).
 
     Returns:
         ErrorReport whose ``labels`` has values in {0, 1, 2, 3, 4, 6, 8}.
@@ -436,7 +445,7 @@ def error_map(
             labels_c[tuple(vox[free].T)] = CAVITY
             sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0, note))
         in_hole.append(keep)  # by cavity id: the centerline in it is the cavity's
-    (hole_p, hole_r), (cav_ids_p, cav_ids_r) = in_hole, (cav_p, cav_r)
+    hole_p, hole_r = in_hole
 
     # which site each centerline-error voxel belongs to (-1: none), for the loop sites below
     site_of = np.full(labels_c.shape, -1, dtype=np.int32)
@@ -449,16 +458,13 @@ def error_map(
     if g.n:
         in_pred = pc[tuple(g.coords.T)]
         own_missed = is_missed[lab_r[tuple(g.coords.T)]]
-        miss = ~in_pred & ~own_missed & ~hole_p[cav_ids_p[tuple(g.coords.T)]]
+        miss = ~in_pred & ~own_missed & ~hole_p[cav_p[tuple(g.coords.T)]]
         piece, n_pieces = g.pieces(miss)
         if n_pieces:
             covered, _ = g.pieces(in_pred)
             lengths = g.piece_lengths(piece, n_pieces)
             # distinct covered pieces adjacent to each missed piece: 2+ = a break
-            a = np.concatenate([piece[g.i], piece[g.j]])
-            b = np.concatenate([covered[g.j], covered[g.i]])
-            sel = (a > 0) & (b > 0)
-            pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+            pairs = g.piece_neighbours(piece, covered)
             n_adj = np.bincount(pairs[:, 0], minlength=n_pieces + 1)
             # predicted components the covered pieces next to each missed piece lie in
             comp = lab_p[tuple(g.coords[_first_of(covered, pairs[:, 1])].T)]
@@ -502,18 +508,14 @@ def error_map(
     g = g_pred = _Skel(sp_c, spacing)
     if g.n:
         out = (~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
-               & ~hole_r[cav_ids_r[tuple(g.coords.T)]])
+               & ~hole_r[cav_r[tuple(g.coords.T)]])
         piece, n_pieces = g.pieces(out)
         if n_pieces:
             lengths = g.piece_lengths(piece, n_pieces)
             # distinct reference components next to each false piece: 2+ = it joins them (two
             # vessels merged: a Betti-0 error at any length; an audit's 2 mm gap bridged by
             # the prediction had b0 error 1 and no site)
-            ref_comp = lab_r[tuple(g.coords.T)]
-            a = np.concatenate([piece[g.i], piece[g.j]])
-            b = np.concatenate([ref_comp[g.j], ref_comp[g.i]])
-            sel = (a > 0) & (b > 0)
-            pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
+            pairs = g.piece_neighbours(piece, lab_r[tuple(g.coords.T)])
             n_joined = np.bincount(pairs[:, 0], minlength=n_pieces + 1)
             in_ref = rc[tuple(g.coords.T)]
             contacts = _contacts(g, piece, in_ref)
@@ -530,13 +532,13 @@ def error_map(
                 site_of[tuple(vox.T)] = len(sites)
                 sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3,
                                    lengths[k], detail))
+    del cav_p, cav_r
     # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
     loop_sites, unlocated = _loop_errors(labels_c, (g_pred, pc, lab_p, is_spurious),
                                          (g_ref, rc, lab_r, is_missed), offset, spacing,
                                          tolerance_vox, sites, site_of, held)
-    del cav_p, cav_r
     tolerated = sum(h is not None for h in held)  # those promoted are None
     sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
@@ -612,8 +614,8 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 continue
             # loops through a missed or false centerline piece first (a break of a reference
             # loop, a loop closed by a false branch: that piece's site already), then those
+            # through a piece held as within the tolerance (promoted below), then those
             # farthest from the other mask's loops
-            # then those through a piece held as within the tolerance (promoted below)
             loops = [(bool(labels_c[tuple(vox.T)].any()),
                       held_of is not None and bool((held_of[tuple(vox.T)] >= 0).any()),
                       near_other[tuple(vox.T)].mean(), i, vox, steps)
@@ -642,9 +644,9 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
 
 
 def _cavities(mask: np.ndarray) -> np.ndarray:
-    """Labels (the smallest unsigned type, 0 elsewhere) of the background components a mask (a crop)
-    encloses: 6-connected, not reaching the crop's faces (the crop is the masks' bounding box,
-    so what reaches its faces is open to the outside or to the volume's faces, as Betti-2
+    """Labels (the smallest unsigned type, 0 elsewhere) of the background components a mask (a
+    crop) encloses: 6-connected, not reaching the crop's faces (the crop is the masks' bounding
+    box, so what reaches its faces is open to the outside or to the volume's faces, as Betti-2
     counts)."""
     bg = np.pad(~mask, 1, constant_values=True)
     lab = cc3d.connected_components(bg, connectivity=6)
@@ -669,14 +671,11 @@ def _unmatched_cavities(cav: np.ndarray, other: np.ndarray) -> np.ndarray:
 
 def _contacts(g: _Skel, piece: np.ndarray, covered: np.ndarray) -> dict[int, np.ndarray]:
     """For each piece id, the voxels (K, 3) of the covered skeleton nodes next to it."""
-    a = np.concatenate([piece[g.i], piece[g.j]])
-    b = np.concatenate([g.j, g.i])
-    sel = (a > 0) & covered[b]
-    if not sel.any():
+    pairs = g.piece_neighbours(piece, np.where(covered, np.arange(1, g.n + 1), 0))
+    if not len(pairs):
         return {}
-    pairs = np.unique(np.stack([a[sel], b[sel]], axis=1), axis=0)
     cut = np.flatnonzero(np.diff(pairs[:, 0])) + 1
-    return {int(grp[0, 0]): g.coords[grp[:, 1]] for grp in np.split(pairs, cut)}
+    return {int(grp[0, 0]): g.coords[grp[:, 1] - 1] for grp in np.split(pairs, cut)}
 
 
 def _separated(mask: np.ndarray, vox: np.ndarray, contacts, tolerance_vox: int) -> bool:
@@ -730,18 +729,16 @@ def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # without a reference
 # ---------------------------------------------------------------------------------------------
-def _fundamental_cycles(g: _Skel, nodes: np.ndarray, graph=None) -> list[np.ndarray]:
+def _fundamental_cycles(g: _Skel, nodes: np.ndarray, graph) -> list[np.ndarray]:
     """Non-trivial fundamental cycles (index arrays into g.coords) of one graph component.
 
     BFS tree from the first node; each non-tree edge closes one cycle (the two tree paths to
     their lowest common ancestor). Cycles whose voxels fit in a 2x2x2 block are contractible
     (their cubes share a lattice point) and are dropped: they come from 26-adjacency cliques.
-    ``graph``: the skeleton's CSR adjacency (``g.i -> g.j``) when the caller has it; the work
-    is on the component's own subgraph, so a call costs its size, not the skeleton's (one call
-    per component over the whole graph was quadratic: 16,000 rings took 24 s, an audit).
+    ``graph``: the skeleton's CSR adjacency (``g.i -> g.j``), built once by the caller; the
+    work is on the component's own subgraph, so a call costs its size, not the skeleton's (one
+    call per component over the whole graph was quadratic: 16,000 rings took 24 s, an audit).
     """
-    if graph is None:
-        graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
     sub = graph[nodes][:, nodes].tocoo()  # local indices 0..len(nodes) - 1
     ei, ej = sub.row, sub.col
     order, pred = breadth_first_order(sub.tocsr(), 0, directed=False, return_predecessors=True)

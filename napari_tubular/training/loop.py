@@ -494,7 +494,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         plot_curves(rows, out / "curves.png", title=f"{config.loss} ({out.name})")
 
     t_loop = time.perf_counter()
-    last_log_write = [-math.inf]
+    last_log_write = -math.inf
     acc: dict[str, list] = {}
     last_val_metrics: dict = {}
     model.train()
@@ -563,9 +563,9 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                 # log at all): every logged step at first, then at most every LOG_WRITE_S
                 # seconds (a review: rewriting them at every step of a long run costs hours)
                 now = time.perf_counter()
-                if len(rows) <= 20 or now - last_log_write[0] >= LOG_WRITE_S:
+                if len(rows) <= 20 or now - last_log_write >= LOG_WRITE_S:
                     _write_log(out, rows, config, {"best_score": best, "step": step})
-                    last_log_write[0] = now
+                    last_log_write = now
             if config.checkpoint_every and step % config.checkpoint_every == 0:
                 save_checkpoint()
             if is_main and config.snapshot_every and step % config.snapshot_every == 0:
