@@ -971,9 +971,10 @@ def _keep_points(keep, pts, rad, edges, tree_id, branch_id, web):
             branch_id[keep], new[web[w_ok]].reshape(-1, 2).astype(np.int64))
 
 
-def _composite_body(img, outline, rng, spacing, L) -> None:
+def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
     """Air outside the body outline, a subcutaneous fat shell and a thin skin, in place (their
-    draws go into ``outline["params"]``)."""
+    draws go into ``outline["params"]``); ``bare``: no fat shell and no skin, the tissue
+    straight against the air (the draws are made all the same, so the rest is unchanged)."""
     f32 = np.float32
     sp = np.asarray(spacing, dtype=np.float64)
     h = float(sp.min())
@@ -982,8 +983,16 @@ def _composite_body(img, outline, rng, spacing, L) -> None:
     skin_mm = float(rng.uniform(1.0, 2.5)) if rng.random() < 0.7 else 0.0
     fat_hu = float(rng.uniform(-120.0, -80.0))
     air_hu = float(rng.uniform(-1010.0, -980.0))
+    if bare:
+        fat_mm = skin_mm = 0.0
     # partial-volume weights of "inside the body" and "inside the fat shell's inner surface"
     w_body = np.clip(depth * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+    if bare:  # tissue straight against the air
+        img *= w_body
+        img += (f32(1.0) - w_body) * f32(air_hu)
+        outline["params"].update({"fat_mm": 0.0, "skin_mm": 0.0, "fat_hu": None,
+                                  "air_hu": air_hu})
+        return
     w_in = np.clip((depth - f32(fat_mm)) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
     fat = _smooth_noise(rng, img.shape, sp, max(0.05 * L, 3 * h))
     fat *= f32(rng.uniform(3.0, 8.0))
@@ -1025,6 +1034,7 @@ def make_vessel_tree(
     psf_sigma_vox: Sequence[float] = (0.4, 0.7),
     free_segments: int = 0,
     body: bool = False,
+    bare_body: bool = False,
     organs: int = 0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
@@ -1084,6 +1094,9 @@ def make_vessel_tree(
             the centerline and the topology stay consistent (``b0`` can grow: a cut tree is
             several components). Drawn from a random stream of its own, so the trees and
             the rest of the image are those of the same seed without ``body``.
+        bare_body: with ``body``, no fat shell and no skin: soft tissue straight against the
+            air, as a limb, a lean patient or a hand-made phantom looks (default False). The
+            outline, the vessels and the rest of the image are those of the same seed without it.
         organs: number of enhancing organs (default 0: the default volume): large textured
             ellipsoids, 8-28 mm semi-axes with an irregular surface, 25-70 % of the way from
             the tissue to the vessel intensity, with a darker core (cortex and medulla) as
@@ -1109,6 +1122,8 @@ def make_vessel_tree(
         raise ValueError(f"psf_sigma_vox must satisfy 0 <= low <= high, got {psf_sigma_vox!r}")
     if tortuosity < 0:
         raise ValueError(f"tortuosity must be >= 0, got {tortuosity!r}")
+    if bare_body and not body:
+        raise ValueError("bare_body needs body=True (it removes the body outline's fat shell)")
     if noise is not None and not noise >= 0:
         raise ValueError(f"noise must be >= 0 (HU), got {noise!r}")
     if n_trees is not None and (int(n_trees) != n_trees or n_trees < 1):
@@ -1219,7 +1234,8 @@ def make_vessel_tree(
         organ_params = _add_organs(img, np.random.default_rng([seed, 4245]), sp, L, int(organs),
                                    float(tissue + contrast_hu), float(tissue))
     if outline is not None:
-        _composite_body(img, outline, np.random.default_rng([seed, 4244]), sp, L)
+        _composite_body(img, outline, np.random.default_rng([seed, 4244]), sp, L,
+                        bare=bool(bare_body))
     # vessels (partial volume): img * (1 - occ) + vessel_hu * occ, vessel_hu varying by +-8 %
     vessel_hu = _smooth_noise(rng, shape, sp, max(0.2 * L, 4 * min(sp)))
     vessel_hu *= f32(0.08 * (tissue + contrast_hu))

@@ -92,6 +92,11 @@ def test_body_option(tmp_path):
     ref = make_vessel_tree((32, 48, 48), (1.2, 0.9, 0.9), seed=7, body=True)
     np.testing.assert_allclose(img, ref.image, atol=1e-3)
     assert (img < -900).any()  # air outside the body
+    bare = tmp_path / "bare"
+    assert main(["synth", str(bare), *args, "--body", "--bare-body"]) == 0
+    img = read_volume(bare / "case_000_image.nii.gz").data
+    ref = make_vessel_tree((32, 48, 48), (1.2, 0.9, 0.9), seed=7, body=True, bare_body=True)
+    np.testing.assert_allclose(img, ref.image, atol=1e-3)
 
 
 def test_betti_note_names_the_cause():
@@ -141,6 +146,7 @@ def test_overwrite_and_progress(tmp_path, capsys):
         ["--n", "0"],
         ["--loops", "2"],
         ["--organs", "-1"],
+        ["--bare-body"],
     ],
 )
 def test_bad_arguments(tmp_path, bad, capsys):

@@ -385,6 +385,31 @@ def test_body_outline_air_fat_and_vessels_inside():
     np.testing.assert_array_equal(base.image, make_vessel_tree(body=False, **kw).image)
 
 
+def test_bare_body_has_no_fat_shell_and_keeps_the_rest():
+    """``bare_body=True``: the same outline, vessels and tissue as ``body=True``, but soft tissue
+    straight against the air (no fat shell, no skin); without ``body`` it is refused."""
+    kw = {"shape": (48, 72, 72), "spacing": (1.2, 0.9, 0.9), "seed": 7}
+    fat = make_vessel_tree(body=True, **kw)
+    bare = make_vessel_tree(body=True, bare_body=True, **kw)
+    assert bare.params["body"]["fat_mm"] == 0.0
+    assert bare.params["body"]["skin_mm"] == 0.0
+    np.testing.assert_array_equal(bare.mask, fat.mask)
+    np.testing.assert_array_equal(bare.centerline, fat.centerline)
+    img = bare.image
+    # the fat shell (fat-valued voxels with a body that are tissue without one) is tissue in the
+    # bare body, apart from partial-volume voxels at the outline
+    plain = make_vessel_tree(**kw).image
+    shell = (fat.image > -160) & (fat.image < -40) & (plain > -40)
+    assert shell.mean() > 0.02
+    assert np.mean(img[shell] < -40) < 0.1
+    # the air is where it was; deep inside, the image is the one with a fat shell
+    assert np.mean((img < -900) != (fat.image < -900)) < 0.01  # outline voxels only
+    inside = (fat.image > -40) & (img > -40)
+    assert np.mean(np.abs(img[inside] - fat.image[inside]) < 1e-3) > 0.8  # beneath the shell
+    with pytest.raises(ValueError, match="bare_body needs body"):
+        make_vessel_tree(bare_body=True, **kw)
+
+
 
 def test_enhancing_organs_are_bright_unlabelled_and_leave_the_rest():
     """``organs=N``: large ellipsoids between tissue and vessel intensity; the label, the

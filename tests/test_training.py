@@ -612,6 +612,20 @@ def test_synthetic_family_options_sharp_and_large():
         if coarse["thin"]:
             gen = coarse["generator"]
             assert gen["max_radius_mm"] >= 2.2 * gen["min_radius_mm"] - 1e-3
+    # bare body outlines: drawn last, only for body cases, every other choice unchanged
+    bare_seen = 0
+    for seed in range(40):
+        opts = {"body_fraction": 0.5, "organ_fraction": 0.5, "coarse_fraction": 0.3}
+        base = synthetic_case_params(seed, opts)
+        bare = synthetic_case_params(seed, {**opts, "bare_body_fraction": 1.0})
+        for key in ("shape", "spacing", "thin", "body", "organs", "coarse"):
+            assert bare[key] == base[key]
+        assert not base["bare_body"]
+        assert "bare_body" not in base["generator"]
+        assert bare["bare_body"] == bare["body"]
+        assert bare["generator"].get("bare_body", False) == bare["body"]
+        bare_seen += bare["bare_body"]
+    assert 5 < bare_seen < 35
 
 
 def test_prepared_case_padding_is_mirrored():

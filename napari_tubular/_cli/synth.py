@@ -160,6 +160,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "skin), as in a CT of a torso or a limb; vessels end at the outline",
     )
     p.add_argument(
+        "--bare-body",
+        action="store_true",
+        help="with --body: no fat shell and no skin, the tissue straight against the air (a "
+        "limb, a lean patient, a hand-made phantom)",
+    )
+    p.add_argument(
         "--organs",
         type=int,
         default=0,
@@ -197,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: --max-radius {args.max_radius:g} mm is more than a quarter of the "
               f"volume's smallest extent ({extent:g} mm): the vessels fill most of it",
               file=sys.stderr)
+    if args.bare_body and not args.body:
+        raise ValueError("--bare-body needs --body (it removes the body outline's fat shell)")
     if args.organs < 0:
         raise ValueError(f"--organs must be >= 0, got {args.organs}")
     if args.noise is not None and args.noise < 0:
@@ -217,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
         "noise": args.noise,
         "distractors": not args.no_distractors,
         "body": args.body,
+        "bare_body": args.bare_body,
         "organs": args.organs,
     }
     if args.loops is not None:

@@ -48,6 +48,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "segment_fraction": 0.0,  # fraction of cases with free tube segments (blunt-ended pieces)
     "segments_per_case": (1, 4),  # how many, uniform integers (inclusive)
     "body_fraction": 0.0,  # fraction of cases inside a body outline (air, fat shell, skin)
+    "bare_body_fraction": 0.0,  # fraction of the body cases without fat shell or skin
     "organ_fraction": 0.0,  # fraction of cases with enhancing organs
     "organs_per_case": (1, 2),  # how many, uniform integers (inclusive)
     "coarse_fraction": 0.0,  # fraction of cases on a coarse in-plane grid
@@ -354,11 +355,12 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     root radius thick, so that a short thick tube is not taken for a blob); ``body_fraction``
     of all cases put the tissue inside a body outline with air outside, a subcutaneous fat
     shell and skin (``make_vessel_tree(body=True)``: a large soft-tissue region bordered by fat
-    is not a vessel); ``organ_fraction`` of all cases get ``organs_per_case`` enhancing organs
-    (``make_vessel_tree(organs=...)``: a large bright blob is not a vessel); ``coarse_fraction``
-    of all cases are rendered on a coarse in-plane grid (``coarse_inplane_spacing``, the same
-    field of view; isotropic cases stay isotropic, thick slices stay at least as thick); all 0
-    by default.
+    is not a vessel), ``bare_body_fraction`` of those without the fat shell and skin (tissue
+    straight against air: the band along a bare outline is not a vessel); ``organ_fraction``
+    of all cases get ``organs_per_case`` enhancing organs (``make_vessel_tree(organs=...)``:
+    a large bright blob is not a vessel); ``coarse_fraction`` of all cases are rendered on a
+    coarse in-plane grid (``coarse_inplane_spacing``, the same field of view; isotropic cases
+    stay isotropic, thick slices stay at least as thick); all 0 by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -409,6 +411,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
         lo, hi = (int(v) for v in opts["organs_per_case"])
         gen.setdefault("organs", int(rng.integers(lo, hi + 1)))
     coarse = rng.random() < opts["coarse_fraction"]  # drawn last: defaults unchanged
+    bare = rng.random() < opts["bare_body_fraction"]  # drawn last: defaults unchanged
+    if body and bare:
+        gen.setdefault("bare_body", True)
     if coarse:  # the in-plane grid (and an isotropic case's z) coarser, same field of view
         c_xy = float(rng.uniform(*opts["coarse_inplane_spacing"]))
         c_z = max(spacing[0], c_xy) if aniso else c_xy
@@ -423,7 +428,7 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
-            "organs": bool(organ), "coarse": bool(coarse)}
+            "organs": bool(organ), "coarse": bool(coarse), "bare_body": bool(body and bare)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
