@@ -52,6 +52,9 @@ second table says where the false positives of the ``segment`` labels lie: which
 (soft tissue, organ, enhancing organ, fat/skin, bone, air), the share within 3 mm of fat or
 air, the share within 3 voxels of a face of the volume and the median distance (mm) of the
 false positives from fat or air.
+``--bare``: the same cases without subcutaneous fat and skin, the soft tissue straight against
+the air (a limb, a lean patient, a hand-made phantom; the vessels may then come within their
+radius + 0.5 mm of the outline).
 ``--save DIR`` writes the cases as NIfTI (``DIR/images``, ``DIR/labels``, ``DIR/tissues``:
 0 air, 1 skin, 2 subcutaneous fat, 3 soft tissue, 4 organ, 5 enhancing organ, 6 inner fat,
 7 cortical bone, 8 marrow) for the CLI.
@@ -59,6 +62,7 @@ false positives from fat or air.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
@@ -102,8 +106,9 @@ FP_GROUPS = {
 }
 
 
-def case_options(i: int, set_name: str = "dev") -> dict:
-    """The random options of case ``i`` of a set (geometry, tissues, vessels, acquisition)."""
+def case_options(i: int, set_name: str = "dev", bare: bool = False) -> dict:
+    """The random options of case ``i`` of a set (geometry, tissues, vessels, acquisition);
+    ``bare``: the same case without subcutaneous fat and skin (tissue straight against air)."""
     seed = SEEDS[set_name] + i
     rng = np.random.default_rng([31, seed])
     sp = SPACINGS[i % len(SPACINGS)]
@@ -114,7 +119,7 @@ def case_options(i: int, set_name: str = "dev") -> dict:
     shrink = min(1.0, (MAX_VOXELS / np.prod(shape)) ** (1 / 3))
     shape = tuple(int(n * shrink) for n in shape)
     limb = bool(rng.random() < 0.3)
-    return {
+    opts = {
         "seed": seed,
         "spacing": sp,
         "shape": shape,
@@ -130,6 +135,9 @@ def case_options(i: int, set_name: str = "dev") -> dict:
         "blur": float(rng.uniform(0.5, 1.2)),
         "noise": float(rng.uniform(8.0, 25.0)),
     }
+    if bare:  # drawn all the same: the rest of the case is unchanged
+        opts.update(fat_mm=0.0, bare=True)
+    return opts
 
 
 def smooth_field(shape, spacing, sigma_mm: float, rng) -> np.ndarray:
@@ -186,7 +194,9 @@ class Body:
                  rng.uniform(-1, 1) / 60.0) for k in range(2, 7)]
         fat_mod = (rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.12),
                    rng.uniform(0, 2 * np.pi))
-        skin_mm = rng.uniform(1.0, 2.0)
+        skin_mm = 0.0 if o.get("bare") else rng.uniform(1.0, 2.0)
+        if o.get("bare"):
+            rng.uniform()  # the draw all the same: the rest of the case is unchanged
         breath = (rng.uniform(0, 0.02), rng.uniform(40, 120), rng.uniform(0, 2 * np.pi))
 
         nz = shape[0] + 2 * self.pad[0]
@@ -435,10 +445,10 @@ def body_case(o: dict):
     return img.astype(np.float32), label.astype(np.uint8), tissue
 
 
-def make_set(set_name: str, n: int) -> list[dict]:
+def make_set(set_name: str, n: int, bare: bool = False) -> list[dict]:
     cases = []
     for i in range(n):
-        o = case_options(i, set_name)
+        o = case_options(i, set_name, bare)
         img, lab, tissue = body_case(o)
         cases.append({"name": f"{set_name}{i}", "options": o, "image": img, "label": lab,
                       "tissue": tissue})
@@ -579,10 +589,14 @@ def where_table(rows) -> str:
 
 
 def main(argv=None) -> int:
-    args = phantom_parser(__doc__, SEEDS, 8, "body.json / body.md").parse_args(argv)
+    parser = phantom_parser(__doc__, SEEDS, 8, "body.json / body.md")
+    parser.add_argument("--bare", action="store_true",
+                        help="the same cases without subcutaneous fat and skin: soft tissue "
+                        "straight against the air")
+    args = parser.parse_args(argv)
     models = args.model or ["default"]
-    cases = prepare_cases(args, make_set, (("images", "image"), ("labels", "label"),
-                                           ("tissues", "tissue")))
+    cases = prepare_cases(args, functools.partial(make_set, bare=args.bare),
+                          (("images", "image"), ("labels", "label"), ("tissues", "tissue")))
     results, sections = {}, []
     for name in models:
         print(name)
@@ -606,9 +620,11 @@ def main(argv=None) -> int:
             f"{r['seconds']:.0f} |")
     table = "\n".join(lines)
     text = "\n\n".join(sections)
-    print(f"\n{text}\n\n'{args.set}' set, {len(cases)} volumes (means: Dice / clDice / b0 and "
+    print(f"\n{text}\n\n'{args.set}' set{' (bare)' if args.bare else ''}, {len(cases)} "
+          f"volumes (means: Dice / clDice / b0 and "
           f"FP over the cases with vessels; 'no vessels' over the vessel-free ones):\n{table}")
-    write_results(args.out, "body", results, f"# Body phantoms ('{args.set}' set)\n\n{text}\n\n"
+    write_results(args.out, "body", results, f"# Body phantoms ('{args.set}' set"
+                                              f"{', bare' if args.bare else ''})\n\n{text}\n\n"
                                               f"## Means\n\n{table}\n")
     return 0
 

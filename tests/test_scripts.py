@@ -308,6 +308,14 @@ def test_body_phantom_layers_and_vessels():
     assert np.median(img[lab > 0]) > np.median(img[(lab == 0) & (tissue == bp.SOFT)]) + 80
     assert bp.case_options(0, "dev")["seed"] != bp.case_options(0, "test")["seed"]
     assert bp.case_options(1, "dev")["n_vessels"] == 0  # i % 4 == 1: vessel-free
+    # --bare: the same case without fat and skin (tissue straight against air)
+    bare = {**bp.case_options(2, "dev", bare=True), "shape": o["shape"],
+            "spacing": o["spacing"], "units": "hu"}
+    img_b, lab_b, tissue_b = bp.body_case(bare)
+    assert not np.isin(tissue_b, (bp.FAT, bp.SKIN)).any()
+    np.testing.assert_array_equal(tissue_b == bp.AIR, tissue == bp.AIR)
+    assert lab_b.any()
+    assert not (tissue_b[lab_b > 0] == bp.AIR).any()
 
 
 def test_body_phantom_false_positive_volume():
