@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from .geometry.components import BLOB_RATIO, remove_small_components, remove_specks_and_blobs
+from .geometry.filters import masked_gaussian_mean
 from .geometry.skeleton import pseudo_skeleton
 
 __all__ = [
@@ -450,10 +451,8 @@ def _suppress_air_edges(probability, image, spacing, messages) -> float:
     del to_air
     tissue = ~air & ~ndimage.binary_dilation(f)
     sigma = AIR_EDGE_SIGMA_MM / sp
-    weight = ndimage.gaussian_filter(tissue.astype(np.float32), sigma)
-    background = ndimage.gaussian_filter(np.where(tissue, img, np.float32(0)), sigma)
+    background, weight = masked_gaussian_mean(img, tissue, sigma, return_weight=True)
     del tissue
-    background /= np.maximum(weight, np.float32(1e-6))
     low = f & reach & (weight >= AIR_EDGE_MIN_WEIGHT) & (img - background < AIR_EDGE_CONTRAST)
     del weight, background, img
     seeds = low & near

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_mask
+from .filters import masked_gaussian_mean
 
 __all__ = ["partial_volume_fraction", "trim_partial_volume", "DEFAULT_MIN_FRACTION"]
 
@@ -69,13 +70,7 @@ def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarra
     sub = ndimage.gaussian_filter(sub, IMAGE_SIGMA_VOX)
     vm = m[box]
     # (in place where it can: a 512^3 volume holds 512 MB per float32 copy)
-    off = (~vm).astype(np.float32)
-    background = ndimage.gaussian_filter(sub * off, BACKGROUND_SIGMA_VOX)
-    norm = ndimage.gaussian_filter(off, BACKGROUND_SIGMA_VOX)
-    del off
-    np.maximum(norm, np.float32(1e-3), out=norm)
-    background /= norm
-    del norm
+    background = masked_gaussian_mean(sub, ~vm, BACKGROUND_SIGMA_VOX, floor=1e-3)
     contrast = ndimage.maximum_filter(np.where(vm, sub, np.float32(-np.inf)).astype(np.float32),
                                       CORE_SIZE_VOX)
     contrast -= background  # core - background

@@ -105,6 +105,8 @@ def fill_padding(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarr
     band's median plus that noise."""
     from scipy import ndimage
 
+    from ..geometry.filters import masked_gaussian_mean
+
     out = np.array(image, dtype=np.float32, copy=True)
     mask = np.asarray(mask, dtype=bool)
     if not mask.any() or mask.all():
@@ -128,9 +130,7 @@ def fill_padding(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarr
         if m.all():
             full[z] = True
             continue
-        valid = (~m).astype(np.float32)
-        local = ndimage.gaussian_filter(o[z] * valid, FILL_SIGMA_VOXELS)
-        local /= np.maximum(ndimage.gaussian_filter(valid, FILL_SIGMA_VOXELS), np.float32(1e-6))
+        local = masked_gaussian_mean(o[z], ~m, FILL_SIGMA_VOXELS)
         b = b3[z]
         if b.any():
             residuals.append((o[z] - local)[b])  # before the clip: the noise around the mean

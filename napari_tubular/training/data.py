@@ -701,9 +701,12 @@ class SyntheticPool:
             _close_pool(pool)
 
     def __del__(self) -> None:  # pragma: no cover - best effort
-        pool = getattr(self, "_pool", None)
-        if pool is not None:
-            pool.terminate()
+        if getattr(self, "_pool", None) is None:
+            return
+        try:  # without hanging on a dead worker's lock, as close() does
+            self.close()
+        except RuntimeError:  # interpreter shutdown (no new threads): multiprocessing's own
+            pass  # finaliser ends the workers
 
 
 class FixedPool:
