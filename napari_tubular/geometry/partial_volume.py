@@ -36,6 +36,12 @@ IMAGE_SIGMA_VOX = 0.5
 NOISE_MARGIN = 1.0
 #: local background: normalised Gaussian average (sigma in voxels) of the voxels off the vessels
 BACKGROUND_SIGMA_VOX = 3.0
+#: the material right against the vessels: voxels within RING_VOX of them, averaged with a
+#: Gaussian of RING_SIGMA_VOX voxels; where it is darker than the wider background it is the
+#: background (walls)
+RING_VOX = 1
+RING_SIGMA_VOX = 1.5
+RING_MIN_WEIGHT = 0.05
 #: the vessel's core level: the brightest vessel voxel in a box this many voxels across
 CORE_SIZE_VOX = 5
 _MARGIN = 12
@@ -46,7 +52,9 @@ def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarra
     (``I``: the image smoothed by :data:`IMAGE_SIGMA_VOX` voxels).
 
     ``vessels``: the network's vessel mask (``P > 0.5``), which defines what is background
-    (everything else, averaged with a Gaussian of :data:`BACKGROUND_SIGMA_VOX` voxels) and the
+    (everything else, averaged with a Gaussian of :data:`BACKGROUND_SIGMA_VOX` voxels; where the
+    voxels right against the mask are darker than that, as an airway's wall or fat beside a
+    vessel, their own average: the edge voxels mix the vessel with what touches it) and the
     core level (the brightest vessel voxel within :data:`CORE_SIZE_VOX` voxels). Computed in the
     vessels' bounding box (plus a margin); 1 elsewhere (nothing to trim there). Linear in the
     intensity units, so HU, [0, 1] or counts give the same map.
@@ -71,6 +79,14 @@ def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarra
     vm = m[box]
     # (in place where it can: a 512^3 volume holds 512 MB per float32 copy)
     background = masked_gaussian_mean(sub, ~vm, BACKGROUND_SIGMA_VOX, floor=1e-3)
+    # a wall: what lies right against the vessels is darker than the wider background (an
+    # airway's wall, mirrored; fat beside a vessel); the edge voxels mix the vessel with that
+    ring = ndimage.binary_dilation(vm, iterations=RING_VOX) & ~vm
+    near, weight = masked_gaussian_mean(sub, ring, RING_SIGMA_VOX, return_weight=True)
+    del ring
+    lower = (weight >= RING_MIN_WEIGHT) & (near < background)
+    background[lower] = near[lower]
+    del near, weight, lower
     contrast = ndimage.maximum_filter(np.where(vm, sub, np.float32(-np.inf)).astype(np.float32),
                                       CORE_SIZE_VOX)
     contrast -= background  # core - background
