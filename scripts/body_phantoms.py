@@ -52,9 +52,11 @@ second table says where the false positives of the ``segment`` labels lie: which
 (soft tissue, organ, enhancing organ, fat/skin, bone, air), the share within 3 mm of fat or
 air, the share within 3 voxels of a face of the volume and the median distance (mm) of the
 false positives from fat or air.
-``--bare``: the same cases without subcutaneous fat and skin, the soft tissue straight against
-the air (a limb, a lean patient, a hand-made phantom; the vessels may then come within their
-radius + 0.5 mm of the outline).
+``--bare``: the cases without subcutaneous fat and skin, the soft tissue straight against the
+air, as a limb, a lean patient or a hand-made phantom looks; the vessels may then come within
+their radius + 0.5 mm of the outline. The same options and body outline, but organs, fat
+planes, bone and vessels are placed in the larger interior, so they differ from the set's
+cases: compare means, not cases.
 ``--save DIR`` writes the cases as NIfTI (``DIR/images``, ``DIR/labels``, ``DIR/tissues``:
 0 air, 1 skin, 2 subcutaneous fat, 3 soft tissue, 4 organ, 5 enhancing organ, 6 inner fat,
 7 cortical bone, 8 marrow) for the CLI.
@@ -108,7 +110,7 @@ FP_GROUPS = {
 
 def case_options(i: int, set_name: str = "dev", bare: bool = False) -> dict:
     """The random options of case ``i`` of a set (geometry, tissues, vessels, acquisition);
-    ``bare``: the same case without subcutaneous fat and skin (tissue straight against air)."""
+    ``bare``: no subcutaneous fat and skin (tissue straight against air)."""
     seed = SEEDS[set_name] + i
     rng = np.random.default_rng([31, seed])
     sp = SPACINGS[i % len(SPACINGS)]
@@ -135,7 +137,7 @@ def case_options(i: int, set_name: str = "dev", bare: bool = False) -> dict:
         "blur": float(rng.uniform(0.5, 1.2)),
         "noise": float(rng.uniform(8.0, 25.0)),
     }
-    if bare:  # drawn all the same: the rest of the case is unchanged
+    if bare:  # the options drawn all the same: the other options are the set's
         opts.update(fat_mm=0.0, bare=True)
     return opts
 
@@ -196,7 +198,7 @@ class Body:
                    rng.uniform(0, 2 * np.pi))
         skin_mm = 0.0 if o.get("bare") else rng.uniform(1.0, 2.0)
         if o.get("bare"):
-            rng.uniform()  # the draw all the same: the rest of the case is unchanged
+            rng.uniform()  # the draw all the same: the same body outline
         breath = (rng.uniform(0, 0.02), rng.uniform(40, 120), rng.uniform(0, 2 * np.pi))
 
         nz = shape[0] + 2 * self.pad[0]

@@ -308,7 +308,7 @@ def test_body_phantom_layers_and_vessels():
     assert np.median(img[lab > 0]) > np.median(img[(lab == 0) & (tissue == bp.SOFT)]) + 80
     assert bp.case_options(0, "dev")["seed"] != bp.case_options(0, "test")["seed"]
     assert bp.case_options(1, "dev")["n_vessels"] == 0  # i % 4 == 1: vessel-free
-    # --bare: the same case without fat and skin (tissue straight against air)
+    # --bare: without fat and skin (tissue straight against air), the same body outline
     bare = {**bp.case_options(2, "dev", bare=True), "shape": o["shape"],
             "spacing": o["spacing"], "units": "hu"}
     img_b, lab_b, tissue_b = bp.body_case(bare)

@@ -626,6 +626,16 @@ def test_synthetic_family_options_sharp_and_large():
         assert bare["generator"].get("bare_body", False) == bare["body"]
         bare_seen += bare["bare_body"]
     assert 5 < bare_seen < 35
+    # the stage 11-14 configs regenerate their cases: coarse grids as drawn before the option
+    # existed (a review: a bare draw placed before the coarse grid's draws moved them)
+    opts = {"body_fraction": 0.5, "organ_fraction": 0.5, "coarse_fraction": 0.5}
+    for seed, spacing, shape in ((1, (1.496, 1.284, 1.284), (60, 70, 71)),
+                                 (3, (2.178, 2.135, 2.135), (35, 36, 46))):
+        for extra in ({}, {"bare_body_fraction": 1.0}):
+            case = synthetic_case_params(seed, {**opts, **extra})
+            assert case["coarse"]
+            assert case["spacing"] == spacing
+            assert case["shape"] == shape
 
 
 def test_prepared_case_padding_is_mirrored():

@@ -411,9 +411,6 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
         lo, hi = (int(v) for v in opts["organs_per_case"])
         gen.setdefault("organs", int(rng.integers(lo, hi + 1)))
     coarse = rng.random() < opts["coarse_fraction"]  # drawn last: defaults unchanged
-    bare = rng.random() < opts["bare_body_fraction"]  # drawn last: defaults unchanged
-    if body and bare:
-        gen.setdefault("bare_body", True)
     if coarse:  # the in-plane grid (and an isotropic case's z) coarser, same field of view
         c_xy = float(rng.uniform(*opts["coarse_inplane_spacing"]))
         c_z = max(spacing[0], c_xy) if aniso else c_xy
@@ -425,6 +422,10 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
             gen["min_radius_mm"] = round(min_r_vox * min(spacing), 4)
         if thin and "max_radius_mm" not in user:
             gen["max_radius_mm"] = round(max(thin_max, 2.2 * gen["min_radius_mm"]), 4)
+    # drawn after everything else (the coarse grid's draws too): earlier configs unchanged
+    bare = rng.random() < opts["bare_body_fraction"]
+    if body and bare:
+        gen.setdefault("bare_body", True)
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
