@@ -974,7 +974,8 @@ def _keep_points(keep, pts, rad, edges, tree_id, branch_id, web):
 def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
     """Air outside the body outline, a subcutaneous fat shell and a thin skin, in place (their
     draws go into ``outline["params"]``); ``bare``: no fat shell and no skin, the tissue
-    straight against the air (the draws are made all the same, so the rest is unchanged)."""
+    straight against the air (the fat and skin are drawn all the same: the air is the one of
+    the same seed with them)."""
     f32 = np.float32
     sp = np.asarray(spacing, dtype=np.float64)
     h = float(sp.min())
@@ -983,8 +984,6 @@ def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
     skin_mm = float(rng.uniform(1.0, 2.5)) if rng.random() < 0.7 else 0.0
     fat_hu = float(rng.uniform(-120.0, -80.0))
     air_hu = float(rng.uniform(-1010.0, -980.0))
-    if bare:
-        fat_mm = skin_mm = 0.0
     # partial-volume weights of "inside the body" and "inside the fat shell's inner surface"
     w_body = np.clip(depth * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
     if bare:  # tissue straight against the air
