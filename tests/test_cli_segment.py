@@ -515,6 +515,30 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     assert "needs the segmented image" in capsys.readouterr().err
     np.testing.assert_array_equal(read_volume(tmp_path / "noimage_labels.nii.gz").data,
                                   read_volume(untrimmed).data)
+    # the maps without their report: the options and --polarity reproduce segment; without
+    # --polarity the trim takes the tubes as bright, with a note (an audit: a dark run's maps
+    # were trimmed as bright in silence)
+    import shutil
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    for f in (prob, radius):
+        shutil.copy(f, alone / f.name)
+    params = report["parameters"]
+    blob = params["blob_ratio"]
+    opts = ["--tp", "0.5", "--tr", "0.3", "--min-size", "5", "--partial-volume",
+            str(params["partial_volume_trim"]), "--blob-ratio",
+            "off" if blob is None else str(blob), "--image", Path(volume_file).resolve()]
+    capsys.readouterr()
+    assert _run("refine", alone / prob.name, alone / radius.name, "-o",
+                alone / "p_labels.nii.gz", *opts, "--polarity", polarity) == 0
+    assert "takes the tubes as bright" not in capsys.readouterr().err
+    np.testing.assert_array_equal(read_volume(alone / "p_labels.nii.gz").data, want.data)
+    assert _run("refine", alone / prob.name, alone / radius.name, "-o",
+                alone / "n_labels.nii.gz", *opts) == 0
+    assert "pass --polarity dark" in capsys.readouterr().err
+    same = np.array_equal(read_volume(alone / "n_labels.nii.gz").data, want.data)
+    assert same == (polarity == "bright")  # a dark run trimmed as bright differs
 
 
 def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_file,
