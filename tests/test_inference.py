@@ -205,6 +205,43 @@ def test_partial_volume_map_of_dark_tubes_mirrors_bright_ones():
     assert f_bright[rim].mean() < 0.6 * f_bright[tube].mean()
 
 
+@pytest.mark.parametrize("scene", ["lung", "soft tissue"])
+def test_dark_tubes_inside_a_bright_wall_are_not_trimmed(scene):
+    """Airways in lung (lumen -1000 HU, a one-voxel -100 HU wall, parenchyma -850 HU): the
+    network's mask lies inside the lumen and the trim only removed lumen (an audit: Dice 0.02-0.04
+    below ``--partial-volume off`` on five phantoms), so the map is all 1 there, with a message.
+    Air tubes in soft tissue (a thin 60 HU wall in -40 HU tissue) keep the trim (0.99 with it,
+    0.90 without: there the mask is a voxel too wide)."""
+    from scipy import ndimage
+
+    from napari_tubular.geometry.partial_volume import wall_depth_ratio
+    from napari_tubular.inference import partial_volume_map
+
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    d = np.hypot(yy - 15.3, xx - 16.2)
+    lumen = d <= 3.0
+    wall = (d > 3.0) & (d <= 4.0)
+    bg, w, lu = (-850.0, -100.0, -1000.0) if scene == "lung" else (-40.0, 60.0, -900.0)
+    img = np.where(lumen, lu, np.where(wall, w, bg))
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, 15, img.shape)
+    if scene == "lung":  # the network's mask: inside the lumen
+        prob = (d <= 2.8).astype(np.float32)
+    else:  # a voxel too wide
+        prob = (d <= 4.0).astype(np.float32)
+    messages = []
+    frac = partial_volume_map(img, prob, "dark", messages)
+    ratio = wall_depth_ratio(-img, prob > 0.5)
+    if scene == "lung":
+        assert ratio > 0.1
+        assert np.all(frac == 1.0)
+        assert any("inside a brighter wall" in m for m in messages)
+    else:
+        assert ratio < 0.0
+        assert frac[(prob > 0.5) & ~lumen].mean() < 0.5  # the too-wide rim is trimmed
+        assert not messages
+
+
 def test_radius_map_covers_the_pseudo_skeleton_when_tp_is_below_one_half():
     """The radius is kept where ``P >= min(0.5, tp)``: with T_p 0.3 every pseudo-skeleton
     voxel (P > 0.3) has the radius its sphere is drawn with, also where P < 0.5."""
