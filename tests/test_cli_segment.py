@@ -539,6 +539,12 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     assert "pass --polarity dark" in capsys.readouterr().err
     same = np.array_equal(read_volume(alone / "n_labels.nii.gz").data, want.data)
     assert same == (polarity == "bright")  # a dark run trimmed as bright differs
+    # refine over segment's own labels with the other polarity: the report says which
+    other = "dark" if polarity == "bright" else "bright"
+    assert _run("refine", prob, radius, "-o", out / "case_07_labels.nii.gz", "--polarity",
+                other, "--overwrite") == 0
+    report = json.loads((out / "case_07_report.json").read_text())
+    assert report["parameters"]["polarity"] == other
 
 
 def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_file,

@@ -155,7 +155,10 @@ def test_bad_arguments(tmp_path, bad, capsys):
     except SystemExit as exc:  # argparse rejects the value
         code = exc.code
     assert code == 2
-    assert capsys.readouterr().err.strip()
+    err = capsys.readouterr().err.strip()
+    assert err
+    if bad == ["--bare-body"]:
+        assert "--bare-body needs --body" in err
     assert not (tmp_path / "x" / "case_000_image.nii.gz").exists()
 
 

@@ -238,6 +238,8 @@ def test_default_model_finds_dark_airways_with_the_dark_polarity():
     assert m["cldice"] >= 0.9, m
     assert dark.report["parameters"]["polarity"] == "dark"
     assert any(str(x).startswith("dark tubes:") for x in dark.report["messages"])
+    # a lumen inside a brighter wall: the trim is not applied, and the report says so
+    assert any("inside a brighter wall" in str(x) for x in dark.report["messages"])
 
 
 @pytest.mark.slow

@@ -236,6 +236,15 @@ def test_dark_tubes_inside_a_bright_wall_are_not_trimmed(scene):
         assert ratio > 0.1
         assert np.all(frac == 1.0)
         assert any("inside a brighter wall" in m for m in messages)
+        # a weaker wall (-600 HU) reads as the audit's airways did (0.16-0.37): not trimmed
+        weak = np.where(lumen, lu, np.where(wall, -600.0, bg))
+        weak = ndimage.gaussian_filter(weak, 0.6) + rng.normal(0, 15, img.shape)
+        assert 0.1 < wall_depth_ratio(-weak, prob > 0.5) < 0.3
+        assert np.all(partial_volume_map(weak, prob, "dark") == 1.0)
+        # NaN columns (padding) away from the tube do not hide the wall (a mutation review)
+        nan = img.copy()
+        nan[:, :, 25:] = np.nan
+        assert wall_depth_ratio(-nan, prob > 0.5) > 0.1
     else:
         assert ratio < 0.0
         assert frac[(prob > 0.5) & ~lumen].mean() < 0.5  # the too-wide rim is trimmed

@@ -146,3 +146,16 @@ def test_a_wall_darker_than_the_background_is_what_the_edge_voxels_mix_with(wall
         assert out[lumen].all()
         wide = d <= 4.0
         assert trim(wide).sum() < 0.8 * wide.sum()
+        # without a wall the rule changes next to nothing (a negative noise margin replaced the
+        # background of the edge voxels in plain tissue: a mutation review)
+        from napari_tubular.geometry import partial_volume as pv
+
+        for mask in (lumen, wide):
+            with_rule = pv.partial_volume_fraction(img, mask)
+            real = pv._wall_background
+            try:
+                pv._wall_background = lambda *a, **k: None
+                # (noise alone takes a voxel or two past the 2-SD margin)
+                assert np.mean(with_rule != pv.partial_volume_fraction(img, mask)) < 5e-4
+            finally:
+                pv._wall_background = real
