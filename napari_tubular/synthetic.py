@@ -984,23 +984,20 @@ def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
     skin_mm = float(rng.uniform(1.0, 2.5)) if rng.random() < 0.7 else 0.0
     fat_hu = float(rng.uniform(-120.0, -80.0))
     air_hu = float(rng.uniform(-1010.0, -980.0))
-    # partial-volume weights of "inside the body" and "inside the fat shell's inner surface"
-    w_body = np.clip(depth * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+    # partial-volume weights of "inside the fat shell's inner surface" and "inside the body"
     if bare:  # tissue straight against the air
-        img *= w_body
-        img += (f32(1.0) - w_body) * f32(air_hu)
-        outline["params"].update({"fat_mm": 0.0, "skin_mm": 0.0, "fat_hu": None,
-                                  "air_hu": air_hu})
-        return
-    w_in = np.clip((depth - f32(fat_mm)) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
-    fat = _smooth_noise(rng, img.shape, sp, max(0.05 * L, 3 * h))
-    fat *= f32(rng.uniform(3.0, 8.0))
-    fat += f32(fat_hu)
-    if skin_mm > 0:  # skin: soft tissue in the outer skin_mm of the fat shell
-        w_skin = np.clip((f32(skin_mm) - depth) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
-        fat += w_skin * (f32(TISSUE_HU) - fat)
-    img *= w_in
-    img += (f32(1.0) - w_in) * fat
+        fat_mm, skin_mm, fat_hu = 0.0, 0.0, None
+    else:
+        w_in = np.clip((depth - f32(fat_mm)) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+        fat = _smooth_noise(rng, img.shape, sp, max(0.05 * L, 3 * h))
+        fat *= f32(rng.uniform(3.0, 8.0))
+        fat += f32(fat_hu)
+        if skin_mm > 0:  # skin: soft tissue in the outer skin_mm of the fat shell
+            w_skin = np.clip((f32(skin_mm) - depth) * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
+            fat += w_skin * (f32(TISSUE_HU) - fat)
+        img *= w_in
+        img += (f32(1.0) - w_in) * fat
+    w_body = np.clip(depth * f32(1.0 / h) + f32(0.5), 0.0, 1.0)
     img *= w_body
     img += (f32(1.0) - w_body) * f32(air_hu)
     outline["params"].update({"fat_mm": fat_mm, "skin_mm": skin_mm, "fat_hu": fat_hu,

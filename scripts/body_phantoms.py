@@ -196,9 +196,9 @@ class Body:
                  rng.uniform(-1, 1) / 60.0) for k in range(2, 7)]
         fat_mod = (rng.uniform(0.15, 0.35), rng.uniform(0, 2 * np.pi), rng.uniform(0, 0.12),
                    rng.uniform(0, 2 * np.pi))
-        skin_mm = 0.0 if o.get("bare") else rng.uniform(1.0, 2.0)
+        skin_mm = rng.uniform(1.0, 2.0)
         if o.get("bare"):
-            rng.uniform()  # the draw all the same: the same body outline
+            skin_mm = 0.0  # drawn all the same: the same body outline
         breath = (rng.uniform(0, 0.02), rng.uniform(40, 120), rng.uniform(0, 2 * np.pi))
 
         nz = shape[0] + 2 * self.pad[0]

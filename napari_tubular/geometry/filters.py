@@ -33,3 +33,12 @@ def masked_gaussian_mean(values: np.ndarray, mask: np.ndarray, sigma, floor: flo
     if return_weight:
         return mean, weight
     return mean
+
+
+def robust_sigma(values: np.ndarray) -> float:
+    """The standard deviation of Gaussian noise estimated robustly: 1.4826 x the median
+    absolute deviation (edges and outliers among ``values`` barely move it); 0 when empty."""
+    v = np.asarray(values)
+    if not v.size:
+        return 0.0
+    return 1.4826 * float(np.median(np.abs(v - np.median(v))))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_mask
-from .filters import masked_gaussian_mean
+from .filters import masked_gaussian_mean, robust_sigma
 
 __all__ = ["partial_volume_fraction", "trim_partial_volume", "DEFAULT_MIN_FRACTION"]
 
@@ -151,7 +151,7 @@ def partial_volume_fraction(image: np.ndarray, vessels: np.ndarray) -> np.ndarra
     del prepared  # (its arrays are freed below)
     frac = sub - background
     resid = frac[~ndimage.binary_dilation(vm, iterations=2)]
-    noise = 1.4826 * float(np.median(np.abs(resid - np.median(resid)))) if resid.size else 0.0
+    noise = robust_sigma(resid)
     del resid, frac
     _wall_background(sub, vm, background, WALL_MARGIN_NOISE * noise)
     contrast = ndimage.maximum_filter(np.where(vm, sub, np.float32(-np.inf)).astype(np.float32),

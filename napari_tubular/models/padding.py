@@ -105,7 +105,7 @@ def fill_padding(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarr
     band's median plus that noise."""
     from scipy import ndimage
 
-    from ..geometry.filters import masked_gaussian_mean
+    from ..geometry.filters import masked_gaussian_mean, robust_sigma
 
     out = np.array(image, dtype=np.float32, copy=True)
     mask = np.asarray(mask, dtype=bool)
@@ -137,12 +137,9 @@ def fill_padding(image: np.ndarray, mask: np.ndarray, seed: int = 0) -> np.ndarr
         np.clip(local, lo, hi, out=local)
         nearest = ndimage.distance_transform_edt(m, return_distances=False, return_indices=True)
         o[z][m] = local[nearest[0][m], nearest[1][m]]
-    noise = 0.0
-    if residuals:
-        res = np.concatenate(residuals)
-        # robust: the band's edges (air beside tissue) are outliers, not noise (a review: the
-        # pooled residuals gave 2.5 times the image's noise)
-        noise = 1.4826 * float(np.median(np.abs(res - np.median(res))))
+    # robust: the band's edges (air beside tissue) are outliers, not noise (a review: the
+    # pooled residuals gave 2.5 times the image's noise)
+    noise = robust_sigma(np.concatenate(residuals)) if residuals else 0.0
     if full.any():
         o[full] = float(np.median(np.clip(values, lo, hi)))
     rng = np.random.default_rng(seed)

@@ -26,3 +26,14 @@ def test_masked_gaussian_mean_ignores_voxels_outside_the_mask():
     assert np.isfinite(out).all()  # NaN outside the mask does not leak in
     with pytest.raises(ValueError, match="mask shape"):
         masked_gaussian_mean(values, mask[:5], 1.0)
+
+
+def test_robust_sigma_reads_the_noise_despite_outliers():
+    from napari_tubular.geometry.filters import robust_sigma
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(40.0, 12.0, 20000)
+    values[:2000] = -1000.0  # a tenth of the samples are air beside tissue
+    assert robust_sigma(values) == pytest.approx(12.0, rel=0.15)
+    assert np.std(values) > 200  # the plain SD is ruined by them
+    assert robust_sigma(np.zeros(0)) == 0.0
