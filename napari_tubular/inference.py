@@ -41,7 +41,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .geometry.components import BLOB_RATIO, remove_small_components, remove_specks_and_blobs
+from .geometry.components import (
+    BLOB_MAX_DIAMETERS,
+    BLOB_RATIO,
+    remove_small_components,
+    remove_specks_and_blobs,
+)
 from .geometry.filters import masked_gaussian_mean
 from .geometry.skeleton import pseudo_skeleton
 
@@ -1513,8 +1518,10 @@ def segment(
             (:mod:`napari_tubular.geometry.partial_volume`; measured: held-out Dice +0.008,
             independent trees +0.034, clDice unchanged); None keeps the labels as refined.
         blob_ratio: components other than the largest whose centerline is shorter than this
-            times the cube root of their volume are dropped as blobs (enhancing organs, bright
-            distractors: :func:`napari_tubular.geometry.remove_blob_components`); None or 0
+            times the cube root of their volume, or that lie alone and are at most
+            :data:`~napari_tubular.geometry.BLOB_MAX_DIAMETERS` diameters long, are dropped as
+            blobs (enhancing organs, bright distractors:
+            :func:`napari_tubular.geometry.remove_blob_components`); None or 0
             keeps them.
 
     Returns:
@@ -1581,8 +1588,10 @@ def segment(
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
               f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
-              "their volume (a ball or a thick plate, e.g. an enhancing organ, not a tube); "
-              "blob ratio 'off' keeps them", pred.messages)
+              "their volume, or they lie alone and are at most "
+              f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
+              "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
+              "ratio 'off' keeps them", pred.messages)
     skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks

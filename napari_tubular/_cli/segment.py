@@ -207,9 +207,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=blob_ratio_arg,
         default=BLOB_RATIO,
         metavar="R|off",
-        help="drop label components other than the largest whose centerline is shorter than R "
-        "times the cube root of their volume and that are at least 3 voxels thick: balls and "
-        f"thick plates, not tubes (default {BLOB_RATIO}); 'off' keeps them",
+        help="drop label components other than the largest that are at least 3 voxels thick "
+        "and whose centerline is shorter than R times the cube root of their volume, or that "
+        "lie alone (nothing within 5 mm, no face touched) and are at most 2.5 of their "
+        "diameters long: balls, thick plates and other blobs, not tubes (default "
+        f"{BLOB_RATIO}); 'off' keeps them",
     )
     p.add_argument(
         "--partial-volume",

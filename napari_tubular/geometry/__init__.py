@@ -6,6 +6,7 @@ not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 """
 
 from .components import (
+    BLOB_MAX_DIAMETERS,
     BLOB_RATIO,
     remove_blob_components,
     remove_small_components,
@@ -62,6 +63,7 @@ __all__ = [
     "remove_small_components",
     "remove_blob_components",
     "remove_specks_and_blobs",
+    "BLOB_MAX_DIAMETERS",
     "BLOB_RATIO",
     "local_radius_mm",
     "pseudo_skeleton",

@@ -103,3 +103,55 @@ def test_a_mask_without_background_is_measured():
         length = mask_centerline_length_mm(np.ones((12, 20, 20), bool), (2.5, 1.0, 1.0))
     assert np.isfinite(length)
     assert length > 0
+
+
+def _ellipsoid_scene(spacing, semi_mm, centre_mm, extent_mm=(90.0, 90.0, 90.0)):
+    """A long thick tube along z (the largest component) and an ellipsoid, on a grid of the
+    given spacing (mm); returns (mask, ellipsoid)."""
+    shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing))
+    z, y, x = (np.arange(n) * s for n, s in zip(shape, spacing))
+    z, y, x = np.meshgrid(z, y, x, indexing="ij")
+    tube = (y - 12.0) ** 2 + (x - 12.0) ** 2 <= 36.0
+    blob = sum(((c - c0) / a) ** 2 for c, c0, a in zip((z, y, x), centre_mm, semi_mm)) <= 1.0
+    return tube | blob, blob
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7)])
+def test_an_isolated_ellipsoid_is_a_blob_though_its_centerline_is_long(spacing):
+    """Session 18: the generator's bright blobs on large fields of view (ellipsoids 20-45 mm
+    across) were kept: their medial line is long (an ellipsoid with semi-axes 18, 11, 9 mm
+    has one of about 27 mm, over 0.5 x the cube root of its volume) though it is no tube. One
+    alone, at most 2.5 of its diameters long, goes."""
+    from napari_tubular.topology import mask_centerline_length_mm
+
+    m, blob = _ellipsoid_scene(spacing, (18.0, 11.0, 9.0), (45.0, 60.0, 55.0))
+    volume = blob.sum() * np.prod(spacing)
+    assert mask_centerline_length_mm(np.pad(blob, 1), spacing) > BLOB_RATIO * volume ** (1 / 3)
+    out, removed = remove_blob_components(m, spacing)
+    assert not out.astype(bool)[blob].any()
+    assert out.astype(bool)[m & ~blob].all()
+    assert len(removed) == 1
+    assert removed[0]["diameters"] == pytest.approx(2.0, abs=0.25)
+
+
+def test_an_isolated_thick_piece_longer_than_the_limit_or_at_a_face_stays():
+    """Not removed by the length-in-diameters rule: a thick piece 4 diameters long, a short
+    one cut by a face (a vessel leaving the field of view), one within 5 mm of another."""
+    sp = (1.0, 1.0, 1.0)
+    long_piece, long_blob = _ellipsoid_scene(sp, (24.0, 6.0, 6.0), (45.0, 60.0, 60.0))
+    cyl = np.zeros_like(long_blob)
+    zz, yy, xx = np.mgrid[:90, :90, :90]
+    cyl[21:69] = ((yy - 60) ** 2 + (xx - 60) ** 2 <= 36)[21:69]  # 48 mm long, 12 mm wide
+    m = (long_piece & ~long_blob) | cyl
+    out, removed = remove_blob_components(m, sp)
+    assert removed == []
+    assert out.astype(bool)[cyl].all()
+    face, face_blob = _ellipsoid_scene(sp, (18.0, 11.0, 9.0), (10.0, 60.0, 55.0))
+    assert face_blob[0].any()
+    out, removed = remove_blob_components(face, sp)
+    assert removed == []
+    assert out.astype(bool)[face_blob].all()
+    near, near_blob = _ellipsoid_scene(sp, (18.0, 11.0, 9.0), (45.0, 12.0, 30.0))
+    out, removed = remove_blob_components(near, sp)
+    assert removed == []
+    assert out.astype(bool)[near_blob].all()
