@@ -155,3 +155,33 @@ def test_an_isolated_thick_piece_longer_than_the_limit_or_at_a_face_stays():
     out, removed = remove_blob_components(near, sp)
     assert removed == []
     assert out.astype(bool)[near_blob].all()
+
+
+def test_a_notched_blob_larger_than_each_vessel_piece_goes():
+    """Session 18: a contrast-filled bladder (a 22 mL ellipsoid, labelled with an unlabelled
+    channel cut into it) was kept: the largest component was always exempt, and the channel
+    shrank its inscribed ball (2.8 'diameters' long by that measure). Now its principal
+    extents measure it (about 1.2), and the largest is judged while the other components hold
+    a tenth of its volume or more."""
+    from napari_tubular.geometry.components import principal_extents_mm
+
+    sp = (1.0, 1.0, 1.0)
+    m, blob = _ellipsoid_scene(sp, (20.0, 17.0, 17.0), (45.0, 58.0, 58.0))
+    zz, yy, xx = np.mgrid[:90, :90, :90]
+    channel = (np.abs(zz - 45) <= 3) & (np.abs(xx - 58) <= 3) & (yy >= 58)
+    blob &= ~channel
+    m = (m & ~channel) | blob
+    tube = m & ~blob
+    assert blob.sum() > tube.sum() > 0.1 * blob.sum()  # the blob is the largest component
+    ext = principal_extents_mm(blob, sp)
+    assert ext[-1] / ext[0] == pytest.approx(40.0 / 34.0, abs=0.1)
+    out, removed = remove_blob_components(m, sp)
+    assert not out.astype(bool)[blob].any()
+    assert out.astype(bool)[tube].all()
+    assert len(removed) == 1
+    # with the tube a tenth of its size or less, the blob is the structure the volume holds
+    small = np.zeros_like(m)
+    small[40:50, 8:16, 8:16] = True  # 640 voxels, thick: judged (a blob too)
+    out, removed = remove_blob_components(blob | small, sp)
+    assert small.sum() < 0.1 * blob.sum()
+    assert out.astype(bool)[blob].all()
