@@ -1518,11 +1518,10 @@ def segment(
             (:mod:`napari_tubular.geometry.partial_volume`; measured: held-out Dice +0.008,
             independent trees +0.034, clDice unchanged); None keeps the labels as refined.
         blob_ratio: components other than the largest whose centerline is shorter than this
-            times the cube root of their volume, or that lie alone and are at most
-            :data:`~napari_tubular.geometry.BLOB_MAX_DIAMETERS` diameters long, are dropped as
-            blobs (enhancing organs, bright distractors:
-            :func:`napari_tubular.geometry.remove_blob_components`); None or 0
-            keeps them.
+            times the cube root of their volume, or that lie alone, taper at both ends and are
+            at most :data:`~napari_tubular.geometry.BLOB_MAX_DIAMETERS` diameters long, are
+            dropped as blobs (enhancing organs, bright distractors:
+            :func:`napari_tubular.geometry.remove_blob_components`); None or 0 keeps them.
 
     Returns:
         :class:`SegmentationResult`.
@@ -1588,7 +1587,7 @@ def segment(
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
               f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
-              "their volume, or they lie alone and are at most "
+              "their volume, or they lie alone, taper at both ends and are at most "
               f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
               "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
               "ratio 'off' keeps them", pred.messages)

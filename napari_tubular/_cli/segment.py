@@ -209,8 +209,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="R|off",
         help="drop label components other than the largest that are at least 3 voxels thick "
         "and whose centerline is shorter than R times the cube root of their volume, or that "
-        "lie alone (nothing within 5 mm, no face touched) and are at most 2.5 of their "
-        "diameters long: balls, thick plates and other blobs, not tubes (default "
+        "lie alone (nothing within 5 mm, no face touched), are at most 2.5 of their "
+        "diameters long and taper at both ends: balls, thick plates and other blobs, not "
+        "tubes; the largest component is kept (default "
         f"{BLOB_RATIO}); 'off' keeps them",
     )
     p.add_argument(

@@ -267,9 +267,9 @@ class SegmentWidget(QWidget):
             form, "drop blob-like components", True,
             "drop label components other than the largest that are at least 3 voxels thick "
             "and whose centerline is shorter than half the cube root of their volume, or that "
-            "lie alone (nothing within 5 mm, no face touched) and are at most 2.5 of their "
-            "diameters long: balls, thick plates and blobs (an enhancing organ, a bright "
-            "distractor), not tubes (segment --blob-ratio)")
+            "lie alone (nothing within 5 mm, no face touched), are at most 2.5 of their "
+            "diameters long and taper at both ends: balls, thick plates and blobs (an enhancing "
+            "organ, a bright distractor), not tubes (segment --blob-ratio)")
         self.blob_check.toggled.connect(self._on_thresholds)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
