@@ -74,6 +74,11 @@ FALLBACK_TP, FALLBACK_TR = 0.9, 0.5
 #: Components smaller than this (mm^3) are removed from the labels (0 disables): the specks
 #: that make most Betti-0 errors (docs/training.md has the measured effect).
 DEFAULT_MIN_SIZE_MM3 = 20.0
+#: Components without a voxel whose probability reaches this are removed from the labels
+#: (:func:`napari_tubular.geometry.remove_unconfident_components`; None disables): specks of
+#: soft-tissue texture on thick slices (session 18: Betti-0 errors of CT-sized synthetic
+#: volumes 25-65 % lower, held-out unchanged; docs/measurements.md)
+DEFAULT_MIN_CONFIDENCE = 0.99
 #: :func:`segment`'s partial-volume boundary trim (``napari_tubular.geometry.partial_volume``)
 DEFAULT_PARTIAL_VOLUME = 0.4
 _SPACING_RTOL = 1e-3
@@ -1418,8 +1423,13 @@ def partial_volume_map(image, probability, polarity: str = "bright",
     return partial_volume_fraction(image, vessels)
 
 
-def check_segment_options(tp, tr, min_size_mm3, partial_volume=None) -> None:
+def check_segment_options(tp, tr, min_size_mm3, partial_volume=None,
+                          min_confidence=None) -> None:
     """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
+    if min_confidence is not None and not (math.isfinite(min_confidence)
+                                           and 0.0 < min_confidence <= 1.0):
+        raise ValueError(f"min_confidence (--min-confidence) must be in (0, 1] or off, got "
+                         f"{min_confidence}")
     if partial_volume is not None and not 0.0 <= float(partial_volume) < 1.0:
         raise ValueError(f"partial_volume (--partial-volume) must be in [0, 1) or off, got "
                          f"{partial_volume}")
@@ -1499,6 +1509,7 @@ def segment(
     partial_volume: float | None = DEFAULT_PARTIAL_VOLUME,
     polarity: str = "bright",
     blob_ratio: float | None = BLOB_RATIO,
+    min_confidence: float | None = DEFAULT_MIN_CONFIDENCE,
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
 
@@ -1522,11 +1533,14 @@ def segment(
             at most :data:`~napari_tubular.geometry.BLOB_MAX_DIAMETERS` diameters long, are
             dropped as blobs (enhancing organs, bright distractors:
             :func:`napari_tubular.geometry.remove_blob_components`); None or 0 keeps them.
+        min_confidence: components without a voxel of probability >= this are dropped
+            (:data:`DEFAULT_MIN_CONFIDENCE`; counted with the specks in the report's
+            ``components_removed``); None keeps them.
 
     Returns:
         :class:`SegmentationResult`.
     """
-    check_segment_options(tp, tr, min_size_mm3, partial_volume)
+    check_segment_options(tp, tr, min_size_mm3, partial_volume, min_confidence)
     t0 = time.perf_counter()
     pred = predict(
         volume,
@@ -1582,7 +1596,8 @@ def segment(
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
     labels, n_removed, blobs = remove_specks_and_blobs(labels, pred.spacing, min_size_mm3,
-                                                       blob_ratio)
+                                                       blob_ratio, pred.probability,
+                                                       min_confidence)
     if blobs:
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
@@ -1645,6 +1660,7 @@ def segment(
             "components_removed": n_removed,
             "blob_ratio": float(blob_ratio) if blob_ratio else None,
             "blobs_removed": blobs,
+            "min_confidence": float(min_confidence) if min_confidence else None,
             "intensity": pred.intensity["mode"],
             "intensity_rescale": pred.intensity["rescale"],
             "intensity_refit": pred.intensity.get("refit"),

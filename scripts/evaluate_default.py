@@ -191,12 +191,16 @@ def predictions(model, images, specs, device: str, tta: bool = False):
     return out
 
 
-def drop_small_components(mask: np.ndarray, spacing, min_mm3: float = MIN_COMPONENT_MM3):
-    """Remove 26-connected components smaller than ``min_mm3`` and blob-like components (as
-    ``segment`` does, session 14)."""
-    from napari_tubular.geometry import remove_blob_components, remove_small_components
+def drop_small_components(mask: np.ndarray, spacing, prob: np.ndarray,
+                          min_mm3: float = MIN_COMPONENT_MM3):
+    """Remove 26-connected components smaller than ``min_mm3``, those without a voxel of
+    probability >= the default confidence (session 18) and blob-like ones (session 14), as
+    ``segment`` does."""
+    from napari_tubular.geometry import BLOB_RATIO, remove_specks_and_blobs
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
 
-    return remove_blob_components(remove_small_components(mask, spacing, min_mm3)[0], spacing)[0]
+    return remove_specks_and_blobs(mask, spacing, min_mm3, BLOB_RATIO, prob,
+                                   DEFAULT_MIN_CONFIDENCE)[0]
 
 
 def refine_labels(prob, radius, spacing, tp, tr, device, edt_radius: bool):
@@ -282,20 +286,20 @@ def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: boo
                 acc[1] += total
             jobs.append(((prob > 0.5).astype(np.uint8), ref, sp))
             tags.append(name)
-            jobs.append((drop_small_components(prob > 0.5, sp), ref, sp))
+            jobs.append((drop_small_components(prob > 0.5, sp, prob), ref, sp))
             tags.append(f"{name} + CC filter")
             lab = refine_labels(prob, rad, sp, params["tp"], params["tr"], device,
                                 kind == "baseline")
             jobs.append((lab, ref, sp))
             tags.append(f"{name} + GAR" + (" (EDT radii)" if kind == "baseline" else ""))
-            jobs.append((drop_small_components(lab, sp), ref, sp))
+            jobs.append((drop_small_components(lab, sp, prob), ref, sp))
             tags.append(f"{name} + GAR + CC filter" + (" (EDT radii)" if kind == "baseline" else ""))
             # what `segment` writes (and `--no-refine`): the partial-volume boundary trim, then
             # the speck filter
             frac = partial_volume_fraction(img, prob > 0.5)
-            jobs.append((drop_small_components(trim_partial_volume(prob > 0.5, frac), sp), ref, sp))
+            jobs.append((drop_small_components(trim_partial_volume(prob > 0.5, frac), sp, prob), ref, sp))
             tags.append(f"{name} + PV trim + CC filter")
-            jobs.append((drop_small_components(trim_partial_volume(lab, frac), sp), ref, sp))
+            jobs.append((drop_small_components(trim_partial_volume(lab, frac), sp, prob), ref, sp))
             tags.append(f"{name} + GAR + PV trim + CC filter"
                         + (" (EDT radii)" if kind == "baseline" else ""))
         res = metrics_many(jobs, processes)

@@ -743,3 +743,53 @@ def test_blob_ratio_option_and_refine_follow_the_report(tmp_path, model_file, ca
     with pytest.raises(SystemExit):
         _run("segment", image, "-o", tmp_path / "c", "--blob-ratio=-1", *common)
     assert "expected a number >= 0 or 'off'" in capsys.readouterr().err
+
+
+def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file, capsys,
+                                                            monkeypatch):
+    """Session 18: a component the network is nowhere sure of (peak 0.95 < 0.99) is dropped by
+    default and kept with --min-confidence off; the report records the level and refine
+    without options does what segment did."""
+    import json
+
+    from napari_tubular import inference
+
+    shape, sp = (40, 40, 40), (1.0, 1.0, 1.0)
+    tube = np.zeros(shape, bool)
+    tube[1:39, 4:12, 4:12] = True
+    speck = np.zeros(shape, bool)
+    speck[20:24, 28:32, 28:32] = True  # 64 mm^3, above the speck size
+    real = inference.predict
+
+    def network(*args, **kwargs):
+        pred = real(*args, **kwargs)
+        pred.probability[:] = np.where(tube, 1.0, np.where(speck, 0.95, 0.0)).astype(np.float32)
+        pred.radius_mm[:] = np.where(tube | speck, 2.0, 0.0).astype(np.float32)
+        return pred
+
+    monkeypatch.setattr(inference, "predict", network)
+    image = write_volume(tmp_path / "ct.nii.gz", Volume(np.zeros(shape, np.float32), sp))
+    common = ("--model", model_file, "--device", "cpu", "--quiet", "--partial-volume", "off",
+              "--no-refine")
+    assert _run("segment", image, "-o", tmp_path / "a", *common) == 0
+    a = tmp_path / "a"
+    labels = read_volume(a / "ct_labels.nii.gz").data > 0
+    assert not labels[speck].any()
+    assert labels[tube].all()
+    report = json.loads((a / "ct_report.json").read_text())
+    assert report["parameters"]["min_confidence"] == 0.99
+    assert _run("segment", image, "-o", tmp_path / "b", "--min-confidence", "off", *common) == 0
+    assert (read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0)[speck].all()
+    assert json.loads((tmp_path / "b" / "ct_report.json").read_text())["parameters"][
+        "min_confidence"] is None
+    # refine (T_p 0.6 / T_r 0.6 from the report) keeps the speck's spheres out as segment did
+    assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
+                tmp_path / "r1_labels.nii.gz", "--blob-ratio", "off") == 0
+    assert not (read_volume(tmp_path / "r1_labels.nii.gz").data > 0)[speck].any()
+    assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
+                tmp_path / "r2_labels.nii.gz", "--blob-ratio", "off", "--min-confidence",
+                "off") == 0
+    assert (read_volume(tmp_path / "r2_labels.nii.gz").data > 0)[speck].any()
+    with pytest.raises(SystemExit):
+        _run("segment", image, "-o", tmp_path / "c", "--min-confidence", "1.5", *common)
+    assert "a probability in (0, 1]" in capsys.readouterr().err

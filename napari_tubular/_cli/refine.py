@@ -67,6 +67,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "NAME_report.json, else off)",
     )
     p.add_argument(
+        "--min-confidence", type=_min_confidence_arg, default="report", metavar="P|off",
+        help="drop components without a voxel of probability >= P as in segment (default: what "
+        "segment used, from NAME_report.json, else off)",
+    )
+    p.add_argument(
         "--polarity", choices=("bright", "dark"), default=None,
         help="the tubes' polarity for the partial-volume trim, as in segment (default: what "
         "segment used, from NAME_report.json, else bright)",
@@ -91,6 +96,12 @@ def _blob_ratio_arg(text: str):
     from .segment import blob_ratio_arg
 
     return "report" if text == "report" else blob_ratio_arg(text)
+
+
+def _min_confidence_arg(text: str):
+    from .segment import min_confidence_arg
+
+    return "report" if text == "report" else min_confidence_arg(text)
 
 
 def skeleton_path(labels_path: Path) -> Path:
@@ -134,6 +145,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "partial_volume": None if pv is None else float(pv), "image": image,
                     "polarity": params.get("polarity", "bright"),
                     "blob_ratio": params.get("blob_ratio"), "from_report": True,
+                    "min_confidence": params.get("min_confidence"),
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # said (an audit: a damaged report was passed over in silence, and with it the
@@ -151,7 +163,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         where = "the fallback thresholds"
     return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
             "partial_volume": None, "image": None, "polarity": "bright", "blob_ratio": None,
-            "from_report": False}, where
+            "min_confidence": None, "from_report": False}, where
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
@@ -269,7 +281,10 @@ def run(args) -> int:
                   file=sys.stderr)
         labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
-    labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob)
+    confidence = (defaults["min_confidence"] if args.min_confidence == "report"
+                  else args.min_confidence)
+    check_segment_options(tp, tr, min_size, min_confidence=confidence)
+    labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence)
     skeleton = skeleton & labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
@@ -281,7 +296,7 @@ def run(args) -> int:
     )
     updated = _update_report(Path(args.probability).expanduser(), out, stats, {
         "tp": tp, "tr": tr, "min_size_mm3": min_size, "partial_volume_trim": pv,
-        "blob_ratio": blob, "polarity": polarity})
+        "blob_ratio": blob, "min_confidence": confidence, "polarity": polarity})
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0

@@ -59,6 +59,11 @@ def blob_ratio_arg(text: str):
     return _number_or_off(text, lambda v: v >= 0.0, "a number >= 0") or None
 
 
+def min_confidence_arg(text: str):
+    """``--min-confidence``: a probability in (0, 1], or 'off' (None)."""
+    return _number_or_off(text, lambda v: 0.0 < v <= 1.0, "a probability in (0, 1]")
+
+
 def _bone_level_arg(text: str):
     if text.lower() in ("off", "none"):
         return None
@@ -75,7 +80,12 @@ def _bone_level_arg(text: str):
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from ..inference import BLOB_RATIO, DEFAULT_MIN_SIZE_MM3, DEFAULT_PARTIAL_VOLUME
+    from ..inference import (
+        BLOB_RATIO,
+        DEFAULT_MIN_CONFIDENCE,
+        DEFAULT_MIN_SIZE_MM3,
+        DEFAULT_PARTIAL_VOLUME,
+    )
 
     p = subparsers.add_parser(
         name,
@@ -134,11 +144,21 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "0 keeps everything)",
     )
     p.add_argument(
+        "--min-confidence",
+        type=min_confidence_arg,
+        default=DEFAULT_MIN_CONFIDENCE,
+        metavar="P|off",
+        help="remove label components without a voxel whose probability reaches P (the "
+        "network is sure of no part of them: specks of soft-tissue texture; default "
+        f"{DEFAULT_MIN_CONFIDENCE:g}); 'off' keeps them",
+    )
+    p.add_argument(
         "--no-refine",
         action="store_true",
         help="skip the geometry-aware refinement: labels = probability > 0.5, then the "
-        "partial-volume trim and the size and blob filters as usual (--partial-volume off "
-        "--min-size 0 --blob-ratio off for P > 0.5 alone)",
+        "partial-volume trim and the size, confidence and blob filters as usual "
+        "(--partial-volume off --min-size 0 --min-confidence off --blob-ratio off for P > 0.5 "
+        "alone)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
@@ -505,6 +525,7 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
                 bone_level=args.bone_level,
                 partial_volume=args.partial_volume,
                 blob_ratio=args.blob_ratio,
+                min_confidence=args.min_confidence,
                 polarity=args.polarity,
             )
         except ValueError as exc:  # name the file (the core speaks of "the volume")

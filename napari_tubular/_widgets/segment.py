@@ -77,13 +77,16 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
     return box
 
 
-def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False):
+def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
+                    probability=None):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
     from :func:`napari_tubular.inference.partial_volume_map`; None skips
-    it), label components under ``min_size_mm3`` removed, blob-like components removed
-    (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default ratio),
-    and the pseudo-skeleton and the spheres kept where the labels are."""
+    it), label components under ``min_size_mm3`` removed, components without a voxel of
+    ``probability`` >= the default confidence removed (None skips it), blob-like components
+    removed (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default
+    ratio), and the pseudo-skeleton and the spheres kept where the labels are."""
     from napari_tubular.geometry import BLOB_RATIO, remove_specks_and_blobs
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
 
     labels = np.asarray(result.labels)
     if fraction is not None:
@@ -92,7 +95,8 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
 
         labels = trim_partial_volume(labels, fraction, DEFAULT_PARTIAL_VOLUME)
     labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size_mm3,
-                                           BLOB_RATIO if blobs else None)
+                                           BLOB_RATIO if blobs else None, probability,
+                                           DEFAULT_MIN_CONFIDENCE)
     keep = labels > 0
     skeleton = np.asarray(result.skeleton, dtype=np.uint8) & keep
     centers_mm = np.asarray(result.centers_mm, dtype=float).reshape(-1, 3)
@@ -271,6 +275,11 @@ class SegmentWidget(QWidget):
             "diameters long and taper at both ends: balls, thick plates and blobs (an enhancing "
             "organ, a bright distractor), not tubes (segment --blob-ratio)")
         self.blob_check.toggled.connect(self._on_thresholds)
+        self.confidence_check = _option(
+            form, "drop components the network is unsure of", True,
+            "drop label components without a voxel whose probability reaches 0.99: specks of "
+            "soft-tissue texture, most of all on thick slices (segment --min-confidence)")
+        self.confidence_check.toggled.connect(self._on_thresholds)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -446,6 +455,7 @@ class SegmentWidget(QWidget):
         polarity = "dark" if self.dark_check.isChecked() else "bright"
         min_size = self.min_size_spin.value()
         blobs = self.blob_check.isChecked()
+        confident = self.confidence_check.isChecked()
 
         def compute():
             from napari_tubular import inference
@@ -480,7 +490,8 @@ class SegmentWidget(QWidget):
                 fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                         polarity)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
-                                     fraction, blobs)
+                                     fraction, blobs,
+                                     prediction.probability if confident else None)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
@@ -830,10 +841,11 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction
         blobs = self.blob_check.isChecked()
+        probability = self.prediction.probability if self.confidence_check.isChecked() else None
 
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
-                                     blobs)
+                                     blobs, probability)
             spheres = _spheres(result, spacing)
             metrics = None
             if reference is not None:

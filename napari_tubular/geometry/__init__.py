@@ -11,6 +11,7 @@ from .components import (
     remove_blob_components,
     remove_small_components,
     remove_specks_and_blobs,
+    remove_unconfident_components,
 )
 from .distance import (
     LOCAL_RADIUS_OFFSET_VOX,
@@ -63,6 +64,7 @@ __all__ = [
     "remove_small_components",
     "remove_blob_components",
     "remove_specks_and_blobs",
+    "remove_unconfident_components",
     "BLOB_MAX_DIAMETERS",
     "BLOB_RATIO",
     "local_radius_mm",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._validate import check_mask, check_spacing
+from ._validate import check_mask, check_same_shape, check_spacing
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
@@ -235,15 +235,51 @@ def _has_neighbour(labels: np.ndarray, k: int, box, spacing) -> bool:
     return bool((edt_mm(crop != k, spacing)[others] <= BLOB_NEIGHBOUR_MM).any())
 
 
-def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None):
-    """The labels' component clean-up, as ``segment``, ``refine`` and the viewer apply it:
-    :func:`remove_small_components`, then :func:`remove_blob_components` (``blob_ratio`` None or
-    0: no blob test).
+def remove_unconfident_components(mask, probability, min_confidence: float):
+    """Drop 26-connected components of ``mask`` without a voxel where ``probability`` reaches
+    ``min_confidence`` (hysteresis on the network's probability, per component: a component is
+    kept when the network is sure of it somewhere). On CT-sized synthetic volumes with thick
+    slices, specks of bright soft-tissue texture peak at a median probability of 0.97-0.98 and
+    true pieces of thin vessels at 1.0 (10th percentile 0.989-0.997; session 18). When no
+    voxel of the mask reaches ``min_confidence`` (a less confident model: a short fine-tuning,
+    probabilities up to 0.9), nothing is removed: the level says nothing about such a model.
 
     Returns:
-        ``(cleaned uint8 mask, number of specks removed, removed blobs)``.
+        ``(cleaned uint8 mask, number of components removed)``.
+    """
+    import cc3d
+    from scipy import ndimage
+
+    m = check_mask(mask)
+    p = np.asarray(probability)
+    check_same_shape(m, p, "mask", "probability")
+    if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
+        raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+    labels, n = cc3d.connected_components(m.view(np.uint8), connectivity=26, return_N=True)
+    if n == 0:
+        return m.astype(np.uint8), 0
+    peak = np.asarray(ndimage.maximum(p, labels, index=np.arange(1, n + 1)))
+    if float(peak.max()) < min_confidence:
+        return m.astype(np.uint8), 0
+    keep = np.concatenate([[False], peak >= min_confidence])
+    return keep[labels].astype(np.uint8), int(n - keep.sum())
+
+
+def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None,
+                            probability=None, min_confidence: float | None = None):
+    """The labels' component clean-up, as ``segment``, ``refine`` and the viewer apply it:
+    :func:`remove_small_components`, then (with ``probability`` and ``min_confidence``)
+    :func:`remove_unconfident_components`, then :func:`remove_blob_components` (``blob_ratio``
+    None or 0: no blob test).
+
+    Returns:
+        ``(cleaned uint8 mask, number of specks and unconfident components removed, removed
+        blobs)``.
     """
     labels, n_specks = remove_small_components(mask, spacing, min_size_mm3)
+    if probability is not None and min_confidence:
+        labels, n_unsure = remove_unconfident_components(labels, probability, min_confidence)
+        n_specks += n_unsure
     blobs: list = []
     if blob_ratio:
         labels, blobs = remove_blob_components(labels, spacing, blob_ratio)

@@ -483,6 +483,7 @@ def test_min_component_size_removes_specks_live(seg):
 
     viewer, widget, counter = seg
     labels = _owned(viewer, "labels")
+    widget.confidence_check.setChecked(False)  # its own test below
     widget.min_size_spin.setValue(0.0)
     raw = labels.data.copy()
     sizes = np.bincount(cc3d.connected_components(raw, connectivity=26).ravel())[1:]
@@ -492,6 +493,32 @@ def test_min_component_size_removes_specks_live(seg):
     cleaned = labels.data
     assert cc3d.connected_components(cleaned, connectivity=26).max() == 1
     assert cleaned.sum() == sizes.max() <= raw.sum()
+    assert counter.calls == 1
+
+
+def test_unsure_components_go_live(seg):
+    """Session 18: 'drop components the network is unsure of' (segment --min-confidence)
+    removes, without re-running the network, the components whose highest probability stays
+    under 0.99, and unchecking it brings them back."""
+    import cc3d
+
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
+
+    viewer, widget, counter = seg
+    labels = _owned(viewer, "labels")
+    widget.confidence_check.setChecked(False)
+    widget.min_size_spin.setValue(0.0)
+    raw = labels.data.copy()
+    cc, n = cc3d.connected_components(raw, connectivity=26, return_N=True)
+    prob = widget.prediction.probability
+    peaks = np.array([prob[cc == k].max() for k in range(1, n + 1)])
+    assert peaks.max() >= DEFAULT_MIN_CONFIDENCE  # the model is sure of something
+    unsure = np.isin(cc, 1 + np.flatnonzero(peaks < DEFAULT_MIN_CONFIDENCE))
+    assert unsure.any()
+    widget.confidence_check.setChecked(True)
+    np.testing.assert_array_equal(labels.data > 0, (raw > 0) & ~unsure)
+    widget.confidence_check.setChecked(False)
+    np.testing.assert_array_equal(labels.data, raw)
     assert counter.calls == 1
 
 
@@ -651,6 +678,7 @@ def test_overlays_show_what_segment_writes(seg):
     fg = prob >= 0.5
     np.testing.assert_allclose(radius.data[fg], widget.prediction.radius_mm[fg])
     assert radius.contrast_limits[1] == pytest.approx(float(radius.data.max()))
+    widget.confidence_check.setChecked(False)
     widget.min_size_spin.setValue(0.0)
     labels, skeleton = _owned(viewer, "labels"), _owned(viewer, "skeleton")
     raw_skeleton = int(np.count_nonzero(skeleton.data))

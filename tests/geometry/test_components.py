@@ -207,3 +207,35 @@ def test_end_fullness_on_a_thick_slice_grid():
     z, y, x = np.meshgrid(*(np.arange(n) * s for n, s in zip((36, 128, 128), sp)), indexing="ij")
     cyl = ((y - 45.0) ** 2 + (x - 45.0) ** 2 <= 36.0) & (z > 20.0) & (z < 70.0)
     assert 0.9 < end_fullness(cyl, sp) < 1.1
+
+
+def test_components_the_network_is_unsure_of_go():
+    """Session 18: specks of soft-tissue texture peak below 0.99, true vessel pieces reach it.
+    A component without a voxel at min_confidence goes; none goes when no voxel reaches it."""
+    from napari_tubular.geometry import remove_specks_and_blobs, remove_unconfident_components
+
+    m = np.zeros((30, 30, 30), bool)
+    p = np.zeros(m.shape, np.float32)
+    m[2:28, 2:5, 2:5] = True
+    p[2:28, 2:5, 2:5] = 0.9
+    p[15, 3, 3] = 1.0  # sure of it at one voxel: kept whole
+    m[5:9, 20:24, 20:24] = True
+    p[5:9, 20:24, 20:24] = 0.995
+    m[20:24, 20:24, 20:24] = True
+    p[20:24, 20:24, 20:24] = 0.97  # a speck the network is unsure of
+    out, n = remove_unconfident_components(m, p, 0.99)
+    assert n == 1
+    assert out.sum() == m.sum() - 64
+    assert not out[20:24, 20:24, 20:24].any()
+    # a model sure of nothing: the level says nothing about it, nothing removed
+    out, n = remove_unconfident_components(m, np.minimum(p, 0.9), 0.99)
+    assert n == 0
+    assert out.sum() == m.sum()
+    out, n_removed, _ = remove_specks_and_blobs(m, (1.0, 1.0, 1.0), 20.0, None, p, 0.99)
+    assert n_removed == 1
+    assert out.sum() == m.sum() - 64
+    assert remove_specks_and_blobs(m, (1.0, 1.0, 1.0), 20.0, None, p, None)[0].sum() == m.sum()
+    with pytest.raises(ValueError, match="min confidence"):
+        remove_unconfident_components(m, p, 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        remove_unconfident_components(m, p[:-1], 0.99)
