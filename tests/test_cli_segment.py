@@ -790,6 +790,14 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
                 tmp_path / "r2_labels.nii.gz", "--blob-ratio", "off", "--min-confidence",
                 "off") == 0
     assert (read_volume(tmp_path / "r2_labels.nii.gz").data > 0)[speck].any()
+    # a damaged level in the report: said, and the defaults (no confidence filter) used
+    report["parameters"]["min_confidence"] = "high"
+    (a / "ct_report.json").write_text(json.dumps(report))
+    capsys.readouterr()
+    assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
+                tmp_path / "r3_labels.nii.gz", "--blob-ratio", "off") == 0
+    assert "could not be read as segment's report" in capsys.readouterr().err
+    assert (read_volume(tmp_path / "r3_labels.nii.gz").data > 0)[speck].any()
     with pytest.raises(SystemExit):
         _run("segment", image, "-o", tmp_path / "c", "--min-confidence", "1.5", *common)
     assert "a probability in (0, 1]" in capsys.readouterr().err

@@ -145,7 +145,8 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "partial_volume": None if pv is None else float(pv), "image": image,
                     "polarity": params.get("polarity", "bright"),
                     "blob_ratio": params.get("blob_ratio"), "from_report": True,
-                    "min_confidence": params.get("min_confidence"),
+                    "min_confidence": None if params.get("min_confidence") is None
+                    else float(params["min_confidence"]),
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             # said (an audit: a damaged report was passed over in silence, and with it the
@@ -220,7 +221,9 @@ def run(args) -> int:
               for k in ("tp", "tr", "min_size_mm3")}
     tp, tr = check_thresholds(chosen["tp"], chosen["tr"])
     min_size = chosen["min_size_mm3"]
-    check_segment_options(tp, tr, min_size)
+    confidence = (defaults["min_confidence"] if args.min_confidence == "report"
+                  else args.min_confidence)
+    check_segment_options(tp, tr, min_size, min_confidence=confidence)
     from_defaults = [name for k, name in (("tp", "tp"), ("tr", "tr"), ("min_size_mm3", "min size"))
                      if getattr(args, k) is None]
     if from_defaults:
@@ -281,9 +284,6 @@ def run(args) -> int:
                   file=sys.stderr)
         labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
-    confidence = (defaults["min_confidence"] if args.min_confidence == "report"
-                  else args.min_confidence)
-    check_segment_options(tp, tr, min_size, min_confidence=confidence)
     labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence)
     skeleton = skeleton & labels
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
