@@ -248,7 +248,6 @@ def remove_unconfident_components(mask, probability, min_confidence: float):
         ``(cleaned uint8 mask, number of components removed)``.
     """
     import cc3d
-    from scipy import ndimage
 
     m = check_mask(mask)
     p = np.asarray(probability)
@@ -258,11 +257,17 @@ def remove_unconfident_components(mask, probability, min_confidence: float):
     labels, n = cc3d.connected_components(m.view(np.uint8), connectivity=26, return_N=True)
     if n == 0:
         return m.astype(np.uint8), 0
-    peak = np.asarray(ndimage.maximum(p, labels, index=np.arange(1, n + 1)))
+    fg = np.flatnonzero(m)  # the labels are a small part of the volume: work on them only
+    fg_labels = labels.ravel()[fg]
+    peak = np.full(n + 1, -np.inf)
+    np.maximum.at(peak, fg_labels, p.ravel()[fg].astype(np.float64))
     if float(peak.max()) < min_confidence:
         return m.astype(np.uint8), 0
-    keep = np.concatenate([[False], peak >= min_confidence])
-    return keep[labels].astype(np.uint8), int(n - keep.sum())
+    keep = peak >= min_confidence
+    keep[0] = False
+    out = np.zeros(m.shape, np.uint8)
+    out.ravel()[fg[keep[fg_labels]]] = 1
+    return out, int(n - keep.sum())
 
 
 def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None,
