@@ -80,6 +80,7 @@ def _bone_level_arg(text: str):
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
+    from ..geometry.components import BLOB_MAX_DIAMETERS, BLOB_NEIGHBOUR_MM
     from ..inference import (
         BLOB_RATIO,
         DEFAULT_MIN_CONFIDENCE,
@@ -229,9 +230,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="R|off",
         help="drop label components other than the largest that are at least 3 voxels thick "
         "and whose centerline is shorter than R times the cube root of their volume, or that "
-        "lie alone (nothing within 5 mm, no face touched), are at most 2.5 of their "
-        "diameters long and taper at both ends: balls, thick plates and other blobs, not "
-        "tubes; the largest component is kept (default "
+        f"lie alone (nothing within {BLOB_NEIGHBOUR_MM:g} mm, no face touched), are at most "
+        f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, thick "
+        "plates and other blobs, not tubes; the largest component is kept (default "
         f"{BLOB_RATIO}); 'off' keeps them",
     )
     p.add_argument(

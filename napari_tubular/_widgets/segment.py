@@ -58,7 +58,8 @@ from napari_tubular._widgets._workers import (
     start_job,
     sync_default,
 )
-from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3
+from napari_tubular.geometry.components import BLOB_MAX_DIAMETERS, BLOB_NEIGHBOUR_MM
+from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE_MM3
 
 if TYPE_CHECKING:
     import napari
@@ -86,7 +87,6 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
     removed (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default
     ratio), and the pseudo-skeleton and the spheres kept where the labels are."""
     from napari_tubular.geometry import BLOB_RATIO, remove_specks_and_blobs
-    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
 
     labels = np.asarray(result.labels)
     if fraction is not None:
@@ -271,14 +271,16 @@ class SegmentWidget(QWidget):
             form, "drop blob-like components", True,
             "drop label components other than the largest that are at least 3 voxels thick "
             "and whose centerline is shorter than half the cube root of their volume, or that "
-            "lie alone (nothing within 5 mm, no face touched), are at most 2.5 of their "
-            "diameters long and taper at both ends: balls, thick plates and blobs (an enhancing "
-            "organ, a bright distractor), not tubes (segment --blob-ratio)")
+            f"lie alone (nothing within {BLOB_NEIGHBOUR_MM:g} mm, no face touched), are at most "
+            f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, "
+            "thick plates and blobs (an enhancing organ, a bright distractor), not tubes "
+            "(segment --blob-ratio)")
         self.blob_check.toggled.connect(self._on_thresholds)
         self.confidence_check = _option(
             form, "drop components the network is unsure of", True,
-            "drop label components without a voxel whose probability reaches 0.99: specks of "
-            "soft-tissue texture, most of all on thick slices (segment --min-confidence)")
+            "drop label components without a voxel whose probability reaches "
+            f"{DEFAULT_MIN_CONFIDENCE:g}: specks of soft-tissue texture, most of all on thick "
+            "slices (segment --min-confidence)")
         self.confidence_check.toggled.connect(self._on_thresholds)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
