@@ -373,3 +373,14 @@ def test_large_volumes_say_which_stage_they_are_in(tmp_path, capsys, monkeypatch
         assert f"evaluate p.nii.gz: {stage}" in err
     assert main(["evaluate", str(p)]) == 0
     assert "evaluate p.nii.gz: self-check" in capsys.readouterr().err
+
+
+def test_help_states_the_self_checks_small_component_fraction(capsys):
+    """An audit: the self-check's "small component" (under 5 % of the largest) was stated only
+    in the code; the help says it, from the same constant."""
+    from napari_tubular.topology.errors import SMALL_FRACTION
+
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"under {SMALL_FRACTION * 100:g}% of the largest one's voxels" in out

@@ -193,7 +193,42 @@ def test_evaluate_warns_when_the_threshold_leaves_nothing(tmp_path, capsys):
     assert _run("evaluate", prob, ref, "--threshold", "1.5") == 0
     assert "no voxel of p.nii.gz is above --threshold 1.5" in capsys.readouterr().err
     assert _run("evaluate", prob, ref, "--threshold", "0.5") == 0
-    assert "no voxel" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no voxel" not in err
+    assert "every voxel" not in err
+    # an audit: --threshold -1 made every voxel foreground without a word
+    assert _run("evaluate", prob, ref, "--threshold", "-1") == 0
+    assert "every voxel of p.nii.gz is above --threshold -1" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_two_outputs_on_one_file(tmp_path, capsys):
+    """An audit: ``--json same.nii.gz --errors same.nii.gz`` wrote the error map, then the
+    JSON over it, and exited 0."""
+    _vol, mask = _volume()
+    ref = write_volume(tmp_path / "ref.nii.gz", Volume(mask.astype(np.uint8)))
+    pred = write_volume(tmp_path / "pred.nii.gz", Volume(mask.astype(np.uint8)))
+    same = tmp_path / "same.nii.gz"
+    for a, b in (("--json", "--errors"), ("--json", "--sites"), ("--json", "--csv")):
+        assert _run("evaluate", pred, ref, a, same, b, same) == 2
+        assert f"{a} and {b} both name" in capsys.readouterr().err
+        assert not same.exists()
+    assert _run("evaluate", pred, ref, "--json", tmp_path / "m.json", "--errors",
+                tmp_path / "e.nii.gz") == 0
+
+
+def test_refine_says_when_its_thresholds_leave_nothing(tmp_path, capsys):
+    """An audit: ``refine --tr 50`` wrote an empty labels file, exit 0, no word."""
+    prob = np.zeros((16, 16, 16), np.float32)
+    prob[4:12, 6:10, 6:10] = 0.95
+    p = write_volume(tmp_path / "c_probability.nii.gz", Volume(prob))
+    r = write_volume(tmp_path / "c_radius.nii.gz", Volume((prob > 0).astype(np.float32) * 2))
+    assert _run("refine", p, r, "-o", tmp_path / "a_labels.nii.gz", "--tr", "50") == 0
+    assert "the labels are empty although the probability map holds vessels" in \
+        capsys.readouterr().err
+    assert not read_volume(tmp_path / "a_labels.nii.gz").data.any()
+    assert _run("refine", p, r, "-o", tmp_path / "b_labels.nii.gz") == 0
+    assert "labels are empty" not in capsys.readouterr().err
+    assert read_volume(tmp_path / "b_labels.nii.gz").data.any()
 
 
 def test_folder_input_says_what_it_passes_over(tmp_path, model_file, capsys):

@@ -434,13 +434,15 @@ def test_empty_labels_from_thresholds_are_a_warning(tmp_path, model_file, volume
 
 def test_refine_names_what_differs(tmp_path, capsys):
     grid = Volume(np.full((8, 8, 8), 0.5, np.float32), spacing=(1.0, 1.0, 1.0))
-    flipped = Volume(np.ones((8, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0),
-                     direction=np.diag([1.0, -1.0, 1.0]))
+    rotated = Volume(np.ones((8, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0),
+                     direction=np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]),
+                     origin=(0.5, 0.0, 0.0))
     a = write_volume(tmp_path / "p.nii.gz", grid)
-    b = write_volume(tmp_path / "r.nii.gz", flipped)
+    b = write_volume(tmp_path / "r.nii.gz", rotated)
     assert _run("refine", a, b, "-o", tmp_path / "x_labels.nii.gz") == 2
     err = capsys.readouterr().err
     assert "direction" in err
+    assert "origin" in err
     assert "shape" not in err
     # maps of two cases (by segment's names) on one grid: refined, with a warning
     prob = write_volume(tmp_path / "a_probability.nii.gz", grid)
@@ -448,6 +450,32 @@ def test_refine_names_what_differs(tmp_path, capsys):
                                                                                np.float32)))
     assert _run("refine", prob, radius, "-o", tmp_path / "y_labels.nii.gz") == 0
     assert "probability is case 'a' and the radius case 'b'" in capsys.readouterr().err
+
+
+def test_refine_reindexes_a_radius_map_stored_in_another_orientation(tmp_path, capsys):
+    """An audit: a radius map of the same grid stored with an axis flipped was refused by
+    refine, while evaluate and refine's --image re-index such files."""
+    from napari_tubular.synthetic import make_vessel_tree
+
+    case = make_vessel_tree((20, 24, 22), (1.2, 0.8, 0.9), seed=5, distractors=False)
+    prob = (case.mask > 0).astype(np.float32) * 0.95
+    radius = np.where(case.mask > 0, 1.5, 0.0).astype(np.float32)
+    grid = Volume(prob, spacing=case.spacing, origin=(3.0, -2.0, 1.0))
+    p = write_volume(tmp_path / "c_probability.nii.gz", grid)
+    r = write_volume(tmp_path / "c_radius.nii.gz", grid.with_data(radius))
+    # the same voxels, y stored reversed: direction flipped, origin at the other end
+    flip = np.diag([1.0, -1.0, 1.0])
+    origin = np.asarray(grid.origin) + np.array([0.0, (prob.shape[1] - 1) * case.spacing[1], 0.0])
+    rf = write_volume(tmp_path / "c_radius_flipped.nii.gz",
+                      Volume(radius[:, ::-1].copy(), spacing=case.spacing, origin=origin,
+                             direction=flip))
+    assert _run("refine", p, r, "-o", tmp_path / "a_labels.nii.gz") == 0
+    capsys.readouterr()
+    assert _run("refine", p, rf, "-o", tmp_path / "b_labels.nii.gz") == 0
+    assert "re-indexed onto it" in capsys.readouterr().err
+    a = read_volume(tmp_path / "a_labels.nii.gz").data
+    assert a.any()
+    np.testing.assert_array_equal(read_volume(tmp_path / "b_labels.nii.gz").data, a)
 
 
 @pytest.mark.parametrize("polarity", ["bright", "dark"])

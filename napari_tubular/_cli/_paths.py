@@ -31,3 +31,19 @@ def refuse_inputs_as_outputs(outputs: Iterable, inputs: Iterable) -> None:
             if _same(out, inp):
                 raise ValueError(f"output {out} is also an input ({inp}); choose another output "
                                  "name or folder (--overwrite never replaces an input)")
+
+
+def refuse_shared_outputs(named: dict) -> None:
+    """Raise ValueError when two output options name the same file (an audit: ``evaluate
+    --json same.nii.gz --errors same.nii.gz`` wrote the error map, then the JSON over it, and
+    said "wrote" twice). ``named``: option name (e.g. ``"--json"``) -> path or None."""
+    seen: list[tuple[str, Path]] = []
+    for opt, out in named.items():
+        if out is None:
+            continue
+        out = Path(out)
+        for other, earlier in seen:
+            if _same(out, earlier):
+                raise ValueError(f"{other} and {opt} both name {out}; give each output its own "
+                                 "file")
+        seen.append((opt, out))

@@ -51,7 +51,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument("ref", type=Path, nargs="?",
                    help="reference mask/labels volume, or a folder of them; without it, the "
                    "reference-free self-check of PRED: components by size, small isolated "
-                   "components, loops (b1), cavities (b2) and possible breaks, with "
+                   "components (under 5%% of the largest one's voxels), loops (b1), "
+                   "cavities (b2) and possible breaks, with "
                    "--json/--errors/--sites")
     p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
     p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
@@ -201,6 +202,13 @@ def _thresholded(data, threshold: float, path: Path):
     something (an audit: ``--threshold 1.5`` on a probability map, or 1 on a 0/1 mask, gave
     an empty prediction and Dice 0 without a word)."""
     out = data > threshold
+    if out.all() and out.size:
+        # an audit: --threshold -1 on a probability map made every voxel foreground silently
+        finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
+        low = float(finite.min()) if finite.size else float("nan")
+        print(f"warning: every voxel of {Path(path).name} is above --threshold {threshold:g} "
+              f"(its smallest value is {low:g}): the prediction is the whole volume",
+              file=sys.stderr)
     if not out.any() and np.any(data):
         finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data
         top = float(finite.max()) if finite.size else float("nan")
@@ -377,8 +385,10 @@ def summarize(cases: list[dict]) -> dict:
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
-    from ._paths import refuse_inputs_as_outputs
+    from ._paths import refuse_inputs_as_outputs, refuse_shared_outputs
 
+    refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
+                           for opt in ("json", "csv", "sites", "errors")})
     # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")

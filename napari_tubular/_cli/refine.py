@@ -254,10 +254,20 @@ def run(args) -> int:
     radius = read_volume(args.radius)
     differences = prob.geometry_differences(radius)
     if differences:
-        raise ValueError(
-            f"{args.probability} and {args.radius} are not on the same grid: "
-            + "; ".join(differences)
-        )
+        from ..io import resample_like
+
+        moved, how = resample_like(radius, prob)
+        if how != "re-indexed" or radius.data.size != prob.data.size:
+            raise ValueError(
+                f"{args.probability} and {args.radius} are not on the same grid: "
+                + "; ".join(differences)
+            )
+        # the same voxels stored in another orientation (another tool's convention), as
+        # evaluate and --image take them (an audit: refused here only)
+        print(f"refine: note: {args.radius} is stored in another orientation of the "
+              f"probability map's grid ({'; '.join(differences)}); re-indexed onto it",
+              file=sys.stderr)
+        radius = moved
     p = prob.data.astype(np.float32, copy=False)
     if p.size and (float(p.min()) < 0.0 or float(p.max()) > 1.0):
         raise ValueError(
@@ -286,6 +296,13 @@ def run(args) -> int:
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence)
     skeleton = skeleton & labels
+    if not labels.any() and p.size and float(p.max()) > 0.5:
+        # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word
+        print(f"refine: warning: the labels are empty although the probability map holds "
+              f"vessels (highest probability {float(p.max()):.2f}, "
+              f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds (tp={tp:g}, "
+              f"tr={tr:g}, min component {min_size:g} mm^3) removed everything; lower them",
+              file=sys.stderr)
     write_volume(out, labels, reference=prob, overwrite=args.overwrite)
     write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
     stats = shape_report(labels, skeleton, spacing)

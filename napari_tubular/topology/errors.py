@@ -97,6 +97,9 @@ _BREAK_WEIGHT = 2.0  # a missed-centerline piece that is a break
 _COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT,
                     LOOP, CAVITY)
 _SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY)
+#: self-check: a component other than the largest with fewer voxels than this fraction of the
+#: largest one's is a ``small component`` site
+SMALL_FRACTION = 0.05
 
 
 @dataclass
@@ -812,25 +815,108 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         # cycle in one pass over its voxels (comparing sets pairwise took minutes with
         # thousands of loops, a review)
         on: dict[int, list[int]] = {}
-        sizes: list[int] = []
-        for cyc in sorted(cycles, key=len, reverse=True):
-            if len(sizes) == b1:
-                break
+        picked: list[np.ndarray] = []
+        skipped: list[tuple[np.ndarray, list[int]]] = []
+
+        def overlapping(cyc, on=on, picked=picked):
             shared: dict[int, int] = {}
             for v in cyc.tolist():
                 for q in on.get(v, ()):
                     shared[q] = shared.get(q, 0) + 1
-            if any(c > 0.5 * min(len(cyc), sizes[q]) for q, c in shared.items()):
+            return [q for q, c in shared.items() if c > 0.5 * min(len(cyc), len(picked[q]))]
+
+        for cyc in sorted(cycles, key=len, reverse=True):
+            if len(picked) == b1:
+                break
+            over = overlapping(cyc)
+            if over:
+                skipped.append((cyc, over))
                 continue
-            index = len(sizes)
-            sizes.append(len(cyc))
             for v in cyc.tolist():
-                on.setdefault(v, []).append(index)
+                on.setdefault(v, []).append(len(picked))
+            picked.append(cyc)
+        if len(picked) < b1:
+            _split_sum_cycles(g, picked, skipped, b1, on, overlapping)
+        for cyc in picked:
             vox = g.coords[cyc]
             steps = float(np.sqrt((((vox - np.roll(vox, -1, axis=0)) * sp) ** 2).sum(axis=1)).sum())
             out.append((cid, vox, steps))
-        unlocated += b1 - len(sizes)
+        unlocated += b1 - len(picked)
     return out, unlocated, b1_of
+
+
+def _edges(cyc: np.ndarray) -> set:
+    """The edges of a closed node path, as sorted node pairs."""
+    nxt = np.roll(cyc, -1)
+    return {(min(a, b), max(a, b)) for a, b in zip(cyc.tolist(), nxt.tolist())}
+
+
+def _as_cycle(edges: set) -> np.ndarray | None:
+    """The nodes of ``edges`` in order when they form one simple cycle, else None."""
+    adj: dict[int, list[int]] = {}
+    for a, b in edges:
+        adj.setdefault(a, []).append(b)
+        adj.setdefault(b, []).append(a)
+    if len(adj) < 3 or any(len(n) != 2 for n in adj.values()):
+        return None
+    start = next(iter(adj))
+    path, prev, cur = [start], None, start
+    while True:
+        a, b = adj[cur]
+        prev, cur = cur, (b if a == prev else a)
+        if cur == start:
+            break
+        path.append(cur)
+    return np.asarray(path, dtype=np.int64) if len(path) == len(adj) else None
+
+
+#: at most this many skipped cycles are tried by :func:`_split_sum_cycles` per component
+_MAX_SPLIT_TRIES = 200
+
+
+def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
+    """Loops the longest-first choice leaves unlocated because a picked cycle is their sum (an
+    audit: two rings touching at one point, a figure 8: the outer contour was taken first, and
+    each ring, lying on it, was skipped as the same loop; "1 loop(s) counted, not located").
+    A skipped cycle ``c`` that overlaps one picked cycle ``q`` replaces ``q`` by ``q + c``
+    (the symmetric difference of their edges) and is taken too, when that difference is one
+    simple cycle wider than a 2 x 2 x 2 block sharing at most half its voxels with ``c`` and
+    no more with the other picked cycles: ring, ring instead of contour, ring. Updates
+    ``picked`` and ``on`` in place."""
+    for cyc, _ in skipped[:_MAX_SPLIT_TRIES]:
+        if len(picked) >= b1:
+            return
+        over = overlapping(cyc)
+        if len(over) != 1:
+            continue
+        q = over[0]
+        rest = _as_cycle(_edges(cyc) ^ _edges(picked[q]))
+        if rest is None:
+            continue
+        c = g.coords[rest]
+        if np.all(c.max(axis=0) - c.min(axis=0) <= 1):
+            continue
+        if len(set(rest.tolist()) & set(cyc.tolist())) > 0.5 * min(len(rest), len(cyc)):
+            continue
+        old = picked[q]
+        for v in old.tolist():
+            on[v].remove(q)
+        picked[q] = rest
+        for v in rest.tolist():
+            on.setdefault(v, []).append(q)
+        if [o for o in overlapping(rest) if o != q]:
+            for v in rest.tolist():  # undo: the difference repeats another picked loop
+                on[v].remove(q)
+            picked[q] = old
+            for v in old.tolist():
+                on.setdefault(v, []).append(q)
+            continue
+        if overlapping(cyc):
+            # still the same loop as a picked one: keep the swap (it does no harm) but not c
+            continue
+        for v in cyc.tolist():
+            on.setdefault(v, []).append(len(picked))
+        picked.append(cyc)
 
 
 def self_check(
@@ -838,7 +924,7 @@ def self_check(
     spacing,
     *,
     skeleton: np.ndarray | None = None,
-    small_fraction: float = 0.05,
+    small_fraction: float = SMALL_FRACTION,
     break_gap_mm: float = 5.0,
 ) -> ErrorReport:
     """Review a segmentation without a reference (classes 5 to 8, plus the component list).

@@ -3,7 +3,7 @@ import pytest
 
 from napari_tubular.topology import ERROR_CLASSES, error_map, self_check
 
-from .shapes import ball, ring_chain, segment, torus
+from .shapes import ball, grid, ring_chain, segment, torus
 
 SHAPE = (24, 40, 80)
 SPACING = (1.5, 0.8, 0.8)
@@ -464,3 +464,29 @@ def test_a_false_branch_that_closes_a_loop_says_so():
     assert false
     assert any("closes a loop" in s.detail for s in false)
     assert _loops(rep) == []
+
+
+@pytest.mark.parametrize("centres", [
+    ((15, 24), (31, 24)),  # a figure 8: two rings touching at one point
+    ((20, 16), (20, 32), (20, 48), (36, 32)),  # four rings, three touching the second
+])
+def test_self_check_locates_each_of_touching_rings(centres):
+    """An audit: on a figure 8 the longest fundamental cycle (the outer contour) was taken
+    first and each ring, lying on it, skipped as the same loop: one loop of two located."""
+    shape = (24, 56, 64)
+    z, y, x = grid(shape)
+    mask = np.zeros(shape, bool)
+    for cy, cx in centres:
+        rho = np.sqrt((y - cy) ** 2 + (x - cx) ** 2)
+        mask |= (rho - 8.0) ** 2 + (z - 12.0) ** 2 <= 4.0
+    rep = self_check(mask, (1.0, 1.0, 1.0))
+    assert rep.summary["betti"] == [1, len(centres), 0]
+    assert rep.summary["loops_unlocated"] == 0
+    loops = [s for s in rep.sites if s.cls == 6]
+    found = sorted((round(s.centroid_vox[1]), round(s.centroid_vox[2])) for s in loops)
+    assert len(found) == len(centres)
+    for (fy, fx), (cy, cx) in zip(found, sorted(centres)):  # each ring's own centre
+        assert abs(fy - cy) <= 1
+        assert abs(fx - cx) <= 1
+    for s in loops:  # one ring each, not the contour around two
+        assert s.length_mm == pytest.approx(2 * np.pi * 8.0, rel=0.1)
