@@ -74,6 +74,12 @@ _AIR_TARGET = (-1.0, 0.3)
 # the tissue level: this percentile of the body's voxels (not the median: fat can be half of a
 # body, and its median then lies in the fat)
 _AIR_TISSUE_PERCENTILE = 75.0
+# an image with at least _CT_DARK_FRACTION of its voxels in _CT_DARK (fat, lung and air in
+# Hounsfield units; raw CT stored as HU + 1024 and MR counts have none there) is CT in HU even
+# when its bulk is brighter than soft tissue (a contrast-filled chamber or aorta filling most
+# of a crop)
+_CT_DARK = (-1050.0, -50.0)
+_CT_DARK_FRACTION = 0.05
 
 
 def _sample(x: np.ndarray) -> np.ndarray:
@@ -106,7 +112,9 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
       for a CT window: the soft tissue) lies outside the window's lower half
       ``[low, low + 0.55 width]`` (-200..240 HU for the default window), as for raw CT stored
       as HU + 1024, MR-like counts or other offsets: the window would clip the tissue and the
-      vessels to one value. Chest CT (air, lung) and fat keep their HU.
+      vessels to one value. Chest CT (air, lung) and fat keep their HU, and so does a bright
+      bulk beside fat, lung or air (at least 5 % of the voxels between -1050 and -50: a CT
+      angiography crop filled mostly by contrast-enhanced blood).
 
     ``value_range``: the image's :func:`robust_range` when the caller has it already.
     ``stored_dtype``: the dtype the image was stored with, when ``image`` is a float copy of it
@@ -133,7 +141,14 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
         # bone level on, Dice 0.24 instead of 0.68): no air, no bone, not CT
         return ("the image holds unsigned integers no larger than 255, which cannot be the "
                 "model's units (e.g. microscopy counts)")
-    med = _bulk_median(_sample(image).astype(np.float64), low, width)
+    x = _sample(image).astype(np.float64)
+    med = _bulk_median(x, low, width)
+    if med > low + _BULK_BAND * width and np.mean((x >= _CT_DARK[0]) & (x <= _CT_DARK[1])) \
+            >= _CT_DARK_FRACTION:
+        # a bright bulk beside fat, lung or air in HU: CT in HU whose field of view is mostly
+        # contrast-filled blood (an outside audit's cardiac CTA crop: a 420 HU chamber over 55 %
+        # of it, 29 % fat, was mapped with the fat taken for air and the blood for tissue)
+        return None
     if not low <= med <= low + _BULK_BAND * width:
         return (f"the bulk of the image (median {med:.4g}, air excluded) lies outside the lower "
                 f"part {low:g}..{low + _BULK_BAND * width:g} of the model's window, where tissue "

@@ -94,6 +94,23 @@ def test_rescale_reasons_offsets_counts_and_8bit():
     assert intensity_rescale_reason(hu * 4 + 500, {"kind": "percentile"}) is None
 
 
+def test_a_cta_crop_filled_with_contrast_keeps_its_units():
+    """An outside audit: a cardiac CTA crop in HU, a 420 HU chamber over 55 % of it, 110 HU
+    myocardium and -80 HU epicardial fat: its bulk (392) lies above the soft-tissue band, and
+    "auto" rescaled it, taking the fat for air and the blood for tissue. Fat, lung or air in HU
+    (at least 5 % of the voxels between -1050 and -50) now keeps the units; the same image
+    stored as HU + 1024, and MR-like counts, are still rescaled."""
+    from napari_tubular.models.normalization import intensity_rescale_reason
+
+    rng = np.random.default_rng(3)
+    x = np.arange(64)[None, None, :] * np.ones((32, 32, 64))
+    crop = np.where(x < 35, 420.0, np.where(x < 45, 110.0, -80.0)) + rng.normal(0, 20, x.shape)
+    assert intensity_rescale_reason(crop.astype(np.int16), WINDOW) is None
+    assert "HU + 1024" in intensity_rescale_reason((crop + 1024).astype(np.int16), WINDOW)
+    counts = np.where(x < 35, 1800.0, np.where(x < 45, 700.0, 300.0)) + rng.normal(0, 20, x.shape)
+    assert "bulk" in intensity_rescale_reason(counts, WINDOW)
+
+
 def test_rescale_to_window_is_the_linear_map_of_the_robust_range():
     from napari_tubular.models.normalization import rescale_to_window, robust_range
 
