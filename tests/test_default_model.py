@@ -392,12 +392,14 @@ def test_default_model_segments_an_mr_angiogram_whose_background_looks_like_hu()
     assert any("not CT in HU" in m for m in res.report["messages"])
 
 
-def test_default_model_on_a_slab_thinner_than_its_window():
-    """A slab of 12 slices at 0.6 mm (9 voxels at the model's 0.8 mm) with in-plane vessels of
-    1.5-2.5 mm radius: the padding up to the 64-voxel window mirrored the slab about seven
+@pytest.mark.parametrize("vessels", ["in-plane", "crossing"])
+def test_default_model_on_a_slab_thinner_than_its_window(vessels):
+    """A slab of 12 slices at 0.6 mm (9 voxels at the model's 0.8 mm). Vessels lying in it
+    (1.5-2.5 mm radius): the padding up to the 64-voxel window mirrored the slab about seven
     times, a stack of vessel copies (an outside audit: Dice 0.74; here 0.894 / clDice 0.931 /
-    6 components). It now continues each line of voxels with its background (measured: 0.986
-    / 1.0 / 1 component)."""
+    6 components for 1). Background padding alone fixed them (0.986 / 1.0 / 1) but cut the
+    vessels crossing the slab to stubs the network doubts (0.648 / 0.892; mirrored: 0.953 /
+    1.0); the larger probability of the two paddings keeps both (0.985 / 1.0 and 0.952 / 1.0)."""
     from scipy import ndimage
 
     from napari_tubular.inference import segment
@@ -407,15 +409,22 @@ def test_default_model_on_a_slab_thinner_than_its_window():
     shape, sp = (12, 160, 160), (0.6, 0.6, 0.6)
     zz, yy, xx = np.indices(shape).astype(np.float32) * 0.6
     vessel = np.zeros(shape, bool)
-    for k, (r, ang) in enumerate(((2.5, 0.3), (2.0, 1.2), (1.5, 2.0), (2.2, 2.7))):
-        across = (yy - 48.0) * np.cos(ang) - (xx - 48.0) * np.sin(ang) - (k - 1.5) * 18.0
-        vessel |= np.hypot(across, zz - 3.3) <= r
+    if vessels == "in-plane":
+        for k, (r, ang) in enumerate(((2.5, 0.3), (2.0, 1.2), (1.5, 2.0), (2.2, 2.7))):
+            across = (yy - 48.0) * np.cos(ang) - (xx - 48.0) * np.sin(ang) - (k - 1.5) * 18.0
+            vessel |= np.hypot(across, zz - 3.3) <= r
+    else:  # nine vessels through the slab, tilted 0-40 degrees from its normal
+        for k in range(9):
+            tilt = np.deg2rad(5 * k)
+            off = np.hypot((yy - 15 - 30 * (k // 3)) - np.tan(tilt) * (zz - 3.3),
+                           xx - 15 - 30 * (k % 3))
+            vessel |= off * np.cos(tilt) <= 1.2 + 0.2 * k
     img = ndimage.gaussian_filter(np.where(vessel, 300.0, 40.0), 0.6) + rng.normal(0, 15, shape)
     res = segment(img.astype(np.int16), "default", "cpu", spacing=sp)
     m = compute_metrics(res.labels > 0, vessel, sp)
-    assert m["dice"] > 0.95
+    assert m["dice"] > 0.93
     assert m["cldice"] > 0.98
-    assert m["betti_pred"][0] == 1
+    assert m["betti_pred"][0] == m["betti_ref"][0]
 
 
 def test_default_model_does_not_take_the_body_edge_for_vessels():
