@@ -585,7 +585,8 @@ def _pad_amounts(shape, window, margins=None):
     """Padding (before, after) per axis: the face ``margins`` (:func:`face_margins`; none if
     None), then symmetric padding so that every axis is >= window (as MONAI).
 
-    The margins mirror the volume; the rest is background (:func:`_pad_image`)."""
+    The margins mirror the volume; an axis still shorter than the window is padded twice, by
+    mirroring and with background, and the larger probability kept (:func:`_pad_image`)."""
     margins = margins or [(0, 0)] * len(shape)
     out = []
     for s, w, (ma, mb) in zip(shape, window, margins):
@@ -740,6 +741,10 @@ def sliding_window_predict(
 ):
     """Our tiled loop: stream blended outputs into volume-sized float32 buffers.
 
+    A volume with an axis shorter than the window is run twice, padded by mirroring and with
+    background (:func:`_pad_image`), and the larger probability kept per voxel (with the scale
+    of the same run); ``progress`` then counts the windows of each run.
+
     Args:
         image: float32 numpy array or tensor, shape (Z, Y, X), normalised, on the model grid.
         net: network returning ``dict(seg, scale)``.
@@ -790,8 +795,9 @@ def sliding_window_predict(
         acc_p, acc_s = _tiled(torch.from_numpy(_pad_image(arr, window, margins)), net, window,
                               overlap, pads, shape, scale_mode, amp, tta, state, progress,
                               cancel, messages, "sliding window (background padding)")
-        p2, s2 = _tiled(torch.from_numpy(np.pad(arr, pads, mode=_PAD_MODE)), net, window, overlap, pads, shape, scale_mode, amp, tta, state,
-                        progress, cancel, messages, "sliding window (mirrored padding)")
+        p2, s2 = _tiled(torch.from_numpy(np.pad(arr, pads, mode=_PAD_MODE)), net, window,
+                        overlap, pads, shape, scale_mode, amp, tta, state, progress, cancel,
+                        messages, "sliding window (mirrored padding)")
         with torch.no_grad():
             p2, s2 = p2.to(acc_p.device), s2.to(acc_s.device)
             take = p2 > acc_p
