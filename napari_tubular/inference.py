@@ -44,6 +44,7 @@ import numpy as np
 from .geometry.components import (
     BLOB_MAX_DIAMETERS,
     BLOB_RATIO,
+    CONFIDENCE_MAX_MM3,
     remove_small_components,
     remove_specks_and_blobs,
 )
@@ -79,6 +80,8 @@ DEFAULT_MIN_SIZE_MM3 = 20.0
 #: soft-tissue texture on thick slices (session 18: Betti-0 errors of CT-sized synthetic
 #: volumes 25-65 % lower, held-out unchanged; docs/measurements.md)
 DEFAULT_MIN_CONFIDENCE = 0.99
+#: the confidence filter's removals are said (a warning) from this total volume (mm^3) on
+UNSURE_NOTE_MM3 = 100.0
 #: :func:`segment`'s partial-volume boundary trim (``napari_tubular.geometry.partial_volume``)
 DEFAULT_PARTIAL_VOLUME = 0.4
 _SPACING_RTOL = 1e-3
@@ -1716,9 +1719,16 @@ def segment(
         del image
         labels = trim_partial_volume(labels, fraction, partial_volume)
         del fraction
+    unsure: dict = {}
     labels, n_removed, blobs = remove_specks_and_blobs(labels, pred.spacing, min_size_mm3,
                                                        blob_ratio, pred.probability,
-                                                       min_confidence)
+                                                       min_confidence, unsure)
+    if unsure.get("removed_mm3", 0.0) >= UNSURE_NOTE_MM3:
+        # said (an outside audit: whole vessels went without a word)
+        _warn(f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
+              f"all, dropped from the labels: no voxel of theirs reached probability "
+              f"{min_confidence:g} (each under {CONFIDENCE_MAX_MM3 / 1000.0:g} mL: specks the "
+              "network is unsure of); min confidence 'off' keeps them", pred.messages)
     if blobs:
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "

@@ -787,12 +787,16 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     tube[1:39, 4:12, 4:12] = True
     speck = np.zeros(shape, bool)
     speck[20:24, 28:32, 28:32] = True  # 64 mm^3, above the speck size
+    speck[30:34, 28:32, 28:32] = True  # another: 128 mm^3 in all, said in a warning
+    unsure_tube = np.zeros(shape, bool)  # 1.2 mL: no speck, kept (an outside audit)
+    unsure_tube[1:39, 26:36, 4:8] = True
     real = inference.predict
 
     def network(*args, **kwargs):
         pred = real(*args, **kwargs)
-        pred.probability[:] = np.where(tube, 1.0, np.where(speck, 0.95, 0.0)).astype(np.float32)
-        pred.radius_mm[:] = np.where(tube | speck, 2.0, 0.0).astype(np.float32)
+        pred.probability[:] = np.where(tube, 1.0, np.where(speck | unsure_tube, 0.95, 0.0)
+                                       ).astype(np.float32)
+        pred.radius_mm[:] = np.where(tube | speck | unsure_tube, 2.0, 0.0).astype(np.float32)
         return pred
 
     monkeypatch.setattr(inference, "predict", network)
@@ -804,8 +808,10 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     labels = read_volume(a / "ct_labels.nii.gz").data > 0
     assert not labels[speck].any()
     assert labels[tube].all()
+    assert labels[unsure_tube].all()
     report = json.loads((a / "ct_report.json").read_text())
     assert report["parameters"]["min_confidence"] == 0.99
+    assert any("2 component(s), 0.13 mL in all, dropped" in m for m in report["messages"])
     assert _run("segment", image, "-o", tmp_path / "b", "--min-confidence", "off", *common) == 0
     assert (read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0)[speck].all()
     assert json.loads((tmp_path / "b" / "ct_report.json").read_text())["parameters"][

@@ -8,6 +8,7 @@ not import torch. Arrays are (z, y, x); ``spacing`` is (dz, dy, dx) in mm.
 from .components import (
     BLOB_MAX_DIAMETERS,
     BLOB_RATIO,
+    CONFIDENCE_MAX_MM3,
     remove_blob_components,
     remove_small_components,
     remove_specks_and_blobs,
@@ -64,6 +65,7 @@ __all__ = [
     "remove_small_components",
     "remove_blob_components",
     "remove_specks_and_blobs",
+    "CONFIDENCE_MAX_MM3",
     "remove_unconfident_components",
     "BLOB_MAX_DIAMETERS",
     "BLOB_RATIO",

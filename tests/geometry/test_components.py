@@ -235,6 +235,27 @@ def test_components_the_network_is_unsure_of_go():
     assert n_removed == 1
     assert out.sum() == m.sum() - 64
     assert remove_specks_and_blobs(m, (1.0, 1.0, 1.0), 20.0, None, p, None)[0].sum() == m.sum()
+    # an outside audit: a 68 mL aorta and IVC peaking at 0.96-0.97 were dropped whole; from
+    # CONFIDENCE_MAX_MM3 on a component is kept whatever its probability
+    from napari_tubular.geometry import CONFIDENCE_MAX_MM3
+
+    big = np.zeros((40, 40, 40), bool)
+    big[2:38, 2:10, 2:10] = True  # 2304 voxels
+    big[30:34, 30:34, 30:34] = True  # 64 voxels
+    pb = np.where(big, 0.96, 0.0).astype(np.float32)
+    pb[20, 20, 20] = 1.0  # something reaches the level (else nothing is judged)
+    stats: dict = {}
+    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (0.5, 1.0, 1.0),
+                                           CONFIDENCE_MAX_MM3, stats)
+    assert n == 1
+    assert out[2:38, 2:10, 2:10].all()  # 1152 mm^3 kept
+    assert not out[30:34, 30:34, 30:34].any()
+    assert stats == {"removed": 1, "removed_mm3": 32.0}
+    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (0.25, 1.0, 1.0),
+                                           CONFIDENCE_MAX_MM3)
+    assert n == 2  # at 576 mm^3 the tube is small enough to be judged
+    with pytest.raises(ValueError, match="spacing"):
+        remove_unconfident_components(m, p, 0.99, None, CONFIDENCE_MAX_MM3)
     with pytest.raises(ValueError, match="min confidence"):
         remove_unconfident_components(m, p, 1.5)
     with pytest.raises(ValueError, match="shape"):
