@@ -80,7 +80,7 @@ def _bone_level_arg(text: str):
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    from ..geometry.components import BLOB_MAX_DIAMETERS, BLOB_NEIGHBOUR_MM
+    from ..geometry.components import BLOB_MAX_DIAMETERS, BLOB_NEIGHBOUR_MM, CONFIDENCE_MAX_MM3
     from ..inference import (
         BLOB_RATIO,
         DEFAULT_MIN_CONFIDENCE,
@@ -151,7 +151,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="P|off",
         help="remove label components without a voxel whose probability reaches P (the "
         "network is sure of no part of them: specks of soft-tissue texture; default "
-        f"{DEFAULT_MIN_CONFIDENCE:g}); 'off' keeps them",
+        f"{DEFAULT_MIN_CONFIDENCE:g}); components of {CONFIDENCE_MAX_MM3 / 1000:g} mL and more "
+        "are kept; 'off' keeps them",
     )
     p.add_argument(
         "--no-refine",

@@ -58,7 +58,11 @@ from napari_tubular._widgets._workers import (
     start_job,
     sync_default,
 )
-from napari_tubular.geometry.components import BLOB_MAX_DIAMETERS, BLOB_NEIGHBOUR_MM
+from napari_tubular.geometry.components import (
+    BLOB_MAX_DIAMETERS,
+    BLOB_NEIGHBOUR_MM,
+    CONFIDENCE_MAX_MM3,
+)
 from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE_MM3
 
 if TYPE_CHECKING:
@@ -279,8 +283,9 @@ class SegmentWidget(QWidget):
         self.confidence_check = _option(
             form, "drop components the network is unsure of", True,
             "drop label components without a voxel whose probability reaches "
-            f"{DEFAULT_MIN_CONFIDENCE:g}: specks of soft-tissue texture, most of all on thick "
-            "slices (segment --min-confidence)")
+            f"{DEFAULT_MIN_CONFIDENCE:g} and smaller than {CONFIDENCE_MAX_MM3 / 1000:g} mL: "
+            "specks of soft-tissue texture, most of all on thick slices (segment "
+            "--min-confidence)")
         self.confidence_check.toggled.connect(self._on_thresholds)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
