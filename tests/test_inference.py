@@ -984,6 +984,42 @@ def test_second_pass_fits_the_vessels_the_bone_step_keeps_in_an_image_without_ne
     assert info["vessel"] < 700
 
 
+def test_bone_step_lowers_its_level_in_ct_without_contrast_agent(rng):
+    """An outside audit's non-contrast chest: thin ribs, whose blurred cortex peaks under 700
+    HU, were labelled vessel (the bone step never fired; Dice 0.73, 0.83 with --bone-level
+    400). In CT whose found voxels have a median under 150 HU (no contrast agent) the level is
+    350; small calcifications inside such vessels stay; contrast-enhanced CT keeps 700."""
+    from napari_tubular.inference import _suppress_bone
+
+    zz, yy, xx = np.mgrid[:24, :48, :48]
+    img = rng.normal(-850.0, 20.0, zz.shape)  # lung
+    vessel = np.zeros(zz.shape, bool)
+    for cy, cx in ((10, 10), (10, 30), (30, 10)):
+        vessel |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 9
+    img[vessel] = rng.normal(40.0, 15.0, int(vessel.sum()))
+    plaque = vessel & (zz == 12) & (yy <= 8) & (xx < 20)  # a 1-2 mm calcification
+    img[plaque] = 450.0
+    rib = ((yy - 34) ** 2 + (xx - 34) ** 2 <= 16) & ((yy - 34) ** 2 + (xx - 34) ** 2 >= 4)
+    img[rib] = 600.0  # a thin cortex, under 700
+    found = vessel | rib
+    prob = found.astype(np.float32)
+    with pytest.warns(UserWarning, match="bone level lowered from 700 to 350"):
+        removed = _suppress_bone(prob, img, 700.0, (1.0, 1.0, 1.0), [])
+    assert removed > 0
+    assert not (prob[rib] > 0.5).any()
+    assert (prob[vessel] == 1.0).all()  # the plaques' vessels kept
+    # with contrast agent (vessels at 300 HU) the level stays 700: the 600 HU ring is kept
+    img2 = img.copy()
+    img2[vessel & ~plaque] = 300.0
+    prob2 = found.astype(np.float32)
+    assert _suppress_bone(prob2, img2, 700.0, (1.0, 1.0, 1.0), []) == 0.0
+    assert (prob2 == found).all()
+    # a level asked for below 350 is kept as it is
+    prob3 = found.astype(np.float32)
+    _suppress_bone(prob3, img, 300.0, (1.0, 1.0, 1.0), [])
+    assert not (prob3[rib] > 0.5).any()
+
+
 def test_air_edge_step_removes_tissue_beside_air_and_keeps_vessels(rng):
     """What the network found along a body's edge against air (tissue at the tissue level) is
     removed with the low-contrast region it belongs to; a contrast-filled vessel touching the
