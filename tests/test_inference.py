@@ -814,6 +814,35 @@ def test_oriented_image_mirrors_dark_tubes_about_the_median():
             fn(img, model="default", device="cpu", spacing=(1, 1, 1), polarity="negative")
 
 
+def test_dark_tubes_in_a_chest_are_mirrored_about_the_lungs(rng):
+    """An outside audit: a chest CT (median 24 HU, soft tissue) mirrored about its median put
+    the lung at +914 and the airways at +1064 HU, above the model's window (airway Dice 0).
+    In HU, with lung parenchyma in at least 5 % of the voxels under a brighter median, the
+    center is the lungs' median; a crop of lung alone, soft tissue with air tubes and an image
+    not in HU keep the median."""
+    from napari_tubular.inference import dark_center, oriented_image, predict
+
+    chest = rng.normal(40.0, 15.0, (24, 48, 48)).astype(np.float32)
+    chest[:, 8:40, 6:22] = rng.normal(-850.0, 30.0, (24, 32, 16))  # a lung, 22 % of the volume
+    chest[:, 20:23, 12:15] = -1000.0  # an airway in it
+    center, what = dark_center(chest, hu=True)
+    assert -880 < center < -820
+    assert "lungs" in what
+    out = oriented_image(chest, "dark", 40.0, center)
+    assert 150 < float(np.median(out[:, 20:23, 12:15])) < 230  # the airway: bright, in window
+    assert abs(float(np.median(out[:, 8:40, 6:22])) - 40.0) < 30  # the lung at tissue level
+    assert dark_center(chest, hu=False)[1] == "its median"  # not in HU: the median
+    lung = chest[:, 8:40, 6:22]
+    assert dark_center(lung, hu=True) == (float(np.median(lung)), "its median")
+    soft = rng.normal(40.0, 15.0, (24, 48, 48)).astype(np.float32)
+    soft[:, 20:24, 20:24] = -900.0  # air tubes in soft tissue: 0.7 % of the voxels
+    assert dark_center(soft, hu=True)[1] == "its median"
+    with pytest.warns(UserWarning, match="mirrored about the lungs' median"):
+        pred = predict(chest, model="default", device="cpu", spacing=(1.0, 0.8, 0.8),
+                       polarity="dark")
+    assert any("lungs' median" in m for m in pred.messages)
+
+
 def test_a_model_with_a_small_window_says_segmenting_is_slow(tiny_model_file):
     """The window is the model's training patch (16³ here): a volume that needs more than 64 of
     them gets a message naming the count; a volume of a few windows does not."""
