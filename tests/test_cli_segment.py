@@ -788,8 +788,8 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     speck = np.zeros(shape, bool)
     speck[20:24, 28:32, 28:32] = True  # 64 mm^3, above the speck size
     speck[30:34, 28:32, 28:32] = True  # another: 128 mm^3 in all, said in a warning
-    unsure_tube = np.zeros(shape, bool)  # 1.2 mL: no speck, kept (an outside audit)
-    unsure_tube[1:39, 26:36, 4:8] = True
+    unsure_tube = np.zeros(shape, bool)  # 5.5 mL: no speck, kept (an outside audit)
+    unsure_tube[1:39, 14:26, 2:14] = True
     real = inference.predict
 
     def network(*args, **kwargs):

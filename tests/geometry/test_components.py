@@ -245,15 +245,16 @@ def test_components_the_network_is_unsure_of_go():
     pb = np.where(big, 0.96, 0.0).astype(np.float32)
     pb[20, 20, 20] = 1.0  # something reaches the level (else nothing is judged)
     stats: dict = {}
-    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (0.5, 1.0, 1.0),
+    assert CONFIDENCE_MAX_MM3 == 5000.0
+    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (2.5, 1.0, 1.0),
                                            CONFIDENCE_MAX_MM3, stats)
     assert n == 1
-    assert out[2:38, 2:10, 2:10].all()  # 1152 mm^3 kept
+    assert out[2:38, 2:10, 2:10].all()  # 5760 mm^3 kept
     assert not out[30:34, 30:34, 30:34].any()
-    assert stats == {"removed": 1, "removed_mm3": 32.0}
-    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (0.25, 1.0, 1.0),
+    assert stats == {"removed": 1, "removed_mm3": 160.0}
+    out, n = remove_unconfident_components(big | (pb == 1.0), pb, 0.99, (2.0, 1.0, 1.0),
                                            CONFIDENCE_MAX_MM3)
-    assert n == 2  # at 576 mm^3 the tube is small enough to be judged
+    assert n == 2  # at 4608 mm^3 the tube is small enough to be judged
     with pytest.raises(ValueError, match="spacing"):
         remove_unconfident_components(m, p, 0.99, None, CONFIDENCE_MAX_MM3)
     with pytest.raises(ValueError, match="min confidence"):
