@@ -1141,8 +1141,9 @@ def predict(
             (vessels brighter than that, e.g. some CT angiography).
         polarity: "bright" (default: tubes brighter than their surroundings, contrast-filled
             vessels) or "dark" (tubes darker than their surroundings: airways in a lung, black-
-            blood MR, negated images): the image is mirrored about its median (about the lungs' in a chest CT)
-            (:func:`oriented_image`) before everything else, so that the tubes are bright.
+            blood MR, negated images): the image is mirrored about its median (about the
+            lungs' in a chest CT: :func:`dark_center`, :func:`oriented_image`) before
+            everything else, so that the tubes are bright.
 
     Returns:
         :class:`Prediction` on the native grid.

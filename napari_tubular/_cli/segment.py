@@ -251,7 +251,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default="bright",
         help="'bright' (default): tubes brighter than their surroundings (contrast-filled "
         "vessels); 'dark': tubes darker than their surroundings (airways in a lung, black-blood "
-        "MR, negated images): the image is mirrored about its median (about the lungs' in a chest CT) before segmenting",
+        "MR, negated images): the image is mirrored about its median (about the lungs' in a "
+        "chest CT) before segmenting",
     )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=run)

@@ -265,7 +265,8 @@ class SegmentWidget(QWidget):
         self.dark_check = _option(
             form, "dark tubes (airways)", False,
             "the tubes are darker than their surroundings (airways in a lung, black-blood MR, "
-            "a negated image): the image is mirrored about its median (about the lungs' in a chest CT) before segmenting")
+            "a negated image): the image is mirrored about its median (about the lungs' in a "
+            "chest CT) before segmenting")
         self.pv_check = _option(
             form, "trim partial-volume boundary voxels", True,
             "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
