@@ -736,10 +736,57 @@ def test_training_pairs_on_other_grids_or_empty(tmp_path):
     ({"synthetic": {"pool_sise": 2}}, "synthetic: unknown option.*pool_sise"),
     ({"target_spacing": [1, "inf", 1]}, "target_spacing"),
     ({"patch_size": [16, 16.5, 16]}, "patch_size"),
+    # an audit: these ended in tracebacks or in messages naming no option
+    ({"synthetic": {"generator": {"bogus": 1}}}, r"synthetic.generator: unknown option.*bogus"),
+    ({"synthetic": {"generator": {"distractor_scale": "x"}}},
+     "synthetic.generator: a value of the wrong type"),
+    ({"synthetic": {"generator": [1]}}, "synthetic.generator: must be a dict"),
+    ({"synthetic": {"pool_size": 0}}, "synthetic.pool_size: must be a positive integer"),
+    ({"synthetic": {"extent_mm": [10, 5]}}, r"synthetic.extent_mm: must be two numbers"),
+    ({"synthetic": {"sharp_fraction": 5}}, r"synthetic.sharp_fraction: must be a number in"),
+    ({"synthetic": {"organs_per_case": [2, 1]}}, "synthetic.organs_per_case: must be two int"),
 ])
 def test_config_rejects_bad_values_by_name(values, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig.from_dict(values)
+
+
+def test_config_takes_good_synthetic_values():
+    cfg = TrainConfig.from_dict({"synthetic": {"generator": {"noise": 12.0, "body": True},
+                                               "refresh_every": 0, "organs_per_case": [0, 2],
+                                               "extent_mm": [40, 60], "body_fraction": 0.5}})
+    assert cfg.synthetic["generator"]["noise"] == 12.0
+
+
+def test_resume_says_when_the_checkpoint_is_damaged(tmp_path):
+    """An audit: a damaged last.pt ended in a traceback (an unpickling error, or KeyError:
+    'config' for a model file copied over it; "Invalid argument" without a name when
+    truncated)."""
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2))
+    good = (out / "last.pt").read_bytes()
+    for bad, match in ((b"hello\n", "cannot be read as a training checkpoint"),
+                       (good[:1000], "cannot be read as a training checkpoint"),
+                       ((out / "model.pt").read_bytes(), "is not a training checkpoint")):
+        (out / "last.pt").write_bytes(bad)
+        with pytest.raises(ValueError, match=match):
+            train(tiny_config(out, steps=4, resume=True))
+    (out / "last.pt").write_bytes(good)
+    train(tiny_config(out, steps=3, resume=True))
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+
+
+def test_log_json_is_strict_json(tmp_path):
+    """An audit: an empty validation mask's HD95 was written as a bare NaN, which strict JSON
+    parsers reject; it is null, as evaluate writes it."""
+    from napari_tubular.training.loop import _json_safe
+
+    assert _json_safe({"a": [float("nan"), 1.0, np.float32("inf")], "b": "x"}) == \
+        {"a": [None, 1.0, None], "b": "x"}
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=1))
+    text = (out / "log.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
 
 
 def test_config_yes_no_words():

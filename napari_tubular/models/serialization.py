@@ -319,7 +319,11 @@ def read_model_meta(model="default") -> dict:
     """Return the meta of a model file without building the network."""
     path = resolve_model_path(model)
     payload = _read_payload(path)
-    meta = dict(payload["meta"])
+    try:  # checked as load_model checks it (an audit: train --init-model on a file without K
+        # ended in KeyError: 'K'; K = 'five' in "invalid literal for int()" naming no file)
+        meta = _check_meta(payload["meta"])
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{path}: invalid meta: {exc}") from exc
     meta["path"] = str(path)
     return meta
 

@@ -230,6 +230,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"synthetic: unknown option(s) {', '.join(unknown)} (known: "
                              f"{', '.join(sorted(SYNTHETIC_DEFAULTS))})")
+        _check_synthetic_values(self.synthetic)
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:
@@ -338,3 +339,65 @@ def _triple(value: Any, name: str, kind: type) -> tuple:
     if len(vals) != 3:
         raise ValueError(f"{name}: expected 1 or 3 numbers (z, y, x), got {value!r}")
     return vals
+
+
+#: synthetic options given as (low, high) ranges of positive numbers / of integers >= 0
+_POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox",
+                    "thin_max_radius_mm", "large_max_radius_mm", "wide_psf_sigma_vox",
+                    "coarse_inplane_spacing")
+_COUNT_RANGES = ("segments_per_case", "organs_per_case")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _check_synthetic_values(options: dict) -> None:
+    """ValueError naming the option for a bad value of the synthetic generator's options (an
+    audit: ``pool_size 0`` said only "high <= 0", ``extent_mm [10, 5]`` "high - low < 0",
+    ``sharp_fraction 5`` was taken, and an unknown ``generator`` key or a bad value there ended
+    in a traceback from the generator)."""
+    for key, value in options.items():
+        if key.endswith("_fraction"):
+            if not _number(value) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"synthetic.{key}: must be a number in [0, 1], got {value!r}")
+        elif key in _POSITIVE_RANGES or key in _COUNT_RANGES:
+            ok = (isinstance(value, (list, tuple)) and len(value) == 2
+                  and all(_number(v) for v in value))
+            if ok and key in _COUNT_RANGES:
+                ok = all(float(v) == int(v) for v in value) and 0 <= value[0] <= value[1]
+            elif ok:
+                ok = 0 < value[0] <= value[1]
+            if not ok:
+                kind = ("two integers 0 <= low <= high" if key in _COUNT_RANGES
+                        else "two numbers 0 < low <= high")
+                raise ValueError(f"synthetic.{key}: must be {kind}, got {value!r}")
+        elif key in ("pool_size", "max_voxels"):
+            if not _number(value) or float(value) != int(value) or value < 1:
+                raise ValueError(f"synthetic.{key}: must be a positive integer, got {value!r}")
+        elif key == "refresh_every":  # 0: the pool is never refreshed
+            if not _number(value) or float(value) != int(value) or value < 0:
+                raise ValueError(f"synthetic.{key}: must be an integer >= 0, got {value!r}")
+    generator = options.get("generator", {})
+    if not isinstance(generator, dict):
+        raise ValueError(f"synthetic.generator: must be a dict of make_vessel_tree options, "
+                         f"got {generator!r}")
+    if generator:
+        import inspect
+
+        from napari_tubular.synthetic import make_vessel_tree
+
+        params = inspect.signature(make_vessel_tree).parameters
+        known = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY)
+        bad = sorted(set(generator) - set(known))
+        if bad:
+            raise ValueError(f"synthetic.generator: unknown option(s) {', '.join(bad)} "
+                             f"(make_vessel_tree's: {', '.join(known)})")
+        try:  # the values' types, on a tiny volume (a value too large for it is not judged)
+            make_vessel_tree((12, 12, 12), (1.0, 1.0, 1.0), seed=0, **generator)
+        except TypeError as exc:
+            raise ValueError(f"synthetic.generator: a value of the wrong type among "
+                             f"{generator} ({exc})") from None
+        except ValueError:
+            pass

@@ -293,15 +293,27 @@ def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, see
     return FixedPool(cases, rng=rng)
 
 
+def _json_safe(value):
+    """``value`` with non-finite floats as None (JSON ``null``): an audit's strict parser
+    rejected the bare ``NaN`` of an empty validation mask's HD95 (``evaluate`` writes null)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def _write_log(out: Path, rows: list[dict], config: TrainConfig, extra: dict) -> None:
     with open(out / "log.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in LOG_COLUMNS})
-    doc = {"config": config.to_dict(), **extra, "rows": rows}
+    doc = _json_safe({"config": config.to_dict(), **extra, "rows": rows})
     tmp = out / "log.json.tmp"
-    tmp.write_text(json.dumps(doc, indent=1, default=float))
+    tmp.write_text(json.dumps(doc, indent=1, default=float, allow_nan=False))
     os.replace(tmp, out / "log.json")
 
 
@@ -407,7 +419,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     torch.manual_seed(config.seed)
     init_state, inherited, ck = None, {}, None
     if config.resume:
-        ck = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        ck = _read_checkpoint(out / "last.pt")
         _check_resume(ck["config"], config)
         # a fine-tuning run's network, normalisation and inherited T_p / T_r and calibration
         # are its initial model's, not the config's defaults (an audit: a resumed run rebuilt
@@ -689,6 +701,29 @@ def _init_from_model(config: TrainConfig):
             inherited["radius_calibration"] = {**meta["radius_calibration"],
                                                "inherited_from": str(config.init_model)}
     return arch, dict(meta["normalization"]), state, inherited
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """A run's checkpoint (``last.pt``), or a ValueError naming the file (an audit: a damaged
+    or wrong file ended in a traceback, ``KeyError: 'config'`` or an unpickling error, and a
+    truncated one in "Invalid argument" without a name)."""
+    import torch
+
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any reading failure is a damaged file here
+        raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
+                         f"truncated? {type(exc).__name__}: {exc}); start the run again with "
+                         "--overwrite, or restore the file") from None
+    need = ("config", "model_state", "optimizer", "step", "rows", "best_score", "elapsed_s")
+    if not isinstance(ck, dict) or any(k not in ck for k in need):
+        have = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
+        raise ValueError(f"{path} is not a training checkpoint (a model file or another file "
+                         f"copied over it?): it holds {have}, a checkpoint holds "
+                         f"{', '.join(need)}")
+    return ck
 
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:

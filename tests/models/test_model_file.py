@@ -203,3 +203,18 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path, net):
     _corrupt(path, change_arch)
     with pytest.raises(ModelFormatError, match="do not fit"):
         load_model(path)
+
+
+def test_read_model_meta_checks_the_meta_as_load_model_does(tmp_path, net):
+    """An audit: ``train --init-model`` on a file whose meta lacks K ended in ``KeyError: 'K'``
+    (``segment`` said "invalid meta"), and K = 'five' in "invalid literal for int()" naming no
+    file. read_model_meta now checks the meta as load_model does."""
+    path = save_model(tmp_path / "m.pt", net, _meta())
+    assert read_model_meta(path)["K"] == 3
+    payload = torch.load(path, weights_only=False)
+    for change in ({"K": None}, {"K": "five"}, {"spacing": [1.0, -1.0, 1.0]}):
+        bad = {**payload, "meta": {k: v for k, v in {**payload["meta"], **change}.items()
+                                   if v is not None}}
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(ModelFormatError, match=r"bad\.pt: invalid meta"):
+            read_model_meta(tmp_path / "bad.pt")
