@@ -391,6 +391,21 @@ def test_a_resumed_fine_tuning_run_keeps_the_initial_models_network(tmp_path):
     assert meta["radius_calibration"]["knots"] == [0.0, 10.0]
 
 
+def test_fine_tuning_says_that_model_options_are_the_initial_models(tmp_path):
+    """An audit: ``--init-model M --base-channels 8`` trained M's 6-channel network without a
+    word and recorded 8 channels in config.json and in the model's training config."""
+    first = train(tiny_config(tmp_path / "a", steps=1, model={"base_channels": 6, "depth": 2}))
+    out = tmp_path / "b"
+    with pytest.warns(UserWarning, match=r"initial model's \(base_channels 6\).*base_channels 8"
+                      r"\) are ignored"):
+        model = train(tiny_config(out, steps=1, init_model=str(first),
+                                  model={"base_channels": 8, "depth": 2}))
+    from napari_tubular.models import read_model_meta
+
+    assert read_model_meta(model)["arch"]["base_channels"] == 6
+    assert json.loads((out / "config.json").read_text())["model"]["base_channels"] == 6
+
+
 def test_resume_keeps_a_better_best_model_than_its_checkpoint_knew(tmp_path, monkeypatch):
     """best.pt is written at each validation, last.pt at checkpoints: after a kill between
     them, the resumed run replaced the better best.pt with a worse one (an audit)."""

@@ -425,6 +425,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         # are its initial model's, not the config's defaults (an audit: a resumed run rebuilt
         # the default network, or trained on and saved the default window)
         arch = dict(ck.get("arch") or arch)
+        if config.init_model:  # recorded as the network it trains (see _init_from_model)
+            config.model = {**config.model, **{k: arch[k] for k in config.model if k in arch}}
         normalization = dict(ck.get("normalization") or normalization)
         inherited = dict(ck.get("inherited") or {})
         if config.init_model and "arch" not in ck:  # a checkpoint of an older version
@@ -674,6 +676,16 @@ def _init_from_model(config: TrainConfig):
     net, meta = load_model(config.init_model, "cpu")
     state = net.state_dict()
     arch = dict(meta["arch"])
+    differ = {k: v for k, v in config.model.items() if k in arch and arch[k] != v}
+    if differ:
+        # an audit: --base-channels 8 with a 4-channel initial model was ignored in silence
+        # and recorded as the run's architecture
+        warnings.warn("init_model: the network is the initial model's ("
+                      + ", ".join(f"{k} {arch[k]}" for k in differ) + "); the run's model "
+                      "options (" + ", ".join(f"{k} {v}" for k, v in differ.items())
+                      + ") are ignored", stacklevel=2)
+    # the run records the network it trains
+    config.model = {**config.model, **{k: arch[k] for k in config.model if k in arch}}
     if int(meta["K"]) != int(config.K):
         # a new number of scale classes: everything but the scale head's last layer is reused,
         # the head starts afresh (build_model's initialisation) with K + 1 outputs
@@ -728,7 +740,10 @@ def _read_checkpoint(path: Path) -> dict:
 
 def _check_resume(saved: dict, config: TrainConfig) -> None:
     new = config.to_dict()
-    diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)]
+    diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)
+            # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
+            # its saved config records that network, not the options given
+            and not (k == "model" and config.init_model)]
     if diff:
         raise ValueError(
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
