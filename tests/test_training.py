@@ -965,3 +965,13 @@ def test_cli_warns_when_validation_data_is_training_data(tmp_path, capsys):
     config_from_args(p.parse_args(["--data", str(tmp_path / "d"), "--val-data",
                                    str(tmp_path / "d") + "/", "--out", str(tmp_path / "r")]))
     assert "validation data is training data" in capsys.readouterr().err
+
+
+def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
+    """An audit: ``--data FILE`` said "data folder not found" although the path exists."""
+    f = tmp_path / "case_image.nii.gz"
+    f.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file; give the folder"):
+        train(tiny_config(tmp_path / "run", data=[str(f)]))
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        train(tiny_config(tmp_path / "run2", data=[str(tmp_path / "nowhere")]))

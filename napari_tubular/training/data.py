@@ -257,6 +257,10 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     pairs: list[tuple[Path, Path]] = []
     for folder in folders:
         folder = Path(folder)
+        if folder.exists() and not folder.is_dir():
+            # an audit: a file was reported as "not found"
+            raise ValueError(f"data: {folder} is a file; give the folder of NAME_image / "
+                             "NAME_label pairs it lies in")
         if not folder.is_dir():
             raise FileNotFoundError(f"data folder not found: {folder}")
         images: dict[str, Path] = {}
