@@ -60,7 +60,7 @@ class TrainConfig:
         normalization: intensity normalisation (passed to ``normalize_intensity``; stored in
             the model meta so that inference does the same).
         fg_fraction: fraction of patches centred on a foreground voxel.
-        augment: random flips, intensity scale/shift/gamma/noise, rotations and scaling.
+        augment: random flips, intensity scale/shift/noise, rotations and scaling.
         rotate_deg, scale_range: augmentation ranges.
         val_every: validate (and save best.pt) every N steps; 0 = only at the end.
         val_cases: number of generated validation cases when ``val_data == ["synthetic"]``.

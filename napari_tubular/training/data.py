@@ -798,7 +798,7 @@ def augment_batch(image, label, scale, generator, *, K: int, phi=None, rotate_de
     Rotations/zooms resample with one affine grid per sample (trilinear for the image, nearest
     for the targets, border padding for both so that they stay consistent). Flips are along
     each axis independently (the data is on an isotropic-ish target grid). Intensity: random
-    contrast/brightness, gamma-like monotone warp, and Gaussian noise.
+    contrast/brightness and Gaussian noise (no gamma warp: an audit found the docstring said so).
     """
     import torch
     import torch.nn.functional as F
