@@ -760,6 +760,7 @@ def test_training_pairs_on_other_grids_or_empty(tmp_path):
     ({"synthetic": {"extent_mm": [10, 5]}}, r"synthetic.extent_mm: must be two numbers"),
     ({"synthetic": {"sharp_fraction": 5}}, r"synthetic.sharp_fraction: must be a number in"),
     ({"synthetic": {"organs_per_case": [2, 1]}}, "synthetic.organs_per_case: must be two int"),
+    ({"cldice_warmup_steps": -4}, "cldice_warmup_steps: must be >= 0"),
 ])
 def test_config_rejects_bad_values_by_name(values, match):
     with pytest.raises(ValueError, match=match):

@@ -69,11 +69,12 @@ class TrainConfig:
             and blurred, isotropic and anisotropic); their mean Dice is logged as
             ``val_tube_dice`` and the score that picks ``best.pt`` becomes
             ``(Dice + clDice + tube Dice) / 3`` instead of ``(Dice + clDice) / 2``.
-        checkpoint_every: write last.pt every N steps (and at the end / on cancel).
+        checkpoint_every: write last.pt every N steps (and at the end / on cancel; 0: only
+            then).
         snapshot_every: also keep the weights of every N-th step as a model file
             ``step_000N.pt`` (0 = none): checkpoints to compare afterwards on other data than
             the validation volumes, which are too few to pick among them reliably.
-        log_every: log the training loss every N steps.
+        log_every: log the training loss every N steps (0: no training-loss rows).
         seed: base seed, >= 0: synthetic training cases get the seeds
             ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i``, validation cases
             ``VAL_SEED_BASE + 1000 * seed + i``, the held-out evaluation uses
@@ -207,6 +208,9 @@ class TrainConfig:
                      "num_threads", "val_cases"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.cldice_warmup_steps is not None and int(self.cldice_warmup_steps) < 0:
+            # an audit: -4 was accepted
+            raise ValueError(f"cldice_warmup_steps: must be >= 0, got {self.cldice_warmup_steps}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes: must be positive, got {self.max_minutes}")
         if self.lr <= 0:
