@@ -761,11 +761,17 @@ def _fundamental_cycles(g: _Skel, nodes: np.ndarray, graph) -> list[np.ndarray]:
                 b = int(pred[b])
                 pv.append(b)
         cyc = nodes[np.array(pu + pv[-2::-1], dtype=np.int64)]
-        c = g.coords[cyc]
-        if np.all(c.max(axis=0) - c.min(axis=0) <= 1):
+        if _contractible(g, cyc):
             continue
         cycles.append(cyc)
     return cycles
+
+
+def _contractible(g: _Skel, cyc: np.ndarray) -> bool:
+    """A cycle whose voxels fit in a 2x2x2 block: their cubes share a lattice point, so it
+    comes from a 26-adjacency clique and encloses nothing."""
+    c = g.coords[cyc]
+    return bool(np.all(c.max(axis=0) - c.min(axis=0) <= 1))
 
 
 def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
@@ -816,7 +822,7 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         # thousands of loops, a review)
         on: dict[int, list[int]] = {}
         picked: list[np.ndarray] = []
-        skipped: list[tuple[np.ndarray, list[int]]] = []
+        skipped: list[np.ndarray] = []
 
         def overlapping(cyc, on=on, picked=picked):
             shared: dict[int, int] = {}
@@ -828,12 +834,10 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         for cyc in sorted(cycles, key=len, reverse=True):
             if len(picked) == b1:
                 break
-            over = overlapping(cyc)
-            if over:
-                skipped.append((cyc, over))
+            if overlapping(cyc):
+                skipped.append(cyc)
                 continue
-            for v in cyc.tolist():
-                on.setdefault(v, []).append(len(picked))
+            _place(on, cyc, len(picked))
             picked.append(cyc)
         if len(picked) < b1:
             _split_sum_cycles(g, picked, skipped, b1, on, overlapping)
@@ -874,6 +878,12 @@ def _as_cycle(edges: set) -> np.ndarray | None:
 _MAX_SPLIT_TRIES = 200
 
 
+def _place(on: dict, cyc: np.ndarray, q: int) -> None:
+    """Record that cycle ``q`` runs through the voxels of ``cyc`` (``on``: voxel -> cycles)."""
+    for v in cyc.tolist():
+        on.setdefault(v, []).append(q)
+
+
 def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
     """Loops the longest-first choice leaves unlocated because a picked cycle is their sum (an
     audit: two rings touching at one point, a figure 8: the outer contour was taken first, and
@@ -883,7 +893,7 @@ def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
     simple cycle wider than a 2 x 2 x 2 block sharing at most half its voxels with ``c`` and
     no more with the other picked cycles: ring, ring instead of contour, ring. Updates
     ``picked`` and ``on`` in place."""
-    for cyc, _ in skipped[:_MAX_SPLIT_TRIES]:
+    for cyc in skipped[:_MAX_SPLIT_TRIES]:
         if len(picked) >= b1:
             return
         over = overlapping(cyc)
@@ -891,31 +901,20 @@ def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
             continue
         q = over[0]
         rest = _as_cycle(_edges(cyc) ^ _edges(picked[q]))
-        if rest is None:
-            continue
-        c = g.coords[rest]
-        if np.all(c.max(axis=0) - c.min(axis=0) <= 1):
+        if rest is None or _contractible(g, rest):
             continue
         if len(set(rest.tolist()) & set(cyc.tolist())) > 0.5 * min(len(rest), len(cyc)):
             continue
-        old = picked[q]
-        for v in old.tolist():
+        if [o for o in overlapping(rest) if o != q]:
+            continue  # the difference repeats another picked loop
+        for v in picked[q].tolist():
             on[v].remove(q)
         picked[q] = rest
-        for v in rest.tolist():
-            on.setdefault(v, []).append(q)
-        if [o for o in overlapping(rest) if o != q]:
-            for v in rest.tolist():  # undo: the difference repeats another picked loop
-                on[v].remove(q)
-            picked[q] = old
-            for v in old.tolist():
-                on.setdefault(v, []).append(q)
-            continue
+        _place(on, rest, q)
         if overlapping(cyc):
             # still the same loop as a picked one: keep the swap (it does no harm) but not c
             continue
-        for v in cyc.tolist():
-            on.setdefault(v, []).append(len(picked))
+        _place(on, cyc, len(picked))
         picked.append(cyc)
 
 
