@@ -675,6 +675,32 @@ def _pad_image(arr: np.ndarray, window, margins) -> np.ndarray:
     return arr
 
 
+def _padded_images(arr: np.ndarray, window) -> tuple[list, list]:
+    """``(pads, [(stage name, padded image), ...])`` for the sliding window: the image with
+    its face margins mirrored (:func:`face_margins`; no copy without any); an axis shorter than
+    the window gives two images, with background (:func:`_pad_image`) and mirrored, whose
+    outputs :func:`_larger_probability` merges."""
+    margins = face_margins(arr, window)
+    pads = _pad_amounts(arr.shape, window, margins)
+    if pads == margins:
+        return pads, [("sliding window", np.pad(arr, margins, mode=_PAD_MODE)
+                       if any(a or b for a, b in margins) else arr)]
+    return pads, [("sliding window (background padding)", _pad_image(arr, window, margins)),
+                  ("sliding window (mirrored padding)", np.pad(arr, pads, mode=_PAD_MODE))]
+
+
+def _larger_probability(p1, s1, p2, s2):
+    """Per voxel, the probability and scale of the run whose probability is larger (``s``:
+    (Z, Y, X) or (C, Z, Y, X))."""
+    import torch
+
+    with torch.no_grad():
+        p2, s2 = p2.to(p1.device), s2.to(s1.device)
+        take = p2 > p1
+        return (torch.where(take, p2, p1),
+                torch.where(take if s1.ndim == take.ndim else take[None], s2, s1))
+
+
 MIRROR_AXES = ((), (2,), (3,), (4,), (2, 3), (2, 4), (3, 4), (2, 3, 4))
 """Flips of a (B, C, Z, Y, X) batch used by mirroring test-time augmentation (all 8)."""
 
@@ -801,32 +827,14 @@ def sliding_window_predict(
     if img.ndim != 3:
         raise ValueError(f"image must be (Z, Y, X), got shape {tuple(img.shape)}")
     shape = tuple(img.shape)
-    margins = face_margins(img.numpy(), window)
-    pads = _pad_amounts(shape, window, margins)
-    short = any(w > n + a + b for n, w, (a, b) in zip(shape, window, margins))
-    dev = torch.device(device)
-    state = {"dev": dev, "batch_size": batch_size}
-    if not short:
-        if any(a or b for a, b in pads):
-            img = torch.from_numpy(np.pad(img.numpy(), margins, mode=_PAD_MODE))
-        acc_p, acc_s = _tiled(img, net, window, overlap, pads, shape, scale_mode, amp, tta,
-                              state, progress, cancel, messages, "sliding window")
-    else:
-        # an axis shorter than the window: two paddings, the larger probability kept per voxel
-        # (see _pad_image)
-        arr = img.numpy()
-        acc_p, acc_s = _tiled(torch.from_numpy(_pad_image(arr, window, margins)), net, window,
-                              overlap, pads, shape, scale_mode, amp, tta, state, progress,
-                              cancel, messages, "sliding window (background padding)")
-        p2, s2 = _tiled(torch.from_numpy(np.pad(arr, pads, mode=_PAD_MODE)), net, window,
-                        overlap, pads, shape, scale_mode, amp, tta, state, progress, cancel,
-                        messages, "sliding window (mirrored padding)")
-        with torch.no_grad():
-            p2, s2 = p2.to(acc_p.device), s2.to(acc_s.device)
-            take = p2 > acc_p
-            acc_p = torch.where(take, p2, acc_p)
-            acc_s = torch.where(take if scale_mode == "expected" else take[None], s2, acc_s)
-        del p2, s2, take
+    pads, images = _padded_images(img.numpy(), window)
+    state = {"dev": torch.device(device), "batch_size": batch_size}
+    acc_p = acc_s = None
+    for stage, padded in images:
+        p, s = _tiled(torch.from_numpy(padded), net, window, overlap, pads, shape, scale_mode,
+                      amp, tta, state, progress, cancel, messages, stage)
+        acc_p, acc_s = (p, s) if acc_p is None else _larger_probability(acc_p, acc_s, p, s)
+        del p, s
     dev, batch_size = state["dev"], state["batch_size"]
     return (
         acc_p,
@@ -981,10 +989,7 @@ def monai_sliding_window_predict(
         return torch.cat([prob, scale], dim=1)
 
     window = tuple(int(w) for w in window)
-    arr = np.asarray(image, dtype=np.float32)
-    margins = face_margins(arr, window)  # the same paddings as ours
-    margin = _pad_amounts(arr.shape, window, margins)
-    short = any(w > n + a + b for n, w, (a, b) in zip(arr.shape, window, margins))
+    margin, images = _padded_images(np.asarray(image, dtype=np.float32), window)  # as ours
     weight_map = None
     if same_weights:
         g = [torch.from_numpy(gaussian_importance_1d(w)) for w in window]
@@ -1009,12 +1014,11 @@ def monai_sliding_window_predict(
         return out[(slice(None),) + tuple(slice(a, s - b)
                                           for (a, b), s in zip(margin, out.shape[1:]))]
 
-    if not short:
-        out = run(np.pad(arr, margins, mode=_PAD_MODE))
-    else:
-        out, out2 = run(_pad_image(arr, window, margins)), run(np.pad(arr, margin, mode=_PAD_MODE))
-        out = torch.where((out2[0] > out[0])[None], out2, out)
-    return out[0].clamp_(0.0, 1.0), out[1]
+    p = s = None
+    for _stage, padded in images:
+        out = run(padded)
+        p, s = (out[0], out[1]) if p is None else _larger_probability(p, s, out[0], out[1])
+    return p.clamp_(0.0, 1.0), s
 
 
 # ---------------------------------------------------------------------------------------------
