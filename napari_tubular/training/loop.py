@@ -425,8 +425,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         # are its initial model's, not the config's defaults (an audit: a resumed run rebuilt
         # the default network, or trained on and saved the default window)
         arch = dict(ck.get("arch") or arch)
-        if config.init_model:  # recorded as the network it trains (see _init_from_model)
-            config.model = {**config.model, **{k: arch[k] for k in config.model if k in arch}}
+        if config.init_model:
+            _record_arch(config, arch)
         normalization = dict(ck.get("normalization") or normalization)
         inherited = dict(ck.get("inherited") or {})
         if config.init_model and "arch" not in ck:  # a checkpoint of an older version
@@ -668,6 +668,12 @@ def _saved_best_score(path: Path) -> float:
     return float(score) if score is not None else -math.inf
 
 
+def _record_arch(config: TrainConfig, arch: dict) -> None:
+    """A fine-tuning run records the network it trains, the initial model's, in its model
+    options (config.json and the model's training config), not the options it was given."""
+    config.model = {**config.model, **{k: arch[k] for k in config.model if k in arch}}
+
+
 def _init_from_model(config: TrainConfig):
     """Architecture, normalisation, weights of ``config.init_model`` (fine-tuning), and what the
     new model inherits from it (tuned T_p / T_r, radius calibration) when K is unchanged."""
@@ -684,8 +690,7 @@ def _init_from_model(config: TrainConfig):
                       + ", ".join(f"{k} {arch[k]}" for k in differ) + "); the run's model "
                       "options (" + ", ".join(f"{k} {v}" for k, v in differ.items())
                       + ") are ignored", stacklevel=2)
-    # the run records the network it trains
-    config.model = {**config.model, **{k: arch[k] for k in config.model if k in arch}}
+    _record_arch(config, arch)
     if int(meta["K"]) != int(config.K):
         # a new number of scale classes: everything but the scale head's last layer is reused,
         # the head starts afresh (build_model's initialisation) with K + 1 outputs
