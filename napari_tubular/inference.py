@@ -373,9 +373,10 @@ def bone_decision(image, found, level: float) -> tuple[float | None, str]:
         # were labelled (an outside audit's non-contrast chest: Dice 0.73, 0.83 with the level
         # at 400)
         if level > NONCONTRAST_BONE_HU:
-            typical = float(np.median(image[found]))
+            values = image[found]
+            typical = float(np.median(values))
             if typical < NONCONTRAST_VESSEL_HU:
-                over = bool(np.any(image[found] > NONCONTRAST_BONE_HU))
+                over = bool(np.any(values > NONCONTRAST_BONE_HU))
                 return NONCONTRAST_BONE_HU, (
                     f"bone level lowered from {level:g} to {NONCONTRAST_BONE_HU:g}: what the "
                     f"network found has a median of {typical:.0f} HU (no contrast agent); "
