@@ -1309,6 +1309,26 @@ def _sitk_image(vol: Volume, data: np.ndarray | None = None):
     return img
 
 
+def reindexed_like(vol: Volume, reference: Volume) -> Volume | None:
+    """``vol`` on ``reference``'s grid when the two grids hold the same voxel centres (the same
+    physical grid stored with axes flipped or permuted, or shifted by whole voxels, with every
+    reference voxel inside ``vol``): its voxels re-indexed exactly; else None (nothing is
+    resampled: :func:`resample_like` does that)."""
+    # index_ref -> index_vol: M = A_vol^-1 A_ref; exact when M is a signed permutation with an
+    # integer offset and every reference voxel falls inside vol
+    m = np.linalg.solve(vol.affine(), reference.affine())
+    rot, off = m[:3, :3], m[:3, 3]
+    perm = np.rint(rot)
+    if (np.allclose(rot, perm, atol=1e-4) and np.allclose(off, np.rint(off), atol=1e-3)
+            and np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)):
+        idx = np.indices(reference.shape).reshape(3, -1).astype(np.int64)
+        src = (perm.astype(np.int64) @ idx) + np.rint(off).astype(np.int64)[:, None]
+        inside = np.all((src >= 0) & (src < np.asarray(vol.shape)[:, None]), axis=0)
+        if inside.all():
+            return reference.with_data(vol.data[tuple(src)].reshape(reference.shape))
+    return None
+
+
 def resample_like(vol: Volume, reference: Volume, *, interpolation: str = "nearest",
                   default: float = 0.0) -> tuple[Volume, str]:
     """``vol`` on ``reference``'s grid (shape, spacing, origin, direction).
@@ -1324,19 +1344,9 @@ def resample_like(vol: Volume, reference: Volume, *, interpolation: str = "neare
     """
     if vol.same_geometry(reference):
         return vol, "same grid"
-    # index_ref -> index_vol: M = A_vol^-1 A_ref; exact when M is a signed permutation with an
-    # integer offset and every reference voxel falls inside vol
-    m = np.linalg.solve(vol.affine(), reference.affine())
-    rot, off = m[:3, :3], m[:3, 3]
-    perm = np.rint(rot)
-    if (np.allclose(rot, perm, atol=1e-4) and np.allclose(off, np.rint(off), atol=1e-3)
-            and np.all(np.abs(perm).sum(axis=0) == 1) and np.all(np.abs(perm).sum(axis=1) == 1)):
-        idx = np.indices(reference.shape).reshape(3, -1).astype(np.int64)
-        src = (perm.astype(np.int64) @ idx) + np.rint(off).astype(np.int64)[:, None]
-        inside = np.all((src >= 0) & (src < np.asarray(vol.shape)[:, None]), axis=0)
-        if inside.all():
-            data = vol.data[tuple(src)].reshape(reference.shape)
-            return reference.with_data(data), "re-indexed"
+    moved = reindexed_like(vol, reference)
+    if moved is not None:
+        return moved, "re-indexed"
     if interpolation not in ("nearest", "linear"):
         raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     import SimpleITK as sitk

@@ -175,7 +175,7 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
     flipped was used voxel by voxel because only the shape was compared)."""
     from ..geometry.partial_volume import trim_partial_volume
     from ..inference import partial_volume_map
-    from ..io import read_volume, resample_like
+    from ..io import read_volume, reindexed_like
 
     if not image_path or not Path(image_path).exists():
         print("refine: note: the partial-volume trim needs the segmented image (--image); "
@@ -184,8 +184,8 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
         return labels
     image = read_volume(image_path)
     if grid is not None and not image.same_geometry(grid):
-        moved, how = resample_like(image, grid)
-        if how != "re-indexed" or image.data.size != p.size:
+        moved = reindexed_like(image, grid)
+        if moved is None or image.data.size != p.size:
             # the same voxels in another order only (an audit: a larger image on the same
             # spacing and origin was "re-indexed" as a crop and trimmed the wrong voxels)
             raise ValueError(f"--image {image_path} is not on the probability map's grid ("
@@ -254,10 +254,10 @@ def run(args) -> int:
     radius = read_volume(args.radius)
     differences = prob.geometry_differences(radius)
     if differences:
-        from ..io import resample_like
+        from ..io import reindexed_like
 
-        moved, how = resample_like(radius, prob)
-        if how != "re-indexed" or radius.data.size != prob.data.size:
+        moved = reindexed_like(radius, prob)
+        if moved is None or radius.data.size != prob.data.size:
             raise ValueError(
                 f"{args.probability} and {args.radius} are not on the same grid: "
                 + "; ".join(differences)
