@@ -1674,6 +1674,30 @@ def shape_report(labels: np.ndarray, skeleton: np.ndarray, spacing) -> dict:
     }
 
 
+def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list[str]:
+    """What :func:`~napari_tubular.geometry.remove_specks_and_blobs` dropped, in words: the
+    confidence filter's components from :data:`UNSURE_NOTE_MM3` in all (an outside audit: whole
+    vessels went without a word) and the blob-like components. ``segment`` and ``refine`` both
+    say them."""
+    notes = []
+    if unsure.get("removed_mm3", 0.0) >= UNSURE_NOTE_MM3:
+        notes.append(
+            f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
+            f"all, dropped from the labels: no voxel of theirs reached probability "
+            f"{min_confidence:g} (each under {CONFIDENCE_MAX_MM3 / 1000.0:g} mL: specks the "
+            "network is unsure of); min confidence 'off' keeps them")
+    if blobs:
+        ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
+        notes.append(
+            f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
+            f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
+            "their volume, or they lie alone, taper at both ends and are at most "
+            f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
+            "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
+            "ratio 'off' keeps them")
+    return notes
+
+
 def segment(
     volume,
     model="default",
@@ -1786,20 +1810,8 @@ def segment(
     labels, n_removed, blobs = remove_specks_and_blobs(labels, pred.spacing, min_size_mm3,
                                                        blob_ratio, pred.probability,
                                                        min_confidence, unsure)
-    if unsure.get("removed_mm3", 0.0) >= UNSURE_NOTE_MM3:
-        # said (an outside audit: whole vessels went without a word)
-        _warn(f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
-              f"all, dropped from the labels: no voxel of theirs reached probability "
-              f"{min_confidence:g} (each under {CONFIDENCE_MAX_MM3 / 1000.0:g} mL: specks the "
-              "network is unsure of); min confidence 'off' keeps them", pred.messages)
-    if blobs:
-        ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
-        _warn(f"{len(blobs)} blob-like component(s), {ml:.2f} mL in all, dropped from the "
-              f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
-              "their volume, or they lie alone, taper at both ends and are at most "
-              f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
-              "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
-              "ratio 'off' keeps them", pred.messages)
+    for note in removal_notes(unsure, blobs, min_confidence, blob_ratio):
+        _warn(note, pred.messages)
     skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
     if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
         # the network found more than specks, and the thresholds removed all of it (specks

@@ -762,9 +762,11 @@ def test_blob_ratio_option_and_refine_follow_the_report(tmp_path, model_file, ca
                 *common) == 0
     assert (read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0)[ball].all()
     a = tmp_path / "a"
+    capsys.readouterr()
     assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
                 tmp_path / "r1_labels.nii.gz") == 0
     assert not (read_volume(tmp_path / "r1_labels.nii.gz").data > 0)[ball].any()
+    assert "1 blob-like component(s)" in capsys.readouterr().err  # refine says it, as segment
     assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
                 tmp_path / "r2_labels.nii.gz", "--blob-ratio", "off") == 0
     assert (read_volume(tmp_path / "r2_labels.nii.gz").data > 0)[ball].any()
@@ -816,10 +818,13 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     assert (read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0)[speck].all()
     assert json.loads((tmp_path / "b" / "ct_report.json").read_text())["parameters"][
         "min_confidence"] is None
-    # refine (T_p 0.6 / T_r 0.6 from the report) keeps the speck's spheres out as segment did
+    # refine (T_p 0.6 / T_r 0.6 from the report) keeps the speck's spheres out as segment did,
+    # and says so as segment does
+    capsys.readouterr()
     assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
                 tmp_path / "r1_labels.nii.gz", "--blob-ratio", "off") == 0
     assert not (read_volume(tmp_path / "r1_labels.nii.gz").data > 0)[speck].any()
+    assert "mL in all, dropped from the labels: no voxel" in capsys.readouterr().err
     assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
                 tmp_path / "r2_labels.nii.gz", "--blob-ratio", "off", "--min-confidence",
                 "off") == 0

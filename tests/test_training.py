@@ -465,6 +465,27 @@ def test_cancel_saves_checkpoint(tmp_path):
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 3
 
 
+def test_cancel_before_the_first_step_writes_nothing(tmp_path):
+    """An audit: Ctrl-C while the data loaded wrote an untrained model.pt and a step-0
+    last.pt; nothing is written now and the folder can be used again without --overwrite."""
+    with pytest.raises(Cancelled, match="before the first step"):
+        train(tiny_config(tmp_path / "run", steps=5), cancel=lambda: True)
+    assert list((tmp_path / "run").iterdir()) == []
+    train(tiny_config(tmp_path / "run", steps=1))  # not "in use"
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_last_step_logged_but_not_validated_has_one_row(tmp_path):
+    """An audit: when the last step was a log step but not a validation step, the final
+    validation added a second row for that step (without its loss)."""
+    train(tiny_config(tmp_path / "run", steps=3, log_every=1, val_every=2,
+                      val_data=["synthetic"], val_cases=1))
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["loss"] is not None
+    assert rows[-1]["val_dice"] is not None
+
+
 def test_train_from_folder_baseline_loss(tmp_path):
     from napari_tubular.io import Volume, write_volume
     from napari_tubular.synthetic import make_vessel_tree
@@ -679,6 +700,29 @@ def test_cli_val_tubes_flag_sets_the_config(tmp_path):
     base = ["--synthetic", "--out", str(tmp_path / "r")]
     assert config_from_args(p.parse_args(base + ["--val-tubes"])).val_tubes is True
     assert config_from_args(p.parse_args(base)).val_tubes is False
+
+
+def test_cli_config_paths_beside_the_config_file_are_named(tmp_path, monkeypatch):
+    """Relative paths in a config file are the working directory's; one found only beside the
+    config file is named with the path to give (an audit: "data folder not found")."""
+    import argparse
+
+    from napari_tubular._cli.train import add_arguments, config_from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    proj = tmp_path / "project"
+    (proj / "pairs").mkdir(parents=True)
+    (proj / "c.json").write_text(json.dumps({"data": ["pairs"], "val_data": "none",
+                                             "out": str(tmp_path / "r")}))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(FileNotFoundError, match="taken from the working directory") as exc:
+        config_from_args(p.parse_args([str(proj / "c.json")]))
+    assert str((proj / "pairs").resolve()) in str(exc.value)
+    monkeypatch.chdir(proj)  # from the config's folder the same file is fine
+    assert config_from_args(p.parse_args(["c.json"])).data == ["pairs"]
 
 
 @pytest.mark.slow

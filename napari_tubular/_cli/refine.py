@@ -213,7 +213,13 @@ def run(args) -> int:
     import numpy as np
 
     from ..geometry import remove_specks_and_blobs
-    from ..inference import check_segment_options, check_thresholds, refine_maps, shape_report
+    from ..inference import (
+        check_segment_options,
+        check_thresholds,
+        refine_maps,
+        removal_notes,
+        shape_report,
+    )
     from ..io import read_volume, write_volume
 
     defaults, where = default_parameters(Path(args.probability).expanduser())
@@ -294,7 +300,12 @@ def run(args) -> int:
                   file=sys.stderr)
         labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
-    labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence)
+    unsure: dict = {}
+    labels, _, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence,
+                                               unsure)
+    for note in removal_notes(unsure, blobs, confidence, blob):
+        # as segment says them (a review: refine dropped whole components without a word)
+        print(f"refine: warning: {note}", file=sys.stderr)
     skeleton = skeleton & labels
     if not labels.any() and p.size and float(p.max()) > 0.5:
         # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word

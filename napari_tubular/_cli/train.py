@@ -24,7 +24,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="JSON or YAML file with training options")
+    p.add_argument("config", nargs="?", help="JSON or YAML file with training options "
+                   "(relative paths in it are taken from the working directory)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", nargs="+", metavar="DIR",
                      help="folder(s) of <name>_image / <name>_label volume pairs")
@@ -152,11 +153,32 @@ def config_from_args(args: argparse.Namespace):
         if model_opts:
             cfg.model = {**cfg.model, **model_opts}
     cfg.validate()
+    if args.config:
+        _refuse_paths_beside_config(cfg, Path(args.config))
     shared = _same_folders(cfg.data, cfg.val_data)
     if shared:
         print(f"[train] warning: validation data is training data ({', '.join(shared)}): the "
               "validation scores and best.pt do not measure generalisation", file=sys.stderr)
     return cfg
+
+
+def _refuse_paths_beside_config(cfg, config_path: Path) -> None:
+    """Relative paths in a config file are taken from the working directory (as on the command
+    line); one that is missing there but found beside the config file is named with the path to
+    give (an audit: a config kept with its data gave "data folder not found" from elsewhere)."""
+    items = [("data", d) for d in cfg.data] + [("val_data", d) for d in cfg.val_data]
+    if cfg.init_model and cfg.init_model != "default":
+        items.append(("init_model", cfg.init_model))
+    for key, value in items:
+        path = Path(value).expanduser()
+        if value == "synthetic" or path.is_absolute() or path.exists():
+            continue
+        beside = config_path.expanduser().parent / path
+        if beside.exists():
+            raise FileNotFoundError(
+                f"{key}: {value} not found: relative paths in a config file are taken from "
+                f"the working directory ({Path.cwd()}), and {beside} is beside the config "
+                f"file; give {beside.resolve()} or run from {config_path.expanduser().parent}")
 
 
 def _same_folders(data, val_data) -> list[str]:

@@ -521,6 +521,12 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             stop = step >= config.steps or frac >= 1.0
             cancelled = bool(cancel and cancel())
             stop, cancelled = ddp.any_flag(stop, dist, device), ddp.any_flag(cancelled, dist, device)
+            if cancelled and step == 0:
+                # before the first step (Ctrl-C while the data loaded): no weights were trained,
+                # so none are written (an audit: an untrained model.pt and a last.pt of step 0)
+                if is_main and ck is None:
+                    (out / "config.json").unlink(missing_ok=True)
+                raise Cancelled("training cancelled before the first step: nothing was saved")
             if cancelled:
                 save_checkpoint()
                 if is_main:  # the weights so far, usable as a model (segment --model)
@@ -593,8 +599,13 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         if is_main:
             if has_val and (not rows or rows[-1].get("val_dice") is None
                               or rows[-1]["step"] != step):
-                row = _row(step, elapsed0 + time.perf_counter() - t_loop,
-                           lr_at(config, 1.0, step), acc, pool)
+                if rows and rows[-1]["step"] == step:
+                    # the last step was logged but not validated: its row gets the validation
+                    # (an audit: two rows for one step, the second without a loss)
+                    row = rows.pop()
+                else:
+                    row = _row(step, elapsed0 + time.perf_counter() - t_loop,
+                               lr_at(config, 1.0, step), acc, pool)
                 last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                 row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                 if last_val_metrics["score"] > best:
