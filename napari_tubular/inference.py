@@ -1196,6 +1196,7 @@ def predict(
               "noise can be labelled; check the result", messages)
     data = _fill_non_finite(data, messages)
     padding = None  # the padding mask, if any (the network sees it filled)
+    exterior = None  # dark tubes in HU: the air outside the body (outside_air)
     hidden = _hide_padding(data, messages)
     if hidden is not None:
         padding, data = hidden
@@ -1208,6 +1209,7 @@ def predict(
         hu = window and (intensity == "model" or (
             intensity == "auto" and _in_model_units(data, meta["normalization"], stored_dtype)))
         center, what = dark_center(data, hu=hu)
+        exterior = outside_air(data) if hu else None
         data = oriented_image(data, polarity, level, center)
         _warn(f"dark tubes: the image was mirrored about {what}, {center:.4g}, so that tubes "
               "darker than their surroundings are bright for the network (polarity 'dark'"
@@ -1343,6 +1345,16 @@ def predict(
     if padding is not None:  # nothing was measured there
         probability[padding] = 0.0
         radius[padding] = 0.0
+    if exterior is not None and exterior.any():
+        taken = float(np.count_nonzero(probability[exterior] > NO_REFINE_THRESHOLD))
+        probability[exterior] = 0.0
+        radius[exterior] = 0.0
+        ml = taken * float(np.prod(sp)) / 1000.0
+        if ml >= UNSURE_NOTE_MM3 / 1000.0:
+            _warn(f"dark tubes: {ml:.2g} mL of what the network found is air outside the body "
+                  f"(below {OUTSIDE_AIR_HU:g} HU and reaching the image's edge in every "
+                  "direction): not taken as airway", messages)
+    del exterior
     # one-voxel ridges of the scale head (the axis of a grid-aligned tube read 2.1x its radius)
     from .geometry.distance import clip_radius_spikes
 
@@ -1561,6 +1573,44 @@ def dark_center(image, hu: bool = False) -> tuple[float, str]:
         if lung.size >= LUNG_FRACTION * flat.size:
             return float(np.median(lung)), "the lungs' median (airways lie in them)"
     return median, "its median"
+
+
+#: air outside the body in a CT in HU: below this and, in a slice along each of the three axes,
+#: connected to that slice's edge through such air (:func:`outside_air`)
+OUTSIDE_AIR_HU = -900.0
+
+
+def outside_air(image) -> np.ndarray:
+    """The air around the body of a CT image in HU (a bool mask): voxels below
+    :data:`OUTSIDE_AIR_HU` that reach the edge of their slice through such voxels (4-connected)
+    in the slices along every one of the three axes. An airway is enclosed by its wall in the
+    slices across it (the trachea leaving the top of a chest CT included: the neck surrounds it
+    in the axial slices), and the lung parenchyma (-900 to -500 HU) separates the airways'
+    lumen from the faces of a lung crop; the air beside a whole chest reaches the edge in every
+    slice. Dark-tube segmentation (``polarity='dark'``) sets the probability to 0 there: an
+    outside audit's chest CT had 7 mL of outside air labelled as airway."""
+    from scipy import ndimage
+
+    data = np.asarray(image)
+    air = data < OUTSIDE_AIR_HU
+    if not air.any():
+        return air
+    out = air.copy()
+    for axis in range(3):
+        plane = np.zeros((3, 3, 3), bool)
+        index = [slice(None)] * 3
+        index[axis] = 1
+        plane[tuple(index)] = ndimage.generate_binary_structure(2, 1)
+        lab, _ = ndimage.label(out, structure=plane)
+        edge = np.zeros(lab.max() + 1, bool)
+        for other in range(3):
+            if other != axis:
+                for end in (0, -1):
+                    edge[np.take(lab, end, axis=other)] = True
+        edge[0] = False
+        out &= edge[lab]
+        del lab
+    return out
 
 
 def oriented_image(image, polarity: str = "bright", level: float | None = None,

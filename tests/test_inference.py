@@ -843,6 +843,34 @@ def test_dark_tubes_in_a_chest_are_mirrored_about_the_lungs(rng):
     assert any("lungs' median" in m for m in pred.messages)
 
 
+def test_outside_air_is_the_air_around_the_body_not_airways(rng):
+    """``outside_air``: air below -900 HU reaching the slice edge along all three axes. A lung
+    crop's airway leaving through its faces, a trachea leaving the top of a chest (enclosed by
+    the neck in the slices across it) and lung noise below -900 HU are not outside air; the
+    air at the corners of a chest wider than the field of view is."""
+    from napari_tubular.inference import outside_air
+
+    crop = rng.normal(-850.0, 20.0, (32, 40, 40)).astype(np.float32)  # lung to every face
+    crop[:, 18:22, 18:22] = 0.0  # an airway wall
+    crop[:, 19:21, 19:21] = -1000.0  # its lumen, through two faces
+    crop[16, 2:38, 19:21] = 0.0
+    ex = outside_air(crop)
+    assert not ex[:, 19:21, 19:21].any()
+    assert ex.sum() < 0.01 * ex.size  # isolated noise voxels at the faces at most
+    z, y, x = np.mgrid[:32, :40, :40]
+    body = ((y - 20) / 18.0) ** 2 + ((x - 20) / 26.0) ** 2 <= 1.0  # wider than the image
+    chest = np.where(body, 40.0, -1000.0).astype(np.float32)
+    trachea = ((y - 20) ** 2 + (x - 20) ** 2 <= 4) & (z < 20)
+    chest[trachea] = -1000.0  # from the top face
+    ex = outside_air(chest)
+    assert not (ex & (body | trachea)).any()
+    assert ex[~body].all()
+    slab = outside_air(chest[10:12])  # two slices: the slices across them decide
+    assert not (slab & (body | trachea)[10:12]).any()
+    assert slab[~body[10:12]].all()
+    assert not outside_air(np.full((8, 8, 8), 40.0, np.float32)).any()
+
+
 def test_a_model_with_a_small_window_says_segmenting_is_slow(tiny_model_file):
     """The window is the model's training patch (16³ here): a volume that needs more than 64 of
     them gets a message naming the count; a volume of a few windows does not."""
