@@ -82,8 +82,52 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
             if best is not None:
                 sk[box_k] &= ~comp
                 sk[box_k] |= best
+    _recover_lost_branches(mb, sk, labels, objects, sp)
     out[box] = sk
     return out
+
+
+#: a mask voxel farther from the skeleton than COVER_RADII times its component's largest
+#: inscribed radius, plus two voxels, lies in a branch the thinning lost
+COVER_RADII = 2.0
+
+
+def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, objects,
+                           spacing) -> None:
+    """Re-thin (in place) components whose skeleton left a whole branch out.
+
+    scikit-image thins a branch of even width centred between voxels to nothing even where
+    the rest of its component keeps a skeleton (an outside audit: a 36 mm side branch of radius
+    1.8 mm along 2 mm slices, lost at 14 of 16 positions: clDice 1.0 and no error site for a
+    false or missed branch). Such a component has voxels far from its skeleton (more than
+    :data:`COVER_RADII` largest inscribed radii plus two voxels); its skeleton is replaced by
+    the one of the component less its last + layer per axis, or of the component on a
+    near-isotropic grid, whichever leaves fewer such voxels, if one leaves fewer."""
+    from .distance import edt_mm
+
+    if not sk.any():
+        return
+    r_max = np.zeros(len(objects) + 1, np.float32)  # by component (scipy's maximum: 4x slower)
+    np.maximum.at(r_max, labels[mb], edt_mm(mb, spacing)[mb])
+    limit = COVER_RADII * r_max + 2.0 * max(spacing)
+    far = edt_mm(~sk, spacing) > limit[labels]
+    far &= mb
+    if not far.any():
+        return
+    for k in np.unique(labels[far]):
+        box_k = objects[k - 1]
+        comp = labels[box_k] == k
+        worst = int(np.count_nonzero(far[box_k] & comp))
+        best = None
+        for candidate in (_trimmed_skeleton(comp), _isotropic_skeleton(comp, spacing)):
+            if candidate is None or not candidate.any():
+                continue
+            left = int(np.count_nonzero(comp & (edt_mm(~candidate, spacing) > limit[k])))
+            if left < worst:
+                best, worst = candidate, left
+        if best is not None:
+            sk[box_k] &= ~comp
+            sk[box_k] |= best
 
 
 def measuring_skeleton(mask, spacing) -> tuple[np.ndarray, tuple[float, float, float]]:

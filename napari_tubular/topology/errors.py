@@ -479,9 +479,15 @@ def error_map(
             # of a vessel on a reference loop was a "missed branch")
             has_tip = np.zeros(n_pieces + 1, dtype=bool)
             has_tip[piece[g.degree() <= 1]] = True
-            contacts = _contacts(g, piece, in_pred) if near_p is not None else None
+            contacts = _contacts(g, piece, in_pred)
             for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
                 is_break = n_adj[k] >= 2 or not has_tip[k]
+                if (is_break and has_tip[k] and n_comp[k] <= 1
+                        and not _separated(pc, vox, contacts.get(k), tolerance_vox)):
+                    # a branch whose reference skeleton bends off the parent at the junction
+                    # touches two covered pieces of it, which the prediction joins right there
+                    # (an outside audit: a missed side branch was a "break")
+                    is_break = False
                 # a break whose two sides the prediction joins only far away (around a loop,
                 # through a bridge) is a cut across the vessel, not a skeleton beside a
                 # narrow wall (an audit: a 4 mm cut with a bridge elsewhere had no site)

@@ -70,3 +70,21 @@ def small_tree(spacing=(1.0, 1.0, 1.0), shape=(64, 64, 64)):
     e = ext * [0.3, 0.5, 0.85]
     segs = [(a, b, 4.0), (b, c, 2.5), (b, d, 3.0), (ext * [0.3, 0.5, 0.5], e, 1.5)]
     return segments_tree(shape, spacing, segs)
+
+
+def trunk_and_branch(x_mm, radius_mm=1.8, end_z_mm=12.0, shape=(48, 96, 96),
+                     spacing=(2.0, 0.7, 0.7)):
+    """A trunk (radius 2.5 mm) along x at z = 48 mm and a side branch along the 2 mm slice axis
+    from it to ``end_z_mm`` (36 mm down by default)."""
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)],
+                                indexing="ij"), -1)
+
+    def tube(a, b, r):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        d = b - a
+        t = np.clip(((grid - a) @ d) / (d @ d), 0, 1)
+        return np.linalg.norm(grid - (a + t[..., None] * d), axis=-1) <= r
+
+    trunk = tube((48, 33, 5), (48, 33, 62), 2.5)
+    return trunk, tube((48, 33, x_mm), (end_z_mm, 33, x_mm), radius_mm), spacing
+
