@@ -167,7 +167,7 @@ class SegmentWidget(QWidget):
         self._models: dict[tuple[str, str], Any] = {}
         self.prediction = None
         self.refiner = None
-        self._pv_fraction = None  # partial-volume fraction map of the last run (or None)
+        self._pv_fraction = None  # partial-volume fraction map of the last run
         self._watched: set[int] = set()  # labels layers whose paint events are watched
         self.result = None
         self.metrics: dict | None = None
@@ -280,6 +280,7 @@ class SegmentWidget(QWidget):
             f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, "
             "thick plates and blobs (an enhancing organ, a bright distractor), not tubes "
             "(segment --blob-ratio)")
+        self.pv_check.toggled.connect(self._on_thresholds)
         self.blob_check.toggled.connect(self._on_thresholds)
         self.confidence_check = _option(
             form, "drop components the network is unsure of", True,
@@ -493,12 +494,12 @@ class SegmentWidget(QWidget):
                 tr=tr,
                 device=device,
             )
-            fraction = None
-            if trim_pv:
-                fraction = inference.partial_volume_map(volume.data, prediction.probability,
-                                                        polarity)
+            # computed either way: the checkbox applies it live after the run (an audit:
+            # toggling it changed nothing until the next Run)
+            fraction = inference.partial_volume_map(volume.data, prediction.probability,
+                                                    polarity)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
-                                     fraction, blobs,
+                                     fraction if trim_pv else None, blobs,
                                      prediction.probability if confident else None)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
@@ -847,7 +848,7 @@ class SegmentWidget(QWidget):
         self._reference_problem = problem
 
         min_size = self.min_size_spin.value()
-        fraction = self._pv_fraction
+        fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
         probability = self.prediction.probability if self.confidence_check.isChecked() else None
 

@@ -522,6 +522,33 @@ def test_unsure_components_go_live(seg):
     assert counter.calls == 1
 
 
+def test_partial_volume_trim_goes_live(make_napari_viewer, vessel_case, predict_counter,
+                                      monkeypatch):
+    """An audit: 'trim partial-volume boundary voxels' changed nothing until the next Run (the
+    other clean-up options were live). Unticked, the labels are the untrimmed ones; ticked
+    again, the run's; the network is not run again. (The fraction map is made low everywhere:
+    this test volume's thin vessels keep every voxel with the real one.)"""
+    from napari_tubular import inference
+
+    monkeypatch.setattr(inference, "partial_volume_map",
+                        lambda image, prob, polarity="bright": np.zeros(prob.shape, np.float32))
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.run()
+    counter = predict_counter
+    labels = _owned(viewer, "labels")
+    assert widget.pv_check.isChecked()
+    trimmed = labels.data.copy()
+    widget.pv_check.setChecked(False)
+    untrimmed = labels.data.copy()
+    assert untrimmed.sum() > trimmed.sum()  # the trim took boundary voxels here
+    assert not (trimmed.astype(bool) & ~untrimmed.astype(bool)).any()
+    widget.pv_check.setChecked(True)
+    np.testing.assert_array_equal(labels.data, trimmed)
+    assert counter.calls == 1
+
+
 def test_prediction_messages_become_notifications(make_napari_viewer, vessel_case, tmp_path,
                                                   monkeypatch):
     """A [0, 1]-scaled image given to a CT-window model is rescaled, and the user is told."""
