@@ -45,6 +45,7 @@ __all__ = [
 #: integer volumes with at most this many distinct values open as Labels
 MAX_LABEL_VALUES = 64
 _LABEL_NAME = re.compile(r"label|mask|seg", re.IGNORECASE)
+_IMAGE_NAME = re.compile(r"image|img", re.IGNORECASE)
 
 
 def _supported(path: str | os.PathLike) -> bool:
@@ -79,17 +80,22 @@ def _few_unique(data: np.ndarray, limit: int) -> bool:
 def guess_layer_type(data: np.ndarray, name: str = "") -> str:
     """Return "labels" for integer volumes that look like segmentations, else "image".
 
-    A volume is a segmentation when its dtype is integer (or bool) and it holds at most
-    :data:`MAX_LABEL_VALUES` distinct values, or its name contains "label", "mask" or "seg" and
-    it has no negative values.
+    A bool volume is a segmentation. An integer volume is one when its name contains "label",
+    "mask" or "seg" and it has no negative values, or, unless its name contains "image" or
+    "img", when it holds at most :data:`MAX_LABEL_VALUES` distinct values, none negative, 0
+    (the background) among them. A noise-free phantom ({40, 300} HU, or a constant volume)
+    opens as an image: an audit's opened as labels, which the Segment panel cannot choose.
     """
-    if data.dtype != bool and data.dtype.kind not in "iu":
+    if data.dtype == bool:
+        return "labels"
+    if data.dtype.kind not in "iu" or data.size == 0:
         return "image"
-    if _few_unique(data, MAX_LABEL_VALUES):
+    lowest = data.min()
+    if _LABEL_NAME.search(name) and lowest >= 0:
         return "labels"
-    if _LABEL_NAME.search(name) and (data.dtype.kind != "i" or data.min() >= 0):
-        return "labels"
-    return "image"
+    if _IMAGE_NAME.search(name) or lowest != 0:
+        return "image"
+    return "labels" if _few_unique(data, MAX_LABEL_VALUES) else "image"
 
 
 def _layer_tuple(vol: Volume) -> tuple:

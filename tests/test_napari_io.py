@@ -104,6 +104,14 @@ def test_guess_layer_type():
     few = (many % 64).astype(np.int32)
     assert guess_layer_type(few, "x") == "labels"  # 64 distinct values
     assert guess_layer_type(many.astype(np.float32), "vessel_seg_prob") == "image"
+    # an audit: noise-free phantoms opened as labels (the Segment panel could not choose them)
+    phantom = np.where(many > 250, 300, 40).astype(np.int16)
+    assert guess_layer_type(phantom, "phantom") == "image"  # no background 0
+    assert guess_layer_type(np.full((8, 8, 8), 40, np.int16), "flat") == "image"
+    assert guess_layer_type(np.where(many > 250, 300, 0).astype(np.int16), "x") == "labels"
+    assert guess_layer_type(np.where(many > 250, 300, 0).astype(np.int16),
+                            "case_000_image") == "image"
+    assert guess_layer_type(np.where(many > 250, 2, -1).astype(np.int16), "x") == "image"
 
 
 def test_write_labels_keeps_source_geometry(tmp_path, files):
