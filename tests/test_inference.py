@@ -1060,9 +1060,11 @@ def test_bone_step_lowers_its_level_in_ct_without_contrast_agent(rng):
     img[rib] = 600.0  # a thin cortex, under 700
     found = vessel | rib
     prob = found.astype(np.float32)
+    decided: dict = {}
     with pytest.warns(UserWarning, match="bone level lowered from 700 to 350"):
-        removed = _suppress_bone(prob, img, 700.0, (1.0, 1.0, 1.0), [])
+        removed = _suppress_bone(prob, img, 700.0, (1.0, 1.0, 1.0), [], decided)
     assert removed > 0
+    assert decided == {"bone_level": 350.0}  # what the report records (it said 700)
     assert not (prob[rib] > 0.5).any()
     assert (prob[vessel] == 1.0).all()  # the plaques' vessels kept
     # with contrast agent (vessels at 300 HU) the level stays 700: the 600 HU ring is kept
@@ -1075,6 +1077,34 @@ def test_bone_step_lowers_its_level_in_ct_without_contrast_agent(rng):
     prob3 = found.astype(np.float32)
     _suppress_bone(prob3, img, 300.0, (1.0, 1.0, 1.0), [])
     assert not (prob3[rib] > 0.5).any()
+
+
+def test_bone_step_keeps_blurred_contrast_vessels_in_ct(rng):
+    """An outside audit: contrast-filled vessels (348 HU on 21 HU tissue), blurred, whose found
+    voxels reach far into the blurred edges (plain median 149 HU, under the non-contrast rule's
+    150), were taken as CT without contrast agent and removed as bone (Dice 0.68, 0.81 with
+    --bone-level off). The rule reads the vessels' peak level (the median of the 3x3x3 maximum
+    of the lightly smoothed image over the found voxels): the level stays 700."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import _found_peak_median, _suppress_bone, bone_decision
+
+    zz, yy, xx = np.mgrid[:32, :64, :64]
+    vessel = np.zeros(zz.shape, bool)
+    for cy, cx, r in ((16, 16, 5), (16, 44, 3), (44, 30, 2)):
+        vessel |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    img = np.where(vessel, 348.0, 21.0)
+    img[:, 60:, :] = -1000.0  # air at one side: CT in HU
+    img = ndimage.gaussian_filter(img, 1.5) + rng.normal(0, 15, zz.shape)
+    found = ndimage.binary_dilation(vessel, iterations=2)  # the network's wide, blurred edge
+    assert float(np.median(img[found])) < 150  # precondition: the plain median misreads it
+    assert _found_peak_median(img, found) > 200
+    assert bone_decision(img, found, 700.0) == (700.0, "")
+    prob = found.astype(np.float32)
+    decided: dict = {}
+    assert _suppress_bone(prob, img, 700.0, (1.0, 1.0, 1.0), [], decided) == 0.0
+    assert decided == {"bone_level": 700.0}
+    assert (prob == found).all()
 
 
 def test_air_edge_step_removes_tissue_beside_air_and_keeps_vessels(rng):
