@@ -748,6 +748,10 @@ def test_coarse_spacing_is_warned_and_extreme_overlap_refused(tiny_model_file, r
     assert any("coarser than the training data" in m for m in coarse.messages)
     fine = predict(img, model=tiny_model_file, device="cpu", spacing=(2.5, 0.8, 0.8))
     assert not any("coarser" in m for m in fine.messages)
+    last = predict(img, model=tiny_model_file, device="cpu", spacing=(0.8, 0.8, 2.5))
+    assert not any("coarser" in m for m in last.messages)  # slices last: the same grid
+    coarse_last = predict(img, model=tiny_model_file, device="cpu", spacing=(1.6, 0.8, 3.2))
+    assert any("coarser than the training data" in m for m in coarse_last.messages)
     with pytest.raises(ValueError, match="overlap"):
         predict(img, model=tiny_model_file, device="cpu", overlap=0.95)
 
