@@ -1625,7 +1625,7 @@ def outside_air(image) -> np.ndarray:
         index = [slice(None)] * 3
         index[axis] = 1
         plane[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-        lab, _ = ndimage.label(out, structure=plane)
+        lab, _ = ndimage.label(air, structure=plane)
         edge = np.zeros(lab.max() + 1, bool)
         for other in range(3):
             if other != axis:
