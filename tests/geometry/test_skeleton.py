@@ -232,3 +232,26 @@ def test_a_branch_the_thinning_loses_gets_a_skeleton(x_mm):
     trunk, branch, sp = trunk_and_branch(45.0)
     assert np.array_equal(skeletonize_mask(trunk | branch, spacing=sp).astype(bool),
                           skeletonize(trunk | branch).astype(bool))
+
+
+def test_graph_of_small_skeletons_and_staircases():
+    """An outside audit: a skeleton where no two non-junction voxels touch crashed (bincount of
+    nothing is int64); a 6-connected staircase read as 17 junction voxels and 3 mm, and each arm
+    of a plus sign lost a voxel to its junction cluster (the redundant corner steps counted)."""
+    t = np.zeros((5, 6, 6), bool)
+    for z, y, x in ((1, 2, 4), (2, 3, 4), (2, 4, 3), (3, 2, 3)):
+        t[z, y, x] = True
+    graph = centerline_graph(t, None, (1.0, 1.0, 1.0))
+    assert np.isfinite(graph.total_length_mm)
+    stair = np.zeros((3, 12, 12), bool)
+    for i in range(8):
+        stair[1, 2 + i, 2 + i] = stair[1, 2 + i, 3 + i] = True  # right, down, right, ...
+    g = centerline_graph(stair, None, (1.0, 1.0, 1.0))
+    assert g.n_branches == 1
+    assert len(g.branch_points_vox) == 0
+    assert 10.0 <= g.total_length_mm <= 11.5  # the diagonal it samples: 10.6 mm
+    plus = np.zeros((3, 13, 13), bool)
+    plus[1, 6, 1:12] = plus[1, 1:12, 6] = True  # 4 arms of 5 mm around the centre voxel
+    g = centerline_graph(plus, None, (1.0, 1.0, 1.0))
+    assert g.n_branches == 4
+    np.testing.assert_allclose(g.branches["length_mm"], 5.0, atol=1e-6)
