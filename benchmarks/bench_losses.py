@@ -1,8 +1,9 @@
 """Loss benchmark: soft-clDice (ours) vs MONAI's SoftclDiceLoss, plus DDT and boundary loss cost.
 
 Forward + backward on CPU of soft-clDice on a 1x1xN^3 logit volume (default N=96) with the same
-soft-skeleton iterations, ours (min/max on shifted slices, int64 value/index keys and an
-``index_add_`` backward, no autograd through the target's skeleton) against
+soft-skeleton iterations, ours (min/max on shifted slices, the selected neighbour's gradient
+routed by selection masks in one autograd node per step, no autograd through the target's
+skeleton) against
 ``monai.losses.SoftclDiceLoss``; also the soft skeleton alone (``soft_skeleton`` vs MONAI's
 ``soft_skel``). Checks that loss values and gradients agree: on the benchmark's random logits
 (where a few distinct voxels share a float32 probability and the two implementations may route
@@ -13,9 +14,10 @@ rounding). Then the cost per step (forward + backward) of ``DDTLoss`` and of ``G
 
 Times are medians over ``--repeats`` runs, ours and MONAI interleaved in the same process, for
 each torch thread count in ``--threads`` (comma-separated; 0: all CPUs this process may use, e.g.
-``--threads 1,0``). Default 1: on a small machine shared with other busy processes, every
-multi-threaded op waits for its slowest thread and both implementations slow down by orders of
-magnitude (measured on the 2-core dev machine: 48^3 went from 0.014 s to 5.8 s).
+``--threads 1,0``). Default 2; on a small machine shared with other busy processes, every
+multi-threaded op waits for its slowest thread and both implementations can slow down by orders
+of magnitude (measured on the 2-core dev machine: 48^3 went from 0.014 s to 5.8 s): use
+``--threads 1`` there.
 """
 
 from __future__ import annotations

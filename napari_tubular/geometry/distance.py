@@ -242,6 +242,9 @@ def distance_maps(mask, spacing) -> dict[str, np.ndarray]:
       the background and ``M_B`` its maximum (SNI-DM, in [-1, 1]: positive inside, negative
       outside, magnitude 1 next to the boundary on both sides).
 
+    A mask without a background voxel takes the volume's faces as its boundary (``D`` is the
+    distance to the outside of the volume), so that every map stays finite.
+
     Args:
         mask: bool, shape (Z, Y, X).
         spacing: voxel size in mm, (dz, dy, dx).
@@ -255,7 +258,13 @@ def distance_maps(mask, spacing) -> dict[str, np.ndarray]:
     m = check_mask(mask)
     sp = check_spacing(spacing)
     u = np.float32(min(sp))
-    d = edt_mm(m, sp)
+    if m.size and m.all():
+        # no background voxel (a patch wholly inside a structure): distances to the volume's
+        # faces (an audit: D was infinite and I-DM / NI-DM / SNI-DM NaN, which made the
+        # shape-aware losses and LR-Net pre-training NaN in silence)
+        d = edt_mm(np.pad(m, 1), sp)[1:-1, 1:-1, 1:-1]
+    else:
+        d = edt_mm(m, sp)
     idm = np.zeros_like(d)
     nidm = np.zeros_like(d)
     snidm = np.zeros_like(d)

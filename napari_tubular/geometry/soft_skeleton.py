@@ -341,7 +341,9 @@ def soft_skeleton(x: torch.Tensor, iters: int = 10) -> torch.Tensor:
 
     Returns:
         tensor of the same shape, values in [0, 1]; differentiable w.r.t. ``x`` (values and
-        gradients equal to MONAI's ``soft_skel``).
+        gradients equal to MONAI's ``soft_skel``), first order only: the backward is not
+        itself differentiable (``create_graph=True`` raises no error but gives no graph through
+        it; MONAI's max-pool version has second-order gradients).
     """
     _check5d(x)
     iters = _check_iters(iters)
@@ -371,7 +373,9 @@ def soft_skeleton_volume(volume, iters: int | None = None, *, device: str = "cpu
     if iters is None:
         from .distance import edt_mm
 
-        iters = int(np.ceil(float(edt_mm(v > 0.5, (1.0, 1.0, 1.0)).max()))) + 1
+        # padded: a volume that is foreground everywhere has no background voxel, and its
+        # EDT is infinite (an audit: OverflowError in the distance panel)
+        iters = int(np.ceil(float(edt_mm(np.pad(v > 0.5, 1), (1.0, 1.0, 1.0)).max()))) + 1
     with torch.no_grad():
         t = torch.from_numpy(np.ascontiguousarray(v))[None, None].to(device)
         s = soft_skeleton(t, iters)

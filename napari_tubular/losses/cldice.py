@@ -16,6 +16,7 @@ scale head, ``iters = K`` (the largest radius class) is the natural choice.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
@@ -58,11 +59,11 @@ def skeleton_iterations(max_radius_mm: float, spacing) -> int:
 
 
 def _check_iters(iters) -> int:
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+    if isinstance(iters, bool) or not isinstance(iters, numbers.Integral) or iters < 0:
         raise ValueError(
             f"iters must be a non-negative int (at least the largest radius in voxels), got {iters!r}"
         )
-    return iters
+    return int(iters)  # numpy integers too, as soft_skeleton takes them (an audit)
 
 
 def _prepare(input, target, activation, include_background):
@@ -153,11 +154,12 @@ class SoftclDiceLoss(nn.Module):
     the soft skeleton with ``iters`` iterations. With ``smooth=1, eps=1e-4`` and one channel this
     is exactly MONAI's ``SoftclDiceLoss`` (``benchmarks/bench_losses.py`` checks it).
 
-    A blind spot of the recipe (an audit, kept as the paper defines it): the soft skeleton of a
+    Blind spots of the recipe (two audits, kept as the paper defines it): the soft skeleton of a
     patch that is foreground everywhere is empty (the erosions reach the padding), so an
-    all-foreground prediction against an empty target scores Tprec = Tsens = 1 and loss 0 with
-    no gradient. Use it with a region term, as :class:`DiceclDiceLoss` does (that pair scores
-    the same case 0.69).
+    all-foreground prediction scores Tprec = 1 whatever the target: against an empty target
+    loss 0 with no gradient, against a tube about 2e-5 (a perfect prediction's value); an empty
+    prediction against an all-foreground target scores 0 with no gradient too. Use it with a
+    region term, as :class:`DiceclDiceLoss` does (that pair scores these cases about 0.7).
 
     Args:
         iters: soft-skeleton iterations; at least the largest tube radius in voxels (see

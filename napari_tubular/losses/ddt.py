@@ -18,11 +18,12 @@ The DDT objective is ``L = weight_cls * L_cls + weight_dis * L_dis``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
-from ._common import check_5d, log_probabilities, no_autocast, upcast
+from ._common import check_5d, check_unit_range, log_probabilities, no_autocast, upcast
 
 __all__ = ["DDTLoss", "ddt_cls_loss", "ddt_dis_loss"]
 
@@ -52,6 +53,7 @@ def ddt_cls_loss(seg: torch.Tensor, target: torch.Tensor, seg_activation: str | 
             f"target must have shape (B, 1, Z, Y, X) matching seg {tuple(seg.shape)}, got "
             f"{tuple(target.shape)}"
         )
+    check_unit_range(target, "target")  # an audit: a 0/255 mask gave a loss of -6066
     logp, log1mp = _seg_log_probs(seg, seg_activation)
     y = upcast(target).to(logp.dtype)
     n_pos = y.sum()
@@ -158,8 +160,9 @@ class DDTLoss(nn.Module):
         clamp_eps: float = 1e-6,
     ) -> None:
         super().__init__()
-        if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        if isinstance(K, bool) or not isinstance(K, numbers.Integral) or K < 1:
             raise ValueError(f"K must be an int >= 1, got {K!r}")
+        K = int(K)  # numpy integers too (an audit: np.int64(4) was refused)
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam!r}")
         if not 0 < clamp_eps < 1:

@@ -16,14 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_5d, no_autocast, upcast
+from ._common import check_5d, check_unit_range, no_autocast, upcast
 
 __all__ = ["DeepSupervisionLoss", "MeanTeacher", "multilabel_pyramid_targets"]
 
 
 def _multi_hot(label: torch.Tensor, num_classes: int | None, include_background: bool):
     if label.ndim == 5 and (num_classes is None or label.shape[1] != 1):
-        return upcast(label)  # already (B, C, Z, Y, X) multi-hot (or soft)
+        # already (B, C, Z, Y, X) multi-hot (or soft): values in [0, 1] (an audit: a 0/255
+        # label gave a loss of -154, and float class ids {0, 2} a loss without a word)
+        check_unit_range(label, "multi-hot label")
+        return upcast(label)
     if label.ndim == 5:
         label = label[:, 0]
     if label.ndim != 4:

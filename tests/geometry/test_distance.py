@@ -262,3 +262,29 @@ def test_radius_of_axis_aligned_tubes_with_sub_voxel_centres():
             sk[:, :, :5] = sk[:, :, 15:] = False
             errs.append(local_radius_mm(m, (1, 1, 1))[sk] - r)
         assert np.median(np.abs(np.concatenate(errs))) < 0.3, r
+
+
+def test_distance_maps_and_soft_skeleton_of_a_mask_without_background():
+    """Two audits: a mask that fills the volume (a patch inside a large vessel) gave an infinite
+    O-DM and NaN I-DM / NI-DM / SNI-DM (the shape-aware losses and LR-Net pre-training went NaN
+    in silence), and soft_skeleton_volume an OverflowError. The volume's faces are its boundary:
+    finite maps, NI-DM in (0, 1] with 1 at the faces."""
+    import torch
+
+    from napari_tubular.geometry import distance_maps
+    from napari_tubular.geometry.soft_skeleton import soft_skeleton_volume
+    from napari_tubular.losses import MapDiceLoss
+
+    full = np.ones((6, 8, 10), bool)
+    maps = distance_maps(full, (2.0, 1.0, 1.0))
+    for name, value in maps.items():
+        assert np.isfinite(value).all(), name
+    nidm = maps["nidm"]
+    assert nidm.min() > 0
+    assert nidm.max() == pytest.approx(1.0)
+    assert nidm[3, 4, 0] == pytest.approx(1.0)  # a voxel on a face of the finest axis
+    np.testing.assert_array_equal(maps["snidm"], nidm)
+    target = torch.from_numpy(nidm)[None, None]
+    assert torch.isfinite(MapDiceLoss()(torch.full_like(target, 3.0), target))
+    skel = soft_skeleton_volume(full)
+    assert np.isfinite(skel).all()

@@ -131,3 +131,27 @@ def test_errors():
         loss(seg, a, y[:, :, :3], z)
     with pytest.raises(ValueError, match="K must"):
         DDTLoss(K=0)
+
+
+def test_targets_outside_unit_range_are_refused():
+    """An audit: a 0/255 uint8 mask gave L_cls = -6066 instead of an error (the other losses
+    refuse such targets)."""
+    g, y, z = _case()
+    seg = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    scale = torch.randn((y.shape[0], K + 1, *y.shape[2:]), generator=g, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"target must hold values in \[0, 1\]"):
+        DDTLoss(K=K)(seg, scale, (y * 255).to(torch.uint8), z)
+    assert torch.isfinite(DDTLoss(K=K)(seg, scale, y, z))
+
+
+def test_numpy_integers_are_taken_for_counts():
+    """An audit: DDTLoss(K=np.int64(4)) and SoftclDiceLoss(iters=np.int64(3)) were refused while
+    soft_skeleton took numpy integers."""
+    import numpy as np
+
+    from napari_tubular.losses import SoftclDiceLoss
+
+    assert DDTLoss(K=np.int64(K)).K == K
+    assert SoftclDiceLoss(iters=np.int64(3)).iters == 3
+    with pytest.raises(ValueError, match="K must be an int"):
+        DDTLoss(K=np.float64(4.0))

@@ -117,3 +117,15 @@ def test_mean_teacher():
     assert warm.current_alpha() == pytest.approx(0.5)
     with pytest.raises(ValueError, match="alpha"):
         MeanTeacher(student, alpha=1.5)
+
+
+def test_multi_hot_labels_outside_unit_range_are_refused():
+    """An audit: a 0/255 multi-hot label gave a loss of -154, float class ids {0, 2} a loss
+    without a word."""
+    lab = _label(1)
+    targets = multilabel_pyramid_targets(lab, [(8, 8, 8)], num_classes=4)
+    heads = [torch.zeros(t.shape) for t in targets]
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\]"):
+        DeepSupervisionLoss()(heads, targets[0] * 255)
+    with pytest.raises(ValueError, match=r"must hold values in \[0, 1\]"):
+        DeepSupervisionLoss()(heads, targets[0] * 2.0)

@@ -140,3 +140,14 @@ def test_mapdice_with_nidm_is_spacing_invariant(tube_np):
     assert value((2.0, 2.0, 2.0)) == pytest.approx(base, rel=1e-6)
     assert value((3.0, 1.0, 1.0)) == pytest.approx(base, rel=1e-6)
     assert value((1.0, 1.0, 2.0)) != pytest.approx(base, rel=1e-4)
+
+
+def test_freeze_drops_gradients_left_by_training():
+    """An audit: the LR-Net pre_train returned frozen still carried its last step's .grad."""
+    from napari_tubular.losses.shape_aware import freeze
+
+    net = LRNet()
+    net(torch.rand(1, 2, 8, 8, 8)).sum().backward()
+    assert any(p.grad is not None for p in net.parameters())
+    freeze(net)
+    assert all(p.grad is None and not p.requires_grad for p in net.parameters())
