@@ -157,7 +157,10 @@ class Refiner:
                     shared.flags.writeable = False
             self._flat = flat
             self.n_reconstructions += 1
-        elif new_tr != self._tr:
+        else:
+            # a new T_r re-thresholds; the same thresholds give fresh labels too, since the
+            # labels handed out before are the caller's (an audit: labels zeroed by the caller
+            # came back from the next update with the same thresholds)
             old = self._result
             self._result = RefineResult(labels=(old.refined > new_tr).view(np.uint8),
                                         skeleton=old.skeleton, refined=old.refined,

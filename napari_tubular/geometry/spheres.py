@@ -421,9 +421,19 @@ def _check_refine_inputs(prob, radius_mm, spacing):
         raise ValueError("radius_mm holds NaN or inf; expected radii in mm (0 on background)")
     if float(r.min()) < 0:
         raise ValueError(f"radius_mm holds negative radii (min {float(r.min()):g} mm)")
+    nan = np.isnan(p)
+    if nan.all():
+        raise ValueError("prob holds only NaN; expected a probability map in [0, 1]")
     lo, hi = float(np.nanmin(p)), float(np.nanmax(p))
     if lo < 0 or hi > 1:
         raise ValueError(f"prob must be a probability map in [0, 1], got {lo:g}..{hi:g}")
+    if nan.any():
+        # said, and taken as 0 (an audit: NaN voxels were never seeds, without a word)
+        import warnings
+
+        warnings.warn(f"prob holds {int(nan.sum())} NaN voxel(s): taken as probability 0",
+                      stacklevel=3)
+        p = np.where(nan, np.float32(0), p).astype(p.dtype, copy=False)
     return p, r, sp
 
 

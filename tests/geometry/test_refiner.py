@@ -132,6 +132,19 @@ def test_refiner_results_cannot_corrupt_its_cache(case):
         first.refined[...] = 0
     first.labels[...] = 0  # the caller's own array
     assert refiner.update(tr=0.4).labels.sum() > 0
+    # the same thresholds again give fresh labels too (an audit: the zeroed ones came back)
+    again = refiner.update(tr=0.4)
+    n = int(again.labels.sum())
+    again.labels[...] = 0
+    assert int(refiner.update(tr=0.4).labels.sum()) == n > 0
+    assert int(refiner.update().labels.sum()) == n
+    # NaN probabilities are said and taken as 0; a map of NaN only is refused
+    holes = prob.astype(np.float32).copy()
+    holes[0, 0, :3] = np.nan
+    with pytest.warns(UserWarning, match="3 NaN voxel"):
+        refine(holes, radius, sp, tp=0.6, tr=0.5)
+    with pytest.raises(ValueError, match="only NaN"):
+        refine(np.full(prob.shape, np.nan, np.float32), radius, sp)
     bad = radius.copy()
     bad[0, 0, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
