@@ -30,6 +30,7 @@ from .refiner import Refiner
 from .skeleton import (
     CenterlineGraph,
     centerline_graph,
+    measured_centerline_graph,
     measuring_skeleton,
     pseudo_skeleton,
     skeletonize_mask,
@@ -76,6 +77,7 @@ __all__ = [
     "scale_classes",
     "signed_distance",
     "skeletonize_mask",
+    "measured_centerline_graph",
     "measuring_skeleton",
     "soft_reconstruction",
     "spheres_as_points",

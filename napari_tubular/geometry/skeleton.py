@@ -605,3 +605,69 @@ def centerline_graph(skeleton, radius_mm, spacing) -> CenterlineGraph:
         node_kind=node_kind,
         branches=branches,
     )
+
+
+def measured_centerline_graph(mask, radius_mm, spacing) -> CenterlineGraph:
+    """The centerline graph of a mask built on the skeleton its length is measured on
+    (:func:`measuring_skeleton`: thinned on a near-isotropic grid, with the faces it crosses
+    extended), mapped back to the mask's voxels: the branch table then agrees with the
+    centerline length of ``segment``'s report and ``evaluate``.
+
+    :func:`centerline_graph` of :func:`skeletonize_mask` thins on the voxel grid, where a free
+    end or a face crossing loses about a radius *in voxels*: an outside audit's 30 mm capsule of
+    radius 4 mm read 18 mm on 2 x 0.7 x 0.7 mm voxels (16 mm with the slices last), a Y's
+    junction moved 4.3 mm, a tube crossing a 59 mm field of view read 46-55 mm.
+
+    Args:
+        mask: bool, shape (Z, Y, X).
+        radius_mm: float, shape (Z, Y, X), local radius in mm (e.g. ``local_radius_mm``), or None.
+        spacing: voxel size in mm, (dz, dy, dx).
+
+    Returns:
+        :class:`CenterlineGraph` on the mask's grid: voxel fields are the mask's voxels (the
+        voxel each fine skeleton voxel lies in; ``skeleton_vox`` may repeat a voxel), positions
+        in mm relative to voxel (0, 0, 0), ``n_voxels`` the mask voxels a branch passes through.
+    """
+    m = check_mask(mask)
+    sp = check_spacing(spacing)
+    rad = None
+    if radius_mm is not None:
+        rad = check_volume(radius_mm, "radius_mm")
+        check_same_shape(m, rad, "mask", "radius_mm")
+    box = bounding_box(m)
+    if box is None:
+        return centerline_graph(np.zeros(m.shape, bool), rad, sp)
+    fine_sk, fine = measuring_skeleton(m, sp)
+    f = np.array([int(round(s / t)) for s, t in zip(sp, fine)], dtype=np.int64)
+    fine_rad = None
+    if rad is not None:
+        fine_rad = np.asarray(rad[box], dtype=np.float32)
+        for axis, k in enumerate(f):
+            if k > 1:
+                fine_rad = np.repeat(fine_rad, k, axis=axis)
+    g = centerline_graph(fine_sk, fine_rad, fine)
+    start = np.array([sl.start for sl in box], dtype=np.int64)
+    # fine voxel i lies in voxel i // f of the box; its centre is at (i + 0.5) / f - 0.5 there
+    shift_mm = (start - 0.5 + 0.5 / f) * np.asarray(sp)
+
+    def coarse(vox):
+        return np.asarray(vox, dtype=np.int64).reshape(-1, 3) // f + start
+
+    skel = coarse(g.skeleton_vox)
+    n_br = g.n_branches
+    on_branch = g.branch_of_voxel >= 0
+    n_vox = np.zeros(n_br, np.int64)
+    if on_branch.any():
+        lin = np.ravel_multi_index(tuple(skel[on_branch].T), m.shape)
+        pairs = np.unique(np.stack([g.branch_of_voxel[on_branch], lin], axis=1), axis=0)
+        n_vox = np.bincount(pairs[:, 0], minlength=n_br)
+    b = dict(g.branches)
+    for key in ("start_voxel", "end_voxel", "anchor_voxel"):
+        b[key] = coarse(b[key])
+    b["centroid_mm"] = np.asarray(b["centroid_mm"], dtype=np.float64).reshape(-1, 3) + shift_mm
+    b["n_voxels"] = n_vox
+    return CenterlineGraph(
+        spacing=sp, skeleton_vox=skel, branch_of_voxel=g.branch_of_voxel,
+        end_points_vox=coarse(g.end_points_vox), branch_points_vox=coarse(g.branch_points_vox),
+        nodes_mm=np.asarray(g.nodes_mm, dtype=np.float64).reshape(-1, 3) + shift_mm,
+        node_kind=g.node_kind, branches=b)
