@@ -110,8 +110,10 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
     r_max = np.zeros(len(objects) + 1, np.float32)  # by component (scipy's maximum: 4x slower)
     np.maximum.at(r_max, labels[mb], edt_mm(mb, spacing)[mb])
     limit = COVER_RADII * r_max + 2.0 * max(spacing)
-    far = edt_mm(~sk, spacing) > limit[labels]
-    far &= mb
+    # compared on the mask's voxels only: one float32 copy of the box at a time (the measuring
+    # skeleton thins big anisotropic volumes on a grid up to 4 times finer)
+    far = np.zeros(mb.shape, bool)
+    far[mb] = edt_mm(~sk, spacing)[mb] > limit[labels[mb]]
     if not far.any():
         return
     for k in np.unique(labels[far]):
