@@ -1954,11 +1954,12 @@ def segment(
             "intensity_refit": pred.intensity.get("refit"),
             "partial_volume_trim": None if partial_volume is None else float(partial_volume),
             "polarity": polarity,
-            # the level applied (an audit: 700 recorded where 350 was, for CT without
-            # contrast agent); None where no bone step ran
-            "bone_level": pred.intensity.get("bone_level", None if (
-                pred.intensity["rescale"] is not None or polarity == "dark")
-                else _bone_level(bone_level, pred.meta)),
+            "bone_level": None if pred.intensity["rescale"] is not None or polarity == "dark"
+            else _bone_level(bone_level, pred.meta),
+            # the level the bone step applied (an audit: only the 700 asked for was recorded
+            # where 350 was applied, in CT without contrast agent); None: no bone step ran or
+            # the bright voxels were taken as the vessels
+            "bone_level_applied": pred.intensity.get("bone_level"),
         },
         "model_grid_spacing": list(pred.model_spacing),
         "time_s": {k: round(v, 4) for k, v in timings.items()},

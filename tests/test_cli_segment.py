@@ -637,6 +637,12 @@ def test_window_and_bone_options_reach_the_segmentation(tmp_path, model_file, vo
     params = json.loads((out / "case_07_report.json").read_text())["parameters"]
     for key, value in expected.items():
         assert params[key] == value, key
+    # the level applied is recorded beside it (an audit: 700 was recorded where 350 applied)
+    assert "bone_level_applied" in params
+    if expected["bone_level"] is None:
+        assert params["bone_level_applied"] is None
+    elif params["bone_level_applied"] is not None:
+        assert params["bone_level_applied"] <= expected["bone_level"]
 
 
 def test_skip_existing_adds_new_cases_to_a_segmented_folder(tmp_path, model_file, volume_file,
