@@ -480,7 +480,7 @@ def test_uncalibrated_intensities_give_a_warning():
         pred = predict(image, (EchoNet(), meta), "cpu", intensity="model")
     assert any("Hounsfield" in m for m in pred.messages)
     assert pred.intensity == {"mode": "model", "rescale": None, "refit": None,
-                                "polarity": "bright"}
+                                "polarity": "bright", "bone_level": 700.0}
     hu = image * 800 - 200
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -512,7 +512,7 @@ def test_auto_intensity_rescales_unitless_volumes_only():
     hu = unit * 800 - 200
     pred_hu = predict(hu, (EchoNet(), meta), "cpu", refit_intensity=False)
     assert pred_hu.intensity == {"mode": "auto", "rescale": None, "refit": None,
-                                "polarity": "bright"}
+                                "polarity": "bright", "bone_level": 700.0}
     assert not pred_hu.messages
     forced = predict(hu, (EchoNet(), meta), "cpu", intensity="rescale")
     assert forced.intensity["rescale"] is not None
@@ -610,7 +610,7 @@ def test_ct_brighter_than_the_training_vessels_gets_the_second_pass():
         (tissue + contrast + 200) / 800, abs=0.01)
     usual = predict(40.0 + (img - 0.2) * (250.0 / 0.6), (EchoNet(), meta), "cpu")
     assert usual.intensity == {"mode": "auto", "rescale": None, "refit": None,
-                                "polarity": "bright"}
+                                "polarity": "bright", "bone_level": 700.0}
     assert not usual.messages
     # 'model' means: as they are
     kept = predict(bright, (EchoNet(), meta), "cpu", intensity="model")
