@@ -249,6 +249,12 @@ MIN_GRID_VOXELS = 3
 MAX_GRID_VOXELS = 1.5e9
 
 
+MODEL_SCALE_NOTE = "voxels of about 0.8 mm"
+
+#: a volume less than this many mm across along every axis is said to be small for the model
+SMALL_EXTENT_MM = 16.0
+
+
 def _check_model_grid(shape, spacing, model_spacing) -> None:
     """Refuse a volume that shrinks to almost nothing on the model's grid: its spacing is
     almost certainly not in millimetres (a microscopy stack in micrometres stored as mm went to
@@ -258,7 +264,10 @@ def _check_model_grid(shape, spacing, model_spacing) -> None:
     shown = tuple(float(f'{s:.4g}') for s in spacing)
     model = tuple(float(s) for s in model_spacing)
     fix = ("Give the right one: --spacing Z Y X on the command line, spacing=(z, y, x) in "
-           "Python (vessels are measured in mm)")
+           "Python (vessels are measured in mm). For structures much finer than vessels in CT "
+           "(neurons in microscopy), give a spacing in which they are 0.5-10 mm thick (the "
+           f"model's tubes are 0.3-14 mm in radius on {MODEL_SCALE_NOTE}), e.g. the voxel size "
+           "in micrometres written as mm for fibres a few micrometres thick")
     n_model = float(np.prod([float(g) for g in grid]))
     if n_model > MAX_GRID_VOXELS:
         # an audit: spacing (800, 800, 1000) (micrometres stored as mm) asked the allocator
@@ -1155,8 +1164,9 @@ def predict(
             map's one-voxel spikes where ``P >= 0.5`` are then clipped to the median of the
             bounds its 26 neighbours set (:func:`napari_tubular.geometry.clip_radius_spikes`).
         tta: mirroring test-time augmentation (mean over the 8 flips of every window): about
-            8 times the network time; on the held-out set +0.006 Dice, +0.010 clDice and half
-            the Betti-0 errors of ``P > 0.5`` (README).
+            8 times the network time; on the held-out set (session 4's model) ``P > 0.5``
+            +0.005 Dice, +0.006 clDice and 40 % fewer Betti-0 errors (docs/training.md,
+            session 4).
         refit_intensity: when the intensities were rescaled (``intensity`` "rescale", or
             "auto" on an image in other units), run the network a second time on the image
             mapped so that the vessels the first pass found (``P > 0.5``, specks removed) have
@@ -1225,6 +1235,14 @@ def predict(
               f"data (in-plane {TRAINED_INPLANE_MM[0]}-{TRAINED_INPLANE_MM[1]} mm, slices up to "
               f"{TRAINED_SLICE_MM} mm): vessels thinner than about two voxels are missed and "
               "noise can be labelled; check the result", messages)
+    extent_mm = max(n * s for n, s in zip(data.shape, sp))
+    if extent_mm < SMALL_EXTENT_MM:
+        # an audit: a microscopy stack at 30 um voxels (0.94 mm^3 in all) came back empty with
+        # advice about specks and polarity, nothing about scale
+        _warn(f"the volume is only {extent_mm:.3g} mm across: the model segments tubes 0.3-14 "
+              f"mm in radius on {MODEL_SCALE_NOTE}; if this is microscopy (neurons) or another "
+              "fine structure, give a spacing in which the structures are 0.5-10 mm thick "
+              "(--spacing Z Y X)", messages)
     data = _fill_non_finite(data, messages)
     padding = None  # the padding mask, if any (the network sees it filled)
     exterior = None  # dark tubes in HU: the air outside the body (outside_air)
@@ -1237,8 +1255,11 @@ def predict(
         # HU contrasts stay HU contrasts (a lung at -850 HU would otherwise be rescaled)
         window = (meta["normalization"] or {}).get("kind") == "window"
         level = float(_refit_options(meta)["tissue"]) if window else None
+        # dark tubes in CT are air-filled: an image in HU holds values below 0 (an audit's
+        # black-blood MR, counts 0..817 with the air's 23 as median, was taken for HU)
         hu = window and (intensity == "model" or (
-            intensity == "auto" and _in_model_units(data, meta["normalization"], stored_dtype)))
+            intensity == "auto" and _in_model_units(data, meta["normalization"], stored_dtype)
+            and bool(np.nanmin(data) < 0)))
         center, what = dark_center(data, hu=hu)
         exterior = outside_air(data) if hu else None
         data = oriented_image(data, polarity, level, center)
@@ -1615,25 +1636,30 @@ OUTSIDE_AIR_HU = -900.0
 def outside_air(image) -> np.ndarray:
     """The air around the body of a CT image in HU (a bool mask): voxels below
     :data:`OUTSIDE_AIR_HU` that reach the edge of their slice through such voxels (4-connected)
-    in the slices along every one of the three axes. An airway is enclosed by its wall in the
-    slices across it (the trachea leaving the top of a chest CT included: the neck surrounds it
-    in the axial slices), and the lung parenchyma (-900 to -500 HU) separates the airways'
-    lumen from the faces of a lung crop; the air beside a whole chest reaches the edge in every
-    slice. Dark-tube segmentation (``polarity='dark'``) sets the probability to 0 there: an
-    outside audit's chest CT had 7 mL of outside air labelled as airway."""
+    in the slices along every one of the three axes (:func:`_reaches_every_edge`). An airway is
+    enclosed by its wall in the slices across it (the trachea leaving the top of a chest CT
+    included: the neck surrounds it in the axial slices), and the lung parenchyma (-900 to -500
+    HU) separates the airways' lumen from the faces of a lung crop; the air beside a whole chest
+    reaches the edge in every slice. Dark-tube segmentation (``polarity='dark'``) sets the
+    probability to 0 there: an outside audit's chest CT had 7 mL of outside air labelled as
+    airway."""
+    return _reaches_every_edge(np.asarray(image) < OUTSIDE_AIR_HU)
+
+
+def _reaches_every_edge(dark: np.ndarray) -> np.ndarray:
+    """The voxels of ``dark`` that reach the edge of their slice through ``dark`` voxels
+    (4-connected) in the slices along every one of the three axes."""
     from scipy import ndimage
 
-    data = np.asarray(image)
-    air = data < OUTSIDE_AIR_HU
-    if not air.any():
-        return air
-    out = air.copy()
+    if not dark.any():
+        return dark
+    out = dark.copy()
     for axis in range(3):
         plane = np.zeros((3, 3, 3), bool)
         index = [slice(None)] * 3
         index[axis] = 1
         plane[tuple(index)] = ndimage.generate_binary_structure(2, 1)
-        lab, _ = ndimage.label(air, structure=plane)
+        lab, _ = ndimage.label(dark, structure=plane)
         edge = np.zeros(lab.max() + 1, bool)
         for other in range(3):
             if other != axis:

@@ -589,7 +589,14 @@ def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_
     err = capsys.readouterr().err
     assert "millimetres" in err
     assert "--spacing" in err
+    assert "microscopy" in err  # what to give for fine structures (an audit)
     assert not out.exists() or not list(out.glob("*_labels*"))
+    # a stack that passes the grid check but is tiny for the model is said to be so
+    small = write_volume(tmp_path / "small.nii.gz", Volume(ref.data, spacing=(0.3, 0.2, 0.2)))
+    assert _run("segment", small, "-o", tmp_path / "small_out", "--model", model_file,
+                "--device", "cpu", "--quiet") == 0
+    report = json.loads((tmp_path / "small_out" / "small_report.json").read_text())
+    assert any("mm across" in m and "microscopy" in m for m in report["messages"])
     assert _run("segment", micro, "-o", out, "--model", model_file, "--device", "cpu",
                 "--spacing", *ref.spacing, "--quiet") == 0
     report = json.loads((out / "micro_report.json").read_text())
@@ -846,3 +853,20 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     with pytest.raises(SystemExit):
         _run("segment", image, "-o", tmp_path / "c", "--min-confidence", "1.5", *common)
     assert "a probability in (0, 1]" in capsys.readouterr().err
+
+
+def test_refine_without_a_report_says_which_filters_are_off(tmp_path, capsys):
+    """An audit: refine on maps without their report (filters off) gave other labels than
+    segment's, and its note named only the thresholds."""
+    prob = np.zeros((20, 24, 24), np.float32)
+    prob[2:18, 10:14, 10:14] = 1.0
+    radius = np.where(prob > 0, 2.0, 0.0).astype(np.float32)
+    p = write_volume(tmp_path / "c_probability.nii.gz", Volume(prob, (1.0, 1.0, 1.0)))
+    r = write_volume(tmp_path / "c_radius.nii.gz", Volume(radius, (1.0, 1.0, 1.0)))
+    assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert "no segment report beside the maps: --partial-volume, --blob-ratio, " \
+           "--min-confidence off" in err
+    assert _run("refine", p, r, "-o", tmp_path / "y_labels.nii.gz", "--blob-ratio", "off",
+                "--min-confidence", "0.5") == 0
+    assert "--partial-volume off (segment's defaults" in capsys.readouterr().err

@@ -1020,3 +1020,27 @@ def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
         train(tiny_config(tmp_path / "run", data=[str(f)]))
     with pytest.raises(FileNotFoundError, match="data folder not found"):
         train(tiny_config(tmp_path / "run2", data=[str(tmp_path / "nowhere")]))
+
+
+def test_cli_help_defaults_are_the_configs(capsys):
+    """An audit: train --help left out most defaults; those it states are TrainConfig's."""
+    import re
+
+    from napari_tubular.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    cfg = TrainConfig()
+    stated = {
+        "--batch-size": cfg.batch_size, "--cldice-weight": cfg.cldice_weight,
+        "--base-channels": cfg.model["base_channels"], "--depth": cfg.model["depth"],
+        "--val-every": cfg.val_every, "--val-cases": cfg.val_cases, "--seed": cfg.seed,
+        "--workers": cfg.workers, "--threads": cfg.num_threads, "--steps": cfg.steps,
+    }
+    for flag, value in stated.items():
+        found = re.search(re.escape(flag) + r" [A-Z_]+ .*?default (\S+?)[)\s:;]", text)
+        assert found, flag
+        assert float(found.group(1)) == float(value), flag
+    assert ":class:" not in text
+    assert "``" not in text

@@ -8,16 +8,18 @@ command (``torchrun --nproc_per_node 2 -m napari_tubular.training ...``).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
 
 
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        name, help=help_text, description=help_text + ". " + __doc__.splitlines()[2].strip()
-        + " " + " ".join(s.strip() for s in __doc__.splitlines()[3:5]),
-    )
+    # the module docstring's prose without its reST markup (an audit: ":class:`...`" and
+    # double backquotes were printed as they are)
+    prose = " ".join(s.strip() for s in __doc__.splitlines()[2:5])
+    prose = re.sub(r":\w+:`([^`]*)`", r"\1", prose).replace("``", "")
+    p = subparsers.add_parser(name, help=help_text, description=help_text + ". " + prose)
     add_arguments(p)
     p.set_defaults(func=run)
     return p
@@ -38,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, dest="max_minutes",
                    help="wall-clock budget of the training steps in minutes (stops and saves "
                    "when spent; preparing the data before the first step is not counted)")
-    p.add_argument("--batch-size", type=int, help="patches per step (per process)")
+    p.add_argument("--batch-size", type=int, help="patches per step (per process; default 2)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), dest="patch_size",
                    help="patch size in voxels (default 64 64 64)")
     p.add_argument("--spacing", type=float, nargs="+", metavar="MM", dest="target_spacing",
@@ -46,14 +48,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 2e-3; 5e-4 when fine-tuning "
                    "with --init-model)")
     p.add_argument("--loss", help="ddt+cldice (default), ddt, dice+ce, dice+cldice, boundary")
-    p.add_argument("--cldice-weight", type=float, help="final weight of the clDice term")
+    p.add_argument("--cldice-weight", type=float, help="final weight of the clDice term (default 0.2)")
     p.add_argument("--cldice-warmup", type=int, dest="cldice_warmup_steps",
                    help="steps before the clDice term starts (default: 35%% of training)")
     p.add_argument("-K", type=int, dest="K", help="largest scale class (voxels, default 5)")
-    p.add_argument("--base-channels", type=int, help="channels of the first U-Net level")
-    p.add_argument("--depth", type=int, help="U-Net resolution levels")
-    p.add_argument("--val-every", type=int, help="validate every N steps")
-    p.add_argument("--val-cases", type=int, help="generated validation cases (synthetic)")
+    p.add_argument("--base-channels", type=int, help="channels of the first U-Net level (default 16)")
+    p.add_argument("--depth", type=int, help="U-Net resolution levels (default 4)")
+    p.add_argument("--val-every", type=int, help="validate every N steps (default 200)")
+    p.add_argument("--val-cases", type=int, help="generated validation cases (synthetic; default 4)")
     p.add_argument("--val-tubes", action="store_true",
                    help="also validate on straight-tube phantoms (radius 1-8 mm, sharp and "
                    "blurred); their Dice enters the score that picks best.pt")
@@ -61,12 +63,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tune: start from this model file ('default' or a path); K and "
                    "the spacing default to the model's, and so do its tuned T_p/T_r and radius "
                    "calibration (when K is kept)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed of the data and the weights (default 0)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="disable bfloat16 autocast on CUDA")
     p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
-    p.add_argument("--workers", type=int, help="background processes generating synthetic cases")
-    p.add_argument("--threads", type=int, dest="num_threads", help="torch CPU threads")
+    p.add_argument("--workers", type=int, help="background processes generating synthetic cases (default 0: none)")
+    p.add_argument("--threads", type=int, dest="num_threads", help="torch CPU threads (default 0: torch's own choice)")
     p.add_argument("--ddp", action="store_true",
                    help="distributed data parallel (start with torchrun; implied under torchrun)")
     ex = p.add_mutually_exclusive_group()

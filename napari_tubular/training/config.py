@@ -90,8 +90,11 @@ class TrainConfig:
         ddp: use torch.distributed (set automatically under ``torchrun``).
         description: free text stored in the model meta.
         init_model: fine-tune: start from this model file ("default" or a path) instead of
-            random weights. Its architecture and normalisation are used; ``K`` and
-            ``target_spacing`` must match the model's (ValueError otherwise).
+            random weights. Its architecture and normalisation are used; ``target_spacing``
+            must match the model's (ValueError otherwise); another ``K`` re-initialises the
+            scale head's last layer (with a warning). The command line's ``--init-model`` also
+            takes the model's K and spacing and a learning rate of 5e-4 as defaults; a
+            TrainConfig built in Python keeps its own (give them).
     """
 
     data: list[str] = field(default_factory=lambda: ["synthetic"])
