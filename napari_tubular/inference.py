@@ -1265,7 +1265,7 @@ def predict(
         data = oriented_image(data, polarity, level, center)
         _warn(f"dark tubes: the image was mirrored about {what}, {center:.4g}, so that tubes "
               "darker than their surroundings are bright for the network (polarity 'dark'"
-              + (f"; placed at {level:g}, the training tissue level)" if window
+              + (f"; placed at {level:g}, the training tissue level)" if hu
                  else ")"), messages)
     if data.size and float(data.min()) == float(data.max()):
         # no structure at all: the network would only answer its own window edges (up to
@@ -1280,7 +1280,8 @@ def predict(
             batch_size=int(batch_size), timings=timings, meta=meta, messages=messages,
             intensity={"mode": intensity, "rescale": None, "refit": None, "constant": True})
     data, rescale_info = _apply_intensity_mode(data, meta["normalization"], intensity, messages,
-                                               stored_dtype=stored_dtype)
+                                               stored_dtype=stored_dtype,
+                                               mirrored=polarity == "dark")
     timings["normalize"] = time.perf_counter() - t
 
     mspacing = tuple(float(s) for s in meta["spacing"])
@@ -1512,10 +1513,13 @@ def _in_model_units(data, normalization, stored_dtype=None) -> bool:
     return intensity_rescale_reason(data, normalization, None, stored_dtype) is None
 
 
-def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype=None):
+def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype=None,
+                          mirrored: bool = False):
     """``(image, info or None)``: the image rescaled into the model's window when ``intensity``
     asks for it ("rescale", or "auto" on an image that cannot be in the model's units).
-    ``stored_dtype``: the input's dtype before any float copy (the 8-bit test)."""
+    ``stored_dtype``: the input's dtype before any float copy (the 8-bit test). ``mirrored``:
+    ``data`` is the dark-tube mirror of the input, and the message says the reasons are its
+    (an audit: "no larger than 255" read as the input's, whose maximum was 817)."""
     from .models.normalization import intensity_rescale_reason, rescale_to_window, robust_range
 
     kind = (normalization or {}).get("kind")
@@ -1533,6 +1537,8 @@ def _apply_intensity_mode(data, normalization, intensity, messages, stored_dtype
         why = intensity_rescale_reason(data, normalization, value_range, stored_dtype)
         if why is None:
             return data, None
+        if mirrored:
+            why = f"in the image mirrored for dark tubes: {why}"
     out, info = rescale_to_window(data, normalization, value_range)
     levels = "robust range" if info["levels"] == "robust range" else "air and soft tissue levels"
     messages.append(

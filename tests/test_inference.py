@@ -1201,3 +1201,19 @@ def test_segment_drops_blob_like_components(rng):
     kept = segment(img, model, "cpu", refine=False, partial_volume=None, blob_ratio=None)
     assert kept.labels[ball].all()
     assert kept.report["parameters"]["blob_ratio"] is None
+
+
+def test_dark_tube_rescale_messages_name_the_mirrored_image(rng):
+    """An audit: in dark mode the rescale's reason ("unsigned integers no larger than 255") was
+    computed on the mirrored image but read as the input's (maximum 817), and an MR image was
+    said to be "placed at 40, the training tissue level"."""
+    img = np.where(rng.random((16, 24, 24)) < 0.5, 20, 600).astype(np.uint16)
+    img[:, 10:13, 10:13] = 80  # a dark tube
+    img[0, 0, 0] = 817
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pred = predict(img, (EchoNet(), _meta(norm=WINDOW)), "cpu", polarity="dark")
+    rescaled = [m for m in pred.messages if m.startswith("intensities rescaled")]
+    assert rescaled
+    assert all("in the image mirrored for dark tubes" in m for m in rescaled)
+    assert not any("training tissue level" in m for m in pred.messages)  # not CT in HU
