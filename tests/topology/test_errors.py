@@ -515,3 +515,20 @@ def test_a_missed_or_false_side_branch_is_a_branch_site(x_mm):
     missed = error_map(trunk, trunk | up, sp, tolerance_vox=1)
     assert [(s.cls_name, s.detail) for s in missed.sites] == [
         ("missed centerline", "missed branch")]
+
+
+def test_self_check_break_beside_a_speck_and_speck_pairs():
+    """An audit: a stray voxel beside a gap took the break's place (only the nearest other
+    component was kept per skeleton end), and pairs of specks were possible breaks (674 sites
+    on a noisy mask). The gap between the two pieces is a site whatever lies beside it; two
+    small components are no break."""
+    m = np.zeros((24, 40, 64), bool)
+    m[10:14, 18:22, 4:30] = True
+    m[10:14, 18:22, 34:60] = True  # a 4-voxel gap
+    m[12, 24, 31] = True  # a speck beside the gap
+    m[3, 3, 3] = m[3, 3, 5] = True  # two specks, 1 voxel apart
+    report = self_check(m, (0.8, 0.8, 0.8), break_gap_mm=5.0)
+    breaks = [s for s in report.sites if s.cls_name == "possible break"]
+    assert any("between components 1 and 2" in s.detail and s.length_mm == pytest.approx(3.2)
+               for s in breaks), [s.detail for s in breaks]
+    assert not any(s.centroid_vox[0] < 6 for s in breaks)  # not between the two specks
