@@ -1044,3 +1044,13 @@ def test_cli_help_defaults_are_the_configs(capsys):
         assert float(found.group(1)) == float(value), flag
     assert ":class:" not in text
     assert "``" not in text
+
+
+def test_a_run_failing_before_its_first_step_leaves_its_folder_usable(tmp_path):
+    """An audit: a run that failed in the network (patch 8: one voxel at the U-Net's bottom)
+    left config.json, and the next try was refused as a used run folder."""
+    with pytest.raises(Exception):  # noqa: B017, PT011 - torch's own error for the tiny patch
+        train(tiny_config(tmp_path / "run", patch_size=(8, 8, 8), model={"base_channels": 4,
+                                                                        "depth": 4}))
+    assert not (tmp_path / "run" / "config.json").exists()
+    train(tiny_config(tmp_path / "run", steps=1))  # not "in use"

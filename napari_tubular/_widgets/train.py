@@ -1,7 +1,8 @@
 """Training widget: a short training run on layer pairs, folders or synthetic cases.
 
 Layer pairs are written (with their geometry, via ``io.write_volume``) as
-``<name>_image.nii.gz`` / ``<name>_label.nii.gz`` into ``<run folder>/data`` so that
+``pairNN_image.nii.gz`` / ``pairNN_label.nii.gz`` into ``<run folder>_data`` (beside the run
+folder, which must be empty for a new run) so that
 ``training.train`` reads them like any folder of pairs. The run goes in a worker with a live
 loss plot (from the core's ``progress`` messages) and can be stopped; ``Save model...`` copies
 the trained model file.
@@ -60,6 +61,25 @@ _LOSS_RE = re.compile(r"\bloss ([0-9.eE+-]+)")
 
 #: what a run starts from: the shipped model, a model file, or random weights
 INIT_CHOICES = ("default model", "model file", "random weights")
+
+
+def _check_pair(image, labels) -> None:
+    """Refuse an (image, labels) layer pair of other shapes or grids (ValueError)."""
+    layer_geometry(image)
+    layer_geometry(labels)
+    if tuple(image.data.shape) != tuple(labels.data.shape):
+        raise ValueError(
+            f"image {image.name!r} {image.data.shape} and labels "
+            f"{labels.name!r} {labels.data.shape} differ in shape"
+        )
+    # the grids, as the command line checks them (an audit: labels placed 30 mm away at
+    # another scale were accepted and written on the image's grid)
+    differences = volume_from_layer(image).geometry_differences(
+        volume_from_layer(labels), atol=1e-3)
+    if differences:
+        raise ValueError(f"image {image.name!r} and labels {labels.name!r} are on different "
+                         f"grids ({'; '.join(differences)}): the labels would not lie on their "
+                         "vessels")
 
 
 def _refuse_used_folder(config) -> None:
@@ -188,7 +208,7 @@ class TrainingWidget(QWidget):
         self.steps_spin.setRange(1, 100000)
         self.steps_spin.setValue(200)
         self.patch_spin = QSpinBox()
-        self.patch_spin.setRange(8, 256)
+        self.patch_spin.setRange(16, 256)  # 8 left one voxel at the U-Net's bottom (an audit)
         self.patch_spin.setSingleStep(8)
         self.patch_spin.setValue(48)
         self.batch_spin = QSpinBox()
@@ -254,21 +274,7 @@ class TrainingWidget(QWidget):
         try:
             if image is None or labels is None:
                 raise ValueError("choose an image layer and a labels layer")
-            layer_geometry(image)
-            layer_geometry(labels)
-            if tuple(image.data.shape) != tuple(labels.data.shape):
-                raise ValueError(
-                    f"image {image.name!r} {image.data.shape} and labels "
-                    f"{labels.name!r} {labels.data.shape} differ in shape"
-                )
-            # the grids, as the command line checks them (an audit: labels placed 30 mm away
-            # at another scale were accepted and written on the image's grid)
-            differences = volume_from_layer(image).geometry_differences(
-                volume_from_layer(labels), atol=1e-3)
-            if differences:
-                raise ValueError(f"image {image.name!r} and labels {labels.name!r} are on "
-                                 f"different grids ({'; '.join(differences)}): the labels would "
-                                 "not lie on their vessels")
+            _check_pair(image, labels)
         except ValueError as exc:
             self.status.setText(report_error("Add pair", exc))
             return
@@ -316,8 +322,12 @@ class TrainingWidget(QWidget):
                      for c in chosen]
             if None in found:
                 raise ValueError(
-                    f"layer pair ({image_name!r}, {label_name!r}) is no longer in the viewer"
+                    f"layer pair ({image_name!r}, {label_name!r}) is no longer in the viewer: "
+                    "remove the pair from the list and add the layers again"
                 )
+            # checked again: a layer moved or rescaled after Add pair (an audit: the run trained
+            # on labels written onto the image's grid 42 mm away)
+            _check_pair(*found)
             image = volume_from_layer(found[0])
             labels = found[1]
             stem = f"pair{i:02d}"
@@ -337,7 +347,11 @@ class TrainingWidget(QWidget):
         """
         from napari_tubular.training import TrainConfig
 
-        out = Path(self.out_edit.text().strip() or ".").expanduser()
+        text = self.out_edit.text().strip()
+        if not text:
+            # an audit: an empty field trained into napari's working directory
+            raise ValueError("run folder: give a folder for the run's files")
+        out = Path(text).expanduser()
         # before the layer pairs are written beside it (an audit: they were written, then the
         # run was refused)
         _refuse_used_folder(SimpleNamespace(out=str(out), resume=False,

@@ -619,6 +619,12 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                     f"best validation score {best:.4f}" if math.isfinite(best)
                     else "no validation (model.pt holds the final weights)"))
         ddp.barrier(dist)
+    except Exception:
+        if is_main and step == 0 and ck is None:
+            # failed before its first step (an audit: patch 8 failed in the network and the
+            # config.json left behind made the folder "in use" for the next try)
+            (out / "config.json").unlink(missing_ok=True)
+        raise
     finally:
         pool.close()
     best_path = out / "best.pt"

@@ -253,3 +253,21 @@ def test_only_the_panels_own_pair_files_are_cleared(train_widget, tmp_path):
     assert "pair100_image.nii.gz" not in left
     assert "pair07_label.nii.gz" not in left
     assert "pair00_image.nii.gz" in left  # the current pair
+
+
+def test_a_pair_moved_after_add_pair_and_an_empty_run_folder_are_refused(train_widget,
+                                                                        monkeypatch):
+    """An audit: a labels layer moved after Add pair was trained on, written on the image's
+    grid; an empty run folder field trained into napari's working directory; the patch box
+    allowed 8 voxels, too few for the U-Net's bottom."""
+    monkeypatch.setattr(_workers, "show_error", lambda *a, **k: None)
+    ref = train_widget.viewer.layers["ref"]
+    ref.translate = (TRANSLATE[0], TRANSLATE[1] + 42.0, TRANSLATE[2])
+    with pytest.raises(ValueError, match="different grids"):
+        train_widget.config()
+    ref.translate = TRANSLATE
+    train_widget.config()  # back in place: accepted
+    train_widget.out_edit.setText("  ")
+    with pytest.raises(ValueError, match="give a folder"):
+        train_widget.config()
+    assert train_widget.patch_spin.minimum() >= 16
