@@ -257,7 +257,11 @@ class TopologyReviewWidget(QWidget):
                         f"{pred_layer.name!r} has {pred.shape}; they must share one grid"
                     )
         except ValueError as exc:
-            self.status.setText(report_error("Topology review", exc))
+            # refused before it started: the table and sites of the previous review go too,
+            # as for a failure in the worker (an audit: they stayed, and the CSV export wrote
+            # them as current)
+            report_error("Topology review", exc)
+            self._failed(exc)
             return
         mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
         if mismatch:

@@ -445,3 +445,20 @@ def test_a_failed_compute_clears_the_previous_numbers(review, monkeypatch):
     widget.next_site()  # nothing to go to: no error
     with pytest.raises(ValueError, match="nothing to export"):
         widget.export_csv("unused.csv")
+
+
+def test_a_compute_refused_before_it_starts_clears_the_previous_numbers(review, monkeypatch):
+    """An audit: a prediction of another shape was refused, but the previous table and sites
+    stayed and the CSV export wrote them as current."""
+    viewer, widget = review
+    assert widget.table.rowCount() > 0
+    monkeypatch.setattr(_workers, "show_error", lambda *_a, **_k: None)
+    other = viewer.add_labels(np.zeros((4, 5, 6), np.uint8), name="other shape")
+    widget.pred_picker.set_layer(other)
+    widget.run()
+    assert widget.report is None
+    assert widget.table.rowCount() == 0
+    assert widget.sites_list.count() == 0
+    assert "shape" in widget.status.text()
+    with pytest.raises(ValueError, match="nothing to export"):
+        widget.export_csv("unused.csv")
