@@ -243,8 +243,7 @@ def run(args) -> int:
         if left:
             # an audit: without the report the labels differ from segment's (14,306 voxels
             # against 14,049 on the sample) and the note named only the thresholds
-            from ..geometry.components import BLOB_RATIO
-            from ..inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_PARTIAL_VOLUME
+            from ..inference import BLOB_RATIO, DEFAULT_MIN_CONFIDENCE, DEFAULT_PARTIAL_VOLUME
 
             print(f"refine: note: no segment report beside the maps: {', '.join(left)} off "
                   f"(segment's defaults: --partial-volume {DEFAULT_PARTIAL_VOLUME:g} "

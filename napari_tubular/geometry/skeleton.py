@@ -121,7 +121,12 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
         comp = labels[box_k] == k
         worst = int(np.count_nonzero(far[box_k] & comp))
         best = None
-        for candidate in (_trimmed_skeleton(comp), _isotropic_skeleton(comp, spacing)):
+        # the near-isotropic thinning (the costly one) only when the trimmed skeleton still
+        # leaves far voxels: it could not leave fewer than none
+        for make in (_trimmed_skeleton, lambda c: _isotropic_skeleton(c, spacing)):
+            if worst == 0:
+                break
+            candidate = make(comp)
             if candidate is None or not candidate.any():
                 continue
             left = int(np.count_nonzero(comp & (edt_mm(~candidate, spacing) > limit[k])))
@@ -640,7 +645,7 @@ def measured_centerline_graph(mask, radius_mm, spacing) -> CenterlineGraph:
     if box is None:
         return centerline_graph(np.zeros(m.shape, bool), rad, sp)
     fine_sk, fine = measuring_skeleton(m, sp)
-    f = np.array([int(round(s / t)) for s, t in zip(sp, fine)], dtype=np.int64)
+    f = np.array(_isotropic_factors(sp) or (1, 1, 1), dtype=np.int64)  # measuring_skeleton's
     fine_rad = None
     if rad is not None:
         fine_rad = np.asarray(rad[box], dtype=np.float32)

@@ -523,9 +523,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             stop, cancelled = ddp.any_flag(stop, dist, device), ddp.any_flag(cancelled, dist, device)
             if cancelled and step == 0:
                 # before the first step (Ctrl-C while the data loaded): no weights were trained,
-                # so none are written (an audit: an untrained model.pt and a last.pt of step 0)
-                if is_main and ck is None:
-                    (out / "config.json").unlink(missing_ok=True)
+                # so none are written (an audit: an untrained model.pt and a last.pt of step 0);
+                # the handler below removes the new run's config.json, as for any failure there
                 raise Cancelled("training cancelled before the first step: nothing was saved")
             if cancelled:
                 save_checkpoint()
@@ -621,8 +620,8 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         ddp.barrier(dist)
     except Exception:
         if is_main and step == 0 and ck is None:
-            # failed before its first step (an audit: patch 8 failed in the network and the
-            # config.json left behind made the folder "in use" for the next try)
+            # failed or cancelled before its first step (an audit: patch 8 failed in the
+            # network and the config.json left behind made the folder "in use" for the next try)
             (out / "config.json").unlink(missing_ok=True)
         raise
     finally:
