@@ -436,6 +436,10 @@ class TrainingWidget(QWidget):
             self.stop_button.setEnabled(False)
 
         self.plot.clear()
+        # the previous run's model is not this run's: Save model waits for this run (an audit:
+        # it stayed enabled and copied a model.pt the new run was overwriting)
+        self.model_path = None
+        self.save_button.setEnabled(False)
         self.start_button.setEnabled(False)
         self.stop_button.setEnabled(True)
         self.status.setText("starting...")

@@ -271,3 +271,25 @@ def test_a_pair_moved_after_add_pair_and_an_empty_run_folder_are_refused(train_w
     with pytest.raises(ValueError, match="give a folder"):
         train_widget.config()
     assert train_widget.patch_spin.minimum() >= 16
+
+
+@pytest.mark.slow
+def test_save_model_waits_for_a_new_run(train_widget, qtbot, tmp_path):
+    """An audit: after one run, Save model stayed enabled during the next run into the same
+    folder and copied the model.pt that run was overwriting."""
+    train_widget.start(_tiny(train_widget.config(), steps=1))
+    assert train_widget.save_button.isEnabled()
+    train_widget.sync = False
+    train_widget.overwrite_check.setChecked(True)
+    started = threading.Event()
+    train_widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
+    train_widget.start(_tiny(train_widget.config(), steps=5000, log_every=1))
+    assert train_widget.running
+    assert not train_widget.save_button.isEnabled()
+    with pytest.raises(ValueError, match="no trained model"):
+        train_widget.save_model(tmp_path / "early.pt")
+    qtbot.waitUntil(started.is_set, timeout=30000)
+    train_widget.stop()
+    qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
+    assert train_widget.save_button.isEnabled()  # the stopped run's weights
+    assert train_widget.save_model(tmp_path / "stopped.pt").is_file()
