@@ -167,6 +167,28 @@ def test_augmentation_keeps_targets_consistent():
     assert torch.allclose(xf, torch.flip(x, (2, 3, 4)))
 
 
+def test_rotation_is_rigid_on_non_cubic_patches():
+    """An audit: the rotation was built in affine_grid's normalised coordinates, so on a
+    16 x 48 x 48 patch it sheared and stretched (a ball's principal axes 1.9 : 1)."""
+    shape = (16, 48, 48)
+    zz, yy, xx = np.meshgrid(*(np.arange(n) - (n - 1) / 2 for n in shape), indexing="ij")
+    ball = torch.from_numpy(((zz**2 + yy**2 + xx**2) <= 36).astype(np.float32))
+    rod = torch.from_numpy(((zz**2 + yy**2) <= 1) & (np.abs(xx) <= 10)).float()
+    for mask, check in ((ball, "ratio"), (rod, "length")):
+        y = mask[None, None].repeat(16, 1, 1, 1, 1)
+        g = torch.Generator().manual_seed(0)
+        _, ya, _, _ = tdata.augment_batch(y.clone(), y, y.clone(), g, K=5, rotate_deg=15.0,
+                                          scale_range=(1.0, 1.0), p_spatial=1.0, p_flip=0.0,
+                                          p_intensity=0.0, p_noise=0.0)
+        for b in range(16):
+            pts = np.argwhere(ya[b, 0].numpy() > 0).astype(float)
+            ev = np.linalg.eigvalsh(np.cov(pts.T))
+            if check == "ratio":
+                assert np.sqrt(ev[-1] / ev[0]) < 1.15
+            else:  # the rod's length along its axis (sd * sqrt(12)), 21 voxels unrotated
+                assert np.sqrt(12 * ev[-1]) == pytest.approx(21, abs=1.5)
+
+
 def test_zoom_scales_the_scale_classes_and_flips_move_phi():
     """A review: scale classes that do not follow the zoom, and a signed distance (the boundary
     loss's phi) that is not flipped with the image, both passed the augmentation test."""

@@ -818,8 +818,14 @@ def augment_batch(image, label, scale, generator, *, K: int, phi=None, rotate_de
         ang = ang * do_sp[:, None]
         zoom = torch.where(do_sp, zoom, torch.ones_like(zoom))
         theta = torch.zeros(B, 3, 4, device=dev)
+        # affine_grid works in normalised coordinates (-1..1 along each axis, x first): a
+        # rotation in voxel units is D^-1 R D with D the half sizes (an audit: R alone sheared
+        # and stretched non-cubic patches, a ball's principal axes 1.9:1 on 16 x 48 x 48)
+        half = torch.tensor([image.shape[4], image.shape[3], image.shape[2]],
+                            dtype=torch.float32) / 2
         for b in range(B):
-            theta[b, :, :3] = _rotation_matrix(ang[b]) / zoom[b]
+            rot = _rotation_matrix(ang[b].cpu()) / zoom[b].cpu()
+            theta[b, :, :3] = ((rot * half[None, :]) / half[:, None]).to(dev)
         grid = F.affine_grid(theta, list(image.shape), align_corners=False)
         image = F.grid_sample(image, grid, mode="bilinear", padding_mode="border",
                               align_corners=False)
