@@ -255,16 +255,22 @@ MODEL_SCALE_NOTE = "voxels of about 0.8 mm"
 SMALL_EXTENT_MM = 16.0
 
 
-def _check_model_grid(shape, spacing, model_spacing) -> None:
+#: how to give the right spacing to ``segment`` (the advice of :func:`_check_model_grid`)
+SPACING_FIX = ("Give the right one: --spacing Z Y X on the command line, spacing=(z, y, x) in "
+               "Python (vessels are measured in mm).")
+
+
+def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
+                      task: str = "segment") -> None:
     """Refuse a volume that shrinks to almost nothing on the model's grid: its spacing is
     almost certainly not in millimetres (a microscopy stack in micrometres stored as mm went to
-    1 x 1 x 1 voxels and came out empty, with exit status 0)."""
+    1 x 1 x 1 voxels and came out empty, with exit status 0). ``fix`` says how to give the
+    right spacing, ``task`` what the volume is too thin for (training uses both)."""
     grid, _, _ = _model_grid(tuple(shape), tuple(spacing), tuple(float(s) for s in model_spacing))
     extent = tuple(round(n * s, 4) for n, s in zip(shape, spacing))
     shown = tuple(float(f'{s:.4g}') for s in spacing)
     model = tuple(float(s) for s in model_spacing)
-    fix = ("Give the right one: --spacing Z Y X on the command line, spacing=(z, y, x) in "
-           "Python (vessels are measured in mm). For structures much finer than vessels in CT "
+    fix = (fix + " For structures much finer than vessels in CT "
            "(neurons in microscopy), give a spacing in which they are 0.5-10 mm thick (the "
            f"model's tubes are 0.3-14 mm in radius on {MODEL_SCALE_NOTE}), e.g. the voxel size "
            "in micrometres written as mm for fibres a few micrometres thick")
@@ -284,13 +290,13 @@ def _check_model_grid(shape, spacing, model_spacing) -> None:
         # a thin slab, not wrong units (an audit: 2 slices at 1 mm were asked about units)
         raise ValueError(
             f"the volume {tuple(shape)} has only {min(shape)} voxel(s) along one axis ({extent} "
-            f"mm across, {grid} voxels on the model's {model} mm grid): too thin to segment in "
+            f"mm across, {grid} voxels on the model's {model} mm grid): too thin to {task} in "
             "3-D; give a volume at least a few millimetres thick"
         )
     raise ValueError(
         f"the voxel spacing {shown} mm (z, y, x) makes this "
         f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
-        f"{model} mm grid: nothing to segment. Is the spacing "
+        f"{model} mm grid: nothing to {task}. Is the spacing "
         f"in millimetres (micrometres stored as mm?)? {fix}"
     )
 

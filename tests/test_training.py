@@ -812,6 +812,30 @@ def test_training_pairs_on_other_grids_or_empty(tmp_path):
         train(tiny_config(tmp_path / "run", data=[str(folder)]))
 
 
+def test_training_pairs_in_micrometres_single_slices_and_constant_images(tmp_path):
+    """An audit: a pair in micrometres stored as mm trained on one voxel padded to a patch (all
+    vessel), a single slice as a slab, a constant image silently; segment refuses the first
+    two."""
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.training.data import load_pair
+
+    img = np.random.default_rng(0).normal(40, 10, (24, 32, 32)).astype(np.float32)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[10:14, 14:18, :] = 1
+
+    def pair(name, image, label, spacing):
+        return (write_volume(tmp_path / f"{name}_image.nii.gz", Volume(image, spacing)),
+                write_volume(tmp_path / f"{name}_label.nii.gz", Volume(label, spacing)))
+
+    with pytest.raises(ValueError, match="micrometres stored as mm.*files' headers"):
+        load_pair(*pair("um", img, lab, (0.001,) * 3), (1.0, 1.0, 1.0), 3, NORM)
+    with pytest.raises(ValueError, match="only 1 voxel.*too thin to train on"):
+        load_pair(*pair("flat", img[:1], lab[:1], (1.0,) * 3), (1.0, 1.0, 1.0), 3, NORM)
+    with pytest.warns(UserWarning, match="image is constant"):
+        load_pair(*pair("const", np.full(img.shape, 100, np.float32), lab, (1.0,) * 3),
+                  (1.0, 1.0, 1.0), 3, NORM)
+
+
 @pytest.mark.parametrize(("values", "match"), [
     ({"augment": "maybe"}, "augment: expected true or false"),
     ({"synthetic": {"pool_sise": 2}}, "synthetic: unknown option.*pool_sise"),

@@ -328,6 +328,21 @@ def load_pair(
                         if not d.startswith(("shape", "spacing")))
             + "): the label would not lie on its vessels"
         )
+    from napari_tubular.inference import _check_model_grid
+
+    try:
+        # an audit: a pair in micrometres stored as mm trained on one voxel padded to a patch,
+        # and a single slice trained as a slab, both without a word (segment refuses both)
+        _check_model_grid(img.data.shape, img.spacing, target_spacing,
+                          fix="Give the right one in the image and label files' headers "
+                              "(training reads the spacing from them, in mm).",
+                          task="train on")
+    except ValueError as exc:
+        raise ValueError(f"{image_path}: {exc}") from None
+    finite = img.data[np.isfinite(img.data)] if img.data.dtype.kind == "f" else img.data
+    if finite.size and finite.min() == finite.max():
+        warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
+                      "teaches nothing about how vessels look", UserWarning, stacklevel=2)
     if not np.any(lab.data):
         warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
                       "teaches background", UserWarning, stacklevel=2)
