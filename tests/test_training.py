@@ -234,6 +234,10 @@ def test_find_pairs(tmp_path):
     write_volume(tmp_path / "case_002_image.nii.gz", np.zeros((8, 8, 8), np.float32))
     with pytest.raises(ValueError, match="case_002"):
         tdata.find_pairs([tmp_path])
+    # a label named as segment names its outputs is pointed at
+    write_volume(tmp_path / "case_002_labels.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"not taken as labels: case_002_labels; rename"):
+        tdata.find_pairs([tmp_path])
     with pytest.raises(FileNotFoundError):
         tdata.find_pairs([tmp_path / "nope"])
 
@@ -278,9 +282,11 @@ def test_validation_best_model_and_resume(tmp_path):
     # a non-empty run folder is never overwritten silently
     with pytest.raises(FileExistsError, match="--overwrite"):
         train(tiny_config(out, steps=3))
-    # resume continues at step 3 up to 5
-    train(tiny_config(out, steps=5, val_data=["synthetic"], val_cases=1, val_every=2,
-                      loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
+    # resume continues at step 3 up to 5; the longer schedule is said (an audit: --lr,
+    # --steps, --batch-size changed on resume without a word)
+    with pytest.warns(UserWarning, match=r"resume: steps 3 -> 5"):
+        train(tiny_config(out, steps=5, val_data=["synthetic"], val_cases=1, val_every=2,
+                          loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
     ck = torch.load(out / "last.pt", weights_only=False)
     assert ck["step"] == 5
     # the optimizer's state went on from the checkpoint (a review: dropping it on resume, which
@@ -291,6 +297,35 @@ def test_validation_best_model_and_resume(tmp_path):
     # the guard itself (a review: a later error that also names K passed for it)
     with pytest.raises(ValueError, match="K differ from the checkpoint"):
         train(tiny_config(out, steps=6, K=4, resume=True))
+    # resuming the finished run keeps the metrics of its model file (an audit: they were
+    # rewritten as {}) and adds no step
+    before = read_model_meta(out / "model.pt")["metrics"]
+    assert before["dice"] is not None
+    train(tiny_config(out, steps=5, val_data=["synthetic"], val_cases=1, val_every=2,
+                      loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
+    assert read_model_meta(out / "model.pt")["metrics"] == before
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 5
+
+
+def test_steps_after_the_last_logged_one_get_a_row(tmp_path):
+    """An audit: without validation, a 25-step run logging every 10 ended its log at step 20
+    and a 3-step run had an empty log and plot."""
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=3, log_every=10, checkpoint_every=0))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [3]
+    assert rows[0]["loss"] is not None
+    assert np.isfinite(rows[0]["loss"])
+    out2 = tmp_path / "run2"
+    train(tiny_config(out2, steps=4, log_every=2, checkpoint_every=0))
+    assert [r["step"] for r in json.loads((out2 / "log.json").read_text())["rows"]] == [2, 4]
+
+
+def test_a_patch_too_small_for_the_network_depth_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"depth 4 halves the patch 3 times.*at least 16"):
+        train(tiny_config(tmp_path / "run", patch_size=(8, 8, 8),
+                          model={"base_channels": 4, "depth": 4}))
+    assert not (tmp_path / "run" / "config.json").exists()
 
 
 def test_snapshots_keep_the_weights_of_every_nth_step(tmp_path):
@@ -523,6 +558,9 @@ def test_train_from_folder_baseline_loss(tmp_path):
     from napari_tubular.models import read_model_meta
 
     assert read_model_meta(path)["training"]["loss"] == "dice+ce"
+    # the log counts the folder's cases as the meta does (an audit: 0 in the log, 2 in meta)
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())["rows"]
+    assert {r["cases_seen"] for r in rows} == {2}
 
 
 # ----------------------------------------------------------------------------- CLI + DDP

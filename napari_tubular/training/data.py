@@ -265,16 +265,23 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
             raise FileNotFoundError(f"data folder not found: {folder}")
         images: dict[str, Path] = {}
         labels: dict[str, Path] = {}
+        others: list[str] = []
         for path in list_volumes(folder):
             m = _PAIR_RE.match(volume_stem(path))
             if m is None:
+                others.append(volume_stem(path))
                 continue
             (images if m["kind"] == "image" else labels)[m["stem"]] = Path(path)
         missing = sorted(set(images) ^ set(labels))
         if missing:
+            # a label named otherwise (an audit: r_labels, the suffix segment writes, was
+            # ignored and only "unpaired volume(s) r" was said)
+            near = [o for o in others if any(o.startswith(f"{stem}_") for stem in missing)]
             raise ValueError(
                 f"{folder}: unpaired volume(s) {', '.join(missing[:5])}: every "
                 "<name>_image file needs a <name>_label file and vice versa"
+                + (f" (not taken as labels: {', '.join(near[:5])}; rename them <name>_label)"
+                   if near else "")
             )
         if not images:
             raise FileNotFoundError(

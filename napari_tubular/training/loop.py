@@ -433,6 +433,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             arch, normalization, _state, inherited = _init_from_model(config)
     elif config.init_model:
         arch, normalization, init_state, inherited = _init_from_model(config)
+    _check_patch_for_depth(config.patch_size, int(arch.get("depth", 4)))
     model = build_model(arch).to(device)
     if init_state is not None:
         missing, unexpected = model.load_state_dict(init_state, strict=False)
@@ -441,6 +442,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                              f"{missing}, unexpected {unexpected})")
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     step, rows, best, elapsed0, seeds_drawn = 0, [], -math.inf, 0.0, 0
+    last_val_metrics: dict = {}
     rng = np.random.default_rng([config.seed, dist.rank])
     gen = torch.Generator().manual_seed(config.seed * 1000 + dist.rank)
     if ck is not None:
@@ -452,6 +454,9 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         # run replaced it with a worse one)
         best = max(best, _saved_best_score(out / "best.pt"))
         elapsed0, seeds_drawn = float(ck["elapsed_s"]), int(ck.get("seeds_drawn", 0))
+        # the last validation's metrics go on into model.pt (an audit: resuming a finished
+        # run rewrote model.pt with no metrics at all)
+        last_val_metrics = dict(ck.get("last_val_metrics") or _last_val_metrics(rows))
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
     net = model
@@ -484,8 +489,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         return {**meta_base, "arch": _unwrap(net).config, "metrics": metrics, "training": {
             "description": description, "loss": config.loss, "steps": step,
             "time_s": round(elapsed0 + time.perf_counter() - t_loop, 1),
-            "cases_seen": int(max(getattr(pool, "generated", 0),
-                                  len(getattr(pool, "cases", [])))),
+            "cases_seen": _cases_seen(pool),
             "data": list(config.data), "batch_size": config.batch_size,
             "world_size": dist.world, "device": device, "amp": use_amp,
             "config": config.to_dict(),
@@ -500,6 +504,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
+            "last_val_metrics": last_val_metrics,
         }
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
@@ -510,7 +515,6 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     t_loop = time.perf_counter()
     last_log_write = -math.inf
     acc: dict[str, list] = {}
-    last_val_metrics: dict = {}
     model.train()
     try:
         while True:
@@ -611,6 +615,11 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                     best = last_val_metrics["score"]
                     save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
                 rows.append(row)
+            elif acc.get("loss"):
+                # steps after the last logged one get a final row (an audit: a 25-step run
+                # logging every 10 ended at step 20, a 3-step run had an empty log and plot)
+                rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
+                                 lr_at(config, 1.0, step), acc, pool))
             save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
             save_checkpoint()
             if report:
@@ -640,8 +649,14 @@ def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
         "loss_main": mean("loss_main"), "loss_cls": mean("loss_cls"),
         "loss_dis": mean("loss_dis"), "loss_cldice": mean("loss_cldice"),
         "cldice_weight": mean("cldice_weight"),
-        "cases_seen": int(getattr(pool, "generated", 0)),
+        "cases_seen": _cases_seen(pool),
     }
+
+
+def _cases_seen(pool) -> int:
+    """Cases drawn so far: generated synthetic cases, or the folder pairs loaded (an audit:
+    the log said 0 for folder data where the model's meta said 3)."""
+    return int(max(getattr(pool, "generated", 0), len(getattr(pool, "cases", []))))
 
 
 def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict]) -> str:
@@ -770,3 +785,38 @@ def _check_resume(saved: dict, config: TrainConfig) -> None:
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
             f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})"
         )
+    changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)]
+    if changed:
+        # an audit: --lr, --batch-size, --steps and --seed changed on resume without a word
+        # (the learning rate jumped tenfold, a finished schedule climbed back)
+        warnings.warn(
+            "resume: " + ", ".join(f"{k} {saved.get(k)!r} -> {new.get(k)!r}" for k in changed)
+            + ": the new values apply from the checkpoint's step on (the learning-rate "
+            "schedule follows the new steps / lr; the rows logged before used the old ones)",
+            UserWarning, stacklevel=3)
+
+
+#: options a resumed run may change, with a warning (the schedule and the sampling)
+_RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
+                  "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
+                  "cldice_weight", "weight_decay", "synthetic")
+
+
+def _last_val_metrics(rows: list[dict]) -> dict:
+    """The metrics of the last validated row (``val_*`` columns) of a checkpoint's log."""
+    for row in reversed(rows):
+        if row.get("val_dice") is not None:
+            return {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+    return {}
+
+
+def _check_patch_for_depth(patch_size, depth: int) -> None:
+    """The network halves a patch ``depth - 1`` times and its instance norms need more than one
+    voxel at the bottom (an audit: patch 8 with depth 4 failed with torch's "Expected more
+    than 1 spatial element when training")."""
+    need = 2 ** depth
+    if min(patch_size) < need:
+        raise ValueError(
+            f"patch_size {tuple(patch_size)}: a network of depth {depth} halves the patch "
+            f"{depth - 1} times and needs at least {need} voxels along each side; give a larger "
+            "patch or a smaller depth")
