@@ -64,7 +64,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
-from ._sparse import neighbour_pairs, step_lengths_mm
+from ._sparse import neighbour_pairs, smoothed_path, step_lengths_mm
 from .betti import betti_numbers, bounding_box
 from .metrics import binarize, skeleton_crop, surface_voxels
 
@@ -237,6 +237,20 @@ class ErrorReport:
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+def _component_lengths(skeleton: np.ndarray, lab: np.ndarray, n: int, spacing) -> np.ndarray:
+    """Centerline length (mm) per component id 0..n of ``lab``: its skeleton measured along the
+    smoothed voxel path, as :func:`napari_tubular.topology.centerline_length_mm` measures (an
+    audit: the raw 26-neighbour steps, every pair counted, read a torus 132.5 mm where
+    ``evaluate`` said 125.8 and the truth is 125.7)."""
+    out = np.zeros(n + 1)
+    coords = np.argwhere(skeleton)
+    if len(coords) < 2:
+        return out
+    a, b, xyz = smoothed_path(coords, skeleton.shape, spacing)
+    np.add.at(out, lab[tuple(coords[a].T)], np.linalg.norm(xyz[a] - xyz[b], axis=1))
+    return out
+
+
 class _Skel:
     """Skeleton voxels of a crop as a sparse 26-neighbour graph."""
 
@@ -417,13 +431,7 @@ def error_map(
     ):
         if len(ids) == 0:
             continue
-        g = _Skel(skel & np.isin(lab, ids), spacing)
-        comp_of = lab[tuple(g.coords.T)]
-        comp_len = (
-            np.bincount(comp_of[g.i], weights=g.w, minlength=lab.max() + 1)
-            if g.n
-            else np.zeros(lab.max() + 1)
-        )
+        comp_len = _component_lengths(skel & np.isin(lab, ids), lab, int(lab.max()), spacing)
         for cid, vox in _components_voxels(lab, ids):
             labels_c[tuple(vox.T)] = cls
             sites.append(_site(cls, vox, offset, spacing, voxel_mm3, comp_len[cid]))
@@ -970,7 +978,7 @@ def self_check(
     centroids = np.asarray(stats["centroids"], dtype=np.float64)[: n + 1]
     g = _Skel(sk, spacing)
     node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
-    comp_len = np.bincount(node_comp[g.i], weights=g.w, minlength=n + 1) if g.n else np.zeros(n + 1)
+    comp_len = _component_lengths(sk, lab, n, spacing)
 
     order = np.argsort(-sizes[1:], kind="stable") + 1
     rank = np.zeros(n + 1, dtype=np.int64)
