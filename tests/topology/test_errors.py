@@ -558,3 +558,22 @@ def test_component_lengths_are_the_centerline_length(spacing):
     assert missed[0].length_mm == pytest.approx(length, rel=1e-9)
     assert compute_metrics(ring, ring, spacing)["length_ref_mm"] == pytest.approx(
         comp.length_mm, rel=0.02)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.7, 0.7)])
+def test_self_check_break_site_lies_on_the_vessel_axis(spacing):
+    """An audit: a cut across a tube of radius 4 mm was found, but its site sat on the wall,
+    4 mm off the axis (every crossing of a flat cut is equally narrow)."""
+    shape = (int(round(24 / spacing[0])), int(round(60 / spacing[1])), int(round(24 / spacing[2])))
+    zz, yy, xx = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)),
+                             indexing="ij")
+    tube = zz**2 + xx**2 <= 4.0**2
+    cut = shape[1] // 2
+    tube[:, cut, :] = False
+    breaks = [s for s in self_check(tube, spacing).sites if s.cls == 7]
+    assert len(breaks) == 1
+    axis = np.array([(shape[0] - 1) / 2, cut, (shape[2] - 1) / 2])
+    off_mm = np.abs(np.array(breaks[0].anchor_vox) - axis) * np.array(spacing)
+    assert off_mm[0] <= spacing[0]
+    assert off_mm[2] <= spacing[2]
+    assert abs(breaks[0].centroid_vox[1] - cut) <= 1
