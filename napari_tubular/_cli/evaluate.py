@@ -43,7 +43,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         description=(
             "Compare predicted and reference masks: Dice, clDice (Tprec/Tsens), Betti numbers and "
             "their errors, HD95 and ASSD in mm, volumes (mL), centerline lengths (mm). PRED and "
-            "REF are two volumes, or two folders matched by file name (batch mode). Empty masks: "
+            "REF are two volumes, or two folders matched by file name (batch mode). HD95: the "
+            "larger of the two directed 95th percentiles of the surface distances; ASSD: the "
+            "mean of both directions' distances pooled. Empty masks: "
             "Dice and clDice are 1 when both are empty and 0 when only one is (HD95/ASSD n/a)."
         ),
     )
