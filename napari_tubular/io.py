@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import uuid
 import warnings
 import zlib
@@ -493,6 +494,29 @@ def _nifti_header(path: Path, gz: bool):
 _NIFTI_UNITS_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3, "unknown": 1.0}
 
 
+def _nifti_sform_lps(header):
+    """The sform as ITK's LPS world in mm: ``(m, t)`` with ``physical = m @ (i, j, k) + t``
+    (x, y, z order), or None when the header has no sform (or a degenerate one)."""
+    if int(header["sform_code"]) <= 0:
+        return None
+    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"
+    a = np.asarray(header.get_sform(), dtype=np.float64) * _NIFTI_UNITS_MM.get(unit, 1.0)
+    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
+    m, t = lps @ a[:3, :3], lps @ a[:3, 3]
+    if not np.all(np.linalg.norm(m, axis=0) > 0):
+        return None
+    return m, t
+
+
+def _nifti_sform_sheared(header) -> bool:
+    """True when the header's sform is sheared (not a rotation times a diagonal scaling)."""
+    sform = _nifti_sform_lps(header)
+    if sform is None:
+        return False
+    m = sform[0]
+    return not is_orthonormal(m / np.linalg.norm(m, axis=0))
+
+
 def _nifti_sform_geometry(header, geometry, digits):
     """The sform's geometry where ITK read another one; None where they agree.
 
@@ -504,24 +528,32 @@ def _nifti_sform_geometry(header, geometry, digits):
     Its numbers are in the header's spatial units (micron, metre: scaled to mm, as ITK scales
     pixdim). ``header``: the nibabel header :func:`_nifti_check` parsed; ``geometry``: ITK's
     ``(spacing, origin, direction)``. Returns ``(spacing, origin, direction, reason)`` in
-    (z, y, x), or None (no sform, a sheared one, or agreement).
+    (z, y, x), or None (no sform, or agreement). A sheared sform (with a qform: ITK reads the
+    qform) gives ITK's geometry back with the reason to warn about.
     """
-    if int(header["sform_code"]) <= 0:
+    sform = _nifti_sform_lps(header)
+    if sform is None:
         return None
-    unit = header.get_xyzt_units()[0] if hasattr(header, "get_xyzt_units") else "mm"
-    a = np.asarray(header.get_sform(), dtype=np.float64) * _NIFTI_UNITS_MM.get(unit, 1.0)
-    lps = np.diag([-1.0, -1.0, 1.0])  # NIfTI world is RAS, ITK's LPS
-    m, t = lps @ a[:3, :3], lps @ a[:3, 3]
+    m, t = sform
     sp_xyz = np.linalg.norm(m, axis=0)
-    if not np.all(sp_xyz > 0):
-        return None
     d_xyz = m / sp_xyz
+    spacing, origin, direction = geometry
     if not is_orthonormal(d_xyz):
-        return None  # sheared: left to ITK (which warns)
+        # ITK ignores a sheared sform and uses the qform (an audit: only ITK's own warnings on
+        # stderr, while nibabel and FSL follow the sform, up to 28 mm away); the file is read
+        # with the qform, and this says so
+        far = np.array([max(int(n) - 1, 0) for n in header.get_data_shape()[:3]], float)
+        q_far = np.asarray(origin[::-1]) + (np.asarray(direction)[::-1, ::-1]
+                                            @ (np.asarray(spacing[::-1]) * far))
+        apart = float(np.linalg.norm(q_far - (m @ far + t)))
+        reason = (f"its sform is sheared (not a rotation times a scaling), which this tool does "
+                  "not support: the sform is ignored and the qform used (as ITK does; nibabel "
+                  f"and FSL use the sform); the two place the far corner voxel "
+                  f"{tuple(int(v) for v in far)} {apart:.3g} mm apart")
+        return spacing, origin, direction, reason
     new_spacing = tuple(_clean(v, digits) for v in sp_xyz[::-1])
     new_origin = tuple(_clean(v, digits) for v in t[::-1])
     new_direction = d_xyz[::-1, ::-1].copy()
-    spacing, origin, direction = geometry
     if (np.allclose(new_spacing, spacing, rtol=1e-4, atol=1e-6)
             and np.allclose(new_origin, origin, rtol=1e-5, atol=1e-3)
             and np.allclose(new_direction, np.asarray(direction), atol=1e-4)):
@@ -762,22 +794,77 @@ def _metaimage_inflate(path: Path, where: Path, offset: int, fields: dict, dims,
     return arr.astype(dtype.newbyteorder("="))
 
 
-def _nhdr_check(path: Path) -> None:
-    """A detached NRRD header (``.nhdr``) whose data file is missing: name it."""
+#: bytes per value of each NRRD type name (the NRRD format's spellings)
+_NRRD_SIZES = {
+    **dict.fromkeys(("signed char", "int8", "int8_t", "uchar", "unsigned char", "uint8",
+                     "uint8_t"), 1),
+    **dict.fromkeys(("short", "short int", "signed short", "signed short int", "int16",
+                     "int16_t", "ushort", "unsigned short", "unsigned short int", "uint16",
+                     "uint16_t"), 2),
+    **dict.fromkeys(("int", "signed int", "int32", "int32_t", "uint", "unsigned int", "uint32",
+                     "uint32_t", "float"), 4),
+    **dict.fromkeys(("longlong", "long long", "long long int", "signed long long",
+                     "signed long long int", "int64", "int64_t", "ulonglong",
+                     "unsigned long long", "unsigned long long int", "uint64", "uint64_t",
+                     "double"), 8),
+}
+
+
+def _nrrd_check(path: Path) -> None:
+    """Check that a NRRD's data are all there: a detached header (``.nhdr``) whose data file
+    is missing is named, and raw data shorter than the header announces is said to be
+    truncated (ITK's own error is "Read: Error reading", with a memory address)."""
     with open(path, "rb") as fh:
         head = fh.read(1 << 16)
-    for line in _header_text(head).splitlines():
+    fields: dict[str, str] = {}
+    header_len = None
+    pos = 0
+    for raw_line in head.splitlines(keepends=True):
+        pos += len(raw_line)
+        line = _header_text(raw_line).rstrip("\r\n")
         if not line.strip():
-            break  # the end of the header
+            header_len = pos  # the blank line that ends the header
+            break
+        if line.startswith("#"):
+            continue
         key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("data file", "datafile"):
-            name = value.strip()
-            if name.upper().startswith("LIST") or "%" in name or " " in name:
-                return  # file lists / patterns: leave to SimpleITK
-            where = Path(name) if Path(name).is_absolute() else path.parent / name
-            if not where.is_file():
-                raise VolumeIOError(f"{path}: its data file {where} is missing")
-            return
+        if sep and not value.startswith("="):  # "key:=value" lines are key/value pairs
+            fields[key.strip().lower()] = value.strip()
+    data_file = fields.get("data file", fields.get("datafile"))
+    if data_file is not None:
+        if data_file.upper().startswith("LIST") or "%" in data_file or " " in data_file:
+            return  # file lists / patterns: leave to SimpleITK
+        where = Path(data_file) if Path(data_file).is_absolute() else path.parent / data_file
+        if not where.is_file():
+            raise VolumeIOError(f"{path}: its data file {where} is missing")
+        available = where.stat().st_size
+    elif header_len is None:
+        return  # no end of header found: left to SimpleITK
+    else:
+        where = path
+        available = path.stat().st_size - header_len
+    size = _NRRD_SIZES.get(" ".join(fields.get("type", "").lower().split()))
+    if (fields.get("encoding", "").lower() != "raw" or size is None
+            or "line skip" in fields or "lineskip" in fields):
+        return  # compressed or text data: SimpleITK says so itself
+    try:
+        sizes = [int(v) for v in fields["sizes"].split()]
+        skip = int(fields.get("byte skip", fields.get("byteskip", "0")))
+    except (KeyError, ValueError):
+        return
+    if skip < 0:
+        return  # "byte skip: -1": the data are the file's last bytes
+    need = int(np.prod(sizes, dtype=np.int64)) * size
+    have = max(available - skip, 0)
+    if have < need:
+        raise VolumeIOError(
+            f"{path}: file is truncated: {have} of {need} data bytes present"
+            + ("" if where == path else f" in {where.name}")
+            + f" (header: sizes {' '.join(map(str, sizes))}, {fields['type']})"
+        )
+
+
+_ITK_ADDRESS = re.compile(r" ?\(0x[0-9a-fA-F]+\)")
 
 
 def _read_sitk_file(path: Path):
@@ -810,6 +897,7 @@ def _read_sitk_file(path: Path):
                 f"{path}: file is truncated or its data are corrupt ({detail})"
             ) from exc
         detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+        detail = _ITK_ADDRESS.sub("", detail)  # "NrrdImageIO(0x556a...)": no use to a user
         raise VolumeIOError(
             f"{path}: cannot read the file: corrupt or unreadable header or data ({detail})"
         ) from exc
@@ -863,9 +951,38 @@ def _read_dicom(path: Path, only_file: Path | None = None):
     try:
         img = reader.Execute()
     except RuntimeError as exc:
+        _check_slice_sizes(path, files)  # an audit: a 10-line ITK region dump
         raise VolumeIOError(f"{path}: cannot read DICOM series {sid}: {exc}") from exc
     _check_slice_positions(path, reader, len(files), img)
     return img
+
+
+def _check_slice_sizes(path: Path, files: list[str]) -> None:
+    """Raise a clear error when the slices of a DICOM series differ in size (rows x columns),
+    naming a slice of the odd size; return when they do not."""
+    import SimpleITK as sitk
+
+    sizes: dict[tuple, list[str]] = {}
+    for f in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(f)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            continue
+        sizes.setdefault(tuple(reader.GetSize()[:2]), []).append(f)
+    if len(sizes) < 2:
+        return
+    common = max(sizes, key=lambda k: len(sizes[k]))
+    odd = sorted((k for k in sizes if k != common), key=lambda k: len(sizes[k]))
+    shown = "; ".join(f"{Path(sizes[k][0]).name} is {k[0]} x {k[1]}"
+                      + (f" (and {len(sizes[k]) - 1} more)" if len(sizes[k]) > 1 else "")
+                      for k in odd[:3])
+    raise VolumeIOError(
+        f"{path}: the slices of the DICOM series differ in size: {shown}, the other "
+        f"{len(sizes[common])} are {common[0]} x {common[1]} (columns x rows); one volume needs "
+        "slices of one size: remove the odd slice(s) from the folder"
+    )
 
 
 #: relative deviation of a slice step from the median step that counts as a gap or an overlap
@@ -873,18 +990,23 @@ SLICE_STEP_TOLERANCE = 0.1
 
 
 def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
-    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal.
+    """Refuse a DICOM series whose slices are not evenly spaced along the slice normal, or
+    whose slices shift sideways from one to the next (a gantry tilt).
 
     SimpleITK reads such a series with one averaged z spacing (and only prints "Non uniform
     sampling" on stderr), so every slice after a missing one would sit at the wrong position.
-    The positions come from each slice's Image Position (Patient) tag (0020|0032), as the
-    series ``reader`` (with its metadata dictionary array on) read them.
+    A gantry-tilted (sheared) series it reads silently with the distance between slice
+    positions as its z spacing and the sideways shift lost (an audit: 1.581 mm instead of
+    1.5 mm, and the last slice 9.5 mm off). The positions come from each slice's Image Position
+    (Patient) tag (0020|0032), as the series ``reader`` (with its metadata dictionary array on)
+    read them.
     """
-    if n_slices < 3:
+    if n_slices < 2:
         return
     normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
-    pos = []
+    points = []
     orientations = set()
+    first_iop = None
     for k in range(n_slices):
         try:
             ipp = reader.GetMetaData(k, "0020|0032")
@@ -893,11 +1015,12 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
             return  # no usable positions: nothing to check against
         if len(vals) != 3:
             return
-        pos.append(float(np.dot(vals, normal)))
+        points.append(vals)
         try:
-            iop = reader.GetMetaData(k, "0020|0037")
-            orientations.add(tuple(round(float(v), 3)
-                                   for v in iop.replace(",", "\\").split("\\")))
+            iop = [float(v) for v in reader.GetMetaData(k, "0020|0037").replace(
+                ",", "\\").split("\\")]
+            orientations.add(tuple(round(v, 3) for v in iop))
+            first_iop = iop if first_iop is None else first_iop
         except (RuntimeError, ValueError, IndexError):
             pass
     if len(orientations) > 1:
@@ -905,10 +1028,36 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
         raise VolumeIOError(f"{path}: the DICOM series mixes {len(orientations)} slice "
                             "orientations (a localizer or another plane among its slices); keep "
                             "the slices of one orientation in the folder")
-    steps = np.diff(np.sort(np.asarray(pos)))
+    if first_iop is not None and len(first_iop) == 6:
+        cross = np.cross(first_iop[:3], first_iop[3:])  # the slices' own normal (row x column)
+        if np.linalg.norm(cross) > 0.5:
+            normal = cross / np.linalg.norm(cross)
+    points_arr = np.asarray(points, dtype=float)
+    pos = points_arr @ normal
+    order = np.argsort(pos, kind="stable")
+    steps = np.diff(pos[order])
     median = float(np.median(steps))
     if median <= 0:
+        if n_slices < 3:
+            return
         raise VolumeIOError(f"{path}: DICOM slices share one position; not a 3-D series")
+    # sideways (in-plane) offset of each slice from the first, along the normal order
+    rel = points_arr[order] - points_arr[order[0]]
+    lateral = rel - np.outer(rel @ normal, normal)
+    shift = np.linalg.norm(lateral, axis=1)
+    if shift.max() > SLICE_STEP_TOLERANCE * median:
+        far = float(shift[-1]) if shift[-1] > 0 else float(shift.max())
+        per_step = far / max(len(shift) - 1, 1)
+        raise VolumeIOError(
+            f"{path}: the DICOM series is sheared (gantry tilt): its slices shift sideways, in "
+            f"the slice plane, by about {per_step:.3g} mm per {median:.4g} mm step along the "
+            f"slice normal ({far:.3g} mm by the last slice), which a volume grid cannot hold "
+            "(it would be read with a wrong z spacing and the shift lost); this tool does not "
+            "support sheared series: resample it to an orthogonal grid first (e.g. dcm2niix, "
+            "whose gantry-tilt correction does it, or SimpleITK)"
+        )
+    if n_slices < 3:
+        return
     bad = np.flatnonzero(np.abs(steps - median) > SLICE_STEP_TOLERANCE * median)
     if bad.size:
         i = int(bad[0])
@@ -951,7 +1100,7 @@ def read_volume(
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(f"volume not found: {p}")
-    nifti = False
+    nifti = sheared_sform = False
     nifti_nan_mask = nifti_header = met_voxels = None
     dicom = p.is_dir()
     if dicom:
@@ -974,11 +1123,27 @@ def read_volume(
                                   stacklevel=2)
                     gz = False
                 nifti_nan_mask, nifti_header = _nifti_check(p, gz=gz)
+                if _nifti_sform_sheared(nifti_header):
+                    if int(nifti_header["qform_code"]) <= 0:
+                        # ITK: "corrupt or unreadable ... orthonormal direction cosines"
+                        raise VolumeIOError(
+                            f"{p}: the file's orientation is sheared (its sform is not a "
+                            "rotation times a scaling, and there is no qform), which this tool "
+                            "does not support; resample it to an orthogonal grid first")
+                    sheared_sform = True
             elif ext in (".mha", ".mhd"):
                 met_voxels = _metaimage_check(p)
-            elif ext == ".nhdr":
-                _nhdr_check(p)
-            img = _read_sitk_file(p)
+            elif ext in (".nrrd", ".nhdr"):
+                _nrrd_check(p)
+            if sheared_sform:  # said below as a warning, not as ITK's raw stderr lines
+                was = sitk.ProcessObject.GetGlobalWarningDisplay()
+                sitk.ProcessObject.SetGlobalWarningDisplay(False)
+                try:
+                    img = _read_sitk_file(p)
+                finally:
+                    sitk.ProcessObject.SetGlobalWarningDisplay(was)
+            else:
+                img = _read_sitk_file(p)
             if met_voxels is not None and met_voxels.shape == sitk.GetArrayViewFromImage(
                     img).shape:
                 fixed = sitk.GetImageFromArray(met_voxels)

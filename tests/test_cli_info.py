@@ -101,6 +101,27 @@ def test_info_errors_without_traceback(tmp_path, capsys):
     assert "bad.nii.gz" in capsys.readouterr().err
 
 
+def test_info_several_files_reports_each_and_the_bad_one(image_file, labels_file, tmp_path,
+                                                          capsys):
+    """One bad file among several printed nothing for the good ones (with --json an empty
+    stdout; an audit): each good file is printed, the bad one's error said, exit status 1."""
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"\x00" * 10)
+    good = [str(image_file[0]), str(labels_file[0])]
+    assert main(["info", good[0], str(bad), good[1]]) == 1
+    out, err = capsys.readouterr()
+    assert "ct.nii.gz" in out
+    assert "lab.mha" in out
+    assert "bad.nii.gz" in err
+    assert "1 of 3 files could not be read" in err
+    assert "Traceback" not in err
+    assert main(["info", good[0], str(bad), good[1], "--json"]) == 1
+    infos = json.loads(capsys.readouterr().out)
+    assert [Path(i["path"]).name for i in infos] == ["ct.nii.gz", "bad.nii.gz", "lab.mha"]
+    assert "error" in infos[1]
+    assert "shape_zyx" in infos[2]
+
+
 def test_console_script(labels_file):
     exe = shutil.which("napari-tubular", path=str(Path(sys.executable).parent))
     if exe is None:

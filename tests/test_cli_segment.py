@@ -370,6 +370,56 @@ def test_folder_input_leaves_out_references_named_gt_seg_ref(tmp_path, volume_fi
     assert len(skipped) == len(names) - len(kept)
 
 
+def test_folder_with_a_dicom_series_and_volume_files_segments_both(tmp_path, volume_file,
+                                                                   capsys):
+    """A folder holding a DICOM series and volume files: only the volume files were segmented
+    and the .dcm files were left out of the "not segmented" note (an audit; 'info FOLDER' reads
+    the series). The series is now one more input, named after the folder, and said so."""
+    from napari_tubular._cli.segment import expand_inputs, plan_outputs
+    from napari_tubular.io import write_dicom_series
+
+    ref = read_volume(volume_file)
+    folder = write_dicom_series(tmp_path / "study", ref.with_data(ref.data.astype(np.int16)))
+    write_volume(folder / "other.nii.gz", ref)
+    write_volume(folder / "other_label.nii.gz", (ref.data > 0).astype(np.uint8), reference=ref)
+    inputs = expand_inputs([folder])
+    assert inputs == [folder / "other.nii.gz", folder]
+    err = capsys.readouterr().err
+    assert "DICOM series is segmented as one more input, named 'study'" in err
+    assert "not segmented" not in err
+    plan = plan_outputs(inputs, tmp_path / "out", overwrite=False)
+    assert [outs["labels"].name for _, outs in plan] == ["other_labels.nii.gz",
+                                                         "study_labels.nii.gz"]
+    assert read_volume(inputs[1]).shape == ref.shape  # the series, as 'info FOLDER' reads it
+    # a series folder on its own is read as before, without the note
+    alone = write_dicom_series(tmp_path / "alone", ref.with_data(ref.data.astype(np.int16)))
+    assert expand_inputs([alone]) == [alone]
+    assert "DICOM" not in capsys.readouterr().err
+
+
+def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_file,
+                                                               volume_file, capsys):
+    """"2 of 2 inputs failed (the others were written)" (an audit): none was; the output folder
+    this run made is not left behind empty."""
+    data = Path(volume_file).read_bytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a.nii.gz", "b.nii.gz"):
+        (folder / name).write_bytes(data[: len(data) // 2])  # truncated
+    out = tmp_path / "new_out"
+    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 1
+    err = capsys.readouterr().err
+    assert "2 of 2 inputs failed (none was written)" in err
+    assert "the others were written" not in err
+    assert not out.exists()
+    # a single input that fails leaves no empty folder either; an existing one is kept
+    assert _run("segment", folder / "a.nii.gz", "-o", out, "--model", model_file) == 2
+    assert not out.exists()
+    out.mkdir()
+    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 1
+    assert out.is_dir()
+
+
 def test_segment_dot_names_outputs_after_the_folder(tmp_path, model_file, volume_file,
                                                     monkeypatch):
     from napari_tubular._cli.segment import expand_inputs
@@ -602,6 +652,8 @@ def test_micrometre_spacing_is_refused_and_spacing_overrides_it(tmp_path, model_
     report = json.loads((out / "micro_report.json").read_text())
     assert report["parameters"]["spacing_override"] == pytest.approx(list(ref.spacing))
     assert report["input"]["spacing"] == pytest.approx(list(ref.spacing))
+    # the file's own spacing is recorded too (an audit: only the override was)
+    assert report["input"]["file_spacing"] == pytest.approx([0.001, 0.0003, 0.0003])
     labels = read_volume(out / "micro_labels.nii.gz")
     assert labels.spacing == pytest.approx((0.001, 0.0003, 0.0003))
     capsys.readouterr()

@@ -186,6 +186,39 @@ def test_nifti_qform_and_sform_disagreeing_follow_the_sform(tmp_path, sform_code
     np.testing.assert_allclose(back.get_qform(), s_, atol=1e-4)
 
 
+def test_nifti_sheared_sform_is_ignored_with_a_warning_or_refused(tmp_path):
+    """A sheared sform (not a rotation times a scaling) with a valid qform: ITK used the qform
+    silently (raw ITK warnings only), nibabel and FSL the sform; now a warning says so and by
+    how much the two place the far corner apart. Without a qform ITK failed as "corrupt or
+    unreadable ... orthonormal direction cosines": now the file is said to be sheared."""
+    nib = pytest.importorskip("nibabel")
+    data = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)  # x, y, z
+    qform = np.diag([0.9, 0.8, 1.5, 1.0])
+    qform[:3, 3] = [10.0, -20.0, 30.0]
+    sheared = qform.copy()
+    sheared[0, 2] = 0.6  # x moves 0.6 mm per slice
+    img = nib.Nifti1Image(data, None)
+    img.set_qform(qform, 1)
+    img.set_sform(sheared, 2)
+    both = tmp_path / "shear_sform.nii.gz"
+    nib.save(img, str(both))
+    far = 0.6 * 3  # the far corner's slice index is 3
+    with pytest.warns(UserWarning, match=rf"shear_sform\.nii\.gz: its sform is sheared.*ignored"
+                      rf".*qform used.*far corner.*\(5, 4, 3\) {far:g} mm apart"):
+        got = read_volume(both)
+    assert got.spacing == pytest.approx((1.5, 0.8, 0.9))
+    assert got.origin == pytest.approx((30.0, 20.0, -10.0))  # the qform's, in LPS (z, y, x)
+    img = nib.Nifti1Image(data, None)
+    img.set_qform(None, 0)
+    img.set_sform(sheared, 2)
+    only = tmp_path / "shear_only.nii.gz"
+    nib.save(img, str(only))
+    with pytest.raises(VolumeIOError, match=r"shear_only\.nii\.gz: the file's orientation is "
+                                            r"sheared.*not support.*resample") as info:
+        read_volume(only)
+    assert "corrupt" not in str(info.value)
+
+
 @pytest.mark.parametrize(("unit", "factor"), [("micron", 1e-3), ("meter", 1e3)])
 def test_nifti_spatial_units_apply_to_the_sform_too(tmp_path, unit, factor):
     """Micron / metre units scaled a qform's spacing to mm but not an sform's (1000x apart,
@@ -434,6 +467,72 @@ def test_dicom_several_series_reads_largest(tmp_path):
     np.testing.assert_array_equal(got.data, vol.data)
 
 
+def _dicom_slices(folder: Path, n: int, ipp, size=lambda k: 8,
+                  iop="1\\0\\0\\0\\1\\0") -> Path:
+    """A CT series written slice by slice with SimpleITK (as a scanner's would be): slice k at
+    Image Position ``ipp(k)`` (x, y, z mm), ``size(k)`` x ``size(k)`` pixels of value 10 k."""
+    uid = "1.2.826.0.1.3680043.9.7433.3.1"
+    folder.mkdir(parents=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(n):
+        im = sitk.GetImageFromArray(np.full((size(k), size(k)), 10 * k, np.int16))
+        im.SetSpacing((0.9, 0.8))
+        tags = {"0008|0060": "CT", "0020|000d": "1.2.3.4", "0020|000e": uid,
+                "0020|0013": str(k + 1), "0020|0032": "\\".join(f"{v:.6f}" for v in ipp(k)),
+                "0020|0037": iop, "0028|0030": "0.8\\0.9",
+                "0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0018": f"{uid}.{k + 1}"}
+        for tag, value in tags.items():
+            im.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"IM{k:03d}.dcm"))
+        writer.Execute(im)
+    return folder
+
+
+def test_gantry_tilted_dicom_series_is_refused(tmp_path):
+    """A gantry-tilted series (each slice shifted 0.5 mm in y per 1.5 mm along the normal) was
+    read silently with z spacing 1.581 (the distance between positions) and the shift lost (an
+    audit); it is refused. Reversed order, an oblique orientation and float jitter in the
+    positions are still read."""
+    tilt = _dicom_slices(tmp_path / "tilt", 6, lambda k: (0.0, 0.5 * k, 1.5 * k))
+    with pytest.raises(VolumeIOError, match=r"tilt: the DICOM series is sheared \(gantry tilt\)"
+                       r".*0\.5 mm per 1\.5 mm.*2\.5 mm by the last slice.*resample"):
+        read_volume(tilt)
+    rng = np.random.default_rng(0)
+    jitter = rng.uniform(-0.002, 0.002, size=(6, 3))
+    plain = _dicom_slices(tmp_path / "jitter", 6, lambda k: np.array([0, 0, 1.5 * k]) + jitter[k])
+    assert read_volume(plain).spacing == pytest.approx((1.5, 0.8, 0.9), abs=1e-2)
+    reverse = _dicom_slices(tmp_path / "reverse", 6, lambda k: (3.0, -2.0, 1.5 * (5 - k)))
+    got = read_volume(reverse)
+    assert got.spacing == pytest.approx((1.5, 0.8, 0.9))
+    # oblique: rows along (cos, sin, 0), columns along z-ish; slices stepped along the normal
+    c, s = np.cos(0.4), np.sin(0.4)
+    row, col = np.array([c, s, 0.0]), np.array([0.0, 0.0, -1.0])
+    normal = np.cross(row, col)
+    iop = "\\".join(f"{v:.8f}" for v in (*row, *col))
+    obl = _dicom_slices(tmp_path / "obl", 6, lambda k: 100.0 + 2.0 * k * normal, iop=iop)
+    got = read_volume(obl)
+    assert got.spacing == pytest.approx((2.0, 0.8, 0.9), abs=1e-5)
+    # the same oblique series tilted: refused too
+    tilted = _dicom_slices(tmp_path / "obl_tilt", 6,
+                           lambda k: 100.0 + 2.0 * k * normal + 0.3 * k * row, iop=iop)
+    with pytest.raises(VolumeIOError, match="gantry tilt"):
+        read_volume(tilted)
+
+
+def test_dicom_slices_of_another_size_are_named(tmp_path):
+    """One slice of another size gave a 10-line ITK region dump (an audit)."""
+    folder = _dicom_slices(tmp_path / "mixed", 6, lambda k: (0.0, 0.0, 1.5 * k),
+                           size=lambda k: 6 if k == 3 else 8)
+    with pytest.raises(VolumeIOError) as info:
+        read_volume(folder)
+    text = str(info.value)
+    assert "slices of the DICOM series differ in size: IM003.dcm is 6 x 6" in text
+    assert "the other 5 are 8 x 8" in text
+    assert "ImageRegion" not in text
+    assert "\n" not in text
+
+
 # ---------------------------------------------------------------------------------------------
 # names and listing
 # ---------------------------------------------------------------------------------------------
@@ -587,6 +686,33 @@ def test_truncated_other_formats(tmp_path):
         f.unlink()
     with pytest.raises(VolumeIOError, match=r"det\.nhdr: its data file .*det\..* is missing"):
         read_volume(tmp_path / "det.nhdr")
+
+
+def test_truncated_raw_nrrd_says_how_many_bytes(tmp_path):
+    """A raw NRRD cut short, or a .nhdr whose .raw is too short, said "corrupt or unreadable
+    ... NrrdImageIO(0x556a...): Read: Error reading" (an audit); now: truncated, N of M bytes."""
+    data = np.arange(4 * 5 * 6, dtype="<f4").reshape(4, 5, 6)
+    head = ("NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\n"
+            "sizes: 6 5 4\nspace directions: (0.9,0,0) (0,0.8,0) (0,0,1.5)\n"
+            "kinds: domain domain domain\nendian: little\nencoding: raw\n"
+            "space origin: (0,0,0)\n")
+    full = tmp_path / "full.nrrd"
+    full.write_bytes((head + "\n").encode() + data.tobytes())
+    np.testing.assert_array_equal(read_volume(full).data, data)  # complete: read as before
+    cut = tmp_path / "cut.nrrd"
+    cut.write_bytes((head + "\n").encode() + data.tobytes()[: 2 * data.nbytes // 3])
+    with pytest.raises(VolumeIOError, match=r"cut\.nrrd: file is truncated: 320 of 480 data "
+                                            r"bytes present") as info:
+        read_volume(cut)
+    assert "0x" not in str(info.value)
+    (tmp_path / "det.raw").write_bytes(data.tobytes()[:300])
+    det = tmp_path / "det.nhdr"
+    det.write_text(head + "data file: det.raw\n\n")
+    with pytest.raises(VolumeIOError, match=r"det\.nhdr: file is truncated: 300 of 480 data "
+                                            r"bytes present in det\.raw"):
+        read_volume(det)
+    (tmp_path / "det.raw").write_bytes(data.tobytes())
+    np.testing.assert_array_equal(read_volume(det).data, data)
 
 
 def test_multi_member_gzip_is_not_truncated(tmp_path):

@@ -103,9 +103,35 @@ def format_info(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    infos = [volume_info(p) for p in args.paths]
+    """Print each volume's summary; with several, one that cannot be read is reported on
+    stderr (and, with --json, as ``{"path": ..., "error": ...}``) and the others are still
+    printed (an audit: one bad file printed nothing for the good ones); exit status 1 then."""
+    import sys
+
+    from ..io import VolumeIOError
+
+    if len(args.paths) == 1:  # a single file's error is the command's error (exit status 2)
+        info = volume_info(args.paths[0])
+        print(json.dumps(info, indent=2) if args.json else format_info(info))
+        return 0
+    infos: list[dict] = []
+    failed: list[str] = []
+    for path in args.paths:
+        try:
+            info = volume_info(path)
+        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+            text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+            failed.append(path)
+            print(f"napari-tubular info: error: {text}", file=sys.stderr, flush=True)
+            infos.append({"path": str(path), "error": text})
+            continue
+        infos.append(info)
+        if not args.json:
+            print(("\n" if len(infos) - len(failed) > 1 else "") + format_info(info), flush=True)
     if args.json:
-        print(json.dumps(infos[0] if len(infos) == 1 else infos, indent=2))
-    else:
-        print("\n\n".join(format_info(i) for i in infos))
+        print(json.dumps(infos, indent=2))
+    if failed:
+        print(f"napari-tubular info: error: {len(failed)} of {len(args.paths)} files could not "
+              "be read: " + ", ".join(failed), file=sys.stderr, flush=True)
+        return 1
     return 0

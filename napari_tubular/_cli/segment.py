@@ -13,8 +13,9 @@ Existing outputs are never replaced without ``--overwrite``; the check runs for 
 before anything is computed. A folder input segments the volumes in it, leaving out reference
 masks, other segmentations and earlier outputs (names ending in ``_label(s)``, ``_mask``,
 ``_seg``, ``_segmentation``, ``_gt``, ``_ref``, ``_reference``, ``_truth``, ``_pred``,
-``_prediction``, ``_probability``, ``_radius``, ``_skeleton``, ``_errors``). In a batch, an input that cannot be read or segmented is
-reported and the others are still done (exit status 1).
+``_prediction``, ``_probability``, ``_radius``, ``_skeleton``, ``_errors``); a DICOM series
+beside its volume files is one more input, named after the folder. In a batch, an input that
+cannot be read or segmented is reported and the others are still done (exit status 1).
 """
 
 from __future__ import annotations
@@ -274,7 +275,9 @@ SKIPPED_STEMS = (
 
 def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
     """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
-    holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one).
+    holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one). A
+    folder holding both volume files and DICOM files gives its volumes and then the folder
+    itself, for its DICOM series (with a note on stderr).
 
     In a folder, files whose name ends in one of :data:`SKIPPED_STEMS` (reference masks and
     segmentations, ``_gt``, ``_seg``, ``_ref`` ..., and this command's output names) are
@@ -291,17 +294,34 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
         if p.is_dir() and p.name in ("", ".", ".."):
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
+        dicom = _dicom_files(p, vols) if vols else []
         if vols:
-            _note_passed_over(p, vols)
+            _note_passed_over(p, vols + dicom)
         for v in vols:
             if volume_stem(v).lower().endswith(SKIPPED_STEMS):
                 if skipped is not None:
                     skipped.append(v)
             else:
                 out.append(v)
-        if not vols:
+        if dicom:
+            # the folder's DICOM series is one more input, read as 'info FOLDER' reads it (an
+            # audit: it was passed over without a word, the volume files beside it segmented)
+            print(f"note: {p}: also holds DICOM files ({len(dicom)}): its DICOM series is "
+                  f"segmented as one more input, named {volume_stem(p)!r} after the folder",
+                  file=sys.stderr, flush=True)
+        if not vols or dicom:
             out.append(p)
     return out
+
+
+def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
+    """The DICOM files (``.dcm``, or with the DICM mark) directly in ``folder``."""
+    from ..io import _is_dicom_file
+
+    shown = set(listed)
+    return [e for e in sorted(folder.iterdir(), key=lambda e: e.name)
+            if not e.name.startswith(".") and e not in shown and e.is_file()
+            and _is_dicom_file(e)]
 
 
 def _note_passed_over(folder: Path, listed: list[Path]) -> None:
@@ -459,6 +479,7 @@ def run(args) -> int:
         return 0
     device = resolve_device(args.device)
     net, meta = load_model(args.model, device=device)
+    created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
     n = len(plan)
     failed: list[tuple[Path, str]] = []
@@ -476,15 +497,29 @@ def run(args) -> int:
             raise
         except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
             if n == 1:
+                _drop_if_empty(outdir, created)
                 raise
             text = str(exc) if str(path) in str(exc) or path.name in str(exc) else f"{path}: {exc}"
             failed.append((path, text))
             print(f"{prefix} error: {text}", file=sys.stderr, flush=True)
     if failed:
-        print(f"error: {len(failed)} of {n} inputs failed (the others were written): "
+        written = "none was written" if len(failed) == n else "the others were written"
+        print(f"error: {len(failed)} of {n} inputs failed ({written}): "
               + ", ".join(str(p) for p, _ in failed), file=sys.stderr, flush=True)
+        if len(failed) == n:
+            _drop_if_empty(outdir, created)
         return 1
     return 0
+
+
+def _drop_if_empty(outdir: Path, created: bool) -> None:
+    """Remove the output folder when this run made it and nothing was written into it (every
+    input failed: an audit found the empty folder left behind)."""
+    if created:
+        try:
+            outdir.rmdir()
+        except OSError:
+            pass  # something was written into it after all
 
 
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
@@ -552,7 +587,9 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     report = dict(res.report)
     # absolute: refine reads the image back from any working directory (an audit: a relative
     # path skipped the partial-volume trim when refine ran elsewhere)
-    report["input"] = dict(report["input"], path=str(Path(path).resolve()))
+    # the file's own spacing beside the spacing used (--spacing replaces it in "spacing")
+    report["input"] = dict(report["input"], path=str(Path(path).resolve()),
+                           file_spacing=list(vol.spacing))
     report["outputs"] = {k: str(v) for k, v in outs.items()}
     write_json(outs["report"], report, args.overwrite)
     if not args.quiet:
