@@ -577,9 +577,9 @@ def _nifti_check(path: Path, gz: bool):
     the header announces is an error.
 
     Returns:
-        ``(mask, header)``: bool mask of NaN or infinite voxels, shape (Z, Y, X) (SimpleITK's
-        array order), or None when there are none (or the data type cannot hold them); the
-        nibabel header.
+        ``(codes, header)``: int8 codes of the NaN (1), +inf (2) and -inf (3) voxels, 0
+        elsewhere, shape (Z, Y, X) (SimpleITK's array order), or None when there are none (or
+        the data type cannot hold them); the nibabel header.
     """
     offset, dtype, shape, header = _nifti_header(path, gz)
     n_vox = int(np.prod(shape, dtype=np.int64))
@@ -598,11 +598,16 @@ def _nifti_check(path: Path, gz: bool):
             data = chunk[max(offset - start, 0) : len(chunk) - max(pos - need, 0)]
             buf = carry + data if carry else data
             usable = len(buf) - len(buf) % dtype.itemsize
-            nan = ~np.isfinite(np.frombuffer(buf[:usable], dtype=dtype))
+            values = np.frombuffer(buf[:usable], dtype=dtype)
+            nan = ~np.isfinite(values)
             if nan.any():
                 if mask is None:
-                    mask = np.zeros(n_vox, bool)
-                mask[vox : vox + nan.size] = nan
+                    mask = np.zeros(n_vox, np.int8)
+                # +inf and -inf apart from NaN (an audit: +inf in a probability map was filled
+                # with the minimum and became background under --threshold)
+                mask[vox : vox + nan.size] = np.where(
+                    nan, np.where(np.isposinf(values), 2, np.where(np.isneginf(values), 3, 1)),
+                    0)
             vox += nan.size
             carry = buf[usable:]
     except _Truncated as exc:
@@ -625,7 +630,8 @@ def _nifti_check(path: Path, gz: bool):
 
 
 def _apply_nan_policy(
-    arr: np.ndarray, nan_mask: np.ndarray, path: Path, nan_policy: str, nan_fill
+    arr: np.ndarray, nan_mask: np.ndarray, path: Path, nan_policy: str, nan_fill,
+    posinf_max: bool = False,
 ) -> np.ndarray:
     n_nan = int(np.count_nonzero(nan_mask))
     if n_nan == 0:
@@ -635,6 +641,7 @@ def _apply_nan_policy(
         raise VolumeIOError(
             f"{path}: all {total} voxels are NaN or infinite; the volume holds no data"
         )
+    posinf = nan_mask & np.isposinf(arr) if posinf_max else np.zeros(0, bool)
     if nan_policy == "keep":
         # NIfTI: SimpleITK gave 0 there; inf becomes NaN too, the same in every format
         not_nan = nan_mask & ~np.isnan(arr)
@@ -656,11 +663,20 @@ def _apply_nan_policy(
         value = float(nan_fill)
         how = "nan_fill"
     arr = np.array(arr, copy=True)
-    arr[nan_mask] = value
+    n_pos = int(np.count_nonzero(posinf))
+    arr[nan_mask & ~posinf if n_pos else nan_mask] = value
+    top = ""
+    if n_pos:
+        # +inf is the brightest value there is, not the darkest (an audit: +inf voxels of a
+        # probability map became holes under --threshold)
+        finite = arr[~nan_mask]
+        high = float(finite.max()) if finite.size else value
+        arr[posinf] = high
+        top = f"; the {n_pos} +inf voxel(s) with {high:g} (the maximum finite value)"
     warnings.warn(
         f"{path}: {n_nan} of {total} voxels ({100.0 * n_nan / total:.2f}%) are "
         f"NaN or infinite; "
-        f"filled with {value:g} ({how})",
+        f"filled with {value:g} ({how}){top}",
         VolumeNaNWarning,
         stacklevel=3,
     )
@@ -1070,7 +1086,8 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
 
 
 def read_volume(
-    path: str | os.PathLike, *, nan_policy: str = "fill", nan_fill: float | None = None
+    path: str | os.PathLike, *, nan_policy: str = "fill", nan_fill: float | None = None,
+    posinf_max: bool = False,
 ) -> Volume:
     """Read a 3-D volume with its spacing, origin and direction.
 
@@ -1083,6 +1100,9 @@ def read_volume(
             raises; "keep" returns them as NaN (also for NIfTI, where SimpleITK reads 0).
             An all-NaN volume always raises.
         nan_fill: value for NaN voxels under ``nan_policy="fill"``.
+        posinf_max: under "fill", +inf voxels take the maximum finite value instead (masks and
+            probability maps, where +inf is foreground; an image's +inf slab would look like a
+            bright vessel, so images keep the default).
 
     Returns:
         Volume with ``data`` shape (Z, Y, X) in the file's dtype (a 4-D file with one volume is
@@ -1167,8 +1187,12 @@ def read_volume(
                     f"{p}: NaN mask shape {nifti_nan_mask.shape} does not match the image "
                     f"shape {arr.shape}"
                 )
-            nan_mask |= nifti_nan_mask  # SimpleITK's NIfTI reader turned these into 0
-        arr = _apply_nan_policy(arr, nan_mask, p, nan_policy, nan_fill)
+            # SimpleITK's NIfTI reader turned these into 0: their values back
+            arr = np.array(arr, copy=True)
+            for code, value in ((1, np.nan), (2, np.inf), (3, -np.inf)):
+                arr[nifti_nan_mask == code] = value
+            nan_mask = ~np.isfinite(arr)
+        arr = _apply_nan_policy(arr, nan_mask, p, nan_policy, nan_fill, posinf_max)
     return Volume(data=arr, spacing=spacing, origin=origin, direction=direction, path=p)
 
 

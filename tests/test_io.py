@@ -915,3 +915,40 @@ def test_upper_case_extensions_and_non_ascii_data_files(tmp_path):
         else:
             write_volume(path, vol)
         np.testing.assert_array_equal(read_volume(path).data, vol.data)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".mha"])
+def test_posinf_takes_the_maximum_for_masks_and_probability_maps(tmp_path, ext):
+    """An audit: +inf voxels of a probability map were filled with the minimum, and under
+    evaluate --threshold they made a hole (a spurious cavity) in the vessel."""
+    data = np.full((6, 7, 8), 0.1, np.float32)
+    data[2:4, 2:5, 2:6] = 0.9
+    data[3, 3, 3] = np.inf
+    data[1, 1, 1] = np.nan
+    p = write_volume(tmp_path / f"p{ext}", Volume(data, (1.0, 1.0, 1.0)))
+    with pytest.warns(VolumeNaNWarning, match=r"the 1 \+inf voxel\(s\) with 0.9"):
+        got = read_volume(p, posinf_max=True)
+    assert got.data[3, 3, 3] == np.float32(0.9)
+    assert got.data[1, 1, 1] == np.float32(0.1)
+    with pytest.warns(VolumeNaNWarning):
+        assert read_volume(p).data[3, 3, 3] == np.float32(0.1)  # images: the minimum
+
+
+def test_evaluate_takes_posinf_in_a_probability_map_as_foreground(tmp_path, capsys):
+    from napari_tubular.cli import main
+
+    ref = np.zeros((12, 12, 24), np.uint8)
+    ref[4:8, 4:8, 2:22] = 1
+    prob = np.where(ref > 0, 0.9, 0.05).astype(np.float32)
+    prob[5:7, 5:7, 10] = np.inf  # inside the vessel
+    write_volume(tmp_path / "ref.nii.gz", Volume(ref, (1.0, 1.0, 1.0)))
+    write_volume(tmp_path / "prob.nii.gz", Volume(prob, (1.0, 1.0, 1.0)))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(tmp_path / "prob.nii.gz"), str(tmp_path / "ref.nii.gz"),
+                 "--threshold", "0.5", "--json", str(out)]) == 0
+    assert "+inf voxel(s) with 0.9" in capsys.readouterr().err
+    import json
+
+    m = json.loads(out.read_text())
+    assert m["dice"] == pytest.approx(1.0)
+    assert m["b2_error"] == 0

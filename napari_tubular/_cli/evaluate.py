@@ -230,7 +230,10 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     from ..io import _count_unique, read_volume, resample_like
     from ..topology import binarize
 
-    pv, rv = read_volume(pred_path), read_volume(ref_path)
+    # +inf in a mask or probability map is foreground (an audit: filled with the minimum, it
+    # made holes under --threshold)
+    pv = read_volume(pred_path, posinf_max=True)
+    rv = read_volume(ref_path, posinf_max=True)
     differences = pv.geometry_differences(rv)
     if differences:
         moved, how = resample_like(pv, rv, interpolation="linear"
@@ -537,7 +540,7 @@ def _run_self_check(args) -> int:
     if not (math.isfinite(args.break_gap) and args.break_gap >= 0):
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
-    pv = read_volume(args.pred)
+    pv = read_volume(args.pred, posinf_max=True)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
             else pv.data)
     mask = binarize(data, f"prediction {args.pred.name}")

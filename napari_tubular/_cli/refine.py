@@ -270,7 +270,7 @@ def run(args) -> int:
         print(f"refine: warning: the probability is case {cases[0]!r} and the radius case "
               f"{cases[1]!r} (by their names); both should come from one segment run",
               file=sys.stderr)
-    prob = read_volume(args.probability)
+    prob = read_volume(args.probability, posinf_max=True)  # +inf: foreground
     radius = read_volume(args.radius)
     differences = prob.geometry_differences(radius)
     if differences:
