@@ -1138,3 +1138,31 @@ def test_a_run_failing_before_its_first_step_leaves_its_folder_usable(tmp_path):
                                                                         "depth": 4}))
     assert not (tmp_path / "run" / "config.json").exists()
     train(tiny_config(tmp_path / "run", steps=1))  # not "in use"
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_module_entry_prints_warnings_once_without_source_lines(tmp_path, capsys, monkeypatch,
+                                                               rank):
+    """An audit: under torchrun each process printed the label warning as a raw Python
+    UserWarning with its source line."""
+    import warnings
+
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.training.__main__ import main as module_main
+
+    img = np.random.default_rng(0).normal(40, 10, (20, 20, 20)).astype(np.float32)
+    lab = np.zeros(img.shape, np.uint8)
+    lab[8:12, 8:12, :] = 255
+    write_volume(tmp_path / "d" / "a_image.nii.gz", Volume(img, (1.0, 1.0, 1.0)))
+    write_volume(tmp_path / "d" / "a_label.nii.gz", Volume(lab, (1.0, 1.0, 1.0)))
+    monkeypatch.setenv("RANK", rank)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert module_main(["--data", str(tmp_path / "d"), "--val-data", "none", "--out",
+                            str(tmp_path / "run"), "--steps", "1", "--patch", "16", "16", "16",
+                            "--base-channels", "4", "--depth", "2", "-K", "3", "--device", "cpu",
+                            "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "UserWarning" not in err
+    assert ".py:" not in err
+    assert ("napari_tubular.training: warning:" in err and "label values" in err) == (rank == "0")
