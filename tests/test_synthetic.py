@@ -533,3 +533,22 @@ def test_topology_guarantee_many_seeds(shape, spacing):
         c = make_vessel_tree(shape, spacing, seed=100 + seed, loop_probability=1.0)
         assert betti(c.mask) == (c.n_trees, c.params["n_loops"], 0), seed
         assert graph_cycle_rank(c) == c.params["n_loops"]
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"contrast": float("nan")}, "contrast must be a finite number"),
+    ({"contrast": -500.0}, "contrast must be a finite number > 0"),
+    ({"noise": float("inf")}, "noise must be a finite number"),
+    ({"tortuosity": float("nan")}, "tortuosity must be a finite number"),
+    ({"min_radius_mm": float("inf")}, "min_radius_mm must be a finite number"),
+    ({"branches_per_tree": -1}, "branches_per_tree must be a positive integer"),
+    ({"shape": (3000, 3000, 3000)}, "more than the 2e\\+08"),
+])
+def test_invalid_generator_options_are_refused(options, match):
+    """An audit: NaN contrast or inf noise gave an all-NaN image, NaN tortuosity or an infinite
+    minimum radius an empty tree, a huge shape numpy's MemoryError after the trees grew."""
+    from napari_tubular.synthetic import make_vessel_tree
+
+    kwargs = {"shape": (16, 16, 16), "spacing": (1.0, 1.0, 1.0), **options}
+    with pytest.raises(ValueError, match=match):
+        make_vessel_tree(**kwargs)

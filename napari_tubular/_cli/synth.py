@@ -132,7 +132,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=_positive_float,
         default=None,
         metavar="MM",
-        help="root vessel radius in mm (default 4.5%% of the smallest physical extent)",
+        help="largest root radius in mm: the first root's is 0.8-1.0 times it, others' "
+        "0.45-0.8 times (default 4.5%% of the smallest physical extent)",
     )
     p.add_argument(
         "--min-radius",
@@ -151,7 +152,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--no-distractors",
         action="store_true",
-        help="leave out the bright blobs and plate-like bones",
+        help="leave out the bright blobs, plate-like bones and air pockets",
     )
     p.add_argument(
         "--body",

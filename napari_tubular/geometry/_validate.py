@@ -42,11 +42,18 @@ def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
     """Return ``spacing`` as three positive finite floats (dz, dy, dx) in mm."""
     if spacing is None:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got None")
+    if isinstance(spacing, str | bytes):
+        # an audit: "abc" was said as "could not convert string to float", naming no spacing
+        raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
     if np.isscalar(spacing):
         spacing = (spacing,) * 3
     if not isinstance(spacing, Sequence | np.ndarray) or len(spacing) != 3:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
-    out = tuple(float(s) for s in spacing)
+    try:
+        out = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got "
+                         f"{spacing!r}") from None
     if not all(math.isfinite(s) and s > 0 for s in out):
         raise ValueError(f"{name} must be three positive finite voxel sizes in mm, got {spacing!r}")
     return out  # type: ignore[return-value]

@@ -62,6 +62,9 @@ _LUT8 = _euler_lut()
 
 def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
+    if mask.dtype.kind not in "biuf":
+        # an audit: a string array gave (1, 0, 0), complex values were taken
+        raise ValueError(f"{name} must be a numeric or boolean array, got dtype {mask.dtype}")
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (z, y, x) array, got shape {mask.shape}")
     refuse_nan_mask(mask, name)

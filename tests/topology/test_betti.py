@@ -84,3 +84,18 @@ def test_bounding_box():
     assert bounding_box(m) == (slice(2, 4), slice(5, 6), slice(7, 9))
     assert bounding_box(m, margin=2) == (slice(0, 6), slice(3, 8), slice(5, 10))
     assert bounding_box(np.zeros((3, 3, 3))) is None
+
+
+def test_betti_numbers_refuse_non_numeric_masks_and_metrics_name_a_bad_spacing():
+    """An audit: a string array gave (1, 0, 0) and complex values were taken; a spacing "abc"
+    was said as "could not convert string to float" without naming the spacing."""
+    from napari_tubular.topology import betti_numbers, compute_metrics
+
+    m = np.zeros((6, 6, 6), bool)
+    m[2:4, 2:4, 2:4] = True
+    for bad in (np.full((4, 4, 4), "a"), m.astype(complex)):
+        with pytest.raises(ValueError, match="numeric or boolean"):
+            betti_numbers(bad)
+    for spacing in ("abc", ("a", 1, 1)):
+        with pytest.raises(ValueError, match="spacing must be three positive voxel sizes"):
+            compute_metrics(m, m, spacing)
