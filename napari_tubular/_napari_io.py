@@ -216,8 +216,15 @@ def _write(path: str, data, meta: dict, *, labels: bool) -> list[str]:
     if labels:
         arr = _compact_labels(arr, path)
         vol = vol.with_data(arr)
-    # The napari save dialog has already asked before replacing a file.
-    out = write_volume(_output_path(path), vol, overwrite=True)
+    target = _output_path(path)
+    # The napari save dialog has asked before replacing the path it was given, not the file the
+    # added extension names (an audit: labels saved as "case7" replaced the CT "case7.nii.gz"
+    # without a word)
+    if target != Path(path) and target.exists():
+        raise ValueError(f"{target} exists (the name given, {Path(path).name}, had no volume "
+                              "extension and .nii.gz was added): choose another name, or give "
+                              "the full name to replace it")
+    out = write_volume(target, vol, overwrite=True)
     return [str(out)]
 
 

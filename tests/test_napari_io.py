@@ -158,6 +158,21 @@ def test_writer_rejects_what_it_cannot_store(tmp_path):
         write_image(str(tmp_path / "c.nii.gz"), np.zeros((2, 3, 4)), shear)
 
 
+def test_writer_never_replaces_the_file_an_added_extension_names(tmp_path):
+    """An audit: labels saved as "case7" (no extension: .nii.gz added) replaced the CT
+    "case7.nii.gz" without a word; napari's dialog had only asked about "case7"."""
+    ct = np.arange(8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)
+    first = write_image(str(tmp_path / "case7.nii.gz"), ct, {"scale": [1, 1, 1]})[0]
+    with pytest.raises(ValueError, match=r"case7.nii.gz exists .*\.nii\.gz was added"):
+        write_labels(str(tmp_path / "case7"), np.ones((4, 4, 4), np.uint8), {})
+    np.testing.assert_array_equal(read_volume(first).data, ct)
+    # the full name given (the dialog asked about it) replaces it; a new name gets .nii.gz
+    write_labels(first, np.ones((4, 4, 4), np.uint8), {})
+    assert read_volume(first).data.shape == (4, 4, 4)
+    assert write_labels(str(tmp_path / "new"), np.ones((4, 4, 4), np.uint8), {})[0].endswith(
+        "new.nii.gz")
+
+
 @pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
 def test_round_trip_through_napari_layers(tmp_path, files):
     """Reader kwargs build real napari layers at the right physical place; saving their state
