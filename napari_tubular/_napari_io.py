@@ -98,6 +98,26 @@ def guess_layer_type(data: np.ndarray, name: str = "") -> str:
     return "labels" if _few_unique(data, MAX_LABEL_VALUES) else "image"
 
 
+def mm_units() -> dict:
+    """``{"units": "mm"}`` where napari's layers take units (napari >= 0.6), else ``{}``: the
+    layers are placed in mm, and the scale bar says so (an audit: it read "1 pixel" for 1 mm)."""
+    global _MM_UNITS
+    if _MM_UNITS is None:
+        try:
+            import inspect
+
+            from napari.layers import Image
+
+            _MM_UNITS = ({"units": "mm"} if "units" in inspect.signature(Image).parameters
+                         else {})
+        except Exception:  # noqa: BLE001 - no napari, or another one: leave the units out
+            _MM_UNITS = {}
+    return dict(_MM_UNITS)
+
+
+_MM_UNITS: dict | None = None
+
+
 def _layer_tuple(vol: Volume) -> tuple:
     if vol.path is None:
         name = "volume"
@@ -109,7 +129,7 @@ def _layer_tuple(vol: Volume) -> tuple:
     layer_type = guess_layer_type(data, name)
     if layer_type == "labels" and data.dtype == bool:
         data = data.astype(np.uint8)
-    kwargs = {"name": name, **vol.napari_kwargs(), "metadata": vol.metadata()}
+    kwargs = {"name": name, **vol.napari_kwargs(), **mm_units(), "metadata": vol.metadata()}
     return (data, kwargs, layer_type)
 
 

@@ -77,13 +77,17 @@ def sample_vessels() -> list[tuple]:
     img = read_volume(sample_path("image"))
     lab = read_volume(sample_path("label"))
     meta = {"spacing": tuple(img.spacing), "source": str(img.path)}
+    from ._napari_io import mm_units
+
     return [
-        (img.data, _image_kwargs("vessels image", img.napari_kwargs(), img.data, meta), "image"),
+        (img.data, _image_kwargs("vessels image", {**img.napari_kwargs(), **mm_units()},
+                                 img.data, meta), "image"),
         (
             lab.data.astype(np.uint8, copy=False),
             {
                 "name": "vessels label",
                 **lab.napari_kwargs(),
+                **mm_units(),
                 "metadata": {**meta, "source": str(lab.path)},
             },
             "labels",
@@ -106,7 +110,9 @@ def sample_random_tree(seed: int | None = None) -> list[tuple]:
     if seed is None:
         seed = int(np.random.default_rng().integers(0, 2**31 - 1))
     case = make_vessel_tree(RANDOM_TREE_SHAPE, RANDOM_TREE_SPACING, seed=seed)
-    geometry = {"scale": tuple(case.spacing), "translate": (0.0, 0.0, 0.0)}
+    from ._napari_io import mm_units
+
+    geometry = {"scale": tuple(case.spacing), "translate": (0.0, 0.0, 0.0), **mm_units()}
     meta = {"spacing": tuple(case.spacing), "seed": seed, "params": dict(case.params)}
     return [
         (

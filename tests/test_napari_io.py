@@ -74,6 +74,8 @@ def test_reader_layer_data(files):
     np.testing.assert_array_equal(data, vol.data)
     assert kwargs["scale"] == SPACING  # scale is the spacing, z,y,x
     assert kwargs["translate"] == ORIGIN
+    # in mm, and napari's scale bar says so (an audit: "1 pixel" for 1 mm)
+    assert kwargs["units"] == "mm"
     md = kwargs["metadata"]
     assert md["spacing"] == SPACING
     assert md["origin"] == ORIGIN

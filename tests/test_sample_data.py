@@ -74,6 +74,7 @@ def test_sample_vessels_layer_data():
     assert img.shape == lab.shape == (96, 128, 128)
     np.testing.assert_allclose(ik["scale"], SPACING)
     np.testing.assert_allclose(lk["scale"], SPACING)
+    assert ik["units"] == lk["units"] == "mm"
     assert ik["name"] == "vessels image"
     assert lab.dtype == np.uint8
 
@@ -85,6 +86,7 @@ def test_sample_random_tree_is_fresh_and_reproducible():
     (img, ik, it), (lab, lk, lt) = a
     assert (it, lt) == ("image", "labels")
     assert ik["scale"] == lk["scale"] == (2.0, 0.8, 0.8)
+    assert ik["units"] == lk["units"] == "mm"
     assert ik["metadata"]["seed"] == 11
     assert lab.any()
     c = sample_random_tree()

@@ -235,6 +235,10 @@ def upsert_layer(
             src_affine = layer_affine(src)  # with the source's rotate / shear folded in
             if not np.allclose(src_affine, np.eye(4)):
                 kwargs["affine"] = src_affine
+        units = getattr(src, "units", None)
+        if "units" not in kwargs and units is not None and len(units) >= 3:
+            # the source's units (mm for the reader's layers): the scale bar reads them
+            kwargs["units"] = tuple(units)[-3:]
     if layer is not None and layer._type_string == layer_type:
         if src is not None:
             # the record follows the source's grid now (another spacing, origin or file than

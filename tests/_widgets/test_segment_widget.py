@@ -63,6 +63,18 @@ def seg(make_napari_viewer, vessel_case, predict_counter):
     return viewer, widget, predict_counter
 
 
+def test_result_layers_take_the_images_units(make_napari_viewer, vessel_case, predict_counter):
+    """An audit: the layers are placed in mm, but their units said pixel (the scale bar read
+    "1 pixel" for 1 mm); the reader's layers are in mm and the results take the image's."""
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE,
+                     units="mm")
+    widget = SegmentWidget(viewer)
+    widget.run()
+    for role in ("probability", "radius", "labels", "skeleton", "spheres"):
+        assert [str(u) for u in _owned(viewer, role).units] == ["millimeter"] * 3, role
+
+
 def test_run_adds_layers_with_image_geometry(seg):
     viewer, widget, counter = seg
     assert counter.calls == 1
