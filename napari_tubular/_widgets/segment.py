@@ -770,6 +770,9 @@ class SegmentWidget(QWidget):
             f"{self._source}: T_p={tp:.2f} T_r={tr:.2f}: "
             f"{int(np.count_nonzero(result.labels))} voxels, "
             f"{result.n_seeds} spheres"
+            # the layer shows every n-th sphere beyond MAX_SPHERES (an audit: "77440 spheres"
+            # beside a layer of 19360 points, unexplained)
+            + (f" ({len(data)} shown)" if len(data) < result.n_seeds else "")
         )
         gone = [r for r in ("labels", "spheres", "skeleton") if r in self._dismissed]
         if gone:
