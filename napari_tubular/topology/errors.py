@@ -149,6 +149,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "centroid_z_vox", "centroid_y_vox", "centroid_x_vox",
     "anchor_z", "anchor_y", "anchor_x",
     "physical_z_mm", "physical_y_mm", "physical_x_mm",
+    "anchor_physical_z_mm", "anchor_physical_y_mm", "anchor_physical_x_mm",
 )  # fmt: skip
 
 
@@ -178,7 +179,9 @@ class ErrorReport:
         ``physical_*_mm`` are the scanner (ITK) coordinates of the centroid, ``affine @ (z, y, x,
         1)`` with the volume's 4x4 index-to-physical ``affine`` (:meth:`io.Volume.affine`:
         origin, direction and spacing), listed z, y, x; without ``affine``, origin 0 and identity
-        direction.
+        direction. ``anchor_physical_*_mm``: the same for the anchor voxel, a voxel of the site
+        itself, where the review panel goes (a loop's centroid lies in its hole, off the vessel:
+        an audit landed 4.8 mm beside the loop in another viewer).
         """
         if affine is None:
             affine = np.diag([*self.spacing, 1.0])
@@ -186,6 +189,7 @@ class ErrorReport:
         rows = []
         for s in self.sites:
             phys = affine @ np.r_[np.asarray(s.centroid_vox, float), 1.0]
+            anchor = affine @ np.r_[np.asarray(s.anchor_vox, float), 1.0]
             rows.append(
                 {
                     "id": s.id,
@@ -207,6 +211,9 @@ class ErrorReport:
                     "physical_z_mm": float(phys[0]),
                     "physical_y_mm": float(phys[1]),
                     "physical_x_mm": float(phys[2]),
+                    "anchor_physical_z_mm": float(anchor[0]),
+                    "anchor_physical_y_mm": float(anchor[1]),
+                    "anchor_physical_x_mm": float(anchor[2]),
                 }  # fmt: skip
             )
         return rows

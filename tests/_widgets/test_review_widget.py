@@ -255,6 +255,11 @@ def test_csv_export_round_trip(review, tmp_path):
     assert "cls_name" in header
     assert len(sites) == len(widget.report.sites)
     assert [s[header.index("cls_name")] for s in sites] == [s.cls_name for s in widget.report.sites]
+    # the anchor's scanner coordinates are where the panel goes (an audit: only the centroid's
+    # were exported, 4.8 mm off a loop, in its hole)
+    cols = [header.index(f"anchor_physical_{a}_mm") for a in "zyx"]
+    for i, row in enumerate(sites):
+        np.testing.assert_allclose([float(row[c]) for c in cols], widget.site_world(i), atol=1e-6)
     shot = widget.screenshot(tmp_path / "review.png")
     assert shot.stat().st_size > 0
 
