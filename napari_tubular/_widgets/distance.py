@@ -239,6 +239,18 @@ class DistanceMapWidget(QWidget):
             on_error=self._failed,
         )
 
+    def event(self, event) -> bool:  # noqa: D102 (Qt override)
+        # napari's remove_dock_widget (the dock's close button) takes the widget out of its
+        # dock with setParent(None): a running Compute's result is discarded (an audit: its
+        # map layers were added 25 s after the panel was closed)
+        from qtpy.QtCore import QEvent
+
+        if (event.type() == QEvent.Type.ParentChange and self.parent() is None
+                and self._job is not None and self._job.running):
+            self._job.cancel()
+            self.status.setText("cancelled: the panel was closed")
+        return super().event(event)
+
     def _failed(self, exc: BaseException) -> None:
         """A failed Compute clears the branch table: it described the previous run's layer, and
         its rows would move the camera on that run's grid (an audit: it stayed, under an error)."""

@@ -218,6 +218,11 @@ class TopologyReviewWidget(QWidget):
         if event.type() == QEvent.Type.ParentChange:
             if self.parent() is None:
                 self._unbind_keys()
+                # a running Compute's result is discarded (an audit: its layer appeared and
+                # the view jumped to its first site after the panel was closed)
+                if self._job is not None and self._job.running:
+                    self._job.cancel()
+                    self.status.setText("cancelled: the panel was closed")
             else:
                 self._closed = False
                 if not self._bound_keys:

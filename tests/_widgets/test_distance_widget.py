@@ -191,3 +191,33 @@ def test_full_mask_stale_maps_and_merged_labels(make_napari_viewer, monkeypatch)
     assert "'rods'" in widget.status.text()
     widget.run()
     assert not widget.inputs.stale
+
+
+def test_closing_the_panel_discards_a_running_compute(tube_viewer, qtbot, monkeypatch):
+    """An audit: map layers were added 25 s after the panel was closed."""
+    import threading
+
+    from napari_tubular.geometry import distance as gd
+
+    started, release = threading.Event(), threading.Event()
+    real = gd.edt_mm
+
+    def slow_edt(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gd, "edt_mm", slow_edt)
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer, sync=False)
+    widget.set_selected(["edt"])
+    dock = viewer.window.add_dock_widget(widget, name="distance")
+    widget.run()
+    assert started.wait(10)
+    n_layers = len(viewer.layers)
+    viewer.window.remove_dock_widget(dock)
+    release.set()
+    qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
+    qtbot.wait(100)
+    assert len(viewer.layers) == n_layers
+    assert not widget.maps

@@ -467,3 +467,39 @@ def test_a_compute_refused_before_it_starts_clears_the_previous_numbers(review, 
     assert "shape" in widget.status.text()
     with pytest.raises(ValueError, match="nothing to export"):
         widget.export_csv("unused.csv")
+
+
+def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken, qtbot,
+                                                      monkeypatch):
+    """An audit: a Compute running when the panel was closed added its layer later and moved
+    the view to its first site."""
+    import threading
+
+    from napari_tubular import topology
+
+    started, release = threading.Event(), threading.Event()
+    real = topology.error_map
+
+    def slow_error_map(*args, **kwargs):
+        started.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topology, "error_map", slow_error_map)
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING, translate=TRANSLATE)
+    viewer.add_labels(pred, name="prediction", scale=SPACING, translate=TRANSLATE)
+    widget = TopologyReviewWidget(viewer, sync=False)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    dock = viewer.window.add_dock_widget(widget, name="review")
+    widget.run()
+    assert started.wait(10)
+    n_layers = len(viewer.layers)
+    viewer.window.remove_dock_widget(dock)  # what the dock's close button does
+    release.set()
+    qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
+    qtbot.wait(100)
+    assert len(viewer.layers) == n_layers
+    assert widget.report is None
