@@ -182,6 +182,8 @@ class SegmentWidget(QWidget):
         self._job = None
         self._refine_job = None
         self._refine_pending = False
+        self._metrics_job = None
+        self._metrics_next = None  # the newest step's metrics to compute after the running one
         # result roles the user deleted since the last network run: the sliders do not bring
         # them back (an audit: a deleted spheres layer returned at every slider move)
         self._dismissed: set[str] = set()
@@ -612,8 +614,9 @@ class SegmentWidget(QWidget):
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             running = self.busy
             self.cancel()
-            if self._refine_job is not None and self._refine_job.running:
-                self._refine_job.cancel()
+            for job in (self._refine_job, self._metrics_job):
+                if job is not None and job.running:
+                    job.cancel()
             if running:
                 from napari.utils.notifications import show_info
 
@@ -726,7 +729,8 @@ class SegmentWidget(QWidget):
         return upsert_layer(self.viewer, layer_type, data, owner=OWNER, role=role,
                             source=self._source_layer, **kwargs)
 
-    def _apply_refinement(self, result, spheres, thresholds, metrics=None) -> None:
+    def _apply_refinement(self, result, spheres, thresholds, metrics=None,
+                          metrics_pending: bool = False) -> None:
         self.result = result
         self.metrics = metrics
         self._keep_edited_labels()
@@ -765,14 +769,20 @@ class SegmentWidget(QWidget):
             name=self._name("spheres"),
             **pkw,
         ))
+        # the layer shows every n-th sphere beyond MAX_SPHERES (an audit: "77440 spheres"
+        # beside a layer of 19360 points, unexplained)
+        self._n_spheres_shown = len(data)
+        self._show_status(result, thresholds, metrics, metrics_pending)
+
+    def _show_status(self, result, thresholds, metrics, metrics_pending: bool = False) -> None:
+        """The line under the sliders: the step's labels and spheres, and its metrics."""
         tp, tr = thresholds
+        shown = self._n_spheres_shown
         text = (
             f"{self._source}: T_p={tp:.2f} T_r={tr:.2f}: "
             f"{int(np.count_nonzero(result.labels))} voxels, "
             f"{result.n_seeds} spheres"
-            # the layer shows every n-th sphere beyond MAX_SPHERES (an audit: "77440 spheres"
-            # beside a layer of 19360 points, unexplained)
-            + (f" ({len(data)} shown)" if len(data) < result.n_seeds else "")
+            + (f" ({shown} shown)" if shown < result.n_seeds else "")
         )
         gone = [r for r in ("labels", "spheres", "skeleton") if r in self._dismissed]
         if gone:
@@ -784,6 +794,8 @@ class SegmentWidget(QWidget):
             )
             if self._warned_mismatch:
                 text += f"\n(voxel by voxel although {self._warned_mismatch})"
+        elif metrics_pending:
+            text += "\nDice, clDice, Betti: computing..."
         elif self._reference_problem is not None:
             text += f"\nno metrics: {self._reference_problem}"
         chosen = self.image_picker.layer()
@@ -858,21 +870,19 @@ class SegmentWidget(QWidget):
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
                                      blobs, probability)
-            spheres = _spheres(result, spacing)
-            metrics = None
-            if reference is not None:
-                from napari_tubular.topology import compute_metrics
-
-                metrics = compute_metrics(result.labels > 0, reference, spacing,
-                                          measured_lengths=False)  # not shown: kept live
-            return result, spheres, metrics
+            return result, _spheres(result, spacing)
 
         def returned(out):
-            result, spheres, metrics = out
+            result, spheres = out
             if refiner is not self.refiner:  # a new network run replaced it meanwhile
                 return
             self.refine_count += 1
-            self._apply_refinement(result, spheres, (tp, tr), metrics)
+            # the layers first, the metrics after them in a job of their own (an audit: with a
+            # reference at 200 x 256 x 256 every step waited 3 s for its metrics)
+            self._apply_refinement(result, spheres, (tp, tr), None,
+                                   metrics_pending=reference is not None)
+            if reference is not None:
+                self._start_metrics(result, reference, spacing, (tp, tr))
 
         def finished():
             if self._refine_pending:
@@ -886,6 +896,42 @@ class SegmentWidget(QWidget):
             compute, sync=self.sync, what="Refinement", owner=self, on_returned=returned,
             on_finished=finished, on_error=failed,
         )
+
+    def _start_metrics(self, result, reference, spacing, thresholds) -> None:
+        """Compare the step's labels with the reference; only the newest step waits for a
+        running comparison (the ones between are never computed)."""
+        if self._metrics_job is not None and self._metrics_job.running:
+            self._metrics_next = (result, reference, spacing, thresholds)
+            return
+        self._metrics_next = None
+        labels = np.asarray(result.labels) > 0
+
+        def compute():
+            from napari_tubular.topology import compute_metrics
+
+            return compute_metrics(labels, reference, spacing,
+                                   measured_lengths=False)  # not shown: kept live
+
+        def returned(metrics):
+            if self.result is not result:  # a later step is shown: its own metrics follow
+                return
+            self.metrics = metrics
+            self._show_status(result, thresholds, metrics)
+
+        def finished():
+            following = self._metrics_next
+            self._metrics_next = None
+            if following is not None and self.result is following[0]:
+                self._start_metrics(*following)
+
+        def failed(exc):
+            if self.result is result:
+                self._show_status(result, thresholds, None)
+                self.metrics_label.setText(f"{self.metrics_label.text()}\nmetrics failed: {exc}")
+
+        self._metrics_job = start_job(compute, sync=self.sync, what="Metrics", owner=self,
+                                      on_returned=returned, on_finished=finished,
+                                      on_error=failed)
 
     def save_thresholds(self) -> None:
         """Persist the current T_p / T_r as defaults."""

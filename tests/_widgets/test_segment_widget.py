@@ -352,6 +352,42 @@ def test_metrics_against_reference_follow_the_sliders(seg, vessel_case):
     assert counter.calls == 1
 
 
+def test_labels_follow_a_slider_before_the_metrics_are_computed(seg, vessel_case, qtbot,
+                                                               monkeypatch):
+    """An audit: with a reference chosen, every slider step waited for its metrics (3 s at
+    200 x 256 x 256) before the labels changed. The layers come first, the metrics after them
+    in a job of their own, and a step's stale metrics never overwrite a newer step's line."""
+    import threading
+
+    from napari_tubular import topology
+
+    viewer, widget, _ = seg
+    viewer.add_labels(vessel_case.mask.astype(np.uint8), name="reference", scale=SPACING,
+                      translate=TRANSLATE)
+    widget.reference_picker.set_layer(viewer.layers["reference"])
+    release = threading.Event()
+    real = topology.compute_metrics
+
+    def slow_metrics(*args, **kwargs):
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topology, "compute_metrics", slow_metrics)
+    widget.sync = False
+    widget._debouncer.sync = False
+    before = widget.refine_count
+    widget.tr_slider.setValue(0.9)
+    qtbot.waitUntil(lambda: widget.refine_count == before + 1, timeout=20000)
+    assert widget.metrics is None
+    assert "computing..." in widget.metrics_label.text()
+    labels = np.asarray(widget.result.labels).copy()
+    release.set()
+    qtbot.waitUntil(lambda: widget.metrics is not None, timeout=20000)
+    assert widget.metrics["dice"] == pytest.approx(
+        real(labels > 0, vessel_case.mask > 0, SPACING, measured_lengths=False)["dice"])
+    assert "clDice" in widget.metrics_label.text()
+
+
 @pytest.mark.parametrize("shape", ["4d", "other"])
 def test_an_unfit_reference_is_said_once_and_the_sliders_keep_refining(seg, vessel_case,
                                                                        errors, shape):
