@@ -1166,3 +1166,23 @@ def test_module_entry_prints_warnings_once_without_source_lines(tmp_path, capsys
     assert "UserWarning" not in err
     assert ".py:" not in err
     assert ("napari_tubular.training: warning:" in err and "label values" in err) == (rank == "0")
+
+
+def test_boundary_loss_trains_and_logs_its_terms(tmp_path):
+    """The boundary loss (alpha GDL + (1 - alpha) L_B, alpha falling with progress) trains and
+    its terms are logged apart (an audit: only the total, which rises by design, was logged and
+    read as divergence)."""
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=4, loss="boundary", cldice_weight=0.0))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    alphas = [r["boundary_alpha"] for r in rows]
+    assert alphas == sorted(alphas, reverse=True)
+    assert alphas[0] == pytest.approx(1.0)
+    for r in rows:
+        a = r["boundary_alpha"]
+        assert np.isfinite(r["loss_boundary"])
+        assert r["loss"] == pytest.approx(a * r["loss_region"] + (1 - a) * r["loss_boundary"],
+                                          rel=1e-5, abs=1e-6)
+    header = (out / "log.csv").read_text().splitlines()[0].split(",")
+    assert {"loss_region", "loss_boundary", "boundary_alpha"} <= set(header)

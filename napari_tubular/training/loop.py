@@ -50,7 +50,7 @@ SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initial
 
 LOG_COLUMNS = [
     "step", "time_s", "lr", "loss", "loss_main", "loss_cls", "loss_dis", "loss_cldice",
-    "cldice_weight", "cases_seen",
+    "loss_region", "loss_boundary", "boundary_alpha", "cldice_weight", "cases_seen",
     "val_dice", "val_cldice", "val_b0_error", "val_b1_error", "val_hd95_mm", "val_tube_dice",
     "val_score",
 ]
@@ -198,7 +198,12 @@ class LossFn:
                 main = main + (1.0 - cldice_w) * self.dice(seg, label)
         elif self.kind == "boundary":
             alpha = max(0.01, 1.0 - frac)
-            main = alpha * self.region(seg, label) + (1 - alpha) * self.boundary(seg, phi)
+            region, boundary = self.region(seg, label), self.boundary(seg, phi)
+            main = alpha * region + (1 - alpha) * boundary
+            # the terms apart: the total rises by design as alpha moves the weight from the
+            # region term to the boundary term (an audit read the rising curve as divergence)
+            parts.update({"loss_region": float(region.detach()),
+                          "loss_boundary": float(boundary.detach()), "boundary_alpha": alpha})
         else:
             main = (1.0 - cldice_w) * self.dice(seg, label) + self.bce(seg, label)
         parts["loss_main"] = float(main.detach())
@@ -648,6 +653,8 @@ def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
         "step": step, "time_s": round(time_s, 2), "lr": lr, "loss": mean("loss"),
         "loss_main": mean("loss_main"), "loss_cls": mean("loss_cls"),
         "loss_dis": mean("loss_dis"), "loss_cldice": mean("loss_cldice"),
+        "loss_region": mean("loss_region"), "loss_boundary": mean("loss_boundary"),
+        "boundary_alpha": mean("boundary_alpha"),
         "cldice_weight": mean("cldice_weight"),
         "cases_seen": _cases_seen(pool),
     }
