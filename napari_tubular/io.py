@@ -1136,13 +1136,15 @@ def read_volume(
             if ext in (".nii", ".nii.gz"):
                 nifti = True
                 gz = ext == ".nii.gz"
-                if gz and not _starts_with_gzip(p):
+                plain = gz and not _starts_with_gzip(p)
+                if plain:
                     # an audit: an uncompressed NIfTI named .nii.gz was refused as "corrupt"
                     # (SimpleITK reads it by its content)
-                    warnings.warn(f"{p}: named .nii.gz but not compressed; read as .nii",
-                                  stacklevel=2)
                     gz = False
                 nifti_nan_mask, nifti_header = _nifti_check(p, gz=gz)
+                if plain:  # said once the header is one (not before a text file's refusal)
+                    warnings.warn(f"{p}: named .nii.gz but not compressed; read as .nii",
+                                  stacklevel=2)
                 if _nifti_sform_sheared(nifti_header):
                     if int(nifti_header["qform_code"]) <= 0:
                         # ITK: "corrupt or unreadable ... orthonormal direction cosines"

@@ -952,3 +952,17 @@ def test_evaluate_takes_posinf_in_a_probability_map_as_foreground(tmp_path, caps
     m = json.loads(out.read_text())
     assert m["dice"] == pytest.approx(1.0)
     assert m["b2_error"] == 0
+
+
+def test_a_text_file_named_nii_gz_is_refused_without_the_compression_warning(tmp_path):
+    """An audit: "named .nii.gz but not compressed; read as .nii" came before the refusal of a
+    text file, as if it had been read."""
+    import warnings
+
+    p = tmp_path / "notes.nii.gz"
+    p.write_text("not an image at all " * 30)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(VolumeIOError, match="NIfTI header"):
+            read_volume(p)
+    assert not [w for w in caught if "not compressed" in str(w.message)]
