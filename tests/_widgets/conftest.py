@@ -92,3 +92,21 @@ def tiny_model_path(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", spacing=SPACING,
                            patch=(24, 24, 24), base_channels=4,
                            normalization={"kind": "zscore"})
+
+
+def held_call(monkeypatch, module, name):
+    """Replace ``module.name`` by a call that sets ``started`` and waits for ``release``
+    (``(started, release)`` events) before doing the real work: a job still running when a
+    test acts (closes a panel, moves a slider)."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+    real = getattr(module, name)
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, held)
+    return started, release

@@ -195,19 +195,11 @@ def test_full_mask_stale_maps_and_merged_labels(make_napari_viewer, monkeypatch)
 
 def test_closing_the_panel_discards_a_running_compute(tube_viewer, qtbot, monkeypatch):
     """An audit: map layers were added 25 s after the panel was closed."""
-    import threading
-
     from napari_tubular.geometry import distance as gd
 
-    started, release = threading.Event(), threading.Event()
-    real = gd.edt_mm
+    from .conftest import held_call
 
-    def slow_edt(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gd, "edt_mm", slow_edt)
+    started, release = held_call(monkeypatch, gd, "edt_mm")
     viewer, _case = tube_viewer
     widget = DistanceMapWidget(viewer, sync=False)
     widget.set_selected(["edt"])

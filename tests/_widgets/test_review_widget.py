@@ -473,19 +473,11 @@ def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken
                                                       monkeypatch):
     """An audit: a Compute running when the panel was closed added its layer later and moved
     the view to its first site."""
-    import threading
-
     from napari_tubular import topology
 
-    started, release = threading.Event(), threading.Event()
-    real = topology.error_map
+    from .conftest import held_call
 
-    def slow_error_map(*args, **kwargs):
-        started.set()
-        release.wait(10)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(topology, "error_map", slow_error_map)
+    started, release = held_call(monkeypatch, topology, "error_map")
     pred, ref = broken
     viewer = make_napari_viewer()
     viewer.add_labels(ref, name="reference", scale=SPACING, translate=TRANSLATE)

@@ -357,22 +357,16 @@ def test_labels_follow_a_slider_before_the_metrics_are_computed(seg, vessel_case
     """An audit: with a reference chosen, every slider step waited for its metrics (3 s at
     200 x 256 x 256) before the labels changed. The layers come first, the metrics after them
     in a job of their own, and a step's stale metrics never overwrite a newer step's line."""
-    import threading
-
     from napari_tubular import topology
+
+    from .conftest import held_call
 
     viewer, widget, _ = seg
     viewer.add_labels(vessel_case.mask.astype(np.uint8), name="reference", scale=SPACING,
                       translate=TRANSLATE)
     widget.reference_picker.set_layer(viewer.layers["reference"])
-    release = threading.Event()
     real = topology.compute_metrics
-
-    def slow_metrics(*args, **kwargs):
-        release.wait(20)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(topology, "compute_metrics", slow_metrics)
+    _started, release = held_call(monkeypatch, topology, "compute_metrics")
     widget.sync = False
     widget._debouncer.sync = False
     before = widget.refine_count

@@ -43,6 +43,17 @@ def _tiny(config, **changes):
     )
 
 
+def _start_long_run(widget) -> threading.Event:
+    """Start a long tiny run in a worker thread; the event is set at its first step."""
+    widget.sync = False
+    widget.overwrite_check.setChecked(True)
+    started = threading.Event()
+    widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
+    widget.start(_tiny(widget.config(), steps=5000, log_every=1))
+    assert widget.running
+    return started
+
+
 def test_layer_pairs_become_training_data(train_widget):
     from napari_tubular.io import read_volume
     from napari_tubular.training import find_pairs
@@ -92,12 +103,7 @@ def test_short_run_plots_loss_and_saves(train_widget, tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_stop_ends_the_run(train_widget, qtbot, tmp_path):
-    train_widget.sync = False
-    train_widget.overwrite_check.setChecked(True)
-    started = threading.Event()
-    train_widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
-    train_widget.start(_tiny(train_widget.config(), steps=5000, log_every=1))
-    assert train_widget.running
+    started = _start_long_run(train_widget)
     qtbot.waitUntil(started.is_set, timeout=30000)
     train_widget.stop()
     qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
@@ -279,12 +285,7 @@ def test_save_model_waits_for_a_new_run(train_widget, qtbot, tmp_path):
     folder and copied the model.pt that run was overwriting."""
     train_widget.start(_tiny(train_widget.config(), steps=1))
     assert train_widget.save_button.isEnabled()
-    train_widget.sync = False
-    train_widget.overwrite_check.setChecked(True)
-    started = threading.Event()
-    train_widget.relay.progressed.connect(lambda d, t, m: m.startswith("step") and started.set())
-    train_widget.start(_tiny(train_widget.config(), steps=5000, log_every=1))
-    assert train_widget.running
+    started = _start_long_run(train_widget)
     assert not train_widget.save_button.isEnabled()
     with pytest.raises(ValueError, match="no trained model"):
         train_widget.save_model(tmp_path / "early.pt")
