@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM where a command turns it into one
+        print(getattr(exc, "word", "interrupted"), file=sys.stderr)
+        return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # "napari-tubular info x | head": the reader left, not an error
         try:
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (no flush error at exit)

@@ -725,11 +725,54 @@ def test_skip_existing_adds_new_cases_to_a_segmented_folder(tmp_path, model_file
     assert (out / "a_labels.nii.gz").stat().st_mtime_ns == first  # not redone
     assert _run("segment", inputs, *common, "--skip-existing") == 0  # nothing left to do
     assert "nothing to segment" in capsys.readouterr().err
-    # an input with only some of its outputs is still refused
+    # an input with only some of its outputs is segmented again, with a note (an audit: the
+    # whole batch was refused for it, the new inputs with it)
     (out / "b_radius.nii.gz").unlink()
-    assert _run("segment", inputs, *common, "--skip-existing") == 2
+    assert _run("segment", inputs, *common, "--skip-existing") == 0
+    assert "incomplete set of outputs are segmented again" in capsys.readouterr().err
+    assert (out / "b_radius.nii.gz").is_file()
+    assert (out / "a_labels.nii.gz").stat().st_mtime_ns == first
     assert _run("segment", inputs, *common, "--skip-existing", "--overwrite") == 2
     assert "exclude each other" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signal_class", ["KeyboardInterrupt", "Terminated"])
+def test_an_interruption_while_writing_leaves_no_partial_set(tmp_path, model_file, volume_file,
+                                                             capsys, monkeypatch, signal_class):
+    """An audit: Ctrl-C between two writes left one output of five (which --skip-existing then
+    refused), SIGTERM also a truncated temporary file. The five files are written as a set."""
+    import shutil
+
+    from napari_tubular import io as nt_io
+    from napari_tubular._cli import segment as seg_cli
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(volume_file, inputs / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    real = nt_io.write_volume
+    calls = []
+
+    def interrupted_write(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 7:  # the third file of the second case
+            raise getattr(seg_cli, signal_class, KeyboardInterrupt)()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(nt_io, "write_volume", interrupted_write)
+    code = _run("segment", inputs, "-o", out, "--model", model_file, "--device", "cpu",
+                "--quiet")
+    assert code == (143 if signal_class == "Terminated" else 130)
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(f"a{suffix}" for suffix in seg_cli.OUTPUT_SUFFIXES.values())
+    err = capsys.readouterr().err
+    assert "1 of 2 inputs were written" in err
+    # the rerun finds a complete set and nothing else: --skip-existing finishes the batch
+    monkeypatch.setattr(nt_io, "write_volume", real)
+    assert _run("segment", inputs, "-o", out, "--model", model_file, "--device", "cpu",
+                "--quiet", "--skip-existing") == 0
+    assert len(list(out.iterdir())) == 2 * len(seg_cli.OUTPUT_SUFFIXES)
 
 
 def test_a_sheared_input_is_refused_before_the_network(tmp_path, model_file, volume_file,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -347,10 +348,13 @@ def output_paths(outdir: Path, name: str) -> dict[str, Path]:
 
 def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
                  skip_existing: bool = False, done: list[Path] | None = None,
-                 ) -> list[tuple[Path, dict]]:
+                 redo: list[Path] | None = None) -> list[tuple[Path, dict]]:
     """(input, output paths) per input; raises before any work on name clashes or existing files.
 
-    ``skip_existing``: inputs whose outputs all exist are left out (appended to ``done``)."""
+    ``skip_existing``: inputs whose outputs all exist are left out (appended to ``done``); an
+    input with some of its outputs but not all (a set left incomplete, e.g. a file deleted) is
+    segmented again, its existing files replaced (appended to ``redo``: an audit's batch was
+    refused whole for one incomplete set, the new inputs with it)."""
     from ..io import volume_stem
 
     plan = []
@@ -376,8 +380,14 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         if done is not None:
             done.extend(path for (path, _), c in zip(plan, complete) if c)
         plan = [item for item, c in zip(plan, complete) if not c]
+        incomplete = [path for path, outs in plan if any(p.exists() for p in outs.values())]
+        if redo is not None:
+            redo.extend(incomplete)
+    else:
+        incomplete = []
     if not overwrite:
-        existing = [str(p) for _, outs in plan for p in outs.values() if p.exists()]
+        existing = [str(p) for path, outs in plan if path not in incomplete
+                    for p in outs.values() if p.exists()]
         if existing:
             shown = ", ".join(existing[:6]) + (
                 f" and {len(existing) - 6} more" if len(existing) > 6 else ""
@@ -443,7 +453,6 @@ def write_json(path: Path, data: dict, overwrite: bool) -> None:
 
 def run(args) -> int:
     from ..inference import MAX_OVERLAP, check_segment_options
-    from ..io import VolumeIOError
     from ..models import load_model, resolve_device
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
@@ -468,7 +477,13 @@ def run(args) -> int:
     if args.overwrite and args.skip_existing:
         raise ValueError("--overwrite and --skip-existing exclude each other")
     done: list[Path] = []
-    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done)
+    redo: list[Path] = []
+    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, redo)
+    if redo:
+        print(f"note: {len(redo)} input(s) with an incomplete set of outputs are segmented "
+              "again, their existing outputs replaced (--skip-existing): "
+              + ", ".join(p.name for p in redo[:4]) + (" ..." if len(redo) > 4 else ""),
+              file=sys.stderr, flush=True)
     if done and not args.quiet:
         print(f"note: {len(done)} input(s) left out, their outputs exist (--skip-existing): "
               + ", ".join(p.name for p in done[:4]) + (" ..." if len(done) > 4 else ""),
@@ -481,19 +496,49 @@ def run(args) -> int:
     net, meta = load_model(args.model, device=device)
     created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
-    n = len(plan)
     failed: list[tuple[Path, str]] = []
+    # SIGTERM (kill, a scheduler's time limit) stops like Ctrl-C: the case being written is
+    # removed, not left half there (an audit: one output of five and a truncated temp file)
+    import signal
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (run from a thread in Python)
+        pass
+    try:
+        return _run_plan(args, plan, outdir, created, net, meta, device, failed)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python was so that the case being written is cleaned up."""
+
+    exit_code = 143
+    word = "terminated"
+
+
+def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed) -> int:
+    from ..io import VolumeIOError
+
+    n = len(plan)
     for i, (path, outs) in enumerate(plan, 1):
         prefix = f"[{i}/{n}] {path.name}:"
         try:
             _segment_one(args, path, outs, prefix, (net, meta), device)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             if n > 1:  # say what is done (an audit: only "interrupted")
                 done = i - 1 - len(failed)
-                print(f"{prefix} interrupted: {done} of {n} inputs were written before it, "
-                      f"{path.name} and the {n - i} after it were not (their outputs do not "
-                      "exist: --skip-existing segments only those)", file=sys.stderr,
-                      flush=True)
+                print(f"{prefix} {getattr(exc, 'word', 'interrupted')}: {done} of {n} inputs "
+                      f"were written before it, {path.name} and the {n - i} after it were not "
+                      "(their outputs do not exist: --skip-existing segments only those)",
+                      file=sys.stderr, flush=True)
+            _drop_if_empty(outdir, created)
             raise
         except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
             if n == 1:
@@ -580,10 +625,6 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             print(f"{prefix} {'note' if note else 'warning'}: {msg}", file=sys.stderr,
                   flush=True)
     progress(0, 1, "writing")
-    write_volume(outs["labels"], res.labels, reference=vol, overwrite=args.overwrite)
-    write_volume(outs["probability"], res.probability, reference=vol, overwrite=args.overwrite)
-    write_volume(outs["radius"], res.radius_mm, reference=vol, overwrite=args.overwrite)
-    write_volume(outs["skeleton"], res.skeleton, reference=vol, overwrite=args.overwrite)
     report = dict(res.report)
     # absolute: refine reads the image back from any working directory (an audit: a relative
     # path skipped the partial-volume trim when refine ran elsewhere)
@@ -591,7 +632,21 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     report["input"] = dict(report["input"], path=str(Path(path).resolve()),
                            file_spacing=list(vol.spacing))
     report["outputs"] = {k: str(v) for k, v in outs.items()}
-    write_json(outs["report"], report, args.overwrite)
+    # the five files as a set: written under temporary names, then renamed together, so that
+    # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
+    # writes left one file of five, which --skip-existing then refused)
+    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in outs.items()}
+    try:
+        for key, data in (("labels", res.labels), ("probability", res.probability),
+                          ("radius", res.radius_mm), ("skeleton", res.skeleton)):
+            write_volume(staged[key], data, reference=vol, overwrite=True)
+        staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+        for key, p in outs.items():
+            os.replace(staged[key], p)
+    except BaseException:
+        for p in staged.values():
+            p.unlink(missing_ok=True)
+        raise
     if not args.quiet:
         betti = report.get("betti_numbers")
         print(
