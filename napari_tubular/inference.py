@@ -1834,6 +1834,11 @@ def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list
     vessels went without a word) and the blob-like components. ``segment`` and ``refine`` both
     say them."""
     notes = []
+    if unsure.get("cavities_filled"):
+        notes.append(
+            f"enclosed cavities filled in the labels: {unsure['cavities_filled']} "
+            f"({unsure['cavities_filled_mm3']:.3g} mm^3; a vessel's lumen encloses no "
+            "background, and a cavity made its centerline a surface)")
     if unsure.get("removed_mm3", 0.0) >= UNSURE_NOTE_MM3:
         notes.append(
             f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
@@ -2018,6 +2023,7 @@ def segment(
             "min_size_mm3": float(min_size_mm3),
             "spacing_override": None if spacing is None else [float(v) for v in spacing],
             "components_removed": n_removed,
+            "cavities_filled": int(unsure.get("cavities_filled", 0)),
             "blob_ratio": float(blob_ratio) if blob_ratio else None,
             "blobs_removed": blobs,
             "min_confidence": float(min_confidence) if min_confidence else None,

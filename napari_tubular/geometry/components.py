@@ -299,11 +299,38 @@ def remove_unconfident_components(mask, probability, min_confidence: float, spac
     return _kept(m, fg, fg_labels, keep), int(n - keep[1:].sum())
 
 
+def fill_cavities(mask, spacing, stats: dict | None = None) -> np.ndarray:
+    """``mask`` (uint8) with its enclosed cavities filled: background not connected to the
+    outside through 6-connected background (the complement of the 26-connected foreground the
+    Betti numbers count). A vessel's lumen encloses nothing; a few enclosed voxels in a large
+    vessel turned its skeleton into a surface (an audit: a 14 mm tube's centerline read 845 mm
+    for 121, with Betti-2 errors). ``stats`` receives ``cavities_filled`` and
+    ``cavities_filled_mm3``."""
+    from scipy import ndimage
+
+    m = check_mask(mask)
+    sp = check_spacing(spacing)
+    out = np.asarray(m, dtype=np.uint8)
+    box = bounding_box(m)
+    if box is not None:
+        inner = m[box]
+        filled = ndimage.binary_fill_holes(inner)
+        holes = filled & ~inner
+        if holes.any():
+            n = int(ndimage.label(holes)[1])
+            out = out.copy()
+            out[box][holes] = 1
+            if stats is not None:
+                stats["cavities_filled"] = n
+                stats["cavities_filled_mm3"] = float(holes.sum()) * float(np.prod(sp))
+    return out
+
+
 def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None,
                             probability=None, min_confidence: float | None = None,
                             stats: dict | None = None):
     """The labels' component clean-up, as ``segment``, ``refine`` and the viewer apply it:
-    :func:`remove_small_components`, then (with ``probability`` and ``min_confidence``)
+    :func:`fill_cavities`, :func:`remove_small_components`, then (with ``probability`` and ``min_confidence``)
     :func:`remove_unconfident_components`, then :func:`remove_blob_components` (``blob_ratio``
     None or 0: no blob test). The confidence filter keeps components of
     :data:`CONFIDENCE_MAX_MM3` and more; ``stats`` (a dict) receives its ``removed`` and
@@ -313,7 +340,8 @@ def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: floa
         ``(cleaned uint8 mask, number of specks and unconfident components removed, removed
         blobs)``.
     """
-    labels, n_specks = remove_small_components(mask, spacing, min_size_mm3)
+    labels, n_specks = remove_small_components(fill_cavities(mask, spacing, stats), spacing,
+                                               min_size_mm3)
     if probability is not None and min_confidence:
         labels, n_unsure = remove_unconfident_components(labels, probability, min_confidence,
                                                          spacing, CONFIDENCE_MAX_MM3, stats)
