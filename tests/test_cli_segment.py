@@ -965,3 +965,20 @@ def test_refine_without_a_report_says_which_filters_are_off(tmp_path, capsys):
     assert _run("refine", p, r, "-o", tmp_path / "y_labels.nii.gz", "--blob-ratio", "off",
                 "--min-confidence", "0.5") == 0
     assert "--partial-volume off (segment's defaults" in capsys.readouterr().err
+
+
+def test_refine_after_a_no_refine_run_says_so_and_updates_the_report(tmp_path, model_file,
+                                                                      volume_file, capsys):
+    """An audit: after segment --no-refine, refine gave other labels without a word, and its
+    update of the report kept refine: false and the 0.5 threshold."""
+    out = tmp_path / "o"
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
+                "--quiet", "--no-refine") == 0
+    capsys.readouterr()
+    prob, radius = out / "case_07_probability.nii.gz", out / "case_07_radius.nii.gz"
+    labels = out / "case_07_labels.nii.gz"
+    assert _run("refine", prob, radius, "-o", labels, "--overwrite") == 0
+    assert "the segment run was --no-refine" in capsys.readouterr().err
+    params = json.loads((out / "case_07_report.json").read_text())["parameters"]
+    assert params["refine"] is True
+    assert params["no_refine_threshold"] is None

@@ -145,6 +145,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "partial_volume": None if pv is None else float(pv), "image": image,
                     "polarity": params.get("polarity", "bright"),
                     "blob_ratio": params.get("blob_ratio"), "from_report": True,
+                    "refine": bool(params.get("refine", True)),
                     "min_confidence": None if params.get("min_confidence") is None
                     else float(params["min_confidence"]),
                     }, str(rp)
@@ -164,7 +165,7 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         where = "the fallback thresholds"
     return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
             "partial_volume": None, "image": None, "polarity": "bright", "blob_ratio": None,
-            "min_confidence": None, "from_report": False}, where
+            "min_confidence": None, "from_report": False, "refine": True}, where
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
@@ -235,6 +236,12 @@ def run(args) -> int:
     if from_defaults:
         print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 "
               f"({', '.join(from_defaults)} from {where})", file=sys.stderr)
+    if not defaults["refine"]:
+        # an audit: after segment --no-refine, refine "without options" gave other labels and
+        # did not say why
+        print(f"refine: note: the segment run was --no-refine (its labels are probability > "
+              f"0.5); refine applies the geometry-aware refinement (tp={tp:g}, tr={tr:g}), so "
+              "its labels differ from that run's", file=sys.stderr)
     if not defaults["from_report"]:
         left = [flag for flag, given in (("--partial-volume", args.partial_volume),
                                          ("--blob-ratio", args.blob_ratio),
@@ -338,7 +345,10 @@ def run(args) -> int:
     )
     updated = _update_report(Path(args.probability).expanduser(), out, stats, {
         "tp": tp, "tr": tr, "min_size_mm3": min_size, "partial_volume_trim": pv,
-        "blob_ratio": blob, "min_confidence": confidence, "polarity": polarity})
+        "blob_ratio": blob, "min_confidence": confidence, "polarity": polarity,
+        # the labels are refined now (an audit: a --no-refine report kept refine: false)
+        "refine": True, "no_refine_threshold": None,
+        "cavities_filled": int(unsure.get("cavities_filled", 0))})
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
