@@ -306,23 +306,26 @@ def fill_cavities(mask, spacing, stats: dict | None = None) -> np.ndarray:
     vessel turned its skeleton into a surface (an audit: a 14 mm tube's centerline read 845 mm
     for 121, with Betti-2 errors). ``stats`` receives ``cavities_filled`` and
     ``cavities_filled_mm3``."""
-    from scipy import ndimage
+    import cc3d
 
     m = check_mask(mask)
     sp = check_spacing(spacing)
     out = np.asarray(m, dtype=np.uint8)
-    box = bounding_box(m)
-    if box is not None:
-        inner = m[box]
-        filled = ndimage.binary_fill_holes(inner)
-        holes = filled & ~inner
-        if holes.any():
-            n = int(ndimage.label(holes)[1])
-            out = out.copy()
-            out[box][holes] = 1
-            if stats is not None:
-                stats["cavities_filled"] = n
-                stats["cavities_filled_mm3"] = float(holes.sum()) * float(np.prod(sp))
+    box = bounding_box(m, margin=1)  # a background layer around the mask: the outside
+    if box is None:
+        return out
+    inner = np.asarray(m[box], dtype=bool)
+    background = np.pad(~inner, 1, constant_values=True)
+    lab, n = cc3d.connected_components(background.view(np.uint8), connectivity=6,
+                                       return_N=True)
+    if n <= 1:  # only the outside (scipy's binary_fill_holes: many passes on a large volume)
+        return out
+    holes = (lab[1:-1, 1:-1, 1:-1] != lab[0, 0, 0]) & ~inner
+    out = out.copy()
+    out[box][holes] = 1
+    if stats is not None:
+        stats["cavities_filled"] = int(n - 1)
+        stats["cavities_filled_mm3"] = float(np.count_nonzero(holes)) * float(np.prod(sp))
     return out
 
 
