@@ -641,7 +641,6 @@ def _apply_nan_policy(
         raise VolumeIOError(
             f"{path}: all {total} voxels are NaN or infinite; the volume holds no data"
         )
-    posinf = nan_mask & np.isposinf(arr) if posinf_max else np.zeros(0, bool)
     if nan_policy == "keep":
         # NIfTI: SimpleITK gave 0 there; inf becomes NaN too, the same in every format
         not_nan = nan_mask & ~np.isnan(arr)
@@ -663,7 +662,8 @@ def _apply_nan_policy(
         value = float(nan_fill)
         how = "nan_fill"
     arr = np.array(arr, copy=True)
-    n_pos = int(np.count_nonzero(posinf))
+    posinf = nan_mask & np.isposinf(arr) if posinf_max else None
+    n_pos = 0 if posinf is None else int(np.count_nonzero(posinf))
     arr[nan_mask & ~posinf if n_pos else nan_mask] = value
     top = ""
     if n_pos:
@@ -1189,11 +1189,11 @@ def read_volume(
                     f"{p}: NaN mask shape {nifti_nan_mask.shape} does not match the image "
                     f"shape {arr.shape}"
                 )
-            # SimpleITK's NIfTI reader turned these into 0: their values back
-            arr = np.array(arr, copy=True)
+            # SimpleITK's NIfTI reader turned these into 0: their values back (into its own
+            # array: GetArrayFromImage copies)
             for code, value in ((1, np.nan), (2, np.inf), (3, -np.inf)):
                 arr[nifti_nan_mask == code] = value
-            nan_mask = ~np.isfinite(arr)
+            nan_mask |= nifti_nan_mask != 0
         arr = _apply_nan_policy(arr, nan_mask, p, nan_policy, nan_fill, posinf_max)
     return Volume(data=arr, spacing=spacing, origin=origin, direction=direction, path=p)
 
