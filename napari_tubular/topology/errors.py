@@ -1081,11 +1081,11 @@ def self_check(
                 # across a tube is as narrow at its wall as on its axis (an audit: the site sat
                 # on the wall, 4 mm off the axis where evaluate puts the same break)
                 g_mm = float(gap.min())
+                if g_mm > break_gap_mm:
+                    continue
                 tied = np.argwhere(gap <= g_mm + 0.25 * float(min(sp)))
                 off = np.linalg.norm(surf_mm[own[tied[:, 0]]] - g.coords[e] * sp, axis=1)
                 i, jj = (int(v) for v in tied[int(np.argmin(off))])
-                if g_mm > break_gap_mm:
-                    continue
                 key = (min(ce, b), max(ce, b))
                 if key not in best or g_mm < best[key][0]:
                     best[key] = (g_mm, int(own[i]), int(other[int(nn[i, jj])]))
