@@ -461,7 +461,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
         elapsed0, seeds_drawn = float(ck["elapsed_s"]), int(ck.get("seeds_drawn", 0))
         # the last validation's metrics go on into model.pt (an audit: resuming a finished
         # run rewrote model.pt with no metrics at all)
-        last_val_metrics = dict(ck.get("last_val_metrics") or _last_val_metrics(rows))
+        last_val_metrics = _last_val_metrics(rows)
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
     net = model
@@ -509,7 +509,6 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
-            "last_val_metrics": last_val_metrics,
         }
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
