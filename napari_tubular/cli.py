@@ -11,7 +11,6 @@ import argparse
 import importlib
 import os
 import sys
-import warnings
 
 from . import __version__
 
@@ -63,20 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # warnings the commands do not collect themselves (a reader's "2 DICOM series", refine's
     # NaN notice) are printed like the commands' own lines, without Python's source line (an
-    # audit: "/.../info.py:36: UserWarning: ..." from 'info' on a DICOM folder)
-    shown = warnings.showwarning
+    # audit: "/.../info.py:36: UserWarning: ..." from 'info' on a DICOM folder); main() called
+    # from Python leaves the process as it was
+    from ._cli import tidy_warnings
 
-    def tidy(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, UserWarning):  # a library's deprecation: as Python says it
-            shown(message, category, filename, lineno, file, line)
-            return
-        print(f"napari-tubular {args.command}: warning: {message}", file=sys.stderr, flush=True)
-
-    warnings.showwarning = tidy
-    try:
+    with tidy_warnings(f"napari-tubular {args.command}"):
         return _run(args)
-    finally:
-        warnings.showwarning = shown  # main() called from Python leaves the process as it was
 
 
 def _run(args) -> int:

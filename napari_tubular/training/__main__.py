@@ -8,8 +8,8 @@ I/O or GUI dependencies beyond what training uses.
 import argparse
 import os
 import sys
-import warnings
 
+from napari_tubular._cli import tidy_warnings
 from napari_tubular._cli import train as _train_cli
 
 
@@ -20,27 +20,17 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # warnings as the command line prints them, once (rank 0) rather than once per process
     # with Python's source line (an audit: the label warning under torchrun)
-    shown = warnings.showwarning
     rank = int(os.environ.get("RANK", "0") or 0)
-
-    def tidy(message, category, filename, lineno, file=None, line=None):
-        if not issubclass(category, UserWarning):
-            shown(message, category, filename, lineno, file, line)
-        elif rank == 0:
-            sys.stderr.write(f"napari_tubular.training: warning: {message}\n")
-            sys.stderr.flush()
-
-    warnings.showwarning = tidy
-    try:
-        return int(_train_cli.run(args) or 0)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        return 130
-    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
-        sys.stderr.write(f"napari_tubular.training: error: {exc}\n")
-        return 2
-    finally:
-        warnings.showwarning = shown
+    with tidy_warnings("napari_tubular.training", show=rank == 0):
+        try:
+            return int(_train_cli.run(args) or 0)
+        except KeyboardInterrupt:
+            sys.stderr.write("interrupted\n")
+            return 130
+        except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                RuntimeError) as exc:
+            sys.stderr.write(f"napari_tubular.training: error: {exc}\n")
+            return 2
 
 
 if __name__ == "__main__":
