@@ -13,6 +13,7 @@ made on its grid, and the new one after a user changed the layer's scale or tran
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -101,21 +102,19 @@ def guess_layer_type(data: np.ndarray, name: str = "") -> str:
 def mm_units() -> dict:
     """``{"units": "mm"}`` where napari's layers take units (napari >= 0.6), else ``{}``: the
     layers are placed in mm, and the scale bar says so (an audit: it read "1 pixel" for 1 mm)."""
-    global _MM_UNITS
-    if _MM_UNITS is None:
-        try:
-            import inspect
-
-            from napari.layers import Image
-
-            _MM_UNITS = ({"units": "mm"} if "units" in inspect.signature(Image).parameters
-                         else {})
-        except Exception:  # noqa: BLE001 - no napari, or another one: leave the units out
-            _MM_UNITS = {}
-    return dict(_MM_UNITS)
+    return {"units": "mm"} if _layers_take_units() else {}
 
 
-_MM_UNITS: dict | None = None
+@functools.cache
+def _layers_take_units() -> bool:
+    try:
+        import inspect
+
+        from napari.layers import Image
+
+        return "units" in inspect.signature(Image).parameters
+    except Exception:  # noqa: BLE001 - no napari, or another one: leave the units out
+        return False
 
 
 def _layer_tuple(vol: Volume) -> tuple:

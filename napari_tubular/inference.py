@@ -563,8 +563,8 @@ def _suppress_air_edges(probability, image, spacing, messages) -> float:
     ml = float(np.count_nonzero(edge)) * float(np.prod(sp)) / 1000.0
     sub = probability[box]
     sub[edge] = 0.0
-    _warn(f"{ml:.2g} mL of what the network found is the body's edge against air, or the wall of an air pocket (soft tissue "
-          f"within {AIR_EDGE_MM:g} mm of air, less than {AIR_EDGE_CONTRAST:g} HU above the tissue "
+    _warn(f"{ml:.2g} mL of what the network found is the body's edge against air, or the wall "
+          f"of an air pocket (soft tissue within {AIR_EDGE_MM:g} mm of air, less than {AIR_EDGE_CONTRAST:g} HU above the tissue "
           "around it): not taken as vessel (probability set to 0)", messages)
     return ml
 

@@ -100,6 +100,15 @@ class Job:
         return not self.done
 
 
+def cancel_running(*jobs: Job | None) -> bool:
+    """Cancel each of ``jobs`` (None allowed) that is still running; True when one was (the
+    panels do it when their dock is closed)."""
+    running = [job for job in jobs if job is not None and job.running]
+    for job in running:
+        job.cancel()
+    return bool(running)
+
+
 def start_job(
     func: Callable[..., Any],
     *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -35,7 +36,12 @@ from napari_tubular._widgets._layers import (
     world_of_voxel,
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
-from napari_tubular._widgets._workers import report_error, start_job, sync_default
+from napari_tubular._widgets._workers import (
+    cancel_running,
+    report_error,
+    start_job,
+    sync_default,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -243,11 +249,8 @@ class DistanceMapWidget(QWidget):
         # napari's remove_dock_widget (the dock's close button) takes the widget out of its
         # dock with setParent(None): a running Compute's result is discarded (an audit: its
         # map layers were added 25 s after the panel was closed)
-        from qtpy.QtCore import QEvent
-
         if (event.type() == QEvent.Type.ParentChange and self.parent() is None
-                and self._job is not None and self._job.running):
-            self._job.cancel()
+                and cancel_running(self._job)):
             self.status.setText("cancelled: the panel was closed")
         return super().event(event)
 

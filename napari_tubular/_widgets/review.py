@@ -46,7 +46,12 @@ from napari_tubular._widgets._layers import (
     upsert_layer,
     world_of_voxel,
 )
-from napari_tubular._widgets._workers import report_error, start_job, sync_default
+from napari_tubular._widgets._workers import (
+    cancel_running,
+    report_error,
+    start_job,
+    sync_default,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -220,8 +225,7 @@ class TopologyReviewWidget(QWidget):
                 self._unbind_keys()
                 # a running Compute's result is discarded (an audit: its layer appeared and
                 # the view jumped to its first site after the panel was closed)
-                if self._job is not None and self._job.running:
-                    self._job.cancel()
+                if cancel_running(self._job):
                     self.status.setText("cancelled: the panel was closed")
             else:
                 self._closed = False

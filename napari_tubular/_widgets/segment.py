@@ -54,6 +54,7 @@ from napari_tubular._widgets._workers import (
     CancelToken,
     Debouncer,
     ProgressRelay,
+    cancel_running,
     report_error,
     start_job,
     sync_default,
@@ -614,9 +615,7 @@ class SegmentWidget(QWidget):
         if event.type() == QEvent.Type.ParentChange and self.parent() is None:
             running = self.busy
             self.cancel()
-            for job in (self._refine_job, self._metrics_job):
-                if job is not None and job.running:
-                    job.cancel()
+            cancel_running(self._refine_job, self._metrics_job)
             if running:
                 from napari.utils.notifications import show_info
 
