@@ -446,12 +446,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def write_json(path: Path, data: dict, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output file exists: {path}; pass --overwrite to replace it")
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
-
-
 def run(args) -> int:
     from ..inference import MAX_OVERLAP, check_segment_options
     from ..models import load_model, resolve_device
