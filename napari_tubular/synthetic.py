@@ -829,12 +829,13 @@ def _rotated_box(c, R, reach, pad, sp, shape):
     return tuple(slice(a, b) for a, b in zip(lo, hi)), u
 
 
-def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
-    """Bright blobs, plate-like bones and air pockets that do not touch the vessel mask."""
+def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0, touch=False):
+    """Bright blobs, plate-like bones and air pockets that do not touch the vessel mask (with
+    ``touch``, they may: a vessel beside a bright blob or through a bone plate)."""
     sp = np.asarray(spacing, dtype=np.float64)
     shape = np.asarray(img.shape)
     extent = (shape - 1) * sp
-    grown = ndimage.binary_dilation(mask, iterations=2) if mask.any() else mask
+    grown = ndimage.binary_dilation(mask, iterations=2) if mask.any() and not touch else mask
     placed = 0
     for kind, count in (("blob", n_blobs), ("plate", n_plates), ("air", n_air)):
         for _ in range(count):
@@ -867,7 +868,7 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
                     )
                 if not np.any(occ > 0.05):
                     continue
-                if np.any((occ > 0.01) & grown[box]):
+                if not touch and np.any((occ > 0.01) & grown[box]):
                     continue
                 if kind == "plate":  # cortical shell brighter than marrow
                     hu_map = hu * (0.55 + 0.45 * np.clip(thick, 0, 1) ** 2)
@@ -879,7 +880,8 @@ def _add_distractors(img, mask, rng, spacing, L, n_blobs, n_plates, n_air=0):
     return placed
 
 
-def _add_organs(img, rng, spacing, L, n: int, vessel_hu: float, tissue_hu: float) -> list:
+def _add_organs(img, rng, spacing, L, n: int, vessel_hu: float, tissue_hu: float,
+                level_range: Sequence[float] = (0.25, 0.7)) -> list:
     """Enhancing organs, in place: large textured ellipsoids (kidney-, spleen-, liver-like)
     brighter than the tissue but darker than the vessels, which may run through them (the
     vessels are composited afterwards). Returns each organ's parameters."""
@@ -893,7 +895,7 @@ def _add_organs(img, rng, spacing, L, n: int, vessel_hu: float, tissue_hu: float
         semi = np.minimum(rng.uniform(8.0, 28.0, 3), np.maximum(0.4 * extent, 3 * h))
         c = extent * rng.uniform(0.15, 0.85, 3)
         R = np.linalg.qr(rng.standard_normal((3, 3)))[0]
-        level = float(tissue_hu + (vessel_hu - tissue_hu) * rng.uniform(0.25, 0.7))
+        level = float(tissue_hu + (vessel_hu - tissue_hu) * rng.uniform(*level_range))
         medulla = float(rng.uniform(0.0, 0.35)) * (level - tissue_hu)
         core = float(rng.uniform(0.45, 0.75))
         wobble = float(rng.uniform(0.0, 0.1))
@@ -1036,6 +1038,9 @@ def make_vessel_tree(
     body: bool = False,
     bare_body: bool = False,
     organs: int = 0,
+    organ_level: Sequence[float] = (0.25, 0.7),
+    distractors_touch: bool = False,
+    noise_grain_vox: float = 0.0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -1104,6 +1109,17 @@ def make_vessel_tree(
             the tissue to the vessel intensity, with a darker core (cortex and medulla) as
             kidneys, spleen or liver look in contrast-enhanced CT. Vessels may run through
             them; they are not labelled. Drawn from a random stream of their own.
+        organ_level: ``(low, high)``: an organ's intensity lies this fraction of the way from
+            the tissue to the vessels, drawn uniformly (default ``(0.25, 0.7)``; up to 1.0 for
+            organs as bright as the vessels, told apart by shape alone).
+        distractors_touch: let the blobs, plates and air pockets touch and cross the vessels
+            (default False: they keep clear of them): a vessel beside a bright blob or running
+            through a bone plate (the vessel's own intensity is composited over the plate).
+        noise_grain_vox: extra correlation length of the noise, in voxels (default 0: the
+            default volume): the noise is smoothed by a Gaussian of
+            ``sqrt(psf^2 + grain^2)`` voxels per axis and added after the PSF blur, scaled to
+            the same standard deviation, as a smooth CT reconstruction kernel's coarse-grained
+            noise looks.
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -1133,6 +1149,13 @@ def make_vessel_tree(
     # an audit: NaN or inf options gave an all-NaN image or an empty tree without a word
     if noise is not None and not (np.isfinite(noise) and noise >= 0):
         raise ValueError(f"noise must be a finite number >= 0 (HU), got {noise!r}")
+    lo_hi = tuple(float(v) for v in organ_level)
+    if len(lo_hi) != 2 or not (np.all(np.isfinite(lo_hi)) and 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.5):
+        raise ValueError(f"organ_level must be (low, high) with 0 <= low <= high <= 1.5, got "
+                         f"{organ_level!r}")
+    if not (np.isfinite(noise_grain_vox) and 0.0 <= float(noise_grain_vox) <= 10.0):
+        raise ValueError(f"noise_grain_vox must be a number in [0, 10] (voxels), got "
+                         f"{noise_grain_vox!r}")
     if contrast is not None and not (np.isfinite(contrast) and contrast > 0):
         raise ValueError(f"contrast must be a finite number > 0 (HU above the tissue), got "
                          f"{contrast!r}")
@@ -1245,11 +1268,12 @@ def make_vessel_tree(
         if distractor_scale != 1.0:
             n_blobs, n_plates, n_air = (int(round(n * distractor_scale))
                                         for n in (n_blobs, n_plates, n_air))
-        _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air)
+        _add_distractors(img, mask, rng, sp, L, n_blobs, n_plates, n_air,
+                         touch=bool(distractors_touch))
     organ_params = []
     if organs:
         organ_params = _add_organs(img, np.random.default_rng([seed, 4245]), sp, L, int(organs),
-                                   float(tissue + contrast_hu), float(tissue))
+                                   float(tissue + contrast_hu), float(tissue), lo_hi)
     if outline is not None:
         _composite_body(img, outline, np.random.default_rng([seed, 4244]), sp, L,
                         bare=bool(bare_body))
@@ -1269,7 +1293,8 @@ def make_vessel_tree(
         img *= field_
         del field_
     psf = rng.uniform(psf_lo, psf_hi, 3) if blur else np.zeros(3)
-    if noise_hu > 0:
+    grain = float(noise_grain_vox)
+    if noise_hu > 0 and grain == 0.0:
         # white noise before the PSF blur (one filter for both): CT-like correlated noise,
         # scaled so that its standard deviation after the blur is ``noise_hu``
         gain = math.prod(_gaussian_gain(s) for s in psf) if blur else 1.0
@@ -1279,6 +1304,13 @@ def make_vessel_tree(
         del nz
     if blur:
         img = ndimage.gaussian_filter(img, sigma=tuple(psf), mode="nearest")
+    if noise_hu > 0 and grain > 0.0:
+        # coarse-grained noise: smoothed by the PSF and the grain together, added after the blur
+        nz = rng.standard_normal(shape, dtype=np.float32)
+        nz = ndimage.gaussian_filter(nz, sigma=tuple(np.hypot(psf, grain)), mode="wrap")
+        nz *= f32(noise_hu / max(float(nz.std()), 1e-12))
+        img += nz
+        del nz
     img = img.astype(np.float32, copy=False)
 
     params = {
@@ -1306,6 +1338,9 @@ def make_vessel_tree(
         "free_segments": int(free_segments),
         "body": None if outline is None else outline["params"],
         "organs": organ_params,
+        "organ_level": lo_hi,
+        "distractors_touch": bool(distractors_touch),
+        "noise_grain_vox": grain,
     }
     return SyntheticCase(
         image=img,

@@ -351,7 +351,8 @@ def _triple(value: Any, name: str, kind: type) -> tuple:
 #: synthetic options given as (low, high) ranges of positive numbers / of integers >= 0
 _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox",
                     "thin_max_radius_mm", "large_max_radius_mm", "wide_psf_sigma_vox",
-                    "coarse_inplane_spacing")
+                    "coarse_inplane_spacing", "bright_organ_level", "noise_grain_vox",
+                    "low_contrast_hu")
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
 
 
@@ -380,6 +381,9 @@ def _check_synthetic_values(options: dict) -> None:
                 kind = ("two integers 0 <= low <= high" if key in _COUNT_RANGES
                         else "two numbers 0 < low <= high")
                 raise ValueError(f"synthetic.{key}: must be {kind}, got {value!r}")
+        elif key == "low_contrast_min_cnr":
+            if not _number(value) or value <= 0:
+                raise ValueError(f"synthetic.{key}: must be a number > 0, got {value!r}")
         elif key in ("pool_size", "max_voxels"):
             if not _number(value) or float(value) != int(value) or value < 1:
                 raise ValueError(f"synthetic.{key}: must be a positive integer, got {value!r}")

@@ -53,6 +53,14 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "organs_per_case": (1, 2),  # how many, uniform integers (inclusive)
     "coarse_fraction": 0.0,  # fraction of cases on a coarse in-plane grid
     "coarse_inplane_spacing": (1.2, 2.2),  # its in-plane spacing (mm), uniform
+    "touch_fraction": 0.0,  # fraction of cases whose distractors may touch and cross the vessels
+    "bright_organ_fraction": 0.0,  # fraction of the organ cases with organs as bright as vessels
+    "bright_organ_level": (0.7, 1.0),  # their intensity, as a fraction from tissue to vessel
+    "grainy_fraction": 0.0,  # fraction of cases with coarse-grained (smooth-kernel) noise
+    "noise_grain_vox": (0.8, 2.0),  # its extra correlation length (voxels), uniform
+    "low_contrast_fraction": 0.0,  # fraction of cases with low vessel contrast
+    "low_contrast_hu": (70.0, 160.0),  # their vessel-minus-tissue contrast (HU), uniform
+    "low_contrast_min_cnr": 5.0,  # and their noise at most contrast / this
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -386,7 +394,13 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     of all cases get ``organs_per_case`` enhancing organs (``make_vessel_tree(organs=...)``:
     a large bright blob is not a vessel); ``coarse_fraction`` of all cases are rendered on a
     coarse in-plane grid (``coarse_inplane_spacing``, the same field of view; isotropic cases
-    stay isotropic, thick slices stay at least as thick); all 0 by default.
+    stay isotropic, thick slices stay at least as thick); ``touch_fraction`` of all cases let
+    the distractors touch and cross the vessels (``distractors_touch``: a vessel beside a bright
+    blob, through a bone plate), ``bright_organ_fraction`` of the organ cases get organs as bright
+    as the vessels (``bright_organ_level``), ``grainy_fraction`` of all cases coarse-grained
+    noise (``noise_grain_vox``) and ``low_contrast_fraction`` a vessel contrast of
+    ``low_contrast_hu`` with the noise at most contrast / ``low_contrast_min_cnr``; all 0 by
+    default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -452,10 +466,28 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     bare = rng.random() < opts["bare_body_fraction"]
     if body and bare:
         gen.setdefault("bare_body", True)
+    # session 22's options, drawn after everything above: earlier configs unchanged
+    touch = rng.random() < opts["touch_fraction"]
+    if touch:
+        gen.setdefault("distractors_touch", True)
+    bright = rng.random() < opts["bright_organ_fraction"]
+    if organ and bright:
+        gen.setdefault("organ_level", tuple(float(v) for v in opts["bright_organ_level"]))
+    grainy = rng.random() < opts["grainy_fraction"]
+    if grainy:
+        gen.setdefault("noise_grain_vox", round(float(rng.uniform(*opts["noise_grain_vox"])), 3))
+    low = rng.random() < opts["low_contrast_fraction"]
+    if low:
+        c = float(rng.uniform(*opts["low_contrast_hu"]))
+        gen.setdefault("contrast", round(c, 2))
+        cnr = float(opts["low_contrast_min_cnr"])
+        gen.setdefault("noise", round(float(rng.uniform(0.25, 1.0)) * gen["contrast"] / cnr, 2))
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
-            "organs": bool(organ), "coarse": bool(coarse), "bare_body": bool(body and bare)}
+            "organs": bool(organ), "coarse": bool(coarse), "bare_body": bool(body and bare),
+            "touch": bool(touch), "bright_organs": bool(organ and bright),
+            "grainy": bool(grainy), "low_contrast": bool(low)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
