@@ -351,8 +351,9 @@ def _triple(value: Any, name: str, kind: type) -> tuple:
 #: synthetic options given as (low, high) ranges of positive numbers / of integers >= 0
 _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox",
                     "thin_max_radius_mm", "large_max_radius_mm", "wide_psf_sigma_vox",
-                    "coarse_inplane_spacing", "bright_organ_level", "noise_grain_vox",
-                    "low_contrast_hu")
+                    "coarse_inplane_spacing", "low_contrast_hu")
+# ranges that may start at 0, with the generator's own upper limit
+_BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0}
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
 
 
@@ -381,6 +382,12 @@ def _check_synthetic_values(options: dict) -> None:
                 kind = ("two integers 0 <= low <= high" if key in _COUNT_RANGES
                         else "two numbers 0 < low <= high")
                 raise ValueError(f"synthetic.{key}: must be {kind}, got {value!r}")
+        elif key in _BOUNDED_RANGES:
+            top = _BOUNDED_RANGES[key]
+            if not (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(_number(v) for v in value) and 0 <= value[0] <= value[1] <= top):
+                raise ValueError(f"synthetic.{key}: must be two numbers 0 <= low <= high <= "
+                                 f"{top:g}, got {value!r}")
         elif key == "low_contrast_min_cnr":
             if not _number(value) or value <= 0:
                 raise ValueError(f"synthetic.{key}: must be a number > 0, got {value!r}")
