@@ -8,6 +8,14 @@
 # bright as the vessels, coarse-grained noise, low-contrast vessels (70-160 HU, CNR >= 5), and
 # roots up to 15 mm. Run A keeps stage 14's 30 % thin-only trees, run B has 45 % and twice the
 # wide-PSF cases (thin blurred vessels: detection and width). Model files and logs land in $OUT.
+# Outcome (docs/training.md, session 22): none shipped; held-out `segment` Dice / clDice stage 14
+# 0.839 / 0.826, A 0.821 / 0.819, B 0.805 / 0.819 (bright blobs and faint tissue labelled).
+# The second call (run C: lr 1e-4, no low-contrast cases, 3.1 min; 0.832 / 0.816) was:
+#   . scripts/device_env.sh; F='<FAMILY below without "low_contrast_fraction", with
+#   "wide_psf_fraction": 0.1>'; python3 scripts/train_default.py --device cuda --no-eval
+#   --only ddt --cldice-weight 0.3 --cldice-warmup 0 --val-cases 2 --val-every 100000
+#   --minutes 3.1 --init ddt=napari_tubular/weights/default.pt --lr 1e-4 --workers 6
+#   --processes 14 --seed 223 --thin-fraction 0.3 --synthetic "{$F}" --out /tmp/c --work /tmp/cw
 # CPU smoke test:
 #   MIN=2 DEVICE=cpu EXTRA="--settings cpu --batch-size 1" EVAL="--quick --cases 2" \
 #       OUT=/tmp/o bash scripts/gpu_session22.sh
