@@ -127,6 +127,28 @@ def test_organs_option(tmp_path):
     assert np.abs(img - plain.image).max() > 30.0  # but they are in the image
 
 
+def test_hard_case_options(tmp_path):
+    """--contrast, --noise-grain, --touching-distractors and --organ-level are the generator's
+    options: the files equal make_vessel_tree's volume with them, and the label is the plain
+    case's (none of them changes the vessels)."""
+    out = tmp_path / "h"
+    args = ["--n", "1", "--seed", "3", "--shape", "40", "40", "40", "--spacing", "1", "1", "1"]
+    assert main(["synth", str(out), *args, "--contrast", "90", "--noise-grain", "1.5",
+                 "--touching-distractors", "--organs", "1", "--organ-level", "0.9", "1.0"]) == 0
+    img = read_volume(out / "case_000_image.nii.gz").data
+    label = read_volume(out / "case_000_label.nii.gz").data
+    kw = {"contrast": 90.0, "noise_grain_vox": 1.5, "distractors_touch": True, "organs": 1,
+          "organ_level": (0.9, 1.0)}
+    ref = make_vessel_tree((40, 40, 40), (1.0, 1.0, 1.0), seed=3, **kw)
+    plain = make_vessel_tree((40, 40, 40), (1.0, 1.0, 1.0), seed=3)
+    np.testing.assert_allclose(img, ref.image, atol=1e-3)
+    np.testing.assert_array_equal(label, plain.mask)
+    assert ref.params["contrast_hu"] == 90.0
+    for organ in ref.params["organs"]:  # as bright as the vessels: 90-100 % of the contrast
+        frac = (organ["hu"] - ref.params["tissue_hu"]) / ref.params["contrast_hu"]
+        assert 0.9 - 1e-9 <= frac <= 1.0 + 1e-9
+
+
 def test_overwrite_and_progress(tmp_path, capsys):
     out = tmp_path / "o"
     small = ["--n", "2", "--shape", "16", "16", "16", "--seed", "1"]
@@ -149,6 +171,14 @@ def test_overwrite_and_progress(tmp_path, capsys):
         ["--loops", "2"],
         ["--organs", "-1"],
         ["--bare-body"],
+        ["--contrast", "0"],
+        ["--contrast", "nan"],
+        ["--noise", "nan"],
+        ["--noise-grain", "11"],
+        ["--noise-grain", "-1"],
+        ["--organs", "1", "--organ-level", "0.9", "0.5"],
+        ["--organ-level", "0.9", "1.0"],
+        ["--touching-distractors", "--no-distractors"],
     ],
 )
 def test_bad_arguments(tmp_path, bad, capsys):
@@ -161,6 +191,8 @@ def test_bad_arguments(tmp_path, bad, capsys):
     assert err
     if bad == ["--bare-body"]:
         assert "--bare-body needs --body" in err
+    if any(a in bad for a in ("--organ-level", "--contrast", "--noise-grain", "--noise")):
+        assert [a for a in bad if a.startswith("--")][-1] in err  # the message names the option
     assert not (tmp_path / "x" / "case_000_image.nii.gz").exists()
 
 

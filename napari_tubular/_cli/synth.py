@@ -150,9 +150,31 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="noise std in HU (default random 8-30)",
     )
     p.add_argument(
+        "--noise-grain",
+        type=float,
+        default=0.0,
+        metavar="VOX",
+        help="coarse-grained noise: extra correlation length of the noise in voxels, 0-10 "
+        "(default 0), as a smooth CT reconstruction kernel's noise looks",
+    )
+    p.add_argument(
+        "--contrast",
+        type=float,
+        default=None,
+        metavar="HU",
+        help="vessel minus tissue intensity in HU (default random 160-360); e.g. 80 for "
+        "low-contrast vessels",
+    )
+    p.add_argument(
         "--no-distractors",
         action="store_true",
         help="leave out the bright blobs, plate-like bones and air pockets",
+    )
+    p.add_argument(
+        "--touching-distractors",
+        action="store_true",
+        help="let the blobs, plate-like bones and air pockets touch and cross the vessels (a "
+        "vessel beside a bright blob or through a bone plate; default: they keep clear)",
     )
     p.add_argument(
         "--body",
@@ -173,6 +195,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="N",
         help="add N enhancing organs (large textured ellipsoids brighter than tissue, darker "
         "than the vessels, not labelled), as kidneys or spleen in contrast CT (default 0)",
+    )
+    p.add_argument(
+        "--organ-level",
+        type=float,
+        nargs=2,
+        default=(0.25, 0.7),
+        metavar=("LO", "HI"),
+        help="with --organs: the organs' intensity, drawn between these fractions of the way "
+        "from the tissue to the vessels (default 0.25 0.7; 0.9 1.0 gives organs as bright as "
+        "the vessels, told apart by shape alone)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
@@ -208,8 +240,19 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--bare-body needs --body (it removes the body outline's fat shell)")
     if args.organs < 0:
         raise ValueError(f"--organs must be >= 0, got {args.organs}")
-    if args.noise is not None and args.noise < 0:
+    if args.noise is not None and not (math.isfinite(args.noise) and args.noise >= 0):
         raise ValueError(f"--noise must be >= 0 HU, got {args.noise}")
+    if args.contrast is not None and not (math.isfinite(args.contrast) and args.contrast > 0):
+        raise ValueError(f"--contrast must be > 0 HU (vessel above tissue), got {args.contrast}")
+    if not (math.isfinite(args.noise_grain) and 0.0 <= args.noise_grain <= 10.0):
+        raise ValueError(f"--noise-grain must be 0-10 voxels, got {args.noise_grain}")
+    lo, hi = args.organ_level
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 1.5):
+        raise ValueError(f"--organ-level must be LO HI with 0 <= LO <= HI <= 1.5, got {lo} {hi}")
+    if tuple(args.organ_level) != (0.25, 0.7) and args.organs == 0:
+        raise ValueError("--organ-level needs --organs N (it sets the organs' intensity)")
+    if args.touching_distractors and args.no_distractors:
+        raise ValueError("--touching-distractors and --no-distractors exclude each other")
     stems = [f"case_{args.start + i:03d}" for i in range(args.n)]
     if not args.overwrite:  # refuse before generating anything
         for stem in stems:
@@ -228,6 +271,10 @@ def run(args: argparse.Namespace) -> int:
         "body": args.body,
         "bare_body": args.bare_body,
         "organs": args.organs,
+        "contrast": args.contrast,
+        "noise_grain_vox": args.noise_grain,
+        "distractors_touch": args.touching_distractors,
+        "organ_level": tuple(args.organ_level),
     }
     if args.loops is not None:
         options["loop_probability"] = args.loops
