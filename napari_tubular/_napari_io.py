@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -227,6 +228,17 @@ def _output_path(path: str | os.PathLike) -> Path:
 
 
 def _write(path: str, data, meta: dict, *, labels: bool) -> list[str]:
+    try:
+        return _write_volume_file(path, data, meta, labels=labels)
+    except ValueError as exc:
+        # napari takes a writer's ValueError for "not a valid writer" and drops its text when
+        # saving from a script or the console (an audit: ``layer.save(...)`` returned [] with
+        # "not a valid writer" only): say why as a warning too
+        warnings.warn(f"napari-tubular could not save {Path(path).name}: {exc}", stacklevel=2)
+        raise
+
+
+def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str]:
     arr = np.asarray(data)
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")

@@ -49,7 +49,57 @@ def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     translate = tuple(float(t) for t in layer.translate[-3:])
     if any(s == 0 or not np.isfinite(s) for s in scale):
         raise ValueError(f"layer {layer.name!r} has a zero or non-finite scale {scale}")
+    factor = _mm_per_unit(layer)
+    if factor is not None and factor != 1.0:
+        # an audit: a layer in micrometres was computed as if its scale were in mm
+        unit = str(tuple(layer.units)[-1])
+        mm = tuple(float(f"{abs(s) * factor:.6g}") for s in scale)
+        raise ValueError(
+            f"layer {layer.name!r} is placed in {unit}s (scale {scale}); the widgets compute "
+            f"in mm: set its scale to {mm} and its units to 'mm' (layer.scale = ..., "
+            "layer.units = 'mm'), or open the file with the napari-tubular reader")
     return scale, translate
+
+
+def warn_pixel_units(what: str, layer: Any) -> None:
+    """napari's warning notification with :func:`pixel_units_note`, if any."""
+    note = pixel_units_note(layer)
+    if note:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{what}: {note}")
+
+
+def _mm_per_unit(layer: Any) -> float | None:
+    """Millimetres per unit of the layer's last three axes, when they all share a length unit
+    (napari >= 0.6 layers carry ``units``); None for pixels, other units or no units."""
+    units = getattr(layer, "units", None)
+    if units is None or len(units) < 3:
+        return None
+    factors = set()
+    for unit in tuple(units)[-3:]:
+        try:
+            factors.add(float((1 * unit).to("mm").magnitude))
+        except Exception:  # noqa: BLE001 - pixel, dimensionless or not a pint unit
+            return None
+    return factors.pop() if len(factors) == 1 else None
+
+
+def pixel_units_note(layer: Any) -> str | None:
+    """A warning for a layer without a physical voxel size (every scale 1, units 'pixel', as
+    napari's own readers and ``add_image(array)`` leave it): the widgets then take 1 mm voxels
+    (an audit: a 2 x 0.7 x 0.7 mm NRRD opened by another reader segmented silently with
+    Dice 0.88 against 0.98, and radii 40 % short). None otherwise."""
+    units = getattr(layer, "units", None)
+    if units is None or len(units) < 3 or getattr(layer, "ndim", 0) != 3:
+        return None
+    if any(str(u) != "pixel" for u in tuple(units)[-3:]):
+        return None
+    if not np.allclose(np.abs(np.asarray(layer.scale[-3:], dtype=float)), 1.0):
+        return None  # a scale set by hand (in mm, as the widgets read it)
+    return (f"layer {layer.name!r} has no physical voxel size (scale 1, units 'pixel'): "
+            "computed as 1 mm voxels. Open the file with the napari-tubular reader (it keeps "
+            "the spacing), or set the layer's scale in mm.")
 
 
 def abs_spacing(scale: Sequence[float]) -> tuple[float, float, float]:
@@ -666,9 +716,10 @@ class LayerPicker(QComboBox):
             self._follow_active()
 
     def _on_inserted(self, event=None) -> None:
-        if event is not None and getattr(event, "value", None) is not None:
-            event.value.events.name.connect(self.refresh)
-        self.refresh()
+        inserted = getattr(event, "value", None) if event is not None else None
+        if inserted is not None:
+            inserted.events.name.connect(self.refresh)
+        self.refresh(inserted=inserted)
 
     def candidates(self) -> list:
         return [
@@ -678,8 +729,13 @@ class LayerPicker(QComboBox):
             and layer.metadata.get(OWNER_KEY) not in self._exclude_owner
         ]
 
-    def refresh(self, event=None) -> None:
-        """Rebuild the list; the chosen layer stays chosen (by identity: also when renamed)."""
+    def refresh(self, event=None, inserted=None) -> None:
+        """Rebuild the list; the chosen layer stays chosen (by identity: also when renamed).
+
+        When the chosen layer was deleted, nothing is chosen (the panel must not switch to
+        another layer unasked) until the user chooses, or a new layer is added that is then
+        the only one to choose (an audit: close a CT, open the next, and Run said "choose a
+        3-D image layer first" with the new CT listed but not chosen)."""
         chosen = self._chosen
         current = self.currentText()
         self.blockSignals(True)
@@ -697,7 +753,8 @@ class LayerPicker(QComboBox):
             self._lost = True  # deleted (a renamed layer is found above by identity)
             self.setCurrentIndex(-1)
         elif self._lost and not self._allow_none:
-            self.setCurrentIndex(-1)
+            only = len(layers) == 1 and same_layer(layers[0], inserted)
+            self.setCurrentIndex(0 if only else -1)
         elif chosen is None and self._allow_none:
             self.setCurrentIndex(0)
         elif current and self.findText(current) >= 0:

@@ -33,6 +33,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     scrollable_layout,
     upsert_layer,
+    warn_pixel_units,
     world_of_voxel,
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
@@ -145,6 +146,11 @@ class DistanceMapWidget(QWidget):
         self.table.setSelectionBehavior(QTableWidget.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QTableWidget.EditTrigger.NoEditTriggers)
         self.table.cellClicked.connect(lambda row, _col: self.go_to_branch(row))
+        # the arrow keys too (an audit: only a click moved the view; the review panel's list
+        # follows the keyboard); a click on another row comes here first, then to go_to_branch
+        # again above (the same place, no second move)
+        self.table.currentCellChanged.connect(
+            lambda row, _col, previous, _pcol: self.go_to_branch(row) if row != previous else None)
         layout.addWidget(QLabel("Branches (click a row to go there)"))
         layout.addWidget(self.table)
 
@@ -182,6 +188,7 @@ class DistanceMapWidget(QWidget):
         except ValueError as exc:
             self.status.setText(report_error("Distance maps", exc))
             return
+        warn_pixel_units("Distance maps", layer)
         # the label values, sorted only when there are several (a full-volume sort on the
         # UI thread for the common single-label layer otherwise)
         fg = data[mask]
@@ -336,6 +343,13 @@ class DistanceMapWidget(QWidget):
         ]
 
     def _fill_table(self) -> None:
+        self.table.blockSignals(True)  # a new table moves no view
+        try:
+            self._fill_rows()
+        finally:
+            self.table.blockSignals(False)
+
+    def _fill_rows(self) -> None:
         self.table.setRowCount(len(self.branches))
         for i, b in enumerate(self.branches):
             values = (

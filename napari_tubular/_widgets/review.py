@@ -44,6 +44,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     scrollable_layout,
     upsert_layer,
+    warn_pixel_units,
     world_of_voxel,
 )
 from napari_tubular._widgets._workers import (
@@ -272,6 +273,7 @@ class TopologyReviewWidget(QWidget):
             report_error("Topology review", exc)
             self._failed(exc)
             return
+        warn_pixel_units("Topology review", pred_layer)
         mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
         if mismatch:
             from napari.utils.notifications import show_warning

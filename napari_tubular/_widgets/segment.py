@@ -48,6 +48,7 @@ from napari_tubular._widgets._layers import (
     spheres_points_kwargs,
     upsert_layer,
     volume_from_layer,
+    warn_pixel_units,
 )
 from napari_tubular._widgets._settings import DEVICES, load_settings, update_settings
 from napari_tubular._widgets._workers import (
@@ -447,6 +448,7 @@ class SegmentWidget(QWidget):
         except ValueError as exc:
             self.status.setText(report_error("Segmentation", exc))
             return
+        warn_pixel_units("Segmentation", layer)
         device = self.device_combo.currentText()
         tp, tr = self.tp, self.tr
         # the model becomes the default once it has loaded (a bad path must not stick)

@@ -213,3 +213,27 @@ def test_closing_the_panel_discards_a_running_compute(tube_viewer, qtbot, monkey
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
     assert not widget.maps
+
+
+def test_branch_table_follows_the_keyboard(make_napari_viewer):
+    """An audit: the arrow keys moved the table's current row but not the view (only a click
+    did); a new table (a re-run) moves no view."""
+    mask = np.zeros((12, 40, 40), np.uint8)
+    mask[5:8, 4:36, 5:8] = 1  # two separate straight tubes along y: two branches
+    mask[5:8, 4:36, 30:33] = 1
+    viewer = make_napari_viewer()
+    viewer.add_labels(mask, name="two", scale=TUBE_SPACING, translate=TRANSLATE)
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["graph"])
+    widget.run()
+    assert len(widget.branches) == 2
+    viewer.dims.ndisplay = 3
+    layer = viewer.layers["two"]
+    for row in (1, 0):
+        widget.table.setCurrentCell(row, 0)  # what an arrow key does
+        anchor = np.asarray(widget.branches[row]["anchor_voxel"])
+        expected = anchor * np.asarray(layer.scale) + np.asarray(TRANSLATE)
+        np.testing.assert_allclose(viewer.scene.camera.center, expected, atol=1e-6)
+    viewer.camera.center = (0.0, 0.0, 0.0)
+    widget.run()  # the table is filled again: the view stays
+    np.testing.assert_allclose(viewer.camera.center, (0.0, 0.0, 0.0), atol=1e-9)

@@ -329,6 +329,21 @@ def test_picker_chooses_nothing_when_its_layer_is_deleted(make_napari_viewer):
     assert picker.layer() is other
 
 
+def test_picker_takes_a_new_layer_that_is_the_only_choice(make_napari_viewer):
+    """An audit: close a CT and open the next (now the only image): the picker listed it but
+    chose nothing, and Run said "choose a 3-D image layer first"."""
+    viewer = make_napari_viewer()
+    first = viewer.add_image(np.zeros((2, 2, 2)), name="first")
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="labels")  # not a candidate
+    picker = LayerPicker(viewer, ["image"])
+    picker.set_layer(first)
+    viewer.layers.remove(first)
+    assert picker.layer() is None
+    second = viewer.add_image(np.zeros((2, 2, 2)), name="second")
+    assert picker.layer() is second
+    assert picker.currentText() == "second"
+
+
 def test_review_pickers_leave_out_the_distance_branch_maps(make_napari_viewer):
     """An audit: after Distance, the review's prediction picker started on the branch map."""
     from napari_tubular._widgets._layers import OWNER_KEY
@@ -382,3 +397,36 @@ def test_updating_a_hidden_points_layer_with_fewer_points(make_napari_viewer):
     assert len(layer.data) == 10
     layer.visible = True  # and it draws
     assert len(layer.face_color) == 10
+
+
+def test_layers_in_other_length_units_are_refused_with_the_mm_scale(make_napari_viewer):
+    """An audit: a layer placed in micrometres (scale 2000 x 700 x 700 um, the same grid as
+    2 x 0.7 x 0.7 mm) was computed as 2000 mm voxels, and the error named "(2000, 700, 700) mm".
+    """
+    viewer = make_napari_viewer()
+    um = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=(2000, 700, 700), units="um")
+    with pytest.raises(ValueError, match=r"micrometer.*\(2\.0, 0\.7, 0\.7\).*'mm'"):
+        layer_geometry(um)
+    with pytest.raises(ValueError, match="micrometer"):
+        volume_from_layer(um)
+    mm = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=(2, 0.7, 0.7), units="mm")
+    assert layer_geometry(mm)[0] == (2.0, 0.7, 0.7)
+
+
+def test_pixel_units_note_only_for_layers_without_a_voxel_size(make_napari_viewer):
+    """An audit: a 2 x 0.7 x 0.7 mm volume opened by a reader that drops the spacing (scale 1,
+    units 'pixel') segmented silently as 1 mm voxels; a scale set by hand (units left 'pixel',
+    as add_image(array, scale=...) leaves them) is the user's mm and needs no note."""
+    from napari_tubular._widgets._layers import pixel_units_note
+
+    viewer = make_napari_viewer()
+    bare = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="bare")
+    note = pixel_units_note(bare)
+    assert note
+    assert "'bare'" in note
+    assert "1 mm" in note
+    by_hand = viewer.add_image(np.zeros((4, 5, 6), np.float32), scale=SPACING)
+    assert pixel_units_note(by_hand) is None
+    in_mm = viewer.add_image(np.zeros((4, 5, 6), np.float32), units="mm")
+    assert pixel_units_note(in_mm) is None
+    assert pixel_units_note(viewer.add_image(np.zeros((4, 5)))) is None

@@ -911,3 +911,26 @@ def test_a_replaced_model_file_is_loaded_again(make_napari_viewer, tmp_path):
     assert second is not first
     assert second[1]["K"] == 5
     assert len(widget._models) == 1  # the stale entry is gone
+
+
+def test_a_layer_without_voxel_size_is_segmented_with_a_warning(make_napari_viewer, vessel_case,
+                                                                predict_counter, monkeypatch):
+    """An audit: scale 1 and units 'pixel' (a reader that drops the spacing) were segmented
+    as 1 mm voxels without a word."""
+    shown = []
+    monkeypatch.setattr("napari.utils.notifications.show_warning", shown.append)
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="bare")
+    widget = SegmentWidget(viewer)
+    widget.run()
+    assert any("'bare' has no physical voxel size" in m for m in shown), shown
+    assert _owned(viewer, "labels") is not None  # still segmented
+    shown.clear()
+    calls = predict_counter.calls
+    viewer.add_image(vessel_case.image, name="um", scale=(1000.0, 1000.0, 1000.0), units="um")
+    widget.image_picker.set_layer(viewer.layers["um"])
+    widget.run()
+    assert "micrometer" in widget.status.text()
+    assert "(1.0, 1.0, 1.0)" in widget.status.text()
+    assert not shown
+    assert predict_counter.calls == calls  # refused before the network ran
