@@ -384,3 +384,48 @@ def test_help_states_the_self_checks_small_component_fraction(capsys):
         main(["evaluate", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert f"under {SMALL_FRACTION * 100:g}% of the largest one's voxels" in out
+
+
+def test_an_origin_difference_is_compared_voxel_by_voxel_and_recorded(tmp_path, capsys):
+    """An audit: a prediction moved by one slice (origin only) scored Dice 1.0 with a warning on
+    stderr alone; the batch JSON showed no trace of it, and --help said such a pair is refused.
+    It is compared voxel by voxel (another tool's prediction often loses its origin), said, and
+    recorded as ``grid_warning``; --resample compares it in mm."""
+    from napari_tubular.io import Volume
+
+    pred, ref = case(0)
+    r = write(tmp_path / "refs" / "c.nii.gz", ref)
+    moved = Volume(pred, SPACING, (SPACING[0], 0.0, 0.0))  # one slice along z
+    p = write_volume(tmp_path / "preds" / "c.nii.gz", moved)
+    out = tmp_path / "one.json"
+    assert main(["evaluate", str(p), str(r), "--json", str(out)]) == 0
+    assert "compared voxel by voxel" in capsys.readouterr().err
+    got = json.loads(out.read_text())
+    assert got["dice"] == pytest.approx(compute_metrics(pred, ref, SPACING)["dice"])
+    assert "differ in origin" in got["grid_warning"]
+    batch = tmp_path / "all.json"
+    assert main(["evaluate", str(tmp_path / "preds"), str(tmp_path / "refs"),
+                 "--json", str(batch)]) == 0
+    assert "differ in origin" in json.loads(batch.read_text())["cases"][0]["grid_warning"]
+    # a pair on the same grid has no such key
+    same = tmp_path / "same.json"
+    assert main(["evaluate", str(r), str(r), "--json", str(same)]) == 0
+    assert "grid_warning" not in json.loads(same.read_text())
+    assert main(["evaluate", str(p), str(r), "--resample", "--json", str(out),
+                 "--overwrite"]) == 0
+    assert json.loads(out.read_text())["dice"] < compute_metrics(pred, ref, SPACING)["dice"]
+
+
+def test_a_probability_reference_is_not_told_to_pass_threshold(tmp_path, capsys):
+    """An audit: a probability map as the reference was told "(CLI: --threshold 0.5)", also
+    when --threshold 0.5 was given: it binarises the prediction only."""
+    pred, ref = case(0)
+    p = write(tmp_path / "p.nii.gz", pred)
+    r = write(tmp_path / "r.nii.gz", (ref * 0.7).astype(np.float32))
+    assert main(["evaluate", str(p), str(r), "--threshold", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "a reference must be a mask" in err
+    assert "--threshold" not in err
+    q = write(tmp_path / "q.nii.gz", (pred * 0.7).astype(np.float32))
+    assert main(["evaluate", str(q), str(r.with_name("p.nii.gz"))]) == 2
+    assert "--threshold 0.5" in capsys.readouterr().err  # a prediction: the option helps

@@ -449,7 +449,7 @@ def error_map(
     in_hole = []
     for cav, other, lab, is_site, note in (
             (cav_p, cav_r, lab_p, is_spurious, "cavity the reference does not have"),
-            (cav_r, cav_p, lab_r, is_missed, "reference cavity filled in the prediction")):
+            (cav_r, cav_p, lab_r, is_missed, None)):
         keep = _unmatched_cavities(cav, other)
         for cid, vox in _components_voxels(cav, np.flatnonzero(keep)):
             # the component around it: the voxel before its first one along x is that
@@ -461,7 +461,15 @@ def error_map(
                 continue
             free = labels_c[tuple(vox.T)] == 0
             labels_c[tuple(vox[free].T)] = CAVITY
-            sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0, note))
+            if note is None:  # a reference cavity: filled, or opened through its wall (an
+                # audit: a shell with a hole punched through it was "filled")
+                filled = float(pc[tuple(vox.T)].mean()) >= 0.5
+                text = ("reference cavity filled in the prediction" if filled else
+                        "reference cavity open to the outside in the prediction (a hole in "
+                        "its wall)")
+            else:
+                text = note
+            sites.append(_site(CAVITY, vox, offset, spacing, voxel_mm3, 0.0, text))
         in_hole.append(keep)  # by cavity id: the centerline in it is the cavity's
     hole_p, hole_r = in_hole
 

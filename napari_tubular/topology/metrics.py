@@ -114,10 +114,14 @@ def binarize(arr: Any, name: str = "mask") -> np.ndarray:
         fractional = a != np.floor(a)
         if fractional.any():
             example = float(a[fractional].flat[0])
+            # evaluate's --threshold binarises the prediction only (an audit: a probability
+            # map given as the reference was told to pass the --threshold it already had)
+            hint = ("a reference must be a mask: threshold it before evaluating, e.g. "
+                    "mask = prob > 0.5" if str(name).startswith("reference") else
+                    "threshold it first, e.g. mask = prob > 0.5 (CLI: --threshold 0.5)")
             raise ValueError(
                 f"{name} is not binary: it holds fractional values such as {example:g} "
-                "(a probability map?); threshold it first, e.g. mask = prob > 0.5 "
-                "(CLI: --threshold 0.5)"
+                f"(a probability map?); {hint}"
             )
         return np.ascontiguousarray(a != 0)
     raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")

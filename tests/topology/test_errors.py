@@ -340,6 +340,14 @@ def test_error_map_and_self_check_locate_cavities(spacing):
     swapped = error_map(ref, pred, spacing)
     assert [(s.cls, s.detail) for s in swapped.sites] == \
         [(8, "reference cavity filled in the prediction")]
+    # the reference's cavity opened through its wall (a channel from the cavity to the
+    # outside along y): "open", not "filled" (an audit)
+    opened = pred.copy()
+    opened[9:12, :13, 23:26] = False
+    assert betti_numbers(opened)[2] == 0
+    details = [s.detail for s in error_map(opened, pred, spacing).sites if s.cls == 8]
+    assert details == ["reference cavity open to the outside in the prediction (a hole in "
+                       "its wall)"]
     # both have it (a voxel apart): no site
     assert error_map(np.roll(pred, 1, axis=2), pred, spacing).sites == []
     check = self_check(pred, spacing)
