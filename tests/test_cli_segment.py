@@ -985,3 +985,31 @@ def test_refine_after_a_no_refine_run_says_so_and_updates_the_report(tmp_path, m
     params = json.loads((out / "case_07_report.json").read_text())["parameters"]
     assert params["refine"] is True
     assert params["no_refine_threshold"] is None
+
+
+def test_a_failed_write_names_the_output_not_its_temporary_file(tmp_path, model_file,
+                                                                 volume_file, capsys,
+                                                                 monkeypatch):
+    """An audit (a read-only output folder): the error named the hidden temporary file
+    ".partial-PID-..." and an ITK object address ("ITK ERROR: NiftiImageIO(0x...)")."""
+    from napari_tubular import io as io_mod
+
+    real = io_mod.write_volume
+    calls = []
+
+    def failing(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:  # the radius map
+            raise RuntimeError("Exception thrown in SimpleITK ImageFileWriter_Execute: ITK "
+                               f"ERROR: NiftiImageIO(0x55d1): cannot write {path}")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(io_mod, "write_volume", failing)
+    out = tmp_path / "out"
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
+                "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {out / 'case_07_radius.nii.gz'}" in err
+    assert "partial-" not in err
+    assert "0x55d1" not in err
+    assert not any(out.iterdir()) if out.exists() else True  # no file of the case is left

@@ -631,13 +631,24 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
     staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in outs.items()}
+    key = "labels"
     try:
         for key, data in (("labels", res.labels), ("probability", res.probability),
                           ("radius", res.radius_mm), ("skeleton", res.skeleton)):
             write_volume(staged[key], data, reference=vol, overwrite=True)
+        key = "report"
         staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
         for key, p in outs.items():
             os.replace(staged[key], p)
+    except Exception as exc:  # noqa: BLE001 - re-raised as an OSError naming the output
+        for p in staged.values():
+            p.unlink(missing_ok=True)
+        # name the output, not its temporary name, nor an ITK object address (an audit: a
+        # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+        if "ITK ERROR" in str(exc) or "partial-" in reason:
+            reason = "the file could not be written (read-only folder, disk full?)"
+        raise OSError(f"cannot write {outs[key]}: {reason}") from None
     except BaseException:
         for p in staged.values():
             p.unlink(missing_ok=True)
