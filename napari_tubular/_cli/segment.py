@@ -21,6 +21,7 @@ cannot be read or segmented is reported and the others are still done (exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -169,7 +170,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--skip-existing",
         action="store_true",
         help="leave out inputs whose five outputs all exist already (adding cases to a folder "
-        "segmented before); an input with only some of them is still refused",
+        "segmented before); an input with only some of them is segmented again, with a note",
     )
     p.add_argument(
         "--batch-size",
@@ -642,7 +643,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             os.replace(staged[key], p)
     except Exception as exc:  # noqa: BLE001 - re-raised as an OSError naming the output
         for p in staged.values():
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
+                p.unlink(missing_ok=True)
         # name the output, not its temporary name, nor an ITK object address (an audit: a
         # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
@@ -651,7 +653,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
         raise OSError(f"cannot write {outs[key]}: {reason}") from None
     except BaseException:
         for p in staged.values():
-            p.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
+                p.unlink(missing_ok=True)
         raise
     if not args.quiet:
         betti = report.get("betti_numbers")
