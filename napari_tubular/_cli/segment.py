@@ -641,21 +641,18 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
         staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
         for key, p in outs.items():
             os.replace(staged[key], p)
-    except Exception as exc:  # noqa: BLE001 - re-raised as an OSError naming the output
+    except BaseException as exc:
         for p in staged.values():
             with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
                 p.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: as they are
+            raise
         # name the output, not its temporary name, nor an ITK object address (an audit: a
         # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
         if "ITK ERROR" in str(exc) or "partial-" in reason:
             reason = "the file could not be written (read-only folder, disk full?)"
         raise OSError(f"cannot write {outs[key]}: {reason}") from None
-    except BaseException:
-        for p in staged.values():
-            with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
-                p.unlink(missing_ok=True)
-        raise
     if not args.quiet:
         betti = report.get("betti_numbers")
         print(
