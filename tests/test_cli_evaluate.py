@@ -217,6 +217,50 @@ def test_batch_on_a_segment_output_folder_uses_the_labels(tmp_path, capsys):
     assert "skeleton" not in err
 
 
+def test_prediction_over_larger_field_of_view_warns_of_uncounted_voxels(tmp_path, capsys):
+    """A prediction on the same grid over a larger field of view is cropped to the reference's;
+    its foreground outside is not counted, and evaluate says how much (it was silent)."""
+    from napari_tubular.io import Volume, write_volume
+
+    pred, ref = case(0)
+    r = write(tmp_path / "r.nii.gz", ref)
+    rv = read_volume(r)
+    want = compute_metrics(pred, ref, SPACING)
+    # 4 more slices before and 3 more columns after, on the same voxel centres
+    big = np.zeros((pred.shape[0] + 4, pred.shape[1], pred.shape[2] + 3), dtype=np.uint8)
+    big[4:, :, :pred.shape[2]] = pred
+    origin = (rv.origin[0] - 4 * rv.spacing[0], rv.origin[1], rv.origin[2])
+    clean = write_volume(tmp_path / "big.nii.gz", Volume(big.copy(), rv.spacing, origin,
+                                                         rv.direction))
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(clean), str(r), "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "re-indexed" in err
+    assert "field of view" in err
+    got = json.loads(out.read_text())
+    assert "grid_warning" not in got  # nothing outside: nothing lost
+    assert got["dice"] == pytest.approx(want["dice"])
+    big[:2, 3:5, 3:5] = 1  # 8 false voxels before the reference's first slice
+    big[10:12, 5, -2:] = 1  # 4 beyond its last column
+    dirty = write_volume(tmp_path / "big2.nii.gz", Volume(big, rv.spacing, origin, rv.direction))
+    assert main(["evaluate", str(dirty), str(r), "--json", str(out), "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    got = json.loads(out.read_text())
+    total = int(np.count_nonzero(big))
+    assert f"12 of the {total} foreground voxels" in got["grid_warning"]
+    assert "warning: 12 of the" in err
+    assert got["dice"] == pytest.approx(want["dice"])
+    # the same in a batch: the case keeps its warning
+    pd, rd = tmp_path / "p", tmp_path / "rr"
+    pd.mkdir(), rd.mkdir()
+    write_volume(pd / "c1.nii.gz", Volume(big, rv.spacing, origin, rv.direction))
+    write(rd / "c1.nii.gz", ref)
+    bj = tmp_path / "b.json"
+    assert main(["evaluate", str(pd), str(rd), "--json", str(bj)]) == 0
+    cases = json.loads(bj.read_text())["cases"]
+    assert "12 of the" in cases[0]["grid_warning"]
+
+
 def test_other_orientation_is_reindexed_and_other_grids_resampled(tmp_path, capsys):
     """A prediction stored with x flipped and its origin moved (another tool's convention for
     the same voxels) scores like the original; --resample compares a finer grid in mm."""

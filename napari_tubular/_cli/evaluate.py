@@ -102,7 +102,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "neighbour; linear before --threshold). Without it, another size or spacing is "
         "refused, and another origin or direction alone is compared voxel by voxel with a "
         "warning (recorded as grid_warning in --json); the same grid stored in another "
-        "orientation is always re-indexed exactly",
+        "orientation, or over a larger field of view, is always re-indexed exactly. "
+        "Prediction voxels outside the reference's field of view are not counted: a warning "
+        "(grid_warning) says how many",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
@@ -221,6 +223,29 @@ def _thresholded(data, threshold: float, path: Path):
     return out
 
 
+def _foreground_outside(pv, rv, threshold: float | None) -> tuple[int, int]:
+    """(foreground voxels of ``pv`` whose centres lie outside ``rv``'s field of view, all of
+    its foreground voxels); foreground is ``> threshold`` or nonzero, as the comparison takes it."""
+    data = pv.data
+    with np.errstate(invalid="ignore"):
+        fg = data > threshold if threshold is not None else (data != 0) & ~np.isnan(data)
+    idx = np.argwhere(fg)
+    total = int(idx.shape[0])
+    if total == 0:
+        return 0, 0
+    # prediction index -> reference index: continuous, a voxel centre outside [-0.5, n - 0.5)
+    # on any axis lies outside the reference field of view
+    m = np.linalg.solve(rv.affine(), pv.affine())
+    inside = np.ones(total, dtype=bool)
+    for start in range(0, total, 1 << 22):
+        chunk = idx[start:start + (1 << 22)].astype(np.float64)
+        ref_idx = chunk @ m[:3, :3].T + m[:3, 3]
+        tol = 1e-6
+        inside[start:start + chunk.shape[0]] = np.all(
+            (ref_idx >= -0.5 - tol) & (ref_idx < np.asarray(rv.shape) - 0.5 + tol), axis=1)
+    return int(total - np.count_nonzero(inside)), total
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -241,17 +266,28 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     if differences:
         moved, how = resample_like(pv, rv, interpolation="linear"
                                    if threshold is not None and resample else "nearest")
-        if how == "re-indexed":
-            print(f"note: {pred_path.name} is stored on the same voxel grid as {ref_path.name} "
-                  f"in another orientation ({'; '.join(differences)}): re-indexed onto the "
-                  "reference grid, no interpolation", file=sys.stderr)
-            pv = moved
-        elif resample:
-            print(f"note: {pred_path.name} {how} onto the grid of {ref_path.name} "
-                  f"({'; '.join(differences)})", file=sys.stderr)
-            if np.any(pv.data) and not np.any(moved.data):
-                print(f"warning: {pred_path.name} does not overlap the field of view of "
-                      f"{ref_path.name}", file=sys.stderr)
+        if how == "re-indexed" or resample:
+            if how == "re-indexed":
+                same = ("in another orientation or field of view" if pv.shape != rv.shape
+                        else "in another orientation")
+                print(f"note: {pred_path.name} is stored on the same voxel grid as "
+                      f"{ref_path.name} {same} ({'; '.join(differences)}): re-indexed onto the "
+                      "reference grid, no interpolation", file=sys.stderr)
+            else:
+                print(f"note: {pred_path.name} {how} onto the grid of {ref_path.name} "
+                      f"({'; '.join(differences)})", file=sys.stderr)
+            # an audit: a prediction over a larger field of view was cropped to the reference's
+            # without a word (its false positives outside were never counted)
+            outside, total = _foreground_outside(pv, rv, threshold)
+            if total and outside == total:
+                grid_warning = (f"{pred_path.name} does not overlap the field of view of "
+                                f"{ref_path.name}")
+            elif outside:
+                grid_warning = (f"{outside} of the {total} foreground voxels of "
+                                f"{pred_path.name} ({100.0 * outside / total:.1f} %) lie outside "
+                                f"the field of view of {ref_path.name} and are not counted")
+            if grid_warning:
+                print(f"warning: {grid_warning}", file=sys.stderr)
             pv = moved
         elif pv.shape != rv.shape or not np.allclose(pv.spacing, rv.spacing, rtol=1e-4,
                                                       atol=1e-5):
