@@ -585,3 +585,52 @@ def test_self_check_break_site_lies_on_the_vessel_axis(spacing):
     assert off_mm[0] <= spacing[0]
     assert off_mm[2] <= spacing[2]
     assert abs(breaks[0].centroid_vox[1] - cut) <= 1
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 0.7, 0.7), (3.0, 0.8, 0.8)])
+@pytest.mark.parametrize("radius", [6.0, 8.0])
+def test_self_check_finds_a_one_slice_break_across_a_thick_tube_on_thick_slices(spacing, radius):
+    """An outside audit: one empty slice across a tube along z (the slice axis) of radius
+    >= 4 mm was no possible break: the thinning retreats about a radius in voxels from the
+    cut (10-18 mm here), farther than the search reach of the gap plus the end point's
+    radius in mm plus one voxel."""
+    shape = (int(round(120 / spacing[0])), int(round((2 * radius + 6) / spacing[1])) | 1,
+             int(round((2 * radius + 6) / spacing[2])) | 1)
+    _, yy, xx = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)),
+                            indexing="ij")
+    tube = np.hypot(yy, xx) <= radius
+    cut = shape[0] // 2
+    tube[cut] = False
+    breaks = [s for s in self_check(tube, spacing, break_gap_mm=5.0).sites if s.cls == 7]
+    assert len(breaks) == 1
+    assert breaks[0].length_mm == pytest.approx(spacing[0])  # the empty slice
+    assert abs(breaks[0].centroid_vox[0] - cut) <= 1
+    # on the axis, not on the wall
+    off_mm = (np.array(breaks[0].anchor_vox[1:]) - (np.array(shape[1:]) - 1) / 2) * spacing[1:]
+    assert np.all(np.abs(off_mm) <= spacing[1])
+
+
+@pytest.mark.parametrize("spacing", [(2.0, 0.7, 0.7), (3.0, 0.8, 0.8)])
+def test_self_check_thick_tube_ends_far_from_others_are_no_breaks(spacing):
+    """The search reaching where a thick tube really ends ahead of its skeleton adds no site
+    where nothing is within the break gap: two parallel tubes 6 mm apart, each ending blindly,
+    and a tube whose blind end stops 7 mm short of a crossing one; 3 mm short is a site."""
+    r = 8.0
+
+    def grid(extent_mm):
+        shape = tuple(int(round(e / s)) for e, s in zip(extent_mm, spacing))
+        return np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)),
+                           indexing="ij")
+
+    zz, yy, xx = grid((120, 4 * r + 14, 2 * r + 6))
+    y0 = r + 3.0  # 6 mm of empty space between the surfaces
+    pair = (np.hypot(yy - y0, xx) <= r) & (zz < 20)
+    pair |= (np.hypot(yy + y0, xx) <= r) & (zz > -10)
+    assert not [s for s in self_check(pair, spacing, break_gap_mm=5.0).sites if s.cls == 7]
+
+    zz, yy, xx = grid((120, 4 * r + 40, 2 * r + 6))
+    cross = np.hypot(zz - 30, xx) <= r  # a tube along y
+    for gap, sites in ((7.0, 0), (3.0, 1)):
+        t = cross | ((np.hypot(yy, xx) <= r) & (zz < 30 - r - gap))
+        breaks = [s for s in self_check(t, spacing, break_gap_mm=5.0).sites if s.cls == 7]
+        assert len(breaks) == sites, (gap, [s.detail for s in breaks])
