@@ -1444,6 +1444,11 @@ def write_volume(
         )
     img = _sitk_image(vol, _prepare_dtype(np.ascontiguousarray(vol.data), dtype))
     _make_parent(p)
+    if not os.access(p.parent, os.W_OK | os.X_OK):
+        # said before ITK tries (an audit: its error named an object address and, for the
+        # single-file formats, the temporary file)
+        raise VolumeIOError(f"{p}: cannot write the volume (the folder {p.parent} is not "
+                            "writable)")
     compress = ext != ".nii"
     if ext == ".mhd" and not p.name.endswith(ext):
         # ITK writes "OUT.mhd" for "OUT.MHD" (an audit: the returned path did not exist)
@@ -1559,4 +1564,11 @@ def _sitk_write(img, path: Path, compress: bool, shown: Path | None = None) -> N
     except RuntimeError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "ERROR" in ln]
         detail = lines[-1] if lines else str(exc).strip()
+        # "ITK ERROR: NiftiImageIO(0x55d0...): ..." -> the message, naming the file the user
+        # asked for, not the temporary one
+        detail = detail.rsplit("ERROR:", 1)[-1]
+        detail = re.sub(r"\b\w+\(0x[0-9a-fA-F]+\):?\s*", "", detail)
+        if shown is not None:
+            detail = detail.replace(str(path), str(shown)).replace(path.name, shown.name)
+        detail = detail.strip() or "the file could not be written (disk full?)"
         raise VolumeIOError(f"{shown or path}: cannot write the volume ({detail})") from exc

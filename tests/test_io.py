@@ -966,3 +966,36 @@ def test_a_text_file_named_nii_gz_is_refused_without_the_compression_warning(tmp
         with pytest.raises(VolumeIOError, match="NIfTI header"):
             read_volume(p)
     assert not [w for w in caught if "not compressed" in str(w.message)]
+
+
+def test_write_errors_name_the_file_asked_for_not_itk_internals(tmp_path, monkeypatch):
+    """An audit (refine and evaluate --errors into a read-only folder): the error named an ITK
+    object address and the temporary file."""
+    import SimpleITK as sitk
+
+    from napari_tubular import io as io_mod
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(io_mod.os, "access",
+                        lambda p, mode: False if Path(p) == out else real_access(p, mode))
+    with pytest.raises(VolumeIOError, match="is not writable") as info:
+        write_volume(out / "a.nii.gz", Volume(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0)))
+    assert str(out / "a.nii.gz") in str(info.value)
+    monkeypatch.setattr(io_mod.os, "access", real_access)
+
+    def failing(img, path, useCompression=False):
+        raise RuntimeError(
+            "Exception thrown in SimpleITK ImageFileWriter_Execute: /src/itkNiftiImageIO.cxx:"
+            f"1990:\nITK ERROR: NiftiImageIO(0x55d1c0ffee00): Could not open {path} for writing")
+
+    monkeypatch.setattr(sitk, "WriteImage", failing)
+    for name in ("b.nii.gz", "b.nrrd", "b.mhd"):
+        with pytest.raises(VolumeIOError) as info:
+            write_volume(out / name, Volume(np.zeros((4, 4, 4), np.uint8), (1.0, 1.0, 1.0)))
+        msg = str(info.value)
+        assert msg.startswith(f"{out / name}: cannot write the volume (Could not open {out / name}")
+        assert "0x55d1" not in msg
+        assert ".napari-tubular-" not in msg
+        assert "ITK" not in msg

@@ -99,8 +99,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "NAME.ext writes OUTDIR/NAME_labels.nii.gz (uint8, refined), NAME_probability.nii.gz "
             "(float32 0..1, unrefined), NAME_radius.nii.gz (float32 mm on the foreground), "
             "NAME_skeleton.nii.gz (uint8 pseudo-skeleton) and NAME_report.json, all with the "
-            "input's geometry. With --no-refine the labels are probability > 0.5 (then trimmed "
-            "and filtered as usual)."
+            "input's geometry. With --no-refine the labels are probability > 0.5 (then trimmed, "
+            "cavity-filled and filtered as usual)."
         ),
     )
     p.add_argument(
@@ -161,9 +161,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--no-refine",
         action="store_true",
         help="skip the geometry-aware refinement: labels = probability > 0.5, then the "
-        "partial-volume trim and the size, confidence and blob filters as usual "
-        "(--partial-volume off --min-size 0 --min-confidence off --blob-ratio off for P > 0.5 "
-        "alone)",
+        "partial-volume trim, the filling of enclosed cavities and the size, confidence and "
+        "blob filters as usual (--partial-volume off --min-size 0 --min-confidence off "
+        "--blob-ratio off leaves P > 0.5 with its enclosed cavities filled)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.add_argument(
