@@ -12,7 +12,11 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 4. ``missed component``: a reference 26-component that no predicted voxel touches.
 6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
    vessels merged, a bridge), or a reference loop the prediction lacks (its tunnel filled);
-   loops located as in the self-check below, matched between the masks by nearness.
+   loops located as in the self-check below, matched between the masks by nearness. A
+   centerline site a loop runs through carries it instead ("closes a loop" / "opens a
+   reference loop", one site per loop: the notes add up to the Betti-1 error); the point the
+   thinning leaves in a filled reference loop's hole (within the tolerance's block) is that
+   loop site's, not a false centerline.
 8. ``cavity`` (Betti-2 errors): background enclosed by one mask (6-connected, not reaching the
    volume's faces) where the other mask has no cavity; its voxels are the site. Centerline
    voxels inside such a cavity belong to it (a hole in a vessel is not a break).
@@ -537,6 +541,10 @@ def error_map(
                 )
 
     # predicted centerline outside the reference
+    # pieces that fit in the tolerance's block inside a reference loop the prediction fills
+    # (the thinning leaves a point of the filled hole there): the loop site's, when there is
+    # one (below)
+    fills: list[tuple] = []  # (voxels, length mm, detail)
     g = g_pred = _Skel(sp_c, spacing)
     if g.n:
         out = (~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
@@ -560,6 +568,9 @@ def error_map(
                 elif near_r is not None and near_r[tuple(vox.T)].all():
                     held.append((FALSE_CENTERLINE, vox, lengths[k], detail, 1.0))
                     continue
+                elif tolerance_vox and _in_fill(pc, rc, lab_p, vox, tolerance_vox):
+                    fills.append((vox, lengths[k], detail))
+                    continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
                 site_of[tuple(vox.T)] = len(sites)
                 sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3,
@@ -573,12 +584,42 @@ def error_map(
                                          tolerance_vox, sites, site_of, held)
     tolerated = sum(h is not None for h in held)  # those promoted are None
     sites += loop_sites
+    if fills:
+        # an outside audit: a ring whose hole the prediction fills had, beside its loop site, a
+        # 0-0.8 mm "false branch / leak" at the centre of the hole (what the thinning leaves of
+        # a filled disc). Such a piece is that loop site's; without one (the Betti numbers
+        # compensated elsewhere) it stays a site.
+        missing = {int(lab_r[tuple(np.asarray(s.anchor_vox) - offset.astype(np.int64))])
+                   for s in loop_sites if s.cls == LOOP and s.detail == _MISSING_LOOP}
+        for vox, length, detail in fills:
+            cid = int(lab_p[tuple(vox[0])])
+            box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
+            if missing & set(np.unique(lab_r[box][lab_p[box] == cid]).tolist()):
+                continue
+            labels_c[tuple(vox.T)] = FALSE_CENTERLINE
+            sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3, length, detail))
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
 
 
 #: in a comparison, a component with more loops than this is counted, not located
 MAX_LOOPS_LOCATED = 200
+_MISSING_LOOP = "reference loop missing from the prediction"
+
+
+def _in_fill(pc, rc, lab_p, vox, tolerance_vox: int) -> bool:
+    """Whether a false centerline piece (``vox``, outside the reference) fits in a block of
+    ``tolerance_vox + 1`` voxels a side and lies in prediction voxels outside the reference
+    (their 26-component around it) that fill a loop: its predicted component without them has
+    more loops (a reference ring whose hole the prediction fills, thinned to a point there)."""
+    if (vox.max(axis=0) - vox.min(axis=0) > tolerance_vox).any():
+        return False
+    cid = int(lab_p[tuple(vox[0])])
+    box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
+    comp = lab_p[box] == cid
+    extra = cc3d.connected_components(comp & ~rc[box], connectivity=26)
+    fill = extra == extra[tuple(vox[0] - [b.start for b in box])]
+    return betti_numbers(comp & ~fill)[1] > betti_numbers(comp)[1]
 
 
 def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of,
@@ -631,8 +672,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     for k, (_g, _mask, lab, is_site) in enumerate((pred, ref)):
         (found, b1, boxes), b1_other = sides[k], sides[1 - k][1]
         other_lab, near_other = (pred, ref)[1 - k][2], near[1 - k]
-        detail = "loop the reference does not have" if k == 0 else \
-            "reference loop missing from the prediction"
+        detail = "loop the reference does not have" if k == 0 else _MISSING_LOOP
         by_component: dict[int, list] = {}
         for i, (c, vox, steps) in enumerate(found):
             by_component.setdefault(c, []).append((i, vox, steps))
@@ -743,13 +783,20 @@ def _held_piece(pieces, held_of, vox) -> int | None:
 
 
 def _note_loop(sites, site_of, vox, side: int) -> None:
-    """Add to the detail of the centerline sites on a loop's voxels that they explain a Betti-1
-    error: a false branch that closes a loop, a missed piece that opens a reference loop."""
+    """Add to the detail of one centerline site on a loop's voxels that it explains the Betti-1
+    error: a false branch that closes a loop, a missed piece that opens a reference loop. One
+    site per loop, so that the notes add up to the Betti-1 error (an outside audit: a ring cut
+    twice, b1 error 1, had two breaks that each "opens a reference loop"): of the sites on the
+    loop, the most severe one not noted yet (by another loop through it), else the most severe.
+    """
     note = "closes a loop" if side == 0 else "opens a reference loop"
-    for index in np.unique(site_of[tuple(vox.T)]):
-        if index >= 0 and note not in sites[index].detail:
-            site = sites[index]
-            site.detail = f"{site.detail}; {note}" if site.detail else note
+    on = [int(i) for i in np.unique(site_of[tuple(vox.T)]) if i >= 0]
+    if not on:
+        return
+    on.sort(key=lambda i: (note in sites[i].detail, -sites[i].severity, i))
+    site = sites[on[0]]
+    if note not in site.detail:
+        site.detail = f"{site.detail}; {note}" if site.detail else note
 
 
 def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
