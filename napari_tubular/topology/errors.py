@@ -5,7 +5,9 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 1. ``missed centerline``: reference skeleton voxels outside the prediction, grouped into
    26-connected pieces; a piece between two covered parts of the reference skeleton (next to
    two of them, or without an end of the skeleton: both sides one covered piece joined around
-   a loop) is a ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``).
+   a loop) is a ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``); a break
+   whose two sides the prediction joins right there (a sliver beside the reference
+   centerline, within ``tolerance_vox + 2`` voxels of the piece) is a ``narrowing``.
 2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks;
    "joins two reference components" when it merges two of them).
 3. ``spurious component``: a predicted 26-component that touches no reference voxel.
@@ -98,6 +100,9 @@ SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY = 5, 6, 7, 8
 
 _WEIGHT = {MISSED_COMPONENT: 2.0, POSSIBLE_BREAK: 2.0, LOOP: 1.5}  # others 1
 _BREAK_WEIGHT = 2.0  # a missed-centerline piece that is a break
+#: the detail of a missed-centerline piece between two covered parts that the prediction joins
+#: right there (a sliver beside the reference centerline): narrowed, not cut
+NARROWING = "narrowing (the prediction stays connected here)"
 _COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT,
                     LOOP, CAVITY)
 _SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY)
@@ -515,15 +520,24 @@ def error_map(
                     # touches two covered pieces of it, which the prediction joins right there
                     # (an outside audit: a missed side branch was a "break")
                     is_break = False
+                # a break whose two sides the prediction joins right there, through a sliver
+                # beside the reference centerline, is a narrowing, not a cut (an outside
+                # audit: a vessel narrowed to a sliver read "break" with its topology right)
+                ends = contacts.get(k)
+                if (is_break and ends is not None and len(ends) >= 2 and n_comp[k] <= 1
+                        and not _separated(pc, vox, ends, tolerance_vox)):
+                    detail, weight = NARROWING, 1.0
+                elif is_break:
+                    detail, weight = "break", _BREAK_WEIGHT
+                else:
+                    detail, weight = "missed branch", 1.0
                 # a break whose two sides the prediction joins only far away (around a loop,
                 # through a bridge) is a cut across the vessel, not a skeleton beside a
                 # narrow wall (an audit: a 4 mm cut with a bridge elsewhere had no site)
                 if (near_p is not None and n_comp[k] <= 1 and near_p[tuple(vox.T)].all()
                         and not (is_break and _separated(pc, vox, contacts.get(k),
                                                          tolerance_vox))):
-                    held.append((MISSED_CENTERLINE, vox, lengths[k],
-                                 "break" if is_break else "missed branch",
-                                 _BREAK_WEIGHT if is_break else 1.0))
+                    held.append((MISSED_CENTERLINE, vox, lengths[k], detail, weight))
                     continue
                 labels_c[tuple(vox.T)] = MISSED_CENTERLINE
                 site_of[tuple(vox.T)] = len(sites)  # the index of the site appended below
@@ -535,8 +549,8 @@ def error_map(
                         spacing,
                         voxel_mm3,
                         lengths[k],
-                        "break" if is_break else "missed branch",
-                        weight=_BREAK_WEIGHT if is_break else 1.0,
+                        detail,
+                        weight=weight,
                     )  # fmt: skip
                 )
 

@@ -688,3 +688,31 @@ def test_a_ring_cut_twice_credits_its_loop_once(spacing):
     assert sorted(s.centroid_vox[1] > centre[1] for s in rep.sites) == [False, True]
     credits = sum("opens a reference loop" in s.detail for s in rep.sites)
     assert credits == betti_numbers(ref)[1] - betti_numbers(pred)[1] == 1
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 0.8, 0.8)])
+def test_a_vessel_narrowed_to_a_sliver_is_a_narrowing_not_a_break(spacing):
+    """An outside audit: a prediction narrowed to a sliver beside the reference centerline read
+    "break" although it stays connected; a real cut of the same length stays a break."""
+    from napari_tubular.synthetic import make_tube
+
+    shape = tuple(int(round(60 / s)) for s in spacing)
+    ref = make_tube(shape, spacing, radius_mm=3.0, axis=2).mask > 0
+    idx = np.indices(shape) * np.asarray(spacing)[:, None, None, None]
+    zc, yc = ((shape[0] - 1) * spacing[0] / 2, (shape[1] - 1) * spacing[1] / 2)
+    mid = (idx[2] >= 27.0) & (idx[2] <= 33.0)
+    sliver = np.hypot(idx[0] - zc, idx[1] - (yc + 2.2)) <= 1.0  # 2.2 mm off the axis
+    narrowed = ref.copy()
+    narrowed[mid] = (ref & sliver)[mid]
+    cut = ref.copy()
+    cut[mid] = False
+    for pred, want in ((narrowed, "narrowing"), (cut, "break")):
+        rep = error_map(pred, ref, spacing)
+        sites = [s for s in rep.sites if s.cls_name == "missed centerline"]
+        assert len(sites) == 1
+        assert sites[0].detail.startswith(want)
+        assert 27.0 - 2 * max(spacing) <= sites[0].centroid_mm[2] <= 33.0 + 2 * max(spacing)
+    # the narrowing ranks below the cut of the same length
+    n = error_map(narrowed, ref, spacing).sites[0]
+    c = error_map(cut, ref, spacing).sites[0]
+    assert n.severity < c.severity
