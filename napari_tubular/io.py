@@ -23,7 +23,7 @@ import re
 import uuid
 import warnings
 import zlib
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -919,10 +919,63 @@ def _read_sitk_file(path: Path):
         ) from exc
 
 
-def _read_dicom(path: Path, only_file: Path | None = None):
+@contextmanager
+def _itk_warnings_off():
+    """ITK's own warning display off within the block (its raw "WARNING: In <source path>,
+    line N ... (0x55...)" lines on stderr), the previous setting restored after it: what is
+    wrong is said by our own checks and messages instead."""
     import SimpleITK as sitk
 
-    series = _dicom_series(path) if _has_dicom(path) else []
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
+def _name_shape(name: str) -> str:
+    """A file name with its digit runs masked ("IM_00004.dcm" -> "im_#.dcm"): the naming
+    pattern of a series' slices."""
+    return re.sub(r"\d+", "#", name.lower())
+
+
+def _unreadable_slices(folder: Path, series: list[tuple[str, list[str]]]) -> list[Path]:
+    """Files in ``folder`` that look like slices of a DICOM series (a ``.dcm`` name, the DICOM
+    preamble, or the naming pattern of the series' files) but are in no series GDCM found: a
+    truncated, emptied or garbled file (GDCM leaves it out without a word, an audit)."""
+    listed = {Path(f).name for _, files in series for f in files}
+    shapes = {_name_shape(name) for name in listed}
+    out = []
+    try:
+        entries = sorted(folder.iterdir(), key=lambda e: e.name)
+    except OSError:
+        return out
+    for e in entries:
+        if (e.name in listed or e.name.startswith(".") or e.name.upper() == "DICOMDIR"
+                or not e.is_file()):
+            continue
+        if _is_dicom_file(e) or _name_shape(e.name) in shapes:
+            out.append(e)
+    return out
+
+
+def _named(files: list[Path], most: int = 5) -> str:
+    names = ", ".join(f.name for f in files[:most])
+    return names + (f" and {len(files) - most} more" if len(files) > most else "")
+
+
+def _read_dicom(path: Path, only_file: Path | None = None):
+    with _itk_warnings_off():  # a corrupt slice: ITK's raw warnings, said here in our words
+        return _read_dicom_series(path, only_file)
+
+
+def _read_dicom_series(path: Path, only_file: Path | None):
+    import SimpleITK as sitk
+
+    has_dicom = _has_dicom(path)
+    series = _dicom_series(path) if has_dicom else []
+    unread = _unreadable_slices(path, series) if has_dicom else []
     if only_file is not None:
         series = [
             (sid, files)
@@ -950,6 +1003,9 @@ def _read_dicom(path: Path, only_file: Path | None = None):
                 names = ", ".join(f"{sub.name}/ ({len(v)})" for sub, v in nested[:5])
                 hint = (f" and no volume files; its sub-folders hold volumes: {names}; pass the "
                         "sub-folder(s) (folders are not searched recursively)")
+        if unread:
+            hint = (f": its {len(unread)} DICOM file(s) cannot be read (corrupt, truncated or "
+                    f"not DICOM): {_named(unread)}")
         raise VolumeIOError(f"{path}: folder holds no DICOM series{hint}")
     series.sort(key=lambda s: len(s[1]), reverse=True)
     sid, files = series[0]
@@ -959,17 +1015,32 @@ def _read_dicom(path: Path, only_file: Path | None = None):
             f"{path}: {len(series)} DICOM series found; reading the largest, {sid} "
             f"({len(files)} files); also present: {others}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()  # each slice's tags, for the position check
+    one = len(unread) == 1
+    bad = (f"{'1 file' if one else f'{len(unread)} files'} in the series folder cannot be read "
+           f"(corrupt, truncated or not DICOM) and {'is' if one else 'are'} left out of the "
+           f"series: {_named(unread)}") if unread else ""
     try:
         img = reader.Execute()
     except RuntimeError as exc:
         _check_slice_sizes(path, files)  # an audit: a 10-line ITK region dump
-        raise VolumeIOError(f"{path}: cannot read DICOM series {sid}: {exc}") from exc
-    _check_slice_positions(path, reader, len(files), img)
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+        detail = _ITK_ADDRESS.sub("", detail)
+        raise VolumeIOError(f"{path}: cannot read DICOM series {sid}"
+                            + (f"; {bad}" if bad else "") + f" ({detail})") from exc
+    _check_slice_positions(path, reader, len(files), img, bad)
+    if bad:
+        # evenly spaced without them: a stray file, or an end slice (then the volume lacks it)
+        warnings.warn(f"{path}: {bad}; the {len(files)} slices read are evenly spaced, but if "
+                      f"{'it' if one else 'one of them'} was the first or last slice of the "
+                      "series, the volume lacks that slice: replace the file with an intact "
+                      "copy, or remove it from the folder if it is not a slice",
+                      UserWarning, stacklevel=4)
     return img
 
 
@@ -1005,7 +1076,7 @@ def _check_slice_sizes(path: Path, files: list[str]) -> None:
 SLICE_STEP_TOLERANCE = 0.1
 
 
-def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
+def _check_slice_positions(path: Path, reader, n_slices: int, img, unread: str = "") -> None:
     """Refuse a DICOM series whose slices are not evenly spaced along the slice normal, or
     whose slices shift sideways from one to the next (a gantry tilt).
 
@@ -1015,7 +1086,8 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
     positions as its z spacing and the sideways shift lost (an audit: 1.581 mm instead of
     1.5 mm, and the last slice 9.5 mm off). The positions come from each slice's Image Position
     (Patient) tag (0020|0032), as the series ``reader`` (with its metadata dictionary array on)
-    read them.
+    read them. ``unread`` names the folder's files that could not be read (said in the error of
+    a gap: the missing slice is most likely one of them).
     """
     if n_slices < 2:
         return
@@ -1077,6 +1149,13 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img) -> None:
     bad = np.flatnonzero(np.abs(steps - median) > SLICE_STEP_TOLERANCE * median)
     if bad.size:
         i = int(bad[0])
+        if unread:
+            raise VolumeIOError(
+                f"{path}: {unread}; the slices read have a gap (the step between sorted "
+                f"slices {i} and {i + 1} is {steps[i]:.4g} mm against {median:.4g} mm "
+                "elsewhere): a slice is missing, and reading the rest as one volume would "
+                "misplace the slices after it; replace the unreadable file(s) with intact copies"
+            )
         raise VolumeIOError(
             f"{path}: DICOM slice positions are not evenly spaced: the step between sorted "
             f"slices {i} and {i + 1} is {steps[i]:.4g} mm against {median:.4g} mm elsewhere "
@@ -1158,12 +1237,8 @@ def read_volume(
             elif ext in (".nrrd", ".nhdr"):
                 _nrrd_check(p)
             if sheared_sform:  # said below as a warning, not as ITK's raw stderr lines
-                was = sitk.ProcessObject.GetGlobalWarningDisplay()
-                sitk.ProcessObject.SetGlobalWarningDisplay(False)
-                try:
+                with _itk_warnings_off():
                     img = _read_sitk_file(p)
-                finally:
-                    sitk.ProcessObject.SetGlobalWarningDisplay(was)
             else:
                 img = _read_sitk_file(p)
             if met_voxels is not None and met_voxels.shape == sitk.GetArrayViewFromImage(

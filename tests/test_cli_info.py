@@ -101,6 +101,33 @@ def test_info_errors_without_traceback(tmp_path, capsys):
     assert "bad.nii.gz" in capsys.readouterr().err
 
 
+def _series_with_a_truncated_slice(folder: Path) -> Path:
+    from napari_tubular.io import write_dicom_series
+
+    data = np.random.default_rng(5).integers(0, 1000, (8, 16, 16)).astype(np.int16)
+    write_dicom_series(folder, Volume(data, (1.5, 0.7, 0.7)))
+    bad = folder / "IM_00004.dcm"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    return folder
+
+
+def test_info_on_a_dicom_series_with_a_corrupt_slice_says_one_line(tmp_path, capfd):
+    """ITK's raw "WARNING: In .../itkImageSeriesReader.hxx ... (0x55...)" lines came before
+    our error, which did not name the truncated file (an audit)."""
+    folder = _series_with_a_truncated_slice(tmp_path / "ser")
+    capfd.readouterr()
+    assert main(["info", str(folder)]) == 2
+    out, err = capfd.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("napari-tubular info: error: ")
+    assert "IM_00004.dcm" in lines[0]
+    assert "cannot be read" in lines[0]
+    assert "WARNING" not in err
+    assert "0x" not in err
+
+
 def test_info_several_files_reports_each_and_the_bad_one(image_file, labels_file, tmp_path,
                                                           capsys):
     """One bad file among several printed nothing for the good ones (with --json an empty

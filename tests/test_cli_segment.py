@@ -778,6 +778,30 @@ def test_an_interruption_while_writing_leaves_no_partial_set(tmp_path, model_fil
     assert len(list(out.iterdir())) == 2 * len(seg_cli.OUTPUT_SUFFIXES)
 
 
+def test_a_dicom_series_with_a_corrupt_slice_is_one_clean_error(tmp_path, model_file, capfd):
+    """A truncated slice: ITK's raw "WARNING: In .../itkImageSeriesReader.hxx ... (0x55...)"
+    lines reached the terminal besides our error, which did not name the file (an audit)."""
+    from napari_tubular.io import write_dicom_series
+
+    data = np.random.default_rng(5).integers(0, 1000, (8, 16, 16)).astype(np.int16)
+    folder = write_dicom_series(tmp_path / "ser", Volume(data, (1.5, 0.7, 0.7)))
+    bad = folder / "IM_00004.dcm"
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    capfd.readouterr()
+    code = _run("segment", folder, "-o", tmp_path / "out", "--model", model_file,
+                "--device", "cpu", "--quiet")
+    assert code == 2
+    err = capfd.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("napari-tubular segment: error: ")
+    assert "IM_00004.dcm" in lines[0]
+    assert "a slice is missing" in lines[0]
+    assert "WARNING" not in err
+    assert "0x" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sheared_input_is_refused_before_the_network(tmp_path, model_file, volume_file,
                                                         capsys):
     """A sheared grid (non-orthogonal direction) was segmented in full, then the NIfTI writer

@@ -533,6 +533,108 @@ def test_dicom_slices_of_another_size_are_named(tmp_path):
     assert "\n" not in text
 
 
+def _series_with_a_bad_slice(folder: Path, how: str, name: str = "IM_00004.dcm") -> Path:
+    """8 slices of 16 x 16 written by write_dicom_series, then one file damaged: ``truncated``
+    (half its bytes), ``garbage`` (random bytes), ``empty``, ``other size`` (a 20 x 20 slice of
+    the same series at the same position) or ``text`` (a text file, given ``name``)."""
+    uid = "1.2.826.0.1.3680043.9.7433.6.1"
+    data = np.random.default_rng(5).integers(0, 1000, (8, 16, 16)).astype(np.int16)
+    write_dicom_series(folder, Volume(data, (1.5, 0.7, 0.7)), series_uid=uid,
+                       study_uid=uid + ".0")
+    bad = folder / name
+    if how == "truncated":
+        bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
+    elif how == "garbage":
+        bad.write_bytes(np.random.default_rng(6).bytes(bad.stat().st_size))
+    elif how == "empty":
+        bad.write_bytes(b"")
+    elif how == "other size":
+        other = folder.parent / f".{folder.name}_other"
+        write_dicom_series(other, Volume(np.ones((8, 20, 20), np.int16), (1.5, 0.7, 0.7)),
+                           series_uid=uid, study_uid=uid + ".0")
+        os.replace(other / name, bad)
+    elif how == "text":
+        bad.write_text("not a slice\n" * 40)
+    return folder
+
+
+def _assert_no_itk_text(err: str) -> None:
+    assert "WARNING: In" not in err
+    assert "ERROR: In" not in err
+    assert "0x" not in err
+    assert ".hxx" not in err
+    assert ".cxx" not in err
+
+
+@pytest.mark.parametrize("how", ["truncated", "garbage", "empty", "other size"])
+def test_a_corrupt_dicom_slice_is_named_and_itk_says_nothing(tmp_path, capfd, how):
+    """A damaged slice file is left out by GDCM without a word, and ITK printed its raw
+    "WARNING: In .../itkImageSeriesReader.hxx, line 502 / ImageSeriesReader (0x55...): Non
+    uniform sampling or missing slices detected" on stderr before our "slice positions are not
+    evenly spaced" error, which did not say which file was the cause (an audit). One error now,
+    naming the file; nothing from ITK on stderr; ITK's warning display restored."""
+    folder = _series_with_a_bad_slice(tmp_path / "ser", how)
+    capfd.readouterr()
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    with pytest.raises(VolumeIOError) as info:
+        read_volume(folder)
+    text = str(info.value)
+    assert "IM_00004.dcm" in text
+    assert "\n" not in text
+    _assert_no_itk_text(text)
+    if how != "other size":
+        assert "cannot be read (corrupt, truncated or not DICOM)" in text
+        assert "gap" in text
+        assert "a slice is missing" in text
+    out, err = capfd.readouterr()
+    assert err == ""
+    assert sitk.ProcessObject.GetGlobalWarningDisplay() == before
+    # one file of the series (a good one) names the bad one too
+    with pytest.raises(VolumeIOError, match=r"IM_00004\.dcm"):
+        read_volume(folder / "IM_00001.dcm")
+    assert capfd.readouterr().err == ""
+
+
+def test_an_unreadable_file_beside_an_intact_series_is_a_warning(tmp_path, capfd):
+    """A file named like a slice that is not DICOM (or an unreadable end slice): the series is
+    read (evenly spaced, exact here) with one warning naming the file; a notes file is not a
+    slice and says nothing. ITK's own warning display is left as it was (off or on)."""
+    folder = _series_with_a_bad_slice(tmp_path / "ser", "text", name="IM_00009.dcm")
+    (folder / "notes.txt").write_text("scanned 2026\n")
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match=r"cannot be read.*IM_00009\.dcm") as caught:
+        got = read_volume(folder)
+    assert got.shape == (8, 16, 16)
+    texts = [str(w.message) for w in caught]
+    assert len(texts) == 1
+    assert "IM_00009.dcm" in texts[0]
+    assert "evenly spaced" in texts[0]
+    assert "notes.txt" not in texts[0]
+    assert capfd.readouterr().err == ""
+    (folder / "IM_00009.dcm").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(folder).shape == (8, 16, 16)  # notes.txt alone: silent
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    try:
+        for state in (False, True):
+            sitk.ProcessObject.SetGlobalWarningDisplay(state)
+            read_volume(folder)
+            assert sitk.ProcessObject.GetGlobalWarningDisplay() is state
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
+def test_a_folder_of_unreadable_dicom_files_names_them(tmp_path, capfd):
+    folder = _series_with_a_bad_slice(tmp_path / "ser", "empty")
+    for f in folder.iterdir():
+        f.write_bytes(b"")
+    with pytest.raises(VolumeIOError, match=r"ser: folder holds no DICOM series: its 8 DICOM "
+                       r"file\(s\) cannot be read.*IM_00001\.dcm.* and 3 more"):
+        read_volume(folder)
+    assert capfd.readouterr().err == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # names and listing
 # ---------------------------------------------------------------------------------------------
