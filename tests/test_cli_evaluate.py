@@ -380,11 +380,52 @@ def test_batch_summary_leaves_missing_values_out():
     cases = [{"dice": 0.8, "hd95_mm": 3.0}, {"dice": 0.6, "hd95_mm": 5.0},
              {"dice": 0.0, "hd95_mm": None}]
     out = summarize(cases)
-    assert out["hd95_mm"] == {"mean": 4.0, "std": pytest.approx(np.sqrt(2.0)), "n": 2}
+    assert out["hd95_mm"] == {"mean": 4.0, "std": pytest.approx(np.sqrt(2.0)), "n": 2,
+                              "n_cases": 3, "left_out": [{"case": "2", "reason": "no value"}]}
     assert out["dice"]["n"] == 3
+    assert out["dice"]["left_out"] == []
     assert out["dice"]["mean"] == pytest.approx(1.4 / 3)
-    assert out["assd_mm"] == {"mean": None, "std": None, "n": 0}
-    assert summarize(cases[:1])["dice"] == {"mean": 0.8, "std": 0.0, "n": 1}
+    assert {k: out["assd_mm"][k] for k in ("mean", "std", "n")} == {"mean": None, "std": None,
+                                                                    "n": 0}
+    assert summarize(cases[:1])["dice"] == {"mean": 0.8, "std": 0.0, "n": 1, "n_cases": 1,
+                                            "left_out": []}
+
+
+def test_batch_summary_names_the_cases_an_empty_mask_leaves_out(tmp_path, capsys):
+    """HD95 / ASSD of a case with an empty prediction (or reference) are None and left out of
+    the batch mean: the printed summary said only "(n=2)" and the CSV nothing, so a method that
+    predicts nothing on the hard cases looked better by its mean HD95 (an audit). The summary
+    now says over how many of the cases the mean is and which cases are left out, and why; the
+    JSON lists them per metric."""
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    for k in range(4):
+        pred, ref = case(k)
+        write(pdir / f"case_{k}.nii.gz", np.zeros_like(pred) if k == 1 else pred)
+        write(rdir / f"case_{k}.nii.gz", np.zeros_like(ref) if k == 3 else ref)
+    out_json = tmp_path / "b.json"
+    assert main(["evaluate", str(pdir), str(rdir), "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert ("hd95_mm and assd_mm: mean over 2 of 4 cases (2 with an empty mask: no surface "
+            "distance: case_1 (empty prediction), case_3 (empty reference))") in out
+    hd95_line = next(ln for ln in out.splitlines() if ln.strip().startswith("hd95_mm "))
+    assert hd95_line.endswith("(n=2 of 4)")
+    dice_line = next(ln for ln in out.splitlines() if ln.strip().startswith("dice "))
+    assert dice_line.endswith("(n=4)")
+    summary = json.loads(out_json.read_text())["summary"]
+    for k in ("hd95_mm", "assd_mm"):
+        assert summary[k]["n"] == 2
+        assert summary[k]["n_cases"] == 4
+        assert summary[k]["left_out"] == [{"case": "case_1", "reason": "empty prediction"},
+                                          {"case": "case_3", "reason": "empty reference"}]
+    assert summary["dice"]["left_out"] == []
+    # every case without a surface distance: no mean, said as such
+    for k in range(3):  # case_3 (an empty reference) is left unmatched
+        write(tmp_path / "nothing" / f"case_{k}.nii.gz", np.zeros(SHAPE, np.uint8))
+    assert main(["evaluate", str(tmp_path / "nothing"), str(rdir)]) == 0
+    out = capsys.readouterr().out
+    assert "hd95_mm and assd_mm: no mean: all 3 case(s) with an empty mask" in out
+    assert next(ln for ln in out.splitlines() if ln.strip().startswith("hd95_mm ")).endswith(
+        "n/a           (n=0 of 3)")
 
 
 def test_self_check_says_how_many_loops_it_did_not_locate(tmp_path, capsys):

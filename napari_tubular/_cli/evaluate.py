@@ -5,7 +5,9 @@ Single pair: ``evaluate pred.nii.gz ref.nii.gz [--json OUT] [--csv OUT] [--error
 OUT_DIR]``: volumes are matched by file name (exactly, else after dropping suffixes such as
 ``_labels``, ``_label``, ``_pred``, ``_seg``, ``_gt``, ``_image``), unmatched files are listed,
 and the summary (mean, sample std over the cases where a value is defined) is printed and
-written to the JSON. Nothing is overwritten without ``--overwrite``.
+written to the JSON; a metric without a value for some cases (HD95 and ASSD with an empty mask)
+says over how many of the cases its mean is and names the cases left out (JSON: ``n_cases`` and
+``left_out`` per metric). Nothing is overwritten without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "REF are two volumes, or two folders matched by file name (batch mode). HD95: the "
             "larger of the two directed 95th percentiles of the surface distances; ASSD: the "
             "mean of both directions' distances pooled. Empty masks: "
-            "Dice and clDice are 1 when both are empty and 0 when only one is (HD95/ASSD n/a)."
+            "Dice and clDice are 1 when both are empty and 0 when only one is (HD95/ASSD n/a: "
+            "a batch mean leaves such cases out and names them)."
         ),
     )
     p.add_argument("pred", type=Path, help="predicted mask/labels volume, or a folder of them")
@@ -412,10 +415,28 @@ def _write_json(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
+#: metrics that have no value for a case with an empty mask (a distance to an empty surface)
+_SURFACE_METRICS = ("hd95_mm", "assd_mm")
+
+
+def _why_left_out(c: dict) -> str:
+    """Why a case has no value of a metric: which of its masks is empty (None elsewhere)."""
+    vp, vr = c.get("volume_pred_ml"), c.get("volume_ref_ml")
+    if vp == 0 and vr != 0:
+        return "empty prediction"
+    if vr == 0 and vp != 0:
+        return "empty reference"
+    return "no value"
+
+
 def summarize(cases: list[dict]) -> dict:
     """Mean, sample std (ddof=1; 0 for one case) and count of each scalar metric over cases.
 
-    Values that are None (e.g. HD95 with an empty mask) are left out of that metric's count.
+    Values that are None (e.g. HD95 with an empty mask) are left out of that metric's mean and
+    count ``n``; ``n_cases`` is the number of cases, and ``left_out`` lists the cases left out
+    (``{"case": name, "reason": "empty prediction" | "empty reference" | "no value"}``), so
+    that a mean over fewer cases is not mistaken for one over all of them (a method that
+    predicts nothing on the hard cases would otherwise look better by its HD95).
     """
     out = {}
     for k in _SCALARS:
@@ -424,8 +445,40 @@ def summarize(cases: list[dict]) -> dict:
             "mean": float(vals.mean()) if vals.size else None,
             "std": float(vals.std(ddof=1)) if vals.size > 1 else (0.0 if vals.size else None),
             "n": int(vals.size),
+            "n_cases": len(cases),
+            "left_out": [{"case": str(c.get("case", i)), "reason": _why_left_out(c)}
+                         for i, c in enumerate(cases) if c.get(k) is None],
         }
     return out
+
+
+def _left_out_lines(summary: dict, most: int = 10) -> list[str]:
+    """One line per set of metrics that leave out the same cases: over how many of how many
+    cases their mean is, and which cases are left out and why."""
+    groups: dict[tuple, list[str]] = {}
+    for k, s in summary.items():
+        if s["left_out"]:
+            key = tuple((d["case"], d["reason"]) for d in s["left_out"])
+            groups.setdefault(key, []).append(k)
+    lines = []
+    for key, names in groups.items():
+        n_cases = summary[names[0]]["n_cases"]
+        n_out = len(key)
+        surface = all(k in _SURFACE_METRICS for k in names)
+        if surface and all(r != "no value" for _, r in key):
+            what = "with an empty mask: no surface distance"
+        else:
+            what = "without a value"
+        listed = ", ".join(f"{c} ({r})" for c, r in key[:most])
+        if n_out > most:
+            listed += f" and {n_out - most} more"
+        metric = " and ".join(names) if len(names) <= 2 else ", ".join(names)
+        if n_out == n_cases:
+            lines.append(f"  {metric}: no mean: all {n_cases} case(s) {what}: {listed}")
+        else:
+            lines.append(f"  {metric}: mean over {n_cases - n_out} of {n_cases} cases "
+                         f"({n_out} {what}: {listed}); compare methods over the same cases")
+    return lines
 
 
 def _check_outputs(args, *, batch: bool) -> None:
@@ -550,9 +603,14 @@ def _run_batch(args) -> int:
     summary = summarize(cases)
     print(f"summary over {len(cases)} case(s) (mean +- sample std):")
     for k, s in summary.items():
+        count = f"n={s['n']}" + (f" of {s['n_cases']}" if s["n"] < s["n_cases"] else "")
         if s["n"]:
             spread = f" +- {s['std']:.4f}" if s["n"] > 1 else " " * 9  # no std of one case
-            print(f"  {k:<15} {s['mean']:10.4f}{spread}  (n={s['n']})")
+            print(f"  {k:<15} {s['mean']:10.4f}{spread}  ({count})")
+        elif s["n_cases"]:
+            print(f"  {k:<15} {'n/a':>10}{' ' * 9}  ({count})")
+    for line in _left_out_lines(summary):  # an audit: a mean over 7 of 10 cases read as all 10
+        print(line)
     if args.json is not None:
         _write_json(
             args.json,
