@@ -903,6 +903,20 @@ def _read_sitk_file(path: Path):
             except OSError:
                 shutil.copyfile(path, link)
             return _read_sitk_file(link)
+    if path.name.endswith(".nii.gz") and path.with_name(path.name[:-3]).exists():
+        # the NIfTI library looks for "X.nii" before "X.nii.gz": asked for X.nii.gz beside an
+        # X.nii, ITK read the other file without a word (an audit: every command read the
+        # wrong volume); read it alone, through a link in a folder of its own
+        import shutil
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="napari_tubular_") as tmp:
+            link = Path(tmp) / "volume.nii.gz"
+            try:
+                os.symlink(path.resolve(), link)
+            except OSError:
+                shutil.copyfile(path, link)
+            return _read_sitk_file(link)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:

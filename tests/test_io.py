@@ -1101,3 +1101,21 @@ def test_write_errors_name_the_file_asked_for_not_itk_internals(tmp_path, monkey
         assert "0x55d1" not in msg
         assert ".napari-tubular-" not in msg
         assert "ITK" not in msg
+
+
+def test_a_nii_gz_beside_a_nii_of_the_same_name_reads_itself(tmp_path):
+    """An audit: the NIfTI library looks for X.nii before X.nii.gz, so X.nii.gz read its
+    neighbour X.nii without a word (every command read the wrong volume)."""
+    gz = write_volume(tmp_path / "x.nii.gz", Volume(np.zeros((4, 5, 6), np.int16), SPACING,
+                                                    ORIGIN))
+    plain = write_volume(tmp_path / "x.nii", Volume(np.full((4, 5, 7), 7, np.int16),
+                                                    (1.0, 1.0, 1.0)))
+    got = read_volume(gz)
+    assert got.shape == (4, 5, 6)
+    assert not got.data.any()
+    assert np.allclose(got.spacing, SPACING)
+    assert np.allclose(got.origin, ORIGIN)
+    other = read_volume(plain)
+    assert other.shape == (4, 5, 7)
+    assert (other.data == 7).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.nii", "x.nii.gz"]
