@@ -242,6 +242,19 @@ def test_find_pairs(tmp_path):
         tdata.find_pairs([tmp_path / "nope"])
 
 
+def test_find_pairs_refuses_two_files_of_one_case(tmp_path):
+    """An audit: case_000_label.nii beside case_000_label.nii.gz trained on whichever file
+    came last, without a word."""
+    from napari_tubular.io import write_volume
+
+    write_volume(tmp_path / "case_000_image.nii.gz", np.zeros((8, 8, 8), np.float32))
+    write_volume(tmp_path / "case_000_label.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    assert len(tdata.find_pairs([tmp_path])) == 1
+    write_volume(tmp_path / "case_000_label.nii", np.ones((8, 8, 8), np.uint8))
+    with pytest.raises(ValueError, match=r"two label files for case_000: case_000_label\.nii"):
+        tdata.find_pairs([tmp_path])
+
+
 # ----------------------------------------------------------------------------- loop
 @pytest.mark.slow
 def test_tiny_model_loss_decreases(tmp_path):

@@ -279,7 +279,14 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
             if m is None:
                 others.append(volume_stem(path))
                 continue
-            (images if m["kind"] == "image" else labels)[m["stem"]] = Path(path)
+            kind = images if m["kind"] == "image" else labels
+            if m["stem"] in kind:
+                # an audit: X_label.nii beside X_label.nii.gz trained on whichever came last
+                raise ValueError(
+                    f"{folder}: two {m['kind']} files for {m['stem']}: "
+                    f"{kind[m['stem']].name} and {Path(path).name}; keep one of them"
+                )
+            kind[m["stem"]] = Path(path)
         missing = sorted(set(images) ^ set(labels))
         if missing:
             # a label named otherwise (an audit: r_labels, the suffix segment writes, was
