@@ -129,7 +129,7 @@ def test_refine_says_when_the_report_cannot_be_read(segmented, tmp_path, capsys)
     assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
                 tmp_path / "r_labels.nii.gz") == 0
     err = capsys.readouterr().err
-    assert "could not be read as segment's report" in err
+    assert "the segment report beside the maps cannot be read" in err
 
 
 def test_refine_over_segments_labels_updates_its_report(segmented, tmp_path, capsys):

@@ -970,7 +970,7 @@ def test_min_confidence_option_and_refine_follow_the_report(tmp_path, model_file
     capsys.readouterr()
     assert _run("refine", a / "ct_probability.nii.gz", a / "ct_radius.nii.gz", "-o",
                 tmp_path / "r3_labels.nii.gz", "--blob-ratio", "off") == 0
-    assert "could not be read as segment's report" in capsys.readouterr().err
+    assert "the segment report beside the maps cannot be read" in capsys.readouterr().err
     assert (read_volume(tmp_path / "r3_labels.nii.gz").data > 0)[speck].any()
     with pytest.raises(SystemExit):
         _run("segment", image, "-o", tmp_path / "c", "--min-confidence", "1.5", *common)

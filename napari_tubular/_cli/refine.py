@@ -9,8 +9,8 @@ radius (they are skipped by the refinement).
 
 Defaults: the ``T_p``, ``T_r`` and minimum component size that ``segment`` used, read from the
 ``NAME_report.json`` beside ``NAME_probability.nii.gz`` (so ``refine`` without options
-reproduces ``segment``'s labels); without a report, the default model's tuned thresholds and a
-20 mm^3 minimum component size. Like ``segment``, components smaller than the minimum size are
+reproduces ``segment``'s labels); without a report, the default model's tuned thresholds and
+refine's fixed 20 mm^3 minimum component size. Like ``segment``, components smaller than the minimum size are
 removed and the pseudo-skeleton is kept inside the labels.
 """
 
@@ -39,7 +39,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--output",
         required=True,
         metavar="OUT_LABELS",
-        help="labels file to write (.nii.gz, .nii, .nrrd, .mha)",
+        help="labels file to write (.nii.gz, .nii, .nrrd, .mha, .mhd: the extension picks the "
+        "format)",
     )
     p.add_argument(
         "--tp", type=float, default=None,
@@ -52,8 +53,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--min-size", type=float, default=None, metavar="MM3", dest="min_size_mm3",
-        help="remove label components smaller than MM3 cubic mm (default: as for --tp, else 20; "
-        "0 keeps everything)",
+        help="remove label components smaller than MM3 cubic mm (default: the one segment used, "
+        "from NAME_report.json, else 20; 0 keeps everything)",
     )
     p.add_argument(
         "--partial-volume", type=_partial_volume_arg, default="report", metavar="F|off",
@@ -79,7 +80,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--image", default=None, metavar="IMAGE",
         help="the segmented image, for the partial-volume trim (default: the input named in "
-        "NAME_report.json, if it is still there)",
+        "NAME_report.json, if it is still there; a warning when IMAGE is not that file, or its "
+        "name not the maps' case)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(func=run)
@@ -124,14 +126,18 @@ def report_path(probability_path: Path) -> Path:
 
 
 def default_parameters(probability_path: Path) -> tuple[dict, str]:
-    """``({tp, tr, min_size_mm3, spacing}, where from)``: segment's report beside the map
+    """``({tp, tr, min_size_mm3, spacing, ...}, where from)``: segment's report beside the map
     (``spacing``: the one ``segment --spacing`` used instead of the file's, else None), else
-    the default model's tuned thresholds and the default minimum component size."""
+    the default model's tuned thresholds and the default minimum component size. ``where``
+    names the source of ``tp`` and ``tr``; ``report_problem`` is why a report beside the map
+    could not be read (None when it was, or there is none): an audit found a corrupt report
+    called "no segment report"."""
     import json
 
     from ..inference import DEFAULT_MIN_SIZE_MM3, recommended_thresholds
 
     rp = report_path(probability_path)
+    problem = None
     if rp.is_file():
         try:
             report = json.loads(rp.read_text(encoding="utf-8"))
@@ -148,13 +154,13 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
                     "refine": bool(params.get("refine", True)),
                     "min_confidence": None if params.get("min_confidence") is None
                     else float(params["min_confidence"]),
+                    "report_problem": None,
                     }, str(rp)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            # said (an audit: a damaged report was passed over in silence, and with it the
-            # partial-volume trim and the blob filter segment had applied)
-            print(f"refine: warning: {rp} could not be read as segment's report "
-                  f"({type(exc).__name__}: {exc}); using the defaults below, without the "
-                  "partial-volume trim", file=sys.stderr)
+            # said by run (an audit: a damaged report was passed over in silence, and with it
+            # the partial-volume trim and the blob filter segment had applied)
+            detail = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)
+            problem = f"{rp}: {type(exc).__name__}: {detail}"
     try:
         from ..models import read_model_meta
 
@@ -165,7 +171,8 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
         where = "the fallback thresholds"
     return {"tp": tp, "tr": tr, "min_size_mm3": DEFAULT_MIN_SIZE_MM3, "spacing": None,
             "partial_volume": None, "image": None, "polarity": "bright", "blob_ratio": None,
-            "min_confidence": None, "from_report": False, "refine": True}, where
+            "min_confidence": None, "from_report": False, "refine": True,
+            "report_problem": problem}, where
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
@@ -210,6 +217,28 @@ def _case_of(path: Path, suffix: str) -> str | None:
     return stem[: -len(suffix)] if stem.endswith(suffix) else None
 
 
+def _image_mismatch(image: str, recorded: str | None, case: str | None) -> str | None:
+    """Why ``--image`` looks like another image than the one segmented, or None: it is not the
+    file segment's report records (when that is still there), else its name is not the maps'
+    case (an audit: another case's image on the same grid trimmed the labels in silence, while
+    maps of two cases got a warning)."""
+    from ..io import volume_stem
+    from ._paths import _same
+
+    given = Path(image).expanduser()
+    if recorded and Path(recorded).expanduser().exists():
+        if not _same(given, Path(recorded).expanduser()):
+            return (f"--image {image} is not the image segment's report records ({recorded}); "
+                    "the partial-volume trim uses --image: it should be the image that was "
+                    "segmented")
+        return None
+    stem = volume_stem(given)
+    if case is not None and stem != case:
+        return (f"--image {image} is named {stem!r}, but the maps are case {case!r} (by "
+                "their names); the partial-volume trim needs the image that was segmented")
+    return None
+
+
 def run(args) -> int:
     import numpy as np
 
@@ -224,6 +253,7 @@ def run(args) -> int:
     from ..io import read_volume, write_volume
 
     defaults, where = default_parameters(Path(args.probability).expanduser())
+    problem = defaults["report_problem"]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
               for k in ("tp", "tr", "min_size_mm3")}
     tp, tr = check_thresholds(chosen["tp"], chosen["tr"])
@@ -231,17 +261,27 @@ def run(args) -> int:
     confidence = (defaults["min_confidence"] if args.min_confidence == "report"
                   else args.min_confidence)
     check_segment_options(tp, tr, min_size, min_confidence=confidence)
-    from_defaults = [name for k, name in (("tp", "tp"), ("tr", "tr"), ("min_size_mm3", "min size"))
-                     if getattr(args, k) is None]
-    if from_defaults:
-        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 "
-              f"({', '.join(from_defaults)} from {where})", file=sys.stderr)
+    sources: dict[str, list[str]] = {}
+    for k, name in (("tp", "tp"), ("tr", "tr"), ("min_size_mm3", "min size")):
+        if getattr(args, k) is None:
+            # each value's own source (an audit: the fixed 20 mm^3 was said to come from the
+            # default model's tuned thresholds)
+            src = (where if defaults["from_report"] or k != "min_size_mm3"
+                   else "refine's fixed default")
+            sources.setdefault(src, []).append(name)
+    if sources:
+        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 ("
+              + "; ".join(f"{', '.join(names)} from {src}" for src, names in sources.items())
+              + ")", file=sys.stderr)
     if not defaults["refine"]:
         # an audit: after segment --no-refine, refine "without options" gave other labels and
         # did not say why
         print(f"refine: note: the segment run was --no-refine (its labels are probability > "
               f"0.5); refine applies the geometry-aware refinement (tp={tp:g}, tr={tr:g}), so "
               "its labels differ from that run's", file=sys.stderr)
+    # an audit: a report that exists but cannot be parsed was called "no segment report"
+    head = (f"warning: the segment report beside the maps cannot be read ({problem})"
+            if problem else "note: no segment report beside the maps")
     if not defaults["from_report"]:
         left = [flag for flag, given in (("--partial-volume", args.partial_volume),
                                          ("--blob-ratio", args.blob_ratio),
@@ -252,18 +292,43 @@ def run(args) -> int:
             # against 14,049 on the sample) and the note named only the thresholds
             from ..inference import BLOB_RATIO, DEFAULT_MIN_CONFIDENCE, DEFAULT_PARTIAL_VOLUME
 
-            print(f"refine: note: no segment report beside the maps: {', '.join(left)} off "
+            print(f"refine: {head}: {', '.join(left)} off "
                   f"(segment's defaults: --partial-volume {DEFAULT_PARTIAL_VOLUME:g} "
                   f"--blob-ratio {BLOB_RATIO:g} --min-confidence {DEFAULT_MIN_CONFIDENCE:g})",
+                  file=sys.stderr)
+        elif problem:
+            print(f"refine: {head}: its parameters, spacing and image are not used",
                   file=sys.stderr)
     out = Path(args.output).expanduser()
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
-    skel_out = skeleton_path(out)
-    from ._paths import refuse_inputs_as_outputs
+    from ..io import WRITE_EXTENSIONS
 
-    refuse_inputs_as_outputs((out, skel_out), (args.probability, args.radius, args.image))
+    if not any(out.name.lower().endswith(e) and len(out.name) > len(e)
+               for e in WRITE_EXTENSIONS):
+        # checked here, before any work (an audit: the writer's message named a Python
+        # function, write_dicom_series, to a command-line user)
+        raise ValueError(f"-o {out}: refine writes the labels as {', '.join(WRITE_EXTENSIONS)} "
+                         "(the extension picks the format); give a file name ending in one of "
+                         "them")
+    skel_out = skeleton_path(out)
+    from ._paths import _same, refuse_inputs_as_outputs
+
+    recorded = defaults["image"]
+    if recorded:
+        # an audit: -o <the image segment's report records> --overwrite replaced the CT that
+        # the partial-volume trim reads with a mask, while the same file as --image was refused
+        for o in (out, skel_out):
+            if _same(o, Path(recorded).expanduser()):
+                raise ValueError(
+                    f"output {o} is the segmented image recorded in "
+                    f"{report_path(Path(args.probability).expanduser())} ({recorded}), which "
+                    "refine reads for the partial-volume trim; choose another output name or "
+                    "folder (--overwrite never replaces an input)")
+    rp = report_path(Path(args.probability).expanduser())
+    refuse_inputs_as_outputs((out, skel_out), (args.probability, args.radius, args.image,
+                                               rp if rp.exists() else None))
     if not args.overwrite:
         existing = [str(p) for p in (out, skel_out) if p.exists()]
         if existing:
@@ -316,9 +381,13 @@ def run(args) -> int:
         if args.polarity is None and not defaults["from_report"]:
             # an audit: a dark (airway) run's maps without their report were trimmed as bright
             # tubes in silence (Dice 0.880 -> 0.843, two false loops)
-            print("refine: note: no segment report beside the maps: the partial-volume trim "
-                  "takes the tubes as bright; pass --polarity dark for dark tubes (airways)",
-                  file=sys.stderr)
+            print(f"refine: note: no {'readable ' if problem else ''}segment report beside the "
+                  "maps: the partial-volume trim takes the tubes as bright; pass --polarity "
+                  "dark for dark tubes (airways)", file=sys.stderr)
+        if args.image is not None:
+            note = _image_mismatch(args.image, recorded, cases[0] or cases[1])
+            if note:
+                print(f"refine: warning: {note}", file=sys.stderr)
         labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     unsure: dict = {}
@@ -368,11 +437,14 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) 
     from ._paths import _same
 
     rp = report_path(probability)
-    if not rp.is_file():
+    case = rp.name[: -len("_report.json")]
+    if (not rp.is_file() or volume_stem(out) != f"{case}_labels"
+            or not _same(out.parent, rp.parent)):
+        # not segment's labels file: nothing to update, nothing to say (an audit: a corrupt
+        # report gave "could not be updated" for labels written elsewhere)
         return None
     try:
         report = json.loads(rp.read_text(encoding="utf-8"))
-        case = rp.name[: -len("_report.json")]
         written = report.get("outputs", {}).get("labels")
         # the file segment wrote: beside the report, under the name the report gives (a
         # review: labels written as .nrrd beside a report of .nii.gz labels rewrote it)

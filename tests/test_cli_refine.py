@@ -1,0 +1,147 @@
+"""CLI ``refine``: which files it refuses to write over, and what it says about its inputs (the
+image for the partial-volume trim, a damaged report, where each default comes from)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_tubular.cli import main
+from napari_tubular.io import Volume, read_volume, write_volume
+
+
+def _run(*argv):
+    return main([str(a) for a in argv])
+
+
+def _maps(folder: Path, case: str = "c1", report: bool = True, image_path=None) -> tuple:
+    """A tube's probability and radius maps as segment names them, its image, and (with
+    ``report``) a minimal segment report beside the maps recording the image."""
+    shape = (16, 20, 20)
+    prob = np.zeros(shape, np.float32)
+    prob[2:14, 8:12, 8:12] = 1.0
+    radius = np.where(prob > 0, 2.0, 0.0).astype(np.float32)
+    image = np.where(prob > 0, 300.0, 0.0).astype(np.float32)
+    folder.mkdir(parents=True, exist_ok=True)
+    p = write_volume(folder / f"{case}_probability.nii.gz", Volume(prob))
+    r = write_volume(folder / f"{case}_radius.nii.gz", Volume(radius))
+    img = write_volume(image_path or folder.parent / f"{case}.nii.gz", Volume(image))
+    if report:
+        (folder / f"{case}_report.json").write_text(json.dumps({
+            "input": {"path": str(Path(img).resolve())},
+            "outputs": {"labels": f"{case}_labels.nii.gz"},
+            "parameters": {"tp": 0.6, "tr": 0.6, "min_size_mm3": 0.0,
+                           "partial_volume_trim": 0.4, "polarity": "bright"},
+        }))
+    return p, r, img
+
+
+def test_the_image_the_report_records_is_never_an_output(tmp_path, capsys):
+    """An audit: ``refine -o <the segmented CT> --overwrite`` (the image recorded in the report,
+    read for the partial-volume trim) replaced it with a uint8 mask, exit 0, while the same
+    file given as --image was refused."""
+    p, r, img = _maps(tmp_path / "seg")
+    before = img.read_bytes()
+    assert _run("refine", p, r, "-o", img, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert "segmented image recorded in" in err
+    assert "--overwrite never replaces an input" in err
+    # through a link, and spelled relative to another working directory
+    link = tmp_path / "link.nii.gz"
+    os.symlink(img, link)
+    assert _run("refine", p, r, "-o", link, "--overwrite") == 2
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path / "seg")
+        assert _run("refine", p, r, "-o", Path("..") / img.name, "--overwrite") == 2
+    finally:
+        os.chdir(cwd)
+    assert img.read_bytes() == before
+    assert "segmented image recorded in" in capsys.readouterr().err
+    # the other inputs as before
+    for inp in (p, r):
+        assert _run("refine", p, r, "-o", inp, "--overwrite") == 2
+        assert "is also an input" in capsys.readouterr().err
+    # another file is fine
+    assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz") == 0
+
+
+def test_an_image_of_another_case_is_warned_about(tmp_path, capsys):
+    """An audit: --image of another case on the same grid trimmed the labels without a word,
+    while maps of two cases got a warning."""
+    p, r, img = _maps(tmp_path / "seg")
+    other = write_volume(tmp_path / "c2.nii.gz", read_volume(img))
+    assert _run("refine", p, r, "-o", tmp_path / "a_labels.nii.gz", "--image", other) == 0
+    err = capsys.readouterr().err
+    assert "is not the image segment's report records" in err
+    # the recorded image itself: no warning
+    assert _run("refine", p, r, "-o", tmp_path / "b_labels.nii.gz", "--image", img) == 0
+    assert "--image" not in capsys.readouterr().err
+    # without a report: by the names
+    q, s, img3 = _maps(tmp_path / "alone", case="c3", report=False)
+    assert _run("refine", q, s, "-o", tmp_path / "c_labels.nii.gz", "--partial-volume", "0.4",
+                "--image", other) == 0
+    assert "is named 'c2', but the maps are case 'c3'" in capsys.readouterr().err
+    assert _run("refine", q, s, "-o", tmp_path / "d_labels.nii.gz", "--partial-volume", "0.4",
+                "--image", img3) == 0
+    assert "--image" not in capsys.readouterr().err
+    # the recorded image moved away: the copy given by its case name is taken in silence
+    moved = tmp_path / "moved" / "c1.nii.gz"
+    moved.parent.mkdir()
+    os.replace(img, moved)
+    assert _run("refine", p, r, "-o", tmp_path / "e_labels.nii.gz", "--image", moved) == 0
+    assert "--image" not in capsys.readouterr().err
+
+
+def test_a_corrupt_report_is_called_unreadable_and_left_alone(tmp_path, capsys):
+    """An audit: a corrupt report was called "no segment report beside the maps", and refine
+    said it "could not be updated" although -o was not segment's labels file."""
+    p, r, _img = _maps(tmp_path / "seg")
+    (tmp_path / "seg" / "c1_report.json").write_text("{bad")
+    assert _run("refine", p, r, "-o", tmp_path / "seg2" / "o_labels.nrrd") == 0
+    err = capsys.readouterr().err
+    assert "the segment report beside the maps cannot be read (" in err
+    assert "JSONDecodeError" in err
+    assert "no segment report" not in err
+    assert "could not be updated" not in err
+    # all parameters given: still said that the report was not read
+    assert _run("refine", p, r, "-o", tmp_path / "o2_labels.nii.gz", "--tp", "0.6", "--tr",
+                "0.6", "--min-size", "0", "--partial-volume", "off", "--blob-ratio", "off",
+                "--min-confidence", "off") == 0
+    assert "cannot be read" in capsys.readouterr().err
+    # over segment's own labels the update is tried, and its failure said
+    assert _run("refine", p, r, "-o", tmp_path / "seg" / "c1_labels.nii.gz") == 0
+    assert "could not be updated" in capsys.readouterr().err
+    # a report missing a key: the same message, naming the key
+    (tmp_path / "seg" / "c1_report.json").write_text(json.dumps({"parameters": {"tp": 0.5}}))
+    assert _run("refine", p, r, "-o", tmp_path / "o3_labels.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert "cannot be read (" in err
+    assert "'tr'" in err
+
+
+def test_messages_name_extensions_and_each_defaults_source(tmp_path, capsys):
+    """An audit: -o x.txt told a CLI user to call write_dicom_series(folder, ...); without a
+    report, the fixed 20 mm^3 was said to come from the default model's tuned thresholds."""
+    p, r, _img = _maps(tmp_path / "seg", report=False)
+    assert _run("refine", p, r, "-o", tmp_path / "x.txt") == 2
+    err = capsys.readouterr().err
+    assert "write_dicom_series" not in err
+    assert ".nii.gz, .nii, .nrrd, .mha, .mhd" in err
+    assert not list(tmp_path.glob("x*"))
+    assert _run("refine", p, r, "-o", tmp_path / "y_labels.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert "min size from refine's fixed default" in err
+    assert "tp, tr from the" in err
+    assert "min size from the default model" not in err
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nrrd", ".mha", ".mhd"])
+def test_every_written_extension_is_accepted(tmp_path, ext):
+    p, r, _img = _maps(tmp_path / "seg", report=False)
+    assert _run("refine", p, r, "-o", tmp_path / f"y_labels{ext}") == 0
+    assert (tmp_path / f"y_skeleton{ext}").exists()
