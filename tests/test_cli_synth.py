@@ -238,3 +238,31 @@ def test_synth_names_what_it_could_not_do(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "c"), "--shape", "5000", "5000", "5000"]) == 2
     assert "voxels; synth makes volumes of up to" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_min_radius_that_raises_the_max_radius_is_said(tmp_path, capsys):
+    """An audit: ``--shape 32 32 32 --min-radius 50`` made 80 mm roots (a label 100 % vessel)
+    without a word, against the help's default of 4.5 % of the extent, while --max-radius 1000
+    was warned about."""
+    assert main(["synth", str(tmp_path / "a"), "--shape", "16", "16", "16", "--min-radius",
+                 "50", "--no-distractors"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: --min-radius 50 mm raises the largest root radius to 100 mm" in err
+    assert "the vessels fill most of it" in err
+    # a smaller raise: a note
+    assert main(["synth", str(tmp_path / "b"), "--shape", "16", "16", "16", "--min-radius",
+                 "1", "--no-distractors"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --min-radius 1 mm raises the largest root radius to 2 mm" in err
+    # none when the default stands, or --max-radius is given
+    assert main(["synth", str(tmp_path / "c"), "--shape", "16", "16", "16", "--min-radius",
+                 "0.3", "--no-distractors"]) == 0
+    assert "raises the largest root radius" not in capsys.readouterr().err
+    assert main(["synth", str(tmp_path / "d"), "--shape", "16", "16", "16", "--min-radius",
+                 "1", "--max-radius", "3", "--no-distractors"]) == 0
+    assert "raises the largest root radius" not in capsys.readouterr().err
+    # min above max: refused, in the options' names, before anything is written
+    assert main(["synth", str(tmp_path / "e"), "--shape", "16", "16", "16", "--min-radius",
+                 "3", "--max-radius", "1"]) == 2
+    assert "--min-radius 3 mm is above --max-radius 1 mm" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

@@ -133,14 +133,16 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default=None,
         metavar="MM",
         help="largest root radius in mm: the first root's is 0.8-1.0 times it, others' "
-        "0.45-0.8 times (default 4.5%% of the smallest physical extent)",
+        "0.45-0.8 times (default 4.5%% of the smallest physical extent, and at least twice "
+        "--min-radius: a warning when --min-radius raises it)",
     )
     p.add_argument(
         "--min-radius",
         type=_positive_float,
         default=None,
         metavar="MM",
-        help="thinnest vessel radius in mm (default 0.4 x the smallest spacing)",
+        help="thinnest vessel radius in mm (default 0.4 x the smallest spacing); without "
+        "--max-radius, the largest root radius is at least twice it",
     )
     p.add_argument(
         "--noise",
@@ -231,11 +233,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--shape {' '.join(map(str, args.shape))} is {voxels:.3g} voxels; synth "
                          f"makes volumes of up to {MAX_SYNTH_VOXELS:.0e} (about 40 bytes per "
                          "voxel while it works)")
-    extent = min(n * s for n, s in zip(args.shape, args.spacing))
-    if args.max_radius is not None and args.max_radius > 0.25 * extent:
-        print(f"warning: --max-radius {args.max_radius:g} mm is more than a quarter of the "
-              f"volume's smallest extent ({extent:g} mm): the vessels fill most of it",
-              file=sys.stderr)
+    radius_warning(args.max_radius, args.min_radius, args.shape, args.spacing)
     if args.bare_body and not args.body:
         raise ValueError("--bare-body needs --body (it removes the body outline's fat shell)")
     if args.organs < 0:
@@ -305,6 +303,38 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{i + 1}/{args.n}] note: {case.params['n_trees']} of the {args.trees} "
                   "trees asked for fitted in the volume (trees never touch)", file=sys.stderr)
     return 0
+
+
+def radius_warning(max_radius, min_radius, shape, spacing) -> None:
+    """Refuse ``--min-radius`` above ``--max-radius``; warn when the largest root radius
+    (given, or the generator's default ``max(4.5 % of the smallest extent, 2 x min radius)``)
+    is more than a quarter of the smallest extent, and say when ``--min-radius`` raised it
+    above its default (an audit: ``--shape 32 32 32 --min-radius 50`` made 80 mm roots, a
+    label 100 % vessel, without a word, while ``--max-radius 1000`` was warned about)."""
+    extent = min(n * s for n, s in zip(shape, spacing))
+    if max_radius is not None:
+        if min_radius is not None and min_radius > max_radius:
+            raise ValueError(f"--min-radius {min_radius:g} mm is above --max-radius "
+                             f"{max_radius:g} mm")
+        if max_radius > 0.25 * extent:
+            print(f"warning: --max-radius {max_radius:g} mm is more than a quarter of the "
+                  f"volume's smallest extent ({extent:g} mm): the vessels fill most of it",
+                  file=sys.stderr)
+        return
+    if min_radius is None:
+        return
+    # the generator's default (napari_tubular.synthetic.make_vessel_tree)
+    default = 0.045 * min((n - 1) * s for n, s in zip(shape, spacing))
+    if 2.0 * min_radius <= default:
+        return
+    raised = (f"--min-radius {min_radius:g} mm raises the largest root radius to "
+              f"{2.0 * min_radius:g} mm (twice it) from its default {default:.3g} mm (4.5% of "
+              "the smallest extent)")
+    if 2.0 * min_radius > 0.25 * extent:
+        print(f"warning: {raised}, more than a quarter of the volume's smallest extent "
+              f"({extent:g} mm): the vessels fill most of it", file=sys.stderr)
+    else:
+        print(f"note: {raised}; pass --max-radius to choose it", file=sys.stderr)
 
 
 def betti_note(betti, n_trees: int, n_loops: int, body: bool) -> str | None:
