@@ -131,7 +131,8 @@ def test_info_on_a_dicom_series_with_a_corrupt_slice_says_one_line(tmp_path, cap
 def test_info_several_files_reports_each_and_the_bad_one(image_file, labels_file, tmp_path,
                                                           capsys):
     """One bad file among several printed nothing for the good ones (with --json an empty
-    stdout; an audit): each good file is printed, the bad one's error said, exit status 1."""
+    stdout; an audit): each good file is printed, the bad one's error said, exit status 1
+    (some files read)."""
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"\x00" * 10)
     good = [str(image_file[0]), str(labels_file[0])]
@@ -147,6 +148,35 @@ def test_info_several_files_reports_each_and_the_bad_one(image_file, labels_file
     assert [Path(i["path"]).name for i in infos] == ["ct.nii.gz", "bad.nii.gz", "lab.mha"]
     assert "error" in infos[1]
     assert "shape_zyx" in infos[2]
+
+
+def test_info_exit_status_2_when_no_file_is_read_and_json_errors(image_file, tmp_path,
+                                                                   capsys):
+    """An audit: every file unreadable gave exit status 1 where one gave 2, and ``--json
+    missing`` printed text only. Now 2 whenever nothing was read, and --json prints the error
+    as JSON on stdout (an object for one file, entries of the list for several)."""
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"bad\n")
+    missing = tmp_path / "nonexist"
+    assert main(["info", str(bad), str(missing)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "2 of 2 files could not be read" in err
+    assert main(["info", str(missing)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["info", "--json", str(missing)]) == 2
+    out, err = capsys.readouterr()
+    one = json.loads(out)
+    assert one["path"] == str(missing)
+    assert "not found" in one["error"]
+    assert "not found" in err
+    assert main(["info", "--json", str(bad), str(missing)]) == 2
+    both = json.loads(capsys.readouterr().out)
+    assert [i["path"] for i in both] == [str(bad), str(missing)]
+    assert all("error" in i for i in both)
+    # a good file alone: an object, exit 0
+    assert main(["info", "--json", str(image_file[0])]) == 0
+    assert "shape_zyx" in json.loads(capsys.readouterr().out)
 
 
 def test_console_script(labels_file):

@@ -103,23 +103,24 @@ def format_info(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print each volume's summary; with several, one that cannot be read is reported on
-    stderr (and, with --json, as ``{"path": ..., "error": ...}``) and the others are still
-    printed (an audit: one bad file printed nothing for the good ones); exit status 1 then."""
+    """Print each volume's summary; one that cannot be read is reported on stderr (and, with
+    --json, as ``{"path": ..., "error": ...}`` on stdout: one object for a single file, an
+    entry of the list for several) and the others are still printed (an audit: one bad file
+    printed nothing for the good ones). Exit status 2 when no file could be read (as for any
+    error of the CLI; an audit: two unreadable files gave 1, one gave 2), 1 when only some
+    could (as a ``segment`` batch)."""
     import sys
 
     from ..io import VolumeIOError
 
-    if len(args.paths) == 1:  # a single file's error is the command's error (exit status 2)
-        info = volume_info(args.paths[0])
-        print(json.dumps(info, indent=2) if args.json else format_info(info))
-        return 0
     infos: list[dict] = []
     failed: list[str] = []
     for path in args.paths:
         try:
             info = volume_info(path)
-        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+        except (VolumeIOError, ValueError, OSError, RuntimeError, MemoryError) as exc:
+            if len(args.paths) == 1 and not args.json:
+                raise  # the command's error, said by the CLI (exit status 2)
             text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             failed.append(path)
             print(f"napari-tubular info: error: {text}", file=sys.stderr, flush=True)
@@ -129,9 +130,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(("\n" if len(infos) - len(failed) > 1 else "") + format_info(info), flush=True)
     if args.json:
-        print(json.dumps(infos, indent=2))
-    if failed:
+        # machine-readable on failure too (an audit: "info --json missing" printed text only)
+        print(json.dumps(infos[0] if len(args.paths) == 1 else infos, indent=2), flush=True)
+    if failed and len(args.paths) > 1:
         print(f"napari-tubular info: error: {len(failed)} of {len(args.paths)} files could not "
               "be read: " + ", ".join(failed), file=sys.stderr, flush=True)
-        return 1
+    if failed:
+        return 2 if len(failed) == len(args.paths) else 1
     return 0
