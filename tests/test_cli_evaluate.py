@@ -514,3 +514,23 @@ def test_a_probability_reference_is_not_told_to_pass_threshold(tmp_path, capsys)
     q = write(tmp_path / "q.nii.gz", (pred * 0.7).astype(np.float32))
     assert main(["evaluate", str(q), str(r.with_name("p.nii.gz"))]) == 2
     assert "--threshold 0.5" in capsys.readouterr().err  # a prediction: the option helps
+
+
+def test_batch_exit_status_1_when_some_pairs_fail_and_2_when_all_do(tmp_path, capsys):
+    """0: every pair compared; 1: some failed (the others are reported); 2: none could be
+    compared (an error, as for a single pair; it was 1)."""
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    for k in range(2):
+        pred, ref = case(k)
+        write(pdir / f"case_{k}.nii.gz", pred)
+        write(rdir / f"case_{k}.nii.gz", ref)
+    assert main(["evaluate", str(pdir), str(rdir)]) == 0
+    pred, _ = case(0)
+    (pdir / "case_0.nii.gz").unlink()
+    write(pdir / "case_0.nii.gz", pred[:-2])  # another grid: refused without --resample
+    assert main(["evaluate", str(pdir), str(rdir)]) == 1
+    pred, _ = case(1)
+    (pdir / "case_1.nii.gz").unlink()
+    write(pdir / "case_1.nii.gz", pred[:-2])
+    assert main(["evaluate", str(pdir), str(rdir)]) == 2
+    assert "case_1: error:" in capsys.readouterr().err

@@ -410,7 +410,7 @@ def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_f
     for name in ("a.nii.gz", "b.nii.gz"):
         (folder / name).write_bytes(data[: len(data) // 2])  # truncated
     out = tmp_path / "new_out"
-    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 1
+    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert "2 of 2 inputs failed (none was written)" in err
     assert "the others were written" not in err
@@ -419,7 +419,7 @@ def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_f
     assert _run("segment", folder / "a.nii.gz", "-o", out, "--model", model_file) == 2
     assert not out.exists()
     out.mkdir()
-    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 1
+    assert _run("segment", folder, "-o", out, "--model", model_file, "--device", "cpu") == 2
     assert out.is_dir()
 
 

@@ -626,6 +626,8 @@ def _run_batch(args) -> int:
     if args.csv is not None:
         _write_csv(args.csv, rows)
         print(f"wrote {args.csv}")
+    if failed and not cases:
+        return 2  # no case evaluated: an error, as for a single pair
     return 1 if failed else 0
 
 

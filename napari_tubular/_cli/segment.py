@@ -549,6 +549,7 @@ def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed
               + ", ".join(str(p) for p, _ in failed), file=sys.stderr, flush=True)
         if len(failed) == n:
             _drop_if_empty(outdir, created)
+            return 2  # nothing done: an error, as for a single input
         return 1
     return 0
 
