@@ -33,6 +33,23 @@ def tiny_config(out, **kw) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def cancel_after(steps: int) -> dict:
+    """``cancel`` and ``on_first_step`` for :func:`train` that stop the run after ``steps``
+    steps (``cancel`` is asked during the data preparation too: those calls do not count)."""
+    checks = {"n": None}
+
+    def on_first_step():
+        checks["n"] = 1  # the check before the first step was the first
+
+    def cancel():
+        if checks["n"] is None:
+            return False
+        checks["n"] += 1
+        return checks["n"] > steps
+
+    return {"cancel": cancel, "on_first_step": on_first_step}
+
+
 # ----------------------------------------------------------------------------- config
 def test_config_file_json_yaml_and_overrides(tmp_path):
     cfg = {"data": ["synthetic"], "out": str(tmp_path / "run"), "steps": 7, "patch_size": 32,
@@ -310,13 +327,14 @@ def test_validation_best_model_and_resume(tmp_path):
     # the guard itself (a review: a later error that also names K passed for it)
     with pytest.raises(ValueError, match="K differ from the checkpoint"):
         train(tiny_config(out, steps=6, K=4, resume=True))
-    # resuming the finished run keeps the metrics of its model file (an audit: they were
-    # rewritten as {}) and adds no step
-    before = read_model_meta(out / "model.pt")["metrics"]
-    assert before["dice"] is not None
-    train(tiny_config(out, steps=5, val_data=["synthetic"], val_cases=1, val_every=2,
-                      loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
-    assert read_model_meta(out / "model.pt")["metrics"] == before
+    # resuming the finished run is refused before anything is written (an audit: it ran 0
+    # steps, said "done" and rewrote model.pt; before that, with its metrics as {})
+    before = (out / "model.pt").read_bytes()
+    assert read_model_meta(out / "model.pt")["metrics"]["dice"] is not None
+    with pytest.raises(ValueError, match="nothing to do"):
+        train(tiny_config(out, steps=5, val_data=["synthetic"], val_cases=1, val_every=2,
+                          loss="ddt+cldice", cldice_warmup_steps=1, resume=True))
+    assert (out / "model.pt").read_bytes() == before
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 5
 
 
@@ -444,14 +462,8 @@ def test_a_resumed_fine_tuning_run_keeps_the_initial_models_network(tmp_path):
     def cfg(**kw):
         return tiny_config(tmp_path / "b", init_model=str(init), checkpoint_every=1, **kw)
 
-    calls = {"n": 0}
-
-    def cancel():
-        calls["n"] += 1
-        return calls["n"] > 2
-
     with pytest.raises(Cancelled):
-        train(cfg(steps=4), cancel=cancel)
+        train(cfg(steps=4), **cancel_after(2))
     resumed = train(cfg(steps=3, resume=True))
     meta = read_model_meta(resumed)
     assert meta["training"]["steps"] == 3
@@ -524,20 +536,19 @@ def test_fine_tune_with_another_K_reinitialises_only_the_scale_head(tmp_path):
 
 
 def test_cancel_saves_checkpoint(tmp_path):
-    calls = {"n": 0}
-
-    def cancel():
-        calls["n"] += 1
-        return calls["n"] > 3
-
     with pytest.raises(Cancelled):
-        train(tiny_config(tmp_path / "run", steps=50, checkpoint_every=0), cancel=cancel)
+        train(tiny_config(tmp_path / "run", steps=50, checkpoint_every=0), **cancel_after(3))
     assert torch.load(tmp_path / "run" / "last.pt", weights_only=False)["step"] == 3
 
 
 def test_cancel_before_the_first_step_writes_nothing(tmp_path):
     """An audit: Ctrl-C while the data loaded wrote an untrained model.pt and a step-0
-    last.pt; nothing is written now and the folder can be used again without --overwrite."""
+    last.pt; nothing is written now, the run folder it created is gone again (an audit: an
+    empty one was left) and the name can be used again without --overwrite."""
+    with pytest.raises(Cancelled, match="before the first step; nothing saved"):
+        train(tiny_config(tmp_path / "run", steps=5), cancel=lambda: True)
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "run").mkdir()  # a folder that was there stays
     with pytest.raises(Cancelled, match="before the first step"):
         train(tiny_config(tmp_path / "run", steps=5), cancel=lambda: True)
     assert list((tmp_path / "run").iterdir()) == []

@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
     p.add_argument("--minutes", type=float, dest="max_minutes",
                    help="wall-clock budget of the training steps in minutes (stops and saves "
-                   "when spent; preparing the data before the first step is not counted)")
+                   "when spent; preparing the data before the first step is not counted). It "
+                   "is the whole run's, like --steps: a --resume counts the minutes already "
+                   "trained, so a spent budget needs a larger --minutes to continue")
     p.add_argument("--batch-size", type=int, help="patches per step (per process; default 2)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("Z", "Y", "X"), dest="patch_size",
                    help="patch size in voxels (default 64 64 64)")
@@ -133,11 +135,22 @@ def config_from_args(args: argparse.Namespace):
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")
                   if getattr(args, k, None) is not None}
     config_path = args.config
+    file_values: dict = {}
     if not config_path and args.resume and args.out and (Path(args.out) / "config.json").is_file():
         # the run's own settings: an audit had to repeat every option (model, patch size,
         # data) on the command line to resume
         config_path = Path(args.out) / "config.json"
-    file_values = config_file_values(config_path) if config_path else {}  # read once
+    elif not config_path and args.resume and args.out and (Path(args.out) / "last.pt").is_file():
+        # config.json deleted: the checkpoint holds the same settings (an audit: the resume
+        # went on with the parser's defaults, val_every 3 -> 200, without a word)
+        from napari_tubular.training.loop import checkpoint_config
+
+        config_path = Path(args.out) / "last.pt"
+        file_values = checkpoint_config(config_path)
+        print(f"[train] note: {Path(args.out) / 'config.json'} is missing; resuming with the "
+              f"settings stored in {config_path}", file=sys.stderr, flush=True)
+    if config_path and not file_values:
+        file_values = config_file_values(config_path)  # read once
     if config_path and not args.config:
         # how that run was started is not how this one is (a review: a run started with
         # --overwrite could not be resumed, "resume and overwrite exclude each other")
@@ -218,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_tubular.training import Cancelled
 
     interrupts = [0]
+    training = [False]  # the first step has begun (before it, a stop saves nothing)
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop after this step, saving; second: quit
         interrupts[0] += 1
@@ -225,8 +239,11 @@ def run(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         if rank == 0:
             what = "Ctrl-C" if signum == signal.SIGINT else f"signal {signum}"
-            print(f"[train] {what}: stopping after this step, saving last.pt and model.pt "
-                  "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+            # an audit: during the data preparation this announced a save that never came
+            doing = ("stopping after this step, saving last.pt and model.pt" if training[0]
+                     else "stopping the data preparation (no step trained yet: nothing to save)")
+            print(f"[train] {what}: {doing} (Ctrl-C again to quit at once)",
+                  file=sys.stderr, flush=True)
 
     import signal
     import threading
@@ -237,7 +254,8 @@ def run(args: argparse.Namespace) -> int:
     handled = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, on_sigint) for sig in handled} if main_thread else {}
     try:
-        path = train(cfg, progress=progress, cancel=lambda: interrupts[0] > 0)
+        path = train(cfg, progress=progress, cancel=lambda: interrupts[0] > 0,
+                     on_first_step=lambda: training.__setitem__(0, True))
     except Cancelled as exc:
         if rank == 0:
             print(f"[train] {exc}", file=sys.stderr, flush=True)

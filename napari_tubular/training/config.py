@@ -46,7 +46,8 @@ class TrainConfig:
         batch_size: patches per step (per process with DDP).
         steps: number of optimiser steps (upper bound if ``max_minutes`` is set).
         max_minutes: wall-clock budget of the training steps; training stops (and saves) when it
-            is spent (the data preparation before the first step is not counted).
+            is spent (the data preparation before the first step is not counted). It is the
+            whole run's, as ``steps`` is: a resumed run counts the time trained before.
         lr, weight_decay: AdamW; the learning rate decays polynomially (power 0.9) with the
             training progress ``max(step / steps, elapsed / max_minutes)``.
         loss: one of :data:`LOSSES`.

@@ -713,16 +713,21 @@ class SyntheticPool:
             for _ in range(2 * self.workers):
                 self._submit()
         n0 = len(self.cases)
-        while len(self.cases) < min(self.size, n0 + max(1, self.size if not self.workers else 2)):
-            # fill in the main process (or wait for the workers' first cases)
-            if self._pool is not None and self._pending:
-                self._pending[0].wait()
-                self.refresh()
-            else:
-                self.cases.append(make_synthetic_case(next(self._seeds), *self._args))
-                self.generated += 1
-            if progress:
-                progress(len(self.cases), self.size, "generating synthetic cases")
+        try:
+            while len(self.cases) < min(self.size,
+                                        n0 + max(1, self.size if not self.workers else 2)):
+                # fill in the main process (or wait for the workers' first cases)
+                if self._pool is not None and self._pending:
+                    self._pending[0].wait()
+                    self.refresh()
+                else:
+                    self.cases.append(make_synthetic_case(next(self._seeds), *self._args))
+                    self.generated += 1
+                if progress:  # may raise to stop (a cancelled run): the workers end here
+                    progress(len(self.cases), self.size, "generating synthetic cases")
+        except BaseException:
+            self.close()
+            raise
 
     def _submit(self) -> None:
         assert self._pool is not None

@@ -60,6 +60,10 @@ class Cancelled(RuntimeError):
     """Raised by :func:`train` when ``cancel()`` returned True (after saving ``last.pt``)."""
 
 
+#: the message of a run cancelled while it prepared its data (or before its first step)
+NOT_STARTED = "interrupted before the first step; nothing saved"
+
+
 # --------------------------------------------------------------------------- helpers
 def resolve_normalization(config: TrainConfig) -> dict:
     from napari_tubular.models import validate_normalization
@@ -94,14 +98,16 @@ def run_folder_in_use(config: TrainConfig) -> bool:
             and any(out.iterdir()))
 
 
-def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
+def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Path]]:
+    """The run folder, checked (and emptied of a previous run's files with ``overwrite``), and
+    the folders this call created (deepest first), for :func:`_remove_created`."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out: {out} exists and is not a folder")
     if config.resume:
         if not (out / "last.pt").is_file():
             raise FileNotFoundError(f"resume: no checkpoint {out / 'last.pt'} to resume from")
-        return out
+        return out, []
     if run_folder_in_use(config):
         raise FileExistsError(
             f"out: run folder {out} is not empty; pass --overwrite to replace its files or "
@@ -114,14 +120,28 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> Path:
         # an audit: --overwrite emptied the folder, then the model to start from was gone
         raise ValueError(f"init_model {init} is one of the files --overwrite would delete in "
                          f"{out}; copy it elsewhere first, or choose another --out")
+    created = []
     if is_main:
+        created = [d for d in (out, *out.absolute().parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
         for name in _RUN_FILES:
             if (out / name).exists():
                 (out / name).unlink()
         for snap in out.glob(_SNAPSHOTS):
             snap.unlink()
-    return out
+    return out, created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the folders a run created (deepest first) as long as they are empty: a run that
+    fails or is cancelled before writing anything leaves no empty run folder behind (an audit:
+    ``--depth 0`` or Ctrl-C while the data was generated did). Folders that hold anything, and
+    folders that were there before the run, are kept."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone, or not ours to remove): stop there
+            return
 
 
 def lr_at(config: TrainConfig, frac: float, step: int) -> float:
@@ -371,7 +391,8 @@ def _unwrap(model):
 
 # --------------------------------------------------------------------------- train
 def train(config: TrainConfig, progress: ProgressFn | None = None,
-          cancel: Callable[[], bool] | None = None) -> Path:
+          cancel: Callable[[], bool] | None = None,
+          on_first_step: Callable[[], None] | None = None) -> Path:
     """Train a model as configured and return the path of the best model file.
 
     Args:
@@ -379,14 +400,20 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
         progress: ``progress(done, total, message)``, called with the step count (message holds
             loss, speed and ETA) and during data preparation.
         cancel: returns True to stop; ``last.pt`` and ``model.pt`` (the weights so far) are
-            saved first, then :class:`Cancelled` raised.
+            saved first, then :class:`Cancelled` raised. It is also asked while the data is
+            prepared (after each case): a run cancelled before its first step saves nothing
+            and leaves no run folder it created.
+        on_first_step: called once when the data is ready and the first step begins (a
+            cancellation from then on saves the weights).
 
     Returns:
         ``out/best.pt`` (best validation score) if validation ran, else ``out/model.pt``.
 
     Raises:
         FileExistsError: ``out`` is not empty and neither ``resume`` nor ``overwrite`` is set.
-        FileNotFoundError / ValueError: missing data, unpaired volumes, invalid options.
+        FileNotFoundError / ValueError: missing data, unpaired volumes, invalid options; a
+            resume with nothing left to do (``steps`` not above the checkpoint's step, or the
+            ``max_minutes`` budget spent: it counts the training time of all sessions).
         Cancelled: ``cancel()`` returned True.
 
     Under ``torchrun`` (or with ``config.ddp``) each process trains on its own batches with
@@ -403,17 +430,38 @@ def train(config: TrainConfig, progress: ProgressFn | None = None,
     if dist.enabled and dtype == "cuda":
         device = f"cuda:{dist.local_rank}"
     try:
-        return _train(config, progress, cancel, device, dist, build_model, save_model)
+        out, created = _prepare_run_dir(config, dist.is_main)
+        try:
+            return _train(config, progress, cancel, on_first_step, device, dist, build_model,
+                          save_model, out)
+        except BaseException:
+            if dist.is_main:
+                _remove_created(created)
+            raise
     finally:
         ddp.cleanup(dist)
 
 
-def _train(config, progress, cancel, device, dist, build_model, save_model) -> Path:
+def _train(config, progress, cancel, on_first_step, device, dist, build_model, save_model,
+           out: Path) -> Path:
     import torch
 
     is_main = dist.is_main
     report = progress if is_main else None
-    out = _prepare_run_dir(config, is_main)
+
+    not_started = NOT_STARTED + (f" ({out / 'last.pt'} is as it was)" if config.resume else "")
+
+    def check_cancel() -> None:
+        if cancel and cancel():
+            raise Cancelled(not_started)
+
+    def prepare_progress(done: int, total: int, message: str) -> None:
+        # a Ctrl-C while the data is prepared stops after the current case (an audit: it
+        # announced a save, generated every case and ended with "nothing was saved")
+        check_cancel()
+        if report:
+            report(done, total, message)
+
     ddp.barrier(dist)
     if config.num_threads:
         torch.set_num_threads(int(config.num_threads))
@@ -425,7 +473,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     init_state, inherited, ck = None, {}, None
     if config.resume:
         ck = _read_checkpoint(out / "last.pt")
-        _check_resume(ck["config"], config)
+        _check_resume(ck, config)
         # a fine-tuning run's network, normalisation and inherited T_p / T_r and calibration
         # are its initial model's, not the config's defaults (an audit: a resumed run rebuilt
         # the default network, or trained on and saved the default window)
@@ -470,11 +518,14 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
-    val_cases = _load_val_cases(config, normalization, report) if is_main else []
+    check_cancel()
+    val_cases = _load_val_cases(config, normalization, prepare_progress) if is_main else []
+    check_cancel()
     val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
                  if is_main and config.val_tubes else [])
     has_val = bool(config.val_data) and (config.val_cases > 0 or not config.val_is_synthetic)
-    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, report)
+    check_cancel()
+    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress)
     if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
         config.save(out / "config.json")
     description = config.description or (
@@ -520,6 +571,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
     last_log_write = -math.inf
     acc: dict[str, list] = {}
     model.train()
+    start_step, budget_stop = step, False
     try:
         while True:
             elapsed = elapsed0 + time.perf_counter() - t_loop
@@ -529,11 +581,13 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             stop = step >= config.steps or frac >= 1.0
             cancelled = bool(cancel and cancel())
             stop, cancelled = ddp.any_flag(stop, dist, device), ddp.any_flag(cancelled, dist, device)
-            if cancelled and step == 0:
+            if cancelled and step == start_step:
                 # before the first step (Ctrl-C while the data loaded): no weights were trained,
                 # so none are written (an audit: an untrained model.pt and a last.pt of step 0);
                 # the handler below removes the new run's config.json, as for any failure there
-                raise Cancelled("training cancelled before the first step: nothing was saved")
+                raise Cancelled(not_started)
+            if step == start_step and on_first_step:
+                on_first_step()
             if cancelled:
                 save_checkpoint()
                 if is_main:  # the weights so far, usable as a model (segment --model)
@@ -541,6 +595,7 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
                 raise Cancelled(f"training cancelled at step {step}: the weights so far are in "
                                 f"{out / 'model.pt'}; resume with --resume")
             if stop:
+                budget_stop = step < config.steps
                 break
             lr = lr_at(config, frac, step)
             for g in opt.param_groups:
@@ -627,11 +682,15 @@ def _train(config, progress, cancel, device, dist, build_model, save_model) -> P
             save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
             save_checkpoint()
             if report:
-                report(step, step, f"done: {step} steps, " + (
+                # an audit: "done: 10 steps" of a 300-step run did not say why it ended
+                budget = (f" (stopped by the time budget (--minutes {config.max_minutes:g}) at "
+                          f"step {step} of {config.steps}; --resume with a larger --minutes "
+                          "continues)" if budget_stop else "")
+                report(step, step, f"done: {step} steps{budget}, " + (
                     f"best validation score {best:.4f}" if math.isfinite(best)
                     else "no validation (model.pt holds the final weights)"))
         ddp.barrier(dist)
-    except Exception:
+    except BaseException:
         if is_main and step == 0 and ck is None:
             # failed or cancelled before its first step (an audit: patch 8 failed in the
             # network and the config.json left behind made the folder "in use" for the next try)
@@ -780,7 +839,14 @@ def _read_checkpoint(path: Path) -> dict:
     return ck
 
 
-def _check_resume(saved: dict, config: TrainConfig) -> None:
+def checkpoint_config(path: str | Path) -> dict:
+    """The options (``TrainConfig.to_dict()``) a run's checkpoint (``last.pt``) was saved
+    with; a ValueError names a damaged or wrong file."""
+    return dict(_read_checkpoint(Path(path))["config"])
+
+
+def _check_resume(ck: dict, config: TrainConfig) -> None:
+    saved = ck["config"]
     new = config.to_dict()
     diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
@@ -791,6 +857,7 @@ def _check_resume(saved: dict, config: TrainConfig) -> None:
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
             f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})"
         )
+    _check_resume_has_work(ck, config)
     changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)]
     if changed:
         # an audit: --lr, --batch-size, --steps and --seed changed on resume without a word
@@ -800,6 +867,26 @@ def _check_resume(saved: dict, config: TrainConfig) -> None:
             + ": the new values apply from the checkpoint's step on (the learning-rate "
             "schedule follows the new steps / lr; the rows logged before used the old ones)",
             UserWarning, stacklevel=3)
+
+
+def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
+    """A resume that would train no step is refused before anything is written (an audit: a
+    spent time budget or ``--steps`` at or below the checkpoint's step ran 0 steps, said
+    "done", rewrote model.pt, and config.json recorded the smaller step count)."""
+    step, elapsed = int(ck["step"]), float(ck["elapsed_s"])
+    where = f"the checkpoint (last.pt) is at step {step}"
+    if config.steps < step:
+        raise ValueError(f"resume: --steps {config.steps} is below the run's step: {where}; a "
+                         f"run cannot be shortened; give --steps above {step} to train on")
+    if config.steps == step:
+        raise ValueError(f"resume: nothing to do: {where} of {config.steps}; give a larger "
+                         "--steps to train on")
+    if config.max_minutes and elapsed >= 60 * config.max_minutes:
+        raise ValueError(
+            f"resume: nothing to do: the time budget is spent ({where} of {config.steps} after "
+            f"{elapsed / 60:.2f} min of training, --minutes {config.max_minutes:g}; the budget "
+            "counts the training time of the run's earlier sessions too); give a larger "
+            "--minutes to train on")
 
 
 #: options a resumed run may change, with a warning (the schedule and the sampling)

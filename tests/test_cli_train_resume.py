@@ -1,0 +1,202 @@
+"""``napari-tubular train``: the time budget, resumes with nothing to do, Ctrl-C while the data
+is prepared, run folders left by a failed start, a resume without config.json (an audit)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.cli import main  # noqa: E402
+from napari_tubular.training import Cancelled, TrainConfig, train  # noqa: E402
+from napari_tubular.training import data as tdata  # noqa: E402
+
+SMALL_SYN = {"pool_size": 2, "refresh_every": 0, "extent_mm": (30.0, 36.0),
+             "inplane_spacing": (0.9, 1.1)}
+TINY = ["--patch", "16", "16", "16", "--base-channels", "4", "--depth", "2", "-K", "3",
+        "--val-data", "none", "--device", "cpu", "--threads", "1", "--batch-size", "1"]
+
+
+def _config_file(tmp_path: Path, **extra) -> str:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"synthetic": SMALL_SYN, "log_every": 1, "augment": False,
+                                **extra}))
+    return str(path)
+
+
+def _start(tmp_path: Path, out: Path, *flags: str, **extra) -> int:
+    return main(["train", _config_file(tmp_path, **extra), "--synthetic", "--out", str(out),
+                 *TINY, *flags])
+
+
+def _snapshot(out: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def _step(out: Path) -> int:
+    return int(torch.load(out / "last.pt", weights_only=False)["step"])
+
+
+def test_time_budget_is_said_and_a_spent_one_refuses_to_resume(tmp_path, capsys):
+    """An audit: a run stopped by --minutes said "done: 10 steps" (of 300) without saying why;
+    a --resume then ran 0 steps, said "done", exited 0 and rewrote model.pt."""
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, "--steps", "1000", "--minutes", "0.0005") == 0
+    err = capsys.readouterr().err
+    step = _step(out)
+    assert 1 <= step < 1000
+    assert (f"stopped by the time budget (--minutes 0.0005) at step {step} of 1000; --resume "
+            "with a larger --minutes continues") in err
+    before = _snapshot(out)
+    assert main(["train", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "time budget is spent" in err
+    assert "larger --minutes" in err
+    assert _snapshot(out) == before  # nothing rewritten
+    # the budget is the run's (it counts the minutes trained before): a larger one continues
+    assert main(["train", "--out", str(out), "--resume", "--minutes", "5",
+                 "--steps", str(step + 1), "--quiet"]) == 0
+    assert _step(out) == step + 1
+
+
+def test_minutes_help_says_the_budget_counts_across_resumes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "a --resume counts the minutes already trained" in help_text
+
+
+def test_resume_with_steps_at_or_below_the_checkpoint_is_refused(tmp_path, capsys):
+    """An audit: --resume --steps 8 on a 10-step run warned "steps 10 -> 8", said done,
+    rewrote model.pt and config.json recorded 8 steps."""
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, "--steps", "3", "--quiet") == 0
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--steps 2 is below the run's step" in err
+    assert "steps 3 -> 2" not in err  # no warning as if it were going on
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 2
+    assert "nothing to do" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert json.loads((out / "config.json").read_text())["steps"] == 3
+
+
+@pytest.mark.parametrize("case", ["depth", "model_key", "empty_labels"])
+def test_a_failed_start_leaves_no_empty_run_folder(tmp_path, capsys, case):
+    """An audit: --depth 0, or a config with an unknown model key, left an empty runs/...
+    folder (the folders this run created are removed; nothing else)."""
+    out = tmp_path / "runs" / "new"
+    flags = {"depth": ["--depth", "0"], "model_key": [], "empty_labels": []}[case]
+    extra = {"model": {"bogus": 1}} if case == "model_key" else {}
+    if case == "empty_labels":
+        import numpy as np
+
+        from napari_tubular.io import write_volume
+
+        data = tmp_path / "data"
+        data.mkdir()
+        write_volume(data / "a_image.nii.gz", np.zeros((20, 20, 20), np.float32))
+        write_volume(data / "a_label.nii.gz", np.zeros((20, 20, 20), np.uint8))
+        argv = ["train", _config_file(tmp_path, **extra), "--data", str(data)]
+    else:
+        argv = ["train", _config_file(tmp_path, **extra), "--synthetic"]
+    assert main([*argv, "--out", str(out), *TINY, *flags, "--steps", "2", "--quiet"]) == 2
+    assert not (tmp_path / "runs").exists()
+    # a folder that was there (empty, or with the user's files and --overwrite) is kept
+    out.mkdir(parents=True)
+    assert main([*argv, "--out", str(out), *TINY, *flags, "--steps", "2", "--quiet"]) == 2
+    assert out.is_dir()
+    (out / "notes.txt").write_text("mine")
+    assert main([*argv, "--out", str(out), *TINY, *flags, "--steps", "2", "--quiet",
+                 "--overwrite"]) == 2
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_cancel_while_synthetic_cases_are_generated_stops_there(tmp_path, monkeypatch):
+    """An audit: Ctrl-C while ``--synthetic`` prepared its data generated every case first, and
+    left an empty run folder behind."""
+    made = []
+    real = tdata.make_synthetic_case
+
+    def counting(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tdata, "make_synthetic_case", counting)
+    out = tmp_path / "runs" / "syn"
+    config = TrainConfig(out=str(out), patch_size=(16, 16, 16), batch_size=1, steps=3,
+                         model={"base_channels": 4, "depth": 2}, K=3, val_data=[],
+                         synthetic={**SMALL_SYN, "pool_size": 6}, num_threads=1, device="cpu")
+    started = []
+
+    def cancel():
+        return len(made) >= 2  # "Ctrl-C" after the second case
+
+    with pytest.raises(Cancelled, match="interrupted before the first step; nothing saved"):
+        train(config, cancel=cancel, on_first_step=lambda: started.append(1))
+    assert len(made) == 2  # not the pool's 6
+    assert not started
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_while_the_data_is_prepared(tmp_path):
+    """The command itself: SIGINT during the synthetic generation exits 130 promptly, says
+    nothing was saved (not "saving last.pt and model.pt") and leaves no run folder."""
+    out = tmp_path / "runs" / "syn"
+    # cases big enough that generating the pool takes far longer than the test waits
+    cfg = _config_file(tmp_path, synthetic={"pool_size": 64, "refresh_every": 0})
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from napari_tubular.cli import main; "
+         "sys.exit(main())", "train", cfg, "--synthetic", "--out", str(out), *TINY,
+         "--steps", "2"],
+        stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # wait for the generation to have begun
+            lines.append(proc.stderr.readline())
+            if "generating synthetic cases" in lines[-1] or not lines[-1]:
+                break
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        proc.wait(timeout=20)  # the little it prints fits in the pipe
+        rest = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert time.monotonic() - t0 < 20
+    assert "interrupted before the first step; nothing saved" in err
+    assert "saving last.pt" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_without_config_json_uses_the_checkpoints_settings(tmp_path, capsys):
+    """An audit: with config.json deleted, --resume went on with the parser's defaults
+    (val_every 3 -> 200) without a word; last.pt stores the run's settings."""
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, "--steps", "2", "--val-every", "3", "--quiet") == 0
+    (out / "config.json").unlink()
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "config.json is missing; resuming with the settings stored in" in err
+    assert "val_every" not in err  # no "val_every 3 -> 200" warning
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["val_every"] == 3
+    assert saved["model"]["base_channels"] == 4
+    assert _step(out) == 3
