@@ -191,11 +191,17 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one 6-neighbour outside it (or on the array border).
 
     Args:
-        mask: bool, shape (Z, Y, X).
+        mask: shape (Z, Y, X); any nonzero voxel is inside (a label array is taken as the mask
+            of its labels together: no surface between two labels).
 
     Returns:
         bool, shape (Z, Y, X).
     """
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        # an audit: integer labels went through bitwise AND (1 & 2 == 0): label-label borders
+        # were surface, and the result was not a bool mask
+        mask = mask != 0
     p = np.pad(mask, 1)
     interior = p[1:-1, 1:-1, 1:-1].copy()
     for axis in range(3):

@@ -327,3 +327,22 @@ def test_dice_and_length_refuse_what_they_cannot_measure():
 
     with pytest.raises(ValueError, match="NaN"):
         edt_mm(nan, (1, 1, 1))
+
+
+def test_surface_voxels_of_a_label_array_is_the_union_surface():
+    """An audit: integer labels went through bitwise AND (1 & 2 == 0), so the border between
+    two touching labels was surface and the result not a bool mask."""
+    from napari_tubular.topology.metrics import surface_voxels
+
+    labels = np.zeros((10, 10, 12), np.uint8)
+    labels[2:8, 2:8, 2:6] = 1
+    labels[2:8, 2:8, 6:10] = 2  # touches label 1 along x
+    labels[4, 4, 4] = 3
+    got = surface_voxels(labels)
+    want = surface_voxels(labels > 0)
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, want)
+    # the union's surface: a box 6 x 6 x 8 less its 4 x 4 x 6 interior
+    assert int(got.sum()) == 6 * 6 * 8 - 4 * 4 * 6
+    assert not got[4, 4, 5]  # the label-label border is inside
+    assert not got[4, 4, 6]
