@@ -883,6 +883,24 @@ def _nrrd_check(path: Path) -> None:
 _ITK_ADDRESS = re.compile(r" ?\(0x[0-9a-fA-F]+\)")
 
 
+def _read_through_link(path: Path, ext: str):
+    """:func:`_read_sitk_file` of ``path`` through a link (a copy where links fail) named
+    ``volume<ext>`` alone in a temporary folder."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="napari_tubular_") as tmp:
+        link = Path(tmp) / f"volume{ext}"
+        try:
+            os.symlink(path.resolve(), link)
+        except OSError:
+            shutil.copyfile(path, link)
+        try:
+            return _read_sitk_file(link)
+        except VolumeIOError as exc:  # named as the user named it, not as the link
+            raise VolumeIOError(str(exc).replace(str(link), str(path))) from exc
+
+
 def _read_sitk_file(path: Path):
     import SimpleITK as sitk
 
@@ -893,30 +911,12 @@ def _read_sitk_file(path: Path):
         if ext in (".mhd", ".nhdr"):
             raise VolumeIOError(f"{path}: a detached header with an upper-case extension cannot "
                                 f"be read (ITK knows {ext} only); rename it to {ext}")
-        import shutil
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="napari_tubular_") as tmp:
-            link = Path(tmp) / f"volume{ext}"
-            try:
-                os.symlink(path.resolve(), link)
-            except OSError:
-                shutil.copyfile(path, link)
-            return _read_sitk_file(link)
+        return _read_through_link(path, ext)
     if path.name.endswith(".nii.gz") and path.with_name(path.name[:-3]).exists():
         # the NIfTI library looks for "X.nii" before "X.nii.gz": asked for X.nii.gz beside an
         # X.nii, ITK read the other file without a word (an audit: every command read the
         # wrong volume); read it alone, through a link in a folder of its own
-        import shutil
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="napari_tubular_") as tmp:
-            link = Path(tmp) / "volume.nii.gz"
-            try:
-                os.symlink(path.resolve(), link)
-            except OSError:
-                shutil.copyfile(path, link)
-            return _read_sitk_file(link)
+        return _read_through_link(path, ".nii.gz")
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
