@@ -270,6 +270,10 @@ def upsert_layer(
     else:
         src = (next((ly for ly in viewer.layers if same_layer(ly, source)), None)
                if source is not None else None)
+        if src is None and hasattr(source, "metadata") and hasattr(source, "scale"):
+            # the input layer, closed during the run: its geometry, file and units as they
+            # are (an audit: the results came out in pixels, without their record)
+            src = source
     if src is not None:
         # Result layers live on the source's grid: keep its oblique/flipped direction (the
         # reader's affine) and record the geometry it shows now (writers save that geometry).

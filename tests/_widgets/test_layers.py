@@ -430,3 +430,24 @@ def test_pixel_units_note_only_for_layers_without_a_voxel_size(make_napari_viewe
     in_mm = viewer.add_image(np.zeros((4, 5, 6), np.float32), units="mm")
     assert pixel_units_note(in_mm) is None
     assert pixel_units_note(viewer.add_image(np.zeros((4, 5)))) is None
+
+
+def test_results_of_a_source_closed_during_the_run_keep_its_units_and_record(
+        make_napari_viewer):
+    """An audit: the image closed while it was segmented; the result layers came out in pixel
+    units (napari then drops the units of every layer: the scale bar lost its mm) and without
+    the geometry record the writers save."""
+    viewer = make_napari_viewer()
+    src = viewer.add_image(np.zeros((4, 5, 6), np.float32), name="img", scale=SPACING,
+                           translate=TRANSLATE, units=("mm", "mm", "mm"),
+                           metadata={"source_path": "/case.nii.gz"})
+    viewer.add_image(np.zeros((4, 5, 6), np.float32), name="other", scale=SPACING,
+                     units=("mm", "mm", "mm"))
+    viewer.layers.remove(src)
+    scale, translate = layer_geometry(src)
+    layer = upsert_layer(viewer, "image", np.ones((4, 5, 6), np.float32), owner="w", role="p",
+                         source=src, name="img p", scale=scale, translate=translate)
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3
+    np.testing.assert_allclose(layer.metadata["spacing"], SPACING)
+    np.testing.assert_allclose(layer.metadata["origin"], TRANSLATE)
+    assert layer.metadata["source_path"] == "/case.nii.gz"
