@@ -9,7 +9,9 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    whose two sides the prediction joins right there (a sliver beside the reference
    centerline, within ``tolerance_vox + 2`` voxels of the piece) is a ``narrowing``.
 2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks;
-   "joins two reference components" when it merges two of them).
+   "joins two reference components" when it merges two of them). Every merge of reference
+   components is a site: prediction fused beside two vessels with no skeleton piece of its
+   own outside them is a site of this class on those voxels ("merge: ...").
 3. ``spurious component``: a predicted 26-component that touches no reference voxel.
 4. ``missed component``: a reference 26-component that no predicted voxel touches.
 6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
@@ -576,7 +578,7 @@ def error_map(
             for k, vox in enumerate(_groups(g.coords, piece, n_pieces), start=1):
                 detail = "false branch / leak"
                 if n_joined[k] >= 2:
-                    detail += "; joins two reference components"
+                    detail += "; " + _JOINS
                 elif _separated(rc, vox, contacts.get(k), tolerance_vox):
                     detail += "; bridges a gap of the reference"
                 elif near_r is not None and near_r[tuple(vox.T)].all():
@@ -590,6 +592,10 @@ def error_map(
                 sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3,
                                    lengths[k], detail))
     del cav_p, cav_r
+    # reference components the prediction merges where no false centerline piece joins them
+    # (an outside audit: two vessels fused along their whole length, b0 error 1, no site)
+    _merge_sites(labels_c, pc, rc, lab_p, lab_r, is_spurious, sites, site_of, offset, spacing,
+                 voxel_mm3)
     # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
@@ -614,6 +620,92 @@ def error_map(
             sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3, length, detail))
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
+
+
+_JOINS = "joins two reference components"
+#: the 26 neighbour offsets
+_OFFSETS_26 = [np.array(o) for o in np.ndindex(3, 3, 3) if o != (1, 1, 1)]
+
+
+def _merge_sites(labels_c, pc, rc, lab_p, lab_r, is_spurious, sites, site_of, offset, spacing,
+                 voxel_mm3) -> None:
+    """Make every merge of reference components by the prediction (a Betti-0 error) a site.
+
+    Two reference components are joined in the prediction only through prediction voxels
+    outside the reference (the 26-components of those, "bridges"). Bridges are taken in order
+    of size; one that joins reference components not yet joined is a merge: a false centerline
+    site on it that does not say so already gets "joins two reference components" in its
+    detail, and a bridge without one (two vessels fused along their length: their medial line
+    runs inside the reference, no false piece) becomes a false centerline site itself, its
+    voxels the bridge. ``sites`` and ``labels_c`` are updated in place."""
+    both = pc & rc
+    if int(lab_r.max()) < 2 or not both.any():
+        return
+    pr = np.unique(np.stack([lab_p[both], lab_r[both]], axis=1), axis=0)
+    comps, counts = np.unique(pr[:, 0], return_counts=True)
+    multi = comps[(counts >= 2) & ~is_spurious[comps]]
+    if multi.size == 0:
+        return
+    extra = np.isin(lab_p, multi) & ~rc
+    box = bounding_box(extra)
+    if box is None:
+        return
+    box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, n)) for b, n in zip(box, extra.shape))
+    lo = np.array([b.start for b in box])
+    bridges, n_b = cc3d.connected_components(np.ascontiguousarray(extra[box]), connectivity=26,
+                                             return_N=True)
+    ref_box = lab_r[box]
+    # (bridge, reference component) pairs of 26-neighbours, over the bridge voxels only (the
+    # false positives: a small part of a large volume)
+    coords = np.argwhere(bridges > 0)
+    ids = bridges[tuple(coords.T)]
+    shape = np.array(bridges.shape)
+    touch = []
+    for o in _OFFSETS_26:
+        nb = coords + (o - 1)
+        ok = np.all((nb >= 0) & (nb < shape), axis=1)
+        r = ref_box[tuple(nb[ok].T)]
+        hit = r > 0
+        if hit.any():
+            touch.append(np.stack([ids[ok][hit], r[hit]], axis=1))
+    if not touch:
+        return
+    touch = np.unique(np.concatenate(touch), axis=0)
+    parent = np.arange(int(lab_r.max()) + 1)
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = int(parent[a])
+        return a
+
+    sizes = np.bincount(bridges.ravel(), minlength=n_b + 1)
+    objects = ndimage.find_objects(bridges)
+    for bid in np.argsort(-sizes[1:], kind="stable") + 1:
+        refs = touch[touch[:, 0] == bid, 1]
+        if refs.size < 2:
+            continue
+        roots = {root(int(r)) for r in refs}
+        if len(roots) < 2:
+            continue
+        first, *rest = sorted(roots)
+        for r in rest:
+            parent[r] = first
+        sl = objects[bid - 1]
+        vox = np.argwhere(bridges[sl] == bid) + lo + [b.start for b in sl]
+        on = np.unique(site_of[tuple(vox.T)])
+        on = [int(i) for i in on if i >= 0 and sites[int(i)].cls == FALSE_CENTERLINE]
+        if on:
+            site = max((sites[i] for i in on), key=lambda t: t.severity)
+            if _JOINS not in site.detail:
+                site.detail = site.detail + "; " + _JOINS
+            continue
+        ext = (vox.max(axis=0) - vox.min(axis=0) + 1) * np.asarray(spacing, dtype=np.float64)
+        free = labels_c[tuple(vox.T)] == 0
+        labels_c[tuple(vox[free].T)] = FALSE_CENTERLINE
+        sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3, float(ext.max()),
+                           f"merge: {_JOINS} (fused beside them, no centerline of its own)",
+                           weight=_BREAK_WEIGHT))
 
 
 #: in a comparison, a component with more loops than this is counted, not located

@@ -716,3 +716,40 @@ def test_a_vessel_narrowed_to_a_sliver_is_a_narrowing_not_a_break(spacing):
     n = error_map(narrowed, ref, spacing).sites[0]
     c = error_map(cut, ref, spacing).sites[0]
     assert n.severity < c.severity
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 0.8, 0.8)])
+def test_two_vessels_fused_along_their_length_are_a_merge_site(spacing):
+    """An outside audit: two reference vessels 1-2 voxels apart that the prediction fuses
+    along their whole length (b0 error 1) had no site at tolerance 1 (their medial line runs
+    inside the reference); at tolerance 0 the false piece did not say it joins them. Every
+    merge is now a site that says so, and a separate pair of vessels gives none."""
+    shape = (30, 30, 50)
+    idx = np.indices(shape).astype(float)
+
+    def tube(yc, r):  # in voxels: elliptic in mm on the anisotropic grid
+        return np.hypot(idx[0] - 15, idx[1] - yc) <= r
+
+    ref = tube(11.5, 2.6) | tube(18.5, 2.6)
+    fused = ref | ((np.abs(idx[1] - 15) <= 2) & (np.abs(idx[0] - 15) <= 2))
+    assert compute_b0(fused) == 1
+    assert compute_b0(ref) == 2
+    for tol in (1, 0):
+        rep = error_map(fused, ref, spacing, tolerance_vox=tol)
+        joins = [s for s in rep.sites if "joins two reference components" in s.detail]
+        assert len(joins) == 1, [(s.cls_name, s.detail) for s in rep.sites]
+        assert joins[0].cls_name == "false centerline"
+    rep = error_map(fused, ref, spacing)
+    assert rep.sites[0].length_mm >= 40 * spacing[2]  # along the whole fused length
+    # a bridge at one place: one site, which says it joins them
+    bridge = ref | ((np.abs(idx[1] - 15) <= 2) & (np.abs(idx[0] - 15) <= 2)
+                    & (np.abs(idx[2] - 25) <= 2))
+    rep = error_map(bridge, ref, spacing)
+    assert sum("joins two reference components" in s.detail for s in rep.sites) == 1
+    assert error_map(ref, ref, spacing).sites == []
+
+
+def compute_b0(mask):
+    from napari_tubular.topology import betti_numbers
+
+    return betti_numbers(mask)[0]
