@@ -266,3 +266,24 @@ def test_a_min_radius_that_raises_the_max_radius_is_said(tmp_path, capsys):
                  "3", "--max-radius", "1"]) == 2
     assert "--min-radius 3 mm is above --max-radius 1 mm" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_radius_errors_name_the_options(tmp_path, capsys):
+    """An audit: --max-radius 0.2 failed with "max_radius_mm (0.2) must be >= min_radius_mm
+    (0.4)" (names and a value the user never gave), and --max-radius inf was first warned
+    about as a large radius."""
+    out = tmp_path / "o"
+    assert main(["synth", str(out), "--shape", "32", "32", "32", "--max-radius", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert "--max-radius 0.2 mm is below" in err
+    assert "--min-radius" in err
+    assert "max_radius_mm" not in err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as info:
+        main(["synth", str(out), "--shape", "32", "32", "32", "--max-radius", "inf"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "finite" in err
+    assert "warning" not in err
+    assert main(["synth", str(out), "--shape", "32", "32", "32", "--max-radius", "0.2",
+                 "--min-radius", "0.2"]) == 0

@@ -36,8 +36,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):  # an audit: inf was warned about first
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 
@@ -316,6 +316,14 @@ def radius_warning(max_radius, min_radius, shape, spacing) -> None:
         if min_radius is not None and min_radius > max_radius:
             raise ValueError(f"--min-radius {min_radius:g} mm is above --max-radius "
                              f"{max_radius:g} mm")
+        thinnest = 0.4 * min(spacing)  # the generator's default min radius
+        if min_radius is None and max_radius < thinnest:
+            # an audit: "max_radius_mm (0.2) must be >= min_radius_mm (0.4)", names the user
+            # never gave
+            raise ValueError(f"--max-radius {max_radius:g} mm is below the thinnest vessel "
+                             f"radius, --min-radius, whose default is {thinnest:g} mm (0.4 x "
+                             f"the smallest spacing): give --min-radius {max_radius:g} or less "
+                             "too")
         if max_radius > 0.25 * extent:
             print(f"warning: --max-radius {max_radius:g} mm is more than a quarter of the "
                   f"volume's smallest extent ({extent:g} mm): the vessels fill most of it",
