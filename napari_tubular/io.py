@@ -883,6 +883,13 @@ def _nrrd_check(path: Path) -> None:
 _ITK_ADDRESS = re.compile(r" ?\(0x[0-9a-fA-F]+\)")
 
 
+def _itk_error_line(lines: list[str]) -> str:
+    """The line of an ITK read error worth showing (its first "ERROR" line, else its last),
+    without object addresses ("NrrdImageIO(0x556a...)": no use to a user)."""
+    detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
+    return _ITK_ADDRESS.sub("", detail)
+
+
 def _read_through_link(path: Path, ext: str):
     """:func:`_read_sitk_file` of ``path`` through a link (a copy where links fail) named
     ``volume<ext>`` alone in a temporary folder."""
@@ -926,8 +933,7 @@ def _read_sitk_file(path: Path):
             raise VolumeIOError(
                 f"{path}: file is truncated or its data are corrupt ({detail})"
             ) from exc
-        detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
-        detail = _ITK_ADDRESS.sub("", detail)  # "NrrdImageIO(0x556a...)": no use to a user
+        detail = _itk_error_line(lines)
         raise VolumeIOError(
             f"{path}: cannot read the file: corrupt or unreadable header or data ({detail})"
         ) from exc
@@ -1042,9 +1048,7 @@ def _read_dicom_series(path: Path, only_file: Path | None):
         img = reader.Execute()
     except RuntimeError as exc:
         _check_slice_sizes(path, files)  # an audit: a 10-line ITK region dump
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "ERROR" in ln), lines[-1] if lines else "")
-        detail = _ITK_ADDRESS.sub("", detail)
+        detail = _itk_error_line([ln.strip() for ln in str(exc).splitlines() if ln.strip()])
         raise VolumeIOError(f"{path}: cannot read DICOM series {sid}"
                             + (f"; {bad}" if bad else "") + f" ({detail})") from exc
     _check_slice_positions(path, reader, len(files), img, bad)

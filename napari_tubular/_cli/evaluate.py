@@ -239,13 +239,12 @@ def _foreground_outside(pv, rv, threshold: float | None) -> tuple[int, int]:
     # prediction index -> reference index: continuous, a voxel centre outside [-0.5, n - 0.5)
     # on any axis lies outside the reference field of view
     m = np.linalg.solve(rv.affine(), pv.affine())
+    lo, hi = -0.5 - 1e-6, np.asarray(rv.shape) - 0.5 + 1e-6
     inside = np.ones(total, dtype=bool)
     for start in range(0, total, 1 << 22):
         chunk = idx[start:start + (1 << 22)].astype(np.float64)
         ref_idx = chunk @ m[:3, :3].T + m[:3, 3]
-        tol = 1e-6
-        inside[start:start + chunk.shape[0]] = np.all(
-            (ref_idx >= -0.5 - tol) & (ref_idx < np.asarray(rv.shape) - 0.5 + tol), axis=1)
+        inside[start:start + chunk.shape[0]] = np.all((ref_idx >= lo) & (ref_idx < hi), axis=1)
     return int(total - np.count_nonzero(inside)), total
 
 

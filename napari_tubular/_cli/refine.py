@@ -303,30 +303,30 @@ def run(args) -> int:
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
-    from ..io import WRITE_EXTENSIONS
+    from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
 
-    if not any(out.name.lower().endswith(e) and len(out.name) > len(e)
-               for e in WRITE_EXTENSIONS):
-        # checked here, before any work (an audit: the writer's message named a Python
-        # function, write_dicom_series, to a command-line user)
+    try:
+        _write_ext(out)  # the writer's own rule, checked here before any work
+    except VolumeIOError:
+        # an audit: the writer's message named a Python function, write_dicom_series, to a
+        # command-line user
         raise ValueError(f"-o {out}: refine writes the labels as {', '.join(WRITE_EXTENSIONS)} "
                          "(the extension picks the format); give a file name ending in one of "
-                         "them")
+                         "them") from None
     skel_out = skeleton_path(out)
     from ._paths import _same, refuse_inputs_as_outputs
 
     recorded = defaults["image"]
+    rp = report_path(Path(args.probability).expanduser())
     if recorded:
         # an audit: -o <the image segment's report records> --overwrite replaced the CT that
         # the partial-volume trim reads with a mask, while the same file as --image was refused
         for o in (out, skel_out):
             if _same(o, Path(recorded).expanduser()):
                 raise ValueError(
-                    f"output {o} is the segmented image recorded in "
-                    f"{report_path(Path(args.probability).expanduser())} ({recorded}), which "
+                    f"output {o} is the segmented image recorded in {rp} ({recorded}), which "
                     "refine reads for the partial-volume trim; choose another output name or "
                     "folder (--overwrite never replaces an input)")
-    rp = report_path(Path(args.probability).expanduser())
     refuse_inputs_as_outputs((out, skel_out), (args.probability, args.radius, args.image,
                                                rp if rp.exists() else None))
     if not args.overwrite:
