@@ -1041,6 +1041,8 @@ def make_vessel_tree(
     organ_level: Sequence[float] = (0.25, 0.7),
     distractors_touch: bool = False,
     noise_grain_vox: float = 0.0,
+    texture_hu: float = 0.0,
+    texture_corr_vox: float = 2.0,
 ) -> SyntheticCase:
     """Random 3-D vessel trees with a CT-like image and an exact reference.
 
@@ -1060,7 +1062,9 @@ def make_vessel_tree(
             it, other roots' from 0.45-0.8 times; default ``0.045 * min physical extent``
             (>= 2 * min radius).
         min_radius_mm: thinnest vessel; default ``0.4 * min(spacing)`` (sub-voxel).
-        n_trees: number of trees (default random 1..3). Trees never touch each other.
+        n_trees: number of trees (default random 1..3). Trees never touch each other. 0 gives
+            a volume without vessels (empty label), e.g. tissue alone to teach a network what
+            is not a vessel (with ``free_segments`` 0).
         branches_per_tree: growth budget (default scales with the volume size).
         loop_probability: probability, per free tip, of joining it to a nearby tip of the same
             tree (an anastomosis), in [0, 1]; 0 gives trees without loops.
@@ -1124,6 +1128,13 @@ def make_vessel_tree(
             ``sqrt(psf^2 + grain^2)`` voxels per axis and added after the PSF blur, scaled to
             the same standard deviation, as a smooth CT reconstruction kernel's coarse-grained
             noise looks.
+        texture_hu: standard deviation (HU) of an extra fine-grained soft-tissue texture
+            (default 0: the default volume), a smooth random field with correlation length
+            ``texture_corr_vox`` voxels of the finest spacing added to the tissue under the
+            vessels, as the mottled parenchyma of a real CT looks: its peaks are vessel-sized
+            bright specks that are not vessels. Drawn from a random stream of its own, so the
+            rest of the volume is that of the same seed without it.
+        texture_corr_vox: the texture's correlation length in voxels (default 2).
 
     Returns:
         SyntheticCase with image float32 (Z, Y, X), mask uint8, centerline float64 (N, 4) in mm,
@@ -1170,8 +1181,13 @@ def make_vessel_tree(
     for name, value in (("max_radius_mm", max_radius_mm), ("min_radius_mm", min_radius_mm)):
         if value is not None and not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number of mm, got {value!r}")
-    if n_trees is not None and (int(n_trees) != n_trees or n_trees < 1):
-        raise ValueError(f"n_trees must be a positive integer, got {n_trees!r}")
+    if n_trees is not None and (int(n_trees) != n_trees or n_trees < 0):
+        raise ValueError(f"n_trees must be a non-negative integer, got {n_trees!r}")
+    if not (np.isfinite(texture_hu) and 0.0 <= float(texture_hu) <= 500.0):
+        raise ValueError(f"texture_hu must be a number in [0, 500] (HU), got {texture_hu!r}")
+    if not (np.isfinite(texture_corr_vox) and 0.5 <= float(texture_corr_vox) <= 50.0):
+        raise ValueError(f"texture_corr_vox must be a number in [0.5, 50] (voxels), got "
+                         f"{texture_corr_vox!r}")
     if int(free_segments) != free_segments or free_segments < 0:
         raise ValueError(f"free_segments must be a non-negative integer, got {free_segments!r}")
     if int(organs) != organs or organs < 0:
@@ -1264,6 +1280,12 @@ def make_vessel_tree(
     fat -= f32(90.0)
     img -= fine * (img - fat)  # img * (1 - w) + fat * w
     del fat, fine
+    if texture_hu > 0:  # fine mottled parenchyma, its own stream: the rest of the seed unchanged
+        tex = _smooth_noise(np.random.default_rng([seed, 4246]), shape, sp,
+                            float(texture_corr_vox) * min(sp))
+        tex *= f32(texture_hu)
+        img += tex
+        del tex
     n_blobs = n_plates = n_air = 0
     if distractors:
         n_blobs = int(rng.integers(2, 6))
@@ -1345,6 +1367,8 @@ def make_vessel_tree(
         "organ_level": lo_hi,
         "distractors_touch": bool(distractors_touch),
         "noise_grain_vox": grain,
+        "texture_hu": float(texture_hu),
+        "texture_corr_vox": float(texture_corr_vox),
     }
     return SyntheticCase(
         image=img,

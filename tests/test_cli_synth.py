@@ -287,3 +287,35 @@ def test_radius_errors_name_the_options(tmp_path, capsys):
     assert "warning" not in err
     assert main(["synth", str(out), "--shape", "32", "32", "32", "--max-radius", "0.2",
                  "--min-radius", "0.2"]) == 0
+
+
+def test_synth_vessel_free_textured_volume(tmp_path, capsys):
+    """``--trees 0`` writes tissue without vessels (an empty label, no centreline rows);
+    ``--texture`` adds the fine mottled texture and leaves the label alone."""
+    import numpy as np
+
+    from napari_tubular.cli import main
+    from napari_tubular.io import read_volume
+
+    args = ["--shape", "24", "28", "32", "--seed", "4"]
+    assert main(["synth", str(tmp_path / "free"), "--trees", "0", "--texture", "25", *args]) == 0
+    assert "0 tree(s), 0 loop(s), label Betti (0, 0, 0)" in capsys.readouterr().err
+    label = read_volume(tmp_path / "free" / "case_000_label.nii.gz")
+    assert label.data.shape == (24, 28, 32)
+    assert not label.data.any()
+    rows = (tmp_path / "free" / "case_000_centerline.csv").read_text().strip().splitlines()
+    assert len(rows) == 1  # the header only
+    assert main(["synth", str(tmp_path / "plain"), *args]) == 0
+    assert main(["synth", str(tmp_path / "tex"), "--texture", "30", *args]) == 0
+    plain, tex = (read_volume(tmp_path / d / "case_000_image.nii.gz").data for d in ("plain", "tex"))
+    assert np.array_equal(read_volume(tmp_path / "plain" / "case_000_label.nii.gz").data,
+                          read_volume(tmp_path / "tex" / "case_000_label.nii.gz").data)
+    assert 10.0 < float(np.std(tex.astype(float) - plain)) < 35.0
+    capsys.readouterr()
+    for bad in (["--texture", "-1"], ["--texture", "nan"]):
+        assert main(["synth", str(tmp_path / "bad"), *bad, *args]) == 2
+        assert "--texture must be 0-500 HU" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["synth", str(tmp_path / "bad"), "--trees", "-1", *args])
+    assert exc.value.code == 2
+    assert not (tmp_path / "bad").exists()

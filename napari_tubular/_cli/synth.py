@@ -41,14 +41,18 @@ def _positive_float(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
     return value
+
+
+def _count(text: str) -> int:
+    return _positive_int(text, minimum=0)
 
 
 def _seed(text: str) -> int:
@@ -122,10 +126,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--trees",
-        type=_positive_int,
+        type=_count,
         default=None,
         metavar="K",
-        help="trees per case (default random 1-3)",
+        help="trees per case (default random 1-3; 0: tissue without vessels, an empty label)",
     )
     p.add_argument(
         "--max-radius",
@@ -158,6 +162,15 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="VOX",
         help="coarse-grained noise: extra correlation length of the noise in voxels, 0-10 "
         "(default 0), as a smooth CT reconstruction kernel's noise looks",
+    )
+    p.add_argument(
+        "--texture",
+        type=float,
+        default=0.0,
+        metavar="HU",
+        help="add a fine mottled soft-tissue texture of this standard deviation in HU, "
+        "0-500 (default 0; correlation 2 voxels): vessel-sized bright specks that are not "
+        "vessels",
     )
     p.add_argument(
         "--contrast",
@@ -244,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--contrast must be > 0 HU (vessel above tissue), got {args.contrast}")
     if not (math.isfinite(args.noise_grain) and 0.0 <= args.noise_grain <= 10.0):
         raise ValueError(f"--noise-grain must be 0-10 voxels, got {args.noise_grain}")
+    if not (math.isfinite(args.texture) and 0.0 <= args.texture <= 500.0):
+        raise ValueError(f"--texture must be 0-500 HU, got {args.texture}")
     lo, hi = args.organ_level
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi <= 1.5):
         raise ValueError(f"--organ-level must be LO HI with 0 <= LO <= HI <= 1.5, got {lo} {hi}")
@@ -271,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
         "organs": args.organs,
         "contrast": args.contrast,
         "noise_grain_vox": args.noise_grain,
+        "texture_hu": args.texture,
         "distractors_touch": args.touching_distractors,
         "organ_level": tuple(args.organ_level),
     }

@@ -352,9 +352,9 @@ def _triple(value: Any, name: str, kind: type) -> tuple:
 #: synthetic options given as (low, high) ranges of positive numbers / of integers >= 0
 _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox",
                     "thin_max_radius_mm", "large_max_radius_mm", "wide_psf_sigma_vox",
-                    "coarse_inplane_spacing", "low_contrast_hu")
+                    "coarse_inplane_spacing", "low_contrast_hu", "texture_corr_vox")
 # ranges that may start at 0, with the generator's own upper limit
-_BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0}
+_BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0, "texture_hu": 500.0}
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
 
 

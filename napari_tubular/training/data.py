@@ -61,6 +61,10 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "low_contrast_fraction": 0.0,  # fraction of cases with low vessel contrast
     "low_contrast_hu": (70.0, 160.0),  # their vessel-minus-tissue contrast (HU), uniform
     "low_contrast_min_cnr": 5.0,  # and their noise at most contrast / this
+    "texture_fraction": 0.0,  # fraction of cases with fine mottled tissue texture
+    "texture_hu": (15.0, 35.0),  # its standard deviation (HU), uniform
+    "texture_corr_vox": (1.5, 3.0),  # its correlation length (finest voxels), uniform
+    "vessel_free_fraction": 0.0,  # fraction of cases without any vessel (all textured)
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -406,8 +410,11 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     blob, through a bone plate), ``bright_organ_fraction`` of the organ cases get organs as bright
     as the vessels (``bright_organ_level``), ``grainy_fraction`` of all cases coarse-grained
     noise (``noise_grain_vox``) and ``low_contrast_fraction`` a vessel contrast of
-    ``low_contrast_hu`` with the noise at most contrast / ``low_contrast_min_cnr``; all 0 by
-    default.
+    ``low_contrast_hu`` with the noise at most contrast / ``low_contrast_min_cnr``;
+    ``texture_fraction`` of all cases get a fine mottled tissue texture (``texture_hu``,
+    ``texture_corr_vox``: vessel-sized bright specks that are not vessels) and
+    ``vessel_free_fraction`` have no vessel at all (``n_trees=0``, always textured, empty
+    label: a window of texture alone is not a window of faint vessels); all 0 by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -489,12 +496,24 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
         gen.setdefault("contrast", round(c, 2))
         cnr = float(opts["low_contrast_min_cnr"])
         gen.setdefault("noise", round(float(rng.uniform(0.25, 1.0)) * gen["contrast"] / cnr, 2))
+    # session 24's options, drawn after everything above: earlier configs unchanged
+    textured = rng.random() < opts["texture_fraction"]
+    free = rng.random() < opts["vessel_free_fraction"]
+    tex_hu = float(rng.uniform(*opts["texture_hu"]))
+    tex_corr = float(rng.uniform(*opts["texture_corr_vox"]))
+    if textured or free:
+        gen.setdefault("texture_hu", round(tex_hu, 2))
+        gen.setdefault("texture_corr_vox", round(tex_corr, 3))
+    if free:  # tissue, distractors, organs, body: everything but the vessels
+        gen["n_trees"] = 0
+        gen["free_segments"] = 0
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
             "organs": bool(organ), "coarse": bool(coarse), "bare_body": bool(body and bare),
             "touch": bool(touch), "bright_organs": bool(organ and bright),
-            "grainy": bool(grainy), "low_contrast": bool(low)}
+            "grainy": bool(grainy), "low_contrast": bool(low),
+            "textured": bool(textured or free), "vessel_free": bool(free)}
 
 
 def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, Spacing]:
