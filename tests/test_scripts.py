@@ -330,3 +330,28 @@ def test_body_phantom_false_positive_volume():
     assert out["fp_ml"] == pytest.approx(8 / 1000.0)
     assert out["where"]["soft"] == pytest.approx(1.0)
     assert out["where"]["air"] == 0.0
+
+
+def test_texture_phantoms_cases_and_false_component_count():
+    """texture_phantoms.py: its vessel-free cases have an empty label and the fine texture it
+    names; a component is false only when no voxel of it lies within one voxel of the truth."""
+    tp = _load("texture_phantoms")
+    free = tp.make_case(14000, 0)  # vessel-free, 20 HU, 96³ at 0.8 mm
+    assert free["group"] == "vessel-free, 20 HU"
+    assert free["image"].shape == (96, 96, 96)
+    assert not free["label"].any()
+    # 20 HU fine texture + 8 HU broad texture + 10-14 HU noise, blurred by 0.6 voxel
+    assert 15.0 < float(free["image"].std()) < 30.0
+    tree = tp.make_case(14003, 3)  # tree, 30 HU
+    assert tree["label"].any()
+    assert tree["group"] == "tree, 30 HU"
+    truth = np.zeros((20, 20, 20), bool)
+    truth[5, 5, 2:18] = True
+    pred = np.zeros_like(truth)
+    pred[6, 6, 2:10] = True  # diagonal neighbour of the truth: not false
+    pred[15:17, 15:17, 15:17] = True  # 8 voxels far away: false
+    pred[10, 3, 3] = True  # 1 voxel, 5 voxels away: false
+    n, ml = tp.false_components(pred, truth, (0.5, 0.5, 0.5))
+    assert n == 2
+    assert ml == pytest.approx(9 * 0.125 / 1000.0)
+    assert tp.false_components(pred, np.zeros_like(truth), (1, 1, 1))[0] == 3
