@@ -444,7 +444,7 @@ def test_enhancing_organs_are_bright_unlabelled_and_leave_the_rest():
         ({"shape": (4, 64, 64)}, "shape"),
         ({"loop_probability": 1.5}, "loop_probability"),
         ({"seed": -1}, "seed"),
-        ({"n_trees": 0}, "n_trees"),
+        ({"n_trees": -1}, "n_trees"),
         ({"min_radius_mm": 3.0, "max_radius_mm": 1.0}, "max_radius_mm"),
         ({"noise": -2.0}, "noise"),
     ],

@@ -163,3 +163,35 @@ def test_training_on_vessel_free_cases_runs(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
     assert rows
     assert all(np.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_vessel_free_generator_overrides_only_the_vessel_free_cases():
+    plain = {"distractors": False, "organs": 0, "body": False}
+    opts = {"vessel_free_fraction": 0.3, "organ_fraction": 1.0, "body_fraction": 1.0,
+            "bare_body_fraction": 1.0, "vessel_free_generator": plain}
+    params = [synthetic_case_params(s, opts) for s in range(40)]
+    free = [p for p in params if p["vessel_free"]]
+    assert free
+    for p in free:
+        assert p["generator"]["distractors"] is False
+        assert p["generator"]["organs"] == 0
+        assert p["generator"]["body"] is False
+        assert "bare_body" not in p["generator"]  # it needs a body: dropped with it
+        case = make_vessel_tree(shape=(20, 20, 20), spacing=p["spacing"], seed=p["seed"],
+                                **p["generator"])
+        assert not case.mask.any()
+        assert case.params["n_blobs"] == 0
+    for p in params:
+        if not p["vessel_free"]:
+            assert "distractors" not in p["generator"]
+            assert p["generator"]["organs"] >= 1
+
+
+def test_train_config_checks_vessel_free_generator():
+    TrainConfig(synthetic={"vessel_free_generator": {"distractors": False, "texture_hu": 30.0}})
+    with pytest.raises(ValueError, match=r"synthetic\.vessel_free_generator: unknown option"):
+        TrainConfig(synthetic={"vessel_free_generator": {"no_such_option": 1}})
+    with pytest.raises(ValueError, match=r"synthetic\.vessel_free_generator: must be a dict"):
+        TrainConfig(synthetic={"vessel_free_generator": [1, 2]})
+    with pytest.raises(ValueError, match=r"synthetic\.generator: unknown option"):
+        TrainConfig(synthetic={"generator": {"no_such_option": 1}})

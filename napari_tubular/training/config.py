@@ -398,9 +398,14 @@ def _check_synthetic_values(options: dict) -> None:
         elif key == "refresh_every":  # 0: the pool is never refreshed
             if not _number(value) or float(value) != int(value) or value < 0:
                 raise ValueError(f"synthetic.{key}: must be an integer >= 0, got {value!r}")
-    generator = options.get("generator", {})
+    for name in ("generator", "vessel_free_generator"):
+        _check_generator_options(name, options.get(name, {}))
+
+
+def _check_generator_options(name: str, generator) -> None:
+    """ValueError for ``synthetic.<name>`` unless it is a dict of make_vessel_tree options."""
     if not isinstance(generator, dict):
-        raise ValueError(f"synthetic.generator: must be a dict of make_vessel_tree options, "
+        raise ValueError(f"synthetic.{name}: must be a dict of make_vessel_tree options, "
                          f"got {generator!r}")
     if generator:
         import inspect
@@ -411,12 +416,12 @@ def _check_synthetic_values(options: dict) -> None:
         known = sorted(k for k, p in params.items() if p.kind is p.KEYWORD_ONLY)
         bad = sorted(set(generator) - set(known))
         if bad:
-            raise ValueError(f"synthetic.generator: unknown option(s) {', '.join(bad)} "
+            raise ValueError(f"synthetic.{name}: unknown option(s) {', '.join(bad)} "
                              f"(make_vessel_tree's: {', '.join(known)})")
         try:  # the values' types, on a tiny volume (a value too large for it is not judged)
             make_vessel_tree((12, 12, 12), (1.0, 1.0, 1.0), seed=0, **generator)
         except TypeError as exc:
-            raise ValueError(f"synthetic.generator: a value of the wrong type among "
+            raise ValueError(f"synthetic.{name}: a value of the wrong type among "
                              f"{generator} ({exc})") from None
         except ValueError:
             pass

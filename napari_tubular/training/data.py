@@ -65,6 +65,7 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "texture_hu": (15.0, 35.0),  # its standard deviation (HU), uniform
     "texture_corr_vox": (1.5, 3.0),  # its correlation length (finest voxels), uniform
     "vessel_free_fraction": 0.0,  # fraction of cases without any vessel (all textured)
+    "vessel_free_generator": {},  # make_vessel_tree options of those, e.g. {"distractors": False}
     "pool_size": 32,  # prepared cases kept in memory
     "refresh_every": 4,  # steps between replacements of one pool case (main-process mode)
     "generator": {},  # extra keyword arguments of make_vessel_tree
@@ -414,7 +415,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     ``texture_fraction`` of all cases get a fine mottled tissue texture (``texture_hu``,
     ``texture_corr_vox``: vessel-sized bright specks that are not vessels) and
     ``vessel_free_fraction`` have no vessel at all (``n_trees=0``, always textured, empty
-    label: a window of texture alone is not a window of faint vessels); all 0 by default.
+    label: a window of texture alone is not a window of faint vessels; ``vessel_free_generator``
+    overrides their generator options, e.g. ``{"distractors": False, "organs": 0, "body":
+    False}`` for texture alone); all 0 by default.
     Other generator options (tortuosity, loops, noise, contrast, distractors) keep the
     generator's own random draws.
     """
@@ -507,6 +510,9 @@ def synthetic_case_params(seed: int, options: dict[str, Any] | None = None) -> d
     if free:  # tissue, distractors, organs, body: everything but the vessels
         gen["n_trees"] = 0
         gen["free_segments"] = 0
+        gen.update(opts["vessel_free_generator"])  # e.g. texture alone: no distractors
+        if not gen.get("body", False):
+            gen.pop("bare_body", None)
     return {"shape": tuple(shape), "spacing": spacing, "seed": int(seed), "generator": gen,
             "thin": bool(thin), "sharp": bool(sharp), "large": bool(large), "hard": bool(hard),
             "wide_psf": bool(wide), "segments": bool(segments), "body": bool(body),
