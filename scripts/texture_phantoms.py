@@ -3,7 +3,7 @@
 Usage::
 
     python scripts/texture_phantoms.py [--model default|PATH ...] [--set dev|test] [--n 12]
-        [--out DIR]
+        [--out DIR] [--save DIR]
 
 Session 23 found that volumes without any vessel get 9-22 false components per 96³ volume in
 textured soft tissue, while the same texture around a vessel tree gives 0-1. This script makes
@@ -24,14 +24,15 @@ their volume (mL), and on the tree cases Dice / clDice. Seeds: ``dev`` 14000 + i
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from foreign_phantoms import phantom_parser, prepare_cases, write_results  # noqa: E402
 
 SEEDS = {"dev": 14000, "test": 14500}
 GRIDS = (((96, 96, 96), (0.8, 0.8, 0.8)), ((40, 110, 110), (2.0, 0.7, 0.7)))
@@ -69,7 +70,11 @@ def make_case(seed: int, i: int) -> dict:
         label = np.zeros(shape, bool)
     return {"name": f"{'tree' if vessels else 'free'}_{int(texture_hu)}hu_{seed}",
             "group": f"{'tree' if vessels else 'vessel-free'}, {int(texture_hu)} HU",
-            "image": image.astype(np.float32), "label": label, "spacing": spacing}
+            "image": image.astype(np.float32), "label": label, "options": {"spacing": spacing}}
+
+
+def make_set(set_name: str, n: int) -> list[dict]:
+    return [make_case(SEEDS[set_name] + i, i) for i in range(n)]
 
 
 def false_components(labels: np.ndarray, truth: np.ndarray, spacing) -> tuple[int, float]:
@@ -93,16 +98,17 @@ def evaluate_model(model: str, cases: list[dict], log=print) -> list[dict]:
 
     rows = []
     for c in cases:
+        sp = c["options"]["spacing"]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = segment(Volume(c["image"], c["spacing"]), model=model, device="cpu")
+            res = segment(Volume(c["image"], sp), model=model, device="cpu")
         labels = res.labels > 0
-        n, ml = false_components(labels, c["label"], c["spacing"])
+        n, ml = false_components(labels, c["label"], sp)
         row = {"case": c["name"], "group": c["group"], "false_components": n, "false_ml": ml}
         if c["label"].any():
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                m = compute_metrics(labels, c["label"], c["spacing"])
+                m = compute_metrics(labels, c["label"], sp)
             row.update(dice=float(m["dice"]), cldice=float(m["cldice"]))
         rows.append(row)
         extra = f", Dice {row['dice']:.3f} / clDice {row['cldice']:.3f}" if "dice" in row else ""
@@ -128,27 +134,15 @@ def table(results: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", action="append", default=None,
-                    help="default or a model file (repeatable)")
-    ap.add_argument("--set", choices=sorted(SEEDS), default="test")
-    ap.add_argument("--n", type=int, default=12)
-    ap.add_argument("--out", default=None, help="folder for texture.json / texture.md")
-    args = ap.parse_args(argv)
-    t = time.perf_counter()
-    cases = [make_case(SEEDS[args.set] + i, i) for i in range(args.n)]
-    print(f"{len(cases)} '{args.set}' cases in {time.perf_counter() - t:.1f} s")
+    args = phantom_parser(__doc__, SEEDS, 12, "texture.json / texture.md").parse_args(argv)
+    cases = prepare_cases(args, make_set)
     results = {}
     for name in args.model or ["default"]:
         print(name)
         results[name] = evaluate_model(name, cases)
     md = table(results)
     print("\nfalse components per volume (mL); tree cases: Dice / clDice\n" + md)
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "texture.json").write_text(json.dumps(results, indent=1))
-        (out / "texture.md").write_text(f"# Texture phantoms ('{args.set}' set)\n\n{md}\n")
+    write_results(args.out, "texture", results, f"# Texture phantoms ('{args.set}' set)\n\n{md}\n")
     return 0
 
 
