@@ -248,6 +248,7 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
         arr = _compact_labels(arr, path)
         vol = vol.with_data(arr)
     target = _output_path(path)
+    _refuse_replacing_the_source(target, meta or {})
     # The napari save dialog has asked before replacing the path it was given, not the file the
     # added extension names (an audit: labels saved as "case7" replaced the CT "case7.nii.gz"
     # without a word)
@@ -257,6 +258,29 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
                               "the full name to replace it")
     out = write_volume(target, vol, overwrite=True)
     return [str(out)]
+
+
+#: metadata flag of the layers the widgets compute from an image (labels, probability, radius...):
+#: the writers never save one over the file the image was read from
+RESULT_KEY = "napari_tubular_result"
+
+
+def _refuse_replacing_the_source(target: Path, meta: dict) -> None:
+    """A result layer (``metadata[RESULT_KEY]``) is not saved over the image file it was computed
+    from (``metadata["source_path"]``): a script's ``layer.save("case7", plugin=...)`` gets the
+    name with ``.nii.gz`` added by npe2 before the writer sees it, and replaced the CT
+    ``case7.nii.gz`` with labels (an audit)."""
+    md = meta.get("metadata") or {}
+    source = md.get("source_path")
+    if not md.get(RESULT_KEY) or not source or not target.exists():
+        return
+    try:
+        same = target.resolve() == Path(source).resolve()
+    except OSError:
+        return
+    if same:
+        raise ValueError(f"{target} is the image this layer was computed from: saving over it "
+                         "would lose the image; choose another name")
 
 
 def _compact_labels(arr: np.ndarray, path: str) -> np.ndarray:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
+from .._napari_io import RESULT_KEY
+
 if TYPE_CHECKING:
     import napari
 
@@ -264,7 +266,9 @@ def upsert_layer(
         show_info(f"{layer.name!r} was renamed: it is kept as it is; the new result goes to a "
                   f"new layer {name!r}")
         layer = None
-    metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source_key(source)}
+    # RESULT_KEY survives a detach (a renamed result is still computed from its image: the
+    # writers never save it over that image's file)
+    metadata = {OWNER_KEY: owner, ROLE_KEY: role, SOURCE_KEY: source_key(source), RESULT_KEY: True}
     if isinstance(source, str):
         src = viewer.layers[source] if source in viewer.layers else None
     else:

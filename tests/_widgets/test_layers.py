@@ -451,3 +451,37 @@ def test_results_of_a_source_closed_during_the_run_keep_its_units_and_record(
     np.testing.assert_allclose(layer.metadata["spacing"], SPACING)
     np.testing.assert_allclose(layer.metadata["origin"], TRANSLATE)
     assert layer.metadata["source_path"] == "/case.nii.gz"
+
+
+def test_results_are_never_saved_over_the_image_they_come_from(make_napari_viewer, tmp_path):
+    """An audit: a script's ``labels.save("case7", plugin="napari-tubular")`` replaced the CT
+    ``case7.nii.gz`` (npe2 adds the extension before the writer sees the name); nor may a full
+    name replace it, even after the result layer was renamed (detached)."""
+    from napari_tubular._napari_io import napari_get_reader
+    from napari_tubular.io import Volume, read_volume, write_volume
+
+    ct = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    path = write_volume(tmp_path / "case7.nii.gz", Volume(ct, (2.0, 0.7, 0.9)))
+    data, kwargs, _ = napari_get_reader(str(path))(str(path))[0]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(data, **kwargs)
+    labels = upsert_layer(viewer, "labels", np.ones((4, 5, 6), np.uint8), owner="w",
+                          role="labels", source=image.name, name="case7 labels",
+                          scale=image.scale, translate=image.translate)
+    for name in ("case7", "case7.nii.gz"):
+        with pytest.warns(UserWarning, match="is the image this layer was computed from"):
+            assert not labels.save(str(tmp_path / name), plugin="napari-tubular")
+        np.testing.assert_array_equal(read_volume(path).data, ct)
+    labels.name = "kept"
+    upsert_layer(viewer, "labels", np.zeros((4, 5, 6), np.uint8), owner="w", role="labels",
+                 source=image.name, name="case7 labels", scale=image.scale,
+                 translate=image.translate)
+    with pytest.warns(UserWarning, match="computed from"):
+        assert not labels.save(str(path), plugin="napari-tubular")
+    np.testing.assert_array_equal(read_volume(path).data, ct)
+    # another name is saved, with the CT's geometry; the image itself may be saved over its file
+    out = labels.save(str(tmp_path / "case7_labels"), plugin="napari-tubular")
+    assert read_volume(out[0]).spacing == (2.0, 0.7, 0.9)
+    image.data = ct + 1
+    image.save(str(path), plugin="napari-tubular")
+    np.testing.assert_array_equal(read_volume(path).data, ct + 1)
