@@ -16,11 +16,15 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
 4. ``missed component``: a reference 26-component that no predicted voxel touches.
 6. ``loop`` (Betti-1 errors): a loop of the prediction that the reference does not have (two
    vessels merged, a bridge), or a reference loop the prediction lacks (its tunnel filled);
-   loops located as in the self-check below, matched between the masks by nearness. A
-   centerline site a loop runs through carries it instead ("closes a loop" / "opens a
-   reference loop", one site per loop: the notes add up to the Betti-1 error); the point the
-   thinning leaves in a filled reference loop's hole (within the tolerance's block) is that
-   loop site's, not a false centerline.
+   loops located as in the self-check below. Per component, as many sites as its loops
+   exceed those of the other mask's components it overlaps, or, when all of those loops are
+   located, as many as it has loops lying mostly (half their cycle or more) away from them: a
+   filled reference ring compensated by a new loop in the same vessel is two sites with a
+   Betti-1 error of 0. A centerline site a loop runs through carries it instead ("closes a
+   loop" / "opens a reference loop", one site per loop; a bridge of the reference before
+   another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
+   (within the tolerance's block, or inside a missing loop's box) is that loop site's, not a
+   false centerline ("its hole filled: N mm of false centerline across it").
 8. ``cavity`` (Betti-2 errors): background enclosed by one mask (6-connected, not reaching the
    volume's faces) where the other mask has no cavity; its voxels are the site. Centerline
    voxels inside such a cavity belong to it (a hole in a vessel is not a break).
@@ -61,7 +65,7 @@ from __future__ import annotations
 
 import csv
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cc3d
@@ -561,7 +565,20 @@ def error_map(
     # pieces that fit in the tolerance's block inside a reference loop the prediction fills
     # (the thinning leaves a point of the filled hole there): the loop site's, when there is
     # one (below)
-    fills: list[tuple] = []  # (voxels, length mm, detail)
+    fills: list[tuple] = []  # (voxels, length mm, detail, reference cycles around it)
+    # the reference's located loops (when it has any, at a tolerance): a longer false piece
+    # in prediction voxels that fill one of them (the thinning of a filled disc leaves a chord
+    # across it, 10-22 mm in an audit's tree) is that loop site's too, when the loop is missing
+    ref_loops = None
+    cycle_boxes: list = []
+    ref_b1 = betti_numbers(rc)[1] if tolerance_vox else None
+    if ref_b1:
+        ref_loops = _loops(g_ref, lab_r, lab_r[tuple(g_ref.coords.T)] if g_ref.n else
+                           np.zeros(0, dtype=np.int64), spacing, ndimage.find_objects(lab_r),
+                           max_b1=MAX_LOOPS_LOCATED, skip=is_missed)
+        margin = tolerance_vox + 1
+        cycle_boxes = [(v.min(axis=0) - margin, v.max(axis=0) + margin)
+                       for _c, v, _s in ref_loops[0]]
     g = g_pred = _Skel(sp_c, spacing)
     if g.n:
         out = (~rc[tuple(g.coords.T)] & ~is_spurious[lab_p[tuple(g.coords.T)]]
@@ -585,8 +602,9 @@ def error_map(
                 elif near_r is not None and near_r[tuple(vox.T)].all():
                     held.append((FALSE_CENTERLINE, vox, lengths[k], detail, 1.0))
                     continue
-                elif tolerance_vox and _in_fill(pc, rc, lab_p, vox, tolerance_vox):
-                    fills.append((vox, lengths[k], detail))
+                elif tolerance_vox and (around := _cycles_around(cycle_boxes, vox, tolerance_vox)) \
+                        is not None and _in_fill(pc, rc, lab_p, vox):
+                    fills.append((vox, lengths[k], detail, around))
                     continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
                 site_of[tuple(vox.T)] = len(sites)
@@ -600,25 +618,42 @@ def error_map(
     # loops one mask has and the other not (Betti-1 errors): two vessels merged or a painted
     # bridge (an audit: b1 error 4 and no site, the bridge within the tolerance of the
     # reference), or a reference loop filled in
+    missing_cycles: dict[int, int] = {}  # reference cycle index -> index of its loop site
     loop_sites, unlocated = _loop_errors(labels_c, (g_pred, pc, lab_p, is_spurious),
                                          (g_ref, rc, lab_r, is_missed), offset, spacing,
-                                         tolerance_vox, sites, site_of, held)
+                                         tolerance_vox, sites, site_of, held,
+                                         ref_b1=ref_b1, ref_loops=ref_loops,
+                                         missing_cycles=missing_cycles)
     tolerated = sum(h is not None for h in held)  # those promoted are None
-    sites += loop_sites
     if fills:
         # an outside audit: a ring whose hole the prediction fills had, beside its loop site, a
         # 0-0.8 mm "false branch / leak" at the centre of the hole (what the thinning leaves of
-        # a filled disc). Such a piece is that loop site's; without one (the Betti numbers
-        # compensated elsewhere) it stays a site.
-        missing = {int(lab_r[tuple(np.asarray(s.anchor_vox) - offset.astype(np.int64))])
-                   for s in loop_sites if s.cls == LOOP and s.detail == _MISSING_LOOP}
-        for vox, length, detail in fills:
-            cid = int(lab_p[tuple(vox[0])])
-            box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
-            if missing & set(np.unique(lab_r[box][lab_p[box] == cid]).tolist()):
+        # a filled disc), and in a tree a 10-22 mm chord across it. Such a piece is that loop
+        # site's (a point: of any missing loop of its component, as the cycles located are a
+        # choice); without one (the loop kept elsewhere) it stays a site.
+        missing = {int(lab_r[tuple(np.asarray(loop_sites[j].anchor_vox)
+                                   - offset.astype(np.int64))])
+                   for j in missing_cycles.values()}
+        across: dict[int, float] = {}
+        for vox, length, detail, around in fills:
+            hit = [i for i in around if i in missing_cycles]
+            if hit:
+                j = missing_cycles[hit[0]]
+                across[j] = across.get(j, 0.0) + length
                 continue
+            if (vox.max(axis=0) - vox.min(axis=0) <= tolerance_vox).all():
+                cid = int(lab_p[tuple(vox[0])])
+                box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
+                if missing & set(np.unique(lab_r[box][lab_p[box] == cid]).tolist()):
+                    continue
             labels_c[tuple(vox.T)] = FALSE_CENTERLINE
             sites.append(_site(FALSE_CENTERLINE, vox, offset, spacing, voxel_mm3, length, detail))
+        for j, length in across.items():
+            if length >= 1.0:  # a point is what any filled disc leaves: not worth a word
+                loop_sites[j] = replace(loop_sites[j], detail=loop_sites[j].detail
+                                        + f" (its hole filled: {length:.0f} mm of false "
+                                          "centerline across it)")
+    sites += loop_sites
     return _finish(labels, sites, spacing, _COMPARE_CLASSES,
                    summary={"within_tolerance": tolerated, "loops_unlocated": unlocated})
 
@@ -714,13 +749,23 @@ MAX_LOOPS_LOCATED = 200
 _MISSING_LOOP = "reference loop missing from the prediction"
 
 
-def _in_fill(pc, rc, lab_p, vox, tolerance_vox: int) -> bool:
-    """Whether a false centerline piece (``vox``, outside the reference) fits in a block of
-    ``tolerance_vox + 1`` voxels a side and lies in prediction voxels outside the reference
-    (their 26-component around it) that fill a loop: its predicted component without them has
-    more loops (a reference ring whose hole the prediction fills, thinned to a point there)."""
-    if (vox.max(axis=0) - vox.min(axis=0) > tolerance_vox).any():
-        return False
+def _cycles_around(cycle_boxes, vox: np.ndarray, tolerance_vox: int) -> list[int] | None:
+    """For a false centerline piece (``vox``): the indices of the reference cycles whose box
+    (``cycle_boxes``: (low, high) corners, with a margin) holds all of it; None when there are
+    none and the piece does not fit in a block of ``tolerance_vox + 1`` voxels a side (a point
+    the thinning leaves of a filled disc is checked whatever the cycles located)."""
+    lo, hi = vox.min(axis=0), vox.max(axis=0)
+    around = [i for i, (a, b) in enumerate(cycle_boxes) if (lo >= a).all() and (hi <= b).all()]
+    if around or (hi - lo <= tolerance_vox).all():
+        return around
+    return None
+
+
+def _in_fill(pc, rc, lab_p, vox) -> bool:
+    """Whether a false centerline piece (``vox``, outside the reference) lies in prediction
+    voxels outside the reference (their 26-component around it) that fill a loop: its predicted
+    component without them has more loops (a reference ring whose hole the prediction fills,
+    thinned to a point or a chord there)."""
     cid = int(lab_p[tuple(vox[0])])
     box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
     comp = lab_p[box] == cid
@@ -730,7 +775,7 @@ def _in_fill(pc, rc, lab_p, vox, tolerance_vox: int) -> bool:
 
 
 def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of,
-                 held=None):
+                 held=None, *, ref_b1=None, ref_loops=None, missing_cycles=None):
     """LOOP sites for the Betti-1 errors: loops of one mask that the other lacks.
 
     ``pred`` and ``ref`` are ``(skeleton graph, mask, component labels, component is a site)``
@@ -748,11 +793,14 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     a loop). ``held``: the centerline pieces left out as within the tolerance (``(class,
     voxels, length, detail, weight)``): a loop to be placed that runs through one makes that piece
     the site (the exact place: a short cut of a vessel on a reference loop, a narrow gap
-    bridged), and its entry becomes None. Returns ``(sites, Betti-1 errors without a located
-    loop)``.
+    bridged), and its entry becomes None. ``ref_b1`` (the reference's Betti-1 number) and
+    ``ref_loops`` (:func:`_loops` of the reference): when computed already. ``missing_cycles``: filled with {index of a reference cycle in
+    ``ref_loops``' list: index of its "reference loop missing" site in the sites returned}.
+    Returns ``(sites, Betti-1 errors without a located loop)``.
     """
     pieces = held if held is not None else []
-    if all(betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
+    if ref_b1 == 0 and betti_numbers(pred[1])[1] == 0 or ref_b1 is None and all(
+            betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
         return [], 0  # trees: nothing to locate (the common case, and the cheap one)
     held_of = None
     if pieces:
@@ -763,11 +811,14 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     voxel_mm3 = float(np.prod(spacing))
     reach = np.ones((3, 3, 3), dtype=bool)
     sides = []
-    for g, _mask, lab, is_site in (pred, ref):
+    for k, (g, _mask, lab, is_site) in enumerate((pred, ref)):
         boxes = ndimage.find_objects(lab)
-        node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
-        found, _, b1 = _loops(g, lab, node_comp, spacing, boxes, max_b1=MAX_LOOPS_LOCATED,
-                              skip=is_site)
+        if k == 1 and ref_loops is not None:
+            found, _, b1 = ref_loops
+        else:
+            node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
+            found, _, b1 = _loops(g, lab, node_comp, spacing, boxes, max_b1=MAX_LOOPS_LOCATED,
+                                  skip=is_site)
         sides.append((found, b1, boxes))
     near = []
     for found, _b1, _boxes in sides:
@@ -775,10 +826,14 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
         for _cid, vox, _steps in found:
             m[tuple(vox.T)] = True
         near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
+    # loops located per component (all of a component's loops located: its loops can vouch that
+    # a loop of the other mask has no counterpart in place)
+    n_found = [np.bincount([c for c, _v, _s in found], minlength=1) for found, _b, _x in sides]
     out = []
     for k, (_g, _mask, lab, is_site) in enumerate((pred, ref)):
         (found, b1, boxes), b1_other = sides[k], sides[1 - k][1]
         other_lab, near_other = (pred, ref)[1 - k][2], near[1 - k]
+        other_site, other_found = (pred, ref)[1 - k][3], n_found[1 - k]
         detail = "loop the reference does not have" if k == 0 else _MISSING_LOOP
         by_component: dict[int, list] = {}
         for i, (c, vox, steps) in enumerate(found):
@@ -787,8 +842,20 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
             if is_site[cid]:
                 continue
             box = boxes[cid - 1]  # per component, in its box (a review: whole-crop scans)
-            overlapping = np.unique(other_lab[box][lab[box] == cid])
-            excess = b1_here - sum(b1_other.get(int(o), 0) for o in overlapping if o > 0)
+            overlapping = [int(o) for o in np.unique(other_lab[box][lab[box] == cid]) if o > 0]
+            excess = b1_here - sum(b1_other.get(o, 0) for o in overlapping)
+            if all(not other_site[o] and b1_other.get(o, 0) <= MAX_LOOPS_LOCATED
+                   and (other_found[o] if o < len(other_found) else 0) == b1_other.get(o, 0)
+                   for o in overlapping):
+                # loops most of whose cycle has no located loop of the other mask near it (within
+                # ``tolerance_vox + 2`` voxels; a cycle basis of the same skeleton covers every
+                # edge on a cycle, so a loop both masks have is near all along) are sites even
+                # when the counts agree (an outside audit: a reference ring whose hole the
+                # prediction fills, compensated by a loop the prediction closes elsewhere in the
+                # same vessel, had no loop site)
+                unmatched = sum(near_other[tuple(vox.T)].mean() < 0.5
+                                for _i, vox, _st in by_component.get(cid, []))
+                excess = max(excess, unmatched)
             if excess <= 0:
                 continue
             # loops through a missed or false centerline piece first (a break of a reference
@@ -800,7 +867,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                       near_other[tuple(vox.T)].mean(), i, vox, steps)
                      for i, vox, steps in by_component.get(cid, [])]
             loops.sort(key=lambda item: (not item[0], not item[1], item[2], item[3]))
-            for explained, _held, _near, _i, vox, steps in loops[:excess]:
+            for explained, _held, _near, i, vox, steps in loops[:excess]:
                 if explained or (site_of[tuple(vox.T)] >= 0).any():
                     # (site_of may point at a piece promoted here, in ``out``: a review's
                     # IndexError when a second loop ran through it)
@@ -817,6 +884,8 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                                      f"{pdetail}; {note}", weight=weight))
                     continue
                 labels_c[tuple(vox.T)] = LOOP
+                if k == 1 and missing_cycles is not None:
+                    missing_cycles[i] = len(out)
                 out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
             unlocated += max(0, excess - len(loops))
     return out, unlocated
@@ -894,13 +963,20 @@ def _note_loop(sites, site_of, vox, side: int) -> None:
     error: a false branch that closes a loop, a missed piece that opens a reference loop. One
     site per loop, so that the notes add up to the Betti-1 error (an outside audit: a ring cut
     twice, b1 error 1, had two breaks that each "opens a reference loop"): of the sites on the
-    loop, the most severe one not noted yet (by another loop through it), else the most severe.
+    loop, the most severe one not noted yet (by another loop through it), else the most severe;
+    for a loop of the prediction, a piece that bridges a gap of the reference or joins two of
+    its components first (what closes a loop; a chord across a filled hole that the loop also
+    runs through took the note, at tolerance 0).
     """
     note = "closes a loop" if side == 0 else "opens a reference loop"
     on = [int(i) for i in np.unique(site_of[tuple(vox.T)]) if i >= 0]
     if not on:
         return
-    on.sort(key=lambda i: (note in sites[i].detail, -sites[i].severity, i))
+
+    def closing(i: int) -> bool:
+        return side == 0 and ("bridges a gap" in sites[i].detail or _JOINS in sites[i].detail)
+
+    on.sort(key=lambda i: (note in sites[i].detail, not closing(i), -sites[i].severity, i))
     site = sites[on[0]]
     if note not in site.detail:
         site.detail = f"{site.detail}; {note}" if site.detail else note
