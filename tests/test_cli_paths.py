@@ -246,6 +246,19 @@ def test_folder_input_says_what_it_passes_over(tmp_path, model_file, capsys):
     assert "sub/" in err
     assert "old.hdr" in err
     assert (tmp_path / "o" / "a_labels.nii.gz").exists()
+    # a compressed MetaImage's data file is part of its header's volume, not an entry passed
+    # over (an audit: "1 entry not segmented: t.zraw")
+    import SimpleITK as sitk
+
+    zf = tmp_path / "zf"
+    zf.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(vol.data), str(zf / "t.mhd"), True)
+    assert (zf / "t.zraw").exists()
+    assert _run("segment", zf, "-o", tmp_path / "zo", "--model", model_file, "--device",
+                "cpu", "--quiet") == 0
+    assert "not segmented" not in capsys.readouterr().err
+    assert (tmp_path / "zo" / "t_labels.mhd").exists() or \
+        any((tmp_path / "zo").glob("t_labels.*"))
 
 
 def test_an_uncompressed_nifti_named_nii_gz_is_read_with_a_warning(tmp_path):

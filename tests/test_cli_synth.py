@@ -254,6 +254,13 @@ def test_a_min_radius_that_raises_the_max_radius_is_said(tmp_path, capsys):
                  "1", "--no-distractors"]) == 0
     err = capsys.readouterr().err
     assert "note: --min-radius 1 mm raises the largest root radius to 2 mm" in err
+    # one extent in both messages (an audit: "its default 2.11 mm (4.5% of the smallest
+    # extent)" beside "the volume's smallest extent (48 mm)": 4.5 % of 48 is 2.16; now 47 in both)
+    assert main(["synth", str(tmp_path / "b2"), "--shape", "48", "48", "48", "--min-radius",
+                 "7", "--no-distractors", "--n", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "its default 2.11 mm" in err
+    assert "smallest extent (47 mm)" in err
     # none when the default stands, or --max-radius is given
     assert main(["synth", str(tmp_path / "c"), "--shape", "16", "16", "16", "--min-radius",
                  "0.3", "--no-distractors"]) == 0

@@ -335,7 +335,8 @@ def _note_passed_over(folder: Path, listed: list[Path]) -> None:
     shown = set(listed)
     other = [e for e in sorted(folder.iterdir(), key=lambda e: e.name)
              if not e.name.startswith(".") and e not in shown
-             and not e.name.lower().endswith((".json", ".csv", ".txt", ".md", ".raw", ".dcm"))]
+             and not e.name.lower().endswith((".json", ".csv", ".txt", ".md", ".raw", ".zraw",
+                                              ".raw.gz", ".dcm"))]
     if other:
         names = ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:4]) + (
             f" and {len(other) - 4} more" if len(other) > 4 else "")

@@ -327,7 +327,9 @@ def radius_warning(max_radius, min_radius, shape, spacing) -> None:
     is more than a quarter of the smallest extent, and say when ``--min-radius`` raised it
     above its default (an audit: ``--shape 32 32 32 --min-radius 50`` made 80 mm roots, a
     label 100 % vessel, without a word, while ``--max-radius 1000`` was warned about)."""
-    extent = min(n * s for n, s in zip(shape, spacing))
+    # the generator's extent: from the first voxel centre to the last (an audit: the quarter
+    # check used n x spacing and the default radius (n - 1) x spacing, two "smallest extents")
+    extent = min((n - 1) * s for n, s in zip(shape, spacing))
     if max_radius is not None:
         if min_radius is not None and min_radius > max_radius:
             raise ValueError(f"--min-radius {min_radius:g} mm is above --max-radius "
@@ -348,7 +350,7 @@ def radius_warning(max_radius, min_radius, shape, spacing) -> None:
     if min_radius is None:
         return
     # the generator's default (napari_tubular.synthetic.make_vessel_tree)
-    default = 0.045 * min((n - 1) * s for n, s in zip(shape, spacing))
+    default = 0.045 * extent
     if 2.0 * min_radius <= default:
         return
     raised = (f"--min-radius {min_radius:g} mm raises the largest root radius to "
