@@ -29,3 +29,19 @@ def test_readme_quick_start_uses_the_packaged_sample():
     pkg = Path(napari_tubular.__file__).parent
     assert (pkg / "weights" / "default.pt").is_file()
     assert (pkg / "data" / "vessels_image.nii.gz").is_file()
+
+
+def test_markdown_links_resolve():
+    """Relative links (and images) in README.md and docs/*.md point at files of the repository."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor on the same page
+            path = target.split("#", 1)[0]
+            if not (page.parent / path).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {target}")
+    assert (ROOT / "docs" / "METHODS.md").is_file()  # the docstrings cite its sections
+    assert not missing, missing
