@@ -244,9 +244,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=partial_volume_arg,
         default=DEFAULT_PARTIAL_VOLUME,
         metavar="F|off",
-        help="drop boundary voxels of thick vessel parts whose intensity holds less than this "
-        f"fraction of the local vessel contrast (default {DEFAULT_PARTIAL_VOLUME}; the network's "
-        "mask lies a fraction of a voxel outside the wall); 'off' keeps the labels as refined",
+        help="drop boundary voxels whose intensity holds less than this fraction of the local "
+        f"vessel contrast (default {DEFAULT_PARTIAL_VOLUME}; the network's mask lies a fraction "
+        "of a voxel outside the wall), never cutting a component through or deleting it; "
+        "'off' keeps the labels as refined",
     )
     p.add_argument(
         "--polarity",

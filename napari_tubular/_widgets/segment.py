@@ -273,9 +273,9 @@ class SegmentWidget(QWidget):
             "chest CT) before segmenting")
         self.pv_check = _option(
             form, "trim partial-volume boundary voxels", True,
-            "drop boundary voxels of thick vessels whose intensity holds less than 40 % of the "
-            "local vessel contrast (the network's mask lies a fraction of a voxel outside the "
-            "wall); thin vessels are kept")
+            "drop boundary voxels whose intensity holds less than 40 % of the local vessel "
+            "contrast (the network's mask lies a fraction of a voxel outside the wall); no "
+            "vessel is cut through or removed")
         self.blob_check = _option(
             form, "drop blob-like components", True,
             "drop label components other than the largest that are at least 3 voxels thick "
