@@ -9,9 +9,9 @@ removes the boundary voxels whose fraction is below a threshold, without splitti
 any component. Until session 25 only thick parts were trimmed (boundary voxels next to an
 interior voxel): trimming thin vessels without a guard broke them and cost clDice, and a thin
 vessel kept a mask about twice its volume (an outside audit's 0.64 mm tortuous vessel at 0.8 mm,
-Dice 0.63). Now thin parts are trimmed too, and a removed voxel that joins pieces of its
-component is put back (a component that still falls apart, or would vanish, keeps all of its
-voxels).
+Dice 0.63). Now thin parts are trimmed too, removing only simple points (no Betti number
+changes: a first version that only kept components whole opened thin loops and punched tunnels
+through merged thin vessels, an outside judge) that do not end a line.
 
 Measured with ``min_fraction`` 0.4 on the `segment` labels (thresholds tuned before): validation
 volumes Dice 0.868 -> 0.876 (clDice 0.888 -> 0.888), held-out 0.833 -> 0.841 (0.822 -> 0.821),
@@ -177,8 +177,8 @@ def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
     (:func:`partial_volume_fraction`) is below ``min_fraction``.
 
     A boundary voxel is a label voxel with a 6-neighbour outside the labels. The interior is
-    never removed, and no 26-component is deleted or cut through: a removed voxel that joins
-    two pieces of its component is put back (:func:`_remove_keeping_components`). With
+    never removed, and only simple points go (:func:`_remove_simple_points`): no component is
+    deleted or cut through, no loop opened or tunnel made, no line shortened. With
     :data:`THIN_TRIM` off (the rule until session 25) only the boundary voxels of thick parts
     go (those touching an interior voxel, 6-neighbourhood), without the connectivity guard."""
     lab = check_mask(labels)
@@ -218,82 +218,99 @@ def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
         thin[start:start + _CHUNK] = on_boundary & ~thick
     if THIN_TRIM:
         if remove.any() or thin.any():
-            _remove_keeping_components(out, candidates[remove | thin])
+            _remove_simple_points(out, candidates[remove | thin])
     else:
         out.ravel()[candidates[remove]] = 0
     return out
 
 
-#: thin parts are trimmed too (session 25), keeping every component whole
+#: thin parts are trimmed too (session 25), keeping the topology
 THIN_TRIM = True
 
 
-def _remove_keeping_components(out: np.ndarray, idx: np.ndarray) -> None:
-    """In place: remove the voxels ``idx`` (flat indices into ``out``: the boundary voxels
-    below the threshold) from ``out`` without deleting or splitting any of its 26-components
-    (the thick parts' rule alone split some in random scenes). Removed voxels that touch two or more of the pieces left are put back
-    (repeated a few times); a component that still falls apart, or would vanish, gets all of
-    its voxels back. Works in the labels' bounding box (a 256^3 tree: about 0.1 s)."""
-    import cc3d
-
-    from .components import bounding_box
-
-    box = bounding_box(out, margin=1)
-    sub = np.ascontiguousarray(out[box])
-    lo = np.array([b.start for b in box], np.int64)
-    coords = np.stack(np.unravel_index(idx, out.shape), axis=1).astype(np.int64) - lo
-    local = np.ravel_multi_index(tuple(coords.T), sub.shape)
-    before = cc3d.connected_components(sub, connectivity=26)
-    n = int(before.max())
-    owner = before.ravel()[local]
-    trimmed = sub.copy()
-    trimmed.ravel()[local] = 0
-    # the 26 neighbours in the array padded by one voxel
-    pad = np.array(sub.shape, np.int64) + 2
-    strides = np.array([pad[1] * pad[2], pad[2], 1], np.int64)
-    offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)
-                     if (a, b, c) != (0, 0, 0)], np.int64) @ strides
-    pidx = (coords + 1) @ strides
-
-    for _round in range(_REPAIR_ROUNDS):
-        after = cc3d.connected_components(trimmed, connectivity=26)
-        kept = trimmed > 0
-        n_after = int(after.max())
-        # each piece's component, its size, and the largest piece of each component
-        piece_owner = np.zeros(n_after + 1, np.int64)
-        piece_owner[after[kept]] = before[kept]
-        size = np.bincount(after[kept], minlength=n_after + 1)
-        n_pieces = np.bincount(piece_owner[1:], minlength=n + 1)
-        largest = np.zeros(n + 1, np.int64)
-        order = np.argsort(size[1:], kind="stable") + 1  # ascending: the largest written last
-        largest[piece_owner[order]] = order
-        broken = n_pieces != 1
-        broken[0] = False
-        todo = (trimmed.ravel()[local] == 0) & broken[owner]
-        if not todo.any():
-            out[box] = trimmed
-            return
-        nb = np.pad(after, 1).ravel()[pidx[todo][:, None] + offs[None, :]]
-        # put back what touches a piece other than its component's largest (a voxel joining two
-        # pieces, or one around a small piece, which grows back until it joins) and all of a
-        # component that would vanish
-        minor = (nb > 0) & (nb != largest[owner[todo]][:, None])
-        back = local[todo][minor.any(axis=1) | (n_pieces[owner[todo]] == 0)]
-        if not back.size:
-            break
-        trimmed.ravel()[back] = 1
-    after = cc3d.connected_components(trimmed, connectivity=26)
-    kept = trimmed > 0
-    piece_owner = np.zeros(int(after.max()) + 1, np.int64)
-    piece_owner[after[kept]] = before[kept]
-    broken = np.bincount(piece_owner[1:], minlength=n + 1) != 1
-    broken[0] = False
-    trimmed.ravel()[local[broken[owner]]] = 1  # those components as they were
-    out[box] = trimmed
+def _shell_graph(kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (indices into the 27 voxels of a 3x3x3 block, z-major) and, per position, its
+    neighbours among them (padded with -1): ``"26"`` the 26 voxels around the centre with
+    26-adjacency; ``"18"`` the 18 within a face or an edge of it, with 6-adjacency."""
+    offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+    manhattan = np.abs(offs).sum(axis=1)
+    pos = np.flatnonzero((manhattan > 0) & ((manhattan <= 2) if kind == "18" else True))
+    d = offs[pos][:, None, :] - offs[pos][None, :, :]
+    adj = (np.abs(d).max(axis=2) == 1) if kind == "26" else (np.abs(d).sum(axis=2) == 1)
+    deg = int(adj.sum(axis=1).max())
+    nbr = np.full((pos.size, deg), -1, np.int64)
+    for k in range(pos.size):
+        row = np.flatnonzero(adj[k])
+        nbr[k, :row.size] = row
+    return pos, nbr
 
 
-#: rounds of putting voxels back before a component that still falls apart keeps all of them
-_REPAIR_ROUNDS = 8
+_SHELL26 = _shell_graph("26")
+_SHELL18 = _shell_graph("18")
+_FACES_IN_18 = np.flatnonzero(np.isin(_SHELL18[0], [4, 10, 12, 14, 16, 22]))
+
+
+def _components_in_shell(active: np.ndarray, nbr: np.ndarray) -> np.ndarray:
+    """Per row of ``active`` (n, m bool), each active position's component label (the smallest
+    position index in its component; m for inactive positions), by label propagation."""
+    n, m = active.shape
+    label = np.where(active, np.arange(m)[None, :], m)
+    padded_nbr = np.where(nbr >= 0, nbr, m)  # m: a column that always holds m
+    while True:
+        ext = np.concatenate([label, np.full((n, 1), m)], axis=1)
+        best = np.minimum(label, ext[:, padded_nbr].min(axis=2))
+        best = np.where(active, best, m)
+        if np.array_equal(best, label):
+            return label
+        label = best
+
+
+def _simple(blocks: np.ndarray) -> np.ndarray:
+    """Per 3x3x3 block (n, 27 bool, the centre a foreground voxel): whether the centre is a
+    simple point (26-connected foreground, 6-connected background): one 26-component of the
+    foreground around it and one 6-component of the background in its 18-neighbourhood that
+    touches it by a face. Removing a simple point changes no Betti number."""
+    pos, nbr = _SHELL26
+    fg = blocks[:, pos]
+    lab = _components_in_shell(fg, nbr)
+    t26 = (lab == np.arange(pos.size)[None, :]).sum(axis=1)
+    pos, nbr = _SHELL18
+    bg = ~blocks[:, pos]
+    lab = _components_in_shell(bg, nbr)
+    faces = lab[:, _FACES_IN_18]
+    faces = np.where(faces < pos.size, faces, -1)
+    faces.sort(axis=1)
+    t6 = ((np.diff(faces, axis=1) != 0) & (faces[:, 1:] >= 0)).sum(axis=1) + (faces[:, 0] >= 0)
+    return (t26 == 1) & (t6 == 1)
+
+
+def _remove_simple_points(out: np.ndarray, idx: np.ndarray) -> None:
+    """In place: remove from ``out`` those of the voxels ``idx`` (flat indices: the boundary
+    voxels below the threshold) that are simple points and not the end of a line (one
+    foreground neighbour: a thin vessel is not shortened), so that no Betti number changes:
+    no component is cut or deleted, no loop opened (an outside judge: a faint voxel of a
+    one-voxel ring) and no tunnel punched (two thin vessels the network merged). Done in the
+    8 parity classes of the voxel coordinates, twice: two voxels of one class share no 2x2x2
+    cube, so removing the simple ones of a class at once keeps the topology."""
+    pad = np.pad(out, 1)
+    shape = np.array(pad.shape, np.int64)
+    strides = np.array([shape[1] * shape[2], shape[2], 1], np.int64)
+    block = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)],
+                     np.int64) @ strides
+    coords = np.stack(np.unravel_index(idx, out.shape), axis=1).astype(np.int64)
+    parity = (coords % 2) @ np.array([4, 2, 1])
+    flat = pad.ravel()
+    where = (coords + 1) @ strides
+    for _sweep in range(2):
+        for k in range(8):
+            at = where[(parity == k) & (flat[where] > 0)]
+            for start in range(0, at.size, _CHUNK):
+                part = at[start:start + _CHUNK]
+                blocks = flat[part[:, None] + block[None, :]] > 0
+                end = blocks.sum(axis=1) <= 2  # itself and one neighbour
+                go = _simple(blocks) & ~end
+                flat[part[go]] = 0
+    out[...] = pad[1:-1, 1:-1, 1:-1]
 
 
 #: candidate voxels tested at once by :func:`trim_partial_volume` (bounds its temporary memory)

@@ -163,13 +163,14 @@ def test_a_wall_darker_than_the_background_is_what_the_edge_voxels_mix_with(wall
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_thin_parts_are_trimmed_without_cutting_or_deleting_anything(seed):
+def test_the_trim_never_changes_the_topology(seed):
     """Session 25: boundary voxels of thin parts (touching no interior voxel) below the
-    threshold go too, except where that would split a component or delete it: every
-    26-component of the labels is one component after the trim, the thick parts follow their
-    morphological rule, and what else goes is thin-part boundary below the threshold."""
-    import cc3d
+    threshold go too, but only simple points: on random scenes the Betti numbers (components,
+    loops, cavities) are those of the labels, what goes is boundary below the threshold, and
+    most of the thick parts' boundary below it still goes."""
     from scipy import ndimage
+
+    from napari_tubular.topology import betti_numbers
 
     rng = np.random.default_rng(seed)
     lab = ndimage.binary_dilation(rng.random((22, 25, 19)) < 0.05, iterations=1)
@@ -184,13 +185,31 @@ def test_thin_parts_are_trimmed_without_cutting_or_deleting_anything(seed):
     removed = lab & ~out
     assert not (out & ~lab).any()
     assert not (removed & ~(boundary & low)).any()  # only boundary voxels below the threshold
-    # the thick parts' rule, but for the voxels a split puts back
-    assert (removed & thick).sum() > 0.9 * (thick & low).sum()
+    assert (removed & thick).sum() > 0.5 * (thick & low).sum()
     assert (removed & ~thick).sum() > 20  # the scene trims thin parts
-    before, n = cc3d.connected_components(lab, connectivity=26, return_N=True)
-    after = cc3d.connected_components(out, connectivity=26)
-    for c in range(1, n + 1):
-        assert np.unique(after[(before == c) & out]).size == 1, c  # whole, and still there
+    assert tuple(betti_numbers(out)) == tuple(betti_numbers(lab))
+
+
+def test_a_thin_loop_is_not_opened_nor_a_merged_pair_holed():
+    """An outside judge: the first version of the trim of thin parts guarded only the
+    components: a faint voxel of a one-voxel ring went (its loop opened, b1 1 -> 0), and a
+    faint middle column of two thin vessels the network merged was punched through (b1
+    0 -> 3)."""
+    from napari_tubular.topology import betti_numbers
+
+    ring = np.zeros((5, 20, 20), np.uint8)
+    ring[2, 4, 4:16] = ring[2, 15, 4:16] = ring[2, 4:16, 4] = ring[2, 4:16, 15] = 1
+    frac = np.ones(ring.shape, np.float32)
+    frac[2, 4, 9] = 0.2
+    assert np.array_equal(trim_partial_volume(ring, frac, 0.4), ring)
+    pair = np.zeros((30, 6, 8), np.uint8)
+    pair[2:28, 2:4, 2:6] = 1
+    frac = np.ones(pair.shape, np.float32)
+    for z in (8, 14, 20):
+        frac[z, 2:4, 3:5] = 0.2
+    out = trim_partial_volume(pair, frac, 0.4)
+    assert tuple(betti_numbers(out)) == tuple(betti_numbers(pair)) == (1, 0, 0)
+    assert out.sum() < pair.sum()  # what can go without a hole still goes
 
 
 def test_thin_vessel_tightened_and_a_faint_stretch_not_cut():
