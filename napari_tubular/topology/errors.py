@@ -19,8 +19,10 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    loops located as in the self-check below. Per component, as many sites as its loops
    exceed those of the other mask's components it overlaps, or, when all of those loops are
    located, as many as it has loops lying mostly (half their cycle or more) away from them: a
-   filled reference ring compensated by a new loop in the same vessel is two sites with a
-   Betti-1 error of 0. A centerline site a loop runs through carries it instead ("closes a
+   filled reference ring compensated by a new loop elsewhere in the same vessel is two sites
+   with a Betti-1 error of 0 (a new loop that splits a reference loop runs mostly along it and
+   is taken as matched: an outside judge's ladders and grids; nor is a filled face of a 3-D
+   lattice, all of whose edges belong to other cells, found that way). A centerline site a loop runs through carries it instead ("closes a
    loop" / "opens a reference loop", one site per loop; a bridge of the reference before
    another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
    (within the tolerance's block, or inside a missing loop's box) is that loop site's, not a
