@@ -605,7 +605,8 @@ def error_map(
                     held.append((FALSE_CENTERLINE, vox, lengths[k], detail, 1.0))
                     continue
                 elif tolerance_vox and (around := _cycles_around(cycle_boxes, vox, tolerance_vox)) \
-                        is not None and _in_fill(pc, rc, lab_p, vox):
+                        is not None and _in_fill(pc, rc, lab_p, vox,
+                                                 [cycle_boxes[i] for i in around]):
                     fills.append((vox, lengths[k], detail, around))
                     continue
                 labels_c[tuple(vox.T)] = FALSE_CENTERLINE
@@ -763,17 +764,34 @@ def _cycles_around(cycle_boxes, vox: np.ndarray, tolerance_vox: int) -> list[int
     return None
 
 
-def _in_fill(pc, rc, lab_p, vox) -> bool:
+def _in_fill(pc, rc, lab_p, vox, cycle_boxes=()) -> bool:
     """Whether a false centerline piece (``vox``, outside the reference) lies in prediction
     voxels outside the reference (their 26-component around it) that fill a loop: its predicted
     component without them has more loops (a reference ring whose hole the prediction fills,
-    thinned to a point or a chord there)."""
+    thinned to a point or a chord there). With ``cycle_boxes`` (the boxes of the reference
+    cycles around the piece: (low, high) corners in the crop), for each box in turn only the
+    voxels outside the reference within it count (a prediction a voxel wider than the reference
+    joins the filled disc to everything else outside the reference, a bridge closing a loop
+    elsewhere too, and removing all of that left the loop count as it was: an outside judge)."""
     cid = int(lab_p[tuple(vox[0])])
     box = ndimage.find_objects((lab_p == cid).astype(np.uint8))[0]
     comp = lab_p[box] == cid
-    extra = cc3d.connected_components(comp & ~rc[box], connectivity=26)
-    fill = extra == extra[tuple(vox[0] - [b.start for b in box])]
-    return betti_numbers(comp & ~fill)[1] > betti_numbers(comp)[1]
+    start = np.array([b.start for b in box])
+    outside = comp & ~rc[box]
+    b1 = betti_numbers(comp)[1]
+    limits = [None] + [(np.maximum(lo - start, 0), np.maximum(hi - start + 1, 0))
+                       for lo, hi in cycle_boxes]
+    for lim in limits:
+        extra_in = outside
+        if lim is not None:
+            extra_in = np.zeros_like(outside)
+            region = tuple(slice(int(a), int(b)) for a, b in zip(*lim))
+            extra_in[region] = outside[region]
+        extra = cc3d.connected_components(extra_in, connectivity=26)
+        at = extra[tuple(vox[0] - start)]
+        if at and betti_numbers(comp & ~(extra == at))[1] > b1:
+            return True
+    return False
 
 
 def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites, site_of,

@@ -817,6 +817,17 @@ def test_a_filled_ring_compensated_by_a_new_loop_is_still_a_loop_site(spacing):
     assert [(s.cls, s.detail) for s in others] == [
         (2, "false branch / leak; bridges a gap of the reference; closes a loop")]
     assert others[0].centroid_mm[2] == pytest.approx(78.0, abs=2.0)
+    # a prediction a voxel wider than the reference: the filled disc joins everything else
+    # outside the reference (the bridge too); the chord across the hole is still the loop
+    # site's (an outside judge: it stayed its own site)
+    from scipy import ndimage
+
+    wide = ndimage.binary_dilation(ref) | disc | bridge
+    rep = error_map(wide, ref, spacing)
+    assert [s.cls for s in rep.sites if s.cls == 6] == [6]
+    assert "its hole filled" in _loops(rep)[0].detail
+    assert [s.detail for s in rep.sites if s.cls == 2] == [
+        "false branch / leak; bridges a gap of the reference; closes a loop"]
     # the same prediction without the filled hole: one new loop, no missing one
     rep = error_map(ref | bridge, ref, spacing)
     assert _loops(rep) == []
