@@ -204,21 +204,20 @@ def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
     coords = np.stack(np.unravel_index(candidates, lab.shape), axis=1).astype(np.int64) + 2
     flat_padded = padded.ravel()
     remove = np.zeros(candidates.size, bool)
-    thin = np.zeros(candidates.size, bool)
     for start in range(0, candidates.size, _CHUNK):
         idx = coords[start:start + _CHUNK] @ strides
         neighbours = idx[:, None] + offsets[None, :]  # (n, 6)
         labelled = flat_padded[neighbours]
-        on_boundary = ~labelled.all(axis=1)
-        # a neighbour is interior when it and its six neighbours are labels
-        interior = labelled & flat_padded[
-            neighbours[:, :, None] + offsets[None, None, :]].all(axis=2)
-        thick = interior.any(axis=1)
-        remove[start:start + _CHUNK] = on_boundary & thick
-        thin[start:start + _CHUNK] = on_boundary & ~thick
+        go = ~labelled.all(axis=1)  # on the boundary
+        if not THIN_TRIM:  # the thick parts' rule: next to an interior voxel
+            # a neighbour is interior when it and its six neighbours are labels
+            interior = labelled & flat_padded[
+                neighbours[:, :, None] + offsets[None, None, :]].all(axis=2)
+            go &= interior.any(axis=1)
+        remove[start:start + _CHUNK] = go
     if THIN_TRIM:
-        if remove.any() or thin.any():
-            _remove_simple_points(out, candidates[remove | thin])
+        if remove.any():
+            _remove_simple_points(out, candidates[remove])
     else:
         out.ravel()[candidates[remove]] = 0
     return out
@@ -228,11 +227,15 @@ def trim_partial_volume(labels: np.ndarray, fraction: np.ndarray,
 THIN_TRIM = True
 
 
+#: the 27 offsets of a 3x3x3 block around a voxel, z-major (index 13: the voxel itself)
+_BLOCK = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+
+
 def _shell_graph(kind: str) -> tuple[np.ndarray, np.ndarray]:
     """Positions (indices into the 27 voxels of a 3x3x3 block, z-major) and, per position, its
     neighbours among them (padded with -1): ``"26"`` the 26 voxels around the centre with
     26-adjacency; ``"18"`` the 18 within a face or an edge of it, with 6-adjacency."""
-    offs = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)])
+    offs = _BLOCK
     manhattan = np.abs(offs).sum(axis=1)
     pos = np.flatnonzero((manhattan > 0) & ((manhattan <= 2) if kind == "18" else True))
     d = offs[pos][:, None, :] - offs[pos][None, :, :]
@@ -295,8 +298,7 @@ def _remove_simple_points(out: np.ndarray, idx: np.ndarray) -> None:
     pad = np.pad(out, 1)
     shape = np.array(pad.shape, np.int64)
     strides = np.array([shape[1] * shape[2], shape[2], 1], np.int64)
-    block = np.array([(a, b, c) for a in (-1, 0, 1) for b in (-1, 0, 1) for c in (-1, 0, 1)],
-                     np.int64) @ strides
+    block = _BLOCK.astype(np.int64) @ strides
     coords = np.stack(np.unravel_index(idx, out.shape), axis=1).astype(np.int64)
     parity = (coords % 2) @ np.array([4, 2, 1])
     flat = pad.ravel()
