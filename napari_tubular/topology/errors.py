@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -634,9 +635,7 @@ def error_map(
         # a filled disc), and in a tree a 10-22 mm chord across it. Such a piece is that loop
         # site's (a point: of any missing loop of its component, as the cycles located are a
         # choice); without one (the loop kept elsewhere) it stays a site.
-        missing = {int(lab_r[tuple(np.asarray(loop_sites[j].anchor_vox)
-                                   - offset.astype(np.int64))])
-                   for j in missing_cycles.values()}
+        missing = {ref_loops[0][i][0] for i in missing_cycles}  # their reference components
         across: dict[int, float] = {}
         for vox, length, detail, around in fills:
             hit = [i for i in around if i in missing_cycles]
@@ -819,8 +818,9 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     Returns ``(sites, Betti-1 errors without a located loop)``.
     """
     pieces = held if held is not None else []
-    if ref_b1 == 0 and betti_numbers(pred[1])[1] == 0 or ref_b1 is None and all(
-            betti_numbers(mask)[1] == 0 for _g, mask, _l, _i in (pred, ref)):
+    if ref_b1 is None:
+        ref_b1 = betti_numbers(ref[1])[1]
+    if ref_b1 == 0 and betti_numbers(pred[1])[1] == 0:
         return [], 0  # trees: nothing to locate (the common case, and the cheap one)
     held_of = None
     if pieces:
@@ -848,7 +848,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
         near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
     # loops located per component (all of a component's loops located: its loops can vouch that
     # a loop of the other mask has no counterpart in place)
-    n_found = [np.bincount([c for c, _v, _s in found], minlength=1) for found, _b, _x in sides]
+    n_found = [Counter(c for c, _v, _s in found) for found, _b, _x in sides]
     out = []
     for k, (_g, _mask, lab, is_site) in enumerate((pred, ref)):
         (found, b1, boxes), b1_other = sides[k], sides[1 - k][1]
@@ -864,8 +864,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
             box = boxes[cid - 1]  # per component, in its box (a review: whole-crop scans)
             overlapping = [int(o) for o in np.unique(other_lab[box][lab[box] == cid]) if o > 0]
             excess = b1_here - sum(b1_other.get(o, 0) for o in overlapping)
-            if all(not other_site[o] and b1_other.get(o, 0) <= MAX_LOOPS_LOCATED
-                   and (other_found[o] if o < len(other_found) else 0) == b1_other.get(o, 0)
+            if all(not other_site[o] and other_found[o] == b1_other.get(o, 0)
                    for o in overlapping):
                 # loops most of whose cycle has no located loop of the other mask near it (within
                 # ``tolerance_vox + 2`` voxels; a cycle basis of the same skeleton covers every
