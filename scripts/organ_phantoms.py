@@ -13,7 +13,8 @@ texture of 5-15 HU. Tubes keep their label where they cross an organ (they are d
 Per model and case: Dice / clDice / Betti-0 error of ``segment``'s labels and of ``segment
 --no-refine``, and the false-positive volume inside the organs (mL).
 
-Seeds: ``dev`` 12000 + i, ``test`` 13000 + i.
+Seeds: ``dev`` 12000 + i, ``test`` 13000 + i, ``check`` 14000 + i (session 26: a set for checking
+rules set on the other two).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from foreign_phantoms import (  # noqa: E402
     segment_both,
 )
 
-SEEDS = {"dev": 12000, "test": 13000}
+SEEDS = {"dev": 12000, "test": 13000, "check": 14000}
 
 
 def add_organs(seed: int, image_hu: np.ndarray, label: np.ndarray, spacing):

@@ -201,6 +201,38 @@ def test_default_model_finds_a_large_vessel():
     assert abs(r_axis - 7.0) <= 0.2 * 7.0, r_axis
 
 
+
+def test_default_model_finds_an_aorta_along_the_slice_axis():
+    """An 18 mm tube along z (an aneurysmal aorta in an axial CT, 1 x 0.7 x 0.7 mm): the
+    first pass alone misses it (its windows see uniform brightness inside; Dice 0.03 in
+    session 26, 0.67 for 15 mm), the large-vessel pass on a grid twice as coarse finds it
+    whole, with the radius at its axis within 15 %, and says so in the report."""
+    from napari_tubular.inference import predict
+    from napari_tubular.io import Volume
+    from napari_tubular.synthetic import make_tube
+
+    sp = (1.0, 0.7, 0.7)
+    case = make_tube((96, 110, 110), sp, radius_mm=18.0, axis=0, contrast=260.0, noise=15.0,
+                     seed=3)
+    m = case.mask > 0
+
+    def dice(p):
+        return 2 * (p & m).sum() / (p.sum() + m.sum())
+
+    first = predict(Volume(case.image, sp), "default", "cpu", overlap=0.0, large_vessels=False)
+    assert first.large_vessels is None
+    assert dice(first.probability > 0.5) < 0.5
+    pred = predict(Volume(case.image, sp), "default", "cpu", overlap=0.0)
+    assert dice(pred.probability > 0.5) >= 0.95
+    info = pred.large_vessels
+    assert info["ran"]
+    assert len(info["merged"]) == 1
+    assert info["merged_ml"] > 50
+    assert any(msg.startswith("large vessels:") for msg in pred.messages)
+    idx = np.round(case.centerline[:, :3] / np.asarray(sp)).astype(int)[8:-8]
+    r_axis = float(np.median(pred.radius_mm[idx[:, 0], idx[:, 1], idx[:, 2]]))
+    assert abs(r_axis - 18.0) <= 0.15 * 18.0, r_axis
+
 def _airway_phantom(seed=5, shape=(64, 64, 64), spacing=(0.8, 0.8, 0.8)):
     """Airways in a lung: a tree of the generator (its label is the lumen; radii 1 to 5 mm) at
     -1000 HU with a one-voxel wall at -500 HU (a sub-voxel wall of soft tissue, partial volume)
