@@ -9,11 +9,18 @@ an ``affine`` for an oblique direction) and records the file's geometry in ``met
 (``spacing``, ``origin``, ``direction``, ``source_path``). The writers save the geometry the
 layer shows (:func:`geometry_from_layer`): the file's own for a layer as read, or a segmentation
 made on its grid, and the new one after a user changed the layer's scale or translate.
+
+A file whose direction permutes the axes (a sagittal or coronal acquisition) opens with its
+array axes in the order that puts each one along the world axis nearest to it
+(:func:`display_axes`; ``metadata[AXES_KEY]`` records the order): napari cannot slice a layer
+whose affine moves an axis into the displayed plane. The writers put a layer with that record
+(and the results computed on it) back in the file's axis order.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
 import warnings
@@ -36,6 +43,9 @@ from .io import (
 )
 
 __all__ = [
+    "AXES_KEY",
+    "display_axes",
+    "file_order_geometry",
     "geometry_from_layer",
     "guess_layer_type",
     "napari_get_reader",
@@ -118,6 +128,80 @@ def _layers_take_units() -> bool:
         return False
 
 
+#: metadata key of a layer whose array axes are the file's in another order (:func:`display_axes`):
+#: layer axis ``k`` holds the file's array axis ``metadata[AXES_KEY][k]``
+AXES_KEY = "napari_tubular_file_axes"
+_SAME_AXES = (0, 1, 2)
+
+
+def display_axes(direction) -> tuple[int, int, int]:
+    """The order of a volume's array axes for a napari layer that napari can slice.
+
+    napari slices a layer along its own axes and draws a 2-D view of axes ``(i, j)`` with the
+    2x2 block ``(i, j)`` of its affine. For a rotation that block's determinant is, up to sign,
+    the diagonal entry of the third axis: 0 when the direction moves an array axis into the
+    displayed plane (a sagittal or coronal file, whose direction permutes the axes), and napari
+    then fails to invert it ("Singular matrix", and the viewer aborts). This order lays each
+    array axis along the world axis nearest to it: it maximises the smallest
+    ``|direction[k, axes[k]]|`` (about 0.5 or more for any rotation, so that no 2-D view is
+    singular), and is the identity unless another order is better.
+
+    Args:
+        direction: 3x3 direction cosines, (z, y, x) order (column ``c``: array axis ``c``).
+
+    Returns:
+        ``axes``: layer axis ``k`` shows array axis ``axes[k]`` (``data.transpose(axes)``).
+    """
+    d = np.abs(np.asarray(direction, dtype=np.float64))
+    best, score = _SAME_AXES, min(d[k, k] for k in range(3))
+    for axes in itertools.permutations(range(3)):
+        value = min(d[k, axes[k]] for k in range(3))
+        if value > score + 1e-6:
+            best, score = axes, value
+    return tuple(int(a) for a in best)  # type: ignore[return-value]
+
+
+def _shown(vol: Volume) -> tuple[Volume, tuple[int, int, int]]:
+    """The volume in the axis order a layer shows it (:func:`display_axes`), and that order."""
+    axes = display_axes(vol.direction)
+    if axes == _SAME_AXES:
+        return vol, axes
+    shown = Volume(
+        data=np.ascontiguousarray(vol.data.transpose(axes)),
+        spacing=tuple(vol.spacing[a] for a in axes),
+        origin=vol.origin,
+        direction=vol.direction[:, list(axes)],
+        path=vol.path,
+    )
+    return shown, axes
+
+
+def file_order_geometry(spacing, origin, direction, axes) -> tuple[tuple, tuple, np.ndarray]:
+    """(spacing, origin, direction) of a layer's grid with its axes put back in the file's
+    order: the inverse of :func:`display_axes`' transpose (``axes``: ``metadata[AXES_KEY]``)."""
+    axes = _valid_axes(axes)
+    if axes is None:
+        return tuple(spacing), tuple(origin), np.asarray(direction, dtype=np.float64)
+    d = np.asarray(direction, dtype=np.float64)
+    file_spacing = [0.0, 0.0, 0.0]
+    file_direction = np.zeros((3, 3))
+    for k, a in enumerate(axes):
+        file_spacing[a] = float(spacing[k])
+        file_direction[:, a] = d[:, k]
+    return tuple(file_spacing), tuple(origin), file_direction
+
+
+def _valid_axes(axes) -> tuple[int, int, int] | None:
+    """``axes`` as a permutation of (0, 1, 2) other than the identity, else None."""
+    try:
+        out = tuple(int(a) for a in axes)
+    except (TypeError, ValueError):
+        return None
+    if sorted(out) != list(_SAME_AXES) or out == _SAME_AXES:
+        return None
+    return out  # type: ignore[return-value]
+
+
 def _layer_tuple(vol: Volume) -> tuple:
     if vol.path is None:
         name = "volume"
@@ -125,11 +209,15 @@ def _layer_tuple(vol: Volume) -> tuple:
         name = (vol.path if vol.path.is_dir() else vol.path.parent).name  # DICOM series
     else:
         name = volume_stem(vol.path)
-    data = vol.data
+    shown, axes = _shown(vol)
+    data = shown.data
     layer_type = guess_layer_type(data, name)
     if layer_type == "labels" and data.dtype == bool:
         data = data.astype(np.uint8)
-    kwargs = {"name": name, **vol.napari_kwargs(), **mm_units(), "metadata": vol.metadata()}
+    metadata = vol.metadata()  # the file's own geometry, in its own axis order
+    if axes != _SAME_AXES:
+        metadata[AXES_KEY] = list(axes)
+    kwargs = {"name": name, **shown.napari_kwargs(), **mm_units(), "metadata": metadata}
     return (data, kwargs, layer_type)
 
 
@@ -138,7 +226,9 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
 
     ``kwargs`` holds ``name`` (file stem), ``scale`` (spacing, mm), ``translate`` (origin, mm),
     an ``affine`` when the direction is not the identity, and ``metadata`` with ``spacing``,
-    ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``.
+    ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``: the file's geometry.
+    A file whose direction permutes the axes opens transposed (:func:`display_axes`), with
+    ``metadata[AXES_KEY]``.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     layers = []
@@ -204,8 +294,10 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
 
 
 def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
-    """(spacing, origin, direction) of a layer: what it shows (``scale``, ``translate``,
-    ``affine``); the reader's ``metadata`` record only for attribute dicts without a scale."""
+    """(spacing, origin, direction) of a layer in the file's axis order: what it shows
+    (``scale``, ``translate``, ``affine``), its axes put back in the file's order for a layer
+    with ``metadata[AXES_KEY]``; the reader's ``metadata`` record (in the file's order) only
+    for attribute dicts without a scale."""
     md = meta.get("metadata") or {}
     if meta.get("scale") is None and md.get("spacing") is not None:
         spacing = tuple(md["spacing"])
@@ -213,10 +305,11 @@ def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
         origin = (0.0, 0.0, 0.0) if origin is None else tuple(origin)
         direction = np.asarray(md.get("direction", np.eye(3)), dtype=np.float64)
         return spacing, origin, direction
-    return geometry_from_layer(
+    shown = geometry_from_layer(
         meta.get("scale"), meta.get("translate"), meta.get("affine"),
         rotate=meta.get("rotate"), shear=meta.get("shear"),
     )
+    return file_order_geometry(*shown, md.get(AXES_KEY))
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -243,6 +336,9 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
     spacing, origin, direction = _geometry(meta or {})
+    axes = _valid_axes(((meta or {}).get("metadata") or {}).get(AXES_KEY) or ())
+    if axes is not None:
+        arr = arr.transpose(np.argsort(axes))  # back in the file's axis order
     vol = Volume(data=arr, spacing=spacing, origin=origin, direction=direction)
     if labels:
         arr = _compact_labels(arr, path)
