@@ -23,6 +23,7 @@ import functools
 import itertools
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -229,19 +230,80 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
     ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``: the file's geometry.
     A file whose direction permutes the axes opens transposed (:func:`display_axes`), with
     ``metadata[AXES_KEY]``.
+
+    Several ``.dcm`` files of one DICOM series open the series once: in one call, and in the
+    calls napari makes one file at a time for a selection (File > Open with several files),
+    where the series opens at its first selected file. Returns napari's empty-file sentinel
+    ``[(None,)]`` when every path is a series opened that way.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    earlier = _selected_before(paths)
     layers = []
-    series_read: set[Path] = set()
+    series_read: set = set()
     for p in map(Path, paths):
         if p.suffix.lower() == ".dcm":
-            # Selecting several files of one DICOM series opens the series once.
-            folder = p.parent.resolve()
-            if folder in series_read:
+            key = _series_key(p)
+            if key in series_read or any(_series_key(e) == key for e in earlier
+                                         if e.parent == p.parent):
                 continue
-            series_read.add(folder)
+            series_read.add(key)
         layers.append(_layer_tuple(read_volume(p)))
-    return layers
+    return layers if layers or not paths else [(None,)]
+
+
+def _series_key(path: Path) -> tuple:
+    """What tells a ``.dcm`` file's series: its folder and Series Instance UID (the file itself
+    when the UID cannot be read)."""
+    try:
+        stat = path.stat()
+        return _series_key_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return (str(path),)
+
+
+@functools.lru_cache(maxsize=4096)
+def _series_key_cached(path: str, mtime_ns: int, size: int) -> tuple:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+        uid = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey(
+            "0020|000e") else ""
+    except RuntimeError:
+        uid = ""
+    return (str(Path(path).parent), uid) if uid else (path,)
+
+
+def _selected_before(paths: list) -> list[Path]:
+    """The ``.dcm`` files selected before ``paths`` in the ``viewer.open`` call napari is
+    reading them for, or [] when there is none.
+
+    napari's File > Open (and drag and drop) passes a selection of files with ``stack=False``
+    to ``ViewerModel.open``, which calls the reader once per file: nothing in those calls says
+    which files came with it. That call's ``paths_`` does; it is looked up on the call stack
+    (a napari whose ``open`` holds no such list: [], and each file opens its series).
+    """
+    mine = [os.fspath(p) for p in paths]
+    if not any(str(p).lower().endswith(".dcm") for p in mine):
+        return []
+    frame = sys._getframe(1)
+    try:
+        for _ in range(64):
+            if frame is None:
+                return []
+            if (frame.f_code.co_name == "open"
+                    and frame.f_globals.get("__name__") == "napari.components.viewer_model"):
+                selection = frame.f_locals.get("paths_")
+                if not isinstance(selection, list) or mine[0] not in selection:
+                    return []
+                before = selection[: selection.index(mine[0])]
+                return [Path(p) for p in before if str(p).lower().endswith(".dcm")]
+            frame = frame.f_back
+        return []
+    finally:
+        del frame
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from napari_tubular._napari_io import (
 )
 from napari_tubular.io import Volume, read_volume, write_volume
 
+from ._dicom import write_dicom_series
+
 SPACING = (2.5, 0.7, 0.9)
 ORIGIN = (-10.0, 20.5, 3.25)
 # a proper rotation, oblique to every axis (columns orthonormal, det +1)
@@ -233,33 +235,10 @@ def test_hooks_do_not_import_napari():
 
 
 def test_dicom_files_open_as_one_layer(tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
+    pytest.importorskip("SimpleITK")
     ct = (np.arange(3 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(3, 5, 6)  # 90 values
-    vol = Volume(ct, SPACING, ORIGIN)
-    img = sitk.GetImageFromArray(vol.data)
-    img.SetSpacing(SPACING[::-1])
-    img.SetOrigin(ORIGIN[::-1])
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.9.7433.2.1"
     folder = tmp_path / "ct_series"
-    folder.mkdir()
-    files = []
-    for k in range(3):
-        sl = img[:, :, k : k + 1]
-        pos = "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
-        for tag, value in {
-            "0020|000d": uid + ".0",
-            "0020|000e": uid,
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": pos,
-            "0020|0013": str(k + 1),
-            "0008|0018": f"{uid}.{k + 1}",
-        }.items():
-            sl.SetMetaData(tag, value)
-        files.append(str(folder / f"im{k}.dcm"))
-        writer.SetFileName(files[-1])
-        writer.Execute(sl)
+    files = write_dicom_series(folder, ct, SPACING, ORIGIN)
     for arg in (files, str(folder)):
         reader = napari_get_reader(arg)
         assert callable(reader)
@@ -268,8 +247,24 @@ def test_dicom_files_open_as_one_layer(tmp_path):
         data, kwargs, layer_type = layers[0]
         assert layer_type == "image"
         assert kwargs["name"] == "ct_series"
-        np.testing.assert_array_equal(data, vol.data)
+        np.testing.assert_array_equal(data, ct)
         np.testing.assert_allclose(kwargs["scale"], SPACING)
+
+
+def test_two_dicom_series_of_one_folder_open_as_two_layers(tmp_path):
+    """Files of two series in one folder, selected together: a layer for each series (they
+    were taken for one series by their folder, and the second was dropped)."""
+    pytest.importorskip("SimpleITK")
+    ct = (np.arange(3 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(3, 5, 6)
+    folder = tmp_path / "study"
+    a = write_dicom_series(folder, ct, SPACING, ORIGIN, uid="1.2.826.0.1.3680043.9.7433.2.1",
+                           prefix="a")
+    b = write_dicom_series(folder, ct[:, ::-1] + 7, SPACING, ORIGIN,
+                           uid="1.2.826.0.1.3680043.9.7433.2.2", prefix="b")
+    layers = read_layers(a + b)
+    assert len(layers) == 2
+    np.testing.assert_array_equal(layers[0][0], ct)
+    np.testing.assert_array_equal(layers[1][0], ct[:, ::-1] + 7)
 
 
 def test_manifest_wiring_through_npe2(tmp_path, files):

@@ -8,6 +8,7 @@ import pytest
 from napari_tubular._widgets._layers import upsert_layer
 from napari_tubular.io import Volume, read_volume, write_volume
 
+from .._dicom import write_dicom_series
 from .conftest import SPACING, TRANSLATE
 
 pytestmark = pytest.mark.gui
@@ -45,3 +46,23 @@ def test_a_permuted_direction_opens_slices_and_saves_its_results(make_napari_vie
     assert got.same_geometry(vol, atol=1e-5)
     np.testing.assert_array_equal(got.data, (vol.data > 40).astype(np.uint8))
 
+
+def test_dicom_files_selected_together_open_their_series_once(make_napari_viewer, tmp_path):
+    """An audit: File > Open with six slices of a series selected (napari calls the reader once
+    per file) opened the whole series six times. One layer per series now; one file alone still
+    opens its series."""
+    pytest.importorskip("SimpleITK")
+    ct = (np.arange(4 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(4, 5, 6)
+    a = write_dicom_series(tmp_path / "ct", ct, SPACING, TRANSLATE,
+                           uid="1.2.826.0.1.3680043.9.7433.2.1", prefix="a")
+    b = write_dicom_series(tmp_path / "ct", ct[:, ::-1] + 7, SPACING, TRANSLATE,
+                           uid="1.2.826.0.1.3680043.9.7433.2.2", prefix="b")
+    viewer = make_napari_viewer()
+    layers = viewer.open(a, plugin="napari-tubular", stack=False)
+    assert len(layers) == 1
+    np.testing.assert_array_equal(layers[0].data, ct)
+    assert len(viewer.open(a[2], plugin="napari-tubular")) == 1
+    both = viewer.open([a[1], b[0], a[0], b[3]], plugin="napari-tubular", stack=False)
+    assert len(both) == 2
+    np.testing.assert_array_equal(both[1].data, ct[:, ::-1] + 7)
+    assert len(viewer.layers) == 4
