@@ -9,13 +9,21 @@ an ``affine`` for an oblique direction) and records the file's geometry in ``met
 (``spacing``, ``origin``, ``direction``, ``source_path``). The writers save the geometry the
 layer shows (:func:`geometry_from_layer`): the file's own for a layer as read, or a segmentation
 made on its grid, and the new one after a user changed the layer's scale or translate.
+
+A file whose direction permutes the axes (a sagittal or coronal acquisition) opens with its
+array axes in the order that puts each one along the world axis nearest to it
+(:func:`display_axes`; ``metadata[AXES_KEY]`` records the order): napari cannot slice a layer
+whose affine moves an axis into the displayed plane. The writers put a layer with that record
+(and the results computed on it) back in the file's axis order.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import re
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -36,6 +44,9 @@ from .io import (
 )
 
 __all__ = [
+    "AXES_KEY",
+    "display_axes",
+    "file_order_geometry",
     "geometry_from_layer",
     "guess_layer_type",
     "napari_get_reader",
@@ -118,6 +129,80 @@ def _layers_take_units() -> bool:
         return False
 
 
+#: metadata key of a layer whose array axes are the file's in another order (:func:`display_axes`):
+#: layer axis ``k`` holds the file's array axis ``metadata[AXES_KEY][k]``
+AXES_KEY = "napari_tubular_file_axes"
+_SAME_AXES = (0, 1, 2)
+
+
+def display_axes(direction) -> tuple[int, int, int]:
+    """The order of a volume's array axes for a napari layer that napari can slice.
+
+    napari slices a layer along its own axes and draws a 2-D view of axes ``(i, j)`` with the
+    2x2 block ``(i, j)`` of its affine. For a rotation that block's determinant is, up to sign,
+    the diagonal entry of the third axis: 0 when the direction moves an array axis into the
+    displayed plane (a sagittal or coronal file, whose direction permutes the axes), and napari
+    then fails to invert it ("Singular matrix", and the viewer aborts). This order lays each
+    array axis along the world axis nearest to it: it maximises the smallest
+    ``|direction[k, axes[k]]|`` (about 0.5 or more for any rotation, so that no 2-D view is
+    singular), and is the identity unless another order is better.
+
+    Args:
+        direction: 3x3 direction cosines, (z, y, x) order (column ``c``: array axis ``c``).
+
+    Returns:
+        ``axes``: layer axis ``k`` shows array axis ``axes[k]`` (``data.transpose(axes)``).
+    """
+    d = np.abs(np.asarray(direction, dtype=np.float64))
+    best, score = _SAME_AXES, min(d[k, k] for k in range(3))
+    for axes in itertools.permutations(range(3)):
+        value = min(d[k, axes[k]] for k in range(3))
+        if value > score + 1e-6:
+            best, score = axes, value
+    return tuple(int(a) for a in best)  # type: ignore[return-value]
+
+
+def _shown(vol: Volume) -> tuple[Volume, tuple[int, int, int]]:
+    """The volume in the axis order a layer shows it (:func:`display_axes`), and that order."""
+    axes = display_axes(vol.direction)
+    if axes == _SAME_AXES:
+        return vol, axes
+    shown = Volume(
+        data=np.ascontiguousarray(vol.data.transpose(axes)),
+        spacing=tuple(vol.spacing[a] for a in axes),
+        origin=vol.origin,
+        direction=vol.direction[:, list(axes)],
+        path=vol.path,
+    )
+    return shown, axes
+
+
+def file_order_geometry(spacing, origin, direction, axes) -> tuple[tuple, tuple, np.ndarray]:
+    """(spacing, origin, direction) of a layer's grid with its axes put back in the file's
+    order: the inverse of :func:`display_axes`' transpose (``axes``: ``metadata[AXES_KEY]``)."""
+    axes = _valid_axes(axes)
+    if axes is None:
+        return tuple(spacing), tuple(origin), np.asarray(direction, dtype=np.float64)
+    d = np.asarray(direction, dtype=np.float64)
+    file_spacing = [0.0, 0.0, 0.0]
+    file_direction = np.zeros((3, 3))
+    for k, a in enumerate(axes):
+        file_spacing[a] = float(spacing[k])
+        file_direction[:, a] = d[:, k]
+    return tuple(file_spacing), tuple(origin), file_direction
+
+
+def _valid_axes(axes) -> tuple[int, int, int] | None:
+    """``axes`` as a permutation of (0, 1, 2) other than the identity, else None."""
+    try:
+        out = tuple(int(a) for a in axes)
+    except (TypeError, ValueError):
+        return None
+    if sorted(out) != list(_SAME_AXES) or out == _SAME_AXES:
+        return None
+    return out  # type: ignore[return-value]
+
+
 def _layer_tuple(vol: Volume) -> tuple:
     if vol.path is None:
         name = "volume"
@@ -125,11 +210,15 @@ def _layer_tuple(vol: Volume) -> tuple:
         name = (vol.path if vol.path.is_dir() else vol.path.parent).name  # DICOM series
     else:
         name = volume_stem(vol.path)
-    data = vol.data
+    shown, axes = _shown(vol)
+    data = shown.data
     layer_type = guess_layer_type(data, name)
     if layer_type == "labels" and data.dtype == bool:
         data = data.astype(np.uint8)
-    kwargs = {"name": name, **vol.napari_kwargs(), **mm_units(), "metadata": vol.metadata()}
+    metadata = vol.metadata()  # the file's own geometry, in its own axis order
+    if axes != _SAME_AXES:
+        metadata[AXES_KEY] = list(axes)
+    kwargs = {"name": name, **shown.napari_kwargs(), **mm_units(), "metadata": metadata}
     return (data, kwargs, layer_type)
 
 
@@ -138,20 +227,83 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
 
     ``kwargs`` holds ``name`` (file stem), ``scale`` (spacing, mm), ``translate`` (origin, mm),
     an ``affine`` when the direction is not the identity, and ``metadata`` with ``spacing``,
-    ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``.
+    ``origin``, ``direction`` (3x3 list, z,y,x order) and ``source_path``: the file's geometry.
+    A file whose direction permutes the axes opens transposed (:func:`display_axes`), with
+    ``metadata[AXES_KEY]``.
+
+    Several ``.dcm`` files of one DICOM series open the series once: in one call, and in the
+    calls napari makes one file at a time for a selection (File > Open with several files),
+    where the series opens at its first selected file. Returns napari's empty-file sentinel
+    ``[(None,)]`` when every path is a series opened that way.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    earlier = _selected_before(paths)
     layers = []
-    series_read: set[Path] = set()
+    series_read: set = set()
     for p in map(Path, paths):
         if p.suffix.lower() == ".dcm":
-            # Selecting several files of one DICOM series opens the series once.
-            folder = p.parent.resolve()
-            if folder in series_read:
+            key = _series_key(p)
+            if key in series_read or any(_series_key(e) == key for e in earlier
+                                         if e.parent == p.parent):
                 continue
-            series_read.add(folder)
+            series_read.add(key)
         layers.append(_layer_tuple(read_volume(p)))
-    return layers
+    return layers if layers or not paths else [(None,)]
+
+
+def _series_key(path: Path) -> tuple:
+    """What tells a ``.dcm`` file's series: its folder and Series Instance UID (the file itself
+    when the UID cannot be read)."""
+    try:
+        stat = path.stat()
+        return _series_key_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return (str(path),)
+
+
+@functools.lru_cache(maxsize=4096)
+def _series_key_cached(path: str, mtime_ns: int, size: int) -> tuple:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+        uid = reader.GetMetaData("0020|000e").strip() if reader.HasMetaDataKey(
+            "0020|000e") else ""
+    except RuntimeError:
+        uid = ""
+    return (str(Path(path).parent), uid) if uid else (path,)
+
+
+def _selected_before(paths: list) -> list[Path]:
+    """The ``.dcm`` files selected before ``paths`` in the ``viewer.open`` call napari is
+    reading them for, or [] when there is none.
+
+    napari's File > Open (and drag and drop) passes a selection of files with ``stack=False``
+    to ``ViewerModel.open``, which calls the reader once per file: nothing in those calls says
+    which files came with it. That call's ``paths_`` does; it is looked up on the call stack
+    (a napari whose ``open`` holds no such list: [], and each file opens its series).
+    """
+    mine = [os.fspath(p) for p in paths]
+    if not any(str(p).lower().endswith(".dcm") for p in mine):
+        return []
+    frame = sys._getframe(1)
+    try:
+        for _ in range(64):
+            if frame is None:
+                return []
+            if (frame.f_code.co_name == "open"
+                    and frame.f_globals.get("__name__") == "napari.components.viewer_model"):
+                selection = frame.f_locals.get("paths_")
+                if not isinstance(selection, list) or mine[0] not in selection:
+                    return []
+                before = selection[: selection.index(mine[0])]
+                return [Path(p) for p in before if str(p).lower().endswith(".dcm")]
+            frame = frame.f_back
+        return []
+    finally:
+        del frame
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,8 +356,10 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
 
 
 def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
-    """(spacing, origin, direction) of a layer: what it shows (``scale``, ``translate``,
-    ``affine``); the reader's ``metadata`` record only for attribute dicts without a scale."""
+    """(spacing, origin, direction) of a layer in the file's axis order: what it shows
+    (``scale``, ``translate``, ``affine``), its axes put back in the file's order for a layer
+    with ``metadata[AXES_KEY]``; the reader's ``metadata`` record (in the file's order) only
+    for attribute dicts without a scale."""
     md = meta.get("metadata") or {}
     if meta.get("scale") is None and md.get("spacing") is not None:
         spacing = tuple(md["spacing"])
@@ -213,10 +367,11 @@ def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
         origin = (0.0, 0.0, 0.0) if origin is None else tuple(origin)
         direction = np.asarray(md.get("direction", np.eye(3)), dtype=np.float64)
         return spacing, origin, direction
-    return geometry_from_layer(
+    shown = geometry_from_layer(
         meta.get("scale"), meta.get("translate"), meta.get("affine"),
         rotate=meta.get("rotate"), shear=meta.get("shear"),
     )
+    return file_order_geometry(*shown, md.get(AXES_KEY))
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -243,6 +398,9 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
     spacing, origin, direction = _geometry(meta or {})
+    axes = _valid_axes(((meta or {}).get("metadata") or {}).get(AXES_KEY) or ())
+    if axes is not None:
+        arr = arr.transpose(np.argsort(axes))  # back in the file's axis order
     vol = Volume(data=arr, spacing=spacing, origin=origin, direction=direction)
     if labels:
         arr = _compact_labels(arr, path)

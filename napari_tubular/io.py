@@ -208,7 +208,9 @@ class Volume:
         direction is not the identity, an ``affine`` (4x4, applied by napari after scale and
         translate) is added so that world = ``origin + direction @ (spacing * index)``; scale
         and translate keep their meaning. Layers made from results on the same grid must use
-        the same keyword arguments to line up.
+        the same keyword arguments to line up. napari cannot slice a direction that moves an
+        axis into a displayed plane (a permutation: sagittal, coronal files); the plugin's
+        reader first transposes such a volume (``_napari_io.display_axes``).
         """
         kwargs: dict = {"scale": self.spacing, "translate": self.origin}
         if self.is_oblique:

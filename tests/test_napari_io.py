@@ -12,12 +12,17 @@ import numpy as np
 import pytest
 
 from napari_tubular._napari_io import (
+    AXES_KEY,
+    display_axes,
     guess_layer_type,
     napari_get_reader,
+    read_layers,
     write_image,
     write_labels,
 )
 from napari_tubular.io import Volume, read_volume, write_volume
+
+from ._dicom import write_dicom_series
 
 SPACING = (2.5, 0.7, 0.9)
 ORIGIN = (-10.0, 20.5, 3.25)
@@ -230,33 +235,10 @@ def test_hooks_do_not_import_napari():
 
 
 def test_dicom_files_open_as_one_layer(tmp_path):
-    sitk = pytest.importorskip("SimpleITK")
+    pytest.importorskip("SimpleITK")
     ct = (np.arange(3 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(3, 5, 6)  # 90 values
-    vol = Volume(ct, SPACING, ORIGIN)
-    img = sitk.GetImageFromArray(vol.data)
-    img.SetSpacing(SPACING[::-1])
-    img.SetOrigin(ORIGIN[::-1])
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.9.7433.2.1"
     folder = tmp_path / "ct_series"
-    folder.mkdir()
-    files = []
-    for k in range(3):
-        sl = img[:, :, k : k + 1]
-        pos = "\\".join(f"{v:.6f}" for v in img.TransformIndexToPhysicalPoint((0, 0, k)))
-        for tag, value in {
-            "0020|000d": uid + ".0",
-            "0020|000e": uid,
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0020|0032": pos,
-            "0020|0013": str(k + 1),
-            "0008|0018": f"{uid}.{k + 1}",
-        }.items():
-            sl.SetMetaData(tag, value)
-        files.append(str(folder / f"im{k}.dcm"))
-        writer.SetFileName(files[-1])
-        writer.Execute(sl)
+    files = write_dicom_series(folder, ct, SPACING, ORIGIN)
     for arg in (files, str(folder)):
         reader = napari_get_reader(arg)
         assert callable(reader)
@@ -265,8 +247,24 @@ def test_dicom_files_open_as_one_layer(tmp_path):
         data, kwargs, layer_type = layers[0]
         assert layer_type == "image"
         assert kwargs["name"] == "ct_series"
-        np.testing.assert_array_equal(data, vol.data)
+        np.testing.assert_array_equal(data, ct)
         np.testing.assert_allclose(kwargs["scale"], SPACING)
+
+
+def test_two_dicom_series_of_one_folder_open_as_two_layers(tmp_path):
+    """Files of two series in one folder, selected together: a layer for each series (they
+    were taken for one series by their folder, and the second was dropped)."""
+    pytest.importorskip("SimpleITK")
+    ct = (np.arange(3 * 5 * 6, dtype=np.int16) * 11 - 500).reshape(3, 5, 6)
+    folder = tmp_path / "study"
+    a = write_dicom_series(folder, ct, SPACING, ORIGIN, uid="1.2.826.0.1.3680043.9.7433.2.1",
+                           prefix="a")
+    b = write_dicom_series(folder, ct[:, ::-1] + 7, SPACING, ORIGIN,
+                           uid="1.2.826.0.1.3680043.9.7433.2.2", prefix="b")
+    layers = read_layers(a + b)
+    assert len(layers) == 2
+    np.testing.assert_array_equal(layers[0][0], ct)
+    np.testing.assert_array_equal(layers[1][0], ct[:, ::-1] + 7)
 
 
 def test_manifest_wiring_through_npe2(tmp_path, files):
@@ -322,3 +320,60 @@ def test_writer_stores_a_negative_scale_as_a_flip(tmp_path):
     for idx in [(0, 0, 0), (3, 4, 5), (1, 2, 3)]:
         np.testing.assert_allclose((got.affine() @ np.r_[idx, 1.0])[:3],
                                    layer.data_to_world(np.asarray(idx, float)), atol=1e-5)
+
+
+# a sagittal acquisition: array axis 0 (the slices) along world x, 1 along -z, 2 along -y
+SAGITTAL = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+
+
+def _minors_2d(matrix) -> list[float]:
+    """|det| of the 2x2 blocks napari's 2-D views of a layer's affine use (every axis pair)."""
+    m = np.asarray(matrix, dtype=float)
+    return [abs(np.linalg.det(m[np.ix_(pair, pair)])) for pair in ((0, 1), (0, 2), (1, 2))]
+
+
+def test_display_axes_leave_no_2d_view_singular():
+    """A direction that moves an array axis into a displayed plane (a permutation: sagittal,
+    coronal files) made napari's 2-D slicing singular; the layer's axis order puts every axis
+    along the nearest world axis, for any rotation. Oblique (30 degrees) and flipped files keep
+    their order."""
+    assert display_axes(np.eye(3)) == (0, 1, 2)
+    assert display_axes(np.diag([1.0, -1.0, -1.0])) == (0, 1, 2)  # flips
+    c, s = np.cos(np.pi / 6), np.sin(np.pi / 6)
+    assert display_axes([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) == (0, 1, 2)
+    assert display_axes(OBLIQUE) == (0, 1, 2)
+    assert min(_minors_2d(SAGITTAL)) == 0.0  # as the file stores it
+    axes = display_axes(SAGITTAL)
+    assert axes == (1, 2, 0)
+    np.testing.assert_allclose(np.abs(SAGITTAL[:, list(axes)]), np.eye(3))
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        shown = q[:, list(display_axes(q))]
+        assert min(_minors_2d(shown)) > 0.4
+
+
+def test_a_permuted_direction_opens_transposed_and_saves_in_file_order(tmp_path):
+    """The layer of a sagittal file holds the file's array transposed to the world axes, every
+    voxel at the file's physical position; saving it (or a result on its grid) writes the
+    file's array order, spacing, origin and direction."""
+    layers_mod = pytest.importorskip("napari.layers")
+    vol = _image(direction=SAGITTAL)
+    path = write_volume(tmp_path / "sag_image.nrrd", vol)
+    ((data, kwargs, _),) = read_layers(str(path))
+    assert data.shape == (7, 8, 6)
+    assert kwargs["metadata"][AXES_KEY] == [1, 2, 0]
+    np.testing.assert_allclose(kwargs["metadata"]["direction"], SAGITTAL)  # the file's own
+    layer = layers_mod.Image(data, **kwargs)
+    assert all(m > 0.99 for m in _minors_2d(layer.affine.affine_matrix[:3, :3]))
+    for idx in [(0, 0, 0), (6, 7, 5), (2, 3, 1)]:
+        file_idx = np.zeros(3, int)
+        file_idx[[1, 2, 0]] = idx
+        assert data[idx] == vol.data[tuple(file_idx)]
+        np.testing.assert_allclose(layer.data_to_world(np.asarray(idx, float)),
+                                   (vol.affine() @ np.r_[file_idx, 1.0])[:3], atol=1e-6)
+    for name, writer, arr in (("img.nii.gz", write_image, data),
+                              ("seg.nrrd", write_labels, (data > 0).astype(np.uint8))):
+        got = read_volume(writer(str(tmp_path / name), arr, layer._get_state())[0])
+        _assert_same_geometry(got, vol)
+        np.testing.assert_array_equal(got.data, arr.transpose(np.argsort([1, 2, 0])))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
-from .._napari_io import RESULT_KEY
+from .._napari_io import AXES_KEY, RESULT_KEY, file_order_geometry
 
 if TYPE_CHECKING:
     import napari
@@ -27,7 +27,8 @@ SOURCE_KEY = "napari_tubular_source"
 #: the name a result layer was given (a user who renames it keeps it: see ``upsert_layer``)
 NAME_KEY = "napari_tubular_name"
 #: the source's geometry record that ``upsert_layer`` writes into a result layer's metadata
-_RECORD_KEYS = ("spacing", "origin", "direction", "source_path")
+#: (in the file's axis order, with the layer's axis order when the reader transposed the file)
+_RECORD_KEYS = ("spacing", "origin", "direction", "source_path", AXES_KEY)
 
 
 def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -280,9 +281,14 @@ def upsert_layer(
             src = source
     if src is not None:
         # Result layers live on the source's grid: keep its oblique/flipped direction (the
-        # reader's affine) and record the geometry it shows now (writers save that geometry).
+        # reader's affine) and record the geometry it shows now (writers save that geometry),
+        # in the file's axis order for a file the reader transposed (the writers put a result
+        # back in that order, as they do its source)
+        axes = src.metadata.get(AXES_KEY)
+        if axes is not None:
+            metadata[AXES_KEY] = list(axes)
         try:
-            spacing, origin, direction = layer_volume_geometry(src)
+            spacing, origin, direction = file_order_geometry(*layer_volume_geometry(src), axes)
             metadata.update(spacing=tuple(spacing), origin=tuple(origin),
                             direction=np.asarray(direction).tolist())
         except ValueError:

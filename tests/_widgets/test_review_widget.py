@@ -404,6 +404,44 @@ def test_sites_and_branches_on_an_oblique_volume(make_napari_viewer, broken):
     assert np.all(np.abs(np.asarray(viewer.dims.point[-3:]) - want) <= steps / 2 + 1e-6)
 
 
+def test_sites_on_a_sagittal_file_go_to_its_physical_position(make_napari_viewer, broken,
+                                                               tmp_path):
+    """Files whose direction permutes the axes open transposed (napari cannot slice the
+    permutation): the sites the panel goes to and exports are still at the files' physical
+    positions (the CLI's scanner coordinates), and the error map saves in the files' order."""
+    from napari_tubular.io import Volume, read_volume, write_volume
+
+    pred, ref = broken
+    sagittal = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+    pred_vol = Volume(pred, SPACING, TRANSLATE, sagittal)
+    paths = [write_volume(tmp_path / "ref_label.nii.gz", pred_vol.with_data(ref)),
+             write_volume(tmp_path / "pred_label.nii.gz", pred_vol)]
+    viewer = make_napari_viewer()
+    ref_layer, pred_layer = viewer.open([str(p) for p in paths], plugin="napari-tubular")
+    assert pred_layer.data.shape == (pred.shape[1], pred.shape[2], pred.shape[0])
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(pred_layer)
+    widget.ref_picker.set_layer(ref_layer)
+    widget.run()
+    site = widget.report.sites[0]
+    file_index = np.zeros(3)
+    file_index[[1, 2, 0]] = site.anchor_vox  # layer axis k shows the file's axis (1, 2, 0)[k]
+    want = (pred_vol.affine() @ np.r_[file_index, 1.0])[:3]
+    assert (pred | ref)[tuple(file_index.astype(int))]  # a voxel of the site, in the file
+    widget.go_to(0)
+    np.testing.assert_allclose(viewer.dims.point[-3:], want, atol=1e-6)
+    with open(widget.export_csv(tmp_path / "sites.csv"), newline="") as fh:
+        rows = list(csv.reader(fh))
+    header, first = rows[rows.index([]) + 1], rows[rows.index([]) + 2]
+    got = [float(first[header.index(f"anchor_physical_{a}_mm")]) for a in "zyx"]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    errors = viewer.layers["pred_label topology errors"]
+    (out,) = errors.save(str(tmp_path / "errors.nii.gz"), plugin="napari-tubular")
+    saved = read_volume(out)
+    assert saved.same_geometry(pred_vol, atol=1e-4)
+    assert saved.data[tuple(file_index.astype(int))] == site.cls
+
+
 def test_shortcuts_work_on_a_widget_napari_docked(make_napari_viewer, broken):
     """napari gives plugin widgets a public-only proxy of the viewer; the key binding gets the
     viewer itself: the keys must still reach the widget."""
