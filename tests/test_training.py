@@ -68,6 +68,7 @@ def test_config_file_json_yaml_and_overrides(tmp_path):
 
 @pytest.mark.parametrize(("values", "word"), [
     ({"loss": "focal"}, "loss"), ({"patch_size": (4, 64, 64)}, "patch_size"),
+    ({"data": 5}, "data: must be a folder"), ({"val_data": [1]}, "val_data: must be a folder"),
     ({"target_spacing": (1, 0, 1)}, "target_spacing"), ({"steps": 0}, "steps"),
     ({"bogus": 1}, "bogus"), ({"resume": True, "overwrite": True}, "resume"),
     ({"steps": "many"}, "steps: expected a whole number"), ({"lr": [1]}, "lr: expected a number"),
@@ -1210,3 +1211,21 @@ def test_boundary_loss_trains_and_logs_its_terms(tmp_path):
                                           rel=1e-5, abs=1e-6)
     header = (out / "log.csv").read_text().splitlines()[0].split(",")
     assert {"loss_region", "loss_boundary", "boundary_alpha"} <= set(header)
+
+
+def test_overwrite_keeps_the_previous_run_when_the_new_one_fails_before_its_first_step(tmp_path):
+    """An audit: ``--overwrite`` removed the previous run's models before the new run read its
+    data, so a run that then failed on a bad pair left the folder without them."""
+    from napari_tubular.io import write_volume
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"}
+    assert "model.pt" in before
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    write_volume(bad / "a_image.nii.gz", np.zeros((20, 20, 20), np.float32))
+    write_volume(bad / "a_label.nii.gz", np.zeros((20, 20, 21), np.uint8))  # another shape
+    with pytest.raises(ValueError, match="does not match"):
+        train(tiny_config(out, steps=1, overwrite=True, data=[str(bad)]))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"} == before

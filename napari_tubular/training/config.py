@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,13 @@ class TrainConfig:
             self.val_data = [self.val_data]
         if self.val_data is None or [str(v).lower() for v in self.val_data] == ["none"]:
             self.val_data = []  # "none", as on the command line: no validation
+        for key in ("data", "val_data"):
+            # an audit: "data": 5 in a config file ended in a TypeError traceback
+            value = getattr(self, key)
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(d, (str, os.PathLike)) for d in value):
+                raise ValueError(f"{key}: must be a folder, a list of folders or 'synthetic', "
+                                 f"got {value!r}")
         self.data = [str(d) for d in self.data]
         self.val_data = [str(d) for d in self.val_data]
         self.out = str(self.out)

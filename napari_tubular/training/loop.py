@@ -99,8 +99,9 @@ def run_folder_in_use(config: TrainConfig) -> bool:
 
 
 def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Path]]:
-    """The run folder, checked (and emptied of a previous run's files with ``overwrite``), and
-    the folders this call created (deepest first), for :func:`_remove_created`."""
+    """The run folder, checked, and the folders this call created (deepest first), for
+    :func:`_remove_created` (a previous run's files go at the first step:
+    :func:`_clear_previous_run`)."""
     out = Path(config.out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out: {out} exists and is not a folder")
@@ -124,12 +125,18 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Pat
     if is_main:
         created = [d for d in (out, *out.absolute().parents) if not d.exists()]
         out.mkdir(parents=True, exist_ok=True)
-        for name in _RUN_FILES:
-            if (out / name).exists():
-                (out / name).unlink()
-        for snap in out.glob(_SNAPSHOTS):
-            snap.unlink()
     return out, created
+
+
+def _clear_previous_run(out: Path) -> None:
+    """``--overwrite``: remove a previous run's files from ``out``, once the new run's data is
+    ready and its first step begins (an audit: they were removed before the data was read, so
+    a run that then failed on a bad label left the folder without its models)."""
+    for name in _RUN_FILES:
+        if (out / name).exists():
+            (out / name).unlink()
+    for snap in out.glob(_SNAPSHOTS):
+        snap.unlink()
 
 
 def _remove_created(created: list[Path]) -> None:
@@ -586,6 +593,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 # so none are written (an audit: an untrained model.pt and a last.pt of step 0);
                 # the handler below removes the new run's config.json, as for any failure there
                 raise Cancelled(not_started)
+            if step == start_step and is_main and not config.resume:
+                _clear_previous_run(out)
             if step == start_step and on_first_step:
                 on_first_step()
             if cancelled:
