@@ -109,8 +109,16 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     u8 = write(tmp_path / "u8.nii.gz", ramp)
     assert main(["evaluate", str(u8), str(r)]) == 0
     assert "more than 16 distinct values" in capsys.readouterr().err
-    assert main(["evaluate", str(write(tmp_path / "lab.nii.gz", pred * 3)), str(r)]) == 0
+    lab = write(tmp_path / "lab.nii.gz", pred * 3)
+    assert main(["evaluate", str(lab), str(r)]) == 0
     assert "distinct values" not in capsys.readouterr().err  # a label map: no warning
+    # a reference with a second structure as label 2 counts whole, and says so
+    two = write(tmp_path / "two.nii.gz", (ref > 0).astype(np.uint8) * np.where(
+        np.arange(ref.shape[2]) < ref.shape[2] // 2, 1, 2).astype(np.uint8))
+    assert main(["evaluate", str(lab), str(two)]) == 0
+    assert "more than one nonzero label value" in capsys.readouterr().err
+    assert main(["evaluate", str(lab), str(r)]) == 0
+    assert "label value" not in capsys.readouterr().err
 
 
 def test_empty_prediction_json_has_nulls(tmp_path):

@@ -313,6 +313,12 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
         print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
               "probability or intensity map saved as integers?): every nonzero voxel counts as "
               "foreground; pass --threshold T to binarise it", file=sys.stderr)
+    if rv.data.dtype.kind in "iu" and _count_unique(rv.data, stop_above=2) > 2:
+        # an audit: a reference with a second structure as label 2 was scored as vessel without
+        # a word (train warns of the same labels)
+        print(f"warning: reference {ref_path.name} holds more than one nonzero label value: "
+              "every nonzero voxel counts as the reference (a multi-label file? keep only the "
+              "vessels' label)", file=sys.stderr)
     return (
         binarize(pred, f"prediction {pred_path.name}"),
         binarize(rv.data, f"reference {ref_path.name}"),
