@@ -1879,6 +1879,33 @@ def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
     return check_thresholds(tp, tr)
 
 
+def has_tuned_thresholds(meta: dict | None) -> bool:
+    """Whether a model file holds ``T_p`` / ``T_r`` tuned on validation volumes (the project's
+    models do, ``scripts/promote_model.py``; a model of ``napari-tubular train`` does not)."""
+    return bool(((meta or {}).get("metrics") or {}).get("refine"))
+
+
+UNTUNED_CONFIDENCE_NOTE = (
+    "the model holds no tuned thresholds (a model of your own training?): the confidence "
+    "filter's default level ({level:g}, measured on the shipped model, whose vessels reach it "
+    "everywhere) is not applied to it; pass --min-confidence P to apply a level"
+)
+
+
+def effective_min_confidence(min_confidence, meta, messages=None):
+    """The confidence filter's level for a model: the default level
+    (:data:`DEFAULT_MIN_CONFIDENCE`) only for a model with tuned thresholds
+    (:func:`has_tuned_thresholds`), None (off, with a note) for another (an audit: a model
+    trained with ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24); any other level
+    as given."""
+    if (min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE
+            and not has_tuned_thresholds(meta)):
+        if messages is not None:
+            _warn(UNTUNED_CONFIDENCE_NOTE.format(level=DEFAULT_MIN_CONFIDENCE), messages)
+        return None
+    return min_confidence
+
+
 def check_thresholds(tp, tr) -> tuple[float, float]:
     """Validate ``tp`` in (0, 1) and ``tr`` > 0 (ValueError naming the bad one)."""
     try:
@@ -1997,7 +2024,8 @@ def segment(
             :func:`napari_tubular.geometry.remove_blob_components`); None or 0 keeps them.
         min_confidence: components without a voxel of probability >= this are dropped
             (:data:`DEFAULT_MIN_CONFIDENCE`; counted with the specks in the report's
-            ``components_removed``); None keeps them.
+            ``components_removed``); None keeps them. The default level applies only to models
+            with tuned thresholds (:func:`effective_min_confidence`).
 
     Returns:
         :class:`SegmentationResult`.
@@ -2024,6 +2052,7 @@ def segment(
     _check_cancel(cancel)
     t = time.perf_counter()
     tuned_tp, tuned_tr = recommended_thresholds(pred.meta)
+    min_confidence = effective_min_confidence(min_confidence, pred.meta, pred.messages)
     tp = tuned_tp if tp is None else float(tp)
     tr = tuned_tr if tr is None else float(tr)
     p_max = float(pred.probability.max())

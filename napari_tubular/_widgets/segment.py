@@ -503,9 +503,11 @@ class SegmentWidget(QWidget):
             # toggling it changed nothing until the next Run)
             fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                     polarity)
+            sure = confident and inference.effective_min_confidence(
+                DEFAULT_MIN_CONFIDENCE, prediction.meta, prediction.messages) is not None
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
                                      fraction if trim_pv else None, blobs,
-                                     prediction.probability if confident else None)
+                                     prediction.probability if sure else None)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
@@ -866,7 +868,10 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
-        probability = self.prediction.probability if self.confidence_check.isChecked() else None
+        from napari_tubular.inference import has_tuned_thresholds
+
+        sure = self.confidence_check.isChecked() and has_tuned_thresholds(self.prediction.meta)
+        probability = self.prediction.probability if sure else None
 
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,

@@ -28,7 +28,7 @@ def fake_prediction(vessel_case):
     from scipy import ndimage as ndi
 
     from napari_tubular.geometry.distance import local_radius_mm
-    from napari_tubular.inference import Prediction
+    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR, Prediction
 
     mask = vessel_case.mask.astype(bool)
     prob = ndi.gaussian_filter(mask.astype(np.float32), 0.7)
@@ -42,7 +42,9 @@ def fake_prediction(vessel_case):
         device_used="cpu",
         batch_size=1,
         timings={},
-        meta={},
+        # a model with tuned thresholds, like the shipped one (the fallback values: the panel's
+        # defaults are unchanged), so that the confidence filter's default level applies
+        meta={"metrics": {"refine": {"tp": FALLBACK_TP, "tr": FALLBACK_TR}}},
     )
 
 
