@@ -29,7 +29,8 @@ def test_import_linter_contract():
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     if not Path(exe).exists():
         pytest.fail("import-linter is part of the testing extra but lint-imports was not found")
-    proc = subprocess.run([exe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([exe], cwd=ROOT, capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Core is GUI-free KEPT" in proc.stdout
 
