@@ -1871,10 +1871,19 @@ def check_segment_options(tp, tr, min_size_mm3, partial_volume=None,
         raise ValueError(f"min_size_mm3 (--min-size) must be >= 0 mm^3, got {min_size_mm3}")
 
 
+def _tuned_refinement(meta: dict | None) -> dict:
+    """The refinement settings tuned for a model on validation volumes: its meta
+    ``metrics.refine`` (``{"tp": .., "tr": .., ...}``), or ``{}`` for a model without them. The
+    one reader of that place, so that the thresholds and the confidence filter cannot disagree
+    on whether a model is tuned."""
+    tuned = ((meta or {}).get("metrics") or {}).get("refine")
+    return tuned if isinstance(tuned, dict) else {}
+
+
 def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
     """``(T_p, T_r)`` tuned for a model on validation volumes (its meta ``metrics.refine``),
     else :data:`FALLBACK_TP`, :data:`FALLBACK_TR`."""
-    tuned = ((meta or {}).get("metrics") or {}).get("refine") or {}
+    tuned = _tuned_refinement(meta)
     tp, tr = tuned.get("tp", FALLBACK_TP), tuned.get("tr", FALLBACK_TR)
     return check_thresholds(tp, tr)
 
@@ -1882,7 +1891,7 @@ def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
 def has_tuned_thresholds(meta: dict | None) -> bool:
     """Whether a model file holds ``T_p`` / ``T_r`` tuned on validation volumes (the project's
     models do, ``scripts/promote_model.py``; a model of ``napari-tubular train`` does not)."""
-    return bool(((meta or {}).get("metrics") or {}).get("refine"))
+    return bool(_tuned_refinement(meta))
 
 
 UNTUNED_CONFIDENCE_NOTE = (

@@ -84,6 +84,14 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
     return box
 
 
+def _confidence_filter_applies(prediction, messages=None) -> bool:
+    """Whether the confidence filter's default level applies to this prediction's model (the
+    one decision for a network run and for the live re-apply; a note goes to ``messages``)."""
+    from napari_tubular.inference import effective_min_confidence
+
+    return effective_min_confidence(DEFAULT_MIN_CONFIDENCE, prediction.meta, messages) is not None
+
+
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
                     probability=None):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
@@ -503,8 +511,7 @@ class SegmentWidget(QWidget):
             # toggling it changed nothing until the next Run)
             fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                     polarity)
-            sure = confident and inference.effective_min_confidence(
-                DEFAULT_MIN_CONFIDENCE, prediction.meta, prediction.messages) is not None
+            sure = confident and _confidence_filter_applies(prediction, prediction.messages)
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
                                      fraction if trim_pv else None, blobs,
                                      prediction.probability if sure else None)
@@ -868,9 +875,7 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
-        from napari_tubular.inference import has_tuned_thresholds
-
-        sure = self.confidence_check.isChecked() and has_tuned_thresholds(self.prediction.meta)
+        sure = self.confidence_check.isChecked() and _confidence_filter_applies(self.prediction)
         probability = self.prediction.probability if sure else None
 
         def compute():

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from .components import bounding_box, end_fullness, principal_extents_mm
+from .distance import edt_mm
 
 LARGE_VESSEL_MIN_RADIUS_MM = 11.0
 """Coarse-pass components with a voxel of at least this radius are candidates (the first pass
@@ -44,25 +45,18 @@ _MIN_LENGTH = 3.5
 _ENDS = (0.35, 1.5)
 
 
-def _edt(mask: np.ndarray, spacing) -> np.ndarray:
-    import edt
-
-    return edt.edt(np.ascontiguousarray(mask, dtype=bool),
-                   anisotropy=tuple(float(s) for s in spacing), parallel=1)
-
-
 def _opening(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """Morphological opening with a ball of ``radius_mm`` (erosion and dilation by distance)."""
-    core = _edt(mask, spacing) > radius_mm
+    core = edt_mm(mask, spacing) > radius_mm
     if not core.any():
         return core
-    return (_edt(~core, spacing) <= radius_mm) & mask
+    return (edt_mm(~core, spacing) <= radius_mm) & mask
 
 
 def _closing(mask: np.ndarray, radius_mm: float, spacing) -> np.ndarray:
     """Morphological closing with a ball of ``radius_mm`` (the volume's faces do not erode)."""
-    grown = _edt(~mask, spacing) <= radius_mm
-    return _edt(grown, spacing) > radius_mm
+    grown = edt_mm(~mask, spacing) <= radius_mm
+    return edt_mm(grown, spacing) > radius_mm
 
 
 def _tube_like(thick: np.ndarray, r_max: float, spacing) -> tuple[bool, dict]:
@@ -152,7 +146,7 @@ def merge_large_vessels(probability: np.ndarray, radius_mm: np.ndarray,
     r_max = float(coarse_radius_mm[take].max())
     margin = int(np.ceil(r_max / float(min(spacing)))) + 2
     box = bounding_box(take, margin=margin)
-    inside = _edt(probability[box] > 0.5, spacing) + 0.5 * float(min(spacing))
+    inside = edt_mm(probability[box] > 0.5, spacing) + 0.5 * float(min(spacing))
     t = take[box]
     r_box = radius_mm[box]
     r_box[t] = np.minimum(np.maximum(r_box[t], coarse_radius_mm[box][t]), inside[t])
