@@ -64,6 +64,7 @@ __all__ = [
     "NO_REFINE_THRESHOLD",
     "check_thresholds",
     "recommended_thresholds",
+    "tuned_min_confidence",
     "stored_with_ct_offset",
     "outside_air",
     "mask_radius",
@@ -1901,17 +1902,37 @@ UNTUNED_CONFIDENCE_NOTE = (
 )
 
 
+FILTER_OFF_CONFIDENCE_NOTE = (
+    "the confidence filter's default level ({level:g}) is off for this model: tuning on its "
+    "validation volumes found it lost vessels; pass --min-confidence P to apply a level"
+)
+
+
+def tuned_min_confidence(meta: dict | None) -> float | None:
+    """The confidence filter's default level for a model: None for a model without tuned
+    refinement settings; for one with them, their ``min_confidence`` (None when tuning on
+    validation volumes turned the filter off), or :data:`DEFAULT_MIN_CONFIDENCE` for a model
+    tuned before that key existed (the shipped model, on which the level was measured)."""
+    tuned = _tuned_refinement(meta)
+    if not tuned:
+        return None
+    level = tuned.get("min_confidence", DEFAULT_MIN_CONFIDENCE)
+    return None if level is None else float(level)
+
+
 def effective_min_confidence(min_confidence, meta, messages=None):
     """The confidence filter's level for a model: the default level
-    (:data:`DEFAULT_MIN_CONFIDENCE`) only for a model with tuned thresholds
-    (:func:`has_tuned_thresholds`), None (off, with a note) for another (an audit: a model
-    trained with ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24); any other level
-    as given."""
-    if (min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE
-            and not has_tuned_thresholds(meta)):
-        if messages is not None:
-            _warn(UNTUNED_CONFIDENCE_NOTE.format(level=DEFAULT_MIN_CONFIDENCE), messages)
-        return None
+    (:data:`DEFAULT_MIN_CONFIDENCE`) stands for the model's own (:func:`tuned_min_confidence`):
+    off, with a note, for a model without tuned thresholds (an audit: a model trained with
+    ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24) or whose tuning turned it off;
+    any other level as given."""
+    if min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE:
+        level = tuned_min_confidence(meta)
+        if level is None and messages is not None:
+            note = (FILTER_OFF_CONFIDENCE_NOTE if has_tuned_thresholds(meta)
+                    else UNTUNED_CONFIDENCE_NOTE)
+            _warn(note.format(level=DEFAULT_MIN_CONFIDENCE), messages)
+        return level
     return min_confidence
 
 

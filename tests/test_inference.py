@@ -1217,3 +1217,33 @@ def test_dark_tube_rescale_messages_name_the_mirrored_image(rng):
     assert rescaled
     assert all("in the image mirrored for dark tubes" in m for m in rescaled)
     assert not any("training tissue level" in m for m in pred.messages)  # not CT in HU
+
+
+def test_the_confidence_filter_default_follows_the_models_tuning():
+    """The default level is the model's own: off without tuned thresholds, 0.99 for a model
+    tuned before the filter was tuned (the shipped one), and what tuning stored otherwise,
+    including off (a note says why)."""
+    from napari_tubular.inference import (
+        DEFAULT_MIN_CONFIDENCE,
+        effective_min_confidence,
+        tuned_min_confidence,
+    )
+
+    untuned = {"metrics": {}}
+    legacy = {"metrics": {"refine": {"tp": 0.6, "tr": 0.6}}}
+    off = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "min_confidence": None}}}
+    on = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "min_confidence": 0.99}}}
+    assert tuned_min_confidence(untuned) is None
+    assert tuned_min_confidence(legacy) == DEFAULT_MIN_CONFIDENCE
+    assert tuned_min_confidence(off) is None
+    assert tuned_min_confidence(on) == 0.99
+    notes = []
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, off, notes) is None
+    assert len(notes) == 1
+    assert "tuning on its validation volumes" in notes[0]
+    notes = []
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, untuned, notes) is None
+    assert notes[0].startswith("the model holds no tuned thresholds")
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, legacy) == DEFAULT_MIN_CONFIDENCE
+    assert effective_min_confidence(0.9, off) == 0.9  # a level given explicitly applies
+    assert effective_min_confidence(None, legacy) is None
