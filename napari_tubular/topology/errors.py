@@ -91,7 +91,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
-from ._sparse import FORWARD_OFFSETS, neighbour_pairs, smoothed_path, step_lengths_mm
+from ._sparse import FORWARD_OFFSETS, anisotropic_rounds, neighbour_pairs, smoothed_path
 from .betti import betti_numbers, bounding_box
 from .metrics import binarize, hard_skeleton, skeleton_crop, surface_voxels
 
@@ -293,9 +293,20 @@ class _Skel:
 
     def __init__(self, skeleton: np.ndarray, spacing):
         self.coords = np.argwhere(skeleton)
-        self.i, self.j, k = neighbour_pairs(self.coords, skeleton.shape)
-        self.w = step_lengths_mm(spacing)[k]
+        self.i, self.j, _ = neighbour_pairs(self.coords, skeleton.shape)
         self.n = len(self.coords)
+        self.shape = skeleton.shape
+        self.spacing = spacing
+        self._path = None
+
+    def path(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The skeleton's steps and smoothed voxel positions (mm), as
+        :func:`_sparse.smoothed_path` gives them with more rounds on thick slices
+        (:func:`_sparse.anisotropic_rounds`; computed once)."""
+        if self._path is None:
+            self._path = smoothed_path(self.coords, self.shape, self.spacing,
+                                       rounds=anisotropic_rounds(self.spacing))
+        return self._path
 
     def degree(self) -> np.ndarray:
         return np.bincount(np.concatenate([self.i, self.j]), minlength=self.n)
@@ -321,14 +332,20 @@ class _Skel:
         return out, int(out.max())
 
     def piece_lengths(self, piece: np.ndarray, n: int) -> np.ndarray:
-        """Length (mm) per piece: internal steps, plus half of each step leaving the piece."""
-        pi, pj = piece[self.i], piece[self.j]
+        """Length (mm) per piece: its steps along the smoothed path (:meth:`path`, as
+        :func:`napari_tubular.topology.centerline_length_mm` measures), plus half of each step
+        leaving the piece. (Every raw 26-neighbour step counted read oblique pieces 19-40 %
+        long on 0.7 x 0.7 x 2 mm slices, an outside review: the staircase, and the third side
+        of each corner triangle.)"""
+        a, b, xyz = self.path()
+        w = np.linalg.norm(xyz[a] - xyz[b], axis=1)
+        pi, pj = piece[a], piece[b]
         length = np.zeros(n + 1)
         same = (pi == pj) & (pi > 0)
-        np.add.at(length, pi[same], self.w[same])
-        for a, b in ((pi, pj), (pj, pi)):
-            out = (a > 0) & (a != b)
-            np.add.at(length, a[out], 0.5 * self.w[out])
+        np.add.at(length, pi[same], w[same])
+        for u, v in ((pi, pj), (pj, pi)):
+            out = (u > 0) & (u != v)
+            np.add.at(length, u[out], 0.5 * w[out])
         return length
 
 
@@ -1192,7 +1209,6 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
     b1_of: dict[int, int] = {}
     if not g.n:
         return out, unlocated, b1_of
-    sp = np.asarray(spacing, dtype=np.float64)
     graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
     n_gc, gcomp = connected_components(graph, directed=False)
     n_nodes = np.bincount(gcomp, minlength=n_gc)
@@ -1243,10 +1259,11 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
             picked.append(cyc)
         if len(picked) < b1:
             _split_sum_cycles(g, picked, skipped, b1, on, overlapping)
+        xyz = g.path()[2]  # the cycle measured along the smoothed path, as pieces are
         for cyc in picked:
-            vox = g.coords[cyc]
-            steps = float(np.sqrt((((vox - np.roll(vox, -1, axis=0)) * sp) ** 2).sum(axis=1)).sum())
-            out.append((cid, vox, steps))
+            pos = xyz[cyc]
+            steps = float(np.linalg.norm(pos - np.roll(pos, -1, axis=0), axis=1).sum())
+            out.append((cid, g.coords[cyc], steps))
         unlocated += b1 - len(picked)
     return out, unlocated, b1_of
 

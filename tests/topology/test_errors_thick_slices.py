@@ -124,3 +124,32 @@ def test_isotropic_grids_are_not_joined():
     report = error_map(pred, ref, (1.0, 1.0, 1.0))
     assert kinds(report) == [("missed component", "")]
     assert report.summary["thick_slice_links"] == 0
+
+
+def oblique_tube(direction, spacing=SPACING, radius=2.0, half_length=32.0):
+    """A straight tube along ``direction`` through the middle of a grid; also its axial
+    coordinate (mm) at every voxel."""
+    d = np.asarray(direction, dtype=float)
+    d /= np.linalg.norm(d)
+    sp = np.asarray(spacing)
+    extent = np.abs(d) * 2 * (half_length + 3) + 2 * radius + 8
+    shape = tuple(int(np.ceil(e / s)) for e, s in zip(extent, sp))
+    grid = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, sp)),
+                       indexing="ij")
+    p = np.stack(grid, axis=-1)
+    t = p @ d
+    tube = (np.linalg.norm(p - t[..., None] * d, axis=-1) <= radius) & (np.abs(t) <= half_length)
+    return tube, t
+
+
+@pytest.mark.parametrize("direction", [(1, 1, 0), (1, 0, 1), (1, 2, 1), (2, 1, 1), (1, 1, 3),
+                                       (0.3, 1, 1)])
+def test_site_length_of_an_oblique_cut_on_thick_slices(direction):
+    """An outside review: site lengths on 2 mm slices read about 18 % long (every raw
+    26-neighbour step of the staircase counted: 13-33 % here). A 15 mm cut across a straight
+    oblique tube is a break of 15 mm within 5 %."""
+    tube, t = oblique_tube(direction)
+    cut = tube & ~(np.abs(t) < 7.5)
+    (site,) = error_map(cut, tube, SPACING).sites
+    assert site.detail == "break"
+    assert site.length_mm == pytest.approx(15.0, rel=0.05)
