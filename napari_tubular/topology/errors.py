@@ -127,6 +127,9 @@ NARROWING = "narrowing (the prediction stays connected here)"
 _COMPARE_CLASSES = (MISSED_CENTERLINE, FALSE_CENTERLINE, SPURIOUS_COMPONENT, MISSED_COMPONENT,
                     LOOP, CAVITY)
 _SELF_CLASSES = (SMALL_COMPONENT, LOOP, POSSIBLE_BREAK, CAVITY)
+#: the classes whose site is a whole component (or cavity): blob-like ones are measured by
+#: their volume (``ErrorSite.blob``)
+_BLOB_CLASSES = (SPURIOUS_COMPONENT, MISSED_COMPONENT, SMALL_COMPONENT, CAVITY)
 #: self-check: a component other than the largest with fewer voxels than this fraction of the
 #: largest one's is a ``small component`` site
 SMALL_FRACTION = 0.05
@@ -147,6 +150,11 @@ class ErrorSite:
         detail: short human-readable note ("break", "missed branch", "gap 2.1 mm to ...").
         anchor_vox: a voxel of the site nearest its centroid (int (z, y, x)), where a viewer
             can jump to see the error even when the centroid lies in a hole.
+        volume_mm3: ``size_vox`` times the voxel volume (mm³).
+        blob: a component or cavity site that is blob-like rather than tubular: its centerline
+            is shorter than the diameter of a ball of its volume (a tube is longer than about
+            1.2 of its diameters; a ball's skeleton is a point). Its size is its volume, not its
+            length (what :meth:`measure` says).
     """
 
     id: int
@@ -159,6 +167,17 @@ class ErrorSite:
     severity: float
     detail: str = ""
     anchor_vox: tuple[int, int, int] = (0, 0, 0)
+    volume_mm3: float = 0.0
+    blob: bool = False
+
+    def measure(self) -> str:
+        """The site's size for a reader: its volume for a blob (mL from 1 mL on, else mm³), else
+        its length (an outside review: a spurious blob's site showed "0.0 mm")."""
+        if self.blob:
+            if self.volume_mm3 >= 1000.0:
+                return f"{self.volume_mm3 / 1000.0:.1f} mL"
+            return f"{self.volume_mm3:.0f} mm³"
+        return f"{self.length_mm:.1f} mm"
 
 
 @dataclass
@@ -180,6 +199,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "anchor_z", "anchor_y", "anchor_x",
     "physical_z_mm", "physical_y_mm", "physical_x_mm",
     "anchor_physical_z_mm", "anchor_physical_y_mm", "anchor_physical_x_mm",
+    "volume_mm3", "blob",
 )  # fmt: skip
 
 
@@ -244,6 +264,8 @@ class ErrorReport:
                     "anchor_physical_z_mm": float(anchor[0]),
                     "anchor_physical_y_mm": float(anchor[1]),
                     "anchor_physical_x_mm": float(anchor[2]),
+                    "volume_mm3": s.volume_mm3,
+                    "blob": s.blob,
                 }  # fmt: skip
             )
         return rows
@@ -358,9 +380,12 @@ def _site(
     anchor = coords[np.argmin(((coords - c_vox) ** 2).sum(axis=1))]
     c_vox = c_vox + offset
     size = len(coords)
-    eq = (size * voxel_mm3) ** (1.0 / 3.0)
+    volume = size * voxel_mm3
+    eq = volume ** (1.0 / 3.0)
     weight = _WEIGHT.get(cls, 1.0) if weight is None else weight
     base = length_mm if rank_length is None else rank_length
+    # a component (or cavity) shorter than the diameter of a ball of its volume is a blob
+    blob = cls in _BLOB_CLASSES and float(length_mm) < (6.0 * volume / np.pi) ** (1.0 / 3.0)
     return ErrorSite(
         id=0,
         cls=cls,
@@ -372,6 +397,8 @@ def _site(
         severity=float(weight * max(base, eq)),
         detail=detail,
         anchor_vox=tuple(int(v) for v in anchor + offset),
+        volume_mm3=float(volume),
+        blob=bool(blob),
     )
 
 
