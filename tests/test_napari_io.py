@@ -377,3 +377,89 @@ def test_a_permuted_direction_opens_transposed_and_saves_in_file_order(tmp_path)
         got = read_volume(writer(str(tmp_path / name), arr, layer._get_state())[0])
         _assert_same_geometry(got, vol)
         np.testing.assert_array_equal(got.data, arr.transpose(np.argsort([1, 2, 0])))
+
+
+@pytest.fixture
+def viewer_with_two_layers(files):
+    """A headless viewer holding the oblique image and its labels, as the reader opens them,
+    with the plugins discovered (as napari does at start-up)."""
+    pytest.importorskip("napari")
+    import npe2
+    from napari.components import ViewerModel
+
+    npe2.PluginManager.instance().discover()
+    viewer = ViewerModel()
+    for path in (files["image"], files["labels"]):
+        ((data, kwargs, layer_type),) = napari_get_reader(str(path))(str(path))
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    return viewer
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
+def test_saving_two_layers_with_the_plugin_writes_a_folder(tmp_path, files,
+                                                           viewer_with_two_layers):
+    """An outside review: saving two layers at once with ``plugin="napari-tubular"`` failed
+    ("not a valid writer": only single-layer writers). Into a folder, one volume file per
+    layer, each with the geometry of the file it came from; also through napari's
+    ``save_layers``."""
+    from napari.plugins.io import save_layers
+
+    viewer = viewer_with_two_layers
+    viewer.layers.select_all()
+    names = [layer.name for layer in viewer.layers]
+    out = viewer.layers.save(str(tmp_path / "review"), selected=True, plugin="napari-tubular")
+    assert out == [str(tmp_path / "review" / f"{n}.nii.gz") for n in names]
+    for path, layer in zip(out, viewer.layers):
+        got = read_volume(path)
+        _assert_same_geometry(got, files["volume"])
+        np.testing.assert_array_equal(got.data, np.asarray(layer.data))
+    assert read_volume(out[1]).data.dtype == np.uint8  # labels as labels
+    # again into the same folder (replaced), through save_layers
+    again = save_layers(str(tmp_path / "review"), list(viewer.layers), plugin="napari-tubular")
+    assert again == out
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
+def test_saving_two_layers_into_one_volume_file_says_what_to_do(tmp_path,
+                                                                viewer_with_two_layers):
+    viewer = viewer_with_two_layers
+    with pytest.warns(UserWarning, match="give a folder name without an extension"):
+        out = viewer.layers.save(str(tmp_path / "both.nii.gz"), plugin="napari-tubular")
+    assert out == []
+    assert list(tmp_path.glob("both*")) == []
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
+def test_saving_layers_the_plugin_cannot_store_names_them_and_writes_nothing(
+        tmp_path, viewer_with_two_layers):
+    viewer = viewer_with_two_layers
+    viewer.add_points(np.zeros((2, 3)), name="spheres")
+    with pytest.warns(UserWarning, match="cannot save 'spheres' \\(points layer\\)"):
+        out = viewer.layers.save(str(tmp_path / "review"), plugin="napari-tubular")
+    assert out == []
+    assert not (tmp_path / "review").exists()
+
+
+def test_the_folder_writer_does_not_take_over_napari_saves(tmp_path):
+    """Without a plugin named, napari's own writers keep their saves: a folder of several
+    layers goes to napari's folder writer, one layer to a file to ours as before."""
+    npe2 = pytest.importorskip("npe2")
+    pm = npe2.PluginManager.instance()
+    pm.discover()
+    writer, _ = pm.get_writer(str(tmp_path / "all"), ["image", "labels"])
+    assert writer.command == "napari.write_directory"
+    writer, path = pm.get_writer(str(tmp_path / "seg"), ["labels"], "napari-tubular")
+    assert (writer.command, path) == ("napari-tubular.write_labels", str(tmp_path / "seg.nii.gz"))
+    writer, _ = pm.get_writer(str(tmp_path / "ct.nrrd"), ["image"], "napari-tubular")
+    assert writer.command == "napari-tubular.write_image"
+
+
+def test_layer_file_names():
+    from napari_tubular._napari_io import _file_name
+
+    taken: set[str] = set()
+    assert _file_name("case7 labels", taken) == "case7 labels.nii.gz"
+    assert _file_name("case7 labels", taken) == "case7 labels_2.nii.gz"
+    assert _file_name("a/b:c", taken) == "a_b_c.nii.gz"
+    assert _file_name("ct.nrrd", taken) == "ct.nrrd"
+    assert _file_name("", taken) == "layer.nii.gz"

@@ -319,7 +319,10 @@ def upsert_layer(
     return new
 
 
-_DEFERRED = ("size", "face_color", "border_color", "features", "edge_width")
+# features before the colours: a face colour read from a feature (the spheres' radius) is
+# mapped from the new values; its colour map and range before the colour itself
+_DEFERRED = ("size", "features", "face_colormap", "face_contrast_limits", "face_color",
+             "border_color", "edge_width")
 #: set when a layer is added, then the user's (visibility, opacity, look) are kept on updates
 _CREATION_ONLY = ("blending", "rendering", "out_of_slice_display", "projection_mode", "shading",
                   "visible", "opacity")
@@ -447,6 +450,9 @@ def spheres_points_kwargs(
     The features hold ``radius_mm``, ``diameter_mm`` and the centre's world ``z_mm``,
     ``y_mm``, ``x_mm``: the coordinates napari's cursor shows there (an audit: the centre
     without the translate read (28, 25.6, 0) for a point napari showed at (-12, 50.6, -60)).
+    The face colour is the ``radius_mm`` feature through turbo over ``limits`` (napari's colour
+    manager), so that the layer's ``face_colorbar`` shows the radius scale on the spheres
+    themselves (:func:`show_radius_colorbar`).
 
     Returns:
         ``(data (N, 3) float, kwargs)`` for ``viewer.add_points``.
@@ -461,11 +467,19 @@ def spheres_points_kwargs(
     # the centres are index * spacing (positive): a flipped axis' sign is the layer's scale
     data = centers / np.abs(sc)
     world = (index_to_world(sc, translate, affine) @ np.c_[data, np.ones(len(data))].T).T[:, :3]
+    if len(radii):
+        lo, hi = limits if limits is not None else (float(radii.min()), float(radii.max()))
+        if hi <= lo:
+            hi = lo + 1.0  # one radius: the low end of the colour map, as radius_colors does
+        faces = {"face_color": "radius_mm", "face_colormap": "turbo",
+                 "face_contrast_limits": (float(lo), float(hi))}
+    else:
+        faces = {"face_color": "white"}
     kwargs = {
         "scale": tuple(float(v) for v in sc),
         "translate": tuple(float(t) for t in translate),
         "size": 2.0 * radii / abs(sc[-1]) if len(radii) else 1.0,
-        "face_color": radius_colors(radii, limits=limits) if len(radii) else "white",
+        **faces,
         "border_width": 0.0,
         # the physical values beside napari's grid units: diameter and world centre in mm
         "features": pd.DataFrame({"radius_mm": radii, "diameter_mm": 2.0 * radii,
@@ -476,6 +490,18 @@ def spheres_points_kwargs(
         "opacity": 0.7,
     }
     return data, kwargs
+
+
+def show_radius_colorbar(spheres: Any, radius: Any = None) -> None:
+    """The radius colour bar on the spheres layer, the one shown in 3-D (an outside review: it
+    was the radius map's, a layer hidden by default, so no scale was drawn beside the spheres:
+    napari draws a layer's colour bar only while the layer is visible). The radius map keeps its
+    own, drawn when the user shows it; both follow their layer's visibility. A napari whose
+    points have no colour bar leaves the radius map's as the only one."""
+    if spheres is not None and hasattr(spheres, "face_colorbar"):
+        spheres.face_colorbar.visible = True
+    if radius is not None and hasattr(radius, "colorbar"):
+        radius.colorbar.visible = True
 
 
 def _sphere_projection() -> dict[str, Any]:

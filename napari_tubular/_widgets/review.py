@@ -450,7 +450,7 @@ class TopologyReviewWidget(QWidget):
             detail = f" ({site.detail})" if site.detail else ""
             # world mm first (what napari's sliders and cursor show), the voxel after it
             item = QListWidgetItem(
-                f"{site.id}. {site.cls_name}{detail}, {site.length_mm:.1f} mm, "
+                f"{site.id}. {site.cls_name}{detail}, {site.measure()}, "
                 f"{site.size_vox} vox at ({wz:.1f}, {wy:.1f}, {wx:.1f}) mm "
                 f"[voxel {z}, {y}, {x}]"
             )

@@ -44,6 +44,7 @@ from napari_tubular._widgets._layers import (
     radius_colormap,
     same_layer,
     scrollable_layout,
+    show_radius_colorbar,
     source_key,
     spheres_points_kwargs,
     upsert_layer,
@@ -701,8 +702,8 @@ class SegmentWidget(QWidget):
         layer.metadata["units"] = "mm"
         layer.colorbar.visible = True
         self.legend_label.setText(
-            f"radius map (mm): 0 - {rmax:.2f} (colour bar on the canvas); "
-            f"spheres coloured by radius, size = diameter"
+            f"radius map (mm): 0 - {rmax:.2f}; spheres coloured by radius (colour bar on the "
+            f"canvas while they are shown), size = diameter"
         )
 
     def _keep_edited_labels(self) -> None:
@@ -772,13 +773,16 @@ class SegmentWidget(QWidget):
         pkw["affine"] = kw["affine"]
         # in a 2-D view the shaded spheres cover the labels: shown on demand there
         pkw["visible"] = self.spheres_shown[self._display()]
-        self._watch_spheres(self._shown(
+        spheres_layer = self._shown(
             "points",
             data,
             role="spheres",
             name=self._name("spheres"),
             **pkw,
-        ))
+        )
+        self._watch_spheres(spheres_layer)
+        # the radius scale on the spheres, the layer shown (the radius map is hidden)
+        show_radius_colorbar(spheres_layer)
         # the layer shows every n-th sphere beyond MAX_SPHERES (an audit: "77440 spheres"
         # beside a layer of 19360 points, unexplained)
         self._n_spheres_shown = len(data)

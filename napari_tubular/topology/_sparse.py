@@ -70,8 +70,25 @@ TAUBIN_MU = -0.53
 TAUBIN_ROUNDS = 20
 
 
+#: :func:`anisotropic_rounds`: at most this many times ``TAUBIN_ROUNDS``
+MAX_ROUNDS_FACTOR = 8
+
+
+def anisotropic_rounds(spacing) -> int:
+    """Taubin rounds for a skeleton on a grid of ``spacing``: ``TAUBIN_ROUNDS`` times the squared
+    ratio of the coarsest to the finest spacing (at most ``MAX_ROUNDS_FACTOR`` times; as many
+    on an isotropic grid). On thick slices the staircase of a shallow oblique skeleton has
+    steps as long as several in-plane voxels, and a Taubin filter reaches a wavelength in a
+    number of rounds that grows with its square: twenty rounds left a straight tube at 0.7 x
+    0.7 x 2 mm up to 6 % long and a 15 mm piece of it 10 %, 160 rounds 1-3 % and 4 % (rings of
+    12-20 mm radius there: +1..+3 % either way)."""
+    sp = np.asarray(spacing, dtype=np.float64)
+    ratio = float(sp.max() / sp.min())
+    return int(round(TAUBIN_ROUNDS * min(max(ratio * ratio, 1.0), MAX_ROUNDS_FACTOR)))
+
+
 def smoothed_path(
-    coords: np.ndarray, shape: tuple[int, int, int], spacing
+    coords: np.ndarray, shape: tuple[int, int, int], spacing, rounds: int = TAUBIN_ROUNDS
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A skeleton as a graph of 26-neighbour steps with smoothed voxel positions.
 
@@ -87,6 +104,7 @@ def smoothed_path(
         coords: int, shape (N, 3), distinct (z, y, x) voxel indices inside ``shape``.
         shape: grid shape (Z, Y, X).
         spacing: voxel size in mm, (dz, dy, dx).
+        rounds: Taubin rounds (:func:`anisotropic_rounds` for more on thick slices).
 
     Returns:
         ``(a, b, xyz_mm)``: the steps as index pairs into ``coords`` and the smoothed positions in
@@ -119,7 +137,7 @@ def smoothed_path(
     free = (deg == 2)[:, None]
     adj = coo_matrix((np.ones(2 * a.size), (np.r_[a, b], np.r_[b, a])), shape=(n, n)).tocsr()
     mean_of_neighbours = diags(1.0 / np.maximum(deg, 1)) @ adj
-    for _ in range(TAUBIN_ROUNDS):
+    for _ in range(int(rounds)):
         for factor in (TAUBIN_LAMBDA, TAUBIN_MU):
             xyz = np.where(free, xyz + factor * (mean_of_neighbours @ xyz - xyz), xyz)
     return a, b, xyz

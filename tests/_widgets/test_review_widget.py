@@ -67,6 +67,18 @@ def test_error_map_layer_and_metrics(review):
     assert widget.pred_picker.layer() is viewer.layers["prediction"]
 
 
+def test_spurious_blob_row_shows_its_volume(review):
+    """An outside review: the spurious blob's row showed its length, "0.0 mm"; a blob's row
+    shows its volume, a centerline site's its length."""
+    _viewer, widget = review
+    rows = [widget.sites_list.item(i).text() for i in range(widget.sites_list.count())]
+    (blob,) = [r for r in rows if "spurious component" in r]
+    voxel_mm3 = float(np.prod(SPACING))
+    assert f", {27 * voxel_mm3:.0f} mm³, 27 vox" in blob
+    assert "0.0 mm," not in blob
+    assert any("missed centerline" in r and " mm, " in r for r in rows)
+
+
 def test_error_markers_are_drawn_over_the_reference_in_3d(review):
     """An audit: in 3-D a missed-centerline marker lies inside the reference vessel, which hid
     it (no red at the break even with the camera centred on it). The error layer is drawn

@@ -196,6 +196,37 @@ def test_after_a_run_the_labels_are_selected_and_spheres_hidden_in_2d(seg):
     assert _owned(viewer, "spheres").visible
 
 
+def test_the_radius_colour_bar_is_on_the_spheres_layer(seg):
+    """An outside review: the colour bar belonged to the radius map, a layer hidden by default
+    (napari draws a layer's colour bar only while it is visible), not to the spheres shown in
+    3-D. The spheres' colour bar is on, with the radius map's colours and range, and stays
+    right after a slider step."""
+    from napari_tubular._widgets._layers import radius_colors
+
+    viewer, widget, _ = seg
+    viewer.dims.ndisplay = 3
+    spheres, radius = _owned(viewer, "spheres"), _owned(viewer, "radius")
+    assert spheres.visible
+    assert not radius.visible
+    assert spheres.face_colorbar.visible
+    assert spheres._face.continuous_colormap.name == "turbo"
+    np.testing.assert_allclose(spheres._face.contrast_limits, radius.contrast_limits)
+
+    def colours_match():
+        radii = spheres.features["radius_mm"].to_numpy()
+        expected = radius_colors(radii, limits=tuple(radius.contrast_limits))
+        np.testing.assert_allclose(spheres.face_color, expected, atol=1e-5)
+
+    colours_match()
+    n = len(spheres.data)
+    widget.tp_slider.setValue(0.75)  # fewer spheres, updated in place
+    widget._start_refine()
+    spheres = _owned(viewer, "spheres")
+    assert 0 < len(spheres.data) != n
+    assert spheres.face_colorbar.visible
+    colours_match()
+
+
 def test_painted_labels_are_kept_when_the_thresholds_change(seg):
     """An audit: hand edits to the labels were overwritten by the next slider move."""
     viewer, widget, _ = seg

@@ -854,3 +854,34 @@ def test_loops_both_masks_have_are_no_sites_whatever_cycles_are_located(shift):
         assert betti_numbers(pred)[:2] == betti_numbers(ref)[:2]
         assert _loops(error_map(pred, ref, (1.0, 1.0, 1.0))) == []
         assert _loops(error_map(pred, ref, (1.0, 1.0, 1.0), tolerance_vox=0)) == []
+
+
+def test_spurious_blob_site_is_measured_by_its_volume_a_spurious_tube_by_its_length():
+    """An outside review: a spurious blob's site showed its length ("0.0 mm", the skeleton of a
+    ball is a point); a component with no counterpart that is blob-like shows its volume."""
+    pred, ref, _missed, blob, _leak = scene()
+    tube = segment(SHAPE, (20, 30, 50), (20, 30, 75), 1.5)  # spurious too, 20 mm long
+    assert not (tube & ref).any()
+    rep = error_map(pred | tube, ref, SPACING)
+    spurious = sorted((s for s in rep.sites if s.cls_name == "spurious component"),
+                      key=lambda s: s.centroid_vox[2])
+    assert len(spurious) == 2
+    ball_site, tube_site = spurious
+    voxel_mm3 = float(np.prod(SPACING))
+    assert ball_site.blob
+    assert ball_site.volume_mm3 == pytest.approx(blob.sum() * voxel_mm3)
+    assert ball_site.measure() == f"{blob.sum() * voxel_mm3:.0f} mm³"
+    assert not tube_site.blob
+    assert tube_site.length_mm > 15.0
+    assert tube_site.measure() == f"{tube_site.length_mm:.1f} mm"
+    row = next(r for r in rep.to_rows() if r["id"] == ball_site.id)
+    assert row["blob"] is True
+    assert row["volume_mm3"] == pytest.approx(ball_site.volume_mm3)
+    # a large blob in mL
+    big = ball((40, 60, 60), (20, 30, 30), 12.0)
+    other = np.zeros_like(big)
+    other[0, 0, 0] = True
+    (site,) = [s for s in error_map(big, other, (1.0, 1.0, 1.0)).sites
+               if s.cls_name == "spurious component"]
+    assert site.blob
+    assert site.measure() == f"{big.sum() / 1000:.1f} mL"
