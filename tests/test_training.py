@@ -273,6 +273,82 @@ def test_find_pairs_refuses_two_files_of_one_case(tmp_path):
         tdata.find_pairs([tmp_path])
 
 
+def test_find_pairs_names_the_files_it_leaves_out(tmp_path):
+    """An outside review: volumes not named as pairs (and pair-named files in a format that is
+    not read) were left out without a word."""
+    from pathlib import Path
+
+    from napari_tubular.io import write_volume
+
+    z = np.zeros((8, 8, 8), np.float32)
+    write_volume(tmp_path / "c0_image.nii.gz", z)
+    write_volume(tmp_path / "c0_label.nii.gz", z.astype(np.uint8))
+    write_volume(tmp_path / "c1_img.nii.gz", z)
+    write_volume(tmp_path / "c1_seg.nii.gz", z)
+    Path(tmp_path / "c2_image.npy").write_bytes(b"0")
+    (tmp_path / "c0_centerline.csv").write_text("z,y,x,r\n")  # synth writes these: not named
+    with pytest.warns(UserWarning, match=r"1 image/label pair\(s\) used; not used: 2 volume\(s\) "
+                      r"not named <name>_image / <name>_label: c1_img.nii.gz, c1_seg.nii.gz; "
+                      r"1 file\(s\) in a format that is not read: c2_image.npy") as record:
+        pairs = tdata.find_pairs([tmp_path])
+    assert [p[0].name for p in pairs] == ["c0_image.nii.gz"]
+    assert not any("centerline" in str(w.message) for w in record)
+
+
+def test_find_pairs_without_pairs_says_the_naming_and_what_it_found(tmp_path):
+    """An outside review: "no pairs found" gave no hint of the naming or of the folder's
+    contents."""
+    from napari_tubular.io import write_volume
+
+    z = np.zeros((8, 8, 8), np.float32)
+    for i in range(7):
+        write_volume(tmp_path / f"scan{i}.nii.gz", z)
+    with pytest.raises(FileNotFoundError) as err:
+        tdata.find_pairs([tmp_path])
+    msg = str(err.value)
+    assert "<name>_image.<ext> with <name>_label.<ext>" in msg
+    assert "case_000_image.nii.gz and case_000_label.nii.gz" in msg  # synth's names
+    assert "7 volume(s) named otherwise: scan0.nii.gz" in msg
+    assert "and 2 more" in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"<name>_image.*it is empty"):
+        tdata.find_pairs([empty])
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"no volume file \(only notes.txt\)"):
+        tdata.find_pairs([empty])
+
+
+def test_a_data_folder_given_twice_is_used_once_with_a_warning(tmp_path, monkeypatch):
+    """An outside review: the same folder given twice (also spelled differently) was accepted
+    without a word, and its pairs were trained twice as often."""
+    from napari_tubular.io import write_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_volume(data / "a_image.nii.gz", np.zeros((8, 8, 8), np.float32))
+    write_volume(data / "a_label.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"data: the same folder given more than once \(data 3 "
+                      r"times \(as data, data/, .*data\)\); each folder is used once"):
+        cfg = TrainConfig(data=["data", "data/", str(data)], val_data=["none"],
+                          out=str(tmp_path / "run"))
+    assert cfg.data == ["data"]
+    assert len(tdata.find_pairs(cfg.data)) == 1
+    with pytest.warns(UserWarning, match=r"val_data: .*synthetic 2 times"):
+        assert TrainConfig(val_data=["synthetic", "synthetic"]).val_data == ["synthetic"]
+    # the command line says it too
+    import argparse
+
+    from napari_tubular._cli.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "data", "./data", "--out", "run"])
+    with pytest.warns(UserWarning, match="given more than once"):
+        assert config_from_args(args).data == ["data"]
+
+
 # ----------------------------------------------------------------------------- loop
 @pytest.mark.slow
 def test_tiny_model_loss_decreases(tmp_path):

@@ -155,8 +155,8 @@ class TrainConfig:
                     isinstance(d, (str, os.PathLike)) for d in value):
                 raise ValueError(f"{key}: must be a folder, a list of folders or 'synthetic', "
                                  f"got {value!r}")
-        self.data = [str(d) for d in self.data]
-        self.val_data = [str(d) for d in self.val_data]
+        self.data = _unique_folders([str(d) for d in self.data], "data")
+        self.val_data = _unique_folders([str(d) for d in self.val_data], "val_data")
         self.out = str(self.out)
         self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
         self.patch_size = _triple(self.patch_size, "patch_size", int)
@@ -320,6 +320,34 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
     return values
+
+
+def _folder_key(value: str) -> str:
+    """What names one folder however it is spelled (relative or absolute, ``~``, ``..``,
+    a trailing slash, a symbolic link)."""
+    if value.lower() == "synthetic":
+        return "synthetic"
+    return os.path.normcase(str(Path(value).expanduser().resolve()))
+
+
+def _unique_folders(values: list[str], key: str, warn: bool = True) -> list[str]:
+    """``values`` with each folder once (its first spelling kept), and a warning naming those
+    given more than once (an outside review: a folder given twice, also as ``data`` and
+    ``./data/``, was accepted without a word and its pairs trained twice as often)."""
+    spellings: dict[str, list[str]] = {}
+    for value in values:
+        spellings.setdefault(_folder_key(value), []).append(value)
+    repeated = [names for names in spellings.values() if len(names) > 1]
+    if repeated and warn:
+        import warnings
+
+        said = "; ".join(
+            f"{names[0]} {len(names)} times" if len(set(names)) == 1 else
+            f"{names[0]} {len(names)} times (as {', '.join(dict.fromkeys(names))})"
+            for names in repeated)
+        warnings.warn(f"{key}: the same folder given more than once ({said}); each folder is "
+                      "used once", UserWarning, stacklevel=4)
+    return [names[0] for names in spellings.values()]
 
 
 def _as_bool(value: Any, name: str) -> bool:

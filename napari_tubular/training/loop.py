@@ -29,6 +29,7 @@ import numpy as np
 
 from . import ddp
 from .config import TRAIN_SEED_BASE, VAL_SEED_BASE, TrainConfig  # noqa: F401 (re-exported)
+from .config import _unique_folders
 from .data import (
     FixedPool,
     PreparedCase,
@@ -855,7 +856,10 @@ def checkpoint_config(path: str | Path) -> dict:
 
 
 def _check_resume(ck: dict, config: TrainConfig) -> None:
-    saved = ck["config"]
+    saved = dict(ck["config"])
+    if isinstance(saved.get("data"), list):
+        # a run of an older version may hold a folder twice (the config keeps it once now)
+        saved["data"] = _unique_folders([str(d) for d in saved["data"]], "data", warn=False)
     new = config.to_dict()
     diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
