@@ -565,6 +565,54 @@ def test_fine_tuning_says_that_model_options_are_the_initial_models(tmp_path):
     assert json.loads((out / "config.json").read_text())["model"]["base_channels"] == 6
 
 
+def test_fine_tuning_names_only_the_model_options_given(tmp_path, capsys):
+    """An outside review: fine-tuning a model whose network differs from the defaults said
+    that the run's model options (base_channels 16, depth 4: defaults never given) were
+    ignored. Only the options given are named, in Python and on the command line."""
+    import warnings
+
+    from napari_tubular.cli import main
+
+    from ._tiny_model import save_tiny_model
+
+    init = save_tiny_model(tmp_path / "init.pt", K=3, base_channels=6,
+                           normalization={"kind": "window", "low": -200, "high": 600})
+    common = dict(out=str(tmp_path / "a"), patch_size=(16, 16, 16), batch_size=1, steps=1,
+                  K=3, val_data=[], synthetic=SMALL_SYN, augment=False, num_threads=1,
+                  device="cpu", init_model=str(init))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(**common))
+    assert not [w for w in caught if "init_model" in str(w.message)], \
+        [str(w.message) for w in caught]
+    # an option given is named, the default beside it is not
+    with pytest.warns(UserWarning, match=r"the run's model options \(base_channels 8\) are "
+                      r"ignored"):
+        train(TrainConfig(**{**common, "out": str(tmp_path / "b")}, model={"base_channels": 8}))
+    # a normalisation given that is not the model's is said too (it was ignored in silence)
+    with pytest.warns(UserWarning, match=r"the run's normalization .*'high': 255.* is ignored"):
+        train(TrainConfig(**{**common, "out": str(tmp_path / "c")},
+                          normalization={"kind": "window", "low": 0, "high": 255}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(**{**common, "out": str(tmp_path / "d")},
+                          normalization={"kind": "window", "low": -200, "high": 600}))
+    assert not [w for w in caught if "init_model" in str(w.message)]
+    # the command line: --base-channels given, --depth not
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN}))
+    argv = ["train", str(cfg_file), "--synthetic", "--steps", "1", "--patch", "16", "16", "16", "--val-data",
+            "none", "--device", "cpu", "--threads", "1", "--batch-size", "1", "--no-augment",
+            "--init-model", str(init), "--quiet"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 0
+    assert "init_model" not in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "f"), "--base-channels", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "the run's model options (base_channels 8) are ignored" in err
+    assert "depth" not in err
+
+
 def test_resume_keeps_a_better_best_model_than_its_checkpoint_knew(tmp_path, monkeypatch):
     """best.pt is written at each validation, last.pt at checkpoints: after a kill between
     them, the resumed run replaced the better best.pt with a worse one (an audit)."""

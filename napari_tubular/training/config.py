@@ -19,6 +19,15 @@ volumes of the scripts, ``VAL_SEED_BASE + 500...``); the held-out evaluation
 (``scripts/evaluate_default.py``) ``HELD_OUT_SEED_BASE + i``. :meth:`TrainConfig.validate`
 refuses a seed whose training seeds would reach either."""
 
+MODEL_DEFAULTS: dict[str, Any] = {"base_channels": 16, "depth": 4}
+"""The model options of a :class:`TrainConfig` given none."""
+
+
+class _DefaultModelOptions(dict):
+    """:data:`MODEL_DEFAULTS` as filled in by :class:`TrainConfig` (told apart from options
+    given; a plain dict once the config is built)."""
+
+
 LOSSES = ("ddt+cldice", "ddt", "dice+ce", "dice+cldice", "boundary")
 """Loss names accepted by :class:`TrainConfig`.
 
@@ -58,7 +67,9 @@ class TrainConfig:
             the training progress. The weight then ramps linearly over ``cldice_ramp_fraction``.
         cldice_iters: soft-skeleton iterations (at least the largest radius in voxels).
         K: largest scale class (radius in voxels at the target spacing).
-        model: keyword arguments of the model (``base_channels``, ``depth``, ...).
+        model: keyword arguments of the model (``base_channels``, ``depth``, ...); default
+            :data:`MODEL_DEFAULTS`. The options given (not those filled in by default) are
+            :attr:`given_model_options`: a fine-tuning run names those it cannot apply.
         normalization: intensity normalisation (passed to ``normalize_intensity``; stored in
             the model meta so that inference does the same).
         fg_fraction: fraction of patches centred on a foreground voxel.
@@ -116,7 +127,7 @@ class TrainConfig:
     cldice_ramp_fraction: float = 0.15
     cldice_iters: int = 5
     K: int = 5
-    model: dict[str, Any] = field(default_factory=lambda: {"base_channels": 16, "depth": 4})
+    model: dict[str, Any] = field(default_factory=lambda: _DefaultModelOptions(MODEL_DEFAULTS))
     normalization: Any = None
     fg_fraction: float = 0.6
     augment: bool = True
@@ -142,6 +153,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._coerce_numbers()
+        if isinstance(self.model, dict):
+            # the options given, told apart from the defaults filled in (an outside review: a
+            # fine-tuning run said that options the user never gave were ignored)
+            given = () if type(self.model) is _DefaultModelOptions else tuple(self.model)
+            self._model_given = frozenset(given)
+            self.model = dict(self.model)
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.val_data, str):
@@ -247,6 +264,19 @@ class TrainConfig:
             raise ValueError(f"synthetic: unknown option(s) {', '.join(unknown)} (known: "
                              f"{', '.join(sorted(SYNTHETIC_DEFAULTS))})")
         _check_synthetic_values(self.synthetic)
+
+    @property
+    def given_model_options(self) -> dict[str, Any]:
+        """The model options this config was given (in Python, in a config file or on the
+        command line: :meth:`set_model_options`), without the defaults filled in."""
+        given = getattr(self, "_model_given", frozenset(self.model))
+        return {k: v for k, v in self.model.items() if k in given}
+
+    def set_model_options(self, **options: Any) -> None:
+        """Set model options given after the config was built (the command line's
+        ``--base-channels`` / ``--depth`` over a config file's)."""
+        self.model = {**self.model, **options}
+        self._model_given = frozenset(getattr(self, "_model_given", ())) | set(options)
 
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:

@@ -788,7 +788,10 @@ def _init_from_model(config: TrainConfig):
     net, meta = load_model(config.init_model, "cpu")
     state = net.state_dict()
     arch = dict(meta["arch"])
-    differ = {k: v for k, v in config.model.items() if k in arch and arch[k] != v}
+    # only the options the run was given (an outside review: the defaults it never gave,
+    # base_channels 16 and depth 4, were said to be ignored)
+    differ = {k: v for k, v in config.given_model_options.items()
+              if k in arch and arch[k] != v}
     if differ:
         # an audit: --base-channels 8 with a 4-channel initial model was ignored in silence
         # and recorded as the run's architecture
@@ -796,6 +799,11 @@ def _init_from_model(config: TrainConfig):
                       + ", ".join(f"{k} {arch[k]}" for k in differ) + "); the run's model "
                       "options (" + ", ".join(f"{k} {v}" for k, v in differ.items())
                       + ") are ignored", stacklevel=2)
+    if config.normalization is not None and (resolve_normalization(config)
+                                             != dict(meta["normalization"])):
+        warnings.warn(f"init_model: the intensity normalisation is the initial model's "
+                      f"({meta['normalization']}); the run's normalization "
+                      f"({config.normalization}) is ignored", stacklevel=2)
     _record_arch(config, arch)
     if int(meta["K"]) != int(config.K):
         # a new number of scale classes: everything but the scale head's last layer is reused,
