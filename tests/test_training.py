@@ -1133,6 +1133,37 @@ def test_progress_line_says_when_the_validation_was_measured():
     assert "(at step" not in now
 
 
+def test_after_a_resume_the_progress_shows_only_this_sessions_validation(tmp_path):
+    """An outside review: after --resume the progress lines, the last one included, showed a
+    validation measured before the resume. They show this session's (none before its first
+    validation), and the "done" line the final weights' validation."""
+    from napari_tubular.training.loop import _progress_message
+
+    out = tmp_path / "run"
+    val = dict(val_data=["synthetic"], val_cases=1)
+    train(tiny_config(out, steps=3, val_every=2, **val))
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match="val_every 2 -> 0"):
+        train(tiny_config(out, steps=5, val_every=0, resume=True, **val),
+              progress=lambda done, total, msg: lines.append(msg))
+    steps = [m for m in lines if m.startswith("step ")]
+    assert [m.split()[1] for m in steps] == ["4/5", "5/5"]
+    assert not any("val Dice" in m for m in steps), steps
+    done = [m for m in lines if m.startswith("done")]
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    final = rows[-1]
+    assert final["step"] == 5
+    assert done == [f"done: 5 steps, validation Dice {final['val_dice']:.3f} clDice "
+                    f"{final['val_cldice']:.3f}" + done[0][done[0].index(", best"):]]
+    # the line itself: rows up to the session's first step are not shown
+    rows = [{"step": 3, "loss": 0.5, "val_dice": 0.25, "val_cldice": 0.3},
+            {"step": 4, "loss": 0.4}]
+    config = TrainConfig(steps=10)
+    assert "val Dice" not in _progress_message(4, config, 4.0, rows, since=3)
+    assert "val Dice 0.250 clDice 0.300 (at step 3)" in _progress_message(4, config, 4.0, rows)
+    assert "loss" not in _progress_message(4, config, 4.0, rows[:1], since=3)
+
+
 @pytest.mark.parametrize("spacing", [(0, 0.8, 0.8), (-1.5, 0.8, 0.8), float("nan")])
 def test_prepare_case_refuses_a_bad_spacing(spacing):
     """A zero or negative spacing made a one-slice training case in silence (an audit)."""

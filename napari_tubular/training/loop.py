@@ -666,7 +666,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 ddp.barrier(dist)
             if report and (step == 1 or step % max(1, config.log_every) == 0):
                 report(step, config.steps, _progress_message(
-                    step, config, elapsed0 + time.perf_counter() - t_loop, rows))
+                    step, config, elapsed0 + time.perf_counter() - t_loop, rows, start_step))
         # final validation + files
         if is_main:
             if has_val and (not rows or rows[-1].get("val_dice") is None
@@ -696,9 +696,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 budget = (f" (stopped by the time budget (--minutes {config.max_minutes:g}) at "
                           f"step {step} of {config.steps}; --resume with a larger --minutes "
                           "continues)" if budget_stop else "")
-                report(step, step, f"done: {step} steps{budget}, " + (
-                    f"best validation score {best:.4f}" if math.isfinite(best)
-                    else "no validation (model.pt holds the final weights)"))
+                report(step, step, f"done: {step} steps{budget}"
+                       + _final_validation_note(rows, step, start_step, best))
         ddp.barrier(dist)
     except BaseException:
         if is_main and step == 0 and ck is None:
@@ -734,11 +733,17 @@ def _cases_seen(pool) -> int:
     return int(max(getattr(pool, "generated", 0), len(getattr(pool, "cases", []))))
 
 
-def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict]) -> str:
+def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict],
+                      since: int = 0) -> str:
+    """The progress line of ``step``: loss, the last validation, speed, ETA. ``since``: the
+    step this session started from (a resumed run's checkpoint step): rows up to it are an
+    earlier session's and are not shown (an outside review: after ``--resume`` the line went
+    on showing a validation from before the resume)."""
     rate = step / max(elapsed, 1e-9)
     remaining = (config.steps - step) / max(rate, 1e-9)
     if config.max_minutes:
         remaining = min(remaining, max(0.0, 60 * config.max_minutes - elapsed))
+    rows = [r for r in rows if r.get("step") is None or r["step"] > since]
     loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     val = next((r for r in reversed(rows) if r.get("val_dice") is not None), None)
     msg = f"step {step}/{config.steps}"
@@ -749,6 +754,18 @@ def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list
         if val.get("step") is not None and val["step"] != step:  # not measured at this step
             msg += f" (at step {val['step']})"
     return msg + f" | {rate:.2f} it/s, ETA {_fmt_time(remaining)}"
+
+
+def _final_validation_note(rows: list[dict], step: int, since: int, best: float) -> str:
+    """The end of the "done" line: the validation of the final weights when this session
+    measured it, and the best score (best.pt)."""
+    last = rows[-1] if rows else {}
+    note = ""
+    if last.get("step") == step > since and last.get("val_dice") is not None:
+        note = f", validation Dice {last['val_dice']:.3f} clDice {last['val_cldice']:.3f}"
+    if math.isfinite(best):
+        return note + f", best validation score {best:.4f}"
+    return note + ", no validation (model.pt holds the final weights)"
 
 
 def _fmt_time(seconds: float) -> str:
