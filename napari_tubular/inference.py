@@ -1173,7 +1173,9 @@ def predict(
             window, for volumes in other units), "auto" (default: rescale only when the image
             cannot be in the model's units: scaled to [0, 1], 8-bit, raw CT stored as HU + 1024,
             MR-like counts; a message says so, see
-            :func:`napari_tubular.models.normalization.intensity_rescale_reason`).
+            :func:`napari_tubular.models.normalization.intensity_rescale_reason`; a model
+            whose window lies within 0..255, trained on 8-bit data, takes 8-bit input as it
+            is).
         calibrate_radius: apply the model's radius calibration (``radius_calibration`` in its
             meta, see :func:`apply_radius_calibration`) when it has one. Either way the radius
             map's one-voxel spikes where ``P >= 0.5`` are then clipped to the median of the

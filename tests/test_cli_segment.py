@@ -1079,3 +1079,21 @@ def test_a_failed_write_names_the_output_not_its_temporary_file(tmp_path, model_
     assert "partial-" not in err
     assert "0x55d1" not in err
     assert not any(out.iterdir()) if out.exists() else True  # no file of the case is left
+
+
+def test_segment_takes_8_bit_input_of_a_model_trained_on_8_bit_data(tmp_path, capsys):
+    """An outside review: ``segment`` with a model trained on uint8 data (window 0..255) said
+    the uint8 input was "rescaled" and stretched its robust range into the window."""
+    model = save_tiny_model(tmp_path / "u8.pt", K=K,
+                            normalization={"kind": "window", "low": 0, "high": 255})
+    rng = np.random.default_rng(0)
+    img = rng.normal(30.0, 5.0, (20, 24, 24))
+    img[:, 10:14, 10:14] = 200.0
+    image = write_volume(tmp_path / "u8.nii.gz",
+                         Volume(np.clip(img, 0, 255).astype(np.uint8), (1.0, 1.0, 1.0)))
+    assert _run("segment", image, "-o", tmp_path / "out", "--model", model, "--device",
+                "cpu") == 0
+    assert "rescaled" not in capsys.readouterr().err
+    report = json.loads((tmp_path / "out" / "u8_report.json").read_text())
+    assert report["parameters"]["intensity_rescale"] is None
+    assert not any("rescaled" in m for m in report["messages"])

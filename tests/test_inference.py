@@ -1183,6 +1183,40 @@ def test_8_bit_exports_with_a_black_border_are_rescaled(rng):
     assert any("8-bit" in m for m in pred.messages)
 
 
+def test_a_model_trained_on_8_bit_data_takes_8_bit_input_as_it_is(rng):
+    """An outside review: a model trained on uint8 data with the window 0..255 had its uint8
+    input "rescaled" (its robust range stretched into the window), as if it were a CT model
+    given an 8-bit export. The input is in the window's units: taken as it is. An image
+    scaled to [0, 1], or counts whose bulk lies far above the window, are still rescaled."""
+    eight_bit = {"kind": "window", "low": 0.0, "high": 255.0}
+    img = rng.normal(30.0, 5.0, (24, 32, 32))
+    img[:, 12:16, 12:16] = 200.0
+    img = np.clip(img, 0, 255).astype(np.uint8)
+    model = (EchoNet(), _meta(norm=eight_bit))
+    pred = predict(img, model, device="cpu", large_vessels=False)
+    assert pred.intensity["rescale"] is None
+    assert not any("rescaled" in m for m in pred.messages), pred.messages
+    # EchoNet answers its normalised input: the window's map of the raw values
+    np.testing.assert_allclose(pred.probability, np.clip(img / 255.0, 1e-6, 1 - 1e-6),
+                               atol=1e-4)
+    # stored as uint16, or as floats in the same units: the same
+    for same in (img.astype(np.uint16), img.astype(np.float32)):
+        assert predict(same, model, device="cpu", large_vessels=False).intensity[
+            "rescale"] is None
+    # the cases the rescale is for
+    unit = predict(img / 255.0, model, device="cpu", large_vessels=False)
+    assert unit.intensity["rescale"] is not None
+    assert any("narrower" in m for m in unit.messages)
+    counts = (img.astype(np.float32) * 20 + 800).astype(np.uint16)  # bulk ~1400
+    far = predict(counts, model, device="cpu", large_vessels=False)
+    assert far.intensity["rescale"] is not None
+    assert any("outside the model's window 0..255" in m for m in far.messages)
+    # a CT model given the same 8-bit image still rescales it
+    ct = predict(img, (EchoNet(), _meta(norm=WINDOW)), device="cpu", large_vessels=False)
+    assert ct.intensity["rescale"] is not None
+    assert any("8-bit" in m for m in ct.messages)
+
+
 def test_segment_drops_blob_like_components(rng):
     """A ball beside a tube (a bright distractor, an enhancing organ) is not a tube: dropped
     with a message and recorded in the report; blob_ratio None keeps it."""

@@ -273,6 +273,82 @@ def test_find_pairs_refuses_two_files_of_one_case(tmp_path):
         tdata.find_pairs([tmp_path])
 
 
+def test_find_pairs_names_the_files_it_leaves_out(tmp_path):
+    """An outside review: volumes not named as pairs (and pair-named files in a format that is
+    not read) were left out without a word."""
+    from pathlib import Path
+
+    from napari_tubular.io import write_volume
+
+    z = np.zeros((8, 8, 8), np.float32)
+    write_volume(tmp_path / "c0_image.nii.gz", z)
+    write_volume(tmp_path / "c0_label.nii.gz", z.astype(np.uint8))
+    write_volume(tmp_path / "c1_img.nii.gz", z)
+    write_volume(tmp_path / "c1_seg.nii.gz", z)
+    Path(tmp_path / "c2_image.npy").write_bytes(b"0")
+    (tmp_path / "c0_centerline.csv").write_text("z,y,x,r\n")  # synth writes these: not named
+    with pytest.warns(UserWarning, match=r"1 image/label pair\(s\) used; not used: 2 volume\(s\) "
+                      r"not named <name>_image / <name>_label: c1_img.nii.gz, c1_seg.nii.gz; "
+                      r"1 file\(s\) in a format that is not read: c2_image.npy") as record:
+        pairs = tdata.find_pairs([tmp_path])
+    assert [p[0].name for p in pairs] == ["c0_image.nii.gz"]
+    assert not any("centerline" in str(w.message) for w in record)
+
+
+def test_find_pairs_without_pairs_says_the_naming_and_what_it_found(tmp_path):
+    """An outside review: "no pairs found" gave no hint of the naming or of the folder's
+    contents."""
+    from napari_tubular.io import write_volume
+
+    z = np.zeros((8, 8, 8), np.float32)
+    for i in range(7):
+        write_volume(tmp_path / f"scan{i}.nii.gz", z)
+    with pytest.raises(FileNotFoundError) as err:
+        tdata.find_pairs([tmp_path])
+    msg = str(err.value)
+    assert "<name>_image.<ext> with <name>_label.<ext>" in msg
+    assert "case_000_image.nii.gz and case_000_label.nii.gz" in msg  # synth's names
+    assert "7 volume(s) named otherwise: scan0.nii.gz" in msg
+    assert "and 2 more" in msg
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"<name>_image.*it is empty"):
+        tdata.find_pairs([empty])
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"no volume file \(only notes.txt\)"):
+        tdata.find_pairs([empty])
+
+
+def test_a_data_folder_given_twice_is_used_once_with_a_warning(tmp_path, monkeypatch):
+    """An outside review: the same folder given twice (also spelled differently) was accepted
+    without a word, and its pairs were trained twice as often."""
+    from napari_tubular.io import write_volume
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_volume(data / "a_image.nii.gz", np.zeros((8, 8, 8), np.float32))
+    write_volume(data / "a_label.nii.gz", np.zeros((8, 8, 8), np.uint8))
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match=r"data: the same folder given more than once \(data 3 "
+                      r"times \(as data, data/, .*data\)\); each folder is used once"):
+        cfg = TrainConfig(data=["data", "data/", str(data)], val_data=["none"],
+                          out=str(tmp_path / "run"))
+    assert cfg.data == ["data"]
+    assert len(tdata.find_pairs(cfg.data)) == 1
+    with pytest.warns(UserWarning, match=r"val_data: .*synthetic 2 times"):
+        assert TrainConfig(val_data=["synthetic", "synthetic"]).val_data == ["synthetic"]
+    # the command line says it too
+    import argparse
+
+    from napari_tubular._cli.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "data", "./data", "--out", "run"])
+    with pytest.warns(UserWarning, match="given more than once"):
+        assert config_from_args(args).data == ["data"]
+
+
 # ----------------------------------------------------------------------------- loop
 @pytest.mark.slow
 def test_tiny_model_loss_decreases(tmp_path):
@@ -487,6 +563,54 @@ def test_fine_tuning_says_that_model_options_are_the_initial_models(tmp_path):
 
     assert read_model_meta(model)["arch"]["base_channels"] == 6
     assert json.loads((out / "config.json").read_text())["model"]["base_channels"] == 6
+
+
+def test_fine_tuning_names_only_the_model_options_given(tmp_path, capsys):
+    """An outside review: fine-tuning a model whose network differs from the defaults said
+    that the run's model options (base_channels 16, depth 4: defaults never given) were
+    ignored. Only the options given are named, in Python and on the command line."""
+    import warnings
+
+    from napari_tubular.cli import main
+
+    from ._tiny_model import save_tiny_model
+
+    init = save_tiny_model(tmp_path / "init.pt", K=3, base_channels=6,
+                           normalization={"kind": "window", "low": -200, "high": 600})
+    common = dict(out=str(tmp_path / "a"), patch_size=(16, 16, 16), batch_size=1, steps=1,
+                  K=3, val_data=[], synthetic=SMALL_SYN, augment=False, num_threads=1,
+                  device="cpu", init_model=str(init))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(**common))
+    assert not [w for w in caught if "init_model" in str(w.message)], \
+        [str(w.message) for w in caught]
+    # an option given is named, the default beside it is not
+    with pytest.warns(UserWarning, match=r"the run's model options \(base_channels 8\) are "
+                      r"ignored"):
+        train(TrainConfig(**{**common, "out": str(tmp_path / "b")}, model={"base_channels": 8}))
+    # a normalisation given that is not the model's is said too (it was ignored in silence)
+    with pytest.warns(UserWarning, match=r"the run's normalization .*'high': 255.* is ignored"):
+        train(TrainConfig(**{**common, "out": str(tmp_path / "c")},
+                          normalization={"kind": "window", "low": 0, "high": 255}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(TrainConfig(**{**common, "out": str(tmp_path / "d")},
+                          normalization={"kind": "window", "low": -200, "high": 600}))
+    assert not [w for w in caught if "init_model" in str(w.message)]
+    # the command line: --base-channels given, --depth not
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN}))
+    argv = ["train", str(cfg_file), "--synthetic", "--steps", "1", "--patch", "16", "16", "16", "--val-data",
+            "none", "--device", "cpu", "--threads", "1", "--batch-size", "1", "--no-augment",
+            "--init-model", str(init), "--quiet"]
+    capsys.readouterr()
+    assert main([*argv, "--out", str(tmp_path / "e")]) == 0
+    assert "init_model" not in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "f"), "--base-channels", "8"]) == 0
+    err = capsys.readouterr().err
+    assert "the run's model options (base_channels 8) are ignored" in err
+    assert "depth" not in err
 
 
 def test_resume_keeps_a_better_best_model_than_its_checkpoint_knew(tmp_path, monkeypatch):
@@ -1007,6 +1131,37 @@ def test_progress_line_says_when_the_validation_was_measured():
     now = _progress_message(2, config, 2.0, rows[:1])
     assert "val Dice 0.250" in now
     assert "(at step" not in now
+
+
+def test_after_a_resume_the_progress_shows_only_this_sessions_validation(tmp_path):
+    """An outside review: after --resume the progress lines, the last one included, showed a
+    validation measured before the resume. They show this session's (none before its first
+    validation), and the "done" line the final weights' validation."""
+    from napari_tubular.training.loop import _progress_message
+
+    out = tmp_path / "run"
+    val = dict(val_data=["synthetic"], val_cases=1)
+    train(tiny_config(out, steps=3, val_every=2, **val))
+    lines: list[str] = []
+    with pytest.warns(UserWarning, match="val_every 2 -> 0"):
+        train(tiny_config(out, steps=5, val_every=0, resume=True, **val),
+              progress=lambda done, total, msg: lines.append(msg))
+    steps = [m for m in lines if m.startswith("step ")]
+    assert [m.split()[1] for m in steps] == ["4/5", "5/5"]
+    assert not any("val Dice" in m for m in steps), steps
+    done = [m for m in lines if m.startswith("done")]
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    final = rows[-1]
+    assert final["step"] == 5
+    assert done == [f"done: 5 steps, validation Dice {final['val_dice']:.3f} clDice "
+                    f"{final['val_cldice']:.3f}" + done[0][done[0].index(", best"):]]
+    # the line itself: rows up to the session's first step are not shown
+    rows = [{"step": 3, "loss": 0.5, "val_dice": 0.25, "val_cldice": 0.3},
+            {"step": 4, "loss": 0.4}]
+    config = TrainConfig(steps=10)
+    assert "val Dice" not in _progress_message(4, config, 4.0, rows, since=3)
+    assert "val Dice 0.250 clDice 0.300 (at step 3)" in _progress_message(4, config, 4.0, rows)
+    assert "loss" not in _progress_message(4, config, 4.0, rows[:1], since=3)
 
 
 @pytest.mark.parametrize("spacing", [(0, 0.8, 0.8), (-1.5, 0.8, 0.8), float("nan")])

@@ -160,13 +160,13 @@ def config_from_args(args: argparse.Namespace):
     if config_path:
         cfg = TrainConfig.from_values(file_values, **values)
         if model_opts:
-            cfg.model = {**cfg.model, **model_opts}
+            cfg.set_model_options(**model_opts)
     else:
         if not args.out:
             raise ValueError("--out: give the run folder (or a config file with 'out')")
         cfg = TrainConfig.from_dict(values)
         if model_opts:
-            cfg.model = {**cfg.model, **model_opts}
+            cfg.set_model_options(**model_opts)
     cfg.validate()
     if args.config:
         _refuse_paths_beside_config(cfg, Path(args.config))

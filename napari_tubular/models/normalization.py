@@ -23,6 +23,13 @@ image linearly so that its 0.5th / 99.9th percentiles land at 1/8 and 15/16 of t
 instance normalisation, so it is invariant to a linear intensity change of its input except
 where the window clips: the rescale gives the same segmentation as the original HU image
 (tested on held-out synthetic volumes: identical Dice), instead of an empty one.
+
+A ``window`` that lies within the 8-bit range (e.g. ``0..255``: a model trained on 8-bit data,
+not in Hounsfield units) is not judged by those CT rules: an 8-bit image, or any image whose
+bulk lies inside the window, is in its units and is not rescaled (an outside review: a model
+trained on uint8 data with the window 0..255 had its uint8 input stretched by its robust
+range); a [0, 1] image, or one whose bulk lies outside the window (widened by a quarter of its
+width), still is.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ __all__ = [
     "intensity_rescale_needed",
     "intensity_rescale_reason",
     "rescale_to_window",
+    "window_fits_8_bits",
     "refit_to_vessels",
     "vessel_levels",
     "REFIT_DEFAULTS",
@@ -80,6 +88,13 @@ _AIR_TISSUE_PERCENTILE = 75.0
 # of a crop)
 _CT_DARK = (-1050.0, -50.0)
 _CT_DARK_FRACTION = 0.05
+# a window with at least this share of its width inside 0..255 is an 8-bit window (a model
+# trained on 8-bit data), not a CT window in Hounsfield units (-200..600: 32 %)
+_EIGHT_BIT = (0.0, 255.0)
+_EIGHT_BIT_SHARE = 0.9
+# ... whose input is in its units when its bulk lies in the window widened by this fraction of
+# its width on either side
+_EIGHT_BIT_MARGIN = 0.25
 
 
 def _sample(x: np.ndarray) -> np.ndarray:
@@ -100,7 +115,10 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
                              value_range: tuple[float, float] | None = None,
                              stored_dtype=None) -> str | None:
     """Why ``image`` cannot be in the units of a ``window`` model (bright vessels on darker
-    tissue, e.g. CT in HU), or None when it can. Always None for other kinds. The reasons:
+    tissue, e.g. CT in HU), or None when it can. Always None for other kinds. For a window
+    within the 8-bit range (:func:`window_fits_8_bits`, e.g. 0..255) the reasons are the first
+    (a narrow range) and a bulk outside the whole window widened by a quarter of its width on
+    either side; for other windows (CT in HU):
 
     * its robust range spans less than 5 % of the window and its whole range less than 10 %
       (e.g. an image scaled to [0, 1] for a -200..600 HU window): the window would leave the
@@ -133,6 +151,15 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
     if (hi - lo) < _FLAT_FRACTION * width and full < 2 * _FLAT_FRACTION * width:
         return ("the image's intensity range is far narrower than the model's window, so it is "
                 "not in the model's units (e.g. scaled to [0, 1])")
+    if window_fits_8_bits(n):
+        # a model trained on 8-bit data: 8-bit input is in its units and there is no tissue
+        # level to expect; only an image whose bulk lies outside the window is not
+        med = _bulk_median(_sample(image).astype(np.float64), low, width)
+        margin = _EIGHT_BIT_MARGIN * width
+        if not low - margin <= med <= n["high"] + margin:
+            return (f"the bulk of the image (median {med:.4g}) lies outside the model's window "
+                    f"{low:g}..{n['high']:g}, so it is not in the model's units")
+        return None
     dtype = np.dtype(stored_dtype) if stored_dtype is not None else arr.dtype
     if dtype == np.uint8:
         return "the image is stored as 8-bit unsigned integers, which cannot hold the model's units"
@@ -154,6 +181,18 @@ def intensity_rescale_reason(image: np.ndarray, normalization: dict,
                 f"part {low:g}..{low + _BULK_BAND * width:g} of the model's window, where tissue "
                 "is in the model's units (e.g. raw CT stored as HU + 1024, or MR)")
     return None
+
+
+def window_fits_8_bits(normalization: dict) -> bool:
+    """Whether ``normalization`` is a ``window`` lying (at least 90 % of its width) within
+    0..255: a model trained on 8-bit data, whose input is not judged by the rules for
+    Hounsfield units (:func:`intensity_rescale_reason`)."""
+    n = validate_normalization(normalization)
+    if n["kind"] != "window":
+        return False
+    low, high = float(n["low"]), float(n["high"])
+    inside = max(0.0, min(high, _EIGHT_BIT[1]) - max(low, _EIGHT_BIT[0]))
+    return inside >= _EIGHT_BIT_SHARE * (high - low)
 
 
 def intensity_rescale_needed(image: np.ndarray, normalization: dict,

@@ -19,6 +19,15 @@ volumes of the scripts, ``VAL_SEED_BASE + 500...``); the held-out evaluation
 (``scripts/evaluate_default.py``) ``HELD_OUT_SEED_BASE + i``. :meth:`TrainConfig.validate`
 refuses a seed whose training seeds would reach either."""
 
+MODEL_DEFAULTS: dict[str, Any] = {"base_channels": 16, "depth": 4}
+"""The model options of a :class:`TrainConfig` given none."""
+
+
+class _DefaultModelOptions(dict):
+    """:data:`MODEL_DEFAULTS` as filled in by :class:`TrainConfig` (told apart from options
+    given; a plain dict once the config is built)."""
+
+
 LOSSES = ("ddt+cldice", "ddt", "dice+ce", "dice+cldice", "boundary")
 """Loss names accepted by :class:`TrainConfig`.
 
@@ -58,7 +67,9 @@ class TrainConfig:
             the training progress. The weight then ramps linearly over ``cldice_ramp_fraction``.
         cldice_iters: soft-skeleton iterations (at least the largest radius in voxels).
         K: largest scale class (radius in voxels at the target spacing).
-        model: keyword arguments of the model (``base_channels``, ``depth``, ...).
+        model: keyword arguments of the model (``base_channels``, ``depth``, ...); default
+            :data:`MODEL_DEFAULTS`. The options given (not those filled in by default) are
+            :attr:`given_model_options`: a fine-tuning run names those it cannot apply.
         normalization: intensity normalisation (passed to ``normalize_intensity``; stored in
             the model meta so that inference does the same).
         fg_fraction: fraction of patches centred on a foreground voxel.
@@ -116,7 +127,7 @@ class TrainConfig:
     cldice_ramp_fraction: float = 0.15
     cldice_iters: int = 5
     K: int = 5
-    model: dict[str, Any] = field(default_factory=lambda: {"base_channels": 16, "depth": 4})
+    model: dict[str, Any] = field(default_factory=lambda: _DefaultModelOptions(MODEL_DEFAULTS))
     normalization: Any = None
     fg_fraction: float = 0.6
     augment: bool = True
@@ -142,6 +153,12 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._coerce_numbers()
+        if isinstance(self.model, dict):
+            # the options given, told apart from the defaults filled in (an outside review: a
+            # fine-tuning run said that options the user never gave were ignored)
+            given = () if type(self.model) is _DefaultModelOptions else tuple(self.model)
+            self._model_given = frozenset(given)
+            self.model = dict(self.model)
         if isinstance(self.data, str):
             self.data = [self.data]
         if isinstance(self.val_data, str):
@@ -155,8 +172,8 @@ class TrainConfig:
                     isinstance(d, (str, os.PathLike)) for d in value):
                 raise ValueError(f"{key}: must be a folder, a list of folders or 'synthetic', "
                                  f"got {value!r}")
-        self.data = [str(d) for d in self.data]
-        self.val_data = [str(d) for d in self.val_data]
+        self.data = _unique_folders([str(d) for d in self.data], "data")
+        self.val_data = _unique_folders([str(d) for d in self.val_data], "val_data")
         self.out = str(self.out)
         self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
         self.patch_size = _triple(self.patch_size, "patch_size", int)
@@ -248,6 +265,19 @@ class TrainConfig:
                              f"{', '.join(sorted(SYNTHETIC_DEFAULTS))})")
         _check_synthetic_values(self.synthetic)
 
+    @property
+    def given_model_options(self) -> dict[str, Any]:
+        """The model options this config was given (in Python, in a config file or on the
+        command line: :meth:`set_model_options`), without the defaults filled in."""
+        given = getattr(self, "_model_given", frozenset(self.model))
+        return {k: v for k, v in self.model.items() if k in given}
+
+    def set_model_options(self, **options: Any) -> None:
+        """Set model options given after the config was built (the command line's
+        ``--base-channels`` / ``--depth`` over a config file's)."""
+        self.model = {**self.model, **options}
+        self._model_given = frozenset(getattr(self, "_model_given", ())) | set(options)
+
     # ------------------------------------------------------------------ I/O
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of all fields."""
@@ -320,6 +350,34 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of option names to values")
     return values
+
+
+def _folder_key(value: str) -> str:
+    """What names one folder however it is spelled (relative or absolute, ``~``, ``..``,
+    a trailing slash, a symbolic link)."""
+    if value.lower() == "synthetic":
+        return "synthetic"
+    return os.path.normcase(str(Path(value).expanduser().resolve()))
+
+
+def _unique_folders(values: list[str], key: str, warn: bool = True) -> list[str]:
+    """``values`` with each folder once (its first spelling kept), and a warning naming those
+    given more than once (an outside review: a folder given twice, also as ``data`` and
+    ``./data/``, was accepted without a word and its pairs trained twice as often)."""
+    spellings: dict[str, list[str]] = {}
+    for value in values:
+        spellings.setdefault(_folder_key(value), []).append(value)
+    repeated = [names for names in spellings.values() if len(names) > 1]
+    if repeated and warn:
+        import warnings
+
+        said = "; ".join(
+            f"{names[0]} {len(names)} times" if len(set(names)) == 1 else
+            f"{names[0]} {len(names)} times (as {', '.join(dict.fromkeys(names))})"
+            for names in repeated)
+        warnings.warn(f"{key}: the same folder given more than once ({said}); each folder is "
+                      "used once", UserWarning, stacklevel=4)
+    return [names[0] for names in spellings.values()]
 
 
 def _as_bool(value: Any, name: str) -> bool:

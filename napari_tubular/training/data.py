@@ -257,12 +257,49 @@ def prepare_case(
 # --------------------------------------------------------------------------- folders of pairs
 _PAIR_RE = re.compile(r"^(?P<stem>.+)_(?P<kind>image|label)$")
 
+#: how many file names a warning or an error about a data folder shows
+_SHOWN = 5
+
+#: the naming :func:`find_pairs` expects, as ``napari-tubular synth`` writes its pairs
+PAIR_NAMING = ("<name>_image.<ext> with <name>_label.<ext> (as 'napari-tubular synth' writes "
+               "them: case_000_image.nii.gz and case_000_label.nii.gz; <ext>: .nii.gz, .nii, "
+               ".nrrd, .nhdr, .mha, .mhd, or a folder of DICOM files)")
+
+
+def _some(names: Sequence[str]) -> str:
+    """The first :data:`_SHOWN` names, and how many more there are."""
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def _unreadable_pair_files(folder: Path, volumes: Sequence[Path]) -> list[str]:
+    """Files named like a pair member (``<name>_image.*`` / ``<name>_label.*``) that are not
+    volumes this package reads (``.npy``, ``.tif``, a single ``.dcm``, ...); the companion
+    files of listed volumes (the ``.raw`` of a ``.mhd``) are left out."""
+    from napari_tubular.io import volume_stem
+
+    listed = {Path(v).name for v in volumes}
+    stems = {volume_stem(v) for v in volumes}
+    out = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.startswith(".") or entry.name in listed or not entry.is_file():
+            continue
+        stem = volume_stem(entry)
+        if stem not in stems and _PAIR_RE.match(stem):
+            out.append(entry.name)
+    return out
+
 
 def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
     """Image/label pairs in folders: ``<stem>_image.<ext>`` with ``<stem>_label.<ext>``.
 
+    Volumes named otherwise, and files named like a pair member in a format that is not read,
+    are left out with a warning that names (a few of) them (an outside review: they were
+    ignored without a word).
+
     Raises:
-        FileNotFoundError: a folder does not exist or holds no pair.
+        FileNotFoundError: a folder does not exist or holds no pair (the message says the
+            naming expected and what the folder holds).
         ValueError: an image has no label (or the reverse).
     """
     from napari_tubular.io import list_volumes, volume_stem
@@ -279,10 +316,11 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         images: dict[str, Path] = {}
         labels: dict[str, Path] = {}
         others: list[str] = []
-        for path in list_volumes(folder):
+        volumes = list_volumes(folder)
+        for path in volumes:
             m = _PAIR_RE.match(volume_stem(path))
             if m is None:
-                others.append(volume_stem(path))
+                others.append(Path(path).name)
                 continue
             kind = images if m["kind"] == "image" else labels
             if m["stem"] in kind:
@@ -292,11 +330,13 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                     f"{kind[m['stem']].name} and {Path(path).name}; keep one of them"
                 )
             kind[m["stem"]] = Path(path)
+        unreadable = _unreadable_pair_files(folder, volumes)
         missing = sorted(set(images) ^ set(labels))
         if missing:
             # a label named otherwise (an audit: r_labels, the suffix segment writes, was
             # ignored and only "unpaired volume(s) r" was said)
-            near = [o for o in others if any(o.startswith(f"{stem}_") for stem in missing)]
+            near = [volume_stem(o) for o in others
+                    if any(volume_stem(o).startswith(f"{stem}_") for stem in missing)]
             raise ValueError(
                 f"{folder}: unpaired volume(s) {', '.join(missing[:5])}: every "
                 "<name>_image file needs a <name>_label file and vice versa"
@@ -304,10 +344,31 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
                    if near else "")
             )
         if not images:
+            if volumes or unreadable:
+                found = (f"it holds {len(others)} volume(s) named otherwise: {_some(others)}"
+                         if others else "it holds no volume named so")
+                if unreadable:
+                    found += (f"; files in a format that is not read: {_some(unreadable)} "
+                              "(convert them, e.g. to .nii.gz)")
+            else:
+                entries = sorted(e.name for e in folder.iterdir() if not e.name.startswith("."))
+                found = ("it is empty" if not entries else
+                         f"it holds no volume file (only {_some(entries)})")
             raise FileNotFoundError(
-                f"{folder}: no <name>_image / <name>_label volume pairs found "
-                "(as written by 'napari-tubular synth')"
-            )
+                f"{folder}: no image/label volume pairs found: pairs are named {PAIR_NAMING}; "
+                f"{found}")
+        ignored = []
+        if others:
+            ignored.append(f"{len(others)} volume(s) not named <name>_image / <name>_label: "
+                           f"{_some(others)}")
+        if unreadable:
+            ignored.append(f"{len(unreadable)} file(s) in a format that is not read: "
+                           f"{_some(unreadable)}")
+        if ignored:
+            warnings.warn(f"{folder}: {len(images)} image/label pair(s) used; not used: "
+                          + "; ".join(ignored) + " (a pair is <name>_image.<ext> with "
+                          "<name>_label.<ext>; rename or convert them to train on them)",
+                          UserWarning, stacklevel=2)
         pairs += [(images[s], labels[s]) for s in sorted(images)]
     return pairs
 

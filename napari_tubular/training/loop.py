@@ -29,6 +29,7 @@ import numpy as np
 
 from . import ddp
 from .config import TRAIN_SEED_BASE, VAL_SEED_BASE, TrainConfig  # noqa: F401 (re-exported)
+from .config import _unique_folders
 from .data import (
     FixedPool,
     PreparedCase,
@@ -665,7 +666,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 ddp.barrier(dist)
             if report and (step == 1 or step % max(1, config.log_every) == 0):
                 report(step, config.steps, _progress_message(
-                    step, config, elapsed0 + time.perf_counter() - t_loop, rows))
+                    step, config, elapsed0 + time.perf_counter() - t_loop, rows, start_step))
         # final validation + files
         if is_main:
             if has_val and (not rows or rows[-1].get("val_dice") is None
@@ -695,9 +696,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 budget = (f" (stopped by the time budget (--minutes {config.max_minutes:g}) at "
                           f"step {step} of {config.steps}; --resume with a larger --minutes "
                           "continues)" if budget_stop else "")
-                report(step, step, f"done: {step} steps{budget}, " + (
-                    f"best validation score {best:.4f}" if math.isfinite(best)
-                    else "no validation (model.pt holds the final weights)"))
+                report(step, step, f"done: {step} steps{budget}"
+                       + _final_validation_note(rows, step, start_step, best))
         ddp.barrier(dist)
     except BaseException:
         if is_main and step == 0 and ck is None:
@@ -733,11 +733,17 @@ def _cases_seen(pool) -> int:
     return int(max(getattr(pool, "generated", 0), len(getattr(pool, "cases", []))))
 
 
-def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict]) -> str:
+def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict],
+                      since: int = 0) -> str:
+    """The progress line of ``step``: loss, the last validation, speed, ETA. ``since``: the
+    step this session started from (a resumed run's checkpoint step): rows up to it are an
+    earlier session's and are not shown (an outside review: after ``--resume`` the line went
+    on showing a validation from before the resume)."""
     rate = step / max(elapsed, 1e-9)
     remaining = (config.steps - step) / max(rate, 1e-9)
     if config.max_minutes:
         remaining = min(remaining, max(0.0, 60 * config.max_minutes - elapsed))
+    rows = [r for r in rows if r.get("step") is None or r["step"] > since]
     loss = next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None)
     val = next((r for r in reversed(rows) if r.get("val_dice") is not None), None)
     msg = f"step {step}/{config.steps}"
@@ -748,6 +754,18 @@ def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list
         if val.get("step") is not None and val["step"] != step:  # not measured at this step
             msg += f" (at step {val['step']})"
     return msg + f" | {rate:.2f} it/s, ETA {_fmt_time(remaining)}"
+
+
+def _final_validation_note(rows: list[dict], step: int, since: int, best: float) -> str:
+    """The end of the "done" line: the validation of the final weights when this session
+    measured it, and the best score (best.pt)."""
+    last = rows[-1] if rows else {}
+    note = ""
+    if last.get("step") == step > since and last.get("val_dice") is not None:
+        note = f", validation Dice {last['val_dice']:.3f} clDice {last['val_cldice']:.3f}"
+    if math.isfinite(best):
+        return note + f", best validation score {best:.4f}"
+    return note + ", no validation (model.pt holds the final weights)"
 
 
 def _fmt_time(seconds: float) -> str:
@@ -787,7 +805,10 @@ def _init_from_model(config: TrainConfig):
     net, meta = load_model(config.init_model, "cpu")
     state = net.state_dict()
     arch = dict(meta["arch"])
-    differ = {k: v for k, v in config.model.items() if k in arch and arch[k] != v}
+    # only the options the run was given (an outside review: the defaults it never gave,
+    # base_channels 16 and depth 4, were said to be ignored)
+    differ = {k: v for k, v in config.given_model_options.items()
+              if k in arch and arch[k] != v}
     if differ:
         # an audit: --base-channels 8 with a 4-channel initial model was ignored in silence
         # and recorded as the run's architecture
@@ -795,6 +816,11 @@ def _init_from_model(config: TrainConfig):
                       + ", ".join(f"{k} {arch[k]}" for k in differ) + "); the run's model "
                       "options (" + ", ".join(f"{k} {v}" for k, v in differ.items())
                       + ") are ignored", stacklevel=2)
+    if config.normalization is not None and (resolve_normalization(config)
+                                             != dict(meta["normalization"])):
+        warnings.warn(f"init_model: the intensity normalisation is the initial model's "
+                      f"({meta['normalization']}); the run's normalization "
+                      f"({config.normalization}) is ignored", stacklevel=2)
     _record_arch(config, arch)
     if int(meta["K"]) != int(config.K):
         # a new number of scale classes: everything but the scale head's last layer is reused,
@@ -855,7 +881,10 @@ def checkpoint_config(path: str | Path) -> dict:
 
 
 def _check_resume(ck: dict, config: TrainConfig) -> None:
-    saved = ck["config"]
+    saved = dict(ck["config"])
+    if isinstance(saved.get("data"), list):
+        # a run of an older version may hold a folder twice (the config keeps it once now)
+        saved["data"] = _unique_folders([str(d) for d in saved["data"]], "data", warn=False)
     new = config.to_dict()
     diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and

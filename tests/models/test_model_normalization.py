@@ -94,6 +94,30 @@ def test_rescale_reasons_offsets_counts_and_8bit():
     assert intensity_rescale_reason(hu * 4 + 500, {"kind": "percentile"}) is None
 
 
+def test_a_window_within_8_bits_takes_8_bit_images_as_they_are():
+    """An outside review: a model trained on uint8 data (window 0..255) had its uint8 input
+    rescaled. A window within 0..255 is not a CT window: an image whose bulk lies in (or near)
+    it is in its units, whatever its dtype; [0, 1] images and counts far above it are not."""
+    from napari_tubular.models.normalization import intensity_rescale_reason, window_fits_8_bits
+
+    eight_bit = {"kind": "window", "low": 0.0, "high": 255.0}
+    assert window_fits_8_bits(eight_bit)
+    assert window_fits_8_bits({"kind": "window", "low": -10.0, "high": 250.0})
+    assert not window_fits_8_bits(WINDOW)
+    assert not window_fits_8_bits({"kind": "window", "low": 0.0, "high": 1000.0})
+    assert not window_fits_8_bits({"kind": "percentile"})
+    rng = np.random.default_rng(4)
+    img = rng.normal(30, 5, (24, 24, 24))
+    img[5:8, 5:8, :] = 200.0
+    u8 = np.clip(img, 0, 255).astype(np.uint8)
+    for ok in (u8, u8.astype(np.uint16), u8.astype(np.float32), np.clip(img + 150, 0, 255)):
+        assert intensity_rescale_reason(ok, eight_bit) is None
+    assert "narrower" in intensity_rescale_reason(u8 / 255.0, eight_bit)
+    assert "outside the model's window" in intensity_rescale_reason(
+        u8.astype(np.uint16) * 20 + 800, eight_bit)
+    assert "8-bit" in intensity_rescale_reason(u8, WINDOW)  # a CT window: as before
+
+
 def test_a_cta_crop_filled_with_contrast_keeps_its_units():
     """An outside audit: a cardiac CTA crop in HU, a 420 HU chamber over 55 % of it, 110 HU
     myocardium and -80 HU epicardial fat: its bulk (392) lies above the soft-tissue band, and
