@@ -64,6 +64,7 @@ __all__ = [
     "NO_REFINE_THRESHOLD",
     "check_thresholds",
     "recommended_thresholds",
+    "default_confidence_applies",
     "stored_with_ct_offset",
     "outside_air",
     "mask_radius",
@@ -1883,8 +1884,30 @@ def recommended_thresholds(meta: dict | None) -> tuple[float, float]:
 
 def has_tuned_thresholds(meta: dict | None) -> bool:
     """Whether a model file holds ``T_p`` / ``T_r`` tuned on validation volumes (the project's
-    models do, ``scripts/promote_model.py``; a model of ``napari-tubular train`` does not)."""
+    models do, ``scripts/promote_model.py``; a model of ``napari-tubular train`` does when the
+    run had validation volumes: :mod:`napari_tubular.training.tuning`)."""
     return bool(((meta or {}).get("metrics") or {}).get("refine"))
+
+
+#: the ``metrics.refine.source`` of thresholds that ``train`` tuned on its own validation
+#: volumes (:mod:`napari_tubular.training.tuning`)
+TRAIN_TUNED_SOURCE = "train validation"
+
+
+def _tuned_by_train(meta: dict | None) -> bool:
+    """Whether the model's thresholds are those ``train`` tuned on its own validation."""
+    refine = ((meta or {}).get("metrics") or {}).get("refine") or {}
+    return refine.get("source") == TRAIN_TUNED_SOURCE
+
+
+def default_confidence_applies(meta: dict | None) -> bool:
+    """Whether the confidence filter's default level (:data:`DEFAULT_MIN_CONFIDENCE`, measured
+    on the shipped model) applies to a model: one whose thresholds the project tuned (the
+    shipped models) or that a fine-tuned model inherited from such a model. Not a model of
+    ``train`` without tuned thresholds (an audit: one lost 4 of its 5 vessels to the filter,
+    Dice 0.86 -> 0.24), nor one whose thresholds ``train`` tuned on its own validation: that
+    tuning does not measure the filter's level."""
+    return has_tuned_thresholds(meta) and not _tuned_by_train(meta)
 
 
 UNTUNED_CONFIDENCE_NOTE = (
@@ -1892,18 +1915,23 @@ UNTUNED_CONFIDENCE_NOTE = (
     "filter's default level ({level:g}, measured on the shipped model, whose vessels reach it "
     "everywhere) is not applied to it; pass --min-confidence P to apply a level"
 )
+TRAIN_TUNED_CONFIDENCE_NOTE = (
+    "the model's thresholds were tuned by train on its validation volumes, the confidence "
+    "filter's default level ({level:g}) was measured on the shipped model only: it is not "
+    "applied; pass --min-confidence P to apply a level"
+)
 
 
 def effective_min_confidence(min_confidence, meta, messages=None):
     """The confidence filter's level for a model: the default level
-    (:data:`DEFAULT_MIN_CONFIDENCE`) only for a model with tuned thresholds
-    (:func:`has_tuned_thresholds`), None (off, with a note) for another (an audit: a model
-    trained with ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24); any other level
-    as given."""
+    (:data:`DEFAULT_MIN_CONFIDENCE`) only where it applies (:func:`default_confidence_applies`),
+    None (off, with a note) for another model; any other level as given."""
     if (min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE
-            and not has_tuned_thresholds(meta)):
+            and not default_confidence_applies(meta)):
         if messages is not None:
-            _warn(UNTUNED_CONFIDENCE_NOTE.format(level=DEFAULT_MIN_CONFIDENCE), messages)
+            note = (TRAIN_TUNED_CONFIDENCE_NOTE if _tuned_by_train(meta)
+                    else UNTUNED_CONFIDENCE_NOTE)
+            _warn(note.format(level=DEFAULT_MIN_CONFIDENCE), messages)
         return None
     return min_confidence
 

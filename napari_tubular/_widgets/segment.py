@@ -868,9 +868,10 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
-        from napari_tubular.inference import has_tuned_thresholds
+        from napari_tubular.inference import default_confidence_applies
 
-        sure = self.confidence_check.isChecked() and has_tuned_thresholds(self.prediction.meta)
+        sure = (self.confidence_check.isChecked()
+                and default_confidence_applies(self.prediction.meta))
         probability = self.prediction.probability if sure else None
 
         def compute():
