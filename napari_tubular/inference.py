@@ -65,6 +65,7 @@ __all__ = [
     "check_thresholds",
     "recommended_thresholds",
     "tuned_min_confidence",
+    "default_confidence_applies",
     "stored_with_ct_offset",
     "outside_air",
     "mask_radius",
@@ -1897,10 +1898,35 @@ def has_tuned_thresholds(meta: dict | None) -> bool:
     return bool(_tuned_refinement(meta))
 
 
+#: the ``metrics.refine.source`` of thresholds that ``train`` tuned on its own validation
+#: volumes (:mod:`napari_tubular.training.tuning`)
+TRAIN_TUNED_SOURCE = "train validation"
+
+
+def _tuned_by_train(meta: dict | None) -> bool:
+    """Whether the model's thresholds are those ``train`` tuned on its own validation."""
+    return _tuned_refinement(meta).get("source") == TRAIN_TUNED_SOURCE
+
+
+def default_confidence_applies(meta: dict | None) -> bool:
+    """Whether the confidence filter's default level applies to a model at all
+    (:func:`tuned_min_confidence` is not None): a model whose thresholds the project tuned (the
+    shipped models) or that a fine-tuned model inherited from such a model. Not a model of
+    ``train`` without tuned thresholds (an audit: one lost 4 of its 5 vessels to the filter,
+    Dice 0.86 -> 0.24), nor one whose thresholds ``train`` tuned on its own validation: that
+    tuning does not measure the filter's level."""
+    return tuned_min_confidence(meta) is not None
+
+
 UNTUNED_CONFIDENCE_NOTE = (
     "the model holds no tuned thresholds (a model of your own training?): the confidence "
     "filter's default level ({level:g}, measured on the shipped model, whose vessels reach it "
     "everywhere) is not applied to it; pass --min-confidence P to apply a level"
+)
+TRAIN_TUNED_CONFIDENCE_NOTE = (
+    "the model's thresholds were tuned by train on its validation volumes, the confidence "
+    "filter's default level ({level:g}) was measured on the shipped model only: it is not "
+    "applied; pass --min-confidence P to apply a level"
 )
 
 
@@ -1913,11 +1939,14 @@ FILTER_OFF_CONFIDENCE_NOTE = (
 def tuned_min_confidence(meta: dict | None) -> float | None:
     """The confidence filter's default level for a model: None for a model without tuned
     refinement settings; for one with them, their ``min_confidence`` (None when tuning on
-    validation volumes turned the filter off), or :data:`DEFAULT_MIN_CONFIDENCE` for a model
-    tuned before that key existed (the shipped model, on which the level was measured)."""
+    validation volumes turned the filter off), None for thresholds ``train`` tuned (its tuning
+    does not measure the filter), or :data:`DEFAULT_MIN_CONFIDENCE` for a model tuned before
+    that key existed (the shipped model, on which the level was measured)."""
     tuned = _tuned_refinement(meta)
     if not tuned:
         return None
+    if "min_confidence" not in tuned and _tuned_by_train(meta):
+        return None  # train's tuning does not measure the filter's level
     level = tuned.get("min_confidence", DEFAULT_MIN_CONFIDENCE)
     return None if level is None else float(level)
 
@@ -1926,13 +1955,18 @@ def effective_min_confidence(min_confidence, meta, messages=None):
     """The confidence filter's level for a model: the default level
     (:data:`DEFAULT_MIN_CONFIDENCE`) stands for the model's own (:func:`tuned_min_confidence`):
     off, with a note, for a model without tuned thresholds (an audit: a model trained with
-    ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24) or whose tuning turned it off;
-    any other level as given."""
+    ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24), for one whose thresholds
+    ``train`` tuned (that tuning does not measure the filter's level) and for one whose tuning
+    turned it off; any other level as given."""
     if min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE:
         level = tuned_min_confidence(meta)
         if level is None and messages is not None:
-            note = (FILTER_OFF_CONFIDENCE_NOTE if has_tuned_thresholds(meta)
-                    else UNTUNED_CONFIDENCE_NOTE)
+            if not has_tuned_thresholds(meta):
+                note = UNTUNED_CONFIDENCE_NOTE
+            elif "min_confidence" in _tuned_refinement(meta):
+                note = FILTER_OFF_CONFIDENCE_NOTE
+            else:
+                note = TRAIN_TUNED_CONFIDENCE_NOTE
             _warn(note.format(level=DEFAULT_MIN_CONFIDENCE), messages)
         return level
     return min_confidence

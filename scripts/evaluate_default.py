@@ -61,8 +61,9 @@ TARGETS = {"dice": 0.85, "cldice": 0.90, "b0_error": 2.0}
 METRICS = ("dice", "cldice", "b0_error", "b1_error", "hd95_mm")
 from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3 as MIN_COMPONENT_MM3  # noqa: E402
 
-TP_GRID = (0.5, 0.6, 0.7, 0.85, 0.95)
-TR_GRID = (0.3, 0.5, 0.6, 0.7, 0.85)
+# the tuning grid and score are the package's (napari_tubular.training.tuning), which
+# `napari-tubular train` also tunes its models with
+from napari_tubular.training.tuning import TP_GRID, TR_GRID  # noqa: E402,F401
 
 
 def case_specs(n: int, quick: bool, seed_base: int = HELD_OUT_SEED) -> list[dict]:
@@ -174,10 +175,6 @@ def metrics_many(jobs: list, processes: int) -> list[dict]:
         return pool.map(_metrics_job, jobs)
 
 
-def _score(m: dict) -> float:
-    return (m["dice"] + m["cldice"]) / 2 - 0.01 * (m["b0_error"] or 0.0)
-
-
 def predictions(model, images, specs, device: str, tta: bool = False):
     """(probability, radius_mm) per case on the native grid (``tta``: mirroring TTA)."""
     from napari_tubular.inference import predict
@@ -218,26 +215,24 @@ def refine_labels(prob, radius, spacing, tp, tr, device, edt_radius: bool):
 
 def tune_refinement(model, kind: str, device: str, quick: bool, n_val: int, processes: int,
                     tta: bool = False):
-    """Choose (T_p, T_r) on validation volumes (seeds disjoint from the held-out set)."""
+    """Choose (T_p, T_r) on validation volumes (seeds disjoint from the held-out set) with
+    :func:`napari_tubular.training.tuning.tune_thresholds` (the network's outputs once, the
+    refinement over the grid; metrics in ``processes`` processes)."""
+    from napari_tubular.geometry.distance import local_radius_mm
     from napari_tubular.training.loop import VAL_SEED_BASE
+    from napari_tubular.training.tuning import tune_thresholds
 
     specs = case_specs(n_val, quick, seed_base=VAL_SEED_BASE + 500)
     data = generate(specs, processes)
     preds = predictions(model, [d[0] for d in data], specs, device, tta)
-    grid = [(tp, tr) for tp in TP_GRID for tr in TR_GRID]
-    jobs, keys = [], []
+    maps = []
     for (prob, rad, _), (_, ref, _), spec in zip(preds, data, specs):
-        for tp, tr in grid:
-            lab = refine_labels(prob, rad, spec["spacing"], tp, tr, device, kind == "baseline")
-            jobs.append((lab, ref, spec["spacing"]))
-            keys.append((tp, tr))
-    res = metrics_many(jobs, processes)
-    scores = {}
-    for k, m in zip(keys, res):
-        scores.setdefault(k, []).append(_score(m))
-    best = max(grid, key=lambda k: float(np.mean(scores[k])))
-    return {"tp": best[0], "tr": best[1],
-            "scores": {f"{tp},{tr}": float(np.mean(v)) for (tp, tr), v in scores.items()}}
+        if kind == "baseline":  # no trained scale head: radii from its own mask's EDT
+            rad = local_radius_mm(prob > 0.5, spec["spacing"])
+        maps.append((prob, rad, ref, spec["spacing"]))
+    res = tune_thresholds(maps, device=device,
+                          metrics=lambda jobs: metrics_many(jobs, processes))
+    return {"tp": res["tp"], "tr": res["tr"], "scores": res["scores"]}
 
 
 def evaluate(models: dict[str, str], out: Path, device: str = "auto", quick: bool = False,

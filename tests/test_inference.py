@@ -1271,6 +1271,8 @@ def test_the_confidence_filter_default_follows_the_models_tuning():
     assert tuned_min_confidence(legacy) == DEFAULT_MIN_CONFIDENCE
     assert tuned_min_confidence(off) is None
     assert tuned_min_confidence(on) == 0.99
+    by_train = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "source": "train validation"}}}
+    assert tuned_min_confidence(by_train) is None  # train's tuning does not measure the level
     notes = []
     assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, off, notes) is None
     assert len(notes) == 1

@@ -61,6 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-tubes", action="store_true",
                    help="also validate on straight-tube phantoms (radius 1-8 mm, sharp and "
                    "blurred); their Dice enters the score that picks best.pt")
+    p.add_argument("--no-tune", action="store_true", dest="no_tune",
+                   help="do not tune the refinement thresholds T_p / T_r on the validation "
+                   "volumes at the end (by default a run with validation stores them in its "
+                   "model files for segment; without validation they stay 0.9 / 0.5)")
     p.add_argument("--init-model", dest="init_model", metavar="MODEL",
                    help="fine-tune: start from this model file ('default' or a path); K and "
                    "the spacing default to the model's, and so do its tuned T_p/T_r and radius "
@@ -129,7 +133,8 @@ def config_from_args(args: argparse.Namespace):
         values["out"] = args.out
     for flag, key, val in (("no_amp", "amp", False), ("no_augment", "augment", False),
                            ("ddp", "ddp", True), ("resume", "resume", True),
-                           ("overwrite", "overwrite", True), ("val_tubes", "val_tubes", True)):
+                           ("overwrite", "overwrite", True), ("val_tubes", "val_tubes", True),
+                           ("no_tune", "tune_thresholds", False)):
         if getattr(args, flag, False):
             values[key] = val
     model_opts = {k: getattr(args, k) for k in ("base_channels", "depth")

@@ -82,6 +82,13 @@ class TrainConfig:
             and blurred, isotropic and anisotropic); their mean Dice is logged as
             ``val_tube_dice`` and the score that picks ``best.pt`` becomes
             ``(Dice + clDice + tube Dice) / 3`` instead of ``(Dice + clDice) / 2``.
+        tune_thresholds: at the end of a run with validation, choose the refinement
+            thresholds T_p / T_r of model.pt and best.pt on the validation volumes
+            (:func:`napari_tubular.training.tuning.tune_thresholds`: the grid of the shipped
+            models' tuning, the fallback 0.9 / 0.5 and a fine-tuned model's initial pair; the
+            network runs once per volume) and store them in the model files'
+            ``metrics.refine``, where ``segment`` and the viewer read them. Without validation
+            the thresholds stay the fallback (or the initial model's), and the run says so.
         checkpoint_every: write last.pt every N steps (and at the end / on cancel; 0: only
             then).
         snapshot_every: also keep the weights of every N-th step as a model file
@@ -136,6 +143,7 @@ class TrainConfig:
     val_every: int = 200
     val_cases: int = 4
     val_tubes: bool = False
+    tune_thresholds: bool = True
     checkpoint_every: int = 100
     snapshot_every: int = 0
     log_every: int = 10

@@ -29,7 +29,6 @@ import numpy as np
 
 from . import ddp
 from .config import TRAIN_SEED_BASE, VAL_SEED_BASE, TrainConfig  # noqa: F401 (re-exported)
-from .config import _unique_folders
 from .data import (
     FixedPool,
     PreparedCase,
@@ -572,11 +571,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
         os.replace(tmp, out / "last.pt")
-        _write_log(out, rows, config, {"best_score": best, "step": step})
+        _write_log(out, rows, config, {"best_score": best, "step": step, **log_extra})
         plot_curves(rows, out / "curves.png", title=f"{config.loss} ({out.name})")
 
     t_loop = time.perf_counter()
     last_log_write = -math.inf
+    best_step = None  # the step whose weights this session wrote to best.pt
+    log_extra: dict = {}  # what log.json records besides the rows (the thresholds chosen)
     acc: dict[str, list] = {}
     model.train()
     start_step, budget_stop = step, False
@@ -647,7 +648,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                     last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                     row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                     if last_val_metrics["score"] > best:
-                        best = last_val_metrics["score"]
+                        best, best_step = last_val_metrics["score"], step
                         save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
                 rows.append(row)
                 # the logs between checkpoints too (an audit: a run watched through log.csv
@@ -681,7 +682,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                 row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                 if last_val_metrics["score"] > best:
-                    best = last_val_metrics["score"]
+                    best, best_step = last_val_metrics["score"], step
                     save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
                 rows.append(row)
             elif acc.get("loss"):
@@ -689,7 +690,27 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 # logging every 10 ended at step 20, a 3-step run had an empty log and plot)
                 rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
                                  lr_at(config, 1.0, step), acc, pool))
-            save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
+            # T_p / T_r tuned on the validation volumes (the network's outputs once, the
+            # refinement over the grid), stored where segment reads them (an outside review:
+            # a model of train always fell back to 0.9 / 0.5)
+            final_metrics = dict(last_val_metrics)
+            tuned = (_tune_on_validation(_unwrap(net), val_cases, config, device,
+                                         meta_base.get("radius_calibration"), inherited,
+                                         report, step, cancel)
+                     if has_val and val_cases and config.tune_thresholds else None)
+            if tuned:
+                final_metrics["refine"] = tuned
+            save_model(out / "model.pt", _unwrap(net), meta(final_metrics))
+            tuned_best = None
+            if tuned and (out / "best.pt").is_file():
+                if best_step == step:  # best.pt holds these weights
+                    save_model(out / "best.pt", _unwrap(net), meta(final_metrics))
+                    tuned_best = tuned
+                else:
+                    tuned_best = _tune_saved_model(out / "best.pt", val_cases, config, device,
+                                                   inherited, report, step, cancel)
+            log_extra["refine"] = _threshold_record(config, has_val, tuned, tuned_best,
+                                                    inherited)
             save_checkpoint()
             if report:
                 # an audit: "done: 10 steps" of a 300-step run did not say why it ended
@@ -697,7 +718,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                           f"step {step} of {config.steps}; --resume with a larger --minutes "
                           "continues)" if budget_stop else "")
                 report(step, step, f"done: {step} steps{budget}"
-                       + _final_validation_note(rows, step, start_step, best))
+                       + _final_validation_note(rows, step, start_step, best)
+                       + "; " + log_extra["refine"]["note"])
         ddp.barrier(dist)
     except BaseException:
         if is_main and step == 0 and ck is None:
@@ -709,6 +731,86 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         pool.close()
     best_path = out / "best.pt"
     return best_path if best_path.is_file() else out / "model.pt"
+
+
+def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration,
+                        inherited: dict, report, step: int, cancel, what: str = "model.pt"):
+    """``metrics.refine`` for ``net``: the T_p / T_r of :data:`~.tuning.TP_GRID` x
+    :data:`~.tuning.TR_GRID`, the fallback pair and a fine-tuned model's initial pair with the
+    best mean score on the validation volumes (:func:`~.tuning.tune_thresholds`; the network
+    runs once per volume), or None when cancelled."""
+    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
+
+    from .tuning import TP_GRID, TR_GRID, TRAIN_SOURCE, network_maps, tune_thresholds
+
+    if report:
+        report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} on "
+                     f"{len(val_cases)} validation volume(s)")
+    t0 = time.perf_counter()
+    extra = [(FALLBACK_TP, FALLBACK_TR)]
+    initial = inherited.get("refine") or {}
+    if initial.get("tp") is not None and initial.get("tr") is not None:
+        extra.append((float(initial["tp"]), float(initial["tr"])))
+    res = tune_thresholds(
+        network_maps(net, val_cases, config.patch_size, device, config.amp, calibration),
+        extra=extra, device=str(device), cancel=cancel)
+    if res is None:
+        return None
+
+    def scored(tp, tr) -> dict:
+        return {"tp": tp, "tr": tr, "score": round(res["scores"][f"{tp:g},{tr:g}"], 4)}
+
+    out = {"tp": res["tp"], "tr": res["tr"], "score": round(res["score"], 4),
+           "source": TRAIN_SOURCE, "volumes": res["volumes"], "weights_step": step,
+           "score_is": "mean (Dice + clDice) / 2 - 0.01 x Betti-0 error",
+           "grid": {"tp": list(TP_GRID), "tr": list(TR_GRID)},
+           "fallback": scored(FALLBACK_TP, FALLBACK_TR),
+           "scores": {k: round(v, 4) for k, v in res["scores"].items()},
+           "time_s": round(time.perf_counter() - t0, 1)}
+    if len(extra) > 1:
+        out["initial"] = {**scored(*extra[1]), "from": initial.get("inherited_from")}
+    return out
+
+
+def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inherited: dict,
+                      report, step: int, cancel):
+    """Tune the T_p / T_r of the model file ``path`` (best.pt from another step than the
+    final weights) and write them into it; the tuning record, or None."""
+    from napari_tubular.models import load_model, save_model
+
+    net, meta = load_model(path, str(device))
+    weights_step = (meta.get("training") or {}).get("steps", step)
+    tuned = _tune_on_validation(net, val_cases, config, device, meta.get("radius_calibration"),
+                                inherited, report, weights_step, cancel, what=path.name)
+    if tuned:
+        meta.pop("path", None)
+        meta["metrics"] = {**(meta.get("metrics") or {}), "refine": tuned}
+        save_model(path, net, meta)
+    return tuned
+
+
+def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
+                      inherited: dict) -> dict:
+    """What log.json records of the refinement thresholds, with the note the run ends with."""
+    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
+
+    if tuned:
+        note = (f"refinement thresholds tuned on {tuned['volumes']} validation volume(s): "
+                f"T_p {tuned['tp']:g}, T_r {tuned['tr']:g} (score {tuned['score']:.3f}; the "
+                f"fallback {FALLBACK_TP:g} / {FALLBACK_TR:g}: {tuned['fallback']['score']:.3f})")
+        if tuned_best is not None and tuned_best is not tuned:
+            note += (f"; best.pt (step {tuned_best['weights_step']}): T_p {tuned_best['tp']:g}, "
+                     f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f})")
+        note += ", stored in the model file(s) for segment"
+        return {"tuned": True, "model.pt": tuned, "best.pt": tuned_best, "note": note}
+    initial = inherited.get("refine") or {}
+    uses = (f"the initial model's T_p {initial['tp']:g} / T_r {initial['tr']:g}"
+            if initial.get("tp") is not None else
+            f"the fallback T_p {FALLBACK_TP:g} / T_r {FALLBACK_TR:g}")
+    why = ("no validation data" if not has_val else
+           "tune_thresholds is off" if not config.tune_thresholds else "cancelled")
+    return {"tuned": False, "reason": why,
+            "note": f"refinement thresholds not tuned ({why}): segment uses {uses}"}
 
 
 def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
@@ -881,6 +983,8 @@ def checkpoint_config(path: str | Path) -> dict:
 
 
 def _check_resume(ck: dict, config: TrainConfig) -> None:
+    from .config import _unique_folders
+
     saved = dict(ck["config"])
     if isinstance(saved.get("data"), list):
         # a run of an older version may hold a folder twice (the config keeps it once now)

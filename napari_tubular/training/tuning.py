@@ -1,0 +1,173 @@
+"""The refinement thresholds ``T_p`` / ``T_r`` chosen on validation volumes.
+
+:func:`tune_thresholds` runs the DDT geometry-aware refinement over a grid of ``(T_p, T_r)``
+on the network outputs of validation volumes, computed once (a :class:`Refiner` per volume: a
+new ``T_r`` only re-thresholds, a new ``T_p`` redoes the reconstruction; no network), and keeps
+the pair with the best mean :func:`refinement_score`, ``(Dice + clDice) / 2`` less 0.01 per
+Betti-0 error. ``scripts/evaluate_default.py`` tunes the shipped models with it (on generated
+volumes at their native grids), :func:`napari_tubular.training.train` every model it writes on
+its validation volumes (:func:`network_maps`), stored as the meta's ``metrics.refine``, where
+:func:`napari_tubular.inference.recommended_thresholds` reads them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from napari_tubular.inference import TRAIN_TUNED_SOURCE
+
+#: the grid of ``T_p`` / ``T_r`` (that of the shipped models' tuning)
+TP_GRID = (0.5, 0.6, 0.7, 0.85, 0.95)
+TR_GRID = (0.3, 0.5, 0.6, 0.7, 0.85)
+#: the score's cost of one Betti-0 error (a missing or extra connected component)
+B0_WEIGHT = 0.01
+#: the ``source`` of thresholds that :func:`napari_tubular.training.train` tuned on its own
+#: validation volumes (the confidence filter's default level, measured on the shipped model, is
+#: not applied to such a model: :func:`napari_tubular.inference.default_confidence_applies`)
+TRAIN_SOURCE = TRAIN_TUNED_SOURCE
+
+# (T_p, T_r) with the validation volumes' labels and spacing: one refinement's inputs
+Maps = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]
+MetricsFn = Callable[[list[tuple[np.ndarray, np.ndarray, Sequence[float]]]], list[dict]]
+
+__all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "TRAIN_SOURCE", "refinement_score",
+           "threshold_metrics", "tune_thresholds", "network_maps"]
+
+
+def refinement_score(metrics: dict) -> float:
+    """``(Dice + clDice) / 2 - 0.01 * Betti-0 error`` (a missing value counts 0)."""
+    dice = metrics.get("dice") or 0.0
+    cldice = metrics.get("cldice") or 0.0
+    return (float(dice) + float(cldice)) / 2 - B0_WEIGHT * float(metrics.get("b0_error") or 0)
+
+
+def threshold_metrics(labels: np.ndarray, reference: np.ndarray, spacing,
+                      reference_skeleton: np.ndarray | None = None) -> dict:
+    """Dice, clDice and the Betti-0 error of ``labels`` against ``reference``: the values
+    :func:`napari_tubular.topology.compute_metrics` gives (the same skeletons, 26-connected
+    components), without its Betti-1/2 numbers, surface distances and lengths.
+
+    ``reference_skeleton``: the hard skeleton of the whole reference when the caller has it
+    (a grid of thresholds shares it)."""
+    from scipy import ndimage
+
+    from napari_tubular.topology import bounding_box, hard_skeleton
+    from napari_tubular.topology.metrics import cldice_scores
+
+    p = np.asarray(labels) != 0
+    r = np.asarray(reference) != 0
+    box = bounding_box(p | r, margin=1)
+    if box is None:
+        return {"dice": 1.0, "cldice": 1.0, "b0_error": 0}
+    pc, rc = p[box], r[box]
+    n_p, n_r = int(np.count_nonzero(pc)), int(np.count_nonzero(rc))
+    dice = 2.0 * int(np.count_nonzero(pc & rc)) / (n_p + n_r)
+    sr = (hard_skeleton(rc, spacing) if reference_skeleton is None
+          else np.asarray(reference_skeleton, dtype=bool)[box])
+    cl, _, _ = cldice_scores(pc, rc, hard_skeleton(pc, spacing), sr)
+    full = np.ones((3, 3, 3), bool)
+    b0 = abs(int(ndimage.label(pc, structure=full)[1]) - int(ndimage.label(rc, structure=full)[1]))
+    return {"dice": float(dice), "cldice": float(cl), "b0_error": b0}
+
+
+def _reference_skeleton(reference: np.ndarray, spacing) -> np.ndarray:
+    """The reference's hard skeleton as :func:`compute_metrics` takes it (on its box)."""
+    from napari_tubular.topology import bounding_box, hard_skeleton
+
+    r = np.asarray(reference) != 0
+    out = np.zeros(r.shape, bool)
+    box = bounding_box(r, margin=1)
+    if box is not None:
+        out[box] = hard_skeleton(r[box], spacing)
+    return out
+
+
+def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID,
+                    tr_grid: Sequence[float] = TR_GRID,
+                    extra: Sequence[tuple[float, float]] = (), device: str = "cpu",
+                    metrics: MetricsFn | None = None,
+                    cancel: Callable[[], bool] | None = None) -> dict | None:
+    """The ``(T_p, T_r)`` of the grid (and ``extra`` pairs) with the best mean
+    :func:`refinement_score` over ``cases``.
+
+    Args:
+        cases: ``(probability, radius_mm, reference, spacing)`` per validation volume (an
+            iterable: a generator computes the network outputs of one volume at a time).
+        tp_grid, tr_grid: the grid; ``extra``: other pairs to score with it (the fallback
+            thresholds, a fine-tuned model's initial ones).
+        device: where the refinement runs ("cuda..." on CUDA, else numpy).
+        metrics: ``metrics(jobs) -> [dict]`` for ``jobs = [(labels, reference, spacing)]``
+            (one volume's grid at a time; e.g. a process pool); default
+            :func:`threshold_metrics`.
+        cancel: ``cancel() -> bool``, asked between volumes: True gives None.
+
+    Returns:
+        ``{"tp", "tr", "score", "scores": {"tp,tr": mean score}, "volumes": n}``; ties go to
+        the first pair in grid order. None when cancelled or without any volume.
+    """
+    from napari_tubular.geometry.refiner import Refiner
+
+    pairs = list(dict.fromkeys([(float(tp), float(tr)) for tp in tp_grid for tr in tr_grid]
+                               + [(float(tp), float(tr)) for tp, tr in extra]))
+    # a T_p outer loop: a new T_r re-thresholds the cached reconstruction
+    order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], pairs[i][1]))
+    dev = "cuda" if str(device).startswith("cuda") else "cpu"
+    scores: dict[tuple[float, float], list[float]] = {p: [] for p in pairs}
+    n = 0
+    for prob, radius, reference, spacing in cases:
+        if cancel is not None and cancel():
+            return None
+        refiner = Refiner(prob, radius, spacing, device=dev)
+        labels = {}
+        with warnings.catch_warnings():
+            # an empty pseudo-skeleton (T_p above every probability) is a grid point like any
+            warnings.simplefilter("ignore")
+            for i in order:
+                tp, tr = pairs[i]
+                labels[pairs[i]] = np.array(refiner.update(tp=tp, tr=tr).labels, dtype=bool)
+        del refiner
+        if metrics is None:
+            skeleton = _reference_skeleton(reference, spacing)
+            rows = [threshold_metrics(labels[p], reference, spacing, skeleton) for p in pairs]
+        else:
+            rows = metrics([(labels[p].astype(np.uint8), reference, spacing) for p in pairs])
+        for p, m in zip(pairs, rows):
+            scores[p].append(refinement_score(m))
+        n += 1
+    if not n:
+        return None
+    means = {p: float(np.mean(v)) for p, v in scores.items()}
+    best = max(pairs, key=lambda p: means[p])
+    return {"tp": best[0], "tr": best[1], "score": means[best],
+            "scores": {f"{tp:g},{tr:g}": v for (tp, tr), v in means.items()}, "volumes": n}
+
+
+def network_maps(net, cases, patch_size, device: str = "cpu", amp: bool = False,
+                 radius_calibration: dict | None = None):
+    """``(probability, radius_mm, label, spacing)`` of prepared validation cases (images
+    normalised, on the model's grid), one case at a time, as inference computes them: the
+    sliding window, the scale head's radius, the model's radius calibration, the one-voxel
+    radius spikes clipped."""
+    from napari_tubular.geometry.distance import clip_radius_spikes, radius_from_scale
+    from napari_tubular.inference import apply_radius_calibration, sliding_window_predict
+
+    cuda = str(device).startswith("cuda")
+    was_training = net.training
+    net.eval()
+    try:
+        for case in cases:
+            prob, scale, _ = sliding_window_predict(
+                case.image, net, tuple(patch_size), overlap=0.25,
+                batch_size=4 if cuda else 1, device=str(device), amp=bool(amp) and cuda)
+            prob = prob.cpu().numpy().astype(np.float32, copy=False)
+            radius = radius_from_scale(scale.cpu().numpy(), float(min(case.spacing)))
+            del scale
+            if radius_calibration:
+                radius = apply_radius_calibration(radius, radius_calibration)
+            radius = clip_radius_spikes(radius, prob >= 0.5, case.spacing)
+            yield prob, np.asarray(radius, dtype=np.float32), case.label > 0, case.spacing
+    finally:
+        net.train(was_training)

@@ -1,0 +1,210 @@
+"""The refinement thresholds T_p / T_r tuned on validation volumes: the core
+(:mod:`napari_tubular.training.tuning`), and ``train`` storing them where ``segment`` reads
+them (an outside review: a model of ``train`` always fell back to 0.9 / 0.5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.training import TrainConfig, train  # noqa: E402
+
+SMALL_SYN = {"pool_size": 2, "refresh_every": 0, "extent_mm": (30.0, 36.0),
+             "inplane_spacing": (0.9, 1.1)}
+
+
+def tiny_config(out, **kw) -> TrainConfig:
+    values = dict(
+        out=str(out), patch_size=(16, 16, 16), batch_size=2, steps=4,
+        model={"base_channels": 4, "depth": 2}, K=3, target_spacing=(1.0, 1.0, 1.0),
+        val_data=["synthetic"], val_cases=2, val_every=2, log_every=1, checkpoint_every=2,
+        synthetic=SMALL_SYN, augment=False, num_threads=1, device="cpu",
+    )
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def maps():
+    """Two generated volumes with a blurred, noisy probability map and EDT radii."""
+    from scipy import ndimage
+
+    from napari_tubular.geometry.distance import local_radius_mm
+    from napari_tubular.synthetic import make_vessel_tree
+
+    out = []
+    for seed in (3, 4):
+        case = make_vessel_tree((36, 40, 40), (1.0, 1.0, 1.0), seed=seed)
+        ref = case.mask > 0
+        rng = np.random.default_rng(seed)
+        prob = ndimage.gaussian_filter(ref.astype(np.float32), 1.0)
+        prob = np.clip(prob + rng.normal(0, 0.08, prob.shape), 0, 1).astype(np.float32)
+        out.append((prob, local_radius_mm(prob > 0.5, case.spacing).astype(np.float32), ref,
+                    case.spacing))
+    return out
+
+
+def test_threshold_metrics_are_compute_metrics_values(maps):
+    from napari_tubular.inference import refine_maps
+    from napari_tubular.topology import compute_metrics
+    from napari_tubular.training.tuning import threshold_metrics
+
+    prob, radius, ref, sp = maps[0]
+    for tp, tr in ((0.5, 0.3), (0.9, 0.5), (0.7, 0.85)):
+        labels, _ = refine_maps(prob, radius, sp, tp, tr)
+        full = compute_metrics(labels, ref, sp)
+        light = threshold_metrics(labels, ref, sp)
+        assert light == {k: full[k] for k in ("dice", "cldice", "b0_error")}
+    empty = np.zeros_like(ref)
+    assert threshold_metrics(empty, empty, sp) == {"dice": 1.0, "cldice": 1.0, "b0_error": 0}
+
+
+def test_tune_thresholds_picks_the_best_mean_score_of_the_refinement(maps):
+    """The grid's scores are those of the refinement of each pair from scratch (as the shipped
+    models' tuning measured them); the pair chosen has the best mean; extra pairs are scored."""
+    from napari_tubular.inference import refine_maps
+    from napari_tubular.topology import compute_metrics
+    from napari_tubular.training.tuning import refinement_score, tune_thresholds
+
+    res = tune_thresholds(maps, tp_grid=(0.5, 0.85), tr_grid=(0.3, 0.6), extra=[(0.9, 0.5)])
+    assert res["volumes"] == 2
+    assert set(res["scores"]) == {"0.5,0.3", "0.5,0.6", "0.85,0.3", "0.85,0.6", "0.9,0.5"}
+    for key, score in res["scores"].items():
+        tp, tr = (float(v) for v in key.split(","))
+        expected = np.mean([refinement_score(compute_metrics(refine_maps(p, r, sp, tp, tr)[0],
+                                                             ref, sp))
+                            for p, r, ref, sp in maps])
+        assert score == pytest.approx(expected)
+    assert res["score"] == max(res["scores"].values())
+    assert res["scores"][f"{res['tp']:g},{res['tr']:g}"] == res["score"]
+    # the script's metrics (a process pool there) take the place of the default ones
+    seen = []
+
+    def metrics(jobs):
+        seen.append(len(jobs))
+        return [compute_metrics(lab, ref, sp) for lab, ref, sp in jobs]
+
+    again = tune_thresholds(maps, tp_grid=(0.5, 0.85), tr_grid=(0.3, 0.6), metrics=metrics)
+    assert seen == [4, 4]
+    assert again["scores"] == pytest.approx(
+        {k: v for k, v in res["scores"].items() if k != "0.9,0.5"})
+    assert tune_thresholds(maps, cancel=lambda: True) is None
+    assert tune_thresholds([]) is None
+
+
+def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
+    """A run with validation chooses T_p / T_r on its validation volumes and stores them in
+    model.pt and best.pt (metrics.refine), where segment reads them; log.json and the last
+    progress line say what was chosen."""
+    from napari_tubular.inference import (
+        FALLBACK_TP,
+        FALLBACK_TR,
+        default_confidence_applies,
+        recommended_thresholds,
+        segment,
+    )
+    from napari_tubular.models import read_model_meta
+
+    out = tmp_path / "run"
+    lines: list[str] = []
+    best = train(tiny_config(out), progress=lambda d, t, m: lines.append(m))
+    assert best.name == "best.pt"
+    refine = read_model_meta(out / "model.pt")["metrics"]["refine"]
+    assert refine["source"] == "train validation"
+    assert refine["volumes"] == 2
+    assert refine["weights_step"] == 4
+    assert len(refine["scores"]) == 26  # the 5 x 5 grid and the fallback pair
+    assert refine["fallback"] == {"tp": FALLBACK_TP, "tr": FALLBACK_TR,
+                                  "score": refine["scores"]["0.9,0.5"]}
+    assert refine["score"] == max(refine["scores"].values())
+    for path in (out / "model.pt", best):
+        meta = read_model_meta(path)
+        assert recommended_thresholds(meta) == (refine["tp"], refine["tr"])
+        # the confidence filter's level was measured on the shipped model only
+        assert not default_confidence_applies(meta)
+    log = json.loads((out / "log.json").read_text())
+    assert log["refine"]["tuned"] is True
+    assert log["refine"]["model.pt"]["tp"] == refine["tp"]
+    done = lines[-1]
+    assert done.startswith("done: 4 steps")
+    assert (f"refinement thresholds tuned on 2 validation volume(s): T_p {refine['tp']:g}, "
+            f"T_r {refine['tr']:g}") in done
+    # segment takes them
+    from napari_tubular.synthetic import make_vessel_tree
+
+    case = make_vessel_tree((20, 20, 20), (1.0, 1.0, 1.0), seed=1)
+    res = segment(case.image, out / "model.pt", "cpu", partial_volume=None, large_vessels=False)
+    assert (res.report["parameters"]["tp"], res.report["parameters"]["tr"]) == (
+        refine["tp"], refine["tr"])
+    assert res.report["parameters"]["min_confidence"] is None
+    assert any("tuned by train" in m for m in res.report["messages"])
+
+
+def test_best_pt_of_an_earlier_step_gets_thresholds_of_its_own(tmp_path, monkeypatch):
+    """best.pt holds other weights than model.pt when a later validation scored lower: its
+    thresholds are tuned on its weights."""
+    from napari_tubular.models import read_model_meta
+    from napari_tubular.training import loop
+
+    scores = iter([0.9, 0.5, 0.4])
+    real = loop.validate
+
+    def validate(*args, **kwargs):
+        return {**real(*args, **kwargs), "score": next(scores)}
+
+    monkeypatch.setattr(loop, "validate", validate)
+    lines: list[str] = []
+    train(tiny_config(tmp_path / "run", steps=5, val_every=2),
+          progress=lambda d, t, m: lines.append(m))
+    best = read_model_meta(tmp_path / "run" / "best.pt")
+    final = read_model_meta(tmp_path / "run" / "model.pt")
+    assert best["training"]["steps"] == 2
+    assert best["metrics"]["refine"]["weights_step"] == 2
+    assert best["metrics"]["score"] == 0.9  # the rest of its meta is kept
+    assert final["metrics"]["refine"]["weights_step"] == 5
+    assert any(m.startswith("tuning the refinement thresholds T_p / T_r of best.pt")
+               for m in lines)
+    assert "; best.pt (step 2): T_p" in lines[-1]
+
+
+def test_a_fine_tuned_model_keeps_its_initial_thresholds_among_the_candidates(tmp_path):
+    from napari_tubular.models import load_model, read_model_meta, save_model
+
+    first = train(tiny_config(tmp_path / "a", steps=1, val_data=[]))
+    net, meta = load_model(first, "cpu")
+    meta.pop("path", None)
+    meta["metrics"] = {"refine": {"tp": 0.55, "tr": 0.45}}
+    init = save_model(tmp_path / "init.pt", net, meta)
+    train(tiny_config(tmp_path / "b", steps=2, init_model=str(init)))
+    refine = read_model_meta(tmp_path / "b" / "model.pt")["metrics"]["refine"]
+    assert refine["initial"] == {"tp": 0.55, "tr": 0.45, "score": refine["scores"]["0.55,0.45"],
+                                 "from": str(init)}
+    assert refine["score"] >= refine["initial"]["score"]
+
+
+def test_without_validation_the_thresholds_stay_and_the_run_says_so_once(tmp_path, capsys):
+    from napari_tubular.cli import main
+    from napari_tubular.models import read_model_meta
+
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"synthetic": SMALL_SYN, "augment": False}))
+    argv = ["train", str(cfg), "--synthetic", "--steps", "2", "--patch", "16", "16", "16",
+            "--base-channels", "4", "--depth", "2", "-K", "3", "--device", "cpu",
+            "--threads", "1", "--batch-size", "1"]
+    assert main([*argv, "--val-data", "none", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    note = ("refinement thresholds not tuned (no validation data): segment uses the fallback "
+            "T_p 0.9 / T_r 0.5")
+    assert err.count(note) == 1
+    assert "refine" not in read_model_meta(tmp_path / "a" / "model.pt")["metrics"]
+    log = json.loads((tmp_path / "a" / "log.json").read_text())
+    assert log["refine"] == {"tuned": False, "reason": "no validation data", "note": note}
+    # --no-tune: validation, no tuning
+    assert main([*argv, "--val-data", "synthetic", "--val-cases", "1", "--no-tune", "--out",
+                 str(tmp_path / "b")]) == 0
+    assert "not tuned (tune_thresholds is off)" in capsys.readouterr().err
+    assert "refine" not in read_model_meta(tmp_path / "b" / "model.pt")["metrics"]
