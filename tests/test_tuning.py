@@ -12,20 +12,14 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from napari_tubular.training import TrainConfig, train  # noqa: E402
-
-SMALL_SYN = {"pool_size": 2, "refresh_every": 0, "extent_mm": (30.0, 36.0),
-             "inplane_spacing": (0.9, 1.1)}
+from tests.test_training import SMALL_SYN  # noqa: E402
+from tests.test_training import tiny_config as training_config  # noqa: E402
 
 
 def tiny_config(out, **kw) -> TrainConfig:
-    values = dict(
-        out=str(out), patch_size=(16, 16, 16), batch_size=2, steps=4,
-        model={"base_channels": 4, "depth": 2}, K=3, target_spacing=(1.0, 1.0, 1.0),
-        val_data=["synthetic"], val_cases=2, val_every=2, log_every=1, checkpoint_every=2,
-        synthetic=SMALL_SYN, augment=False, num_threads=1, device="cpu",
-    )
-    values.update(kw)
-    return TrainConfig(**values)
+    """test_training's tiny run, with two synthetic validation volumes every 2 steps."""
+    return training_config(out, **{"val_data": ["synthetic"], "val_cases": 2, "val_every": 2,
+                                    **kw})
 
 
 @pytest.fixture(scope="module")
