@@ -447,7 +447,8 @@ def _slice_axis(spacing) -> int | None:
     return c if sp[c] >= THICK_SLICE_RATIO * float(np.delete(sp, c).min()) else None
 
 
-def _slice_gaps(mask: np.ndarray, spacing, axis: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+def _slice_gaps(mask: np.ndarray, lab: np.ndarray, n: int, spacing,
+                axis: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
     """The gaps between the dashes of a thin vessel on thick slices, in one mask.
 
     A vessel thinner than the slice spacing that runs obliquely to the slices shows in each slice
@@ -461,12 +462,13 @@ def _slice_gaps(mask: np.ndarray, spacing, axis: int) -> list[tuple[np.ndarray, 
     Gaps within one slice, or across a slice left empty, are none: a cut across a vessel stays
     a cut.
 
+    ``lab``, ``n``: the mask's 26-components and their number (the caller's, which it reuses).
+
     Returns:
         ``[(a, b, distance mm)]``: per pair of components with such voxels, the closest two
         (int (3,) voxel indices).
     """
     sp = np.asarray(spacing, dtype=np.float64)
-    lab, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
     if n < 2:
         return []
     pad = np.pad(mask, [(1, 1) if a == axis else (0, 0) for a in range(3)])
@@ -477,7 +479,6 @@ def _slice_gaps(mask: np.ndarray, spacing, axis: int) -> list[tuple[np.ndarray, 
     if len(coords) < 2:
         return []
     comp = lab[tuple(coords.T)]
-    del lab
     reach = float(np.sqrt(3.0) * sp[axis]) * (1.0 + 1e-9)
     pairs = cKDTree(coords * sp).query_pairs(reach, output_type="ndarray")
     if not len(pairs):
@@ -512,12 +513,13 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
     axis = _slice_axis(spacing)
     if axis is None:
         return pc, rc, False, False, 0
-    gaps = _slice_gaps(pc, spacing, axis) + _slice_gaps(rc, spacing, axis)
+    labelled = [cc3d.connected_components(m, connectivity=26, return_N=True) for m in (pc, rc)]
+    gaps = [gap for m, (lab, n) in zip((pc, rc), labelled)
+            for gap in _slice_gaps(m, lab, n, spacing, axis)]
     if not gaps:
         return pc, rc, False, False, 0
     out, total = [], 0
-    for m in (pc, rc):
-        lab = cc3d.connected_components(m, connectivity=26)
+    for m, (lab, _) in zip((pc, rc), labelled):
         best: dict[tuple[int, int], tuple[float, np.ndarray, np.ndarray]] = {}
         for a, b, dist in gaps:
             ca, cb = int(lab[tuple(a)]), int(lab[tuple(b)])
@@ -526,7 +528,6 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
             key = (min(ca, cb), max(ca, cb))
             if key not in best or dist < best[key][0]:
                 best[key] = (dist, a, b)
-        del lab
         if best:
             m = m.copy()
             for _dist, a, b in best.values():

@@ -739,9 +739,9 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     :data:`~.tuning.TR_GRID`, the fallback pair and a fine-tuned model's initial pair with the
     best mean score on the validation volumes (:func:`~.tuning.tune_thresholds`; the network
     runs once per volume), or None when cancelled."""
-    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
+    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR, TRAIN_TUNED_SOURCE
 
-    from .tuning import TP_GRID, TR_GRID, TRAIN_SOURCE, network_maps, tune_thresholds
+    from .tuning import TP_GRID, TR_GRID, network_maps, tune_thresholds
 
     if report:
         report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} on "
@@ -761,7 +761,7 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
         return {"tp": tp, "tr": tr, "score": round(res["scores"][f"{tp:g},{tr:g}"], 4)}
 
     out = {"tp": res["tp"], "tr": res["tr"], "score": round(res["score"], 4),
-           "source": TRAIN_SOURCE, "volumes": res["volumes"], "weights_step": step,
+           "source": TRAIN_TUNED_SOURCE, "volumes": res["volumes"], "weights_step": step,
            "score_is": "mean (Dice + clDice) / 2 - 0.01 x Betti-0 error",
            "grid": {"tp": list(TP_GRID), "tr": list(TR_GRID)},
            "fallback": scored(FALLBACK_TP, FALLBACK_TR),

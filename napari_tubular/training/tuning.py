@@ -17,23 +17,17 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from napari_tubular.inference import TRAIN_TUNED_SOURCE
-
 #: the grid of ``T_p`` / ``T_r`` (that of the shipped models' tuning)
 TP_GRID = (0.5, 0.6, 0.7, 0.85, 0.95)
 TR_GRID = (0.3, 0.5, 0.6, 0.7, 0.85)
 #: the score's cost of one Betti-0 error (a missing or extra connected component)
 B0_WEIGHT = 0.01
-#: the ``source`` of thresholds that :func:`napari_tubular.training.train` tuned on its own
-#: validation volumes (the confidence filter's default level, measured on the shipped model, is
-#: not applied to such a model: :func:`napari_tubular.inference.default_confidence_applies`)
-TRAIN_SOURCE = TRAIN_TUNED_SOURCE
 
 # (T_p, T_r) with the validation volumes' labels and spacing: one refinement's inputs
 Maps = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]
 MetricsFn = Callable[[list[tuple[np.ndarray, np.ndarray, Sequence[float]]]], list[dict]]
 
-__all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "TRAIN_SOURCE", "refinement_score",
+__all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "refinement_score",
            "threshold_metrics", "tune_thresholds", "network_maps"]
 
 
