@@ -65,7 +65,6 @@ __all__ = [
     "check_thresholds",
     "recommended_thresholds",
     "tuned_min_confidence",
-    "default_confidence_applies",
     "stored_with_ct_offset",
     "outside_air",
     "mask_radius",
@@ -1908,45 +1907,36 @@ def _tuned_by_train(meta: dict | None) -> bool:
     return _tuned_refinement(meta).get("source") == TRAIN_TUNED_SOURCE
 
 
-def default_confidence_applies(meta: dict | None) -> bool:
-    """Whether the confidence filter's default level applies to a model at all
-    (:func:`tuned_min_confidence` is not None): a model whose thresholds the project tuned (the
-    shipped models) or that a fine-tuned model inherited from such a model. Not a model of
-    ``train`` without tuned thresholds (an audit: one lost 4 of its 5 vessels to the filter,
-    Dice 0.86 -> 0.24), nor one whose thresholds ``train`` tuned on its own validation: that
-    tuning does not measure the filter's level."""
-    return tuned_min_confidence(meta) is not None
-
-
 UNTUNED_CONFIDENCE_NOTE = (
     "the model holds no tuned thresholds (a model of your own training?): the confidence "
     "filter's default level ({level:g}, measured on the shipped model, whose vessels reach it "
     "everywhere) is not applied to it; pass --min-confidence P to apply a level"
 )
 TRAIN_TUNED_CONFIDENCE_NOTE = (
-    "the model's thresholds were tuned by train on its validation volumes, the confidence "
-    "filter's default level ({level:g}) was measured on the shipped model only: it is not "
-    "applied; pass --min-confidence P to apply a level"
+    "the model's thresholds were tuned by an earlier train on its validation volumes, which "
+    "did not tune the confidence filter; its default level ({level:g}) was measured on the "
+    "shipped model only: it is not applied; pass --min-confidence P to apply a level"
 )
 
 
 FILTER_OFF_CONFIDENCE_NOTE = (
     "the confidence filter's default level ({level:g}) is off for this model: tuning on its "
-    "validation volumes found it lost vessels; pass --min-confidence P to apply a level"
+    "validation volumes found that no level helped; pass --min-confidence P to apply a level"
 )
 
 
 def tuned_min_confidence(meta: dict | None) -> float | None:
     """The confidence filter's default level for a model: None for a model without tuned
-    refinement settings; for one with them, their ``min_confidence`` (None when tuning on
-    validation volumes turned the filter off), None for thresholds ``train`` tuned (its tuning
-    does not measure the filter), or :data:`DEFAULT_MIN_CONFIDENCE` for a model tuned before
-    that key existed (the shipped model, on which the level was measured)."""
+    refinement settings; for one with them, their ``min_confidence`` (the level ``train`` chose
+    on its validation volumes; None when no level helped there), None for thresholds an
+    earlier ``train`` tuned without that key (it did not measure the filter), or
+    :data:`DEFAULT_MIN_CONFIDENCE` for a model tuned before that key existed (the shipped
+    model, on which the level was measured)."""
     tuned = _tuned_refinement(meta)
     if not tuned:
         return None
     if "min_confidence" not in tuned and _tuned_by_train(meta):
-        return None  # train's tuning does not measure the filter's level
+        return None  # a train of before session 28 did not measure the filter's level
     level = tuned.get("min_confidence", DEFAULT_MIN_CONFIDENCE)
     return None if level is None else float(level)
 

@@ -542,3 +542,31 @@ def test_batch_exit_status_1_when_some_pairs_fail_and_2_when_all_do(tmp_path, ca
     write(pdir / "case_1.nii.gz", pred[:-2])
     assert main(["evaluate", str(pdir), str(rdir)]) == 2
     assert "case_1: error:" in capsys.readouterr().err
+
+
+def test_thick_slice_joining_is_said_beside_the_metrics(tmp_path, capsys):
+    """On thick slices the error sites join the one-slice dashes of thin oblique vessels, the
+    metrics count the masks as they are: a bridge across a dashed ring is one site that closes
+    a loop while the Betti numbers see pieces; the output says why they differ."""
+    from .topology.test_errors_thick_slices import RING, corners, tubes
+    from .topology.test_errors_thick_slices import SPACING as THICK
+
+    p = corners(0.3)
+    ref = write(tmp_path / "r.nii.gz", tubes(p, RING).astype(np.uint8), THICK)
+    pred = write(tmp_path / "p.nii.gz", tubes(p, RING + [[4, 5]]).astype(np.uint8), THICK)
+    out = tmp_path / "m.json"
+    assert main(["evaluate", str(pred), str(ref), "--json", str(out), "--sites",
+                 str(tmp_path / "s.csv")]) == 0
+    text = capsys.readouterr().out
+    assert "closes a loop" in text
+    data = json.loads(out.read_text())
+    assert data["thick_slice_links"] > 0
+    assert (f"({data['thick_slice_links']} gap(s) between one-slice dashes of thin oblique "
+            "vessels joined across the thick slices") in text
+    assert "the metrics above count the masks as they are" in text
+    # an isotropic pair says nothing of it
+    iso_p, iso_r = case(1)
+    assert main(["evaluate", str(write(tmp_path / "ip.nii.gz", iso_p)),
+                 str(write(tmp_path / "ir.nii.gz", iso_r)), "--sites",
+                 str(tmp_path / "is.csv")]) == 0
+    assert "one-slice dashes" not in capsys.readouterr().out

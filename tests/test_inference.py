@@ -1272,7 +1272,14 @@ def test_the_confidence_filter_default_follows_the_models_tuning():
     assert tuned_min_confidence(off) is None
     assert tuned_min_confidence(on) == 0.99
     by_train = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "source": "train validation"}}}
-    assert tuned_min_confidence(by_train) is None  # train's tuning does not measure the level
+    assert tuned_min_confidence(by_train) is None  # an older train did not measure the level
+    by_train_since = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "source": "train validation",
+                                             "min_confidence": 0.9}}}
+    assert tuned_min_confidence(by_train_since) == 0.9  # the level train chose
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, by_train_since) == 0.9
+    notes = []
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, by_train, notes) is None
+    assert notes[0].startswith("the model's thresholds were tuned by an earlier train")
     notes = []
     assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, off, notes) is None
     assert len(notes) == 1

@@ -90,6 +90,51 @@ def test_tune_thresholds_picks_the_best_mean_score_of_the_refinement(maps):
     assert tune_thresholds([]) is None
 
 
+def _two_tubes(faint_is_vessel: bool):
+    """A bright tube (probability 1) and a faint one (0.8) running through the whole volume,
+    as ``tune_thresholds`` takes them; the faint one is in the reference or not."""
+    from napari_tubular.geometry.distance import local_radius_mm
+
+    zz, yy, xx = np.mgrid[:24, :32, :40]
+    bright = (yy - 10) ** 2 + (zz - 12) ** 2 <= 6
+    faint = (yy - 24) ** 2 + (zz - 12) ** 2 <= 6
+    prob = np.where(bright, 1.0, np.where(faint, 0.8, 0.02)).astype(np.float32)
+    ref = bright | faint if faint_is_vessel else bright
+    sp = (1.0, 1.0, 1.0)
+    return prob, local_radius_mm(prob > 0.5, sp).astype(np.float32), ref, sp
+
+
+@pytest.mark.parametrize("faint_is_vessel", [False, True])
+def test_tune_thresholds_chooses_the_confidence_filters_level(faint_is_vessel):
+    """The filter's level is chosen at the best pair on the labels after segment's clean-up:
+    a level that drops a false faint tube wins; one that drops a true faint vessel loses to the
+    filter off (which wins ties)."""
+    from napari_tubular.geometry.components import BLOB_RATIO, remove_specks_and_blobs
+    from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3, refine_maps
+    from napari_tubular.topology import compute_metrics
+    from napari_tubular.training.tuning import refinement_score, tune_thresholds
+
+    case = _two_tubes(faint_is_vessel)
+    res = tune_thresholds([case], tp_grid=(0.5, 0.7), tr_grid=(0.5,),
+                          confidence_levels=(0.9, 0.99, 0.9))
+    assert set(res["confidence_scores"]) == {"off", "0.9", "0.99"}
+    prob, radius, ref, sp = case
+    labels, _ = refine_maps(prob, radius, sp, res["tp"], res["tr"])
+    for key, score in res["confidence_scores"].items():
+        level = None if key == "off" else float(key)
+        cleaned = remove_specks_and_blobs(labels, sp, DEFAULT_MIN_SIZE_MM3, BLOB_RATIO, prob,
+                                          level)[0]
+        assert score == pytest.approx(refinement_score(compute_metrics(cleaned, ref, sp)))
+    if faint_is_vessel:
+        assert res["min_confidence"] is None
+        assert res["confidence_scores"]["0.9"] < res["confidence_scores"]["off"]
+    else:
+        assert res["min_confidence"] == 0.9  # both levels drop it; the first best is kept
+        assert res["confidence_scores"]["0.9"] > res["confidence_scores"]["off"]
+    # without levels, no choice is made
+    assert "min_confidence" not in tune_thresholds([case], tp_grid=(0.5,), tr_grid=(0.5,))
+
+
 def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
     """A run with validation chooses T_p / T_r on its validation volumes and stores them in
     model.pt and best.pt (metrics.refine), where segment reads them; log.json and the last
@@ -97,9 +142,9 @@ def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
     from napari_tubular.inference import (
         FALLBACK_TP,
         FALLBACK_TR,
-        default_confidence_applies,
         recommended_thresholds,
         segment,
+        tuned_min_confidence,
     )
     from napari_tubular.models import read_model_meta
 
@@ -118,8 +163,10 @@ def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
     for path in (out / "model.pt", best):
         meta = read_model_meta(path)
         assert recommended_thresholds(meta) == (refine["tp"], refine["tr"])
-        # the confidence filter's level was measured on the shipped model only
-        assert not default_confidence_applies(meta)
+        # the confidence filter's level chosen on the validation volumes, which segment uses
+        assert "min_confidence" in refine
+        assert tuned_min_confidence(meta) == refine["min_confidence"]
+    assert set(refine["confidence_scores"]) == {"off", "0.9", "0.99"}
     log = json.loads((out / "log.json").read_text())
     assert log["refine"]["tuned"] is True
     assert log["refine"]["model.pt"]["tp"] == refine["tp"]
@@ -134,8 +181,9 @@ def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
     res = segment(case.image, out / "model.pt", "cpu", partial_volume=None, large_vessels=False)
     assert (res.report["parameters"]["tp"], res.report["parameters"]["tr"]) == (
         refine["tp"], refine["tr"])
-    assert res.report["parameters"]["min_confidence"] is None
-    assert any("tuned by train" in m for m in res.report["messages"])
+    assert res.report["parameters"]["min_confidence"] == refine["min_confidence"]
+    level = refine["min_confidence"]
+    assert f"confidence filter {'off' if level is None else format(level, 'g')}" in done
 
 
 def test_best_pt_of_an_earlier_step_gets_thresholds_of_its_own(tmp_path, monkeypatch):
@@ -160,7 +208,8 @@ def test_best_pt_of_an_earlier_step_gets_thresholds_of_its_own(tmp_path, monkeyp
     assert best["metrics"]["refine"]["weights_step"] == 2
     assert best["metrics"]["score"] == 0.9  # the rest of its meta is kept
     assert final["metrics"]["refine"]["weights_step"] == 5
-    assert any(m.startswith("tuning the refinement thresholds T_p / T_r of best.pt")
+    assert any(m.startswith("tuning the refinement thresholds T_p / T_r of best.pt and its "
+                            "confidence filter's level")
                for m in lines)
     assert "; best.pt (step 2): T_p" in lines[-1]
 

@@ -275,7 +275,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 NOTES = ("intensities rescaled", "intensities fitted to the vessels", "dark tubes:",
          "the vessels' contrast over their background", "intensity fit to the vessels skipped",
          "enclosed cavities filled", "large vessels:", "the model holds no tuned thresholds",
-         "the confidence filter's default level", "the model's thresholds were tuned by train")
+         "the confidence filter's default level",
+         "the model's thresholds were tuned by an earlier train")
 
 
 #: names (before the extension) of files in an input folder that are not images: reference

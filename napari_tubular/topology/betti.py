@@ -23,7 +23,7 @@ import numpy as np
 from ..geometry._validate import refuse_nan_mask
 from ..geometry.components import bounding_box
 
-__all__ = ["betti_numbers", "euler_number", "bounding_box"]
+__all__ = ["betti_numbers", "component_count", "euler_number", "bounding_box"]
 
 
 def _euler_lut() -> np.ndarray:
@@ -110,6 +110,17 @@ def euler_number(mask: np.ndarray) -> int:
     return 0 if padded is None else _euler_of_padded(padded)
 
 
+def component_count(mask: np.ndarray) -> int:
+    """``b0`` of :func:`betti_numbers` alone: the number of 26-connected components (0 for an
+    empty mask), without the background labelling and the Euler number."""
+    padded = _padded_crop(_as_bool(mask))
+    return 0 if padded is None else _b0_of_padded(padded)
+
+
+def _b0_of_padded(padded: np.ndarray) -> int:
+    return int(cc3d.connected_components(padded, connectivity=26, return_N=True)[1])
+
+
 def betti_numbers(mask: np.ndarray) -> tuple[int, int, int]:
     """Betti numbers ``(b0, b1, b2)`` of a 3-D binary mask (26/6 connectivity).
 
@@ -125,7 +136,7 @@ def betti_numbers(mask: np.ndarray) -> tuple[int, int, int]:
     padded = _padded_crop(_as_bool(mask))
     if padded is None:
         return (0, 0, 0)
-    _, b0 = cc3d.connected_components(padded, connectivity=26, return_N=True)
+    b0 = _b0_of_padded(padded)
     # background components, 6-connected; the padding makes the outside one component
     # (uint8 view: cc3d labels it about 25% faster than the bool array)
     _, n_bg = cc3d.connected_components((~padded).view(np.uint8), connectivity=6, return_N=True)

@@ -741,11 +741,11 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     runs once per volume), or None when cancelled."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR, TRAIN_TUNED_SOURCE
 
-    from .tuning import TP_GRID, TR_GRID, network_maps, tune_thresholds
+    from .tuning import CONFIDENCE_GRID, TP_GRID, TR_GRID, network_maps, tune_thresholds
 
     if report:
-        report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} on "
-                     f"{len(val_cases)} validation volume(s)")
+        report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} and its "
+                     f"confidence filter's level on {len(val_cases)} validation volume(s)")
     t0 = time.perf_counter()
     extra = [(FALLBACK_TP, FALLBACK_TR)]
     initial = inherited.get("refine") or {}
@@ -753,7 +753,7 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
         extra.append((float(initial["tp"]), float(initial["tr"])))
     res = tune_thresholds(
         network_maps(net, val_cases, config.patch_size, device, config.amp, calibration),
-        extra=extra, device=str(device), cancel=cancel)
+        extra=extra, device=str(device), cancel=cancel, confidence_levels=CONFIDENCE_GRID)
     if res is None:
         return None
 
@@ -766,6 +766,10 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
            "grid": {"tp": list(TP_GRID), "tr": list(TR_GRID)},
            "fallback": scored(FALLBACK_TP, FALLBACK_TR),
            "scores": {k: round(v, 4) for k, v in res["scores"].items()},
+           # the confidence filter's level at T_p / T_r (None: off), scored on the labels
+           # after segment's clean-up of specks and blobs; segment reads it
+           "min_confidence": res["min_confidence"],
+           "confidence_scores": {k: round(v, 4) for k, v in res["confidence_scores"].items()},
            "time_s": round(time.perf_counter() - t0, 1)}
     if len(extra) > 1:
         out["initial"] = {**scored(*extra[1]), "from": initial.get("inherited_from")}
@@ -797,10 +801,12 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
     if tuned:
         note = (f"refinement thresholds tuned on {tuned['volumes']} validation volume(s): "
                 f"T_p {tuned['tp']:g}, T_r {tuned['tr']:g} (score {tuned['score']:.3f}; the "
-                f"fallback {FALLBACK_TP:g} / {FALLBACK_TR:g}: {tuned['fallback']['score']:.3f})")
+                f"fallback {FALLBACK_TP:g} / {FALLBACK_TR:g}: {tuned['fallback']['score']:.3f}), "
+                f"confidence filter {_level_text(tuned)}")
         if tuned_best is not None and tuned_best is not tuned:
             note += (f"; best.pt (step {tuned_best['weights_step']}): T_p {tuned_best['tp']:g}, "
-                     f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f})")
+                     f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f}), "
+                     f"confidence filter {_level_text(tuned_best)}")
         note += ", stored in the model file(s) for segment"
         return {"tuned": True, "model.pt": tuned, "best.pt": tuned_best, "note": note}
     initial = inherited.get("refine") or {}
@@ -811,6 +817,11 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
            "tune_thresholds is off" if not config.tune_thresholds else "cancelled")
     return {"tuned": False, "reason": why,
             "note": f"refinement thresholds not tuned ({why}): segment uses {uses}"}
+
+
+def _level_text(tuned: dict) -> str:
+    level = tuned.get("min_confidence")
+    return "off" if level is None else f"{level:g}"
 
 
 def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:

@@ -22,12 +22,15 @@ TP_GRID = (0.5, 0.6, 0.7, 0.85, 0.95)
 TR_GRID = (0.3, 0.5, 0.6, 0.7, 0.85)
 #: the score's cost of one Betti-0 error (a missing or extra connected component)
 B0_WEIGHT = 0.01
+#: the confidence filter's levels that ``train`` scores against the filter off (``segment``'s
+#: default level, measured on the shipped model, and a milder one)
+CONFIDENCE_GRID = (0.9, 0.99)
 
 # (T_p, T_r) with the validation volumes' labels and spacing: one refinement's inputs
 Maps = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]
 MetricsFn = Callable[[list[tuple[np.ndarray, np.ndarray, Sequence[float]]]], list[dict]]
 
-__all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "refinement_score",
+__all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "CONFIDENCE_GRID", "refinement_score",
            "threshold_metrics", "tune_thresholds", "network_maps"]
 
 
@@ -40,31 +43,17 @@ def refinement_score(metrics: dict) -> float:
 
 def threshold_metrics(labels: np.ndarray, reference: np.ndarray, spacing,
                       reference_skeleton: np.ndarray | None = None) -> dict:
-    """Dice, clDice and the Betti-0 error of ``labels`` against ``reference``: the values
-    :func:`napari_tubular.topology.compute_metrics` gives (the same skeletons, 26-connected
-    components), without its Betti-1/2 numbers, surface distances and lengths.
+    """Dice, clDice and the Betti-0 error of ``labels`` against ``reference``:
+    :func:`napari_tubular.topology.compute_metrics` with ``scores_only=True`` (no Betti-1/2
+    numbers, surface distances or lengths).
 
     ``reference_skeleton``: the hard skeleton of the whole reference when the caller has it
     (a grid of thresholds shares it)."""
-    from scipy import ndimage
+    from napari_tubular.topology import compute_metrics
 
-    from napari_tubular.topology import bounding_box, hard_skeleton
-    from napari_tubular.topology.metrics import cldice_scores
-
-    p = np.asarray(labels) != 0
-    r = np.asarray(reference) != 0
-    box = bounding_box(p | r, margin=1)
-    if box is None:
-        return {"dice": 1.0, "cldice": 1.0, "b0_error": 0}
-    pc, rc = p[box], r[box]
-    n_p, n_r = int(np.count_nonzero(pc)), int(np.count_nonzero(rc))
-    dice = 2.0 * int(np.count_nonzero(pc & rc)) / (n_p + n_r)
-    sr = (hard_skeleton(rc, spacing) if reference_skeleton is None
-          else np.asarray(reference_skeleton, dtype=bool)[box])
-    cl, _, _ = cldice_scores(pc, rc, hard_skeleton(pc, spacing), sr)
-    full = np.ones((3, 3, 3), bool)
-    b0 = abs(int(ndimage.label(pc, structure=full)[1]) - int(ndimage.label(rc, structure=full)[1]))
-    return {"dice": float(dice), "cldice": float(cl), "b0_error": b0}
+    m = compute_metrics(labels, reference, spacing, skeleton_ref=reference_skeleton,
+                        scores_only=True)
+    return {"dice": m["dice"], "cldice": m["cldice"], "b0_error": m["b0_error"]}
 
 
 def _reference_skeleton(reference: np.ndarray, spacing) -> np.ndarray:
@@ -83,7 +72,9 @@ def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID
                     tr_grid: Sequence[float] = TR_GRID,
                     extra: Sequence[tuple[float, float]] = (), device: str = "cpu",
                     metrics: MetricsFn | None = None,
-                    cancel: Callable[[], bool] | None = None) -> dict | None:
+                    cancel: Callable[[], bool] | None = None,
+                    confidence_levels: Sequence[float] = (),
+                    min_size_mm3: float | None = None) -> dict | None:
     """The ``(T_p, T_r)`` of the grid (and ``extra`` pairs) with the best mean
     :func:`refinement_score` over ``cases``.
 
@@ -97,10 +88,17 @@ def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID
             (one volume's grid at a time; e.g. a process pool); default
             :func:`threshold_metrics`.
         cancel: ``cancel() -> bool``, asked between volumes: True gives None.
+        confidence_levels: levels of ``segment``'s confidence filter to score at the chosen
+            pair against the filter off, each on the labels after ``segment``'s component
+            clean-up (:func:`~napari_tubular.geometry.components.remove_specks_and_blobs`:
+            specks under ``min_size_mm3``, default ``segment``'s, and blobs).
 
     Returns:
         ``{"tp", "tr", "score", "scores": {"tp,tr": mean score}, "volumes": n}``; ties go to
-        the first pair in grid order. None when cancelled or without any volume.
+        the first pair in grid order. With ``confidence_levels`` also ``"min_confidence"``
+        (the level with the best mean score at that pair, None for the filter off, which
+        wins ties) and ``"confidence_scores"`` (``{"off" or "level": mean score}``). None
+        when cancelled or without any volume.
     """
     from napari_tubular.geometry.refiner import Refiner
 
@@ -110,6 +108,8 @@ def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID
     order = sorted(range(len(pairs)), key=lambda i: (pairs[i][0], pairs[i][1]))
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
     scores: dict[tuple[float, float], list[float]] = {p: [] for p in pairs}
+    levels = [None, *dict.fromkeys(float(v) for v in confidence_levels)]
+    cleaned_scores: dict[tuple, list[float]] = {(p, lv): [] for p in pairs for lv in levels}
     n = 0
     for prob, radius, reference, spacing in cases:
         if cancel is not None and cancel():
@@ -123,20 +123,58 @@ def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID
                 tp, tr = pairs[i]
                 labels[pairs[i]] = np.array(refiner.update(tp=tp, tr=tr).labels, dtype=bool)
         del refiner
-        if metrics is None:
-            skeleton = _reference_skeleton(reference, spacing)
-            rows = [threshold_metrics(labels[p], reference, spacing, skeleton) for p in pairs]
-        else:
-            rows = metrics([(labels[p].astype(np.uint8), reference, spacing) for p in pairs])
-        for p, m in zip(pairs, rows):
-            scores[p].append(refinement_score(m))
+        skeleton = _reference_skeleton(reference, spacing) if metrics is None else None
+
+        def score_all(masks, reference=reference, spacing=spacing, skeleton=skeleton):
+            if metrics is None:
+                rows = [threshold_metrics(m, reference, spacing, skeleton) for m in masks]
+            else:
+                rows = metrics([(m.astype(np.uint8), reference, spacing) for m in masks])
+            return [refinement_score(m) for m in rows]
+
+        for p, v in zip(pairs, score_all([labels[p] for p in pairs])):
+            scores[p].append(v)
+        if len(levels) > 1:
+            _score_confidence_levels(labels, prob, spacing, levels, min_size_mm3, score_all,
+                                     cleaned_scores)
         n += 1
     if not n:
         return None
     means = {p: float(np.mean(v)) for p, v in scores.items()}
     best = max(pairs, key=lambda p: means[p])
-    return {"tp": best[0], "tr": best[1], "score": means[best],
-            "scores": {f"{tp:g},{tr:g}": v for (tp, tr), v in means.items()}, "volumes": n}
+    out = {"tp": best[0], "tr": best[1], "score": means[best],
+           "scores": {f"{tp:g},{tr:g}": v for (tp, tr), v in means.items()}, "volumes": n}
+    if len(levels) > 1:
+        at_best = {lv: float(np.mean(cleaned_scores[(best, lv)])) for lv in levels}
+        out["min_confidence"] = max(levels, key=lambda lv: at_best[lv])  # None wins ties
+        out["confidence_scores"] = {"off" if lv is None else f"{lv:g}": v
+                                    for lv, v in at_best.items()}
+    return out
+
+
+def _score_confidence_levels(labels: dict, prob, spacing, levels, min_size_mm3, score_all,
+                             cleaned_scores: dict) -> None:
+    """Append to ``cleaned_scores[(pair, level)]`` the score of each pair's labels after
+    ``segment``'s component clean-up with the confidence filter at each level (None: off). A
+    level that removes nothing more than the filter off is scored as the filter off."""
+    from napari_tubular.geometry.components import BLOB_RATIO, remove_specks_and_blobs
+
+    if min_size_mm3 is None:
+        from napari_tubular.inference import DEFAULT_MIN_SIZE_MM3 as min_size_mm3
+    for p, lab in labels.items():  # one pair at a time: a few masks in memory
+        off, n_off, _ = remove_specks_and_blobs(lab, spacing, min_size_mm3, BLOB_RATIO)
+        masks, keys = [off], [[None]]  # the levels each mask is scored for
+        for lv in levels[1:]:
+            cleaned, n, _ = remove_specks_and_blobs(lab, spacing, min_size_mm3, BLOB_RATIO,
+                                                    prob, lv)
+            if n == n_off:  # the filter removed nothing: the mask of the filter off
+                keys[0].append(lv)
+            else:
+                masks.append(cleaned)
+                keys.append([lv])
+        for group, v in zip(keys, score_all(masks)):
+            for lv in group:
+                cleaned_scores[(p, lv)].append(v)
 
 
 def network_maps(net, cases, patch_size, device: str = "cpu", amp: bool = False,

@@ -3,6 +3,7 @@ import pytest
 from skimage.measure import euler_number as sk_euler_number
 
 from napari_tubular.topology import betti_numbers, bounding_box, euler_number
+from napari_tubular.topology.betti import component_count
 
 from .shapes import hollow_sphere, ring_chain, torus, tree
 
@@ -44,6 +45,7 @@ def test_random_masks_match_gudhi_and_skimage():
         mask = rng.random(shape) < rng.uniform(0.15, 0.75)
         assert betti_numbers(mask) == gudhi_betti(mask)
         assert euler_number(mask) == sk_euler_number(np.pad(mask, 1), connectivity=3)
+        assert component_count(mask) == betti_numbers(mask)[0]
 
 
 def test_26_connectivity_and_touching_border():
@@ -51,6 +53,7 @@ def test_26_connectivity_and_touching_border():
     m = np.zeros((3, 3, 3), bool)
     m[0, 0, 0] = m[1, 1, 1] = True
     assert betti_numbers(m) == (1, 0, 0)
+    assert component_count(m) == 1
     # a box with a hole through it whose walls touch the array border
     box = np.ones((5, 6, 7), bool)
     box[:, 2:4, 3] = False
@@ -69,6 +72,7 @@ def test_diagonal_holes_do_not_connect_background():
 def test_empty_and_label_input():
     assert betti_numbers(np.zeros((4, 5, 6), np.uint8)) == (0, 0, 0)
     assert euler_number(np.zeros((4, 5, 6), bool)) == 0
+    assert component_count(np.zeros((4, 5, 6), bool)) == 0
     labels = torus().astype(np.uint16) * 7
     assert betti_numbers(labels) == (1, 1, 0)
 

@@ -124,6 +124,22 @@ def test_broken_torus_b1_error():
     assert out["tsens"] < 1.0
 
 
+def test_scores_only_gives_the_full_values_of_its_keys(rng):
+    """``scores_only`` (a threshold search's path) keeps the full call's Dice, clDice, tprec,
+    tsens and Betti-0 error, and skips the rest."""
+    t = torus()
+    cut = t.copy()
+    cut[:, :, 14:18] = False
+    cases = [(cut, t), (blobs(rng), blobs(rng)), (np.zeros_like(t), t), (t, np.zeros_like(t)),
+             (np.zeros_like(t), np.zeros_like(t))]
+    keys = ("dice", "cldice", "tprec", "tsens", "b0_error")
+    for pred, ref in cases:
+        full = compute_metrics(pred, ref, (1.0, 0.7, 0.7))
+        light = compute_metrics(pred, ref, (1.0, 0.7, 0.7), scores_only=True)
+        assert light == {k: full[k] for k in keys}
+    assert compute_metrics(cut, t, (1, 1, 1), scores_only=True)["b0_error"] == 1
+
+
 def test_centerline_length():
     sk = np.zeros((5, 5, 30), bool)
     sk[2, 2, 3:23] = True  # 20 voxels in a line: 19 steps
