@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -47,8 +48,12 @@ def skeleton_iterations(max_radius_mm: float, spacing) -> int:
         int >= 1, the radius in voxels along the finest axis, rounded up.
     """
     try:
-        sp = [float(spacing)] * 3 if isinstance(spacing, int | float) else [float(s) for s in spacing]
-    except TypeError as exc:
+        # one number: a Python or numpy scalar, or a 0-d array / tensor (an outside audit:
+        # np.float32(0.8), a voxel size read from an image header, was refused)
+        if isinstance(spacing, str | bytes):
+            raise TypeError
+        sp = [float(spacing)] * 3 if np.ndim(spacing) == 0 else [float(s) for s in spacing]
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"spacing must be 3 positive numbers (dz, dy, dx), got {spacing!r}") from exc
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be 3 positive numbers (dz, dy, dx), got {spacing!r}")

@@ -107,6 +107,20 @@ def test_matches_monai_value_and_gradient():
     assert torch.allclose(xa.grad, xb.grad, atol=1e-12)
 
 
+def test_skeleton_iterations_takes_numpy_and_tensor_scalars():
+    # an outside audit: a numpy scalar voxel size (np.float32 from an image header) was refused
+    import numpy as np
+    import torch
+
+    assert skeleton_iterations(3.0, np.float32(0.8)) == 4
+    assert skeleton_iterations(3.0, np.int64(1)) == 3
+    assert skeleton_iterations(2.0, np.array([2.0, 0.5, 0.5], np.float32)) == 4
+    assert skeleton_iterations(1.0, torch.tensor(0.5)) == 2
+    for bad in ("0.5", None, (1.0, 1.0), np.float64("nan")):
+        with pytest.raises(ValueError):
+            skeleton_iterations(1.0, bad)
+
+
 def test_skeleton_iterations_rule(tube):
     assert skeleton_iterations(6.0, (1.0, 1.0, 1.0)) == 6
     assert skeleton_iterations(2.0, (2.0, 0.5, 0.5)) == 4
