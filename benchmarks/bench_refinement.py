@@ -157,8 +157,12 @@ def make_case(size: int, spacing):
 
 
 def network_like_outputs(mask, spacing):
-    """A probability map peaking on the centreline (0.5 at the wall, 0.99 on the axis) and the
-    radius map (EDT + 0.2 voxel, mm): what a well-trained DDT network gives."""
+    """A probability map peaking on the centreline (0.5 at the wall, 0.99 on the axis) and a
+    radius map in mm: ``local_radius_mm`` (the largest EDT in each voxel's 3 x 3 x 3
+    neighbourhood + 0.1 voxel; an earlier text said EDT + 0.2 voxel). Off the axis it is about a
+    voxel above the voxel's own distance to the wall (the DDT target), so the dense case's
+    refined labels come out wider than the tube (Dice 0.87 / 0.90 at T_r = 0.25 / 0.5 at 256^3;
+    0.97 / 0.92 with EDT + 0.2: ``refiner.py``'s module docstring)."""
     from scipy import ndimage as ndi
 
     d = edt_mm(mask, spacing)

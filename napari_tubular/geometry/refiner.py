@@ -23,8 +23,13 @@ A single seed's kernel (sigma = r/3) crosses 0.5 at 0.39 r, so a thin skeleton u
 the SUM over a dense pseudo-skeleton (METHODS.md formula, kept as the default) widens it, and the
 3-sigma truncation (support = the ball of radius r) caps it at the hard union of balls, so it never
 overshoots by more than the radius error. Defaults: ``T_p = 0.9``, ``T_r = 0.25``, truncate = 3.
-On a 256^3 synthetic tree with a dense pseudo-skeleton (45k seeds) the Dice with the true mask is
-0.985 at ``T_r = 0.25`` and 0.957 at ``T_r = 0.5``.
+On ``benchmarks/bench_refinement.py``'s 256^3 synthetic tree with a dense pseudo-skeleton (44,990
+seeds) the Dice with the true mask is 0.967 at ``T_r = 0.25`` and 0.917 at ``T_r = 0.5`` with the
+radius map EDT + 0.2 voxel (the DDT target: each voxel's own distance to the wall), and 0.866 /
+0.901 with the benchmark's radius map (``local_radius_mm``, the largest EDT in the 3 x 3 x 3
+neighbourhood: about a voxel too wide off the axis, so the union of balls overshoots; labels 1.28
+times the tube's volume at ``T_r = 0.25``). Session 28, an outside audit; an earlier text read
+0.985 / 0.957, measured on session 1's tree and radius map, and no longer held.
 
 Radius bound (session 11): a seed's radius is capped at :data:`DEFAULT_RADIUS_BOUND` times the
 distance (mm, plus half a voxel) from the seed to the edge of the network's own mask
