@@ -65,7 +65,9 @@ class TrainConfig:
             Dice-clDice loss of the clDice paper, on the segmentation head), in [0, 1].
         cldice_warmup_steps: steps without clDice; ``None`` means ``cldice_warmup_fraction`` of
             the training progress. The weight then ramps linearly over ``cldice_ramp_fraction``.
-        cldice_iters: soft-skeleton iterations (at least the largest radius in voxels).
+        cldice_iters: soft-skeleton iterations: tubes more than about ``cldice_iters / 1.22``
+            voxels thick in radius keep no skeleton in the clDice term (5: about 4 voxels;
+            :func:`napari_tubular.losses.skeleton_iterations` gives the count for a radius).
         K: largest scale class (radius in voxels at the target spacing).
         model: keyword arguments of the model (``base_channels``, ``depth``, ...); default
             :data:`MODEL_DEFAULTS`. The options given (not those filled in by default) are
