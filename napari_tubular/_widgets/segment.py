@@ -85,20 +85,21 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
     return box
 
 
-def _confidence_filter_applies(prediction, messages=None) -> bool:
-    """Whether the confidence filter's default level applies to this prediction's model (the
-    one decision for a network run and for the live re-apply; a note goes to ``messages``)."""
+def _confidence_level(prediction, messages=None) -> float | None:
+    """The confidence filter's level for this prediction's model, None when it does not apply
+    (the one decision for a network run and for the live re-apply, as ``segment`` decides it:
+    :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``)."""
     from napari_tubular.inference import effective_min_confidence
 
-    return effective_min_confidence(DEFAULT_MIN_CONFIDENCE, prediction.meta, messages) is not None
+    return effective_min_confidence(DEFAULT_MIN_CONFIDENCE, prediction.meta, messages)
 
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
-                    probability=None):
+                    probability=None, min_confidence: float | None = DEFAULT_MIN_CONFIDENCE):
     """The refinement as ``segment`` writes it: the partial-volume boundary trim (``fraction``,
     from :func:`napari_tubular.inference.partial_volume_map`; None skips
     it), label components under ``min_size_mm3`` removed, components without a voxel of
-    ``probability`` >= the default confidence removed (None skips it), blob-like components
+    ``probability`` >= ``min_confidence`` removed (None skips it), blob-like components
     removed (``blobs``: :func:`napari_tubular.geometry.remove_blob_components` at the default
     ratio), and the pseudo-skeleton and the spheres kept where the labels are."""
     from napari_tubular.geometry import BLOB_RATIO, remove_specks_and_blobs
@@ -111,7 +112,7 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
         labels = trim_partial_volume(labels, fraction, DEFAULT_PARTIAL_VOLUME)
     labels, _, _ = remove_specks_and_blobs(labels, spacing, min_size_mm3,
                                            BLOB_RATIO if blobs else None, probability,
-                                           DEFAULT_MIN_CONFIDENCE)
+                                           min_confidence)
     keep = labels > 0
     skeleton = np.asarray(result.skeleton, dtype=np.uint8) & keep
     centers_mm = np.asarray(result.centers_mm, dtype=float).reshape(-1, 3)
@@ -298,7 +299,8 @@ class SegmentWidget(QWidget):
         self.confidence_check = _option(
             form, "drop components the network is unsure of", True,
             "drop label components without a voxel whose probability reaches "
-            f"{DEFAULT_MIN_CONFIDENCE:g} and smaller than {CONFIDENCE_MAX_MM3 / 1000:g} mL: "
+            f"{DEFAULT_MIN_CONFIDENCE:g} (or the level tuned for the model) and smaller than "
+            f"{CONFIDENCE_MAX_MM3 / 1000:g} mL: "
             "specks of soft-tissue texture, most of all on thick slices (segment "
             "--min-confidence)")
         self.confidence_check.toggled.connect(self._on_thresholds)
@@ -512,10 +514,10 @@ class SegmentWidget(QWidget):
             # toggling it changed nothing until the next Run)
             fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                     polarity)
-            sure = confident and _confidence_filter_applies(prediction, prediction.messages)
+            level = _confidence_level(prediction, prediction.messages) if confident else None
             result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
                                      fraction if trim_pv else None, blobs,
-                                     prediction.probability if sure else None)
+                                     prediction.probability if level else None, level)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
@@ -879,12 +881,13 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
-        sure = self.confidence_check.isChecked() and _confidence_filter_applies(self.prediction)
-        probability = self.prediction.probability if sure else None
+        level = (_confidence_level(self.prediction) if self.confidence_check.isChecked()
+                 else None)
+        probability = self.prediction.probability if level else None
 
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
-                                     blobs, probability)
+                                     blobs, probability, level)
             return result, _spheres(result, spacing)
 
         def returned(out):

@@ -611,6 +611,42 @@ def test_unsure_components_go_live(seg):
     assert counter.calls == 1
 
 
+def test_the_confidence_filter_takes_the_models_own_level(seg):
+    """A model whose level ``train`` tuned (``metrics.refine.min_confidence``) is filtered at
+    that level, as ``segment`` filters it, not at the default 0.99: with a level under every
+    component's peak nothing is dropped, where 0.99 drops the unsure components."""
+    import copy
+
+    import cc3d
+
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
+
+    viewer, widget, counter = seg
+    labels = _owned(viewer, "labels")
+    widget.confidence_check.setChecked(False)
+    widget.min_size_spin.setValue(0.0)
+    raw = labels.data.copy()
+    cc, n = cc3d.connected_components(raw, connectivity=26, return_N=True)
+    prob = widget.prediction.probability
+    peaks = np.array([prob[cc == k].max() for k in range(1, n + 1)])
+    assert (peaks < DEFAULT_MIN_CONFIDENCE).any()  # 0.99 would drop some
+    level = round(float(peaks.min()) - 0.01, 4)
+    assert 0.0 < level < DEFAULT_MIN_CONFIDENCE
+    meta = copy.deepcopy(widget.prediction.meta)
+    meta["metrics"] = {**(meta.get("metrics") or {}),
+                       "refine": {"tp": 0.9, "tr": 0.5, "source": "train validation",
+                                  "min_confidence": level}}
+    widget.prediction.meta = meta
+    widget.confidence_check.setChecked(True)
+    np.testing.assert_array_equal(labels.data, raw)
+    # the filter off by the model's tuning: nothing dropped either
+    meta["metrics"]["refine"]["min_confidence"] = None
+    widget.confidence_check.setChecked(False)
+    widget.confidence_check.setChecked(True)
+    np.testing.assert_array_equal(labels.data, raw)
+    assert counter.calls == 1
+
+
 def test_partial_volume_trim_goes_live(make_napari_viewer, vessel_case, predict_counter,
                                       monkeypatch):
     """An audit: 'trim partial-volume boundary voxels' changed nothing until the next Run (the
