@@ -585,15 +585,11 @@ def test_min_component_size_removes_specks_live(seg):
     assert counter.calls == 1
 
 
-def test_unsure_components_go_live(seg):
-    """Session 18: 'drop components the network is unsure of' (segment --min-confidence)
-    removes, without re-running the network, the components whose highest probability stays
-    under 0.99, and unchecking it brings them back."""
+def _unfiltered_components(viewer, widget):
+    """The run's labels layer, its data with the confidence and size filters off, its
+    26-connected components and each component's peak probability."""
     import cc3d
 
-    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
-
-    viewer, widget, counter = seg
     labels = _owned(viewer, "labels")
     widget.confidence_check.setChecked(False)
     widget.min_size_spin.setValue(0.0)
@@ -601,6 +597,17 @@ def test_unsure_components_go_live(seg):
     cc, n = cc3d.connected_components(raw, connectivity=26, return_N=True)
     prob = widget.prediction.probability
     peaks = np.array([prob[cc == k].max() for k in range(1, n + 1)])
+    return labels, raw, cc, peaks
+
+
+def test_unsure_components_go_live(seg):
+    """Session 18: 'drop components the network is unsure of' (segment --min-confidence)
+    removes, without re-running the network, the components whose highest probability stays
+    under 0.99, and unchecking it brings them back."""
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
+
+    viewer, widget, counter = seg
+    labels, raw, cc, peaks = _unfiltered_components(viewer, widget)
     assert peaks.max() >= DEFAULT_MIN_CONFIDENCE  # the model is sure of something
     unsure = np.isin(cc, 1 + np.flatnonzero(peaks < DEFAULT_MIN_CONFIDENCE))
     assert unsure.any()
@@ -617,18 +624,10 @@ def test_the_confidence_filter_takes_the_models_own_level(seg):
     component's peak nothing is dropped, where 0.99 drops the unsure components."""
     import copy
 
-    import cc3d
-
     from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
 
     viewer, widget, counter = seg
-    labels = _owned(viewer, "labels")
-    widget.confidence_check.setChecked(False)
-    widget.min_size_spin.setValue(0.0)
-    raw = labels.data.copy()
-    cc, n = cc3d.connected_components(raw, connectivity=26, return_N=True)
-    prob = widget.prediction.probability
-    peaks = np.array([prob[cc == k].max() for k in range(1, n + 1)])
+    labels, raw, _, peaks = _unfiltered_components(viewer, widget)
     assert (peaks < DEFAULT_MIN_CONFIDENCE).any()  # 0.99 would drop some
     level = round(float(peaks.min()) - 0.01, 4)
     assert 0.0 < level < DEFAULT_MIN_CONFIDENCE
