@@ -1097,3 +1097,18 @@ def test_segment_takes_8_bit_input_of_a_model_trained_on_8_bit_data(tmp_path, ca
     report = json.loads((tmp_path / "out" / "u8_report.json").read_text())
     assert report["parameters"]["intensity_rescale"] is None
     assert not any("rescaled" in m for m in report["messages"])
+
+
+def test_same_input_twice_is_named_as_such(tmp_path):
+    """The same file given twice (or by two spellings of its path) is not 'two inputs with one name'."""
+    from napari_tubular._cli.segment import plan_outputs
+
+    f = tmp_path / "a.nii.gz"
+    f.write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="given more than once"):
+        plan_outputs([f, tmp_path / "sub" / ".." / "a.nii.gz"], tmp_path / "o", False)
+    g = tmp_path / "sub" / "a.nii.gz"
+    g.write_bytes(b"")
+    with pytest.raises(ValueError, match="output name 'a'"):
+        plan_outputs([f, g], tmp_path / "o", False)
