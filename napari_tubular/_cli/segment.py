@@ -360,13 +360,6 @@ def output_paths(outdir: Path, name: str) -> dict[str, Path]:
     return {k: outdir / f"{name}{suffix}" for k, suffix in OUTPUT_SUFFIXES.items()}
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or a.samefile(b)
-    except OSError:
-        return False
-
-
 def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
                  skip_existing: bool = False, done: list[Path] | None = None,
                  redo: list[Path] | None = None) -> list[tuple[Path, dict]]:
@@ -377,12 +370,13 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
     segmented again, its existing files replaced (appended to ``redo``: an audit's batch was
     refused whole for one incomplete set, the new inputs with it)."""
     from ..io import volume_stem
+    from ._paths import _same
 
     plan = []
     seen: dict[str, Path] = {}
     for path in inputs:
         name = volume_stem(path)
-        if name in seen and _same_file(seen[name], path):
+        if name in seen and _same(seen[name], path):
             raise ValueError(
                 f"input {path} is given more than once (as {seen[name]} and {path}); "
                 "name each input once"
