@@ -1944,10 +1944,10 @@ def tuned_min_confidence(meta: dict | None) -> float | None:
 def effective_min_confidence(min_confidence, meta, messages=None):
     """The confidence filter's level for a model: the default level
     (:data:`DEFAULT_MIN_CONFIDENCE`) stands for the model's own (:func:`tuned_min_confidence`):
-    off, with a note, for a model without tuned thresholds (an audit: a model trained with
-    ``train`` lost 4 of its 5 vessels to it, Dice 0.86 -> 0.24), for one whose thresholds
-    ``train`` tuned (that tuning does not measure the filter's level) and for one whose tuning
-    turned it off; any other level as given."""
+    the level ``train`` chose for it; off, with a note, for a model without tuned thresholds
+    (an audit: a model trained with ``train`` lost 4 of its 5 vessels to it, Dice 0.86 ->
+    0.24), for one whose thresholds an earlier ``train`` tuned without measuring the filter's
+    level and for one whose tuning turned it off; any other level as given."""
     if min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE:
         level = tuned_min_confidence(meta)
         if level is None and messages is not None:

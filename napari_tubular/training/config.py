@@ -88,8 +88,9 @@ class TrainConfig:
             thresholds T_p / T_r of model.pt and best.pt on the validation volumes
             (:func:`napari_tubular.training.tuning.tune_thresholds`: the grid of the shipped
             models' tuning, the fallback 0.9 / 0.5 and a fine-tuned model's initial pair; the
-            network runs once per volume) and store them in the model files'
-            ``metrics.refine``, where ``segment`` and the viewer read them. Without validation
+            network runs once per volume), then the confidence filter's level at that pair
+            (off, 0.9 or 0.99), and store them in the model files' ``metrics.refine``, where
+            ``segment`` and the viewer read them. Without validation
             the thresholds stay the fallback (or the initial model's), and the run says so.
         checkpoint_every: write last.pt every N steps (and at the end / on cancel; 0: only
             then).
