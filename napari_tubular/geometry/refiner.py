@@ -51,6 +51,7 @@ from .spheres import (
     DEFAULT_TRUNCATE,
     RefineResult,
     _check_refine_inputs,
+    _kernel_sum,
     _refine_from_seeds,
     _resolve_device,
     soft_reconstruction,
@@ -59,6 +60,13 @@ from .spheres import (
 
 #: seed radii are capped at this multiple of (distance to the edge of ``P > 0.5`` + half a voxel)
 DEFAULT_RADIUS_BOUND = 1.5
+#: a ``T_p`` step that changes at most this fraction of the seeds adds (or subtracts) only
+#: their kernels to the cached ``Y_r`` instead of summing every seed again
+INCREMENTAL_MAX_FRACTION = 0.5
+#: after this many incremental steps in a row the next ``T_p`` step sums every seed again
+INCREMENTAL_MAX_STEPS = 32
+#: below this ``T_r`` the refiner keeps ``Y_r`` exact (no incremental steps)
+EXACT_TR = 1e-4
 
 
 class Refiner:
@@ -66,7 +74,13 @@ class Refiner:
 
     Keeps the probability map ``P`` and the radius map (mm) in memory, plus the last refined map
     ``Y_r``. :meth:`update` with a new ``tr`` only re-thresholds ``Y_r`` (a few ms at 256^3); a new
-    ``tp`` recomputes the pseudo-skeleton and the reconstruction (vectorised scatter, no network).
+    ``tp`` updates the pseudo-skeleton and scatters only the kernels of the seeds it adds (or
+    subtracts those it removes) into a copy of the cached ``Y_r`` (the sum is linear in the
+    seeds, and each seed's radius and weight depend on that seed alone): 0.07 s against 0.30 s
+    for summing all 45k seeds of a 256^3 tree (``benchmarks/bench_refinement.py``). A step that
+    changes over :data:`INCREMENTAL_MAX_FRACTION` of the seeds, the step after
+    :data:`INCREMENTAL_MAX_STEPS` incremental ones and any step at ``T_r`` below
+    :data:`EXACT_TR` sum every seed again (vectorised scatter, no network).
 
     Args:
         prob: float (Z, Y, X), foreground probability in [0, 1] (native grid).
@@ -99,9 +113,10 @@ class Refiner:
         self.radius_bound = (None if radius_bound is None
                              else check_threshold(radius_bound, "radius_bound", low=0.5, high=1e3))
         self._edge_mm: np.ndarray | None = None  # distance to the edge of P > 0.5 (lazy)
+        self._incremental_steps = 0  # T_p steps since the last whole reconstruction
 
-    def _seeds(self, tp: float):
-        """Seeds of ``P > tp`` from a cache of candidates sorted by probability (no volume scan)."""
+    def _candidates(self, tp: float) -> None:
+        """Cache the voxels of ``P > min(tp, 0.5)`` sorted by falling probability."""
         if self._cand is None or tp < self._cand_floor:
             floor = min(tp, 0.5)
             p = self.prob.ravel()
@@ -110,8 +125,17 @@ class Refiner:
             self._cand = cand[order]
             self._cand_negp = -p[self._cand]
             self._cand_floor = floor
-        count = int(np.searchsorted(self._cand_negp, -tp, side="left"))
-        flat = np.sort(self._cand[:count])
+
+    def _count(self, tp: float) -> int:
+        """How many voxels have ``P > tp`` (the cache must cover ``tp``)."""
+        return int(np.searchsorted(self._cand_negp, -tp, side="left"))
+
+    def _seed_params(self, flat: np.ndarray):
+        """Radius (mm, capped; module docstring) and weight ``p_u`` of the seeds at ``flat``.
+
+        Each seed's values depend on that seed alone, never on the other seeds: the kernel sum
+        is linear in the seeds, which is what lets a ``T_p`` step add or subtract only the
+        seeds it changes."""
         r = self.radius_mm.ravel()[flat]
         half = np.float32(0.5 * min(self.spacing))
         if self.radius_bound is not None and flat.size:
@@ -123,7 +147,51 @@ class Refiner:
             r = np.minimum(r, cap)
         r = np.maximum(r, half)
         w = self.prob.ravel()[flat]
+        return r, w
+
+    def _seeds(self, tp: float):
+        """Seeds of ``P > tp`` from a cache of candidates sorted by probability (no volume scan)."""
+        self._candidates(tp)
+        flat = np.sort(self._cand[: self._count(tp)])
+        r, w = self._seed_params(flat)
         return flat, r, w
+
+    def _step(self, new_tp: float, new_tr: float) -> RefineResult | None:
+        """``Y_r`` of the new ``T_p`` as the old one plus the kernels of the seeds the step adds
+        (minus those it removes), or None where a whole reconstruction is due: more than
+        :data:`INCREMENTAL_MAX_FRACTION` of the seeds change, :data:`INCREMENTAL_MAX_STEPS`
+        steps in a row were incremental (float32 rounding stays bounded), the new seed set is
+        empty (the full path warns), or ``T_r`` is below :data:`EXACT_TR` (where a rounding
+        residue of a removed kernel could pass the threshold)."""
+        old = self._result
+        if (old is None or self._incremental_steps >= INCREMENTAL_MAX_STEPS
+                or new_tr < EXACT_TR):
+            return None
+        self._candidates(min(new_tp, self._tp))
+        c_old, c_new = self._count(self._tp), self._count(new_tp)
+        lo, hi = min(c_old, c_new), max(c_old, c_new)
+        if c_new == 0 or hi - lo > INCREMENTAL_MAX_FRACTION * hi:
+            return None
+        shape = self.prob.shape
+        flat = np.sort(self._cand[:c_new])
+        r, w = self._seed_params(flat)
+        changed = np.sort(self._cand[lo:hi])
+        y = old.refined.ravel()
+        skel = old.skeleton.ravel().copy()
+        if changed.size:
+            dr, dw = self._seed_params(changed)
+            sign = np.float32(1.0 if c_new > c_old else -1.0)
+            y = y + _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate,
+                                self.device)
+            if c_new < c_old:
+                np.maximum(y, 0.0, out=y)  # rounding residues of removed kernels
+            skel[changed] = 1 if c_new > c_old else 0
+        y = y.reshape(shape)
+        centers = np.stack(np.unravel_index(flat, shape), axis=1) * np.asarray(self.spacing)[None, :]
+        self._incremental_steps += 1
+        return RefineResult(labels=(y > new_tr).view(np.uint8), skeleton=skel.reshape(shape),
+                            refined=y, centers_mm=centers, radii_mm=r, tp=new_tp, tr=new_tr,
+                            info={"incremental": True})
 
     @property
     def tp(self) -> float:
@@ -152,10 +220,17 @@ class Refiner:
         """
         new_tp = self._tp if tp is None else check_threshold(tp, "tp")
         new_tr = self._tr if tr is None else check_threshold(tr, "tr", high=1e6)
-        if self._result is None or new_tp != self._tp:
-            flat, r, w = self._seeds(new_tp)
-            self._result = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
-                                              new_tr, self.truncate, self.device)
+        stale = self._incremental_steps > 0 and new_tr < EXACT_TR
+        if self._result is None or new_tp != self._tp or stale:
+            step = None if stale else self._step(new_tp, new_tr)
+            if step is None:
+                flat, r, w = self._seeds(new_tp)
+                step = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
+                                          new_tr, self.truncate, self.device)
+                self._incremental_steps = 0
+            else:
+                flat = None  # the seeds' flat indices, recomputed when soft_shape asks
+            self._result = step
             for shared in (self._result.refined, self._result.skeleton,
                            self._result.centers_mm, self._result.radii_mm):
                 if isinstance(shared, np.ndarray):
@@ -177,6 +252,8 @@ class Refiner:
     def soft_shape(self) -> np.ndarray:
         """The unweighted soft reconstruction ``Y_s`` (all seed weights 1) for the current ``T_p``."""
         res = self._result if self._result is not None else self.update()
+        if self._flat is None:
+            self._flat = np.sort(self._cand[: self._count(self._tp)])
         seeds = np.stack(np.unravel_index(self._flat, self.prob.shape), axis=1)
         return soft_reconstruction(seeds, res.radii_mm / 3.0, None, self.prob.shape, self.spacing,
                                    truncate=self.truncate,

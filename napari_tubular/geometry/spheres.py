@@ -437,8 +437,17 @@ def _check_refine_inputs(prob, radius_mm, spacing):
     return p, r, sp
 
 
-def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> RefineResult:
+def _kernel_sum(flat, r, w, shape, spacing, truncate, device) -> np.ndarray:
+    """Flat float32 ``sum_u w_u * Gaussian(sigma_u = r_u / 3)`` truncated at ``truncate`` sigmas,
+    over the seeds at the flat indices ``flat`` (weights may be negative: the refiner subtracts
+    the seeds a ``T_p`` step removes)."""
     seeds = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
+    sig = r / np.float32(3.0)
+    return _accumulate(seeds, w, (0.5 / (sig * sig)).astype(np.float32),
+                       ((truncate * sig) ** 2).astype(np.float32), spacing, shape, "sum", device)
+
+
+def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> RefineResult:
     skel = np.zeros(int(np.prod(shape)), dtype=np.uint8)
     skel[flat] = 1
     skel = skel.reshape(shape)
@@ -446,12 +455,9 @@ def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> 
         warnings.warn(
             f"T_p={tp:g} leaves an empty pseudo-skeleton (no voxel has probability > T_p): the "
             "refined mask is empty; lower T_p.", EmptySkeletonWarning, stacklevel=3)
-    sig = r / np.float32(3.0)
-    y = _accumulate(seeds, w, (0.5 / (sig * sig)).astype(np.float32),
-                    ((truncate * sig) ** 2).astype(np.float32), spacing, shape, "sum", device)
-    y = y.reshape(shape)
+    y = _kernel_sum(flat, r, w, shape, spacing, truncate, device).reshape(shape)
     labels = (y > tr).view(np.uint8)
-    centers = seeds * np.asarray(spacing)[None, :]
+    centers = np.stack(np.unravel_index(flat, shape), axis=1) * np.asarray(spacing)[None, :]
     return RefineResult(labels=labels, skeleton=skel, refined=y, centers_mm=centers, radii_mm=r,
                         tp=tp, tr=tr)
 

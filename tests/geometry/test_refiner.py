@@ -153,3 +153,72 @@ def test_refiner_results_cannot_corrupt_its_cache(case):
         refine(prob, -radius, sp)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         refine(prob * 3, radius, sp)
+
+
+def _fresh(prob, radius, tp, tr):
+    return Refiner(prob, radius, SP, device="cpu").update(tp=tp, tr=tr)
+
+
+def test_small_tp_steps_update_the_cache_and_match_a_whole_reconstruction(case):
+    """A slider drag: each T_p step adds or subtracts only the kernels of the seeds it changes
+    (info['incremental']); after a run of such steps, up and down, the result is a fresh
+    refiner's at the same thresholds: the same skeleton, seeds and radii, Y_r to float32
+    rounding, and the labels wherever Y_r is not within rounding of T_r."""
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    ref.update(tp=0.80, tr=0.5)
+    rng = np.random.default_rng(3)
+    tps = np.clip(0.8 + np.cumsum(rng.normal(0, 0.01, 25)), 0.6, 0.95)
+    kinds = []
+    for tp in tps:
+        res = ref.update(tp=float(tp))
+        kinds.append(res.info.get("incremental", False))
+        fresh = _fresh(prob, radius, float(tp), 0.5)
+        np.testing.assert_array_equal(res.skeleton, fresh.skeleton)
+        np.testing.assert_array_equal(res.centers_mm, fresh.centers_mm)
+        np.testing.assert_array_equal(res.radii_mm, fresh.radii_mm)
+        np.testing.assert_allclose(res.refined, fresh.refined, atol=1e-5, rtol=1e-5)
+        near = np.abs(fresh.refined - 0.5) < 1e-4
+        np.testing.assert_array_equal(res.labels[~near], fresh.labels[~near])
+        assert res.refined.min() >= 0.0
+        assert not res.refined.flags.writeable
+    assert sum(kinds) >= 20  # the steps were incremental, not whole reconstructions
+    # the points and the unweighted soft shape follow the incremental seed set
+    pts, r = ref.points()
+    np.testing.assert_array_equal(pts, ref.result.centers_mm)
+    ys = ref.soft_shape()
+    fresh_ref = Refiner(prob, radius, SP, device="cpu")
+    fresh_ref.update(tp=ref.tp, tr=0.5)
+    np.testing.assert_allclose(ys, fresh_ref.soft_shape(), atol=1e-5)
+
+
+def test_removed_seeds_leave_no_residue_at_a_tiny_tr(case):
+    """Subtracting a removed seed's kernel leaves float32 rounding where nothing else reaches;
+    a T_r below EXACT_TR must not label those voxels: the refiner sums every seed again."""
+    from napari_tubular.geometry.refiner import EXACT_TR
+
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    ref.update(tp=0.7, tr=0.5)
+    assert ref.update(tp=0.75).info.get("incremental")
+    tiny = EXACT_TR / 10
+    res = ref.update(tr=tiny)
+    assert not res.info.get("incremental")
+    fresh = _fresh(prob, radius, 0.75, tiny)
+    np.testing.assert_array_equal(res.labels, fresh.labels)
+    res = ref.update(tp=0.8)  # and T_p steps at that T_r stay exact
+    assert not res.info.get("incremental")
+    np.testing.assert_array_equal(res.labels, _fresh(prob, radius, 0.8, tiny).labels)
+
+
+def test_large_tp_jumps_and_long_drags_sum_every_seed_again(case):
+    from napari_tubular.geometry.refiner import INCREMENTAL_MAX_STEPS
+
+    _, prob, radius = case
+    ref = Refiner(prob, radius, SP, device="cpu")
+    ref.update(tp=0.95, tr=0.5)
+    assert not ref.update(tp=0.55).info.get("incremental")  # most seeds change
+    steps = [ref.update(tp=0.55 + 0.001 * ((i % 2) + 1)).info.get("incremental", False)
+             for i in range(INCREMENTAL_MAX_STEPS + 1)]
+    assert all(steps[:INCREMENTAL_MAX_STEPS])
+    assert not steps[-1]
