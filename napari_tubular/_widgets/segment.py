@@ -146,14 +146,18 @@ def device_summary() -> str:
     return f"GPU: {name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
 
 
-def release_gpu_memory() -> None:
-    """Return cached CUDA blocks to the driver (no-op without CUDA or torch loaded)."""
+def release_gpu_memory() -> int | None:
+    """Return cached CUDA blocks to the driver; the bytes the CUDA cache gave back, or None
+    without CUDA (or with torch not loaded)."""
     import sys
 
     torch = sys.modules.get("torch")
     gc.collect()
     if torch is not None and torch.cuda.is_available():
+        before = torch.cuda.memory_reserved()
         torch.cuda.empty_cache()
+        return max(0, before - torch.cuda.memory_reserved())
+    return None
 
 
 class SegmentWidget(QWidget):
@@ -650,10 +654,17 @@ class SegmentWidget(QWidget):
             self.status.setText("cancelling...")
 
     def free_memory(self) -> None:
-        """Drop the cached models and empty the CUDA cache."""
+        """Drop the cached models and empty the CUDA cache; the status line says what that did
+        (an audit: on a machine without CUDA the button gave no sign of having done anything)."""
+        n_models = len(self._models)
         self._models.clear()
-        release_gpu_memory()
+        freed = release_gpu_memory()
         self.refresh_device_info()
+        models = f"{n_models} cached model{'s' if n_models != 1 else ''} dropped"
+        if freed is None:
+            self.status.setText(f"{models}; no CUDA GPU here, so no GPU memory to free")
+        else:
+            self.status.setText(f"{models}; the CUDA cache gave back {freed / 2**20:.0f} MiB")
 
     def _on_progress(self, done: int, total: int, message: str) -> None:
         self.progress_bar.setRange(0, total)

@@ -1012,3 +1012,19 @@ def test_a_chosen_device_is_the_next_sessions_default_without_a_run(make_napari_
     widget.device_combo.setCurrentText("cpu")
     assert load_settings().device == "cpu"
     assert SegmentWidget(viewer).device_combo.currentText() == "cpu"
+
+
+def test_free_gpu_memory_says_what_it_did_without_cuda(seg, monkeypatch):
+    """A session-28 audit: on a machine without CUDA the "Free GPU memory" button gave no sign
+    of having done anything; it now says how many cached models it dropped and that there is no
+    GPU memory to free."""
+    import torch
+
+    _viewer, widget, _counter = seg
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    widget._models[("default", "cpu")] = ("net", {})
+    widget.free_memory()
+    assert not widget._models
+    text = widget.status.text()
+    assert "1 cached model dropped" in text
+    assert "no CUDA GPU" in text
