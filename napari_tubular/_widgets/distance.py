@@ -263,6 +263,11 @@ class DistanceMapWidget(QWidget):
         if (event.type() == QEvent.Type.ParentChange and self.parent() is None
                 and cancel_running(self._job)):
             self.status.setText("cancelled: the panel was closed")
+            # said where the user is looking: the panel and its status line are gone (an
+            # audit: a Compute closed mid-way vanished without a word)
+            from napari.utils.notifications import show_info
+
+            show_info("Distance maps cancelled: the Distance maps panel was closed.")
         return super().event(event)
 
     def _failed(self, exc: BaseException) -> None:

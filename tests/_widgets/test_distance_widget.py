@@ -194,7 +194,10 @@ def test_full_mask_stale_maps_and_merged_labels(make_napari_viewer, monkeypatch)
 
 
 def test_closing_the_panel_discards_a_running_compute(tube_viewer, qtbot, monkeypatch):
-    """An audit: map layers were added 25 s after the panel was closed."""
+    """An audit: map layers were added 25 s after the panel was closed; and the compute then
+    ended without a word where the user could see it (the panel's status line was gone)."""
+    from napari.utils import notifications
+
     from napari_tubular.geometry import distance as gd
 
     from .conftest import held_call
@@ -207,12 +210,15 @@ def test_closing_the_panel_discards_a_running_compute(tube_viewer, qtbot, monkey
     widget.run()
     assert started.wait(10)
     n_layers = len(viewer.layers)
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
     viewer.window.remove_dock_widget(dock)
     release.set()
     qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
     assert not widget.maps
+    assert any("panel was closed" in text for text in shown)
 
 
 def test_branch_table_follows_the_keyboard(make_napari_viewer):
