@@ -141,9 +141,6 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
     import cc3d
     from scipy.ndimage import find_objects
 
-    from ..topology.metrics import mask_centerline_length_mm
-    from .distance import edt_mm
-
     m = check_mask(mask)
     sp = check_spacing(spacing)
     if not np.isfinite(ratio) or ratio < 0:
@@ -156,10 +153,24 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
         return out, []
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = 0
+    removed = _remove_blobs(out, labels, sizes, enumerate(find_objects(labels), start=1), sp,
+                            ratio)
+    return out, removed
+
+
+def _remove_blobs(out: np.ndarray, labels: np.ndarray, sizes: np.ndarray, boxes, sp,
+                  ratio: float) -> list:
+    """:func:`remove_blob_components`' test of each component ``k`` of ``labels`` (0: none)
+    with its voxel count ``sizes[k]`` and box (``boxes``: ``(k, slices or None)`` pairs);
+    blobs are zeroed in ``out`` (uint8, in place) and described in the list returned."""
+    from ..topology.metrics import mask_centerline_length_mm
+    from .distance import edt_mm
+
+    m_shape = labels.shape
     largest = int(np.argmax(sizes))
     voxel_mm3 = float(np.prod(sp))
     removed = []
-    for k, box in enumerate(find_objects(labels), start=1):
+    for k, box in boxes:
         if box is None or k == largest:
             continue
         volume = float(sizes[k]) * voxel_mm3
@@ -169,14 +180,14 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
         # the component in its box grown by a voxel except at the volume's faces: it touches
         # the crop's edge exactly where it touches a face of the volume (extended there)
         grown = tuple(slice(max(sl.start - 1, 0), min(sl.stop + 1, n_ax))
-                      for sl, n_ax in zip(box, m.shape))
+                      for sl, n_ax in zip(box, m_shape))
         comp = labels[grown] == k
         radius = float(edt_mm(np.pad(comp, 1), sp).max())
         if radius < BLOB_MIN_RADIUS_VOX * min(sp):
             continue
         if _has_neighbour(labels, k, box, sp):  # cheaper than the length: asked first
             continue
-        at_face = any(sl.start == 0 or sl.stop == n_ax for sl, n_ax in zip(box, m.shape))
+        at_face = any(sl.start == 0 or sl.stop == n_ax for sl, n_ax in zip(box, m_shape))
         extents = principal_extents_mm(comp, sp)
         diameters = float(extents[-1] / extents[0])
         length = mask_centerline_length_mm(comp, sp)
@@ -188,7 +199,7 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
             centre = (np.argwhere(comp).mean(axis=0) + offset).tolist()
             removed.append({"volume_mm3": volume, "centerline_mm": length,
                             "diameters": diameters, "centroid_vox": centre})
-    return out, removed
+    return removed
 
 
 def _principal_frame(comp: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
@@ -329,6 +340,29 @@ def fill_cavities(mask, spacing, stats: dict | None = None) -> np.ndarray:
     return out
 
 
+def _boxes(fg: np.ndarray, fg_labels: np.ndarray, shape, ids: np.ndarray):
+    """``(k, box)`` for each label ``k`` of ``ids``: the slices of the smallest box holding
+    its voxels (``fg``: flat indices, ``fg_labels``: their labels), from the foreground voxels
+    alone (``scipy.ndimage.find_objects`` scans the whole volume)."""
+    ids = np.asarray(ids, dtype=np.int64)
+    wanted = np.zeros(int(max(fg_labels.max(initial=0), ids.max(initial=0))) + 1, dtype=bool)
+    wanted[ids] = True
+    sel = np.flatnonzero(wanted[fg_labels])  # the voxels of the components asked for only
+    order = sel[np.argsort(fg_labels[sel], kind="stable")]
+    lab = fg_labels[order]
+    coords = np.stack(np.unravel_index(fg[order], shape), axis=1)
+    starts = np.searchsorted(lab, ids, side="left")
+    stops = np.searchsorted(lab, ids, side="right")
+    present = stops > starts
+    lo = np.zeros((ids.size, 3), dtype=np.int64)
+    hi = np.zeros((ids.size, 3), dtype=np.int64)
+    if present.any():  # each segment of ``lab`` holds exactly one component
+        lo[present] = np.minimum.reduceat(coords, starts[present], axis=0)
+        hi[present] = np.maximum.reduceat(coords, starts[present], axis=0)
+    for k, a, b, ok in zip(ids.tolist(), lo, hi, present):
+        yield k, (tuple(slice(int(u), int(v) + 1) for u, v in zip(a, b)) if ok else None)
+
+
 def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: float | None,
                             probability=None, min_confidence: float | None = None,
                             stats: dict | None = None):
@@ -339,18 +373,64 @@ def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: floa
     :data:`CONFIDENCE_MAX_MM3` and more; ``stats`` (a dict) receives its ``removed`` and
     ``removed_mm3``.
 
+    The same result as those four functions one after the other, from one labelling of the
+    filled mask: each step removes whole components, so the components the next step sees
+    are the labels still kept (the viewer runs this at every slider move; four labellings, a
+    whole-volume count and ``find_objects`` took 0.23 s of a 256^3 step, session 29).
+
     Returns:
         ``(cleaned uint8 mask, number of specks and unconfident components removed, removed
         blobs)``.
     """
-    labels, n_specks = remove_small_components(fill_cavities(mask, spacing, stats), spacing,
-                                               min_size_mm3)
-    if probability is not None and min_confidence:
-        labels, n_unsure = remove_unconfident_components(labels, probability, min_confidence,
-                                                         spacing, CONFIDENCE_MAX_MM3, stats)
-        n_specks += n_unsure
-    blobs: list = []
-    if blob_ratio:
-        labels, blobs = remove_blob_components(labels, spacing, blob_ratio)
-    return labels, n_specks, blobs
+    filled = fill_cavities(mask, spacing, stats)
+    sp = check_spacing(spacing)
+    if not np.isfinite(min_size_mm3) or min_size_mm3 < 0:
+        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3}")
+    confident = probability is not None and bool(min_confidence)
+    if confident:
+        p = np.asarray(probability)
+        check_same_shape(filled, p, "mask", "probability")
+        if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
+            raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+        if stats is not None:
+            stats.update(removed=0, removed_mm3=0.0)
+    if blob_ratio is not None and (not np.isfinite(blob_ratio) or blob_ratio < 0):
+        raise ValueError(f"blob ratio must be a finite number >= 0, got {blob_ratio}")
+    if not filled.any():
+        return filled.astype(np.uint8), 0, []
+    import cc3d
 
+    labels, n = cc3d.connected_components(filled.view(np.uint8), connectivity=26, return_N=True)
+    labels = np.ascontiguousarray(labels)  # written through ravel() below
+    fg = np.flatnonzero(filled)
+    fg_labels = labels.ravel()[fg]
+    voxel = float(np.prod(sp))
+    sizes = np.bincount(fg_labels, minlength=n + 1)
+    keep = np.ones(n + 1, dtype=bool)
+    if min_size_mm3 > 0:
+        keep = sizes * voxel >= float(min_size_mm3)
+        keep[0] = True
+    n_removed = int(n - keep[1:].sum())
+    if confident and keep[1:].any():
+        peak = np.full(n + 1, -np.inf)
+        np.maximum.at(peak, fg_labels, p.ravel()[fg].astype(np.float64))
+        peak[~keep] = -np.inf
+        if float(peak.max()) >= min_confidence:
+            unsure = keep & (peak < min_confidence) & (sizes * voxel < CONFIDENCE_MAX_MM3)
+            unsure[0] = False
+            if stats is not None:
+                stats.update(removed=int(unsure.sum()),
+                             removed_mm3=float((sizes * voxel)[unsure].sum()))
+            keep &= ~unsure
+            n_removed += int(unsure.sum())
+    out = _kept(filled, fg, fg_labels, keep)
+    blobs: list = []
+    ids = np.flatnonzero(keep[1:]) + 1
+    if blob_ratio and ids.size >= 2:
+        if not keep.all():
+            labels.ravel()[fg[~keep[fg_labels]]] = 0
+        left = np.where(keep, sizes, 0)
+        left[0] = 0
+        blobs = _remove_blobs(out, labels, left, _boxes(fg, fg_labels, filled.shape, ids), sp,
+                              blob_ratio)
+    return out, n_removed, blobs

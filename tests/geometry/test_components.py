@@ -288,3 +288,70 @@ def test_enclosed_cavities_are_filled_before_the_clean_up():
     # a ring's hole reaches the outside: not a cavity
     ring = ((np.hypot(yy - 19.5, xx - 19.5) - 12) ** 2 + (zz - 40) ** 2) <= 9
     np.testing.assert_array_equal(fill_cavities(ring, sp) > 0, ring)
+
+
+def _random_scene(rng, shape, sp):
+    """Balls (blob candidates, some hollow), tubes, specks and plates at random places, some
+    against the faces, with a random probability map."""
+    from napari_tubular.geometry import union_of_balls
+
+    m = np.zeros(shape, bool)
+    zz, yy, xx = np.indices(shape)
+    for _ in range(rng.integers(2, 6)):  # balls, a few hollow
+        c = rng.uniform(0, 1, 3) * (np.array(shape) - 1)
+        r = rng.uniform(2.0, 7.0)
+        d = np.sqrt(((zz - c[0]) * sp[0]) ** 2 + ((yy - c[1]) * sp[1]) ** 2
+                    + ((xx - c[2]) * sp[2]) ** 2)
+        m |= (d <= r) & ~((d <= r / 3) & (rng.random() < 0.3))
+    for _ in range(rng.integers(1, 4)):  # tubes: a line of balls
+        a, b = (rng.uniform(0, 1, 3) * (np.array(shape) - 1) for _ in range(2))
+        pts = np.rint(a + np.linspace(0, 1, 40)[:, None] * (b - a)).astype(int)
+        m |= union_of_balls(pts, rng.uniform(0.8, 3.0), shape, sp)
+    specks = rng.integers(0, np.array(shape), (rng.integers(5, 30), 3))
+    m[tuple(specks.T)] = True
+    if rng.random() < 0.5:  # a plate
+        z = rng.integers(0, shape[0])
+        m[z, 5:20, 5:30] = True
+    p = np.clip(rng.normal(0.97, 0.04, shape), 0, 1).astype(np.float32)
+    p[rng.random(shape) < 0.002] = 1.0
+    return m, p
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_fused_clean_up_equals_the_four_steps_one_after_the_other(seed):
+    """Session 29: remove_specks_and_blobs labels the filled mask once and applies the speck,
+    confidence and blob tests to those labels; it must give exactly what fill_cavities,
+    remove_small_components, remove_unconfident_components and remove_blob_components give one
+    after the other (each relabelling what the step before left)."""
+    from napari_tubular.geometry import (
+        BLOB_RATIO,
+        fill_cavities,
+        remove_blob_components,
+        remove_small_components,
+        remove_specks_and_blobs,
+        remove_unconfident_components,
+    )
+    from napari_tubular.geometry.components import CONFIDENCE_MAX_MM3
+
+    rng = np.random.default_rng(seed)
+    sp = [(1.0, 1.0, 1.0), (2.0, 0.7, 0.7), (0.8, 0.8, 0.8)][seed % 3]
+    m, p = _random_scene(rng, (40, 48, 52), sp)
+    min_size = [0.0, 5.0, 20.0, 300.0][seed % 4]
+    level = [None, 0.99, 0.999][seed % 3]
+    ratio = [BLOB_RATIO, None, BLOB_RATIO, 1.5][seed % 4]
+    s_ref, s_new = {}, {}
+    ref = fill_cavities(m, sp, s_ref)
+    ref, n_ref = remove_small_components(ref, sp, min_size)
+    if level:
+        ref, n_unsure = remove_unconfident_components(ref, p, level, sp, CONFIDENCE_MAX_MM3, s_ref)
+        n_ref += n_unsure
+    blobs_ref = []
+    if ratio:
+        ref, blobs_ref = remove_blob_components(ref, sp, ratio)
+    out, n_out, blobs_out = remove_specks_and_blobs(m, sp, min_size, ratio, p, level, s_new)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, ref)
+    assert n_out == n_ref
+    assert s_new == s_ref
+    assert sorted(blobs_out, key=lambda d: d["centroid_vox"]) == sorted(
+        blobs_ref, key=lambda d: d["centroid_vox"])
