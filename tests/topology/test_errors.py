@@ -84,6 +84,22 @@ def test_empty_prediction_misses_everything():
     np.testing.assert_array_equal(rep.labels == 4, ref)
 
 
+def test_prediction_filling_the_volume_is_not_error_free():
+    # an outside judge: a prediction filling the whole volume (a threshold below every value)
+    # against a thin vessel had no error site at the default tolerance: its skeleton was a
+    # 2.5 mm stub across the 7 x 8 mm cross-section, one voxel from the vessel, instead of the
+    # line along the 24 mm slab, most of it far outside the vessel
+    spacing = (2.0, 0.5, 0.5)
+    ref = np.zeros((12, 14, 16), bool)
+    ref[6, 6:9, 2:14] = True
+    full = np.ones_like(ref)
+    leak = error_map(full, ref, spacing)
+    assert leak.summary["counts"]["false centerline"] >= 1
+    assert sum(s.length_mm for s in leak.sites if s.cls == 2) >= 10.0
+    missed = error_map(ref, full, spacing)
+    assert missed.summary["counts"]["missed centerline"] >= 1
+
+
 def test_error_map_bad_input():
     pred, ref, *_ = scene()
     with pytest.raises(ValueError, match="shape"):
