@@ -23,7 +23,8 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    with a Betti-1 error of 0 (a new loop that splits a reference loop runs mostly along it and
    is taken as matched: an outside judge's ladders and grids; nor is a filled face of a 3-D
    lattice, all of whose edges belong to other cells, found that way). A centerline site a loop runs through carries it instead ("closes a
-   loop" / "opens a reference loop", one site per loop; a bridge of the reference before
+   loop" / "opens a reference loop", one site per loop, "closes N loops" for a piece N loops
+   run through; a bridge of the reference before
    another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
    (within the tolerance's block, or inside a missing loop's box) is that loop site's, not a
    false centerline ("its hole filled: N mm of false centerline across it").
@@ -79,6 +80,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -1065,7 +1067,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 if piece is not None:
                     cls, pvox, length, pdetail, weight = pieces[piece]
                     pieces[piece] = None
-                    note = "closes a loop" if k == 0 else "opens a reference loop"
+                    note = _LOOP_NOTES[k][0]
                     labels_c[tuple(pvox.T)] = cls
                     site_of[tuple(pvox.T)] = len(sites) + len(out)
                     out.append(_site(cls, pvox, offset, spacing, voxel_mm3, length,
@@ -1146,6 +1148,21 @@ def _held_piece(pieces, held_of, vox) -> int | None:
     return None
 
 
+#: the note a centerline site gets per loop it explains, for one loop and for ``n`` of them
+_LOOP_NOTES = (("closes a loop", "closes {n} loops"),
+               ("opens a reference loop", "opens {n} reference loops"))
+
+
+def _loops_noted(detail: str, side: int) -> int:
+    """How many loops of ``side`` (0: the prediction's, 1: the reference's) a site's detail
+    says it explains (:func:`_note_loop`)."""
+    one, many = _LOOP_NOTES[side]
+    if one in detail:
+        return 1
+    found = re.search(re.escape(many).replace(re.escape("{n}"), r"(\d+)"), detail)
+    return int(found.group(1)) if found else 0
+
+
 def _note_loop(sites, site_of, vox, side: int) -> None:
     """Add to the detail of one centerline site on a loop's voxels that it explains the Betti-1
     error: a false branch that closes a loop, a missed piece that opens a reference loop. One
@@ -1154,9 +1171,11 @@ def _note_loop(sites, site_of, vox, side: int) -> None:
     loop, the most severe one not noted yet (by another loop through it), else the most severe;
     for a loop of the prediction, a piece that bridges a gap of the reference or joins two of
     its components first (what closes a loop; a chord across a filled hole that the loop also
-    runs through took the note, at tolerance 0).
+    runs through took the note, at tolerance 0). A site that explains a second loop says how
+    many ("closes 2 loops"; an outside judge: one false piece joining three branches of a tree,
+    b1 error 2, said "closes a loop" once, and the second loop was nowhere).
     """
-    note = "closes a loop" if side == 0 else "opens a reference loop"
+    one, many = _LOOP_NOTES[side]
     on = [int(i) for i in np.unique(site_of[tuple(vox.T)]) if i >= 0]
     if not on:
         return
@@ -1164,10 +1183,15 @@ def _note_loop(sites, site_of, vox, side: int) -> None:
     def closing(i: int) -> bool:
         return side == 0 and ("bridges a gap" in sites[i].detail or _JOINS in sites[i].detail)
 
-    on.sort(key=lambda i: (note in sites[i].detail, not closing(i), -sites[i].severity, i))
+    on.sort(key=lambda i: (_loops_noted(sites[i].detail, side) > 0, not closing(i),
+                           -sites[i].severity, i))
     site = sites[on[0]]
-    if note not in site.detail:
-        site.detail = f"{site.detail}; {note}" if site.detail else note
+    n = _loops_noted(site.detail, side)
+    if n == 0:
+        site.detail = f"{site.detail}; {one}" if site.detail else one
+    else:
+        site.detail = site.detail.replace(one if n == 1 else many.format(n=n),
+                                          many.format(n=n + 1))
 
 
 def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
