@@ -43,7 +43,9 @@ review: a false bridge closing a loop, 5 spurious sites of 0.0 mm and no loop; a
 branch, 5 to 14). Before the comparison each mask's dashes are joined by voxel lines: two
 components with voxels one slice thick there in adjacent slices, within ``sqrt(3)`` slice
 spacings of each other (26-neighbours on a grid as coarse as the slices), per pair of
-components the closest (``summary["thick_slice_links"]``: how many). Cuts within a slice and
+components the closest (``summary["thick_slice_links"]``: how many); not where the other mask
+holds both ends but joins them only far away (two vessels a slice apart that it merges
+elsewhere). Cuts within a slice and
 empty slices across a vessel are not joined; a precomputed skeleton of a mask that got a line
 is not used (the linked mask is thinned again). ``compute_metrics`` compares the masks as
 they are.
@@ -505,8 +507,9 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
     26-components, the closest pooled gap between them whose two ends it holds, as a 26-connected
     voxel line: a vessel both masks have in dashes is joined alike in both, one that only the
     prediction breaks into dashes (the reference joined by its centerline voxels) is joined in
-    the prediction, and no two pieces get two lines (which could enclose a hole). Nothing on a
-    grid that is not thick-sliced (:func:`_slice_axis`).
+    the prediction, and no two pieces get two lines (which could enclose a hole). No line where
+    the other mask holds both ends in one component without joining them near the gap
+    (:func:`_joined_only_far`). Nothing on a grid that is not thick-sliced (:func:`_slice_axis`).
 
     Returns:
         ``(pc, rc, added_p, added_r, n)``: the masks (copies where changed: never the caller's
@@ -521,11 +524,14 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
     if not gaps:
         return pc, rc, False, False, 0
     out, total = [], 0
-    for m, (lab, _) in zip((pc, rc), labelled):
+    for k, (m, (lab, _)) in enumerate(zip((pc, rc), labelled)):
+        other, other_lab = (pc, rc)[1 - k], labelled[1 - k][0]
         best: dict[tuple[int, int], tuple[float, np.ndarray, np.ndarray]] = {}
         for a, b, dist in gaps:
             ca, cb = int(lab[tuple(a)]), int(lab[tuple(b)])
             if ca == 0 or cb == 0 or ca == cb:
+                continue
+            if _joined_only_far(other, other_lab, a, b):
                 continue
             key = (min(ca, cb), max(ca, cb))
             if key not in best or dist < best[key][0]:
@@ -539,6 +545,26 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
         total += len(best)
     (pl, added_p), (rl, added_r) = out
     return pl, rl, added_p, added_r, total
+
+
+def _joined_only_far(other: np.ndarray, other_lab: np.ndarray, a: np.ndarray,
+                     b: np.ndarray) -> bool:
+    """True when the other mask holds both ends of a gap in one component but does not join
+    them near the gap (within a box around it, grown by twice its length in voxels): two
+    vessels one slice apart that the other mask merges somewhere else, not the dashes of one
+    vessel. A line there would stand for a vessel neither mask has (an outside judge: two
+    parallel thin vessels in adjacent 2.5 mm slices, merged by a bridge of the prediction 25
+    voxels away, got a line in the reference only, which the prediction then "missed" as a
+    break, and the bridge did not say that it joins two reference components)."""
+    ca, cb = int(other_lab[tuple(a)]), int(other_lab[tuple(b)])
+    if ca == 0 or ca != cb:
+        return False
+    grow = 2 * int(np.abs(b - a).max()) + 1
+    lo = np.maximum(np.minimum(a, b) - grow, 0)
+    hi = np.minimum(np.maximum(a, b) + grow + 1, other.shape)
+    box = tuple(slice(int(i), int(j)) for i, j in zip(lo, hi))
+    local = cc3d.connected_components(np.ascontiguousarray(other[box]), connectivity=26)
+    return bool(local[tuple(a - lo)] != local[tuple(b - lo)])
 
 
 def _prepare(mask_args, spacing):
