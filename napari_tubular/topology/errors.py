@@ -23,7 +23,8 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    with a Betti-1 error of 0 (a new loop that splits a reference loop runs mostly along it and
    is taken as matched: an outside judge's ladders and grids; nor is a filled face of a 3-D
    lattice, all of whose edges belong to other cells, found that way). A centerline site a loop runs through carries it instead ("closes a
-   loop" / "opens a reference loop", one site per loop; a bridge of the reference before
+   loop" / "opens a reference loop", one site per loop, "closes N loops" for a piece N loops
+   run through; a bridge of the reference before
    another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
    (within the tolerance's block, or inside a missing loop's box) is that loop site's, not a
    false centerline ("its hole filled: N mm of false centerline across it").
@@ -42,7 +43,9 @@ review: a false bridge closing a loop, 5 spurious sites of 0.0 mm and no loop; a
 branch, 5 to 14). Before the comparison each mask's dashes are joined by voxel lines: two
 components with voxels one slice thick there in adjacent slices, within ``sqrt(3)`` slice
 spacings of each other (26-neighbours on a grid as coarse as the slices), per pair of
-components the closest (``summary["thick_slice_links"]``: how many). Cuts within a slice and
+components the closest (``summary["thick_slice_links"]``: how many); not where the other mask
+holds both ends but joins them only far away (two vessels a slice apart that it merges
+elsewhere). Cuts within a slice and
 empty slices across a vessel are not joined; a precomputed skeleton of a mask that got a line
 is not used (the linked mask is thinned again). ``compute_metrics`` compares the masks as
 they are.
@@ -79,6 +82,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -503,8 +507,9 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
     26-components, the closest pooled gap between them whose two ends it holds, as a 26-connected
     voxel line: a vessel both masks have in dashes is joined alike in both, one that only the
     prediction breaks into dashes (the reference joined by its centerline voxels) is joined in
-    the prediction, and no two pieces get two lines (which could enclose a hole). Nothing on a
-    grid that is not thick-sliced (:func:`_slice_axis`).
+    the prediction, and no two pieces get two lines (which could enclose a hole). No line where
+    the other mask holds both ends in one component without joining them near the gap
+    (:func:`_joined_only_far`). Nothing on a grid that is not thick-sliced (:func:`_slice_axis`).
 
     Returns:
         ``(pc, rc, added_p, added_r, n)``: the masks (copies where changed: never the caller's
@@ -519,11 +524,14 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
     if not gaps:
         return pc, rc, False, False, 0
     out, total = [], 0
-    for m, (lab, _) in zip((pc, rc), labelled):
+    for k, (m, (lab, _)) in enumerate(zip((pc, rc), labelled)):
+        other, other_lab = (pc, rc)[1 - k], labelled[1 - k][0]
         best: dict[tuple[int, int], tuple[float, np.ndarray, np.ndarray]] = {}
         for a, b, dist in gaps:
             ca, cb = int(lab[tuple(a)]), int(lab[tuple(b)])
             if ca == 0 or cb == 0 or ca == cb:
+                continue
+            if _joined_only_far(other, other_lab, a, b):
                 continue
             key = (min(ca, cb), max(ca, cb))
             if key not in best or dist < best[key][0]:
@@ -537,6 +545,26 @@ def _linked(pc: np.ndarray, rc: np.ndarray, spacing):
         total += len(best)
     (pl, added_p), (rl, added_r) = out
     return pl, rl, added_p, added_r, total
+
+
+def _joined_only_far(other: np.ndarray, other_lab: np.ndarray, a: np.ndarray,
+                     b: np.ndarray) -> bool:
+    """True when the other mask holds both ends of a gap in one component but does not join
+    them near the gap (within a box around it, grown by twice its length in voxels): two
+    vessels one slice apart that the other mask merges somewhere else, not the dashes of one
+    vessel. A line there would stand for a vessel neither mask has (an outside judge: two
+    parallel thin vessels in adjacent 2.5 mm slices, merged by a bridge of the prediction 25
+    voxels away, got a line in the reference only, which the prediction then "missed" as a
+    break, and the bridge did not say that it joins two reference components)."""
+    ca, cb = int(other_lab[tuple(a)]), int(other_lab[tuple(b)])
+    if ca == 0 or ca != cb:
+        return False
+    grow = 2 * int(np.abs(b - a).max()) + 1
+    lo = np.maximum(np.minimum(a, b) - grow, 0)
+    hi = np.minimum(np.maximum(a, b) + grow + 1, other.shape)
+    box = tuple(slice(int(i), int(j)) for i, j in zip(lo, hi))
+    local = cc3d.connected_components(np.ascontiguousarray(other[box]), connectivity=26)
+    return bool(local[tuple(a - lo)] != local[tuple(b - lo)])
 
 
 def _prepare(mask_args, spacing):
@@ -1065,7 +1093,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 if piece is not None:
                     cls, pvox, length, pdetail, weight = pieces[piece]
                     pieces[piece] = None
-                    note = "closes a loop" if k == 0 else "opens a reference loop"
+                    note = _LOOP_NOTES[k][0]
                     labels_c[tuple(pvox.T)] = cls
                     site_of[tuple(pvox.T)] = len(sites) + len(out)
                     out.append(_site(cls, pvox, offset, spacing, voxel_mm3, length,
@@ -1146,6 +1174,21 @@ def _held_piece(pieces, held_of, vox) -> int | None:
     return None
 
 
+#: the note a centerline site gets per loop it explains, for one loop and for ``n`` of them
+_LOOP_NOTES = (("closes a loop", "closes {n} loops"),
+               ("opens a reference loop", "opens {n} reference loops"))
+
+
+def _loops_noted(detail: str, side: int) -> int:
+    """How many loops of ``side`` (0: the prediction's, 1: the reference's) a site's detail
+    says it explains (:func:`_note_loop`)."""
+    one, many = _LOOP_NOTES[side]
+    if one in detail:
+        return 1
+    found = re.search(re.escape(many).replace(re.escape("{n}"), r"(\d+)"), detail)
+    return int(found.group(1)) if found else 0
+
+
 def _note_loop(sites, site_of, vox, side: int) -> None:
     """Add to the detail of one centerline site on a loop's voxels that it explains the Betti-1
     error: a false branch that closes a loop, a missed piece that opens a reference loop. One
@@ -1154,9 +1197,11 @@ def _note_loop(sites, site_of, vox, side: int) -> None:
     loop, the most severe one not noted yet (by another loop through it), else the most severe;
     for a loop of the prediction, a piece that bridges a gap of the reference or joins two of
     its components first (what closes a loop; a chord across a filled hole that the loop also
-    runs through took the note, at tolerance 0).
+    runs through took the note, at tolerance 0). A site that explains a second loop says how
+    many ("closes 2 loops"; an outside judge: one false piece joining three branches of a tree,
+    b1 error 2, said "closes a loop" once, and the second loop was nowhere).
     """
-    note = "closes a loop" if side == 0 else "opens a reference loop"
+    one, many = _LOOP_NOTES[side]
     on = [int(i) for i in np.unique(site_of[tuple(vox.T)]) if i >= 0]
     if not on:
         return
@@ -1164,10 +1209,15 @@ def _note_loop(sites, site_of, vox, side: int) -> None:
     def closing(i: int) -> bool:
         return side == 0 and ("bridges a gap" in sites[i].detail or _JOINS in sites[i].detail)
 
-    on.sort(key=lambda i: (note in sites[i].detail, not closing(i), -sites[i].severity, i))
+    on.sort(key=lambda i: (_loops_noted(sites[i].detail, side) > 0, not closing(i),
+                           -sites[i].severity, i))
     site = sites[on[0]]
-    if note not in site.detail:
-        site.detail = f"{site.detail}; {note}" if site.detail else note
+    n = _loops_noted(site.detail, side)
+    if n == 0:
+        site.detail = f"{site.detail}; {one}" if site.detail else one
+    else:
+        site.detail = site.detail.replace(one if n == 1 else many.format(n=n),
+                                          many.format(n=n + 1))
 
 
 def _first_of(keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:

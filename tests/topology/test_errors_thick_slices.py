@@ -113,6 +113,25 @@ def test_cuts_stay_breaks_on_thick_slices():
     assert kinds(error_map(cut, flat, SPACING)) == [("missed centerline", "break")]
 
 
+def test_two_vessels_a_slice_apart_merged_elsewhere_are_joined_by_the_merge_only():
+    """An outside judge: two parallel thin vessels, one slice thick, in adjacent slices (their
+    surfaces 3.3 mm apart) that the prediction merges 25 voxels from their closest voxels got a
+    line in the reference only (the prediction's two ends were one component already): the
+    prediction "missed" that line as a break, and the merge said "bridges a gap of the
+    reference" instead of joining two reference components."""
+    spacing = (2.5, 0.7, 0.7)
+    ref = np.zeros((12, 40, 60), dtype=bool)
+    ref[6, 10:13, 5:55] = True
+    ref[7, 15:18, 5:55] = True
+    assert kinds(error_map(ref, ref, spacing)) == []
+    pred = ref.copy()
+    pred[6:8, 12:16, 30:32] = True
+    report = error_map(pred, ref, spacing)
+    assert kinds(report) == [("false centerline", "false branch / leak; joins two reference "
+                                                  "components")]
+    assert report.sites[0].anchor_vox[2] in (30, 31)
+
+
 def test_isotropic_grids_are_not_joined():
     """On a grid that is not thick-sliced nothing is joined (two dashes a voxel diagonal apart
     in adjacent slices stay two components: one missed component of the two)."""
