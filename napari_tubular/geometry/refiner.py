@@ -181,8 +181,9 @@ class Refiner:
         if changed.size:
             dr, dw = self._seed_params(changed)
             sign = np.float32(1.0 if c_new > c_old else -1.0)
-            y = y + _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate,
-                                self.device)
+            y = y.copy()  # the old result's map stays as it was (it is the caller's too)
+            _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate, self.device,
+                        out=y)
             if c_new < c_old:
                 np.maximum(y, 0.0, out=y)  # rounding residues of removed kernels
             skel[changed] = 1 if c_new > c_old else 0

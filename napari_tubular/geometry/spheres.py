@@ -169,19 +169,21 @@ def _n_threads() -> int:
 
 
 def _accumulate_numpy(seeds, weights, inv2s2, cut2, spacing, shape, mode: str,
-                      threads: int | None = None) -> np.ndarray:
+                      threads: int | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Sum (mode='sum') or union (mode='union') of truncated kernels, flat float32/bool output.
 
     Seeds are visited in flat-index order, in chunks of at most ``_CHUNK_ENTRIES`` (seed, offset)
     pairs; each chunk is added with one ``np.bincount`` restricted to the flat range it touches
     (or ``np.add.at`` when the chunk is sparse). Chunks run on a thread pool (numpy's ufuncs
-    release the GIL), one per available core.
+    release the GIL), one per available core. ``out`` (flat, of the output's type): add into
+    it instead of a new zeroed array.
     """
     Z, Y, X = shape
     n_vox = Z * Y * X
     shp = np.array(shape, dtype=np.int64)
     strides = np.array([Y * X, X, 1], dtype=np.int64)
-    out = np.zeros(n_vox, dtype=np.float32 if mode == "sum" else bool)
+    if out is None:
+        out = np.zeros(n_vox, dtype=np.float32 if mode == "sum" else bool)
     key, q = _groups(np.sqrt(cut2), spacing)
     ukeys, gid = np.unique(key, return_inverse=True)
     kernels = [_group_kernel(int(k), q, tuple(spacing)) for k in ukeys]
@@ -307,13 +309,22 @@ def _accumulate_torch(seeds, weights, inv2s2, cut2, spacing, shape, mode: str, d
     return out.cpu().numpy()
 
 
-def _accumulate(seeds, weights, inv2s2, cut2, spacing, shape, mode, device):
+def _accumulate(seeds, weights, inv2s2, cut2, spacing, shape, mode, device, out=None):
     dev = _resolve_device(device)
     if seeds.shape[0] == 0:
+        if out is not None:
+            return out
         return np.zeros(int(np.prod(shape)), dtype=np.float32 if mode == "sum" else bool)
     if dev == "numpy":
-        return _accumulate_numpy(seeds, weights, inv2s2, cut2, spacing, shape, mode)
-    return _accumulate_torch(seeds, weights, inv2s2, cut2, spacing, shape, mode, dev)
+        return _accumulate_numpy(seeds, weights, inv2s2, cut2, spacing, shape, mode, out=out)
+    res = _accumulate_torch(seeds, weights, inv2s2, cut2, spacing, shape, mode, dev)
+    if out is None:
+        return res
+    if mode == "sum":
+        out += res
+    else:
+        out |= res
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,14 +448,15 @@ def _check_refine_inputs(prob, radius_mm, spacing):
     return p, r, sp
 
 
-def _kernel_sum(flat, r, w, shape, spacing, truncate, device) -> np.ndarray:
+def _kernel_sum(flat, r, w, shape, spacing, truncate, device, out=None) -> np.ndarray:
     """Flat float32 ``sum_u w_u * Gaussian(sigma_u = r_u / 3)`` truncated at ``truncate`` sigmas,
     over the seeds at the flat indices ``flat`` (weights may be negative: the refiner subtracts
-    the seeds a ``T_p`` step removes)."""
+    the seeds a ``T_p`` step removes), added into ``out`` (flat float32) when given."""
     seeds = np.stack(np.unravel_index(flat, shape), axis=1).astype(np.int64)
     sig = r / np.float32(3.0)
     return _accumulate(seeds, w, (0.5 / (sig * sig)).astype(np.float32),
-                       ((truncate * sig) ** 2).astype(np.float32), spacing, shape, "sum", device)
+                       ((truncate * sig) ** 2).astype(np.float32), spacing, shape, "sum", device,
+                       out=out)
 
 
 def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> RefineResult:
