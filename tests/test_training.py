@@ -740,8 +740,10 @@ def test_cli_train_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo(tmp_path):
-    """torchrun with 2 CPU processes (gloo): both train, rank 0 writes the model."""
+@pytest.mark.parametrize("loss", ["ddt+cldice", "dice+ce"])
+def test_ddp_two_processes_gloo(tmp_path, loss):
+    """torchrun with 2 CPU processes (gloo): both train, rank 0 writes the model (also with a
+    loss of the segmentation head only, which failed under DDP)."""
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1}))
     out = tmp_path / "run"
@@ -750,7 +752,7 @@ def test_ddp_two_processes_gloo(tmp_path):
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "napari_tubular.training",
            str(cfg_file), "--synthetic", "--out", str(out), "--steps", "3", "--patch", "16",
            "16", "16", "--base-channels", "4", "--depth", "2", "-K", "3", "--val-data", "none",
-           "--device", "cpu", "--quiet", "--threads", "1"]
+           "--device", "cpu", "--quiet", "--threads", "1", "--loss", loss]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     from napari_tubular.models import read_model_meta
@@ -758,6 +760,44 @@ def test_ddp_two_processes_gloo(tmp_path):
     meta = read_model_meta(out / "model.pt")
     assert meta["training"]["world_size"] == 2
     assert meta["training"]["steps"] == 3
+
+
+@pytest.mark.parametrize(("loss", "model"), [
+    ("dice+ce", {}), ("boundary", {}), ("ddt+cldice", {"deep_supervision": True}),
+])
+def test_ddp_trains_losses_of_one_head(tmp_path, monkeypatch, loss, model):
+    """Under DDP a loss of the segmentation head only (or a network with deep-supervision
+    heads, which no loss uses) trains on: torchrun with --loss dice+ce failed at the second step
+    with DDP's "Expected to have finished reduction in the prior iteration" (parameters without
+    a gradient). The scale head the loss does not train stays as initialised. A one-process
+    gloo group stands in for torchrun."""
+    import torch.distributed as dist
+
+    from napari_tubular.models import load_model
+    from napari_tubular.training import ddp
+
+    class OneProcess(ddp.DistInfo):
+        enabled = property(lambda self: True)  # DDP, all-reduces and barriers on one process
+
+    def setup(requested, device_type):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                                world_size=1)
+        return OneProcess(initialized_here=True)
+
+    monkeypatch.setattr(ddp, "setup", setup)
+    cfg = tiny_config(tmp_path / "run", loss=loss, steps=3, cldice_warmup_steps=0,
+                      model={"base_channels": 2, "depth": 2, **model})
+    path = train(cfg)
+    assert not dist.is_initialized()
+    assert json.loads((tmp_path / "run" / "log.json").read_text())["step"] == 3
+    torch.manual_seed(cfg.seed)  # the initial weights, as train draws them
+    from napari_tubular.models import build_model
+
+    initial = build_model({**cfg.model, "num_scales": cfg.K + 1}).state_dict()
+    trained = load_model(path)[0].state_dict()
+    moved = [k for k in initial if k.startswith("scale_head.")
+             and not torch.equal(initial[k], trained[k])]
+    assert bool(moved) == (loss == "ddt+cldice")
 
 
 def _drawn_last(opts, fraction, flag, generator_key, unchanged, seeds=range(12)) -> set:

@@ -396,6 +396,29 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+#: the losses that train both heads (the others train the segmentation head only)
+_BOTH_HEADS = ("ddt+cldice", "ddt")
+
+
+def wrap_ddp(model, config: TrainConfig, device: str, local_rank: int = 0):
+    """``model`` in DistributedDataParallel (the process group joined already).
+
+    A loss of the segmentation head only (``dice+ce``, ``dice+cldice``, ``boundary``) leaves
+    the scale head without a gradient, and so do deep-supervision heads (no loss of the loop
+    uses them): DDP is then told to look for unused parameters, which it otherwise refuses at
+    the second step (an audit: ``torchrun ... --loss dice+ce`` failed with "Expected to have
+    finished reduction in the prior iteration"). Those parameters stay as they are, as in a
+    single process.
+    """
+    import torch
+
+    unused = (config.loss not in _BOTH_HEADS
+              or bool(getattr(model, "config", {}).get("deep_supervision")))
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[local_rank] if str(device).startswith("cuda") else None,
+        find_unused_parameters=unused)
+
+
 # --------------------------------------------------------------------------- train
 def train(config: TrainConfig, progress: ProgressFn | None = None,
           cancel: Callable[[], bool] | None = None,
@@ -519,10 +542,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         last_val_metrics = _last_val_metrics(rows)
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
-    net = model
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
+    net = wrap_ddp(model, config, device, dist.local_rank) if dist.enabled else model
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
     check_cancel()
