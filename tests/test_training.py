@@ -82,6 +82,27 @@ def test_config_rejects_invalid(values, word):
         TrainConfig.from_dict(values)
 
 
+@pytest.mark.parametrize(("values", "word"), [
+    ({"lr": float("nan")}, "lr: must be"), ({"lr": float("inf")}, "lr: must be"),
+    ({"max_minutes": float("nan")}, "max_minutes: must be positive"),
+    ({"weight_decay": -1.0}, "weight_decay"), ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"rotate_deg": float("nan")}, "rotate_deg"), ({"rotate_deg": -5}, "rotate_deg"),
+    ({"scale_range": [0.5, float("inf")]}, "scale_range"),
+    ({"cldice_warmup_fraction": float("nan")}, "cldice_warmup_fraction"),
+    ({"cldice_warmup_fraction": 3.0}, "cldice_warmup_fraction"),
+    ({"cldice_ramp_fraction": -0.1}, "cldice_ramp_fraction"),
+    ({"cldice_ramp_fraction": float("nan")}, "cldice_ramp_fraction"),
+])
+def test_config_rejects_non_finite_and_out_of_range_numbers(values, word):
+    """Numbers a config file can hold (JSON NaN / Infinity) or a flag (--lr inf, --minutes
+    nan) that trained wrongly without a word: NaN lr / budget were ignored or trained NaN
+    weights, a NaN rotation or infinite zoom made the augmented patches constant (image
+    flat, label empty), a NaN
+    ramp gave the full clDice weight at once."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict(values)
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40

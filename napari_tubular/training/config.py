@@ -251,17 +251,28 @@ class TrainConfig:
         if self.cldice_warmup_steps is not None and int(self.cldice_warmup_steps) < 0:
             # an audit: -4 was accepted
             raise ValueError(f"cldice_warmup_steps: must be >= 0, got {self.cldice_warmup_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
+        # "not x > 0" rather than "x <= 0": NaN fails every comparison (an audit: --minutes
+        # nan was accepted and ignored, --lr inf trained NaN weights, rotate_deg NaN and a zoom
+        # of Infinity made every augmented patch constant with an empty label, all in silence)
+        if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes: must be positive, got {self.max_minutes}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr: must be a positive finite number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got "
+                             f"{self.weight_decay}")
+        if not 0 <= self.rotate_deg <= 180:
+            raise ValueError(f"rotate_deg: must be in [0, 180] degrees, got {self.rotate_deg}")
+        for name in ("cldice_warmup_fraction", "cldice_ramp_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ValueError(f"fg_fraction: must be in [0, 1], got {self.fg_fraction}")
         if not 0.0 <= self.cldice_weight <= 1.0:
             raise ValueError(f"cldice_weight: must be in [0, 1], got {self.cldice_weight}")
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range: need 0 < low <= high, got {self.scale_range}")
+        if not 0 < lo <= hi < math.inf:
+            raise ValueError(f"scale_range: need 0 < low <= high (finite), got {self.scale_range}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         if not isinstance(self.model, dict):
