@@ -103,6 +103,17 @@ def test_config_rejects_non_finite_and_out_of_range_numbers(values, word):
         TrainConfig.from_dict(values)
 
 
+@pytest.mark.parametrize(("values", "word"), [
+    ({"out": None}, "out: must be"), ({"out": ""}, "out: must be"), ({"out": 3}, "out: must be"),
+    ({"init_model": 5}, "init_model: must be"), ({"description": 5}, "description: must be"),
+])
+def test_config_rejects_paths_and_text_of_another_type(values, word):
+    """"out": null trained into a folder named "None" (and "" into the working directory);
+    "init_model": 5 ended in a TypeError traceback."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], **values})
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40

@@ -185,7 +185,18 @@ class TrainConfig:
                                  f"got {value!r}")
         self.data = _unique_folders([str(d) for d in self.data], "data")
         self.val_data = _unique_folders([str(d) for d in self.val_data], "val_data")
+        # an audit: "out": null in a config file trained into a folder named "None", "out": ""
+        # into the working directory, and "init_model": 5 ended in a TypeError traceback
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
+            raise ValueError(f"out: must be the run folder's path, got {self.out!r}")
+        if self.init_model is not None and not isinstance(self.init_model, (str, os.PathLike)):
+            raise ValueError(f"init_model: must be 'default' or a model file's path, got "
+                             f"{self.init_model!r}")
+        if not isinstance(self.description, str):
+            raise ValueError(f"description: must be text, got {self.description!r}")
         self.out = str(self.out)
+        if self.init_model is not None:
+            self.init_model = str(self.init_model)
         self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
         self.patch_size = _triple(self.patch_size, "patch_size", int)
         try:
