@@ -114,6 +114,18 @@ def test_config_rejects_paths_and_text_of_another_type(values, word):
         TrainConfig.from_dict({"data": ["synthetic"], **values})
 
 
+@pytest.mark.parametrize(("values", "word"), [
+    ({"data": ["d", "synthetic"]}, "data: 'synthetic' stands alone"),
+    ({"val_data": ["synthetic", "v"]}, "val_data: 'synthetic' stands alone"),
+    ({"val_data": ["v", "none"]}, "val_data: 'none' stands alone"),
+])
+def test_config_refuses_synthetic_or_none_beside_folders(values, word):
+    """'synthetic' / 'none' mixed with folders was taken for a folder of that name: "data
+    folder not found: synthetic" (also for validation data)."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], **values})
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40

@@ -185,6 +185,14 @@ class TrainConfig:
                                  f"got {value!r}")
         self.data = _unique_folders([str(d) for d in self.data], "data")
         self.val_data = _unique_folders([str(d) for d in self.val_data], "val_data")
+        for key, words in (("data", ("synthetic",)), ("val_data", ("synthetic", "none"))):
+            # an audit: "--val-data val synthetic" said "data folder not found: synthetic"
+            value = getattr(self, key)
+            word = next((d for d in value if d.lower() in words), None)
+            if word is not None and len(value) > 1:
+                raise ValueError(f"{key}: '{word}' stands alone; it cannot be combined with "
+                                 f"folders ({', '.join(d for d in value if d != word)}); a "
+                                 f"folder of that name is ./{word}")
         # an audit: "out": null in a config file trained into a folder named "None", "out": ""
         # into the working directory, and "init_model": 5 ended in a TypeError traceback
         if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
