@@ -201,6 +201,23 @@ def test_prepared_synthetic_case_is_consistent():
     assert np.all(case.label.ravel()[case.fg_index] == 1)
 
 
+def test_a_synthetic_cache_of_other_settings_is_refused(tmp_path):
+    """A cache (``synthetic.cache_dir``) prepared at another spacing, a smaller K or another
+    normalisation than the run's was trained on without a word (an audit: a 2 mm cache trained
+    a run whose model file then said 0.5 mm); one that fits seeds the pool."""
+    cache = tmp_path / "cache"
+    tdata.pregenerate_synthetic(cache, [3], (2.0, 2.0, 2.0), 3, NORM, SMALL_SYN, processes=1)
+    opts = {**SMALL_SYN, "cache_dir": str(cache), "pool_size": 1}
+    pool = tdata.SyntheticPool(iter([]), (2.0, 2.0, 2.0), 2, NORM, options=opts)
+    assert len(pool.cases) == 1  # the same spacing and normalisation, a K up to the cache's
+    pool.close()
+    for spacing, K, norm, word in (((1.0, 1.0, 1.0), 3, NORM, "spacing"),
+                                   ((2.0, 2.0, 2.0), 5, NORM, "K 3"),
+                                   ((2.0, 2.0, 2.0), 3, {"kind": "zscore"}, "normalised")):
+        with pytest.raises(ValueError, match=f"cache_dir: synthetic_3.npz .*{word}"):
+            tdata.SyntheticPool(iter([]), spacing, K, norm, options=opts)
+
+
 def test_foreground_oversampling():
     case = tdata.make_synthetic_case(4, (1.0, 1.0, 1.0), 3, NORM, SMALL_SYN)
     rng = np.random.default_rng(1)
