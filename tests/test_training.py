@@ -559,6 +559,14 @@ def test_validate_with_tubes_scores_them():
     assert plain["score"] == pytest.approx((plain["dice"] + plain["cldice"]) / 2)
 
 
+def test_val_tubes_without_validation_says_they_are_not_measured(tmp_path):
+    """val_tubes in a run without validation generated the phantoms and never measured them,
+    in silence."""
+    with pytest.warns(UserWarning, match="val_tubes: this run does not validate"):
+        path = train(tiny_config(tmp_path / "run", steps=1, val_tubes=True, val_data=[]))
+    assert path.name == "model.pt"
+
+
 def test_training_run_logs_tube_dice(tmp_path):
     out = tmp_path / "run"
     train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=2,

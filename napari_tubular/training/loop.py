@@ -548,9 +548,16 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
     check_cancel()
     val_cases = _load_val_cases(config, normalization, prepare_progress) if is_main else []
     check_cancel()
-    val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
-                 if is_main and config.val_tubes else [])
     has_val = bool(config.val_data) and (config.val_cases > 0 or not config.val_is_synthetic)
+    if config.val_tubes and not has_val and is_main:
+        # an audit: --val-tubes with --val-data none generated the phantoms and never measured
+        # them, without a word
+        warnings.warn("val_tubes: this run does not validate (no validation data, or "
+                      "val_cases 0 with synthetic validation), so the tube phantoms are not "
+                      "measured either; give validation data to validate on them",
+                      UserWarning, stacklevel=2)
+    val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
+                 if is_main and config.val_tubes and has_val else [])
     check_cancel()
     pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress)
     if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
