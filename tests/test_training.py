@@ -781,6 +781,31 @@ def test_train_from_folder_baseline_loss(tmp_path):
     assert {r["cases_seen"] for r in rows} == {2}
 
 
+def test_resume_knows_its_data_folders_however_spelled(tmp_path, monkeypatch):
+    """A resume with the run's data folder spelled otherwise (absolute, ./data/) was refused
+    ("option(s) data differ"); one from another working directory, where the saved relative
+    'data' is another folder, is refused naming both folders."""
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.synthetic import make_vessel_tree
+
+    for where in ("a", "b"):
+        data = tmp_path / where / "data"
+        data.mkdir(parents=True)
+        c = make_vessel_tree((24, 24, 24), (1.0, 1.0, 1.0), seed=0)
+        write_volume(data / "case_000_image.nii.gz", Volume(c.image, (1.0, 1.0, 1.0)))
+        write_volume(data / "case_000_label.nii.gz", Volume(c.mask, (1.0, 1.0, 1.0)))
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    train(tiny_config(run, data=["data"], steps=2))
+    train(tiny_config(run, data=["./data/"], steps=3, resume=True))
+    train(tiny_config(run, data=[str(tmp_path / "a" / "data")], steps=4, resume=True))
+    assert json.loads((run / "log.json").read_text())["step"] == 4
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"resume: data data .*is not the checkpoint's run's "
+                                         r"data \(.*a[/\\]data\)"):
+        train(tiny_config(run, data=["data"], steps=5, resume=True))
+
+
 # ----------------------------------------------------------------------------- CLI + DDP
 def test_cli_train_and_errors(tmp_path, capsys):
     from napari_tubular.cli import main
