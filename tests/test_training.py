@@ -82,6 +82,50 @@ def test_config_rejects_invalid(values, word):
         TrainConfig.from_dict(values)
 
 
+@pytest.mark.parametrize(("values", "word"), [
+    ({"lr": float("nan")}, "lr: must be"), ({"lr": float("inf")}, "lr: must be"),
+    ({"max_minutes": float("nan")}, "max_minutes: must be positive"),
+    ({"weight_decay": -1.0}, "weight_decay"), ({"weight_decay": float("nan")}, "weight_decay"),
+    ({"rotate_deg": float("nan")}, "rotate_deg"), ({"rotate_deg": -5}, "rotate_deg"),
+    ({"scale_range": [0.5, float("inf")]}, "scale_range"),
+    ({"cldice_warmup_fraction": float("nan")}, "cldice_warmup_fraction"),
+    ({"cldice_warmup_fraction": 3.0}, "cldice_warmup_fraction"),
+    ({"cldice_ramp_fraction": -0.1}, "cldice_ramp_fraction"),
+    ({"cldice_ramp_fraction": float("nan")}, "cldice_ramp_fraction"),
+])
+def test_config_rejects_non_finite_and_out_of_range_numbers(values, word):
+    """Numbers a config file can hold (JSON NaN / Infinity) or a flag (--lr inf, --minutes
+    nan) that trained wrongly without a word: NaN lr / budget were ignored or trained NaN
+    weights, a NaN rotation or infinite zoom made the augmented patches constant (image
+    flat, label empty), a NaN
+    ramp gave the full clDice weight at once."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize(("values", "word"), [
+    ({"out": None}, "out: must be"), ({"out": ""}, "out: must be"), ({"out": 3}, "out: must be"),
+    ({"init_model": 5}, "init_model: must be"), ({"description": 5}, "description: must be"),
+])
+def test_config_rejects_paths_and_text_of_another_type(values, word):
+    """"out": null trained into a folder named "None" (and "" into the working directory);
+    "init_model": 5 ended in a TypeError traceback."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], **values})
+
+
+@pytest.mark.parametrize(("values", "word"), [
+    ({"data": ["d", "synthetic"]}, "data: 'synthetic' stands alone"),
+    ({"val_data": ["synthetic", "v"]}, "val_data: 'synthetic' stands alone"),
+    ({"val_data": ["v", "none"]}, "val_data: 'none' stands alone"),
+])
+def test_config_refuses_synthetic_or_none_beside_folders(values, word):
+    """'synthetic' / 'none' mixed with folders was taken for a folder of that name: "data
+    folder not found: synthetic" (also for validation data)."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], **values})
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40
@@ -155,6 +199,23 @@ def test_prepared_synthetic_case_is_consistent():
     assert np.array_equal(case.scale > 0, case.label > 0)
     assert case.scale.max() <= 3
     assert np.all(case.label.ravel()[case.fg_index] == 1)
+
+
+def test_a_synthetic_cache_of_other_settings_is_refused(tmp_path):
+    """A cache (``synthetic.cache_dir``) prepared at another spacing, a smaller K or another
+    normalisation than the run's was trained on without a word (an audit: a 2 mm cache trained
+    a run whose model file then said 0.5 mm); one that fits seeds the pool."""
+    cache = tmp_path / "cache"
+    tdata.pregenerate_synthetic(cache, [3], (2.0, 2.0, 2.0), 3, NORM, SMALL_SYN, processes=1)
+    opts = {**SMALL_SYN, "cache_dir": str(cache), "pool_size": 1}
+    pool = tdata.SyntheticPool(iter([]), (2.0, 2.0, 2.0), 2, NORM, options=opts)
+    assert len(pool.cases) == 1  # the same spacing and normalisation, a K up to the cache's
+    pool.close()
+    for spacing, K, norm, word in (((1.0, 1.0, 1.0), 3, NORM, "spacing"),
+                                   ((2.0, 2.0, 2.0), 5, NORM, "K 3"),
+                                   ((2.0, 2.0, 2.0), 3, {"kind": "zscore"}, "normalised")):
+        with pytest.raises(ValueError, match=f"cache_dir: synthetic_3.npz .*{word}"):
+            tdata.SyntheticPool(iter([]), spacing, K, norm, options=opts)
 
 
 def test_foreground_oversampling():
@@ -498,6 +559,14 @@ def test_validate_with_tubes_scores_them():
     assert plain["score"] == pytest.approx((plain["dice"] + plain["cldice"]) / 2)
 
 
+def test_val_tubes_without_validation_says_they_are_not_measured(tmp_path):
+    """val_tubes in a run without validation generated the phantoms and never measured them,
+    in silence."""
+    with pytest.warns(UserWarning, match="val_tubes: this run does not validate"):
+        path = train(tiny_config(tmp_path / "run", steps=1, val_tubes=True, val_data=[]))
+    assert path.name == "model.pt"
+
+
 def test_training_run_logs_tube_dice(tmp_path):
     out = tmp_path / "run"
     train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=2,
@@ -712,6 +781,31 @@ def test_train_from_folder_baseline_loss(tmp_path):
     assert {r["cases_seen"] for r in rows} == {2}
 
 
+def test_resume_knows_its_data_folders_however_spelled(tmp_path, monkeypatch):
+    """A resume with the run's data folder spelled otherwise (absolute, ./data/) was refused
+    ("option(s) data differ"); one from another working directory, where the saved relative
+    'data' is another folder, is refused naming both folders."""
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.synthetic import make_vessel_tree
+
+    for where in ("a", "b"):
+        data = tmp_path / where / "data"
+        data.mkdir(parents=True)
+        c = make_vessel_tree((24, 24, 24), (1.0, 1.0, 1.0), seed=0)
+        write_volume(data / "case_000_image.nii.gz", Volume(c.image, (1.0, 1.0, 1.0)))
+        write_volume(data / "case_000_label.nii.gz", Volume(c.mask, (1.0, 1.0, 1.0)))
+    run = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    train(tiny_config(run, data=["data"], steps=2))
+    train(tiny_config(run, data=["./data/"], steps=3, resume=True))
+    train(tiny_config(run, data=[str(tmp_path / "a" / "data")], steps=4, resume=True))
+    assert json.loads((run / "log.json").read_text())["step"] == 4
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(ValueError, match=r"resume: data data .*is not the checkpoint's run's "
+                                         r"data \(.*a[/\\]data\)"):
+        train(tiny_config(run, data=["data"], steps=5, resume=True))
+
+
 # ----------------------------------------------------------------------------- CLI + DDP
 def test_cli_train_and_errors(tmp_path, capsys):
     from napari_tubular.cli import main
@@ -740,8 +834,10 @@ def test_cli_train_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_gloo(tmp_path):
-    """torchrun with 2 CPU processes (gloo): both train, rank 0 writes the model."""
+@pytest.mark.parametrize("loss", ["ddt+cldice", "dice+ce"])
+def test_ddp_two_processes_gloo(tmp_path, loss):
+    """torchrun with 2 CPU processes (gloo): both train, rank 0 writes the model (also with a
+    loss of the segmentation head only, which failed under DDP)."""
     cfg_file = tmp_path / "c.json"
     cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN, "batch_size": 1}))
     out = tmp_path / "run"
@@ -750,7 +846,7 @@ def test_ddp_two_processes_gloo(tmp_path):
            "--master_port", str(29500 + os.getpid() % 1000), "-m", "napari_tubular.training",
            str(cfg_file), "--synthetic", "--out", str(out), "--steps", "3", "--patch", "16",
            "16", "16", "--base-channels", "4", "--depth", "2", "-K", "3", "--val-data", "none",
-           "--device", "cpu", "--quiet", "--threads", "1"]
+           "--device", "cpu", "--quiet", "--threads", "1", "--loss", loss]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     from napari_tubular.models import read_model_meta
@@ -758,6 +854,44 @@ def test_ddp_two_processes_gloo(tmp_path):
     meta = read_model_meta(out / "model.pt")
     assert meta["training"]["world_size"] == 2
     assert meta["training"]["steps"] == 3
+
+
+@pytest.mark.parametrize(("loss", "model"), [
+    ("dice+ce", {}), ("boundary", {}), ("ddt+cldice", {"deep_supervision": True}),
+])
+def test_ddp_trains_losses_of_one_head(tmp_path, monkeypatch, loss, model):
+    """Under DDP a loss of the segmentation head only (or a network with deep-supervision
+    heads, which no loss uses) trains on: torchrun with --loss dice+ce failed at the second step
+    with DDP's "Expected to have finished reduction in the prior iteration" (parameters without
+    a gradient). The scale head the loss does not train stays as initialised. A one-process
+    gloo group stands in for torchrun."""
+    import torch.distributed as dist
+
+    from napari_tubular.models import load_model
+    from napari_tubular.training import ddp
+
+    class OneProcess(ddp.DistInfo):
+        enabled = property(lambda self: True)  # DDP, all-reduces and barriers on one process
+
+    def setup(requested, device_type):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                                world_size=1)
+        return OneProcess(initialized_here=True)
+
+    monkeypatch.setattr(ddp, "setup", setup)
+    cfg = tiny_config(tmp_path / "run", loss=loss, steps=3, cldice_warmup_steps=0,
+                      model={"base_channels": 2, "depth": 2, **model})
+    path = train(cfg)
+    assert not dist.is_initialized()
+    assert json.loads((tmp_path / "run" / "log.json").read_text())["step"] == 3
+    torch.manual_seed(cfg.seed)  # the initial weights, as train draws them
+    from napari_tubular.models import build_model
+
+    initial = build_model({**cfg.model, "num_scales": cfg.K + 1}).state_dict()
+    trained = load_model(path)[0].state_dict()
+    moved = [k for k in initial if k.startswith("scale_head.")
+             and not torch.equal(initial[k], trained[k])]
+    assert bool(moved) == (loss == "ddt+cldice")
 
 
 def _drawn_last(opts, fraction, flag, generator_key, unchanged, seeds=range(12)) -> set:

@@ -185,7 +185,26 @@ class TrainConfig:
                                  f"got {value!r}")
         self.data = _unique_folders([str(d) for d in self.data], "data")
         self.val_data = _unique_folders([str(d) for d in self.val_data], "val_data")
+        for key, words in (("data", ("synthetic",)), ("val_data", ("synthetic", "none"))):
+            # an audit: "--val-data val synthetic" said "data folder not found: synthetic"
+            value = getattr(self, key)
+            word = next((d for d in value if d.lower() in words), None)
+            if word is not None and len(value) > 1:
+                raise ValueError(f"{key}: '{word}' stands alone; it cannot be combined with "
+                                 f"folders ({', '.join(d for d in value if d != word)}); a "
+                                 f"folder of that name is ./{word}")
+        # an audit: "out": null in a config file trained into a folder named "None", "out": ""
+        # into the working directory, and "init_model": 5 ended in a TypeError traceback
+        if not isinstance(self.out, (str, os.PathLike)) or not str(self.out).strip():
+            raise ValueError(f"out: must be the run folder's path, got {self.out!r}")
+        if self.init_model is not None and not isinstance(self.init_model, (str, os.PathLike)):
+            raise ValueError(f"init_model: must be 'default' or a model file's path, got "
+                             f"{self.init_model!r}")
+        if not isinstance(self.description, str):
+            raise ValueError(f"description: must be text, got {self.description!r}")
         self.out = str(self.out)
+        if self.init_model is not None:
+            self.init_model = str(self.init_model)
         self.target_spacing = _triple(self.target_spacing, "target_spacing", float)
         self.patch_size = _triple(self.patch_size, "patch_size", int)
         try:
@@ -251,17 +270,28 @@ class TrainConfig:
         if self.cldice_warmup_steps is not None and int(self.cldice_warmup_steps) < 0:
             # an audit: -4 was accepted
             raise ValueError(f"cldice_warmup_steps: must be >= 0, got {self.cldice_warmup_steps}")
-        if self.max_minutes is not None and self.max_minutes <= 0:
+        # "not x > 0" rather than "x <= 0": NaN fails every comparison (an audit: --minutes
+        # nan was accepted and ignored, --lr inf trained NaN weights, rotate_deg NaN and a zoom
+        # of Infinity made every augmented patch constant with an empty label, all in silence)
+        if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes: must be positive, got {self.max_minutes}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr: must be a positive finite number, got {self.lr}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise ValueError(f"weight_decay: must be a finite number >= 0, got "
+                             f"{self.weight_decay}")
+        if not 0 <= self.rotate_deg <= 180:
+            raise ValueError(f"rotate_deg: must be in [0, 180] degrees, got {self.rotate_deg}")
+        for name in ("cldice_warmup_fraction", "cldice_ramp_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ValueError(f"fg_fraction: must be in [0, 1], got {self.fg_fraction}")
         if not 0.0 <= self.cldice_weight <= 1.0:
             raise ValueError(f"cldice_weight: must be in [0, 1], got {self.cldice_weight}")
         lo, hi = self.scale_range
-        if not 0 < lo <= hi:
-            raise ValueError(f"scale_range: need 0 < low <= high, got {self.scale_range}")
+        if not 0 < lo <= hi < math.inf:
+            raise ValueError(f"scale_range: need 0 < low <= high (finite), got {self.scale_range}")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other")
         if not isinstance(self.model, dict):

@@ -101,8 +101,14 @@ class PreparedCase:
     pad_value: float = 0.0
     phi: np.ndarray | None = None
 
-    def to_npz(self, path: str | Path) -> Path:
+    def to_npz(self, path: str | Path, prepared_with: dict[str, Any] | None = None) -> Path:
+        """Write the case; ``prepared_with`` (``K``, ``normalization``) is stored beside it
+        for :func:`check_cached_case`."""
+        import json
+
         path = Path(path)
+        extra = ({"prepared_with": np.asarray(json.dumps(prepared_with))}
+                 if prepared_with is not None else {})
         np.savez(
             path,
             image=self.image,
@@ -114,6 +120,7 @@ class PreparedCase:
             pad_value=np.float32(self.pad_value),
             name=np.asarray(self.name),
             **({"phi": self.phi} if self.phi is not None else {}),
+            **extra,
         )
         return path
 
@@ -714,10 +721,47 @@ def _make_synthetic_job(args: tuple) -> PreparedCase:  # pragma: no cover - chil
     return make_synthetic_case(*args)
 
 
+def _prepared_with(job: tuple) -> dict[str, Any]:
+    """What a cached case of :func:`pregenerate_synthetic`'s ``job`` was prepared with."""
+    from napari_tubular.models import validate_normalization
+
+    return {"K": int(job[2]), "normalization": validate_normalization(job[3])}
+
+
 def _pregen_job(args: tuple) -> str:  # pragma: no cover - child processes
     out, job = args
     case = make_synthetic_case(*job)
-    return str(case.to_npz(out))
+    return str(case.to_npz(out, _prepared_with(job)))
+
+
+def check_cached_case(path: str | Path, case: PreparedCase, target_spacing: Sequence[float],
+                      K: int, normalization: Any) -> None:
+    """ValueError unless a case of ``synthetic.cache_dir`` fits the run: its grid spacing is
+    the run's target spacing and, where the file records them (:func:`pregenerate_synthetic`
+    does), its scale classes reach the run's ``K`` (a larger K is clipped in the loss) and its
+    normalisation is the run's (an audit: a cache prepared at 2 mm trained a run at 0.5 mm,
+    whose model file then claimed 0.5 mm, without a word)."""
+    import json
+
+    from napari_tubular.models import validate_normalization
+
+    name = Path(path).name
+    fix = ("pregenerate the cache with the run's settings (pregenerate_synthetic) or give the "
+           "run the cache's")
+    if not np.allclose(case.spacing, target_spacing, rtol=1e-3):
+        raise ValueError(f"synthetic.cache_dir: {name} was prepared at spacing "
+                         f"{tuple(case.spacing)} mm, the run trains at "
+                         f"{tuple(float(v) for v in target_spacing)} mm; {fix}")
+    with np.load(path) as z:
+        stored = json.loads(str(z["prepared_with"])) if "prepared_with" in z.files else {}
+    if stored.get("K") is not None and int(stored["K"]) < int(K):
+        raise ValueError(f"synthetic.cache_dir: {name} was prepared with K {stored['K']} (scale "
+                         f"classes up to {stored['K']}), the run has K {K}; {fix}")
+    if stored.get("normalization") is not None and normalization is not None:
+        cached, run = (validate_normalization(n) for n in (stored["normalization"], normalization))
+        if cached != run:
+            raise ValueError(f"synthetic.cache_dir: {name} was normalised with {cached}, the "
+                             f"run uses {run}; {fix}")
 
 
 def pregenerate_synthetic(
@@ -741,7 +785,7 @@ def pregenerate_synthetic(
     paths: list[Path] = []
     if processes <= 1:
         for i, (out, job) in enumerate(jobs):
-            paths.append(make_synthetic_case(*job).to_npz(out))
+            paths.append(make_synthetic_case(*job).to_npz(out, _prepared_with(job)))
             if progress:
                 progress(i + 1, len(jobs), "generating synthetic cases")
         return paths
@@ -789,7 +833,10 @@ class SyntheticPool:
             if not files:
                 raise FileNotFoundError(f"synthetic cache_dir holds no .npz cases: {cache}")
             self.rng.shuffle(files)
-            self.cases = [PreparedCase.from_npz(f) for f in files[: max(self.size, 1)]]
+            chosen = files[: max(self.size, 1)]
+            self.cases = [PreparedCase.from_npz(f) for f in chosen]
+            for f, case in zip(chosen, self.cases):
+                check_cached_case(f, case, target_spacing, K, normalization)
             self.size = max(self.size, len(self.cases))
         self._pool = None
         self._pending: list = []

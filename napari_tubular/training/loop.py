@@ -396,6 +396,29 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+#: the losses that train both heads (the others train the segmentation head only)
+_BOTH_HEADS = ("ddt+cldice", "ddt")
+
+
+def wrap_ddp(model, config: TrainConfig, device: str, local_rank: int = 0):
+    """``model`` in DistributedDataParallel (the process group joined already).
+
+    A loss of the segmentation head only (``dice+ce``, ``dice+cldice``, ``boundary``) leaves
+    the scale head without a gradient, and so do deep-supervision heads (no loss of the loop
+    uses them): DDP is then told to look for unused parameters, which it otherwise refuses at
+    the second step (an audit: ``torchrun ... --loss dice+ce`` failed with "Expected to have
+    finished reduction in the prior iteration"). Those parameters stay as they are, as in a
+    single process.
+    """
+    import torch
+
+    unused = (config.loss not in _BOTH_HEADS
+              or bool(getattr(model, "config", {}).get("deep_supervision")))
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[local_rank] if str(device).startswith("cuda") else None,
+        find_unused_parameters=unused)
+
+
 # --------------------------------------------------------------------------- train
 def train(config: TrainConfig, progress: ProgressFn | None = None,
           cancel: Callable[[], bool] | None = None,
@@ -519,18 +542,22 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         last_val_metrics = _last_val_metrics(rows)
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
-    net = model
-    if dist.enabled:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
+    net = wrap_ddp(model, config, device, dist.local_rank) if dist.enabled else model
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
     check_cancel()
     val_cases = _load_val_cases(config, normalization, prepare_progress) if is_main else []
     check_cancel()
-    val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
-                 if is_main and config.val_tubes else [])
     has_val = bool(config.val_data) and (config.val_cases > 0 or not config.val_is_synthetic)
+    if config.val_tubes and not has_val and is_main:
+        # an audit: --val-tubes with --val-data none generated the phantoms and never measured
+        # them, without a word
+        warnings.warn("val_tubes: this run does not validate (no validation data, or "
+                      "val_cases 0 with synthetic validation), so the tube phantoms are not "
+                      "measured either; give validation data to validate on them",
+                      UserWarning, stacklevel=2)
+    val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
+                 if is_main and config.val_tubes and has_val else [])
     check_cancel()
     pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress)
     if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
@@ -567,6 +594,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
+            # the folders themselves, for a resume from another working directory or with
+            # the folders spelled otherwise (_check_resume)
+            "data_folders": _data_folders(config.data),
         }
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
@@ -993,25 +1023,43 @@ def checkpoint_config(path: str | Path) -> dict:
     return dict(_read_checkpoint(Path(path))["config"])
 
 
-def _check_resume(ck: dict, config: TrainConfig) -> None:
-    from .config import _unique_folders
+def _data_folders(data) -> list[str]:
+    """The data folders as absolute paths, sorted (``synthetic`` as it is): what a resumed
+    run's data must be, however its folders are spelled."""
+    from .config import _folder_key
 
+    return sorted({_folder_key(str(d)) for d in data})
+
+
+def _check_resume(ck: dict, config: TrainConfig) -> None:
     saved = dict(ck["config"])
-    if isinstance(saved.get("data"), list):
-        # a run of an older version may hold a folder twice (the config keeps it once now)
-        saved["data"] = _unique_folders([str(d) for d in saved["data"]], "data", warn=False)
     new = config.to_dict()
-    diff = [k for k in _RESUME_FIXED if saved.get(k) != new.get(k)
+    # the same folders however spelled (an audit: resuming with --data /abs/path/data or
+    # ./data/ for 'data' was refused, "option(s) data differ"); a checkpoint that records its
+    # folders also catches a resume from another working directory, where the saved relative
+    # 'data' named another folder or none ("data folder not found")
+    saved_folders = ck.get("data_folders") or _data_folders(saved.get("data") or [])
+    data_differ = saved_folders != _data_folders(config.data)
+    diff = [k for k in _RESUME_FIXED if k != "data" and saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
             # its saved config records that network, not the options given
             and not (k == "model" and config.init_model)]
+    if data_differ:
+        raise ValueError(
+            f"resume: data {', '.join(config.data)} ({', '.join(_data_folders(config.data))}) "
+            f"is not the checkpoint's run's data ({', '.join(saved_folders)}); give those "
+            "folders with --data (relative paths are taken from the working directory, "
+            f"{Path.cwd()})")
     if diff:
         raise ValueError(
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
             f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})"
         )
     _check_resume_has_work(ck, config)
-    changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)]
+    changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)
+               # the same validation folders spelled otherwise are not a change
+               and not (k == "val_data" and isinstance(saved.get(k), list)
+                        and _data_folders(saved[k]) == _data_folders(new[k]))]
     if changed:
         # an audit: --lr, --batch-size, --steps and --seed changed on resume without a word
         # (the learning rate jumped tenfold, a finished schedule climbed back)
