@@ -861,7 +861,7 @@ def test_ddp_two_processes_gloo(tmp_path, loss):
 ])
 def test_ddp_trains_losses_of_one_head(tmp_path, monkeypatch, loss, model):
     """Under DDP a loss of the segmentation head only (or a network with deep-supervision
-    heads, which no loss uses) trains on: torchrun with --loss dice+ce failed at the second step
+    heads) trains on: torchrun with --loss dice+ce failed at the second step
     with DDP's "Expected to have finished reduction in the prior iteration" (parameters without
     a gradient). The scale head the loss does not train stays as initialised. A one-process
     gloo group stands in for torchrun."""
@@ -1518,3 +1518,61 @@ def test_overwrite_keeps_the_previous_run_when_the_new_one_fails_before_its_firs
     with pytest.raises(ValueError, match="does not match"):
         train(tiny_config(out, steps=1, overwrite=True, data=[str(bad)]))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".pt"} == before
+
+
+def test_deep_supervision_targets_are_the_multilabel_pyramid_of_the_vessels():
+    """Session 29: one channel, a coarse voxel is positive when its cell holds vessel; two
+    channels, the scale classes 1..K in two bands, and a cell with a thin and a thick vessel is
+    positive for both (multi-label), background for none. Checked against numpy block maxima."""
+    from napari_tubular.training.loop import deep_supervision_targets
+
+    K = 4
+    label = torch.zeros(1, 1, 8, 8, 8)
+    scale = torch.zeros(1, 1, 8, 8, 8)
+    label[0, 0, 1, 1, 1] = 1
+    scale[0, 0, 1, 1, 1] = 1  # thin: band 1
+    label[0, 0, 2, 2, 3] = 1
+    scale[0, 0, 2, 2, 3] = 4  # thick: band 2, in the same 4^3 cell as the thin one
+    label[0, 0, 6, 6, 6] = 1
+    scale[0, 0, 6, 6, 6] = 3  # band 2 (ceil(3 * 2 / 4) = 2), another cell
+    scale[0, 0, 5, 5, 5] = 2  # a scale class outside the label: background
+    heads1 = [torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 2, 2, 2)]
+    heads2 = [torch.zeros(1, 2, 4, 4, 4), torch.zeros(1, 2, 2, 2, 2)]
+    one = deep_supervision_targets(label, scale, K, heads1)
+    two = deep_supervision_targets(label, scale, K, heads2)
+    lab = label[0, 0].numpy()
+    band = np.where(lab > 0, np.ceil(scale[0, 0].numpy() * 2 / K), 0)
+
+    def blocks(a, b):
+        return a.reshape(8 // b, b, 8 // b, b, 8 // b, b).max(axis=(1, 3, 5))
+
+    for level, (t1, t2) in enumerate(zip(one, two)):
+        b = 2 ** (level + 1)
+        np.testing.assert_array_equal(t1[0, 0].numpy(), blocks(lab, b))
+        for c in (1, 2):
+            np.testing.assert_array_equal(t2[0, c - 1].numpy(), blocks((band == c) * 1.0, b))
+    assert two[1][0, :, 0, 0, 0].tolist() == [1.0, 1.0]  # thin and thick in one cell
+
+
+@pytest.mark.parametrize("ds_weight", [0.3, 0.0])
+def test_deep_supervision_heads_train_with_the_loop(tmp_path, ds_weight):
+    """Session 29 (an outside judge: a model built with deep supervision had heads that no
+    loss of the training loop used): with ds_weight > 0 the heads' weights move and the log
+    has loss_ds; with 0 they stay as initialised."""
+    from napari_tubular.models import build_model, load_model
+
+    cfg = tiny_config(tmp_path / "run", steps=3, ds_weight=ds_weight,
+                      model={"base_channels": 4, "depth": 3, "deep_supervision": True,
+                             "ds_channels": 2})
+    path = train(cfg)
+    torch.manual_seed(cfg.seed)
+    initial = build_model({**cfg.model, "num_scales": cfg.K + 1}).state_dict()
+    trained = load_model(path)[0].state_dict()
+    ds_keys = [k for k in initial if k.startswith("ds_heads.")]
+    assert ds_keys
+    moved = [k for k in ds_keys if not torch.equal(initial[k], trained[k])]
+    assert bool(moved) == (ds_weight > 0)
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())["rows"]
+    logged = [r.get("loss_ds") for r in rows if r.get("loss_ds") is not None]
+    assert bool(logged) == (ds_weight > 0)
+    assert all(np.isfinite(v) and v > 0 for v in logged)

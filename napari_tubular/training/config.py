@@ -69,6 +69,12 @@ class TrainConfig:
             voxels thick in radius keep no skeleton in the clDice term (5: about 4 voxels;
             :func:`napari_tubular.losses.skeleton_iterations` gives the count for a radius).
         K: largest scale class (radius in voxels at the target spacing).
+        ds_weight: weight of the multi-label deep-supervision term (METHODS.md section 6) when
+            the model has its heads (``model: {"deep_supervision": true}``): with
+            ``ds_channels`` 1 each coarse voxel's target is "a vessel in this cell"; with C > 1,
+            one label per band of scale classes (``1..K`` cut into C equal bands: thin to
+            thick), a cell holding vessels of several bands positive for each. 0 leaves the
+            heads untrained.
         model: keyword arguments of the model (``base_channels``, ``depth``, ...); default
             :data:`MODEL_DEFAULTS`. The options given (not those filled in by default) are
             :attr:`given_model_options`: a fine-tuning run names those it cannot apply.
@@ -137,6 +143,7 @@ class TrainConfig:
     cldice_ramp_fraction: float = 0.15
     cldice_iters: int = 5
     K: int = 5
+    ds_weight: float = 0.3
     model: dict[str, Any] = field(default_factory=lambda: _DefaultModelOptions(MODEL_DEFAULTS))
     normalization: Any = None
     fg_fraction: float = 0.6
@@ -287,6 +294,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.fg_fraction <= 1.0:
             raise ValueError(f"fg_fraction: must be in [0, 1], got {self.fg_fraction}")
+        if not 0.0 <= self.ds_weight < math.inf:
+            raise ValueError(f"ds_weight: must be a finite number >= 0, got {self.ds_weight}")
         if not 0.0 <= self.cldice_weight <= 1.0:
             raise ValueError(f"cldice_weight: must be in [0, 1], got {self.cldice_weight}")
         lo, hi = self.scale_range

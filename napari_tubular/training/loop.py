@@ -50,7 +50,7 @@ SCALE_HEAD_PREFIX = "scale_head."  # the DDT scale head's last layer (re-initial
 
 LOG_COLUMNS = [
     "step", "time_s", "lr", "loss", "loss_main", "loss_cls", "loss_dis", "loss_cldice",
-    "loss_region", "loss_boundary", "boundary_alpha", "cldice_weight", "cases_seen",
+    "loss_region", "loss_boundary", "boundary_alpha", "loss_ds", "cldice_weight", "cases_seen",
     "val_dice", "val_cldice", "val_b0_error", "val_b1_error", "val_hd95_mm", "val_tube_dice",
     "val_score",
 ]
@@ -194,6 +194,10 @@ class LossFn:
     - ``dice+ce``: ``softDice + BCE`` (seg head only); ``dice+cldice``: ``(1 - a) softDice +
       a softclDice + BCE``.
     - ``boundary``: ``alpha GDL + (1 - alpha) L_B``, alpha = max(0.01, 1 - progress).
+
+    Any loss, with a model that has deep-supervision heads (``out["ds"]``) and
+    ``ds_weight > 0``: ``+ ds_weight * DeepSupervisionLoss`` on the multi-label pyramid targets
+    (:func:`deep_supervision_targets`).
     """
 
     def __init__(self, config: TrainConfig) -> None:
@@ -210,6 +214,9 @@ class LossFn:
         elif self.kind == "boundary":
             self.boundary = losses.BoundaryLoss()
             self.region = losses.GeneralizedDiceLoss()
+        self.ds_weight = float(config.ds_weight)
+        self.K = int(config.K)
+        self.ds = losses.DeepSupervisionLoss()
 
     def __call__(self, out: dict, label, scale, cldice_w: float, phi=None, frac: float = 0.0):
         seg = out["seg"].float()
@@ -239,7 +246,34 @@ class LossFn:
             cl = self.cldice(seg, label)
             total = total + cldice_w * cl
             parts["loss_cldice"] = float(cl.detach())
+        heads = out.get("ds")
+        if heads and self.ds_weight > 0:
+            targets = deep_supervision_targets(label, scale, self.K, heads)
+            ds = self.ds([h.float() for h in heads], targets)
+            total = total + self.ds_weight * ds
+            parts["loss_ds"] = float(ds.detach())
         return total, parts
+
+
+def deep_supervision_targets(label, scale, K: int, heads) -> list:
+    """Multi-label targets of the deep-supervision heads (METHODS.md section 6): the label
+    max-pooled to each head's size, one channel per head channel. One channel: the vessel mask
+    (a coarse voxel is positive when its cell holds vessel). C channels: the scale classes
+    ``1..K`` cut into C equal bands (class ``k`` in band ``ceil(k C / K)``), so that a cell
+    holding a thin and a thick vessel is positive for both bands; background (class 0, or
+    outside the label) in none."""
+    import torch
+
+    from napari_tubular.losses import multilabel_pyramid_targets
+
+    C = int(heads[0].shape[1])
+    sizes = [tuple(h.shape[2:]) for h in heads]
+    if C == 1:
+        return multilabel_pyramid_targets((label > 0.5).float(), sizes)
+    k = scale[:, 0].round().clamp(0, K).long()
+    band = torch.where((k > 0) & (label[:, 0] > 0.5), torch.div(k * C + K - 1, K,
+                                                                 rounding_mode="floor"), 0)
+    return multilabel_pyramid_targets(band.clamp(0, C), sizes, num_classes=C + 1)
 
 
 def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
@@ -404,8 +438,8 @@ def wrap_ddp(model, config: TrainConfig, device: str, local_rank: int = 0):
     """``model`` in DistributedDataParallel (the process group joined already).
 
     A loss of the segmentation head only (``dice+ce``, ``dice+cldice``, ``boundary``) leaves
-    the scale head without a gradient, and so do deep-supervision heads (no loss of the loop
-    uses them): DDP is then told to look for unused parameters, which it otherwise refuses at
+    the scale head without a gradient, and so do deep-supervision heads with ``ds_weight`` 0:
+    DDP is then told to look for unused parameters, which it otherwise refuses at
     the second step (an audit: ``torchrun ... --loss dice+ce`` failed with "Expected to have
     finished reduction in the prior iteration"). Those parameters stay as they are, as in a
     single process.
@@ -413,7 +447,8 @@ def wrap_ddp(model, config: TrainConfig, device: str, local_rank: int = 0):
     import torch
 
     unused = (config.loss not in _BOTH_HEADS
-              or bool(getattr(model, "config", {}).get("deep_supervision")))
+              or (bool(getattr(model, "config", {}).get("deep_supervision"))
+                  and not config.ds_weight > 0))
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[local_rank] if str(device).startswith("cuda") else None,
         find_unused_parameters=unused)
@@ -864,7 +899,7 @@ def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
         "loss_main": mean("loss_main"), "loss_cls": mean("loss_cls"),
         "loss_dis": mean("loss_dis"), "loss_cldice": mean("loss_cldice"),
         "loss_region": mean("loss_region"), "loss_boundary": mean("loss_boundary"),
-        "boundary_alpha": mean("boundary_alpha"),
+        "boundary_alpha": mean("boundary_alpha"), "loss_ds": mean("loss_ds"),
         "cldice_weight": mean("cldice_weight"),
         "cases_seen": _cases_seen(pool),
     }
@@ -1093,7 +1128,7 @@ def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
 #: options a resumed run may change, with a warning (the schedule and the sampling)
 _RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
                   "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
-                  "cldice_weight", "weight_decay", "synthetic")
+                  "cldice_weight", "weight_decay", "synthetic", "ds_weight")
 
 
 def _last_val_metrics(rows: list[dict]) -> dict:
