@@ -240,9 +240,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=blob_ratio_arg,
         default=BLOB_RATIO,
         metavar="R|off",
-        help="drop label components other than the largest that are at least 3 voxels thick "
-        "and whose centerline is shorter than R times the cube root of their volume, or that "
-        f"lie alone (nothing within {BLOB_NEIGHBOUR_MM:g} mm, no face touched), are at most "
+        help="drop label components other than the largest that are at least 5 voxels thick "
+        "(an inscribed ball of 3 voxels' radius), have no other component within "
+        f"{BLOB_NEIGHBOUR_MM:g} mm, and either have a centerline shorter than R times the cube "
+        "root of their volume, or touch no face, are at most "
         f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, thick "
         "plates and other blobs, not tubes; the largest component is kept (default "
         f"{BLOB_RATIO}); 'off' keeps them",
