@@ -89,9 +89,9 @@ def _confidence_level(prediction, messages=None) -> float | None:
     """The confidence filter's level for this prediction's model, None when it does not apply
     (the one decision for a network run and for the live re-apply, as ``segment`` decides it:
     :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``)."""
-    from napari_tubular.inference import effective_min_confidence
+    from napari_tubular.inference import MODEL_MIN_CONFIDENCE, effective_min_confidence
 
-    return effective_min_confidence(DEFAULT_MIN_CONFIDENCE, prediction.meta, messages)
+    return effective_min_confidence(MODEL_MIN_CONFIDENCE, prediction.meta, messages)
 
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
