@@ -84,6 +84,11 @@ DEFAULT_MIN_SIZE_MM3 = 20.0
 #: soft-tissue texture on thick slices (session 18: Betti-0 errors of CT-sized synthetic
 #: volumes 25-65 % lower, held-out unchanged; docs/measurements.md)
 DEFAULT_MIN_CONFIDENCE = 0.99
+#: ``min_confidence`` standing for the model's own level (:func:`effective_min_confidence`):
+#: :func:`segment`'s default; a number, :data:`DEFAULT_MIN_CONFIDENCE` too, applies as given
+#: (an audit: ``--min-confidence 0.99``, as the note for a model of one's own advised, was
+#: taken for the default and turned off)
+MODEL_MIN_CONFIDENCE = "auto"
 #: the confidence filter's removals are said (a warning) from this total volume (mm^3) on
 UNSURE_NOTE_MM3 = 100.0
 #: :func:`segment`'s partial-volume boundary trim (``napari_tubular.geometry.partial_volume``)
@@ -1861,7 +1866,11 @@ def partial_volume_map(image, probability, polarity: str = "bright",
 def check_segment_options(tp, tr, min_size_mm3, partial_volume=None,
                           min_confidence=None) -> None:
     """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
-    if min_confidence is not None and not (math.isfinite(min_confidence)
+    if isinstance(min_confidence, str):
+        if min_confidence != MODEL_MIN_CONFIDENCE:
+            raise ValueError(f"min_confidence (--min-confidence) must be in (0, 1], off or "
+                             f"{MODEL_MIN_CONFIDENCE!r}, got {min_confidence!r}")
+    elif min_confidence is not None and not (math.isfinite(min_confidence)
                                            and 0.0 < min_confidence <= 1.0):
         raise ValueError(f"min_confidence (--min-confidence) must be in (0, 1] or off, got "
                          f"{min_confidence}")
@@ -1942,13 +1951,18 @@ def tuned_min_confidence(meta: dict | None) -> float | None:
 
 
 def effective_min_confidence(min_confidence, meta, messages=None):
-    """The confidence filter's level for a model: the default level
-    (:data:`DEFAULT_MIN_CONFIDENCE`) stands for the model's own (:func:`tuned_min_confidence`):
-    the level ``train`` chose for it; off, with a note, for a model without tuned thresholds
-    (an audit: a model trained with ``train`` lost 4 of its 5 vessels to it, Dice 0.86 ->
-    0.24), for one whose thresholds an earlier ``train`` tuned without measuring the filter's
-    level and for one whose tuning turned it off; any other level as given."""
-    if min_confidence is not None and min_confidence == DEFAULT_MIN_CONFIDENCE:
+    """The confidence filter's level for a model: :data:`MODEL_MIN_CONFIDENCE` (``"auto"``,
+    :func:`segment`'s default) stands for the model's own (:func:`tuned_min_confidence`):
+    :data:`DEFAULT_MIN_CONFIDENCE` for the shipped model, the level ``train`` chose for it;
+    off, with a note, for a model without tuned thresholds (an audit: a model trained with
+    ``train`` lost 4 of its 5 vessels to the shipped model's level, Dice 0.86 -> 0.24), for
+    one whose thresholds an earlier ``train`` tuned without measuring the filter's level and
+    for one whose tuning turned it off. A level given as a number (the default's 0.99 too: the
+    notes say to pass one) or None (off) applies as given."""
+    if isinstance(min_confidence, str):
+        if min_confidence != MODEL_MIN_CONFIDENCE:
+            raise ValueError(f"min_confidence must be a level in (0, 1], None (off) or "
+                             f"{MODEL_MIN_CONFIDENCE!r} (the model's own), got {min_confidence!r}")
         level = tuned_min_confidence(meta)
         if level is None and messages is not None:
             if not has_tuned_thresholds(meta):
@@ -2053,7 +2067,7 @@ def segment(
     partial_volume: float | None = DEFAULT_PARTIAL_VOLUME,
     polarity: str = "bright",
     blob_ratio: float | None = BLOB_RATIO,
-    min_confidence: float | None = DEFAULT_MIN_CONFIDENCE,
+    min_confidence: float | None | str = MODEL_MIN_CONFIDENCE,
     large_vessels: bool = True,
 ) -> SegmentationResult:
     """Predict, then refine (DDT geometry-aware refinement) into labels and a skeleton.
@@ -2079,9 +2093,10 @@ def segment(
             dropped as blobs (enhancing organs, bright distractors:
             :func:`napari_tubular.geometry.remove_blob_components`); None or 0 keeps them.
         min_confidence: components without a voxel of probability >= this are dropped
-            (:data:`DEFAULT_MIN_CONFIDENCE`; counted with the specks in the report's
-            ``components_removed``); None keeps them. The default level applies only to models
-            with tuned thresholds (:func:`effective_min_confidence`).
+            (counted with the specks in the report's ``components_removed``); None keeps them.
+            The default, :data:`MODEL_MIN_CONFIDENCE` (``"auto"``), is the model's own level
+            (:func:`effective_min_confidence`: :data:`DEFAULT_MIN_CONFIDENCE` for the shipped
+            model, off for a model without tuned thresholds); a number applies as given.
 
     Returns:
         :class:`SegmentationResult`.

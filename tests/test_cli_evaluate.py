@@ -557,12 +557,19 @@ def test_batch_exit_status_1_when_some_pairs_fail_and_2_when_all_do(tmp_path, ca
     pred, _ = case(0)
     (pdir / "case_0.nii.gz").unlink()
     write(pdir / "case_0.nii.gz", pred[:-2])  # another grid: refused without --resample
+    capsys.readouterr()
     assert main(["evaluate", str(pdir), str(rdir)]) == 1
+    # the last line sums it up, as segment's does (the README: "likewise")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "error: 1 of 2 case(s) could not be compared (the others were): case_0"
     pred, _ = case(1)
     (pdir / "case_1.nii.gz").unlink()
     write(pdir / "case_1.nii.gz", pred[:-2])
     assert main(["evaluate", str(pdir), str(rdir)]) == 2
-    assert "case_1: error:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "case_1: error:" in err
+    assert err.strip().splitlines()[-1] == (
+        "error: 2 of 2 case(s) could not be compared: case_0, case_1")
 
 
 def test_thick_slice_joining_is_said_beside_the_metrics(tmp_path, capsys):

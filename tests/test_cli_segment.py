@@ -1018,6 +1018,21 @@ def test_a_model_without_tuned_thresholds_keeps_unsure_components(tmp_path, mode
     labels = read_volume(tmp_path / "b" / "ct_labels.nii.gz").data > 0
     assert labels[sure].all()
     assert not labels[vessel].any()
+    # the default's own level given explicitly applies as well (the note says to pass a
+    # level; 0.99 was taken for the default and turned off, without a word)
+    assert _run("segment", image, "-o", tmp_path / "c", "--min-confidence", "0.99",
+                *common) == 0
+    labels = read_volume(tmp_path / "c" / "ct_labels.nii.gz").data > 0
+    assert labels[sure].all()
+    assert not labels[vessel].any()
+    report = json.loads((tmp_path / "c" / "ct_report.json").read_text())
+    assert report["parameters"]["min_confidence"] == 0.99
+    assert not any("no tuned thresholds" in m for m in report["messages"])
+    # 'auto' names the default
+    assert _run("segment", image, "-o", tmp_path / "d", "--min-confidence", "auto",
+                *common) == 0
+    report = json.loads((tmp_path / "d" / "ct_report.json").read_text())
+    assert report["parameters"]["min_confidence"] is None
 
 def test_refine_without_a_report_says_which_filters_are_off(tmp_path, capsys):
     """An audit: refine on maps without their report (filters off) gave other labels than

@@ -1259,6 +1259,7 @@ def test_the_confidence_filter_default_follows_the_models_tuning():
     including off (a note says why)."""
     from napari_tubular.inference import (
         DEFAULT_MIN_CONFIDENCE,
+        MODEL_MIN_CONFIDENCE,
         effective_min_confidence,
         tuned_min_confidence,
     )
@@ -1276,17 +1277,25 @@ def test_the_confidence_filter_default_follows_the_models_tuning():
     by_train_since = {"metrics": {"refine": {"tp": 0.7, "tr": 0.5, "source": "train validation",
                                              "min_confidence": 0.9}}}
     assert tuned_min_confidence(by_train_since) == 0.9  # the level train chose
-    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, by_train_since) == 0.9
+    assert effective_min_confidence(MODEL_MIN_CONFIDENCE, by_train_since) == 0.9
     notes = []
-    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, by_train, notes) is None
+    assert effective_min_confidence(MODEL_MIN_CONFIDENCE, by_train, notes) is None
     assert notes[0].startswith("the model's thresholds were tuned by an earlier train")
     notes = []
-    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, off, notes) is None
+    assert effective_min_confidence(MODEL_MIN_CONFIDENCE, off, notes) is None
     assert len(notes) == 1
     assert "tuning on its validation volumes" in notes[0]
     notes = []
-    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, untuned, notes) is None
+    assert effective_min_confidence(MODEL_MIN_CONFIDENCE, untuned, notes) is None
     assert notes[0].startswith("the model holds no tuned thresholds")
-    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, legacy) == DEFAULT_MIN_CONFIDENCE
+    assert effective_min_confidence(MODEL_MIN_CONFIDENCE, legacy) == DEFAULT_MIN_CONFIDENCE
     assert effective_min_confidence(0.9, off) == 0.9  # a level given explicitly applies
     assert effective_min_confidence(None, legacy) is None
+    # the default's own number given explicitly applies too (an audit: --min-confidence 0.99,
+    # as the note for a model of one's own advised, was taken for the default: off)
+    notes = []
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, untuned, notes) == 0.99
+    assert effective_min_confidence(DEFAULT_MIN_CONFIDENCE, off, notes) == 0.99
+    assert notes == []
+    with pytest.raises(ValueError, match="the model's own"):
+        effective_min_confidence("high", legacy)

@@ -668,6 +668,10 @@ def _run_batch(args) -> int:
     if args.csv is not None:
         _write_csv(args.csv, rows)
         print(f"wrote {args.csv}")
+    if failed:  # the last line says it, as segment's does (the per-case errors scroll away)
+        others = " (the others were)" if cases else ""
+        print(f"error: {len(failed)} of {len(pairs)} case(s) could not be compared{others}: "
+              + ", ".join(f["case"] for f in failed), file=sys.stderr, flush=True)
     if failed and not cases:
         return 2  # no case evaluated: an error, as for a single pair
     return 1 if failed else 0

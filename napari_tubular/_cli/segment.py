@@ -67,6 +67,13 @@ def min_confidence_arg(text: str):
     return _number_or_off(text, lambda v: 0.0 < v <= 1.0, "a probability in (0, 1]")
 
 
+def _segment_min_confidence_arg(text: str):
+    """segment's ``--min-confidence``: also 'auto', the model's own level (the default)."""
+    from ..inference import MODEL_MIN_CONFIDENCE
+
+    return MODEL_MIN_CONFIDENCE if text.lower() == "auto" else min_confidence_arg(text)
+
+
 def _bone_level_arg(text: str):
     if text.lower() in ("off", "none"):
         return None
@@ -89,6 +96,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         DEFAULT_MIN_CONFIDENCE,
         DEFAULT_MIN_SIZE_MM3,
         DEFAULT_PARTIAL_VOLUME,
+        MODEL_MIN_CONFIDENCE,
     )
 
     p = subparsers.add_parser(
@@ -149,13 +157,14 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--min-confidence",
-        type=min_confidence_arg,
-        default=DEFAULT_MIN_CONFIDENCE,
-        metavar="P|off",
+        type=_segment_min_confidence_arg,
+        default=MODEL_MIN_CONFIDENCE,
+        metavar="P|auto|off",
         help="remove label components without a voxel whose probability reaches P (the "
-        "network is sure of no part of them: specks of soft-tissue texture; default "
-        f"{DEFAULT_MIN_CONFIDENCE:g}); components of {CONFIDENCE_MAX_MM3 / 1000:g} mL and more "
-        "are kept; 'off' keeps them",
+        "network is sure of no part of them: specks of soft-tissue texture; default 'auto': "
+        f"the model's own level, {DEFAULT_MIN_CONFIDENCE:g} for the shipped model, the level "
+        "train chose for a model of yours, off for one without tuned thresholds); components "
+        f"of {CONFIDENCE_MAX_MM3 / 1000:g} mL and more are kept; 'off' keeps them",
     )
     p.add_argument(
         "--no-refine",
@@ -240,9 +249,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=blob_ratio_arg,
         default=BLOB_RATIO,
         metavar="R|off",
-        help="drop label components other than the largest that are at least 3 voxels thick "
-        "and whose centerline is shorter than R times the cube root of their volume, or that "
-        f"lie alone (nothing within {BLOB_NEIGHBOUR_MM:g} mm, no face touched), are at most "
+        help="drop label components other than the largest that are at least 5 voxels thick "
+        "(an inscribed ball of 3 voxels' radius), have no other component within "
+        f"{BLOB_NEIGHBOUR_MM:g} mm, and either have a centerline shorter than R times the cube "
+        "root of their volume, or touch no face, are at most "
         f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, thick "
         "plates and other blobs, not tubes; the largest component is kept (default "
         f"{BLOB_RATIO}); 'off' keeps them",

@@ -138,7 +138,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="MM",
         help="largest root radius in mm: the first root's is 0.8-1.0 times it, others' "
         "0.45-0.8 times (default 4.5%% of the smallest physical extent, and at least twice "
-        "--min-radius: a warning when --min-radius raises it)",
+        "--min-radius: a note when --min-radius raises it, a warning when that passes a "
+        "quarter of the extent)",
     )
     p.add_argument(
         "--min-radius",

@@ -89,9 +89,9 @@ def _confidence_level(prediction, messages=None) -> float | None:
     """The confidence filter's level for this prediction's model, None when it does not apply
     (the one decision for a network run and for the live re-apply, as ``segment`` decides it:
     :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``)."""
-    from napari_tubular.inference import effective_min_confidence
+    from napari_tubular.inference import MODEL_MIN_CONFIDENCE, effective_min_confidence
 
-    return effective_min_confidence(DEFAULT_MIN_CONFIDENCE, prediction.meta, messages)
+    return effective_min_confidence(MODEL_MIN_CONFIDENCE, prediction.meta, messages)
 
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
@@ -296,9 +296,10 @@ class SegmentWidget(QWidget):
             "vessel is cut through or removed")
         self.blob_check = _option(
             form, "drop blob-like components", True,
-            "drop label components other than the largest that are at least 3 voxels thick "
-            "and whose centerline is shorter than half the cube root of their volume, or that "
-            f"lie alone (nothing within {BLOB_NEIGHBOUR_MM:g} mm, no face touched), are at most "
+            "drop label components other than the largest that are at least 5 voxels thick "
+            "(an inscribed ball of 3 voxels' radius), have no other component within "
+            f"{BLOB_NEIGHBOUR_MM:g} mm, and either have a centerline shorter than half the cube "
+            "root of their volume, or touch no face, are at most "
             f"{BLOB_MAX_DIAMETERS:g} of their diameters long and taper at both ends: balls, "
             "thick plates and blobs (an enhancing organ, a bright distractor), not tubes "
             "(segment --blob-ratio)")
