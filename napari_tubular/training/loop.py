@@ -706,6 +706,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             acc.setdefault("cldice_weight", []).append(cw)
             do_log = config.log_every and step % config.log_every == 0
             do_val = has_val and bool(config.val_every) and step % config.val_every == 0
+            if not is_main and (do_log or do_val or len(acc.get("loss", ())) >= 1000):
+                acc = {}  # the other ranks log nothing (an audit: their list grew all run long)
             if is_main and (do_log or do_val):
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop, lr, acc, pool)
                 acc = {}
