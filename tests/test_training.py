@@ -1420,6 +1420,13 @@ def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
         train(tiny_config(tmp_path / "run2", data=[str(tmp_path / "nowhere")]))
 
 
+def test_a_missing_validation_folder_is_called_one(tmp_path):
+    """An outside judge: a missing --val-data folder was reported as "data folder not found"
+    (the training data's message), pointing at the wrong option."""
+    with pytest.raises(FileNotFoundError, match="^validation data folder not found"):
+        train(tiny_config(tmp_path / "run", val_data=[str(tmp_path / "nowhere")]))
+
+
 def test_cli_help_defaults_are_the_configs(capsys):
     """An audit: train --help left out most defaults; those it states are TrainConfig's."""
     import re

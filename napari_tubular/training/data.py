@@ -297,12 +297,14 @@ def _unreadable_pair_files(folder: Path, volumes: Sequence[Path]) -> list[str]:
     return out
 
 
-def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+def find_pairs(folders: Iterable[str | Path], what: str = "data") -> list[tuple[Path, Path]]:
     """Image/label pairs in folders: ``<stem>_image.<ext>`` with ``<stem>_label.<ext>``.
 
     Volumes named otherwise, and files named like a pair member in a format that is not read,
     are left out with a warning that names (a few of) them (an outside review: they were
     ignored without a word).
+
+    ``what`` names the folders in the messages ("data", "validation data").
 
     Raises:
         FileNotFoundError: a folder does not exist or holds no pair (the message says the
@@ -316,10 +318,12 @@ def find_pairs(folders: Iterable[str | Path]) -> list[tuple[Path, Path]]:
         folder = Path(folder)
         if folder.exists() and not folder.is_dir():
             # an audit: a file was reported as "not found"
-            raise ValueError(f"data: {folder} is a file; give the folder of NAME_image / "
+            raise ValueError(f"{what}: {folder} is a file; give the folder of NAME_image / "
                              "NAME_label pairs it lies in")
         if not folder.is_dir():
-            raise FileNotFoundError(f"data folder not found: {folder}")
+            # "validation data" for those (an audit: a missing validation folder was called
+            # "data folder")
+            raise FileNotFoundError(f"{what} folder not found: {folder}")
         images: dict[str, Path] = {}
         labels: dict[str, Path] = {}
         others: list[str] = []

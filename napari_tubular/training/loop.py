@@ -331,7 +331,7 @@ def _load_val_cases(config: TrainConfig, normalization: dict, progress: Progress
             if progress:
                 progress(i + 1, config.val_cases, "preparing validation cases")
         return cases
-    pairs = find_pairs(config.val_data)
+    pairs = find_pairs(config.val_data, "validation data")
     return [load_pair(i, la, config.target_spacing, config.K, normalization) for i, la in pairs]
 
 
