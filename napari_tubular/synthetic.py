@@ -1058,9 +1058,11 @@ def make_vessel_tree(
         shape: (Z, Y, X) voxels, each >= 8.
         spacing: voxel size in mm, (sz, sy, sx).
         seed: non-negative integer; the same seed gives identical arrays.
-        max_radius_mm: the largest root radius: the first root's is drawn from 0.8-1.0 times
-            it, other roots' from 0.45-0.8 times; default ``0.045 * min physical extent``
-            (>= 2 * min radius).
+        max_radius_mm: the largest root radius where a root starts: the first root's is
+            drawn from 0.8-1.0 times it, other roots' from 0.45-0.8 times; along a root the
+            radius tapers to 0.9-1.0 of its start and wobbles by up to 8 %, so a vessel can be
+            up to 1.08 times ``max_radius_mm`` (an audit: above it in 4 of 60 seeds, by up to
+            2.9 %); default ``0.045 * min physical extent`` (>= 2 * min radius).
         min_radius_mm: thinnest vessel; default ``0.4 * min(spacing)`` (sub-voxel).
         n_trees: number of trees (default random 1..3). Trees never touch each other. 0 gives
             a volume without vessels (empty label), e.g. tissue alone to teach a network what
