@@ -67,6 +67,20 @@ def test_label_is_consistent_with_centerline_and_image():
     assert np.median(img[core]) > np.median(img[~lab]) + 100
 
 
+def test_label_holds_the_capsules_of_its_centerline_csv():
+    """The label is the capsules around the CSV's segments plus the centerline's nearest voxels
+    plus label-only fork webs, so the capsules rebuilt from the bundled CSV lie inside it. An
+    audit: the bundled CSV had 6 decimals (save_case writes exact floats since an earlier
+    audit), and its rebuilt capsules had 5 voxels outside the bundled label."""
+    from napari_tubular.synthetic import render_capsules
+
+    lab = read_volume(sample_path("label")).data.astype(bool)
+    cl = read_centerline_csv(sample_path("centerline"))
+    rebuilt, _ = render_capsules(cl["centerline"][:, :3], cl["centerline"][:, 3], cl["edges"],
+                                 lab.shape, SPACING, occupancy=False)
+    assert not np.any(rebuilt & ~lab)
+
+
 def test_sample_vessels_layer_data():
     layers = sample_vessels()
     assert [t for _, _, t in layers] == ["image", "labels"]

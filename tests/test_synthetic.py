@@ -552,3 +552,21 @@ def test_invalid_generator_options_are_refused(options, match):
     kwargs = {"shape": (16, 16, 16), "spacing": (1.0, 1.0, 1.0), **options}
     with pytest.raises(ValueError, match=match):
         make_vessel_tree(**kwargs)
+
+
+def test_vessel_free_case_reads_back_without_warnings(tmp_path):
+    """An audit: reading the CSVs of a vessel-free case (``synth --trees 0``, a documented
+    option) gave two numpy warnings, "loadtxt: input contained no data"."""
+    import warnings
+
+    from napari_tubular.synthetic import read_centerline_csv, save_case
+
+    case = make_vessel_tree((12, 12, 12), (1.0, 1.0, 1.0), seed=0, n_trees=0)
+    paths = save_case(case, tmp_path, "empty")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = read_centerline_csv(paths["centerline"])
+    assert got["centerline"].shape == (0, 4)
+    assert got["tree_id"].shape == got["branch_id"].shape == (0,)
+    assert got["edges"].shape == (0, 2)
+    assert got["edges"].dtype == np.int64

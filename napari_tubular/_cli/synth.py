@@ -136,8 +136,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=_positive_float,
         default=None,
         metavar="MM",
-        help="largest root radius in mm: the first root's is 0.8-1.0 times it, others' "
-        "0.45-0.8 times (default 4.5%% of the smallest physical extent, and at least twice "
+        help="largest root radius in mm where a root starts: the first root's is 0.8-1.0 "
+        "times it, others' 0.45-0.8 times, and a wobble of up to 8%% along a root can take a "
+        "vessel up to 1.08 times it (default 4.5%% of the smallest physical extent, and at least twice "
         "--min-radius: a note when --min-radius raises it, a warning when that passes a "
         "quarter of the extent)",
     )
