@@ -423,6 +423,11 @@ class SegmentWidget(QWidget):
             raise ValueError("model: choose a .pt file or select 'default'")
         return text
 
+    def _live_options(self) -> tuple:
+        """What the live refinement applies: the thresholds and the clean-up options."""
+        return (self.tp, self.tr, self.min_size_spin.value(), self.pv_check.isChecked(),
+                self.blob_check.isChecked(), self.confidence_check.isChecked())
+
     @property
     def busy(self) -> bool:
         return self._job is not None and self._job.running
@@ -494,6 +499,7 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         blobs = self.blob_check.isChecked()
         confident = self.confidence_check.isChecked()
+        options = self._live_options()
 
         def compute():
             from napari_tubular import inference
@@ -566,8 +572,11 @@ class SegmentWidget(QWidget):
 
             for msg in prediction.messages:
                 show_info(f"Segmentation: {msg}")
-            # sliders moved during the run, or metrics wanted against a reference
-            if (self.tp, self.tr) != thresholds or self.reference_picker.layer() is not None:
+            # sliders or clean-up options changed during the run (an audit: a min component
+            # size or a box changed while the network ran was not applied to its result), or
+            # metrics wanted against a reference
+            if (self._live_options() != options
+                    or self.reference_picker.layer() is not None):
                 self._on_thresholds()
 
         def finished():

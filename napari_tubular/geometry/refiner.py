@@ -127,8 +127,12 @@ class Refiner:
             self._cand_floor = floor
 
     def _count(self, tp: float) -> int:
-        """How many voxels have ``P > tp`` (the cache must cover ``tp``)."""
-        return int(np.searchsorted(self._cand_negp, -tp, side="left"))
+        """How many voxels have ``P > tp`` (the cache must cover ``tp``), compared in ``P``'s
+        float32 as ``_candidates`` and ``prob > tp`` compare (an audit: ``searchsorted`` took
+        ``-tp`` as float64, so a voxel of ``P == float32(tp)`` was a seed by this count but no
+        candidate: the seeds at a ``T_p`` depended on the slider's earlier values, and an
+        incremental step from there left the kernels of such seeds out of ``Y_r``)."""
+        return int(np.searchsorted(self._cand_negp, -np.float32(tp), side="left"))
 
     def _seed_params(self, flat: np.ndarray):
         """Radius (mm, capped; module docstring) and weight ``p_u`` of the seeds at ``flat``.

