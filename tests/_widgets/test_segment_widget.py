@@ -52,14 +52,20 @@ def _owned(viewer, role):
     return found[0] if found else None
 
 
-@pytest.fixture
-def seg(make_napari_viewer, vessel_case, predict_counter):
+def _run_on_the_case(make_napari_viewer, vessel_case):
+    """A viewer with the case's image and a Segment widget run on it at T_p 0.6 / T_r 0.5."""
     viewer = make_napari_viewer()
     viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
     widget = SegmentWidget(viewer)
     widget.tp_slider.setValue(0.6)
     widget.tr_slider.setValue(0.5)
     widget.run()
+    return viewer, widget
+
+
+@pytest.fixture
+def seg(make_napari_viewer, vessel_case, predict_counter):
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
     return viewer, widget, predict_counter
 
 
@@ -1081,12 +1087,7 @@ def test_options_changed_while_the_network_runs_apply_to_its_result(
         return real(func, what=what, **kw)
 
     monkeypatch.setattr(seg_mod, "start_job", hold_the_network)
-    viewer = make_napari_viewer()
-    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
-    widget = SegmentWidget(viewer)
-    widget.tp_slider.setValue(0.6)
-    widget.tr_slider.setValue(0.5)
-    widget.run()
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
     assert len(held) == 1
     assert widget.result is None
     if change == "min_size":
