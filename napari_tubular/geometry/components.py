@@ -49,6 +49,21 @@ def _kept(m: np.ndarray, fg: np.ndarray, fg_labels: np.ndarray, keep: np.ndarray
     return out
 
 
+def _check_min_size(min_size_mm3) -> None:
+    if not np.isfinite(min_size_mm3) or min_size_mm3 < 0:
+        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3}")
+
+
+def _check_min_confidence(min_confidence) -> None:
+    if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
+        raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+
+
+def _check_blob_ratio(ratio) -> None:
+    if not np.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"blob ratio must be a finite number >= 0, got {ratio}")
+
+
 def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndarray, int]:
     """Drop 26-connected foreground components smaller than ``min_size_mm3``.
 
@@ -65,8 +80,7 @@ def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndar
     """
     m = check_mask(mask)
     sp = check_spacing(spacing)
-    if not np.isfinite(min_size_mm3) or min_size_mm3 < 0:
-        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3}")
+    _check_min_size(min_size_mm3)
     if min_size_mm3 == 0 or not m.any():
         return m.astype(np.uint8), 0
     n, fg, fg_labels = _foreground_components(m)
@@ -143,8 +157,7 @@ def remove_blob_components(mask, spacing, ratio: float = BLOB_RATIO) -> tuple[np
 
     m = check_mask(mask)
     sp = check_spacing(spacing)
-    if not np.isfinite(ratio) or ratio < 0:
-        raise ValueError(f"blob ratio must be a finite number >= 0, got {ratio}")
+    _check_blob_ratio(ratio)
     out = m.astype(np.uint8)
     if ratio == 0 or not m.any():
         return out, []
@@ -286,8 +299,7 @@ def remove_unconfident_components(mask, probability, min_confidence: float, spac
     m = check_mask(mask)
     p = np.asarray(probability)
     check_same_shape(m, p, "mask", "probability")
-    if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
-        raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+    _check_min_confidence(min_confidence)
     if max_volume_mm3 is not None and spacing is None:
         raise ValueError("max_volume_mm3 needs the spacing")
     n, fg, fg_labels = _foreground_components(m)
@@ -295,19 +307,33 @@ def remove_unconfident_components(mask, probability, min_confidence: float, spac
         stats.update(removed=0, removed_mm3=0.0)
     if n == 0:
         return m.astype(np.uint8), 0
-    peak = np.full(n + 1, -np.inf)
-    np.maximum.at(peak, fg_labels, p.ravel()[fg].astype(np.float64))
-    if float(peak.max()) < min_confidence:
-        return m.astype(np.uint8), 0
-    keep = peak >= min_confidence
     voxel = float(np.prod(check_spacing(spacing))) if spacing is not None else 0.0
     sizes = np.bincount(fg_labels, minlength=n + 1) * voxel
-    if max_volume_mm3 is not None:
-        keep |= sizes >= float(max_volume_mm3)
-    keep[0] = True
+    unsure = _unsure(fg_labels, p.ravel()[fg], sizes, min_confidence, max_volume_mm3,
+                     np.ones(n + 1, dtype=bool))
+    if not unsure.any():
+        return m.astype(np.uint8), 0
     if stats is not None:
-        stats.update(removed=int(n - keep[1:].sum()), removed_mm3=float(sizes[~keep].sum()))
-    return _kept(m, fg, fg_labels, keep), int(n - keep[1:].sum())
+        stats.update(removed=int(unsure.sum()), removed_mm3=float(sizes[unsure].sum()))
+    return _kept(m, fg, fg_labels, ~unsure), int(unsure.sum())
+
+
+def _unsure(fg_labels: np.ndarray, p_fg: np.ndarray, volume_mm3: np.ndarray,
+            min_confidence: float, max_volume_mm3: float | None, alive: np.ndarray) -> np.ndarray:
+    """The confidence filter's decision, by label: the components still ``alive`` without a
+    voxel of probability >= ``min_confidence`` (``p_fg``: the probability at the foreground
+    voxels, ``fg_labels`` their labels) and under ``max_volume_mm3`` (None: any volume); none
+    when no alive component reaches the level (:func:`remove_unconfident_components`)."""
+    peak = np.full(volume_mm3.size, -np.inf)
+    np.maximum.at(peak, fg_labels, p_fg.astype(np.float64))
+    peak[~alive] = -np.inf
+    if float(peak.max()) < min_confidence:
+        return np.zeros(volume_mm3.size, dtype=bool)
+    unsure = alive & (peak < min_confidence)
+    if max_volume_mm3 is not None:
+        unsure &= volume_mm3 < float(max_volume_mm3)
+    unsure[0] = False
+    return unsure
 
 
 def fill_cavities(mask, spacing, stats: dict | None = None) -> np.ndarray:
@@ -384,18 +410,16 @@ def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: floa
     """
     filled = fill_cavities(mask, spacing, stats)
     sp = check_spacing(spacing)
-    if not np.isfinite(min_size_mm3) or min_size_mm3 < 0:
-        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3}")
+    _check_min_size(min_size_mm3)
     confident = probability is not None and bool(min_confidence)
     if confident:
         p = np.asarray(probability)
         check_same_shape(filled, p, "mask", "probability")
-        if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
-            raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+        _check_min_confidence(min_confidence)
         if stats is not None:
             stats.update(removed=0, removed_mm3=0.0)
-    if blob_ratio is not None and (not np.isfinite(blob_ratio) or blob_ratio < 0):
-        raise ValueError(f"blob ratio must be a finite number >= 0, got {blob_ratio}")
+    if blob_ratio is not None:
+        _check_blob_ratio(blob_ratio)
     if not filled.any():
         return filled.astype(np.uint8), 0, []
     import cc3d
@@ -404,25 +428,20 @@ def remove_specks_and_blobs(mask, spacing, min_size_mm3: float, blob_ratio: floa
     labels = np.ascontiguousarray(labels)  # written through ravel() below
     fg = np.flatnonzero(filled)
     fg_labels = labels.ravel()[fg]
-    voxel = float(np.prod(sp))
     sizes = np.bincount(fg_labels, minlength=n + 1)
+    volume_mm3 = sizes * float(np.prod(sp))
     keep = np.ones(n + 1, dtype=bool)
     if min_size_mm3 > 0:
-        keep = sizes * voxel >= float(min_size_mm3)
+        keep = volume_mm3 >= float(min_size_mm3)
         keep[0] = True
     n_removed = int(n - keep[1:].sum())
     if confident and keep[1:].any():
-        peak = np.full(n + 1, -np.inf)
-        np.maximum.at(peak, fg_labels, p.ravel()[fg].astype(np.float64))
-        peak[~keep] = -np.inf
-        if float(peak.max()) >= min_confidence:
-            unsure = keep & (peak < min_confidence) & (sizes * voxel < CONFIDENCE_MAX_MM3)
-            unsure[0] = False
-            if stats is not None:
-                stats.update(removed=int(unsure.sum()),
-                             removed_mm3=float((sizes * voxel)[unsure].sum()))
-            keep &= ~unsure
-            n_removed += int(unsure.sum())
+        unsure = _unsure(fg_labels, p.ravel()[fg], volume_mm3, min_confidence,
+                         CONFIDENCE_MAX_MM3, keep)
+        if stats is not None:
+            stats.update(removed=int(unsure.sum()), removed_mm3=float(volume_mm3[unsure].sum()))
+        keep &= ~unsure
+        n_removed += int(unsure.sum())
     out = _kept(filled, fg, fg_labels, keep)
     blobs: list = []
     ids = np.flatnonzero(keep[1:]) + 1
