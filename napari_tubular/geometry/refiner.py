@@ -50,6 +50,7 @@ from .spheres import (
     DEFAULT_TR,
     DEFAULT_TRUNCATE,
     RefineResult,
+    _centers_mm,
     _check_refine_inputs,
     _kernel_sum,
     _refine_from_seeds,
@@ -200,7 +201,7 @@ class Refiner:
                 self._peak = max(self._peak, float(y.max()))
             skel[changed] = 1 if c_new > c_old else 0
         y = y.reshape(shape)
-        centers = np.stack(np.unravel_index(flat, shape), axis=1) * np.asarray(self.spacing)[None, :]
+        centers = _centers_mm(flat, shape, self.spacing)
         self._incremental_steps += 1
         return RefineResult(labels=(y > new_tr).view(np.uint8), skeleton=skel.reshape(shape),
                             refined=y, centers_mm=centers, radii_mm=r, tp=new_tp, tr=new_tr,

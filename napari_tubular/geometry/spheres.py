@@ -320,10 +320,7 @@ def _accumulate(seeds, weights, inv2s2, cut2, spacing, shape, mode, device, out=
     res = _accumulate_torch(seeds, weights, inv2s2, cut2, spacing, shape, mode, dev)
     if out is None:
         return res
-    if mode == "sum":
-        out += res
-    else:
-        out |= res
+    out += res  # (a bool ``out``: logical or)
     return out
 
 
@@ -459,6 +456,11 @@ def _kernel_sum(flat, r, w, shape, spacing, truncate, device, out=None) -> np.nd
                        out=out)
 
 
+def _centers_mm(flat, shape, spacing) -> np.ndarray:
+    """Seed centres in mm, (N, 3) float64, of the seeds at the flat indices ``flat``."""
+    return np.stack(np.unravel_index(flat, shape), axis=1) * np.asarray(spacing)[None, :]
+
+
 def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> RefineResult:
     skel = np.zeros(int(np.prod(shape)), dtype=np.uint8)
     skel[flat] = 1
@@ -469,7 +471,7 @@ def _refine_from_seeds(flat, r, w, shape, spacing, tp, tr, truncate, device) -> 
             "refined mask is empty; lower T_p.", EmptySkeletonWarning, stacklevel=3)
     y = _kernel_sum(flat, r, w, shape, spacing, truncate, device).reshape(shape)
     labels = (y > tr).view(np.uint8)
-    centers = np.stack(np.unravel_index(flat, shape), axis=1) * np.asarray(spacing)[None, :]
+    centers = _centers_mm(flat, shape, spacing)
     return RefineResult(labels=labels, skeleton=skel, refined=y, centers_mm=centers, radii_mm=r,
                         tp=tp, tr=tr)
 
