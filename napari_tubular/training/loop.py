@@ -273,7 +273,7 @@ def deep_supervision_targets(label, scale, K: int, heads) -> list:
     k = scale[:, 0].round().clamp(0, K).long()
     band = torch.where((k > 0) & (label[:, 0] > 0.5), torch.div(k * C + K - 1, K,
                                                                  rounding_mode="floor"), 0)
-    return multilabel_pyramid_targets(band.clamp(0, C), sizes, num_classes=C + 1)
+    return multilabel_pyramid_targets(band, sizes, num_classes=C + 1)  # k <= K: band <= C
 
 
 def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
@@ -706,7 +706,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             acc.setdefault("cldice_weight", []).append(cw)
             do_log = config.log_every and step % config.log_every == 0
             do_val = has_val and bool(config.val_every) and step % config.val_every == 0
-            if not is_main and (do_log or do_val or len(acc.get("loss", ())) >= 1000):
+            if not is_main:
                 acc = {}  # the other ranks log nothing (an audit: their list grew all run long)
             if is_main and (do_log or do_val):
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop, lr, acc, pool)
