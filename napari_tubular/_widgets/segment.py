@@ -126,6 +126,24 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
                                centers_mm=centers_mm, radii_mm=radii_mm)
 
 
+
+def _radius_threshold(tp: float) -> float:
+    """The probability above which the radius layer shows the radius (as ``segment`` writes
+    ``NAME_radius``: ``P >= min(0.5, T_p)``)."""
+    from napari_tubular.inference import NO_REFINE_THRESHOLD
+
+    return min(NO_REFINE_THRESHOLD, float(tp))
+
+
+def _radius_on_foreground(prediction, tp: float) -> tuple[np.ndarray, float]:
+    """The network's radius (mm) on the foreground at ``T_p``, 0 elsewhere (the scale head
+    says nothing meaningful on the background), and the foreground's threshold."""
+    from napari_tubular.inference import mask_radius
+
+    radius = mask_radius(np.asarray(prediction.radius_mm, dtype=np.float32),
+                         prediction.probability, tp)
+    return radius, _radius_threshold(tp)
+
 def _spheres(result, spacing):
     """Sphere points ``(centers_mm, radii_mm)`` of a (speck-filtered) refinement."""
     from napari_tubular.geometry import spheres_as_points
@@ -191,6 +209,7 @@ class SegmentWidget(QWidget):
         self._source: str | None = None
         self._source_layer = None
         self._radius_limits = (0.0, 1.0)
+        self._radius_threshold: float | None = None  # the radius layer's foreground, P >= this
         self._affine = np.eye(4)
         self._warned_mismatch: str | None = None
         self._reference_problem: str | None = None  # why the chosen reference gives no metrics
@@ -709,11 +728,11 @@ class SegmentWidget(QWidget):
             visible=False,
             **self._kwargs(),
         )
-        from napari_tubular.inference import mask_radius
+        self._show_radius(*_radius_on_foreground(p, tp))
 
-        # as the CLI writes it: the radius on the foreground (P >= min(0.5, T_p)), 0 elsewhere;
-        # the network's scale head says nothing meaningful on the background
-        radius = mask_radius(np.asarray(p.radius_mm, dtype=np.float32), p.probability, tp)
+    def _show_radius(self, radius: np.ndarray, threshold: float) -> None:
+        """The radius map layer: ``radius`` is the network's radius on ``P >= threshold``."""
+        self._radius_threshold = threshold
         rmax = float(radius.max()) if radius.size and radius.max() > 0 else 1.0
         self._radius_limits = (0.0, rmax)
         layer = upsert_layer(
@@ -914,16 +933,24 @@ class SegmentWidget(QWidget):
                  else None)
         probability = self.prediction.probability if level else None
 
+        prediction = self.prediction
+        # the radius layer shows the foreground P >= min(0.5, T_p): a step across 0.5 changes
+        # it (an audit: it kept the Run's foreground while the labels grew below 0.5)
+        new_radius = _radius_threshold(tp) != self._radius_threshold
+
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
                                      blobs, probability, level)
-            return result, _spheres(result, spacing)
+            radius = _radius_on_foreground(prediction, tp) if new_radius else None
+            return result, _spheres(result, spacing), radius
 
         def returned(out):
-            result, spheres = out
+            result, spheres, radius = out
             if refiner is not self.refiner:  # a new network run replaced it meanwhile
                 return
             self.refine_count += 1
+            if radius is not None and "radius" not in self._dismissed:
+                self._show_radius(*radius)
             # the layers first, the metrics after them in a job of their own (an audit: with a
             # reference at 200 x 256 x 256 every step waited 3 s for its metrics)
             self._apply_refinement(result, spheres, (tp, tr), None,

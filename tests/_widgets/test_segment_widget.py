@@ -825,6 +825,26 @@ def test_layers_menu_on_another_image_uses_it(make_napari_viewer, vessel_case, p
     assert widget.image_picker.layer() is a
 
 
+def test_the_radius_layer_follows_a_foreground_below_one_half(seg):
+    """The radius layer shows the radius on ``P >= min(0.5, T_p)``, as ``segment`` writes it.
+    An audit: it kept the Run's foreground (``P >= 0.5``) after ``T_p`` went below 0.5, so the
+    labels grew where the radius map read 0."""
+    viewer, widget, counter = seg
+    prob, radius_mm = widget.prediction.probability, widget.prediction.radius_mm
+    low = (prob >= 0.3) & (prob < 0.5)
+    assert np.count_nonzero(low & (radius_mm > 0)) > 0  # the case has such voxels
+    widget.tp_slider.setValue(0.3)
+    widget._start_refine()
+    radius = _owned(viewer, "radius")
+    np.testing.assert_allclose(radius.data[prob >= 0.3], radius_mm[prob >= 0.3])
+    assert np.all(radius.data[prob < 0.3] == 0)
+    assert not radius.visible  # the user's visibility is kept
+    widget.tp_slider.setValue(0.8)  # back above 0.5: the foreground is P >= 0.5 again
+    widget._start_refine()
+    assert np.all(_owned(viewer, "radius").data[low] == 0)
+    assert counter.calls == 1  # the network ran once
+
+
 def test_overlays_show_what_segment_writes(seg):
     """Radius on the foreground only, its colour range from the vessels; the pseudo-skeleton
     and the spheres where the (speck-filtered) labels are; the labels drawn above the skeleton."""
