@@ -721,6 +721,39 @@ def test_corrupt_header(tmp_path, ext):
     assert p.name in str(err.value)
 
 
+def _patched_nifti(tmp_path, name: str, offset: int, fmt: str, value, **codes) -> Path:
+    """A valid 5 x 6 x 7 NIfTI-1 file with one header field overwritten (``struct`` format)."""
+    import struct
+
+    nib = pytest.importorskip("nibabel")
+    a = np.diag([0.7, 0.8, 2.5, 1.0])
+    img = nib.Nifti1Image(np.zeros((7, 6, 5), np.int16), a)
+    img.set_qform(a, code=codes.get("qform_code", 1))
+    img.set_sform(a, code=codes.get("sform_code", 1))
+    p = tmp_path / name
+    nib.save(img, str(p))
+    raw = bytearray(p.read_bytes())
+    raw[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def test_a_negative_nifti_dimension_is_a_corrupt_header(tmp_path):
+    """dim[3] = -5 in a NIfTI header was read as a single slice (shape (1, 6, 7)) without a
+    word; it is a corrupt header, named with the file."""
+    p = _patched_nifti(tmp_path, "negdim.nii", 40 + 2 * 3, "<h", -5)
+    with pytest.raises(VolumeIOError, match=r"negdim\.nii: corrupt NIfTI header.*negative"):
+        read_volume(p)
+
+
+def test_a_nan_in_the_nifti_sform_is_a_corrupt_header_naming_the_file(tmp_path):
+    """A NaN in srow_x (sform only): a bare ValueError "origin must be finite", naming no
+    file; now a VolumeIOError naming it (the CLI's clear error)."""
+    p = _patched_nifti(tmp_path, "nansform.nii", 280 + 12, "<f", float("nan"), qform_code=0)
+    with pytest.raises(VolumeIOError, match=r"nansform\.nii: corrupt NIfTI header.*sform.*NaN"):
+        read_volume(p)
+
+
 def test_2d_image(tmp_path):
     p = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 7), np.float32)), str(p))
