@@ -14,7 +14,8 @@ A file whose direction permutes the axes (a sagittal or coronal acquisition) ope
 array axes in the order that puts each one along the world axis nearest to it
 (:func:`display_axes`; ``metadata[AXES_KEY]`` records the order): napari cannot slice a layer
 whose affine moves an axis into the displayed plane. The writers put a layer with that record
-(and the results computed on it) back in the file's axis order.
+(and the results computed on it) back in the file's axis order, and so a layer placed on such a
+layer's grid without that record (napari's New Labels copies the placement, not the metadata).
 """
 
 from __future__ import annotations
@@ -203,6 +204,55 @@ def _valid_axes(axes) -> tuple[int, int, int] | None:
     return out  # type: ignore[return-value]
 
 
+#: the placements of the transposed layers the reader made (:func:`_placement_key` -> the file's
+#: axis order), newest last: a layer napari makes on such a layer's grid without its metadata
+#: (Layers > New Labels copies scale, translate and affine, not metadata) is saved in the file's
+#: axis order too
+_READ_PLACEMENTS: dict[tuple, list[int]] = {}
+_MAX_PLACEMENTS = 256
+
+
+def _placement_key(shape, scale, translate, affine) -> tuple | None:
+    """What places a layer's voxels in the world: its shape, scale, translate and affine matrix
+    (rounded, so that napari's float copies match), or None when they cannot be read."""
+    try:
+        aff = np.eye(4) if affine is None else np.asarray(
+            getattr(affine, "affine_matrix", affine), dtype=np.float64)
+        parts = [np.asarray(v, dtype=np.float64).reshape(-1)
+                 for v in (scale, translate, aff)]
+    except (TypeError, ValueError):
+        return None
+    if parts[0].size != 3 or parts[1].size != 3 or parts[2].size != 16:
+        return None
+    return (tuple(int(n) for n in shape),
+            *(tuple(np.round(v, 9).tolist()) for v in parts))
+
+
+def _remember_placement(kwargs: dict, shape, axes) -> None:
+    key = _placement_key(shape, kwargs.get("scale"), kwargs.get("translate"),
+                         kwargs.get("affine"))
+    if key is None:
+        return
+    _READ_PLACEMENTS.pop(key, None)
+    _READ_PLACEMENTS[key] = list(axes)
+    while len(_READ_PLACEMENTS) > _MAX_PLACEMENTS:
+        del _READ_PLACEMENTS[next(iter(_READ_PLACEMENTS))]
+
+
+def _file_axes(arr_shape, meta: dict):
+    """The file axis order of a layer to save: its ``metadata[AXES_KEY]``, else that of a layer
+    the reader made with the same shape and placement (a new labels layer drawn on it), else
+    None (the layer's own order)."""
+    md = meta.get("metadata") or {}
+    if md.get(AXES_KEY) is not None:
+        return _valid_axes(md[AXES_KEY])
+    if meta.get("scale") is None:
+        return None
+    key = _placement_key(arr_shape, meta.get("scale"), meta.get("translate"),
+                         meta.get("affine"))
+    return None if key is None else _valid_axes(_READ_PLACEMENTS.get(key, ()))
+
+
 def _layer_tuple(vol: Volume) -> tuple:
     if vol.path is None:
         name = "volume"
@@ -219,6 +269,8 @@ def _layer_tuple(vol: Volume) -> tuple:
     if axes != _SAME_AXES:
         metadata[AXES_KEY] = list(axes)
     kwargs = {"name": name, **shown.napari_kwargs(), **mm_units(), "metadata": metadata}
+    if axes != _SAME_AXES:
+        _remember_placement(kwargs, data.shape, axes)
     return (data, kwargs, layer_type)
 
 
@@ -355,7 +407,7 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
     return spacing, tuple(float(v) for v in origin), direction
 
 
-def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
+def _geometry(meta: dict, axes=None) -> tuple[tuple, tuple, np.ndarray]:
     """(spacing, origin, direction) of a layer in the file's axis order: what it shows
     (``scale``, ``translate``, ``affine``), its axes put back in the file's order for a layer
     with ``metadata[AXES_KEY]``; the reader's ``metadata`` record (in the file's order) only
@@ -371,7 +423,7 @@ def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
         meta.get("scale"), meta.get("translate"), meta.get("affine"),
         rotate=meta.get("rotate"), shear=meta.get("shear"),
     )
-    return file_order_geometry(*shown, md.get(AXES_KEY))
+    return file_order_geometry(*shown, md.get(AXES_KEY) if axes is None else axes)
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -397,8 +449,8 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
     arr = np.asarray(data)
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
-    spacing, origin, direction = _geometry(meta or {})
-    axes = _valid_axes(((meta or {}).get("metadata") or {}).get(AXES_KEY) or ())
+    axes = _file_axes(arr.shape, meta or {})
+    spacing, origin, direction = _geometry(meta or {}, axes)
     if axes is not None:
         arr = arr.transpose(np.argsort(axes))  # back in the file's axis order
     vol = Volume(data=arr, spacing=spacing, origin=origin, direction=direction)

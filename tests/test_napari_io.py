@@ -379,6 +379,25 @@ def test_a_permuted_direction_opens_transposed_and_saves_in_file_order(tmp_path)
         np.testing.assert_array_equal(got.data, arr.transpose(np.argsort([1, 2, 0])))
 
 
+def test_new_labels_drawn_on_a_permuted_file_save_in_its_axis_order(tmp_path):
+    """napari's Layers > New Labels copies the image layer's scale, translate and affine but not
+    its metadata: labels painted on a sagittal file were saved transposed (shape (7, 8, 6)
+    against the image's (6, 7, 8), spacing and direction permuted), not on the source grid."""
+    layers_mod = pytest.importorskip("napari.layers")
+    vol = _image(direction=SAGITTAL)
+    path = write_volume(tmp_path / "sag_image.nii.gz", vol)
+    ((data, kwargs, _),) = read_layers(str(path))
+    image = layers_mod.Image(data, **kwargs)
+    # what ViewerModel._new_labels makes of the active image layer
+    new = layers_mod.Labels(np.zeros(data.shape, np.uint8), scale=image.scale,
+                            translate=image.translate, affine=image.affine)
+    new.data[1:3, 2:5, 0:4] = 1
+    got = read_volume(write_labels(str(tmp_path / "painted.nii.gz"), new.data,
+                                   new._get_state())[0])
+    _assert_same_geometry(got, vol)
+    np.testing.assert_array_equal(got.data, new.data.transpose(np.argsort([1, 2, 0])))
+
+
 @pytest.fixture
 def viewer_with_two_layers(files):
     """A headless viewer holding the oblique image and its labels, as the reader opens them,
