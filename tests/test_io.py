@@ -1106,6 +1106,29 @@ def test_evaluate_takes_posinf_in_a_probability_map_as_foreground(tmp_path, caps
     assert m["b2_error"] == 0
 
 
+def test_a_compressed_nifti_named_nii_is_read_with_a_warning(tmp_path):
+    """A gzip-compressed NIfTI named .nii (or .NII) was refused as a "corrupt or unreadable
+    NIfTI header" (ITK goes by the name); it is read as the .nii.gz it is, with a warning, and
+    a truncated one is still said to be truncated."""
+    import shutil
+
+    vol = _volume()
+    packed = write_volume(tmp_path / "packed.nii.gz", vol)
+    want = read_volume(packed)
+    for name in ("misnamed.nii", "MISNAMED.NII"):
+        misnamed = tmp_path / name
+        shutil.copy(packed, misnamed)
+        with pytest.warns(UserWarning, match=r"named \.nii but gzip-compressed"):
+            got = read_volume(misnamed)
+        np.testing.assert_array_equal(got.data, want.data)
+        assert got.same_geometry(want)
+        assert got.path == misnamed
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(packed.read_bytes()[:-200])
+    with pytest.raises(VolumeIOError, match=r"cut\.nii: file is truncated"):
+        read_volume(cut)
+
+
 def test_a_text_file_named_nii_gz_is_refused_without_the_compression_warning(tmp_path):
     """An audit: "named .nii.gz but not compressed; read as .nii" came before the refusal of a
     text file, as if it had been read."""
