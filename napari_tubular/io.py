@@ -1388,6 +1388,11 @@ def write_dicom_series(
     Slope / Intercept that spans their range (DICOM images hold integers: the values come back
     within half a step of about ``(max - min) / 64000``).
 
+    A DICOM series has no slice axis of its own: readers stack the slices along the row x column
+    cross product. A left-handed direction (determinant -1, e.g. a NIfTI stored LAS) therefore
+    reads back with its slice axis reversed: the same voxels in the same places (z flipped,
+    origin at the other end slice), not the same array order.
+
     Args:
         folder: the series folder (created; it must not hold other files).
         data_or_volume, reference: as :func:`write_volume`.
