@@ -421,7 +421,7 @@ def test_default_model_ignores_padding_outside_a_circular_field_of_view():
     the report says so."""
     from napari_tubular.inference import segment
 
-    n, radius = 260, 125
+    n, radius = 176, 84  # 9 windows a slab at the model's spacing (the audit's 260: 25)
     img = 40 + np.random.default_rng(0).normal(0, 15, (32, n, n))
     yy, xx = np.ogrid[:n, :n]
     out = (yy - n / 2) ** 2 + (xx - n / 2) ** 2 > radius**2
@@ -561,7 +561,8 @@ def test_default_model_with_a_field_of_view_that_cuts_the_body():
     from napari_tubular.topology import dice_score
 
     rng = np.random.default_rng(0)
-    shape, sp = (48, 192, 192), (1.0, 0.7, 0.7)
+    # 64 slices at 0.8 mm: one window deep (a thinner slab is run twice, with two paddings)
+    shape, sp = (64, 192, 192), (0.8, 0.7, 0.7)
     zz, yy, xx = np.indices(shape).astype(np.float32) * np.asarray(sp, np.float32)[:, None, None, None]
     c = 96 * 0.7
     img = np.where(np.hypot((yy - c) / 45.0, (xx - c) / 60.0) <= 1, -100.0, -1000.0)
