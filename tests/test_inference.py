@@ -1146,6 +1146,41 @@ def test_air_edge_step_removes_tissue_beside_air_and_keeps_vessels(rng):
     assert (prob2 == rim).all()
 
 
+@pytest.mark.parametrize("noise", [5.0, 15.0, 30.0])
+def test_flat_components_are_not_vessels(rng, noise):
+    """A found component no brighter than the tissue around it (the network answered the last
+    slices of a body in air with one: 0.02-0.22 mL at 3-18 HU above the tissue) is removed;
+    vessels 50 and 300 HU above the tissue, found with the same probability, are kept, and so
+    is a found blob of 40 HU contrast in noise of 30 HU (a faint vessel is not flat)."""
+    from scipy import ndimage
+
+    from napari_tubular.inference import _suppress_flat_components
+
+    zz, yy, xx = np.mgrid[:40, :64, :64].astype(float)
+    img = np.full(zz.shape, 40.0)
+    bright = np.hypot(yy - 16, xx - 16) <= 2.5
+    faint = np.hypot(yy - 48, xx - 16) <= 2.5
+    dim = np.hypot(zz - 20, yy - 16) <= 2.5
+    dim &= xx > 30
+    img[bright] = 340.0
+    img[faint] = 90.0
+    img[dim] = 80.0
+    flat = (np.abs(zz - 33) <= 3) & (np.abs(yy - 48) <= 4) & (np.abs(xx - 48) <= 6)
+    img = ndimage.gaussian_filter(img, 0.6) + rng.normal(0, noise, img.shape)
+    prob = np.where(bright | faint | dim | flat, 0.95, 0.01).astype(np.float32)
+    messages: list = []
+    with pytest.warns(UserWarning, match="no brighter than the tissue around it"):
+        ml = _suppress_flat_components(prob, img, (1.0, 1.0, 1.0), messages)
+    assert ml == pytest.approx(flat.sum() / 1000.0)
+    assert (prob[flat] == 0).all()
+    assert (prob[bright | faint | dim] == np.float32(0.95)).all()
+    assert "1 component(s)" in messages[0]
+    # nothing flat: nothing done, nothing said
+    prob2 = np.where(bright | faint, 0.95, 0.0).astype(np.float32)
+    assert _suppress_flat_components(prob2, img, (1.0, 1.0, 1.0), []) == 0.0
+    assert (prob2[bright | faint] == np.float32(0.95)).all()
+
+
 def test_air_edge_step_leaves_a_low_contrast_vessel_that_passes_gas(rng):
     """A review: a vessel 50 HU above its tissue (non-contrast, or early portal phase) with one
     end beside bowel gas lost its whole length (the low-contrast region connected to the seed
