@@ -306,7 +306,8 @@ def test_csv_of_a_review_without_sites_has_the_sites_header(make_napari_viewer, 
     widget.pred_picker.set_layer(viewer.layers["prediction"])
     widget.ref_picker.set_layer(viewer.layers["reference"])
     widget.run()
-    assert widget.report is not None and not widget.report.sites
+    assert widget.report is not None
+    assert not widget.report.sites
     with widget.export_csv(tmp_path / "none.csv").open(newline="") as fh:
         rows = list(csv.reader(fh))
     blank = rows.index([])
