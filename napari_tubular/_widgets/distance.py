@@ -30,6 +30,7 @@ from napari_tubular._widgets._layers import (
     abs_spacing,
     focus_on,
     layer_affine,
+    layer_data,
     layer_geometry,
     scrollable_layout,
     upsert_layer,
@@ -181,7 +182,7 @@ class DistanceMapWidget(QWidget):
             keys = self.selected()
             if not keys:
                 raise ValueError("maps: check at least one map to compute")
-            data = np.asarray(layer.data)
+            data = layer_data(layer)  # the finest level of a multiscale layer
             # every label is foreground, negative values are refused (the core's reading: an
             # outside judge's labels of -1 were taken as background)
             from napari_tubular.topology import binarize

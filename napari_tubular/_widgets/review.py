@@ -41,6 +41,7 @@ from napari_tubular._widgets._layers import (
     grid_mismatch,
     index_to_world,
     layer_affine,
+    layer_data,
     layer_geometry,
     scrollable_layout,
     upsert_layer,
@@ -265,11 +266,11 @@ class TopologyReviewWidget(QWidget):
             # as background and reviewed as an empty prediction without a word
             from napari_tubular.topology import binarize
 
-            pred = binarize(pred_layer.data, f"prediction {pred_layer.name!r}")
+            pred = binarize(layer_data(pred_layer), f"prediction {pred_layer.name!r}")
             ref = None
             if ref_layer is not None:
                 layer_geometry(ref_layer)
-                ref = binarize(ref_layer.data, f"reference {ref_layer.name!r}")
+                ref = binarize(layer_data(ref_layer), f"reference {ref_layer.name!r}")
                 if ref.shape != pred.shape:
                     raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "
