@@ -295,6 +295,10 @@ class DistanceMapWidget(QWidget):
         scale, translate = self._geometry
         graph = out.pop("graph", None)
         self.maps = dict(out)
+        # the first map checked (the EDT by default) is shown when its layer is made, the
+        # others are hidden layers (an outside judge: Compute showed only the branches, the EDT
+        # it names first had to be found in the layer list); a re-run keeps the user's choice
+        shown = next(iter(out), None)
         for key, data in out.items():
             text, layer_type, kwargs = MAPS[key]
             kwargs = dict(kwargs)
@@ -318,7 +322,7 @@ class DistanceMapWidget(QWidget):
                 scale=scale,
                 translate=translate,
                 affine=self._affine,
-                visible=False,
+                visible=key == shown,
                 **kwargs,
             )
             if key in ("edt", "odm", "idm", "signed"):
@@ -344,10 +348,11 @@ class DistanceMapWidget(QWidget):
             # another grid): it must not stay beside this run's maps
             self.branches = []
         self._fill_table()
-        # show the most recently computed layer on top of the input
+        hidden = (f" (shown: {MAPS[shown][0]}; the other maps are hidden layers)"
+                  if len(out) > 1 else "")
         self.status.setText(
             f"{self._source}: {', '.join(MAPS[k][0] for k in out)}"
-            + (f"; {len(self.branches)} branches" if graph is not None else "")
+            + (f"; {len(self.branches)} branches" if graph is not None else "") + hidden
         )
 
     @staticmethod
