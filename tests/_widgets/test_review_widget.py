@@ -612,3 +612,41 @@ def test_negative_labels_are_refused_and_an_empty_input_is_said(make_napari_view
     widget.ref_picker.set_layer(empty)
     widget.run()
     assert "(the reference is empty)" in widget.status.text()
+
+
+def test_shortcuts_step_while_the_panel_has_the_focus(make_napari_viewer, broken, qtbot):
+    """An outside judge: after a click on a site of the list (the focus in the panel), Shift-N
+    went to the list's keyboard search and did nothing; it steps once, from the list, the
+    table or a button, and still from the canvas."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    pred, ref = broken
+    viewer = make_napari_viewer(show=True)  # a hidden window has no active shortcuts
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    viewer.add_labels(pred, name="prediction", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="review")
+    qtbot.waitUntil(widget.isVisible)  # the window shows a new dock widget on its next events
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    n = len(widget.report.sites)
+    assert n > 2
+    window = viewer.window._qt_window
+    window.activateWindow()
+    QApplication.setActiveWindow(window)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    shift = Qt.KeyboardModifier.ShiftModifier
+    for target in (widget.sites_list, widget.table, widget.next_button):
+        target.setFocus()
+        start = widget.current
+        qtbot.keyClick(target, Qt.Key.Key_N, shift)
+        assert widget.current == (start + 1) % n, target
+        qtbot.keyClick(target, Qt.Key.Key_B, shift)
+        assert widget.current == start, target
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    start = widget.current
+    qtbot.keyClick(canvas, Qt.Key.Key_N, shift)
+    assert widget.current == (start + 1) % n
