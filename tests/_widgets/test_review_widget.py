@@ -650,3 +650,19 @@ def test_shortcuts_step_while_the_panel_has_the_focus(make_napari_viewer, broken
     start = widget.current
     qtbot.keyClick(canvas, Qt.Key.Key_N, shift)
     assert widget.current == (start + 1) % n
+
+
+def test_a_new_voxel_size_marks_the_review_out_of_date(review, tmp_path):
+    """An outside judge: a layer opened in pixels was reviewed as 1 mm voxels (with the
+    warning), its scale then set in mm as the warning says; the lengths and volumes of the
+    1 mm voxels stayed "current" in the panel and the CSV."""
+    viewer, widget = review
+    viewer.layers["prediction"].scale = (2.0, 0.7, 0.7)
+    assert widget.inputs.stale
+    assert "the scale of 'prediction' changed" in widget.status.text()
+    assert "out_of_date" in widget.export_csv(tmp_path / "stale.csv").read_text()
+    widget.run()
+    assert not widget.inputs.stale
+    viewer.layers["reference"].translate = (0.0, 1.0, 0.0)
+    assert widget.inputs.stale
+    assert "the translate of 'reference' changed" in widget.status.text()
