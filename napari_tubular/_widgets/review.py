@@ -316,6 +316,9 @@ class TopologyReviewWidget(QWidget):
                     else "(none: self-check)")]
         context += ([("tolerance_vox", str(tolerance))] if ref_layer is not None
                     else [("break_gap_mm", f"{gap_mm:g}")])
+        # the voxel size every mm and mL was computed with (z, y, x): a layer left in pixels
+        # reads 1 x 1 x 1 here
+        context.append(("spacing_mm", " x ".join(f"{s:g}" for s in spacing)))
         # compared voxel by voxel on another grid: said in the status and the CSV, not only in a
         # passing notification (an audit: a reference 10 mm off scored like the right one)
         if mismatch:

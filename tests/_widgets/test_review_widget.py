@@ -263,6 +263,7 @@ def test_csv_export_round_trip(review, tmp_path):
     assert metrics["prediction"] == "prediction"
     assert metrics["reference"] == "reference"
     assert metrics["tolerance_vox"] == str(widget.tolerance_spin.value())
+    assert metrics["spacing_mm"] == " x ".join(f"{s:g}" for s in SPACING)  # the mm's voxel size
     header, sites = rows[blank + 1], rows[blank + 2 :]
     assert "cls_name" in header
     assert len(sites) == len(widget.report.sites)
