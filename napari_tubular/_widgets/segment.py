@@ -40,6 +40,7 @@ from napari_tubular._widgets._layers import (
     find_owned_layer,
     grid_mismatch,
     layer_affine,
+    layer_data,
     layer_geometry,
     radius_colormap,
     same_layer,
@@ -914,7 +915,7 @@ class SegmentWidget(QWidget):
             except ValueError as exc:  # raised in a timer it escaped as a traceback (an audit)
                 problem = str(exc)
             else:
-                reference = np.asarray(ref_layer.data) > 0
+                reference = layer_data(ref_layer) > 0  # a pyramid's finest level
                 if mismatch and mismatch != self._warned_mismatch:
                     from napari.utils.notifications import show_warning
 

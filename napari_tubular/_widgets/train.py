@@ -16,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
-import numpy as np
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -38,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from napari_tubular._widgets._layers import (
     LayerPicker,
+    layer_data,
     layer_geometry,
     same_layer,
     scrollable_layout,
@@ -288,7 +288,7 @@ class TrainingWidget(QWidget):
         self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
         from napari_tubular.training.data import label_values_note
 
-        note = label_values_note(np.asarray(labels.data))
+        note = label_values_note(layer_data(labels))
         self.status.setText(f"pair added; {note}" if note else
                             f"pair added: {image.name} + {labels.name}")
 

