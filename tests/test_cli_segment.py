@@ -828,6 +828,46 @@ def test_an_interruption_while_writing_leaves_no_partial_set(tmp_path, model_fil
     assert len(list(out.iterdir())) == 2 * len(seg_cli.OUTPUT_SUFFIXES)
 
 
+def test_outputs_written_by_another_run_meanwhile_are_not_replaced(tmp_path, model_file,
+                                                                   volume_file, capsys,
+                                                                   monkeypatch):
+    """An outside judge: two segment runs into one folder both passed the check before the
+    run, and the later one replaced the other's outputs without --overwrite. Files that appear
+    during the run are left as they are (that input fails, the batch goes on); an incomplete
+    set that --skip-existing redoes, and --overwrite, still replace."""
+    import shutil
+
+    from napari_tubular import io as nt_io
+    from napari_tubular._cli import segment as seg_cli
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(volume_file, inputs / f"{name}.nii.gz")
+    out = tmp_path / "out"
+    real = nt_io.write_volume
+
+    def other_run_meanwhile(path, *args, **kwargs):
+        theirs = out / "a_report.json"
+        if Path(path).name.endswith("a_labels.nii.gz") and not theirs.exists():
+            theirs.write_text("the other run's report")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(nt_io, "write_volume", other_run_meanwhile)
+    base = ("segment", inputs, "-o", out, "--model", model_file, "--device", "cpu", "--quiet")
+    assert _run(*base) == 1
+    err = capsys.readouterr().err
+    assert "a_report.json was written by another process during this run; not replaced" in err
+    assert (out / "a_report.json").read_text() == "the other run's report"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["a_report.json"] + [f"b{suffix}" for suffix in seg_cli.OUTPUT_SUFFIXES.values()])
+    # the incomplete set is redone with --skip-existing (the report it had is replaced)
+    monkeypatch.setattr(nt_io, "write_volume", real)
+    assert _run(*base, "--skip-existing") == 0
+    assert json.loads((out / "a_report.json").read_text())["outputs"]
+    assert _run(*base, "--overwrite") == 0
+
+
 def test_a_dicom_series_with_a_corrupt_slice_is_one_clean_error(tmp_path, model_file, capfd):
     """A truncated slice: ITK's raw "WARNING: In .../itkImageSeriesReader.hxx ... (0x55...)"
     lines reached the terminal besides our error, which did not name the file (an audit)."""

