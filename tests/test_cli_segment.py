@@ -493,12 +493,18 @@ def test_a_batch_where_every_input_fails_says_none_was_written(tmp_path, model_f
 def test_the_report_names_its_outputs_by_absolute_paths(tmp_path, model_file, volume_file,
                                                         monkeypatch):
     """An outside judge: with a relative -o the report's outputs were relative to the working
-    directory of that run (the input path beside them is absolute)."""
+    directory of that run (the input path beside them is absolute), and so was a relative
+    --model."""
+    import shutil
+
     monkeypatch.chdir(tmp_path)
-    assert _run("segment", volume_file, "-o", "rel", "--model", model_file, "--device", "cpu",
+    shutil.copy(model_file, tmp_path / "m.pt")
+    assert _run("segment", volume_file, "-o", "rel", "--model", "m.pt", "--device", "cpu",
                 "--quiet") == 0
     monkeypatch.chdir(Path(volume_file).parent)
     report = json.loads((tmp_path / "rel" / "case_07_report.json").read_text())
+    assert Path(report["model"]["path"]).samefile(tmp_path / "m.pt")
+    assert Path(report["model"]["path"]).is_absolute()
     assert set(report["outputs"]) == {*OUTPUTS, "report"}
     for key, path in report["outputs"].items():
         assert Path(path).is_absolute()

@@ -721,6 +721,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # absolute too (an outside judge: "-o out" gave "out/NAME_labels.nii.gz", a path only
     # from the working directory of that run, beside the absolute input path)
     report["outputs"] = {k: str(Path(v).resolve()) for k, v in outs.items()}
+    if report.get("model", {}).get("path"):  # "--model m.pt" likewise
+        report["model"] = dict(report["model"], path=str(Path(report["model"]["path"]).resolve()))
     # the five files as a set: written under temporary names, then renamed together, so that
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
