@@ -445,8 +445,10 @@ def test_dicom_files_of_one_series_given_one_by_one_are_segmented_once(tmp_path,
     assert "4 files of one DICOM series" in err
     assert "segmented once, as im0.dcm" in err
     assert read_volume(inputs[0]).shape == ref.shape
-    # one file alone is read as before, without a note
+    # one file alone is read as before, without a note; one file named twice is left to the
+    # "given more than once" refusal
     assert expand_inputs([files[2]]) == [files[2]]
+    assert expand_inputs([files[2], files[2]]) == [files[2], files[2]]
     assert "DICOM" not in capsys.readouterr().err
 
 

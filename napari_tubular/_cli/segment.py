@@ -345,16 +345,16 @@ def _one_per_dicom_series(inputs: list[Path]) -> list[Path]:
     series once per slice (an outside judge: 3 slices named, 3 identical output sets, 3 times
     the network time). The first file named stands for its series (the outputs are named after
     it, as for a single file), with a note; files in no readable series are kept, for their own
-    error."""
+    error, and so is a file named twice (refused as such by :func:`plan_outputs`)."""
     from ..io import _dicom_series, volume_format
 
-    given: dict[Path, list[Path]] = {}
-    for p in inputs:
+    given: dict[Path, list[int]] = {}
+    for i, p in enumerate(inputs):
         if p.is_file() and volume_format(p) == "DICOM":
-            given.setdefault(p.resolve().parent, []).append(p)
-    dropped: set[Path] = set()
-    for folder, files in given.items():
-        if len(files) < 2:
+            given.setdefault(p.resolve().parent, []).append(i)
+    dropped: set[int] = set()
+    for folder, indices in given.items():
+        if len({inputs[i].resolve() for i in indices}) < 2:
             continue
         try:
             series = _dicom_series(folder)
@@ -362,22 +362,24 @@ def _one_per_dicom_series(inputs: list[Path]) -> list[Path]:
             continue
         sid_of = {Path(f).resolve(): sid for sid, names in series for f in names}
         first: dict[str, Path] = {}
-        for f in files:
-            sid = sid_of.get(f.resolve())
+        count: dict[str, int] = {}
+        for i in indices:
+            f = inputs[i].resolve()
+            sid = sid_of.get(f)
             if sid is None:
                 continue
-            if sid in first:
-                dropped.add(f)
-            else:
-                first[sid] = f
+            if sid in first and first[sid].resolve() != f:
+                dropped.add(i)
+                count[sid] += 1
+            elif sid not in first:
+                first[sid], count[sid] = inputs[i], 1
         for sid, f in first.items():
-            n = sum(1 for g in files if sid_of.get(g.resolve()) == sid)
-            if n > 1:
-                print(f"note: {n} files of one DICOM series in {folder} were given; each is read "
-                      f"as the whole series, which is segmented once, as {f.name} (name the "
-                      "folder instead to name the outputs after it)", file=sys.stderr,
-                      flush=True)
-    return [p for p in inputs if p not in dropped]
+            if count[sid] > 1:
+                print(f"note: {count[sid]} files of one DICOM series in {folder} were given; "
+                      f"each is read as the whole series, which is segmented once, as {f.name} "
+                      "(name the folder instead to name the outputs after it)",
+                      file=sys.stderr, flush=True)
+    return [p for i, p in enumerate(inputs) if i not in dropped]
 
 
 def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
