@@ -609,8 +609,8 @@ def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed
                 # with --overwrite, an earlier run's outputs of those not done are still there
                 # (an outside judge: "their outputs do not exist" was said of them, and
                 # --skip-existing would have passed them over, keeping the old results)
-                stale = [q.name for q, outs in plan[i - 1:]
-                         if any(o.exists() for o in outs.values())]
+                stale = [q.name for q, outs in plan[i - 1:]  # complete: --skip-existing
+                         if all(o.exists() for o in outs.values())]  # would pass them over
                 why = ("their outputs do not exist: --skip-existing segments only those"
                        if not stale else
                        f"{len(stale)} of them keep an earlier run's outputs ("
