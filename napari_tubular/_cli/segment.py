@@ -15,8 +15,9 @@ masks, other segmentations and earlier outputs (names ending in ``_label(s)``, `
 ``_seg``, ``_segmentation``, ``_gt``, ``_ref``, ``_reference``, ``_truth``, ``_pred``,
 ``_prediction``, ``_probability``, ``_radius``, ``_skeleton``, ``_errors``); a DICOM series
 beside its volume files is one more input, named after the folder; ``.dcm`` files of one
-series named one by one (``series/*.dcm``) are segmented once, as the first. In a batch, an input that
-cannot be read or segmented is reported and the others are still done (exit status 1).
+series named one by one (``series/*.dcm``) are segmented once, as the first. In a batch, an
+input that cannot be read or segmented (or runs out of memory) is reported and the others are
+still done (exit status 1).
 """
 
 from __future__ import annotations
