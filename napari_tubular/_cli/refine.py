@@ -244,13 +244,14 @@ def run(args) -> int:
 
     from ..geometry import remove_specks_and_blobs
     from ..inference import (
+        NO_REFINE_THRESHOLD,
         check_segment_options,
         check_thresholds,
         refine_maps,
         removal_notes,
         shape_report,
     )
-    from ..io import read_volume, write_volume
+    from ..io import read_volume
 
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
@@ -374,7 +375,16 @@ def run(args) -> int:
         spacing = defaults["spacing"]
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
-    labels, skeleton = refine_maps(p, r, spacing, tp, tr)
+    p_max = float(p.max()) if p.size else 0.0
+    if p_max <= min(tp, NO_REFINE_THRESHOLD):
+        # nothing to refine, as segment says it (an outside judge: a constant image's all-zero
+        # map got the refinement's "lower T_p", which cannot help)
+        print(f"refine: warning: the probability map holds no vessel (highest probability "
+              f"{p_max:.2f}): the labels are empty", file=sys.stderr)
+        labels = np.zeros(p.shape, np.uint8)
+        skeleton = np.zeros(p.shape, np.uint8)
+    else:
+        labels, skeleton = refine_maps(p, r, spacing, tp, tr)
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
     polarity = args.polarity or defaults["polarity"]
     if pv is not None and labels.any():
@@ -404,8 +414,7 @@ def run(args) -> int:
               f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds (tp={tp:g}, "
               f"tr={tr:g}, min component {min_size:g} mm^3) removed everything; lower them",
               file=sys.stderr)
-    write_volume(out, labels, reference=prob, overwrite=args.overwrite)
-    write_volume(skel_out, skeleton, reference=prob, overwrite=args.overwrite)
+    _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
     print(
         f"wrote {out} and {skel_out}: volume {stats['volume_ml']:.3f} ml, "
@@ -421,6 +430,42 @@ def run(args) -> int:
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
+
+
+def _write_pair(pairs, reference, overwrite: bool) -> None:
+    """Write the labels and the skeleton as a pair: both under temporary names, then renamed
+    together, so that a failure or Ctrl-C leaves both files as they were or both new (an
+    outside judge: a skeleton that could not be written left new labels beside the old
+    skeleton, and the report describing neither). A detached MetaImage header (``.mhd``)
+    names its data file, so it is written in place."""
+    import os
+
+    from ..io import VolumeIOError, write_volume
+
+    if any(target.name.lower().endswith(".mhd") for target, _ in pairs):
+        for target, data in pairs:
+            write_volume(target, data, reference=reference, overwrite=overwrite)
+        return
+    staged = [(target.with_name(f".partial-{os.getpid()}-{target.name}"), target)
+              for target, _ in pairs]
+    try:
+        for (tmp, target), (_, data) in zip(staged, pairs):
+            try:
+                write_volume(tmp, data, reference=reference, overwrite=True)
+            except VolumeIOError as exc:  # name the output, not its temporary name
+                raise VolumeIOError(str(exc).replace(str(tmp), str(target))) from None
+        if not overwrite:
+            for _, target in staged:
+                if target.exists():  # written by another process meanwhile
+                    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
 
 
 def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) -> Path | None:

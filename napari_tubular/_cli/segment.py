@@ -14,8 +14,10 @@ before anything is computed. A folder input segments the volumes in it, leaving 
 masks, other segmentations and earlier outputs (names ending in ``_label(s)``, ``_mask``,
 ``_seg``, ``_segmentation``, ``_gt``, ``_ref``, ``_reference``, ``_truth``, ``_pred``,
 ``_prediction``, ``_probability``, ``_radius``, ``_skeleton``, ``_errors``); a DICOM series
-beside its volume files is one more input, named after the folder. In a batch, an input that
-cannot be read or segmented is reported and the others are still done (exit status 1).
+beside its volume files is one more input, named after the folder; ``.dcm`` files of one
+series named one by one (``series/*.dcm``) are segmented once, as the first. In a batch, an
+input that cannot be read or segmented (or runs out of memory) is reported and the others are
+still done (exit status 1).
 """
 
 from __future__ import annotations
@@ -335,7 +337,50 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
                   file=sys.stderr, flush=True)
         if not vols or dicom:
             out.append(p)
-    return out
+    return _one_per_dicom_series(out)
+
+
+def _one_per_dicom_series(inputs: list[Path]) -> list[Path]:
+    """The inputs with the ``.dcm`` files given one by one kept once per series: each such
+    file is read as the whole series it belongs to, so ``segment series/*.dcm`` segmented the
+    series once per slice (an outside judge: 3 slices named, 3 identical output sets, 3 times
+    the network time). The first file named stands for its series (the outputs are named after
+    it, as for a single file), with a note; files in no readable series are kept, for their own
+    error, and so is a file named twice (refused as such by :func:`plan_outputs`)."""
+    from ..io import _dicom_series, volume_format
+
+    given: dict[Path, list[int]] = {}
+    for i, p in enumerate(inputs):
+        if p.is_file() and volume_format(p) == "DICOM":
+            given.setdefault(p.resolve().parent, []).append(i)
+    dropped: set[int] = set()
+    for folder, indices in given.items():
+        if len({inputs[i].resolve() for i in indices}) < 2:
+            continue
+        try:
+            series = _dicom_series(folder)
+        except RuntimeError:  # left to the reader's own message
+            continue
+        sid_of = {Path(f).resolve(): sid for sid, names in series for f in names}
+        first: dict[str, Path] = {}
+        count: dict[str, int] = {}
+        for i in indices:
+            f = inputs[i].resolve()
+            sid = sid_of.get(f)
+            if sid is None:
+                continue
+            if sid in first and first[sid].resolve() != f:
+                dropped.add(i)
+                count[sid] += 1
+            elif sid not in first:
+                first[sid], count[sid] = inputs[i], 1
+        for sid, f in first.items():
+            if count[sid] > 1:
+                print(f"note: {count[sid]} files of one DICOM series in {folder} were given; "
+                      f"each is read as the whole series, which is segmented once, as {f.name} "
+                      "(name the folder instead to name the outputs after it)",
+                      file=sys.stderr, flush=True)
+    return [p for i, p in enumerate(inputs) if i not in dropped]
 
 
 def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
@@ -503,6 +548,10 @@ def run(args) -> int:
     done: list[Path] = []
     redo: list[Path] = []
     plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, redo)
+    # what the run may replace: with --overwrite anything, else only the files there now
+    # (--skip-existing's incomplete sets)
+    args.replaceable = None if args.overwrite else {
+        p for _, outs in plan for p in outs.values() if p.exists()}
     if redo:
         print(f"note: {len(redo)} input(s) with an incomplete set of outputs are segmented "
               "again, their existing outputs replaced (--skip-existing): "
@@ -558,17 +607,32 @@ def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed
         except KeyboardInterrupt as exc:
             if n > 1:  # say what is done (an audit: only "interrupted")
                 done = i - 1 - len(failed)
+                # with --overwrite, an earlier run's outputs of those not done are still there
+                # (an outside judge: "their outputs do not exist" was said of them, and
+                # --skip-existing would have passed them over, keeping the old results)
+                stale = [q.name for q, outs in plan[i - 1:]  # complete: --skip-existing
+                         if all(o.exists() for o in outs.values())]  # would pass them over
+                why = ("their outputs do not exist: --skip-existing segments only those"
+                       if not stale else
+                       f"{len(stale)} of them keep an earlier run's outputs ("
+                       + ", ".join(stale[:4]) + (" ..." if len(stale) > 4 else "")
+                       + "): run again with --overwrite; --skip-existing would keep those")
                 print(f"{prefix} {getattr(exc, 'word', 'interrupted')}: {done} of {n} inputs "
                       f"were written before it, {path.name} and the {n - i} after it were not "
-                      "(their outputs do not exist: --skip-existing segments only those)",
-                      file=sys.stderr, flush=True)
+                      f"({why})", file=sys.stderr, flush=True)
             _drop_if_empty(outdir, created)
             raise
-        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+        except (VolumeIOError, ValueError, OSError, RuntimeError, MemoryError) as exc:
             if n == 1:
                 _drop_if_empty(outdir, created)
                 raise
             text = str(exc) if str(path) in str(exc) or path.name in str(exc) else f"{path}: {exc}"
+            if isinstance(exc, MemoryError):
+                # one volume too large for this machine (numpy's "Unable to allocate ...") is
+                # that input's failure: an outside judge's batch stopped there, the inputs
+                # after it never segmented, exit status 2 and no word of what was written
+                text = (f"{path}: not enough memory ({exc}); segment it alone, or with "
+                        "--batch-size 1, on a machine with more memory")
             failed.append((path, text))
             print(f"{prefix} error: {text}", file=sys.stderr, flush=True)
     if failed:
@@ -657,7 +721,11 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # the file's own spacing beside the spacing used (--spacing replaces it in "spacing")
     report["input"] = dict(report["input"], path=str(Path(path).resolve()),
                            file_spacing=list(vol.spacing))
-    report["outputs"] = {k: str(v) for k, v in outs.items()}
+    # absolute too (an outside judge: "-o out" gave "out/NAME_labels.nii.gz", a path only
+    # from the working directory of that run, beside the absolute input path)
+    report["outputs"] = {k: str(Path(v).resolve()) for k, v in outs.items()}
+    if report.get("model", {}).get("path"):  # "--model m.pt" likewise
+        report["model"] = dict(report["model"], path=str(Path(report["model"]["path"]).resolve()))
     # the five files as a set: written under temporary names, then renamed together, so that
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
@@ -669,14 +737,23 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             write_volume(staged[key], data, reference=vol, overwrite=True)
         key = "report"
         staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+        replaceable = getattr(args, "replaceable", None)
+        if replaceable is not None:
+            # files that appeared since the check before the run (another segment run into
+            # this folder: an outside judge's two runs both passed the check, and the later
+            # one replaced the other's outputs without --overwrite)
+            new = [p for p in outs.values() if p.exists() and p not in replaceable]
+            if new:
+                raise FileExistsError(f"{new[0]} was written by another process during this "
+                                      "run; not replaced (pass --overwrite to replace it)")
         for key, p in outs.items():
             os.replace(staged[key], p)
     except BaseException as exc:
         for p in staged.values():
             with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
                 p.unlink(missing_ok=True)
-        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: as they are
-            raise
+        if not isinstance(exc, Exception) or isinstance(exc, FileExistsError):
+            raise  # Ctrl-C, SIGTERM, another run's outputs: as they are
         # name the output, not its temporary name, nor an ITK object address (an audit: a
         # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
         reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
