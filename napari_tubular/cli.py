@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     # NaN notice) are printed like the commands' own lines, without Python's source line (an
     # audit: "/.../info.py:36: UserWarning: ..." from 'info' on a DICOM folder); main() called
     # from Python leaves the process as it was
-    from ._cli import tidy_warnings
+    from ._cli import ddp_rank, tidy_warnings
 
-    with tidy_warnings(f"napari-tubular {args.command}"):
+    # under torchrun ("torchrun ... napari-tubular train ...") rank 0 speaks for all
+    with tidy_warnings(f"napari-tubular {args.command}", show=ddp_rank() == 0):
         return _run(args)
 
 
@@ -83,8 +84,13 @@ def _run(args) -> int:
             pass
         return 0
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
-        # Core functions raise these with messages meant for the user; no traceback.
-        print(f"napari-tubular {args.command}: error: {exc}", file=sys.stderr)
+        # Core functions raise these with messages meant for the user; no traceback (and
+        # under torchrun once, by rank 0: error_text)
+        from ._cli import error_text
+
+        text = error_text(f"napari-tubular {args.command}", exc)
+        if text:
+            print(text, file=sys.stderr)
         return 2
     except MemoryError as exc:
         # numpy's "Unable to allocate 116. GiB for an array ..." (an audit: a traceback)

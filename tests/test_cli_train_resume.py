@@ -200,3 +200,44 @@ def test_resume_without_config_json_uses_the_checkpoints_settings(tmp_path, caps
     assert saved["val_every"] == 3
     assert saved["model"]["base_channels"] == 4
     assert _step(out) == 3
+
+
+def _pairs(folder: Path, n: int = 1, seed: int = 0) -> None:
+    """``n`` small image/label pairs as ``napari-tubular synth`` writes them."""
+    assert main(["synth", str(folder), "--n", str(n), "--seed", str(seed), "--shape", "24",
+                 "24", "24"]) == 0
+
+
+@pytest.mark.parametrize("run_own", ["config.json", "last.pt"])
+def test_resume_from_another_working_directory_keeps_the_runs_folders(tmp_path, capsys,
+                                                                     monkeypatch, run_own):
+    """An audit: a run started in proj/ with relative --data data --val-data val, resumed from
+    the parent folder (--out proj/run --resume), was refused ("data ... is not the checkpoint's
+    run's data") and, given --data, validated on ./val of the new working directory (here an
+    empty folder of the same name: "no image/label volume pairs found")."""
+    proj = tmp_path / "proj"
+    _pairs(proj / "data", n=2, seed=1)
+    _pairs(proj / "val", seed=50)
+    (tmp_path / "val").mkdir()  # a decoy of the same name beside proj/
+    monkeypatch.chdir(proj)
+    assert main(["train", "--data", "data", "--val-data", "val", "--out", "run", "--steps",
+                 "2", "--val-every", "2", "--no-tune", "--quiet",
+                 *[a for a in TINY if a not in ("--val-data", "none")]]) == 0
+    if run_own == "last.pt":
+        (proj / "run" / "config.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--out", "proj/run", "--resume", "--steps", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "val_data" not in err  # no "val_data ['val'] -> [...]" warning either
+    assert _step(proj / "run") == 3
+    saved = json.loads((proj / "run" / "config.json").read_text())
+    assert [Path(d).resolve() for d in saved["data"]] == [(proj / "data").resolve()]
+    assert [Path(d).resolve() for d in saved["val_data"]] == [(proj / "val").resolve()]
+    rows = json.loads((proj / "run" / "log.json").read_text())["rows"]
+    assert rows[-1]["step"] == 3
+    assert rows[-1]["val_dice"] is not None
+    # folders given on the command line are still the working directory's
+    assert main(["train", "--out", "proj/run", "--resume", "--steps", "4", "--quiet",
+                 "--val-data", "val"]) == 2
+    assert "val: no image/label volume pairs found" in capsys.readouterr().err

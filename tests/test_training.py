@@ -1583,3 +1583,63 @@ def test_deep_supervision_heads_train_with_the_loop(tmp_path, ds_weight):
     logged = [r.get("loss_ds") for r in rows if r.get("loss_ds") is not None]
     assert bool(logged) == (ds_weight > 0)
     assert all(np.isfinite(v) and v > 0 for v in logged)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_module_entry_reports_an_error_once_under_torchrun(tmp_path, capsys, monkeypatch, rank):
+    """An audit: under torchrun each process printed "error: data folder not found" (every
+    process reads the same options and fails alike); rank 0 reports it, the others exit 2
+    without a word."""
+    from napari_tubular.cli import main
+    from napari_tubular.training.__main__ import main as module_main
+
+    monkeypatch.setenv("RANK", rank)
+    assert module_main(["--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"),
+                        "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error") == (rank == "0")
+    assert main(["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error") == (rank == "0")
+
+
+def test_other_ranks_report_only_errors_of_their_own(monkeypatch):
+    """A rank other than 0 names its own failure with its rank, not the lost connection to a
+    rank that failed first (gloo's "Connection closed by peer ... GLHF!")."""
+    from napari_tubular._cli import error_text
+
+    monkeypatch.setenv("RANK", "1")
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:15520. This is typically caused by a remote worker crashing")
+    assert error_text("x", gone) is None
+    assert error_text("x", ValueError("data folder not found: d")) is None
+    assert error_text("x", RuntimeError("training diverged")) == \
+        "x: error (rank 1): training diverged"
+    monkeypatch.setenv("RANK", "0")
+    assert error_text("x", gone).startswith("x: error: [../gloo")
+
+
+@pytest.mark.slow
+def test_torchrun_reports_a_missing_data_folder_once(tmp_path):
+    """The command under torchrun with 2 CPU processes (gloo): one error line, not one per
+    process, and no lost-connection noise from rank 1 when rank 0 fails alone (the validation
+    data, which only rank 0 reads)."""
+    from napari_tubular.cli import main
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--shape", "24", "24", "24"]) == 0
+    # (a missing --data fails alike on every rank: test_module_entry_reports_an_error_once_...)
+    for flags, said in ((["--data", str(data), "--val-data", str(tmp_path / "noval")],
+                         "validation data folder not found"),):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m",
+               "napari_tubular.training", *flags, "--out", str(tmp_path / "run"), "--steps", "2",
+               "--patch", "16", "16", "16", "--base-channels", "4", "--depth", "2", "-K", "3",
+               "--device", "cpu", "--quiet", "--threads", "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode != 0
+        ours = [line for line in res.stderr.splitlines()
+                if line.startswith("napari_tubular.training: error")]
+        assert len(ours) == 1, res.stderr[-3000:]
+        assert said in ours[0]

@@ -6,10 +6,9 @@ I/O or GUI dependencies beyond what training uses.
 """
 
 import argparse
-import os
 import sys
 
-from napari_tubular._cli import tidy_warnings
+from napari_tubular._cli import ddp_rank, error_text, tidy_warnings
 from napari_tubular._cli import train as _train_cli
 
 
@@ -20,16 +19,20 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # warnings as the command line prints them, once (rank 0) rather than once per process
     # with Python's source line (an audit: the label warning under torchrun)
-    rank = int(os.environ.get("RANK", "0") or 0)
+    rank = ddp_rank()
     with tidy_warnings("napari_tubular.training", show=rank == 0):
         try:
             return int(_train_cli.run(args) or 0)
         except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
+            if rank == 0:
+                sys.stderr.write("interrupted\n")
             return 130
         except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
                 RuntimeError) as exc:
-            sys.stderr.write(f"napari_tubular.training: error: {exc}\n")
+            # once, by rank 0, under torchrun (error_text)
+            text = error_text("napari_tubular.training", exc)
+            if text:
+                sys.stderr.write(text + "\n")
             return 2
 
 

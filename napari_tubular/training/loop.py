@@ -632,6 +632,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             # the folders themselves, for a resume from another working directory or with
             # the folders spelled otherwise (_check_resume)
             "data_folders": _data_folders(config.data),
+            # the working directory that the relative paths of config.json are taken from (a
+            # resume from elsewhere rebases them: checkpoint_workdir)
+            "workdir": os.getcwd(),
         }
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
@@ -1060,12 +1063,29 @@ def checkpoint_config(path: str | Path) -> dict:
     return dict(_read_checkpoint(Path(path))["config"])
 
 
-def _data_folders(data) -> list[str]:
+def checkpoint_workdir(path: str | Path) -> str | None:
+    """The working directory of the session that wrote the checkpoint ``path`` (None for a
+    checkpoint of an older version, or one that cannot be read: :func:`train` names that)."""
+    try:
+        workdir = _read_checkpoint(Path(path)).get("workdir")
+    except (OSError, ValueError):
+        return None
+    return workdir if isinstance(workdir, str) and workdir else None
+
+
+def _data_folders(data, workdir: str | None = None) -> list[str]:
     """The data folders as absolute paths, sorted (``synthetic`` as it is): what a resumed
-    run's data must be, however its folders are spelled."""
+    run's data must be, however its folders are spelled (relative ones taken from ``workdir``,
+    default the working directory)."""
     from .config import _folder_key
 
-    return sorted({_folder_key(str(d)) for d in data})
+    def absolute(d: str) -> str:
+        path = Path(d).expanduser()
+        if workdir is None or path.is_absolute() or d.lower() == "synthetic":
+            return d
+        return str(Path(workdir) / path)
+
+    return sorted({_folder_key(absolute(str(d))) for d in data})
 
 
 def _check_resume(ck: dict, config: TrainConfig) -> None:
@@ -1075,7 +1095,8 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
     # ./data/ for 'data' was refused, "option(s) data differ"); a checkpoint that records its
     # folders also catches a resume from another working directory, where the saved relative
     # 'data' named another folder or none ("data folder not found")
-    saved_folders = ck.get("data_folders") or _data_folders(saved.get("data") or [])
+    workdir = ck.get("workdir") if isinstance(ck.get("workdir"), str) else None
+    saved_folders = ck.get("data_folders") or _data_folders(saved.get("data") or [], workdir)
     data_differ = saved_folders != _data_folders(config.data)
     diff = [k for k in _RESUME_FIXED if k != "data" and saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
@@ -1096,7 +1117,7 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
     changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)
                # the same validation folders spelled otherwise are not a change
                and not (k == "val_data" and isinstance(saved.get(k), list)
-                        and _data_folders(saved[k]) == _data_folders(new[k]))]
+                        and _data_folders(saved[k], workdir) == _data_folders(new[k]))]
     if changed:
         # an audit: --lr, --batch-size, --steps and --seed changed on resume without a word
         # (the learning rate jumped tenfold, a finished schedule climbed back)
