@@ -336,13 +336,14 @@ def _load_val_cases(config: TrainConfig, normalization: dict, progress: Progress
 
 
 def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, seeds_drawn: int,
-               rng: np.random.Generator, progress: ProgressFn | None):
+               rng: np.random.Generator, progress: ProgressFn | None,
+               resume: dict | None = None):
     if config.is_synthetic:
         start = TRAIN_SEED_BASE * (config.seed + 1) + dist.rank * 100_000 + seeds_drawn
         return SyntheticPool(
             itertools.count(start), config.target_spacing, config.K, normalization,
             options=config.synthetic, min_shape=config.patch_size, workers=config.workers,
-            rng=rng, progress=progress, with_phi=config.loss == "boundary",
+            rng=rng, progress=progress, with_phi=config.loss == "boundary", resume=resume,
         )
     pairs = find_pairs(config.data)
     cases = []
@@ -577,6 +578,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         last_val_metrics = _last_val_metrics(rows)
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
+        _restore_random_state(ck, config, dist, rng, gen)
     net = wrap_ddp(model, config, device, dist.local_rank) if dist.enabled else model
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
@@ -594,7 +596,12 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
     val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
                  if is_main and config.val_tubes and has_val else [])
     check_cancel()
-    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress)
+    pool_resume = None
+    if ck is not None and _continues_random_state(ck, config, dist):
+        pool_resume = ck.get("pool_state")  # the synthetic cases it held (SyntheticPool)
+    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress,
+                      pool_resume)
+    pool.seeds_drawn_before = seeds_drawn
     if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
         config.save(out / "config.json")
     description = config.description or (
@@ -629,9 +636,15 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
+            "pool_state": pool.state() if hasattr(pool, "state") else None,
             # the folders themselves, for a resume from another working directory or with
             # the folders spelled otherwise (_check_resume)
             "data_folders": _data_folders(config.data),
+            # the random streams of the patch sampling and the augmentation, so that a resume
+            # goes on where they stopped (_restore_random_state)
+            "random_state": {"numpy": rng.bit_generator.state, "torch": gen.get_state(),
+                             "torch_global": torch.get_rng_state(), "seed": config.seed,
+                             "world_size": dist.world},
             # the working directory that the relative paths of config.json are taken from (a
             # resume from elsewhere rebases them: checkpoint_workdir)
             "workdir": os.getcwd(),
@@ -913,7 +926,10 @@ def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
 def _cases_seen(pool) -> int:
     """Cases drawn so far: generated synthetic cases, or the folder pairs loaded (an audit:
     the log said 0 for folder data where the model's meta said 3)."""
-    return int(max(getattr(pool, "generated", 0), len(getattr(pool, "cases", []))))
+    # a resumed run's pool counts from 0; seeds_drawn_before holds the sessions' before it (an
+    # audit: cases_seen fell from 4 to 2 in log.csv at a resume)
+    generated = getattr(pool, "generated", 0) + getattr(pool, "seeds_drawn_before", 0)
+    return int(max(generated, len(getattr(pool, "cases", []))))
 
 
 def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict],
@@ -1152,6 +1168,35 @@ def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
 _RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
                   "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
                   "cldice_weight", "weight_decay", "synthetic", "ds_weight")
+
+
+def _continues_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo) -> bool:
+    """Whether a resume takes up the checkpoint's random streams and synthetic pool: one
+    process then and now, with the same seed."""
+    state = ck.get("random_state")
+    return (isinstance(state, dict) and not dist.enabled and state.get("world_size", 1) == 1
+            and state.get("seed") == config.seed)
+
+
+def _restore_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo, rng, gen) -> None:
+    """A resume continues the patch sampling and the augmentation where the checkpoint left
+    them: the same steps as a run that was never stopped (an audit: a run stopped at step 4
+    and resumed drew other patches from step 5 on than the same run without the stop; for
+    folder data its weights now match it). The checkpoint holds rank 0's streams: under DDP,
+    or with another seed, each rank's streams are seeded from the step instead, as before."""
+    import torch
+
+    state = ck.get("random_state")
+    if not _continues_random_state(ck, config, dist):
+        return
+    try:
+        rng.bit_generator.state = state["numpy"]
+        gen.set_state(state["torch"])
+        torch.set_rng_state(state["torch_global"])
+    except (KeyError, TypeError, ValueError, RuntimeError):  # another numpy / torch: reseeded
+        rng.bit_generator.state = np.random.default_rng([config.seed, dist.rank,
+                                                         int(ck["step"])]).bit_generator.state
+        gen.manual_seed(config.seed * 1000 + dist.rank + 7 * int(ck["step"]))
 
 
 def _last_val_metrics(rows: list[dict]) -> dict:
