@@ -1675,3 +1675,16 @@ def test_a_stopped_and_resumed_run_is_the_run_never_stopped(tmp_path, data):
     assert [r["cases_seen"] for r in rows[1]] == [r["cases_seen"] for r in rows[0]]
     a, b = (load_model(run / "model.pt")[0].state_dict() for run in (whole, parts))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_module_entry_reports_a_file_system_error_without_a_traceback(tmp_path, capsys):
+    """An audit: ``python -m napari_tubular.training`` (the torchrun entry) ended in an OSError
+    traceback for a run folder whose name is too long, where ``napari-tubular train`` said
+    "error: File name too long"."""
+    from napari_tubular.training.__main__ import main as module_main
+
+    out = tmp_path / ("x" * 300)
+    assert module_main(["--synthetic", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari_tubular.training: error: File name too long")
+    assert "Traceback" not in err

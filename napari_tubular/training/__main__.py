@@ -8,8 +8,9 @@ I/O or GUI dependencies beyond what training uses.
 import argparse
 import sys
 
-from napari_tubular._cli import ddp_rank, error_text, tidy_warnings
+from napari_tubular._cli import ddp_rank, tidy_warnings
 from napari_tubular._cli import train as _train_cli
+from napari_tubular.cli import _run
 
 
 def main(argv=None) -> int:
@@ -19,21 +20,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # warnings as the command line prints them, once (rank 0) rather than once per process
     # with Python's source line (an audit: the label warning under torchrun)
-    rank = ddp_rank()
-    with tidy_warnings("napari_tubular.training", show=rank == 0):
-        try:
-            return int(_train_cli.run(args) or 0)
-        except KeyboardInterrupt:
-            if rank == 0:
-                sys.stderr.write("interrupted\n")
-            return 130
-        except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                RuntimeError) as exc:
-            # once, by rank 0, under torchrun (error_text)
-            text = error_text("napari_tubular.training", exc)
-            if text:
-                sys.stderr.write(text + "\n")
-            return 2
+    args.func = _train_cli.run
+    with tidy_warnings("napari_tubular.training", show=ddp_rank() == 0):
+        # the command line's handling of errors: a message, not a traceback (an audit: an
+        # OSError such as a run folder name too long ended in one here), once under torchrun
+        return _run(args, prefix="napari_tubular.training")
 
 
 if __name__ == "__main__":
