@@ -1688,3 +1688,44 @@ def test_module_entry_reports_a_file_system_error_without_a_traceback(tmp_path, 
     err = capsys.readouterr().err
     assert err.startswith("napari_tubular.training: error: File name too long")
     assert "Traceback" not in err
+
+
+def test_a_cancelled_run_logs_its_last_steps_and_model_files_carry_the_training_loss(tmp_path):
+    """An audit: cancelled at step 5 with log_every 3, the log (log.json, log.csv, the plot)
+    ended at step 3 and the losses of steps 4-5 were lost, the resumed run's log too; and a
+    run without validation wrote its model files with "metrics": {}."""
+    import csv
+
+    from napari_tubular.models import read_model_meta
+
+    out = tmp_path / "run"
+    cfg = dict(steps=8, log_every=3, checkpoint_every=0, batch_size=1,
+               model={"base_channels": 2, "depth": 2})
+    with pytest.raises(Cancelled, match="at step 5"):
+        train(tiny_config(out, **cfg), **cancel_after(5))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [3, 5]
+    assert [int(r["step"]) for r in csv.DictReader((out / "log.csv").open())] == [3, 5]
+    metrics = read_model_meta(out / "model.pt")["metrics"]
+    assert metrics == {"train_loss": pytest.approx(rows[-1]["loss"]), "train_loss_step": 5}
+    train(tiny_config(out, resume=True, **cfg))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [3, 5, 6, 8]
+    assert all(r["loss"] is not None for r in rows)
+    meta = read_model_meta(out / "model.pt")
+    assert meta["metrics"]["train_loss_step"] == meta["training"]["steps"] == 8
+
+
+def test_best_model_names_the_training_loss_of_its_own_step(tmp_path):
+    from napari_tubular.models import read_model_meta
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=1,
+                      batch_size=1, tune_thresholds=False, model={"base_channels": 2, "depth": 2}))
+    rows = {r["step"]: r for r in json.loads((out / "log.json").read_text())["rows"]}
+    for name in ("best.pt", "model.pt"):
+        meta = read_model_meta(out / name)
+        step = meta["training"]["steps"]
+        assert meta["metrics"]["train_loss_step"] == step
+        assert meta["metrics"]["train_loss"] == pytest.approx(rows[step]["loss"])
+        assert meta["metrics"]["dice"] == pytest.approx(rows[step]["val_dice"])

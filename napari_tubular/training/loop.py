@@ -618,6 +618,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         if inherited.get("refine") and "refine" not in metrics:
             # the initial model's tuned T_p / T_r, until the new weights are tuned themselves
             metrics = {**metrics, "refine": inherited["refine"]}
+        # the training loss of the last logged step (an audit: a run without validation wrote
+        # its model files with "metrics": {})
+        metrics = {**metrics, **_last_train_loss(rows)}
         return {**meta_base, "arch": _unwrap(net).config, "metrics": metrics, "training": {
             "description": description, "loss": config.loss, "steps": step,
             "time_s": round(elapsed0 + time.perf_counter() - t_loop, 1),
@@ -681,6 +684,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             if step == start_step and on_first_step:
                 on_first_step()
             if cancelled:
+                if is_main and acc.get("loss"):
+                    # the steps since the last logged one get their row, as at the end of a
+                    # run (an audit: cancelled at step 16 with log_every 10, the log ended at
+                    # step 10 and the losses of steps 11-16 were lost for the resumed run too)
+                    rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
+                                     opt.param_groups[0]["lr"], acc, pool))  # the last step's
+                    acc = {}
                 save_checkpoint()
                 if is_main:  # the weights so far, usable as a model (segment --model)
                     save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
@@ -727,13 +737,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             if is_main and (do_log or do_val):
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop, lr, acc, pool)
                 acc = {}
+                rows.append(row)  # before best.pt is written: its meta names this step's loss
                 if do_val:
                     last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                     row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                     if last_val_metrics["score"] > best:
                         best, best_step = last_val_metrics["score"], step
                         save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
-                rows.append(row)
                 # the logs between checkpoints too (an audit: a run watched through log.csv
                 # showed nothing before step 100, and one killed between checkpoints left no
                 # log at all): every logged step at first, then at most every LOG_WRITE_S
@@ -762,12 +772,12 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 else:
                     row = _row(step, elapsed0 + time.perf_counter() - t_loop,
                                lr_at(config, 1.0, step), acc, pool)
+                rows.append(row)
                 last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                 row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                 if last_val_metrics["score"] > best:
                     best, best_step = last_val_metrics["score"], step
                     save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
-                rows.append(row)
             elif acc.get("loss"):
                 # steps after the last logged one get a final row (an audit: a 25-step run
                 # logging every 10 ended at step 20, a 3-step run had an empty log and plot)
@@ -1197,6 +1207,15 @@ def _restore_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo, rng
         rng.bit_generator.state = np.random.default_rng([config.seed, dist.rank,
                                                          int(ck["step"])]).bit_generator.state
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * int(ck["step"]))
+
+
+def _last_train_loss(rows: list[dict]) -> dict:
+    """``train_loss`` (the mean loss of the steps the last logged row covers) and
+    ``train_loss_step`` (that row's step), or {} before any row with a loss."""
+    for row in reversed(rows):
+        if row.get("loss") is not None:
+            return {"train_loss": float(row["loss"]), "train_loss_step": int(row["step"])}
+    return {}
 
 
 def _last_val_metrics(rows: list[dict]) -> dict:
