@@ -241,3 +241,31 @@ def test_resume_from_another_working_directory_keeps_the_runs_folders(tmp_path, 
     assert main(["train", "--out", "proj/run", "--resume", "--steps", "4", "--quiet",
                  "--val-data", "val"]) == 2
     assert "val: no image/label volume pairs found" in capsys.readouterr().err
+
+
+def test_a_moved_project_resumes_with_its_folders_where_they_are_now(tmp_path, capsys,
+                                                                     monkeypatch):
+    """An audit: after the project folder was moved (a/ renamed to b/), its run could not be
+    resumed at all: "data data (b/data) is not the checkpoint's run's data (a/data)", with or
+    without --data. The checkpoint's folders are gone: the run goes on with a warning; a
+    relative val_data is looked for from the working directory, as before."""
+    _pairs(tmp_path / "a" / "data", seed=1)
+    _pairs(tmp_path / "a" / "val", seed=50)
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["train", "--data", "data", "--val-data", "val", "--out", "run", "--steps",
+                 "1", "--no-tune", "--quiet",
+                 *[a for a in TINY if a not in ("--val-data", "none")]]) == 0
+    (tmp_path / "a").rename(tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["train", "--out", "run", "--resume", "--steps", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "a/data) is no longer there; going on with" in err
+    assert _step(tmp_path / "b" / "run") == 2
+    rows = json.loads((tmp_path / "b" / "run" / "log.json").read_text())["rows"]
+    assert rows[-1]["val_dice"] is not None
+    # other data while the checkpoint's folders are there is still refused
+    _pairs(tmp_path / "b" / "other", seed=7)
+    assert main(["train", "--out", "run", "--resume", "--steps", "3", "--quiet", "--data",
+                 "other"]) == 2
+    assert "is not the checkpoint's run's data" in capsys.readouterr().err

@@ -209,7 +209,9 @@ def _rebase_run_paths(file_values: dict, values: dict, checkpoint: Path) -> None
         if not isinstance(value, str) or value.lower() in ("synthetic", "none", "default"):
             return value
         path = Path(value).expanduser()
-        return value if path.is_absolute() else str(Path(workdir) / path)
+        there = Path(workdir) / path
+        # a folder gone from there (the project moved) is looked for here, as before
+        return value if path.is_absolute() or not there.exists() else str(there)
 
     for key in ("data", "val_data", "init_model"):
         if key in values or file_values.get(key) is None:

@@ -1128,6 +1128,15 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
             # its saved config records that network, not the options given
             and not (k == "model" and config.init_model)]
+    gone = [f for f in saved_folders if f != "synthetic" and not Path(f).exists()]
+    if data_differ and gone and len(gone) == len(saved_folders) and not config.is_synthetic:
+        # the checkpoint's folders are all gone (an audit: a project folder moved or renamed
+        # could not be resumed at all, --data naming the folders where they are now refused)
+        warnings.warn(
+            f"resume: the checkpoint's run's data ({', '.join(saved_folders)}) is no longer "
+            f"there; going on with {', '.join(_data_folders(config.data))}, taken to be the "
+            "same pairs moved", UserWarning, stacklevel=3)
+        data_differ = False
     if data_differ:
         raise ValueError(
             f"resume: data {', '.join(config.data)} ({', '.join(_data_folders(config.data))}) "
