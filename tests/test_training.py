@@ -1729,3 +1729,37 @@ def test_best_model_names_the_training_loss_of_its_own_step(tmp_path):
         assert meta["metrics"]["train_loss_step"] == step
         assert meta["metrics"]["train_loss"] == pytest.approx(rows[step]["loss"])
         assert meta["metrics"]["dice"] == pytest.approx(rows[step]["val_dice"])
+
+
+def test_the_logs_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An audit: log.csv (and curves.png) were rewritten in place, so a run killed while
+    writing them (or a reader looking then) found them cut short; log.json and last.pt were
+    already replaced whole."""
+    import csv
+
+    from napari_tubular.training import loop
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, batch_size=1, model={"base_channels": 2, "depth": 2}))
+    before = {name: (out / name).read_bytes() for name in ("log.csv", "curves.png")}
+
+    def failing_writerow(self, row):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", failing_writerow)
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    with pytest.raises(OSError, match="disk full"):
+        loop._write_log(out, rows, tiny_config(out), {})
+    assert (out / "log.csv").read_bytes() == before["log.csv"]
+    monkeypatch.undo()
+
+    from matplotlib.figure import Figure
+
+    def failing_savefig(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", failing_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        loop.plot_curves(rows, out / "curves.png")
+    assert (out / "curves.png").read_bytes() == before["curves.png"]

@@ -373,11 +373,15 @@ def _json_safe(value):
 
 
 def _write_log(out: Path, rows: list[dict], config: TrainConfig, extra: dict) -> None:
-    with open(out / "log.csv", "w", newline="", encoding="utf-8") as f:
+    # both files whole or as they were, like last.pt (an audit: log.csv was rewritten in
+    # place, so a run killed, or a reader looking, while it was written saw it cut short)
+    tmp_csv = out / "log.csv.tmp"
+    with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in LOG_COLUMNS})
+    os.replace(tmp_csv, out / "log.csv")
     doc = _json_safe({"config": config.to_dict(), **extra, "rows": rows})
     tmp = out / "log.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, default=float, allow_nan=False))
@@ -423,7 +427,10 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> Path | None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)  # whole or as it was (see _write_log)
     return path
 
 
