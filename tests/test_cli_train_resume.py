@@ -269,3 +269,14 @@ def test_a_moved_project_resumes_with_its_folders_where_they_are_now(tmp_path, c
     assert main(["train", "--out", "run", "--resume", "--steps", "3", "--quiet", "--data",
                  "other"]) == 2
     assert "is not the checkpoint's run's data" in capsys.readouterr().err
+
+
+def test_a_data_folder_given_as_the_config_file_is_named_so(tmp_path, capsys):
+    """An audit: ``napari-tubular train DATA_DIR --out run`` (the data folder where the config
+    file goes) said "config file not found: DATA_DIR", a folder that is there."""
+    (tmp_path / "data").mkdir()
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err
+    assert "--data" in err
+    assert not (tmp_path / "run").exists()
