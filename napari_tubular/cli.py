@@ -64,17 +64,24 @@ def main(argv: list[str] | None = None) -> int:
     # NaN notice) are printed like the commands' own lines, without Python's source line (an
     # audit: "/.../info.py:36: UserWarning: ..." from 'info' on a DICOM folder); main() called
     # from Python leaves the process as it was
-    from ._cli import tidy_warnings
+    from ._cli import ddp_rank, tidy_warnings
 
-    with tidy_warnings(f"napari-tubular {args.command}"):
+    # under torchrun ("torchrun ... napari-tubular train ...") rank 0 speaks for all
+    with tidy_warnings(f"napari-tubular {args.command}", show=ddp_rank() == 0):
         return _run(args)
 
 
-def _run(args) -> int:
+def _run(args, prefix: str | None = None) -> int:
+    """Run the command ``args.func``; a user error prints ``{prefix}: error: ...`` (default
+    prefix ``napari-tubular COMMAND``) and gives exit status 2, without a traceback."""
+    from ._cli import ddp_rank, error_text
+
+    prefix = prefix or f"napari-tubular {args.command}"
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as exc:  # Ctrl-C; SIGTERM where a command turns it into one
-        print(getattr(exc, "word", "interrupted"), file=sys.stderr)
+        if ddp_rank() == 0:
+            print(getattr(exc, "word", "interrupted"), file=sys.stderr)
         return int(getattr(exc, "exit_code", 130))
     except BrokenPipeError:  # "napari-tubular info x | head": the reader left, not an error
         try:
@@ -83,18 +90,22 @@ def _run(args) -> int:
             pass
         return 0
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError) as exc:
-        # Core functions raise these with messages meant for the user; no traceback.
-        print(f"napari-tubular {args.command}: error: {exc}", file=sys.stderr)
+        # Core functions raise these with messages meant for the user; no traceback (and
+        # under torchrun once, by rank 0: error_text)
+        text = error_text(prefix, exc)
+        if text:
+            print(text, file=sys.stderr)
         return 2
     except MemoryError as exc:
         # numpy's "Unable to allocate 116. GiB for an array ..." (an audit: a traceback)
-        print(f"napari-tubular {args.command}: error: not enough memory ({exc}); use a smaller "
-              "volume (or, for segment, --batch-size 1)", file=sys.stderr)
+        if ddp_rank() == 0:
+            print(f"{prefix}: error: not enough memory ({exc}); use a smaller volume (or, for "
+                  "segment, --batch-size 1)", file=sys.stderr)
         return 2
     except OSError as exc:  # a file system's refusal (a name too long, a full disk, rights)
         where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"napari-tubular {args.command}: error: {exc.strerror or exc}{where}",
-              file=sys.stderr)
+        if ddp_rank() == 0:
+            print(f"{prefix}: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
 
 

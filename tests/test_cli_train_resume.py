@@ -200,3 +200,83 @@ def test_resume_without_config_json_uses_the_checkpoints_settings(tmp_path, caps
     assert saved["val_every"] == 3
     assert saved["model"]["base_channels"] == 4
     assert _step(out) == 3
+
+
+def _pairs(folder: Path, n: int = 1, seed: int = 0) -> None:
+    """``n`` small image/label pairs as ``napari-tubular synth`` writes them."""
+    assert main(["synth", str(folder), "--n", str(n), "--seed", str(seed), "--shape", "24",
+                 "24", "24"]) == 0
+
+
+@pytest.mark.parametrize("run_own", ["config.json", "last.pt"])
+def test_resume_from_another_working_directory_keeps_the_runs_folders(tmp_path, capsys,
+                                                                     monkeypatch, run_own):
+    """An audit: a run started in proj/ with relative --data data --val-data val, resumed from
+    the parent folder (--out proj/run --resume), was refused ("data ... is not the checkpoint's
+    run's data") and, given --data, validated on ./val of the new working directory (here an
+    empty folder of the same name: "no image/label volume pairs found")."""
+    proj = tmp_path / "proj"
+    _pairs(proj / "data", n=2, seed=1)
+    _pairs(proj / "val", seed=50)
+    (tmp_path / "val").mkdir()  # a decoy of the same name beside proj/
+    monkeypatch.chdir(proj)
+    assert main(["train", "--data", "data", "--val-data", "val", "--out", "run", "--steps",
+                 "2", "--val-every", "2", "--no-tune", "--quiet",
+                 *[a for a in TINY if a not in ("--val-data", "none")]]) == 0
+    if run_own == "last.pt":
+        (proj / "run" / "config.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--out", "proj/run", "--resume", "--steps", "3", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "val_data" not in err  # no "val_data ['val'] -> [...]" warning either
+    assert _step(proj / "run") == 3
+    saved = json.loads((proj / "run" / "config.json").read_text())
+    assert [Path(d).resolve() for d in saved["data"]] == [(proj / "data").resolve()]
+    assert [Path(d).resolve() for d in saved["val_data"]] == [(proj / "val").resolve()]
+    rows = json.loads((proj / "run" / "log.json").read_text())["rows"]
+    assert rows[-1]["step"] == 3
+    assert rows[-1]["val_dice"] is not None
+    # folders given on the command line are still the working directory's
+    assert main(["train", "--out", "proj/run", "--resume", "--steps", "4", "--quiet",
+                 "--val-data", "val"]) == 2
+    assert "val: no image/label volume pairs found" in capsys.readouterr().err
+
+
+def test_a_moved_project_resumes_with_its_folders_where_they_are_now(tmp_path, capsys,
+                                                                     monkeypatch):
+    """An audit: after the project folder was moved (a/ renamed to b/), its run could not be
+    resumed at all: "data data (b/data) is not the checkpoint's run's data (a/data)", with or
+    without --data. The checkpoint's folders are gone: the run goes on with a warning; a
+    relative val_data is looked for from the working directory, as before."""
+    _pairs(tmp_path / "a" / "data", seed=1)
+    _pairs(tmp_path / "a" / "val", seed=50)
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["train", "--data", "data", "--val-data", "val", "--out", "run", "--steps",
+                 "1", "--no-tune", "--quiet",
+                 *[a for a in TINY if a not in ("--val-data", "none")]]) == 0
+    (tmp_path / "a").rename(tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["train", "--out", "run", "--resume", "--steps", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "a/data) is no longer there; going on with" in err
+    assert _step(tmp_path / "b" / "run") == 2
+    rows = json.loads((tmp_path / "b" / "run" / "log.json").read_text())["rows"]
+    assert rows[-1]["val_dice"] is not None
+    # other data while the checkpoint's folders are there is still refused
+    _pairs(tmp_path / "b" / "other", seed=7)
+    assert main(["train", "--out", "run", "--resume", "--steps", "3", "--quiet", "--data",
+                 "other"]) == 2
+    assert "is not the checkpoint's run's data" in capsys.readouterr().err
+
+
+def test_a_data_folder_given_as_the_config_file_is_named_so(tmp_path, capsys):
+    """An audit: ``napari-tubular train DATA_DIR --out run`` (the data folder where the config
+    file goes) said "config file not found: DATA_DIR", a folder that is there."""
+    (tmp_path / "data").mkdir()
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err
+    assert "--data" in err
+    assert not (tmp_path / "run").exists()

@@ -1583,3 +1583,183 @@ def test_deep_supervision_heads_train_with_the_loop(tmp_path, ds_weight):
     logged = [r.get("loss_ds") for r in rows if r.get("loss_ds") is not None]
     assert bool(logged) == (ds_weight > 0)
     assert all(np.isfinite(v) and v > 0 for v in logged)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_module_entry_reports_an_error_once_under_torchrun(tmp_path, capsys, monkeypatch, rank):
+    """An audit: under torchrun each process printed "error: data folder not found" (every
+    process reads the same options and fails alike); rank 0 reports it, the others exit 2
+    without a word."""
+    from napari_tubular.cli import main
+    from napari_tubular.training.__main__ import main as module_main
+
+    monkeypatch.setenv("RANK", rank)
+    assert module_main(["--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run"),
+                        "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error") == (rank == "0")
+    assert main(["train", "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error") == (rank == "0")
+
+
+def test_other_ranks_report_only_errors_of_their_own(monkeypatch):
+    """A rank other than 0 names its own failure with its rank, not the lost connection to a
+    rank that failed first (gloo's "Connection closed by peer ... GLHF!")."""
+    from napari_tubular._cli import error_text
+
+    monkeypatch.setenv("RANK", "1")
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:15520. This is typically caused by a remote worker crashing")
+    assert error_text("x", gone) is None
+    assert error_text("x", ValueError("data folder not found: d")) is None
+    assert error_text("x", RuntimeError("training diverged")) == \
+        "x: error (rank 1): training diverged"
+    monkeypatch.setenv("RANK", "0")
+    assert error_text("x", gone).startswith("x: error: [../gloo")
+
+
+@pytest.mark.slow
+def test_torchrun_reports_a_missing_data_folder_once(tmp_path):
+    """The command under torchrun with 2 CPU processes (gloo): one error line, not one per
+    process, and no lost-connection noise from rank 1 when rank 0 fails alone (the validation
+    data, which only rank 0 reads)."""
+    from napari_tubular.cli import main
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--shape", "24", "24", "24"]) == 0
+    # (a missing --data fails alike on every rank: test_module_entry_reports_an_error_once_...)
+    for flags, said in ((["--data", str(data), "--val-data", str(tmp_path / "noval")],
+                         "validation data folder not found"),):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(29500 + (os.getpid() + 7) % 1000), "-m",
+               "napari_tubular.training", *flags, "--out", str(tmp_path / "run"), "--steps", "2",
+               "--patch", "16", "16", "16", "--base-channels", "4", "--depth", "2", "-K", "3",
+               "--device", "cpu", "--quiet", "--threads", "1"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert res.returncode != 0
+        ours = [line for line in res.stderr.splitlines()
+                if line.startswith("napari_tubular.training: error")]
+        assert len(ours) == 1, res.stderr[-3000:]
+        assert said in ours[0]
+
+
+@pytest.mark.parametrize("data", ["folder", "synthetic"])
+def test_a_stopped_and_resumed_run_is_the_run_never_stopped(tmp_path, data):
+    """An audit: a run cancelled at step 3 and resumed drew other patches and augmentations
+    from step 4 on than the same run without the stop (the random streams were seeded anew
+    from the step, and a synthetic pool was filled with new cases), and its log's cases_seen
+    fell back at the resume. The checkpoint now holds the streams and the pool's case seeds."""
+    from napari_tubular.models import load_model
+
+    if data == "folder":
+        from napari_tubular.cli import main
+
+        assert main(["synth", str(tmp_path / "d"), "--n", "2", "--shape", "24", "24", "24"]) == 0
+        kw = {"data": [str(tmp_path / "d")]}
+    else:
+        kw = {"synthetic": {**SMALL_SYN, "refresh_every": 2}}
+    kw.update(steps=5, batch_size=1, augment=True, checkpoint_every=0,
+              model={"base_channels": 2, "depth": 2})
+    whole = tmp_path / "whole"
+    train(tiny_config(whole, **kw))
+    parts = tmp_path / "parts"
+    with pytest.raises(Cancelled):
+        train(tiny_config(parts, **kw), **cancel_after(3))
+    assert torch.load(parts / "last.pt", weights_only=False)["step"] == 3
+    train(tiny_config(parts, resume=True, **kw))
+    rows = [json.loads((run / "log.json").read_text())["rows"] for run in (whole, parts)]
+    assert [r["step"] for r in rows[1]] == [1, 2, 3, 4, 5]
+    assert [r["loss"] for r in rows[1]] == [r["loss"] for r in rows[0]]
+    assert [r["cases_seen"] for r in rows[1]] == [r["cases_seen"] for r in rows[0]]
+    a, b = (load_model(run / "model.pt")[0].state_dict() for run in (whole, parts))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_module_entry_reports_a_file_system_error_without_a_traceback(tmp_path, capsys):
+    """An audit: ``python -m napari_tubular.training`` (the torchrun entry) ended in an OSError
+    traceback for a run folder whose name is too long, where ``napari-tubular train`` said
+    "error: File name too long"."""
+    from napari_tubular.training.__main__ import main as module_main
+
+    out = tmp_path / ("x" * 300)
+    assert module_main(["--synthetic", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari_tubular.training: error: File name too long")
+    assert "Traceback" not in err
+
+
+def test_a_cancelled_run_logs_its_last_steps_and_model_files_carry_the_training_loss(tmp_path):
+    """An audit: cancelled at step 5 with log_every 3, the log (log.json, log.csv, the plot)
+    ended at step 3 and the losses of steps 4-5 were lost, the resumed run's log too; and a
+    run without validation wrote its model files with "metrics": {}."""
+    import csv
+
+    from napari_tubular.models import read_model_meta
+
+    out = tmp_path / "run"
+    cfg = dict(steps=8, log_every=3, checkpoint_every=0, batch_size=1,
+               model={"base_channels": 2, "depth": 2})
+    with pytest.raises(Cancelled, match="at step 5"):
+        train(tiny_config(out, **cfg), **cancel_after(5))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [3, 5]
+    assert [int(r["step"]) for r in csv.DictReader((out / "log.csv").open())] == [3, 5]
+    metrics = read_model_meta(out / "model.pt")["metrics"]
+    assert metrics == {"train_loss": pytest.approx(rows[-1]["loss"]), "train_loss_step": 5}
+    train(tiny_config(out, resume=True, **cfg))
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [3, 5, 6, 8]
+    assert all(r["loss"] is not None for r in rows)
+    meta = read_model_meta(out / "model.pt")
+    assert meta["metrics"]["train_loss_step"] == meta["training"]["steps"] == 8
+
+
+def test_best_model_names_the_training_loss_of_its_own_step(tmp_path):
+    from napari_tubular.models import read_model_meta
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, val_data=["synthetic"], val_cases=1, val_every=1,
+                      batch_size=1, tune_thresholds=False, model={"base_channels": 2, "depth": 2}))
+    rows = {r["step"]: r for r in json.loads((out / "log.json").read_text())["rows"]}
+    for name in ("best.pt", "model.pt"):
+        meta = read_model_meta(out / name)
+        step = meta["training"]["steps"]
+        assert meta["metrics"]["train_loss_step"] == step
+        assert meta["metrics"]["train_loss"] == pytest.approx(rows[step]["loss"])
+        assert meta["metrics"]["dice"] == pytest.approx(rows[step]["val_dice"])
+
+
+def test_the_logs_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """An audit: log.csv (and curves.png) were rewritten in place, so a run killed while
+    writing them (or a reader looking then) found them cut short; log.json and last.pt were
+    already replaced whole."""
+    import csv
+
+    from napari_tubular.training import loop
+
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2, batch_size=1, model={"base_channels": 2, "depth": 2}))
+    before = {name: (out / name).read_bytes() for name in ("log.csv", "curves.png")}
+
+    def failing_writerow(self, row):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerow", failing_writerow)
+    rows = json.loads((out / "log.json").read_text())["rows"]
+    with pytest.raises(OSError, match="disk full"):
+        loop._write_log(out, rows, tiny_config(out), {})
+    assert (out / "log.csv").read_bytes() == before["log.csv"]
+    monkeypatch.undo()
+
+    from matplotlib.figure import Figure
+
+    def failing_savefig(self, fname, **kwargs):
+        Path(fname).write_bytes(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", failing_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        loop.plot_curves(rows, out / "curves.png")
+    assert (out / "curves.png").read_bytes() == before["curves.png"]

@@ -1,6 +1,7 @@
 """One module per CLI command; see ``napari_tubular.cli``."""
 
 import contextlib
+import os
 import sys
 import warnings
 
@@ -25,3 +26,34 @@ def tidy_warnings(prefix: str, show: bool = True):
         yield
     finally:
         warnings.showwarning = shown
+
+
+#: the words of torch.distributed's errors in a process whose peer has ended (gloo, nccl, the
+#: TCP store): that peer's own error is the one to read
+_PEER_GONE = ("closed by peer", "remote worker", "connection reset", "broken pipe",
+              "connection refused")
+
+
+def ddp_rank() -> int:
+    """This process's rank under torchrun (0 outside it)."""
+    try:
+        return int(os.environ.get("RANK", "0") or 0)
+    except ValueError:
+        return 0
+
+
+def error_text(prefix: str, exc: BaseException) -> str | None:
+    """The line that reports ``exc`` (a user error: bad option, missing file), or None where
+    another process says it: under torchrun every process reads the same options and data and
+    fails alike, so only rank 0 reports (an audit: "error: data folder not found" once per
+    process); the other ranks report only an error of their own, with their rank, and never
+    the lost connection to a rank that has failed."""
+    rank = ddp_rank()
+    if rank == 0:
+        return f"{prefix}: error: {exc}"
+    if not isinstance(exc, RuntimeError) or isinstance(exc, NotImplementedError):
+        return None
+    text = str(exc)
+    if any(word in text.lower() for word in _PEER_GONE):
+        return None
+    return f"{prefix}: error (rank {rank}): {text}"

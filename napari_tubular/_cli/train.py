@@ -152,8 +152,8 @@ def config_from_args(args: argparse.Namespace):
 
         config_path = Path(args.out) / "last.pt"
         file_values = checkpoint_config(config_path)
-        print(f"[train] note: {Path(args.out) / 'config.json'} is missing; resuming with the "
-              f"settings stored in {config_path}", file=sys.stderr, flush=True)
+        _say(f"[train] note: {Path(args.out) / 'config.json'} is missing; resuming with the "
+              f"settings stored in {config_path}")
     if config_path and not file_values:
         file_values = config_file_values(config_path)  # read once
     if config_path and not args.config:
@@ -161,6 +161,8 @@ def config_from_args(args: argparse.Namespace):
         # --overwrite could not be resumed, "resume and overwrite exclude each other")
         for key in ("overwrite", "resume", "out"):
             file_values.pop(key, None)
+    if config_path and not args.config:
+        _rebase_run_paths(file_values, values, Path(args.out) / "last.pt")
     _defaults_from_init_model(values, file_values)
     if config_path:
         cfg = TrainConfig.from_values(file_values, **values)
@@ -177,9 +179,46 @@ def config_from_args(args: argparse.Namespace):
         _refuse_paths_beside_config(cfg, Path(args.config))
     shared = _same_folders(cfg.data, cfg.val_data)
     if shared:
-        print(f"[train] warning: validation data is training data ({', '.join(shared)}): the "
-              "validation scores and best.pt do not measure generalisation", file=sys.stderr)
+        _say(f"[train] warning: validation data is training data ({', '.join(shared)}): the "
+              "validation scores and best.pt do not measure generalisation")
     return cfg
+
+
+def _say(text: str) -> None:
+    """A note on stderr, once under torchrun (rank 0)."""
+    from napari_tubular._cli import ddp_rank
+
+    if ddp_rank() == 0:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _rebase_run_paths(file_values: dict, values: dict, checkpoint: Path) -> None:
+    """A resume with the run's own settings (config.json or last.pt) from another working
+    directory: the relative data, val_data and init_model paths stored there are taken from
+    the working directory of the session that wrote the checkpoint, not from this one (an
+    audit: ``--resume --out proj/run`` from the parent folder refused the run's data and
+    validated on ./val, a folder of the same name in the new working directory). Paths given
+    on the command line are left as they are."""
+    from napari_tubular.training.loop import checkpoint_workdir
+
+    workdir = checkpoint_workdir(checkpoint)
+    if workdir is None or Path(workdir).resolve() == Path.cwd().resolve():
+        return
+
+    def rebased(value):
+        if not isinstance(value, str) or value.lower() in ("synthetic", "none", "default"):
+            return value
+        path = Path(value).expanduser()
+        there = Path(workdir) / path
+        # a folder gone from there (the project moved) is looked for here, as before
+        return value if path.is_absolute() or not there.exists() else str(there)
+
+    for key in ("data", "val_data", "init_model"):
+        if key in values or file_values.get(key) is None:
+            continue
+        value = file_values[key]
+        file_values[key] = ([rebased(v) for v in value] if isinstance(value, list)
+                            else rebased(value))
 
 
 def _refuse_paths_beside_config(cfg, config_path: Path) -> None:

@@ -6,11 +6,11 @@ I/O or GUI dependencies beyond what training uses.
 """
 
 import argparse
-import os
 import sys
 
-from napari_tubular._cli import tidy_warnings
+from napari_tubular._cli import ddp_rank, tidy_warnings
 from napari_tubular._cli import train as _train_cli
+from napari_tubular.cli import _run
 
 
 def main(argv=None) -> int:
@@ -20,17 +20,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     # warnings as the command line prints them, once (rank 0) rather than once per process
     # with Python's source line (an audit: the label warning under torchrun)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    with tidy_warnings("napari_tubular.training", show=rank == 0):
-        try:
-            return int(_train_cli.run(args) or 0)
-        except KeyboardInterrupt:
-            sys.stderr.write("interrupted\n")
-            return 130
-        except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                RuntimeError) as exc:
-            sys.stderr.write(f"napari_tubular.training: error: {exc}\n")
-            return 2
+    args.func = _train_cli.run
+    with tidy_warnings("napari_tubular.training", show=ddp_rank() == 0):
+        # the command line's handling of errors: a message, not a traceback (an audit: an
+        # OSError such as a run folder name too long ended in one here), once under torchrun
+        return _run(args, prefix="napari_tubular.training")
 
 
 if __name__ == "__main__":

@@ -382,6 +382,10 @@ def config_file_values(path: str | Path) -> dict[str, Any]:
         ValueError: not valid JSON / YAML, or not a mapping.
     """
     path = Path(path)
+    if path.is_dir():
+        # an audit: "napari-tubular train data --out run" said "config file not found: data"
+        raise ValueError(f"config file {path} is a folder: the first argument is a JSON or YAML "
+                         "file of options; give data folders with --data")
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     text = path.read_text(encoding="utf-8")

@@ -814,6 +814,10 @@ class SyntheticPool:
         target_spacing, K, normalization, options, min_shape: see :func:`make_synthetic_case`.
         workers: background processes.
         rng: random generator for picking cases.
+        resume: a checkpoint's :meth:`state` (without workers): the pool is filled with the
+            cases it held (generated again from their seeds, in their order, not counted in
+            :attr:`generated`) and refreshes at the same steps, so that training goes on with
+            the cases it had.
     """
 
     def __init__(
@@ -821,6 +825,7 @@ class SyntheticPool:
         options: dict[str, Any] | None = None, min_shape: Sequence[int] | None = None,
         workers: int = 0, rng: np.random.Generator | None = None,
         progress: Callable[[int, int, str], None] | None = None, with_phi: bool = False,
+        resume: dict[str, Any] | None = None,
     ) -> None:
         self.opts = {**SYNTHETIC_DEFAULTS, **(options or {})}
         self._seeds = iter(seeds)
@@ -829,9 +834,16 @@ class SyntheticPool:
         self.workers = int(workers)
         self.size = int(self.opts["pool_size"])
         self.cases: list[PreparedCase] = []
+        self.case_seeds: list[int | None] = []  # the seed of each case (None: not known)
         self.generated = 0
         self._steps = 0
         cache = self.opts.get("cache_dir")
+        replay: list[int] = []
+        if resume and not cache and self.workers == 0:
+            seeds_held = list(resume.get("case_seeds") or [])
+            if seeds_held and all(isinstance(x, int) for x in seeds_held):
+                replay = seeds_held[: self.size]
+                self._steps = int(resume.get("steps", 0))
         if cache:
             files = sorted(Path(cache).glob("*.npz"))
             if not files:
@@ -839,6 +851,7 @@ class SyntheticPool:
             self.rng.shuffle(files)
             chosen = files[: max(self.size, 1)]
             self.cases = [PreparedCase.from_npz(f) for f in chosen]
+            self.case_seeds = [None] * len(self.cases)
             for f, case in zip(chosen, self.cases):
                 check_cached_case(f, case, target_spacing, K, normalization)
             self.size = max(self.size, len(self.cases))
@@ -858,8 +871,11 @@ class SyntheticPool:
                     self._pending[0].wait()
                     self.refresh()
                 else:
-                    self.cases.append(make_synthetic_case(next(self._seeds), *self._args))
-                    self.generated += 1
+                    again = bool(replay)  # a case the pool held when the run stopped
+                    seed = replay.pop(0) if again else next(self._seeds)
+                    self.cases.append(make_synthetic_case(seed, *self._args))
+                    self.case_seeds.append(seed)
+                    self.generated += not again
                 if progress:  # may raise to stop (a cancelled run): the workers end here
                     progress(len(self.cases), self.size, "generating synthetic cases")
         except BaseException:
@@ -871,12 +887,19 @@ class SyntheticPool:
         job = (next(self._seeds), *self._args)
         self._pending.append(self._pool.apply_async(_make_synthetic_job, (job,)))
 
-    def _add(self, case: PreparedCase) -> None:
+    def _add(self, case: PreparedCase, seed: int | None = None) -> None:
         self.generated += 1
         if len(self.cases) < self.size:
             self.cases.append(case)
+            self.case_seeds.append(seed)
         else:
-            self.cases[int(self.rng.integers(len(self.cases)))] = case
+            i = int(self.rng.integers(len(self.cases)))
+            self.cases[i], self.case_seeds[i] = case, seed
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of the pool (see ``resume``): its cases' seeds, in order,
+        and the steps counted towards ``refresh_every``."""
+        return {"case_seeds": list(self.case_seeds), "steps": self._steps}
 
     def refresh(self) -> int:
         """Swap in new cases (non-blocking with workers). Returns how many were added."""
@@ -896,7 +919,8 @@ class SyntheticPool:
             self._steps += 1
             every = int(self.opts["refresh_every"])
             if every > 0 and self._steps % every == 0:
-                self._add(make_synthetic_case(next(self._seeds), *self._args))
+                seed = next(self._seeds)
+                self._add(make_synthetic_case(seed, *self._args), seed)
                 added = 1
         return added
 

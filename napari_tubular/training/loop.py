@@ -336,13 +336,14 @@ def _load_val_cases(config: TrainConfig, normalization: dict, progress: Progress
 
 
 def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, seeds_drawn: int,
-               rng: np.random.Generator, progress: ProgressFn | None):
+               rng: np.random.Generator, progress: ProgressFn | None,
+               resume: dict | None = None):
     if config.is_synthetic:
         start = TRAIN_SEED_BASE * (config.seed + 1) + dist.rank * 100_000 + seeds_drawn
         return SyntheticPool(
             itertools.count(start), config.target_spacing, config.K, normalization,
             options=config.synthetic, min_shape=config.patch_size, workers=config.workers,
-            rng=rng, progress=progress, with_phi=config.loss == "boundary",
+            rng=rng, progress=progress, with_phi=config.loss == "boundary", resume=resume,
         )
     pairs = find_pairs(config.data)
     cases = []
@@ -372,11 +373,15 @@ def _json_safe(value):
 
 
 def _write_log(out: Path, rows: list[dict], config: TrainConfig, extra: dict) -> None:
-    with open(out / "log.csv", "w", newline="", encoding="utf-8") as f:
+    # both files whole or as they were, like last.pt (an audit: log.csv was rewritten in
+    # place, so a run killed, or a reader looking, while it was written saw it cut short)
+    tmp_csv = out / "log.csv.tmp"
+    with open(tmp_csv, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in LOG_COLUMNS})
+    os.replace(tmp_csv, out / "log.csv")
     doc = _json_safe({"config": config.to_dict(), **extra, "rows": rows})
     tmp = out / "log.json.tmp"
     tmp.write_text(json.dumps(doc, indent=1, default=float, allow_nan=False))
@@ -422,7 +427,10 @@ def plot_curves(rows: list[dict], path: Path, title: str = "") -> Path | None:
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format=path.suffix.lstrip(".") or "png")
+    os.replace(tmp, path)  # whole or as it was (see _write_log)
     return path
 
 
@@ -577,6 +585,7 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         last_val_metrics = _last_val_metrics(rows)
         rng = np.random.default_rng([config.seed, dist.rank, step])
         gen.manual_seed(config.seed * 1000 + dist.rank + 7 * step)
+        _restore_random_state(ck, config, dist, rng, gen)
     net = wrap_ddp(model, config, device, dist.local_rank) if dist.enabled else model
     loss_fn = LossFn(config)
     use_amp = bool(config.amp) and device.startswith("cuda")
@@ -594,7 +603,12 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
     val_tubes = (make_tube_val_cases(config.target_spacing, config.K, normalization)
                  if is_main and config.val_tubes and has_val else [])
     check_cancel()
-    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress)
+    pool_resume = None
+    if ck is not None and _continues_random_state(ck, config, dist):
+        pool_resume = ck.get("pool_state")  # the synthetic cases it held (SyntheticPool)
+    pool = _make_pool(config, normalization, dist, seeds_drawn, rng, prepare_progress,
+                      pool_resume)
+    pool.seeds_drawn_before = seeds_drawn
     if is_main:  # after the data loaded: a run that fails to start leaves its folder empty
         config.save(out / "config.json")
     description = config.description or (
@@ -611,6 +625,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
         if inherited.get("refine") and "refine" not in metrics:
             # the initial model's tuned T_p / T_r, until the new weights are tuned themselves
             metrics = {**metrics, "refine": inherited["refine"]}
+        # the training loss of the last logged step (an audit: a run without validation wrote
+        # its model files with "metrics": {})
+        metrics = {**metrics, **_last_train_loss(rows)}
         return {**meta_base, "arch": _unwrap(net).config, "metrics": metrics, "training": {
             "description": description, "loss": config.loss, "steps": step,
             "time_s": round(elapsed0 + time.perf_counter() - t_loop, 1),
@@ -629,9 +646,18 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             "arch": _unwrap(net).config, "normalization": normalization, "inherited": inherited,
             "elapsed_s": elapsed0 + time.perf_counter() - t_loop,
             "seeds_drawn": int(getattr(pool, "generated", 0)) + seeds_drawn,
+            "pool_state": pool.state() if hasattr(pool, "state") else None,
             # the folders themselves, for a resume from another working directory or with
             # the folders spelled otherwise (_check_resume)
             "data_folders": _data_folders(config.data),
+            # the random streams of the patch sampling and the augmentation, so that a resume
+            # goes on where they stopped (_restore_random_state)
+            "random_state": {"numpy": rng.bit_generator.state, "torch": gen.get_state(),
+                             "torch_global": torch.get_rng_state(), "seed": config.seed,
+                             "world_size": dist.world},
+            # the working directory that the relative paths of config.json are taken from (a
+            # resume from elsewhere rebases them: checkpoint_workdir)
+            "workdir": os.getcwd(),
         }
         tmp = out / "last.pt.tmp"
         torch.save(state, tmp)
@@ -665,6 +691,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             if step == start_step and on_first_step:
                 on_first_step()
             if cancelled:
+                if is_main and acc.get("loss"):
+                    # the steps since the last logged one get their row, as at the end of a
+                    # run (an audit: cancelled at step 16 with log_every 10, the log ended at
+                    # step 10 and the losses of steps 11-16 were lost for the resumed run too)
+                    rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
+                                     opt.param_groups[0]["lr"], acc, pool))  # the last step's
+                    acc = {}
                 save_checkpoint()
                 if is_main:  # the weights so far, usable as a model (segment --model)
                     save_model(out / "model.pt", _unwrap(net), meta(last_val_metrics))
@@ -711,13 +744,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             if is_main and (do_log or do_val):
                 row = _row(step, elapsed0 + time.perf_counter() - t_loop, lr, acc, pool)
                 acc = {}
+                rows.append(row)  # before best.pt is written: its meta names this step's loss
                 if do_val:
                     last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                     row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                     if last_val_metrics["score"] > best:
                         best, best_step = last_val_metrics["score"], step
                         save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
-                rows.append(row)
                 # the logs between checkpoints too (an audit: a run watched through log.csv
                 # showed nothing before step 100, and one killed between checkpoints left no
                 # log at all): every logged step at first, then at most every LOG_WRITE_S
@@ -746,12 +779,12 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 else:
                     row = _row(step, elapsed0 + time.perf_counter() - t_loop,
                                lr_at(config, 1.0, step), acc, pool)
+                rows.append(row)
                 last_val_metrics = validate(_unwrap(net), val_cases, config, device, val_tubes)
                 row.update({f"val_{k}": v for k, v in last_val_metrics.items()})
                 if last_val_metrics["score"] > best:
                     best, best_step = last_val_metrics["score"], step
                     save_model(out / "best.pt", _unwrap(net), meta(last_val_metrics))
-                rows.append(row)
             elif acc.get("loss"):
                 # steps after the last logged one get a final row (an audit: a 25-step run
                 # logging every 10 ended at step 20, a 3-step run had an empty log and plot)
@@ -910,7 +943,10 @@ def _row(step: int, time_s: float, lr: float, acc: dict, pool) -> dict:
 def _cases_seen(pool) -> int:
     """Cases drawn so far: generated synthetic cases, or the folder pairs loaded (an audit:
     the log said 0 for folder data where the model's meta said 3)."""
-    return int(max(getattr(pool, "generated", 0), len(getattr(pool, "cases", []))))
+    # a resumed run's pool counts from 0; seeds_drawn_before holds the sessions' before it (an
+    # audit: cases_seen fell from 4 to 2 in log.csv at a resume)
+    generated = getattr(pool, "generated", 0) + getattr(pool, "seeds_drawn_before", 0)
+    return int(max(generated, len(getattr(pool, "cases", []))))
 
 
 def _progress_message(step: int, config: TrainConfig, elapsed: float, rows: list[dict],
@@ -1060,12 +1096,29 @@ def checkpoint_config(path: str | Path) -> dict:
     return dict(_read_checkpoint(Path(path))["config"])
 
 
-def _data_folders(data) -> list[str]:
+def checkpoint_workdir(path: str | Path) -> str | None:
+    """The working directory of the session that wrote the checkpoint ``path`` (None for a
+    checkpoint of an older version, or one that cannot be read: :func:`train` names that)."""
+    try:
+        workdir = _read_checkpoint(Path(path)).get("workdir")
+    except (OSError, ValueError):
+        return None
+    return workdir if isinstance(workdir, str) and workdir else None
+
+
+def _data_folders(data, workdir: str | None = None) -> list[str]:
     """The data folders as absolute paths, sorted (``synthetic`` as it is): what a resumed
-    run's data must be, however its folders are spelled."""
+    run's data must be, however its folders are spelled (relative ones taken from ``workdir``,
+    default the working directory)."""
     from .config import _folder_key
 
-    return sorted({_folder_key(str(d)) for d in data})
+    def absolute(d: str) -> str:
+        path = Path(d).expanduser()
+        if workdir is None or path.is_absolute() or d.lower() == "synthetic":
+            return d
+        return str(Path(workdir) / path)
+
+    return sorted({_folder_key(absolute(str(d))) for d in data})
 
 
 def _check_resume(ck: dict, config: TrainConfig) -> None:
@@ -1075,12 +1128,22 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
     # ./data/ for 'data' was refused, "option(s) data differ"); a checkpoint that records its
     # folders also catches a resume from another working directory, where the saved relative
     # 'data' named another folder or none ("data folder not found")
-    saved_folders = ck.get("data_folders") or _data_folders(saved.get("data") or [])
+    workdir = ck.get("workdir") if isinstance(ck.get("workdir"), str) else None
+    saved_folders = ck.get("data_folders") or _data_folders(saved.get("data") or [], workdir)
     data_differ = saved_folders != _data_folders(config.data)
     diff = [k for k in _RESUME_FIXED if k != "data" and saved.get(k) != new.get(k)
             # a fine-tuning run's network is its initial model's (the checkpoint's arch), and
             # its saved config records that network, not the options given
             and not (k == "model" and config.init_model)]
+    gone = [f for f in saved_folders if f != "synthetic" and not Path(f).exists()]
+    if data_differ and gone and len(gone) == len(saved_folders) and not config.is_synthetic:
+        # the checkpoint's folders are all gone (an audit: a project folder moved or renamed
+        # could not be resumed at all, --data naming the folders where they are now refused)
+        warnings.warn(
+            f"resume: the checkpoint's run's data ({', '.join(saved_folders)}) is no longer "
+            f"there; going on with {', '.join(_data_folders(config.data))}, taken to be the "
+            "same pairs moved", UserWarning, stacklevel=3)
+        data_differ = False
     if data_differ:
         raise ValueError(
             f"resume: data {', '.join(config.data)} ({', '.join(_data_folders(config.data))}) "
@@ -1096,7 +1159,7 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
     changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)
                # the same validation folders spelled otherwise are not a change
                and not (k == "val_data" and isinstance(saved.get(k), list)
-                        and _data_folders(saved[k]) == _data_folders(new[k]))]
+                        and _data_folders(saved[k], workdir) == _data_folders(new[k]))]
     if changed:
         # an audit: --lr, --batch-size, --steps and --seed changed on resume without a word
         # (the learning rate jumped tenfold, a finished schedule climbed back)
@@ -1131,6 +1194,44 @@ def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
 _RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
                   "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
                   "cldice_weight", "weight_decay", "synthetic", "ds_weight")
+
+
+def _continues_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo) -> bool:
+    """Whether a resume takes up the checkpoint's random streams and synthetic pool: one
+    process then and now, with the same seed."""
+    state = ck.get("random_state")
+    return (isinstance(state, dict) and not dist.enabled and state.get("world_size", 1) == 1
+            and state.get("seed") == config.seed)
+
+
+def _restore_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo, rng, gen) -> None:
+    """A resume continues the patch sampling and the augmentation where the checkpoint left
+    them: the same steps as a run that was never stopped (an audit: a run stopped at step 4
+    and resumed drew other patches from step 5 on than the same run without the stop; for
+    folder data its weights now match it). The checkpoint holds rank 0's streams: under DDP,
+    or with another seed, each rank's streams are seeded from the step instead, as before."""
+    import torch
+
+    state = ck.get("random_state")
+    if not _continues_random_state(ck, config, dist):
+        return
+    try:
+        rng.bit_generator.state = state["numpy"]
+        gen.set_state(state["torch"])
+        torch.set_rng_state(state["torch_global"])
+    except (KeyError, TypeError, ValueError, RuntimeError):  # another numpy / torch: reseeded
+        rng.bit_generator.state = np.random.default_rng([config.seed, dist.rank,
+                                                         int(ck["step"])]).bit_generator.state
+        gen.manual_seed(config.seed * 1000 + dist.rank + 7 * int(ck["step"]))
+
+
+def _last_train_loss(rows: list[dict]) -> dict:
+    """``train_loss`` (the mean loss of the steps the last logged row covers) and
+    ``train_loss_step`` (that row's step), or {} before any row with a loss."""
+    for row in reversed(rows):
+        if row.get("loss") is not None:
+            return {"train_loss": float(row["loss"]), "train_loss_step": int(row["step"])}
+    return {}
 
 
 def _last_val_metrics(rows: list[dict]) -> dict:
