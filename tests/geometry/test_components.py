@@ -362,7 +362,7 @@ def test_the_fused_clean_up_equals_the_four_steps_one_after_the_other(seed):
         blobs_ref, key=lambda d: d["centroid_vox"])
 
 
-@pytest.mark.parametrize("spacing, n_vox", [((2.0, 0.6, 0.6), 18), ((0.7, 0.7, 0.7), 10)])
+@pytest.mark.parametrize(("spacing", "n_vox"), [((2.0, 0.6, 0.6), 18), ((0.7, 0.7, 0.7), 10)])
 def test_a_component_of_exactly_the_minimum_size_is_kept(spacing, n_vox):
     """An outside judge: 18 voxels of 2.0 x 0.6 x 0.6 mm are 12.959999999999999 mm^3 in float,
     and a component of exactly ``min_size_mm3 = 12.96`` ("smallest volume kept") was removed."""
@@ -370,9 +370,11 @@ def test_a_component_of_exactly_the_minimum_size_is_kept(spacing, n_vox):
     m[2, 2, 2 : 2 + n_vox] = True
     size = round(n_vox * spacing[0] * spacing[1] * spacing[2], 6)
     out, n = remove_small_components(m, spacing, size)
-    assert n == 0 and out.sum() == n_vox
+    assert n == 0
+    assert out.sum() == n_vox
     out, _n, _ = remove_specks_and_blobs(m, spacing, size, None)
     assert out.sum() == n_vox
     # a threshold a little above the volume still removes it
     out, n = remove_small_components(m, spacing, size * (1 + 1e-6))
-    assert n == 1 and out.sum() == 0
+    assert n == 1
+    assert out.sum() == 0
