@@ -280,9 +280,11 @@ class Refiner:
                                    truncate=self.truncate,
                                    device="cpu" if self.device == "numpy" else self.device)
 
-    def points(self, max_points: int | None = None):
-        """Seed spheres as ``(centers_mm (M, 3), radii_mm (M,))`` for a napari Points layer."""
+    def points(self, max_points: int | None = None, *, origin=None, direction=None):
+        """Seed spheres as ``(centers_mm (M, 3), radii_mm (M,))`` for a napari Points layer;
+        with the volume's ``origin`` / ``direction``, centres in physical coordinates
+        (:func:`spheres_as_points`)."""
         res = self._result if self._result is not None else self.update()
         centers_vox = res.centers_mm / np.asarray(self.spacing)[None, :]
         return spheres_as_points(np.rint(centers_vox), res.radii_mm, self.spacing,
-                                 max_points=max_points)
+                                 max_points=max_points, origin=origin, direction=direction)

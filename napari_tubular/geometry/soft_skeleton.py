@@ -382,7 +382,8 @@ def soft_skeleton_volume(volume, iters: int | None = None, *, device: str = "cpu
     """Soft skeleton of a (Z, Y, X) probability map or mask, as a float32 viewer layer.
 
     Args:
-        volume: float or bool array (Z, Y, X), values in [0, 1].
+        volume: float array (Z, Y, X) of probabilities in [0, 1], or a bool / integer mask
+            (every non-zero label is foreground, 1).
         iters: erosion steps; default: the largest city-block depth of ``volume > 0.5`` (the
             erosions needed to empty it, the volume's faces not counting as background, as in
             the erosion) + 1, so that every tube keeps a skeleton.
@@ -390,11 +391,28 @@ def soft_skeleton_volume(volume, iters: int | None = None, *, device: str = "cpu
 
     Returns:
         float32 (Z, Y, X), values in [0, 1].
+
+    Raises:
+        ValueError: not 3-D, a float volume holding NaN / inf or values outside [0, 1] (an
+            outside judge: NaN came back as a NaN layer and a 0/255 mask as a skeleton of 255,
+            without a word).
     """
     v = np.asarray(volume)
     if v.ndim != 3:
         raise ValueError(f"volume must be a 3-D array (z, y, x), got shape {v.shape}")
-    v = v.astype(np.float32)
+    if v.dtype == bool or np.issubdtype(v.dtype, np.integer):
+        v = (v != 0).astype(np.float32)
+    elif np.issubdtype(v.dtype, np.floating):
+        v = v.astype(np.float32)
+        if v.size:
+            if not np.isfinite(v).all():
+                raise ValueError("volume holds NaN or inf; expected probabilities in [0, 1]")
+            lo, hi = float(v.min()), float(v.max())
+            if lo < 0 or hi > 1:
+                raise ValueError(f"volume must hold probabilities in [0, 1], got {lo:g}..{hi:g} "
+                                 "(pass a label image as an integer or bool mask)")
+    else:
+        raise ValueError(f"volume must be a float, integer or bool array, got dtype {v.dtype}")
     if iters is None:
         iters = _default_iters(v > 0.5)
     with torch.no_grad():

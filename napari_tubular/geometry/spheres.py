@@ -387,7 +387,8 @@ def soft_reconstruction(seeds_vox, sigma_mm, weights, shape, spacing, *,
     return flat.reshape(shape)
 
 
-def spheres_as_points(centers_vox, radii_mm, spacing, *, max_points: int | None = None):
+def spheres_as_points(centers_vox, radii_mm, spacing, *, max_points: int | None = None,
+                      origin=None, direction=None):
     """Spheres as a napari Points layer in physical coordinates.
 
     Args:
@@ -395,11 +396,16 @@ def spheres_as_points(centers_vox, radii_mm, spacing, *, max_points: int | None 
         radii_mm: float (N,) or scalar, radii in mm.
         spacing: voxel size in mm, (dz, dy, dx).
         max_points: keep at most this many spheres (evenly strided, largest radii not favoured).
+        origin: optional (z, y, x) mm position of voxel (0, 0, 0) (``Volume.origin``).
+        direction: optional 3x3 direction cosines in (z, y, x) order (``Volume.direction``).
 
     Returns:
-        ``(centers_mm, radii_mm)``: float64 (M, 3) centres in mm relative to voxel (0, 0, 0) and
-        float32 (M,) radii in mm. For napari: ``viewer.add_points(centers_mm, size=2 * radii_mm)``
-        on a layer without ``scale`` (the coordinates are already physical; add the volume's
+        ``(centers_mm, radii_mm)``: float64 (M, 3) centres and float32 (M,) radii in mm. The
+        centres are ``index * spacing`` (relative to voxel (0, 0, 0)) without ``origin`` and
+        ``direction``, and the volume's physical (world) positions
+        ``origin + direction @ (spacing * index)`` with them (:meth:`napari_tubular.io.Volume.affine`).
+        For napari: ``viewer.add_points(centers_mm, size=2 * radii_mm)`` on a layer without
+        ``scale`` (the coordinates are already physical; without ``origin`` add the volume's
         origin as ``translate`` if it has one).
     """
     sp = check_spacing(spacing)
@@ -411,7 +417,20 @@ def spheres_as_points(centers_vox, radii_mm, spacing, *, max_points: int | None 
         if c.shape[0] > max_points:
             step = int(math.ceil(c.shape[0] / int(max_points)))
             c, r = c[::step], r[::step]
-    return c * np.asarray(sp)[None, :], r
+    out = c * np.asarray(sp)[None, :]
+    if direction is not None:
+        d = np.asarray(direction, dtype=np.float64)
+        if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+            raise ValueError(f"direction must be a finite 3x3 matrix (z, y, x order), got shape "
+                             f"{d.shape}")
+        out = out @ d.T
+    if origin is not None:
+        o = np.asarray(origin, dtype=np.float64)
+        if o.shape != (3,) or not np.all(np.isfinite(o)):
+            raise ValueError(f"origin must be three finite coordinates (z, y, x) in mm, got "
+                             f"{origin!r}")
+        out = out + o[None, :]
+    return out, r
 
 
 def _check_refine_inputs(prob, radius_mm, spacing):

@@ -143,6 +143,33 @@ def test_spheres_as_points():
     assert (r == 2).all()
 
 
+def test_spheres_as_points_in_world_coordinates():
+    """The issue asks for sphere centres "in physical coordinates": with a volume's origin and
+    direction they are ``Volume.affine @ [index, 1]`` (before, only ``index * spacing``)."""
+    from napari_tubular.geometry import Refiner
+    from napari_tubular.io import Volume
+
+    d = np.array([[0.0, 0.0, -1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])  # a rotation
+    vol = Volume(np.zeros((8, 9, 10), np.float32), spacing=SP, origin=(-10.0, 20.0, 5.5),
+                 direction=d)
+    c = np.array([[1, 2, 3], [4, 5, 6], [0, 0, 0]])
+    pts, r = spheres_as_points(c, [1.0, 2.0, 3.0], SP, origin=vol.origin, direction=vol.direction)
+    want = (vol.affine() @ np.c_[c, np.ones(3)].T).T[:, :3]
+    np.testing.assert_allclose(pts, want)
+    np.testing.assert_allclose(pts[2], vol.origin)
+    np.testing.assert_array_equal(r, [1.0, 2.0, 3.0])
+    prob = np.zeros(vol.shape, np.float32)
+    prob[4, 4, 2:8] = 0.95
+    ref = Refiner(prob, np.where(prob > 0, 1.5, 0).astype(np.float32), SP, device="cpu")
+    pts, r = ref.points(origin=vol.origin, direction=vol.direction)
+    seeds = np.argwhere(prob > 0.9)
+    np.testing.assert_allclose(pts, (vol.affine() @ np.c_[seeds, np.ones(len(seeds))].T).T[:, :3])
+    with pytest.raises(ValueError, match="origin"):
+        spheres_as_points(c, 1.0, SP, origin=(1.0, 2.0))
+    with pytest.raises(ValueError, match="direction"):
+        spheres_as_points(c, 1.0, SP, direction=np.eye(2))
+
+
 def test_errors():
     shape = (5, 5, 5)
     with pytest.raises(ValueError, match=r"\(N, 3\)"):
