@@ -245,10 +245,36 @@ def test_clip_radius_spikes_keeps_a_distance_map_and_clips_a_ridge(spacing):
         clip_radius_spikes(d[:-1], m, spacing)
 
 
+@pytest.mark.parametrize("centre", ["voxel", "corner"])
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.6, 0.6)])
+def test_radius_of_grid_aligned_tubes_centred_on_a_voxel_or_a_corner(centre, spacing):
+    """The issue's test as a user writes it: ``dist <= r`` around an axis along z through voxel
+    centres (or voxel corners). An outside judge: the EDT estimate read 0.51 / 0.34 / 0.26
+    voxel too wide at radius 1 / 2 / 3 on voxel centres, 0.49 / 0.43 / 0.51 at radius 2 / 5 /
+    6 on corners; the cross-section's area gives under 0.2 voxel. A tube of radius 1 voxel on a
+    voxel centre has a section of 5 voxels, the mask of every radius from 1 to 1.41 voxels:
+    its area reads sqrt(5 / pi) = 1.26."""
+    u = spacing[2]
+    for r in range(1, 9):
+        n = 2 * r + 9
+        y, x = np.mgrid[:n, :n].astype(float)
+        c = n // 2 + (0.5 if centre == "corner" else 0.0)
+        section = (y - c) ** 2 + (x - c) ** 2 <= r * r
+        m = np.repeat(section[None], 30, axis=0)
+        sk = skeletonize_mask(m, spacing=spacing).astype(bool)
+        assert sk.any()
+        radius = local_radius_mm(m, (spacing[0], u, u))[sk] / u
+        err = float(np.median(np.abs(radius - r)))
+        if centre == "voxel" and r == 1:
+            assert float(np.median(radius)) == pytest.approx(np.sqrt(5 / np.pi), abs=0.02)
+        else:
+            assert err < 0.2, (r, err)
+
+
 def test_radius_of_axis_aligned_tubes_with_sub_voxel_centres():
     """An audit: tubes along a grid axis with random sub-voxel centres read 0.33 voxel low at
-    radius 5 (EDT + 0.2 at the skeleton voxel); the neighbourhood's largest EDT + 0.1 stays
-    within 0.3 voxel (median absolute error per radius; digitisation alone leaves about 0.25)."""
+    radius 5 (EDT + 0.2 at the skeleton voxel); the neighbourhood's largest EDT + 0.1 stayed
+    within 0.3 voxel; the cross-section area within 0.15 (median absolute error per radius)."""
     rng = np.random.default_rng(7)
     for r in range(1, 9):
         errs = []
@@ -261,7 +287,7 @@ def test_radius_of_axis_aligned_tubes_with_sub_voxel_centres():
             sk = skeletonize_mask(m).astype(bool)
             sk[:, :, :5] = sk[:, :, 15:] = False
             errs.append(local_radius_mm(m, (1, 1, 1))[sk] - r)
-        assert np.median(np.abs(np.concatenate(errs))) < 0.3, r
+        assert np.median(np.abs(np.concatenate(errs))) < 0.15, r
 
 
 def test_distance_maps_and_soft_skeleton_of_a_mask_without_background():
