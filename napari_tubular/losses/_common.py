@@ -80,6 +80,13 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 def no_autocast(x: torch.Tensor):
     """Context manager that disables autocast on the device type of ``x``."""
+    if not isinstance(x, torch.Tensor):
+        # an outside audit: a numpy array (or any non-tensor) passed as a loss's input failed
+        # with "AttributeError: 'str' object has no attribute 'type'"
+        raise ValueError(
+            f"loss inputs must be torch.Tensors (B, C, Z, Y, X), got {type(x).__name__}; "
+            f"convert with torch.as_tensor"
+        )
     device_type = x.device.type
     if device_type in ("cpu", "cuda", "xpu", "mps"):
         return torch.autocast(device_type=device_type, enabled=False)

@@ -122,6 +122,22 @@ def _check_scale_target(scale_target, scale_logits):
     return z
 
 
+def _check_scale_on_mask(z: torch.Tensor, target: torch.Tensor) -> None:
+    """``z`` (checked ``(B, Z, Y, X)`` classes) ``> 0`` exactly on the mask (an outside audit:
+    classes > 0 on background voxels, or 0 on foreground ones, were summed into ``L_dis`` with
+    the mask's ``beta_p``). Only hard contradictions count (a class > 0 where the target is 0,
+    or 0 where it is 1), so soft targets pass."""
+    y = target[:, 0]
+    fg = z > 0
+    bad = (fg & (y == 0)) | (~fg & (y == 1))
+    n = int(bad.sum())
+    if n:
+        raise ValueError(
+            f"scale_target must be > 0 exactly on the target mask (scale_classes of the same mask); "
+            f"{n} voxels disagree"
+        )
+
+
 class DDTLoss(nn.Module):
     """DDT objective ``weight_cls * L_cls + weight_dis * L_dis`` (returns a scalar).
 
@@ -180,15 +196,25 @@ class DDTLoss(nn.Module):
         self.last_parts: dict[str, torch.Tensor] = {}
 
     def forward(self, seg, scale_logits, target, scale_target) -> torch.Tensor:
+        check_5d(seg, "seg")
         check_5d(scale_logits, "scale_logits")
         if scale_logits.shape[1] != self.K + 1:
             raise ValueError(
                 f"scale_logits must have K+1 = {self.K + 1} channels, got {scale_logits.shape[1]}"
             )
+        # an outside audit: scale logits (and scale target) of another batch or patch size than
+        # seg / target were taken without a word, L_dis then weighted by the other mask's beta_p
+        if scale_logits.shape[0] != seg.shape[0] or scale_logits.shape[2:] != seg.shape[2:]:
+            raise ValueError(
+                f"scale_logits {tuple(scale_logits.shape)} must match seg {tuple(seg.shape)} in "
+                f"batch and spatial size"
+            )
         with no_autocast(seg):
             l_cls = ddt_cls_loss(seg, target, self.seg_activation)
+            z = _check_scale_target(scale_target, scale_logits)
+            _check_scale_on_mask(z, target)
             beta_p = 0.5 / upcast(target).sum().clamp_min(1.0).to(l_cls.dtype)
-            l_dis = ddt_dis_loss(scale_logits, scale_target, self.lam, self.clamp_eps, beta_p)
+            l_dis = ddt_dis_loss(scale_logits, z, self.lam, self.clamp_eps, beta_p)
             total = self.weight_cls * l_cls + self.weight_dis * l_dis
         self.last_parts = {"cls": l_cls.detach(), "dis": l_dis.detach(), "total": total.detach()}
         return total

@@ -131,6 +131,11 @@ class DeepSupervisionLoss(nn.Module):
             targets = list(label)
             if len(targets) != len(heads):
                 raise ValueError(f"got {len(heads)} heads but {len(targets)} targets")
+            for i, t in enumerate(targets):
+                # an outside audit: a precomputed 0/255 target gave a BCE of 3.1 (or below 0)
+                # without a word, where the full-resolution label path refuses it
+                check_5d(t, f"targets[{i}]")
+                check_unit_range(t, f"targets[{i}]")
         else:
             targets = multilabel_pyramid_targets(label, [h.shape[2:] for h in heads],
                                                  self.num_classes, self.include_background)

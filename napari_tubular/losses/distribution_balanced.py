@@ -102,6 +102,9 @@ class DistributionBalancedLoss(nn.Module):
         return self.alpha + torch.sigmoid(self.beta * (r - self.mu))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        for name, v in (("logits", logits), ("targets", targets)):
+            if not isinstance(v, torch.Tensor):  # an outside audit: numpy gave an AttributeError
+                raise ValueError(f"{name} must be a torch.Tensor (B, C[, ...]), got {type(v).__name__}")
         if logits.ndim < 2 or logits.shape != targets.shape:
             raise ValueError(
                 f"logits and targets must both be (B, C[, ...]) of one shape, got "

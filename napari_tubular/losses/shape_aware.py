@@ -276,6 +276,13 @@ class ShapeAwareLoss(nn.Module):
         check_5d(input, "input")
         check_5d(nidm, "nidm")
         with no_autocast(input):
+            if self.activation == "sigmoid" and input.shape[1] != 1:
+                # an outside audit: 2-channel input with sigmoid took channel 1 as the
+                # foreground without a word (two-class logits need activation="softmax")
+                raise ValueError(
+                    f"activation='sigmoid' needs (B, 1, Z, Y, X) logits, got {input.shape[1]} "
+                    f"channels (use activation='softmax' for two-class logits)"
+                )
             p = to_probabilities(input, self.activation)
             if p.shape[1] == 2:
                 fg = p[:, 1:2]
