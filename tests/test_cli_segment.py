@@ -980,14 +980,10 @@ def test_progress_lines_have_an_eta_and_do_not_fall_silent(capsys):
     assert capsys.readouterr().err.strip() == "[1/1] ct: writing"
 
 
-def test_ctrl_c_in_a_batch_says_what_was_written(tmp_path, monkeypatch, capsys):
-    """Ctrl-C during a batch printed only "interrupted": it says how many inputs were written
-    and that the rest have no outputs."""
+def _interrupt_the_second_input(monkeypatch) -> None:
+    """``segment`` with a Ctrl-C when it starts on its second input (no network)."""
     from napari_tubular._cli import segment as seg_cli
 
-    inputs = tmp_path / "in"
-    for name in ("a", "b", "c"):
-        write_volume(inputs / f"{name}.nii.gz", np.zeros((8, 8, 8), np.float32))
     calls = []
 
     def fake(args, path, outs, prefix, model, device):
@@ -997,6 +993,16 @@ def test_ctrl_c_in_a_batch_says_what_was_written(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(seg_cli, "_segment_one", fake)
     monkeypatch.setattr("napari_tubular.models.load_model", lambda *a, **k: (None, {}))
+
+
+def test_ctrl_c_in_a_batch_says_what_was_written(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a batch printed only "interrupted": it says how many inputs were written
+    and that the rest have no outputs."""
+
+    inputs = tmp_path / "in"
+    for name in ("a", "b", "c"):
+        write_volume(inputs / f"{name}.nii.gz", np.zeros((8, 8, 8), np.float32))
+    _interrupt_the_second_input(monkeypatch)
     assert _run("segment", inputs, "-o", tmp_path / "out", "--device", "cpu") == 130
     err = capsys.readouterr().err
     assert "1 of 3 inputs were written" in err
@@ -1016,15 +1022,7 @@ def test_ctrl_c_in_an_overwrite_batch_names_the_old_outputs_left(tmp_path, monke
         for suffix in seg_cli.OUTPUT_SUFFIXES.values():  # an earlier run's complete set
             out.mkdir(exist_ok=True)
             (out / f"{name}{suffix}").write_text("old")
-    calls = []
-
-    def fake(args, path, outs, prefix, model, device):
-        calls.append(path.name)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(seg_cli, "_segment_one", fake)
-    monkeypatch.setattr("napari_tubular.models.load_model", lambda *a, **k: (None, {}))
+    _interrupt_the_second_input(monkeypatch)
     assert _run("segment", inputs, "-o", out, "--device", "cpu", "--overwrite") == 130
     err = capsys.readouterr().err
     assert "1 of 3 inputs were written" in err
