@@ -29,7 +29,8 @@ class WidgetSettings:
         device: one of ``"auto"``, ``"cpu"``, ``"cuda"``.
         tp: pseudo-skeleton threshold ``T_p`` on the probability, in (0, 1).
         tr: threshold ``T_r`` on the refined map, in (0, 1).
-        soft_iters: soft-skeleton iterations shown in the distance widget.
+        soft_iters: soft-skeleton iterations shown in the distance widget; 0 = automatic (the
+            mask's largest depth + 1, so that every tube keeps a skeleton).
         scale_classes: ``K`` for the DDT scale classes in the distance widget.
     """
 
@@ -37,7 +38,7 @@ class WidgetSettings:
     device: str = "auto"
     tp: float = 0.9
     tr: float = 0.5
-    soft_iters: int = 10
+    soft_iters: int = 0
     scale_classes: int = 5
 
     def validated(self) -> WidgetSettings:
@@ -54,7 +55,7 @@ class WidgetSettings:
                 setattr(out, name, getattr(default, name))
             else:
                 setattr(out, name, float(value))
-        for name, low, high in (("soft_iters", 1, 100), ("scale_classes", 1, 64)):
+        for name, low, high in (("soft_iters", 0, 100), ("scale_classes", 1, 64)):
             value = getattr(out, name)
             if not isinstance(value, int) or not low <= value <= high:
                 setattr(out, name, getattr(default, name))

@@ -326,3 +326,23 @@ def test_compute_shows_the_first_map_and_keeps_the_users_choice(tube_viewer):
     widget.run()
     assert not layer("edt").visible
     assert layer("skeleton").visible
+
+
+def test_soft_skeleton_iterations_default_to_the_masks_depth(make_napari_viewer):
+    """An outside judge: the panel passed its spin box's 10 iterations, and a tube of radius 12
+    voxels had no soft skeleton there (the core's own default is the mask's largest depth + 1).
+    The panel's default is that rule ("auto", 0); a number given is used as it is."""
+    viewer = make_napari_viewer()
+    z, y, x = np.mgrid[:20, :40, :40]
+    tube = ((y - 19.5) ** 2 + (x - 19.5) ** 2 <= 12.5**2).astype(np.uint8)
+    viewer.add_labels(tube, name="aorta")
+    widget = DistanceMapWidget(viewer)
+    assert widget.iters_spin.value() == 0
+    assert widget.iters_spin.text() == "auto"
+    widget.set_selected(["soft_skeleton"])
+    widget.run()
+    auto = widget.maps["soft_skeleton"]
+    assert auto[5:15].max() > 0.5
+    widget.iters_spin.setValue(10)
+    widget.run()
+    assert widget.maps["soft_skeleton"][5:15].max() < auto[5:15].max()

@@ -49,7 +49,7 @@ def test_first_run_thresholds_are_the_shipped_models_tuned_ones():
 
 def test_invalid_values_are_replaced_and_unknown_keys_rejected(tmp_path):
     path = save_settings(
-        WidgetSettings(tp=1.5, tr=-1, soft_iters=0, device="gpu"), tmp_path / "x.json"
+        WidgetSettings(tp=1.5, tr=-1, soft_iters=-1, device="gpu"), tmp_path / "x.json"
     )
     assert load_settings(path) == WidgetSettings()
     path.write_text(json.dumps({"tr": 0.25, "future_option": 1}))
