@@ -766,6 +766,14 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
         channels = int(fields.get("elementnumberofchannels", "1"))
     except ValueError as exc:
         raise VolumeIOError(f"{path}: corrupt MetaImage header ({exc})") from exc
+    for key in ("offset", "origin", "position", "elementspacing", "elementsize",
+                "transformmatrix", "rotation", "orientation"):
+        words = fields.get(key, "").split()
+        # an outside judge: "Offset = nan 0 0" was read as origin 0 without a word (ITK parses
+        # nan / inf as 0); a number that is not finite is a corrupt header
+        if any(w.lower().lstrip("+-") in ("nan", "inf", "infinity") for w in words):
+            raise VolumeIOError(f"{path}: corrupt MetaImage header: {key} holds a value that "
+                                f"is not a finite number ({fields[key]})")
     data_file = fields["elementdatafile"]
     if data_file.upper() == "LOCAL":
         available = path.stat().st_size - header_len
