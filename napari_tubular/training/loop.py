@@ -214,6 +214,9 @@ class LossFn:
         elif self.kind == "boundary":
             self.boundary = losses.BoundaryLoss()
             self.region = losses.GeneralizedDiceLoss()
+            # the paper's linear schedule, its unit the whole run: alpha = max(0.01, 1 - frac)
+            self.alpha_schedule = losses.BoundaryAlphaScheduler(start=1.0, decrement=1.0,
+                                                                floor=0.01)
         self.ds_weight = float(config.ds_weight)
         self.K = int(config.K)
         self.ds = losses.DeepSupervisionLoss()
@@ -231,7 +234,8 @@ class LossFn:
             if self.kind == "ddt+cldice":
                 main = main + (1.0 - cldice_w) * self.dice(seg, label)
         elif self.kind == "boundary":
-            alpha = max(0.01, 1.0 - frac)
+            self.alpha_schedule.epoch = frac  # the fraction of the run done
+            alpha = self.alpha_schedule.alpha
             region, boundary = self.region(seg, label), self.boundary(seg, phi)
             main = alpha * region + (1 - alpha) * boundary
             # the terms apart: the total rises by design as alpha moves the weight from the
