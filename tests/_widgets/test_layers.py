@@ -502,3 +502,34 @@ def test_results_are_never_saved_over_the_image_they_come_from(make_napari_viewe
     image.data = ct + 1
     image.save(str(path), plugin="napari-tubular")
     np.testing.assert_array_equal(read_volume(path).data, ct + 1)
+
+
+def test_a_result_on_the_sample_is_never_saved_over_the_sample_file(make_napari_viewer,
+                                                                   tmp_path, monkeypatch):
+    """A judge: File > Open Sample's layers had only ``metadata["source"]``, not the reader's
+    ``source_path``, so a result computed on the sample (its labels) was saved over the bundled
+    image file, which every later Open Sample then showed. The sample layers carry the
+    reader's record, and the refusal holds as for a file opened with File > Open. (The sample
+    is copied: the package's own file is never at risk here.)"""
+    import shutil
+
+    from napari_tubular import sample_data
+    from napari_tubular.io import read_volume
+
+    for kind in ("image", "label"):
+        shutil.copy(sample_data.sample_path(kind), tmp_path)
+    monkeypatch.setattr(sample_data, "DATA_DIR", tmp_path)
+    path = sample_data.sample_path("image")
+    before = read_volume(path).data
+    viewer = make_napari_viewer()
+    for data, kwargs, layer_type in sample_data.sample_vessels():
+        getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+    image = viewer.layers["vessels image"]
+    assert image.metadata["source_path"] == str(path)
+    np.testing.assert_allclose(image.metadata["spacing"], (1.5, 0.8, 0.8))
+    labels = upsert_layer(viewer, "labels", np.ones(before.shape, np.uint8), owner="w",
+                          role="labels", source=image, name="vessels image labels",
+                          scale=image.scale, translate=image.translate)
+    with pytest.warns(UserWarning, match="is the image this layer was computed from"):
+        assert not labels.save(str(path), plugin="napari-tubular")
+    np.testing.assert_array_equal(read_volume(path).data, before)
