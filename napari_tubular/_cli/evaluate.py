@@ -408,9 +408,11 @@ def _print_sites(report, affine, most: int = 10) -> list[dict]:
     for site, row in zip(report.sites[:most], rows[:most]):
         z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
         k, j, i = site.anchor_vox
+        # a blob's size is its volume (ErrorSite.measure): a spurious ball read "length 0.0 mm"
+        what = "volume" if site.blob else "length"
         print(
-            f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} length "
-            f"{site.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
+            f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} {what} "
+            f"{site.measure():>10}  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
         )
     if len(report.sites) > most:
         print(f"  ... {len(report.sites) - most} more")
