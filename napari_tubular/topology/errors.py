@@ -74,6 +74,10 @@ equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (
 short but bulky errors are not ranked as nothing; weights: break, missed component and
 possible break 2, loop 1.5, others 1. For a possible break ``length_mm`` is the gap and the
 ranking uses the centerline length of the smaller of the two components it would join.
+Lengths of whole components (the self-check's component list, spurious / missed / small
+component sites, a possible break's ranking) are, on thick-slice grids, the longer of the
+voxel-grid skeleton's and the fine-grid measuring skeleton's, as ``evaluate``'s
+``length_*_mm`` (a short thick vessel piece on 2 mm slices read 2 mm for 15).
 Coordinates: ``centroid_vox`` (z, y, x) in voxels; ``centroid_mm = centroid_vox * spacing``
 (physical, relative to voxel 0; add the volume origin for world coordinates).
 """
@@ -312,6 +316,39 @@ def _component_lengths(skeleton: np.ndarray, lab: np.ndarray, n: int, spacing) -
     a, b, xyz = smoothed_path(coords, skeleton.shape, spacing)
     np.add.at(out, lab[tuple(coords[a].T)], np.linalg.norm(xyz[a] - xyz[b], axis=1))
     return out
+
+
+def _measured_component_lengths(mask: np.ndarray, lab: np.ndarray, n: int, spacing,
+                                voxel_lengths: np.ndarray) -> np.ndarray:
+    """Per component id 0..n of ``lab`` (the components of ``mask``), the longer of
+    ``voxel_lengths`` (:func:`_component_lengths` of the voxel-grid skeleton) and the length of
+    the skeleton the centerline length is measured on (:func:`napari_tubular.geometry.
+    measuring_skeleton`: thinned on a near-isotropic grid), as
+    :func:`napari_tubular.topology.mask_centerline_length_mm` keeps the longer of the two.
+
+    Only on thick-slice grids (the voxel-grid thinning retreats about a radius *in voxels*
+    from each free end, three radii in mm along 2-3 mm slices: an outside judge's 16 mm piece
+    of a 7 mm trunk cut on 2 x 0.7 x 0.7 mm voxels read 2.0 mm in the self-check's component
+    list, 11.9 mm on 0.7 mm voxels, and its possible break ranked 4.0 for 23.8); on other
+    grids the voxel-grid skeleton is what the fine grid would give."""
+    from ..geometry.skeleton import _isotropic_factors, measuring_skeleton
+
+    f = _isotropic_factors(spacing)
+    box = bounding_box(mask)
+    if f is None or box is None:
+        return voxel_lengths
+    fine_sk, fine = measuring_skeleton(mask, spacing)
+    coords = np.argwhere(fine_sk)
+    if len(coords) < 2:
+        return voxel_lengths
+    a, b, xyz = smoothed_path(coords, fine_sk.shape, fine)
+    # fine voxel i of the box lies in voxel i // f of it (measured_centerline_graph)
+    start = np.array([sl.start for sl in box], dtype=np.int64)
+    comp = lab[tuple((coords // np.asarray(f, dtype=np.int64) + start).T)]
+    out = np.zeros(n + 1)
+    np.add.at(out, comp[a], np.linalg.norm(xyz[a] - xyz[b], axis=1))
+    out[0] = 0.0
+    return np.maximum(voxel_lengths, out)
 
 
 class _Skel:
@@ -652,7 +689,9 @@ def error_map(
     ):
         if len(ids) == 0:
             continue
-        comp_len = _component_lengths(skel & np.isin(lab, ids), lab, int(lab.max()), spacing)
+        of_ids = np.isin(lab, ids)
+        comp_len = _component_lengths(skel & of_ids, lab, int(lab.max()), spacing)
+        comp_len = _measured_component_lengths(of_ids, lab, int(lab.max()), spacing, comp_len)
         for cid, vox in _components_voxels(lab, ids):
             labels_c[tuple(vox.T)] = cls
             sites.append(_site(cls, vox, offset, spacing, voxel_mm3, comp_len[cid]))
@@ -1516,7 +1555,8 @@ def self_check(
     centroids = np.asarray(stats["centroids"], dtype=np.float64)[: n + 1]
     g = _Skel(sk, spacing)
     node_comp = lab[tuple(g.coords.T)] if g.n else np.zeros(0, dtype=np.int64)
-    comp_len = _component_lengths(sk, lab, n, spacing)
+    comp_len = _measured_component_lengths(mc, lab, n, spacing,
+                                           _component_lengths(sk, lab, n, spacing))
 
     order = np.argsort(-sizes[1:], kind="stable") + 1
     rank = np.zeros(n + 1, dtype=np.int64)
