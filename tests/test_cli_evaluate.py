@@ -620,3 +620,24 @@ def test_site_table_gives_a_blobs_volume_not_a_zero_length(tmp_path, capsys):
                 and "#" in t)
     assert "mm³" in line, line
     assert "length" not in line, line
+
+
+def test_batch_errors_named_like_a_volume_file_is_refused_before_anything_runs(tmp_path, capsys):
+    """An outside judge: "--errors errors.nii.gz" over two folders made a folder of that name
+    with the NAME_errors.nii.gz files in it."""
+    pred, ref = case(0)
+    write(tmp_path / "p" / "a.nii.gz", pred)
+    write(tmp_path / "r" / "a.nii.gz", ref)
+    out = tmp_path / "errors.nii.gz"
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors", str(out),
+               "--csv", str(tmp_path / "b.csv")])
+    assert rc != 0
+    err = capsys.readouterr().err
+    assert "--errors" in err
+    assert "folder" in err
+    assert not out.exists()
+    assert not (tmp_path / "b.csv").exists()
+    # a folder name works as before
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+                 str(tmp_path / "errs")]) == 0
+    assert (tmp_path / "errs" / "a_errors.nii.gz").is_file()

