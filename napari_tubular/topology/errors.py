@@ -334,8 +334,21 @@ def _measured_component_lengths(mask: np.ndarray, lab: np.ndarray, n: int, spaci
     from ..geometry.skeleton import _isotropic_factors, measuring_skeleton
 
     f = _isotropic_factors(spacing)
+    if f is None or n == 0:
+        return voxel_lengths
+    # only components at least 3 slices deep along a coarse axis: a speck's or a flat piece's
+    # voxel-grid skeleton loses next to nothing there, and thinning them on the fine grid took
+    # longer than the rest (1,500 specks of noise: 2.0 s for 0.9)
+    coarse = [a for a, k in enumerate(f) if k > 1]
+    deep = np.zeros(n + 1, dtype=bool)
+    for cid, sl in enumerate(ndimage.find_objects(lab, max_label=n), start=1):
+        if sl is not None and any(sl[a].stop - sl[a].start >= 3 for a in coarse):
+            deep[cid] = True
+    if not deep.any():
+        return voxel_lengths
+    mask = mask & deep[lab]
     box = bounding_box(mask)
-    if f is None or box is None:
+    if box is None:
         return voxel_lengths
     fine_sk, fine = measuring_skeleton(mask, spacing)
     coords = np.argwhere(fine_sk)
