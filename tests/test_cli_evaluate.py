@@ -641,3 +641,26 @@ def test_batch_errors_named_like_a_volume_file_is_refused_before_anything_runs(t
     assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
                  str(tmp_path / "errs")]) == 0
     assert (tmp_path / "errs" / "a_errors.nii.gz").is_file()
+
+
+def test_self_check_json_says_where_each_component_is(tmp_path):
+    """An outside judge: the self-check's components "by size" in --json had no place (only
+    sizes and lengths); now their centroids in voxels and scanner coordinates, with the file's
+    origin and direction."""
+    from napari_tubular.io import Volume
+
+    shape = (16, 24, 60)
+    m = segment(shape, (8, 16, 2), (8, 16, 40), 3.0)
+    m |= segment(shape, (8, 4, 48), (8, 4, 57), 1.5)
+    direction = np.diag([1.0, -1.0, -1.0])
+    origin = (5.0, 20.0, -10.0)
+    pred = write_volume(tmp_path / "p.nii.gz", Volume(data=m.astype(np.uint8), spacing=SPACING,
+                                                      origin=origin, direction=direction))
+    out = tmp_path / "sc.json"
+    assert main(["evaluate", str(pred), "--json", str(out)]) == 0
+    comps = json.loads(out.read_text())["components"]
+    assert len(comps) == 2
+    second = comps[1]
+    assert second["centroid_vox"] == pytest.approx([8.0, 4.0, 52.5], abs=0.3)
+    expect = np.asarray(origin) + direction @ (np.asarray(second["centroid_vox"]) * SPACING)
+    assert second["centroid_physical_mm"] == pytest.approx(expect.tolist(), abs=1e-4)
