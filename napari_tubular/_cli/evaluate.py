@@ -408,9 +408,11 @@ def _print_sites(report, affine, most: int = 10) -> list[dict]:
     for site, row in zip(report.sites[:most], rows[:most]):
         z, y, x = row["physical_z_mm"], row["physical_y_mm"], row["physical_x_mm"]
         k, j, i = site.anchor_vox
+        # a blob's size is its volume (ErrorSite.measure): a spurious ball read "length 0.0 mm"
+        what = "volume" if site.blob else "length"
         print(
-            f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} length "
-            f"{site.length_mm:7.1f} mm  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
+            f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} {what} "
+            f"{site.measure():>10}  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
         )
     if len(report.sites) > most:
         print(f"  ... {len(report.sites) - most} more")
@@ -519,6 +521,7 @@ def _left_out_lines(summary: dict, most: int = 10) -> list[str]:
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
+    from ..io import volume_format
     from ._paths import refuse_inputs_as_outputs, refuse_shared_outputs
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
@@ -541,6 +544,13 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
+        if batch and not args.errors.exists() and volume_format(args.errors) not in (None,
+                                                                                     "DICOM"):
+            # an outside judge: "--errors errors.nii.gz" over two folders made a folder of
+            # that name, the NAME_errors.nii.gz files in it
+            raise ValueError(f"--errors {args.errors}: in batch mode this is a folder (one "
+                             "NAME_errors.nii.gz per case is written in it), not a volume "
+                             "file; name a folder")
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
@@ -710,7 +720,8 @@ def _run_self_check(args) -> int:
     if len(report.components) > 10:
         print(f"    ... {len(report.components) - 10} more")
     print(f"review sites: {_site_counts(report)}")
-    rows = _print_sites(report, pv.affine())
+    affine = pv.affine()
+    rows = _print_sites(report, affine)
     if args.errors is not None:
         write_volume(args.errors, report.labels, reference=pv, overwrite=args.overwrite)
         print(f"wrote {args.errors}")
@@ -721,8 +732,14 @@ def _run_self_check(args) -> int:
         _write_json(args.json, {
             "pred": str(args.pred), "spacing_mm": list(pv.spacing),
             "volume_ml": float(np.count_nonzero(mask) * voxel_ml), "betti": list(betti),
+            # where each component is (an outside judge: the list "by size" had no place to
+            # go to), in voxels and in scanner coordinates z, y, x as the sites'
             "components": [{"id": c.id, "size_vox": c.size_vox, "volume_ml": c.volume_ml,
-                            "length_mm": c.length_mm} for c in report.components],
+                            "length_mm": c.length_mm,
+                            "centroid_vox": [float(v) for v in c.centroid_vox],
+                            "centroid_physical_mm": [float(v) for v in (
+                                affine @ np.r_[np.asarray(c.centroid_vox, float), 1.0])[:3]]}
+                           for c in report.components],
             "site_counts": report.summary["counts"], "sites": rows,
         })
         print(f"wrote {args.json}")
