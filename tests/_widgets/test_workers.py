@@ -114,3 +114,25 @@ def test_debouncer_coalesces_triggers(qtbot):
     sync = Debouncer(lambda: calls.append(2), sync=True)
     sync.trigger()
     assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_core_warnings_become_warning_notifications(qtbot, monkeypatch, sync):
+    """An outside judge: superqt's worker routes ``warnings.warn`` to its ``warned`` signal
+    only, and napari (PyQt) relays nothing from it, so the core's warnings during a job (an
+    empty training label, a constant image) reached neither the viewer nor the console."""
+    import warnings
+
+    warned = []
+    monkeypatch.setattr(_workers, "show_warning", warned.append, raising=False)
+
+    def work():
+        warnings.warn("the label is empty (no vessel voxel)", UserWarning, stacklevel=2)
+        return 1
+
+    log, callbacks = _calls()
+    job = start_job(work, sync=sync, what="Training", **callbacks)
+    qtbot.waitUntil(lambda: ("finished",) in log, timeout=5000)
+    assert not job.running
+    assert warned == ["Training: the label is empty (no vessel voxel)"]
+    assert log == [("returned", 1), ("finished",)]
