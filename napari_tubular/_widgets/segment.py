@@ -1028,8 +1028,12 @@ class SegmentWidget(QWidget):
 
     def save_thresholds(self) -> None:
         """Persist the current T_p / T_r as defaults."""
+        from napari_tubular._widgets._settings import unsaved_reason
+
         self.settings = update_settings(tp=self.tp, tr=self.tr)
-        self.status.setText(f"T_p={self.tp:.2f} T_r={self.tr:.2f} saved as defaults")
+        reason = unsaved_reason()
+        self.status.setText(f"T_p={self.tp:.2f} T_r={self.tr:.2f} " + (
+            f"not saved: {reason}" if reason else "saved as defaults"))
 
     def reset_thresholds(self) -> None:
         """Set the sliders to the thresholds tuned for the model (the last run's model, else the
