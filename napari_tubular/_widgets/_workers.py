@@ -120,6 +120,7 @@ def start_job(
     on_finished: Callable[[], None] | None = None,
     token: CancelToken | None = None,
     owner: Any = None,
+    on_warned: Callable[[str], None] | None = None,
 ) -> Job:
     """Run ``func()`` in a napari worker thread (or synchronously) and route its outcome.
 
@@ -134,6 +135,8 @@ def start_job(
         token: the cancel token ``func`` passes to the core; a new one if None.
         owner: the widget the job works for: when it is destroyed (the viewer closed) the job
             is cancelled. Callbacks that find their widgets deleted are dropped in any case.
+        on_warned: called with the text of each ``warnings.warn`` of the job (on the GUI
+            thread), which is also shown as a warning notification (once a session).
 
     Returns:
         The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
@@ -216,7 +219,7 @@ def start_job(
 
     worker.returned.connect(_returned)
     worker.errored.connect(_errored)
-    _relay_warnings(worker, what)
+    _relay_warnings(worker, what, on_warned)
     worker.finished.connect(_finished)
     if sync:
         worker.run()
@@ -226,27 +229,38 @@ def start_job(
     return job
 
 
-def _relay_warnings(worker: Any, what: str) -> None:
+#: (job name, text) of the warnings shown this session: each once, as napari shows warnings
+#: (a slider dragged past every probability warned at each refinement)
+_SHOWN_WARNINGS: set[tuple[str, str]] = set()
+
+
+def _relay_warnings(worker: Any, what: str,
+                    on_warned: Callable[[str], None] | None = None) -> None:
     """Show the core's ``warnings.warn`` of a job as napari warning notifications.
 
     superqt's worker replaces ``warnings.showwarning`` while the job runs, so a warning reaches
     nothing but the worker's ``warned`` signal: napari's mixin that should relay it does not run
     its ``__init__`` under PyQt (an outside judge: an empty training label, a constant image or
     labels 2 and 3 were said neither in the viewer nor on the console). A napari that does relay
-    them (the signal has a receiver already) is left to do it.
+    them (the signal has a receiver already) is left to show them. ``on_warned`` gets each
+    warning's text in either case (a widget then does not say it a second time).
     """
     signals = getattr(worker, "signals", None)
     try:
-        if signals is not None and signals.receivers(signals.warned) > 0:
-            return
+        napari_relays = signals is not None and signals.receivers(signals.warned) > 0
     except (AttributeError, TypeError, RuntimeError):  # another binding or superqt
-        pass
+        napari_relays = False
 
     def _warned(args: tuple) -> None:
         message = args[0] if args else ""
         text = message if isinstance(message, str) else (
             message.args[0] if getattr(message, "args", None) else str(message))
-        show_warning(f"{what}: {text}")
+        text = str(text)
+        if on_warned is not None:
+            on_warned(text)
+        if not napari_relays and (what, text) not in _SHOWN_WARNINGS:
+            _SHOWN_WARNINGS.add((what, text))
+            show_warning(f"{what}: {text}")
 
     worker.warned.connect(_warned)
 

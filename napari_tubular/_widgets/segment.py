@@ -562,6 +562,7 @@ class SegmentWidget(QWidget):
             return prediction, refiner, result, spheres, (tp, tr), fraction
 
         prediction_shown = [object()]  # this run's prediction once shown
+        relayed: list[str] = []  # the core's warnings during this run, shown as warnings
 
         def returned(out):
             prediction, refiner, result, spheres, thresholds, fraction = out
@@ -591,7 +592,8 @@ class SegmentWidget(QWidget):
             from napari.utils.notifications import show_info
 
             for msg in prediction.messages:
-                show_info(f"Segmentation: {msg}")
+                if msg not in relayed:  # a warning of the core's, shown as one already
+                    show_info(f"Segmentation: {msg}")
             # sliders or clean-up options changed during the run (an audit: a min component
             # size or a box changed while the network ran was not applied to its result), or
             # metrics wanted against a reference
@@ -624,6 +626,7 @@ class SegmentWidget(QWidget):
                                if self.prediction is not None else "")
             ),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
+            on_warned=relayed.append,
         )
 
     def _on_ndisplay(self, *_: Any) -> None:

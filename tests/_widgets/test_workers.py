@@ -125,6 +125,7 @@ def test_core_warnings_become_warning_notifications(qtbot, monkeypatch, sync):
 
     warned = []
     monkeypatch.setattr(_workers, "show_warning", warned.append, raising=False)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set(), raising=False)
 
     def work():
         warnings.warn("the label is empty (no vessel voxel)", UserWarning, stacklevel=2)
@@ -136,3 +137,18 @@ def test_core_warnings_become_warning_notifications(qtbot, monkeypatch, sync):
     assert not job.running
     assert warned == ["Training: the label is empty (no vessel voxel)"]
     assert log == [("returned", 1), ("finished",)]
+
+
+def test_a_repeated_warning_is_shown_once_and_given_to_the_widget(qapp, monkeypatch):
+    """Each refinement of a slider drag warned the same text: it is shown once a session,
+    and ``on_warned`` hears every one (a widget then does not repeat it as an info)."""
+    import warnings
+
+    warned, heard = [], []
+    monkeypatch.setattr(_workers, "show_warning", warned.append)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set())
+    for _ in range(3):
+        start_job(lambda: warnings.warn("T_p leaves nothing", UserWarning, stacklevel=2),
+                  sync=True, what="Refinement", on_warned=heard.append)
+    assert warned == ["Refinement: T_p leaves nothing"]
+    assert heard == ["T_p leaves nothing"] * 3
