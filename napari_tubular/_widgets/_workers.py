@@ -135,8 +135,8 @@ def start_job(
         token: the cancel token ``func`` passes to the core; a new one if None.
         owner: the widget the job works for: when it is destroyed (the viewer closed) the job
             is cancelled. Callbacks that find their widgets deleted are dropped in any case.
-        on_warned: called with the text of each ``warnings.warn`` of the job (on the GUI
-            thread), which is also shown as a warning notification (once a session).
+        on_warned: called with the text of each ``warnings.warn`` of the job shown as a
+            warning notification (on the GUI thread; a text is shown once a session).
 
     Returns:
         The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
@@ -242,8 +242,9 @@ def _relay_warnings(worker: Any, what: str,
     nothing but the worker's ``warned`` signal: napari's mixin that should relay it does not run
     its ``__init__`` under PyQt (an outside judge: an empty training label, a constant image or
     labels 2 and 3 were said neither in the viewer nor on the console). A napari that does relay
-    them (the signal has a receiver already) is left to show them. ``on_warned`` gets each
-    warning's text in either case (a widget then does not say it a second time).
+    them (the signal has a receiver already) is left to show them. ``on_warned`` gets the text
+    of each warning shown (a widget then does not say it a second time; one not shown again
+    this session, the widget may say in its own words).
     """
     signals = getattr(worker, "signals", None)
     try:
@@ -256,11 +257,13 @@ def _relay_warnings(worker: Any, what: str,
         text = message if isinstance(message, str) else (
             message.args[0] if getattr(message, "args", None) else str(message))
         text = str(text)
-        if on_warned is not None:
-            on_warned(text)
-        if not napari_relays and (what, text) not in _SHOWN_WARNINGS:
+        if not napari_relays:
+            if (what, text) in _SHOWN_WARNINGS:
+                return
             _SHOWN_WARNINGS.add((what, text))
             show_warning(f"{what}: {text}")
+        if on_warned is not None:
+            on_warned(text)
 
     worker.warned.connect(_warned)
 

@@ -1151,3 +1151,8 @@ def test_a_core_warning_of_the_run_is_one_warning_not_also_an_info(make_napari_v
     constant = [m for m in warned + infos if "the image is constant" in str(m)]
     assert len(constant) == 1
     assert constant[0] in warned
+    # a second run: the warning is not shown again this session, so the panel says it
+    widget.run()
+    again = [m for m in warned + infos if "the image is constant" in str(m)]
+    assert len(again) == 2
+    assert again[1] in infos

@@ -141,7 +141,8 @@ def test_core_warnings_become_warning_notifications(qtbot, monkeypatch, sync):
 
 def test_a_repeated_warning_is_shown_once_and_given_to_the_widget(qapp, monkeypatch):
     """Each refinement of a slider drag warned the same text: it is shown once a session,
-    and ``on_warned`` hears every one (a widget then does not repeat it as an info)."""
+    and ``on_warned`` hears it when it is shown (a widget then does not repeat it as an info,
+    and may say it itself when it is not shown again)."""
     import warnings
 
     warned, heard = [], []
@@ -151,4 +152,4 @@ def test_a_repeated_warning_is_shown_once_and_given_to_the_widget(qapp, monkeypa
         start_job(lambda: warnings.warn("T_p leaves nothing", UserWarning, stacklevel=2),
                   sync=True, what="Refinement", on_warned=heard.append)
     assert warned == ["Refinement: T_p leaves nothing"]
-    assert heard == ["T_p leaves nothing"] * 3
+    assert heard == ["T_p leaves nothing"]
