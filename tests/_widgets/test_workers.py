@@ -114,3 +114,42 @@ def test_debouncer_coalesces_triggers(qtbot):
     sync = Debouncer(lambda: calls.append(2), sync=True)
     sync.trigger()
     assert calls == [1, 2]
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_core_warnings_become_warning_notifications(qtbot, monkeypatch, sync):
+    """An outside judge: superqt's worker routes ``warnings.warn`` to its ``warned`` signal
+    only, and napari (PyQt) relays nothing from it, so the core's warnings during a job (an
+    empty training label, a constant image) reached neither the viewer nor the console."""
+    import warnings
+
+    warned = []
+    monkeypatch.setattr(_workers, "show_warning", warned.append, raising=False)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set(), raising=False)
+
+    def work():
+        warnings.warn("the label is empty (no vessel voxel)", UserWarning, stacklevel=2)
+        return 1
+
+    log, callbacks = _calls()
+    job = start_job(work, sync=sync, what="Training", **callbacks)
+    qtbot.waitUntil(lambda: ("finished",) in log, timeout=5000)
+    assert not job.running
+    assert warned == ["Training: the label is empty (no vessel voxel)"]
+    assert log == [("returned", 1), ("finished",)]
+
+
+def test_a_repeated_warning_is_shown_once_and_given_to_the_widget(qapp, monkeypatch):
+    """Each refinement of a slider drag warned the same text: it is shown once a session,
+    and ``on_warned`` hears it when it is shown (a widget then does not repeat it as an info,
+    and may say it itself when it is not shown again)."""
+    import warnings
+
+    warned, heard = [], []
+    monkeypatch.setattr(_workers, "show_warning", warned.append)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set())
+    for _ in range(3):
+        start_job(lambda: warnings.warn("T_p leaves nothing", UserWarning, stacklevel=2),
+                  sync=True, what="Refinement", on_warned=heard.append)
+    assert warned == ["Refinement: T_p leaves nothing"]
+    assert heard == ["T_p leaves nothing"]
