@@ -203,3 +203,19 @@ def test_a_map_without_vessels_is_said_so_not_lower_tp(tmp_path, capsys):
     assert "lower T_p" not in err
     assert read_volume(out).data.sum() == 0
     assert read_volume(folder / "c_skeleton.nii.gz").data.dtype == np.uint8
+
+
+def test_a_wrong_image_is_refused_also_when_there_is_nothing_to_trim(tmp_path, capsys):
+    """``--image`` was checked only when there were labels to trim: an image of another shape
+    given with an empty map went through with exit status 0. It is refused either way, and
+    the right image still passes."""
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    zero = np.zeros((12, 14, 16), np.float32)
+    p = write_volume(folder / "c_probability.nii.gz", Volume(zero))
+    r = write_volume(folder / "c_radius.nii.gz", Volume(zero))
+    wrong = write_volume(tmp_path / "c.nii.gz", Volume(np.zeros((12, 14, 20), np.float32)))
+    assert _run("refine", p, r, "-o", folder / "a_labels.nii.gz", "--image", wrong) == 2
+    assert "is not on the probability map's grid" in capsys.readouterr().err
+    right = write_volume(tmp_path / "right.nii.gz", Volume(zero))
+    assert _run("refine", p, r, "-o", folder / "b_labels.nii.gz", "--image", right) == 0

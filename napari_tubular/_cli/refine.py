@@ -183,13 +183,22 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
     flipped was used voxel by voxel because only the shape was compared)."""
     from ..geometry.partial_volume import trim_partial_volume
     from ..inference import partial_volume_map
-    from ..io import read_volume, reindexed_like
 
     if not image_path or not Path(image_path).exists():
         print("refine: note: the partial-volume trim needs the segmented image (--image); "
               f"{'not found: ' + str(image_path) if image_path else 'none given'}, labels not "
               "trimmed", file=sys.stderr)
         return labels
+    image = _image_on_grid(image_path, p, grid)
+    fraction = partial_volume_map(image.data, p, polarity)
+    return trim_partial_volume(labels, fraction, pv)
+
+
+def _image_on_grid(image_path, p, grid=None):
+    """The image ``image_path`` on the probability map's grid: re-indexed when it is stored in
+    another orientation of that grid (with a note), refused on another grid or shape."""
+    from ..io import read_volume, reindexed_like
+
     image = read_volume(image_path)
     if grid is not None and not image.same_geometry(grid):
         moved = reindexed_like(image, grid)
@@ -205,8 +214,7 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
     elif tuple(image.data.shape) != tuple(p.shape):
         raise ValueError(f"--image {image_path} has shape {image.data.shape}, the probability "
                          f"map {p.shape}")
-    fraction = partial_volume_map(image.data, p, polarity)
-    return trim_partial_volume(labels, fraction, pv)
+    return image
 
 
 def _case_of(path: Path, suffix: str) -> str | None:
@@ -399,6 +407,10 @@ def run(args) -> int:
             if note:
                 print(f"refine: warning: {note}", file=sys.stderr)
         labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
+    elif args.image is not None and Path(args.image).exists():
+        # nothing to trim, but a wrong image is said all the same (it was checked only when
+        # there were labels to trim)
+        _image_on_grid(args.image, p, prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     unsure: dict = {}
     labels, _, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence,
