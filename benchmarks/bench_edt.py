@@ -65,6 +65,10 @@ def main(argv=None):
         pass
     print(line)
     print(f"max |ours^2 - scipy^2| = {err:.2e} mm^2 (float32 output)")
+    # the comparison only counts if both computed the same distances (float32 rounding allowed)
+    tol = 1e-5 * max(1.0, float((ref**2).max()))
+    if not err <= tol:
+        raise SystemExit(f"EDT mismatch: ours differs from scipy by {err:.3g} mm^2 (> {tol:.3g})")
 
 
 if __name__ == "__main__":
