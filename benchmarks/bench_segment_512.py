@@ -9,9 +9,13 @@ Session 16, 2 shared cores, the default model: 339 s, peak RSS 4.95 GB (target 8
 
 import argparse
 import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
 
 
 def make_volume(n: int, seed: int = 0) -> np.ndarray:

@@ -13,12 +13,16 @@ must give the same capsule mask (checked).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
-from napari_tubular.synthetic import make_vessel_tree, render_capsules
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+
+from napari_tubular.synthetic import make_vessel_tree, render_capsules  # noqa: E402
 
 
 def naive_render(points, radii, edges, shape, spacing):
