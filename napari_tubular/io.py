@@ -1346,24 +1346,27 @@ def _write_ext(path: Path) -> str:
     )
 
 
-def _as_volume(p: Path, data_or_volume, reference: Volume | None) -> Volume:
+def _as_volume(
+    p: Path, data_or_volume, reference: Volume | None, func: str = "write_volume"
+) -> Volume:
     """The :class:`Volume` to write: a Volume as it is, or an array with ``reference``'s
-    geometry (or the default geometry)."""
+    geometry (or the default geometry). ``func`` names the caller in the messages (an audit:
+    write_dicom_series said its errors as write_volume's)."""
     if isinstance(data_or_volume, Volume):
         if reference is not None and not reference.same_geometry(data_or_volume):
             raise ValueError(
-                f"write_volume({p}): both a Volume and a reference with different geometry "
+                f"{func}({p}): both a Volume and a reference with different geometry "
                 "were given; pass an array with reference=, or the Volume alone"
             )
         return data_or_volume
     arr = np.asarray(data_or_volume)
     if arr.ndim != 3:
-        raise ValueError(f"write_volume({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
+        raise ValueError(f"{func}({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
     if reference is None:
         return Volume(data=arr)
     if arr.shape != reference.shape:
         raise ValueError(
-            f"write_volume({p}): data shape {arr.shape} differs from the reference "
+            f"{func}({p}): data shape {arr.shape} differs from the reference "
             f"shape {reference.shape}"
         )
     return reference.with_data(arr)
@@ -1426,7 +1429,7 @@ def write_dicom_series(
     import SimpleITK as sitk
 
     p = Path(folder).expanduser()
-    vol = _as_volume(p, data_or_volume, reference)
+    vol = _as_volume(p, data_or_volume, reference, "write_dicom_series")
     if p.exists() and not p.is_dir():
         raise VolumeIOError(f"{p}: exists and is not a folder; a DICOM series is a folder")
     entries = list(p.iterdir()) if p.is_dir() else []
