@@ -1686,13 +1686,19 @@ def resample_like(vol: Volume, reference: Volume, *, interpolation: str = "neare
         ``(volume on the reference grid, how)``: how is ``"same grid"``, ``"re-indexed"`` or
         ``"resampled (<interpolation>)"``.
     """
+    # an audit: an array failed with an AttributeError, and a misspelt interpolation passed
+    # silently whenever the grids agreed (then failed only on another pair of files)
+    for name, v in (("vol", vol), ("reference", reference)):
+        if not isinstance(v, Volume):
+            raise ValueError(f"resample_like: {name} must be a Volume (read_volume, or "
+                             f"Volume(data, spacing, origin, direction)), got {type(v).__name__}")
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     if vol.same_geometry(reference):
         return vol, "same grid"
     moved = reindexed_like(vol, reference)
     if moved is not None:
         return moved, "re-indexed"
-    if interpolation not in ("nearest", "linear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     import SimpleITK as sitk
 
     kind = sitk.sitkNearestNeighbor if interpolation == "nearest" else sitk.sitkLinear

@@ -1442,6 +1442,12 @@ def _add_free_segments(rng, extent, design, pts, rad, edges, tree_id, branch_id,
 
 
 def _simple_image(occ: np.ndarray, contrast: float, noise: float, seed: int) -> np.ndarray:
+    # an audit: make_tube(noise=-1) gave a noise-free image without a word, as make_vessel_tree
+    # refuses it
+    if not (np.isscalar(noise) and np.isreal(noise) and np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (HU), got {noise!r}")
+    if not (np.isscalar(contrast) and np.isreal(contrast) and np.isfinite(contrast)):
+        raise ValueError(f"contrast must be a finite number (HU), got {contrast!r}")
     img = TISSUE_HU + contrast * occ
     if noise > 0:
         img = img + noise * np.random.default_rng(seed).standard_normal(occ.shape)
@@ -1646,6 +1652,10 @@ def save_case(
     """
     from .io import Volume, write_volume
 
+    if not isinstance(case, SyntheticCase):
+        # an audit: an array failed with "'numpy.ndarray' object has no attribute 'image'"
+        raise ValueError(f"save_case takes a SyntheticCase (make_vessel_tree, make_tube, "
+                         f"make_torus), got {type(case).__name__}")
     paths = case_paths(folder, stem)
     if not overwrite:
         for p in paths.values():

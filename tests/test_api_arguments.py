@@ -86,3 +86,40 @@ def test_render_capsules_still_renders_and_takes_no_edges():
 def test_write_dicom_series_names_itself_in_its_errors(tmp_path):
     with pytest.raises(ValueError, match=r"^write_dicom_series\(.*3-D"):
         write_dicom_series(tmp_path / "d", np.zeros((4, 4), np.uint8))
+
+
+def test_resample_like_refuses_arrays_and_checks_interpolation_on_any_grids():
+    from napari_tubular.io import Volume, resample_like
+
+    vol = Volume(_rod().astype(np.uint8))
+    with pytest.raises(ValueError, match="must be a Volume"):
+        resample_like(vol.data, vol)  # was an AttributeError
+    with pytest.raises(ValueError, match="must be a Volume"):
+        resample_like(vol, vol.data)
+    # a misspelt interpolation passed silently when the grids agreed
+    with pytest.raises(ValueError, match="interpolation"):
+        resample_like(vol, vol, interpolation="cubic")
+    assert resample_like(vol, vol, interpolation="linear")[1] == "same grid"
+
+
+def test_save_case_refuses_an_array(tmp_path):
+    from napari_tubular.synthetic import save_case
+
+    with pytest.raises(ValueError, match="SyntheticCase"):
+        save_case(_rod(), tmp_path, "x", overwrite=True)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kwargs", [{"noise": -1.0}, {"noise": float("nan")}, {"contrast": float("inf")}])
+@pytest.mark.parametrize("maker", ["make_tube", "make_torus"])
+def test_simple_phantoms_refuse_bad_noise_and_contrast(maker, kwargs):
+    from napari_tubular import synthetic
+
+    fn = getattr(synthetic, maker)
+    shape = (8, 24, 24)
+    extra = {"major_radius_mm": 6.0, "minor_radius_mm": 2.0} if maker == "make_torus" else {}
+    with pytest.raises(ValueError, match="noise|contrast"):
+        fn(shape, **extra, **kwargs)
+    # numpy scalars are numbers
+    img = fn(shape, **extra, noise=np.float32(5.0), seed=1).image
+    assert np.isfinite(img).all()
