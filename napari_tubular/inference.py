@@ -2052,6 +2052,11 @@ def check_thresholds(tp, tr) -> tuple[float, float]:
 
 def mask_radius(radius_mm: np.ndarray, probability: np.ndarray, tp: float) -> np.ndarray:
     """Radius restricted to the foreground, ``probability >= min(0.5, tp)``, 0 elsewhere."""
+    from .geometry._validate import check_same_shape
+
+    # an audit: maps of other shapes were broadcast, or failed with numpy's broadcast message
+    radius_mm, probability = np.asarray(radius_mm), np.asarray(probability)
+    check_same_shape(radius_mm, probability, "radius_mm", "probability")
     thr = min(NO_REFINE_THRESHOLD, float(tp))
     return np.where(probability >= thr, radius_mm, np.float32(0)).astype(np.float32)
 

@@ -123,3 +123,15 @@ def test_simple_phantoms_refuse_bad_noise_and_contrast(maker, kwargs):
     # numpy scalars are numbers
     img = fn(shape, **extra, noise=np.float32(5.0), seed=1).image
     assert np.isfinite(img).all()
+
+
+def test_mask_radius_refuses_maps_of_other_shapes():
+    from napari_tubular.inference import mask_radius
+
+    with pytest.raises(ValueError, match="must match"):
+        mask_radius(np.ones((8, 8, 8)), np.ones((4, 8, 8)), 0.5)
+    with pytest.raises(ValueError, match="must match"):
+        mask_radius(np.ones((8, 8, 8)), np.ones((1, 8, 8)), 0.5)  # was broadcast silently
+    r = mask_radius(np.full((2, 2, 2), 3.0), np.eye(2)[None].repeat(2, 0), 0.9)
+    assert r.dtype == np.float32
+    assert r.sum() == 12.0
