@@ -670,6 +670,13 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
         window: window length.
         overlap: fraction of the window shared by neighbours, in [0, 1).
     """
+    # an audit: window 0 gave one start per voxel, a negative size or an overlap of 1 passed
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if not (isinstance(overlap, int | float | np.floating) and 0 <= overlap < 1):
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if size <= window:
         return [0]
     step = max(1, int(window * (1 - overlap)))

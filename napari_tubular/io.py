@@ -66,6 +66,9 @@ def is_orthonormal(direction, atol: float = 1e-4) -> bool:
     """True when a 3x3 direction matrix is a rotation or reflection (orthonormal columns):
     what NIfTI and DICOM can store; a sheared grid (a gantry tilt) is not."""
     d = np.asarray(direction, dtype=np.float64)
+    if d.shape != (3, 3):
+        # an audit: a 2x2 matrix failed with numpy's "operands could not be broadcast"
+        raise ValueError(f"direction must be a 3x3 matrix, got shape {d.shape}")
     return bool(np.allclose(d.T @ d, np.eye(3), atol=atol))
 _CHUNK = 1 << 24  # bytes per read when streaming a file
 

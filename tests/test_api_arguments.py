@@ -135,3 +135,30 @@ def test_mask_radius_refuses_maps_of_other_shapes():
     r = mask_radius(np.full((2, 2, 2), 3.0), np.eye(2)[None].repeat(2, 0), 0.9)
     assert r.dtype == np.float32
     assert r.sum() == 12.0
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "overlap"),
+    [(10, 0, 0.25), (10, -4, 0.25), (0, 4, 0.25), (10, 4, 1.0), (10, 4, -0.1), (10, 4.5, 0.25)],
+)
+def test_window_starts_refuses_bad_arguments(size, window, overlap):
+    from napari_tubular.inference import window_starts
+
+    with pytest.raises(ValueError, match="window|size|overlap"):
+        window_starts(size, window, overlap)  # window 0 gave 11 starts for 10 voxels
+
+
+def test_window_starts_still_covers_the_axis():
+    from napari_tubular.inference import window_starts
+
+    assert window_starts(10, 4, 0.25) == [0, 3, 6]
+    assert window_starts(np.int64(3), np.int64(4), 0.5) == [0]
+
+
+def test_is_orthonormal_refuses_a_matrix_that_is_not_3x3():
+    from napari_tubular.io import is_orthonormal
+
+    with pytest.raises(ValueError, match="3x3"):
+        is_orthonormal(np.eye(2))
+    assert is_orthonormal(np.diag([1.0, -1.0, 1.0]))
+    assert not is_orthonormal(np.diag([1.0, 2.0, 1.0]))
