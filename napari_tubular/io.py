@@ -134,6 +134,10 @@ class Volume:
         self.data = np.asarray(self.data)
         if self.data.ndim != 3:
             raise ValueError(f"Volume data must be 3-D (z, y, x), got shape {self.data.shape}")
+        if self.data.dtype.kind not in "biufc":
+            # an audit: strings and objects made a Volume that failed later, far from here
+            # (complex data stays readable: `info` shows it, segment and write refuse it)
+            raise ValueError(f"Volume data must be numeric or boolean, got dtype {self.data.dtype}")
         self.spacing = _as_triple(self.spacing, "spacing", positive=True)
         self.origin = _as_triple(self.origin, "origin")
         self.direction = _as_direction(self.direction)

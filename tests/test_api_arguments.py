@@ -162,3 +162,11 @@ def test_is_orthonormal_refuses_a_matrix_that_is_not_3x3():
         is_orthonormal(np.eye(2))
     assert is_orthonormal(np.diag([1.0, -1.0, 1.0]))
     assert not is_orthonormal(np.diag([1.0, 2.0, 1.0]))
+
+
+@pytest.mark.parametrize("data", [np.full((2, 2, 2), "a"), np.empty((2, 2, 2), object)])
+def test_volume_refuses_non_numeric_data(data):
+    from napari_tubular.io import Volume
+
+    with pytest.raises(ValueError, match="numeric"):
+        Volume(data)
