@@ -670,6 +670,13 @@ def window_starts(size: int, window: int, overlap: float) -> list[int]:
         window: window length.
         overlap: fraction of the window shared by neighbours, in [0, 1).
     """
+    # an audit: window 0 gave one start per voxel, a negative size or an overlap of 1 passed
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1:
+        raise ValueError(f"window must be an integer >= 1, got {window!r}")
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 1:
+        raise ValueError(f"size must be an integer >= 1, got {size!r}")
+    if not (isinstance(overlap, int | float | np.floating) and 0 <= overlap < 1):
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
     if size <= window:
         return [0]
     step = max(1, int(window * (1 - overlap)))
@@ -2052,6 +2059,11 @@ def check_thresholds(tp, tr) -> tuple[float, float]:
 
 def mask_radius(radius_mm: np.ndarray, probability: np.ndarray, tp: float) -> np.ndarray:
     """Radius restricted to the foreground, ``probability >= min(0.5, tp)``, 0 elsewhere."""
+    from .geometry._validate import check_same_shape
+
+    # an audit: maps of other shapes were broadcast, or failed with numpy's broadcast message
+    radius_mm, probability = np.asarray(radius_mm), np.asarray(probability)
+    check_same_shape(radius_mm, probability, "radius_mm", "probability")
     thr = min(NO_REFINE_THRESHOLD, float(tp))
     return np.where(probability >= thr, radius_mm, np.float32(0)).astype(np.float32)
 

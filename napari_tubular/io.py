@@ -66,6 +66,9 @@ def is_orthonormal(direction, atol: float = 1e-4) -> bool:
     """True when a 3x3 direction matrix is a rotation or reflection (orthonormal columns):
     what NIfTI and DICOM can store; a sheared grid (a gantry tilt) is not."""
     d = np.asarray(direction, dtype=np.float64)
+    if d.shape != (3, 3):
+        # an audit: a 2x2 matrix failed with numpy's "operands could not be broadcast"
+        raise ValueError(f"direction must be a 3x3 matrix, got shape {d.shape}")
     return bool(np.allclose(d.T @ d, np.eye(3), atol=atol))
 _CHUNK = 1 << 24  # bytes per read when streaming a file
 
@@ -131,6 +134,10 @@ class Volume:
         self.data = np.asarray(self.data)
         if self.data.ndim != 3:
             raise ValueError(f"Volume data must be 3-D (z, y, x), got shape {self.data.shape}")
+        if self.data.dtype.kind not in "biufc":
+            # an audit: strings and objects made a Volume that failed later, far from here
+            # (complex data stays readable: `info` shows it, segment and write refuse it)
+            raise ValueError(f"Volume data must be numeric or boolean, got dtype {self.data.dtype}")
         self.spacing = _as_triple(self.spacing, "spacing", positive=True)
         self.origin = _as_triple(self.origin, "origin")
         self.direction = _as_direction(self.direction)
@@ -1346,24 +1353,27 @@ def _write_ext(path: Path) -> str:
     )
 
 
-def _as_volume(p: Path, data_or_volume, reference: Volume | None) -> Volume:
+def _as_volume(
+    p: Path, data_or_volume, reference: Volume | None, func: str = "write_volume"
+) -> Volume:
     """The :class:`Volume` to write: a Volume as it is, or an array with ``reference``'s
-    geometry (or the default geometry)."""
+    geometry (or the default geometry). ``func`` names the caller in the messages (an audit:
+    write_dicom_series said its errors as write_volume's)."""
     if isinstance(data_or_volume, Volume):
         if reference is not None and not reference.same_geometry(data_or_volume):
             raise ValueError(
-                f"write_volume({p}): both a Volume and a reference with different geometry "
+                f"{func}({p}): both a Volume and a reference with different geometry "
                 "were given; pass an array with reference=, or the Volume alone"
             )
         return data_or_volume
     arr = np.asarray(data_or_volume)
     if arr.ndim != 3:
-        raise ValueError(f"write_volume({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
+        raise ValueError(f"{func}({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
     if reference is None:
         return Volume(data=arr)
     if arr.shape != reference.shape:
         raise ValueError(
-            f"write_volume({p}): data shape {arr.shape} differs from the reference "
+            f"{func}({p}): data shape {arr.shape} differs from the reference "
             f"shape {reference.shape}"
         )
     return reference.with_data(arr)
@@ -1426,7 +1436,7 @@ def write_dicom_series(
     import SimpleITK as sitk
 
     p = Path(folder).expanduser()
-    vol = _as_volume(p, data_or_volume, reference)
+    vol = _as_volume(p, data_or_volume, reference, "write_dicom_series")
     if p.exists() and not p.is_dir():
         raise VolumeIOError(f"{p}: exists and is not a folder; a DICOM series is a folder")
     entries = list(p.iterdir()) if p.is_dir() else []
@@ -1683,13 +1693,19 @@ def resample_like(vol: Volume, reference: Volume, *, interpolation: str = "neare
         ``(volume on the reference grid, how)``: how is ``"same grid"``, ``"re-indexed"`` or
         ``"resampled (<interpolation>)"``.
     """
+    # an audit: an array failed with an AttributeError, and a misspelt interpolation passed
+    # silently whenever the grids agreed (then failed only on another pair of files)
+    for name, v in (("vol", vol), ("reference", reference)):
+        if not isinstance(v, Volume):
+            raise ValueError(f"resample_like: {name} must be a Volume (read_volume, or "
+                             f"Volume(data, spacing, origin, direction)), got {type(v).__name__}")
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     if vol.same_geometry(reference):
         return vol, "same grid"
     moved = reindexed_like(vol, reference)
     if moved is not None:
         return moved, "re-indexed"
-    if interpolation not in ("nearest", "linear"):
-        raise ValueError(f"interpolation must be 'nearest' or 'linear', got {interpolation!r}")
     import SimpleITK as sitk
 
     kind = sitk.sitkNearestNeighbor if interpolation == "nearest" else sitk.sitkLinear

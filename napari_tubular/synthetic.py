@@ -191,11 +191,28 @@ def render_capsules(
         with ``h`` the geometric-mean voxel size, capped at ``min(1, pi r^2 / h^2)`` for vessels
         thinner than a voxel (their partial volume).
     """
-    shape = tuple(int(s) for s in shape)
-    sp = np.asarray(spacing, dtype=np.float64)
-    pts = np.asarray(points_mm, dtype=np.float64).reshape(-1, 3)
-    rad = np.asarray(radii_mm, dtype=np.float64).reshape(-1)
-    edges = np.asarray(edges, dtype=np.int64).reshape(-1, 2)
+    shape = _check_shape(shape, minimum=1)
+    sp = np.asarray(_check_spacing(spacing), dtype=np.float64)
+    # an audit: radii of another length were taken silently, an edge past the last point failed
+    # with an IndexError deep inside, a negative one silently joined the last point
+    pts = np.asarray(points_mm, dtype=np.float64)
+    if pts.size == 0:
+        pts = np.zeros((0, 3))
+    if pts.ndim != 2 or pts.shape[1] != 3 or not np.all(np.isfinite(pts)):
+        raise ValueError(f"points_mm must be finite (z, y, x) coordinates of shape (N, 3), got shape {pts.shape}")
+    rad = np.asarray(radii_mm, dtype=np.float64)
+    if rad.shape != (len(pts),) or not np.all(np.isfinite(rad)):
+        raise ValueError(f"radii_mm must be {len(pts)} finite radii (one per point), got shape {rad.shape}")
+    edges = np.asarray(edges)
+    if edges.size == 0:
+        edges = np.zeros((0, 2), dtype=np.int64)
+    if edges.ndim != 2 or edges.shape[1] != 2 or edges.dtype.kind not in "iu":
+        raise ValueError(f"edges must be integer index pairs of shape (M, 2), got shape {edges.shape} "
+                         f"dtype {edges.dtype}")
+    edges = edges.astype(np.int64)
+    if len(edges) and (edges.min() < 0 or edges.max() >= len(pts)):
+        raise ValueError(f"edges must index points_mm (0 .. {len(pts) - 1}), got indices "
+                         f"{int(edges.min())} .. {int(edges.max())}")
     mask = np.zeros(shape, dtype=bool)
     occ = np.zeros(shape, dtype=np.float32) if occupancy else None
     if len(edges) == 0:
@@ -1425,6 +1442,12 @@ def _add_free_segments(rng, extent, design, pts, rad, edges, tree_id, branch_id,
 
 
 def _simple_image(occ: np.ndarray, contrast: float, noise: float, seed: int) -> np.ndarray:
+    # an audit: make_tube(noise=-1) gave a noise-free image without a word, as make_vessel_tree
+    # refuses it
+    if not (np.isscalar(noise) and np.isreal(noise) and np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"noise must be a finite number >= 0 (HU), got {noise!r}")
+    if not (np.isscalar(contrast) and np.isreal(contrast) and np.isfinite(contrast)):
+        raise ValueError(f"contrast must be a finite number (HU), got {contrast!r}")
     img = TISSUE_HU + contrast * occ
     if noise > 0:
         img = img + noise * np.random.default_rng(seed).standard_normal(occ.shape)
@@ -1629,6 +1652,10 @@ def save_case(
     """
     from .io import Volume, write_volume
 
+    if not isinstance(case, SyntheticCase):
+        # an audit: an array failed with "'numpy.ndarray' object has no attribute 'image'"
+        raise ValueError(f"save_case takes a SyntheticCase (make_vessel_tree, make_tube, "
+                         f"make_torus), got {type(case).__name__}")
     paths = case_paths(folder, stem)
     if not overwrite:
         for p in paths.values():

@@ -40,7 +40,7 @@ from scipy.spatial import cKDTree
 from ..geometry._validate import check_same_shape, check_spacing
 from ..geometry.skeleton import skeletonize_mask
 from ._sparse import smoothed_path
-from .betti import betti_numbers, bounding_box, component_count
+from .betti import _as_bool, betti_numbers, bounding_box, component_count
 
 __all__ = [
     "METRIC_KEYS",
@@ -197,11 +197,9 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     Returns:
         bool, shape (Z, Y, X).
     """
-    mask = np.asarray(mask)
-    if mask.dtype != bool:
-        # an audit: integer labels went through bitwise AND (1 & 2 == 0): label-label borders
-        # were surface, and the result was not a bool mask
-        mask = mask != 0
+    # an audit: integer labels went through bitwise AND (1 & 2 == 0): label-label borders
+    # were surface, and the result was not a bool mask; a 2-D mask failed with an IndexError
+    mask = _as_bool(mask)
     p = np.pad(mask, 1)
     interior = p[1:-1, 1:-1, 1:-1].copy()
     for axis in range(3):
@@ -228,6 +226,9 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
         (resp. ``ref``) to the nearest surface voxel of the other mask.
     """
     sp = np.asarray(check_spacing(spacing))
+    # an audit: masks of other shapes failed with numpy's "operands could not be broadcast"
+    pred, ref = _as_bool(pred, "pred"), _as_bool(ref, "ref")
+    check_same_shape(pred, ref, "pred", "ref")
     bbox = bounding_box(pred | ref)
     if bbox is None or not pred.any() or not ref.any():
         raise ValueError("surface_distances needs two non-empty masks")
