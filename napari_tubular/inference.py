@@ -2057,14 +2057,21 @@ def check_thresholds(tp, tr) -> tuple[float, float]:
     return tp_f, tr_f
 
 
+def foreground_threshold(tp: float) -> float:
+    """The probability from which a voxel is foreground for the radius map: ``min(0.5, tp)``
+    (``NAME_radius`` of ``segment``, the viewer's radius layer)."""
+    return min(NO_REFINE_THRESHOLD, float(tp))
+
+
 def mask_radius(radius_mm: np.ndarray, probability: np.ndarray, tp: float) -> np.ndarray:
-    """Radius restricted to the foreground, ``probability >= min(0.5, tp)``, 0 elsewhere."""
+    """Radius restricted to the foreground, ``probability >= foreground_threshold(tp)``, 0
+    elsewhere."""
     from .geometry._validate import check_same_shape
 
     # an audit: maps of other shapes were broadcast, or failed with numpy's broadcast message
     radius_mm, probability = np.asarray(radius_mm), np.asarray(probability)
     check_same_shape(radius_mm, probability, "radius_mm", "probability")
-    thr = min(NO_REFINE_THRESHOLD, float(tp))
+    thr = foreground_threshold(tp)
     return np.where(probability >= thr, radius_mm, np.float32(0)).astype(np.float32)
 
 

@@ -252,9 +252,9 @@ def run(args) -> int:
 
     from ..geometry import remove_specks_and_blobs
     from ..inference import (
-        NO_REFINE_THRESHOLD,
         check_segment_options,
         check_thresholds,
+        foreground_threshold,
         refine_maps,
         removal_notes,
         shape_report,
@@ -384,7 +384,7 @@ def run(args) -> int:
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
     p_max = float(p.max()) if p.size else 0.0
-    if p_max <= min(tp, NO_REFINE_THRESHOLD):
+    if p_max <= foreground_threshold(tp):
         # nothing to refine, as segment says it (an outside judge: a constant image's all-zero
         # map got the refinement's "lower T_p", which cannot help)
         print(f"refine: warning: the probability map holds no vessel (highest probability "

@@ -181,6 +181,17 @@ def layer_data(layer: Any) -> np.ndarray:
     return np.asarray(data)
 
 
+def label_values_text(data, mask) -> str:
+    """The label values of a labels layer, "1, 2, 3" (six at most), when it holds several;
+    else "" (one value, or none). Sorted only when there are several (a full-volume sort on
+    the UI thread for the common single-label layer otherwise)."""
+    fg = np.asarray(data)[mask]
+    if not fg.size or fg.min() == fg.max():
+        return ""
+    values = np.unique(fg)
+    return ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+
+
 def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
     """(spacing, origin, direction) the layer shows (``scale``, ``translate``, ``affine``).
 

@@ -29,6 +29,7 @@ from napari_tubular._widgets._layers import (
     LayerPicker,
     abs_spacing,
     focus_on,
+    label_values_text,
     layer_affine,
     layer_data,
     layer_geometry,
@@ -202,14 +203,9 @@ class DistanceMapWidget(QWidget):
             self.status.setText(report_error("Distance maps", exc))
             return
         warn_pixel_units("Distance maps", layer)
-        # the label values, sorted only when there are several (a full-volume sort on the
-        # UI thread for the common single-label layer otherwise)
-        fg = data[mask]
-        values = np.unique(fg) if fg.size and fg.min() != fg.max() else fg[:1]
-        note = (f" (labels {', '.join(str(v) for v in values[:6])}"
-                f"{', ...' if len(values) > 6 else ''} taken as one mask)"
-                if len(values) > 1 else "")
-        if not fg.size:
+        values = label_values_text(data, mask)
+        note = f" (labels {values} taken as one mask)" if values else ""
+        if not mask.any():
             # computed (its maps are 0: the earlier ones are replaced), but said (an outside
             # judge: layers of zeros and "0 branches" without a word)
             note = f" (labels {layer.name!r} are empty: no label voxel, every map is 0)"

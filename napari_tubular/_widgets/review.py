@@ -42,6 +42,7 @@ from napari_tubular._widgets._layers import (
     focus_on,
     grid_mismatch,
     index_to_world,
+    label_values_text,
     layer_affine,
     layer_data,
     layer_geometry,
@@ -76,16 +77,6 @@ def _format(value: Any, exact: bool = False) -> str:
     if isinstance(value, tuple | list | np.ndarray):
         return str(tuple(int(v) if float(v).is_integer() else float(v) for v in value))
     return str(value)
-
-
-def _label_values(data, mask) -> str:
-    """The label values of a labels layer, "1, 2, 3" (six at most), when it holds several;
-    else "" (one value, or none)."""
-    fg = np.asarray(data)[mask]
-    if not fg.size or fg.min() == fg.max():
-        return ""
-    values = np.unique(fg)
-    return ", ".join(str(v) for v in values[:6]) + (", ..." if len(values) > 6 else "")
 
 
 class TopologyReviewWidget(QWidget):
@@ -288,13 +279,13 @@ class TopologyReviewWidget(QWidget):
 
             pred_data = layer_data(pred_layer)
             pred = binarize(pred_data, f"prediction {pred_layer.name!r}")
-            merged = [("prediction", _label_values(pred_data, pred))]
+            merged = [("prediction", label_values_text(pred_data, pred))]
             ref = None
             if ref_layer is not None:
                 layer_geometry(ref_layer)
                 ref_data = layer_data(ref_layer)
                 ref = binarize(ref_data, f"reference {ref_layer.name!r}")
-                merged.append(("reference", _label_values(ref_data, ref)))
+                merged.append(("reference", label_values_text(ref_data, ref)))
                 if ref.shape != pred.shape:
                     raise ValueError(
                         f"reference {ref_layer.name!r} has shape {ref.shape} but prediction "

@@ -127,23 +127,15 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
                                centers_mm=centers_mm, radii_mm=radii_mm)
 
 
-
-def _radius_threshold(tp: float) -> float:
-    """The probability above which the radius layer shows the radius (as ``segment`` writes
-    ``NAME_radius``: ``P >= min(0.5, T_p)``)."""
-    from napari_tubular.inference import NO_REFINE_THRESHOLD
-
-    return min(NO_REFINE_THRESHOLD, float(tp))
-
-
 def _radius_on_foreground(prediction, tp: float) -> tuple[np.ndarray, float]:
     """The network's radius (mm) on the foreground at ``T_p``, 0 elsewhere (the scale head
     says nothing meaningful on the background), and the foreground's threshold."""
-    from napari_tubular.inference import mask_radius
+    from napari_tubular.inference import foreground_threshold, mask_radius
 
     radius = mask_radius(np.asarray(prediction.radius_mm, dtype=np.float32),
                          prediction.probability, tp)
-    return radius, _radius_threshold(tp)
+    return radius, foreground_threshold(tp)
+
 
 def _spheres(result, spacing):
     """Sphere points ``(centers_mm, radii_mm)`` of a (speck-filtered) refinement."""
@@ -946,7 +938,9 @@ class SegmentWidget(QWidget):
         prediction = self.prediction
         # the radius layer shows the foreground P >= min(0.5, T_p): a step across 0.5 changes
         # it (an audit: it kept the Run's foreground while the labels grew below 0.5)
-        new_radius = _radius_threshold(tp) != self._radius_threshold
+        from napari_tubular.inference import foreground_threshold
+
+        new_radius = foreground_threshold(tp) != self._radius_threshold
 
         def compute():
             result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
