@@ -360,13 +360,13 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
 def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
     """Metrics (and the error map written to ``errors_path``) of one pair."""
     from ..io import write_volume
-    from ..topology import compute_metrics, error_map, hard_skeleton
+    from ..topology import compute_metrics, error_map, hard_skeletons
 
     pred, ref, rv, grid_warning = _load_pair(pred_path, ref_path, args.threshold,
                                              getattr(args, "resample", False))
     stage = _stages(pred.size, pred_path.name)
     stage("skeletons")
-    sk_p, sk_r = hard_skeleton(pred, rv.spacing), hard_skeleton(ref, rv.spacing)
+    sk_p, sk_r = hard_skeletons(pred, ref, rv.spacing)
     stage("metrics (Dice, clDice, Betti numbers, surface distances, lengths)")
     metrics = compute_metrics(pred, ref, rv.spacing, skeleton_pred=sk_p, skeleton_ref=sk_r)
     report = None

@@ -313,9 +313,12 @@ class TopologyReviewWidget(QWidget):
 
             if ref is None:
                 return {}, topology.self_check(pred, spacing, break_gap_mm=gap_mm)
-            return topology.compute_metrics(pred, ref, spacing), topology.error_map(
-                pred, ref, spacing, tolerance_vox=tolerance
-            )
+            # the two skeletons once, for both (each thinned them again)
+            sk_p, sk_r = topology.hard_skeletons(pred, ref, spacing)
+            return (topology.compute_metrics(pred, ref, spacing, skeleton_pred=sk_p,
+                                             skeleton_ref=sk_r),
+                    topology.error_map(pred, ref, spacing, skeleton_pred=sk_p,
+                                       skeleton_ref=sk_r, tolerance_vox=tolerance))
 
         context = [("prediction", pred_layer.name),
                    ("reference", ref_layer.name if ref_layer is not None

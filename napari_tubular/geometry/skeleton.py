@@ -118,7 +118,7 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
     # compared on the mask's voxels only: one float32 copy of the box at a time (the measuring
     # skeleton thins big anisotropic volumes on a grid up to 4 times finer)
     far = np.zeros(mb.shape, bool)
-    far[mb] = edt_mm(~sk, spacing)[mb] > limit[labels[mb]]
+    far[mb] = _distance_to(sk, mb, spacing, float(limit.max())) > limit[labels[mb]]
     if not far.any():
         return
     for k in np.unique(labels[far]):
@@ -136,13 +136,41 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
             candidate = make(comp)
             if candidate is None or not candidate.any():
                 continue
-            left = (int(np.count_nonzero(comp & (edt_mm(~candidate, spacing) > limit[k]))),
+            left = (int(np.count_nonzero(_distance_to(candidate, comp, spacing, limit[k])
+                                         > limit[k])),
                     -_length(candidate, spacing))
             if left < worst:
                 best, worst = candidate, left
         if best is not None:
             sk[box_k] &= ~comp
             sk[box_k] |= best
+
+
+#: :func:`_distance_to` queries a k-d tree when the mask holds under this fraction of its box
+#: (a k-d tree query costs about 25 times a distance transform's work per voxel: the sparse
+#: masks of vessels, 1-4 % of their box, take a third of the time of a transform of the box)
+KDTREE_MAX_FILL = 0.04
+
+
+def _distance_to(target: np.ndarray, mask: np.ndarray, spacing, bound: float) -> np.ndarray:
+    """Distance in mm from each voxel of ``mask`` to the nearest voxel of ``target`` (float32,
+    one value per voxel of ``mask`` in C order), exact up to ``bound``: farther distances may
+    read as anything above ``bound`` (infinity from the k-d tree). ``target`` non-empty.
+
+    A distance transform of the whole box for dense masks; for sparse ones, a k-d tree of the
+    target's voxels queried at the mask's voxels (the same Euclidean distances: a transform
+    of a box of 256³ around a vessel tree took 0.30 s, the tree 0.08-0.11 s)."""
+    from scipy.spatial import cKDTree
+
+    from .distance import edt_mm
+
+    n = int(np.count_nonzero(mask))
+    if n >= KDTREE_MAX_FILL * mask.size:
+        return edt_mm(~target, spacing)[mask]
+    sp = np.asarray(spacing, dtype=np.float64)
+    tree = cKDTree(np.argwhere(target) * sp)
+    d, _ = tree.query(np.argwhere(mask) * sp, distance_upper_bound=float(bound) * 1.001 + 1e-6)
+    return d.astype(np.float32)
 
 
 def _length(skeleton: np.ndarray, spacing) -> float:

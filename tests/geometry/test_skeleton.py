@@ -369,3 +369,42 @@ def test_nan_radius_and_nan_probability_are_said():
     with pytest.warns(UserWarning, match="NaN"):
         s = pseudo_skeleton(prob, 0.9)
     assert s.sum() == 7
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (0.6, 1.0, 0.8)])
+def test_distance_to_the_skeleton_by_kd_tree_is_the_distance_transforms(spacing, monkeypatch):
+    """The lost-branch test measures each mask voxel's distance to the skeleton with a k-d tree
+    on sparse masks and with a distance transform on dense ones: the same distances (up to the
+    bound asked for), and the same guarded skeletons either way."""
+    from scipy.spatial.distance import cdist
+
+    from napari_tubular.geometry import skeleton as S
+    from napari_tubular.geometry.distance import edt_mm
+
+    rng = np.random.default_rng(7)
+    mask = rng.random((14, 15, 16)) < 0.05
+    target = rng.random(mask.shape) < 0.01
+    target[3, 4, 5] = True
+    bound = 6.0
+    exact = edt_mm(~target, spacing)[mask]
+    brute = cdist(np.argwhere(mask) * spacing, np.argwhere(target) * spacing).min(axis=1)
+    np.testing.assert_allclose(exact, brute, rtol=1e-6)  # the transform is exact
+    monkeypatch.setattr(S, "KDTREE_MAX_FILL", 1.0)  # a k-d tree for any mask
+    kd = S._distance_to(target, mask, spacing, bound)
+    near = brute <= bound
+    np.testing.assert_allclose(kd[near], brute[near], rtol=1e-6)
+    assert np.all(kd[~near] > bound)
+    monkeypatch.setattr(S, "KDTREE_MAX_FILL", 0.0)  # a distance transform for any mask
+    np.testing.assert_array_equal(S._distance_to(target, mask, spacing, bound), exact)
+
+    # the audit's lost side branch (scikit-image thins it to nothing) is recovered the same way
+    # with either distance
+    trunk, branch, sp = trunk_and_branch(32.5)
+    m = trunk | branch
+    assert not (skeletonize(m) & branch & ~trunk).any(), "precondition: the branch is lost"
+    skeletons = []
+    for fill in (1.0, 0.0):
+        monkeypatch.setattr(S, "KDTREE_MAX_FILL", fill)
+        skeletons.append(S.skeletonize_mask(m, spacing=sp).astype(bool))
+    assert (skeletons[0] & branch & ~trunk).any()
+    np.testing.assert_array_equal(skeletons[0], skeletons[1])

@@ -140,6 +140,41 @@ def test_scores_only_gives_the_full_values_of_its_keys(rng):
     assert compute_metrics(cut, t, (1, 1, 1), scores_only=True)["b0_error"] == 1
 
 
+def test_the_two_masks_in_two_threads_give_the_serial_values(rng, monkeypatch):
+    """compute_metrics thins, labels and measures the two masks in two threads: the same
+    values as one after the other, for every output mode, and an error of either mask's part
+    (a wrong skeleton) is raised, not lost in the thread."""
+    import threading
+
+    from napari_tubular.topology import metrics as M
+
+    t = torus()
+    cut = t.copy()
+    cut[:, :, 14:18] = False
+    pairs = [(cut, t), (blobs(rng), blobs(rng)), (tree(), ndi.binary_dilation(tree()))]
+    threads = set()
+    real = M.skeleton_crop
+
+    def spy(*args, **kwargs):
+        threads.add(threading.get_ident())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(M, "skeleton_crop", spy)
+    monkeypatch.setattr(M.os, "cpu_count", lambda: 2)  # threads even on a one-core machine
+    for pred, ref in pairs:
+        for kwargs in ({}, {"measured_lengths": False}, {"scores_only": True}):
+            monkeypatch.setattr(M, "PARALLEL_MIN_VOXELS", 10**12)
+            serial = compute_metrics(pred, ref, (1.0, 0.7, 0.7), **kwargs)
+            monkeypatch.setattr(M, "PARALLEL_MIN_VOXELS", 0)
+            threads.clear()
+            assert compute_metrics(pred, ref, (1.0, 0.7, 0.7), **kwargs) == serial
+            assert len(threads) == 2
+    with pytest.raises(ValueError, match="skeleton_ref has shape"):
+        compute_metrics(cut, t, (1, 1, 1), skeleton_ref=np.zeros((3, 3, 3), bool))
+    with pytest.raises(ValueError, match="skeleton_pred has shape"):
+        compute_metrics(cut, t, (1, 1, 1), skeleton_pred=np.zeros((3, 3, 3), bool))
+
+
 def test_centerline_length():
     sk = np.zeros((5, 5, 30), bool)
     sk[2, 2, 3:23] = True  # 20 voxels in a line: 19 steps
