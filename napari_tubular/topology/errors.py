@@ -100,6 +100,7 @@ from scipy.sparse.csgraph import breadth_first_order, connected_components
 from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
+from ..geometry.filters import dilate_cube
 from ._sparse import FORWARD_OFFSETS, anisotropic_rounds, neighbour_pairs, smoothed_path
 from .betti import betti_numbers, bounding_box
 from .metrics import binarize, hard_skeleton, skeleton_crop, surface_voxels
@@ -693,9 +694,8 @@ def error_map(
     sites: list[ErrorSite] = []
     near_p = near_r = None
     if tolerance_vox:
-        cube = np.ones((3, 3, 3), dtype=bool)
-        near_p = ndimage.binary_dilation(pc, cube, iterations=tolerance_vox)
-        near_r = ndimage.binary_dilation(rc, cube, iterations=tolerance_vox)
+        near_p = dilate_cube(pc, tolerance_vox)
+        near_r = dilate_cube(rc, tolerance_vox)
 
     for cls, lab, ids, skel in (
         (SPURIOUS_COMPONENT, lab_p, spurious, sp_c),
@@ -1094,7 +1094,6 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
             held_of[tuple(vox.T)] = index
     unlocated = 0
     voxel_mm3 = float(np.prod(spacing))
-    reach = np.ones((3, 3, 3), dtype=bool)
     sides = []
     for k, (g, _mask, lab, is_site) in enumerate((pred, ref)):
         boxes = ndimage.find_objects(lab)
@@ -1110,7 +1109,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
         m = np.zeros(labels_c.shape, dtype=bool)
         for _cid, vox, _steps in found:
             m[tuple(vox.T)] = True
-        near.append(ndimage.binary_dilation(m, reach, iterations=tolerance_vox + 2) if m.any() else m)
+        near.append(dilate_cube(m, tolerance_vox + 2))
     # loops located per component (all of a component's loops located: its loops can vouch that
     # a loop of the other mask has no counterpart in place)
     n_found = [Counter(c for c, _v, _s in found) for found, _b, _x in sides]

@@ -37,3 +37,24 @@ def test_robust_sigma_reads_the_noise_despite_outliers():
     assert robust_sigma(values) == pytest.approx(12.0, rel=0.15)
     assert np.std(values) > 200  # the plain SD is ruined by them
     assert robust_sigma(np.zeros(0)) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(9, 11, 7), (1, 12, 10), (5, 2, 30)])
+@pytest.mark.parametrize("radius", [0, 1, 2, 4])
+def test_dilate_cube_is_scipys_iterated_cube_dilation(shape, radius):
+    """The error map's tolerance bands: the same voxels as scipy's iterated 3x3x3 dilation
+    (background beyond the array), masks at the border and axes shorter than the radius."""
+    from scipy import ndimage
+
+    from napari_tubular.geometry.filters import dilate_cube
+
+    rng = np.random.default_rng(radius)
+    for fill in (0.0, 0.01, 0.2):
+        m = rng.random(shape) < fill
+        m[0, 0, -1] |= fill > 0.1  # a voxel in a corner
+        want = (ndimage.binary_dilation(m, np.ones((3, 3, 3), bool), iterations=radius)
+                if radius else m)
+        got = dilate_cube(m, radius)
+        assert got.dtype == bool and got.shape == m.shape
+        np.testing.assert_array_equal(got, want)
+        assert got is not m
