@@ -43,7 +43,7 @@ from napari_tubular._widgets._layers import (
     scrollable_layout,
     volume_from_layer,
 )
-from napari_tubular._widgets._settings import DEVICES, load_settings
+from napari_tubular._widgets._settings import DEVICES, load_settings, update_settings
 from napari_tubular._widgets._workers import (
     CancelToken,
     ProgressRelay,
@@ -222,6 +222,7 @@ class TrainingWidget(QWidget):
         self.device_combo = QComboBox()
         self.device_combo.addItems(list(DEVICES))
         self.device_combo.setCurrentText(settings.device)
+        self.device_combo.currentTextChanged.connect(self._on_device)
         self.out_edit = QLineEdit(str(Path.home() / "napari-tubular-runs" / "finetune"))
         self.init_combo = QComboBox()
         self.init_combo.addItems(list(INIT_CHOICES))
@@ -412,6 +413,12 @@ class TrainingWidget(QWidget):
         )
 
     # ------------------------------------------------------------------ run
+    def _on_device(self, device: str) -> None:
+        # the device is remembered for the next session, as the Segment panel does ("cuda"
+        # once a run on it has worked: chosen on a machine without one, it would come back)
+        if device in DEVICES and device != "cuda":
+            update_settings(device=device)
+
     @property
     def running(self) -> bool:
         return self._job is not None and self._job.running
@@ -437,6 +444,8 @@ class TrainingWidget(QWidget):
             return train(config, progress=relay, cancel=token)
 
         def returned(path):
+            if str(getattr(config, "device", "")) == "cuda":
+                update_settings(device="cuda")  # remembered once a run on it has worked
             self.model_path = Path(path)
             self.save_button.setEnabled(True)
             self.status.setText(f"done: {self.model_path}")

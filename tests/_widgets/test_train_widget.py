@@ -313,3 +313,29 @@ def test_an_empty_labels_layer_is_named_at_add_pair(train_widget, monkeypatch):
     assert len(warned) == 1
     assert "'blank'" in warned[0]
     assert "only teaches background" in warned[0]
+
+
+def test_the_device_is_remembered_as_the_segment_panel_does(make_napari_viewer, monkeypatch):
+    """The Fine-tune panel's device comes back in the next session ("cpu" at once, "cuda" only
+    once a run on it has worked, so that a machine without one does not keep asking for it);
+    it did not save its device at all."""
+    from napari_tubular._widgets import train as train_module
+    from napari_tubular._widgets._settings import load_settings
+
+    widget = TrainingWidget(make_napari_viewer())
+    widget.device_combo.setCurrentText("cpu")
+    assert load_settings().device == "cpu"
+    assert TrainingWidget(make_napari_viewer()).device_combo.currentText() == "cpu"
+    widget.device_combo.setCurrentText("cuda")
+    assert load_settings().device == "cpu"  # not yet: no run on it
+
+    class Config:
+        device = "cuda"
+        out = "unused"
+
+    monkeypatch.setattr(train_module, "_refuse_used_folder", lambda config: None)
+    import napari_tubular.training as training
+
+    monkeypatch.setattr(training, "train", lambda config, progress, cancel: "model.pt")
+    widget.start(Config())
+    assert load_settings().device == "cuda"

@@ -55,6 +55,7 @@ def test_dilate_cube_is_scipys_iterated_cube_dilation(shape, radius):
         want = (ndimage.binary_dilation(m, np.ones((3, 3, 3), bool), iterations=radius)
                 if radius else m)
         got = dilate_cube(m, radius)
-        assert got.dtype == bool and got.shape == m.shape
+        assert got.dtype == bool
+        assert got.shape == m.shape
         np.testing.assert_array_equal(got, want)
         assert got is not m
