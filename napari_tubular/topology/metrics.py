@@ -211,9 +211,12 @@ def mask_centerline_length_mm(mask: np.ndarray, spacing, voxel_skeleton=None) ->
 
     m = binarize(mask, "mask")
     sp = check_spacing(spacing)
-    skeleton, fine = measuring_skeleton(m, sp)
-    if voxel_skeleton is None:
-        voxel_skeleton = hard_skeleton(m, sp)
+    if voxel_skeleton is None:  # the two thinnings in two threads (segment's report)
+        (skeleton, fine), voxel_skeleton = both(
+            lambda: measuring_skeleton(m, sp), lambda: hard_skeleton(m, sp),
+            parallel=m.size >= PARALLEL_MIN_VOXELS)
+    else:
+        skeleton, fine = measuring_skeleton(m, sp)
     return max(centerline_length_mm(skeleton, fine), centerline_length_mm(voxel_skeleton, sp))
 
 

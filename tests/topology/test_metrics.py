@@ -169,6 +169,14 @@ def test_the_two_masks_in_two_threads_give_the_serial_values(rng, monkeypatch):
             threads.clear()
             assert compute_metrics(pred, ref, (1.0, 0.7, 0.7), **kwargs) == serial
             assert len(threads) == 2
+    # segment's report: the mask's two skeletons for its length, in two threads too
+    from napari_tubular.topology import mask_centerline_length_mm
+
+    for mask in (t, tree()):
+        monkeypatch.setattr(M, "PARALLEL_MIN_VOXELS", 10**12)
+        serial = mask_centerline_length_mm(mask, (2.0, 0.7, 0.7))
+        monkeypatch.setattr(M, "PARALLEL_MIN_VOXELS", 0)
+        assert mask_centerline_length_mm(mask, (2.0, 0.7, 0.7)) == serial > 0
     with pytest.raises(ValueError, match="skeleton_ref has shape"):
         compute_metrics(cut, t, (1, 1, 1), skeleton_ref=np.zeros((3, 3, 3), bool))
     with pytest.raises(ValueError, match="skeleton_pred has shape"):
