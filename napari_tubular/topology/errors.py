@@ -67,7 +67,13 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    surface voxels taken as boxes), the site's voxels the straight
    segment across it. (It was measured from the end point, about one radius back from the
    cut face: a 0.8 mm cut through a 2.6 mm vessel read 4 mm, and cuts of 2.4 mm and more
-   in it were missed at the 5 mm default.)
+   in it were missed at the 5 mm default.) Also inside one component (detail "gap ... within
+   component K"): an end point whose surface comes within ``break_gap_mm`` of a part of its own
+   component ahead of it (within 45 degrees of the skeleton's direction) that the skeleton joins
+   only far away (more than twice as far along it as in space, plus 10 mm) and the mask does
+   not join nearby: a loop cut open, a branch that stops short of another branch of its tree;
+   two ends facing each other across one gap are one site; spurs of the thinning (shorter than
+   the end's radius plus two coarsest voxels) are passed over.
 
 Severity (sites are sorted by it, largest first): ``weight(class) * max(length_mm,
 equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (1/3)``, so that
@@ -1483,7 +1489,7 @@ def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
         picked.append(cyc)
 
 
-def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
+def _piece_tips(g, ends, radius, lab, node_comp, sp) -> tuple[np.ndarray, np.ndarray]:
     """Where the piece of each skeleton end point really ends ahead of it: the last voxel of
     its component on a ray from the end point along the skeleton's direction there (the chord
     back to the node about a radius, at least two coarsest voxels, along the skeleton or its
@@ -1503,11 +1509,14 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         sp: spacing (mm), array of 3.
 
     Returns:
-        float, shape (len(ends), 3): voxel coordinates of the tips, NaN where none.
+        ``(tips, directions)``: float, shape (len(ends), 3) each: voxel coordinates of the tips,
+        NaN where none; the unit direction (mm) of the skeleton at each end point, pointing out
+        of its piece, NaN where it has none.
     """
     out = np.full((len(ends), 3), np.nan)
+    dirs = np.full((len(ends), 3), np.nan)
     if len(ends) == 0:
-        return out
+        return out, dirs
     adj = coo_matrix((np.ones(len(g.i)), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
     adj = (adj + adj.T).tocsr()
     ptr, nbr = adj.indptr, adj.indices
@@ -1526,6 +1535,7 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         if not d.any():
             continue
         d /= np.linalg.norm(d)
+        dirs[k] = d
         t = np.arange(0.0, (float(r_e) / float(sp.min()) + 1.0) * float(sp.max()) + step, step)
         pts = g.coords[e] + t[:, None] * (d / sp)
         idx = np.rint(pts).astype(np.int64)
@@ -1535,7 +1545,165 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         if inside.all():
             continue
         out[k] = idx[int(np.argmin(inside)) - 1]
-    return out
+    return out, dirs
+
+
+def _narrowest_crossing(own, other, surf_mm, sp, end_mm) -> tuple[float, int, int]:
+    """The empty space (mm) across the narrowest crossing from the surface voxels ``own`` to
+    ``other`` (indices into ``surf_mm``) and its two voxels, of the nearly narrowest ones the
+    one nearest the skeleton end ``end_mm``: a cut across a tube is as narrow at its wall as on
+    its axis (an audit: the site sat on the wall, 4 mm off the axis where evaluate puts the
+    same break)."""
+    # each own surface voxel against its nearest few of the other piece (a full own x other
+    # table is too large for wide vessels); empty space between two voxels (boxes): the
+    # distance between the boxes
+    k = min(8, other.size)
+    _, nn = cKDTree(surf_mm[other]).query(surf_mm[own], k=k)
+    nn = np.asarray(nn).reshape(own.size, k)
+    diff = np.abs(surf_mm[own][:, None, :] - surf_mm[other][nn])
+    gap = np.sqrt((np.maximum(diff - sp, 0.0) ** 2).sum(axis=2))
+    g_mm = float(gap.min())
+    tied = np.argwhere(gap <= g_mm + 0.25 * float(min(sp)))
+    off = np.linalg.norm(surf_mm[own[tied[:, 0]]] - end_mm, axis=1)
+    i, jj = (int(v) for v in tied[int(np.argmin(off))])
+    return g_mm, int(own[i]), int(other[int(nn[i, jj])])
+
+
+#: a break inside one component: the other part is farther along the skeleton than this many
+#: times its distance in space from the end point, plus :data:`WITHIN_DETOUR_MM` (a branch
+#: forking off its parent is as far along the skeleton as in space; around a loop cut open,
+#: or back through the fork of a branch that stops short of its sibling, many times farther)
+WITHIN_DETOUR_RATIO = 2.0
+WITHIN_DETOUR_MM = 10.0
+#: ... and ahead of the end: within this angle (degrees) of the skeleton's direction there (a
+#: branch that ends beside another vessel of its tree, running along it, is no break)
+WITHIN_CONE_DEG = 45.0
+
+
+class _Within:
+    """Possible breaks inside one component: a skeleton end point whose piece's surface comes
+    within the break gap of a part of its own component, ahead of it, that the skeleton joins
+    only far away (a branch that stops short of another branch of its tree, a loop cut open).
+
+    The surface voxels are attributed to their nearest skeleton voxel; the distance along the
+    skeleton from the end point (Dijkstra on the 26-neighbour graph in mm, in a ball around
+    the end point: a path longer than the ball's radius is taken as far) is compared with the
+    distance in space (:data:`WITHIN_DETOUR_RATIO`, :data:`WITHIN_DETOUR_MM`). Its own surface
+    is what lies within about a radius of the end point along the skeleton. Each end gives at
+    most one crossing, the narrowest; two ends facing each other across one gap give one site.
+    """
+
+    def __init__(self, g: _Skel, surf: np.ndarray, lab: np.ndarray, node_comp: np.ndarray,
+                 sp: np.ndarray):
+        self.g, self.surf, self.lab, self.node_comp, self.sp = g, surf, lab, node_comp, sp
+        self.surf_mm = surf_mm = surf * sp
+        self.pos = g.coords * sp
+        self.sk_tree = cKDTree(self.pos)
+        self.surf_node = self.sk_tree.query(surf_mm)[1] if len(surf_mm) else np.zeros(0, int)
+        w = np.linalg.norm(self.pos[g.i] - self.pos[g.j], axis=1)
+        graph = coo_matrix((w, (g.i, g.j)), shape=(g.n, g.n)).tocsr()
+        self.graph = (graph + graph.T).tocsr()
+        self.deg = g.degree()
+        self.found: list = []
+
+    def _branch_length(self, e: int) -> float:
+        """mm along the skeleton from the end point ``e`` to its first fork (or other end)."""
+        ptr, nbr = self.graph.indptr, self.graph.indices
+        prev, cur, length = -1, e, 0.0
+        for _ in range(self.g.n):
+            nb = nbr[ptr[cur]:ptr[cur + 1]]
+            nb = nb[nb != prev]
+            if len(nb) != 1 or (cur != e and self.deg[cur] != 2):
+                break
+            prev, cur = cur, int(nb[0])
+            length += float(np.linalg.norm(self.pos[cur] - self.pos[prev]))
+        return length
+
+    def check(self, e: int, r_e: float, d_e: np.ndarray, cand: np.ndarray, gap_mm: float):
+        """Look for a break from end point ``e`` (radius ``r_e`` mm, direction ``d_e``) to the
+        surface voxels ``cand`` (indices, its own component's, within reach)."""
+        from scipy.sparse.csgraph import dijkstra
+
+        if not np.all(np.isfinite(d_e)) or cand.size == 0:
+            return
+        pe = self.pos[e]
+        nodes = self.surf_node[cand]
+        ok = self.node_comp[nodes] == self.node_comp[e]
+        cand, nodes = cand[ok], nodes[ok]
+        vec = self.surf_mm[cand] - pe
+        dist = np.linalg.norm(vec, axis=1)
+        ahead = vec @ d_e >= np.cos(np.radians(WITHIN_CONE_DEG)) * dist
+        if not ahead.any():
+            return
+        d_node = np.linalg.norm(self.pos[nodes] - pe, axis=1)
+        limit = WITHIN_DETOUR_RATIO * float(d_node.max()) + WITHIN_DETOUR_MM
+        ball = np.asarray(self.sk_tree.query_ball_point(pe, r=limit), dtype=np.int64)
+        local = -np.ones(self.g.n, dtype=np.int64)
+        local[ball] = np.arange(ball.size)
+        sub = self.graph[ball][:, ball]
+        along = dijkstra(sub, directed=False, indices=int(local[e]), limit=limit)
+        d_g = np.where(local[nodes] >= 0, along[np.maximum(local[nodes], 0)], np.inf)
+        own_sel = d_g <= max(r_e, 2.0 * float(self.sp.max())) + float(self.sp.max())
+        far = ahead & (d_g > WITHIN_DETOUR_RATIO * d_node + WITHIN_DETOUR_MM)
+        if not own_sel.any() or not far.any():
+            return
+        # the surface nearest a far part of the skeleton may still be the end's own piece: on
+        # thick slices the thinning retreats from a cut face farther than the gap (an oblique
+        # cut through a ring on 2.5 mm slices read "gap 0.0 mm", both voxels on one side);
+        # the other part is what the mask does not join to the end point nearby
+        # (and the same for the end's own surface: the other side's end point may be nearer)
+        near = own_sel | far
+        joined = self._joined(e, cand[near], float(dist[near].max()) + 2.0 * float(self.sp.max()))
+        own = cand[near][joined & own_sel[near]]
+        far[near] &= ~joined
+        if own.size == 0 or not far.any():
+            return
+        other = cand[far]
+        g_mm, s_own, s_other = _narrowest_crossing(own, other, self.surf_mm, self.sp, pe)
+        if g_mm > gap_mm:
+            return
+        branch = self._branch_length(e)
+        if branch < r_e + 2.0 * float(self.sp.max()):
+            return  # a spur of the thinning on a vessel's wall (1.4 mm on a clean tree)
+        d_other = float(d_g[far][int(np.flatnonzero(other == s_other)[0])])
+        self.found.append((int(self.node_comp[e]), g_mm, s_own, s_other, (d_other, limit),
+                           branch))
+
+    def _joined(self, e: int, idx: np.ndarray, reach_mm: float) -> np.ndarray:
+        """Whether each surface voxel ``idx`` is joined to the end point ``e`` by its component
+        within ``reach_mm`` of the end point (26-connected, in that ball)."""
+        c = self.node_comp[e]
+        ce = self.g.coords[e]
+        r = np.ceil(reach_mm / self.sp).astype(np.int64)
+        lo = np.maximum(ce - r, 0)
+        hi = np.minimum(ce + r + 1, self.lab.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        axes = [(np.arange(a, b) - o) * s for a, b, o, s in zip(lo, hi, ce, self.sp)]
+        zz, yy, xx = np.meshgrid(*axes, indexing="ij", sparse=True)
+        local = (self.lab[box] == c) & (zz**2 + yy**2 + xx**2 <= reach_mm**2)
+        parts = cc3d.connected_components(local, connectivity=26)
+        at = self.surf[idx] - lo
+        inside = np.all((at >= 0) & (at < np.asarray(local.shape)), axis=1)
+        out = np.zeros(len(idx), dtype=bool)
+        mine = parts[tuple(ce - lo)]
+        out[inside] = parts[tuple(at[inside].T)] == mine
+        return out
+
+    def sites(self) -> list:
+        """``(component, gap mm, own surface voxel, other surface voxel, (mm along the
+        skeleton, inf beyond the ``limit``), branch length mm)`` per break, narrowest first;
+        of two crossings of one component whose middles lie within the wider gap plus two
+        voxels of each other (two ends facing each other) the narrower one."""
+        out: list = []
+        sp_max = float(self.sp.max())
+        for f in sorted(self.found, key=lambda f: f[1]):
+            mid = 0.5 * (self.surf_mm[f[2]] + self.surf_mm[f[3]])
+            if any(o[0] == f[0] and np.linalg.norm(mid - 0.5 * (self.surf_mm[o[2]]
+                                                                  + self.surf_mm[o[3]]))
+                   <= max(f[1], o[1]) + 2.0 * sp_max for o in out):
+                continue
+            out.append(f)
+        return out
 
 
 def self_check(
@@ -1555,7 +1723,9 @@ def self_check(
         small_fraction: a component other than the largest whose voxel count is below this
             fraction of the largest one is a ``small component`` site.
         break_gap_mm: a skeleton end point whose piece's surface comes closer than this (mm
-            of empty space between the surfaces) to another component is a ``possible break``.
+            of empty space between the surfaces) to another component, or to a part of its own
+            component ahead of it that the skeleton joins only far away, is a ``possible
+            break``.
 
     Returns:
         ErrorReport with ``components`` (sorted by size; id 1 = largest) and ``summary``
@@ -1637,8 +1807,9 @@ def self_check(
                            "background enclosed by the mask"))
     del cav
 
-    # possible breaks: end points whose surface comes near another component
-    if g.n and n > 1 and break_gap_mm > 0:
+    # possible breaks: end points whose surface comes near another component, or near another
+    # part of their own component that the skeleton joins only far away
+    if g.n and break_gap_mm > 0:
         from ..geometry.distance import edt_mm
 
         deg = g.degree()
@@ -1652,9 +1823,10 @@ def self_check(
         # the piece really ends ahead of it (on thick slices the thinning retreats about a
         # radius in voxels: 18 mm from the cut face of an 8 mm tube on 3 mm slices)
         radius = edt_mm(mc, spacing)[tuple(g.coords[ends].T)]
-        tips = _piece_tips(g, ends, radius, lab, node_comp, sp)
+        tips, dirs = _piece_tips(g, ends, radius, lab, node_comp, sp)
         best: dict[tuple[int, int], tuple[float, int, int]] = {}
-        for e, r_e, tip in zip(ends, radius, tips):
+        within = _Within(g, surf, lab, node_comp, sp)
+        for e, r_e, tip, d_e in zip(ends, radius, tips, dirs):
             reach = break_gap_mm + float(r_e) + max(sp)
             near = np.asarray(tree.query_ball_point(g.coords[e] * sp, r=reach), dtype=np.int64)
             if np.isfinite(tip[0]):
@@ -1664,6 +1836,8 @@ def self_check(
             own = near[surf_comp[near] == ce]
             if own.size == 0:
                 continue
+            if not is_small[ce]:
+                within.check(int(e), float(r_e), d_e, own, break_gap_mm)
             # every other component within reach on its own (an audit: with only the nearest
             # one kept, a stray speck beside a gap took the break's place; on a noisy mask the
             # trunk's break was missing from 1,623 sites), except two small components (pairs
@@ -1673,26 +1847,13 @@ def self_check(
                 if b == ce or (is_small[ce] and is_small[b]):
                     continue
                 other = near[surf_comp[near] == b]
-                # each own surface voxel against its nearest few of the other piece (a full
-                # own x other table is too large for wide vessels); empty space between two
-                # voxels (boxes): the distance between the boxes
-                k = min(8, other.size)
-                _, nn = cKDTree(surf_mm[other]).query(surf_mm[own], k=k)
-                nn = np.asarray(nn).reshape(own.size, k)
-                diff = np.abs(surf_mm[own][:, None, :] - surf_mm[other][nn])
-                gap = np.sqrt((np.maximum(diff - sp, 0.0) ** 2).sum(axis=2))
-                # of the (nearly) narrowest crossings, the one nearest the skeleton's end: a cut
-                # across a tube is as narrow at its wall as on its axis (an audit: the site sat
-                # on the wall, 4 mm off the axis where evaluate puts the same break)
-                g_mm = float(gap.min())
+                g_mm, s_own, s_other = _narrowest_crossing(own, other, surf_mm, sp,
+                                                           g.coords[e] * sp)
                 if g_mm > break_gap_mm:
                     continue
-                tied = np.argwhere(gap <= g_mm + 0.25 * float(min(sp)))
-                off = np.linalg.norm(surf_mm[own[tied[:, 0]]] - g.coords[e] * sp, axis=1)
-                i, jj = (int(v) for v in tied[int(np.argmin(off))])
                 key = (min(ce, b), max(ce, b))
                 if key not in best or g_mm < best[key][0]:
-                    best[key] = (g_mm, int(own[i]), int(other[int(nn[i, jj])]))
+                    best[key] = (g_mm, s_own, s_other)
         for (ca, cb), (dist, s_a, s_b) in best.items():
             a, b = surf[s_a], surf[s_b]
             steps = int(np.abs(b - a).max()) + 1
@@ -1709,6 +1870,25 @@ def self_check(
                     f"gap {dist:.1f} mm between components {min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
                     rank_length=min(comp_len[ca], comp_len[cb]),
                 )  # fmt: skip
+            )
+        for c, dist, s_a, s_b, along, branch in within.sites():
+            a, b = surf[s_a], surf[s_b]
+            steps = int(np.abs(b - a).max()) + 1
+            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
+            labels_c[tuple(line.T)] = POSSIBLE_BREAK
+            how = (f"{along[0]:.0f} mm apart along its centerline" if np.isfinite(along[0]) else
+                   f"more than {along[1]:.0f} mm apart along its centerline")
+            sites.append(
+                _site(
+                    POSSIBLE_BREAK,
+                    line,
+                    offset,
+                    spacing,
+                    voxel_mm3,
+                    dist,
+                    f"gap {dist:.1f} mm within component {rank[c]} ({how})",
+                    rank_length=min(branch, comp_len[c]),
+                )
             )
 
     summary = {
