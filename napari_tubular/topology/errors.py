@@ -69,11 +69,12 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    cut face: a 0.8 mm cut through a 2.6 mm vessel read 4 mm, and cuts of 2.4 mm and more
    in it were missed at the 5 mm default.) Also inside one component (detail "gap ... within
    component K"): an end point whose surface comes within ``break_gap_mm`` of a part of its own
-   component ahead of it (within 45 degrees of the skeleton's direction) that the skeleton joins
-   only far away (more than twice as far along it as in space, plus 10 mm) and the mask does
-   not join nearby: a loop cut open, a branch that stops short of another branch of its tree;
-   two ends facing each other across one gap are one site; spurs of the thinning (shorter than
-   the end's radius plus two coarsest voxels) are passed over.
+   component ahead of it (within 45 degrees of the skeleton's direction) that the mask does not
+   join to the end's piece nearby and the skeleton joins only far away (more than twice as far
+   along it as in space, plus 10 mm): a loop cut open, a branch that stops short of another
+   branch of its tree; two ends facing each other across one gap are one site; spurs of the
+   thinning (no longer than the vessel's radius at their fork, or two voxel steps) are passed
+   over. Its severity ranks by the length of the end's branch (to its fork).
 
 Severity (sites are sorted by it, largest first): ``weight(class) * max(length_mm,
 equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (1/3)``, so that
@@ -1585,39 +1586,44 @@ class _Within:
     within the break gap of a part of its own component, ahead of it, that the skeleton joins
     only far away (a branch that stops short of another branch of its tree, a loop cut open).
 
-    The surface voxels are attributed to their nearest skeleton voxel; the distance along the
-    skeleton from the end point (Dijkstra on the 26-neighbour graph in mm, in a ball around
-    the end point: a path longer than the ball's radius is taken as far) is compared with the
-    distance in space (:data:`WITHIN_DETOUR_RATIO`, :data:`WITHIN_DETOUR_MM`). Its own surface
-    is what lies within about a radius of the end point along the skeleton. Each end gives at
-    most one crossing, the narrowest; two ends facing each other across one gap give one site.
+    In a ball around the end point (the search reach plus two coarsest voxels) the component
+    falls into 26-connected parts: the end's own (its surface around and ahead of the end
+    point) and the others. An other part's surface voxel ahead of the end point (within
+    :data:`WITHIN_CONE_DEG` of the skeleton's direction) counts when the skeleton joins its
+    nearest skeleton voxel of that part far away: farther along the skeleton (Dijkstra on the
+    26-neighbour graph in mm, in a larger ball: a path longer than its radius is far) than
+    :data:`WITHIN_DETOUR_RATIO` times the distance in space plus :data:`WITHIN_DETOUR_MM`, or
+    that part has no skeleton in the ball. Each end gives at most one crossing, the narrowest;
+    two ends facing each other across one gap give one site; spurs of the thinning (no longer
+    than the radius at their fork, or two voxel steps) none.
     """
 
     def __init__(self, g: _Skel, surf: np.ndarray, lab: np.ndarray, node_comp: np.ndarray,
-                 sp: np.ndarray):
+                 sp: np.ndarray, radius: np.ndarray):
         self.g, self.surf, self.lab, self.node_comp, self.sp = g, surf, lab, node_comp, sp
-        self.surf_mm = surf_mm = surf * sp
+        self.radius = radius  # distance to the background (mm) per voxel of the crop
+        self.surf_mm = surf * sp
         self.pos = g.coords * sp
         self.sk_tree = cKDTree(self.pos)
-        self.surf_node = self.sk_tree.query(surf_mm)[1] if len(surf_mm) else np.zeros(0, int)
         w = np.linalg.norm(self.pos[g.i] - self.pos[g.j], axis=1)
         graph = coo_matrix((w, (g.i, g.j)), shape=(g.n, g.n)).tocsr()
         self.graph = (graph + graph.T).tocsr()
         self.deg = g.degree()
         self.found: list = []
 
-    def _branch_length(self, e: int) -> float:
-        """mm along the skeleton from the end point ``e`` to its first fork (or other end)."""
+    def _branch_length(self, e: int) -> tuple[float, int, int]:
+        """mm along the skeleton from the end point ``e`` to its first fork (or other end), that
+        node, and the number of steps."""
         ptr, nbr = self.graph.indptr, self.graph.indices
         prev, cur, length = -1, e, 0.0
-        for _ in range(self.g.n):
+        for steps in range(self.g.n):  # noqa: B007 (the count is returned)
             nb = nbr[ptr[cur]:ptr[cur + 1]]
             nb = nb[nb != prev]
             if len(nb) != 1 or (cur != e and self.deg[cur] != 2):
                 break
             prev, cur = cur, int(nb[0])
             length += float(np.linalg.norm(self.pos[cur] - self.pos[prev]))
-        return length
+        return length, cur, steps
 
     def check(self, e: int, r_e: float, d_e: np.ndarray, cand: np.ndarray, gap_mm: float):
         """Look for a break from end point ``e`` (radius ``r_e`` mm, direction ``d_e``) to the
@@ -1627,51 +1633,65 @@ class _Within:
         if not np.all(np.isfinite(d_e)) or cand.size == 0:
             return
         pe = self.pos[e]
-        nodes = self.surf_node[cand]
-        ok = self.node_comp[nodes] == self.node_comp[e]
-        cand, nodes = cand[ok], nodes[ok]
         vec = self.surf_mm[cand] - pe
         dist = np.linalg.norm(vec, axis=1)
         ahead = vec @ d_e >= np.cos(np.radians(WITHIN_CONE_DEG)) * dist
         if not ahead.any():
             return
-        d_node = np.linalg.norm(self.pos[nodes] - pe, axis=1)
-        limit = WITHIN_DETOUR_RATIO * float(d_node.max()) + WITHIN_DETOUR_MM
-        ball = np.asarray(self.sk_tree.query_ball_point(pe, r=limit), dtype=np.int64)
-        local = -np.ones(self.g.n, dtype=np.int64)
-        local[ball] = np.arange(ball.size)
-        sub = self.graph[ball][:, ball]
-        along = dijkstra(sub, directed=False, indices=int(local[e]), limit=limit)
-        d_g = np.where(local[nodes] >= 0, along[np.maximum(local[nodes], 0)], np.inf)
-        own_sel = d_g <= max(r_e, 2.0 * float(self.sp.max())) + float(self.sp.max())
-        far = ahead & (d_g > WITHIN_DETOUR_RATIO * d_node + WITHIN_DETOUR_MM)
-        if not own_sel.any() or not far.any():
+        # the parts of the component in a ball around the end point: what the mask joins to
+        # the end's piece there is its own, the rest joins it only farther away (the nearest
+        # skeleton voxel does not say which side of a gap a surface voxel is on: on thick
+        # slices the thinning retreats from a cut face farther than the gap, an oblique cut
+        # through a ring on 2.5 mm slices read "gap 0.0 mm" with both voxels on one side; a
+        # stub left of a cut rung has no skeleton of its own)
+        sp_max = float(self.sp.max())
+        reach = float(dist.max()) + 2.0 * sp_max
+        part_of, mine = self._parts(e, reach)
+        joined = part_of(self.surf[cand]) == mine
+        other = ahead & ~joined
+        # own: the end's piece around and ahead of the end point, not its trunk behind it
+        own = joined & (vec @ d_e >= -(max(r_e, 2.0 * sp_max) + sp_max))
+        if not own.any() or not other.any():
             return
-        # the surface nearest a far part of the skeleton may still be the end's own piece: on
-        # thick slices the thinning retreats from a cut face farther than the gap (an oblique
-        # cut through a ring on 2.5 mm slices read "gap 0.0 mm", both voxels on one side);
-        # the other part is what the mask does not join to the end point nearby
-        # (and the same for the end's own surface: the other side's end point may be nearer)
-        near = own_sel | far
-        joined = self._joined(e, cand[near], float(dist[near].max()) + 2.0 * float(self.sp.max()))
-        own = cand[near][joined & own_sel[near]]
-        far[near] &= ~joined
-        if own.size == 0 or not far.any():
+        # far along the skeleton: each other surface voxel's nearest skeleton voxel of a part
+        # not joined to the end's piece in the ball (none there: farther than the ball)
+        ball = np.asarray(self.sk_tree.query_ball_point(pe, r=reach), dtype=np.int64)
+        ball = ball[self.node_comp[ball] == self.node_comp[e]]
+        theirs = ball[part_of(self.g.coords[ball]) != mine]
+        d_node = np.full(int(other.sum()), np.inf)
+        d_g = np.full(int(other.sum()), np.inf)
+        limit = WITHIN_DETOUR_RATIO * reach + WITHIN_DETOUR_MM
+        if theirs.size:
+            _, k = cKDTree(self.pos[theirs]).query(self.surf_mm[cand[other]])
+            nodes = theirs[k]
+            d_node = np.linalg.norm(self.pos[nodes] - pe, axis=1)
+            around = np.asarray(self.sk_tree.query_ball_point(pe, r=limit), dtype=np.int64)
+            local = -np.ones(self.g.n, dtype=np.int64)
+            local[around] = np.arange(around.size)
+            along = dijkstra(self.graph[around][:, around], directed=False,
+                             indices=int(local[e]), limit=limit)
+            d_g = np.where(local[nodes] >= 0, along[np.maximum(local[nodes], 0)], np.inf)
+        far = d_g > WITHIN_DETOUR_RATIO * np.where(np.isfinite(d_node), d_node, 0.0) \
+            + WITHIN_DETOUR_MM
+        if not far.any():
             return
-        other = cand[far]
-        g_mm, s_own, s_other = _narrowest_crossing(own, other, self.surf_mm, self.sp, pe)
+        g_mm, s_own, s_other = _narrowest_crossing(cand[own], cand[other][far], self.surf_mm,
+                                                   self.sp, pe)
         if g_mm > gap_mm:
             return
-        branch = self._branch_length(e)
-        if branch < r_e + 2.0 * float(self.sp.max()):
-            return  # a spur of the thinning on a vessel's wall (1.4 mm on a clean tree)
-        d_other = float(d_g[far][int(np.flatnonzero(other == s_other)[0])])
+        branch, fork, steps = self._branch_length(e)
+        if steps <= 2 or branch <= self.radius[tuple(self.g.coords[fork])]:
+            # a spur of the thinning: no longer than the vessel's radius at its fork, or two
+            # voxel steps (a 1.4 mm spur on a 1 mm thin vessel of a clean tree)
+            return
+        d_other = float(d_g[far][int(np.flatnonzero(cand[other][far] == s_other)[0])])
         self.found.append((int(self.node_comp[e]), g_mm, s_own, s_other, (d_other, limit),
                            branch))
 
-    def _joined(self, e: int, idx: np.ndarray, reach_mm: float) -> np.ndarray:
-        """Whether each surface voxel ``idx`` is joined to the end point ``e`` by its component
-        within ``reach_mm`` of the end point (26-connected, in that ball)."""
+    def _parts(self, e: int, reach_mm: float):
+        """The 26-connected parts of the end point's component within ``reach_mm`` of it:
+        ``(part_of, mine)``, ``part_of(coords)`` the part of each voxel (crop coordinates; 0
+        outside the ball or the component), ``mine`` the end point's."""
         c = self.node_comp[e]
         ce = self.g.coords[e]
         r = np.ceil(reach_mm / self.sp).astype(np.int64)
@@ -1682,12 +1702,15 @@ class _Within:
         zz, yy, xx = np.meshgrid(*axes, indexing="ij", sparse=True)
         local = (self.lab[box] == c) & (zz**2 + yy**2 + xx**2 <= reach_mm**2)
         parts = cc3d.connected_components(local, connectivity=26)
-        at = self.surf[idx] - lo
-        inside = np.all((at >= 0) & (at < np.asarray(local.shape)), axis=1)
-        out = np.zeros(len(idx), dtype=bool)
-        mine = parts[tuple(ce - lo)]
-        out[inside] = parts[tuple(at[inside].T)] == mine
-        return out
+
+        def part_of(coords: np.ndarray) -> np.ndarray:
+            at = np.asarray(coords).reshape(-1, 3) - lo
+            inside = np.all((at >= 0) & (at < np.asarray(local.shape)), axis=1)
+            out = np.zeros(len(at), dtype=np.int64)
+            out[inside] = parts[tuple(at[inside].T)]
+            return out
+
+        return part_of, int(parts[tuple(ce - lo)])
 
     def sites(self) -> list:
         """``(component, gap mm, own surface voxel, other surface voxel, (mm along the
@@ -1822,10 +1845,11 @@ def self_check(
         # further for its own surface and for the other piece; and as far again around where
         # the piece really ends ahead of it (on thick slices the thinning retreats about a
         # radius in voxels: 18 mm from the cut face of an 8 mm tube on 3 mm slices)
-        radius = edt_mm(mc, spacing)[tuple(g.coords[ends].T)]
+        dist_map = edt_mm(mc, spacing)
+        radius = dist_map[tuple(g.coords[ends].T)]
         tips, dirs = _piece_tips(g, ends, radius, lab, node_comp, sp)
         best: dict[tuple[int, int], tuple[float, int, int]] = {}
-        within = _Within(g, surf, lab, node_comp, sp)
+        within = _Within(g, surf, lab, node_comp, sp, dist_map)
         for e, r_e, tip, d_e in zip(ends, radius, tips, dirs):
             reach = break_gap_mm + float(r_e) + max(sp)
             near = np.asarray(tree.query_ball_point(g.coords[e] * sp, r=reach), dtype=np.int64)

@@ -113,3 +113,57 @@ def test_no_break_within_a_component_on_clean_vessel_trees(spacing):
     for seed in (0, 1, 4, 5):
         tree = make_vessel_tree(shape, spacing, seed=seed, loop_probability=0.15).mask
         assert not _within(self_check(tree, spacing)), seed
+
+
+def _ladder(spacing):
+    """Two rails along y joined by four rungs: one component with three loops."""
+    shape, X = _grid((40.0, 70.0, 40.0), spacing)
+    segs = [((20, 5, 10), (20, 65, 10), 2.0, 2.0), ((20, 5, 30), (20, 65, 30), 2.0, 2.0)]
+    segs += [((20, y, 10), (20, y, 30), 1.5, 1.5) for y in (10, 25, 40, 60)]
+    segs = [(np.array(a, float), np.array(b, float), r0, r1) for a, b, r0, r1 in segs]
+    return _capsules(segs, shape, spacing), X
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7)])
+def test_a_cut_rung_or_rail_of_a_ladder_is_one_possible_break(spacing):
+    """The ladder stays one component when a rung or a rail is cut: one site at the cut (two
+    ends facing each other across it are one site), beside the two loops left."""
+    ladder, X = _ladder(spacing)
+    assert not [s for s in self_check(ladder, spacing).sites if s.cls == 7]
+    rung = ladder & ~((np.abs(X[..., 1] - 25) <= 3) & (np.abs(X[..., 2] - 20) <= 1.5))
+    rail = ladder & ~((np.abs(X[..., 1] - 32) <= 1.5) & (np.abs(X[..., 2] - 30) <= 4))
+    for cut, where in ((rung, (20, 25, 20)), (rail, (20, 32, 30))):
+        assert betti_numbers(cut)[:2] == (1, 2)
+        rep = self_check(cut, spacing)
+        (site,) = [s for s in rep.sites if s.cls == 7]
+        assert "within component 1" in site.detail
+        assert np.linalg.norm(np.asarray(site.centroid_mm) - where) <= 1.0
+        assert site.length_mm == pytest.approx(3.0, abs=0.5)
+        assert rep.labels[site.anchor_vox] == 7
+        assert sum(s.cls == 6 for s in rep.sites) == 2
+
+
+def test_evaluate_without_a_reference_reports_a_loop_cut_open_in_scanner_coordinates(
+        tmp_path, capsys):
+    """``evaluate PRED`` (no reference): the site of a ring cut open, read from a file with an
+    origin and a rotated direction, lies at the cut in scanner coordinates."""
+    import json
+
+    from napari_tubular.cli import main
+    from napari_tubular.io import Volume, read_volume, write_volume
+
+    sp = (2.5, 0.7, 0.7)
+    cut, p0 = _ring(sp, *PLANES["oblique"], 3.0)
+    c, s = np.cos(np.radians(30)), np.sin(np.radians(30))
+    direction = np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+    path = write_volume(tmp_path / "ring.nii.gz", Volume(cut.astype(np.uint8), spacing=sp,
+                                                         origin=(-100.0, 20.0, 50.0),
+                                                         direction=direction))
+    out = tmp_path / "sc.json"
+    assert main(["evaluate", str(path), "--json", str(out)]) == 0
+    assert "within component 1" in capsys.readouterr().out
+    (site,) = json.loads(out.read_text())["sites"]
+    assert site["cls_name"] == "possible break"
+    want = (read_volume(path).affine() @ np.r_[np.asarray(p0) / sp, 1.0])[:3]
+    got = np.array([site[f"physical_{a}_mm"] for a in "zyx"])
+    assert np.linalg.norm(got - want) <= 2.0 + max(sp)
