@@ -110,7 +110,8 @@ def test_a_branch_stopping_short_of_another_branch_of_its_tree(spacing):
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7)])
 def test_no_break_within_a_component_on_clean_vessel_trees(spacing):
     shape = (64, 64, 64) if spacing[0] == 1.0 else (32, 96, 96)
-    for seed in (0, 1, 4, 5):
+    # 2, 8 and 11 on 1 mm had a tip one voxel thin 3.7-5 mm from another branch of its tree
+    for seed in ((0, 2, 8, 11) if spacing[0] == 1.0 else (0, 1, 4)):
         tree = make_vessel_tree(shape, spacing, seed=seed, loop_probability=0.15).mask
         assert not _within(self_check(tree, spacing)), seed
 
