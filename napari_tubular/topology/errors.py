@@ -74,7 +74,8 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    along it as in space, plus 10 mm): a loop cut open, a branch that stops short of another
    branch of its tree; two ends facing each other across one gap are one site; spurs of the
    thinning (no longer than the vessel's radius at their fork, or two voxel steps) and vessels
-   that taper out at the resolution limit (one voxel thin for the last 3 mm) are passed over. Its severity ranks by the length of the end's branch (to its fork).
+   that taper out at the resolution limit (one voxel thin for the last 3 mm) are passed over;
+   its ranking uses the length of the end's branch (to its fork).
 
 Severity (sites are sorted by it, largest first): ``weight(class) * max(length_mm,
 equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (1/3)``, so that
