@@ -90,7 +90,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default=5.0,
         metavar="MM",
         help="self-check (no REF): a piece whose end comes within this many mm (empty space "
-        "between the surfaces) of another piece is a possible break (default 5)",
+        "between the surfaces) of another piece is a possible break (default 5): another "
+        "component, or a part of its own component ahead of it that the skeleton joins only "
+        "far away (a loop cut open)",
     )
     p.add_argument(
         "--threshold",

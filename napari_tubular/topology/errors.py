@@ -67,7 +67,15 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    surface voxels taken as boxes), the site's voxels the straight
    segment across it. (It was measured from the end point, about one radius back from the
    cut face: a 0.8 mm cut through a 2.6 mm vessel read 4 mm, and cuts of 2.4 mm and more
-   in it were missed at the 5 mm default.)
+   in it were missed at the 5 mm default.) Also inside one component (detail "gap ... within
+   component K"): an end point whose surface comes within ``break_gap_mm`` of a part of its own
+   component ahead of it (within 45 degrees of the skeleton's direction) that the mask does not
+   join to the end's piece nearby and the skeleton joins only far away (more than twice as far
+   along it as in space, plus 10 mm): a loop cut open, a branch that stops short of another
+   branch of its tree; two ends facing each other across one gap are one site; spurs of the
+   thinning (no longer than the vessel's radius at their fork, or two voxel steps) and vessels
+   that taper out at the resolution limit (one voxel thin for the last 3 mm) are passed over;
+   its ranking uses the length of the end's branch (to its fork).
 
 Severity (sites are sorted by it, largest first): ``weight(class) * max(length_mm,
 equivalent_size_mm)`` with ``equivalent_size_mm = (size_vox * voxel volume) ** (1/3)``, so that
@@ -1482,7 +1490,7 @@ def _split_sum_cycles(g, picked, skipped, b1, on, overlapping) -> None:
         picked.append(cyc)
 
 
-def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
+def _piece_tips(g, ends, radius, lab, node_comp, sp) -> tuple[np.ndarray, np.ndarray]:
     """Where the piece of each skeleton end point really ends ahead of it: the last voxel of
     its component on a ray from the end point along the skeleton's direction there (the chord
     back to the node about a radius, at least two coarsest voxels, along the skeleton or its
@@ -1502,11 +1510,14 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         sp: spacing (mm), array of 3.
 
     Returns:
-        float, shape (len(ends), 3): voxel coordinates of the tips, NaN where none.
+        ``(tips, directions)``: float, shape (len(ends), 3) each: voxel coordinates of the tips,
+        NaN where none; the unit direction (mm) of the skeleton at each end point, pointing out
+        of its piece, NaN where it has none.
     """
     out = np.full((len(ends), 3), np.nan)
+    dirs = np.full((len(ends), 3), np.nan)
     if len(ends) == 0:
-        return out
+        return out, dirs
     adj = coo_matrix((np.ones(len(g.i)), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
     adj = (adj + adj.T).tocsr()
     ptr, nbr = adj.indptr, adj.indices
@@ -1525,6 +1536,7 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         if not d.any():
             continue
         d /= np.linalg.norm(d)
+        dirs[k] = d
         t = np.arange(0.0, (float(r_e) / float(sp.min()) + 1.0) * float(sp.max()) + step, step)
         pts = g.coords[e] + t[:, None] * (d / sp)
         idx = np.rint(pts).astype(np.int64)
@@ -1534,7 +1546,198 @@ def _piece_tips(g, ends, radius, lab, node_comp, sp) -> np.ndarray:
         if inside.all():
             continue
         out[k] = idx[int(np.argmin(inside)) - 1]
-    return out
+    return out, dirs
+
+
+def _narrowest_crossing(own, other, surf_mm, sp, end_mm) -> tuple[float, int, int]:
+    """The empty space (mm) across the narrowest crossing from the surface voxels ``own`` to
+    ``other`` (indices into ``surf_mm``) and its two voxels, of the nearly narrowest ones the
+    one nearest the skeleton end ``end_mm``: a cut across a tube is as narrow at its wall as on
+    its axis (an audit: the site sat on the wall, 4 mm off the axis where evaluate puts the
+    same break)."""
+    # each own surface voxel against its nearest few of the other piece (a full own x other
+    # table is too large for wide vessels); empty space between two voxels (boxes): the
+    # distance between the boxes
+    k = min(8, other.size)
+    _, nn = cKDTree(surf_mm[other]).query(surf_mm[own], k=k)
+    nn = np.asarray(nn).reshape(own.size, k)
+    diff = np.abs(surf_mm[own][:, None, :] - surf_mm[other][nn])
+    gap = np.sqrt((np.maximum(diff - sp, 0.0) ** 2).sum(axis=2))
+    g_mm = float(gap.min())
+    tied = np.argwhere(gap <= g_mm + 0.25 * float(min(sp)))
+    off = np.linalg.norm(surf_mm[own[tied[:, 0]]] - end_mm, axis=1)
+    i, jj = (int(v) for v in tied[int(np.argmin(off))])
+    return g_mm, int(own[i]), int(other[int(nn[i, jj])])
+
+
+#: a break inside one component: the other part is farther along the skeleton than this many
+#: times its distance in space from the end point, plus :data:`WITHIN_DETOUR_MM` (a branch
+#: forking off its parent is as far along the skeleton as in space; around a loop cut open,
+#: or back through the fork of a branch that stops short of its sibling, many times farther)
+WITHIN_DETOUR_RATIO = 2.0
+WITHIN_DETOUR_MM = 10.0
+#: ... and ahead of the end: within this angle (degrees) of the skeleton's direction there (a
+#: branch that ends beside another vessel of its tree, running along it, is no break)
+WITHIN_CONE_DEG = 45.0
+
+
+class _Within:
+    """Possible breaks inside one component: a skeleton end point whose piece's surface comes
+    within the break gap of a part of its own component, ahead of it, that the skeleton joins
+    only far away (a branch that stops short of another branch of its tree, a loop cut open).
+
+    In a ball around the end point (the search reach plus two coarsest voxels) the component
+    falls into 26-connected parts: the end's own (its surface around and ahead of the end
+    point) and the others. An other part's surface voxel ahead of the end point (within
+    :data:`WITHIN_CONE_DEG` of the skeleton's direction) counts when the skeleton joins its
+    nearest skeleton voxel of that part far away: farther along the skeleton (Dijkstra on the
+    26-neighbour graph in mm, in a larger ball: a path longer than its radius is far) than
+    :data:`WITHIN_DETOUR_RATIO` times the distance in space plus :data:`WITHIN_DETOUR_MM`, or
+    that part has no skeleton in the ball. Each end gives at most one crossing, the narrowest;
+    two ends facing each other across one gap give one site; spurs of the thinning (no longer
+    than the radius at their fork, or two voxel steps) and ends one voxel thin for their last
+    3 mm (at least two coarsest voxels; a vessel tapering out at the resolution limit) none.
+    """
+
+    def __init__(self, g: _Skel, surf: np.ndarray, lab: np.ndarray, node_comp: np.ndarray,
+                 sp: np.ndarray, radius: np.ndarray):
+        self.g, self.surf, self.lab, self.node_comp, self.sp = g, surf, lab, node_comp, sp
+        self.radius = radius  # distance to the background (mm) per voxel of the crop
+        self.surf_mm = surf * sp
+        self.pos = g.coords * sp
+        self.sk_tree = cKDTree(self.pos)
+        w = np.linalg.norm(self.pos[g.i] - self.pos[g.j], axis=1)
+        graph = coo_matrix((w, (g.i, g.j)), shape=(g.n, g.n)).tocsr()
+        self.graph = (graph + graph.T).tocsr()
+        self.deg = g.degree()
+        self.found: list = []
+
+    def _branch_length(self, e: int, back_mm: float) -> tuple[float, int, int, float]:
+        """mm along the skeleton from the end point ``e`` to its first fork (or other end), that
+        node, the number of steps, and the largest radius on the branch within ``back_mm`` of
+        the end point."""
+        ptr, nbr = self.graph.indptr, self.graph.indices
+        prev, cur, length = -1, e, 0.0
+        thick = float(self.radius[tuple(self.g.coords[e])])
+        for steps in range(self.g.n):  # noqa: B007 (the count is returned)
+            nb = nbr[ptr[cur]:ptr[cur + 1]]
+            nb = nb[nb != prev]
+            if len(nb) != 1 or (cur != e and self.deg[cur] != 2):
+                break
+            prev, cur = cur, int(nb[0])
+            length += float(np.linalg.norm(self.pos[cur] - self.pos[prev]))
+            if length <= back_mm and self.deg[cur] <= 2:
+                thick = max(thick, float(self.radius[tuple(self.g.coords[cur])]))
+        return length, cur, steps, thick
+
+    def check(self, e: int, r_e: float, d_e: np.ndarray, cand: np.ndarray, gap_mm: float):
+        """Look for a break from end point ``e`` (radius ``r_e`` mm, direction ``d_e``) to the
+        surface voxels ``cand`` (indices, its own component's, within reach)."""
+        from scipy.sparse.csgraph import dijkstra
+
+        if not np.all(np.isfinite(d_e)) or cand.size == 0:
+            return
+        pe = self.pos[e]
+        vec = self.surf_mm[cand] - pe
+        dist = np.linalg.norm(vec, axis=1)
+        ahead = vec @ d_e >= np.cos(np.radians(WITHIN_CONE_DEG)) * dist
+        if not ahead.any():
+            return
+        # the parts of the component in a ball around the end point: what the mask joins to
+        # the end's piece there is its own, the rest joins it only farther away (the nearest
+        # skeleton voxel does not say which side of a gap a surface voxel is on: on thick
+        # slices the thinning retreats from a cut face farther than the gap, an oblique cut
+        # through a ring on 2.5 mm slices read "gap 0.0 mm" with both voxels on one side; a
+        # stub left of a cut rung has no skeleton of its own)
+        sp_max = float(self.sp.max())
+        reach = float(dist.max()) + 2.0 * sp_max
+        part_of, mine = self._parts(e, reach)
+        joined = part_of(self.surf[cand]) == mine
+        other = ahead & ~joined
+        # own: the end's piece around and ahead of the end point, not its trunk behind it
+        own = joined & (vec @ d_e >= -(max(r_e, 2.0 * sp_max) + sp_max))
+        if not own.any() or not other.any():
+            return
+        # far along the skeleton: each other surface voxel's nearest skeleton voxel of a part
+        # not joined to the end's piece in the ball (none there: farther than the ball)
+        ball = np.asarray(self.sk_tree.query_ball_point(pe, r=reach), dtype=np.int64)
+        ball = ball[self.node_comp[ball] == self.node_comp[e]]
+        theirs = ball[part_of(self.g.coords[ball]) != mine]
+        d_node = np.full(int(other.sum()), np.inf)
+        d_g = np.full(int(other.sum()), np.inf)
+        limit = WITHIN_DETOUR_RATIO * reach + WITHIN_DETOUR_MM
+        if theirs.size:
+            _, k = cKDTree(self.pos[theirs]).query(self.surf_mm[cand[other]])
+            nodes = theirs[k]
+            d_node = np.linalg.norm(self.pos[nodes] - pe, axis=1)
+            around = np.asarray(self.sk_tree.query_ball_point(pe, r=limit), dtype=np.int64)
+            local = -np.ones(self.g.n, dtype=np.int64)
+            local[around] = np.arange(around.size)
+            along = dijkstra(self.graph[around][:, around], directed=False,
+                             indices=int(local[e]), limit=limit)
+            d_g = np.where(local[nodes] >= 0, along[np.maximum(local[nodes], 0)], np.inf)
+        far = d_g > WITHIN_DETOUR_RATIO * np.where(np.isfinite(d_node), d_node, 0.0) \
+            + WITHIN_DETOUR_MM
+        if not far.any():
+            return
+        g_mm, s_own, s_other = _narrowest_crossing(cand[own], cand[other][far], self.surf_mm,
+                                                   self.sp, pe)
+        if g_mm > gap_mm:
+            return
+        branch, fork, steps, thick = self._branch_length(e, max(3.0, 2.0 * sp_max))
+        if thick <= float(self.sp.min()) * (1.0 + 1e-6):
+            # one voxel thin for its last 3 mm: a vessel tapering out at the resolution
+            # limit, not a cut vessel (on clean synthetic trees their tips came within 3.5-5
+            # mm of another branch of their tree in 5 of 52 trees; every planted cut was
+            # thicker)
+            return
+        if steps <= 2 or branch <= self.radius[tuple(self.g.coords[fork])]:
+            # a spur of the thinning: no longer than the vessel's radius at its fork, or two
+            # voxel steps (a 1.4 mm spur on a 1 mm thin vessel of a clean tree)
+            return
+        d_other = float(d_g[far][int(np.flatnonzero(cand[other][far] == s_other)[0])])
+        self.found.append((int(self.node_comp[e]), g_mm, s_own, s_other, (d_other, limit),
+                           branch))
+
+    def _parts(self, e: int, reach_mm: float):
+        """The 26-connected parts of the end point's component within ``reach_mm`` of it:
+        ``(part_of, mine)``, ``part_of(coords)`` the part of each voxel (crop coordinates; 0
+        outside the ball or the component), ``mine`` the end point's."""
+        c = self.node_comp[e]
+        ce = self.g.coords[e]
+        r = np.ceil(reach_mm / self.sp).astype(np.int64)
+        lo = np.maximum(ce - r, 0)
+        hi = np.minimum(ce + r + 1, self.lab.shape)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        axes = [(np.arange(a, b) - o) * s for a, b, o, s in zip(lo, hi, ce, self.sp)]
+        zz, yy, xx = np.meshgrid(*axes, indexing="ij", sparse=True)
+        local = (self.lab[box] == c) & (zz**2 + yy**2 + xx**2 <= reach_mm**2)
+        parts = cc3d.connected_components(local, connectivity=26)
+
+        def part_of(coords: np.ndarray) -> np.ndarray:
+            at = np.asarray(coords).reshape(-1, 3) - lo
+            inside = np.all((at >= 0) & (at < np.asarray(local.shape)), axis=1)
+            out = np.zeros(len(at), dtype=np.int64)
+            out[inside] = parts[tuple(at[inside].T)]
+            return out
+
+        return part_of, int(parts[tuple(ce - lo)])
+
+    def sites(self) -> list:
+        """``(component, gap mm, own surface voxel, other surface voxel, (mm along the
+        skeleton, inf beyond the ``limit``), branch length mm)`` per break, narrowest first;
+        of two crossings of one component whose middles lie within the wider gap plus two
+        voxels of each other (two ends facing each other) the narrower one."""
+        out: list = []
+        sp_max = float(self.sp.max())
+        for f in sorted(self.found, key=lambda f: f[1]):
+            mid = 0.5 * (self.surf_mm[f[2]] + self.surf_mm[f[3]])
+            if any(o[0] == f[0] and np.linalg.norm(mid - 0.5 * (self.surf_mm[o[2]]
+                                                                  + self.surf_mm[o[3]]))
+                   <= max(f[1], o[1]) + 2.0 * sp_max for o in out):
+                continue
+            out.append(f)
+        return out
 
 
 def self_check(
@@ -1554,7 +1757,9 @@ def self_check(
         small_fraction: a component other than the largest whose voxel count is below this
             fraction of the largest one is a ``small component`` site.
         break_gap_mm: a skeleton end point whose piece's surface comes closer than this (mm
-            of empty space between the surfaces) to another component is a ``possible break``.
+            of empty space between the surfaces) to another component, or to a part of its own
+            component ahead of it that the skeleton joins only far away, is a ``possible
+            break``.
 
     Returns:
         ErrorReport with ``components`` (sorted by size; id 1 = largest) and ``summary``
@@ -1636,8 +1841,9 @@ def self_check(
                            "background enclosed by the mask"))
     del cav
 
-    # possible breaks: end points whose surface comes near another component
-    if g.n and n > 1 and break_gap_mm > 0:
+    # possible breaks: end points whose surface comes near another component, or near another
+    # part of their own component that the skeleton joins only far away
+    if g.n and break_gap_mm > 0:
         from ..geometry.distance import edt_mm
 
         deg = g.degree()
@@ -1650,10 +1856,12 @@ def self_check(
         # further for its own surface and for the other piece; and as far again around where
         # the piece really ends ahead of it (on thick slices the thinning retreats about a
         # radius in voxels: 18 mm from the cut face of an 8 mm tube on 3 mm slices)
-        radius = edt_mm(mc, spacing)[tuple(g.coords[ends].T)]
-        tips = _piece_tips(g, ends, radius, lab, node_comp, sp)
+        dist_map = edt_mm(mc, spacing)
+        radius = dist_map[tuple(g.coords[ends].T)]
+        tips, dirs = _piece_tips(g, ends, radius, lab, node_comp, sp)
         best: dict[tuple[int, int], tuple[float, int, int]] = {}
-        for e, r_e, tip in zip(ends, radius, tips):
+        within = _Within(g, surf, lab, node_comp, sp, dist_map)
+        for e, r_e, tip, d_e in zip(ends, radius, tips, dirs):
             reach = break_gap_mm + float(r_e) + max(sp)
             near = np.asarray(tree.query_ball_point(g.coords[e] * sp, r=reach), dtype=np.int64)
             if np.isfinite(tip[0]):
@@ -1663,6 +1871,8 @@ def self_check(
             own = near[surf_comp[near] == ce]
             if own.size == 0:
                 continue
+            if not is_small[ce]:
+                within.check(int(e), float(r_e), d_e, own, break_gap_mm)
             # every other component within reach on its own (an audit: with only the nearest
             # one kept, a stray speck beside a gap took the break's place; on a noisy mask the
             # trunk's break was missing from 1,623 sites), except two small components (pairs
@@ -1672,26 +1882,13 @@ def self_check(
                 if b == ce or (is_small[ce] and is_small[b]):
                     continue
                 other = near[surf_comp[near] == b]
-                # each own surface voxel against its nearest few of the other piece (a full
-                # own x other table is too large for wide vessels); empty space between two
-                # voxels (boxes): the distance between the boxes
-                k = min(8, other.size)
-                _, nn = cKDTree(surf_mm[other]).query(surf_mm[own], k=k)
-                nn = np.asarray(nn).reshape(own.size, k)
-                diff = np.abs(surf_mm[own][:, None, :] - surf_mm[other][nn])
-                gap = np.sqrt((np.maximum(diff - sp, 0.0) ** 2).sum(axis=2))
-                # of the (nearly) narrowest crossings, the one nearest the skeleton's end: a cut
-                # across a tube is as narrow at its wall as on its axis (an audit: the site sat
-                # on the wall, 4 mm off the axis where evaluate puts the same break)
-                g_mm = float(gap.min())
+                g_mm, s_own, s_other = _narrowest_crossing(own, other, surf_mm, sp,
+                                                           g.coords[e] * sp)
                 if g_mm > break_gap_mm:
                     continue
-                tied = np.argwhere(gap <= g_mm + 0.25 * float(min(sp)))
-                off = np.linalg.norm(surf_mm[own[tied[:, 0]]] - g.coords[e] * sp, axis=1)
-                i, jj = (int(v) for v in tied[int(np.argmin(off))])
                 key = (min(ce, b), max(ce, b))
                 if key not in best or g_mm < best[key][0]:
-                    best[key] = (g_mm, int(own[i]), int(other[int(nn[i, jj])]))
+                    best[key] = (g_mm, s_own, s_other)
         for (ca, cb), (dist, s_a, s_b) in best.items():
             a, b = surf[s_a], surf[s_b]
             steps = int(np.abs(b - a).max()) + 1
@@ -1708,6 +1905,25 @@ def self_check(
                     f"gap {dist:.1f} mm between components {min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
                     rank_length=min(comp_len[ca], comp_len[cb]),
                 )  # fmt: skip
+            )
+        for c, dist, s_a, s_b, along, branch in within.sites():
+            a, b = surf[s_a], surf[s_b]
+            steps = int(np.abs(b - a).max()) + 1
+            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
+            labels_c[tuple(line.T)] = POSSIBLE_BREAK
+            how = (f"{along[0]:.0f} mm apart along its centerline" if np.isfinite(along[0]) else
+                   f"more than {along[1]:.0f} mm apart along its centerline")
+            sites.append(
+                _site(
+                    POSSIBLE_BREAK,
+                    line,
+                    offset,
+                    spacing,
+                    voxel_mm3,
+                    dist,
+                    f"gap {dist:.1f} mm within component {rank[c]} ({how})",
+                    rank_length=min(branch, comp_len[c]),
+                )
             )
 
     summary = {

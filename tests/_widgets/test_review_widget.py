@@ -691,3 +691,25 @@ def test_a_new_voxel_size_marks_the_review_out_of_date(review, tmp_path):
     viewer.layers["reference"].translate = (0.0, 1.0, 0.0)
     assert widget.inputs.stale
     assert "the translate of 'reference' changed" in widget.status.text()
+
+
+def test_self_check_lists_a_loop_cut_open(make_napari_viewer):
+    """A ring cut open is one component: its gap is a possible break "within component 1" in
+    the panel's list, and going to it lands on the cut (world mm, with the layer's offset)."""
+    spacing = (1.5, 0.8, 0.8)
+    shape = (16, 60, 60)
+    zz, yy, xx = np.meshgrid(*((np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)),
+                             indexing="ij")
+    ring = (np.hypot(yy, xx) - 18.0) ** 2 + zz**2 <= 2.5**2
+    ring &= ~((np.abs(yy) <= 1.5) & (xx > 0))  # 3 mm cut across the ring at +x
+    viewer = make_napari_viewer()
+    viewer.add_labels(ring.astype(np.uint8), name="prediction", scale=spacing,
+                      translate=TRANSLATE)
+    widget = TopologyReviewWidget(viewer)
+    widget.run()
+    (site,) = [s for s in widget.report.sites if s.cls == 7]
+    row = widget.report.sites.index(site)
+    assert "within component 1" in widget.sites_list.item(row).text()
+    widget.go_to(row)
+    want = np.asarray(TRANSLATE) + np.array([0.0, 0.0, 18.0]) + (np.array(shape) - 1) / 2 * spacing
+    np.testing.assert_allclose(viewer.dims.point[-3:], want, atol=1.5)
