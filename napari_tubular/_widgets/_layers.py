@@ -220,6 +220,15 @@ def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
     return geometry_from_layer(scale, translate, affine)
 
 
+def layer_file_axes(layer: Any) -> tuple[int, int, int] | None:
+    """The file's axis order of a layer the reader transposed (layer axis ``k`` holds the
+    file's axis ``axes[k]``, ``metadata[AXES_KEY]``), or None (the layer's own order)."""
+    from .._napari_io import _valid_axes
+
+    metadata = getattr(layer, "metadata", None) or {}
+    return _valid_axes(metadata.get(AXES_KEY)) if AXES_KEY in metadata else None
+
+
 def volume_from_layer(layer: Any):
     """A core ``io.Volume`` with the layer's data and the geometry it shows.
 
