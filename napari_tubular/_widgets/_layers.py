@@ -229,6 +229,56 @@ def layer_file_axes(layer: Any) -> tuple[int, int, int] | None:
     return _valid_axes(metadata.get(AXES_KEY)) if AXES_KEY in metadata else None
 
 
+def review_axes(pred_layer: Any, ref_layer: Any = None) -> tuple[int, int, int] | None:
+    """The file axis order to review a prediction (and reference) layer in: the prediction's
+    (:func:`layer_file_axes`) when the reference has the same or none, else None (the
+    layers' own order)."""
+    axes = layer_file_axes(pred_layer)
+    if axes is None or ref_layer is None:
+        return axes
+    other = layer_file_axes(ref_layer)
+    return axes if other in (None, axes) else None
+
+
+def in_file_order(compute, axes, masks, spacing):
+    """``compute(masks, spacing)`` on the masks in the file's axis order, its ``ErrorReport``
+    (the last item of the result) back in the layers' order.
+
+    A file whose direction permutes the axes opens transposed, and the thinning behind clDice,
+    the centerline lengths and the error sites is not permutation-invariant: the review panel
+    computed other numbers than ``evaluate`` on the same files (an outside judge: clDice 0.9264
+    against 0.9234, a centerline 275.0 mm against 285.9, 207 sites against 214). ``axes``:
+    layer axis ``k`` holds the file's axis ``axes[k]``; None: the layers' own order.
+    """
+    if axes is None:
+        return compute(masks, spacing)
+    inverse = tuple(int(a) for a in np.argsort(axes))
+    file_spacing = tuple(spacing[k] for k in inverse)
+    out = compute([None if m is None else np.ascontiguousarray(m.transpose(inverse))
+                   for m in masks], file_spacing)
+    *rest, report = out
+    return (*rest, report_in_layer_order(report, axes))
+
+
+def report_in_layer_order(report, axes):
+    """An ``ErrorReport`` computed in a file's axis order, in the layer's (``axes``: layer axis
+    ``k`` holds the file's axis ``axes[k]``)."""
+    import dataclasses
+
+    def vec(v):
+        return tuple(v[a] for a in axes)
+
+    sites = [dataclasses.replace(s, centroid_mm=vec(s.centroid_mm),
+                                 centroid_vox=vec(s.centroid_vox),
+                                 anchor_vox=vec(s.anchor_vox)) for s in report.sites]
+    components = [dataclasses.replace(c, centroid_mm=vec(c.centroid_mm),
+                                      centroid_vox=vec(c.centroid_vox))
+                  for c in report.components]
+    return dataclasses.replace(
+        report, labels=np.ascontiguousarray(np.asarray(report.labels).transpose(axes)),
+        sites=sites, components=components, spacing=vec(report.spacing))
+
+
 def volume_from_layer(layer: Any):
     """A core ``io.Volume`` with the layer's data and the geometry it shows.
 

@@ -1021,12 +1021,21 @@ class SegmentWidget(QWidget):
             return
         self._metrics_next = None
         labels = np.asarray(result.labels) > 0
+        # a file the reader transposed is compared in its own axis order, as `evaluate` and
+        # the review panel do (the thinning behind clDice is not permutation-invariant)
+        axes = layer_file_axes(self._source_layer) if self._source_layer is not None else None
 
         def compute():
             from napari_tubular.topology import compute_metrics
 
-            return compute_metrics(labels, reference, spacing,
-                                   skeleton_ref=self._skeleton_of_reference(reference, spacing),
+            lab, ref, sp = labels, reference, spacing
+            if axes is not None:
+                inverse = tuple(int(a) for a in np.argsort(axes))
+                lab = np.ascontiguousarray(lab.transpose(inverse))
+                ref = np.ascontiguousarray(np.asarray(ref).transpose(inverse))
+                sp = tuple(spacing[k] for k in inverse)
+            return compute_metrics(lab, ref, sp,
+                                   skeleton_ref=self._skeleton_of_reference(ref, sp),
                                    measured_lengths=False)  # not shown: kept live
 
         def returned(metrics):

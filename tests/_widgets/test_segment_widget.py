@@ -1190,3 +1190,36 @@ def test_a_file_with_permuted_axes_is_segmented_as_segment_does(make_napari_view
                                   expected.probability.transpose(axes))
     np.testing.assert_array_equal(widget.prediction.radius_mm, expected.radius_mm.transpose(axes))
     assert widget.prediction.spacing == pytest.approx(tuple(layer.scale))
+
+
+def test_metrics_on_files_with_permuted_axes_are_evaluates(make_napari_viewer, vessel_case,
+                                                           predict_counter, tmp_path):
+    """The line under the sliders compared the transposed layers, whose thinning differs from
+    the files' (clDice is not permutation-invariant): it is computed in the files' order, as
+    ``evaluate`` and the review panel compute it."""
+    from scipy import ndimage as ndi
+
+    from napari_tubular.io import Volume, write_volume
+    from napari_tubular.topology import compute_metrics
+
+    direction = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # (z, y, x)
+    reference = ndi.binary_dilation(vessel_case.mask > 0).astype(np.uint8)
+    paths = {}
+    for name, arr in (("ct", vessel_case.image.astype(np.float32)), ("reference", reference)):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        write_volume(paths[name], Volume(data=arr, spacing=SPACING, origin=(3.0, -2.0, 1.0),
+                                         direction=direction))
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(paths["ct"]), plugin="napari-tubular")
+    (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
+    axes = tuple(image.metadata["napari_tubular_file_axes"])
+    assert axes != (0, 1, 2)
+    widget = SegmentWidget(viewer)
+    widget.image_picker.set_layer(image)
+    widget.run()
+    widget.reference_picker.set_layer(ref_layer)
+    inverse = tuple(int(a) for a in np.argsort(axes))
+    labels = _owned(viewer, "labels").data.transpose(inverse) > 0
+    expected = compute_metrics(labels, reference > 0, SPACING)
+    for key in ("dice", "cldice", "tprec", "tsens"):
+        assert widget.metrics[key] == pytest.approx(expected[key], abs=1e-12), key
