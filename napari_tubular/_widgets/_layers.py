@@ -230,14 +230,15 @@ def layer_file_axes(layer: Any) -> tuple[int, int, int] | None:
 
 
 def review_axes(pred_layer: Any, ref_layer: Any = None) -> tuple[int, int, int] | None:
-    """The file axis order to review a prediction (and reference) layer in: the prediction's
-    (:func:`layer_file_axes`) when the reference has the same or none, else None (the
-    layers' own order)."""
-    axes = layer_file_axes(pred_layer)
-    if axes is None or ref_layer is None:
-        return axes
-    other = layer_file_axes(ref_layer)
-    return axes if other in (None, axes) else None
+    """The file axis order to compare a prediction with a reference layer in, as ``evaluate``
+    does (it re-indexes the prediction onto the reference's grid): the reference file's
+    (:func:`layer_file_axes`; None for a file the reader did not transpose), else, for a
+    reference drawn in the viewer (no file record) or none, the prediction's."""
+    if ref_layer is not None:
+        metadata = getattr(ref_layer, "metadata", None) or {}
+        if AXES_KEY in metadata or "spacing" in metadata:
+            return layer_file_axes(ref_layer)
+    return layer_file_axes(pred_layer)
 
 
 def in_file_order(compute, axes, masks, spacing):

@@ -44,6 +44,7 @@ from napari_tubular._widgets._layers import (
     layer_file_axes,
     layer_geometry,
     radius_colormap,
+    review_axes,
     same_layer,
     scrollable_layout,
     show_radius_colorbar,
@@ -1023,7 +1024,8 @@ class SegmentWidget(QWidget):
         labels = np.asarray(result.labels) > 0
         # a file the reader transposed is compared in its own axis order, as `evaluate` and
         # the review panel do (the thinning behind clDice is not permutation-invariant)
-        axes = layer_file_axes(self._source_layer) if self._source_layer is not None else None
+        axes = (review_axes(self._source_layer, self.reference_picker.layer())
+                if self._source_layer is not None else None)
 
         def compute():
             from napari_tubular.topology import compute_metrics
