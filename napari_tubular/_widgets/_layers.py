@@ -280,6 +280,28 @@ def report_in_layer_order(report, axes):
         sites=sites, components=components, spacing=vec(report.spacing))
 
 
+def graph_in_layer_order(graph, axes):
+    """A ``CenterlineGraph`` computed in a file's axis order, in the layer's (``axes``: layer
+    axis ``k`` holds the file's axis ``axes[k]``)."""
+    import dataclasses
+
+    cols = list(axes)
+
+    def vox(a):
+        a = np.asarray(a)
+        return a[:, cols] if a.ndim == 2 and a.shape[1] == 3 else a
+
+    branches = dict(graph.branches)
+    for key in ("start_voxel", "end_voxel", "anchor_voxel", "centroid_mm"):
+        if key in branches:
+            branches[key] = vox(branches[key])
+    return dataclasses.replace(
+        graph, spacing=tuple(graph.spacing[a] for a in axes),
+        skeleton_vox=vox(graph.skeleton_vox), end_points_vox=vox(graph.end_points_vox),
+        branch_points_vox=vox(graph.branch_points_vox), nodes_mm=vox(graph.nodes_mm),
+        branches=branches)
+
+
 def volume_from_layer(layer: Any):
     """A core ``io.Volume`` with the layer's data and the geometry it shows.
 
