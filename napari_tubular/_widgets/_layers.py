@@ -220,6 +220,88 @@ def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
     return geometry_from_layer(scale, translate, affine)
 
 
+def layer_file_axes(layer: Any) -> tuple[int, int, int] | None:
+    """The file's axis order of a layer the reader transposed (layer axis ``k`` holds the
+    file's axis ``axes[k]``, ``metadata[AXES_KEY]``), or None (the layer's own order)."""
+    from .._napari_io import _valid_axes
+
+    metadata = getattr(layer, "metadata", None) or {}
+    return _valid_axes(metadata.get(AXES_KEY)) if AXES_KEY in metadata else None
+
+
+def review_axes(pred_layer: Any, ref_layer: Any = None) -> tuple[int, int, int] | None:
+    """The file axis order to compare a prediction with a reference layer in, as ``evaluate``
+    does (it re-indexes the prediction onto the reference's grid): the reference file's
+    (:func:`layer_file_axes`; None for a file the reader did not transpose), else, for a
+    reference drawn in the viewer (no file record) or none, the prediction's."""
+    if ref_layer is not None:
+        metadata = getattr(ref_layer, "metadata", None) or {}
+        if AXES_KEY in metadata or "spacing" in metadata:
+            return layer_file_axes(ref_layer)
+    return layer_file_axes(pred_layer)
+
+
+def in_file_order(compute, axes, masks, spacing):
+    """``compute(masks, spacing)`` on the masks in the file's axis order, its ``ErrorReport``
+    (the last item of the result) back in the layers' order.
+
+    A file whose direction permutes the axes opens transposed, and the thinning behind clDice,
+    the centerline lengths and the error sites is not permutation-invariant: the review panel
+    computed other numbers than ``evaluate`` on the same files (an outside judge: clDice 0.9264
+    against 0.9234, a centerline 275.0 mm against 285.9, 207 sites against 214). ``axes``:
+    layer axis ``k`` holds the file's axis ``axes[k]``; None: the layers' own order.
+    """
+    if axes is None:
+        return compute(masks, spacing)
+    inverse = tuple(int(a) for a in np.argsort(axes))
+    file_spacing = tuple(spacing[k] for k in inverse)
+    out = compute([None if m is None else np.ascontiguousarray(m.transpose(inverse))
+                   for m in masks], file_spacing)
+    *rest, report = out
+    return (*rest, report_in_layer_order(report, axes))
+
+
+def report_in_layer_order(report, axes):
+    """An ``ErrorReport`` computed in a file's axis order, in the layer's (``axes``: layer axis
+    ``k`` holds the file's axis ``axes[k]``)."""
+    import dataclasses
+
+    def vec(v):
+        return tuple(v[a] for a in axes)
+
+    sites = [dataclasses.replace(s, centroid_mm=vec(s.centroid_mm),
+                                 centroid_vox=vec(s.centroid_vox),
+                                 anchor_vox=vec(s.anchor_vox)) for s in report.sites]
+    components = [dataclasses.replace(c, centroid_mm=vec(c.centroid_mm),
+                                      centroid_vox=vec(c.centroid_vox))
+                  for c in report.components]
+    return dataclasses.replace(
+        report, labels=np.ascontiguousarray(np.asarray(report.labels).transpose(axes)),
+        sites=sites, components=components, spacing=vec(report.spacing))
+
+
+def graph_in_layer_order(graph, axes):
+    """A ``CenterlineGraph`` computed in a file's axis order, in the layer's (``axes``: layer
+    axis ``k`` holds the file's axis ``axes[k]``)."""
+    import dataclasses
+
+    cols = list(axes)
+
+    def vox(a):
+        a = np.asarray(a)
+        return a[:, cols] if a.ndim == 2 and a.shape[1] == 3 else a
+
+    branches = dict(graph.branches)
+    for key in ("start_voxel", "end_voxel", "anchor_voxel", "centroid_mm"):
+        if key in branches:
+            branches[key] = vox(branches[key])
+    return dataclasses.replace(
+        graph, spacing=tuple(graph.spacing[a] for a in axes),
+        skeleton_vox=vox(graph.skeleton_vox), end_points_vox=vox(graph.end_points_vox),
+        branch_points_vox=vox(graph.branch_points_vox), nodes_mm=vox(graph.nodes_mm),
+        branches=branches)
+
+
 def volume_from_layer(layer: Any):
     """A core ``io.Volume`` with the layer's data and the geometry it shows.
 

@@ -41,11 +41,13 @@ from napari_tubular._widgets._layers import (
     abs_spacing,
     focus_on,
     grid_mismatch,
+    in_file_order,
     index_to_world,
     label_values_text,
     layer_affine,
     layer_data,
     layer_geometry,
+    review_axes,
     scrollable_layout,
     upsert_layer,
     warn_pixel_units,
@@ -308,9 +310,13 @@ class TopologyReviewWidget(QWidget):
         gap_mm = self.gap_spin.value()
         tolerance = self.tolerance_spin.value()
 
-        def compute():
+        # a file the reader transposed is reviewed in its own axis order, as `evaluate` does
+        axes = review_axes(pred_layer, ref_layer)
+
+        def review(masks, spacing):
             from napari_tubular import topology
 
+            pred, ref = masks
             if ref is None:
                 return {}, topology.self_check(pred, spacing, break_gap_mm=gap_mm)
             # the two skeletons once, for both (each thinned them again)
@@ -319,6 +325,9 @@ class TopologyReviewWidget(QWidget):
                                              skeleton_ref=sk_r),
                     topology.error_map(pred, ref, spacing, skeleton_pred=sk_p,
                                        skeleton_ref=sk_r, tolerance_vox=tolerance))
+
+        def compute():
+            return in_file_order(review, axes, [pred, ref], spacing)
 
         context = [("prediction", pred_layer.name),
                    ("reference", ref_layer.name if ref_layer is not None
