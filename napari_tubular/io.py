@@ -1619,6 +1619,8 @@ def write_volume(
     tmp = p.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp{ext}"
     try:
         _sitk_write(img, tmp, compress, shown=p)
+        if ext in (".nii", ".nii.gz") and _without_nifti_transform(vol):
+            _clear_nifti_transform(tmp)
         os.replace(tmp, p)
     except OSError as exc:
         raise VolumeIOError(f"{p}: cannot write the volume ({exc.strerror or exc})") from exc
@@ -1628,6 +1630,58 @@ def write_volume(
         except OSError:
             pass
     return p
+
+
+def _without_nifti_transform(vol: Volume) -> bool:
+    """True when ``vol`` was read from a NIfTI file with neither a qform nor an sform (both
+    codes 0: ``nibabel.Nifti1Image(data, None)`` writes such files) and still has the
+    geometry ITK gives such a file (origin 0, identity direction).
+
+    ITK writes every NIfTI file with both codes set (scanner coordinates), so an output of
+    such an input had another geometry than the input in nibabel, FSL or FreeSurfer, which
+    place a file without a transform by its pixdim alone (an outside judge: the labels' nibabel
+    affine was mirrored in y and shifted by half the field of view against the input's, while
+    SimpleITK read the two alike)."""
+    src = vol.path
+    if src is None or _suffix(src) not in (".nii", ".nii.gz"):
+        return False
+    if not (np.allclose(vol.origin, 0.0) and np.allclose(vol.direction, np.eye(3))):
+        return False
+    import io
+
+    import nibabel
+    from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
+
+    try:
+        with open(src, "rb") as fh:
+            packed = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(src, "rb") if packed else open(src, "rb")) as fh:
+            header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(fh.read(348)), check=False)
+        return (int(header["sizeof_hdr"]) == 348 and int(header["qform_code"]) == 0
+                and int(header["sform_code"]) == 0)
+    except (OSError, EOFError, ValueError, HeaderDataError, WrapStructError):
+        return False  # the source is gone, unreadable or not NIfTI-1: keep ITK's header
+
+
+def _clear_nifti_transform(path: Path) -> None:
+    """Set the qform and sform codes of the NIfTI-1 file ``path`` (written by ITK) to 0, so
+    that it has no transform, as its source had (see :func:`_without_nifti_transform`):
+    every reader then places it as it places the source (ITK: origin 0, identity direction,
+    spacing pixdim; nibabel: its pixdim-only affine)."""
+    import io
+
+    import nibabel
+
+    raw = path.read_bytes()
+    packed = raw[:2] == b"\x1f\x8b"
+    if packed:
+        raw = gzip.decompress(raw)
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]), check=False)
+    header["qform_code"] = 0
+    header["sform_code"] = 0
+    raw = header.binaryblock + raw[348:]
+    path.write_bytes(gzip.compress(raw, compresslevel=6, mtime=0) if packed else raw)
 
 
 def check_name_length(path) -> None:

@@ -189,6 +189,43 @@ def test_nifti_qform_and_sform_disagreeing_follow_the_sform(tmp_path, sform_code
     np.testing.assert_allclose(back.get_qform(), s_, atol=1e-4)
 
 
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii"])
+def test_nifti_without_transform_is_written_back_without_one(tmp_path, ext):
+    """A NIfTI file with neither a qform nor an sform (``nibabel.Nifti1Image(data, None)``):
+    ITK places it at origin 0 with the identity direction, nibabel by its pixdim alone (mirrored
+    in x, centred). ITK wrote it back with both codes set, so in nibabel / FSL the output lay
+    mirrored in y and shifted by half the field of view against its input (an outside judge:
+    segment's labels of such a file). It is now written without a transform too: both readers
+    place the output as they place the input."""
+    nib = pytest.importorskip("nibabel")
+    import SimpleITK as sitk
+
+    xyz = np.arange(6 * 7 * 5, dtype=np.float32).reshape(6, 7, 5)
+    img = nib.Nifti1Image(xyz, None)
+    img.header.set_zooms((0.8, 0.7, 2.5))
+    src = tmp_path / f"noxform{ext}"
+    nib.save(img, str(src))
+    assert int(nib.load(str(src)).header["sform_code"]) == 0
+    vol = read_volume(src)
+    out = write_volume(tmp_path / f"out{ext}", (vol.data > 50).astype(np.uint8), reference=vol)
+    back = nib.load(str(out))
+    assert int(back.header["qform_code"]) == 0
+    assert int(back.header["sform_code"]) == 0
+    np.testing.assert_allclose(back.affine, nib.load(str(src)).affine, atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), (xyz > 50).astype(np.uint8))
+    a, b = sitk.ReadImage(str(src)), sitk.ReadImage(str(out))
+    np.testing.assert_allclose(b.GetSpacing(), a.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(b.GetOrigin(), a.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(b.GetDirection(), a.GetDirection(), atol=1e-6)
+    assert read_volume(out).same_geometry(vol)
+    # a file with a transform keeps it; one read without a transform and then moved does not
+    # lose its new geometry
+    moved = Volume(vol.data, spacing=vol.spacing, origin=(1.0, 2.0, 3.0), path=src)
+    back = nib.load(str(write_volume(tmp_path / f"moved{ext}", moved)))
+    assert int(back.header["sform_code"]) > 0
+    np.testing.assert_allclose(back.affine[:3, 3], [-3.0, -2.0, 1.0], atol=1e-5)
+
+
 def test_nifti_sheared_sform_is_ignored_with_a_warning_or_refused(tmp_path):
     """A sheared sform (not a rotation times a scaling) with a valid qform: ITK used the qform
     silently (raw ITK warnings only), nibabel and FSL the sform; now a warning says so and by
