@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import os
 import re
 import uuid
@@ -508,6 +509,85 @@ def _nifti_header(path: Path, gz: bool):
             raise
         raise VolumeIOError(f"{path}: corrupt or unreadable NIfTI header ({exc})") from exc
     return offset, dtype, shape, img.header
+
+
+def _is_nifti2(path: Path) -> bool:
+    """True when ``path`` (compressed or not, whatever its name says) holds a NIfTI-2 header."""
+    try:
+        with (gzip.open(path, "rb") if _starts_with_gzip(path) else open(path, "rb")) as fh:
+            first = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False  # said by the NIfTI-1 checks
+    return len(first) == 4 and 540 in (int.from_bytes(first, "little"),
+                                       int.from_bytes(first, "big"))
+
+
+#: NIfTI-1 stores dimensions as int16
+_NIFTI1_MAX_DIM = 32767
+
+
+def _read_nifti2(path: Path, **options) -> Volume:
+    """Read a NIfTI-2 file, which SimpleITK cannot read (an outside judge: nibabel's
+    ``Nifti2Image`` files were refused), through a NIfTI-1 copy of it (the same header fields,
+    data and scaling, by nibabel) in a temporary folder, read as any NIfTI-1 file is (sform and
+    qform rules, NaN voxels, 4-D files); messages name ``path``, not the copy."""
+    import shutil
+    import tempfile
+
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+    from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
+
+    try:
+        with (
+            open(path, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") if _starts_with_gzip(path)
+            else nullcontext(raw) as fh,
+        ):
+            holder = FileHolder(fileobj=io.BytesIO(fh.read()))
+        img = nib.Nifti2Image.from_file_map({"image": holder, "header": holder})
+        shape = tuple(int(v) for v in img.header.get_data_shape())
+        if any(n > _NIFTI1_MAX_DIM for n in shape):
+            raise VolumeIOError(f"{path}: NIfTI-2 file of size {shape} (x, y, z...): too large "
+                                f"to read (at most {_NIFTI1_MAX_DIM} voxels along an axis)")
+        header = nib.Nifti1Header.from_header(img.header, check=False)
+        header["sizeof_hdr"] = 348
+        if img.dataobj.slope == 1.0 and img.dataobj.inter == 0.0:
+            data = np.asarray(img.dataobj.get_unscaled())
+        else:
+            # nibabel resets a saved array's scaling: the scaled values, as float32 (what
+            # SimpleITK gives for a scaled NIfTI-1 file)
+            data = np.asarray(img.dataobj, dtype=np.float32)
+            header.set_data_dtype(np.float32)
+        copy = nib.Nifti1Image(data, None, header=header)
+    except (EOFError, zlib.error) as exc:
+        raise VolumeIOError(f"{path}: file is truncated or corrupt (NIfTI-2: {exc})") from exc
+    except WrapStructError as exc:
+        raise VolumeIOError(f"{path}: file is truncated (it ends inside the NIfTI-2 header)"
+                            ) from exc
+    except (HeaderDataError, ValueError, OSError) as exc:
+        if isinstance(exc, VolumeIOError):
+            raise
+        detail = " ".join(str(exc).split())  # nibabel's "... from object\n - could ..."
+        raise VolumeIOError(f"{path}: corrupt or unreadable NIfTI-2 file ({detail})") from exc
+    folder = Path(tempfile.mkdtemp(prefix="napari-tubular-nifti2-"))
+    tmp = folder / "volume.nii"
+    try:
+        nib.save(copy, str(tmp))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                vol = read_volume(tmp, **options)
+            except VolumeIOError as exc:
+                raise VolumeIOError(str(exc).replace(str(tmp), str(path))) from None
+        for w in caught:
+            warnings.warn_explicit(str(w.message).replace(str(tmp), str(path)), w.category,
+                                   w.filename, w.lineno)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    vol.path = path
+    return vol
 
 
 _NIFTI_UNITS_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3, "unknown": 1.0}
@@ -1258,6 +1338,9 @@ def read_volume(
             dicom = True
             img = _read_dicom(p.parent, only_file=p)
         else:
+            if ext in (".nii", ".nii.gz") and _is_nifti2(p):
+                return _read_nifti2(p, nan_policy=nan_policy, nan_fill=nan_fill,
+                                    posinf_max=posinf_max)
             if ext in (".nii", ".nii.gz"):
                 nifti = True
                 gz = ext == ".nii.gz"
@@ -1619,6 +1702,8 @@ def write_volume(
     tmp = p.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp{ext}"
     try:
         _sitk_write(img, tmp, compress, shown=p)
+        if ext in (".nii", ".nii.gz") and _without_nifti_transform(vol):
+            _clear_nifti_transform(tmp)
         os.replace(tmp, p)
     except OSError as exc:
         raise VolumeIOError(f"{p}: cannot write the volume ({exc.strerror or exc})") from exc
@@ -1628,6 +1713,59 @@ def write_volume(
         except OSError:
             pass
     return p
+
+
+def _without_nifti_transform(vol: Volume) -> bool:
+    """True when ``vol`` was read from a NIfTI(-1 or -2) file with neither a qform nor an sform (both
+    codes 0: ``nibabel.Nifti1Image(data, None)`` writes such files) and still has the
+    geometry ITK gives such a file (origin 0, identity direction).
+
+    ITK writes every NIfTI file with both codes set (scanner coordinates), so an output of
+    such an input had another geometry than the input in nibabel, FSL or FreeSurfer, which
+    place a file without a transform by its pixdim alone (an outside judge: the labels' nibabel
+    affine was mirrored in y and shifted by half the field of view against the input's, while
+    SimpleITK read the two alike)."""
+    src = vol.path
+    if src is None or _suffix(src) not in (".nii", ".nii.gz"):
+        return False
+    if not (np.allclose(vol.origin, 0.0) and np.allclose(vol.direction, np.eye(3))):
+        return False
+    import nibabel
+    from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
+
+    try:
+        with open(src, "rb") as fh:
+            packed = fh.read(2) == b"\x1f\x8b"
+        with (gzip.open(src, "rb") if packed else open(src, "rb")) as fh:
+            block = fh.read(540)
+        kind = (nibabel.Nifti2Header if 540 in (int.from_bytes(block[:4], "little"),
+                                                 int.from_bytes(block[:4], "big"))
+                else nibabel.Nifti1Header)
+        size = 540 if kind is nibabel.Nifti2Header else 348
+        header = kind.from_fileobj(io.BytesIO(block[:size]), check=False)
+        return (int(header["sizeof_hdr"]) == size and int(header["qform_code"]) == 0
+                and int(header["sform_code"]) == 0)
+    except (OSError, EOFError, ValueError, HeaderDataError, WrapStructError):
+        return False  # the source is gone, unreadable or not NIfTI-1: keep ITK's header
+
+
+def _clear_nifti_transform(path: Path) -> None:
+    """Set the qform and sform codes of the NIfTI-1 file ``path`` (written by ITK) to 0, so
+    that it has no transform, as its source had (see :func:`_without_nifti_transform`):
+    every reader then places it as it places the source (ITK: origin 0, identity direction,
+    spacing pixdim; nibabel: its pixdim-only affine)."""
+    import nibabel
+
+    raw = path.read_bytes()
+    packed = raw[:2] == b"\x1f\x8b"
+    if packed:
+        raw = gzip.decompress(raw)
+    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(raw[:348]), check=False)
+    header["qform_code"] = 0
+    header["sform_code"] = 0
+    raw = header.binaryblock + raw[348:]
+    path.write_bytes(gzip.compress(raw, compresslevel=6, mtime=0) if packed else raw)
 
 
 def check_name_length(path) -> None:
