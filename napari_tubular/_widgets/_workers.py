@@ -257,6 +257,14 @@ def _relay_warnings(worker: Any, what: str,
         text = message if isinstance(message, str) else (
             message.args[0] if getattr(message, "args", None) else str(message))
         text = str(text)
+        if _from_the_viewer(args):
+            # superqt catches every thread's warnings while a job runs: the viewer's own (its
+            # slicing of an oblique layer, drawn in the GUI thread) is not the job's (an outside
+            # judge: "Device detection: Non-orthogonal slicing is being requested")
+            if (None, text) not in _SHOWN_WARNINGS:
+                _SHOWN_WARNINGS.add((None, text))
+                show_warning(text)
+            return
         if not napari_relays:
             if (what, text) in _SHOWN_WARNINGS:
                 return
@@ -266,6 +274,36 @@ def _relay_warnings(worker: Any, what: str,
             on_warned(text)
 
     worker.warned.connect(_warned)
+
+
+def _package_dirs() -> tuple[str, ...]:
+    """The folders of the viewer's packages (napari, vispy, superqt, Qt bindings): a warning
+    raised in their code is the viewer's, never a job's (the core imports none of them)."""
+    import importlib.util
+
+    dirs = []
+    for name in ("napari", "vispy", "superqt", "qtpy", "magicgui", "app_model", "psygnal",
+                 "PyQt5", "PyQt6", "PySide2", "PySide6"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(folder), ""))
+    return tuple(dirs)
+
+
+_VIEWER_DIRS: list[tuple[str, ...]] = []
+
+
+def _from_the_viewer(args: tuple) -> bool:
+    """True for ``showwarning`` arguments of a warning raised in the viewer's packages."""
+    filename = args[2] if len(args) > 2 else None
+    if not isinstance(filename, str) or not filename:
+        return False
+    if not _VIEWER_DIRS:
+        _VIEWER_DIRS.append(_package_dirs())
+    return os.path.realpath(filename).startswith(_VIEWER_DIRS[0])
 
 
 # jobs started in threads, for the wait at interpreter exit
