@@ -107,6 +107,7 @@ class TopologyReviewWidget(QWidget):
         self._merged: list[str] = []  # several label values taken as one mask, said
         self._source_layer = None
         self._affine = None
+        self._file_axes = None  # the prediction file's axis order, when the layer's differs
         self._job = None
         self.inputs = InputWatcher(self, "this review")  # stale: an input changed since
         self._build_ui()
@@ -336,6 +337,13 @@ class TopologyReviewWidget(QWidget):
 
         empty = [name for name, mask in (("prediction", pred), ("reference", ref))
                  if mask is not None and not mask.any()]
+        # a file the reader opened with its axes in another order (a sagittal or coronal
+        # acquisition): the CSV gives voxel indices in the file's order, as evaluate does
+        from napari_tubular._napari_io import _file_axes
+
+        file_axes = _file_axes(pred.shape, {
+            "metadata": pred_layer.metadata, "scale": pred_layer.scale,
+            "translate": pred_layer.translate, "affine": pred_layer.affine})
 
         def returned(out):
             self.metrics, self.report = out
@@ -346,6 +354,7 @@ class TopologyReviewWidget(QWidget):
             self._source = pred_layer.name
             self._source_layer = pred_layer
             self._affine = layer_affine(pred_layer)
+            self._file_axes = file_axes
             self._show()
             self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
 
@@ -560,12 +569,20 @@ class TopologyReviewWidget(QWidget):
 
         path = Path(path)
         # physical coordinates: the sites' grid as placed at the run (as Next/Previous use it)
-        rows = self.report.to_rows(index_to_world(*self._geometry, self._affine))
+        rows = _in_file_order(self.report.to_rows(index_to_world(*self._geometry, self._affine)),
+                              self._file_axes)
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["metric", "value"])
             # what was compared, with which settings (an audit: the file did not say)
             writer.writerows(self._context)
+            if self._file_axes is not None:
+                # an outside judge: the voxel columns of a sagittal file were in the layer's
+                # axis order, another voxel than evaluate's CSV and other viewers name
+                writer.writerow(["voxel_axes", "the file's array order (z, y, x), as evaluate "
+                                 "writes it; the viewer shows this file's axes "
+                                 f"{tuple(self._file_axes)} as its z, y, x (the site list's "
+                                 "voxel)"])
             if self.inputs.stale:
                 # an audit: painting after Compute, then Export, wrote the old results unmarked
                 writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
@@ -610,6 +627,24 @@ class TopologyReviewWidget(QWidget):
 
 #: review widgets created, newest last (weak: closed widgets go away with their dock)
 _LIVE: list[weakref.ReferenceType] = []
+
+
+#: the CSV columns that are (z, y, x) along the array axes (the physical ones are not)
+_ARRAY_AXIS_COLUMNS = ("centroid_{}_mm", "centroid_{}_vox", "anchor_{}")
+
+
+def _in_file_order(rows: list[dict], axes) -> list[dict]:
+    """``rows`` (:meth:`ErrorReport.to_rows` on a layer's grid) with their array-axis columns
+    in the file's order (layer axis ``k`` is file axis ``axes[k]``); as they are for None."""
+    if axes is None:
+        return rows
+    for row in rows:
+        for pattern in _ARRAY_AXIS_COLUMNS:
+            keys = [pattern.format(a) for a in "zyx"]
+            values = [row[k] for k in keys]
+            for k, value in enumerate(values):
+                row[keys[axes[k]]] = value
+    return rows
 
 
 def _same_viewer(a, b) -> bool:
