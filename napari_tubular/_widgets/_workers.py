@@ -382,3 +382,72 @@ class Debouncer(QObject):
     @property
     def pending(self) -> bool:
         return self._timer.isActive()
+
+
+class ComputeControls:
+    """A panel's Compute and Cancel buttons and busy bar, for a job the core can neither report
+    progress of nor stop mid-way (the review's skeletons, the distance maps: a minute and more
+    on a large CTA, with "computing..." and a greyed button the only sign, and no way out but
+    waiting; an outside judge). Cancel discards the job's result and frees the panel at once;
+    the computation ends in the background.
+
+    Args:
+        run: the panel's Compute (a bound method: Qt holds it without keeping the panel alive).
+        cancel: the panel's Cancel, which calls :meth:`cancel` and says what it did.
+    """
+
+    def __init__(self, run: Callable[[], None], cancel: Callable[[], None]):
+        from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton
+
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("stop waiting for this Compute: its result is discarded "
+                                      "(the computation ends in the background)")
+        self.cancel_button.clicked.connect(cancel)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.buttons = QHBoxLayout()
+        self.buttons.addWidget(self.run_button)
+        self.buttons.addWidget(self.cancel_button)
+        self.job: Job | None = None
+        self._token: CancelToken | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A Compute runs that was not cancelled."""
+        return self.job is not None and self.job.running and not self.job.token()
+
+    def start(self, func: Callable[[], Any], **kwargs: Any) -> Job:
+        """:func:`start_job` with the buttons and the bar showing it (``kwargs`` as there)."""
+        token = CancelToken()
+        self._token = token
+        finished = kwargs.pop("on_finished", None)
+
+        def _finished() -> None:
+            if self._token is token:  # not a cancelled job ending after a newer one started
+                self._idle(done=not token())
+            if finished is not None:
+                finished()
+
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)  # busy: the core reports no steps
+        self.job = start_job(func, token=token, on_finished=_finished, **kwargs)
+        return self.job
+
+    def cancel(self) -> bool:
+        """Discard the running Compute's result and free the panel; False when none runs."""
+        if not self.busy:
+            return False
+        self.job.cancel()  # type: ignore[union-attr]
+        self._idle(done=False)
+        return True
+
+    def _idle(self, done: bool) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if done else 0)

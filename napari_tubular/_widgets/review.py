@@ -52,9 +52,9 @@ from napari_tubular._widgets._layers import (
     world_of_voxel,
 )
 from napari_tubular._widgets._workers import (
+    ComputeControls,
     cancel_running,
     report_error,
-    start_job,
     sync_default,
 )
 
@@ -148,9 +148,12 @@ class TopologyReviewWidget(QWidget):
             "vs reference: centerline pieces within this many voxels of the other mask are "
             "boundary deviations, not error sites (0: every piece, as clDice counts them)")
         form.addRow("tolerance", self.tolerance_spin)
-        self.run_button = QPushButton("Compute")
-        self.run_button.clicked.connect(self.run)
-        form.addRow(self.run_button)
+        self.controls = ComputeControls(self.run, self.cancel)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.progress_bar = self.controls.progress_bar
+        form.addRow(self.controls.buttons)
+        form.addRow(self.progress_bar)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         form.addRow(self.status)
@@ -265,7 +268,7 @@ class TopologyReviewWidget(QWidget):
     # ------------------------------------------------------------------ compute
     def run(self) -> None:
         """Compute metrics and the error map (in a worker)."""
-        if self._job is not None and self._job.running:
+        if self.controls.busy:
             return
         pred_layer = self.pred_picker.layer()
         ref_layer = self.ref_picker.layer()
@@ -359,16 +362,21 @@ class TopologyReviewWidget(QWidget):
             self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
 
         self.status.setText("computing...")
-        self.run_button.setEnabled(False)
-        self._job = start_job(
+        self._job = self.controls.start(
             compute,
             sync=self.sync,
             what="Topology review",
             owner=self,
             on_returned=returned,
-            on_finished=lambda: self.run_button.setEnabled(True),
             on_error=self._failed,
         )
+
+    def cancel(self) -> None:
+        """Discard the running Compute (the table keeps the previous one's results)."""
+        if self.controls.cancel():
+            kept = ("; the table shows the previous Compute's results" if self.report is not None
+                    else "")
+            self.status.setText(f"cancelled{kept}")
 
     def _failed(self, exc: BaseException) -> None:
         """A failed Compute clears the table and the sites: they described the previous review
