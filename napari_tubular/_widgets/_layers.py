@@ -636,9 +636,10 @@ class InputWatcher:
     hold only a weak reference to the panel, so that a closed panel is freed.
     """
 
-    def __init__(self, panel: Any, what: str):
+    def __init__(self, panel: Any, what: str, button: str = "Compute"):
         self._panel = weakref.ref(panel)
         self._what = what
+        self._button = button  # the button that brings the results up to date
         self._watched: list = []  # (layer, callback)
         self.stale = False
         self.reason = ""  # what changed, while stale
@@ -667,7 +668,8 @@ class InputWatcher:
                     what = (f"the {kind} of {name!r}" if kind in _GEOMETRY_EVENTS else
                             repr(name))
                     watcher.reason = f"{what} changed since {watcher._what}"
-                    panel.status.setText(f"out of date: {watcher.reason}; press Compute again")
+                    panel.status.setText(f"out of date: {watcher.reason}; press "
+                                         f"{watcher._button} again")
             for emitter in _change_events(layer):
                 emitter.connect(changed)
             self._watched.append((layer, changed))

