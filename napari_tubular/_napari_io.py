@@ -246,6 +246,12 @@ def _file_axes(arr_shape, meta: dict):
     md = meta.get("metadata") or {}
     if md.get(AXES_KEY) is not None:
         return _valid_axes(md[AXES_KEY])
+    if md.get("source_path") is not None:
+        # a layer the reader made from a file it did not transpose: its own order, even when a
+        # transposed file opened in the same session has the same shape and placement (the same
+        # volume stored along other axes: its layers look alike, and saving this one, or
+        # comparing it with the other, took the other's file order)
+        return None
     if meta.get("scale") is None:
         return None
     key = _placement_key(arr_shape, meta.get("scale"), meta.get("translate"),

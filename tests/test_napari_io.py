@@ -398,6 +398,33 @@ def test_new_labels_drawn_on_a_permuted_file_save_in_its_axis_order(tmp_path):
     np.testing.assert_array_equal(got.data, new.data.transpose(np.argsort([1, 2, 0])))
 
 
+def test_a_file_in_its_own_order_saves_so_beside_a_transposed_twin(tmp_path):
+    """A volume stored along other axes opens transposed onto the same shape and placement as
+    the same volume stored plainly. The plain file's layer has no axis record, and the writers
+    and the review panel took the placement's (the twin's) order for it: saved transposed,
+    compared in the other's order. A layer the reader made keeps its own order."""
+    layers_mod = pytest.importorskip("napari.layers")
+    order = (1, 2, 0)
+    plain = _image()
+    twin = Volume(data=plain.data.transpose(order),
+                  spacing=tuple(plain.spacing[a] for a in order), origin=plain.origin,
+                  direction=np.asarray(plain.direction)[:, list(order)])
+    ((data_t, kw_t, _),) = read_layers(str(write_volume(tmp_path / "twin.nii.gz", twin)))
+    ((data_p, kw_p, _),) = read_layers(str(write_volume(tmp_path / "plain.nii.gz", plain)))
+    assert kw_t["metadata"][AXES_KEY] == [2, 0, 1]  # the twin is shown transposed...
+    layer_t = layers_mod.Image(data_t, **kw_t)
+    layer_p = layers_mod.Image(data_p, **kw_p)
+    np.testing.assert_array_equal(data_t, data_p)  # ...onto the plain one's voxels
+    np.testing.assert_allclose(layer_t.affine.affine_matrix @ np.diag([*layer_t.scale, 1]),
+                               layer_p.affine.affine_matrix @ np.diag([*layer_p.scale, 1]),
+                               atol=1e-9)
+    for name, layer in (("plain_again.nii.gz", layer_p), ("twin_again.nii.gz", layer_t)):
+        got = read_volume(write_image(str(tmp_path / name), layer.data, layer._get_state())[0])
+        source = plain if layer is layer_p else twin
+        _assert_same_geometry(got, source)
+        np.testing.assert_array_equal(got.data, source.data)
+
+
 @pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")
 @pytest.mark.filterwarnings("ignore:napari-tubular could not save:UserWarning")
 def test_labels_on_a_sheared_nrrd_save_with_its_geometry(tmp_path):
