@@ -154,6 +154,23 @@ def test_empty_prediction_json_has_nulls(tmp_path):
     assert data["assd_mm"] is None
 
 
+@pytest.mark.parametrize("suffix", ["_ref", "_reference", "_truth"])
+def test_batch_matches_references_named_ref_or_truth(tmp_path, capsys, suffix):
+    """An outside judge: references named ``case_ref`` (a common name for them) matched
+    nothing ("no volumes match"); they match their predictions like ``_gt`` ones, and beside
+    the case's image the reference is the one compared."""
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    pred, ref = case(0)
+    write(pdir / "case_000_labels.nii.gz", pred)
+    write(rdir / f"case_000{suffix}.nii.gz", ref)
+    write(rdir / "case_000_image.nii.gz", ref.astype(np.float32) * 300.5)  # not a mask
+    out_json = tmp_path / "b.json"
+    assert main(["evaluate", str(pdir), str(rdir), "--json", str(out_json)]) == 0
+    (row,) = json.loads(out_json.read_text())["cases"]
+    assert row["ref"].endswith(f"case_000{suffix}.nii.gz")
+    assert row["dice"] == pytest.approx(compute_metrics(pred, ref, SPACING)["dice"])
+
+
 def test_batch_matches_names_and_summarises(tmp_path, capsys):
     pdir, rdir = tmp_path / "pred", tmp_path / "ref"
     cases = {k: case(k) for k in range(3)}

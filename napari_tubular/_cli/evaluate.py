@@ -3,7 +3,7 @@
 Single pair: ``evaluate pred.nii.gz ref.nii.gz [--json OUT] [--csv OUT] [--errors OUT.nii.gz]
 [--sites OUT.csv]``. Batch: ``evaluate PRED_DIR REF_DIR [--json OUT] [--csv OUT] [--errors
 OUT_DIR]``: volumes are matched by file name (exactly, else after dropping suffixes such as
-``_labels``, ``_label``, ``_pred``, ``_seg``, ``_gt``, ``_image``), unmatched files are listed,
+``_labels``, ``_label``, ``_pred``, ``_seg``, ``_gt``, ``_ref``, ``_image``), unmatched files are listed,
 and the summary (mean, sample std over the cases where a value is defined) is printed and
 written to the JSON; a metric without a value for some cases (HD95 and ASSD with an empty mask)
 says over how many of the cases its mean is and names the cases left out (JSON: ``n_cases`` and
@@ -34,7 +34,7 @@ _CSV_FIELDS = (
 )  # fmt: skip
 _NAME_SUFFIXES = (
     "_labels", "_label", "_prediction", "_pred", "_segmentation", "_seg", "_mask", "_gt",
-    "_image", "_img", "_0000",
+    "_reference", "_ref", "_truth", "_image", "_img", "_0000",
 )  # fmt: skip
 
 
@@ -187,7 +187,7 @@ def segment_labels_only(pred_paths: list[Path]) -> list[Path]:
 
 
 _IMAGE_SUFFIXES = ("_image", "_img", "_0000")
-_LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt")
+_LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt", "_reference", "_ref", "_truth")
 
 
 def reference_labels_only(ref_paths: list[Path]) -> list[Path]:
