@@ -608,15 +608,18 @@ def _suppress_flat_components(probability, image, spacing, messages) -> float:
     sigma = noise_sigma(np.asarray(image, dtype=np.float32))
     limit = min(FLAT_SIGMAS * sigma, FLAT_HU)
     lab = cc3d.connected_components(found, connectivity=26)
+    from .geometry.filters import dilate_cube
+
     flat = []
     k = FLAT_SHELL_VOXELS
-    ball = np.ones((3, 3, 3), bool)
     for i, sl in enumerate(ndimage.find_objects(lab), 1):
         if sl is None:
             continue
         box = tuple(slice(max(s.start - k, 0), s.stop + k) for s in sl)
         comp = lab[box] == i
-        shell = ndimage.binary_dilation(comp, ball, iterations=k) & ~found[box]
+        # scipy's iterated 3x3x3 dilation cost 0.1 ms a call: seconds on a noisy volume's
+        # thousands of specks (20,000 at 160³: 2.8 s)
+        shell = dilate_cube(comp, k) & ~found[box]
         if not shell.any():
             continue
         sub = np.asarray(image[box], dtype=np.float32)
