@@ -158,3 +158,41 @@ def test_evaluate_csv_and_json_keys_named_in_the_readme_exist():
     assert len(names) >= 10
     missing = [n for n in names if n not in metrics]
     assert not missing, missing
+
+
+def _manifest() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "napari_tubular" / "napari.yaml").read_text(encoding="utf-8"))
+
+
+def test_viewer_names_in_the_readme_are_the_manifest_ones():
+    """The menu paths the README gives (Open Sample, Plugins, Layers › Segment / Measure) are
+    the manifest's display names and menus."""
+    manifest = _manifest()["contributions"]
+    samples = {s["display_name"] for s in manifest["sample_data"]}
+    widgets = {w["command"]: w["display_name"] for w in manifest["widgets"]}
+    for name in re.findall(r"Open Sample › napari-tubular ›\s+([^*]+?)\*", README):
+        assert " ".join(name.split()) in samples, name
+    plugins = re.findall(r"Plugins › napari-tubular ›\s+([^*]+?)\*", README)
+    assert plugins
+    for name in plugins:
+        assert " ".join(name.split()) in widgets.values(), name
+    menus = {menu.rsplit("/", 1)[1]: {widgets[item["command"]] for item in items}
+             for menu, items in manifest["menus"].items()}
+    assert menus == {"segment": {"Segment (DDT)", "Fine-tune"},
+                     "measure": {"Distance maps & centerlines", "Topology review"}}
+    # the README puts Segment and Fine-tune under Layers › Segment, the other two under Measure
+    assert "(also under *Layers › Segment*; the distance and topology-review widgets are under\n" \
+           "*Layers › Measure*)" in README
+    assert "**Fine-tune** (*Layers › Segment*)" in README
+    assert "**Topology review** (*Layers › Measure*)" in README
+    assert "**Distance maps** (*Layers › Measure*)" in README
+
+
+def test_readme_writer_extensions_are_the_manifest_ones():
+    manifest = _manifest()["contributions"]
+    for writer in manifest["writers"]:
+        if writer["command"] in ("napari-tubular.write_labels", "napari-tubular.write_image"):
+            assert writer["filename_extensions"] == [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
+    assert "(`.nii.gz`, `.nii`, `.nrrd`, `.mha` or\n`.mhd`)" in README
