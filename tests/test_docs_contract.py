@@ -196,3 +196,39 @@ def test_readme_writer_extensions_are_the_manifest_ones():
         if writer["command"] in ("napari-tubular.write_labels", "napari-tubular.write_image"):
             assert writer["filename_extensions"] == [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
     assert "(`.nii.gz`, `.nii`, `.nrrd`, `.mha` or\n`.mhd`)" in README
+
+
+def test_segment_output_names_are_the_readme_table():
+    from napari_tubular._cli.segment import OUTPUT_SUFFIXES
+
+    named = re.findall(r"^\| `NAME(_\w+\.[\w.]+)` \|", _section("segment"), re.M)
+    assert sorted(named) == sorted(OUTPUT_SUFFIXES.values())
+    assert "five files" in _section("segment")
+    assert len(OUTPUT_SUFFIXES) == 5
+
+
+def test_sites_csv_columns_named_in_the_readme_exist():
+    from napari_tubular.topology.errors import ROW_FIELDS
+
+    named = set()
+    for stem in re.findall(r"`((?:anchor_)?physical)_z/y/x_mm`", README):
+        named |= {f"{stem}_{a}_mm" for a in "zyx"}
+    named |= {f"anchor_{a}" for a in "zyx"} if "`anchor_z/y/x`" in README else set()
+    assert len(named) == 9
+    assert named <= set(ROW_FIELDS), named - set(ROW_FIELDS)
+
+
+def test_synth_writes_the_files_and_columns_the_readme_names(tmp_path, capsys):
+    import csv
+
+    assert cli.main(["synth", str(tmp_path), "--n", "1", "--start", "7", "--shape", "16", "16",
+                     "16", "--no-distractors"]) == 0
+    section = _section("synth")
+    names = re.findall(r"`case_XXX(_\w+\.[\w.]+)`", section)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"case_007{n}" for n in names)
+    with open(tmp_path / "case_007_centerline.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert "(z, y, x, radius in mm, tree, branch)" in section
+    assert header == ["z", "y", "x", "radius", "tree", "branch"]
+    with open(tmp_path / "case_007_edges.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == ["a", "b"]
