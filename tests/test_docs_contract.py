@@ -232,3 +232,25 @@ def test_synth_writes_the_files_and_columns_the_readme_names(tmp_path, capsys):
     assert header == ["z", "y", "x", "radius", "tree", "branch"]
     with open(tmp_path / "case_007_edges.csv", newline="") as fh:
         assert next(csv.reader(fh)) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("option", "bad"), [("--min-confidence", "1.5"),
+                                             ("--min-confidence", "sure"),
+                                             ("--bone-level", "bone"), ("--bone-level", "-5")])
+def test_segment_value_errors_name_auto(option, bad, capsys):
+    """'auto' is the documented default of --min-confidence and --bone-level (README, --help):
+    a wrong value's message lists it with the others (it offered only a number or 'off')."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", "in.nii.gz", "-o", "out", option, bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err
+    assert "'auto'" in err
+    assert "'off'" in err
+
+
+def test_segment_help_names_auto_for_bone_level():
+    help_text = next(a.help for a in SUBPARSERS["segment"]._actions if a.dest == "bone_level")
+    assert "default 'auto'" in help_text
+    row = next(b for a, b in _table_rows(_section("segment")) if "--bone-level" in a)
+    assert "`auto` is the model's level" in row
