@@ -40,3 +40,20 @@ def test_review_panel_defaults_are_evaluates(make_napari_viewer):
     widget = TopologyReviewWidget(make_napari_viewer())
     assert widget.tolerance_spin.value() == cli_default["tolerance"]
     assert widget.gap_spin.value() == pytest.approx(cli_default["break_gap"])
+
+
+def test_segment_panel_checkboxes_named_in_the_readme_exist(make_napari_viewer):
+    import re
+    from pathlib import Path
+
+    from qtpy.QtWidgets import QCheckBox
+
+    from napari_tubular._widgets.segment import SegmentWidget
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    bullet = readme.split("- **Checkboxes** of the Segment panel", 1)[1].split("\n- ", 1)[0]
+    quoted = [" ".join(q.split()) for q in re.findall(r'"([^"]+)"', bullet)]
+    assert len(quoted) >= 4
+    widget = SegmentWidget(make_napari_viewer())
+    texts = {box.text() for box in widget.findChildren(QCheckBox)}
+    assert set(quoted) <= texts, set(quoted) - texts
