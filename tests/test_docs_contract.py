@@ -254,3 +254,18 @@ def test_segment_help_names_auto_for_bone_level():
     assert "default 'auto'" in help_text
     row = next(b for a, b in _table_rows(_section("segment")) if "--bone-level" in a)
     assert "`auto` is the model's level" in row
+
+
+def test_large_vessel_pass_is_bright_only_as_documented():
+    """README / --help: the large-vessel pass runs for bright tubes only (``predict`` skips it
+    for --polarity dark): the texts say so."""
+    import inspect
+
+    from napari_tubular import inference
+
+    assert 'large_vessels and polarity == "bright"' in inspect.getsource(inference.predict)
+    row = next(b for a, b in _table_rows(_section("segment")) if "--no-large-vessels" in a)
+    assert "not run with `--polarity dark`" in row
+    help_text = next(a.help for a in SUBPARSERS["segment"]._actions
+                     if "--no-large-vessels" in a.option_strings)
+    assert "not run with --polarity dark" in help_text

@@ -222,7 +222,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="skip the large-vessel pass: by default the network runs a second time on a grid "
         "twice as coarse, and tube-like vessels of 11 mm radius and more that it finds fill "
         "in what the first pass left hollow or missed (an aorta along the slice axis); about "
-        "1/8 more network time",
+        "1/8 more network time (bright tubes only: not run with --polarity dark)",
     )
     p.add_argument(
         "--tta",
