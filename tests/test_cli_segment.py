@@ -790,7 +790,7 @@ def test_bone_level_option_parses_numbers_and_off(capsys):
         _bone_level_arg("-2000")
     with pytest.raises(SystemExit):
         main(["segment", "x.nii.gz", "-o", "out", "--bone-level", "bright"])
-    assert "expected a number of HU or 'off'" in capsys.readouterr().err
+    assert "expected a number of HU, 'auto' (the model's level, the default) or 'off'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("flags", "expected"), [

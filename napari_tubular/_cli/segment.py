@@ -73,7 +73,10 @@ def _segment_min_confidence_arg(text: str):
     """segment's ``--min-confidence``: also 'auto', the model's own level (the default)."""
     from ..inference import MODEL_MIN_CONFIDENCE
 
-    return MODEL_MIN_CONFIDENCE if text.lower() == "auto" else min_confidence_arg(text)
+    if text.lower() == "auto":
+        return MODEL_MIN_CONFIDENCE
+    # the message names 'auto' too: segment's default, which the --help and the README give
+    return _number_or_off(text, lambda v: 0.0 < v <= 1.0, "a probability in (0, 1], 'auto'")
 
 
 def _bone_level_arg(text: str):
@@ -84,10 +87,12 @@ def _bone_level_arg(text: str):
     try:
         value = float(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number of HU or 'off', got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected a number of HU, 'auto' (the model's level, the default) or 'off', got "
+            f"{text!r}") from exc
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a finite number of HU >= 0 (bone is several "
-                                         f"hundred HU) or 'off', got {text!r}")
+                                         f"hundred HU), 'auto' or 'off', got {text!r}")
     return value
 
 
@@ -217,7 +222,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         help="skip the large-vessel pass: by default the network runs a second time on a grid "
         "twice as coarse, and tube-like vessels of 11 mm radius and more that it finds fill "
         "in what the first pass left hollow or missed (an aorta along the slice axis); about "
-        "1/8 more network time",
+        "1/8 more network time (bright tubes only: not run with --polarity dark)",
     )
     p.add_argument(
         "--tta",
@@ -241,8 +246,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default="auto",
         metavar="HU|off",
         help="for CT in HU: where what the network found is mostly brighter than this "
-        "(a fifth of the found voxels around it), it is taken as bone, not vessel (default: "
-        "the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
+        "(a fifth of the found voxels around it), it is taken as bone, not vessel (default "
+        "'auto': the model's value, 700 HU); 'off' keeps everything (vessels brighter than that, e.g. "
         "some CT angiography; the intensity fit for very bright vessels still leaves voxels "
         "above 700 HU out of its vessel level)",
     )

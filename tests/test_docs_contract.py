@@ -1,0 +1,271 @@
+"""The README and the ``--help`` texts as a contract: the options they name, and the defaults
+they state, are those of the argument parsers (and of ``TrainConfig``), so that neither can
+drift from the code unnoticed."""
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from napari_tubular import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+NUMBER = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return action.choices
+
+
+SUBPARSERS = _subparsers()
+
+
+def _section(name: str) -> str:
+    m = re.search(rf"^### `{name}`\n(.*?)(?=^##)", README, re.S | re.M)
+    assert m, f"README has no '### `{name}`' section"
+    return m.group(1)
+
+
+def _table_rows(section: str) -> list[tuple[str, str]]:
+    """(first cell, second cell) of the option table rows of a README section."""
+    return [(a, b) for a, b in re.findall(r"^\| (.+?) \| (.+) \|$", section, re.M)
+            if a not in ("option", "---", "file")]
+
+
+def _options(name: str) -> dict[str, object]:
+    return {o: act for act in SUBPARSERS[name]._actions for o in act.option_strings}
+
+
+@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "train", "info"])
+def test_readme_names_only_existing_options(name):
+    section = _section(name)
+    known = _options(name)
+    named = set()
+    for first, _ in _table_rows(section):
+        if "torchrun" in first:
+            continue
+        named |= set(OPTION.findall(first))
+    # the options named as further options ("Further options (`--loops`, ...)")
+    for further in re.findall(r"Further options \((.*?)\)", section, re.S):
+        named |= set(OPTION.findall(further))
+    unknown = sorted(o for o in named if o not in known)
+    assert not unknown, f"README's {name} section names options {name} does not have: {unknown}"
+
+
+@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "info"])
+def test_every_option_is_in_the_readme(name):
+    section = _section(name)
+    missing = []
+    for act in SUBPARSERS[name]._actions:
+        if not act.option_strings or "--help" in act.option_strings:
+            continue
+        if not any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", section)
+                   for o in act.option_strings):
+            missing.append(act.option_strings[-1])
+    assert not missing, f"{name} options missing from the README's {name} section: {missing}"
+
+
+def test_command_line_block_uses_existing_options():
+    block = README.split("## Command line", 1)[1].split("```", 2)[1]
+    bad, cmd = [], None
+    for line in block.splitlines():
+        if "torchrun" in line:
+            continue
+        m = re.match(r"\s*napari-tubular (\w+)", line)
+        cmd = m.group(1) if m else cmd  # continuation lines belong to the command above
+        if cmd is None:
+            continue
+        known = _options(cmd)
+        bad += [f"{cmd} {o}" for o in OPTION.findall(line.split("#", 1)[0]) if o not in known]
+    assert not bad, bad
+
+
+def _stated_default(text: str) -> str | None:
+    m = re.search(rf"\(default:? ({NUMBER}(?: {NUMBER})*)[;,)]", text)
+    return m.group(1) if m else None
+
+
+def _as_numbers(value) -> list[float]:
+    if isinstance(value, (tuple, list)):
+        return [float(v) for v in value]
+    return [float(value)]
+
+
+@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth"])
+def test_numeric_defaults_agree_with_the_parser(name):
+    """A number the README table or the --help text gives as the default is the parser's."""
+    rows = _table_rows(_section(name))
+    checked = 0
+    for act in SUBPARSERS[name]._actions:
+        longs = [o for o in act.option_strings if o.startswith("--")]
+        if not longs or act.default is None or isinstance(act.default, (bool, str)):
+            continue
+        texts = [("--help", act.help or "")]
+        texts += [("README", b) for a, b in rows
+                  if any(re.search(rf"(?<![\w-]){re.escape(o)}(?![\w-])", a) for o in longs)]
+        for where, text in texts:
+            stated = _stated_default(text)
+            if stated is None:
+                continue
+            checked += 1
+            assert [float(v) for v in stated.split()] == _as_numbers(act.default), (
+                f"{name} {longs[0]}: {where} says default {stated}, the parser has "
+                f"{act.default!r}")
+    assert checked or name == "refine"
+
+
+def test_train_help_defaults_are_the_config_defaults():
+    """train's flags default to None (TrainConfig fills them): the defaults --help states are
+    TrainConfig's."""
+    from napari_tubular.training.config import TrainConfig
+
+    config = TrainConfig()
+    fields = {f.name for f in dataclasses.fields(config)}
+    checked = 0
+    for act in SUBPARSERS["train"]._actions:
+        if act.dest not in fields or not act.help:
+            continue
+        stated = _stated_default(act.help)
+        if stated is None:
+            continue
+        checked += 1
+        want = [float(v) for v in stated.split()]
+        have = _as_numbers(getattr(config, act.dest))
+        if len(want) == 1 and len(have) == 3:  # "--spacing (default 1.0)": all three axes
+            want = want * 3
+        assert want == have, f"train {act.option_strings[0]}: --help says default {stated}, " \
+                             f"TrainConfig has {getattr(config, act.dest)!r}"
+    assert checked >= 6
+
+
+def test_evaluate_csv_and_json_keys_named_in_the_readme_exist():
+    """`evaluate`'s README lists the metrics it writes: each is a key of the metrics."""
+    import numpy as np
+
+    from napari_tubular.topology import compute_metrics
+
+    a = np.zeros((12, 12, 12), bool)
+    a[3:9, 5:7, 5:7] = True
+    metrics = compute_metrics(a, a, (1.0, 1.0, 1.0))
+    section = _section("evaluate")
+    listed = re.search(r"prints and writes (.*?) \(plus", section, re.S).group(1)
+    names = re.findall(r"`(\w+)`", listed)
+    assert len(names) >= 10
+    missing = [n for n in names if n not in metrics]
+    assert not missing, missing
+
+
+def _manifest() -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / "napari_tubular" / "napari.yaml").read_text(encoding="utf-8"))
+
+
+def test_viewer_names_in_the_readme_are_the_manifest_ones():
+    """The menu paths the README gives (Open Sample, Plugins, Layers › Segment / Measure) are
+    the manifest's display names and menus."""
+    manifest = _manifest()["contributions"]
+    samples = {s["display_name"] for s in manifest["sample_data"]}
+    widgets = {w["command"]: w["display_name"] for w in manifest["widgets"]}
+    for name in re.findall(r"Open Sample › napari-tubular ›\s+([^*]+?)\*", README):
+        assert " ".join(name.split()) in samples, name
+    plugins = re.findall(r"Plugins › napari-tubular ›\s+([^*]+?)\*", README)
+    assert plugins
+    for name in plugins:
+        assert " ".join(name.split()) in widgets.values(), name
+    menus = {menu.rsplit("/", 1)[1]: {widgets[item["command"]] for item in items}
+             for menu, items in manifest["menus"].items()}
+    assert menus == {"segment": {"Segment (DDT)", "Fine-tune"},
+                     "measure": {"Distance maps & centerlines", "Topology review"}}
+    # the README puts Segment and Fine-tune under Layers › Segment, the other two under Measure
+    assert "(also under *Layers › Segment*; the distance and topology-review widgets are under\n" \
+           "*Layers › Measure*)" in README
+    assert "**Fine-tune** (*Layers › Segment*)" in README
+    assert "**Topology review** (*Layers › Measure*)" in README
+    assert "**Distance maps** (*Layers › Measure*)" in README
+
+
+def test_readme_writer_extensions_are_the_manifest_ones():
+    manifest = _manifest()["contributions"]
+    for writer in manifest["writers"]:
+        if writer["command"] in ("napari-tubular.write_labels", "napari-tubular.write_image"):
+            assert writer["filename_extensions"] == [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"]
+    assert "(`.nii.gz`, `.nii`, `.nrrd`, `.mha` or\n`.mhd`)" in README
+
+
+def test_segment_output_names_are_the_readme_table():
+    from napari_tubular._cli.segment import OUTPUT_SUFFIXES
+
+    named = re.findall(r"^\| `NAME(_\w+\.[\w.]+)` \|", _section("segment"), re.M)
+    assert sorted(named) == sorted(OUTPUT_SUFFIXES.values())
+    assert "five files" in _section("segment")
+    assert len(OUTPUT_SUFFIXES) == 5
+
+
+def test_sites_csv_columns_named_in_the_readme_exist():
+    from napari_tubular.topology.errors import ROW_FIELDS
+
+    named = set()
+    for stem in re.findall(r"`((?:anchor_)?physical)_z/y/x_mm`", README):
+        named |= {f"{stem}_{a}_mm" for a in "zyx"}
+    named |= {f"anchor_{a}" for a in "zyx"} if "`anchor_z/y/x`" in README else set()
+    assert len(named) == 9
+    assert named <= set(ROW_FIELDS), named - set(ROW_FIELDS)
+
+
+def test_synth_writes_the_files_and_columns_the_readme_names(tmp_path, capsys):
+    import csv
+
+    assert cli.main(["synth", str(tmp_path), "--n", "1", "--start", "7", "--shape", "16", "16",
+                     "16", "--no-distractors"]) == 0
+    section = _section("synth")
+    names = re.findall(r"`case_XXX(_\w+\.[\w.]+)`", section)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"case_007{n}" for n in names)
+    with open(tmp_path / "case_007_centerline.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+    assert "(z, y, x, radius in mm, tree, branch)" in section
+    assert header == ["z", "y", "x", "radius", "tree", "branch"]
+    with open(tmp_path / "case_007_edges.csv", newline="") as fh:
+        assert next(csv.reader(fh)) == ["a", "b"]
+
+
+@pytest.mark.parametrize(("option", "bad"), [("--min-confidence", "1.5"),
+                                             ("--min-confidence", "sure"),
+                                             ("--bone-level", "bone"), ("--bone-level", "-5")])
+def test_segment_value_errors_name_auto(option, bad, capsys):
+    """'auto' is the documented default of --min-confidence and --bone-level (README, --help):
+    a wrong value's message lists it with the others (it offered only a number or 'off')."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["segment", "in.nii.gz", "-o", "out", option, bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err
+    assert "'auto'" in err
+    assert "'off'" in err
+
+
+def test_segment_help_names_auto_for_bone_level():
+    help_text = next(a.help for a in SUBPARSERS["segment"]._actions if a.dest == "bone_level")
+    assert "default 'auto'" in help_text
+    row = next(b for a, b in _table_rows(_section("segment")) if "--bone-level" in a)
+    assert "`auto` is the model's level" in row
+
+
+def test_large_vessel_pass_is_bright_only_as_documented():
+    """README / --help: the large-vessel pass runs for bright tubes only (``predict`` skips it
+    for --polarity dark): the texts say so."""
+    import inspect
+
+    from napari_tubular import inference
+
+    assert 'large_vessels and polarity == "bright"' in inspect.getsource(inference.predict)
+    row = next(b for a, b in _table_rows(_section("segment")) if "--no-large-vessels" in a)
+    assert "not run with `--polarity dark`" in row
+    help_text = next(a.help for a in SUBPARSERS["segment"]._actions
+                     if "--no-large-vessels" in a.option_strings)
+    assert "not run with --polarity dark" in help_text
