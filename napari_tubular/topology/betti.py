@@ -86,10 +86,15 @@ def _euler_of_padded(padded: np.ndarray) -> int:
     any_x = p.any(axis=2)
     rows = any_x[:-1, :-1] | any_x[1:, :-1] | any_x[:-1, 1:] | any_x[1:, 1:]
     zi, yi = np.nonzero(rows)
-    code = p[zi, yi] | (p[zi, yi + 1] << 2) | (p[zi + 1, yi] << 4) | (p[zi + 1, yi + 1] << 6)
-    code = code[:, :-1] | (code[:, 1:] << 1)  # bit 0/1: x, x+1; 2/3: y+1; 4..7: z+1
-    nonzero = code[code != 0]
-    hist = np.bincount(nonzero, minlength=256)
+    # a block of rows at a time (a scale audit: the codes of a mask filling a 512³ volume, their
+    # copies and bincount's int64 conversion held 2 GB at once; now a few tens of MB)
+    step = max(1, (1 << 21) // max(1, p.shape[2]))
+    hist = np.zeros(256, dtype=np.int64)
+    for start in range(0, zi.size, step):
+        z, y = zi[start:start + step], yi[start:start + step]
+        code = p[z, y] | (p[z, y + 1] << 2) | (p[z + 1, y] << 4) | (p[z + 1, y + 1] << 6)
+        code = code[:, :-1] | (code[:, 1:] << 1)  # bit 0/1: x, x+1; 2/3: y+1; 4..7: z+1
+        hist += np.bincount(code[code != 0], minlength=256)
     chi8 = int(hist @ _LUT8)
     return chi8 // 8
 

@@ -243,12 +243,38 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
+#: :func:`surface_distances` takes feature transforms instead of a k-d tree when the two
+#: surfaces hold more than one voxel in this many of their box (a k-d tree is faster below it:
+#: on a 256³ box, a dilated vessel tree, one voxel in 160, took 0.3 s; a mask filling the box,
+#: one in 39, 10-18 s against the transforms' 4 s)
+SURFACE_EDT_RATIO = 100
+
+
+def _nearest_mm(query: np.ndarray, target: np.ndarray, sp: np.ndarray) -> np.ndarray:
+    """For each voxel of ``query`` (bool), the distance in mm to the nearest voxel of ``target``
+    (bool, non-empty, same shape), exactly, through scipy's feature transform (the nearest
+    target voxel of every voxel; int32 indices, 12 bytes a voxel)."""
+    from scipy import ndimage
+
+    nearest = ndimage.distance_transform_edt(~target, sampling=sp, return_distances=False,
+                                             return_indices=True)
+    q = np.argwhere(query)
+    to = nearest[:, q[:, 0], q[:, 1], q[:, 2]].T
+    del nearest
+    return np.sqrt((((q - to) * sp) ** 2).sum(axis=1))
+
+
 def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm between two non-empty masks.
 
     Nearest-neighbour queries on the surface voxels' physical coordinates (a k-d tree): exact
     Euclidean distances with the voxel spacing, and much faster than a distance transform of the
-    volume for thin structures, whose surfaces are a small fraction of the volume.
+    volume for thin structures, whose surfaces are a small fraction of the volume. When the
+    surfaces are large (more than one voxel in :data:`SURFACE_EDT_RATIO` of the box around the
+    masks), the nearest voxel of the other surface comes from a feature transform of the box
+    instead (the same exact distances): its time is linear in the box, where the k-d tree's
+    queries slow down with their distances (a scale audit: a prediction filling a 256³ volume
+    against a vessel tree took 10-18 s in the k-d tree, 4 s so; at 512³ about 10 minutes).
 
     Args:
         pred, ref: bool, shape (Z, Y, X), both non-empty.
@@ -265,8 +291,13 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
     bbox = bounding_box(pred | ref)
     if bbox is None or not pred.any() or not ref.any():
         raise ValueError("surface_distances needs two non-empty masks")
-    pts_p = np.argwhere(surface_voxels(pred[bbox])) * sp
-    pts_r = np.argwhere(surface_voxels(ref[bbox])) * sp
+    surf_p, surf_r = surface_voxels(pred[bbox]), surface_voxels(ref[bbox])
+    n_surf = int(np.count_nonzero(surf_p)) + int(np.count_nonzero(surf_r))
+    if n_surf * SURFACE_EDT_RATIO > surf_p.size:
+        return _nearest_mm(surf_p, surf_r, sp), _nearest_mm(surf_r, surf_p, sp)
+    pts_p = np.argwhere(surf_p) * sp
+    pts_r = np.argwhere(surf_r) * sp
+    del surf_p, surf_r
     d_pr, _ = cKDTree(pts_r).query(pts_p)
     d_rp, _ = cKDTree(pts_p).query(pts_r)
     return d_pr, d_rp

@@ -963,3 +963,27 @@ def test_a_cut_through_a_trunk_ranks_by_the_vessel_it_cuts_off_not_its_width():
     assert brk.detail == "break"
     assert brk.length_mm < 1.5  # its own length is unchanged
     assert brk.severity > 2 * 8.0  # about twice the 12 mm cut off
+
+
+def test_a_prediction_filling_the_volume_is_compared_in_bounded_memory():
+    """A scale audit: a prediction filling most of the volume around two reference vessels
+    (one bridge of millions of voxels) held 24-byte coordinates of every bridge voxel and 26
+    shifted copies in the merge step, and a float64 copy of the site's voxels: error_map's
+    peak was 106-116 bytes per voxel here (2.4 GB for 256³, over 10 GB estimated for 512³).
+    Only the bridge voxels next to the reference are looked at now: about 31-34 bytes."""
+    import tracemalloc
+
+    n = 64
+    pred = np.zeros((n, n, n), dtype=bool)
+    pred[2:-2, 2:-2, 2:-2] = True
+    ref = np.zeros_like(pred)
+    ref[16, 16, 4:-4] = True
+    ref[48, 48, 4:-4] = True
+    tracemalloc.start()
+    try:
+        rep = error_map(pred, ref, (1.0, 1.0, 1.0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [s.detail for s in rep.sites if "joins two reference components" in s.detail]
+    assert peak / pred.size < 60, peak / pred.size

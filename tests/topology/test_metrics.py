@@ -405,3 +405,28 @@ def test_surface_voxels_of_a_label_array_is_the_union_surface():
     assert int(got.sum()) == 6 * 6 * 8 - 4 * 4 * 6
     assert not got[4, 4, 5]  # the label-label border is inside
     assert not got[4, 4, 6]
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.6)])
+def test_surface_distances_of_large_surfaces_take_no_kd_tree(spacing, monkeypatch):
+    """A scale audit: a prediction filling most of the volume around a vessel tree spent
+    10-18 s (256³) and about 10 minutes (512³) in the k-d tree queries of the surface
+    distances, whose cost grows with the distances. Surfaces that are a large part of their
+    box go through a feature transform (linear in the box), with the same exact distances."""
+    from napari_tubular.topology import metrics
+
+    def no_tree(*_a, **_k):
+        raise AssertionError("k-d tree used for a surface of one voxel in a few of its box")
+
+    monkeypatch.setattr(metrics, "cKDTree", no_tree)
+    a = np.zeros((30, 34, 32), dtype=bool)
+    a[1:-1, 2:-1, 1:-2] = True
+    a[10:14, 12:15, 9:13] = False  # a cavity: surface inside too
+    b = np.zeros_like(a)
+    b[15, 3:30, 20] = True
+    b[5, 8, 4:28] = True
+    d_ab, d_ba = surface_distances(a, b, spacing)
+    e_ab, e_ba = brute_surface_distances(a, b, np.array(spacing))
+    np.testing.assert_allclose(np.sort(d_ab), np.sort(e_ab), rtol=1e-12)
+    np.testing.assert_allclose(np.sort(d_ba), np.sort(e_ba), rtol=1e-12)
+    assert d_ab.max() > 10 * max(spacing)  # far points: what made the queries slow
