@@ -589,6 +589,32 @@ def test_batch_exit_status_1_when_some_pairs_fail_and_2_when_all_do(tmp_path, ca
         "error: 2 of 2 case(s) could not be compared: case_0, case_1")
 
 
+def test_a_pair_too_large_for_memory_fails_alone_in_a_batch(tmp_path, capsys, monkeypatch):
+    """An outside judge: a MemoryError in one case (numpy's "Unable to allocate") ended the
+    whole batch with a traceback, the cases after it unseen; it is that case's failure."""
+    from napari_tubular._cli import evaluate as ev
+
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    for k in range(3):
+        pred, ref = case(k)
+        write(pdir / f"case_{k}.nii.gz", pred)
+        write(rdir / f"case_{k}.nii.gz", ref)
+    real = ev._evaluate
+
+    def short_of_memory(pred_path, *args, **kwargs):
+        if pred_path.name.startswith("case_1"):
+            raise MemoryError("Unable to allocate 12.0 GiB for an array")
+        return real(pred_path, *args, **kwargs)
+
+    monkeypatch.setattr(ev, "_evaluate", short_of_memory)
+    out_json = tmp_path / "b.json"
+    assert main(["evaluate", str(pdir), str(rdir), "--json", str(out_json)]) == 1
+    err = capsys.readouterr().err
+    assert "case_1: error: not enough memory (Unable to allocate 12.0 GiB" in err
+    data = json.loads(out_json.read_text())
+    assert [c["case"] for c in data["cases"]] == ["case_0", "case_2"]
+
+
 def test_thick_slice_joining_is_said_beside_the_metrics(tmp_path, capsys):
     """On thick slices the error sites join the one-slice dashes of thin oblique vessels, the
     metrics count the masks as they are: a bridge across a dashed ring is one site that closes

