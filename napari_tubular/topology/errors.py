@@ -1930,42 +1930,24 @@ def self_check(
                 key = (min(ce, b), max(ce, b))
                 if key not in best or g_mm < best[key][0]:
                     best[key] = (g_mm, s_own, s_other)
+        def break_site(s_a, s_b, dist, detail, rank_length):
+            # the straight segment across the gap, between its two surface voxels
+            a, b = surf[s_a], surf[s_b]
+            steps = int(np.abs(b - a).max()) + 1
+            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
+            labels_c[tuple(line.T)] = POSSIBLE_BREAK
+            sites.append(_site(POSSIBLE_BREAK, line, offset, spacing, voxel_mm3, dist, detail,
+                               rank_length=rank_length))
+
         for (ca, cb), (dist, s_a, s_b) in best.items():
-            a, b = surf[s_a], surf[s_b]
-            steps = int(np.abs(b - a).max()) + 1
-            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
-            labels_c[tuple(line.T)] = POSSIBLE_BREAK
-            sites.append(
-                _site(
-                    POSSIBLE_BREAK,
-                    line,
-                    offset,
-                    spacing,
-                    voxel_mm3,
-                    dist,
-                    f"gap {dist:.1f} mm between components {min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
-                    rank_length=min(comp_len[ca], comp_len[cb]),
-                )  # fmt: skip
-            )
+            break_site(s_a, s_b, dist, f"gap {dist:.1f} mm between components "
+                       f"{min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
+                       min(comp_len[ca], comp_len[cb]))
         for c, dist, s_a, s_b, along, branch in within.sites():
-            a, b = surf[s_a], surf[s_b]
-            steps = int(np.abs(b - a).max()) + 1
-            line = np.unique(np.rint(np.linspace(a, b, steps)).astype(np.int64), axis=0)
-            labels_c[tuple(line.T)] = POSSIBLE_BREAK
             how = (f"{along[0]:.0f} mm apart along its centerline" if np.isfinite(along[0]) else
                    f"more than {along[1]:.0f} mm apart along its centerline")
-            sites.append(
-                _site(
-                    POSSIBLE_BREAK,
-                    line,
-                    offset,
-                    spacing,
-                    voxel_mm3,
-                    dist,
-                    f"gap {dist:.1f} mm within component {rank[c]} ({how})",
-                    rank_length=min(branch, comp_len[c]),
-                )
-            )
+            break_site(s_a, s_b, dist, f"gap {dist:.1f} mm within component {rank[c]} ({how})",
+                       min(branch, comp_len[c]))
 
     summary = {
         "betti": list(betti_numbers(mc)),
