@@ -245,6 +245,16 @@ def review_axes(pred_layer: Any, ref_layer: Any = None) -> tuple[int, int, int] 
     return layer_file_axes(pred_layer)
 
 
+def to_file_order(arrays, spacing, axes):
+    """``(arrays, spacing)`` of a layer's axis order in its file's (``axes``: layer axis ``k``
+    holds the file's axis ``axes[k]``; None: returned as they are); a None array stays None."""
+    if axes is None:
+        return list(arrays), tuple(spacing)
+    inverse = tuple(int(a) for a in np.argsort(axes))
+    return ([None if a is None else np.ascontiguousarray(np.asarray(a).transpose(inverse))
+             for a in arrays], tuple(spacing[k] for k in inverse))
+
+
 def in_file_order(compute, axes, masks, spacing):
     """``compute(masks, spacing)`` on the masks in the file's axis order, its ``ErrorReport``
     (the last item of the result) back in the layers' order.
@@ -257,11 +267,7 @@ def in_file_order(compute, axes, masks, spacing):
     """
     if axes is None:
         return compute(masks, spacing)
-    inverse = tuple(int(a) for a in np.argsort(axes))
-    file_spacing = tuple(spacing[k] for k in inverse)
-    out = compute([None if m is None else np.ascontiguousarray(m.transpose(inverse))
-                   for m in masks], file_spacing)
-    *rest, report = out
+    *rest, report = compute(*to_file_order(masks, spacing, axes))
     return (*rest, report_in_layer_order(report, axes))
 
 

@@ -35,6 +35,7 @@ from napari_tubular._widgets._layers import (
     layer_file_axes,
     layer_geometry,
     scrollable_layout,
+    to_file_order,
     upsert_layer,
     warn_pixel_units,
     world_of_voxel,
@@ -243,9 +244,7 @@ class DistanceMapWidget(QWidget):
             # transposed, as the Python API and `evaluate` thin it (it is not
             # permutation-invariant: an outside judge's centerline read 326.4 mm here,
             # 321.7 mm on the file); shown in the layer's order
-            inverse = None if axes is None else tuple(int(a) for a in np.argsort(axes))
-            thin = mask if axes is None else np.ascontiguousarray(mask.transpose(inverse))
-            thin_spacing = spacing if axes is None else tuple(spacing[i] for i in inverse)
+            (thin,), thin_spacing = to_file_order([mask], spacing, axes)
             if "skeleton" in keys:
                 skeleton = gs.skeletonize_mask(thin, spacing=thin_spacing).astype(np.uint8)
                 out["skeleton"] = (skeleton if axes is None

@@ -51,6 +51,7 @@ from napari_tubular._widgets._layers import (
     show_radius_colorbar,
     source_key,
     spheres_points_kwargs,
+    to_file_order,
     upsert_layer,
     volume_from_layer,
     warn_pixel_units,
@@ -95,9 +96,9 @@ def _predict_in_file_order(predict, volume, axes, **kwargs):
 
     spacing, origin, direction = file_order_geometry(
         volume.spacing, volume.origin, volume.direction, axes)
-    inverse = tuple(int(a) for a in np.argsort(axes))
-    in_file = Volume(data=np.ascontiguousarray(np.asarray(volume.data).transpose(inverse)),
-                     spacing=spacing, origin=origin, direction=direction, path=volume.path)
+    (data,), _ = to_file_order([volume.data], volume.spacing, axes)
+    in_file = Volume(data=data, spacing=spacing, origin=origin, direction=direction,
+                     path=volume.path)
     prediction = predict(in_file, **kwargs)
 
     def shown(a):
@@ -1072,12 +1073,7 @@ class SegmentWidget(QWidget):
         def compute():
             from napari_tubular.topology import compute_metrics
 
-            lab, ref, sp = labels, reference, spacing
-            if axes is not None:
-                inverse = tuple(int(a) for a in np.argsort(axes))
-                lab = np.ascontiguousarray(lab.transpose(inverse))
-                ref = np.ascontiguousarray(np.asarray(ref).transpose(inverse))
-                sp = tuple(spacing[k] for k in inverse)
+            (lab, ref), sp = to_file_order([labels, reference], spacing, axes)
             return compute_metrics(lab, ref, sp,
                                    skeleton_ref=self._skeleton_of_reference(ref, sp),
                                    measured_lengths=False)  # not shown: kept live
