@@ -244,7 +244,8 @@ def surface_voxels(mask: np.ndarray) -> np.ndarray:
 
 
 #: :func:`surface_distances` takes feature transforms instead of a k-d tree when the two
-#: surfaces hold more than one voxel in this many of their box (a k-d tree is faster below it:
+#: surfaces hold more than one voxel in this many of their box and lie far apart
+#: (:data:`SURFACE_FAR_VOXELS`; a k-d tree is faster below it:
 #: on a 256³ box, a dilated vessel tree, one voxel in 160, took 0.3 s; a mask filling the box,
 #: one in 39, 10-18 s against the transforms' 4 s)
 SURFACE_EDT_RATIO = 100
@@ -271,10 +272,11 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
     Euclidean distances with the voxel spacing, and much faster than a distance transform of the
     volume for thin structures, whose surfaces are a small fraction of the volume. When the
     surfaces are large (more than one voxel in :data:`SURFACE_EDT_RATIO` of the box around the
-    masks), the nearest voxel of the other surface comes from a feature transform of the box
-    instead (the same exact distances): its time is linear in the box, where the k-d tree's
-    queries slow down with their distances (a scale audit: a prediction filling a 256³ volume
-    against a vessel tree took 10-18 s in the k-d tree, 4 s so; at 512³ about 10 minutes).
+    masks) and far apart (:func:`_far_apart`), the nearest voxel of the other surface comes
+    from a feature transform of the box instead (the same exact distances): its time is linear
+    in the box, where the k-d tree's queries slow down with their distances (a scale audit: a
+    prediction filling a 256³ volume against a vessel tree took 10-18 s in the k-d tree, 4 s
+    so; at 512³ about 10 minutes).
 
     Args:
         pred, ref: bool, shape (Z, Y, X), both non-empty.
