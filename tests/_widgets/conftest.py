@@ -112,3 +112,27 @@ def held_call(monkeypatch, module, name):
 
     monkeypatch.setattr(module, name, held)
     return started, release
+
+
+#: a file's axis ``c`` is the array's axis ``PERMUTED[c]`` in the permuted-axes tests
+PERMUTED = (1, 2, 0)
+
+
+def write_maybe_permuted(folder, arrays: dict, permuted) -> dict:
+    """``{name: path}`` of NIfTI files of ``arrays`` (name -> array in the layers' order): the
+    names in ``permuted`` ("both": all) stored along other axes (:data:`PERMUTED`, a direction
+    that permutes them back: the reader opens them transposed onto the same voxels), the others
+    as they are; origin (3, -2, 1), spacing :data:`SPACING`."""
+    from napari_tubular.io import Volume, write_volume
+
+    paths = {}
+    for name, arr in arrays.items():
+        paths[name] = folder / f"{name}.nii.gz"
+        if permuted in ("both", name):  # the same voxels, stored along other axes
+            vol = Volume(data=arr.transpose(PERMUTED),
+                         spacing=tuple(SPACING[a] for a in PERMUTED), origin=(3.0, -2.0, 1.0),
+                         direction=np.eye(3)[:, list(PERMUTED)])
+        else:
+            vol = Volume(data=arr, spacing=SPACING, origin=(3.0, -2.0, 1.0))
+        write_volume(paths[name], vol)
+    return paths

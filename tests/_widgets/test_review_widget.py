@@ -564,10 +564,9 @@ def test_a_compute_refused_before_it_starts_clears_the_previous_numbers(review, 
         widget.export_csv("unused.csv")
 
 
-def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken, qtbot,
-                                                      monkeypatch):
-    """An audit: a Compute running when the panel was closed added its layer later and moved
-    the view to its first site."""
+def _held_review(make_napari_viewer, broken, monkeypatch):
+    """A viewer with the broken pair and a review panel (in a worker) whose Compute will hold in
+    ``error_map``: ``(viewer, widget, started, release)`` (see ``conftest.held_call``)."""
     from napari_tubular import topology
 
     from .conftest import held_call
@@ -580,6 +579,14 @@ def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken
     widget = TopologyReviewWidget(viewer, sync=False)
     widget.pred_picker.set_layer(viewer.layers["prediction"])
     widget.ref_picker.set_layer(viewer.layers["reference"])
+    return viewer, widget, started, release
+
+
+def test_closing_the_panel_discards_a_running_compute(make_napari_viewer, broken, qtbot,
+                                                      monkeypatch):
+    """An audit: a Compute running when the panel was closed added its layer later and moved
+    the view to its first site."""
+    viewer, widget, started, release = _held_review(make_napari_viewer, broken, monkeypatch)
     dock = viewer.window.add_dock_widget(widget, name="review")
     widget.run()
     assert started.wait(10)
@@ -733,20 +740,14 @@ def test_files_with_permuted_axes_are_reviewed_as_evaluate_does(make_napari_view
     from scipy import ndimage as ndi
 
     from napari_tubular import topology
-    from napari_tubular.io import Volume, read_volume, reindexed_like, write_volume
+    from napari_tubular.io import read_volume, reindexed_like
+
+    from .conftest import PERMUTED, write_maybe_permuted
 
     pred, ref = broken
     pred = ndi.binary_dilation(pred).astype(np.uint8)
-    order = (1, 2, 0)  # the file's axis c is the array's axis order[c]
-    paths = {}
-    for name, arr in (("reference", ref), ("prediction", pred)):
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        if permuted in ("both", name):  # the same voxels, stored along other axes
-            vol = Volume(data=arr.transpose(order), spacing=tuple(SPACING[a] for a in order),
-                         origin=(3.0, -2.0, 1.0), direction=np.eye(3)[:, list(order)])
-        else:
-            vol = Volume(data=arr, spacing=SPACING, origin=(3.0, -2.0, 1.0))
-        write_volume(paths[name], vol)
+    order = PERMUTED
+    paths = write_maybe_permuted(tmp_path, {"reference": ref, "prediction": pred}, permuted)
     viewer = make_napari_viewer()
     (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
     (pred_layer,) = viewer.open(str(paths["prediction"]), plugin="napari-tubular")
@@ -778,18 +779,7 @@ def test_a_running_compute_shows_a_busy_bar_and_can_be_cancelled(make_napari_vie
                                                                  qtbot, monkeypatch):
     """An outside judge: a long Compute (a minute on a large CTA) showed only "computing..."
     and a greyed button; Cancel frees the panel at once and its result is discarded."""
-    from napari_tubular import topology
-
-    from .conftest import held_call
-
-    started, release = held_call(monkeypatch, topology, "error_map")
-    pred, ref = broken
-    viewer = make_napari_viewer()
-    viewer.add_labels(ref, name="reference", scale=SPACING, translate=TRANSLATE)
-    viewer.add_labels(pred, name="prediction", scale=SPACING, translate=TRANSLATE)
-    widget = TopologyReviewWidget(viewer, sync=False)
-    widget.pred_picker.set_layer(viewer.layers["prediction"])
-    widget.ref_picker.set_layer(viewer.layers["reference"])
+    viewer, widget, started, release = _held_review(make_napari_viewer, broken, monkeypatch)
     widget.run()
     assert started.wait(10)
     assert widget.progress_bar.maximum() == 0  # busy

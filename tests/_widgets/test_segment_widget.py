@@ -1246,20 +1246,14 @@ def test_metrics_on_files_with_permuted_axes_are_evaluates(make_napari_viewer, v
     order, where ``evaluate`` compares the written labels with it."""
     from scipy import ndimage as ndi
 
-    from napari_tubular.io import Volume, write_volume
     from napari_tubular.topology import compute_metrics
 
-    order = (1, 2, 0)  # the file's axis c is the array's axis order[c]
+    from .conftest import PERMUTED, write_maybe_permuted
+
+    order = PERMUTED
     reference = ndi.binary_dilation(vessel_case.mask > 0).astype(np.uint8)
-    paths = {}
-    for name, arr in (("ct", vessel_case.image.astype(np.float32)), ("reference", reference)):
-        paths[name] = tmp_path / f"{name}.nii.gz"
-        if permuted in ("both", name):  # the same voxels, stored along other axes
-            vol = Volume(data=arr.transpose(order), spacing=tuple(SPACING[a] for a in order),
-                         origin=(3.0, -2.0, 1.0), direction=np.eye(3)[:, list(order)])
-        else:
-            vol = Volume(data=arr, spacing=SPACING, origin=(3.0, -2.0, 1.0))
-        write_volume(paths[name], vol)
+    paths = write_maybe_permuted(
+        tmp_path, {"ct": vessel_case.image.astype(np.float32), "reference": reference}, permuted)
     import dataclasses
 
     from napari_tubular import inference
