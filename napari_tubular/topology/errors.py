@@ -65,7 +65,9 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    local radius plus ``break_gap_mm``) comes within ``break_gap_mm`` of another component:
    the gap is the empty space between the two surfaces (the distance between the nearest two
    surface voxels taken as boxes), the site's voxels the straight
-   segment across it. (It was measured from the end point, about one radius back from the
+   segment across it; one site per distinct gap between two components (crossings farther
+   apart than the two vessels' diameters plus ``break_gap_mm`` are distinct: a ladder cut
+   across both rails is two sites). (It was measured from the end point, about one radius back from the
    cut face: a 0.8 mm cut through a 2.6 mm vessel read 4 mm, and cuts of 2.4 mm and more
    in it were missed at the 5 mm default.) Also inside one component (detail "gap ... within
    component K"): an end point whose surface comes within ``break_gap_mm`` of a part of its own
@@ -1781,6 +1783,26 @@ class _Within:
         return out
 
 
+def _distinct_gaps(found, surf_mm, break_gap_mm: float) -> list[tuple[float, int, int]]:
+    """The distinct gaps between one pair of components, narrowest first.
+
+    ``found``: every crossing found from an end point, (gap mm, own surface voxel, other
+    surface voxel, inscribed radius at the end mm), as indices into ``surf_mm``. Crossings of
+    one gap (both sides' end points, the spurs of one cut face) lie within the vessels'
+    diameters of each other; a crossing whose middle is farther than the two diameters plus
+    ``break_gap_mm`` from every gap kept is another gap (a ladder cut across both rails: two
+    breaks between the same two components; with one site per pair, the second rail's went
+    unsaid).
+    """
+    kept: list[tuple[float, int, int, np.ndarray, float]] = []
+    for g_mm, s_a, s_b, r in sorted(found, key=lambda f: f[0]):
+        mid = (surf_mm[s_a] + surf_mm[s_b]) / 2.0
+        if all(np.linalg.norm(mid - m) > 2.0 * (r + rk) + break_gap_mm
+               for _g, _a, _b, m, rk in kept):
+            kept.append((g_mm, s_a, s_b, mid, r))
+    return [(g_mm, s_a, s_b) for g_mm, s_a, s_b, _m, _r in kept]
+
+
 def self_check(
     mask: np.ndarray,
     spacing,
@@ -1900,7 +1922,9 @@ def self_check(
         dist_map = edt_mm(mc, spacing)
         radius = dist_map[tuple(g.coords[ends].T)]
         tips, dirs = _piece_tips(g, ends, radius, lab, node_comp, sp)
-        best: dict[tuple[int, int], tuple[float, int, int]] = {}
+        # per pair of components, every crossing found (gap mm, own and other surface voxel,
+        # radius at the end point); the distinct gaps among them are chosen below
+        crossings: dict[tuple[int, int], list[tuple[float, int, int, float]]] = {}
         within = _Within(g, surf, lab, node_comp, sp, dist_map)
         for e, r_e, tip, d_e in zip(ends, radius, tips, dirs):
             reach = break_gap_mm + float(r_e) + max(sp)
@@ -1928,8 +1952,7 @@ def self_check(
                 if g_mm > break_gap_mm:
                     continue
                 key = (min(ce, b), max(ce, b))
-                if key not in best or g_mm < best[key][0]:
-                    best[key] = (g_mm, s_own, s_other)
+                crossings.setdefault(key, []).append((g_mm, s_own, s_other, float(r_e)))
         def break_site(s_a, s_b, dist, detail, rank_length):
             # the straight segment across the gap, between its two surface voxels
             a, b = surf[s_a], surf[s_b]
@@ -1939,10 +1962,11 @@ def self_check(
             sites.append(_site(POSSIBLE_BREAK, line, offset, spacing, voxel_mm3, dist, detail,
                                rank_length=rank_length))
 
-        for (ca, cb), (dist, s_a, s_b) in best.items():
-            break_site(s_a, s_b, dist, f"gap {dist:.1f} mm between components "
-                       f"{min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
-                       min(comp_len[ca], comp_len[cb]))
+        for (ca, cb), found in crossings.items():
+            for dist, s_a, s_b in _distinct_gaps(found, surf_mm, break_gap_mm):
+                break_site(s_a, s_b, dist, f"gap {dist:.1f} mm between components "
+                           f"{min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
+                           min(comp_len[ca], comp_len[cb]))
         for c, dist, s_a, s_b, along, branch in within.sites():
             how = (f"{along[0]:.0f} mm apart along its centerline" if np.isfinite(along[0]) else
                    f"more than {along[1]:.0f} mm apart along its centerline")

@@ -168,3 +168,30 @@ def test_evaluate_without_a_reference_reports_a_loop_cut_open_in_scanner_coordin
     want = (read_volume(path).affine() @ np.r_[np.asarray(p0) / sp, 1.0])[:3]
     got = np.array([site[f"physical_{a}_mm"] for a in "zyx"])
     assert np.linalg.norm(got - want) <= 2.0 + max(sp)
+
+
+def test_two_gaps_between_the_same_two_components_are_two_sites():
+    """A ladder cut across both rails: two components joined by nothing, two gaps 20 mm apart.
+    With one site per pair of components the second rail's break went unsaid."""
+    zz, yy, xx = np.indices((24, 40, 100))
+    p = np.stack([zz, yy, xx], -1).astype(float)
+
+    def tube(a, b, r):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        d = b - a
+        t = np.clip(((p - a) @ d) / (d @ d), 0, 1)
+        return ((p - (a + t[..., None] * d)) ** 2).sum(-1) <= r * r
+
+    m = tube((12, 10, 5), (12, 10, 94), 2.5) | tube((12, 30, 5), (12, 30, 94), 2.5)
+    for x in (15, 45, 75):
+        m |= tube((12, 10, x), (12, 30, x), 2)
+    m[:, :, 58:61] = False
+    breaks = [s for s in self_check(m, (1.0, 1.0, 1.0)).sites if s.cls_name == "possible break"]
+    assert sorted(round(s.centroid_vox[1]) for s in breaks) == [10, 30]
+    assert all(abs(s.centroid_vox[2] - 59) <= 1 and s.detail.startswith("gap 3.0 mm between")
+               for s in breaks)
+    # one rail cut: one site (the two end points facing each other across it are one gap)
+    m2 = m.copy()
+    m2[:, 20:, 58:61] = tube((12, 30, 5), (12, 30, 94), 2.5)[:, 20:, 58:61]
+    breaks = [s for s in self_check(m2, (1.0, 1.0, 1.0)).sites if s.cls_name == "possible break"]
+    assert len(breaks) <= 1
