@@ -411,6 +411,7 @@ class DistanceMapWidget(QWidget):
         """Centre the camera (3-D) and the slice (2-D) on branch ``row`` of the table."""
         if not 0 <= row < len(self.branches):
             return
+        self.inputs.check()  # an edit written into an array emits no event
         scale, translate = self._geometry
         # the branch voxel nearest its centroid (an audit: the centroid of a curved branch lay
         # 4 mm off it, on background), placed as the layers are (scale, translate, affine)

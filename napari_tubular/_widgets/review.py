@@ -544,6 +544,7 @@ class TopologyReviewWidget(QWidget):
             return
         index = int(index) % len(self.report.sites)
         self.current = index
+        self.inputs.check()  # an edit written into an array emits no event
         site = self.report.sites[index]
         # a 2-D view zooms to the site: a field three times its length (or bulk), at least
         # FOCUS_FIELD_MM (an audit: the camera stayed at the whole volume, a one-voxel site
@@ -597,7 +598,7 @@ class TopologyReviewWidget(QWidget):
                                  "writes it; the viewer shows this file's axes "
                                  f"{tuple(self._file_axes)} as its z, y, x (the site list's "
                                  "voxel)"])
-            if self.inputs.stale:
+            if self.inputs.check():
                 # an audit: painting after Compute, then Export, wrote the old results unmarked
                 writer.writerow(["out_of_date", f"{self.inputs.reason}: these are the results "
                                                 "of the last Compute"])

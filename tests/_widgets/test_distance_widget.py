@@ -185,6 +185,21 @@ def test_full_mask_stale_maps_and_merged_labels(make_napari_viewer, monkeypatch)
     widget.run()
     assert "labels 1, 3 taken as one mask" in widget.status.text()
     assert not widget.inputs.stale
+    # written into the array (no event): visiting a branch finds it out
+    widget.set_selected(["edt", "graph"])
+    widget.run()
+    assert widget.branches
+    assert not widget.inputs.stale
+    layer.data[2:10, 7:9, 7:9] = 0
+    assert not widget.inputs.stale
+    widget.go_to_branch(0)
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    assert "'rods'" in widget.status.text()
+    layer.data = rods.copy()
+    widget.set_selected(["edt"])
+    widget.run()
+    assert not widget.inputs.stale
     layer.data = np.where(rods > 0, 0, rods)
     assert widget.inputs.stale
     assert "out of date" in widget.status.text()

@@ -116,6 +116,26 @@ def test_a_changed_prediction_marks_the_review_out_of_date(review):
     assert "out of date" not in widget.status.text()
 
 
+def test_an_edit_written_into_the_array_marks_the_review_out_of_date(review, tmp_path):
+    """Voxels written straight into the labels array (napari's console: ``layer.data[...] =
+    0``) emit no event; the review stayed "current" and its export was unmarked. Visiting a
+    site or exporting compares the arrays with their fingerprints at the last Compute."""
+    viewer, widget = review
+    layer = viewer.layers["prediction"]
+    widget.go_to(0)
+    assert not widget.inputs.stale
+    layer.data[layer.data > 0] = 0  # in place, no event
+    assert not widget.inputs.stale
+    widget.go_to(0)
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    assert "'prediction'" in widget.status.text()
+    assert "out_of_date" in widget.export_csv(tmp_path / "t.csv").read_text()
+    widget.run()
+    assert not widget.inputs.stale
+    assert not widget.inputs.check()
+
+
 def test_painting_marks_the_review_out_of_date(review):
     """An audit: painting, erasing and fill change a labels layer in place and emit only its
     ``paint`` event; the review stayed "current" after them."""
