@@ -1203,6 +1203,30 @@ def test_resume_says_when_the_checkpoint_is_damaged(tmp_path):
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
 
 
+class _RunsCode:
+    """Unpickling it calls ``Path.touch`` on a file (what a hostile checkpoint could do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_resume_runs_no_code_from_a_checkpoint(tmp_path):
+    """A checkpoint was read with ``weights_only=False``: a ``last.pt`` holding a pickled object
+    ran its code at ``--resume``. It is read as model files are (tensors and plain values)."""
+    out = tmp_path / "run"
+    train(tiny_config(out, steps=2))
+    ck = torch.load(out / "last.pt", weights_only=True)  # what train writes loads so
+    touched = tmp_path / "ran"
+    ck["workdir"] = _RunsCode(touched)
+    torch.save(ck, out / "last.pt")
+    with pytest.raises(ValueError, match="not a checkpoint napari-tubular wrote"):
+        train(tiny_config(out, steps=4, resume=True))
+    assert not touched.exists()
+
+
 def test_log_json_is_strict_json(tmp_path):
     """An audit: an empty validation mask's HD95 was written as a bare NaN, which strict JSON
     parsers reject; it is null, as evaluate writes it."""

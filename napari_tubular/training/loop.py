@@ -1074,13 +1074,29 @@ def _init_from_model(config: TrainConfig):
 def _read_checkpoint(path: Path) -> dict:
     """A run's checkpoint (``last.pt``), or a ValueError naming the file (an audit: a damaged
     or wrong file ended in a traceback, ``KeyError: 'config'`` or an unpickling error, and a
-    truncated one in "Invalid argument" without a name)."""
+    truncated one in "Invalid argument" without a name).
+
+    Read with ``weights_only=True``, as model files are: a checkpoint holds tensors and plain
+    values only, and a file that asks to build other objects (code run while unpickling: a
+    ``last.pt`` put into a run folder by somebody else) is refused without running it."""
+    import pickle
+
     import torch
 
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" not in str(exc).lower():
+            raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
+                             f"truncated? {type(exc).__name__}: {exc}); start the run again "
+                             "with --overwrite, or restore the file") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ValueError(f"{path} is not a checkpoint napari-tubular wrote: it asks to build "
+                         f"Python objects other than tensors and plain values ({first}), which "
+                         "would run code from the file; it was not loaded. Start the run again "
+                         "with --overwrite, or use a checkpoint of your own") from None
     except Exception as exc:  # noqa: BLE001 - any reading failure is a damaged file here
         raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
                          f"truncated? {type(exc).__name__}: {exc}); start the run again with "
