@@ -61,7 +61,7 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     sk = skeletonize(mb).astype(bool)
     labels, n = cc3d.connected_components(mb, connectivity=26, return_N=True)
     objects = find_objects(labels)
-    skel_boxes = find_objects(np.where(sk, labels, 0), max_label=n)
+    skel_boxes = _boxes_by_label(sk, labels, n)
     for k, box_k in enumerate(objects, start=1):
         if box_k is None:
             continue
@@ -85,6 +85,21 @@ def skeletonize_mask(mask, *, spacing=None) -> np.ndarray:
     _recover_lost_branches(mb, sk, labels, objects, sp)
     out[box] = sk
     return out
+
+
+def _boxes_by_label(sk: np.ndarray, labels: np.ndarray, n: int) -> list:
+    """``scipy.ndimage.find_objects(np.where(sk, labels, 0), max_label=n)`` from the skeleton's
+    voxels alone (a few thousand, where find_objects scans the whole box: 0.03 s at 256³)."""
+    pts = np.argwhere(sk)
+    lab = labels[tuple(pts.T)]
+    lo = np.full((n + 1, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full((n + 1, 3), -1, dtype=np.int64)
+    for axis in range(3):
+        np.minimum.at(lo[:, axis], lab, pts[:, axis])
+        np.maximum.at(hi[:, axis], lab, pts[:, axis])
+    return [None if hi[k, 0] < 0 else tuple(slice(int(a), int(b) + 1)
+                                            for a, b in zip(lo[k], hi[k]))
+            for k in range(1, n + 1)]
 
 
 #: a mask voxel farther from the skeleton than COVER_RADII times its component's largest
@@ -128,16 +143,19 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
         np.maximum.at(r_max, labels[sl][mb[sl]], edt[sl][mb[sl]])
     del edt
     limit = COVER_RADII * r_max + 2.0 * max(spacing)
-    # compared on the mask's voxels only: one float32 copy of the box at a time (the measuring
-    # skeleton thins big anisotropic volumes on a grid up to 4 times finer)
-    dist = _distance_to(sk, mb, spacing, float(limit.max()))  # the mask's voxels in C order
-    is_far = np.empty(dist.size, dtype=bool)
-    done = 0
-    for sl in slabs:
-        lab = labels[sl][mb[sl]]
-        is_far[done:done + lab.size] = dist[done:done + lab.size] > limit[lab]
-        done += lab.size
-    del dist
+    if _sparse(mb):
+        is_far = _beyond_sparse(sk, mb, labels, limit, spacing)
+    else:
+        # compared on the mask's voxels only: one float32 copy of the box at a time (the
+        # measuring skeleton thins big anisotropic volumes on a grid up to 4 times finer)
+        dist = _distance_to(sk, mb, spacing, float(limit.max()))  # the mask's voxels, C order
+        is_far = np.empty(dist.size, dtype=bool)
+        done = 0
+        for sl in slabs:
+            lab = labels[sl][mb[sl]]
+            is_far[done:done + lab.size] = dist[done:done + lab.size] > limit[lab]
+            done += lab.size
+        del dist
     far = np.zeros(mb.shape, bool)
     far[mb] = is_far
     del is_far
@@ -172,6 +190,53 @@ def _recover_lost_branches(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, o
 #: (a k-d tree query costs about 25 times a distance transform's work per voxel: the sparse
 #: masks of vessels, 1-4 % of their box, take a third of the time of a transform of the box)
 KDTREE_MAX_FILL = 0.04
+
+
+def _sparse(mask: np.ndarray) -> bool:
+    """Whether distances from ``mask``'s voxels are taken with a k-d tree
+    (:data:`KDTREE_MAX_FILL`)."""
+    return int(np.count_nonzero(mask)) < KDTREE_MAX_FILL * mask.size
+
+
+#: :func:`_beyond_sparse` first asks the k-d tree at the centres of blocks of this many voxels
+#: a side
+_BLOCK = 4
+
+
+def _beyond_sparse(target: np.ndarray, mask: np.ndarray, labels: np.ndarray, limit: np.ndarray,
+                   spacing) -> np.ndarray:
+    """Whether each voxel of a sparse ``mask`` (bool, one per voxel in C order) lies farther
+    than ``limit[label]`` mm from the nearest voxel of ``target`` (non-empty): the same answer
+    as ``_distance_to(...) > limit[label]``, in about a third of the time.
+
+    The distance to a set changes by at most the distance moved, so every voxel of a block of
+    ``_BLOCK``³ voxels lies within ``d(centre) + h`` of the target (``h``: the centre's distance
+    to the block's corner voxels); a block with ``d(centre) + h`` below the smallest limit of
+    its voxels has none beyond, and only the voxels of the other blocks are asked one by one
+    (a 256³ vessel tree: about 15,000 block centres for 180,000 voxels)."""
+    from scipy.spatial import cKDTree
+
+    sp = np.asarray(spacing, dtype=np.float64)
+    flat = np.flatnonzero(mask)  # C order
+    coords = np.column_stack(np.unravel_index(flat, mask.shape))
+    lim = np.asarray(limit)[np.ravel(labels)[flat]]
+    tree = cKDTree(np.argwhere(target) * sp)
+    grid = tuple(-(-n // _BLOCK) for n in mask.shape)
+    keys, inv = np.unique(np.ravel_multi_index(tuple((coords // _BLOCK).T), grid),
+                          return_inverse=True)
+    block_lim = np.full(len(keys), np.inf, dtype=np.float64)
+    np.minimum.at(block_lim, inv, lim)
+    centres = (np.column_stack(np.unravel_index(keys, grid)) * _BLOCK + (_BLOCK - 1) / 2.0) * sp
+    h = (_BLOCK - 1) / 2.0 * float(np.sqrt(np.sum(sp * sp)))
+    d_centre, _ = tree.query(centres, distance_upper_bound=float(block_lim.max()) + h + 1e-3)
+    # a margin for rounding: the voxels' own test compares float32 distances
+    check = ~(d_centre + h < block_lim - 1e-4)[inv]
+    out = np.zeros(flat.size, dtype=bool)
+    if check.any():
+        d, _ = tree.query(coords[check] * sp,
+                          distance_upper_bound=float(lim[check].max()) * 1.001 + 1e-6)
+        out[check] = d.astype(np.float32) > lim[check]
+    return out
 
 
 def _distance_to(target: np.ndarray, mask: np.ndarray, spacing, bound: float) -> np.ndarray:

@@ -410,6 +410,32 @@ def test_distance_to_the_skeleton_by_kd_tree_is_the_distance_transforms(spacing,
     np.testing.assert_array_equal(skeletons[0], skeletons[1])
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7), (0.6, 1.0, 0.8)])
+def test_far_voxels_by_blocks_are_those_of_the_voxel_by_voxel_distances(spacing):
+    """The lost-branch test asks the k-d tree at block centres first (a block whose centre is
+    near enough has no far voxel) and voxel by voxel only in the other blocks: the same far
+    voxels as every voxel's distance, with limits tight enough that many are far."""
+    import cc3d
+
+    from napari_tubular.geometry import skeleton as S
+
+    rng = np.random.default_rng(11)
+    mask = np.zeros((40, 44, 48), bool)
+    mask[5:35, 20:24, 10:14] = True  # a bar, a slab and specks: three kinds of component
+    mask[10:12, 5:40, 25:45] = True
+    mask |= rng.random(mask.shape) < 0.004
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    target = mask & (rng.random(mask.shape) < 0.08)
+    target[20, 22, 12] = True
+    for scale in (0.2, 1.0, 3.0, 8.0):
+        limit = (scale * (1.0 + rng.random(n + 1))).astype(np.float32)
+        dist = S._distance_to(target, mask, spacing, float(limit.max()))
+        want = dist > limit[labels[mask]]
+        got = S._beyond_sparse(target, mask, labels, limit, spacing)
+        assert 0 < want.sum() < want.size or scale in (0.2, 8.0)
+        np.testing.assert_array_equal(got, want)
+
+
 def test_lost_branch_check_of_a_dense_mask_gathers_its_voxels_in_slabs(monkeypatch):
     """A scale audit: the check for branches the thinning lost gathered the labels, radii and
     distances of all the mask's voxels at once (12 bytes a voxel in each of compute_metrics'
@@ -439,3 +465,20 @@ def test_lost_branch_check_of_a_dense_mask_gathers_its_voxels_in_slabs(monkeypat
     np.testing.assert_array_equal(slabs, whole)
     assert peak
     assert peak[0] / m.size < 10, peak[0] / m.size  # gathered whole: 11.4; now 7.5
+
+
+def test_skeleton_boxes_by_label_are_find_objects():
+    """The guards' per-component skeleton boxes come from the skeleton's voxels: the boxes
+    ``find_objects`` gives for the labelled skeleton, None for a component without one."""
+    import cc3d
+    from scipy.ndimage import find_objects
+
+    from napari_tubular.geometry import skeleton as S
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((30, 31, 32)) < 0.08
+    labels, n = cc3d.connected_components(mask, connectivity=26, return_N=True)
+    sk = mask & (rng.random(mask.shape) < 0.3)
+    got = S._boxes_by_label(sk, labels, n)
+    assert got == find_objects(np.where(sk, labels, 0), max_label=n)
+    assert None in got  # some components have no skeleton voxel
