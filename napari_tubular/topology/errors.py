@@ -109,6 +109,7 @@ from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
 from ..geometry.filters import dilate_cube
+from ._cycles import short_loops
 from ._sparse import FORWARD_OFFSETS, anisotropic_rounds, neighbour_pairs, smoothed_path
 from .betti import betti_numbers, bounding_box
 from .metrics import binarize, hard_skeleton, skeleton_crop, surface_voxels
@@ -1426,6 +1427,22 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         if max_b1 is not None and b1 > max_b1:
             unlocated += b1
             continue
+        sub = graph[nodes][:, nodes].tocoo()  # local indices 0..len(nodes) - 1
+        comp_box = boxes[cid - 1]
+        low = np.array([b.start for b in comp_box])
+
+        def filled(ring, coords=g.coords[nodes], box=comp_box, low=low, cid=cid):
+            # the mask fills the ring's bounding box (a convex set): the ring encloses nothing
+            # (the thinning of a thick part can leave one of a few voxels)
+            c = coords[ring] - low
+            lo, hi = c.min(axis=0), c.max(axis=0) + 1
+            return bool((lab[box][tuple(slice(a, b) for a, b in zip(lo, hi))] == cid).all())
+
+        short = short_loops(g.coords[nodes], sub.row, sub.col, spacing, b1, trivial=filled)
+        if short is not None:
+            _add_loops(out, g, cid, [nodes[c] for c in short])
+            unlocated += b1 - len(short)
+            continue
         cycles = _fundamental_cycles(g, nodes, graph)
         if not cycles:
             continue
@@ -1453,13 +1470,19 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
             picked.append(cyc)
         if len(picked) < b1:
             _split_sum_cycles(g, picked, skipped, b1, on, overlapping)
-        xyz = g.path()[2]  # the cycle measured along the smoothed path, as pieces are
-        for cyc in picked:
-            pos = xyz[cyc]
-            steps = float(np.linalg.norm(pos - np.roll(pos, -1, axis=0), axis=1).sum())
-            out.append((cid, g.coords[cyc], steps))
+        _add_loops(out, g, cid, picked)
         unlocated += b1 - len(picked)
     return out, unlocated, b1_of
+
+
+def _add_loops(out: list, g: _Skel, cid: int, cycles) -> None:
+    """Append ``(cid, cycle voxels, cycle length mm)`` per cycle (index arrays into
+    ``g.coords``), measured along the smoothed path, as pieces are."""
+    xyz = g.path()[2]
+    for cyc in cycles:
+        pos = xyz[cyc]
+        steps = float(np.linalg.norm(pos - np.roll(pos, -1, axis=0), axis=1).sum())
+        out.append((cid, g.coords[cyc], steps))
 
 
 def _edges(cyc: np.ndarray) -> set:

@@ -1,0 +1,335 @@
+"""Short non-trivial cycles of a skeleton graph: one ring around each tunnel. Internal.
+
+Voxels are closed unit cubes; two cubes meet when their voxels are 26-neighbours, and any set of
+pairwise 26-neighbours fits in a 2 x 2 x 2 block (per axis their coordinates differ by at most
+one), so all of a clique's cubes share a lattice point. By the nerve theorem the union of the
+skeleton's cubes is therefore homotopy-equivalent to the clique complex of its 26-neighbour
+graph, and a graph cycle is topologically trivial exactly when, over GF(2), its edges are a sum
+of triangle boundaries (three pairwise neighbours). :func:`short_loops` uses that:
+
+1. Strong collapse: a voxel all of whose neighbours are also neighbours of one of them (it is
+   dominated) is removed; the clique complex of what is left has the same homotopy type
+   (Barmak and Minian 2012). Dangling branches, corner voxels of a staircase and flat sheets
+   go; rings, junctions and closed surfaces (around a cavity) stay.
+2. The rest is contracted to branch voxels joined by chains (a chain's length in mm is the sum
+   of its steps).
+3. H1 coordinates: the chains off a spanning tree are the cycle space's coordinates; the
+   remaining triangle boundaries are eliminated over GF(2) (Python ints as bit sets), and each
+   chain's reduced vector is its class, so a cycle's class is the XOR of its chains' classes.
+4. Candidates as in Horton (1987) and Erickson and Whittlesey (2005): for every branch voxel
+   ``r`` and chain ``(u, v)``, the shortest path ``r -> u``, the chain and the shortest path
+   ``v -> r``. Taken shortest first when their class is independent of those taken: a
+   shortest homology basis, so each loop is the smallest ring around its own tunnel.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import dijkstra
+
+#: GF(2) elimination of the triangles left after the collapse: at most this many XORs of bit
+#: sets (a closed surface of thousands of voxels around a cavity); beyond, None is returned
+MAX_XORS = 2_000_000
+#: shortest-path roots per block of :func:`short_loops` (bounds the distance matrices' memory)
+_ROOT_BLOCK = 256
+#: candidates kept across root blocks (the shortest; those of the first root are all kept, so
+#: a basis is always complete)
+_MAX_CANDIDATES = 2_000_000
+
+
+def _adjacency(n: int, ei: np.ndarray, ej: np.ndarray) -> list[set]:
+    adj: list[set] = [set() for _ in range(n)]
+    for a, b in zip(ei.tolist(), ej.tolist()):
+        if a != b:
+            adj[a].add(b)
+            adj[b].add(a)
+    return adj
+
+
+def _strong_collapse(adj: list[set]) -> None:
+    """Remove dominated vertices (in place) until none is left: ``v`` with a neighbour ``u``
+    adjacent to all of ``v``'s other neighbours."""
+    queue = deque(range(len(adj)))
+    queued = [True] * len(adj)
+    alive = len(adj)
+    while queue and alive > 1:
+        v = queue.popleft()
+        queued[v] = False
+        nv = adj[v]
+        if not nv and alive > 1:
+            continue  # an isolated vertex is a component of its own: kept
+        if not any(len(adj[u]) + 1 >= len(nv) and nv - {u} <= adj[u] for u in nv):
+            continue
+        for w in nv:
+            adj[w].discard(v)
+            if not queued[w]:
+                queued[w] = True
+                queue.append(w)
+        adj[v] = set()
+        alive -= 1
+
+
+def _chains(adj: list[set], alive: list[int], pos_mm: np.ndarray):
+    """Branch vertices and the chains of degree-2 vertices between them.
+
+    Returns ``(branch, chains)``: the branch vertices (degree other than 2; one vertex of a
+    component that is a single ring) and per chain ``(a, b, vertices a..b, length mm)``."""
+    is_branch = {v: len(adj[v]) != 2 for v in alive}
+    seen_pairs: set = set()
+    chains = []
+    visited: set = set()
+
+    def walk(a, first):
+        path = [a, first]
+        prev, cur = a, first
+        while not is_branch[cur]:
+            x, y = adj[cur]
+            prev, cur = cur, (y if x == prev else x)
+            path.append(cur)
+        return path
+
+    def add(path):
+        key = (min(path[0], path[1]), max(path[0], path[1])) if len(path) == 2 else None
+        if key is not None:
+            if key in seen_pairs:
+                return
+            seen_pairs.add(key)
+        else:
+            inner = path[1]
+            if inner in visited:
+                return
+        visited.update(path[1:-1])
+        p = pos_mm[path]
+        chains.append((path[0], path[-1], path, float(np.linalg.norm(np.diff(p, axis=0),
+                                                                      axis=1).sum())))
+
+    for a in alive:
+        if is_branch[a]:
+            for b in adj[a]:
+                add(walk(a, b))
+    # components that are single rings (every vertex of degree 2): one vertex made a branch
+    for a in alive:
+        if not is_branch[a] and a not in visited:
+            is_branch[a] = True
+            first = next(iter(adj[a]))
+            add(walk(a, first))
+    branch = [v for v in alive if is_branch[v]]
+    return branch, chains
+
+
+def _reduce(x: int, basis: dict, budget: list) -> int:
+    """``x`` reduced by ``basis`` (highest bit -> vector with that highest bit); its pivots
+    cleared. ``budget[0]``: XORs left (goes negative when spent)."""
+    out = 0
+    while x:
+        h = x.bit_length() - 1
+        b = basis.get(h)
+        if b is None:
+            out |= 1 << h
+            x ^= 1 << h
+        else:
+            x ^= b
+            budget[0] -= 1
+            if budget[0] < 0:
+                return 0
+    return out
+
+
+def _insert(x: int, basis: dict) -> bool:
+    """Add ``x`` to an echelon ``basis`` when independent of it; whether it was."""
+    while x:
+        h = x.bit_length() - 1
+        b = basis.get(h)
+        if b is None:
+            basis[h] = x
+            return True
+        x ^= b
+    return False
+
+
+def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max_loops: int,
+                trivial=None, max_xors: int = MAX_XORS) -> list[np.ndarray] | None:
+    """Up to ``max_loops`` short cycles whose classes are independent in H1 of the clique
+    complex of a 26-neighbour voxel graph (see the module docstring), shortest first.
+
+    Args:
+        coords: int, shape (N, 3), the graph's voxels (z, y, x).
+        ei, ej: int, shape (E,), its edges (26-neighbour pairs) as indices into ``coords``.
+        spacing: voxel size in mm, (dz, dy, dx): lengths of steps and cycles.
+        max_loops: at most this many cycles.
+        trivial: optional ``f(cycle) -> bool``: a cycle known to be trivial where it matters
+            (the mask fills it): not taken, and its class is not counted either (the next
+            independent cycle is taken instead).
+        max_xors: budget of the GF(2) elimination (:data:`MAX_XORS`).
+
+    Returns:
+        The cycles as index arrays into ``coords`` (each a closed path, its vertices in order),
+        as many as the graph's ``b1`` up to ``max_loops``; None when the elimination would
+        exceed its budget.
+    """
+    n = len(coords)
+    if n == 0 or max_loops <= 0:
+        return []
+    pos = np.asarray(coords, dtype=np.float64) * np.asarray(spacing, dtype=np.float64)
+    adj = _adjacency(n, np.asarray(ei), np.asarray(ej))
+    _strong_collapse(adj)
+    alive = [v for v in range(n) if adj[v]]
+    if len(alive) < 3:
+        return []
+    branch, chains = _chains(adj, alive, pos)
+    m = len(branch)
+    local = {v: k for k, v in enumerate(branch)}
+    ca = np.array([local[c[0]] for c in chains], dtype=np.int64)
+    cb = np.array([local[c[1]] for c in chains], dtype=np.int64)
+    cw = np.array([c[3] for c in chains], dtype=np.float64)
+    # the shortest chain per pair of branch vertices: the graph Dijkstra walks
+    best: dict = {}
+    for k, (a, b) in enumerate(zip(ca.tolist(), cb.tolist())):
+        if a == b:
+            continue
+        key = (min(a, b), max(a, b))
+        if key not in best or cw[k] < cw[best[key]]:
+            best[key] = k
+    is_best = np.zeros(len(chains), dtype=bool)
+    is_best[list(best.values())] = True
+    keys = np.array(list(best.keys()), dtype=np.int64).reshape(-1, 2)
+    kw = cw[list(best.values())]
+    mat = coo_matrix((np.concatenate([kw, kw]), (np.concatenate([keys[:, 0], keys[:, 1]]),
+                                                 np.concatenate([keys[:, 1], keys[:, 0]]))),
+                     shape=(m, m)).tocsr()
+
+    # H1 coordinates: a spanning forest's chains are 0, each other chain a unit vector, reduced
+    # modulo the boundaries of the triangles left
+    # (the collapse keeps the homotopy type: one connected graph; a forest all the same)
+    in_tree = np.zeros(len(chains), dtype=bool)
+    reached = np.zeros(m, dtype=bool)
+    for root in range(m):
+        if reached[root]:
+            continue
+        dist0, pred0 = dijkstra(mat, indices=root, return_predecessors=True)
+        fresh = np.flatnonzero(np.isfinite(dist0) & ~reached)
+        reached[fresh] = True
+        for v in fresh.tolist():
+            p = int(pred0[v])
+            if p >= 0:
+                in_tree[best[(min(p, v), max(p, v))]] = True
+    unit = np.zeros(len(chains), dtype=object)
+    bit = 0
+    for k in range(len(chains)):
+        if in_tree[k]:
+            unit[k] = 0
+        else:
+            unit[k] = 1 << bit
+            bit += 1
+    budget = [int(max_xors)]
+    relations: dict = {}
+    direct = {key: k for key, k in best.items() if len(chains[k][2]) == 2}
+    for (a, b), k in direct.items():
+        common = adj[branch[a]] & adj[branch[b]]
+        for c in common:
+            lc = local.get(c)
+            if lc is None or lc <= b:
+                continue  # each triangle once (a < b < c); its vertices are branch vertices
+            x = unit[k] ^ unit[direct[(a, lc)]] ^ unit[direct[(b, lc)]]
+            x = _reduce(x, relations, budget)
+            if budget[0] < 0:
+                return None
+            if x:
+                relations[x.bit_length() - 1] = x
+    cls = [_reduce(int(u), relations, budget) for u in unit]
+    if budget[0] < 0:
+        return None
+    rank = bit - len(relations)
+    want = min(int(max_loops), rank)
+    if want <= 0:
+        return []
+
+    # candidates: (root, chain) -> d(r, u) + w + d(r, v), shortest first
+    lengths, roots, which = [], [], []
+    preds_of: dict[int, np.ndarray] = {}
+    for start in range(0, m, _ROOT_BLOCK):
+        block = np.arange(start, min(m, start + _ROOT_BLOCK))
+        dist, pred = dijkstra(mat, indices=block, return_predecessors=True)
+        for r_i, r in enumerate(block.tolist()):
+            preds_of[r] = pred[r_i]
+        length = dist[:, ca] + cw[None, :] + dist[:, cb]
+        # a chain on the root's tree closes no cycle
+        on_tree = is_best[None, :] & ((pred[:, cb] == ca[None, :]) | (pred[:, ca] == cb[None, :]))
+        ok = np.isfinite(length) & ~on_tree
+        r_i, k = np.nonzero(ok)
+        lengths.append(length[r_i, k])
+        roots.append(block[r_i])
+        which.append(k)
+        total = sum(x.size for x in lengths)
+        if total > 2 * _MAX_CANDIDATES:
+            all_l, all_r, all_k = (np.concatenate(x) for x in (lengths, roots, which))
+            keep = (all_r == 0) | (all_l <= np.partition(all_l, _MAX_CANDIDATES)[_MAX_CANDIDATES])
+            lengths, roots, which = [all_l[keep]], [all_r[keep]], [all_k[keep]]
+    all_l, all_r, all_k = (np.concatenate(x) for x in (lengths, roots, which))
+    order = np.lexsort((all_k, all_r, all_l))
+
+    def path_to(r: int, v: int) -> list[int]:
+        pred = preds_of[r]
+        out = [v]
+        while v != r:
+            v = int(pred[v])
+            out.append(v)
+        return out[::-1]  # r .. v
+
+    chosen: list[np.ndarray] = []
+    basis: dict = {}
+    class_to: dict = {}
+
+    def class_of(r: int, v: int) -> int:
+        key = (r, v)
+        if key not in class_to:
+            x, path = 0, path_to(r, v)
+            for p, q in zip(path[:-1], path[1:]):
+                x ^= cls[best[(min(p, q), max(p, q))]]
+            class_to[key] = x
+        return class_to[key]
+
+    for idx in order.tolist():
+        r, k = int(all_r[idx]), int(all_k[idx])
+        a, b = int(ca[k]), int(cb[k])
+        x = class_of(r, a) ^ cls[k] ^ class_of(r, b)
+        if not x or not _insert(x, basis):
+            continue
+        ring = _cycle_vertices(r, a, b, k, path_to, chains, best, branch)
+        if trivial is None or not trivial(ring):
+            chosen.append(ring)
+        # else: its class is taken out (a ring of the skeleton the mask fills; what the
+        # thinning leaves of a thick part): the next independent one is looked for instead
+        if len(chosen) == want or len(basis) == rank:
+            break
+    return chosen
+
+
+def _cycle_vertices(r, a, b, k, path_to, chains, best, branch) -> np.ndarray:
+    """The closed vertex path of candidate (root ``r``, chain ``k`` from ``a`` to ``b``): the
+    two tree paths without their common start, joined by the chain."""
+    pa, pb = path_to(r, a), path_to(r, b)
+    s = 0
+    while s + 1 < min(len(pa), len(pb)) and pa[s + 1] == pb[s + 1]:
+        s += 1
+    pa, pb = pa[s:], pb[s:]  # both from their last common vertex
+
+    def expand(path):
+        out: list[int] = []
+        for p, q in zip(path[:-1], path[1:]):
+            c = chains[best[(min(p, q), max(p, q))]]
+            verts = c[2] if c[0] == branch[p] else c[2][::-1]
+            out.extend(verts[:-1])
+        return out
+
+    ring = expand(pa)
+    c = chains[k]
+    verts = c[2] if c[0] == branch[a] else c[2][::-1]
+    ring.extend(verts[:-1])  # a .. before b
+    back = expand(pb)  # lca .. b without b
+    back.append(branch[pb[-1]])
+    ring.extend(back[::-1][:-1])  # b .. after lca
+    return np.asarray(ring, dtype=np.int64)
