@@ -35,6 +35,8 @@ from scipy.sparse.csgraph import dijkstra
 MAX_XORS = 2_000_000
 #: shortest-path roots per block of :func:`short_loops` (bounds the distance matrices' memory)
 _ROOT_BLOCK = 256
+#: shortest-path roots of :func:`short_loops` at most (a spread subset beyond)
+MAX_ROOTS = 256
 #: candidates kept across root blocks (the shortest; those of the first root are all kept, so
 #: a basis is always complete)
 _MAX_CANDIDATES = 2_000_000
@@ -102,9 +104,7 @@ def _chains(adj: list[set], alive: list[int], pos_mm: np.ndarray):
             if inner in visited:
                 return
         visited.update(path[1:-1])
-        p = pos_mm[path]
-        chains.append((path[0], path[-1], path, float(np.linalg.norm(np.diff(p, axis=0),
-                                                                      axis=1).sum())))
+        chains.append((path[0], path[-1], path))
 
     for a in alive:
         if is_branch[a]:
@@ -117,7 +117,14 @@ def _chains(adj: list[set], alive: list[int], pos_mm: np.ndarray):
             first = next(iter(adj[a]))
             add(walk(a, first))
     branch = [v for v in alive if is_branch[v]]
-    return branch, chains
+    # lengths: the steps of all chains at once
+    flat = np.concatenate([c[2] for c in chains]) if chains else np.zeros(0, dtype=np.int64)
+    first = np.cumsum([0] + [len(c[2]) for c in chains])[:-1]
+    step = np.zeros(flat.size)
+    step[1:] = np.linalg.norm(np.diff(pos_mm[flat], axis=0), axis=1)
+    step[first] = 0.0  # no step from one chain's last vertex to the next chain's first
+    lengths = np.add.reduceat(step, first) if chains else step
+    return branch, [(a, b, path, float(w)) for (a, b, path), w in zip(chains, lengths)]
 
 
 def _reduce(x: int, basis: dict, budget: list) -> int:
@@ -239,40 +246,86 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
                 return None
             if x:
                 relations[x.bit_length() - 1] = x
-    cls = [_reduce(int(u), relations, budget) for u in unit]
+    reduced = [_reduce(int(u), relations, budget) for u in unit]
     if budget[0] < 0:
         return None
-    rank = bit - len(relations)
+    # each chain's class in the coordinates left free by the triangles: rank bits, as words
+    free = [q for q in range(bit) if q not in relations]
+    rank = len(free)
     want = min(int(max_loops), rank)
     if want <= 0:
         return []
+    words = (rank + 63) // 64
+    compact = {q: c for c, q in enumerate(free)}
+    cls = np.zeros((len(chains), words), dtype=np.uint64)
+    for k, x in enumerate(reduced):
+        while x:
+            h = x.bit_length() - 1
+            c = compact[h]
+            cls[k, c // 64] |= np.uint64(1) << np.uint64(c % 64)
+            x ^= 1 << h
+    # the chain of each tree step (p -> v), looked up by pair
+    pair_keys = keys[:, 0] * m + keys[:, 1]
+    order_keys = np.argsort(pair_keys)
+    pair_keys = pair_keys[order_keys]
+    pair_chain = np.asarray(list(best.values()), dtype=np.int64)[order_keys]
 
-    # candidates: (root, chain) -> d(r, u) + w + d(r, v), shortest first
-    lengths, roots, which = [], [], []
-    preds_of: dict[int, np.ndarray] = {}
-    for start in range(0, m, _ROOT_BLOCK):
-        block = np.arange(start, min(m, start + _ROOT_BLOCK))
+    def step_chain(p: np.ndarray, v: np.ndarray) -> np.ndarray:
+        lin = np.minimum(p, v) * m + np.maximum(p, v)
+        return pair_chain[np.clip(np.searchsorted(pair_keys, lin), 0, len(pair_keys) - 1)]
+
+    # candidates: (root r, chain k from a to b) -> d(r, a) + w_k + d(r, b), with its class (the
+    # XOR of the classes along the two tree paths and the chain's); trivial ones dropped here
+    block_size = int(max(1, min(_ROOT_BLOCK, 4_000_000 // max(1, m * words))))
+    kept_l, kept_r, kept_k, kept_x = [], [], [], []
+    arange_m = np.arange(m)
+    # every branch vertex a root on small graphs; else a spread subset (raster order), with the
+    # first vertex, whose tree's fundamental cycles span everything: a closed surface around a
+    # cavity has thousands of branch vertices, and any ring of it passes near some root
+    roots = np.arange(m)
+    if m > MAX_ROOTS:
+        roots = np.unique(np.linspace(0, m - 1, MAX_ROOTS).astype(np.int64))
+    for start in range(0, roots.size, block_size):
+        block = roots[start:start + block_size]
         dist, pred = dijkstra(mat, indices=block, return_predecessors=True)
-        for r_i, r in enumerate(block.tolist()):
-            preds_of[r] = pred[r_i]
+        # class of the tree path root -> v, by pointer jumping
+        up = np.where(pred < 0, arange_m[None, :], pred).astype(np.int64)
+        to = np.zeros((len(block), m, words), dtype=np.uint64)
+        has = pred >= 0
+        to[has] = cls[step_chain(pred[has], np.broadcast_to(arange_m, pred.shape)[has])]
+        rows = np.arange(len(block))[:, None]
+        while True:
+            nxt = up[rows, up]
+            if np.array_equal(nxt, up):
+                break
+            to ^= to[rows, up]
+            up = nxt
+        to ^= to[rows, up]  # the last jump (to the root, whose own class is 0)
         length = dist[:, ca] + cw[None, :] + dist[:, cb]
-        # a chain on the root's tree closes no cycle
-        on_tree = is_best[None, :] & ((pred[:, cb] == ca[None, :]) | (pred[:, ca] == cb[None, :]))
-        ok = np.isfinite(length) & ~on_tree
+        x = to[:, ca] ^ cls[None, :, :] ^ to[:, cb]
+        ok = np.isfinite(length) & x.any(axis=2)
         r_i, k = np.nonzero(ok)
-        lengths.append(length[r_i, k])
-        roots.append(block[r_i])
-        which.append(k)
-        total = sum(x.size for x in lengths)
-        if total > 2 * _MAX_CANDIDATES:
-            all_l, all_r, all_k = (np.concatenate(x) for x in (lengths, roots, which))
-            keep = (all_r == 0) | (all_l <= np.partition(all_l, _MAX_CANDIDATES)[_MAX_CANDIDATES])
-            lengths, roots, which = [all_l[keep]], [all_r[keep]], [all_k[keep]]
-    all_l, all_r, all_k = (np.concatenate(x) for x in (lengths, roots, which))
+        kept_l.append(length[r_i, k])
+        kept_r.append(block[r_i])
+        kept_k.append(k)
+        kept_x.append(x[r_i, k])
+        if sum(v.size for v in kept_l) > 2 * _MAX_CANDIDATES:
+            al, ar, ak, ax = (np.concatenate(v) for v in (kept_l, kept_r, kept_k, kept_x))
+            keep = (ar == 0) | (al <= np.partition(al, _MAX_CANDIDATES)[_MAX_CANDIDATES])
+            kept_l, kept_r, kept_k, kept_x = [al[keep]], [ar[keep]], [ak[keep]], [ax[keep]]
+    all_l, all_r, all_k, all_x = (np.concatenate(v) for v in (kept_l, kept_r, kept_k, kept_x))
     order = np.lexsort((all_k, all_r, all_l))
+    # a candidate of the same class as a shorter one is dependent on what was taken by then:
+    # the first of each class is enough (the rings around one tunnel from all their roots)
+    _, first = np.unique(all_x[order], axis=0, return_index=True)
+    order = order[np.sort(first)]
+
+    tree_of: dict[int, np.ndarray] = {}
 
     def path_to(r: int, v: int) -> list[int]:
-        pred = preds_of[r]
+        if r not in tree_of:
+            tree_of[r] = dijkstra(mat, indices=r, return_predecessors=True)[1]
+        pred = tree_of[r]
         out = [v]
         while v != r:
             v = int(pred[v])
@@ -281,24 +334,14 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
 
     chosen: list[np.ndarray] = []
     basis: dict = {}
-    class_to: dict = {}
-
-    def class_of(r: int, v: int) -> int:
-        key = (r, v)
-        if key not in class_to:
-            x, path = 0, path_to(r, v)
-            for p, q in zip(path[:-1], path[1:]):
-                x ^= cls[best[(min(p, q), max(p, q))]]
-            class_to[key] = x
-        return class_to[key]
-
     for idx in order.tolist():
-        r, k = int(all_r[idx]), int(all_k[idx])
-        a, b = int(ca[k]), int(cb[k])
-        x = class_of(r, a) ^ cls[k] ^ class_of(r, b)
-        if not x or not _insert(x, basis):
+        x = 0
+        for w, word in enumerate(all_x[idx].tolist()):
+            x |= int(word) << (64 * w)
+        if not _insert(x, basis):
             continue
-        ring = _cycle_vertices(r, a, b, k, path_to, chains, best, branch)
+        r, k = int(all_r[idx]), int(all_k[idx])
+        ring = _cycle_vertices(r, int(ca[k]), int(cb[k]), k, path_to, chains, best, branch)
         if trivial is None or not trivial(ring):
             chosen.append(ring)
         # else: its class is taken out (a ring of the skeleton the mask fills; what the

@@ -1163,6 +1163,7 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     for k, (_g, _mask, lab, is_site) in enumerate((pred, ref)):
         (found, b1, boxes), b1_other = sides[k], sides[1 - k][1]
         other_lab, near_other = (pred, ref)[1 - k][2], near[1 - k]
+        other_mask = (pred, ref)[1 - k][1]
         other_site, other_found = (pred, ref)[1 - k][3], n_found[1 - k]
         detail = "loop the reference does not have" if k == 0 else _MISSING_LOOP
         by_component: dict[int, list] = {}
@@ -1189,13 +1190,17 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 continue
             # loops through a missed or false centerline piece first (a break of a reference
             # loop, a loop closed by a false branch: that piece's site already), then those
-            # through a piece held as within the tolerance (promoted below), then those
-            # farthest from the other mask's loops
+            # through a piece held as within the tolerance (promoted below), then those the
+            # other mask fills, then those farthest from the other mask's loops
+            # (a ring whose bounding box, a convex set, lies all in the other mask is no loop
+            # of it: a filled face of a lattice, whose edges all run along other loops of both)
+            filled = {i: _fills(other_mask, vox) for i, vox, _st in by_component.get(cid, [])}
             loops = [(bool(labels_c[tuple(vox.T)].any()),
                       held_of is not None and bool((held_of[tuple(vox.T)] >= 0).any()),
                       near_other[tuple(vox.T)].mean(), i, vox, steps)
                      for i, vox, steps in by_component.get(cid, [])]
-            loops.sort(key=lambda item: (not item[0], not item[1], item[2], item[3]))
+            loops.sort(key=lambda item: (not item[0], not item[1], not filled[item[3]],
+                                         item[2], item[3]))
             for explained, _held, _near, i, vox, steps in loops[:excess]:
                 if explained or (site_of[tuple(vox.T)] >= 0).any():
                     # (site_of may point at a piece promoted here, in ``out``: a review's
@@ -1218,6 +1223,13 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
                 out.append(_site(LOOP, vox, offset, spacing, voxel_mm3, steps, detail))
             unlocated += max(0, excess - len(loops))
     return out, unlocated
+
+
+def _fills(mask: np.ndarray, vox: np.ndarray) -> bool:
+    """Whether ``mask`` holds the whole bounding box of a cycle's voxels (``vox``, (K, 3)): a
+    convex set, so the cycle encloses nothing there."""
+    lo, hi = vox.min(axis=0), vox.max(axis=0) + 1
+    return bool(mask[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))].all())
 
 
 def _cavities(mask: np.ndarray) -> np.ndarray:
