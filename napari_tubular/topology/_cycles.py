@@ -35,6 +35,10 @@ from scipy.sparse.csgraph import dijkstra
 MAX_XORS = 2_000_000
 #: shortest-path roots per block of :func:`short_loops` (bounds the distance matrices' memory)
 _ROOT_BLOCK = 256
+#: chains off the spanning tree (H1 coordinates before the triangles) at most: the elimination's
+#: bit sets take about their square over 8 bytes (a closed surface of 20,000 chains, 50 MB);
+#: beyond, None is returned
+MAX_COORDINATES = 20_000
 #: shortest-path roots of :func:`short_loops` at most (a spread subset beyond)
 MAX_ROOTS = 256
 #: candidates kept across root blocks (the shortest; those of the first root are all kept, so
@@ -223,14 +227,14 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
             p = int(pred0[v])
             if p >= 0:
                 in_tree[best[(min(p, v), max(p, v))]] = True
-    unit = np.zeros(len(chains), dtype=object)
-    bit = 0
-    for k in range(len(chains)):
-        if in_tree[k]:
-            unit[k] = 0
-        else:
-            unit[k] = 1 << bit
-            bit += 1
+    pos_bit = np.cumsum(~in_tree) - 1  # a chain off the tree: its coordinate
+    bit = int((~in_tree).sum())
+    if bit > MAX_COORDINATES:
+        return None
+
+    def unit(k: int) -> int:
+        return 0 if in_tree[k] else 1 << int(pos_bit[k])
+
     budget = [int(max_xors)]
     relations: dict = {}
     direct = {key: k for key, k in best.items() if len(chains[k][2]) == 2}
@@ -240,15 +244,12 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
             lc = local.get(c)
             if lc is None or lc <= b:
                 continue  # each triangle once (a < b < c); its vertices are branch vertices
-            x = unit[k] ^ unit[direct[(a, lc)]] ^ unit[direct[(b, lc)]]
+            x = unit(k) ^ unit(direct[(a, lc)]) ^ unit(direct[(b, lc)])
             x = _reduce(x, relations, budget)
             if budget[0] < 0:
                 return None
             if x:
                 relations[x.bit_length() - 1] = x
-    reduced = [_reduce(int(u), relations, budget) for u in unit]
-    if budget[0] < 0:
-        return None
     # each chain's class in the coordinates left free by the triangles: rank bits, as words
     free = [q for q in range(bit) if q not in relations]
     rank = len(free)
@@ -258,7 +259,10 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
     words = (rank + 63) // 64
     compact = {q: c for c, q in enumerate(free)}
     cls = np.zeros((len(chains), words), dtype=np.uint64)
-    for k, x in enumerate(reduced):
+    for k in np.flatnonzero(~in_tree).tolist():
+        x = _reduce(unit(k), relations, budget)
+        if budget[0] < 0:
+            return None
         while x:
             h = x.bit_length() - 1
             c = compact[h]
@@ -276,7 +280,7 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
 
     # candidates: (root r, chain k from a to b) -> d(r, a) + w_k + d(r, b), with its class (the
     # XOR of the classes along the two tree paths and the chain's); trivial ones dropped here
-    block_size = int(max(1, min(_ROOT_BLOCK, 4_000_000 // max(1, m * words))))
+    block_size = int(max(1, min(_ROOT_BLOCK, 4_000_000 // (max(m, len(chains), 1) * words))))
     kept_l, kept_r, kept_k, kept_x = [], [], [], []
     arange_m = np.arange(m)
     # every branch vertex a root on small graphs; else a spread subset (raster order), with the

@@ -1410,6 +1410,7 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
     out: list = []
     unlocated = 0
     b1_of: dict[int, int] = {}
+    located: Counter = Counter()
     if not g.n:
         return out, unlocated, b1_of
     graph = coo_matrix((np.ones(g.i.size), (g.i, g.j)), shape=(g.n, g.n)).tocsr()
@@ -1437,7 +1438,11 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
             # filling a 256³ volume, b1 0, had its fundamental cycles walked for 8 s)
             continue
         if max_b1 is not None and b1 > max_b1:
-            unlocated += b1
+            continue  # counted below, once
+        # loops still to locate: a skeleton in several pieces (a given one) has cycles in more
+        # than one graph component of a mask component
+        left = b1 - located[cid]
+        if left <= 0:
             continue
         sub = graph[nodes][:, nodes].tocoo()  # local indices 0..len(nodes) - 1
         comp_box = boxes[cid - 1]
@@ -1450,10 +1455,10 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
             lo, hi = c.min(axis=0), c.max(axis=0) + 1
             return bool((lab[box][tuple(slice(a, b) for a, b in zip(lo, hi))] == cid).all())
 
-        short = short_loops(g.coords[nodes], sub.row, sub.col, spacing, b1, trivial=filled)
+        short = short_loops(g.coords[nodes], sub.row, sub.col, spacing, left, trivial=filled)
         if short is not None:
             _add_loops(out, g, cid, [nodes[c] for c in short])
-            unlocated += b1 - len(short)
+            located[cid] += len(short)
             continue
         cycles = _fundamental_cycles(g, nodes, graph)
         if not cycles:
@@ -1473,17 +1478,19 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
             return [q for q, c in shared.items() if c > 0.5 * min(len(cyc), len(picked[q]))]
 
         for cyc in sorted(cycles, key=len, reverse=True):
-            if len(picked) == b1:
+            if len(picked) == left:
                 break
             if overlapping(cyc):
                 skipped.append(cyc)
                 continue
             _place(on, cyc, len(picked))
             picked.append(cyc)
-        if len(picked) < b1:
-            _split_sum_cycles(g, picked, skipped, b1, on, overlapping)
+        if len(picked) < left:
+            _split_sum_cycles(g, picked, skipped, left, on, overlapping)
         _add_loops(out, g, cid, picked)
-        unlocated += b1 - len(picked)
+        located[cid] += len(picked)
+    unlocated = sum(b1 if max_b1 is not None and b1 > max_b1 else b1 - located[cid]
+                    for cid, b1 in b1_of.items())
     return out, unlocated, b1_of
 
 
@@ -1984,8 +1991,11 @@ def self_check(
             break_site(s_a, s_b, dist, f"gap {dist:.1f} mm within component {rank[c]} ({how})",
                        min(branch, comp_len[c]))
 
+    betti = list(betti_numbers(mc))
     summary = {
-        "betti": list(betti_numbers(mc)),
-        "loops_unlocated": int(unlocated),
+        "betti": betti,
+        # every loop is located or counted here, also those of a component whose skeleton
+        # (a given one, or a thinning that cut a loop) has no cycle for them
+        "loops_unlocated": int(max(unlocated, betti[1] - len(loops))),
     }
     return _finish(labels, sites, spacing, _SELF_CLASSES, components, summary)
