@@ -30,6 +30,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import dijkstra
 
+from ._sparse import neighbour_pairs
+
 #: GF(2) elimination of the triangles left after the collapse: at most this many XORs of bit
 #: sets (a closed surface of thousands of voxels around a cavity); beyond, None is returned
 MAX_XORS = 2_000_000
@@ -55,9 +57,9 @@ def _adjacency(n: int, ei: np.ndarray, ej: np.ndarray) -> list[set]:
     return adj
 
 
-def _strong_collapse(adj: list[set]) -> None:
+def _strong_collapse(adj: list[set], pinned=frozenset()) -> None:
     """Remove dominated vertices (in place) until none is left: ``v`` with a neighbour ``u``
-    adjacent to all of ``v``'s other neighbours."""
+    adjacent to all of ``v``'s other neighbours. ``pinned``: vertices kept whatever."""
     queue = deque(range(len(adj)))
     queued = [True] * len(adj)
     alive = len(adj)
@@ -65,7 +67,7 @@ def _strong_collapse(adj: list[set]) -> None:
         v = queue.popleft()
         queued[v] = False
         nv = adj[v]
-        if not nv and alive > 1:
+        if not nv or v in pinned:
             continue  # an isolated vertex is a component of its own: kept
         if not any(len(adj[u]) + 1 >= len(nv) and nv - {u} <= adj[u] for u in nv):
             continue
@@ -380,3 +382,46 @@ def _cycle_vertices(r, a, b, k, path_to, chains, best, branch) -> np.ndarray:
     back.append(branch[pb[-1]])
     ring.extend(back[::-1][:-1])  # b .. after lca
     return np.asarray(ring, dtype=np.int64)
+
+
+#: :func:`bounds_locally`: at most this many voxels in the patch
+MAX_PATCH_VOXELS = 729
+
+
+def bounds_locally(mask: np.ndarray, ring: np.ndarray) -> bool:
+    """Whether a closed 26-path of voxels of ``mask`` (``ring``, (K, 3) in order) bounds in the
+    clique complex of the mask's voxels within its bounding box grown by one voxel (then it is
+    trivial in the whole mask): exact, on patches of at most :data:`MAX_PATCH_VOXELS` voxels
+    (False beyond). The patch is strongly collapsed with the ring's voxels kept, then the ring's
+    edges are reduced by the remaining triangles' boundaries over GF(2)."""
+    lo = np.maximum(ring.min(axis=0) - 1, 0)
+    hi = np.minimum(ring.max(axis=0) + 2, mask.shape)
+    patch = mask[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))]
+    if patch.size > MAX_PATCH_VOXELS and int(patch.sum()) > MAX_PATCH_VOXELS:
+        return False
+    coords = np.argwhere(patch)
+    index = {c: k for k, c in enumerate(map(tuple, coords.tolist()))}
+    try:
+        ids = [index[tuple(v)] for v in (ring - lo).tolist()]
+    except KeyError:
+        return False  # a ring voxel outside the mask
+    ei, ej, _ = neighbour_pairs(coords, patch.shape)
+    adj = _adjacency(len(coords), ei, ej)
+    _strong_collapse(adj, pinned=frozenset(ids))
+    eid: dict = {}
+    for a in range(len(adj)):
+        for b in adj[a]:
+            if a < b:
+                eid[(a, b)] = len(eid)
+    basis: dict = {}
+    for (a, b), e in eid.items():
+        for c in adj[a] & adj[b]:
+            if c > b:
+                _insert((1 << e) ^ (1 << eid[(a, c)]) ^ (1 << eid[(b, c)]), basis)
+    x = 0
+    for a, b in zip(ids, ids[1:] + ids[:1]):
+        e = eid.get((min(a, b), max(a, b)))
+        if e is None:
+            return False
+        x ^= 1 << e
+    return not _insert(x, basis)

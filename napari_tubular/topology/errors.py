@@ -109,7 +109,7 @@ from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
 from ..geometry.filters import dilate_cube
-from ._cycles import short_loops
+from ._cycles import bounds_locally, short_loops
 from ._sparse import FORWARD_OFFSETS, anisotropic_rounds, neighbour_pairs, smoothed_path
 from .betti import betti_numbers, bounding_box
 from .metrics import binarize, hard_skeleton, skeleton_crop, surface_voxels
@@ -1449,11 +1449,14 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         low = np.array([b.start for b in comp_box])
 
         def filled(ring, coords=g.coords[nodes], box=comp_box, low=low, cid=cid):
-            # the mask fills the ring's bounding box (a convex set): the ring encloses nothing
-            # (the thinning of a thick part can leave one of a few voxels)
+            # the mask fills the ring's bounding box (a convex set), or the ring bounds in the
+            # mask around it: it encloses nothing (the thinning of a thick part can leave a
+            # ring of a few voxels)
             c = coords[ring] - low
             lo, hi = c.min(axis=0), c.max(axis=0) + 1
-            return bool((lab[box][tuple(slice(a, b) for a, b in zip(lo, hi))] == cid).all())
+            comp = lab[box] == cid
+            return (bool(comp[tuple(slice(a, b) for a, b in zip(lo, hi))].all())
+                    or bounds_locally(comp, c))
 
         short = short_loops(g.coords[nodes], sub.row, sub.col, spacing, left, trivial=filled)
         if short is not None:
