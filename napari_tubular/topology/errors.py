@@ -1448,13 +1448,14 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         comp_box = boxes[cid - 1]
         low = np.array([b.start for b in comp_box])
 
-        def filled(ring, coords=g.coords[nodes], box=comp_box, low=low, cid=cid):
+        comp = lab[comp_box] == cid
+
+        def filled(ring, coords=g.coords[nodes], comp=comp, low=low):
             # the mask fills the ring's bounding box (a convex set), or the ring bounds in the
             # mask around it: it encloses nothing (the thinning of a thick part can leave a
             # ring of a few voxels)
             c = coords[ring] - low
             lo, hi = c.min(axis=0), c.max(axis=0) + 1
-            comp = lab[box] == cid
             return (bool(comp[tuple(slice(a, b) for a, b in zip(lo, hi))].all())
                     or bounds_locally(comp, c))
 
