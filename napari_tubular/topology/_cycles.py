@@ -18,8 +18,17 @@ of triangle boundaries (three pairwise neighbours). :func:`short_loops` uses tha
    chain's reduced vector is its class, so a cycle's class is the XOR of its chains' classes.
 4. Candidates as in Horton (1987) and Erickson and Whittlesey (2005): for every branch voxel
    ``r`` and chain ``(u, v)``, the shortest path ``r -> u``, the chain and the shortest path
-   ``v -> r``. Taken shortest first when their class is independent of those taken: a
-   shortest homology basis, so each loop is the smallest ring around its own tunnel.
+   ``v -> r`` (their classes computed for a block of roots at once; trivial ones, and all but
+   the shortest of each class, dropped). Taken shortest first when their class is independent
+   of those taken: a shortest homology basis, so each loop is the smallest ring around its own
+   tunnel. A ring the caller knows to be trivial where it matters (the mask fills it, while
+   the skeleton does not: what a thinning leaves in a thick part) is not taken, and its class
+   is set aside, so that the next independent ring is taken instead.
+
+Bounds: on graphs of more than :data:`MAX_ROOTS` branch voxels a spread subset of roots (a
+closed surface around a cavity: its rings are found a little longer, not lost); more than
+:data:`MAX_COORDINATES` chains off the spanning tree, or an elimination of more than
+:data:`MAX_XORS` steps, and :func:`short_loops` declines (None).
 """
 
 from __future__ import annotations

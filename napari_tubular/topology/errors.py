@@ -21,8 +21,9 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    located, as many as it has loops lying mostly (half their cycle or more) away from them: a
    filled reference ring compensated by a new loop elsewhere in the same vessel is two sites
    with a Betti-1 error of 0 (a new loop that splits a reference loop runs mostly along it and
-   is taken as matched: an outside judge's ladders and grids; nor is a filled face of a 3-D
-   lattice, all of whose edges belong to other cells, found that way). A centerline site a loop runs through carries it instead ("closes a
+   is taken as matched: an outside judge's ladders and grids). The sites go first to loops
+   whose ring the other mask fills (its bounding box all in it: a filled face of a 3-D lattice,
+   all of whose edges belong to other cells), then to those farthest from its loops. A centerline site a loop runs through carries it instead ("closes a
    loop" / "opens a reference loop", one site per loop, "closes N loops" for a piece N loops
    run through; a bridge of the reference before
    another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
@@ -55,11 +56,19 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
 5. ``small component``: a component (not the largest) below ``small_fraction`` of the largest.
 6. ``loop``: a cycle of the skeleton around a tunnel (vessel trees have none: a loop usually
    means two vessels merged). The number of loop sites per component is its exact ``b1``
-   (Euler recipe); their places are a best effort: the longest non-trivial fundamental cycles
-   of the skeleton graph, skipping one that shares more than half its voxels with a cycle
-   already taken (sheet-like skeleton parts around cavities give many short trivial cycles,
-   hence longest first). Loops left without a cycle are counted in
-   ``summary["loops_unlocated"]``.
+   (Euler recipe); each is the shortest ring around its own tunnel: a shortest set of skeleton
+   cycles independent in homology (``_cycles``: the skeleton's voxels as closed cubes are
+   homotopy-equivalent to the clique complex of their 26-neighbour graph, so a cycle is
+   trivial exactly when it is a sum of triangle boundaries over GF(2); candidates as in
+   Horton's algorithm, taken shortest first when independent of those taken). A ring the mask
+   fills (its bounding box, or exactly on a patch around it) is the thinning's and passed over.
+   A lattice of 176 loops had 108 unlocated when the longest fundamental cycles of a BFS tree
+   were taken (overlapping, and around several cells); now each cell's ring. Where the
+   elimination would be too large (a closed skeleton surface around a cavity of more than
+   about 20,000 chains) the longest non-trivial fundamental cycles are taken as before,
+   skipping one sharing more than half its voxels with one taken. Loops left without a cycle
+   (a component of more than ``MAX_LOOPS_LOCATED``, a skeleton without the cycle) are counted
+   in ``summary["loops_unlocated"]``.
 8. ``cavity``: background enclosed by the mask (Betti-2; vessels have none).
 7. ``possible break``: a skeleton end point whose component's surface near it (within the
    local radius plus ``break_gap_mm``) comes within ``break_gap_mm`` of another component:
@@ -1115,8 +1124,9 @@ def _loop_errors(labels_c, pred, ref, offset, spacing, tolerance_vox: int, sites
     the other mask's loops (within ``tolerance_vox + 2`` voxels) first. A component that is a
     site already (spurious / missed) is left out, and a loop through voxels that are a site
     already (a break of a reference loop, a false branch closing one) is that site's: each
-    Betti-1 error is one site at most. Placement is a best effort (the located loops are a
-    choice among cycles); a component of more than :data:`MAX_LOOPS_LOCATED` loops is not
+    Betti-1 error is one site at most. Placement: loops whose ring the other mask fills first,
+    then those farthest from its loops (each located loop is the shortest ring around its
+    tunnel); a component of more than :data:`MAX_LOOPS_LOCATED` loops is not
     located. ``sites`` and ``site_of`` (the index in ``sites`` of each centerline-error voxel,
     -1 elsewhere): a centerline site that explains a Betti-1 error says so in its ``detail``
     (an audit: "b1 error 1" beside "loop sites 0" and a false branch that did not say it closes
@@ -1399,7 +1409,9 @@ def _contractible(g: _Skel, cyc: np.ndarray) -> bool:
 def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
            max_b1: int | None = None, skip: np.ndarray | None = None):
     """The loops of a mask: exact ``b1`` per 26-component (Euler recipe), located on the
-    longest fundamental cycles of its skeleton graph (``g``), skipping a cycle that shares more
+    shortest independent non-trivial cycles of its skeleton graph (``g``;
+    :func:`_cycles.short_loops`), passing over rings the mask fills; where that declines (a
+    large closed surface), on the longest fundamental cycles, skipping a cycle that shares more
     than half its voxels with one already taken. Returns ``([(component id, cycle voxels
     (K, 3), cycle length mm)], loops left without a cycle, {component id: b1})`` (components
     whose skeleton has a cycle; skeleton voxels outside the mask are passed over). ``boxes``:
@@ -1912,7 +1924,7 @@ def self_check(
             )
         )
 
-    # loops: exact b1 per component, located on fundamental cycles of the skeleton graph
+    # loops: exact b1 per component, located on the shortest rings around their tunnels
     # cc3d's boxes, indexed by component id (0: the background)
     loops, unlocated, _ = _loops(g, lab, node_comp, spacing, stats["bounding_boxes"][1:],
                                  max_b1=MAX_LOOPS_LOCATED)
