@@ -14,8 +14,11 @@ of triangle boundaries (three pairwise neighbours). :func:`short_loops` uses tha
 2. The rest is contracted to branch voxels joined by chains (a chain's length in mm is the sum
    of its steps).
 3. H1 coordinates: the chains off a spanning tree are the cycle space's coordinates; the
-   remaining triangle boundaries are eliminated over GF(2) (Python ints as bit sets), and each
-   chain's reduced vector is its class, so a cycle's class is the XOR of its chains' classes.
+   remaining triangle boundaries are relations among them. Those of one or two terms (``a =
+   0``, ``a = b``: most, on a closed surface around a cavity, as when it is peeled along a
+   dual tree) merge coordinates with union-find, again until none is left; the rest are
+   eliminated over GF(2) (Python ints as bit sets). Each chain's reduced vector is its class,
+   so a cycle's class is the XOR of its chains' classes.
 4. Candidates as in Horton (1987) and Erickson and Whittlesey (2005): for every branch voxel
    ``r`` and chain ``(u, v)``, the shortest path ``r -> u``, the chain and the shortest path
    ``v -> r`` (their classes computed for a block of roots at once; trivial ones, and all but
@@ -27,7 +30,7 @@ of triangle boundaries (three pairwise neighbours). :func:`short_loops` uses tha
 
 Bounds: on graphs of more than :data:`MAX_ROOTS` branch voxels a spread subset of roots (a
 closed surface around a cavity: its rings are found a little longer, not lost); more than
-:data:`MAX_COORDINATES` chains off the spanning tree, or an elimination of more than
+:data:`MAX_COORDINATES` coordinates left after the union-find, or an elimination of more than
 :data:`MAX_XORS` steps, and :func:`short_loops` declines (None).
 """
 
@@ -46,15 +49,15 @@ from ._sparse import neighbour_pairs
 MAX_XORS = 2_000_000
 #: shortest-path roots per block of :func:`short_loops` (bounds the distance matrices' memory)
 _ROOT_BLOCK = 256
-#: chains off the spanning tree (H1 coordinates before the triangles) at most: the elimination's
-#: bit sets take about their square over 8 bytes (a closed surface of 20,000 chains, 50 MB);
-#: beyond, None is returned
+#: H1 coordinates before the elimination (chains off the spanning tree, merged by the triangles
+#: of one or two terms) at most: the elimination's bit sets take about their square over 8
+#: bytes (20,000: 50 MB); beyond, None is returned
 MAX_COORDINATES = 20_000
 #: shortest-path roots of :func:`short_loops` at most (a spread subset beyond)
 MAX_ROOTS = 256
 #: candidates kept across root blocks (the shortest; those of the first root are all kept, so
 #: a basis is always complete)
-_MAX_CANDIDATES = 2_000_000
+_MAX_CANDIDATES = 500_000
 
 
 def _adjacency(n: int, ei: np.ndarray, ej: np.ndarray) -> list[set]:
@@ -238,16 +241,11 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
             p = int(pred0[v])
             if p >= 0:
                 in_tree[best[(min(p, v), max(p, v))]] = True
-    pos_bit = np.cumsum(~in_tree) - 1  # a chain off the tree: its coordinate
-    bit = int((~in_tree).sum())
-    if bit > MAX_COORDINATES:
-        return None
-
-    def unit(k: int) -> int:
-        return 0 if in_tree[k] else 1 << int(pos_bit[k])
-
-    budget = [int(max_xors)]
-    relations: dict = {}
+    nontree = np.flatnonzero(~in_tree)
+    var_of = np.full(len(chains), -1, dtype=np.int64)
+    var_of[nontree] = np.arange(nontree.size)
+    # the triangles' relations among the chains off the tree (each at most three)
+    triangles = []
     direct = {key: k for key, k in best.items() if len(chains[k][2]) == 2}
     for (a, b), k in direct.items():
         common = adj[branch[a]] & adj[branch[b]]
@@ -255,12 +253,62 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
             lc = local.get(c)
             if lc is None or lc <= b:
                 continue  # each triangle once (a < b < c); its vertices are branch vertices
-            x = unit(k) ^ unit(direct[(a, lc)]) ^ unit(direct[(b, lc)])
-            x = _reduce(x, relations, budget)
-            if budget[0] < 0:
-                return None
-            if x:
-                relations[x.bit_length() - 1] = x
+            vs = [int(var_of[q]) for q in (k, direct[(a, lc)], direct[(b, lc)]) if var_of[q] >= 0]
+            if vs:
+                triangles.append(vs)
+    # relations of one or two terms first, with union-find (``a = 0``, ``a = b``: no fill, as
+    # peeling a surface along a dual tree), until none is left; the rest by elimination
+    zero = nontree.size
+    parent = list(range(zero + 1))
+
+    def find(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    pending = triangles
+    while True:
+        rest = []
+        for vs in pending:
+            z = find(zero)
+            odd: set = set()
+            for v in vs:
+                r = find(v)
+                if r != z:
+                    odd ^= {r}
+            if len(odd) == 1:
+                parent[odd.pop()] = z
+            elif len(odd) == 2:
+                r1, r2 = odd
+                parent[r1] = r2
+            elif odd:
+                rest.append(vs)
+        if len(rest) == len(pending):
+            break
+        pending = rest
+    z = find(zero)
+    roots = sorted({find(v) for v in range(zero)} - {z})
+    bit = len(roots)
+    if bit > MAX_COORDINATES:
+        return None
+    coordinate = {r: q for q, r in enumerate(roots)}
+
+    def unit(v: int) -> int:
+        r = find(v)
+        return 0 if r == z else 1 << coordinate[r]
+
+    budget = [int(max_xors)]
+    relations: dict = {}
+    for vs in pending:
+        x = 0
+        for v in vs:
+            x ^= unit(v)
+        x = _reduce(x, relations, budget)
+        if budget[0] < 0:
+            return None
+        if x:
+            relations[x.bit_length() - 1] = x
     # each chain's class in the coordinates left free by the triangles: rank bits, as words
     free = [q for q in range(bit) if q not in relations]
     rank = len(free)
@@ -270,8 +318,8 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
     words = (rank + 63) // 64
     compact = {q: c for c, q in enumerate(free)}
     cls = np.zeros((len(chains), words), dtype=np.uint64)
-    for k in np.flatnonzero(~in_tree).tolist():
-        x = _reduce(unit(k), relations, budget)
+    for k in nontree.tolist():
+        x = _reduce(unit(int(var_of[k])), relations, budget)
         if budget[0] < 0:
             return None
         while x:
@@ -291,7 +339,7 @@ def short_loops(coords: np.ndarray, ei: np.ndarray, ej: np.ndarray, spacing, max
 
     # candidates: (root r, chain k from a to b) -> d(r, a) + w_k + d(r, b), with its class (the
     # XOR of the classes along the two tree paths and the chain's); trivial ones dropped here
-    block_size = int(max(1, min(_ROOT_BLOCK, 4_000_000 // (max(m, len(chains), 1) * words))))
+    block_size = int(max(1, min(_ROOT_BLOCK, 1_000_000 // (max(m, len(chains), 1) * words))))
     kept_l, kept_r, kept_k, kept_x = [], [], [], []
     arange_m = np.arange(m)
     # every branch vertex a root on small graphs; else a spread subset (raster order), with the

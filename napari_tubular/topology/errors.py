@@ -64,9 +64,10 @@ Without a reference (:func:`self_check`), what a clinician checks on a segmentat
    fills (its bounding box, or exactly on a patch around it) is the thinning's and passed over.
    A lattice of 176 loops had 108 unlocated when the longest fundamental cycles of a BFS tree
    were taken (overlapping, and around several cells); now each cell's ring. Where the
-   elimination would be too large (a closed skeleton surface around a cavity of more than
-   about 20,000 chains) the longest non-trivial fundamental cycles are taken as before,
-   skipping one sharing more than half its voxels with one taken. Loops left without a cycle
+   elimination would be too large (``_cycles.MAX_COORDINATES``; none of the probes, closed
+   skeleton surfaces of 207³ hollow tori included, came near) the longest non-trivial
+   fundamental cycles are taken as before, skipping one sharing more than half its voxels
+   with one taken. Loops left without a cycle
    (a component of more than ``MAX_LOOPS_LOCATED``, a skeleton without the cycle) are counted
    in ``summary["loops_unlocated"]``.
 8. ``cavity``: background enclosed by the mask (Betti-2; vessels have none).
