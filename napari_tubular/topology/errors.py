@@ -23,12 +23,13 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    with a Betti-1 error of 0 (a new loop that splits a reference loop runs mostly along it and
    is taken as matched: an outside judge's ladders and grids). The sites go first to loops
    whose ring the other mask fills (its bounding box all in it: a filled face of a 3-D lattice,
-   all of whose edges belong to other cells), then to those farthest from its loops. A centerline site a loop runs through carries it instead ("closes a
-   loop" / "opens a reference loop", one site per loop, "closes N loops" for a piece N loops
-   run through; a bridge of the reference before
-   another piece); the point, or chord, the thinning leaves in a filled reference loop's hole
-   (within the tolerance's block, or inside a missing loop's box) is that loop site's, not a
-   false centerline ("its hole filled: N mm of false centerline across it").
+   all of whose edges belong to other cells), then to those farthest from its loops. A
+   centerline site a loop runs through carries it instead ("closes a loop" / "opens a
+   reference loop", one site per loop, "closes N loops" for a piece N loops run through; a
+   bridge of the reference before another piece); the point, or chord, the thinning leaves in
+   a filled reference loop's hole (within the tolerance's block, or inside a missing loop's
+   box) is that loop site's, not a false centerline ("its hole filled: N mm of false
+   centerline across it").
 8. ``cavity`` (Betti-2 errors): background enclosed by one mask (6-connected, not reaching the
    volume's faces) where the other mask has no cavity; its voxels are the site. Centerline
    voxels inside such a cavity belong to it (a hole in a vessel is not a break).
@@ -1460,7 +1461,6 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
         sub = graph[nodes][:, nodes].tocoo()  # local indices 0..len(nodes) - 1
         comp_box = boxes[cid - 1]
         low = np.array([b.start for b in comp_box])
-
         comp = lab[comp_box] == cid
 
         def filled(ring, coords=g.coords[nodes], comp=comp, low=low):
