@@ -195,3 +195,12 @@ def test_two_gaps_between_the_same_two_components_are_two_sites():
     m2[:, 20:, 58:61] = tube((12, 30, 5), (12, 30, 94), 2.5)[:, 20:, 58:61]
     breaks = [s for s in self_check(m2, (1.0, 1.0, 1.0)).sites if s.cls_name == "possible break"]
     assert len(breaks) <= 1
+
+
+@pytest.mark.parametrize("shape", [(40, 40, 40), (5, 30, 30)])
+def test_self_check_of_a_mask_without_background(shape):
+    """A helper's probe: a mask filling its whole volume (no background voxel: an infinite
+    inscribed radius) ended in "ValueError: Maximum allowed size exceeded"."""
+    report = self_check(np.ones(shape, bool), (1.0, 1.0, 1.0))
+    assert report.summary["betti"] == [1, 0, 0]
+    assert report.sites == []
