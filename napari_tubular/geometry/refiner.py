@@ -167,7 +167,8 @@ class Refiner:
         r, w = self._seed_params(flat)
         return flat, r, w
 
-    def _step(self, new_tp: float, new_tr: float) -> RefineResult | None:
+    def _step(self, new_tp: float, new_tr: float, progress=None,
+              cancel=None) -> RefineResult | None:
         """``Y_r`` of the new ``T_p`` as the old one plus the kernels of the seeds the step adds
         (minus those it removes), or None where a whole reconstruction is due: more than
         :data:`INCREMENTAL_MAX_FRACTION` of the seeds change, :data:`INCREMENTAL_MAX_STEPS`
@@ -194,7 +195,7 @@ class Refiner:
             sign = np.float32(1.0 if c_new > c_old else -1.0)
             y = y.copy()  # the old result's map stays as it was (it is the caller's too)
             _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate, self.device,
-                        out=y)
+                        out=y, progress=progress, cancel=cancel)
             if c_new < c_old:
                 np.maximum(y, 0.0, out=y)  # rounding residues of removed kernels
             else:
@@ -226,12 +227,18 @@ class Refiner:
         """The last result (None before the first :meth:`update`)."""
         return self._result
 
-    def update(self, tp: float | None = None, tr: float | None = None) -> RefineResult:
+    def update(self, tp: float | None = None, tr: float | None = None, *, progress=None,
+               cancel=None) -> RefineResult:
         """Apply new thresholds and return the refinement.
 
         Args:
             tp: new ``T_p`` in [0, 1], or None to keep the current one.
             tr: new ``T_r`` >= 0, or None to keep the current one.
+            progress: ``progress(percent, 100, message)`` while the kernels are summed (not
+                called for a ``T_r`` change, which only re-thresholds).
+            cancel: ``cancel() -> bool``, asked between chunks of the sum; True raises
+                :class:`~napari_tubular.geometry.spheres.Cancelled` and leaves the refiner as
+                it was (thresholds, last result and cache).
 
         Returns:
             :class:`RefineResult`. The arrays ``refined``, ``skeleton``, ``centers_mm`` and
@@ -242,11 +249,11 @@ class Refiner:
         new_tr = self._tr if tr is None else check_threshold(tr, "tr", high=1e6)
         stale = self._incremental_steps > 0 and new_tr < self._exact_below()
         if self._result is None or new_tp != self._tp or stale:
-            step = None if stale else self._step(new_tp, new_tr)
+            step = None if stale else self._step(new_tp, new_tr, progress, cancel)
             if step is None:
                 flat, r, w = self._seeds(new_tp)
                 step = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
-                                          new_tr, self.truncate, self.device)
+                                          new_tr, self.truncate, self.device, progress, cancel)
                 self._incremental_steps = 0
                 self._peak = float(step.refined.max()) if step.refined.size else 0.0
             else:
