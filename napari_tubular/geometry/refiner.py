@@ -121,6 +121,9 @@ class Refiner:
         self._edge_mm: np.ndarray | None = None  # distance to the edge of P > 0.5 (lazy)
         self._incremental_steps = 0  # T_p steps since the last whole reconstruction
         self._peak = 0.0  # the largest value of Y_r since the last whole reconstruction
+        # whether the last whole reconstruction took the fast path's kernels for large balls
+        # (spheres._sum_fast); the T_p steps after it add and subtract the same kernels
+        self._fast = False
 
     def _candidates(self, tp: float) -> None:
         """Cache the voxels of ``P > min(tp, 0.5)`` sorted by falling probability."""
@@ -195,7 +198,7 @@ class Refiner:
             sign = np.float32(1.0 if c_new > c_old else -1.0)
             y = y.copy()  # the old result's map stays as it was (it is the caller's too)
             _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate, self.device,
-                        out=y, progress=progress, cancel=cancel)
+                        out=y, progress=progress, cancel=cancel, fast=self._fast)
             if c_new < c_old:
                 np.maximum(y, 0.0, out=y)  # rounding residues of removed kernels
             else:
@@ -206,7 +209,7 @@ class Refiner:
         self._incremental_steps += 1
         return RefineResult(labels=(y > new_tr).view(np.uint8), skeleton=skel.reshape(shape),
                             refined=y, centers_mm=centers, radii_mm=r, tp=new_tp, tr=new_tr,
-                            info={"incremental": True})
+                            info={"incremental": True, "fast": self._fast})
 
     def _exact_below(self) -> float:
         """The ``T_r`` under which ``Y_r`` must be a whole sum: :data:`EXACT_TR`, or
@@ -256,6 +259,7 @@ class Refiner:
                                           new_tr, self.truncate, self.device, progress, cancel)
                 self._incremental_steps = 0
                 self._peak = float(step.refined.max()) if step.refined.size else 0.0
+                self._fast = bool(step.info.get("fast", False))
             else:
                 flat = None  # the seeds' flat indices, recomputed when soft_shape asks
             self._result = step
