@@ -375,13 +375,13 @@ def _accumulate_torch(seeds, weights, inv2s2, cut2, spacing, shape, mode: str, d
 # the fast path for large balls (hand-made radius maps): kernel levels summed by FFT
 # --------------------------------------------------------------------------------------------
 #: ratio of the support radii of two neighbouring kernel levels of the fast path
-FAST_LEVEL_RATIO = 1.1
+FAST_LEVEL_RATIO = 1.05
 #: only seeds whose support radius is at least this many of the finest voxel steps, and whose
 #: weight is at least :data:`FAST_MIN_WEIGHT`, may take the fast path (smaller balls are cheap)
 FAST_MIN_RADIUS_VOX = 8.0
 FAST_MIN_WEIGHT = 1e-3
 #: the bound on the fast path's relative error of ``Y_r`` (``_sum_fast``; truncate 3)
-FAST_RTOL = 0.016
+FAST_RTOL = 0.0021
 #: the fast path is taken only when the exact scatter of those seeds costs at least this many
 #: (seed, offset) pairs (about a second on two cores) ...
 FAST_MIN_ENTRIES = 2.5e8
@@ -441,9 +441,30 @@ def _fft_rounding(weights, size) -> float:
     return 1e-14 * math.log2(max(float(np.prod(size)), 2.0)) * float(np.abs(weights).sum())
 
 
-def _fast_cost(n_levels, shell, size) -> float:
-    n = float(np.prod(size))
-    return _FFT_COST * (6 * n_levels + 1) * n * math.log2(max(n, 2.0)) + shell
+def _level_frames(seeds, k, c_lev, spacing) -> dict:
+    """The FFT frame of each level: ``{level: (lo (3,), size)}``, the bounding box of the
+    level's seeds plus its support, each side extended to a fast FFT length (the circular
+    convolution then wraps nothing onto it)."""
+    from scipy.fft import next_fast_len
+
+    frames = {}
+    for lev in np.unique(k):
+        s = seeds[k == lev]
+        h = np.floor(math.sqrt(float(c_lev[lev])) * (1 + 1e-6) / np.asarray(spacing))
+        lo = s.min(axis=0) - h.astype(np.int64)
+        span = s.max(axis=0) + h.astype(np.int64) + 1 - lo
+        frames[int(lev)] = (lo, tuple(next_fast_len(int(n), real=True) for n in span))
+    return frames
+
+
+def _fast_cost(frames: dict, shell) -> float:
+    """The fast path's estimated cost in scatter pairs: 7 FFTs a level (3 images, 3 kernels,
+    1 inverse) and the shells."""
+    cost = float(shell)
+    for _, size in frames.values():
+        n = float(np.prod(size))
+        cost += _FFT_COST * 7 * n * math.log2(max(n, 2.0))
+    return cost
 
 
 def _level_kernel(radius_mm: float, cut2_lev: np.float32, spacing):
@@ -455,7 +476,7 @@ def _level_kernel(radius_mm: float, cut2_lev: np.float32, spacing):
 
 
 def _sum_fast(seeds, weights, inv2s2, cut2, spacing, shape, k, c_lev, lo, size, truncate,
-              out, report, cancel) -> None:
+              out, report, cancel, frames: dict | None = None) -> None:
     """Add the kernels of ``seeds`` (each with its level ``k``) into ``out`` (flat float32).
 
     Each seed's kernel is split at the largest level inside its own support, ``C_k <= c_u``
@@ -465,7 +486,7 @@ def _sum_fast(seeds, weights, inv2s2, cut2, spacing, shape, k, c_lev, lo, size, 
       (quadratic Lagrange interpolation) on the Gaussians of levels k, k + 1 and k + 2, all
       truncated at ``C_k``: the seeds' weights times the three Lagrange weights are put on
       three images per level, which are convolved with the three level kernels by FFT (float64,
-      one frame for all levels, the spectra summed, one inverse transform);
+      in a frame per level: its seeds' bounding box plus its support, :func:`_level_frames`);
     - the shell ``C_k < d2 <= c_u`` is scattered exactly, as the exact path does.
 
     The support is therefore exactly the exact path's (each seed's own ball), so ``Y_r > T_r``
@@ -473,7 +494,7 @@ def _sum_fast(seeds, weights, inv2s2, cut2, spacing, shape, k, c_lev, lo, size, 
     ``0.064 h^3 max|g3| / g`` of the exact one, relatively (the Lagrange remainder), where
     ``h = ln(FAST_LEVEL_RATIO)``, ``g(s) = exp(-x)`` with ``x = d^2 / (2 sigma^2)`` and
     ``s = log(sigma)``, and ``g3 = (8x^3 - 24x^2 + 8x) exp(-x)`` its third derivative: at most
-    279 times ``g`` for ``x <= truncate^2 / 2 = 4.5``, so 1.6 % for a ratio of 1.1 and
+    279 times ``g`` for ``x <= truncate^2 / 2 = 4.5``, so 0.21 % for a ratio of 1.05 and
     truncate 3 (:data:`FAST_RTOL`); a sum of such kernels (positive weights) is within the same
     fraction of the exact sum. FFT rounding (about 1e-13)
     is cleared: every voxel of the support holds at least ``w_min exp(-truncate^2 / 2)``, so
@@ -489,35 +510,45 @@ def _sum_fast(seeds, weights, inv2s2, cut2, spacing, shape, k, c_lev, lo, size, 
     pos = seeds - lo[None, :]
     strides = np.array([size[1] * size[2], size[2], 1], dtype=np.int64)
     flat_pos = pos @ strides
-    n_frame = int(np.prod(size))
-    fft_unit = _FFT_COST * n_frame * math.log2(max(n_frame, 2))
-    size_arr = np.asarray(size, dtype=np.int64)
-    spec = None
+    frame = np.zeros(size, np.float64)  # all levels and shells, float64
+    if frames is None:
+        frames = _level_frames(seeds, k, c_lev, spacing)
     done = 0.0
     levels = np.unique(k)
     for lev in levels:
         _check_cancel(cancel)
         sel = k == lev
+        lo_l, size_l = frames[int(lev)]
+        n_l = int(np.prod(size_l))
+        strides_l = np.array([size_l[1] * size_l[2], size_l[2], 1], dtype=np.int64)
+        flat_l = (seeds[sel] - lo_l[None, :]) @ strides_l
         offs, d2 = _level_kernel(rho_lev[lev], c_lev[lev], spacing)
-        kidx = (offs % size_arr) @ strides
+        kidx = (offs % np.asarray(size_l, dtype=np.int64)) @ strides_l
+        spec = None
         for j in range(3):
             part, sg = lagrange[j][sel] * weights[sel], sig_lev[lev + j]
-            img = np.bincount(flat_pos[sel], weights=part, minlength=n_frame).reshape(size)
+            img = np.bincount(flat_l, weights=part, minlength=n_l).reshape(size_l)
             prod = sfft.rfftn(img, workers=n_threads)
             del img
-            ker = np.zeros(n_frame, np.float64)
+            ker = np.zeros(n_l, np.float64)
             ker[kidx] = np.exp(-d2.astype(np.float64) / (2.0 * sg * sg))
-            prod *= sfft.rfftn(ker.reshape(size), workers=n_threads)
+            prod *= sfft.rfftn(ker.reshape(size_l), workers=n_threads)
             del ker
             if spec is None:
                 spec = prod
             else:
                 spec += prod
             del prod
-            done += 2 * fft_unit
-            report(done)
-    frame = sfft.irfftn(spec, s=size, workers=n_threads).reshape(-1)
-    del spec
+        y = sfft.irfftn(spec, s=size_l, workers=n_threads)
+        del spec
+        at = lo_l - lo  # the level's frame inside the whole frame (it fits: lo <= lo_l)
+        win = tuple(slice(int(a), int(a) + min(int(n), int(m) - int(a)))
+                    for a, n, m in zip(at, size_l, size))
+        frame[win] += y[tuple(slice(0, w.stop - w.start) for w in win)]
+        del y
+        done += _FFT_COST * 7 * n_l * math.log2(max(n_l, 2))
+        report(done)
+    frame = frame.reshape(-1)
 
     # the shells C_k < d2 <= c_u, exactly; seeds sorted by c_u within a level, so that a chunk
     # of them takes the offsets (sorted by d2) up to its largest c_u only
@@ -531,7 +562,7 @@ def _sum_fast(seeds, weights, inv2s2, cut2, spacing, shape, k, c_lev, lo, size, 
         order = np.argsort(d2, kind="stable")
         offs, d2 = offs[order], d2[order]
         foff = offs @ strides
-        step = max(1, _MIN_CHUNK // max(d2.size, 1))
+        step = max(1, (_CHUNK_ENTRIES // 4) // max(d2.size, 1))
         for c0 in range(0, sel.size, step):
             part = sel[c0 : c0 + step]
             m = int(np.searchsorted(d2, cut2[part].max(), side="right"))
@@ -627,7 +658,8 @@ def _accumulate_fast(seeds, weights, inv2s2, cut2, spacing, shape, out, progress
     if abs(truncate - DEFAULT_TRUNCATE) > 1e-3:  # FAST_RTOL is the bound for 3 sigmas
         return None
     lo, size = _fast_frame(seeds[ok], h)
-    cost = _fast_cost(n_levels, shell, size)
+    frames = _level_frames(seeds[ok], k, c_lev, spacing)
+    cost = _fast_cost(frames, shell)
     sound = (_fft_rounding(aw[ok], size)
              < 1e-3 * _support_floor(aw[ok], inv2s2[ok], cut2[ok]))
     pays = sound and exact >= FAST_MIN_ENTRIES and cost * FAST_MIN_GAIN <= exact
@@ -650,7 +682,7 @@ def _accumulate_fast(seeds, weights, inv2s2, cut2, spacing, shape, out, progress
 
     if by_fft:
         _sum_fast(seeds[ok], weights[ok], inv2s2[ok], cut2[ok], spacing, shape, k, c_lev, lo,
-                  size, truncate, out, report, cancel)
+                  size, truncate, out, report, cancel, frames)
     else:
         _fast_model_scatter(seeds[ok], weights[ok], inv2s2[ok], cut2[ok], spacing, shape, k,
                             c_lev, truncate, out, scaled(0.0, first), cancel)

@@ -104,7 +104,8 @@ def _exact_and_fast(prob, radius, sp, tp, monkeypatch):
 
 
 #: each seed's kernel on its level's ball is within this fraction of the exact one (the
-#: interpolation bound of ``_sum_fast`` for FAST_LEVEL_RATIO 1.1 and truncate 3)
+#: interpolation bound of ``_sum_fast`` for FAST_LEVEL_RATIO 1.05 and truncate 3; 1.7e-3 is
+#: the largest found on a fine grid of sigmas and distances)
 FAST_RTOL = spheres.FAST_RTOL
 
 
