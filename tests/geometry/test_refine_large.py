@@ -188,3 +188,42 @@ def test_the_fast_kernels_by_scatter_equal_those_by_fft():
     exact = soft_reconstruction(seeds, sig, w, shape, sp).ravel()  # the exact kernels
     np.testing.assert_array_equal(by_fft > 0, exact > 0)
     assert np.all(np.abs(by_fft - exact) <= FAST_RTOL * exact + 1e-6)
+
+
+env_fn = spheres._union_envelope
+
+
+@pytest.mark.parametrize("sp", [(1.0, 1.0, 1.0), (1.5, 0.8, 1.0)])
+def test_union_of_many_large_balls_by_the_envelope_equals_the_scatter(sp, monkeypatch):
+    rng = np.random.default_rng(5)
+    shape = (26, 30, 28)
+    c = np.stack([rng.integers(0, n, 400) for n in shape], 1)
+    c[0] = 0  # balls clipped by the volume's faces
+    c[1] = np.array(shape) - 1
+    r = rng.uniform(0.3, 9.0, 400)
+    r[2] = 0.0  # draws nothing
+    env = spheres._union_envelope(c[r > 0], (r[r > 0] ** 2).astype(np.float32), sp, shape)
+    g = np.stack(np.indices(shape), -1) * np.asarray(sp)
+    brute = np.zeros(shape, bool)
+    for ci, ri in zip(c, r):
+        brute |= ((g - ci * np.asarray(sp)) ** 2).sum(-1) < ri * ri
+    np.testing.assert_array_equal(env, brute)
+    np.testing.assert_array_equal(spheres.union_of_balls(c, r, shape, sp), brute)  # scatter
+    calls = []
+    monkeypatch.setattr(spheres, "ENVELOPE_MIN_ENTRIES", 0.0)
+    monkeypatch.setattr(spheres, "ENVELOPE_MIN_GAIN", 0.0)
+    monkeypatch.setattr(spheres, "_union_envelope", lambda *a: calls.append(1) or env_fn(*a))
+    np.testing.assert_array_equal(spheres.union_of_balls(c, r, shape, sp), brute)
+    assert calls
+
+
+def test_fast_refined_labels_lie_inside_the_union_of_the_seeds_balls(monkeypatch):
+    sp = (1.2, 0.9, 1.0)
+    prob, radius = _blob(9.0, (20, 26, 24), sp)
+    _, fast = _exact_and_fast(prob, radius, sp, 0.55, monkeypatch)
+    assert fast.info["fast"]
+    seeds = np.rint(fast.centers_mm / np.asarray(sp)).astype(int)
+    balls = spheres.union_of_balls(seeds, fast.radii_mm * (1 + 1e-6), prob.shape, sp)
+    assert balls.sum() > fast.labels.sum() > 0
+    for tr in (1e-9, 1e-4, 0.25):
+        assert not np.any((fast.refined > tr) & ~balls)
