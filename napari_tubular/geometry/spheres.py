@@ -431,7 +431,7 @@ def _fast_plan(weights, cut2, spacing):
     k = np.searchsorted(c_lev, cut2[ok], side="right") - 1
     exact = float(np.sum(4.0 / 3.0 * np.pi * r ** 3)) / vox
     rk = np.sqrt(c_lev[k].astype(np.float64))
-    shell = float(np.sum(4.0 / 3.0 * np.pi * (FAST_LEVEL_RATIO ** 3 - 1.0) * rk ** 3)) / vox
+    shell = float(np.sum(4.0 / 3.0 * np.pi * (r ** 3 - rk ** 3))) / vox  # (C_k, c_u] only
     n_levels = np.unique(k).size
     h = rho[ok].max() * FAST_LEVEL_RATIO / np.asarray(spacing)  # the largest shell, in voxels
     return ok, k, c_lev, exact, shell, n_levels, h
