@@ -22,11 +22,14 @@ least :data:`FAST_MIN_RADIUS_VOX` voxels, when their scatter would cost at least
 :data:`FAST_MIN_GAIN` times lower, :func:`_sum_fast` sums them instead on kernel levels (support
 radii in a ratio of :data:`FAST_LEVEL_RATIO`) by FFT, with each seed's own shell beyond its
 level scattered exactly: the support is exactly the exact sum's (``Y_r > T_r`` stays inside the
-union of balls) and ``Y_r`` is within :data:`FAST_RTOL` (0.21 %) of it (measured: 0.17 % at
-most, no label changed at T_r 0.25 / 0.5 / 0.6 on balls and cylinders of radius 8 to 32 voxels;
-a label can change only where ``Y_r`` lies within that fraction of ``T_r``). Balls of radius 32
-voxels: 2-3x faster, thick cylinders 4-7x (``bench_refinement.py``; the gain grows with the
-radius). The network's outputs of ``segment`` never take it (their radii are a few voxels).
+union of balls) and ``Y_r`` is within :data:`FAST_RTOL` (0.21 %) of it (one kernel: 0.17 % at
+most on a fine grid of sigmas and distances; the sums of balls and cylinders of radius 16 to 32
+voxels: 0.05 % at most, no label changed at T_r 0.25 / 0.5 / 0.6; a label can change only where
+``Y_r`` lies within that fraction of ``T_r``). A ball of radius 32 voxels whose every voxel is a
+seed: 0.78 s against 3.7 s; cylinders of radius 24 / 32 voxels: 5.9x / 9.8x
+(``bench_refinement.py --large-only``; the gain grows with the radius). The network's maps of
+the bundled sample and of synthetic volumes never take it (their radii are a few voxels: no
+seed is eligible); a vessel over about 8 voxels in radius (an aorta on a fine grid) can.
 Long sums report ``progress(percent, 100, message)`` and ask ``cancel()`` between chunks
 (:class:`Cancelled`).
 """
