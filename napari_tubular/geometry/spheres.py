@@ -78,14 +78,15 @@ class Cancelled(RuntimeError):
 
 def _percent_reporter(progress, total: int, message: str):
     """``report(done)`` calling ``progress(percent, 100, message)`` when the percentage of
-    ``total`` work units changes (and once at 0), or a no-op without ``progress``."""
+    ``total`` work units rises (and once at 0), or a no-op without ``progress``. The percentage
+    never falls and stays at most 100 (``total`` may be an estimate)."""
     if progress is None:
         return lambda done: None
     last = [-1]
 
     def report(done: int) -> None:
-        pct = int(100 * done // total) if total > 0 else 100
-        if pct != last[0]:
+        pct = min(100, int(100 * done // total)) if total > 0 else 100
+        if pct > last[0]:
             last[0] = pct
             progress(pct, 100, message)
 
