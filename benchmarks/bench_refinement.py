@@ -5,7 +5,14 @@ kernel patch and (b) one whole-volume ``scipy.ndimage.gaussian_filter`` per radi
 synthetic vessel tree, for about 1k seeds (every k-th voxel of the hard skeleton), the whole thin
 skeleton (a few thousand seeds) and a dense pseudo-skeleton (40k+ seeds).
 
+Large balls (session 32): balls and thick cylinders of radius 8 to 32 voxels whose radius map is
+their Euclidean distance transform (a user's hand-made map for ``refine``), refined by the exact
+scatter and by ``refine``'s automatic choice (the fast path for large balls where it pays), in
+one run; and the same on the network outputs of the bundled sample (the fast path is not taken
+there: the outputs are those of the exact scatter).
+
     python benchmarks/bench_refinement.py [--quick] [--size 256] [--device cpu|cuda|auto]
+                                          [--large-only] [--no-sample]
 """
 
 from __future__ import annotations
@@ -253,6 +260,96 @@ def post_processing_latency(labels, mask, spacing, repeat):
           f"{t_ref:.3f} s ({t_ref / t_ours:.1f}x), identical: {np.array_equal(a, b)}")
 
 
+def blob_case(kind: str, radius_vox: int):
+    """A ball, or a cylinder along z four radii long, of ``radius_vox`` voxels (1 mm), with P =
+    0.95 inside and its EDT as the radius map."""
+    n = 2 * radius_vox + 5
+    c = (n - 1) / 2
+    z, y, x = np.ogrid[:n, :n, :n]
+    if kind == "ball":
+        mask = (z - c) ** 2 + (y - c) ** 2 + (x - c) ** 2 <= radius_vox ** 2
+    else:
+        disc = (y - c) ** 2 + (x - c) ** 2 <= radius_vox ** 2
+        mask = np.broadcast_to(disc, (4 * radius_vox, n, n)).copy()
+    prob = np.where(mask, 0.95, 0.0).astype(np.float32)
+    return prob, edt_mm(mask, (1.0, 1.0, 1.0)).astype(np.float32)
+
+
+def compare_exact_and_auto(prob, radius, spacing, tp, tr, repeat=1):
+    """``refine`` by the exact scatter and by its automatic choice, interleaved: (exact s, auto
+    s, exact result, auto result)."""
+    from napari_tubular.geometry import refine, spheres
+
+    saved = spheres.FAST_MIN_ENTRIES
+    t_exact, t_auto = math.inf, math.inf
+    for _ in range(repeat):
+        try:
+            spheres.FAST_MIN_ENTRIES = math.inf
+            t, exact = timeit(lambda: refine(prob, radius, spacing, tp=tp, tr=tr))
+            t_exact = min(t_exact, t)
+        finally:
+            spheres.FAST_MIN_ENTRIES = saved
+        t, auto = timeit(lambda: refine(prob, radius, spacing, tp=tp, tr=tr))
+        t_auto = min(t_auto, t)
+    return t_exact, t_auto, exact, auto
+
+
+def describe(exact, auto, trs=(0.25, 0.5, 0.6)):
+    differ = [int(((auto.refined > t) != (exact.refined > t)).sum()) for t in trs]
+    inside = exact.refined > 0
+    rel = float((np.abs(auto.refined - exact.refined)[inside] / exact.refined[inside]).max()
+                if inside.any() else 0.0)
+    same_support = np.array_equal(auto.refined > 0, inside)
+    return (f"labels differing at T_r {'/'.join(f'{t:g}' for t in trs)}: "
+            f"{'/'.join(map(str, differ))} of {int(exact.labels.sum())}; max relative |dY_r| "
+            f"{rel:.1e}; same support: {same_support}")
+
+
+def large_balls(quick: bool, sample: bool):
+    from napari_tubular.geometry import spheres
+
+    radii = (8, 16, 24) if quick else (8, 16, 24, 32)
+    print("\n== large balls: EDT of a mask as the radius map (refine's worst case), T_p 0.9, "
+          "exact scatter vs refine's automatic choice (fast path when estimated >= "
+          f"{spheres.FAST_MIN_GAIN:g}x cheaper than >= {spheres.FAST_MIN_ENTRIES:.1e} pairs)")
+    prob, radius = blob_case("ball", 8)
+    compare_exact_and_auto(prob, radius, (1.0,) * 3, 0.9, 0.25)  # warm-up (threads, imports)
+    for kind in ("ball", "cylinder"):
+        for r in radii:
+            prob, radius = blob_case(kind, r)
+            t_exact, t_auto, exact, auto = compare_exact_and_auto(prob, radius, (1.0,) * 3, 0.9,
+                                                                  0.25, 2 if r <= 16 else 1)
+            print(f"{kind:8s} r={r:2d} {prob.shape}, {exact.n_seeds:6d} seeds: fast path "
+                  f"{'taken' if auto.info.get('fast') else 'not taken'}: {t_auto:.2f} s vs "
+                  f"exact scatter {t_exact:.2f} s, {t_exact / t_auto:.1f}x; "
+                  f"{describe(exact, auto)}", flush=True)
+    if not sample:
+        return
+    try:
+        from napari_tubular.inference import predict, recommended_thresholds
+        from napari_tubular.io import read_volume
+
+        path = Path(__file__).resolve().parents[1] / "napari_tubular/data/vessels_image.nii.gz"
+        pred = predict(read_volume(path), "default", "cpu")
+    except (OSError, ValueError, ImportError) as exc:
+        print(f"the bundled sample's network outputs: skipped ({exc})")
+        return
+    tp0, tr0 = recommended_thresholds(pred.meta)
+    for tp, tr in ((tp0, tr0), (0.5, 0.5)):
+        t_exact, t_auto, exact, auto = compare_exact_and_auto(
+            pred.probability, pred.radius_mm, pred.spacing, tp, tr, repeat=3)
+        print(f"the bundled sample's network outputs, T_p {tp:g} T_r {tr:g} "
+              f"({exact.n_seeds} seeds, largest radius {float(exact.radii_mm.max()):.2f} mm at "
+              f"spacing {tuple(round(float(v), 3) for v in pred.spacing)}): fast path "
+              f"{'taken' if auto.info.get('fast') else 'not taken'}: {t_auto:.3f} s vs exact "
+              f"scatter {t_exact:.3f} s; labels identical: "
+              f"{np.array_equal(auto.labels, exact.labels)}, max |dY_r| "
+              f"{float(np.abs(auto.refined - exact.refined).max()):.1e} (the threads add their "
+              "chunks in any order) ; seeds eligible for the fast path (support >= "
+              f"{spheres.FAST_MIN_RADIUS_VOX:g} voxels): "
+              f"{int(np.sum(exact.radii_mm >= spheres.FAST_MIN_RADIUS_VOX * min(pred.spacing)))}")
+
+
 def memory_child(path, tp, device):
     """Run in a subprocess: load P and the radius map, refine, report the peak RSS."""
     data = np.load(path)
@@ -269,10 +366,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="128^3 and fewer repeats")
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--large-only", action="store_true",
+                    help="only the large balls and the bundled sample (session 32)")
+    ap.add_argument("--no-sample", action="store_true",
+                    help="leave out the bundled sample (it runs the default model)")
     ap.add_argument("--memory-child", nargs=2, metavar=("NPZ", "TP"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.memory_child:
         memory_child(args.memory_child[0], float(args.memory_child[1]), args.device)
+        return
+    if args.large_only:
+        large_balls(args.quick, not args.no_sample)
         return
     size = args.size or (128 if args.quick else 256)
     spacing = (1.0, 1.0, 1.0)
@@ -379,6 +483,7 @@ def main(argv=None):
           f"({out[2]} seeds, then a T_p change): {float(out[0]):.0f} MB (of which "
           f"{float(out[1]):.0f} MB before refining: interpreter, libraries, P and radius; "
           "target < 2048 MB)")
+    large_balls(args.quick, not args.no_sample)
 
 
 if __name__ == "__main__":

@@ -1768,20 +1768,28 @@ def _meta_summary(meta: dict) -> dict:
     return {k: meta.get(k) for k in keys if k in meta}
 
 
-def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu"):
+def refine_maps(prob, radius_mm, spacing, tp, tr, device="cpu", progress=None, cancel=None):
     """DDT geometry-aware refinement through the geometry core's :class:`Refiner`.
 
     Args:
         prob: float32 (Z, Y, X) probability; radius_mm: float32 (Z, Y, X) mm; spacing: mm.
         tp, tr: thresholds; device: "cuda..." runs the scatter on CUDA, anything else numpy.
+        progress: ``progress(percent, 100, message)`` while the kernels are summed.
+        cancel: ``cancel() -> bool``; True raises :class:`Cancelled`.
 
     Returns:
         ``(labels, skeleton)``, uint8 (Z, Y, X) each.
     """
+    from .geometry import spheres
     from .geometry.refiner import Refiner
 
     dev = "cuda" if str(device).startswith("cuda") else "cpu"
-    res = Refiner(prob, radius_mm, spacing, device=dev).update(tp=tp, tr=tr)
+    try:
+        res = Refiner(prob, radius_mm, spacing, device=dev).update(tp=tp, tr=tr,
+                                                                   progress=progress,
+                                                                   cancel=cancel)
+    except spheres.Cancelled:
+        raise Cancelled("inference cancelled") from None
     return np.asarray(res.labels, dtype=np.uint8), np.asarray(res.skeleton, dtype=np.uint8)
 
 
@@ -2228,7 +2236,8 @@ def segment(
     elif refine:
         _notify(progress, 0, 1, "refining (geometry-aware refinement)")
         labels, skeleton = refine_maps(
-            pred.probability, pred.radius_mm, pred.spacing, tp, tr, pred.device_used
+            pred.probability, pred.radius_mm, pred.spacing, tp, tr, pred.device_used,
+            cancel=cancel,
         )
     else:
         labels = (pred.probability > NO_REFINE_THRESHOLD).astype(np.uint8)

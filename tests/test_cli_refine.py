@@ -219,3 +219,38 @@ def test_a_wrong_image_is_refused_also_when_there_is_nothing_to_trim(tmp_path, c
     assert "is not on the probability map's grid" in capsys.readouterr().err
     right = write_volume(tmp_path / "right.nii.gz", Volume(zero))
     assert _run("refine", p, r, "-o", folder / "b_labels.nii.gz", "--image", right) == 0
+
+
+def test_a_long_refinement_says_its_progress_and_a_short_one_does_not(capsys):
+    from napari_tubular._cli.refine import RefineProgress
+
+    now = [0.0]
+    progress = RefineProgress(clock=lambda: now[0])
+    for done, t in ((0, 0.0), (10, 0.5), (20, 1.0)):  # done within DELAY_S: silent
+        now[0] = t
+        progress(done, 100, "refining")
+    assert capsys.readouterr().err == ""
+    for done, t in ((30, 3.0), (35, 3.5), (40, 4.0), (100, 10.0)):
+        now[0] = t
+        progress(done, 100, "refining")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["refine: refining 30% (3 s so far, about 7 s left)",
+                     "refine: refining 40% (4 s so far, about 6 s left)",
+                     "refine: refining 100% (10 s so far)"]
+
+
+def test_refine_passes_its_progress_to_the_refinement(tmp_path, monkeypatch):
+    from napari_tubular import inference
+
+    seen = []
+    original = inference.refine_maps
+
+    def spy(*args, progress=None, **kwargs):
+        seen.append(progress)
+        return original(*args, progress=progress, **kwargs)
+
+    monkeypatch.setattr(inference, "refine_maps", spy)
+    p, r, _ = _maps(tmp_path / "out")
+    assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz") == 0
+    assert len(seen) == 1
+    assert callable(seen[0])

@@ -609,8 +609,8 @@ class SegmentWidget(QWidget):
             fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                     polarity)
             level = _confidence_level(prediction, prediction.messages) if confident else None
-            result = _without_specks(refiner.update(tp=tp, tr=tr), volume.spacing, min_size,
-                                     fraction if trim_pv else None, blobs,
+            result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), volume.spacing,
+                                     min_size, fraction if trim_pv else None, blobs,
                                      prediction.probability if level else None, level)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()

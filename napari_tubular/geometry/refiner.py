@@ -86,7 +86,12 @@ class Refiner:
     changes over :data:`INCREMENTAL_MAX_FRACTION` of the seeds, the step after
     :data:`INCREMENTAL_MAX_STEPS` incremental ones and any step at ``T_r`` below
     :data:`EXACT_TR` (or :data:`EXACT_TR_RELATIVE` of the map's largest value) sum every seed
-    again (vectorised scatter, no network).
+    again (vectorised scatter, no network). When a whole sum took the fast path for large balls
+    (``spheres._sum_fast``: a hand-made radius map of a thick blob), the steps after it add and
+    subtract the fast path's kernels of the seeds they change (by scatter when they are few),
+    so they match a whole sum that takes it; a whole sum at another ``T_p`` may choose the
+    exact scatter instead (the cost estimate decides), which differs by at most
+    ``spheres.FAST_RTOL`` (0.21 %) of ``Y_r``. ``update`` takes ``progress`` and ``cancel``.
 
     Args:
         prob: float (Z, Y, X), foreground probability in [0, 1] (native grid).
@@ -121,6 +126,9 @@ class Refiner:
         self._edge_mm: np.ndarray | None = None  # distance to the edge of P > 0.5 (lazy)
         self._incremental_steps = 0  # T_p steps since the last whole reconstruction
         self._peak = 0.0  # the largest value of Y_r since the last whole reconstruction
+        # whether the last whole reconstruction took the fast path's kernels for large balls
+        # (spheres._sum_fast); the T_p steps after it add and subtract the same kernels
+        self._fast = False
 
     def _candidates(self, tp: float) -> None:
         """Cache the voxels of ``P > min(tp, 0.5)`` sorted by falling probability."""
@@ -167,7 +175,8 @@ class Refiner:
         r, w = self._seed_params(flat)
         return flat, r, w
 
-    def _step(self, new_tp: float, new_tr: float) -> RefineResult | None:
+    def _step(self, new_tp: float, new_tr: float, progress=None,
+              cancel=None) -> RefineResult | None:
         """``Y_r`` of the new ``T_p`` as the old one plus the kernels of the seeds the step adds
         (minus those it removes), or None where a whole reconstruction is due: more than
         :data:`INCREMENTAL_MAX_FRACTION` of the seeds change, :data:`INCREMENTAL_MAX_STEPS`
@@ -194,7 +203,7 @@ class Refiner:
             sign = np.float32(1.0 if c_new > c_old else -1.0)
             y = y.copy()  # the old result's map stays as it was (it is the caller's too)
             _kernel_sum(changed, dr, sign * dw, shape, self.spacing, self.truncate, self.device,
-                        out=y)
+                        out=y, progress=progress, cancel=cancel, fast=self._fast)
             if c_new < c_old:
                 np.maximum(y, 0.0, out=y)  # rounding residues of removed kernels
             else:
@@ -205,7 +214,7 @@ class Refiner:
         self._incremental_steps += 1
         return RefineResult(labels=(y > new_tr).view(np.uint8), skeleton=skel.reshape(shape),
                             refined=y, centers_mm=centers, radii_mm=r, tp=new_tp, tr=new_tr,
-                            info={"incremental": True})
+                            info={"incremental": True, "fast": self._fast})
 
     def _exact_below(self) -> float:
         """The ``T_r`` under which ``Y_r`` must be a whole sum: :data:`EXACT_TR`, or
@@ -226,12 +235,18 @@ class Refiner:
         """The last result (None before the first :meth:`update`)."""
         return self._result
 
-    def update(self, tp: float | None = None, tr: float | None = None) -> RefineResult:
+    def update(self, tp: float | None = None, tr: float | None = None, *, progress=None,
+               cancel=None) -> RefineResult:
         """Apply new thresholds and return the refinement.
 
         Args:
             tp: new ``T_p`` in [0, 1], or None to keep the current one.
             tr: new ``T_r`` >= 0, or None to keep the current one.
+            progress: ``progress(percent, 100, message)`` while the kernels are summed (not
+                called for a ``T_r`` change, which only re-thresholds).
+            cancel: ``cancel() -> bool``, asked between chunks of the sum; True raises
+                :class:`~napari_tubular.geometry.spheres.Cancelled` and leaves the refiner as
+                it was (thresholds, last result and cache).
 
         Returns:
             :class:`RefineResult`. The arrays ``refined``, ``skeleton``, ``centers_mm`` and
@@ -242,13 +257,14 @@ class Refiner:
         new_tr = self._tr if tr is None else check_threshold(tr, "tr", high=1e6)
         stale = self._incremental_steps > 0 and new_tr < self._exact_below()
         if self._result is None or new_tp != self._tp or stale:
-            step = None if stale else self._step(new_tp, new_tr)
+            step = None if stale else self._step(new_tp, new_tr, progress, cancel)
             if step is None:
                 flat, r, w = self._seeds(new_tp)
                 step = _refine_from_seeds(flat, r, w, self.prob.shape, self.spacing, new_tp,
-                                          new_tr, self.truncate, self.device)
+                                          new_tr, self.truncate, self.device, progress, cancel)
                 self._incremental_steps = 0
                 self._peak = float(step.refined.max()) if step.refined.size else 0.0
+                self._fast = bool(step.info.get("fast", False))
             else:
                 flat = None  # the seeds' flat indices, recomputed when soft_shape asks
             self._result = step
