@@ -408,6 +408,10 @@ FAST_RTOL = 0.0021
 FAST_MIN_ENTRIES = 2.5e8
 #: ... and its own estimated cost is at least this many times lower
 FAST_MIN_GAIN = 2.0
+#: the fast path's FFT frames hold at most this many voxels (a level takes about five float64
+#: arrays of its frame at once: 1.3 GB at this bound; a larger one, a blob filling a 512³
+#: volume, would have taken about 5 GB): beyond, the kernels are scattered exactly
+FAST_MAX_FRAME_VOXELS = 1 << 25
 #: cost of one FFT in (seed, offset) pairs of the scatter per frame voxel and log2(frame
 #: voxels) (measured: a float64 rfftn of 135^3 voxels in 17 ms, the scatter 300M pairs/s)
 _FFT_COST = 0.1
@@ -682,7 +686,8 @@ def _accumulate_fast(seeds, weights, inv2s2, cut2, spacing, shape, out, progress
     frames = _level_frames(seeds[ok], k, c_lev, spacing)
     cost = _fast_cost(frames, shell)
     sound = (_fft_rounding(aw[ok], size)
-             < 1e-3 * _support_floor(aw[ok], inv2s2[ok], cut2[ok]))
+             < 1e-3 * _support_floor(aw[ok], inv2s2[ok], cut2[ok])
+             and float(np.prod(size)) <= FAST_MAX_FRAME_VOXELS)
     pays = sound and exact >= FAST_MIN_ENTRIES and cost * FAST_MIN_GAIN <= exact
     if not (pays or fast):
         return None

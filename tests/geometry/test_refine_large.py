@@ -227,3 +227,27 @@ def test_fast_refined_labels_lie_inside_the_union_of_the_seeds_balls(monkeypatch
     assert balls.sum() > fast.labels.sum() > 0
     for tr in (1e-9, 1e-4, 0.25):
         assert not np.any((fast.refined > tr) & ~balls)
+
+
+def test_no_fft_frame_larger_than_the_bound(monkeypatch):
+    """The fast path's FFT frames take about five float64 arrays of a level's frame: a blob
+    filling a 512³ volume would have taken about 5 GB. Past FAST_MAX_FRAME_VOXELS the kernels
+    are scattered exactly (the same labels as the exact path)."""
+    sp = (1.0, 1.0, 1.0)
+    prob, radius = _blob(9.0, (23, 23, 23), sp)
+    from scipy import fft as sfft
+
+    ffts = []
+    original = sfft.rfftn
+    monkeypatch.setattr(sfft, "rfftn", lambda *a, **k: ffts.append(1) or original(*a, **k))
+    exact = refine(prob, radius, sp, tp=0.6)
+    monkeypatch.setattr(spheres, "FAST_MIN_RADIUS_VOX", 3.0)
+    monkeypatch.setattr(spheres, "FAST_MIN_ENTRIES", 0.0)
+    monkeypatch.setattr(spheres, "FAST_MIN_GAIN", 0.0)
+    refine(prob, radius, sp, tp=0.6)
+    assert ffts  # the fast path summed by FFT
+    ffts.clear()
+    monkeypatch.setattr(spheres, "FAST_MAX_FRAME_VOXELS", 1000)
+    bounded = refine(prob, radius, sp, tp=0.6)
+    assert not ffts
+    np.testing.assert_array_equal(bounded.labels, exact.labels)
