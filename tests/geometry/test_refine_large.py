@@ -20,14 +20,19 @@ def _blob(radius_mm=7.0, shape=(16, 20, 22), sp=SP):
     return prob, d
 
 
+def _small_chunks(monkeypatch, threads):
+    """A blob, summed in many small chunks by ``threads`` threads."""
+    monkeypatch.setattr(spheres, "_CHUNK_ENTRIES", 1 << 12)
+    monkeypatch.setattr(spheres, "_MIN_CHUNK", 1 << 10)
+    monkeypatch.setattr(spheres, "_n_threads", lambda: threads)
+    return _blob()
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_progress_rises_to_100_in_the_calling_thread(monkeypatch, threads):
     import threading
 
-    monkeypatch.setattr(spheres, "_CHUNK_ENTRIES", 1 << 12)
-    monkeypatch.setattr(spheres, "_MIN_CHUNK", 1 << 10)
-    monkeypatch.setattr(spheres, "_n_threads", lambda: threads)
-    prob, radius = _blob()
+    prob, radius = _small_chunks(monkeypatch, threads)
     calls = []
     main = threading.get_ident()
 
@@ -50,10 +55,7 @@ def test_progress_rises_to_100_in_the_calling_thread(monkeypatch, threads):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_cancel_raises_and_leaves_the_refiner_as_it_was(monkeypatch, threads):
-    monkeypatch.setattr(spheres, "_CHUNK_ENTRIES", 1 << 12)
-    monkeypatch.setattr(spheres, "_MIN_CHUNK", 1 << 10)
-    monkeypatch.setattr(spheres, "_n_threads", lambda: threads)
-    prob, radius = _blob()
+    prob, radius = _small_chunks(monkeypatch, threads)
     ref = Refiner(prob, radius, SP, device="cpu")
     first = ref.update(tp=0.9, tr=0.25)
     asked = []
