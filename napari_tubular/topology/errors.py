@@ -1513,14 +1513,25 @@ def _loops(g: _Skel, lab: np.ndarray, node_comp: np.ndarray, spacing, boxes,
     return out, unlocated, b1_of
 
 
+#: a loop's length is at least its raw 26-step length times this (the smoothed path of a ring
+#: of a few voxels can collapse: an outside judge's 4-voxel ring around one background voxel
+#: measured 0.03 mm, "0.0 mm"; on ordinary rings the smoothed length is 0.96 to 1.13 of the
+#: raw one, so the bound is never reached there)
+_LOOP_MIN_OF_RAW = 1.0 / 1.5
+
+
 def _add_loops(out: list, g: _Skel, cid: int, cycles) -> None:
     """Append ``(cid, cycle voxels, cycle length mm)`` per cycle (index arrays into
-    ``g.coords``), measured along the smoothed path, as pieces are."""
+    ``g.coords``), measured along the smoothed path, as pieces are (at least
+    :data:`_LOOP_MIN_OF_RAW` of its raw length)."""
     xyz = g.path()[2]
+    sp = np.asarray(g.spacing, dtype=np.float64)
     for cyc in cycles:
         pos = xyz[cyc]
         steps = float(np.linalg.norm(pos - np.roll(pos, -1, axis=0), axis=1).sum())
-        out.append((cid, g.coords[cyc], steps))
+        raw = g.coords[cyc] * sp
+        raw_mm = float(np.linalg.norm(raw - np.roll(raw, -1, axis=0), axis=1).sum())
+        out.append((cid, g.coords[cyc], max(steps, _LOOP_MIN_OF_RAW * raw_mm)))
 
 
 def _edges(cyc: np.ndarray) -> set:
