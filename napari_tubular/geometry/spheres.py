@@ -849,7 +849,9 @@ def union_of_balls(centers_vox, radii_mm, shape, spacing, *, device: str = "cpu"
             np.prod(sp))
         h = math.sqrt(float(r2.max())) / np.asarray(sp)
         box = np.prod(np.minimum(c.max(axis=0) - c.min(axis=0) + 2 * h + 1, shape))
-        if (balls >= ENVELOPE_MIN_ENTRIES
+        # its box in float64, two or three copies at once: bounded as the fast path's frames
+        # (an outside judge: about 3 GB for a 512³ volume)
+        if (balls >= ENVELOPE_MIN_ENTRIES and box <= FAST_MAX_FRAME_VOXELS
                 and balls >= ENVELOPE_MIN_GAIN * box * 2.0 * float(h.sum())):
             return _union_envelope(c, r2, sp, shape)
     flat = _accumulate(c, np.ones(len(r), np.float32), np.zeros(len(r), np.float32), r2, sp, shape,

@@ -28,3 +28,23 @@ def test_envelope_and_scatter_agree_on_ties(spacing, monkeypatch):
     monkeypatch.setattr(spheres, "ENVELOPE_MIN_ENTRIES", float("inf"))
     by_scatter = union_of_balls(centers, radii, shape, spacing)
     assert np.array_equal(by_envelope, by_scatter)
+
+
+def test_no_envelope_box_larger_than_the_bound(monkeypatch):
+    """The envelope holds its box in float64, two or three copies at once (about 3 GB for a
+    512³ volume): past FAST_MAX_FRAME_VOXELS the balls are scattered."""
+    shape, spacing = (20, 20, 20), (1.0, 1.0, 1.0)
+    centers = np.argwhere(np.ones(shape, bool))[::7]
+    radii = np.full(len(centers), 6.0)
+    calls = []
+    original = spheres._union_envelope
+    monkeypatch.setattr(spheres, "_union_envelope",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(spheres, "ENVELOPE_MIN_ENTRIES", 0.0)
+    monkeypatch.setattr(spheres, "ENVELOPE_MIN_GAIN", 0.0)
+    first = union_of_balls(centers, radii, shape, spacing)
+    assert calls
+    calls.clear()
+    monkeypatch.setattr(spheres, "FAST_MAX_FRAME_VOXELS", 1000)
+    assert np.array_equal(union_of_balls(centers, radii, shape, spacing), first)
+    assert not calls
