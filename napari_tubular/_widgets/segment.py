@@ -37,6 +37,7 @@ from napari_tubular._widgets._layers import (
     InputWatcher,
     LayerPicker,
     abs_spacing,
+    array_digest,
     binary_label_colormap,
     find_owned_layer,
     grid_mismatch,
@@ -163,15 +164,6 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
         centers_mm, radii_mm = centers_mm[inside], radii_mm[inside]
     return dataclasses.replace(result, labels=labels, skeleton=skeleton,
                                centers_mm=centers_mm, radii_mm=radii_mm)
-
-
-def _labels_digest(data) -> tuple:
-    """What tells a labels array from an edited copy: shape, dtype and a CRC of its bytes
-    (about 25 ms for 512 x 512 x 300 voxels of one byte)."""
-    import zlib
-
-    arr = np.ascontiguousarray(data)
-    return arr.shape, arr.dtype.str, zlib.crc32(arr.reshape(-1).view(np.uint8))
 
 
 def _radius_on_foreground(prediction, tp: float) -> tuple[np.ndarray, float]:
@@ -823,7 +815,7 @@ class SegmentWidget(QWidget):
         """A labels layer the user edited is kept: detached from this widget (renamed
         "... (edited)") before the refinement writes a new one, with a message.
 
-        Edited: its voxels differ from those this widget wrote into it (:func:`_labels_digest`),
+        Edited: its voxels differ from those this widget wrote into it (:func:`array_digest`),
         whatever changed them: a brush stroke, ``layer.data = corrected`` or an in-place write
         from the console (an outside judge: the last two emit no paint event, and the next
         slider move overwrote the correction without a word); a layer this widget has no
@@ -833,7 +825,7 @@ class SegmentWidget(QWidget):
             return
         written = self._written_labels.get(str(layer.unique_id))
         if written is not None:
-            edited = _labels_digest(layer_data(layer)) != written
+            edited = array_digest(layer_data(layer)) != written
         else:
             edited = bool(layer.metadata.get(EDITED_KEY))
         if not edited:
@@ -894,7 +886,7 @@ class SegmentWidget(QWidget):
         self._watch_edits()
         labels_layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
         if labels_layer is not None:
-            self._written_labels[str(labels_layer.unique_id)] = _labels_digest(
+            self._written_labels[str(labels_layer.unique_id)] = array_digest(
                 layer_data(labels_layer))
         centers_mm, radii_mm = spheres
         data, pkw = spheres_points_kwargs(
