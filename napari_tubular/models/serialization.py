@@ -234,6 +234,13 @@ def resolve_model_path(model="default") -> Path:
     return path
 
 
+def refused_objects(exc: BaseException) -> bool:
+    """Whether ``torch.load(..., weights_only=True)`` refused a file for asking to build
+    Python objects other than tensors and plain values (what unpickling would run as code)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return "weights only load failed" in first.lower() or "weights_only" in first
+
+
 def _read_payload(path: Path) -> dict:
     import torch
 
@@ -265,7 +272,7 @@ def _read_payload(path: Path) -> dict:
         UnicodeDecodeError,
     ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if "weights only load failed" in first.lower() or "weights_only" in first:
+        if refused_objects(exc):
             # torch's long advice on unpickling untrusted files: say what it means here
             first = "it holds Python objects that a model file does not contain"
         raise ModelFormatError(

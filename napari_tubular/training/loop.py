@@ -1083,21 +1083,20 @@ def _read_checkpoint(path: Path) -> dict:
 
     import torch
 
+    from napari_tubular.models.serialization import refused_objects
+
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" not in str(exc).lower():
-            raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
-                             f"truncated? {type(exc).__name__}: {exc}); start the run again "
-                             "with --overwrite, or restore the file") from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"{path} is not a checkpoint napari-tubular wrote: it asks to build "
-                         f"Python objects other than tensors and plain values ({first}), which "
-                         "would run code from the file; it was not loaded. Start the run again "
-                         "with --overwrite, or use a checkpoint of your own") from None
     except Exception as exc:  # noqa: BLE001 - any reading failure is a damaged file here
+        if isinstance(exc, pickle.UnpicklingError) and refused_objects(exc):
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{path} is not a checkpoint napari-tubular wrote: it asks to "
+                             f"build Python objects other than tensors and plain values "
+                             f"({first}), which would run code from the file; it was not "
+                             "loaded. Start the run again with --overwrite, or use a "
+                             "checkpoint of your own") from None
         raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
                          f"truncated? {type(exc).__name__}: {exc}); start the run again with "
                          "--overwrite, or restore the file") from None
