@@ -114,6 +114,20 @@ def held_call(monkeypatch, module, name):
     return started, release
 
 
+def open_sagittal(viewer, path, data, spacing, origin) -> tuple:
+    """Write ``data`` as a sagittal NIfTI file (a direction that permutes the axes: the reader
+    opens it transposed), open it in ``viewer`` and return ``(layer, the layer's file axes)``
+    (checked not to be the identity)."""
+    from napari_tubular.io import Volume, write_volume
+
+    direction = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # (z, y, x)
+    write_volume(path, Volume(data=data, spacing=spacing, origin=origin, direction=direction))
+    (layer,) = viewer.open(str(path), plugin="napari-tubular")
+    axes = tuple(layer.metadata["napari_tubular_file_axes"])
+    assert axes != (0, 1, 2)
+    return layer, axes
+
+
 #: a file's axis ``c`` is the array's axis ``PERMUTED[c]`` in the permuted-axes tests
 PERMUTED = (1, 2, 0)
 

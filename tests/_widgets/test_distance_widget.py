@@ -6,7 +6,7 @@ import pytest
 from napari_tubular._widgets import _workers
 from napari_tubular._widgets.distance import MAPS, DistanceMapWidget
 
-from .conftest import TRANSLATE
+from .conftest import TRANSLATE, open_sagittal
 
 pytestmark = pytest.mark.gui
 
@@ -372,20 +372,15 @@ def test_a_file_with_permuted_axes_is_thinned_in_its_own_order(make_napari_viewe
 
     from napari_tubular.geometry import distance as gd
     from napari_tubular.geometry import skeleton as gs
-    from napari_tubular.io import Volume, read_volume, write_volume
+    from napari_tubular.io import read_volume
     from napari_tubular.synthetic import make_vessel_tree
 
     spacing = (1.2, 0.8, 0.9)
     mask = ndi.binary_dilation(make_vessel_tree((28, 36, 32), spacing=spacing, seed=3,
                                                 distractors=False).mask > 0).astype(np.uint8)
     path = tmp_path / "sagittal_label.nii.gz"
-    direction = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # (z, y, x)
-    write_volume(path, Volume(data=mask, spacing=spacing, origin=(3.0, -2.0, 1.0),
-                              direction=direction))
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin="napari-tubular")
-    axes = tuple(layer.metadata["napari_tubular_file_axes"])
-    assert axes != (0, 1, 2)
+    layer, axes = open_sagittal(viewer, path, mask, spacing, (3.0, -2.0, 1.0))
     widget = DistanceMapWidget(viewer)
     widget.labels_picker.set_layer(layer)
     widget.set_selected(["skeleton", "graph"])

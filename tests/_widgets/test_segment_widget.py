@@ -9,7 +9,7 @@ from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
 from napari_tubular._widgets._settings import load_settings
 from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
 
-from .conftest import SPACING, TRANSLATE
+from .conftest import SPACING, TRANSLATE, open_sagittal
 
 pytestmark = pytest.mark.gui
 
@@ -1211,17 +1211,12 @@ def test_a_file_with_permuted_axes_is_segmented_as_segment_does(make_napari_view
     phantom). It runs on the file's order now: the maps equal ``inference.predict``'s on the
     file, in the layer's order."""
     from napari_tubular import inference
-    from napari_tubular.io import Volume, read_volume, write_volume
+    from napari_tubular.io import read_volume
 
     image = vessel_case.image[:20, :24, :22].astype(np.float32)
-    direction = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])  # (z, y, x)
     path = tmp_path / "sagittal.nii.gz"
-    write_volume(path, Volume(data=image, spacing=SPACING, origin=(4.0, -3.0, 2.0),
-                              direction=direction))
     viewer = make_napari_viewer()
-    (layer,) = viewer.open(str(path), plugin="napari-tubular")
-    axes = tuple(layer.metadata["napari_tubular_file_axes"])
-    assert axes != (0, 1, 2)
+    layer, axes = open_sagittal(viewer, path, image, SPACING, (4.0, -3.0, 2.0))
     assert layer.data.shape != image.shape
     widget = SegmentWidget(viewer)
     widget.image_picker.set_layer(layer)
