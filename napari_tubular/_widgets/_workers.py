@@ -86,13 +86,17 @@ class Job:
         self.worker = worker
         self.token = token
         self.done = False
+        self.quiet = False
 
-    def cancel(self) -> None:
+    def cancel(self, *, quietly: bool = False) -> None:
         """Ask the core to stop at its next ``cancel()`` check.
 
         The worker is not aborted (``worker.quit()`` would drop its ``returned`` signal): a job
         that finishes after the request is reported as cancelled and its result discarded.
+        ``quietly``: no "cancelled" notification (a job superseded by a newer one of the same
+        kind, which the user did not cancel).
         """
+        self.quiet = self.quiet or quietly
         self.token.set()
 
     @property
@@ -193,7 +197,7 @@ def start_job(
 
     def _errored(exc: BaseException) -> None:
         if is_cancelled_error(exc) or token():
-            if not gone[0]:
+            if not gone[0] and not job.quiet:
                 show_info(f"{what} cancelled.")
             _call("cancelled")
             return

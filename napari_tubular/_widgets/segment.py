@@ -3,7 +3,8 @@
 The widget only calls the core: ``models.load_model``, ``inference.predict``,
 ``geometry.Refiner`` and ``topology.compute_metrics``. The network outputs (probability and
 radius map) are cached, so moving a slider only re-runs ``Refiner.update`` (debounced, in a
-worker, one at a time; a change made while a refinement runs is applied right after it).
+worker, one at a time; a change made while a refinement runs stops it at its next chunk and is
+applied right after it).
 """
 
 from __future__ import annotations
@@ -966,7 +967,11 @@ class SegmentWidget(QWidget):
         if self.refiner is None:
             return
         if self._refine_job is not None and self._refine_job.running:
+            # the running step is stale: it stops at its next chunk (the refiner stays as it
+            # was) and this one starts when it has ended (an audit: a slow step on a large
+            # vessel ran to its end before the newest position was even started)
             self._refine_pending = True
+            self._refine_job.cancel(quietly=True)
             return
         self._refine_pending = False
         tp, tr = self.tp, self.tr
@@ -1016,9 +1021,11 @@ class SegmentWidget(QWidget):
 
         new_radius = foreground_threshold(tp) != self._radius_threshold
 
+        token = CancelToken()
+
         def compute():
-            result = _without_specks(refiner.update(tp=tp, tr=tr), spacing, min_size, fraction,
-                                     blobs, probability, level)
+            result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), spacing,
+                                     min_size, fraction, blobs, probability, level)
             radius = _radius_on_foreground(prediction, tp) if new_radius else None
             return result, _spheres(result, spacing), radius
 
@@ -1046,7 +1053,7 @@ class SegmentWidget(QWidget):
 
         self._refine_job = start_job(
             compute, sync=self.sync, what="Refinement", owner=self, on_returned=returned,
-            on_finished=finished, on_error=failed,
+            on_finished=finished, on_error=failed, token=token,
         )
 
     def _start_metrics(self, result, reference, spacing, thresholds) -> None:

@@ -339,10 +339,8 @@ def test_sliders_refine_without_calling_the_network(seg):
 
 
 def test_a_slider_move_during_a_running_refinement_is_applied_after_it(seg, monkeypatch):
-    """A review: with the refinement running in a worker thread (not in the tests' sync mode)
-    a slider move is held as pending and must start a new refinement when the running one
-    finishes; dropping that restart (the labels staying at the old thresholds) passed. Jobs
-    are held here and completed by hand, as a worker thread would."""
+    """One refinement at a time: a move while one runs asks it to stop (quietly: it is stale,
+    session 33) and is refined once it has ended; nothing else stays pending."""
     import napari_tubular._widgets.segment as seg_mod
 
     viewer, widget, _counter = seg
@@ -350,6 +348,10 @@ def test_a_slider_move_during_a_running_refinement_is_applied_after_it(seg, monk
 
     class HeldJob:
         running = True
+        cancelled = None
+
+        def cancel(self, *, quietly=False):
+            self.cancelled = "quietly" if quietly else "loudly"
 
     def deferred(func, *, on_returned=None, on_finished=None, **kw):
         job = HeldJob()
@@ -362,9 +364,7 @@ def test_a_slider_move_during_a_running_refinement_is_applied_after_it(seg, monk
     widget.tr_slider.setValue(0.3)  # while it runs: pending, no second job yet
     assert len(held) == 1
     job, func, returned, finished = held[0]
-    returned(func())
-    at_09 = int(_owned(viewer, "labels").data.sum())
-    assert "T_r=0.90" in widget.metrics_label.text()
+    assert job.cancelled == "quietly"  # start_job discards a cancelled job's result
     job.running = False
     finished()  # the first one ends: the pending move starts a refinement at T_r 0.3
     assert len(held) == 2
@@ -373,8 +373,9 @@ def test_a_slider_move_during_a_running_refinement_is_applied_after_it(seg, monk
     job.running = False
     finished()
     assert len(held) == 2  # nothing pending any more
+    assert held[1][0].cancelled is None
     assert "T_r=0.30" in widget.metrics_label.text()
-    assert int(_owned(viewer, "labels").data.sum()) > at_09
+    assert int(_owned(viewer, "labels").data.sum()) > 0
 
 
 def test_deleted_result_layers_stay_deleted_until_the_next_run(seg):
@@ -1311,3 +1312,44 @@ def test_the_review_and_distance_results_are_no_reference(seg):
     offered = [widget.reference_picker.itemText(i)
                for i in range(widget.reference_picker.count())]
     assert offered == ["(no reference)"]
+
+
+def test_a_newer_slider_step_stops_the_running_refinement(seg, qtbot, monkeypatch):
+    """Session 33: a slow step (a large vessel) ran to its end before the newest slider
+    position was started. A newer step now stops the running one at its next chunk, without a
+    "cancelled" notification, and the newest position is refined and shown."""
+    import threading
+
+    from napari_tubular.geometry.spheres import Cancelled
+
+    _viewer, widget, _ = seg
+    shown = []
+    monkeypatch.setattr(_workers, "show_info", shown.append)
+    refiner = widget.refiner
+    real = refiner.update
+    started, calls = threading.Event(), []
+
+    def update(tp=None, tr=None, *, progress=None, cancel=None):
+        calls.append((tp, cancel is not None))
+        if len(calls) == 1:  # the first step waits for its cancel, as a long sum would
+            started.set()
+            for _ in range(2000):
+                if cancel():
+                    raise Cancelled("refinement cancelled")
+                threading.Event().wait(0.01)
+            raise AssertionError("the stale step was not cancelled")
+        return real(tp=tp, tr=tr, progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(refiner, "update", update)
+    widget.sync = False
+    widget._debouncer.sync = False
+    before = widget.refine_count
+    widget.tp_slider.setValue(0.7)
+    qtbot.waitUntil(started.is_set, timeout=20000)
+    widget.tp_slider.setValue(0.8)
+    qtbot.waitUntil(lambda: widget.refine_count == before + 1, timeout=20000)
+    assert [tp for tp, _ in calls] == [pytest.approx(0.7), pytest.approx(0.8)]
+    assert all(has_cancel for _, has_cancel in calls)
+    assert widget.result.tp == pytest.approx(0.8)
+    assert not [m for m in shown if "cancelled" in str(m)]
+    qtbot.waitUntil(lambda: not widget._refine_job.running, timeout=20000)
