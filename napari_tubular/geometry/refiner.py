@@ -282,7 +282,7 @@ class Refiner:
             self._result = RefineResult(labels=(old.refined > new_tr).view(np.uint8),
                                         skeleton=old.skeleton, refined=old.refined,
                                         centers_mm=old.centers_mm, radii_mm=old.radii_mm,
-                                        tp=new_tp, tr=new_tr)
+                                        tp=new_tp, tr=new_tr, info=dict(old.info))
         self._tp, self._tr = new_tp, new_tr
         return self._result
 

@@ -162,6 +162,9 @@ def test_refiner_steps_after_a_fast_sum_add_and_subtract_the_same_kernels(monkey
     for tp in (0.58, 0.56, 0.6, 0.62):
         res = ref.update(tp=tp)
         assert res.info == {"incremental": True, "fast": True}
+    # a T_r step re-thresholds that sum: it says how the sum was made (it said nothing)
+    assert ref.update(tr=0.3).info == {"incremental": True, "fast": True}
+    assert ref.update(tr=0.25).info == {"incremental": True, "fast": True}
     fresh = refine(prob, radius, sp, tp=0.62, tr=0.25)
     assert fresh.info["fast"]
     np.testing.assert_allclose(res.refined, fresh.refined, rtol=1e-5, atol=1e-6)
