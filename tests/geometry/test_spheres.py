@@ -208,3 +208,37 @@ def test_cuda_matches_numpy(rng):
     np.testing.assert_allclose(a, b, atol=1e-4)
     np.testing.assert_array_equal(union_of_balls(seeds, 3 * sigma, shape, SP),
                                   union_of_balls(seeds, 3 * sigma, shape, SP, device="cuda"))
+
+
+def test_the_torch_scatter_matches_numpy_with_progress_and_cancel(rng):
+    """The scatter ``device="cuda"`` runs (``_accumulate_torch``), on torch's CPU device: the
+    same sums and unions as the numpy path, progress up to 100 %, and a cancel that stops it
+    (session 33: with no GPU here, its progress and cancel had never run)."""
+    from napari_tubular.geometry import spheres
+
+    shape = (20, 24, 28)
+    seeds = _seeds(rng, 300, shape).astype(np.int64)
+    sigma = rng.uniform(0.3, 2.5, 300)
+    w = rng.uniform(0.2, 1.0, 300).astype(np.float32)
+    inv2s2, cut2 = 1.0 / (2.0 * sigma**2), (3.0 * sigma) ** 2
+    for mode in ("sum", "union"):
+        seen = []
+        got = spheres._accumulate_torch(seeds, w, inv2s2, cut2, SP, shape, mode, "cpu",
+                                        progress=lambda d, t, m, seen=seen: seen.append(d))
+        want = spheres._accumulate_numpy(seeds, w, inv2s2, cut2, SP, shape, mode)
+        if mode == "sum":
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            assert seen
+            assert seen[-1] == 100
+            assert seen == sorted(seen)
+        else:
+            np.testing.assert_array_equal(got, want)
+    asked = []
+
+    def cancel():
+        asked.append(1)
+        return len(asked) > 1
+
+    with pytest.raises(spheres.Cancelled):
+        spheres._accumulate_torch(seeds, w, inv2s2, cut2, SP, shape, "sum", "cpu",
+                                  cancel=cancel)
