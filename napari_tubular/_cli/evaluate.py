@@ -576,6 +576,17 @@ def _check_outputs(args, *, batch: bool) -> None:
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
+        if not batch:
+            from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
+
+            try:
+                _write_ext(args.errors)  # the writer's own rule, checked here before any work
+            except VolumeIOError:
+                # an outside judge: "--errors errors.txt" failed after the whole comparison, the
+                # metrics neither printed nor written to --json
+                raise ValueError(f"--errors {args.errors}: the error map is written as "
+                                 f"{', '.join(WRITE_EXTENSIONS)} (the extension picks the "
+                                 "format); give a file name ending in one of them") from None
         if not batch and args.errors.exists() and not args.overwrite:
             raise FileExistsError(
                 f"--errors {args.errors} already exists; pass --overwrite to replace it"
