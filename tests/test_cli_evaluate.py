@@ -268,6 +268,42 @@ def test_errors_of_an_unwritable_type_is_refused_before_anything_runs(tmp_path, 
     assert "self-check" not in captured.out
 
 
+def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, capsys):
+    """An outside judge: on a reference with a sheared direction (an NRRD or MetaImage file)
+    --errors e.nii.gz failed after the whole comparison, and in batch mode, whose maps are
+    NAME_errors.nii.gz, the case was dropped with its metrics; an existing e.zraw stopped
+    --errors e.mhd only after the comparison too."""
+    from napari_tubular.io import Volume
+
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    sheared = Volume(data=mask, spacing=(1.0, 1.0, 1.0),
+                     direction=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]])
+    for folder in ("p", "r"):
+        write_volume(tmp_path / folder / "a.mha", sheared)
+        write_volume(tmp_path / folder / "b.mha", mask)
+    p, r = tmp_path / "p" / "a.mha", tmp_path / "r" / "a.mha"
+    assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.nii.gz")]) == 2
+    captured = capsys.readouterr()
+    assert "sheared" in captured.err
+    assert "dice" not in captured.out
+    (tmp_path / "e.zraw").write_text("another file")
+    assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.mhd")]) == 2
+    captured = capsys.readouterr()
+    assert "e.zraw" in captured.err
+    assert "dice" not in captured.out
+    assert (tmp_path / "e.zraw").read_text() == "another file"
+    out = tmp_path / "errs"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors", str(out),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["a_errors.nrrd", "b_errors.nii.gz"]
+    # NRRD stores direction x spacing: the same grid, its columns normalised when read back
+    np.testing.assert_allclose(read_volume(out / "a_errors.nrrd").affine(),
+                               read_volume(r).affine(), atol=1e-6)
+    assert [c["case"] for c in json.loads((tmp_path / "m.json").read_text())["cases"]] == ["a",
+                                                                                          "b"]
+
+
 def test_batch_outputs_never_replace_a_volume_of_the_folders(tmp_path, capsys):
     """An outside judge: ``--json refs/a_label.nii.gz --overwrite`` over two folders wrote the
     JSON over that reference (only the folders were compared with the outputs)."""

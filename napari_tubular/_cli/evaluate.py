@@ -379,13 +379,35 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     )
 
 
-def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
+def _errors_path_for(errors_path: Path, rv, *, batch: bool) -> Path:
+    """``errors_path``, or in batch mode its ``.nrrd`` twin when NIfTI cannot store the
+    reference's direction (a sheared grid, from an NRRD or MetaImage file); a single pair's
+    ``--errors`` NIfTI file is then refused, before any work (an outside judge: the map failed
+    after the whole comparison, and a batch case whose ``NAME_errors.nii.gz`` the writer refused
+    was dropped with its metrics, no other name being possible)."""
+    from ..io import is_orthonormal, volume_format
+
+    if volume_format(errors_path) != "NIfTI" or is_orthonormal(rv.direction):
+        return errors_path
+    if not batch:
+        raise ValueError(f"--errors {errors_path}: NIfTI cannot store the reference's sheared "
+                         "direction matrix; name a .nrrd or .mha file")
+    out = errors_path.with_name(errors_path.name[: -len(".nii.gz")] + ".nrrd")
+    print(f"note: {out.name} written as NRRD: NIfTI cannot store the sheared direction matrix "
+          "of the reference", file=sys.stderr)
+    return out
+
+
+def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *,
+              batch: bool = False):
     """Metrics (and the error map written to ``errors_path``) of one pair."""
     from ..io import write_volume
     from ..topology import compute_metrics, error_map, hard_skeletons
 
     pred, ref, rv, grid_warning = _load_pair(pred_path, ref_path, args.threshold,
                                              getattr(args, "resample", False))
+    if errors_path is not None:
+        errors_path = _errors_path_for(errors_path, rv, batch=batch)
     stage = _stages(pred.size, pred_path.name)
     stage("skeletons")
     sk_p, sk_r = hard_skeletons(pred, ref, rv.spacing)
@@ -597,6 +619,10 @@ def _check_outputs(args, *, batch: bool) -> None:
                 raise ValueError(f"--errors {args.errors}: the error map is written as "
                                  f"{', '.join(WRITE_EXTENSIONS)} (the extension picks the "
                                  "format); give a file name ending in one of them") from None
+            data_file = args.errors.with_name(args.errors.name[:-len(".mhd")] + ".zraw")
+            if args.errors.name.endswith(".mhd") and data_file.exists() and not args.overwrite:
+                raise FileExistsError(f"--errors {args.errors}: its data file {data_file} "
+                                      "already exists; pass --overwrite to replace it")
         if not batch and args.errors.exists() and not args.overwrite:
             raise FileExistsError(
                 f"--errors {args.errors} already exists; pass --overwrite to replace it"
@@ -683,7 +709,7 @@ def _run_batch(args) -> int:
     for name, pp, rp in pairs:
         try:
             errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
-            m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path)
+            m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path, batch=True)
         except (ValueError, OSError, RuntimeError, MemoryError) as exc:
             # one case's failure, not the batch's: a file that cannot be read (OSError: a
             # permission, a vanished file) or a pair too large for this machine (an outside
