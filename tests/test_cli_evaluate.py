@@ -304,6 +304,27 @@ def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, ca
                                                                                           "b"]
 
 
+def test_an_output_under_a_file_is_refused_before_anything_runs(pair, tmp_path, capsys):
+    """An outside judge: --json p.nii.gz/m.json said "[Errno 17] File exists" after the whole
+    comparison; a batch's --errors under a file failed every case in turn."""
+    p, r, _, _ = pair
+    for opt, name in (("--json", "m.json"), ("--csv", "m.csv"), ("--sites", "s.csv"),
+                      ("--errors", "e.nii.gz")):
+        assert main(["evaluate", str(p), str(r), opt, str(p / "sub" / name)]) == 2
+        captured = capsys.readouterr()
+        assert f"{p} is a file, not a folder" in captured.err
+        assert "dice" not in captured.out
+    (tmp_path / "pd").mkdir()
+    (tmp_path / "rd").mkdir()
+    p.rename(tmp_path / "pd" / "a.nii.gz")
+    r.rename(tmp_path / "rd" / "a.nii.gz")
+    assert main(["evaluate", str(tmp_path / "pd"), str(tmp_path / "rd"), "--errors",
+                 str(tmp_path / "pd" / "a.nii.gz" / "errs")]) == 2
+    captured = capsys.readouterr()
+    assert "is a file, not a folder" in captured.err
+    assert "summary" not in captured.out
+
+
 def test_batch_outputs_never_replace_a_volume_of_the_folders(tmp_path, capsys):
     """An outside judge: ``--json refs/a_label.nii.gz --overwrite`` over two folders wrote the
     JSON over that reference (only the folders were compared with the outputs)."""

