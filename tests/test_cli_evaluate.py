@@ -287,6 +287,10 @@ def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, ca
     captured = capsys.readouterr()
     assert "sheared" in captured.err
     assert "dice" not in captured.out
+    assert main(["evaluate", str(p), "--errors", str(tmp_path / "e.nii.gz")]) == 2  # self-check
+    captured = capsys.readouterr()
+    assert "sheared" in captured.err
+    assert "self-check" not in captured.out
     (tmp_path / "e.zraw").write_text("another file")
     assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.mhd")]) == 2
     captured = capsys.readouterr()

@@ -782,6 +782,8 @@ def _run_self_check(args) -> int:
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred, posinf_max=True)
+    if args.errors is not None:
+        _errors_path_for(args.errors, pv, batch=False)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
             else pv.data)
     mask = binarize(data, f"prediction {args.pred.name}")
