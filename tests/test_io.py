@@ -927,6 +927,21 @@ def test_truncated_other_formats(tmp_path):
         read_volume(tmp_path / "det.nhdr")
 
 
+def test_nifti_cut_inside_header_is_said_truncated(tmp_path):
+    """An outside judge: a .nii cut inside its 348-byte header (and a .nii.gz whose complete
+    gzip stream holds only part of a header) raised nibabel's WrapStructError ("Binary block is
+    wrong size") as a traceback; `info` stopped at it without reading the other files."""
+    sitk_written = tmp_path / "full.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(sitk_written))
+    raw = sitk_written.read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[:100])
+    (tmp_path / "cutz.nii.gz").write_bytes(gzip.compress(raw[:100]))
+    for name in ("cut.nii", "cutz.nii.gz"):
+        with pytest.raises(VolumeIOError, match=re.escape(name) + r": file is truncated \(it "
+                           r"ends inside the NIfTI header\)"):
+            read_volume(tmp_path / name)
+
+
 def test_truncated_raw_nrrd_says_how_many_bytes(tmp_path):
     """A raw NRRD cut short, or a .nhdr whose .raw is too short, said "corrupt or unreadable
     ... NrrdImageIO(0x556a...): Read: Error reading" (an audit); now: truncated, N of M bytes."""
