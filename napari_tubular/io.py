@@ -1161,6 +1161,13 @@ def _read_dicom_series(path: Path, only_file: Path | None):
         detail = _itk_error_line([ln.strip() for ln in str(exc).splitlines() if ln.strip()])
         raise VolumeIOError(f"{path}: cannot read DICOM series {sid}"
                             + (f"; {bad}" if bad else "") + f" ({detail})") from exc
+    if img.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64) and len(
+            _rescales(reader, len(files))) > 1:
+        # an outside judge: ITK takes the pixel type of the whole series from its first slice;
+        # slices rescaled otherwise (PET, some MR: a slope per slice) were cut to its integers
+        # (values 0.834, 2.647 under a slope of 0.001 read as 0, 2) without a word
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+        img = reader.Execute()
     _check_slice_positions(path, reader, len(files), img, bad)
     if bad:
         # evenly spaced without them: a stray file, or an end slice (then the volume lacks it)
@@ -1170,6 +1177,22 @@ def _read_dicom_series(path: Path, only_file: Path | None):
                       "copy, or remove it from the folder if it is not a slice",
                       UserWarning, stacklevel=4)
     return img
+
+
+def _rescales(reader, n_slices: int) -> set[tuple[float, float]]:
+    """The distinct (Rescale Slope, Rescale Intercept) tag pairs of a series' slices, as the
+    series ``reader`` (with its metadata dictionary array on) read them."""
+    out = set()
+    for k in range(n_slices):
+        pair = []
+        for tag, default in (("0028|1053", 1.0), ("0028|1052", 0.0)):
+            try:
+                pair.append(float(reader.GetMetaData(k, tag)) if reader.HasMetaDataKey(k, tag)
+                            else default)
+            except (RuntimeError, ValueError, IndexError):
+                pair.append(default)
+        out.add(tuple(pair))
+    return out
 
 
 def _check_slice_sizes(path: Path, files: list[str]) -> None:
