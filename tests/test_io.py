@@ -984,6 +984,39 @@ def test_nifti_cut_inside_header_is_said_truncated(tmp_path):
             read_volume(tmp_path / name)
 
 
+def test_header_announcing_fewer_slices_than_the_data_hold_warns(tmp_path):
+    """An outside judge: a header saying 4 slices over 8 slices of data was read as the first
+    4 without a word (NIfTI, NRRD and MetaImage alike): half the volume silently dropped."""
+    import io as _io
+
+    import nibabel as nib
+
+    data = np.arange(8 * 6 * 7, dtype=np.float32).reshape(8, 6, 7)
+    for ext in (".nii", ".nii.gz", ".nrrd", ".mha"):
+        full = tmp_path / f"full{ext}"
+        sitk.WriteImage(sitk.GetImageFromArray(data), str(full))
+        raw = full.read_bytes()
+        if ext.startswith(".nii"):
+            raw = gzip.decompress(raw) if ext == ".nii.gz" else raw
+            header = nib.Nifti1Header.from_fileobj(_io.BytesIO(raw[:348]))
+            header["dim"][3] = 4
+            raw = header.binaryblock + raw[348:]
+            raw = gzip.compress(raw) if ext == ".nii.gz" else raw
+        else:
+            said = b"sizes: 7 6 8" if ext == ".nrrd" else b"DimSize = 7 6 8"
+            assert said in raw
+            raw = raw.replace(said, said[:-1] + b"4")
+        lying = tmp_path / f"lying{ext}"
+        lying.write_bytes(raw)
+        with pytest.warns(UserWarning, match=re.escape(f"lying{ext}") + r": the file holds "
+                          r"672 bytes \(about 4 slices\) more data than its header"):
+            vol = read_volume(lying)
+        np.testing.assert_array_equal(vol.data, data[:4])  # read as before
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            read_volume(full)  # a complete file: no warning
+
+
 def test_truncated_raw_nrrd_says_how_many_bytes(tmp_path):
     """A raw NRRD cut short, or a .nhdr whose .raw is too short, said "corrupt or unreadable
     ... NrrdImageIO(0x556a...): Read: Error reading" (an audit); now: truncated, N of M bytes."""
