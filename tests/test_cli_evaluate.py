@@ -234,6 +234,22 @@ def test_batch_ambiguous_names(tmp_path, capsys):
         )
 
 
+def test_batch_one_case_in_two_formats_is_refused(tmp_path):
+    """An outside judge: a reference folder holding case.nrrd beside case.nii.gz (one stem, two
+    formats) was compared with whichever was listed last, and the other ignored, silently."""
+    from napari_tubular._cli.evaluate import match_cases
+
+    for preds, refs, side in (
+        ([tmp_path / "case_labels.nii.gz"], [tmp_path / "case.nii.gz", tmp_path / "case.nrrd"],
+         "reference"),
+        ([tmp_path / "case.mha", tmp_path / "case.nii.gz"], [tmp_path / "case.nii.gz"],
+         "prediction"),
+    ):
+        with pytest.raises(ValueError, match=side + r" files case\.\S+ and case\.\S+ both "
+                           "match case 'case'"):
+            match_cases(preds, refs)
+
+
 def test_subprocess_help():
     res = subprocess.run(
         [sys.executable, "-m", "napari_tubular.cli", "evaluate", "--help"],

@@ -142,8 +142,22 @@ def match_cases(pred_paths, ref_paths):
     """
     from ..io import volume_stem
 
-    preds = {volume_stem(p): p for p in pred_paths}
-    refs = {volume_stem(r): r for r in ref_paths}
+    def by_stem(paths, side):
+        # an outside judge: case.nrrd beside case.nii.gz (one stem, two formats) kept the last
+        # listed of the two without a word, and the other was never compared
+        out: dict[str, Path] = {}
+        for path in paths:
+            stem = volume_stem(path)
+            if stem in out:
+                raise ValueError(
+                    f"{side} files {Path(out[stem]).name} and {Path(path).name} both match case "
+                    f"'{stem}'; rename one so that each case has one file"
+                )
+            out[stem] = path
+        return out
+
+    preds = by_stem(pred_paths, "prediction")
+    refs = by_stem(ref_paths, "reference")
     pairs = [(s, preds.pop(s), refs.pop(s)) for s in sorted(set(preds) & set(refs))]
 
     def by_key(d, side):
