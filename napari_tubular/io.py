@@ -1421,6 +1421,16 @@ def read_volume(
                         and not np.all(np.isfinite(nifti_header.get_sform()))):
                     raise VolumeIOError(f"{p}: corrupt NIfTI header: its sform (srow_x/y/z) "
                                         "holds NaN or infinite values")
+                qform = [nifti_header[k] for k in ("quatern_b", "quatern_c", "quatern_d",
+                                                   "qoffset_x", "qoffset_y", "qoffset_z")]
+                if not np.all(np.isfinite(np.asarray(nifti_header["pixdim"][:4], float))) or (
+                        int(nifti_header["qform_code"]) > 0
+                        and not np.all(np.isfinite(np.asarray(qform, float)))):
+                    # an outside judge: a NaN voxel size (pixdim) or qform offset or rotation
+                    # was read as 1 mm, origin 0 or no rotation, without a word
+                    raise VolumeIOError(f"{p}: corrupt NIfTI header: its voxel size (pixdim) or "
+                                        "qform (quatern_b/c/d, qoffset_x/y/z) holds NaN or "
+                                        "infinite values")
                 if _nifti_sform_sheared(nifti_header):
                     if int(nifti_header["qform_code"]) <= 0:
                         # ITK: "corrupt or unreadable ... orthonormal direction cosines"
