@@ -538,10 +538,12 @@ def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     from ..io import volume_format
-    from ._paths import refuse_inputs_as_outputs, refuse_shared_outputs
+    from ._paths import refuse_file_as_folder, refuse_inputs_as_outputs, refuse_shared_outputs
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
                            for opt in ("json", "csv", "sites", "errors")})
+    for opt in ("json", "csv", "sites", "errors"):
+        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None))
     # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
