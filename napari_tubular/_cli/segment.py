@@ -529,6 +529,7 @@ def run(args) -> int:
     from ..inference import MAX_OVERLAP, check_segment_options
     from ..io import volume_format
     from ..models import load_model, resolve_device
+    from ._paths import refuse_file_as_folder
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
     if args.spacing is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing):
@@ -540,6 +541,7 @@ def run(args) -> int:
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
+    refuse_file_as_folder("-o", outdir)
     if not outdir.exists() and volume_format(outdir) not in (None, "DICOM"):
         # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it
         raise ValueError(f"-o {args.output}: the output is a folder (NAME_labels.nii.gz, "
