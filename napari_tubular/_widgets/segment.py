@@ -987,10 +987,16 @@ class SegmentWidget(QWidget):
                         f"prediction {self.prediction.probability.shape}"
                     )
                 mismatch = grid_mismatch(source, ref_layer) if source is not None else None
+                # the core's reading of labels, as the review panel and `evaluate` read the
+                # reference (an outside judge: labels of -1 were taken as background here and
+                # scored Dice 0.673 where those two refuse the layer)
+                from napari_tubular.topology import binarize
+
+                reference = binarize(layer_data(ref_layer),  # a pyramid's finest level
+                                     f"reference {ref_layer.name!r}")
             except ValueError as exc:  # raised in a timer it escaped as a traceback (an audit)
                 problem = str(exc)
             else:
-                reference = layer_data(ref_layer) > 0  # a pyramid's finest level
                 if mismatch and mismatch != self._warned_mismatch:
                     from napari.utils.notifications import show_warning
 

@@ -486,6 +486,27 @@ def test_an_unfit_reference_is_said_once_and_the_sliders_keep_refining(seg, vess
     assert "no metrics" not in widget.metrics_label.text()
 
 
+def test_a_reference_with_negative_labels_is_refused_as_the_core_refuses_it(seg, vessel_case,
+                                                                           errors):
+    """An outside judge: a reference whose background was -1 scored Dice 0.673 under the
+    sliders (-1 taken as background), where ``compute_metrics``, ``evaluate`` and the review
+    panel refuse negative labels. It is said once, with no metrics, and the sliders refine."""
+    viewer, widget, _ = seg
+    data = vessel_case.mask.astype(np.int16)
+    data[data == 0] = -1
+    viewer.add_labels(data, name="minus one", scale=SPACING, translate=TRANSLATE)
+    before = widget.refine_count
+    widget.reference_picker.set_layer(viewer.layers["minus one"])
+    widget.tr_slider.setValue(0.55)
+    assert widget.refine_count == before + 2
+    assert widget.metrics is None
+    assert len(errors) == 1
+    assert "negative" in errors[0]
+    assert "minus one" in errors[0]
+    assert "no metrics" in widget.metrics_label.text()
+    assert "Dice" not in widget.metrics_label.text()
+
+
 @pytest.mark.slow
 def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_path):
     viewer = make_napari_viewer()
