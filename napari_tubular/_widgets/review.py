@@ -349,6 +349,9 @@ class TopologyReviewWidget(QWidget):
 
         empty = [name for name, mask in (("prediction", pred), ("reference", ref))
                  if mask is not None and not mask.any()]
+        inputs = [pred_layer] + ([ref_layer] if ref_layer is not None else [])
+        prints = self.inputs.snapshot(inputs)  # what is computed (an edit meanwhile is said)
+
         def returned(out):
             self.metrics, self.report = out
             self._context = context
@@ -365,7 +368,7 @@ class TopologyReviewWidget(QWidget):
             # prediction file's order, or the layer's, and evaluate's in the reference's)
             self._file_axes = axes
             self._show()
-            self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
+            self.inputs.watch(inputs, prints)
 
         self.status.setText("computing...")
         self._job = self.controls.start(

@@ -611,6 +611,7 @@ class SegmentWidget(QWidget):
             release_gpu_memory()
             return prediction, refiner, result, spheres, (tp, tr), fraction
 
+        prints = self.inputs.snapshot([layer])  # what is segmented (an edit meanwhile is said)
         prediction_shown = [object()]  # this run's prediction once shown
         relayed: list[str] = []  # the core's warnings during this run, shown as warnings
 
@@ -625,7 +626,7 @@ class SegmentWidget(QWidget):
             self._source, self._geometry = source, geometry
             self._source_layer = layer
             self._affine = layer_affine(layer)
-            self.inputs.watch([layer])
+            self.inputs.watch([layer], prints)
             self.refine_count = 0
             self._dismissed = set()  # a new run shows every result again
             self._show_network_outputs(thresholds[0])

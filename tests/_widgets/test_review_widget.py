@@ -832,6 +832,28 @@ def test_csv_voxel_columns_are_evaluates_when_one_file_is_transposed(make_napari
                 theirs[f"anchor_physical_{axis}_mm"], abs=1e-6), axis
 
 
+def test_an_edit_during_a_running_compute_marks_its_review_out_of_date(make_napari_viewer,
+                                                                       broken, qtbot,
+                                                                       monkeypatch, tmp_path):
+    """An outside judge repaired the cut while the review ran: its "break" site came up as
+    current (the inputs were fingerprinted when the result came, after the edit), and the CSV
+    was exported unmarked."""
+    viewer, widget, started, release = _held_review(make_napari_viewer, broken, monkeypatch)
+    _pred, ref = broken
+    widget.run()
+    assert started.wait(10)
+    viewer.layers["prediction"].data = ref.copy()  # the cut repaired meanwhile
+    release.set()
+    qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
+    qtbot.wait(50)
+    assert widget.report is not None
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    assert "during the Compute" in widget.status.text()
+    path = widget.export_csv(tmp_path / "review.csv")
+    assert "out_of_date" in path.read_text(encoding="utf-8")
+
+
 def test_a_running_compute_shows_a_busy_bar_and_can_be_cancelled(make_napari_viewer, broken,
                                                                  qtbot, monkeypatch):
     """An outside judge: a long Compute (a minute on a large CTA) showed only "computing..."
