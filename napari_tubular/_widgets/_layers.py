@@ -741,8 +741,16 @@ class InputWatcher:
         self.stale = False
         self.reason = ""  # what changed, while stale
 
-    def watch(self, layers) -> None:
-        """Forget the previous layers; watch these (the inputs of the run just shown)."""
+    def snapshot(self, layers) -> list:
+        """The fingerprints of ``layers`` now: taken when a job starts, for :meth:`watch`."""
+        return [_fingerprint(layer) for layer in layers]
+
+    def watch(self, layers, prints: list | None = None) -> None:
+        """Forget the previous layers; watch these (the inputs of the run just shown).
+
+        ``prints``: the layers' :meth:`snapshot` at the start of the job that computed the
+        results: a layer changed while it ran makes them out of date at once (an outside judge
+        repaired a cut while the review ran, and its "break" site came up as current)."""
         for layer, callback in self._watched:
             for emitter in _change_events(layer):
                 try:
@@ -750,9 +758,12 @@ class InputWatcher:
                 except (TypeError, ValueError, RuntimeError):
                     pass
         self._watched = []
-        self._prints = [(weakref.ref(layer), _fingerprint(layer)) for layer in layers]
+        now = self.snapshot(layers)
+        self._prints = [(weakref.ref(layer), print_) for layer, print_ in zip(layers, now)]
         self.stale = False
         self.reason = ""
+        changed_during = [layer for layer, then, print_ in zip(layers, prints or now, now)
+                          if then is not None and then != print_]
         me, panel_ref = weakref.ref(self), self._panel
         for layer in layers:
             def changed(_event=None, layer_ref=weakref.ref(layer)):  # noqa: B008 (bound per layer)
@@ -771,6 +782,12 @@ class InputWatcher:
             for emitter in _change_events(layer):
                 emitter.connect(changed)
             self._watched.append((layer, changed))
+        if changed_during:
+            self.stale = True
+            self.reason = f"{changed_during[0].name!r} changed during the {self._button}"
+            panel = self._panel()
+            if panel is not None:
+                panel.status.setText(f"out of date: {self.reason}; press {self._button} again")
 
     def check(self) -> bool:
         """Whether the results are out of date, also for edits that emitted no event (their

@@ -261,6 +261,8 @@ class DistanceMapWidget(QWidget):
                 out["graph"] = graph if axes is None else graph_in_layer_order(graph, axes)
             return out
 
+        prints = self.inputs.snapshot([layer])  # what is computed (an edit meanwhile is said)
+
         def returned(out):
             self._geometry = geometry
             self._shape = mask.shape
@@ -269,7 +271,7 @@ class DistanceMapWidget(QWidget):
             self._affine = layer_affine(layer)
             self._show(out)
             self.status.setText(self.status.text() + note)
-            self.inputs.watch([layer])
+            self.inputs.watch([layer], prints)
 
         self.status.setText("computing...")
         self._job = self.controls.start(

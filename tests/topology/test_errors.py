@@ -741,6 +741,23 @@ def test_a_vessel_narrowed_to_a_sliver_is_a_narrowing_not_a_break(spacing):
     assert n.severity < c.severity
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 0.6, 0.6), (1.0, 1.0, 1.0)])
+def test_a_missed_arc_of_a_reference_loop_is_a_break_not_a_narrowing(spacing):
+    """An outside judge: a reference ring on a vessel, missed by the prediction but for the
+    vessel: its 25 mm arc read "narrowing (the prediction stays connected here)", ranked as
+    one, because the vessel joins the arc's two ends near them. A narrowing has the prediction
+    beside the whole piece; this is a break that opens the loop."""
+    shape = (24, 64, 64)
+    trunk = segment(shape, (12, 4, 12), (12, 60, 12), 2.5)
+    ref = trunk | torus(shape, center=(12, 32, 22), major=8.0, minor=1.8)
+    rep = error_map(trunk, ref, spacing)
+    (site,) = rep.sites
+    assert site.cls_name == "missed centerline"
+    assert site.detail.startswith("break")
+    assert "opens a reference loop" in site.detail
+    assert site.length_mm > 15.0
+
+
 @pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.5, 0.8, 0.8)])
 def test_two_vessels_fused_along_their_length_are_a_merge_site(spacing):
     """An outside audit: two reference vessels 1-2 voxels apart that the prediction fuses
