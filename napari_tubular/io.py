@@ -753,7 +753,7 @@ def _apply_nan_policy(
     if n_nan == 0:
         return arr
     total = int(arr.size)
-    if n_nan == total:
+    if n_nan == total and nan_policy != "keep":  # kept: ``info`` shows such a file's header
         raise VolumeIOError(
             f"{path}: all {total} voxels are NaN or infinite; the volume holds no data"
         )
@@ -1436,7 +1436,7 @@ def read_volume(
         nan_policy: "fill" replaces NaN voxels by ``nan_fill`` (default: the minimum finite
             value) and warns (:class:`VolumeNaNWarning`) with the number of voxels; "error"
             raises; "keep" returns them as NaN (also for NIfTI, where SimpleITK reads 0).
-            An all-NaN volume always raises.
+            An all-NaN volume raises, except under "keep" (``info`` describes such a file).
         nan_fill: value for NaN voxels under ``nan_policy="fill"``.
         posinf_max: under "fill", +inf voxels take the maximum finite value instead (masks and
             probability maps, where +inf is foreground; an image's +inf slab would look like a
