@@ -113,10 +113,13 @@ class RefineResult:
 
     Attributes:
         labels: uint8 (Z, Y, X), 1 where ``Y_r > T_r``.
-        skeleton: uint8 (Z, Y, X), the pseudo-skeleton ``P > T_p`` (seeds with a positive radius).
+        skeleton: uint8 (Z, Y, X), the pseudo-skeleton ``P > T_p``: every voxel of it is a seed,
+            also where ``radius_mm`` is 0.
         refined: float32 (Z, Y, X), the refined map ``Y_r`` (peak of one seed = its ``p_u``).
         centers_mm: float64 (N, 3), seed centres (z, y, x) in mm relative to voxel (0, 0, 0).
-        radii_mm: float32 (N,), sphere radius of each seed in mm (``sigma = radius / 3``).
+        radii_mm: float32 (N,), sphere radius of each seed in mm (``sigma = radius / 3``): the
+            radius map's, capped by ``radius_bound`` and raised to at least half the finest
+            voxel step.
         tp, tr: the thresholds used.
     """
 
