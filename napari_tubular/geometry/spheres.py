@@ -963,6 +963,10 @@ def _check_refine_inputs(prob, radius_mm, spacing):
     r = check_volume(radius_mm, "radius_mm")
     check_same_shape(p, r, "prob", "radius_mm")
     sp = check_spacing(spacing)
+    if p.dtype.kind not in "biuf":
+        # an outside judge: a complex map lost its imaginary part in silence, an object
+        # array of strings failed in numpy's conversion
+        raise ValueError(f"prob must be a real probability map in [0, 1], got dtype {p.dtype}")
     if not np.issubdtype(p.dtype, np.floating):
         p = p.astype(np.float32)
     if not np.issubdtype(r.dtype, np.floating) and not np.issubdtype(r.dtype, np.integer):
