@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._validate import check_mask, check_same_shape, check_spacing
@@ -49,9 +51,20 @@ def _kept(m: np.ndarray, fg: np.ndarray, fg_labels: np.ndarray, keep: np.ndarray
     return out
 
 
+def _number(value) -> float:
+    """``value`` as a float, NaN for what is not a number (None, a string: an outside judge,
+    ``TypeError: ufunc 'isfinite' not supported`` from the checks below)."""
+    if isinstance(value, str | bytes):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def _check_min_size(min_size_mm3) -> None:
-    if not np.isfinite(min_size_mm3) or min_size_mm3 < 0:
-        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3}")
+    if not np.isfinite(_number(min_size_mm3)) or min_size_mm3 < 0:
+        raise ValueError(f"min_size_mm3 must be a finite number >= 0, got {min_size_mm3!r}")
 
 
 def _at_least(volume_mm3: np.ndarray, min_size_mm3: float) -> np.ndarray:
@@ -62,13 +75,13 @@ def _at_least(volume_mm3: np.ndarray, min_size_mm3: float) -> np.ndarray:
 
 
 def _check_min_confidence(min_confidence) -> None:
-    if not np.isfinite(min_confidence) or not 0.0 < min_confidence <= 1.0:
-        raise ValueError(f"min confidence must be in (0, 1], got {min_confidence}")
+    if not np.isfinite(_number(min_confidence)) or not 0.0 < min_confidence <= 1.0:
+        raise ValueError(f"min confidence must be in (0, 1], got {min_confidence!r}")
 
 
 def _check_blob_ratio(ratio) -> None:
-    if not np.isfinite(ratio) or ratio < 0:
-        raise ValueError(f"blob ratio must be a finite number >= 0, got {ratio}")
+    if not np.isfinite(_number(ratio)) or ratio < 0:
+        raise ValueError(f"blob ratio must be a finite number >= 0, got {ratio!r}")
 
 
 def remove_small_components(mask, spacing, min_size_mm3: float) -> tuple[np.ndarray, int]:

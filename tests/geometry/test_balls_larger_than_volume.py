@@ -52,3 +52,26 @@ def test_balls_larger_than_the_volume_take_the_scatter():
     res = refine(prob, np.full(prob.shape, 100.0, np.float32), (1.0, 1.0, 1.0), tp=0.5)
     assert res.info["fast"] is False  # 512 x 15³ scatter pairs, not 200³ FFT frames
     assert res.labels.all()
+
+
+def test_radii_and_sigmas_beyond_float32_squares():
+    """Radii whose square overflows float32 raised OverflowError deep in the scatter; a sigma
+    whose ``1 / (2 sigma^2)`` overflows put NaN at its seed, and a ball whose squared radius
+    underflows did not cover its own centre (an outside judge)."""
+    from napari_tubular.geometry import soft_reconstruction, union_of_balls
+
+    shape, spacing = (8, 9, 10), (2.5, 0.7, 0.7)
+    for r in (1e30, 1e200):
+        assert union_of_balls([[0, 0, 0]], [r], shape, spacing).all()
+        np.testing.assert_allclose(soft_reconstruction([[0, 0, 0]], [r / 3], None, shape,
+                                                       spacing), 1.0)
+        prob = np.full(shape, 0.95, np.float32)
+        res = refine(prob, np.full(shape, r), spacing, 0.9, 0.25, radius_bound=None)
+        assert res.labels.all()
+        np.testing.assert_allclose(res.refined, 0.95 * prob.size, rtol=1e-5)
+    for tiny in (1e-30, 1e-200):
+        one = np.zeros(shape, bool)
+        one[1, 2, 3] = True
+        np.testing.assert_array_equal(union_of_balls([[1, 2, 3]], [tiny], shape, spacing), one)
+        y = soft_reconstruction([[1, 2, 3]], [tiny], [0.5], shape, spacing)
+        np.testing.assert_array_equal(y, 0.5 * one)

