@@ -426,11 +426,13 @@ def run(args) -> int:
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
     p_max = float(p.max()) if p.size else 0.0
+    label_notes: list[str] = []  # what is said about the labels, also for segment's report
     if p_max <= foreground_threshold(tp):
         # nothing to refine, as segment says it (an outside judge: a constant image's all-zero
         # map got the refinement's "lower T_p", which cannot help)
-        print(f"refine: warning: the probability map holds no vessel (highest probability "
-              f"{p_max:.2f}): the labels are empty", file=sys.stderr)
+        label_notes.append(f"the probability map holds no vessel (highest probability "
+                           f"{p_max:.2f}): the labels are empty")
+        print(f"refine: warning: {label_notes[-1]}", file=sys.stderr)
         labels = np.zeros(p.shape, np.uint8)
         skeleton = np.zeros(p.shape, np.uint8)
     else:
@@ -455,19 +457,22 @@ def run(args) -> int:
         _image_on_grid(args.image, p, prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     unsure: dict = {}
-    labels, _, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence,
-                                               unsure)
+    labels, n_removed, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p,
+                                                       confidence, unsure)
     for note in removal_notes(unsure, blobs, confidence, blob):
         # as segment says them (a review: refine dropped whole components without a word)
+        label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     skeleton = skeleton & labels
     if not labels.any() and p.size and float(p.max()) > 0.5:
         # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word
-        print(f"refine: warning: the labels are empty although the probability map holds "
-              f"vessels (highest probability {float(p.max()):.2f}, "
-              f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds (tp={tp:g}, "
-              f"tr={tr:g}, min component {min_size:g} mm^3) removed everything; lower them",
-              file=sys.stderr)
+        note = (f"the labels are empty although the probability map holds "
+                f"vessels (highest probability {float(p.max()):.2f}, "
+                f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
+                f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed everything; "
+                "lower them")
+        label_notes.append(note)
+        print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
     print(
@@ -480,7 +485,10 @@ def run(args) -> int:
         "blob_ratio": blob, "min_confidence": confidence, "polarity": polarity,
         # the labels are refined now (an audit: a --no-refine report kept refine: false)
         "refine": True, "no_refine_threshold": None,
-        "cavities_filled": int(unsure.get("cavities_filled", 0))})
+        "cavities_filled": int(unsure.get("cavities_filled", 0)),
+        # an outside judge: segment's counts and its "the labels are empty" stayed in the
+        # report beside the volume and Betti numbers of refine's labels
+        "components_removed": n_removed, "blobs_removed": blobs}, label_notes)
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
@@ -522,10 +530,23 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
                 pass
 
 
-def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) -> Path | None:
+# the openings of segment's messages about its labels (what the filters removed, empty labels),
+# replaced in its report by refine's own
+LABEL_MESSAGES = ("the labels are empty", "enclosed cavities filled in the labels",
+                  "the network found no vessel in this volume",
+                  "the probability map holds no vessel")
+
+
+def _is_label_message(message: str) -> bool:
+    return message.startswith(LABEL_MESSAGES) or " dropped from the labels: " in message
+
+
+def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
+                   label_notes: list | None = None) -> Path | None:
     """When ``out`` is the labels file of the segment run whose report lies beside the
     probability map, bring that report up to date (parameters, volume, Betti numbers,
-    centerline length) and note the refinement; returns its path, else None. An audit: after
+    centerline length, and ``messages``: segment's about its labels replaced by
+    ``label_notes``) and note the refinement; returns its path, else None. An audit: after
     ``refine ... -o <segment's labels> --tp 0.8 --overwrite`` the report still gave tp 0.6 and
     the old volume, and a later plain ``refine`` trusted it."""
     import datetime
@@ -551,6 +572,10 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) 
         if volume_stem(Path(name)) != f"{case}_labels" or not _same(rp.parent / name, out):
             return None
         report["parameters"].update(parameters)
+        if isinstance(report.get("messages"), list):
+            report["messages"] = [m for m in report["messages"]
+                                  if not (isinstance(m, str) and _is_label_message(m))]
+            report["messages"] += list(label_notes or [])
         report.update({k: stats[k] for k in ("volume_ml", "betti_numbers",
                                              "centerline_length_mm", "pseudo_skeleton_voxels")})
         report["refined"] = {
