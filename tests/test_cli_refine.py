@@ -273,6 +273,8 @@ def test_refine_over_segments_labels_replaces_its_label_messages_and_counts(tmp_
         "(highest probability 1.00), no vessel",
         "3 component(s), 0.20 mL in all, dropped from the labels: no voxel of theirs reached "
         "probability 0.99",
+        "T_p=0.9 leaves an empty pseudo-skeleton (no voxel has probability > T_p): the "
+        "refined mask is empty; lower T_p.",
     ]
     rp.write_text(json.dumps(report))
     out = tmp_path / "seg" / "c1_labels.nii.gz"

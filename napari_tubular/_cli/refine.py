@@ -538,7 +538,8 @@ LABEL_MESSAGES = ("the labels are empty", "enclosed cavities filled in the label
 
 
 def _is_label_message(message: str) -> bool:
-    return message.startswith(LABEL_MESSAGES) or " dropped from the labels: " in message
+    return (message.startswith(LABEL_MESSAGES) or " dropped from the labels: " in message
+            or " leaves an empty pseudo-skeleton " in message)
 
 
 def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
