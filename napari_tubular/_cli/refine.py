@@ -596,12 +596,15 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "labels": str(out.resolve()),
         }
-        if image is not None and isinstance(report.get("input"), dict):
+        given = report.get("input")
+        before = given.get("path") if isinstance(given, dict) else None
+        if image is not None and isinstance(given, dict) and not (
+                before and _same(Path(before), image)):
             # the image these labels were trimmed with, which a plain refine reads (an outside
             # judge: after --image moved/CT.nii.gz the report kept the old path, and a plain
             # refine skipped the trim: 665 voxels differed)
-            report["refined"]["image_recorded_before"] = report["input"].get("path")
-            report["input"] = dict(report["input"], path=str(image))
+            report["refined"]["image_recorded_before"] = before
+            report["input"] = dict(given, path=str(image))
         tmp = rp.with_name(f".{rp.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
         os.replace(tmp, rp)
