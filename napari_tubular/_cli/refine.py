@@ -177,22 +177,22 @@ def default_parameters(probability_path: Path) -> tuple[dict, str]:
 
 
 def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None):
-    """The partial-volume boundary trim ``segment`` applies, with the image read from
-    ``image_path`` (a note on stderr, and no trim, when there is none). ``grid``: the
-    probability map's volume; an image stored in another orientation of the same grid is
-    re-indexed onto it, one on another grid refused (an audit: an image stored with x
-    flipped was used voxel by voxel because only the shape was compared)."""
+    """``(labels, note)``: the partial-volume boundary trim ``segment`` applies, with the image
+    read from ``image_path``; when there is none, the labels untrimmed and the note saying so
+    (None when trimmed). ``grid``: the probability map's volume; an image stored in another
+    orientation of the same grid is re-indexed onto it, one on another grid refused (an audit:
+    an image stored with x flipped was used voxel by voxel because only the shape was
+    compared)."""
     from ..geometry.partial_volume import trim_partial_volume
     from ..inference import partial_volume_map
 
     if not image_path or not Path(image_path).exists():
-        print("refine: note: the partial-volume trim needs the segmented image (--image); "
-              f"{'not found: ' + str(image_path) if image_path else 'none given'}, labels not "
-              "trimmed", file=sys.stderr)
-        return labels
+        return labels, ("the partial-volume trim needs the segmented image (--image); "
+                        f"{'not found: ' + str(image_path) if image_path else 'none given'}, "
+                        "labels not trimmed")
     image = _image_on_grid(image_path, p, grid)
     fraction = partial_volume_map(image.data, p, polarity)
-    return trim_partial_volume(labels, fraction, pv)
+    return trim_partial_volume(labels, fraction, pv), None
 
 
 def _image_on_grid(image_path, p, grid=None):
@@ -426,16 +426,19 @@ def run(args) -> int:
         print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
               file=sys.stderr)
     p_max = float(p.max()) if p.size else 0.0
+    label_notes: list[str] = []  # what is said about the labels, also for segment's report
     if p_max <= foreground_threshold(tp):
         # nothing to refine, as segment says it (an outside judge: a constant image's all-zero
         # map got the refinement's "lower T_p", which cannot help)
-        print(f"refine: warning: the probability map holds no vessel (highest probability "
-              f"{p_max:.2f}): the labels are empty", file=sys.stderr)
+        label_notes.append(f"the probability map holds no vessel (highest probability "
+                           f"{p_max:.2f}): the labels are empty")
+        print(f"refine: warning: {label_notes[-1]}", file=sys.stderr)
         labels = np.zeros(p.shape, np.uint8)
         skeleton = np.zeros(p.shape, np.uint8)
     else:
         labels, skeleton = refine_maps(p, r, spacing, tp, tr, progress=RefineProgress())
     pv = defaults["partial_volume"] if args.partial_volume == "report" else args.partial_volume
+    trim_image = None  # --image, when the trim read it
     polarity = args.polarity or defaults["polarity"]
     if pv is not None and labels.any():
         if args.polarity is None and not defaults["from_report"]:
@@ -448,26 +451,38 @@ def run(args) -> int:
             note = _image_mismatch(args.image, recorded, cases[0] or cases[1])
             if note:
                 print(f"refine: warning: {note}", file=sys.stderr)
-        labels = _trim(labels, p, pv, args.image or defaults["image"], polarity, grid=prob)
+        labels, untrimmed = _trim(labels, p, pv, args.image or defaults["image"], polarity,
+                                  grid=prob)
+        if not untrimmed and args.image is not None:
+            trim_image = Path(args.image).expanduser().resolve()
+        if untrimmed:
+            print(f"refine: note: {untrimmed}", file=sys.stderr)
+            # the report records no trim then (an outside judge: it kept 0.4 beside untrimmed
+            # labels, and a plain refine with the image back gave other labels)
+            label_notes.append(untrimmed)
+            pv = None
     elif args.image is not None and Path(args.image).exists():
         # nothing to trim, but a wrong image is said all the same (it was checked only when
         # there were labels to trim)
         _image_on_grid(args.image, p, prob)
     blob = defaults["blob_ratio"] if args.blob_ratio == "report" else args.blob_ratio
     unsure: dict = {}
-    labels, _, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p, confidence,
-                                               unsure)
+    labels, n_removed, blobs = remove_specks_and_blobs(labels, spacing, min_size, blob, p,
+                                                       confidence, unsure)
     for note in removal_notes(unsure, blobs, confidence, blob):
         # as segment says them (a review: refine dropped whole components without a word)
+        label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     skeleton = skeleton & labels
     if not labels.any() and p.size and float(p.max()) > 0.5:
         # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word
-        print(f"refine: warning: the labels are empty although the probability map holds "
-              f"vessels (highest probability {float(p.max()):.2f}, "
-              f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds (tp={tp:g}, "
-              f"tr={tr:g}, min component {min_size:g} mm^3) removed everything; lower them",
-              file=sys.stderr)
+        note = (f"the labels are empty although the probability map holds "
+                f"vessels (highest probability {float(p.max()):.2f}, "
+                f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
+                f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed everything; "
+                "lower them")
+        label_notes.append(note)
+        print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
     print(
@@ -480,7 +495,10 @@ def run(args) -> int:
         "blob_ratio": blob, "min_confidence": confidence, "polarity": polarity,
         # the labels are refined now (an audit: a --no-refine report kept refine: false)
         "refine": True, "no_refine_threshold": None,
-        "cavities_filled": int(unsure.get("cavities_filled", 0))})
+        "cavities_filled": int(unsure.get("cavities_filled", 0)),
+        # an outside judge: segment's counts and its "the labels are empty" stayed in the
+        # report beside the volume and Betti numbers of refine's labels
+        "components_removed": n_removed, "blobs_removed": blobs}, label_notes, trim_image)
     if updated is not None:
         print(f"updated {updated}: these labels replaced segment's", file=sys.stderr)
     return 0
@@ -522,10 +540,26 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
                 pass
 
 
-def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) -> Path | None:
+# the openings of segment's messages about its labels (what the filters removed, empty labels),
+# replaced in its report by refine's own
+LABEL_MESSAGES = ("the labels are empty", "enclosed cavities filled in the labels",
+                  "the network found no vessel in this volume",
+                  "the probability map holds no vessel",
+                  "the partial-volume trim needs the segmented image")
+
+
+def _is_label_message(message: str) -> bool:
+    return (message.startswith(LABEL_MESSAGES) or " dropped from the labels: " in message
+            or " leaves an empty pseudo-skeleton " in message)
+
+
+def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
+                   label_notes: list | None = None, image: Path | None = None) -> Path | None:
     """When ``out`` is the labels file of the segment run whose report lies beside the
     probability map, bring that report up to date (parameters, volume, Betti numbers,
-    centerline length) and note the refinement; returns its path, else None. An audit: after
+    centerline length, ``messages``: segment's about its labels replaced by ``label_notes``,
+    and ``input.path``: ``image``, the ``--image`` the trim read, if any) and note the
+    refinement; returns its path, else None. An audit: after
     ``refine ... -o <segment's labels> --tp 0.8 --overwrite`` the report still gave tp 0.6 and
     the old volume, and a later plain ``refine`` trusted it."""
     import datetime
@@ -551,6 +585,10 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) 
         if volume_stem(Path(name)) != f"{case}_labels" or not _same(rp.parent / name, out):
             return None
         report["parameters"].update(parameters)
+        messages = report.get("messages")
+        report["messages"] = [m for m in (messages if isinstance(messages, list) else [])
+                              if not (isinstance(m, str) and _is_label_message(m))]
+        report["messages"] += list(label_notes or [])
         report.update({k: stats[k] for k in ("volume_ml", "betti_numbers",
                                              "centerline_length_mm", "pseudo_skeleton_voxels")})
         report["refined"] = {
@@ -558,6 +596,15 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict) 
             "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "labels": str(out.resolve()),
         }
+        given = report.get("input")
+        before = given.get("path") if isinstance(given, dict) else None
+        if image is not None and isinstance(given, dict) and not (
+                before and _same(Path(before), image)):
+            # the image these labels were trimmed with, which a plain refine reads (an outside
+            # judge: after --image moved/CT.nii.gz the report kept the old path, and a plain
+            # refine skipped the trim: 665 voxels differed)
+            report["refined"]["image_recorded_before"] = before
+            report["input"] = dict(given, path=str(image))
         tmp = rp.with_name(f".{rp.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
         os.replace(tmp, rp)
