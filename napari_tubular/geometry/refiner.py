@@ -97,8 +97,8 @@ class Refiner:
         prob: float (Z, Y, X), foreground probability in [0, 1] (native grid). A C-contiguous
             float32 array is kept as it is, not copied (a large volume's memory): do not edit
             it while the refiner is in use, or build a new refiner after editing it (its
-            candidate seeds are sorted once and cached; an outside judge: ``prob *= 0.5`` afterwards left
-            116 seeds where a fresh ``refine`` found none).
+            candidate seeds are sorted once and cached; an outside judge: ``prob *= 0.5``
+            afterwards left 116 seeds where a fresh ``refine`` found none).
         radius_mm: float (Z, Y, X), sphere radius per voxel in mm (native grid, may be anisotropic).
         spacing: voxel size in mm, (dz, dy, dx).
         tp, tr: initial thresholds (used by the first :meth:`update` call when it passes None).
