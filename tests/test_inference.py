@@ -486,6 +486,10 @@ def test_segment_removes_specks_and_uses_the_models_tuned_thresholds():
         (np.zeros((8, 8, 8)), {"spacing": (1, 0, 1)}, ValueError, "spacing"),
         (np.zeros((8, 8, 8)), {"overlap": 1.0}, ValueError, "overlap"),
         (np.zeros((8, 8, 8)), {"device": "tpu"}, ValueError, "device"),
+        # an outside judge: 1.5 windows per batch was taken as 1 in silence
+        (np.zeros((8, 8, 8)), {"batch_size": 1.5}, ValueError, "batch_size must be a whole"),
+        (np.zeros((8, 8, 8)), {"batch_size": 0}, ValueError, "batch_size must be a whole"),
+        (np.zeros((8, 8, 8)), {"batch_size": "two"}, ValueError, "batch_size must be a whole"),
         ("scan.nii.gz", {}, ValueError, "read_volume"),
     ],
 )
