@@ -78,7 +78,7 @@ class GeneralizedDiceLoss(nn.Module):
         w_type: class weights, ``"square"`` (1/n^2, paper), ``"simple"`` (1/n) or ``"uniform"``.
         smooth_nr, smooth_dr: MONAI's smoothing terms.
         batch: one generalised Dice over the whole batch.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``, or ``(1,)`` with ``batch=True``).
     """
 
     def __init__(
