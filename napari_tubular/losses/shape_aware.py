@@ -174,6 +174,7 @@ def pretrain_lrnet(
             d = d[:, None]
         if d.shape != m.shape:
             raise ValueError(f"nidms shape {tuple(d.shape)} does not match masks {tuple(m.shape)}")
+        check_unit_range(d, "nidms")  # an outside judge: NI-DM targets of 255 were trained on
     net = lrnet if lrnet is not None else LRNet()
     net = net.to(device).train()
     for q in net.parameters():

