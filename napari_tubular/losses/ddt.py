@@ -158,7 +158,9 @@ class DDTLoss(nn.Module):
         scale_target: ``(B, Z, Y, X)`` long in ``{0..K}``
             (:func:`napari_tubular.geometry.distance.scale_classes`), ``> 0`` exactly on the mask.
 
-    Example (the default training objective, clDice brought in after warm-up)::
+    Example (DDT plus a Dice-clDice term, clDice brought in after warm-up; ``train``'s default
+    ``ddt+cldice`` has this form with ``K = iters = 5``, the weight ramped by training progress,
+    and a soft Dice over the whole batch: ``training/loop.py``, ``LossFn``)::
 
         ddt = DDTLoss(K=6)
         topo = DiceclDiceLoss(iters=6, alpha=0.2, warmup_steps=2000, ramp_steps=1000)

@@ -35,7 +35,8 @@ class DistributionBalancedLoss(nn.Module):
 
     Args:
         class_counts: ``(C,)`` number of training samples containing each class (``n_i``, > 0).
-        num_samples: number of training samples ``N`` (> max count); needed for the prior.
+        num_samples: number of training samples ``N`` (>= every count); needed for the prior
+            ``n_i / N`` (clamped to ``[1e-6, 1 - 1e-6]``, so a class in every sample stays finite).
         rebalance: use the re-balancing weights ``r_hat`` (else 1).
         negative_tolerant: use ``nu`` and ``lam`` (else ``nu = 0``, ``lam = 1``).
         alpha, beta, mu: smoothing of ``r`` (0.1, 10, 0.2 to 0.3 in the paper).

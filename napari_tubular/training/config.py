@@ -31,8 +31,10 @@ class _DefaultModelOptions(dict):
 LOSSES = ("ddt+cldice", "ddt", "dice+ce", "dice+cldice", "boundary")
 """Loss names accepted by :class:`TrainConfig`.
 
-- ``"ddt+cldice"`` (default): DDT (class-balanced CE + distance-class loss, both heads), plus a
-  soft-clDice term on the segmentation head brought in after a warm-up (METHODS.md section 2).
+- ``"ddt+cldice"`` (default): DDT (class-balanced CE + distance-class loss, both heads), plus the
+  Dice-clDice loss ``(1 - a) softDice + a softclDice`` on the segmentation head, the clDice
+  weight ``a`` brought in after a warm-up (METHODS.md section 2); the soft Dice term is there
+  from the first step.
 - ``"ddt"``: DDT alone.
 - ``"dice+ce"``: the plain segmentation baseline: soft Dice + BCE on the segmentation head only
   (the scale head is not trained).

