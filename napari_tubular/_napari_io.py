@@ -438,11 +438,44 @@ def _geometry(meta: dict, axes=None) -> tuple[tuple, tuple, np.ndarray]:
         origin = (0.0, 0.0, 0.0) if origin is None else tuple(origin)
         direction = np.asarray(md.get("direction", np.eye(3)), dtype=np.float64)
         return spacing, origin, direction
-    shown = geometry_from_layer(
+    spacing, origin, direction = geometry_from_layer(
         meta.get("scale"), meta.get("translate"), meta.get("affine"),
         rotate=meta.get("rotate"), shear=meta.get("shear"), sheared_ok=True,
     )
-    return file_order_geometry(*shown, md.get(AXES_KEY) if axes is None else axes)
+    factor = _mm_per_unit(meta.get("units"))
+    if factor is not None and factor != 1.0:
+        # a layer placed in micrometres (napari ``units``): its scale 0.5 um was stored as a
+        # 0.5 mm spacing, the volume 1000 times too large (an outside judge)
+        spacing = tuple(s * factor for s in spacing)
+        origin = tuple(o * factor for o in origin)
+    return file_order_geometry(spacing, origin, direction,
+                               md.get(AXES_KEY) if axes is None else axes)
+
+
+def _mm_per_unit(units) -> float | None:
+    """Millimetres per unit of a layer whose three axes are in one length unit (napari's
+    ``units``: pint units or their names); None for pixels, no units or other units.
+
+    Raises:
+        ValueError: the axes are in different length units.
+    """
+    if units is None:
+        return None
+    units = (units,) * 3 if isinstance(units, str) else tuple(units)[-3:]
+    factors = []
+    for unit in units:
+        try:
+            if isinstance(unit, str):
+                import pint
+
+                unit = pint.get_application_registry().Unit(unit)
+            factors.append(float((1 * unit).to("mm").magnitude))
+        except Exception:  # noqa: BLE001 - pixel, dimensionless or not a pint unit
+            return None
+    if not np.allclose(factors, factors[0], rtol=1e-9):
+        raise ValueError(f"layer axes are in different units {tuple(str(u) for u in units)}; "
+                         "set the scale in mm and layer.units = 'mm' to save it")
+    return factors[0]
 
 
 def _output_path(path: str | os.PathLike) -> Path:
