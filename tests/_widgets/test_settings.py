@@ -130,3 +130,15 @@ def test_cuda_is_remembered_only_after_a_run_on_it(make_napari_viewer, vessel_ca
     widget.model_path.setText(str(tiny_model_path))
     widget.run()
     assert load_settings().device == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_a_config_path_under_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """An outside judge: ``NAPARI_TUBULAR_CONFIG=~/cfg.json`` set where no shell expands it
+    made a literal ``~`` folder in the working directory and kept the settings there."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NAPARI_TUBULAR_CONFIG", "~/cfg.json")
+    monkeypatch.chdir(tmp_path)
+    assert settings_path() == tmp_path / "home" / "cfg.json"
+    update_settings(device="cpu")
+    assert json.loads((tmp_path / "home" / "cfg.json").read_text())["device"] == "cpu"
+    assert not (tmp_path / "~").exists()
