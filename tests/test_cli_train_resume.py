@@ -280,3 +280,43 @@ def test_a_data_folder_given_as_the_config_file_is_named_so(tmp_path, capsys):
     assert "is a folder" in err
     assert "--data" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_init_model(tmp_path, capsys, monkeypatch):
+    """An audit: ``--resume --init-model other.pt`` went on from last.pt's weights without a
+    word, and the run's config.json then named other.pt as the model it had started from."""
+    from tests._tiny_model import save_tiny_model
+
+    init = save_tiny_model(tmp_path / "init.pt")
+    other = save_tiny_model(tmp_path / "other.pt")
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    assert _start(tmp_path, plain, "--steps", "2", "--quiet") == 0
+    assert _start(tmp_path, tuned, "--steps", "2", "--quiet", "--init-model", str(init)) == 0
+    capsys.readouterr()
+    for out, model in ((plain, init), (tuned, other)):
+        before = _snapshot(out)
+        assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet",
+                     "--init-model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert f"init_model {model} is not the checkpoint's run's" in err
+        assert "goes on from the weights in last.pt" in err
+        assert _snapshot(out) == before
+    # the run's own initial model, however spelled, resumes
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", str(tuned), "--resume", "--steps", "3", "--quiet",
+                 "--init-model", "./init.pt"]) == 0
+    assert _step(tuned) == 3
+
+
+def test_resume_says_when_the_cldice_schedule_or_the_tube_validation_changes(tmp_path,
+                                                                             capsys):
+    """An audit: --cldice-warmup and --val-tubes changed on resume without a word (the clDice
+    weight jumped from 0 to its full value; the score that picks best.pt changed), while
+    --cldice-weight was named."""
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, "--steps", "2", "--quiet") == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet",
+                 "--cldice-warmup", "1", "--val-tubes"]) == 0
+    assert ("cldice_warmup_steps None -> 1, val_tubes False -> True: the new values apply"
+            in capsys.readouterr().err)

@@ -1174,6 +1174,16 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
             f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})"
         )
+    saved_init = _model_key(saved.get("init_model"), workdir)
+    moved = saved_init not in (None, "default") and not Path(saved_init).exists()
+    if config.init_model and _model_key(config.init_model) != saved_init and not moved:
+        # an audit: --resume --init-model other.pt went on from last.pt's weights without a
+        # word, and config.json then said the run had started from other.pt (a model file
+        # that is no longer where the run found it is taken to have moved)
+        raise ValueError(
+            f"resume: init_model {config.init_model} is not the checkpoint's run's "
+            f"({saved.get('init_model')}): a resumed run goes on from the weights in last.pt; "
+            "to fine-tune from that model start a new run (another --out, or --overwrite)")
     _check_resume_has_work(ck, config)
     changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)
                # the same validation folders spelled otherwise are not a change
@@ -1187,6 +1197,17 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
             + ": the new values apply from the checkpoint's step on (the learning-rate "
             "schedule follows the new steps / lr; the rows logged before used the old ones)",
             UserWarning, stacklevel=3)
+
+
+def _model_key(model, workdir: str | None = None) -> str | None:
+    """A model path made absolute (relative ones taken from ``workdir``, default the working
+    directory), ``default`` and None as they are: the same model however spelled."""
+    if model is None or str(model) == "default":
+        return model
+    path = Path(model).expanduser()
+    if not path.is_absolute() and workdir is not None:
+        path = Path(workdir) / path
+    return str(path.resolve())
 
 
 def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
@@ -1212,7 +1233,8 @@ def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
 #: options a resumed run may change, with a warning (the schedule and the sampling)
 _RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
                   "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
-                  "cldice_weight", "weight_decay", "synthetic", "ds_weight")
+                  "cldice_weight", "cldice_warmup_steps", "cldice_warmup_fraction",
+                  "cldice_ramp_fraction", "val_tubes", "weight_decay", "synthetic", "ds_weight")
 
 
 def _continues_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo) -> bool:
