@@ -813,8 +813,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 else:
                     tuned_best = _tune_saved_model(out / "best.pt", val_cases, config, device,
                                                    inherited, report, step, cancel)
-            log_extra["refine"] = _threshold_record(config, has_val, tuned, tuned_best,
-                                                    inherited)
+            log_extra["refine"] = _threshold_record(
+                config, has_val, tuned, tuned_best, inherited,
+                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best)
             save_checkpoint()
             if report:
                 # an audit: "done: 10 steps" of a 300-step run did not say why it ended
@@ -898,8 +899,9 @@ def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inheri
 
 
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
-                      inherited: dict) -> dict:
-    """What log.json records of the refinement thresholds, with the note the run ends with."""
+                      inherited: dict, best_cancelled: bool = False) -> dict:
+    """What log.json records of the refinement thresholds, with the note the run ends with
+    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled)."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
 
     if tuned:
@@ -911,7 +913,12 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             note += (f"; best.pt (step {tuned_best['weights_step']}): T_p {tuned_best['tp']:g}, "
                      f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f}), "
                      f"confidence filter {_level_text(tuned_best)}")
-        note += ", stored in the model file(s) for segment"
+        if best_cancelled:
+            # an audit: Ctrl-C while best.pt was tuned ended in "stored in the model file(s)",
+            # and best.pt, the file the run names, kept the fallback thresholds
+            note += ", stored in model.pt for segment; best.pt: not tuned (cancelled)"
+        else:
+            note += ", stored in the model file(s) for segment"
         return {"tuned": True, "model.pt": tuned, "best.pt": tuned_best, "note": note}
     initial = inherited.get("refine") or {}
     uses = (f"the initial model's T_p {initial['tp']:g} / T_r {initial['tr']:g}"
