@@ -1098,10 +1098,11 @@ def _read_checkpoint(path: Path) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - any reading failure is a damaged file here
         if isinstance(exc, pickle.UnpicklingError) and refused_objects(exc):
-            first = str(exc).strip().splitlines()[0]
+            # torch's own first line advises re-running torch.load with weights_only=False,
+            # what would run the code (an audit): not quoted
             raise ValueError(f"{path} is not a checkpoint napari-tubular wrote: it asks to "
-                             f"build Python objects other than tensors and plain values "
-                             f"({first}), which would run code from the file; it was not "
+                             "build Python objects other than tensors and plain values, "
+                             "which would run code from the file; it was not "
                              "loaded. Start the run again with --overwrite, or use a "
                              "checkpoint of your own") from None
         raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
