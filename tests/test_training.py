@@ -126,6 +126,24 @@ def test_config_refuses_synthetic_or_none_beside_folders(values, word):
         TrainConfig.from_dict({"data": ["synthetic"], **values})
 
 
+@pytest.mark.parametrize(("normalization", "word"), [
+    ({"kind": "percentile", "low": 1, "high": 99}, r"unknown key\(s\) high, low for kind "
+                                                  r"'percentile', which reads lower, upper"),
+    ({"kind": "window", "low": -200, "high": 600, "lower": 3}, r"unknown key\(s\) lower"),
+    ({"kind": "zscore", "mean": float("nan"), "std": 1.0}, "mean must be a finite number"),
+    ({"kind": "window", "low": -200, "high": float("inf")}, "high must be a finite number"),
+    ({"kind": "window", "low": 600, "high": -200}, "normalization: window normalization needs"),
+])
+def test_config_rejects_a_normalization_it_would_not_train_with(normalization, word):
+    """An audit: ``{"kind": "percentile", "low": 1, "high": 99}`` (the window's key names)
+    trained with the default 0.5 / 99.5 percentiles without a word, and its model file kept the
+    unread keys; a NaN z-score mean was accepted."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], "normalization": normalization})
+    good = {"kind": "percentile", "lower": 1, "upper": "99"}
+    assert TrainConfig.from_dict({"normalization": good}).normalization == good
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40
