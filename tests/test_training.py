@@ -1136,7 +1136,9 @@ def test_training_pairs_on_other_grids_or_empty(tmp_path):
     i = write_volume(tmp_path / "a_image.nii.gz", Volume(img, (1.0, 1.0, 1.0)))
     moved = write_volume(tmp_path / "a_label.nii.gz",
                          Volume(lab, (1.0, 1.0, 1.0), origin=(0.0, 5.0, 0.0)))
-    with pytest.raises(ValueError, match="different grids.*origin"):
+    # the image's origin first, as said (an audit: the sentence named the label first)
+    with pytest.raises(ValueError, match=r"different grids \(image vs label: origin "
+                                         r"\(0.0, 0.0, 0.0\) vs \(0.0, 5.0, 0.0\)"):
         load_pair(i, moved, (1.0, 1.0, 1.0), 3, NORM)
     empty = write_volume(tmp_path / "b_label.nii.gz", Volume(np.zeros_like(lab), (1.0, 1.0, 1.0)))
     with pytest.warns(UserWarning, match="label is empty"):
