@@ -1175,12 +1175,16 @@ def apply_radius_calibration(radius_mm: np.ndarray, calibration: dict | None) ->
     """
     if not calibration:
         return radius_mm
-    xp = np.asarray(calibration["pred_mm"], dtype=np.float64)
-    fp = np.asarray(calibration["true_mm"], dtype=np.float64)
+    try:  # an audit: a model whose calibration lacked a key ended in "KeyError: 'pred_mm'"
+        xp = np.asarray(calibration["pred_mm"], dtype=np.float64)
+        fp = np.asarray(calibration["true_mm"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError):
+        xp = fp = np.zeros(0)
     if xp.ndim != 1 or xp.size < 2 or xp.shape != fp.shape or np.any(np.diff(xp) <= 0) \
             or np.any(np.diff(fp) < 0) or xp[0] <= 0 or fp[0] <= 0:
-        raise ValueError(f"invalid radius calibration {calibration!r}: need >= 2 increasing "
-                         "positive knots pred_mm -> non-decreasing true_mm")
+        raise ValueError(f"invalid radius calibration {calibration!r} (the model's "
+                         "radius_calibration): need >= 2 increasing positive knots pred_mm -> "
+                         "non-decreasing true_mm")
     r = np.asarray(radius_mm, dtype=np.float32)
     out = np.interp(r, xp, fp).astype(np.float32)
     above = r > xp[-1]

@@ -280,3 +280,88 @@ def test_a_data_folder_given_as_the_config_file_is_named_so(tmp_path, capsys):
     assert "is a folder" in err
     assert "--data" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_another_init_model(tmp_path, capsys, monkeypatch):
+    """An audit: ``--resume --init-model other.pt`` went on from last.pt's weights without a
+    word, and the run's config.json then named other.pt as the model it had started from."""
+    from tests._tiny_model import save_tiny_model
+
+    init = save_tiny_model(tmp_path / "init.pt")
+    other = save_tiny_model(tmp_path / "other.pt")
+    plain, tuned = tmp_path / "plain", tmp_path / "tuned"
+    assert _start(tmp_path, plain, "--steps", "2", "--quiet") == 0
+    assert _start(tmp_path, tuned, "--steps", "2", "--quiet", "--init-model", str(init)) == 0
+    capsys.readouterr()
+    for out, model in ((plain, init), (tuned, other)):
+        before = _snapshot(out)
+        assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet",
+                     "--init-model", str(model)]) == 2
+        err = capsys.readouterr().err
+        assert f"init_model {model} is not the checkpoint's run's" in err
+        assert "goes on from the weights in last.pt" in err
+        assert _snapshot(out) == before
+    # the run's own initial model, however spelled, resumes
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--out", str(tuned), "--resume", "--steps", "3", "--quiet",
+                 "--init-model", "./init.pt"]) == 0
+    assert _step(tuned) == 3
+
+
+def test_resume_says_when_the_cldice_schedule_or_the_tube_validation_changes(tmp_path,
+                                                                             capsys):
+    """An audit: --cldice-warmup and --val-tubes changed on resume without a word (the clDice
+    weight jumped from 0 to its full value; the score that picks best.pt changed), while
+    --cldice-weight was named."""
+    out = tmp_path / "run"
+    assert _start(tmp_path, out, "--steps", "2", "--quiet") == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "3", "--quiet",
+                 "--cldice-warmup", "1", "--val-tubes"]) == 0
+    assert ("cldice_warmup_steps None -> 1, val_tubes False -> True: the new values apply"
+            in capsys.readouterr().err)
+
+
+def test_ctrl_c_during_the_threshold_tuning_says_what_it_stops(tmp_path, capsys, monkeypatch):
+    """An audit: Ctrl-C while the thresholds were tuned after the last step announced "stopping
+    after this step, saving last.pt and model.pt" (the run then ended as done, a --resume had
+    nothing to do); stopped while best.pt (another step's weights) was tuned, the run said the
+    thresholds were "stored in the model file(s)", and best.pt, the file it named, had none."""
+    from napari_tubular.models import read_model_meta
+    from napari_tubular.training import loop
+    from napari_tubular.training import tuning as ttuning
+
+    maps, calls = ttuning.network_maps, []
+
+    def interrupted_maps(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return maps(*args, **kwargs)
+
+    monkeypatch.setattr(ttuning, "network_maps", interrupted_maps)
+
+    def fake_validate(*args, **kwargs):
+        score = next(scores)
+        return {"dice": score, "cldice": score, "b0_error": 0.0, "b1_error": 0.0,
+                "hd95_mm": 1.0, "score": score}
+
+    monkeypatch.setattr(loop, "validate", fake_validate)
+    flags = [a for a in TINY if a not in ("--val-data", "none")]
+    for stop_at, name in ((1, "a"), (2, "b")):
+        calls.clear()
+        scores = iter([0.9, 0.1])  # best.pt: the first validation's weights
+        out = tmp_path / name
+        assert main(["train", _config_file(tmp_path, val_cases=1), "--synthetic", "--out",
+                     str(out), *flags, "--steps", "2", "--val-every", "1"]) == 0
+        err = capsys.readouterr().err
+        assert "stopping after this step" not in err
+        assert "every step is trained: skipping the rest of the threshold tuning" in err
+        note = json.loads((out / "log.json").read_text())["refine"]["note"]
+        assert "refine" not in read_model_meta(out / "best.pt")["metrics"]
+        if stop_at == 1:
+            assert "not tuned (cancelled)" in note
+            assert "refine" not in read_model_meta(out / "model.pt")["metrics"]
+        else:
+            assert "stored in model.pt for segment; best.pt: not tuned (cancelled)" in note
+            assert "refine" in read_model_meta(out / "model.pt")["metrics"]

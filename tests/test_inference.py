@@ -722,7 +722,10 @@ def test_radius_calibration_maps_through_knots():
     assert apply_radius_calibration(r, None) is r
     for bad in ({"pred_mm": [2.0, 1.0], "true_mm": [1.0, 2.0]},
                 {"pred_mm": [1.0, 2.0], "true_mm": [2.0, 1.0]},
-                {"pred_mm": [1.0], "true_mm": [1.0]}):
+                {"pred_mm": [1.0], "true_mm": [1.0]},
+                # an audit: a calibration without its knots ended in "KeyError: 'pred_mm'"
+                {"knots": [0.0, 10.0], "ratios": [1.0, 1.0]},
+                {"pred_mm": ["a", "b"], "true_mm": [1.0, 2.0]}, [1.0, 2.0]):
         with pytest.raises(ValueError, match="invalid radius calibration"):
             apply_radius_calibration(r, bad)
 

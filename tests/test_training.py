@@ -126,6 +126,24 @@ def test_config_refuses_synthetic_or_none_beside_folders(values, word):
         TrainConfig.from_dict({"data": ["synthetic"], **values})
 
 
+@pytest.mark.parametrize(("normalization", "word"), [
+    ({"kind": "percentile", "low": 1, "high": 99}, r"unknown key\(s\) high, low for kind "
+                                                  r"'percentile', which reads lower, upper"),
+    ({"kind": "window", "low": -200, "high": 600, "lower": 3}, r"unknown key\(s\) lower"),
+    ({"kind": "zscore", "mean": float("nan"), "std": 1.0}, "mean must be a finite number"),
+    ({"kind": "window", "low": -200, "high": float("inf")}, "high must be a finite number"),
+    ({"kind": "window", "low": 600, "high": -200}, "normalization: window normalization needs"),
+])
+def test_config_rejects_a_normalization_it_would_not_train_with(normalization, word):
+    """An audit: ``{"kind": "percentile", "low": 1, "high": 99}`` (the window's key names)
+    trained with the default 0.5 / 99.5 percentiles without a word, and its model file kept the
+    unread keys; a NaN z-score mean was accepted."""
+    with pytest.raises(ValueError, match=word):
+        TrainConfig.from_dict({"data": ["synthetic"], "normalization": normalization})
+    good = {"kind": "percentile", "lower": 1, "upper": "99"}
+    assert TrainConfig.from_dict({"normalization": good}).normalization == good
+
+
 def test_config_numbers_from_strings():
     config = TrainConfig.from_dict({"steps": "40", "lr": "0.01", "max_minutes": None})
     assert config.steps == 40
@@ -1118,7 +1136,9 @@ def test_training_pairs_on_other_grids_or_empty(tmp_path):
     i = write_volume(tmp_path / "a_image.nii.gz", Volume(img, (1.0, 1.0, 1.0)))
     moved = write_volume(tmp_path / "a_label.nii.gz",
                          Volume(lab, (1.0, 1.0, 1.0), origin=(0.0, 5.0, 0.0)))
-    with pytest.raises(ValueError, match="different grids.*origin"):
+    # the image's origin first, as said (an audit: the sentence named the label first)
+    with pytest.raises(ValueError, match=r"different grids \(image vs label: origin "
+                                         r"\(0.0, 0.0, 0.0\) vs \(0.0, 5.0, 0.0\)"):
         load_pair(i, moved, (1.0, 1.0, 1.0), 3, NORM)
     empty = write_volume(tmp_path / "b_label.nii.gz", Volume(np.zeros_like(lab), (1.0, 1.0, 1.0)))
     with pytest.warns(UserWarning, match="label is empty"):
@@ -1222,9 +1242,13 @@ def test_resume_runs_no_code_from_a_checkpoint(tmp_path):
     touched = tmp_path / "ran"
     ck["workdir"] = _RunsCode(touched)
     torch.save(ck, out / "last.pt")
-    with pytest.raises(ValueError, match="not a checkpoint napari-tubular wrote"):
+    with pytest.raises(ValueError, match="not a checkpoint napari-tubular wrote") as info:
         train(tiny_config(out, steps=4, resume=True))
     assert not touched.exists()
+    # torch's advice to load it anyway (running the code; in terminal escape codes) is not
+    # passed on
+    for advice in ("can still be loaded", "weights_only", "\x1b"):
+        assert advice not in str(info.value)
 
 
 def test_log_json_is_strict_json(tmp_path):

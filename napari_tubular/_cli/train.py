@@ -262,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
     last = [0.0]
 
     def progress(done: int, total: int, message: str) -> None:
+        if message.startswith("tuning the refinement thresholds"):
+            tuning[0] = True
         now = time.monotonic()
         if args.quiet or rank != 0 or (now - last[0] < 1.0 and done < total):
             return
@@ -276,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
 
     interrupts = [0]
     training = [False]  # the first step has begun (before it, a stop saves nothing)
+    tuning = [False]  # the steps are done: the end-of-run threshold tuning runs
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop after this step, saving; second: quit
         interrupts[0] += 1
@@ -286,6 +289,11 @@ def run(args: argparse.Namespace) -> int:
             # an audit: during the data preparation this announced a save that never came
             doing = ("stopping after this step, saving last.pt and model.pt" if training[0]
                      else "stopping the data preparation (no step trained yet: nothing to save)")
+            if tuning[0]:
+                # an audit: after the last step this announced a stop "after this step" and a
+                # --resume, which then had nothing to do; the run ends as done, untuned
+                doing = ("every step is trained: skipping the rest of the threshold tuning "
+                         "(a model file not tuned yet keeps its thresholds)")
             print(f"[train] {what}: {doing} (Ctrl-C again to quit at once)",
                   file=sys.stderr, flush=True)
 

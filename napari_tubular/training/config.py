@@ -316,6 +316,8 @@ class TrainConfig:
             raise ValueError(f"synthetic: unknown option(s) {', '.join(unknown)} (known: "
                              f"{', '.join(sorted(SYNTHETIC_DEFAULTS))})")
         _check_synthetic_values(self.synthetic)
+        if self.normalization is not None:
+            _check_normalization(self.normalization)
 
     @property
     def given_model_options(self) -> dict[str, Any]:
@@ -483,6 +485,37 @@ _COUNT_RANGES = ("segments_per_case", "organs_per_case")
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) \
         and math.isfinite(value)
+
+
+#: the keys each normalisation kind reads (:func:`napari_tubular.models.normalize_intensity`)
+_NORMALIZATION_KEYS = {"window": ("low", "high"), "percentile": ("lower", "upper"),
+                       "zscore": ("mean", "std"), "none": ()}
+
+
+def _check_normalization(value) -> None:
+    """A run's ``normalization``: valid, with only the keys its kind reads, as finite numbers
+    (an audit: ``{"kind": "percentile", "low": 1, "high": 99}`` trained with the default 0.5 /
+    99.5 percentiles in silence, the window's key names ignored, and the model file kept them)."""
+    from napari_tubular.models import validate_normalization
+
+    try:
+        n = validate_normalization(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"normalization: {exc}") from None
+    known = _NORMALIZATION_KEYS.get(n["kind"], ())
+    unknown = sorted(str(k) for k in set(value) - {"kind", *known})
+    if unknown:
+        raise ValueError(f"normalization: unknown key(s) {', '.join(unknown)} for kind "
+                         f"{n['kind']!r}, which reads {', '.join(known) or 'no other key'}")
+    for key in known:
+        number = value.get(key)
+        try:
+            finite = number is None or (not isinstance(number, bool)
+                                        and math.isfinite(float(number)))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ValueError(f"normalization: {key} must be a finite number, got {number!r}")
 
 
 def _check_synthetic_values(options: dict) -> None:

@@ -422,7 +422,8 @@ def load_pair(
         img.direction, lab.direction, atol=1e-4
     ):
         raise ValueError(
-            f"{label_path} and image {image_path} are on different grids ("
+            # an audit: "(origin A vs B)" after "label and image" gave the image's first
+            f"{label_path} and image {image_path} are on different grids (image vs label: "
             + "; ".join(d for d in img.geometry_differences(lab, atol=1e-3)
                         if not d.startswith(("shape", "spacing")))
             + "): the label would not lie on its vessels"

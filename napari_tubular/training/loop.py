@@ -813,8 +813,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 else:
                     tuned_best = _tune_saved_model(out / "best.pt", val_cases, config, device,
                                                    inherited, report, step, cancel)
-            log_extra["refine"] = _threshold_record(config, has_val, tuned, tuned_best,
-                                                    inherited)
+            log_extra["refine"] = _threshold_record(
+                config, has_val, tuned, tuned_best, inherited,
+                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best)
             save_checkpoint()
             if report:
                 # an audit: "done: 10 steps" of a 300-step run did not say why it ended
@@ -898,8 +899,9 @@ def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inheri
 
 
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
-                      inherited: dict) -> dict:
-    """What log.json records of the refinement thresholds, with the note the run ends with."""
+                      inherited: dict, best_cancelled: bool = False) -> dict:
+    """What log.json records of the refinement thresholds, with the note the run ends with
+    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled)."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
 
     if tuned:
@@ -911,7 +913,12 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             note += (f"; best.pt (step {tuned_best['weights_step']}): T_p {tuned_best['tp']:g}, "
                      f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f}), "
                      f"confidence filter {_level_text(tuned_best)}")
-        note += ", stored in the model file(s) for segment"
+        if best_cancelled:
+            # an audit: Ctrl-C while best.pt was tuned ended in "stored in the model file(s)",
+            # and best.pt, the file the run names, kept the fallback thresholds
+            note += ", stored in model.pt for segment; best.pt: not tuned (cancelled)"
+        else:
+            note += ", stored in the model file(s) for segment"
         return {"tuned": True, "model.pt": tuned, "best.pt": tuned_best, "note": note}
     initial = inherited.get("refine") or {}
     uses = (f"the initial model's T_p {initial['tp']:g} / T_r {initial['tr']:g}"
@@ -1091,10 +1098,11 @@ def _read_checkpoint(path: Path) -> dict:
         raise
     except Exception as exc:  # noqa: BLE001 - any reading failure is a damaged file here
         if isinstance(exc, pickle.UnpicklingError) and refused_objects(exc):
-            first = str(exc).strip().splitlines()[0]
+            # torch's own first line advises re-running torch.load with weights_only=False,
+            # what would run the code (an audit): not quoted
             raise ValueError(f"{path} is not a checkpoint napari-tubular wrote: it asks to "
-                             f"build Python objects other than tensors and plain values "
-                             f"({first}), which would run code from the file; it was not "
+                             "build Python objects other than tensors and plain values, "
+                             "which would run code from the file; it was not "
                              "loaded. Start the run again with --overwrite, or use a "
                              "checkpoint of your own") from None
         raise ValueError(f"{path} cannot be read as a training checkpoint (corrupted or "
@@ -1174,6 +1182,16 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
             "resume: option(s) " + ", ".join(diff) + " differ from the checkpoint's run "
             f"({', '.join(f'{k}={saved.get(k)!r}' for k in diff)})"
         )
+    saved_init = _model_key(saved.get("init_model"), workdir)
+    moved = saved_init not in (None, "default") and not Path(saved_init).exists()
+    if config.init_model and _model_key(config.init_model) != saved_init and not moved:
+        # an audit: --resume --init-model other.pt went on from last.pt's weights without a
+        # word, and config.json then said the run had started from other.pt (a model file
+        # that is no longer where the run found it is taken to have moved)
+        raise ValueError(
+            f"resume: init_model {config.init_model} is not the checkpoint's run's "
+            f"({saved.get('init_model')}): a resumed run goes on from the weights in last.pt; "
+            "to fine-tune from that model start a new run (another --out, or --overwrite)")
     _check_resume_has_work(ck, config)
     changed = [k for k in _RESUME_WARNED if k in saved and saved.get(k) != new.get(k)
                # the same validation folders spelled otherwise are not a change
@@ -1187,6 +1205,17 @@ def _check_resume(ck: dict, config: TrainConfig) -> None:
             + ": the new values apply from the checkpoint's step on (the learning-rate "
             "schedule follows the new steps / lr; the rows logged before used the old ones)",
             UserWarning, stacklevel=3)
+
+
+def _model_key(model, workdir: str | None = None) -> str | None:
+    """A model path made absolute (relative ones taken from ``workdir``, default the working
+    directory), ``default`` and None as they are: the same model however spelled."""
+    if model is None or str(model) == "default":
+        return model
+    path = Path(model).expanduser()
+    if not path.is_absolute() and workdir is not None:
+        path = Path(workdir) / path
+    return str(path.resolve())
 
 
 def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
@@ -1212,7 +1241,8 @@ def _check_resume_has_work(ck: dict, config: TrainConfig) -> None:
 #: options a resumed run may change, with a warning (the schedule and the sampling)
 _RESUME_WARNED = ("lr", "steps", "max_minutes", "batch_size", "seed", "val_data", "val_every",
                   "val_cases", "fg_fraction", "augment", "rotate_deg", "scale_range",
-                  "cldice_weight", "weight_decay", "synthetic", "ds_weight")
+                  "cldice_weight", "cldice_warmup_steps", "cldice_warmup_fraction",
+                  "cldice_ramp_fraction", "val_tubes", "weight_decay", "synthetic", "ds_weight")
 
 
 def _continues_random_state(ck: dict, config: TrainConfig, dist: ddp.DistInfo) -> bool:
