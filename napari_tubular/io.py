@@ -1595,8 +1595,15 @@ def _as_volume(
                 f"{func}({p}): both a Volume and a reference with different geometry "
                 "were given; pass an array with reference=, or the Volume alone"
             )
+        arr = data_or_volume.data
+    else:
+        arr = np.asarray(data_or_volume)
+    if arr.ndim == 3 and arr.size == 0:
+        # an outside judge: write_dicom_series made an empty folder (0 slices) or failed in
+        # numpy, write_volume with ITK's "paste IO region (0x7fff...)"
+        raise ValueError(f"{func}({p}): the volume is empty (shape {arr.shape})")
+    if isinstance(data_or_volume, Volume):
         return data_or_volume
-    arr = np.asarray(data_or_volume)
     if arr.ndim != 3:
         raise ValueError(f"{func}({p}): data must be 3-D (z, y, x), got shape {arr.shape}")
     if reference is None:

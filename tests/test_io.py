@@ -428,6 +428,20 @@ def test_overwrite_refused(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["case.nii.gz"]  # no temporary left
 
 
+@pytest.mark.parametrize("shape", [(0, 4, 5), (3, 0, 5)])
+def test_an_empty_volume_is_refused_by_both_writers(tmp_path, shape):
+    """An outside judge: write_dicom_series wrote an empty folder for 0 slices (read_volume
+    then said "folder is empty") and failed in numpy for floats; write_volume's error was
+    ITK's "paste IO region (0x7fff...)". Both say the volume is empty and write nothing."""
+    empty = Volume(np.zeros(shape, np.float32))
+    with pytest.raises(ValueError, match=r"^write_volume\(.*e\.nii\.gz\): the volume is empty"):
+        write_volume(tmp_path / "e.nii.gz", empty)
+    for data in (empty, empty.data, empty.data.astype(np.int16)):
+        with pytest.raises(ValueError, match=r"^write_dicom_series\(.*d\): the volume is empty"):
+            write_dicom_series(tmp_path / "d", data)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_metaimage_header_does_not_replace_another_data_file(tmp_path):
     """Writing X.mhd replaced an existing X.zraw (another header's data, say) without
     overwrite=True; now refused naming it, and replaced only with overwrite=True."""
