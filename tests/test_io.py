@@ -575,6 +575,20 @@ def test_dicom_writer_keeps_zero_exact_in_floats(tmp_path, lo, hi):
     assert (back[~zero] != 0).all()
 
 
+@pytest.mark.parametrize("name", ["labels.nii.gz", "labels.NRRD", "labels.mha"])
+def test_dicom_writer_refuses_a_volume_file_name(tmp_path, name):
+    """An outside judge: write_dicom_series("labels.nii.gz", ...) made a folder of that name
+    holding DICOM files. A new folder named like a volume file is refused (nothing is made);
+    a series folder that has such a name already is still written."""
+    vol = _volume(np.int16)
+    with pytest.raises(VolumeIOError, match=r"a DICOM series is a folder.*write_volume"):
+        write_dicom_series(tmp_path / name, vol)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / name).mkdir()
+    np.testing.assert_array_equal(read_volume(write_dicom_series(tmp_path / name, vol)).data,
+                                  vol.data)
+
+
 def test_dicom_series_round_trip(tmp_path):
     vol = _volume(np.int16)
     folder = tmp_path / "series"
