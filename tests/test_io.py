@@ -712,6 +712,19 @@ def test_a_ct_series_has_16_bits_allocated(tmp_path, dtype):
         np.testing.assert_array_equal(read_volume(folder).data, data.astype(np.int16))
 
 
+def test_dicom_writer_replaces_a_series_through_a_link_to_its_folder(tmp_path):
+    """An outside judge: overwrite=True on a symbolic link to a series folder wrote every
+    slice, then failed with "Cannot call rmtree on a symbolic link"; the folder it names is
+    replaced now, and the link kept."""
+    real = write_dicom_series(tmp_path / "real", np.zeros((3, 4, 5), np.int16))
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    assert write_dicom_series(link, np.ones((2, 4, 5), np.int16), overwrite=True) == link
+    assert link.is_symlink()
+    np.testing.assert_array_equal(read_volume(real).data, 1)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["link", "real"]
+
+
 def test_dicom_series_round_trip(tmp_path):
     vol = _volume(np.int16)
     folder = tmp_path / "series"
