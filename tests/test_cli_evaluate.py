@@ -791,13 +791,15 @@ def test_site_table_gives_a_blobs_volume_not_a_zero_length(tmp_path, capsys):
     assert "length" not in line, line
 
 
-def test_batch_errors_named_like_a_volume_file_is_refused_before_anything_runs(tmp_path, capsys):
+@pytest.mark.parametrize("name", ["errors.nii.gz", "errors.dcm"])
+def test_batch_errors_named_like_a_volume_file_is_refused_before_anything_runs(tmp_path, capsys,
+                                                                                name):
     """An outside judge: "--errors errors.nii.gz" over two folders made a folder of that name
-    with the NAME_errors.nii.gz files in it."""
+    with the NAME_errors.nii.gz files in it (and another judge: "errors.dcm" too)."""
     pred, ref = case(0)
     write(tmp_path / "p" / "a.nii.gz", pred)
     write(tmp_path / "r" / "a.nii.gz", ref)
-    out = tmp_path / "errors.nii.gz"
+    out = tmp_path / name
     rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors", str(out),
                "--csv", str(tmp_path / "b.csv")])
     assert rc != 0

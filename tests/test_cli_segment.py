@@ -1316,7 +1316,7 @@ def test_same_input_twice_is_named_as_such(tmp_path):
         plan_outputs([f, g], tmp_path / "o", False)
 
 
-@pytest.mark.parametrize("name", ["seg.nii.gz", "labels.nrrd", "out.MHA"])
+@pytest.mark.parametrize("name", ["seg.nii.gz", "labels.nrrd", "out.MHA", "seg.dcm"])
 def test_an_output_named_like_a_volume_file_is_refused(tmp_path, capsys, name):
     """An outside judge: ``-o seg.nii.gz`` made a folder named seg.nii.gz with the outputs in
     it. ``-o`` is a folder; a name with a volume file's extension is refused before anything
@@ -1326,6 +1326,7 @@ def test_an_output_named_like_a_volume_file_is_refused(tmp_path, capsys, name):
     assert _run("segment", volume, "-o", tmp_path / name, "--device", "cpu") == 2
     err = capsys.readouterr().err
     assert "the output is a folder" in err
+    assert ("segment does not write DICOM" in err) == name.endswith(".dcm")  # an outside judge
     assert not (tmp_path / name).exists()
 
 

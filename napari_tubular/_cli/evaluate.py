@@ -604,10 +604,9 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
-        if batch and not args.errors.exists() and volume_format(args.errors) not in (None,
-                                                                                     "DICOM"):
+        if batch and not args.errors.exists() and volume_format(args.errors) is not None:
             # an outside judge: "--errors errors.nii.gz" over two folders made a folder of
-            # that name, the NAME_errors.nii.gz files in it
+            # that name, the NAME_errors.nii.gz files in it (and another: "errors.dcm" too)
             raise ValueError(f"--errors {args.errors}: in batch mode this is a folder (one "
                              "NAME_errors.nii.gz per case is written in it), not a volume "
                              "file; name a folder")

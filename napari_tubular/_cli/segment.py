@@ -542,11 +542,13 @@ def run(args) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
     refuse_file_as_folder("-o", outdir)
-    if not outdir.exists() and volume_format(outdir) not in (None, "DICOM"):
-        # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it
+    if not outdir.exists() and volume_format(outdir) is not None:
+        # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it (and
+        # another: "-o seg.dcm" too, NIfTI files in a folder named like a DICOM file)
         raise ValueError(f"-o {args.output}: the output is a folder (NAME_labels.nii.gz, "
                          "NAME_probability.nii.gz, ... are written in it), not a volume file; "
-                         "name a folder")
+                         "name a folder" + (" (segment does not write DICOM)"
+                                            if volume_format(outdir) == "DICOM" else ""))
     skipped: list[Path] = []
     inputs = expand_inputs(args.inputs, skipped)
     if skipped and not args.quiet:
