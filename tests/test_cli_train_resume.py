@@ -365,3 +365,30 @@ def test_ctrl_c_during_the_threshold_tuning_says_what_it_stops(tmp_path, capsys,
         else:
             assert "stored in model.pt for segment; best.pt: not tuned (cancelled)" in note
             assert "refine" in read_model_meta(out / "model.pt")["metrics"]
+
+
+def test_ctrl_c_during_the_final_validation_says_what_it_stops(tmp_path, capsys, monkeypatch):
+    """An outside judge: Ctrl-C during the validation after the last step announced "stopping
+    after this step, saving last.pt and model.pt" and a --resume, and the run then ended as
+    done (exit 0) after that validation, without the threshold tuning."""
+    from napari_tubular.training import loop
+
+    calls = []
+
+    def interrupted_validate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the final one: no step is validated in the loop (every 5)
+            os.kill(os.getpid(), signal.SIGINT)
+        return {"dice": 0.5, "cldice": 0.5, "b0_error": 0.0, "b1_error": 0.0,
+                "hd95_mm": 1.0, "score": 0.5}
+
+    monkeypatch.setattr(loop, "validate", interrupted_validate)
+    flags = [a for a in TINY if a not in ("--val-data", "none")]
+    out = tmp_path / "run"
+    assert main(["train", _config_file(tmp_path, val_cases=1), "--synthetic", "--out", str(out),
+                 *flags, "--steps", "2", "--val-every", "5"]) == 0
+    err = capsys.readouterr().err
+    assert len(calls) == 1
+    assert "validating the final weights" in err
+    assert "stopping after this step" not in err
+    assert "finishing the final validation, then skipping the threshold tuning" in err

