@@ -748,6 +748,27 @@ def test_self_check_lists_a_loop_cut_open(make_napari_viewer):
     np.testing.assert_allclose(viewer.dims.point[-3:], want, atol=1.5)
 
 
+def _reviewed_files(make_napari_viewer, tmp_path, pred, ref, permuted):
+    """Write ``pred`` / ``ref`` as files (``permuted``: which of them with axes permuted by
+    their direction), open them, review them; ``(viewer, widget, reference volume, prediction
+    volume re-indexed onto it)``, what ``evaluate`` compares."""
+    from napari_tubular.io import read_volume, reindexed_like
+
+    from .conftest import write_maybe_permuted
+
+    paths = write_maybe_permuted(tmp_path, {"reference": ref, "prediction": pred}, permuted)
+    viewer = make_napari_viewer()
+    (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
+    (pred_layer,) = viewer.open(str(paths["prediction"]), plugin="napari-tubular")
+    assert pred_layer.data.shape == ref_layer.data.shape == ref.shape  # shown unpermuted
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(pred_layer)
+    widget.ref_picker.set_layer(ref_layer)
+    widget.run()
+    r = read_volume(paths["reference"])
+    return viewer, widget, r, reindexed_like(read_volume(paths["prediction"]), r)
+
+
 @pytest.mark.parametrize("permuted", ["both", "prediction", "reference"])
 def test_files_with_permuted_axes_are_reviewed_as_evaluate_does(make_napari_viewer, broken,
                                                                 tmp_path, permuted):
@@ -760,24 +781,13 @@ def test_files_with_permuted_axes_are_reviewed_as_evaluate_does(make_napari_view
     from scipy import ndimage as ndi
 
     from napari_tubular import topology
-    from napari_tubular.io import read_volume, reindexed_like
 
-    from .conftest import PERMUTED, write_maybe_permuted
+    from .conftest import PERMUTED
 
     pred, ref = broken
     pred = ndi.binary_dilation(pred).astype(np.uint8)
     order = PERMUTED
-    paths = write_maybe_permuted(tmp_path, {"reference": ref, "prediction": pred}, permuted)
-    viewer = make_napari_viewer()
-    (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
-    (pred_layer,) = viewer.open(str(paths["prediction"]), plugin="napari-tubular")
-    assert pred_layer.data.shape == ref_layer.data.shape == ref.shape  # shown unpermuted
-    widget = TopologyReviewWidget(viewer)
-    widget.pred_picker.set_layer(pred_layer)
-    widget.ref_picker.set_layer(ref_layer)
-    widget.run()
-    r = read_volume(paths["reference"])
-    p = reindexed_like(read_volume(paths["prediction"]), r)
+    viewer, widget, r, p = _reviewed_files(make_napari_viewer, tmp_path, pred, ref, permuted)
     expected = topology.compute_metrics(p.data > 0, r.data > 0, r.spacing)
     for key in ("dice", "cldice", "tprec", "tsens", "length_pred_mm", "length_ref_mm",
                 "hd95_mm", "assd_mm"):
@@ -803,21 +813,9 @@ def test_csv_voxel_columns_are_evaluates_when_one_file_is_transposed(make_napari
     be "as evaluate writes it", while ``evaluate --sites`` writes them in the reference file's
     order, the one it compares in (and the panel too): another voxel for every site."""
     from napari_tubular import topology
-    from napari_tubular.io import read_volume, reindexed_like
-
-    from .conftest import write_maybe_permuted
 
     pred, ref = broken
-    paths = write_maybe_permuted(tmp_path, {"reference": ref, "prediction": pred}, permuted)
-    viewer = make_napari_viewer()
-    (ref_layer,) = viewer.open(str(paths["reference"]), plugin="napari-tubular")
-    (pred_layer,) = viewer.open(str(paths["prediction"]), plugin="napari-tubular")
-    widget = TopologyReviewWidget(viewer)
-    widget.pred_picker.set_layer(pred_layer)
-    widget.ref_picker.set_layer(ref_layer)
-    widget.run()
-    r = read_volume(paths["reference"])
-    p = reindexed_like(read_volume(paths["prediction"]), r)
+    _viewer, widget, r, p = _reviewed_files(make_napari_viewer, tmp_path, pred, ref, permuted)
     expected = topology.error_map(p.data > 0, r.data > 0, r.spacing).to_rows(r.affine())
     path = widget.export_csv(tmp_path / "review.csv")
     lines = path.read_text(encoding="utf-8").splitlines()
