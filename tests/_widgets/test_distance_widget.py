@@ -399,9 +399,9 @@ def test_a_file_with_permuted_axes_is_thinned_in_its_own_order(make_napari_viewe
         assert branches[tuple(b["anchor_voxel"])] == b["id"] + 1
 
 
-def test_a_running_compute_can_be_cancelled(tube_viewer, qtbot, monkeypatch):
-    """An outside judge: a long Compute showed only "computing..." and a greyed button; Cancel
-    frees the panel at once and the maps it was computing are not added."""
+def _held_edt_compute(tube_viewer, monkeypatch):
+    """A threaded Compute of the EDT map on the tube, held inside ``edt_mm`` until the returned
+    ``release`` event is set: ``(viewer, widget, release)``."""
     from napari_tubular.geometry import distance as gd
 
     from .conftest import held_call
@@ -412,6 +412,13 @@ def test_a_running_compute_can_be_cancelled(tube_viewer, qtbot, monkeypatch):
     widget.set_selected(["edt"])
     widget.run()
     assert started.wait(10)
+    return viewer, widget, release
+
+
+def test_a_running_compute_can_be_cancelled(tube_viewer, qtbot, monkeypatch):
+    """An outside judge: a long Compute showed only "computing..." and a greyed button; Cancel
+    frees the panel at once and the maps it was computing are not added."""
+    viewer, widget, release = _held_edt_compute(tube_viewer, monkeypatch)
     assert widget.progress_bar.maximum() == 0
     n_layers = len(viewer.layers)
     widget.cancel_button.click()
@@ -428,16 +435,7 @@ def test_an_edit_during_a_running_compute_marks_its_maps_out_of_date(tube_viewer
                                                                    monkeypatch):
     """An outside judge cut the tube while its maps were computed: the one-branch table came
     up as current (the input was fingerprinted when the result came, after the edit)."""
-    from napari_tubular.geometry import distance as gd
-
-    from .conftest import held_call
-
-    started, release = held_call(monkeypatch, gd, "edt_mm")
-    viewer, _case = tube_viewer
-    widget = DistanceMapWidget(viewer, sync=False)
-    widget.set_selected(["edt"])
-    widget.run()
-    assert started.wait(10)
+    viewer, widget, release = _held_edt_compute(tube_viewer, monkeypatch)
     layer = viewer.layers["tube"]
     edited = layer.data.copy()
     edited[15] = 0
