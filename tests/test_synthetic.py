@@ -547,12 +547,20 @@ def test_topology_guarantee_many_seeds(shape, spacing):
     ({"contrast": 1e39}, "contrast must be a finite number > 0 and <= 100000"),
     ({"n_trees": 1001}, "n_trees must be an integer in \\[0, 1000\\]"),
     ({"organs": 1001}, "organs must be an integer in \\[0, 1000\\]"),
+    ({"n_trees": float("inf")}, "n_trees must be an integer"),
+    ({"n_trees": float("nan")}, "n_trees must be an integer"),
+    ({"organs": float("inf")}, "organs must be an integer"),
+    ({"organs": float("nan")}, "organs must be an integer"),
+    ({"free_segments": float("inf")}, "free_segments must be an integer"),
+    ({"free_segments": 10**9}, "free_segments must be an integer in \\[0, 1000\\]"),
+    ({"branches_per_tree": float("inf")}, "branches_per_tree must be a positive integer"),
 ])
 def test_invalid_generator_options_are_refused(options, match):
     """An audit: NaN contrast or inf noise gave an all-NaN image, NaN tortuosity or an infinite
     minimum radius an empty tree, a huge shape numpy's MemoryError after the trees grew; an
-    outside judge: a noise or contrast of 1e39 an all-NaN image, 10**14 trees or 10**17 organs
-    a run without end."""
+    outside judge: a noise or contrast of 1e39 an all-NaN image, 10**14 trees, 10**17 organs or
+    10**9 free segments a run without end, an infinite or NaN count Python's OverflowError or
+    "cannot convert float NaN to integer"."""
     from napari_tubular.synthetic import make_vessel_tree
 
     kwargs = {"shape": (16, 16, 16), "spacing": (1.0, 1.0, 1.0), **options}
