@@ -18,8 +18,8 @@ napari_tubular.synthetic.make_vessel_tree). For case i (i = 0 .. N-1, seed S+i) 
                                      then tree,branch (ids); one row per centerline point
   OUTDIR/case_XXX_edges.csv          a,b: row indices of the centerline CSV joined by a segment
 
-with XXX = K+i in three digits: 000, 001, ... (K = --start, default 0; another set goes into the
-same folder with --start after its existing cases). The volumes carry the spacing (origin 0,
+with XXX = K+i in at least three digits: 000, 001, ..., 999, 1000, ... (K = --start, default 0;
+another set goes into the same folder with --start after its existing cases). The volumes carry the spacing (origin 0,
 identity direction). The same seed, shape and spacing always give the same files.
 """
 
