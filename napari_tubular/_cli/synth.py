@@ -171,9 +171,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=float,
         default=0.0,
         metavar="HU",
-        help="add a fine mottled soft-tissue texture of this standard deviation in HU, "
-        "0-500 (default 0; correlation 2 voxels): vessel-sized bright specks that are not "
-        "vessels",
+        help="add a fine mottled soft-tissue texture of this standard deviation in HU before "
+        "the image's blur, 0-500 (default 0; correlation 2 voxels; the blur leaves about 0.9 "
+        "of it): vessel-sized bright specks that are not vessels",
     )
     p.add_argument(
         "--contrast",
