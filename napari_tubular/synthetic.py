@@ -151,6 +151,8 @@ def _check_seed(seed) -> int:
 def _is_count(value, maximum: float = math.inf) -> bool:
     """Whether ``value`` is a whole number in ``[0, maximum]`` (an outside judge: ``int()`` of
     an infinite or NaN count raised OverflowError / "cannot convert float NaN to integer")."""
+    if isinstance(value, str | bytes):  # "2" is a text, not a count (float() would take it)
+        return False
     try:
         v = float(value)
     except (TypeError, ValueError):
