@@ -99,7 +99,7 @@ def test_case_numbers_past_999_and_the_docs_say_so(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
     for text in (help_text, readme):
         assert "K+i in at least three digits" in text
         assert "K+i in three digits" not in text
@@ -117,7 +117,7 @@ def test_texture_std_is_the_one_before_the_blur_as_documented(capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
-    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8").split())
     for text in (help_text, readme):
         assert "standard deviation in HU before the image's blur" in text or (
             "standard deviation before the image's blur" in text)
