@@ -1966,7 +1966,7 @@ def write_volume(
         # Header + separate data file: written in place (the header names the data file), which
         # must not replace another file either (a judge's probe: an unrelated X.zraw was
         # replaced without overwrite=True)
-        data_file = p.with_name(p.name[: -len(ext)] + ".zraw")
+        data_file = metaimage_data_file(p)
         if data_file.exists() and not overwrite:
             raise FileExistsError(f"{data_file} (the data file of {p.name}) already exists; "
                                   "pass overwrite=True (--overwrite) to replace it")
@@ -2045,6 +2045,14 @@ def _clear_nifti_transform(path: Path) -> None:
     path.write_bytes(gzip.compress(raw, compresslevel=6, mtime=0) if packed else raw)
 
 
+def metaimage_data_file(path) -> Path | None:
+    """The data file :func:`write_volume` writes beside a detached MetaImage header
+    (``X.mhd`` -> ``X.zraw``), or None for the single-file formats."""
+    p = Path(path)
+    return p.with_name(p.name[: -len(".mhd")] + ".zraw") if p.name.lower().endswith(".mhd") \
+        else None
+
+
 def check_name_length(path) -> None:
     """Raise VolumeIOError when a file name is longer than its folder's file system allows
     (an audit: a 244-character output name crashed with a traceback, and a batch left one
@@ -2056,7 +2064,7 @@ def check_name_length(path) -> None:
     except (OSError, ValueError, AttributeError):
         limit = 255
     # a MetaImage header's data file is named after it (.raw / .zraw: longer by one)
-    name = p.name[: -len(".mhd")] + ".zraw" if p.name.lower().endswith(".mhd") else p.name
+    name = (metaimage_data_file(p) or p).name
     size = len(os.fsencode(name))
     if size > limit:
         raise VolumeIOError(f"{p}: the file name is {size} bytes long, the file system allows "

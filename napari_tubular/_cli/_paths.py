@@ -63,3 +63,18 @@ def refuse_file_as_folder(option: str, path) -> None:
                 raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder; "
                                          "choose another output path")
             return
+
+
+def refuse_unwritable_type(option: str, path: Path, what: str) -> None:
+    """Raise ValueError, before any work, for an output volume of a file type the writer
+    cannot write (its own rule, ``io._write_ext``; the writer's message names a Python
+    function, and came after the whole run). ``what`` opens the sentence: "refine writes the
+    labels" -> "-o X.txt: refine writes the labels as .nii.gz, ... (the extension ...)"."""
+    from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
+
+    try:
+        _write_ext(path)
+    except VolumeIOError:
+        raise ValueError(f"{option} {path}: {what} as {', '.join(WRITE_EXTENSIONS)} (the "
+                         "extension picks the format); give a file name ending in one of "
+                         "them") from None

@@ -579,7 +579,12 @@ def _check_outputs(args, *, batch: bool) -> None:
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     from ..io import volume_format
-    from ._paths import refuse_file_as_folder, refuse_inputs_as_outputs, refuse_shared_outputs
+    from ._paths import (
+        refuse_file_as_folder,
+        refuse_inputs_as_outputs,
+        refuse_shared_outputs,
+        refuse_unwritable_type,
+    )
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
                            for opt in ("json", "csv", "sites", "errors")})
@@ -614,18 +619,13 @@ def _check_outputs(args, *, batch: bool) -> None:
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
         if not batch:
-            from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
+            from ..io import metaimage_data_file
 
-            try:
-                _write_ext(args.errors)  # the writer's own rule, checked here before any work
-            except VolumeIOError:
-                # an outside judge: "--errors errors.txt" failed after the whole comparison, the
-                # metrics neither printed nor written to --json
-                raise ValueError(f"--errors {args.errors}: the error map is written as "
-                                 f"{', '.join(WRITE_EXTENSIONS)} (the extension picks the "
-                                 "format); give a file name ending in one of them") from None
-            data_file = args.errors.with_name(args.errors.name[:-len(".mhd")] + ".zraw")
-            if args.errors.name.endswith(".mhd") and data_file.exists() and not args.overwrite:
+            # an outside judge: "--errors errors.txt" failed after the whole comparison, the
+            # metrics neither printed nor written to --json
+            refuse_unwritable_type("--errors", args.errors, "the error map is written")
+            data_file = metaimage_data_file(args.errors)
+            if data_file is not None and data_file.exists() and not args.overwrite:
                 raise FileExistsError(f"--errors {args.errors}: its data file {data_file} "
                                       "already exists; pass --overwrite to replace it")
         if not batch and args.errors.exists() and not args.overwrite:

@@ -348,18 +348,12 @@ def run(args) -> int:
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
-    from ..io import WRITE_EXTENSIONS, VolumeIOError, _write_ext
+    from ._paths import _same, refuse_inputs_as_outputs, refuse_unwritable_type
 
-    try:
-        _write_ext(out)  # the writer's own rule, checked here before any work
-    except VolumeIOError:
-        # an audit: the writer's message named a Python function, write_dicom_series, to a
-        # command-line user
-        raise ValueError(f"-o {out}: refine writes the labels as {', '.join(WRITE_EXTENSIONS)} "
-                         "(the extension picks the format); give a file name ending in one of "
-                         "them") from None
+    # an audit: the writer's message named a Python function, write_dicom_series, to a
+    # command-line user
+    refuse_unwritable_type("-o", out, "refine writes the labels")
     skel_out = skeleton_path(out)
-    from ._paths import _same, refuse_inputs_as_outputs
 
     if args.image is not None and not Path(args.image).expanduser().exists():
         # an outside judge: a mistyped --image left the labels untrimmed, with a note and
