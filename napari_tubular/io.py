@@ -1218,6 +1218,8 @@ def _read_dicom_series(path: Path, only_file: Path | None):
         reader.SetOutputPixelType(sitk.sitkFloat32)
         img = reader.Execute()
     _check_slice_positions(path, reader, len(files), img, bad)
+    if img.GetSize()[2] == 1:
+        img = _single_slice_spacing(only_file or path, reader, img)
     if bad:
         # evenly spaced without them: a stray file, or an end slice (then the volume lacks it)
         warnings.warn(f"{path}: {bad}; the {len(files)} slices read are evenly spaced, but if "
@@ -1225,6 +1227,42 @@ def _read_dicom_series(path: Path, only_file: Path | None):
                       "series, the volume lacks that slice: replace the file with an intact "
                       "copy, or remove it from the folder if it is not a slice",
                       UserWarning, stacklevel=4)
+    return img
+
+
+def _single_slice_spacing(path: Path, reader, img):
+    """A DICOM series of one slice has no second slice position to measure its slice spacing
+    from: ITK takes Spacing Between Slices (0018,0088) when the file has it, else 1 mm without a
+    word (an outside judge). Here: Spacing Between Slices, else Slice Thickness (0018,0050), else
+    1 mm, and a warning that says which (``img`` itself, its z spacing set)."""
+
+    def tag(key: str) -> float | None:
+        try:
+            if not reader.HasMetaDataKey(0, key):
+                return None
+            value = float(reader.GetMetaData(0, key).strip().replace(",", "\\").split("\\")[0])
+        except (RuntimeError, ValueError, IndexError):
+            return None
+        return value if np.isfinite(value) and value > 0 else None
+
+    z = float(img.GetSpacing()[2])
+    between, thickness = tag("0018|0088"), tag("0018|0050")
+    if between is not None and abs(between - z) <= 1e-6 * max(z, 1.0):
+        source = "taken from its Spacing Between Slices tag (0018,0088)"
+    elif thickness is not None:
+        z = thickness
+        source = ("taken from its Slice Thickness tag (0018,0050) (it has no Spacing Between "
+                  "Slices tag)")
+    elif z == 1.0:
+        source = ("assumed: the file has neither Spacing Between Slices (0018,0088) nor Slice "
+                  "Thickness (0018,0050)")
+    else:
+        source = "the one its header gives"
+    img.SetSpacing((*img.GetSpacing()[:2], z))
+    warnings.warn(f"{path}: a DICOM series of a single slice: there is no second slice to "
+                  f"measure the slice spacing from; its z spacing, {z:g} mm, is {source} (give "
+                  "the right one where it matters, e.g. segment --spacing Z Y X)",
+                  UserWarning, stacklevel=5)
     return img
 
 
