@@ -1843,6 +1843,11 @@ def test_write_volume_writes_through_a_symbolic_link(tmp_path, ext):
         write_volume(odd, data, overwrite=True)
     assert odd.is_symlink()
     assert other.read_bytes() == b"not touched"
+    # reading a link to a missing file says so (not a bare "not found" of a listed file)
+    broken = tmp_path / "l" / f"broken{ext}"
+    broken.symlink_to(tmp_path / "t" / f"gone{ext}")
+    with pytest.raises(FileNotFoundError, match=r"is a symbolic link to .*gone.*does not exist"):
+        read_volume(broken)
 
 
 @pytest.mark.parametrize("ext", EXTS)
