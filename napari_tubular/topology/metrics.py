@@ -40,7 +40,7 @@ from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
 from ..geometry.components import voxel_coords
-from ..geometry.skeleton import measuring_skeleton, skeletonize_mask
+from ..geometry.skeleton import _isotropic_factors, measuring_skeleton, skeletonize_mask
 from ._sparse import smoothed_path
 from .betti import _as_bool, betti_numbers, bounding_box, component_count
 
@@ -453,10 +453,25 @@ def compute_metrics(
         return centerline_length_mm(skeleton, fine)
 
     n_p, n_r = int(np.count_nonzero(pc)), int(np.count_nonzero(rc))
+    def inner_box(mask, skeleton):
+        # the mask's box in the crop when its measuring skeleton is its clDice skeleton: an
+        # isotropic grid (no resampling) and no face of the volume touched (no extension): the
+        # measuring skeleton thins the same array, the mask's box padded by one voxel, so the
+        # clDice skeleton on that box is it, and a third and fourth thinning are saved
+        if skeleton is not None or _isotropic_factors(spacing) is not None:
+            return None
+        box = bounding_box(mask)
+        if box is None or any(sl.start == 0 or sl.stop == n for sl, n in zip(box, mask.shape)):
+            return None
+        return tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, bbox))
+
+    shared = [None, None]
     rest = []
     if not scores_only:
         if measured_lengths:
-            rest += [lambda: measured_part(p), lambda: measured_part(r)]
+            shared = [inner_box(p, skeleton_pred), inner_box(r, skeleton_ref)]
+            rest += [(lambda m=m: measured_part(m)) for m, box in zip((p, r), shared)
+                     if box is None]
         rest += [lambda: betti_numbers(pc), lambda: betti_numbers(rc)]
         if n_p and n_r:
             rest.append(lambda: surface_distances(pc, rc, spacing))
@@ -468,8 +483,10 @@ def compute_metrics(
         rest, parallel=pc.size >= PARALLEL_MIN_VOXELS)
     if not scores_only and measured_lengths:
         # mask_centerline_length_mm: the longer of the two skeletons' lengths
-        fine_p, fine_r, b_p, b_r, *distances = parts
-        len_p, len_r = max(fine_p, vox_p), max(fine_r, vox_r)
+        fine = [centerline_length_mm(sk[box], spacing) if box is not None else parts.pop(0)
+                for sk, box in zip((sp_c, sr_c), shared)]
+        b_p, b_r, *distances = parts
+        len_p, len_r = max(fine[0], vox_p), max(fine[1], vox_r)
     else:
         (b_p, b_r, *distances), len_p, len_r = parts, vox_p, vox_r
 
