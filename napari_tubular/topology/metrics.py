@@ -453,6 +453,7 @@ def compute_metrics(
         return centerline_length_mm(skeleton, fine)
 
     n_p, n_r = int(np.count_nonzero(pc)), int(np.count_nonzero(rc))
+
     def inner_box(mask, skeleton):
         # the mask's box in the crop when its measuring skeleton is its clDice skeleton: an
         # isotropic grid (no resampling) and no face of the volume touched (no extension): the
