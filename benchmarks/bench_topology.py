@@ -1,6 +1,7 @@
 """Betti numbers and evaluation metrics: ours vs the straightforward recipe vs cubical persistence.
 
-Usage: ``python benchmarks/bench_topology.py [--quick] [--size N] [--gudhi-size N] [--cases K]``
+Usage: ``python benchmarks/bench_topology.py [--quick] [--size N] [--gudhi-size N] [--cases K]
+[--spacing SZ SY SX] [--old REV|none] [--repeat R]``
 
 1. Betti numbers of synthetic vessel masks (``make_vessel_tree``, size ``--size``^3):
    ours (cc3d + Euler lookup table on the bounding box) vs the straightforward recipe (scipy
@@ -8,8 +9,13 @@ Usage: ``python benchmarks/bench_topology.py [--quick] [--size N] [--gudhi-size 
 2. The same three ways plus gudhi's cubical persistent homology on smaller volumes
    (``--gudhi-size``^3: gudhi builds the full cubical complex, about 30 s at 128^3 and 400 s /
    16 GB at 256^3 here, so it is kept small by default).
-3. ``compute_metrics`` on (prediction, reference) pairs at ``--size``^3, with its parts, and
-   HD95 + ASSD by MONAI (distance-transform based) for comparison; ``error_map`` and
+3. ``compute_metrics`` on (prediction, reference) pairs at ``--size``^3 (``--spacing``), ours
+   against the package at git revision ``--old`` (default: the commit before the speed-up of
+   session 34; extracted with ``git archive`` as ``napari_tubular_old``), timed interleaved
+   (``--repeat`` runs each, wall and process CPU time: other jobs share the machine), with a
+   check that the two give the same values; for the first pair also the masks moved inside
+   the volume (no face touched: the measuring skeleton is then the clDice one). Then its parts,
+   HD95 + ASSD by MONAI (distance-transform based) for comparison, ``error_map`` and
    ``self_check`` times.
 """
 
@@ -62,13 +68,60 @@ def gudhi_betti(mask):
     return tuple(int(v) for v in b[:3])
 
 
-def vessel_mask(size, seed):
+def vessel_mask(size, seed, spacing=(1.0, 1.0, 1.0)):
     from napari_tubular.synthetic import make_vessel_tree
 
     case = make_vessel_tree(
-        (size,) * 3, seed=seed, distractors=False, bias=False, blur=False, noise=10.0
+        (size,) * 3, spacing=spacing, seed=seed, distractors=False, bias=False, blur=False,
+        noise=10.0
     )
     return case.mask.astype(bool), case.spacing
+
+
+#: the last commit before compute_metrics' speed-up (session 34): ``--old``'s default
+OLD_REVISION = "7297d89"
+
+
+def old_compute_metrics(rev):
+    """``compute_metrics`` of the package at git revision ``rev``, imported from a temporary
+    copy named ``napari_tubular_old`` (its geometry and topology use relative imports), or None
+    (with a line saying why) when git or the revision is not there."""
+    import importlib
+    import io
+    import subprocess
+    import tarfile
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        data = subprocess.run(["git", "-C", str(root), "archive", rev, "napari_tubular"],
+                              capture_output=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"(no comparison: git archive {rev} failed: {exc})")
+        return None
+    tmp = Path(tempfile.mkdtemp(prefix="bench_topology_old_"))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        tar.extractall(tmp)  # our own repository's files
+    (tmp / "napari_tubular").rename(tmp / "napari_tubular_old")
+    sys.path.insert(0, str(tmp))
+    return importlib.import_module("napari_tubular_old.topology.metrics").compute_metrics
+
+
+def interleaved(fns, repeat):
+    """``{name: (walls, cpus, result)}``: the calls of ``fns`` (a dict) run in turn, ``repeat``
+    rounds, the order reversed every other round (a load that changes during the run weighs on
+    both alike)."""
+    out = {name: ([], [], None) for name in fns}
+    names = list(fns)
+    for i in range(repeat):
+        for name in names if i % 2 == 0 else names[::-1]:
+            t, c = time.perf_counter(), time.process_time()
+            result = fns[name]()
+            walls, cpus, _ = out[name]
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - c)
+            out[name] = (walls, cpus, result)
+    return out
 
 
 def perturb(ref, seed):
@@ -93,6 +146,13 @@ def main() -> None:
     ap.add_argument("--gudhi-size", type=int, default=80)
     ap.add_argument("--cases", type=int, default=3)
     ap.add_argument("--no-monai", action="store_true", help="skip the MONAI HD95/ASSD timing")
+    ap.add_argument("--spacing", type=float, nargs=3, default=(1.0, 1.0, 1.0),
+                    metavar=("SZ", "SY", "SX"), help="voxel size of the section 3 pairs (mm)")
+    ap.add_argument("--old", default=OLD_REVISION,
+                    help="git revision whose compute_metrics section 3 compares with ours "
+                         f"(default {OLD_REVISION}: before the speed-up; 'none': no comparison)")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="interleaved runs of each compute_metrics in section 3 (default 3)")
     args = ap.parse_args()
     if args.quick:
         args.size, args.gudhi_size, args.cases = 128, 48, 2
@@ -138,14 +198,34 @@ def main() -> None:
             f"({t_rec / t_ours:.1f}x), gudhi {t_g:.2f} s ({t_g / t_ours:.0f}x)"
         )
 
-    print(f"\n== 3. All metrics of one {args.size}^3 pair ==")
-    totals = []
-    for seed, (ref, spacing) in enumerate(masks):
+    print(f"\n== 3. All metrics of one {args.size}^3 pair, spacing {tuple(args.spacing)} ==")
+    old = None if args.old == "none" else old_compute_metrics(args.old)
+    totals, old_totals = [], []
+    for seed in range(args.cases):
+        ref, spacing = masks[seed] if tuple(args.spacing) == tuple(masks[seed][1]) else \
+            vessel_mask(args.size, seed, tuple(args.spacing))
         pred = perturb(ref, seed)
-        t_all, c_all, met = timed(
-            lambda p=pred, r=ref, s=spacing: compute_metrics(p, r, s), repeat=2
-        )
-        totals.append((t_all, c_all))
+        pairs = [("crossing the faces", pred, ref)]
+        if seed == 0:
+            inner = tuple(slice(4, -4) for _ in range(3))
+            pairs.append(("inside the volume", np.pad(pred[inner], 4), np.pad(ref[inner], 4)))
+        for where, p, r in pairs:
+            fns = {"ours": lambda p=p, r=r, s=spacing: compute_metrics(p, r, s)}
+            if old is not None:
+                fns["old"] = lambda p=p, r=r, s=spacing: old(p, r, s)
+            runs = interleaved(fns, args.repeat)
+            line = []
+            for name, (walls, cpus, _) in runs.items():
+                line.append(f"{name} wall {min(walls):.2f} s (median {statistics.median(walls):.2f}),"
+                            f" CPU {min(cpus):.2f} s")
+                if where == "crossing the faces":
+                    (totals if name == "ours" else old_totals).append((min(walls), min(cpus)))
+            if where == "crossing the faces":
+                met = runs["ours"][2]
+            same = "" if old is None else (
+                "; same values" if runs["ours"][2] == runs["old"][2] else "; VALUES DIFFER")
+            print(f"case {seed} {where}: compute_metrics " + " vs ".join(line) + same)
+        t_all, c_all = totals[-1]
         t_sk, _, sk = timed(lambda p=pred: hard_skeleton(p), repeat=1)
         t_b, _, _ = timed(lambda p=pred: betti_numbers(p), repeat=1)
         t_sd, _, _ = timed(lambda p=pred, r=ref, s=spacing: surface_distances(p, r, s), repeat=1)
@@ -184,11 +264,15 @@ def main() -> None:
                 f"        HD95+ASSD: ours {t_sd:.3f} s vs MONAI {t_m:.2f} s ({t_m / t_sd:.0f}x); "
                 f"hd95 {met['hd95_mm']:.4f} vs {h:.4f} mm, assd {met['assd_mm']:.4f} vs {a:.4f} mm"
             )
-    wall, cpu = np.array(totals).T
-    print(
-        f"compute_metrics per {args.size}^3 pair: wall mean {wall.mean():.2f} s, max "
-        f"{wall.max():.2f} s; CPU time mean {cpu.mean():.2f} s, max {cpu.max():.2f} s"
-    )
+    for name, rows in (("ours", totals), ("old", old_totals)):
+        if not rows:
+            continue
+        wall, cpu = np.array(rows).T
+        print(
+            f"compute_metrics ({name}) per {args.size}^3 pair crossing the faces: wall mean "
+            f"{wall.mean():.2f} s, max {wall.max():.2f} s; CPU time mean {cpu.mean():.2f} s, "
+            f"max {cpu.max():.2f} s"
+        )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from ..geometry._validate import check_same_shape, check_spacing
-from ..geometry.skeleton import skeletonize_mask
+from ..geometry.components import voxel_coords
+from ..geometry.skeleton import _isotropic_factors, measuring_skeleton, skeletonize_mask
 from ._sparse import smoothed_path
 from .betti import _as_bool, betti_numbers, bounding_box, component_count
 
@@ -148,6 +149,41 @@ def both(first, second, *, parallel: bool = True):
         return a, pending.result()
 
 
+def in_two_threads(first, second, rest=(), *, parallel: bool = True) -> list:
+    """The results of the calls ``[first, second, *rest]``, in that order. When ``parallel``
+    (and the machine has two cores), ``first`` runs in this thread and ``second`` in another,
+    and each then takes the next call of ``rest`` as it becomes free: a pair whose two masks
+    cost unequal times keeps both cores busy to the end (:func:`both` ran each mask's whole
+    part in its own thread, and the faster thread then idled). ``rest``: longest first. The
+    first exception in call order is raised, once both threads have stopped."""
+    calls = [first, second, *rest]
+    if not parallel or (os.cpu_count() or 1) < 2:
+        return [call() for call in calls]
+    import threading
+
+    results: list = [None] * len(calls)
+    errors: dict = {}
+    lock = threading.Lock()
+    queue = iter(range(2, len(calls)))
+
+    def work(i):
+        while i is not None:
+            try:
+                results[i] = calls[i]()
+            except BaseException as exc:  # noqa: BLE001 - raised again below, in this thread
+                errors[i] = exc
+            with lock:
+                i = None if errors else next(queue, None)
+
+    helper = threading.Thread(target=work, args=(1,), daemon=True)
+    helper.start()
+    work(0)
+    helper.join()
+    if errors:
+        raise errors[min(errors)]
+    return results
+
+
 def hard_skeleton(mask: np.ndarray, spacing=None) -> np.ndarray:
     """Guarded hard skeleton as bool (:func:`napari_tubular.geometry.skeleton.skeletonize_mask`)."""
     return skeletonize_mask(mask, spacing=spacing).view(bool)
@@ -188,7 +224,7 @@ def centerline_length_mm(skeleton: np.ndarray, spacing) -> float:
     spacing = check_spacing(spacing)
     # a 3-D mask (an audit: a tensor, a (1, Z, Y, X) array or a 2-D slice gave wrong lengths)
     skeleton = binarize(skeleton, "skeleton")
-    coords = np.argwhere(skeleton)
+    coords = voxel_coords(skeleton)
     if len(coords) < 2:
         return 0.0
     a, b, xyz = smoothed_path(coords, skeleton.shape, spacing)
@@ -259,7 +295,7 @@ def _nearest_mm(query: np.ndarray, target: np.ndarray, sp: np.ndarray) -> np.nda
 
     nearest = ndimage.distance_transform_edt(~target, sampling=sp, return_distances=False,
                                              return_indices=True)
-    q = np.argwhere(query)
+    q = voxel_coords(query)
     to = nearest[:, q[:, 0], q[:, 1], q[:, 2]].T
     del nearest
     return np.sqrt((((q - to) * sp) ** 2).sum(axis=1))
@@ -295,8 +331,8 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing) -> tuple[np.nd
         raise ValueError("surface_distances needs two non-empty masks")
     surf_p, surf_r = surface_voxels(pred[bbox]), surface_voxels(ref[bbox])
     n_surf = int(np.count_nonzero(surf_p)) + int(np.count_nonzero(surf_r))
-    pts_p = np.argwhere(surf_p) * sp
-    pts_r = np.argwhere(surf_r) * sp
+    pts_p = voxel_coords(surf_p) * sp
+    pts_r = voxel_coords(surf_r) * sp
     tree_p, tree_r = cKDTree(pts_p), cKDTree(pts_r)
     if n_surf * SURFACE_EDT_RATIO > surf_p.size and _far_apart(pts_p, pts_r, tree_p, tree_r, sp):
         del pts_p, pts_r, tree_p, tree_r
@@ -400,23 +436,61 @@ def compute_metrics(
         bbox = (slice(0, 1),) * 3
     pc, rc = p[bbox], r[bbox]
 
-    def side(mask, crop, skeleton, name):
-        # one mask's part: its skeleton, Betti numbers and length (the two masks' parts run
-        # in two threads: the thinning, labelling and distance transforms release the GIL)
-        sk = skeleton_crop(skeleton, mask, bbox, name, spacing)
-        if scores_only:
-            return sk, (component_count(crop), 0, 0), 0.0
-        length = (mask_centerline_length_mm(mask, spacing, sk) if measured_lengths
-                  else centerline_length_mm(sk, spacing))
-        return sk, betti_numbers(crop), length
+    for skeleton, name in ((skeleton_pred, "skeleton_pred"), (skeleton_ref, "skeleton_ref")):
+        if skeleton is not None and np.shape(skeleton) != p.shape:  # before any thinning
+            raise ValueError(f"{name} has shape {np.shape(skeleton)} but the mask has shape "
+                             f"{p.shape}")
 
-    (sp_c, b_p, len_p), (sr_c, b_r, len_r) = both(
-        lambda: side(p, pc, skeleton_pred, "skeleton_pred"),
-        lambda: side(r, rc, skeleton_ref, "skeleton_ref"),
-        parallel=pc.size >= PARALLEL_MIN_VOXELS,
-    )
+    def voxel_part(mask, skeleton, name):
+        # one mask's clDice skeleton, and its length on the voxel grid when that is wanted
+        sk = skeleton_crop(skeleton, mask, bbox, name, spacing)
+        return sk, (0.0 if scores_only else centerline_length_mm(sk, spacing))
+
+    def measured_part(mask):
+        # the length of the measuring skeleton (mask_centerline_length_mm's other skeleton,
+        # independent of the voxel one: the four thinnings of a pair share the two threads)
+        skeleton, fine = measuring_skeleton(mask, spacing)
+        return centerline_length_mm(skeleton, fine)
 
     n_p, n_r = int(np.count_nonzero(pc)), int(np.count_nonzero(rc))
+
+    def inner_box(mask, skeleton):
+        # the mask's box in the crop when its measuring skeleton is its clDice skeleton: an
+        # isotropic grid (no resampling) and no face of the volume touched (no extension): the
+        # measuring skeleton thins the same array, the mask's box padded by one voxel, so the
+        # clDice skeleton on that box is it, and a third and fourth thinning are saved
+        if skeleton is not None or _isotropic_factors(spacing) is not None:
+            return None
+        box = bounding_box(mask)
+        if box is None or any(sl.start == 0 or sl.stop == n for sl, n in zip(box, mask.shape)):
+            return None
+        return tuple(slice(b.start - c.start, b.stop - c.start) for b, c in zip(box, bbox))
+
+    shared = [None, None]
+    rest = []
+    if not scores_only:
+        if measured_lengths:
+            shared = [inner_box(p, skeleton_pred), inner_box(r, skeleton_ref)]
+            rest += [(lambda m=m: measured_part(m)) for m, box in zip((p, r), shared)
+                     if box is None]
+        rest += [lambda: betti_numbers(pc), lambda: betti_numbers(rc)]
+        if n_p and n_r:
+            rest.append(lambda: surface_distances(pc, rc, spacing))
+    else:
+        rest += [lambda: (component_count(pc), 0, 0), lambda: (component_count(rc), 0, 0)]
+    (sp_c, vox_p), (sr_c, vox_r), *parts = in_two_threads(
+        lambda: voxel_part(p, skeleton_pred, "skeleton_pred"),
+        lambda: voxel_part(r, skeleton_ref, "skeleton_ref"),
+        rest, parallel=pc.size >= PARALLEL_MIN_VOXELS)
+    if not scores_only and measured_lengths:
+        # mask_centerline_length_mm: the longer of the two skeletons' lengths
+        fine = [centerline_length_mm(sk[box], spacing) if box is not None else parts.pop(0)
+                for sk, box in zip((sp_c, sr_c), shared)]
+        b_p, b_r, *distances = parts
+        len_p, len_r = max(fine[0], vox_p), max(fine[1], vox_r)
+    else:
+        (b_p, b_r, *distances), len_p, len_r = parts, vox_p, vox_r
+
     inter = int(np.count_nonzero(pc & rc))
     dice = 1.0 if n_p + n_r == 0 else 2.0 * inter / (n_p + n_r)
     cl, tprec, tsens = cldice_scores(pc, rc, sp_c, sr_c)
@@ -429,7 +503,7 @@ def compute_metrics(
     elif n_p == 0 or n_r == 0:
         hd95, assd = math.inf, math.inf
     else:
-        d_pr, d_rp = surface_distances(pc, rc, spacing)
+        d_pr, d_rp = distances[0]
         hd95 = max(float(np.percentile(d_pr, 95)), float(np.percentile(d_rp, 95)))
         assd = float((d_pr.sum() + d_rp.sum()) / (d_pr.size + d_rp.size))
 
