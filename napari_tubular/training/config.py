@@ -228,9 +228,18 @@ class TrainConfig:
         self.validate()
 
     def _coerce_numbers(self) -> None:
-        """Numeric options as numbers (a config file may hold "5"); a ValueError names the
-        option whose value is not a number."""
+        """Numeric options as numbers (a config file may hold "5", and YAML reads ``1e-3``
+        as a text); a ValueError names the option whose value is not a number. Numbers
+        given as text are taken everywhere in a config, the options of ``normalization``,
+        ``synthetic`` and ``model`` too (:func:`_numbers_from_text`)."""
         kinds = {"int": int, "int | None": int, "float": float, "float | None": float}
+        for name in ("normalization", "synthetic", "model"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                converted = _numbers_from_text(value, keep=("kind", "cache_dir"))
+                if type(value) is _DefaultModelOptions:
+                    converted = _DefaultModelOptions(converted)
+                setattr(self, name, converted)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if str(f.type) == "bool":
@@ -480,6 +489,37 @@ _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox
 # ranges that may start at 0, with the generator's own upper limit
 _BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0, "texture_hu": 500.0}
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
+
+
+def _number_from_text(value):
+    """``value`` as a number when it is a text that reads as one ("5" -> 5, "1e-3" -> 0.001:
+    YAML reads ``1e-3`` as a text), else unchanged (left to the option's own check)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return value
+
+
+def _numbers_from_text(options: dict, keep: tuple = ()) -> dict:
+    """A copy of a dict of options with its numbers given as text as numbers (in lists and
+    nested dicts too), the keys in ``keep`` (texts by nature) untouched. An outside judge: the
+    top-level options took "5" while ``synthetic`` refused it and ``normalization`` kept it
+    as a text in the model file."""
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(convert(v) for v in value)
+        return _number_from_text(value)
+
+    return {k: (v if k in keep else convert(v)) for k, v in options.items()}
 
 
 def _number(value) -> bool:
