@@ -89,6 +89,8 @@ def divergence_message(step: int, config: TrainConfig, loss: float, parts: dict,
     if gradient is not None:
         what = (f"the gradient is not finite (norm {gradient:g}; loss {loss:.4g}): the step "
                 "was not applied")
+    elif math.isfinite(loss):  # under DDP: another process's loss
+        what = "the loss is not finite in another process"
     else:
         what = f"the loss is not finite ({loss:g}"
         what += f"; term(s) {', '.join(bad)})" if bad else ")"
@@ -804,7 +806,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                                 enabled=use_amp):
                 outputs = net(x)
             loss, parts = loss_fn(outputs, y, s, cw, phi=phi, frac=frac)
-            if not torch.isfinite(loss.detach()):
+            # on every rank together (one rank alone raising left the others waiting in the
+            # gradient all-reduce)
+            if ddp.any_flag(not bool(torch.isfinite(loss.detach())), dist, device):
                 diverged(float(loss.detach()), parts, x, outputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -896,7 +900,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                                                    inherited, report, step, cancel)
             log_extra["refine"] = _threshold_record(
                 config, has_val, tuned, tuned_best, inherited,
-                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best)
+                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best,
+                best_kept=(_kept_refinement(out / "best.pt")
+                           if not tuned and best_step is None else None))
             save_checkpoint()
             if report:
                 # an audit: "done: 10 steps" of a 300-step run did not say why it ended
@@ -979,10 +985,31 @@ def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inheri
     return tuned
 
 
+def _kept_refinement(path: Path) -> dict | None:
+    """The tuned thresholds (``metrics.refine``) of a model file that this session did not
+    write (best.pt of an earlier session of a resumed run), or None."""
+    from napari_tubular.models import ModelFormatError, read_model_meta
+
+    if not path.is_file():
+        return None
+    try:
+        meta = read_model_meta(path)
+    except (ModelFormatError, OSError):
+        return None
+    refine = meta["metrics"].get("refine")
+    if not isinstance(refine, dict) or refine.get("tp") is None or "inherited_from" in refine:
+        return None  # the fallback, or the initial model's (as model.pt's)
+    return {**refine, "weights_step": refine.get("weights_step",
+                                                 (meta.get("training") or {}).get("steps"))}
+
+
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
-                      inherited: dict, best_cancelled: bool = False) -> dict:
+                      inherited: dict, best_cancelled: bool = False,
+                      best_kept: dict | None = None) -> dict:
     """What log.json records of the refinement thresholds, with the note the run ends with
-    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled)."""
+    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled;
+    ``best_kept``: the thresholds of a best.pt that an earlier session wrote and tuned, which
+    this untuned session leaves as they are)."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
 
     if tuned:
@@ -1007,8 +1034,15 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             f"the fallback T_p {FALLBACK_TP:g} / T_r {FALLBACK_TR:g}")
     why = ("no validation data" if not has_val else
            "tune_thresholds is off" if not config.tune_thresholds else "cancelled")
-    return {"tuned": False, "reason": why,
-            "note": f"refinement thresholds not tuned ({why}): segment uses {uses}"}
+    note = f"refinement thresholds not tuned ({why}): segment uses {uses}"
+    if best_kept:
+        # an outside judge: a resumed run with --no-tune said "segment uses the fallback" and
+        # named best.pt, an earlier session's weights whose tuned T_p / T_r segment uses
+        step = best_kept.get("weights_step")
+        note = (f"refinement thresholds not tuned ({why}): model.pt uses {uses}; best.pt "
+                f"(the weights of step {step}, from an earlier session) keeps the T_p "
+                f"{best_kept['tp']:g} / T_r {best_kept['tr']:g} tuned for it")
+    return {"tuned": False, "reason": why, "note": note}
 
 
 def _level_text(tuned: dict) -> str:
