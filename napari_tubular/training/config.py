@@ -237,6 +237,12 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 converted = _numbers_from_text(value, keep=("kind", "cache_dir"))
+                if name == "model":
+                    # yes/no words as for the top-level options (bool("false") is True: the
+                    # network got the heads of "deep_supervision": "false")
+                    for key in _MODEL_BOOLS:
+                        if key in converted:
+                            converted[key] = _as_bool(converted[key], f"model.{key}")
                 if type(value) is _DefaultModelOptions:
                     converted = _DefaultModelOptions(converted)
                 setattr(self, name, converted)
@@ -489,6 +495,10 @@ _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox
 # ranges that may start at 0, with the generator's own upper limit
 _BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0, "texture_hu": 500.0}
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
+
+
+#: the network's yes/no options (:class:`napari_tubular.models.TubularUNet`)
+_MODEL_BOOLS = ("deep_supervision", "residual")
 
 
 def _number_from_text(value):
