@@ -169,6 +169,14 @@ def test_config_model_yes_no_options_take_words():
     assert net.config["residual"] is True
     with pytest.raises(ValueError, match="model.deep_supervision: expected true or false"):
         TrainConfig.from_dict({"model": {"deep_supervision": "maybe"}})
+    # the synthetic generator's too ("distractors": "false" drew the distractors)
+    syn = TrainConfig.from_dict({"synthetic": {
+        "vessel_free_generator": {"distractors": "false"},
+        "generator": {"blur": "no", "body": 1, "noise": 10.0}}}).synthetic
+    assert syn["vessel_free_generator"] == {"distractors": False}
+    assert syn["generator"] == {"blur": False, "body": True, "noise": 10.0}
+    with pytest.raises(ValueError, match="synthetic.generator.blur: expected true or false"):
+        TrainConfig.from_dict({"synthetic": {"generator": {"blur": "sometimes"}}})
 
 
 def test_config_numbers_from_strings_everywhere(tmp_path):

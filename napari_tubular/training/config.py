@@ -237,6 +237,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, dict):
                 converted = _numbers_from_text(value, keep=("kind", "cache_dir"))
+                if name == "synthetic":
+                    _generator_bools(converted)
                 if name == "model":
                     # yes/no words as for the top-level options (bool("false") is True: the
                     # network got the heads of "deep_supervision": "false")
@@ -499,6 +501,24 @@ _COUNT_RANGES = ("segments_per_case", "organs_per_case")
 
 #: the network's yes/no options (:class:`napari_tubular.models.TubularUNet`)
 _MODEL_BOOLS = ("deep_supervision", "residual")
+
+
+def _generator_bools(synthetic: dict) -> None:
+    """The yes/no options of ``synthetic.generator`` / ``synthetic.vessel_free_generator`` (the
+    bool keywords of ``make_vessel_tree``) as bools, in place: words as for the top-level
+    options (an outside judge: ``"vessel_free_generator": {"distractors": "false"}`` drew the
+    distractors, ``bool("false")`` being True)."""
+    import inspect
+
+    from napari_tubular.synthetic import make_vessel_tree
+
+    params = inspect.signature(make_vessel_tree).parameters
+    bools = {k for k, p in params.items() if p.annotation in (bool, "bool")}
+    for name in ("generator", "vessel_free_generator"):
+        gen = synthetic.get(name)
+        if isinstance(gen, dict):
+            synthetic[name] = {k: (_as_bool(v, f"synthetic.{name}.{k}") if k in bools else v)
+                               for k, v in gen.items()}
 
 
 def _number_from_text(value):
