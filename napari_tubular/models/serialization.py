@@ -16,7 +16,12 @@ holds only JSON types and always has these keys (``save_model`` fills the first 
 * ``normalization``: dict for :func:`~napari_tubular.models.normalization.normalize_intensity`;
 * ``patch_size``: ``[pz, py, px]`` training patch (also the inference window);
 * ``training``: free description of the training data and run (dict);
-* ``metrics``: validation metrics (dict).
+* ``metrics``: validation metrics (dict); its ``refine`` entry holds the tuned thresholds
+  ``segment`` reads (``tp`` in (0, 1), ``tr`` > 0, ``min_confidence`` in (0, 1] or null);
+* ``radius_calibration`` (optional): ``{"pred_mm": [...], "true_mm": [...]}``.
+
+Those settings and the normalisation's numbers are checked when a file is loaded (a model file
+edited by hand is refused naming the key, before any network runs).
 
 The default model is ``napari_tubular/weights/default.pt`` (optional ``default.json`` beside it
 holds the same meta for people to read).
