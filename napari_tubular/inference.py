@@ -50,6 +50,7 @@ from .geometry.components import (
 )
 from .geometry.filters import masked_gaussian_mean
 from .geometry.skeleton import pseudo_skeleton
+from .models.serialization import check_radius_calibration, check_stored_settings
 
 __all__ = [
     "Cancelled",
@@ -665,6 +666,7 @@ def _load(model, device: str):
 
     if isinstance(model, tuple) and len(model) == 2:
         net, meta = model
+        check_stored_settings(meta)  # before the network runs, as load_model does
         net.eval()
         net.to(device)
         return net, dict(meta)
@@ -1198,16 +1200,9 @@ def apply_radius_calibration(radius_mm: np.ndarray, calibration: dict | None) ->
     """
     if not calibration:
         return radius_mm
-    try:  # an audit: a model whose calibration lacked a key ended in "KeyError: 'pred_mm'"
-        xp = np.asarray(calibration["pred_mm"], dtype=np.float64)
-        fp = np.asarray(calibration["true_mm"], dtype=np.float64)
-    except (KeyError, TypeError, ValueError):
-        xp = fp = np.zeros(0)
-    if xp.ndim != 1 or xp.size < 2 or xp.shape != fp.shape or np.any(np.diff(xp) <= 0) \
-            or np.any(np.diff(fp) < 0) or xp[0] <= 0 or fp[0] <= 0:
-        raise ValueError(f"invalid radius calibration {calibration!r} (the model's "
-                         "radius_calibration): need >= 2 increasing positive knots pred_mm -> "
-                         "non-decreasing true_mm")
+    # an audit: a model whose calibration lacked a key ended in "KeyError: 'pred_mm'"; the one
+    # check of a calibration, which load_model also runs (before any work)
+    xp, fp = check_radius_calibration(calibration)
     r = np.asarray(radius_mm, dtype=np.float32)
     out = np.interp(r, xp, fp).astype(np.float32)
     above = r > xp[-1]

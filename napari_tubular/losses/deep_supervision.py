@@ -222,7 +222,45 @@ class MeanTeacher:
                 "warmup": self.warmup, "step_count": self.step_count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self.alpha = float(state["alpha"])
+        """Restore what :meth:`state_dict` returned. Everything is checked before anything
+        changes (an outside judge: a foreign dict, e.g. a network's own state_dict, ended in
+        a bare ``KeyError: 'teacher'``).
+
+        Raises:
+            ValueError: not a MeanTeacher state (missing keys, a network's state_dict, bad
+                alpha / step count), or a teacher of another architecture.
+        """
+        keys = ("teacher", "alpha", "warmup", "step_count")
+        if not isinstance(state, dict):
+            raise ValueError(f"MeanTeacher.load_state_dict expects the dict of "
+                             f"MeanTeacher.state_dict(), got a {type(state).__name__}")
+        missing = [k for k in keys if k not in state]
+        if missing:
+            hint = ""
+            if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+                hint = (" (this looks like a network's state_dict: load it into the teacher "
+                        "with mean_teacher.teacher.load_state_dict)")
+            raise ValueError(f"not a MeanTeacher state: missing key(s) {', '.join(missing)} "
+                             f"of {', '.join(keys)}{hint}")
+        teacher, alpha, step = state["teacher"], state["alpha"], state["step_count"]
+        if not isinstance(teacher, dict):
+            raise ValueError(f"MeanTeacher state: 'teacher' must be a network state_dict, got a "
+                             f"{type(teacher).__name__}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) \
+                or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"MeanTeacher state: 'alpha' must be in [0, 1], got {alpha!r}")
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"MeanTeacher state: 'step_count' must be an integer >= 0, got "
+                             f"{step!r}")
+        own = self.teacher.state_dict()
+        bad = sorted(set(own) ^ set(teacher)) or sorted(
+            k for k in own if not isinstance(teacher[k], torch.Tensor)
+            or tuple(teacher[k].shape) != tuple(own[k].shape))
+        if bad:
+            raise ValueError(f"MeanTeacher state: its teacher does not fit this network (another "
+                             f"architecture?): {len(bad)} parameter(s) missing, unexpected or "
+                             f"of another shape, e.g. {', '.join(bad[:3])}")
+        self.teacher.load_state_dict(teacher)
+        self.alpha = float(alpha)
         self.warmup = bool(state["warmup"])
-        self.step_count = int(state["step_count"])
+        self.step_count = step

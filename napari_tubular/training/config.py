@@ -228,9 +228,26 @@ class TrainConfig:
         self.validate()
 
     def _coerce_numbers(self) -> None:
-        """Numeric options as numbers (a config file may hold "5"); a ValueError names the
-        option whose value is not a number."""
+        """Numeric options as numbers (a config file may hold "5", and YAML reads ``1e-3``
+        as a text); a ValueError names the option whose value is not a number. Numbers
+        given as text are taken everywhere in a config, the options of ``normalization``,
+        ``synthetic`` and ``model`` too (:func:`_numbers_from_text`)."""
         kinds = {"int": int, "int | None": int, "float": float, "float | None": float}
+        for name in ("normalization", "synthetic", "model"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                converted = _numbers_from_text(value, keep=("kind", "cache_dir"))
+                if name == "synthetic":
+                    _generator_bools(converted)
+                if name == "model":
+                    # yes/no words as for the top-level options (bool("false") is True: the
+                    # network got the heads of "deep_supervision": "false")
+                    for key in _MODEL_BOOLS:
+                        if key in converted:
+                            converted[key] = _as_bool(converted[key], f"model.{key}")
+                if type(value) is _DefaultModelOptions:
+                    converted = _DefaultModelOptions(converted)
+                setattr(self, name, converted)
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if str(f.type) == "bool":
@@ -480,6 +497,59 @@ _POSITIVE_RANGES = ("extent_mm", "inplane_spacing", "z_spacing", "min_radius_vox
 # ranges that may start at 0, with the generator's own upper limit
 _BOUNDED_RANGES = {"bright_organ_level": 1.5, "noise_grain_vox": 10.0, "texture_hu": 500.0}
 _COUNT_RANGES = ("segments_per_case", "organs_per_case")
+
+
+#: the network's yes/no options (:class:`napari_tubular.models.TubularUNet`)
+_MODEL_BOOLS = ("deep_supervision", "residual")
+
+
+def _generator_bools(synthetic: dict) -> None:
+    """The yes/no options of ``synthetic.generator`` / ``synthetic.vessel_free_generator`` (the
+    bool keywords of ``make_vessel_tree``) as bools, in place: words as for the top-level
+    options (an outside judge: ``"vessel_free_generator": {"distractors": "false"}`` drew the
+    distractors, ``bool("false")`` being True)."""
+    import inspect
+
+    from napari_tubular.synthetic import make_vessel_tree
+
+    params = inspect.signature(make_vessel_tree).parameters
+    bools = {k for k, p in params.items() if p.annotation in (bool, "bool")}
+    for name in ("generator", "vessel_free_generator"):
+        gen = synthetic.get(name)
+        if isinstance(gen, dict):
+            synthetic[name] = {k: (_as_bool(v, f"synthetic.{name}.{k}") if k in bools else v)
+                               for k, v in gen.items()}
+
+
+def _number_from_text(value):
+    """``value`` as a number when it is a text that reads as one ("5" -> 5, "1e-3" -> 0.001:
+    YAML reads ``1e-3`` as a text), else unchanged (left to the option's own check)."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    return value
+
+
+def _numbers_from_text(options: dict, keep: tuple = ()) -> dict:
+    """A copy of a dict of options with its numbers given as text as numbers (in lists and
+    nested dicts too), the keys in ``keep`` (texts by nature) untouched. An outside judge: the
+    top-level options took "5" while ``synthetic`` refused it and ``normalization`` kept it
+    as a text in the model file."""
+    def convert(value):
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(convert(v) for v in value)
+        return _number_from_text(value)
+
+    return {k: (v if k in keep else convert(v)) for k, v in options.items()}
 
 
 def _number(value) -> bool:

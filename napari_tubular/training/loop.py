@@ -60,6 +60,60 @@ class Cancelled(RuntimeError):
     """Raised by :func:`train` when ``cancel()`` returned True (after saving ``last.pt``)."""
 
 
+class TrainingDiverged(RuntimeError):
+    """Raised by :func:`train` when a step's loss or gradient is not finite (NaN / inf): the
+    message names the step, the loss terms that are not finite and what to try."""
+
+
+def _output_tensors(outputs) -> list:
+    """The tensors of a network's output dict (``seg``, ``scale``, the ``ds`` heads)."""
+    found = []
+    for value in (outputs.values() if isinstance(outputs, dict) else [outputs]):
+        if isinstance(value, (list, tuple)):
+            found.extend(v for v in value if hasattr(v, "detach"))
+        elif hasattr(value, "detach"):
+            found.append(value)
+    return found
+
+
+def divergence_message(step: int, config: TrainConfig, loss: float, parts: dict, *, lr: float,
+                       amp: bool, input_finite: bool = True, output_finite: bool = True,
+                       gradient: float | None = None, checkpoint_step: int | None = None,
+                       out: Path | None = None) -> str:
+    """What :class:`TrainingDiverged` says (an outside judge: NaN logits stopped a run with
+    "training diverged at step 2 (loss nan); lower --lr", one step early and naming neither
+    the loss term nor the data or mixed precision; a non-finite gradient was applied and made
+    every weight NaN)."""
+    bad = [f"{k} {v:g}" for k, v in parts.items()
+           if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)]
+    if gradient is not None:
+        what = (f"the gradient is not finite (norm {gradient:g}; loss {loss:.4g}): the step "
+                "was not applied")
+    elif math.isfinite(loss):  # under DDP: another process's loss
+        what = "the loss is not finite in another process"
+    else:
+        what = f"the loss is not finite ({loss:g}"
+        what += f"; term(s) {', '.join(bad)})" if bad else ")"
+    if not input_finite:
+        cause = "; the input patch holds NaN or infinite intensities"
+    elif not output_finite:
+        cause = "; the network's output (logits) is already not finite"
+    else:
+        cause = ""
+    hints = [f"lower the learning rate (--lr {config.lr:g}; {lr:.3g} at this step)",
+             "check the data (NaN / infinite voxels, labels other than 0 / 1, the "
+             "normalization)"]
+    if amp:
+        hints.append("disable mixed precision (--no-amp)")
+    if checkpoint_step is not None and out is not None:
+        kept = (f"{out / 'last.pt'} holds the weights of step {checkpoint_step}: continue with "
+                f"--resume and a lower --lr")
+    else:
+        kept = "no checkpoint was written yet (nothing to resume)"
+    return (f"training diverged at step {step} of {config.steps}: {what}{cause}. Try to "
+            f"{', '.join(hints[:-1])} or {hints[-1]}; {kept}")
+
+
 #: the message of a run cancelled while it prepared its data (or before its first step)
 NOT_STARTED = "interrupted before the first step; nothing saved"
 
@@ -645,9 +699,29 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             "config": config.to_dict(),
         }}
 
+    checkpointed = [step if ck is not None else None]  # the step last.pt holds
+
+    def diverged(loss_value: float, parts: dict, x, outputs, gradient=None):
+        """Stop on a non-finite loss or gradient (training cannot go on from NaN), with the
+        log written and a message that says what went wrong and what to try."""
+        if is_main:
+            if acc.get("loss"):  # the steps since the last logged one, as on a cancel
+                rows.append(_row(step, elapsed0 + time.perf_counter() - t_loop,
+                                 opt.param_groups[0]["lr"], acc, pool))
+                acc.clear()
+            if rows:
+                _write_log(out, rows, config, {"best_score": best, "step": step, **log_extra})
+        raise TrainingDiverged(divergence_message(
+            step + 1, config, loss_value, parts, lr=opt.param_groups[0]["lr"], amp=use_amp,
+            input_finite=bool(torch.isfinite(x).all()),
+            output_finite=all(bool(torch.isfinite(t.detach()).all()) for t in
+                              _output_tensors(outputs)),
+            gradient=gradient, checkpoint_step=checkpointed[0], out=out))
+
     def save_checkpoint() -> None:
         if not is_main:
             return
+        checkpointed[0] = step
         state = {
             "config": config.to_dict(), "model_state": _unwrap(net).state_dict(),
             "optimizer": opt.state_dict(), "step": step, "rows": rows, "best_score": best,
@@ -732,12 +806,17 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                                 enabled=use_amp):
                 outputs = net(x)
             loss, parts = loss_fn(outputs, y, s, cw, phi=phi, frac=frac)
-            if not torch.isfinite(loss):
-                raise RuntimeError(
-                    f"training diverged at step {step} (loss {float(loss)}); lower --lr")
+            # on every rank together (one rank alone raising left the others waiting in the
+            # gradient all-reduce)
+            if ddp.any_flag(not bool(torch.isfinite(loss.detach())), dist, device):
+                diverged(float(loss.detach()), parts, x, outputs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+            if not torch.isfinite(grad_norm):
+                # the step is not applied: a non-finite gradient, clipped, turns every weight
+                # into NaN (and the next checkpoint would keep them)
+                diverged(float(loss.detach()), parts, x, outputs, gradient=float(grad_norm))
             opt.step()
             step += 1
             pool.refresh()
@@ -821,7 +900,9 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                                                    inherited, report, step, cancel)
             log_extra["refine"] = _threshold_record(
                 config, has_val, tuned, tuned_best, inherited,
-                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best)
+                best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best,
+                best_kept=(_kept_refinement(out / "best.pt")
+                           if not tuned and best_step is None else None))
             save_checkpoint()
             if report:
                 # an audit: "done: 10 steps" of a 300-step run did not say why it ended
@@ -904,10 +985,31 @@ def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inheri
     return tuned
 
 
+def _kept_refinement(path: Path) -> dict | None:
+    """The tuned thresholds (``metrics.refine``) of a model file that this session did not
+    write (best.pt of an earlier session of a resumed run), or None."""
+    from napari_tubular.models import ModelFormatError, read_model_meta
+
+    if not path.is_file():
+        return None
+    try:
+        meta = read_model_meta(path)
+    except (ModelFormatError, OSError):
+        return None
+    refine = meta["metrics"].get("refine")
+    if not isinstance(refine, dict) or refine.get("tp") is None or "inherited_from" in refine:
+        return None  # the fallback, or the initial model's (as model.pt's)
+    return {**refine, "weights_step": refine.get("weights_step",
+                                                 (meta.get("training") or {}).get("steps"))}
+
+
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
-                      inherited: dict, best_cancelled: bool = False) -> dict:
+                      inherited: dict, best_cancelled: bool = False,
+                      best_kept: dict | None = None) -> dict:
     """What log.json records of the refinement thresholds, with the note the run ends with
-    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled)."""
+    (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled;
+    ``best_kept``: the thresholds of a best.pt that an earlier session wrote and tuned, which
+    this untuned session leaves as they are)."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
 
     if tuned:
@@ -932,8 +1034,15 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             f"the fallback T_p {FALLBACK_TP:g} / T_r {FALLBACK_TR:g}")
     why = ("no validation data" if not has_val else
            "tune_thresholds is off" if not config.tune_thresholds else "cancelled")
-    return {"tuned": False, "reason": why,
-            "note": f"refinement thresholds not tuned ({why}): segment uses {uses}"}
+    note = f"refinement thresholds not tuned ({why}): segment uses {uses}"
+    if best_kept:
+        # an outside judge: a resumed run with --no-tune said "segment uses the fallback" and
+        # named best.pt, an earlier session's weights whose tuned T_p / T_r segment uses
+        step = best_kept.get("weights_step")
+        note = (f"refinement thresholds not tuned ({why}): model.pt uses {uses}; best.pt "
+                f"(the weights of step {step}, from an earlier session) keeps the T_p "
+                f"{best_kept['tp']:g} / T_r {best_kept['tr']:g} tuned for it")
+    return {"tuned": False, "reason": why, "note": note}
 
 
 def _level_text(tuned: dict) -> str:

