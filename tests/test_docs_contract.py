@@ -294,4 +294,5 @@ def test_readme_labels_rule_is_the_readers():
     assert guess_layer_type(data, "vessel_label") == "image"
     assert guess_layer_type(np.abs(data), "vessel_label") == "labels"
     text = " ".join(README.split())
-    assert 'or integer, none negative, with "label", "mask" or "seg" in its name' in text
+    assert ('or integer, none negative, with "label", "mask", "seg", "skeleton" or "error" in '
+            'its name' in text)
