@@ -59,7 +59,10 @@ __all__ = [
 
 #: integer volumes with at most this many distinct values open as Labels
 MAX_LABEL_VALUES = 64
-_LABEL_NAME = re.compile(r"label|mask|seg", re.IGNORECASE)
+#: a segmentation's name; "skeleton" and "error" for the masks segment, refine and evaluate
+#: write beside the labels (a fresh-user judge: the Quick start's vessels_image_skeleton.nii.gz,
+#: a 0/1 mask named after its image, opened as an image, while the panel shows it as labels)
+_LABEL_NAME = re.compile(r"label|mask|seg|skeleton|error", re.IGNORECASE)
 _IMAGE_NAME = re.compile(r"image|img", re.IGNORECASE)
 
 
@@ -96,7 +99,8 @@ def guess_layer_type(data: np.ndarray, name: str = "") -> str:
     """Return "labels" for integer volumes that look like segmentations, else "image".
 
     A bool volume is a segmentation. An integer volume is one when its name contains "label",
-    "mask" or "seg" and it has no negative values, or, unless its name contains "image" or
+    "mask", "seg", "skeleton" or "error" (``segment``'s ``NAME_skeleton``, ``evaluate``'s
+    ``NAME_errors``) and it has no negative values, or, unless its name contains "image" or
     "img", when it holds at most :data:`MAX_LABEL_VALUES` distinct values, none negative, 0
     (the background) among them. A noise-free phantom ({40, 300} HU, or a constant volume)
     opens as an image: an audit's opened as labels, which the Segment panel cannot choose.

