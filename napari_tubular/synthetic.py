@@ -1761,7 +1761,7 @@ def save_case(
             text = text.replace(str(p), str(paths[key])).replace(p.name, paths[key].name)
         try:
             renamed = type(exc)(text)
-        except Exception:  # an exception type built otherwise: as it is
+        except (TypeError, ValueError):  # an exception type built otherwise: as it is
             renamed = None
         if renamed is None or text == str(exc):
             raise
