@@ -401,6 +401,40 @@ def _one_per_dicom_series(inputs: list[Path]) -> list[int]:
     return [i for i in range(len(inputs)) if i not in dropped]
 
 
+def _refuse_series_twice(inputs: list[Path], origins: list[str] | None) -> None:
+    """Raise ValueError when a ``.dcm`` file given is a slice of the DICOM series that a folder
+    given reads too (an outside judge: ``segment SERIES SERIES/im0.dcm`` segmented the one
+    series twice, as ``SERIES_*`` and ``im0_*``, under two names that never clash)."""
+    from ..io import _dicom_series, volume_format
+
+    folders = {}
+    for i, p in enumerate(inputs):
+        if p.is_dir():
+            folders.setdefault(p.resolve(), i)
+    if not folders:
+        return
+    for i, p in enumerate(inputs):
+        if not (p.is_file() and volume_format(p) == "DICOM"):
+            continue
+        j = folders.get(p.resolve().parent)
+        if j is None:
+            continue
+        try:
+            series = _dicom_series(p.resolve().parent)
+        except RuntimeError:  # left to the reader's own message
+            continue
+        if not series:
+            continue
+        # the series the folder is read as: the largest (as read_volume picks it)
+        files = max(series, key=lambda s: len(s[1]))[1]
+        if any(Path(f).resolve() == p.resolve() for f in files):
+            said = (f"{origins[j]} and {origins[i]}" if origins is not None
+                    and max(i, j) < len(origins) else f"as {inputs[j]} and as {p}")
+            raise ValueError(f"the DICOM series in {inputs[j]} is given more than once ({said}: "
+                             "a .dcm file is read as its whole series); name each input once "
+                             "(the folder names the outputs after it)")
+
+
 def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
     """The DICOM files (``.dcm``, or with the DICM mark) directly in ``folder``."""
     from ..io import _is_dicom_file
@@ -472,6 +506,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         seen[name] = path
         came[name] = origin
         plan.append((path, output_paths(outdir, name)))
+    _refuse_series_twice(inputs, origins)
     from ..io import check_name_length
     from ._paths import refuse_inputs_as_outputs
 
