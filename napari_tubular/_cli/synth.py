@@ -20,7 +20,8 @@ napari_tubular.synthetic.make_vessel_tree). For case i (i = 0 .. N-1, seed S+i) 
 
 with XXX = K+i in at least three digits: 000, 001, ..., 999, 1000, ... (K = --start, default 0;
 another set goes into the same folder with --start after its existing cases). The volumes carry the spacing (origin 0,
-identity direction). The same seed, shape and spacing always give the same files.
+identity direction). The same seed, shape and spacing always give the same files. A case's
+four files are written together: a run stopped by Ctrl-C or SIGTERM leaves whole cases only.
 """
 
 EPILOG = """\
