@@ -523,3 +523,33 @@ def test_a_folder_in_the_place_of_a_case_file_is_said_before_any_write(tmp_path,
     assert f"{out / 'case_000_label.nii.gz'}: is a folder" in err
     assert "Errno" not in err
     assert sorted(p.name for p in out.iterdir()) == ["case_000_label.nii.gz"]
+
+
+def test_sigterm_stops_like_ctrl_c_leaving_whole_cases(tmp_path, monkeypatch, capsys):
+    """SIGTERM (kill, timeout, a scheduler's limit) killed synth where it was, a case in part
+    on disk: it stops as Ctrl-C does, the case being written removed (exit status 143)."""
+    import os
+    import signal
+
+    import napari_tubular.io as io
+
+    previous = signal.signal(signal.SIGTERM, lambda *a: None)  # never kill the test run
+    try:
+        real = io.write_volume
+        calls = []
+
+        def term_on_second(*args, **kwargs):  # SIGTERM after case_000's image is on disk
+            calls.append(args[0])
+            out = real(*args, **kwargs)
+            if len(calls) == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+        monkeypatch.setattr(io, "write_volume", term_on_second)
+        out = tmp_path / "o"
+        code = main(["synth", str(out), "--n", "2", "--shape", "16", "16", "16"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert code == 143
+    assert list(out.iterdir()) == []
+    assert "terminated" in capsys.readouterr().err
