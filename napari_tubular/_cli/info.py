@@ -22,7 +22,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "paths",
         nargs="+",
         metavar="FILE",
-        help="volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd) or DICOM series folder",
+        help="volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), DICOM series folder, or "
+        "folder of volume files (each reported, and its DICOM series if it holds one too)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
@@ -102,6 +103,31 @@ def format_info(info: dict) -> str:
     return "\n".join(lines)
 
 
+def expand_paths(paths) -> list[str]:
+    """The volumes to report: a file or a DICOM series folder as given; a folder holding volume
+    files -> its volumes (sorted, as ``segment FOLDER`` lists them), then the folder itself when
+    it holds DICOM files too, for its series (an outside judge: ``info FOLDER`` on a DICOM series
+    beside .nii.gz files reported the series alone, the volumes without a word)."""
+    from pathlib import Path
+
+    from ..io import _has_dicom, list_volumes
+
+    out: list[str] = []
+    for path in paths:
+        p = Path(path).expanduser()
+        try:
+            vols = list_volumes(p) if p.is_dir() else []
+        except OSError:
+            vols = []  # the reader's own message
+        if not vols:
+            out.append(path)
+            continue
+        out.extend(str(v) for v in vols)
+        if _has_dicom(p):
+            out.append(path)
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     """Print each volume's summary; one that cannot be read is reported on stderr (and, with
     --json, as ``{"path": ..., "error": ...}`` on stdout: one object for a single file, an
@@ -113,13 +139,14 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io import VolumeIOError
 
+    paths = expand_paths(args.paths)
     infos: list[dict] = []
     failed: list[str] = []
-    for path in args.paths:
+    for path in paths:
         try:
             info = volume_info(path)
         except (VolumeIOError, ValueError, OSError, RuntimeError, MemoryError) as exc:
-            if len(args.paths) == 1 and not args.json:
+            if len(paths) == 1 and not args.json:
                 raise  # the command's error, said by the CLI (exit status 2)
             text = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
             failed.append(path)
@@ -131,10 +158,10 @@ def run(args: argparse.Namespace) -> int:
             print(("\n" if len(infos) - len(failed) > 1 else "") + format_info(info), flush=True)
     if args.json:
         # machine-readable on failure too (an audit: "info --json missing" printed text only)
-        print(json.dumps(infos[0] if len(args.paths) == 1 else infos, indent=2), flush=True)
-    if failed and len(args.paths) > 1:
-        print(f"napari-tubular info: error: {len(failed)} of {len(args.paths)} files could not "
+        print(json.dumps(infos[0] if len(paths) == 1 else infos, indent=2), flush=True)
+    if failed and len(paths) > 1:
+        print(f"napari-tubular info: error: {len(failed)} of {len(paths)} files could not "
               "be read: " + ", ".join(failed), file=sys.stderr, flush=True)
     if failed:
-        return 2 if len(failed) == len(args.paths) else 1
+        return 2 if len(failed) == len(paths) else 1
     return 0

@@ -306,7 +306,8 @@ SKIPPED_STEMS = (
 )  # fmt: skip
 
 
-def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
+def expand_inputs(inputs, skipped: list | None = None, origins: list | None = None
+                  ) -> list[Path]:
     """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
     holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one). A
     folder holding both volume files and DICOM files gives its volumes and then the folder
@@ -316,10 +317,15 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
     segmentations, ``_gt``, ``_seg``, ``_ref`` ..., and this command's output names) are
     not images: they are left out (and appended to ``skipped``). Files named one by one are
     always segmented.
+
+    ``origins``: where each returned input came from is appended to it, one entry per input
+    (``"as ARG"`` for a path named as the argument ARG, ``"in the folder ARG"`` for one found in
+    a folder argument), for :func:`plan_outputs`' messages.
     """
     from ..io import list_volumes, volume_stem
 
     out: list[Path] = []
+    came: list[str] = []
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
@@ -336,6 +342,7 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
                     skipped.append(v)
             else:
                 out.append(v)
+                came.append(f"in the folder {item}")
         if dicom:
             # the folder's DICOM series is one more input, read as 'info FOLDER' reads it (an
             # audit: it was passed over without a word, the volume files beside it segmented)
@@ -344,11 +351,15 @@ def expand_inputs(inputs, skipped: list | None = None) -> list[Path]:
                   file=sys.stderr, flush=True)
         if not vols or dicom:
             out.append(p)
-    return _one_per_dicom_series(out)
+            came.append(f"as {item}" if not vols else f"as the DICOM series of {item}")
+    kept = _one_per_dicom_series(out)
+    if origins is not None:
+        origins.extend(came[i] for i in kept)
+    return [out[i] for i in kept]
 
 
-def _one_per_dicom_series(inputs: list[Path]) -> list[Path]:
-    """The inputs with the ``.dcm`` files given one by one kept once per series: each such
+def _one_per_dicom_series(inputs: list[Path]) -> list[int]:
+    """The indices of the inputs kept: the inputs with the ``.dcm`` files given one by one kept once per series: each such
     file is read as the whole series it belongs to, so ``segment series/*.dcm`` segmented the
     series once per slice (an outside judge: 3 slices named, 3 identical output sets, 3 times
     the network time). The first file named stands for its series (the outputs are named after
@@ -387,7 +398,41 @@ def _one_per_dicom_series(inputs: list[Path]) -> list[Path]:
                       f"each is read as the whole series, which is segmented once, as {f.name} "
                       "(name the folder instead to name the outputs after it)",
                       file=sys.stderr, flush=True)
-    return [p for i, p in enumerate(inputs) if i not in dropped]
+    return [i for i in range(len(inputs)) if i not in dropped]
+
+
+def _refuse_series_twice(inputs: list[Path], origins: list[str] | None) -> None:
+    """Raise ValueError when a ``.dcm`` file given is a slice of the DICOM series that a folder
+    given reads too (an outside judge: ``segment SERIES SERIES/im0.dcm`` segmented the one
+    series twice, as ``SERIES_*`` and ``im0_*``, under two names that never clash)."""
+    from ..io import _dicom_series, volume_format
+
+    folders = {}
+    for i, p in enumerate(inputs):
+        if p.is_dir():
+            folders.setdefault(p.resolve(), i)
+    if not folders:
+        return
+    for i, p in enumerate(inputs):
+        if not (p.is_file() and volume_format(p) == "DICOM"):
+            continue
+        j = folders.get(p.resolve().parent)
+        if j is None:
+            continue
+        try:
+            series = _dicom_series(p.resolve().parent)
+        except RuntimeError:  # left to the reader's own message
+            continue
+        if not series:
+            continue
+        # the series the folder is read as: the largest (as read_volume picks it)
+        files = max(series, key=lambda s: len(s[1]))[1]
+        if any(Path(f).resolve() == p.resolve() for f in files):
+            said = (f"{origins[j]} and {origins[i]}" if origins is not None
+                    and max(i, j) < len(origins) else f"as {inputs[j]} and as {p}")
+            raise ValueError(f"the DICOM series in {inputs[j]} is given more than once ({said}: "
+                             "a .dcm file is read as its whole series); name each input once "
+                             "(the folder names the outputs after it)")
 
 
 def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
@@ -424,7 +469,8 @@ def output_paths(outdir: Path, name: str) -> dict[str, Path]:
 
 def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
                  skip_existing: bool = False, done: list[Path] | None = None,
-                 incomplete: list[tuple[Path, dict]] | None = None) -> list[tuple[Path, dict]]:
+                 incomplete: list[tuple[Path, dict]] | None = None,
+                 origins: list[str] | None = None) -> list[tuple[Path, dict]]:
     """(input, output paths) per input; raises before any work on name clashes or existing files.
 
     ``skip_existing``: inputs whose outputs all exist are left out (appended to ``done``); an
@@ -432,18 +478,25 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
     a file of another run) is left out too, its files kept as they are (appended to
     ``incomplete`` as ``(input, output paths)``: an audit's batch was refused whole for one
     incomplete set, the new inputs with it; an outside judge: segmenting it again replaced the
-    files there without --overwrite)."""
+    files there without --overwrite).
+
+    ``origins`` (from :func:`expand_inputs`): where each input came from, named in the message
+    about an input given twice (an outside judge: ``segment FOLDER FOLDER/a.nii.gz`` said
+    "given more than once (as FOLDER/a.nii.gz and FOLDER/a.nii.gz)")."""
     from ..io import volume_stem
     from ._paths import _same
 
     plan = []
     seen: dict[str, Path] = {}
-    for path in inputs:
+    came: dict[str, str] = {}
+    for i, path in enumerate(inputs):
         name = volume_stem(path)
+        origin = origins[i] if origins is not None and i < len(origins) else f"as {path}"
         if name in seen and _same(seen[name], path):
+            where = (f"twice {origin}" if origin == came[name]
+                     else f"{came[name]} and {origin}")
             raise ValueError(
-                f"input {path} is given more than once (as {seen[name]} and {path}); "
-                "name each input once"
+                f"input {path} is given more than once ({where}); name each input once"
             )
         if name in seen:
             raise ValueError(
@@ -451,7 +504,9 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
                 "segment them into different output folders"
             )
         seen[name] = path
+        came[name] = origin
         plan.append((path, output_paths(outdir, name)))
+    _refuse_series_twice(inputs, origins)
     from ..io import check_name_length
     from ._paths import refuse_inputs_as_outputs
 
@@ -553,7 +608,8 @@ def run(args) -> int:
                          "name a folder" + (" (segment does not write DICOM)"
                                             if volume_format(outdir) == "DICOM" else ""))
     skipped: list[Path] = []
-    inputs = expand_inputs(args.inputs, skipped)
+    origins: list[str] = []
+    inputs = expand_inputs(args.inputs, skipped, origins)
     if skipped and not args.quiet:
         names = ", ".join(p.name for p in skipped[:4]) + (
             f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
@@ -565,7 +621,8 @@ def run(args) -> int:
         raise ValueError("--overwrite and --skip-existing exclude each other")
     done: list[Path] = []
     incomplete: list[tuple[Path, dict]] = []
-    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, incomplete)
+    plan = plan_outputs(inputs, outdir, args.overwrite, args.skip_existing, done, incomplete,
+                        origins)
     # what the run may replace: with --overwrite anything, else nothing that is there now
     args.replaceable = None if args.overwrite else {
         p for _, outs in plan for p in outs.values() if p.exists()}

@@ -20,7 +20,8 @@ napari_tubular.synthetic.make_vessel_tree). For case i (i = 0 .. N-1, seed S+i) 
 
 with XXX = K+i in at least three digits: 000, 001, ..., 999, 1000, ... (K = --start, default 0;
 another set goes into the same folder with --start after its existing cases). The volumes carry the spacing (origin 0,
-identity direction). The same seed, shape and spacing always give the same files.
+identity direction). The same seed, shape and spacing always give the same files. A case's
+four files are written together: a run stopped by Ctrl-C or SIGTERM leaves whole cases only.
 """
 
 EPILOG = """\
@@ -249,8 +250,6 @@ def run(args: argparse.Namespace) -> int:
         MAX_COUNT,
         MAX_HU,
         case_paths,
-        make_vessel_tree,
-        save_case,
     )
 
     outdir = Path(args.outdir).expanduser()
@@ -327,12 +326,45 @@ def run(args: argparse.Namespace) -> int:
         options["loop_probability"] = args.loops
     shape = tuple(int(s) for s in args.shape)
     spacing = tuple(float(s) for s in args.spacing)
+    import signal
+
+    from .segment import Terminated
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    # SIGTERM (kill, a scheduler's time limit, timeout) stops like Ctrl-C: the case being
+    # written is removed, not left in part (save_case writes a case's files as a set)
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread (run from a thread in Python)
+        pass
+    try:
+        return _write_cases(args, outdir, stems, shape, spacing, options)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _write_cases(args, outdir: Path, stems: list[str], shape, spacing, options) -> int:
+    from napari_tubular.synthetic import make_vessel_tree, save_case
+
     from ..topology import betti_numbers
 
     for i, stem in enumerate(stems):
         t0 = time.perf_counter()
-        case = make_vessel_tree(shape, spacing, seed=args.seed + i, **options)
-        save_case(case, outdir, stem, overwrite=args.overwrite)
+        try:
+            case = make_vessel_tree(shape, spacing, seed=args.seed + i, **options)
+            save_case(case, outdir, stem, overwrite=args.overwrite)
+        except KeyboardInterrupt:
+            # say what is there: the cases before this one, whole; nothing of this one
+            done = (f"{stems[0]} .. {stems[i - 1]} written whole" if i > 1
+                    else f"{stems[0]} written whole" if i == 1 else "no case written")
+            print(f"[{i + 1}/{args.n}] {outdir / stem}_*: not written ({done}; continue with "
+                  f"--start {args.start + i} --seed {args.seed + i} --n {args.n - i})",
+                  file=sys.stderr, flush=True)
+            raise
         # the label's own Betti numbers: the generator designs b0 = trees and b1 = loops, but a
         # strongly anisotropic grid can merge close vessels into an extra tunnel or one piece,
         # and a body outline (--body) cuts the branches that leave it into more pieces
