@@ -951,3 +951,22 @@ def test_a_bool_labels_layer_is_copied_for_the_job(make_napari_viewer, monkeypat
         assert got.dtype == bool
         assert not np.shares_memory(got, mask)
         assert not np.shares_memory(got, layer.data)
+
+
+def test_a_failed_compute_names_the_error_layer_as_it_is_now(review, monkeypatch):
+    """An audit: a failed Compute said "the layer 'prediction topology errors' is the previous
+    review's" after the user had deleted that layer, or renamed it."""
+    from napari_tubular import topology
+
+    viewer, widget = review
+    monkeypatch.setattr(topology, "error_map",
+                        lambda *_a, **_k: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(_workers, "show_error", lambda _msg: None)
+    viewer.layers["prediction topology errors"].name = "errors v1"
+    widget.run()
+    assert "the layer 'errors v1' is the previous review's" in widget.status.text()
+    viewer.layers.remove(viewer.layers["errors v1"])
+    widget.run()
+    assert "boom" in widget.status.text()
+    assert "previous review's" not in widget.status.text()
+    assert "topology errors" not in widget.status.text()
