@@ -491,10 +491,13 @@ def _remember_written(layer: Any) -> None:
     """Record what :func:`upsert_layer` wrote into a labels layer (see :data:`_WRITTEN`)."""
     if layer._type_string != "labels":
         return
-    try:
-        _WRITTEN[str(layer.unique_id)] = array_digest(layer_data(layer))
-    except (TypeError, ValueError, MemoryError):  # not one array: no record, never "edited"
+    # as the InputWatcher's fingerprints: a layer too large, or not one array, has no record
+    # (never "edited")
+    print_ = _fingerprint(layer)
+    if print_ is None:
         _WRITTEN.pop(str(layer.unique_id), None)
+    else:
+        _WRITTEN[str(layer.unique_id)] = print_
 
 
 def _edited_since_written(layer: Any) -> bool:
@@ -504,10 +507,8 @@ def _edited_since_written(layer: Any) -> bool:
     written = _WRITTEN.get(str(layer.unique_id))
     if written is None or layer._type_string != "labels":
         return False
-    try:
-        return array_digest(layer_data(layer)) != written
-    except (TypeError, ValueError, MemoryError):
-        return False
+    now = _fingerprint(layer)
+    return now is not None and now != written
 
 
 # features before the colours: a face colour read from a feature (the spheres' radius) is
