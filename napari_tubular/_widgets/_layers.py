@@ -402,7 +402,8 @@ def upsert_layer(
         The layer.
     """
     layer = find_owned_layer(viewer, owner, role, source)
-    if layer is not None and _edited_since_written(layer):
+    renamed = layer is not None and layer.metadata.get(NAME_KEY, layer.name) != layer.name
+    if layer is not None and not renamed and _edited_since_written(layer):
         # painted, filled, erased or written into by the user since this widget wrote it: kept
         # as it is, detached and renamed "... (edited)", as the Segment panel keeps its edited
         # labels (an outside judge: a corrected error map or skeleton was overwritten by the
@@ -416,11 +417,13 @@ def upsert_layer(
         show_info(f"{OWNER_TITLES.get(owner, owner)}: your edits are kept in {layer.name!r}; "
                   f"the new result goes to a new layer {name!r}")
         layer = None
-    if layer is not None and layer.metadata.get(NAME_KEY, layer.name) != layer.name:
-        # renamed by the user (to keep a version, say): detached and left as it is, the
-        # result goes to a new layer (an audit: a renamed layer was overwritten in silence)
+    if layer is not None and renamed:
+        # renamed by the user (to keep a version, say), edited or not: detached and left as it
+        # is, its name too, the result goes to a new layer (an audit: a renamed layer was
+        # overwritten in silence)
         from napari.utils.notifications import show_info
 
+        _WRITTEN.pop(str(layer.unique_id), None)
         layer.metadata = {k: v for k, v in layer.metadata.items()
                           if k not in (OWNER_KEY, ROLE_KEY, SOURCE_KEY, NAME_KEY)}
         show_info(f"{layer.name!r} was renamed: it is kept as it is; the new result goes to a "

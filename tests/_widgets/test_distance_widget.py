@@ -472,3 +472,10 @@ def test_an_edited_result_layer_is_kept_at_the_next_compute(tube_viewer, monkeyp
     assert viewer.layers["tube EDT (mm)"] is edt  # not edited: updated in its layer
     assert any("Distance maps: your edits are kept in 'tube hard skeleton (edited)'" in n
                for n in notes)
+    # edited and renamed by the user: kept under the user's name
+    fresh.paint((16, 2, 2), 1, refresh=True)
+    fresh.name = "my skeleton"
+    widget.run()
+    assert "my skeleton" in viewer.layers
+    assert viewer.layers["my skeleton"].data[16, 2, 2]
+    assert not viewer.layers["tube hard skeleton"].data[16, 2, 2]
