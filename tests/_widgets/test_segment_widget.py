@@ -274,6 +274,27 @@ def test_labels_edited_without_a_paint_event_are_kept(seg, how):
     assert not fresh.data[:2, :2, :2].any()  # the refinement's own labels, not the edit
 
 
+def test_edited_labels_the_user_renamed_keep_the_users_name(seg):
+    """Painted labels renamed by the user ("my correction") became "my correction (edited)"
+    at the next slider move; they keep the user's name, as an unedited renamed layer does.
+    The same for the pseudo-skeleton, which is kept as "... (edited)" when only painted."""
+    viewer, widget, _ = seg
+    labels, skeleton = _owned(viewer, "labels"), _owned(viewer, "skeleton")
+    labels.paint((1, 1, 1), 1, refresh=True)
+    corrected = labels.data.copy()
+    labels.name = "my correction"
+    skeleton.paint((1, 1, 1), 1, refresh=True)
+    painted = skeleton.data.copy()
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    assert labels.name == "my correction"
+    assert np.array_equal(labels.data, corrected)
+    assert skeleton.name.endswith("pseudo-skeleton (edited)")
+    assert np.array_equal(skeleton.data, painted)
+    assert _owned(viewer, "labels") not in (None, labels)
+    assert _owned(viewer, "skeleton") not in (None, skeleton)
+
+
 def test_unedited_labels_follow_the_sliders_in_their_layer(seg):
     """No edit, no detached copy: the slider refines the one labels layer."""
     viewer, widget, _ = seg
