@@ -39,6 +39,7 @@ from napari_tubular._widgets._layers import (
     InputWatcher,
     LayerPicker,
     abs_spacing,
+    find_owned_layer,
     focus_on,
     grid_mismatch,
     in_file_order,
@@ -395,8 +396,12 @@ class TopologyReviewWidget(QWidget):
         self._fill_table()
         self.sites_list.clear()
         kept = ""
-        if self._source is not None:
-            kept = f"; the layer '{self._source} topology errors' is the previous review's"
+        # the error layer as it is now: none when the user deleted it, its name now when
+        # renamed (an audit: a deleted layer was named as "the previous review's")
+        layer = (find_owned_layer(self.viewer, OWNER, "errors", self._source_layer)
+                 if self._source_layer is not None else None)
+        if layer is not None:
+            kept = f"; the layer {layer.name!r} is the previous review's"
         self.status.setText(f"error: {exc} (table cleared{kept})")
 
     # ------------------------------------------------------------------ display

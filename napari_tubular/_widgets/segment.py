@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from napari_tubular._widgets._layers import (
+    NAME_KEY,
     OWNER_KEY,
     ROLE_KEY,
     SOURCE_KEY,
@@ -828,6 +829,11 @@ class SegmentWidget(QWidget):
         record of, when napari said it was painted."""
         layer = find_owned_layer(self.viewer, OWNER, "labels", self._source_layer)
         if layer is None:
+            return
+        if layer.metadata.get(NAME_KEY, layer.name) != layer.name:
+            # renamed by the user: ``upsert_layer`` keeps it under that name, edited or not
+            # (it became "my correction (edited)")
+            self._written_labels.pop(str(layer.unique_id), None)
             return
         written = self._written_labels.get(str(layer.unique_id))
         if written is not None:

