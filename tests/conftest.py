@@ -24,6 +24,18 @@ def _has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def pytest_collection_finish(session):
+    """Move what the collection loaded (torch, napari, Qt, the test modules: about 300,000
+    objects) out of the garbage collector's reach: they live to the end anyway, and every full
+    collection walked them again. The widgets call ``gc.collect()`` twice a run (to free GPU
+    memory) and napari's viewer fixture once a test: 0.65 s each on a shared CPU, ~0 after the
+    freeze. Objects made by the tests are collected as before (leak checks included)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     skip_gui = pytest.mark.skip(reason="needs a display (run under xvfb-run)")
