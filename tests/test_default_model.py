@@ -26,13 +26,25 @@ ORGAN_FP_MAX_ML = 1.0  # enhancing organ labelled as vessel (170 HU: xfail)
 
 
 @pytest.fixture(scope="module")
-def sample_prediction():
-    """``probability > 0.5`` of the stored sample (one network pass, shared by several tests)."""
-    from napari_tubular.inference import predict
+def sample_run():
+    """``segment(refine=False, overlap=0)`` of the stored sample: one network pass (the same
+    ``predict`` call as ``predict(image, "default", "cpu", overlap=0.0)``), shared by several
+    tests; its arrays are read-only so that no test changes what the others read."""
+    from napari_tubular.inference import segment
     from napari_tubular.io import read_volume
     from napari_tubular.sample_data import sample_path
 
-    return predict(read_volume(sample_path("image")), "default", "cpu", overlap=0.0).probability > 0.5
+    res = segment(read_volume(sample_path("image")), model="default", device="cpu",
+                  refine=False, overlap=0.0)
+    for arr in (res.labels, res.probability, res.radius_mm, res.skeleton):
+        arr.flags.writeable = False
+    return res
+
+
+@pytest.fixture(scope="module")
+def sample_prediction(sample_run):
+    """``probability > 0.5`` of the stored sample (the shared network pass)."""
+    return sample_run.probability > 0.5
 
 
 def test_default_model_file_and_meta():
@@ -51,8 +63,8 @@ def test_default_model_file_and_meta():
 
 
 @pytest.mark.slow
-def test_default_model_segments_bundled_sample():
-    from napari_tubular.inference import refine_maps, segment
+def test_default_model_segments_bundled_sample(sample_run):
+    from napari_tubular.inference import refine_maps
     from napari_tubular.io import read_volume
     from napari_tubular.sample_data import sample_path
     from napari_tubular.topology.metrics import compute_metrics
@@ -60,7 +72,7 @@ def test_default_model_segments_bundled_sample():
     image = read_volume(sample_path("image"))
     label = read_volume(sample_path("label")).data > 0
     # no window overlap: one network pass over the volume (CPU time), no refinement here
-    res = segment(image, model="default", device="cpu", refine=False, overlap=0.0)
+    res = sample_run  # segment(image, model="default", device="cpu", refine=False, overlap=0.0)
     m = compute_metrics(res.labels > 0, label, image.spacing)
     assert m["dice"] >= DICE_MIN, m
     assert m["cldice"] >= CLDICE_MIN, m
@@ -72,7 +84,7 @@ def test_default_model_segments_bundled_sample():
 
 
 @pytest.mark.slow
-def test_default_model_segments_a_unitless_copy_of_the_sample_the_same():
+def test_default_model_segments_a_unitless_copy_of_the_sample_the_same(sample_run):
     """The sample scaled to [0, 1] (as many pipelines store images) is rescaled automatically
     and segmented like the Hounsfield-unit original; taken as it is, it would give nothing."""
     from napari_tubular.inference import predict
@@ -83,10 +95,10 @@ def test_default_model_segments_a_unitless_copy_of_the_sample_the_same():
     label = read_volume(sample_path("label")).data > 0
     data = image.data.astype(np.float32)
     unit = Volume((data - data.min()) / (data.max() - data.min()), image.spacing)
-    hu = predict(image, "default", "cpu", overlap=0.0)
+    hu = sample_run  # the same predict(image, "default", "cpu", overlap=0.0) pass
     auto = predict(unit, "default", "cpu", overlap=0.0)
     assert auto.intensity["rescale"] is not None
-    assert hu.intensity["rescale"] is None
+    assert hu.report["parameters"]["intensity_rescale"] is None  # the pass's intensity["rescale"]
     a, b = hu.probability > 0.5, auto.probability > 0.5
     agreement = 2 * (a & b).sum() / (a.sum() + b.sum())
     assert agreement >= 0.97, agreement
