@@ -73,6 +73,22 @@ def warn_pixel_units(what: str, layer: Any) -> None:
         show_warning(f"{what}: {note}")
 
 
+def warn_sheared(panel: str, what: str, layer: Any) -> str | None:
+    """napari's warning notification, and the note, when ``layer`` lies on a sheared grid (a
+    ``shear``, or a sheared NRRD / MetaImage as the reader opens it: its affine is not a
+    rotation): the panels compute mm from the scale as if its axes were orthogonal, as
+    ``napari-tubular evaluate`` does, and say it in its words
+    (:func:`napari_tubular.io.sheared_grid_note`). None for an orthogonal grid."""
+    from napari_tubular.io import sheared_grid_note
+
+    note = sheared_grid_note(layer_affine(layer)[:3, :3], f"{what} {layer.name!r}")
+    if note:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{panel}: {note}")
+    return note
+
+
 def _mm_per_unit(layer: Any) -> float | None:
     """Millimetres per unit of the layer's last three axes, when they all share a length unit
     (napari >= 0.6 layers carry ``units``); None for pixels, other units or no units."""
