@@ -122,6 +122,20 @@ def _refuse_used_folder(config) -> None:
         )
 
 
+def _refuse_replaced_init_model(config) -> None:
+    """ValueError when "replace an existing run folder" would delete the model file the run
+    starts from (an outside judge: continuing a stopped run from its model.pt, in its own
+    folder, failed with the core's "--overwrite would delete ... or choose another --out")."""
+    from napari_tubular.training import init_model_would_be_replaced
+
+    if init_model_would_be_replaced(config):
+        raise ValueError(
+            f"start from: the model file {config.init_model} is in the run folder "
+            f"{config.out}, whose files \"replace an existing run folder\" deletes: save it "
+            "elsewhere first (Save model...) and start from that copy, or choose another run "
+            "folder")
+
+
 def parse_loss(message: str) -> float | None:
     """The training loss in a core progress message (``"step 3/10 loss 0.41 | ..."``), or None."""
     match = _LOSS_RE.search(message or "")
@@ -460,6 +474,7 @@ class TrainingWidget(QWidget):
                 config = self.config()  # refuses a used run folder itself, before writing
             else:
                 _refuse_used_folder(config)
+            _refuse_replaced_init_model(config)
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))
             return

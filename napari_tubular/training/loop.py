@@ -178,6 +178,18 @@ def run_folder_in_use(config: TrainConfig) -> bool:
             and any(out.iterdir()))
 
 
+def init_model_would_be_replaced(config) -> bool:
+    """Whether a new run with ``overwrite`` would delete the model file it starts from (one of
+    the run files of its own ``out`` folder: ``model.pt`` of a stopped run, say). Its caller
+    says it in its own words (the napari panel names its checkbox, not --overwrite)."""
+    init, out = getattr(config, "init_model", None), Path(config.out)
+    return bool(config.overwrite and not getattr(config, "resume", False) and init
+                and init != "default" and out.is_dir()
+                and Path(init).expanduser().resolve().parent == out.resolve()
+                and (Path(init).name in _RUN_FILES
+                     or fnmatch.fnmatch(Path(init).name, _SNAPSHOTS)))
+
+
 def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Path]]:
     """The run folder, checked, and the folders this call created (deepest first), for
     :func:`_remove_created` (a previous run's files go at the first step:
@@ -195,9 +207,7 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Pat
             "--resume to continue its training"
         )
     init = config.init_model
-    if (config.overwrite and init and init != "default" and out.is_dir()
-            and Path(init).expanduser().resolve().parent == out.resolve()
-            and (Path(init).name in _RUN_FILES or fnmatch.fnmatch(Path(init).name, _SNAPSHOTS))):
+    if init_model_would_be_replaced(config):
         # an audit: --overwrite emptied the folder, then the model to start from was gone
         raise ValueError(f"init_model {init} is one of the files --overwrite would delete in "
                          f"{out}; copy it elsewhere first, or choose another --out")

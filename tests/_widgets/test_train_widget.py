@@ -383,3 +383,27 @@ def test_a_diverged_run_names_the_panels_controls(train_widget, monkeypatch, tmp
                              amp=True)
     assert "(--no-amp)" in cli
     assert "--lr" in cli
+
+
+def test_starting_from_the_run_folders_own_model_is_said_in_the_panels_words(
+        train_widget, monkeypatch, tmp_path):
+    """An outside judge: to go on from a stopped run, "start from: model file" its model.pt
+    with "replace an existing run folder" ticked; the run failed with the core's "init_model
+    ... is one of the files --overwrite would delete ...; or choose another --out". It is
+    refused before the run, naming the panel's checkbox, and the file is kept."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"the stopped run's weights")
+    train_widget.overwrite_check.setChecked(True)
+    config = dataclasses.replace(_tiny(train_widget.config(), steps=1),
+                                 init_model=str(run / "model.pt"))
+    train_widget.start(config)
+    assert shown
+    assert 'the model file' in shown[-1]
+    assert '"replace an existing run folder" deletes' in shown[-1]
+    assert "--" not in shown[-1]
+    assert not train_widget.running
+    assert train_widget.start_button.isEnabled()
+    assert (run / "model.pt").read_bytes() == b"the stopped run's weights"
