@@ -90,7 +90,7 @@ PANEL_DIVERGENCE_HINTS = {
             "or train with `napari-tubular train --no-amp`)"),
     "resume": ("{last} holds the weights of step {step}; Start again with a lower 'learning "
                "rate' (tick \"replace an existing run folder\" or choose another run folder), "
-               "or continue this run with `napari-tubular train --resume`"),
+               "or continue this run with `napari-tubular train --out {last.parent} --resume`"),
     "no_checkpoint": ("no checkpoint was written yet; Start again with a lower 'learning "
                       "rate' (tick \"replace an existing run folder\" or choose another run "
                       "folder)"),

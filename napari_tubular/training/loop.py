@@ -183,7 +183,8 @@ def init_model_would_be_replaced(config) -> bool:
     the run files of its own ``out`` folder: ``model.pt`` of a stopped run, say). Its caller
     says it in its own words (the napari panel names its checkbox, not --overwrite)."""
     init, out = getattr(config, "init_model", None), Path(config.out)
-    return bool(config.overwrite and not getattr(config, "resume", False) and init
+    return bool(getattr(config, "overwrite", False) and not getattr(config, "resume", False)
+                and init
                 and init != "default" and out.is_dir()
                 and Path(init).expanduser().resolve().parent == out.resolve()
                 and (Path(init).name in _RUN_FILES

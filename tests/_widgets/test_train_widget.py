@@ -368,6 +368,7 @@ def test_a_diverged_run_names_the_panels_controls(train_widget, monkeypatch, tmp
     assert "lower the 'learning rate' (0.0005" in message
     assert f"{tmp_path / 'run' / 'last.pt'} holds the weights of step 2" in message
     assert "Start again with a lower 'learning rate'" in message
+    assert f"napari-tubular train --out {tmp_path / 'run'} --resume" in message
     assert "--lr" not in message
     assert "--resume and" not in message
     assert "--lr" not in shown[-1]
