@@ -38,6 +38,7 @@ __all__ = [
     "VolumeIOError",
     "VolumeNaNWarning",
     "is_orthonormal",
+    "sheared_grid_note",
     "list_volumes",
     "output_target",
     "read_volume",
@@ -72,6 +73,38 @@ def is_orthonormal(direction, atol: float = 1e-4) -> bool:
         # an audit: a 2x2 matrix failed with numpy's "operands could not be broadcast"
         raise ValueError(f"direction must be a 3x3 matrix, got shape {d.shape}")
     return bool(np.allclose(d.T @ d, np.eye(3), atol=atol))
+def sheared_grid_note(matrix, what: str) -> str | None:
+    """A warning for measurements on a sheared grid, or None for an orthogonal one.
+
+    The metrics and distance maps take a voxel's size from the spacing alone, as if its axes
+    were orthogonal (an outside judge: ``evaluate`` of a sheared NRRD, and the viewer's
+    review and distance panels on a sheared layer, reported mm and mL without a word). The
+    command line and the panels say it in these words.
+
+    Args:
+        matrix: 3x3, the direction (columns of any length: a layer's affine with its shear) that
+            places a step of the spacing used.
+        what: the volume, e.g. ``"reference ref.nrrd"`` or ``"labels 'vessels'"``.
+    """
+    d = np.asarray(matrix, dtype=np.float64)
+    if d.shape != (3, 3) or not np.all(np.isfinite(d)):
+        return None
+    norms = np.linalg.norm(d, axis=0)
+    if np.any(norms == 0):
+        return None
+    unit = d / norms
+    if is_orthonormal(unit):
+        return None
+    cosines = np.abs(unit.T @ unit - np.eye(3)).max()
+    angle = float(np.degrees(np.arcsin(min(1.0, cosines))))
+    ratio = abs(float(np.linalg.det(d)))
+    return (f"{what} lies on a sheared grid (its axes are {angle:.2g} degrees off square, as "
+            "after a gantry tilt): its mm distances, lengths and volumes (HD95, ASSD, "
+            "centerline lengths, mL, radii) are computed as if its axes were orthogonal (a "
+            f"voxel's true volume is {100 * ratio:.4g} % of the one used); resample it to an "
+            "orthogonal grid for exact mm values")
+
+
 _CHUNK = 1 << 24  # bytes per read when streaming a file
 
 

@@ -310,7 +310,7 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     grids are an error unless ``resample`` (nearest neighbour; linear for a probability map
     thresholded with ``threshold``).
     """
-    from ..io import read_volume, resample_like
+    from ..io import read_volume, resample_like, sheared_grid_note
     from ..topology import binarize
 
     # +inf in a mask or probability map is foreground (an audit: filled with the minimum, it
@@ -360,6 +360,10 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
                             f"direction ({'; '.join(differences)}); compared voxel by voxel "
                             "(--resample compares them in physical space)")
             print(f"warning: {grid_warning}", file=sys.stderr)
+    # the metrics are computed on the reference's grid (the prediction is on it by now)
+    sheared = sheared_grid_note(rv.direction, f"reference {ref_path.name}")
+    if sheared:
+        print(f"warning: {sheared}", file=sys.stderr)
     pred = pv.data
     if threshold is not None:
         pred = _thresholded(pred, threshold, pred_path)
@@ -782,7 +786,7 @@ def _run_batch(args) -> int:
 
 def _run_self_check(args) -> int:
     """``evaluate PRED`` with no reference: the review a clinician does without one."""
-    from ..io import list_volumes, read_volume, write_volume
+    from ..io import list_volumes, read_volume, sheared_grid_note, write_volume
     from ..topology import binarize, hard_skeleton, self_check
 
     if args.pred.is_dir() and list_volumes(args.pred):
@@ -794,6 +798,9 @@ def _run_self_check(args) -> int:
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred, posinf_max=True)
+    sheared = sheared_grid_note(pv.direction, f"prediction {args.pred.name}")
+    if sheared:
+        print(f"warning: {sheared}", file=sys.stderr)
     if args.errors is not None:
         _errors_path_for(args.errors, pv, batch=False)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None

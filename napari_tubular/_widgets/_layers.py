@@ -73,6 +73,22 @@ def warn_pixel_units(what: str, layer: Any) -> None:
         show_warning(f"{what}: {note}")
 
 
+def warn_sheared(panel: str, what: str, layer: Any) -> str | None:
+    """napari's warning notification, and the note, when ``layer`` lies on a sheared grid (a
+    ``shear``, or a sheared NRRD / MetaImage as the reader opens it: its affine is not a
+    rotation): the panels compute mm from the scale as if its axes were orthogonal, as
+    ``napari-tubular evaluate`` does, and say it in its words
+    (:func:`napari_tubular.io.sheared_grid_note`). None for an orthogonal grid."""
+    from napari_tubular.io import sheared_grid_note
+
+    note = sheared_grid_note(layer_affine(layer)[:3, :3], f"{what} {layer.name!r}")
+    if note:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"{panel}: {note}")
+    return note
+
+
 def _mm_per_unit(layer: Any) -> float | None:
     """Millimetres per unit of the layer's last three axes, when they all share a length unit
     (napari >= 0.6 layers carry ``units``); None for pixels, other units or no units."""
@@ -394,8 +410,9 @@ def upsert_layer(
             re-running on the same one (even renamed) replaces them.
         name: display name for a new layer. A result layer the user renamed is detached (its
             owner keys dropped, left as it is, a notice shown) and a new layer gets the result;
-            so is a result labels layer the user edited (painted, filled, erased or written
-            into since this function wrote it), renamed "... (edited)".
+            so is a result labels or points layer the user edited (painted, filled, erased or
+            written into; points added, moved or deleted, since this function wrote it),
+            renamed "... (edited)".
         **kwargs: layer properties (``scale``, ``translate``, ``colormap``, ``size``...).
 
     Returns:
@@ -486,13 +503,17 @@ def upsert_layer(
 #: the panels' names in the notes of :func:`upsert_layer` (``owner`` -> title)
 OWNER_TITLES = {"segment": "Segment", "review": "Topology review", "distance": "Distance maps"}
 #: layer id -> :func:`array_digest` of the voxels :func:`upsert_layer` wrote into a result
-#: labels layer (the layers the user can paint on); an edit is a difference from it
+#: labels layer (the layers the user can paint on), or of the coordinates it wrote into a
+#: result points layer (the Segment panel's spheres: the user adds, moves and deletes points
+#: with the mouse); an edit is a difference from it
+_EDITABLE = ("labels", "points")
 _WRITTEN: dict[str, tuple] = {}
 
 
 def _remember_written(layer: Any) -> None:
-    """Record what :func:`upsert_layer` wrote into a labels layer (see :data:`_WRITTEN`)."""
-    if layer._type_string != "labels":
+    """Record what :func:`upsert_layer` wrote into a labels or points layer (see
+    :data:`_WRITTEN`)."""
+    if layer._type_string not in _EDITABLE:
         return
     # as the InputWatcher's fingerprints: a layer too large, or not one array, has no record
     # (never "edited")
@@ -505,10 +526,12 @@ def _remember_written(layer: Any) -> None:
 
 def _edited_since_written(layer: Any) -> bool:
     """Whether a result labels layer's voxels differ from those :func:`upsert_layer` wrote:
-    a brush stroke, a fill, an eraser, ``layer.data = ...`` or a write from the console. A
-    layer without a record (another type, or not written here) counts as unedited."""
+    a brush stroke, a fill, an eraser, ``layer.data = ...`` or a write from the console; or a
+    result points layer's coordinates (a point added, moved or deleted: an outside judge's
+    hand-placed spheres were replaced by the next slider move without a word). A layer
+    without a record (another type, or not written here) counts as unedited."""
     written = _WRITTEN.get(str(layer.unique_id))
-    if written is None or layer._type_string != "labels":
+    if written is None or layer._type_string not in _EDITABLE:
         return False
     now = _fingerprint(layer)
     return now is not None and now != written

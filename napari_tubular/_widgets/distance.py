@@ -38,6 +38,7 @@ from napari_tubular._widgets._layers import (
     to_file_order,
     upsert_layer,
     warn_pixel_units,
+    warn_sheared,
     world_of_voxel,
 )
 from napari_tubular._widgets._settings import load_settings, update_settings
@@ -208,6 +209,7 @@ class DistanceMapWidget(QWidget):
             self.status.setText(report_error("Distance maps", exc))
             return
         warn_pixel_units("Distance maps", layer)
+        warn_sheared("Distance maps", "labels", layer)
         values = label_values_text(data, mask)
         note = f" (labels {values} taken as one mask)" if values else ""
         if not mask.any():

@@ -52,6 +52,7 @@ from napari_tubular._widgets._layers import (
     scrollable_layout,
     upsert_layer,
     warn_pixel_units,
+    warn_sheared,
     world_of_voxel,
 )
 from napari_tubular._widgets._workers import (
@@ -306,6 +307,9 @@ class TopologyReviewWidget(QWidget):
             self._failed(exc)
             return
         warn_pixel_units("Topology review", pred_layer)
+        # computed on the prediction's grid, as if its axes were orthogonal (`evaluate` warns
+        # of its reference's in the same words)
+        warn_sheared("Topology review", "prediction", pred_layer)
         mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
         if mismatch:
             from napari.utils.notifications import show_warning

@@ -82,6 +82,34 @@ def _check_pair(image, labels) -> None:
                          "vessels")
 
 
+#: how a diverged run's message names what to try in this panel (the core's names the command
+#: line's ``--lr``, ``--no-amp`` and ``--resume``, which mean nothing here: an outside judge)
+PANEL_DIVERGENCE_HINTS = {
+    "lr": "lower the 'learning rate' ({lr:g}; {now:.3g} at this step)",
+    "amp": ("disable mixed precision (this panel has no switch for it: choose device 'cpu', "
+            "or train with `napari-tubular train --no-amp`)"),
+    "resume": ("{last} holds the weights of step {step}; Start again with a lower 'learning "
+               "rate' (tick \"replace an existing run folder\" or choose another run folder), "
+               "or continue this run with `napari-tubular train --out {last.parent} --resume`"),
+    "no_checkpoint": ("no checkpoint was written yet; Start again with a lower 'learning "
+                      "rate' (tick \"replace an existing run folder\" or choose another run "
+                      "folder)"),
+}
+
+
+def panel_error(exc: BaseException) -> BaseException:
+    """The core's error as this panel says it: a diverged run's hints name the panel's
+    controls (:data:`PANEL_DIVERGENCE_HINTS`); any other error is returned as it is."""
+    from napari_tubular.training import TrainingDiverged
+    from napari_tubular.training.loop import divergence_message
+
+    details = getattr(exc, "details", None)
+    if not isinstance(exc, TrainingDiverged) or not details:
+        return exc
+    return TrainingDiverged(divergence_message(**details, hints=PANEL_DIVERGENCE_HINTS),
+                            details)
+
+
 def _refuse_used_folder(config) -> None:
     """FileExistsError when a new run would replace files in ``config.out`` (the core's test;
     its message names the command line's options, this one the panel's checkbox)."""
@@ -92,6 +120,20 @@ def _refuse_used_folder(config) -> None:
             f"run folder {config.out} is not empty: tick \"replace an existing run folder\" "
             "or choose another folder"
         )
+
+
+def _refuse_replaced_init_model(config) -> None:
+    """ValueError when "replace an existing run folder" would delete the model file the run
+    starts from (an outside judge: continuing a stopped run from its model.pt, in its own
+    folder, failed with the core's "--overwrite would delete ... or choose another --out")."""
+    from napari_tubular.training import init_model_would_be_replaced
+
+    if init_model_would_be_replaced(config):
+        raise ValueError(
+            f"start from: the model file {config.init_model} is in the run folder "
+            f"{config.out}, whose files \"replace an existing run folder\" deletes: save it "
+            "elsewhere first (Save model...) and start from that copy, or choose another run "
+            "folder")
 
 
 def parse_loss(message: str) -> float | None:
@@ -432,6 +474,7 @@ class TrainingWidget(QWidget):
                 config = self.config()  # refuses a used run folder itself, before writing
             else:
                 _refuse_used_folder(config)
+            _refuse_replaced_init_model(config)
         except (ValueError, FileNotFoundError, FileExistsError, OSError) as exc:
             self.status.setText(report_error("Training", exc))
             return
@@ -439,9 +482,12 @@ class TrainingWidget(QWidget):
         relay = self.relay
 
         def compute():
-            from napari_tubular.training import train
+            from napari_tubular.training import TrainingDiverged, train
 
-            return train(config, progress=relay, cancel=token)
+            try:
+                return train(config, progress=relay, cancel=token)
+            except TrainingDiverged as exc:
+                raise panel_error(exc) from exc
 
         def returned(path):
             if str(getattr(config, "device", "")) == "cuda":

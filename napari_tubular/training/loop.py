@@ -62,7 +62,28 @@ class Cancelled(RuntimeError):
 
 class TrainingDiverged(RuntimeError):
     """Raised by :func:`train` when a step's loss or gradient is not finite (NaN / inf): the
-    message names the step, the loss terms that are not finite and what to try."""
+    message names the step, the loss terms that are not finite and what to try.
+
+    Attributes:
+        details: the keyword arguments of :func:`divergence_message` that made the message, so
+            that a caller with other controls than the command line's options can say it with
+            its own ``hints`` (the napari panel: an outside judge read "--lr", "--no-amp" and
+            "--resume" in a panel that has none of them); empty when not known.
+    """
+
+    def __init__(self, message: str = "", details: dict | None = None):
+        super().__init__(message)
+        self.details = dict(details or {})
+
+
+#: how :func:`divergence_message` names what to try, for the command line (``{lr}``: the
+#: configured learning rate; ``{now}``: the rate at the step; ``{last}``: the checkpoint file)
+CLI_DIVERGENCE_HINTS = {
+    "lr": "lower the learning rate (--lr {lr:g}; {now:.3g} at this step)",
+    "amp": "disable mixed precision (--no-amp)",
+    "resume": "{last} holds the weights of step {step}: continue with --resume and a lower --lr",
+    "no_checkpoint": "no checkpoint was written yet (nothing to resume)",
+}
 
 
 def _output_tensors(outputs) -> list:
@@ -79,11 +100,16 @@ def _output_tensors(outputs) -> list:
 def divergence_message(step: int, config: TrainConfig, loss: float, parts: dict, *, lr: float,
                        amp: bool, input_finite: bool = True, output_finite: bool = True,
                        gradient: float | None = None, checkpoint_step: int | None = None,
-                       out: Path | None = None) -> str:
+                       out: Path | None = None, hints: dict | None = None) -> str:
     """What :class:`TrainingDiverged` says (an outside judge: NaN logits stopped a run with
     "training diverged at step 2 (loss nan); lower --lr", one step early and naming neither
     the loss term nor the data or mixed precision; a non-finite gradient was applied and made
-    every weight NaN)."""
+    every weight NaN).
+
+    ``hints``: how to name the learning rate, mixed precision and a resume (the keys of
+    :data:`CLI_DIVERGENCE_HINTS`, which the missing ones come from): the command line's
+    options by default."""
+    names = {**CLI_DIVERGENCE_HINTS, **(hints or {})}
     bad = [f"{k} {v:g}" for k, v in parts.items()
            if isinstance(v, float) and k.startswith("loss") and not math.isfinite(v)]
     if gradient is not None:
@@ -100,16 +126,16 @@ def divergence_message(step: int, config: TrainConfig, loss: float, parts: dict,
         cause = "; the network's output (logits) is already not finite"
     else:
         cause = ""
-    hints = [f"lower the learning rate (--lr {config.lr:g}; {lr:.3g} at this step)",
+    hints = [names["lr"].format(lr=config.lr, now=lr),
              "check the data (NaN / infinite voxels, labels other than 0 / 1, the "
              "normalization)"]
     if amp:
-        hints.append("disable mixed precision (--no-amp)")
+        hints.append(names["amp"])
     if checkpoint_step is not None and out is not None:
-        kept = (f"{out / 'last.pt'} holds the weights of step {checkpoint_step}: continue with "
-                f"--resume and a lower --lr")
+        kept = names["resume"].format(last=out / "last.pt", step=checkpoint_step,
+                                      lr=config.lr, now=lr)
     else:
-        kept = "no checkpoint was written yet (nothing to resume)"
+        kept = names["no_checkpoint"]
     return (f"training diverged at step {step} of {config.steps}: {what}{cause}. Try to "
             f"{', '.join(hints[:-1])} or {hints[-1]}; {kept}")
 
@@ -152,6 +178,19 @@ def run_folder_in_use(config: TrainConfig) -> bool:
             and any(out.iterdir()))
 
 
+def init_model_would_be_replaced(config) -> bool:
+    """Whether a new run with ``overwrite`` would delete the model file it starts from (one of
+    the run files of its own ``out`` folder: ``model.pt`` of a stopped run, say). Its caller
+    says it in its own words (the napari panel names its checkbox, not --overwrite)."""
+    init, out = getattr(config, "init_model", None), Path(config.out)
+    return bool(getattr(config, "overwrite", False) and not getattr(config, "resume", False)
+                and init
+                and init != "default" and out.is_dir()
+                and Path(init).expanduser().resolve().parent == out.resolve()
+                and (Path(init).name in _RUN_FILES
+                     or fnmatch.fnmatch(Path(init).name, _SNAPSHOTS)))
+
+
 def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Path]]:
     """The run folder, checked, and the folders this call created (deepest first), for
     :func:`_remove_created` (a previous run's files go at the first step:
@@ -169,9 +208,7 @@ def _prepare_run_dir(config: TrainConfig, is_main: bool) -> tuple[Path, list[Pat
             "--resume to continue its training"
         )
     init = config.init_model
-    if (config.overwrite and init and init != "default" and out.is_dir()
-            and Path(init).expanduser().resolve().parent == out.resolve()
-            and (Path(init).name in _RUN_FILES or fnmatch.fnmatch(Path(init).name, _SNAPSHOTS))):
+    if init_model_would_be_replaced(config):
         # an audit: --overwrite emptied the folder, then the model to start from was gone
         raise ValueError(f"init_model {init} is one of the files --overwrite would delete in "
                          f"{out}; copy it elsewhere first, or choose another --out")
@@ -711,12 +748,14 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                 acc.clear()
             if rows:
                 _write_log(out, rows, config, {"best_score": best, "step": step, **log_extra})
-        raise TrainingDiverged(divergence_message(
-            step + 1, config, loss_value, parts, lr=opt.param_groups[0]["lr"], amp=use_amp,
+        details = dict(
+            step=step + 1, config=config, loss=loss_value, parts=parts,
+            lr=opt.param_groups[0]["lr"], amp=use_amp,
             input_finite=bool(torch.isfinite(x).all()),
             output_finite=all(bool(torch.isfinite(t.detach()).all()) for t in
                               _output_tensors(outputs)),
-            gradient=gradient, checkpoint_step=checkpointed[0], out=out))
+            gradient=gradient, checkpoint_step=checkpointed[0], out=out)
+        raise TrainingDiverged(divergence_message(**details), details)
 
     def save_checkpoint() -> None:
         if not is_main:

