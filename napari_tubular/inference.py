@@ -50,7 +50,6 @@ from .geometry.components import (
 )
 from .geometry.filters import masked_gaussian_mean
 from .geometry.skeleton import pseudo_skeleton
-from .models.serialization import check_radius_calibration, check_stored_settings
 
 __all__ = [
     "Cancelled",
@@ -663,6 +662,7 @@ def _suppress_flat_components(probability, image, spacing, messages) -> float:
 def _load(model, device: str):
     """``model`` is "default", a path, or a ``(net, meta)`` pair already loaded."""
     from .models import load_model
+    from .models.serialization import check_stored_settings
 
     if isinstance(model, tuple) and len(model) == 2:
         net, meta = model
@@ -1202,6 +1202,8 @@ def apply_radius_calibration(radius_mm: np.ndarray, calibration: dict | None) ->
         return radius_mm
     # an audit: a model whose calibration lacked a key ended in "KeyError: 'pred_mm'"; the one
     # check of a calibration, which load_model also runs (before any work)
+    from .models.serialization import check_radius_calibration  # lazy: it imports torch
+
     xp, fp = check_radius_calibration(calibration)
     r = np.asarray(radius_mm, dtype=np.float32)
     out = np.interp(r, xp, fp).astype(np.float32)

@@ -265,13 +265,17 @@ def test_train_config_checks_the_new_options():
     TrainConfig(synthetic={"bright_organ_level": [0.0, 1.5], "noise_grain_vox": [0.0, 10.0]})
     for key, value in (("low_contrast_hu", [160, 70]), ("low_contrast_hu", [0, 70]),
                        ("low_contrast_min_cnr", 0), ("low_contrast_min_cnr", -1.0),
-                       ("low_contrast_min_cnr", "5"), ("grainy_fraction", 2),
+                       ("low_contrast_min_cnr", "x"), ("grainy_fraction", 2),
                        ("touch_fraction", -0.1), ("bright_organ_fraction", float("nan")),
                        ("low_contrast_fraction", 1.5), ("noise_grain_vox", [2.0, 1.0]),
                        ("bright_organ_level", [0.9]), ("bright_organ_level", [0.7, 2.0]),
                        ("noise_grain_vox", [12.0, 20.0]), ("noise_grain_vox", [-1.0, 1.0])):
         with pytest.raises(ValueError, match=rf"synthetic\.{key}: must be"):
             TrainConfig(synthetic={key: value})
+    # a number given as text is taken as that number, as everywhere in a config (YAML reads
+    # 1e-3 as a text; session 34)
+    assert TrainConfig(synthetic={"low_contrast_min_cnr": "5"}).synthetic[
+        "low_contrast_min_cnr"] == 5
     # the generator's own options are checked there too
     with pytest.raises(ValueError, match="generator"):
         TrainConfig(synthetic={"generator": {"distractors_touch": True, "noise_grain_vox": "x"}})
