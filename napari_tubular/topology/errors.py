@@ -305,6 +305,9 @@ class ErrorReport:
 
     def to_csv(self, path: str | os.PathLike, *, overwrite: bool = False, affine=None) -> Path:
         """Write :meth:`to_rows` as CSV (FileExistsError unless ``overwrite``)."""
+        from .._checks import check_flag
+
+        overwrite = check_flag("overwrite", overwrite)  # "false" is true to bool
         p = Path(path)
         if p.exists() and not overwrite:
             raise FileExistsError(
