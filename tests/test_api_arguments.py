@@ -390,3 +390,68 @@ def test_refine_and_pseudo_skeleton_refuse_text_thresholds(kwargs):
         with pytest.raises(ValueError, match="^tp must be a number"):
             pseudo_skeleton(prob, kwargs["tp"])
     assert refine(prob, radius, ISO, tp=np.float32(0.5), tr=1).tp == 0.5
+
+
+def test_shape_report_takes_arrays_of_any_kind_and_refuses_nan_labels():
+    import torch
+
+    from napari_tubular.inference import shape_report
+
+    rod = _rod()
+    want = shape_report(rod.astype(np.uint8), rod, ISO)
+    assert want["volume_ml"] == pytest.approx(rod.sum() / 1000.0)
+    # a tensor or a list failed with "'Tensor' object has no attribute 'astype'"
+    assert shape_report(torch.from_numpy(rod), rod, ISO) == want
+    assert shape_report(rod.astype(np.uint8).tolist(), rod, ISO) == want
+    labels = np.where(rod, 1.0, np.nan)  # NaN voxels were foreground: the whole volume
+    with pytest.raises(ValueError, match="labels contains NaN"):
+        shape_report(labels, rod, ISO)
+    with pytest.raises(ValueError, match="must match"):
+        shape_report(rod, rod[:6], ISO)
+
+
+@pytest.mark.parametrize("tp", ["0.5", 2.0, 0.0, True])
+def test_mask_radius_checks_tp(tp):
+    from napari_tubular.inference import foreground_threshold, mask_radius
+
+    with pytest.raises(ValueError, match="tp"):
+        mask_radius(np.ones((4, 4, 4)), np.ones((4, 4, 4)), tp)  # 2.0 was taken as 0.5
+    assert foreground_threshold(0.9) == 0.5
+    assert foreground_threshold(np.float32(0.25)) == 0.25
+
+
+@pytest.mark.parametrize(("size", "sigma_scale"), [(0, 0.125), (-1, 0.125), ("8", 0.125),
+                                                   (8.0, 0.125), (8, 0.0), (8, "0.1")])
+def test_gaussian_importance_refuses_bad_sizes(size, sigma_scale):
+    from napari_tubular.inference import gaussian_importance_1d
+
+    with pytest.raises(ValueError, match="size|sigma_scale"):
+        gaussian_importance_1d(size, sigma_scale)  # 0 gave an empty array, 0.0 NaN weights
+
+
+def test_gaussian_importance_still_peaks_at_one():
+    from napari_tubular.inference import gaussian_importance_1d
+
+    g = gaussian_importance_1d(np.int64(9))
+    assert g.shape == (9,)
+    assert g[4] == 1.0
+
+
+@pytest.mark.parametrize("margin", [-1, "1", 1.5, True])
+def test_bounding_box_refuses_a_bad_margin(margin):
+    from napari_tubular.topology import bounding_box
+
+    with pytest.raises(ValueError, match="margin"):
+        bounding_box(_rod(), margin=margin)  # -1 gave empty slices around a thin rod
+    assert bounding_box(_rod(), margin=np.int64(1)) == (slice(1, 11), slice(4, 8), slice(4, 8))
+
+
+def test_geometry_and_topology_refuse_a_spacing_of_texts():
+    from napari_tubular.geometry import edt_mm
+    from napari_tubular.topology import compute_metrics
+
+    with pytest.raises(ValueError, match="spacing"):
+        edt_mm(_rod(), ("1", "1", "1"))
+    with pytest.raises(ValueError, match="spacing"):
+        compute_metrics(_rod(), _rod(), ["1", 1, 1])
+    assert edt_mm(_rod(), np.array([1.0, 1.0, 1.0])).max() == 1.0

