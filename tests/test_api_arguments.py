@@ -455,3 +455,21 @@ def test_geometry_and_topology_refuse_a_spacing_of_texts():
     with pytest.raises(ValueError, match="spacing"):
         compute_metrics(_rod(), _rod(), ["1", 1, 1])
     assert edt_mm(_rod(), np.array([1.0, 1.0, 1.0])).max() == 1.0
+
+
+@pytest.mark.parametrize("stem", ["../escape", "", "a/b", ".."])
+def test_save_case_keeps_its_files_in_the_folder(tmp_path, stem):
+    from napari_tubular.synthetic import make_tube, save_case
+
+    folder = tmp_path / "out"
+    with pytest.raises(ValueError, match="stem"):
+        save_case(make_tube((8, 8, 8), radius_mm=2.0), folder, stem)  # "../x" wrote beside it
+    assert not any(tmp_path.rglob("*.nii.gz"))
+
+
+def test_render_capsules_refuses_negative_radii_and_text_flags():
+    with pytest.raises(ValueError, match="radii_mm must be >= 0"):
+        render_capsules(PTS, np.array([-1.0, 1.0, 1.0]), np.array([[0, 1]]), (12, 12, 12), ISO)
+    with pytest.raises(ValueError, match="occupancy must be True or False"):
+        render_capsules(PTS, np.ones(3), np.array([[0, 1]]), (12, 12, 12), ISO,
+                        occupancy="false")
