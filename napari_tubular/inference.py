@@ -224,9 +224,14 @@ def _as_image(volume, spacing):
         data = data.astype(np.uint8)
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
+    # an outside judge: ("1", "1", "1") was taken and "abc" said only "could not convert
+    # string to float: 'a'"
+    if isinstance(sp, str | bytes) or (isinstance(sp, list | tuple)
+                                       and any(isinstance(s, str | bytes) for s in sp)):
+        raise ValueError(f"spacing must be 3 numbers (z, y, x) in mm, got {sp!r}")
     try:
         sp = tuple(float(s) for s in sp)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"spacing must be 3 numbers (z, y, x) in mm, got {sp!r}") from exc
     if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
         raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {sp!r}")

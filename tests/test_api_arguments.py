@@ -473,3 +473,12 @@ def test_render_capsules_refuses_negative_radii_and_text_flags():
     with pytest.raises(ValueError, match="occupancy must be True or False"):
         render_capsules(PTS, np.ones(3), np.array([[0, 1]]), (12, 12, 12), ISO,
                         occupancy="false")
+
+
+@pytest.mark.parametrize("spacing", [("1", "1", "1"), "abc", "1", ["1", 1.0, 1.0]])
+def test_predict_refuses_a_spacing_of_texts_before_loading_a_model(spacing):
+    from napari_tubular.inference import predict
+
+    with pytest.raises(ValueError, match=r"^spacing must be 3"):
+        predict(np.zeros((8, 8, 8), np.float32), "/nonexistent/model.pt", device="cpu",
+                spacing=spacing)
