@@ -482,3 +482,22 @@ def test_predict_refuses_a_spacing_of_texts_before_loading_a_model(spacing):
     with pytest.raises(ValueError, match=r"^spacing must be 3"):
         predict(np.zeros((8, 8, 8), np.float32), "/nonexistent/model.pt", device="cpu",
                 spacing=spacing)
+
+
+@pytest.mark.parametrize("tolerance_vox", [None, True, "1", float("inf")])
+def test_error_map_refuses_a_bad_tolerance(tolerance_vox):
+    from napari_tubular.topology import error_map
+
+    with pytest.raises(ValueError, match="tolerance_vox must be a non-negative integer"):
+        error_map(_rod(), _rod(), ISO, tolerance_vox=tolerance_vox)  # None: int() TypeError
+
+
+@pytest.mark.parametrize(("name", "value"), [("small_fraction", "0.1"), ("break_gap_mm", "5"),
+                                             ("break_gap_mm", None)])
+def test_self_check_refuses_text_numbers(name, value):
+    from napari_tubular.topology import self_check
+
+    with pytest.raises(ValueError, match=rf"^{name} must be a number"):
+        self_check(_rod(), ISO, **{name: value})  # was a numpy UFuncTypeError / str > int
+    assert self_check(_rod(), ISO, small_fraction=np.float32(0.1),
+                      break_gap_mm=np.int64(5)).summary["betti"] == [1, 0, 0]
