@@ -501,3 +501,12 @@ def test_self_check_refuses_text_numbers(name, value):
         self_check(_rod(), ISO, **{name: value})  # was a numpy UFuncTypeError / str > int
     assert self_check(_rod(), ISO, small_fraction=np.float32(0.1),
                       break_gap_mm=np.int64(5)).summary["betti"] == [1, 0, 0]
+
+
+def test_a_wrong_type_is_both_a_type_error_and_a_value_error():
+    from napari_tubular.synthetic import make_vessel_tree
+
+    # TrainConfig tells the generator's wrong types by TypeError, scripts catch ValueError
+    for exc in (TypeError, ValueError):
+        with pytest.raises(exc, match="distractor_scale must be a number"):
+            make_vessel_tree((8, 8, 8), seed=0, n_trees=0, distractor_scale="x")
