@@ -510,3 +510,17 @@ def test_a_wrong_type_is_both_a_type_error_and_a_value_error():
     for exc in (TypeError, ValueError):
         with pytest.raises(exc, match="distractor_scale must be a number"):
             make_vessel_tree((8, 8, 8), seed=0, n_trees=0, distractor_scale="x")
+
+
+@pytest.mark.parametrize(("nan_fill", "match"), [(float("nan"), "finite"), (float("inf"), "finite"),
+                                                 ("0", "must be a number"), (1e40, "float32")])
+def test_read_volume_refuses_a_nan_fill_that_fills_nothing(tmp_path, nan_fill, match):
+    from napari_tubular.io import read_volume, write_volume
+
+    a = np.ones((4, 4, 4), np.float32)
+    a[0, 0, 0] = np.nan
+    path = write_volume(tmp_path / "n.nii.gz", a)
+    with pytest.raises(ValueError, match=match):
+        read_volume(path, nan_fill=nan_fill)  # nan / inf / 1e40 left a non-finite voxel
+    with pytest.warns(UserWarning, match="filled with -5"):
+        assert read_volume(path, nan_fill=np.float32(-5)).data[0, 0, 0] == -5.0
