@@ -524,3 +524,11 @@ def test_read_volume_refuses_a_nan_fill_that_fills_nothing(tmp_path, nan_fill, m
         read_volume(path, nan_fill=nan_fill)  # nan / inf / 1e40 left a non-finite voxel
     with pytest.warns(UserWarning, match="filled with -5"):
         assert read_volume(path, nan_fill=np.float32(-5)).data[0, 0, 0] == -5.0
+
+
+def test_deep_supervision_loss_names_its_heads_for_a_numpy_array():
+    from napari_tubular.losses import DeepSupervisionLoss
+
+    with pytest.raises(ValueError, match="heads must be a non-empty list"):
+        DeepSupervisionLoss()(np.zeros((1, 1, 4, 4, 4), np.float32),
+                              np.zeros((1, 1, 4, 4, 4), np.float32))  # numpy's "ambiguous"

