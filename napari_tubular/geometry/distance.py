@@ -48,9 +48,12 @@ def edt_mm(mask, spacing, *, border_is_background: bool = False) -> np.ndarray:
     """
     import edt
 
+    from .._checks import check_flag
+
+    border = check_flag("border_is_background", border_is_background)
     m = check_mask(mask)
     sp = check_spacing(spacing)
-    out = edt.edt(m.view(np.uint8), anisotropy=sp, black_border=bool(border_is_background),
+    out = edt.edt(m.view(np.uint8), anisotropy=sp, black_border=border,
                   parallel=_threads())
     return np.asarray(out, dtype=np.float32)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .._checks import check_flag
 from ._common import (
     check_5d,
     check_activation,
@@ -97,14 +98,14 @@ class GeneralizedDiceLoss(nn.Module):
         if w_type not in ("square", "simple", "uniform"):
             raise ValueError(f"w_type must be 'square', 'simple' or 'uniform', got {w_type!r}")
         self.activation = check_activation(activation)
-        self.binary_as_two_class = bool(binary_as_two_class)
+        self.binary_as_two_class = check_flag("binary_as_two_class", binary_as_two_class)
         self.reduction = check_reduction(reduction)
         self._gdl = _MonaiGDL(
             include_background=True,
             w_type=w_type,
             smooth_nr=smooth_nr,
             smooth_dr=smooth_dr,
-            batch=batch,
+            batch=check_flag("batch", batch),
             reduction="none",
         )
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_flag
 from ._common import (
     check_5d,
     check_activation,
@@ -152,8 +153,8 @@ class SoftDiceLoss(nn.Module):
         if not smooth >= 0:
             raise ValueError(f"smooth must be >= 0, got {smooth!r}")
         self.smooth = float(smooth)
-        self.batch = bool(batch)
-        self.include_background = bool(include_background)
+        self.batch = check_flag("batch", batch)
+        self.include_background = check_flag("include_background", include_background)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -210,8 +211,8 @@ class SoftclDiceLoss(nn.Module):
             raise ValueError(f"eps must be >= 0, got {eps!r}")
         self.smooth = float(smooth)
         self.eps = float(eps)
-        self.batch = bool(batch)
-        self.include_background = bool(include_background)
+        self.batch = check_flag("batch", batch)
+        self.include_background = check_flag("include_background", include_background)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

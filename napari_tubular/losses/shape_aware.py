@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_flag
 from ._common import (
     check_5d,
     check_activation,
@@ -225,7 +226,7 @@ class MapDiceLoss(nn.Module):
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps!r}")
         self.eps = float(eps)
-        self.include_background = bool(include_background)
+        self.include_background = check_flag("include_background", include_background)
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:

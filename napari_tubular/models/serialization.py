@@ -259,6 +259,11 @@ def save_model(
     """
     import torch
 
+    from .._checks import check_flag
+
+    # an outside judge: overwrite="false" (true to ``bool``) replaced the model file
+    overwrite = check_flag("overwrite", overwrite)
+    json_sidecar = check_flag("json_sidecar", json_sidecar)
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"model file {path} exists; pass overwrite=True to replace it")

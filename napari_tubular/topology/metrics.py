@@ -427,6 +427,10 @@ def compute_metrics(
     Raises:
         ValueError: shapes differ, bad spacing, non-binary input (e.g. probabilities).
     """
+    from .._checks import check_flag
+
+    measured_lengths = check_flag("measured_lengths", measured_lengths)
+    scores_only = check_flag("scores_only", scores_only)  # "false" gave only five scores
     spacing = check_spacing(spacing)
     p = binarize(pred, "pred")
     r = binarize(ref, "ref")
