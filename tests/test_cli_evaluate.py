@@ -899,3 +899,31 @@ def test_micrometre_volumes_print_their_values_not_zeros(tmp_path, capsys):
     where = line.split(" at (")[1].split(")")[0]
     z, y, x = (float(v) for v in where.split(","))
     assert (z, y, x) == pytest.approx((6 * 0.002, 10 * 0.0003, 19 * 0.0003), abs=0.0002)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_a_pair_in_micrometres_and_millimetres_is_named(tmp_path, capsys, resample):
+    """An outside judge: a mask in a NIfTI whose header says micrometres (read as 0.0003 mm)
+    against its reference in NRRD with the same numbers (read as 0.3 mm) was told only
+    "different grids; pass --resample", and --resample put the whole prediction into one
+    corner voxel of the reference (Dice 0): the factor 1000 is named, with or without it."""
+    import nibabel as nib
+
+    mask = np.zeros((10, 20, 20), np.uint8)
+    mask[5, 10, 3:17] = 1
+    aff = np.diag([0.3, 0.3, 2.0, 1.0])
+    img = nib.Nifti1Image(np.ascontiguousarray(mask.transpose(2, 1, 0)), aff)
+    img.header.set_xyzt_units("micron")
+    img.header.set_qform(aff, 1)
+    img.header.set_sform(aff, 1)
+    nib.save(img, tmp_path / "pred.nii.gz")
+    write(tmp_path / "ref.nrrd", mask, (2.0, 0.3, 0.3))
+    args = ["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nrrd")]
+    assert main(args + (["--resample"] if resample else [])) == 2
+    err = capsys.readouterr().err
+    assert "factor of 1000" in err and "micrometres" in err
+    assert "pred.nii.gz states micrometres" in err
+    # an ordinary grid difference keeps its message
+    write(tmp_path / "ref2.nrrd", mask, (2.0, 0.6, 0.6))
+    assert main(["evaluate", str(tmp_path / "ref.nrrd"), str(tmp_path / "ref2.nrrd")]) == 2
+    assert "factor of 1000" not in capsys.readouterr().err

