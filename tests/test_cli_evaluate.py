@@ -892,7 +892,8 @@ def test_micrometre_volumes_print_their_values_not_zeros(tmp_path, capsys):
     assert main(["evaluate", str(p)]) == 0
     text = capsys.readouterr().out
     assert " 0.0000 mL" not in text
-    assert "centerline     0.0 mm" not in text and "centerline     0.1 mm" not in text
+    assert "centerline     0.0 mm" not in text
+    assert "centerline     0.1 mm" not in text
     line = next(ln for ln in text.splitlines() if "gap" in ln and "components 2 and 3" in ln)
     gap = float(line.split("gap ")[1].split()[0])
     assert gap == pytest.approx(3 * 0.0003, rel=0.1)  # the 3 voxels cut out
@@ -921,7 +922,8 @@ def test_a_pair_in_micrometres_and_millimetres_is_named(tmp_path, capsys, resamp
     args = ["evaluate", str(tmp_path / "pred.nii.gz"), str(tmp_path / "ref.nrrd")]
     assert main(args + (["--resample"] if resample else [])) == 2
     err = capsys.readouterr().err
-    assert "factor of 1000" in err and "micrometres" in err
+    assert "factor of 1000" in err
+    assert "micrometres" in err
     assert "pred.nii.gz states micrometres" in err
     # an ordinary grid difference keeps its message
     write(tmp_path / "ref2.nrrd", mask, (2.0, 0.6, 0.6))

@@ -1442,7 +1442,9 @@ def test_far_finer_spacing_than_the_model_is_warned(tiny_model_file):
     fine = segment(Volume(vol, spacing=(1.0, 0.15, 0.15)), model=tiny_model_file,
                    device="cpu", min_size_mm3=0)
     said = [m for m in fine.report["messages"] if "finer than the model" in m]
-    assert len(said) == 1 and "microscopy" in said[0] and "--spacing" in said[0]
+    assert len(said) == 1
+    assert "microscopy" in said[0]
+    assert "--spacing" in said[0]
     usual = segment(Volume(vol[:, :40, :40], spacing=(1.0, 0.5, 0.5)), model=tiny_model_file,
                     device="cpu", min_size_mm3=0)
     assert not any("finer than the model" in m for m in usual.report["messages"])
