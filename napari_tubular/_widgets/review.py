@@ -442,6 +442,8 @@ class TopologyReviewWidget(QWidget):
             # every extra component is worth a look without a reference (an audit: Betti-0 3
             # and one site; a large separate piece is no "small component")
             # the small ones (sites of class 5) are the tail of the list, sorted by size
+            from napari_tubular.topology.errors import format_mm
+
             n_small = sum(1 for s in self.report.sites if s.cls == 5)
             unlisted = components[1:len(components) - n_small]
             if not components:
@@ -453,7 +455,8 @@ class TopologyReviewWidget(QWidget):
                 text += (f"; {len(components)} components: besides the largest, "
                          f"{len(unlisted)} large ones (5 % of it or more, so not 'small "
                          "component' sites): " + ", ".join(
-                             f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4])
+                             f"#{c.id} {format_mm(c.volume_ml * 1000, 0)} mm³"
+                             for c in unlisted[:4])
                          + (f" and {more} more" if more > 0 else ""))
         if self.metrics and self._empty:
             # said as the self-check says it (an outside judge: an empty prediction read

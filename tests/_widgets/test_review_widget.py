@@ -994,3 +994,16 @@ def test_micrometre_voxels_list_sites_with_their_digits(make_napari_viewer):
         world = widget.site_world(i)
         assert f"({world[0]:.4f}, {world[1]:.4f}, {world[2]:.4f}) mm" in text
         assert world[2] > 0.001  # x of the break: about 19 voxels of 0.0003 mm
+
+    # the self-check: a second process as large as the first is named with its volume
+    two = ref.copy()
+    two[6, 30, 5:35] = 1
+    viewer.add_labels(two, name="two processes", scale=um)
+    widget.pred_picker.set_layer(viewer.layers["two processes"])
+    widget.ref_picker.set_layer(None)
+    widget.run()
+    assert widget.metrics == {}
+    status = widget.status.text()
+    assert "#2 " in status
+    assert "#2 0 mm³" not in status
+    assert "#2 5.4e-09 mm³" in status  # 30 voxels of 0.002 x 0.0003 x 0.0003 mm
