@@ -890,7 +890,10 @@ def test_micrometre_volumes_print_their_values_not_zeros(tmp_path, capsys):
     assert m["length_ref_mm"] == pytest.approx(2 * 29 * 0.0003, rel=0.05)
     # the self-check: volumes, centerline lengths, the possible break's gap and place
     assert main(["evaluate", str(p)]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    # the 5 mm default break gap spans this 0.08 mm volume: said (every two pieces are sites)
+    assert "wider than the whole volume" in captured.err
     assert " 0.0000 mL" not in text
     assert "centerline     0.0 mm" not in text
     assert "centerline     0.1 mm" not in text
@@ -900,6 +903,8 @@ def test_micrometre_volumes_print_their_values_not_zeros(tmp_path, capsys):
     where = line.split(" at (")[1].split(")")[0]
     z, y, x = (float(v) for v in where.split(","))
     assert (z, y, x) == pytest.approx((6 * 0.002, 10 * 0.0003, 19 * 0.0003), abs=0.0002)
+    assert main(["evaluate", str(p), "--break-gap", "0.005"]) == 0
+    assert "wider than the whole volume" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("resample", [False, True])
