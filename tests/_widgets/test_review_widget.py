@@ -1003,3 +1003,40 @@ def test_a_sheared_file_is_said_as_evaluate_says_it(make_napari_viewer, monkeypa
     cli = next(line for line in capsys.readouterr().err.splitlines() if "sheared" in line)
     # the same words, the volume named as each names it
     assert (said[-1].split(" lies on ", 1)[1] == cli.split(" lies on ", 1)[1])
+
+
+def test_micrometre_voxels_list_sites_with_their_digits(make_napari_viewer):
+    """An outside judge: a neuron opened from a NIfTI in micrometres (scale 0.002 x 0.0003 x
+    0.0003 mm) listed every site "0.0 mm ... at (0.0, 0.0, 0.0) mm"."""
+    um = (0.002, 0.0003, 0.0003)
+    ref = np.zeros((12, 40, 40), np.uint8)
+    ref[6, 10, 5:35] = 1
+    pred = ref.copy()
+    pred[6, 10, 18:21] = 0  # a break of 3 voxels
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=um)
+    viewer.add_labels(pred, name="prediction", scale=um)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    widget.run()
+    texts = [widget.sites_list.item(i).text() for i in range(widget.sites_list.count())]
+    assert texts
+    for i, text in enumerate(texts):
+        assert "0.0 mm" not in text.split("vox at")[0]  # the site's length
+        world = widget.site_world(i)
+        assert f"({world[0]:.4f}, {world[1]:.4f}, {world[2]:.4f}) mm" in text
+        assert world[2] > 0.001  # x of the break: about 19 voxels of 0.0003 mm
+
+    # the self-check: a second process as large as the first is named with its volume
+    two = ref.copy()
+    two[6, 30, 5:35] = 1
+    viewer.add_labels(two, name="two processes", scale=um)
+    widget.pred_picker.set_layer(viewer.layers["two processes"])
+    widget.ref_picker.set_layer(None)
+    widget.run()
+    assert widget.metrics == {}
+    status = widget.status.text()
+    assert "#2 " in status
+    assert "#2 0 mm³" not in status
+    assert "#2 5.4e-09 mm³" in status  # 30 voxels of 0.002 x 0.0003 x 0.0003 mm
