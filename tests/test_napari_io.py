@@ -632,13 +632,18 @@ def test_a_rotated_layer_saves_the_geometry_it_shows(tmp_path):
     for k, extra in enumerate(({}, {"affine": affine})):
         layer = viewer.add_labels(data, scale=(2.0, -0.5, 0.75), translate=(10.0, 3.0, -2.0),
                                   rotate=rotate, **extra)
-        (out,) = layer.save(str(tmp_path / f"rot{k}.nrrd"), plugin="napari-tubular")
-        got = read_volume(out)
-        np.testing.assert_array_equal(got.data, data)
-        for idx in ((0, 0, 0), (3, 4, 5), (1, 2, 3)):
-            world = got.direction @ (np.array(got.spacing) * idx) + np.array(got.origin)
-            np.testing.assert_allclose(world, layer.data_to_world(np.array(idx, float)),
-                                       atol=1e-6)
+        _assert_saved_where_shown(layer, tmp_path / f"rot{k}.nrrd", data, atol=1e-6)
+
+
+def _assert_saved_where_shown(layer, path, data, atol):
+    """Save ``layer`` to ``path`` with the plugin's writer: the file holds ``data``, and its
+    voxels lie where napari shows the layer's."""
+    (out,) = layer.save(str(path), plugin="napari-tubular")
+    got = read_volume(out)
+    np.testing.assert_array_equal(got.data, data)
+    for idx in ((0, 0, 0), (3, 4, 5), (1, 2, 3)):
+        world = got.direction @ (np.array(got.spacing) * idx) + np.array(got.origin)
+        np.testing.assert_allclose(world, layer.data_to_world(np.array(idx, float)), atol=atol)
 
 
 def test_a_sheared_layer_saves_as_nrrd_or_mha_the_geometry_it_shows(tmp_path):
@@ -659,13 +664,7 @@ def test_a_sheared_layer_saves_as_nrrd_or_mha_the_geometry_it_shows(tmp_path):
         layer = viewer.add_labels(data, scale=(2.0, -0.5, 0.75), translate=(10.0, 3.0, -2.0),
                                   shear=[0.3, 0.0, -0.2], **extra)
         for ext in ("nrrd", "mha"):
-            (out,) = layer.save(str(tmp_path / f"shear{k}.{ext}"), plugin="napari-tubular")
-            got = read_volume(out)
-            np.testing.assert_array_equal(got.data, data)
-            for idx in ((0, 0, 0), (3, 4, 5), (1, 2, 3)):
-                world = got.direction @ (np.array(got.spacing) * idx) + np.array(got.origin)
-                np.testing.assert_allclose(world, layer.data_to_world(np.array(idx, float)),
-                                           atol=1e-5)
+            _assert_saved_where_shown(layer, tmp_path / f"shear{k}.{ext}", data, atol=1e-5)
         with pytest.raises(ValueError, match=r"NIfTI cannot store .*\.nrrd or \.mha"), \
                 pytest.warns(UserWarning, match="could not save"):
             write_labels(str(tmp_path / f"shear{k}.nii.gz"), data,

@@ -654,6 +654,30 @@ def run(args) -> int:
     failed: list[tuple[Path, str]] = []
     # SIGTERM (kill, a scheduler's time limit) stops like Ctrl-C: the case being written is
     # removed, not left half there (an audit: one output of five and a truncated temp file)
+    with sigterm_stops_like_ctrl_c():
+        code = _run_plan(args, plan, outdir, created, net, meta, device, failed)
+    if incomplete:
+        print(f"error: {len(incomplete)} input(s) left out, their outputs incomplete "
+              "(--skip-existing, see above): "
+              + ", ".join(str(p) for p, _ in incomplete[:4])
+              + (" ..." if len(incomplete) > 4 else ""), file=sys.stderr, flush=True)
+        code = max(code, 1)
+    return code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Python was so that the case being written is cleaned up."""
+
+    exit_code = 143
+    word = "terminated"
+
+
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c():
+    """While the block runs, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) where
+    Python is, so that what is being written is cleaned up as on Ctrl-C (``segment``,
+    ``synth``); the previous handler is restored after it. Off the main thread (Python cannot
+    set a handler there) nothing changes."""
     import signal
 
     def terminated(signum, frame):
@@ -665,24 +689,10 @@ def run(args) -> int:
     except ValueError:  # not the main thread (run from a thread in Python)
         pass
     try:
-        code = _run_plan(args, plan, outdir, created, net, meta, device, failed)
-        if incomplete:
-            print(f"error: {len(incomplete)} input(s) left out, their outputs incomplete "
-                  "(--skip-existing, see above): "
-                  + ", ".join(str(p) for p, _ in incomplete[:4])
-                  + (" ..." if len(incomplete) > 4 else ""), file=sys.stderr, flush=True)
-            code = max(code, 1)
-        return code
+        yield
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Python was so that the case being written is cleaned up."""
-
-    exit_code = 143
-    word = "terminated"
 
 
 def _run_plan(args, plan, outdir: Path, created: bool, net, meta, device, failed) -> int:

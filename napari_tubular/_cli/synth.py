@@ -326,25 +326,12 @@ def run(args: argparse.Namespace) -> int:
         options["loop_probability"] = args.loops
     shape = tuple(int(s) for s in args.shape)
     spacing = tuple(float(s) for s in args.spacing)
-    import signal
-
-    from .segment import Terminated
-
-    def terminated(signum, frame):
-        raise Terminated()
+    from .segment import sigterm_stops_like_ctrl_c
 
     # SIGTERM (kill, a scheduler's time limit, timeout) stops like Ctrl-C: the case being
     # written is removed, not left in part (save_case writes a case's files as a set)
-    previous = None
-    try:
-        previous = signal.signal(signal.SIGTERM, terminated)
-    except ValueError:  # not the main thread (run from a thread in Python)
-        pass
-    try:
+    with sigterm_stops_like_ctrl_c():
         return _write_cases(args, outdir, stems, shape, spacing, options)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def _write_cases(args, outdir: Path, stems: list[str], shape, spacing, options) -> int:
