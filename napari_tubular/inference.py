@@ -2087,18 +2087,18 @@ def _tuned_by_train(meta: dict | None) -> bool:
 UNTUNED_CONFIDENCE_NOTE = (
     "the model holds no tuned thresholds (a model of your own training?): the confidence "
     "filter's default level ({level:g}, measured on the shipped model, whose vessels reach it "
-    "everywhere) is not applied to it; pass --min-confidence P to apply a level"
+    "everywhere) is not applied to it; {how}"
 )
 TRAIN_TUNED_CONFIDENCE_NOTE = (
     "the model's thresholds were tuned by an earlier train on its validation volumes, which "
     "did not tune the confidence filter; its default level ({level:g}) was measured on the "
-    "shipped model only: it is not applied; pass --min-confidence P to apply a level"
+    "shipped model only: it is not applied; {how}"
 )
 
 
 FILTER_OFF_CONFIDENCE_NOTE = (
     "the confidence filter's default level ({level:g}) is off for this model: tuning on its "
-    "validation volumes found that no level helped; pass --min-confidence P to apply a level"
+    "validation volumes found that no level helped; {how}"
 )
 
 
@@ -2118,7 +2118,12 @@ def tuned_min_confidence(meta: dict | None) -> float | None:
     return None if level is None else float(level)
 
 
-def effective_min_confidence(min_confidence, meta, messages=None):
+#: how the notes of :func:`effective_min_confidence` say to apply a level (the command line's
+#: option; the viewer's Segment panel says it in its own words)
+APPLY_LEVEL_HINT = "pass --min-confidence P to apply a level"
+
+
+def effective_min_confidence(min_confidence, meta, messages=None, how: str = APPLY_LEVEL_HINT):
     """The confidence filter's level for a model: :data:`MODEL_MIN_CONFIDENCE` (``"auto"``,
     :func:`segment`'s default) stands for the model's own (:func:`tuned_min_confidence`):
     :data:`DEFAULT_MIN_CONFIDENCE` for the shipped model, the level ``train`` chose for it;
@@ -2126,7 +2131,8 @@ def effective_min_confidence(min_confidence, meta, messages=None):
     ``train`` lost 4 of its 5 vessels to the shipped model's level, Dice 0.86 -> 0.24), for
     one whose thresholds an earlier ``train`` tuned without measuring the filter's level and
     for one whose tuning turned it off. A level given as a number (the default's 0.99 too: the
-    notes say to pass one) or None (off) applies as given."""
+    notes say to pass one) or None (off) applies as given. ``how``: the notes' last words, how
+    to apply a level (the command line's option by default)."""
     if isinstance(min_confidence, str):
         if min_confidence != MODEL_MIN_CONFIDENCE:
             raise ValueError(f"min_confidence must be a level in (0, 1], None (off) or "
@@ -2139,7 +2145,7 @@ def effective_min_confidence(min_confidence, meta, messages=None):
                 note = FILTER_OFF_CONFIDENCE_NOTE
             else:
                 note = TRAIN_TUNED_CONFIDENCE_NOTE
-            _warn(note.format(level=DEFAULT_MIN_CONFIDENCE), messages)
+            _warn(note.format(level=DEFAULT_MIN_CONFIDENCE, how=how), messages)
         return level
     return min_confidence
 

@@ -131,10 +131,18 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
 def _confidence_level(prediction, messages=None) -> float | None:
     """The confidence filter's level for this prediction's model, None when it does not apply
     (the one decision for a network run and for the live re-apply, as ``segment`` decides it:
-    :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``)."""
+    :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``, in
+    the panel's words: an outside judge read "pass --min-confidence P" in a panel without it)."""
     from napari_tubular.inference import MODEL_MIN_CONFIDENCE, effective_min_confidence
 
-    return effective_min_confidence(MODEL_MIN_CONFIDENCE, prediction.meta, messages)
+    return effective_min_confidence(MODEL_MIN_CONFIDENCE, prediction.meta, messages,
+                                    how=PANEL_APPLY_LEVEL_HINT)
+
+
+#: the confidence notes' last words in the panel (it has a box, not a level)
+PANEL_APPLY_LEVEL_HINT = (
+    "the box 'drop components the network is unsure of' has no effect for this model "
+    "(`napari-tubular segment --min-confidence P` applies a level)")
 
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
