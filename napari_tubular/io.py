@@ -48,7 +48,9 @@ __all__ = [
     "resample_like",
     "volume_format",
     "volume_stem",
+    "restore_output_names",
     "write_dicom_series",
+    "write_staged",
     "write_volume",
 ]
 
@@ -2113,6 +2115,100 @@ def output_target(path) -> Path:
     name = p.name.lower()
     ext = next((e for e in (*WRITE_EXTENSIONS, ".json") if name.endswith(e)), p.suffix.lower())
     return _link_target(p, ext)
+
+
+def write_staged(files, *, appeared=None, replaceable=(), hold_signals: bool = False,
+                 in_place: bool = False, on_error=None) -> None:
+    """Write a set of output files as a whole: each under a temporary name beside the file it
+    replaces (``.partial-PID-NAME``), then all renamed into place, so that a failure, Ctrl-C or
+    SIGTERM while writing leaves the set as it was (the outputs of ``segment``, ``refine``'s
+    labels and skeleton, :func:`napari_tubular.synthetic.save_case`'s case). Whatever is left
+    under a temporary name is removed when anything fails.
+
+    An output that is a symbolic link is written through (:func:`output_target`: the file it
+    points to replaced, the link kept), as :func:`write_volume` does; a link :func:`output_target`
+    refuses raises its VolumeIOError before anything is written.
+
+    Args:
+        files: ``(output, write)`` pairs in writing order (renamed in that order):
+            ``write(path)`` writes the output's content to ``path``, its temporary name.
+        appeared: for an output that exists once every file is written, and is not in
+            ``replaceable`` (written by another process meanwhile), the message of the
+            FileExistsError raised instead of the renames (nothing replaced); None: no check.
+        replaceable: outputs that may be replaced although ``appeared`` is given (those there
+            before the run).
+        hold_signals: hold SIGINT and SIGTERM back during the renames (delivered after the
+            last), so that a set is not cut in two between two renames.
+        in_place: write every output straight to its name (``write(output)``), nothing staged,
+            checked or removed: a set holding a detached MetaImage header (``.mhd``), which
+            names its data file and so cannot be renamed.
+        on_error: called as ``on_error(exc, current, staged)`` when writing, checking or
+            renaming raised ``exc`` (any exception, KeyboardInterrupt included), after the
+            temporary files are removed: ``current`` is the ``(output, temporary name)`` of the
+            file being written or renamed (while checking: the last written), ``staged`` every
+            file's. It may raise the error to give in its place (e.g. with the outputs' names:
+            :func:`restore_output_names`); when it returns, ``exc`` is raised as it is.
+    """
+    if in_place:
+        for output, write in files:
+            write(output)
+        return
+    outputs = [output for output, _ in files]
+    targets = [output_target(output) for output in outputs]
+    staged = [(output, target.with_name(f".partial-{os.getpid()}-{target.name}"))
+              for output, target in zip(outputs, targets)]
+    current = staged[0] if staged else None
+    try:
+        for (output, tmp), (_, write) in zip(staged, files):
+            current = (output, tmp)
+            write(tmp)
+        if appeared is not None:
+            for output in outputs:
+                if Path(output).exists() and output not in replaceable:
+                    raise FileExistsError(appeared(output))
+        with _signals_held() if hold_signals else nullcontext():
+            for (output, tmp), target in zip(staged, targets):
+                current = (output, tmp)
+                os.replace(tmp, target)
+    except BaseException as exc:
+        for _, tmp in staged:
+            try:  # a read-only folder refuses the unlink too
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+        if on_error is not None:
+            on_error(exc, current, staged)
+        raise
+
+
+def restore_output_names(text: str, staged, *, bare: bool = True) -> str:
+    """``text`` (an error message) with each temporary name of ``staged`` (``(output, temporary
+    name)`` pairs, as :func:`write_staged` gives them) put back as its output's: the full path,
+    then with ``bare`` the file name alone too."""
+    for output, tmp in staged:
+        text = text.replace(str(tmp), str(output))
+        if bare:
+            text = text.replace(tmp.name, Path(output).name)
+    return text
+
+
+@contextmanager
+def _signals_held():
+    """Hold SIGINT and SIGTERM back (delivered on leaving) where the platform allows it, in
+    the main thread: the few renames of :func:`write_staged` are not cut in two."""
+    import signal
+    import threading
+
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
+            threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _link_target(p: Path, ext: str) -> Path:

@@ -34,7 +34,6 @@ they differ).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -1761,7 +1760,14 @@ def save_case(
     Raises:
         FileExistsError: one of the files exists and ``overwrite`` is False (nothing written).
     """
-    from .io import Volume, VolumeIOError, output_target, write_volume
+    from .io import (
+        Volume,
+        VolumeIOError,
+        output_target,
+        restore_output_names,
+        write_staged,
+        write_volume,
+    )
 
     if not isinstance(case, SyntheticCase):
         # an audit: an array failed with "'numpy.ndarray' object has no attribute 'image'"
@@ -1801,59 +1807,32 @@ def save_case(
         if p.is_dir():  # before any file is written (an outside judge: the image was written,
             # then the rename onto the folder failed, "[Errno 21] Is a directory: X -> X")
             raise VolumeIOError(f"{p}: is a folder, cannot write the case's file there")
-    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in real.items()}
-    try:
-        write_volume(staged["image"], geom.with_data(image), overwrite=True)
-        write_volume(staged["label"], geom.with_data(case.mask.astype(np.uint8)), overwrite=True)
-        staged["centerline"].write_text("\n".join(rows) + "\n", encoding="utf-8")
-        staged["edges"].write_text(
-            "\n".join(["a,b"] + [f"{a},{b}" for a, b in case.edges.tolist()]) + "\n",
-            encoding="utf-8",
-        )
-        if not overwrite:
-            for p in paths.values():  # written meanwhile by another process: not replaced
-                if p.exists():
-                    raise FileExistsError(f"{p} already exists (written by another process "
-                                          "meanwhile); pass overwrite=True (--overwrite) to "
-                                          "replace it")
-        with _signals_held():  # no Ctrl-C between two renames
-            for key, p in real.items():
-                os.replace(staged[key], p)
-    except (ValueError, OSError) as exc:
-        text = str(exc)
-        for key, p in staged.items():  # the file's name, not its temporary name
-            text = text.replace(str(p), str(paths[key])).replace(p.name, paths[key].name)
+
+    def named(exc, current, staged):
+        if not isinstance(exc, (ValueError, OSError)):
+            return
+        text = restore_output_names(str(exc), staged)  # the file's name, not its temporary one
         try:
             renamed = type(exc)(text)
         except (TypeError, ValueError):  # an exception type built otherwise: as it is
             renamed = None
-        if renamed is None or text == str(exc):
-            raise
-        raise renamed from exc
-    finally:
-        for p in staged.values():
-            with contextlib.suppress(OSError):
-                p.unlink(missing_ok=True)
+        if renamed is not None and text != str(exc):
+            raise renamed from exc
+
+    write_staged([
+        (paths["image"], lambda tmp: write_volume(tmp, geom.with_data(image), overwrite=True)),
+        (paths["label"], lambda tmp: write_volume(
+            tmp, geom.with_data(case.mask.astype(np.uint8)), overwrite=True)),
+        (paths["centerline"], lambda tmp: tmp.write_text("\n".join(rows) + "\n",
+                                                          encoding="utf-8")),
+        (paths["edges"], lambda tmp: tmp.write_text(
+            "\n".join(["a,b"] + [f"{a},{b}" for a, b in case.edges.tolist()]) + "\n",
+            encoding="utf-8")),
+    ], hold_signals=True, on_error=named, appeared=None if overwrite else (
+        # written meanwhile by another process: not replaced
+        lambda p: f"{p} already exists (written by another process meanwhile); pass "
+                  "overwrite=True (--overwrite) to replace it"))
     return paths
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Hold SIGINT and SIGTERM back (delivered on leaving) where the platform allows it, in
-    the main thread: the few renames of :func:`save_case` are not cut in two."""
-    import signal
-    import threading
-
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not \
-            threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def read_centerline_csv(path, edges_path=None) -> dict:

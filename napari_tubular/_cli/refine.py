@@ -511,37 +511,23 @@ def _write_pair(pairs, reference, overwrite: bool) -> None:
     outside judge: a skeleton that could not be written left new labels beside the old
     skeleton, and the report describing neither). A detached MetaImage header (``.mhd``)
     names its data file, so it is written in place."""
-    import os
+    from ..io import VolumeIOError, restore_output_names, write_staged, write_volume
 
-    from ..io import VolumeIOError, output_target, write_volume
+    in_place = any(target.name.lower().endswith(".mhd") for target, _ in pairs)
 
-    if any(target.name.lower().endswith(".mhd") for target, _ in pairs):
-        for target, data in pairs:
-            write_volume(target, data, reference=reference, overwrite=overwrite)
-        return
-    # a symbolic link is written through (the file it points to replaced, the link kept), as
+    def named(exc, current, staged):
+        if isinstance(exc, VolumeIOError):  # name the output, not its temporary name
+            raise VolumeIOError(restore_output_names(str(exc), [current], bare=False)) from None
+
+    # in place (.mhd) write_volume refuses an existing file itself; staged, the outputs that
+    # appeared meanwhile (written by another process) are refused before the renames. A
+    # symbolic link is written through (the file it points to replaced, the link kept), as
     # write_volume does
-    real = [output_target(target) for target, _ in pairs]
-    staged = [(r.with_name(f".partial-{os.getpid()}-{r.name}"), target)
-              for r, (target, _) in zip(real, pairs)]
-    try:
-        for (tmp, target), (_, data) in zip(staged, pairs):
-            try:
-                write_volume(tmp, data, reference=reference, overwrite=True)
-            except VolumeIOError as exc:  # name the output, not its temporary name
-                raise VolumeIOError(str(exc).replace(str(tmp), str(target))) from None
-        if not overwrite:
-            for _, target in staged:
-                if target.exists():  # written by another process meanwhile
-                    raise FileExistsError(f"{target} exists; pass --overwrite to replace it")
-        for (tmp, _), r in zip(staged, real):
-            os.replace(tmp, r)
-    finally:
-        for tmp, _ in staged:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+    files = [(target, lambda path, data=data: write_volume(
+        path, data, reference=reference, overwrite=overwrite if in_place else True))
+        for target, data in pairs]
+    write_staged(files, in_place=in_place, on_error=named, appeared=None if overwrite else (
+        lambda p: f"{p} exists; pass --overwrite to replace it"))
 
 
 # the openings of segment's messages about its labels (what the filters removed, empty labels),

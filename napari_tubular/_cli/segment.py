@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -758,7 +757,7 @@ def _drop_if_empty(outdir: Path, created: bool) -> None:
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
     from ..inference import segment
-    from ..io import is_orthonormal, output_target, read_volume, write_volume
+    from ..io import is_orthonormal, read_volume, write_staged, write_volume
 
     t0 = time.perf_counter()
     progress = StderrProgress(prefix, args.quiet)
@@ -830,38 +829,21 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # writes left one file of five, which --skip-existing then refused)
     # an output that is a symbolic link is written through (the file it points to replaced,
     # the link kept), as write_volume does
-    real = {k: output_target(p) for k, p in outs.items()}
-    staged = {k: p.with_name(f".partial-{os.getpid()}-{p.name}") for k, p in real.items()}
-    key = "labels"
-    try:
-        for key, data in (("labels", res.labels), ("probability", res.probability),
-                          ("radius", res.radius_mm), ("skeleton", res.skeleton)):
-            write_volume(staged[key], data, reference=vol, overwrite=True)
-        key = "report"
-        staged["report"].write_text(json.dumps(report, indent=2, default=str) + "\n")
-        replaceable = getattr(args, "replaceable", None)
-        if replaceable is not None:
-            # files that appeared since the check before the run (another segment run into
-            # this folder: an outside judge's two runs both passed the check, and the later
-            # one replaced the other's outputs without --overwrite)
-            new = [p for p in outs.values() if p.exists() and p not in replaceable]
-            if new:
-                raise FileExistsError(f"{new[0]} was written by another process during this "
-                                      "run; not replaced (pass --overwrite to replace it)")
-        for key in outs:
-            os.replace(staged[key], real[key])
-    except BaseException as exc:
-        for p in staged.values():
-            with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
-                p.unlink(missing_ok=True)
-        if not isinstance(exc, Exception) or isinstance(exc, FileExistsError):
-            raise  # Ctrl-C, SIGTERM, another run's outputs: as they are
-        # name the output, not its temporary name, nor an ITK object address (an audit: a
-        # read-only folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-...")
-        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
-        if "ITK ERROR" in str(exc) or "partial-" in reason:
-            reason = "the file could not be written (read-only folder, disk full?)"
-        raise OSError(f"cannot write {outs[key]}: {reason}") from None
+    volumes = (("labels", res.labels), ("probability", res.probability),
+               ("radius", res.radius_mm), ("skeleton", res.skeleton))
+    files = [(outs[key], lambda tmp, data=data: write_volume(tmp, data, reference=vol,
+                                                             overwrite=True))
+             for key, data in volumes]
+    files.append((outs["report"], lambda tmp: tmp.write_text(
+        json.dumps(report, indent=2, default=str) + "\n")))
+    replaceable = getattr(args, "replaceable", None)
+    # files that appeared since the check before the run (another segment run into this
+    # folder: an outside judge's two runs both passed the check, and the later one replaced
+    # the other's outputs without --overwrite) are not replaced
+    write_staged(files, replaceable=replaceable or (), on_error=_name_the_output,
+                 appeared=None if replaceable is None else (
+                     lambda p: f"{p} was written by another process during this run; not "
+                               "replaced (pass --overwrite to replace it)"))
     if not args.quiet:
         betti = report.get("betti_numbers")
         print(
@@ -870,3 +852,16 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
             file=sys.stderr,
             flush=True,
         )
+
+
+def _name_the_output(exc, current, staged) -> None:
+    """:func:`~napari_tubular.io.write_staged`'s ``on_error`` for a case's outputs: an error
+    names the output, not its temporary name, nor an ITK object address (an audit: a read-only
+    folder said "ITK ERROR: NiftiImageIO(0x...)" about ".partial-..."); Ctrl-C, SIGTERM and
+    another run's outputs go on as they are."""
+    if not isinstance(exc, Exception) or isinstance(exc, FileExistsError):
+        return
+    reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1]
+    if "ITK ERROR" in str(exc) or "partial-" in reason:
+        reason = "the file could not be written (read-only folder, disk full?)"
+    raise OSError(f"cannot write {current[0]}: {reason}") from None
