@@ -313,13 +313,19 @@ def check_oom(dev):
 
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        p = predict(np.zeros((20, 20, 20), np.float32), (OOMOnCuda(), meta), dev, batch_size=4)
-    return {
+        # a noisy volume: a constant one is answered without running the network (session
+        # 35's device run: "the image is constant", the fallback never reached, "ok")
+        vol = np.random.default_rng(0).normal(0.0, 1.0, (20, 20, 20)).astype(np.float32)
+        p = predict(vol, (OOMOnCuda(), meta), dev, batch_size=4)
+    out = {
         "device_used": p.device_used,
         "messages": " | ".join(p.messages),
         "warnings": len(w),
         "finished_on_cpu": p.device_used.startswith("cpu"),
     }
+    if not out["finished_on_cpu"] or "continuing on the CPU" not in out["messages"]:
+        raise AssertionError(f"the CUDA out-of-memory fallback did not run: {out}")
+    return out
 
 
 @section("large vessel")
