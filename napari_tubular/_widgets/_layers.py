@@ -410,9 +410,10 @@ def upsert_layer(
             re-running on the same one (even renamed) replaces them.
         name: display name for a new layer. A result layer the user renamed is detached (its
             owner keys dropped, left as it is, a notice shown) and a new layer gets the result;
-            so is a result labels or points layer the user edited (painted, filled, erased or
-            written into; points added, moved or deleted, since this function wrote it),
-            renamed "... (edited)".
+            so is a result labels, points or image layer the user edited (painted, filled,
+            erased or written into; points added, moved or deleted; an image's values written
+            from the console or a plugin, since this function wrote it), renamed
+            "... (edited)".
         **kwargs: layer properties (``scale``, ``translate``, ``colormap``, ``size``...).
 
     Returns:
@@ -503,15 +504,19 @@ def upsert_layer(
 #: the panels' names in the notes of :func:`upsert_layer` (``owner`` -> title)
 OWNER_TITLES = {"segment": "Segment", "review": "Topology review", "distance": "Distance maps"}
 #: layer id -> :func:`array_digest` of the voxels :func:`upsert_layer` wrote into a result
-#: labels layer (the layers the user can paint on), or of the coordinates it wrote into a
-#: result points layer (the Segment panel's spheres: the user adds, moves and deletes points
-#: with the mouse); an edit is a difference from it
-_EDITABLE = ("labels", "points")
+#: labels layer (the layers the user can paint on) or image layer (the Segment panel's
+#: probability and radius maps, the distance panel's maps: written into from the console or a
+#: plugin, ``layer.data[...] = 0`` or ``layer.data = corrected``; an outside judge: such an
+#: edit was overwritten by the next Run or Compute without a word, where an edited labels
+#: layer was kept), or of the coordinates it wrote into a result points layer (the Segment
+#: panel's spheres: the user adds, moves and deletes points with the mouse); an edit is a
+#: difference from it
+_EDITABLE = ("labels", "points", "image")
 _WRITTEN: dict[str, tuple] = {}
 
 
 def _remember_written(layer: Any) -> None:
-    """Record what :func:`upsert_layer` wrote into a labels or points layer (see
+    """Record what :func:`upsert_layer` wrote into a labels, points or image layer (see
     :data:`_WRITTEN`)."""
     if layer._type_string not in _EDITABLE:
         return
@@ -528,8 +533,10 @@ def _edited_since_written(layer: Any) -> bool:
     """Whether a result labels layer's voxels differ from those :func:`upsert_layer` wrote:
     a brush stroke, a fill, an eraser, ``layer.data = ...`` or a write from the console; or a
     result points layer's coordinates (a point added, moved or deleted: an outside judge's
-    hand-placed spheres were replaced by the next slider move without a word). A layer
-    without a record (another type, or not written here) counts as unedited."""
+    hand-placed spheres were replaced by the next slider move without a word); or a result
+    image layer's values (a probability, radius or distance map written into from the console
+    or a plugin). A layer without a record (another type, or not written here) counts as
+    unedited."""
     written = _WRITTEN.get(str(layer.unique_id))
     if written is None or layer._type_string not in _EDITABLE:
         return False

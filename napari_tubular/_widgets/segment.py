@@ -75,7 +75,11 @@ from napari_tubular.geometry.components import (
     BLOB_NEIGHBOUR_MM,
     CONFIDENCE_MAX_MM3,
 )
-from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE, DEFAULT_MIN_SIZE_MM3
+from napari_tubular.inference import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_MIN_SIZE_MM3,
+    MODEL_MIN_CONFIDENCE,
+)
 
 if TYPE_CHECKING:
     import napari
@@ -128,21 +132,27 @@ def _option(form, text: str, checked: bool, tip: str) -> QCheckBox:
     return box
 
 
-def _confidence_level(prediction, messages=None) -> float | None:
+def _confidence_level(prediction, messages=None,
+                      setting: float | str = MODEL_MIN_CONFIDENCE) -> float | None:
     """The confidence filter's level for this prediction's model, None when it does not apply
     (the one decision for a network run and for the live re-apply, as ``segment`` decides it:
-    :func:`napari_tubular.inference.effective_min_confidence`; a note goes to ``messages``, in
-    the panel's words: an outside judge read "pass --min-confidence P" in a panel without it)."""
-    from napari_tubular.inference import MODEL_MIN_CONFIDENCE, effective_min_confidence
+    :func:`napari_tubular.inference.effective_min_confidence`). ``setting``: the panel's
+    'confidence level', ``"auto"`` (the model's own, ``segment``'s default) or a level in
+    (0, 1] that applies as given (``segment --min-confidence P``: an outside judge's model of
+    their own had no level, and the panel no way to give one). A note goes to ``messages``, in
+    the panel's words (an outside judge read "pass --min-confidence P" in a panel without it)."""
+    from napari_tubular.inference import effective_min_confidence
 
-    return effective_min_confidence(MODEL_MIN_CONFIDENCE, prediction.meta, messages,
+    return effective_min_confidence(setting, prediction.meta, messages,
                                     how=PANEL_APPLY_LEVEL_HINT)
 
 
-#: the confidence notes' last words in the panel (it has a box, not a level)
+#: the confidence notes' last words in the panel (its 'confidence level' gives one)
 PANEL_APPLY_LEVEL_HINT = (
-    "the box 'drop components the network is unsure of' has no effect for this model "
-    "(`napari-tubular segment --min-confidence P` applies a level)")
+    "set a level in the Segment panel's 'confidence level' (as `napari-tubular segment "
+    "--min-confidence P`) to apply one")
+#: the 'confidence level' box's lowest value stands for the model's own level ("auto")
+CONFIDENCE_AUTO_TEXT = "auto (the model's)"
 
 
 def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: bool = False,
@@ -378,12 +388,31 @@ class SegmentWidget(QWidget):
         self.blob_check.toggled.connect(self._on_thresholds)
         self.confidence_check = _option(
             form, "drop components the network is unsure of", True,
-            "drop label components without a voxel whose probability reaches "
-            f"{DEFAULT_MIN_CONFIDENCE:g} (or the level tuned for the model) and smaller than "
+            "drop label components without a voxel whose probability reaches the "
+            "'confidence level' below (auto: the level tuned for the model, "
+            f"{DEFAULT_MIN_CONFIDENCE:g} for the shipped one) and smaller than "
             f"{CONFIDENCE_MAX_MM3 / 1000:g} mL: "
             "specks of soft-tissue texture, most of all on thick slices (segment "
             "--min-confidence)")
         self.confidence_check.toggled.connect(self._on_thresholds)
+        # the level itself, as `segment --min-confidence P|auto` gives it: a model of one's own
+        # without a tuned level has none otherwise (an outside judge: the box had no effect for
+        # it, and the panel only said so)
+        self.confidence_spin = QDoubleSpinBox()
+        self.confidence_spin.setRange(0.0, 1.0)
+        self.confidence_spin.setDecimals(3)
+        self.confidence_spin.setSingleStep(0.01)
+        self.confidence_spin.setSpecialValueText(CONFIDENCE_AUTO_TEXT)
+        self.confidence_spin.setValue(0.0)  # auto: segment's default
+        self.confidence_spin.setToolTip(
+            "the probability a component must reach somewhere to be kept, in (0, 1]; "
+            f"'{CONFIDENCE_AUTO_TEXT}' (the lowest value) is the model's tuned level: "
+            f"{DEFAULT_MIN_CONFIDENCE:g} for the shipped model, the level train chose for a "
+            "model of yours, none for a model without tuned thresholds (segment "
+            "--min-confidence P|auto)")
+        self.confidence_spin.valueChanged.connect(self._on_thresholds)
+        self.confidence_check.toggled.connect(self.confidence_spin.setEnabled)
+        form.addRow("confidence level", self.confidence_spin)
         self.min_size_spin = QDoubleSpinBox()
         self.min_size_spin.setRange(0.0, 1e6)
         self.min_size_spin.setDecimals(1)
@@ -496,10 +525,19 @@ class SegmentWidget(QWidget):
             raise ValueError("model: choose a .pt file or select 'default'")
         return text
 
+    def confidence_setting(self) -> float | str:
+        """The 'confidence level': :data:`~napari_tubular.inference.MODEL_MIN_CONFIDENCE`
+        (``"auto"``, the model's own) at the box's lowest value, else the level given."""
+        value = float(self.confidence_spin.value())
+        if value <= self.confidence_spin.minimum():
+            return MODEL_MIN_CONFIDENCE
+        return value
+
     def _live_options(self) -> tuple:
         """What the live refinement applies: the thresholds and the clean-up options."""
         return (self.tp, self.tr, self.min_size_spin.value(), self.pv_check.isChecked(),
-                self.blob_check.isChecked(), self.confidence_check.isChecked())
+                self.blob_check.isChecked(), self.confidence_check.isChecked(),
+                self.confidence_setting())
 
     @property
     def busy(self) -> bool:
@@ -577,6 +615,7 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         blobs = self.blob_check.isChecked()
         confident = self.confidence_check.isChecked()
+        confidence = self.confidence_setting()
         options = self._live_options()
 
         def compute():
@@ -613,7 +652,8 @@ class SegmentWidget(QWidget):
             # toggling it changed nothing until the next Run)
             fraction = inference.partial_volume_map(volume.data, prediction.probability,
                                                     polarity)
-            level = _confidence_level(prediction, prediction.messages) if confident else None
+            level = (_confidence_level(prediction, prediction.messages, confidence)
+                     if confident else None)
             result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), volume.spacing,
                                      min_size, fraction if trim_pv else None, blobs,
                                      prediction.probability if level else None, level)
@@ -639,6 +679,7 @@ class SegmentWidget(QWidget):
             self.inputs.watch([layer], prints)
             self.refine_count = 0
             self._dismissed = set()  # a new run shows every result again
+            self._show_model_confidence(prediction.meta)
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds)
             # the new labels become the selected layer: the review and distance widgets (which
@@ -692,6 +733,16 @@ class SegmentWidget(QWidget):
             on_error=lambda exc: self.status.setText(f"error: {exc}"),
             on_warned=relayed.append,
         )
+
+    def _show_model_confidence(self, meta) -> None:
+        """The 'confidence level' box's "auto" says the level of the last Run's model (or
+        that it has none, so that a level must be given for the filter to act)."""
+        from napari_tubular.inference import tuned_min_confidence
+
+        level = tuned_min_confidence(meta)
+        self.confidence_spin.setSpecialValueText(
+            f"auto (the model's: {level:g})" if level is not None
+            else "auto (off for this model)")
 
     def _on_ndisplay(self, *_: Any) -> None:
         # the spheres are shown in 3-D and hidden in 2-D (where they cover the labels), also
@@ -787,7 +838,11 @@ class SegmentWidget(QWidget):
         upsert_layer(
             self.viewer,
             "image",
-            p.probability,
+            # a copy: the layer's array is the user's to write into, the cached one is what the
+            # sliders refine (an outside judge: ``layer.data[:20] = 0`` from the console and the
+            # next slider step kept labels where the probability was now 0, the refiner's
+            # sorted voxels from before the edit, its confidence filter from after it)
+            np.array(p.probability, copy=True),
             owner=OWNER,
             role="probability",
             source=self._source_layer,
@@ -1036,8 +1091,8 @@ class SegmentWidget(QWidget):
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None
         blobs = self.blob_check.isChecked()
-        level = (_confidence_level(self.prediction) if self.confidence_check.isChecked()
-                 else None)
+        level = (_confidence_level(self.prediction, setting=self.confidence_setting())
+                 if self.confidence_check.isChecked() else None)
         probability = self.prediction.probability if level else None
 
         prediction = self.prediction

