@@ -355,11 +355,19 @@ def run(args) -> int:
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
-    from ._paths import _same, refuse_inputs_as_outputs, refuse_unwritable_type
+    from ._paths import (
+        _same,
+        refuse_file_as_folder,
+        refuse_inputs_as_outputs,
+        refuse_unwritable_type,
+    )
 
     # an audit: the writer's message named a Python function, write_dicom_series, to a
     # command-line user
     refuse_unwritable_type("-o", out, "refine writes the labels")
+    # an outside judge: -o afile/labels.nii.gz refined the maps and then said "cannot create
+    # its folder afile (File exists)"; segment and evaluate refuse it before any work
+    refuse_file_as_folder("-o", out)
     skel_out = skeleton_path(out)
 
     if args.image is not None and not Path(args.image).expanduser().exists():
