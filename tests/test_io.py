@@ -1498,7 +1498,8 @@ def test_volume_refuses_texts_as_geometry(field, value):
     # numbers of any numpy kind stay accepted
     vol = Volume(np.zeros((2, 2, 2)), spacing=(np.float32(0.5), np.int64(2), 3),
                  origin=np.array([1, 2, 3]), direction=np.eye(3, dtype=np.float32))
-    assert vol.spacing == (0.5, 2.0, 3.0) and vol.origin == (1.0, 2.0, 3.0)
+    assert vol.spacing == (0.5, 2.0, 3.0)
+    assert vol.origin == (1.0, 2.0, 3.0)
 
 
 def test_napari_kwargs():
