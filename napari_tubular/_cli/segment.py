@@ -240,7 +240,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         default=None,
         help="voxel spacing in mm (z, y, x) to use instead of the file's, for files whose header "
         "has none or a wrong one (e.g. a microscopy stack in micrometres); the outputs keep the "
-        "input's geometry, the report records the spacing used",
+        "input's geometry, the report records the spacing used; the radius map, the report's "
+        "lengths and volumes are then in the units given (micrometres given as mm stay "
+        "micrometres: the report's 'units' says so)",
     )
     p.add_argument(
         "--bone-level",
@@ -292,6 +294,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 # informational messages (printed as "note", left out by --quiet); the rest are warnings
 NOTES = ("intensities rescaled", "intensities fitted to the vessels", "dark tubes:",
+         "intensities taken as they are",
          "the vessels' contrast over their background", "intensity fit to the vessels skipped",
          "enclosed cavities filled", "large vessels:", "the model holds no tuned thresholds",
          "the confidence filter's default level",
@@ -765,7 +768,7 @@ def _drop_if_empty(outdir: Path, created: bool) -> None:
 
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
-    from ..inference import segment
+    from ..inference import segment, spacing_units
     from ..io import is_orthonormal, output_target, read_volume, write_volume
 
     t0 = time.perf_counter()
@@ -831,6 +834,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
     # absolute too (an outside judge: "-o out" gave "out/NAME_labels.nii.gz", a path only
     # from the working directory of that run, beside the absolute input path)
     report["outputs"] = {k: str(Path(v).resolve()) for k, v in outs.items()}
+    if args.spacing is not None:
+        report["units"] = spacing_units(True, "--spacing")
     if report.get("model", {}).get("path"):  # "--model m.pt" likewise
         report["model"] = dict(report["model"], path=str(Path(report["model"]["path"]).resolve()))
     # the five files as a set: written under temporary names, then renamed together, so that
@@ -874,7 +879,18 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
         betti = report.get("betti_numbers")
         print(
             f"{prefix} done in {time.perf_counter() - t0:.1f} s on {res.report['device']}: "
-            f"volume {report['volume_ml']:.2f} ml, Betti {betti}",
+            f"volume {volume_text(report['volume_ml'], args.spacing is not None)}, "
+            f"Betti {betti}",
             file=sys.stderr,
             flush=True,
         )
+
+
+def volume_text(volume_ml: float, spacing_given: bool, digits: int = 2) -> str:
+    """``"1.60 ml"``; with ``--spacing`` given, in its units (which the tool reads as mm: a
+    stack in micrometres given as such has micrometres where mm are said), e.g.
+    ``"1600 cubic units of --spacing (1.60 ml if they are mm)"``."""
+    ml = f"{volume_ml:.{digits}f} ml"
+    if not spacing_given:
+        return ml
+    return f"{volume_ml * 1000:.4g} cubic units of --spacing ({ml} if they are mm)"
