@@ -225,8 +225,9 @@ def _as_image(volume, spacing):
         raise ValueError(f"volume must hold real numbers, got dtype {data.dtype}")
     # an outside judge: ("1", "1", "1") was taken and "abc" said only "could not convert
     # string to float: 'a'"
-    if isinstance(sp, str | bytes) or (isinstance(sp, list | tuple)
-                                       and any(isinstance(s, str | bytes) for s in sp)):
+    # True / False too (float(True) is 1.0), as Volume and the other number options refuse
+    if isinstance(sp, str | bytes) or (isinstance(sp, list | tuple | np.ndarray) and any(
+            isinstance(s, str | bytes | bool | np.bool_ | np.str_ | np.bytes_) for s in sp)):
         raise ValueError(f"spacing must be 3 numbers (z, y, x) in mm, got {sp!r}")
     try:
         sp = tuple(float(s) for s in sp)
