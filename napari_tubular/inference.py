@@ -2413,17 +2413,15 @@ def segment(
     # the dark-polarity advice where the image may hold dark tubes (an outside judge: it was
     # given for bright neurons on a dark background, whose image holds nothing darker than
     # its bulk); decided only when the labels come out empty
-    advise_dark = None
-    if polarity != "dark" and not pred.intensity.get("constant"):
-        image, _ = _as_image(volume, spacing)
-        advise_dark = not _only_bright_outliers(image)
-        del image
+    def advise_dark() -> bool:
+        return polarity != "dark" and not _only_bright_outliers(_as_image(volume, spacing)[0])
+
     if no_vessel and not pred.intensity.get("constant"):  # a constant image was said so
         note = (
             f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
             "the labels are empty; check the intensity units (intensity='rescale') and the "
             "field of view"
-            + ("" if not advise_dark else
+            + ("" if not advise_dark() else
                ", and for tubes darker than their surroundings (airways) use polarity 'dark'")
         )
         _warn(note, pred.messages)
@@ -2475,7 +2473,7 @@ def segment(
         _warn(
             f"the labels are empty: the network found only specks smaller than "
             f"{min_size_mm3:g} mm^3 (highest probability {p_max:.2f}), no vessel"
-            + ("" if not advise_dark else
+            + ("" if not advise_dark() else
                "; for tubes darker than their surroundings (airways, black-blood MR) use "
                "polarity 'dark'"),
             pred.messages,
