@@ -208,7 +208,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "CT in Hounsfield units), 'rescale' maps the image's 0.5-99.9th percentiles linearly "
         "into the model's window (volumes in other units, bright vessels), 'auto' (default) "
         "rescales only images that cannot be in the model's units (scaled to [0, 1], 8-bit, "
-        "raw CT stored as HU + 1024, MR-like counts) and says so in the report; a rescaled "
+        "raw CT stored as HU + 1024, MR-like counts) and says so in the report (and notes an "
+        "image of unsigned integers that it takes as HU, e.g. uint16 counts near 100); a rescaled "
         "image is then segmented a second time with its intensities fitted to the vessels the "
         "first pass found (see --no-intensity-refit)",
     )
