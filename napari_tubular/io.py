@@ -121,7 +121,22 @@ class VolumeNaNWarning(UserWarning):
     """NaN voxels were found in a volume and replaced."""
 
 
+def _refuse_text(value, name: str, what: str) -> None:
+    """Raise :class:`~napari_tubular._checks.ArgumentTypeError` naming ``name`` when ``value``
+    holds texts or yes/no values: ``numpy`` turns ``("1", "1", "1")`` and ``(True, True,
+    True)`` into numbers (an outside judge: ``Volume(data, ("1", "1", "1"))`` was taken, while
+    ``segment(spacing=...)`` and the other options of the API refuse a text)."""
+    from ._checks import ArgumentTypeError
+
+    items = value if isinstance(value, str | bytes) else np.asarray(value, dtype=object).ravel()
+    if isinstance(items, str | bytes) or any(
+            isinstance(v, str | bytes | bool | np.bool_ | np.str_ | np.bytes_) for v in items):
+        raise ArgumentTypeError(f"{name} must be {what}, not texts or True/False, got "
+                                f"{value!r}")
+
+
 def _as_triple(value, name: str, *, positive: bool = False) -> tuple[float, float, float]:
+    _refuse_text(value, name, "three numbers (z, y, x)")
     try:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as exc:
@@ -138,6 +153,7 @@ def _as_triple(value, name: str, *, positive: bool = False) -> tuple[float, floa
 def _as_direction(value) -> np.ndarray:
     if value is None:
         return np.eye(3)
+    _refuse_text(value, "direction", "a 3x3 matrix")
     try:
         arr = np.array(value, dtype=np.float64)
     except (TypeError, ValueError) as exc:

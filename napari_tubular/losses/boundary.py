@@ -52,7 +52,7 @@ class BoundaryLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        check_5d(input, "input")
+        check_5d(input, "input", finite=True)
         check_5d(phi, "phi")
         check_same_shape(input, phi, "input", "phi")
         # an outside judge: a NaN (or inf) in phi, a data fault, gave a NaN loss that training
@@ -110,7 +110,7 @@ class GeneralizedDiceLoss(nn.Module):
         )
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        check_5d(input, "input")
+        check_5d(input, "input", finite=True)
         check_5d(target, "target")
         check_same_shape(input, target, "input", "target")
         check_unit_range(target, "target")

@@ -85,7 +85,7 @@ def _check_iters(iters) -> int:
 
 
 def _prepare(input, target, activation, include_background):
-    check_5d(input, "input")
+    check_5d(input, "input", finite=True)
     check_5d(target, "target")
     check_same_shape(input, target, "input", "target")
     check_unit_range(target, "target")

@@ -53,7 +53,7 @@ def ddt_cls_loss(seg: torch.Tensor, target: torch.Tensor, seg_activation: str | 
     A batch without foreground (or without background) drops that term (its ``beta`` would be
     infinite); the other term keeps its 0.5 weight.
     """
-    check_5d(seg, "seg")
+    check_5d(seg, "seg", finite=True)
     check_5d(target, "target")
     if target.shape[1] != 1 or target.shape[0] != seg.shape[0] or target.shape[2:] != seg.shape[2:]:
         raise ValueError(
@@ -86,7 +86,7 @@ def ddt_dis_loss(
         clamp_eps: lower clamp of ``1 - max_l g_v^l``.
         beta_p: foreground weight; default ``0.5 / #(z > 0)``.
     """
-    check_5d(scale_logits, "scale_logits")
+    check_5d(scale_logits, "scale_logits", finite=True)
     z = _check_scale_target(scale_target, scale_logits)
     k = scale_logits.shape[1] - 1
     a = upcast(scale_logits)

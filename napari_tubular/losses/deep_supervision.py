@@ -131,7 +131,7 @@ class DeepSupervisionLoss(nn.Module):
         if isinstance(heads, torch.Tensor | np.ndarray) or not heads:
             raise ValueError("heads must be a non-empty list of (B, C, z, y, x) logits")
         for i, h in enumerate(heads):
-            check_5d(h, f"heads[{i}]")
+            check_5d(h, f"heads[{i}]", finite=True)
         if self.level_weights is not None and len(self.level_weights) != len(heads):
             raise ValueError(f"got {len(heads)} heads but {len(self.level_weights)} level_weights")
         if isinstance(label, list | tuple):

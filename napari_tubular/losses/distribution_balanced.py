@@ -26,7 +26,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_flag
-from ._common import check_finite, check_reduction, check_unit_range, no_autocast, reduce, upcast
+from ._common import (
+    check_finite,
+    check_finite_tensor,
+    check_reduction,
+    check_unit_range,
+    no_autocast,
+    reduce,
+    upcast,
+)
 
 __all__ = ["DistributionBalancedLoss"]
 
@@ -118,6 +126,7 @@ class DistributionBalancedLoss(nn.Module):
             )
         if logits.shape[1] != self.nu.numel():
             raise ValueError(f"logits have {logits.shape[1]} classes, class_counts {self.nu.numel()}")
+        check_finite_tensor(logits, "logits")
         check_unit_range(targets, "targets")
         with no_autocast(logits):
             z = upcast(logits)

@@ -230,7 +230,7 @@ class MapDiceLoss(nn.Module):
         self.reduction = check_reduction(reduction)
 
     def forward(self, input: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        check_5d(input, "input")
+        check_5d(input, "input", finite=True)
         check_5d(phi, "phi")
         check_same_shape(input, phi, "input", "phi")
         # an outside audit: a signed map (SNI-DM, negative outside) gave MapDice -3.3 and a 0/255
@@ -281,7 +281,7 @@ class ShapeAwareLoss(nn.Module):
         return self
 
     def forward(self, input: torch.Tensor, nidm: torch.Tensor) -> torch.Tensor:
-        check_5d(input, "input")
+        check_5d(input, "input", finite=True)
         check_5d(nidm, "nidm")
         check_unit_range(nidm, "nidm")  # NI-DM is in [0, 1] (see MapDiceLoss)
         with no_autocast(input):

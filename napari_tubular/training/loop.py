@@ -313,6 +313,14 @@ class LossFn:
         self.ds = losses.DeepSupervisionLoss()
 
     def __call__(self, out: dict, label, scale, cldice_w: float, phi=None, frac: float = 0.0):
+        from napari_tubular.losses import allow_non_finite
+
+        # a non-finite output gives a non-finite loss, which the loop stops on with the
+        # terms, the output and what to try (the losses alone would refuse it, naming less)
+        with allow_non_finite():
+            return self._terms(out, label, scale, cldice_w, phi, frac)
+
+    def _terms(self, out: dict, label, scale, cldice_w: float, phi, frac: float):
         seg = out["seg"].float()
         parts: dict[str, float] = {}
         if self.kind in ("ddt+cldice", "ddt"):

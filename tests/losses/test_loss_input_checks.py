@@ -105,3 +105,56 @@ def test_a_fractional_number_of_samples_is_refused():
     with pytest.raises(ValueError, match="whole number of samples"):
         DistributionBalancedLoss([1, 2], 3.5)
     DistributionBalancedLoss([1, 2], 3.0)  # a whole float is a count
+
+
+def _nan_cases():
+    """(name, call) per loss: ``call(bad)`` runs the loss with the tensor ``bad`` in the place
+    of its prediction (BoundaryLoss's distance map phi has its own check)."""
+    from napari_tubular.losses import BoundaryLoss, GeneralizedDiceLoss
+
+    seg, sl, y, z = _ddt_case()
+    two = torch.cat([1 - y, y], 1)
+    return [
+        ("input", lambda bad: SoftDiceLoss()(bad, y)),
+        ("input", lambda bad: SoftclDiceLoss(2)(bad, y)),
+        ("input", lambda bad: MapDiceLoss()(bad, y)),
+        ("input", lambda bad: ShapeAwareLoss(LRNet())(bad, y)),
+        ("input", lambda bad: GeneralizedDiceLoss()(bad, y)),
+        ("input", lambda bad: BoundaryLoss()(bad, y)),
+        ("seg", lambda bad: DDTLoss(K)(bad, sl, y, z)),
+        ("scale_logits", lambda bad: DDTLoss(K)(seg, torch.cat([bad] * (K + 1), 1), y, z)),
+        ("heads\\[0\\]", lambda bad: DeepSupervisionLoss()([bad], y)),
+        ("logits", lambda bad: DistributionBalancedLoss([10, 20], 30)(torch.cat([bad, bad], 1),
+                                                                   two)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_predictions_are_refused_by_name(case, value):
+    """An outside judge: NaN logits gave a NaN loss (and NaN gradients) without a word; every
+    loss refuses a prediction holding NaN or inf with a ValueError naming it. A training loop
+    that checks the loss itself (``napari_tubular.training``) turns this off with
+    ``allow_non_finite``: the loss is then non-finite, as before."""
+    from napari_tubular.losses import allow_non_finite
+
+    name, call = _nan_cases()[case]
+    good = _ddt_case()[0]
+    assert torch.isfinite(call(good))
+    bad = good.clone()
+    bad[0, 0, 1, 2, 3] = value
+    nan = value != value
+    with pytest.raises(ValueError, match=f"^{name} must be finite, got "
+                                         + (r"[1-9]\d* NaN and 0 infinite" if nan
+                                            else r"0 NaN and [1-9]\d* infinite")):
+        call(bad)
+    with allow_non_finite():
+        if nan and case == 3:  # ShapeAwareLoss: the [0, 1] check of its own MapDiceLoss speaks
+            with pytest.raises(ValueError, match="must hold values in"):
+                call(bad)
+        else:
+            loss = call(bad)
+            assert not nan or torch.isnan(loss)  # an infinite logit is a saturated sigmoid
+    assert torch.isfinite(call(good))
+    with pytest.raises(ValueError, match="must be finite"):  # the check is back after it
+        call(bad)
