@@ -331,7 +331,7 @@ def test_ctrl_c_during_the_threshold_tuning_says_what_it_stops(tmp_path, capsys,
     from napari_tubular.training import loop
     from napari_tubular.training import tuning as ttuning
 
-    maps, calls = ttuning.network_maps, []
+    maps, calls = ttuning.native_maps, []
 
     def interrupted_maps(*args, **kwargs):
         calls.append(1)
@@ -339,7 +339,7 @@ def test_ctrl_c_during_the_threshold_tuning_says_what_it_stops(tmp_path, capsys,
             os.kill(os.getpid(), signal.SIGINT)
         return maps(*args, **kwargs)
 
-    monkeypatch.setattr(ttuning, "network_maps", interrupted_maps)
+    monkeypatch.setattr(ttuning, "native_maps", interrupted_maps)
 
     def fake_validate(*args, **kwargs):
         score = next(scores)

@@ -186,6 +186,35 @@ def test_train_tunes_the_thresholds_that_segment_uses(tmp_path):
     assert f"confidence filter {'off' if level is None else format(level, 'g')}" in done
 
 
+def test_train_scores_the_thresholds_where_segment_refines(tmp_path):
+    """Session 35: ``train`` tuned T_p / T_r on its validation volumes resampled to the model's
+    grid, where 0.95 / 0.85 won; refined at the volumes' own grids, as ``segment`` refines,
+    the same pair scored the worst but one (0.666 against 0.737) and cost 0.08 Dice on the
+    held-out set. The stored score of a pair is now that of segment's own path: predict at
+    the volume's grid, then the refinement there."""
+    from napari_tubular.inference import predict, refine_maps
+    from napari_tubular.models import read_model_meta
+    from napari_tubular.synthetic import make_vessel_tree
+    from napari_tubular.training.data import synthetic_case_params
+    from napari_tubular.training.loop import VAL_SEED_BASE
+    from napari_tubular.training.tuning import refinement_score, threshold_metrics
+
+    config = tiny_config(tmp_path / "run", val_cases=1, val_every=100)
+    train(config)
+    refine = read_model_meta(tmp_path / "run" / "model.pt")["metrics"]["refine"]
+    p = synthetic_case_params(VAL_SEED_BASE + 1000 * config.seed, config.synthetic)
+    case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
+                            **p["generator"])
+    # a grid of its own, not the model's: the two scores differ there
+    assert not np.allclose(case.spacing, config.target_spacing)
+    pred = predict(case.image, tmp_path / "run" / "model.pt", "cpu", spacing=case.spacing)
+    for key in (f"{refine['tp']:g},{refine['tr']:g}", "0.5,0.3", "0.95,0.85"):
+        tp, tr = (float(v) for v in key.split(","))
+        labels, _ = refine_maps(pred.probability, pred.radius_mm, case.spacing, tp, tr)
+        score = refinement_score(threshold_metrics(labels > 0, case.mask > 0, case.spacing))
+        assert refine["scores"][key] == pytest.approx(score, abs=1e-4), key
+
+
 def test_best_pt_of_an_earlier_step_gets_thresholds_of_its_own(tmp_path, monkeypatch):
     """best.pt holds other weights than model.pt when a later validation scored lower: its
     thresholds are tuned on its weights."""

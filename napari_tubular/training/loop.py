@@ -438,6 +438,30 @@ def _load_val_cases(config: TrainConfig, normalization: dict, progress: Progress
     return [load_pair(i, la, config.target_spacing, config.K, normalization) for i, la in pairs]
 
 
+def _native_val_volumes(config: TrainConfig):
+    """``(image, label, spacing)`` of the validation volumes of :func:`_load_val_cases` at
+    their own grids, one at a time (the synthetic ones generated again from their seeds, the
+    files read again): what the thresholds are tuned on, as ``segment`` sees a volume."""
+    if not config.val_data:
+        return
+    if config.val_is_synthetic:
+        from napari_tubular.synthetic import make_vessel_tree
+
+        from .data import synthetic_case_params
+
+        for i in range(config.val_cases):
+            p = synthetic_case_params(VAL_SEED_BASE + 1000 * config.seed + i, config.synthetic)
+            case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
+                                    **p["generator"])
+            yield case.image, case.mask, case.spacing
+        return
+    from napari_tubular.io import read_volume
+
+    for image_path, label_path in find_pairs(config.val_data, "validation data"):
+        img = read_volume(image_path)
+        yield img.data, read_volume(label_path).data, img.spacing
+
+
 def _make_pool(config: TrainConfig, normalization: dict, dist: ddp.DistInfo, seeds_drawn: int,
                rng: np.random.Generator, progress: ProgressFn | None,
                resume: dict | None = None):
@@ -980,7 +1004,8 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     runs once per volume), or None when cancelled."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR, TRAIN_TUNED_SOURCE
 
-    from .tuning import CONFIDENCE_GRID, TP_GRID, TR_GRID, network_maps, tune_thresholds
+    from . import tuning
+    from .tuning import CONFIDENCE_GRID, TP_GRID, TR_GRID, tune_thresholds
 
     if report:
         report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} and its "
@@ -990,8 +1015,13 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     initial = inherited.get("refine") or {}
     if initial.get("tp") is not None and initial.get("tr") is not None:
         extra.append((float(initial["tp"]), float(initial["tr"])))
+    # at the volumes' own grids, through inference.predict: where segment refines (the model's
+    # grid chose thresholds that segment's native-grid refinement scored among the worst)
+    meta = {"K": config.K, "spacing": list(config.target_spacing),
+            "normalization": resolve_normalization(config),
+            "patch_size": list(config.patch_size), "radius_calibration": calibration}
     res = tune_thresholds(
-        network_maps(net, val_cases, config.patch_size, device, config.amp, calibration),
+        tuning.native_maps((net, meta), _native_val_volumes(config), device, config.amp),
         extra=extra, device=str(device), cancel=cancel, confidence_levels=CONFIDENCE_GRID)
     if res is None:
         return None

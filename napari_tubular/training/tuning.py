@@ -6,7 +6,8 @@ new ``T_r`` only re-thresholds, a new ``T_p`` redoes the reconstruction; no netw
 the pair with the best mean :func:`refinement_score`, ``(Dice + clDice) / 2`` less 0.01 per
 Betti-0 error. ``scripts/evaluate_default.py`` tunes the shipped models with it (on generated
 volumes at their native grids), :func:`napari_tubular.training.train` every model it writes on
-its validation volumes (:func:`network_maps`), stored as the meta's ``metrics.refine``, where
+its validation volumes (:func:`native_maps`: at their own grids, where ``segment`` refines),
+stored as the meta's ``metrics.refine``, where
 :func:`napari_tubular.inference.recommended_thresholds` reads them.
 """
 
@@ -31,7 +32,7 @@ Maps = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]
 MetricsFn = Callable[[list[tuple[np.ndarray, np.ndarray, Sequence[float]]]], list[dict]]
 
 __all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "CONFIDENCE_GRID", "refinement_score",
-           "threshold_metrics", "tune_thresholds", "network_maps"]
+           "threshold_metrics", "tune_thresholds", "network_maps", "native_maps"]
 
 
 def refinement_score(metrics: dict) -> float:
@@ -177,12 +178,49 @@ def _score_confidence_levels(labels: dict, prob, spacing, levels, min_size_mm3, 
                 cleaned_scores[(p, lv)].append(v)
 
 
+def native_maps(model, volumes, device: str = "cpu", amp: bool = False):
+    """``(probability, radius_mm, label, spacing)`` of validation volumes at their own grids,
+    one volume at a time, as ``segment`` computes them before it refines
+    (:func:`napari_tubular.inference.predict`: the intensity handling, the model's grid and
+    back, the sliding window, the radius calibration, the network's clean-up of air edges,
+    flat components and bone), so that the thresholds are tuned on the grid ``segment``
+    refines on. Session 35: the T_p / T_r that ``train`` had tuned on the model's grid
+    (:func:`network_maps`: 0.95 / 0.85) scored 0.666 on the same four validation volumes
+    refined at their own grids, the worst but one of six pairs, against 0.737 for 0.7 / 0.6,
+    and cost 0.08 Dice on the held-out set (0.759 against 0.845 with 0.6 / 0.6).
+
+    Args:
+        model: a ``(net, meta)`` pair (meta: ``K``, ``spacing``, ``normalization``,
+            ``patch_size``, ``radius_calibration``) or a model file; the network's training
+            mode is restored afterwards.
+        volumes: ``(image, label, spacing)`` per volume, at the volume's own grid (an
+            iterable: a generator makes one volume at a time).
+    """
+    from napari_tubular.inference import predict
+
+    net = model[0] if isinstance(model, tuple) else None
+    was_training = bool(getattr(net, "training", False))
+    try:
+        for image, label, spacing in volumes:
+            with warnings.catch_warnings():  # a validation volume's notes are not the run's
+                warnings.simplefilter("ignore")
+                pred = predict(image, model, str(device), spacing=tuple(spacing),
+                               amp=bool(amp) and str(device).startswith("cuda"))
+            yield (np.asarray(pred.probability, dtype=np.float32),
+                   np.asarray(pred.radius_mm, dtype=np.float32), np.asarray(label) > 0,
+                   tuple(float(v) for v in spacing))
+    finally:
+        if net is not None:
+            net.train(was_training)
+
+
 def network_maps(net, cases, patch_size, device: str = "cpu", amp: bool = False,
                  radius_calibration: dict | None = None):
     """``(probability, radius_mm, label, spacing)`` of prepared validation cases (images
     normalised, on the model's grid), one case at a time, as inference computes them: the
     sliding window, the scale head's radius, the model's radius calibration, the one-voxel
-    radius spikes clipped."""
+    radius spikes clipped. Not where ``segment`` refines (the volume's own grid): thresholds
+    are tuned on :func:`native_maps`."""
     from napari_tubular.geometry.distance import clip_radius_spikes, radius_from_scale
     from napari_tubular.inference import apply_radius_calibration, sliding_window_predict
 
