@@ -2295,11 +2295,14 @@ def _only_bright_outliers(image) -> bool:
     return above >= max(OUTLIER_MIN_VOXELS, 1e-4 * flat.size) and below < 0.1 * above
 
 
-def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list[str]:
+def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio, *,
+                  keep_unsure: str = "min confidence 'off' keeps them",
+                  keep_blobs: str = "blob ratio 'off' keeps them") -> list[str]:
     """What :func:`~napari_tubular.geometry.remove_specks_and_blobs` dropped, in words: the
     confidence filter's components from :data:`UNSURE_NOTE_MM3` in all (an outside audit: whole
     vessels went without a word) and the blob-like components. ``segment`` and ``refine`` both
-    say them."""
+    say them, and the viewer's Segment panel. ``keep_unsure`` / ``keep_blobs``: the notes' last
+    words, how to keep those components (the command line's options by default)."""
     notes = []
     if unsure.get("cavities_filled"):
         notes.append(
@@ -2311,7 +2314,7 @@ def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list
             f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
             f"all, dropped from the labels: no voxel of theirs reached probability "
             f"{min_confidence:g} (each under {CONFIDENCE_MAX_MM3 / 1000.0:g} mL: specks the "
-            "network is unsure of); min confidence 'off' keeps them")
+            f"network is unsure of); {keep_unsure}")
     if blobs:
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         notes.append(
@@ -2319,8 +2322,8 @@ def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list
             f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
             "their volume, or they lie alone, taper at both ends and are at most "
             f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
-            "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
-            "ratio 'off' keeps them")
+            "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); "
+            f"{keep_blobs}")
     return notes
 
 
