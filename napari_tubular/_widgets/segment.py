@@ -517,6 +517,7 @@ class SegmentWidget(QWidget):
         self.notes_label.setWordWrap(True)
         self.notes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         rform.addRow(self.notes_label)
+        self.notes_label.setVisible(False)
         self.legend_label = QLabel("")
         self.legend_label.setWordWrap(True)
         rform.addRow(self.legend_label)
@@ -1094,6 +1095,7 @@ class SegmentWidget(QWidget):
         self.metrics_label.setText(text)
         # what the clean-up dropped, as `segment` says it (wrapped: the notes are long)
         self.notes_label.setText("\n".join(f"note: {n}" for n in self._removal_notes))
+        self.notes_label.setVisible(bool(self._removal_notes))  # no empty row otherwise
 
     def _on_image_choice(self, *_: Any) -> None:
         """Another image chosen while a run's outputs are cached: the sliders still refine that
@@ -1209,6 +1211,7 @@ class SegmentWidget(QWidget):
             self.metrics_label.setText(f"refinement at T_p={tp:.2f} T_r={tr:.2f} failed: {exc}")
             self._removal_notes = []
             self.notes_label.setText("")
+            self.notes_label.setVisible(False)
 
         self._refine_job = start_job(
             compute, sync=self.sync, what="Refinement", owner=self, on_returned=returned,

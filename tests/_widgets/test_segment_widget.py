@@ -1029,8 +1029,10 @@ def test_the_panel_says_what_the_confidence_filter_dropped(
     note = widget.notes_label.text()
     assert "dropped from the labels: no voxel of theirs reached probability 0.99" in note
     assert "untick 'drop components the network is unsure of' to keep them" in note
+    assert not widget.notes_label.isHidden()
     widget.confidence_check.setChecked(False)
     assert "no voxel of theirs" not in widget.notes_label.text()
+    assert widget.notes_label.isHidden() is not bool(widget.notes_label.text())  # no empty row
     dropped_ml = np.count_nonzero((_owned(viewer, "labels").data > 0) & ~filtered) * float(
         np.prod(SPACING)) / 1000.0
     assert dropped_ml >= 0.1
