@@ -1317,16 +1317,40 @@ class SegmentWidget(QWidget):
 
     def reset_thresholds(self) -> None:
         """Set the sliders to the thresholds tuned for the model (the last run's model, else the
-        shipped default's) and the 'confidence level' to auto (the model's own level, an outside
-        judge: the button left a level given by hand in place), and forget saved thresholds."""
+        model chosen: the shipped default's from its sidecar, a model file's read from it in a
+        worker) and the 'confidence level' to auto (the model's own level, an outside judge:
+        the button left a level given by hand in place), and forget saved thresholds.
+
+        An outside judge: before a Run, a model file of one's own chosen, the button set the
+        shipped model's thresholds and said "the model's tuned thresholds"."""
         from napari_tubular._widgets._settings import first_run_settings
         from napari_tubular.inference import recommended_thresholds
 
         if self.prediction is not None:
-            tp, tr = recommended_thresholds(self.prediction.meta)
-        else:
+            self._set_tuned(*recommended_thresholds(self.prediction.meta))
+            return
+        try:
+            spec = self.model_spec()
+        except ValueError as exc:
+            self.status.setText(report_error("Reset to tuned", exc))
+            return
+        if spec == "default":
             tuned = first_run_settings()
-            tp, tr = tuned.tp, tuned.tr
+            self._set_tuned(tuned.tp, tuned.tr)
+            return
+
+        def read():
+            from napari_tubular.models import read_model_meta
+
+            return recommended_thresholds(read_model_meta(spec))
+
+        self.status.setText("reading the model's tuned thresholds...")
+        start_job(read, sync=self.sync, what="Reset to tuned", owner=self,
+                  on_returned=lambda tuned: self._set_tuned(*tuned),
+                  on_error=lambda exc: self.status.setText(f"Reset to tuned failed: {exc}"))
+
+    def _set_tuned(self, tp: float, tr: float) -> None:
+        """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto."""
         self.settings = update_settings(tp=tp, tr=tr)
         self.tp_slider.setValue(tp)
         self.tr_slider.setValue(tr)

