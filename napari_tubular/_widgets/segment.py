@@ -1124,7 +1124,8 @@ class SegmentWidget(QWidget):
             text += (f"\nthe sliders refine {self._source} (the last run); Run segments "
                      f"{chosen.name}")
         self.metrics_label.setText(text)
-        # what the clean-up dropped, as `segment` says it (wrapped: the notes are long)
+        # what the clean-up dropped and why labels are empty, as `segment` says them (wrapped:
+        # the notes are long)
         self.notes_label.setText("\n".join(f"note: {n}" for n in self._removal_notes))
         self.notes_label.setVisible(bool(self._removal_notes))  # no empty row otherwise
 
@@ -1379,9 +1380,10 @@ class SegmentWidget(QWidget):
             return recommended_thresholds(read_model_meta(spec))
 
         self.status.setText("reading the model's tuned thresholds...")
-        start_job(read, sync=self.sync, what="Reset to tuned", owner=self,
-                  on_returned=lambda tuned: self._set_tuned(*tuned),
-                  on_error=lambda exc: self.status.setText(f"Reset to tuned failed: {exc}"))
+        self._reset_job = start_job(
+            read, sync=self.sync, what="Reset to tuned", owner=self,
+            on_returned=lambda tuned: self._set_tuned(*tuned),
+            on_error=lambda exc: self.status.setText(f"Reset to tuned failed: {exc}"))
 
     def _set_tuned(self, tp: float, tr: float) -> None:
         """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto."""
