@@ -381,7 +381,7 @@ class SegmentWidget(QWidget):
             self.model_combo.setCurrentText(MODEL_FILE_TEXT)
             self.model_path.setText(s.model)
         self.model_combo.currentTextChanged.connect(self._on_model_kind)
-        self.model_path.textChanged.connect(self._describe_auto)
+        self.model_path.textChanged.connect(self._on_model_choice)
         row = QHBoxLayout()
         row.addWidget(self.model_combo)
         row.addWidget(self.model_path)
@@ -566,7 +566,7 @@ class SegmentWidget(QWidget):
 
     def _on_model_kind(self, text: str) -> None:
         self.model_path.setEnabled(text == MODEL_FILE_TEXT)
-        self._describe_auto()
+        self._on_model_choice()
 
     def _chosen_model_meta(self) -> dict | None:
         """The meta of the model chosen now when it is known without loading a file: the last
@@ -603,6 +603,27 @@ class SegmentWidget(QWidget):
             f"auto (the model's: {level:g})" if level is not None
             else "auto (off for this model)")
         self.confidence_spin.first_step = level if level is not None else CONFIDENCE_FIRST_STEP
+
+    def _other_model(self) -> str | None:
+        """The last Run's model when another is chosen now (the sliders, and the confidence
+        filter's "auto", still refine that Run's outputs), else None."""
+        if self._run_model is None or self.prediction is None:
+            return None
+        try:
+            chosen = self.model_spec()
+        except ValueError:
+            chosen = None
+        return None if chosen == self._run_model[0] else self._run_model[0]
+
+    def _on_model_choice(self, *_: Any) -> None:
+        """Another model chosen after a Run: "auto" describes it (:meth:`_describe_auto`) and
+        the status says that the sliders still refine the last Run's model (an outside judge:
+        "auto" then said the new model's level while the live steps applied the old one's)."""
+        self._describe_auto()
+        other = self._other_model()
+        if other is not None and not self.busy:
+            self.status.setText(f"the sliders refine the last Run (model {other}); press Run to "
+                                "segment with the model chosen")
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model", "", "Models (*.pt)")
@@ -1123,6 +1144,9 @@ class SegmentWidget(QWidget):
                 chosen, self._source_layer):
             text += (f"\nthe sliders refine {self._source} (the last run); Run segments "
                      f"{chosen.name}")
+        other = self._other_model()
+        if other is not None:
+            text += f"\nthe sliders refine the last Run's model ({other}), not the one chosen"
         self.metrics_label.setText(text)
         # what the clean-up dropped and why labels are empty, as `segment` says them (wrapped:
         # the notes are long)

@@ -968,8 +968,14 @@ def test_auto_describes_the_chosen_model_not_the_last_runs(
     widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
     widget.model_path.setText("/somewhere/else.pt")
     assert widget.confidence_spin.text() == CONFIDENCE_AUTO_TEXT
+    # the live steps still refine the last Run's outputs (its model's "auto"): said
+    assert "the sliders refine the last Run (model default)" in widget.status.text()
+    widget.tp_slider.setValue(0.55)
+    assert "the sliders refine the last Run's model (default)" in widget.metrics_label.text()
     widget.model_combo.setCurrentText("default")  # the last Run's model again
     assert "off for this model" in widget.confidence_spin.text()
+    widget.tp_slider.setValue(0.6)
+    assert "last Run's model" not in widget.metrics_label.text()
 
 
 def test_reset_to_tuned_sets_the_confidence_level_back_to_auto(seg):
