@@ -2295,11 +2295,63 @@ def _only_bright_outliers(image) -> bool:
     return above >= max(OUTLIER_MIN_VOXELS, 1e-4 * flat.size) and below < 0.1 * above
 
 
-def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list[str]:
+def found_no_vessel(probability, tp: float) -> bool:
+    """Whether the network found no vessel: no probability above ``min(tp, 0.5)`` (then
+    :func:`segment` does not refine, and says :func:`no_vessel_note`)."""
+    return float(np.max(probability)) <= min(float(tp), NO_REFINE_THRESHOLD)
+
+
+def dark_tubes_possible(image, polarity: str) -> bool:
+    """Whether the empty-labels notes advise polarity 'dark': bright polarity, and ``image``
+    not only bright structures on a darker background (an outside judge: the advice was given
+    for bright neurons on a dark background)."""
+    return polarity != "dark" and not _only_bright_outliers(image)
+
+
+def no_vessel_note(p_max: float, advise_dark, *, rescale: str = "intensity='rescale'",
+                   dark: str = "use polarity 'dark'") -> str:
+    """:func:`segment`'s note when the network found no vessel (:func:`found_no_vessel`; the
+    highest probability ``p_max``). ``advise_dark``: a callable, whether to advise the dark
+    polarity (:func:`dark_tubes_possible`; called only here). ``rescale`` / ``dark``: how to
+    rescale the intensities and segment dark tubes (the Python API's words by default)."""
+    return (
+        f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
+        f"the labels are empty; check the intensity units ({rescale}) and the field of view"
+        + ("" if not advise_dark() else
+           f", and for tubes darker than their surroundings (airways) {dark}")
+    )
+
+
+def empty_labels_note(pred, tp: float, tr: float, min_size_mm3: float, advise_dark, *,
+                      lower: str = "lower them or use --no-refine",
+                      dark: str = "use polarity 'dark'") -> str:
+    """:func:`segment`'s note on labels that came out empty although the network found
+    something (not :func:`found_no_vessel`): the thresholds removed vessels, or the network
+    found only specks (an audit: dark tubes gave empty labels and no word at all).
+    ``advise_dark``: see :func:`no_vessel_note`; ``lower`` / ``dark``: the advice's words (the
+    command line's by default)."""
+    p_max = float(np.max(pred.probability))
+    if _found_beyond_specks(pred, min(min_size_mm3, DEFAULT_MIN_SIZE_MM3)):
+        # the network found more than specks, and the thresholds removed all of it (specks
+        # alone, e.g. in pure noise, are what the speck filter is for: no advice then)
+        return ("the labels are empty although the network found vessels (highest "
+                f"probability {p_max:.2f}): the thresholds (tp={tp:g}, tr={tr:g}, min "
+                f"component {min_size_mm3:g} mm^3) removed everything; {lower}")
+    return (f"the labels are empty: the network found only specks smaller than "
+            f"{min_size_mm3:g} mm^3 (highest probability {p_max:.2f}), no vessel"
+            + ("" if not advise_dark() else
+               "; for tubes darker than their surroundings (airways, black-blood MR) "
+               f"{dark}"))
+
+
+def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio, *,
+                  keep_unsure: str = "min confidence 'off' keeps them",
+                  keep_blobs: str = "blob ratio 'off' keeps them") -> list[str]:
     """What :func:`~napari_tubular.geometry.remove_specks_and_blobs` dropped, in words: the
     confidence filter's components from :data:`UNSURE_NOTE_MM3` in all (an outside audit: whole
     vessels went without a word) and the blob-like components. ``segment`` and ``refine`` both
-    say them."""
+    say them, and the viewer's Segment panel. ``keep_unsure`` / ``keep_blobs``: the notes' last
+    words, how to keep those components (the command line's options by default)."""
     notes = []
     if unsure.get("cavities_filled"):
         notes.append(
@@ -2311,7 +2363,7 @@ def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list
             f"{unsure['removed']} component(s), {unsure['removed_mm3'] / 1000.0:.2f} mL in "
             f"all, dropped from the labels: no voxel of theirs reached probability "
             f"{min_confidence:g} (each under {CONFIDENCE_MAX_MM3 / 1000.0:g} mL: specks the "
-            "network is unsure of); min confidence 'off' keeps them")
+            f"network is unsure of); {keep_unsure}")
     if blobs:
         ml = sum(b["volume_mm3"] for b in blobs) / 1000.0
         notes.append(
@@ -2319,8 +2371,8 @@ def removal_notes(unsure: dict, blobs: list, min_confidence, blob_ratio) -> list
             f"labels: their centerline is shorter than {blob_ratio:g} x the cube root of "
             "their volume, or they lie alone, taper at both ends and are at most "
             f"{BLOB_MAX_DIAMETERS:g} diameters long (a ball, a thick plate or a short thick "
-            "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); blob "
-            "ratio 'off' keeps them")
+            "blob, e.g. an enhancing organ or a contrast-filled cavity, not a tube); "
+            f"{keep_blobs}")
     return notes
 
 
@@ -2409,22 +2461,15 @@ def segment(
     tp = tuned_tp if tp is None else float(tp)
     tr = tuned_tr if tr is None else float(tr)
     p_max = float(pred.probability.max())
-    no_vessel = p_max <= min(tp, NO_REFINE_THRESHOLD)
+    no_vessel = found_no_vessel(pred.probability, tp)
     # the dark-polarity advice where the image may hold dark tubes (an outside judge: it was
     # given for bright neurons on a dark background, whose image holds nothing darker than
     # its bulk); decided only when the labels come out empty
     def advise_dark() -> bool:
-        return polarity != "dark" and not _only_bright_outliers(_as_image(volume, spacing)[0])
+        return dark_tubes_possible(_as_image(volume, spacing)[0], polarity)
 
     if no_vessel and not pred.intensity.get("constant"):  # a constant image was said so
-        note = (
-            f"the network found no vessel in this volume (highest probability {p_max:.2f}): "
-            "the labels are empty; check the intensity units (intensity='rescale') and the "
-            "field of view"
-            + ("" if not advise_dark() else
-               ", and for tubes darker than their surroundings (airways) use polarity 'dark'")
-        )
-        _warn(note, pred.messages)
+        _warn(no_vessel_note(p_max, advise_dark), pred.messages)
     if refine and no_vessel:
         # nothing to refine; the refinement's "lower T_p" advice would mislead here (it still
         # speaks when the network found vessels whose probability stays below T_p)
@@ -2457,27 +2502,8 @@ def segment(
     # a speck is under the default minimum size whatever --min-size is (an outside judge:
     # --min-size 100000 removed two tubes of 1.4 mL, "only specks ..., no vessel; ... use
     # polarity 'dark'")
-    specks_below = min(min_size_mm3, DEFAULT_MIN_SIZE_MM3)
-    if not no_vessel and not labels.any() and _found_beyond_specks(pred, specks_below):
-        # the network found more than specks, and the thresholds removed all of it (specks
-        # alone, e.g. in pure noise, are what the speck filter is for: no advice then)
-        _warn(
-            "the labels are empty although the network found vessels (highest probability "
-            f"{p_max:.2f}): the thresholds (tp={tp:g}, tr={tr:g}, min component "
-            f"{min_size_mm3:g} mm^3) removed everything; lower them or use --no-refine",
-            pred.messages,
-        )
-    elif not no_vessel and not labels.any():
-        # only specks, all under the minimum size: an empty result is still said (an audit:
-        # dark tubes gave empty labels and no word at all)
-        _warn(
-            f"the labels are empty: the network found only specks smaller than "
-            f"{min_size_mm3:g} mm^3 (highest probability {p_max:.2f}), no vessel"
-            + ("" if not advise_dark() else
-               "; for tubes darker than their surroundings (airways, black-blood MR) use "
-               "polarity 'dark'"),
-            pred.messages,
-        )
+    if not no_vessel and not labels.any():
+        _warn(empty_labels_note(pred, tp, tr, min_size_mm3, advise_dark), pred.messages)
     timings = dict(pred.timings)
     timings["refine"] = time.perf_counter() - t
     _check_cancel(cancel)

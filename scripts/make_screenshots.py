@@ -158,8 +158,7 @@ def main(argv=None) -> int:
     radius = viewer.layers[f"{image.name} radius (mm)"]
     viewer.layers[f"{image.name} pseudo-skeleton"].visible = False
     labels.opacity = 0.3
-    radius.visible = True  # hidden under the spheres; shows its colour bar
-    radius.opacity = 0.0
+    # the spheres show the radius colour bar themselves (the radius layer's made a second one)
     viewer.layers.selection.active = spheres
     _view_3d(viewer)
     _shot(viewer, args.out / f"screenshot_segment{suffix}.png")

