@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -200,7 +201,9 @@ def test_held_signals_come_after_the_last_rename(tmp_path, monkeypatch):
         real(src, dst)
         renamed.append(dst)
         if len(renamed) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            # to this thread, whose mask holds it (os.kill to the process may reach another
+            # thread of the test process that does not block it: a worker pool's, torch's)
+            signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
