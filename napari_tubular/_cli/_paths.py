@@ -65,6 +65,32 @@ def refuse_file_as_folder(option: str, path) -> None:
             return
 
 
+def refuse_volume_name_as_folder(option: str, path, contents: str, *, dicom_note: str = "",
+                                 models: bool = False) -> None:
+    """Raise ValueError when an output folder that does not exist yet is named like a volume
+    file (``run.nii.gz``, ``seg.dcm``), or with ``models`` like a model file (``run.pt``): the
+    command would make a folder of that name with its files in it (outside judges: ``segment
+    -o seg.nii.gz``, ``synth s.nii.gz`` and ``train --out run.nii.gz`` did). A folder that
+    exists is taken as it is. ``option`` names the output as the user gave it (e.g. ``"-o"``),
+    ``contents`` what is written in it (e.g. ``"NAME_labels.nii.gz, ..."``); ``dicom_note``
+    ends the message for a name like a DICOM file."""
+    from ..io import volume_format
+
+    if path is None:
+        return
+    folder = Path(path).expanduser()
+    if folder.exists():
+        return
+    kind = volume_format(folder)
+    model = (models and folder.suffix.lower() in (".pt", ".pth")
+             and len(folder.name) > len(folder.suffix))
+    if kind is None and not model:
+        return
+    raise ValueError(f"{option} {path}: the output is a folder ({contents} are written in it), "
+                     f"not a {'model' if model else 'volume'} file; name a folder"
+                     + (dicom_note if kind == "DICOM" else ""))
+
+
 def refuse_unwritable_type(option: str, path: Path, what: str) -> None:
     """Raise ValueError, before any work, for an output volume of a file type the writer
     cannot write (its own rule, ``io._write_ext``; the writer's message names a Python

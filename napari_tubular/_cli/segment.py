@@ -596,9 +596,8 @@ def _duration(seconds: float) -> str:
 
 def run(args) -> int:
     from ..inference import MAX_OVERLAP, check_segment_options
-    from ..io import volume_format
     from ..models import load_model, resolve_device
-    from ._paths import refuse_file_as_folder
+    from ._paths import refuse_file_as_folder, refuse_volume_name_as_folder
 
     check_segment_options(args.tp, args.tr, args.min_size_mm3)
     if args.spacing is not None and not all(math.isfinite(s) and s > 0 for s in args.spacing):
@@ -611,13 +610,11 @@ def run(args) -> int:
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
     refuse_file_as_folder("-o", outdir)
-    if not outdir.exists() and volume_format(outdir) is not None:
-        # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it (and
-        # another: "-o seg.dcm" too, NIfTI files in a folder named like a DICOM file)
-        raise ValueError(f"-o {args.output}: the output is a folder (NAME_labels.nii.gz, "
-                         "NAME_probability.nii.gz, ... are written in it), not a volume file; "
-                         "name a folder" + (" (segment does not write DICOM)"
-                                            if volume_format(outdir) == "DICOM" else ""))
+    # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it (and
+    # another: "-o seg.dcm" too, NIfTI files in a folder named like a DICOM file)
+    refuse_volume_name_as_folder("-o", args.output, "NAME_labels.nii.gz, "
+                                 "NAME_probability.nii.gz, ...",
+                                 dicom_note=" (segment does not write DICOM)")
     skipped: list[Path] = []
     origins: list[str] = []
     inputs = expand_inputs(args.inputs, skipped, origins, quiet=args.quiet)

