@@ -319,6 +319,7 @@ def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
     extent = tuple(round(n * s, 4) for n, s in zip(shape, spacing))
     shown = tuple(float(f'{s:.4g}') for s in spacing)
     model = tuple(float(s) for s in model_spacing)
+    own_fix = fix
     fix = (fix + " For structures much finer than vessels in CT "
            "(neurons in microscopy), give a spacing in which they are 0.5-10 mm thick (the "
            f"model's tubes are 0.3-14 mm in radius on {MODEL_SCALE_NOTE}), e.g. the voxel size "
@@ -342,20 +343,26 @@ def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
             f"mm across, {grid} voxels on the model's {model} mm grid): too thin to {task} in "
             "3-D; give a volume at least a few millimetres thick"
         )
-    um = ""
     if max(spacing) < MICRO_SPACING_MM:
         # an outside judge: a NIfTI whose header says micrometres (xyzt_units), read right as
         # 0.002 x 0.0003 x 0.0003 mm, was asked whether it was "micrometres stored as mm?";
-        # say what the voxels are and the spacing that would segment it
+        # say what the voxels are and the spacing that would segment it. Another: the message
+        # then still asked "Is the spacing in millimetres (micrometres stored as mm?)?" after
+        # saying that the voxels are micrometres (the spacing, in mm, is micrometre-sized)
         as_um = " ".join(f"{s * 1000:.4g}" for s in spacing)
         how = (f"--spacing {as_um}" if task == "segment" else f"the spacing {as_um}")
-        um = (f" The voxels are {as_um} micrometres (z y x; microscopy?): to {task} "
-              f"structures a few micrometres thick with this model, give {how} "
-              "(the micrometres written as mm).")
+        raise ValueError(
+            f"the voxel spacing {shown} mm (z, y, x) makes this "
+            f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
+            f"{model} mm grid: nothing to {task}. The voxels are {as_um} micrometres (z y x; "
+            f"microscopy, micrometres stored as mm?): to {task} structures a few micrometres "
+            f"thick with this model, give {how} (the micrometres written as mm). If the "
+            f"spacing, read in millimetres, is wrong instead, {own_fix[:1].lower()}{own_fix[1:]}"
+        )
     raise ValueError(
         f"the voxel spacing {shown} mm (z, y, x) makes this "
         f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
-        f"{model} mm grid: nothing to {task}.{um} Is the spacing "
+        f"{model} mm grid: nothing to {task}. Is the spacing "
         f"in millimetres (micrometres stored as mm?)? {fix}"
     )
 

