@@ -801,13 +801,18 @@ def _pad_amounts(shape, window, margins=None):
     return out
 
 
-def noise_sigma(arr: np.ndarray) -> float:
+def noise_sigma(arr: np.ndarray, skip_nan: bool = False) -> float:
     """Robust estimate of white-noise standard deviation: the median absolute deviation of the
-    differences between neighbours along the longest axis, over sqrt(2)."""
+    differences between neighbours along the longest axis, over sqrt(2). With ``skip_nan``,
+    differences that involve a NaN voxel (voxels left out) are not counted."""
     axis = int(np.argmax(arr.shape))
     if arr.shape[axis] < 2:
         return 0.0
     d = np.diff(arr, axis=axis).ravel()
+    if skip_nan:
+        d = d[np.isfinite(d)]
+        if d.size == 0:
+            return 0.0
     if d.size > 2_000_000:  # a regular subsample is plenty for a median
         d = d[:: d.size // 1_000_000]
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
@@ -2282,9 +2287,17 @@ def _only_bright_outliers(image) -> bool:
     structures on a darker background, e.g. neurons in fluorescence microscopy, where no tube
     can be darker than its surroundings. At least :data:`OUTLIER_MIN_VOXELS` voxels and 1 in
     10,000 must stand out above the median (a structure, not a hot pixel), and fewer than a
-    tenth as many below it (air, airways, black blood, dark padding keep the answer False; so
-    does pure noise)."""
+    tenth as many below it (air, airways, black blood keep the answer False; so does pure
+    noise). Padding outside the field of view (:func:`~napari_tubular.models.padding.padding_mask`:
+    a solid region of one dark value at the volume's edge) is left out: it is no structure of
+    the image (an outside judge: a fluorescence stack of bright neurons with a zero border was
+    still told to try polarity 'dark')."""
+    from .models.padding import padding_mask
+
     arr = np.asarray(image)
+    found = padding_mask(arr)
+    if found is not None:
+        arr = np.where(found[0], np.float32(np.nan), arr.astype(np.float32, copy=False))
     axis = int(np.argmax(arr.shape))
     # neighbours along the longest axis, every few lines of the others (a few million voxels)
     step = max(1, int(math.sqrt(arr.size / 4_000_000)))
@@ -2295,7 +2308,8 @@ def _only_bright_outliers(image) -> bool:
     if flat.size == 0:
         return False
     median = float(np.median(flat))
-    sigma = noise_sigma(np.nan_to_num(sub, nan=median))
+    # the padding's differences left out (filled with one value, they halved the noise level)
+    sigma = noise_sigma(sub, skip_nan=True)
     margin = OUTLIER_SIGMAS * sigma if sigma > 0 else 1e-6 * max(1.0, abs(median))
     above = int(np.count_nonzero(flat > median + margin))
     below = int(np.count_nonzero(flat < median - margin))

@@ -1481,6 +1481,22 @@ def _counts_image(fibre=400.0, seed=5, shape=(24, 24, 24)):
     return rng.poisson(lam).astype(np.uint16), fib
 
 
+def test_dark_polarity_advice_leaves_the_padding_out():
+    """An outside judge: a stack of bright fibres whose field of view is padded with zeros
+    (a solid dark region at the volume's edge) kept the advice to try polarity 'dark': the
+    padding counted as something darker than the image's bulk. It is left out now; dark
+    tubes inside a padded image still keep the advice."""
+    from napari_tubular.inference import _only_bright_outliers
+    from napari_tubular.models.padding import padding_mask
+
+    bright, _ = _counts_image(fibre=400.0)
+    dark, _ = _counts_image(fibre=10.0)
+    for image, expected in ((bright, True), (dark, False)):
+        padded = np.pad(image, ((0, 0), (0, 0), (6, 6)))  # zeros outside the field of view
+        assert padding_mask(padded) is not None
+        assert _only_bright_outliers(padded) is expected
+
+
 def test_unsigned_counts_taken_in_hu_are_said_so():
     """An outside judge: a uint16 stack, background near 100 counts with a fibre of 400, was
     segmented as CT in HU without a word (its bulk lies in the soft-tissue band); the note says
