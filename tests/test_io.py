@@ -1308,6 +1308,100 @@ def test_nifti_nan_voxel_size_or_qform_is_a_corrupt_header(tmp_path, field):
         assert read_volume(path).shape == (6, 5, 4)
 
 
+def _nifti_with_pixdim(path: Path, pixdim: dict, qform_code: int = 1, sform_code: int = 0):
+    """A NIfTI-1 file (spacing 0.5, 0.6, 0.7 along x, y, z) with pixdim[i] = value for each
+    ``pixdim`` item written as the bytes say (nibabel's writer would correct them)."""
+    import io as _io
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(np.ones((4, 5, 6), np.float32), None)
+    img.set_qform(np.diag([0.5, 0.6, 0.7, 1.0]), code=1)
+    img.set_sform(np.diag([0.5, 0.6, 0.7, 1.0]), code=1)
+    raw = _io.BytesIO()
+    img.to_file_map(img.make_file_map({"image": raw, "header": raw}))
+    block = raw.getvalue()
+    header = nib.Nifti1Header.from_fileobj(_io.BytesIO(block[:348]), check=False)
+    for i, value in pixdim.items():
+        header["pixdim"][i] = value
+    header["qform_code"], header["sform_code"] = qform_code, sform_code
+    path.write_bytes(header.binaryblock + block[348:])
+    return path
+
+
+@pytest.mark.parametrize(("qform_code", "sform_code"), [(1, 0), (0, 0)])
+def test_nifti_zero_or_negative_voxel_size_is_warned_with_its_axis(tmp_path, qform_code,
+                                                                   sform_code):
+    """An outside judge: a NIfTI whose pixdim is 0 (or negative) along an axis was read as
+    1 mm (or its absolute value) with only nibabel's or ITK's unnamed lines on stderr. The
+    spacing read is unchanged (as ITK and nibabel read it), and a warning names the file, the
+    axis, the stored value and the spacing used; where the sform places the voxels (its
+    spacing used, not pixdim's), nothing is said about pixdim."""
+    path = _nifti_with_pixdim(tmp_path / "flat.nii", {1: 0.0, 3: -2.0}, qform_code, sform_code)
+    with pytest.warns(UserWarning, match="voxel size along") as caught:
+        vol = read_volume(path)
+    assert vol.spacing == pytest.approx((2.0, 0.6, 1.0))
+    said = [str(w.message) for w in caught if "voxel size" in str(w.message)]
+    assert len(said) == 1, said
+    assert said[0].startswith(f"{path}: the NIfTI header's voxel size along x (pixdim[1]) is 0: "
+                              "read as 1 mm")
+    assert "along z (pixdim[3]) is -2: read as 2 mm" in said[0]
+    assert "--spacing" in said[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fine = _nifti_with_pixdim(tmp_path / "fine.nii", {}, qform_code, sform_code)
+        assert read_volume(fine).spacing == pytest.approx((0.7, 0.6, 0.5))
+    # an sform with a qform that agrees except for pixdim: the sform's spacing is used
+    both = _nifti_with_pixdim(tmp_path / "sform.nii", {1: 0.0}, 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_volume(both).spacing == pytest.approx((0.7, 0.6, 0.5))
+    assert not any("voxel size along" in str(w.message) for w in caught)
+
+
+def test_nrrd_and_metaimage_zero_or_unknown_voxel_size(tmp_path):
+    """An outside judge: a NRRD's "spacings: nan 0.7 0.9" (NRRD's "unknown") or a "none"
+    space direction was read as 1 mm without a word; "spacings: 0 ..." failed with ITK's
+    "Error reading s.nrrd:" and a zero MetaImage spacing with "Zero-valued spacing is not
+    supported". The unknown size is warned about, the zero one refused, naming the axis."""
+    data = np.zeros((4, 5, 6), np.int16)
+
+    def nrrd(name, line):
+        path = tmp_path / name
+        path.write_bytes(("NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\n" + line
+                          + "\nendian: little\nencoding: raw\n\n").encode() + data.tobytes())
+        return path
+
+    with pytest.warns(UserWarning, match=r"unknown\.nrrd: the NRRD header gives no voxel size "
+                      r"along x \(spacings: nan 0\.7 0\.9\): read as 1 mm"):
+        assert read_volume(nrrd("unknown.nrrd", "spacings: nan 0.7 0.9")).spacing == \
+            pytest.approx((0.9, 0.7, 1.0))
+    with pytest.warns(UserWarning, match=r"no voxel size along x \(space directions: none"):
+        read_volume(nrrd("none.nrrd", "space: left-posterior-superior\n"
+                                      "space directions: none (0,0.7,0) (0,0,0.9)"))
+    with pytest.raises(VolumeIOError, match=r"zero\.nrrd: corrupt NRRD header: its voxel size "
+                       r"\(spacings\) is 0 along x"):
+        read_volume(nrrd("zero.nrrd", "spacings: 0 0.7 0.9"))
+    with pytest.raises(VolumeIOError, match=r"zdir\.nrrd: corrupt NRRD header: its voxel size "
+                       r"\(space directions\) is 0 along y"):
+        read_volume(nrrd("zdir.nrrd", "space: left-posterior-superior\n"
+                                      "space directions: (0.5,0,0) (0,0,0) (0,0,0.9)"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_volume(nrrd("ok.nrrd", "spacings: 0.5 0.7 0.9")).spacing == \
+            pytest.approx((0.9, 0.7, 0.5))
+    img = sitk.GetImageFromArray(data)
+    img.SetSpacing((0.5, 0.7, 0.9))
+    for ext in (".mha", ".mhd"):
+        sitk.WriteImage(img, str(tmp_path / f"ok{ext}"))
+        text = (tmp_path / f"ok{ext}").read_bytes()
+        bad = re.sub(rb"ElementSpacing = [^\n]*", b"ElementSpacing = 0.5 0.7 0", text)
+        (tmp_path / f"zero{ext}").write_bytes(bad)
+        with pytest.raises(VolumeIOError, match=rf"zero\{ext}: corrupt MetaImage header: its "
+                           r"voxel size \(0\.5 0\.7 0\) is 0 along z"):
+            read_volume(tmp_path / f"zero{ext}")
+
+
 def test_a_rotation_written_with_few_decimals_is_read_as_the_nearest_rotation(tmp_path):
     """An outside judge: a MetaImage rotation written with 3 decimals ("0.990 0.139") was not
     orthogonal to 1e-4, and segment refused the file as sheared ("e.g. a gantry tilt"). Now the
