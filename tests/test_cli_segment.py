@@ -1504,6 +1504,33 @@ def test_lengths_and_volumes_at_a_given_spacing_are_in_its_units(tmp_path, model
     assert f"{tuple(ref.spacing)} mm" not in err
 
 
+def test_volumes_in_messages_at_a_given_spacing_are_in_its_units(tmp_path, model_file,
+                                                                  volume_file, capsys,
+                                                                  monkeypatch):
+    """An outside judge: with ``--spacing`` the report's messages and the warnings printed
+    still gave volumes in mL and mm^3 ("0.0024 mL of what the network found ...") of what are
+    cubic units of --spacing. They are said in those units now (the JSON keys keep their
+    names); without --spacing they stay mL."""
+    import napari_tubular.inference as inference
+
+    note = ("3 component(s), 0.20 mL in all, dropped from the labels: no voxel of theirs "
+            "reached probability 0.99 (each under 0.1 mL: specks)")
+    monkeypatch.setattr(inference, "removal_notes", lambda *args, **kwargs: [note])
+    ref = read_volume(volume_file)
+    for name, extra, said in (
+            ("given", ["--spacing", *ref.spacing],
+             "3 component(s), 200 cubic units of --spacing in all, dropped from the labels: no "
+             "voxel of theirs reached probability 0.99 (each under 100 cubic units of "
+             "--spacing: specks)"),
+            ("plain", [], note)):
+        assert _run("segment", volume_file, "-o", tmp_path / name, "--model", model_file,
+                    "--device", "cpu", "--partial-volume", "off", *extra) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {said}" in err
+        report = json.loads((tmp_path / name / "case_07_report.json").read_text())
+        assert said in report["messages"]
+
+
 def test_unsigned_counts_taken_in_hu_are_a_note(tmp_path, model_file, capsys):
     """The note that a uint16 image (background near 100 counts) is taken in HU is printed as
     a note (left out by --quiet) and kept in the report."""

@@ -298,6 +298,7 @@ def run(args) -> int:
         check_segment_options,
         check_thresholds,
         foreground_threshold,
+        in_spacing_units,
         refine_maps,
         removal_notes,
         shape_report,
@@ -321,8 +322,15 @@ def run(args) -> int:
             src = (where if defaults["from_report"] or k != "min_size_mm3"
                    else "refine's fixed default")
             sources.setdefault(src, []).append(name)
+
+    def units(text: str) -> str:
+        # volumes in the units of segment's --spacing where it gave one (an outside judge:
+        # "min size 20 mm^3" and the notes' mL of a stack in micrometres)
+        return text if defaults["spacing"] is None else in_spacing_units(
+            text, "segment's --spacing")
+
     if sources:
-        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 ("
+        print(units(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 (")
               + "; ".join(f"{', '.join(names)} from {src}" for src, names in sources.items())
               + ")", file=sys.stderr)
     if not defaults["refine"]:
@@ -482,16 +490,17 @@ def run(args) -> int:
                                                        confidence, unsure)
     for note in removal_notes(unsure, blobs, confidence, blob):
         # as segment says them (a review: refine dropped whole components without a word)
+        note = units(note)
         label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     skeleton = skeleton & labels
     if not labels.any() and p.size and float(p.max()) > 0.5:
         # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word
-        note = (f"the labels are empty although the probability map holds "
-                f"vessels (highest probability {float(p.max()):.2f}, "
-                f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
-                f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed everything; "
-                "lower them")
+        note = units(f"the labels are empty although the probability map holds "
+                     f"vessels (highest probability {float(p.max()):.2f}, "
+                     f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
+                     f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed "
+                     "everything; lower them")
         label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)
