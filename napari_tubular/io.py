@@ -1364,6 +1364,7 @@ def _read_dicom_series(path: Path, only_file: Path | None):
     bad = (f"{'1 file' if one else f'{len(unread)} files'} in the series folder cannot be read "
            f"(corrupt, truncated or not DICOM) and {'is' if one else 'are'} left out of the "
            f"series: {_named(unread)}") if unread else ""
+    odd_spacing = _check_pixel_spacing(path, files[0])
     try:
         img = reader.Execute()
     except RuntimeError as exc:
@@ -1379,6 +1380,12 @@ def _read_dicom_series(path: Path, only_file: Path | None):
         reader.SetOutputPixelType(sitk.sitkFloat32)
         img = reader.Execute()
     _check_slice_positions(path, reader, len(files), img, bad)
+    if odd_spacing:
+        said = " and ".join(f"{'xy'[i]} ({v:g}: read as {img.GetSpacing()[i]:g} mm, as ITK "
+                            "reads it)" for i, v in odd_spacing)
+        warnings.warn(f"{path}: the DICOM Pixel Spacing (0028,0030) of {Path(files[0]).name} "
+                      f"is no voxel size along {said}; the spacing is likely wrong: check it "
+                      "(segment's --spacing Z Y X replaces it)", UserWarning, stacklevel=4)
     if img.GetSize()[2] == 1:
         img = _single_slice_spacing(only_file or path, reader, img)
     if bad:
@@ -1389,6 +1396,36 @@ def _read_dicom_series(path: Path, only_file: Path | None):
                       "copy, or remove it from the folder if it is not a slice",
                       UserWarning, stacklevel=4)
     return img
+
+
+def _check_pixel_spacing(path: Path, first: str) -> list[tuple[int, float]]:
+    """The Pixel Spacing tag (0028,0030: row, column spacing, i.e. y, x, in mm) of a series'
+    first slice, which ITK reads without a word where it is unusable (an outside judge): a value
+    that is not a number (NaN) is refused (ITK printed a page of its SVD's complaints, and the
+    slices were then said to "differ in pixel spacing" from themselves). Returns the values of
+    0 or below (ITK reads 1 mm for 0, the absolute value for a negative one) as ``(axis, value)``
+    pairs, axis 0 = x, 1 = y (SimpleITK's order), for the caller's warning."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(first)
+    try:
+        reader.ReadImageInformation()
+        if not reader.HasMetaDataKey("0028|0030"):
+            return []
+        text = reader.GetMetaData("0028|0030").strip("\x00 ")
+    except RuntimeError:
+        return []  # said by the series reader
+    try:
+        values = [float(v) for v in text.replace(",", "\\").split("\\")]
+    except ValueError:
+        values = []
+    if len(values) != 2 or not all(math.isfinite(v) for v in values):
+        raise VolumeIOError(f"{path}: corrupt DICOM header: the Pixel Spacing (0028,0030) of "
+                            f"{Path(first).name} is {text}, not two numbers (row and column "
+                            "spacing in mm)")
+    row, column = values  # y, x
+    return [(i, v) for i, v in ((0, column), (1, row)) if v <= 0]
 
 
 def _single_slice_spacing(path: Path, reader, img):

