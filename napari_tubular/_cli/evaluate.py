@@ -52,25 +52,27 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "a batch mean leaves such cases out and names them)."
         ),
     )
-    p.add_argument("pred", type=Path, help="predicted mask/labels volume, or a folder of them")
-    p.add_argument("ref", type=Path, nargs="?",
+    from ._paths import path_arg
+
+    p.add_argument("pred", type=path_arg, help="predicted mask/labels volume, or a folder of them")
+    p.add_argument("ref", type=path_arg, nargs="?",
                    help="reference mask/labels volume, or a folder of them; without it, the "
                    "reference-free self-check of PRED: components by size, small isolated "
                    "components (under 5%% of the largest one's voxels), loops (b1), "
                    "cavities (b2) and possible breaks, with "
                    "--json/--errors/--sites")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
-    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
+    p.add_argument("--json", type=path_arg, metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument("--csv", type=path_arg, metavar="OUT.csv", help="write one row per case as CSV")
     p.add_argument(
         "--errors",
-        type=Path,
+        type=path_arg,
         metavar="OUT",
         help="write the error-class label volume (e.g. errors.nii.gz; a folder in batch mode, "
         "one NAME_errors.nii.gz per case)",
     )
     p.add_argument(
         "--sites",
-        type=Path,
+        type=path_arg,
         metavar="OUT.csv",
         help="(single pair) write the error sites, sorted by severity, as CSV",
     )

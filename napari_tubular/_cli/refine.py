@@ -31,14 +31,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "and radius map (mm) with new thresholds T_p / T_r. No network is run."
         ),
     )
+    from ._paths import path_text
+
     p.add_argument(
-        "probability", metavar="PROB", help="probability map (e.g. NAME_probability.nii.gz)"
+        "probability", metavar="PROB", type=path_text,
+        help="probability map (e.g. NAME_probability.nii.gz)"
     )
-    p.add_argument("radius", metavar="RADIUS", help="radius map in mm (e.g. NAME_radius.nii.gz)")
+    p.add_argument("radius", metavar="RADIUS", type=path_text,
+                   help="radius map in mm (e.g. NAME_radius.nii.gz)")
     p.add_argument(
         "-o",
         "--output",
         required=True,
+        type=path_text,
         metavar="OUT_LABELS",
         help="labels file to write (.nii.gz, .nii, .nrrd, .mha, .mhd: the extension picks the "
         "format)",
@@ -79,7 +84,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "segment used, from NAME_report.json, else bright)",
     )
     p.add_argument(
-        "--image", default=None, metavar="IMAGE",
+        "--image", default=None, metavar="IMAGE", type=path_text,
         help="the segmented image, for the partial-volume trim (default: the input named in "
         "NAME_report.json, if it is still there; a warning when IMAGE is not that file, or its "
         "name not the maps' case)",

@@ -117,15 +117,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "cavity-filled and filtered as usual)."
         ),
     )
+    from ._paths import path_text
+
     p.add_argument(
         "inputs",
         nargs="+",
+        type=path_text,
         metavar="INPUT",
         help="volume file(s) (.nii.gz, .nii, .nrrd, .mha, .mhd), DICOM series folder(s), "
         "or folder(s) whose volumes are all segmented",
     )
     p.add_argument(
-        "-o", "--output", required=True, metavar="OUTDIR", help="output folder (created)"
+        "-o", "--output", required=True, metavar="OUTDIR", type=path_text,
+        help="output folder (created)"
     )
     p.add_argument(
         "--model",

@@ -93,7 +93,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("outdir", metavar="OUTDIR", type=Path, help="output folder (created if missing)")
+    from ._paths import path_arg
+
+    p.add_argument("outdir", metavar="OUTDIR", type=path_arg,
+                   help="output folder (created if missing)")
     p.add_argument(
         "--n", type=_positive_int, default=1, metavar="N",
         help="number of cases, 1-1000 (default 1; --start adds more to the folder in another run)",
