@@ -1464,8 +1464,10 @@ def test_a_folder_given_twice_says_its_notes_once(tmp_path, volume_file, capsys)
         assert "given more than once" in err
     assert _run("segment", mix, mix, "-o", tmp_path / "out", "--quiet") == 2
     err = capsys.readouterr().err
-    assert "note:" not in err
+    assert "also holds DICOM files" not in err
     assert "given more than once" in err
+    # what is passed over still prints under --quiet (the README; test_cli_paths)
+    assert err.count("not segmented (sub-folders are not searched") == 1, err
 
 
 def test_lengths_and_volumes_at_a_given_spacing_are_in_its_units(tmp_path, model_file,

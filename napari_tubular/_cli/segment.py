@@ -331,7 +331,8 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
 
     Each note about a folder is printed once, however often the folder is given (an outside
     judge: ``segment mix mix`` said the DICOM note twice before refusing the repeat); ``quiet``
-    leaves the notes out, as ``--quiet`` leaves out the others.
+    leaves the DICOM notes out, as ``--quiet`` leaves out the others; the entries passed over
+    are said all the same (the README: they "still print").
     """
     from ..io import list_volumes, volume_stem
 
@@ -346,10 +347,13 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
         dicom = _dicom_files(p, vols) if vols else []
-        say = p.is_dir() and not quiet and p.resolve() not in noted
+        first_time = p.is_dir() and p.resolve() not in noted
+        say = first_time and not quiet
         if p.is_dir():
             noted.add(p.resolve())
-        if vols and say:
+        if vols and first_time:
+            # what is passed over is said under --quiet too, as the README says (it was left
+            # out, and test_folder_input_says_what_it_passes_over failed)
             _note_passed_over(p, vols + dicom)
         for v in vols:
             if volume_stem(v).lower().endswith(SKIPPED_STEMS):
