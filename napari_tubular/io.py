@@ -1554,6 +1554,39 @@ def _check_slice_sizes(path: Path, files: list[str]) -> None:
 SLICE_STEP_TOLERANCE = 0.1
 
 
+def _check_slice_geometry_tags(path: Path, reader, n_slices: int) -> None:
+    """Refuse a DICOM series whose Image Position (Patient) (0020,0032) holds a value that is not
+    a number, or whose Image Orientation (Patient) (0020,0037) is not two perpendicular unit
+    vectors (NaN, all zeros): ITK read such a series without a word, with a z spacing of 1 mm
+    (NaN positions) or the identity orientation (an outside judge)."""
+    for k in range(n_slices):
+        for tag, name, count in (("0020|0032", "Image Position (Patient)", 3),
+                                 ("0020|0037", "Image Orientation (Patient)", 6)):
+            try:
+                if not reader.HasMetaDataKey(k, tag):
+                    continue
+                text = reader.GetMetaData(k, tag).strip("\x00 ")
+            except (RuntimeError, IndexError):
+                continue
+            if not text:
+                continue  # empty: the checks that use it leave it alone
+            try:
+                values = [float(v) for v in text.replace(",", "\\").split("\\")]
+            except ValueError:
+                values = []
+            bad = len(values) != count or not all(math.isfinite(v) for v in values)
+            if not bad and count == 6:
+                row, col = np.asarray(values[:3]), np.asarray(values[3:])
+                bad = (abs(np.linalg.norm(row) - 1) > 0.01 or abs(np.linalg.norm(col) - 1) > 0.01
+                       or abs(float(row @ col)) > 0.01)
+            if bad:
+                what = ("three numbers" if count == 3 else
+                        "two perpendicular unit vectors (row and column directions)")
+                raise VolumeIOError(f"{path}: corrupt DICOM header: the {name} "
+                                    f"({tag.replace('|', ',')}) of slice {k + 1} of "
+                                    f"{n_slices} is {text}, not {what}")
+
+
 def _check_slice_positions(path: Path, reader, n_slices: int, img, unread: str = "") -> None:
     """Refuse a DICOM series whose slices are not evenly spaced along the slice normal, or
     whose slices shift sideways from one to the next (a gantry tilt).
@@ -1567,6 +1600,7 @@ def _check_slice_positions(path: Path, reader, n_slices: int, img, unread: str =
     read them. ``unread`` names the folder's files that could not be read (said in the error of
     a gap: the missing slice is most likely one of them).
     """
+    _check_slice_geometry_tags(path, reader, n_slices)
     if n_slices < 2:
         return
     normal = np.asarray(img.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
