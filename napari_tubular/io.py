@@ -654,7 +654,11 @@ def _read_nifti2(path: Path, **options) -> Volume:
             gzip.GzipFile(fileobj=raw, mode="rb") if _starts_with_gzip(path)
             else nullcontext(raw) as fh,
         ):
-            holder = FileHolder(fileobj=io.BytesIO(fh.read()))
+            content = fh.read()
+            holder = FileHolder(fileobj=io.BytesIO(content))
+        # pixdim as stored (nibabel's checks make 0 a 1 and a negative value positive)
+        stored = nib.Nifti2Header.from_fileobj(io.BytesIO(content[:540]), check=False)
+        raw_pixdim = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
         img = nib.Nifti2Image.from_file_map({"image": holder, "header": holder})
         shape = tuple(int(v) for v in img.header.get_data_shape())
         if any(n > _NIFTI1_MAX_DIM for n in shape):
@@ -695,6 +699,9 @@ def _read_nifti2(path: Path, **options) -> Volume:
                                    w.filename, w.lineno)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    if int(img.header["sform_code"]) <= 0:
+        # the spacing is pixdim's: 0 or below is said, as for a NIfTI-1 file
+        _warn_bad_pixdim(path, raw_pixdim, vol.spacing)
     vol.path = path
     return vol
 

@@ -1359,6 +1359,27 @@ def test_nifti_zero_or_negative_voxel_size_is_warned_with_its_axis(tmp_path, qfo
     assert not any("voxel size along" in str(w.message) for w in caught)
 
 
+def test_nifti2_zero_voxel_size_is_warned_too(tmp_path):
+    """A NIfTI-2 file (read through a NIfTI-1 copy, whose header nibabel had already given
+    pixdim 1) said nothing of its pixdim of 0 either."""
+    import io as _io
+
+    import nibabel as nib
+
+    img = nib.Nifti2Image(np.ones((4, 5, 6), np.float32), None)
+    img.set_qform(np.diag([0.5, 0.6, 0.7, 1.0]), code=1)
+    raw = _io.BytesIO()
+    img.to_file_map(img.make_file_map({"image": raw, "header": raw}))
+    block = raw.getvalue()
+    header = nib.Nifti2Header.from_fileobj(_io.BytesIO(block[:540]), check=False)
+    header["pixdim"][1] = 0.0
+    path = tmp_path / "two.nii"
+    path.write_bytes(header.binaryblock + block[540:])
+    with pytest.warns(UserWarning, match=r"two\.nii: the NIfTI header's voxel size along x "
+                      r"\(pixdim\[1\]\) is 0: read as 1 mm"):
+        assert read_volume(path).spacing == pytest.approx((0.7, 0.6, 1.0))
+
+
 def test_nrrd_and_metaimage_zero_or_unknown_voxel_size(tmp_path):
     """An outside judge: a NRRD's "spacings: nan 0.7 0.9" (NRRD's "unknown") or a "none"
     space direction was read as 1 mm without a word; "spacings: 0 ..." failed with ITK's
