@@ -1131,6 +1131,19 @@ def _nrrd_check(path: Path) -> None:
             # file, two space directions for three axes "Error reading n2.nrrd:"
             raise VolumeIOError(f"{path}: corrupt NRRD header: {key} has {count} value(s) for "
                                 f"dimension {dimension} ({fields[key]})")
+    origin = fields.get("space origin", "").strip()
+    if origin and origin.lower() != "none":
+        # ITK: "Error reading X.nrrd:" (an outside judge: "(nan,0,0)", "(1,2)")
+        inner = re.fullmatch(r"\(([^()]*)\)", origin)
+        try:
+            values = [float(v) for v in inner.group(1).split(",")] if inner else []
+        except ValueError:
+            values = []
+        vector = re.search(r"\(([^()]*)\)", fields.get("space directions", ""))
+        size = len(vector.group(1).split(",")) if vector else 3  # the space's dimension
+        if len(values) != size or not all(math.isfinite(v) for v in values):
+            raise VolumeIOError(f"{path}: corrupt NRRD header: its space origin {origin} is not "
+                                f"{size} finite numbers, e.g. ({','.join('0' * size)})")
     if "spacings" in fields and "space directions" not in fields and (
             "space" in fields or "space dimension" in fields):
         # ITK: "Error interpreting nrrd spacing (nrrdSpacingStatusScalarWithSpace)"
