@@ -440,3 +440,22 @@ def test_a_missing_map_is_said_before_anything_else(tmp_path, capsys):
         assert err.startswith("napari-tubular refine: error: volume not found: ")
         assert f"(the {what})" in err
         assert err.count("\n") == 1
+
+
+def test_a_skeleton_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys,
+                                                                       monkeypatch):
+    """An outside judge: a folder named like the skeleton refine writes beside the labels
+    (X_skeleton.nii.gz) made ``--overwrite`` fail at the writing, "Is a directory", after the
+    refinement."""
+    import napari_tubular.inference as inference
+
+    p, r, _img = _maps(tmp_path / "seg")
+    (tmp_path / "x_skeleton.nii.gz").mkdir()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("refined before the outputs were checked")
+
+    monkeypatch.setattr(inference, "refine_maps", no_work)
+    assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x_skeleton.nii.gz'}, is a folder" in err

