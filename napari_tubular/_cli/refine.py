@@ -60,7 +60,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--min-size", type=float, default=None, metavar="MM3", dest="min_size_mm3",
         help="remove label components smaller than MM3 cubic mm (default: the one segment used, "
-        "from NAME_report.json, else 20; 0 keeps everything)",
+        "from NAME_report.json, else 20; 0 keeps everything; after segment --spacing, cubic "
+        "units of that spacing)",
     )
     p.add_argument(
         "--partial-volume", type=_partial_volume_arg, default="report", metavar="F|off",

@@ -163,7 +163,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         metavar="MM3",
         dest="min_size_mm3",
         help=f"remove label components smaller than MM3 cubic mm (default {DEFAULT_MIN_SIZE_MM3:g}; "
-        "0 keeps everything)",
+        "0 keeps everything; with --spacing, cubic units of that spacing)",
     )
     p.add_argument(
         "--min-confidence",
