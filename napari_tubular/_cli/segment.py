@@ -134,6 +134,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--model",
         default="default",
+        type=path_text,
         metavar="default|PATH",
         help="model file (default: the installed default model)",
     )
