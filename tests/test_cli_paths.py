@@ -343,7 +343,8 @@ def test_refine_refuses_an_image_of_another_size_on_the_same_spacing(segmented, 
 
 @pytest.mark.parametrize("argv", [
     ["info", ""], ["segment", "", "-o", "out"], ["segment", "IN", "-o", ""],
-    ["segment", "IN", "-o", "out", "--model", ""], ["synth", ""], ["evaluate", "", "IN"], ["evaluate", "IN", "IN", "--json", ""],
+    ["segment", "IN", "-o", "out", "--model", ""], ["synth", ""], ["evaluate", "", "IN"],
+    ["evaluate", "IN", "IN", "--json", ""],
     ["refine", "", "IN", "-o", "x_labels.nii.gz"], ["refine", "IN", "IN", "-o", ""],
     ["train", "--synthetic", "--out", ""], ["train", "--data", "", "--out", "run"]])
 def test_an_empty_path_argument_is_refused(tmp_path, monkeypatch, capsys, argv):
