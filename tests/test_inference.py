@@ -1425,7 +1425,8 @@ def test_micrometre_voxels_are_said_with_the_spacing_to_give(tiny_model_file):
     with pytest.raises(ValueError, match=r"give the spacing 1 0\.5 0\.5 \(") as info:
         _check_model_grid((40, 64, 64), (0.001, 0.0005, 0.0005), (0.8, 0.8, 0.8),
                           task="train on")
-    assert "--spacing" not in str(info.value).split("If the spacing, read in millimetres, is wrong")[0]
+    before = str(info.value).split("If the spacing, read in millimetres, is wrong")[0]
+    assert "--spacing" not in before
     # a volume thin in voxels but not in micrometres keeps its own message, without this
     with pytest.raises(ValueError, match="too thin") as info:
         _check_model_grid((2, 64, 64), (0.001, 0.0003, 0.0003), (0.8, 0.8, 0.8))
