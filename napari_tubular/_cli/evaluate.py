@@ -52,25 +52,27 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "a batch mean leaves such cases out and names them)."
         ),
     )
-    p.add_argument("pred", type=Path, help="predicted mask/labels volume, or a folder of them")
-    p.add_argument("ref", type=Path, nargs="?",
+    from ._paths import path_arg
+
+    p.add_argument("pred", type=path_arg, help="predicted mask/labels volume, or a folder of them")
+    p.add_argument("ref", type=path_arg, nargs="?",
                    help="reference mask/labels volume, or a folder of them; without it, the "
                    "reference-free self-check of PRED: components by size, small isolated "
                    "components (under 5%% of the largest one's voxels), loops (b1), "
                    "cavities (b2) and possible breaks, with "
                    "--json/--errors/--sites")
-    p.add_argument("--json", type=Path, metavar="OUT.json", help="write the metrics as JSON")
-    p.add_argument("--csv", type=Path, metavar="OUT.csv", help="write one row per case as CSV")
+    p.add_argument("--json", type=path_arg, metavar="OUT.json", help="write the metrics as JSON")
+    p.add_argument("--csv", type=path_arg, metavar="OUT.csv", help="write one row per case as CSV")
     p.add_argument(
         "--errors",
-        type=Path,
+        type=path_arg,
         metavar="OUT",
         help="write the error-class label volume (e.g. errors.nii.gz; a folder in batch mode, "
         "one NAME_errors.nii.gz per case)",
     )
     p.add_argument(
         "--sites",
-        type=Path,
+        type=path_arg,
         metavar="OUT.csv",
         help="(single pair) write the error sites, sorted by severity, as CSV",
     )
@@ -614,6 +616,7 @@ def _check_outputs(args, *, batch: bool) -> None:
         refuse_inputs_as_outputs,
         refuse_shared_outputs,
         refuse_unwritable_type,
+        refuse_volume_name_as_folder,
     )
 
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
@@ -628,6 +631,14 @@ def _check_outputs(args, *, batch: bool) -> None:
                              + (tuple(_folder_volumes(args)) if batch else ()))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
+        if path is not None and volume_format(path) is not None and not path.is_dir():
+            # an outside judge: "--json out.nii.gz" and "--sites s.nii.gz" wrote JSON / CSV
+            # text under a volume file's name (meant for --errors?), which every reader then
+            # took for a corrupt volume
+            raise ValueError(f"--{opt} {path}: writes {'JSON' if opt == 'json' else 'CSV'} "
+                             f"text, not a volume file; give a name ending in "
+                             f"{'.json' if opt == 'json' else '.csv'} (the error map is "
+                             "--errors)")
         if path is not None and path.is_dir():
             # an audit: "already exists; pass --overwrite", and --overwrite then crashed
             raise ValueError(f"--{opt} {path} is a folder; give the file to write, e.g. "
@@ -639,12 +650,11 @@ def _check_outputs(args, *, batch: bool) -> None:
     if args.errors is not None:
         if batch and args.errors.exists() and not args.errors.is_dir():
             raise ValueError(f"--errors {args.errors}: in batch mode this must be a folder")
-        if batch and not args.errors.exists() and volume_format(args.errors) is not None:
+        if batch:
             # an outside judge: "--errors errors.nii.gz" over two folders made a folder of
             # that name, the NAME_errors.nii.gz files in it (and another: "errors.dcm" too)
-            raise ValueError(f"--errors {args.errors}: in batch mode this is a folder (one "
-                             "NAME_errors.nii.gz per case is written in it), not a volume "
-                             "file; name a folder")
+            refuse_volume_name_as_folder("--errors", args.errors,
+                                         "NAME_errors.nii.gz, one per case,")
         if not batch and args.errors.is_dir():
             raise ValueError(f"--errors {args.errors} is a folder; give the file to write, e.g. "
                              f"{args.errors / 'errors.nii.gz'}")

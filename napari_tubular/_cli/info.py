@@ -18,9 +18,12 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "number of distinct values. NaN and infinite voxels are counted, not filled."
         ),
     )
+    from ._paths import path_text
+
     p.add_argument(
         "paths",
         nargs="+",
+        type=path_text,
         metavar="FILE",
         help="volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), DICOM series folder, or "
         "folder of volume files (each reported, and its DICOM series if it holds one too)",

@@ -31,14 +31,19 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
             "and radius map (mm) with new thresholds T_p / T_r. No network is run."
         ),
     )
+    from ._paths import path_text
+
     p.add_argument(
-        "probability", metavar="PROB", help="probability map (e.g. NAME_probability.nii.gz)"
+        "probability", metavar="PROB", type=path_text,
+        help="probability map (e.g. NAME_probability.nii.gz)"
     )
-    p.add_argument("radius", metavar="RADIUS", help="radius map in mm (e.g. NAME_radius.nii.gz)")
+    p.add_argument("radius", metavar="RADIUS", type=path_text,
+                   help="radius map in mm (e.g. NAME_radius.nii.gz)")
     p.add_argument(
         "-o",
         "--output",
         required=True,
+        type=path_text,
         metavar="OUT_LABELS",
         help="labels file to write (.nii.gz, .nii, .nrrd, .mha, .mhd: the extension picks the "
         "format)",
@@ -55,7 +60,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
     p.add_argument(
         "--min-size", type=float, default=None, metavar="MM3", dest="min_size_mm3",
         help="remove label components smaller than MM3 cubic mm (default: the one segment used, "
-        "from NAME_report.json, else 20; 0 keeps everything)",
+        "from NAME_report.json, else 20; 0 keeps everything; after segment --spacing, cubic "
+        "units of that spacing)",
     )
     p.add_argument(
         "--partial-volume", type=_partial_volume_arg, default="report", metavar="F|off",
@@ -79,7 +85,7 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "segment used, from NAME_report.json, else bright)",
     )
     p.add_argument(
-        "--image", default=None, metavar="IMAGE",
+        "--image", default=None, metavar="IMAGE", type=path_text,
         help="the segmented image, for the partial-volume trim (default: the input named in "
         "NAME_report.json, if it is still there; a warning when IMAGE is not that file, or its "
         "name not the maps' case)",
@@ -298,12 +304,18 @@ def run(args) -> int:
         check_segment_options,
         check_thresholds,
         foreground_threshold,
+        in_spacing_units,
         refine_maps,
         removal_notes,
         shape_report,
     )
     from ..io import read_volume
 
+    for what, given in (("probability map", args.probability), ("radius map", args.radius)):
+        # an outside judge: a mistyped map name printed the thresholds and "no segment report
+        # beside the maps" before "volume not found"
+        if not Path(given).expanduser().exists():
+            raise FileNotFoundError(f"volume not found: {given} (the {what})")
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -321,8 +333,15 @@ def run(args) -> int:
             src = (where if defaults["from_report"] or k != "min_size_mm3"
                    else "refine's fixed default")
             sources.setdefault(src, []).append(name)
+
+    def units(text: str) -> str:
+        # volumes in the units of segment's --spacing where it gave one (an outside judge:
+        # "min size 20 mm^3" and the notes' mL of a stack in micrometres)
+        return text if defaults["spacing"] is None else in_spacing_units(
+            text, "segment's --spacing")
+
     if sources:
-        print(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 ("
+        print(units(f"refine: tp={tp:g} tr={tr:g} min size {min_size:g} mm^3 (")
               + "; ".join(f"{', '.join(names)} from {src}" for src, names in sources.items())
               + ")", file=sys.stderr)
     if not defaults["refine"]:
@@ -369,6 +388,10 @@ def run(args) -> int:
     # its folder afile (File exists)"; segment and evaluate refuse it before any work
     refuse_file_as_folder("-o", out)
     skel_out = skeleton_path(out)
+    if skel_out.is_dir():
+        # an outside judge: with --overwrite it failed at the writing, after the refinement
+        raise IsADirectoryError(f"the skeleton written beside the labels, {skel_out}, is a "
+                                "folder (--overwrite replaces files only); remove or rename it")
 
     if args.image is not None and not Path(args.image).expanduser().exists():
         # an outside judge: a mistyped --image left the labels untrimmed, with a note and
@@ -482,16 +505,17 @@ def run(args) -> int:
                                                        confidence, unsure)
     for note in removal_notes(unsure, blobs, confidence, blob):
         # as segment says them (a review: refine dropped whole components without a word)
+        note = units(note)
         label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     skeleton = skeleton & labels
     if not labels.any() and p.size and float(p.max()) > 0.5:
         # an audit: --tr 50 wrote an empty labels file with exit status 0 and no word
-        note = (f"the labels are empty although the probability map holds "
-                f"vessels (highest probability {float(p.max()):.2f}, "
-                f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
-                f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed everything; "
-                "lower them")
+        note = units(f"the labels are empty although the probability map holds "
+                     f"vessels (highest probability {float(p.max()):.2f}, "
+                     f"{int(np.count_nonzero(p > 0.5))} voxels above 0.5): the thresholds "
+                     f"(tp={tp:g}, tr={tr:g}, min component {min_size:g} mm^3) removed "
+                     "everything; lower them")
         label_notes.append(note)
         print(f"refine: warning: {note}", file=sys.stderr)
     _write_pair(((out, labels), (skel_out, skeleton)), prob, args.overwrite)

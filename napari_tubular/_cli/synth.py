@@ -93,7 +93,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("outdir", metavar="OUTDIR", type=Path, help="output folder (created if missing)")
+    from ._paths import path_arg
+
+    p.add_argument("outdir", metavar="OUTDIR", type=path_arg,
+                   help="output folder (created if missing)")
     p.add_argument(
         "--n", type=_positive_int, default=1, metavar="N",
         help="number of cases, 1-1000 (default 1; --start adds more to the folder in another run)",
@@ -252,19 +255,16 @@ def run(args: argparse.Namespace) -> int:
         case_paths,
     )
 
-    from ..io import volume_format
-    from ._paths import refuse_file_as_folder
+    from ._paths import refuse_file_as_folder, refuse_volume_name_as_folder
 
     outdir = Path(args.outdir).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"OUTDIR {outdir} exists and is not a folder")
     refuse_file_as_folder("OUTDIR", outdir)  # before any case is made (it failed at writing)
-    if not outdir.exists() and volume_format(outdir) is not None:
-        # as segment refuses "-o seg.nii.gz" (an outside judge: "synth s.nii.gz" made a
-        # folder of that name with the cases in it)
-        raise ValueError(f"OUTDIR {args.outdir}: the output is a folder (case_000_image.nii.gz, "
-                         "case_000_label.nii.gz, ... are written in it), not a volume file; "
-                         "name a folder")
+    # as segment refuses "-o seg.nii.gz" (an outside judge: "synth s.nii.gz" made a folder of
+    # that name with the cases in it)
+    refuse_volume_name_as_folder("OUTDIR", args.outdir, "case_000_image.nii.gz, "
+                                 "case_000_label.nii.gz, ...")
     if args.n > MAX_COUNT:
         # an outside judge: --n 1000000000 listed every case name (and checked four files per
         # case) before the first case was written: 22 GB and 8 minutes without a line

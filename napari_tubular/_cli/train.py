@@ -26,17 +26,20 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="JSON or YAML file with training options "
+    from ._paths import path_text
+
+    p.add_argument("config", nargs="?", type=path_text,
+                   help="JSON or YAML file with training options "
                    "(relative paths in it are taken from the working directory)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", nargs="+", metavar="DIR",
+    src.add_argument("--data", nargs="+", metavar="DIR", type=path_text,
                      help="folder(s) of <name>_image / <name>_label volume pairs")
     src.add_argument("--synthetic", action="store_true",
                      help="train on synthetic vessel trees generated on the fly (the "
                      "default when neither --data nor a config file's data is given)")
-    p.add_argument("--val-data", nargs="+", metavar="DIR",
+    p.add_argument("--val-data", nargs="+", metavar="DIR", type=path_text,
                    help="validation folder(s), 'synthetic' (default) or 'none'")
-    p.add_argument("--out", help="run folder (logs, checkpoints, model files)")
+    p.add_argument("--out", type=path_text, help="run folder (logs, checkpoints, model files)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
     p.add_argument("--minutes", type=float, dest="max_minutes",
                    help="wall-clock budget of the training steps in minutes (stops and saves "
@@ -66,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="do not tune the refinement thresholds T_p / T_r on the validation "
                    "volumes at the end (by default a run with validation stores them in its "
                    "model files for segment; without validation they stay 0.9 / 0.5)")
-    p.add_argument("--init-model", dest="init_model", metavar="MODEL",
+    p.add_argument("--init-model", dest="init_model", metavar="MODEL", type=path_text,
                    help="fine-tune: start from this model file ('default' or a path); K and "
                    "the spacing default to the model's, and so do its tuned T_p/T_r and radius "
                    "calibration (when K is kept)")
@@ -176,6 +179,15 @@ def config_from_args(args: argparse.Namespace):
         if model_opts:
             cfg.set_model_options(**model_opts)
     cfg.validate()
+    from ._paths import refuse_file_as_folder, refuse_volume_name_as_folder
+
+    # an outside judge: "--out run.nii.gz" (or "--out model.pt") made a folder of that name
+    # with the run in it, as segment's -o and synth's OUTDIR did before they refused it; and
+    # "--out afile/run" said only "[Errno 20] Not a directory: 'afile/run'"
+    option = "--out" if args.out else "out"
+    refuse_file_as_folder(option, cfg.out)
+    refuse_volume_name_as_folder(option, cfg.out, "log.csv, last.pt, model.pt, ...",
+                                 models=True)
     if args.config:
         _refuse_paths_beside_config(cfg, Path(args.config))
     shared = _same_folders(cfg.data, cfg.val_data)
