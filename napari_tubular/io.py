@@ -578,6 +578,34 @@ def _refuse_corrupt_qform(path: Path, header) -> str | None:
     return problem
 
 
+@contextmanager
+def _nibabel_log_as_warnings(path: Path):
+    """nibabel's header checks print the fixes they make ("sform_code 7 not valid; setting to
+    0") on stderr through its logger, naming no file (an outside judge); here they are warnings
+    naming ``path``. Its pixdim fixes (0 made 1, negative made positive) are left out: the
+    reader says them in its own words where the spacing comes from pixdim."""
+    import logging
+
+    from nibabel import imageglobals
+
+    said: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler = _Collect()
+    with imageglobals.LoggingOutputSuppressor():
+        imageglobals.logger.addHandler(handler)
+        try:
+            yield
+        finally:
+            imageglobals.logger.removeHandler(handler)
+    for text in said:
+        if not text.startswith("pixdim[1,2,3]"):
+            warnings.warn(f"{path}: NIfTI header: {text}", UserWarning, stacklevel=4)
+
+
 def _nifti_header(path: Path, gz: bool):
     """Parse a NIfTI-1 header with nibabel from the open stream (any file-name case).
 
@@ -612,7 +640,8 @@ def _nifti_header(path: Path, gz: bool):
             _refuse_corrupt_qform(path, nib.Nifti1Header.from_fileobj(fh, check=False))
             fh.seek(0)
             holder = FileHolder(fileobj=fh)
-            img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
+            with _nibabel_log_as_warnings(path):
+                img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
             # The array proxy knows where the data really start (vox_offset 0, as SimpleITK
             # writes it, means "right after the header and extensions").
             offset = int(getattr(img.dataobj, "offset", img.header.get_data_offset()))
@@ -717,7 +746,8 @@ def _read_nifti2(path: Path, **options) -> Volume:
         stored = nib.Nifti2Header.from_fileobj(io.BytesIO(content[:540]), check=False)
         raw_pixdim = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
         _refuse_corrupt_qform(path, stored)  # the copy's reading warns when the sform is used
-        img = nib.Nifti2Image.from_file_map({"image": holder, "header": holder})
+        with _nibabel_log_as_warnings(path):
+            img = nib.Nifti2Image.from_file_map({"image": holder, "header": holder})
         shape = tuple(int(v) for v in img.header.get_data_shape())
         if any(n > _NIFTI1_MAX_DIM for n in shape):
             raise VolumeIOError(f"{path}: NIfTI-2 file of size {shape} (x, y, z...): too large "

@@ -259,3 +259,20 @@ def test_dicom_usable_rescale_reads_without_a_word(tmp_path, slope):
     vol = _quiet_read(folder)
     np.testing.assert_allclose(vol.data[:, 0, 0],
                                float(slope) * np.array([3, 13, 23, 33]) - 1024)
+
+
+# --- nibabel's header fixes ----------------------------------------------------------------
+def test_nibabels_header_fixes_are_warnings_naming_the_file_not_bare_stderr(tmp_path, capfd):
+    """An outside judge: nibabel printed "pixdim[1,2,3] should be non-zero; setting 0 dims to
+    1" and "sform_code 7 not valid; setting to 0" on stderr, naming no file. The pixdim fix is
+    said by the reader in its own words; the others are warnings naming the file."""
+    zeros = np.zeros((5, 6, 7), np.int16)
+    p = _nifti(tmp_path / "p0.nii", zeros, qform_code=0, patch={_PIXDIM_X + 8: ("<f", 0.0)})
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match=r"p0\.nii: the NIfTI header's pixdim"):
+        read_volume(p)
+    assert "pixdim[1,2,3]" not in capfd.readouterr().err
+    p = _nifti(tmp_path / "s7.nii", zeros, patch={254: ("<h", 7)})  # sform_code
+    with pytest.warns(UserWarning, match=r"s7\.nii: NIfTI header: sform_code 7 not valid"):
+        read_volume(p)
+    assert "sform_code" not in capfd.readouterr().err
