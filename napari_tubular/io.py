@@ -734,6 +734,7 @@ def _read_nifti2(path: Path, **options) -> Volume:
     from nibabel.spatialimages import HeaderDataError
     from nibabel.wrapstruct import WrapStructError
 
+    cause = ""
     try:
         with (
             open(path, "rb") as raw,
@@ -759,8 +760,18 @@ def _read_nifti2(path: Path, **options) -> Volume:
         else:
             # nibabel resets a saved array's scaling: the scaled values, as float32 (what
             # SimpleITK gives for a scaled NIfTI-1 file)
-            data = np.asarray(img.dataobj, dtype=np.float32)
+            with np.errstate(over="ignore", invalid="ignore"):
+                scaled = np.asarray(img.dataobj, dtype=np.float64)
+                data = scaled.astype(np.float32)
             header.set_data_dtype(np.float32)
+            # the scaling's overflow, named as it is for a NIfTI-1 file (an outside judge)
+            over = ~np.isfinite(data) & np.isfinite(np.asarray(img.dataobj.get_unscaled()))
+            if over.any():
+                cause = (f"{int(np.count_nonzero(over))} of them stored as finite values, which "
+                         f"the NIfTI header's scaling (scl_slope {float(img.dataobj.slope):g}, "
+                         f"scl_inter {float(img.dataobj.inter):g}) takes beyond float32's range "
+                         f"(+-{float(np.finfo(np.float32).max):.3g}): the scaling is likely "
+                         "corrupt")
         copy = nib.Nifti1Image(data, None, header=header)
     except (EOFError, zlib.error) as exc:
         raise VolumeIOError(f"{path}: file is truncated or corrupt (NIfTI-2: {exc})") from exc
@@ -781,9 +792,13 @@ def _read_nifti2(path: Path, **options) -> Volume:
             try:
                 vol = read_volume(tmp, **options)
             except VolumeIOError as exc:
-                raise VolumeIOError(str(exc).replace(str(tmp), str(path))) from None
+                raise VolumeIOError(_with_cause(str(exc).replace(str(tmp), str(path)), cause)
+                                    ) from None
         for w in caught:
-            warnings.warn_explicit(str(w.message).replace(str(tmp), str(path)), w.category,
+            text = str(w.message).replace(str(tmp), str(path))
+            if issubclass(w.category, VolumeNaNWarning):
+                text = _with_cause(text, cause)
+            warnings.warn_explicit(text, w.category,
                                    w.filename, w.lineno)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -792,6 +807,14 @@ def _read_nifti2(path: Path, **options) -> Volume:
         _warn_bad_pixdim(path, raw_pixdim, vol.spacing)
     vol.path = path
     return vol
+
+
+def _with_cause(text: str, cause: str) -> str:
+    """``text`` (a NaN message) with " (CAUSE)" after its "NaN or infinite"."""
+    key = "NaN or infinite"
+    if not cause or key not in text:
+        return text
+    return text.replace(key, f"{key} ({cause})", 1)
 
 
 _NIFTI_UNITS_MM = {"mm": 1.0, "micron": 1e-3, "meter": 1e3, "unknown": 1.0}

@@ -296,3 +296,28 @@ def test_nifti_zero_slope_means_no_scaling_even_with_an_intercept(tmp_path, name
     # a zero slope without an intercept, and a valid scaling, read as before
     p = _nifti(tmp_path / "z0.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (0.0, 0.0))})
     np.testing.assert_array_equal(_quiet_read(p).data, _RAMP.transpose(2, 1, 0))
+
+
+def test_nifti2_scaling_overflowing_float32_is_named_as_the_cause(tmp_path):
+    """The NIfTI-2 reader (through nibabel) printed numpy's bare "RuntimeWarning: overflow
+    encountered in cast" and the NaN warning without its cause; now said as for NIfTI-1."""
+    img = nib.Nifti2Image(_RAMP, np.eye(4))
+    img.header.set_slope_inter(1e38, 0.0)
+    p = tmp_path / "n2.nii"
+    nib.save(img, str(p))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        read_volume(p)
+    said = [f"{w.category.__name__}: {w.message}" for w in rec]
+    assert len(said) == 1, said
+    assert re.search(r"VolumeNaNWarning: .*n2\.nii: 206 of 210 voxels .*\(206 of them stored "
+                     r"as finite values, which the NIfTI header's scaling \(scl_slope 1e\+38",
+                     said[0]), said
+    with pytest.raises(VolumeIOError, match=r"n2\.nii: 206 of 210 .*scl_slope 1e\+38.*"
+                                            r"nan_policy='error'"):
+        read_volume(p, nan_policy="error")
+    ok = tmp_path / "ok.nii"
+    img = nib.Nifti2Image(_RAMP, np.eye(4))
+    img.header.set_slope_inter(2.0, 1.0)
+    nib.save(img, str(ok))
+    np.testing.assert_allclose(_quiet_read(ok).data, (2.0 * _RAMP + 1).transpose(2, 1, 0))
