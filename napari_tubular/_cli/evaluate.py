@@ -763,6 +763,12 @@ def _run_batch(args) -> int:
         raise ValueError(f"no volumes of {args.pred} match a volume of {args.ref} by file name")
     errors_dir = args.errors
     if errors_dir is not None:
+        from ._paths import refuse_inputs_as_outputs
+
+        # an outside judge: a NAME_errors.nii.gz that was a link to another case's reference
+        # was written through under --overwrite, and that case then compared with the map
+        refuse_inputs_as_outputs((errors_dir / f"{name}_errors.nii.gz" for name, _, _ in pairs),
+                                 [p for _, pp, rp in pairs for p in (pp, rp)])
         for name, _, _ in pairs:
             out = errors_dir / f"{name}_errors.nii.gz"
             if out.is_dir():
