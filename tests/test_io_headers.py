@@ -361,3 +361,23 @@ def test_nrrd_units_it_cannot_convert_are_said(tmp_path, units, said):
                                          r"read as mm"):
         vol = read_volume(p)
     np.testing.assert_allclose(vol.spacing, (3.0, 0.5, 2.0))
+
+
+def test_nifti2_corrupt_qform_with_a_valid_sform_reads_by_the_sform(tmp_path):
+    a = np.diag([0.7, 0.8, 2.5, 1.0])
+    a[:3, 3] = (4.0, -3.0, 2.0)
+    img = nib.Nifti2Image(np.zeros((5, 6, 7), np.int16), a)
+    img.set_qform(a, code=1)
+    img.set_sform(a, code=2)
+    p = tmp_path / "q2s.nii"
+    nib.save(img, str(p))
+    raw = bytearray(p.read_bytes())
+    fields = img.header.structarr.dtype.fields
+    for name in ("quatern_b", "quatern_c"):
+        raw[fields[name][1] : fields[name][1] + 8] = struct.pack("<d", 0.9)
+    p.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=r"q2s\.nii: corrupt NIfTI header: its qform rotation "
+                                         r"is not a unit quaternion.*placed by the sform"):
+        vol = read_volume(p)
+    np.testing.assert_allclose(vol.spacing, (2.5, 0.8, 0.7), atol=1e-6)
+    np.testing.assert_allclose(vol.origin, (2.0, 3.0, -4.0), atol=1e-6)  # RAS -> LPS, (z, y, x)
