@@ -1073,7 +1073,9 @@ def _nifti_zero_slope(path: Path, gz: bool, arr: np.ndarray) -> np.ndarray:
         stored = np.asarray(img.dataobj.get_unscaled())
     if stored.size != arr.size:
         return arr
-    # NIfTI's x-fastest order: (x, y, z, 1...) -> (Z, Y, X)
+    # NIfTI's x-fastest order: (x, y, z, 1...) -> (Z, Y, X), in native byte order (as ITK
+    # gives it: torch refuses a big-endian array)
+    stored = stored.astype(stored.dtype.newbyteorder("="), copy=False)
     return np.ascontiguousarray(stored.reshape(stored.shape[:3]).transpose(2, 1, 0))
 
 

@@ -293,6 +293,17 @@ def test_nifti_zero_slope_means_no_scaling_even_with_an_intercept(tmp_path, name
     assert vol.data.dtype == np.int16
     np.testing.assert_array_equal(vol.data, _RAMP.transpose(2, 1, 0))
     np.testing.assert_array_equal(vol.data, np.asarray(nib.load(str(p)).dataobj).T)
+    # big-endian: the values in native byte order (torch refuses others)
+    hdr = nib.Nifti1Header(endianness=">")
+    hdr.set_data_dtype(">i2")
+    be = tmp_path / "be.nii"
+    nib.save(nib.Nifti1Image(_RAMP.astype(">i2"), np.eye(4), header=hdr), str(be))
+    raw = bytearray(be.read_bytes())
+    raw[_SCL_SLOPE : _SCL_SLOPE + 8] = struct.pack(">ff", 0.0, 5.0)
+    be.write_bytes(bytes(raw))
+    got = _quiet_read(be).data
+    assert got.dtype == np.dtype("=i2")
+    np.testing.assert_array_equal(got, _RAMP.transpose(2, 1, 0))
     # a zero slope without an intercept, and a valid scaling, read as before
     p = _nifti(tmp_path / "z0.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (0.0, 0.0))})
     np.testing.assert_array_equal(_quiet_read(p).data, _RAMP.transpose(2, 1, 0))
