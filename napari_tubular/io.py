@@ -1744,23 +1744,28 @@ def _single_slice_spacing(path: Path, reader, img):
     return img
 
 
-def _rescale_tag(reader, k: int, tag: str) -> tuple[str | None, float | None]:
-    """Slice ``k``'s Rescale Slope (0028,1053) or Intercept (0028,1052) tag: ``(text, value)``,
-    value None where the text is no usable number (not a number, NaN or infinite, or a slope
-    of 0); ``(None, None)`` where the slice has no such tag."""
+_LEADING_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _rescale_tag(reader, k: int, tag: str) -> tuple[str | None, float | None, bool]:
+    """Slice ``k``'s Rescale Slope (0028,1053) or Intercept (0028,1052) tag as GDCM reads it:
+    ``(text, value, whole)``; GDCM takes the text's leading number ("2\\3" and "2,5" are 2),
+    so ``value`` is that number and ``whole`` False where more follows it; ``value`` is None
+    where GDCM takes none (no leading number, NaN, infinite, or a slope of 0: it then uses 1, or
+    0 for the intercept); ``(None, None, True)`` where the slice has no such tag."""
     try:
         if not reader.HasMetaDataKey(k, tag):
-            return None, None
+            return None, None, True
         text = reader.GetMetaData(k, tag).strip("\x00 ")
     except (RuntimeError, IndexError):
-        return None, None
-    try:
-        value = float(text)
-    except ValueError:
-        return text, None
+        return None, None, True
+    m = _LEADING_NUMBER.match(text)
+    if m is None:
+        return text, None, False
+    value = float(m.group())
     if not math.isfinite(value) or (tag == "0028|1053" and value == 0.0):
-        return text, None
-    return text, value
+        return text, None, False
+    return text, value, m.end() == len(text)
 
 
 def _rescales(reader, n_slices: int) -> set[tuple[float, float]]:
@@ -1776,36 +1781,40 @@ def _rescales(reader, n_slices: int) -> set[tuple[float, float]]:
 
 
 def _warn_bad_rescale(path: Path, reader, files: list[str]) -> None:
-    """Warn when slices' Rescale Slope (0028,1053) or Rescale Intercept (0028,1052) is no
-    usable number: GDCM then reads the stored values with a slope of 1 or an intercept of 0
-    without a word (an outside judge: a slope of 0 or NaN, which would make every voxel the
-    intercept or NaN, was ignored silently), so the intensities may be wrong."""
-    for tag, name, used in (("0028|1053", "Rescale Slope", "1"),
-                            ("0028|1052", "Rescale Intercept", "0")):
+    """Warn when slices' Rescale Slope (0028,1053) or Rescale Intercept (0028,1052) is not one
+    usable number: GDCM reads a slope of 0, NaN or no number as 1 (an intercept as 0) without
+    a word (an outside judge: a slope of 0 or NaN, which would make every voxel the intercept or
+    NaN, was ignored silently), and of "2,5" or "2\\3" only the leading 2; either way the
+    intensities may be wrong."""
+    for tag, name, default in (("0028|1053", "Rescale Slope", 1.0),
+                               ("0028|1052", "Rescale Intercept", 0.0)):
         bad = []
         for k in range(len(files)):
-            text, value = _rescale_tag(reader, k, tag)
-            if text is not None and value is None:
-                bad.append((k, text))
+            text, value, whole = _rescale_tag(reader, k, tag)
+            if text is not None and not whole:
+                bad.append((k, text, value))
         if not bad:
             continue
-        k, text = bad[0]
-        which = (f"of all {len(files)} slices" if len(bad) == len(files) > 1 else
-                 f"of {len(bad)} of {len(files)} slices ({Path(files[k]).name}: {text!r})"
-                 if len(bad) > 1 else f"of {Path(files[k]).name}")
-        what = ("a slope of 0 (every voxel would be the intercept)" if tag == "0028|1053"
-                and _is_zero(text) else "not a usable number")
-        warnings.warn(f"{path}: the DICOM {name} ({tag.replace('|', ',')}) {which} is "
-                      f"{text!r}, {what}; the stored values were read with a {name.lower()} "
-                      f"of {used} instead (as GDCM reads them): the intensities may be wrong, "
-                      "check the series", UserWarning, stacklevel=5)
-
-
-def _is_zero(text: str) -> bool:
-    try:
-        return float(text) == 0.0
-    except ValueError:
-        return False
+        k, text, value = bad[0]
+        if len(bad) == len(files) > 1:
+            which = f"of all {len(files)} slices is {text!r}"
+        elif len(bad) > 1:
+            which = (f"of {len(bad)} of {len(files)} slices is not one usable number "
+                     f"({Path(files[k]).name}: {text!r})")
+        else:
+            which = f"of {Path(files[k]).name} is {text!r}"
+        if value is None:
+            what = ("a slope of 0 (every voxel would be the intercept)" if tag == "0028|1053"
+                    and _LEADING_NUMBER.fullmatch(text) else "not a usable number")
+            how = f"read as {default:g} instead"
+        else:
+            what = "not one number"
+            how = f"read as its leading number, {value:g}"
+        if len(bad) > 1 and len(bad) != len(files):
+            what = ""
+        warnings.warn(f"{path}: the DICOM {name} ({tag.replace('|', ',')}) {which}"
+                      + (f", {what}" if what else "") + f"; {how} (as GDCM reads it): the "
+                      "intensities may be wrong, check the series", UserWarning, stacklevel=5)
 
 
 def _check_slice_sizes(path: Path, files: list[str]) -> None:

@@ -232,7 +232,7 @@ def test_dicom_unusable_rescale_slope_is_said_naming_the_tag(tmp_path, slope, sa
     and the slope used. The series reads as before."""
     folder = _series(tmp_path / "s", slope)
     with pytest.warns(UserWarning, match=r"Rescale Slope \(0028,1053\) of all 4 slices is "
-                      + re.escape(said) + r".*read with a rescale slope of 1 instead"):
+                      + re.escape(said) + r".*; read as 1 instead \(as GDCM reads it\)"):
         vol = read_volume(folder)
     np.testing.assert_array_equal(vol.data[:, 0, 0], [-1021, -1011, -1001, -991])
     with pytest.warns(UserWarning, match=r"Rescale Slope \(0028,1053\)"):
@@ -248,12 +248,24 @@ def test_dicom_unusable_rescale_slope_of_one_slice_names_it(tmp_path):
 def test_dicom_unusable_rescale_intercept_is_said(tmp_path):
     folder = _series(tmp_path / "s", None, intercept="abc")
     with pytest.warns(UserWarning, match=r"Rescale Intercept \(0028,1052\) of all 4 slices is "
-                                         r"'abc', not a usable number.*intercept of 0"):
+                                         r"'abc', not a usable number; read as 0 instead"):
         vol = read_volume(folder)
     np.testing.assert_array_equal(vol.data[:, 0, 0], [3, 13, 23, 33])
 
 
-@pytest.mark.parametrize("slope", ["1", "2", "-1", "0.5"])
+@pytest.mark.parametrize("slope", ["2,5", "2\\3"])
+def test_dicom_rescale_slope_of_more_than_one_number_is_said_with_the_one_read(tmp_path, slope):
+    """GDCM reads the leading number of "2,5" (a decimal comma: 2.5 meant) or "2\\3" (two
+    values): 2, without a word; said, with the value used (not as "read as 1")."""
+    folder = _series(tmp_path / "s", slope)
+    with pytest.warns(UserWarning, match=r"Rescale Slope \(0028,1053\) of all 4 slices is "
+                      + re.escape(repr(slope)) + r", not one number; read as its leading "
+                      r"number, 2 \(as GDCM reads it\)"):
+        vol = read_volume(folder)
+    np.testing.assert_array_equal(vol.data[:, 0, 0], 2 * np.array([3, 13, 23, 33]) - 1024)
+
+
+@pytest.mark.parametrize("slope", ["1", "2", "-1", "0.5", "+2.0E0", " 2 "])
 def test_dicom_usable_rescale_reads_without_a_word(tmp_path, slope):
     folder = _series(tmp_path / "s", slope)
     vol = _quiet_read(folder)
