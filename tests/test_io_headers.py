@@ -423,3 +423,18 @@ def test_nifti_sform_with_a_zero_column_is_said(tmp_path, qform_code):
                                          r"voxels placed by the qform"):
         vol = read_volume(p)
     np.testing.assert_allclose(vol.spacing, (2.5, 0.8, 0.7), atol=1e-6)
+
+
+def test_nifti_negative_slope_turns_stored_infinities_around(tmp_path):
+    """A stored +inf under scl_slope -1 is -inf (nibabel's value); it came back +inf, and
+    under posinf_max (masks, probability maps) took the maximum instead of the minimum."""
+    data = np.arange(5 * 6 * 7, dtype=np.float32).reshape(5, 6, 7)
+    data[0, 0, 0], data[1, 0, 0] = np.inf, -np.inf
+    p = _nifti(tmp_path / "neg.nii", data, patch={_SCL_SLOPE: ("<ff", (-1.0, 0.0))})
+    expect = np.asarray(nib.load(str(p)).dataobj).T
+    assert expect[0, 0, 0] == -np.inf
+    assert expect[0, 0, 1] == np.inf
+    with pytest.warns(VolumeNaNWarning):
+        filled = read_volume(p, posinf_max=True).data
+    assert filled[0, 0, 0] == -209.0  # the minimum finite value
+    assert filled[0, 0, 1] == -1.0  # the maximum finite value (-1 .. -209: 1 .. 209 stored)
