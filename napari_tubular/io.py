@@ -2208,8 +2208,13 @@ def read_volume(
     if arr.dtype.kind == "f":
         nan_mask = ~np.isfinite(arr)
         # NIfTI: SimpleITK read the stored NaN and inf as 0 (times the scaling: finite), so
-        # these are voxels the scaling made non-finite
-        cause = _nifti_scaling_cause(p, gz, nan_mask) if nifti else ""
+        # the others are voxels the scaling made non-finite
+        cause = ""
+        if nifti:
+            scaled = nan_mask
+            if nifti_nan_mask is not None and nifti_nan_mask.shape == nan_mask.shape:
+                scaled = nan_mask & (nifti_nan_mask == 0)  # (a zero slope: stored values)
+            cause = _nifti_scaling_cause(p, gz, scaled)
         if nifti_nan_mask is not None:
             if nifti_nan_mask.shape != arr.shape:
                 raise VolumeIOError(

@@ -438,3 +438,13 @@ def test_nifti_negative_slope_turns_stored_infinities_around(tmp_path):
         filled = read_volume(p, posinf_max=True).data
     assert filled[0, 0, 0] == -209.0  # the minimum finite value
     assert filled[0, 0, 1] == -1.0  # the maximum finite value (-1 .. -209: 1 .. 209 stored)
+
+
+def test_nifti_zero_slope_file_storing_nan_does_not_blame_the_scaling(tmp_path):
+    data = np.ones((5, 6, 7), np.float32)
+    data[0] = np.nan
+    p = _nifti(tmp_path / "zn.nii", data, patch={_SCL_SLOPE: ("<ff", (0.0, 5.0))})
+    with pytest.warns(VolumeNaNWarning, match=r"42 of 210 voxels .* are NaN or infinite; "
+                                              r"filled with 1"):
+        vol = read_volume(p)
+    np.testing.assert_array_equal(vol.data, 1.0)
