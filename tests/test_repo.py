@@ -1,7 +1,10 @@
 """Repository promises: CI runs the README's test command; the sample and weights ship."""
 
 import re
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,3 +85,16 @@ def test_markdown_section_links_resolve():
                 broken.append(f"{page.relative_to(ROOT)}: {target}")
     assert checked > 20
     assert not broken, broken
+
+
+def test_no_volume_files_at_the_top_level():
+    """Volumes belong in sample_data/ or tests' tmp_path: session 35 found seven probe files
+    (p0.nii, slope.nii.gz, ...) committed at the repository's top level by a merge."""
+    try:
+        tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
+                                 check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    volumes = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".npz", ".pt")
+    stray = [p for p in tracked if "/" not in p and p.lower().endswith(volumes)]
+    assert not stray, f"volume or model files at the top level: {stray}"
