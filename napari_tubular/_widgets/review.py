@@ -632,9 +632,42 @@ class TopologyReviewWidget(QWidget):
         return path
 
     def screenshot(self, path: str | Path) -> Path:
-        """Save a screenshot of the canvas."""
+        """Save a screenshot of the canvas as the image its suffix names (one of
+        :data:`SCREENSHOT_SUFFIXES`; none: ``.png`` is added) and return the path written.
+
+        An outside judge: "review.csv" was written as a TIFF under that name, and "review.jpg"
+        failed ("cannot write mode RGBA as JPEG") after emptying the file it was to replace.
+        The image is written beside the target and renamed over it once complete.
+
+        Raises:
+            ValueError: a suffix that is no image format the panel writes.
+            OSError: the folder does not exist or cannot be written.
+        """
+        import os
+
+        from napari.utils.io import imsave
+
         path = Path(path)
-        self.viewer.screenshot(str(path), canvas_only=True)
+        suffix = path.suffix.lower()
+        if not suffix:
+            path = path.with_name(path.name + ".png")
+            suffix = ".png"
+        elif suffix not in SCREENSHOT_SUFFIXES:
+            raise ValueError(f"screenshot {path.name!r}: {suffix!r} is no image format written "
+                             f"here; use one of {', '.join(SCREENSHOT_SUFFIXES)}")
+        if not path.parent.is_dir():
+            raise FileNotFoundError(f"screenshot {str(path)!r}: the folder {str(path.parent)!r} "
+                                    "does not exist")
+        image = np.asarray(self.viewer.screenshot(canvas_only=True))
+        if suffix in (".jpg", ".jpeg", ".bmp") and image.ndim == 3 and image.shape[-1] == 4:
+            image = image[..., :3]  # these formats hold no alpha channel
+        partial = path.with_name(f".{path.stem}.partial{suffix}")
+        try:
+            imsave(str(partial), image)
+            os.replace(partial, path)
+        finally:
+            if partial.exists():
+                partial.unlink()
         return path
 
     def _export_csv_dialog(self) -> None:
@@ -652,13 +685,18 @@ class TopologyReviewWidget(QWidget):
                              f"{self.inputs.reason} (marked in the file)")
 
     def _screenshot_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save screenshot", "review.png", "PNG (*.png)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save screenshot", "review.png",
+            "Images (" + " ".join(f"*{s}" for s in SCREENSHOT_SUFFIXES) + ")")
         if path:
             try:
                 self.screenshot(path)
             except (ValueError, OSError) as exc:
                 report_error("Screenshot", exc)
 
+
+#: the image formats Screenshot writes (by the file's suffix)
+SCREENSHOT_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 
 #: review widgets created, newest last (weak: closed widgets go away with their dock)
 _LIVE: list[weakref.ReferenceType] = []

@@ -783,7 +783,10 @@ class SegmentWidget(QWidget):
             level = (_confidence_level(prediction, prediction.messages, confidence)
                      if confident else None)
             notes: list[str] = []
-            result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), volume.spacing,
+            # not refined where the network found no vessel, as `segment` decides it
+            result = _without_specks(inference.refine_unless_no_vessel(refiner, tp, tr,
+                                                                       cancel=token),
+                                     volume.spacing,
                                      min_size, fraction if trim_pv else None, blobs,
                                      prediction.probability if level else None, level, notes)
             # whether the empty-labels notes advise dark tubes (one pass over the image, 0.1 s
@@ -1240,8 +1243,11 @@ class SegmentWidget(QWidget):
         dark = self._dark_possible
 
         def compute():
+            from napari_tubular.inference import refine_unless_no_vessel
+
             notes: list[str] = []
-            result = _without_specks(refiner.update(tp=tp, tr=tr, cancel=token), spacing,
+            result = _without_specks(refine_unless_no_vessel(refiner, tp, tr, cancel=token),
+                                     spacing,
                                      min_size, fraction, blobs, probability, level, notes)
             notes += _empty_labels_notes(prediction, result.labels, tp, tr, min_size, dark)
             radius = _radius_on_foreground(prediction, tp) if new_radius else None

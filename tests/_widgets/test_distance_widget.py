@@ -556,3 +556,16 @@ def test_branch_table_of_micrometre_voxels_shows_their_digits(make_napari_viewer
     assert 0.005 < length < 0.0105
     assert radius == pytest.approx(widget.branches[0]["mean_radius_mm"], rel=0.01)
     assert radius > 0
+
+
+def test_status_of_the_branches_alone(tube_viewer):
+    """An outside judge: with only the centerline graph checked the status read
+    "tube: ; 1 branches"."""
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["graph"])
+    widget.run()
+    assert widget.status.text() == f"tube: {len(widget.branches)} branches"
+    widget.set_selected(["edt", "graph"])
+    widget.run()
+    assert widget.status.text() == f"tube: EDT (mm); {len(widget.branches)} branches"

