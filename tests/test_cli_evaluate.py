@@ -296,11 +296,9 @@ def test_errors_of_an_unwritable_type_is_refused_before_anything_runs(tmp_path, 
     assert "self-check" not in captured.out
 
 
-def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, capsys):
-    """An outside judge: on a reference with a sheared direction (an NRRD or MetaImage file)
-    --errors e.nii.gz failed after the whole comparison, and in batch mode, whose maps are
-    NAME_errors.nii.gz, the case was dropped with its metrics; an existing e.zraw stopped
-    --errors e.mhd only after the comparison too."""
+def _sheared_and_plain_pairs(tmp_path) -> None:
+    """p/ and r/ each holding a.mha (a segment on a sheared grid, which NIfTI cannot store)
+    and b.mha (the same segment on a plain grid)."""
     from napari_tubular.io import Volume
 
     mask = np.zeros((8, 10, 12), np.uint8)
@@ -310,6 +308,14 @@ def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, ca
     for folder in ("p", "r"):
         write_volume(tmp_path / folder / "a.mha", sheared)
         write_volume(tmp_path / folder / "b.mha", mask)
+
+
+def test_errors_map_nifti_cannot_hold_is_refused_or_written_as_nrrd(tmp_path, capsys):
+    """An outside judge: on a reference with a sheared direction (an NRRD or MetaImage file)
+    --errors e.nii.gz failed after the whole comparison, and in batch mode, whose maps are
+    NAME_errors.nii.gz, the case was dropped with its metrics; an existing e.zraw stopped
+    --errors e.mhd only after the comparison too."""
+    _sheared_and_plain_pairs(tmp_path)
     p, r = tmp_path / "p" / "a.mha", tmp_path / "r" / "a.mha"
     assert main(["evaluate", str(p), str(r), "--errors", str(tmp_path / "e.nii.gz")]) == 2
     captured = capsys.readouterr()
@@ -1011,15 +1017,7 @@ def test_batch_nrrd_twin_of_an_errors_file_that_is_a_folder_fails_before_the_com
     """The NAME_errors.nrrd a sheared case writes (NIfTI cannot store its grid) is known only
     once its reference is read: a folder of that name now fails the case before it is compared
     (it failed after, "is a folder, cannot write"), and the other cases are compared."""
-    from napari_tubular.io import Volume
-
-    mask = np.zeros((8, 10, 12), np.uint8)
-    mask[4, 5, 2:10] = 1
-    sheared = Volume(data=mask, spacing=(1.0, 1.0, 1.0),
-                     direction=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.2], [0.0, 0.0, 1.0]])
-    for folder in ("p", "r"):
-        write_volume(tmp_path / folder / "a.mha", sheared)
-        write_volume(tmp_path / folder / "b.mha", mask)
+    _sheared_and_plain_pairs(tmp_path)
     (tmp_path / "errs" / "a_errors.nrrd").mkdir(parents=True)
     rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
                str(tmp_path / "errs")])

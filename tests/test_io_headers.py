@@ -145,17 +145,23 @@ def test_nifti_unit_quaternions_read_without_a_word(tmp_path):
     np.testing.assert_allclose(vol.direction, (lps @ a[:3, :3])[::-1, ::-1], atol=1e-5)
 
 
+def _save_with_quatern_b_c(img, path, value: float) -> None:
+    """Save the NIfTI-2 ``img`` with its quatern_b and quatern_c overwritten by ``value`` (a
+    qform that is no unit quaternion when b^2 + c^2 > 1)."""
+    nib.save(img, str(path))
+    raw = bytearray(path.read_bytes())
+    fields = img.header.structarr.dtype.fields
+    for name in ("quatern_b", "quatern_c"):
+        raw[fields[name][1] : fields[name][1] + 8] = struct.pack("<d", value)
+    path.write_bytes(bytes(raw))
+
+
 def test_nifti2_corrupt_qform_is_a_clear_error(tmp_path):
     img = nib.Nifti2Image(np.zeros((5, 6, 7), np.int16), np.eye(4))
     img.set_sform(None, code=0)
     img.set_qform(np.eye(4), code=1)
     p = tmp_path / "q2.nii"
-    nib.save(img, str(p))
-    raw = bytearray(p.read_bytes())
-    fields = img.header.structarr.dtype.fields
-    for name in ("quatern_b", "quatern_c"):
-        raw[fields[name][1] : fields[name][1] + 8] = struct.pack("<d", 0.9)
-    p.write_bytes(bytes(raw))
+    _save_with_quatern_b_c(img, p, 0.9)
     with pytest.raises(VolumeIOError, match=r"q2\.nii: corrupt NIfTI header: its qform rotation "
                                             r"is not a unit quaternion"):
         read_volume(p)
@@ -393,12 +399,7 @@ def test_nifti2_corrupt_qform_with_a_valid_sform_reads_by_the_sform(tmp_path):
     img.set_qform(a, code=1)
     img.set_sform(a, code=2)
     p = tmp_path / "q2s.nii"
-    nib.save(img, str(p))
-    raw = bytearray(p.read_bytes())
-    fields = img.header.structarr.dtype.fields
-    for name in ("quatern_b", "quatern_c"):
-        raw[fields[name][1] : fields[name][1] + 8] = struct.pack("<d", 0.9)
-    p.write_bytes(bytes(raw))
+    _save_with_quatern_b_c(img, p, 0.9)
     with pytest.warns(UserWarning, match=r"q2s\.nii: corrupt NIfTI header: its qform rotation "
                                          r"is not a unit quaternion.*placed by the sform"):
         vol = read_volume(p)
