@@ -941,7 +941,7 @@ def _nifti_check(path: Path, gz: bool):
     n_vox = int(np.prod(shape, dtype=np.int64))
     n_bytes = n_vox * dtype.itemsize
     need = offset + n_bytes
-    check_nan = dtype.kind == "f"
+    check_nan = dtype.kind in "fc"  # complex too (kept readable for ``info``)
     mask = None  # flat NaN mask, made at the first NaN
     vox = 0  # voxels checked so far
     pos = 0  # bytes of the (decompressed) file seen
@@ -963,7 +963,7 @@ def _nifti_check(path: Path, gz: bool):
                 # with the minimum and became background under --threshold)
                 mask[vox : vox + nan.size] = np.where(
                     nan, np.where(np.isposinf(values), 2, np.where(np.isneginf(values), 3, 1)),
-                    0)
+                    0) if dtype.kind == "f" else nan  # complex: all marked NaN (code 1)
             vox += nan.size
             carry = buf[usable:]
     except _Truncated as exc:
@@ -1019,7 +1019,12 @@ def _apply_nan_policy(
             "(nan_policy='error'); "
             "use nan_policy='fill' to replace them"
         )
-    if nan_fill is None:
+    if arr.dtype.kind == "c":
+        # complex data (which only ``info`` reads, under "keep"): no minimum to fill with
+        value = 0.0 if nan_fill is None else float(nan_fill)
+        how = "zero, the volume being complex" if nan_fill is None else "nan_fill"
+        posinf_max = False
+    elif nan_fill is None:
         finite = arr[~nan_mask & np.isfinite(arr)]
         value = float(finite.min()) if finite.size else 0.0
         how = "the minimum finite value"
@@ -2224,12 +2229,12 @@ def read_volume(
     arr = sitk.GetArrayFromImage(img)
     if nifti:
         arr = _nifti_zero_slope(p, gz, arr)
-    if arr.dtype.kind == "f":
+    if arr.dtype.kind in "fc":
         nan_mask = ~np.isfinite(arr)
         # NIfTI: SimpleITK read the stored NaN and inf as 0 (times the scaling: finite), so
         # the others are voxels the scaling made non-finite
         cause = ""
-        if nifti:
+        if nifti and arr.dtype.kind == "f":
             scaled = nan_mask
             if nifti_nan_mask is not None and nifti_nan_mask.shape == nan_mask.shape:
                 scaled = nan_mask & (nifti_nan_mask == 0)  # (a zero slope: stored values)
