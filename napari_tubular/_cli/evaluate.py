@@ -212,6 +212,27 @@ def segment_labels_only(pred_paths: list[Path]) -> list[Path]:
     return [p for p in pred_paths if not is_extra(p)]
 
 
+def error_maps_left_out(paths: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``(kept, left out)``: the error maps ``evaluate --errors`` wrote into a folder
+    (``NAME_errors``, beside a volume of case NAME) left out of a batch's volumes (an outside
+    judge: the maps written into the predictions' folder, as the batch allows, were each said
+    to be an "unmatched prediction" on the next run, and with maps in both folders ``a_errors``
+    was compared with ``a_errors`` as one more case, in the summary)."""
+    from ..io import volume_stem
+
+    stems = {volume_stem(p) for p in paths}
+    keys = {_case_key(s) for s in stems}
+
+    def is_map(p: Path) -> bool:
+        stem = volume_stem(p)
+        if not stem.lower().endswith("_errors") or len(stem) <= len("_errors"):
+            return False
+        base = stem[: -len("_errors")]
+        return base in stems or _case_key(base) in keys
+
+    return [p for p in paths if not is_map(p)], [p for p in paths if is_map(p)]
+
+
 _IMAGE_SUFFIXES = ("_image", "_img", "_0000")
 _LABEL_SUFFIXES = ("_label", "_labels", "_mask", "_seg", "_gt", "_reference", "_ref", "_truth")
 
@@ -774,8 +795,13 @@ def _run_batch(args) -> int:
     from ..io import list_volumes
 
     _check_outputs(args, batch=True)
-    preds = segment_labels_only(list_volumes(args.pred))
-    pairs, un_p, un_r = match_cases(preds, reference_labels_only(list_volumes(args.ref)))
+    preds, maps_p = error_maps_left_out(segment_labels_only(list_volumes(args.pred)))
+    refs, maps_r = error_maps_left_out(reference_labels_only(list_volumes(args.ref)))
+    maps = sorted({p.name for p in (*maps_p, *maps_r)})
+    if maps:
+        print(f"note: left out {len(maps)} error map(s) of an earlier evaluate --errors: "
+              + ", ".join(maps[:5]) + (", ..." if len(maps) > 5 else ""), file=sys.stderr)
+    pairs, un_p, un_r = match_cases(preds, refs)
     for p in un_p:
         print(f"unmatched prediction: {p.name}", file=sys.stderr)
     for r in un_r:
