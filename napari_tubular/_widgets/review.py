@@ -39,6 +39,8 @@ from napari_tubular._widgets._layers import (
     InputWatcher,
     LayerPicker,
     abs_spacing,
+    deleted_inputs,
+    deleted_inputs_note,
     find_owned_layer,
     focus_on,
     grid_mismatch,
@@ -48,6 +50,7 @@ from napari_tubular._widgets._layers import (
     layer_affine,
     layer_data,
     layer_geometry,
+    pixel_units_note,
     review_axes,
     scrollable_layout,
     upsert_layer,
@@ -109,7 +112,9 @@ class TopologyReviewWidget(QWidget):
         self._mismatch: str | None = None  # the reference's other grid, if it has one
         self._empty: list[str] = []  # the inputs of the last run without a voxel
         self._merged: list[str] = []  # several label values taken as one mask, said
+        self._notes: list[str] = []  # said under the status of the last run's results
         self._source_layer = None
+        self._grid_layer = None
         self._affine = None
         self._file_axes = None  # the compared file's axis order, when the layer's differs
         self._job = None
@@ -306,15 +311,39 @@ class TopologyReviewWidget(QWidget):
             report_error("Topology review", exc)
             self._failed(exc)
             return
-        warn_pixel_units("Topology review", pred_layer)
-        # computed on the prediction's grid, as if its axes were orthogonal (`evaluate` warns
-        # of its reference's in the same words)
-        warn_sheared("Topology review", "prediction", pred_layer)
-        mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
-        if mismatch:
-            from napari.utils.notifications import show_warning
+        from napari.utils.notifications import show_warning
 
-            show_warning(f"Topology review: {mismatch}")
+        notes: list[str] = []
+        lost = self.ref_picker.lost_name if ref_layer is None else None
+        if lost is not None:
+            # an outside judge: the chosen reference was deleted and the next Compute became a
+            # self-check, said only by the word "self-check" in the status
+            notes.append(f"the reference {lost!r} was deleted: this is a self-check of the "
+                         "prediction alone; choose a reference to compare with one")
+            show_warning(f"Topology review: {notes[-1]}")
+        grid_layer, grid_role = pred_layer, "prediction"
+        mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
+        if mismatch and pixel_units_note(pred_layer) and not pixel_units_note(ref_layer):
+            # a prediction in pixels (scale 1, no voxel size known) against a reference placed
+            # in mm, of the same shape: compared on the reference's grid, as `evaluate`
+            # compares a prediction on its reference's grid (an outside judge: reviewed as 1 mm
+            # voxels, with two warnings: "no physical voxel size" and "different grids")
+            grid_layer, grid_role = ref_layer, "reference"
+            geometry = layer_geometry(ref_layer)
+            mm = " x ".join(f"{s:g}" for s in abs_spacing(geometry[0]))
+            notes.append(f"the prediction {pred_layer.name!r} has no physical voxel size "
+                         f"(scale 1, units 'pixel'): reviewed on the grid of the reference "
+                         f"{ref_layer.name!r} ({mm} mm voxels), as `napari-tubular evaluate` "
+                         "compares a prediction on its reference's grid")
+            show_warning(f"Topology review: {notes[-1]}")
+            mismatch = None
+        else:
+            warn_pixel_units("Topology review", pred_layer)
+            if mismatch:
+                show_warning(f"Topology review: {mismatch}")
+        # computed on the prediction's grid (or the reference's, above), as if its axes were
+        # orthogonal (`evaluate` warns of its reference's in the same words)
+        warn_sheared("Topology review", grid_role, grid_layer)
         spacing = abs_spacing(geometry[0])
         gap_mm = self.gap_spin.value()
         tolerance = self.tolerance_spin.value()
@@ -350,6 +379,7 @@ class TopologyReviewWidget(QWidget):
         # passing notification (an audit: a reference 10 mm off scored like the right one)
         if mismatch:
             context.append(("grid_warning", mismatch))
+        context += [("note", note) for note in notes]
         self._mismatch = mismatch
 
         empty = [name for name, mask in (("prediction", pred), ("reference", ref))
@@ -359,13 +389,20 @@ class TopologyReviewWidget(QWidget):
 
         def returned(out):
             self.metrics, self.report = out
-            self._context = context
+            # an input deleted while the review ran (an outside judge: its results appeared
+            # as if nothing had happened)
+            gone = deleted_inputs(self.viewer, [("prediction", pred_layer),
+                                                ("reference", ref_layer)])
+            gone_note = deleted_inputs_note("Topology review", "Compute", gone)
+            self._notes = notes + ([gone_note] if gone_note else [])
+            self._context = context + ([("note", gone_note)] if gone_note else [])
             self._empty = empty
             self._merged = [f"{name} labels {values}" for name, values in merged if values]
             self._geometry = geometry
             self._source = pred_layer.name
             self._source_layer = pred_layer
-            self._affine = layer_affine(pred_layer)
+            self._affine = layer_affine(grid_layer)
+            self._grid_layer = grid_layer
             # a file the reader opened with its axes in another order (a sagittal or coronal
             # acquisition): the CSV gives voxel indices in the order the review ran in, that of
             # the reference's file (else the prediction's), as evaluate does (an outside judge:
@@ -425,6 +462,7 @@ class TopologyReviewWidget(QWidget):
             owner=OWNER,
             role="errors",
             source=self._source_layer,
+            grid=self._grid_layer,  # the reference's for a prediction in pixels
             name=f"{self._source} topology errors",
             colormap=DirectLabelColormap(color_dict=colors),
             scale=scale,
@@ -473,6 +511,7 @@ class TopologyReviewWidget(QWidget):
             text += f" ({'; '.join(self._merged)} taken as one mask)"
         if self.metrics and self._mismatch:
             text += f"\nvoxel by voxel although {self._mismatch}"
+        text += "".join(f"\nnote: {note}" for note in self._notes)
         self.status.setText(text)
         self.current = -1
         if n:

@@ -41,6 +41,8 @@ from napari_tubular._widgets._layers import (
     abs_spacing,
     array_digest,
     binary_label_colormap,
+    deleted_inputs,
+    deleted_inputs_note,
     find_owned_layer,
     grid_mismatch,
     layer_affine,
@@ -826,10 +828,15 @@ class SegmentWidget(QWidget):
             if labels_layer is not None:
                 self.viewer.layers.selection.active = labels_layer
             seconds = prediction.timings.get("total")
+            # the image deleted while the network ran (an outside judge: the results appeared
+            # as if nothing had happened)
+            gone = deleted_inputs_note("Segmentation", "Run",
+                                       deleted_inputs(self.viewer, [("image", layer)]))
             self.status.setText(
                 f"done: {source}, shape {tuple(prediction.probability.shape)}, "
                 f"device {prediction.device_used}"
                 + (f", {seconds:.1f} s" if seconds is not None else "")
+                + (f"\nnote: {gone}" if gone else "")
             )
             # intensity rescale, out-of-memory fallback, low contrast: tell the user
             from napari.utils.notifications import show_info
@@ -1223,6 +1230,11 @@ class SegmentWidget(QWidget):
         if problem is not None and problem != self._reference_problem:
             report_error("Metrics", ValueError(problem))
         self._reference_problem = problem
+        if ref_layer is None and self.reference_picker.lost_name is not None:
+            # the chosen reference deleted (no error): said where its metrics were, which
+            # vanished without a word
+            self._reference_problem = (f"the reference {self.reference_picker.lost_name!r} "
+                                       "was deleted; choose another reference for the metrics")
 
         min_size = self.min_size_spin.value()
         fraction = self._pv_fraction if self.pv_check.isChecked() else None

