@@ -1020,8 +1020,19 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     meta = {"K": config.K, "spacing": list(config.target_spacing),
             "normalization": resolve_normalization(config),
             "patch_size": list(config.patch_size), "radius_calibration": calibration}
+    n_volumes = len(val_cases)
+
+    def volumes():
+        # an outside judge: one line for the whole tuning, which took minutes on a few large
+        # volumes without a sign of life; now one per volume (the CLI prints "i/n")
+        for i, volume in enumerate(_native_val_volumes(config)):
+            if report and n_volumes > 1:
+                report(i + 1, n_volumes, f"tuning the refinement thresholds of {what}: "
+                                         "validation volume")
+            yield volume
+
     res = tune_thresholds(
-        tuning.native_maps((net, meta), _native_val_volumes(config), device, config.amp),
+        tuning.native_maps((net, meta), volumes(), device, config.amp, cancel=cancel),
         extra=extra, device=str(device), cancel=cancel, confidence_levels=CONFIDENCE_GRID)
     if res is None:
         return None
