@@ -144,22 +144,26 @@ def tune_thresholds(cases: Iterable[Maps], *, tp_grid: Sequence[float] = TP_GRID
             return None
         skeleton = _reference_skeleton(reference, spacing) if metrics is None else None
 
-        def score_all(masks, reference=reference, spacing=spacing, skeleton=skeleton):
-            # pairs that give the same labels are scored once (an outside judge: the metrics'
-            # skeletons were 90 % of a 300^3 volume's 4-minute tuning; an early model's 26
-            # pairs gave 11 different masks)
+        known: dict[bytes, float] = {}  # this volume's scores by label mask
+
+        def score_all(masks, reference=reference, spacing=spacing, skeleton=skeleton,
+                      known=known):
+            # the same labels are scored once per volume, the pairs' and the clean-up's (an
+            # outside judge: the metrics' skeletons were 90 % of a 300^3 volume's 4-minute
+            # tuning; an early model's 26 pairs gave 11 different masks)
             keys = [hashlib.blake2b(np.packbits(m).tobytes(), digest_size=20).digest()
                     for m in masks]
             first = {}
             for i, k in enumerate(keys):
-                first.setdefault(k, i)
+                if k not in known:
+                    first.setdefault(k, i)
             unique = [masks[i] for i in first.values()]
             if metrics is None:
                 rows = [threshold_metrics(m, reference, spacing, skeleton) for m in unique]
             else:
                 rows = metrics([(m.astype(np.uint8), reference, spacing) for m in unique])
-            by_key = dict(zip(first, (refinement_score(m) for m in rows)))
-            return [by_key[k] for k in keys]
+            known.update(zip(first, (refinement_score(m) for m in rows)))
+            return [known[k] for k in keys]
 
         for p, v in zip(pairs, score_all([labels[p] for p in pairs])):
             scores[p].append(v)
