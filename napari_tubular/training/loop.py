@@ -954,9 +954,14 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
             # refinement over the grid), stored where segment reads them (an outside review:
             # a model of train always fell back to 0.9 / 0.5)
             final_metrics = dict(last_val_metrics)
-            tuned = (_tune_on_validation(_unwrap(net), val_cases, config, device,
-                                         meta_base.get("radius_calibration"), inherited,
-                                         report, step, cancel)
+            # an outside judge: an error there (out of memory on a large validation volume)
+            # ended the run after its last step without model.pt, last.pt or the logs; the
+            # tuning is skipped with a warning instead, and the files are written
+            failed: dict[str, str] = {}
+            tuned = (_tune_or_warn(failed, "model.pt", _tune_on_validation, _unwrap(net),
+                                   val_cases, config, device,
+                                   meta_base.get("radius_calibration"), inherited, report, step,
+                                   cancel)
                      if has_val and val_cases and config.tune_thresholds else None)
             if tuned:
                 final_metrics["refine"] = tuned
@@ -967,11 +972,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                     save_model(out / "best.pt", _unwrap(net), meta(final_metrics))
                     tuned_best = tuned
                 else:
-                    tuned_best = _tune_saved_model(out / "best.pt", val_cases, config, device,
-                                                   inherited, report, step, cancel)
+                    tuned_best = _tune_or_warn(failed, "best.pt", _tune_saved_model,
+                                               out / "best.pt", val_cases, config, device,
+                                               inherited, report, step, cancel)
             log_extra["refine"] = _threshold_record(
                 config, has_val, tuned, tuned_best, inherited,
                 best_cancelled=bool(tuned) and (out / "best.pt").is_file() and not tuned_best,
+                failed=failed,
                 best_kept=(_kept_refinement(out / "best.pt")
                            if not tuned and best_step is None else None))
             save_checkpoint()
@@ -1020,8 +1027,19 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     meta = {"K": config.K, "spacing": list(config.target_spacing),
             "normalization": resolve_normalization(config),
             "patch_size": list(config.patch_size), "radius_calibration": calibration}
+    n_volumes = len(val_cases)
+
+    def volumes():
+        # an outside judge: one line for the whole tuning, which took minutes on a few large
+        # volumes without a sign of life; now one per volume (the CLI prints "i/n")
+        for i, volume in enumerate(_native_val_volumes(config)):
+            if report and n_volumes > 1:
+                report(i + 1, n_volumes, f"tuning the refinement thresholds of {what}: "
+                                         "validation volume")
+            yield volume
+
     res = tune_thresholds(
-        tuning.native_maps((net, meta), _native_val_volumes(config), device, config.amp),
+        tuning.native_maps((net, meta), volumes(), device, config.amp, cancel=cancel),
         extra=extra, device=str(device), cancel=cancel, confidence_levels=CONFIDENCE_GRID)
     if res is None:
         return None
@@ -1043,6 +1061,25 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
     if len(extra) > 1:
         out["initial"] = {**scored(*extra[1]), "from": initial.get("inherited_from")}
     return out
+
+
+def _tune_or_warn(failed: dict, what: str, tune: Callable, *args):
+    """``tune(*args)``; on an error (out of memory on a large validation volume, a volume the
+    network refuses) a warning, the error in ``failed[what]`` and None: the model file keeps
+    its thresholds and the run still writes its files."""
+    from napari_tubular.geometry.spheres import Cancelled as RefineCancelled
+    from napari_tubular.inference import Cancelled as InferenceCancelled
+
+    try:
+        return tune(*args)
+    except (Cancelled, InferenceCancelled, RefineCancelled):
+        raise
+    except (MemoryError, RuntimeError, ValueError, OSError) as exc:
+        failed[what] = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"the threshold tuning of {what} failed ({failed[what]}): {what} keeps "
+                      "its thresholds; the run's files are written as usual (--no-tune skips "
+                      "the tuning)", UserWarning, stacklevel=2)
+        return None
 
 
 def _tune_saved_model(path: Path, val_cases, config: TrainConfig, device, inherited: dict,
@@ -1082,12 +1119,15 @@ def _kept_refinement(path: Path) -> dict | None:
 
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
                       inherited: dict, best_cancelled: bool = False,
-                      best_kept: dict | None = None) -> dict:
+                      best_kept: dict | None = None, failed: dict | None = None) -> dict:
     """What log.json records of the refinement thresholds, with the note the run ends with
     (``best_cancelled``: the tuning of best.pt, another step's weights, was cancelled;
     ``best_kept``: the thresholds of a best.pt that an earlier session wrote and tuned, which
-    this untuned session leaves as they are)."""
+    this untuned session leaves as they are; ``failed``: ``{file: error}`` of the tunings that
+    failed)."""
     from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR
+
+    failed = failed or {}
 
     if tuned:
         note = (f"refinement thresholds tuned on {tuned['volumes']} validation volume(s): "
@@ -1098,6 +1138,11 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             note += (f"; best.pt (step {tuned_best['weights_step']}): T_p {tuned_best['tp']:g}, "
                      f"T_r {tuned_best['tr']:g} (score {tuned_best['score']:.3f}), "
                      f"confidence filter {_level_text(tuned_best)}")
+        if best_cancelled and "best.pt" in failed:
+            note += (", stored in model.pt for segment; best.pt: not tuned (failed: "
+                     f"{failed['best.pt']})")
+            return {"tuned": True, "model.pt": tuned, "best.pt": None, "note": note,
+                    "failed": failed}
         if best_cancelled:
             # an audit: Ctrl-C while best.pt was tuned ended in "stored in the model file(s)",
             # and best.pt, the file the run names, kept the fallback thresholds
@@ -1110,7 +1155,8 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
             if initial.get("tp") is not None else
             f"the fallback T_p {FALLBACK_TP:g} / T_r {FALLBACK_TR:g}")
     why = ("no validation data" if not has_val else
-           "tune_thresholds is off" if not config.tune_thresholds else "cancelled")
+           "tune_thresholds is off" if not config.tune_thresholds else
+           f"failed: {failed['model.pt']}" if "model.pt" in failed else "cancelled")
     note = f"refinement thresholds not tuned ({why}): segment uses {uses}"
     if best_kept:
         # an outside judge: a resumed run with --no-tune said "segment uses the fallback" and
@@ -1119,7 +1165,10 @@ def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
         note = (f"refinement thresholds not tuned ({why}): model.pt uses {uses}; best.pt "
                 f"(the weights of step {step}, from an earlier session) keeps the T_p "
                 f"{best_kept['tp']:g} / T_r {best_kept['tr']:g} tuned for it")
-    return {"tuned": False, "reason": why, "note": note}
+    out = {"tuned": False, "reason": why, "note": note}
+    if failed:
+        out["failed"] = failed
+    return out
 
 
 def _level_text(tuned: dict) -> str:
