@@ -114,6 +114,18 @@ def held_call(monkeypatch, module, name):
     return started, release
 
 
+def deleting_call(monkeypatch, module, name, viewer, layer: str) -> None:
+    """Replace ``module.name`` by a call that first removes the layer ``layer`` from
+    ``viewer``, then does the real work: the user deletes an input while the job runs."""
+    real = getattr(module, name)
+
+    def deleting(*args, **kwargs):
+        viewer.layers.remove(layer)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, deleting)
+
+
 def open_sagittal(viewer, path, data, spacing, origin) -> tuple:
     """Write ``data`` as a sagittal NIfTI file (a direction that permutes the axes: the reader
     opens it transposed), open it in ``viewer`` and return ``(layer, the layer's file axes)``

@@ -6,7 +6,7 @@ import pytest
 from napari_tubular._widgets import _workers
 from napari_tubular._widgets.distance import MAPS, DistanceMapWidget
 
-from .conftest import TRANSLATE, open_sagittal
+from .conftest import TRANSLATE, deleting_call, open_sagittal
 
 pytestmark = pytest.mark.gui
 
@@ -583,13 +583,7 @@ def test_labels_deleted_during_the_compute_are_said(tube_viewer, monkeypatch):
     widget.set_selected(["edt"])
     warned: list[str] = []
     monkeypatch.setattr(notifications, "show_warning", warned.append)
-    real = gd.edt_mm
-
-    def deleting(*args, **kwargs):
-        viewer.layers.remove("tube")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(gd, "edt_mm", deleting)
+    deleting_call(monkeypatch, gd, "edt_mm", viewer, "tube")
     widget.run()
     note = "the labels layer 'tube' was deleted during the Compute"
     assert note in widget.status.text()

@@ -9,7 +9,7 @@ from napari_tubular._widgets import _workers
 from napari_tubular._widgets._layers import index_to_world
 from napari_tubular._widgets.review import NEXT_KEY, PREVIOUS_KEY, TopologyReviewWidget
 
-from .conftest import SPACING, TRANSLATE
+from .conftest import SPACING, TRANSLATE, deleting_call
 
 pytestmark = pytest.mark.gui
 
@@ -1086,13 +1086,7 @@ def test_an_input_deleted_during_the_compute_is_said(make_napari_viewer, broken,
     widget.pred_picker.set_layer(viewer.layers["prediction"])
     widget.ref_picker.set_layer(viewer.layers["reference"])
     warned = _warnings_to(monkeypatch)
-    real = topology.compute_metrics
-
-    def deleting(*args, **kwargs):  # the user deletes the layer while the job runs
-        viewer.layers.remove(deleted)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(topology, "compute_metrics", deleting)
+    deleting_call(monkeypatch, topology, "compute_metrics", viewer, deleted)
     widget.run()
     note = f"the {deleted} {deleted!r} was deleted during the Compute"
     assert note in widget.status.text()

@@ -9,7 +9,7 @@ from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
 from napari_tubular._widgets._settings import load_settings
 from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
 
-from .conftest import SPACING, TRANSLATE, open_sagittal
+from .conftest import SPACING, TRANSLATE, deleting_call, open_sagittal
 
 pytestmark = pytest.mark.gui
 
@@ -1838,15 +1838,9 @@ def test_an_image_deleted_during_the_run_is_said(make_napari_viewer, vessel_case
     widget = SegmentWidget(viewer)
     warned: list[str] = []
     monkeypatch.setattr(notifications, "show_warning", warned.append)
-    real = predict_counter.__call__
-
-    def deleting(*args, **kwargs):
-        viewer.layers.remove("ct")
-        return real(*args, **kwargs)
-
     from napari_tubular import inference
 
-    monkeypatch.setattr(inference, "predict", deleting)
+    deleting_call(monkeypatch, inference, "predict", viewer, "ct")
     widget.run()
     note = "the image 'ct' was deleted during the Run"
     assert note in widget.status.text()
