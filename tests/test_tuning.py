@@ -197,17 +197,14 @@ def test_train_scores_the_thresholds_where_segment_refines(tmp_path):
     the volume's grid, then the refinement there."""
     from napari_tubular.inference import predict, refine_maps
     from napari_tubular.models import read_model_meta
-    from napari_tubular.synthetic import make_vessel_tree
-    from napari_tubular.training.data import synthetic_case_params
-    from napari_tubular.training.loop import VAL_SEED_BASE
+    from napari_tubular.training.data import native_synthetic_case
+    from napari_tubular.training.loop import val_seed
     from napari_tubular.training.tuning import refinement_score, threshold_metrics
 
     config = tiny_config(tmp_path / "run", val_cases=1, val_every=100)
     train(config)
     refine = read_model_meta(tmp_path / "run" / "model.pt")["metrics"]["refine"]
-    p = synthetic_case_params(VAL_SEED_BASE + 1000 * config.seed, config.synthetic)
-    case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
-                            **p["generator"])
+    case = native_synthetic_case(val_seed(config, 0), config.synthetic)
     # a grid of its own, not the model's: the two scores differ there
     assert not np.allclose(case.spacing, config.target_spacing)
     pred = predict(case.image, tmp_path / "run" / "model.pt", "cpu", spacing=case.spacing)

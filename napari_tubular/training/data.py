@@ -627,6 +627,17 @@ def render_on_grid(case, target_spacing: Sequence[float]) -> tuple[np.ndarray, S
     return mask.astype(np.uint8), tuple(float(v) for v in eff)
 
 
+def native_synthetic_case(seed: int, options: dict[str, Any] | None = None):
+    """Synthetic case ``seed`` at its own (random) native grid: the
+    :class:`~napari_tubular.synthetic.SyntheticCase` that :func:`make_synthetic_case` prepares
+    (also what ``train`` tunes its thresholds on, at that grid)."""
+    from napari_tubular.synthetic import make_vessel_tree
+
+    p = synthetic_case_params(seed, options)
+    return make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
+                            **p["generator"])
+
+
 def make_synthetic_case(
     seed: int, target_spacing: Sequence[float], K: int, normalization: Any,
     options: dict[str, Any] | None = None, min_shape: Sequence[int] | None = None,
@@ -637,11 +648,7 @@ def make_synthetic_case(
     The image is generated at the native grid and resampled; the label is rasterised directly
     on the target grid from the exact centreline geometry (:func:`render_on_grid`).
     """
-    from napari_tubular.synthetic import make_vessel_tree
-
-    p = synthetic_case_params(seed, options)
-    case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
-                            **p["generator"])
+    case = native_synthetic_case(seed, options)
     target_label, _ = render_on_grid(case, target_spacing)
     return prepare_case(case.image, case.mask, case.spacing, target_spacing, K, normalization,
                         name=f"synthetic_{seed}", min_shape=min_shape, with_phi=with_phi,

@@ -422,6 +422,12 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
     return out
 
 
+def val_seed(config: TrainConfig, i: int) -> int:
+    """The seed of synthetic validation volume ``i`` of a run (``VAL_SEED_BASE + 1000 * seed +
+    i``): the volumes it validates on and tunes its thresholds on."""
+    return VAL_SEED_BASE + 1000 * config.seed + i
+
+
 def _load_val_cases(config: TrainConfig, normalization: dict, progress: ProgressFn | None):
     if not config.val_data:
         return []
@@ -429,7 +435,7 @@ def _load_val_cases(config: TrainConfig, normalization: dict, progress: Progress
         cases = []
         for i in range(config.val_cases):
             cases.append(make_synthetic_case(
-                VAL_SEED_BASE + 1000 * config.seed + i, config.target_spacing, config.K,
+                val_seed(config, i), config.target_spacing, config.K,
                 normalization, config.synthetic))
             if progress:
                 progress(i + 1, config.val_cases, "preparing validation cases")
@@ -445,14 +451,10 @@ def _native_val_volumes(config: TrainConfig):
     if not config.val_data:
         return
     if config.val_is_synthetic:
-        from napari_tubular.synthetic import make_vessel_tree
-
-        from .data import synthetic_case_params
+        from .data import native_synthetic_case
 
         for i in range(config.val_cases):
-            p = synthetic_case_params(VAL_SEED_BASE + 1000 * config.seed + i, config.synthetic)
-            case = make_vessel_tree(shape=p["shape"], spacing=p["spacing"], seed=p["seed"],
-                                    **p["generator"])
+            case = native_synthetic_case(val_seed(config, i), config.synthetic)
             yield case.image, case.mask, case.spacing
         return
     from napari_tubular.io import read_volume
