@@ -107,6 +107,17 @@ def refuse_volume_name_as_folder(option: str, path, contents: str, *, dicom_note
                      + (dicom_note if kind == "DICOM" else ""))
 
 
+def refuse_folder_as_output(path: Path, prefix: str = "") -> None:
+    """Raise IsADirectoryError, before any work, when an output file a command names itself
+    (``NAME_labels.nii.gz``, ``NAME_errors.nii.gz``) is an existing folder (outside judges:
+    with --overwrite it failed only at the writing, "Is a directory", after the whole run;
+    without, "already exists; pass --overwrite", which cannot replace a folder). ``prefix``
+    opens the message (e.g. ``"--errors: "``)."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{prefix}output {path} is a folder (--overwrite replaces "
+                                "files only); remove or rename it")
+
+
 def refuse_unwritable_type(option: str, path: Path, what: str) -> None:
     """Raise ValueError, before any work, for an output volume of a file type the writer
     cannot write (its own rule, ``io._write_ext``; the writer's message names a Python

@@ -467,6 +467,7 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *
     """Metrics (and the error map written to ``errors_path``) of one pair."""
     from ..io import write_volume
     from ..topology import compute_metrics, error_map, hard_skeletons
+    from ._paths import refuse_folder_as_output
 
     pred, ref, rv, grid_warning = _load_pair(pred_path, ref_path, args.threshold,
                                              getattr(args, "resample", False))
@@ -474,9 +475,7 @@ def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *
         errors_path = _errors_path_for(errors_path, rv, batch=batch)
         # the .nrrd twin of a batch case is known only now: refused before the comparison,
         # as the NAME_errors.nii.gz files are before the batch
-        if errors_path.is_dir():
-            raise IsADirectoryError(f"--errors: output {errors_path} is a folder (--overwrite "
-                                    "replaces files only); remove or rename it")
+        refuse_folder_as_output(errors_path, "--errors: ")
         if batch:
             _refuse_case_output_link(errors_path)
         if errors_path.exists() and not args.overwrite:
@@ -810,7 +809,7 @@ def _run_batch(args) -> int:
         raise ValueError(f"no volumes of {args.pred} match a volume of {args.ref} by file name")
     errors_dir = args.errors
     if errors_dir is not None:
-        from ._paths import refuse_inputs_as_outputs
+        from ._paths import refuse_folder_as_output, refuse_inputs_as_outputs
 
         # an outside judge: a NAME_errors.nii.gz that was a link to another case's reference
         # was written through under --overwrite, and that case then compared with the map
@@ -818,12 +817,8 @@ def _run_batch(args) -> int:
                                  [p for _, pp, rp in pairs for p in (pp, rp)])
         for name, _, _ in pairs:
             out = errors_dir / f"{name}_errors.nii.gz"
-            if out.is_dir():
-                # an outside judge: a folder of that name failed its case only after the
-                # comparison ("is a folder, cannot write"), and without --overwrite was said
-                # to "already exist; pass --overwrite", which could not replace it
-                raise IsADirectoryError(f"--errors: output {out} is a folder (--overwrite "
-                                        "replaces files only); remove or rename it")
+            # a folder of that name failed its case only after the comparison
+            refuse_folder_as_output(out, "--errors: ")
             _refuse_case_output_link(out)
             if out.exists() and not args.overwrite:
                 raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")

@@ -528,17 +528,13 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         plan.append((path, output_paths(outdir, name)))
     _refuse_series_twice(inputs, origins)
     from ..io import check_name_length
-    from ._paths import refuse_inputs_as_outputs
+    from ._paths import refuse_folder_as_output, refuse_inputs_as_outputs
 
     refuse_inputs_as_outputs((p for _, outs in plan for p in outs.values()), inputs)
     for _, outs in plan:  # before any work: a batch never stops half-way through a case
         for p in outs.values():
             check_name_length(p)
-            if p.is_dir():
-                # an outside judge: with --overwrite, a folder of that name failed only at the
-                # writing, "Is a directory", after the whole segmentation
-                raise IsADirectoryError(f"output {p} is a folder (--overwrite replaces files "
-                                        "only); remove or rename it")
+            refuse_folder_as_output(p)
     if skip_existing and not overwrite:
         complete = [all(p.exists() for p in outs.values()) for _, outs in plan]
         if done is not None:
