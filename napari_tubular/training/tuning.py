@@ -291,7 +291,9 @@ def tune_model(model, volumes: Iterable, *, device: str = "cpu", amp: bool = Fal
     Args:
         model: a ``(net, meta)`` pair (see :func:`native_maps`) or a model file.
         volumes: ``(image, label, spacing)`` per validation volume at its own grid (an
-            iterable; a generator can report each volume as it is reached).
+            iterable; a generator can report each volume as it is reached). A volume whose
+            label is empty is left out (with a warning; ``"empty_labels_left_out"`` counts
+            them): it would score only whether a pair finds nothing in it.
         initial: the thresholds the model had (``{"tp", "tr", ...}``, e.g. a fine-tuned
             model's inherited ones): scored with the grid and recorded as ``"initial"`` (with
             ``"from"``: its ``inherited_from``).
@@ -303,6 +305,9 @@ def tune_model(model, volumes: Iterable, *, device: str = "cpu", amp: bool = Fal
         ``{"tp", "tr", "score", "source", "volumes", "weights_step", "score_is", "grid",
         "fallback", "scores", "min_confidence", "confidence_scores", "time_s"}`` (and
         ``"initial"``), scores rounded to 4 decimals; None when cancelled or without a volume.
+
+    Raises:
+        ValueError: every volume's label is empty.
     """
     import time
 
@@ -313,11 +318,31 @@ def tune_model(model, volumes: Iterable, *, device: str = "cpu", amp: bool = Fal
     initial = initial or {}
     if initial.get("tp") is not None and initial.get("tr") is not None:
         extra.append((float(initial["tp"]), float(initial["tr"])))
-    res = tune_thresholds(native_maps(model, volumes, device, amp, cancel=cancel),
+    empty = [0]
+
+    def with_vessels():
+        # an outside judge (session 36): a validation volume whose label is empty scores 1 for
+        # a pair that finds nothing in it and 0 for any other, whatever it finds elsewhere; one
+        # such volume beside three vessel volumes moved a tiny model's choice from 0.7 / 0.85
+        # (0.130 on the vessels) to 0.95 / 0.3 (-0.027: nearly nothing found)
+        for image, label, spacing in volumes:
+            if not np.any(label):
+                empty[0] += 1
+                continue
+            yield image, label, spacing
+
+    res = tune_thresholds(native_maps(model, with_vessels(), device, amp, cancel=cancel),
                           extra=extra, device=str(device), cancel=cancel,
                           confidence_levels=CONFIDENCE_GRID)
     if res is None:
+        if empty[0] and not (cancel is not None and cancel()):
+            raise ValueError(f"every validation label is empty ({empty[0]} volume(s)): there "
+                             "is no vessel to tune the refinement thresholds on")
         return None
+    if empty[0]:
+        warnings.warn(f"{empty[0]} validation volume(s) with an empty label (no vessel) left "
+                      "out of the threshold tuning: their score would count only false "
+                      "positives", UserWarning, stacklevel=2)
 
     def scored(tp, tr) -> dict:
         return {"tp": tp, "tr": tr, "score": round(res["scores"][f"{tp:g},{tr:g}"], 4)}
@@ -336,6 +361,8 @@ def tune_model(model, volumes: Iterable, *, device: str = "cpu", amp: bool = Fal
            "time_s": round(time.perf_counter() - t0, 1)}
     if len(extra) > 1:
         out["initial"] = {**scored(*extra[1]), "from": initial.get("inherited_from")}
+    if empty[0]:
+        out["empty_labels_left_out"] = empty[0]
     return out
 
 
