@@ -111,7 +111,13 @@ def test_tune_never_overwrites_without_overwrite(run, tmp_path, capsys):
     assert "is the model file being tuned" in capsys.readouterr().err
     assert other.read_bytes() == b"keep me"
     assert model.read_bytes() == original
-    assert main(["tune", str(model), *SYN, "-o", str(model), "--overwrite"]) == 0
+    link = tmp_path / "link.pt"
+    link.symlink_to(model)
+    assert main(["tune", str(model), *SYN, "-o", str(link)]) == 2
+    assert "is the model file being tuned" in capsys.readouterr().err
+    # in place (through a link: the file it points to is replaced, the link kept)
+    assert main(["tune", str(model), *SYN, "-o", str(link), "--overwrite"]) == 0
+    assert link.is_symlink()
     refine = read_model_meta(model)["metrics"]["refine"]
     assert refine["previous"]["tp"] == 0.95
     assert refine["initial"]["tp"] == 0.95

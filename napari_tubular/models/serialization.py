@@ -336,7 +336,8 @@ def write_model_copy(payload: dict, path, meta: dict, *, overwrite: bool = False
     """Write the model file ``payload`` (from :func:`read_model_file`) to ``path`` with
     ``meta`` in place of its meta (checked as :func:`save_model` checks it, and stored as
     given): the weights and their checksum are the payload's, tensor for tensor, and every
-    other entry of the file is kept. Atomic (see :func:`save_model`).
+    other entry of the file is kept. Atomic (see :func:`save_model`); a symbolic link is
+    written through (the file it points to is replaced, the link kept).
 
     Raises:
         ModelFormatError: an invalid ``meta``.
@@ -347,6 +348,8 @@ def write_model_copy(payload: dict, path, meta: dict, *, overwrite: bool = False
     path = Path(path)
     if path.exists() and not check_flag("overwrite", overwrite):
         raise FileExistsError(f"model file {path} exists; pass overwrite=True to replace it")
+    if path.is_symlink():  # written through, as the volume writers do: the link is kept
+        path = Path(os.path.realpath(path))
     meta = _jsonable({k: v for k, v in meta.items() if k != "path"})  # plain JSON values
     _check_meta(meta)
     _write_payload({**payload, "meta": meta}, path)

@@ -229,6 +229,8 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
     payload = read_model_file(model_path)  # what is written back, read once
     meta = payload["meta"]
     volumes = validation_volumes(val_data, meta, val_cases=val_cases, seed=seed)
+    if cancel is not None and cancel():  # stopped while the pairs were checked
+        return None
     net, loaded = load_model(model_path, dev)
     if _checksum(net.state_dict()) != payload["checksum"]:
         raise RuntimeError(f"{model_path} changed while it was read (a run writing it?); "
