@@ -162,7 +162,7 @@ def _write_pair(folder, name, shape=(24, 24, 24), label=True, label_shape=None):
 
 @pytest.mark.parametrize("case", ["missing model", "not a model", "truncated model",
                                   "checkpoint", "empty folder", "mismatched pair",
-                                  "no vessel", "cases with a folder", "no folder"])
+                                  "no vessel", "cases with a folder", "no folder", "none"])
 def test_tune_errors_are_clear_and_write_nothing(case, run, tmp_path, capsys):
     """Each error is one line naming the cause (no traceback), exit status 2, before the
     network runs, and nothing is written."""
@@ -178,6 +178,7 @@ def test_tune_errors_are_clear_and_write_nothing(case, run, tmp_path, capsys):
         "no vessel": "every validation label is empty",
         "cases with a folder": "--val-cases counts generated volumes",
         "no folder": "validation data folder not found",
+        "none": "tune needs validation volumes",
     }[case]
     if case == "missing model":
         model = str(tmp_path / "nothing.pt")
@@ -200,6 +201,8 @@ def test_tune_errors_are_clear_and_write_nothing(case, run, tmp_path, capsys):
         args += ["--val-cases", "2"]
     if case in ("missing model", "not a model", "truncated model", "checkpoint"):
         args = SYN
+    if case == "none":
+        args = ["--val-data", "none"]
     out = tmp_path / "out.pt"
     assert main(["tune", model, *args, "-o", str(out)]) == 2
     err = capsys.readouterr().err

@@ -62,6 +62,10 @@ def validation_volumes(val_data: Sequence[str], meta: dict, *, val_cases: int | 
     if not val_data:
         raise ValueError("no validation data: give folder(s) of NAME_image / NAME_label pairs "
                          "or 'synthetic'")
+    if [str(v).strip().lower() for v in val_data] == ["none"]:
+        # train's word for no validation: tune cannot do without
+        raise ValueError("validation data 'none': tune needs validation volumes; give "
+                         "folder(s) of NAME_image / NAME_label pairs or 'synthetic'")
     config = ((meta.get("training") or {}).get("config") or {})
     if _is_synthetic(val_data):
         return _synthetic_volumes(config, val_cases, seed)
