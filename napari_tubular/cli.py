@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "refine": ("refine", "re-run the geometry-aware refinement on saved probability + radius maps with new thresholds"),
     "evaluate": ("evaluate", "compare predicted and reference masks: Dice, clDice, Betti errors, HD95, ASSD, error maps"),
     "train": ("train", "train a DDT segmentation model on image/label folders or synthetic data"),
+    "tune": ("tune", "tune a model's refinement thresholds T_p / T_r on validation volumes and write a copy of the model file with them"),
 }
 
 

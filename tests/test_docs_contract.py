@@ -41,7 +41,8 @@ def _options(name: str) -> dict[str, object]:
     return {o: act for act in SUBPARSERS[name]._actions for o in act.option_strings}
 
 
-@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "train", "info"])
+@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "train", "info",
+                                  "tune"])
 def test_readme_names_only_existing_options(name):
     section = _section(name)
     known = _options(name)
@@ -57,7 +58,7 @@ def test_readme_names_only_existing_options(name):
     assert not unknown, f"README's {name} section names options {name} does not have: {unknown}"
 
 
-@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "info"])
+@pytest.mark.parametrize("name", ["segment", "refine", "evaluate", "synth", "info", "tune"])
 def test_every_option_is_in_the_readme(name):
     section = _section(name)
     missing = []

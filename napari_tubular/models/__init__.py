@@ -12,10 +12,12 @@ from .serialization import (
     FORMAT_VERSION,
     ModelFormatError,
     load_model,
+    read_model_file,
     read_model_meta,
     resolve_device,
     resolve_model_path,
     save_model,
+    write_model_copy,
 )
 from .unet import ARCH_NAME, TubularUNet, build_model
 
@@ -30,9 +32,11 @@ __all__ = [
     "build_model",
     "load_model",
     "normalize_intensity",
+    "read_model_file",
     "read_model_meta",
     "resolve_device",
     "resolve_model_path",
     "save_model",
     "validate_normalization",
+    "write_model_copy",
 ]

@@ -49,6 +49,8 @@ __all__ = [
     "DEFAULT_MODEL_PATH",
     "save_model",
     "load_model",
+    "read_model_file",
+    "write_model_copy",
     "read_model_meta",
     "resolve_device",
     "resolve_model_path",
@@ -257,8 +259,6 @@ def save_model(
         ModelFormatError: invalid meta (missing keys, non-JSON values, K/arch mismatch).
         FileExistsError: ``path`` exists and ``overwrite`` is False.
     """
-    import torch
-
     from .._checks import check_flag
 
     # an outside judge: overwrite="false" (true to ``bool``) replaced the model file
@@ -289,6 +289,17 @@ def save_model(
         "state_dict": state,
         "checksum": _checksum(state),
     }
+    _write_payload(payload, path)
+    if json_sidecar:
+        path.with_suffix(".json").write_text(json.dumps(m, indent=2) + "\n")
+    return path
+
+
+def _write_payload(payload: dict, path: Path) -> None:
+    """``torch.save(payload)`` to ``path`` atomically: under a temporary name in the same
+    folder, then renamed (a crash or Ctrl-C never leaves a half-written file at ``path``)."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -302,8 +313,46 @@ def save_model(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    if json_sidecar:
-        path.with_suffix(".json").write_text(json.dumps(m, indent=2) + "\n")
+
+
+def read_model_file(model="default") -> dict:
+    """The whole content of a model file, checked as :func:`load_model` checks it (format,
+    meta, the weights' checksum): ``{"format", "format_version", "meta", "state_dict",
+    "checksum"}``, the meta as stored (not normalised), for :func:`write_model_copy`."""
+    path = resolve_model_path(model)
+    payload = _read_payload(path)
+    try:
+        _check_meta(payload["meta"])
+    except ModelFormatError as exc:
+        raise ModelFormatError(f"{path}: invalid meta: {exc}") from exc
+    if not isinstance(payload["state_dict"], dict):
+        raise ModelFormatError(f"{path}: 'state_dict' is not a dict")
+    if payload.get("checksum") != _checksum(payload["state_dict"]):
+        raise ModelFormatError(f"{path} is corrupted: the weights do not match their checksum")
+    return payload
+
+
+def write_model_copy(payload: dict, path, meta: dict, *, overwrite: bool = False) -> Path:
+    """Write the model file ``payload`` (from :func:`read_model_file`) to ``path`` with
+    ``meta`` in place of its meta (checked as :func:`save_model` checks it, and stored as
+    given): the weights and their checksum are the payload's, tensor for tensor, and every
+    other entry of the file is kept. Atomic (see :func:`save_model`); a symbolic link is
+    written through (the file it points to is replaced, the link kept).
+
+    Raises:
+        ModelFormatError: an invalid ``meta``.
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+    """
+    from .._checks import check_flag
+
+    path = Path(path)
+    if path.exists() and not check_flag("overwrite", overwrite):
+        raise FileExistsError(f"model file {path} exists; pass overwrite=True to replace it")
+    if path.is_symlink():  # written through, as the volume writers do: the link is kept
+        path = Path(os.path.realpath(path))
+    meta = _jsonable({k: v for k, v in meta.items() if k != "path"})  # plain JSON values
+    _check_meta(meta)
+    _write_payload({**payload, "meta": meta}, path)
     return path
 
 

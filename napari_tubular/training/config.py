@@ -12,12 +12,19 @@ from typing import Any
 
 TRAIN_SEED_BASE = 1_000_000
 VAL_SEED_BASE = 100_000_000
+
 HELD_OUT_SEED_BASE = 200_000_000
 """Synthetic seeds: training ``TRAIN_SEED_BASE * (seed + 1) + rank * 100_000 + i`` (below 1e8 for
 seed < 99); validation ``VAL_SEED_BASE + 1000 * seed + i`` (and the tuning / calibration
 volumes of the scripts, ``VAL_SEED_BASE + 500...``); the held-out evaluation
 (``scripts/evaluate_default.py``) ``HELD_OUT_SEED_BASE + i``. :meth:`TrainConfig.validate`
 refuses a seed whose training seeds would reach either."""
+
+
+def validation_seed(run_seed: int, i: int) -> int:
+    """The seed of synthetic validation volume ``i`` of a run of seed ``run_seed``
+    (``VAL_SEED_BASE + 1000 * run_seed + i``): never a seed of its training volumes."""
+    return VAL_SEED_BASE + 1000 * int(run_seed) + i
 
 MODEL_DEFAULTS: dict[str, Any] = {"base_channels": 16, "depth": 4}
 """The model options of a :class:`TrainConfig` given none."""

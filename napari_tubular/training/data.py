@@ -405,6 +405,30 @@ def load_pair(
     normalization: Any, min_shape: Sequence[int] | None = None, with_phi: bool = False,
 ) -> PreparedCase:
     """Read an image/label pair and prepare it (see :func:`prepare_case`)."""
+    img, lab = read_pair(image_path, label_path, target_spacing, task="train on")
+    finite = img.data[np.isfinite(img.data)] if img.data.dtype.kind == "f" else img.data
+    if finite.size and finite.min() == finite.max():
+        warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
+                      "teaches nothing about how vessels look", UserWarning, stacklevel=2)
+    if not np.any(lab.data):
+        warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
+                      "teaches background", UserWarning, stacklevel=2)
+    else:
+        note = label_values_note(lab.data)
+        if note:
+            warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=2)
+    return prepare_case(
+        img.data, lab.data, img.spacing, target_spacing, K, normalization,
+        name=Path(image_path).name, min_shape=min_shape, with_phi=with_phi,
+    )
+
+
+def read_pair(image_path: Path, label_path: Path, target_spacing: Sequence[float],
+              task: str = "train on"):
+    """Read an image/label pair as volumes (:class:`napari_tubular.io.Volume`), refused
+    (ValueError naming the file) when the label is not on the image's grid, the grid does not
+    suit a model of ``target_spacing`` (``task``: what the message says is done with it) or
+    the image holds values float32 cannot."""
     from napari_tubular.io import read_volume
 
     img = read_volume(image_path)
@@ -436,7 +460,7 @@ def load_pair(
         _check_model_grid(img.data.shape, img.spacing, target_spacing,
                           fix="Give the right one in the image and label files' headers "
                               "(training reads the spacing from them, in mm).",
-                          task="train on")
+                          task=task)
     except ValueError as exc:
         raise ValueError(f"{image_path}: {exc}") from None
     finite = img.data[np.isfinite(img.data)] if img.data.dtype.kind == "f" else img.data
@@ -448,20 +472,7 @@ def load_pair(
         _check_float32_range(finite)
     except ValueError as exc:
         raise ValueError(f"{image_path}: {exc}") from None
-    if finite.size and finite.min() == finite.max():
-        warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
-                      "teaches nothing about how vessels look", UserWarning, stacklevel=2)
-    if not np.any(lab.data):
-        warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
-                      "teaches background", UserWarning, stacklevel=2)
-    else:
-        note = label_values_note(lab.data)
-        if note:
-            warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=2)
-    return prepare_case(
-        img.data, lab.data, img.spacing, target_spacing, K, normalization,
-        name=Path(image_path).name, min_shape=min_shape, with_phi=with_phi,
-    )
+    return img, lab
 
 
 # --------------------------------------------------------------------------- synthetic cases

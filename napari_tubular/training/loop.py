@@ -424,8 +424,11 @@ def validate(model, cases: list[PreparedCase], config: TrainConfig, device,
 
 def val_seed(config: TrainConfig, i: int) -> int:
     """The seed of synthetic validation volume ``i`` of a run (``VAL_SEED_BASE + 1000 * seed +
-    i``): the volumes it validates on and tunes its thresholds on."""
-    return VAL_SEED_BASE + 1000 * config.seed + i
+    i``): the volumes it validates on and tunes its thresholds on (``napari-tubular tune
+    --val-data synthetic`` too, :func:`~.config.validation_seed`)."""
+    from .config import validation_seed
+
+    return validation_seed(config.seed, i)
 
 
 def _load_val_cases(config: TrainConfig, normalization: dict, progress: ProgressFn | None):
@@ -1009,21 +1012,14 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
                         inherited: dict, report, step: int, cancel, what: str = "model.pt"):
     """``metrics.refine`` for ``net``: the T_p / T_r of :data:`~.tuning.TP_GRID` x
     :data:`~.tuning.TR_GRID`, the fallback pair and a fine-tuned model's initial pair with the
-    best mean score on the validation volumes (:func:`~.tuning.tune_thresholds`; the network
-    runs once per volume), or None when cancelled."""
-    from napari_tubular.inference import FALLBACK_TP, FALLBACK_TR, TRAIN_TUNED_SOURCE
-
-    from . import tuning
-    from .tuning import CONFIDENCE_GRID, TP_GRID, TR_GRID, tune_thresholds
+    best mean score on the validation volumes (:func:`~.tuning.tune_model`, which
+    ``napari-tubular tune`` runs too; the network runs once per volume), or None when
+    cancelled."""
+    from .tuning import tune_model
 
     if report:
         report(1, 1, f"tuning the refinement thresholds T_p / T_r of {what} and its "
                      f"confidence filter's level on {len(val_cases)} validation volume(s)")
-    t0 = time.perf_counter()
-    extra = [(FALLBACK_TP, FALLBACK_TR)]
-    initial = inherited.get("refine") or {}
-    if initial.get("tp") is not None and initial.get("tr") is not None:
-        extra.append((float(initial["tp"]), float(initial["tr"])))
     # at the volumes' own grids, through inference.predict: where segment refines (the model's
     # grid chose thresholds that segment's native-grid refinement scored among the worst)
     meta = {"K": config.K, "spacing": list(config.target_spacing),
@@ -1040,29 +1036,8 @@ def _tune_on_validation(net, val_cases, config: TrainConfig, device, calibration
                                          "validation volume")
             yield volume
 
-    res = tune_thresholds(
-        tuning.native_maps((net, meta), volumes(), device, config.amp, cancel=cancel),
-        extra=extra, device=str(device), cancel=cancel, confidence_levels=CONFIDENCE_GRID)
-    if res is None:
-        return None
-
-    def scored(tp, tr) -> dict:
-        return {"tp": tp, "tr": tr, "score": round(res["scores"][f"{tp:g},{tr:g}"], 4)}
-
-    out = {"tp": res["tp"], "tr": res["tr"], "score": round(res["score"], 4),
-           "source": TRAIN_TUNED_SOURCE, "volumes": res["volumes"], "weights_step": step,
-           "score_is": "mean (Dice + clDice) / 2 - 0.01 x Betti-0 error",
-           "grid": {"tp": list(TP_GRID), "tr": list(TR_GRID)},
-           "fallback": scored(FALLBACK_TP, FALLBACK_TR),
-           "scores": {k: round(v, 4) for k, v in res["scores"].items()},
-           # the confidence filter's level at T_p / T_r (None: off), scored on the labels
-           # after segment's clean-up of specks and blobs; segment reads it
-           "min_confidence": res["min_confidence"],
-           "confidence_scores": {k: round(v, 4) for k, v in res["confidence_scores"].items()},
-           "time_s": round(time.perf_counter() - t0, 1)}
-    if len(extra) > 1:
-        out["initial"] = {**scored(*extra[1]), "from": initial.get("inherited_from")}
-    return out
+    return tune_model((net, meta), volumes(), device=device, amp=config.amp, cancel=cancel,
+                      initial=inherited.get("refine"), weights_step=step)
 
 
 def _tune_or_warn(failed: dict, what: str, tune: Callable, *args):

@@ -1,0 +1,259 @@
+"""``napari-tubular tune``: a model file's refinement thresholds tuned again on validation
+volumes, without training (:mod:`napari_tubular.training.retune`), written to a copy of the
+file with the weights unchanged."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from napari_tubular.cli import main  # noqa: E402
+from tests.test_tuning import tiny_config  # noqa: E402
+
+SYN = ["--val-data", "synthetic", "--val-cases", "1"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 4-step run tuned by train on one synthetic validation volume."""
+    from napari_tubular.training import train
+
+    out = tmp_path_factory.mktemp("tune") / "run"
+    train(tiny_config(out, val_cases=1, steps=4, val_every=4))
+    return out
+
+
+def _payload(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _without_refine(meta: dict) -> dict:
+    return {**meta, "metrics": {k: v for k, v in meta["metrics"].items() if k != "refine"}}
+
+
+def test_tune_writes_a_copy_with_the_tuning_and_the_same_weights(run, tmp_path, monkeypatch,
+                                                                  capsys):
+    """The copy holds what the tuning function returned (on the run's own validation volume:
+    train's choice and scores again), the weights tensor for tensor and the rest of the file
+    as it was; the progress, the thresholds before and after and their scores are printed."""
+    from napari_tubular.inference import recommended_thresholds, tuned_min_confidence
+    from napari_tubular.models import read_model_meta
+    from napari_tubular.models.serialization import _checksum
+    from napari_tubular.training import tuning
+    from napari_tubular.training.retune import TUNE_SOURCE
+
+    returned = []
+    real = tuning.tune_model
+
+    def spy(*args, **kwargs):
+        res = real(*args, **kwargs)
+        returned.append(dict(res))
+        return res
+
+    monkeypatch.setattr(tuning, "tune_model", spy)
+    out = tmp_path / "tuned.pt"
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out), "--device", "cpu"]) == 0
+    before, after = _payload(run / "model.pt"), _payload(out)
+    stored = after["meta"]["metrics"]["refine"]
+    assert len(returned) == 1
+    assert {k: stored[k] for k in returned[0]} == returned[0]
+    trained = before["meta"]["metrics"]["refine"]
+    for key in ("tp", "tr", "score", "scores", "fallback", "min_confidence",
+                "confidence_scores", "volumes", "weights_step"):
+        assert stored[key] == trained[key], key
+    assert stored["source"] == TUNE_SOURCE
+    assert stored["previous"]["tp"] == trained["tp"]
+    assert stored["validation"] == [
+        "synthetic seed 100000000"]
+    # the weights byte for byte, the file's other entries and meta unchanged
+    assert after["checksum"] == before["checksum"] == _checksum(after["state_dict"])
+    assert list(after["state_dict"]) == list(before["state_dict"])
+    for name, t in before["state_dict"].items():
+        assert after["state_dict"][name].dtype == t.dtype
+        assert after["state_dict"][name].numpy().tobytes() == t.numpy().tobytes()
+    assert {k: v for k, v in after.items() if k not in ("meta", "state_dict")} == {
+        k: v for k, v in before.items() if k not in ("meta", "state_dict")}
+    assert _without_refine(after["meta"]) == _without_refine(before["meta"])
+    # segment reads them
+    meta = read_model_meta(out)
+    assert recommended_thresholds(meta) == (stored["tp"], stored["tr"])
+    assert tuned_min_confidence(meta) == stored["min_confidence"]
+    cap = capsys.readouterr()
+    assert "[tune] validation volume 1/1: synthetic seed 100000000" in cap.err
+    assert f"before: T_p {trained['tp']:g} / T_r {trained['tr']:g}, score " in cap.out
+    assert f"after:  T_p {stored['tp']:g} / T_r {stored['tr']:g}, score {stored['score']:.4f}" \
+        in cap.out
+    assert f"wrote {out}" in cap.out
+
+
+def test_tune_never_overwrites_without_overwrite(run, tmp_path, capsys):
+    """An existing output, the model file itself included, is refused before any work and
+    left as it was; with --overwrite the model is re-tuned in place (its weights kept)."""
+    from napari_tubular.models import read_model_meta, write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+
+    model = tmp_path / "model.pt"
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    # thresholds that are not the tuning's: an earlier tuning on the model's grid
+    write_model_copy(payload, model, {**meta, "metrics": {**meta["metrics"], "refine": {
+        "tp": 0.95, "tr": 0.85, "source": "train validation"}}})
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"keep me")
+    original = model.read_bytes()
+    assert main(["tune", str(model), *SYN, "-o", str(other)]) == 2
+    assert "other.pt exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert main(["tune", str(model), *SYN, "-o", str(model)]) == 2
+    assert "is the model file being tuned" in capsys.readouterr().err
+    assert other.read_bytes() == b"keep me"
+    assert model.read_bytes() == original
+    link = tmp_path / "link.pt"
+    link.symlink_to(model)
+    assert main(["tune", str(model), *SYN, "-o", str(link)]) == 2
+    assert "is the model file being tuned" in capsys.readouterr().err
+    # in place (through a link: the file it points to is replaced, the link kept)
+    assert main(["tune", str(model), *SYN, "-o", str(link), "--overwrite"]) == 0
+    assert link.is_symlink()
+    refine = read_model_meta(model)["metrics"]["refine"]
+    assert refine["previous"]["tp"] == 0.95
+    assert refine["initial"]["tp"] == 0.95
+    assert (refine["tp"], refine["tr"]) == (meta["metrics"]["refine"]["tp"],
+                                            meta["metrics"]["refine"]["tr"])
+    assert _payload(model)["checksum"] == payload["checksum"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_tune_never_writes_into_the_installed_package(run, tmp_path, monkeypatch, capsys):
+    """'default' is tuned into a copy elsewhere; the installed model's folder is refused as
+    the output, --overwrite or not (a stand-in for it here: the test never risks the real
+    one)."""
+    from napari_tubular import models
+    from napari_tubular.models import serialization
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shipped = weights / "default.pt"
+    shutil.copy(run / "model.pt", shipped)
+    monkeypatch.setattr(serialization, "DEFAULT_MODEL_PATH", shipped)
+    monkeypatch.setattr(models, "DEFAULT_MODEL_PATH", shipped)
+    original = shipped.read_bytes()
+    for out in (shipped, weights / "mine.pt"):
+        assert main(["tune", "default", *SYN, "-o", str(out), "--overwrite"]) == 2
+        assert "installed package" in capsys.readouterr().err
+    assert shipped.read_bytes() == original
+    assert sorted(weights.iterdir()) == [shipped]
+
+
+def _write_pair(folder, name, shape=(24, 24, 24), label=True, label_shape=None):
+    from napari_tubular.io import write_volume
+    from napari_tubular.synthetic import make_vessel_tree
+
+    folder.mkdir(exist_ok=True)
+    case = make_vessel_tree(shape, (1.0, 1.0, 1.0), seed=2)
+    write_volume(folder / f"{name}_image.nii.gz", case.image.astype(np.float32))
+    mask = case.mask if label else np.zeros_like(case.mask)
+    write_volume(folder / f"{name}_label.nii.gz",
+                 mask[tuple(slice(0, n) for n in (label_shape or shape))].astype(np.uint8))
+
+
+@pytest.mark.parametrize("case", ["missing model", "not a model", "truncated model",
+                                  "checkpoint", "empty folder", "mismatched pair",
+                                  "no vessel", "cases with a folder", "no folder", "none"])
+def test_tune_errors_are_clear_and_write_nothing(case, run, tmp_path, capsys):
+    """Each error is one line naming the cause (no traceback), exit status 2, before the
+    network runs, and nothing is written."""
+    model, val = str(run / "model.pt"), tmp_path / "val"
+    args = ["--val-data", str(val)]
+    expected = {
+        "missing model": "does not exist",
+        "not a model": "is not a napari-tubular model file",
+        "truncated model": "is not a readable napari-tubular model file",
+        "checkpoint": "is a napari-tubular training checkpoint",
+        "empty folder": "no image/label volume pairs found",
+        "mismatched pair": "does not match image",
+        "no vessel": "every validation label is empty",
+        "cases with a folder": "--val-cases counts generated volumes",
+        "no folder": "validation data folder not found",
+        "none": "tune needs validation volumes",
+    }[case]
+    if case == "missing model":
+        model = str(tmp_path / "nothing.pt")
+    elif case == "not a model":
+        (tmp_path / "text.pt").write_text("not a model")
+        model = str(tmp_path / "text.pt")
+    elif case == "truncated model":
+        (tmp_path / "cut.pt").write_bytes((run / "model.pt").read_bytes()[:4000])
+        model = str(tmp_path / "cut.pt")
+    elif case == "checkpoint":
+        model = str(run / "last.pt")
+    elif case == "empty folder":
+        val.mkdir()
+    elif case == "mismatched pair":
+        _write_pair(val, "a", label_shape=(22, 24, 24))
+    elif case == "no vessel":
+        _write_pair(val, "a", label=False)
+    elif case == "cases with a folder":
+        _write_pair(val, "a")
+        args += ["--val-cases", "2"]
+    if case in ("missing model", "not a model", "truncated model", "checkpoint"):
+        args = SYN
+    if case == "none":
+        args = ["--val-data", "none"]
+    out = tmp_path / "out.pt"
+    assert main(["tune", model, *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    assert err.startswith("napari-tubular tune: error: ")
+    assert not out.exists()
+
+
+def test_a_label_without_vessel_is_left_out_with_a_warning(run, tmp_path, capsys):
+    from napari_tubular.models import read_model_meta
+
+    val = tmp_path / "val"
+    _write_pair(val, "a")
+    _write_pair(val, "b", label=False)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 validation label(s) are empty" in err
+    assert "b_label.nii.gz" in err
+    assert "validation volume 1/1: a_image.nii.gz" in err
+    refine = read_model_meta(out)["metrics"]["refine"]
+    assert refine["volumes"] == 1
+    assert refine["validation"] == ["a_image.nii.gz"]
+
+
+def test_ctrl_c_stops_the_tuning_and_writes_nothing(run, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (SIGINT) during the tuning stops it at the next volume or refinement: exit
+    status 130, no output, no temporary file left."""
+    import os
+    import signal
+
+    from napari_tubular.training import tuning
+
+    real = tuning.native_maps
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # the command's handler asks the tuning to stop
+        yield from real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "native_maps", interrupted)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Ctrl-C: stopping the tuning" in err
+    assert "out.pt is not written" in err
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_help_lists_tune(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "tune" in capsys.readouterr().out
