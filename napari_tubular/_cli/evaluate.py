@@ -451,15 +451,9 @@ def _refuse_case_output_link(out: Path) -> None:
     outside judge: such a link was written through to wherever it pointed, outside the --errors
     folder, and "wrote 1 error map(s) into err" said nothing of it; a link into a missing
     folder failed its case only after the comparison)."""
-    import os
+    from ._paths import refuse_unusable_link
 
-    from ..io import output_target
-
-    if out.is_symlink() and not out.exists():
-        raise FileExistsError(f"--errors: output {out} is a symbolic link to "
-                              f"{os.readlink(out)}, which does not exist (a dangling link); "
-                              "the batch does not write through it: remove the link")
-    output_target(out)
+    refuse_unusable_link(out, "--errors: ", "the batch")
 
 
 def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *,

