@@ -567,6 +567,43 @@ def test_self_check_break_gap_is_the_empty_space_between_the_pieces(tmp_path, ca
     assert "--break-gap" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("extra", "ref"), [(["--break-gap", "2"], True),
+                                            (["--tolerance", "0"], False),
+                                            (["--tolerance", "3"], False),
+                                            (["--resample"], False)])
+def test_an_option_the_mode_does_not_use_is_refused(tmp_path, capsys, extra, ref):
+    """An outside judge: ``evaluate PRED REF --break-gap 2`` ran with exit 0, the option
+    ignored in silence (it sets the self-check's possible breaks); so were the comparison's
+    --tolerance and --resample in the self-check (no REF). Each is refused before any work,
+    naming the option, nothing written; the --help says which mode each is for."""
+    pred, refm = case(0)
+    p = write(tmp_path / "p.nii.gz", pred)
+    r = write(tmp_path / "r.nii.gz", refm)
+    out = tmp_path / "m.json"
+    args = ["evaluate", str(p), *([str(r)] if ref else []), "--json", str(out), *extra]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert f"error: {extra[0]} is for " in captured.err
+    assert "dice" not in captured.out
+    assert "volume" not in captured.out
+    assert not out.exists()
+    # without the option, the same command runs
+    assert main([a for a in args if a not in extra]) == 0
+    helps = _evaluate_help()
+    assert "self-check only (no REF; refused with a reference" in helps
+    assert "refused without REF" in helps
+
+
+def _evaluate_help() -> str:
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    return " ".join(text.getvalue().split())
+
+
 def test_batch_case_names_keep_their_spelling(tmp_path):
     """An audit: CT_labels.nii.gz was listed as case 'ct' in the table and the CSV."""
     from napari_tubular._cli.evaluate import match_cases

@@ -38,6 +38,27 @@ _NAME_SUFFIXES = (
 )  # fmt: skip
 
 
+#: the self-check's --break-gap when none is given (mm)
+BREAK_GAP_MM = 5.0
+
+
+class _Given(argparse.Action):
+    """Stores the value and records the option as given on the command line (in the
+    namespace's ``given`` set): an option that the mode run does not use is refused, not
+    ignored, while the parser keeps its default (which the --help and the README state)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "given", None) or ())
+        given.add(self.dest)
+        namespace.given = given
+
+
+def _given(args, dest: str) -> bool:
+    """Whether the option ``dest`` was given on the command line (see :class:`_Given`)."""
+    return dest in (getattr(args, "given", None) or ())
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         name,
@@ -80,21 +101,25 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--tolerance",
         type=int,
         default=1,
+        action=_Given,
         metavar="VOXELS",
-        help="--errors/--sites: centerline pieces within this many voxels of the other mask are "
-        "boundary deviations, not error sites (default 1; 0 reports every piece, as clDice "
-        "counts them; a piece that separates two predicted components or joins two "
-        "reference components, or that a loop error runs through, is always a site)",
+        help="--errors/--sites (with REF): centerline pieces within this many voxels of the "
+        "other mask are boundary deviations, not error sites (default 1; 0 reports every "
+        "piece, as clDice counts them; a piece that separates two predicted components or "
+        "joins two reference components, or that a loop error runs through, is always a "
+        "site); refused without REF (the self-check has no other mask)",
     )
     p.add_argument(
         "--break-gap",
         type=float,
-        default=5.0,
+        default=BREAK_GAP_MM,
+        action=_Given,
         metavar="MM",
-        help="self-check (no REF): a piece whose end comes within this many mm (empty space "
-        "between the surfaces) of another piece is a possible break (default 5): another "
-        "component, or a part of its own component ahead of it that the skeleton joins only "
-        "far away (a loop cut open)",
+        help="self-check only (no REF; refused with a reference, whose comparison finds the "
+        "breaks itself): a piece whose end comes within this many mm (empty space between "
+        "the surfaces) of another piece is a possible break (default 5): "
+        "another component, or a part of its own component ahead of it that the skeleton "
+        "joins only far away (a loop cut open)",
     )
     p.add_argument(
         "--threshold",
@@ -887,6 +912,11 @@ def _run_self_check(args) -> int:
                          "one volume; give a reference folder for batch mode")
     if args.csv is not None:
         raise ValueError("--csv is for comparisons with a reference; use --json or --sites")
+    for opt in ("tolerance", "resample"):
+        # an outside judge: options of the comparison were ignored in silence here
+        if _given(args, opt) or (opt == "resample" and getattr(args, opt, False)):
+            raise ValueError(f"--{opt} is for comparisons with a reference (REF); the "
+                             "self-check has no other mask")
     if not (math.isfinite(args.break_gap) and args.break_gap >= 0):
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
@@ -956,6 +986,12 @@ def run(args) -> int:
         if not args.pred.exists():
             raise FileNotFoundError(f"prediction not found: {args.pred}")
         return _run_self_check(args)
+    if _given(args, "break_gap"):
+        # an outside judge: --break-gap with a reference was ignored in silence (it sets the
+        # self-check's possible breaks; a comparison finds the breaks against REF)
+        raise ValueError("--break-gap is for the self-check (no REF): with a reference, the "
+                         "breaks are the missed centerline pieces the comparison finds "
+                         "(--errors/--sites); drop --break-gap, or REF for the self-check")
     for path, what in ((args.pred, "prediction"), (args.ref, "reference")):
         if not path.exists():
             raise FileNotFoundError(f"{what} not found: {path}")
