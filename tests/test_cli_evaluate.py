@@ -1150,3 +1150,42 @@ def test_batch_leaves_out_the_error_maps_of_an_earlier_run(tmp_path, capsys):
     assert "left out 2 error map(s)" in captured.err
     cases = json.loads((tmp_path / "m.json").read_text())["cases"]
     assert [c["case"] for c in cases] == ["a", "b"]
+
+
+@pytest.mark.parametrize("where", ["pred", "ref", "self-check", "threshold", "self-threshold"])
+def test_complex_volumes_are_refused_as_not_masks(tmp_path, capsys, where):
+    """An outside judge: a complex NIfTI was told it "must be a numeric or boolean array",
+    which it is; with --threshold its values were compared by their real parts in silence
+    (Dice 1.0, exit 0). Complex data is not a mask: said so, exit 2."""
+    nib = pytest.importorskip("nibabel")
+    pred, ref = case(0)
+    real = write(tmp_path / "real.nii.gz", ref)
+    cplx = tmp_path / "cplx.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(pred, (2, 1, 0)).astype(np.complex64), np.eye(4)),
+             str(cplx))
+    args = {"pred": [cplx, real], "ref": [real, cplx], "self-check": [cplx],
+            "threshold": [cplx, real, "--threshold", "0.5"],
+            "self-threshold": [cplx, "--threshold", "0.5"]}[where]
+    assert main(["evaluate", *map(str, args)]) == 2
+    captured = capsys.readouterr()
+    side = "reference" if where == "ref" else "prediction"
+    assert (f"error: {side} cplx.nii.gz holds complex values (dtype complex64): not a mask, "
+            "labels or probability map") in captured.err
+    assert "numeric" not in captured.err
+    assert "dice" not in captured.out
+
+
+def test_core_mask_checks_name_complex_values():
+    """The core's mask checks say what is wrong with a complex array (binarize said "must be
+    a numeric array"; check_mask took it as a mask, any non-zero part foreground)."""
+    from napari_tubular.geometry._validate import check_mask
+    from napari_tubular.topology import betti_numbers, binarize
+
+    a = np.zeros((4, 4, 4), np.complex64)
+    a[1:3, 1:3, 1:3] = 1j
+    for check in (binarize, check_mask, betti_numbers):
+        with pytest.raises(ValueError, match=r"holds complex values \(dtype complex64\), not a "
+                                             "mask"):
+            check(a)
+    with pytest.raises(ValueError, match="must be a numeric or boolean array"):
+        binarize(np.zeros((4, 4, 4), dtype="U1"))

@@ -350,6 +350,16 @@ def _foreground_outside(pv, rv, threshold: float | None) -> tuple[int, int]:
     return int(total - np.count_nonzero(inside)), total
 
 
+def _refuse_complex(vol, name: str) -> None:
+    """ValueError for a volume of complex values, before any resampling or --threshold (an
+    outside judge: "must be a numeric or boolean array" of a complex file, which is numeric;
+    with --threshold its values were compared by their real parts in silence)."""
+    if vol.data.dtype.kind == "c":
+        raise ValueError(f"{name} holds complex values (dtype {vol.data.dtype}): not a mask, "
+                         "labels or probability map, which hold real numbers; save its "
+                         "magnitude or real part as a real-valued volume first")
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -364,7 +374,9 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     # +inf in a mask or probability map is foreground (an audit: filled with the minimum, it
     # made holes under --threshold)
     pv = read_volume(pred_path, posinf_max=True)
+    _refuse_complex(pv, f"prediction {pred_path.name}")
     rv = read_volume(ref_path, posinf_max=True)
+    _refuse_complex(rv, f"reference {ref_path.name}")
     differences = pv.geometry_differences(rv)
     grid_warning = None
     ratio = np.asarray(pv.spacing, float) / np.asarray(rv.spacing, float)
@@ -921,6 +933,7 @@ def _run_self_check(args) -> int:
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred, posinf_max=True)
+    _refuse_complex(pv, f"prediction {args.pred.name}")
     sheared = sheared_grid_note(pv.direction, f"prediction {args.pred.name}")
     if sheared:
         print(f"warning: {sheared}", file=sys.stderr)
