@@ -82,8 +82,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    "components (under 5%% of the largest one's voxels), loops (b1), "
                    "cavities (b2) and possible breaks, with "
                    "--json/--errors/--sites")
-    p.add_argument("--json", type=path_arg, metavar="OUT.json", help="write the metrics as JSON")
-    p.add_argument("--csv", type=path_arg, metavar="OUT.csv", help="write one row per case as CSV")
+    p.add_argument("--json", type=path_arg, metavar="OUT.json",
+                   help="write the metrics as JSON ('-': on stdout, the table then on stderr)")
+    p.add_argument("--csv", type=path_arg, metavar="OUT.csv",
+                   help="write one row per case as CSV ('-': on stdout, the table then on "
+                   "stderr)")
     p.add_argument(
         "--errors",
         type=path_arg,
@@ -599,7 +602,29 @@ def _csv_row(case: str, pred: Path, ref: Path, m: dict) -> dict:
     return row
 
 
+#: where ``--json -`` / ``--csv -`` write: the command's stdout, while the rest of what it
+#: prints goes to stderr (set by :func:`run`)
+_STDOUT: list = []
+
+
+def _is_stdout(path) -> bool:
+    """``--json -`` / ``--csv -``: stdout, as most tools take "-" (an outside judge: a file
+    named "-" was written in the working directory, "wrote -")."""
+    return path is not None and str(path) == "-"
+
+
+def _written(path) -> str:
+    """``"wrote PATH"``, or for ``-`` where it went."""
+    return "wrote the output on stdout" if _is_stdout(path) else f"wrote {path}"
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    if _is_stdout(path):
+        writer = csv.DictWriter(_STDOUT[-1], fieldnames=_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _STDOUT[-1].flush()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
@@ -608,8 +633,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if _is_stdout(path):
+        _STDOUT[-1].write(text)
+        _STDOUT[-1].flush()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    path.write_text(text)
 
 
 #: metrics that have no value for a case with an empty mask (a distance to an empty surface)
@@ -711,6 +741,11 @@ def _check_outputs(args, *, batch: bool) -> None:
                              + (tuple(_folder_volumes(args)) if batch else ()))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
+        if opt == "sites" and _is_stdout(path):
+            raise ValueError("--sites -: give a file name (only --json and --csv write on "
+                             "stdout)")
+        if _is_stdout(path):
+            continue
         if path is not None and volume_format(path) is not None and not path.is_dir():
             # an outside judge: "--json out.nii.gz" and "--sites s.nii.gz" wrote JSON / CSV
             # text under a volume file's name (meant for --errors?), which every reader then
@@ -812,12 +847,12 @@ def _run_single(args) -> int:
             out["grid_warning"] = grid_warning
         out.update(_error_entries(report, rv))
         _write_json(args.json, out)
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     if args.csv is not None:
         from ..io import volume_stem
 
         _write_csv(args.csv, [_csv_row(volume_stem(args.pred), args.pred, args.ref, metrics)])
-        print(f"wrote {args.csv}")
+        print(_written(args.csv))
     return 0
 
 
@@ -901,10 +936,10 @@ def _run_batch(args) -> int:
                 "failed": failed,
             },
         )
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     if args.csv is not None:
         _write_csv(args.csv, rows)
-        print(f"wrote {args.csv}")
+        print(_written(args.csv))
     if failed:  # the last line says it, as segment's does (the per-case errors scroll away)
         others = " (the others were)" if cases else ""
         print(f"error: {len(failed)} of {len(pairs)} case(s) could not be compared{others}: "
@@ -988,11 +1023,26 @@ def _run_self_check(args) -> int:
                            for c in report.components],
             "site_counts": report.summary["counts"], "sites": rows,
         })
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     return 0
 
 
 def run(args) -> int:
+    """The command; with ``--json -`` or ``--csv -`` the table and the other lines go to
+    stderr and stdout holds that output alone, for a pipe."""
+    if not any(_is_stdout(getattr(args, opt, None)) for opt in ("json", "csv")):
+        return _run(args)
+    import contextlib
+
+    _STDOUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(args)
+    finally:
+        _STDOUT.pop()
+
+
+def _run(args) -> int:
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
     if args.ref is None:
