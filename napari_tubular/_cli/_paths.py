@@ -76,15 +76,23 @@ def refuse_shared_outputs(named: dict) -> None:
         seen.append((opt, out))
 
 
-def refuse_file_as_folder(option: str, path) -> None:
+def refuse_file_as_folder(option: str, path, *, is_folder: bool = False) -> None:
     """Raise NotADirectoryError when a folder above ``path`` that exists is a file, so that
     the output can never be written (an outside judge: ``evaluate --json afile/m.json`` said
     "[Errno 17] File exists: 'afile'" after the comparison, and ``segment -o afile/out``
-    "[Errno 20] Not a directory"). ``option`` names the output (e.g. ``"--json"``)."""
+    "[Errno 20] Not a directory"), or is a symbolic link pointing nowhere (with ``is_folder``,
+    ``path`` itself, an output folder, too: another judge's ``segment -o LINK`` said "[Errno
+    17] File exists", ``evaluate`` compared every case and then failed each at its error map).
+    ``option`` names the output (e.g. ``"--json"``)."""
     if path is None:
         return
     path = Path(path).expanduser()
-    for folder in path.parents:
+    for folder in ([path] if is_folder else []) + list(path.parents):
+        if folder.is_symlink() and not folder.exists():
+            what = f"{option} {path}" + ("" if folder == path else f": {folder}")
+            raise NotADirectoryError(f"{what} is a symbolic link to {os.readlink(folder)}, "
+                                     "which does not exist (a folder that is not there); "
+                                     "create that folder, or remove the link")
         if folder.exists():
             if not folder.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder; "

@@ -748,7 +748,8 @@ def _check_outputs(args, *, batch: bool) -> None:
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
                            for opt in ("json", "csv", "sites", "errors")})
     for opt in ("json", "csv", "sites", "errors"):
-        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None))
+        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None),
+                              is_folder=batch and opt == "errors")
     # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")

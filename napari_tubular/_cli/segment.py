@@ -638,7 +638,7 @@ def run(args) -> int:
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
-    refuse_file_as_folder("-o", outdir)
+    refuse_file_as_folder("-o", outdir, is_folder=True)
     # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it (and
     # another: "-o seg.dcm" too, NIfTI files in a folder named like a DICOM file)
     refuse_volume_name_as_folder("-o", args.output, "NAME_labels.nii.gz, "

@@ -260,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"OUTDIR {outdir} exists and is not a folder")
-    refuse_file_as_folder("OUTDIR", outdir)  # before any case is made (it failed at writing)
+    # before any case is made (it failed at writing)
+    refuse_file_as_folder("OUTDIR", outdir, is_folder=True)
     # as segment refuses "-o seg.nii.gz" (an outside judge: "synth s.nii.gz" made a folder of
     # that name with the cases in it)
     refuse_volume_name_as_folder("OUTDIR", args.outdir, "case_000_image.nii.gz, "
