@@ -440,3 +440,20 @@ def test_a_renamed_pair_is_not_added_twice(train_widget):
     train_widget.add_pair()
     assert len(train_widget.pairs) == 1
     assert "in the list already" in train_widget.status.text()
+
+
+def test_the_pair_list_shows_the_layers_names_now(train_widget, tmp_path):
+    """An outside judge: after a rename the list still showed the old name (the pair is kept
+    by identity); a deleted layer's pair gave no sign until Start."""
+    viewer = train_widget.viewer
+    viewer.layers["ct"].name = "patient 1"
+    viewer.layers["ref"].name = "patient 1 vessels"
+    assert train_widget.pairs_list.item(0).text() == "patient 1  +  patient 1 vessels"
+    assert train_widget.pairs == [("patient 1", "patient 1 vessels")]
+    # the message of a pair added again names it as it is now
+    train_widget.add_pair()
+    assert "(as patient 1  +  patient 1 vessels)" in train_widget.status.text()
+    viewer.layers.remove("patient 1 vessels")
+    assert train_widget.pairs_list.item(0).text() == "patient 1  +  patient 1 vessels (deleted)"
+    with pytest.raises(ValueError, match="'patient 1 vessels'.*no longer in the viewer"):
+        train_widget.config()
