@@ -769,7 +769,9 @@ class SegmentWidget(QWidget):
         text = self.model_path.text().strip()
         if not text:
             raise ValueError("model: choose a .pt file or select 'default'")
-        return text
+        # "~/models/m.pt" as the run folder of the Fine-tune panel reads it (an outside judge:
+        # "model file ~/models/m.pt does not exist" for a file that does)
+        return str(Path(text).expanduser()) if text.startswith("~") else text
 
     def confidence_setting(self) -> float | str:
         """The 'confidence level': :data:`~napari_tubular.inference.MODEL_MIN_CONFIDENCE`

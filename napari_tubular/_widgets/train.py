@@ -478,6 +478,8 @@ class TrainingWidget(QWidget):
         init_model = {"default model": "default", "model file": self.init_path.text().strip()}.get(
             init
         )
+        if init_model and init_model.startswith("~"):  # as the run folder is read
+            init_model = str(Path(init_model).expanduser())
         extra = {}
         if init_model is not None:
             if not init_model:

@@ -1907,3 +1907,17 @@ def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_view
     update_settings(model=str(tuned))
     again = SegmentWidget(widget.viewer)
     assert again.model_info.text() == "tuned: T_p 0.35, T_r 0.25, confidence level 0.8"
+
+
+def test_a_model_file_under_the_home_folder_is_found(make_napari_viewer, tmp_path, monkeypatch):
+    """An outside judge: a model file given as "~/models/m.pt" was "not found" (the Fine-tune
+    panel's run folder reads "~" as the home folder)."""
+    from tests._tiny_model import save_tiny_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_tiny_model(tmp_path / "m.pt", metrics={"refine": {"tp": 0.35, "tr": 0.25}})
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText("~/m.pt")
+    assert widget.model_spec() == str(tmp_path / "m.pt")
+    assert widget.model_info.text().startswith("tuned: T_p 0.35, T_r 0.25")
