@@ -736,7 +736,13 @@ class SegmentWidget(QWidget):
         if not has_tuned_thresholds(meta):
             return (f"no tuned thresholds in this model (Reset to tuned: T_p {tp:.2f}, "
                     f"T_r {tr:.2f}, the fallback); {confidence}")
-        return f"tuned: T_p {tp:.2f}, T_r {tr:.2f}, {confidence}"
+        text = f"tuned: T_p {tp:.2f}, T_r {tr:.2f}, {confidence}"
+        refine = (meta.get("metrics") or {}).get("refine") or {}
+        inherited = refine.get("inherited_from") if isinstance(refine, dict) else None
+        if inherited:
+            # a Fine-tune run keeps the thresholds of the model it started from
+            text += f" (kept from the model it was fine-tuned from: {inherited})"
+        return text
 
     def _show_model_info(self) -> None:
         text = self.model_info_text()

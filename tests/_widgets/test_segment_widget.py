@@ -1890,6 +1890,11 @@ def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_view
     widget.confidence_spin.stepUp()  # to the model's level, not to 0.5
     assert widget.confidence_setting() == pytest.approx(0.8)
     widget.confidence_spin.setValue(0.0)  # auto
+    inherited = save_tiny_model(tmp_path / "finetuned.pt", metrics={"refine": {
+        "tp": 0.6, "tr": 0.6, "inherited_from": "default"}})
+    widget.model_path.setText(str(inherited))
+    assert widget.model_info.text().endswith("(kept from the model it was fine-tuned from: "
+                                             "default)")
     widget.model_path.setText(str(plain))
     assert "no tuned thresholds in this model" in widget.model_info.text()
     assert "off for this model" in widget.confidence_spin.text()
