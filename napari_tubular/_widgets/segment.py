@@ -50,6 +50,7 @@ from napari_tubular._widgets._layers import (
     layer_data,
     layer_file_axes,
     layer_geometry,
+    pixel_units_note,
     radius_colormap,
     review_axes,
     same_layer,
@@ -258,6 +259,28 @@ class _LevelSpinBox(QDoubleSpinBox):
         super().stepBy(steps)
 
 
+def _pixel_grid_note(image, reference, spacing) -> tuple[str | None, tuple]:
+    """``(note, spacing)`` for the metrics of a Run's labels against a reference of the same
+    shape on another grid when one of the two layers is in pixels (scale 1, no voxel size
+    known) and the other placed in mm: compared on the grid of the one in mm, as the Topology
+    review compares them (an image in pixels: the reference's voxel size, as ``evaluate``
+    compares on the reference's grid); ``(None, spacing)`` otherwise."""
+    image_pixels, reference_pixels = pixel_units_note(image), pixel_units_note(reference)
+    if image_pixels and not reference_pixels:
+        ref_spacing = abs_spacing(layer_geometry(reference)[0])
+        mm = " x ".join(f"{s:g}" for s in ref_spacing)
+        return (f"the image {image.name!r} has no physical voxel size (scale 1, units "
+                f"'pixel'): the metrics are computed on the grid of the reference "
+                f"{reference.name!r} ({mm} mm voxels), as the Topology review and "
+                "`napari-tubular evaluate` compare them", ref_spacing)
+    if reference_pixels and not image_pixels:
+        mm = " x ".join(f"{s:g}" for s in spacing)
+        return (f"the reference {reference.name!r} has no physical voxel size (scale 1, units "
+                f"'pixel'): compared on the grid of the image {image.name!r} ({mm} mm voxels), "
+                "the only voxel size known", spacing)
+    return None, spacing
+
+
 def _model_file_key(spec: str | None) -> tuple | None:
     """``(path, size, mtime)`` of a model file (a file replaced is read again), None for the
     default model or a path that is no file."""
@@ -351,6 +374,7 @@ class SegmentWidget(QWidget):
         self._radius_threshold: float | None = None  # the radius layer's foreground, P >= this
         self._affine = np.eye(4)
         self._warned_mismatch: str | None = None
+        self._grid_note: str | None = None  # which grid the metrics use, for a layer in pixels
         self._reference_problem: str | None = None  # why the chosen reference gives no metrics
         self._geometry: tuple | None = None
         self._job = None
@@ -1265,7 +1289,9 @@ class SegmentWidget(QWidget):
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
                 f"Betti pred {tuple(metrics['betti_pred'])} ref {tuple(metrics['betti_ref'])}"
             )
-            if self._warned_mismatch:
+            if self._grid_note:
+                text += f"\n(note: {self._grid_note})"
+            elif self._warned_mismatch:
                 text += f"\n(voxel by voxel although {self._warned_mismatch})"
         elif metrics_pending:
             text += "\nDice, clDice, Betti: computing..."
@@ -1323,6 +1349,8 @@ class SegmentWidget(QWidget):
         self._watch_reference(ref_layer)
         reference = None
         problem = None
+        metrics_spacing = spacing  # the reference's for an image in pixels (below)
+        grid_note = None
         if ref_layer is not None:
             source = self._source_layer
             try:
@@ -1335,6 +1363,14 @@ class SegmentWidget(QWidget):
                         f"prediction {self.prediction.probability.shape}"
                     )
                 mismatch = grid_mismatch(source, ref_layer) if source is not None else None
+                if mismatch:
+                    # one of the two in pixels (scale 1, no voxel size known): compared as the
+                    # Topology review compares them, on the grid of the one placed in mm, and
+                    # said so (an outside judge: "voxel by voxel although ... sit on different
+                    # grids", and nothing said which voxel size the metrics used)
+                    grid_note, metrics_spacing = _pixel_grid_note(source, ref_layer, spacing)
+                    if grid_note:
+                        mismatch = grid_note
                 # the core's reading of labels, as the review panel and `evaluate` read the
                 # reference (an outside judge: labels of -1 were taken as background here and
                 # scored Dice 0.673 where those two refuse the layer)
@@ -1350,6 +1386,7 @@ class SegmentWidget(QWidget):
 
                     show_warning(f"Metrics: {mismatch}")
                 self._warned_mismatch = mismatch
+        self._grid_note = grid_note
         # said once per reference and problem, not at every slider step (an audit: 4 identical
         # notifications for one choice and three moves); the metrics line keeps saying it
         if problem is not None and problem != self._reference_problem:
@@ -1402,7 +1439,7 @@ class SegmentWidget(QWidget):
             self._apply_refinement(result, spheres, (tp, tr), None,
                                    metrics_pending=reference is not None, notes=notes)
             if reference is not None:
-                self._start_metrics(result, reference, spacing, (tp, tr))
+                self._start_metrics(result, reference, metrics_spacing, (tp, tr))
 
         def finished():
             if self._refine_pending:

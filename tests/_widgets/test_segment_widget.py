@@ -1926,3 +1926,47 @@ def test_a_model_file_under_the_home_folder_is_found(make_napari_viewer, tmp_pat
     widget.model_path.setText("~/m.pt")
     assert widget.model_spec() == str(tmp_path / "m.pt")
     assert widget.model_info.text().startswith("tuned: T_p 0.35, T_r 0.25")
+
+
+@pytest.mark.parametrize("in_pixels", ["reference", "image"])
+def test_metrics_against_a_layer_in_pixels_say_which_grid(make_napari_viewer, vessel_case,
+                                                          predict_counter, monkeypatch,
+                                                          in_pixels):
+    """An outside judge: with the image or the reference in pixels (scale 1) and the other
+    placed in mm, the metrics line read "voxel by voxel although ... sit on different grids"
+    and nothing said which voxel size they used. As the Topology review compares them: on the
+    grid of the layer in mm, said once."""
+    from napari_tubular import topology
+
+    spacings = []
+    real = topology.compute_metrics
+
+    def recording(pred, ref, spacing, **kwargs):
+        spacings.append(tuple(spacing))
+        return real(pred, ref, spacing, **kwargs)
+
+    monkeypatch.setattr(topology, "compute_metrics", recording)
+    placed = {"scale": SPACING, "translate": TRANSLATE, "units": "mm"}
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", **(placed if in_pixels == "reference" else {}))
+    viewer.add_labels(vessel_case.mask.astype(np.uint8), name="ref",
+                      **(placed if in_pixels == "image" else {}))
+    widget = SegmentWidget(viewer)
+    widget.image_picker.set_layer(viewer.layers["ct"])
+    widget.run()
+    warned = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    widget.reference_picker.set_layer(viewer.layers["ref"])
+    text = widget.metrics_label.text()
+    assert "Dice" in text
+    assert "voxel by voxel although" not in text
+    other = "image 'ct'" if in_pixels == "reference" else "reference 'ref'"
+    assert f"the {in_pixels} '{'ref' if in_pixels == 'reference' else 'ct'}' has no physical " \
+           "voxel size" in text
+    assert f"grid of the {other}" in text
+    assert len(warned) == 1, warned
+    assert spacings[-1] == pytest.approx(SPACING)  # the voxel size of the layer in mm
+    widget.tp_slider.setValue(0.7)  # said once, not at every step
+    assert len(warned) == 1
