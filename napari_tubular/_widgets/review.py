@@ -52,6 +52,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     pixel_units_note,
     review_axes,
+    same_layer,
     scrollable_layout,
     upsert_layer,
     warn_pixel_units,
@@ -320,6 +321,14 @@ class TopologyReviewWidget(QWidget):
             # self-check, said only by the word "self-check" in the status
             notes.append(f"the reference {lost!r} was deleted: this is a self-check of the "
                          "prediction alone; choose a reference to compare with one")
+            show_warning(f"Topology review: {notes[-1]}")
+        if ref_layer is not None and same_layer(pred_layer, ref_layer):
+            # an outside judge chose one layer for both and read a perfect review (Dice 1,
+            # no error site) without a word (the Segment panel leaves its own labels out of
+            # its reference list for this reason)
+            notes.append(f"the prediction and the reference are the same layer "
+                         f"{pred_layer.name!r}: every metric is perfect; choose the reference "
+                         "(ground truth) layer to compare with it")
             show_warning(f"Topology review: {notes[-1]}")
         grid_layer, grid_role = pred_layer, "prediction"
         mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None

@@ -1174,3 +1174,20 @@ def test_a_reference_in_pixels_is_reviewed_on_the_predictions_grid(make_napari_v
     np.testing.assert_allclose(layer.scale, SPACING)
     np.testing.assert_allclose(layer.translate, TRANSLATE)
     assert note in widget.export_csv(tmp_path / "r.csv").read_text()
+
+
+def test_one_layer_as_prediction_and_reference_is_said(make_napari_viewer, broken, monkeypatch):
+    """An outside judge chose one layer for both and read a perfect review (Dice 1, no error
+    site) without a word."""
+    pred, _ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred, name="seg", scale=SPACING, translate=TRANSLATE)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["seg"])
+    widget.ref_picker.set_layer(viewer.layers["seg"])
+    warned = _warnings_to(monkeypatch)
+    widget.run()
+    note = "the prediction and the reference are the same layer 'seg'"
+    assert widget.metrics["dice"] == pytest.approx(1.0)
+    assert any(note in w for w in warned)
+    assert note in widget.status.text()
