@@ -706,7 +706,8 @@ class SegmentWidget(QWidget):
             from napari_tubular.inference import recommended_thresholds
             from napari_tubular.models import read_model_meta
 
-            meta = read_model_meta(spec)
+            # the weights checked too (a few ms): a file damaged inside them has a readable meta
+            meta = read_model_meta(spec, verify=True)
             recommended_thresholds(meta)  # tuned values out of range: said here, not at Reset
             return meta
 

@@ -1903,6 +1903,17 @@ def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_view
     widget.model_path.setText(str(corrupt))
     assert widget.model_info.text().startswith("this model file cannot be used: ")
     assert "not a readable napari-tubular model file" in widget.model_info.text()
+    # damaged inside its weights (its meta readable): found when chosen, as Run would find it
+    import torch
+
+    payload = torch.load(tuned, map_location="cpu", weights_only=True)
+    name = sorted(payload["state_dict"])[0]
+    payload["state_dict"][name] = payload["state_dict"][name] + 1.0
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+    widget.model_path.setText(str(damaged))
+    assert widget.model_info.text().endswith("is corrupted: the weights do not match their "
+                                             "checksum")
     widget.model_path.setText(str(tmp_path / "missing.pt"))
     assert widget.model_info.text() == f"model file not found: {tmp_path / 'missing.pt'}"
     widget.model_path.setText(str(tmp_path))
