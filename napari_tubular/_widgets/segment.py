@@ -1585,11 +1585,14 @@ class SegmentWidget(QWidget):
         if isinstance(known, dict):  # read when the file was chosen
             self._set_tuned(*recommended_thresholds(known), tuned=has_tuned_thresholds(known))
             return
+        if isinstance(known, Exception):  # found unusable when chosen (the line says why)
+            self.status.setText(report_error("Reset to tuned", known))
+            return
 
         def read():
             from napari_tubular.models import read_model_meta
 
-            meta = read_model_meta(spec)
+            meta = read_model_meta(spec, verify=True)
             return recommended_thresholds(meta), has_tuned_thresholds(meta), meta
 
         def returned(out) -> None:

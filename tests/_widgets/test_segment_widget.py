@@ -1914,6 +1914,10 @@ def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_view
     widget.model_path.setText(str(damaged))
     assert widget.model_info.text().endswith("is corrupted: the weights do not match their "
                                              "checksum")
+    widget.reset_thresholds_button.click()  # refused with the same words, the sliders kept
+    assert widget.status.text().startswith("Reset to tuned failed: ")
+    assert widget.status.text().endswith("the weights do not match their checksum")
+    assert "is corrupted" in widget.model_info.text()
     widget.model_path.setText(str(tmp_path / "missing.pt"))
     assert widget.model_info.text() == f"model file not found: {tmp_path / 'missing.pt'}"
     widget.model_path.setText(str(tmp_path))
