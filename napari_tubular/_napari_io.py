@@ -695,13 +695,9 @@ def write_layers(path: str, layer_data: list) -> list[str]:
         raise
 
 
-def _write_layers(path: str, layer_data: list) -> list[str]:
-    folder = Path(path).expanduser()
-    if any(folder.name.lower().endswith(e) for e in WRITE_EXTENSIONS):
-        raise ValueError(_ONE_FILE_PER_LAYER.format(n=len(layer_data)))
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{folder} is a file: give a folder name for the {len(layer_data)} "
-                         "layers (one volume file each)")
+def _unsavable(layer_data: list) -> list[str]:
+    """The layers of ``layer_data`` that are no 3-D Image or Labels layer, as the messages
+    name them."""
     bad = []
     for data, meta, layer_type in layer_data:
         name = (meta or {}).get("name", "?")
@@ -709,10 +705,26 @@ def _write_layers(path: str, layer_data: list) -> list[str]:
             bad.append(f"{name!r} ({layer_type} layer)")
         elif _full_resolution(data, meta).ndim != 3:
             bad.append(f"{name!r} ({_full_resolution(data, meta).ndim}-D, not a 3-D volume)")
+    return bad
+
+
+def _unsavable_message(bad: list[str], n: int) -> str:
+    what = ("leave them out of the selection, or save them with another writer" if n > 1 else
+            "save it with another writer (napari's own saves a points layer as .csv)")
+    return ("napari-tubular saves 3-D Image and Labels layers as volume files; "
+            f"cannot save {', '.join(bad)}: {what}")
+
+
+def _write_layers(path: str, layer_data: list) -> list[str]:
+    folder = Path(path).expanduser()
+    if any(folder.name.lower().endswith(e) for e in WRITE_EXTENSIONS):
+        raise ValueError(_ONE_FILE_PER_LAYER.format(n=len(layer_data)))
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file: give a folder name for the {len(layer_data)} "
+                         "layers (one volume file each)")
+    bad = _unsavable(layer_data)
     if bad:
-        raise ValueError("napari-tubular saves 3-D Image and Labels layers as volume files; "
-                         f"cannot save {', '.join(bad)}: leave them out of the selection, or "
-                         "save them with another writer")
+        raise ValueError(_unsavable_message(bad, len(layer_data)))
     taken: set[str] = set()
     todo = []
     for data, meta, layer_type in layer_data:
@@ -734,6 +746,10 @@ _ONE_FILE_PER_LAYER = (
 def write_layers_to_one_file(path: str, layer_data: list) -> list[str]:
     """npe2 multi-layer writer for a path with a volume extension: refused with what to do
     instead (napari's own message was "not a valid writer", an outside review)."""
-    message = _ONE_FILE_PER_LAYER.format(n=len(layer_data))
+    # a single layer of another type (the Segment panel's spheres, a points layer) comes here
+    # too: an outside judge read "to save 1 layers ... give a folder name" for it
+    bad = _unsavable(layer_data)
+    message = (_unsavable_message(bad, len(layer_data)) if bad and len(layer_data) == 1 else
+               _ONE_FILE_PER_LAYER.format(n=len(layer_data)))
     warnings.warn(f"napari-tubular could not save {Path(path).name}: {message}", stacklevel=2)
     raise ValueError(message)

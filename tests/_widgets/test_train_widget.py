@@ -440,3 +440,34 @@ def test_a_renamed_pair_is_not_added_twice(train_widget):
     train_widget.add_pair()
     assert len(train_widget.pairs) == 1
     assert "in the list already" in train_widget.status.text()
+
+
+def test_the_pair_list_shows_the_layers_names_now(train_widget, tmp_path):
+    """An outside judge: after a rename the list still showed the old name (the pair is kept
+    by identity); a deleted layer's pair gave no sign until Start."""
+    viewer = train_widget.viewer
+    viewer.layers["ct"].name = "patient 1"
+    viewer.layers["ref"].name = "patient 1 vessels"
+    assert train_widget.pairs_list.item(0).text() == "patient 1  +  patient 1 vessels"
+    assert train_widget.pairs == [("patient 1", "patient 1 vessels")]
+    # the message of a pair added again names it as it is now
+    train_widget.add_pair()
+    assert "(as patient 1  +  patient 1 vessels)" in train_widget.status.text()
+    viewer.layers.remove("patient 1 vessels")
+    assert train_widget.pairs_list.item(0).text() == "patient 1  +  patient 1 vessels (deleted)"
+    with pytest.raises(ValueError, match="'patient 1 vessels'.*no longer in the viewer"):
+        train_widget.config()
+
+
+def test_a_model_file_to_start_from_under_the_home_folder_is_found(train_widget, tmp_path,
+                                                                    monkeypatch):
+    """As the run folder: "~/m.pt" is the home folder's m.pt (it was "does not exist")."""
+    from tests._tiny_model import save_tiny_model
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    save_tiny_model(tmp_path / "m.pt", K=4)
+    train_widget.init_combo.setCurrentText("model file")
+    train_widget.init_path.setText("~/m.pt")
+    config = train_widget.config()
+    assert config.init_model == str(tmp_path / "m.pt")
+    assert config.K == 4

@@ -192,6 +192,10 @@ def test_changed_weights_fail_the_checksum(tmp_path, net):
     _corrupt(path, flip)
     with pytest.raises(ModelFormatError, match="checksum"):
         load_model(path)
+    # the meta alone stays readable; verify=True checks the weights as load_model does
+    assert read_model_meta(path)["K"] == 3
+    with pytest.raises(ModelFormatError, match="is corrupted: the weights do not match"):
+        read_model_meta(path, verify=True)
 
 
 def test_weights_that_do_not_fit_the_architecture(tmp_path, net):
