@@ -251,21 +251,23 @@ def _radius_floor(mb: np.ndarray, sk: np.ndarray, labels: np.ndarray, n: int,
 
     if not _sparse(mb):
         return None
-    p = np.pad(mb, 1)
-    near = p.copy()
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
-        near[tuple(lo)] |= p[tuple(hi)]
-        near[tuple(hi)] |= p[tuple(lo)]
-    near ^= p  # the neighbours less the mask (near holds p)
-    del p
-    if int(np.count_nonzero(near)) * FLOOR_MAX_FILL > near.size:
+    # the 6-neighbours of the mask's voxels marked on the box padded by one voxel (the border),
+    # less the mask: scattered writes, where shifted copies of the box took 1.7x the time
+    shape = tuple(n + 2 for n in mb.shape)
+    inside = np.ravel_multi_index(tuple(voxel_coords(mb).T + 1), shape)
+    near = np.zeros(int(np.prod(shape)), dtype=bool)
+    for step in (1, shape[2], shape[1] * shape[2]):
+        near[inside + step] = True
+        near[inside - step] = True
+    near[inside] = False
+    del inside
+    background = np.flatnonzero(near)
+    del near
+    if background.size * FLOOR_MAX_FILL > int(np.prod(shape)):
         return None
     sp = np.asarray(spacing, dtype=np.float64)
-    tree = cKDTree((voxel_coords(near) - 1) * sp)
-    del near
+    tree = cKDTree((np.column_stack(np.unravel_index(background, shape)) - 1) * sp)
+    del background
     pts = voxel_coords(sk)
     d, _ = tree.query(pts * sp)
     floor = np.zeros(n + 1, np.float32)
