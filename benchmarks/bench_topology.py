@@ -11,7 +11,8 @@ Usage: ``python benchmarks/bench_topology.py [--quick] [--size N] [--gudhi-size 
    16 GB at 256^3 here, so it is kept small by default).
 3. ``compute_metrics`` on (prediction, reference) pairs at ``--size``^3 (``--spacing``), ours
    against the package at git revision ``--old`` (default: the commit before the speed-up of
-   session 34; extracted with ``git archive`` as ``napari_tubular_old``), timed interleaved
+   session 36; ``--old 7297d89``: before session 34's; extracted with ``git archive`` as
+   ``napari_tubular_old``), timed interleaved
    (``--repeat`` runs each, wall and process CPU time: other jobs share the machine), with a
    check that the two give the same values; for the first pair also the masks moved inside
    the volume (no face touched: the measuring skeleton is then the clDice one). Then its parts,
@@ -78,8 +79,9 @@ def vessel_mask(size, seed, spacing=(1.0, 1.0, 1.0)):
     return case.mask.astype(bool), case.spacing
 
 
-#: the last commit before compute_metrics' speed-up (session 34): ``--old``'s default
-OLD_REVISION = "7297d89"
+#: the last commit before compute_metrics' latest speed-up (session 36: the lost-branch check
+#: without the distance transform of the box; session 34's: 7297d89): ``--old``'s default
+OLD_REVISION = "cbbf56e"
 
 
 def old_compute_metrics(rev):

@@ -236,8 +236,9 @@ def test_upsampled_positive_skips_factor_one_axes_exactly(factors, rng):
 
 
 def test_measuring_skeleton_of_an_inner_mask_skips_the_radius_transform(monkeypatch):
-    """No face to extend: no distance transform for the largest radius (the thinning's own
-    transforms only), and the skeleton thinned on the padded box."""
+    """No face to extend: no distance transform for the largest radius, and the skeleton
+    thinned on the padded box (its lost-branch check, on a sparse mask, needs no transform of
+    the box either: :func:`test_lost_branch_check_skips_the_box_transform_of_sparse_masks`)."""
     _, pred, _, spacing = PAIRS[1]
     from napari_tubular.geometry import distance as D
 
@@ -252,7 +253,113 @@ def test_measuring_skeleton_of_an_inner_mask_skips_the_radius_transform(monkeypa
     sk, fine = S.measuring_skeleton(pred, spacing)
     box = bounding_box(pred)
     padded = tuple(b.stop - b.start + 2 for b in box)
-    assert shapes.count(padded) == 1
+    assert shapes.count(padded) <= 1  # the lost-branch check's own, when its bounds fall short
     assert fine == spacing
     np.testing.assert_array_equal(sk, S.skeletonize_mask(pred, spacing=spacing)[box])
     assert math.isfinite(M.centerline_length_mm(sk, fine))
+
+
+def _sparse_masks():
+    """(name, mask, spacing): sparse masks (under 4 % of their box, where the lost-branch check
+    bounds the radii from the skeleton) of several kinds, crossing the faces or not, and the
+    audit's lost side branch (the bounds fall short there: the exact radii are taken)."""
+    from tests.geometry._shapes import trunk_and_branch
+
+    out = []
+    rng = np.random.default_rng(36)
+    for k, spacing in enumerate([(1.0, 1.0, 1.0), (2.0, 0.7, 0.7), (0.6, 0.6, 1.5),
+                                 (0.5, 0.5, 0.5), (1.0, 1.0, 1.0)]):
+        tree = make_vessel_tree((40, 56, 48), spacing=spacing, seed=10 + k, distractors=k % 2 == 1,
+                                bias=False, blur=False).mask.astype(bool)
+        out.append((f"tree{k}", tree, spacing))
+        out.append((f"dilated tree{k}", _perturbed(tree, k), spacing))
+        out.append((f"inner tree{k}", np.pad(tree, 3), spacing))
+    for k in range(3):
+        m = rng.random((30, 34, 28)) < 0.01
+        m[5:25, 10:14, 8:11] = True  # a bar among specks
+        out.append((f"specks{k}", m, tuple(float(v) for v in rng.choice([0.5, 1.0, 2.5], 3))))
+    trunk, branch, spacing = trunk_and_branch(32.5)
+    out.append(("lost branch", trunk | branch, spacing))
+    return out
+
+
+SPARSE = _sparse_masks()
+
+
+@pytest.fixture
+def open_floors(monkeypatch):
+    """The lost-branch check bounds the radii from the skeleton on every mask, dense or not
+    (on the small masks here a k-d tree of the background next to the mask is not cheaper
+    than the distance transform, so it is not used by default)."""
+    monkeypatch.setattr(S, "KDTREE_MAX_FILL", 2.0)  # a full mask too
+    monkeypatch.setattr(S, "FLOOR_MAX_FILL", 1)
+
+
+def test_radius_floors_are_below_the_largest_radii(open_floors):
+    """The lost-branch check's lower bounds of each component's largest inscribed radius (from
+    the skeleton's voxels) never exceed the radius the distance transform gives, and for the
+    largest component of each mask they are within a voxel of it."""
+    import cc3d
+
+    from napari_tubular.geometry.distance import edt_mm
+
+    for name, mask, spacing in SPARSE + [(n, p, s) for n, p, _, s in PAIRS if p.any()]:
+        mb = mask[bounding_box(mask, margin=1)] != 0
+        sk = S.skeletonize_mask(mb, spacing=spacing).view(bool)
+        labels, n = cc3d.connected_components(mb, connectivity=26, return_N=True)
+        floor = S._radius_floor(mb, sk, labels, n, spacing)
+        r_max = np.zeros(n + 1, np.float32)
+        np.maximum.at(r_max, labels[mb], edt_mm(mb, spacing, border_is_background=True)[mb])
+        assert floor.dtype == np.float32
+        assert floor.shape == (n + 1,)
+        assert np.all(floor <= r_max), name
+        big = np.argmax(np.bincount(labels[mb], minlength=n + 1))
+        assert r_max[big] - floor[big] < max(spacing), (name, r_max[big], floor[big])
+
+
+@pytest.mark.parametrize("floors", ["default", "open"])
+def test_lost_branch_check_gives_the_skeletons_of_the_exact_radii(floors, request, monkeypatch):
+    """The skeletons of sparse and dense masks (trees, specks, the audit's lost side branch
+    whose bounds fall short, the pairs above) are those of the check with the exact radii from
+    the distance transform of the box, which it always took before."""
+    if floors == "open":
+        request.getfixturevalue("open_floors")
+    masks = SPARSE + [(f"{n} {k}", m, s) for n, p, r, s in PAIRS for k, m in
+                      (("pred", p), ("ref", r)) if np.any(m)]
+    got = [S.skeletonize_mask(mask, spacing=spacing) for _, mask, spacing in masks]
+    monkeypatch.setattr(S, "_radius_floor", lambda *args: None)  # the check as it was
+    for (name, mask, spacing), sk in zip(masks, got):
+        np.testing.assert_array_equal(sk, S.skeletonize_mask(mask, spacing=spacing),
+                                      err_msg=f"{name} {spacing}")
+
+
+def test_lost_branch_check_skips_the_box_transform_of_sparse_masks(monkeypatch):
+    """A sparse vessel tree (one voxel in 100 of its box) is thinned without a distance
+    transform of the box: the bounds of its radii from the skeleton leave no voxel far from
+    the skeleton, so none is far with the radii themselves; the audit's lost side branch
+    still takes the transform (its voxels are far), with the same skeleton as before."""
+    from napari_tubular.geometry import distance as D
+
+    shapes = []
+    real = D.edt_mm
+
+    def spy(mask, spacing, **kwargs):
+        if kwargs.get("border_is_background"):
+            shapes.append(np.shape(mask))
+        return real(mask, spacing, **kwargs)
+
+    monkeypatch.setattr(D, "edt_mm", spy)
+    tree = make_vessel_tree((96, 96, 96), spacing=(1.0, 1.0, 1.0), seed=0, distractors=False,
+                            bias=False, blur=False).mask.astype(bool)
+    assert np.count_nonzero(tree) < 0.02 * tree.size
+    for mask in (tree, _perturbed(tree, 0)):
+        S.skeletonize_mask(mask, spacing=(1.0, 1.0, 1.0))
+        assert not shapes
+    name, lost, spacing = SPARSE[-1]
+    assert name == "lost branch"
+    monkeypatch.setattr(S, "KDTREE_MAX_FILL", 2.0)  # a full mask too
+    monkeypatch.setattr(S, "FLOOR_MAX_FILL", 1)
+    sk = S.skeletonize_mask(lost, spacing=spacing)
+    assert shapes
+    monkeypatch.setattr(S, "_radius_floor", lambda *args: None)
+    np.testing.assert_array_equal(sk, S.skeletonize_mask(lost, spacing=spacing))
