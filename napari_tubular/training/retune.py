@@ -241,9 +241,13 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                            "run tune again when it is written")
     previous = (meta.get("metrics") or {}).get("refine")
     previous = previous if isinstance(previous, dict) else None
+    from napari_tubular.inference import tuned_min_confidence
+
     initial = None
     if previous and previous.get("tp") is not None and previous.get("tr") is not None:
+        # the level segment used for the model is kept on a tie, as its pair is
         initial = {"tp": previous["tp"], "tr": previous["tr"],
+                   "min_confidence": tuned_min_confidence(meta),
                    "inherited_from": "the model file before tune"}
 
     def each():
@@ -268,7 +272,5 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                           if previous else None)
     new_meta = {**meta, "metrics": {**(meta.get("metrics") or {}), "refine": record}}
     write_model_copy(payload, out, new_meta, overwrite=overwrite)
-    from napari_tubular.inference import tuned_min_confidence
-
     return {"path": out, "refine": record, "previous": previous,
             "previous_min_confidence": tuned_min_confidence(meta)}
