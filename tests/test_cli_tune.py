@@ -288,3 +288,30 @@ def test_tune_keeps_the_models_own_thresholds_and_level_on_a_tie(run, tmp_path, 
         assert main(["tune", str(tmp_path / name), *SYN, "-o", str(tmp_path / f"t_{name}"),
                      "--quiet"]) == 0
     assert asked == [((0.95, 0.85), 0.99), ((0.9, 0.5), None)]
+
+
+@pytest.mark.parametrize("training", ["a text", {"config": "a text", "steps": "four"},
+                                      {"config": {"seed": "abc"}}])
+def test_a_hand_edited_training_description_is_no_traceback(training, run, tmp_path, capsys):
+    """An outside judge: ``meta.training`` is a free description (not checked on load), but
+    tune read it as a dict: ``"training": "x"`` ended in an AttributeError traceback (exit 1);
+    a model's own seed edited to "abc" was said to be a bad "--seed", which was not given."""
+    from napari_tubular.models import write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+
+    payload = read_model_file(run / "model.pt")
+    model, out = tmp_path / "edited.pt", tmp_path / "out.pt"
+    write_model_copy(payload, model, {**payload["meta"], "training": training})
+    code = main(["tune", str(model), *SYN, "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if isinstance(training, dict) and isinstance(training["config"], dict):
+        assert code == 2
+        assert "the model's run seed (meta training.config.seed) is 'abc'" in err
+        assert "--seed N" in err
+        assert not out.exists()
+        # a --seed given is the one used
+        assert main(["tune", str(model), *SYN, "--seed", "1", "-o", str(out), "--quiet"]) == 0
+    else:
+        assert code == 0
+        assert out.exists()

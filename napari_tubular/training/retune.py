@@ -28,6 +28,14 @@ ProgressFn = Callable[[int, int, str], None]
 __all__ = ["TUNE_SOURCE", "DEFAULT_VAL_CASES", "validation_volumes", "tune_model_file"]
 
 
+def _training(meta: dict) -> dict:
+    """The model's ``training`` description, ``{}`` when it is not a dict (a free description,
+    not checked on load: an outside judge's hand-edited ``"training": "x"`` ended tune in an
+    AttributeError traceback)."""
+    training = meta.get("training")
+    return training if isinstance(training, dict) else {}
+
+
 def _is_synthetic(val_data: Sequence[str]) -> bool:
     words = [str(v).strip().lower() for v in val_data]
     if "synthetic" in words and len(words) > 1:
@@ -66,7 +74,8 @@ def validation_volumes(val_data: Sequence[str], meta: dict, *, val_cases: int | 
         # train's word for no validation: tune cannot do without
         raise ValueError("validation data 'none': tune needs validation volumes; give "
                          "folder(s) of NAME_image / NAME_label pairs or 'synthetic'")
-    config = ((meta.get("training") or {}).get("config") or {})
+    config = _training(meta).get("config")
+    config = config if isinstance(config, dict) else {}
     if _is_synthetic(val_data):
         return _synthetic_volumes(config, val_cases, seed)
     if val_cases is not None:
@@ -87,12 +96,19 @@ def _synthetic_volumes(config: dict, val_cases: int | None, seed: int | None) ->
         raise ValueError(f"--val-cases must be a whole number of at least 1, got {val_cases!r}")
     run_seed = config.get("seed", 0) if seed is None else seed
     if isinstance(run_seed, bool) or not isinstance(run_seed, (int, np.integer)) or run_seed < 0:
+        if seed is None:
+            # an outside judge: the model's own seed, edited, was said to be "--seed", which
+            # the user had not given
+            raise ValueError(f"the model's run seed (meta training.config.seed) is {run_seed!r}, "
+                             "not a whole number of at least 0; give the volumes' --seed N")
         raise ValueError(f"--seed must be a whole number of at least 0, got {run_seed!r}")
     from .config import HELD_OUT_SEED_BASE
 
     if validation_seed(int(run_seed), int(n) - 1) >= HELD_OUT_SEED_BASE:
         # the project's held-out evaluation volumes (scripts/evaluate_default.py) begin there
-        raise ValueError(f"--seed {run_seed}: its validation seeds would reach the held-out "
+        what = f"--seed {run_seed}" if seed is not None else \
+            f"the model's run seed {run_seed} (give another with --seed)"
+        raise ValueError(f"{what}: its validation seeds would reach the held-out "
                          f"evaluation volumes (seeds from {HELD_OUT_SEED_BASE}); choose a "
                          "smaller seed")
     options = config.get("synthetic") if isinstance(config.get("synthetic"), dict) else {}
@@ -112,7 +128,7 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
     from .data import find_pairs, label_values_note, read_pair
 
     val_data = _unique_folders([str(v) for v in val_data], "--val-data")
-    trained = (meta.get("training") or {}).get("data")
+    trained = _training(meta).get("data")
     trained = {_folder_key(str(d)) for d in trained if str(d).lower() != "synthetic"} if \
         isinstance(trained, list) else set()
     shared = [v for v in val_data if _folder_key(v) in trained]
@@ -256,7 +272,7 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                 progress(i + 1, len(volumes), v["name"])
             yield v["load"]()
 
-    steps = (meta.get("training") or {}).get("steps")
+    steps = _training(meta).get("steps")
     record = tune_model((net, loaded), each(), device=dev, amp=amp and dev.startswith("cuda"),
                         cancel=cancel, initial=initial,
                         weights_step=steps if isinstance(steps, int) else None,
