@@ -315,3 +315,31 @@ def test_a_hand_edited_training_description_is_no_traceback(training, run, tmp_p
     else:
         assert code == 0
         assert out.exists()
+
+
+def test_an_output_link_is_refused_where_the_volume_writers_refuse_one(run, tmp_path, capsys):
+    """-o is written through a symbolic link, as a volume file is; an outside judge: a link
+    into a folder that did not exist made that folder (elsewhere) with the model in it, and a
+    link to a volume file was replaced by a model with --overwrite. Both are refused before
+    any work, nothing made or replaced."""
+    into_nothing = tmp_path / "a.pt"
+    into_nothing.symlink_to(tmp_path / "gone" / "deeper" / "model.pt")
+    volume = tmp_path / "labels.nii.gz"
+    volume.write_bytes(b"a volume")
+    to_volume = tmp_path / "b.pt"
+    to_volume.symlink_to(volume)
+    for link, said in ((into_nothing, "in a folder that does not exist"),
+                       (to_volume, "a volume file; tune writes a model file")):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(link), "--overwrite",
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert said in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "gone").exists()
+    assert volume.read_bytes() == b"a volume"
+    # a link to a file in a folder that exists is written through, the link kept
+    fine = tmp_path / "c.pt"
+    fine.symlink_to(tmp_path / "real.pt")
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(fine), "--quiet"]) == 0
+    assert fine.is_symlink()
+    assert (tmp_path / "real.pt").is_file()

