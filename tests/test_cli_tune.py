@@ -343,3 +343,28 @@ def test_an_output_link_is_refused_where_the_volume_writers_refuse_one(run, tmp_
     assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(fine), "--quiet"]) == 0
     assert fine.is_symlink()
     assert (tmp_path / "real.pt").is_file()
+
+
+def test_validation_volumes_of_the_same_name_are_told_apart(run, tmp_path, capsys):
+    """An outside judge: two validation folders of synth's names (case_000_image.nii.gz in
+    each) were listed by name alone, twice, in the progress and the record's "validation";
+    a 0/255 label's warning said its voxels were "trained", which tune does not do."""
+    from napari_tubular.io import read_volume, write_volume
+    from napari_tubular.models import read_model_meta
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _write_pair(one, "case_000")
+    _write_pair(two, "case_000")
+    label = read_volume(two / "case_000_label.nii.gz")
+    write_volume(two / "case_000_label.nii.gz", (label.data * 255).astype(np.uint8),
+                 reference=label, overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(one), str(two),
+                 "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    names = [str(one / "case_000_image.nii.gz"), str(two / "case_000_image.nii.gz")]
+    assert f"validation volume 1/2: {names[0]}" in err
+    assert f"validation volume 2/2: {names[1]}" in err
+    assert read_model_meta(out)["metrics"]["refine"]["validation"] == names
+    assert "label values other than 0 and 1 (255): every voxel above 0 is scored as " \
+        "vessel" in err

