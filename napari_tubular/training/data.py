@@ -411,7 +411,7 @@ def load_pair(
     if finite.size and finite.min() == finite.max():
         warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
                       "teaches nothing about how vessels look", UserWarning, stacklevel=2)
-    if not np.any(lab.data):
+    if not np.any(lab.data > 0):  # the voxels above 0 are vessel (negative ones are not)
         warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
                       "teaches background", UserWarning, stacklevel=2)
     else:

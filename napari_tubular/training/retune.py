@@ -144,7 +144,9 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
         # every pair read and checked before the network runs (an error after minutes of
         # tuning would waste them); read again when its turn comes, one volume in memory
         img, lab = read_pair(image_path, label_path, spacing, task="tune on")
-        if not np.any(lab.data):
+        # the voxels above 0 are vessel, as scored (an outside judge: a label of -1 marks
+        # only, no vessel to score, was taken in and scored as an empty reference, -0.13)
+        if not np.any(lab.data > 0):
             empty.append(Path(label_path).name)
             continue
         note = label_values_note(lab.data, done="scored")
@@ -162,13 +164,13 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
         name = Path(image_path).name
         out.append({"name": str(image_path) if names.count(name) > 1 else name, "load": load})
     if not out:
-        raise ValueError(f"every validation label is empty ({len(empty)} pair(s) in "
-                         f"{', '.join(map(str, val_data))}): there is no vessel to score the "
-                         "thresholds on")
+        raise ValueError(f"every validation label is empty, no voxel above 0 ({len(empty)} "
+                         f"pair(s) in {', '.join(map(str, val_data))}): there is no vessel to "
+                         "score the thresholds on")
     if empty:
-        warnings.warn(f"{len(empty)} validation label(s) are empty (no vessel voxel) and left "
-                      f"out of the tuning (their score would count only false positives): "
-                      f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}",
+        warnings.warn(f"{len(empty)} validation label(s) are empty (no vessel voxel: none "
+                      "above 0) and left out of the tuning (their score would count only false "
+                      f"positives): {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}",
                       UserWarning, stacklevel=3)
     return out
 
