@@ -411,3 +411,29 @@ def test_tune_model_leaves_out_a_label_without_a_voxel_above_0(monkeypatch):
     with pytest.raises(ValueError, match="every validation label is empty"):
         tuning.tune_model((None, {}), [(np.zeros((4, 4, 4)), label, (1, 1, 1))])
     assert seen == []
+
+
+def test_a_ctrl_c_during_the_writing_is_not_said_to_write_nothing(run, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A Ctrl-C after the tuning's last check, as the file is written: it is written whole
+    (atomically), and the command says so after its "is not written" (which said the opposite
+    of what happened, with exit status 0)."""
+    import os
+    import signal
+
+    from napari_tubular import models
+
+    real = models.write_model_copy
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "write_model_copy", interrupted)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file()
+    assert "Ctrl-C: stopping the tuning" in err
+    assert f"the Ctrl-C came as the tuning was done and {out} being written: it is written " \
+        "whole" in err
