@@ -455,3 +455,23 @@ def test_an_output_folder_is_said_to_be_a_folder(run, tmp_path, capsys):
     assert main(["tune", str(run / "model.pt"), "--val-data", "synthetic", "Synthetic",
                  "--val-cases", "1", "-o", str(out), "--quiet"]) == 0
     assert out.is_file()
+
+
+def test_inherited_thresholds_are_said_to_be_inherited(run, tmp_path, capsys):
+    """A fine-tuned model (train --init-model, without validation) holds its initial model's
+    record with ``inherited_from``; an outside judge: "before" said "tuned by tune validation"
+    (the initial model's source), as if they had been tuned on its own weights."""
+    from napari_tubular.models import write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    model = tmp_path / "fine.pt"
+    write_model_copy(payload, model, {**meta, "metrics": {**meta["metrics"], "refine": {
+        "tp": 0.95, "tr": 0.3, "min_confidence": 0.99, "source": "tune validation",
+        "inherited_from": "first.pt"}}})
+    assert main(["tune", str(model), *SYN, "-o", str(tmp_path / "out.pt"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "before: T_p 0.95 / T_r 0.3, score " in out
+    assert ", inherited from first.pt (tuned there by tune validation), not tuned on these " \
+        "weights; confidence filter 0.99" in out
