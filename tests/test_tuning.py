@@ -475,3 +475,30 @@ def test_a_validation_volume_without_vessel_is_left_out_of_the_tuning(maps, monk
     with pytest.raises(ValueError, match="every validation label is empty"):
         tuning.tune_model(None, [empty, empty])
     assert tuning.tune_model(None, [empty], cancel=lambda: True) is None
+
+
+def test_the_models_own_pair_and_level_win_a_tie():
+    """An outside judge: ``tune default`` on volumes where the model's own 0.6 / 0.6 gave the
+    same labels as 0.6 / 0.3 wrote 0.6 / 0.3 (the first pair in grid order) and the filter off
+    for its 0.99 (which removed nothing there): a change with no score to show for it. The
+    pair and the level the model has now win a tie; a better score still wins over them."""
+    from napari_tubular.training.tuning import tune_thresholds
+
+    case = _two_tubes(faint_is_vessel=True)  # 1.0 / 0.8 / 0.02: T_p 0.5 and 0.7 tie
+    grid = {"tp_grid": (0.5, 0.7), "tr_grid": (0.85,), "confidence_levels": (0.9,)}
+    plain = tune_thresholds([case], **grid)
+    assert plain["scores"]["0.5,0.85"] == plain["scores"]["0.7,0.85"]
+    assert (plain["tp"], plain["tr"], plain["min_confidence"]) == (0.5, 0.85, None)
+    # 0.5 removes nothing (ties the filter off); 0.9 the faint vessel (scores worse)
+    kept = tune_thresholds([case], **grid, prefer=(0.7, 0.85), prefer_level=0.5)
+    assert (kept["tp"], kept["tr"], kept["min_confidence"]) == (0.7, 0.85, 0.5)
+    assert kept["confidence_scores"]["0.5"] == kept["confidence_scores"]["off"]
+    assert kept["scores"] == plain["scores"]
+    worse = tune_thresholds([case], **grid, prefer=(0.7, 0.85), prefer_level=0.9)
+    assert worse["min_confidence"] is None  # it lost the faint vessel: no tie
+    assert worse["confidence_scores"]["0.9"] < worse["confidence_scores"]["off"]
+    # a pair that scores worse is not kept
+    lower = tune_thresholds([case], tp_grid=(0.5,), tr_grid=(0.85,), extra=[(0.95, 0.85)],
+                            prefer=(0.95, 0.85))
+    assert lower["scores"]["0.95,0.85"] < lower["scores"]["0.5,0.85"]
+    assert (lower["tp"], lower["tr"]) == (0.5, 0.85)

