@@ -475,3 +475,24 @@ def test_inherited_thresholds_are_said_to_be_inherited(run, tmp_path, capsys):
     assert "before: T_p 0.95 / T_r 0.3, score " in out
     assert ", inherited from first.pt (tuned there by tune validation), not tuned on these " \
         "weights; confidence filter 0.99" in out
+
+
+def test_overwrite_replaces_only_a_model_file(run, tmp_path, capsys):
+    """--overwrite replaces a model file, never a run's training checkpoint (last.pt, which
+    'train --resume' reads) or another file that is not a model: both are refused before any
+    work and left as they were."""
+    checkpoint = tmp_path / "last.pt"
+    shutil.copy(run / "last.pt", checkpoint)
+    other = tmp_path / "notes.pt"
+    other.write_bytes(b"keep me")
+    for path in (checkpoint, other):
+        before = path.read_bytes()
+        code = main(["tune", str(run / "model.pt"), *SYN, "-o", str(path), "--overwrite"])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert "is not a model file that --overwrite may replace" in err
+        assert path.read_bytes() == before
+    assert "training checkpoint" in err or "not a napari-tubular model file" in err
+    model = tmp_path / "model.pt"
+    shutil.copy(run / "model.pt", model)
+    assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(model), "--overwrite"]) == 0

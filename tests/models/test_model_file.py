@@ -85,6 +85,29 @@ def test_saved_model_is_readable_like_other_outputs(tmp_path, net):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
+def test_a_replaced_model_file_keeps_its_permissions(tmp_path, net):
+    """A private (0600) model replaced in place (tune ... --overwrite, save_model with
+    overwrite) stays private: it used to take the umask's 0644."""
+    import os
+    import stat
+
+    from napari_tubular.models import read_model_file, write_model_copy
+
+    umask = os.umask(0o022)
+    try:
+        path = save_model(tmp_path / "private.pt", net, _meta())
+        os.chmod(path, 0o600)
+        save_model(path, net, _meta(), overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        payload = read_model_file(path)
+        write_model_copy(payload, path, payload["meta"], overwrite=True)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        fresh = write_model_copy(payload, tmp_path / "copy.pt", payload["meta"])
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    finally:
+        os.umask(umask)
+
+
 def test_save_refuses_overwrite_when_asked(tmp_path, net):
     path = save_model(tmp_path / "m.pt", net, _meta())
     with pytest.raises(FileExistsError, match="m.pt"):
