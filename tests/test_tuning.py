@@ -272,13 +272,18 @@ def test_without_validation_the_thresholds_stay_and_the_run_says_so_once(tmp_pat
     note = ("refinement thresholds not tuned (no validation data): segment uses the fallback "
             "T_p 0.9 / T_r 0.5")
     assert err.count(note) == 1
+    # the command that tunes it later, with the run's own files
+    assert (f"(tune it later: napari-tubular tune {tmp_path / 'a' / 'model.pt'} --val-data "
+            f"DIR|synthetic -o {tmp_path / 'a' / 'tuned.pt'})") in err
     assert "refine" not in read_model_meta(tmp_path / "a" / "model.pt")["metrics"]
     log = json.loads((tmp_path / "a" / "log.json").read_text())
     assert log["refine"] == {"tuned": False, "reason": "no validation data", "note": note}
     # --no-tune: validation, no tuning
     assert main([*argv, "--val-data", "synthetic", "--val-cases", "1", "--no-tune", "--out",
                  str(tmp_path / "b")]) == 0
-    assert "not tuned (tune_thresholds is off)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "not tuned (tune_thresholds is off)" in err
+    assert "tune it later" not in err  # switched off on purpose: no advice
     assert "refine" not in read_model_meta(tmp_path / "b" / "model.pt")["metrics"]
 
 

@@ -994,7 +994,8 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                           "continues)" if budget_stop else "")
                 report(step, step, f"done: {step} steps{budget}"
                        + _final_validation_note(rows, step, start_step, best)
-                       + "; " + log_extra["refine"]["note"])
+                       + "; " + log_extra["refine"]["note"] + _tune_later_hint(
+                           out, log_extra["refine"], config, has_val))
         ddp.barrier(dist)
     except BaseException:
         if is_main and step == 0 and ck is None:
@@ -1092,6 +1093,15 @@ def _kept_refinement(path: Path) -> dict | None:
         return None  # the fallback, or the initial model's (as model.pt's)
     return {**refine, "weights_step": refine.get("weights_step",
                                                  (meta.get("training") or {}).get("steps"))}
+
+
+def _tune_later_hint(out: Path, record: dict, config: TrainConfig, has_val: bool) -> str:
+    """The command that tunes the run's model.pt later, for a run that ended untuned by
+    cancel, failure or lack of validation data (not when the tuning was switched off)."""
+    if record.get("tuned") or (has_val and not config.tune_thresholds):
+        return ""
+    return (f" (tune it later: napari-tubular tune {out / 'model.pt'} --val-data "
+            f"DIR|synthetic -o {out / 'tuned.pt'})")
 
 
 def _threshold_record(config: TrainConfig, has_val: bool, tuned, tuned_best,
