@@ -470,11 +470,12 @@ def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
             and _is_dicom_file(e)]
 
 
-def _note_passed_over(folder: Path, listed: list[Path]) -> None:
+def _note_passed_over(folder: Path, listed: list[Path], done: str = "segmented") -> None:
     """Say which entries of an input folder are not segmented: sub-folders that are not a DICOM
     series (the folder is not searched recursively) and files of a type that is not read (an
     audit: an Analyze ``.hdr``/``.img`` pair and a sub-folder of volumes were passed over
-    without a word)."""
+    without a word). ``done``: what the command does to the volumes it lists ("reported" for
+    ``info``, which says them the same way)."""
     shown = set(listed)
     other = [e for e in sorted(folder.iterdir(), key=lambda e: e.name)
              if not e.name.startswith(".") and e not in shown
@@ -488,7 +489,7 @@ def _note_passed_over(folder: Path, listed: list[Path]) -> None:
                           for e in other[:4]) + (
             f" and {len(other) - 4} more" if len(other) > 4 else "")
         print(f"note: {folder}: {len(other)} entr{'y' if len(other) == 1 else 'ies'} not "
-              f"segmented (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
+              f"{done} (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
               f"are read): {names}", file=sys.stderr, flush=True)
 
 
