@@ -405,6 +405,8 @@ def test_info_on_a_folder_names_the_entries_it_passes_over(tmp_path, capsys):
                 "MetaImage and DICOM are read): gone.nii.gz (a symbolic link to a missing "
                 "file), scan.tif, sub/") in err, err
         assert "notes.txt" not in err
+    assert main(["info", str(folder), str(folder)]) == 0  # each folder's note said once
+    assert capsys.readouterr().err.count("not reported") == 1
     # a folder with nothing passed over says nothing
     clean = tmp_path / "clean"
     write_volume(clean / "v.nii.gz", Volume(np.zeros((4, 5, 6), np.float32), SPACING))

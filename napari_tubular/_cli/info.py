@@ -158,6 +158,7 @@ def expand_paths(paths) -> list[str]:
     from .segment import _dicom_files, _note_passed_over
 
     out: list[str] = []
+    noted: set[Path] = set()  # the folders whose passed-over entries were said (once each)
     for path in paths:
         p = Path(path).expanduser()
         try:
@@ -167,7 +168,9 @@ def expand_paths(paths) -> list[str]:
         if not vols:
             out.append(path)
             continue
-        _note_passed_over(p, vols + _dicom_files(p, vols), "reported")
+        if p.resolve() not in noted:
+            noted.add(p.resolve())
+            _note_passed_over(p, vols + _dicom_files(p, vols), "reported")
         out.extend(str(v) for v in vols)
         if _has_dicom(p):
             out.append(path)
