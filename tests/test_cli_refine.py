@@ -564,3 +564,26 @@ def test_the_report_is_updated_when_the_labels_are_a_link_to_another_name(tmp_pa
     assert _run("refine", p, r, "-o", other, "--tp", "0.9") == 0
     assert f"updated {rp}" not in capsys.readouterr().err
     assert json.loads(rp.read_text())["parameters"]["tp"] == 0.8
+
+
+def test_a_report_that_is_a_link_is_updated_through_it(tmp_path, capsys):
+    """An outside judge: segment writes NAME_report.json through a symbolic link (the link
+    kept, as --overwrite says), but refine's update replaced the link by a file of its own,
+    and the file the link pointed to kept segment's thresholds."""
+    p, r, _img = _maps(tmp_path / "seg")
+    rp = tmp_path / "seg" / "c1_report.json"
+    kept = tmp_path / "reports" / "c1.json"
+    kept.parent.mkdir()
+    kept.write_text(rp.read_text())
+    rp.unlink()
+    try:
+        rp.symlink_to(kept)
+    except OSError:  # pragma: no cover (no symbolic links here)
+        pytest.skip("symbolic links are not available")
+    labels = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", labels, "--tp", "0.8") == 0
+    assert f"updated {rp}" in capsys.readouterr().err
+    assert rp.is_symlink()
+    assert json.loads(kept.read_text())["parameters"]["tp"] == 0.8
+    assert not list(kept.parent.glob(".*tmp"))
+    assert not list(rp.parent.glob(".*tmp"))

