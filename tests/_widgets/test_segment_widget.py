@@ -1985,3 +1985,36 @@ def test_metrics_against_a_layer_in_pixels_say_which_grid(make_napari_viewer, ve
     assert spacings[-1] == pytest.approx(SPACING)  # the voxel size of the layer in mm
     widget.tp_slider.setValue(0.7)  # said once, not at every step
     assert len(warned) == 1
+
+
+def test_sliders_after_the_image_is_deleted_say_so_once(seg, monkeypatch):
+    """An outside judge: with the image layer deleted, the T_p / T_r sliders went on refining
+    the cached Run and updating its result layers without a word. They still do (the Run is
+    in memory), and say that the image is gone: a notification once, the line under the
+    sliders at every step; a new Run clears it."""
+    import napari.utils.notifications as notifications
+
+    viewer, widget, counter = seg
+    infos: list[str] = []
+    monkeypatch.setattr(notifications, "show_info", infos.append)
+    labels = _owned(viewer, "labels")
+    assert "was deleted" not in widget.metrics_label.text()
+    viewer.layers.remove("ct")
+    before = labels.data.copy()
+    widget.tr_slider.setValue(0.9)
+    assert widget.refine_count == 1
+    assert not np.array_equal(labels.data, before)  # the cached Run is refined
+    note = "the image 'ct' was deleted: the sliders refine its last Run, kept in memory"
+    assert note in widget.metrics_label.text()
+    assert [i for i in infos if "was deleted" in i] == [f"Segmentation: {note} (Run segments "
+                                                        "an image in the viewer)"]
+    widget.tr_slider.setValue(0.7)
+    assert widget.refine_count == 2
+    assert note in widget.metrics_label.text()
+    assert len([i for i in infos if "was deleted" in i]) == 1  # said once
+    # a new Run on another image: nothing deleted any more
+    viewer.add_image(viewer.layers["ct probability"].data.copy(), name="ct2")
+    widget.image_picker.set_layer(viewer.layers["ct2"])
+    widget.run()
+    assert counter.calls == 2
+    assert "was deleted" not in widget.metrics_label.text()
