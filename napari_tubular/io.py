@@ -46,6 +46,7 @@ __all__ = [
     "output_target",
     "read_volume",
     "resample_like",
+    "same_file",
     "volume_format",
     "volume_stem",
     "restore_output_names",
@@ -2774,6 +2775,18 @@ def write_volume(
         except OSError:
             pass
     return p
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name the same file: the same inode when both exist (through links and
+    other spellings), else the same resolved path."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.expanduser().resolve() == b.expanduser().resolve()
 
 
 def output_target(path) -> Path:

@@ -35,12 +35,9 @@ def not_found(what: str, path) -> FileNotFoundError:
 
 
 def _same(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.expanduser().resolve() == b.expanduser().resolve()
+    from napari_tubular.io import same_file
+
+    return same_file(a, b)
 
 
 def refuse_inputs_as_outputs(outputs: Iterable, inputs: Iterable) -> None:

@@ -176,12 +176,9 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
 
 
 def _same_file(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.expanduser().resolve() == b.expanduser().resolve()
+    from napari_tubular.io import same_file
+
+    return same_file(a, b)
 
 
 def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
