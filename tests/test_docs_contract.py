@@ -411,3 +411,30 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert (back.data == labels.data).all()
     assert scope["labels_08"].shape == labels.data.shape
     assert len(scope["centers_mm"]) == len(scope["radii_mm"])
+
+
+def test_readme_command_lines_parse():
+    """Every ``napari-tubular ...`` command of the README's shell blocks parses as written
+    (its bracketed optional parts left out): right positional arguments, option values and
+    their counts, not only option names that exist."""
+    import shlex
+
+    parser = cli.build_parser()
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+        for line in block.splitlines():
+            for part in line.split("&&"):
+                part = part.split("  #", 1)[0].strip()
+                if part.startswith("napari-tubular "):
+                    lines.append(part)
+    assert len(lines) >= 10
+    bad = []
+    for line in lines:
+        words = shlex.split(re.sub(r"\[[^\]]*\]", "", line))[1:]
+        try:
+            args = cli.parse_args(parser, words)
+        except SystemExit:
+            bad.append(line)
+            continue
+        assert args.command == words[0]
+    assert not bad, bad
