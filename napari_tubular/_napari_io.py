@@ -536,6 +536,10 @@ def _name_given(path: str) -> str:
             if (frame.f_code.co_name == "_write"
                     and frame.f_globals.get("__name__") == "npe2.io_utils"):
                 given, made = frame.f_locals.get("path"), frame.f_locals.get("new_path")
+                if isinstance(given, os.PathLike):
+                    given = os.fspath(given)
+                if isinstance(made, os.PathLike):
+                    made = os.fspath(made)
                 if (isinstance(given, str) and made == target and given != target
                         and target.startswith(given)):
                     return given
