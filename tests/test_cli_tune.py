@@ -526,3 +526,43 @@ def test_options_between_positionals_still_parse():
     assert (args.pred, args.ref) == (Path("p.nii.gz"), Path("r.nii.gz"))
     args = parse_args(build_parser(), ["segment", "a.nii.gz", "-o", "out", "b.nii.gz"])
     assert args.inputs == ["a.nii.gz", "b.nii.gz"]
+
+
+@pytest.mark.parametrize(("refine", "pair", "missing"), [
+    ({"tp": 0.8}, (0.8, 0.5), "T_r 0.5"),
+    ({"tr": 0.3, "source": "hand"}, (0.9, 0.3), "T_p 0.9"),
+])
+def test_a_record_missing_a_threshold_is_described_as_segment_reads_it(
+        refine, pair, missing, run, tmp_path, monkeypatch, capsys):
+    """An outside judge: a hand-edited ``metrics.refine`` with ``tp`` but no ``tr`` was said
+    to be "before: not tuned (the fallback T_p 0.9 / T_r 0.5) ... confidence filter off",
+    and the fallback pair kept on a tie, while segment used the file's T_p with T_r 0.5 and
+    the filter's level 0.99. tune says and keeps (on a tie) what segment used."""
+    from napari_tubular.inference import recommended_thresholds, tuned_min_confidence
+    from napari_tubular.models import read_model_meta, write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+    from napari_tubular.training import tuning
+
+    asked = []
+    real = tuning.tune_thresholds
+
+    def spy(*args, **kwargs):
+        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    model = tmp_path / "edited.pt"
+    write_model_copy(payload, model, {**meta, "metrics": {**meta["metrics"], "refine": refine}})
+    edited = read_model_meta(model)
+    assert recommended_thresholds(edited) == pair  # what segment uses
+    level = tuned_min_confidence(edited)
+    assert level == 0.99
+    assert main(["tune", str(model), *SYN, "-o", str(tmp_path / "out.pt"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"before: T_p {pair[0]:g} / T_r {pair[1]:g}, score " in out
+    assert f"the file's record has no {missing.split()[0]}: segment used the fallback's " \
+        f"{missing}; confidence filter 0.99" in out
+    assert "not tuned" not in out
+    assert asked == [(pair, level)]

@@ -261,8 +261,10 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
         cancel: ``cancel() -> bool``, asked within the network and the refinements.
 
     Returns:
-        ``{"path", "refine", "previous", "previous_min_confidence"}`` (the new record, the old
-        one or None, the confidence filter's level ``segment`` used for the model before:
+        ``{"path", "refine", "previous", "previous_thresholds", "previous_min_confidence"}``
+        (the new record, the old one or None, the pair ``(T_p, T_r)`` and the confidence
+        filter's level ``segment`` used for the model before: None for a model without tuned
+        thresholds, :func:`~napari_tubular.inference.recommended_thresholds`,
         :func:`~napari_tubular.inference.tuned_min_confidence`), or None when cancelled.
     """
     from napari_tubular.models import (
@@ -290,12 +292,20 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                            "run tune again when it is written")
     previous = (meta.get("metrics") or {}).get("refine")
     previous = previous if isinstance(previous, dict) else None
-    from napari_tubular.inference import tuned_min_confidence
+    from napari_tubular.inference import (
+        has_tuned_thresholds,
+        recommended_thresholds,
+        tuned_min_confidence,
+    )
 
-    initial = None
-    if previous and previous.get("tp") is not None and previous.get("tr") is not None:
-        # the level segment used for the model is kept on a tie, as its pair is
-        initial = {"tp": previous["tp"], "tr": previous["tr"],
+    initial = before = None
+    if has_tuned_thresholds(meta):
+        # the pair and the level segment used for the model, kept on a tie: a hand-edited
+        # record's missing T_r (or T_p) is the fallback's, as segment reads it (an outside
+        # judge: a record with tp alone was said to be "not tuned (the fallback ...)", and the
+        # model's own T_p was not among the pairs kept on a tie)
+        before = recommended_thresholds(meta)
+        initial = {"tp": before[0], "tr": before[1],
                    "min_confidence": tuned_min_confidence(meta),
                    "inherited_from": "the model file before tune"}
 
@@ -322,4 +332,5 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
     new_meta = {**meta, "metrics": {**(meta.get("metrics") or {}), "refine": record}}
     write_model_copy(payload, out, new_meta, overwrite=overwrite)
     return {"path": out, "refine": record, "previous": previous,
+            "previous_thresholds": before,
             "previous_min_confidence": tuned_min_confidence(meta)}
