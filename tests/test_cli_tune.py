@@ -585,3 +585,42 @@ def test_a_constant_validation_image_is_warned_of_as_train_does(run, tmp_path, c
     err = capsys.readouterr().err
     assert "b_image.nii.gz: the image is constant (40): no vessel can be seen in it" in err
     assert "a_image.nii.gz: the image is constant" not in err
+
+
+@pytest.mark.parametrize("how", ["access", "read-only mount"])
+def test_an_unwritable_output_folder_is_refused_before_the_tuning(how, run, tmp_path,
+                                                                  monkeypatch, capsys):
+    """An outside judge: ``-o`` into a folder that cannot be written was refused only after
+    the whole tuning ("Permission denied: OUT.pt.x1y2.tmp", a temporary name). It is refused
+    before any network runs, naming the folder: as os.access says (a user's folder), or as
+    a file made there fails (root on a read-only mount, where os.access says yes)."""
+    import errno
+    import os
+    import tempfile
+
+    from napari_tubular.training import tuning
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if how == "access":
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == locked
+                            else real_access(p, mode, **k))
+    else:
+        real_mkstemp = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 (tempfile's own name)
+            if dir is not None and Path(dir) == locked:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real_mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    tuned = []
+    monkeypatch.setattr(tuning, "tune_model", lambda *a, **k: tuned.append(1))
+    for out in (locked / "t.pt", locked / "new" / "t.pt"):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out)]) == 2
+        cap = capsys.readouterr()
+        assert f"output {out}: cannot write into the folder {locked}" in cap.err
+        assert "validation volume" not in cap.err
+    assert not tuned
+    assert list(locked.iterdir()) == []

