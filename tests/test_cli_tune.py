@@ -5,6 +5,7 @@ file with the weights unchanged."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -496,3 +497,130 @@ def test_overwrite_replaces_only_a_model_file(run, tmp_path, capsys):
     model = tmp_path / "model.pt"
     shutil.copy(run / "model.pt", model)
     assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(model), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("words", [
+    ["--val-data", "val", "runs/r1/model.pt", "-o", "t.pt"],
+    ["-o", "t.pt", "--val-data", "val", "other", "runs/r1/model.pt"],
+])
+def test_a_model_taken_by_val_data_is_named_so(words, capsys):
+    """An outside judge: ``tune --val-data val/ runs/r1/model.pt -o t.pt`` said only "the
+    following arguments are required: MODEL" (--val-data, of several folders, took the model
+    path); the error names the word taken and where MODEL goes."""
+    with pytest.raises(SystemExit) as exc:
+        main(["tune", *words])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "MODEL missing: --val-data took 'runs/r1/model.pt'" in err
+    assert "put MODEL before --val-data" in err
+
+
+def test_options_between_positionals_still_parse():
+    """The hint leaves the intermixed reading as it was: options between or after
+    positional arguments, MODEL after --val-data's folders ended by another option."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["tune", "--val-data", "a", "b", "-o", "t.pt", "m.pt"])
+    assert (args.model, args.val_data, args.out) == ("m.pt", ["a", "b"], "t.pt")
+    args = parse_args(build_parser(), ["evaluate", "p.nii.gz", "--json", "m.json", "r.nii.gz"])
+    assert (args.pred, args.ref) == (Path("p.nii.gz"), Path("r.nii.gz"))
+    args = parse_args(build_parser(), ["segment", "a.nii.gz", "-o", "out", "b.nii.gz"])
+    assert args.inputs == ["a.nii.gz", "b.nii.gz"]
+
+
+@pytest.mark.parametrize(("refine", "pair", "missing"), [
+    ({"tp": 0.8}, (0.8, 0.5), "T_r 0.5"),
+    ({"tr": 0.3, "source": "hand"}, (0.9, 0.3), "T_p 0.9"),
+])
+def test_a_record_missing_a_threshold_is_described_as_segment_reads_it(
+        refine, pair, missing, run, tmp_path, monkeypatch, capsys):
+    """An outside judge: a hand-edited ``metrics.refine`` with ``tp`` but no ``tr`` was said
+    to be "before: not tuned (the fallback T_p 0.9 / T_r 0.5) ... confidence filter off",
+    and the fallback pair kept on a tie, while segment used the file's T_p with T_r 0.5 and
+    the filter's level 0.99. tune says and keeps (on a tie) what segment used."""
+    from napari_tubular.inference import recommended_thresholds, tuned_min_confidence
+    from napari_tubular.models import read_model_meta, write_model_copy
+    from napari_tubular.models.serialization import read_model_file
+    from napari_tubular.training import tuning
+
+    asked = []
+    real = tuning.tune_thresholds
+
+    def spy(*args, **kwargs):
+        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    payload = read_model_file(run / "model.pt")
+    meta = payload["meta"]
+    model = tmp_path / "edited.pt"
+    write_model_copy(payload, model, {**meta, "metrics": {**meta["metrics"], "refine": refine}})
+    edited = read_model_meta(model)
+    assert recommended_thresholds(edited) == pair  # what segment uses
+    level = tuned_min_confidence(edited)
+    assert level == 0.99
+    assert main(["tune", str(model), *SYN, "-o", str(tmp_path / "out.pt"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"before: T_p {pair[0]:g} / T_r {pair[1]:g}, score " in out
+    assert f"the file's record has no {missing.split()[0]}: segment used the fallback's " \
+        f"{missing}; confidence filter 0.99" in out
+    assert "not tuned" not in out
+    assert asked == [(pair, level)]
+
+
+def test_a_constant_validation_image_is_warned_of_as_train_does(run, tmp_path, capsys):
+    """An outside judge: train warns of a constant image ("the image is constant (40) ..."),
+    tune took one as a validation volume in silence. It says so too (the pair is kept, as
+    train keeps it)."""
+    from napari_tubular.io import write_volume
+
+    val = tmp_path / "val"
+    _write_pair(val, "a")
+    _write_pair(val, "b")
+    write_volume(val / "b_image.nii.gz", np.full((24, 24, 24), 40.0, np.float32),
+                 overwrite=True)
+    out = tmp_path / "out.pt"
+    assert main(["tune", str(run / "model.pt"), "--val-data", str(val), "-o", str(out),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "b_image.nii.gz: the image is constant (40): no vessel can be seen in it" in err
+    assert "a_image.nii.gz: the image is constant" not in err
+
+
+@pytest.mark.parametrize("how", ["access", "read-only mount"])
+def test_an_unwritable_output_folder_is_refused_before_the_tuning(how, run, tmp_path,
+                                                                  monkeypatch, capsys):
+    """An outside judge: ``-o`` into a folder that cannot be written was refused only after
+    the whole tuning ("Permission denied: OUT.pt.x1y2.tmp", a temporary name). It is refused
+    before any network runs, naming the folder: as os.access says (a user's folder), or as
+    a file made there fails (root on a read-only mount, where os.access says yes)."""
+    import errno
+    import os
+    import tempfile
+
+    from napari_tubular.training import tuning
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    if how == "access":
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **k: False if Path(p) == locked
+                            else real_access(p, mode, **k))
+    else:
+        real_mkstemp = tempfile.mkstemp
+
+        def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 (tempfile's own name)
+            if dir is not None and Path(dir) == locked:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real_mkstemp(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    tuned = []
+    monkeypatch.setattr(tuning, "tune_model", lambda *a, **k: tuned.append(1))
+    for out in (locked / "t.pt", locked / "new" / "t.pt"):
+        assert main(["tune", str(run / "model.pt"), *SYN, "-o", str(out)]) == 2
+        cap = capsys.readouterr()
+        assert f"output {out}: cannot write into the folder {locked}" in cap.err
+        assert "validation volume" not in cap.err
+    assert not tuned
+    assert list(locked.iterdir()) == []

@@ -161,6 +161,32 @@ def test_evaluate_csv_and_json_keys_named_in_the_readme_exist():
     assert not missing, missing
 
 
+def test_evaluate_json_pair_keys_named_in_the_readme_exist(tmp_path, capsys):
+    """The keys that name the pair in `evaluate --json` (README) are in a single pair's JSON
+    and in each batch entry's."""
+    import json
+
+    import numpy as np
+
+    from napari_tubular.io import Volume, write_volume
+
+    section = _section("evaluate")
+    listed = re.search(r"`--json` also names the pair(.*?)\)", section, re.S).group(1)
+    names = re.findall(r"`(\w+)`", listed)
+    assert "case" in names
+    a = np.zeros((12, 12, 12), np.uint8)
+    a[3:9, 5:7, 5:7] = 1
+    for side in ("p", "r"):
+        write_volume(tmp_path / side / "x.nii.gz", Volume(a, (1.0, 1.0, 1.0)))
+    assert cli.main(["evaluate", str(tmp_path / "p" / "x.nii.gz"), str(tmp_path / "r" /
+                     "x.nii.gz"), "--json", str(tmp_path / "s.json")]) == 0
+    assert cli.main(["evaluate", str(tmp_path / "p"), str(tmp_path / "r"), "--json",
+                     str(tmp_path / "b.json")]) == 0
+    single = json.loads((tmp_path / "s.json").read_text())
+    entry = json.loads((tmp_path / "b.json").read_text())["cases"][0]
+    assert [n for n in names if n not in single or n not in entry] == []
+
+
 def _manifest() -> dict:
     import yaml
 

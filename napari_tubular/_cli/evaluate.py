@@ -748,7 +748,23 @@ def _folder_volumes(args) -> list[Path]:
     return list_volumes(args.pred) + list_volumes(args.ref)
 
 
-def _check_outputs(args, *, batch: bool) -> None:
+def _refuse_existing(existing: list[str]) -> None:
+    """One FileExistsError naming every existing output (an outside judge: with both --json
+    and --csv there, the refusal named only --json; the rerun with a new --json name then
+    stopped at --csv), as segment and refine name theirs."""
+    if len(existing) == 1:
+        raise FileExistsError(f"{existing[0]} already exists; pass --overwrite to replace it")
+    if existing:
+        shown = (" and ".join(existing) if len(existing) == 2 else ", ".join(existing[:6])
+                 + (f" and {len(existing) - 6} more" if len(existing) > 6 else ""))
+        raise FileExistsError(f"{shown} already exist; pass --overwrite to replace them")
+
+
+def _check_outputs(args, *, batch: bool, refuse: bool = True) -> list[str]:
+    """Refuse outputs that cannot be written; the existing ones (without --overwrite) are
+    refused together at the end, or returned when not ``refuse`` (a batch adds its cases'
+    error maps to them)."""
+    existing: list[str] = []
     if getattr(args, "tolerance", 1) < 0:
         raise ValueError(f"--tolerance must be >= 0 voxels, got {args.tolerance}")
     from ..io import volume_format
@@ -791,7 +807,7 @@ def _check_outputs(args, *, batch: bool) -> None:
             raise ValueError(f"--{opt} {path} is a folder; give the file to write, e.g. "
                              f"{path / ('evaluate.' + ('csv' if opt != 'json' else 'json'))}")
         if path is not None and path.exists() and not args.overwrite:
-            raise FileExistsError(f"--{opt} {path} already exists; pass --overwrite to replace it")
+            existing.append(f"--{opt} {path}")
     if batch and args.sites is not None:
         raise ValueError("--sites is for one pair; in batch mode use --errors OUT_DIR")
     if args.errors is not None:
@@ -813,12 +829,12 @@ def _check_outputs(args, *, batch: bool) -> None:
             refuse_unwritable_type("--errors", args.errors, "the error map is written")
             data_file = metaimage_data_file(args.errors)
             if data_file is not None and data_file.exists() and not args.overwrite:
-                raise FileExistsError(f"--errors {args.errors}: its data file {data_file} "
-                                      "already exists; pass --overwrite to replace it")
+                existing.append(f"--errors {args.errors}: its data file {data_file}")
         if not batch and args.errors.exists() and not args.overwrite:
-            raise FileExistsError(
-                f"--errors {args.errors} already exists; pass --overwrite to replace it"
-            )
+            existing.append(f"--errors {args.errors}")
+    if refuse:
+        _refuse_existing(existing)
+    return existing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -872,8 +888,11 @@ def _run_single(args) -> int:
     if args.sites is not None:
         report.to_csv(args.sites, overwrite=args.overwrite, affine=rv.affine())
         print(f"wrote {args.sites}")
+    case = _pair_case_name(args.pred, args.ref)
     if args.json is not None:
-        out = dict(metrics)
+        # the case named as the batch's entries and the CSV's rows name it (an outside judge:
+        # a single pair's JSON had no "case", so single runs and a batch did not join by case)
+        out = {"case": case, **metrics}
         out.update(pred=str(args.pred), ref=str(args.ref), spacing_mm=list(rv.spacing))
         if grid_warning:
             out["grid_warning"] = grid_warning
@@ -881,8 +900,7 @@ def _run_single(args) -> int:
         _write_json(args.json, out)
         print(_written(args.json))
     if args.csv is not None:
-        _write_csv(args.csv, [_csv_row(_pair_case_name(args.pred, args.ref), args.pred,
-                                       args.ref, metrics)])
+        _write_csv(args.csv, [_csv_row(case, args.pred, args.ref, metrics)])
         print(_written(args.csv))
     return 0
 
@@ -890,7 +908,7 @@ def _run_single(args) -> int:
 def _run_batch(args) -> int:
     from ..io import list_volumes
 
-    _check_outputs(args, batch=True)
+    existing = _check_outputs(args, batch=True, refuse=False)
     preds, maps_p = error_maps_left_out(segment_labels_only(list_volumes(args.pred)))
     refs, maps_r = error_maps_left_out(reference_labels_only(list_volumes(args.ref)))
     maps = sorted({p.name for p in (*maps_p, *maps_r)})
@@ -918,10 +936,10 @@ def _run_batch(args) -> int:
             refuse_folder_as_output(out, "--errors: ")
             _refuse_case_output_link(out)
             if out.exists() and not args.overwrite:
-                raise FileExistsError(f"{out} already exists; pass --overwrite to replace it")
+                existing.append(str(out))
+    _refuse_existing(existing)
     cases, rows, failed = [], [], []
     header = f"{'case':<24} {'dice':>7} {'cldice':>7} {'b0 err':>6} {'b1 err':>6} {'b2 err':>6} {'hd95 mm':>8} {'assd mm':>8}"
-    print(header)
     for name, pp, rp in pairs:
         try:
             errors_path = None if errors_dir is None else errors_dir / f"{name}_errors.nii.gz"
@@ -935,6 +953,8 @@ def _run_batch(args) -> int:
             print(f"{name}: error: {text}", file=sys.stderr)
             failed.append({"case": name, "pred": str(pp), "ref": str(rp), "error": text})
             continue
+        if not cases:  # the table's header above its first row (none when no case is)
+            print(header)
         cases.append({"case": name, "pred": str(pp), "ref": str(rp), **m,
                       **({"grid_warning": grid_warning} if grid_warning else {}),
                       **_error_entries(report, rv)})
@@ -944,8 +964,13 @@ def _run_batch(args) -> int:
             f"{m['b2_error']:6d} {_fmt(m['hd95_mm']):>8} {_fmt(m['assd_mm']):>8}"
         )
     summary = summarize(cases)
-    print(f"summary over {len(cases)} case(s) (mean +- sample std):")
-    for k, s in summary.items():
+    if not cases:
+        # an outside judge: every pair failed, and an empty table, a "summary over 0 case(s)"
+        # and a CSV of its header alone were written as if a batch had been compared
+        print(f"no case could be compared: all {len(pairs)} pair(s) failed")
+    else:
+        print(f"summary over {len(cases)} case(s) (mean +- sample std):")
+    for k, s in summary.items() if cases else ():
         count = f"n={s['n']}" + (f" of {s['n_cases']}" if s["n"] < s["n_cases"] else "")
         if s["n"]:
             spread = f" +- {format_mm(s['std'], 4)}" if s["n"] > 1 else " " * 9  # no std of one case
@@ -968,9 +993,12 @@ def _run_batch(args) -> int:
             },
         )
         print(_written(args.json))
-    if args.csv is not None:
+    if args.csv is not None and rows:
         _write_csv(args.csv, rows)
         print(_written(args.csv))
+    elif args.csv is not None:
+        print(f"--csv {args.csv} not written: no case was compared, no row to write"
+              + (" (the failures are in --json's 'failed')" if args.json is not None else ""))
     if failed:  # the last line says it, as segment's does (the per-case errors scroll away)
         others = " (the others were)" if cases else ""
         print(f"error: {len(failed)} of {len(pairs)} case(s) could not be compared{others}: "

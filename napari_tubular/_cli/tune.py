@@ -61,7 +61,8 @@ def _summary(result: dict) -> list[str]:
     new, previous = result["refine"], result["previous"]
     n = new["volumes"]
     lines = []
-    if previous and previous.get("tp") is not None and previous.get("tr") is not None:
+    before = result.get("previous_thresholds")
+    if before is not None:
         old_score = new.get("initial", new["fallback"])["score"]
         source = previous.get("source")
         by = f", tuned by {source}" if source else ""
@@ -71,7 +72,14 @@ def _summary(result: dict) -> list[str]:
             there = f" (tuned there by {source})" if source else ""
             by = (f", inherited from {previous['inherited_from']}{there}, not tuned on these "
                   "weights")
-        lines.append(f"before: {_pair(previous['tp'], previous['tr'])}, score {old_score:.4f} "
+        if previous.get("tp") is None or previous.get("tr") is None:
+            # a hand-edited record: segment reads the missing threshold as the fallback's
+            gone = [(name, value) for key, name, value in (("tp", "T_p", FALLBACK_TP),
+                                                           ("tr", "T_r", FALLBACK_TR))
+                    if previous.get(key) is None]
+            by += (f"; the file's record has no {' or '.join(n for n, _ in gone)}: segment "
+                   f"used the fallback's {' / '.join(f'{n} {v:g}' for n, v in gone)}")
+        lines.append(f"before: {_pair(*before)}, score {old_score:.4f} "
                      f"on these {n} volume(s){by}; confidence filter "
                      f"{_level(result['previous_min_confidence'])}")
     else:

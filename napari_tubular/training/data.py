@@ -401,15 +401,25 @@ def label_values_note(label: np.ndarray, done: str = "trained") -> str | None:
             "vessel; give a 0/1 mask (one class) if that is not what you mean")
 
 
+def constant_image_value(image: np.ndarray) -> float | None:
+    """The value of an image whose finite voxels all hold one value (None otherwise): no
+    vessel can be seen in it (train warns of such a training or validation image, tune of a
+    validation one)."""
+    finite = image[np.isfinite(image)] if image.dtype.kind == "f" else image
+    if finite.size and finite.min() == finite.max():
+        return float(finite.min())
+    return None
+
+
 def load_pair(
     image_path: Path, label_path: Path, target_spacing: Sequence[float], K: int,
     normalization: Any, min_shape: Sequence[int] | None = None, with_phi: bool = False,
 ) -> PreparedCase:
     """Read an image/label pair and prepare it (see :func:`prepare_case`)."""
     img, lab = read_pair(image_path, label_path, target_spacing, task="train on")
-    finite = img.data[np.isfinite(img.data)] if img.data.dtype.kind == "f" else img.data
-    if finite.size and finite.min() == finite.max():
-        warnings.warn(f"{image_path}: the image is constant ({finite.min():g}): the pair "
+    value = constant_image_value(img.data)
+    if value is not None:
+        warnings.warn(f"{image_path}: the image is constant ({value:g}): the pair "
                       "teaches nothing about how vessels look", UserWarning, stacklevel=2)
     if not np.any(lab.data > 0):  # the voxels above 0 are vessel (negative ones are not)
         warnings.warn(f"{label_path}: the label is empty (no vessel voxel); the pair only "

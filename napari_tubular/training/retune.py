@@ -125,7 +125,7 @@ def _synthetic_volumes(config: dict, val_cases: int | None, seed: int | None) ->
 
 def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
     from .config import _folder_key, _unique_folders
-    from .data import find_pairs, label_values_note, read_pair
+    from .data import constant_image_value, find_pairs, label_values_note, read_pair
 
     val_data = _unique_folders([str(v) for v in val_data], "--val-data")
     trained = _training(meta).get("data")
@@ -152,6 +152,12 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
         note = label_values_note(lab.data, done="scored")
         if note:
             warnings.warn(f"{label_path}: {note}", UserWarning, stacklevel=3)
+        value = constant_image_value(img.data)
+        if value is not None:
+            # as train warns of it (an outside judge: tune took a blank image in silence)
+            warnings.warn(f"{image_path}: the image is constant ({value:g}): no vessel can "
+                          "be seen in it, so its score says nothing about the thresholds",
+                          UserWarning, stacklevel=3)
         del img, lab
 
         def load(i=image_path, la=label_path):
@@ -179,6 +185,36 @@ def _same_file(a: Path, b: Path) -> bool:
     from napari_tubular.io import same_file
 
     return same_file(a, b)
+
+
+def _refuse_unwritable_folder(out: Path) -> None:
+    """PermissionError, before any work, when the model file cannot be written into its
+    folder (the nearest one that exists, where the missing ones would be made): an outside
+    judge's ``-o`` into a read-only folder was refused only after the whole tuning, naming
+    the copy's temporary file. Asked of the system (``os.access``) and tried with a file
+    made and removed at once (``os.access`` says yes to root on a read-only mount)."""
+    import tempfile
+
+    target = Path(os.path.realpath(out)) if out.is_symlink() else out
+    folder = target.expanduser().absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return  # a file where a folder goes: said by the writer's own checks
+    why = None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = "permission denied"
+    else:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".napari-tubular-", suffix=".tmp", dir=folder)
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()
+        else:
+            os.close(fd)
+            os.remove(probe)
+    if why:
+        raise PermissionError(f"output {out}: cannot write into the folder {folder} ({why}); "
+                              "write the tuned copy elsewhere")
 
 
 def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
@@ -215,6 +251,7 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
             raise ValueError(f"output {out} is a symbolic link to {target}, a volume file; "
                              "tune writes a model file: write to another name, or remove "
                              "the link first")
+    _refuse_unwritable_folder(out)
     if _same_file(out, model_path) and not overwrite:
         raise FileExistsError(f"output {out} is the model file being tuned; choose another "
                               "name, or pass --overwrite to replace its thresholds in place")
@@ -261,8 +298,10 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
         cancel: ``cancel() -> bool``, asked within the network and the refinements.
 
     Returns:
-        ``{"path", "refine", "previous", "previous_min_confidence"}`` (the new record, the old
-        one or None, the confidence filter's level ``segment`` used for the model before:
+        ``{"path", "refine", "previous", "previous_thresholds", "previous_min_confidence"}``
+        (the new record, the old one or None, the pair ``(T_p, T_r)`` and the confidence
+        filter's level ``segment`` used for the model before: None for a model without tuned
+        thresholds, :func:`~napari_tubular.inference.recommended_thresholds`,
         :func:`~napari_tubular.inference.tuned_min_confidence`), or None when cancelled.
     """
     from napari_tubular.models import (
@@ -290,12 +329,20 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
                            "run tune again when it is written")
     previous = (meta.get("metrics") or {}).get("refine")
     previous = previous if isinstance(previous, dict) else None
-    from napari_tubular.inference import tuned_min_confidence
+    from napari_tubular.inference import (
+        has_tuned_thresholds,
+        recommended_thresholds,
+        tuned_min_confidence,
+    )
 
-    initial = None
-    if previous and previous.get("tp") is not None and previous.get("tr") is not None:
-        # the level segment used for the model is kept on a tie, as its pair is
-        initial = {"tp": previous["tp"], "tr": previous["tr"],
+    initial = before = None
+    if has_tuned_thresholds(meta):
+        # the pair and the level segment used for the model, kept on a tie: a hand-edited
+        # record's missing T_r (or T_p) is the fallback's, as segment reads it (an outside
+        # judge: a record with tp alone was said to be "not tuned (the fallback ...)", and the
+        # model's own T_p was not among the pairs kept on a tie)
+        before = recommended_thresholds(meta)
+        initial = {"tp": before[0], "tr": before[1],
                    "min_confidence": tuned_min_confidence(meta),
                    "inherited_from": "the model file before tune"}
 
@@ -322,4 +369,5 @@ def tune_model_file(model, out, val_data: Sequence[str], *, val_cases: int | Non
     new_meta = {**meta, "metrics": {**(meta.get("metrics") or {}), "refine": record}}
     write_model_copy(payload, out, new_meta, overwrite=overwrite)
     return {"path": out, "refine": record, "previous": previous,
+            "previous_thresholds": before,
             "previous_min_confidence": tuned_min_confidence(meta)}
