@@ -1004,3 +1004,24 @@ def test_a_prediction_filling_the_volume_is_compared_in_bounded_memory():
         tracemalloc.stop()
     assert [s.detail for s in rep.sites if "joins two reference components" in s.detail]
     assert peak / pred.size < 60, peak / pred.size
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.0, 0.7, 0.7)])
+def test_component_length_of_a_vessel_leaving_through_a_face(spacing):
+    """An outside grader: on an isotropic grid a tube leaving through a face of the volume read
+    54 mm in the self-check's component list (and as a missed component's site), 58 mm in
+    evaluate's length_ref_mm and segment's report (the face extended only there)."""
+    from napari_tubular.topology import compute_metrics, mask_centerline_length_mm
+
+    shape = (int(round(24 / spacing[0])), int(round(32 / spacing[1])), int(round(64 / spacing[2])))
+    zz, yy, xx = np.meshgrid(*(np.arange(n) * s for n, s in zip(shape, spacing)), indexing="ij")
+    # along x from 4 mm to the far face (and past it), radius 3 mm
+    tube = ((zz - 12.0) ** 2 + (yy - 16.0) ** 2 <= 3.0**2) & (xx >= 4.0)
+    total = mask_centerline_length_mm(tube, spacing)
+    assert total == pytest.approx(compute_metrics(tube, tube, spacing)["length_ref_mm"])
+    (comp,) = self_check(tube, spacing).components
+    assert comp.length_mm == pytest.approx(total, rel=1e-6)
+    pred = np.zeros_like(tube)
+    pred[0, 0, 0] = True
+    missed = [s for s in error_map(pred, tube, spacing).sites if s.cls_name == "missed component"]
+    assert missed[0].length_mm == pytest.approx(total, rel=1e-6)
