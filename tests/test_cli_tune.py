@@ -528,6 +528,30 @@ def test_options_between_positionals_still_parse():
     assert args.inputs == ["a.nii.gz", "b.nii.gz"]
 
 
+@pytest.mark.parametrize("words", [
+    ["tune", "m.pt", "--val-data", "a", "--val-data", "b", "-o", "t.pt"],
+    ["tune", "--val-data", "a", "-o", "t.pt", "m.pt", "--val-data", "b"],
+])
+def test_val_data_given_twice_takes_the_folders_of_both(words):
+    """An outside judge: ``tune MODEL --val-data a --val-data b -o t.pt`` tuned on b alone
+    (argparse's "store": the last one replaced the first, and the validation volumes of a were
+    dropped without a word); both folders are used, as ``--val-data a b``."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), words)
+    assert (args.model, args.val_data, args.out) == ("m.pt", ["a", "b"], "t.pt")
+
+
+def test_train_data_and_val_data_given_twice_take_the_folders_of_both():
+    """The same for ``train --data a --data b --val-data c --val-data d`` (it trained on b
+    and validated on d alone)."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "--data", "a", "--val-data", "c", "--data",
+                                       "b", "--val-data", "d", "--out", "r"])
+    assert (args.data, args.val_data) == (["a", "b"], ["c", "d"])
+
+
 @pytest.mark.parametrize(("refine", "pair", "missing"), [
     ({"tp": 0.8}, (0.8, 0.5), "T_r 0.5"),
     ({"tr": 0.3, "source": "hand"}, (0.9, 0.3), "T_p 0.9"),

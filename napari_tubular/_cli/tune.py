@@ -27,10 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one, a model tuned before); 'default': the shipped model (already tuned "
                    "on generated volumes), whose tuned copy is written to -o, never into the "
                    "installed package")
-    p.add_argument("--val-data", nargs="+", metavar="DIR", type=path_text, required=True,
+    # action="extend": "--val-data a --val-data b" tunes on both folders (the last one alone
+    # was used, the others dropped without a word)
+    p.add_argument("--val-data", nargs="+", action="extend", metavar="DIR", type=path_text,
+                   required=True,
                    help="validation folder(s) of <name>_image / <name>_label volume pairs (as "
-                   "train's --val-data), or 'synthetic': generated volumes at their own grids, "
-                   "with validation seeds that train never trains on")
+                   "train's --val-data; given twice: the folders of both), or 'synthetic': "
+                   "generated volumes at their own grids, with validation seeds that train "
+                   "never trains on")
     p.add_argument("--val-cases", type=int, metavar="N",
                    help="generated validation volumes with --val-data synthetic (default 4)")
     p.add_argument("--seed", type=int, metavar="N",
