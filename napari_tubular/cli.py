@@ -48,6 +48,7 @@ class _CommandParser(argparse.ArgumentParser):
         for i, word in enumerate(words):
             if word == "--":
                 break
+            word = self._full_option(word)
             if word in many:
                 taken = []
                 for w in words[i + 1:]:
@@ -57,6 +58,15 @@ class _CommandParser(argparse.ArgumentParser):
                 if taken:
                     runs.append((word, taken))
         return runs
+
+    def _full_option(self, word: str) -> str:
+        """The long option ``word`` stands for when it is an abbreviation argparse takes
+        (``--val-d`` for ``--val-data``: the hints below missed it), else ``word``."""
+        if (not word.startswith("--") or "=" in word or word in self._option_string_actions
+                or not self.allow_abbrev):
+            return word
+        longer = [s for s in self._option_string_actions if s.startswith(word)]
+        return longer[0] if len(longer) == 1 else word
 
     def error(self, message):
         positionals = [a for a in self._actions if not a.option_strings]

@@ -502,6 +502,9 @@ def test_overwrite_replaces_only_a_model_file(run, tmp_path, capsys):
 @pytest.mark.parametrize("words", [
     ["--val-data", "val", "runs/r1/model.pt", "-o", "t.pt"],
     ["-o", "t.pt", "--val-data", "val", "other", "runs/r1/model.pt"],
+    # an abbreviation argparse takes for --val-data (the hint was missing: a bare "the
+    # following arguments are required: MODEL")
+    ["--val-d", "val", "runs/r1/model.pt", "-o", "t.pt"],
 ])
 def test_a_model_taken_by_val_data_is_named_so(words, capsys):
     """An outside judge: ``tune --val-data val/ runs/r1/model.pt -o t.pt`` said only "the
