@@ -34,6 +34,7 @@ class _CommandParser(argparse.ArgumentParser):
     required: MODEL", and ``train --spacing 1 cfg.yaml`` "invalid float value: 'cfg.yaml'")."""
 
     _words: list[str] = []
+    _originals: dict[str, str] = {}  # parse_args' stand-ins for words after "--"
 
     def parse_known_args(self, args=None, namespace=None):
         if args is not None:
@@ -47,6 +48,7 @@ class _CommandParser(argparse.ArgumentParser):
         for i, word in enumerate(words):
             if word == "--":
                 break
+            word = self._full_option(word)
             if word in many:
                 taken = []
                 for w in words[i + 1:]:
@@ -56,6 +58,15 @@ class _CommandParser(argparse.ArgumentParser):
                 if taken:
                     runs.append((word, taken))
         return runs
+
+    def _full_option(self, word: str) -> str:
+        """The long option ``word`` stands for when it is an abbreviation argparse takes
+        (``--val-d`` for ``--val-data``: the hints below missed it), else ``word``."""
+        if (not word.startswith("--") or "=" in word or word in self._option_string_actions
+                or not self.allow_abbrev):
+            return word
+        longer = [s for s in self._option_string_actions if s.startswith(word)]
+        return longer[0] if len(longer) == 1 else word
 
     def error(self, message):
         positionals = [a for a in self._actions if not a.option_strings]
@@ -79,6 +90,8 @@ class _CommandParser(argparse.ArgumentParser):
                 option = next(o for o, t in runs if t is took[0])
                 message += (f" ({option} took it as one of its values; if it is {name}, put "
                             f"it before {option})")
+        for stand_in, word in self._originals.items():
+            message = message.replace(stand_in, word)
         super().error(message)
 
 
@@ -133,12 +146,53 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
                 if isinstance(a, argparse._SubParsersAction)), None)
     if sub is None or command not in words:
         return parser.parse_args(argv)
+    own, originals = _after_double_dash(words[words.index(command) + 1:])
+    sub._originals = originals  # its errors name the words given, not the stand-ins
     try:
-        intermixed = sub.parse_intermixed_args(words[words.index(command) + 1:])
+        intermixed = sub.parse_intermixed_args(own)
     except TypeError:  # a parser argparse cannot read intermixed
         return parser.parse_args(argv)
+    finally:
+        sub._originals = {}
+    for key, value in vars(intermixed).items():
+        setattr(intermixed, key, _restored(value, originals))
     intermixed.command = command
     return intermixed
+
+
+def _after_double_dash(words: list[str]) -> tuple[list[str], dict[str, str]]:
+    """``words`` with each word after the first ``--`` that starts with '-' replaced by a
+    stand-in, and the words replaced (stand-in -> word): argparse's intermixed reading (Python
+    3.11) drops a ``--`` that comes before the first positional argument and then reads the
+    words after it as options (an outside judge: ``synth -- out --n 3`` wrote 3 cases into
+    ``out``, where the plain reading refuses ``--n 3`` as extra positional arguments)."""
+    if "--" not in words:
+        return list(words), {}
+    cut = words.index("--") + 1
+    originals: dict[str, str] = {}
+    out = list(words[:cut])
+    for word in words[cut:]:
+        if word.startswith("-"):
+            stand_in = f"\0napari-tubular-argument-{len(originals)}\0"
+            originals[stand_in] = word
+            word = stand_in
+        out.append(word)
+    return out, originals
+
+
+def _restored(value, originals: dict[str, str]):
+    """``value`` (a parsed argument: a word, a path, a list of them) with the stand-ins of
+    :func:`_after_double_dash` put back."""
+    if not originals:
+        return value
+    if isinstance(value, list):
+        return [_restored(v, originals) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_restored(v, originals) for v in value)
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value) in originals:
+        word = originals[os.fspath(value)]
+        return word if isinstance(value, str) else type(value)(word)
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -443,11 +443,13 @@ def test_a_config_file_taken_by_a_folder_option_is_named_so(tmp_path, capsys, fl
     assert not (tmp_path / "run").exists()
 
 
-def test_a_config_file_taken_by_spacing_is_named_so(capsys):
+@pytest.mark.parametrize("flag", ["--spacing", "--spac"])
+def test_a_config_file_taken_by_spacing_is_named_so(flag, capsys):
     """``train --spacing 1 cfg.yaml``: argparse's "invalid float value: 'cfg.yaml'" says too
-    that --spacing took it, and where the config file goes."""
+    that --spacing took it, and where the config file goes (also for an abbreviation of
+    --spacing that argparse takes)."""
     with pytest.raises(SystemExit):
-        main(["train", "--spacing", "1", "cfg.yaml"])
+        main(["train", flag, "1", "cfg.yaml"])
     err = capsys.readouterr().err
     assert "invalid float value: 'cfg.yaml' (--spacing took it as one of its values; if it " \
         "is config, put it before --spacing)" in err

