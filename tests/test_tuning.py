@@ -5,6 +5,7 @@ them (an outside review: a model of ``train`` always fell back to 0.9 / 0.5)."""
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -507,3 +508,23 @@ def test_the_models_own_pair_and_level_win_a_tie():
                             prefer=(0.95, 0.85))
     assert lower["scores"]["0.95,0.85"] < lower["scores"]["0.5,0.85"]
     assert (lower["tp"], lower["tr"]) == (0.5, 0.85)
+
+
+def test_a_run_whose_tuning_scores_nothing_above_0_warns_as_tune_does(tmp_path, monkeypatch):
+    """An outside judge found tune storing thresholds whose labels are empty on the volumes
+    tuned on (best score <= 0, as labels without any vessel score) without a word; train's
+    end-of-run tuning is the same code and warns the same way."""
+    from napari_tubular.training import loop
+
+    record = {"tp": 0.95, "tr": 0.3, "score": -0.035, "volumes": 1, "source": "train validation",
+              "weights_step": 2, "fallback": {"tp": 0.9, "tr": 0.5, "score": -0.035},
+              "scores": {"0.95,0.3": -0.035}, "min_confidence": None,
+              "confidence_scores": {"off": -0.035, "0.9": -0.035, "0.99": -0.035}}
+    monkeypatch.setattr(loop, "_tune_on_validation", lambda *a, **k: dict(record))
+    with pytest.warns(UserWarning, match=r"no threshold pair scored above 0 .*model\.pt"):
+        train(tiny_config(tmp_path / "a", val_cases=1))
+    record["score"] = 0.2
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(tiny_config(tmp_path / "b", val_cases=1))
+    assert not [w for w in seen if "no threshold pair scored above 0" in str(w.message)]

@@ -156,17 +156,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _no_useful_pair(new: dict, path) -> str | None:
-    """What to say when no threshold pair scored above 0 (an outside judge: on noisy volumes
-    the model did not fit, tune chose T_p 0.95 / T_r 0.3, whose labels were empty, "score
-    -0.0350", and said only that segment uses them: segment --model then wrote empty labels on
-    the very volumes tuned on). A score <= 0 is no better than labels without any vessel
-    (Dice and clDice 0, -0.01 per component of the reference)."""
-    scores = [new.get("score"), *(new.get("confidence_scores") or {}).values()]
-    scores = [float(v) for v in scores if isinstance(v, (int, float))]
-    if not scores or max(scores) > 0:
-        return None
-    return (f"no threshold pair scored above 0 on these volumes (best {max(scores):.4f}): "
-            "labels with no vessel at all score as well, so the model finds few of their "
-            f"vessels and the thresholds written to {path} may leave segment's labels empty; "
-            "check that the volumes suit the model (intensities, voxel size, what the labels "
-            "mark) before using it")
+    """What to say when no threshold pair scored above 0 (see
+    :func:`napari_tubular.training.tuning.no_useful_pair`)."""
+    from napari_tubular.training.tuning import no_useful_pair
+
+    return no_useful_pair(new, path)

