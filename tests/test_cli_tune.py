@@ -28,6 +28,22 @@ def run(tmp_path_factory):
     return out
 
 
+def _spy_on_tie_preferences(monkeypatch) -> list:
+    """The ``(prefer, prefer_level)`` each call of ``tuning.tune_thresholds`` is asked for
+    (what wins a tie), appended as the tuning runs."""
+    from napari_tubular.training import tuning
+
+    asked = []
+    real = tuning.tune_thresholds
+
+    def spy(*args, **kwargs):
+        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    return asked
+
+
 def _payload(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -267,16 +283,8 @@ def test_tune_keeps_the_models_own_thresholds_and_level_on_a_tie(run, tmp_path, 
     fallback pair and the filter off for a model without tuned thresholds)."""
     from napari_tubular.models import write_model_copy
     from napari_tubular.models.serialization import read_model_file
-    from napari_tubular.training import tuning
 
-    asked = []
-    real = tuning.tune_thresholds
-
-    def spy(*args, **kwargs):
-        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    asked = _spy_on_tie_preferences(monkeypatch)
     payload = read_model_file(run / "model.pt")
     meta = payload["meta"]
     for name, refine in (("own.pt", {"tp": 0.95, "tr": 0.85, "min_confidence": 0.99,
@@ -568,16 +576,8 @@ def test_a_record_missing_a_threshold_is_described_as_segment_reads_it(
     from napari_tubular.inference import recommended_thresholds, tuned_min_confidence
     from napari_tubular.models import read_model_meta, write_model_copy
     from napari_tubular.models.serialization import read_model_file
-    from napari_tubular.training import tuning
 
-    asked = []
-    real = tuning.tune_thresholds
-
-    def spy(*args, **kwargs):
-        asked.append((kwargs.get("prefer"), kwargs.get("prefer_level")))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tuning, "tune_thresholds", spy)
+    asked = _spy_on_tie_preferences(monkeypatch)
     payload = read_model_file(run / "model.pt")
     meta = payload["meta"]
     model = tmp_path / "edited.pt"
