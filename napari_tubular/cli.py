@@ -138,9 +138,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
     usage): the command's own parser reads its arguments intermixed, as ``argparse`` reads
     them for a parser without sub-commands; otherwise its usual error."""
     args, extras = parser.parse_known_args(argv)
+    if not extras:
+        return args  # what parse_args gives (it is parse_known_args refusing extras)
     command = getattr(args, "command", None)
-    if not extras or not command:
-        return parser.parse_args(argv)  # (nothing left over: the same result; else its error)
+    if not command:
+        return parser.parse_args(argv)  # its error
     words = list(sys.argv[1:] if argv is None else argv)
     sub = next((a.choices[command] for a in parser._actions
                 if isinstance(a, argparse._SubParsersAction)), None)
