@@ -34,25 +34,21 @@ def not_found(what: str, path) -> FileNotFoundError:
     return FileNotFoundError(f"{what} not found: {path}")
 
 
-def _same(a: Path, b: Path) -> bool:
-    from napari_tubular.io import same_file
-
-    return same_file(a, b)
-
-
 def refuse_inputs_as_outputs(outputs: Iterable, inputs: Iterable) -> None:
     """Raise ValueError when an output path names one of the inputs (the same file, through a
     link or another spelling too). An audit: ``refine ... -o <the probability map>
     --overwrite`` replaced the map by labels, ``evaluate --json <the reference>`` the reference
     by JSON text, and ``segment a.nii.gz a_labels.nii.gz -o .`` wrote a's labels over the second
     input before reading it; ``--overwrite`` is for earlier outputs, never for inputs."""
+    from napari_tubular.io import same_file
+
     ins = [Path(p) for p in inputs if p is not None]
     for out in outputs:
         if out is None:
             continue
         out = Path(out)
         for inp in ins:
-            if _same(out, inp):
+            if same_file(out, inp):
                 raise ValueError(f"output {out} is also an input ({inp}); choose another output "
                                  "name or folder (--overwrite never replaces an input)")
 
@@ -61,13 +57,15 @@ def refuse_shared_outputs(named: dict) -> None:
     """Raise ValueError when two output options name the same file (an audit: ``evaluate
     --json same.nii.gz --errors same.nii.gz`` wrote the error map, then the JSON over it, and
     said "wrote" twice). ``named``: option name (e.g. ``"--json"``) -> path or None."""
+    from napari_tubular.io import same_file
+
     seen: list[tuple[str, Path]] = []
     for opt, out in named.items():
         if out is None:
             continue
         out = Path(out)
         for other, earlier in seen:
-            if _same(out, earlier):
+            if same_file(out, earlier):
                 raise ValueError(f"{other} and {opt} both name {out}; give each output its own "
                                  "file")
         seen.append((opt, out))

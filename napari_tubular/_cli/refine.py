@@ -249,12 +249,11 @@ def _image_mismatch(image: str, recorded: str | None, case: str | None) -> str |
     file segment's report records (when that is still there), else its name is not the maps'
     case (an audit: another case's image on the same grid trimmed the labels in silence, while
     maps of two cases got a warning)."""
-    from ..io import volume_stem
-    from ._paths import _same
+    from ..io import same_file, volume_stem
 
     given = Path(image).expanduser()
     if recorded and Path(recorded).expanduser().exists():
-        if not _same(given, Path(recorded).expanduser()):
+        if not same_file(given, Path(recorded).expanduser()):
             return (f"--image {image} is not the image segment's report records ({recorded}); "
                     "the partial-volume trim uses --image: it should be the image that was "
                     "segmented")
@@ -382,8 +381,8 @@ def run(args) -> int:
     if out.is_dir():  # --overwrite would not help: it names a file (an audit)
         raise ValueError(f"-o {out} is a folder; give the labels file to write, e.g. "
                          f"{out / 'NAME_labels.nii.gz'}")
+    from ..io import same_file
     from ._paths import (
-        _same,
         refuse_file_as_folder,
         refuse_inputs_as_outputs,
         refuse_unwritable_type,
@@ -423,7 +422,7 @@ def run(args) -> int:
         # an audit: -o <the image segment's report records> --overwrite replaced the CT that
         # the partial-volume trim reads with a mask, while the same file as --image was refused
         for o in (out, skel_out):
-            if _same(o, Path(recorded).expanduser()):
+            if same_file(o, Path(recorded).expanduser()):
                 raise ValueError(
                     f"output {o} is the segmented image recorded in {rp} ({recorded}), which "
                     "refine reads for the partial-volume trim; choose another output name or "
@@ -627,13 +626,12 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
     import json
     import os
 
-    from ..io import volume_stem
-    from ._paths import _same
+    from ..io import same_file, volume_stem
 
     rp = report_path(probability)
     case = rp.name[: -len("_report.json")]
     if (not rp.is_file() or volume_stem(out) != f"{case}_labels"
-            or not _same(out.parent, rp.parent)):
+            or not same_file(out.parent, rp.parent)):
         # not segment's labels file: nothing to update, nothing to say (an audit: a corrupt
         # report gave "could not be updated" for labels written elsewhere)
         return None
@@ -646,9 +644,9 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
         # the report records the file written, a symbolic link's target (an outside judge:
         # NAME_labels.nii.gz, a link to another name, was written through by segment and
         # refine, and refine left the report as segment wrote it, without a word)
-        through_link = bool(written) and out.is_symlink() and _same(Path(written), out)
+        through_link = bool(written) and out.is_symlink() and same_file(Path(written), out)
         if not through_link and (volume_stem(Path(name)) != f"{case}_labels"
-                                 or not _same(rp.parent / name, out)):
+                                 or not same_file(rp.parent / name, out)):
             return None
         report["parameters"].update(parameters)
         messages = report.get("messages")
@@ -665,7 +663,7 @@ def _update_report(probability: Path, out: Path, stats: dict, parameters: dict,
         given = report.get("input")
         before = given.get("path") if isinstance(given, dict) else None
         if image is not None and isinstance(given, dict) and not (
-                before and _same(Path(before), image)):
+                before and same_file(Path(before), image)):
             # the image these labels were trimmed with, which a plain refine reads (an outside
             # judge: after --image moved/CT.nii.gz the report kept the old path, and a plain
             # refine skipped the trim: 665 voxels differed)

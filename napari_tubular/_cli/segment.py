@@ -513,8 +513,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
     ``origins`` (from :func:`expand_inputs`): where each input came from, named in the message
     about an input given twice (an outside judge: ``segment FOLDER FOLDER/a.nii.gz`` said
     "given more than once (as FOLDER/a.nii.gz and FOLDER/a.nii.gz)")."""
-    from ..io import volume_stem
-    from ._paths import _same
+    from ..io import same_file, volume_stem
 
     plan = []
     seen: dict[str, Path] = {}
@@ -522,7 +521,7 @@ def plan_outputs(inputs: list[Path], outdir: Path, overwrite: bool,
     for i, path in enumerate(inputs):
         name = volume_stem(path)
         origin = origins[i] if origins is not None and i < len(origins) else f"as {path}"
-        if name in seen and _same(seen[name], path):
+        if name in seen and same_file(seen[name], path):
             where = (f"twice {origin}" if origin == came[name]
                      else f"{came[name]} and {origin}")
             raise ValueError(

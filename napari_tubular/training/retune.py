@@ -181,12 +181,6 @@ def _folder_volumes(val_data: Sequence[str], meta: dict) -> list[dict]:
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    from napari_tubular.io import same_file
-
-    return same_file(a, b)
-
-
 def _refuse_unwritable_folder(out: Path) -> None:
     """PermissionError, before any work, when the model file cannot be written into its
     folder (the nearest one that exists, where the missing ones would be made): an outside
@@ -220,7 +214,7 @@ def _refuse_unwritable_folder(out: Path) -> None:
 def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     """Refuse, before any work, an output that would replace the installed default model (with
     ``overwrite`` too), the model file itself or another existing file without ``overwrite``."""
-    from napari_tubular.io import volume_format
+    from napari_tubular.io import same_file, volume_format
     from napari_tubular.models import DEFAULT_MODEL_PATH
 
     out = Path(out)
@@ -232,7 +226,7 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
     if volume_format(out) is not None:
         raise ValueError(f"output {out} is named like a volume file; tune writes a model file "
                          "(e.g. tuned.pt)")
-    if _same_file(out, DEFAULT_MODEL_PATH) or (
+    if same_file(out, DEFAULT_MODEL_PATH) or (
             out.expanduser().resolve().parent == DEFAULT_MODEL_PATH.parent.resolve()):
         raise ValueError(f"output {out} is in the installed package ({DEFAULT_MODEL_PATH.parent}),"
                          " which tune never writes into; write the tuned copy elsewhere and "
@@ -252,12 +246,12 @@ def check_output(model_path: Path, out, overwrite: bool = False) -> Path:
                              "tune writes a model file: write to another name, or remove "
                              "the link first")
     _refuse_unwritable_folder(out)
-    if _same_file(out, model_path) and not overwrite:
+    if same_file(out, model_path) and not overwrite:
         raise FileExistsError(f"output {out} is the model file being tuned; choose another "
                               "name, or pass --overwrite to replace its thresholds in place")
     if out.exists() and not overwrite:
         raise FileExistsError(f"output {out} exists; pass --overwrite to replace it")
-    if out.is_file() and not _same_file(out, model_path):
+    if out.is_file() and not same_file(out, model_path):
         # --overwrite replaces a model file only (an outside judge: -o RUN/last.pt --overwrite
         # replaced a run's training checkpoint with a model, and 'train --resume' then failed)
         from napari_tubular.models import ModelFormatError
